@@ -1,0 +1,1 @@
+//! Benchmark harness (see ../shared/BENCH.md).

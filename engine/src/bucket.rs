@@ -1,0 +1,646 @@
+//! One bucket: its log, its index, its revision counter, and every read and
+//! write on it. [`crate::Bucket`] is the public handle over a [`BucketCore`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::clock::Clock;
+use crate::config::{BucketConfig, Options};
+use crate::entry::{BucketStatus, Entry, Kind, Op, Page, Ttl, WriteOp, Written};
+use crate::error::{Error, Result};
+use crate::fsync::FsyncPolicy;
+use crate::index::{Index, Rev};
+use crate::key::{validate_key, Glob, Subject};
+use crate::log::record::{self, decode, Decoded, FLAG_BATCH_MORE};
+use crate::log::recovery::RecoveryReport;
+use crate::log::segment::Segment;
+use crate::log::{Appender, Log, LogConfig};
+use crate::watch::WatchHub;
+
+/// File holding a bucket's configuration.
+pub const CONFIG_FILE: &str = "bucket.conf";
+
+/// How many keys a background sweep looks at per index lock hold.
+const SWEEP_CHUNK: usize = 4096;
+
+/// The writer's state, under one lock: appends and revision numbers are serial.
+pub(crate) struct Writer {
+    pub(crate) app: Appender,
+    /// The revision the next write gets.
+    pub(crate) next_rev: u64,
+    buf: Vec<u8>,
+    removed: Vec<Rev>,
+}
+
+/// Counters kept since open.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub compactions: AtomicU64,
+    pub reclaimed: AtomicU64,
+}
+
+/// A bucket's shared state.
+pub(crate) struct BucketCore {
+    pub name: Arc<str>,
+    pub config: BucketConfig,
+    pub dir: PathBuf,
+    pub log: Log,
+    pub index: RwLock<Index>,
+    pub writer: Mutex<Writer>,
+    pub clock: Arc<dyn Clock>,
+    pub dropped: AtomicBool,
+    /// The last revision whose write is visible.
+    pub last_rev: AtomicU64,
+    pub stats: Stats,
+    pub hub: WatchHub,
+    /// Serialises compaction passes.
+    pub compacting: Mutex<()>,
+    pub compact_dead_ratio: f64,
+}
+
+/// The current state of a key while a batch is checked.
+#[derive(Clone)]
+enum Cur {
+    Stored(Rev),
+    Batch { revision: u64, op: Op, expires_ms: u64, created_ms: u64, value: Bytes },
+}
+
+impl Cur {
+    fn revision(&self) -> u64 {
+        match self {
+            Cur::Stored(r) => r.revision,
+            Cur::Batch { revision, .. } => *revision,
+        }
+    }
+    fn live(&self, now: u64) -> bool {
+        match self {
+            Cur::Stored(r) => r.live(now),
+            Cur::Batch { op, expires_ms, .. } => *op == Op::Put && (*expires_ms == 0 || *expires_ms > now),
+        }
+    }
+}
+
+/// Effective expiry: the earlier of a per-key expiry and the bucket's max age.
+pub(crate) fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u64) -> u64 {
+    match (key_expires, bucket_ttl_ms) {
+        (k, 0) => k,
+        (0, t) => created.saturating_add(t),
+        (k, t) => k.min(created.saturating_add(t)),
+    }
+}
+
+impl BucketCore {
+    /// Opens a bucket directory, replaying its log into a fresh index.
+    pub fn open(dir: &Path, name: &str, config: BucketConfig, opts: &Options) -> Result<(BucketCore, RecoveryReport)> {
+        let mut index = Index::default();
+        let mut max_rev = 0;
+        let mut removed = Vec::new();
+        let history = config.history as usize;
+        let ttl = config.ttl_ms();
+        let log_cfg = LogConfig { segment_size: opts.segment_size, fsync: opts.fsync, repair: opts.repair };
+        let opened = Log::open(dir, log_cfg, &mut |seg: &Arc<Segment>, offset, rec| {
+            let h = &rec.header;
+            let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
+            let rev = Rev::new(h.revision, expires, seg.id.seq, offset, h.record_len(), h.op);
+            index.apply(rec.key, rev, history, &mut removed);
+            removed.clear();
+            max_rev = max_rev.max(h.revision);
+            Ok(())
+        })?;
+        let last = max_rev.max(opened.watermark);
+        let core = BucketCore {
+            name: Arc::from(name),
+            config,
+            dir: dir.to_path_buf(),
+            log: opened.log,
+            index: RwLock::new(index),
+            writer: Mutex::new(Writer { app: opened.appender, next_rev: last + 1, buf: Vec::new(), removed: Vec::new() }),
+            clock: Arc::clone(&opts.clock),
+            dropped: AtomicBool::new(false),
+            last_rev: AtomicU64::new(last),
+            stats: Stats::default(),
+            hub: WatchHub::new(),
+            compacting: Mutex::new(()),
+            compact_dead_ratio: opts.compact_dead_ratio,
+        };
+        // Entries past the bucket's max age leave the index now, as they would have
+        // had the store stayed open (the same rule the sweeper applies).
+        core.age_out(core.clock.now_ms())?;
+        Ok((core, opened.report))
+    }
+
+    pub fn check_open(&self) -> Result<()> {
+        if self.dropped.load(Ordering::Acquire) {
+            return Err(Error::NoBucket(self.name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The segments the index may point into, for reading outside the index lock.
+    fn segments_of(&self, revs: impl Iterator<Item = u32>) -> HashMap<u32, Arc<Segment>> {
+        let mut out = HashMap::new();
+        for seq in revs {
+            if let std::collections::hash_map::Entry::Vacant(v) = out.entry(seq) {
+                if let Some(s) = self.log.segment(seq as u64) {
+                    v.insert(s);
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes the record of `rev` from `seg` into an entry.
+    pub fn load_from(&self, seg: Option<&Arc<Segment>>, key: &str, rev: &Rev) -> Result<Entry> {
+        let corrupt = |path: PathBuf, why: &str| Error::Corrupt { path, offset: rev.offset as u64, reason: why.to_string() };
+        let seg = seg.ok_or_else(|| corrupt(self.dir.clone(), &format!("segment {} missing", rev.seq)))?;
+        let bytes = seg
+            .bytes(rev.offset as u64, rev.len())
+            .ok_or_else(|| corrupt(seg.path.clone(), "record outside segment"))?;
+        match decode(bytes) {
+            Decoded::Record(r) if r.header.revision == rev.revision && r.key == key.as_bytes() => Ok(Entry {
+                bucket: Arc::clone(&self.name),
+                key: key.to_string(),
+                value: Bytes::copy_from_slice(r.value),
+                revision: rev.revision,
+                created_ms: r.header.created_ms,
+                op: r.header.op,
+                delta: 0,
+                expires_ms: rev.expires_ms,
+            }),
+            Decoded::Record(_) => Err(corrupt(seg.path.clone(), "index points at another record")),
+            Decoded::End => Err(corrupt(seg.path.clone(), "index points past the end of data")),
+            Decoded::Invalid(why) => Err(corrupt(seg.path.clone(), &why.to_string())),
+        }
+    }
+
+    /// Looks up a revision of `key` chosen by `pick` and loads it.
+    fn read_one(&self, key: &str, pick: impl FnOnce(&Index) -> Option<Rev>) -> Result<Option<Entry>> {
+        let found = {
+            let ix = self.index.read();
+            pick(&ix).map(|rev| (rev, self.log.segment(rev.seq as u64)))
+        };
+        match found {
+            Some((rev, seg)) => self.load_from(seg.as_ref(), key, &rev).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest entry of `key` if it is a live value.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>> {
+        self.check_open()?;
+        validate_key(key)?;
+        let now = self.now();
+        self.read_one(key, |ix| ix.latest(key.as_bytes()).filter(|r| r.live(now)))
+    }
+
+    /// Retained revision `revision` of `key` (markers included), unless expired.
+    pub fn get_revision(&self, key: &str, revision: u64) -> Result<Option<Entry>> {
+        self.check_open()?;
+        validate_key(key)?;
+        let now = self.now();
+        self.read_one(key, |ix| ix.find(key.as_bytes(), revision).filter(|r| !r.expired(now)))
+    }
+
+    /// Applies writes atomically: all or none, consecutive revisions, durable together.
+    pub fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
+        self.check_open()?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let is_batch = ops.len() > 1;
+        let wrap = |i: usize, e: Error| if is_batch { Error::Batch { index: i, source: Box::new(e) } } else { e };
+        let max_value = self.config.max_value_size;
+        for (i, op) in ops.iter().enumerate() {
+            validate_key(&op.key).map_err(|e| wrap(i, e))?;
+            let size = op.value.len();
+            if size > record::MAX_VALUE_LEN || (max_value > 0 && size as u64 > max_value) {
+                let max = if max_value > 0 { max_value as usize } else { record::MAX_VALUE_LEN };
+                return Err(wrap(i, Error::TooLarge { size, max }));
+            }
+            if let Some(ttl) = op.ttl {
+                if ttl.is_zero() {
+                    return Err(wrap(i, Error::BadArgument("TTL must be positive".into())));
+                }
+            }
+        }
+
+        let mut w = self.writer.lock();
+        let now = self.now();
+        let mut overlay: HashMap<&str, Cur> = HashMap::new();
+        let mut planned: Vec<(Op, Bytes, u64)> = Vec::with_capacity(ops.len());
+        let mut results = Vec::with_capacity(ops.len());
+        let mut adding = 0u64;
+        for (i, op) in ops.iter().enumerate() {
+            let revision = w.next_rev + i as u64;
+            let cur = match overlay.get(op.key.as_str()) {
+                Some(c) => Some(c.clone()),
+                None => self.index.read().latest(op.key.as_bytes()).map(Cur::Stored),
+            };
+            let value = self.check_precondition(op, cur.as_ref(), now).map_err(|e| wrap(i, e))?;
+            let previous = match (&cur, op.return_previous) {
+                (Some(c), true) if c.live(now) => Some(self.current_entry(&op.key, c)?),
+                _ => None,
+            };
+            let rop = op.record_op();
+            let key_expires = match (rop, op.ttl) {
+                (Op::Put, Some(ttl)) => now.saturating_add(ttl.as_millis() as u64),
+                _ => 0,
+            };
+            if rop == Op::Put {
+                adding += record::encoded_len(op.key.len(), value.len()) as u64;
+            }
+            if is_batch {
+                let expires_ms = effective_expiry(key_expires, now, self.config.ttl_ms());
+                overlay.insert(
+                    &op.key,
+                    Cur::Batch { revision, op: rop, expires_ms, created_ms: now, value: value.clone() },
+                );
+            }
+            planned.push((rop, value, key_expires));
+            results.push(Written { revision, previous });
+        }
+        if self.config.max_bytes > 0 && adding > 0 {
+            let used = self.index.read().bytes();
+            if used + adding > self.config.max_bytes {
+                let e = Error::Full { used, adding, max: self.config.max_bytes };
+                return Err(if is_batch { Error::Batch { index: 0, source: Box::new(e) } } else { e });
+            }
+        }
+
+        let first_rev = w.next_rev;
+        let Writer { app, buf, removed, next_rev } = &mut *w;
+        buf.clear();
+        let n = ops.len();
+        for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
+            let flags = if i + 1 < n { FLAG_BATCH_MORE } else { 0 };
+            record::encode(buf, *rop, flags, first_rev + i as u64, now, *key_expires, op.key.as_bytes(), value);
+        }
+        let appended = self.log.append(app, buf, first_rev - 1)?;
+        {
+            let mut ix = self.index.write();
+            let mut offset = appended.offset;
+            let ttl = self.config.ttl_ms();
+            for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
+                let len = record::encoded_len(op.key.len(), value.len());
+                let expires = effective_expiry(*key_expires, now, ttl);
+                let rev = Rev::new(first_rev + i as u64, expires, appended.seq, offset, len, *rop);
+                ix.apply(op.key.as_bytes(), rev, self.config.history as usize, removed);
+                offset += len as u64;
+            }
+            removed.clear();
+            *next_rev += n as u64;
+            self.last_rev.store(*next_rev - 1, Ordering::Release);
+        }
+        self.hub.notify(appended.end, *next_rev - 1);
+        drop(w);
+        if self.log.fsync_policy() == FsyncPolicy::Always {
+            self.log.wait_durable(appended.end)?;
+        }
+        Ok(results)
+    }
+
+    /// Checks `op`'s precondition against the key's current state; returns the value to write.
+    fn check_precondition(&self, op: &WriteOp, cur: Option<&Cur>, now: u64) -> Result<Bytes> {
+        let live = cur.is_some_and(|c| c.live(now));
+        let latest = cur.map_or(0, Cur::revision);
+        match &op.kind {
+            Kind::Put | Kind::Delete(None) | Kind::Purge => {}
+            Kind::Create => {
+                if live {
+                    return Err(Error::Exists);
+                }
+            }
+            Kind::Update(expected) | Kind::Delete(Some(expected)) => {
+                let ok = match (expected, cur) {
+                    (0, None) => matches!(op.kind, Kind::Update(_)),
+                    (0, Some(_)) => false,
+                    (e, Some(_)) => *e == latest,
+                    (_, None) => false,
+                };
+                if !ok {
+                    return Err(Error::WrongRevision { expected: *expected, latest });
+                }
+            }
+            Kind::Cas(expected) => {
+                let matches = match (expected, cur) {
+                    (None, _) => !live,
+                    (Some(_), None) => false,
+                    (Some(want), Some(c)) => live && self.current_entry(&op.key, c)?.value == *want,
+                };
+                if !matches {
+                    return Err(Error::Mismatch);
+                }
+            }
+            Kind::Revert(revision) => {
+                let found = match cur {
+                    Some(Cur::Batch { revision: r, op: Op::Put, expires_ms, value, .. })
+                        if r == revision && (*expires_ms == 0 || *expires_ms > now) =>
+                    {
+                        Some(value.clone())
+                    }
+                    _ => match self.get_revision(&op.key, *revision)? {
+                        Some(e) if e.op == Op::Put => Some(e.value),
+                        _ => None,
+                    },
+                };
+                return found.ok_or(Error::NotFound);
+            }
+        }
+        Ok(op.value.clone())
+    }
+
+    /// The entry a key's current state stands for.
+    fn current_entry(&self, key: &str, cur: &Cur) -> Result<Entry> {
+        match cur {
+            Cur::Stored(rev) => {
+                let seg = self.log.segment(rev.seq as u64);
+                self.load_from(seg.as_ref(), key, rev)
+            }
+            Cur::Batch { revision, op, expires_ms, created_ms, value } => Ok(Entry {
+                bucket: Arc::clone(&self.name),
+                key: key.to_string(),
+                value: value.clone(),
+                revision: *revision,
+                created_ms: *created_ms,
+                op: *op,
+                delta: 0,
+                expires_ms: *expires_ms,
+            }),
+        }
+    }
+
+    /// Loads many `(key, rev)` pairs chosen under one index lock hold.
+    fn load_many(&self, collect: impl FnOnce(&Index) -> Vec<(String, Rev)>) -> Result<Vec<Entry>> {
+        let (picked, segs) = {
+            let ix = self.index.read();
+            let picked = collect(&ix);
+            let segs = self.segments_of(picked.iter().map(|(_, r)| r.seq));
+            (picked, segs)
+        };
+        picked.iter().map(|(k, r)| self.load_from(segs.get(&r.seq), k, r)).collect()
+    }
+
+    /// Live keys matching a subject pattern, in key order.
+    pub fn keys(&self, pattern: &str) -> Result<Vec<String>> {
+        self.check_open()?;
+        let subject = Subject::new(pattern)?;
+        let now = self.now();
+        let ix = self.index.read();
+        Ok(ix
+            .prefixed(subject.literal_prefix().as_bytes())
+            .filter(|(k, r)| r.live(now) && subject.matches(k.as_str()))
+            .map(|(k, _)| k.as_str().to_string())
+            .collect())
+    }
+
+    /// Retained entries (markers included, expired excluded) of keys matching a
+    /// subject pattern, oldest first.
+    pub fn history(&self, pattern: &str) -> Result<Vec<Entry>> {
+        self.check_open()?;
+        let subject = Subject::new(pattern)?;
+        let now = self.now();
+        let mut out = self.load_many(|ix| {
+            let mut picked = Vec::new();
+            for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
+                if subject.matches(k.as_str()) {
+                    ix.for_each_rev(latest, |r| {
+                        if !r.expired(now) {
+                            picked.push((k.as_str().to_string(), *r));
+                        }
+                    });
+                }
+            }
+            picked
+        })?;
+        out.sort_by_key(|e| e.revision);
+        Ok(out)
+    }
+
+    /// Latest live entries of keys matching a glob, in key order, at most `limit` (0: no limit).
+    pub fn search(&self, glob: &Glob, limit: usize) -> Result<Vec<Entry>> {
+        self.check_open()?;
+        let now = self.now();
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let prefix = glob.literal_prefix();
+        self.load_many(|ix| {
+            ix.prefixed(prefix.as_bytes())
+                .filter(|(k, r)| r.live(now) && glob.matches(k.as_str()))
+                .take(limit)
+                .map(|(k, r)| (k.as_str().to_string(), *r))
+                .collect()
+        })
+    }
+
+    /// Deletes (DEL markers) every live key matching a glob; returns how many.
+    pub fn delete_glob(&self, glob: &Glob) -> Result<usize> {
+        self.check_open()?;
+        let mut deleted = 0;
+        let mut from: Option<String> = None;
+        loop {
+            // Pages keep each batch, and each index lock hold, bounded.
+            let now = self.now();
+            let prefix = glob.literal_prefix();
+            let chunk: Vec<WriteOp> = {
+                let ix = self.index.read();
+                let start = match &from {
+                    Some(f) => Bound::Excluded(f.as_bytes()),
+                    None => Bound::Included(prefix.as_bytes()),
+                };
+                ix.range(start, Bound::Unbounded)
+                    .take_while(|(k, _)| k.as_bytes().starts_with(prefix.as_bytes()))
+                    .filter(|(k, r)| r.live(now) && glob.matches(k.as_str()))
+                    .take(1024)
+                    .map(|(k, r)| WriteOp::delete_at(k.as_str(), r.revision))
+                    .collect()
+            };
+            let Some(last) = chunk.last().map(|op| op.key.clone()) else { break };
+            // One key at a time: a key rewritten meanwhile is skipped, not an error for the rest.
+            for op in chunk {
+                match self.write(std::slice::from_ref(&op)) {
+                    Ok(_) => deleted += 1,
+                    Err(Error::WrongRevision { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            from = Some(last);
+        }
+        Ok(deleted)
+    }
+
+    /// Live entries with `from <= key < to`, at most `limit`, and the cursor of the next page.
+    pub fn scan(&self, from: Option<&str>, to: Option<&str>, limit: usize) -> Result<Page> {
+        self.check_open()?;
+        if limit == 0 {
+            return Err(Error::BadArgument("LIMIT must be at least 1".into()));
+        }
+        let now = self.now();
+        let mut next = None;
+        let entries = self.load_many(|ix| {
+            let lo = from.map_or(Bound::Unbounded, |f| Bound::Included(f.as_bytes()));
+            let hi = to.map_or(Bound::Unbounded, |t| Bound::Excluded(t.as_bytes()));
+            if let (Some(f), Some(t)) = (from, to) {
+                if f >= t {
+                    return Vec::new();
+                }
+            }
+            let mut picked = Vec::new();
+            for (k, r) in ix.range(lo, hi).filter(|(_, r)| r.live(now)) {
+                if picked.len() == limit {
+                    next = Some(k.as_str().to_string());
+                    break;
+                }
+                picked.push((k.as_str().to_string(), *r));
+            }
+            picked
+        })?;
+        Ok(Page { next, entries })
+    }
+
+    /// Time left on `key`'s value.
+    pub fn ttl(&self, key: &str) -> Result<Ttl> {
+        self.check_open()?;
+        validate_key(key)?;
+        let now = self.now();
+        Ok(match self.index.read().latest(key.as_bytes()) {
+            Some(r) if r.live(now) && r.expires_ms == 0 => Ttl::Forever,
+            Some(r) if r.live(now) => Ttl::Remaining(r.expires_ms - now),
+            _ => Ttl::Missing,
+        })
+    }
+
+    /// A description of the bucket.
+    pub fn status(&self) -> Result<BucketStatus> {
+        self.check_open()?;
+        let now = self.now();
+        let ix = self.index.read();
+        let mut keys = 0;
+        let mut first = u64::MAX;
+        for (_, latest) in ix.range(Bound::Unbounded, Bound::Unbounded) {
+            if latest.live(now) {
+                keys += 1;
+            }
+            ix.for_each_rev(latest, |r| first = first.min(r.revision));
+        }
+        Ok(BucketStatus {
+            bucket: self.name.to_string(),
+            values: ix.values(),
+            keys,
+            bytes: ix.bytes(),
+            history: self.config.history,
+            ttl_ms: self.config.ttl_ms(),
+            max_bytes: self.config.max_bytes,
+            max_value_size: self.config.max_value_size,
+            first_revision: if first == u64::MAX { 0 } else { first },
+            last_revision: self.last_rev.load(Ordering::Acquire),
+            segments: self.log.segment_count() as u64,
+            dead_bytes: ix.dead_bytes().values().sum(),
+            compactions: self.stats.compactions.load(Ordering::Relaxed),
+            reclaimed_bytes: self.stats.reclaimed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Writes DEL markers for live values whose TTL has passed (so watchers see
+    /// the expiry), and drops entries past the bucket's max age from the index.
+    /// Returns the number of markers written.
+    pub fn sweep_expired(&self) -> Result<usize> {
+        self.check_open()?;
+        let now = self.now();
+        let mut cursor: Option<String> = None;
+        let mut markers = 0;
+        loop {
+            let (expired, last) = {
+                let ix = self.index.read();
+                if ix.expiring() == 0 {
+                    break;
+                }
+                let lo = cursor.as_deref().map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
+                let mut expired = Vec::new();
+                let mut last = None;
+                for (k, r) in ix.range(lo, Bound::Unbounded).take(SWEEP_CHUNK) {
+                    if r.op() == Op::Put && r.expired(now) {
+                        expired.push(WriteOp::delete_at(k.as_str(), r.revision));
+                    }
+                    last = Some(k.as_str().to_string());
+                }
+                (expired, last)
+            };
+            for op in expired {
+                match self.write(std::slice::from_ref(&op)) {
+                    Ok(_) => markers += 1,
+                    Err(Error::WrongRevision { .. }) => {} // rewritten meanwhile
+                    Err(e) => return Err(e),
+                }
+            }
+            match last {
+                Some(l) => cursor = Some(l),
+                None => break,
+            }
+        }
+        self.age_out(now)?;
+        Ok(markers)
+    }
+
+    /// Drops from the index the oldest entries of each key that are past the
+    /// bucket's max age. Older entries are always older, so this only ever cuts
+    /// a prefix of a key's history — the same cut recovery makes.
+    pub fn age_out(&self, now: u64) -> Result<()> {
+        let ttl = self.config.ttl_ms();
+        if ttl == 0 {
+            return Ok(());
+        }
+        let mut cursor: Option<String> = None;
+        loop {
+            let (candidates, segs, last) = {
+                let ix = self.index.read();
+                let lo = cursor.as_deref().map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
+                let mut candidates = Vec::new();
+                let mut last = None;
+                for (k, latest) in ix.range(lo, Bound::Unbounded).take(SWEEP_CHUNK) {
+                    ix.for_each_rev(latest, |r| {
+                        if r.expired(now) {
+                            candidates.push((k.as_str().to_string(), *r));
+                        }
+                    });
+                    last = Some(k.as_str().to_string());
+                }
+                let segs = self.segments_of(candidates.iter().map(|(_, r)| r.seq));
+                (candidates, segs, last)
+            };
+            // The index keeps only the earlier of the two expiries; the record
+            // tells whether max age (rather than a per-key TTL) was the cause.
+            let mut aged: HashMap<String, HashSet<u64>> = HashMap::new();
+            for (k, r) in &candidates {
+                let e = self.load_from(segs.get(&r.seq), k, r)?;
+                if e.created_ms.saturating_add(ttl) <= now {
+                    aged.entry(k.clone()).or_default().insert(r.revision);
+                }
+            }
+            if !aged.is_empty() {
+                let mut ix = self.index.write();
+                let mut removed = Vec::new();
+                for (k, revs) in &aged {
+                    ix.drop_oldest_while(k.as_bytes(), |r| revs.contains(&r.revision), &mut removed);
+                }
+            }
+            match last {
+                Some(l) => cursor = Some(l),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Every retained revision with its key, in log order (for snapshots and compaction).
+    pub fn retained_by_location(&self) -> BTreeMap<(u32, u32), Rev> {
+        self.index.read().all_revs().map(|r| ((r.seq, r.offset), r)).collect()
+    }
+}

@@ -1,0 +1,116 @@
+//! Store options and bucket configuration (and its file, `bucket.conf`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::fsync::FsyncPolicy;
+
+/// Options for [`crate::Store::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// When writes become durable. Default: [`FsyncPolicy::Always`].
+    pub fsync: FsyncPolicy,
+    /// Segment size at which the log rotates. Default 64 MiB.
+    pub segment_size: u64,
+    /// Open a damaged log by keeping every valid record (and reporting what was
+    /// skipped) instead of failing. Default false.
+    pub repair: bool,
+    /// Time source (TTL). Default: the system clock.
+    pub clock: Arc<dyn Clock>,
+    /// Run the background thread (interval fsync, TTL sweeping, compaction). Default true.
+    pub background: bool,
+    /// How often expired entries are swept. Default 1 s.
+    pub sweep_interval: Duration,
+    /// Compact a sealed segment once this share of its bytes is dead. Default 0.5.
+    pub compact_dead_ratio: f64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            fsync: FsyncPolicy::Always,
+            segment_size: 64 << 20,
+            repair: false,
+            clock: Arc::new(SystemClock),
+            background: true,
+            sweep_interval: Duration::from_secs(1),
+            compact_dead_ratio: 0.5,
+        }
+    }
+}
+
+/// How a bucket keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Revisions kept per key, markers included: 1–64.
+    pub history: u8,
+    /// Maximum age of every entry; `None` for none.
+    pub ttl: Option<Duration>,
+    /// Maximum bytes of retained records; 0 for unlimited.
+    pub max_bytes: u64,
+    /// Maximum value size in bytes; 0 for unlimited.
+    pub max_value_size: u64,
+}
+
+impl Default for BucketConfig {
+    fn default() -> BucketConfig {
+        BucketConfig { history: 1, ttl: None, max_bytes: 0, max_value_size: 0 }
+    }
+}
+
+impl BucketConfig {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.history) {
+            return Err(Error::BadArgument(format!("history {} outside 1-64", self.history)));
+        }
+        if self.ttl == Some(Duration::ZERO) {
+            return Err(Error::BadArgument("a bucket TTL of 0 means none: pass None".into()));
+        }
+        Ok(())
+    }
+
+    /// The bucket TTL in ms, 0 for none.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl.map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
+        let text = format!(
+            "# logkv bucket configuration\nversion=1\nhistory={}\nttl_ms={}\nmax_bytes={}\nmax_value={}\n",
+            self.history,
+            self.ttl_ms(),
+            self.max_bytes,
+            self.max_value_size
+        );
+        write_atomic(path, text.as_bytes())
+    }
+
+    pub(crate) fn load(path: &Path) -> Result<BucketConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bad = |why: String| Error::Config(format!("{}: {why}", path.display()));
+        let mut c = BucketConfig::default();
+        let mut version = None;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (k, v) = line.split_once('=').ok_or_else(|| bad(format!("line {line:?} is not name=value")))?;
+            let n: u64 = v.trim().parse().map_err(|_| bad(format!("{k}: {v:?} is not a number")))?;
+            match k.trim() {
+                "version" => version = Some(n),
+                "history" => c.history = u8::try_from(n).map_err(|_| bad(format!("history {n}")))?,
+                "ttl_ms" => c.ttl = (n > 0).then(|| Duration::from_millis(n)),
+                "max_bytes" => c.max_bytes = n,
+                "max_value" => c.max_value_size = n,
+                other => return Err(bad(format!("unknown setting {other:?}"))),
+            }
+        }
+        if version != Some(1) {
+            return Err(bad("missing or unsupported version".into()));
+        }
+        c.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,186 @@
+//! What reads return and what writes take.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use crate::log::record::Op;
+
+/// One retained revision of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The bucket it belongs to.
+    pub bucket: Arc<str>,
+    /// The key.
+    pub key: String,
+    /// The value (empty for DEL and PURGE markers, and in meta-only watches).
+    pub value: Bytes,
+    /// The bucket revision of this write.
+    pub revision: u64,
+    /// When it was written, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// PUT, DEL or PURGE.
+    pub op: Op,
+    /// In a watch's initial data: initial entries still to come after this one; else 0.
+    pub delta: u64,
+    /// When it expires (per-key TTL or bucket max age), ms since the epoch; 0 for never.
+    pub expires_ms: u64,
+}
+
+/// The result of one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The revision the write was given.
+    pub revision: u64,
+    /// The live entry the key had before, when the write asked for it
+    /// ([`WriteOp::returning_previous`]).
+    pub previous: Option<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Put,
+    Create,
+    Update(u64),
+    Cas(Option<Bytes>),
+    Delete(Option<u64>),
+    Purge,
+    Revert(u64),
+}
+
+/// One write, with its precondition. Build with the constructors; apply with
+/// [`crate::Bucket::write`] (several at once are an atomic batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOp {
+    pub(crate) kind: Kind,
+    pub(crate) key: String,
+    pub(crate) value: Bytes,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) return_previous: bool,
+}
+
+impl WriteOp {
+    fn new(kind: Kind, key: impl Into<String>, value: Bytes) -> WriteOp {
+        WriteOp { kind, key: key.into(), value, ttl: None, return_previous: false }
+    }
+
+    /// Store `value` under `key`.
+    pub fn put(key: impl Into<String>, value: impl Into<Bytes>) -> WriteOp {
+        WriteOp::new(Kind::Put, key, value.into())
+    }
+
+    /// Store `value` only if `key` has no live value (its latest entry is missing,
+    /// expired, a DEL or a PURGE); else [`crate::Error::Exists`].
+    pub fn create(key: impl Into<String>, value: impl Into<Bytes>) -> WriteOp {
+        WriteOp::new(Kind::Create, key, value.into())
+    }
+
+    /// Store `value` only if `revision` is the key's latest revision (a marker's
+    /// too: that undeletes), or `revision` is 0 and the key has no retained
+    /// entry; else [`crate::Error::WrongRevision`].
+    pub fn update(key: impl Into<String>, value: impl Into<Bytes>, revision: u64) -> WriteOp {
+        WriteOp::new(Kind::Update(revision), key, value.into())
+    }
+
+    /// Store `new` only if the current value equals `expected` (or, with `None`,
+    /// if the key has no live value); else [`crate::Error::Mismatch`].
+    pub fn cas(key: impl Into<String>, new: impl Into<Bytes>, expected: Option<Bytes>) -> WriteOp {
+        WriteOp::new(Kind::Cas(expected), key, new.into())
+    }
+
+    /// Write a DEL marker (history kept). A missing key gets a marker too.
+    pub fn delete(key: impl Into<String>) -> WriteOp {
+        WriteOp::new(Kind::Delete(None), key, Bytes::new())
+    }
+
+    /// Write a DEL marker only if `revision` is the key's latest revision.
+    pub fn delete_at(key: impl Into<String>, revision: u64) -> WriteOp {
+        WriteOp::new(Kind::Delete(Some(revision)), key, Bytes::new())
+    }
+
+    /// Write a PURGE marker; every earlier revision of the key is dropped.
+    pub fn purge(key: impl Into<String>) -> WriteOp {
+        WriteOp::new(Kind::Purge, key, Bytes::new())
+    }
+
+    /// Write a new PUT carrying the value of retained revision `revision`;
+    /// [`crate::Error::NotFound`] if that is not a retained, live PUT of this key.
+    pub fn revert(key: impl Into<String>, revision: u64) -> WriteOp {
+        WriteOp::new(Kind::Revert(revision), key, Bytes::new())
+    }
+
+    /// Give the value a time to live (PUT, CREATE, UPDATE, CAS).
+    pub fn with_ttl(mut self, ttl: Duration) -> WriteOp {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Return the key's live entry from before this write in [`Written::previous`].
+    pub fn returning_previous(mut self) -> WriteOp {
+        self.return_previous = true;
+        self
+    }
+
+    /// The key written.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn record_op(&self) -> Op {
+        match self.kind {
+            Kind::Delete(_) => Op::Del,
+            Kind::Purge => Op::Purge,
+            _ => Op::Put,
+        }
+    }
+}
+
+/// Time left on a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The key has no live value.
+    Missing,
+    /// The value never expires.
+    Forever,
+    /// The value expires in this many milliseconds.
+    Remaining(u64),
+}
+
+/// One page of a range scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Pass as `from` to get the next page; `None` at the end.
+    pub next: Option<String>,
+    /// Live entries in key order.
+    pub entries: Vec<Entry>,
+}
+
+/// A description of a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketStatus {
+    pub bucket: String,
+    /// Entries stored, history included.
+    pub values: u64,
+    /// Keys with a live value.
+    pub keys: u64,
+    /// Bytes of retained records.
+    pub bytes: u64,
+    pub history: u8,
+    /// Bucket TTL in ms, 0 for none.
+    pub ttl_ms: u64,
+    pub max_bytes: u64,
+    pub max_value_size: u64,
+    /// Lowest retained revision (0 when empty).
+    pub first_revision: u64,
+    /// Last revision written.
+    pub last_revision: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Bytes in segments no longer retained (reclaimed by compaction).
+    pub dead_bytes: u64,
+    /// Compaction passes run since open.
+    pub compactions: u64,
+    /// Bytes reclaimed by compaction since open.
+    pub reclaimed_bytes: u64,
+}

@@ -1,0 +1,106 @@
+//! The engine's one error type.
+
+use std::path::{Path, PathBuf};
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system I/O error on a named file or directory.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another store (in this process or another) holds the directory lock.
+    #[error("{} is locked: another logkv store has it open (in this or another process)", .0.display())]
+    Locked(PathBuf),
+    /// A segment holds bytes that are not valid records before its tail.
+    #[error("corrupt log {} at offset {offset}: {reason} (open with repair to keep every valid record)", path.display())]
+    Corrupt { path: PathBuf, offset: u64, reason: String },
+    /// The key has no value (or the revision asked for is not retained).
+    #[error("not found")]
+    NotFound,
+    /// `create` on a key that has a live value.
+    #[error("key exists")]
+    Exists,
+    /// An expected revision did not match the key's latest revision.
+    #[error("expected {expected}, latest {latest}")]
+    WrongRevision { expected: u64, latest: u64 },
+    /// A compare-and-swap by value found another value.
+    #[error("current value does not match")]
+    Mismatch,
+    /// No bucket by that name.
+    #[error("no such bucket: {0}")]
+    NoBucket(String),
+    /// A bucket by that name exists already.
+    #[error("bucket exists: {0}")]
+    BucketExists(String),
+    /// The key is not a valid key (see [`crate::validate_key`]).
+    #[error("invalid key: {0}")]
+    BadKey(String),
+    /// The bucket name is not valid (1–64 of `[A-Za-z0-9_-]`).
+    #[error("invalid bucket name: {0}")]
+    BadBucket(String),
+    /// An argument is out of range or malformed.
+    #[error("invalid argument: {0}")]
+    BadArgument(String),
+    /// The value is larger than the bucket's max value size.
+    #[error("value of {size} bytes exceeds the bucket's max value size of {max}")]
+    TooLarge { size: usize, max: usize },
+    /// The write would take the bucket over its max bytes.
+    #[error("bucket is full: {used} + {adding} bytes would exceed max bytes {max}")]
+    Full { used: u64, adding: u64, max: u64 },
+    /// One write of an atomic batch failed its precondition; nothing was written.
+    #[error("batch write {index} failed: {source}")]
+    Batch {
+        index: usize,
+        #[source]
+        source: Box<Error>,
+    },
+    /// A previous fsync failed; the log may have lost data and refuses writes until reopened.
+    #[error("log {} failed an earlier fsync ({reason}); reopen the store", path.display())]
+    Poisoned { reason: String, path: PathBuf },
+    /// Invalid configuration or options.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The watched data was compacted away before the watcher read it.
+    #[error("watch lost: revisions before {first_retained} were compacted away")]
+    Lost { first_retained: u64 },
+    /// The store or bucket was closed or dropped.
+    #[error("store closed")]
+    Closed,
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+
+    /// A short, stable, upper-case code for the error kind (the wire protocol's error codes).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound => "NOTFOUND",
+            Error::Exists | Error::BucketExists(_) => "EXISTS",
+            Error::WrongRevision { .. } => "WRONGREV",
+            Error::Mismatch => "MISMATCH",
+            Error::NoBucket(_) => "NOBUCKET",
+            Error::BadKey(_) => "BADKEY",
+            Error::BadBucket(_) | Error::BadArgument(_) => "BADARG",
+            Error::TooLarge { .. } => "TOOLARGE",
+            Error::Full { .. } => "FULL",
+            Error::Batch { source, .. } => source.code(),
+            Error::Locked(_) => "BUSY",
+            Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::Poisoned { .. }
+            | Error::Config(_)
+            | Error::Lost { .. }
+            | Error::Closed => "ERR",
+        }
+    }
+}

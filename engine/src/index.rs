@@ -1,0 +1,434 @@
+//! The in-memory index of one bucket: key → its retained revisions and where
+//! they are in the log. Values stay on disk.
+//!
+//! Memory is the design constraint (about 100 bytes per key for a million
+//! 16-byte keys): keys of up to 22 bytes live inside the tree node ([`IKey`]),
+//! so comparisons never chase a pointer, and each key's latest revision is a
+//! 32-byte [`Rev`] in the node. Older retained revisions (history > 1) live in
+//! a side slab, referenced by a 32-bit slot number.
+//!
+//! Retention is applied here and only here, by [`Index::apply`], both when a
+//! write happens and when recovery replays the log, so the two always agree.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use crate::log::record::Op;
+
+const INLINE: usize = 22;
+
+/// A key, stored inline when it is at most 22 bytes.
+#[derive(Clone)]
+pub enum IKey {
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl IKey {
+    pub fn new(key: &[u8]) -> IKey {
+        if key.len() <= INLINE {
+            let mut buf = [0; INLINE];
+            buf[..key.len()].copy_from_slice(key);
+            IKey::Inline(key.len() as u8, buf)
+        } else {
+            IKey::Heap(key.into())
+        }
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IKey::Inline(len, buf) => &buf[..*len as usize],
+            IKey::Heap(b) => b,
+        }
+    }
+
+    /// The key as text (keys are validated printable ASCII).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+}
+
+impl PartialEq for IKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for IKey {}
+impl PartialOrd for IKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for IKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+impl Borrow<[u8]> for IKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+impl std::fmt::Debug for IKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// One retained revision of a key: what it is and where its record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rev {
+    pub revision: u64,
+    /// When this entry stops being visible (per-key TTL or bucket max age), ms; 0 for never.
+    pub expires_ms: u64,
+    /// `seq` of the segment holding the record.
+    pub seq: u32,
+    /// Offset of the record in that segment.
+    pub offset: u32,
+    /// Record length (30 bits) and op (2 bits).
+    len_op: u32,
+    /// In the tree: slab slot + 1 of the older revisions, 0 for none. Unused elsewhere.
+    older: u32,
+}
+
+impl Rev {
+    pub fn new(revision: u64, expires_ms: u64, seq: u64, offset: u64, len: usize, op: Op) -> Rev {
+        debug_assert!(len < 1 << 30 && seq <= u32::MAX as u64 && offset <= u32::MAX as u64);
+        Rev {
+            revision,
+            expires_ms,
+            seq: seq as u32,
+            offset: offset as u32,
+            len_op: (len as u32) << 2 | op as u32,
+            older: 0,
+        }
+    }
+
+    /// Length of the record in the log.
+    pub fn len(&self) -> usize {
+        (self.len_op >> 2) as usize
+    }
+
+    /// The op of the record.
+    pub fn op(&self) -> Op {
+        match self.len_op & 3 {
+            1 => Op::Put,
+            2 => Op::Del,
+            _ => Op::Purge,
+        }
+    }
+
+    /// Whether the entry has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && self.expires_ms <= now_ms
+    }
+
+    /// Whether this is a value (a PUT) visible at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.op() == Op::Put && !self.expired(now_ms)
+    }
+
+    fn bare(mut self) -> Rev {
+        self.older = 0;
+        self
+    }
+}
+
+/// The index of one bucket.
+#[derive(Default)]
+pub struct Index {
+    map: BTreeMap<IKey, Rev>,
+    slab: Vec<Vec<Rev>>,
+    free: Vec<u32>,
+    /// Revisions retained, history included.
+    values: u64,
+    /// Bytes of the records retained.
+    bytes: u64,
+    /// Bytes per segment `seq` no longer retained (compaction's food).
+    dead: HashMap<u32, u64>,
+    /// Retained revisions that have an expiry (the sweeper skips buckets with none).
+    expiring: u64,
+}
+
+impl Index {
+    /// The latest revision of `key`.
+    #[inline]
+    pub fn latest(&self, key: &[u8]) -> Option<Rev> {
+        self.map.get(key).map(|r| r.bare())
+    }
+
+    /// Every retained revision of `key`, oldest first.
+    pub fn revisions(&self, key: &[u8]) -> Vec<Rev> {
+        self.map.get(key).map(|r| self.revs_of(r)).unwrap_or_default()
+    }
+
+    fn revs_of(&self, latest: &Rev) -> Vec<Rev> {
+        let mut out = match latest.older {
+            0 => Vec::with_capacity(1),
+            slot => self.slab[slot as usize - 1].clone(),
+        };
+        out.push(latest.bare());
+        out
+    }
+
+    /// Calls `f` with every retained revision of `latest`'s key, oldest first.
+    pub fn for_each_rev(&self, latest: &Rev, mut f: impl FnMut(&Rev)) {
+        if latest.older != 0 {
+            self.slab[latest.older as usize - 1].iter().for_each(&mut f);
+        }
+        f(&latest.bare())
+    }
+
+    /// The retained revision `revision` of `key`.
+    pub fn find(&self, key: &[u8], revision: u64) -> Option<Rev> {
+        let latest = self.map.get(key)?;
+        if latest.revision == revision {
+            return Some(latest.bare());
+        }
+        if latest.older == 0 {
+            return None;
+        }
+        self.slab[latest.older as usize - 1].iter().find(|r| r.revision == revision).copied()
+    }
+
+    /// Keys and latest revisions in `[from, to)` order.
+    pub fn range<'a>(&'a self, from: Bound<&'a [u8]>, to: Bound<&'a [u8]>) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+        self.map.range::<[u8], _>((from, to))
+    }
+
+    /// Keys starting with `prefix`, in order.
+    pub fn prefixed<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+        self.map
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(k, _)| k.as_bytes().starts_with(prefix))
+    }
+
+    /// Number of keys with at least one retained revision.
+    pub fn key_count(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Revisions retained, history included.
+    pub fn values(&self) -> u64 {
+        self.values
+    }
+
+    /// Bytes of retained records.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Dead bytes per segment.
+    pub fn dead_bytes(&self) -> &HashMap<u32, u64> {
+        &self.dead
+    }
+
+    /// Forgets the dead-byte count of a segment that no longer exists.
+    pub fn forget_segment(&mut self, seq: u32) {
+        self.dead.remove(&seq);
+    }
+
+    /// Retained revisions that have an expiry.
+    pub fn expiring(&self) -> u64 {
+        self.expiring
+    }
+
+    fn retire(&mut self, rev: Rev, removed: &mut Vec<Rev>) {
+        self.values -= 1;
+        self.expiring -= (rev.expires_ms != 0) as u64;
+        self.bytes -= rev.len() as u64;
+        *self.dead.entry(rev.seq).or_default() += rev.len() as u64;
+        removed.push(rev.bare());
+    }
+
+    fn alloc_slot(&mut self) -> u32 {
+        match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slab.push(Vec::new());
+                self.slab.len() as u32
+            }
+        }
+    }
+
+    fn free_slot(&mut self, slot: u32) -> Vec<Rev> {
+        self.free.push(slot);
+        std::mem::take(&mut self.slab[slot as usize - 1])
+    }
+
+    /// Applies a new revision of `key` with retention: a PURGE drops every
+    /// earlier revision; otherwise the key keeps its last `history` revisions.
+    /// Revisions that leave the index are appended to `removed`.
+    pub fn apply(&mut self, key: &[u8], new: Rev, history: usize, removed: &mut Vec<Rev>) {
+        let new = new.bare();
+        self.values += 1;
+        self.expiring += (new.expires_ms != 0) as u64;
+        self.bytes += new.len() as u64;
+        let Some(slot) = self.map.get_mut(key) else {
+            self.map.insert(IKey::new(key), new);
+            return;
+        };
+        let old = *slot;
+        if new.op() == Op::Purge || history <= 1 {
+            *slot = new;
+            self.retire(old.bare(), removed);
+            if old.older != 0 {
+                for r in self.free_slot(old.older) {
+                    self.retire(r, removed);
+                }
+            }
+            return;
+        }
+        let s = if old.older == 0 { self.alloc_slot() } else { old.older };
+        let mut older = std::mem::take(&mut self.slab[s as usize - 1]);
+        older.push(old.bare());
+        let excess = (older.len() + 1).saturating_sub(history);
+        for r in older.drain(..excess) {
+            self.retire(r, removed);
+        }
+        self.slab[s as usize - 1] = older;
+        let mut latest = new;
+        latest.older = s;
+        // `map.get_mut` again: `retire` needed `&mut self`.
+        if let Some(slot) = self.map.get_mut(key) {
+            *slot = latest;
+        }
+    }
+
+    /// Removes the oldest revisions of `key` for which `drop` says yes, stopping
+    /// at the first it keeps; removes the key if none is left.
+    pub fn drop_oldest_while(&mut self, key: &[u8], mut drop: impl FnMut(&Rev) -> bool, removed: &mut Vec<Rev>) {
+        let Some(latest) = self.map.get(key).copied() else { return };
+        let mut older = if latest.older == 0 { Vec::new() } else { self.free_slot(latest.older) };
+        let mut n = 0;
+        while n < older.len() && drop(&older[n]) {
+            n += 1;
+        }
+        let all_older_gone = n == older.len();
+        for r in older.drain(..n) {
+            self.retire(r, removed);
+        }
+        if all_older_gone && drop(&latest.bare()) {
+            self.map.remove(key);
+            self.retire(latest.bare(), removed);
+            return;
+        }
+        let mut keep = latest.bare();
+        if !older.is_empty() {
+            let s = self.alloc_slot();
+            self.slab[s as usize - 1] = older;
+            keep.older = s;
+        }
+        self.map.insert(IKey::new(key), keep);
+    }
+
+    /// Moves revisions to new locations after compaction. `moves` maps
+    /// `(old seq, old offset)` to `(new seq, new offset)`; revisions not in it stay.
+    pub fn relocate(&mut self, moves: &HashMap<(u32, u32), (u32, u32)>) {
+        let fix = |r: &mut Rev| {
+            if let Some(&(seq, off)) = moves.get(&(r.seq, r.offset)) {
+                r.seq = seq;
+                r.offset = off;
+            }
+        };
+        self.map.values_mut().for_each(fix);
+        self.slab.iter_mut().flatten().for_each(fix);
+    }
+
+    /// Every retained revision, in no particular order.
+    pub fn all_revs(&self) -> impl Iterator<Item = Rev> + '_ {
+        self.map.values().map(|r| r.bare()).chain(self.slab.iter().flatten().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(revision: u64, op: Op) -> Rev {
+        Rev::new(revision, 0, 1, revision * 100, 50, op)
+    }
+
+    #[test]
+    fn sizes_stay_small() {
+        assert_eq!(std::mem::size_of::<IKey>(), 24);
+        assert_eq!(std::mem::size_of::<Rev>(), 32);
+    }
+
+    #[test]
+    fn inline_and_heap_keys_order_as_bytes() {
+        let keys = ["b", "a", &"z".repeat(40), "aa", &"a".repeat(23), &"a".repeat(22)];
+        let mut ik: Vec<IKey> = keys.iter().map(|k| IKey::new(k.as_bytes())).collect();
+        ik.sort();
+        let mut sorted: Vec<&str> = keys.to_vec();
+        sorted.sort();
+        assert_eq!(ik.iter().map(|k| k.as_str()).collect::<Vec<_>>(), sorted);
+    }
+
+    #[test]
+    fn history_one_replaces() {
+        let mut ix = Index::default();
+        let mut removed = vec![];
+        ix.apply(b"k", rev(1, Op::Put), 1, &mut removed);
+        ix.apply(b"k", rev(2, Op::Put), 1, &mut removed);
+        assert_eq!(removed, vec![rev(1, Op::Put)]);
+        assert_eq!(ix.revisions(b"k"), vec![rev(2, Op::Put)]);
+        assert_eq!(ix.values(), 1);
+        assert_eq!(ix.bytes(), 50);
+        assert_eq!(ix.dead_bytes()[&1], 50);
+    }
+
+    #[test]
+    fn history_keeps_last_n_and_purge_drops_all() {
+        let mut ix = Index::default();
+        let mut removed = vec![];
+        for r in 1..=5 {
+            ix.apply(b"k", rev(r, Op::Put), 3, &mut removed);
+        }
+        assert_eq!(ix.revisions(b"k").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(removed.len(), 2);
+        ix.apply(b"k", rev(6, Op::Del), 3, &mut removed);
+        assert_eq!(ix.revisions(b"k").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![4, 5, 6]);
+        assert_eq!(ix.find(b"k", 4).map(|r| r.op()), Some(Op::Put));
+        assert_eq!(ix.find(b"k", 3), None);
+        ix.apply(b"k", rev(7, Op::Purge), 3, &mut removed);
+        assert_eq!(ix.revisions(b"k"), vec![rev(7, Op::Purge)]);
+        assert_eq!(ix.values(), 1);
+        assert_eq!(removed.len(), 6);
+        // The slab slot was freed and is reused.
+        ix.apply(b"k", rev(8, Op::Put), 3, &mut removed);
+        ix.apply(b"j", rev(9, Op::Put), 3, &mut removed);
+        ix.apply(b"j", rev(10, Op::Put), 3, &mut removed);
+        assert_eq!(ix.slab.len(), 2);
+    }
+
+    #[test]
+    fn drop_oldest_while_removes_prefix_and_key() {
+        let mut ix = Index::default();
+        let mut removed = vec![];
+        for r in 1..=4 {
+            ix.apply(b"k", rev(r, Op::Put), 4, &mut removed);
+        }
+        ix.drop_oldest_while(b"k", |r| r.revision <= 2, &mut removed);
+        assert_eq!(ix.revisions(b"k").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![3, 4]);
+        ix.drop_oldest_while(b"k", |_| true, &mut removed);
+        assert!(ix.latest(b"k").is_none());
+        assert_eq!(ix.values(), 0);
+        assert_eq!(ix.bytes(), 0);
+    }
+
+    #[test]
+    fn relocate_moves_only_named_records() {
+        let mut ix = Index::default();
+        let mut removed = vec![];
+        ix.apply(b"a", rev(1, Op::Put), 2, &mut removed);
+        ix.apply(b"a", rev(2, Op::Put), 2, &mut removed);
+        let moves = HashMap::from([((1u32, 100u32), (7u32, 8u32))]);
+        ix.relocate(&moves);
+        let revs = ix.revisions(b"a");
+        assert_eq!((revs[0].seq, revs[0].offset), (7, 8));
+        assert_eq!((revs[1].seq, revs[1].offset), (1, 200));
+    }
+}

@@ -1,0 +1,52 @@
+//! logkv: an embeddable, log-structured key-value store.
+//!
+//! Data lives in buckets. Each bucket has its own append-only log of
+//! checksummed records, an in-memory index from key to its retained
+//! revisions, and its own revision counter. Semantics follow NATS JetStream
+//! key/value buckets: revisions, create/update, delete vs purge, history.
+//!
+//! ```
+//! use logkv::{Store, Options, BucketConfig};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path(), Options::default())?;
+//! let users = store.create_bucket("users", BucketConfig { history: 5, ..Default::default() })?;
+//!
+//! let r1 = users.put("user.1.name", "ada")?;
+//! let r2 = users.update("user.1.name", "ada lovelace", r1)?;
+//! assert_eq!(users.get("user.1.name")?.as_deref(), Some(&b"ada lovelace"[..]));
+//! assert_eq!(users.entry_at("user.1.name", r1)?.unwrap().value, "ada");
+//!
+//! users.delete("user.1.name")?;
+//! assert_eq!(users.get("user.1.name")?, None);
+//! assert_eq!(users.history("user.1.name")?.len(), 3);
+//! assert!(users.update("user.1.name", "x", r2).is_err()); // not the latest any more
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod bucket;
+pub mod clock;
+mod config;
+mod entry;
+mod error;
+mod fsutil;
+pub mod fsync;
+#[allow(missing_docs)]
+pub mod index;
+mod key;
+mod lock;
+#[allow(missing_docs)]
+pub mod log;
+mod store;
+mod watch;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{BucketConfig, Options};
+pub use entry::{BucketStatus, Entry, Op, Page, Ttl, WriteOp, Written};
+pub use error::{Error, Result};
+pub use fsync::FsyncPolicy;
+pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
+pub use log::recovery::{RecoveryReport, Skipped};
+pub use store::{Bucket, Store, DEFAULT_BUCKET};

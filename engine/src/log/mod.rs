@@ -1,0 +1,249 @@
+//! The segment log of one bucket: appends, rotation, reads and durability.
+//!
+//! The on-disk format is in [`record`] (records) and [`segment`] (files); the
+//! rules for reading it back after a crash are in [`recovery`].
+
+pub mod record;
+pub mod recovery;
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_zeros;
+use crate::fsync::{log_pos, FsyncPolicy, GroupCommit};
+use record::RecordRef;
+use recovery::RecoveryReport;
+use segment::{Segment, SegmentHeader, SegmentId};
+
+/// Largest segment size accepted (record offsets are 32-bit).
+pub const MAX_SEGMENT_SIZE: u64 = 2 << 30;
+/// Smallest segment size accepted.
+pub const MIN_SEGMENT_SIZE: u64 = 4096;
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Rotate to a new segment when the active one would pass this size.
+    pub segment_size: u64,
+    /// When appends become durable.
+    pub fsync: FsyncPolicy,
+    /// Keep every valid record of a damaged log instead of failing to open.
+    pub repair: bool,
+}
+
+impl LogConfig {
+    fn prealloc_chunk(&self) -> u64 {
+        (self.segment_size / 16).clamp(4096, 4 << 20)
+    }
+}
+
+/// The writer's view of the active segment; lives under the bucket's writer lock.
+pub struct Appender {
+    active: Arc<Segment>,
+    /// Offset of the next record in the active segment.
+    pos: u64,
+    /// Bytes of the active segment that exist on disk (pre-written zeros included).
+    file_len: u64,
+    /// Bytes past `pos` that a failed write may have left behind; zeroed before the next write.
+    dirty_tail: u64,
+}
+
+impl Appender {
+    /// The current end of the log.
+    pub fn end(&self) -> u64 {
+        log_pos(self.active.id.seq, self.pos)
+    }
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub seq: u64,
+    /// Offset of the batch's first record in segment `seq`.
+    pub offset: u64,
+    /// The log position just past the batch (for durability waits).
+    pub end: u64,
+}
+
+/// One bucket's log.
+pub struct Log {
+    dir: PathBuf,
+    cfg: LogConfig,
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    commit: GroupCommit,
+}
+
+/// Result of opening a log.
+pub struct Opened {
+    pub log: Log,
+    pub appender: Appender,
+    /// The highest revision watermark in any segment header.
+    pub watermark: u64,
+    pub report: RecoveryReport,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, calling `apply` for every recovered record.
+    pub fn open(
+        dir: &Path,
+        cfg: LogConfig,
+        apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
+    ) -> Result<Opened> {
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&cfg.segment_size) {
+            return Err(Error::Config(format!(
+                "segment size {} outside {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}",
+                cfg.segment_size
+            )));
+        }
+        let rec = recovery::recover(dir, cfg.repair, apply)?;
+        let mut segments: BTreeMap<u64, Arc<Segment>> = rec.segments.iter().map(|s| (s.id.seq, Arc::clone(s))).collect();
+        let (active, pos) = match rec.segments.last() {
+            Some(last) => {
+                // Re-map the last segment at full capacity so appends can grow into it.
+                let active = Arc::new(Segment::open(&last.path, Some(cfg.segment_size))?);
+                segments.insert(active.id.seq, Arc::clone(&active));
+                (active, rec.tail.max(last.data_start))
+            }
+            None => {
+                let header = SegmentHeader {
+                    id: SegmentId { seq: 1, gen: 0 },
+                    revision_watermark: rec.watermark,
+                    supersedes: Vec::new(),
+                };
+                let active = Arc::new(Segment::create(dir, header, cfg.segment_size, cfg.prealloc_chunk())?);
+                segments.insert(1, Arc::clone(&active));
+                let pos = active.data_start;
+                (active, pos)
+            }
+        };
+        let file_len = active.file_len()?;
+        let end = log_pos(active.id.seq, pos);
+        let log = Log {
+            dir: dir.to_path_buf(),
+            commit: GroupCommit::new(Arc::clone(&active), end),
+            segments: RwLock::new(segments),
+            cfg,
+        };
+        let appender = Appender { active, pos, file_len, dirty_tail: 0 };
+        Ok(Opened { log, appender, watermark: rec.watermark, report: rec.report })
+    }
+
+    /// The directory of this log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The fsync policy.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.cfg.fsync
+    }
+
+    /// The segment with this `seq`, if it is live.
+    pub fn segment(&self, seq: u64) -> Option<Arc<Segment>> {
+        self.segments.read().get(&seq).cloned()
+    }
+
+    /// All live segments in log order.
+    pub fn segments(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().values().cloned().collect()
+    }
+
+    /// Number of live segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    /// Appends an encoded batch. `watermark` is the bucket's last revision,
+    /// written into the header of a new segment if this append rotates.
+    pub fn append(&self, app: &mut Appender, batch: &[u8], watermark: u64) -> Result<Appended> {
+        self.commit.check()?;
+        let len = batch.len() as u64;
+        if app.dirty_tail > 0 {
+            let to = (app.pos + app.dirty_tail).min(app.file_len);
+            write_zeros(app.active.file(), app.pos, to).map_err(|e| Error::io(&app.active.path, e))?;
+            app.dirty_tail = 0;
+        }
+        if app.pos + len > app.active.capacity() {
+            self.rotate(app, watermark, len)?;
+        }
+        if app.pos + len > app.file_len {
+            let grow_to = (app.pos + len).max(app.file_len + self.cfg.prealloc_chunk()).min(app.active.capacity());
+            if let Err(e) = write_zeros(app.active.file(), app.file_len, grow_to) {
+                app.dirty_tail = grow_to - app.pos;
+                return Err(Error::io(&app.active.path, e));
+            }
+            app.file_len = grow_to;
+        }
+        if let Err(e) = app.active.file().write_all_at(batch, app.pos) {
+            app.dirty_tail = len;
+            return Err(Error::io(&app.active.path, e));
+        }
+        let offset = app.pos;
+        app.pos += len;
+        let end = app.end();
+        self.commit.note_written(end);
+        Ok(Appended { seq: app.active.id.seq, offset, end })
+    }
+
+    /// Seals the active segment (synced, cut to its data) and starts a new one.
+    fn rotate(&self, app: &mut Appender, watermark: u64, need: u64) -> Result<()> {
+        let old = Arc::clone(&app.active);
+        let io = |e| Error::io(&old.path, e);
+        old.file().set_len(app.pos).map_err(io)?;
+        old.file().sync_data().map_err(io)?;
+        let header = SegmentHeader {
+            id: SegmentId { seq: old.id.seq + 1, gen: 0 },
+            revision_watermark: watermark,
+            supersedes: Vec::new(),
+        };
+        let capacity = self.cfg.segment_size.max(header.encoded_len() as u64 + need);
+        if capacity > u32::MAX as u64 {
+            return Err(Error::BadArgument(format!("a batch of {need} bytes is too large for one segment")));
+        }
+        let seg = Arc::new(Segment::create(&self.dir, header, capacity, self.cfg.prealloc_chunk())?);
+        self.segments.write().insert(seg.id.seq, Arc::clone(&seg));
+        self.commit.rotated(log_pos(old.id.seq, app.pos), Arc::clone(&seg));
+        tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
+        app.file_len = seg.file_len()?;
+        app.pos = seg.data_start;
+        app.active = seg;
+        Ok(())
+    }
+
+    /// Waits until everything below `pos` is durable (group commit).
+    pub fn wait_durable(&self, pos: u64) -> Result<()> {
+        self.commit.wait_durable(pos)
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.commit.sync_all()
+    }
+
+    /// Whether there are appended bytes not yet synced.
+    pub fn dirty(&self) -> bool {
+        self.commit.dirty()
+    }
+
+    /// Replaces `old` segments by `new` in the table (after compaction).
+    pub fn replace_segments(&self, old: &[SegmentId], new: Arc<Segment>) {
+        let mut t = self.segments.write();
+        for id in old {
+            if t.get(&id.seq).is_some_and(|s| s.id == *id) {
+                t.remove(&id.seq);
+            }
+        }
+        t.insert(new.id.seq, new);
+    }
+
+    /// The `seq` of the active segment.
+    pub fn active_seq(&self) -> u64 {
+        self.segments.read().keys().next_back().copied().unwrap_or(0)
+    }
+}

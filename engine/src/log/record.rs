@@ -1,0 +1,351 @@
+//! Record framing: the unit written to a segment.
+//!
+//! Every record is a fixed 40-byte header followed by the key and the value.
+//! All integers are little-endian. The layout (also in `docs/FORMAT.md`):
+//!
+//! | offset | size | field                                                        |
+//! |-------:|-----:|--------------------------------------------------------------|
+//! | 0      | 4    | crc32 (IEEE, crc32fast) of bytes 4..end of the record        |
+//! | 4      | 1    | record format version, 1                                     |
+//! | 5      | 1    | op: 1 PUT, 2 DEL, 3 PURGE                                    |
+//! | 6      | 1    | flags: bit 0 `BATCH_MORE` (another record of this batch follows) |
+//! | 7      | 1    | reserved, 0                                                  |
+//! | 8      | 2    | key length (1..=1024)                                        |
+//! | 10     | 2    | reserved, 0                                                  |
+//! | 12     | 4    | value length                                                 |
+//! | 16     | 8    | revision                                                     |
+//! | 24     | 8    | created, ms since the Unix epoch                             |
+//! | 32     | 8    | expires, ms since the Unix epoch, 0 for none                 |
+//! | 40     | k    | key bytes                                                    |
+//! | 40+k   | v    | value bytes                                                  |
+//!
+//! An all-zero header marks the end of the written part of a segment
+//! (segments are pre-written with zeros).
+
+/// Length of the fixed record header.
+pub const HEADER_LEN: usize = 40;
+/// The record format version written by this build.
+pub const RECORD_VERSION: u8 = 1;
+/// Flag: another record of the same atomic batch follows this one.
+pub const FLAG_BATCH_MORE: u8 = 1;
+/// Longest key the format accepts.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Longest value the format accepts (the engine's own limit is lower or equal).
+pub const MAX_VALUE_LEN: usize = 256 << 20;
+
+/// The operation a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A value was stored.
+    Put = 1,
+    /// A delete marker: the key has no value; earlier history is kept.
+    Del = 2,
+    /// A purge marker: the key has no value and earlier history is dropped.
+    Purge = 3,
+}
+
+impl Op {
+    /// Decodes the op byte.
+    pub fn from_u8(b: u8) -> Option<Op> {
+        match b {
+            1 => Some(Op::Put),
+            2 => Some(Op::Del),
+            3 => Some(Op::Purge),
+            _ => None,
+        }
+    }
+
+    /// The protocol name of the op.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "PUT",
+            Op::Del => "DEL",
+            Op::Purge => "PURGE",
+        }
+    }
+}
+
+/// The decoded fixed fields of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub op: Op,
+    pub flags: u8,
+    pub key_len: u16,
+    pub value_len: u32,
+    pub revision: u64,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+impl RecordHeader {
+    /// Total encoded length of the record this header describes.
+    pub fn record_len(&self) -> usize {
+        HEADER_LEN + self.key_len as usize + self.value_len as usize
+    }
+
+    /// Whether another record of the same batch follows.
+    pub fn batch_more(&self) -> bool {
+        self.flags & FLAG_BATCH_MORE != 0
+    }
+}
+
+/// A record borrowed from a segment (or any buffer).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub header: RecordHeader,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// Why bytes at a position are not a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Fewer bytes remain than the header or the lengths it declares.
+    Truncated,
+    /// A header field holds a value this version never writes.
+    BadHeader,
+    /// The checksum does not match.
+    BadChecksum,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Invalid::Truncated => "truncated record",
+            Invalid::BadHeader => "invalid record header",
+            Invalid::BadChecksum => "record checksum mismatch",
+        })
+    }
+}
+
+/// What [`decode`] found at the start of a buffer.
+#[derive(Debug, Clone, Copy)]
+pub enum Decoded<'a> {
+    /// A valid record.
+    Record(RecordRef<'a>),
+    /// The end of written data: an all-zero header, or no bytes at all.
+    End,
+    /// Bytes that are not a valid record.
+    Invalid(Invalid),
+}
+
+/// Encoded length of a record with these key and value lengths.
+pub fn encoded_len(key_len: usize, value_len: usize) -> usize {
+    HEADER_LEN + key_len + value_len
+}
+
+/// Appends one encoded record to `out`.
+///
+/// The caller guarantees `key.len()` is 1..=MAX_KEY_LEN and `value.len() <= MAX_VALUE_LEN`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    out: &mut Vec<u8>,
+    op: Op,
+    flags: u8,
+    revision: u64,
+    created_ms: u64,
+    expires_ms: u64,
+    key: &[u8],
+    value: &[u8],
+) {
+    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+    debug_assert!(value.len() <= MAX_VALUE_LEN);
+    let start = out.len();
+    out.reserve(encoded_len(key.len(), value.len()));
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[RECORD_VERSION, op as u8, flags, 0]);
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&revision.to_le_bytes());
+    out.extend_from_slice(&created_ms.to_le_bytes());
+    out.extend_from_slice(&expires_ms.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    let crc = crc32fast::hash(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Sets or clears `FLAG_BATCH_MORE` on an encoded record and fixes its checksum.
+pub fn set_batch_more(record: &mut [u8], more: bool) {
+    if more {
+        record[6] |= FLAG_BATCH_MORE;
+    } else {
+        record[6] &= !FLAG_BATCH_MORE;
+    }
+    let crc = crc32fast::hash(&record[4..]);
+    record[..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Decodes the header fields without checking the checksum.
+fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
+    if buf.len() < HEADER_LEN {
+        return Err(Invalid::Truncated);
+    }
+    let op = Op::from_u8(buf[5]).ok_or(Invalid::BadHeader)?;
+    let flags = buf[6];
+    let key_len = u16_at(buf, 8);
+    let value_len = u32_at(buf, 12);
+    if buf[4] != RECORD_VERSION
+        || flags & !FLAG_BATCH_MORE != 0
+        || buf[7] != 0
+        || u16_at(buf, 10) != 0
+        || key_len == 0
+        || key_len as usize > MAX_KEY_LEN
+        || value_len as usize > MAX_VALUE_LEN
+    {
+        return Err(Invalid::BadHeader);
+    }
+    Ok(RecordHeader {
+        op,
+        flags,
+        key_len,
+        value_len,
+        revision: u64_at(buf, 16),
+        created_ms: u64_at(buf, 24),
+        expires_ms: u64_at(buf, 32),
+    })
+}
+
+/// Decodes the record at the start of `buf`, verifying its checksum.
+pub fn decode(buf: &[u8]) -> Decoded<'_> {
+    let head = &buf[..buf.len().min(HEADER_LEN)];
+    if head.iter().all(|&b| b == 0) {
+        // Zeros (or nothing) where a header would start: the end of written data.
+        // A short all-zero remainder is also the end: nothing was written there.
+        return Decoded::End;
+    }
+    let header = match parse_header(buf) {
+        Ok(h) => h,
+        Err(e) => return Decoded::Invalid(e),
+    };
+    let len = header.record_len();
+    if buf.len() < len {
+        return Decoded::Invalid(Invalid::Truncated);
+    }
+    let stored = u32_at(buf, 0);
+    if crc32fast::hash(&buf[4..len]) != stored {
+        return Decoded::Invalid(Invalid::BadChecksum);
+    }
+    let key_end = HEADER_LEN + header.key_len as usize;
+    Decoded::Record(RecordRef {
+        header,
+        key: &buf[HEADER_LEN..key_end],
+        value: &buf[key_end..len],
+    })
+}
+
+/// Finds the first offset after `from` in `buf` where a valid record starts.
+///
+/// Used by recovery to tell a torn tail (nothing valid follows) from corruption
+/// in the middle, and by repair to resume after a damaged region.
+pub fn find_next_valid(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at + HEADER_LEN <= buf.len() {
+        // Cheap filter on the version and op bytes before the checksum.
+        if buf[at + 4] == RECORD_VERSION && Op::from_u8(buf[at + 5]).is_some() {
+            if let Decoded::Record(_) = decode(&buf[at..]) {
+                return Some(at);
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(op: Op, key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, op, 0, 42, 1_700_000_000_000, 7, key, value);
+        out
+    }
+
+    #[test]
+    fn round_trip_every_op() {
+        for op in [Op::Put, Op::Del, Op::Purge] {
+            let buf = one(op, b"a.b", b"value");
+            assert_eq!(buf.len(), encoded_len(3, 5));
+            match decode(&buf) {
+                Decoded::Record(r) => {
+                    assert_eq!(r.header.op, op);
+                    assert_eq!(r.header.revision, 42);
+                    assert_eq!(r.header.created_ms, 1_700_000_000_000);
+                    assert_eq!(r.header.expires_ms, 7);
+                    assert_eq!(r.key, b"a.b");
+                    assert_eq!(r.value, b"value");
+                    assert!(!r.header.batch_more());
+                }
+                other => panic!("expected a record, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn batch_flag_round_trips_and_keeps_checksum_valid() {
+        let mut buf = one(Op::Put, b"k", b"v");
+        set_batch_more(&mut buf, true);
+        match decode(&buf) {
+            Decoded::Record(r) => assert!(r.header.batch_more()),
+            other => panic!("{other:?}"),
+        }
+        set_batch_more(&mut buf, false);
+        assert!(matches!(decode(&buf), Decoded::Record(r) if !r.header.batch_more()));
+    }
+
+    #[test]
+    fn zeros_are_the_end() {
+        assert!(matches!(decode(&[]), Decoded::End));
+        assert!(matches!(decode(&[0; 100]), Decoded::End));
+        assert!(matches!(decode(&[0; 3]), Decoded::End));
+    }
+
+    #[test]
+    fn every_truncation_is_invalid_never_a_record() {
+        let buf = one(Op::Put, b"key", b"some value");
+        for cut in 1..buf.len() {
+            match decode(&buf[..cut]) {
+                Decoded::Record(_) => panic!("truncated at {cut} decoded as a record"),
+                Decoded::End | Decoded::Invalid(_) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let buf = one(Op::Put, b"key", b"some value");
+        for byte in 0..buf.len() {
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[byte] ^= 1 << bit;
+                assert!(
+                    !matches!(decode(&bad), Decoded::Record(_)),
+                    "flip of byte {byte} bit {bit} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn find_next_valid_skips_garbage() {
+        let mut buf = vec![0xAB; 17];
+        let rec = one(Op::Put, b"k", b"v");
+        buf.extend_from_slice(&rec);
+        assert_eq!(find_next_valid(&buf, 0), Some(17));
+        assert_eq!(find_next_valid(&buf, 18), None);
+    }
+}

@@ -1,0 +1,232 @@
+//! Recovery rules: how a bucket's log is read back on open. All of them live here.
+//!
+//! 1. Files named `*.tmp` are unfinished creations (a segment or a compaction
+//!    output that was never renamed into place): they are removed.
+//! 2. A segment whose header lists segments it supersedes is a finished
+//!    compaction: the superseded files, if still present, are removed.
+//! 3. Segments are read in `(seq, gen)` order; records are applied batch by
+//!    batch, and a batch is applied only when its last record (no `BATCH_MORE`)
+//!    has been read, so a batch torn by a crash is never applied in part.
+//! 4. In the last segment, bytes that are not a valid record, with no valid
+//!    record anywhere after them, are a torn tail: the file is cut at the start
+//!    of the batch they belong to, with a warning saying how many bytes went.
+//! 5. Anything else that is not a valid record (a bad header, a bad checksum
+//!    followed by valid records, a torn batch in a sealed segment) is
+//!    corruption: open fails naming the file and offset, unless repair was
+//!    asked for, in which case every valid record is kept and each skipped
+//!    region is reported.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::record::{decode, find_next_valid, Decoded, RecordRef};
+use super::segment::{Segment, SegmentId, SEGMENT_EXT};
+use crate::error::{Error, Result};
+use crate::fsutil::sync_dir;
+
+/// A region recovery skipped or cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Segments read.
+    pub segments: usize,
+    /// Records applied.
+    pub records: u64,
+    /// Bytes cut from the tail of the last segment (a write torn by a crash).
+    pub truncated_bytes: u64,
+    /// Regions skipped in repair mode.
+    pub skipped: Vec<Skipped>,
+    /// Files removed (unfinished creations, superseded segments).
+    pub removed_files: Vec<PathBuf>,
+}
+
+pub(crate) struct Recovered {
+    /// Segments in log order; the last is where appends continue.
+    pub segments: Vec<Arc<Segment>>,
+    /// Where the next record goes in the last segment.
+    pub tail: u64,
+    /// Highest revision watermark found in a segment header.
+    pub watermark: u64,
+    pub report: RecoveryReport,
+}
+
+/// Calls `apply(segment, offset, record)` for every record of every complete batch, in log order.
+pub(crate) fn recover(
+    dir: &Path,
+    repair: bool,
+    apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
+) -> Result<Recovered> {
+    let mut report = RecoveryReport::default();
+    let mut segments = open_segments(dir, repair, &mut report)?;
+    let watermark = segments.iter().map(|s| s.header.revision_watermark).max().unwrap_or(0);
+    let mut tail = 0;
+    let count = segments.len();
+    for (i, seg) in segments.iter_mut().enumerate() {
+        let is_last = i + 1 == count;
+        tail = scan_segment(seg, is_last, repair, &mut report, apply)?;
+        report.segments += 1;
+    }
+    Ok(Recovered { segments, tail, watermark, report })
+}
+
+/// Lists, cleans up and opens the segments of a directory, in log order.
+fn open_segments(dir: &Path, repair: bool, report: &mut RecoveryReport) -> Result<Vec<Arc<Segment>>> {
+    let mut ids = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut removed_any = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(&format!(".{SEGMENT_EXT}.tmp")) {
+            let path = entry.path();
+            tracing::info!(file = %path.display(), "removing unfinished segment");
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            report.removed_files.push(path);
+            removed_any = true;
+        } else if let Some(id) = SegmentId::parse(name) {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    let mut opened = Vec::with_capacity(ids.len());
+    for id in ids {
+        let path = dir.join(id.file_name());
+        match Segment::open(&path, None) {
+            Ok(seg) if seg.header.id == id => opened.push(seg),
+            Ok(_) | Err(Error::Corrupt { .. }) if repair => {
+                let aside = path.with_extension("seg.corrupt");
+                tracing::warn!(file = %path.display(), "repair: segment header unreadable, moved aside");
+                std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+                report.skipped.push(Skipped {
+                    path: path.clone(),
+                    offset: 0,
+                    bytes: std::fs::metadata(&aside).map(|m| m.len()).unwrap_or(0),
+                    reason: "unreadable segment header".into(),
+                });
+                removed_any = true;
+            }
+            Ok(seg) => {
+                return Err(Error::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!("header names segment {:?}", seg.header.id),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Finish interrupted compactions: a complete output supersedes its inputs.
+    let superseded: std::collections::HashSet<SegmentId> =
+        opened.iter().flat_map(|s| s.header.supersedes.iter().copied()).collect();
+    let mut kept = Vec::with_capacity(opened.len());
+    for seg in opened {
+        if superseded.contains(&seg.id) {
+            tracing::info!(file = %seg.path.display(), "removing segment superseded by compaction");
+            std::fs::remove_file(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
+            report.removed_files.push(seg.path.clone());
+            removed_any = true;
+        } else {
+            kept.push(Arc::new(seg));
+        }
+    }
+    if removed_any {
+        sync_dir(dir)?;
+    }
+    Ok(kept)
+}
+
+/// Applies the complete batches of one segment; returns where valid data ends.
+fn scan_segment(
+    seg: &mut Arc<Segment>,
+    is_last: bool,
+    repair: bool,
+    report: &mut RecoveryReport,
+    apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
+) -> Result<u64> {
+    let file_len = seg.file_len()?;
+    let segment = Arc::clone(seg);
+    let buf = segment.range(0, file_len);
+    let mut at = seg.data_start as usize;
+    let mut batch_start = at;
+    let mut pending: Vec<(usize, RecordRef<'_>)> = Vec::new();
+    loop {
+        let problem = match decode(&buf[at..]) {
+            Decoded::Record(r) => {
+                let len = r.header.record_len();
+                pending.push((at, r));
+                at += len;
+                if !r.header.batch_more() {
+                    for (off, rec) in pending.drain(..) {
+                        apply(&segment, off as u64, &rec)?;
+                        report.records += 1;
+                    }
+                    batch_start = at;
+                }
+                continue;
+            }
+            Decoded::End => {
+                let rest = &buf[at..];
+                match rest.iter().position(|&b| b != 0) {
+                    None if pending.is_empty() => return Ok(at as u64),
+                    None => "batch not finished".to_string(),
+                    Some(nz) => format!("non-zero bytes after the end of data at offset {}", at + nz),
+                }
+            }
+            Decoded::Invalid(why) => why.to_string(),
+        };
+        // `at` is not the start of a valid record (or a batch is unfinished).
+        let next = find_next_valid(buf, at + 1);
+        if is_last && next.is_none() {
+            let cut = (buf.len() - batch_start) as u64;
+            let nonzero_end = buf.iter().rposition(|&b| b != 0).map_or(batch_start, |p| p + 1);
+            let dropped = nonzero_end.saturating_sub(batch_start) as u64;
+            tracing::warn!(
+                file = %seg.path.display(),
+                offset = batch_start,
+                bytes = dropped,
+                reason = %problem,
+                "dropping a record torn at the tail of the log (a write cut short by a crash)"
+            );
+            drop(pending);
+            if cut > 0 {
+                seg.file().set_len(batch_start as u64).map_err(|e| Error::io(&seg.path, e))?;
+                seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
+            }
+            report.truncated_bytes += dropped;
+            return Ok(batch_start as u64);
+        }
+        if !repair {
+            return Err(Error::Corrupt { path: seg.path.clone(), offset: at as u64, reason: problem });
+        }
+        let resume = next.unwrap_or(buf.len());
+        tracing::warn!(
+            file = %seg.path.display(),
+            offset = batch_start,
+            bytes = resume - batch_start,
+            reason = %problem,
+            "repair: skipping damaged region"
+        );
+        report.skipped.push(Skipped {
+            path: seg.path.clone(),
+            offset: batch_start as u64,
+            bytes: (resume - batch_start) as u64,
+            reason: problem,
+        });
+        pending.clear();
+        at = resume;
+        batch_start = resume;
+        if next.is_none() {
+            // Nothing valid follows in a sealed segment: it ends here.
+            return Ok(at as u64);
+        }
+    }
+}

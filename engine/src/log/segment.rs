@@ -1,0 +1,324 @@
+//! Segment files: a header, then records back to back, then zeros.
+//!
+//! File name: `{seq:016x}-{gen:08x}.seg`. `seq` orders segments in the log;
+//! `gen` is raised when compaction rewrites segments into a new file that takes
+//! the `seq` of the first segment it replaces. The header (layout in
+//! `docs/FORMAT.md`) names the segments a compacted file supersedes, so that
+//! recovery can finish or undo an interrupted compaction.
+//!
+//! Segments are created under a temporary name, filled with their header and a
+//! first chunk of zeros, synced, and renamed into place, so a segment with its
+//! final name always has a complete header. The active segment grows by
+//! pre-writing zeros a chunk at a time: an `fdatasync` then finds the file size
+//! unchanged and has no inode to write.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{sync_dir, write_zeros};
+
+/// Magic bytes at the start of every segment file.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"LOGKVSEG";
+/// Segment header format version.
+pub const SEGMENT_VERSION: u16 = 1;
+/// Size of the fixed part of the segment header.
+const FIXED_HEADER: usize = 48;
+/// Extension of segment files.
+pub const SEGMENT_EXT: &str = "seg";
+
+/// Identity of a segment: its place in the log and its generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId {
+    pub seq: u64,
+    pub gen: u32,
+}
+
+impl SegmentId {
+    /// The file name of this segment.
+    pub fn file_name(&self) -> String {
+        format!("{:016x}-{:08x}.{SEGMENT_EXT}", self.seq, self.gen)
+    }
+
+    /// Parses a segment file name; `None` for any other file.
+    pub fn parse(name: &str) -> Option<SegmentId> {
+        let stem = name.strip_suffix(".seg")?;
+        let (seq, gen) = stem.split_once('-')?;
+        if seq.len() != 16 || gen.len() != 8 {
+            return None;
+        }
+        Some(SegmentId {
+            seq: u64::from_str_radix(seq, 16).ok()?,
+            gen: u32::from_str_radix(gen, 16).ok()?,
+        })
+    }
+}
+
+/// The decoded segment header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub id: SegmentId,
+    /// The bucket's last assigned revision when this file was created: the
+    /// revision counter never goes below it, even if every record is compacted away.
+    pub revision_watermark: u64,
+    /// Segments whose retained records this file holds (compaction output).
+    pub supersedes: Vec<SegmentId>,
+}
+
+impl SegmentHeader {
+    /// Encoded length, a multiple of 8.
+    pub fn encoded_len(&self) -> usize {
+        (FIXED_HEADER + 16 * self.supersedes.len() + 4).div_ceil(8) * 8
+    }
+
+    /// Encodes the header.
+    pub fn encode(&self) -> Vec<u8> {
+        let len = self.encoded_len();
+        let mut b = Vec::with_capacity(len);
+        b.extend_from_slice(SEGMENT_MAGIC);
+        b.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&(len as u32).to_le_bytes());
+        b.extend_from_slice(&self.id.seq.to_le_bytes());
+        b.extend_from_slice(&self.id.gen.to_le_bytes());
+        b.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.revision_watermark.to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        for s in &self.supersedes {
+            b.extend_from_slice(&s.seq.to_le_bytes());
+            b.extend_from_slice(&s.gen.to_le_bytes());
+            b.extend_from_slice(&[0; 4]);
+        }
+        b.resize(len - 4, 0);
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes a header from the start of a file's bytes.
+    pub fn decode(buf: &[u8]) -> std::result::Result<SegmentHeader, &'static str> {
+        if buf.len() < FIXED_HEADER + 4 {
+            return Err("file shorter than a segment header");
+        }
+        if &buf[..8] != SEGMENT_MAGIC {
+            return Err("bad segment magic");
+        }
+        let rd32 = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        let rd64 = |at: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&buf[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        if u16::from_le_bytes([buf[8], buf[9]]) != SEGMENT_VERSION {
+            return Err("unsupported segment version");
+        }
+        let len = rd32(12) as usize;
+        let count = rd32(28) as usize;
+        if count > (1 << 20) || len != (FIXED_HEADER + 16 * count + 4).div_ceil(8) * 8 || len > buf.len() {
+            return Err("bad segment header length");
+        }
+        if crc32fast::hash(&buf[..len - 4]) != rd32(len - 4) {
+            return Err("segment header checksum mismatch");
+        }
+        let supersedes = (0..count)
+            .map(|i| {
+                let at = FIXED_HEADER + 16 * i;
+                SegmentId { seq: rd64(at), gen: rd32(at + 8) }
+            })
+            .collect();
+        Ok(SegmentHeader {
+            id: SegmentId { seq: rd64(16), gen: rd32(24) },
+            revision_watermark: rd64(32),
+            supersedes,
+        })
+    }
+}
+
+/// An open segment: its file and a read-only map of it.
+///
+/// The map may be longer than the file (the active segment is mapped at its
+/// full capacity and grows into it); only offsets below what has been written
+/// are ever read.
+pub struct Segment {
+    pub id: SegmentId,
+    pub path: PathBuf,
+    pub header: SegmentHeader,
+    /// Offset where records begin.
+    pub data_start: u64,
+    file: File,
+    map: Mmap,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("path", &self.path).finish()
+    }
+}
+
+impl Segment {
+    /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
+    /// (header included), syncs it and renames it into place.
+    pub fn create(dir: &Path, header: SegmentHeader, capacity: u64, prealloc: u64) -> Result<Segment> {
+        let final_path = dir.join(header.id.file_name());
+        let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
+        let head = header.encode();
+        let io = |e| Error::io(&tmp_path, e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .map_err(io)?;
+        file.write_all_at(&head, 0).map_err(io)?;
+        let prealloc = prealloc.max(head.len() as u64).min(capacity.max(head.len() as u64));
+        write_zeros(&file, head.len() as u64, prealloc).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp_path, &final_path).map_err(io)?;
+        sync_dir(dir)?;
+        Self::map(final_path, file, header, capacity)
+    }
+
+    /// Writes a complete segment (compaction output) under a temporary name.
+    /// Returns the temporary path; [`Segment::install`] renames it into place.
+    pub fn write_tmp(dir: &Path, header: &SegmentHeader, body: &[u8]) -> Result<PathBuf> {
+        let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
+        let io = |e| Error::io(&tmp_path, e);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .map_err(io)?;
+        let head = header.encode();
+        file.write_all_at(&head, 0).map_err(io)?;
+        file.write_all_at(body, head.len() as u64).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(tmp_path)
+    }
+
+    /// Renames a file written by [`Segment::write_tmp`] into place and opens it.
+    pub fn install(dir: &Path, tmp_path: &Path, id: SegmentId) -> Result<Segment> {
+        let final_path = dir.join(id.file_name());
+        std::fs::rename(tmp_path, &final_path).map_err(|e| Error::io(tmp_path, e))?;
+        sync_dir(dir)?;
+        Self::open(&final_path, None)
+    }
+
+    /// Opens an existing segment read-write, mapping it at its file length.
+    pub fn open(path: &Path, capacity: Option<u64>) -> Result<Segment> {
+        let io = |e| Error::io(path, e);
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut head = vec![0u8; (len as usize).min(64 * 1024)];
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        let header = SegmentHeader::decode(&head).map_err(|why| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: why.to_string(),
+        })?;
+        Self::map(path.to_path_buf(), file, header, len.max(capacity.unwrap_or(0)))
+    }
+
+    fn map(path: PathBuf, file: File, header: SegmentHeader, map_len: u64) -> Result<Segment> {
+        let map_len = usize::try_from(map_len).map_err(|_| Error::Config("segment too large to map".into()))?;
+        // SAFETY: the file is owned by this store, which holds the directory lock,
+        // so no other logkv process writes it; this process only appends past what
+        // readers may look at and never truncates below it while mapped. Pages past
+        // the end of the file are mapped but never read (reads stay below the
+        // written length).
+        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Ok(Segment {
+            id: header.id,
+            data_start: header.encoded_len() as u64,
+            header,
+            path,
+            file,
+            map,
+        })
+    }
+
+    /// The mapped capacity of this segment.
+    pub fn capacity(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// The bytes `[offset, offset+len)`. The caller guarantees they were written.
+    pub fn bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.map.get(start..start.checked_add(len)?)
+    }
+
+    /// All bytes from `offset` up to `end`.
+    pub fn range(&self, offset: u64, end: u64) -> &[u8] {
+        let end = (end as usize).min(self.map.len());
+        let start = (offset as usize).min(end);
+        &self.map[start..end]
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Current length of the file on disk.
+    pub fn file_len(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len())
+    }
+
+    /// Flushes written data to stable storage (fdatasync).
+    pub fn sync_data(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let id = SegmentId { seq: 0x1234, gen: 7 };
+        assert_eq!(id.file_name(), "0000000000001234-00000007.seg");
+        assert_eq!(SegmentId::parse(&id.file_name()), Some(id));
+        assert_eq!(SegmentId::parse("LOCK"), None);
+        assert_eq!(SegmentId::parse("zz-00000007.seg"), None);
+        assert_eq!(SegmentId::parse("0000000000001234-00000007.seg.tmp"), None);
+    }
+
+    #[test]
+    fn header_round_trips_and_detects_damage() {
+        let h = SegmentHeader {
+            id: SegmentId { seq: 9, gen: 2 },
+            revision_watermark: 77,
+            supersedes: vec![SegmentId { seq: 9, gen: 1 }, SegmentId { seq: 10, gen: 0 }],
+        };
+        let b = h.encode();
+        assert_eq!(b.len(), h.encoded_len());
+        assert_eq!(b.len() % 8, 0);
+        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        for i in 0..b.len() {
+            let mut bad = b.clone();
+            bad[i] ^= 0x10;
+            assert!(SegmentHeader::decode(&bad).is_err(), "flip at {i} unnoticed");
+        }
+        assert!(SegmentHeader::decode(&b[..20]).is_err());
+    }
+
+    #[test]
+    fn create_then_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = SegmentHeader { id: SegmentId { seq: 1, gen: 0 }, revision_watermark: 0, supersedes: vec![] };
+        let seg = Segment::create(dir.path(), h.clone(), 1 << 20, 4096).unwrap();
+        assert_eq!(seg.file_len().unwrap(), 4096);
+        assert_eq!(seg.capacity(), 1 << 20);
+        drop(seg);
+        let seg = Segment::open(&dir.path().join(h.id.file_name()), None).unwrap();
+        assert_eq!(seg.header, h);
+        assert_eq!(seg.data_start, h.encoded_len() as u64);
+        assert!(!dir.path().join(format!("{}.tmp", h.id.file_name())).exists());
+    }
+}
