@@ -159,6 +159,7 @@ pub struct Page {
 /// A description of a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketStatus {
+    /// The bucket's name.
     pub bucket: String,
     /// Entries stored, history included.
     pub values: u64,
@@ -166,10 +167,13 @@ pub struct BucketStatus {
     pub keys: u64,
     /// Bytes of retained records.
     pub bytes: u64,
+    /// Revisions kept per key.
     pub history: u8,
     /// Bucket TTL in ms, 0 for none.
     pub ttl_ms: u64,
+    /// Max bytes, 0 for unlimited.
     pub max_bytes: u64,
+    /// Max value size, 0 for unlimited.
     pub max_value_size: u64,
     /// Lowest retained revision (0 when empty).
     pub first_revision: u64,

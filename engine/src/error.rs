@@ -11,7 +11,9 @@ pub enum Error {
     /// An operating-system I/O error on a named file or directory.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -20,7 +22,14 @@ pub enum Error {
     Locked(PathBuf),
     /// A segment holds bytes that are not valid records before its tail.
     #[error("corrupt log {} at offset {offset}: {reason} (open with repair to keep every valid record)", path.display())]
-    Corrupt { path: PathBuf, offset: u64, reason: String },
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damage in the file.
+        offset: u64,
+        /// What is wrong there.
+        reason: String,
+    },
     /// The key has no value (or the revision asked for is not retained).
     #[error("not found")]
     NotFound,
@@ -29,7 +38,12 @@ pub enum Error {
     Exists,
     /// An expected revision did not match the key's latest revision.
     #[error("expected {expected}, latest {latest}")]
-    WrongRevision { expected: u64, latest: u64 },
+    WrongRevision {
+        /// The revision the caller expected.
+        expected: u64,
+        /// The key's latest revision (0 when it has no entry).
+        latest: u64,
+    },
     /// A compare-and-swap by value found another value.
     #[error("current value does not match")]
     Mismatch,
@@ -50,26 +64,48 @@ pub enum Error {
     BadArgument(String),
     /// The value is larger than the bucket's max value size.
     #[error("value of {size} bytes exceeds the bucket's max value size of {max}")]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// The value's size.
+        size: usize,
+        /// The largest size allowed.
+        max: usize,
+    },
     /// The write would take the bucket over its max bytes.
     #[error("bucket is full: {used} + {adding} bytes would exceed max bytes {max}")]
-    Full { used: u64, adding: u64, max: u64 },
+    Full {
+        /// Bytes the bucket holds now.
+        used: u64,
+        /// Bytes the write would add.
+        adding: u64,
+        /// The bucket's max bytes.
+        max: u64,
+    },
     /// One write of an atomic batch failed its precondition; nothing was written.
     #[error("batch write {index} failed: {source}")]
     Batch {
+        /// Position of the failed write in the batch, from 0.
         index: usize,
+        /// Why it failed.
         #[source]
         source: Box<Error>,
     },
     /// A previous fsync failed; the log may have lost data and refuses writes until reopened.
     #[error("log {} failed an earlier fsync ({reason}); reopen the store", path.display())]
-    Poisoned { reason: String, path: PathBuf },
+    Poisoned {
+        /// What the failed fsync said.
+        reason: String,
+        /// The segment being synced.
+        path: PathBuf,
+    },
     /// Invalid configuration or options.
     #[error("configuration error: {0}")]
     Config(String),
     /// The watched data was compacted away before the watcher read it.
     #[error("watch lost: revisions before {first_retained} were compacted away")]
-    Lost { first_retained: u64 },
+    Lost {
+        /// The lowest revision still retained.
+        first_retained: u64,
+    },
     /// The store or bucket was closed or dropped.
     #[error("store closed")]
     Closed,
