@@ -114,6 +114,7 @@ impl BucketCore {
             Ok(())
         })?;
         let last = max_rev.max(opened.watermark);
+        let end = opened.appender.end();
         let core = BucketCore {
             name: Arc::from(name),
             config,
@@ -125,7 +126,7 @@ impl BucketCore {
             dropped: AtomicBool::new(false),
             last_rev: AtomicU64::new(last),
             stats: Stats::default(),
-            hub: WatchHub::new(),
+            hub: WatchHub::new(end, last),
             compacting: Mutex::new(()),
             compact_dead_ratio: opts.compact_dead_ratio,
         };
@@ -213,9 +214,25 @@ impl BucketCore {
 
     /// Applies writes atomically: all or none, consecutive revisions, durable together.
     pub fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
+        let (written, end) = self.write_nowait(ops)?;
+        self.wait_durable(end)?;
+        Ok(written)
+    }
+
+    /// Waits until the log is durable up to `end`, if the fsync policy is `Always`.
+    pub fn wait_durable(&self, end: u64) -> Result<()> {
+        if self.log.fsync_policy() == FsyncPolicy::Always {
+            self.log.wait_durable(end)?;
+        }
+        Ok(())
+    }
+
+    /// Applies writes and makes them visible without waiting for durability;
+    /// returns the log position to pass to [`BucketCore::wait_durable`].
+    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, u64)> {
         self.check_open()?;
         if ops.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let is_batch = ops.len() > 1;
         let wrap = |i: usize, e: Error| if is_batch { Error::Batch { index: i, source: Box::new(e) } } else { e };
@@ -300,13 +317,11 @@ impl BucketCore {
             removed.clear();
             *next_rev += n as u64;
             self.last_rev.store(*next_rev - 1, Ordering::Release);
+            self.hub.publish(appended.end, *next_rev - 1);
         }
-        self.hub.notify(appended.end, *next_rev - 1);
         drop(w);
-        if self.log.fsync_policy() == FsyncPolicy::Always {
-            self.log.wait_durable(appended.end)?;
-        }
-        Ok(results)
+        self.hub.wake();
+        Ok((results, appended.end))
     }
 
     /// Checks `op`'s precondition against the key's current state; returns the value to write.
@@ -543,6 +558,7 @@ impl BucketCore {
             first_revision: if first == u64::MAX { 0 } else { first },
             last_revision: self.last_rev.load(Ordering::Acquire),
             segments: self.log.segment_count() as u64,
+            fsyncs: self.log.fsyncs(),
             dead_bytes: ix.dead_bytes().values().sum(),
             compactions: self.stats.compactions.load(Ordering::Relaxed),
             reclaimed_bytes: self.stats.reclaimed.load(Ordering::Relaxed),

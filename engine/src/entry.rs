@@ -181,6 +181,8 @@ pub struct BucketStatus {
     pub last_revision: u64,
     /// Segment files.
     pub segments: u64,
+    /// fdatasync calls on this bucket's log since open.
+    pub fsyncs: u64,
     /// Bytes in segments no longer retained (reclaimed by compaction).
     pub dead_bytes: u64,
     /// Compaction passes run since open.

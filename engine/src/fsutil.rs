@@ -16,7 +16,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Writes zeros over `[from, to)` of `file`.
 pub fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
-    const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(ZEROS.len());

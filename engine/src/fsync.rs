@@ -49,6 +49,7 @@ struct State {
 pub struct GroupCommit {
     state: Mutex<State>,
     done: Condvar,
+    fsyncs: std::sync::atomic::AtomicU64,
 }
 
 impl GroupCommit {
@@ -57,6 +58,7 @@ impl GroupCommit {
         GroupCommit {
             state: Mutex::new(State { written: pos, synced: pos, syncing: false, active, failed: None }),
             done: Condvar::new(),
+            fsyncs: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -110,6 +112,7 @@ impl GroupCommit {
             let segment = Arc::clone(&s.active);
             drop(s);
             let result = segment.sync_data();
+            self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             s = self.state.lock();
             s.syncing = false;
             match result {
@@ -123,6 +126,11 @@ impl GroupCommit {
             }
             self.done.notify_all();
         }
+    }
+
+    /// fdatasync calls made by leaders so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes everything written so far durable.

@@ -107,6 +107,7 @@ impl Rev {
     }
 
     /// Length of the record in the log.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         (self.len_op >> 2) as usize
     }

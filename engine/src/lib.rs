@@ -40,6 +40,7 @@ mod lock;
 #[allow(missing_docs)]
 pub mod log;
 mod store;
+mod sync;
 mod watch;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -50,3 +51,4 @@ pub use fsync::FsyncPolicy;
 pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
 pub use log::recovery::{RecoveryReport, Skipped};
 pub use store::{Bucket, Store, DEFAULT_BUCKET};
+pub use watch::{Watch, WatchEvent, WatchOptions};

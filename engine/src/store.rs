@@ -27,6 +27,7 @@ use crate::fsutil::sync_dir;
 use crate::fsync::FsyncPolicy;
 use crate::key::{validate_bucket_name, Glob};
 use crate::lock::DirLock;
+use crate::watch::{Watch, WatchOptions};
 use crate::log::recovery::RecoveryReport;
 
 /// The bucket that always exists.
@@ -376,6 +377,19 @@ impl Bucket {
         self.core.write(ops)
     }
 
+    /// Like [`Bucket::write`], but returns as soon as the writes are visible,
+    /// with a ticket to pass to [`Bucket::wait_durable`]. A server uses this to
+    /// apply a whole pipeline of writes and then wait for one shared fsync.
+    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, u64)> {
+        self.core.write_nowait(ops)
+    }
+
+    /// Waits until every write whose ticket is at most `ticket` is durable
+    /// (returns at once unless the fsync policy is [`FsyncPolicy::Always`]).
+    pub fn wait_durable(&self, ticket: u64) -> Result<()> {
+        self.core.wait_durable(ticket)
+    }
+
     fn write_one(&self, op: WriteOp) -> Result<Written> {
         let mut out = self.core.write(std::slice::from_ref(&op))?;
         out.pop().ok_or(Error::Closed)
@@ -480,6 +494,19 @@ impl Bucket {
     /// (the background thread does this every [`Options::sweep_interval`]).
     pub fn sweep_expired(&self) -> Result<usize> {
         self.core.sweep_expired()
+    }
+
+    /// Starts a watch on keys matching a subject pattern (see [`WatchOptions`]).
+    pub fn watch(&self, pattern: &str, opts: WatchOptions) -> Result<Watch> {
+        let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(&self._store) as _;
+        Watch::start(Arc::clone(&self.core), keep, pattern, opts)
+    }
+
+    /// A channel that receives a (coalesced) token after every write to this
+    /// bucket, for event loops that poll watches with [`Watch::try_next`]
+    /// instead of blocking. Costs the writer one `try_send` per listener.
+    pub fn change_listener(&self) -> crossbeam_channel::Receiver<()> {
+        self.core.hub.listen()
     }
 
     /// Makes every write to this bucket acknowledged so far durable.

@@ -1,48 +1,420 @@
 //! Watches: change streams fed from the log.
 //!
-//! The write path only publishes "the log now ends here, at this revision"
-//! to the bucket's [`WatchHub`]; it never does work per watcher.
+//! The path of an event: a write appends its records, applies them to the
+//! index, and — still under the index write lock — publishes the new log end
+//! and revision to the bucket's [`WatchHub`] (two atomic stores). After the
+//! lock is released it wakes blocked watchers, only if there are any, and
+//! pokes the few change listeners (e.g. one per bucket in the server). That is
+//! all the writer does: nothing per watcher, no queue to fill.
+//!
+//! Each [`Watch`] keeps its own cursor into the log (segment + offset) and
+//! decodes records itself, at its own pace, up to the published end. The log
+//! is the buffer: a watcher that never reads costs the writer nothing and
+//! holds no memory but its cursor. Revisions in the log are consecutive; a
+//! watcher that finds a gap (compaction removed records it had not read yet)
+//! reports [`WatchEvent::Lost`] and ends.
+//!
+//! Initial data (the latest entry of each matching key, or its retained
+//! history) is taken from the index under the same lock that the writer holds
+//! when it publishes, together with the published end: every revision up to
+//! that point comes from the snapshot, every later one from the log, so
+//! nothing is missed and nothing delivered twice.
 
-use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// What the writer last published.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Published {
-    /// Log position just past the last visible write.
-    pub end: u64,
-    /// Its revision.
-    pub revision: u64,
-}
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::bucket::BucketCore;
+use crate::entry::{Entry, Op};
+use crate::error::{Error, Result};
+use crate::fsync::log_pos;
+use crate::index::Rev;
+use crate::key::Subject;
+use crate::log::record::{decode, Decoded};
+use crate::log::segment::Segment;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// The meeting point of one bucket's writer and its watchers.
 pub(crate) struct WatchHub {
-    published: Mutex<Published>,
+    /// Log position just past the last visible write.
+    end: AtomicU64,
+    /// Its revision.
+    revision: AtomicU64,
+    closed: AtomicBool,
+    /// Watchers blocked in `wait_past`.
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
     changed: Condvar,
+    listeners: parking_lot::Mutex<Vec<Sender<()>>>,
 }
 
 impl WatchHub {
-    pub fn new() -> WatchHub {
-        WatchHub { published: Mutex::new(Published::default()), changed: Condvar::new() }
+    pub fn new(end: u64, revision: u64) -> WatchHub {
+        WatchHub {
+            end: AtomicU64::new(end),
+            revision: AtomicU64::new(revision),
+            closed: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            changed: Condvar::new(),
+            listeners: parking_lot::Mutex::new(Vec::new()),
+        }
     }
 
-    /// Called by the writer after a write became visible.
-    pub fn notify(&self, end: u64, revision: u64) {
-        let mut p = self.published.lock();
-        p.end = end;
-        p.revision = revision;
-        self.changed.notify_all();
+    /// Publishes a new end; called by the writer under the index write lock.
+    pub fn publish(&self, end: u64, revision: u64) {
+        self.revision.store(revision, Ordering::SeqCst);
+        self.end.store(end, Ordering::SeqCst);
     }
 
-    /// The last published position.
-    pub fn published(&self) -> Published {
-        *self.published.lock()
+    /// Wakes blocked watchers and listeners; called by the writer after `publish`.
+    pub fn wake(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = lock(&self.lock);
+            self.changed.notify_all();
+        }
+        let mut listeners = self.listeners.lock();
+        if !listeners.is_empty() {
+            listeners.retain(|tx| !matches!(tx.try_send(()), Err(TrySendError::Disconnected(()))));
+        }
     }
-}
 
-impl WatchHub {
-    /// Wakes every waiter for good (the bucket was dropped).
+    /// The published end and revision.
+    pub fn published(&self) -> (u64, u64) {
+        (self.end.load(Ordering::SeqCst), self.revision.load(Ordering::SeqCst))
+    }
+
+    /// Ends every watch of this bucket (it was dropped).
     pub fn close(&self) {
-        let _p = self.published.lock();
+        self.closed.store(true, Ordering::SeqCst);
+        let _g = lock(&self.lock);
         self.changed.notify_all();
+        self.listeners.lock().clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until the published end passes `pos`, the hub closes, or `deadline`.
+    pub fn wait_past(&self, pos: u64, deadline: Option<Instant>) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut g = lock(&self.lock);
+        while self.end.load(Ordering::SeqCst) <= pos && !self.is_closed() {
+            match deadline {
+                None => g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    g = match self.changed.wait_timeout(g, d - now) {
+                        Ok((g, _)) => g,
+                        Err(e) => e.into_inner().0,
+                    };
+                }
+            }
+        }
+        drop(g);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A channel that receives a token (coalesced) after writes; for event loops
+    /// that cannot block in [`Watch::recv`].
+    pub fn listen(&self) -> Receiver<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.listeners.lock().push(tx);
+        rx
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a watch delivers and from where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Initial data holds every retained entry of matching keys, not just the latest.
+    pub include_history: bool,
+    /// Entries come without values.
+    pub meta_only: bool,
+    /// DEL and PURGE entries are skipped.
+    pub ignore_deletes: bool,
+    /// No initial data: only writes made after the watch started.
+    pub updates_only: bool,
+    /// Resume: every retained matching entry with revision >= this, then live entries.
+    pub from_revision: Option<u64>,
+}
+
+/// One event of a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// An entry (initial data or a live write). `delta` counts the initial entries still to come.
+    Entry(Entry),
+    /// The initial data is complete; live entries follow.
+    Ready,
+    /// Entries the watch had not read yet were compacted away; the watch has ended.
+    Lost {
+        /// The lowest revision still in the log.
+        first_retained: u64,
+    },
+}
+
+/// A live change stream over the keys of one bucket matching a pattern.
+///
+/// Pull-based: [`Watch::try_next`] never blocks, [`Watch::recv`] and
+/// [`Watch::recv_timeout`] wait for writes. Also an [`Iterator`] of blocking
+/// receives. Dropping it unsubscribes.
+pub struct Watch {
+    core: Arc<BucketCore>,
+    _keep: Arc<dyn std::any::Any + Send + Sync>,
+    subject: Subject,
+    opts: WatchOptions,
+    initial: VecDeque<(String, Rev)>,
+    initial_segments: HashMap<u32, Arc<Segment>>,
+    /// Whether initial entries carry a `delta` (they do, except after FROM).
+    counted: bool,
+    ready_pending: bool,
+    tail: Option<Arc<Segment>>,
+    offset: u64,
+    /// The last revision read from the log (matching or not).
+    last_seen: u64,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("subject", &self.subject.as_str()).field("last_seen", &self.last_seen).finish()
+    }
+}
+
+impl Watch {
+    pub(crate) fn start(
+        core: Arc<BucketCore>,
+        keep: Arc<dyn std::any::Any + Send + Sync>,
+        pattern: &str,
+        opts: WatchOptions,
+    ) -> Result<Watch> {
+        core.check_open()?;
+        let subject = Subject::new(pattern)?;
+        let now = core.now();
+        let (initial, end, revision, segments) = {
+            let ix = core.index.read();
+            let (end, revision) = core.hub.published();
+            let mut picked: Vec<(String, Rev)> = Vec::new();
+            let wanted = |r: &Rev| !r.expired(now) && !(opts.ignore_deletes && r.op() != Op::Put);
+            if !opts.updates_only || opts.from_revision.is_some() {
+                for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
+                    if !subject.matches(k.as_str()) {
+                        continue;
+                    }
+                    match opts.from_revision {
+                        Some(from) => ix.for_each_rev(latest, |r| {
+                            if r.revision >= from && wanted(r) {
+                                picked.push((k.as_str().to_string(), *r));
+                            }
+                        }),
+                        None if opts.include_history => ix.for_each_rev(latest, |r| {
+                            if wanted(r) {
+                                picked.push((k.as_str().to_string(), *r));
+                            }
+                        }),
+                        None => {
+                            if wanted(latest) {
+                                picked.push((k.as_str().to_string(), *latest));
+                            }
+                        }
+                    }
+                }
+            }
+            picked.sort_unstable_by_key(|(_, r)| r.revision);
+            let mut segments = HashMap::new();
+            for (_, r) in &picked {
+                if let std::collections::hash_map::Entry::Vacant(v) = segments.entry(r.seq) {
+                    if let Some(s) = core.log.segment(r.seq as u64) {
+                        v.insert(s);
+                    }
+                }
+            }
+            (picked, end, revision, segments)
+        };
+        let seq = end >> 32;
+        let tail = core.log.segment(seq);
+        Ok(Watch {
+            counted: opts.from_revision.is_none(),
+            core,
+            _keep: keep,
+            subject,
+            opts,
+            initial: initial.into(),
+            initial_segments: segments,
+            ready_pending: true,
+            offset: end & 0xFFFF_FFFF,
+            tail,
+            last_seen: revision,
+            ended: false,
+        })
+    }
+
+    /// The pattern watched.
+    pub fn pattern(&self) -> &str {
+        self.subject.as_str()
+    }
+
+    /// The next event if one is available now; `Ok(None)` if not (yet).
+    /// After the bucket is dropped, or after [`WatchEvent::Lost`], returns [`Error::Closed`].
+    pub fn try_next(&mut self) -> Result<Option<WatchEvent>> {
+        if self.ended {
+            return Err(Error::Closed);
+        }
+        if let Some((key, rev)) = self.initial.pop_front() {
+            let mut e = self.core.load_from(self.initial_segments.get(&rev.seq), &key, &rev)?;
+            if self.counted {
+                e.delta = self.initial.len() as u64;
+            }
+            if self.initial.is_empty() {
+                self.initial_segments.clear();
+            }
+            return Ok(Some(WatchEvent::Entry(self.shape(e))));
+        }
+        if self.ready_pending {
+            self.ready_pending = false;
+            return Ok(Some(WatchEvent::Ready));
+        }
+        if self.core.hub.is_closed() {
+            self.ended = true;
+            return Err(Error::Closed);
+        }
+        self.next_live()
+    }
+
+    /// Blocks until the next event. [`Error::Closed`] once the watch has ended.
+    pub fn recv(&mut self) -> Result<WatchEvent> {
+        loop {
+            if let Some(ev) = self.try_next()? {
+                return Ok(ev);
+            }
+            self.core.hub.wait_past(self.cursor_pos(), None);
+        }
+    }
+
+    /// Waits up to `timeout` for the next event; `Ok(None)` on timeout.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<WatchEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(ev) = self.try_next()? {
+                return Ok(Some(ev));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            self.core.hub.wait_past(self.cursor_pos(), Some(deadline));
+        }
+    }
+
+    /// The log position this watch has read up to.
+    fn cursor_pos(&self) -> u64 {
+        match &self.tail {
+            Some(s) => log_pos(s.id.seq, self.offset),
+            None => 0,
+        }
+    }
+
+    fn shape(&self, mut e: Entry) -> Entry {
+        if self.opts.meta_only {
+            e.value = Bytes::new();
+        }
+        e
+    }
+
+    fn lost(&mut self, first_retained: u64) -> Result<Option<WatchEvent>> {
+        self.ended = true;
+        Ok(Some(WatchEvent::Lost { first_retained }))
+    }
+
+    /// Reads the log from the cursor up to the published end.
+    fn next_live(&mut self) -> Result<Option<WatchEvent>> {
+        loop {
+            let (end, _) = self.core.hub.published();
+            let Some(seg) = self.tail.clone() else {
+                // The segment the watch started in is gone already: start at the first one.
+                match self.core.log.segments().into_iter().next() {
+                    Some(s) => {
+                        self.offset = s.data_start;
+                        self.tail = Some(s);
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            };
+            if log_pos(seg.id.seq, self.offset) >= end {
+                return Ok(None);
+            }
+            if self.offset >= seg.data_end() {
+                // This segment is sealed (the published end lies beyond it): move on.
+                match self.core.log.segment_after(seg.id.seq) {
+                    Some(next) => {
+                        self.offset = next.data_start;
+                        self.tail = Some(next);
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            let bytes = seg.range(self.offset, seg.data_end());
+            let rec = match decode(bytes) {
+                Decoded::Record(r) => r,
+                Decoded::End | Decoded::Invalid(_) => {
+                    return Err(Error::Corrupt {
+                        path: seg.path.clone(),
+                        offset: self.offset,
+                        reason: "watch found no valid record below the published end".into(),
+                    })
+                }
+            };
+            let h = rec.header;
+            if h.revision != self.last_seen + 1 {
+                if h.revision <= self.last_seen {
+                    // Already seen (a compacted copy of records read before).
+                    self.offset += h.record_len() as u64;
+                    continue;
+                }
+                return self.lost(h.revision);
+            }
+            self.last_seen = h.revision;
+            self.offset += h.record_len() as u64;
+            let key = std::str::from_utf8(rec.key).unwrap_or("");
+            if !self.subject.matches(key) || (self.opts.ignore_deletes && h.op != Op::Put) {
+                continue;
+            }
+            let expires = crate::bucket::effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
+            let entry = Entry {
+                bucket: Arc::clone(&self.core.name),
+                key: key.to_string(),
+                value: if self.opts.meta_only { Bytes::new() } else { Bytes::copy_from_slice(rec.value) },
+                revision: h.revision,
+                created_ms: h.created_ms,
+                op: h.op,
+                delta: 0,
+                expires_ms: expires,
+            };
+            return Ok(Some(WatchEvent::Entry(entry)));
+        }
+    }
+}
+
+impl Iterator for Watch {
+    type Item = Result<WatchEvent>;
+
+    /// Blocking; ends when the watch ends.
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.recv() {
+            Err(Error::Closed) => None,
+            other => Some(other),
+        }
     }
 }

@@ -107,8 +107,10 @@ impl Log {
             Some(last) => {
                 // Re-map the last segment at full capacity so appends can grow into it.
                 let active = Arc::new(Segment::open(&last.path, Some(cfg.segment_size))?);
+                let pos = rec.tail.max(last.data_start);
+                active.set_data_end(pos);
                 segments.insert(active.id.seq, Arc::clone(&active));
-                (active, rec.tail.max(last.data_start))
+                (active, pos)
             }
             None => {
                 let header = SegmentHeader {
@@ -149,6 +151,11 @@ impl Log {
         self.segments.read().get(&seq).cloned()
     }
 
+    /// The first live segment after `seq`.
+    pub fn segment_after(&self, seq: u64) -> Option<Arc<Segment>> {
+        self.segments.read().range(seq + 1..).next().map(|(_, s)| Arc::clone(s))
+    }
+
     /// All live segments in log order.
     pub fn segments(&self) -> Vec<Arc<Segment>> {
         self.segments.read().values().cloned().collect()
@@ -186,6 +193,7 @@ impl Log {
         }
         let offset = app.pos;
         app.pos += len;
+        app.active.set_data_end(app.pos);
         let end = app.end();
         self.commit.note_written(end);
         Ok(Appended { seq: app.active.id.seq, offset, end })
@@ -224,6 +232,11 @@ impl Log {
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
         self.commit.sync_all()
+    }
+
+    /// fdatasync calls for this log since open.
+    pub fn fsyncs(&self) -> u64 {
+        self.commit.fsyncs()
     }
 
     /// Whether there are appended bytes not yet synced.

@@ -72,6 +72,7 @@ pub(crate) fn recover(
     for (i, seg) in segments.iter_mut().enumerate() {
         let is_last = i + 1 == count;
         tail = scan_segment(seg, is_last, repair, &mut report, apply)?;
+        seg.set_data_end(tail);
         report.segments += 1;
     }
     Ok(Recovered { segments, tail, watermark, report })

@@ -15,6 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -148,6 +149,8 @@ pub struct Segment {
     pub header: SegmentHeader,
     /// Offset where records begin.
     pub data_start: u64,
+    /// Offset just past the last complete record: readers (watches) never go past it.
+    end: AtomicU64,
     file: File,
     map: Mmap,
 }
@@ -231,14 +234,18 @@ impl Segment {
         // the end of the file are mapped but never read (reads stay below the
         // written length).
         let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(&file) }.map_err(|e| Error::io(&path, e))?;
-        Ok(Segment {
-            id: header.id,
-            data_start: header.encoded_len() as u64,
-            header,
-            path,
-            file,
-            map,
-        })
+        let data_start = header.encoded_len() as u64;
+        Ok(Segment { id: header.id, data_start, end: AtomicU64::new(data_start), header, path, file, map })
+    }
+
+    /// Offset just past the last complete record.
+    pub fn data_end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new data end (after an append, or once recovery knows it).
+    pub fn set_data_end(&self, end: u64) {
+        self.end.store(end, Ordering::Release);
     }
 
     /// The mapped capacity of this segment.
