@@ -1,7 +1,7 @@
 //! One bucket: its log, its index, its revision counter, and every read and
 //! write on it. [`crate::Bucket`] is the public handle over a [`BucketCore`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +62,9 @@ pub(crate) struct BucketCore {
     /// Serialises compaction passes.
     pub compacting: Mutex<()>,
     pub compact_dead_ratio: f64,
+    pub segment_size: u64,
+    /// A test hook: the compaction step at which to stop as if crashed.
+    pub crash_point: std::sync::atomic::AtomicU8,
 }
 
 /// The current state of a key while a batch is checked.
@@ -107,7 +110,7 @@ impl BucketCore {
         let opened = Log::open(dir, log_cfg, &mut |seg: &Arc<Segment>, offset, rec| {
             let h = &rec.header;
             let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
-            let rev = Rev::new(h.revision, expires, seg.id.seq, offset, h.record_len(), h.op);
+            let rev = Rev::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
             index.apply(rec.key, rev, history, &mut removed);
             removed.clear();
             max_rev = max_rev.max(h.revision);
@@ -129,6 +132,8 @@ impl BucketCore {
             hub: WatchHub::new(end, last),
             compacting: Mutex::new(()),
             compact_dead_ratio: opts.compact_dead_ratio,
+            segment_size: opts.segment_size,
+            crash_point: std::sync::atomic::AtomicU8::new(0),
         };
         // Entries past the bucket's max age leave the index now, as they would have
         // had the store stayed open (the same rule the sweeper applies).
@@ -150,9 +155,9 @@ impl BucketCore {
     /// The segments the index may point into, for reading outside the index lock.
     fn segments_of(&self, revs: impl Iterator<Item = u32>) -> HashMap<u32, Arc<Segment>> {
         let mut out = HashMap::new();
-        for seq in revs {
-            if let std::collections::hash_map::Entry::Vacant(v) = out.entry(seq) {
-                if let Some(s) = self.log.segment(seq as u64) {
+        for slot in revs {
+            if let std::collections::hash_map::Entry::Vacant(v) = out.entry(slot) {
+                if let Some(s) = self.log.segment(slot) {
                     v.insert(s);
                 }
             }
@@ -163,7 +168,7 @@ impl BucketCore {
     /// Decodes the record of `rev` from `seg` into an entry.
     pub fn load_from(&self, seg: Option<&Arc<Segment>>, key: &str, rev: &Rev) -> Result<Entry> {
         let corrupt = |path: PathBuf, why: &str| Error::Corrupt { path, offset: rev.offset as u64, reason: why.to_string() };
-        let seg = seg.ok_or_else(|| corrupt(self.dir.clone(), &format!("segment {} missing", rev.seq)))?;
+        let seg = seg.ok_or_else(|| corrupt(self.dir.clone(), &format!("segment slot {} missing", rev.slot)))?;
         let bytes = seg
             .bytes(rev.offset as u64, rev.len())
             .ok_or_else(|| corrupt(seg.path.clone(), "record outside segment"))?;
@@ -188,7 +193,7 @@ impl BucketCore {
     fn read_one(&self, key: &str, pick: impl FnOnce(&Index) -> Option<Rev>) -> Result<Option<Entry>> {
         let found = {
             let ix = self.index.read();
-            pick(&ix).map(|rev| (rev, self.log.segment(rev.seq as u64)))
+            pick(&ix).map(|rev| (rev, self.log.segment(rev.slot)))
         };
         match found {
             Some((rev, seg)) => self.load_from(seg.as_ref(), key, &rev).map(Some),
@@ -310,7 +315,7 @@ impl BucketCore {
             for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
                 let len = record::encoded_len(op.key.len(), value.len());
                 let expires = effective_expiry(*key_expires, now, ttl);
-                let rev = Rev::new(first_rev + i as u64, expires, appended.seq, offset, len, *rop);
+                let rev = Rev::new(first_rev + i as u64, expires, appended.slot, offset, len, *rop);
                 ix.apply(op.key.as_bytes(), rev, self.config.history as usize, removed);
                 offset += len as u64;
             }
@@ -378,7 +383,7 @@ impl BucketCore {
     fn current_entry(&self, key: &str, cur: &Cur) -> Result<Entry> {
         match cur {
             Cur::Stored(rev) => {
-                let seg = self.log.segment(rev.seq as u64);
+                let seg = self.log.segment(rev.slot);
                 self.load_from(seg.as_ref(), key, rev)
             }
             Cur::Batch { revision, op, expires_ms, created_ms, value } => Ok(Entry {
@@ -399,10 +404,10 @@ impl BucketCore {
         let (picked, segs) = {
             let ix = self.index.read();
             let picked = collect(&ix);
-            let segs = self.segments_of(picked.iter().map(|(_, r)| r.seq));
+            let segs = self.segments_of(picked.iter().map(|(_, r)| r.slot));
             (picked, segs)
         };
-        picked.iter().map(|(k, r)| self.load_from(segs.get(&r.seq), k, r)).collect()
+        picked.iter().map(|(k, r)| self.load_from(segs.get(&r.slot), k, r)).collect()
     }
 
     /// Live keys matching a subject pattern, in key order.
@@ -629,14 +634,14 @@ impl BucketCore {
                     });
                     last = Some(k.as_str().to_string());
                 }
-                let segs = self.segments_of(candidates.iter().map(|(_, r)| r.seq));
+                let segs = self.segments_of(candidates.iter().map(|(_, r)| r.slot));
                 (candidates, segs, last)
             };
             // The index keeps only the earlier of the two expiries; the record
             // tells whether max age (rather than a per-key TTL) was the cause.
             let mut aged: HashMap<String, HashSet<u64>> = HashMap::new();
             for (k, r) in &candidates {
-                let e = self.load_from(segs.get(&r.seq), k, r)?;
+                let e = self.load_from(segs.get(&r.slot), k, r)?;
                 if e.created_ms.saturating_add(ttl) <= now {
                     aged.entry(k.clone()).or_default().insert(r.revision);
                 }
@@ -655,8 +660,4 @@ impl BucketCore {
         }
     }
 
-    /// Every retained revision with its key, in log order (for snapshots and compaction).
-    pub fn retained_by_location(&self) -> BTreeMap<(u32, u32), Rev> {
-        self.index.read().all_revs().map(|r| ((r.seq, r.offset), r)).collect()
-    }
 }

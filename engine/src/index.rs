@@ -83,8 +83,8 @@ pub struct Rev {
     pub revision: u64,
     /// When this entry stops being visible (per-key TTL or bucket max age), ms; 0 for never.
     pub expires_ms: u64,
-    /// `seq` of the segment holding the record.
-    pub seq: u32,
+    /// Slot of the segment holding the record (see [`crate::log::segment::Segment::slot`]).
+    pub slot: u32,
     /// Offset of the record in that segment.
     pub offset: u32,
     /// Record length (30 bits) and op (2 bits).
@@ -94,12 +94,12 @@ pub struct Rev {
 }
 
 impl Rev {
-    pub fn new(revision: u64, expires_ms: u64, seq: u64, offset: u64, len: usize, op: Op) -> Rev {
-        debug_assert!(len < 1 << 30 && seq <= u32::MAX as u64 && offset <= u32::MAX as u64);
+    pub fn new(revision: u64, expires_ms: u64, slot: u32, offset: u64, len: usize, op: Op) -> Rev {
+        debug_assert!(len < 1 << 30 && offset <= u32::MAX as u64);
         Rev {
             revision,
             expires_ms,
-            seq: seq as u32,
+            slot,
             offset: offset as u32,
             len_op: (len as u32) << 2 | op as u32,
             older: 0,
@@ -147,7 +147,7 @@ pub struct Index {
     values: u64,
     /// Bytes of the records retained.
     bytes: u64,
-    /// Bytes per segment `seq` no longer retained (compaction's food).
+    /// Dead bytes per segment slot: records no longer retained (compaction's food).
     dead: HashMap<u32, u64>,
     /// Retained revisions that have an expiry (the sweeper skips buckets with none).
     expiring: u64,
@@ -227,8 +227,13 @@ impl Index {
     }
 
     /// Forgets the dead-byte count of a segment that no longer exists.
-    pub fn forget_segment(&mut self, seq: u32) {
-        self.dead.remove(&seq);
+    pub fn forget_segment(&mut self, slot: u32) {
+        self.dead.remove(&slot);
+    }
+
+    /// Adds dead bytes to a segment's count.
+    pub fn add_dead(&mut self, slot: u32, bytes: u64) {
+        *self.dead.entry(slot).or_default() += bytes;
     }
 
     /// Retained revisions that have an expiry.
@@ -240,7 +245,7 @@ impl Index {
         self.values -= 1;
         self.expiring -= (rev.expires_ms != 0) as u64;
         self.bytes -= rev.len() as u64;
-        *self.dead.entry(rev.seq).or_default() += rev.len() as u64;
+        *self.dead.entry(rev.slot).or_default() += rev.len() as u64;
         removed.push(rev.bare());
     }
 
@@ -325,17 +330,26 @@ impl Index {
         self.map.insert(IKey::new(key), keep);
     }
 
-    /// Moves revisions to new locations after compaction. `moves` maps
-    /// `(old seq, old offset)` to `(new seq, new offset)`; revisions not in it stay.
-    pub fn relocate(&mut self, moves: &HashMap<(u32, u32), (u32, u32)>) {
+    /// Moves revision `revision` of `key` from `(slot, offset)` `from` to `to`
+    /// (after compaction copied it). Returns false if the index no longer holds
+    /// it there (it was retired meanwhile).
+    pub fn relocate(&mut self, key: &[u8], revision: u64, from: (u32, u32), to: (u32, u32)) -> bool {
+        let Some(latest) = self.map.get_mut(key) else { return false };
         let fix = |r: &mut Rev| {
-            if let Some(&(seq, off)) = moves.get(&(r.seq, r.offset)) {
-                r.seq = seq;
-                r.offset = off;
+            if r.revision == revision && (r.slot, r.offset) == from {
+                (r.slot, r.offset) = to;
+                true
+            } else {
+                false
             }
         };
-        self.map.values_mut().for_each(fix);
-        self.slab.iter_mut().flatten().for_each(fix);
+        if fix(latest) {
+            return true;
+        }
+        match latest.older {
+            0 => false,
+            s => self.slab[s as usize - 1].iter_mut().any(fix),
+        }
     }
 
     /// Every retained revision, in no particular order.
@@ -426,10 +440,11 @@ mod tests {
         let mut removed = vec![];
         ix.apply(b"a", rev(1, Op::Put), 2, &mut removed);
         ix.apply(b"a", rev(2, Op::Put), 2, &mut removed);
-        let moves = HashMap::from([((1u32, 100u32), (7u32, 8u32))]);
-        ix.relocate(&moves);
+        assert!(ix.relocate(b"a", 1, (1, 100), (7, 8)));
+        assert!(!ix.relocate(b"a", 1, (1, 100), (9, 9)), "already moved");
+        assert!(!ix.relocate(b"b", 1, (1, 100), (9, 9)));
         let revs = ix.revisions(b"a");
-        assert_eq!((revs[0].seq, revs[0].offset), (7, 8));
-        assert_eq!((revs[1].seq, revs[1].offset), (1, 200));
+        assert_eq!((revs[0].slot, revs[0].offset), (7, 8));
+        assert_eq!((revs[1].slot, revs[1].offset), (1, 200));
     }
 }

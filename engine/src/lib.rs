@@ -28,6 +28,7 @@
 
 mod bucket;
 pub mod clock;
+mod compact;
 mod config;
 mod entry;
 mod error;
@@ -44,6 +45,7 @@ mod sync;
 mod watch;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use compact::{CompactionReport, CrashPoint};
 pub use config::{BucketConfig, Options};
 pub use entry::{BucketStatus, Entry, Op, Page, Ttl, WriteOp, Written};
 pub use error::{Error, Result};

@@ -20,6 +20,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::bucket::{BucketCore, CONFIG_FILE};
+use crate::compact::{CompactionReport, CrashPoint};
 use crate::config::{BucketConfig, Options};
 use crate::entry::{BucketStatus, Entry, Page, Ttl, WriteOp, Written};
 use crate::error::{Error, Result};
@@ -296,6 +297,11 @@ impl Store {
                         if let Err(e) = core.sweep_expired() {
                             tracing::warn!(bucket = %core.name, error = %e, "TTL sweep failed");
                         }
+                        if core.needs_compaction() {
+                            if let Err(e) = core.compact(false) {
+                                tracing::warn!(bucket = %core.name, error = %e, "background compaction failed");
+                            }
+                        }
                     }
                 }
             }
@@ -512,5 +518,19 @@ impl Bucket {
     /// Makes every write to this bucket acknowledged so far durable.
     pub fn sync(&self) -> Result<()> {
         self.core.log.sync()
+    }
+
+    /// Runs a compaction pass now: seals the active segment if it holds dead
+    /// records and rewrites every sealed segment that has any, keeping only
+    /// what is retained. Writers and readers go on meanwhile.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        self.core.compact(true)
+    }
+
+    /// Test hook: make the next compaction passes stop at `point` as if the
+    /// process crashed there (the store should be dropped and reopened after).
+    #[doc(hidden)]
+    pub fn set_compaction_crash_point(&self, point: CrashPoint) {
+        self.core.crash_point.store(point as u8, Ordering::Relaxed);
     }
 }

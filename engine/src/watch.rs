@@ -234,8 +234,8 @@ impl Watch {
             picked.sort_unstable_by_key(|(_, r)| r.revision);
             let mut segments = HashMap::new();
             for (_, r) in &picked {
-                if let std::collections::hash_map::Entry::Vacant(v) = segments.entry(r.seq) {
-                    if let Some(s) = core.log.segment(r.seq as u64) {
+                if let std::collections::hash_map::Entry::Vacant(v) = segments.entry(r.slot) {
+                    if let Some(s) = core.log.segment(r.slot) {
                         v.insert(s);
                     }
                 }
@@ -243,7 +243,7 @@ impl Watch {
             (picked, end, revision, segments)
         };
         let seq = end >> 32;
-        let tail = core.log.segment(seq);
+        let tail = core.log.segment_by_seq(seq);
         Ok(Watch {
             counted: opts.from_revision.is_none(),
             core,
@@ -272,7 +272,7 @@ impl Watch {
             return Err(Error::Closed);
         }
         if let Some((key, rev)) = self.initial.pop_front() {
-            let mut e = self.core.load_from(self.initial_segments.get(&rev.seq), &key, &rev)?;
+            let mut e = self.core.load_from(self.initial_segments.get(&rev.slot), &key, &rev)?;
             if self.counted {
                 e.delta = self.initial.len() as u64;
             }

@@ -7,8 +7,9 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,6 +56,11 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// Slot of the segment being appended to.
+    pub fn active_slot(&self) -> u32 {
+        self.active.slot
+    }
+
     /// The current end of the log.
     pub fn end(&self) -> u64 {
         log_pos(self.active.id.seq, self.pos)
@@ -64,18 +70,43 @@ impl Appender {
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
-    pub seq: u64,
-    /// Offset of the batch's first record in segment `seq`.
+    /// Slot of the segment written.
+    pub slot: u32,
+    /// Offset of the batch's first record in that segment.
     pub offset: u64,
     /// The log position just past the batch (for durability waits).
     pub end: u64,
+}
+
+/// The live segments: by slot for reads, by id for log order.
+#[derive(Default)]
+struct Table {
+    by_slot: HashMap<u32, Arc<Segment>>,
+    order: BTreeMap<SegmentId, u32>,
+}
+
+impl Table {
+    fn insert(&mut self, seg: Arc<Segment>) {
+        self.order.insert(seg.id, seg.slot);
+        self.by_slot.insert(seg.slot, seg);
+    }
+
+    fn remove(&mut self, id: SegmentId) -> Option<Arc<Segment>> {
+        let slot = self.order.remove(&id)?;
+        self.by_slot.remove(&slot)
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = &Arc<Segment>> + '_ {
+        self.order.values().filter_map(|slot| self.by_slot.get(slot))
+    }
 }
 
 /// One bucket's log.
 pub struct Log {
     dir: PathBuf,
     cfg: LogConfig,
-    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    segments: RwLock<Table>,
+    next_slot: AtomicU32,
     commit: GroupCommit,
 }
 
@@ -101,15 +132,19 @@ impl Log {
                 cfg.segment_size
             )));
         }
-        let rec = recovery::recover(dir, cfg.repair, apply)?;
-        let mut segments: BTreeMap<u64, Arc<Segment>> = rec.segments.iter().map(|s| (s.id.seq, Arc::clone(s))).collect();
+        let next_slot = AtomicU32::new(1);
+        let alloc = || next_slot.fetch_add(1, Ordering::Relaxed);
+        let rec = recovery::recover(dir, cfg.repair, &alloc, apply)?;
+        let mut segments = Table::default();
+        rec.segments.iter().for_each(|s| segments.insert(Arc::clone(s)));
         let (active, pos) = match rec.segments.last() {
             Some(last) => {
-                // Re-map the last segment at full capacity so appends can grow into it.
-                let active = Arc::new(Segment::open(&last.path, Some(cfg.segment_size))?);
+                // Re-map the last segment at full capacity so appends can grow into it
+                // (same slot: the index already points at it).
+                let active = Arc::new(Segment::open(&last.path, last.slot, Some(cfg.segment_size))?);
                 let pos = rec.tail.max(last.data_start);
                 active.set_data_end(pos);
-                segments.insert(active.id.seq, Arc::clone(&active));
+                segments.insert(Arc::clone(&active));
                 (active, pos)
             }
             None => {
@@ -118,8 +153,8 @@ impl Log {
                     revision_watermark: rec.watermark,
                     supersedes: Vec::new(),
                 };
-                let active = Arc::new(Segment::create(dir, header, cfg.segment_size, cfg.prealloc_chunk())?);
-                segments.insert(1, Arc::clone(&active));
+                let active = Arc::new(Segment::create(dir, alloc(), header, cfg.segment_size, cfg.prealloc_chunk())?);
+                segments.insert(Arc::clone(&active));
                 let pos = active.data_start;
                 (active, pos)
             }
@@ -130,6 +165,7 @@ impl Log {
             dir: dir.to_path_buf(),
             commit: GroupCommit::new(Arc::clone(&active), end),
             segments: RwLock::new(segments),
+            next_slot: AtomicU32::new(next_slot.load(Ordering::Relaxed)),
             cfg,
         };
         let appender = Appender { active, pos, file_len, dirty_tail: 0 };
@@ -146,24 +182,40 @@ impl Log {
         self.cfg.fsync
     }
 
-    /// The segment with this `seq`, if it is live.
-    pub fn segment(&self, seq: u64) -> Option<Arc<Segment>> {
-        self.segments.read().get(&seq).cloned()
+    /// A new slot number for a segment about to be opened.
+    pub fn alloc_slot(&self) -> u32 {
+        self.next_slot.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The first live segment after `seq`.
+    /// The live segment in `slot`.
+    #[inline]
+    pub fn segment(&self, slot: u32) -> Option<Arc<Segment>> {
+        self.segments.read().by_slot.get(&slot).cloned()
+    }
+
+    /// The live segment with this `seq` (the newest generation).
+    pub fn segment_by_seq(&self, seq: u64) -> Option<Arc<Segment>> {
+        let t = self.segments.read();
+        let lo = SegmentId { seq, gen: 0 };
+        let hi = SegmentId { seq, gen: u32::MAX };
+        t.order.range(lo..=hi).next_back().and_then(|(_, slot)| t.by_slot.get(slot).cloned())
+    }
+
+    /// The first live segment whose `seq` is greater than `seq`.
     pub fn segment_after(&self, seq: u64) -> Option<Arc<Segment>> {
-        self.segments.read().range(seq + 1..).next().map(|(_, s)| Arc::clone(s))
+        let t = self.segments.read();
+        let from = SegmentId { seq: seq + 1, gen: 0 };
+        t.order.range(from..).next().and_then(|(_, slot)| t.by_slot.get(slot).cloned())
     }
 
     /// All live segments in log order.
     pub fn segments(&self) -> Vec<Arc<Segment>> {
-        self.segments.read().values().cloned().collect()
+        self.segments.read().in_order().cloned().collect()
     }
 
     /// Number of live segments.
     pub fn segment_count(&self) -> usize {
-        self.segments.read().len()
+        self.segments.read().order.len()
     }
 
     /// Appends an encoded batch. `watermark` is the bucket's last revision,
@@ -196,7 +248,7 @@ impl Log {
         app.active.set_data_end(app.pos);
         let end = app.end();
         self.commit.note_written(end);
-        Ok(Appended { seq: app.active.id.seq, offset, end })
+        Ok(Appended { slot: app.active.slot, offset, end })
     }
 
     /// Seals the active segment (synced, cut to its data) and starts a new one.
@@ -214,8 +266,8 @@ impl Log {
         if capacity > u32::MAX as u64 {
             return Err(Error::BadArgument(format!("a batch of {need} bytes is too large for one segment")));
         }
-        let seg = Arc::new(Segment::create(&self.dir, header, capacity, self.cfg.prealloc_chunk())?);
-        self.segments.write().insert(seg.id.seq, Arc::clone(&seg));
+        let seg = Arc::new(Segment::create(&self.dir, self.alloc_slot(), header, capacity, self.cfg.prealloc_chunk())?);
+        self.segments.write().insert(Arc::clone(&seg));
         self.commit.rotated(log_pos(old.id.seq, app.pos), Arc::clone(&seg));
         tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
         app.file_len = seg.file_len()?;
@@ -244,19 +296,30 @@ impl Log {
         self.commit.dirty()
     }
 
-    /// Replaces `old` segments by `new` in the table (after compaction).
-    pub fn replace_segments(&self, old: &[SegmentId], new: Arc<Segment>) {
-        let mut t = self.segments.write();
-        for id in old {
-            if t.get(&id.seq).is_some_and(|s| s.id == *id) {
-                t.remove(&id.seq);
-            }
-        }
-        t.insert(new.id.seq, new);
+    /// Adds a compaction output to the table (beside the segments it replaces).
+    pub fn add_segment(&self, seg: Arc<Segment>) {
+        self.segments.write().insert(seg);
     }
 
-    /// The `seq` of the active segment.
-    pub fn active_seq(&self) -> u64 {
-        self.segments.read().keys().next_back().copied().unwrap_or(0)
+    /// Removes segments from the table (after compaction moved their records).
+    pub fn remove_segments(&self, ids: &[SegmentId]) -> Vec<Arc<Segment>> {
+        let mut t = self.segments.write();
+        ids.iter().filter_map(|id| t.remove(*id)).collect()
+    }
+
+    /// The sealed segments (every live one but the active), in log order.
+    pub fn sealed_segments(&self) -> Vec<Arc<Segment>> {
+        let t = self.segments.read();
+        let mut all: Vec<Arc<Segment>> = t.in_order().cloned().collect();
+        all.pop();
+        all
+    }
+
+    /// Seals the active segment now (if it holds any record) so compaction can take it.
+    pub fn seal_active(&self, app: &mut Appender, watermark: u64) -> Result<()> {
+        if app.pos > app.active.data_start {
+            self.rotate(app, watermark, 0)?;
+        }
+        Ok(())
     }
 }

@@ -62,10 +62,11 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(
     dir: &Path,
     repair: bool,
+    next_slot: &dyn Fn() -> u32,
     apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
-    let mut segments = open_segments(dir, repair, &mut report)?;
+    let mut segments = open_segments(dir, repair, next_slot, &mut report)?;
     let watermark = segments.iter().map(|s| s.header.revision_watermark).max().unwrap_or(0);
     let mut tail = 0;
     let count = segments.len();
@@ -79,7 +80,12 @@ pub(crate) fn recover(
 }
 
 /// Lists, cleans up and opens the segments of a directory, in log order.
-fn open_segments(dir: &Path, repair: bool, report: &mut RecoveryReport) -> Result<Vec<Arc<Segment>>> {
+fn open_segments(
+    dir: &Path,
+    repair: bool,
+    next_slot: &dyn Fn() -> u32,
+    report: &mut RecoveryReport,
+) -> Result<Vec<Arc<Segment>>> {
     let mut ids = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut removed_any = false;
@@ -101,7 +107,7 @@ fn open_segments(dir: &Path, repair: bool, report: &mut RecoveryReport) -> Resul
     let mut opened = Vec::with_capacity(ids.len());
     for id in ids {
         let path = dir.join(id.file_name());
-        match Segment::open(&path, None) {
+        match Segment::open(&path, next_slot(), None) {
             Ok(seg) if seg.header.id == id => opened.push(seg),
             Ok(_) | Err(Error::Corrupt { .. }) if repair => {
                 let aside = path.with_extension("seg.corrupt");

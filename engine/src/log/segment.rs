@@ -145,6 +145,10 @@ impl SegmentHeader {
 /// are ever read.
 pub struct Segment {
     pub id: SegmentId,
+    /// In-memory number of this open segment, unique for the life of the
+    /// process; index entries point at slots, so a compaction output and the
+    /// segments it replaces (which share a `seq`) can be open side by side.
+    pub slot: u32,
     pub path: PathBuf,
     pub header: SegmentHeader,
     /// Offset where records begin.
@@ -164,7 +168,7 @@ impl std::fmt::Debug for Segment {
 impl Segment {
     /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
     /// (header included), syncs it and renames it into place.
-    pub fn create(dir: &Path, header: SegmentHeader, capacity: u64, prealloc: u64) -> Result<Segment> {
+    pub fn create(dir: &Path, slot: u32, header: SegmentHeader, capacity: u64, prealloc: u64) -> Result<Segment> {
         let final_path = dir.join(header.id.file_name());
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
         let head = header.encode();
@@ -182,7 +186,7 @@ impl Segment {
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp_path, &final_path).map_err(io)?;
         sync_dir(dir)?;
-        Self::map(final_path, file, header, capacity)
+        Self::map(slot, final_path, file, header, capacity)
     }
 
     /// Writes a complete segment (compaction output) under a temporary name.
@@ -204,15 +208,17 @@ impl Segment {
     }
 
     /// Renames a file written by [`Segment::write_tmp`] into place and opens it.
-    pub fn install(dir: &Path, tmp_path: &Path, id: SegmentId) -> Result<Segment> {
+    pub fn install(dir: &Path, slot: u32, tmp_path: &Path, id: SegmentId) -> Result<Segment> {
         let final_path = dir.join(id.file_name());
         std::fs::rename(tmp_path, &final_path).map_err(|e| Error::io(tmp_path, e))?;
         sync_dir(dir)?;
-        Self::open(&final_path, None)
+        let seg = Self::open(&final_path, slot, None)?;
+        seg.set_data_end(seg.capacity());
+        Ok(seg)
     }
 
     /// Opens an existing segment read-write, mapping it at its file length.
-    pub fn open(path: &Path, capacity: Option<u64>) -> Result<Segment> {
+    pub fn open(path: &Path, slot: u32, capacity: Option<u64>) -> Result<Segment> {
         let io = |e| Error::io(path, e);
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
@@ -223,10 +229,10 @@ impl Segment {
             offset: 0,
             reason: why.to_string(),
         })?;
-        Self::map(path.to_path_buf(), file, header, len.max(capacity.unwrap_or(0)))
+        Self::map(slot, path.to_path_buf(), file, header, len.max(capacity.unwrap_or(0)))
     }
 
-    fn map(path: PathBuf, file: File, header: SegmentHeader, map_len: u64) -> Result<Segment> {
+    fn map(slot: u32, path: PathBuf, file: File, header: SegmentHeader, map_len: u64) -> Result<Segment> {
         let map_len = usize::try_from(map_len).map_err(|_| Error::Config("segment too large to map".into()))?;
         // SAFETY: the file is owned by this store, which holds the directory lock,
         // so no other logkv process writes it; this process only appends past what
@@ -235,7 +241,7 @@ impl Segment {
         // written length).
         let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(&file) }.map_err(|e| Error::io(&path, e))?;
         let data_start = header.encoded_len() as u64;
-        Ok(Segment { id: header.id, data_start, end: AtomicU64::new(data_start), header, path, file, map })
+        Ok(Segment { id: header.id, slot, data_start, end: AtomicU64::new(data_start), header, path, file, map })
     }
 
     /// Offset just past the last complete record.
@@ -319,11 +325,11 @@ mod tests {
     fn create_then_open() {
         let dir = tempfile::tempdir().unwrap();
         let h = SegmentHeader { id: SegmentId { seq: 1, gen: 0 }, revision_watermark: 0, supersedes: vec![] };
-        let seg = Segment::create(dir.path(), h.clone(), 1 << 20, 4096).unwrap();
+        let seg = Segment::create(dir.path(), 1, h.clone(), 1 << 20, 4096).unwrap();
         assert_eq!(seg.file_len().unwrap(), 4096);
         assert_eq!(seg.capacity(), 1 << 20);
         drop(seg);
-        let seg = Segment::open(&dir.path().join(h.id.file_name()), None).unwrap();
+        let seg = Segment::open(&dir.path().join(h.id.file_name()), 2, None).unwrap();
         assert_eq!(seg.header, h);
         assert_eq!(seg.data_start, h.encoded_len() as u64);
         assert!(!dir.path().join(format!("{}.tmp", h.id.file_name())).exists());

@@ -1,0 +1,269 @@
+//! Compaction: rewriting sealed segments to keep only what the index retains.
+//!
+//! The index is the single source of truth for what is retained (the last
+//! `history` entries per key, nothing before a PURGE, nothing aged out); a
+//! record is copied only if the index still points at it. Copies keep their
+//! revision and creation time. A pass over a run of consecutive sealed
+//! segments:
+//!
+//! 1. scans them, checking each record against the index in short read-lock
+//!    holds, and copies the retained ones into a buffer;
+//! 2. writes the buffer as a new segment (`seq` of the first input, next
+//!    generation) whose header lists the inputs it supersedes: temp file,
+//!    fsync, rename, fsync of the directory;
+//! 3. adds it to the segment table beside the inputs and moves index entries
+//!    to it in chunks (readers holding old locations still read valid bytes:
+//!    the inputs stay mapped while anyone holds them);
+//! 4. removes the inputs from the table and deletes their files.
+//!
+//! A crash at any point leaves either the inputs (the output never got its
+//! final name) or a complete output that recovery finishes the job with (it
+//! deletes whatever the output supersedes). Nothing is duplicated or
+//! resurrected: an input survives only while its output does not exist.
+//! Writers never wait on this I/O; they only meet the short index lock holds.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::bucket::BucketCore;
+use crate::error::{Error, Result};
+use crate::fsutil::sync_dir;
+use crate::log::record::{self, decode, Decoded};
+use crate::log::segment::{Segment, SegmentHeader, SegmentId};
+
+/// How many records or relocations one lock hold covers.
+const CHUNK: usize = 4096;
+
+/// What a compaction pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Segments rewritten.
+    pub segments_in: usize,
+    /// Segments written.
+    pub segments_out: usize,
+    /// Records copied.
+    pub records_kept: u64,
+    /// Records dropped.
+    pub records_dropped: u64,
+    /// Bytes of the inputs' files.
+    pub bytes_before: u64,
+    /// Bytes of the outputs' files.
+    pub bytes_after: u64,
+}
+
+impl CompactionReport {
+    /// Bytes of disk given back.
+    pub fn reclaimed(&self) -> u64 {
+        self.bytes_before.saturating_sub(self.bytes_after)
+    }
+}
+
+/// Steps of a compaction pass at which a test can make it stop as if the
+/// process had crashed there.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CrashPoint {
+    None = 0,
+    /// The output is written under its temporary name.
+    AfterTmpWritten = 1,
+    /// The output has its final name; the inputs are still there.
+    AfterInstall = 2,
+    /// The index points at the output; the input files are still there.
+    AfterRelocate = 3,
+    /// The first input file is deleted, the others not.
+    AfterFirstDelete = 4,
+}
+
+impl BucketCore {
+    fn crash_if(&self, point: CrashPoint) -> Result<()> {
+        if self.crash_point.load(Ordering::Relaxed) == point as u8 {
+            return Err(Error::Config(format!("injected crash at {point:?}")));
+        }
+        Ok(())
+    }
+
+    /// Whether some sealed segment has passed the dead-bytes threshold.
+    pub fn needs_compaction(&self) -> bool {
+        let sealed = self.log.sealed_segments();
+        let ix = self.index.read();
+        sealed.iter().any(|s| self.qualifies(s, ix.dead_bytes().get(&s.slot).copied().unwrap_or(0), false))
+    }
+
+    fn qualifies(&self, seg: &Segment, dead: u64, force: bool) -> bool {
+        let size = seg.data_end().saturating_sub(seg.data_start);
+        dead > 0 && (force || size == 0 || dead as f64 >= self.compact_dead_ratio * size as f64)
+    }
+
+    /// Runs a compaction pass. With `force`, the active segment is sealed first
+    /// (if it has dead records) and every sealed segment with any dead record
+    /// is rewritten; otherwise only those past the dead-bytes threshold.
+    pub fn compact(&self, force: bool) -> Result<CompactionReport> {
+        self.check_open()?;
+        let _pass = self.compacting.lock();
+        if force {
+            let active_dead = {
+                let w = self.writer.lock();
+                let slot = w.app.active_slot();
+                drop(w);
+                self.index.read().dead_bytes().get(&slot).copied().unwrap_or(0)
+            };
+            if active_dead > 0 {
+                let mut w = self.writer.lock();
+                let watermark = w.next_rev - 1;
+                self.log.seal_active(&mut w.app, watermark)?;
+            }
+        }
+        let sealed = self.log.sealed_segments();
+        let runs: Vec<Vec<Arc<Segment>>> = {
+            let ix = self.index.read();
+            let mut runs: Vec<Vec<Arc<Segment>>> = Vec::new();
+            let mut current: Vec<Arc<Segment>> = Vec::new();
+            let mut kept = 0u64;
+            for seg in sealed {
+                let dead = ix.dead_bytes().get(&seg.slot).copied().unwrap_or(0);
+                let live = (seg.data_end() - seg.data_start).saturating_sub(dead);
+                if !self.qualifies(&seg, dead, force) || (!current.is_empty() && kept + live > self.segment_size) {
+                    if !current.is_empty() {
+                        runs.push(std::mem::take(&mut current));
+                        kept = 0;
+                    }
+                }
+                if self.qualifies(&seg, dead, force) {
+                    kept += live;
+                    current.push(seg);
+                }
+            }
+            if !current.is_empty() {
+                runs.push(current);
+            }
+            runs
+        };
+        let mut report = CompactionReport::default();
+        let total = runs.iter().map(Vec::len).sum::<usize>();
+        for run in runs {
+            self.compact_run(&run, &mut report)?;
+            tracing::info!(
+                bucket = %self.name,
+                segments_done = report.segments_in,
+                segments_total = total,
+                bytes_reclaimed = report.reclaimed(),
+                "compaction progress"
+            );
+        }
+        if report.segments_in > 0 {
+            self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+            self.stats.reclaimed.fetch_add(report.reclaimed(), Ordering::Relaxed);
+        }
+        Ok(report)
+    }
+
+    fn compact_run(&self, run: &[Arc<Segment>], report: &mut CompactionReport) -> Result<()> {
+        // 1. Copy what the index still points at.
+        let mut body: Vec<u8> = Vec::new();
+        // (key, revision, old (slot, offset), offset in body, length)
+        let mut moves: Vec<(Vec<u8>, u64, (u32, u32), u64, u64)> = Vec::new();
+        for seg in run {
+            report.bytes_before += seg.file_len()?;
+            let data = seg.range(0, seg.data_end());
+            let mut at = seg.data_start as usize;
+            while at < data.len() {
+                let ix = self.index.read();
+                for _ in 0..CHUNK {
+                    if at >= data.len() {
+                        break;
+                    }
+                    let r = match decode(&data[at..]) {
+                        Decoded::Record(r) => r,
+                        Decoded::End => {
+                            at = data.len();
+                            break;
+                        }
+                        Decoded::Invalid(why) => {
+                            return Err(Error::Corrupt { path: seg.path.clone(), offset: at as u64, reason: why.to_string() })
+                        }
+                    };
+                    let len = r.header.record_len();
+                    let here = (seg.slot, at as u32);
+                    let retained = ix.find(r.key, r.header.revision).is_some_and(|rev| (rev.slot, rev.offset) == here);
+                    if retained {
+                        let start = body.len();
+                        body.extend_from_slice(&data[at..at + len]);
+                        // Batches were applied long ago; a copy stands alone.
+                        record::set_batch_more(&mut body[start..], false);
+                        moves.push((r.key.to_vec(), r.header.revision, here, start as u64, len as u64));
+                        report.records_kept += 1;
+                    } else {
+                        report.records_dropped += 1;
+                    }
+                    at += len;
+                }
+            }
+        }
+        report.segments_in += run.len();
+        let ids: Vec<SegmentId> = run.iter().map(|s| s.id).collect();
+
+        if moves.is_empty() {
+            // Nothing retained: the inputs can go as they are. Deleting them one
+            // by one is safe: every record in them is dead.
+            self.crash_if(CrashPoint::AfterTmpWritten)?;
+            self.crash_if(CrashPoint::AfterInstall)?;
+            self.crash_if(CrashPoint::AfterRelocate)?;
+            return self.retire_inputs(run, &ids, None, 0);
+        }
+
+        // 2. Write the output and give it its final name.
+        let header = SegmentHeader {
+            id: SegmentId { seq: ids[0].seq, gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1 },
+            revision_watermark: self.last_rev.load(Ordering::Acquire),
+            supersedes: ids.clone(),
+        };
+        let base = header.encoded_len() as u64;
+        let tmp = Segment::write_tmp(&self.dir, &header, &body)?;
+        self.crash_if(CrashPoint::AfterTmpWritten)?;
+        let out = Arc::new(Segment::install(&self.dir, self.log.alloc_slot(), &tmp, header.id)?);
+        report.segments_out += 1;
+        report.bytes_after += out.file_len()?;
+        self.crash_if(CrashPoint::AfterInstall)?;
+
+        // 3. Point the index at the copies.
+        self.log.add_segment(Arc::clone(&out));
+        let mut moved = 0u64;
+        for chunk in moves.chunks(CHUNK) {
+            let mut ix = self.index.write();
+            for (key, revision, from, off, len) in chunk {
+                if ix.relocate(key, *revision, *from, (out.slot, (base + off) as u32)) {
+                    moved += len;
+                }
+            }
+        }
+        self.crash_if(CrashPoint::AfterRelocate)?;
+        self.retire_inputs(run, &ids, Some(&out), body.len() as u64 - moved)
+    }
+
+    /// Takes compacted inputs out of the table and deletes their files.
+    fn retire_inputs(&self, run: &[Arc<Segment>], ids: &[SegmentId], out: Option<&Arc<Segment>>, out_dead: u64) -> Result<()> {
+        {
+            let mut ix = self.index.write();
+            for seg in run {
+                ix.forget_segment(seg.slot);
+            }
+            if let Some(out) = out {
+                // Copies retired while the pass ran are dead in the output.
+                ix.add_dead(out.slot, out_dead);
+            }
+            self.log.remove_segments(ids);
+        }
+        for (i, seg) in run.iter().enumerate() {
+            match std::fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&seg.path, e)),
+            }
+            if i == 0 {
+                self.crash_if(CrashPoint::AfterFirstDelete)?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+}
