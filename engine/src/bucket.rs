@@ -21,6 +21,7 @@ use crate::log::record::{self, decode, Decoded, FLAG_BATCH_MORE};
 use crate::log::recovery::RecoveryReport;
 use crate::log::segment::Segment;
 use crate::log::{Appender, Log, LogConfig};
+use crate::snapshot;
 use crate::watch::WatchHub;
 
 /// File holding a bucket's configuration.
@@ -101,22 +102,63 @@ pub(crate) fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u6
 impl BucketCore {
     /// Opens a bucket directory, replaying its log into a fresh index.
     pub fn open(dir: &Path, name: &str, config: BucketConfig, opts: &Options) -> Result<(BucketCore, RecoveryReport)> {
-        let mut index = Index::default();
+        let index = std::cell::RefCell::new(Index::default());
         let mut max_rev = 0;
         let mut removed = Vec::new();
         let history = config.history as usize;
         let ttl = config.ttl_ms();
         let log_cfg = LogConfig { segment_size: opts.segment_size, fsync: opts.fsync, repair: opts.repair };
-        let opened = Log::open(dir, log_cfg, &mut |seg: &Arc<Segment>, offset, rec| {
+        let mut snap = match opts.repair {
+            true => None,
+            false => match snapshot::load(dir) {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::warn!(bucket = name, reason = %why, "index snapshot unusable; scanning the whole log");
+                    snapshot::remove(dir)?;
+                    None
+                }
+            },
+        };
+        let mut snap_rev = 0;
+        let mut stale = false;
+        let mut start = |segs: &[Arc<Segment>]| {
+            let s = snap.take()?;
+            let last = s.last_revision;
+            let applied = s.apply(segs, history, &mut index.borrow_mut());
+            match applied {
+                Ok(at) => {
+                    snap_rev = last;
+                    Some(at)
+                }
+                Err(why) => {
+                    tracing::warn!(bucket = name, reason = %why, "index snapshot is stale; scanning the whole log");
+                    *index.borrow_mut() = Index::default();
+                    stale = true;
+                    None
+                }
+            }
+        };
+        let opened = Log::open(dir, log_cfg, &mut start, &mut |seg: &Arc<Segment>, offset, rec| {
             let h = &rec.header;
             let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
             let rev = Rev::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
-            index.apply(rec.key, rev, history, &mut removed);
+            index.borrow_mut().apply(rec.key, rev, history, &mut removed);
             removed.clear();
             max_rev = max_rev.max(h.revision);
             Ok(())
         })?;
-        let last = max_rev.max(opened.watermark);
+        if stale {
+            snapshot::remove(dir)?;
+        }
+        let mut index = index.into_inner();
+        let sizes = opened
+            .log
+            .segments()
+            .iter()
+            .map(|s| (s.slot, s.data_end().saturating_sub(s.data_start)))
+            .collect();
+        index.recompute_dead(&sizes);
+        let last = max_rev.max(opened.watermark).max(snap_rev);
         let end = opened.appender.end();
         let core = BucketCore {
             name: Arc::from(name),
@@ -609,6 +651,30 @@ impl BucketCore {
         }
         self.age_out(now)?;
         Ok(markers)
+    }
+
+    /// Syncs the log and writes an index snapshot of the bucket as it is now.
+    /// Writers wait meanwhile (the snapshot must match a synced log end).
+    pub fn write_snapshot(&self) -> Result<()> {
+        self.check_open()?;
+        let w = self.writer.lock();
+        self.log.sync()?;
+        let bytes = {
+            let ix = self.index.read();
+            let active = w.app.active_slot();
+            let segs: Vec<(Arc<Segment>, u64)> = self
+                .log
+                .segments()
+                .into_iter()
+                .map(|s| {
+                    let end = if s.slot == active { w.app.pos() } else { s.data_end() };
+                    (s, end)
+                })
+                .collect();
+            snapshot::encode(&ix, w.next_rev - 1, &segs)
+        };
+        drop(w);
+        snapshot::save(&self.dir, &bytes)
     }
 
     /// Drops from the index the oldest entries of each key that are past the

@@ -154,6 +154,8 @@ impl BucketCore {
         if report.segments_in > 0 {
             self.stats.compactions.fetch_add(1, Ordering::Relaxed);
             self.stats.reclaimed.fetch_add(report.reclaimed(), Ordering::Relaxed);
+            // The old snapshot names segments that are gone; replace it.
+            self.write_snapshot()?;
         }
         Ok(report)
     }

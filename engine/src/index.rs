@@ -352,6 +352,45 @@ impl Index {
         }
     }
 
+    /// Builds an index from keys in ascending order, each with its revisions
+    /// oldest first (already retained). Bulk building fills tree nodes fully.
+    pub fn from_sorted(entries: Vec<(IKey, Vec<Rev>)>) -> Index {
+        let mut ix = Index::default();
+        let mut slab = Vec::new();
+        let map = entries
+            .into_iter()
+            .map(|(key, mut revs)| {
+                for r in &revs {
+                    ix.values += 1;
+                    ix.bytes += r.len() as u64;
+                    ix.expiring += (r.expires_ms != 0) as u64;
+                }
+                let mut latest = revs.pop().unwrap_or(Rev::new(0, 0, 0, 0, 0, Op::Del)).bare();
+                if !revs.is_empty() {
+                    slab.push(revs);
+                    latest.older = slab.len() as u32;
+                }
+                (key, latest)
+            })
+            .collect();
+        ix.map = map;
+        ix.slab = slab;
+        ix
+    }
+
+    /// Sets each segment's dead bytes to its size less what is retained in it.
+    pub fn recompute_dead(&mut self, sizes: &HashMap<u32, u64>) {
+        let mut live: HashMap<u32, u64> = HashMap::new();
+        for r in self.all_revs() {
+            *live.entry(r.slot).or_default() += r.len() as u64;
+        }
+        self.dead = sizes
+            .iter()
+            .map(|(slot, size)| (*slot, size.saturating_sub(live.get(slot).copied().unwrap_or(0))))
+            .filter(|(_, d)| *d > 0)
+            .collect();
+    }
+
     /// Every retained revision, in no particular order.
     pub fn all_revs(&self) -> impl Iterator<Item = Rev> + '_ {
         self.map.values().map(|r| r.bare()).chain(self.slab.iter().flatten().copied())

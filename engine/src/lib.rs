@@ -38,6 +38,7 @@ pub mod fsync;
 pub mod index;
 mod key;
 mod lock;
+mod snapshot;
 #[allow(missing_docs)]
 pub mod log;
 mod store;

@@ -56,6 +56,11 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// Offset of the next record in the active segment.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
     /// Slot of the segment being appended to.
     pub fn active_slot(&self) -> u32 {
         self.active.slot
@@ -124,6 +129,7 @@ impl Log {
     pub fn open(
         dir: &Path,
         cfg: LogConfig,
+        start: recovery::StartAt<'_>,
         apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
     ) -> Result<Opened> {
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&cfg.segment_size) {
@@ -134,7 +140,7 @@ impl Log {
         }
         let next_slot = AtomicU32::new(1);
         let alloc = || next_slot.fetch_add(1, Ordering::Relaxed);
-        let rec = recovery::recover(dir, cfg.repair, &alloc, apply)?;
+        let rec = recovery::recover(dir, cfg.repair, &alloc, start, apply)?;
         let mut segments = Table::default();
         rec.segments.iter().for_each(|s| segments.insert(Arc::clone(s)));
         let (active, pos) = match rec.segments.last() {

@@ -58,23 +58,36 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
-/// Calls `apply(segment, offset, record)` for every record of every complete batch, in log order.
+/// Where to start reading, once the segments are open: `(index of the first
+/// segment to scan, offset in it)`. Segments before it are taken as they are
+/// (an index snapshot already covers them). `None`: scan everything.
+pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<(usize, u64)>;
+
+/// Calls `apply(segment, offset, record)` for every record of every complete
+/// batch from the start point on, in log order.
 pub(crate) fn recover(
     dir: &Path,
     repair: bool,
     next_slot: &dyn Fn() -> u32,
+    start: StartAt<'_>,
     apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let mut segments = open_segments(dir, repair, next_slot, &mut report)?;
     let watermark = segments.iter().map(|s| s.header.revision_watermark).max().unwrap_or(0);
+    let (first, offset) = start(&segments).unwrap_or((0, 0));
     let mut tail = 0;
     let count = segments.len();
     for (i, seg) in segments.iter_mut().enumerate() {
         let is_last = i + 1 == count;
-        tail = scan_segment(seg, is_last, repair, &mut report, apply)?;
+        if i < first {
+            tail = seg.file_len()?;
+        } else {
+            let from = if i == first { offset.max(seg.data_start) } else { seg.data_start };
+            tail = scan_segment(seg, from, is_last, repair, &mut report, apply)?;
+            report.segments += 1;
+        }
         seg.set_data_end(tail);
-        report.segments += 1;
     }
     Ok(Recovered { segments, tail, watermark, report })
 }
@@ -154,6 +167,7 @@ fn open_segments(
 /// Applies the complete batches of one segment; returns where valid data ends.
 fn scan_segment(
     seg: &mut Arc<Segment>,
+    from: u64,
     is_last: bool,
     repair: bool,
     report: &mut RecoveryReport,
@@ -162,7 +176,7 @@ fn scan_segment(
     let file_len = seg.file_len()?;
     let segment = Arc::clone(seg);
     let buf = segment.range(0, file_len);
-    let mut at = seg.data_start as usize;
+    let mut at = (from as usize).min(buf.len());
     let mut batch_start = at;
     let mut pending: Vec<(usize, RecordRef<'_>)> = Vec::new();
     loop {

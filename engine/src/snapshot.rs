@@ -1,0 +1,228 @@
+//! Index snapshots: the whole index of a bucket in one checksummed file
+//! (`index.snap`), so that reopening does not read every record.
+//!
+//! Written at clean close and after compaction, with the writer lock held and
+//! the log synced, so the end position it records is durable. On open it is
+//! used only if its segment list matches the segment files exactly (same ids;
+//! every sealed one the same length); the log after its end position is then
+//! scanned with the normal recovery rules. A missing, damaged or stale
+//! snapshot is ignored with a log line, and the whole log is scanned instead:
+//! never wrong data. Layout (little-endian) in `docs/FORMAT.md`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::index::{IKey, Index, Rev};
+use crate::log::segment::{Segment, SegmentId};
+
+/// File name of a bucket's snapshot.
+pub const SNAPSHOT_FILE: &str = "index.snap";
+const MAGIC: &[u8; 8] = b"LOGKVIDX";
+const VERSION: u32 = 1;
+
+/// A segment as the snapshot saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegRef {
+    id: SegmentId,
+    /// Offset just past its last record covered by the snapshot.
+    end: u64,
+}
+
+/// A decoded snapshot.
+pub(crate) struct Snapshot {
+    pub last_revision: u64,
+    segments: Vec<SegRef>,
+    /// Keys in order, each with its revisions oldest first (`slot` = index into `segments`).
+    entries: Vec<(IKey, Vec<Rev>)>,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], &'static str> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("truncated")?;
+        let s = &self.buf[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> std::result::Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> std::result::Result<u16, &'static str> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> std::result::Result<u32, &'static str> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> std::result::Result<u64, &'static str> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+/// Serialises `index` with the log state it corresponds to.
+/// `segments`: every live segment in log order with its covered end.
+pub(crate) fn encode(index: &Index, last_revision: u64, segments: &[(Arc<Segment>, u64)]) -> Vec<u8> {
+    let slot_to_pos: HashMap<u32, u32> = segments.iter().enumerate().map(|(i, (s, _))| (s.slot, i as u32)).collect();
+    let mut out = Vec::with_capacity(64 + index.key_count() * 56);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&last_revision.to_le_bytes());
+    out.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+    for (s, end) in segments {
+        out.extend_from_slice(&s.id.seq.to_le_bytes());
+        out.extend_from_slice(&s.id.gen.to_le_bytes());
+        out.extend_from_slice(&end.to_le_bytes());
+    }
+    out.extend_from_slice(&(index.key_count() as u64).to_le_bytes());
+    for (key, latest) in index.range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded) {
+        let k = key.as_bytes();
+        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        out.extend_from_slice(k);
+        let mut revs = Vec::new();
+        index.for_each_rev(latest, |r| revs.push(*r));
+        out.push(revs.len() as u8);
+        for r in revs {
+            out.extend_from_slice(&r.revision.to_le_bytes());
+            out.extend_from_slice(&r.expires_ms.to_le_bytes());
+            out.extend_from_slice(&slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&r.offset.to_le_bytes());
+            out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            out.push(r.op() as u8);
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Writes the snapshot file atomically.
+pub(crate) fn save(dir: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(&dir.join(SNAPSHOT_FILE), bytes)
+}
+
+/// Removes a snapshot that no longer matches the log.
+pub(crate) fn remove(dir: &Path) -> Result<()> {
+    let path = dir.join(SNAPSHOT_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Reads and checks a snapshot; `Ok(None)` if there is none, `Err(reason)` if it is unusable.
+pub(crate) fn load(dir: &Path) -> std::result::Result<Option<Snapshot>, String> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    decode(&bytes).map(Some).map_err(|why| format!("{}: {why}", path.display()))
+}
+
+fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
+    if bytes.len() < 4 {
+        return Err("truncated");
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err("checksum mismatch");
+    }
+    let mut r = Reader { buf: body, at: 0 };
+    if r.take(8)? != MAGIC {
+        return Err("bad magic");
+    }
+    if r.u32()? != VERSION {
+        return Err("unsupported version");
+    }
+    r.u32()?;
+    let last_revision = r.u64()?;
+    let nseg = r.u32()? as usize;
+    let mut segments = Vec::with_capacity(nseg.min(1 << 16));
+    for _ in 0..nseg {
+        let seq = r.u64()?;
+        let gen = r.u32()?;
+        let end = r.u64()?;
+        segments.push(SegRef { id: SegmentId { seq, gen }, end });
+    }
+    let nkeys = r.u64()? as usize;
+    let mut entries = Vec::with_capacity(nkeys.min(body.len() / 20));
+    for _ in 0..nkeys {
+        let klen = r.u16()? as usize;
+        let key = IKey::new(r.take(klen)?);
+        let n = r.u8()? as usize;
+        let mut revs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let revision = r.u64()?;
+            let expires = r.u64()?;
+            let seg = r.u32()?;
+            let offset = r.u32()?;
+            let len = r.u32()? as usize;
+            let op = crate::log::record::Op::from_u8(r.u8()?).ok_or("bad op")?;
+            if seg as usize >= segments.len() {
+                return Err("revision in an unknown segment");
+            }
+            revs.push(Rev::new(revision, expires, seg, offset as u64, len, op));
+        }
+        if revs.is_empty() {
+            return Err("key without revisions");
+        }
+        entries.push((key, revs));
+    }
+    if r.at != body.len() {
+        return Err("trailing bytes");
+    }
+    Ok(Snapshot { last_revision, segments, entries })
+}
+
+impl Snapshot {
+    /// If the snapshot matches the opened segments, fills `index` and returns
+    /// where to resume scanning; otherwise says why not.
+    pub fn apply(
+        self,
+        segments: &[Arc<Segment>],
+        history: usize,
+        index: &mut Index,
+    ) -> std::result::Result<(usize, u64), String> {
+        let n = self.segments.len();
+        if n == 0 || segments.len() < n {
+            return Err("the snapshot names segments that are gone".into());
+        }
+        for (i, (snap, seg)) in self.segments.iter().zip(segments).enumerate() {
+            if snap.id != seg.id {
+                return Err(format!("segment {:?} expected, {:?} found", snap.id, seg.id));
+            }
+            let len = seg.file_len().map_err(|e| e.to_string())?;
+            let sealed = i + 1 < n;
+            if (sealed && len != snap.end) || len < snap.end {
+                return Err(format!("segment {:?} is {len} bytes, the snapshot expected {}", seg.id, snap.end));
+            }
+        }
+        let slots: Vec<u32> = segments[..n].iter().map(|s| s.slot).collect();
+        let mut entries = self.entries;
+        let mut prev: Option<&IKey> = None;
+        for (key, revs) in &mut entries {
+            if revs.len() > history || prev.is_some_and(|p| p >= &*key) {
+                return Err("the snapshot's keys are out of order or hold more history than the bucket keeps".into());
+            }
+            for rev in revs.iter_mut() {
+                rev.slot = slots[rev.slot as usize];
+            }
+            prev = Some(key);
+        }
+        *index = Index::from_sorted(entries);
+        Ok((n - 1, self.segments[n - 1].end))
+    }
+}

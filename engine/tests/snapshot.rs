@@ -1,0 +1,124 @@
+//! Index snapshots: used on a clean reopen; any damage or staleness falls back
+//! to scanning the log and gives exactly the same state.
+
+use std::path::{Path, PathBuf};
+
+use logkv::{Bucket, BucketConfig, Entry, FsyncPolicy, Options, Store};
+
+fn opts() -> Options {
+    Options { background: false, fsync: FsyncPolicy::Never, segment_size: 8 * 1024, ..Default::default() }
+}
+
+fn state(b: &Bucket) -> (Vec<Entry>, u64) {
+    (b.history(">").unwrap(), b.status().unwrap().last_revision)
+}
+
+fn snap_path(dir: &Path) -> PathBuf {
+    dir.join("buckets/s/index.snap")
+}
+
+fn write_some(b: &Bucket, round: u32) {
+    for k in 0..150u32 {
+        b.put(&format!("k.{}", k % 60), format!("r{round}-{k}")).unwrap();
+    }
+    b.delete("k.3").unwrap();
+    b.purge("k.4").unwrap();
+}
+
+/// Opens the store, reads the bucket state and how many records recovery scanned.
+fn reopen(dir: &Path) -> ((Vec<Entry>, u64), u64) {
+    let store = Store::open(dir, opts()).unwrap();
+    let scanned = store.recovery_reports().iter().find(|(n, _)| n == "s").map(|(_, r)| r.records).unwrap();
+    let b = store.bucket("s").unwrap();
+    (state(&b), scanned)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn clean_close_writes_a_snapshot_that_reopen_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let b = store.create_bucket("s", BucketConfig { history: 3, ..Default::default() }).unwrap();
+        write_some(&b, 0);
+        state(&b)
+    };
+    assert!(snap_path(dir.path()).exists());
+    let (got, scanned) = reopen(dir.path());
+    assert_eq!(got, expected);
+    assert_eq!(scanned, 0, "a fresh snapshot leaves nothing to scan");
+    // Writes after the snapshot, then a crash (no clean close: the drop of a
+    // store writes a snapshot, so keep an old copy of it to put back).
+    let old_snap = std::fs::read(snap_path(dir.path())).unwrap();
+    let expected = {
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let b = store.bucket("s").unwrap();
+        b.put("after.snapshot", "x").unwrap();
+        state(&b)
+    };
+    std::fs::write(snap_path(dir.path()), &old_snap).unwrap();
+    let (got, scanned) = reopen(dir.path());
+    assert_eq!(got, expected, "snapshot plus the log after it");
+    assert_eq!(scanned, 1, "only the record after the snapshot is scanned");
+}
+
+#[test]
+fn damaged_or_stale_snapshots_fall_back_to_the_log() {
+    let base = tempfile::tempdir().unwrap();
+    let (older_snap, expected) = {
+        let store = Store::open(base.path(), opts()).unwrap();
+        let b = store.create_bucket("s", BucketConfig { history: 2, ..Default::default() }).unwrap();
+        write_some(&b, 0);
+        drop(b);
+        drop(store); // snapshot of the older state
+        let older = std::fs::read(snap_path(base.path())).unwrap();
+        let store = Store::open(base.path(), opts()).unwrap();
+        let b = store.bucket("s").unwrap();
+        write_some(&b, 1);
+        b.compact().unwrap(); // the older snapshot now names segments that are gone
+        write_some(&b, 2);
+        (older, state(&b))
+    };
+    let good = std::fs::read(snap_path(base.path())).unwrap();
+
+    let mut damages: Vec<(String, Option<Vec<u8>>)> = vec![
+        ("missing".into(), None),
+        ("empty".into(), Some(Vec::new())),
+        ("older state".into(), Some(older_snap)),
+        ("garbage".into(), Some(vec![0x5A; 300])),
+    ];
+    for cut in [1, 8, good.len() / 2, good.len() - 1] {
+        damages.push((format!("truncated to {cut}"), Some(good[..cut].to_vec())));
+    }
+    // One flipped bit at many places (every byte of the header, then a stride).
+    let mut places: Vec<usize> = (0..64.min(good.len())).collect();
+    places.extend((64..good.len()).step_by(97));
+    for at in places {
+        let mut bad = good.clone();
+        bad[at] ^= 1 << (at % 8);
+        damages.push((format!("bit flip at {at}"), Some(bad)));
+    }
+    for (what, contents) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), dir.path());
+        match contents {
+            None => std::fs::remove_file(snap_path(dir.path())).unwrap(),
+            Some(c) => std::fs::write(snap_path(dir.path()), c).unwrap(),
+        }
+        let (got, scanned) = reopen(dir.path());
+        assert_eq!(got, expected, "state differs with a snapshot that is {what}");
+        assert!(scanned > 0, "{what}: the log must have been scanned");
+    }
+}
