@@ -72,7 +72,13 @@ pub(crate) struct BucketCore {
 #[derive(Clone)]
 enum Cur {
     Stored(Rev),
-    Batch { revision: u64, op: Op, expires_ms: u64, created_ms: u64, value: Bytes },
+    Batch {
+        revision: u64,
+        op: Op,
+        expires_ms: u64,
+        created_ms: u64,
+        value: Bytes,
+    },
 }
 
 impl Cur {
@@ -85,7 +91,9 @@ impl Cur {
     fn live(&self, now: u64) -> bool {
         match self {
             Cur::Stored(r) => r.live(now),
-            Cur::Batch { op, expires_ms, .. } => *op == Op::Put && (*expires_ms == 0 || *expires_ms > now),
+            Cur::Batch { op, expires_ms, .. } => {
+                *op == Op::Put && (*expires_ms == 0 || *expires_ms > now)
+            }
         }
     }
 }
@@ -101,13 +109,22 @@ pub(crate) fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u6
 
 impl BucketCore {
     /// Opens a bucket directory, replaying its log into a fresh index.
-    pub fn open(dir: &Path, name: &str, config: BucketConfig, opts: &Options) -> Result<(BucketCore, RecoveryReport)> {
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        config: BucketConfig,
+        opts: &Options,
+    ) -> Result<(BucketCore, RecoveryReport)> {
         let index = std::cell::RefCell::new(Index::default());
         let mut max_rev = 0;
         let mut removed = Vec::new();
         let history = config.history as usize;
         let ttl = config.ttl_ms();
-        let log_cfg = LogConfig { segment_size: opts.segment_size, fsync: opts.fsync, repair: opts.repair };
+        let log_cfg = LogConfig {
+            segment_size: opts.segment_size,
+            fsync: opts.fsync,
+            repair: opts.repair,
+        };
         let mut snap = match opts.repair {
             true => None,
             false => match snapshot::load(dir) {
@@ -138,15 +155,22 @@ impl BucketCore {
                 }
             }
         };
-        let opened = Log::open(dir, log_cfg, &mut start, &mut |seg: &Arc<Segment>, offset, rec| {
-            let h = &rec.header;
-            let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
-            let rev = Rev::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
-            index.borrow_mut().apply(rec.key, rev, history, &mut removed);
-            removed.clear();
-            max_rev = max_rev.max(h.revision);
-            Ok(())
-        })?;
+        let opened = Log::open(
+            dir,
+            log_cfg,
+            &mut start,
+            &mut |seg: &Arc<Segment>, offset, rec| {
+                let h = &rec.header;
+                let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
+                let rev = Rev::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
+                index
+                    .borrow_mut()
+                    .apply(rec.key, rev, history, &mut removed);
+                removed.clear();
+                max_rev = max_rev.max(h.revision);
+                Ok(())
+            },
+        )?;
         if stale {
             snapshot::remove(dir)?;
         }
@@ -166,7 +190,12 @@ impl BucketCore {
             dir: dir.to_path_buf(),
             log: opened.log,
             index: RwLock::new(index),
-            writer: Mutex::new(Writer { app: opened.appender, next_rev: last + 1, buf: Vec::new(), removed: Vec::new() }),
+            writer: Mutex::new(Writer {
+                app: opened.appender,
+                next_rev: last + 1,
+                buf: Vec::new(),
+                removed: Vec::new(),
+            }),
             clock: Arc::clone(&opts.clock),
             dropped: AtomicBool::new(false),
             last_rev: AtomicU64::new(last),
@@ -209,30 +238,48 @@ impl BucketCore {
 
     /// Decodes the record of `rev` from `seg` into an entry.
     pub fn load_from(&self, seg: Option<&Arc<Segment>>, key: &str, rev: &Rev) -> Result<Entry> {
-        let corrupt = |path: PathBuf, why: &str| Error::Corrupt { path, offset: rev.offset as u64, reason: why.to_string() };
-        let seg = seg.ok_or_else(|| corrupt(self.dir.clone(), &format!("segment slot {} missing", rev.slot)))?;
+        let corrupt = |path: PathBuf, why: &str| Error::Corrupt {
+            path,
+            offset: rev.offset as u64,
+            reason: why.to_string(),
+        };
+        let seg = seg.ok_or_else(|| {
+            corrupt(
+                self.dir.clone(),
+                &format!("segment slot {} missing", rev.slot),
+            )
+        })?;
         let bytes = seg
             .bytes(rev.offset as u64, rev.len())
             .ok_or_else(|| corrupt(seg.path.clone(), "record outside segment"))?;
         match decode(bytes) {
-            Decoded::Record(r) if r.header.revision == rev.revision && r.key == key.as_bytes() => Ok(Entry {
-                bucket: Arc::clone(&self.name),
-                key: key.to_string(),
-                value: Bytes::copy_from_slice(r.value),
-                revision: rev.revision,
-                created_ms: r.header.created_ms,
-                op: r.header.op,
-                delta: 0,
-                expires_ms: rev.expires_ms,
-            }),
+            Decoded::Record(r) if r.header.revision == rev.revision && r.key == key.as_bytes() => {
+                Ok(Entry {
+                    bucket: Arc::clone(&self.name),
+                    key: key.to_string(),
+                    value: Bytes::copy_from_slice(r.value),
+                    revision: rev.revision,
+                    created_ms: r.header.created_ms,
+                    op: r.header.op,
+                    delta: 0,
+                    expires_ms: rev.expires_ms,
+                })
+            }
             Decoded::Record(_) => Err(corrupt(seg.path.clone(), "index points at another record")),
-            Decoded::End => Err(corrupt(seg.path.clone(), "index points past the end of data")),
+            Decoded::End => Err(corrupt(
+                seg.path.clone(),
+                "index points past the end of data",
+            )),
             Decoded::Invalid(why) => Err(corrupt(seg.path.clone(), &why.to_string())),
         }
     }
 
     /// Looks up a revision of `key` chosen by `pick` and loads it.
-    fn read_one(&self, key: &str, pick: impl FnOnce(&Index) -> Option<Rev>) -> Result<Option<Entry>> {
+    fn read_one(
+        &self,
+        key: &str,
+        pick: impl FnOnce(&Index) -> Option<Rev>,
+    ) -> Result<Option<Entry>> {
         let found = {
             let ix = self.index.read();
             pick(&ix).map(|rev| (rev, self.log.segment(rev.slot)))
@@ -256,7 +303,10 @@ impl BucketCore {
         self.check_open()?;
         validate_key(key)?;
         let now = self.now();
-        self.read_one(key, |ix| ix.find(key.as_bytes(), revision).filter(|r| !r.expired(now)))
+        self.read_one(key, |ix| {
+            ix.find(key.as_bytes(), revision)
+                .filter(|r| !r.expired(now))
+        })
     }
 
     /// Applies writes atomically: all or none, consecutive revisions, durable together.
@@ -282,13 +332,26 @@ impl BucketCore {
             return Ok((Vec::new(), 0));
         }
         let is_batch = ops.len() > 1;
-        let wrap = |i: usize, e: Error| if is_batch { Error::Batch { index: i, source: Box::new(e) } } else { e };
+        let wrap = |i: usize, e: Error| {
+            if is_batch {
+                Error::Batch {
+                    index: i,
+                    source: Box::new(e),
+                }
+            } else {
+                e
+            }
+        };
         let max_value = self.config.max_value_size;
         for (i, op) in ops.iter().enumerate() {
             validate_key(&op.key).map_err(|e| wrap(i, e))?;
             let size = op.value.len();
             if size > record::MAX_VALUE_LEN || (max_value > 0 && size as u64 > max_value) {
-                let max = if max_value > 0 { max_value as usize } else { record::MAX_VALUE_LEN };
+                let max = if max_value > 0 {
+                    max_value as usize
+                } else {
+                    record::MAX_VALUE_LEN
+                };
                 return Err(wrap(i, Error::TooLarge { size, max }));
             }
             if let Some(ttl) = op.ttl {
@@ -310,7 +373,9 @@ impl BucketCore {
                 Some(c) => Some(c.clone()),
                 None => self.index.read().latest(op.key.as_bytes()).map(Cur::Stored),
             };
-            let value = self.check_precondition(op, cur.as_ref(), now).map_err(|e| wrap(i, e))?;
+            let value = self
+                .check_precondition(op, cur.as_ref(), now)
+                .map_err(|e| wrap(i, e))?;
             let previous = match (&cur, op.return_previous) {
                 (Some(c), true) if c.live(now) => Some(self.current_entry(&op.key, c)?),
                 _ => None,
@@ -327,7 +392,13 @@ impl BucketCore {
                 let expires_ms = effective_expiry(key_expires, now, self.config.ttl_ms());
                 overlay.insert(
                     &op.key,
-                    Cur::Batch { revision, op: rop, expires_ms, created_ms: now, value: value.clone() },
+                    Cur::Batch {
+                        revision,
+                        op: rop,
+                        expires_ms,
+                        created_ms: now,
+                        value: value.clone(),
+                    },
                 );
             }
             planned.push((rop, value, key_expires));
@@ -336,18 +407,43 @@ impl BucketCore {
         if self.config.max_bytes > 0 && adding > 0 {
             let used = self.index.read().bytes();
             if used + adding > self.config.max_bytes {
-                let e = Error::Full { used, adding, max: self.config.max_bytes };
-                return Err(if is_batch { Error::Batch { index: 0, source: Box::new(e) } } else { e });
+                let e = Error::Full {
+                    used,
+                    adding,
+                    max: self.config.max_bytes,
+                };
+                return Err(if is_batch {
+                    Error::Batch {
+                        index: 0,
+                        source: Box::new(e),
+                    }
+                } else {
+                    e
+                });
             }
         }
 
         let first_rev = w.next_rev;
-        let Writer { app, buf, removed, next_rev } = &mut *w;
+        let Writer {
+            app,
+            buf,
+            removed,
+            next_rev,
+        } = &mut *w;
         buf.clear();
         let n = ops.len();
         for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
             let flags = if i + 1 < n { FLAG_BATCH_MORE } else { 0 };
-            record::encode(buf, *rop, flags, first_rev + i as u64, now, *key_expires, op.key.as_bytes(), value);
+            record::encode(
+                buf,
+                *rop,
+                flags,
+                first_rev + i as u64,
+                now,
+                *key_expires,
+                op.key.as_bytes(),
+                value,
+            );
         }
         let appended = self.log.append(app, buf, first_rev - 1)?;
         {
@@ -357,8 +453,20 @@ impl BucketCore {
             for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
                 let len = record::encoded_len(op.key.len(), value.len());
                 let expires = effective_expiry(*key_expires, now, ttl);
-                let rev = Rev::new(first_rev + i as u64, expires, appended.slot, offset, len, *rop);
-                ix.apply(op.key.as_bytes(), rev, self.config.history as usize, removed);
+                let rev = Rev::new(
+                    first_rev + i as u64,
+                    expires,
+                    appended.slot,
+                    offset,
+                    len,
+                    *rop,
+                );
+                ix.apply(
+                    op.key.as_bytes(),
+                    rev,
+                    self.config.history as usize,
+                    removed,
+                );
                 offset += len as u64;
             }
             removed.clear();
@@ -390,7 +498,10 @@ impl BucketCore {
                     (_, None) => false,
                 };
                 if !ok {
-                    return Err(Error::WrongRevision { expected: *expected, latest });
+                    return Err(Error::WrongRevision {
+                        expected: *expected,
+                        latest,
+                    });
                 }
             }
             Kind::Cas(expected) => {
@@ -405,9 +516,13 @@ impl BucketCore {
             }
             Kind::Revert(revision) => {
                 let found = match cur {
-                    Some(Cur::Batch { revision: r, op: Op::Put, expires_ms, value, .. })
-                        if r == revision && (*expires_ms == 0 || *expires_ms > now) =>
-                    {
+                    Some(Cur::Batch {
+                        revision: r,
+                        op: Op::Put,
+                        expires_ms,
+                        value,
+                        ..
+                    }) if r == revision && (*expires_ms == 0 || *expires_ms > now) => {
                         Some(value.clone())
                     }
                     _ => match self.get_revision(&op.key, *revision)? {
@@ -428,7 +543,13 @@ impl BucketCore {
                 let seg = self.log.segment(rev.slot);
                 self.load_from(seg.as_ref(), key, rev)
             }
-            Cur::Batch { revision, op, expires_ms, created_ms, value } => Ok(Entry {
+            Cur::Batch {
+                revision,
+                op,
+                expires_ms,
+                created_ms,
+                value,
+            } => Ok(Entry {
                 bucket: Arc::clone(&self.name),
                 key: key.to_string(),
                 value: value.clone(),
@@ -449,7 +570,10 @@ impl BucketCore {
             let segs = self.segments_of(picked.iter().map(|(_, r)| r.slot));
             (picked, segs)
         };
-        picked.iter().map(|(k, r)| self.load_from(segs.get(&r.slot), k, r)).collect()
+        picked
+            .iter()
+            .map(|(k, r)| self.load_from(segs.get(&r.slot), k, r))
+            .collect()
     }
 
     /// Live keys matching a subject pattern, in key order.
@@ -525,7 +649,9 @@ impl BucketCore {
                     .map(|(k, r)| WriteOp::delete_at(k.as_str(), r.revision))
                     .collect()
             };
-            let Some(last) = chunk.last().map(|op| op.key.clone()) else { break };
+            let Some(last) = chunk.last().map(|op| op.key.clone()) else {
+                break;
+            };
             // One key at a time: a key rewritten meanwhile is skipped, not an error for the rest.
             for op in chunk {
                 match self.write(std::slice::from_ref(&op)) {
@@ -626,7 +752,9 @@ impl BucketCore {
                 if ix.expiring() == 0 {
                     break;
                 }
-                let lo = cursor.as_deref().map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
+                let lo = cursor
+                    .as_deref()
+                    .map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
                 let mut expired = Vec::new();
                 let mut last = None;
                 for (k, r) in ix.range(lo, Bound::Unbounded).take(SWEEP_CHUNK) {
@@ -667,7 +795,11 @@ impl BucketCore {
                 .segments()
                 .into_iter()
                 .map(|s| {
-                    let end = if s.slot == active { w.app.pos() } else { s.data_end() };
+                    let end = if s.slot == active {
+                        w.app.pos()
+                    } else {
+                        s.data_end()
+                    };
                     (s, end)
                 })
                 .collect();
@@ -689,7 +821,9 @@ impl BucketCore {
         loop {
             let (candidates, segs, last) = {
                 let ix = self.index.read();
-                let lo = cursor.as_deref().map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
+                let lo = cursor
+                    .as_deref()
+                    .map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
                 let mut candidates = Vec::new();
                 let mut last = None;
                 for (k, latest) in ix.range(lo, Bound::Unbounded).take(SWEEP_CHUNK) {
@@ -716,7 +850,11 @@ impl BucketCore {
                 let mut ix = self.index.write();
                 let mut removed = Vec::new();
                 for (k, revs) in &aged {
-                    ix.drop_oldest_while(k.as_bytes(), |r| revs.contains(&r.revision), &mut removed);
+                    ix.drop_oldest_while(
+                        k.as_bytes(),
+                        |r| revs.contains(&r.revision),
+                        &mut removed,
+                    );
                 }
             }
             match last {
@@ -725,5 +863,4 @@ impl BucketCore {
             }
         }
     }
-
 }

@@ -87,7 +87,9 @@ impl BucketCore {
     pub fn needs_compaction(&self) -> bool {
         let sealed = self.log.sealed_segments();
         let ix = self.index.read();
-        sealed.iter().any(|s| self.qualifies(s, ix.dead_bytes().get(&s.slot).copied().unwrap_or(0), false))
+        sealed
+            .iter()
+            .any(|s| self.qualifies(s, ix.dead_bytes().get(&s.slot).copied().unwrap_or(0), false))
     }
 
     fn qualifies(&self, seg: &Segment, dead: u64, force: bool) -> bool {
@@ -106,7 +108,12 @@ impl BucketCore {
                 let w = self.writer.lock();
                 let slot = w.app.active_slot();
                 drop(w);
-                self.index.read().dead_bytes().get(&slot).copied().unwrap_or(0)
+                self.index
+                    .read()
+                    .dead_bytes()
+                    .get(&slot)
+                    .copied()
+                    .unwrap_or(0)
             };
             if active_dead > 0 {
                 let mut w = self.writer.lock();
@@ -123,7 +130,9 @@ impl BucketCore {
             for seg in sealed {
                 let dead = ix.dead_bytes().get(&seg.slot).copied().unwrap_or(0);
                 let live = (seg.data_end() - seg.data_start).saturating_sub(dead);
-                if !self.qualifies(&seg, dead, force) || (!current.is_empty() && kept + live > self.segment_size) {
+                if !self.qualifies(&seg, dead, force)
+                    || (!current.is_empty() && kept + live > self.segment_size)
+                {
                     if !current.is_empty() {
                         runs.push(std::mem::take(&mut current));
                         kept = 0;
@@ -153,7 +162,9 @@ impl BucketCore {
         }
         if report.segments_in > 0 {
             self.stats.compactions.fetch_add(1, Ordering::Relaxed);
-            self.stats.reclaimed.fetch_add(report.reclaimed(), Ordering::Relaxed);
+            self.stats
+                .reclaimed
+                .fetch_add(report.reclaimed(), Ordering::Relaxed);
             // The old snapshot names segments that are gone; replace it.
             self.write_snapshot()?;
         }
@@ -182,18 +193,30 @@ impl BucketCore {
                             break;
                         }
                         Decoded::Invalid(why) => {
-                            return Err(Error::Corrupt { path: seg.path.clone(), offset: at as u64, reason: why.to_string() })
+                            return Err(Error::Corrupt {
+                                path: seg.path.clone(),
+                                offset: at as u64,
+                                reason: why.to_string(),
+                            })
                         }
                     };
                     let len = r.header.record_len();
                     let here = (seg.slot, at as u32);
-                    let retained = ix.find(r.key, r.header.revision).is_some_and(|rev| (rev.slot, rev.offset) == here);
+                    let retained = ix
+                        .find(r.key, r.header.revision)
+                        .is_some_and(|rev| (rev.slot, rev.offset) == here);
                     if retained {
                         let start = body.len();
                         body.extend_from_slice(&data[at..at + len]);
                         // Batches were applied long ago; a copy stands alone.
                         record::set_batch_more(&mut body[start..], false);
-                        moves.push((r.key.to_vec(), r.header.revision, here, start as u64, len as u64));
+                        moves.push((
+                            r.key.to_vec(),
+                            r.header.revision,
+                            here,
+                            start as u64,
+                            len as u64,
+                        ));
                         report.records_kept += 1;
                     } else {
                         report.records_dropped += 1;
@@ -216,14 +239,22 @@ impl BucketCore {
 
         // 2. Write the output and give it its final name.
         let header = SegmentHeader {
-            id: SegmentId { seq: ids[0].seq, gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1 },
+            id: SegmentId {
+                seq: ids[0].seq,
+                gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1,
+            },
             revision_watermark: self.last_rev.load(Ordering::Acquire),
             supersedes: ids.clone(),
         };
         let base = header.encoded_len() as u64;
         let tmp = Segment::write_tmp(&self.dir, &header, &body)?;
         self.crash_if(CrashPoint::AfterTmpWritten)?;
-        let out = Arc::new(Segment::install(&self.dir, self.log.alloc_slot(), &tmp, header.id)?);
+        let out = Arc::new(Segment::install(
+            &self.dir,
+            self.log.alloc_slot(),
+            &tmp,
+            header.id,
+        )?);
         report.segments_out += 1;
         report.bytes_after += out.file_len()?;
         self.crash_if(CrashPoint::AfterInstall)?;
@@ -244,7 +275,13 @@ impl BucketCore {
     }
 
     /// Takes compacted inputs out of the table and deletes their files.
-    fn retire_inputs(&self, run: &[Arc<Segment>], ids: &[SegmentId], out: Option<&Arc<Segment>>, out_dead: u64) -> Result<()> {
+    fn retire_inputs(
+        &self,
+        run: &[Arc<Segment>],
+        ids: &[SegmentId],
+        out: Option<&Arc<Segment>>,
+        out_dead: u64,
+    ) -> Result<()> {
         {
             let mut ix = self.index.write();
             for seg in run {

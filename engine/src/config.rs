@@ -58,7 +58,12 @@ pub struct BucketConfig {
 
 impl Default for BucketConfig {
     fn default() -> BucketConfig {
-        BucketConfig { history: 1, ttl: None, max_bytes: 0, max_value_size: 0 }
+        BucketConfig {
+            history: 1,
+            ttl: None,
+            max_bytes: 0,
+            max_value_size: 0,
+        }
     }
 }
 
@@ -66,10 +71,15 @@ impl BucketConfig {
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
         if !(1..=64).contains(&self.history) {
-            return Err(Error::BadArgument(format!("history {} outside 1-64", self.history)));
+            return Err(Error::BadArgument(format!(
+                "history {} outside 1-64",
+                self.history
+            )));
         }
         if self.ttl == Some(Duration::ZERO) {
-            return Err(Error::BadArgument("a bucket TTL of 0 means none: pass None".into()));
+            return Err(Error::BadArgument(
+                "a bucket TTL of 0 means none: pass None".into(),
+            ));
         }
         Ok(())
     }
@@ -95,12 +105,23 @@ impl BucketConfig {
         let bad = |why: String| Error::Config(format!("{}: {why}", path.display()));
         let mut c = BucketConfig::default();
         let mut version = None;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            let (k, v) = line.split_once('=').ok_or_else(|| bad(format!("line {line:?} is not name=value")))?;
-            let n: u64 = v.trim().parse().map_err(|_| bad(format!("{k}: {v:?} is not a number")))?;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| bad(format!("line {line:?} is not name=value")))?;
+            let n: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{k}: {v:?} is not a number")))?;
             match k.trim() {
                 "version" => version = Some(n),
-                "history" => c.history = u8::try_from(n).map_err(|_| bad(format!("history {n}")))?,
+                "history" => {
+                    c.history = u8::try_from(n).map_err(|_| bad(format!("history {n}")))?
+                }
                 "ttl_ms" => c.ttl = (n > 0).then(|| Duration::from_millis(n)),
                 "max_bytes" => c.max_bytes = n,
                 "max_value" => c.max_value_size = n,

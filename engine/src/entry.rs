@@ -62,7 +62,13 @@ pub struct WriteOp {
 
 impl WriteOp {
     fn new(kind: Kind, key: impl Into<String>, value: Bytes) -> WriteOp {
-        WriteOp { kind, key: key.into(), value, ttl: None, return_previous: false }
+        WriteOp {
+            kind,
+            key: key.into(),
+            value,
+            ttl: None,
+            return_previous: false,
+        }
     }
 
     /// Store `value` under `key`.

@@ -29,7 +29,10 @@ pub fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
 /// Replaces `path` with `contents` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut tmp_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     let io = |e| Error::io(&tmp, e);

@@ -56,7 +56,13 @@ impl GroupCommit {
     /// A coordinator whose log is durable up to `pos` in `active`.
     pub fn new(active: Arc<Segment>, pos: u64) -> GroupCommit {
         GroupCommit {
-            state: Mutex::new(State { written: pos, synced: pos, syncing: false, active, failed: None }),
+            state: Mutex::new(State {
+                written: pos,
+                synced: pos,
+                syncing: false,
+                active,
+                failed: None,
+            }),
             done: Condvar::new(),
             fsyncs: std::sync::atomic::AtomicU64::new(0),
         }
@@ -82,7 +88,10 @@ impl GroupCommit {
     pub fn check(&self) -> Result<()> {
         let s = self.state.lock();
         match &s.failed {
-            Some(why) => Err(Error::Poisoned { reason: why.clone(), path: s.active.path.clone() }),
+            Some(why) => Err(Error::Poisoned {
+                reason: why.clone(),
+                path: s.active.path.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -98,7 +107,10 @@ impl GroupCommit {
         let mut s = self.state.lock();
         loop {
             if let Some(why) = &s.failed {
-                return Err(Error::Poisoned { reason: why.clone(), path: s.active.path.clone() });
+                return Err(Error::Poisoned {
+                    reason: why.clone(),
+                    path: s.active.path.clone(),
+                });
             }
             if s.synced >= pos {
                 return Ok(());
@@ -112,7 +124,8 @@ impl GroupCommit {
             let segment = Arc::clone(&s.active);
             drop(s);
             let result = segment.sync_data();
-            self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.fsyncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             s = self.state.lock();
             s.syncing = false;
             match result {

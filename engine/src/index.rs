@@ -162,7 +162,10 @@ impl Index {
 
     /// Every retained revision of `key`, oldest first.
     pub fn revisions(&self, key: &[u8]) -> Vec<Rev> {
-        self.map.get(key).map(|r| self.revs_of(r)).unwrap_or_default()
+        self.map
+            .get(key)
+            .map(|r| self.revs_of(r))
+            .unwrap_or_default()
     }
 
     fn revs_of(&self, latest: &Rev) -> Vec<Rev> {
@@ -191,16 +194,26 @@ impl Index {
         if latest.older == 0 {
             return None;
         }
-        self.slab[latest.older as usize - 1].iter().find(|r| r.revision == revision).copied()
+        self.slab[latest.older as usize - 1]
+            .iter()
+            .find(|r| r.revision == revision)
+            .copied()
     }
 
     /// Keys and latest revisions in `[from, to)` order.
-    pub fn range<'a>(&'a self, from: Bound<&'a [u8]>, to: Bound<&'a [u8]>) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+    pub fn range<'a>(
+        &'a self,
+        from: Bound<&'a [u8]>,
+        to: Bound<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
         self.map.range::<[u8], _>((from, to))
     }
 
     /// Keys starting with `prefix`, in order.
-    pub fn prefixed<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+    pub fn prefixed<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
         self.map
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| k.as_bytes().starts_with(prefix))
@@ -287,7 +300,11 @@ impl Index {
             }
             return;
         }
-        let s = if old.older == 0 { self.alloc_slot() } else { old.older };
+        let s = if old.older == 0 {
+            self.alloc_slot()
+        } else {
+            old.older
+        };
         let mut older = std::mem::take(&mut self.slab[s as usize - 1]);
         older.push(old.bare());
         let excess = (older.len() + 1).saturating_sub(history);
@@ -305,9 +322,20 @@ impl Index {
 
     /// Removes the oldest revisions of `key` for which `drop` says yes, stopping
     /// at the first it keeps; removes the key if none is left.
-    pub fn drop_oldest_while(&mut self, key: &[u8], mut drop: impl FnMut(&Rev) -> bool, removed: &mut Vec<Rev>) {
-        let Some(latest) = self.map.get(key).copied() else { return };
-        let mut older = if latest.older == 0 { Vec::new() } else { self.free_slot(latest.older) };
+    pub fn drop_oldest_while(
+        &mut self,
+        key: &[u8],
+        mut drop: impl FnMut(&Rev) -> bool,
+        removed: &mut Vec<Rev>,
+    ) {
+        let Some(latest) = self.map.get(key).copied() else {
+            return;
+        };
+        let mut older = if latest.older == 0 {
+            Vec::new()
+        } else {
+            self.free_slot(latest.older)
+        };
         let mut n = 0;
         while n < older.len() && drop(&older[n]) {
             n += 1;
@@ -333,8 +361,16 @@ impl Index {
     /// Moves revision `revision` of `key` from `(slot, offset)` `from` to `to`
     /// (after compaction copied it). Returns false if the index no longer holds
     /// it there (it was retired meanwhile).
-    pub fn relocate(&mut self, key: &[u8], revision: u64, from: (u32, u32), to: (u32, u32)) -> bool {
-        let Some(latest) = self.map.get_mut(key) else { return false };
+    pub fn relocate(
+        &mut self,
+        key: &[u8],
+        revision: u64,
+        from: (u32, u32),
+        to: (u32, u32),
+    ) -> bool {
+        let Some(latest) = self.map.get_mut(key) else {
+            return false;
+        };
         let fix = |r: &mut Rev| {
             if r.revision == revision && (r.slot, r.offset) == from {
                 (r.slot, r.offset) = to;
@@ -365,7 +401,10 @@ impl Index {
                     ix.bytes += r.len() as u64;
                     ix.expiring += (r.expires_ms != 0) as u64;
                 }
-                let mut latest = revs.pop().unwrap_or(Rev::new(0, 0, 0, 0, 0, Op::Del)).bare();
+                let mut latest = revs
+                    .pop()
+                    .unwrap_or(Rev::new(0, 0, 0, 0, 0, Op::Del))
+                    .bare();
                 if !revs.is_empty() {
                     slab.push(revs);
                     latest.older = slab.len() as u32;
@@ -386,14 +425,22 @@ impl Index {
         }
         self.dead = sizes
             .iter()
-            .map(|(slot, size)| (*slot, size.saturating_sub(live.get(slot).copied().unwrap_or(0))))
+            .map(|(slot, size)| {
+                (
+                    *slot,
+                    size.saturating_sub(live.get(slot).copied().unwrap_or(0)),
+                )
+            })
             .filter(|(_, d)| *d > 0)
             .collect();
     }
 
     /// Every retained revision, in no particular order.
     pub fn all_revs(&self) -> impl Iterator<Item = Rev> + '_ {
-        self.map.values().map(|r| r.bare()).chain(self.slab.iter().flatten().copied())
+        self.map
+            .values()
+            .map(|r| r.bare())
+            .chain(self.slab.iter().flatten().copied())
     }
 }
 
@@ -413,7 +460,14 @@ mod tests {
 
     #[test]
     fn inline_and_heap_keys_order_as_bytes() {
-        let keys = ["b", "a", &"z".repeat(40), "aa", &"a".repeat(23), &"a".repeat(22)];
+        let keys = [
+            "b",
+            "a",
+            &"z".repeat(40),
+            "aa",
+            &"a".repeat(23),
+            &"a".repeat(22),
+        ];
         let mut ik: Vec<IKey> = keys.iter().map(|k| IKey::new(k.as_bytes())).collect();
         ik.sort();
         let mut sorted: Vec<&str> = keys.to_vec();
@@ -441,10 +495,22 @@ mod tests {
         for r in 1..=5 {
             ix.apply(b"k", rev(r, Op::Put), 3, &mut removed);
         }
-        assert_eq!(ix.revisions(b"k").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            ix.revisions(b"k")
+                .iter()
+                .map(|r| r.revision)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(removed.len(), 2);
         ix.apply(b"k", rev(6, Op::Del), 3, &mut removed);
-        assert_eq!(ix.revisions(b"k").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![4, 5, 6]);
+        assert_eq!(
+            ix.revisions(b"k")
+                .iter()
+                .map(|r| r.revision)
+                .collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
         assert_eq!(ix.find(b"k", 4).map(|r| r.op()), Some(Op::Put));
         assert_eq!(ix.find(b"k", 3), None);
         ix.apply(b"k", rev(7, Op::Purge), 3, &mut removed);
@@ -466,7 +532,13 @@ mod tests {
             ix.apply(b"k", rev(r, Op::Put), 4, &mut removed);
         }
         ix.drop_oldest_while(b"k", |r| r.revision <= 2, &mut removed);
-        assert_eq!(ix.revisions(b"k").iter().map(|r| r.revision).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            ix.revisions(b"k")
+                .iter()
+                .map(|r| r.revision)
+                .collect::<Vec<_>>(),
+            vec![3, 4]
+        );
         ix.drop_oldest_while(b"k", |_| true, &mut removed);
         assert!(ix.latest(b"k").is_none());
         assert_eq!(ix.values(), 0);

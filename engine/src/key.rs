@@ -9,14 +9,25 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// not starting or ending with `.`, with no empty token (`..`).
 pub fn validate_key(key: &str) -> Result<()> {
     let b = key.as_bytes();
-    let bad = |why: &str| Err(Error::BadKey(format!("{why}: {:?}", truncate_for_message(key))));
+    let bad = |why: &str| {
+        Err(Error::BadKey(format!(
+            "{why}: {:?}",
+            truncate_for_message(key)
+        )))
+    };
     if b.is_empty() {
         return bad("empty key");
     }
     if b.len() > MAX_KEY_LEN {
-        return Err(Error::BadKey(format!("key of {} bytes is longer than {MAX_KEY_LEN}", b.len())));
+        return Err(Error::BadKey(format!(
+            "key of {} bytes is longer than {MAX_KEY_LEN}",
+            b.len()
+        )));
     }
-    if let Some(&c) = b.iter().find(|&&c| !(0x21..=0x7e).contains(&c) || matches!(c, b'*' | b'>' | b'?' | b'[' | b']')) {
+    if let Some(&c) = b
+        .iter()
+        .find(|&&c| !(0x21..=0x7e).contains(&c) || matches!(c, b'*' | b'>' | b'?' | b'[' | b']'))
+    {
         return bad(&format!("character {:?} not allowed", c as char));
     }
     if b[0] == b'.' || b[b.len() - 1] == b'.' {
@@ -37,7 +48,12 @@ fn truncate_for_message(s: &str) -> &str {
 
 /// Checks a bucket name: 1–64 characters of `[A-Za-z0-9_-]`.
 pub fn validate_bucket_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    {
         return Err(Error::BadBucket(format!(
             "{:?}: a bucket name is 1-64 characters of A-Z a-z 0-9 _ -",
             truncate_for_message(name)
@@ -57,7 +73,12 @@ pub struct Subject {
 impl Subject {
     /// Parses and validates a pattern.
     pub fn new(pattern: &str) -> Result<Subject> {
-        let bad = |why: &str| Err(Error::BadKey(format!("invalid pattern {:?}: {why}", truncate_for_message(pattern))));
+        let bad = |why: &str| {
+            Err(Error::BadKey(format!(
+                "invalid pattern {:?}: {why}",
+                truncate_for_message(pattern)
+            )))
+        };
         if pattern.is_empty() || pattern.len() > MAX_KEY_LEN {
             return bad("length must be 1-1024");
         }
@@ -69,13 +90,19 @@ impl Subject {
                 "*" => wild = true,
                 ">" if i + 1 == tokens.len() => wild = true,
                 ">" => return bad("'>' must be the last token"),
-                t if t.bytes().any(|c| !(0x21..=0x7e).contains(&c) || matches!(c, b'*' | b'>' | b'?' | b'[' | b']')) => {
+                t if t.bytes().any(|c| {
+                    !(0x21..=0x7e).contains(&c) || matches!(c, b'*' | b'>' | b'?' | b'[' | b']')
+                }) =>
+                {
                     return bad("wildcards must be whole tokens")
                 }
                 _ => {}
             }
         }
-        Ok(Subject { pattern: pattern.to_string(), wild })
+        Ok(Subject {
+            pattern: pattern.to_string(),
+            wild,
+        })
     }
 
     /// The pattern text.
@@ -146,7 +173,9 @@ impl Glob {
         let mut i = 0;
         while i < b.len() {
             match b[i] {
-                b'\\' if i + 1 >= b.len() => return Err(Error::BadArgument("glob ends with '\\'".into())),
+                b'\\' if i + 1 >= b.len() => {
+                    return Err(Error::BadArgument("glob ends with '\\'".into()))
+                }
                 b'\\' => i += 1,
                 b'[' => match class_end(b, i) {
                     Some(end) => i = end,
@@ -161,7 +190,9 @@ impl Glob {
             }
             i += 1;
         }
-        Ok(Glob { pattern: b.to_vec() })
+        Ok(Glob {
+            pattern: b.to_vec(),
+        })
     }
 
     /// The literal prefix every match starts with.
@@ -307,11 +338,36 @@ mod tests {
 
     #[test]
     fn keys() {
-        for ok in ["a", "a.b", "a-b_c/d=e:f", "A.B.C", "x".repeat(1024).as_str(), "$KV.x", "a\\b"] {
+        for ok in [
+            "a",
+            "a.b",
+            "a-b_c/d=e:f",
+            "A.B.C",
+            "x".repeat(1024).as_str(),
+            "$KV.x",
+            "a\\b",
+        ] {
             assert!(validate_key(ok).is_ok(), "{ok:?} should be valid");
         }
-        for bad in ["", "a b", "a..b", ".a", "a.", "a*", "a>", "a?", "a[", "a]", "é", "a\tb", &"x".repeat(1025)] {
-            assert!(matches!(validate_key(bad), Err(Error::BadKey(_))), "{bad:?} should be invalid");
+        for bad in [
+            "",
+            "a b",
+            "a..b",
+            ".a",
+            "a.",
+            "a*",
+            "a>",
+            "a?",
+            "a[",
+            "a]",
+            "é",
+            "a\tb",
+            &"x".repeat(1025),
+        ] {
+            assert!(
+                matches!(validate_key(bad), Err(Error::BadKey(_))),
+                "{bad:?} should be invalid"
+            );
         }
     }
 
@@ -321,7 +377,10 @@ mod tests {
             assert!(validate_bucket_name(ok).is_ok());
         }
         for bad in ["", "a.b", "a b", "é", &"x".repeat(65), "a/b"] {
-            assert!(matches!(validate_bucket_name(bad), Err(Error::BadBucket(_))));
+            assert!(matches!(
+                validate_bucket_name(bad),
+                Err(Error::BadBucket(_))
+            ));
         }
     }
 

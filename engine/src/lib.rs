@@ -38,9 +38,9 @@ pub mod fsync;
 pub mod index;
 mod key;
 mod lock;
-mod snapshot;
 #[allow(missing_docs)]
 pub mod log;
+mod snapshot;
 mod store;
 mod sync;
 mod watch;

@@ -46,7 +46,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], &'static str> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("truncated")?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or("truncated")?;
         let s = &self.buf[self.at..end];
         self.at = end;
         Ok(s)
@@ -71,8 +75,16 @@ impl<'a> Reader<'a> {
 
 /// Serialises `index` with the log state it corresponds to.
 /// `segments`: every live segment in log order with its covered end.
-pub(crate) fn encode(index: &Index, last_revision: u64, segments: &[(Arc<Segment>, u64)]) -> Vec<u8> {
-    let slot_to_pos: HashMap<u32, u32> = segments.iter().enumerate().map(|(i, (s, _))| (s.slot, i as u32)).collect();
+pub(crate) fn encode(
+    index: &Index,
+    last_revision: u64,
+    segments: &[(Arc<Segment>, u64)],
+) -> Vec<u8> {
+    let slot_to_pos: HashMap<u32, u32> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, (s, _))| (s.slot, i as u32))
+        .collect();
     let mut out = Vec::with_capacity(64 + index.key_count() * 56);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -95,7 +107,13 @@ pub(crate) fn encode(index: &Index, last_revision: u64, segments: &[(Arc<Segment
         for r in revs {
             out.extend_from_slice(&r.revision.to_le_bytes());
             out.extend_from_slice(&r.expires_ms.to_le_bytes());
-            out.extend_from_slice(&slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(
+                &slot_to_pos
+                    .get(&r.slot)
+                    .copied()
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes(),
+            );
             out.extend_from_slice(&r.offset.to_le_bytes());
             out.extend_from_slice(&(r.len() as u32).to_le_bytes());
             out.push(r.op() as u8);
@@ -129,7 +147,9 @@ pub(crate) fn load(dir: &Path) -> std::result::Result<Option<Snapshot>, String> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    decode(&bytes).map(Some).map_err(|why| format!("{}: {why}", path.display()))
+    decode(&bytes)
+        .map(Some)
+        .map_err(|why| format!("{}: {why}", path.display()))
 }
 
 fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
@@ -155,7 +175,10 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         let seq = r.u64()?;
         let gen = r.u32()?;
         let end = r.u64()?;
-        segments.push(SegRef { id: SegmentId { seq, gen }, end });
+        segments.push(SegRef {
+            id: SegmentId { seq, gen },
+            end,
+        });
     }
     let nkeys = r.u64()? as usize;
     let mut entries = Vec::with_capacity(nkeys.min(body.len() / 20));
@@ -184,7 +207,11 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
     if r.at != body.len() {
         return Err("trailing bytes");
     }
-    Ok(Snapshot { last_revision, segments, entries })
+    Ok(Snapshot {
+        last_revision,
+        segments,
+        entries,
+    })
 }
 
 impl Snapshot {
@@ -202,12 +229,18 @@ impl Snapshot {
         }
         for (i, (snap, seg)) in self.segments.iter().zip(segments).enumerate() {
             if snap.id != seg.id {
-                return Err(format!("segment {:?} expected, {:?} found", snap.id, seg.id));
+                return Err(format!(
+                    "segment {:?} expected, {:?} found",
+                    snap.id, seg.id
+                ));
             }
             let len = seg.file_len().map_err(|e| e.to_string())?;
             let sealed = i + 1 < n;
             if (sealed && len != snap.end) || len < snap.end {
-                return Err(format!("segment {:?} is {len} bytes, the snapshot expected {}", seg.id, snap.end));
+                return Err(format!(
+                    "segment {:?} is {len} bytes, the snapshot expected {}",
+                    seg.id, snap.end
+                ));
             }
         }
         let slots: Vec<u32> = segments[..n].iter().map(|s| s.slot).collect();

@@ -28,8 +28,8 @@ use crate::fsutil::sync_dir;
 use crate::fsync::FsyncPolicy;
 use crate::key::{validate_bucket_name, Glob};
 use crate::lock::DirLock;
-use crate::watch::{Watch, WatchOptions};
 use crate::log::recovery::RecoveryReport;
+use crate::watch::{Watch, WatchOptions};
 
 /// The bucket that always exists.
 pub const DEFAULT_BUCKET: &str = "default";
@@ -57,7 +57,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.dir).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -176,18 +178,31 @@ impl Store {
         sync_dir(&parent)?;
         let (core, _) = BucketCore::open(&dir, name, config, &self.inner.opts)?;
         let core = Arc::new(core);
-        self.inner.buckets.write().insert(name.to_string(), Arc::clone(&core));
-        Ok(Bucket { core, _store: Arc::clone(&self.inner) })
+        self.inner
+            .buckets
+            .write()
+            .insert(name.to_string(), Arc::clone(&core));
+        Ok(Bucket {
+            core,
+            _store: Arc::clone(&self.inner),
+        })
     }
 
     /// Drops a bucket and removes its data from disk. The `default` bucket cannot be dropped.
     pub fn drop_bucket(&self, name: &str) -> Result<()> {
         validate_bucket_name(name)?;
         if name == DEFAULT_BUCKET {
-            return Err(Error::BadArgument("the default bucket cannot be dropped".into()));
+            return Err(Error::BadArgument(
+                "the default bucket cannot be dropped".into(),
+            ));
         }
         let _g = self.inner.catalog.lock();
-        let core = self.inner.buckets.write().remove(name).ok_or_else(|| Error::NoBucket(name.to_string()))?;
+        let core = self
+            .inner
+            .buckets
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::NoBucket(name.to_string()))?;
         core.dropped.store(true, Ordering::Release);
         // Wait for a write in progress to finish before the files go.
         let _w = core.writer.lock();
@@ -209,7 +224,10 @@ impl Store {
     /// A handle on a bucket. [`Error::NoBucket`] if there is none by that name.
     pub fn bucket(&self, name: &str) -> Result<Bucket> {
         match self.inner.buckets.read().get(name) {
-            Some(core) => Ok(Bucket { core: Arc::clone(core), _store: Arc::clone(&self.inner) }),
+            Some(core) => Ok(Bucket {
+                core: Arc::clone(core),
+                _store: Arc::clone(&self.inner),
+            }),
             None => Err(Error::NoBucket(name.to_string())),
         }
     }
@@ -345,7 +363,9 @@ pub struct Bucket {
 
 impl std::fmt::Debug for Bucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bucket").field("name", &self.core.name).finish()
+        f.debug_struct("Bucket")
+            .field("name", &self.core.name)
+            .finish()
     }
 }
 
@@ -409,11 +429,17 @@ impl Bucket {
 
     /// Stores a value that expires after `ttl`; returns its revision.
     pub fn put_with_ttl(&self, key: &str, value: impl Into<Bytes>, ttl: Duration) -> Result<u64> {
-        Ok(self.write_one(WriteOp::put(key, value).with_ttl(ttl))?.revision)
+        Ok(self
+            .write_one(WriteOp::put(key, value).with_ttl(ttl))?
+            .revision)
     }
 
     /// Stores a value and returns the live entry it replaced.
-    pub fn put_returning_previous(&self, key: &str, value: impl Into<Bytes>) -> Result<(u64, Option<Entry>)> {
+    pub fn put_returning_previous(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+    ) -> Result<(u64, Option<Entry>)> {
         let w = self.write_one(WriteOp::put(key, value).returning_previous())?;
         Ok((w.revision, w.previous))
     }
@@ -425,7 +451,9 @@ impl Bucket {
 
     /// Stores a value only if `revision` is the key's latest (see [`WriteOp::update`]).
     pub fn update(&self, key: &str, value: impl Into<Bytes>, revision: u64) -> Result<u64> {
-        Ok(self.write_one(WriteOp::update(key, value, revision))?.revision)
+        Ok(self
+            .write_one(WriteOp::update(key, value, revision))?
+            .revision)
     }
 
     /// Compare-and-swap by value (see [`WriteOp::cas`]).

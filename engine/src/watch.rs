@@ -2,10 +2,11 @@
 //!
 //! The path of an event: a write appends its records, applies them to the
 //! index, and — still under the index write lock — publishes the new log end
-//! and revision to the bucket's [`WatchHub`] (two atomic stores). After the
-//! lock is released it wakes blocked watchers, only if there are any, and
-//! pokes the few change listeners (e.g. one per bucket in the server). That is
-//! all the writer does: nothing per watcher, no queue to fill.
+//! and revision to the bucket's [`WatchHub`]: one uncontended mutex, two
+//! stores, and a condvar broadcast only if some watcher is blocked. After the
+//! index lock is released it pokes the few change listeners (e.g. one per
+//! bucket in the server). That is all the writer does: nothing per watcher,
+//! no queue to fill.
 //!
 //! Each [`Watch`] keeps its own cursor into the log (segment + offset) and
 //! decodes records itself, at its own pace, up to the published end. The log
@@ -35,7 +36,7 @@ use crate::index::Rev;
 use crate::key::Subject;
 use crate::log::record::{decode, Decoded};
 use crate::log::segment::Segment;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
 
 /// The meeting point of one bucket's writer and its watchers.
 pub(crate) struct WatchHub {
@@ -44,9 +45,8 @@ pub(crate) struct WatchHub {
     /// Its revision.
     revision: AtomicU64,
     closed: AtomicBool,
-    /// Watchers blocked in `wait_past`.
-    waiters: AtomicUsize,
-    lock: Mutex<()>,
+    /// Watchers blocked in `wait_past`; changes of `end` and `closed` happen under this lock.
+    waiters: Mutex<usize>,
     changed: Condvar,
     listeners: parking_lot::Mutex<Vec<Sender<()>>>,
 }
@@ -57,25 +57,25 @@ impl WatchHub {
             end: AtomicU64::new(end),
             revision: AtomicU64::new(revision),
             closed: AtomicBool::new(false),
-            waiters: AtomicUsize::new(0),
-            lock: Mutex::new(()),
+            waiters: Mutex::new(0),
             changed: Condvar::new(),
             listeners: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
-    /// Publishes a new end; called by the writer under the index write lock.
+    /// Publishes a new end and wakes blocked watchers; called by the writer
+    /// under the index write lock.
     pub fn publish(&self, end: u64, revision: u64) {
+        let waiters = lock(&self.waiters);
         self.revision.store(revision, Ordering::SeqCst);
         self.end.store(end, Ordering::SeqCst);
-    }
-
-    /// Wakes blocked watchers and listeners; called by the writer after `publish`.
-    pub fn wake(&self) {
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            let _g = lock(&self.lock);
+        if *waiters > 0 {
             self.changed.notify_all();
         }
+    }
+
+    /// Pokes the change listeners; called by the writer after the index lock is released.
+    pub fn wake(&self) {
         let mut listeners = self.listeners.lock();
         if !listeners.is_empty() {
             listeners.retain(|tx| !matches!(tx.try_send(()), Err(TrySendError::Disconnected(()))));
@@ -84,13 +84,16 @@ impl WatchHub {
 
     /// The published end and revision.
     pub fn published(&self) -> (u64, u64) {
-        (self.end.load(Ordering::SeqCst), self.revision.load(Ordering::SeqCst))
+        (
+            self.end.load(Ordering::SeqCst),
+            self.revision.load(Ordering::SeqCst),
+        )
     }
 
     /// Ends every watch of this bucket (it was dropped).
     pub fn close(&self) {
+        let _g = lock(&self.waiters);
         self.closed.store(true, Ordering::SeqCst);
-        let _g = lock(&self.lock);
         self.changed.notify_all();
         self.listeners.lock().clear();
     }
@@ -101,8 +104,8 @@ impl WatchHub {
 
     /// Blocks until the published end passes `pos`, the hub closes, or `deadline`.
     pub fn wait_past(&self, pos: u64, deadline: Option<Instant>) {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut g = lock(&self.lock);
+        let mut g = lock(&self.waiters);
+        *g += 1;
         while self.end.load(Ordering::SeqCst) <= pos && !self.is_closed() {
             match deadline {
                 None => g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
@@ -118,8 +121,7 @@ impl WatchHub {
                 }
             }
         }
-        drop(g);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        *g -= 1;
     }
 
     /// A channel that receives a token (coalesced) after writes; for event loops
@@ -188,7 +190,10 @@ pub struct Watch {
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch").field("subject", &self.subject.as_str()).field("last_seen", &self.last_seen).finish()
+        f.debug_struct("Watch")
+            .field("subject", &self.subject.as_str())
+            .field("last_seen", &self.last_seen)
+            .finish()
     }
 }
 
@@ -272,7 +277,9 @@ impl Watch {
             return Err(Error::Closed);
         }
         if let Some((key, rev)) = self.initial.pop_front() {
-            let mut e = self.core.load_from(self.initial_segments.get(&rev.slot), &key, &rev)?;
+            let mut e = self
+                .core
+                .load_from(self.initial_segments.get(&rev.slot), &key, &rev)?;
             if self.counted {
                 e.delta = self.initial.len() as u64;
             }
@@ -391,11 +398,19 @@ impl Watch {
             if !self.subject.matches(key) || (self.opts.ignore_deletes && h.op != Op::Put) {
                 continue;
             }
-            let expires = crate::bucket::effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
+            let expires = crate::bucket::effective_expiry(
+                h.expires_ms,
+                h.created_ms,
+                self.core.config.ttl_ms(),
+            );
             let entry = Entry {
                 bucket: Arc::clone(&self.core.name),
                 key: key.to_string(),
-                value: if self.opts.meta_only { Bytes::new() } else { Bytes::copy_from_slice(rec.value) },
+                value: if self.opts.meta_only {
+                    Bytes::new()
+                } else {
+                    Bytes::copy_from_slice(rec.value)
+                },
                 revision: h.revision,
                 created_ms: h.created_ms,
                 op: h.op,
@@ -416,5 +431,76 @@ impl Iterator for Watch {
             Err(Error::Closed) => None,
             other => Some(other),
         }
+    }
+}
+
+/// Model checks of the writer → watcher handoff (`RUSTFLAGS="--cfg loom"`):
+/// no interleaving loses a wake-up or lets a watcher miss a published write.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::WatchHub;
+    use loom::sync::Arc;
+
+    #[test]
+    fn loom_publish_wakes_a_waiting_watcher() {
+        loom::model(|| {
+            let hub = Arc::new(WatchHub::new(0, 0));
+            let writer = {
+                let hub = Arc::clone(&hub);
+                loom::thread::spawn(move || {
+                    hub.publish(10, 1);
+                    hub.wake();
+                })
+            };
+            hub.wait_past(0, None);
+            assert_eq!(hub.published(), (10, 1));
+            writer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_two_writes_two_watchers_see_the_last() {
+        loom::model(|| {
+            let hub = Arc::new(WatchHub::new(0, 0));
+            let writer = {
+                let hub = Arc::clone(&hub);
+                loom::thread::spawn(move || {
+                    hub.publish(5, 1);
+                    hub.wake();
+                    hub.publish(9, 2);
+                    hub.wake();
+                })
+            };
+            let watcher = {
+                let hub = Arc::clone(&hub);
+                loom::thread::spawn(move || {
+                    let mut seen = 0;
+                    while seen < 9 {
+                        hub.wait_past(seen, None);
+                        let (end, _) = hub.published();
+                        assert!(end > seen, "woken without progress");
+                        seen = end;
+                    }
+                })
+            };
+            hub.wait_past(4, None);
+            assert!(hub.published().0 >= 5);
+            writer.join().unwrap();
+            watcher.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_close_releases_a_waiter() {
+        loom::model(|| {
+            let hub = Arc::new(WatchHub::new(0, 0));
+            let closer = {
+                let hub = Arc::clone(&hub);
+                loom::thread::spawn(move || hub.close())
+            };
+            hub.wait_past(0, None);
+            assert!(hub.is_closed());
+            closer.join().unwrap();
+        });
     }
 }

@@ -6,7 +6,12 @@ use std::sync::Arc;
 use logkv::{Bucket, BucketConfig, CrashPoint, Entry, FsyncPolicy, Options, Store};
 
 fn opts() -> Options {
-    Options { background: false, fsync: FsyncPolicy::Never, segment_size: 16 * 1024, ..Default::default() }
+    Options {
+        background: false,
+        fsync: FsyncPolicy::Never,
+        segment_size: 16 * 1024,
+        ..Default::default()
+    }
 }
 
 /// Everything a client can observe about a bucket.
@@ -15,15 +20,30 @@ fn state(b: &Bucket) -> (Vec<Entry>, u64) {
 }
 
 fn disk_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
 }
 
 /// A bucket with history 2, overwrites, deletes and purges over many segments.
 fn populate(store: &Store) -> Bucket {
-    let b = store.create_bucket("c", BucketConfig { history: 2, ..Default::default() }).unwrap();
+    let b = store
+        .create_bucket(
+            "c",
+            BucketConfig {
+                history: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     for round in 0..6u32 {
         for k in 0..200u32 {
-            b.put(&format!("k.{k}"), format!("v{round}-{k}-{}", "x".repeat(40))).unwrap();
+            b.put(
+                &format!("k.{k}"),
+                format!("v{round}-{k}-{}", "x".repeat(40)),
+            )
+            .unwrap();
         }
     }
     for k in (0..200u32).step_by(7) {
@@ -48,7 +68,10 @@ fn compaction_keeps_state_and_reclaims_space() {
     assert!(report.records_dropped > 0);
     assert_eq!(state(&b), before);
     let disk_after = disk_bytes(&bucket_dir);
-    assert!(disk_after < disk_before / 2, "{disk_before} -> {disk_after}");
+    assert!(
+        disk_after < disk_before / 2,
+        "{disk_before} -> {disk_after}"
+    );
     let st = b.status().unwrap();
     assert_eq!(st.compactions, 1);
     assert!(st.reclaimed_bytes > 0);
@@ -77,12 +100,19 @@ fn crash_at_every_compaction_step_reopens_to_the_same_state() {
         let before = state(&b);
         b.set_compaction_crash_point(point);
         let err = b.compact().unwrap_err();
-        assert!(err.to_string().contains("injected crash"), "{point:?}: {err}");
+        assert!(
+            err.to_string().contains("injected crash"),
+            "{point:?}: {err}"
+        );
         // The "crash": drop everything without any further work, then reopen.
         drop((b, store));
         let store = Store::open(dir.path(), opts()).unwrap();
         let b = store.bucket("c").unwrap();
-        assert_eq!(state(&b), before, "state differs after a crash at {point:?}");
+        assert_eq!(
+            state(&b),
+            before,
+            "state differs after a crash at {point:?}"
+        );
         // A full pass afterwards still works and changes nothing visible.
         b.compact().unwrap();
         assert_eq!(state(&b), before, "after the second pass ({point:?})");
@@ -98,9 +128,21 @@ fn crash_at_every_compaction_step_reopens_to_the_same_state() {
 fn purged_values_never_come_back_after_compaction_and_crash() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), opts()).unwrap();
-    let b = store.create_bucket("p", BucketConfig { history: 5, ..Default::default() }).unwrap();
+    let b = store
+        .create_bucket(
+            "p",
+            BucketConfig {
+                history: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     for i in 0..300u32 {
-        b.put(&format!("secret.{}", i % 10), format!("classified-{i}-{}", "y".repeat(60))).unwrap();
+        b.put(
+            &format!("secret.{}", i % 10),
+            format!("classified-{i}-{}", "y".repeat(60)),
+        )
+        .unwrap();
     }
     for k in 0..10u32 {
         b.purge(&format!("secret.{k}")).unwrap();
@@ -122,7 +164,10 @@ fn purged_values_never_come_back_after_compaction_and_crash() {
     // And the bytes are gone from disk too.
     for e in std::fs::read_dir(dir.path().join("buckets/p")).unwrap() {
         let bytes = std::fs::read(e.unwrap().path()).unwrap();
-        assert!(!bytes.windows(12).any(|w| w == b"classified-1"), "purged bytes still on disk");
+        assert!(
+            !bytes.windows(12).any(|w| w == b"classified-1"),
+            "purged bytes still on disk"
+        );
     }
 }
 
@@ -145,7 +190,10 @@ fn readers_and_writers_run_during_compaction() {
                 let mut reads = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     for k in (t..300u32).step_by(2) {
-                        let v = b.get(&format!("k.{k}")).unwrap().expect("key present throughout");
+                        let v = b
+                            .get(&format!("k.{k}"))
+                            .unwrap()
+                            .expect("key present throughout");
                         assert!(!v.is_empty());
                         reads += 1;
                     }
@@ -165,6 +213,9 @@ fn readers_and_writers_run_during_compaction() {
         assert!(r.join().unwrap() > 0);
     }
     for k in 0..300u32 {
-        assert_eq!(b.get(&format!("k.{k}")).unwrap().as_deref(), Some(&b"5"[..]));
+        assert_eq!(
+            b.get(&format!("k.{k}")).unwrap().as_deref(),
+            Some(&b"5"[..])
+        );
     }
 }

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use logkv::{Bucket, BucketConfig, Entry, FsyncPolicy, Options, Store};
 
 fn opts() -> Options {
-    Options { background: false, fsync: FsyncPolicy::Never, segment_size: 8 * 1024, ..Default::default() }
+    Options {
+        background: false,
+        fsync: FsyncPolicy::Never,
+        segment_size: 8 * 1024,
+        ..Default::default()
+    }
 }
 
 fn state(b: &Bucket) -> (Vec<Entry>, u64) {
@@ -19,7 +24,8 @@ fn snap_path(dir: &Path) -> PathBuf {
 
 fn write_some(b: &Bucket, round: u32) {
     for k in 0..150u32 {
-        b.put(&format!("k.{}", k % 60), format!("r{round}-{k}")).unwrap();
+        b.put(&format!("k.{}", k % 60), format!("r{round}-{k}"))
+            .unwrap();
     }
     b.delete("k.3").unwrap();
     b.purge("k.4").unwrap();
@@ -28,7 +34,12 @@ fn write_some(b: &Bucket, round: u32) {
 /// Opens the store, reads the bucket state and how many records recovery scanned.
 fn reopen(dir: &Path) -> ((Vec<Entry>, u64), u64) {
     let store = Store::open(dir, opts()).unwrap();
-    let scanned = store.recovery_reports().iter().find(|(n, _)| n == "s").map(|(_, r)| r.records).unwrap();
+    let scanned = store
+        .recovery_reports()
+        .iter()
+        .find(|(n, _)| n == "s")
+        .map(|(_, r)| r.records)
+        .unwrap();
     let b = store.bucket("s").unwrap();
     (state(&b), scanned)
 }
@@ -51,7 +62,15 @@ fn clean_close_writes_a_snapshot_that_reopen_uses() {
     let dir = tempfile::tempdir().unwrap();
     let expected = {
         let store = Store::open(dir.path(), opts()).unwrap();
-        let b = store.create_bucket("s", BucketConfig { history: 3, ..Default::default() }).unwrap();
+        let b = store
+            .create_bucket(
+                "s",
+                BucketConfig {
+                    history: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         write_some(&b, 0);
         state(&b)
     };
@@ -79,7 +98,15 @@ fn damaged_or_stale_snapshots_fall_back_to_the_log() {
     let base = tempfile::tempdir().unwrap();
     let (older_snap, expected) = {
         let store = Store::open(base.path(), opts()).unwrap();
-        let b = store.create_bucket("s", BucketConfig { history: 2, ..Default::default() }).unwrap();
+        let b = store
+            .create_bucket(
+                "s",
+                BucketConfig {
+                    history: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         write_some(&b, 0);
         drop(b);
         drop(store); // snapshot of the older state
@@ -118,7 +145,10 @@ fn damaged_or_stale_snapshots_fall_back_to_the_log() {
             Some(c) => std::fs::write(snap_path(dir.path()), c).unwrap(),
         }
         let (got, scanned) = reopen(dir.path());
-        assert_eq!(got, expected, "state differs with a snapshot that is {what}");
+        assert_eq!(
+            got, expected,
+            "state differs with a snapshot that is {what}"
+        );
         assert!(scanned > 0, "{what}: the log must have been scanned");
     }
 }

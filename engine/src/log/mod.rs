@@ -9,8 +9,8 @@ pub mod segment;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -102,7 +102,9 @@ impl Table {
     }
 
     fn in_order(&self) -> impl Iterator<Item = &Arc<Segment>> + '_ {
-        self.order.values().filter_map(|slot| self.by_slot.get(slot))
+        self.order
+            .values()
+            .filter_map(|slot| self.by_slot.get(slot))
     }
 }
 
@@ -142,12 +144,18 @@ impl Log {
         let alloc = || next_slot.fetch_add(1, Ordering::Relaxed);
         let rec = recovery::recover(dir, cfg.repair, &alloc, start, apply)?;
         let mut segments = Table::default();
-        rec.segments.iter().for_each(|s| segments.insert(Arc::clone(s)));
+        rec.segments
+            .iter()
+            .for_each(|s| segments.insert(Arc::clone(s)));
         let (active, pos) = match rec.segments.last() {
             Some(last) => {
                 // Re-map the last segment at full capacity so appends can grow into it
                 // (same slot: the index already points at it).
-                let active = Arc::new(Segment::open(&last.path, last.slot, Some(cfg.segment_size))?);
+                let active = Arc::new(Segment::open(
+                    &last.path,
+                    last.slot,
+                    Some(cfg.segment_size),
+                )?);
                 let pos = rec.tail.max(last.data_start);
                 active.set_data_end(pos);
                 segments.insert(Arc::clone(&active));
@@ -159,7 +167,13 @@ impl Log {
                     revision_watermark: rec.watermark,
                     supersedes: Vec::new(),
                 };
-                let active = Arc::new(Segment::create(dir, alloc(), header, cfg.segment_size, cfg.prealloc_chunk())?);
+                let active = Arc::new(Segment::create(
+                    dir,
+                    alloc(),
+                    header,
+                    cfg.segment_size,
+                    cfg.prealloc_chunk(),
+                )?);
                 segments.insert(Arc::clone(&active));
                 let pos = active.data_start;
                 (active, pos)
@@ -174,8 +188,18 @@ impl Log {
             next_slot: AtomicU32::new(next_slot.load(Ordering::Relaxed)),
             cfg,
         };
-        let appender = Appender { active, pos, file_len, dirty_tail: 0 };
-        Ok(Opened { log, appender, watermark: rec.watermark, report: rec.report })
+        let appender = Appender {
+            active,
+            pos,
+            file_len,
+            dirty_tail: 0,
+        };
+        Ok(Opened {
+            log,
+            appender,
+            watermark: rec.watermark,
+            report: rec.report,
+        })
     }
 
     /// The directory of this log.
@@ -204,14 +228,23 @@ impl Log {
         let t = self.segments.read();
         let lo = SegmentId { seq, gen: 0 };
         let hi = SegmentId { seq, gen: u32::MAX };
-        t.order.range(lo..=hi).next_back().and_then(|(_, slot)| t.by_slot.get(slot).cloned())
+        t.order
+            .range(lo..=hi)
+            .next_back()
+            .and_then(|(_, slot)| t.by_slot.get(slot).cloned())
     }
 
     /// The first live segment whose `seq` is greater than `seq`.
     pub fn segment_after(&self, seq: u64) -> Option<Arc<Segment>> {
         let t = self.segments.read();
-        let from = SegmentId { seq: seq + 1, gen: 0 };
-        t.order.range(from..).next().and_then(|(_, slot)| t.by_slot.get(slot).cloned())
+        let from = SegmentId {
+            seq: seq + 1,
+            gen: 0,
+        };
+        t.order
+            .range(from..)
+            .next()
+            .and_then(|(_, slot)| t.by_slot.get(slot).cloned())
     }
 
     /// All live segments in log order.
@@ -231,14 +264,17 @@ impl Log {
         let len = batch.len() as u64;
         if app.dirty_tail > 0 {
             let to = (app.pos + app.dirty_tail).min(app.file_len);
-            write_zeros(app.active.file(), app.pos, to).map_err(|e| Error::io(&app.active.path, e))?;
+            write_zeros(app.active.file(), app.pos, to)
+                .map_err(|e| Error::io(&app.active.path, e))?;
             app.dirty_tail = 0;
         }
         if app.pos + len > app.active.capacity() {
             self.rotate(app, watermark, len)?;
         }
         if app.pos + len > app.file_len {
-            let grow_to = (app.pos + len).max(app.file_len + self.cfg.prealloc_chunk()).min(app.active.capacity());
+            let grow_to = (app.pos + len)
+                .max(app.file_len + self.cfg.prealloc_chunk())
+                .min(app.active.capacity());
             if let Err(e) = write_zeros(app.active.file(), app.file_len, grow_to) {
                 app.dirty_tail = grow_to - app.pos;
                 return Err(Error::io(&app.active.path, e));
@@ -254,7 +290,11 @@ impl Log {
         app.active.set_data_end(app.pos);
         let end = app.end();
         self.commit.note_written(end);
-        Ok(Appended { slot: app.active.slot, offset, end })
+        Ok(Appended {
+            slot: app.active.slot,
+            offset,
+            end,
+        })
     }
 
     /// Seals the active segment (synced, cut to its data) and starts a new one.
@@ -264,17 +304,32 @@ impl Log {
         old.file().set_len(app.pos).map_err(io)?;
         old.file().sync_data().map_err(io)?;
         let header = SegmentHeader {
-            id: SegmentId { seq: old.id.seq + 1, gen: 0 },
+            id: SegmentId {
+                seq: old.id.seq + 1,
+                gen: 0,
+            },
             revision_watermark: watermark,
             supersedes: Vec::new(),
         };
-        let capacity = self.cfg.segment_size.max(header.encoded_len() as u64 + need);
+        let capacity = self
+            .cfg
+            .segment_size
+            .max(header.encoded_len() as u64 + need);
         if capacity > u32::MAX as u64 {
-            return Err(Error::BadArgument(format!("a batch of {need} bytes is too large for one segment")));
+            return Err(Error::BadArgument(format!(
+                "a batch of {need} bytes is too large for one segment"
+            )));
         }
-        let seg = Arc::new(Segment::create(&self.dir, self.alloc_slot(), header, capacity, self.cfg.prealloc_chunk())?);
+        let seg = Arc::new(Segment::create(
+            &self.dir,
+            self.alloc_slot(),
+            header,
+            capacity,
+            self.cfg.prealloc_chunk(),
+        )?);
         self.segments.write().insert(Arc::clone(&seg));
-        self.commit.rotated(log_pos(old.id.seq, app.pos), Arc::clone(&seg));
+        self.commit
+            .rotated(log_pos(old.id.seq, app.pos), Arc::clone(&seg));
         tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
         app.file_len = seg.file_len()?;
         app.pos = seg.data_start;

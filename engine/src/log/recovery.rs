@@ -74,7 +74,11 @@ pub(crate) fn recover(
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let mut segments = open_segments(dir, repair, next_slot, &mut report)?;
-    let watermark = segments.iter().map(|s| s.header.revision_watermark).max().unwrap_or(0);
+    let watermark = segments
+        .iter()
+        .map(|s| s.header.revision_watermark)
+        .max()
+        .unwrap_or(0);
     let (first, offset) = start(&segments).unwrap_or((0, 0));
     let mut tail = 0;
     let count = segments.len();
@@ -83,13 +87,22 @@ pub(crate) fn recover(
         if i < first {
             tail = seg.file_len()?;
         } else {
-            let from = if i == first { offset.max(seg.data_start) } else { seg.data_start };
+            let from = if i == first {
+                offset.max(seg.data_start)
+            } else {
+                seg.data_start
+            };
             tail = scan_segment(seg, from, is_last, repair, &mut report, apply)?;
             report.segments += 1;
         }
         seg.set_data_end(tail);
     }
-    Ok(Recovered { segments, tail, watermark, report })
+    Ok(Recovered {
+        segments,
+        tail,
+        watermark,
+        report,
+    })
 }
 
 /// Lists, cleans up and opens the segments of a directory, in log order.
@@ -145,8 +158,10 @@ fn open_segments(
         }
     }
     // Finish interrupted compactions: a complete output supersedes its inputs.
-    let superseded: std::collections::HashSet<SegmentId> =
-        opened.iter().flat_map(|s| s.header.supersedes.iter().copied()).collect();
+    let superseded: std::collections::HashSet<SegmentId> = opened
+        .iter()
+        .flat_map(|s| s.header.supersedes.iter().copied())
+        .collect();
     let mut kept = Vec::with_capacity(opened.len());
     for seg in opened {
         if superseded.contains(&seg.id) {
@@ -199,7 +214,9 @@ fn scan_segment(
                 match rest.iter().position(|&b| b != 0) {
                     None if pending.is_empty() => return Ok(at as u64),
                     None => "batch not finished".to_string(),
-                    Some(nz) => format!("non-zero bytes after the end of data at offset {}", at + nz),
+                    Some(nz) => {
+                        format!("non-zero bytes after the end of data at offset {}", at + nz)
+                    }
                 }
             }
             Decoded::Invalid(why) => why.to_string(),
@@ -208,7 +225,10 @@ fn scan_segment(
         let next = find_next_valid(buf, at + 1);
         if is_last && next.is_none() {
             let cut = (buf.len() - batch_start) as u64;
-            let nonzero_end = buf.iter().rposition(|&b| b != 0).map_or(batch_start, |p| p + 1);
+            let nonzero_end = buf
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(batch_start, |p| p + 1);
             let dropped = nonzero_end.saturating_sub(batch_start) as u64;
             tracing::warn!(
                 file = %seg.path.display(),
@@ -219,14 +239,20 @@ fn scan_segment(
             );
             drop(pending);
             if cut > 0 {
-                seg.file().set_len(batch_start as u64).map_err(|e| Error::io(&seg.path, e))?;
+                seg.file()
+                    .set_len(batch_start as u64)
+                    .map_err(|e| Error::io(&seg.path, e))?;
                 seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
             }
             report.truncated_bytes += dropped;
             return Ok(batch_start as u64);
         }
         if !repair {
-            return Err(Error::Corrupt { path: seg.path.clone(), offset: at as u64, reason: problem });
+            return Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset: at as u64,
+                reason: problem,
+            });
         }
         let resume = next.unwrap_or(buf.len());
         tracing::warn!(

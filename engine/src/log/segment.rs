@@ -118,7 +118,10 @@ impl SegmentHeader {
         }
         let len = rd32(12) as usize;
         let count = rd32(28) as usize;
-        if count > (1 << 20) || len != (FIXED_HEADER + 16 * count + 4).div_ceil(8) * 8 || len > buf.len() {
+        if count > (1 << 20)
+            || len != (FIXED_HEADER + 16 * count + 4).div_ceil(8) * 8
+            || len > buf.len()
+        {
             return Err("bad segment header length");
         }
         if crc32fast::hash(&buf[..len - 4]) != rd32(len - 4) {
@@ -127,11 +130,17 @@ impl SegmentHeader {
         let supersedes = (0..count)
             .map(|i| {
                 let at = FIXED_HEADER + 16 * i;
-                SegmentId { seq: rd64(at), gen: rd32(at + 8) }
+                SegmentId {
+                    seq: rd64(at),
+                    gen: rd32(at + 8),
+                }
             })
             .collect();
         Ok(SegmentHeader {
-            id: SegmentId { seq: rd64(16), gen: rd32(24) },
+            id: SegmentId {
+                seq: rd64(16),
+                gen: rd32(24),
+            },
             revision_watermark: rd64(32),
             supersedes,
         })
@@ -168,7 +177,13 @@ impl std::fmt::Debug for Segment {
 impl Segment {
     /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
     /// (header included), syncs it and renames it into place.
-    pub fn create(dir: &Path, slot: u32, header: SegmentHeader, capacity: u64, prealloc: u64) -> Result<Segment> {
+    pub fn create(
+        dir: &Path,
+        slot: u32,
+        header: SegmentHeader,
+        capacity: u64,
+        prealloc: u64,
+    ) -> Result<Segment> {
         let final_path = dir.join(header.id.file_name());
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
         let head = header.encode();
@@ -181,7 +196,9 @@ impl Segment {
             .open(&tmp_path)
             .map_err(io)?;
         file.write_all_at(&head, 0).map_err(io)?;
-        let prealloc = prealloc.max(head.len() as u64).min(capacity.max(head.len() as u64));
+        let prealloc = prealloc
+            .max(head.len() as u64)
+            .min(capacity.max(head.len() as u64));
         write_zeros(&file, head.len() as u64, prealloc).map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp_path, &final_path).map_err(io)?;
@@ -220,7 +237,11 @@ impl Segment {
     /// Opens an existing segment read-write, mapping it at its file length.
     pub fn open(path: &Path, slot: u32, capacity: Option<u64>) -> Result<Segment> {
         let io = |e| Error::io(path, e);
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let mut head = vec![0u8; (len as usize).min(64 * 1024)];
         file.read_exact_at(&mut head, 0).map_err(io)?;
@@ -229,19 +250,42 @@ impl Segment {
             offset: 0,
             reason: why.to_string(),
         })?;
-        Self::map(slot, path.to_path_buf(), file, header, len.max(capacity.unwrap_or(0)))
+        Self::map(
+            slot,
+            path.to_path_buf(),
+            file,
+            header,
+            len.max(capacity.unwrap_or(0)),
+        )
     }
 
-    fn map(slot: u32, path: PathBuf, file: File, header: SegmentHeader, map_len: u64) -> Result<Segment> {
-        let map_len = usize::try_from(map_len).map_err(|_| Error::Config("segment too large to map".into()))?;
+    fn map(
+        slot: u32,
+        path: PathBuf,
+        file: File,
+        header: SegmentHeader,
+        map_len: u64,
+    ) -> Result<Segment> {
+        let map_len = usize::try_from(map_len)
+            .map_err(|_| Error::Config("segment too large to map".into()))?;
         // SAFETY: the file is owned by this store, which holds the directory lock,
         // so no other logkv process writes it; this process only appends past what
         // readers may look at and never truncates below it while mapped. Pages past
         // the end of the file are mapped but never read (reads stay below the
         // written length).
-        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(&file) }
+            .map_err(|e| Error::io(&path, e))?;
         let data_start = header.encoded_len() as u64;
-        Ok(Segment { id: header.id, slot, data_start, end: AtomicU64::new(data_start), header, path, file, map })
+        Ok(Segment {
+            id: header.id,
+            slot,
+            data_start,
+            end: AtomicU64::new(data_start),
+            header,
+            path,
+            file,
+            map,
+        })
     }
 
     /// Offset just past the last complete record.
@@ -279,7 +323,11 @@ impl Segment {
 
     /// Current length of the file on disk.
     pub fn file_len(&self) -> Result<u64> {
-        Ok(self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len())
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len())
     }
 
     /// Flushes written data to stable storage (fdatasync).
@@ -294,7 +342,10 @@ mod tests {
 
     #[test]
     fn file_names_round_trip() {
-        let id = SegmentId { seq: 0x1234, gen: 7 };
+        let id = SegmentId {
+            seq: 0x1234,
+            gen: 7,
+        };
         assert_eq!(id.file_name(), "0000000000001234-00000007.seg");
         assert_eq!(SegmentId::parse(&id.file_name()), Some(id));
         assert_eq!(SegmentId::parse("LOCK"), None);
@@ -316,7 +367,10 @@ mod tests {
         for i in 0..b.len() {
             let mut bad = b.clone();
             bad[i] ^= 0x10;
-            assert!(SegmentHeader::decode(&bad).is_err(), "flip at {i} unnoticed");
+            assert!(
+                SegmentHeader::decode(&bad).is_err(),
+                "flip at {i} unnoticed"
+            );
         }
         assert!(SegmentHeader::decode(&b[..20]).is_err());
     }
@@ -324,7 +378,11 @@ mod tests {
     #[test]
     fn create_then_open() {
         let dir = tempfile::tempdir().unwrap();
-        let h = SegmentHeader { id: SegmentId { seq: 1, gen: 0 }, revision_watermark: 0, supersedes: vec![] };
+        let h = SegmentHeader {
+            id: SegmentId { seq: 1, gen: 0 },
+            revision_watermark: 0,
+            supersedes: vec![],
+        };
         let seg = Segment::create(dir.path(), 1, h.clone(), 1 << 20, 4096).unwrap();
         assert_eq!(seg.file_len().unwrap(), 4096);
         assert_eq!(seg.capacity(), 1 << 20);
@@ -332,6 +390,9 @@ mod tests {
         let seg = Segment::open(&dir.path().join(h.id.file_name()), 2, None).unwrap();
         assert_eq!(seg.header, h);
         assert_eq!(seg.data_start, h.encoded_len() as u64);
-        assert!(!dir.path().join(format!("{}.tmp", h.id.file_name())).exists());
+        assert!(!dir
+            .path()
+            .join(format!("{}.tmp", h.id.file_name()))
+            .exists());
     }
 }
