@@ -55,3 +55,8 @@ pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
 pub use log::recovery::{RecoveryReport, Skipped};
 pub use store::{Bucket, Store, DEFAULT_BUCKET};
 pub use watch::{Watch, WatchEvent, WatchOptions};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
