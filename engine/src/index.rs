@@ -21,11 +21,14 @@ const INLINE: usize = 22;
 /// A key, stored inline when it is at most 22 bytes.
 #[derive(Clone)]
 pub enum IKey {
+    /// Up to 22 bytes, stored in place: length and bytes.
     Inline(u8, [u8; INLINE]),
+    /// Longer keys, on the heap.
     Heap(Box<[u8]>),
 }
 
 impl IKey {
+    /// Stores `key`, inline if it fits.
     pub fn new(key: &[u8]) -> IKey {
         if key.len() <= INLINE {
             let mut buf = [0; INLINE];
@@ -36,6 +39,7 @@ impl IKey {
         }
     }
 
+    /// The key's bytes.
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match self {
@@ -80,6 +84,7 @@ impl std::fmt::Debug for IKey {
 /// One retained revision of a key: what it is and where its record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rev {
+    /// The bucket revision of the record.
     pub revision: u64,
     /// When this entry stops being visible (per-key TTL or bucket max age), ms; 0 for never.
     pub expires_ms: u64,
@@ -94,6 +99,7 @@ pub struct Rev {
 }
 
 impl Rev {
+    /// A revision at `offset` of segment `slot`, `len` bytes long.
     pub fn new(revision: u64, expires_ms: u64, slot: u32, offset: u64, len: usize, op: Op) -> Rev {
         debug_assert!(len < 1 << 30 && offset <= u32::MAX as u64);
         Rev {

@@ -34,11 +34,9 @@ mod entry;
 mod error;
 mod fsutil;
 pub mod fsync;
-#[allow(missing_docs)]
 pub mod index;
 mod key;
 mod lock;
-#[allow(missing_docs)]
 pub mod log;
 mod snapshot;
 mod store;

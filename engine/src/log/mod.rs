@@ -119,10 +119,13 @@ pub struct Log {
 
 /// Result of opening a log.
 pub struct Opened {
+    /// The log.
     pub log: Log,
+    /// Where appends continue.
     pub appender: Appender,
     /// The highest revision watermark in any segment header.
     pub watermark: u64,
+    /// What recovery found.
     pub report: RecoveryReport,
 }
 

@@ -68,12 +68,19 @@ impl Op {
 /// The decoded fixed fields of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// PUT, DEL or PURGE.
     pub op: Op,
+    /// Flag bits (`FLAG_BATCH_MORE`).
     pub flags: u8,
+    /// Key length.
     pub key_len: u16,
+    /// Value length.
     pub value_len: u32,
+    /// Bucket revision.
     pub revision: u64,
+    /// Creation time, ms since the epoch.
     pub created_ms: u64,
+    /// Per-key expiry, ms since the epoch, 0 for none.
     pub expires_ms: u64,
 }
 
@@ -92,8 +99,11 @@ impl RecordHeader {
 /// A record borrowed from a segment (or any buffer).
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
+    /// The fixed fields.
     pub header: RecordHeader,
+    /// The key.
     pub key: &'a [u8],
+    /// The value.
     pub value: &'a [u8],
 }
 

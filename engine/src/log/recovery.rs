@@ -27,9 +27,13 @@ use crate::fsutil::sync_dir;
 /// A region recovery skipped or cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    /// The segment file.
     pub path: PathBuf,
+    /// Where the skipped region starts.
     pub offset: u64,
+    /// How long it is.
     pub bytes: u64,
+    /// What was wrong there.
     pub reason: String,
 }
 
@@ -94,6 +98,13 @@ pub(crate) fn recover(
             };
             tail = scan_segment(seg, from, is_last, repair, &mut report, apply)?;
             report.segments += 1;
+            tracing::debug!(
+                dir = %dir.display(),
+                segments_done = i + 1,
+                segments_total = count,
+                records = report.records,
+                "recovery progress"
+            );
         }
         seg.set_data_end(tail);
     }

@@ -34,7 +34,9 @@ pub const SEGMENT_EXT: &str = "seg";
 /// Identity of a segment: its place in the log and its generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentId {
+    /// Place in the log.
     pub seq: u64,
+    /// Generation: raised by each compaction that rewrites this place.
     pub gen: u32,
 }
 
@@ -61,6 +63,7 @@ impl SegmentId {
 /// The decoded segment header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The segment's identity.
     pub id: SegmentId,
     /// The bucket's last assigned revision when this file was created: the
     /// revision counter never goes below it, even if every record is compacted away.
@@ -153,12 +156,15 @@ impl SegmentHeader {
 /// full capacity and grows into it); only offsets below what has been written
 /// are ever read.
 pub struct Segment {
+    /// The segment's identity.
     pub id: SegmentId,
     /// In-memory number of this open segment, unique for the life of the
     /// process; index entries point at slots, so a compaction output and the
     /// segments it replaces (which share a `seq`) can be open side by side.
     pub slot: u32,
+    /// The file.
     pub path: PathBuf,
+    /// Its decoded header.
     pub header: SegmentHeader,
     /// Offset where records begin.
     pub data_start: u64,
