@@ -694,6 +694,12 @@ impl BucketCore {
         Ok(Page { next, entries })
     }
 
+    /// The lowest revision still retained (0 when the bucket is empty).
+    pub fn first_retained_revision(&self) -> u64 {
+        let ix = self.index.read();
+        ix.all_revs().map(|r| r.revision).min().unwrap_or(0)
+    }
+
     /// Time left on `key`'s value.
     pub fn ttl(&self, key: &str) -> Result<Ttl> {
         self.check_open()?;

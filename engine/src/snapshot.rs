@@ -58,9 +58,16 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> std::result::Result<u8, &'static str> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> std::result::Result<u16, &'static str> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+    fn varint(&mut self) -> std::result::Result<u64, &'static str> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long")
     }
     fn u32(&mut self) -> std::result::Result<u32, &'static str> {
         let b = self.take(4)?;
@@ -71,6 +78,15 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+}
+
+/// Appends `v` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// Serialises `index` with the log state it corresponds to.
@@ -97,26 +113,28 @@ pub(crate) fn encode(
         out.extend_from_slice(&end.to_le_bytes());
     }
     out.extend_from_slice(&(index.key_count() as u64).to_le_bytes());
+    let mut prev: &[u8] = &[];
+    let mut revs = Vec::new();
     for (key, latest) in index.range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded) {
+        // Keys are sorted: store the length shared with the previous key and the rest.
         let k = key.as_bytes();
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
-        out.extend_from_slice(k);
-        let mut revs = Vec::new();
+        let shared = k.iter().zip(prev).take_while(|(a, b)| a == b).count();
+        put_varint(&mut out, shared as u64);
+        put_varint(&mut out, (k.len() - shared) as u64);
+        out.extend_from_slice(&k[shared..]);
+        prev = k;
+        revs.clear();
         index.for_each_rev(latest, |r| revs.push(*r));
         out.push(revs.len() as u8);
-        for r in revs {
-            out.extend_from_slice(&r.revision.to_le_bytes());
-            out.extend_from_slice(&r.expires_ms.to_le_bytes());
-            out.extend_from_slice(
-                &slot_to_pos
-                    .get(&r.slot)
-                    .copied()
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
+        for r in &revs {
+            put_varint(&mut out, r.revision);
+            put_varint(&mut out, r.expires_ms);
+            put_varint(
+                &mut out,
+                slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX) as u64,
             );
-            out.extend_from_slice(&r.offset.to_le_bytes());
-            out.extend_from_slice(&(r.len() as u32).to_le_bytes());
-            out.push(r.op() as u8);
+            put_varint(&mut out, r.offset as u64);
+            put_varint(&mut out, (r.len() as u64) << 2 | r.op() as u64);
         }
     }
     let crc = crc32fast::hash(&out);
@@ -181,24 +199,32 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         });
     }
     let nkeys = r.u64()? as usize;
-    let mut entries = Vec::with_capacity(nkeys.min(body.len() / 20));
+    let mut entries = Vec::with_capacity(nkeys.min(body.len() / 8));
+    let mut key: Vec<u8> = Vec::new();
     for _ in 0..nkeys {
-        let klen = r.u16()? as usize;
-        let key = IKey::new(r.take(klen)?);
+        let shared = r.varint()? as usize;
+        let rest = r.varint()? as usize;
+        if shared > key.len() || shared + rest > crate::key::MAX_KEY_LEN {
+            return Err("bad key lengths");
+        }
+        key.truncate(shared);
+        key.extend_from_slice(r.take(rest)?);
         let n = r.u8()? as usize;
         let mut revs = Vec::with_capacity(n);
         for _ in 0..n {
-            let revision = r.u64()?;
-            let expires = r.u64()?;
-            let seg = r.u32()?;
-            let offset = r.u32()?;
-            let len = r.u32()? as usize;
-            let op = crate::log::record::Op::from_u8(r.u8()?).ok_or("bad op")?;
-            if seg as usize >= segments.len() {
-                return Err("revision in an unknown segment");
+            let revision = r.varint()?;
+            let expires = r.varint()?;
+            let seg = u32::try_from(r.varint()?).map_err(|_| "bad segment")?;
+            let offset = u32::try_from(r.varint()?).map_err(|_| "bad offset")?;
+            let len_op = r.varint()?;
+            let op = crate::log::record::Op::from_u8((len_op & 3) as u8).ok_or("bad op")?;
+            let len = usize::try_from(len_op >> 2).map_err(|_| "bad length")?;
+            if seg as usize >= segments.len() || len >= 1 << 30 {
+                return Err("revision out of range");
             }
             revs.push(Rev::new(revision, expires, seg, offset as u64, len, op));
         }
+        let key = IKey::new(&key);
         if revs.is_empty() {
             return Err("key without revisions");
         }

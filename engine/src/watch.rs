@@ -67,8 +67,10 @@ impl WatchHub {
     /// under the index write lock.
     pub fn publish(&self, end: u64, revision: u64) {
         let waiters = lock(&self.waiters);
-        self.revision.store(revision, Ordering::SeqCst);
+        // End first, revision second; `published` reads them the other way
+        // round, so a reader that sees a revision also sees its end.
         self.end.store(end, Ordering::SeqCst);
+        self.revision.store(revision, Ordering::SeqCst);
         if *waiters > 0 {
             self.changed.notify_all();
         }
@@ -84,10 +86,8 @@ impl WatchHub {
 
     /// The published end and revision.
     pub fn published(&self) -> (u64, u64) {
-        (
-            self.end.load(Ordering::SeqCst),
-            self.revision.load(Ordering::SeqCst),
-        )
+        let revision = self.revision.load(Ordering::SeqCst);
+        (self.end.load(Ordering::SeqCst), revision)
     }
 
     /// Ends every watch of this bucket (it was dropped).
@@ -338,15 +338,16 @@ impl Watch {
         e
     }
 
-    fn lost(&mut self, first_retained: u64) -> Result<Option<WatchEvent>> {
+    fn lost(&mut self) -> Result<Option<WatchEvent>> {
         self.ended = true;
+        let first_retained = self.core.first_retained_revision();
         Ok(Some(WatchEvent::Lost { first_retained }))
     }
 
     /// Reads the log from the cursor up to the published end.
     fn next_live(&mut self) -> Result<Option<WatchEvent>> {
         loop {
-            let (end, _) = self.core.hub.published();
+            let (end, published_rev) = self.core.hub.published();
             let Some(seg) = self.tail.clone() else {
                 // The segment the watch started in is gone already: start at the first one.
                 match self.core.log.segments().into_iter().next() {
@@ -359,6 +360,11 @@ impl Watch {
                 }
             };
             if log_pos(seg.id.seq, self.offset) >= end {
+                if self.last_seen < published_rev {
+                    // At the end of the log without having seen every revision:
+                    // compaction removed records this watch had not read.
+                    return self.lost();
+                }
                 return Ok(None);
             }
             if self.offset >= seg.data_end() {
@@ -390,7 +396,7 @@ impl Watch {
                     self.offset += h.record_len() as u64;
                     continue;
                 }
-                return self.lost(h.revision);
+                return self.lost();
             }
             self.last_seen = h.revision;
             self.offset += h.record_len() as u64;

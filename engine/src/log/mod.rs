@@ -40,7 +40,7 @@ pub struct LogConfig {
 
 impl LogConfig {
     fn prealloc_chunk(&self) -> u64 {
-        (self.segment_size / 16).clamp(4096, 4 << 20)
+        (self.segment_size / 16).clamp(4096, 1 << 20)
     }
 }
 

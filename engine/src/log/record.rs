@@ -1,33 +1,32 @@
 //! Record framing: the unit written to a segment.
 //!
-//! Every record is a fixed 40-byte header followed by the key and the value.
+//! Every record is a fixed 32-byte header followed by the key and the value.
 //! All integers are little-endian. The layout (also in `docs/FORMAT.md`):
 //!
 //! | offset | size | field                                                        |
 //! |-------:|-----:|--------------------------------------------------------------|
 //! | 0      | 4    | crc32 (IEEE, crc32fast) of bytes 4..end of the record        |
 //! | 4      | 1    | record format version, 1                                     |
-//! | 5      | 1    | op: 1 PUT, 2 DEL, 3 PURGE                                    |
-//! | 6      | 1    | flags: bit 0 `BATCH_MORE` (another record of this batch follows) |
-//! | 7      | 1    | reserved, 0                                                  |
-//! | 8      | 2    | key length (1..=1024)                                        |
-//! | 10     | 2    | reserved, 0                                                  |
-//! | 12     | 4    | value length                                                 |
-//! | 16     | 8    | revision                                                     |
-//! | 24     | 8    | created, ms since the Unix epoch                             |
-//! | 32     | 8    | expires, ms since the Unix epoch, 0 for none                 |
-//! | 40     | k    | key bytes                                                    |
-//! | 40+k   | v    | value bytes                                                  |
+//! | 5      | 1    | kind: bits 0-1 op (1 PUT, 2 DEL, 3 PURGE), bit 2 `BATCH_MORE`, other bits 0 |
+//! | 6      | 2    | key length (1..=1024)                                        |
+//! | 8      | 4    | value length                                                 |
+//! | 12     | 8    | revision                                                     |
+//! | 20     | 6    | created, ms since the Unix epoch (48 bits)                   |
+//! | 26     | 6    | expires, ms since the Unix epoch (48 bits), 0 for none       |
+//! | 32     | k    | key bytes                                                    |
+//! | 32+k   | v    | value bytes                                                  |
 //!
 //! An all-zero header marks the end of the written part of a segment
 //! (segments are pre-written with zeros).
 
 /// Length of the fixed record header.
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 32;
+/// Largest time a header holds (48 bits of ms: past the year 10000).
+pub const MAX_TIME_MS: u64 = (1 << 48) - 1;
 /// The record format version written by this build.
 pub const RECORD_VERSION: u8 = 1;
-/// Flag: another record of the same atomic batch follows this one.
-pub const FLAG_BATCH_MORE: u8 = 1;
+/// Flag (in the kind byte): another record of the same atomic batch follows this one.
+pub const FLAG_BATCH_MORE: u8 = 4;
 /// Longest key the format accepts.
 pub const MAX_KEY_LEN: usize = 1024;
 /// Longest value the format accepts (the engine's own limit is lower or equal).
@@ -70,7 +69,7 @@ impl Op {
 pub struct RecordHeader {
     /// PUT, DEL or PURGE.
     pub op: Op,
-    /// Flag bits (`FLAG_BATCH_MORE`).
+    /// Flag bits (`FLAG_BATCH_MORE`), as in the kind byte.
     pub flags: u8,
     /// Key length.
     pub key_len: u16,
@@ -147,6 +146,7 @@ pub fn encoded_len(key_len: usize, value_len: usize) -> usize {
 /// Appends one encoded record to `out`.
 ///
 /// The caller guarantees `key.len()` is 1..=MAX_KEY_LEN and `value.len() <= MAX_VALUE_LEN`.
+/// Times past [`MAX_TIME_MS`] are stored as `MAX_TIME_MS`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     out: &mut Vec<u8>,
@@ -163,13 +163,12 @@ pub fn encode(
     let start = out.len();
     out.reserve(encoded_len(key.len(), value.len()));
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&[RECORD_VERSION, op as u8, flags, 0]);
+    out.extend_from_slice(&[RECORD_VERSION, op as u8 | (flags & FLAG_BATCH_MORE)]);
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(value.len() as u32).to_le_bytes());
     out.extend_from_slice(&revision.to_le_bytes());
-    out.extend_from_slice(&created_ms.to_le_bytes());
-    out.extend_from_slice(&expires_ms.to_le_bytes());
+    out.extend_from_slice(&created_ms.min(MAX_TIME_MS).to_le_bytes()[..6]);
+    out.extend_from_slice(&expires_ms.min(MAX_TIME_MS).to_le_bytes()[..6]);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
     let crc = crc32fast::hash(&out[start + 4..]);
@@ -179,9 +178,9 @@ pub fn encode(
 /// Sets or clears `FLAG_BATCH_MORE` on an encoded record and fixes its checksum.
 pub fn set_batch_more(record: &mut [u8], more: bool) {
     if more {
-        record[6] |= FLAG_BATCH_MORE;
+        record[5] |= FLAG_BATCH_MORE;
     } else {
-        record[6] &= !FLAG_BATCH_MORE;
+        record[5] &= !FLAG_BATCH_MORE;
     }
     let crc = crc32fast::hash(&record[4..]);
     record[..4].copy_from_slice(&crc.to_le_bytes());
@@ -198,20 +197,24 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
 }
+fn u48_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a[..6].copy_from_slice(&b[at..at + 6]);
+    u64::from_le_bytes(a)
+}
 
 /// Decodes the header fields without checking the checksum.
 fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
     if buf.len() < HEADER_LEN {
         return Err(Invalid::Truncated);
     }
-    let op = Op::from_u8(buf[5]).ok_or(Invalid::BadHeader)?;
-    let flags = buf[6];
-    let key_len = u16_at(buf, 8);
-    let value_len = u32_at(buf, 12);
+    let kind = buf[5];
+    let op = Op::from_u8(kind & 3).ok_or(Invalid::BadHeader)?;
+    let flags = kind & FLAG_BATCH_MORE;
+    let key_len = u16_at(buf, 6);
+    let value_len = u32_at(buf, 8);
     if buf[4] != RECORD_VERSION
-        || flags & !FLAG_BATCH_MORE != 0
-        || buf[7] != 0
-        || u16_at(buf, 10) != 0
+        || kind & !(3 | FLAG_BATCH_MORE) != 0
         || key_len == 0
         || key_len as usize > MAX_KEY_LEN
         || value_len as usize > MAX_VALUE_LEN
@@ -223,9 +226,9 @@ fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
         flags,
         key_len,
         value_len,
-        revision: u64_at(buf, 16),
-        created_ms: u64_at(buf, 24),
-        expires_ms: u64_at(buf, 32),
+        revision: u64_at(buf, 12),
+        created_ms: u48_at(buf, 20),
+        expires_ms: u48_at(buf, 26),
     })
 }
 
@@ -265,7 +268,7 @@ pub fn find_next_valid(buf: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     while at + HEADER_LEN <= buf.len() {
         // Cheap filter on the version and op bytes before the checksum.
-        if buf[at + 4] == RECORD_VERSION && Op::from_u8(buf[at + 5]).is_some() {
+        if buf[at + 4] == RECORD_VERSION && Op::from_u8(buf[at + 5] & 3).is_some() {
             if let Decoded::Record(_) = decode(&buf[at..]) {
                 return Some(at);
             }
