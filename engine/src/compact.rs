@@ -31,6 +31,10 @@ use crate::fsutil::sync_dir;
 use crate::log::record::{self, decode, Decoded};
 use crate::log::segment::{Segment, SegmentHeader, SegmentId};
 
+/// A retained record copied into the output: key, revision, old `(slot,
+/// offset)`, offset in the output body, length.
+type Move = (Vec<u8>, u64, (u32, u32), u64, u64);
+
 /// How many records or relocations one lock hold covers.
 const CHUNK: usize = 4096;
 
@@ -130,15 +134,14 @@ impl BucketCore {
             for seg in sealed {
                 let dead = ix.dead_bytes().get(&seg.slot).copied().unwrap_or(0);
                 let live = (seg.data_end() - seg.data_start).saturating_sub(dead);
-                if !self.qualifies(&seg, dead, force)
-                    || (!current.is_empty() && kept + live > self.segment_size)
-                {
-                    if !current.is_empty() {
-                        runs.push(std::mem::take(&mut current));
-                        kept = 0;
-                    }
+                let qualifies = self.qualifies(&seg, dead, force);
+                // A run ends at a segment that stays, or when its output would outgrow a segment.
+                let ends_run = !qualifies || kept + live > self.segment_size;
+                if ends_run && !current.is_empty() {
+                    runs.push(std::mem::take(&mut current));
+                    kept = 0;
                 }
-                if self.qualifies(&seg, dead, force) {
+                if qualifies {
                     kept += live;
                     current.push(seg);
                 }
@@ -174,8 +177,7 @@ impl BucketCore {
     fn compact_run(&self, run: &[Arc<Segment>], report: &mut CompactionReport) -> Result<()> {
         // 1. Copy what the index still points at.
         let mut body: Vec<u8> = Vec::new();
-        // (key, revision, old (slot, offset), offset in body, length)
-        let mut moves: Vec<(Vec<u8>, u64, (u32, u32), u64, u64)> = Vec::new();
+        let mut moves: Vec<Move> = Vec::new();
         for seg in run {
             report.bytes_before += seg.file_len()?;
             let data = seg.range(0, seg.data_end());

@@ -211,7 +211,7 @@ impl Watch {
             let ix = core.index.read();
             let (end, revision) = core.hub.published();
             let mut picked: Vec<(String, Rev)> = Vec::new();
-            let wanted = |r: &Rev| !r.expired(now) && !(opts.ignore_deletes && r.op() != Op::Put);
+            let wanted = |r: &Rev| !(r.expired(now) || opts.ignore_deletes && r.op() != Op::Put);
             if !opts.updates_only || opts.from_revision.is_some() {
                 for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
                     if !subject.matches(k.as_str()) {

@@ -18,7 +18,6 @@ use parking_lot::RwLock;
 use crate::error::{Error, Result};
 use crate::fsutil::write_zeros;
 use crate::fsync::{log_pos, FsyncPolicy, GroupCommit};
-use record::RecordRef;
 use recovery::RecoveryReport;
 use segment::{Segment, SegmentHeader, SegmentId};
 
@@ -135,7 +134,7 @@ impl Log {
         dir: &Path,
         cfg: LogConfig,
         start: recovery::StartAt<'_>,
-        apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
+        apply: recovery::Apply<'_>,
     ) -> Result<Opened> {
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&cfg.segment_size) {
             return Err(Error::Config(format!(

@@ -67,6 +67,9 @@ pub(crate) struct Recovered {
 /// (an index snapshot already covers them). `None`: scan everything.
 pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<(usize, u64)>;
 
+/// Called with `(segment, offset, record)` for every record recovered.
+pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>;
+
 /// Calls `apply(segment, offset, record)` for every record of every complete
 /// batch from the start point on, in log order.
 pub(crate) fn recover(
@@ -74,7 +77,7 @@ pub(crate) fn recover(
     repair: bool,
     next_slot: &dyn Fn() -> u32,
     start: StartAt<'_>,
-    apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
+    apply: Apply<'_>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let mut segments = open_segments(dir, repair, next_slot, &mut report)?;
@@ -197,7 +200,7 @@ fn scan_segment(
     is_last: bool,
     repair: bool,
     report: &mut RecoveryReport,
-    apply: &mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>,
+    apply: Apply<'_>,
 ) -> Result<u64> {
     let file_len = seg.file_len()?;
     let segment = Arc::clone(seg);
