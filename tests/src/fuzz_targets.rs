@@ -15,7 +15,9 @@ pub fn protocol(data: &[u8]) {
         match parse_request(&data[at..], &limits) {
             Ok(Some((req, n))) => {
                 assert!(n > 0 && n <= data.len() - at, "consumed {n} of {}", data.len() - at);
-                assert!(req.args.len() <= limits.max_args);
+                // The element limit is for RESP arrays; an inline line is bounded by its length.
+                let max_words = if req.inline { limits.max_inline } else { limits.max_args };
+                assert!(req.args.len() <= max_words);
                 assert!(req.args.iter().all(|a| a.len() <= limits.max_bulk.max(limits.max_inline)));
                 at += n;
             }
@@ -160,7 +162,8 @@ pub fn ops(data: &[u8]) {
             }
             5 => {
                 drop(b);
-                store = None;
+                // Close before reopening: the directory lock allows one store.
+                drop(store.take());
                 store = Some(Store::open(dir.path(), opts()).expect("reopen"));
             }
             _ => {
