@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
 use crate::index::{Index, Rev};
 use crate::key::{validate_key, Glob, Subject};
-use crate::log::record::{self, decode, Decoded, FLAG_BATCH_MORE};
+use crate::log::record::{self, decode, Decoded, FLAG_BATCH_CONT, FLAG_BATCH_MORE};
 use crate::log::recovery::RecoveryReport;
 use crate::log::segment::Segment;
 use crate::log::{Appender, Log, LogConfig};
@@ -126,7 +126,11 @@ impl BucketCore {
             repair: opts.repair,
         };
         let mut snap = match opts.repair {
-            true => None,
+            // Repair may cut the log below a snapshot's end: never trust one after it.
+            true => {
+                snapshot::remove(dir)?;
+                None
+            }
             false => match snapshot::load(dir) {
                 Ok(s) => s,
                 Err(why) => {
@@ -252,7 +256,7 @@ impl BucketCore {
         let bytes = seg
             .bytes(rev.offset as u64, rev.len())
             .ok_or_else(|| corrupt(seg.path.clone(), "record outside segment"))?;
-        match decode(bytes) {
+        match decode(bytes, seg.header.salt) {
             Decoded::Record(r) if r.header.revision == rev.revision && r.key == key.as_bytes() => {
                 Ok(Entry {
                     bucket: Arc::clone(&self.name),
@@ -432,10 +436,18 @@ impl BucketCore {
         } = &mut *w;
         buf.clear();
         let n = ops.len();
+        let total: usize = ops
+            .iter()
+            .zip(&planned)
+            .map(|(op, (_, value, _))| record::encoded_len(op.key.len(), value.len()))
+            .sum();
+        let salt = self.log.reserve(app, total as u64, first_rev - 1)?;
         for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
-            let flags = if i + 1 < n { FLAG_BATCH_MORE } else { 0 };
+            let more = if i + 1 < n { FLAG_BATCH_MORE } else { 0 };
+            let flags = more | if i > 0 { FLAG_BATCH_CONT } else { 0 };
             record::encode(
                 buf,
+                salt,
                 *rop,
                 flags,
                 first_rev + i as u64,
@@ -445,7 +457,7 @@ impl BucketCore {
                 value,
             );
         }
-        let appended = self.log.append(app, buf, first_rev - 1)?;
+        let appended = self.log.append(app, buf)?;
         {
             let mut ix = self.index.write();
             let mut offset = appended.offset;
@@ -809,7 +821,7 @@ impl BucketCore {
                     (s, end)
                 })
                 .collect();
-            snapshot::encode(&ix, w.next_rev - 1, &segs)
+            snapshot::encode(&ix, w.next_rev - 1, &segs)?
         };
         drop(w);
         snapshot::save(&self.dir, &bytes)

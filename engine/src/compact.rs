@@ -175,6 +175,15 @@ impl BucketCore {
     }
 
     fn compact_run(&self, run: &[Arc<Segment>], report: &mut CompactionReport) -> Result<()> {
+        let ids: Vec<SegmentId> = run.iter().map(|s| s.id).collect();
+        let header = SegmentHeader::new(
+            SegmentId {
+                seq: ids[0].seq,
+                gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1,
+            },
+            self.last_rev.load(Ordering::Acquire),
+            ids.clone(),
+        );
         // 1. Copy what the index still points at.
         let mut body: Vec<u8> = Vec::new();
         let mut moves: Vec<Move> = Vec::new();
@@ -188,7 +197,7 @@ impl BucketCore {
                     if at >= data.len() {
                         break;
                     }
-                    let r = match decode(&data[at..]) {
+                    let r = match decode(&data[at..], seg.header.salt) {
                         Decoded::Record(r) => r,
                         Decoded::End => {
                             at = data.len();
@@ -211,7 +220,7 @@ impl BucketCore {
                         let start = body.len();
                         body.extend_from_slice(&data[at..at + len]);
                         // Batches were applied long ago; a copy stands alone.
-                        record::set_batch_more(&mut body[start..], false);
+                        record::make_standalone(&mut body[start..], header.salt);
                         moves.push((
                             r.key.to_vec(),
                             r.header.revision,
@@ -228,7 +237,6 @@ impl BucketCore {
             }
         }
         report.segments_in += run.len();
-        let ids: Vec<SegmentId> = run.iter().map(|s| s.id).collect();
 
         if moves.is_empty() {
             // Nothing retained: the inputs can go as they are. Deleting them one
@@ -240,14 +248,6 @@ impl BucketCore {
         }
 
         // 2. Write the output and give it its final name.
-        let header = SegmentHeader {
-            id: SegmentId {
-                seq: ids[0].seq,
-                gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1,
-            },
-            revision_watermark: self.last_rev.load(Ordering::Acquire),
-            supersedes: ids.clone(),
-        };
         let base = header.encoded_len() as u64;
         let tmp = Segment::write_tmp(&self.dir, &header, &body)?;
         self.crash_if(CrashPoint::AfterTmpWritten)?;

@@ -35,6 +35,8 @@ struct SegRef {
 pub(crate) struct Snapshot {
     pub last_revision: u64,
     segments: Vec<SegRef>,
+    /// [`tail_crc`] of the last segment at its covered end.
+    tail_crc: u32,
     /// Keys in order, each with its revisions oldest first (`slot` = index into `segments`).
     entries: Vec<(IKey, Vec<Rev>)>,
 }
@@ -95,7 +97,12 @@ pub(crate) fn encode(
     index: &Index,
     last_revision: u64,
     segments: &[(Arc<Segment>, u64)],
-) -> Vec<u8> {
+) -> Result<Vec<u8>> {
+    let Some((last, last_end)) = segments.last() else {
+        return Err(Error::Config(
+            "a snapshot needs at least one segment".into(),
+        ));
+    };
     let slot_to_pos: HashMap<u32, u32> = segments
         .iter()
         .enumerate()
@@ -112,6 +119,7 @@ pub(crate) fn encode(
         out.extend_from_slice(&s.id.gen.to_le_bytes());
         out.extend_from_slice(&end.to_le_bytes());
     }
+    out.extend_from_slice(&tail_crc(last, *last_end).to_le_bytes());
     out.extend_from_slice(&(index.key_count() as u64).to_le_bytes());
     let mut prev: &[u8] = &[];
     let mut revs = Vec::new();
@@ -139,7 +147,17 @@ pub(crate) fn encode(
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    out
+    Ok(out)
+}
+
+/// Bytes of log just before the snapshot's end that it keeps a checksum of.
+const TAIL_CHECK: u64 = 64;
+
+/// Checksum of the last bytes (up to [`TAIL_CHECK`]) before `end` in `seg`:
+/// if the log was cut below the end and written again, they differ.
+fn tail_crc(seg: &Segment, end: u64) -> u32 {
+    let from = end.saturating_sub(TAIL_CHECK).max(seg.data_start);
+    crc32fast::hash(seg.range(from, end))
 }
 
 /// Writes the snapshot file atomically.
@@ -198,6 +216,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
             end,
         });
     }
+    let tail_crc = r.u32()?;
     let nkeys = r.u64()? as usize;
     let mut entries = Vec::with_capacity(nkeys.min(body.len() / 8));
     let mut key: Vec<u8> = Vec::new();
@@ -236,6 +255,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
     Ok(Snapshot {
         last_revision,
         segments,
+        tail_crc,
         entries,
     })
 }
@@ -268,6 +288,12 @@ impl Snapshot {
                     seg.id, snap.end
                 ));
             }
+        }
+        let last_end = self.segments[n - 1].end;
+        if tail_crc(&segments[n - 1], last_end) != self.tail_crc {
+            return Err(
+                "the log before the snapshot's end has changed since it was written".into(),
+            );
         }
         let slots: Vec<u32> = segments[..n].iter().map(|s| s.slot).collect();
         let mut entries = self.entries;

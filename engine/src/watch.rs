@@ -379,7 +379,7 @@ impl Watch {
                 }
             }
             let bytes = seg.range(self.offset, seg.data_end());
-            let rec = match decode(bytes) {
+            let rec = match decode(bytes, seg.header.salt) {
                 Decoded::Record(r) => r,
                 Decoded::End | Decoded::Invalid(_) => {
                     return Err(Error::Corrupt {

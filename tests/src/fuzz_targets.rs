@@ -9,16 +9,31 @@ use logkv_server::protocol::{parse_request, Limits};
 /// The request parser: never panics, never claims more bytes than it was
 /// given, and an error that keeps the connection open always skips forward.
 pub fn protocol(data: &[u8]) {
-    let limits = Limits { max_inline: 1024, max_bulk: 4096, max_args: 16 };
+    let limits = Limits {
+        max_inline: 1024,
+        max_bulk: 4096,
+        max_args: 16,
+    };
     let mut at = 0;
     while at < data.len() {
         match parse_request(&data[at..], &limits) {
             Ok(Some((req, n))) => {
-                assert!(n > 0 && n <= data.len() - at, "consumed {n} of {}", data.len() - at);
+                assert!(
+                    n > 0 && n <= data.len() - at,
+                    "consumed {n} of {}",
+                    data.len() - at
+                );
                 // The element limit is for RESP arrays; an inline line is bounded by its length.
-                let max_words = if req.inline { limits.max_inline } else { limits.max_args };
+                let max_words = if req.inline {
+                    limits.max_inline
+                } else {
+                    limits.max_args
+                };
                 assert!(req.args.len() <= max_words);
-                assert!(req.args.iter().all(|a| a.len() <= limits.max_bulk.max(limits.max_inline)));
+                assert!(req
+                    .args
+                    .iter()
+                    .all(|a| a.len() <= limits.max_bulk.max(limits.max_inline)));
                 at += n;
             }
             Ok(None) => break,
@@ -32,20 +47,39 @@ pub fn protocol(data: &[u8]) {
 }
 
 /// The record decoder: a decoded record re-encodes to the same bytes, and a
-/// damaged copy never decodes.
+/// damaged copy, or the same bytes under another segment's salt, never decodes.
+/// The first four input bytes are the salt.
 pub fn record(data: &[u8]) {
-    if let Decoded::Record(r) = decode(data) {
+    let Some((salt, data)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let salt = u32::from_le_bytes(*salt);
+    if let Decoded::Record(r) = decode(data, salt) {
         let h = r.header;
         let mut again = Vec::new();
-        record::encode(&mut again, h.op, h.flags, h.revision, h.created_ms, h.expires_ms, r.key, r.value);
+        record::encode(
+            &mut again,
+            salt,
+            h.op,
+            h.flags,
+            h.revision,
+            h.created_ms,
+            h.expires_ms,
+            r.key,
+            r.value,
+        );
         assert_eq!(&again[..], &data[..h.record_len()]);
+        assert!(!matches!(
+            decode(&again, salt ^ 0x8000_0001),
+            Decoded::Record(_)
+        ));
         if let Some(last) = again.last_mut() {
             *last ^= 0x40;
-            assert!(!matches!(decode(&again), Decoded::Record(_)));
+            assert!(!matches!(decode(&again, salt), Decoded::Record(_)));
         }
     }
-    if let Some(at) = find_next_valid(data, 0) {
-        assert!(matches!(decode(&data[at..]), Decoded::Record(_)));
+    if let Some(at) = find_next_valid(data, 0, salt) {
+        assert!(matches!(decode(&data[at..], salt), Decoded::Record(_)));
     }
 }
 
@@ -57,11 +91,20 @@ pub fn recovery(data: &[u8]) {
         Ok(d) => d,
         Err(_) => return,
     };
-    let opts = || Options { background: false, fsync: FsyncPolicy::Never, segment_size: 64 * 1024, ..Default::default() };
+    let opts = || Options {
+        background: false,
+        fsync: FsyncPolicy::Never,
+        segment_size: 64 * 1024,
+        ..Default::default()
+    };
     let mut written = Vec::new();
     {
-        let Ok(store) = Store::open(dir.path(), opts()) else { return };
-        let Ok(b) = store.default_bucket() else { return };
+        let Ok(store) = Store::open(dir.path(), opts()) else {
+            return;
+        };
+        let Ok(b) = store.default_bucket() else {
+            return;
+        };
         for i in 0..5u32 {
             let key = format!("k.{i}");
             if let Ok(rev) = b.put(&key, format!("value-{i}")) {
@@ -73,14 +116,20 @@ pub fn recovery(data: &[u8]) {
     // snapshot goes, so recovery has to read them.
     let bucket = dir.path().join("buckets").join("default");
     let _ = std::fs::remove_file(bucket.join("index.snap"));
-    let Some(seg) = std::fs::read_dir(&bucket)
-        .ok()
-        .and_then(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "seg")))
-    else {
+    let Some(seg) = std::fs::read_dir(&bucket).ok().and_then(|rd| {
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+    }) else {
         return;
     };
-    let Ok(mut bytes) = std::fs::read(&seg) else { return };
-    let end = bytes.iter().rposition(|&b| b != 0).map_or(bytes.len(), |p| p + 1);
+    let Ok(mut bytes) = std::fs::read(&seg) else {
+        return;
+    };
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(bytes.len(), |p| p + 1);
     bytes.truncate(end);
     bytes.extend_from_slice(data);
     if std::fs::write(&seg, &bytes).is_err() {
@@ -89,14 +138,24 @@ pub fn recovery(data: &[u8]) {
     let check = |store: &Store| {
         let b = store.default_bucket().expect("default bucket");
         for (key, rev) in &written {
-            let e = b.entry(key).expect("readable").expect("an acknowledged record survives");
+            let e = b
+                .entry(key)
+                .expect("readable")
+                .expect("an acknowledged record survives");
             assert_eq!(e.revision, *rev);
         }
     };
     match Store::open(dir.path(), opts()) {
         Ok(store) => check(&store),
         Err(Error::Corrupt { .. }) => {
-            let store = Store::open(dir.path(), Options { repair: true, ..opts() }).expect("repair opens");
+            let store = Store::open(
+                dir.path(),
+                Options {
+                    repair: true,
+                    ..opts()
+                },
+            )
+            .expect("repair opens");
             check(&store);
         }
         Err(e) => panic!("unexpected error: {e}"),
@@ -107,9 +166,25 @@ pub fn recovery(data: &[u8]) {
 /// reopens mixed in.
 pub fn ops(data: &[u8]) {
     let Ok(dir) = tempfile::tempdir() else { return };
-    let opts = || Options { background: false, fsync: FsyncPolicy::Never, segment_size: 4096, ..Default::default() };
-    let Ok(store) = Store::open(dir.path(), opts()) else { return };
-    if store.create_bucket("m", BucketConfig { history: 2, ..Default::default() }).is_err() {
+    let opts = || Options {
+        background: false,
+        fsync: FsyncPolicy::Never,
+        segment_size: 4096,
+        ..Default::default()
+    };
+    let Ok(store) = Store::open(dir.path(), opts()) else {
+        return;
+    };
+    if store
+        .create_bucket(
+            "m",
+            BucketConfig {
+                history: 2,
+                ..Default::default()
+            },
+        )
+        .is_err()
+    {
         return;
     }
     let mut store = Some(store);
@@ -117,36 +192,54 @@ pub fn ops(data: &[u8]) {
     let mut model: BTreeMap<String, Vec<(u64, Op, Vec<u8>)>> = BTreeMap::new();
     let mut last_rev = 0u64;
     for chunk in data.chunks(3).take(64) {
-        let (op, k, arg) = (chunk[0] % 7, chunk.get(1).copied().unwrap_or(0) % 4, chunk.get(2).copied().unwrap_or(0));
+        let (op, k, arg) = (
+            chunk[0] % 7,
+            chunk.get(1).copied().unwrap_or(0) % 4,
+            chunk.get(2).copied().unwrap_or(0),
+        );
         let key = ["a", "a.b", "b", "c.d.e"][k as usize].to_string();
         let value = vec![b'v', arg];
         let Some(s) = store.as_ref() else { return };
         let b = s.bucket("m").expect("bucket m");
         let latest = model.get(&key).and_then(|v| v.last()).cloned();
         let live = matches!(latest, Some((_, Op::Put, _)));
-        let mut push = |model: &mut BTreeMap<String, Vec<(u64, Op, Vec<u8>)>>, op: Op, v: Vec<u8>| {
-            last_rev += 1;
-            let h = model.entry(key.clone()).or_default();
-            if op == Op::Purge {
-                h.clear();
-            }
-            h.push((last_rev, op, v));
-            if h.len() > 2 {
-                h.remove(0);
-            }
-            last_rev
-        };
+        let mut push =
+            |model: &mut BTreeMap<String, Vec<(u64, Op, Vec<u8>)>>, op: Op, v: Vec<u8>| {
+                last_rev += 1;
+                let h = model.entry(key.clone()).or_default();
+                if op == Op::Purge {
+                    h.clear();
+                }
+                h.push((last_rev, op, v));
+                if h.len() > 2 {
+                    h.remove(0);
+                }
+                last_rev
+            };
         match op {
-            0 => assert_eq!(b.put(&key, value.clone()).ok(), Some(push(&mut model, Op::Put, value))),
-            1 => assert_eq!(b.delete(&key).ok(), Some(push(&mut model, Op::Del, Vec::new()))),
-            2 => assert_eq!(b.purge(&key).ok(), Some(push(&mut model, Op::Purge, Vec::new()))),
+            0 => assert_eq!(
+                b.put(&key, value.clone()).ok(),
+                Some(push(&mut model, Op::Put, value))
+            ),
+            1 => assert_eq!(
+                b.delete(&key).ok(),
+                Some(push(&mut model, Op::Del, Vec::new()))
+            ),
+            2 => assert_eq!(
+                b.purge(&key).ok(),
+                Some(push(&mut model, Op::Purge, Vec::new()))
+            ),
             3 => match b.create(&key, value.clone()) {
                 Ok(rev) => assert_eq!((live, rev), (false, push(&mut model, Op::Put, value))),
                 Err(Error::Exists) => assert!(live),
                 Err(e) => panic!("{e}"),
             },
             4 => {
-                let expected = if arg % 2 == 0 { latest.as_ref().map_or(0, |l| l.0) } else { u64::from(arg) };
+                let expected = if arg % 2 == 0 {
+                    latest.as_ref().map_or(0, |l| l.0)
+                } else {
+                    u64::from(arg)
+                };
                 let ok = match &latest {
                     None => expected == 0,
                     Some(l) => expected == l.0 && expected != 0,
@@ -175,7 +268,12 @@ pub fn ops(data: &[u8]) {
     if let Some(s) = store {
         let b = s.bucket("m").expect("bucket m");
         for (key, revs) in &model {
-            let got: Vec<(u64, Op)> = b.history(key).expect("history").iter().map(|e| (e.revision, e.op)).collect();
+            let got: Vec<(u64, Op)> = b
+                .history(key)
+                .expect("history")
+                .iter()
+                .map(|e| (e.revision, e.op))
+                .collect();
             let want: Vec<(u64, Op)> = revs.iter().map(|r| (r.0, r.1)).collect();
             assert_eq!(got, want, "history of {key}");
         }

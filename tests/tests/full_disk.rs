@@ -29,11 +29,18 @@ fn small_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
 fn full_disk_fails_writes_cleanly_and_loses_nothing() {
     let base = tempfile::tempdir().unwrap();
     let Some(mount) = small_tmpfs(base.path(), "3m") else {
-        println!("skipped: cannot mount a small tmpfs here (needs root); the full-disk test did not run");
+        println!(
+            "skipped: cannot mount a small tmpfs here (needs root); the full-disk test did not run"
+        );
         return;
     };
     let dir = mount.0.join("store");
-    let opts = || Options { background: false, fsync: FsyncPolicy::Always, segment_size: 256 * 1024, ..Default::default() };
+    let opts = || Options {
+        background: false,
+        fsync: FsyncPolicy::Always,
+        segment_size: 256 * 1024,
+        ..Default::default()
+    };
     let store = Store::open(&dir, opts()).unwrap();
     let b = store.default_bucket().unwrap();
     let value = vec![b'x'; 2000];
@@ -48,8 +55,16 @@ fn full_disk_fails_writes_cleanly_and_loses_nothing() {
     };
     match &err {
         Error::Io { source, path } => {
-            assert_eq!(source.raw_os_error(), Some(28), "ENOSPC expected, got {source}");
-            assert!(path.starts_with(&dir), "the error names the file: {}", path.display());
+            assert_eq!(
+                source.raw_os_error(),
+                Some(28),
+                "ENOSPC expected, got {source}"
+            );
+            assert!(
+                path.starts_with(&dir),
+                "the error names the file: {}",
+                path.display()
+            );
         }
         other => panic!("expected an I/O error, got {other}"),
     }
@@ -69,7 +84,10 @@ fn full_disk_fails_writes_cleanly_and_loses_nothing() {
     let store = Store::open(&dir, opts()).unwrap();
     let b = store.default_bucket().unwrap();
     for (key, rev) in &acked[1..] {
-        let e = b.entry(key).unwrap().expect("acknowledged write survives a full disk and a reopen");
+        let e = b
+            .entry(key)
+            .unwrap()
+            .expect("acknowledged write survives a full disk and a reopen");
         assert_eq!(e.revision, *rev);
     }
     assert_eq!(b.get("more").unwrap(), None);

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use logkv_tests::fuzz_targets;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()))
         .map(|e| {
@@ -29,17 +31,34 @@ fn random_inputs(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
         x ^= x << 17;
         x
     };
-    (0..count).map(|_| (0..(next() as usize % max_len)).map(|_| next() as u8).collect()).collect()
+    (0..count)
+        .map(|_| {
+            (0..(next() as usize % max_len))
+                .map(|_| next() as u8)
+                .collect()
+        })
+        .collect()
 }
 
 fn replay(target: &str, run: fn(&[u8]), randoms: usize, max_len: usize) {
     let mut inputs = corpus(target);
-    for (i, r) in random_inputs(0x9E37_79B9_7F4A_7C15 ^ target.len() as u64, randoms, max_len).into_iter().enumerate() {
+    for (i, r) in random_inputs(
+        0x9E37_79B9_7F4A_7C15 ^ target.len() as u64,
+        randoms,
+        max_len,
+    )
+    .into_iter()
+    .enumerate()
+    {
         inputs.push((PathBuf::from(format!("random-{i}")), r));
     }
     for (path, bytes) in inputs {
         let result = std::panic::catch_unwind(|| run(&bytes));
-        assert!(result.is_ok(), "fuzz target {target} failed on {}", path.display());
+        assert!(
+            result.is_ok(),
+            "fuzz target {target} failed on {}",
+            path.display()
+        );
     }
 }
 

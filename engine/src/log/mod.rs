@@ -164,11 +164,8 @@ impl Log {
                 (active, pos)
             }
             None => {
-                let header = SegmentHeader {
-                    id: SegmentId { seq: 1, gen: 0 },
-                    revision_watermark: rec.watermark,
-                    supersedes: Vec::new(),
-                };
+                let header =
+                    SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
                 let active = Arc::new(Segment::create(
                     dir,
                     alloc(),
@@ -259,19 +256,32 @@ impl Log {
         self.segments.read().order.len()
     }
 
-    /// Appends an encoded batch. `watermark` is the bucket's last revision,
-    /// written into the header of a new segment if this append rotates.
-    pub fn append(&self, app: &mut Appender, batch: &[u8], watermark: u64) -> Result<Appended> {
+    /// Makes room for a batch of `len` bytes, rotating to a new segment if the
+    /// active one cannot hold it, and returns the salt its records must be
+    /// encoded with. `watermark` is the bucket's last revision, written into the
+    /// header of a new segment.
+    pub fn reserve(&self, app: &mut Appender, len: u64, watermark: u64) -> Result<u32> {
+        self.commit.check()?;
+        if app.pos + len > app.active.capacity() {
+            self.rotate(app, watermark, len)?;
+        }
+        Ok(app.active.header.salt)
+    }
+
+    /// Appends a batch encoded for the salt [`Log::reserve`] returned.
+    pub fn append(&self, app: &mut Appender, batch: &[u8]) -> Result<Appended> {
         self.commit.check()?;
         let len = batch.len() as u64;
+        if app.pos + len > app.active.capacity() {
+            return Err(Error::BadArgument(format!(
+                "a batch of {len} bytes was appended without reserving room"
+            )));
+        }
         if app.dirty_tail > 0 {
             let to = (app.pos + app.dirty_tail).min(app.file_len);
             write_zeros(app.active.file(), app.pos, to)
                 .map_err(|e| Error::io(&app.active.path, e))?;
             app.dirty_tail = 0;
-        }
-        if app.pos + len > app.active.capacity() {
-            self.rotate(app, watermark, len)?;
         }
         if app.pos + len > app.file_len {
             let grow_to = (app.pos + len)
@@ -305,14 +315,14 @@ impl Log {
         let io = |e| Error::io(&old.path, e);
         old.file().set_len(app.pos).map_err(io)?;
         old.file().sync_data().map_err(io)?;
-        let header = SegmentHeader {
-            id: SegmentId {
+        let header = SegmentHeader::new(
+            SegmentId {
                 seq: old.id.seq + 1,
                 gen: 0,
             },
-            revision_watermark: watermark,
-            supersedes: Vec::new(),
-        };
+            watermark,
+            Vec::new(),
+        );
         let capacity = self
             .cfg
             .segment_size

@@ -5,9 +5,9 @@
 //!
 //! | offset | size | field                                                        |
 //! |-------:|-----:|--------------------------------------------------------------|
-//! | 0      | 4    | crc32 (IEEE, crc32fast) of bytes 4..end of the record        |
+//! | 0      | 4    | crc32 (IEEE, crc32fast) of the segment's salt (4 bytes) then bytes 4..end of the record |
 //! | 4      | 1    | record format version, 1                                     |
-//! | 5      | 1    | kind: bits 0-1 op (1 PUT, 2 DEL, 3 PURGE), bit 2 `BATCH_MORE`, other bits 0 |
+//! | 5      | 1    | kind: bits 0-1 op (1 PUT, 2 DEL, 3 PURGE), bit 2 `BATCH_MORE`, bit 3 `BATCH_CONT`, other bits 0 |
 //! | 6      | 2    | key length (1..=1024)                                        |
 //! | 8      | 4    | value length                                                 |
 //! | 12     | 8    | revision                                                     |
@@ -18,6 +18,10 @@
 //!
 //! An all-zero header marks the end of the written part of a segment
 //! (segments are pre-written with zeros).
+//!
+//! The checksum starts with the segment's random salt (from its header), so
+//! bytes that merely look like a record — a record stored inside a value, a
+//! copy of another log — never pass as a record of this segment.
 
 /// Length of the fixed record header.
 pub const HEADER_LEN: usize = 32;
@@ -27,6 +31,9 @@ pub const MAX_TIME_MS: u64 = (1 << 48) - 1;
 pub const RECORD_VERSION: u8 = 1;
 /// Flag (in the kind byte): another record of the same atomic batch follows this one.
 pub const FLAG_BATCH_MORE: u8 = 4;
+/// Flag (in the kind byte): this record continues a batch (it is not its first).
+pub const FLAG_BATCH_CONT: u8 = 8;
+const FLAGS: u8 = FLAG_BATCH_MORE | FLAG_BATCH_CONT;
 /// Longest key the format accepts.
 pub const MAX_KEY_LEN: usize = 1024;
 /// Longest value the format accepts (the engine's own limit is lower or equal).
@@ -93,6 +100,11 @@ impl RecordHeader {
     pub fn batch_more(&self) -> bool {
         self.flags & FLAG_BATCH_MORE != 0
     }
+
+    /// Whether this record continues a batch begun by an earlier record.
+    pub fn batch_cont(&self) -> bool {
+        self.flags & FLAG_BATCH_CONT != 0
+    }
 }
 
 /// A record borrowed from a segment (or any buffer).
@@ -143,6 +155,14 @@ pub fn encoded_len(key_len: usize, value_len: usize) -> usize {
     HEADER_LEN + key_len + value_len
 }
 
+/// The checksum of a record body (bytes 4..end) in a segment with this salt.
+pub fn checksum(salt: u32, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&salt.to_le_bytes());
+    h.update(body);
+    h.finalize()
+}
+
 /// Appends one encoded record to `out`.
 ///
 /// The caller guarantees `key.len()` is 1..=MAX_KEY_LEN and `value.len() <= MAX_VALUE_LEN`.
@@ -150,6 +170,7 @@ pub fn encoded_len(key_len: usize, value_len: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     out: &mut Vec<u8>,
+    salt: u32,
     op: Op,
     flags: u8,
     revision: u64,
@@ -163,7 +184,7 @@ pub fn encode(
     let start = out.len();
     out.reserve(encoded_len(key.len(), value.len()));
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&[RECORD_VERSION, op as u8 | (flags & FLAG_BATCH_MORE)]);
+    out.extend_from_slice(&[RECORD_VERSION, op as u8 | (flags & FLAGS)]);
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(&(value.len() as u32).to_le_bytes());
     out.extend_from_slice(&revision.to_le_bytes());
@@ -171,18 +192,15 @@ pub fn encode(
     out.extend_from_slice(&expires_ms.min(MAX_TIME_MS).to_le_bytes()[..6]);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
-    let crc = crc32fast::hash(&out[start + 4..]);
+    let crc = checksum(salt, &out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Sets or clears `FLAG_BATCH_MORE` on an encoded record and fixes its checksum.
-pub fn set_batch_more(record: &mut [u8], more: bool) {
-    if more {
-        record[5] |= FLAG_BATCH_MORE;
-    } else {
-        record[5] &= !FLAG_BATCH_MORE;
-    }
-    let crc = crc32fast::hash(&record[4..]);
+/// Makes an encoded record a batch of its own (clears both batch flags) and
+/// checksums it for a segment with `salt`. Compaction copies records this way.
+pub fn make_standalone(record: &mut [u8], salt: u32) {
+    record[5] &= !FLAGS;
+    let crc = checksum(salt, &record[4..]);
     record[..4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -204,17 +222,17 @@ fn u48_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// Decodes the header fields without checking the checksum.
-fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
+pub fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
     if buf.len() < HEADER_LEN {
         return Err(Invalid::Truncated);
     }
     let kind = buf[5];
     let op = Op::from_u8(kind & 3).ok_or(Invalid::BadHeader)?;
-    let flags = kind & FLAG_BATCH_MORE;
+    let flags = kind & FLAGS;
     let key_len = u16_at(buf, 6);
     let value_len = u32_at(buf, 8);
     if buf[4] != RECORD_VERSION
-        || kind & !(3 | FLAG_BATCH_MORE) != 0
+        || kind & !(3 | FLAGS) != 0
         || key_len == 0
         || key_len as usize > MAX_KEY_LEN
         || value_len as usize > MAX_VALUE_LEN
@@ -232,8 +250,9 @@ fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
     })
 }
 
-/// Decodes the record at the start of `buf`, verifying its checksum.
-pub fn decode(buf: &[u8]) -> Decoded<'_> {
+/// Decodes the record at the start of `buf`, verifying its checksum against
+/// the salt of the segment it is in.
+pub fn decode(buf: &[u8], salt: u32) -> Decoded<'_> {
     let head = &buf[..buf.len().min(HEADER_LEN)];
     if head.iter().all(|&b| b == 0) {
         // Zeros (or nothing) where a header would start: the end of written data.
@@ -249,7 +268,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
         return Decoded::Invalid(Invalid::Truncated);
     }
     let stored = u32_at(buf, 0);
-    if crc32fast::hash(&buf[4..len]) != stored {
+    if checksum(salt, &buf[4..len]) != stored {
         return Decoded::Invalid(Invalid::BadChecksum);
     }
     let key_end = HEADER_LEN + header.key_len as usize;
@@ -264,12 +283,12 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 ///
 /// Used by recovery to tell a torn tail (nothing valid follows) from corruption
 /// in the middle, and by repair to resume after a damaged region.
-pub fn find_next_valid(buf: &[u8], from: usize) -> Option<usize> {
+pub fn find_next_valid(buf: &[u8], from: usize, salt: u32) -> Option<usize> {
     let mut at = from;
     while at + HEADER_LEN <= buf.len() {
         // Cheap filter on the version and op bytes before the checksum.
         if buf[at + 4] == RECORD_VERSION && Op::from_u8(buf[at + 5] & 3).is_some() {
-            if let Decoded::Record(_) = decode(&buf[at..]) {
+            if let Decoded::Record(_) = decode(&buf[at..], salt) {
                 return Some(at);
             }
         }
@@ -282,9 +301,11 @@ pub fn find_next_valid(buf: &[u8], from: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    const SALT: u32 = 0x5EED_CAFE;
+
     fn one(op: Op, key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(&mut out, op, 0, 42, 1_700_000_000_000, 7, key, value);
+        encode(&mut out, SALT, op, 0, 42, 1_700_000_000_000, 7, key, value);
         out
     }
 
@@ -293,7 +314,7 @@ mod tests {
         for op in [Op::Put, Op::Del, Op::Purge] {
             let buf = one(op, b"a.b", b"value");
             assert_eq!(buf.len(), encoded_len(3, 5));
-            match decode(&buf) {
+            match decode(&buf, SALT) {
                 Decoded::Record(r) => {
                     assert_eq!(r.header.op, op);
                     assert_eq!(r.header.revision, 42);
@@ -309,29 +330,41 @@ mod tests {
     }
 
     #[test]
-    fn batch_flag_round_trips_and_keeps_checksum_valid() {
-        let mut buf = one(Op::Put, b"k", b"v");
-        set_batch_more(&mut buf, true);
-        match decode(&buf) {
-            Decoded::Record(r) => assert!(r.header.batch_more()),
+    fn batch_flags_round_trip_and_standalone_keeps_checksum_valid() {
+        let mut buf = Vec::new();
+        encode(
+            &mut buf,
+            SALT,
+            Op::Put,
+            FLAG_BATCH_MORE | FLAG_BATCH_CONT,
+            1,
+            2,
+            0,
+            b"k",
+            b"v",
+        );
+        match decode(&buf, SALT) {
+            Decoded::Record(r) => assert!(r.header.batch_more() && r.header.batch_cont()),
             other => panic!("{other:?}"),
         }
-        set_batch_more(&mut buf, false);
-        assert!(matches!(decode(&buf), Decoded::Record(r) if !r.header.batch_more()));
+        make_standalone(&mut buf, SALT);
+        assert!(
+            matches!(decode(&buf, SALT), Decoded::Record(r) if !r.header.batch_more() && !r.header.batch_cont())
+        );
     }
 
     #[test]
     fn zeros_are_the_end() {
-        assert!(matches!(decode(&[]), Decoded::End));
-        assert!(matches!(decode(&[0; 100]), Decoded::End));
-        assert!(matches!(decode(&[0; 3]), Decoded::End));
+        assert!(matches!(decode(&[], SALT), Decoded::End));
+        assert!(matches!(decode(&[0; 100], SALT), Decoded::End));
+        assert!(matches!(decode(&[0; 3], SALT), Decoded::End));
     }
 
     #[test]
     fn every_truncation_is_invalid_never_a_record() {
         let buf = one(Op::Put, b"key", b"some value");
         for cut in 1..buf.len() {
-            match decode(&buf[..cut]) {
+            match decode(&buf[..cut], SALT) {
                 Decoded::Record(_) => panic!("truncated at {cut} decoded as a record"),
                 Decoded::End | Decoded::Invalid(_) => {}
             }
@@ -346,7 +379,7 @@ mod tests {
                 let mut bad = buf.clone();
                 bad[byte] ^= 1 << bit;
                 assert!(
-                    !matches!(decode(&bad), Decoded::Record(_)),
+                    !matches!(decode(&bad, SALT), Decoded::Record(_)),
                     "flip of byte {byte} bit {bit} went unnoticed"
                 );
             }
@@ -354,11 +387,25 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_only_valid_in_a_segment_with_its_salt() {
+        let buf = one(Op::Put, b"k", b"v");
+        assert!(matches!(decode(&buf, SALT), Decoded::Record(_)));
+        assert!(matches!(
+            decode(&buf, SALT ^ 1),
+            Decoded::Invalid(Invalid::BadChecksum)
+        ));
+        // A record stored inside a value is just bytes in another segment.
+        let mut outer = Vec::new();
+        encode(&mut outer, SALT ^ 1, Op::Put, 0, 9, 1, 0, b"blob", &buf);
+        assert_eq!(find_next_valid(&outer, 1, SALT ^ 1), None);
+    }
+
+    #[test]
     fn find_next_valid_skips_garbage() {
         let mut buf = vec![0xAB; 17];
         let rec = one(Op::Put, b"k", b"v");
         buf.extend_from_slice(&rec);
-        assert_eq!(find_next_valid(&buf, 0), Some(17));
-        assert_eq!(find_next_valid(&buf, 18), None);
+        assert_eq!(find_next_valid(&buf, 0, SALT), Some(17));
+        assert_eq!(find_next_valid(&buf, 18, SALT), None);
     }
 }

@@ -208,8 +208,29 @@ fn scan_segment(
     let mut at = (from as usize).min(buf.len());
     let mut batch_start = at;
     let mut pending: Vec<(usize, RecordRef<'_>)> = Vec::new();
+    let salt = seg.header.salt;
     loop {
-        let problem = match decode(&buf[at..]) {
+        let problem = match decode(&buf[at..], salt) {
+            Decoded::Record(r) if r.header.batch_cont() == pending.is_empty() => {
+                if pending.is_empty() {
+                    "a batch continues without its first record".to_string()
+                } else if repair {
+                    // A new batch starts while one is open: drop the unfinished
+                    // one and go on from this record.
+                    tracing::warn!(file = %seg.path.display(), offset = batch_start, "repair: dropping an unfinished batch");
+                    report.skipped.push(Skipped {
+                        path: seg.path.clone(),
+                        offset: batch_start as u64,
+                        bytes: (at - batch_start) as u64,
+                        reason: "a batch is not finished".into(),
+                    });
+                    pending.clear();
+                    batch_start = at;
+                    continue;
+                } else {
+                    "a batch is not finished".to_string()
+                }
+            }
             Decoded::Record(r) => {
                 let len = r.header.record_len();
                 pending.push((at, r));
@@ -235,8 +256,10 @@ fn scan_segment(
             }
             Decoded::Invalid(why) => why.to_string(),
         };
-        // `at` is not the start of a valid record (or a batch is unfinished).
-        let next = find_next_valid(buf, at + 1);
+        // `at` is not the start of a usable record (damaged, or a batch out of place).
+        // Checksums are salted per segment, so bytes inside a damaged record's
+        // value (even an encoded record) never pass as the next record.
+        let next = find_next_valid(buf, at + 1, salt);
         if is_last && next.is_none() {
             let cut = (buf.len() - batch_start) as u64;
             let nonzero_end = buf

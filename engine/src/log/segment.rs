@@ -70,9 +70,25 @@ pub struct SegmentHeader {
     pub revision_watermark: u64,
     /// Segments whose retained records this file holds (compaction output).
     pub supersedes: Vec<SegmentId>,
+    /// Random value mixed into every record checksum of this segment.
+    pub salt: u32,
 }
 
 impl SegmentHeader {
+    /// A header for a new segment, with a fresh random salt.
+    pub fn new(
+        id: SegmentId,
+        revision_watermark: u64,
+        supersedes: Vec<SegmentId>,
+    ) -> SegmentHeader {
+        SegmentHeader {
+            id,
+            revision_watermark,
+            supersedes,
+            salt: random_salt(),
+        }
+    }
+
     /// Encoded length, a multiple of 8.
     pub fn encoded_len(&self) -> usize {
         (FIXED_HEADER + 16 * self.supersedes.len() + 4).div_ceil(8) * 8
@@ -90,7 +106,8 @@ impl SegmentHeader {
         b.extend_from_slice(&self.id.gen.to_le_bytes());
         b.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.revision_watermark.to_le_bytes());
-        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&self.salt.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
         for s in &self.supersedes {
             b.extend_from_slice(&s.seq.to_le_bytes());
             b.extend_from_slice(&s.gen.to_le_bytes());
@@ -146,8 +163,24 @@ impl SegmentHeader {
             },
             revision_watermark: rd64(32),
             supersedes,
+            salt: rd32(40),
         })
     }
+}
+
+/// A random salt from the standard library's randomly seeded hasher, the
+/// time and the process id (no cryptographic strength needed: it only has to
+/// be unknown to whoever chooses values).
+fn random_salt() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish() as u32
 }
 
 /// An open segment: its file and a read-only map of it.
@@ -361,11 +394,11 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_damage() {
-        let h = SegmentHeader {
-            id: SegmentId { seq: 9, gen: 2 },
-            revision_watermark: 77,
-            supersedes: vec![SegmentId { seq: 9, gen: 1 }, SegmentId { seq: 10, gen: 0 }],
-        };
+        let h = SegmentHeader::new(
+            SegmentId { seq: 9, gen: 2 },
+            77,
+            vec![SegmentId { seq: 9, gen: 1 }, SegmentId { seq: 10, gen: 0 }],
+        );
         let b = h.encode();
         assert_eq!(b.len(), h.encoded_len());
         assert_eq!(b.len() % 8, 0);
@@ -384,11 +417,7 @@ mod tests {
     #[test]
     fn create_then_open() {
         let dir = tempfile::tempdir().unwrap();
-        let h = SegmentHeader {
-            id: SegmentId { seq: 1, gen: 0 },
-            revision_watermark: 0,
-            supersedes: vec![],
-        };
+        let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
         let seg = Segment::create(dir.path(), 1, h.clone(), 1 << 20, 4096).unwrap();
         assert_eq!(seg.file_len().unwrap(), 4096);
         assert_eq!(seg.capacity(), 1 << 20);
