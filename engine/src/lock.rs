@@ -20,6 +20,11 @@ impl DirLock {
     /// The lock is an `flock` on `dir/LOCK` (std's `File::try_lock`): it belongs to
     /// the open file description, so a second open in the same process fails too,
     /// and the kernel releases it if the process dies.
+    ///
+    /// One consequence: while another thread of this process is spawning a
+    /// child, the child briefly shares the descriptor (between `fork` and
+    /// `exec`, which closes it), so a store closed at that moment may still
+    /// read as locked for that instant.
     pub fn acquire(dir: &Path) -> Result<DirLock> {
         let path = dir.join(LOCK_FILE);
         let file = OpenOptions::new()
