@@ -1,0 +1,192 @@
+//! The command line of `logkv-server`.
+//!
+//! Parsed with clap's derive API: standard GNU-style flags, `--help`/`--version` generated
+//! from these doc comments, environment-variable fallbacks and consistent error messages,
+//! all without hand-written parsing code.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use logkv::FsyncPolicy;
+
+use crate::config::{parse_fsync, ServerConfig};
+use crate::protocol::Limits;
+
+const AFTER_HELP: &str = "\
+Examples:
+  logkv-server
+      Serve ./data on 127.0.0.1:7379 (loopback only), every write fsynced.
+  logkv-server --data-dir /var/lib/logkv --fsync interval=1000
+      Batch fsyncs once a second, like Redis `appendfsync everysec`.
+  LOGKV_PASSWORD=s3cret logkv-server --listen 0.0.0.0:7379
+      Accept clients from the network; they must send `AUTH s3cret` first.
+
+Talk to it with any Redis client or with a plain TCP tool:
+  redis-cli -p 7379 PUT greeting hello
+  printf 'GET greeting\\r\\n' | nc -q1 127.0.0.1 7379
+
+Sizes accept the suffixes k/KiB, m/MiB and g/GiB (powers of 1024), e.g. --max-bulk 16MiB.
+Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (default info).
+Stop the server with Ctrl-C or SIGTERM: it finishes in-flight requests, syncs and exits.
+The wire protocol is described in docs/PROTOCOL.md.";
+
+/// logkv-server: a key/value server with revisions, history, TTLs and watches, speaking the
+/// Redis protocol (RESP2/RESP3) and plain text lines.
+#[derive(Debug, Parser)]
+#[command(name = "logkv-server", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Address to listen on, as host:port. A non-loopback address needs a password (or
+    /// --unprotected).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7379")]
+    pub listen: String,
+
+    /// Directory holding the data; created if missing. Only one server can use it at a time.
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// When writes reach stable storage: `always` (before each reply; concurrent clients
+    /// share fsyncs), `interval=<ms>` (in the background every <ms> milliseconds) or `never`
+    /// (left to the OS; still synced at shutdown).
+    #[arg(long, value_name = "POLICY", default_value = "always", value_parser = parse_fsync)]
+    pub fsync: FsyncPolicy,
+
+    /// Require clients to send `AUTH <password>` before anything else. Prefer the
+    /// LOGKV_PASSWORD environment variable: command lines are visible to other users.
+    #[arg(
+        long,
+        env = "LOGKV_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<String>,
+
+    /// Most simultaneous client connections; extra ones get an error and are closed.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Longest inline (text) request line.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_inline: usize,
+
+    /// Longest RESP bulk string (one argument, e.g. a value).
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
+    pub max_bulk: usize,
+
+    /// Most elements in one RESP request array (the verb included).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_args: usize,
+
+    /// Most unanswered output held for one connection; a larger reply is replaced by an error.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_output: usize,
+
+    /// Largest single request (all its arguments together).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_request: usize,
+
+    /// Allow listening on a non-loopback address without a password. Anyone who can reach
+    /// the port can then read and change everything: use only on a trusted network.
+    #[arg(long)]
+    pub unprotected: bool,
+}
+
+impl Cli {
+    /// The server configuration these flags describe.
+    pub fn into_config(self) -> ServerConfig {
+        let mut config = ServerConfig::new(self.data_dir);
+        config.listen = self.listen;
+        config.fsync = self.fsync;
+        config.password = self.password.filter(|p| !p.is_empty());
+        config.max_connections = self.max_connections;
+        config.limits = Limits {
+            max_inline: self.max_inline,
+            max_bulk: self.max_bulk,
+            max_args: self.max_args,
+        };
+        config.max_output = self.max_output;
+        config.max_request = self.max_request;
+        config.unprotected = self.unprotected;
+        config
+    }
+}
+
+/// Parses a byte size: a number with an optional suffix `k`/`KiB`, `m`/`MiB`, `g`/`GiB`
+/// (case-insensitive, powers of 1024) or `b`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64KiB, 8MiB)"))?;
+    let mult: usize = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown size suffix {other:?}")),
+    };
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if v == 0 {
+        return Err(format!("{s:?}: must be greater than 0"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::parse_from(["logkv-server"]);
+        let c = cli.into_config();
+        assert_eq!(c.listen, "127.0.0.1:7379");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.max_output, 64 << 20);
+        assert!(!c.unprotected);
+    }
+
+    #[test]
+    fn flags() {
+        let cli = Cli::parse_from([
+            "logkv-server",
+            "--listen",
+            "0.0.0.0:1",
+            "--fsync",
+            "interval=250",
+            "--password",
+            "pw",
+            "--max-bulk",
+            "1MiB",
+            "--unprotected",
+        ]);
+        let c = cli.into_config();
+        assert_eq!(c.listen, "0.0.0.0:1");
+        assert_eq!(
+            c.fsync,
+            FsyncPolicy::Interval(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        assert_eq!(c.limits.max_bulk, 1 << 20);
+        assert!(c.unprotected);
+        assert!(Cli::try_parse_from(["logkv-server", "--fsync", "bogus"]).is_err());
+    }
+}

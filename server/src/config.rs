@@ -1,0 +1,90 @@
+//! Server configuration, independent of how it was given (CLI flags or code).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use logkv::FsyncPolicy;
+
+use crate::protocol::Limits;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port` (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// The store directory.
+    pub data_dir: PathBuf,
+    /// When writes become durable.
+    pub fsync: FsyncPolicy,
+    /// The password clients must give with `AUTH`; `None` for none.
+    pub password: Option<String>,
+    /// Most simultaneous client connections; more are told so and closed.
+    pub max_connections: usize,
+    /// Request size limits (inline line, bulk string, array elements).
+    pub limits: Limits,
+    /// Largest unanswered output per connection, in bytes: the most one reply may take
+    /// (larger replies are replaced by an error).
+    pub max_output: usize,
+    /// Largest single request, in bytes, all arguments together.
+    pub max_request: usize,
+    /// Allow listening on a non-loopback address without a password.
+    pub unprotected: bool,
+    /// How long shutdown waits for connections to finish what they are doing.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults of the command line, with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:7379".into(),
+            data_dir: data_dir.into(),
+            fsync: FsyncPolicy::Always,
+            password: None,
+            max_connections: 10_000,
+            limits: Limits::default(),
+            max_output: 64 << 20,
+            max_request: 64 << 20,
+            unprotected: false,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Parses an fsync policy: `always`, `never`, or `interval=<ms>`.
+pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        _ => {
+            let ms = lower
+                .strip_prefix("interval=")
+                .ok_or_else(|| format!("{s:?}: expected always, never or interval=<ms>"))?;
+            match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => Ok(FsyncPolicy::Interval(Duration::from_millis(ms))),
+                _ => Err(format!(
+                    "{s:?}: the interval must be a positive number of milliseconds"
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policies() {
+        assert_eq!(parse_fsync("always"), Ok(FsyncPolicy::Always));
+        assert_eq!(parse_fsync("NEVER"), Ok(FsyncPolicy::Never));
+        assert_eq!(
+            parse_fsync("interval=1000"),
+            Ok(FsyncPolicy::Interval(Duration::from_secs(1)))
+        );
+        assert!(parse_fsync("interval=0").is_err());
+        assert!(parse_fsync("interval=x").is_err());
+        assert!(parse_fsync("sometimes").is_err());
+    }
+}

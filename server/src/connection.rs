@@ -1,0 +1,344 @@
+//! One client connection: buffers, the read / execute / write loop, pipelining,
+//! durability waits and watch delivery.
+//!
+//! The loop, for each batch of bytes read:
+//!
+//! 1. parse every complete request in the read buffer and execute them in order, each
+//!    encoding its reply straight into the output buffer (writes use `write_nowait` and
+//!    leave a durability ticket per bucket);
+//! 2. before the output is written: if there are tickets, wait once per bucket for
+//!    durability on the blocking pool (`wait_durable` may fsync; concurrent connections
+//!    share one fsync = group commit);
+//! 3. write the whole output at once.
+//!
+//! Buffers start empty and grow only as requests need. The read buffer is given back
+//! whenever it has been fully consumed and the output buffer whenever it grew past
+//! [`OUT_KEEP`], so an idle connection holds little more than its task and session
+//! (under 2 KiB measured, plus the kernel's socket buffers). The output is flushed early
+//! (same durability rule) whenever it passes [`FLUSH_AT`] in the middle of a long
+//! pipeline, so replies never pile up beyond that plus one reply; a single reply over
+//! `max_output` is replaced by an error.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::error;
+
+use crate::protocol::{parse_request, Reply};
+use crate::server::Shared;
+use crate::session::{Flow, Session};
+
+/// First read size (and what it falls back to after small reads).
+const READ_MIN: usize = 4 * 1024;
+/// Largest single read when the client keeps the buffer full (long pipelines).
+const READ_MAX: usize = 64 * 1024;
+/// Output capacity kept between batches; a larger buffer is given back after a write.
+const OUT_KEEP: usize = 4 * 1024;
+/// Output size that triggers a write in the middle of a pipeline.
+const FLUSH_AT: usize = 64 * 1024;
+/// Watch events are pulled only while the pending output is below this.
+const WATCH_HIGH_WATER: usize = 1024 * 1024;
+
+/// How long, and for how many bytes, a closing connection discards the client's input.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 << 20;
+
+struct Conn {
+    stream: TcpStream,
+    session: Session,
+    rbuf: BytesMut,
+    out: Vec<u8>,
+    /// How much to try to read next time.
+    read_size: usize,
+    stop: watch::Receiver<bool>,
+    /// Watch events may be waiting to be pulled.
+    pull: bool,
+    /// Close once the output is written.
+    closing: bool,
+}
+
+/// Serves one connection until the client leaves, QUIT, a framing error, or shutdown.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let bucket = match shared.store.default_bucket() {
+        Ok(b) => b,
+        Err(e) => {
+            error!("the default bucket is missing: {e}");
+            return Ok(());
+        }
+    };
+    let session = Session::new(shared, id, peer, bucket);
+    let mut conn = Conn {
+        stream,
+        session,
+        rbuf: BytesMut::new(),
+        out: Vec::new(),
+        read_size: READ_MIN,
+        stop,
+        pull: false,
+        closing: false,
+    };
+    let result = conn.run().await;
+    let commands = conn.session.commands;
+    conn.session
+        .shared
+        .stats
+        .commands
+        .fetch_add(commands, Ordering::Relaxed);
+    result
+}
+
+impl Conn {
+    async fn run(&mut self) -> io::Result<()> {
+        loop {
+            if self.pull && self.session.watches.active() {
+                self.pull =
+                    self.session
+                        .watches
+                        .pull(self.session.proto, &mut self.out, WATCH_HIGH_WATER);
+            } else {
+                self.pull = false;
+            }
+            if !self.out.is_empty() {
+                self.flush().await?;
+            }
+            if self.closing {
+                self.linger().await;
+                return Ok(());
+            }
+            if self.pull {
+                // Stopped at the high-water mark: the output is written, pull again.
+                continue;
+            }
+            if *self.stop.borrow() {
+                return Ok(());
+            }
+            let watching = self.session.watches.active();
+            // Unbiased: a flood of watch events must not starve the client's requests, nor
+            // the other way round.
+            tokio::select! {
+                _ = self.stop.changed() => return Ok(()),
+                () = self.session.watches.notify.notified(), if watching => {
+                    self.pull = true;
+                    continue;
+                }
+                ready = self.stream.readable() => ready?,
+            }
+            if self.rbuf.is_empty() {
+                // Read into the stack first: a wake-up without data (which happens) then
+                // costs no allocation, and an idle connection keeps no read buffer.
+                let mut first = [0u8; READ_MIN];
+                match self.stream.try_read(&mut first) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        self.rbuf.extend_from_slice(&first[..n]);
+                        if n == READ_MIN {
+                            // Likely more: go on reading straight into the buffer.
+                            self.read_more()?;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            } else if !self.read_more()? {
+                return Ok(());
+            }
+            self.process().await?;
+            // One shared-counter update per batch, not per request.
+            let n = std::mem::take(&mut self.session.commands);
+            if n > 0 {
+                self.session
+                    .shared
+                    .stats
+                    .commands
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reads what is available into the read buffer, growing the read size while reads fill
+    /// it. Returns false at end of stream.
+    fn read_more(&mut self) -> io::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size {
+            self.rbuf.reserve(self.read_size);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                if n == spare && self.read_size < READ_MAX {
+                    self.read_size *= 2;
+                } else if n < READ_MIN {
+                    self.read_size = READ_MIN;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Executes every complete request in the read buffer.
+    async fn process(&mut self) -> io::Result<()> {
+        let limits = self.session.shared.config.limits;
+        let max_output = self.session.shared.config.max_output;
+        let max_request = self.session.shared.config.max_request;
+        let mut pos = 0;
+        loop {
+            match parse_request(&self.rbuf[pos..], &limits) {
+                Ok(Some((req, n))) => {
+                    pos += n;
+                    if req.is_empty() {
+                        continue;
+                    }
+                    let start = self.out.len();
+                    match self.session.execute(req.args, &mut self.out) {
+                        Flow::Continue => {}
+                        Flow::Close => {
+                            self.closing = true;
+                            break;
+                        }
+                        Flow::Blocking(job) => {
+                            let keep = Arc::clone(&self.session.shared);
+                            let reply = tokio::task::spawn_blocking(move || {
+                                let reply = job();
+                                drop(keep);
+                                reply
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                error!("a command panicked: {e}");
+                                Reply::err("ERR", "internal error")
+                            });
+                            reply.encode(self.session.proto, &mut self.out);
+                        }
+                    }
+                    if self.out.len() - start > max_output {
+                        let size = self.out.len() - start;
+                        self.out.truncate(start);
+                        Reply::err(
+                            "ERR",
+                            format!(
+                                "reply of {size} bytes exceeds the max-output limit of \
+                                 {max_output} bytes (narrow the request, e.g. with LIMIT)"
+                            ),
+                        )
+                        .encode(self.session.proto, &mut self.out);
+                    }
+                    if self.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+                Ok(None) => {
+                    let pending = self.rbuf.len() - pos;
+                    if pending > max_request {
+                        Reply::err(
+                            "ERR",
+                            format!(
+                                "Protocol error: request exceeds the max-request limit of \
+                                 {max_request} bytes"
+                            ),
+                        )
+                        .encode(self.session.proto, &mut self.out);
+                        self.closing = true;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    Reply::err("ERR", e.to_string()).encode(self.session.proto, &mut self.out);
+                    match e.skip() {
+                        Some(n) => pos += n,
+                        None => {
+                            self.closing = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.rbuf.advance(pos);
+        if self.rbuf.is_empty() {
+            // Nothing pending: give the buffer back, so that an idle connection holds no
+            // read buffer at all (one small allocation per batch is cheap next to the
+            // system calls of a batch).
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Closes the connection after a server-side decision (QUIT, framing error): sends FIN,
+    /// then discards what the client still sends for a moment, so that closing with unread
+    /// input does not reset the connection before the client has read the last reply.
+    async fn linger(&mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut scratch = vec![0u8; 8192];
+        let mut budget = LINGER_BYTES;
+        let deadline = tokio::time::sleep(LINGER_TIME);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                r = self.stream.read(&mut scratch) => match r {
+                    Ok(n) if n > 0 && n < budget => budget -= n,
+                    _ => return,
+                },
+            }
+        }
+    }
+
+    /// Waits for the durability of the writes whose replies are in the output, then
+    /// writes the output.
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.session.tickets.is_empty() {
+            let mut tickets = std::mem::take(&mut self.session.tickets);
+            let keep = Arc::clone(&self.session.shared);
+            let waited = tokio::task::spawn_blocking(move || {
+                let mut result = Ok(());
+                for (bucket, ticket) in &tickets {
+                    if let Err(e) = bucket.wait_durable(*ticket) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                tickets.clear();
+                drop(keep);
+                (tickets, result)
+            })
+            .await;
+            match waited {
+                Ok((tickets, Ok(()))) => self.session.tickets = tickets,
+                Ok((_, Err(e))) => {
+                    // The replies would claim writes that may not survive a crash.
+                    error!("durability wait failed, closing the connection: {e}");
+                    self.out.clear();
+                    Reply::err("ERR", format!("writes could not be made durable: {e}"))
+                        .encode(self.session.proto, &mut self.out);
+                    let _ = self.stream.write_all(&self.out).await;
+                    return Err(io::Error::other(e.to_string()));
+                }
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        self.stream.write_all(&self.out).await?;
+        self.out.clear();
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+}

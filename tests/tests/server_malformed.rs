@@ -1,0 +1,274 @@
+//! Malformed and hostile input: the offender gets a clear `-ERR` (and, for a framing
+//! violation, its connection closed), the server stays up, and a bystander on another
+//! connection is never affected.
+
+mod server_common;
+
+use std::io::Write;
+
+use server_common::{Frame, Raw, Srv};
+
+fn pong(c: &mut Raw) {
+    assert_eq!(c.cmd(&["PING"]), Frame::Simple("PONG".into()));
+}
+
+/// Sends `bytes`, expects one error reply starting with `expect`, then a closed connection.
+fn framing_violation(srv: &Srv, bystander: &mut Raw, bytes: &[u8], expect: &str) {
+    let mut c = srv.raw();
+    c.send(bytes);
+    match c.read() {
+        Frame::Error(e) => assert!(
+            e.starts_with(expect),
+            "{e:?} for {:?}",
+            bytes.escape_ascii().to_string()
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        c.closed(),
+        "connection not closed after {:?}",
+        bytes.escape_ascii().to_string()
+    );
+    pong(bystander);
+}
+
+#[test]
+fn truncated_resp_then_close() {
+    let srv = Srv::start();
+    let mut bystander = srv.raw();
+    bystander.cmd(&["PUT", "k", "v"]);
+    for partial in [
+        &b"*2\r\n$3\r\nGET\r\n$5\r\nab"[..],
+        b"*3\r\n$3\r\nPUT\r\n",
+        b"*1\r\n$4\r\nPI",
+        b"*",
+    ] {
+        let mut c = srv.raw();
+        c.send(partial);
+        c.shutdown_write();
+        // Nothing to answer; the server just closes.
+        assert!(c.closed());
+        pong(&mut bystander);
+    }
+    assert_eq!(bystander.cmd(&["GET", "k"]), Frame::bulk("v"));
+}
+
+#[test]
+fn bad_and_huge_lengths_close_the_connection() {
+    let srv = Srv::start();
+    let mut bystander = srv.raw();
+    let cases: [(&[u8], &str); 9] = [
+        (b"*-5\r\n", "ERR Protocol error: invalid multibulk length"),
+        (b"*abc\r\n", "ERR Protocol error: invalid multibulk length"),
+        (
+            b"*99999999999999999999999\r\n",
+            "ERR Protocol error: invalid multibulk length",
+        ),
+        (b"*1\r\n$-3\r\n", "ERR Protocol error: invalid bulk length"),
+        (b"*1\r\n$x\r\n", "ERR Protocol error: invalid bulk length"),
+        (
+            b"*2000\r\n",
+            "ERR Protocol error: array length 2000 exceeds limit 1024",
+        ),
+        (
+            b"*2\r\n$3\r\nPUT\r\n$999999999999\r\n",
+            "ERR Protocol error: bulk string length 999999999999 exceeds limit 8388608",
+        ),
+        (b"*1\r\n:5\r\n", "ERR Protocol error: expected '$', got ':'"),
+        (
+            b"*1\r\n$3\r\nabcXY",
+            "ERR Protocol error: expected CRLF after bulk string",
+        ),
+    ];
+    for (bytes, expect) in cases {
+        framing_violation(&srv, &mut bystander, bytes, expect);
+    }
+    // Requests before the violation in the same write are answered first.
+    let mut c = srv.raw();
+    c.send(b"PING\r\n*-7\r\nPING\r\n");
+    assert_eq!(c.read(), Frame::Simple("PONG".into()));
+    assert!(c.read().is_error_code("ERR"));
+    assert!(c.closed());
+}
+
+#[test]
+fn a_ten_mib_line() {
+    let srv = Srv::start();
+    let mut bystander = srv.raw();
+    let mut c = srv.raw();
+    let mut writer = c.stream.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let line = vec![b'a'; 10 << 20];
+        // The server may close before taking it all.
+        let _ = writer.write_all(&line);
+        let _ = writer.write_all(b"\r\n");
+    });
+    assert_eq!(
+        c.read(),
+        Frame::Error("ERR Protocol error: inline request exceeds limit 65536 bytes".into())
+    );
+    assert!(c.closed());
+    t.join().unwrap();
+    pong(&mut bystander);
+}
+
+#[test]
+fn a_ten_mib_bulk_string() {
+    let srv = Srv::start();
+    let mut bystander = srv.raw();
+    let mut c = srv.raw();
+    let mut req = b"*3\r\n$3\r\nPUT\r\n$1\r\nk\r\n$10485760\r\n".to_vec();
+    req.extend(std::iter::repeat_n(b'v', 10 << 20));
+    let mut writer = c.stream.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let _ = writer.write_all(&req);
+    });
+    assert!(c.read().is_error_code("ERR"));
+    assert!(c.closed());
+    t.join().unwrap();
+    pong(&mut bystander);
+    // Just under the limit is fine.
+    let value = vec![b'v'; 8 << 20];
+    let mut c = srv.raw();
+    c.send_cmd(&[b"PUT", b"big", &value]);
+    assert_eq!(c.read(), Frame::Int(1));
+    c.send_cmd(&[b"GET", b"big"]);
+    assert_eq!(c.read(), Frame::Bulk(value));
+}
+
+#[test]
+fn unterminated_quotes_and_bad_escapes_keep_the_connection() {
+    let srv = Srv::start();
+    let mut c = srv.raw();
+    assert_eq!(
+        c.line("PUT k \"no end"),
+        Frame::Error("ERR syntax error: unbalanced quotes in inline request".into())
+    );
+    assert_eq!(
+        c.line("PUT k 'no end"),
+        Frame::Error("ERR syntax error: unbalanced quotes in inline request".into())
+    );
+    assert_eq!(
+        c.line("PUT k \"\\z\""),
+        Frame::Error("ERR syntax error: invalid escape sequence in inline request".into())
+    );
+    assert_eq!(
+        c.line("PUT k \"a\"b"),
+        Frame::Error(
+            "ERR syntax error: closing quote must be followed by a space in inline request".into()
+        )
+    );
+    pong(&mut c);
+    assert_eq!(c.line("PUT k ok"), Frame::Int(1));
+}
+
+/// Tiny xorshift, so the garbage is the same on every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn binary_garbage() {
+    let srv = Srv::start();
+    let mut bystander = srv.raw();
+    bystander.cmd(&["PUT", "safe", "1"]);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for round in 0..40 {
+        let len = 1 + (rng.next() % 4096) as usize;
+        let mut garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if round % 2 == 0 {
+            garbage[0] = b'*';
+        }
+        let mut c = srv.raw();
+        c.send(&garbage);
+        c.shutdown_write();
+        // Whatever it answers, it ends with the connection closed and only error or
+        // ordinary replies on the way.
+        loop {
+            let mut line = Vec::new();
+            match std::io::BufRead::read_until(&mut c.reader, b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        pong(&mut bystander);
+    }
+    assert_eq!(bystander.cmd(&["GET", "safe"]), Frame::bulk("1"));
+}
+
+#[test]
+fn configured_limits_are_named_in_errors() {
+    let srv = Srv::start_with(|c| {
+        c.limits.max_inline = 100;
+        c.limits.max_bulk = 1000;
+        c.limits.max_args = 4;
+        c.max_output = 4096;
+        c.max_request = 2500;
+    });
+    let mut bystander = srv.raw();
+    framing_violation(
+        &srv,
+        &mut bystander,
+        &[b'x'; 150],
+        "ERR Protocol error: inline request exceeds limit 100 bytes",
+    );
+    framing_violation(
+        &srv,
+        &mut bystander,
+        b"*5\r\n",
+        "ERR Protocol error: array length 5 exceeds limit 4",
+    );
+    framing_violation(
+        &srv,
+        &mut bystander,
+        b"*3\r\n$3\r\nPUT\r\n$1\r\nk\r\n$1001\r\n",
+        "ERR Protocol error: bulk string length 1001 exceeds limit 1000",
+    );
+    // Three bulks under max-bulk, together over max-request.
+    let mut c = srv.raw();
+    c.send(b"*4\r\n$3\r\nPUT\r\n$1000\r\n");
+    c.send(&[b'k'; 1000]);
+    c.send(b"\r\n$1000\r\n");
+    c.send(&[b'v'; 1000]);
+    c.send(b"\r\n$1000\r\n");
+    c.send(&[b'w'; 600]);
+    let e = c.read();
+    assert!(
+        e.text_err().contains("max-request limit of 2500 bytes"),
+        "{e:?}"
+    );
+    assert!(c.closed());
+    // One reply over max-output is replaced by an error; the connection goes on.
+    let mut c = srv.raw();
+    for i in 0..6 {
+        let v = "x".repeat(900);
+        assert_eq!(c.cmd(&["PUT", &format!("k{i}"), &v]), Frame::Int(i + 1));
+    }
+    let e = c.cmd(&["SEARCH", "*"]);
+    assert!(
+        e.text_err()
+            .contains("exceeds the max-output limit of 4096 bytes"),
+        "{e:?}"
+    );
+    assert_eq!(c.cmd(&["SEARCH", "*", "LIMIT", "2"]).items().len(), 2);
+    pong(&mut bystander);
+}
+
+trait TextErr {
+    fn text_err(&self) -> String;
+}
+
+impl TextErr for Frame {
+    fn text_err(&self) -> String {
+        match self {
+            Frame::Error(e) => e.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! WATCH over the socket: initial data, `ready`, live events, options, RESP2 and RESP3
+//! framing, the RESP2 watch-mode rule, UNWATCH, a dropped bucket, and a watcher that does
+//! not read.
+
+mod server_common;
+
+use server_common::{Frame, Raw, Srv};
+
+/// Reads one watch frame and checks its prefix: `["watch", id, ...]`.
+fn event(c: &mut Raw, id: i64) -> Frame {
+    let f = c.read();
+    let items = f.items();
+    assert_eq!(items[0], Frame::bulk("watch"), "{f:?}");
+    assert_eq!(items[1], Frame::Int(id), "{f:?}");
+    f
+}
+
+fn expect_entry(c: &mut Raw, id: i64, key: &str, op: &str, delta: i64) -> Frame {
+    let f = event(c, id);
+    let e = f.items()[2].clone();
+    assert_eq!(e.field("key"), Frame::bulk(key), "{f:?}");
+    assert_eq!(e.field("op"), Frame::bulk(op), "{f:?}");
+    assert_eq!(e.field("delta").int(), delta, "{f:?}");
+    e
+}
+
+fn expect_ready(c: &mut Raw, id: i64) {
+    let f = event(c, id);
+    assert_eq!(f.items()[2], Frame::bulk("ready"), "{f:?}");
+}
+
+#[test]
+fn resp2_watch_initial_data_ready_and_live_events() {
+    let srv = Srv::start();
+    let mut w = srv.raw();
+    let mut c = srv.raw();
+    c.cmd(&["PUT", "user.1", "a"]);
+    c.cmd(&["PUT", "user.2", "b"]);
+    c.cmd(&["PUT", "other", "x"]);
+    c.cmd(&["DEL", "user.2"]);
+    assert_eq!(w.cmd(&["WATCH", "user.>"]), Frame::Int(1));
+    let e = expect_entry(&mut w, 1, "user.1", "PUT", 1);
+    assert_eq!(e.field("value"), Frame::bulk("a"));
+    assert!(matches!(w.read(), Frame::Array(_)), "RESP2: a plain array");
+    // (the DEL of user.2 is the latest entry of that key, delta 0)
+    expect_ready(&mut w, 1);
+
+    // RESP2 watch mode: only WATCH, UNWATCH, PING and QUIT.
+    let err = w.cmd(&["GET", "user.1"]);
+    assert!(err.is_error_code("ERR"), "{err:?}");
+    assert!(err
+        .text_or_error()
+        .contains("WATCH, UNWATCH, PING and QUIT"));
+    assert_eq!(w.cmd(&["PING"]), Frame::Simple("PONG".into()));
+
+    assert_eq!(c.cmd(&["PUT", "user.3", "c"]), Frame::Int(5));
+    let e = expect_entry(&mut w, 1, "user.3", "PUT", 0);
+    assert_eq!(e.field("revision").int(), 5);
+    assert_eq!(e.field("bucket"), Frame::bulk("default"));
+    c.cmd(&["PUT", "other", "y"]);
+    c.cmd(&["DEL", "user.1"]);
+    let e = expect_entry(&mut w, 1, "user.1", "DEL", 0);
+    assert_eq!(e.field("value"), Frame::bulk(""));
+    c.cmd(&["PURGE", "user.3"]);
+    expect_entry(&mut w, 1, "user.3", "PURGE", 0);
+
+    // A second watch on the same connection, then UNWATCH by id and all.
+    assert_eq!(w.cmd(&["WATCH", "other", "UPDATESONLY"]), Frame::Int(2));
+    expect_ready(&mut w, 2);
+    c.cmd(&["PUT", "other", "z"]);
+    expect_entry(&mut w, 2, "other", "PUT", 0);
+    assert_eq!(w.cmd(&["UNWATCH", "2"]), Frame::Int(1));
+    assert_eq!(w.cmd(&["UNWATCH", "42"]), Frame::Int(1));
+    assert_eq!(w.cmd(&["UNWATCH"]), Frame::Int(0));
+    // Back to normal.
+    c.cmd(&["PUT", "user.9", "q"]);
+    assert_eq!(w.cmd(&["GET", "user.9"]), Frame::bulk("q"));
+    let info = c.cmd(&["INFO"]).text();
+    assert!(info.contains("watchers:0"), "{info}");
+}
+
+trait ErrText {
+    fn text_or_error(&self) -> String;
+}
+
+impl ErrText for Frame {
+    fn text_or_error(&self) -> String {
+        match self {
+            Frame::Error(e) => e.clone(),
+            other => other.text(),
+        }
+    }
+}
+
+#[test]
+fn resp3_watch_pushes_and_mixes_with_commands() {
+    let srv = Srv::start();
+    let mut w = srv.raw();
+    let mut c = srv.raw();
+    c.cmd(&["PUT", "cfg.a", "1"]);
+    assert_eq!(w.cmd(&["HELLO", "3"]).field("proto").int(), 3);
+    assert_eq!(w.cmd(&["WATCH", "cfg.*"]), Frame::Int(1));
+    let f = w.read();
+    let Frame::Push(items) = &f else {
+        panic!("RESP3 watch frames are pushes: {f:?}")
+    };
+    assert!(matches!(items[2], Frame::Map(_)), "{f:?}");
+    expect_ready(&mut w, 1);
+    // Commands still work on a RESP3 connection with watches.
+    assert_eq!(w.cmd(&["GET", "cfg.a"]), Frame::bulk("1"));
+    c.cmd(&["PUT", "cfg.b", "2"]);
+    let f = w.read();
+    assert!(matches!(f, Frame::Push(_)), "{f:?}");
+    assert_eq!(f.items()[2].field("key"), Frame::bulk("cfg.b"));
+    // A write from the watching connection itself is seen too; its reply and the push
+    // may come in either order.
+    w.send_cmd(&[b"PUT", b"cfg.c", b"3"]);
+    let (a, b) = (w.read(), w.read());
+    let (reply, push) = if matches!(a, Frame::Push(_)) {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    assert_eq!(reply, Frame::Int(3));
+    assert_eq!(push.items()[2].field("key"), Frame::bulk("cfg.c"));
+    assert_eq!(w.cmd(&["UNWATCH"]), Frame::Int(0));
+}
+
+#[test]
+fn watch_options() {
+    let srv = Srv::start();
+    let mut c = srv.raw();
+    assert_eq!(
+        c.cmd(&["BUCKET", "CREATE", "h", "HISTORY", "10"]),
+        Frame::ok()
+    );
+    assert_eq!(c.cmd(&["USE", "h"]), Frame::ok());
+    c.cmd(&["PUT", "k", "1"]);
+    c.cmd(&["PUT", "k", "2"]);
+    c.cmd(&["PUT", "j", "x"]);
+    c.cmd(&["DEL", "j"]);
+
+    // HISTORY: every retained entry, in revision order, delta counting down.
+    let mut w = srv.raw();
+    w.cmd(&["USE", "h"]);
+    assert_eq!(w.cmd(&["WATCH", ">", "HISTORY"]), Frame::Int(1));
+    for (key, op, delta) in [
+        ("k", "PUT", 3),
+        ("k", "PUT", 2),
+        ("j", "PUT", 1),
+        ("j", "DEL", 0),
+    ] {
+        expect_entry(&mut w, 1, key, op, delta);
+    }
+    expect_ready(&mut w, 1);
+    w.cmd(&["UNWATCH"]);
+
+    // Latest only, NODELETES, METAONLY (no value field at all).
+    assert_eq!(
+        w.cmd(&["WATCH", ">", "NODELETES", "METAONLY"]),
+        Frame::Int(2)
+    );
+    let e = expect_entry(&mut w, 2, "k", "PUT", 0);
+    assert!(!e.pairs().iter().any(|(k, _)| k == "value"), "{e:?}");
+    assert_eq!(e.field("revision").int(), 2);
+    expect_ready(&mut w, 2);
+    c.cmd(&["DEL", "k"]);
+    c.cmd(&["PUT", "k", "3"]);
+    let e = expect_entry(&mut w, 2, "k", "PUT", 0);
+    assert_eq!(e.field("revision").int(), 6, "the DEL was skipped");
+    w.cmd(&["UNWATCH"]);
+
+    // FROM rev: every retained entry from there, then ready, then live.
+    assert_eq!(w.cmd(&["WATCH", "k", "FROM", "2"]), Frame::Int(3));
+    let revs: Vec<i64> = (0..3)
+        .map(|_| event(&mut w, 3).items()[2].field("revision").int())
+        .collect();
+    assert_eq!(revs, [2, 5, 6]);
+    expect_ready(&mut w, 3);
+    c.cmd(&["PUT", "k", "4"]);
+    assert_eq!(event(&mut w, 3).items()[2].field("revision").int(), 7);
+    w.cmd(&["UNWATCH"]);
+
+    // Errors.
+    assert!(w.cmd(&["WATCH", "a..b"]).is_error_code("BADKEY"));
+    assert!(w.cmd(&["WATCH", ">", "SOMETIMES"]).is_error_code("ERR"));
+    assert!(w.cmd(&["WATCH", ">", "FROM"]).is_error_code("ERR"));
+    assert!(w.cmd(&["WATCH", ">", "FROM", "x"]).is_error_code("BADARG"));
+}
+
+#[test]
+fn inline_clients_see_resp2_frames() {
+    let srv = Srv::start();
+    let mut w = srv.raw();
+    assert_eq!(w.line("WATCH greet.* UPDATESONLY"), Frame::Int(1));
+    let mut c = srv.raw();
+    // ready first, as a plain array
+    let f = w.read();
+    assert_eq!(
+        f,
+        Frame::Array(vec![
+            Frame::bulk("watch"),
+            Frame::Int(1),
+            Frame::bulk("ready")
+        ])
+    );
+    c.line("PUT greet.en hello");
+    let f = w.read();
+    assert!(matches!(f, Frame::Array(_)));
+    assert_eq!(f.items()[2].field("value"), Frame::bulk("hello"));
+}
+
+#[test]
+fn dropping_the_bucket_ends_its_watches() {
+    let srv = Srv::start();
+    let mut c = srv.raw();
+    c.cmd(&["BUCKET", "CREATE", "tmp"]);
+    let mut w = srv.raw();
+    w.cmd(&["USE", "tmp"]);
+    assert_eq!(w.cmd(&["WATCH", ">"]), Frame::Int(1));
+    expect_ready(&mut w, 1);
+    assert_eq!(c.cmd(&["BUCKET", "DROP", "tmp"]), Frame::ok());
+    let f = event(&mut w, 1);
+    assert_eq!(f.items()[2], Frame::bulk("lost"));
+    assert_eq!(f.items()[3], Frame::Int(0));
+    // The watch is gone: the RESP2 connection is back to normal commands.
+    assert!(w.cmd(&["GET", "x"]).is_error_code("NOBUCKET"));
+    assert_eq!(w.cmd(&["USE", "default"]), Frame::ok());
+    assert_eq!(w.cmd(&["GET", "x"]), Frame::Null);
+}
+
+#[test]
+fn a_watcher_that_never_reads_does_not_block_writers() {
+    let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
+    let mut lazy = srv.raw();
+    assert_eq!(lazy.cmd(&["WATCH", ">"]), Frame::Int(1));
+    // ~40 MB of events that the lazy watcher does not read: far more than socket buffers
+    // and the server's high-water mark.
+    let value = "v".repeat(4096);
+    let mut writer = srv.raw();
+    let mut batch = Vec::new();
+    for round in 0..10 {
+        batch.clear();
+        for i in 0..1000 {
+            let key = format!("k.{round}.{i}");
+            logkv_server::protocol::encode_request(&["PUT", &key, &value], &mut batch);
+        }
+        writer.send(&batch);
+        for i in 0..1000 {
+            assert_eq!(writer.read(), Frame::Int(round * 1000 + i + 1));
+        }
+    }
+    // Other clients are served meanwhile.
+    assert_eq!(srv.raw().cmd(&["GET", "k.0.0"]), Frame::bulk(&value));
+    // The lazy watcher still gets everything, in order, when it finally reads.
+    expect_ready(&mut lazy, 1);
+    for rev in 1..=10_000 {
+        let f = event(&mut lazy, 1);
+        assert_eq!(f.items()[2].field("revision").int(), rev);
+    }
+}
+
+#[test]
+fn an_expiry_is_seen_as_a_del() {
+    let srv = Srv::start();
+    let mut w = srv.raw();
+    assert_eq!(w.cmd(&["WATCH", "session.*", "UPDATESONLY"]), Frame::Int(1));
+    expect_ready(&mut w, 1);
+    let mut c = srv.raw();
+    assert_eq!(
+        c.cmd(&["PUT", "session.1", "token", "TTL", "100"]),
+        Frame::Int(1)
+    );
+    let e = expect_entry(&mut w, 1, "session.1", "PUT", 0);
+    assert!(e.field("expires").int() > 0);
+    // The background sweep writes the DEL marker (within about a second).
+    let e = expect_entry(&mut w, 1, "session.1", "DEL", 0);
+    assert_eq!(e.field("revision").int(), 2);
+    assert_eq!(c.cmd(&["GET", "session.1"]), Frame::Null);
+}
