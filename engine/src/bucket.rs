@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::config::{BucketConfig, Options};
-use crate::entry::{BucketStatus, Entry, Kind, Op, Page, Ttl, WriteOp, Written};
+use crate::entry::{BucketStats, BucketStatus, Entry, Kind, Op, Page, Ttl, WriteOp, Written};
 use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
 use crate::index::{Index, Rev};
@@ -302,6 +302,39 @@ impl BucketCore {
         self.read_one(key, |ix| ix.latest(key.as_bytes()).filter(|r| r.live(now)))
     }
 
+    /// Calls `f` with the live value of `key`, read in place from the log
+    /// (no copy); returns `None` if the key has no live value.
+    pub fn get_with<T>(&self, key: &str, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.check_open()?;
+        validate_key(key)?;
+        let now = self.now();
+        let found = {
+            let ix = self.index.read();
+            ix.latest(key.as_bytes())
+                .filter(|r| r.live(now))
+                .map(|rev| (rev, self.log.segment(rev.slot)))
+        };
+        let Some((rev, seg)) = found else {
+            return Ok(None);
+        };
+        let seg = seg.ok_or_else(|| Error::Corrupt {
+            path: self.dir.clone(),
+            offset: rev.offset as u64,
+            reason: format!("segment slot {} missing", rev.slot),
+        })?;
+        let bytes = seg.bytes(rev.offset as u64, rev.len()).unwrap_or(&[]);
+        match decode(bytes, seg.header.salt) {
+            Decoded::Record(r) if r.header.revision == rev.revision && r.key == key.as_bytes() => {
+                Ok(Some(f(r.value)))
+            }
+            _ => Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset: rev.offset as u64,
+                reason: "the index points at a record that does not check out".into(),
+            }),
+        }
+    }
+
     /// Retained revision `revision` of `key` (markers included), unless expired.
     pub fn get_revision(&self, key: &str, revision: u64) -> Result<Option<Entry>> {
         self.check_open()?;
@@ -328,16 +361,54 @@ impl BucketCore {
         Ok(())
     }
 
-    /// Applies writes and makes them visible without waiting for durability;
-    /// returns the log position to pass to [`BucketCore::wait_durable`].
+    /// Applies writes atomically and makes them visible without waiting for
+    /// durability; returns the log position to pass to [`BucketCore::wait_durable`].
     pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, u64)> {
+        let (results, end) = self.write_inner(ops, true)?;
+        // In atomic mode every result is Ok (the first failure returned above).
+        let written = results.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok((written, end))
+    }
+
+    /// Applies independent writes (not a batch: each succeeds or fails on its
+    /// own, in order, each a batch of one in the log) under one writer lock hold
+    /// and one append, without waiting for durability. A server uses this for a
+    /// pipeline of writes. Returns each write's result and the log position to
+    /// wait for.
+    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, u64)> {
+        self.write_inner(ops, false)
+    }
+
+    /// Checks a write's key, value size and TTL, before any lock.
+    fn validate_op(&self, op: &WriteOp) -> Result<()> {
+        validate_key(&op.key)?;
+        let max_value = self.config.max_value_size;
+        let size = op.value.len();
+        if size > record::MAX_VALUE_LEN || (max_value > 0 && size as u64 > max_value) {
+            let max = if max_value > 0 {
+                max_value as usize
+            } else {
+                record::MAX_VALUE_LEN
+            };
+            return Err(Error::TooLarge { size, max });
+        }
+        if op.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::BadArgument("TTL must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The write path. `atomic`: all or none (the first failure is returned
+    /// as the error, wrapped in [`Error::Batch`] for more than one write);
+    /// otherwise each write's failure is its own result.
+    fn write_inner(&self, ops: &[WriteOp], atomic: bool) -> Result<(Vec<Result<Written>>, u64)> {
         self.check_open()?;
         if ops.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let is_batch = ops.len() > 1;
+        let several = ops.len() > 1;
         let wrap = |i: usize, e: Error| {
-            if is_batch {
+            if several {
                 Error::Batch {
                     index: i,
                     source: Box::new(e),
@@ -346,53 +417,72 @@ impl BucketCore {
                 e
             }
         };
-        let max_value = self.config.max_value_size;
+        let mut results: Vec<Result<Written>> = Vec::with_capacity(ops.len());
+        let mut invalid: Vec<Option<Error>> = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
-            validate_key(&op.key).map_err(|e| wrap(i, e))?;
-            let size = op.value.len();
-            if size > record::MAX_VALUE_LEN || (max_value > 0 && size as u64 > max_value) {
-                let max = if max_value > 0 {
-                    max_value as usize
-                } else {
-                    record::MAX_VALUE_LEN
-                };
-                return Err(wrap(i, Error::TooLarge { size, max }));
-            }
-            if let Some(ttl) = op.ttl {
-                if ttl.is_zero() {
-                    return Err(wrap(i, Error::BadArgument("TTL must be positive".into())));
-                }
+            match self.validate_op(op) {
+                Ok(()) => invalid.push(None),
+                Err(e) if atomic => return Err(wrap(i, e)),
+                Err(e) => invalid.push(Some(e)),
             }
         }
 
         let mut w = self.writer.lock();
         let now = self.now();
         let mut overlay: HashMap<&str, Cur> = HashMap::new();
-        let mut planned: Vec<(Op, Bytes, u64)> = Vec::with_capacity(ops.len());
-        let mut results = Vec::with_capacity(ops.len());
+        // (index into ops, record op, value, per-key expiry)
+        let mut planned: Vec<(usize, Op, Bytes, u64)> = Vec::with_capacity(ops.len());
         let mut adding = 0u64;
+        let used = if self.config.max_bytes > 0 {
+            self.index.read().bytes()
+        } else {
+            0
+        };
         for (i, op) in ops.iter().enumerate() {
-            let revision = w.next_rev + i as u64;
+            if let Some(e) = invalid[i].take() {
+                results.push(Err(e));
+                continue;
+            }
+            let revision = w.next_rev + planned.len() as u64;
             let cur = match overlay.get(op.key.as_str()) {
                 Some(c) => Some(c.clone()),
                 None => self.index.read().latest(op.key.as_bytes()).map(Cur::Stored),
             };
-            let value = self
+            let checked = self
                 .check_precondition(op, cur.as_ref(), now)
-                .map_err(|e| wrap(i, e))?;
+                .and_then(|value| {
+                    let rop = op.record_op();
+                    let len = record::encoded_len(op.key.len(), value.len()) as u64;
+                    let max = self.config.max_bytes;
+                    if rop == Op::Put && max > 0 && used + adding + len > max {
+                        return Err(Error::Full {
+                            used: used + adding,
+                            adding: len,
+                            max,
+                        });
+                    }
+                    Ok((rop, value, len))
+                });
+            let (rop, value, len) = match checked {
+                Ok(v) => v,
+                Err(e) if atomic => return Err(wrap(i, e)),
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
             let previous = match (&cur, op.return_previous) {
                 (Some(c), true) if c.live(now) => Some(self.current_entry(&op.key, c)?),
                 _ => None,
             };
-            let rop = op.record_op();
             let key_expires = match (rop, op.ttl) {
                 (Op::Put, Some(ttl)) => now.saturating_add(ttl.as_millis() as u64),
                 _ => 0,
             };
             if rop == Op::Put {
-                adding += record::encoded_len(op.key.len(), value.len()) as u64;
+                adding += len;
             }
-            if is_batch {
+            if several {
                 let expires_ms = effective_expiry(key_expires, now, self.config.ttl_ms());
                 overlay.insert(
                     &op.key,
@@ -405,26 +495,12 @@ impl BucketCore {
                     },
                 );
             }
-            planned.push((rop, value, key_expires));
-            results.push(Written { revision, previous });
+            planned.push((i, rop, value, key_expires));
+            results.push(Ok(Written { revision, previous }));
         }
-        if self.config.max_bytes > 0 && adding > 0 {
-            let used = self.index.read().bytes();
-            if used + adding > self.config.max_bytes {
-                let e = Error::Full {
-                    used,
-                    adding,
-                    max: self.config.max_bytes,
-                };
-                return Err(if is_batch {
-                    Error::Batch {
-                        index: 0,
-                        source: Box::new(e),
-                    }
-                } else {
-                    e
-                });
-            }
+        if planned.is_empty() {
+            let end = w.app.end();
+            return Ok((results, end));
         }
 
         let first_rev = w.next_rev;
@@ -435,25 +511,29 @@ impl BucketCore {
             next_rev,
         } = &mut *w;
         buf.clear();
-        let n = ops.len();
-        let total: usize = ops
+        let n = planned.len();
+        let total: usize = planned
             .iter()
-            .zip(&planned)
-            .map(|(op, (_, value, _))| record::encoded_len(op.key.len(), value.len()))
+            .map(|(i, _, value, _)| record::encoded_len(ops[*i].key.len(), value.len()))
             .sum();
         let salt = self.log.reserve(app, total as u64, first_rev - 1)?;
-        for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
-            let more = if i + 1 < n { FLAG_BATCH_MORE } else { 0 };
-            let flags = more | if i > 0 { FLAG_BATCH_CONT } else { 0 };
+        for (j, (i, rop, value, key_expires)) in planned.iter().enumerate() {
+            let flags = match atomic {
+                true => {
+                    let more = if j + 1 < n { FLAG_BATCH_MORE } else { 0 };
+                    more | if j > 0 { FLAG_BATCH_CONT } else { 0 }
+                }
+                false => 0,
+            };
             record::encode(
                 buf,
                 salt,
                 *rop,
                 flags,
-                first_rev + i as u64,
+                first_rev + j as u64,
                 now,
                 *key_expires,
-                op.key.as_bytes(),
+                ops[*i].key.as_bytes(),
                 value,
             );
         }
@@ -462,23 +542,19 @@ impl BucketCore {
             let mut ix = self.index.write();
             let mut offset = appended.offset;
             let ttl = self.config.ttl_ms();
-            for (i, (op, (rop, value, key_expires))) in ops.iter().zip(&planned).enumerate() {
-                let len = record::encoded_len(op.key.len(), value.len());
+            for (j, (i, rop, value, key_expires)) in planned.iter().enumerate() {
+                let key = ops[*i].key.as_bytes();
+                let len = record::encoded_len(key.len(), value.len());
                 let expires = effective_expiry(*key_expires, now, ttl);
                 let rev = Rev::new(
-                    first_rev + i as u64,
+                    first_rev + j as u64,
                     expires,
                     appended.slot,
                     offset,
                     len,
                     *rop,
                 );
-                ix.apply(
-                    op.key.as_bytes(),
-                    rev,
-                    self.config.history as usize,
-                    removed,
-                );
+                ix.apply(key, rev, self.config.history as usize, removed);
                 offset += len as u64;
             }
             removed.clear();
@@ -639,15 +715,17 @@ impl BucketCore {
         })
     }
 
-    /// Deletes (DEL markers) every live key matching a glob; returns how many.
-    pub fn delete_glob(&self, glob: &Glob) -> Result<usize> {
+    /// Deletes (DEL markers) every live key matching a glob without waiting
+    /// for durability; returns how many, and the log position to wait for.
+    pub fn delete_glob_nowait(&self, glob: &Glob) -> Result<(usize, u64)> {
         self.check_open()?;
         let mut deleted = 0;
+        let mut ticket = 0;
         let mut from: Option<String> = None;
+        let prefix = glob.literal_prefix();
         loop {
-            // Pages keep each batch, and each index lock hold, bounded.
+            // Pages keep each append, and each index lock hold, bounded.
             let now = self.now();
-            let prefix = glob.literal_prefix();
             let chunk: Vec<WriteOp> = {
                 let ix = self.index.read();
                 let start = match &from {
@@ -664,16 +742,25 @@ impl BucketCore {
             let Some(last) = chunk.last().map(|op| op.key.clone()) else {
                 break;
             };
-            // One key at a time: a key rewritten meanwhile is skipped, not an error for the rest.
-            for op in chunk {
-                match self.write(std::slice::from_ref(&op)) {
+            // Each delete on its own: a key rewritten meanwhile is skipped.
+            let (results, end) = self.write_each(&chunk)?;
+            for r in results {
+                match r {
                     Ok(_) => deleted += 1,
                     Err(Error::WrongRevision { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
+            ticket = ticket.max(end);
             from = Some(last);
         }
+        Ok((deleted, ticket))
+    }
+
+    /// Deletes (DEL markers) every live key matching a glob; returns how many.
+    pub fn delete_glob(&self, glob: &Glob) -> Result<usize> {
+        let (deleted, ticket) = self.delete_glob_nowait(glob)?;
+        self.wait_durable(ticket)?;
         Ok(deleted)
     }
 
@@ -722,6 +809,23 @@ impl BucketCore {
             Some(r) if r.live(now) => Ttl::Remaining(r.expires_ms - now),
             _ => Ttl::Missing,
         })
+    }
+
+    /// Counters that cost nothing to read (no walk of the index): keys whose
+    /// latest entry is a value (expired ones not yet swept included), values,
+    /// bytes, segments, fsyncs, compactions, dead bytes.
+    pub fn stats(&self) -> BucketStats {
+        let ix = self.index.read();
+        BucketStats {
+            keys: ix.put_keys(),
+            values: ix.values(),
+            bytes: ix.bytes(),
+            dead_bytes: ix.dead_bytes().values().sum(),
+            segments: self.log.segment_count() as u64,
+            fsyncs: self.log.fsyncs(),
+            compactions: self.stats.compactions.load(Ordering::Relaxed),
+            last_revision: self.last_rev.load(Ordering::Acquire),
+        }
     }
 
     /// A description of the bucket.
@@ -783,12 +887,16 @@ impl BucketCore {
                 }
                 (expired, last)
             };
-            for op in expired {
-                match self.write(std::slice::from_ref(&op)) {
-                    Ok(_) => markers += 1,
-                    Err(Error::WrongRevision { .. }) => {} // rewritten meanwhile
-                    Err(e) => return Err(e),
+            if !expired.is_empty() {
+                let (results, ticket) = self.write_each(&expired)?;
+                for r in results {
+                    match r {
+                        Ok(_) => markers += 1,
+                        Err(Error::WrongRevision { .. }) => {} // rewritten meanwhile
+                        Err(e) => return Err(e),
+                    }
                 }
+                self.wait_durable(ticket)?;
             }
             match last {
                 Some(l) => cursor = Some(l),

@@ -162,6 +162,27 @@ pub struct Page {
     pub entries: Vec<Entry>,
 }
 
+/// Cheap counters of a bucket (see [`crate::Bucket::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BucketStats {
+    /// Keys whose latest entry is a value (expired values not yet swept included).
+    pub keys: u64,
+    /// Entries stored, history included.
+    pub values: u64,
+    /// Bytes of retained records.
+    pub bytes: u64,
+    /// Bytes of records no longer retained, not yet compacted away.
+    pub dead_bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// fdatasync calls since open.
+    pub fsyncs: u64,
+    /// Compaction passes since open.
+    pub compactions: u64,
+    /// Last revision written.
+    pub last_revision: u64,
+}
+
 /// A description of a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketStatus {

@@ -157,6 +157,8 @@ pub struct Index {
     dead: HashMap<u32, u64>,
     /// Retained revisions that have an expiry (the sweeper skips buckets with none).
     expiring: u64,
+    /// Keys whose latest revision is a PUT.
+    put_keys: u64,
 }
 
 impl Index {
@@ -255,6 +257,11 @@ impl Index {
         *self.dead.entry(slot).or_default() += bytes;
     }
 
+    /// Keys whose latest revision is a PUT (expired or not).
+    pub fn put_keys(&self) -> u64 {
+        self.put_keys
+    }
+
     /// Retained revisions that have an expiry.
     pub fn expiring(&self) -> u64 {
         self.expiring
@@ -291,11 +298,14 @@ impl Index {
         self.values += 1;
         self.expiring += (new.expires_ms != 0) as u64;
         self.bytes += new.len() as u64;
+        let is_put = (new.op() == Op::Put) as u64;
         let Some(slot) = self.map.get_mut(key) else {
             self.map.insert(IKey::new(key), new);
+            self.put_keys += is_put;
             return;
         };
         let old = *slot;
+        self.put_keys = self.put_keys + is_put - (old.op() == Op::Put) as u64;
         if new.op() == Op::Purge || history <= 1 {
             *slot = new;
             self.retire(old.bare(), removed);
@@ -352,6 +362,7 @@ impl Index {
         }
         if all_older_gone && drop(&latest.bare()) {
             self.map.remove(key);
+            self.put_keys -= (latest.op() == Op::Put) as u64;
             self.retire(latest.bare(), removed);
             return;
         }
@@ -411,6 +422,7 @@ impl Index {
                     .pop()
                     .unwrap_or(Rev::new(0, 0, 0, 0, 0, Op::Del))
                     .bare();
+                ix.put_keys += (latest.op() == Op::Put) as u64;
                 if !revs.is_empty() {
                     slab.push(revs);
                     latest.older = slab.len() as u32;
@@ -519,6 +531,7 @@ mod tests {
         );
         assert_eq!(ix.find(b"k", 4).map(|r| r.op()), Some(Op::Put));
         assert_eq!(ix.find(b"k", 3), None);
+        assert_eq!(ix.put_keys(), 0, "latest is a DEL");
         ix.apply(b"k", rev(7, Op::Purge), 3, &mut removed);
         assert_eq!(ix.revisions(b"k"), vec![rev(7, Op::Purge)]);
         assert_eq!(ix.values(), 1);
@@ -528,6 +541,9 @@ mod tests {
         ix.apply(b"j", rev(9, Op::Put), 3, &mut removed);
         ix.apply(b"j", rev(10, Op::Put), 3, &mut removed);
         assert_eq!(ix.slab.len(), 2);
+        assert_eq!(ix.put_keys(), 2);
+        ix.drop_oldest_while(b"j", |_| true, &mut removed);
+        assert_eq!(ix.put_keys(), 1);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::bucket::{BucketCore, CONFIG_FILE};
 use crate::compact::{CompactionReport, CrashPoint};
 use crate::config::{BucketConfig, Options};
-use crate::entry::{BucketStatus, Entry, Page, Ttl, WriteOp, Written};
+use crate::entry::{BucketStats, BucketStatus, Entry, Page, Ttl, WriteOp, Written};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
 use crate::fsync::FsyncPolicy;
@@ -383,6 +383,36 @@ impl Bucket {
     /// The value of `key`, if it has a live one.
     pub fn get(&self, key: &str) -> Result<Option<Bytes>> {
         Ok(self.core.get(key)?.map(|e| e.value))
+    }
+
+    /// Calls `f` with the live value of `key` read in place (no copy);
+    /// `None` if the key has no live value.
+    pub fn get_with<T>(&self, key: &str, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.core.get_with(key, f)
+    }
+
+    /// Whether the bucket still exists (it has not been dropped).
+    pub fn is_open(&self) -> bool {
+        self.core.check_open().is_ok()
+    }
+
+    /// Counters that cost nothing to read (no walk of the index).
+    pub fn stats(&self) -> BucketStats {
+        self.core.stats()
+    }
+
+    /// Applies independent writes — each succeeds or fails on its own, in
+    /// order — under one lock hold and one append, without waiting for
+    /// durability (not a batch: see [`Bucket::write`] for that). Returns each
+    /// result and a ticket for [`Bucket::wait_durable`].
+    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, u64)> {
+        self.core.write_each(ops)
+    }
+
+    /// Like [`Bucket::delete_glob`] without waiting for durability: returns the
+    /// count and a ticket for [`Bucket::wait_durable`].
+    pub fn delete_glob_nowait(&self, glob: &str) -> Result<(usize, u64)> {
+        self.core.delete_glob_nowait(&Glob::new(glob)?)
     }
 
     /// The latest entry of `key`, if it is a live value.
