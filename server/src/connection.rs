@@ -226,6 +226,8 @@ impl Conn {
                             reply.encode(self.session.proto, &mut self.out);
                         }
                     }
+                    // Replies of queued writes applied first are not this command's.
+                    let start = start.max(self.session.reply_start);
                     if self.out.len() - start > max_output {
                         let size = self.out.len() - start;
                         self.out.truncate(start);
@@ -239,6 +241,7 @@ impl Conn {
                         .encode(self.session.proto, &mut self.out);
                     }
                     if self.out.len() >= FLUSH_AT {
+                        self.session.apply_pending(&mut self.out);
                         self.flush().await?;
                     }
                 }
@@ -269,6 +272,8 @@ impl Conn {
                 }
             }
         }
+        // The pipeline's last writes, before anything is sent.
+        self.session.apply_pending(&mut self.out);
         self.rbuf.advance(pos);
         if self.rbuf.is_empty() {
             // Nothing pending: give the buffer back, so that an idle connection holds no

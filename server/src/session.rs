@@ -41,6 +41,13 @@ pub(crate) struct Session {
     pub tickets: Vec<(Bucket, u64)>,
     /// Commands run since the last time they were added to the server's counter.
     pub commands: u64,
+    /// Writes of the current pipeline not applied yet: consecutive writes go to
+    /// the engine together (`write_each`: one lock hold, one append); anything
+    /// else that replies first applies them, so replies keep request order.
+    pub pending: Vec<crate::command::kv::WriteCmd>,
+    /// Where in the output buffer the last command's own reply starts (after
+    /// the replies of queued writes it applied first).
+    pub reply_start: usize,
     wait_durable: bool,
 }
 
@@ -60,6 +67,8 @@ impl Session {
             watches,
             tickets: Vec::new(),
             commands: 0,
+            pending: Vec::new(),
+            reply_start: 0,
             wait_durable,
         }
     }

@@ -162,6 +162,9 @@ pub fn recovery(data: &[u8]) {
     }
 }
 
+/// key → retained (revision, op, value), oldest first.
+type Model = BTreeMap<String, Vec<(u64, Op, Vec<u8>)>>;
+
 /// Operation sequences against a model of the semantics (history 2), with
 /// reopens mixed in.
 pub fn ops(data: &[u8]) {
@@ -188,8 +191,7 @@ pub fn ops(data: &[u8]) {
         return;
     }
     let mut store = Some(store);
-    // key → retained (revision, op, value), oldest first.
-    let mut model: BTreeMap<String, Vec<(u64, Op, Vec<u8>)>> = BTreeMap::new();
+    let mut model: Model = BTreeMap::new();
     let mut last_rev = 0u64;
     for chunk in data.chunks(3).take(64) {
         let (op, k, arg) = (
@@ -203,19 +205,18 @@ pub fn ops(data: &[u8]) {
         let b = s.bucket("m").expect("bucket m");
         let latest = model.get(&key).and_then(|v| v.last()).cloned();
         let live = matches!(latest, Some((_, Op::Put, _)));
-        let mut push =
-            |model: &mut BTreeMap<String, Vec<(u64, Op, Vec<u8>)>>, op: Op, v: Vec<u8>| {
-                last_rev += 1;
-                let h = model.entry(key.clone()).or_default();
-                if op == Op::Purge {
-                    h.clear();
-                }
-                h.push((last_rev, op, v));
-                if h.len() > 2 {
-                    h.remove(0);
-                }
-                last_rev
-            };
+        let mut push = |model: &mut Model, op: Op, v: Vec<u8>| {
+            last_rev += 1;
+            let h = model.entry(key.clone()).or_default();
+            if op == Op::Purge {
+                h.clear();
+            }
+            h.push((last_rev, op, v));
+            if h.len() > 2 {
+                h.remove(0);
+            }
+            last_rev
+        };
         match op {
             0 => assert_eq!(
                 b.put(&key, value.clone()).ok(),

@@ -152,7 +152,8 @@ impl Session {
             let names = shared.store.bucket_names();
             for name in &names {
                 // A bucket dropped meanwhile is simply left out.
-                if let Ok(s) = shared.store.bucket(name).and_then(|b| b.status()) {
+                // Counters only: INFO must not walk every key.
+                if let Ok(s) = shared.store.bucket(name).map(|b| b.stats()) {
                     keys += s.keys;
                     bytes += s.bytes;
                     segments += s.segments;

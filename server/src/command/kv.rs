@@ -146,18 +146,40 @@ pub(crate) fn getdel(args: &[Bytes]) -> Result<WriteCmd, Reply> {
 }
 
 impl Session {
-    /// Applies one write now (visible at once, durable before the reply is sent).
-    pub(crate) fn write_one(&mut self, cmd: WriteCmd, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let ops = std::slice::from_ref(&cmd.op);
-        let (written, ticket) = self
-            .with_bucket(|b| b.write_nowait(ops))
-            .map_err(|e| engine_error(&e))?;
-        self.note_current_ticket(ticket);
-        match written.first() {
-            Some(w) => encode_written(w, cmd.shape, self.proto, out),
-            None => return Err(super::err("ERR", "the engine returned no result")),
-        }
+    /// Queues one write of the pipeline; [`Session::apply_pending`] applies it
+    /// (visible before any later command runs, durable before the reply is sent).
+    pub(crate) fn write_one(&mut self, cmd: WriteCmd) -> Result<Flow, Reply> {
+        self.pending.push(cmd);
         Ok(Flow::Continue)
+    }
+
+    /// Applies the queued writes in one engine call and encodes their replies.
+    pub(crate) fn apply_pending(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let cmds = std::mem::take(&mut self.pending);
+        let ops: Vec<WriteOp> = cmds.iter().map(|c| c.op.clone()).collect();
+        match self.with_bucket(|b| b.write_each(&ops)) {
+            Ok((results, ticket)) => {
+                self.note_current_ticket(ticket);
+                for (cmd, result) in cmds.iter().zip(results) {
+                    match result {
+                        Ok(w) => encode_written(&w, cmd.shape, self.proto, out),
+                        Err(e) => engine_error(&e).encode(self.proto, out),
+                    }
+                }
+            }
+            Err(e) => {
+                let reply = engine_error(&e);
+                for _ in &cmds {
+                    reply.encode(self.proto, out);
+                }
+            }
+        }
+        let mut cmds = cmds;
+        cmds.clear();
+        self.pending = cmds;
     }
 
     /// `GET key [REV n]`
@@ -165,10 +187,14 @@ impl Session {
         let key = key_arg(&args[1])?;
         match &args[2..] {
             [] => {
-                let v = self
-                    .with_bucket(|b| b.get(key))
+                // Encoded straight from the log's memory map: no copy of the value.
+                let proto = self.proto;
+                let found = self
+                    .with_bucket(|b| b.get_with(key, |v| reply::opt_bulk(out, proto, Some(v))))
                     .map_err(|e| engine_error(&e))?;
-                reply::opt_bulk(out, self.proto, v.as_deref());
+                if found.is_none() {
+                    reply::opt_bulk(out, proto, None);
+                }
             }
             [word, n] if is(word, "REV") => {
                 let rev = uint_arg(n, "revision")?;

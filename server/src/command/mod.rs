@@ -264,6 +264,20 @@ impl Session {
         };
         self.commands += 1;
         let verb = Verb::lookup(name);
+        // Only a write that reaches `dispatch` joins the queued writes; every
+        // other path below replies at once, so the queue goes first.
+        let joins_queue = self.multi.is_none()
+            && self.authed
+            && !(self.proto < 3 && self.watches.active())
+            && verb.is_some_and(|v| v.is_write() || v == Verb::GetDel)
+            && verb.is_some_and(|v| {
+                let (min, max) = v.arity();
+                (min..=max).contains(&args.len())
+            });
+        if !joins_queue {
+            self.apply_pending(out);
+        }
+        self.reply_start = out.len();
         if !self.authed
             && !matches!(
                 verb,
@@ -333,6 +347,8 @@ impl Session {
         match self.dispatch(verb, args, out) {
             Ok(flow) => flow,
             Err(reply) => {
+                self.apply_pending(out);
+                self.reply_start = out.len();
                 reply.encode(self.proto, out);
                 Flow::Continue
             }
@@ -357,7 +373,7 @@ impl Session {
             Verb::Ttl => self.ttl(&args, out),
             Verb::GetDel => {
                 let cmd = kv::getdel(&args)?;
-                self.write_one(cmd, out)
+                self.write_one(cmd)
             }
             Verb::Put
             | Verb::Set
@@ -368,7 +384,7 @@ impl Session {
             | Verb::Purge
             | Verb::Revert => {
                 let cmd = kv::parse_write(verb, args)?;
-                self.write_one(cmd, out)
+                self.write_one(cmd)
             }
             Verb::Multi => self.multi(out),
             Verb::Exec => self.exec(out),
