@@ -429,7 +429,11 @@ impl BucketCore {
 
         let mut w = self.writer.lock();
         let now = self.now();
-        let mut overlay: HashMap<&str, Cur> = HashMap::new();
+        // For keys written earlier in this call: their retained entries as the
+        // call has left them (the index's, then each write with the same
+        // retention rule as `Index::apply`), latest last.
+        let mut overlay: HashMap<&str, Vec<Cur>> = HashMap::new();
+        let history = self.config.history as usize;
         // (index into ops, record op, value, per-key expiry)
         let mut planned: Vec<(usize, Op, Bytes, u64)> = Vec::with_capacity(ops.len());
         let mut adding = 0u64;
@@ -444,12 +448,13 @@ impl BucketCore {
                 continue;
             }
             let revision = w.next_rev + planned.len() as u64;
-            let cur = match overlay.get(op.key.as_str()) {
-                Some(c) => Some(c.clone()),
+            let retained = overlay.get(op.key.as_str()).map(Vec::as_slice);
+            let cur = match retained {
+                Some(list) => list.last().cloned(),
                 None => self.index.read().latest(op.key.as_bytes()).map(Cur::Stored),
             };
             let checked = self
-                .check_precondition(op, cur.as_ref(), now)
+                .check_precondition(op, cur.as_ref(), retained, now)
                 .and_then(|value| {
                     let rop = op.record_op();
                     let len = record::encoded_len(op.key.len(), value.len()) as u64;
@@ -484,16 +489,25 @@ impl BucketCore {
             }
             if several {
                 let expires_ms = effective_expiry(key_expires, now, self.config.ttl_ms());
-                overlay.insert(
-                    &op.key,
-                    Cur::Batch {
-                        revision,
-                        op: rop,
-                        expires_ms,
-                        created_ms: now,
-                        value: value.clone(),
-                    },
-                );
+                let list = overlay.entry(&op.key).or_insert_with(|| {
+                    let ix = self.index.read();
+                    ix.revisions(op.key.as_bytes())
+                        .into_iter()
+                        .map(Cur::Stored)
+                        .collect()
+                });
+                if rop == Op::Purge {
+                    list.clear();
+                }
+                list.push(Cur::Batch {
+                    revision,
+                    op: rop,
+                    expires_ms,
+                    created_ms: now,
+                    value: value.clone(),
+                });
+                let excess = list.len().saturating_sub(history);
+                list.drain(..excess);
             }
             planned.push((i, rop, value, key_expires));
             results.push(Ok(Written { revision, previous }));
@@ -568,7 +582,15 @@ impl BucketCore {
     }
 
     /// Checks `op`'s precondition against the key's current state; returns the value to write.
-    fn check_precondition(&self, op: &WriteOp, cur: Option<&Cur>, now: u64) -> Result<Bytes> {
+    /// `retained`: the key's retained entries as earlier writes of the same
+    /// call left them, if there were any (else the index is the truth).
+    fn check_precondition(
+        &self,
+        op: &WriteOp,
+        cur: Option<&Cur>,
+        retained: Option<&[Cur]>,
+        now: u64,
+    ) -> Result<Bytes> {
         let live = cur.is_some_and(|c| c.live(now));
         let latest = cur.map_or(0, Cur::revision);
         match &op.kind {
@@ -603,17 +625,12 @@ impl BucketCore {
                 }
             }
             Kind::Revert(revision) => {
-                let found = match cur {
-                    Some(Cur::Batch {
-                        revision: r,
-                        op: Op::Put,
-                        expires_ms,
-                        value,
-                        ..
-                    }) if r == revision && (*expires_ms == 0 || *expires_ms > now) => {
-                        Some(value.clone())
-                    }
-                    _ => match self.get_revision(&op.key, *revision)? {
+                let found = match retained {
+                    Some(list) => match list.iter().find(|c| c.revision() == *revision) {
+                        Some(c) if c.live(now) => Some(self.current_entry(&op.key, c)?.value),
+                        _ => None,
+                    },
+                    None => match self.get_revision(&op.key, *revision)? {
                         Some(e) if e.op == Op::Put => Some(e.value),
                         _ => None,
                     },
