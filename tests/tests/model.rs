@@ -26,7 +26,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use logkv::log::record::HEADER_LEN;
-use logkv::{Bucket, BucketConfig, Clock, Entry, Error, ManualClock, Op, Store, Ttl, WriteOp};
+use logkv::{
+    Bucket, BucketConfig, Clock, CrashPoint, Entry, Error, ManualClock, Op, Store, Ttl, WriteOp,
+};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{RngSeed, TestCaseError};
@@ -623,6 +625,9 @@ enum Act {
     Sweep(usize),
     /// A forced compaction pass: the log is rewritten, nothing visible changes.
     Compact(usize),
+    /// A compaction pass that stops at an injected crash point, then a crash
+    /// (the directory as it is then is what the next open sees).
+    CompactCrash(usize, CrashPoint),
     /// `close` (sync) every handle, then open the directory again.
     Reopen,
     /// Drop every handle without `sync` or `close`, then open the directory again.
@@ -708,6 +713,13 @@ fn act() -> impl Strategy<Value = Act> {
         4 => prop_oneof![1u64..300, 900u64..1200, 2000u64..4000].prop_map(Act::Advance),
         2 => bucket_ix().prop_map(Act::Sweep),
         2 => bucket_ix().prop_map(Act::Compact),
+        1 => (bucket_ix(), select(vec![
+            CrashPoint::AfterTmpWritten,
+            CrashPoint::AfterInstall,
+            CrashPoint::AfterRelocate,
+            CrashPoint::AfterFirstDelete,
+        ]))
+        .prop_map(|(b, p)| Act::CompactCrash(b, p)),
         1 => Just(Act::Reopen),
         1 => Just(Act::DropReopen),
         1 => Just(Act::Crash),
@@ -1024,6 +1036,18 @@ fn step(sut: &mut Sut, model: &mut [MBucket], act: &Act) -> Result<(), TestCaseE
         }
         Act::Compact(bi) => {
             sut.buckets[*bi].compact().map_err(|e| fail("compact", e))?;
+        }
+        Act::CompactCrash(bi, point) => {
+            sut.buckets[*bi].set_compaction_crash_point(*point);
+            match sut.buckets[*bi].compact() {
+                // Nothing to compact: the pass never reached the crash point.
+                Ok(r) => prop_assert_eq!(r.segments_in, 0, "a pass ran past {:?}", point),
+                Err(e) => prop_assert!(e.to_string().contains("injected crash"), "{}", e),
+            }
+            sut.crash()?;
+            for m in model.iter_mut() {
+                m.age_out(now);
+            }
         }
         Act::Reopen | Act::DropReopen | Act::Crash => {
             match act {
