@@ -1,1 +1,16 @@
-//! Benchmark harness (see ../shared/BENCH.md).
+//! logkv's benchmark harness (see BENCH.md): the embedded suite (logkv against redb, fjall
+//! and sled), the server suite (logkv-server against redis-server), and their parts.
+//!
+//! Every result is one JSON object per line on stdout ([`report::Row`]); progress and
+//! human tables go to stderr.
+
+pub mod embedded;
+pub mod keys;
+pub mod limits;
+pub mod redisbench;
+pub mod report;
+pub mod resp;
+pub mod server;
+pub mod stores;
+pub mod sys;
+pub mod watchbench;

@@ -1,0 +1,94 @@
+//! What the harness asks of the operating system: memory, disk usage, file limits, signals.
+
+use std::path::Path;
+
+/// Resident anonymous memory of this process in bytes (`RssAnon` in /proc/self/status).
+pub fn rss_anon() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kb(&text, "RssAnon:")
+}
+
+/// A `kB` field of a /proc status file, in bytes.
+pub fn parse_status_kb(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line[field.len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes allocated on disk under `dir` (st_blocks × 512, like `du`): preallocated but
+/// unwritten space of sparse files does not count, written space does.
+pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // A file removed by a background thread while we walk.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Raises the open-file limit to its hard maximum (the server suite opens a thousand
+/// sockets, and the servers it starts inherit the limit).
+pub fn raise_nofile_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn terminate(pid: u32) {
+    // SAFETY: kill() with a pid we spawned and a valid signal number.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kb_fields() {
+        let status = "Name:\tx\nRssAnon:\t    1234 kB\nRssFile:\t 10 kB\n";
+        assert_eq!(parse_status_kb(status, "RssAnon:"), Some(1234 * 1024));
+        assert_eq!(parse_status_kb(status, "VmSwap:"), None);
+        assert!(rss_anon().unwrap() > 0);
+    }
+
+    #[test]
+    fn disk_usage_counts_written_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/a"), vec![1u8; 64 << 10]).unwrap();
+        let f = std::fs::File::create(d.path().join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let used = disk_usage(d.path()).unwrap();
+        assert!(used >= 64 << 10, "{used}");
+        assert!(used < 1 << 20, "{used}");
+    }
+}
