@@ -449,8 +449,14 @@ impl BucketCore {
             }
             let revision = w.next_rev + planned.len() as u64;
             let retained = overlay.get(op.key.as_str()).map(Vec::as_slice);
+            // A blind write (PUT, DEL, PURGE with no precondition, nothing to
+            // return) alone needs no look at the key: one index search, not two.
+            let blind = !several
+                && !op.return_previous
+                && matches!(op.kind, Kind::Put | Kind::Delete(None) | Kind::Purge);
             let cur = match retained {
                 Some(list) => list.last().cloned(),
+                None if blind => None,
                 None => self.index.read().latest(op.key.as_bytes()).map(Cur::Stored),
             };
             let checked = self

@@ -173,6 +173,9 @@ pub enum WatchEvent {
 /// receives. Dropping it unsubscribes.
 pub struct Watch {
     core: Arc<BucketCore>,
+    /// This watch's own copy of the bucket name: entries clone it, and a
+    /// reference count shared by every watch would bounce between cores.
+    bucket: Arc<str>,
     _keep: Arc<dyn std::any::Any + Send + Sync>,
     subject: Subject,
     opts: WatchOptions,
@@ -250,6 +253,7 @@ impl Watch {
         let seq = end >> 32;
         let tail = core.log.segment_by_seq(seq);
         Ok(Watch {
+            bucket: Arc::from(&*core.name),
             counted: opts.from_revision.is_none(),
             core,
             _keep: keep,
@@ -348,7 +352,9 @@ impl Watch {
     fn next_live(&mut self) -> Result<Option<WatchEvent>> {
         loop {
             let (end, published_rev) = self.core.hub.published();
-            let Some(seg) = self.tail.clone() else {
+            // The segment is moved out and back rather than cloned: an `Arc`
+            // clone per record would make every watch hammer one shared count.
+            let Some(seg) = self.tail.take() else {
                 // The segment the watch started in is gone already: start at the first one.
                 match self.core.log.segments().into_iter().next() {
                     Some(s) => {
@@ -359,73 +365,95 @@ impl Watch {
                     None => return Ok(None),
                 }
             };
-            if log_pos(seg.id.seq, self.offset) >= end {
-                if self.last_seen < published_rev {
-                    // At the end of the log without having seen every revision:
-                    // compaction removed records this watch had not read.
-                    return self.lost();
-                }
-                return Ok(None);
-            }
-            if self.offset >= seg.data_end() {
-                // This segment is sealed (the published end lies beyond it): move on.
-                match self.core.log.segment_after(seg.id.seq) {
+            let step = self.read_one(&seg, end, published_rev);
+            match step {
+                Step::Next => match self.core.log.segment_after(seg.id.seq) {
                     Some(next) => {
                         self.offset = next.data_start;
                         self.tail = Some(next);
-                        continue;
                     }
-                    None => return Ok(None),
-                }
-            }
-            let bytes = seg.range(self.offset, seg.data_end());
-            let rec = match decode(bytes, seg.header.salt) {
-                Decoded::Record(r) => r,
-                Decoded::End | Decoded::Invalid(_) => {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: self.offset,
-                        reason: "watch found no valid record below the published end".into(),
-                    })
-                }
-            };
-            let h = rec.header;
-            if h.revision != self.last_seen + 1 {
-                if h.revision <= self.last_seen {
-                    // Already seen (a compacted copy of records read before).
-                    self.offset += h.record_len() as u64;
-                    continue;
-                }
-                return self.lost();
-            }
-            self.last_seen = h.revision;
-            self.offset += h.record_len() as u64;
-            let key = std::str::from_utf8(rec.key).unwrap_or("");
-            if !self.subject.matches(key) || (self.opts.ignore_deletes && h.op != Op::Put) {
-                continue;
-            }
-            let expires = crate::bucket::effective_expiry(
-                h.expires_ms,
-                h.created_ms,
-                self.core.config.ttl_ms(),
-            );
-            let entry = Entry {
-                bucket: Arc::clone(&self.core.name),
-                key: key.to_string(),
-                value: if self.opts.meta_only {
-                    Bytes::new()
-                } else {
-                    Bytes::copy_from_slice(rec.value)
+                    None => {
+                        self.tail = Some(seg);
+                        return Ok(None);
+                    }
                 },
-                revision: h.revision,
-                created_ms: h.created_ms,
-                op: h.op,
-                delta: 0,
-                expires_ms: expires,
-            };
-            return Ok(Some(WatchEvent::Entry(entry)));
+                Step::Skip => self.tail = Some(seg),
+                Step::Done(result) => {
+                    self.tail = Some(seg);
+                    return result;
+                }
+            }
         }
     }
+
+    /// One step of [`Watch::next_live`] in segment `seg`.
+    fn read_one(&mut self, seg: &Segment, end: u64, published_rev: u64) -> Step {
+        if log_pos(seg.id.seq, self.offset) >= end {
+            if self.last_seen < published_rev {
+                // At the end of the log without having seen every revision:
+                // compaction removed records this watch had not read.
+                return Step::Done(self.lost());
+            }
+            return Step::Done(Ok(None));
+        }
+        if self.offset >= seg.data_end() {
+            // This segment is sealed (the published end lies beyond it): move on.
+            return Step::Next;
+        }
+        let bytes = seg.range(self.offset, seg.data_end());
+        let rec = match decode(bytes, seg.header.salt) {
+            Decoded::Record(r) => r,
+            Decoded::End | Decoded::Invalid(_) => {
+                return Step::Done(Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: self.offset,
+                    reason: "watch found no valid record below the published end".into(),
+                }))
+            }
+        };
+        let h = rec.header;
+        if h.revision != self.last_seen + 1 {
+            if h.revision <= self.last_seen {
+                // Already seen (a compacted copy of records read before).
+                self.offset += h.record_len() as u64;
+                return Step::Skip;
+            }
+            return Step::Done(self.lost());
+        }
+        self.last_seen = h.revision;
+        self.offset += h.record_len() as u64;
+        let key = std::str::from_utf8(rec.key).unwrap_or("");
+        if !self.subject.matches(key) || (self.opts.ignore_deletes && h.op != Op::Put) {
+            return Step::Skip;
+        }
+        let expires =
+            crate::bucket::effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
+        let entry = Entry {
+            bucket: Arc::clone(&self.bucket),
+            key: key.to_string(),
+            value: if self.opts.meta_only {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(rec.value)
+            },
+            revision: h.revision,
+            created_ms: h.created_ms,
+            op: h.op,
+            delta: 0,
+            expires_ms: expires,
+        };
+        Step::Done(Ok(Some(WatchEvent::Entry(entry))))
+    }
+}
+
+/// What one read step of a watch found.
+enum Step {
+    /// The segment is used up: go to the next.
+    Next,
+    /// A record that is not for this watch: go on.
+    Skip,
+    /// An answer for the caller.
+    Done(Result<Option<WatchEvent>>),
 }
 
 impl Iterator for Watch {

@@ -183,6 +183,10 @@ fn random_salt() -> u32 {
     h.finish() as u32
 }
 
+/// A value alone on its cache line (no false sharing with its neighbours).
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
 /// An open segment: its file and a read-only map of it.
 ///
 /// The map may be longer than the file (the active segment is mapped at its
@@ -202,7 +206,8 @@ pub struct Segment {
     /// Offset where records begin.
     pub data_start: u64,
     /// Offset just past the last complete record: readers (watches) never go past it.
-    end: AtomicU64,
+    /// Written on every append, so it gets a cache line of its own.
+    end: CacheLine<AtomicU64>,
     file: File,
     map: Mmap,
 }
@@ -319,7 +324,7 @@ impl Segment {
             id: header.id,
             slot,
             data_start,
-            end: AtomicU64::new(data_start),
+            end: CacheLine(AtomicU64::new(data_start)),
             header,
             path,
             file,
@@ -329,12 +334,12 @@ impl Segment {
 
     /// Offset just past the last complete record.
     pub fn data_end(&self) -> u64 {
-        self.end.load(Ordering::Acquire)
+        self.end.0.load(Ordering::Acquire)
     }
 
     /// Publishes a new data end (after an append, or once recovery knows it).
     pub fn set_data_end(&self, end: u64) {
-        self.end.store(end, Ordering::Release);
+        self.end.0.store(end, Ordering::Release);
     }
 
     /// The mapped capacity of this segment.
