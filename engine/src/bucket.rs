@@ -297,24 +297,37 @@ impl BucketCore {
     /// The latest entry of `key` if it is a live value.
     pub fn get(&self, key: &str) -> Result<Option<Entry>> {
         self.check_open()?;
-        validate_key(key)?;
-        let now = self.now();
-        self.read_one(key, |ix| ix.latest(key.as_bytes()).filter(|r| r.live(now)))
+        let found = self.read_one(key, |ix| ix.latest(key.as_bytes()).filter(|r| self.live(r)))?;
+        self.missing_key_checked(key, found)
+    }
+
+    /// Whether `r` is a live value now; reads the clock only for entries that expire.
+    #[inline]
+    fn live(&self, r: &Rev) -> bool {
+        r.op() == Op::Put && (r.expires_ms == 0 || !r.expired(self.now()))
+    }
+
+    /// A read that found nothing still has to tell an invalid key (`BadKey`)
+    /// from a missing one. Found keys are valid: only valid keys are stored.
+    fn missing_key_checked<T>(&self, key: &str, found: Option<T>) -> Result<Option<T>> {
+        if found.is_none() {
+            validate_key(key)?;
+        }
+        Ok(found)
     }
 
     /// Calls `f` with the live value of `key`, read in place from the log
     /// (no copy); returns `None` if the key has no live value.
     pub fn get_with<T>(&self, key: &str, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         self.check_open()?;
-        validate_key(key)?;
-        let now = self.now();
         let found = {
             let ix = self.index.read();
             ix.latest(key.as_bytes())
-                .filter(|r| r.live(now))
+                .filter(|r| self.live(r))
                 .map(|rev| (rev, self.log.segment(rev.slot)))
         };
         let Some((rev, seg)) = found else {
+            validate_key(key)?;
             return Ok(None);
         };
         let seg = seg.ok_or_else(|| Error::Corrupt {
@@ -338,12 +351,11 @@ impl BucketCore {
     /// Retained revision `revision` of `key` (markers included), unless expired.
     pub fn get_revision(&self, key: &str, revision: u64) -> Result<Option<Entry>> {
         self.check_open()?;
-        validate_key(key)?;
-        let now = self.now();
-        self.read_one(key, |ix| {
+        let found = self.read_one(key, |ix| {
             ix.find(key.as_bytes(), revision)
-                .filter(|r| !r.expired(now))
-        })
+                .filter(|r| r.expires_ms == 0 || !r.expired(self.now()))
+        })?;
+        self.missing_key_checked(key, found)
     }
 
     /// Applies writes atomically: all or none, consecutive revisions, durable together.

@@ -88,6 +88,17 @@ pub struct Cli {
     /// the port can then read and change everything: use only on a trusted network.
     #[arg(long)]
     pub unprotected: bool,
+
+    /// Event-loop threads. Default: one less than the number of cores (at least one),
+    /// leaving a core for fsyncs, compaction and the clients on the same machine.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// The default number of event-loop threads: cores - 1, at least 1.
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).max(1)
 }
 
 impl Cli {

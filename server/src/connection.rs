@@ -310,34 +310,27 @@ impl Conn {
     /// writes the output.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.session.tickets.is_empty() {
+            // The bucket's syncer thread fsyncs for every connection waiting at once.
             let mut tickets = std::mem::take(&mut self.session.tickets);
-            let keep = Arc::clone(&self.session.shared);
-            let waited = tokio::task::spawn_blocking(move || {
-                let mut result = Ok(());
-                for (bucket, ticket) in &tickets {
-                    if let Err(e) = bucket.wait_durable(*ticket) {
-                        result = Err(e);
-                        break;
-                    }
+            let shared = Arc::clone(&self.session.shared);
+            let mut failed = None;
+            for (bucket, ticket) in &tickets {
+                if let Err(e) = shared.syncers.wait(bucket, *ticket).await {
+                    failed = Some(e);
+                    break;
                 }
-                tickets.clear();
-                drop(keep);
-                (tickets, result)
-            })
-            .await;
-            match waited {
-                Ok((tickets, Ok(()))) => self.session.tickets = tickets,
-                Ok((_, Err(e))) => {
-                    // The replies would claim writes that may not survive a crash.
-                    error!("durability wait failed, closing the connection: {e}");
-                    self.out.clear();
-                    Reply::err("ERR", format!("writes could not be made durable: {e}"))
-                        .encode(self.session.proto, &mut self.out);
-                    let _ = self.stream.write_all(&self.out).await;
-                    return Err(io::Error::other(e.to_string()));
-                }
-                Err(e) => return Err(io::Error::other(e.to_string())),
             }
+            if let Some(e) = failed {
+                // The replies would claim writes that may not survive a crash.
+                error!("durability wait failed, closing the connection: {e}");
+                self.out.clear();
+                Reply::err("ERR", format!("writes could not be made durable: {e}"))
+                    .encode(self.session.proto, &mut self.out);
+                let _ = self.stream.write_all(&self.out).await;
+                return Err(io::Error::other(e));
+            }
+            tickets.clear();
+            self.session.tickets = tickets;
         }
         self.stream.write_all(&self.out).await?;
         self.out.clear();

@@ -23,6 +23,7 @@ pub mod cli;
 mod command;
 pub mod config;
 mod connection;
+mod durability;
 pub mod protocol;
 mod pump;
 mod reply;

@@ -85,6 +85,7 @@ pub(crate) struct Shared {
     pub config: ServerConfig,
     pub stats: Stats,
     pub pumps: Pumps,
+    pub syncers: crate::durability::Syncers,
 }
 
 /// A server bound to its address with its store open, not yet accepting.
@@ -181,6 +182,7 @@ impl Server {
                 next_conn_id: AtomicU64::new(1),
             },
             pumps: Pumps::new(),
+            syncers: crate::durability::Syncers::default(),
         });
         Ok(Server {
             listener,
@@ -252,6 +254,8 @@ impl Server {
         }
         let pumps = shared.pumps.clone();
         let _ = tokio::task::spawn_blocking(move || pumps.shutdown()).await;
+        let keep = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || keep.syncers.shutdown()).await;
         // Blocking jobs (fsync waits, DELGLOB...) hold a reference until they return.
         let deadline = Instant::now() + Duration::from_secs(30);
         while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
