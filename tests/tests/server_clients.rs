@@ -1,0 +1,113 @@
+//! Real clients beyond the Rust `redis` crate: the Python `redis` package
+//! (`execute_command`, `pipeline(transaction=True)`, RESP3) and
+//! `redis-benchmark` running a custom logkv verb. Each test says when it skips
+//! because the tool is not installed (`.ci/run` installs both).
+
+mod server_common;
+
+use std::process::Command;
+
+use server_common::Srv;
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn python_redis_client() {
+    if !have("python3", &["-c", "import redis"]) {
+        println!("skipped: the Python redis package is not installed (pip install redis)");
+        return;
+    }
+    let srv = Srv::start();
+    let script = r#"
+import sys, redis
+port = int(sys.argv[1])
+r = redis.Redis(port=port)
+assert r.ping()
+base = r.execute_command("PUT", "a.b", "hello")
+assert base == 1, base
+assert r.execute_command("GET", "a.b") == b"hello"
+assert r.set("plain", "v") and r.get("plain") == b"v"
+p = r.pipeline(transaction=True)
+p.execute_command("PUT", "z.1", "one")
+p.execute_command("PUT", "z.2", "two")
+p.execute_command("UPDATE", "z.1", "uno", 3)
+assert p.execute() == [3, 4, 5]
+try:
+    p = r.pipeline(transaction=True)
+    p.execute_command("CREATE", "z.1", "again")
+    p.execute_command("PUT", "z.3", "three")
+    p.execute()
+    raise SystemExit("EXEC should have been aborted")
+except redis.ResponseError as e:
+    assert str(e).startswith("ABORTED 0 EXISTS"), e
+assert r.execute_command("GET", "z.3") is None
+assert r.execute_command("KEYS", "z.>") == [b"z.1", b"z.2"]
+p = r.pipeline(transaction=False)
+for i in range(1000):
+    p.set(f"k{i}", i)
+assert len(p.execute()) == 1000
+r3 = redis.Redis(port=port, protocol=3)
+e = r3.execute_command("ENTRY", "z.1")
+assert e[b"value"] == b"uno" and e[b"revision"] == 5 and e[b"op"] == b"PUT", e
+print("python client ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &srv.addr.port().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python client ok"));
+}
+
+#[test]
+fn redis_benchmark_with_a_logkv_verb() {
+    if !have("redis-benchmark", &["--version"]) {
+        println!("skipped: redis-benchmark is not installed (apt-get install redis-tools)");
+        return;
+    }
+    let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
+    let port = srv.addr.port().to_string();
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port,
+            "-n",
+            "2000",
+            "-c",
+            "10",
+            "-r",
+            "100",
+            "--csv",
+            "PUT",
+            "key:__rand_int__",
+            "xxx",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.contains("PUT key:__rand_int__ xxx"), "{csv}");
+    let mut c = srv.raw();
+    let status = c.cmd(&["STATUS"]);
+    assert_eq!(
+        status.field("lastrev").int(),
+        2000,
+        "every PUT got a revision"
+    );
+    let keys = c.cmd(&["KEYS", ">"]);
+    assert!(!keys.items().is_empty() && keys.items().len() <= 100);
+}
