@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         .threads
         .unwrap_or_else(logkv_server::cli::default_threads)
         .max(1);
+    raise_open_file_limit(cli.max_connections);
     let config = cli.into_config();
     // tokio's multi-threaded runtime with one small task per connection, so
     // thousands of mostly idle clients cost memory, not threads. Workers: one
@@ -48,6 +49,24 @@ fn main() -> ExitCode {
             eprintln!("logkv-server: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to what `max_connections` clients need
+/// (plus files of the store), as far as the hard limit allows, like Redis does;
+/// says how to raise the hard limit when it is too low.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 256;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got >= wanted => {}
+        Ok(got) => tracing::warn!(
+            limit = got,
+            wanted,
+            "the open-file limit allows only about {} connections; raise it (ulimit -n {wanted}) \
+             or lower --max-connections",
+            got.saturating_sub(256)
+        ),
+        Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
     }
 }
 
