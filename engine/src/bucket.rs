@@ -15,7 +15,7 @@ use crate::config::{BucketConfig, Options};
 use crate::entry::{BucketStats, BucketStatus, Entry, Kind, Op, Page, Ttl, WriteOp, Written};
 use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
-use crate::index::{Index, Rev};
+use crate::index::{IKey, Index, Rev};
 use crate::key::{validate_key, Glob, Subject};
 use crate::log::record::{self, decode, Decoded, FLAG_BATCH_CONT, FLAG_BATCH_MORE};
 use crate::log::recovery::RecoveryReport;
@@ -754,40 +754,74 @@ impl BucketCore {
     /// for durability; returns how many, and the log position to wait for.
     pub fn delete_glob_nowait(&self, glob: &Glob) -> Result<(usize, u64)> {
         self.check_open()?;
-        let mut deleted = 0;
-        let mut ticket = 0;
-        let mut from: Option<String> = None;
+        let (mut deleted, mut ticket) = (0, 0);
         let prefix = glob.literal_prefix();
-        loop {
-            // Pages keep each append, and each index lock hold, bounded.
-            let now = self.now();
-            let chunk: Vec<WriteOp> = {
-                let ix = self.index.read();
-                let start = match &from {
-                    Some(f) => Bound::Excluded(f.as_bytes()),
-                    None => Bound::Included(prefix.as_bytes()),
-                };
-                ix.range(start, Bound::Unbounded)
-                    .take_while(|(k, _)| k.as_bytes().starts_with(prefix.as_bytes()))
-                    .filter(|(k, r)| r.live(now) && glob.matches(k.as_str()))
-                    .take(1024)
-                    .map(|(k, r)| WriteOp::delete_at(k.as_str(), r.revision))
-                    .collect()
-            };
-            let Some(last) = chunk.last().map(|op| op.key.clone()) else {
-                break;
-            };
-            // Each delete on its own: a key rewritten meanwhile is skipped.
-            let (results, end) = self.write_each(&chunk)?;
-            for r in results {
-                match r {
-                    Ok(_) => deleted += 1,
-                    Err(Error::WrongRevision { .. }) => {}
-                    Err(e) => return Err(e),
+        self.walk_in_chunks(
+            prefix.as_bytes(),
+            |_, k, r, picked| {
+                if self.live(r) && glob.matches(k.as_str()) {
+                    picked.push(WriteOp::delete_at(k.as_str(), r.revision));
                 }
+            },
+            |ops| {
+                let (n, t) = self.delete_unchanged(&ops)?;
+                deleted += n;
+                ticket = ticket.max(t);
+                Ok(())
+            },
+        )?;
+        Ok((deleted, ticket))
+    }
+
+    /// Walks the keys starting with `prefix` in order, [`SWEEP_CHUNK`] keys per
+    /// index read-lock hold: `pick` sees each key and its latest revision under
+    /// the lock, `act` gets each chunk's picks once the lock is released. Long
+    /// walks (DELGLOB, the TTL sweep) never hold the lock for long.
+    fn walk_in_chunks<T>(
+        &self,
+        prefix: &[u8],
+        mut pick: impl FnMut(&Index, &IKey, &Rev, &mut Vec<T>),
+        mut act: impl FnMut(Vec<T>) -> Result<()>,
+    ) -> Result<()> {
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let (picked, last) = {
+                let ix = self.index.read();
+                let from = match &cursor {
+                    Some(c) => Bound::Excluded(c.as_slice()),
+                    None => Bound::Included(prefix),
+                };
+                let mut picked = Vec::new();
+                let mut last = None;
+                for (k, r) in ix
+                    .range(from, Bound::Unbounded)
+                    .take_while(|(k, _)| k.as_bytes().starts_with(prefix))
+                    .take(SWEEP_CHUNK)
+                {
+                    pick(&ix, k, r, &mut picked);
+                    last = Some(k.as_bytes().to_vec());
+                }
+                (picked, last)
+            };
+            let Some(last) = last else { return Ok(()) };
+            if !picked.is_empty() {
+                act(picked)?;
             }
-            ticket = ticket.max(end);
-            from = Some(last);
+            cursor = Some(last);
+        }
+    }
+
+    /// Writes DEL markers for keys still at the revisions given (a key written
+    /// meanwhile is left alone); returns how many and the durability ticket.
+    fn delete_unchanged(&self, ops: &[WriteOp]) -> Result<(usize, u64)> {
+        let (results, ticket) = self.write_each(ops)?;
+        let mut deleted = 0;
+        for r in results {
+            match r {
+                Ok(_) => deleted += 1,
+                Err(Error::WrongRevision { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok((deleted, ticket))
     }
@@ -901,42 +935,21 @@ impl BucketCore {
     pub fn sweep_expired(&self) -> Result<usize> {
         self.check_open()?;
         let now = self.now();
-        let mut cursor: Option<String> = None;
         let mut markers = 0;
-        loop {
-            let (expired, last) = {
-                let ix = self.index.read();
-                if ix.expiring() == 0 {
-                    break;
-                }
-                let lo = cursor
-                    .as_deref()
-                    .map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
-                let mut expired = Vec::new();
-                let mut last = None;
-                for (k, r) in ix.range(lo, Bound::Unbounded).take(SWEEP_CHUNK) {
+        if self.index.read().expiring() > 0 {
+            self.walk_in_chunks(
+                b"",
+                |_, k, r, picked| {
                     if r.op() == Op::Put && r.expired(now) {
-                        expired.push(WriteOp::delete_at(k.as_str(), r.revision));
+                        picked.push(WriteOp::delete_at(k.as_str(), r.revision));
                     }
-                    last = Some(k.as_str().to_string());
-                }
-                (expired, last)
-            };
-            if !expired.is_empty() {
-                let (results, ticket) = self.write_each(&expired)?;
-                for r in results {
-                    match r {
-                        Ok(_) => markers += 1,
-                        Err(Error::WrongRevision { .. }) => {} // rewritten meanwhile
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.wait_durable(ticket)?;
-            }
-            match last {
-                Some(l) => cursor = Some(l),
-                None => break,
-            }
+                },
+                |ops| {
+                    let (n, ticket) = self.delete_unchanged(&ops)?;
+                    markers += n;
+                    self.wait_durable(ticket)
+                },
+            )?;
         }
         self.age_out(now)?;
         Ok(markers)
@@ -978,50 +991,38 @@ impl BucketCore {
         if ttl == 0 {
             return Ok(());
         }
-        let mut cursor: Option<String> = None;
-        loop {
-            let (candidates, segs, last) = {
-                let ix = self.index.read();
-                let lo = cursor
-                    .as_deref()
-                    .map_or(Bound::Unbounded, |c| Bound::Excluded(c.as_bytes()));
-                let mut candidates = Vec::new();
-                let mut last = None;
-                for (k, latest) in ix.range(lo, Bound::Unbounded).take(SWEEP_CHUNK) {
-                    ix.for_each_rev(latest, |r| {
-                        if r.expired(now) {
-                            candidates.push((k.as_str().to_string(), *r));
-                        }
-                    });
-                    last = Some(k.as_str().to_string());
+        self.walk_in_chunks(
+            b"",
+            |ix, k, latest, picked| {
+                ix.for_each_rev(latest, |r| {
+                    if r.expired(now) {
+                        picked.push((k.as_str().to_string(), *r, self.log.segment(r.slot)));
+                    }
+                })
+            },
+            |candidates| {
+                // The index keeps only the earlier of the two expiries; the record
+                // tells whether max age (rather than a per-key TTL) was the cause.
+                let mut aged: HashMap<String, HashSet<u64>> = HashMap::new();
+                for (k, r, seg) in &candidates {
+                    let e = self.load_from(seg.as_ref(), k, r)?;
+                    if e.created_ms.saturating_add(ttl) <= now {
+                        aged.entry(k.clone()).or_default().insert(r.revision);
+                    }
                 }
-                let segs = self.segments_of(candidates.iter().map(|(_, r)| r.slot));
-                (candidates, segs, last)
-            };
-            // The index keeps only the earlier of the two expiries; the record
-            // tells whether max age (rather than a per-key TTL) was the cause.
-            let mut aged: HashMap<String, HashSet<u64>> = HashMap::new();
-            for (k, r) in &candidates {
-                let e = self.load_from(segs.get(&r.slot), k, r)?;
-                if e.created_ms.saturating_add(ttl) <= now {
-                    aged.entry(k.clone()).or_default().insert(r.revision);
+                if !aged.is_empty() {
+                    let mut ix = self.index.write();
+                    let mut removed = Vec::new();
+                    for (k, revs) in &aged {
+                        ix.drop_oldest_while(
+                            k.as_bytes(),
+                            |r| revs.contains(&r.revision),
+                            &mut removed,
+                        );
+                    }
                 }
-            }
-            if !aged.is_empty() {
-                let mut ix = self.index.write();
-                let mut removed = Vec::new();
-                for (k, revs) in &aged {
-                    ix.drop_oldest_while(
-                        k.as_bytes(),
-                        |r| revs.contains(&r.revision),
-                        &mut removed,
-                    );
-                }
-            }
-            match last {
-                Some(l) => cursor = Some(l),
-                None => return Ok(()),
-            }
-        }
+                Ok(())
+            },
+        )
     }
 }

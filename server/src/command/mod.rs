@@ -375,6 +375,7 @@ impl Session {
                 let cmd = kv::getdel(&args)?;
                 self.write_one(cmd)
             }
+            // Listed, not guarded by `is_write`, so the compiler checks every verb is handled.
             Verb::Put
             | Verb::Set
             | Verb::Create
