@@ -4,11 +4,12 @@
 //! The loop, for each batch of bytes read:
 //!
 //! 1. parse every complete request in the read buffer and execute them in order, each
-//!    encoding its reply straight into the output buffer (writes use `write_nowait` and
-//!    leave a durability ticket per bucket);
-//! 2. before the output is written: if there are tickets, wait once per bucket for
-//!    durability on the blocking pool (`wait_durable` may fsync; concurrent connections
-//!    share one fsync = group commit);
+//!    encoding its reply straight into the output buffer; consecutive writes are queued
+//!    and applied together (`write_each`: one lock hold, one append) as soon as anything
+//!    else must reply, leaving a durability ticket per bucket;
+//! 2. before the output is written: if there are tickets, post them to the bucket's
+//!    syncer thread and await its broadcast (`durability.rs`: one fsync serves every
+//!    connection that wrote meanwhile = group commit);
 //! 3. write the whole output at once.
 //!
 //! Buffers start empty and grow only as requests need. The read buffer is given back
