@@ -45,7 +45,7 @@ pub struct Cli {
     pub data_dir: PathBuf,
 
     /// When writes reach stable storage: `always` (before each reply; concurrent clients
-    /// share fsyncs), `interval=<ms>` (in the background every <ms> milliseconds) or `never`
+    /// share fsyncs), `interval=<ms>` (in the background every `ms` milliseconds) or `never`
     /// (left to the OS; still synced at shutdown).
     #[arg(long, value_name = "POLICY", default_value = "always", value_parser = parse_fsync)]
     pub fsync: FsyncPolicy,
