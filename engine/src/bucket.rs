@@ -955,31 +955,43 @@ impl BucketCore {
         Ok(markers)
     }
 
-    /// Syncs the log and writes an index snapshot of the bucket as it is now.
-    /// Writers wait meanwhile (the snapshot must match a synced log end).
+    /// Writes an index snapshot of the bucket as it is now. The index is
+    /// encoded under its read lock together with the published log end (the
+    /// writer publishes under the write lock, so the two agree); the log is
+    /// made durable up to that end before the snapshot is saved, so it never
+    /// names records a crash could lose. Writers wait only for the encoding,
+    /// never for the fsync or the file write.
     pub fn write_snapshot(&self) -> Result<()> {
         self.check_open()?;
-        let w = self.writer.lock();
-        self.log.sync()?;
-        let bytes = {
+        let (bytes, end) = {
             let ix = self.index.read();
-            let active = w.app.active_slot();
-            let segs: Vec<(Arc<Segment>, u64)> = self
-                .log
-                .segments()
+            let (end, last_rev) = self.hub.published();
+            let (end_seq, end_off) = (end >> 32, end & 0xFFFF_FFFF);
+            let all = self.log.segments();
+            let active = all.last().map(|s| s.slot);
+            // Segments up to the one the published end is in; a newer, empty
+            // one (a rotation not yet written to) is left for recovery to scan.
+            let segs: Vec<(Arc<Segment>, u64)> = all
                 .into_iter()
+                .filter(|s| s.id.seq <= end_seq)
                 .map(|s| {
-                    let end = if s.slot == active {
-                        w.app.pos()
+                    let covered = if Some(s.slot) == active {
+                        end_off
                     } else {
                         s.data_end()
                     };
-                    (s, end)
+                    (s, covered)
                 })
                 .collect();
-            snapshot::encode(&ix, w.next_rev - 1, &segs)?
+            if segs.is_empty() {
+                // Compaction removed every record up to the published end:
+                // there is nothing a snapshot would spare recovery from reading.
+                drop(ix);
+                return snapshot::remove(&self.dir);
+            }
+            (snapshot::encode(&ix, last_rev, &segs)?, end)
         };
-        drop(w);
+        self.log.wait_durable(end)?;
         snapshot::save(&self.dir, &bytes)
     }
 

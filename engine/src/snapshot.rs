@@ -1,8 +1,9 @@
 //! Index snapshots: the whole index of a bucket in one checksummed file
 //! (`index.snap`), so that reopening does not read every record.
 //!
-//! Written at clean close and after compaction, with the writer lock held and
-//! the log synced, so the end position it records is durable. On open it is
+//! Written at clean close and after compaction: the index is encoded under
+//! its read lock with the published log end, and the log is made durable up
+//! to that end before the file is saved, so the end it records is durable. On open it is
 //! used only if its segment list matches the segment files exactly (same ids;
 //! every sealed one the same length); the log after its end position is then
 //! scanned with the normal recovery rules. A missing, damaged or stale
