@@ -3,12 +3,14 @@
 //!
 //! Written at clean close and after compaction: the index is encoded under
 //! its read lock with the published log end, and the log is made durable up
-//! to that end before the file is saved, so the end it records is durable. On open it is
-//! used only if its segment list matches the segment files exactly (same ids;
-//! every sealed one the same length); the log after its end position is then
-//! scanned with the normal recovery rules. A missing, damaged or stale
-//! snapshot is ignored with a log line, and the whole log is scanned instead:
-//! never wrong data. Layout (little-endian) in `docs/FORMAT.md`.
+//! to that end before the file is saved, so the end it records is durable.
+//!
+//! On open it is used only if its segment list matches the segment files
+//! exactly (same ids; every sealed one the same length; a checksum of the log
+//! bytes just before its end); the log after its end is then scanned with the
+//! normal recovery rules. A missing, damaged or stale snapshot is removed with
+//! a log line and the whole log is scanned instead: never wrong data. Layout
+//! (little-endian) in `docs/FORMAT.md`.
 
 use std::collections::HashMap;
 use std::path::Path;
