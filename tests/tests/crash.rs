@@ -4,6 +4,9 @@
 //! The child is `src/bin/crash_writer.rs`. Rounds: `LOGKV_CRASH_ROUNDS`
 //! (default 30); seed: `LOGKV_CRASH_SEED`.
 
+mod common;
+
+use common::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -17,22 +20,6 @@ use logkv::{Bucket, FsyncPolicy, Op, Options, Store};
 /// Must match the child's segment size (it does not matter for correctness,
 /// only for how the parent re-opens the active segment).
 const SEGMENT_SIZE: u64 = 8192;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
 
 /// One write as the child announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +180,7 @@ fn crash_rounds(compact: bool) {
     let rounds = env_u64("LOGKV_CRASH_ROUNDS", 30);
     let seed = env_u64("LOGKV_CRASH_SEED", 0x0010_c417) ^ compact as u64;
     println!("crash test (compaction {compact}): {rounds} rounds, seed {seed} (LOGKV_CRASH_ROUNDS, LOGKV_CRASH_SEED)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut compacted_segments = 0usize;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");

@@ -3,6 +3,9 @@
 //!
 //! The rules under test are in `engine/src/log/recovery.rs`.
 
+mod common;
+
+use common::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -36,30 +39,6 @@ fn shared_gate() -> RwLockReadGuard<'static, ()> {
 
 fn exclusive_gate() -> RwLockWriteGuard<'static, ()> {
     SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A small deterministic RNG (SplitMix64), so every run damages the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi)`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo < hi);
-        lo + self.next() % (hi - lo)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 fn opts(segment_size: u64) -> Options {
@@ -401,7 +380,9 @@ fn assert_same_state(got: &State, want: &State, ctx: &str) {
 
 /// A value with no zero byte, so that zeroing any suffix of its record changes it.
 fn nonzero_value(rng: &mut Rng, len: usize) -> Vec<u8> {
-    (0..len).map(|_| b'!' + (rng.next() % 90) as u8).collect()
+    (0..len)
+        .map(|_| b'!' + (rng.next_u64() % 90) as u8)
+        .collect()
 }
 
 fn expect_corrupt(r: logkv::Result<Store>, ctx: &str) -> (PathBuf, u64, String) {
