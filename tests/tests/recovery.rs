@@ -41,6 +41,11 @@ fn exclusive_gate() -> RwLockWriteGuard<'static, ()> {
     SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The ops of a key's retained history, oldest first.
+fn ops(b: &Bucket, key: &str) -> Vec<Op> {
+    b.history(key).unwrap().iter().map(|e| e.op).collect()
+}
+
 fn opts(segment_size: u64) -> Options {
     Options {
         background: false,
@@ -529,47 +534,12 @@ fn round_trip_every_record_kind_through_reopen() {
         );
         assert_eq!(rt.history("a").unwrap().len(), 3);
         assert_eq!(rt.get("b").unwrap(), None, "purged in the batch");
-        assert_eq!(
-            rt.history("b")
-                .unwrap()
-                .iter()
-                .map(|e| e.op)
-                .collect::<Vec<_>>(),
-            vec![Op::Purge]
-        );
-        assert_eq!(
-            rt.history("c")
-                .unwrap()
-                .iter()
-                .map(|e| e.op)
-                .collect::<Vec<_>>(),
-            vec![Op::Put, Op::Del]
-        );
-        assert_eq!(
-            rt.history("d")
-                .unwrap()
-                .iter()
-                .map(|e| e.op)
-                .collect::<Vec<_>>(),
-            vec![Op::Purge]
-        );
-        assert_eq!(
-            rt.history("e")
-                .unwrap()
-                .iter()
-                .map(|e| e.op)
-                .collect::<Vec<_>>(),
-            vec![Op::Purge, Op::Put]
-        );
+        assert_eq!(ops(&rt, "b"), vec![Op::Purge]);
+        assert_eq!(ops(&rt, "c"), vec![Op::Put, Op::Del]);
+        assert_eq!(ops(&rt, "d"), vec![Op::Purge]);
+        assert_eq!(ops(&rt, "e"), vec![Op::Purge, Op::Put]);
         assert_eq!(rt.get("e").unwrap().as_deref(), Some(&b"e-after-purge"[..]));
-        assert_eq!(
-            rt.history("gone")
-                .unwrap()
-                .iter()
-                .map(|e| e.op)
-                .collect::<Vec<_>>(),
-            vec![Op::Del]
-        );
+        assert_eq!(ops(&rt, "gone"), vec![Op::Del]);
         assert_eq!(rt.get("f").unwrap(), None, "deleted in the batch");
         for k in ["batch.1", "batch.2", "batch.3"] {
             assert!(rt.get(k).unwrap().is_some(), "{k}");
