@@ -30,9 +30,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::error;
+use tracing::{error, warn};
 
-use crate::protocol::{parse_request, Reply};
+use crate::client_memory::ClientBuffers;
+use crate::protocol::{parse_request, ParseError, Reply};
 use crate::server::Shared;
 use crate::session::{Flow, Session};
 
@@ -63,6 +64,10 @@ struct Conn {
     pull: bool,
     /// Close once the output is written.
     closing: bool,
+    /// Close at once, sending nothing more (an HTTP request was recognised).
+    hangup: bool,
+    /// What the buffers hold, reported against the budget of all connections.
+    buffers: ClientBuffers,
 }
 
 /// Serves one connection until the client leaves, QUIT, a framing error, or shutdown.
@@ -71,6 +76,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
+    buffers: ClientBuffers,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
@@ -91,6 +97,8 @@ pub(crate) async fn serve(
         stop,
         pull: false,
         closing: false,
+        hangup: false,
+        buffers,
     };
     let result = conn.run().await;
     let commands = conn.session.commands;
@@ -158,6 +166,12 @@ impl Conn {
                 return Ok(());
             }
             self.process().await?;
+            if self.hangup {
+                return Ok(());
+            }
+            if self.account() {
+                return Ok(());
+            }
             // One shared-counter update per batch, not per request.
             let n = std::mem::take(&mut self.session.commands);
             if n > 0 {
@@ -261,6 +275,18 @@ impl Conn {
                     }
                     break;
                 }
+                Err(ParseError::CrossProtocol) => {
+                    // As Redis does: what came before this line ran; nothing after it runs,
+                    // and no reply goes back to what is probably a browser.
+                    warn!(
+                        peer = %self.session.peer,
+                        id = self.session.id,
+                        "possible cross-protocol attack: an HTTP request on the RESP port; \
+                         connection closed"
+                    );
+                    self.hangup = true;
+                    break;
+                }
                 Err(e) => {
                     Reply::err("ERR", e.to_string()).encode(self.session.proto, &mut self.out);
                     match e.skip() {
@@ -283,6 +309,14 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Reports what the buffers hold (read but not executed, output not sent, MULTI
+    /// queue) to the server-wide budget. Returns true when this connection was evicted.
+    fn account(&mut self) -> bool {
+        let held = self.rbuf.capacity() + self.out.capacity() + self.session.multi_bytes();
+        self.buffers.hold(held);
+        self.buffers.evicted()
     }
 
     /// Closes the connection after a server-side decision (QUIT, framing error): sends FIN,
@@ -310,6 +344,10 @@ impl Conn {
     /// Waits for the durability of the writes whose replies are in the output, then
     /// writes the output.
     async fn flush(&mut self) -> io::Result<()> {
+        if self.account() {
+            // Evicted: its task is being cancelled; send nothing more.
+            return Err(io::Error::other("closed: over --max-client-memory"));
+        }
         if !self.session.tickets.is_empty() {
             // The bucket's syncer thread fsyncs for every connection waiting at once.
             let mut tickets = std::mem::take(&mut self.session.tickets);

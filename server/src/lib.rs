@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+mod client_memory;
 mod command;
 pub mod config;
 mod connection;

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::client_memory::ClientMemory;
 use crate::config::ServerConfig;
 use crate::connection;
 use crate::pump::Pumps;
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     pub pumps: Pumps,
     pub syncers: crate::durability::Syncers,
+    /// What the connections hold in their buffers, against `--max-client-memory`.
+    pub client_memory: Arc<ClientMemory>,
 }
 
 /// A server bound to its address with its store open, not yet accepting.
@@ -171,9 +174,11 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
         let shared = Arc::new(Shared {
             store,
             config,
+            client_memory,
             stats: Stats {
                 started: Instant::now(),
                 connections: AtomicUsize::new(0),
@@ -311,16 +316,18 @@ fn admit(
     }
     let guard = ConnGuard(Arc::clone(shared));
     let stop = stop.clone();
+    let id = shared.stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (buffers, task) = shared.client_memory.register(id, peer);
     let fut = async move {
-        let id = guard.0.stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
         debug!(id, %peer, "connection opened");
-        if let Err(e) = connection::serve(Arc::clone(&guard.0), stream, peer, id, stop).await {
+        let shared = Arc::clone(&guard.0);
+        if let Err(e) = connection::serve(shared, stream, peer, id, buffers, stop).await {
             debug!(id, %peer, "connection error: {e}");
         }
         debug!(id, %peer, "connection closed");
         drop(guard);
     };
-    tasks.spawn(fut);
+    task.set(tasks.spawn(fut));
 }
 
 /// Counts a connection for as long as its task lives (also when it is aborted).

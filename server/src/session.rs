@@ -73,6 +73,11 @@ impl Session {
         }
     }
 
+    /// Bytes of keys and values queued in MULTI.
+    pub fn multi_bytes(&self) -> usize {
+        self.multi.as_ref().map_or(0, Multi::bytes)
+    }
+
     /// Remembers that the replies about to be sent need the current bucket's log durable
     /// up to `ticket`.
     pub fn note_current_ticket(&mut self, ticket: u64) {

@@ -12,15 +12,13 @@ use crate::protocol::Reply;
 use crate::reply::{self, engine_error};
 use crate::session::{Flow, Session};
 
-/// Compares two secrets in time independent of where they differ.
+/// Compares two secrets in constant time: their SHA-256 digests (32 bytes whatever the
+/// lengths) with `subtle`'s constant-time equality, so the time taken tells neither where
+/// they differ nor how long the configured one is.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
 }
 
 /// COMPACT, in one place: a compaction pass over `bucket`, then `+OK`.
@@ -167,13 +165,17 @@ impl Session {
                 text,
                 "# logkv\r\nversion:{}\r\nuptime:{}\r\nconnections:{}\r\ncommands:{}\r\n\
                  buckets:{}\r\nkeys:{keys}\r\nbytes:{bytes}\r\nsegments:{segments}\r\n\
-                 compactions:{compactions}\r\nfsyncs:{fsyncs}\r\nwatchers:{}\r\n",
+                 compactions:{compactions}\r\nfsyncs:{fsyncs}\r\nwatchers:{}\r\n\
+                 client_memory:{}\r\nclient_memory_budget:{}\r\nevicted_clients:{}\r\n",
                 crate::VERSION,
                 st.started.elapsed().as_secs(),
                 st.connections.load(Ordering::Relaxed),
                 st.commands.load(Ordering::Relaxed),
                 names.len(),
                 st.watchers.load(Ordering::Relaxed),
+                shared.client_memory.total(),
+                shared.client_memory.budget(),
+                shared.client_memory.evicted(),
             );
             Reply::bulk(text)
         }))
@@ -241,5 +243,10 @@ mod tests {
         assert!(!same_secret(b"abc", b"abcd"));
         assert!(!same_secret(b"", b"a"));
         assert!(same_secret(b"", b""));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert!(!same_secret(b"abc", b"ABC"));
+        let long = vec![b'x'; 10_000];
+        assert!(same_secret(&long, &long.clone()));
+        assert!(!same_secret(&long, &long[..9_999]));
     }
 }

@@ -27,6 +27,11 @@ pub(crate) struct Multi {
 }
 
 impl Multi {
+    /// Bytes of keys and values queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Marks the transaction as failed at the next queue position (the first failure wins).
     pub fn fail(&mut self, reply: &Reply) {
         if self.failed.is_none() {

@@ -4,6 +4,7 @@
 //! This module is pure: no I/O, no engine, no async. The connection layer feeds the bytes it
 //! has read to [`parse_request`] and writes what [`encode`] produced.
 
+pub mod http;
 pub mod parse;
 pub mod reply;
 

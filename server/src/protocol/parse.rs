@@ -126,6 +126,10 @@ pub enum ParseError {
         /// The limit in force.
         limit: usize,
     },
+    /// A line of an HTTP request (see [`super::http`]): a possible cross-protocol attack.
+    /// The connection is closed without a reply and nothing after this line runs.
+    #[error("Protocol error: an HTTP request on the RESP port")]
+    CrossProtocol,
     /// An inline line is complete but malformed. Not a framing violation.
     #[error("syntax error: {kind}")]
     Inline {
@@ -336,6 +340,9 @@ fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>,
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > limits.max_inline {
         return Err(too_long);
+    }
+    if super::http::is_http_line(line) {
+        return Err(ParseError::CrossProtocol);
     }
     let skip = nl + 1;
     match split_words(line) {
@@ -810,6 +817,28 @@ mod tests {
             all[1].as_ref().unwrap().args,
             vec![Bytes::from("GET"), Bytes::from("y")]
         );
+    }
+
+    #[test]
+    fn http_request_lines_are_cross_protocol() {
+        for buf in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\n\r\nPUT pwned yes"[..],
+            b"GET /?x=1 HTTP/1.1\r\n",
+            b"Host: 127.0.0.1:7379\r\n",
+            // Quotes that would not split do not hide the request line.
+            b"GET /?q=\"x HTTP/1.1\r\n",
+        ] {
+            let e = err_of(buf);
+            assert_eq!(e, ParseError::CrossProtocol, "{buf:?}");
+            assert!(e.closes_connection());
+            assert_eq!(e.skip(), None);
+            check_prefixes(buf, &lim());
+        }
+        // The same words framed as RESP are a command like any other.
+        let mut buf = Vec::new();
+        encode_request(&["GET", "/", "HTTP/1.1"], &mut buf);
+        assert_eq!(args_of(&buf), words(&["GET", "/", "HTTP/1.1"]));
+        assert_eq!(args_of(b"GET key\r\n"), words(&["GET", "key"]));
     }
 
     #[test]
