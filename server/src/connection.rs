@@ -33,9 +33,10 @@ use tokio::sync::watch;
 use tracing::{error, warn};
 
 use crate::client_memory::ClientBuffers;
+use crate::command::{self, Flow};
 use crate::protocol::{parse_request, ParseError, Reply};
-use crate::server::Shared;
-use crate::session::{Flow, Session};
+use crate::session::Session;
+use crate::shared::Shared;
 
 /// First read size (and what it falls back to after small reads).
 const READ_MIN: usize = 4 * 1024;
@@ -114,10 +115,11 @@ impl Conn {
     async fn run(&mut self) -> io::Result<()> {
         loop {
             if self.pull && self.session.watches.active() {
-                self.pull =
-                    self.session
-                        .watches
-                        .pull(self.session.proto, &mut self.out, WATCH_HIGH_WATER);
+                self.pull = self.session.watches.pull(
+                    self.session.version,
+                    &mut self.out,
+                    WATCH_HIGH_WATER,
+                );
             } else {
                 self.pull = false;
             }
@@ -220,7 +222,7 @@ impl Conn {
                         continue;
                     }
                     let start = self.out.len();
-                    match self.session.execute(req.args, &mut self.out) {
+                    match command::execute(&mut self.session, &req.args, &mut self.out) {
                         Flow::Continue => {}
                         Flow::Close => {
                             self.closing = true;
@@ -238,7 +240,7 @@ impl Conn {
                                 error!("a command panicked: {e}");
                                 Reply::err("ERR", "internal error")
                             });
-                            reply.encode(self.session.proto, &mut self.out);
+                            reply.encode(self.session.version, &mut self.out);
                         }
                     }
                     // Replies of queued writes applied first are not this command's.
@@ -253,7 +255,7 @@ impl Conn {
                                  {max_output} bytes (narrow the request, e.g. with LIMIT)"
                             ),
                         )
-                        .encode(self.session.proto, &mut self.out);
+                        .encode(self.session.version, &mut self.out);
                     }
                     if self.out.len() >= FLUSH_AT {
                         self.session.apply_pending(&mut self.out);
@@ -270,7 +272,7 @@ impl Conn {
                                  {max_request} bytes"
                             ),
                         )
-                        .encode(self.session.proto, &mut self.out);
+                        .encode(self.session.version, &mut self.out);
                         self.closing = true;
                     }
                     break;
@@ -288,7 +290,7 @@ impl Conn {
                     break;
                 }
                 Err(e) => {
-                    Reply::err("ERR", e.to_string()).encode(self.session.proto, &mut self.out);
+                    Reply::err("ERR", e.to_string()).encode(self.session.version, &mut self.out);
                     match e.skip() {
                         Some(n) => pos += n,
                         None => {
@@ -348,28 +350,18 @@ impl Conn {
             // Evicted: its task is being cancelled; send nothing more.
             return Err(io::Error::other("closed: over --max-client-memory"));
         }
-        if !self.session.tickets.is_empty() {
+        if !self.session.durability.is_empty() {
             // The bucket's syncer thread fsyncs for every connection waiting at once.
-            let mut tickets = std::mem::take(&mut self.session.tickets);
             let shared = Arc::clone(&self.session.shared);
-            let mut failed = None;
-            for (bucket, ticket) in &tickets {
-                if let Err(e) = shared.syncers.wait(bucket, *ticket).await {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            if let Some(e) = failed {
+            if let Err(e) = self.session.durability.wait(&shared.syncers).await {
                 // The replies would claim writes that may not survive a crash.
                 error!("durability wait failed, closing the connection: {e}");
                 self.out.clear();
                 Reply::err("ERR", format!("writes could not be made durable: {e}"))
-                    .encode(self.session.proto, &mut self.out);
+                    .encode(self.session.version, &mut self.out);
                 let _ = self.stream.write_all(&self.out).await;
                 return Err(io::Error::other(e));
             }
-            tickets.clear();
-            self.session.tickets = tickets;
         }
         self.stream.write_all(&self.out).await?;
         self.out.clear();

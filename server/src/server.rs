@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,9 @@ use tracing::{debug, error, info, warn};
 use crate::client_memory::ClientMemory;
 use crate::config::ServerConfig;
 use crate::connection;
+use crate::durability::Syncers;
 use crate::pump::Pumps;
+use crate::shared::{Shared, Stats};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -64,31 +66,6 @@ pub enum ServerError {
     /// The final sync at shutdown failed.
     #[error("final sync at shutdown failed: {0}")]
     Sync(#[source] logkv::Error),
-}
-
-/// Counters shown by `INFO`.
-#[derive(Debug)]
-pub(crate) struct Stats {
-    pub started: Instant,
-    /// Open client connections.
-    pub connections: AtomicUsize,
-    /// Requests executed since start.
-    pub commands: AtomicU64,
-    /// Active watches over all connections.
-    pub watchers: AtomicUsize,
-    /// Source of connection ids.
-    pub next_conn_id: AtomicU64,
-}
-
-/// What every connection task shares.
-pub(crate) struct Shared {
-    pub store: Store,
-    pub config: ServerConfig,
-    pub stats: Stats,
-    pub pumps: Pumps,
-    pub syncers: crate::durability::Syncers,
-    /// What the connections hold in their buffers, against `--max-client-memory`.
-    pub client_memory: Arc<ClientMemory>,
 }
 
 /// A server bound to its address with its store open, not yet accepting.
@@ -179,15 +156,9 @@ impl Server {
             store,
             config,
             client_memory,
-            stats: Stats {
-                started: Instant::now(),
-                connections: AtomicUsize::new(0),
-                commands: AtomicU64::new(0),
-                watchers: AtomicUsize::new(0),
-                next_conn_id: AtomicU64::new(1),
-            },
+            stats: Stats::new(),
             pumps: Pumps::new(),
-            syncers: crate::durability::Syncers::default(),
+            syncers: Syncers::default(),
         });
         Ok(Server {
             listener,

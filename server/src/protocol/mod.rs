@@ -9,4 +9,4 @@ pub mod parse;
 pub mod reply;
 
 pub use parse::{encode_request, parse_request, InlineSyntax, Limits, ParseError, Request};
-pub use reply::{encode, Reply};
+pub use reply::{encode, Reply, RespVersion};

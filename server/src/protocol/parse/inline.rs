@@ -5,7 +5,6 @@ use bytes::Bytes;
 use super::{InlineSyntax, Limits, ParseError, Request};
 use crate::protocol::http;
 
-
 pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, ParseError> {
     let too_long = ParseError::InlineTooLong {
         limit: limits.max_inline,

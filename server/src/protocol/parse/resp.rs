@@ -6,7 +6,6 @@ use bytes::Bytes;
 
 use super::{Limits, ParseError, Request};
 
-
 pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, ParseError> {
     // First pass: validate and find the end without copying anything, so an incomplete
     // request costs only a walk over its headers.
