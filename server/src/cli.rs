@@ -51,7 +51,7 @@ pub struct Cli {
     pub fsync: FsyncPolicy,
 
     /// Require clients to send `AUTH <password>` before anything else. Prefer the
-    /// LOGKV_PASSWORD environment variable: command lines are visible to other users.
+    /// `LOGKV_PASSWORD` environment variable: command lines are visible to other users.
     #[arg(
         long,
         env = "LOGKV_PASSWORD",
@@ -87,7 +87,7 @@ pub struct Cli {
     /// Most memory all client connections together may hold in their buffers: input read
     /// but not yet executed, output not yet sent, writes queued in MULTI. Past it, the
     /// connections holding the most are closed (each logged; INFO counts them as
-    /// evicted_clients). Default: an eighth of the physical memory (or of the cgroup's
+    /// `evicted_clients`). Default: an eighth of the physical memory (or of the cgroup's
     /// memory limit when lower), at least 256MiB and at most 8GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_client_memory: Option<usize>,
@@ -105,7 +105,7 @@ pub struct Cli {
 
 /// The default number of event-loop threads: cores - 1, at least 1.
 pub fn default_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     cores.saturating_sub(1).max(1)
 }
 

@@ -291,13 +291,11 @@ impl Conn {
                 }
                 Err(e) => {
                     Reply::err("ERR", e.to_string()).encode(self.session.version, &mut self.out);
-                    match e.skip() {
-                        Some(n) => pos += n,
-                        None => {
-                            self.closing = true;
-                            break;
-                        }
-                    }
+                    let Some(n) = e.skip() else {
+                        self.closing = true;
+                        break;
+                    };
+                    pos += n;
                 }
             }
         }

@@ -141,7 +141,8 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
     loop {
         match s.read(&mut buf) {
             Ok(0) => return true,
-            Ok(_) => continue,
+            // The server sends nothing to a stalled upload; read on until it closes or not.
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
             Err(_) => return false,
         }
@@ -194,13 +195,9 @@ fn stalled_clients_are_evicted_past_the_client_memory_budget() {
     server.stop().unwrap();
 }
 
-/// `name:  value kB` from /proc/<pid>/status, in bytes.
+/// A memory line of /proc/<pid>/status, in bytes.
 fn proc_status_bytes(pid: u32, name: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
+    common::proc_status(pid, name) * 1024
 }
 
 /// The measurement, on the real binary: 40 clients each send 7 MB of an 8 MB

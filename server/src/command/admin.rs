@@ -159,81 +159,65 @@ impl<'a> Hello<'a> {
 }
 
 /// `QUIT`: `+OK`, then close.
-pub(crate) struct Quit;
-
-impl Quit {
-    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Flow {
-        Reply::ok().encode(s.version, out);
-        Flow::Close
-    }
+pub(crate) fn quit(s: &mut Session, out: &mut Vec<u8>) -> Flow {
+    Reply::ok().encode(s.version, out);
+    Flow::Close
 }
 
 /// `SYNC`: everything acknowledged before it is on stable storage.
-pub(crate) struct Sync;
-
-impl Sync {
-    pub fn apply(self, s: &mut Session) -> Flow {
-        let store = s.shared.store.clone();
-        Flow::Blocking(Box::new(move || match store.sync() {
-            Ok(()) => Reply::ok(),
-            Err(e) => engine_error(&e),
-        }))
-    }
+pub(crate) fn sync(s: &mut Session) -> Flow {
+    let store = s.shared.store.clone();
+    Flow::Blocking(Box::new(move || match store.sync() {
+        Ok(()) => Reply::ok(),
+        Err(e) => engine_error(&e),
+    }))
 }
 
 /// `COMPACT`: a compaction pass over the current bucket.
-pub(crate) struct Compact;
-
-impl Compact {
-    pub fn apply(self, s: &mut Session) -> Flow {
-        match s.live_bucket() {
-            Ok(bucket) => Flow::Blocking(Box::new(move || compact_bucket(&bucket))),
-            Err(e) => Flow::Blocking(Box::new(move || engine_error(&e))),
-        }
+pub(crate) fn compact(s: &mut Session) -> Flow {
+    match s.live_bucket() {
+        Ok(bucket) => Flow::Blocking(Box::new(move || compact_bucket(&bucket))),
+        Err(e) => Flow::Blocking(Box::new(move || engine_error(&e))),
     }
 }
 
 /// `INFO [section]`: `name:value` lines (the section is accepted and ignored).
-pub(crate) struct Info;
-
-impl Info {
-    pub fn apply(self, s: &mut Session) -> Flow {
-        let shared = Arc::clone(&s.shared);
-        Flow::Blocking(Box::new(move || {
-            let (mut keys, mut bytes, mut segments, mut compactions, mut fsyncs) = (0, 0, 0, 0, 0);
-            let names = shared.store.bucket_names();
-            for name in &names {
-                // A bucket dropped meanwhile is simply left out.
-                // Counters only: INFO must not walk every key.
-                if let Ok(s) = shared.store.bucket(name).map(|b| b.stats()) {
-                    keys += s.keys;
-                    bytes += s.bytes;
-                    segments += s.segments;
-                    compactions += s.compactions;
-                    fsyncs += s.fsyncs;
-                }
+pub(crate) fn info(s: &mut Session) -> Flow {
+    let shared = Arc::clone(&s.shared);
+    Flow::Blocking(Box::new(move || {
+        let (mut keys, mut bytes, mut segments, mut compactions, mut fsyncs) = (0, 0, 0, 0, 0);
+        let names = shared.store.bucket_names();
+        for name in &names {
+            // A bucket dropped meanwhile is simply left out.
+            // Counters only: INFO must not walk every key.
+            if let Ok(s) = shared.store.bucket(name).map(|b| b.stats()) {
+                keys += s.keys;
+                bytes += s.bytes;
+                segments += s.segments;
+                compactions += s.compactions;
+                fsyncs += s.fsyncs;
             }
-            let st = &shared.stats;
-            let mut text = String::with_capacity(512);
-            let _ = write!(
-                text,
-                "# logkv\r\nversion:{}\r\nuptime:{}\r\nconnections:{}\r\ncommands:{}\r\n\
-                 buckets:{}\r\nkeys:{keys}\r\nbytes:{bytes}\r\nsegments:{segments}\r\n\
-                 compactions:{compactions}\r\nfsyncs:{fsyncs}\r\nwatchers:{}\r\n\
-                 client_memory:{}\r\nclient_memory_budget:{}\r\nevicted_clients:{}\r\n",
-                crate::VERSION,
-                st.started.elapsed().as_secs(),
-                st.connections.load(Ordering::Relaxed),
-                st.commands.load(Ordering::Relaxed),
-                names.len(),
-                st.watchers.load(Ordering::Relaxed),
-                shared.client_memory.total(),
-                shared.client_memory.budget(),
-                shared.client_memory.evicted(),
-            );
-            Reply::bulk(text)
-        }))
-    }
+        }
+        let st = &shared.stats;
+        let mut text = String::with_capacity(512);
+        let _ = write!(
+            text,
+            "# logkv\r\nversion:{}\r\nuptime:{}\r\nconnections:{}\r\ncommands:{}\r\n\
+             buckets:{}\r\nkeys:{keys}\r\nbytes:{bytes}\r\nsegments:{segments}\r\n\
+             compactions:{compactions}\r\nfsyncs:{fsyncs}\r\nwatchers:{}\r\n\
+             client_memory:{}\r\nclient_memory_budget:{}\r\nevicted_clients:{}\r\n",
+            crate::VERSION,
+            st.started.elapsed().as_secs(),
+            st.connections.load(Ordering::Relaxed),
+            st.commands.load(Ordering::Relaxed),
+            names.len(),
+            st.watchers.load(Ordering::Relaxed),
+            shared.client_memory.total(),
+            shared.client_memory.budget(),
+            shared.client_memory.evicted(),
+        );
+        Reply::bulk(text)
+    }))
 }
 
 /// `CONFIG GET name [name ...]`: a map (RESP2: flat array) of the matching settings.

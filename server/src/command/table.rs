@@ -2,7 +2,7 @@
 //! verb is one line here plus its parsed struct in the file of its family.
 
 use super::args::Args;
-use super::{admin, bucket, kv, query, txn, watch, Command};
+use super::{admin, bucket, kv, query, watch, Command};
 use crate::protocol::Reply;
 
 /// What a verb may do and where it may run, in the manner of Redis's command flags.
@@ -35,6 +35,10 @@ impl Flags {
 
 /// A write verb: batched, and queued by MULTI.
 const QUEUED_WRITE: Flags = Flags::WRITE.with(Flags::QUEUED);
+/// PING: before AUTH and in RESP2 watch mode.
+const NO_AUTH_WATCH: Flags = Flags::NO_AUTH.with(Flags::WATCH_MODE);
+/// QUIT: before AUTH, in RESP2 watch mode and inside MULTI.
+const ANYWHERE: Flags = NO_AUTH_WATCH.with(Flags::IN_MULTI);
 
 /// Turns a verb's arguments (verb excluded) into its command.
 pub(crate) type Parser = for<'a> fn(&mut Args<'a>) -> Result<Command<'a>, Reply>;
@@ -69,110 +73,42 @@ const fn verb(name: &'static str, min: usize, max: usize, flags: Flags, parse: P
 }
 
 /// Every verb of the protocol, the hot ones first.
+#[rustfmt::skip]
 pub(crate) static VERBS: [Spec; 33] = [
-    verb("get", 2, 4, Flags::NONE, |a| {
-        kv::Get::parse(a).map(Command::Get)
-    }),
-    verb("set", 3, 6, QUEUED_WRITE, |a| {
-        kv::set(a).map(Command::Write)
-    }),
-    verb("put", 3, 5, QUEUED_WRITE, |a| {
-        kv::put(a).map(Command::Write)
-    }),
-    verb("entry", 2, 4, Flags::NONE, |a| {
-        kv::GetEntry::parse(a).map(Command::Entry)
-    }),
-    verb("getdel", 2, 2, Flags::WRITE, |a| {
-        kv::getdel(a).map(Command::Write)
-    }),
-    verb("create", 3, 5, QUEUED_WRITE, |a| {
-        kv::create(a).map(Command::Write)
-    }),
-    verb("update", 4, 4, QUEUED_WRITE, |a| {
-        kv::update(a).map(Command::Write)
-    }),
-    verb("cas", 3, 4, QUEUED_WRITE, |a| {
-        kv::cas(a).map(Command::Write)
-    }),
-    verb("del", 2, 4, QUEUED_WRITE, |a| {
-        kv::del(a).map(Command::Write)
-    }),
-    verb("purge", 2, 2, QUEUED_WRITE, |a| {
-        kv::purge(a).map(Command::Write)
-    }),
-    verb("revert", 3, 3, QUEUED_WRITE, |a| {
-        kv::revert(a).map(Command::Write)
-    }),
-    verb("ttl", 2, 2, Flags::NONE, |a| {
-        kv::Ttl::parse(a).map(Command::Ttl)
-    }),
-    verb("multi", 1, 1, Flags::IN_MULTI, |_| {
-        Ok(Command::Multi(txn::Multi))
-    }),
-    verb("exec", 1, 1, Flags::IN_MULTI, |_| {
-        Ok(Command::Exec(txn::Exec))
-    }),
-    verb("discard", 1, 1, Flags::IN_MULTI, |_| {
-        Ok(Command::Discard(txn::Discard))
-    }),
-    verb("history", 2, 2, Flags::NONE, |a| {
-        query::History::parse(a).map(Command::History)
-    }),
-    verb("keys", 1, 2, Flags::NONE, |a| {
-        query::Keys::parse(a).map(Command::Keys)
-    }),
-    verb("search", 2, 6, Flags::NONE, |a| {
-        query::Search::parse(a).map(Command::Search)
-    }),
-    verb("scan", 1, 7, Flags::NONE, |a| {
-        query::Scan::parse(a).map(Command::Scan)
-    }),
-    verb("delglob", 2, 2, Flags::NONE, |a| {
-        query::DelGlob::parse(a).map(Command::DelGlob)
-    }),
-    verb("watch", 2, 9, Flags::WATCH_MODE, |a| {
-        watch::Watch::parse(a).map(Command::Watch)
-    }),
-    verb("unwatch", 1, 2, Flags::WATCH_MODE, |a| {
-        watch::Unwatch::parse(a).map(Command::Unwatch)
-    }),
-    verb("bucket", 2, 12, Flags::NONE, |a| {
-        bucket::BucketCmd::parse(a).map(Command::Bucket)
-    }),
-    verb("use", 2, 2, Flags::NONE, |a| {
-        bucket::Use::parse(a).map(Command::Use)
-    }),
-    verb("status", 1, 2, Flags::NONE, |a| {
-        bucket::Status::parse(a).map(Command::Status)
-    }),
-    verb("ping", 1, 2, Flags::NO_AUTH.with(Flags::WATCH_MODE), |a| {
-        Ok(Command::Ping(admin::Ping::parse(a)))
-    }),
-    verb("hello", 1, 7, Flags::NO_AUTH, |a| {
-        admin::Hello::parse(a).map(Command::Hello)
-    }),
-    verb("auth", 2, 3, Flags::NO_AUTH, |a| {
-        admin::Auth::parse(a).map(Command::Auth)
-    }),
-    verb(
-        "quit",
-        1,
-        1,
-        Flags::NO_AUTH.with(Flags::WATCH_MODE).with(Flags::IN_MULTI),
-        |_| Ok(Command::Quit(admin::Quit)),
-    ),
-    verb("sync", 1, 1, Flags::NONE, |_| {
-        Ok(Command::Sync(admin::Sync))
-    }),
-    verb("compact", 1, 1, Flags::NONE, |_| {
-        Ok(Command::Compact(admin::Compact))
-    }),
-    verb("info", 1, 2, Flags::NONE, |_| {
-        Ok(Command::Info(admin::Info))
-    }),
-    verb("config", 2, 64, Flags::NONE, |a| {
-        admin::ConfigGet::parse(a).map(Command::Config)
-    }),
+    //   name       min max  flags             parser
+    verb("get",       2, 4,  Flags::NONE,      |a| kv::Get::parse(a).map(Command::Get)),
+    verb("set",       3, 6,  QUEUED_WRITE,     |a| kv::set(a).map(Command::Write)),
+    verb("put",       3, 5,  QUEUED_WRITE,     |a| kv::put(a).map(Command::Write)),
+    verb("entry",     2, 4,  Flags::NONE,      |a| kv::GetEntry::parse(a).map(Command::Entry)),
+    verb("getdel",    2, 2,  Flags::WRITE,     |a| kv::getdel(a).map(Command::Write)),
+    verb("create",    3, 5,  QUEUED_WRITE,     |a| kv::create(a).map(Command::Write)),
+    verb("update",    4, 4,  QUEUED_WRITE,     |a| kv::update(a).map(Command::Write)),
+    verb("cas",       3, 4,  QUEUED_WRITE,     |a| kv::cas(a).map(Command::Write)),
+    verb("del",       2, 4,  QUEUED_WRITE,     |a| kv::del(a).map(Command::Write)),
+    verb("purge",     2, 2,  QUEUED_WRITE,     |a| kv::purge(a).map(Command::Write)),
+    verb("revert",    3, 3,  QUEUED_WRITE,     |a| kv::revert(a).map(Command::Write)),
+    verb("ttl",       2, 2,  Flags::NONE,      |a| kv::Ttl::parse(a).map(Command::Ttl)),
+    verb("multi",     1, 1,  Flags::IN_MULTI,  |_| Ok(Command::Multi)),
+    verb("exec",      1, 1,  Flags::IN_MULTI,  |_| Ok(Command::Exec)),
+    verb("discard",   1, 1,  Flags::IN_MULTI,  |_| Ok(Command::Discard)),
+    verb("history",   2, 2,  Flags::NONE,      |a| query::History::parse(a).map(Command::History)),
+    verb("keys",      1, 2,  Flags::NONE,      |a| query::Keys::parse(a).map(Command::Keys)),
+    verb("search",    2, 6,  Flags::NONE,      |a| query::Search::parse(a).map(Command::Search)),
+    verb("scan",      1, 7,  Flags::NONE,      |a| query::Scan::parse(a).map(Command::Scan)),
+    verb("delglob",   2, 2,  Flags::NONE,      |a| query::DelGlob::parse(a).map(Command::DelGlob)),
+    verb("watch",     2, 9,  Flags::WATCH_MODE, |a| watch::Watch::parse(a).map(Command::Watch)),
+    verb("unwatch",   1, 2,  Flags::WATCH_MODE, |a| watch::Unwatch::parse(a).map(Command::Unwatch)),
+    verb("bucket",    2, 12, Flags::NONE,      |a| bucket::BucketCmd::parse(a).map(Command::Bucket)),
+    verb("use",       2, 2,  Flags::NONE,      |a| bucket::Use::parse(a).map(Command::Use)),
+    verb("status",    1, 2,  Flags::NONE,      |a| bucket::Status::parse(a).map(Command::Status)),
+    verb("ping",      1, 2,  NO_AUTH_WATCH,    |a| Ok(Command::Ping(admin::Ping::parse(a)))),
+    verb("hello",     1, 7,  Flags::NO_AUTH,   |a| admin::Hello::parse(a).map(Command::Hello)),
+    verb("auth",      2, 3,  Flags::NO_AUTH,   |a| admin::Auth::parse(a).map(Command::Auth)),
+    verb("quit",      1, 1,  ANYWHERE,         |_| Ok(Command::Quit)),
+    verb("sync",      1, 1,  Flags::NONE,      |_| Ok(Command::Sync)),
+    verb("compact",   1, 1,  Flags::NONE,      |_| Ok(Command::Compact)),
+    verb("info",      1, 2,  Flags::NONE,      |_| Ok(Command::Info)),
+    verb("config",    2, 64, Flags::NONE,      |a| admin::ConfigGet::parse(a).map(Command::Config)),
 ];
 
 /// Finds a verb, case-insensitively, without allocating.

@@ -76,59 +76,47 @@ pub(super) fn queue(
 }
 
 /// `MULTI`
-pub(crate) struct Multi;
-
-impl Multi {
-    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        if s.multi.is_some() {
-            return Err(super::err("ERR", "MULTI calls can not be nested"));
-        }
-        s.multi = Some(MultiQueue::default());
-        Reply::ok().encode(s.version, out);
-        Ok(Flow::Continue)
+pub(crate) fn multi(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+    if s.multi.is_some() {
+        return Err(super::err("ERR", "MULTI calls can not be nested"));
     }
+    s.multi = Some(MultiQueue::default());
+    Reply::ok().encode(s.version, out);
+    Ok(Flow::Continue)
 }
 
 /// `EXEC`
-pub(crate) struct Exec;
-
-impl Exec {
-    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let Some(m) = s.multi.take() else {
-            return Err(super::err("ERR", "EXEC without MULTI"));
-        };
-        let (ops, shapes) = m
-            .into_writes()
-            .map_err(|f| aborted(f.index, f.code, f.msg))?;
-        if ops.is_empty() {
-            encode::array(out, 0);
-            return Ok(Flow::Continue);
-        }
-        match s.with_bucket(|b| b.write_nowait(&ops)) {
-            Ok((written, ticket)) => {
-                s.durability.note(&s.bucket, ticket);
-                encode::array(out, written.len());
-                for (w, shape) in written.iter().zip(shapes) {
-                    encode::written(out, s.version, w, shape);
-                }
-                Ok(Flow::Continue)
+pub(crate) fn exec(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+    let Some(m) = s.multi.take() else {
+        return Err(super::err("ERR", "EXEC without MULTI"));
+    };
+    let (ops, shapes) = m
+        .into_writes()
+        .map_err(|f| aborted(f.index, f.code, f.msg))?;
+    if ops.is_empty() {
+        encode::array(out, 0);
+        return Ok(Flow::Continue);
+    }
+    match s.with_bucket(|b| b.write_nowait(&ops)) {
+        Ok((written, ticket)) => {
+            s.durability.note(&s.bucket, ticket);
+            encode::array(out, written.len());
+            for (w, shape) in written.iter().zip(shapes) {
+                encode::written(out, s.version, w, shape);
             }
-            Err(Error::Batch { index, source }) => Err(aborted(index, error_code(&source), source)),
-            Err(e) if is_per_write(&e) => Err(aborted(0, error_code(&e), &e)),
-            Err(e) => Err(engine_error(&e)),
+            Ok(Flow::Continue)
         }
+        Err(Error::Batch { index, source }) => Err(aborted(index, error_code(&source), source)),
+        Err(e) if is_per_write(&e) => Err(aborted(0, error_code(&e), &e)),
+        Err(e) => Err(engine_error(&e)),
     }
 }
 
 /// `DISCARD`
-pub(crate) struct Discard;
-
-impl Discard {
-    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        if s.multi.take().is_none() {
-            return Err(super::err("ERR", "DISCARD without MULTI"));
-        }
-        Reply::ok().encode(s.version, out);
-        Ok(Flow::Continue)
+pub(crate) fn discard(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+    if s.multi.take().is_none() {
+        return Err(super::err("ERR", "DISCARD without MULTI"));
     }
+    Reply::ok().encode(s.version, out);
+    Ok(Flow::Continue)
 }

@@ -239,13 +239,13 @@ mod tests {
     }
 
     /// Asserts the RESP2 and RESP3 encodings.
-    fn check(reply: Reply, resp2: &[u8], resp3: &[u8]) {
+    fn check(reply: &Reply, resp2: &[u8], resp3: &[u8]) {
         assert_eq!(
-            enc(&reply, Resp2).escape_ascii().to_string(),
+            enc(reply, Resp2).escape_ascii().to_string(),
             resp2.escape_ascii().to_string()
         );
         assert_eq!(
-            enc(&reply, Resp3).escape_ascii().to_string(),
+            enc(reply, Resp3).escape_ascii().to_string(),
             resp3.escape_ascii().to_string()
         );
     }
@@ -256,45 +256,45 @@ mod tests {
 
     #[test]
     fn simple_and_ok() {
-        check(Reply::ok(), b"+OK\r\n", b"+OK\r\n");
-        check(Reply::simple("PONG"), b"+PONG\r\n", b"+PONG\r\n");
+        check(&Reply::ok(), b"+OK\r\n", b"+OK\r\n");
+        check(&Reply::simple("PONG"), b"+PONG\r\n", b"+PONG\r\n");
         check(
-            Reply::simple(String::from("a\r\nb")),
+            &Reply::simple(String::from("a\r\nb")),
             b"+a  b\r\n",
             b"+a  b\r\n",
         );
-        check(Reply::simple(""), b"+\r\n", b"+\r\n");
+        check(&Reply::simple(""), b"+\r\n", b"+\r\n");
     }
 
     #[test]
     fn errors() {
         check(
-            Reply::err("WRONGREV", "expected 3, latest 5"),
+            &Reply::err("WRONGREV", "expected 3, latest 5"),
             b"-WRONGREV expected 3, latest 5\r\n",
             b"-WRONGREV expected 3, latest 5\r\n",
         );
         check(
-            Reply::err("ERR", "bad\r\nline\n"),
+            &Reply::err("ERR", "bad\r\nline\n"),
             b"-ERR bad  line \r\n",
             b"-ERR bad  line \r\n",
         );
-        check(Reply::err("NOAUTH", ""), b"-NOAUTH\r\n", b"-NOAUTH\r\n");
+        check(&Reply::err("NOAUTH", ""), b"-NOAUTH\r\n", b"-NOAUTH\r\n");
         assert!(Reply::err("ERR", "x").is_error());
         assert!(!Reply::ok().is_error());
     }
 
     #[test]
     fn integers() {
-        check(Reply::Int(0), b":0\r\n", b":0\r\n");
-        check(Reply::Int(42), b":42\r\n", b":42\r\n");
-        check(Reply::Int(-2), b":-2\r\n", b":-2\r\n");
+        check(&Reply::Int(0), b":0\r\n", b":0\r\n");
+        check(&Reply::Int(42), b":42\r\n", b":42\r\n");
+        check(&Reply::Int(-2), b":-2\r\n", b":-2\r\n");
         check(
-            Reply::Int(i64::MAX),
+            &Reply::Int(i64::MAX),
             b":9223372036854775807\r\n",
             b":9223372036854775807\r\n",
         );
         check(
-            Reply::Int(i64::MIN),
+            &Reply::Int(i64::MIN),
             b":-9223372036854775808\r\n",
             b":-9223372036854775808\r\n",
         );
@@ -305,18 +305,18 @@ mod tests {
 
     #[test]
     fn bulk_and_null() {
-        check(bulk("hello"), b"$5\r\nhello\r\n", b"$5\r\nhello\r\n");
-        check(bulk(""), b"$0\r\n\r\n", b"$0\r\n\r\n");
+        check(&bulk("hello"), b"$5\r\nhello\r\n", b"$5\r\nhello\r\n");
+        check(&bulk(""), b"$0\r\n\r\n", b"$0\r\n\r\n");
         check(
-            Reply::bulk(&b"a\r\n\0"[..]),
+            &Reply::bulk(&b"a\r\n\0"[..]),
             b"$4\r\na\r\n\0\r\n",
             b"$4\r\na\r\n\0\r\n",
         );
-        check(Reply::Null, b"$-1\r\n", b"_\r\n");
-        check(Reply::from(None::<i64>), b"$-1\r\n", b"_\r\n");
-        check(Reply::from(Some(7i64)), b":7\r\n", b":7\r\n");
+        check(&Reply::Null, b"$-1\r\n", b"_\r\n");
+        check(&Reply::from(None::<i64>), b"$-1\r\n", b"_\r\n");
+        check(&Reply::from(Some(7i64)), b":7\r\n", b":7\r\n");
         check(
-            Reply::from(Bytes::from_static(b"v")),
+            &Reply::from(Bytes::from_static(b"v")),
             b"$1\r\nv\r\n",
             b"$1\r\nv\r\n",
         );
@@ -324,15 +324,15 @@ mod tests {
 
     #[test]
     fn arrays() {
-        check(Reply::Array(vec![]), b"*0\r\n", b"*0\r\n");
+        check(&Reply::Array(vec![]), b"*0\r\n", b"*0\r\n");
         check(
-            Reply::Array(vec![bulk("a"), Reply::Int(1), Reply::Null]),
+            &Reply::Array(vec![bulk("a"), Reply::Int(1), Reply::Null]),
             b"*3\r\n$1\r\na\r\n:1\r\n$-1\r\n",
             b"*3\r\n$1\r\na\r\n:1\r\n_\r\n",
         );
         // SCAN-shaped: cursor then a nested array.
         check(
-            Reply::Array(vec![Reply::Null, Reply::Array(vec![bulk("k")])]),
+            &Reply::Array(vec![Reply::Null, Reply::Array(vec![bulk("k")])]),
             b"*2\r\n$-1\r\n*1\r\n$1\r\nk\r\n",
             b"*2\r\n_\r\n*1\r\n$1\r\nk\r\n",
         );
@@ -340,9 +340,9 @@ mod tests {
 
     #[test]
     fn maps() {
-        check(Reply::Map(vec![]), b"*0\r\n", b"%0\r\n");
+        check(&Reply::Map(vec![]), b"*0\r\n", b"%0\r\n");
         check(
-            Reply::Map(vec![
+            &Reply::Map(vec![
                 (bulk("server"), bulk("logkv")),
                 (bulk("proto"), Reply::Int(3)),
             ]),
@@ -358,12 +358,12 @@ mod tests {
             (bulk("revision"), Reply::Int(9)),
         ]);
         check(
-            Reply::Push(vec![bulk("watch"), Reply::Int(1), entry]),
+            &Reply::Push(vec![bulk("watch"), Reply::Int(1), entry]),
             b"*3\r\n$5\r\nwatch\r\n:1\r\n*4\r\n$3\r\nkey\r\n$1\r\na\r\n$8\r\nrevision\r\n:9\r\n",
             b">3\r\n$5\r\nwatch\r\n:1\r\n%2\r\n$3\r\nkey\r\n$1\r\na\r\n$8\r\nrevision\r\n:9\r\n",
         );
         check(
-            Reply::Push(vec![bulk("watch"), Reply::Int(1), bulk("ready")]),
+            &Reply::Push(vec![bulk("watch"), Reply::Int(1), bulk("ready")]),
             b"*3\r\n$5\r\nwatch\r\n:1\r\n$5\r\nready\r\n",
             b">3\r\n$5\r\nwatch\r\n:1\r\n$5\r\nready\r\n",
         );

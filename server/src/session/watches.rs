@@ -76,7 +76,7 @@ impl Watches {
         let watch = match bucket.watch(pattern, opts) {
             Ok(w) => w,
             Err(e) => {
-                self.shared.pumps.unsubscribe(&pump, &self.notify);
+                pump.unsubscribe(&self.notify);
                 return Err(e);
             }
         };
@@ -110,7 +110,7 @@ impl Watches {
 
     fn remove(&mut self, idx: usize) {
         let slot = self.list.remove(idx);
-        self.shared.pumps.unsubscribe(&slot.pump, &self.notify);
+        slot.pump.unsubscribe(&self.notify);
         self.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 

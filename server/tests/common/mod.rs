@@ -60,6 +60,25 @@ fn read_reply(s: &mut TcpStream, out: &mut Vec<u8>) {
     }
 }
 
+/// Skips the calling test because the machine cannot run it: says why, or panics when
+/// `LOGKV_NO_SKIP=1` (as CI sets it), so that a skip never passes for a success there.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var("LOGKV_NO_SKIP").as_deref() != Ok("1"),
+        "cannot run: {why} (LOGKV_NO_SKIP=1 forbids skipping)"
+    );
+    println!("skipped: {why}");
+}
+
+/// A `name:  value kB` line of /proc/<pid>/status, in KiB (a count for `Threads:`).
+pub fn proc_status(pid: u32, name: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A numeric `name:value` field of an INFO reply.
 pub fn info_field(info: &str, name: &str) -> u64 {
     info.lines()

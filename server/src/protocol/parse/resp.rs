@@ -9,14 +9,14 @@ use super::{Limits, ParseError, Request};
 pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, ParseError> {
     // First pass: validate and find the end without copying anything, so an incomplete
     // request costs only a walk over its headers.
-    let Some((end, argc)) = scan_resp(buf, limits, |_| {})? else {
+    let Some((end, count)) = scan_resp(buf, limits, |_| {})? else {
         return Ok(None);
     };
     // Second pass over the now complete frame: copy the arguments out.
     let frame = &buf[..end];
-    let mut args = Vec::with_capacity(argc);
+    let mut args = Vec::with_capacity(count);
     scan_resp(frame, limits, |r| {
-        args.push(Bytes::copy_from_slice(&frame[r]))
+        args.push(Bytes::copy_from_slice(&frame[r]));
     })?;
     Ok(Some((
         Request {

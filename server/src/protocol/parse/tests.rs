@@ -1,6 +1,8 @@
 //! The parser's tests: every framing, every error, every split point.
 
 use super::*;
+use std::fmt::Write as _;
+
 use proptest::prelude::*;
 
 fn lim() -> Limits {
@@ -516,9 +518,10 @@ fn binary_garbage_never_panics() {
             .map(|_| {
                 let r = rng.next();
                 if round % 2 == 0 {
-                    r as u8
+                    r.to_le_bytes()[0]
                 } else {
-                    alphabet[(r % alphabet.len() as u64) as usize]
+                    let i = usize::try_from(r % alphabet.len() as u64).expect("below the length");
+                    alphabet[i]
                 }
             })
             .collect();
@@ -549,7 +552,9 @@ fn inline_quote(arg: &[u8]) -> String {
             b'\r' => s.push_str("\\r"),
             b'\t' => s.push_str("\\t"),
             0x20..=0x7e => s.push(b as char),
-            _ => s.push_str(&format!("\\x{b:02x}")),
+            _ => {
+                let _ = write!(s, "\\x{b:02x}");
+            }
         }
     }
     s.push('"');
