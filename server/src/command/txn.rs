@@ -59,7 +59,7 @@ pub(super) fn queue(
     };
     match parsed {
         Ok(Command::Write(write)) => {
-            m.push(write, size);
+            m.push(write.op, write.shape, size);
             out.extend_from_slice(b"+QUEUED\r\n");
         }
         // Not reached: the table flags only write verbs as queued (its tests check it).

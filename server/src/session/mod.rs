@@ -2,7 +2,7 @@
 //! watches, the writes of the pipeline not applied yet, and the durability their replies
 //! wait for.
 //!
-//! Commands (`crate::command`) act on a [`Session`]; the session knows nothing of them.
+//! Commands act on a [`Session`]; the session knows nothing of them.
 
 mod multi;
 mod watches;

@@ -2,7 +2,6 @@
 
 use logkv::WriteOp;
 
-use super::Write;
 use crate::encode::WriteShape;
 use crate::protocol::Reply;
 
@@ -33,11 +32,12 @@ impl MultiQueue {
         self.bytes
     }
 
-    /// Queues a write that came as `size` bytes of arguments.
-    pub fn push(&mut self, write: Write, size: usize) {
+    /// Queues a write (its operation and reply shape) that came as `size` bytes of
+    /// arguments.
+    pub fn push(&mut self, op: WriteOp, shape: WriteShape, size: usize) {
         self.bytes += size;
-        self.ops.push(write.op);
-        self.shapes.push(write.shape);
+        self.ops.push(op);
+        self.shapes.push(shape);
     }
 
     /// Marks the transaction as failed at the next queue position (the first failure wins).
