@@ -26,23 +26,32 @@ fn optional_rev(args: &mut Args<'_>) -> Result<Option<u64>, Reply> {
     Ok(None)
 }
 
-/// `GET key [REV n]`
-pub(crate) struct Get<'a> {
+/// `key [REV n]`: what GET and ENTRY read.
+struct KeyAtRev<'a> {
     key: &'a str,
     rev: Option<u64>,
 }
 
-impl<'a> Get<'a> {
-    pub fn parse(args: &mut Args<'a>) -> Result<Get<'a>, Reply> {
+impl<'a> KeyAtRev<'a> {
+    fn parse(args: &mut Args<'a>) -> Result<KeyAtRev<'a>, Reply> {
         let key = args.next_key()?;
         let rev = optional_rev(args)?;
-        Ok(Get { key, rev })
+        Ok(KeyAtRev { key, rev })
+    }
+}
+
+/// `GET key [REV n]`
+pub(crate) struct Get<'a>(KeyAtRev<'a>);
+
+impl<'a> Get<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Get<'a>, Reply> {
+        KeyAtRev::parse(args).map(Get)
     }
 
     pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
         let version = s.version;
-        let key = self.key;
-        match self.rev {
+        let KeyAtRev { key, rev } = self.0;
+        match rev {
             None => {
                 // Encoded straight from the log's memory map: no copy of the value.
                 let found = s
@@ -65,21 +74,16 @@ impl<'a> Get<'a> {
 }
 
 /// `ENTRY key [REV n]`
-pub(crate) struct GetEntry<'a> {
-    key: &'a str,
-    rev: Option<u64>,
-}
+pub(crate) struct GetEntry<'a>(KeyAtRev<'a>);
 
 impl<'a> GetEntry<'a> {
     pub fn parse(args: &mut Args<'a>) -> Result<GetEntry<'a>, Reply> {
-        let key = args.next_key()?;
-        let rev = optional_rev(args)?;
-        Ok(GetEntry { key, rev })
+        KeyAtRev::parse(args).map(GetEntry)
     }
 
     pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let key = self.key;
-        let e = match self.rev {
+        let KeyAtRev { key, rev } = self.0;
+        let e = match rev {
             None => s.with_bucket(|b| b.entry(key)),
             Some(rev) => s.with_bucket(|b| b.entry_at(key, rev)),
         }
