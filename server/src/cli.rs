@@ -51,7 +51,7 @@ pub struct Cli {
     pub fsync: FsyncPolicy,
 
     /// Require clients to send `AUTH <password>` before anything else. Prefer the
-    /// LOGKV_PASSWORD environment variable: command lines are visible to other users.
+    /// `LOGKV_PASSWORD` environment variable: command lines are visible to other users.
     #[arg(
         long,
         env = "LOGKV_PASSWORD",
@@ -84,6 +84,14 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_request: usize,
 
+    /// Most memory all client connections together may hold in their buffers: input read
+    /// but not yet executed, output not yet sent, writes queued in MULTI. Past it, the
+    /// connections holding the most are closed (each logged; INFO counts them as
+    /// `evicted_clients`). Default: an eighth of the physical memory (or of the cgroup's
+    /// memory limit when lower), at least 256MiB and at most 8GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_client_memory: Option<usize>,
+
     /// Allow listening on a non-loopback address without a password. Anyone who can reach
     /// the port can then read and change everything: use only on a trusted network.
     #[arg(long)]
@@ -97,7 +105,7 @@ pub struct Cli {
 
 /// The default number of event-loop threads: cores - 1, at least 1.
 pub fn default_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     cores.saturating_sub(1).max(1)
 }
 
@@ -116,6 +124,9 @@ impl Cli {
         };
         config.max_output = self.max_output;
         config.max_request = self.max_request;
+        if let Some(budget) = self.max_client_memory {
+            config.max_client_memory = budget;
+        }
         config.unprotected = self.unprotected;
         config
     }
@@ -172,6 +183,7 @@ mod tests {
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.max_output, 64 << 20);
+        assert_eq!(c.max_client_memory, crate::client_memory::default_budget());
         assert!(!c.unprotected);
     }
 
@@ -188,6 +200,8 @@ mod tests {
             "--max-bulk",
             "1MiB",
             "--unprotected",
+            "--max-client-memory",
+            "100MiB",
         ]);
         let c = cli.into_config();
         assert_eq!(c.listen, "0.0.0.0:1");
@@ -198,6 +212,7 @@ mod tests {
         assert_eq!(c.password.as_deref(), Some("pw"));
         assert_eq!(c.limits.max_bulk, 1 << 20);
         assert!(c.unprotected);
+        assert_eq!(c.max_client_memory, 100 << 20);
         assert!(Cli::try_parse_from(["logkv-server", "--fsync", "bogus"]).is_err());
     }
 }

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub max_output: usize,
     /// Largest single request, in bytes, all arguments together.
     pub max_request: usize,
+    /// Most memory all client connections together may hold in their buffers (input not
+    /// yet executed, output not yet sent, MULTI queues); past it the connections holding
+    /// the most are closed.
+    pub max_client_memory: usize,
     /// Allow listening on a non-loopback address without a password.
     pub unprotected: bool,
     /// How long shutdown waits for connections to finish what they are doing.
@@ -45,6 +49,7 @@ impl ServerConfig {
             limits: Limits::default(),
             max_output: 64 << 20,
             max_request: 64 << 20,
+            max_client_memory: crate::client_memory::default_budget(),
             unprotected: false,
             shutdown_grace: Duration::from_secs(5),
         }

@@ -30,11 +30,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::error;
+use tracing::{error, warn};
 
-use crate::protocol::{parse_request, Reply};
-use crate::server::Shared;
-use crate::session::{Flow, Session};
+use crate::client_memory::ClientBuffers;
+use crate::command::{self, Flow};
+use crate::protocol::{parse_request, ParseError, Reply};
+use crate::session::Session;
+use crate::shared::Shared;
 
 /// First read size (and what it falls back to after small reads).
 const READ_MIN: usize = 4 * 1024;
@@ -63,6 +65,10 @@ struct Conn {
     pull: bool,
     /// Close once the output is written.
     closing: bool,
+    /// Close at once, sending nothing more (an HTTP request was recognised).
+    hangup: bool,
+    /// What the buffers hold, reported against the budget of all connections.
+    buffers: ClientBuffers,
 }
 
 /// Serves one connection until the client leaves, QUIT, a framing error, or shutdown.
@@ -71,6 +77,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
+    buffers: ClientBuffers,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
@@ -91,6 +98,8 @@ pub(crate) async fn serve(
         stop,
         pull: false,
         closing: false,
+        hangup: false,
+        buffers,
     };
     let result = conn.run().await;
     let commands = conn.session.commands;
@@ -106,10 +115,11 @@ impl Conn {
     async fn run(&mut self) -> io::Result<()> {
         loop {
             if self.pull && self.session.watches.active() {
-                self.pull =
-                    self.session
-                        .watches
-                        .pull(self.session.proto, &mut self.out, WATCH_HIGH_WATER);
+                self.pull = self.session.watches.pull(
+                    self.session.version,
+                    &mut self.out,
+                    WATCH_HIGH_WATER,
+                );
             } else {
                 self.pull = false;
             }
@@ -158,6 +168,12 @@ impl Conn {
                 return Ok(());
             }
             self.process().await?;
+            if self.hangup {
+                return Ok(());
+            }
+            if self.account() {
+                return Ok(());
+            }
             // One shared-counter update per batch, not per request.
             let n = std::mem::take(&mut self.session.commands);
             if n > 0 {
@@ -206,7 +222,7 @@ impl Conn {
                         continue;
                     }
                     let start = self.out.len();
-                    match self.session.execute(req.args, &mut self.out) {
+                    match command::execute(&mut self.session, &req.args, &mut self.out) {
                         Flow::Continue => {}
                         Flow::Close => {
                             self.closing = true;
@@ -224,7 +240,7 @@ impl Conn {
                                 error!("a command panicked: {e}");
                                 Reply::err("ERR", "internal error")
                             });
-                            reply.encode(self.session.proto, &mut self.out);
+                            reply.encode(self.session.version, &mut self.out);
                         }
                     }
                     // Replies of queued writes applied first are not this command's.
@@ -239,7 +255,7 @@ impl Conn {
                                  {max_output} bytes (narrow the request, e.g. with LIMIT)"
                             ),
                         )
-                        .encode(self.session.proto, &mut self.out);
+                        .encode(self.session.version, &mut self.out);
                     }
                     if self.out.len() >= FLUSH_AT {
                         self.session.apply_pending(&mut self.out);
@@ -256,20 +272,30 @@ impl Conn {
                                  {max_request} bytes"
                             ),
                         )
-                        .encode(self.session.proto, &mut self.out);
+                        .encode(self.session.version, &mut self.out);
                         self.closing = true;
                     }
                     break;
                 }
+                Err(ParseError::CrossProtocol) => {
+                    // As Redis does: what came before this line ran; nothing after it runs,
+                    // and no reply goes back to what is probably a browser.
+                    warn!(
+                        peer = %self.session.peer,
+                        id = self.session.id,
+                        "possible cross-protocol attack: an HTTP request on the RESP port; \
+                         connection closed"
+                    );
+                    self.hangup = true;
+                    break;
+                }
                 Err(e) => {
-                    Reply::err("ERR", e.to_string()).encode(self.session.proto, &mut self.out);
-                    match e.skip() {
-                        Some(n) => pos += n,
-                        None => {
-                            self.closing = true;
-                            break;
-                        }
-                    }
+                    Reply::err("ERR", e.to_string()).encode(self.session.version, &mut self.out);
+                    let Some(n) = e.skip() else {
+                        self.closing = true;
+                        break;
+                    };
+                    pos += n;
                 }
             }
         }
@@ -283,6 +309,14 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Reports what the buffers hold (read but not executed, output not sent, MULTI
+    /// queue) to the server-wide budget. Returns true when this connection was evicted.
+    fn account(&mut self) -> bool {
+        let held = self.rbuf.capacity() + self.out.capacity() + self.session.multi_bytes();
+        self.buffers.hold(held);
+        self.buffers.evicted()
     }
 
     /// Closes the connection after a server-side decision (QUIT, framing error): sends FIN,
@@ -310,28 +344,22 @@ impl Conn {
     /// Waits for the durability of the writes whose replies are in the output, then
     /// writes the output.
     async fn flush(&mut self) -> io::Result<()> {
-        if !self.session.tickets.is_empty() {
+        if self.account() {
+            // Evicted: its task is being cancelled; send nothing more.
+            return Err(io::Error::other("closed: over --max-client-memory"));
+        }
+        if !self.session.durability.is_empty() {
             // The bucket's syncer thread fsyncs for every connection waiting at once.
-            let mut tickets = std::mem::take(&mut self.session.tickets);
             let shared = Arc::clone(&self.session.shared);
-            let mut failed = None;
-            for (bucket, ticket) in &tickets {
-                if let Err(e) = shared.syncers.wait(bucket, *ticket).await {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            if let Some(e) = failed {
+            if let Err(e) = self.session.durability.wait(&shared.syncers).await {
                 // The replies would claim writes that may not survive a crash.
                 error!("durability wait failed, closing the connection: {e}");
                 self.out.clear();
                 Reply::err("ERR", format!("writes could not be made durable: {e}"))
-                    .encode(self.session.proto, &mut self.out);
+                    .encode(self.session.version, &mut self.out);
                 let _ = self.stream.write_all(&self.out).await;
                 return Err(io::Error::other(e));
             }
-            tickets.clear();
-            self.session.tickets = tickets;
         }
         self.stream.write_all(&self.out).await?;
         self.out.clear();

@@ -8,6 +8,10 @@
 //! and makes the log durable up to it with one group-commit fsync; writes that
 //! arrive meanwhile are covered by the next one. So one fsync serves every
 //! connection that wrote while the previous one ran.
+//!
+//! A durability ticket comes from the engine's `write_each` / `write_nowait` and is used
+//! only in this file: a session notes it in its [`PendingDurability`], and the connection
+//! has that waited for before it sends the replies.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +19,59 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use logkv::Bucket;
+use logkv::{Bucket, FsyncPolicy};
 use parking_lot::Mutex;
 use tokio::sync::watch;
+
+/// The durability that the replies about to be sent depend on: per bucket, the largest
+/// ticket of the writes whose replies are not sent yet. Stays empty unless the fsync
+/// policy is `always`.
+pub(crate) struct PendingDurability {
+    wait_for_fsync: bool,
+    tickets: Vec<(Bucket, u64)>,
+}
+
+impl PendingDurability {
+    /// Nothing pending, under `policy`.
+    pub fn new(policy: FsyncPolicy) -> PendingDurability {
+        PendingDurability {
+            wait_for_fsync: policy == FsyncPolicy::Always,
+            tickets: Vec::new(),
+        }
+    }
+
+    /// Remembers that the replies about to be sent need `bucket`'s log durable up to
+    /// `ticket` (as returned by the engine's `write_each` / `write_nowait`).
+    pub fn note(&mut self, bucket: &Bucket, ticket: u64) {
+        if !self.wait_for_fsync || ticket == 0 {
+            return;
+        }
+        let name = bucket.name();
+        match self.tickets.iter_mut().find(|(b, _)| b.name() == name) {
+            Some((_, t)) => *t = (*t).max(ticket),
+            None => self.tickets.push((bucket.clone(), ticket)),
+        }
+    }
+
+    /// Whether some reply waits for durability.
+    pub fn is_empty(&self) -> bool {
+        self.tickets.is_empty()
+    }
+
+    /// Waits until every noted write is durable (each bucket's syncer fsyncs for every
+    /// connection waiting at once), then forgets them, also when it fails.
+    pub async fn wait(&mut self, syncers: &Syncers) -> Result<(), String> {
+        let mut result = Ok(());
+        for (bucket, ticket) in &self.tickets {
+            result = syncers.wait(bucket, *ticket).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        self.tickets.clear();
+        result
+    }
+}
 
 /// What the syncer of a bucket has made durable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,31 +4,40 @@
 //! ([`protocol::parse_request`]), turned into one engine call, and the result encoded
 //! ([`protocol::encode`]) into the connection's output buffer.
 //!
-//! Layout (after tokio-rs/mini-redis):
+//! Layout (after tokio-rs/mini-redis), each module using only those listed after it:
 //!
 //! * [`server`]: binding, protected mode, the accept loop, connection limits, shutdown.
 //! * `connection`: one task per TCP connection: buffers, the read / execute / write loop,
-//!   pipelining, durability waits, watch delivery.
-//! * `session`: per-connection state (protocol version, current bucket, auth, MULTI, watches).
-//! * `command`: dispatch by verb, one module per family of verbs.
-//! * `reply`: entries and other engine values encoded as RESP.
+//!   pipelining, durability waits, watch delivery, HTTP requests turned away.
+//! * `command`: the table of verbs, the argument cursor, and one parsed struct per verb
+//!   with its `apply`, by family (`kv`, `txn`, `bucket`, `query`, `watch`, `admin`).
+//! * `session`: per-connection state (RESP version, current bucket, auth, the MULTI queue,
+//!   watches, the pipeline's pending writes). It knows nothing of `command`.
+//! * `shared`: what every connection shares (store, configuration, counters, pumps,
+//!   syncers, the client-memory budget).
+//! * `client_memory`: the budget for all connections' buffers (`--max-client-memory`).
+//! * `durability`: group commit; the only place that handles durability tickets.
+//! * `encode`: engine values (entries, write results, errors and their wire codes) as RESP.
 //! * `pump`: one thread per watched bucket that turns the engine's change tokens into
 //!   wake-ups of the connection tasks.
+//! * [`protocol`]: the wire format, pure: request parsing, reply encoding, HTTP detection.
 //!
 //! Tests start a server in-process with [`spawn_test_server`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod cli;
+mod client_memory;
 mod command;
 pub mod config;
 mod connection;
 mod durability;
+mod encode;
 pub mod protocol;
 mod pump;
-mod reply;
 pub mod server;
 mod session;
+mod shared;
 mod testing;
 
 pub use config::{parse_fsync, ServerConfig};

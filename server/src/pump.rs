@@ -49,6 +49,14 @@ pub(crate) struct Pump {
 }
 
 impl Pump {
+    /// Removes one subscription of `notify` (taken with [`Pumps::subscribe`]).
+    pub fn unsubscribe(&self, notify: &Arc<Notify>) {
+        let mut subs = self.subs.lock();
+        if let Some(i) = subs.iter().position(|n| Arc::ptr_eq(n, notify)) {
+            subs.swap_remove(i);
+        }
+    }
+
     fn wake_all(&self) {
         for n in self.subs.lock().iter() {
             // Stores a permit when the task is not waiting: no wake-up is lost.
@@ -91,7 +99,7 @@ impl Pumps {
         let p = Arc::clone(&pump);
         let spawned = std::thread::Builder::new()
             .name(format!("logkv-pump-{}", pump.name))
-            .spawn(move || run(inner, p, rx));
+            .spawn(move || run(&inner, &p, &rx));
         match spawned {
             Ok(h) => {
                 let mut threads = self.inner.threads.lock();
@@ -106,14 +114,6 @@ impl Pumps {
         pump
     }
 
-    /// Removes one subscription of `notify` (taken with [`Pumps::subscribe`]).
-    pub fn unsubscribe(&self, pump: &Pump, notify: &Arc<Notify>) {
-        let mut subs = pump.subs.lock();
-        if let Some(i) = subs.iter().position(|n| Arc::ptr_eq(n, notify)) {
-            subs.swap_remove(i);
-        }
-    }
-
     /// Stops every pump and waits for the threads (blocking).
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Release);
@@ -125,7 +125,7 @@ impl Pumps {
     }
 }
 
-fn run(inner: Arc<Inner>, pump: Arc<Pump>, rx: Receiver<()>) {
+fn run(inner: &Inner, pump: &Arc<Pump>, rx: &Receiver<()>) {
     debug!(bucket = %pump.name, "watch pump started");
     loop {
         if inner.stop.load(Ordering::Acquire) {
@@ -137,7 +137,7 @@ fn run(inner: Arc<Inner>, pump: Arc<Pump>, rx: Receiver<()>) {
                 let mut map = inner.map.lock();
                 if pump.subs.lock().is_empty() {
                     pump.dead.store(true, Ordering::Release);
-                    if map.get(&pump.name).is_some_and(|p| Arc::ptr_eq(p, &pump)) {
+                    if map.get(&pump.name).is_some_and(|p| Arc::ptr_eq(p, pump)) {
                         map.remove(&pump.name);
                     }
                     break;
@@ -147,7 +147,7 @@ fn run(inner: Arc<Inner>, pump: Arc<Pump>, rx: Receiver<()>) {
                 // The bucket was dropped: its watches end; let their connections see it.
                 let mut map = inner.map.lock();
                 pump.dead.store(true, Ordering::Release);
-                if map.get(&pump.name).is_some_and(|p| Arc::ptr_eq(p, &pump)) {
+                if map.get(&pump.name).is_some_and(|p| Arc::ptr_eq(p, pump)) {
                     map.remove(&pump.name);
                 }
                 drop(map);

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::client_memory::ClientMemory;
 use crate::config::ServerConfig;
 use crate::connection;
+use crate::durability::Syncers;
 use crate::pump::Pumps;
+use crate::shared::{Shared, Stats};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -65,29 +68,6 @@ pub enum ServerError {
     Sync(#[source] logkv::Error),
 }
 
-/// Counters shown by `INFO`.
-#[derive(Debug)]
-pub(crate) struct Stats {
-    pub started: Instant,
-    /// Open client connections.
-    pub connections: AtomicUsize,
-    /// Requests executed since start.
-    pub commands: AtomicU64,
-    /// Active watches over all connections.
-    pub watchers: AtomicUsize,
-    /// Source of connection ids.
-    pub next_conn_id: AtomicU64,
-}
-
-/// What every connection task shares.
-pub(crate) struct Shared {
-    pub store: Store,
-    pub config: ServerConfig,
-    pub stats: Stats,
-    pub pumps: Pumps,
-    pub syncers: crate::durability::Syncers,
-}
-
 /// A server bound to its address with its store open, not yet accepting.
 pub struct Server {
     listener: TcpListener,
@@ -99,7 +79,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -171,18 +151,14 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
         let shared = Arc::new(Shared {
             store,
             config,
-            stats: Stats {
-                started: Instant::now(),
-                connections: AtomicUsize::new(0),
-                commands: AtomicU64::new(0),
-                watchers: AtomicUsize::new(0),
-                next_conn_id: AtomicU64::new(1),
-            },
+            client_memory,
+            stats: Stats::new(),
             pumps: Pumps::new(),
-            syncers: crate::durability::Syncers::default(),
+            syncers: Syncers::default(),
         });
         Ok(Server {
             listener,
@@ -311,16 +287,18 @@ fn admit(
     }
     let guard = ConnGuard(Arc::clone(shared));
     let stop = stop.clone();
+    let id = shared.stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (buffers, task) = shared.client_memory.register(id, peer);
     let fut = async move {
-        let id = guard.0.stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
         debug!(id, %peer, "connection opened");
-        if let Err(e) = connection::serve(Arc::clone(&guard.0), stream, peer, id, stop).await {
+        let shared = Arc::clone(&guard.0);
+        if let Err(e) = connection::serve(shared, stream, peer, id, buffers, stop).await {
             debug!(id, %peer, "connection error: {e}");
         }
         debug!(id, %peer, "connection closed");
         drop(guard);
     };
-    tasks.spawn(fut);
+    task.set(tasks.spawn(fut));
 }
 
 /// Counts a connection for as long as its task lives (also when it is aborted).

@@ -8,18 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_logkv-server");
 
 fn command(dir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .env_remove("LOGKV_PASSWORD")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = common::binary(dir);
+    cmd.args(extra);
     cmd
 }
 
@@ -197,7 +192,7 @@ fn redis_cli_smoke() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !installed {
-        println!("skipped: redis-cli not installed");
+        common::skip("redis-cli is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

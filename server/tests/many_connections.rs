@@ -7,6 +7,10 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::proc_status;
+
+mod common;
+
 const CONNECTIONS: usize = 10_000;
 const WATCHERS: usize = 9_000;
 
@@ -50,22 +54,16 @@ fn line(r: &mut BufReader<TcpStream>) -> String {
     s.trim_end().to_string()
 }
 
-/// `name:  value kB` from /proc/<pid>/status.
-fn proc_status(pid: u32, name: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn ten_thousand_connections_most_of_them_watching() {
     let need = (CONNECTIONS + 512) as u64;
     match rlimit::increase_nofile_limit(need) {
         Ok(got) if got >= need => {}
         other => {
-            println!("skipped: this process may open only {other:?} files, {need} needed for {CONNECTIONS} connections");
+            common::skip(&format!(
+                "this process may open only {other:?} files, {need} needed for \
+                 {CONNECTIONS} connections"
+            ));
             return;
         }
     }

@@ -1,30 +1,30 @@
-//! Connection and server verbs: PING HELLO AUTH SYNC COMPACT INFO CONFIG.
+//! Connection and server verbs: PING HELLO AUTH QUIT SYNC COMPACT INFO CONFIG.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use logkv::{Bucket, FsyncPolicy};
 use tracing::{info, warn};
 
-use super::{is, preview, text_arg, uint_arg, wrong_args, Verb};
-use crate::protocol::Reply;
-use crate::reply::{self, engine_error};
-use crate::session::{Flow, Session};
+use super::args::{is, preview, text, uint, Args};
+use super::Flow;
+use crate::encode::{self, engine_error};
+use crate::protocol::{Reply, RespVersion};
+use crate::session::Session;
 
-/// Compares two secrets in time independent of where they differ.
+/// Compares two secrets in constant time: their SHA-256 digests (32 bytes whatever the
+/// lengths) with `subtle`'s constant-time equality, so the time taken tells neither where
+/// they differ nor how long the configured one is.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
 }
 
 /// COMPACT, in one place: a compaction pass over `bucket`, then `+OK`.
-pub(crate) fn compact_bucket(bucket: &Bucket) -> Reply {
+fn compact_bucket(bucket: &Bucket) -> Reply {
     match bucket.compact() {
         Ok(report) => {
             info!(
@@ -39,50 +39,79 @@ pub(crate) fn compact_bucket(bucket: &Bucket) -> Reply {
     }
 }
 
-impl Session {
-    /// `PING [msg]`
-    pub(crate) fn ping(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        match args.get(1) {
-            Some(msg) => reply::bulk(out, msg),
+/// Checks a password and marks the session authenticated; logs failures.
+fn check_password(s: &mut Session, given: &[u8]) -> Result<(), Reply> {
+    let Some(want) = s.shared.config.password.as_deref() else {
+        return Err(super::err(
+            "ERR",
+            "AUTH called without any password configured (start the server with \
+             --password to require one)",
+        ));
+    };
+    if same_secret(given, want.as_bytes()) {
+        s.authed = true;
+        Ok(())
+    } else {
+        warn!(peer = %s.peer, id = s.id, "failed AUTH: invalid password");
+        Err(super::err("NOAUTH", "invalid password"))
+    }
+}
+
+/// `PING [msg]`
+pub(crate) struct Ping<'a> {
+    msg: Option<&'a Bytes>,
+}
+
+impl<'a> Ping<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Ping<'a> {
+        Ping { msg: args.next() }
+    }
+
+    pub fn apply(self, out: &mut Vec<u8>) -> Flow {
+        match self.msg {
+            Some(msg) => encode::bulk(out, msg),
             None => out.extend_from_slice(b"+PONG\r\n"),
         }
+        Flow::Continue
+    }
+}
+
+/// `AUTH [username] password` (the username, if any, is ignored).
+pub(crate) struct Auth<'a> {
+    password: &'a Bytes,
+}
+
+impl<'a> Auth<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Auth<'a>, Reply> {
+        let first = args.next_bytes()?;
+        Ok(Auth {
+            password: args.next().unwrap_or(first),
+        })
+    }
+
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+        check_password(s, self.password)?;
+        Reply::ok().encode(s.version, out);
         Ok(Flow::Continue)
     }
+}
 
-    /// Checks a password; logs failures.
-    fn check_password(&mut self, given: &[u8]) -> Result<(), Reply> {
-        let Some(want) = self.shared.config.password.as_deref() else {
-            return Err(super::err(
-                "ERR",
-                "AUTH called without any password configured (start the server with \
-                 --password to require one)",
-            ));
-        };
-        if same_secret(given, want.as_bytes()) {
-            self.authed = true;
-            Ok(())
-        } else {
-            warn!(peer = %self.peer, id = self.id, "failed AUTH: invalid password");
-            Err(super::err("NOAUTH", "invalid password"))
-        }
-    }
+/// `HELLO [2|3 [AUTH username password] [SETNAME name]]`
+pub(crate) struct Hello<'a> {
+    version: Option<RespVersion>,
+    password: Option<&'a Bytes>,
+}
 
-    /// `AUTH [username] password` (the username, if any, is ignored).
-    pub(crate) fn auth(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let given = &args[args.len() - 1];
-        self.check_password(given)?;
-        Reply::ok().encode(self.proto, out);
-        Ok(Flow::Continue)
-    }
-
-    /// `HELLO [2|3 [AUTH username password] [SETNAME name]]`
-    pub(crate) fn hello(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let mut proto = self.proto;
-        if let Some(v) = args.get(1) {
-            proto = match uint_arg(v, "protocol version") {
-                Ok(2) => 2,
-                Ok(3) => 3,
-                _ => {
+impl<'a> Hello<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Hello<'a>, Reply> {
+        let version = match args.next() {
+            None => None,
+            Some(v) => match uint(v, "protocol version")
+                .ok()
+                .and_then(RespVersion::from_number)
+            {
+                Some(version) => Some(version),
+                None => {
                     return Err(Reply::err(
                         "ERR",
                         format!(
@@ -91,109 +120,135 @@ impl Session {
                         ),
                     ))
                 }
-            };
-        }
-        let mut rest = args.get(2..).unwrap_or_default();
-        let mut password: Option<&Bytes> = None;
-        while let [word, tail @ ..] = rest {
-            if is(word, "AUTH") && tail.len() >= 2 {
-                password = Some(&tail[1]);
-                rest = &tail[2..];
-            } else if is(word, "SETNAME") && !tail.is_empty() {
-                rest = &tail[1..];
+            },
+        };
+        let mut password = None;
+        while let Some(word) = args.next() {
+            if is(word, "AUTH") && args.remaining() >= 2 {
+                let _username = args.next();
+                password = args.next();
+            } else if is(word, "SETNAME") && args.remaining() >= 1 {
+                let _name = args.next();
             } else {
-                return Err(super::syntax(Verb::Hello, word));
+                return Err(args.syntax(word));
             }
         }
-        if let Some(p) = password {
-            self.check_password(p)?;
+        Ok(Hello { version, password })
+    }
+
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+        if let Some(p) = self.password {
+            check_password(s, p)?;
         }
-        self.proto = proto;
+        if let Some(version) = self.version {
+            s.version = version;
+        }
         let f = |name: &'static str| Reply::Bulk(Bytes::from_static(name.as_bytes()));
         let facts = Reply::Map(vec![
             (f("server"), f("logkv")),
             (f("version"), f(crate::VERSION)),
-            (f("proto"), Reply::Int(i64::from(proto))),
-            (
-                f("id"),
-                Reply::Int(i64::try_from(self.id).unwrap_or(i64::MAX)),
-            ),
+            (f("proto"), Reply::Int(i64::from(s.version.number()))),
+            (f("id"), Reply::Int(i64::try_from(s.id).unwrap_or(i64::MAX))),
             (f("mode"), f("standalone")),
             (f("role"), f("master")),
             (f("modules"), Reply::Array(Vec::new())),
         ]);
-        facts.encode(self.proto, out);
+        facts.encode(s.version, out);
         Ok(Flow::Continue)
     }
+}
 
-    /// `SYNC`: everything acknowledged before it is on stable storage.
-    pub(crate) fn sync(&mut self) -> Flow {
-        let store = self.shared.store.clone();
-        Flow::Blocking(Box::new(move || match store.sync() {
-            Ok(()) => Reply::ok(),
-            Err(e) => engine_error(&e),
-        }))
+/// `QUIT`: `+OK`, then close.
+pub(crate) fn quit(s: &mut Session, out: &mut Vec<u8>) -> Flow {
+    Reply::ok().encode(s.version, out);
+    Flow::Close
+}
+
+/// `SYNC`: everything acknowledged before it is on stable storage.
+pub(crate) fn sync(s: &mut Session) -> Flow {
+    let store = s.shared.store.clone();
+    Flow::Blocking(Box::new(move || match store.sync() {
+        Ok(()) => Reply::ok(),
+        Err(e) => engine_error(&e),
+    }))
+}
+
+/// `COMPACT`: a compaction pass over the current bucket.
+pub(crate) fn compact(s: &mut Session) -> Flow {
+    match s.live_bucket() {
+        Ok(bucket) => Flow::Blocking(Box::new(move || compact_bucket(&bucket))),
+        Err(e) => Flow::Blocking(Box::new(move || engine_error(&e))),
     }
+}
 
-    /// `COMPACT`: a compaction pass over the current bucket.
-    pub(crate) fn compact(&mut self) -> Flow {
-        if let Err(e) = self.with_bucket(|b| b.ttl("_").map(|_| ())) {
-            return Flow::Blocking(Box::new(move || engine_error(&e)));
-        }
-        let bucket = self.bucket.clone();
-        Flow::Blocking(Box::new(move || compact_bucket(&bucket)))
-    }
-
-    /// `INFO [section]`: `name:value` lines.
-    pub(crate) fn info(&mut self) -> Flow {
-        let shared = std::sync::Arc::clone(&self.shared);
-        Flow::Blocking(Box::new(move || {
-            let (mut keys, mut bytes, mut segments, mut compactions, mut fsyncs) = (0, 0, 0, 0, 0);
-            let names = shared.store.bucket_names();
-            for name in &names {
-                // A bucket dropped meanwhile is simply left out.
-                // Counters only: INFO must not walk every key.
-                if let Ok(s) = shared.store.bucket(name).map(|b| b.stats()) {
-                    keys += s.keys;
-                    bytes += s.bytes;
-                    segments += s.segments;
-                    compactions += s.compactions;
-                    fsyncs += s.fsyncs;
-                }
+/// `INFO [section]`: `name:value` lines (the section is accepted and ignored).
+pub(crate) fn info(s: &mut Session) -> Flow {
+    let shared = Arc::clone(&s.shared);
+    Flow::Blocking(Box::new(move || {
+        let (mut keys, mut bytes, mut segments, mut compactions, mut fsyncs) = (0, 0, 0, 0, 0);
+        let names = shared.store.bucket_names();
+        for name in &names {
+            // A bucket dropped meanwhile is simply left out.
+            // Counters only: INFO must not walk every key.
+            if let Ok(s) = shared.store.bucket(name).map(|b| b.stats()) {
+                keys += s.keys;
+                bytes += s.bytes;
+                segments += s.segments;
+                compactions += s.compactions;
+                fsyncs += s.fsyncs;
             }
-            let st = &shared.stats;
-            let mut text = String::with_capacity(512);
-            let _ = write!(
-                text,
-                "# logkv\r\nversion:{}\r\nuptime:{}\r\nconnections:{}\r\ncommands:{}\r\n\
-                 buckets:{}\r\nkeys:{keys}\r\nbytes:{bytes}\r\nsegments:{segments}\r\n\
-                 compactions:{compactions}\r\nfsyncs:{fsyncs}\r\nwatchers:{}\r\n",
-                crate::VERSION,
-                st.started.elapsed().as_secs(),
-                st.connections.load(Ordering::Relaxed),
-                st.commands.load(Ordering::Relaxed),
-                names.len(),
-                st.watchers.load(Ordering::Relaxed),
-            );
-            Reply::bulk(text)
-        }))
-    }
+        }
+        let st = &shared.stats;
+        let mut text = String::with_capacity(512);
+        let _ = write!(
+            text,
+            "# logkv\r\nversion:{}\r\nuptime:{}\r\nconnections:{}\r\ncommands:{}\r\n\
+             buckets:{}\r\nkeys:{keys}\r\nbytes:{bytes}\r\nsegments:{segments}\r\n\
+             compactions:{compactions}\r\nfsyncs:{fsyncs}\r\nwatchers:{}\r\n\
+             client_memory:{}\r\nclient_memory_budget:{}\r\nevicted_clients:{}\r\n",
+            crate::VERSION,
+            st.started.elapsed().as_secs(),
+            st.connections.load(Ordering::Relaxed),
+            st.commands.load(Ordering::Relaxed),
+            names.len(),
+            st.watchers.load(Ordering::Relaxed),
+            shared.client_memory.total(),
+            shared.client_memory.budget(),
+            shared.client_memory.evicted(),
+        );
+        Reply::bulk(text)
+    }))
+}
 
-    /// `CONFIG GET name [name ...]`: a map (RESP2: flat array) of the matching settings.
-    pub(crate) fn config(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        if !is(&args[1], "GET") {
+/// `CONFIG GET name [name ...]`: a map (RESP2: flat array) of the matching settings.
+pub(crate) struct ConfigGet<'a> {
+    patterns: Vec<&'a str>,
+}
+
+impl<'a> ConfigGet<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<ConfigGet<'a>, Reply> {
+        let sub = args.next_bytes()?;
+        if !is(sub, "GET") {
             return Err(Reply::err(
                 "ERR",
                 format!(
                     "CONFIG {} is not supported: only CONFIG GET (settings are command-line flags)",
-                    preview(&args[1])
+                    preview(sub)
                 ),
             ));
         }
-        if args.len() < 3 {
-            return Err(wrong_args(Verb::Config));
+        if args.remaining() == 0 {
+            return Err(args.wrong_args());
         }
-        let c = &self.shared.config;
+        let mut patterns = Vec::with_capacity(args.remaining());
+        while let Some(p) = args.next() {
+            patterns.push(text(p, "pattern")?);
+        }
+        Ok(ConfigGet { patterns })
+    }
+
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Flow {
+        let c = &s.shared.config;
         let fsync = match c.fsync {
             FsyncPolicy::Always => "always",
             FsyncPolicy::Interval(_) => "everysec",
@@ -208,8 +263,8 @@ impl Session {
             ("databases", "1".into()),
         ];
         let mut found: Vec<(&str, &str)> = Vec::new();
-        for pattern in &args[2..] {
-            let pattern = text_arg(pattern, "pattern")?.to_ascii_lowercase();
+        for pattern in self.patterns {
+            let pattern = pattern.to_ascii_lowercase();
             let glob = logkv::Glob::new(&pattern).ok();
             for (name, value) in &settings {
                 let hit = match &glob {
@@ -221,12 +276,12 @@ impl Session {
                 }
             }
         }
-        reply::map(out, self.proto, found.len());
+        encode::map(out, s.version, found.len());
         for (name, value) in found {
-            reply::bulk(out, name.as_bytes());
-            reply::bulk(out, value.as_bytes());
+            encode::bulk(out, name.as_bytes());
+            encode::bulk(out, value.as_bytes());
         }
-        Ok(Flow::Continue)
+        Flow::Continue
     }
 }
 
@@ -241,5 +296,10 @@ mod tests {
         assert!(!same_secret(b"abc", b"abcd"));
         assert!(!same_secret(b"", b"a"));
         assert!(same_secret(b"", b""));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert!(!same_secret(b"abc", b"ABC"));
+        let long = vec![b'x'; 10_000];
+        assert!(same_secret(&long, &long.clone()));
+        assert!(!same_secret(&long, &long[..9_999]));
     }
 }

@@ -5,41 +5,147 @@ use std::time::Duration;
 use bytes::Bytes;
 use logkv::{BucketConfig, BucketStatus};
 
-use super::{is, syntax, text_arg, uint_arg, wrong_args, Verb};
+use super::args::{is, preview, text, uint, Args};
+use super::Flow;
+use crate::encode::{self, engine_error};
 use crate::protocol::Reply;
-use crate::reply::{self, engine_error};
-use crate::session::{Flow, Session};
+use crate::session::Session;
 
-fn parse_config(opts: &[Bytes]) -> Result<BucketConfig, Reply> {
+/// `BUCKET CREATE name [HISTORY n] [TTL ms] [MAXBYTES n] [MAXVALUE n] | BUCKET DROP name |
+/// BUCKET LIST`
+pub(crate) enum BucketCmd {
+    List,
+    Create { name: String, config: BucketConfig },
+    Drop { name: String },
+}
+
+impl BucketCmd {
+    pub fn parse(args: &mut Args<'_>) -> Result<BucketCmd, Reply> {
+        let sub = args.next_bytes()?;
+        if is(sub, "LIST") {
+            args.finish_arity()?;
+            return Ok(BucketCmd::List);
+        }
+        let name = args.next_text("bucket name")?.to_string();
+        if is(sub, "CREATE") {
+            let config = parse_config(args)?;
+            Ok(BucketCmd::Create { name, config })
+        } else if is(sub, "DROP") {
+            args.finish_arity()?;
+            Ok(BucketCmd::Drop { name })
+        } else {
+            Err(Reply::err(
+                "ERR",
+                format!(
+                    "unknown BUCKET subcommand '{}': use CREATE, DROP or LIST",
+                    preview(sub)
+                ),
+            ))
+        }
+    }
+
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Flow {
+        let store = s.shared.store.clone();
+        match self {
+            BucketCmd::List => {
+                let names = store.bucket_names();
+                encode::array(out, names.len());
+                for n in &names {
+                    encode::bulk(out, n.as_bytes());
+                }
+                Flow::Continue
+            }
+            BucketCmd::Create { name, config } => {
+                Flow::Blocking(Box::new(move || match store.create_bucket(&name, config) {
+                    Ok(_) => Reply::ok(),
+                    Err(e) => engine_error(&e),
+                }))
+            }
+            BucketCmd::Drop { name } => {
+                Flow::Blocking(Box::new(move || match store.drop_bucket(&name) {
+                    Ok(()) => Reply::ok(),
+                    Err(e) => engine_error(&e),
+                }))
+            }
+        }
+    }
+}
+
+fn parse_config(args: &mut Args<'_>) -> Result<BucketConfig, Reply> {
     let mut c = BucketConfig::default();
-    let mut rest = opts;
-    while let [word, value, tail @ ..] = rest {
+    while let Some(word) = args.next() {
         if is(word, "HISTORY") {
-            let n = uint_arg(value, "HISTORY")?;
+            let n = uint(args.value_of(word)?, "HISTORY")?;
             c.history = match u8::try_from(n) {
                 Ok(h @ 1..=64) => h,
                 _ => return Err(Reply::err("BADARG", format!("HISTORY {n} outside 1-64"))),
             };
         } else if is(word, "TTL") {
-            let ms = uint_arg(value, "TTL")?;
+            let ms = uint(args.value_of(word)?, "TTL")?;
             c.ttl = (ms > 0).then(|| Duration::from_millis(ms));
         } else if is(word, "MAXBYTES") {
-            c.max_bytes = uint_arg(value, "MAXBYTES")?;
+            c.max_bytes = uint(args.value_of(word)?, "MAXBYTES")?;
         } else if is(word, "MAXVALUE") {
-            c.max_value_size = uint_arg(value, "MAXVALUE")?;
+            c.max_value_size = uint(args.value_of(word)?, "MAXVALUE")?;
         } else {
-            return Err(syntax(Verb::Bucket, word));
+            return Err(args.syntax(word));
         }
-        rest = tail;
-    }
-    if let [word] = rest {
-        return Err(syntax(Verb::Bucket, word));
     }
     Ok(c)
 }
 
+/// `USE name`
+pub(crate) struct Use<'a> {
+    name: &'a str,
+}
+
+impl<'a> Use<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Use<'a>, Reply> {
+        Ok(Use {
+            name: args.next_text("bucket name")?,
+        })
+    }
+
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+        s.bucket = s
+            .shared
+            .store
+            .bucket(self.name)
+            .map_err(|e| engine_error(&e))?;
+        Reply::ok().encode(s.version, out);
+        Ok(Flow::Continue)
+    }
+}
+
+/// `STATUS [name]` (walks the bucket's index: runs on the blocking pool).
+pub(crate) struct Status<'a> {
+    name: Option<&'a str>,
+}
+
+impl<'a> Status<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Status<'a>, Reply> {
+        let name = match args.next() {
+            Some(name) => Some(text(name, "bucket name")?),
+            None => None,
+        };
+        Ok(Status { name })
+    }
+
+    pub fn apply(self, s: &mut Session) -> Result<Flow, Reply> {
+        let bucket = match self.name {
+            Some(name) => s.shared.store.bucket(name),
+            None => s.live_bucket(),
+        }
+        .map_err(|e| engine_error(&e))?;
+        Ok(Flow::Blocking(Box::new(move || match bucket.status() {
+            Ok(status) => status_reply(&status),
+            Err(e) => engine_error(&e),
+        })))
+    }
+}
+
 /// The STATUS map, fields in the order of the protocol.
-pub(crate) fn status_reply(s: &BucketStatus) -> Reply {
+fn status_reply(s: &BucketStatus) -> Reply {
     let n = |v: u64| Reply::Int(i64::try_from(v).unwrap_or(i64::MAX));
     let f = |name: &'static str| Reply::Bulk(Bytes::from_static(name.as_bytes()));
     Reply::Map(vec![
@@ -54,88 +160,4 @@ pub(crate) fn status_reply(s: &BucketStatus) -> Reply {
         (f("firstrev"), n(s.first_revision)),
         (f("lastrev"), n(s.last_revision)),
     ])
-}
-
-impl Session {
-    /// `BUCKET CREATE name [opts] | BUCKET DROP name | BUCKET LIST`
-    pub(crate) fn bucket_cmd(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let sub = &args[1];
-        let store = self.shared.store.clone();
-        if is(sub, "LIST") {
-            if args.len() != 2 {
-                return Err(wrong_args(Verb::Bucket));
-            }
-            let names = store.bucket_names();
-            reply::array(out, names.len());
-            for n in &names {
-                reply::bulk(out, n.as_bytes());
-            }
-            return Ok(Flow::Continue);
-        }
-        let Some(name) = args.get(2) else {
-            return Err(wrong_args(Verb::Bucket));
-        };
-        let name = text_arg(name, "bucket name")?.to_string();
-        if is(sub, "CREATE") {
-            let config = parse_config(&args[3..])?;
-            Ok(Flow::Blocking(Box::new(move || {
-                match store.create_bucket(&name, config) {
-                    Ok(_) => Reply::ok(),
-                    Err(e) => engine_error(&e),
-                }
-            })))
-        } else if is(sub, "DROP") {
-            if args.len() != 3 {
-                return Err(wrong_args(Verb::Bucket));
-            }
-            Ok(Flow::Blocking(Box::new(move || {
-                match store.drop_bucket(&name) {
-                    Ok(()) => Reply::ok(),
-                    Err(e) => engine_error(&e),
-                }
-            })))
-        } else {
-            Err(Reply::err(
-                "ERR",
-                format!(
-                    "unknown BUCKET subcommand '{}': use CREATE, DROP or LIST",
-                    super::preview(sub)
-                ),
-            ))
-        }
-    }
-
-    /// `USE name`
-    pub(crate) fn use_bucket(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let name = text_arg(&args[1], "bucket name")?;
-        self.bucket = self
-            .shared
-            .store
-            .bucket(name)
-            .map_err(|e| engine_error(&e))?;
-        Reply::ok().encode(self.proto, out);
-        Ok(Flow::Continue)
-    }
-
-    /// `STATUS [name]` (walks the bucket's index: runs on the blocking pool).
-    pub(crate) fn status(&mut self, args: &[Bytes]) -> Result<Flow, Reply> {
-        let bucket = match args.get(1) {
-            Some(name) => {
-                let name = text_arg(name, "bucket name")?;
-                self.shared
-                    .store
-                    .bucket(name)
-                    .map_err(|e| engine_error(&e))?
-            }
-            None => {
-                self.with_bucket(|b| b.ttl("_").map(|_| ()))
-                    .map_err(|e| engine_error(&e))?;
-                self.bucket.clone()
-            }
-        };
-        Ok(Flow::Blocking(Box::new(move || match bucket.status() {
-            Ok(s) => status_reply(&s),
-            Err(e) => engine_error(&e),
-        })))
-    }
 }

@@ -1,114 +1,161 @@
 //! Multi-key reads: HISTORY KEYS SEARCH SCAN, and DELGLOB.
 
-use bytes::Bytes;
-
-use super::{is, syntax, text_arg, uint_arg, Verb};
+use super::args::{is, text, uint, Args};
+use super::Flow;
+use crate::encode::{self, engine_error};
 use crate::protocol::Reply;
-use crate::reply::{self, engine_error};
-use crate::session::{Flow, Session};
+use crate::session::Session;
 
 /// SCAN's page size when no LIMIT is given.
-const DEFAULT_SCAN_LIMIT: u64 = 100;
+const DEFAULT_SCAN_LIMIT: usize = 100;
 
 fn limit(arg: &[u8]) -> Result<usize, Reply> {
-    let n = uint_arg(arg, "LIMIT")?;
+    let n = uint(arg, "LIMIT")?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-impl Session {
-    /// `HISTORY pattern`
-    pub(crate) fn history(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let pattern = text_arg(&args[1], "pattern")?;
-        let list = self
-            .with_bucket(|b| b.history(pattern))
-            .map_err(|e| engine_error(&e))?;
-        reply::entries(out, self.proto, &list);
-        Ok(Flow::Continue)
+/// `HISTORY pattern`
+pub(crate) struct History<'a> {
+    pattern: &'a str,
+}
+
+impl<'a> History<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<History<'a>, Reply> {
+        Ok(History {
+            pattern: args.next_text("pattern")?,
+        })
     }
 
-    /// `KEYS [pattern]`
-    pub(crate) fn keys(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let pattern = match args.get(1) {
-            Some(p) => text_arg(p, "pattern")?,
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+        let list = s
+            .with_bucket(|b| b.history(self.pattern))
+            .map_err(|e| engine_error(&e))?;
+        encode::entries(out, s.version, &list);
+        Ok(Flow::Continue)
+    }
+}
+
+/// `KEYS [pattern]`
+pub(crate) struct Keys<'a> {
+    pattern: &'a str,
+}
+
+impl<'a> Keys<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Keys<'a>, Reply> {
+        let pattern = match args.next() {
+            Some(p) => text(p, "pattern")?,
             None => ">",
         };
-        let keys = self
-            .with_bucket(|b| b.keys(pattern))
+        Ok(Keys { pattern })
+    }
+
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+        let keys = s
+            .with_bucket(|b| b.keys(self.pattern))
             .map_err(|e| engine_error(&e))?;
-        reply::array(out, keys.len());
+        encode::array(out, keys.len());
         for k in &keys {
-            reply::bulk(out, k.as_bytes());
+            encode::bulk(out, k.as_bytes());
         }
         Ok(Flow::Continue)
     }
+}
 
-    /// `SEARCH glob [IN bucketglob] [LIMIT n]`
-    pub(crate) fn search(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let glob = text_arg(&args[1], "glob")?;
-        let mut buckets: Option<&str> = None;
-        let mut max = 0usize;
-        let mut rest = &args[2..];
-        while let [word, value, tail @ ..] = rest {
+/// `SEARCH glob [IN bucketglob] [LIMIT n]`
+pub(crate) struct Search<'a> {
+    glob: &'a str,
+    buckets: Option<&'a str>,
+    /// 0: no limit.
+    max: usize,
+}
+
+impl<'a> Search<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Search<'a>, Reply> {
+        let glob = args.next_text("glob")?;
+        let mut search = Search {
+            glob,
+            buckets: None,
+            max: 0,
+        };
+        while let Some(word) = args.next() {
             if is(word, "IN") {
-                buckets = Some(text_arg(value, "bucket glob")?);
+                search.buckets = Some(text(args.value_of(word)?, "bucket glob")?);
             } else if is(word, "LIMIT") {
-                max = limit(value)?;
+                search.max = limit(args.value_of(word)?)?;
             } else {
-                return Err(syntax(Verb::Search, word));
+                return Err(args.syntax(word));
             }
-            rest = tail;
         }
-        if let [word] = rest {
-            return Err(syntax(Verb::Search, word));
-        }
-        let found = match buckets {
-            Some(bg) => self.shared.store.search(glob, bg, max),
-            None => self.with_bucket(|b| b.search(glob, max)),
+        Ok(search)
+    }
+
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+        let found = match self.buckets {
+            Some(bg) => s.shared.store.search(self.glob, bg, self.max),
+            None => s.with_bucket(|b| b.search(self.glob, self.max)),
         }
         .map_err(|e| engine_error(&e))?;
-        reply::entries(out, self.proto, &found);
+        encode::entries(out, s.version, &found);
         Ok(Flow::Continue)
     }
+}
 
-    /// `SCAN [FROM key] [TO key] [LIMIT n]`: `[next-or-null, [entries]]`.
-    pub(crate) fn scan(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let mut from: Option<&str> = None;
-        let mut to: Option<&str> = None;
-        let mut max = DEFAULT_SCAN_LIMIT as usize;
-        let mut rest = &args[1..];
-        while let [word, value, tail @ ..] = rest {
+/// `SCAN [FROM key] [TO key] [LIMIT n]`: `[next-or-null, [entries]]`.
+pub(crate) struct Scan<'a> {
+    from: Option<&'a str>,
+    to: Option<&'a str>,
+    max: usize,
+}
+
+impl<'a> Scan<'a> {
+    pub fn parse(args: &mut Args<'a>) -> Result<Scan<'a>, Reply> {
+        let mut scan = Scan {
+            from: None,
+            to: None,
+            max: DEFAULT_SCAN_LIMIT,
+        };
+        while let Some(word) = args.next() {
             if is(word, "FROM") {
-                from = Some(text_arg(value, "FROM key")?);
+                scan.from = Some(text(args.value_of(word)?, "FROM key")?);
             } else if is(word, "TO") {
-                to = Some(text_arg(value, "TO key")?);
+                scan.to = Some(text(args.value_of(word)?, "TO key")?);
             } else if is(word, "LIMIT") {
-                max = limit(value)?;
+                scan.max = limit(args.value_of(word)?)?;
             } else {
-                return Err(syntax(Verb::Scan, word));
+                return Err(args.syntax(word));
             }
-            rest = tail;
         }
-        if let [word] = rest {
-            return Err(syntax(Verb::Scan, word));
-        }
-        let page = self
-            .with_bucket(|b| b.scan(from, to, max))
-            .map_err(|e| engine_error(&e))?;
-        reply::array(out, 2);
-        reply::opt_bulk(out, self.proto, page.next.as_deref().map(str::as_bytes));
-        reply::entries(out, self.proto, &page.entries);
-        Ok(Flow::Continue)
+        Ok(scan)
     }
 
-    /// `DELGLOB glob`: runs on the blocking pool (each delete is made durable).
-    pub(crate) fn delglob(&mut self, args: &[Bytes]) -> Result<Flow, Reply> {
-        let glob = text_arg(&args[1], "glob")?.to_string();
-        // Resolve a dropped-and-recreated current bucket now, cheaply.
-        self.with_bucket(|b| b.ttl("_").map(|_| ()))
+    pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+        let page = s
+            .with_bucket(|b| b.scan(self.from, self.to, self.max))
             .map_err(|e| engine_error(&e))?;
-        let bucket = self.bucket.clone();
+        encode::array(out, 2);
+        encode::opt_bulk(out, s.version, page.next.as_deref().map(str::as_bytes));
+        encode::entries(out, s.version, &page.entries);
+        Ok(Flow::Continue)
+    }
+}
+
+/// `DELGLOB glob`: runs on the blocking pool (each delete is made durable).
+pub(crate) struct DelGlob {
+    glob: String,
+}
+
+impl DelGlob {
+    pub fn parse(args: &mut Args<'_>) -> Result<DelGlob, Reply> {
+        Ok(DelGlob {
+            glob: args.next_text("glob")?.to_string(),
+        })
+    }
+
+    pub fn apply(self, s: &mut Session) -> Result<Flow, Reply> {
+        // Resolve a dropped-and-recreated current bucket now, cheaply.
+        let bucket = s.live_bucket().map_err(|e| engine_error(&e))?;
         Ok(Flow::Blocking(Box::new(move || {
-            match bucket.delete_glob(&glob) {
+            match bucket.delete_glob(&self.glob) {
                 Ok(n) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
                 Err(e) => engine_error(&e),
             }

@@ -7,35 +7,14 @@
 //! nothing, consecutive revisions, durable together before the reply.
 
 use bytes::Bytes;
-use logkv::{Error, WriteOp};
+use logkv::Error;
 
-use super::kv::{encode_written, parse_write, Shape};
-use super::Verb;
+use super::args::Args;
+use super::table::Parser;
+use super::{Command, Flow};
+use crate::encode::{self, engine_error, error_code};
 use crate::protocol::Reply;
-use crate::reply::{self, engine_error};
-use crate::session::{Flow, Session};
-
-/// A transaction being queued.
-#[derive(Debug, Default)]
-pub(crate) struct Multi {
-    ops: Vec<WriteOp>,
-    shapes: Vec<Shape>,
-    /// Bytes of keys and values queued.
-    bytes: usize,
-    /// The first queued command that failed: its index, code and message.
-    failed: Option<(usize, &'static str, String)>,
-}
-
-impl Multi {
-    /// Marks the transaction as failed at the next queue position (the first failure wins).
-    pub fn fail(&mut self, reply: &Reply) {
-        if self.failed.is_none() {
-            if let Reply::Error { code, msg } = reply {
-                self.failed = Some((self.ops.len(), code, msg.to_string()));
-            }
-        }
-    }
-}
+use crate::session::{MultiQueue, Session};
 
 fn aborted(index: usize, code: &str, msg: impl std::fmt::Display) -> Reply {
     Reply::err("ABORTED", format!("{index} {code} {msg}"))
@@ -56,77 +35,88 @@ fn is_per_write(e: &Error) -> bool {
     )
 }
 
-impl Session {
-    /// `MULTI`
-    pub(crate) fn multi(&mut self, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        self.multi = Some(Multi::default());
-        Reply::ok().encode(self.proto, out);
-        Ok(Flow::Continue)
+/// Queues a write verb inside MULTI: `+QUEUED`, or its error, which fails the transaction.
+pub(super) fn queue(
+    s: &mut Session,
+    args: &mut Args<'_>,
+    parse: Parser,
+    request: &[Bytes],
+    out: &mut Vec<u8>,
+) {
+    let max = s.shared.config.max_request;
+    let version = s.version;
+    let Some(m) = s.multi.as_mut() else {
+        return;
+    };
+    let size: usize = request.iter().map(Bytes::len).sum();
+    let parsed = if m.bytes() + size > max {
+        Err(Reply::err(
+            "ERR",
+            format!("MULTI queue exceeds the max-request limit of {max} bytes"),
+        ))
+    } else {
+        parse(args)
+    };
+    match parsed {
+        Ok(Command::Write(write)) => {
+            m.push(write.op, write.shape, size);
+            out.extend_from_slice(b"+QUEUED\r\n");
+        }
+        // Not reached: the table flags only write verbs as queued (its tests check it).
+        Ok(_) => {
+            let reply = super::err("ERR", "internal error: only writes can be queued");
+            m.fail(&reply);
+            reply.encode(version, out);
+        }
+        Err(reply) => {
+            m.fail(&reply);
+            reply.encode(version, out);
+        }
     }
+}
 
-    /// Queues a write verb inside MULTI.
-    pub(crate) fn queue(&mut self, verb: Verb, args: Vec<Bytes>, out: &mut Vec<u8>) {
-        let max = self.shared.config.max_request;
-        let Some(m) = self.multi.as_mut() else {
-            return;
-        };
-        let size: usize = args.iter().map(Bytes::len).sum();
-        let parsed = if m.bytes + size > max {
-            Err(Reply::err(
-                "ERR",
-                format!("MULTI queue exceeds the max-request limit of {max} bytes"),
-            ))
-        } else {
-            parse_write(verb, args)
-        };
-        match parsed {
-            Ok(cmd) => {
-                m.bytes += size;
-                m.ops.push(cmd.op);
-                m.shapes.push(cmd.shape);
-                out.extend_from_slice(b"+QUEUED\r\n");
-            }
-            Err(reply) => {
-                m.fail(&reply);
-                reply.encode(self.proto, out);
-            }
-        }
+/// `MULTI`
+pub(crate) fn multi(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+    if s.multi.is_some() {
+        return Err(super::err("ERR", "MULTI calls can not be nested"));
     }
+    s.multi = Some(MultiQueue::default());
+    Reply::ok().encode(s.version, out);
+    Ok(Flow::Continue)
+}
 
-    /// `EXEC`
-    pub(crate) fn exec(&mut self, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        let Some(m) = self.multi.take() else {
-            return Err(super::err("ERR", "EXEC without MULTI"));
-        };
-        if let Some((index, code, msg)) = m.failed {
-            return Err(aborted(index, code, msg));
-        }
-        if m.ops.is_empty() {
-            reply::array(out, 0);
-            return Ok(Flow::Continue);
-        }
-        let ops = &m.ops;
-        match self.with_bucket(|b| b.write_nowait(ops)) {
-            Ok((written, ticket)) => {
-                self.note_current_ticket(ticket);
-                reply::array(out, written.len());
-                for (w, shape) in written.iter().zip(&m.shapes) {
-                    encode_written(w, *shape, self.proto, out);
-                }
-                Ok(Flow::Continue)
+/// `EXEC`
+pub(crate) fn exec(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+    let Some(m) = s.multi.take() else {
+        return Err(super::err("ERR", "EXEC without MULTI"));
+    };
+    let (ops, shapes) = m
+        .into_writes()
+        .map_err(|f| aborted(f.index, f.code, f.msg))?;
+    if ops.is_empty() {
+        encode::array(out, 0);
+        return Ok(Flow::Continue);
+    }
+    match s.with_bucket(|b| b.write_nowait(&ops)) {
+        Ok((written, ticket)) => {
+            s.durability.note(&s.bucket, ticket);
+            encode::array(out, written.len());
+            for (w, shape) in written.iter().zip(shapes) {
+                encode::written(out, s.version, w, shape);
             }
-            Err(Error::Batch { index, source }) => Err(aborted(index, source.code(), source)),
-            Err(e) if is_per_write(&e) => Err(aborted(0, e.code(), &e)),
-            Err(e) => Err(engine_error(&e)),
+            Ok(Flow::Continue)
         }
+        Err(Error::Batch { index, source }) => Err(aborted(index, error_code(&source), source)),
+        Err(e) if is_per_write(&e) => Err(aborted(0, error_code(&e), &e)),
+        Err(e) => Err(engine_error(&e)),
     }
+}
 
-    /// `DISCARD`
-    pub(crate) fn discard(&mut self, out: &mut Vec<u8>) -> Result<Flow, Reply> {
-        if self.multi.take().is_none() {
-            return Err(super::err("ERR", "DISCARD without MULTI"));
-        }
-        Reply::ok().encode(self.proto, out);
-        Ok(Flow::Continue)
+/// `DISCARD`
+pub(crate) fn discard(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
+    if s.multi.take().is_none() {
+        return Err(super::err("ERR", "DISCARD without MULTI"));
     }
+    Reply::ok().encode(s.version, out);
+    Ok(Flow::Continue)
 }

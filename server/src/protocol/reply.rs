@@ -17,6 +17,40 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
+/// The version of RESP a connection's replies are encoded in (`HELLO 2` / `HELLO 3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RespVersion {
+    /// RESP2, the default: maps as flat arrays, null as `$-1`, pushes as arrays.
+    #[default]
+    Resp2,
+    /// RESP3: maps `%`, null `_`, pushes `>`.
+    Resp3,
+}
+
+impl RespVersion {
+    /// The version `HELLO <n>` asks for, if it is one the server speaks.
+    pub fn from_number(n: u64) -> Option<RespVersion> {
+        match n {
+            2 => Some(RespVersion::Resp2),
+            3 => Some(RespVersion::Resp3),
+            _ => None,
+        }
+    }
+
+    /// The version's number, as `HELLO` reports it.
+    pub fn number(self) -> u8 {
+        match self {
+            RespVersion::Resp2 => 2,
+            RespVersion::Resp3 => 3,
+        }
+    }
+
+    /// Whether maps, nulls and pushes have their own RESP3 types.
+    pub fn is_resp3(self) -> bool {
+        self == RespVersion::Resp3
+    }
+}
+
 /// One reply, independent of the protocol version it will be encoded for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -73,8 +107,8 @@ impl Reply {
     }
 
     /// Appends this reply's encoding to `out`; see [`encode`].
-    pub fn encode(&self, proto: u8, out: &mut Vec<u8>) {
-        encode(self, proto, out);
+    pub fn encode(&self, version: RespVersion, out: &mut Vec<u8>) {
+        encode(self, version, out);
     }
 }
 
@@ -96,9 +130,9 @@ impl<T: Into<Reply>> From<Option<T>> for Reply {
     }
 }
 
-/// Appends the encoding of `reply` to `out`: RESP3 when `proto >= 3`, RESP2 otherwise.
-pub fn encode(reply: &Reply, proto: u8, out: &mut Vec<u8>) {
-    let resp3 = proto >= 3;
+/// Appends the encoding of `reply` to `out` in the given RESP version.
+pub fn encode(reply: &Reply, version: RespVersion, out: &mut Vec<u8>) {
+    let resp3 = version.is_resp3();
     match reply {
         Reply::Simple(text) => {
             out.push(b'+');
@@ -124,7 +158,7 @@ pub fn encode(reply: &Reply, proto: u8, out: &mut Vec<u8>) {
         Reply::Array(items) => {
             push_len(out, b'*', items.len());
             for item in items {
-                encode(item, proto, out);
+                encode(item, version, out);
             }
         }
         Reply::Map(pairs) => {
@@ -134,14 +168,14 @@ pub fn encode(reply: &Reply, proto: u8, out: &mut Vec<u8>) {
                 push_len(out, b'*', pairs.len().saturating_mul(2));
             }
             for (key, value) in pairs {
-                encode(key, proto, out);
-                encode(value, proto, out);
+                encode(key, version, out);
+                encode(value, version, out);
             }
         }
         Reply::Push(items) => {
             push_len(out, if resp3 { b'>' } else { b'*' }, items.len());
             for item in items {
-                encode(item, proto, out);
+                encode(item, version, out);
             }
         }
     }
@@ -196,20 +230,22 @@ fn push_header(out: &mut Vec<u8>, tag: u8, neg: bool, mut n: u64) {
 mod tests {
     use super::*;
 
-    fn enc(reply: &Reply, proto: u8) -> Vec<u8> {
+    use RespVersion::{Resp2, Resp3};
+
+    fn enc(reply: &Reply, version: RespVersion) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(reply, proto, &mut out);
+        encode(reply, version, &mut out);
         out
     }
 
     /// Asserts the RESP2 and RESP3 encodings.
-    fn check(reply: Reply, resp2: &[u8], resp3: &[u8]) {
+    fn check(reply: &Reply, resp2: &[u8], resp3: &[u8]) {
         assert_eq!(
-            enc(&reply, 2).escape_ascii().to_string(),
+            enc(reply, Resp2).escape_ascii().to_string(),
             resp2.escape_ascii().to_string()
         );
         assert_eq!(
-            enc(&reply, 3).escape_ascii().to_string(),
+            enc(reply, Resp3).escape_ascii().to_string(),
             resp3.escape_ascii().to_string()
         );
     }
@@ -220,67 +256,67 @@ mod tests {
 
     #[test]
     fn simple_and_ok() {
-        check(Reply::ok(), b"+OK\r\n", b"+OK\r\n");
-        check(Reply::simple("PONG"), b"+PONG\r\n", b"+PONG\r\n");
+        check(&Reply::ok(), b"+OK\r\n", b"+OK\r\n");
+        check(&Reply::simple("PONG"), b"+PONG\r\n", b"+PONG\r\n");
         check(
-            Reply::simple(String::from("a\r\nb")),
+            &Reply::simple(String::from("a\r\nb")),
             b"+a  b\r\n",
             b"+a  b\r\n",
         );
-        check(Reply::simple(""), b"+\r\n", b"+\r\n");
+        check(&Reply::simple(""), b"+\r\n", b"+\r\n");
     }
 
     #[test]
     fn errors() {
         check(
-            Reply::err("WRONGREV", "expected 3, latest 5"),
+            &Reply::err("WRONGREV", "expected 3, latest 5"),
             b"-WRONGREV expected 3, latest 5\r\n",
             b"-WRONGREV expected 3, latest 5\r\n",
         );
         check(
-            Reply::err("ERR", "bad\r\nline\n"),
+            &Reply::err("ERR", "bad\r\nline\n"),
             b"-ERR bad  line \r\n",
             b"-ERR bad  line \r\n",
         );
-        check(Reply::err("NOAUTH", ""), b"-NOAUTH\r\n", b"-NOAUTH\r\n");
+        check(&Reply::err("NOAUTH", ""), b"-NOAUTH\r\n", b"-NOAUTH\r\n");
         assert!(Reply::err("ERR", "x").is_error());
         assert!(!Reply::ok().is_error());
     }
 
     #[test]
     fn integers() {
-        check(Reply::Int(0), b":0\r\n", b":0\r\n");
-        check(Reply::Int(42), b":42\r\n", b":42\r\n");
-        check(Reply::Int(-2), b":-2\r\n", b":-2\r\n");
+        check(&Reply::Int(0), b":0\r\n", b":0\r\n");
+        check(&Reply::Int(42), b":42\r\n", b":42\r\n");
+        check(&Reply::Int(-2), b":-2\r\n", b":-2\r\n");
         check(
-            Reply::Int(i64::MAX),
+            &Reply::Int(i64::MAX),
             b":9223372036854775807\r\n",
             b":9223372036854775807\r\n",
         );
         check(
-            Reply::Int(i64::MIN),
+            &Reply::Int(i64::MIN),
             b":-9223372036854775808\r\n",
             b":-9223372036854775808\r\n",
         );
         for n in [1, 9, 10, 99, 100, 12345, 1 << 40, -1, -10, -999] {
-            assert_eq!(enc(&Reply::Int(n), 2), format!(":{n}\r\n").into_bytes());
+            assert_eq!(enc(&Reply::Int(n), Resp2), format!(":{n}\r\n").into_bytes());
         }
     }
 
     #[test]
     fn bulk_and_null() {
-        check(bulk("hello"), b"$5\r\nhello\r\n", b"$5\r\nhello\r\n");
-        check(bulk(""), b"$0\r\n\r\n", b"$0\r\n\r\n");
+        check(&bulk("hello"), b"$5\r\nhello\r\n", b"$5\r\nhello\r\n");
+        check(&bulk(""), b"$0\r\n\r\n", b"$0\r\n\r\n");
         check(
-            Reply::bulk(&b"a\r\n\0"[..]),
+            &Reply::bulk(&b"a\r\n\0"[..]),
             b"$4\r\na\r\n\0\r\n",
             b"$4\r\na\r\n\0\r\n",
         );
-        check(Reply::Null, b"$-1\r\n", b"_\r\n");
-        check(Reply::from(None::<i64>), b"$-1\r\n", b"_\r\n");
-        check(Reply::from(Some(7i64)), b":7\r\n", b":7\r\n");
+        check(&Reply::Null, b"$-1\r\n", b"_\r\n");
+        check(&Reply::from(None::<i64>), b"$-1\r\n", b"_\r\n");
+        check(&Reply::from(Some(7i64)), b":7\r\n", b":7\r\n");
         check(
-            Reply::from(Bytes::from_static(b"v")),
+            &Reply::from(Bytes::from_static(b"v")),
             b"$1\r\nv\r\n",
             b"$1\r\nv\r\n",
         );
@@ -288,15 +324,15 @@ mod tests {
 
     #[test]
     fn arrays() {
-        check(Reply::Array(vec![]), b"*0\r\n", b"*0\r\n");
+        check(&Reply::Array(vec![]), b"*0\r\n", b"*0\r\n");
         check(
-            Reply::Array(vec![bulk("a"), Reply::Int(1), Reply::Null]),
+            &Reply::Array(vec![bulk("a"), Reply::Int(1), Reply::Null]),
             b"*3\r\n$1\r\na\r\n:1\r\n$-1\r\n",
             b"*3\r\n$1\r\na\r\n:1\r\n_\r\n",
         );
         // SCAN-shaped: cursor then a nested array.
         check(
-            Reply::Array(vec![Reply::Null, Reply::Array(vec![bulk("k")])]),
+            &Reply::Array(vec![Reply::Null, Reply::Array(vec![bulk("k")])]),
             b"*2\r\n$-1\r\n*1\r\n$1\r\nk\r\n",
             b"*2\r\n_\r\n*1\r\n$1\r\nk\r\n",
         );
@@ -304,9 +340,9 @@ mod tests {
 
     #[test]
     fn maps() {
-        check(Reply::Map(vec![]), b"*0\r\n", b"%0\r\n");
+        check(&Reply::Map(vec![]), b"*0\r\n", b"%0\r\n");
         check(
-            Reply::Map(vec![
+            &Reply::Map(vec![
                 (bulk("server"), bulk("logkv")),
                 (bulk("proto"), Reply::Int(3)),
             ]),
@@ -322,12 +358,12 @@ mod tests {
             (bulk("revision"), Reply::Int(9)),
         ]);
         check(
-            Reply::Push(vec![bulk("watch"), Reply::Int(1), entry]),
+            &Reply::Push(vec![bulk("watch"), Reply::Int(1), entry]),
             b"*3\r\n$5\r\nwatch\r\n:1\r\n*4\r\n$3\r\nkey\r\n$1\r\na\r\n$8\r\nrevision\r\n:9\r\n",
             b">3\r\n$5\r\nwatch\r\n:1\r\n%2\r\n$3\r\nkey\r\n$1\r\na\r\n$8\r\nrevision\r\n:9\r\n",
         );
         check(
-            Reply::Push(vec![bulk("watch"), Reply::Int(1), bulk("ready")]),
+            &Reply::Push(vec![bulk("watch"), Reply::Int(1), bulk("ready")]),
             b"*3\r\n$5\r\nwatch\r\n:1\r\n$5\r\nready\r\n",
             b">3\r\n$5\r\nwatch\r\n:1\r\n$5\r\nready\r\n",
         );
@@ -336,11 +372,16 @@ mod tests {
     #[test]
     fn appends_and_method_form() {
         let mut out = b"+PONG\r\n".to_vec();
-        Reply::Int(5).encode(3, &mut out);
+        Reply::Int(5).encode(Resp3, &mut out);
         assert_eq!(out, b"+PONG\r\n:5\r\n");
-        // Unknown versions: below 3 is RESP2, 3 and up RESP3.
-        assert_eq!(enc(&Reply::Null, 0), b"$-1\r\n");
-        assert_eq!(enc(&Reply::Null, 4), b"_\r\n");
+        // Only 2 and 3 are versions; the default is RESP2.
+        assert_eq!(RespVersion::from_number(0), None);
+        assert_eq!(RespVersion::from_number(4), None);
+        assert_eq!(RespVersion::from_number(2), Some(Resp2));
+        assert_eq!(RespVersion::from_number(3), Some(Resp3));
+        assert_eq!(RespVersion::default(), Resp2);
+        assert_eq!((Resp2.number(), Resp3.number()), (2, 3));
+        assert_eq!(enc(&Reply::Null, RespVersion::default()), b"$-1\r\n");
     }
 
     #[test]

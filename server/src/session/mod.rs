@@ -1,0 +1,142 @@
+//! Per-connection state: RESP version, current bucket, authentication, the MULTI queue,
+//! watches, the writes of the pipeline not applied yet, and the durability their replies
+//! wait for.
+//!
+//! Commands act on a [`Session`]; the session knows nothing of them.
+
+mod multi;
+mod watches;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use logkv::{Bucket, WriteOp};
+
+pub(crate) use multi::MultiQueue;
+pub(crate) use watches::{Watches, MAX_WATCHES};
+
+use crate::durability::PendingDurability;
+use crate::encode::{self, engine_error, WriteShape};
+use crate::protocol::RespVersion;
+use crate::shared::Shared;
+
+/// A parsed write: the engine's operation and how its result is shown. What a write verb
+/// becomes, whether it runs at once, joins the pipeline's batch or waits in MULTI.
+#[derive(Debug)]
+pub(crate) struct Write {
+    pub op: WriteOp,
+    pub shape: WriteShape,
+}
+
+pub(crate) struct Session {
+    pub shared: Arc<Shared>,
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// The RESP version of the replies.
+    pub version: RespVersion,
+    /// The current bucket (`USE`).
+    pub bucket: Bucket,
+    /// Whether the client may run commands (always, without a password).
+    pub authed: bool,
+    /// The transaction being queued, between MULTI and EXEC / DISCARD.
+    pub multi: Option<MultiQueue>,
+    pub watches: Watches,
+    /// What the replies not sent yet wait for.
+    pub durability: PendingDurability,
+    /// Commands run since the last time they were added to the server's counter.
+    pub commands: u64,
+    /// Where in the output buffer the last command's own reply starts (after
+    /// the replies of queued writes it applied first).
+    pub reply_start: usize,
+    /// Writes of the current pipeline not applied yet: consecutive writes go to
+    /// the engine together (`write_each`: one lock hold, one append); anything
+    /// else that replies first applies them, so replies keep request order.
+    pending: Vec<Write>,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, id: u64, peer: SocketAddr, bucket: Bucket) -> Session {
+        let authed = shared.config.password.is_none();
+        let durability = PendingDurability::new(shared.config.fsync);
+        let watches = Watches::new(Arc::clone(&shared));
+        Session {
+            shared,
+            id,
+            peer,
+            version: RespVersion::default(),
+            bucket,
+            authed,
+            multi: None,
+            watches,
+            durability,
+            commands: 0,
+            reply_start: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Bytes of keys and values queued in MULTI.
+    pub fn multi_bytes(&self) -> usize {
+        self.multi.as_ref().map_or(0, MultiQueue::bytes)
+    }
+
+    /// Runs `f` on the current bucket; if the bucket was dropped and a bucket of the same
+    /// name exists again, switches to it and runs `f` once more.
+    pub fn with_bucket<T>(
+        &mut self,
+        mut f: impl FnMut(&Bucket) -> logkv::Result<T>,
+    ) -> logkv::Result<T> {
+        match f(&self.bucket) {
+            Err(logkv::Error::NoBucket(name)) => match self.shared.store.bucket(&name) {
+                Ok(fresh) if name == self.bucket.name() => {
+                    self.bucket = fresh;
+                    f(&self.bucket)
+                }
+                _ => Err(logkv::Error::NoBucket(name)),
+            },
+            other => other,
+        }
+    }
+
+    /// The current bucket, checked to be open (following a drop and re-create of the same
+    /// name), for work that runs later or elsewhere.
+    pub fn live_bucket(&mut self) -> logkv::Result<Bucket> {
+        self.with_bucket(|b| b.ttl("_").map(|_| ()))?;
+        Ok(self.bucket.clone())
+    }
+
+    /// Queues one write of the pipeline; [`Session::apply_pending`] applies it
+    /// (visible before any later command runs, durable before the reply is sent).
+    pub fn queue_write(&mut self, write: Write) {
+        self.pending.push(write);
+    }
+
+    /// Applies the queued writes in one engine call and encodes their replies.
+    pub fn apply_pending(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut writes = std::mem::take(&mut self.pending);
+        let ops: Vec<WriteOp> = writes.iter().map(|w| w.op.clone()).collect();
+        let version = self.version;
+        match self.with_bucket(|b| b.write_each(&ops)) {
+            Ok((results, ticket)) => {
+                self.durability.note(&self.bucket, ticket);
+                for (write, result) in writes.iter().zip(results) {
+                    match result {
+                        Ok(w) => encode::written(out, version, &w, write.shape),
+                        Err(e) => engine_error(&e).encode(version, out),
+                    }
+                }
+            }
+            Err(e) => {
+                let reply = engine_error(&e);
+                for _ in &writes {
+                    reply.encode(version, out);
+                }
+            }
+        }
+        writes.clear();
+        self.pending = writes;
+    }
+}

@@ -1,0 +1,63 @@
+//! The transaction a connection queues between MULTI and EXEC.
+
+use logkv::WriteOp;
+
+use crate::encode::WriteShape;
+use crate::protocol::Reply;
+
+/// The first queued command that failed: EXEC then applies nothing and reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MultiFailure {
+    /// Its position in the queue, from 0.
+    pub index: usize,
+    /// Its error code.
+    pub code: &'static str,
+    /// Its error message.
+    pub msg: String,
+}
+
+/// A transaction being queued.
+#[derive(Debug, Default)]
+pub(crate) struct MultiQueue {
+    ops: Vec<WriteOp>,
+    shapes: Vec<WriteShape>,
+    /// Bytes of keys and values queued.
+    bytes: usize,
+    failed: Option<MultiFailure>,
+}
+
+impl MultiQueue {
+    /// Bytes of keys and values queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queues a write (its operation and reply shape) that came as `size` bytes of
+    /// arguments.
+    pub fn push(&mut self, op: WriteOp, shape: WriteShape, size: usize) {
+        self.bytes += size;
+        self.ops.push(op);
+        self.shapes.push(shape);
+    }
+
+    /// Marks the transaction as failed at the next queue position (the first failure wins).
+    pub fn fail(&mut self, reply: &Reply) {
+        if self.failed.is_none() {
+            if let Reply::Error { code, msg } = reply {
+                self.failed = Some(MultiFailure {
+                    index: self.ops.len(),
+                    code,
+                    msg: msg.to_string(),
+                });
+            }
+        }
+    }
+
+    /// The queued writes and how each result is shown, or the first failure.
+    pub fn into_writes(self) -> Result<(Vec<WriteOp>, Vec<WriteShape>), MultiFailure> {
+        match self.failed {
+            Some(failure) => Err(failure),
+            None => Ok((self.ops, self.shapes)),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The state every connection task shares: the store, the configuration, the counters
+//! INFO shows, the watch pumps, the durability syncers and the client-memory budget.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use logkv::Store;
+
+use crate::client_memory::ClientMemory;
+use crate::config::ServerConfig;
+use crate::durability::Syncers;
+use crate::pump::Pumps;
+
+/// Counters shown by `INFO`.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    pub started: Instant,
+    /// Open client connections.
+    pub connections: AtomicUsize,
+    /// Requests executed since start.
+    pub commands: AtomicU64,
+    /// Active watches over all connections.
+    pub watchers: AtomicUsize,
+    /// Source of connection ids.
+    pub next_conn_id: AtomicU64,
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub config: ServerConfig,
+    pub stats: Stats,
+    pub pumps: Pumps,
+    pub syncers: Syncers,
+    /// What the connections hold in their buffers, against `--max-client-memory`.
+    pub client_memory: Arc<ClientMemory>,
+}
+
+impl Stats {
+    /// Counters at zero, started now.
+    pub fn new() -> Stats {
+        Stats {
+            started: Instant::now(),
+            connections: AtomicUsize::new(0),
+            commands: AtomicU64::new(0),
+            watchers: AtomicUsize::new(0),
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+}

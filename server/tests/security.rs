@@ -1,0 +1,249 @@
+//! What the server defends against, through raw sockets: HTTP requests sent to the
+//! RESP port (cross-protocol attacks from web pages) and clients whose buffers would
+//! exhaust the server's memory (`--max-client-memory`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{info_field, roundtrip, start_server, BinaryServer};
+
+/// Sends `bytes` and reads until the server closes; returns what it replied.
+fn send_until_closed(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may close before it has read everything: a failed write is expected then.
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset is also a close (the server did not read all the client sent).
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
+/// The reply of an inline `GET key` on a fresh connection.
+fn get(addr: SocketAddr, key: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    roundtrip(&mut s, format!("GET {key}\r\n").as_bytes())
+}
+
+#[test]
+fn http_requests_are_closed_before_anything_runs() {
+    let (server, addr, _dir) = start_server(|_| {});
+    // A client that is there all along.
+    let mut other = TcpStream::connect(addr).unwrap();
+    assert_eq!(roundtrip(&mut other, b"PUT before-attacks 1\r\n"), ":1\r\n");
+
+    let attacks: [(&str, &[u8]); 6] = [
+        (
+            "the request of the issue",
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1:7379\r\nContent-Type: text/plain\r\n\
+              Content-Length: 14\r\n\r\nPUT pwned yes\n",
+        ),
+        (
+            "GET with a query string and headers, then a command",
+            b"GET /?x=1 HTTP/1.1\r\nHost: 127.0.0.1:7379\r\nUser-Agent: test\r\n\
+              Accept: */*\r\n\r\nPUT pwned yes\r\n",
+        ),
+        (
+            "a body of RESP arrays",
+            b"POST /submit HTTP/1.1\r\nHost: localhost:7379\r\nContent-Type: text/plain\r\n\
+              Content-Length: 33\r\n\r\n*3\r\n$3\r\nPUT\r\n$5\r\npwned\r\n$3\r\nyes\r\n",
+        ),
+        (
+            "a lower-case method",
+            b"put /v1/buckets/default/keys/pwned http/1.1\r\nhost: x\r\n\r\nPUT pwned yes\r\n",
+        ),
+        (
+            "a Host: line first",
+            b"Host: 127.0.0.1:7379\r\nPUT pwned yes\r\n",
+        ),
+        (
+            "a request line that does not split into words",
+            b"GET /?q=\"x HTTP/1.1\r\nHost: y\r\n\r\nPUT pwned yes\r\n",
+        ),
+    ];
+    for (what, request) in attacks {
+        let replied = send_until_closed(addr, request);
+        assert!(
+            replied.is_empty(),
+            "{what}: replied {:?}",
+            replied.escape_ascii().to_string()
+        );
+        assert_eq!(get(addr, "pwned"), "$-1\r\n", "{what}: the body ran");
+    }
+    // Nothing ran from the body of any request, however it was written.
+    assert_eq!(
+        roundtrip(&mut other, b"KEYS\r\n"),
+        "*1\r\n$14\r\nbefore-attacks\r\n"
+    );
+
+    // Per line, as Redis checks per command: what came before the request line ran.
+    let replied = send_until_closed(
+        addr,
+        b"PUT earlier yes\r\nPOST / HTTP/1.1\r\nHost: x\r\n\r\nPUT later yes\r\n",
+    );
+    assert!(replied.is_empty(), "{}", replied.escape_ascii());
+    assert_eq!(get(addr, "earlier"), "$3\r\nyes\r\n");
+    assert_eq!(get(addr, "later"), "$-1\r\n");
+
+    // The other client was not disturbed, and inline GET / PUT are still commands.
+    assert_eq!(roundtrip(&mut other, b"PUT k v\r\n"), ":3\r\n");
+    assert_eq!(roundtrip(&mut other, b"GET k\r\n"), "$1\r\nv\r\n");
+    assert_eq!(roundtrip(&mut other, b"get k\r\n"), "$1\r\nv\r\n");
+    // RESP arrays are never taken for HTTP: a program may store the word.
+    assert_eq!(
+        roundtrip(
+            &mut other,
+            b"*3\r\n$3\r\nPUT\r\n$4\r\npath\r\n$8\r\nHTTP/1.1\r\n"
+        ),
+        ":4\r\n"
+    );
+    assert_eq!(roundtrip(&mut other, b"GET path\r\n"), "$8\r\nHTTP/1.1\r\n");
+    server.stop().unwrap();
+}
+
+#[test]
+fn the_binary_logs_the_peer_of_an_http_request() {
+    let server = BinaryServer::start(&[]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let peer = s.local_addr().unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\nPUT pwned yes\r\n")
+        .unwrap();
+    let line = server.wait_for_log("possible cross-protocol attack");
+    assert!(line.contains(&peer.to_string()), "{line}");
+    assert_eq!(get(server.addr, "pwned"), "$-1\r\n");
+}
+
+/// The header of `PUT k <value of 8 MiB>`, then `sent` bytes of the value, never the rest.
+fn stalled_put(addr: SocketAddr, sent: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut request = b"*3\r\n$3\r\nPUT\r\n$1\r\nk\r\n$8388608\r\n".to_vec();
+    request.resize(request.len() + sent, b'v');
+    // An evicted client sees its writes fail: that is the point.
+    let _ = s.write_all(&request);
+    s
+}
+
+/// Whether the server closed `s` (end of stream or reset) within a few seconds.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // The server sends nothing to a stalled upload; read on until it closes or not.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn stalled_clients_are_evicted_past_the_client_memory_budget() {
+    const BUDGET: usize = 24 << 20;
+    const STALLED: usize = 8;
+    const SENT: usize = 6 << 20;
+    let (server, addr, _dir) = start_server(|c| c.max_client_memory = BUDGET);
+    let mut good = TcpStream::connect(addr).unwrap();
+    assert_eq!(roundtrip(&mut good, b"PUT good 1\r\n"), ":1\r\n");
+
+    let stalled: Vec<TcpStream> = (0..STALLED)
+        .map(|_| thread::spawn(move || stalled_put(addr, SENT)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    // 48 MiB sent in all, twice the budget: at least the excess must be closed, and the
+    // server reads what is left in the sockets meanwhile.
+    let may_stay = BUDGET / SENT;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut info = roundtrip(&mut good, b"INFO\r\n");
+    while info_field(&info, "evicted_clients") < (STALLED - may_stay) as u64 {
+        assert!(Instant::now() < deadline, "not evicted: {info}");
+        thread::sleep(Duration::from_millis(50));
+        info = roundtrip(&mut good, b"INFO\r\n");
+    }
+    let held = info_field(&info, "client_memory");
+    println!("client buffers held: {held} bytes; {info}");
+    assert!(held <= BUDGET as u64, "{held} over the budget {BUDGET}");
+    assert_eq!(info_field(&info, "client_memory_budget"), BUDGET as u64);
+    let evicted = info_field(&info, "evicted_clients");
+
+    // Exactly the evicted ones were closed; the others still hold their partial request.
+    let closed = stalled
+        .into_iter()
+        .filter_map(|mut s| closed_by_server(&mut s).then_some(()))
+        .count();
+    assert_eq!(closed as u64, evicted);
+
+    // The well-behaved client kept working all along.
+    assert_eq!(roundtrip(&mut good, b"PUT good 2\r\n"), ":2\r\n");
+    assert_eq!(roundtrip(&mut good, b"GET good\r\n"), "$1\r\n2\r\n");
+    let mut late = TcpStream::connect(addr).unwrap();
+    assert_eq!(roundtrip(&mut late, b"GET good\r\n"), "$1\r\n2\r\n");
+    server.stop().unwrap();
+}
+
+/// A memory line of /proc/<pid>/status, in bytes.
+fn proc_status_bytes(pid: u32, name: &str) -> u64 {
+    common::proc_status(pid, name) * 1024
+}
+
+/// The issue's measurement, on the real binary: 40 clients each send 7 MB of an 8 MB
+/// value and stop. Without a budget the server grew from 4 MB to 285 MB; with
+/// `--max-client-memory 32MiB` the excess clients are closed and its peak memory stays
+/// near the budget.
+#[test]
+fn the_binary_stays_near_its_client_memory_budget() {
+    const BUDGET: u64 = 32 << 20;
+    let server = BinaryServer::start(&["--max-client-memory", "32MiB"]);
+    let pid = server.pid();
+    let start_rss = proc_status_bytes(pid, "VmRSS:");
+    let mut good = TcpStream::connect(server.addr).unwrap();
+    let stalled: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let addr = server.addr;
+            thread::spawn(move || stalled_put(addr, 7_000_000))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut info = roundtrip(&mut good, b"INFO\r\n");
+    // 280 MB sent against a 32 MiB budget: at most four such clients can stay.
+    while info_field(&info, "evicted_clients") < 36 {
+        assert!(Instant::now() < deadline, "not evicted: {info}");
+        thread::sleep(Duration::from_millis(50));
+        info = roundtrip(&mut good, b"INFO\r\n");
+    }
+    let line = server.wait_for_log("closing the connection holding the most");
+    assert!(
+        line.contains("peer=127.0.0.1:") && line.contains("bytes="),
+        "{line}"
+    );
+    let held = info_field(&info, "client_memory");
+    let peak = proc_status_bytes(pid, "VmHWM:");
+    let rss = proc_status_bytes(pid, "VmRSS:");
+    println!(
+        "RSS at start {start_rss} B, peak {peak} B, now {rss} B; accounted client buffers \
+         {held} B of a {BUDGET} B budget; {info}"
+    );
+    assert!(held <= BUDGET);
+    // The budget plus the server's own memory plus allocator slack; far below the 280 MB
+    // that 40 clients sent.
+    assert!(peak < start_rss + 3 * BUDGET, "peak RSS {peak} B");
+    assert_eq!(roundtrip(&mut good, b"PUT good 1\r\n"), ":1\r\n");
+    drop(stalled);
+}
