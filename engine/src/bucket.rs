@@ -12,7 +12,9 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::config::{BucketConfig, Options};
-use crate::entry::{BucketStats, BucketStatus, Entry, Kind, Op, Page, Ttl, WriteOp, Written};
+use crate::entry::{
+    BucketStats, BucketStatus, DurabilityTicket, Entry, Kind, Op, Page, Ttl, WriteOp, Written,
+};
 use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
 use crate::index::{IKey, Index, Rev};
@@ -360,34 +362,37 @@ impl BucketCore {
 
     /// Applies writes atomically: all or none, consecutive revisions, durable together.
     pub fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
-        let (written, end) = self.write_nowait(ops)?;
-        self.wait_durable(end)?;
+        let (written, ticket) = self.write_nowait(ops)?;
+        self.wait_durable(ticket)?;
         Ok(written)
     }
 
-    /// Waits until the log is durable up to `end`, if the fsync policy is `Always`.
-    pub fn wait_durable(&self, end: u64) -> Result<()> {
+    /// Waits until the writes of `ticket` are durable, if the fsync policy is `Always`.
+    pub fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
         if self.log.fsync_policy() == FsyncPolicy::Always {
-            self.log.wait_durable(end)?;
+            self.log.wait_durable(ticket.log_end())?;
         }
         Ok(())
     }
 
     /// Applies writes atomically and makes them visible without waiting for
-    /// durability; returns the log position to pass to [`BucketCore::wait_durable`].
-    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, u64)> {
-        let (results, end) = self.write_inner(ops, true)?;
+    /// durability; returns the ticket to pass to [`BucketCore::wait_durable`].
+    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, DurabilityTicket)> {
+        let (results, ticket) = self.write_inner(ops, true)?;
         // In atomic mode every result is Ok (the first failure returned above).
         let written = results.into_iter().collect::<Result<Vec<_>>>()?;
-        Ok((written, end))
+        Ok((written, ticket))
     }
 
     /// Applies independent writes (not a batch: each succeeds or fails on its
     /// own, in order, each a batch of one in the log) under one writer lock hold
     /// and one append, without waiting for durability. A server uses this for a
-    /// pipeline of writes. Returns each write's result and the log position to
-    /// wait for.
-    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, u64)> {
+    /// pipeline of writes. Returns each write's result and the ticket to wait
+    /// for.
+    pub fn write_each(
+        &self,
+        ops: &[WriteOp],
+    ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
         self.write_inner(ops, false)
     }
 
@@ -413,10 +418,14 @@ impl BucketCore {
     /// The write path. `atomic`: all or none (the first failure is returned
     /// as the error, wrapped in [`Error::Batch`] for more than one write);
     /// otherwise each write's failure is its own result.
-    fn write_inner(&self, ops: &[WriteOp], atomic: bool) -> Result<(Vec<Result<Written>>, u64)> {
+    fn write_inner(
+        &self,
+        ops: &[WriteOp],
+        atomic: bool,
+    ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
         self.check_open()?;
         if ops.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), DurabilityTicket::default()));
         }
         let several = ops.len() > 1;
         let wrap = |i: usize, e: Error| {
@@ -532,7 +541,7 @@ impl BucketCore {
         }
         if planned.is_empty() {
             let end = w.app.end();
-            return Ok((results, end));
+            return Ok((results, DurabilityTicket::new(end)));
         }
 
         let first_rev = w.next_rev;
@@ -596,7 +605,7 @@ impl BucketCore {
         }
         drop(w);
         self.hub.wake();
-        Ok((results, appended.end))
+        Ok((results, DurabilityTicket::new(appended.end)))
     }
 
     /// Checks `op`'s precondition against the key's current state; returns the value to write.
@@ -751,10 +760,10 @@ impl BucketCore {
     }
 
     /// Deletes (DEL markers) every live key matching a glob without waiting
-    /// for durability; returns how many, and the log position to wait for.
-    pub fn delete_glob_nowait(&self, glob: &Glob) -> Result<(usize, u64)> {
+    /// for durability; returns how many, and the ticket to wait for.
+    pub fn delete_glob_nowait(&self, glob: &Glob) -> Result<(usize, DurabilityTicket)> {
         self.check_open()?;
-        let (mut deleted, mut ticket) = (0, 0);
+        let (mut deleted, mut ticket) = (0, DurabilityTicket::default());
         let prefix = glob.literal_prefix();
         self.walk_in_chunks(
             prefix.as_bytes(),
@@ -813,7 +822,7 @@ impl BucketCore {
 
     /// Writes DEL markers for keys still at the revisions given (a key written
     /// meanwhile is left alone); returns how many and the durability ticket.
-    fn delete_unchanged(&self, ops: &[WriteOp]) -> Result<(usize, u64)> {
+    fn delete_unchanged(&self, ops: &[WriteOp]) -> Result<(usize, DurabilityTicket)> {
         let (results, ticket) = self.write_each(ops)?;
         let mut deleted = 0;
         for r in results {
@@ -966,17 +975,16 @@ impl BucketCore {
         let (bytes, end) = {
             let ix = self.index.read();
             let (end, last_rev) = self.hub.published();
-            let (end_seq, end_off) = (end >> 32, end & 0xFFFF_FFFF);
             let all = self.log.segments();
             let active = all.last().map(|s| s.slot);
             // Segments up to the one the published end is in; a newer, empty
             // one (a rotation not yet written to) is left for recovery to scan.
             let segs: Vec<(Arc<Segment>, u64)> = all
                 .into_iter()
-                .filter(|s| s.id.seq <= end_seq)
+                .filter(|s| s.id.seq <= end.seq())
                 .map(|s| {
                     let covered = if Some(s.slot) == active {
-                        end_off
+                        end.offset()
                     } else {
                         s.data_end()
                     };

@@ -46,7 +46,9 @@ mod watch;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compact::{CompactionReport, CrashPoint};
 pub use config::{BucketConfig, Options};
-pub use entry::{BucketStats, BucketStatus, Entry, Op, Page, Ttl, WriteOp, Written};
+pub use entry::{
+    BucketStats, BucketStatus, DurabilityTicket, Entry, Op, Page, Ttl, WriteOp, Written,
+};
 pub use error::{Error, Result};
 pub use fsync::FsyncPolicy;
 pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};

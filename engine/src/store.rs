@@ -22,7 +22,9 @@ use parking_lot::{Mutex, RwLock};
 use crate::bucket::{BucketCore, CONFIG_FILE};
 use crate::compact::{CompactionReport, CrashPoint};
 use crate::config::{BucketConfig, Options};
-use crate::entry::{BucketStats, BucketStatus, Entry, Page, Ttl, WriteOp, Written};
+use crate::entry::{
+    BucketStats, BucketStatus, DurabilityTicket, Entry, Page, Ttl, WriteOp, Written,
+};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
 use crate::fsync::FsyncPolicy;
@@ -405,13 +407,16 @@ impl Bucket {
     /// order — under one lock hold and one append, without waiting for
     /// durability (not a batch: see [`Bucket::write`] for that). Returns each
     /// result and a ticket for [`Bucket::wait_durable`].
-    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, u64)> {
+    pub fn write_each(
+        &self,
+        ops: &[WriteOp],
+    ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
         self.core.write_each(ops)
     }
 
     /// Like [`Bucket::delete_glob`] without waiting for durability: returns the
     /// count and a ticket for [`Bucket::wait_durable`].
-    pub fn delete_glob_nowait(&self, glob: &str) -> Result<(usize, u64)> {
+    pub fn delete_glob_nowait(&self, glob: &str) -> Result<(usize, DurabilityTicket)> {
         self.core.delete_glob_nowait(&Glob::new(glob)?)
     }
 
@@ -437,13 +442,13 @@ impl Bucket {
     /// Like [`Bucket::write`], but returns as soon as the writes are visible,
     /// with a ticket to pass to [`Bucket::wait_durable`]. A server uses this to
     /// apply a whole pipeline of writes and then wait for one shared fsync.
-    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, u64)> {
+    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, DurabilityTicket)> {
         self.core.write_nowait(ops)
     }
 
     /// Waits until every write whose ticket is at most `ticket` is durable
     /// (returns at once unless the fsync policy is [`FsyncPolicy::Always`]).
-    pub fn wait_durable(&self, ticket: u64) -> Result<()> {
+    pub fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
         self.core.wait_durable(ticket)
     }
 

@@ -31,11 +31,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::bucket::BucketCore;
 use crate::entry::{Entry, Op};
 use crate::error::{Error, Result};
-use crate::fsync::log_pos;
 use crate::index::Rev;
 use crate::key::Subject;
 use crate::log::record::{decode, Decoded};
 use crate::log::segment::Segment;
+use crate::log::LogPos;
 use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
 
 /// The meeting point of one bucket's writer and its watchers.
@@ -52,9 +52,9 @@ pub(crate) struct WatchHub {
 }
 
 impl WatchHub {
-    pub fn new(end: u64, revision: u64) -> WatchHub {
+    pub fn new(end: LogPos, revision: u64) -> WatchHub {
         WatchHub {
-            end: AtomicU64::new(end),
+            end: AtomicU64::new(end.to_bits()),
             revision: AtomicU64::new(revision),
             closed: AtomicBool::new(false),
             waiters: Mutex::new(0),
@@ -65,11 +65,11 @@ impl WatchHub {
 
     /// Publishes a new end and wakes blocked watchers; called by the writer
     /// under the index write lock.
-    pub fn publish(&self, end: u64, revision: u64) {
+    pub fn publish(&self, end: LogPos, revision: u64) {
         let waiters = lock(&self.waiters);
         // End first, revision second; `published` reads them the other way
         // round, so a reader that sees a revision also sees its end.
-        self.end.store(end, Ordering::SeqCst);
+        self.end.store(end.to_bits(), Ordering::SeqCst);
         self.revision.store(revision, Ordering::SeqCst);
         if *waiters > 0 {
             self.changed.notify_all();
@@ -85,9 +85,9 @@ impl WatchHub {
     }
 
     /// The published end and revision.
-    pub fn published(&self) -> (u64, u64) {
+    pub fn published(&self) -> (LogPos, u64) {
         let revision = self.revision.load(Ordering::SeqCst);
-        (self.end.load(Ordering::SeqCst), revision)
+        (LogPos::from_bits(self.end.load(Ordering::SeqCst)), revision)
     }
 
     /// Ends every watch of this bucket (it was dropped).
@@ -103,10 +103,10 @@ impl WatchHub {
     }
 
     /// Blocks until the published end passes `pos`, the hub closes, or `deadline`.
-    pub fn wait_past(&self, pos: u64, deadline: Option<Instant>) {
+    pub fn wait_past(&self, pos: LogPos, deadline: Option<Instant>) {
         let mut g = lock(&self.waiters);
         *g += 1;
-        while self.end.load(Ordering::SeqCst) <= pos && !self.is_closed() {
+        while LogPos::from_bits(self.end.load(Ordering::SeqCst)) <= pos && !self.is_closed() {
             match deadline {
                 None => g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -250,8 +250,7 @@ impl Watch {
             }
             (picked, end, revision, segments)
         };
-        let seq = end >> 32;
-        let tail = core.log.segment_by_seq(seq);
+        let tail = core.log.segment_by_seq(end.seq());
         Ok(Watch {
             bucket: Arc::from(&*core.name),
             counted: opts.from_revision.is_none(),
@@ -262,7 +261,7 @@ impl Watch {
             initial: initial.into(),
             initial_segments: segments,
             ready_pending: true,
-            offset: end & 0xFFFF_FFFF,
+            offset: end.offset(),
             tail,
             last_seen: revision,
             ended: false,
@@ -328,10 +327,10 @@ impl Watch {
     }
 
     /// The log position this watch has read up to.
-    fn cursor_pos(&self) -> u64 {
+    fn cursor_pos(&self) -> LogPos {
         match &self.tail {
-            Some(s) => log_pos(s.id.seq, self.offset),
-            None => 0,
+            Some(s) => LogPos::new(s.id.seq, self.offset),
+            None => LogPos::default(),
         }
     }
 
@@ -387,8 +386,8 @@ impl Watch {
     }
 
     /// One step of [`Watch::next_live`] in segment `seg`.
-    fn read_one(&mut self, seg: &Segment, end: u64, published_rev: u64) -> Step {
-        if log_pos(seg.id.seq, self.offset) >= end {
+    fn read_one(&mut self, seg: &Segment, end: LogPos, published_rev: u64) -> Step {
+        if LogPos::new(seg.id.seq, self.offset) >= end {
             if self.last_seen < published_rev {
                 // At the end of the log without having seen every revision:
                 // compaction removed records this watch had not read.
@@ -473,21 +472,27 @@ impl Iterator for Watch {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::WatchHub;
+    use crate::log::LogPos;
     use loom::sync::Arc;
+
+    /// A position in the first segment.
+    fn at(offset: u64) -> LogPos {
+        LogPos::new(1, offset)
+    }
 
     #[test]
     fn loom_publish_wakes_a_waiting_watcher() {
         loom::model(|| {
-            let hub = Arc::new(WatchHub::new(0, 0));
+            let hub = Arc::new(WatchHub::new(at(0), 0));
             let writer = {
                 let hub = Arc::clone(&hub);
                 loom::thread::spawn(move || {
-                    hub.publish(10, 1);
+                    hub.publish(at(10), 1);
                     hub.wake();
                 })
             };
-            hub.wait_past(0, None);
-            assert_eq!(hub.published(), (10, 1));
+            hub.wait_past(at(0), None);
+            assert_eq!(hub.published(), (at(10), 1));
             writer.join().unwrap();
         });
     }
@@ -495,21 +500,21 @@ mod loom_tests {
     #[test]
     fn loom_two_writes_two_watchers_see_the_last() {
         loom::model(|| {
-            let hub = Arc::new(WatchHub::new(0, 0));
+            let hub = Arc::new(WatchHub::new(at(0), 0));
             let writer = {
                 let hub = Arc::clone(&hub);
                 loom::thread::spawn(move || {
-                    hub.publish(5, 1);
+                    hub.publish(at(5), 1);
                     hub.wake();
-                    hub.publish(9, 2);
+                    hub.publish(at(9), 2);
                     hub.wake();
                 })
             };
             let watcher = {
                 let hub = Arc::clone(&hub);
                 loom::thread::spawn(move || {
-                    let mut seen = 0;
-                    while seen < 9 {
+                    let mut seen = at(0);
+                    while seen < at(9) {
                         hub.wait_past(seen, None);
                         let (end, _) = hub.published();
                         assert!(end > seen, "woken without progress");
@@ -517,8 +522,8 @@ mod loom_tests {
                     }
                 })
             };
-            hub.wait_past(4, None);
-            assert!(hub.published().0 >= 5);
+            hub.wait_past(at(4), None);
+            assert!(hub.published().0 >= at(5));
             writer.join().unwrap();
             watcher.join().unwrap();
         });
@@ -527,12 +532,12 @@ mod loom_tests {
     #[test]
     fn loom_close_releases_a_waiter() {
         loom::model(|| {
-            let hub = Arc::new(WatchHub::new(0, 0));
+            let hub = Arc::new(WatchHub::new(at(0), 0));
             let closer = {
                 let hub = Arc::clone(&hub);
                 loom::thread::spawn(move || hub.close())
             };
-            hub.wait_past(0, None);
+            hub.wait_past(at(0), None);
             assert!(hub.is_closed());
             closer.join().unwrap();
         });

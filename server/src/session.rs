@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use logkv::{Bucket, FsyncPolicy};
+use logkv::{Bucket, DurabilityTicket, FsyncPolicy};
 
 use crate::command::txn::Multi;
 use crate::command::watch::Watches;
@@ -38,7 +38,7 @@ pub(crate) struct Session {
     pub watches: Watches,
     /// Per bucket, the largest durability ticket of the writes whose replies are not sent
     /// yet. Empty unless the fsync policy is `always`.
-    pub tickets: Vec<(Bucket, u64)>,
+    pub tickets: Vec<(Bucket, DurabilityTicket)>,
     /// Commands run since the last time they were added to the server's counter.
     pub commands: u64,
     /// Writes of the current pipeline not applied yet: consecutive writes go to
@@ -75,8 +75,8 @@ impl Session {
 
     /// Remembers that the replies about to be sent need the current bucket's log durable
     /// up to `ticket`.
-    pub fn note_current_ticket(&mut self, ticket: u64) {
-        if !self.wait_durable || ticket == 0 {
+    pub fn note_current_ticket(&mut self, ticket: DurabilityTicket) {
+        if !self.wait_durable || ticket == DurabilityTicket::default() {
             return;
         }
         let name = self.bucket.name();

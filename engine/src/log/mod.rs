@@ -3,6 +3,8 @@
 //! The on-disk format is in [`record`] (records) and [`segment`] (files); the
 //! rules for reading it back after a crash are in [`recovery`].
 
+mod group_commit;
+mod position;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -17,7 +19,9 @@ use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_zeros;
-use crate::fsync::{log_pos, FsyncPolicy, GroupCommit};
+use crate::fsync::FsyncPolicy;
+use group_commit::GroupCommit;
+pub use position::LogPos;
 use recovery::RecoveryReport;
 use segment::{Segment, SegmentHeader, SegmentId};
 
@@ -66,8 +70,8 @@ impl Appender {
     }
 
     /// The current end of the log.
-    pub fn end(&self) -> u64 {
-        log_pos(self.active.id.seq, self.pos)
+    pub fn end(&self) -> LogPos {
+        LogPos::new(self.active.id.seq, self.pos)
     }
 }
 
@@ -79,7 +83,7 @@ pub struct Appended {
     /// Offset of the batch's first record in that segment.
     pub offset: u64,
     /// The log position just past the batch (for durability waits).
-    pub end: u64,
+    pub end: LogPos,
 }
 
 /// The live segments: by slot for reads, by id for log order.
@@ -179,7 +183,7 @@ impl Log {
             }
         };
         let file_len = active.file_len()?;
-        let end = log_pos(active.id.seq, pos);
+        let end = LogPos::new(active.id.seq, pos);
         let log = Log {
             dir: dir.to_path_buf(),
             commit: GroupCommit::new(Arc::clone(&active), end),
@@ -341,7 +345,7 @@ impl Log {
         )?);
         self.segments.write().insert(Arc::clone(&seg));
         self.commit
-            .rotated(log_pos(old.id.seq, app.pos), Arc::clone(&seg));
+            .rotated(LogPos::new(old.id.seq, app.pos), Arc::clone(&seg));
         tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
         app.file_len = seg.file_len()?;
         app.pos = seg.data_start;
@@ -350,7 +354,7 @@ impl Log {
     }
 
     /// Waits until everything below `pos` is durable (group commit).
-    pub fn wait_durable(&self, pos: u64) -> Result<()> {
+    pub fn wait_durable(&self, pos: LogPos) -> Result<()> {
         self.commit.wait_durable(pos)
     }
 
