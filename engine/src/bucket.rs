@@ -17,7 +17,7 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
-use crate::index::{IKey, Index, Rev};
+use crate::index::{IKey, Index, RecordRef};
 use crate::key::{validate_key, Glob, Subject};
 use crate::log::record::{self, decode, Decoded, FLAG_BATCH_CONT, FLAG_BATCH_MORE};
 use crate::log::recovery::RecoveryReport;
@@ -38,7 +38,7 @@ pub(crate) struct Writer {
     /// The revision the next write gets.
     pub(crate) next_rev: u64,
     buf: Vec<u8>,
-    removed: Vec<Rev>,
+    removed: Vec<RecordRef>,
 }
 
 /// Counters kept since open.
@@ -73,7 +73,7 @@ pub(crate) struct BucketCore {
 /// The current state of a key while a batch is checked.
 #[derive(Clone)]
 enum Cur {
-    Stored(Rev),
+    Stored(RecordRef),
     Batch {
         revision: u64,
         op: Op,
@@ -168,7 +168,8 @@ impl BucketCore {
             &mut |seg: &Arc<Segment>, offset, rec| {
                 let h = &rec.header;
                 let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
-                let rev = Rev::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
+                let rev =
+                    RecordRef::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
                 index
                     .borrow_mut()
                     .apply(rec.key, rev, history, &mut removed);
@@ -243,7 +244,12 @@ impl BucketCore {
     }
 
     /// Decodes the record of `rev` from `seg` into an entry.
-    pub fn load_from(&self, seg: Option<&Arc<Segment>>, key: &str, rev: &Rev) -> Result<Entry> {
+    pub fn load_from(
+        &self,
+        seg: Option<&Arc<Segment>>,
+        key: &str,
+        rev: &RecordRef,
+    ) -> Result<Entry> {
         let corrupt = |path: PathBuf, why: &str| Error::Corrupt {
             path,
             offset: rev.offset as u64,
@@ -284,7 +290,7 @@ impl BucketCore {
     fn read_one(
         &self,
         key: &str,
-        pick: impl FnOnce(&Index) -> Option<Rev>,
+        pick: impl FnOnce(&Index) -> Option<RecordRef>,
     ) -> Result<Option<Entry>> {
         let found = {
             let ix = self.index.read();
@@ -305,7 +311,7 @@ impl BucketCore {
 
     /// Whether `r` is a live value now; reads the clock only for entries that expire.
     #[inline]
-    fn live(&self, r: &Rev) -> bool {
+    fn live(&self, r: &RecordRef) -> bool {
         r.op() == Op::Put && (r.expires_ms == 0 || !r.expired(self.now()))
     }
 
@@ -389,10 +395,7 @@ impl BucketCore {
     /// and one append, without waiting for durability. A server uses this for a
     /// pipeline of writes. Returns each write's result and the ticket to wait
     /// for.
-    pub fn write_each(
-        &self,
-        ops: &[WriteOp],
-    ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
+    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
         self.write_inner(ops, false)
     }
 
@@ -587,7 +590,7 @@ impl BucketCore {
                 let key = ops[*i].key.as_bytes();
                 let len = record::encoded_len(key.len(), value.len());
                 let expires = effective_expiry(*key_expires, now, ttl);
-                let rev = Rev::new(
+                let rev = RecordRef::new(
                     first_rev + j as u64,
                     expires,
                     appended.slot,
@@ -695,7 +698,10 @@ impl BucketCore {
     }
 
     /// Loads many `(key, rev)` pairs chosen under one index lock hold.
-    fn load_many(&self, collect: impl FnOnce(&Index) -> Vec<(String, Rev)>) -> Result<Vec<Entry>> {
+    fn load_many(
+        &self,
+        collect: impl FnOnce(&Index) -> Vec<(String, RecordRef)>,
+    ) -> Result<Vec<Entry>> {
         let (picked, segs) = {
             let ix = self.index.read();
             let picked = collect(&ix);
@@ -789,7 +795,7 @@ impl BucketCore {
     fn walk_in_chunks<T>(
         &self,
         prefix: &[u8],
-        mut pick: impl FnMut(&Index, &IKey, &Rev, &mut Vec<T>),
+        mut pick: impl FnMut(&Index, &IKey, &RecordRef, &mut Vec<T>),
         mut act: impl FnMut(Vec<T>) -> Result<()>,
     ) -> Result<()> {
         let mut cursor: Option<Vec<u8>> = None;

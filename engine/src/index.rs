@@ -4,8 +4,10 @@
 //! Memory is the design constraint (about 100 bytes per key for a million
 //! 16-byte keys): keys of up to 22 bytes live inside the tree node ([`IKey`]),
 //! so comparisons never chase a pointer, and each key's latest revision is a
-//! 32-byte [`Rev`] in the node. Older retained revisions (history > 1) live in
-//! a side slab, referenced by a 32-bit slot number.
+//! 32-byte [`RecordRef`] in the node: where the record is in the log, with the
+//! revision, op and expiry that reads filter on without touching the log.
+//! Older retained revisions (history > 1) live in a side slab, referenced by a
+//! 32-bit slot number.
 //!
 //! Retention is applied here and only here, by [`Index::apply`], both when a
 //! write happens and when recovery replays the log, so the two always agree.
@@ -81,9 +83,11 @@ impl std::fmt::Debug for IKey {
     }
 }
 
-/// One retained revision of a key: what it is and where its record is.
+/// The index's reference to one retained record of a key: where the record
+/// is in the log (segment slot, offset, length) and what reads filter on
+/// without reading it (revision, op, expiry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rev {
+pub struct RecordRef {
     /// The bucket revision of the record.
     pub revision: u64,
     /// When this entry stops being visible (per-key TTL or bucket max age), ms; 0 for never.
@@ -98,11 +102,18 @@ pub struct Rev {
     older: u32,
 }
 
-impl Rev {
+impl RecordRef {
     /// A revision at `offset` of segment `slot`, `len` bytes long.
-    pub fn new(revision: u64, expires_ms: u64, slot: u32, offset: u64, len: usize, op: Op) -> Rev {
+    pub fn new(
+        revision: u64,
+        expires_ms: u64,
+        slot: u32,
+        offset: u64,
+        len: usize,
+        op: Op,
+    ) -> RecordRef {
         debug_assert!(len < 1 << 30 && offset <= u32::MAX as u64);
-        Rev {
+        RecordRef {
             revision,
             expires_ms,
             slot,
@@ -137,7 +148,7 @@ impl Rev {
         self.op() == Op::Put && !self.expired(now_ms)
     }
 
-    fn bare(mut self) -> Rev {
+    fn bare(mut self) -> RecordRef {
         self.older = 0;
         self
     }
@@ -146,8 +157,8 @@ impl Rev {
 /// The index of one bucket.
 #[derive(Default)]
 pub struct Index {
-    map: BTreeMap<IKey, Rev>,
-    slab: Vec<Vec<Rev>>,
+    map: BTreeMap<IKey, RecordRef>,
+    slab: Vec<Vec<RecordRef>>,
     free: Vec<u32>,
     /// Revisions retained, history included.
     values: u64,
@@ -164,19 +175,19 @@ pub struct Index {
 impl Index {
     /// The latest revision of `key`.
     #[inline]
-    pub fn latest(&self, key: &[u8]) -> Option<Rev> {
+    pub fn latest(&self, key: &[u8]) -> Option<RecordRef> {
         self.map.get(key).map(|r| r.bare())
     }
 
     /// Every retained revision of `key`, oldest first.
-    pub fn revisions(&self, key: &[u8]) -> Vec<Rev> {
+    pub fn revisions(&self, key: &[u8]) -> Vec<RecordRef> {
         self.map
             .get(key)
             .map(|r| self.revs_of(r))
             .unwrap_or_default()
     }
 
-    fn revs_of(&self, latest: &Rev) -> Vec<Rev> {
+    fn revs_of(&self, latest: &RecordRef) -> Vec<RecordRef> {
         let mut out = match latest.older {
             0 => Vec::with_capacity(1),
             slot => self.slab[slot as usize - 1].clone(),
@@ -186,7 +197,7 @@ impl Index {
     }
 
     /// Calls `f` with every retained revision of `latest`'s key, oldest first.
-    pub fn for_each_rev(&self, latest: &Rev, mut f: impl FnMut(&Rev)) {
+    pub fn for_each_rev(&self, latest: &RecordRef, mut f: impl FnMut(&RecordRef)) {
         if latest.older != 0 {
             self.slab[latest.older as usize - 1].iter().for_each(&mut f);
         }
@@ -194,7 +205,7 @@ impl Index {
     }
 
     /// The retained revision `revision` of `key`.
-    pub fn find(&self, key: &[u8], revision: u64) -> Option<Rev> {
+    pub fn find(&self, key: &[u8], revision: u64) -> Option<RecordRef> {
         let latest = self.map.get(key)?;
         if latest.revision == revision {
             return Some(latest.bare());
@@ -213,7 +224,7 @@ impl Index {
         &'a self,
         from: Bound<&'a [u8]>,
         to: Bound<&'a [u8]>,
-    ) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+    ) -> impl Iterator<Item = (&'a IKey, &'a RecordRef)> + 'a {
         self.map.range::<[u8], _>((from, to))
     }
 
@@ -221,7 +232,7 @@ impl Index {
     pub fn prefixed<'a>(
         &'a self,
         prefix: &'a [u8],
-    ) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+    ) -> impl Iterator<Item = (&'a IKey, &'a RecordRef)> + 'a {
         self.map
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| k.as_bytes().starts_with(prefix))
@@ -267,7 +278,7 @@ impl Index {
         self.expiring
     }
 
-    fn retire(&mut self, rev: Rev, removed: &mut Vec<Rev>) {
+    fn retire(&mut self, rev: RecordRef, removed: &mut Vec<RecordRef>) {
         self.values -= 1;
         self.expiring -= (rev.expires_ms != 0) as u64;
         self.bytes -= rev.len() as u64;
@@ -285,7 +296,7 @@ impl Index {
         }
     }
 
-    fn free_slot(&mut self, slot: u32) -> Vec<Rev> {
+    fn free_slot(&mut self, slot: u32) -> Vec<RecordRef> {
         self.free.push(slot);
         std::mem::take(&mut self.slab[slot as usize - 1])
     }
@@ -293,7 +304,13 @@ impl Index {
     /// Applies a new revision of `key` with retention: a PURGE drops every
     /// earlier revision; otherwise the key keeps its last `history` revisions.
     /// Revisions that leave the index are appended to `removed`.
-    pub fn apply(&mut self, key: &[u8], new: Rev, history: usize, removed: &mut Vec<Rev>) {
+    pub fn apply(
+        &mut self,
+        key: &[u8],
+        new: RecordRef,
+        history: usize,
+        removed: &mut Vec<RecordRef>,
+    ) {
         let new = new.bare();
         self.values += 1;
         self.expiring += (new.expires_ms != 0) as u64;
@@ -341,8 +358,8 @@ impl Index {
     pub fn drop_oldest_while(
         &mut self,
         key: &[u8],
-        mut drop: impl FnMut(&Rev) -> bool,
-        removed: &mut Vec<Rev>,
+        mut drop: impl FnMut(&RecordRef) -> bool,
+        removed: &mut Vec<RecordRef>,
     ) {
         let Some(latest) = self.map.get(key).copied() else {
             return;
@@ -388,7 +405,7 @@ impl Index {
         let Some(latest) = self.map.get_mut(key) else {
             return false;
         };
-        let fix = |r: &mut Rev| {
+        let fix = |r: &mut RecordRef| {
             if r.revision == revision && (r.slot, r.offset) == from {
                 (r.slot, r.offset) = to;
                 true
@@ -407,7 +424,7 @@ impl Index {
 
     /// Builds an index from keys in ascending order, each with its revisions
     /// oldest first (already retained). Bulk building fills tree nodes fully.
-    pub fn from_sorted(entries: Vec<(IKey, Vec<Rev>)>) -> Index {
+    pub fn from_sorted(entries: Vec<(IKey, Vec<RecordRef>)>) -> Index {
         let mut ix = Index::default();
         let mut slab = Vec::new();
         let map = entries
@@ -420,7 +437,7 @@ impl Index {
                 }
                 let mut latest = revs
                     .pop()
-                    .unwrap_or(Rev::new(0, 0, 0, 0, 0, Op::Del))
+                    .unwrap_or(RecordRef::new(0, 0, 0, 0, 0, Op::Del))
                     .bare();
                 ix.put_keys += (latest.op() == Op::Put) as u64;
                 if !revs.is_empty() {
@@ -454,7 +471,7 @@ impl Index {
     }
 
     /// Every retained revision, in no particular order.
-    pub fn all_revs(&self) -> impl Iterator<Item = Rev> + '_ {
+    pub fn all_revs(&self) -> impl Iterator<Item = RecordRef> + '_ {
         self.map
             .values()
             .map(|r| r.bare())
@@ -466,14 +483,14 @@ impl Index {
 mod tests {
     use super::*;
 
-    fn rev(revision: u64, op: Op) -> Rev {
-        Rev::new(revision, 0, 1, revision * 100, 50, op)
+    fn rev(revision: u64, op: Op) -> RecordRef {
+        RecordRef::new(revision, 0, 1, revision * 100, 50, op)
     }
 
     #[test]
     fn sizes_stay_small() {
         assert_eq!(std::mem::size_of::<IKey>(), 24);
-        assert_eq!(std::mem::size_of::<Rev>(), 32);
+        assert_eq!(std::mem::size_of::<RecordRef>(), 32);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::index::{IKey, Index, Rev};
+use crate::index::{IKey, Index, RecordRef};
 use crate::log::segment::{Segment, SegmentId};
 
 /// File name of a bucket's snapshot.
@@ -41,7 +41,7 @@ pub(crate) struct Snapshot {
     /// [`tail_crc`] of the last segment at its covered end.
     tail_crc: u32,
     /// Keys in order, each with its revisions oldest first (`slot` = index into `segments`).
-    entries: Vec<(IKey, Vec<Rev>)>,
+    entries: Vec<(IKey, Vec<RecordRef>)>,
 }
 
 struct Reader<'a> {
@@ -244,7 +244,14 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
             if seg as usize >= segments.len() || len >= 1 << 30 {
                 return Err("revision out of range");
             }
-            revs.push(Rev::new(revision, expires, seg, offset as u64, len, op));
+            revs.push(RecordRef::new(
+                revision,
+                expires,
+                seg,
+                offset as u64,
+                len,
+                op,
+            ));
         }
         let key = IKey::new(&key);
         if revs.is_empty() {

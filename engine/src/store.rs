@@ -407,10 +407,7 @@ impl Bucket {
     /// order — under one lock hold and one append, without waiting for
     /// durability (not a batch: see [`Bucket::write`] for that). Returns each
     /// result and a ticket for [`Bucket::wait_durable`].
-    pub fn write_each(
-        &self,
-        ops: &[WriteOp],
-    ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
+    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
         self.core.write_each(ops)
     }
 

@@ -31,7 +31,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::bucket::BucketCore;
 use crate::entry::{Entry, Op};
 use crate::error::{Error, Result};
-use crate::index::Rev;
+use crate::index::RecordRef;
 use crate::key::Subject;
 use crate::log::record::{decode, Decoded};
 use crate::log::segment::Segment;
@@ -179,7 +179,7 @@ pub struct Watch {
     _keep: Arc<dyn std::any::Any + Send + Sync>,
     subject: Subject,
     opts: WatchOptions,
-    initial: VecDeque<(String, Rev)>,
+    initial: VecDeque<(String, RecordRef)>,
     initial_segments: HashMap<u32, Arc<Segment>>,
     /// Whether initial entries carry a `delta` (they do, except after FROM).
     counted: bool,
@@ -213,8 +213,9 @@ impl Watch {
         let (initial, end, revision, segments) = {
             let ix = core.index.read();
             let (end, revision) = core.hub.published();
-            let mut picked: Vec<(String, Rev)> = Vec::new();
-            let wanted = |r: &Rev| !(r.expired(now) || opts.ignore_deletes && r.op() != Op::Put);
+            let mut picked: Vec<(String, RecordRef)> = Vec::new();
+            let wanted =
+                |r: &RecordRef| !(r.expired(now) || opts.ignore_deletes && r.op() != Op::Put);
             if !opts.updates_only || opts.from_revision.is_some() {
                 for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
                     if !subject.matches(k.as_str()) {

@@ -109,7 +109,7 @@ impl RecordHeader {
 
 /// A record borrowed from a segment (or any buffer).
 #[derive(Debug, Clone, Copy)]
-pub struct RecordRef<'a> {
+pub struct Record<'a> {
     /// The fixed fields.
     pub header: RecordHeader,
     /// The key.
@@ -143,7 +143,7 @@ impl std::fmt::Display for Invalid {
 #[derive(Debug, Clone, Copy)]
 pub enum Decoded<'a> {
     /// A valid record.
-    Record(RecordRef<'a>),
+    Record(Record<'a>),
     /// The end of written data: an all-zero header, or no bytes at all.
     End,
     /// Bytes that are not a valid record.
@@ -272,7 +272,7 @@ pub fn decode(buf: &[u8], salt: u32) -> Decoded<'_> {
         return Decoded::Invalid(Invalid::BadChecksum);
     }
     let key_end = HEADER_LEN + header.key_len as usize;
-    Decoded::Record(RecordRef {
+    Decoded::Record(Record {
         header,
         key: &buf[HEADER_LEN..key_end],
         value: &buf[key_end..len],

@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::record::{decode, find_next_valid, Decoded, RecordRef};
+use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
@@ -68,7 +68,7 @@ pub(crate) struct Recovered {
 pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<(usize, u64)>;
 
 /// Called with `(segment, offset, record)` for every record recovered.
-pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>;
+pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &Record<'_>) -> Result<()>;
 
 /// Calls `apply(segment, offset, record)` for every record of every complete
 /// batch from the start point on, in log order.
@@ -207,7 +207,7 @@ fn scan_segment(
     let buf = segment.range(0, file_len);
     let mut at = (from as usize).min(buf.len());
     let mut batch_start = at;
-    let mut pending: Vec<(usize, RecordRef<'_>)> = Vec::new();
+    let mut pending: Vec<(usize, Record<'_>)> = Vec::new();
     let salt = seg.header.salt;
     loop {
         let problem = match decode(&buf[at..], salt) {
