@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::fsync::FsyncPolicy;
 
+/// File holding a bucket's configuration, in the bucket's directory.
+pub const CONFIG_FILE: &str = "bucket.conf";
+
 /// Options for [`crate::Store::open`].
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -28,7 +28,6 @@
 
 mod bucket;
 pub mod clock;
-mod compact;
 mod config;
 mod entry;
 mod error;
@@ -41,10 +40,14 @@ pub mod log;
 mod snapshot;
 mod store;
 mod sync;
-mod watch;
+mod watch_hub;
 
+pub use bucket::compact::CompactionReport;
+#[cfg(any(test, feature = "failpoints"))]
+pub use bucket::compact::CrashPoint;
+pub use bucket::handle::Bucket;
+pub use bucket::watch::{Watch, WatchEvent, WatchOptions};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use compact::{CompactionReport, CrashPoint};
 pub use config::{BucketConfig, Options};
 pub use entry::{
     BucketStats, BucketStatus, DurabilityTicket, Entry, Op, Page, Ttl, WriteOp, Written,
@@ -53,8 +56,7 @@ pub use error::{Error, Result};
 pub use fsync::FsyncPolicy;
 pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
 pub use log::recovery::{RecoveryReport, Skipped};
-pub use store::{Bucket, Store, DEFAULT_BUCKET};
-pub use watch::{Watch, WatchEvent, WatchOptions};
+pub use store::{Store, DEFAULT_BUCKET};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::index::{IKey, Index, RecordRef};
 use crate::log::segment::{Segment, SegmentId};
 
@@ -102,7 +102,7 @@ pub(crate) fn encode(
     segments: &[(Arc<Segment>, u64)],
 ) -> Result<Vec<u8>> {
     let Some((last, last_end)) = segments.last() else {
-        return Err(Error::Config(
+        return Err(Error::Internal(
             "a snapshot needs at least one segment".into(),
         ));
     };
@@ -170,12 +170,7 @@ pub(crate) fn save(dir: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Removes a snapshot that no longer matches the log.
 pub(crate) fn remove(dir: &Path) -> Result<()> {
-    let path = dir.join(SNAPSHOT_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(&path, e)),
-    }
+    remove_if_exists(&dir.join(SNAPSHOT_FILE))
 }
 
 /// Reads and checks a snapshot; `Ok(None)` if there is none, `Err(reason)` if it is unusable.

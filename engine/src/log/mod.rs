@@ -277,7 +277,7 @@ impl Log {
         self.commit.check()?;
         let len = batch.len() as u64;
         if app.pos + len > app.active.capacity() {
-            return Err(Error::BadArgument(format!(
+            return Err(Error::Internal(format!(
                 "a batch of {len} bytes was appended without reserving room"
             )));
         }

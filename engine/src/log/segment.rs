@@ -311,7 +311,7 @@ impl Segment {
         map_len: u64,
     ) -> Result<Segment> {
         let map_len = usize::try_from(map_len)
-            .map_err(|_| Error::Config("segment too large to map".into()))?;
+            .map_err(|_| Error::Internal("segment too large to map".into()))?;
         // SAFETY: the file is owned by this store, which holds the directory lock,
         // so no other logkv process writes it; this process only appends past what
         // readers may look at and never truncates below it while mapped. Pages past

@@ -1,19 +1,13 @@
-//! Watches: change streams fed from the log.
+//! Watches: change streams read from the log.
 //!
-//! The path of an event: a write appends its records, applies them to the
-//! index, and — still under the index write lock — publishes the new log end
-//! and revision to the bucket's [`WatchHub`]: one uncontended mutex, two
-//! stores, and a condvar broadcast only if some watcher is blocked. After the
-//! index lock is released it pokes the few change listeners (e.g. one per
-//! bucket in the server). That is all the writer does: nothing per watcher,
-//! no queue to fill.
-//!
-//! Each [`Watch`] keeps its own cursor into the log (segment + offset) and
-//! decodes records itself, at its own pace, up to the published end. The log
-//! is the buffer: a watcher that never reads costs the writer nothing and
-//! holds no memory but its cursor. Revisions in the log are consecutive; a
-//! watcher that finds a gap (compaction removed records it had not read yet)
-//! reports [`WatchEvent::Lost`] and ends.
+//! A write publishes the new log end to the bucket's watch hub
+//! (`watch_hub.rs`) and does nothing per watcher. Each [`Watch`] keeps its own
+//! cursor into the log (segment + offset) and decodes records itself, at its
+//! own pace, up to the published end. The log is the buffer: a watcher that
+//! never reads costs the writer nothing and holds no memory but its cursor.
+//! Revisions in the log are consecutive; a watcher that finds a gap
+//! (compaction removed records it had not read yet) reports
+//! [`WatchEvent::Lost`] and ends.
 //!
 //! Initial data (the latest entry of each matching key, or its retained
 //! history) is taken from the index under the same lock that the writer holds
@@ -26,9 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::bucket::BucketCore;
+use super::{effective_expiry, BucketCore, KeepStoreOpen};
 use crate::entry::{Entry, Op};
 use crate::error::{Error, Result};
 use crate::index::RecordRef;
@@ -36,106 +29,6 @@ use crate::key::Subject;
 use crate::log::record::{decode, Decoded};
 use crate::log::segment::Segment;
 use crate::log::LogPos;
-use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
-
-/// The meeting point of one bucket's writer and its watchers.
-pub(crate) struct WatchHub {
-    /// Log position just past the last visible write.
-    end: AtomicU64,
-    /// Its revision.
-    revision: AtomicU64,
-    closed: AtomicBool,
-    /// Watchers blocked in `wait_past`; changes of `end` and `closed` happen under this lock.
-    waiters: Mutex<usize>,
-    changed: Condvar,
-    listeners: parking_lot::Mutex<Vec<Sender<()>>>,
-}
-
-impl WatchHub {
-    pub fn new(end: LogPos, revision: u64) -> WatchHub {
-        WatchHub {
-            end: AtomicU64::new(end.to_bits()),
-            revision: AtomicU64::new(revision),
-            closed: AtomicBool::new(false),
-            waiters: Mutex::new(0),
-            changed: Condvar::new(),
-            listeners: parking_lot::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Publishes a new end and wakes blocked watchers; called by the writer
-    /// under the index write lock.
-    pub fn publish(&self, end: LogPos, revision: u64) {
-        let waiters = lock(&self.waiters);
-        // End first, revision second; `published` reads them the other way
-        // round, so a reader that sees a revision also sees its end.
-        self.end.store(end.to_bits(), Ordering::SeqCst);
-        self.revision.store(revision, Ordering::SeqCst);
-        if *waiters > 0 {
-            self.changed.notify_all();
-        }
-    }
-
-    /// Pokes the change listeners; called by the writer after the index lock is released.
-    pub fn wake(&self) {
-        let mut listeners = self.listeners.lock();
-        if !listeners.is_empty() {
-            listeners.retain(|tx| !matches!(tx.try_send(()), Err(TrySendError::Disconnected(()))));
-        }
-    }
-
-    /// The published end and revision.
-    pub fn published(&self) -> (LogPos, u64) {
-        let revision = self.revision.load(Ordering::SeqCst);
-        (LogPos::from_bits(self.end.load(Ordering::SeqCst)), revision)
-    }
-
-    /// Ends every watch of this bucket (it was dropped).
-    pub fn close(&self) {
-        let _g = lock(&self.waiters);
-        self.closed.store(true, Ordering::SeqCst);
-        self.changed.notify_all();
-        self.listeners.lock().clear();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// Blocks until the published end passes `pos`, the hub closes, or `deadline`.
-    pub fn wait_past(&self, pos: LogPos, deadline: Option<Instant>) {
-        let mut g = lock(&self.waiters);
-        *g += 1;
-        while LogPos::from_bits(self.end.load(Ordering::SeqCst)) <= pos && !self.is_closed() {
-            match deadline {
-                None => g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break;
-                    }
-                    g = match self.changed.wait_timeout(g, d - now) {
-                        Ok((g, _)) => g,
-                        Err(e) => e.into_inner().0,
-                    };
-                }
-            }
-        }
-        *g -= 1;
-    }
-
-    /// A channel that receives a token (coalesced) after writes; for event loops
-    /// that cannot block in [`Watch::recv`].
-    pub fn listen(&self) -> Receiver<()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.listeners.lock().push(tx);
-        rx
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What a watch delivers and from where.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,7 +69,7 @@ pub struct Watch {
     /// This watch's own copy of the bucket name: entries clone it, and a
     /// reference count shared by every watch would bounce between cores.
     bucket: Arc<str>,
-    _keep: Arc<dyn std::any::Any + Send + Sync>,
+    _store: KeepStoreOpen,
     subject: Subject,
     opts: WatchOptions,
     initial: VecDeque<(String, RecordRef)>,
@@ -201,9 +94,10 @@ impl std::fmt::Debug for Watch {
 }
 
 impl Watch {
-    pub(crate) fn start(
+    /// Starts a watch on the keys of `core` matching `pattern`.
+    pub(super) fn start(
         core: Arc<BucketCore>,
-        keep: Arc<dyn std::any::Any + Send + Sync>,
+        store: KeepStoreOpen,
         pattern: &str,
         opts: WatchOptions,
     ) -> Result<Watch> {
@@ -241,14 +135,7 @@ impl Watch {
                 }
             }
             picked.sort_unstable_by_key(|(_, r)| r.revision);
-            let mut segments = HashMap::new();
-            for (_, r) in &picked {
-                if let std::collections::hash_map::Entry::Vacant(v) = segments.entry(r.slot) {
-                    if let Some(s) = core.log.segment(r.slot) {
-                        v.insert(s);
-                    }
-                }
-            }
+            let segments = core.segments_of(picked.iter().map(|(_, r)| r.slot));
             (picked, end, revision, segments)
         };
         let tail = core.log.segment_by_seq(end.seq());
@@ -256,7 +143,7 @@ impl Watch {
             bucket: Arc::from(&*core.name),
             counted: opts.from_revision.is_none(),
             core,
-            _keep: keep,
+            _store: store,
             subject,
             opts,
             initial: initial.into(),
@@ -426,8 +313,7 @@ impl Watch {
         if !self.subject.matches(key) || (self.opts.ignore_deletes && h.op != Op::Put) {
             return Step::Skip;
         }
-        let expires =
-            crate::bucket::effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
+        let expires = effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
         let entry = Entry {
             bucket: Arc::clone(&self.bucket),
             key: key.to_string(),
@@ -465,82 +351,5 @@ impl Iterator for Watch {
             Err(Error::Closed) => None,
             other => Some(other),
         }
-    }
-}
-
-/// Model checks of the writer → watcher handoff (`RUSTFLAGS="--cfg loom"`):
-/// no interleaving loses a wake-up or lets a watcher miss a published write.
-#[cfg(all(test, loom))]
-mod loom_tests {
-    use super::WatchHub;
-    use crate::log::LogPos;
-    use loom::sync::Arc;
-
-    /// A position in the first segment.
-    fn at(offset: u64) -> LogPos {
-        LogPos::new(1, offset)
-    }
-
-    #[test]
-    fn loom_publish_wakes_a_waiting_watcher() {
-        loom::model(|| {
-            let hub = Arc::new(WatchHub::new(at(0), 0));
-            let writer = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || {
-                    hub.publish(at(10), 1);
-                    hub.wake();
-                })
-            };
-            hub.wait_past(at(0), None);
-            assert_eq!(hub.published(), (at(10), 1));
-            writer.join().unwrap();
-        });
-    }
-
-    #[test]
-    fn loom_two_writes_two_watchers_see_the_last() {
-        loom::model(|| {
-            let hub = Arc::new(WatchHub::new(at(0), 0));
-            let writer = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || {
-                    hub.publish(at(5), 1);
-                    hub.wake();
-                    hub.publish(at(9), 2);
-                    hub.wake();
-                })
-            };
-            let watcher = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || {
-                    let mut seen = at(0);
-                    while seen < at(9) {
-                        hub.wait_past(seen, None);
-                        let (end, _) = hub.published();
-                        assert!(end > seen, "woken without progress");
-                        seen = end;
-                    }
-                })
-            };
-            hub.wait_past(at(4), None);
-            assert!(hub.published().0 >= at(5));
-            writer.join().unwrap();
-            watcher.join().unwrap();
-        });
-    }
-
-    #[test]
-    fn loom_close_releases_a_waiter() {
-        loom::model(|| {
-            let hub = Arc::new(WatchHub::new(at(0), 0));
-            let closer = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || hub.close())
-            };
-            hub.wait_past(at(0), None);
-            assert!(hub.is_closed());
-            closer.join().unwrap();
-        });
     }
 }
