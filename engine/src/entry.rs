@@ -140,12 +140,14 @@ impl WriteOp {
     }
 
     /// Give the value a time to live (PUT, CREATE, UPDATE, CAS).
+    #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> WriteOp {
         self.ttl = Some(ttl);
         self
     }
 
     /// Return the key's live entry from before this write in [`Written::previous`].
+    #[must_use]
     pub fn returning_previous(mut self) -> WriteOp {
         self.return_previous = true;
         self

@@ -32,12 +32,13 @@ pub enum IKey {
 impl IKey {
     /// Stores `key`, inline if it fits.
     pub fn new(key: &[u8]) -> IKey {
-        if key.len() <= INLINE {
-            let mut buf = [0; INLINE];
-            buf[..key.len()].copy_from_slice(key);
-            IKey::Inline(key.len() as u8, buf)
-        } else {
-            IKey::Heap(key.into())
+        let mut buf = [0; INLINE];
+        match (buf.get_mut(..key.len()), u8::try_from(key.len())) {
+            (Some(head), Ok(len)) => {
+                head.copy_from_slice(key);
+                IKey::Inline(len, buf)
+            }
+            _ => IKey::Heap(key.into()),
         }
     }
 
@@ -45,7 +46,7 @@ impl IKey {
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            IKey::Inline(len, buf) => &buf[..*len as usize],
+            IKey::Inline(len, buf) => buf.get(..usize::from(*len)).unwrap_or_default(),
             IKey::Heap(b) => b,
         }
     }
@@ -103,7 +104,14 @@ pub struct RecordRef {
 }
 
 impl RecordRef {
-    /// A revision at `offset` of segment `slot`, `len` bytes long.
+    /// A revision at `offset` of segment `slot`, `len` bytes long. The
+    /// caller guarantees `offset` fits 32 bits (segments are at most 4 GiB)
+    /// and `len` 30 bits (a record is at most a key, a 256 MiB value and a
+    /// header).
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "offset and len are in range by the caller's guarantee (checked in debug builds)"
+    )]
     pub fn new(
         revision: u64,
         expires_ms: u64,
@@ -112,7 +120,7 @@ impl RecordRef {
         len: usize,
         op: Op,
     ) -> RecordRef {
-        debug_assert!(len < 1 << 30 && offset <= u32::MAX as u64);
+        debug_assert!(len < 1 << 30 && u32::try_from(offset).is_ok());
         RecordRef {
             revision,
             expires_ms,
@@ -190,7 +198,7 @@ impl Index {
     fn revs_of(&self, latest: &RecordRef) -> Vec<RecordRef> {
         let mut out = match latest.older {
             0 => Vec::with_capacity(1),
-            slot => self.slab[slot as usize - 1].clone(),
+            slot => self.older(slot).clone(),
         };
         out.push(latest.bare());
         out
@@ -199,9 +207,9 @@ impl Index {
     /// Calls `f` with every retained revision of `latest`'s key, oldest first.
     pub fn for_each_rev(&self, latest: &RecordRef, mut f: impl FnMut(&RecordRef)) {
         if latest.older != 0 {
-            self.slab[latest.older as usize - 1].iter().for_each(&mut f);
+            self.older(latest.older).iter().for_each(&mut f);
         }
-        f(&latest.bare())
+        f(&latest.bare());
     }
 
     /// The retained revision `revision` of `key`.
@@ -213,7 +221,7 @@ impl Index {
         if latest.older == 0 {
             return None;
         }
-        self.slab[latest.older as usize - 1]
+        self.older(latest.older)
             .iter()
             .find(|r| r.revision == revision)
             .copied()
@@ -280,25 +288,43 @@ impl Index {
 
     fn retire(&mut self, rev: RecordRef, removed: &mut Vec<RecordRef>) {
         self.values -= 1;
-        self.expiring -= (rev.expires_ms != 0) as u64;
+        self.expiring -= u64::from(rev.expires_ms != 0);
         self.bytes -= rev.len() as u64;
         *self.dead.entry(rev.slot).or_default() += rev.len() as u64;
         removed.push(rev.bare());
     }
 
-    fn alloc_slot(&mut self) -> u32 {
-        match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slab.push(Vec::new());
-                self.slab.len() as u32
-            }
-        }
+    /// The older revisions in slab slot `slot` (a key's `older`: 1-based).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "a non-zero `older` is a slot alloc_slot handed out (1..=slab.len()) and not freed while a key holds it"
+    )]
+    fn older(&self, slot: u32) -> &Vec<RecordRef> {
+        &self.slab[slot as usize - 1]
     }
 
+    /// [`Index::older`], to change.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "a non-zero `older` is a slot alloc_slot handed out (1..=slab.len()) and not freed while a key holds it"
+    )]
+    fn older_mut(&mut self, slot: u32) -> &mut Vec<RecordRef> {
+        &mut self.slab[slot as usize - 1]
+    }
+
+    /// A free slab slot (1-based).
+    fn alloc_slot(&mut self) -> u32 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        self.slab.push(Vec::new());
+        slab_slot(self.slab.len())
+    }
+
+    /// Frees slab slot `slot`; returns what it held.
     fn free_slot(&mut self, slot: u32) -> Vec<RecordRef> {
         self.free.push(slot);
-        std::mem::take(&mut self.slab[slot as usize - 1])
+        std::mem::take(self.older_mut(slot))
     }
 
     /// Applies a new revision of `key` with retention: a PURGE drops every
@@ -313,16 +339,16 @@ impl Index {
     ) {
         let new = new.bare();
         self.values += 1;
-        self.expiring += (new.expires_ms != 0) as u64;
+        self.expiring += u64::from(new.expires_ms != 0);
         self.bytes += new.len() as u64;
-        let is_put = (new.op() == Op::Put) as u64;
+        let is_put = u64::from(new.op() == Op::Put);
         let Some(slot) = self.map.get_mut(key) else {
             self.map.insert(IKey::new(key), new);
             self.put_keys += is_put;
             return;
         };
         let old = *slot;
-        self.put_keys = self.put_keys + is_put - (old.op() == Op::Put) as u64;
+        self.put_keys = self.put_keys + is_put - u64::from(old.op() == Op::Put);
         if new.op() == Op::Purge || history <= 1 {
             *slot = new;
             self.retire(old.bare(), removed);
@@ -338,13 +364,13 @@ impl Index {
         } else {
             old.older
         };
-        let mut older = std::mem::take(&mut self.slab[s as usize - 1]);
+        let mut older = std::mem::take(self.older_mut(s));
         older.push(old.bare());
         let excess = (older.len() + 1).saturating_sub(history);
         for r in older.drain(..excess) {
             self.retire(r, removed);
         }
-        self.slab[s as usize - 1] = older;
+        *self.older_mut(s) = older;
         let mut latest = new;
         latest.older = s;
         // `map.get_mut` again: `retire` needed `&mut self`.
@@ -369,24 +395,21 @@ impl Index {
         } else {
             self.free_slot(latest.older)
         };
-        let mut n = 0;
-        while n < older.len() && drop(&older[n]) {
-            n += 1;
-        }
+        let n = older.iter().take_while(|r| drop(r)).count();
         let all_older_gone = n == older.len();
         for r in older.drain(..n) {
             self.retire(r, removed);
         }
         if all_older_gone && drop(&latest.bare()) {
             self.map.remove(key);
-            self.put_keys -= (latest.op() == Op::Put) as u64;
+            self.put_keys -= u64::from(latest.op() == Op::Put);
             self.retire(latest.bare(), removed);
             return;
         }
         let mut keep = latest.bare();
         if !older.is_empty() {
             let s = self.alloc_slot();
-            self.slab[s as usize - 1] = older;
+            *self.older_mut(s) = older;
             keep.older = s;
         }
         self.map.insert(IKey::new(key), keep);
@@ -418,7 +441,7 @@ impl Index {
         }
         match latest.older {
             0 => false,
-            s => self.slab[s as usize - 1].iter_mut().any(fix),
+            s => self.older_mut(s).iter_mut().any(fix),
         }
     }
 
@@ -433,16 +456,16 @@ impl Index {
                 for r in &revs {
                     ix.values += 1;
                     ix.bytes += r.len() as u64;
-                    ix.expiring += (r.expires_ms != 0) as u64;
+                    ix.expiring += u64::from(r.expires_ms != 0);
                 }
                 let mut latest = revs
                     .pop()
                     .unwrap_or(RecordRef::new(0, 0, 0, 0, 0, Op::Del))
                     .bare();
-                ix.put_keys += (latest.op() == Op::Put) as u64;
+                ix.put_keys += u64::from(latest.op() == Op::Put);
                 if !revs.is_empty() {
                     slab.push(revs);
-                    latest.older = slab.len() as u32;
+                    latest.older = slab_slot(slab.len());
                 }
                 (key, latest)
             })
@@ -479,6 +502,15 @@ impl Index {
     }
 }
 
+/// The 1-based slab slot of the slab's `len`-th entry.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "one slab entry per key with older revisions: four billion keys would take hundreds of GiB of index first"
+)]
+fn slab_slot(len: usize) -> u32 {
+    len as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,8 +538,8 @@ mod tests {
         let mut ik: Vec<IKey> = keys.iter().map(|k| IKey::new(k.as_bytes())).collect();
         ik.sort();
         let mut sorted: Vec<&str> = keys.to_vec();
-        sorted.sort();
-        assert_eq!(ik.iter().map(|k| k.as_str()).collect::<Vec<_>>(), sorted);
+        sorted.sort_unstable();
+        assert_eq!(ik.iter().map(IKey::as_str).collect::<Vec<_>>(), sorted);
     }
 
     #[test]

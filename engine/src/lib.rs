@@ -2,7 +2,7 @@
 //!
 //! Data lives in buckets. Each bucket has its own append-only log of
 //! checksummed records, an in-memory index from key to its retained
-//! revisions, and its own revision counter. Semantics follow NATS JetStream
+//! revisions, and its own revision counter. Semantics follow NATS `JetStream`
 //! key/value buckets: revisions, create/update, delete vs purge, history.
 //!
 //! ```
@@ -25,6 +25,11 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// A panic in the engine takes the whole store (or server) down: no unwrap on
+// what the disk, a caller or a peer can cause, no index that is not proven in
+// range (`get` or checked code returns a typed error instead).
+#![warn(clippy::unwrap_used, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::indexing_slicing))]
 
 mod bucket;
 pub mod clock;

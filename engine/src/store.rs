@@ -111,7 +111,7 @@ impl Store {
                 segments = report.segments,
                 records = report.records,
                 truncated_bytes = report.truncated_bytes,
-                ms = started.elapsed().as_millis() as u64,
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "bucket recovered"
             );
             recovery.push((name.clone(), report));

@@ -11,6 +11,7 @@
 //! The hub knows nothing of buckets: the bucket depends on it, never the
 //! other way round. Its publish/wake handoff is model-checked with loom.
 
+use std::sync::PoisonError;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -90,7 +91,7 @@ impl WatchHub {
         *g += 1;
         while LogPos::from_bits(self.end.load(Ordering::SeqCst)) <= pos && !self.is_closed() {
             match deadline {
-                None => g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+                None => g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
@@ -118,7 +119,7 @@ impl WatchHub {
 /// Locks `m`; a poisoned lock is taken as it is (it guards a counter that a
 /// panic cannot leave half-updated).
 fn lock<T>(m: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Model checks of the writer → watcher handoff (`RUSTFLAGS="--cfg loom"`):

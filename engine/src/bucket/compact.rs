@@ -39,10 +39,49 @@ struct Copied {
     revision: u64,
     /// Where it was: segment slot and offset.
     from: (u32, u32),
-    /// Where it is in the output's body (after the header).
-    body_offset: u64,
+    /// Its offset in the output segment.
+    to_offset: u32,
     /// Its length.
     len: u64,
+}
+
+/// The output segment of a pass, as it is being filled.
+struct Output {
+    /// Length of its header: records start there.
+    header_len: usize,
+    /// The checksum salt of its header.
+    salt: u32,
+    /// The records after the header.
+    body: Vec<u8>,
+    /// Each copied record, in order.
+    copies: Vec<Copied>,
+}
+
+impl Output {
+    /// Copies the record `bytes` (of `key` at `revision`, at `from` in its
+    /// input) as a batch of its own: batches were applied long ago.
+    fn add(&mut self, key: &[u8], revision: u64, from: (u32, u32), bytes: &[u8]) -> Result<()> {
+        let start = self.body.len();
+        let to_offset = segment_offset(self.header_len + start)?;
+        self.body.extend_from_slice(bytes);
+        if let Some(copy) = self.body.get_mut(start..) {
+            record::make_standalone(copy, self.salt);
+        }
+        self.copies.push(Copied {
+            key: key.to_vec(),
+            revision,
+            from,
+            to_offset,
+            len: bytes.len() as u64,
+        });
+        Ok(())
+    }
+}
+
+/// A byte offset in a segment as the index holds it (32 bits: a segment is
+/// at most 4 GiB, see `Log::rotate`).
+fn segment_offset(at: usize) -> Result<u32> {
+    u32::try_from(at).map_err(|_| Error::Internal(format!("segment offset {at} over 32 bits")))
 }
 
 /// How many records or relocations one lock hold covers.
@@ -204,69 +243,33 @@ impl BucketCore {
         Ok(report)
     }
 
+    /// Compacts one run of consecutive sealed segments into one output.
     fn compact_run(&self, run: &[Arc<Segment>], report: &mut CompactionReport) -> Result<()> {
         let ids: Vec<SegmentId> = run.iter().map(|s| s.id).collect();
+        let Some(first) = ids.first() else {
+            return Ok(());
+        };
         let header = SegmentHeader::new(
             SegmentId {
-                seq: ids[0].seq,
+                seq: first.seq,
                 gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1,
             },
             self.last_rev.load(Ordering::Acquire),
             ids.clone(),
         );
         // 1. Copy what the index still points at.
-        let mut body: Vec<u8> = Vec::new();
-        let mut copies: Vec<Copied> = Vec::new();
+        let mut output = Output {
+            header_len: header.encoded_len(),
+            salt: header.salt,
+            body: Vec::new(),
+            copies: Vec::new(),
+        };
         for seg in run {
             report.bytes_before += seg.file_len()?;
-            let data = seg.range(0, seg.data_end());
-            let mut at = seg.data_start as usize;
-            while at < data.len() {
-                let ix = self.index.read();
-                for _ in 0..CHUNK {
-                    if at >= data.len() {
-                        break;
-                    }
-                    let r = match decode(&data[at..], seg.header.salt) {
-                        Decoded::Record(r) => r,
-                        Decoded::End => {
-                            at = data.len();
-                            break;
-                        }
-                        Decoded::Invalid(why) => {
-                            return Err(Error::Corrupt {
-                                path: seg.path.clone(),
-                                offset: at as u64,
-                                reason: why.to_string(),
-                            })
-                        }
-                    };
-                    let len = r.header.record_len();
-                    let here = (seg.slot, at as u32);
-                    let retained = ix
-                        .find(r.key, r.header.revision)
-                        .is_some_and(|rev| (rev.slot, rev.offset) == here);
-                    if retained {
-                        let start = body.len();
-                        body.extend_from_slice(&data[at..at + len]);
-                        // Batches were applied long ago; a copy stands alone.
-                        record::make_standalone(&mut body[start..], header.salt);
-                        copies.push(Copied {
-                            key: r.key.to_vec(),
-                            revision: r.header.revision,
-                            from: here,
-                            body_offset: start as u64,
-                            len: len as u64,
-                        });
-                        report.records_kept += 1;
-                    } else {
-                        report.records_dropped += 1;
-                    }
-                    at += len;
-                }
-            }
+            self.copy_retained(seg, &mut output, report)?;
         }
         report.segments_in += run.len();
+        let Output { body, copies, .. } = output;
 
         if copies.is_empty() {
             // Nothing retained: the inputs can go as they are. Deleting them one
@@ -278,7 +281,6 @@ impl BucketCore {
         }
 
         // 2. Write the output and give it its final name.
-        let base = header.encoded_len() as u64;
         let tmp = Segment::write_tmp(&self.dir, &header, &body)?;
         crash_point!(self, AfterTmpWritten);
         let out = Arc::new(Segment::install(
@@ -297,14 +299,62 @@ impl BucketCore {
         for chunk in copies.chunks(CHUNK) {
             let mut ix = self.index.write();
             for c in chunk {
-                let to = (out.slot, (base + c.body_offset) as u32);
-                if ix.relocate(&c.key, c.revision, c.from, to) {
+                if ix.relocate(&c.key, c.revision, c.from, (out.slot, c.to_offset)) {
                     moved += c.len;
                 }
             }
         }
         crash_point!(self, AfterRelocate);
         self.retire_inputs(run, &ids, Some(&out), body.len() as u64 - moved)
+    }
+
+    /// Copies the records of `seg` that the index still points at into
+    /// `output`, checking them against the index in short read-lock holds.
+    fn copy_retained(
+        &self,
+        seg: &Segment,
+        output: &mut Output,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        let data = seg.range(0, seg.data_end());
+        let corrupt = |at: usize, reason: String| Error::Corrupt {
+            path: seg.path.clone(),
+            offset: at as u64,
+            reason,
+        };
+        let mut at = usize::try_from(seg.data_start)
+            .map_err(|_| corrupt(0, "header longer than memory".into()))?;
+        while at < data.len() {
+            let ix = self.index.read();
+            for _ in 0..CHUNK {
+                let Some(rest) = data.get(at..).filter(|rest| !rest.is_empty()) else {
+                    break;
+                };
+                let r = match decode(rest, seg.header.salt) {
+                    Decoded::Record(r) => r,
+                    Decoded::End => {
+                        at = data.len();
+                        break;
+                    }
+                    Decoded::Invalid(why) => return Err(corrupt(at, why.to_string())),
+                };
+                let len = r.header.record_len();
+                let here = (seg.slot, segment_offset(at)?);
+                let retained = ix
+                    .find(r.key, r.header.revision)
+                    .is_some_and(|rev| (rev.slot, rev.offset) == here);
+                if retained {
+                    // `decode` found the whole record in `rest`.
+                    let bytes = rest.get(..len).unwrap_or_default();
+                    output.add(r.key, r.header.revision, here, bytes)?;
+                    report.records_kept += 1;
+                } else {
+                    report.records_dropped += 1;
+                }
+                at += len;
+            }
+        }
+        Ok(())
     }
 
     /// Takes compacted inputs out of the table and deletes their files.

@@ -28,7 +28,7 @@ impl std::fmt::Debug for Bucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bucket")
             .field("name", &self.core.name())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,20 +115,20 @@ impl Bucket {
         self.core.wait_durable(ticket)
     }
 
-    fn write_one(&self, op: WriteOp) -> Result<Written> {
-        let mut out = self.core.write(std::slice::from_ref(&op))?;
+    fn write_one(&self, op: &WriteOp) -> Result<Written> {
+        let mut out = self.core.write(std::slice::from_ref(op))?;
         out.pop().ok_or(Error::Closed)
     }
 
     /// Stores a value; returns its revision.
     pub fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64> {
-        Ok(self.write_one(WriteOp::put(key, value))?.revision)
+        Ok(self.write_one(&WriteOp::put(key, value))?.revision)
     }
 
     /// Stores a value that expires after `ttl`; returns its revision.
     pub fn put_with_ttl(&self, key: &str, value: impl Into<Bytes>, ttl: Duration) -> Result<u64> {
         Ok(self
-            .write_one(WriteOp::put(key, value).with_ttl(ttl))?
+            .write_one(&WriteOp::put(key, value).with_ttl(ttl))?
             .revision)
     }
 
@@ -138,52 +138,52 @@ impl Bucket {
         key: &str,
         value: impl Into<Bytes>,
     ) -> Result<(u64, Option<Entry>)> {
-        let w = self.write_one(WriteOp::put(key, value).returning_previous())?;
+        let w = self.write_one(&WriteOp::put(key, value).returning_previous())?;
         Ok((w.revision, w.previous))
     }
 
     /// Stores a value only if the key has no live value; [`Error::Exists`] otherwise.
     pub fn create(&self, key: &str, value: impl Into<Bytes>) -> Result<u64> {
-        Ok(self.write_one(WriteOp::create(key, value))?.revision)
+        Ok(self.write_one(&WriteOp::create(key, value))?.revision)
     }
 
     /// Stores a value only if `revision` is the key's latest (see [`WriteOp::update`]).
     pub fn update(&self, key: &str, value: impl Into<Bytes>, revision: u64) -> Result<u64> {
         Ok(self
-            .write_one(WriteOp::update(key, value, revision))?
+            .write_one(&WriteOp::update(key, value, revision))?
             .revision)
     }
 
     /// Compare-and-swap by value (see [`WriteOp::cas`]).
     pub fn cas(&self, key: &str, new: impl Into<Bytes>, expected: Option<&[u8]>) -> Result<u64> {
         let expected = expected.map(Bytes::copy_from_slice);
-        Ok(self.write_one(WriteOp::cas(key, new, expected))?.revision)
+        Ok(self.write_one(&WriteOp::cas(key, new, expected))?.revision)
     }
 
     /// Writes a DEL marker; returns its revision.
     pub fn delete(&self, key: &str) -> Result<u64> {
-        Ok(self.write_one(WriteOp::delete(key))?.revision)
+        Ok(self.write_one(&WriteOp::delete(key))?.revision)
     }
 
     /// Writes a DEL marker if `revision` is the key's latest; [`Error::WrongRevision`] otherwise.
     pub fn delete_at(&self, key: &str, revision: u64) -> Result<u64> {
-        Ok(self.write_one(WriteOp::delete_at(key, revision))?.revision)
+        Ok(self.write_one(&WriteOp::delete_at(key, revision))?.revision)
     }
 
     /// Writes a DEL marker and returns the live entry it deleted.
     pub fn delete_returning(&self, key: &str) -> Result<(u64, Option<Entry>)> {
-        let w = self.write_one(WriteOp::delete(key).returning_previous())?;
+        let w = self.write_one(&WriteOp::delete(key).returning_previous())?;
         Ok((w.revision, w.previous))
     }
 
     /// Writes a PURGE marker; every earlier revision of the key is dropped.
     pub fn purge(&self, key: &str) -> Result<u64> {
-        Ok(self.write_one(WriteOp::purge(key))?.revision)
+        Ok(self.write_one(&WriteOp::purge(key))?.revision)
     }
 
     /// Writes a new PUT with the value of retained revision `revision`.
     pub fn revert(&self, key: &str, revision: u64) -> Result<u64> {
-        Ok(self.write_one(WriteOp::revert(key, revision))?.revision)
+        Ok(self.write_one(&WriteOp::revert(key, revision))?.revision)
     }
 
     /// Live keys matching a subject pattern (`*` one token, `>` the rest), in key order.

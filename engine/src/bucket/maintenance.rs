@@ -142,7 +142,7 @@ impl BucketCore {
                     if r.expired(now) {
                         picked.push((k.as_str().to_string(), *r, self.log.segment(r.slot)));
                     }
-                })
+                });
             },
             |candidates| {
                 // The index keeps only the earlier of the two expiries; the record

@@ -32,6 +32,10 @@ use crate::log::LogPos;
 
 /// What a watch delivers and from where.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, one per WATCH keyword"
+)]
 pub struct WatchOptions {
     /// Initial data holds every retained entry of matching keys, not just the latest.
     pub include_history: bool,
@@ -89,7 +93,7 @@ impl std::fmt::Debug for Watch {
         f.debug_struct("Watch")
             .field("subject", &self.subject.as_str())
             .field("last_seen", &self.last_seen)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,10 +233,11 @@ impl Watch {
         e
     }
 
-    fn lost(&mut self) -> Result<Option<WatchEvent>> {
+    /// Ends the watch: records it had not read were compacted away.
+    fn lost(&mut self) -> WatchEvent {
         self.ended = true;
         let first_retained = self.core.first_retained_revision();
-        Ok(Some(WatchEvent::Lost { first_retained }))
+        WatchEvent::Lost { first_retained }
     }
 
     /// Reads the log from the cursor up to the published end.
@@ -243,27 +248,23 @@ impl Watch {
             // clone per record would make every watch hammer one shared count.
             let Some(seg) = self.tail.take() else {
                 // The segment the watch started in is gone already: start at the first one.
-                match self.core.log.segments().into_iter().next() {
-                    Some(s) => {
-                        self.offset = s.data_start;
-                        self.tail = Some(s);
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
+                let Some(first) = self.core.log.segments().into_iter().next() else {
+                    return Ok(None);
+                };
+                self.offset = first.data_start;
+                self.tail = Some(first);
+                continue;
             };
             let step = self.read_one(&seg, end, published_rev);
             match step {
-                Step::Next => match self.core.log.segment_after(seg.id.seq) {
-                    Some(next) => {
-                        self.offset = next.data_start;
-                        self.tail = Some(next);
-                    }
-                    None => {
+                Step::Next => {
+                    let Some(next) = self.core.log.segment_after(seg.id.seq) else {
                         self.tail = Some(seg);
                         return Ok(None);
-                    }
-                },
+                    };
+                    self.offset = next.data_start;
+                    self.tail = Some(next);
+                }
                 Step::Skip => self.tail = Some(seg),
                 Step::Done(result) => {
                     self.tail = Some(seg);
@@ -279,7 +280,7 @@ impl Watch {
             if self.last_seen < published_rev {
                 // At the end of the log without having seen every revision:
                 // compaction removed records this watch had not read.
-                return Step::Done(self.lost());
+                return Step::Done(Ok(Some(self.lost())));
             }
             return Step::Done(Ok(None));
         }
@@ -305,7 +306,7 @@ impl Watch {
                 self.offset += h.record_len() as u64;
                 return Step::Skip;
             }
-            return Step::Done(self.lost());
+            return Step::Done(Ok(Some(self.lost())));
         }
         self.last_seen = h.revision;
         self.offset += h.record_len() as u64;

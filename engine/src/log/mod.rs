@@ -153,34 +153,31 @@ impl Log {
         rec.segments
             .iter()
             .for_each(|s| segments.insert(Arc::clone(s)));
-        let (active, pos) = match rec.segments.last() {
-            Some(last) => {
-                // Re-map the last segment at full capacity so appends can grow into it
-                // (same slot: the index already points at it).
-                let active = Arc::new(Segment::open(
-                    &last.path,
-                    last.slot,
-                    Some(cfg.segment_size),
-                )?);
-                let pos = rec.tail.max(last.data_start);
-                active.set_data_end(pos);
-                segments.insert(Arc::clone(&active));
-                (active, pos)
-            }
-            None => {
-                let header =
-                    SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
-                let active = Arc::new(Segment::create(
-                    dir,
-                    alloc(),
-                    header,
-                    cfg.segment_size,
-                    cfg.prealloc_chunk(),
-                )?);
-                segments.insert(Arc::clone(&active));
-                let pos = active.data_start;
-                (active, pos)
-            }
+        let (active, pos) = if let Some(last) = rec.segments.last() {
+            // Re-map the last segment at full capacity so appends can grow into it
+            // (same slot: the index already points at it).
+            let active = Arc::new(Segment::open(
+                &last.path,
+                last.slot,
+                Some(cfg.segment_size),
+            )?);
+            let pos = rec.tail.max(last.data_start);
+            active.set_data_end(pos);
+            segments.insert(Arc::clone(&active));
+            (active, pos)
+        } else {
+            let header =
+                SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
+            let active = Arc::new(Segment::create(
+                dir,
+                alloc(),
+                header,
+                cfg.segment_size,
+                cfg.prealloc_chunk(),
+            )?);
+            segments.insert(Arc::clone(&active));
+            let pos = active.data_start;
+            (active, pos)
         };
         let file_len = active.file_len()?;
         let end = LogPos::new(active.id.seq, pos);
@@ -331,7 +328,7 @@ impl Log {
             .cfg
             .segment_size
             .max(header.encoded_len() as u64 + need);
-        if capacity > u32::MAX as u64 {
+        if capacity > u64::from(u32::MAX) {
             return Err(Error::BadArgument(format!(
                 "a batch of {need} bytes is too large for one segment"
             )));

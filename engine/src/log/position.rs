@@ -18,7 +18,7 @@ impl LogPos {
     /// Offset `offset` of the segment whose sequence number is `seq`.
     pub fn new(seq: u64, offset: u64) -> LogPos {
         debug_assert!(
-            offset <= u64::from(u32::MAX),
+            u32::try_from(offset).is_ok(),
             "segment offset {offset} over 32 bits"
         );
         LogPos((seq << 32) | offset)

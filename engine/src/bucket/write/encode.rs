@@ -44,15 +44,19 @@ impl BucketCore {
     }
 }
 
-/// The batch flags of record `j` of `n`. An atomic batch chains its records
-/// (`BATCH_MORE` on all but the last, `BATCH_CONT` on all but the first), so
-/// that recovery applies all of them or none; independent writes are
-/// batches of one.
-fn batch_flags(mode: WriteMode, j: usize, n: usize) -> u8 {
+/// The batch flags of record `index` of `count`. An atomic batch chains its
+/// records (`BATCH_MORE` on all but the last, `BATCH_CONT` on all but the
+/// first), so that recovery applies all of them or none; independent writes
+/// are batches of one.
+fn batch_flags(mode: WriteMode, index: usize, count: usize) -> u8 {
     match mode {
         WriteMode::Batch => {
-            let more = if j + 1 < n { FLAG_BATCH_MORE } else { 0 };
-            more | if j > 0 { FLAG_BATCH_CONT } else { 0 }
+            let followed = if index + 1 < count {
+                FLAG_BATCH_MORE
+            } else {
+                0
+            };
+            followed | if index > 0 { FLAG_BATCH_CONT } else { 0 }
         }
         WriteMode::Each => 0,
     }
