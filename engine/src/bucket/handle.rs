@@ -110,7 +110,7 @@ impl Bucket {
     }
 
     /// Waits until every write whose ticket is at most `ticket` is durable
-    /// (returns at once unless the fsync policy is [`FsyncPolicy::Always`]).
+    /// (returns at once unless the fsync policy is [`FsyncPolicy::Always`](crate::FsyncPolicy::Always)).
     pub fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
         self.core.wait_durable(ticket)
     }
@@ -224,7 +224,7 @@ impl Bucket {
     }
 
     /// Writes DEL markers for expired values and drops aged entries now
-    /// (the background thread does this every [`Options::sweep_interval`]).
+    /// (the background thread does this every [`Options::sweep_interval`](crate::Options::sweep_interval)).
     pub fn sweep_expired(&self) -> Result<usize> {
         self.core.sweep_expired()
     }
