@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::compact::CompactionReport;
+#[cfg(any(test, feature = "failpoints"))]
+use super::compact::CrashPoint;
 use super::watch::{Watch, WatchOptions};
 use super::{BucketCore, KeepStoreOpen};
-use crate::bucket::compact::CompactionReport;
-#[cfg(any(test, feature = "failpoints"))]
-use crate::bucket::compact::CrashPoint;
 use crate::config::BucketConfig;
 use crate::entry::{
     BucketStats, BucketStatus, DurabilityTicket, Entry, Page, Ttl, WriteOp, Written,

@@ -17,7 +17,8 @@ use crate::key::{Glob, Subject};
 const WALK_CHUNK: usize = 4096;
 
 impl BucketCore {
-    /// Loads many `(key, rev)` pairs chosen under one index lock hold.
+    /// Loads the records `collect` picks (key and index reference) under one
+    /// index lock hold, reading them after the lock is released.
     fn load_many(
         &self,
         collect: impl FnOnce(&Index) -> Vec<(String, RecordRef)>,
