@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::fsync::FsyncPolicy;
 
+/// File holding a bucket's configuration, in the bucket's directory.
+pub const CONFIG_FILE: &str = "bucket.conf";
+
 /// Options for [`crate::Store::open`].
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -86,7 +89,8 @@ impl BucketConfig {
 
     /// The bucket TTL in ms, 0 for none.
     pub fn ttl_ms(&self) -> u64 {
-        self.ttl.map_or(0, |d| d.as_millis() as u64)
+        self.ttl
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     pub(crate) fn save(&self, path: &Path) -> Result<()> {
@@ -120,7 +124,7 @@ impl BucketConfig {
             match k.trim() {
                 "version" => version = Some(n),
                 "history" => {
-                    c.history = u8::try_from(n).map_err(|_| bad(format!("history {n}")))?
+                    c.history = u8::try_from(n).map_err(|_| bad(format!("history {n}")))?;
                 }
                 "ttl_ms" => c.ttl = (n > 0).then(|| Duration::from_millis(n)),
                 "max_bytes" => c.max_bytes = n,

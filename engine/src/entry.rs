@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use crate::log::record::Op;
+use crate::log::LogPos;
 
 /// One retained revision of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,28 @@ pub struct Written {
     /// The live entry the key had before, when the write asked for it
     /// ([`WriteOp::returning_previous`]).
     pub previous: Option<Entry>,
+}
+
+/// What a write that did not wait for durability hands back: pass it to
+/// [`crate::Bucket::wait_durable`] to wait until the write is on stable storage.
+///
+/// Tickets of one bucket are ordered: waiting for the greatest of several
+/// covers them all. The default ticket stands for nothing written and needs
+/// no wait. A ticket means nothing to another bucket.
+#[must_use = "a write is not durable until its ticket has been waited for"]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurabilityTicket(LogPos);
+
+impl DurabilityTicket {
+    /// The ticket for writes that end at `end` in the log.
+    pub(crate) fn new(end: LogPos) -> DurabilityTicket {
+        DurabilityTicket(end)
+    }
+
+    /// The log position the writes end at.
+    pub(crate) fn log_end(self) -> LogPos {
+        self.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,12 +140,14 @@ impl WriteOp {
     }
 
     /// Give the value a time to live (PUT, CREATE, UPDATE, CAS).
+    #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> WriteOp {
         self.ttl = Some(ttl);
         self
     }
 
     /// Return the key's live entry from before this write in [`Written::previous`].
+    #[must_use]
     pub fn returning_previous(mut self) -> WriteOp {
         self.return_previous = true;
         self

@@ -109,6 +109,15 @@ pub enum Error {
     /// The store or bucket was closed or dropped.
     #[error("store closed")]
     Closed,
+    /// The engine found one of its own invariants broken (a bug, not a
+    /// problem of the caller's or of the disk's).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A test stopped a compaction pass at this step as if the process had
+    /// crashed there (only with the `failpoints` feature; see
+    /// `Bucket::set_compaction_crash_point`).
+    #[error("injected crash at {0}")]
+    InjectedCrash(String),
 }
 
 impl Error {
@@ -139,7 +148,9 @@ impl Error {
             | Error::Poisoned { .. }
             | Error::Config(_)
             | Error::Lost { .. }
-            | Error::Closed => "ERR",
+            | Error::Closed
+            | Error::Internal(_)
+            | Error::InjectedCrash(_) => "ERR",
         }
     }
 }

@@ -4,8 +4,10 @@
 //! Memory is the design constraint (about 100 bytes per key for a million
 //! 16-byte keys): keys of up to 22 bytes live inside the tree node ([`IKey`]),
 //! so comparisons never chase a pointer, and each key's latest revision is a
-//! 32-byte [`Rev`] in the node. Older retained revisions (history > 1) live in
-//! a side slab, referenced by a 32-bit slot number.
+//! 32-byte [`RecordRef`] in the node: where the record is in the log, with the
+//! revision, op and expiry that reads filter on without touching the log.
+//! Older retained revisions (history > 1) live in a side slab, referenced by a
+//! 32-bit slot number.
 //!
 //! Retention is applied here and only here, by [`Index::apply`], both when a
 //! write happens and when recovery replays the log, so the two always agree.
@@ -30,12 +32,13 @@ pub enum IKey {
 impl IKey {
     /// Stores `key`, inline if it fits.
     pub fn new(key: &[u8]) -> IKey {
-        if key.len() <= INLINE {
-            let mut buf = [0; INLINE];
-            buf[..key.len()].copy_from_slice(key);
-            IKey::Inline(key.len() as u8, buf)
-        } else {
-            IKey::Heap(key.into())
+        let mut buf = [0; INLINE];
+        match (buf.get_mut(..key.len()), u8::try_from(key.len())) {
+            (Some(head), Ok(len)) => {
+                head.copy_from_slice(key);
+                IKey::Inline(len, buf)
+            }
+            _ => IKey::Heap(key.into()),
         }
     }
 
@@ -43,7 +46,7 @@ impl IKey {
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            IKey::Inline(len, buf) => &buf[..*len as usize],
+            IKey::Inline(len, buf) => buf.get(..usize::from(*len)).unwrap_or_default(),
             IKey::Heap(b) => b,
         }
     }
@@ -81,9 +84,11 @@ impl std::fmt::Debug for IKey {
     }
 }
 
-/// One retained revision of a key: what it is and where its record is.
+/// The index's reference to one retained record of a key: where the record
+/// is in the log (segment slot, offset, length) and what reads filter on
+/// without reading it (revision, op, expiry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rev {
+pub struct RecordRef {
     /// The bucket revision of the record.
     pub revision: u64,
     /// When this entry stops being visible (per-key TTL or bucket max age), ms; 0 for never.
@@ -98,11 +103,25 @@ pub struct Rev {
     older: u32,
 }
 
-impl Rev {
-    /// A revision at `offset` of segment `slot`, `len` bytes long.
-    pub fn new(revision: u64, expires_ms: u64, slot: u32, offset: u64, len: usize, op: Op) -> Rev {
-        debug_assert!(len < 1 << 30 && offset <= u32::MAX as u64);
-        Rev {
+impl RecordRef {
+    /// A revision at `offset` of segment `slot`, `len` bytes long. The
+    /// caller guarantees `offset` fits 32 bits (segments are at most 4 GiB)
+    /// and `len` 30 bits (a record is at most a key, a 256 MiB value and a
+    /// header).
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "offset and len are in range by the caller's guarantee (checked in debug builds)"
+    )]
+    pub fn new(
+        revision: u64,
+        expires_ms: u64,
+        slot: u32,
+        offset: u64,
+        len: usize,
+        op: Op,
+    ) -> RecordRef {
+        debug_assert!(len < 1 << 30 && u32::try_from(offset).is_ok());
+        RecordRef {
             revision,
             expires_ms,
             slot,
@@ -137,7 +156,7 @@ impl Rev {
         self.op() == Op::Put && !self.expired(now_ms)
     }
 
-    fn bare(mut self) -> Rev {
+    fn bare(mut self) -> RecordRef {
         self.older = 0;
         self
     }
@@ -146,8 +165,8 @@ impl Rev {
 /// The index of one bucket.
 #[derive(Default)]
 pub struct Index {
-    map: BTreeMap<IKey, Rev>,
-    slab: Vec<Vec<Rev>>,
+    map: BTreeMap<IKey, RecordRef>,
+    slab: Vec<Vec<RecordRef>>,
     free: Vec<u32>,
     /// Revisions retained, history included.
     values: u64,
@@ -164,37 +183,37 @@ pub struct Index {
 impl Index {
     /// The latest revision of `key`.
     #[inline]
-    pub fn latest(&self, key: &[u8]) -> Option<Rev> {
+    pub fn latest(&self, key: &[u8]) -> Option<RecordRef> {
         self.map.get(key).map(|r| r.bare())
     }
 
     /// Every retained revision of `key`, oldest first.
-    pub fn revisions(&self, key: &[u8]) -> Vec<Rev> {
+    pub fn revisions(&self, key: &[u8]) -> Vec<RecordRef> {
         self.map
             .get(key)
             .map(|r| self.revs_of(r))
             .unwrap_or_default()
     }
 
-    fn revs_of(&self, latest: &Rev) -> Vec<Rev> {
+    fn revs_of(&self, latest: &RecordRef) -> Vec<RecordRef> {
         let mut out = match latest.older {
             0 => Vec::with_capacity(1),
-            slot => self.slab[slot as usize - 1].clone(),
+            slot => self.older(slot).clone(),
         };
         out.push(latest.bare());
         out
     }
 
     /// Calls `f` with every retained revision of `latest`'s key, oldest first.
-    pub fn for_each_rev(&self, latest: &Rev, mut f: impl FnMut(&Rev)) {
+    pub fn for_each_rev(&self, latest: &RecordRef, mut f: impl FnMut(&RecordRef)) {
         if latest.older != 0 {
-            self.slab[latest.older as usize - 1].iter().for_each(&mut f);
+            self.older(latest.older).iter().for_each(&mut f);
         }
-        f(&latest.bare())
+        f(&latest.bare());
     }
 
     /// The retained revision `revision` of `key`.
-    pub fn find(&self, key: &[u8], revision: u64) -> Option<Rev> {
+    pub fn find(&self, key: &[u8], revision: u64) -> Option<RecordRef> {
         let latest = self.map.get(key)?;
         if latest.revision == revision {
             return Some(latest.bare());
@@ -202,7 +221,7 @@ impl Index {
         if latest.older == 0 {
             return None;
         }
-        self.slab[latest.older as usize - 1]
+        self.older(latest.older)
             .iter()
             .find(|r| r.revision == revision)
             .copied()
@@ -213,7 +232,7 @@ impl Index {
         &'a self,
         from: Bound<&'a [u8]>,
         to: Bound<&'a [u8]>,
-    ) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+    ) -> impl Iterator<Item = (&'a IKey, &'a RecordRef)> + 'a {
         self.map.range::<[u8], _>((from, to))
     }
 
@@ -221,7 +240,7 @@ impl Index {
     pub fn prefixed<'a>(
         &'a self,
         prefix: &'a [u8],
-    ) -> impl Iterator<Item = (&'a IKey, &'a Rev)> + 'a {
+    ) -> impl Iterator<Item = (&'a IKey, &'a RecordRef)> + 'a {
         self.map
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| k.as_bytes().starts_with(prefix))
@@ -267,45 +286,69 @@ impl Index {
         self.expiring
     }
 
-    fn retire(&mut self, rev: Rev, removed: &mut Vec<Rev>) {
+    fn retire(&mut self, rev: RecordRef, removed: &mut Vec<RecordRef>) {
         self.values -= 1;
-        self.expiring -= (rev.expires_ms != 0) as u64;
+        self.expiring -= u64::from(rev.expires_ms != 0);
         self.bytes -= rev.len() as u64;
         *self.dead.entry(rev.slot).or_default() += rev.len() as u64;
         removed.push(rev.bare());
     }
 
-    fn alloc_slot(&mut self) -> u32 {
-        match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slab.push(Vec::new());
-                self.slab.len() as u32
-            }
-        }
+    /// The older revisions in slab slot `slot` (a key's `older`: 1-based).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "a non-zero `older` is a slot alloc_slot handed out (1..=slab.len()) and not freed while a key holds it"
+    )]
+    fn older(&self, slot: u32) -> &Vec<RecordRef> {
+        &self.slab[slot as usize - 1]
     }
 
-    fn free_slot(&mut self, slot: u32) -> Vec<Rev> {
+    /// [`Index::older`], to change.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "a non-zero `older` is a slot alloc_slot handed out (1..=slab.len()) and not freed while a key holds it"
+    )]
+    fn older_mut(&mut self, slot: u32) -> &mut Vec<RecordRef> {
+        &mut self.slab[slot as usize - 1]
+    }
+
+    /// A free slab slot (1-based).
+    fn alloc_slot(&mut self) -> u32 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        self.slab.push(Vec::new());
+        slab_slot(self.slab.len())
+    }
+
+    /// Frees slab slot `slot`; returns what it held.
+    fn free_slot(&mut self, slot: u32) -> Vec<RecordRef> {
         self.free.push(slot);
-        std::mem::take(&mut self.slab[slot as usize - 1])
+        std::mem::take(self.older_mut(slot))
     }
 
     /// Applies a new revision of `key` with retention: a PURGE drops every
     /// earlier revision; otherwise the key keeps its last `history` revisions.
     /// Revisions that leave the index are appended to `removed`.
-    pub fn apply(&mut self, key: &[u8], new: Rev, history: usize, removed: &mut Vec<Rev>) {
+    pub fn apply(
+        &mut self,
+        key: &[u8],
+        new: RecordRef,
+        history: usize,
+        removed: &mut Vec<RecordRef>,
+    ) {
         let new = new.bare();
         self.values += 1;
-        self.expiring += (new.expires_ms != 0) as u64;
+        self.expiring += u64::from(new.expires_ms != 0);
         self.bytes += new.len() as u64;
-        let is_put = (new.op() == Op::Put) as u64;
+        let is_put = u64::from(new.op() == Op::Put);
         let Some(slot) = self.map.get_mut(key) else {
             self.map.insert(IKey::new(key), new);
             self.put_keys += is_put;
             return;
         };
         let old = *slot;
-        self.put_keys = self.put_keys + is_put - (old.op() == Op::Put) as u64;
+        self.put_keys = self.put_keys + is_put - u64::from(old.op() == Op::Put);
         if new.op() == Op::Purge || history <= 1 {
             *slot = new;
             self.retire(old.bare(), removed);
@@ -321,13 +364,13 @@ impl Index {
         } else {
             old.older
         };
-        let mut older = std::mem::take(&mut self.slab[s as usize - 1]);
+        let mut older = std::mem::take(self.older_mut(s));
         older.push(old.bare());
         let excess = (older.len() + 1).saturating_sub(history);
         for r in older.drain(..excess) {
             self.retire(r, removed);
         }
-        self.slab[s as usize - 1] = older;
+        *self.older_mut(s) = older;
         let mut latest = new;
         latest.older = s;
         // `map.get_mut` again: `retire` needed `&mut self`.
@@ -341,8 +384,8 @@ impl Index {
     pub fn drop_oldest_while(
         &mut self,
         key: &[u8],
-        mut drop: impl FnMut(&Rev) -> bool,
-        removed: &mut Vec<Rev>,
+        mut drop: impl FnMut(&RecordRef) -> bool,
+        removed: &mut Vec<RecordRef>,
     ) {
         let Some(latest) = self.map.get(key).copied() else {
             return;
@@ -352,24 +395,21 @@ impl Index {
         } else {
             self.free_slot(latest.older)
         };
-        let mut n = 0;
-        while n < older.len() && drop(&older[n]) {
-            n += 1;
-        }
+        let n = older.iter().take_while(|r| drop(r)).count();
         let all_older_gone = n == older.len();
         for r in older.drain(..n) {
             self.retire(r, removed);
         }
         if all_older_gone && drop(&latest.bare()) {
             self.map.remove(key);
-            self.put_keys -= (latest.op() == Op::Put) as u64;
+            self.put_keys -= u64::from(latest.op() == Op::Put);
             self.retire(latest.bare(), removed);
             return;
         }
         let mut keep = latest.bare();
         if !older.is_empty() {
             let s = self.alloc_slot();
-            self.slab[s as usize - 1] = older;
+            *self.older_mut(s) = older;
             keep.older = s;
         }
         self.map.insert(IKey::new(key), keep);
@@ -388,7 +428,7 @@ impl Index {
         let Some(latest) = self.map.get_mut(key) else {
             return false;
         };
-        let fix = |r: &mut Rev| {
+        let fix = |r: &mut RecordRef| {
             if r.revision == revision && (r.slot, r.offset) == from {
                 (r.slot, r.offset) = to;
                 true
@@ -401,13 +441,13 @@ impl Index {
         }
         match latest.older {
             0 => false,
-            s => self.slab[s as usize - 1].iter_mut().any(fix),
+            s => self.older_mut(s).iter_mut().any(fix),
         }
     }
 
     /// Builds an index from keys in ascending order, each with its revisions
     /// oldest first (already retained). Bulk building fills tree nodes fully.
-    pub fn from_sorted(entries: Vec<(IKey, Vec<Rev>)>) -> Index {
+    pub fn from_sorted(entries: Vec<(IKey, Vec<RecordRef>)>) -> Index {
         let mut ix = Index::default();
         let mut slab = Vec::new();
         let map = entries
@@ -416,16 +456,16 @@ impl Index {
                 for r in &revs {
                     ix.values += 1;
                     ix.bytes += r.len() as u64;
-                    ix.expiring += (r.expires_ms != 0) as u64;
+                    ix.expiring += u64::from(r.expires_ms != 0);
                 }
                 let mut latest = revs
                     .pop()
-                    .unwrap_or(Rev::new(0, 0, 0, 0, 0, Op::Del))
+                    .unwrap_or(RecordRef::new(0, 0, 0, 0, 0, Op::Del))
                     .bare();
-                ix.put_keys += (latest.op() == Op::Put) as u64;
+                ix.put_keys += u64::from(latest.op() == Op::Put);
                 if !revs.is_empty() {
                     slab.push(revs);
-                    latest.older = slab.len() as u32;
+                    latest.older = slab_slot(slab.len());
                 }
                 (key, latest)
             })
@@ -454,7 +494,7 @@ impl Index {
     }
 
     /// Every retained revision, in no particular order.
-    pub fn all_revs(&self) -> impl Iterator<Item = Rev> + '_ {
+    pub fn all_revs(&self) -> impl Iterator<Item = RecordRef> + '_ {
         self.map
             .values()
             .map(|r| r.bare())
@@ -462,18 +502,27 @@ impl Index {
     }
 }
 
+/// The 1-based slab slot of the slab's `len`-th entry.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "one slab entry per key with older revisions: four billion keys would take hundreds of GiB of index first"
+)]
+fn slab_slot(len: usize) -> u32 {
+    len as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rev(revision: u64, op: Op) -> Rev {
-        Rev::new(revision, 0, 1, revision * 100, 50, op)
+    fn rev(revision: u64, op: Op) -> RecordRef {
+        RecordRef::new(revision, 0, 1, revision * 100, 50, op)
     }
 
     #[test]
     fn sizes_stay_small() {
         assert_eq!(std::mem::size_of::<IKey>(), 24);
-        assert_eq!(std::mem::size_of::<Rev>(), 32);
+        assert_eq!(std::mem::size_of::<RecordRef>(), 32);
     }
 
     #[test]
@@ -489,8 +538,8 @@ mod tests {
         let mut ik: Vec<IKey> = keys.iter().map(|k| IKey::new(k.as_bytes())).collect();
         ik.sort();
         let mut sorted: Vec<&str> = keys.to_vec();
-        sorted.sort();
-        assert_eq!(ik.iter().map(|k| k.as_str()).collect::<Vec<_>>(), sorted);
+        sorted.sort_unstable();
+        assert_eq!(ik.iter().map(IKey::as_str).collect::<Vec<_>>(), sorted);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub fn validate_key(key: &str) -> Result<()> {
     {
         return bad(&format!("character {:?} not allowed", c as char));
     }
-    if b[0] == b'.' || b[b.len() - 1] == b'.' {
+    if b.first() == Some(&b'.') || b.last() == Some(&b'.') {
         return bad("key starts or ends with '.'");
     }
     if key.contains("..") {
@@ -127,7 +127,8 @@ impl Subject {
             }
             end += t.len() + 1;
         }
-        &self.pattern[..end]
+        // `end` stops before a wildcard token, inside the pattern.
+        self.pattern.get(..end).unwrap_or_default()
     }
 
     /// Whether `key` matches.
@@ -171,8 +172,8 @@ impl Glob {
         }
         let b = pattern.as_bytes();
         let mut i = 0;
-        while i < b.len() {
-            match b[i] {
+        while let Some(&c) = b.get(i) {
+            match c {
                 b'\\' if i + 1 >= b.len() => {
                     return Err(Error::BadArgument("glob ends with '\\'".into()))
                 }
@@ -199,12 +200,13 @@ impl Glob {
     pub fn literal_prefix(&self) -> String {
         let mut out = Vec::new();
         let mut i = 0;
-        while i < self.pattern.len() {
-            match self.pattern[i] {
+        while let Some(&c) = self.pattern.get(i) {
+            match c {
                 b'*' | b'?' | b'[' => break,
                 b'\\' => {
+                    // `new` refused a trailing backslash: the escaped byte exists.
                     i += 1;
-                    out.push(self.pattern[i]);
+                    out.extend(self.pattern.get(i));
                 }
                 c => out.push(c),
             }
@@ -222,15 +224,15 @@ impl Glob {
 /// Index of the `]` closing the class that opens at `open`.
 fn class_end(p: &[u8], open: usize) -> Option<usize> {
     let mut i = open + 1;
-    if i < p.len() && (p[i] == b'!' || p[i] == b'^') {
+    if matches!(p.get(i), Some(b'!' | b'^')) {
         i += 1;
     }
     // A ']' right after the opening (or the negation) is a literal.
-    if i < p.len() && p[i] == b']' {
+    if p.get(i) == Some(&b']') {
         i += 1;
     }
-    while i < p.len() {
-        match p[i] {
+    while let Some(&c) = p.get(i) {
+        match c {
             b'\\' => i += 2,
             b']' => return Some(i),
             _ => i += 1,
@@ -240,6 +242,10 @@ fn class_end(p: &[u8], open: usize) -> Option<usize> {
 }
 
 /// Matches one character against the class at `p[open..=end]`.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "`end` is a `]` that class_end found after `open`, so every index below it is in `p`; each read is guarded by `< end`"
+)]
 fn class_matches(p: &[u8], open: usize, end: usize, c: u8) -> bool {
     let mut i = open + 1;
     let negate = p[i] == b'!' || p[i] == b'^';
@@ -280,41 +286,39 @@ fn class_matches(p: &[u8], open: usize, end: usize, c: u8) -> bool {
 fn glob_match(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() {
-            match p[pi] {
-                b'*' => {
-                    star = Some((pi, si));
-                    pi += 1;
-                    continue;
-                }
-                b'?' => {
-                    pi += 1;
-                    si += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some(end) = class_end(p, pi) {
-                        if class_matches(p, pi, end, s[si]) {
-                            pi = end + 1;
-                            si += 1;
-                            continue;
-                        }
+    while let Some(&c) = s.get(si) {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+                continue;
+            }
+            Some(b'?') => {
+                pi += 1;
+                si += 1;
+                continue;
+            }
+            Some(b'[') => {
+                if let Some(end) = class_end(p, pi) {
+                    if class_matches(p, pi, end, c) {
+                        pi = end + 1;
+                        si += 1;
+                        continue;
                     }
                 }
-                b'\\' if pi + 1 < p.len() && p[pi + 1] == s[si] => {
-                    pi += 2;
-                    si += 1;
-                    continue;
-                }
-                b'\\' if pi + 1 < p.len() => {}
-                c if c == s[si] => {
-                    pi += 1;
-                    si += 1;
-                    continue;
-                }
-                _ => {}
             }
+            Some(b'\\') if p.get(pi + 1) == Some(&c) => {
+                pi += 2;
+                si += 1;
+                continue;
+            }
+            Some(b'\\') if pi + 1 < p.len() => {}
+            Some(&literal) if literal == c => {
+                pi += 1;
+                si += 1;
+                continue;
+            }
+            _ => {}
         }
         match star {
             Some((sp, ss)) => {
@@ -325,7 +329,7 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
             None => return false,
         }
     }
-    while pi < p.len() && p[pi] == b'*' {
+    while p.get(pi) == Some(&b'*') {
         pi += 1;
     }
     pi == p.len()

@@ -2,7 +2,7 @@
 //!
 //! Data lives in buckets. Each bucket has its own append-only log of
 //! checksummed records, an in-memory index from key to its retained
-//! revisions, and its own revision counter. Semantics follow NATS JetStream
+//! revisions, and its own revision counter. Semantics follow NATS `JetStream`
 //! key/value buckets: revisions, create/update, delete vs purge, history.
 //!
 //! ```
@@ -25,10 +25,14 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// A panic in the engine takes the whole store (or server) down: no unwrap on
+// what the disk, a caller or a peer can cause, no index that is not proven in
+// range (`get` or checked code returns a typed error instead).
+#![warn(clippy::unwrap_used, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::indexing_slicing))]
 
 mod bucket;
 pub mod clock;
-mod compact;
 mod config;
 mod entry;
 mod error;
@@ -41,18 +45,23 @@ pub mod log;
 mod snapshot;
 mod store;
 mod sync;
-mod watch;
+mod watch_hub;
 
+pub use bucket::compact::CompactionReport;
+#[cfg(any(test, feature = "failpoints"))]
+pub use bucket::compact::CrashPoint;
+pub use bucket::handle::Bucket;
+pub use bucket::watch::{Watch, WatchEvent, WatchOptions};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use compact::{CompactionReport, CrashPoint};
 pub use config::{BucketConfig, Options};
-pub use entry::{BucketStats, BucketStatus, Entry, Op, Page, Ttl, WriteOp, Written};
+pub use entry::{
+    BucketStats, BucketStatus, DurabilityTicket, Entry, Op, Page, Ttl, WriteOp, Written,
+};
 pub use error::{Error, Result};
 pub use fsync::FsyncPolicy;
 pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
 pub use log::recovery::{RecoveryReport, Skipped};
-pub use store::{Bucket, Store, DEFAULT_BUCKET};
-pub use watch::{Watch, WatchEvent, WatchOptions};
+pub use store::{Store, DEFAULT_BUCKET};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

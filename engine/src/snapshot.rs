@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
-use crate::index::{IKey, Index, Rev};
+use crate::fsutil::{remove_if_exists, write_atomic};
+use crate::index::{IKey, Index, RecordRef};
 use crate::log::segment::{Segment, SegmentId};
 
 /// File name of a bucket's snapshot.
@@ -41,7 +41,7 @@ pub(crate) struct Snapshot {
     /// [`tail_crc`] of the last segment at its covered end.
     tail_crc: u32,
     /// Keys in order, each with its revisions oldest first (`slot` = index into `segments`).
-    entries: Vec<(IKey, Vec<Rev>)>,
+    entries: Vec<(IKey, Vec<RecordRef>)>,
 }
 
 struct Reader<'a> {
@@ -51,17 +51,16 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], &'static str> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or("truncated")?;
-        let s = &self.buf[self.at..end];
+        let end = self.at.checked_add(n).ok_or("truncated")?;
+        let s = self.buf.get(self.at..end).ok_or("truncated")?;
         self.at = end;
         Ok(s)
     }
+    fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], &'static str> {
+        self.take(N)?.try_into().map_err(|_| "truncated")
+    }
     fn u8(&mut self) -> std::result::Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
+        Ok(u8::from_le_bytes(self.array()?))
     }
     fn varint(&mut self) -> std::result::Result<u64, &'static str> {
         let mut v = 0u64;
@@ -75,20 +74,25 @@ impl<'a> Reader<'a> {
         Err("varint too long")
     }
     fn u32(&mut self) -> std::result::Result<u32, &'static str> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> std::result::Result<u64, &'static str> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A varint that counts something held in memory.
+    fn count(&mut self) -> std::result::Result<usize, &'static str> {
+        usize::try_from(self.varint()?).map_err(|_| "count out of range")
     }
 }
 
 /// Appends `v` as a LEB128 varint.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "each byte takes the low 7 bits, masked"
+)]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
-        out.push(v as u8 | 0x80);
+        out.push((v & 0x7f) as u8 | 0x80);
         v >>= 7;
     }
     out.push(v as u8);
@@ -102,21 +106,23 @@ pub(crate) fn encode(
     segments: &[(Arc<Segment>, u64)],
 ) -> Result<Vec<u8>> {
     let Some((last, last_end)) = segments.last() else {
-        return Err(Error::Config(
+        return Err(Error::Internal(
             "a snapshot needs at least one segment".into(),
         ));
     };
+    let count = u32::try_from(segments.len())
+        .map_err(|_| Error::Internal(format!("{} segments in a snapshot", segments.len())))?;
     let slot_to_pos: HashMap<u32, u32> = segments
         .iter()
-        .enumerate()
-        .map(|(i, (s, _))| (s.slot, i as u32))
+        .zip(0..count)
+        .map(|((s, _), pos)| (s.slot, pos))
         .collect();
     let mut out = Vec::with_capacity(64 + index.key_count() * 56);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&last_revision.to_le_bytes());
-    out.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
     for (s, end) in segments {
         out.extend_from_slice(&s.id.seq.to_le_bytes());
         out.extend_from_slice(&s.id.gen.to_le_bytes());
@@ -132,19 +138,21 @@ pub(crate) fn encode(
         let shared = k.iter().zip(prev).take_while(|(a, b)| a == b).count();
         put_varint(&mut out, shared as u64);
         put_varint(&mut out, (k.len() - shared) as u64);
-        out.extend_from_slice(&k[shared..]);
+        out.extend_from_slice(k.get(shared..).unwrap_or_default());
         prev = k;
         revs.clear();
         index.for_each_rev(latest, |r| revs.push(*r));
-        out.push(revs.len() as u8);
+        let n = u8::try_from(revs.len())
+            .map_err(|_| Error::Internal(format!("{} revisions of one key", revs.len())))?;
+        out.push(n);
         for r in &revs {
             put_varint(&mut out, r.revision);
             put_varint(&mut out, r.expires_ms);
             put_varint(
                 &mut out,
-                slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX) as u64,
+                u64::from(slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX)),
             );
-            put_varint(&mut out, r.offset as u64);
+            put_varint(&mut out, u64::from(r.offset));
             put_varint(&mut out, (r.len() as u64) << 2 | r.op() as u64);
         }
     }
@@ -170,12 +178,7 @@ pub(crate) fn save(dir: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Removes a snapshot that no longer matches the log.
 pub(crate) fn remove(dir: &Path) -> Result<()> {
-    let path = dir.join(SNAPSHOT_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(&path, e)),
-    }
+    remove_if_exists(&dir.join(SNAPSHOT_FILE))
 }
 
 /// Reads and checks a snapshot; `Ok(None)` if there is none, `Err(reason)` if it is unusable.
@@ -192,11 +195,8 @@ pub(crate) fn load(dir: &Path) -> std::result::Result<Option<Snapshot>, String> 
 }
 
 fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
-    if bytes.len() < 4 {
-        return Err("truncated");
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+    let (body, crc) = bytes.split_last_chunk::<4>().ok_or("truncated")?;
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
         return Err("checksum mismatch");
     }
     let mut r = Reader { buf: body, at: 0 };
@@ -220,18 +220,18 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         });
     }
     let tail_crc = r.u32()?;
-    let nkeys = r.u64()? as usize;
+    let nkeys = usize::try_from(r.u64()?).map_err(|_| "too many keys")?;
     let mut entries = Vec::with_capacity(nkeys.min(body.len() / 8));
     let mut key: Vec<u8> = Vec::new();
     for _ in 0..nkeys {
-        let shared = r.varint()? as usize;
-        let rest = r.varint()? as usize;
+        let shared = r.count()?;
+        let rest = r.count()?;
         if shared > key.len() || shared + rest > crate::key::MAX_KEY_LEN {
             return Err("bad key lengths");
         }
         key.truncate(shared);
         key.extend_from_slice(r.take(rest)?);
-        let n = r.u8()? as usize;
+        let n = usize::from(r.u8()?);
         let mut revs = Vec::with_capacity(n);
         for _ in 0..n {
             let revision = r.varint()?;
@@ -244,7 +244,14 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
             if seg as usize >= segments.len() || len >= 1 << 30 {
                 return Err("revision out of range");
             }
-            revs.push(Rev::new(revision, expires, seg, offset as u64, len, op));
+            revs.push(RecordRef::new(
+                revision,
+                expires,
+                seg,
+                u64::from(offset),
+                len,
+                op,
+            ));
         }
         let key = IKey::new(&key);
         if revs.is_empty() {
@@ -292,13 +299,16 @@ impl Snapshot {
                 ));
             }
         }
-        let last_end = self.segments[n - 1].end;
-        if tail_crc(&segments[n - 1], last_end) != self.tail_crc {
+        let (Some(last), Some(last_seg)) = (self.segments.last(), segments.get(n - 1)) else {
+            return Err("the snapshot names segments that are gone".into());
+        };
+        let last_end = last.end;
+        if tail_crc(last_seg, last_end) != self.tail_crc {
             return Err(
                 "the log before the snapshot's end has changed since it was written".into(),
             );
         }
-        let slots: Vec<u32> = segments[..n].iter().map(|s| s.slot).collect();
+        let slots: Vec<u32> = segments.iter().take(n).map(|s| s.slot).collect();
         let mut entries = self.entries;
         let mut prev: Option<&IKey> = None;
         for (key, revs) in &mut entries {
@@ -306,11 +316,13 @@ impl Snapshot {
                 return Err("the snapshot's keys are out of order or hold more history than the bucket keeps".into());
             }
             for rev in revs.iter_mut() {
-                rev.slot = slots[rev.slot as usize];
+                rev.slot = *slots
+                    .get(rev.slot as usize)
+                    .ok_or("the snapshot names a segment it does not list")?;
             }
             prev = Some(key);
         }
         *index = Index::from_sorted(entries);
-        Ok((n - 1, self.segments[n - 1].end))
+        Ok((n - 1, last_end))
     }
 }

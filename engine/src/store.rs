@@ -10,26 +10,23 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use crate::bucket::{BucketCore, CONFIG_FILE};
-use crate::compact::{CompactionReport, CrashPoint};
-use crate::config::{BucketConfig, Options};
-use crate::entry::{BucketStats, BucketStatus, Entry, Page, Ttl, WriteOp, Written};
+use crate::bucket::handle::Bucket;
+use crate::bucket::{BucketCore, KeepStoreOpen};
+use crate::config::{BucketConfig, Options, CONFIG_FILE};
+use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
 use crate::fsync::FsyncPolicy;
 use crate::key::{validate_bucket_name, Glob};
 use crate::lock::DirLock;
 use crate::log::recovery::RecoveryReport;
-use crate::watch::{Watch, WatchOptions};
 
 /// The bucket that always exists.
 pub const DEFAULT_BUCKET: &str = "default";
@@ -114,7 +111,7 @@ impl Store {
                 segments = report.segments,
                 records = report.records,
                 truncated_bytes = report.truncated_bytes,
-                ms = started.elapsed().as_millis() as u64,
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "bucket recovered"
             );
             recovery.push((name.clone(), report));
@@ -182,10 +179,7 @@ impl Store {
             .buckets
             .write()
             .insert(name.to_string(), Arc::clone(&core));
-        Ok(Bucket {
-            core,
-            _store: Arc::clone(&self.inner),
-        })
+        Ok(Bucket::new(core, self.keep_open()))
     }
 
     /// Drops a bucket and removes its data from disk. The `default` bucket cannot be dropped.
@@ -203,17 +197,14 @@ impl Store {
             .write()
             .remove(name)
             .ok_or_else(|| Error::NoBucket(name.to_string()))?;
-        core.dropped.store(true, Ordering::Release);
-        // Wait for a write in progress to finish before the files go.
-        let _w = core.writer.lock();
         let parent = self.inner.dir.join(BUCKETS_DIR);
         let doomed = parent.join(format!("{name}{DROPPED_SUFFIX}"));
-        std::fs::rename(&core.dir, &doomed).map_err(|e| Error::io(&core.dir, e))?;
-        sync_dir(&parent)?;
-        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
-        sync_dir(&parent)?;
-        core.hub.close();
-        Ok(())
+        core.drop_with(|dir| {
+            std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
+            sync_dir(&parent)?;
+            std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
+            sync_dir(&parent)
+        })
     }
 
     /// Names of all buckets, sorted.
@@ -224,10 +215,7 @@ impl Store {
     /// A handle on a bucket. [`Error::NoBucket`] if there is none by that name.
     pub fn bucket(&self, name: &str) -> Result<Bucket> {
         match self.inner.buckets.read().get(name) {
-            Some(core) => Ok(Bucket {
-                core: Arc::clone(core),
-                _store: Arc::clone(&self.inner),
-            }),
+            Some(core) => Ok(Bucket::new(Arc::clone(core), self.keep_open())),
             None => Err(Error::NoBucket(name.to_string())),
         }
     }
@@ -264,7 +252,7 @@ impl Store {
     /// Makes every write acknowledged so far durable, in every bucket.
     pub fn sync(&self) -> Result<()> {
         for core in self.cores() {
-            core.log.sync()?;
+            core.sync()?;
         }
         Ok(())
     }
@@ -273,6 +261,11 @@ impl Store {
     /// last clone of the store and of its buckets is gone.
     pub fn close(self) -> Result<()> {
         self.sync()
+    }
+
+    /// What a bucket handle holds to keep this store open.
+    fn keep_open(&self) -> KeepStoreOpen {
+        Arc::clone(&self.inner) as KeepStoreOpen
     }
 
     fn cores(&self) -> Vec<Arc<BucketCore>> {
@@ -306,18 +299,18 @@ impl Store {
                     last_sweep = Instant::now();
                 }
                 for core in store.cores() {
-                    if fsync_every.is_some() && core.log.dirty() {
-                        if let Err(e) = core.log.sync() {
-                            tracing::error!(bucket = %core.name, error = %e, "background fsync failed");
+                    if fsync_every.is_some() && core.has_unsynced_writes() {
+                        if let Err(e) = core.sync() {
+                            tracing::error!(bucket = %core.name(), error = %e, "background fsync failed");
                         }
                     }
                     if sweep {
                         if let Err(e) = core.sweep_expired() {
-                            tracing::warn!(bucket = %core.name, error = %e, "TTL sweep failed");
+                            tracing::warn!(bucket = %core.name(), error = %e, "TTL sweep failed");
                         }
                         if core.needs_compaction() {
                             if let Err(e) = core.compact(false) {
-                                tracing::warn!(bucket = %core.name, error = %e, "background compaction failed");
+                                tracing::warn!(bucket = %core.name(), error = %e, "background compaction failed");
                             }
                         }
                     }
@@ -348,248 +341,8 @@ impl Drop for StoreInner {
         for core in self.buckets.read().values() {
             // A clean close leaves a synced log and an index snapshot for a fast reopen.
             if let Err(e) = core.write_snapshot() {
-                tracing::error!(bucket = %core.name, error = %e, "sync or snapshot at close failed");
+                tracing::error!(bucket = %core.name(), error = %e, "sync or snapshot at close failed");
             }
         }
-    }
-}
-
-/// A handle on one bucket. Cheap to clone; `Send + Sync`.
-#[derive(Clone)]
-pub struct Bucket {
-    core: Arc<BucketCore>,
-    _store: Arc<StoreInner>,
-}
-
-impl std::fmt::Debug for Bucket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bucket")
-            .field("name", &self.core.name)
-            .finish()
-    }
-}
-
-impl Bucket {
-    /// The bucket's name.
-    pub fn name(&self) -> &str {
-        &self.core.name
-    }
-
-    /// The bucket's configuration.
-    pub fn config(&self) -> BucketConfig {
-        self.core.config
-    }
-
-    /// The value of `key`, if it has a live one.
-    pub fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        Ok(self.core.get(key)?.map(|e| e.value))
-    }
-
-    /// Calls `f` with the live value of `key` read in place (no copy);
-    /// `None` if the key has no live value.
-    pub fn get_with<T>(&self, key: &str, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
-        self.core.get_with(key, f)
-    }
-
-    /// Whether the bucket still exists (it has not been dropped).
-    pub fn is_open(&self) -> bool {
-        self.core.check_open().is_ok()
-    }
-
-    /// Counters that cost nothing to read (no walk of the index).
-    pub fn stats(&self) -> BucketStats {
-        self.core.stats()
-    }
-
-    /// Applies independent writes — each succeeds or fails on its own, in
-    /// order — under one lock hold and one append, without waiting for
-    /// durability (not a batch: see [`Bucket::write`] for that). Returns each
-    /// result and a ticket for [`Bucket::wait_durable`].
-    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, u64)> {
-        self.core.write_each(ops)
-    }
-
-    /// Like [`Bucket::delete_glob`] without waiting for durability: returns the
-    /// count and a ticket for [`Bucket::wait_durable`].
-    pub fn delete_glob_nowait(&self, glob: &str) -> Result<(usize, u64)> {
-        self.core.delete_glob_nowait(&Glob::new(glob)?)
-    }
-
-    /// The latest entry of `key`, if it is a live value.
-    pub fn entry(&self, key: &str) -> Result<Option<Entry>> {
-        self.core.get(key)
-    }
-
-    /// Retained revision `revision` of `key` — a DEL or PURGE marker is returned
-    /// as such — or `None` if it is not retained or has expired.
-    pub fn entry_at(&self, key: &str, revision: u64) -> Result<Option<Entry>> {
-        self.core.get_revision(key, revision)
-    }
-
-    /// Applies writes as one atomic batch: all or none, consecutive revisions,
-    /// durable together, visible at once. If one precondition fails nothing is
-    /// written and the error is [`Error::Batch`] naming the write (a single
-    /// write returns its error unwrapped).
-    pub fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
-        self.core.write(ops)
-    }
-
-    /// Like [`Bucket::write`], but returns as soon as the writes are visible,
-    /// with a ticket to pass to [`Bucket::wait_durable`]. A server uses this to
-    /// apply a whole pipeline of writes and then wait for one shared fsync.
-    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, u64)> {
-        self.core.write_nowait(ops)
-    }
-
-    /// Waits until every write whose ticket is at most `ticket` is durable
-    /// (returns at once unless the fsync policy is [`FsyncPolicy::Always`]).
-    pub fn wait_durable(&self, ticket: u64) -> Result<()> {
-        self.core.wait_durable(ticket)
-    }
-
-    fn write_one(&self, op: WriteOp) -> Result<Written> {
-        let mut out = self.core.write(std::slice::from_ref(&op))?;
-        out.pop().ok_or(Error::Closed)
-    }
-
-    /// Stores a value; returns its revision.
-    pub fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64> {
-        Ok(self.write_one(WriteOp::put(key, value))?.revision)
-    }
-
-    /// Stores a value that expires after `ttl`; returns its revision.
-    pub fn put_with_ttl(&self, key: &str, value: impl Into<Bytes>, ttl: Duration) -> Result<u64> {
-        Ok(self
-            .write_one(WriteOp::put(key, value).with_ttl(ttl))?
-            .revision)
-    }
-
-    /// Stores a value and returns the live entry it replaced.
-    pub fn put_returning_previous(
-        &self,
-        key: &str,
-        value: impl Into<Bytes>,
-    ) -> Result<(u64, Option<Entry>)> {
-        let w = self.write_one(WriteOp::put(key, value).returning_previous())?;
-        Ok((w.revision, w.previous))
-    }
-
-    /// Stores a value only if the key has no live value; [`Error::Exists`] otherwise.
-    pub fn create(&self, key: &str, value: impl Into<Bytes>) -> Result<u64> {
-        Ok(self.write_one(WriteOp::create(key, value))?.revision)
-    }
-
-    /// Stores a value only if `revision` is the key's latest (see [`WriteOp::update`]).
-    pub fn update(&self, key: &str, value: impl Into<Bytes>, revision: u64) -> Result<u64> {
-        Ok(self
-            .write_one(WriteOp::update(key, value, revision))?
-            .revision)
-    }
-
-    /// Compare-and-swap by value (see [`WriteOp::cas`]).
-    pub fn cas(&self, key: &str, new: impl Into<Bytes>, expected: Option<&[u8]>) -> Result<u64> {
-        let expected = expected.map(Bytes::copy_from_slice);
-        Ok(self.write_one(WriteOp::cas(key, new, expected))?.revision)
-    }
-
-    /// Writes a DEL marker; returns its revision.
-    pub fn delete(&self, key: &str) -> Result<u64> {
-        Ok(self.write_one(WriteOp::delete(key))?.revision)
-    }
-
-    /// Writes a DEL marker if `revision` is the key's latest; [`Error::WrongRevision`] otherwise.
-    pub fn delete_at(&self, key: &str, revision: u64) -> Result<u64> {
-        Ok(self.write_one(WriteOp::delete_at(key, revision))?.revision)
-    }
-
-    /// Writes a DEL marker and returns the live entry it deleted.
-    pub fn delete_returning(&self, key: &str) -> Result<(u64, Option<Entry>)> {
-        let w = self.write_one(WriteOp::delete(key).returning_previous())?;
-        Ok((w.revision, w.previous))
-    }
-
-    /// Writes a PURGE marker; every earlier revision of the key is dropped.
-    pub fn purge(&self, key: &str) -> Result<u64> {
-        Ok(self.write_one(WriteOp::purge(key))?.revision)
-    }
-
-    /// Writes a new PUT with the value of retained revision `revision`.
-    pub fn revert(&self, key: &str, revision: u64) -> Result<u64> {
-        Ok(self.write_one(WriteOp::revert(key, revision))?.revision)
-    }
-
-    /// Live keys matching a subject pattern (`*` one token, `>` the rest), in key order.
-    pub fn keys(&self, pattern: &str) -> Result<Vec<String>> {
-        self.core.keys(pattern)
-    }
-
-    /// Retained entries of keys matching a subject pattern, oldest first.
-    pub fn history(&self, pattern: &str) -> Result<Vec<Entry>> {
-        self.core.history(pattern)
-    }
-
-    /// Latest live entries of keys matching a glob, in key order; at most `limit` (0: no limit).
-    pub fn search(&self, glob: &str, limit: usize) -> Result<Vec<Entry>> {
-        self.core.search(&Glob::new(glob)?, limit)
-    }
-
-    /// Deletes (as by [`Bucket::delete`]) every live key matching a glob; returns how many.
-    pub fn delete_glob(&self, glob: &str) -> Result<usize> {
-        self.core.delete_glob(&Glob::new(glob)?)
-    }
-
-    /// One page of live entries with `from <= key < to`, in key order, and the
-    /// cursor for the next page. Pages stay correct while writes go on: a key
-    /// present during the whole walk is returned exactly once.
-    pub fn scan(&self, from: Option<&str>, to: Option<&str>, limit: usize) -> Result<Page> {
-        self.core.scan(from, to, limit)
-    }
-
-    /// Time left on a key's value.
-    pub fn ttl(&self, key: &str) -> Result<Ttl> {
-        self.core.ttl(key)
-    }
-
-    /// A description of the bucket.
-    pub fn status(&self) -> Result<BucketStatus> {
-        self.core.status()
-    }
-
-    /// Writes DEL markers for expired values and drops aged entries now
-    /// (the background thread does this every [`Options::sweep_interval`]).
-    pub fn sweep_expired(&self) -> Result<usize> {
-        self.core.sweep_expired()
-    }
-
-    /// Starts a watch on keys matching a subject pattern (see [`WatchOptions`]).
-    pub fn watch(&self, pattern: &str, opts: WatchOptions) -> Result<Watch> {
-        let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(&self._store) as _;
-        Watch::start(Arc::clone(&self.core), keep, pattern, opts)
-    }
-
-    /// A channel that receives a (coalesced) token after every write to this
-    /// bucket, for event loops that poll watches with [`Watch::try_next`]
-    /// instead of blocking. Costs the writer one `try_send` per listener.
-    pub fn change_listener(&self) -> crossbeam_channel::Receiver<()> {
-        self.core.hub.listen()
-    }
-
-    /// Makes every write to this bucket acknowledged so far durable.
-    pub fn sync(&self) -> Result<()> {
-        self.core.log.sync()
-    }
-
-    /// Runs a compaction pass now: seals the active segment if it holds dead
-    /// records and rewrites every sealed segment that has any, keeping only
-    /// what is retained. Writers and readers go on meanwhile.
-    pub fn compact(&self) -> Result<CompactionReport> {
-        self.core.compact(true)
-    }
-
-    /// Test hook: make the next compaction passes stop at `point` as if the
-    /// process crashed there (the store should be dropped and reopened after).
-    #[doc(hidden)]
-    pub fn set_compaction_crash_point(&self, point: CrashPoint) {
-        self.core.crash_point.store(point as u8, Ordering::Relaxed);
     }
 }

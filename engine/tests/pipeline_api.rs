@@ -83,11 +83,11 @@ fn get_with_reads_in_place_and_stats_count_without_walking() {
     b.put("k", "value").unwrap();
     b.put("j", "x").unwrap();
     b.delete("j").unwrap();
-    assert_eq!(b.get_with("k", |v| v.len()).unwrap(), Some(5));
-    assert_eq!(b.get_with("j", |v| v.len()).unwrap(), None);
-    assert_eq!(b.get_with("nope", |v| v.len()).unwrap(), None);
+    assert_eq!(b.get_with("k", <[u8]>::len).unwrap(), Some(5));
+    assert_eq!(b.get_with("j", <[u8]>::len).unwrap(), None);
+    assert_eq!(b.get_with("nope", <[u8]>::len).unwrap(), None);
     assert!(matches!(
-        b.get_with("a..b", |v| v.len()),
+        b.get_with("a..b", <[u8]>::len),
         Err(Error::BadKey(_))
     ));
     let st = b.stats();

@@ -398,9 +398,9 @@ fn dropped_bucket_ends_its_watches() {
 /// with writers running while watches start.
 #[test]
 fn exactly_once_with_concurrent_writers() {
-    let (_d, _s, b) = setup(64);
     const WRITERS: u64 = 3;
     const PER: u64 = 1500;
+    let (_d, _s, b) = setup(64);
     let writers: Vec<_> = (0..WRITERS)
         .map(|t| {
             let b = b.clone();

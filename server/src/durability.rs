@@ -14,12 +14,11 @@
 //! has that waited for before it sends the replies.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use logkv::{Bucket, FsyncPolicy};
+use logkv::{Bucket, DurabilityTicket, FsyncPolicy};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -28,7 +27,7 @@ use tokio::sync::watch;
 /// policy is `always`.
 pub(crate) struct PendingDurability {
     wait_for_fsync: bool,
-    tickets: Vec<(Bucket, u64)>,
+    tickets: Vec<(Bucket, DurabilityTicket)>,
 }
 
 impl PendingDurability {
@@ -42,8 +41,8 @@ impl PendingDurability {
 
     /// Remembers that the replies about to be sent need `bucket`'s log durable up to
     /// `ticket` (as returned by the engine's `write_each` / `write_nowait`).
-    pub fn note(&mut self, bucket: &Bucket, ticket: u64) {
-        if !self.wait_for_fsync || ticket == 0 {
+    pub fn note(&mut self, bucket: &Bucket, ticket: DurabilityTicket) {
+        if !self.wait_for_fsync || ticket == DurabilityTicket::default() {
             return;
         }
         let name = bucket.name();
@@ -77,7 +76,7 @@ impl PendingDurability {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Durable {
     /// Every ticket up to this is durable.
-    up_to: u64,
+    up_to: DurabilityTicket,
     /// The fsync that failed; every later wait fails with it.
     failed: Option<String>,
 }
@@ -86,7 +85,7 @@ struct Durable {
 struct State {
     bucket: Bucket,
     /// The highest ticket a connection waits for.
-    requested: AtomicU64,
+    requested: Mutex<DurabilityTicket>,
     durable: watch::Sender<Durable>,
 }
 
@@ -106,10 +105,13 @@ pub(crate) struct Syncers {
 
 impl Syncers {
     /// Waits until the writes of `bucket` up to `ticket` are durable.
-    pub async fn wait(&self, bucket: &Bucket, ticket: u64) -> Result<(), String> {
+    pub async fn wait(&self, bucket: &Bucket, ticket: DurabilityTicket) -> Result<(), String> {
         let syncer = self.syncer(bucket)?;
         let mut rx = syncer.state.durable.subscribe();
-        syncer.state.requested.fetch_max(ticket, Ordering::AcqRel);
+        {
+            let mut requested = syncer.state.requested.lock();
+            *requested = (*requested).max(ticket);
+        }
         // A full channel already holds a kick the syncer has not taken yet.
         let _ = syncer.kick.try_send(());
         let done = rx
@@ -133,7 +135,7 @@ impl Syncers {
         let (kick, kicked) = bounded(1);
         let state = Arc::new(State {
             bucket: bucket.clone(),
-            requested: AtomicU64::new(0),
+            requested: Mutex::new(DurabilityTicket::default()),
             durable: watch::Sender::new(Durable::default()),
         });
         let worker = Arc::clone(&state);
@@ -157,9 +159,9 @@ impl Syncers {
 }
 
 fn run(state: &State, kicked: &Receiver<()>) {
-    let mut done = 0;
+    let mut done = DurabilityTicket::default();
     while kicked.recv().is_ok() {
-        let target = state.requested.load(Ordering::Acquire);
+        let target = *state.requested.lock();
         if target <= done {
             continue;
         }

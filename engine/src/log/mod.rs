@@ -3,6 +3,8 @@
 //! The on-disk format is in [`record`] (records) and [`segment`] (files); the
 //! rules for reading it back after a crash are in [`recovery`].
 
+mod group_commit;
+mod position;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -17,7 +19,9 @@ use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_zeros;
-use crate::fsync::{log_pos, FsyncPolicy, GroupCommit};
+use crate::fsync::FsyncPolicy;
+use group_commit::GroupCommit;
+pub use position::LogPos;
 use recovery::RecoveryReport;
 use segment::{Segment, SegmentHeader, SegmentId};
 
@@ -66,8 +70,8 @@ impl Appender {
     }
 
     /// The current end of the log.
-    pub fn end(&self) -> u64 {
-        log_pos(self.active.id.seq, self.pos)
+    pub fn end(&self) -> LogPos {
+        LogPos::new(self.active.id.seq, self.pos)
     }
 }
 
@@ -79,7 +83,7 @@ pub struct Appended {
     /// Offset of the batch's first record in that segment.
     pub offset: u64,
     /// The log position just past the batch (for durability waits).
-    pub end: u64,
+    pub end: LogPos,
 }
 
 /// The live segments: by slot for reads, by id for log order.
@@ -149,37 +153,34 @@ impl Log {
         rec.segments
             .iter()
             .for_each(|s| segments.insert(Arc::clone(s)));
-        let (active, pos) = match rec.segments.last() {
-            Some(last) => {
-                // Re-map the last segment at full capacity so appends can grow into it
-                // (same slot: the index already points at it).
-                let active = Arc::new(Segment::open(
-                    &last.path,
-                    last.slot,
-                    Some(cfg.segment_size),
-                )?);
-                let pos = rec.tail.max(last.data_start);
-                active.set_data_end(pos);
-                segments.insert(Arc::clone(&active));
-                (active, pos)
-            }
-            None => {
-                let header =
-                    SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
-                let active = Arc::new(Segment::create(
-                    dir,
-                    alloc(),
-                    header,
-                    cfg.segment_size,
-                    cfg.prealloc_chunk(),
-                )?);
-                segments.insert(Arc::clone(&active));
-                let pos = active.data_start;
-                (active, pos)
-            }
+        let (active, pos) = if let Some(last) = rec.segments.last() {
+            // Re-map the last segment at full capacity so appends can grow into it
+            // (same slot: the index already points at it).
+            let active = Arc::new(Segment::open(
+                &last.path,
+                last.slot,
+                Some(cfg.segment_size),
+            )?);
+            let pos = rec.tail.max(last.data_start);
+            active.set_data_end(pos);
+            segments.insert(Arc::clone(&active));
+            (active, pos)
+        } else {
+            let header =
+                SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
+            let active = Arc::new(Segment::create(
+                dir,
+                alloc(),
+                header,
+                cfg.segment_size,
+                cfg.prealloc_chunk(),
+            )?);
+            segments.insert(Arc::clone(&active));
+            let pos = active.data_start;
+            (active, pos)
         };
         let file_len = active.file_len()?;
-        let end = log_pos(active.id.seq, pos);
+        let end = LogPos::new(active.id.seq, pos);
         let log = Log {
             dir: dir.to_path_buf(),
             commit: GroupCommit::new(Arc::clone(&active), end),
@@ -273,7 +274,7 @@ impl Log {
         self.commit.check()?;
         let len = batch.len() as u64;
         if app.pos + len > app.active.capacity() {
-            return Err(Error::BadArgument(format!(
+            return Err(Error::Internal(format!(
                 "a batch of {len} bytes was appended without reserving room"
             )));
         }
@@ -327,7 +328,7 @@ impl Log {
             .cfg
             .segment_size
             .max(header.encoded_len() as u64 + need);
-        if capacity > u32::MAX as u64 {
+        if capacity > u64::from(u32::MAX) {
             return Err(Error::BadArgument(format!(
                 "a batch of {need} bytes is too large for one segment"
             )));
@@ -341,7 +342,7 @@ impl Log {
         )?);
         self.segments.write().insert(Arc::clone(&seg));
         self.commit
-            .rotated(log_pos(old.id.seq, app.pos), Arc::clone(&seg));
+            .rotated(LogPos::new(old.id.seq, app.pos), Arc::clone(&seg));
         tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
         app.file_len = seg.file_len()?;
         app.pos = seg.data_start;
@@ -350,7 +351,7 @@ impl Log {
     }
 
     /// Waits until everything below `pos` is durable (group commit).
-    pub fn wait_durable(&self, pos: u64) -> Result<()> {
+    pub fn wait_durable(&self, pos: LogPos) -> Result<()> {
         self.commit.wait_durable(pos)
     }
 

@@ -109,7 +109,7 @@ impl RecordHeader {
 
 /// A record borrowed from a segment (or any buffer).
 #[derive(Debug, Clone, Copy)]
-pub struct RecordRef<'a> {
+pub struct Record<'a> {
     /// The fixed fields.
     pub header: RecordHeader,
     /// The key.
@@ -143,7 +143,7 @@ impl std::fmt::Display for Invalid {
 #[derive(Debug, Clone, Copy)]
 pub enum Decoded<'a> {
     /// A valid record.
-    Record(RecordRef<'a>),
+    Record(Record<'a>),
     /// The end of written data: an all-zero header, or no bytes at all.
     End,
     /// Bytes that are not a valid record.
@@ -165,9 +165,17 @@ pub fn checksum(salt: u32, body: &[u8]) -> u32 {
 
 /// Appends one encoded record to `out`.
 ///
-/// The caller guarantees `key.len()` is 1..=MAX_KEY_LEN and `value.len() <= MAX_VALUE_LEN`.
+/// The caller guarantees `key.len()` is `1..=MAX_KEY_LEN` and `value.len() <= MAX_VALUE_LEN`.
 /// Times past [`MAX_TIME_MS`] are stored as `MAX_TIME_MS`.
 #[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the key and value lengths fit their fields by the caller's guarantee (checked in debug builds)"
+)]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "`out[start..]` is the record just appended: at least HEADER_LEN bytes"
+)]
 pub fn encode(
     out: &mut Vec<u8>,
     salt: u32,
@@ -198,44 +206,41 @@ pub fn encode(
 
 /// Makes an encoded record a batch of its own (clears both batch flags) and
 /// checksums it for a segment with `salt`. Compaction copies records this way.
+/// A slice shorter than a record header is left as it is.
 pub fn make_standalone(record: &mut [u8], salt: u32) {
-    record[5] &= !FLAGS;
-    let crc = checksum(salt, &record[4..]);
-    record[..4].copy_from_slice(&crc.to_le_bytes());
+    let Some((crc, body)) = record.split_first_chunk_mut::<4>() else {
+        return;
+    };
+    if let Some(kind) = body.get_mut(1) {
+        *kind &= !FLAGS;
+    }
+    *crc = checksum(salt, body).to_le_bytes();
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
+/// A little-endian unsigned integer of at most 8 bytes.
+fn uint_le(bytes: &[u8]) -> u64 {
     let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-fn u48_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a[..6].copy_from_slice(&b[at..at + 6]);
+    for (to, from) in a.iter_mut().zip(bytes) {
+        *to = *from;
+    }
     u64::from_le_bytes(a)
 }
 
 /// Decodes the header fields without checking the checksum.
 pub fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
-    if buf.len() < HEADER_LEN {
+    let Some(h) = buf.first_chunk::<HEADER_LEN>() else {
         return Err(Invalid::Truncated);
-    }
-    let kind = buf[5];
+    };
+    let kind = h[5];
     let op = Op::from_u8(kind & 3).ok_or(Invalid::BadHeader)?;
     let flags = kind & FLAGS;
-    let key_len = u16_at(buf, 6);
-    let value_len = u32_at(buf, 8);
-    if buf[4] != RECORD_VERSION
+    let key_len = u16::from_le_bytes([h[6], h[7]]);
+    let value_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if h[4] != RECORD_VERSION
         || kind & !(3 | FLAGS) != 0
         || key_len == 0
-        || key_len as usize > MAX_KEY_LEN
-        || value_len as usize > MAX_VALUE_LEN
+        || usize::from(key_len) > MAX_KEY_LEN
+        || usize::try_from(value_len).map_or(true, |v| v > MAX_VALUE_LEN)
     {
         return Err(Invalid::BadHeader);
     }
@@ -244,16 +249,16 @@ pub fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
         flags,
         key_len,
         value_len,
-        revision: u64_at(buf, 12),
-        created_ms: u48_at(buf, 20),
-        expires_ms: u48_at(buf, 26),
+        revision: uint_le(&h[12..20]),
+        created_ms: uint_le(&h[20..26]),
+        expires_ms: uint_le(&h[26..32]),
     })
 }
 
 /// Decodes the record at the start of `buf`, verifying its checksum against
 /// the salt of the segment it is in.
 pub fn decode(buf: &[u8], salt: u32) -> Decoded<'_> {
-    let head = &buf[..buf.len().min(HEADER_LEN)];
+    let head = buf.get(..HEADER_LEN).unwrap_or(buf);
     if head.iter().all(|&b| b == 0) {
         // Zeros (or nothing) where a header would start: the end of written data.
         // A short all-zero remainder is also the end: nothing was written there.
@@ -263,20 +268,23 @@ pub fn decode(buf: &[u8], salt: u32) -> Decoded<'_> {
         Ok(h) => h,
         Err(e) => return Decoded::Invalid(e),
     };
-    let len = header.record_len();
-    if buf.len() < len {
+    let Some((stored, body)) = buf
+        .get(..header.record_len())
+        .and_then(<[u8]>::split_first_chunk::<4>)
+    else {
         return Decoded::Invalid(Invalid::Truncated);
-    }
-    let stored = u32_at(buf, 0);
-    if checksum(salt, &buf[4..len]) != stored {
+    };
+    if checksum(salt, body) != u32::from_le_bytes(*stored) {
         return Decoded::Invalid(Invalid::BadChecksum);
     }
-    let key_end = HEADER_LEN + header.key_len as usize;
-    Decoded::Record(RecordRef {
-        header,
-        key: &buf[HEADER_LEN..key_end],
-        value: &buf[key_end..len],
-    })
+    // The record is at least a header long (`record_len`): the split points exist.
+    let Some((key, value)) = body
+        .get(HEADER_LEN - 4..)
+        .and_then(|kv| kv.split_at_checked(usize::from(header.key_len)))
+    else {
+        return Decoded::Invalid(Invalid::Truncated);
+    };
+    Decoded::Record(Record { header, key, value })
 }
 
 /// Finds the first offset after `from` in `buf` where a valid record starts.
@@ -285,10 +293,13 @@ pub fn decode(buf: &[u8], salt: u32) -> Decoded<'_> {
 /// in the middle, and by repair to resume after a damaged region.
 pub fn find_next_valid(buf: &[u8], from: usize, salt: u32) -> Option<usize> {
     let mut at = from;
-    while at + HEADER_LEN <= buf.len() {
+    while let Some(rest) = buf.get(at..).filter(|rest| rest.len() >= HEADER_LEN) {
         // Cheap filter on the version and op bytes before the checksum.
-        if buf[at + 4] == RECORD_VERSION && Op::from_u8(buf[at + 5] & 3).is_some() {
-            if let Decoded::Record(_) = decode(&buf[at..], salt) {
+        if let &[_, _, _, _, version, kind, ..] = rest {
+            if version == RECORD_VERSION
+                && Op::from_u8(kind & 3).is_some()
+                && matches!(decode(rest, salt), Decoded::Record(_))
+            {
                 return Some(at);
             }
         }

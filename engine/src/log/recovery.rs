@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::record::{decode, find_next_valid, Decoded, RecordRef};
+use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
@@ -68,7 +68,7 @@ pub(crate) struct Recovered {
 pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<(usize, u64)>;
 
 /// Called with `(segment, offset, record)` for every record recovered.
-pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &RecordRef<'_>) -> Result<()>;
+pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &Record<'_>) -> Result<()>;
 
 /// Calls `apply(segment, offset, record)` for every record of every complete
 /// batch from the start point on, in log order.
@@ -156,7 +156,7 @@ fn open_segments(
                 report.skipped.push(Skipped {
                     path: path.clone(),
                     offset: 0,
-                    bytes: std::fs::metadata(&aside).map(|m| m.len()).unwrap_or(0),
+                    bytes: std::fs::metadata(&aside).map_or(0, |m| m.len()),
                     reason: "unreadable segment header".into(),
                 });
                 removed_any = true;
@@ -205,12 +205,13 @@ fn scan_segment(
     let file_len = seg.file_len()?;
     let segment = Arc::clone(seg);
     let buf = segment.range(0, file_len);
-    let mut at = (from as usize).min(buf.len());
+    let mut at = usize::try_from(from).map_or(buf.len(), |f| f.min(buf.len()));
     let mut batch_start = at;
-    let mut pending: Vec<(usize, RecordRef<'_>)> = Vec::new();
+    let mut pending: Vec<(usize, Record<'_>)> = Vec::new();
     let salt = seg.header.salt;
     loop {
-        let problem = match decode(&buf[at..], salt) {
+        // `at` never passes the end of `buf`: records are decoded from inside it.
+        let problem = match decode(buf.get(at..).unwrap_or_default(), salt) {
             Decoded::Record(r) if r.header.batch_cont() == pending.is_empty() => {
                 if pending.is_empty() {
                     "a batch continues without its first record".to_string()
@@ -245,7 +246,7 @@ fn scan_segment(
                 continue;
             }
             Decoded::End => {
-                let rest = &buf[at..];
+                let rest = buf.get(at..).unwrap_or_default();
                 match rest.iter().position(|&b| b != 0) {
                     None if pending.is_empty() => return Ok(at as u64),
                     None => "batch not finished".to_string(),
@@ -261,28 +262,8 @@ fn scan_segment(
         // value (even an encoded record) never pass as the next record.
         let next = find_next_valid(buf, at + 1, salt);
         if is_last && next.is_none() {
-            let cut = (buf.len() - batch_start) as u64;
-            let nonzero_end = buf
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(batch_start, |p| p + 1);
-            let dropped = nonzero_end.saturating_sub(batch_start) as u64;
-            tracing::warn!(
-                file = %seg.path.display(),
-                offset = batch_start,
-                bytes = dropped,
-                reason = %problem,
-                "dropping a record torn at the tail of the log (a write cut short by a crash)"
-            );
             drop(pending);
-            if cut > 0 {
-                seg.file()
-                    .set_len(batch_start as u64)
-                    .map_err(|e| Error::io(&seg.path, e))?;
-                seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
-            }
-            report.truncated_bytes += dropped;
-            return Ok(batch_start as u64);
+            return cut_torn_tail(seg, buf, batch_start, &problem, report);
         }
         if !repair {
             return Err(Error::Corrupt {
@@ -313,4 +294,36 @@ fn scan_segment(
             return Ok(at as u64);
         }
     }
+}
+
+/// Cuts the last segment at `batch_start`, where a batch torn by a crash
+/// begins (`buf`: the segment's bytes); returns where valid data ends.
+fn cut_torn_tail(
+    seg: &Segment,
+    buf: &[u8],
+    batch_start: usize,
+    problem: &str,
+    report: &mut RecoveryReport,
+) -> Result<u64> {
+    let cut = (buf.len() - batch_start) as u64;
+    let nonzero_end = buf
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(batch_start, |p| p + 1);
+    let dropped = nonzero_end.saturating_sub(batch_start) as u64;
+    tracing::warn!(
+        file = %seg.path.display(),
+        offset = batch_start,
+        bytes = dropped,
+        reason = %problem,
+        "dropping a record torn at the tail of the log (a write cut short by a crash)"
+    );
+    if cut > 0 {
+        seg.file()
+            .set_len(batch_start as u64)
+            .map_err(|e| Error::io(&seg.path, e))?;
+        seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
+    }
+    report.truncated_bytes += dropped;
+    Ok(batch_start as u64)
 }

@@ -95,6 +95,10 @@ impl SegmentHeader {
     }
 
     /// Encodes the header.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a header is a few KiB: its length and its list of superseded segments (one compaction run) fit 32 bits"
+    )]
     pub fn encode(&self) -> Vec<u8> {
         let len = self.encoded_len();
         let mut b = Vec::with_capacity(len);
@@ -121,56 +125,63 @@ impl SegmentHeader {
 
     /// Decodes a header from the start of a file's bytes.
     pub fn decode(buf: &[u8]) -> std::result::Result<SegmentHeader, &'static str> {
+        const SHORT: &str = "file shorter than a segment header";
         if buf.len() < FIXED_HEADER + 4 {
-            return Err("file shorter than a segment header");
+            return Err(SHORT);
         }
-        if &buf[..8] != SEGMENT_MAGIC {
+        if buf.get(..8) != Some(SEGMENT_MAGIC.as_slice()) {
             return Err("bad segment magic");
         }
-        let rd32 = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-        let rd64 = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&buf[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
-        if u16::from_le_bytes([buf[8], buf[9]]) != SEGMENT_VERSION {
+        let rd32 = |at: usize| le_bytes(buf, at).map(u32::from_le_bytes).ok_or(SHORT);
+        let rd64 = |at: usize| le_bytes(buf, at).map(u64::from_le_bytes).ok_or(SHORT);
+        if le_bytes(buf, 8).map(u16::from_le_bytes) != Some(SEGMENT_VERSION) {
             return Err("unsupported segment version");
         }
-        let len = rd32(12) as usize;
-        let count = rd32(28) as usize;
+        let len = rd32(12)? as usize;
+        let count = rd32(28)? as usize;
         if count > (1 << 20)
             || len != (FIXED_HEADER + 16 * count + 4).div_ceil(8) * 8
             || len > buf.len()
         {
             return Err("bad segment header length");
         }
-        if crc32fast::hash(&buf[..len - 4]) != rd32(len - 4) {
+        let checked = buf.get(..len - 4).ok_or(SHORT)?;
+        if crc32fast::hash(checked) != rd32(len - 4)? {
             return Err("segment header checksum mismatch");
         }
         let supersedes = (0..count)
             .map(|i| {
                 let at = FIXED_HEADER + 16 * i;
-                SegmentId {
-                    seq: rd64(at),
-                    gen: rd32(at + 8),
-                }
+                Ok(SegmentId {
+                    seq: rd64(at)?,
+                    gen: rd32(at + 8)?,
+                })
             })
-            .collect();
+            .collect::<std::result::Result<_, &'static str>>()?;
         Ok(SegmentHeader {
             id: SegmentId {
-                seq: rd64(16),
-                gen: rd32(24),
+                seq: rd64(16)?,
+                gen: rd32(24)?,
             },
-            revision_watermark: rd64(32),
+            revision_watermark: rd64(32)?,
             supersedes,
-            salt: rd32(40),
+            salt: rd32(40)?,
         })
     }
+}
+
+/// The `N` bytes of `buf` at `at`, if it has them.
+fn le_bytes<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
+    buf.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 /// A random salt from the standard library's randomly seeded hasher, the
 /// time and the process id (no cryptographic strength needed: it only has to
 /// be unknown to whoever chooses values).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "any 32 bits of the hash will do"
+)]
 fn random_salt() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -214,7 +225,9 @@ pub struct Segment {
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment").field("path", &self.path).finish()
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -287,7 +300,7 @@ impl Segment {
             .open(path)
             .map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        let mut head = vec![0u8; (len as usize).min(64 * 1024)];
+        let mut head = vec![0u8; usize::try_from(len).map_or(64 * 1024, |l| l.min(64 * 1024))];
         file.read_exact_at(&mut head, 0).map_err(io)?;
         let header = SegmentHeader::decode(&head).map_err(|why| Error::Corrupt {
             path: path.to_path_buf(),
@@ -311,7 +324,7 @@ impl Segment {
         map_len: u64,
     ) -> Result<Segment> {
         let map_len = usize::try_from(map_len)
-            .map_err(|_| Error::Config("segment too large to map".into()))?;
+            .map_err(|_| Error::Internal("segment too large to map".into()))?;
         // SAFETY: the file is owned by this store, which holds the directory lock,
         // so no other logkv process writes it; this process only appends past what
         // readers may look at and never truncates below it while mapped. Pages past
@@ -355,9 +368,11 @@ impl Segment {
 
     /// All bytes from `offset` up to `end`.
     pub fn range(&self, offset: u64, end: u64) -> &[u8] {
-        let end = (end as usize).min(self.map.len());
-        let start = (offset as usize).min(end);
-        &self.map[start..end]
+        let len = self.map.len();
+        let end = usize::try_from(end).map_or(len, |e| e.min(len));
+        let start = usize::try_from(offset).map_or(end, |o| o.min(end));
+        // start <= end <= len: never empty by failure.
+        self.map.get(start..end).unwrap_or_default()
     }
 
     /// The underlying file.

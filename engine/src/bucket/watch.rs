@@ -1,19 +1,13 @@
-//! Watches: change streams fed from the log.
+//! Watches: change streams read from the log.
 //!
-//! The path of an event: a write appends its records, applies them to the
-//! index, and — still under the index write lock — publishes the new log end
-//! and revision to the bucket's [`WatchHub`]: one uncontended mutex, two
-//! stores, and a condvar broadcast only if some watcher is blocked. After the
-//! index lock is released it pokes the few change listeners (e.g. one per
-//! bucket in the server). That is all the writer does: nothing per watcher,
-//! no queue to fill.
-//!
-//! Each [`Watch`] keeps its own cursor into the log (segment + offset) and
-//! decodes records itself, at its own pace, up to the published end. The log
-//! is the buffer: a watcher that never reads costs the writer nothing and
-//! holds no memory but its cursor. Revisions in the log are consecutive; a
-//! watcher that finds a gap (compaction removed records it had not read yet)
-//! reports [`WatchEvent::Lost`] and ends.
+//! A write publishes the new log end to the bucket's watch hub
+//! (`watch_hub.rs`) and does nothing per watcher. Each [`Watch`] keeps its own
+//! cursor into the log (segment + offset) and decodes records itself, at its
+//! own pace, up to the published end. The log is the buffer: a watcher that
+//! never reads costs the writer nothing and holds no memory but its cursor.
+//! Revisions in the log are consecutive; a watcher that finds a gap
+//! (compaction removed records it had not read yet) reports
+//! [`WatchEvent::Lost`] and ends.
 //!
 //! Initial data (the latest entry of each matching key, or its retained
 //! history) is taken from the index under the same lock that the writer holds
@@ -26,119 +20,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::bucket::BucketCore;
+use super::{effective_expiry, BucketCore, KeepStoreOpen};
 use crate::entry::{Entry, Op};
 use crate::error::{Error, Result};
-use crate::fsync::log_pos;
-use crate::index::Rev;
+use crate::index::RecordRef;
 use crate::key::Subject;
 use crate::log::record::{decode, Decoded};
 use crate::log::segment::Segment;
-use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
-
-/// The meeting point of one bucket's writer and its watchers.
-pub(crate) struct WatchHub {
-    /// Log position just past the last visible write.
-    end: AtomicU64,
-    /// Its revision.
-    revision: AtomicU64,
-    closed: AtomicBool,
-    /// Watchers blocked in `wait_past`; changes of `end` and `closed` happen under this lock.
-    waiters: Mutex<usize>,
-    changed: Condvar,
-    listeners: parking_lot::Mutex<Vec<Sender<()>>>,
-}
-
-impl WatchHub {
-    pub fn new(end: u64, revision: u64) -> WatchHub {
-        WatchHub {
-            end: AtomicU64::new(end),
-            revision: AtomicU64::new(revision),
-            closed: AtomicBool::new(false),
-            waiters: Mutex::new(0),
-            changed: Condvar::new(),
-            listeners: parking_lot::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Publishes a new end and wakes blocked watchers; called by the writer
-    /// under the index write lock.
-    pub fn publish(&self, end: u64, revision: u64) {
-        let waiters = lock(&self.waiters);
-        // End first, revision second; `published` reads them the other way
-        // round, so a reader that sees a revision also sees its end.
-        self.end.store(end, Ordering::SeqCst);
-        self.revision.store(revision, Ordering::SeqCst);
-        if *waiters > 0 {
-            self.changed.notify_all();
-        }
-    }
-
-    /// Pokes the change listeners; called by the writer after the index lock is released.
-    pub fn wake(&self) {
-        let mut listeners = self.listeners.lock();
-        if !listeners.is_empty() {
-            listeners.retain(|tx| !matches!(tx.try_send(()), Err(TrySendError::Disconnected(()))));
-        }
-    }
-
-    /// The published end and revision.
-    pub fn published(&self) -> (u64, u64) {
-        let revision = self.revision.load(Ordering::SeqCst);
-        (self.end.load(Ordering::SeqCst), revision)
-    }
-
-    /// Ends every watch of this bucket (it was dropped).
-    pub fn close(&self) {
-        let _g = lock(&self.waiters);
-        self.closed.store(true, Ordering::SeqCst);
-        self.changed.notify_all();
-        self.listeners.lock().clear();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// Blocks until the published end passes `pos`, the hub closes, or `deadline`.
-    pub fn wait_past(&self, pos: u64, deadline: Option<Instant>) {
-        let mut g = lock(&self.waiters);
-        *g += 1;
-        while self.end.load(Ordering::SeqCst) <= pos && !self.is_closed() {
-            match deadline {
-                None => g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break;
-                    }
-                    g = match self.changed.wait_timeout(g, d - now) {
-                        Ok((g, _)) => g,
-                        Err(e) => e.into_inner().0,
-                    };
-                }
-            }
-        }
-        *g -= 1;
-    }
-
-    /// A channel that receives a token (coalesced) after writes; for event loops
-    /// that cannot block in [`Watch::recv`].
-    pub fn listen(&self) -> Receiver<()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.listeners.lock().push(tx);
-        rx
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::log::LogPos;
 
 /// What a watch delivers and from where.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, one per WATCH keyword"
+)]
 pub struct WatchOptions {
     /// Initial data holds every retained entry of matching keys, not just the latest.
     pub include_history: bool,
@@ -176,10 +73,10 @@ pub struct Watch {
     /// This watch's own copy of the bucket name: entries clone it, and a
     /// reference count shared by every watch would bounce between cores.
     bucket: Arc<str>,
-    _keep: Arc<dyn std::any::Any + Send + Sync>,
+    _store: KeepStoreOpen,
     subject: Subject,
     opts: WatchOptions,
-    initial: VecDeque<(String, Rev)>,
+    initial: VecDeque<(String, RecordRef)>,
     initial_segments: HashMap<u32, Arc<Segment>>,
     /// Whether initial entries carry a `delta` (they do, except after FROM).
     counted: bool,
@@ -196,14 +93,15 @@ impl std::fmt::Debug for Watch {
         f.debug_struct("Watch")
             .field("subject", &self.subject.as_str())
             .field("last_seen", &self.last_seen)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl Watch {
-    pub(crate) fn start(
+    /// Starts a watch on the keys of `core` matching `pattern`.
+    pub(super) fn start(
         core: Arc<BucketCore>,
-        keep: Arc<dyn std::any::Any + Send + Sync>,
+        store: KeepStoreOpen,
         pattern: &str,
         opts: WatchOptions,
     ) -> Result<Watch> {
@@ -213,8 +111,9 @@ impl Watch {
         let (initial, end, revision, segments) = {
             let ix = core.index.read();
             let (end, revision) = core.hub.published();
-            let mut picked: Vec<(String, Rev)> = Vec::new();
-            let wanted = |r: &Rev| !(r.expired(now) || opts.ignore_deletes && r.op() != Op::Put);
+            let mut picked: Vec<(String, RecordRef)> = Vec::new();
+            let wanted =
+                |r: &RecordRef| !(r.expired(now) || opts.ignore_deletes && r.op() != Op::Put);
             if !opts.updates_only || opts.from_revision.is_some() {
                 for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
                     if !subject.matches(k.as_str()) {
@@ -240,29 +139,21 @@ impl Watch {
                 }
             }
             picked.sort_unstable_by_key(|(_, r)| r.revision);
-            let mut segments = HashMap::new();
-            for (_, r) in &picked {
-                if let std::collections::hash_map::Entry::Vacant(v) = segments.entry(r.slot) {
-                    if let Some(s) = core.log.segment(r.slot) {
-                        v.insert(s);
-                    }
-                }
-            }
+            let segments = core.segments_of(picked.iter().map(|(_, r)| r.slot));
             (picked, end, revision, segments)
         };
-        let seq = end >> 32;
-        let tail = core.log.segment_by_seq(seq);
+        let tail = core.log.segment_by_seq(end.seq());
         Ok(Watch {
             bucket: Arc::from(&*core.name),
             counted: opts.from_revision.is_none(),
             core,
-            _keep: keep,
+            _store: store,
             subject,
             opts,
             initial: initial.into(),
             initial_segments: segments,
             ready_pending: true,
-            offset: end & 0xFFFF_FFFF,
+            offset: end.offset(),
             tail,
             last_seen: revision,
             ended: false,
@@ -328,10 +219,10 @@ impl Watch {
     }
 
     /// The log position this watch has read up to.
-    fn cursor_pos(&self) -> u64 {
+    fn cursor_pos(&self) -> LogPos {
         match &self.tail {
-            Some(s) => log_pos(s.id.seq, self.offset),
-            None => 0,
+            Some(s) => LogPos::new(s.id.seq, self.offset),
+            None => LogPos::default(),
         }
     }
 
@@ -342,10 +233,11 @@ impl Watch {
         e
     }
 
-    fn lost(&mut self) -> Result<Option<WatchEvent>> {
+    /// Ends the watch: records it had not read were compacted away.
+    fn lost(&mut self) -> WatchEvent {
         self.ended = true;
         let first_retained = self.core.first_retained_revision();
-        Ok(Some(WatchEvent::Lost { first_retained }))
+        WatchEvent::Lost { first_retained }
     }
 
     /// Reads the log from the cursor up to the published end.
@@ -356,27 +248,23 @@ impl Watch {
             // clone per record would make every watch hammer one shared count.
             let Some(seg) = self.tail.take() else {
                 // The segment the watch started in is gone already: start at the first one.
-                match self.core.log.segments().into_iter().next() {
-                    Some(s) => {
-                        self.offset = s.data_start;
-                        self.tail = Some(s);
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
+                let Some(first) = self.core.log.segments().into_iter().next() else {
+                    return Ok(None);
+                };
+                self.offset = first.data_start;
+                self.tail = Some(first);
+                continue;
             };
             let step = self.read_one(&seg, end, published_rev);
             match step {
-                Step::Next => match self.core.log.segment_after(seg.id.seq) {
-                    Some(next) => {
-                        self.offset = next.data_start;
-                        self.tail = Some(next);
-                    }
-                    None => {
+                Step::Next => {
+                    let Some(next) = self.core.log.segment_after(seg.id.seq) else {
                         self.tail = Some(seg);
                         return Ok(None);
-                    }
-                },
+                    };
+                    self.offset = next.data_start;
+                    self.tail = Some(next);
+                }
                 Step::Skip => self.tail = Some(seg),
                 Step::Done(result) => {
                     self.tail = Some(seg);
@@ -387,12 +275,12 @@ impl Watch {
     }
 
     /// One step of [`Watch::next_live`] in segment `seg`.
-    fn read_one(&mut self, seg: &Segment, end: u64, published_rev: u64) -> Step {
-        if log_pos(seg.id.seq, self.offset) >= end {
+    fn read_one(&mut self, seg: &Segment, end: LogPos, published_rev: u64) -> Step {
+        if LogPos::new(seg.id.seq, self.offset) >= end {
             if self.last_seen < published_rev {
                 // At the end of the log without having seen every revision:
                 // compaction removed records this watch had not read.
-                return Step::Done(self.lost());
+                return Step::Done(Ok(Some(self.lost())));
             }
             return Step::Done(Ok(None));
         }
@@ -418,7 +306,7 @@ impl Watch {
                 self.offset += h.record_len() as u64;
                 return Step::Skip;
             }
-            return Step::Done(self.lost());
+            return Step::Done(Ok(Some(self.lost())));
         }
         self.last_seen = h.revision;
         self.offset += h.record_len() as u64;
@@ -426,8 +314,7 @@ impl Watch {
         if !self.subject.matches(key) || (self.opts.ignore_deletes && h.op != Op::Put) {
             return Step::Skip;
         }
-        let expires =
-            crate::bucket::effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
+        let expires = effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
         let entry = Entry {
             bucket: Arc::clone(&self.bucket),
             key: key.to_string(),
@@ -465,76 +352,5 @@ impl Iterator for Watch {
             Err(Error::Closed) => None,
             other => Some(other),
         }
-    }
-}
-
-/// Model checks of the writer → watcher handoff (`RUSTFLAGS="--cfg loom"`):
-/// no interleaving loses a wake-up or lets a watcher miss a published write.
-#[cfg(all(test, loom))]
-mod loom_tests {
-    use super::WatchHub;
-    use loom::sync::Arc;
-
-    #[test]
-    fn loom_publish_wakes_a_waiting_watcher() {
-        loom::model(|| {
-            let hub = Arc::new(WatchHub::new(0, 0));
-            let writer = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || {
-                    hub.publish(10, 1);
-                    hub.wake();
-                })
-            };
-            hub.wait_past(0, None);
-            assert_eq!(hub.published(), (10, 1));
-            writer.join().unwrap();
-        });
-    }
-
-    #[test]
-    fn loom_two_writes_two_watchers_see_the_last() {
-        loom::model(|| {
-            let hub = Arc::new(WatchHub::new(0, 0));
-            let writer = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || {
-                    hub.publish(5, 1);
-                    hub.wake();
-                    hub.publish(9, 2);
-                    hub.wake();
-                })
-            };
-            let watcher = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || {
-                    let mut seen = 0;
-                    while seen < 9 {
-                        hub.wait_past(seen, None);
-                        let (end, _) = hub.published();
-                        assert!(end > seen, "woken without progress");
-                        seen = end;
-                    }
-                })
-            };
-            hub.wait_past(4, None);
-            assert!(hub.published().0 >= 5);
-            writer.join().unwrap();
-            watcher.join().unwrap();
-        });
-    }
-
-    #[test]
-    fn loom_close_releases_a_waiter() {
-        loom::model(|| {
-            let hub = Arc::new(WatchHub::new(0, 0));
-            let closer = {
-                let hub = Arc::clone(&hub);
-                loom::thread::spawn(move || hub.close())
-            };
-            hub.wait_past(0, None);
-            assert!(hub.is_closed());
-            closer.join().unwrap();
-        });
     }
 }

@@ -25,18 +25,76 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::bucket::BucketCore;
+use super::BucketCore;
 use crate::error::{Error, Result};
-use crate::fsutil::sync_dir;
+use crate::fsutil::{remove_if_exists, sync_dir};
 use crate::log::record::{self, decode, Decoded};
 use crate::log::segment::{Segment, SegmentHeader, SegmentId};
 
-/// A retained record copied into the output: key, revision, old `(slot,
-/// offset)`, offset in the output body, length.
-type Move = (Vec<u8>, u64, (u32, u32), u64, u64);
+/// A retained record copied into the output, to be relocated in the index.
+struct Copied {
+    /// Its key.
+    key: Vec<u8>,
+    /// Its revision.
+    revision: u64,
+    /// Where it was: segment slot and offset.
+    from: (u32, u32),
+    /// Its offset in the output segment.
+    to_offset: u32,
+    /// Its length.
+    len: u64,
+}
+
+/// The output segment of a pass, as it is being filled.
+struct Output {
+    /// Length of its header: records start there.
+    header_len: usize,
+    /// The checksum salt of its header.
+    salt: u32,
+    /// The records after the header.
+    body: Vec<u8>,
+    /// Each copied record, in order.
+    copies: Vec<Copied>,
+}
+
+impl Output {
+    /// Copies the record `bytes` (of `key` at `revision`, at `from` in its
+    /// input) as a batch of its own: batches were applied long ago.
+    fn add(&mut self, key: &[u8], revision: u64, from: (u32, u32), bytes: &[u8]) -> Result<()> {
+        let start = self.body.len();
+        let to_offset = segment_offset(self.header_len + start)?;
+        self.body.extend_from_slice(bytes);
+        if let Some(copy) = self.body.get_mut(start..) {
+            record::make_standalone(copy, self.salt);
+        }
+        self.copies.push(Copied {
+            key: key.to_vec(),
+            revision,
+            from,
+            to_offset,
+            len: bytes.len() as u64,
+        });
+        Ok(())
+    }
+}
+
+/// A byte offset in a segment as the index holds it (32 bits: a segment is
+/// at most 4 GiB, see `Log::rotate`).
+fn segment_offset(at: usize) -> Result<u32> {
+    u32::try_from(at).map_err(|_| Error::Internal(format!("segment offset {at} over 32 bits")))
+}
 
 /// How many records or relocations one lock hold covers.
 const CHUNK: usize = 4096;
+
+/// Stops a compaction pass at `$point` as if the process had crashed there,
+/// when a test asked for it (feature `failpoints`); nothing otherwise.
+macro_rules! crash_point {
+    ($core:expr, $point:ident) => {
+        #[cfg(any(test, feature = "failpoints"))]
+        $core.crash_if(CrashPoint::$point)?;
+    };
+}
 
 /// What a compaction pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,11 +121,13 @@ impl CompactionReport {
 }
 
 /// Steps of a compaction pass at which a test can make it stop as if the
-/// process had crashed there.
-#[doc(hidden)]
+/// process had crashed there (feature `failpoints`; see
+/// [`crate::Bucket::set_compaction_crash_point`]).
+#[cfg(any(test, feature = "failpoints"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CrashPoint {
+    /// Never stop.
     None = 0,
     /// The output is written under its temporary name.
     AfterTmpWritten = 1,
@@ -79,16 +139,25 @@ pub enum CrashPoint {
     AfterFirstDelete = 4,
 }
 
+#[cfg(any(test, feature = "failpoints"))]
 impl BucketCore {
+    /// Makes the next compaction passes stop at `point` as if crashed.
+    pub(crate) fn set_crash_point(&self, point: CrashPoint) {
+        self.crash_point.store(point as u8, Ordering::Relaxed);
+    }
+
+    /// Fails with [`Error::InjectedCrash`] if the passes are to stop at `point`.
     fn crash_if(&self, point: CrashPoint) -> Result<()> {
         if self.crash_point.load(Ordering::Relaxed) == point as u8 {
-            return Err(Error::Config(format!("injected crash at {point:?}")));
+            return Err(Error::InjectedCrash(format!("{point:?}")));
         }
         Ok(())
     }
+}
 
+impl BucketCore {
     /// Whether some sealed segment has passed the dead-bytes threshold.
-    pub fn needs_compaction(&self) -> bool {
+    pub(crate) fn needs_compaction(&self) -> bool {
         let sealed = self.log.sealed_segments();
         let ix = self.index.read();
         sealed
@@ -104,7 +173,7 @@ impl BucketCore {
     /// Runs a compaction pass. With `force`, the active segment is sealed first
     /// (if it has dead records) and every sealed segment with any dead record
     /// is rewritten; otherwise only those past the dead-bytes threshold.
-    pub fn compact(&self, force: bool) -> Result<CompactionReport> {
+    pub(crate) fn compact(&self, force: bool) -> Result<CompactionReport> {
         self.check_open()?;
         let _pass = self.compacting.lock();
         if force {
@@ -164,8 +233,8 @@ impl BucketCore {
             );
         }
         if report.segments_in > 0 {
-            self.stats.compactions.fetch_add(1, Ordering::Relaxed);
-            self.stats
+            self.compaction_stats.passes.fetch_add(1, Ordering::Relaxed);
+            self.compaction_stats
                 .reclaimed
                 .fetch_add(report.reclaimed(), Ordering::Relaxed);
             // The old snapshot names segments that are gone; replace it.
@@ -174,83 +243,46 @@ impl BucketCore {
         Ok(report)
     }
 
+    /// Compacts one run of consecutive sealed segments into one output.
     fn compact_run(&self, run: &[Arc<Segment>], report: &mut CompactionReport) -> Result<()> {
         let ids: Vec<SegmentId> = run.iter().map(|s| s.id).collect();
+        let Some(first) = ids.first() else {
+            return Ok(());
+        };
         let header = SegmentHeader::new(
             SegmentId {
-                seq: ids[0].seq,
+                seq: first.seq,
                 gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1,
             },
             self.last_rev.load(Ordering::Acquire),
             ids.clone(),
         );
         // 1. Copy what the index still points at.
-        let mut body: Vec<u8> = Vec::new();
-        let mut moves: Vec<Move> = Vec::new();
+        let mut output = Output {
+            header_len: header.encoded_len(),
+            salt: header.salt,
+            body: Vec::new(),
+            copies: Vec::new(),
+        };
         for seg in run {
             report.bytes_before += seg.file_len()?;
-            let data = seg.range(0, seg.data_end());
-            let mut at = seg.data_start as usize;
-            while at < data.len() {
-                let ix = self.index.read();
-                for _ in 0..CHUNK {
-                    if at >= data.len() {
-                        break;
-                    }
-                    let r = match decode(&data[at..], seg.header.salt) {
-                        Decoded::Record(r) => r,
-                        Decoded::End => {
-                            at = data.len();
-                            break;
-                        }
-                        Decoded::Invalid(why) => {
-                            return Err(Error::Corrupt {
-                                path: seg.path.clone(),
-                                offset: at as u64,
-                                reason: why.to_string(),
-                            })
-                        }
-                    };
-                    let len = r.header.record_len();
-                    let here = (seg.slot, at as u32);
-                    let retained = ix
-                        .find(r.key, r.header.revision)
-                        .is_some_and(|rev| (rev.slot, rev.offset) == here);
-                    if retained {
-                        let start = body.len();
-                        body.extend_from_slice(&data[at..at + len]);
-                        // Batches were applied long ago; a copy stands alone.
-                        record::make_standalone(&mut body[start..], header.salt);
-                        moves.push((
-                            r.key.to_vec(),
-                            r.header.revision,
-                            here,
-                            start as u64,
-                            len as u64,
-                        ));
-                        report.records_kept += 1;
-                    } else {
-                        report.records_dropped += 1;
-                    }
-                    at += len;
-                }
-            }
+            self.copy_retained(seg, &mut output, report)?;
         }
         report.segments_in += run.len();
+        let Output { body, copies, .. } = output;
 
-        if moves.is_empty() {
+        if copies.is_empty() {
             // Nothing retained: the inputs can go as they are. Deleting them one
             // by one is safe: every record in them is dead.
-            self.crash_if(CrashPoint::AfterTmpWritten)?;
-            self.crash_if(CrashPoint::AfterInstall)?;
-            self.crash_if(CrashPoint::AfterRelocate)?;
+            crash_point!(self, AfterTmpWritten);
+            crash_point!(self, AfterInstall);
+            crash_point!(self, AfterRelocate);
             return self.retire_inputs(run, &ids, None, 0);
         }
 
         // 2. Write the output and give it its final name.
-        let base = header.encoded_len() as u64;
         let tmp = Segment::write_tmp(&self.dir, &header, &body)?;
-        self.crash_if(CrashPoint::AfterTmpWritten)?;
+        crash_point!(self, AfterTmpWritten);
         let out = Arc::new(Segment::install(
             &self.dir,
             self.log.alloc_slot(),
@@ -259,21 +291,70 @@ impl BucketCore {
         )?);
         report.segments_out += 1;
         report.bytes_after += out.file_len()?;
-        self.crash_if(CrashPoint::AfterInstall)?;
+        crash_point!(self, AfterInstall);
 
         // 3. Point the index at the copies.
         self.log.add_segment(Arc::clone(&out));
         let mut moved = 0u64;
-        for chunk in moves.chunks(CHUNK) {
+        for chunk in copies.chunks(CHUNK) {
             let mut ix = self.index.write();
-            for (key, revision, from, off, len) in chunk {
-                if ix.relocate(key, *revision, *from, (out.slot, (base + off) as u32)) {
-                    moved += len;
+            for c in chunk {
+                if ix.relocate(&c.key, c.revision, c.from, (out.slot, c.to_offset)) {
+                    moved += c.len;
                 }
             }
         }
-        self.crash_if(CrashPoint::AfterRelocate)?;
+        crash_point!(self, AfterRelocate);
         self.retire_inputs(run, &ids, Some(&out), body.len() as u64 - moved)
+    }
+
+    /// Copies the records of `seg` that the index still points at into
+    /// `output`, checking them against the index in short read-lock holds.
+    fn copy_retained(
+        &self,
+        seg: &Segment,
+        output: &mut Output,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        let data = seg.range(0, seg.data_end());
+        let corrupt = |at: usize, reason: String| Error::Corrupt {
+            path: seg.path.clone(),
+            offset: at as u64,
+            reason,
+        };
+        let mut at = usize::try_from(seg.data_start)
+            .map_err(|_| corrupt(0, "header longer than memory".into()))?;
+        while at < data.len() {
+            let ix = self.index.read();
+            for _ in 0..CHUNK {
+                let Some(rest) = data.get(at..).filter(|rest| !rest.is_empty()) else {
+                    break;
+                };
+                let r = match decode(rest, seg.header.salt) {
+                    Decoded::Record(r) => r,
+                    Decoded::End => {
+                        at = data.len();
+                        break;
+                    }
+                    Decoded::Invalid(why) => return Err(corrupt(at, why.to_string())),
+                };
+                let len = r.header.record_len();
+                let here = (seg.slot, segment_offset(at)?);
+                let retained = ix
+                    .find(r.key, r.header.revision)
+                    .is_some_and(|rev| (rev.slot, rev.offset) == here);
+                if retained {
+                    // `decode` found the whole record in `rest`.
+                    let bytes = rest.get(..len).unwrap_or_default();
+                    output.add(r.key, r.header.revision, here, bytes)?;
+                    report.records_kept += 1;
+                } else {
+                    report.records_dropped += 1;
+                }
+                at += len;
+            }
+        }
+        Ok(())
     }
 
     /// Takes compacted inputs out of the table and deletes their files.
@@ -296,13 +377,9 @@ impl BucketCore {
             self.log.remove_segments(ids);
         }
         for (i, seg) in run.iter().enumerate() {
-            match std::fs::remove_file(&seg.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&seg.path, e)),
-            }
+            remove_if_exists(&seg.path)?;
             if i == 0 {
-                self.crash_if(CrashPoint::AfterFirstDelete)?;
+                crash_point!(self, AfterFirstDelete);
             }
         }
         sync_dir(&self.dir)

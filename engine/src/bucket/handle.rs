@@ -1,0 +1,268 @@
+//! [`Bucket`], the public handle on one bucket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::compact::CompactionReport;
+#[cfg(any(test, feature = "failpoints"))]
+use super::compact::CrashPoint;
+use super::watch::{Watch, WatchOptions};
+use super::{BucketCore, KeepStoreOpen};
+use crate::config::BucketConfig;
+use crate::entry::{
+    BucketStats, BucketStatus, DurabilityTicket, Entry, Page, Ttl, WriteOp, Written,
+};
+use crate::error::{Error, Result};
+use crate::key::Glob;
+
+/// A handle on one bucket. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Bucket {
+    core: Arc<BucketCore>,
+    store: KeepStoreOpen,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("name", &self.core.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bucket {
+    /// A handle on `core` that keeps the store open while it lives.
+    pub(crate) fn new(core: Arc<BucketCore>, store: KeepStoreOpen) -> Bucket {
+        Bucket { core, store }
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        self.core.name()
+    }
+
+    /// The bucket's configuration.
+    pub fn config(&self) -> BucketConfig {
+        self.core.config()
+    }
+
+    /// The value of `key`, if it has a live one.
+    pub fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.core.get(key)?.map(|e| e.value))
+    }
+
+    /// Calls `f` with the live value of `key` read in place (no copy);
+    /// `None` if the key has no live value.
+    pub fn get_with<T>(&self, key: &str, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.core.get_with(key, f)
+    }
+
+    /// Whether the bucket still exists (it has not been dropped).
+    pub fn is_open(&self) -> bool {
+        self.core.check_open().is_ok()
+    }
+
+    /// Counters that cost nothing to read (no walk of the index).
+    pub fn stats(&self) -> BucketStats {
+        self.core.stats()
+    }
+
+    /// Applies independent writes — each succeeds or fails on its own, in
+    /// order — under one lock hold and one append, without waiting for
+    /// durability (not a batch: see [`Bucket::write`] for that). Returns each
+    /// result and a ticket for [`Bucket::wait_durable`].
+    pub fn write_each(&self, ops: &[WriteOp]) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
+        self.core.write_each(ops)
+    }
+
+    /// Like [`Bucket::delete_glob`] without waiting for durability: returns the
+    /// count and a ticket for [`Bucket::wait_durable`].
+    pub fn delete_glob_nowait(&self, glob: &str) -> Result<(usize, DurabilityTicket)> {
+        self.core.delete_glob_nowait(&Glob::new(glob)?)
+    }
+
+    /// The latest entry of `key`, if it is a live value.
+    pub fn entry(&self, key: &str) -> Result<Option<Entry>> {
+        self.core.get(key)
+    }
+
+    /// Retained revision `revision` of `key` — a DEL or PURGE marker is returned
+    /// as such — or `None` if it is not retained or has expired.
+    pub fn entry_at(&self, key: &str, revision: u64) -> Result<Option<Entry>> {
+        self.core.get_revision(key, revision)
+    }
+
+    /// Applies writes as one atomic batch: all or none, consecutive revisions,
+    /// durable together, visible at once. If one precondition fails nothing is
+    /// written and the error is [`Error::Batch`] naming the write (a single
+    /// write returns its error unwrapped).
+    pub fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
+        self.core.write(ops)
+    }
+
+    /// Like [`Bucket::write`], but returns as soon as the writes are visible,
+    /// with a ticket to pass to [`Bucket::wait_durable`]. A server uses this to
+    /// apply a whole pipeline of writes and then wait for one shared fsync.
+    pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, DurabilityTicket)> {
+        self.core.write_nowait(ops)
+    }
+
+    /// Waits until every write whose ticket is at most `ticket` is durable
+    /// (returns at once unless the fsync policy is [`FsyncPolicy::Always`](crate::FsyncPolicy::Always)).
+    pub fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
+        self.core.wait_durable(ticket)
+    }
+
+    fn write_one(&self, op: &WriteOp) -> Result<Written> {
+        let mut out = self.core.write(std::slice::from_ref(op))?;
+        out.pop().ok_or(Error::Closed)
+    }
+
+    /// Stores a value; returns its revision.
+    pub fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64> {
+        Ok(self.write_one(&WriteOp::put(key, value))?.revision)
+    }
+
+    /// Stores a value that expires after `ttl`; returns its revision.
+    pub fn put_with_ttl(&self, key: &str, value: impl Into<Bytes>, ttl: Duration) -> Result<u64> {
+        Ok(self
+            .write_one(&WriteOp::put(key, value).with_ttl(ttl))?
+            .revision)
+    }
+
+    /// Stores a value and returns the live entry it replaced.
+    pub fn put_returning_previous(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+    ) -> Result<(u64, Option<Entry>)> {
+        let w = self.write_one(&WriteOp::put(key, value).returning_previous())?;
+        Ok((w.revision, w.previous))
+    }
+
+    /// Stores a value only if the key has no live value; [`Error::Exists`] otherwise.
+    pub fn create(&self, key: &str, value: impl Into<Bytes>) -> Result<u64> {
+        Ok(self.write_one(&WriteOp::create(key, value))?.revision)
+    }
+
+    /// Stores a value only if `revision` is the key's latest (see [`WriteOp::update`]).
+    pub fn update(&self, key: &str, value: impl Into<Bytes>, revision: u64) -> Result<u64> {
+        Ok(self
+            .write_one(&WriteOp::update(key, value, revision))?
+            .revision)
+    }
+
+    /// Compare-and-swap by value (see [`WriteOp::cas`]).
+    pub fn cas(&self, key: &str, new: impl Into<Bytes>, expected: Option<&[u8]>) -> Result<u64> {
+        let expected = expected.map(Bytes::copy_from_slice);
+        Ok(self.write_one(&WriteOp::cas(key, new, expected))?.revision)
+    }
+
+    /// Writes a DEL marker; returns its revision.
+    pub fn delete(&self, key: &str) -> Result<u64> {
+        Ok(self.write_one(&WriteOp::delete(key))?.revision)
+    }
+
+    /// Writes a DEL marker if `revision` is the key's latest; [`Error::WrongRevision`] otherwise.
+    pub fn delete_at(&self, key: &str, revision: u64) -> Result<u64> {
+        Ok(self.write_one(&WriteOp::delete_at(key, revision))?.revision)
+    }
+
+    /// Writes a DEL marker and returns the live entry it deleted.
+    pub fn delete_returning(&self, key: &str) -> Result<(u64, Option<Entry>)> {
+        let w = self.write_one(&WriteOp::delete(key).returning_previous())?;
+        Ok((w.revision, w.previous))
+    }
+
+    /// Writes a PURGE marker; every earlier revision of the key is dropped.
+    pub fn purge(&self, key: &str) -> Result<u64> {
+        Ok(self.write_one(&WriteOp::purge(key))?.revision)
+    }
+
+    /// Writes a new PUT with the value of retained revision `revision`.
+    pub fn revert(&self, key: &str, revision: u64) -> Result<u64> {
+        Ok(self.write_one(&WriteOp::revert(key, revision))?.revision)
+    }
+
+    /// Live keys matching a subject pattern (`*` one token, `>` the rest), in key order.
+    pub fn keys(&self, pattern: &str) -> Result<Vec<String>> {
+        self.core.keys(pattern)
+    }
+
+    /// Retained entries of keys matching a subject pattern, oldest first.
+    pub fn history(&self, pattern: &str) -> Result<Vec<Entry>> {
+        self.core.history(pattern)
+    }
+
+    /// Latest live entries of keys matching a glob, in key order; at most `limit` (0: no limit).
+    pub fn search(&self, glob: &str, limit: usize) -> Result<Vec<Entry>> {
+        self.core.search(&Glob::new(glob)?, limit)
+    }
+
+    /// Deletes (as by [`Bucket::delete`]) every live key matching a glob; returns how many.
+    pub fn delete_glob(&self, glob: &str) -> Result<usize> {
+        self.core.delete_glob(&Glob::new(glob)?)
+    }
+
+    /// One page of live entries with `from <= key < to`, in key order, and the
+    /// cursor for the next page. Pages stay correct while writes go on: a key
+    /// present during the whole walk is returned exactly once.
+    pub fn scan(&self, from: Option<&str>, to: Option<&str>, limit: usize) -> Result<Page> {
+        self.core.scan(from, to, limit)
+    }
+
+    /// Time left on a key's value.
+    pub fn ttl(&self, key: &str) -> Result<Ttl> {
+        self.core.ttl(key)
+    }
+
+    /// A description of the bucket.
+    pub fn status(&self) -> Result<BucketStatus> {
+        self.core.status()
+    }
+
+    /// Writes DEL markers for expired values and drops aged entries now
+    /// (the background thread does this every [`Options::sweep_interval`](crate::Options::sweep_interval)).
+    pub fn sweep_expired(&self) -> Result<usize> {
+        self.core.sweep_expired()
+    }
+
+    /// Starts a watch on keys matching a subject pattern (see [`WatchOptions`]).
+    pub fn watch(&self, pattern: &str, opts: WatchOptions) -> Result<Watch> {
+        Watch::start(
+            Arc::clone(&self.core),
+            Arc::clone(&self.store),
+            pattern,
+            opts,
+        )
+    }
+
+    /// A channel that receives a (coalesced) token after every write to this
+    /// bucket, for event loops that poll watches with [`Watch::try_next`]
+    /// instead of blocking. Costs the writer one `try_send` per listener.
+    pub fn change_listener(&self) -> crossbeam_channel::Receiver<()> {
+        self.core.change_listener()
+    }
+
+    /// Makes every write to this bucket acknowledged so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.core.sync()
+    }
+
+    /// Runs a compaction pass now: seals the active segment if it holds dead
+    /// records and rewrites every sealed segment that has any, keeping only
+    /// what is retained. Writers and readers go on meanwhile.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        self.core.compact(true)
+    }
+
+    /// Test hook (feature `failpoints`): make the next compaction passes stop
+    /// at `point` as if the process crashed there, failing with
+    /// [`Error::InjectedCrash`] (the store should be dropped and reopened after).
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn set_compaction_crash_point(&self, point: CrashPoint) {
+        self.core.set_crash_point(point);
+    }
+}

@@ -1,0 +1,172 @@
+//! Upkeep of a bucket: the TTL sweep, aging entries out, the index
+//! snapshot, and the counters and status that describe it.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::BucketCore;
+use crate::entry::{BucketStats, BucketStatus, Op, WriteOp};
+use crate::error::Result;
+use crate::log::segment::Segment;
+use crate::snapshot;
+
+impl BucketCore {
+    /// Counters that cost nothing to read (no walk of the index): keys whose
+    /// latest entry is a value (expired ones not yet swept included), values,
+    /// bytes, segments, fsyncs, compactions, dead bytes.
+    pub(crate) fn stats(&self) -> BucketStats {
+        let ix = self.index.read();
+        BucketStats {
+            keys: ix.put_keys(),
+            values: ix.values(),
+            bytes: ix.bytes(),
+            dead_bytes: ix.dead_bytes().values().sum(),
+            segments: self.log.segment_count() as u64,
+            fsyncs: self.log.fsyncs(),
+            compactions: self.compaction_stats.passes.load(Ordering::Relaxed),
+            last_revision: self.last_rev.load(Ordering::Acquire),
+        }
+    }
+
+    /// A description of the bucket.
+    pub(crate) fn status(&self) -> Result<BucketStatus> {
+        self.check_open()?;
+        let now = self.now();
+        let ix = self.index.read();
+        let mut keys = 0;
+        let mut first = u64::MAX;
+        for (_, latest) in ix.range(Bound::Unbounded, Bound::Unbounded) {
+            if latest.live(now) {
+                keys += 1;
+            }
+            ix.for_each_rev(latest, |r| first = first.min(r.revision));
+        }
+        Ok(BucketStatus {
+            bucket: self.name.to_string(),
+            values: ix.values(),
+            keys,
+            bytes: ix.bytes(),
+            history: self.config.history,
+            ttl_ms: self.config.ttl_ms(),
+            max_bytes: self.config.max_bytes,
+            max_value_size: self.config.max_value_size,
+            first_revision: if first == u64::MAX { 0 } else { first },
+            last_revision: self.last_rev.load(Ordering::Acquire),
+            segments: self.log.segment_count() as u64,
+            fsyncs: self.log.fsyncs(),
+            dead_bytes: ix.dead_bytes().values().sum(),
+            compactions: self.compaction_stats.passes.load(Ordering::Relaxed),
+            reclaimed_bytes: self.compaction_stats.reclaimed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Writes DEL markers for live values whose TTL has passed (so watchers see
+    /// the expiry), and drops entries past the bucket's max age from the index.
+    /// Returns the number of markers written.
+    pub(crate) fn sweep_expired(&self) -> Result<usize> {
+        self.check_open()?;
+        let now = self.now();
+        let mut markers = 0;
+        if self.index.read().expiring() > 0 {
+            self.walk_in_chunks(
+                b"",
+                |_, k, r, picked| {
+                    if r.op() == Op::Put && r.expired(now) {
+                        picked.push(WriteOp::delete_at(k.as_str(), r.revision));
+                    }
+                },
+                |ops| {
+                    let (n, ticket) = self.delete_unchanged(&ops)?;
+                    markers += n;
+                    self.wait_durable(ticket)
+                },
+            )?;
+        }
+        self.age_out(now)?;
+        Ok(markers)
+    }
+
+    /// Writes an index snapshot of the bucket as it is now. The index is
+    /// encoded under its read lock together with the published log end (the
+    /// writer publishes under the write lock, so the two agree); the log is
+    /// made durable up to that end before the snapshot is saved, so it never
+    /// names records a crash could lose. Writers wait only for the encoding,
+    /// never for the fsync or the file write.
+    pub(crate) fn write_snapshot(&self) -> Result<()> {
+        self.check_open()?;
+        let (bytes, end) = {
+            let ix = self.index.read();
+            let (end, last_rev) = self.hub.published();
+            let all = self.log.segments();
+            let active = all.last().map(|s| s.slot);
+            // Segments up to the one the published end is in; a newer, empty
+            // one (a rotation not yet written to) is left for recovery to scan.
+            let segs: Vec<(Arc<Segment>, u64)> = all
+                .into_iter()
+                .filter(|s| s.id.seq <= end.seq())
+                .map(|s| {
+                    let covered = if Some(s.slot) == active {
+                        end.offset()
+                    } else {
+                        s.data_end()
+                    };
+                    (s, covered)
+                })
+                .collect();
+            if segs.is_empty() {
+                // Compaction removed every record up to the published end:
+                // there is nothing a snapshot would spare recovery from reading.
+                drop(ix);
+                return snapshot::remove(&self.dir);
+            }
+            (snapshot::encode(&ix, last_rev, &segs)?, end)
+        };
+        self.log.wait_durable(end)?;
+        snapshot::save(&self.dir, &bytes)
+    }
+
+    /// Drops from the index the oldest entries of each key that are past the
+    /// bucket's max age. Older entries are always older, so this only ever cuts
+    /// a prefix of a key's history — the same cut recovery makes.
+    pub(super) fn age_out(&self, now: u64) -> Result<()> {
+        let ttl = self.config.ttl_ms();
+        if ttl == 0 {
+            return Ok(());
+        }
+        self.walk_in_chunks(
+            b"",
+            |ix, k, latest, picked| {
+                ix.for_each_rev(latest, |r| {
+                    if r.expired(now) {
+                        picked.push((k.as_str().to_string(), *r, self.log.segment(r.slot)));
+                    }
+                });
+            },
+            |candidates| {
+                // The index keeps only the earlier of the two expiries; the record
+                // tells whether max age (rather than a per-key TTL) was the cause.
+                let mut aged: HashMap<String, HashSet<u64>> = HashMap::new();
+                for (k, r, seg) in &candidates {
+                    let e = self.load_from(seg.as_ref(), k, r)?;
+                    if e.created_ms.saturating_add(ttl) <= now {
+                        aged.entry(k.clone()).or_default().insert(r.revision);
+                    }
+                }
+                if !aged.is_empty() {
+                    let mut ix = self.index.write();
+                    let mut removed = Vec::new();
+                    for (k, revs) in &aged {
+                        ix.drop_oldest_while(
+                            k.as_bytes(),
+                            |r| revs.contains(&r.revision),
+                            &mut removed,
+                        );
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+}

@@ -1,0 +1,152 @@
+//! One bucket: its log, its index, its revision counter, and every read and
+//! write on it.
+//!
+//! [`BucketCore`] is a bucket's shared state; each concern of it is a file:
+//!
+//! | file | what it does |
+//! |---|---|
+//! | `open.rs` | opens a bucket directory: replays its log into a fresh index (from the index snapshot on, when one matches) |
+//! | `read.rs` | point reads: one key, one revision, its TTL |
+//! | `write/` | the write path: plan (checks against the index and the earlier writes of the call) → encode (records, one append) → apply (index, watch hub) |
+//! | `query.rs` | reads and deletes over many keys: keys, history, search, scan, delete by glob |
+//! | `maintenance.rs` | the TTL sweep, aging out, the index snapshot, counters and status |
+//! | `compact.rs` | compaction |
+//! | `watch.rs` | watches: cursors reading the log |
+//! | `handle.rs` | [`Bucket`](handle::Bucket), the public handle |
+//!
+//! The fields of [`BucketCore`] are private to this module and its files; the
+//! rest of the crate (the store) calls methods.
+
+pub(crate) mod compact;
+pub(crate) mod handle;
+mod maintenance;
+mod open;
+mod query;
+mod read;
+pub(crate) mod watch;
+mod write;
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::clock::Clock;
+use crate::config::BucketConfig;
+use crate::error::{Error, Result};
+use crate::index::{Index, RecordRef};
+use crate::log::{Appender, Log};
+use crate::watch_hub::WatchHub;
+
+/// What a bucket handle or a watch holds to keep the store open (its
+/// directory lock, its background thread) for as long as it lives.
+pub(crate) type KeepStoreOpen = Arc<dyn Any + Send + Sync>;
+
+/// The writer's state, under one lock: appends and revision numbers are serial.
+struct Writer {
+    /// Where the next append goes.
+    app: Appender,
+    /// The revision the next write gets.
+    next_rev: u64,
+    /// Encoded records of the write in progress (reused).
+    buf: Vec<u8>,
+    /// Records the write in progress retired from the index (reused).
+    removed: Vec<RecordRef>,
+}
+
+/// Compaction counters kept since open.
+#[derive(Default)]
+struct CompactionStats {
+    /// Passes that rewrote at least one segment.
+    passes: AtomicU64,
+    /// Bytes of disk given back.
+    reclaimed: AtomicU64,
+}
+
+/// A bucket's shared state.
+pub(crate) struct BucketCore {
+    name: Arc<str>,
+    config: BucketConfig,
+    dir: PathBuf,
+    log: Log,
+    index: RwLock<Index>,
+    writer: Mutex<Writer>,
+    clock: Arc<dyn Clock>,
+    dropped: AtomicBool,
+    /// The last revision whose write is visible.
+    last_rev: AtomicU64,
+    compaction_stats: CompactionStats,
+    hub: WatchHub,
+    /// Serialises compaction passes.
+    compacting: Mutex<()>,
+    /// Compact a sealed segment once this share of its bytes is dead.
+    compact_dead_ratio: f64,
+    /// The store's segment size: a compaction output grows no larger.
+    segment_size: u64,
+    /// A test hook: the compaction step at which to stop as if crashed
+    /// ([`compact::CrashPoint`] as a number; 0 for none).
+    #[cfg(any(test, feature = "failpoints"))]
+    crash_point: std::sync::atomic::AtomicU8,
+}
+
+/// Effective expiry: the earlier of a per-key expiry and the bucket's max age.
+fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u64) -> u64 {
+    match (key_expires, bucket_ttl_ms) {
+        (k, 0) => k,
+        (0, t) => created.saturating_add(t),
+        (k, t) => k.min(created.saturating_add(t)),
+    }
+}
+
+impl BucketCore {
+    /// The bucket's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bucket's configuration.
+    pub(crate) fn config(&self) -> BucketConfig {
+        self.config
+    }
+
+    /// A channel that receives a (coalesced) token after every write.
+    pub(crate) fn change_listener(&self) -> crossbeam_channel::Receiver<()> {
+        self.hub.listen()
+    }
+
+    /// Fails with [`Error::NoBucket`] once the bucket has been dropped.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.dropped.load(Ordering::Acquire) {
+            return Err(Error::NoBucket(self.name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The time now, ms since the Unix epoch.
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Makes every write acknowledged so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.log.sync()
+    }
+
+    /// Whether some write is not yet durable.
+    pub(crate) fn has_unsynced_writes(&self) -> bool {
+        self.log.dirty()
+    }
+
+    /// Marks the bucket dropped, waits for a write in progress to finish, has
+    /// `remove` take its directory away (no write starts meanwhile), and ends
+    /// its watches.
+    pub(crate) fn drop_with(&self, remove: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        self.dropped.store(true, Ordering::Release);
+        let _writer = self.writer.lock();
+        remove(&self.dir)?;
+        self.hub.close();
+        Ok(())
+    }
+}

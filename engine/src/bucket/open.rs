@@ -1,0 +1,155 @@
+//! Opening a bucket: its log replayed into a fresh index, from the index
+//! snapshot on when one matches the log.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::{effective_expiry, BucketCore, CompactionStats, Writer};
+use crate::config::{BucketConfig, Options};
+use crate::error::Result;
+use crate::index::{Index, RecordRef};
+use crate::log::recovery::RecoveryReport;
+use crate::log::segment::Segment;
+use crate::log::{Log, LogConfig, Opened};
+use crate::snapshot::{self, Snapshot};
+use crate::watch_hub::WatchHub;
+
+/// A bucket's log read back, and the index it describes.
+struct Replayed {
+    opened: Opened,
+    index: Index,
+    /// The last revision the bucket gave out.
+    last_revision: u64,
+}
+
+impl BucketCore {
+    /// Opens a bucket directory, replaying its log into a fresh index.
+    pub(crate) fn open(
+        dir: &Path,
+        name: &str,
+        config: BucketConfig,
+        opts: &Options,
+    ) -> Result<(BucketCore, RecoveryReport)> {
+        let Replayed {
+            opened,
+            index,
+            last_revision: last,
+        } = replay(dir, name, &config, opts)?;
+        let end = opened.appender.end();
+        let core = BucketCore {
+            name: Arc::from(name),
+            config,
+            dir: dir.to_path_buf(),
+            log: opened.log,
+            index: RwLock::new(index),
+            writer: Mutex::new(Writer {
+                app: opened.appender,
+                next_rev: last + 1,
+                buf: Vec::new(),
+                removed: Vec::new(),
+            }),
+            clock: Arc::clone(&opts.clock),
+            dropped: AtomicBool::new(false),
+            last_rev: AtomicU64::new(last),
+            compaction_stats: CompactionStats::default(),
+            hub: WatchHub::new(end, last),
+            compacting: Mutex::new(()),
+            compact_dead_ratio: opts.compact_dead_ratio,
+            segment_size: opts.segment_size,
+            #[cfg(any(test, feature = "failpoints"))]
+            crash_point: std::sync::atomic::AtomicU8::new(0),
+        };
+        // Entries past the bucket's max age leave the index now, as they would have
+        // had the store stayed open (the same rule the sweeper applies).
+        core.age_out(core.now())?;
+        Ok((core, opened.report))
+    }
+}
+
+/// Opens the log in `dir` and rebuilds the index from it: from the index
+/// snapshot when it matches the log, then every record after the snapshot.
+fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Result<Replayed> {
+    let index = RefCell::new(Index::default());
+    let mut max_rev = 0;
+    let mut removed = Vec::new();
+    let history = usize::from(config.history);
+    let ttl = config.ttl_ms();
+    let log_cfg = LogConfig {
+        segment_size: opts.segment_size,
+        fsync: opts.fsync,
+        repair: opts.repair,
+    };
+    let mut snap = usable_snapshot(dir, name, opts.repair)?;
+    let mut snap_rev = 0;
+    let mut stale = false;
+    let mut start = |segs: &[Arc<Segment>]| {
+        let s = snap.take()?;
+        let last = s.last_revision;
+        let applied = s.apply(segs, history, &mut index.borrow_mut());
+        match applied {
+            Ok(at) => {
+                snap_rev = last;
+                Some(at)
+            }
+            Err(why) => {
+                tracing::warn!(bucket = name, reason = %why, "index snapshot is stale; scanning the whole log");
+                *index.borrow_mut() = Index::default();
+                stale = true;
+                None
+            }
+        }
+    };
+    let opened = Log::open(
+        dir,
+        log_cfg,
+        &mut start,
+        &mut |seg: &Arc<Segment>, offset, rec| {
+            let h = &rec.header;
+            let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
+            let at = RecordRef::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
+            index.borrow_mut().apply(rec.key, at, history, &mut removed);
+            removed.clear();
+            max_rev = max_rev.max(h.revision);
+            Ok(())
+        },
+    )?;
+    if stale {
+        snapshot::remove(dir)?;
+    }
+    let mut index = index.into_inner();
+    let sizes = opened
+        .log
+        .segments()
+        .iter()
+        .map(|s| (s.slot, s.data_end().saturating_sub(s.data_start)))
+        .collect();
+    index.recompute_dead(&sizes);
+    let last_revision = max_rev.max(opened.watermark).max(snap_rev);
+    Ok(Replayed {
+        opened,
+        index,
+        last_revision,
+    })
+}
+
+/// The index snapshot of the bucket in `dir`, if it has one that can be
+/// read; one that cannot is removed (and the whole log is scanned).
+fn usable_snapshot(dir: &Path, name: &str, repair: bool) -> Result<Option<Snapshot>> {
+    if repair {
+        // Repair may cut the log below a snapshot's end: never trust one after it.
+        snapshot::remove(dir)?;
+        return Ok(None);
+    }
+    match snapshot::load(dir) {
+        Ok(s) => Ok(s),
+        Err(why) => {
+            tracing::warn!(bucket = name, reason = %why, "index snapshot unusable; scanning the whole log");
+            snapshot::remove(dir)?;
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Reads and deletes over many keys: keys, history, search, scan, and
+//! delete by glob.
+//!
+//! Keys and revisions are picked under one index read lock hold; records are
+//! loaded after it is released. Long walks (DELGLOB, the TTL sweep) take the
+//! lock for a chunk of keys at a time, never for the whole walk.
+
+use std::ops::Bound;
+
+use super::BucketCore;
+use crate::entry::{DurabilityTicket, Entry, Page, WriteOp};
+use crate::error::{Error, Result};
+use crate::index::{IKey, Index, RecordRef};
+use crate::key::{Glob, Subject};
+
+/// How many keys a long walk looks at per index lock hold.
+const WALK_CHUNK: usize = 4096;
+
+impl BucketCore {
+    /// Loads the records `collect` picks (key and index reference) under one
+    /// index lock hold, reading them after the lock is released.
+    fn load_many(
+        &self,
+        collect: impl FnOnce(&Index) -> Vec<(String, RecordRef)>,
+    ) -> Result<Vec<Entry>> {
+        let (picked, segs) = {
+            let ix = self.index.read();
+            let picked = collect(&ix);
+            let segs = self.segments_of(picked.iter().map(|(_, r)| r.slot));
+            (picked, segs)
+        };
+        picked
+            .iter()
+            .map(|(k, r)| self.load_from(segs.get(&r.slot), k, r))
+            .collect()
+    }
+
+    /// Live keys matching a subject pattern, in key order.
+    pub(crate) fn keys(&self, pattern: &str) -> Result<Vec<String>> {
+        self.check_open()?;
+        let subject = Subject::new(pattern)?;
+        let now = self.now();
+        let ix = self.index.read();
+        Ok(ix
+            .prefixed(subject.literal_prefix().as_bytes())
+            .filter(|(k, r)| r.live(now) && subject.matches(k.as_str()))
+            .map(|(k, _)| k.as_str().to_string())
+            .collect())
+    }
+
+    /// Retained entries (markers included, expired excluded) of keys matching a
+    /// subject pattern, oldest first.
+    pub(crate) fn history(&self, pattern: &str) -> Result<Vec<Entry>> {
+        self.check_open()?;
+        let subject = Subject::new(pattern)?;
+        let now = self.now();
+        let mut out = self.load_many(|ix| {
+            let mut picked = Vec::new();
+            for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
+                if subject.matches(k.as_str()) {
+                    ix.for_each_rev(latest, |r| {
+                        if !r.expired(now) {
+                            picked.push((k.as_str().to_string(), *r));
+                        }
+                    });
+                }
+            }
+            picked
+        })?;
+        out.sort_by_key(|e| e.revision);
+        Ok(out)
+    }
+
+    /// Latest live entries of keys matching a glob, in key order, at most `limit` (0: no limit).
+    pub(crate) fn search(&self, glob: &Glob, limit: usize) -> Result<Vec<Entry>> {
+        self.check_open()?;
+        let now = self.now();
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let prefix = glob.literal_prefix();
+        self.load_many(|ix| {
+            ix.prefixed(prefix.as_bytes())
+                .filter(|(k, r)| r.live(now) && glob.matches(k.as_str()))
+                .take(limit)
+                .map(|(k, r)| (k.as_str().to_string(), *r))
+                .collect()
+        })
+    }
+
+    /// Deletes (DEL markers) every live key matching a glob without waiting
+    /// for durability; returns how many, and the ticket to wait for.
+    pub(crate) fn delete_glob_nowait(&self, glob: &Glob) -> Result<(usize, DurabilityTicket)> {
+        self.check_open()?;
+        let (mut deleted, mut ticket) = (0, DurabilityTicket::default());
+        let prefix = glob.literal_prefix();
+        self.walk_in_chunks(
+            prefix.as_bytes(),
+            |_, k, r, picked| {
+                if self.live(r) && glob.matches(k.as_str()) {
+                    picked.push(WriteOp::delete_at(k.as_str(), r.revision));
+                }
+            },
+            |ops| {
+                let (n, t) = self.delete_unchanged(&ops)?;
+                deleted += n;
+                ticket = ticket.max(t);
+                Ok(())
+            },
+        )?;
+        Ok((deleted, ticket))
+    }
+
+    /// Walks the keys starting with `prefix` in order, [`WALK_CHUNK`] keys per
+    /// index read-lock hold: `pick` sees each key and its latest revision under
+    /// the lock, `act` gets each chunk's picks once the lock is released. Long
+    /// walks (DELGLOB, the TTL sweep) never hold the lock for long.
+    pub(super) fn walk_in_chunks<T>(
+        &self,
+        prefix: &[u8],
+        mut pick: impl FnMut(&Index, &IKey, &RecordRef, &mut Vec<T>),
+        mut act: impl FnMut(Vec<T>) -> Result<()>,
+    ) -> Result<()> {
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let (picked, last) = {
+                let ix = self.index.read();
+                let from = match &cursor {
+                    Some(c) => Bound::Excluded(c.as_slice()),
+                    None => Bound::Included(prefix),
+                };
+                let mut picked = Vec::new();
+                let mut last = None;
+                for (k, r) in ix
+                    .range(from, Bound::Unbounded)
+                    .take_while(|(k, _)| k.as_bytes().starts_with(prefix))
+                    .take(WALK_CHUNK)
+                {
+                    pick(&ix, k, r, &mut picked);
+                    last = Some(k.as_bytes().to_vec());
+                }
+                (picked, last)
+            };
+            let Some(last) = last else { return Ok(()) };
+            if !picked.is_empty() {
+                act(picked)?;
+            }
+            cursor = Some(last);
+        }
+    }
+
+    /// Writes DEL markers for keys still at the revisions given (a key written
+    /// meanwhile is left alone); returns how many and the durability ticket.
+    pub(super) fn delete_unchanged(&self, ops: &[WriteOp]) -> Result<(usize, DurabilityTicket)> {
+        let (results, ticket) = self.write_each(ops)?;
+        let mut deleted = 0;
+        for r in results {
+            match r {
+                Ok(_) => deleted += 1,
+                Err(Error::WrongRevision { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((deleted, ticket))
+    }
+
+    /// Deletes (DEL markers) every live key matching a glob; returns how many.
+    pub(crate) fn delete_glob(&self, glob: &Glob) -> Result<usize> {
+        let (deleted, ticket) = self.delete_glob_nowait(glob)?;
+        self.wait_durable(ticket)?;
+        Ok(deleted)
+    }
+
+    /// Live entries with `from <= key < to`, at most `limit`, and the cursor of the next page.
+    pub(crate) fn scan(&self, from: Option<&str>, to: Option<&str>, limit: usize) -> Result<Page> {
+        self.check_open()?;
+        if limit == 0 {
+            return Err(Error::BadArgument("LIMIT must be at least 1".into()));
+        }
+        let now = self.now();
+        let mut next = None;
+        let entries = self.load_many(|ix| {
+            let lo = from.map_or(Bound::Unbounded, |f| Bound::Included(f.as_bytes()));
+            let hi = to.map_or(Bound::Unbounded, |t| Bound::Excluded(t.as_bytes()));
+            if let (Some(f), Some(t)) = (from, to) {
+                if f >= t {
+                    return Vec::new();
+                }
+            }
+            let mut picked = Vec::new();
+            for (k, r) in ix.range(lo, hi).filter(|(_, r)| r.live(now)) {
+                if picked.len() == limit {
+                    next = Some(k.as_str().to_string());
+                    break;
+                }
+                picked.push((k.as_str().to_string(), *r));
+            }
+            picked
+        })?;
+        Ok(Page { next, entries })
+    }
+}

@@ -1,0 +1,63 @@
+//! Step 2 of a write: encode. The planned writes become records in the
+//! writer's buffer and reach the log with one append: room is reserved first
+//! (which may rotate to a new segment and fixes the checksum salt), then the
+//! whole buffer is written at the end of the active segment.
+
+use super::plan::PlannedWrite;
+use super::WriteMode;
+use crate::bucket::{BucketCore, Writer};
+use crate::error::Result;
+use crate::log::record::{self, FLAG_BATCH_CONT, FLAG_BATCH_MORE};
+use crate::log::Appended;
+
+impl BucketCore {
+    /// Encodes `writes` (created at `now`) and appends them to the log with
+    /// one write; returns where they landed.
+    pub(super) fn append_records(
+        &self,
+        w: &mut Writer,
+        writes: &[PlannedWrite<'_>],
+        mode: WriteMode,
+        now: u64,
+    ) -> Result<Appended> {
+        let Writer {
+            app, buf, next_rev, ..
+        } = w;
+        buf.clear();
+        let total: usize = writes.iter().map(PlannedWrite::encoded_len).sum();
+        // A new segment's header records the last revision given out before these.
+        let salt = self.log.reserve(app, total as u64, *next_rev - 1)?;
+        for (j, write) in writes.iter().enumerate() {
+            record::encode(
+                buf,
+                salt,
+                write.op,
+                batch_flags(mode, j, writes.len()),
+                write.revision,
+                now,
+                write.key_expires_ms,
+                write.key.as_bytes(),
+                &write.value,
+            );
+        }
+        self.log.append(app, buf)
+    }
+}
+
+/// The batch flags of record `index` of `count`. An atomic batch chains its
+/// records (`BATCH_MORE` on all but the last, `BATCH_CONT` on all but the
+/// first), so that recovery applies all of them or none; independent writes
+/// are batches of one.
+fn batch_flags(mode: WriteMode, index: usize, count: usize) -> u8 {
+    match mode {
+        WriteMode::Batch => {
+            let followed = if index + 1 < count {
+                FLAG_BATCH_MORE
+            } else {
+                0
+            };
+            followed | if index > 0 { FLAG_BATCH_CONT } else { 0 }
+        }
+        WriteMode::Each => 0,
+    }
+}

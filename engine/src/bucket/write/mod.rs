@@ -1,0 +1,99 @@
+//! The write path. Keys, value sizes and TTLs are checked before any lock;
+//! then, under the bucket's writer lock, three steps:
+//!
+//! 1. **plan** (`plan.rs`): each write is checked against its key's state
+//!    (the index, and the earlier writes of the same call) and the bucket's
+//!    max bytes, and gets its revision;
+//! 2. **encode** (`encode.rs`): the planned writes become records, appended
+//!    to the log with one write;
+//! 3. **apply** (`apply.rs`): under the index write lock they enter the index
+//!    and the new log end is published to watchers.
+//!
+//! The writer lock is then released and the change listeners are poked. The
+//! caller waits for durability afterwards, outside every lock, with the
+//! [`DurabilityTicket`] it got (group commit, in the log).
+
+mod apply;
+mod encode;
+mod plan;
+
+use plan::Plan;
+
+use crate::bucket::BucketCore;
+use crate::entry::{DurabilityTicket, WriteOp, Written};
+use crate::error::Result;
+use crate::fsync::FsyncPolicy;
+
+/// How the writes of one call relate to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    /// An atomic batch: all or none, logged as one batch; the first failure
+    /// is the error of the call (wrapped in [`crate::Error::Batch`] for more
+    /// than one write).
+    Batch,
+    /// Independent writes: each succeeds or fails on its own, in order, each
+    /// a batch of one in the log.
+    Each,
+}
+
+impl BucketCore {
+    /// Applies writes atomically: all or none, consecutive revisions, durable together.
+    pub(crate) fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
+        let (written, ticket) = self.write_nowait(ops)?;
+        self.wait_durable(ticket)?;
+        Ok(written)
+    }
+
+    /// Waits until the writes of `ticket` are durable, if the fsync policy is `Always`.
+    pub(crate) fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
+        if self.log.fsync_policy() == FsyncPolicy::Always {
+            self.log.wait_durable(ticket.log_end())?;
+        }
+        Ok(())
+    }
+
+    /// Applies writes atomically and makes them visible without waiting for
+    /// durability; returns the ticket to pass to [`BucketCore::wait_durable`].
+    pub(crate) fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, DurabilityTicket)> {
+        let (results, ticket) = self.write_with(ops, WriteMode::Batch)?;
+        // In batch mode every result is Ok (the first failure returned above).
+        let written = results.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok((written, ticket))
+    }
+
+    /// Applies independent writes (not a batch: each succeeds or fails on its
+    /// own, in order, each a batch of one in the log) under one writer lock hold
+    /// and one append, without waiting for durability. A server uses this for a
+    /// pipeline of writes. Returns each write's result and the ticket to wait
+    /// for.
+    pub(crate) fn write_each(
+        &self,
+        ops: &[WriteOp],
+    ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
+        self.write_with(ops, WriteMode::Each)
+    }
+
+    /// The write path: validate, then plan → encode → apply under the writer lock.
+    fn write_with(
+        &self,
+        ops: &[WriteOp],
+        mode: WriteMode,
+    ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
+        self.check_open()?;
+        if ops.is_empty() {
+            return Ok((Vec::new(), DurabilityTicket::default()));
+        }
+        let invalid = self.validate(ops, mode)?;
+        let mut w = self.writer.lock();
+        let now = self.now();
+        let Plan { writes, results } = self.plan(ops, invalid, w.next_rev, mode, now)?;
+        if writes.is_empty() {
+            return Ok((results, DurabilityTicket::new(w.app.end())));
+        }
+        let appended = self.append_records(&mut w, &writes, mode, now)?;
+        self.apply_appended(&mut w, &writes, appended, now);
+        drop(w);
+        self.hub.wake();
+        Ok((results, DurabilityTicket::new(appended.end)))
+    }
+}

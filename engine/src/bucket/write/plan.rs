@@ -1,0 +1,392 @@
+//! Step 1 of a write: plan. Each write is checked (key, size, TTL before any
+//! lock; then, under the writer lock, its precondition and the bucket's max
+//! bytes) against the key's state as the index and the earlier writes of the
+//! same call leave it, and gets its revision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::WriteMode;
+use crate::bucket::{effective_expiry, BucketCore};
+use crate::entry::{Entry, Kind, Op, WriteOp, Written};
+use crate::error::{Error, Result};
+use crate::index::RecordRef;
+use crate::key::validate_key;
+use crate::log::record;
+
+/// One write that passed its checks, as it will be logged.
+pub(super) struct PlannedWrite<'a> {
+    /// The key written.
+    pub(super) key: &'a str,
+    /// The revision the write gets.
+    pub(super) revision: u64,
+    /// What the record says: PUT, DEL or PURGE.
+    pub(super) op: Op,
+    /// The value logged (a revert logs the value of the revision it reverts to).
+    pub(super) value: Bytes,
+    /// The key's own expiry, ms since the epoch (0 for none), as the record
+    /// carries it; the bucket's max age is applied on top when indexed.
+    pub(super) key_expires_ms: u64,
+}
+
+impl PlannedWrite<'_> {
+    /// Bytes of the write's record in the log.
+    pub(super) fn encoded_len(&self) -> usize {
+        record::encoded_len(self.key.len(), self.value.len())
+    }
+}
+
+/// The outcome of planning one call.
+pub(super) struct Plan<'a> {
+    /// The writes to log, in order, with consecutive revisions.
+    pub(super) writes: Vec<PlannedWrite<'a>>,
+    /// Each write's result, in the order of the call.
+    pub(super) results: Vec<Result<Written>>,
+}
+
+/// A key's state as a write sees it: as the index has it, or as an earlier
+/// write of the same call left it.
+#[derive(Clone)]
+enum KeyState {
+    /// A record in the log.
+    Stored(RecordRef),
+    /// A write planned earlier in this call, not logged yet.
+    Planned {
+        revision: u64,
+        op: Op,
+        expires_ms: u64,
+        created_ms: u64,
+        value: Bytes,
+    },
+}
+
+impl KeyState {
+    fn revision(&self) -> u64 {
+        match self {
+            KeyState::Stored(r) => r.revision,
+            KeyState::Planned { revision, .. } => *revision,
+        }
+    }
+
+    fn live(&self, now: u64) -> bool {
+        match self {
+            KeyState::Stored(r) => r.live(now),
+            KeyState::Planned { op, expires_ms, .. } => {
+                *op == Op::Put && (*expires_ms == 0 || *expires_ms > now)
+            }
+        }
+    }
+}
+
+/// For the keys that earlier writes of the call touched: their retained
+/// entries as the call has left them (the index's, then each write with the
+/// same retention rule as `Index::apply`), latest last.
+struct Overlay<'a> {
+    keys: HashMap<&'a str, Vec<KeyState>>,
+    history: usize,
+}
+
+impl<'a> Overlay<'a> {
+    /// The retained entries of `key` if a write of the call touched it.
+    fn retained(&self, key: &str) -> Option<&[KeyState]> {
+        self.keys.get(key).map(Vec::as_slice)
+    }
+
+    /// Adds a planned write of `key` to what the next writes of the call see.
+    fn add(&mut self, core: &BucketCore, key: &'a str, written: KeyState) {
+        let list = self.keys.entry(key).or_insert_with(|| {
+            let ix = core.index.read();
+            ix.revisions(key.as_bytes())
+                .into_iter()
+                .map(KeyState::Stored)
+                .collect()
+        });
+        if matches!(written, KeyState::Planned { op: Op::Purge, .. }) {
+            list.clear();
+        }
+        list.push(written);
+        let excess = list.len().saturating_sub(self.history);
+        list.drain(..excess);
+    }
+}
+
+/// The bucket's max bytes, as the writes of a call use it up.
+struct Room {
+    /// Bytes the bucket held before the call (0 when it has no limit).
+    used: u64,
+    /// Bytes the call's values add so far.
+    adding: u64,
+    /// The limit; 0 for none.
+    max: u64,
+}
+
+impl Room {
+    fn of(core: &BucketCore) -> Room {
+        let max = core.config.max_bytes;
+        let used = if max > 0 {
+            core.index.read().bytes()
+        } else {
+            0
+        };
+        Room {
+            used,
+            adding: 0,
+            max,
+        }
+    }
+
+    /// Fails with [`Error::Full`] if a record of `len` bytes carrying `op`
+    /// would take the bucket over its max bytes (only values count).
+    fn check(&self, op: Op, len: u64) -> Result<()> {
+        if op == Op::Put && self.max > 0 && self.used + self.adding + len > self.max {
+            return Err(Error::Full {
+                used: self.used + self.adding,
+                adding: len,
+                max: self.max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a planned record against the limit.
+    fn take(&mut self, op: Op, len: u64) {
+        if op == Op::Put {
+            self.adding += len;
+        }
+    }
+}
+
+/// The error of write `index` of a batch that fails: wrapped in
+/// [`Error::Batch`] when the call has more than one write.
+fn batch_error(writes: usize, index: usize, e: Error) -> Error {
+    if writes > 1 {
+        Error::Batch {
+            index,
+            source: Box::new(e),
+        }
+    } else {
+        e
+    }
+}
+
+/// The record length of a key and a value, as the byte counts use it.
+fn record_len(key: &str, value: &[u8]) -> u64 {
+    u64::try_from(record::encoded_len(key.len(), value.len())).unwrap_or(u64::MAX)
+}
+
+impl BucketCore {
+    /// Checks each write's key, value size and TTL, before any lock: for each
+    /// write, why it fails, if it does. In [`WriteMode::Batch`] the first
+    /// failure is the error of the call.
+    pub(super) fn validate(&self, ops: &[WriteOp], mode: WriteMode) -> Result<Vec<Option<Error>>> {
+        let mut invalid = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            match self.validate_op(op) {
+                Ok(()) => invalid.push(None),
+                Err(e) if mode == WriteMode::Batch => return Err(batch_error(ops.len(), i, e)),
+                Err(e) => invalid.push(Some(e)),
+            }
+        }
+        Ok(invalid)
+    }
+
+    /// Checks a write's key, value size and TTL.
+    fn validate_op(&self, op: &WriteOp) -> Result<()> {
+        validate_key(&op.key)?;
+        let max_value = self.config.max_value_size;
+        let size = op.value.len();
+        let over_bucket_max = max_value > 0 && u64::try_from(size).map_or(true, |s| s > max_value);
+        if size > record::MAX_VALUE_LEN || over_bucket_max {
+            let max = if max_value > 0 {
+                usize::try_from(max_value).unwrap_or(usize::MAX)
+            } else {
+                record::MAX_VALUE_LEN
+            };
+            return Err(Error::TooLarge { size, max });
+        }
+        if op.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::BadArgument("TTL must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Plans the writes of one call under the writer lock: checks each
+    /// against its key's state and the bucket's max bytes, and gives the ones
+    /// that pass consecutive revisions from `first_revision` on. `invalid`:
+    /// what [`BucketCore::validate`] found. In [`WriteMode::Batch`] the first
+    /// failure is the error of the call.
+    pub(super) fn plan<'a>(
+        &self,
+        ops: &'a [WriteOp],
+        invalid: Vec<Option<Error>>,
+        first_revision: u64,
+        mode: WriteMode,
+        now: u64,
+    ) -> Result<Plan<'a>> {
+        let several = ops.len() > 1;
+        let mut overlay = Overlay {
+            keys: HashMap::new(),
+            history: usize::from(self.config.history),
+        };
+        let mut room = Room::of(self);
+        let mut plan = Plan {
+            writes: Vec::with_capacity(ops.len()),
+            results: Vec::with_capacity(ops.len()),
+        };
+        for (i, (op, invalid)) in ops.iter().zip(invalid).enumerate() {
+            if let Some(e) = invalid {
+                plan.results.push(Err(e));
+                continue;
+            }
+            let revision = first_revision + plan.writes.len() as u64;
+            let retained = overlay.retained(&op.key);
+            // A blind write (PUT, DEL, PURGE with no precondition, nothing to
+            // return) alone needs no look at the key: one index search, not two.
+            let blind = !several
+                && !op.return_previous
+                && matches!(op.kind, Kind::Put | Kind::Delete(None) | Kind::Purge);
+            let cur = match retained {
+                Some(list) => list.last().cloned(),
+                None if blind => None,
+                None => self
+                    .index
+                    .read()
+                    .latest(op.key.as_bytes())
+                    .map(KeyState::Stored),
+            };
+            let checked = self
+                .check_precondition(op, cur.as_ref(), retained, now)
+                .and_then(|value| {
+                    let rop = op.record_op();
+                    let len = record_len(&op.key, &value);
+                    room.check(rop, len)?;
+                    Ok((rop, value, len))
+                });
+            let (rop, value, len) = match checked {
+                Ok(v) => v,
+                Err(e) if mode == WriteMode::Batch => return Err(batch_error(ops.len(), i, e)),
+                Err(e) => {
+                    plan.results.push(Err(e));
+                    continue;
+                }
+            };
+            let previous = match (&cur, op.return_previous) {
+                (Some(c), true) if c.live(now) => Some(self.current_entry(&op.key, c)?),
+                _ => None,
+            };
+            let key_expires_ms = match (rop, op.ttl) {
+                (Op::Put, Some(ttl)) => {
+                    now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                }
+                _ => 0,
+            };
+            room.take(rop, len);
+            if several {
+                let planned = KeyState::Planned {
+                    revision,
+                    op: rop,
+                    expires_ms: effective_expiry(key_expires_ms, now, self.config.ttl_ms()),
+                    created_ms: now,
+                    value: value.clone(),
+                };
+                overlay.add(self, &op.key, planned);
+            }
+            plan.writes.push(PlannedWrite {
+                key: &op.key,
+                revision,
+                op: rop,
+                value,
+                key_expires_ms,
+            });
+            plan.results.push(Ok(Written { revision, previous }));
+        }
+        Ok(plan)
+    }
+
+    /// Checks `op`'s precondition against the key's current state; returns the value to write.
+    /// `retained`: the key's retained entries as earlier writes of the same
+    /// call left them, if there were any (else the index is the truth).
+    fn check_precondition(
+        &self,
+        op: &WriteOp,
+        cur: Option<&KeyState>,
+        retained: Option<&[KeyState]>,
+        now: u64,
+    ) -> Result<Bytes> {
+        let live = cur.is_some_and(|c| c.live(now));
+        let latest = cur.map_or(0, KeyState::revision);
+        match &op.kind {
+            Kind::Put | Kind::Delete(None) | Kind::Purge => {}
+            Kind::Create => {
+                if live {
+                    return Err(Error::Exists);
+                }
+            }
+            Kind::Update(expected) | Kind::Delete(Some(expected)) => {
+                let ok = match (expected, cur) {
+                    (0, None) => matches!(op.kind, Kind::Update(_)),
+                    (0, Some(_)) | (_, None) => false,
+                    (e, Some(_)) => *e == latest,
+                };
+                if !ok {
+                    return Err(Error::WrongRevision {
+                        expected: *expected,
+                        latest,
+                    });
+                }
+            }
+            Kind::Cas(expected) => {
+                let matches = match (expected, cur) {
+                    (None, _) => !live,
+                    (Some(_), None) => false,
+                    (Some(want), Some(c)) => live && self.current_entry(&op.key, c)?.value == *want,
+                };
+                if !matches {
+                    return Err(Error::Mismatch);
+                }
+            }
+            Kind::Revert(revision) => {
+                let found = match retained {
+                    Some(list) => match list.iter().find(|c| c.revision() == *revision) {
+                        Some(c) if c.live(now) => Some(self.current_entry(&op.key, c)?.value),
+                        _ => None,
+                    },
+                    None => match self.get_revision(&op.key, *revision)? {
+                        Some(e) if e.op == Op::Put => Some(e.value),
+                        _ => None,
+                    },
+                };
+                return found.ok_or(Error::NotFound);
+            }
+        }
+        Ok(op.value.clone())
+    }
+
+    /// The entry a key's state stands for.
+    fn current_entry(&self, key: &str, state: &KeyState) -> Result<Entry> {
+        match state {
+            KeyState::Stored(at) => {
+                let seg = self.log.segment(at.slot);
+                self.load_from(seg.as_ref(), key, at)
+            }
+            KeyState::Planned {
+                revision,
+                op,
+                expires_ms,
+                created_ms,
+                value,
+            } => Ok(Entry {
+                bucket: Arc::clone(&self.name),
+                key: key.to_string(),
+                value: value.clone(),
+                revision: *revision,
+                created_ms: *created_ms,
+                op: *op,
+                delta: 0,
+                expires_ms: *expires_ms,
+            }),
+        }
+    }
+}

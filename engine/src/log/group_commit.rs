@@ -1,0 +1,139 @@
+//! Group commit: writers share fsyncs.
+//!
+//! Writers append under the bucket's writer lock, release it, and then wait
+//! here until their bytes are durable. The first waiter that finds no sync in
+//! progress becomes the leader: it fdatasyncs the active segment once for every
+//! byte written so far, and wakes all waiters that sync covered. Concurrent
+//! writers therefore share fsyncs, and 16 writers cost about as many fsyncs as 1.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::position::LogPos;
+use super::segment::Segment;
+use crate::error::{Error, Result};
+
+struct State {
+    /// Everything below this position has been written to the page cache.
+    written: LogPos,
+    /// Everything below this position is on stable storage.
+    synced: LogPos,
+    /// A leader is inside fdatasync.
+    syncing: bool,
+    /// The segment the next sync must flush.
+    active: Arc<Segment>,
+    /// The reason a sync failed; once set, the log accepts no more writes.
+    failed: Option<String>,
+}
+
+impl State {
+    /// The error every caller gets once a sync has failed.
+    fn poisoned(&self) -> Option<Error> {
+        self.failed.as_ref().map(|why| Error::Poisoned {
+            reason: why.clone(),
+            path: self.active.path.clone(),
+        })
+    }
+}
+
+/// Group-commit coordinator for one log.
+pub(crate) struct GroupCommit {
+    state: Mutex<State>,
+    done: Condvar,
+    fsyncs: AtomicU64,
+}
+
+impl GroupCommit {
+    /// A coordinator whose log is durable up to `pos` in `active`.
+    pub(crate) fn new(active: Arc<Segment>, pos: LogPos) -> GroupCommit {
+        GroupCommit {
+            state: Mutex::new(State {
+                written: pos,
+                synced: pos,
+                syncing: false,
+                active,
+                failed: None,
+            }),
+            done: Condvar::new(),
+            fsyncs: AtomicU64::new(0),
+        }
+    }
+
+    /// Records that bytes up to `pos` are written.
+    pub(crate) fn note_written(&self, pos: LogPos) {
+        let mut s = self.state.lock();
+        s.written = s.written.max(pos);
+    }
+
+    /// Records a rotation: everything before `sealed_end` was synced with the old
+    /// segment, and later syncs flush `active`.
+    pub(crate) fn rotated(&self, sealed_end: LogPos, active: Arc<Segment>) {
+        let mut s = self.state.lock();
+        s.synced = s.synced.max(sealed_end);
+        s.written = s.written.max(sealed_end);
+        s.active = active;
+        self.done.notify_all();
+    }
+
+    /// Fails if an earlier sync failed.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.state.lock().poisoned() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether bytes are written but not yet synced.
+    pub(crate) fn dirty(&self) -> bool {
+        let s = self.state.lock();
+        s.written > s.synced
+    }
+
+    /// Waits until everything below `pos` is durable, syncing as leader if needed.
+    pub(crate) fn wait_durable(&self, pos: LogPos) -> Result<()> {
+        let mut s = self.state.lock();
+        loop {
+            if let Some(e) = s.poisoned() {
+                return Err(e);
+            }
+            if s.synced >= pos {
+                return Ok(());
+            }
+            if s.syncing {
+                self.done.wait(&mut s);
+                continue;
+            }
+            s.syncing = true;
+            let target = s.written;
+            let segment = Arc::clone(&s.active);
+            drop(s);
+            let result = segment.sync_data();
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            s = self.state.lock();
+            s.syncing = false;
+            match result {
+                Ok(()) => s.synced = s.synced.max(target),
+                Err(e) => {
+                    // After a failed fsync the kernel may have dropped dirty pages:
+                    // retrying could report success for lost data. Refuse from here on.
+                    tracing::error!(error = %e, "fsync failed; the log refuses writes until reopened");
+                    s.failed = Some(e.to_string());
+                }
+            }
+            self.done.notify_all();
+        }
+    }
+
+    /// fdatasync calls made by leaders so far.
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Makes everything written so far durable.
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        let target = self.state.lock().written;
+        self.wait_durable(target)
+    }
+}
