@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{durable_opts, Rng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use logkv::{Bucket, FsyncPolicy, Op, Options, Store};
+use logkv::{Bucket, Op, Store};
 
 /// Must match the child's segment size (it does not matter for correctness,
 /// only for how the parent re-opens the active segment).
@@ -184,12 +184,7 @@ fn crash_rounds(compact: bool) {
     let mut compacted_segments = 0usize;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
-    let opts = Options {
-        background: false,
-        fsync: FsyncPolicy::Always,
-        segment_size: SEGMENT_SIZE,
-        ..Default::default()
-    };
+    let opts = durable_opts(SEGMENT_SIZE);
 
     let mut model = Model::new();
     let mut last_rev = 0u64;

@@ -33,7 +33,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
-use common::{copy_store_dir, opts, T0};
+use common::{clock_opts, copy_store_dir, T0};
 
 // ---------------------------------------------------------------------------
 // The fixed world: buckets, keys, values, patterns.
@@ -825,7 +825,7 @@ impl Sut {
     fn new() -> Sut {
         let clock = ManualClock::new(T0);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), opts(&clock)).unwrap();
+        let store = Store::open(dir.path(), clock_opts(&clock)).unwrap();
         let buckets = bucket_specs()
             .iter()
             .map(|(n, c)| store.create_bucket(n, *c).unwrap())
@@ -839,7 +839,7 @@ impl Sut {
     }
 
     fn open(&mut self) -> Result<(), TestCaseError> {
-        let store = Store::open(self.dir.path(), opts(&self.clock))
+        let store = Store::open(self.dir.path(), clock_opts(&self.clock))
             .map_err(|e| TestCaseError::fail(format!("reopen failed: {e}")))?;
         let mut names = store.bucket_names();
         names.sort();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use logkv::{Bucket, BucketConfig, Error, ManualClock, Op, Store, Ttl, WriteOp, DEFAULT_BUCKET};
 
-use common::{copy_store_dir, opts, Rng, T0};
+use common::{clock_opts, copy_store_dir, Rng, T0};
 
 // Store and Bucket are shared between threads.
 const _: fn() = || {
@@ -30,7 +30,7 @@ impl Env {
     fn new() -> Env {
         let clock = ManualClock::new(T0);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), opts(&clock)).unwrap();
+        let store = Store::open(dir.path(), clock_opts(&clock)).unwrap();
         Env { clock, dir, store }
     }
 
@@ -42,7 +42,7 @@ impl Env {
     fn reopen(self) -> Env {
         let Env { clock, dir, store } = self;
         store.close().unwrap();
-        let store = Store::open(dir.path(), opts(&clock)).unwrap();
+        let store = Store::open(dir.path(), clock_opts(&clock)).unwrap();
         Env { clock, dir, store }
     }
 
@@ -53,7 +53,7 @@ impl Env {
         copy_store_dir(dir.path(), copy.path());
         drop(store);
         drop(dir);
-        let store = Store::open(copy.path(), opts(&clock)).unwrap();
+        let store = Store::open(copy.path(), clock_opts(&clock)).unwrap();
         Env {
             clock,
             dir: copy,

@@ -1,14 +1,14 @@
 //! End-to-end tests of the server: a real server on a loopback port, spoken to with the
 //! `redis` crate (what programs use) and with raw RESP / inline bytes (what people type).
 
-mod server_common;
+mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
 use redis::{cmd, Value};
-use server_common::{redis_err, Frame, Raw, Srv};
+use common::server::{redis_err, Frame, Raw, Srv};
 
 fn code_of(r: redis::RedisResult<Value>) -> (String, String) {
     match r {

@@ -2,11 +2,12 @@
 //! violation, its connection closed), the server stays up, and a bystander on another
 //! connection is never affected.
 
-mod server_common;
+mod common;
 
 use std::io::Write;
 
-use server_common::{Frame, Raw, Srv};
+use common::server::{Frame, Raw, Srv};
+use common::Rng;
 
 fn pong(c: &mut Raw) {
     assert_eq!(c.cmd(&["PING"]), Frame::Simple("PONG".into()));
@@ -162,26 +163,16 @@ fn unterminated_quotes_and_bad_escapes_keep_the_connection() {
     assert_eq!(c.line("PUT k ok"), Frame::Int(1));
 }
 
-/// Tiny xorshift, so the garbage is the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn binary_garbage() {
     let srv = Srv::start();
     let mut bystander = srv.raw();
     bystander.cmd(&["PUT", "safe", "1"]);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // Seeded, so the garbage is the same on every run.
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     for round in 0..40 {
-        let len = 1 + (rng.next() % 4096) as usize;
-        let mut garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let len = 1 + rng.below(4096) as usize;
+        let mut garbage = rng.bytes(len);
         if round % 2 == 0 {
             garbage[0] = b'*';
         }

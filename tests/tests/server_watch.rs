@@ -2,9 +2,9 @@
 //! framing, the RESP2 watch-mode rule, UNWATCH, a dropped bucket, and a watcher that does
 //! not read.
 
-mod server_common;
+mod common;
 
-use server_common::{Frame, Raw, Srv};
+use common::server::{Frame, Raw, Srv};
 
 /// Reads one watch frame and checks its prefix: `["watch", id, ...]`.
 fn event(c: &mut Raw, id: i64) -> Frame {

@@ -1,6 +1,5 @@
-//! Helpers for the end-to-end server tests: an in-process server on a free loopback port,
+//! The end-to-end server tests' helpers: an in-process server on a free loopback port,
 //! a raw TCP client with a small RESP2/RESP3 reader, and a `redis` crate connection.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
