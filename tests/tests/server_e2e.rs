@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
-use redis::{cmd, Value};
 use common::server::{redis_err, Frame, Raw, Srv};
+use redis::{cmd, Value};
 
 fn code_of(r: redis::RedisResult<Value>) -> (String, String) {
     match r {
