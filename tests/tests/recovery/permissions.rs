@@ -8,7 +8,7 @@ use std::process::Command;
 
 use logkv::{Error, Store};
 
-use crate::common::opts;
+use crate::common::{opts, skip};
 use crate::segments::SEG;
 use crate::{exclusive_gate, shared_gate};
 
@@ -84,10 +84,14 @@ fn permission_denied_is_an_io_error_naming_the_path() {
         return;
     }
 
-    // Running as root: permission bits do not bind us, so try as an unprivileged user.
+    // Running as root: permission bits do not bind us, so try as an unprivileged user. It
+    // runs a copy of the helper from this test's directory: the build directory may sit
+    // where that user cannot enter (a checkout under /root).
     use std::os::unix::process::CommandExt;
+    let helper = outer.join("crash_writer");
+    fs::copy(env!("CARGO_BIN_EXE_crash_writer"), &helper).unwrap();
     for (dir, named) in [(&cannot_create, &cannot_create), (&ro_store, &cannot_lock)] {
-        let out = Command::new(env!("CARGO_BIN_EXE_crash_writer"))
+        let out = Command::new(&helper)
             .arg("--try-open")
             .arg(dir)
             .uid(65534)
@@ -96,22 +100,19 @@ fn permission_denied_is_an_io_error_naming_the_path() {
         let out = match out {
             Ok(o) if o.status.success() => o,
             Ok(o) => {
-                eprintln!(
-                    "SKIPPED permission_denied_is_an_io_error_naming_the_path: running as root and the helper \
-                     could not run as uid 65534: {:?} {}",
+                restore();
+                return skip(&format!(
+                    "running as root and the helper could not run as uid 65534: {:?} {}",
                     o.status,
                     String::from_utf8_lossy(&o.stderr)
-                );
-                restore();
-                return;
+                ));
             }
             Err(e) => {
-                eprintln!(
-                    "SKIPPED permission_denied_is_an_io_error_naming_the_path: running as root (chmod has no \
-                     effect) and could not start a helper as uid 65534: {e}"
-                );
                 restore();
-                return;
+                return skip(&format!(
+                    "running as root (chmod has no effect) and could not start a helper as uid \
+                     65534: {e}"
+                ));
             }
         };
         let line = String::from_utf8(out.stdout).unwrap();
