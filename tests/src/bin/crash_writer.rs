@@ -19,11 +19,18 @@
 //!   ```
 //!
 //!   Every line is flushed at once. The parent kills the process at a random
-//!   moment and checks that every acknowledged write survived.
+//!   moment and checks that every acknowledged write survived. Each write takes
+//!   the next revision: the writer is the store's only writer, and nothing else
+//!   (no TTL, no sweep marker) takes one.
 //!
 //! * `crash_writer <dir> <start> compact` — the same, with the background
 //!   thread on and sweeping every 5 ms, so that compaction passes run (and get
-//!   killed) while writes go on.
+//!   killed) while writes go on. After the acks of a write, when the number of
+//!   compaction passes completed since the open has grown, it prints
+//!
+//!   ```text
+//!   compactions <passes>
+//!   ```
 //!
 //! * `crash_writer --hold <dir>` — opens the store, prints `ready`, and keeps it
 //!   open until its stdin is closed; then prints `closed` and exits.
@@ -92,6 +99,7 @@ fn write_mode(dir: &str, start: u64, compact: bool) -> Result<(), Box<dyn std::e
     let bucket = store.default_bucket()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut passes_reported = 0;
     // Bounded so that a child whose parent vanished cannot run forever.
     for i in start..start + 1_000_000 {
         let writes = schedule(i);
@@ -112,6 +120,11 @@ fn write_mode(dir: &str, start: u64, compact: bool) -> Result<(), Box<dyn std::e
         let mut acks = String::new();
         for ((_, k, _), w) in writes.iter().zip(&written) {
             acks.push_str(&format!("ack {k} {}\n", w.revision));
+        }
+        let passes = bucket.stats().compactions;
+        if passes > passes_reported {
+            acks.push_str(&format!("compactions {passes}\n"));
+            passes_reported = passes;
         }
         out.write_all(acks.as_bytes())?;
         out.flush()?;
