@@ -17,7 +17,9 @@
 //! an expired entry still retained is a key's "latest" for UPDATE and DEL
 //! with a revision.
 //!
-//! `PROPTEST_CASES` and `PROPTEST_RNG_SEED` override the case count and seed;
+//! Every run draws a fresh seed and prints it; `LOGKV_SEED=<seed>` replays a run, and
+//! `PROPTEST_CASES` sets the number of cases (default 128; run thousands by hand:
+//! `PROPTEST_CASES=5000 cargo test -p logkv-tests --test model -- --nocapture`).
 //! `LOGKV_MODEL_NO_BATCH_REVERT=1` leaves REVERT out of batches.
 
 mod common;
@@ -33,7 +35,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
-use common::{clock_opts, copy_store_dir, T0};
+use common::{clock_opts, copy_store_dir, seed_from_env, T0};
 
 // ---------------------------------------------------------------------------
 // The fixed world: buckets, keys, values, patterns.
@@ -1096,10 +1098,17 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
 }
 
 fn config() -> ProptestConfig {
-    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let cases = match std::env::var("PROPTEST_CASES") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("PROPTEST_CASES={v:?} is not a number")),
+        Err(_) => 128,
+    };
+    let seed = seed_from_env("LOGKV_SEED");
+    println!("{cases} cases (PROPTEST_CASES)");
     ProptestConfig {
-        cases: env("PROPTEST_CASES").unwrap_or(128) as u32,
-        rng_seed: RngSeed::Fixed(env("PROPTEST_RNG_SEED").unwrap_or(0x10_6C_4B_56)),
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
         failure_persistence: None,
         max_shrink_iters: 4096,
         ..ProptestConfig::default()

@@ -17,6 +17,6 @@ pub mod skip;
 pub mod store_dir;
 
 pub use options::{clock_opts, durable_opts, opts, repair_opts, T0};
-pub use rng::Rng;
+pub use rng::{seed_from_env, Rng};
 pub use skip::{command_succeeds, skip};
 pub use store_dir::copy_store_dir;

@@ -31,3 +31,25 @@ impl Rng {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
+
+/// The seed of a randomized test: the environment variable `var` when it is set (to
+/// replay a run), else a fresh random seed, so that every run tries new cases. Printed
+/// either way, so the output of a failure says how to replay it.
+pub fn seed_from_env(var: &str) -> u64 {
+    use std::hash::BuildHasher;
+    let seed = match std::env::var(var) {
+        Ok(v) => {
+            let parsed = match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => v.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("{var}={v:?} is not a number"))
+        }
+        // RandomState is keyed from the operating system's randomness.
+        Err(_) => {
+            std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+        }
+    };
+    println!("seed {seed} (replay with {var}={seed})");
+    seed
+}
