@@ -1,4 +1,4 @@
-//! The embedded suite: logkv against redb, fjall and sled (BENCH.md).
+//! The embedded suite: logkv against redb, fjall and sled (docs/BENCHMARKS.md).
 //!
 //! The parent process runs nothing itself: for each store (and each group of workloads
 //! that needs a fresh process) it starts its own binary again with the hidden `__child`

@@ -1,4 +1,4 @@
-//! `logkv-bench`: the side-by-side comparison harness (BENCH.md).
+//! `logkv-bench`: the side-by-side comparison harness (docs/BENCHMARKS.md).
 //!
 //! ```text
 //! cargo run --release -p logkv-bench -- embedded [--n N] [--stores logkv,...] [--workloads W1,...]

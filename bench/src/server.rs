@@ -1,4 +1,4 @@
-//! The server suite: logkv-server against redis-server on loopback (BENCH.md).
+//! The server suite: logkv-server against redis-server on loopback (docs/BENCHMARKS.md).
 //!
 //! Both servers run in fresh temporary directories at matched durability (logkv
 //! `--fsync interval=1000` against redis `appendfsync everysec`, and `always` against

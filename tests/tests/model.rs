@@ -1,6 +1,6 @@
 //! Model-based test: random sequences of every bucket operation, run against
 //! the engine and against a small in-memory model of the NATS-KV semantics
-//! (see /work/shared/PROTOCOL.md), compared after every step.
+//! (see docs/PROTOCOL.md), compared after every step.
 //!
 //! The model is deliberately naive: per bucket a `BTreeMap` of key → retained
 //! entries (oldest first) and a revision counter. Retention mirrors what the

@@ -1,6 +1,6 @@
 //! The semantics contract, edge by edge: every error, TTL with a manual clock,
 //! limits, revisions across reopen, patterns, paging under concurrent writes,
-//! and concurrent writers. See /work/shared/PROTOCOL.md.
+//! and concurrent writers. See docs/PROTOCOL.md.
 
 mod common;
 
