@@ -4,6 +4,10 @@
 //!
 //! Every result is one JSON object per line on stdout ([`report::Row`]); progress and
 //! human tables go to stderr.
+#![allow(
+    clippy::many_single_char_names,
+    reason = "k, v, n, d, w, s: key, value, count, duration, writer, store, the harness's vocabulary"
+)]
 
 pub mod embedded;
 pub mod keys;
