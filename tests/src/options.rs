@@ -1,5 +1,5 @@
-//! Options for test stores: no background thread (the tests decide when sweeps and
-//! compactions run), and small segments so that the log rotates often.
+//! Options for test and fuzz stores: no background thread (the tests decide when sweeps
+//! and compactions run), and small segments so that the log rotates often.
 
 use std::sync::Arc;
 

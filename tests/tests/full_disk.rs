@@ -25,8 +25,7 @@ fn small_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(dir)
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .is_ok_and(|s| s.success());
     ok.then(|| Mount(dir.to_path_buf()))
 }
 

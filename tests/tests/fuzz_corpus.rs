@@ -31,7 +31,7 @@ fn random_inputs(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| {
-            let len = rng.below(max_len as u64) as usize;
+            let len = rng.range_usize(0, max_len);
             rng.bytes(len)
         })
         .collect()

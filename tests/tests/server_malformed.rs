@@ -171,7 +171,7 @@ fn binary_garbage() {
     // Seeded, so the garbage is the same on every run.
     let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     for round in 0..40 {
-        let len = 1 + rng.below(4096) as usize;
+        let len = rng.range_usize(1, 4097);
         let mut garbage = rng.bytes(len);
         if round % 2 == 0 {
             garbage[0] = b'*';

@@ -1,6 +1,10 @@
 //! WATCH over the socket: initial data, `ready`, live events, options, RESP2 and RESP3
 //! framing, the RESP2 watch-mode rule, UNWATCH, a dropped bucket, and a watcher that does
 //! not read.
+#![allow(
+    clippy::many_single_char_names,
+    reason = "b, k, v, r, e (bucket, key, value, revision, entry) as throughout the tests"
+)]
 
 mod common;
 

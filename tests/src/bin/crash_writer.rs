@@ -38,6 +38,7 @@
 //! * `crash_writer --try-open <dir>` — tries to open the store once and prints
 //!   `ok`, or `err <variant>\t<path or ->\t<message>`.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -69,6 +70,11 @@ fn value(i: u64, key: &str) -> String {
     let mut v = format!("{key}={i}|");
     let len = 16 + (i.wrapping_mul(13) % 200) as usize;
     let fill = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    // Any bits of i do: they only pick filler characters.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "truncation is harmless here"
+    )]
     let mut n = i as usize;
     while v.len() < len {
         v.push(fill[n % fill.len()] as char);
@@ -77,7 +83,7 @@ fn value(i: u64, key: &str) -> String {
     v
 }
 
-/// The writes of operation `i`: (is_put, key, value).
+/// The writes of operation `i`: (`is_put`, key, value).
 fn schedule(i: u64) -> Vec<(bool, String, String)> {
     match i % 10 {
         4 => {
@@ -107,10 +113,10 @@ fn write_mode(dir: &str, start: u64, compact: bool) -> Result<(), Box<dyn std::e
         let mut ops = Vec::with_capacity(writes.len());
         for (put, k, v) in &writes {
             if *put {
-                intent.push_str(&format!("w put {k} {v}\n"));
+                writeln!(intent, "w put {k} {v}")?;
                 ops.push(WriteOp::put(k.as_str(), v.clone()));
             } else {
-                intent.push_str(&format!("w del {k} -\n"));
+                writeln!(intent, "w del {k} -")?;
                 ops.push(WriteOp::delete(k.as_str()));
             }
         }
@@ -119,11 +125,11 @@ fn write_mode(dir: &str, start: u64, compact: bool) -> Result<(), Box<dyn std::e
         let written = bucket.write(&ops)?;
         let mut acks = String::new();
         for ((_, k, _), w) in writes.iter().zip(&written) {
-            acks.push_str(&format!("ack {k} {}\n", w.revision));
+            writeln!(acks, "ack {k} {}", w.revision)?;
         }
         let passes = bucket.stats().compactions;
         if passes > passes_reported {
-            acks.push_str(&format!("compactions {passes}\n"));
+            writeln!(acks, "compactions {passes}")?;
             passes_reported = passes;
         }
         out.write_all(acks.as_bytes())?;

@@ -10,13 +10,12 @@
     reason = "each test binary compiles this module and uses a different part of it"
 )]
 
-pub mod options;
 pub mod rng;
 pub mod server;
 pub mod skip;
 pub mod store_dir;
 
-pub use options::{clock_opts, durable_opts, opts, repair_opts, T0};
+pub use logkv_tests::options::{clock_opts, durable_opts, opts, repair_opts, T0};
 pub use rng::{seed_from_env, Rng};
 pub use skip::{command_succeeds, skip};
 pub use store_dir::copy_store_dir;

@@ -27,6 +27,16 @@ impl Rng {
         lo + self.below(hi - lo)
     }
 
+    /// Uniform in `[lo, hi)`, for lengths and indexes (the same draw as [`Rng::range`]).
+    pub fn range_usize(&mut self, lo: usize, hi: usize) -> usize {
+        let n = self.range(lo as u64, hi as u64);
+        usize::try_from(n).expect("below hi, a usize")
+    }
+
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the low byte is the random byte"
+    )]
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }

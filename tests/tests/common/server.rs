@@ -206,14 +206,14 @@ impl Raw {
             b':' => Frame::Int(num()),
             b'_' => Frame::Null,
             b'$' => {
-                let n = num();
-                if n < 0 {
+                // A negative length is a null.
+                let Ok(n) = usize::try_from(num()) else {
                     return Frame::Null;
-                }
-                let mut buf = vec![0u8; n as usize + 2];
+                };
+                let mut buf = vec![0u8; n + 2];
                 self.reader.read_exact(&mut buf).unwrap();
-                assert_eq!(&buf[n as usize..], b"\r\n");
-                buf.truncate(n as usize);
+                assert_eq!(&buf[n..], b"\r\n");
+                buf.truncate(n);
                 Frame::Bulk(buf)
             }
             b'*' | b'>' => {
@@ -239,7 +239,7 @@ impl Raw {
         loop {
             match self.reader.read(&mut buf) {
                 Ok(0) => return true,
-                Ok(_) => continue,
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
                 Err(_) => return true,

@@ -81,10 +81,10 @@ fn corruption_before_the_tail_fails_open_and_repair_keeps_the_rest() {
                 for (k, (rev, _, v)) in &model {
                     match b.entry(k) {
                         Err(Error::Corrupt { path, .. }) if *k == rec.key => {
-                            assert_eq!(path, seg, "{ctx}")
+                            assert_eq!(path, seg, "{ctx}");
                         }
                         Ok(Some(e)) if *k != rec.key => {
-                            assert_eq!((e.revision, &e.value[..]), (*rev, &v[..]), "{ctx}: {k}")
+                            assert_eq!((e.revision, &e.value[..]), (*rev, &v[..]), "{ctx}: {k}");
                         }
                         other => panic!("{ctx}: reading {k} gave {other:?}"),
                     }

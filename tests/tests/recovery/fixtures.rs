@@ -26,7 +26,7 @@ pub fn filled_store(seed: u64, n: usize) -> (tempfile::TempDir, PathBuf, Model) 
     let b = store.default_bucket().unwrap();
     for i in 0..n {
         let k = format!("k.{i:04}");
-        let len = rng.range(1, 80) as usize;
+        let len = rng.range_usize(1, 80);
         let v = nonzero_value(&mut rng, len);
         let r = b.put(&k, v.clone()).unwrap();
         model.insert(k, (r, Op::Put, v));

@@ -5,6 +5,18 @@
 //! scenario, and three of helpers: `segments` (the store's files read and damaged from
 //! outside), `oracle` (what a bucket must hold, and checks against it) and `fixtures`
 //! (stores prepared for a scenario).
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one scenario, top to bottom"
+)]
+#![allow(
+    clippy::many_single_char_names,
+    reason = "b, k, v, r, e (bucket, key, value, revision, entry) as throughout the tests"
+)]
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "offsets and sizes of small test files; the tests run on 64-bit targets"
+)]
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -32,9 +44,13 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub static SPAWN_GATE: RwLock<()> = RwLock::new(());
 
 pub fn shared_gate() -> RwLockReadGuard<'static, ()> {
-    SPAWN_GATE.read().unwrap_or_else(|e| e.into_inner())
+    SPAWN_GATE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub fn exclusive_gate() -> RwLockWriteGuard<'static, ()> {
-    SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner())
+    SPAWN_GATE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

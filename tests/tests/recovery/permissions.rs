@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -87,7 +88,6 @@ fn permission_denied_is_an_io_error_naming_the_path() {
     // Running as root: permission bits do not bind us, so try as an unprivileged user. It
     // runs a copy of the helper from this test's directory: the build directory may sit
     // where that user cannot enter (a checkout under /root).
-    use std::os::unix::process::CommandExt;
     let helper = outer.join("crash_writer");
     fs::copy(env!("CARGO_BIN_EXE_crash_writer"), &helper).unwrap();
     for (dir, named) in [(&cannot_create, &cannot_create), (&ro_store, &cannot_lock)] {

@@ -140,9 +140,9 @@ fn writes_acknowledged_after_a_repair_open_survive_a_crash() {
                 None,
                 "{ctx}: the damaged record is gone"
             );
-            for i in 0..3 {
+            for i in 0..3u8 {
                 let k = format!("y.{i}");
-                let v = vec![b'a' + i as u8; new_value_len];
+                let v = vec![b'a' + i; new_value_len];
                 let r = b.put(&k, v.clone()).unwrap();
                 model.insert(k, (r, Op::Put, v));
             }

@@ -29,7 +29,7 @@ fn round_trip_every_record_kind_through_reopen() {
         "bin",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .chain([long_key.clone()])
     .collect();
     let (before_rt, before_default, last_rt) = {
@@ -176,10 +176,10 @@ fn round_trip_every_record_kind_through_reopen() {
 /// Random puts, deletes, purges and batches over `keys`; returns the number of records written.
 fn random_writes(b: &Bucket, rng: &mut Rng, keys: &[String], n: usize) -> u64 {
     let mut records = 0;
-    let pick = |rng: &mut Rng| keys[rng.range(0, keys.len() as u64) as usize].clone();
+    let pick = |rng: &mut Rng| keys[rng.range_usize(0, keys.len())].clone();
     for _ in 0..n {
         let k = pick(rng);
-        let len = rng.range(0, 300) as usize;
+        let len = rng.range_usize(0, 300);
         match rng.range(0, 100) {
             0..=69 => {
                 b.put(&k, rng.bytes(len)).unwrap();
@@ -194,7 +194,7 @@ fn random_writes(b: &Bucket, rng: &mut Rng, keys: &[String], n: usize) -> u64 {
                 records += 1;
             }
             _ => {
-                let n = rng.range(2, 5) as usize;
+                let n = rng.range_usize(2, 5);
                 let mut batch_keys = BTreeSet::new();
                 while batch_keys.len() < n {
                     batch_keys.insert(pick(rng));

@@ -27,7 +27,7 @@ fn garbage_after_the_last_record_is_cut_and_nothing_is_invented() {
         let parsed = parse_segment(&last);
         let file_len = fs::metadata(&last).unwrap().len();
         assert!(file_len >= parsed.data_end);
-        let glen = rng.range(1, 300) as usize;
+        let glen = rng.range_usize(1, 300);
         let mut garbage = rng.bytes(glen);
         let variant = seed % 4;
         let at = match variant {

@@ -59,7 +59,7 @@ fn torn_setup(kind: LastWrite, snap: SnapState) -> TornSetup {
     let mut i = 0;
     while seg_files(&bdir).len() < 3 || i < 60 {
         let k = format!("k.{:03}", i % 80);
-        let len = rng.range(1, 60) as usize;
+        let len = rng.range_usize(1, 60);
         let v = nonzero_value(&mut rng, len);
         if i % 13 == 12 {
             let r = b.delete(&k).unwrap();
@@ -262,7 +262,7 @@ fn torn_every_offset_with(kind: LastWrite, snap: SnapState) {
             cases += 1;
         }
     }
-    assert_eq!(cases as u64, 2 * (setup.end - setup.start));
+    assert_eq!(cases, 2 * (setup.end - setup.start));
 }
 
 #[test]
