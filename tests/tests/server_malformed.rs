@@ -231,7 +231,7 @@ fn configured_limits_are_named_in_errors() {
     c.send(&[b'w'; 600]);
     let e = c.read();
     assert!(
-        e.text_err().contains("max-request limit of 2500 bytes"),
+        e.message().contains("max-request limit of 2500 bytes"),
         "{e:?}"
     );
     assert!(c.closed());
@@ -243,23 +243,10 @@ fn configured_limits_are_named_in_errors() {
     }
     let e = c.cmd(&["SEARCH", "*"]);
     assert!(
-        e.text_err()
+        e.message()
             .contains("exceeds the max-output limit of 4096 bytes"),
         "{e:?}"
     );
     assert_eq!(c.cmd(&["SEARCH", "*", "LIMIT", "2"]).items().len(), 2);
     pong(&mut bystander);
-}
-
-trait TextErr {
-    fn text_err(&self) -> String;
-}
-
-impl TextErr for Frame {
-    fn text_err(&self) -> String {
-        match self {
-            Frame::Error(e) => e.clone(),
-            other => format!("{other:?}"),
-        }
-    }
 }

@@ -52,9 +52,7 @@ fn resp2_watch_initial_data_ready_and_live_events() {
     // RESP2 watch mode: only WATCH, UNWATCH, PING and QUIT.
     let err = w.cmd(&["GET", "user.1"]);
     assert!(err.is_error_code("ERR"), "{err:?}");
-    assert!(err
-        .text_or_error()
-        .contains("WATCH, UNWATCH, PING and QUIT"));
+    assert!(err.message().contains("WATCH, UNWATCH, PING and QUIT"));
     assert_eq!(w.cmd(&["PING"]), Frame::Simple("PONG".into()));
 
     assert_eq!(c.cmd(&["PUT", "user.3", "c"]), Frame::Int(5));
@@ -81,19 +79,6 @@ fn resp2_watch_initial_data_ready_and_live_events() {
     assert_eq!(w.cmd(&["GET", "user.9"]), Frame::bulk("q"));
     let info = c.cmd(&["INFO"]).text();
     assert!(info.contains("watchers:0"), "{info}");
-}
-
-trait ErrText {
-    fn text_or_error(&self) -> String;
-}
-
-impl ErrText for Frame {
-    fn text_or_error(&self) -> String {
-        match self {
-            Frame::Error(e) => e.clone(),
-            other => other.text(),
-        }
-    }
 }
 
 #[test]

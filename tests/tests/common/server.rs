@@ -99,6 +99,16 @@ impl Frame {
         }
     }
 
+    /// What a reply says, to check its wording: the text of an error (without the `-`)
+    /// or of a string, else the frame's debug form.
+    pub fn message(&self) -> String {
+        match self {
+            Frame::Error(e) | Frame::Simple(e) => e.clone(),
+            Frame::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        }
+    }
+
     pub fn int(&self) -> i64 {
         match self {
             Frame::Int(n) => *n,
