@@ -1,6 +1,10 @@
 //! Criterion micro-benchmarks of the engine, for developers (`cargo bench -p logkv-bench`).
 //! Small and quick: each runs about two seconds. The side-by-side comparison is the
 //! `logkv-bench` binary, not this.
+#![allow(
+    clippy::many_single_char_names,
+    reason = "b, k, v, g, c: bucket, key, value, group, criterion, as in every bench here"
+)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -33,6 +37,10 @@ fn preload(b: &Bucket, n: u64) {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark group, its cases in order"
+)]
 fn engine(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     g.warm_up_time(Duration::from_millis(500))
@@ -55,7 +63,7 @@ fn engine(c: &mut Criterion) {
                         .put(k, keys::value(i, 0, &mut vb).to_vec())
                         .expect("put"),
                 )
-            })
+            });
         });
     }
 
@@ -71,7 +79,7 @@ fn engine(c: &mut Criterion) {
             b.iter(|| {
                 let k = keys::key(rng.below(PRELOAD), &mut kb);
                 black_box(bucket.get(k).expect("get").expect("hit"))
-            })
+            });
         });
     }
 
@@ -97,7 +105,7 @@ fn engine(c: &mut Criterion) {
                 },
                 |ops| black_box(bucket.write(&ops).expect("write")),
                 BatchSize::SmallInput,
-            )
+            );
         });
     }
 
@@ -135,7 +143,7 @@ fn engine(c: &mut Criterion) {
                     }
                 }
                 t.elapsed()
-            })
+            });
         });
     }
 
@@ -153,7 +161,7 @@ fn engine(c: &mut Criterion) {
                 let page = bucket.scan(Some(from), None, 100).expect("scan");
                 assert_eq!(page.entries.len(), 100);
                 black_box(page)
-            })
+            });
         });
     }
     g.finish();

@@ -1,4 +1,4 @@
-//! The embedded suite: logkv against redb, fjall and sled (BENCH.md).
+//! The embedded suite: logkv against redb, fjall and sled (docs/BENCHMARKS.md).
 //!
 //! The parent process runs nothing itself: for each store (and each group of workloads
 //! that needs a fresh process) it starts its own binary again with the hidden `__child`
@@ -64,6 +64,10 @@ pub fn normalise_workload(w: &str) -> Option<&'static str> {
 }
 
 /// Runs the embedded suite; rows go to `rep`. Returns false if something failed.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the plan of the run (stores, jobs, rounds) reads best in one piece"
+)]
 pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
     let mut ok = true;
     let base = match &cfg.dir {
@@ -103,7 +107,13 @@ pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
     let mut jobs: Vec<(String, Vec<String>)> = Vec::new();
     if !loaded.is_empty() {
         for s in &stores_to_run {
-            jobs.push((s.clone(), loaded.iter().map(|w| w.to_string()).collect()));
+            jobs.push((
+                s.clone(),
+                loaded
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect(),
+            ));
         }
     }
     for limit in ["limit-append", "limit-btreemap"] {
@@ -181,7 +191,7 @@ pub fn note_load() {
         .next()
         .and_then(|x| x.parse().ok())
         .unwrap_or(0.0);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     eprintln!(
         "load average {one:.2} on {cores} cores{}",
         if one > 0.5 * cores as f64 {
@@ -214,7 +224,7 @@ pub fn medians(rows: Vec<Row>) -> Vec<Row> {
             let rounds = g.len();
             g.sort_by(|a, b| a.value.total_cmp(&b.value));
             g.swap_remove(rounds / 2)
-                .with("rounds", Extra::Int(rounds as i64))
+                .with("rounds", Extra::count(rounds))
         })
         .collect()
 }
@@ -261,7 +271,7 @@ fn run_child(
 }
 
 /// Prints a row from a child: JSON on stdout for the parent.
-pub fn out(row: Row) {
+pub fn out(row: &Row) {
     println!("{}", row.to_json());
 }
 
@@ -305,9 +315,13 @@ pub fn child(
 }
 
 /// W1, W6, W2, W2.t2, W5, W3 on one store, in one process.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the workloads one after the other, in the order they run"
+)]
 fn loaded(name: &str, workloads: &[String], n: u32, seed: u64, dir: &Path) -> Result<(), BoxError> {
     let wants = |w: &str| workloads.iter().any(|x| x == w);
-    let n64 = n as u64;
+    let n64 = u64::from(n);
     // The key orders exist before the memory baseline, so they do not count in W6.
     let insert_order = keys::permutation(n, seed);
     let read_order = keys::permutation(n, seed ^ 0x5EED_0001);
@@ -319,19 +333,19 @@ fn loaded(name: &str, workloads: &[String], n: u32, seed: u64, dir: &Path) -> Re
     // W1: load.
     let t = Instant::now();
     for &i in &insert_order {
-        let k = keys::key(i as u64, &mut kb).as_bytes();
-        s.put(k, keys::value(i as u64, 0, &mut vb))?;
+        let k = keys::key(u64::from(i), &mut kb).as_bytes();
+        s.put(k, keys::value(u64::from(i), 0, &mut vb))?;
     }
     s.flush()?;
     let load = t.elapsed();
     eprintln!("    {name} W1 load: {:.2} s", load.as_secs_f64());
     if wants("W1") {
-        out(row(name, "W1", rate(n64, load), "ops/s", n64));
+        out(&row(name, "W1", rate(n64, load), "ops/s", n64));
     }
     // W6: memory after the load.
     if wants("W6") {
         match (rss_before, sys::rss_anon()) {
-            (Some(a), Some(b)) => out(row(
+            (Some(a), Some(b)) => out(&row(
                 name,
                 "W6",
                 b.saturating_sub(a) as f64 / n64.max(1) as f64,
@@ -346,7 +360,7 @@ fn loaded(name: &str, workloads: &[String], n: u32, seed: u64, dir: &Path) -> Re
         let t = Instant::now();
         read_all(&*s, &read_order, 0)?;
         let d = t.elapsed();
-        out(row(name, "W2", rate(n64, d), "ops/s", n64));
+        out(&row(name, "W2", rate(n64, d), "ops/s", n64));
         let t = Instant::now();
         let half = read_order.len() / 2;
         let (a, b) = read_order.split_at(half);
@@ -359,7 +373,7 @@ fn loaded(name: &str, workloads: &[String], n: u32, seed: u64, dir: &Path) -> Re
             Ok(())
         })?;
         let d = t.elapsed();
-        out(row(name, "W2.t2", rate(n64, d), "ops/s", n64).with("threads", Extra::Int(2)));
+        out(&row(name, "W2.t2", rate(n64, d), "ops/s", n64).with("threads", Extra::Int(2)));
     }
     // W5: close, reopen, read one key.
     if wants("W5") {
@@ -368,51 +382,51 @@ fn loaded(name: &str, workloads: &[String], n: u32, seed: u64, dir: &Path) -> Re
         let close = t.elapsed();
         let t = Instant::now();
         s = stores::open(name, dir, false)?;
-        let first = insert_order.first().copied().unwrap_or(0) as u64;
+        let first = u64::from(insert_order.first().copied().unwrap_or(0));
         let mut v = Vec::new();
         let found = s.get(keys::key(first, &mut kb).as_bytes(), &mut v)?;
         let reopen = t.elapsed();
         if n > 0 && !(found && check_value(&v, first, 0)) {
             return Err(format!("{name}: W5 read the wrong value after reopen").into());
         }
-        out(row(name, "W5", reopen.as_secs_f64(), "s", n64));
-        out(row(name, "W5.close", close.as_secs_f64(), "s", n64));
+        out(&row(name, "W5", reopen.as_secs_f64(), "s", n64));
+        out(&row(name, "W5.close", close.as_secs_f64(), "s", n64));
     }
     // W3: overwrite everything, then compact.
     if wants("W3") {
         let t = Instant::now();
         for &i in &overwrite_order {
-            let k = keys::key(i as u64, &mut kb).as_bytes();
-            s.put(k, keys::value(i as u64, 1, &mut vb))?;
+            let k = keys::key(u64::from(i), &mut kb).as_bytes();
+            s.put(k, keys::value(u64::from(i), 1, &mut vb))?;
         }
         s.flush()?;
         let d = t.elapsed();
-        out(row(name, "W3", rate(n64, d), "ops/s", n64));
+        out(&row(name, "W3", rate(n64, d), "ops/s", n64));
         let before = sys::disk_usage(dir)?;
         let t = Instant::now();
         s.compact()?;
         s.flush()?;
         let d = t.elapsed();
-        out(row(name, "W3.compact", d.as_secs_f64(), "s", n64));
+        out(&row(name, "W3.compact", d.as_secs_f64(), "s", n64));
         let after = settled_disk_usage(dir)?;
         eprintln!(
             "    {name} W3 disk: {:.1} MiB before compaction, {:.1} MiB after",
-            before as f64 / (1 << 20) as f64,
-            after as f64 / (1 << 20) as f64
+            before as f64 / f64::from(1 << 20),
+            after as f64 / f64::from(1 << 20)
         );
-        out(row(
+        out(&row(
             name,
             "W3.space",
             after as f64 / (n64 * ENTRY_LEN).max(1) as f64,
             "ratio",
             n64,
         ));
-        out(row(name, "W3.disk", after as f64, "bytes", n64));
+        out(&row(name, "W3.disk", after as f64, "bytes", n64));
         // Spot-check that the overwrites won.
         for &i in overwrite_order.iter().step_by(997) {
             let mut v = Vec::new();
-            if !s.get(keys::key(i as u64, &mut kb).as_bytes(), &mut v)?
-                || !check_value(&v, i as u64, 1)
+            if !s.get(keys::key(u64::from(i), &mut kb).as_bytes(), &mut v)?
+                || !check_value(&v, u64::from(i), 1)
             {
                 return Err(format!("{name}: W3 lost the overwrite of item {i}").into());
             }
@@ -423,7 +437,7 @@ fn loaded(name: &str, workloads: &[String], n: u32, seed: u64, dir: &Path) -> Re
         // Some stores delete replaced files only later (fjall keeps the tables a major
         // compaction replaced until a later version GC): the same measure after close.
         let closed = settled_disk_usage(dir)?;
-        out(row(
+        out(&row(
             name,
             "W3.space.closed",
             closed as f64 / (n64 * ENTRY_LEN).max(1) as f64,
@@ -454,8 +468,8 @@ fn read_all(s: &dyn KvStore, order: &[u32], round: u32) -> Result<(), BoxError> 
     let mut kb = [0u8; KEY_LEN];
     let mut v = Vec::with_capacity(VALUE_LEN);
     for &i in order {
-        let k = keys::key(i as u64, &mut kb).as_bytes();
-        if !s.get(k, &mut v)? || !check_value(&v, i as u64, round) {
+        let k = keys::key(u64::from(i), &mut kb).as_bytes();
+        if !s.get(k, &mut v)? || !check_value(&v, u64::from(i), round) {
             return Err(format!("get of item {i} returned the wrong value").into());
         }
     }
@@ -473,7 +487,7 @@ fn durable(name: &str, dir: &Path, seed: u64) -> Result<(), BoxError> {
             r = r.with("durable", Extra::Bool(false));
         }
         if let Some(f) = fsyncs {
-            r = r.with("fsyncs", Extra::Int(f as i64));
+            r = r.with("fsyncs", Extra::count(f));
         }
         r
     };
@@ -483,13 +497,13 @@ fn durable(name: &str, dir: &Path, seed: u64) -> Result<(), BoxError> {
     put_durable_all(&*s, first)?;
     let d = t.elapsed();
     let f1 = s.fsyncs();
-    out(mark(
+    out(&mark(
         row(
             name,
             "W4",
-            rate(DURABLE_OPS as u64, d),
+            rate(u64::from(DURABLE_OPS), d),
             "ops/s",
-            DURABLE_OPS as u64,
+            u64::from(DURABLE_OPS),
         ),
         f1.zip(f0).map(|(b, a)| b - a),
     ));
@@ -508,15 +522,15 @@ fn durable(name: &str, dir: &Path, seed: u64) -> Result<(), BoxError> {
     })?;
     let d = t.elapsed();
     let f2 = s.fsyncs();
-    out(mark(
+    out(&mark(
         row(
             name,
             "W4.t16",
-            rate(DURABLE_OPS as u64, d),
+            rate(u64::from(DURABLE_OPS), d),
             "ops/s",
-            DURABLE_OPS as u64,
+            u64::from(DURABLE_OPS),
         )
-        .with("threads", Extra::Int(DURABLE_THREADS as i64)),
+        .with("threads", Extra::Int(i64::from(DURABLE_THREADS))),
         f2.zip(f1).map(|(b, a)| b - a),
     ));
     s.close()?;
@@ -526,8 +540,8 @@ fn durable(name: &str, dir: &Path, seed: u64) -> Result<(), BoxError> {
 fn put_durable_all(s: &dyn KvStore, items: &[u32]) -> Result<(), BoxError> {
     let (mut kb, mut vb) = ([0u8; KEY_LEN], [0u8; VALUE_LEN]);
     for &i in items {
-        let k = keys::key(i as u64, &mut kb).as_bytes();
-        s.put_durable(k, keys::value(i as u64, 0, &mut vb))?;
+        let k = keys::key(u64::from(i), &mut kb).as_bytes();
+        s.put_durable(k, keys::value(u64::from(i), 0, &mut vb))?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ pub const VALUE_LEN: usize = 100;
 /// Live bytes of one entry (key + value), the denominator of `W3.space`.
 pub const ENTRY_LEN: u64 = (KEY_LEN + VALUE_LEN) as u64;
 
-/// SplitMix64: small, fast, and the same sequence on every machine.
+/// `SplitMix64`: small, fast, and the same sequence on every machine.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -28,7 +28,7 @@ impl Rng {
 
     /// A number in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }
 
@@ -37,6 +37,10 @@ pub fn permutation(n: u32, seed: u64) -> Vec<u32> {
     let mut v: Vec<u32> = (0..n).collect();
     let mut rng = Rng::new(seed);
     for i in (1..v.len()).rev() {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "below(i + 1) is at most i, a usize"
+        )]
         let j = rng.below(i as u64 + 1) as usize;
         v.swap(i, j);
     }
@@ -44,6 +48,10 @@ pub fn permutation(n: u32, seed: u64) -> Vec<u32> {
 }
 
 /// Writes the key of item `i` (`key:%012d`) into `buf`.
+#[allow(
+    clippy::missing_panics_doc,
+    reason = "it cannot panic: only ASCII is written"
+)]
 pub fn key(i: u64, buf: &mut [u8; KEY_LEN]) -> &str {
     buf[..4].copy_from_slice(b"key:");
     let mut x = i;
@@ -60,7 +68,7 @@ pub fn key(i: u64, buf: &mut [u8; KEY_LEN]) -> &str {
 pub fn value(i: u64, round: u32, buf: &mut [u8; VALUE_LEN]) -> &[u8] {
     buf[..8].copy_from_slice(&i.to_le_bytes());
     buf[8..12].copy_from_slice(&round.to_le_bytes());
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round as u64;
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(round);
     for chunk in buf[12..].chunks_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;

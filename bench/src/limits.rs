@@ -3,7 +3,7 @@
 //! - `limit-append`: the W1 records (key, value and a 6-byte length header) appended to one
 //!   file through a 64 KiB buffer, one fdatasync at the end: the ceiling of a log's load.
 //! - `limit-btreemap.insert` / `.get`: `BTreeMap<Vec<u8>, Vec<u8>>`, the naive in-memory
-//!   index, with the W1 insert order and W2 read order; `.memory` is its RssAnon per key.
+//!   index, with the W1 insert order and W2 read order; `.memory` is its `RssAnon` per key.
 //! - `limit-fdatasync`: 128-byte writes, each followed by fdatasync, into a file written in
 //!   full and synced beforehand; `.append` writes past the end instead, so each fdatasync
 //!   must also write the inode (its size); `.append-cost` = pre-sized / append. The two run
@@ -51,21 +51,23 @@ fn append(n: u32, seed: u64, dir: &Path) -> Result<(), BoxError> {
         .open(&path)?;
     let mut w = BufWriter::with_capacity(64 << 10, file);
     for &i in &order {
-        let k = keys::key(i as u64, &mut kb).as_bytes();
-        let v = keys::value(i as u64, 0, &mut vb);
-        w.write_all(&(k.len() as u16).to_le_bytes())?;
-        w.write_all(&(v.len() as u32).to_le_bytes())?;
+        let k = keys::key(u64::from(i), &mut kb).as_bytes();
+        let v = keys::value(u64::from(i), 0, &mut vb);
+        w.write_all(&u16::try_from(k.len())?.to_le_bytes())?;
+        w.write_all(&u32::try_from(v.len())?.to_le_bytes())?;
         w.write_all(k)?;
         w.write_all(v)?;
     }
-    let file = w.into_inner().map_err(|e| e.into_error())?;
+    let file = w
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
     file.sync_data()?;
     let d = t.elapsed();
-    out(row(
+    out(&row(
         "limit-append",
-        n as f64 / d.as_secs_f64(),
+        f64::from(n) / d.as_secs_f64(),
         "ops/s",
-        n as u64,
+        u64::from(n),
     ));
     Ok(())
 }
@@ -78,19 +80,19 @@ fn btreemap(n: u32, seed: u64) -> Result<(), BoxError> {
     let mut map: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let t = Instant::now();
     for &i in &insert_order {
-        let k = keys::key(i as u64, &mut kb).as_bytes().to_vec();
-        map.insert(k, keys::value(i as u64, 0, &mut vb).to_vec());
+        let k = keys::key(u64::from(i), &mut kb).as_bytes().to_vec();
+        map.insert(k, keys::value(u64::from(i), 0, &mut vb).to_vec());
     }
     let d = t.elapsed();
-    let n64 = n as u64;
-    out(row(
+    let n64 = u64::from(n);
+    out(&row(
         "limit-btreemap.insert",
-        n as f64 / d.as_secs_f64(),
+        f64::from(n) / d.as_secs_f64(),
         "ops/s",
         n64,
     ));
     if let (Some(a), Some(b)) = (rss_before, sys::rss_anon()) {
-        out(row(
+        out(&row(
             "limit-btreemap.memory",
             b.saturating_sub(a) as f64 / n64.max(1) as f64,
             "bytes/key",
@@ -100,21 +102,21 @@ fn btreemap(n: u32, seed: u64) -> Result<(), BoxError> {
     let mut out_v = Vec::with_capacity(VALUE_LEN);
     let t = Instant::now();
     for &i in &read_order {
-        let k = keys::key(i as u64, &mut kb).as_bytes();
+        let k = keys::key(u64::from(i), &mut kb).as_bytes();
         // Copy the value out, as the stores' gets do.
         out_v.clear();
         match map.get(k) {
             Some(v) => out_v.extend_from_slice(v),
             None => return Err(format!("BTreeMap lost item {i}").into()),
         }
-        if !check_value(&out_v, i as u64, 0) {
+        if !check_value(&out_v, u64::from(i), 0) {
             return Err(format!("BTreeMap returned the wrong value for item {i}").into());
         }
     }
     let d = t.elapsed();
-    out(row(
+    out(&row(
         "limit-btreemap.get",
-        n as f64 / d.as_secs_f64(),
+        f64::from(n) / d.as_secs_f64(),
         "ops/s",
         n64,
     ));
@@ -159,9 +161,9 @@ fn fdatasync(dir: &Path) -> Result<(), BoxError> {
     }
     let pre = ops as f64 / t_pre.as_secs_f64();
     let app = ops as f64 / t_app.as_secs_f64();
-    out(row("limit-fdatasync", pre, "ops/s", ops as u64));
-    out(row("limit-fdatasync.append", app, "ops/s", ops as u64));
-    out(row(
+    out(&row("limit-fdatasync", pre, "ops/s", ops as u64));
+    out(&row("limit-fdatasync.append", app, "ops/s", ops as u64));
+    out(&row(
         "limit-fdatasync.append-cost",
         pre / app,
         "ratio",

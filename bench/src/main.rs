@@ -1,4 +1,4 @@
-//! `logkv-bench`: the side-by-side comparison harness (BENCH.md).
+//! `logkv-bench`: the side-by-side comparison harness (docs/BENCHMARKS.md).
 //!
 //! ```text
 //! cargo run --release -p logkv-bench -- embedded [--n N] [--stores logkv,...] [--workloads W1,...]
@@ -133,7 +133,10 @@ fn main() -> ExitCode {
 
 fn run_embedded(a: EmbeddedArgs) -> bool {
     let stores = if a.stores.is_empty() {
-        stores::available().iter().map(|s| s.to_string()).collect()
+        stores::available()
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect()
     } else {
         a.stores
             .iter()
@@ -142,7 +145,10 @@ fn run_embedded(a: EmbeddedArgs) -> bool {
     };
     let mut workloads = Vec::new();
     if a.workloads.is_empty() {
-        workloads = embedded::WORKLOADS.iter().map(|w| w.to_string()).collect();
+        workloads = embedded::WORKLOADS
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
     } else {
         for w in &a.workloads {
             match embedded::normalise_workload(w.trim()) {
@@ -170,8 +176,15 @@ fn run_embedded(a: EmbeddedArgs) -> bool {
 }
 
 fn run_server(a: ServerArgs) -> bool {
+    let Ok(rounds) = usize::try_from(a.rounds) else {
+        eprintln!("error: --rounds {} is too large", a.rounds);
+        return false;
+    };
     let parts = if a.parts.is_empty() {
-        server::PARTS.iter().map(|p| p.to_string()).collect()
+        server::PARTS
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect()
     } else {
         for p in &a.parts {
             if !server::PARTS.iter().any(|k| k.eq_ignore_ascii_case(p)) {
@@ -197,7 +210,7 @@ fn run_server(a: ServerArgs) -> bool {
         parts,
         dir: a.dir,
         bench_timeout: Duration::from_secs(a.bench_timeout),
-        rounds: a.rounds as usize,
+        rounds,
     };
     let mut rep = Reporter::new();
     server::run(&cfg, &mut rep)

@@ -70,6 +70,10 @@ pub fn parse_csv(text: &str) -> Vec<BenchResult> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::float_cmp,
+    reason = "figures parsed from short decimal text compare exactly with the same literals"
+)]
 mod tests {
     use super::*;
 

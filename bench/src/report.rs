@@ -19,6 +19,14 @@ pub enum Extra {
     Str(String),
 }
 
+impl Extra {
+    /// A count (threads, rounds, watchers, …) as a whole number; saturates at
+    /// `i64::MAX`, which no count here comes near.
+    pub fn count<N: TryInto<i64>>(n: N) -> Extra {
+        Extra::Int(n.try_into().unwrap_or(i64::MAX))
+    }
+}
+
 /// One measured result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -53,6 +61,7 @@ impl Row {
     }
 
     /// Adds an extra field.
+    #[must_use]
     pub fn with(mut self, name: &str, value: Extra) -> Row {
         self.extra.push((name.to_string(), value));
         self
@@ -77,7 +86,7 @@ impl Row {
         );
         push_field(&mut s, "value", &Extra::Num(round_value(self.value)), false);
         push_field(&mut s, "unit", &Extra::Str(self.unit.clone()), false);
-        push_field(&mut s, "n", &Extra::Int(self.n as i64), false);
+        push_field(&mut s, "n", &Extra::count(self.n), false);
         for (k, v) in &self.extra {
             push_field(&mut s, k, v, false);
         }
@@ -97,7 +106,7 @@ impl Row {
                 ("workload", Extra::Str(s)) => (row.workload, seen) = (s, seen | 4),
                 ("value", Extra::Num(x)) => (row.value, seen) = (x, seen | 8),
                 ("unit", Extra::Str(s)) => (row.unit, seen) = (s, seen | 16),
-                ("n", Extra::Int(x)) => (row.n, seen) = (x as u64, seen | 32),
+                ("n", Extra::Int(x)) => (row.n, seen) = (u64::try_from(x).ok()?, seen | 32),
                 (_, v) => row.extra.push((k, v)),
             }
         }
@@ -113,6 +122,10 @@ pub fn round_value(v: f64) -> f64 {
     if v.abs() >= 1000.0 {
         return (v * 10.0).round() / 10.0;
     }
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the log10 of a finite, non-zero f64 lies within -324..309"
+    )]
     let digits = 6 - 1 - v.abs().log10().floor() as i32;
     let scale = 10f64.powi(digits);
     (v * scale).round() / scale
@@ -378,6 +391,10 @@ pub fn human(v: f64) -> String {
         return "n/a".into();
     }
     if v.abs() >= 100.0 {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a measured figure for a table; a saturating cast is what is wanted"
+        )]
         let n = v.round() as i64;
         let digits = n.unsigned_abs().to_string();
         let mut out = String::new();
@@ -404,7 +421,7 @@ mod tests {
 
     #[test]
     fn json_line_has_the_contract_shape() {
-        let r = Row::new("embedded", "logkv", "W1", 812345.0, "ops/s", 1_000_000);
+        let r = Row::new("embedded", "logkv", "W1", 812_345.0, "ops/s", 1_000_000);
         assert_eq!(
             r.to_json(),
             r#"{"suite":"embedded","store":"logkv","workload":"W1","value":812345.0,"unit":"ops/s","n":1000000}"#
@@ -425,11 +442,11 @@ mod tests {
 
     #[test]
     fn values_are_rounded_and_non_finite_is_null() {
-        let r = Row::new("s", "x", "w", 812345.6789, "ops/s", 1);
+        let r = Row::new("s", "x", "w", 812_345.678_9, "ops/s", 1);
         assert!(r.to_json().contains(r#""value":812345.7,"#));
-        let r = Row::new("s", "x", "w", 0.123456789, "s", 1);
+        let r = Row::new("s", "x", "w", 0.123_456_789, "s", 1);
         assert!(r.to_json().contains(r#""value":0.123457,"#));
-        let r = Row::new("s", "x", "w", 3.0000001, "ratio", 1);
+        let r = Row::new("s", "x", "w", 3.000_000_1, "ratio", 1);
         assert!(r.to_json().contains(r#""value":3.0,"#));
         let r = Row::new("s", "x", "w", f64::NAN, "ms", 1);
         assert!(r.to_json().contains(r#""value":null,"#));
@@ -445,7 +462,7 @@ mod tests {
             "set.p16.always",
             1.234,
             "ratio",
-            100000,
+            100_000,
         )
         .with("durable", Extra::Bool(true))
         .with("note", Extra::Str("tab\there \u{1} é".into()));

@@ -1,4 +1,4 @@
-//! A minimal RESP client over std's TcpStream, for the logkv-only server rows
+//! A minimal RESP client over std's `TcpStream`, for the logkv-only server rows
 //! (WATCH fan-out, slow consumer): an encoder for commands and an incremental parser for
 //! RESP2 and the RESP3 types the server sends.
 
@@ -84,13 +84,13 @@ pub fn watch_frame(v: &Value) -> Option<WatchFrame> {
     if items.len() < 3 || !items[0].is_str("watch") {
         return None;
     }
-    let id = items[1].as_int()? as u64;
+    let id = u64::try_from(items[1].as_int()?).ok()?;
     match &items[2] {
         x if x.is_str("ready") => Some(WatchFrame::Ready(id)),
         x if x.is_str("lost") => Some(WatchFrame::Lost(id)),
         entry => Some(WatchFrame::Entry {
             id,
-            revision: entry.field("revision")?.as_int()? as u64,
+            revision: u64::try_from(entry.field("revision")?.as_int()?).ok()?,
         }),
     }
 }
@@ -148,11 +148,10 @@ fn parse_at(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Value>, 
         b'#' => Value::Bool(l == b"t"),
         b',' => Value::Double(text().parse().map_err(|_| "bad double".to_string())?),
         b'$' | b'=' | b'!' => {
-            let n = num()?;
-            if n < 0 {
+            // A negative length is a null.
+            let Ok(n) = usize::try_from(num()?) else {
                 return Ok(Some(Value::Null));
-            }
-            let n = n as usize;
+            };
             if buf.len() < *pos + n + 2 {
                 return Ok(None);
             }
@@ -164,11 +163,11 @@ fn parse_at(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Value>, 
             Value::Bulk(v)
         }
         b'*' | b'>' | b'~' => {
-            let n = num()?;
-            if n < 0 {
+            // A negative length is a null.
+            let Ok(n) = usize::try_from(num()?) else {
                 return Ok(Some(Value::Null));
-            }
-            let mut items = Vec::with_capacity((n as usize).min(1024));
+            };
+            let mut items = Vec::with_capacity(n.min(1024));
             for _ in 0..n {
                 match parse_at(buf, pos, depth + 1)? {
                     Some(v) => items.push(v),
@@ -179,7 +178,7 @@ fn parse_at(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Value>, 
         }
         b'%' => {
             let n = num()?;
-            let mut pairs = Vec::with_capacity((n.max(0) as usize).min(1024));
+            let mut pairs = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(1024));
             for _ in 0..n {
                 let Some(k) = parse_at(buf, pos, depth + 1)? else {
                     return Ok(None);
@@ -239,7 +238,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects (TCP_NODELAY, 10 s read timeout).
+    /// Connects (`TCP_NODELAY`, 10 s read timeout).
     pub fn connect(addr: &str) -> io::Result<Client> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;

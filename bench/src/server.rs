@@ -1,4 +1,4 @@
-//! The server suite: logkv-server against redis-server on loopback (BENCH.md).
+//! The server suite: logkv-server against redis-server on loopback (docs/BENCHMARKS.md).
 //!
 //! Both servers run in fresh temporary directories at matched durability (logkv
 //! `--fsync interval=1000` against redis `appendfsync everysec`, and `always` against
@@ -436,8 +436,8 @@ fn compare(
                     for r in results {
                         let w = format!("{}.P{p}.{label}", r.test.to_ascii_lowercase());
                         let tag = |row: Row| {
-                            row.with("clients", Extra::Int(cfg.clients as i64))
-                                .with("pipeline", Extra::Int(p as i64))
+                            row.with("clients", Extra::Int(i64::from(cfg.clients)))
+                                .with("pipeline", Extra::Int(i64::from(p)))
                                 .with("fsync", Extra::Str(fsync.to_string()))
                         };
                         runs.push(tag(row(store, &w, r.rps, "ops/s", n)));
@@ -493,6 +493,11 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "p is 0..=100, so the rank lies within 0..=len"
+    )]
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
@@ -567,7 +572,7 @@ fn receive(
                     Ok(0) => return Err("a watcher connection was closed by the server".into()),
                     Ok(n) => inbox.extend(&chunk[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(format!("watcher read: {e}")),
                 }
             }
@@ -588,6 +593,10 @@ fn receive(
 }
 
 /// S5: watch fan-out latency.
+#[allow(
+    clippy::too_many_lines,
+    reason = "setup, measurement and rows of one workload, in order"
+)]
 fn s5(addr: &str, watchers: usize, writes: usize, rep: &mut Reporter) -> Result<(), BoxError> {
     let mut w = Client::connect(addr)?;
     expect_ok(w.call(&[b"BUCKET", b"CREATE", b"s5"])?, "BUCKET CREATE")?;
@@ -621,11 +630,12 @@ fn s5(addr: &str, watchers: usize, writes: usize, rep: &mut Reporter) -> Result<
             let reply = w.call(&[b"PUT", b"fan.out", &VALUE]);
             let ack = Instant::now();
             let rev = match reply.map_err(BoxError::from).and_then(|v| {
-                expect_ok(v, "PUT")?
+                let r = expect_ok(v, "PUT")?
                     .as_int()
-                    .ok_or_else(|| BoxError::from("PUT did not reply a revision"))
+                    .ok_or_else(|| BoxError::from("PUT did not reply a revision"))?;
+                u64::try_from(r).map_err(|_| BoxError::from(format!("PUT replied revision {r}")))
             }) {
-                Ok(r) => r as u64,
+                Ok(r) => r,
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -679,7 +689,7 @@ fn s5(addr: &str, watchers: usize, writes: usize, rep: &mut Reporter) -> Result<
     all.sort_by(f64::total_cmp);
     each.sort_by(f64::total_cmp);
     let n = writes as u64;
-    let tag = |r: Row| r.with("watchers", Extra::Int(watchers as i64));
+    let tag = |r: Row| r.with("watchers", Extra::count(watchers));
     rep.emit(tag(row("logkv", "S5.p50", percentile(&all, 50.0), "ms", n)));
     rep.emit(tag(row("logkv", "S5.p99", percentile(&all, 99.0), "ms", n)));
     rep.emit(tag(row(
@@ -738,7 +748,7 @@ fn s6(addr: &str, m: usize, rep: &mut Reporter) -> Result<(), BoxError> {
             } else {
                 None
             };
-            let r = put_burst(&mut w, m, round * 2 + with_slow as usize)?;
+            let r = put_burst(&mut w, m, round * 2 + usize::from(with_slow))?;
             if with_slow {
                 slow.push(r);
             } else {
@@ -749,7 +759,7 @@ fn s6(addr: &str, m: usize, rep: &mut Reporter) -> Result<(), BoxError> {
     }
     let (a, b) = (median(&mut none), median(&mut slow));
     let n = m as u64;
-    let tag = |r: Row| r.with("pipeline", Extra::Int(S6_DEPTH as i64));
+    let tag = |r: Row| r.with("pipeline", Extra::count(S6_DEPTH));
     rep.emit(tag(row("logkv", "S6.none", a, "ops/s", n)));
     rep.emit(tag(row("logkv", "S6.slow", b, "ops/s", n)));
     rep.emit(tag(row("logkv", "S6", b / a, "ratio", n)));
@@ -757,12 +767,16 @@ fn s6(addr: &str, m: usize, rep: &mut Reporter) -> Result<(), BoxError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::float_cmp,
+    reason = "nearest-rank percentiles return elements of the input: exact"
+)]
 mod tests {
     use super::*;
 
     #[test]
     fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(|x| x as f64).collect();
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 50.0), 50.0);
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&v, 100.0), 100.0);

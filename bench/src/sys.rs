@@ -19,7 +19,7 @@ pub fn parse_status_kb(text: &str, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Bytes allocated on disk under `dir` (st_blocks × 512, like `du`): preallocated but
+/// Bytes allocated on disk under `dir` (`st_blocks` × 512, like `du`): preallocated but
 /// unwritten space of sparse files does not count, written space does.
 pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -53,18 +53,22 @@ pub fn raise_nofile_limit() {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
         }
     }
 }
 
 /// Sends SIGTERM to a child process.
 pub fn terminate(pid: u32) {
+    // A pid the kernel gave out always fits pid_t.
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
     // SAFETY: kill() with a pid we spawned and a valid signal number.
     unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        libc::kill(pid, libc::SIGTERM);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Engine-level watch workloads (logkv only).
 //!
-//! - `watch-fanout.K` (K = 0, 100, 10,000): writer ops/s (puts, FsyncPolicy::Never) while
+//! - `watch-fanout.K` (K = 0, 100, 10,000): writer ops/s (puts, `FsyncPolicy::Never`) while
 //!   K `Watch`es on `>` are polled by 2 reader threads with `try_next`; the readers sleep on
 //!   the bucket's change listener when a sweep finds nothing, as an event loop would. With
 //!   K = 0 no reader runs. `watch-fanout.K.delivered`: events delivered to all watches per
@@ -45,7 +45,7 @@ fn open(dir: &Path) -> Result<(Store, Bucket), BoxError> {
 fn write_n(bucket: &Bucket, m: u32, round: u32) -> Result<Duration, BoxError> {
     let (mut kb, mut vb) = ([0u8; KEY_LEN], [0u8; VALUE_LEN]);
     let t = Instant::now();
-    for i in 0..m as u64 {
+    for i in 0..u64::from(m) {
         bucket.put(
             keys::key(i, &mut kb),
             keys::value(i, round, &mut vb).to_vec(),
@@ -68,7 +68,7 @@ pub fn fanout(n: u32, dir: &Path) -> Result<(), BoxError> {
             .collect::<Result<Vec<Watch>, _>>()?;
         let stop = AtomicBool::new(false);
         let delivered = AtomicU64::new(0);
-        let expected = k as u64 * m as u64;
+        let expected = k as u64 * u64::from(m);
         let (write, deliver) = std::thread::scope(|sc| -> Result<_, BoxError> {
             let mut readers = Vec::new();
             if k > 0 {
@@ -77,9 +77,9 @@ pub fn fanout(n: u32, dir: &Path) -> Result<(), BoxError> {
                     let group: Vec<Watch> = watches.drain(..per.min(watches.len())).collect();
                     let listener = bucket.change_listener();
                     let (stop, delivered) = (&stop, &delivered);
-                    readers.push(
-                        sc.spawn(move || poll_watches(group, listener, m as u64, stop, delivered)),
-                    );
+                    readers.push(sc.spawn(move || {
+                        poll_watches(group, &listener, u64::from(m), stop, delivered)
+                    }));
                 }
             }
             let started = Instant::now();
@@ -100,21 +100,21 @@ pub fn fanout(n: u32, dir: &Path) -> Result<(), BoxError> {
             write.as_secs_f64(),
             deliver.as_secs_f64()
         );
-        out(row(
+        out(&row(
             &format!("watch-fanout.{k}"),
-            m as f64 / write.as_secs_f64(),
+            f64::from(m) / write.as_secs_f64(),
             "ops/s",
-            m as u64,
+            u64::from(m),
         )
-        .with("watches", Extra::Int(k as i64)));
+        .with("watches", Extra::count(k)));
         if k > 0 {
-            out(row(
+            out(&row(
                 &format!("watch-fanout.{k}.delivered"),
                 got as f64 / deliver.as_secs_f64(),
                 "ops/s",
                 got,
             )
-            .with("watches", Extra::Int(k as i64))
+            .with("watches", Extra::count(k))
             .with("complete", Extra::Bool(got >= expected)));
         }
         drop(bucket);
@@ -127,7 +127,7 @@ pub fn fanout(n: u32, dir: &Path) -> Result<(), BoxError> {
 /// entries (or `stop`), sleeping on the change listener when a sweep finds nothing.
 fn poll_watches(
     mut watches: Vec<Watch>,
-    listener: crossbeam_channel::Receiver<()>,
+    listener: &crossbeam_channel::Receiver<()>,
     per_watch: u64,
     stop: &AtomicBool,
     delivered: &AtomicU64,
@@ -180,7 +180,7 @@ pub fn slow(n: u32, dir: &Path) -> Result<(), BoxError> {
                 None
             };
             let d = write_n(&bucket, m, 0)?;
-            let r = m as f64 / d.as_secs_f64();
+            let r = f64::from(m) / d.as_secs_f64();
             if let Some(w) = watch.as_mut() {
                 one.push(r);
                 if round == 0 {
@@ -204,9 +204,9 @@ pub fn slow(n: u32, dir: &Path) -> Result<(), BoxError> {
         }
     }
     let (a, b) = (median(&mut none), median(&mut one));
-    out(row("watch-slow.none", a, "ops/s", m as u64));
-    out(row("watch-slow.one", b, "ops/s", m as u64));
-    out(row("watch-slow", b / a, "ratio", m as u64));
+    out(&row("watch-slow.none", a, "ops/s", u64::from(m)));
+    out(&row("watch-slow.one", b, "ops/s", u64::from(m)));
+    out(&row("watch-slow", b / a, "ratio", u64::from(m)));
     Ok(())
 }
 

@@ -3,11 +3,22 @@
 use std::collections::BTreeMap;
 
 use logkv::log::record::{self, decode, find_next_valid, Decoded};
-use logkv::{BucketConfig, Error, FsyncPolicy, Op, Options, Store};
+use logkv::{BucketConfig, Error, Op, Store};
 use logkv_server::protocol::{parse_request, Limits};
+
+use crate::options::{opts, repair_opts};
+
+/// Segment size of the recovery target's store (one segment holds every input).
+const RECOVERY_SEGMENT: u64 = 64 * 1024;
+/// Segment size of the ops target's store (small, so the log rotates).
+const OPS_SEGMENT: u64 = 4096;
 
 /// The request parser: never panics, never claims more bytes than it was
 /// given, and an error that keeps the connection open always skips forward.
+///
+/// # Panics
+///
+/// When the parser breaks one of those rules (a finding).
 pub fn protocol(data: &[u8]) {
     let limits = Limits {
         max_inline: 1024,
@@ -49,6 +60,10 @@ pub fn protocol(data: &[u8]) {
 /// The record decoder: a decoded record re-encodes to the same bytes, and a
 /// damaged copy, or the same bytes under another segment's salt, never decodes.
 /// The first four input bytes are the salt.
+///
+/// # Panics
+///
+/// When the decoder breaks one of those rules (a finding).
 pub fn record(data: &[u8]) {
     let Some((salt, data)) = data.split_first_chunk::<4>() else {
         return;
@@ -86,20 +101,15 @@ pub fn record(data: &[u8]) {
 /// Recovery over arbitrary bytes after valid records in the last segment:
 /// open either succeeds keeping every earlier record, or fails with a clear
 /// corruption error; repair always opens and keeps them too.
+///
+/// # Panics
+///
+/// When recovery breaks one of those rules (a finding).
 pub fn recovery(data: &[u8]) {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(_) => return,
-    };
-    let opts = || Options {
-        background: false,
-        fsync: FsyncPolicy::Never,
-        segment_size: 64 * 1024,
-        ..Default::default()
-    };
+    let Ok(dir) = tempfile::tempdir() else { return };
     let mut written = Vec::new();
     {
-        let Ok(store) = Store::open(dir.path(), opts()) else {
+        let Ok(store) = Store::open(dir.path(), opts(RECOVERY_SEGMENT)) else {
             return;
         };
         let Ok(b) = store.default_bucket() else {
@@ -117,7 +127,7 @@ pub fn recovery(data: &[u8]) {
     let bucket = dir.path().join("buckets").join("default");
     let _ = std::fs::remove_file(bucket.join("index.snap"));
     let Some(seg) = std::fs::read_dir(&bucket).ok().and_then(|rd| {
-        rd.filter_map(|e| e.ok())
+        rd.filter_map(std::result::Result::ok)
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "seg"))
     }) else {
@@ -145,17 +155,11 @@ pub fn recovery(data: &[u8]) {
             assert_eq!(e.revision, *rev);
         }
     };
-    match Store::open(dir.path(), opts()) {
+    match Store::open(dir.path(), opts(RECOVERY_SEGMENT)) {
         Ok(store) => check(&store),
         Err(Error::Corrupt { .. }) => {
-            let store = Store::open(
-                dir.path(),
-                Options {
-                    repair: true,
-                    ..opts()
-                },
-            )
-            .expect("repair opens");
+            let store =
+                Store::open(dir.path(), repair_opts(RECOVERY_SEGMENT)).expect("repair opens");
             check(&store);
         }
         Err(e) => panic!("unexpected error: {e}"),
@@ -167,15 +171,17 @@ type Model = BTreeMap<String, Vec<(u64, Op, Vec<u8>)>>;
 
 /// Operation sequences against a model of the semantics (history 2), with
 /// reopens mixed in.
+///
+/// # Panics
+///
+/// When the store and the model disagree (a finding).
+#[allow(
+    clippy::too_many_lines,
+    reason = "one interpreter loop over the input's operations"
+)]
 pub fn ops(data: &[u8]) {
     let Ok(dir) = tempfile::tempdir() else { return };
-    let opts = || Options {
-        background: false,
-        fsync: FsyncPolicy::Never,
-        segment_size: 4096,
-        ..Default::default()
-    };
-    let Ok(store) = Store::open(dir.path(), opts()) else {
+    let Ok(store) = Store::open(dir.path(), opts(OPS_SEGMENT)) else {
         return;
     };
     if store
@@ -258,7 +264,7 @@ pub fn ops(data: &[u8]) {
                 drop(b);
                 // Close before reopening: the directory lock allows one store.
                 drop(store.take());
-                store = Some(Store::open(dir.path(), opts()).expect("reopen"));
+                store = Some(Store::open(dir.path(), opts(OPS_SEGMENT)).expect("reopen"));
             }
             _ => {
                 let want = latest.filter(|l| l.1 == Op::Put).map(|l| l.2);

@@ -1,7 +1,9 @@
-//! Cross-crate integration tests for logkv live in `tests/tests/`.
+//! Cross-crate integration tests for logkv live in `tests/tests/` (see `tests/README.md`).
 //!
-//! This library holds the bodies of the fuzz targets, shared by the cargo-fuzz
-//! crate in `fuzz/` and by `tests/tests/fuzz_corpus.rs`, which replays the
-//! saved corpora as plain tests on stable Rust.
+//! This library holds what the test binaries share with the fuzz targets: the bodies of
+//! the fuzz targets, used by the cargo-fuzz crate in `fuzz/` and by
+//! `tests/tests/fuzz_corpus.rs` (which replays the saved corpora as plain tests on
+//! stable Rust), and the options of test stores (re-exported by `tests/tests/common`).
 
 pub mod fuzz_targets;
+pub mod options;

@@ -1,21 +1,26 @@
 //! Crash test: a child process writes with `FsyncPolicy::Always` and is killed
-//! with SIGKILL at random moments; every write it acknowledged must survive.
+//! with SIGKILL at random moments; every write it acknowledged must survive, with
+//! exactly the revision it was acknowledged with.
 //!
 //! The child is `src/bin/crash_writer.rs`. Rounds: `LOGKV_CRASH_ROUNDS`
 //! (default 30); seed: `LOGKV_CRASH_SEED`.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one scenario, top to bottom"
+)]
 
 mod common;
 
-use common::Rng;
+use common::{durable_opts, Rng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use logkv::{Bucket, FsyncPolicy, Op, Options, Store};
+use logkv::{Bucket, Op, Store};
 
 /// Must match the child's segment size (it does not matter for correctness,
 /// only for how the parent re-opens the active segment).
@@ -27,6 +32,24 @@ struct W {
     put: bool,
     key: String,
     value: String,
+}
+
+/// When the parent starts the random delay after which it kills the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillTimer {
+    /// From the spawn: the kill may land while the store opens and recovers, and the
+    /// round may acknowledge nothing.
+    FromSpawn,
+    /// From the first acknowledgement: the round acknowledges at least one write.
+    FromFirstAck,
+}
+
+/// What one child printed before it was killed.
+#[derive(Debug, Default)]
+struct Output {
+    calls: Vec<Call>,
+    /// Compaction passes the child completed since its open (the last `compactions` line).
+    compaction_passes: u64,
 }
 
 /// One call of `Bucket::write` (a batch when it has several writes).
@@ -50,8 +73,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-fn parse_output(lines: &[String]) -> Vec<Call> {
-    let mut calls: Vec<Call> = Vec::new();
+fn parse_output(lines: &[String]) -> Output {
+    let mut out = Output::default();
+    let calls = &mut out.calls;
     for line in lines {
         let f: Vec<&str> = line.split(' ').collect();
         match f.as_slice() {
@@ -76,10 +100,19 @@ fn parse_output(lines: &[String]) -> Vec<Call> {
                 );
                 c.acks.insert(key.to_string(), rev.parse().unwrap());
             }
+            ["compactions", passes] => {
+                let passes = passes.parse().unwrap();
+                assert!(
+                    passes > out.compaction_passes,
+                    "compaction passes went from {} to {passes}",
+                    out.compaction_passes
+                );
+                out.compaction_passes = passes;
+            }
             _ => panic!("unexpected line from crash_writer: {line:?}"),
         }
     }
-    calls
+    out
 }
 
 /// The single retained entry of `key` (history 1), as (revision, value or None for a marker).
@@ -100,8 +133,9 @@ fn stored(b: &Bucket, key: &str) -> Option<(u64, Option<String>)> {
     })
 }
 
-/// Runs one child until it is killed; returns its complete output lines and whether it was killed.
-fn run_child(dir: &Path, start: u64, compact: bool, rng: &mut Rng) -> (Vec<String>, String) {
+/// Runs one child until it is killed; returns its complete output lines and when the
+/// delay to the kill started.
+fn run_child(dir: &Path, start: u64, compact: bool, rng: &mut Rng) -> (Vec<String>, KillTimer) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crash_writer"))
         .arg(dir)
         .arg(start.to_string())
@@ -138,10 +172,33 @@ fn run_child(dir: &Path, start: u64, compact: bool, rng: &mut Rng) -> (Vec<Strin
     });
     let mut lines = Vec::new();
     // Half the rounds count the delay from the spawn (so some kills land while the
-    // store opens and recovers), half from the first write (so every such round writes).
-    if rng.range(0, 2) == 0 {
-        if let Ok(l) = rx.recv_timeout(Duration::from_secs(20)) {
-            lines.push(l);
+    // store opens and recovers), half from the first acknowledgement (so every such
+    // round has acknowledged writes to check).
+    let timer = if rng.range(0, 2) == 0 {
+        KillTimer::FromFirstAck
+    } else {
+        KillTimer::FromSpawn
+    };
+    if timer == KillTimer::FromFirstAck {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    let ack = l.starts_with("ack ");
+                    lines.push(l);
+                    if ack {
+                        break;
+                    }
+                }
+                // The child ended on its own: the signal check below says so.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("crash_writer (start {start}) acknowledged no write within 60 s");
+                }
+            }
         }
     }
     std::thread::sleep(Duration::from_millis(rng.range(5, 80)));
@@ -155,7 +212,7 @@ fn run_child(dir: &Path, start: u64, compact: bool, rng: &mut Rng) -> (Vec<Strin
         Some(9),
         "crash_writer (start {start}) stopped on its own ({status:?}) instead of being killed; stderr: {stderr}"
     );
-    (lines, stderr)
+    (lines, timer)
 }
 
 #[test]
@@ -176,34 +233,42 @@ fn acknowledged_writes_survive_sigkill_during_compaction() {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn crash_rounds(compact: bool) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let rounds = env_u64("LOGKV_CRASH_ROUNDS", 30);
-    let seed = env_u64("LOGKV_CRASH_SEED", 0x0010_c417) ^ compact as u64;
+    let seed = env_u64("LOGKV_CRASH_SEED", 0x0010_c417) ^ u64::from(compact);
     println!("crash test (compaction {compact}): {rounds} rounds, seed {seed} (LOGKV_CRASH_ROUNDS, LOGKV_CRASH_SEED)");
     let mut rng = Rng::new(seed);
     let mut compacted_segments = 0usize;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
-    let opts = Options {
-        background: false,
-        fsync: FsyncPolicy::Always,
-        segment_size: SEGMENT_SIZE,
-        ..Default::default()
-    };
+    let opts = durable_opts(SEGMENT_SIZE);
 
     let mut model = Model::new();
     let mut last_rev = 0u64;
     let mut next_index = 0u64;
     let mut total_acks = 0usize;
+    let mut compaction_passes = 0u64;
+    let mut rounds_from_spawn = 0usize;
+    let mut rounds_without_acks = 0usize;
     let mut in_flight_applied = 0usize;
     let mut in_flight_absent = 0usize;
     let mut truncations = 0usize;
 
     for round in 0..rounds {
-        let (lines, _stderr) = run_child(&dir, next_index, compact, &mut rng);
-        let calls = parse_output(&lines);
+        let (lines, timer) = run_child(&dir, next_index, compact, &mut rng);
+        let Output {
+            calls,
+            compaction_passes: passes,
+        } = parse_output(&lines);
         let start = next_index;
-        let ctx = |what: &str| format!("round {round} (start index {start}): {what}");
+        let ctx = |what: &str| format!("round {round} (start index {start}, {timer:?}): {what}");
+        compaction_passes += passes;
+        if timer == KillTimer::FromSpawn {
+            rounds_from_spawn += 1;
+        }
+        let mut round_acks = 0usize;
 
         // Apply the acknowledged calls to the model; find the one in flight.
         let mut in_flight: Option<&Call> = None;
@@ -223,17 +288,20 @@ fn crash_rounds(compact: bool) {
                 // An intent cut short means the write was never started.
                 continue;
             }
-            // The call returned: all its writes are durable, with consecutive revisions.
+            // The call returned: all its writes are durable, with consecutive revisions
+            // that follow the last one without a gap (the child is the only writer, and
+            // every write takes one revision).
             let first = call
                 .writes
                 .iter()
                 .enumerate()
                 .find_map(|(j, w)| call.acks.get(&w.key).map(|r| r - j as u64))
                 .unwrap();
-            assert!(
-                first > last_rev,
+            assert_eq!(
+                first,
+                last_rev + 1,
                 "{}",
-                ctx(&format!("revision {first} not above {last_rev}"))
+                ctx("the call's first revision follows the last one")
             );
             for (j, w) in call.writes.iter().enumerate() {
                 let rev = first + j as u64;
@@ -243,9 +311,19 @@ fn crash_rounds(compact: bool) {
                 model.insert(w.key.clone(), (rev, w.put.then(|| w.value.clone())));
                 last_rev = rev;
             }
-            total_acks += call.acks.len();
+            round_acks += call.acks.len();
         }
         next_index += calls.len() as u64;
+        total_acks += round_acks;
+        if timer == KillTimer::FromFirstAck {
+            assert!(
+                round_acks > 0,
+                "{}",
+                ctx("waited for an acknowledgement, yet none was parsed")
+            );
+        } else if round_acks == 0 {
+            rounds_without_acks += 1;
+        }
 
         // Reopen in this process and check.
         let store = Store::open(&dir, opts.clone())
@@ -269,7 +347,8 @@ fn crash_rounds(compact: bool) {
                     .unwrap()
                     .file_name()
                     .to_str()
-                    .is_some_and(|n| n.ends_with(".seg") && !n.ends_with("-00000000.seg"))
+                    .and_then(|n| n.strip_suffix(".seg"))
+                    .is_some_and(|stem| !stem.ends_with("-00000000"))
             })
             .count();
 
@@ -366,9 +445,22 @@ fn crash_rounds(compact: bool) {
     }
     println!(
         "crash test (compaction {compact}): {total_acks} acknowledged writes, {} keys, last revision {last_rev}; \
-         in-flight writes found applied {in_flight_applied}, absent {in_flight_absent}; {truncations} torn tails \
-         cut; compaction outputs seen {compacted_segments} times",
+         {rounds_from_spawn} rounds timed from the spawn ({rounds_without_acks} of them killed before an \
+         acknowledgement); in-flight writes found applied {in_flight_applied}, absent {in_flight_absent}; \
+         {truncations} torn tails cut; {compaction_passes} compaction passes completed, their outputs seen \
+         {compacted_segments} times",
         model.len()
     );
     assert!(total_acks > 0, "no round acknowledged any write");
+    if compact {
+        assert!(
+            compaction_passes > 0,
+            "no compaction pass completed in {rounds} rounds: the compaction variant tested nothing"
+        );
+    } else {
+        assert_eq!(
+            compaction_passes, 0,
+            "compaction passes ran with the background thread off"
+        );
+    }
 }

@@ -1,9 +1,13 @@
 //! Replays every saved fuzz input (`fuzz/corpus/<target>/*`) through the same
 //! target bodies cargo-fuzz runs, on stable Rust, plus seeded random inputs.
 
+mod common;
+
 use std::path::PathBuf;
 
 use logkv_tests::fuzz_targets;
+
+use common::Rng;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,20 +26,13 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// Deterministic pseudo-random inputs (xorshift), to go beyond the saved ones.
+/// Deterministic pseudo-random inputs (seeded), to go beyond the saved ones.
 fn random_inputs(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
-    let mut x = seed;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| {
-            (0..(next() as usize % max_len))
-                .map(|_| next() as u8)
-                .collect()
+            let len = rng.range_usize(0, max_len);
+            rng.bytes(len)
         })
         .collect()
 }

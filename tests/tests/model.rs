@@ -1,6 +1,6 @@
 //! Model-based test: random sequences of every bucket operation, run against
 //! the engine and against a small in-memory model of the NATS-KV semantics
-//! (see /work/shared/PROTOCOL.md), compared after every step.
+//! (see docs/PROTOCOL.md), compared after every step.
 //!
 //! The model is deliberately naive: per bucket a `BTreeMap` of key → retained
 //! entries (oldest first) and a revision counter. Retention mirrors what the
@@ -17,8 +17,18 @@
 //! an expired entry still retained is a key's "latest" for UPDATE and DEL
 //! with a revision.
 //!
-//! `PROPTEST_CASES` and `PROPTEST_RNG_SEED` override the case count and seed;
+//! Every run draws a fresh seed and prints it; `LOGKV_SEED=<seed>` replays a run, and
+//! `PROPTEST_CASES` sets the number of cases (default 128; run thousands by hand:
+//! `PROPTEST_CASES=5000 cargo test -p logkv-tests --test model -- --nocapture`).
 //! `LOGKV_MODEL_NO_BATCH_REVERT=1` leaves REVERT out of batches.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one scenario, top to bottom"
+)]
+#![allow(
+    clippy::many_single_char_names,
+    reason = "b, k, v, r, e (bucket, key, value, revision, entry) as throughout the tests"
+)]
 
 mod common;
 
@@ -33,7 +43,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
-use common::{copy_store_dir, opts, T0};
+use common::{clock_opts, copy_store_dir, seed_from_env, T0};
 
 // ---------------------------------------------------------------------------
 // The fixed world: buckets, keys, values, patterns.
@@ -258,7 +268,9 @@ impl MBucket {
     }
 
     fn ttl_ms(&self) -> u64 {
-        self.cfg.ttl.map_or(0, |d| d.as_millis() as u64)
+        self.cfg.ttl.map_or(0, |d| {
+            u64::try_from(d.as_millis()).expect("a test TTL fits u64 ms")
+        })
     }
 
     fn latest(&self, key: &str) -> Option<&MEntry> {
@@ -825,7 +837,7 @@ impl Sut {
     fn new() -> Sut {
         let clock = ManualClock::new(T0);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), opts(&clock)).unwrap();
+        let store = Store::open(dir.path(), clock_opts(&clock)).unwrap();
         let buckets = bucket_specs()
             .iter()
             .map(|(n, c)| store.create_bucket(n, *c).unwrap())
@@ -839,7 +851,7 @@ impl Sut {
     }
 
     fn open(&mut self) -> Result<(), TestCaseError> {
-        let store = Store::open(self.dir.path(), opts(&self.clock))
+        let store = Store::open(self.dir.path(), clock_opts(&self.clock))
             .map_err(|e| TestCaseError::fail(format!("reopen failed: {e}")))?;
         let mut names = store.bucket_names();
         names.sort();
@@ -900,7 +912,7 @@ fn entries(v: &[Entry], bucket: &str) -> Result<Vec<MEntry>, TestCaseError> {
     v.iter().map(|e| check_entry(e, bucket)).collect()
 }
 
-fn fail(what: &str, e: Error) -> TestCaseError {
+fn fail(what: &str, e: &Error) -> TestCaseError {
     TestCaseError::fail(format!("{what}: unexpected error {e:?}"))
 }
 
@@ -908,7 +920,7 @@ fn fail(what: &str, e: Error) -> TestCaseError {
 fn check_all(sut: &Sut, model: &[MBucket]) -> Result<(), TestCaseError> {
     let now = sut.clock.now_ms();
     for (b, m) in sut.buckets.iter().zip(model) {
-        let st = b.status().map_err(|e| fail("status", e))?;
+        let st = b.status().map_err(|e| fail("status", &e))?;
         let name = m.name;
         prop_assert_eq!(st.last_revision, m.last_rev, "{} last_revision", name);
         prop_assert_eq!(
@@ -928,19 +940,19 @@ fn check_all(sut: &Sut, model: &[MBucket]) -> Result<(), TestCaseError> {
         prop_assert_eq!(st.first_revision, first, "{} first_revision", name);
         prop_assert_eq!(st.history, m.cfg.history);
         prop_assert_eq!(
-            b.keys(">").map_err(|e| fail("keys", e))?,
+            b.keys(">").map_err(|e| fail("keys", &e))?,
             m.keys_matching(">", now),
             "{} keys",
             name
         );
-        let h = entries(&b.history(">").map_err(|e| fail("history", e))?, name)?;
+        let h = entries(&b.history(">").map_err(|e| fail("history", &e))?, name)?;
         prop_assert_eq!(h, m.history(">", now), "{} history", name);
         for k in KEYS {
-            let got = b.entry(k).map_err(|e| fail("entry", e))?;
+            let got = b.entry(k).map_err(|e| fail("entry", &e))?;
             let got = got.map(|e| check_entry(&e, name)).transpose()?;
             prop_assert_eq!(got, m.get(k, now).cloned(), "{} entry {}", name, k);
             prop_assert_eq!(
-                b.ttl(k).map_err(|e| fail("ttl", e))?,
+                b.ttl(k).map_err(|e| fail("ttl", &e))?,
                 m.ttl(k, now),
                 "{} ttl {}",
                 name,
@@ -975,24 +987,24 @@ fn step(sut: &mut Sut, model: &mut [MBucket], act: &Act) -> Result<(), TestCaseE
         Act::Get(bi, k) => {
             let got = sut.buckets[*bi]
                 .get(k)
-                .map_err(|e| fail("get", e))?
+                .map_err(|e| fail("get", &e))?
                 .map(|v| v.to_vec());
             prop_assert_eq!(got, model[*bi].get(k, now).map(|e| e.value.clone()));
         }
         Act::EntryAt(bi, k, r) => {
             let (b, m) = (&sut.buckets[*bi], &model[*bi]);
             let rev = resolve_rev(r, m, k);
-            let got = b.entry_at(k, rev).map_err(|e| fail("entry_at", e))?;
+            let got = b.entry_at(k, rev).map_err(|e| fail("entry_at", &e))?;
             let got = got.map(|e| check_entry(&e, m.name)).transpose()?;
             prop_assert_eq!(got, m.entry_at(k, rev, now).cloned(), "rev {}", rev);
         }
         Act::History(bi, p) => {
             let (b, m) = (&sut.buckets[*bi], &model[*bi]);
-            let got = entries(&b.history(p).map_err(|e| fail("history", e))?, m.name)?;
+            let got = entries(&b.history(p).map_err(|e| fail("history", &e))?, m.name)?;
             prop_assert_eq!(got, m.history(p, now));
         }
         Act::Keys(bi, p) => {
-            let got = sut.buckets[*bi].keys(p).map_err(|e| fail("keys", e))?;
+            let got = sut.buckets[*bi].keys(p).map_err(|e| fail("keys", &e))?;
             prop_assert_eq!(got, model[*bi].keys_matching(p, now));
         }
         Act::Scan(bi, from, to, limit) => {
@@ -1012,30 +1024,35 @@ fn step(sut: &mut Sut, model: &mut [MBucket], act: &Act) -> Result<(), TestCaseE
         }
         Act::Ttl(bi, k) => {
             prop_assert_eq!(
-                sut.buckets[*bi].ttl(k).map_err(|e| fail("ttl", e))?,
+                sut.buckets[*bi].ttl(k).map_err(|e| fail("ttl", &e))?,
                 model[*bi].ttl(k, now)
             );
         }
         Act::Search(bi, g, limit) => {
             let (b, m) = (&sut.buckets[*bi], &model[*bi]);
-            let got = entries(&b.search(g, *limit).map_err(|e| fail("search", e))?, m.name)?;
+            let got = entries(
+                &b.search(g, *limit).map_err(|e| fail("search", &e))?,
+                m.name,
+            )?;
             prop_assert_eq!(got, m.search(g, *limit, now));
         }
         Act::DeleteGlob(bi, g) => {
             let got = sut.buckets[*bi]
                 .delete_glob(g)
-                .map_err(|e| fail("delete_glob", e))?;
+                .map_err(|e| fail("delete_glob", &e))?;
             prop_assert_eq!(got, model[*bi].delete_glob(g, now));
         }
         Act::Advance(ms) => sut.clock.advance(*ms),
         Act::Sweep(bi) => {
             let got = sut.buckets[*bi]
                 .sweep_expired()
-                .map_err(|e| fail("sweep", e))?;
+                .map_err(|e| fail("sweep", &e))?;
             prop_assert_eq!(got, model[*bi].sweep(now));
         }
         Act::Compact(bi) => {
-            sut.buckets[*bi].compact().map_err(|e| fail("compact", e))?;
+            sut.buckets[*bi]
+                .compact()
+                .map_err(|e| fail("compact", &e))?;
         }
         Act::CompactCrash(bi, point) => {
             sut.buckets[*bi].set_compaction_crash_point(*point);
@@ -1079,14 +1096,16 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
     // Everything survives a final clean reopen and a final crash.
     sut.reopen()?;
     let now = sut.clock.now_ms();
-    model.iter_mut().for_each(|m| m.age_out(now));
+    for m in &mut model {
+        m.age_out(now);
+    }
     check_all(&sut, &model).map_err(|e| TestCaseError::fail(format!("after final reopen: {e}")))?;
     sut.crash()?;
     check_all(&sut, &model).map_err(|e| TestCaseError::fail(format!("after final crash: {e}")))?;
     // And the revision counters go on where they were (a DEL is always accepted).
     for (b, m) in sut.buckets.iter().zip(&model) {
         prop_assert_eq!(
-            b.delete("a").map_err(|e| fail("delete", e))?,
+            b.delete("a").map_err(|e| fail("delete", &e))?,
             m.last_rev + 1,
             "{} next revision",
             m.name
@@ -1096,10 +1115,17 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
 }
 
 fn config() -> ProptestConfig {
-    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let cases = match std::env::var("PROPTEST_CASES") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("PROPTEST_CASES={v:?} is not a number")),
+        Err(_) => 128,
+    };
+    let seed = seed_from_env("LOGKV_SEED");
+    println!("{cases} cases (PROPTEST_CASES)");
     ProptestConfig {
-        cases: env("PROPTEST_CASES").unwrap_or(128) as u32,
-        rng_seed: RngSeed::Fixed(env("PROPTEST_RNG_SEED").unwrap_or(0x10_6C_4B_56)),
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
         failure_persistence: None,
         max_shrink_iters: 4096,
         ..ProptestConfig::default()

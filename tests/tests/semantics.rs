@@ -1,6 +1,10 @@
 //! The semantics contract, edge by edge: every error, TTL with a manual clock,
 //! limits, revisions across reopen, patterns, paging under concurrent writes,
-//! and concurrent writers. See /work/shared/PROTOCOL.md.
+//! and concurrent writers. See docs/PROTOCOL.md.
+#![allow(
+    clippy::many_single_char_names,
+    reason = "b, k, v, r, e (bucket, key, value, revision, entry) as throughout the tests"
+)]
 
 mod common;
 
@@ -11,7 +15,7 @@ use std::time::Duration;
 
 use logkv::{Bucket, BucketConfig, Error, ManualClock, Op, Store, Ttl, WriteOp, DEFAULT_BUCKET};
 
-use common::{copy_store_dir, opts, Rng, T0};
+use common::{clock_opts, copy_store_dir, Rng, T0};
 
 // Store and Bucket are shared between threads.
 const _: fn() = || {
@@ -30,7 +34,7 @@ impl Env {
     fn new() -> Env {
         let clock = ManualClock::new(T0);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), opts(&clock)).unwrap();
+        let store = Store::open(dir.path(), clock_opts(&clock)).unwrap();
         Env { clock, dir, store }
     }
 
@@ -42,7 +46,7 @@ impl Env {
     fn reopen(self) -> Env {
         let Env { clock, dir, store } = self;
         store.close().unwrap();
-        let store = Store::open(dir.path(), opts(&clock)).unwrap();
+        let store = Store::open(dir.path(), clock_opts(&clock)).unwrap();
         Env { clock, dir, store }
     }
 
@@ -53,7 +57,7 @@ impl Env {
         copy_store_dir(dir.path(), copy.path());
         drop(store);
         drop(dir);
-        let store = Store::open(copy.path(), opts(&clock)).unwrap();
+        let store = Store::open(copy.path(), clock_opts(&clock)).unwrap();
         Env {
             clock,
             dir: copy,
@@ -111,7 +115,7 @@ fn bad_keys() -> Vec<String> {
         "a*", "a>b", "?", "a?", "[", "a[b", "]", "a]", "é", "naïve", "a\u{7f}", "a\0b", "ключ",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     v.push("x".repeat(1025));
     v.push(format!("{}.{}", "a".repeat(600), "b".repeat(600)));
@@ -724,9 +728,7 @@ fn per_key_ttl() {
     assert_eq!(b.ttl("forever").unwrap(), Ttl::Forever);
     assert_eq!(b.ttl("missing").unwrap(), Ttl::Missing);
     let r1 = b.put("k", "old").unwrap();
-    let r2 = b
-        .put_with_ttl("k", "v", Duration::from_millis(1000))
-        .unwrap();
+    let r2 = b.put_with_ttl("k", "v", Duration::from_secs(1)).unwrap();
     let e = b.entry("k").unwrap().unwrap();
     assert_eq!((e.created_ms, e.expires_ms), (T0, T0 + 1000));
     assert_eq!(b.ttl("k").unwrap(), Ttl::Remaining(1000));
@@ -822,7 +824,7 @@ fn bucket_ttl_ages_history_one_by_one() {
     let env = Env::new();
     let cfg = BucketConfig {
         history: 10,
-        ttl: Some(Duration::from_millis(1000)),
+        ttl: Some(Duration::from_secs(1)),
         ..Default::default()
     };
     let b = env.bucket("aged", cfg);
@@ -837,8 +839,7 @@ fn bucket_ttl_ages_history_one_by_one() {
     // A per-key TTL shorter than the bucket's wins; a longer one does not.
     b.put_with_ttl("short", "s", Duration::from_millis(50))
         .unwrap();
-    b.put_with_ttl("long", "l", Duration::from_millis(5000))
-        .unwrap();
+    b.put_with_ttl("long", "l", Duration::from_secs(5)).unwrap();
     assert_eq!(b.ttl("short").unwrap(), Ttl::Remaining(50));
     assert_eq!(b.ttl("long").unwrap(), Ttl::Remaining(1000));
     env.clock.set(T0 + 1000);
@@ -889,7 +890,7 @@ fn bucket_ttl_aging_survives_reopen() {
     let env = Env::new();
     let cfg = BucketConfig {
         history: 5,
-        ttl: Some(Duration::from_millis(1000)),
+        ttl: Some(Duration::from_secs(1)),
         ..Default::default()
     };
     let b = env.bucket("aged", cfg);
@@ -1148,7 +1149,7 @@ fn revisions_never_reused_after_everything_is_compacted_away() {
     let env = Env::new();
     let cfg = BucketConfig {
         history: 2,
-        ttl: Some(Duration::from_millis(1000)),
+        ttl: Some(Duration::from_secs(1)),
         ..Default::default()
     };
     let b = env.bucket("aged", cfg);
@@ -1349,7 +1350,7 @@ fn history_is_in_revision_order_across_keys() {
     let h = b.history(">").unwrap();
     assert_eq!(revs(&h), (1..=20).collect::<Vec<_>>());
     for e in &h {
-        assert_eq!(all[e.revision as usize - 1].0, e.key);
+        assert_eq!(all[usize::try_from(e.revision).unwrap() - 1].0, e.key);
     }
     let h = b.history("a.*").unwrap();
     assert!(h.windows(2).all(|w| w[0].revision < w[1].revision));
@@ -1531,6 +1532,10 @@ fn scan_bounds_and_cursor() {
 #[test]
 fn scan_paging_under_concurrent_writes() {
     const N: usize = 20_000;
+    // The writer may run up to QUOTA writes ahead of the pages the walker has
+    // read, and the walker waits for it to use its quota before each page: so
+    // writes land between (and during) every two pages, with bounded work.
+    const QUOTA: u64 = 8;
     let env = Env::new();
     let b = env.bucket("scan", history(1));
     // Stable keys `k.NNNNN.a` stay for the whole walk; churned keys
@@ -1544,10 +1549,6 @@ fn scan_paging_under_concurrent_writes() {
             .collect();
         b.write(&ops).unwrap();
     }
-    // The writer may run up to QUOTA writes ahead of the pages the walker has
-    // read, and the walker waits for it to use its quota before each page: so
-    // writes land between (and during) every two pages, with bounded work.
-    const QUOTA: u64 = 8;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
     let pages_read = Arc::new(AtomicU64::new(0));
@@ -1566,7 +1567,7 @@ fn scan_paging_under_concurrent_writes() {
                     std::thread::yield_now();
                     continue;
                 }
-                let k = churn(rng.below(N as u64) as usize);
+                let k = churn(rng.range_usize(0, N));
                 match rng.below(3) {
                     0 => b.delete(&k).unwrap(),
                     1 => b.purge(&k).unwrap(),
@@ -1600,19 +1601,28 @@ fn scan_paging_under_concurrent_writes() {
         }
     }
     stop.store(true, Ordering::Release);
-    let writes = writer.join().unwrap();
-    assert!(writes >= (pages - 1) * QUOTA);
+    let written = writer.join().unwrap();
+    assert!(written >= (pages - 1) * QUOTA);
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
         "keys strictly increasing: none twice, in order"
     );
+    #[allow(
+        clippy::case_sensitive_file_extension_comparisons,
+        reason = "keys, not file names"
+    )]
     let got: BTreeSet<&str> = seen
         .iter()
         .map(String::as_str)
         .filter(|k| k.ends_with(".a"))
         .collect();
     assert_eq!(got.len(), N, "every stable key exactly once");
-    assert!(seen.iter().all(|k| k.ends_with(".a") || k.ends_with(".b")));
+    #[allow(
+        clippy::case_sensitive_file_extension_comparisons,
+        reason = "keys, not file names"
+    )]
+    let stable_or_churned = seen.iter().all(|k| k.ends_with(".a") || k.ends_with(".b"));
+    assert!(stable_or_churned);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,26 +1,19 @@
 //! Real clients beyond the Rust `redis` crate: the Python `redis` package
 //! (`execute_command`, `pipeline(transaction=True)`, RESP3) and
-//! `redis-benchmark` running a custom logkv verb. Each test says when it skips
-//! because the tool is not installed (`.ci/run` installs both).
+//! `redis-benchmark` running a custom logkv verb. A test whose tool is not installed
+//! skips, saying so (a failure under `LOGKV_NO_SKIP=1`; `.ci/run` installs both).
 
-mod server_common;
+mod common;
 
 use std::process::Command;
 
-use server_common::Srv;
-
-fn have(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use common::server::Srv;
+use common::{command_succeeds, skip};
 
 #[test]
 fn python_redis_client() {
-    if !have("python3", &["-c", "import redis"]) {
-        println!("skipped: the Python redis package is not installed (pip install redis)");
-        return;
+    if !command_succeeds("python3", &["-c", "import redis"]) {
+        return skip("the Python redis package is not installed (python3 -m pip install redis)");
     }
     let srv = Srv::start();
     let script = r#"
@@ -71,9 +64,8 @@ print("python client ok")
 
 #[test]
 fn redis_benchmark_with_a_logkv_verb() {
-    if !have("redis-benchmark", &["--version"]) {
-        println!("skipped: redis-benchmark is not installed (apt-get install redis-tools)");
-        return;
+    if !command_succeeds("redis-benchmark", &["--version"]) {
+        return skip("redis-benchmark is not installed (apt-get install redis-tools)");
     }
     let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
     let port = srv.addr.port().to_string();

@@ -1,14 +1,19 @@
 //! End-to-end tests of the server: a real server on a loopback port, spoken to with the
 //! `redis` crate (what programs use) and with raw RESP / inline bytes (what people type).
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one scenario, top to bottom"
+)]
 
-mod server_common;
+mod common;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
+use common::server::{redis_err, Frame, Raw, Srv};
 use redis::{cmd, Value};
-use server_common::{redis_err, Frame, Raw, Srv};
 
 fn code_of(r: redis::RedisResult<Value>) -> (String, String) {
     match r {
@@ -713,7 +718,7 @@ fn pipeline_of_ten_thousand_commands() {
     // Inline pipelines too.
     let mut lines = String::new();
     for i in 0..1_000 {
-        lines.push_str(&format!("GET key:{i}\r\n"));
+        write!(lines, "GET key:{i}\r\n").unwrap();
     }
     c.send(lines.as_bytes());
     for i in 0..1_000 {

@@ -2,11 +2,12 @@
 //! violation, its connection closed), the server stays up, and a bystander on another
 //! connection is never affected.
 
-mod server_common;
+mod common;
 
 use std::io::Write;
 
-use server_common::{Frame, Raw, Srv};
+use common::server::{Frame, Raw, Srv};
+use common::Rng;
 
 fn pong(c: &mut Raw) {
     assert_eq!(c.cmd(&["PING"]), Frame::Simple("PONG".into()));
@@ -162,26 +163,16 @@ fn unterminated_quotes_and_bad_escapes_keep_the_connection() {
     assert_eq!(c.line("PUT k ok"), Frame::Int(1));
 }
 
-/// Tiny xorshift, so the garbage is the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn binary_garbage() {
     let srv = Srv::start();
     let mut bystander = srv.raw();
     bystander.cmd(&["PUT", "safe", "1"]);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // Seeded, so the garbage is the same on every run.
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     for round in 0..40 {
-        let len = 1 + (rng.next() % 4096) as usize;
-        let mut garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let len = rng.range_usize(1, 4097);
+        let mut garbage = rng.bytes(len);
         if round % 2 == 0 {
             garbage[0] = b'*';
         }
@@ -240,7 +231,7 @@ fn configured_limits_are_named_in_errors() {
     c.send(&[b'w'; 600]);
     let e = c.read();
     assert!(
-        e.text_err().contains("max-request limit of 2500 bytes"),
+        e.message().contains("max-request limit of 2500 bytes"),
         "{e:?}"
     );
     assert!(c.closed());
@@ -252,23 +243,10 @@ fn configured_limits_are_named_in_errors() {
     }
     let e = c.cmd(&["SEARCH", "*"]);
     assert!(
-        e.text_err()
+        e.message()
             .contains("exceeds the max-output limit of 4096 bytes"),
         "{e:?}"
     );
     assert_eq!(c.cmd(&["SEARCH", "*", "LIMIT", "2"]).items().len(), 2);
     pong(&mut bystander);
-}
-
-trait TextErr {
-    fn text_err(&self) -> String;
-}
-
-impl TextErr for Frame {
-    fn text_err(&self) -> String {
-        match self {
-            Frame::Error(e) => e.clone(),
-            other => format!("{other:?}"),
-        }
-    }
 }

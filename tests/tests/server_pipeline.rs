@@ -1,9 +1,9 @@
 //! Pipelines: consecutive writes go to the engine together, yet every reply
 //! keeps its request's order and every read sees the writes before it.
 
-mod server_common;
+mod common;
 
-use server_common::{Frame, Srv};
+use common::server::{Frame, Srv};
 
 #[test]
 fn mixed_pipeline_keeps_order_and_read_your_writes() {

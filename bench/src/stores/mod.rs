@@ -66,7 +66,7 @@ pub fn available() -> Vec<&'static str> {
 }
 
 /// Whether the store's durable put really waits for stable storage. sled 0.34's
-/// `flush()` calls sync_file_range, not fdatasync, so its W4 rows are marked not durable.
+/// `flush()` calls `sync_file_range`, not fdatasync, so its W4 rows are marked not durable.
 pub fn durable_is_real(name: &str) -> bool {
     name != "sled"
 }

@@ -19,11 +19,18 @@
 //!   ```
 //!
 //!   Every line is flushed at once. The parent kills the process at a random
-//!   moment and checks that every acknowledged write survived.
+//!   moment and checks that every acknowledged write survived. Each write takes
+//!   the next revision: the writer is the store's only writer, and nothing else
+//!   (no TTL, no sweep marker) takes one.
 //!
 //! * `crash_writer <dir> <start> compact` — the same, with the background
 //!   thread on and sweeping every 5 ms, so that compaction passes run (and get
-//!   killed) while writes go on.
+//!   killed) while writes go on. After the acks of a write, when the number of
+//!   compaction passes completed since the open has grown, it prints
+//!
+//!   ```text
+//!   compactions <passes>
+//!   ```
 //!
 //! * `crash_writer --hold <dir>` — opens the store, prints `ready`, and keeps it
 //!   open until its stdin is closed; then prints `closed` and exits.
@@ -31,6 +38,7 @@
 //! * `crash_writer --try-open <dir>` — tries to open the store once and prints
 //!   `ok`, or `err <variant>\t<path or ->\t<message>`.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -62,6 +70,11 @@ fn value(i: u64, key: &str) -> String {
     let mut v = format!("{key}={i}|");
     let len = 16 + (i.wrapping_mul(13) % 200) as usize;
     let fill = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    // Any bits of i do: they only pick filler characters.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "truncation is harmless here"
+    )]
     let mut n = i as usize;
     while v.len() < len {
         v.push(fill[n % fill.len()] as char);
@@ -70,7 +83,7 @@ fn value(i: u64, key: &str) -> String {
     v
 }
 
-/// The writes of operation `i`: (is_put, key, value).
+/// The writes of operation `i`: (`is_put`, key, value).
 fn schedule(i: u64) -> Vec<(bool, String, String)> {
     match i % 10 {
         4 => {
@@ -92,6 +105,7 @@ fn write_mode(dir: &str, start: u64, compact: bool) -> Result<(), Box<dyn std::e
     let bucket = store.default_bucket()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut passes_reported = 0;
     // Bounded so that a child whose parent vanished cannot run forever.
     for i in start..start + 1_000_000 {
         let writes = schedule(i);
@@ -99,10 +113,10 @@ fn write_mode(dir: &str, start: u64, compact: bool) -> Result<(), Box<dyn std::e
         let mut ops = Vec::with_capacity(writes.len());
         for (put, k, v) in &writes {
             if *put {
-                intent.push_str(&format!("w put {k} {v}\n"));
+                writeln!(intent, "w put {k} {v}")?;
                 ops.push(WriteOp::put(k.as_str(), v.clone()));
             } else {
-                intent.push_str(&format!("w del {k} -\n"));
+                writeln!(intent, "w del {k} -")?;
                 ops.push(WriteOp::delete(k.as_str()));
             }
         }
@@ -111,7 +125,12 @@ fn write_mode(dir: &str, start: u64, compact: bool) -> Result<(), Box<dyn std::e
         let written = bucket.write(&ops)?;
         let mut acks = String::new();
         for ((_, k, _), w) in writes.iter().zip(&written) {
-            acks.push_str(&format!("ack {k} {}\n", w.revision));
+            writeln!(acks, "ack {k} {}", w.revision)?;
+        }
+        let passes = bucket.stats().compactions;
+        if passes > passes_reported {
+            writeln!(acks, "compactions {passes}")?;
+            passes_reported = passes;
         }
         out.write_all(acks.as_bytes())?;
         out.flush()?;

@@ -1,6 +1,5 @@
-//! Helpers for the end-to-end server tests: an in-process server on a free loopback port,
+//! The end-to-end server tests' helpers: an in-process server on a free loopback port,
 //! a raw TCP client with a small RESP2/RESP3 reader, and a `redis` crate connection.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -97,6 +96,16 @@ impl Frame {
             Frame::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
             Frame::Simple(s) => s.clone(),
             other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    /// What a reply says, to check its wording: the text of an error (without the `-`)
+    /// or of a string, else the frame's debug form.
+    pub fn message(&self) -> String {
+        match self {
+            Frame::Error(e) | Frame::Simple(e) => e.clone(),
+            Frame::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
         }
     }
 
@@ -207,14 +216,14 @@ impl Raw {
             b':' => Frame::Int(num()),
             b'_' => Frame::Null,
             b'$' => {
-                let n = num();
-                if n < 0 {
+                // A negative length is a null.
+                let Ok(n) = usize::try_from(num()) else {
                     return Frame::Null;
-                }
-                let mut buf = vec![0u8; n as usize + 2];
+                };
+                let mut buf = vec![0u8; n + 2];
                 self.reader.read_exact(&mut buf).unwrap();
-                assert_eq!(&buf[n as usize..], b"\r\n");
-                buf.truncate(n as usize);
+                assert_eq!(&buf[n..], b"\r\n");
+                buf.truncate(n);
                 Frame::Bulk(buf)
             }
             b'*' | b'>' => {
@@ -240,7 +249,7 @@ impl Raw {
         loop {
             match self.reader.read(&mut buf) {
                 Ok(0) => return true,
-                Ok(_) => continue,
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
                 Err(_) => return true,
