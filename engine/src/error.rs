@@ -128,29 +128,4 @@ impl Error {
             source,
         }
     }
-
-    /// A short, stable, upper-case code for the error kind (the wire protocol's error codes).
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::NotFound => "NOTFOUND",
-            Error::Exists | Error::BucketExists(_) => "EXISTS",
-            Error::WrongRevision { .. } => "WRONGREV",
-            Error::Mismatch => "MISMATCH",
-            Error::NoBucket(_) => "NOBUCKET",
-            Error::BadKey(_) => "BADKEY",
-            Error::BadBucket(_) | Error::BadArgument(_) => "BADARG",
-            Error::TooLarge { .. } => "TOOLARGE",
-            Error::Full { .. } => "FULL",
-            Error::Batch { source, .. } => source.code(),
-            Error::Locked(_) => "BUSY",
-            Error::Io { .. }
-            | Error::Corrupt { .. }
-            | Error::Poisoned { .. }
-            | Error::Config(_)
-            | Error::Lost { .. }
-            | Error::Closed
-            | Error::Internal(_)
-            | Error::InjectedCrash(_) => "ERR",
-        }
-    }
 }

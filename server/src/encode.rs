@@ -128,7 +128,7 @@ pub(crate) fn written(out: &mut Vec<u8>, version: RespVersion, w: &Written, shap
 }
 
 /// The protocol's error code for an engine error.
-pub(crate) fn error_code(e: &Error) -> &'static str {
+pub fn error_code(e: &Error) -> &'static str {
     match e {
         Error::NotFound => "NOTFOUND",
         Error::Exists | Error::BucketExists(_) => "EXISTS",

@@ -41,6 +41,7 @@ mod shared;
 mod testing;
 
 pub use config::{parse_fsync, ServerConfig};
+pub use encode::error_code;
 pub use server::{run, Server, ServerError};
 pub use testing::{spawn_test_server, spawn_test_server_with, TestServer};
 

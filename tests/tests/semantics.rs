@@ -14,6 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use logkv::{Bucket, BucketConfig, Error, ManualClock, Op, Store, Ttl, WriteOp, DEFAULT_BUCKET};
+use logkv_server::error_code;
 
 use common::{clock_opts, copy_store_dir, Rng, T0};
 
@@ -128,7 +129,7 @@ fn bad_keys_are_rejected_and_change_nothing() {
     let b = env.bucket("b", history(5));
     let r1 = b.put("good", "1").unwrap();
     let before = snapshot(&b);
-    let is_badkey = |e: &Error| matches!(e, Error::BadKey(_)) && e.code() == "BADKEY";
+    let is_badkey = |e: &Error| matches!(e, Error::BadKey(_)) && error_code(e) == "BADKEY";
     for k in bad_keys() {
         let k = k.as_str();
         assert_err(b.put(k, "v"), is_badkey, k);
@@ -223,7 +224,7 @@ fn bad_bucket_names_and_configs() {
     }
     assert!(env.store.create_bucket(&"x".repeat(64), history(1)).is_ok());
     assert!(env.store.create_bucket("A-b_9", history(1)).is_ok());
-    let bad_arg = |e: &Error| matches!(e, Error::BadArgument(_)) && e.code() == "BADARG";
+    let bad_arg = |e: &Error| matches!(e, Error::BadArgument(_)) && error_code(e) == "BADARG";
     assert_err(
         env.store.create_bucket("h0", history(0)),
         bad_arg,
@@ -266,7 +267,7 @@ fn create_bucket_twice_is_bucket_exists() {
     let env = Env::new();
     let b = env.bucket("twice", history(3));
     b.put("k", "v").unwrap();
-    let exists = |e: &Error| matches!(e, Error::BucketExists(_)) && e.code() == "EXISTS";
+    let exists = |e: &Error| matches!(e, Error::BucketExists(_)) && error_code(e) == "EXISTS";
     assert_err(
         env.store.create_bucket("twice", history(3)),
         exists,
@@ -315,7 +316,7 @@ fn drop_bucket_removes_data_from_disk() {
         .filter(|n| n.contains("gone"))
         .collect();
     assert!(leftovers.is_empty(), "left on disk: {leftovers:?}");
-    let nobucket = |e: &Error| matches!(e, Error::NoBucket(_)) && e.code() == "NOBUCKET";
+    let nobucket = |e: &Error| matches!(e, Error::NoBucket(_)) && error_code(e) == "NOBUCKET";
     assert_err(env.store.bucket("gone"), nobucket, "bucket()");
     assert_err(env.store.drop_bucket("gone"), nobucket, "drop again");
     // An old handle fails instead of writing into the void.
@@ -452,7 +453,7 @@ fn create_semantics() {
     let env = Env::new();
     let b = env.bucket("b", history(5));
     let r1 = b.create("k", "1").unwrap();
-    let exists = |e: &Error| matches!(e, Error::Exists) && e.code() == "EXISTS";
+    let exists = |e: &Error| matches!(e, Error::Exists) && error_code(e) == "EXISTS";
     assert_err(b.create("k", "2"), exists, "live value");
     assert_eq!(val(&b, "k").as_deref(), Some("1"));
     b.delete("k").unwrap();
@@ -510,7 +511,7 @@ fn update_semantics() {
 fn cas_semantics() {
     let env = Env::new();
     let b = env.bucket("b", history(5));
-    let mismatch = |e: &Error| matches!(e, Error::Mismatch) && e.code() == "MISMATCH";
+    let mismatch = |e: &Error| matches!(e, Error::Mismatch) && error_code(e) == "MISMATCH";
     assert_err(b.cas("k", "1", Some(b"")), mismatch, "old on a missing key");
     let r1 = b.cas("k", "1", None).unwrap();
     assert_err(b.cas("k", "x", None), mismatch, "None on a live key");
@@ -543,7 +544,7 @@ fn revert_semantics() {
     assert_eq!(r3, r2 + 1);
     let e = b.entry("k").unwrap().unwrap();
     assert_eq!((e.revision, e.op, &e.value[..]), (r3, Op::Put, &b"one"[..]));
-    let notfound = |e: &Error| matches!(e, Error::NotFound) && e.code() == "NOTFOUND";
+    let notfound = |e: &Error| matches!(e, Error::NotFound) && error_code(e) == "NOTFOUND";
     // A marker is not a value to revert to; neither is a revision of another key or one never written.
     let d = b.delete("k").unwrap();
     assert_err(b.revert("k", d), notfound, "marker");
@@ -626,7 +627,7 @@ fn batch_is_all_or_none_with_consecutive_revisions() {
 fn r_code<T>(r: &logkv::Result<T>) -> &'static str {
     match r {
         Ok(_) => "OK",
-        Err(e) => e.code(),
+        Err(e) => error_code(e),
     }
 }
 
@@ -936,8 +937,9 @@ fn max_value_size_is_too_large() {
     );
     assert!(b.put("k", vec![b'x'; 10]).is_ok());
     let before = snapshot(&b);
-    let too_large =
-        |e: &Error| matches!(e, Error::TooLarge { size: 11, max: 10 }) && e.code() == "TOOLARGE";
+    let too_large = |e: &Error| {
+        matches!(e, Error::TooLarge { size: 11, max: 10 }) && error_code(e) == "TOOLARGE"
+    };
     assert_err(b.put("k", vec![b'x'; 11]), too_large, "put");
     assert_err(b.create("n", vec![b'x'; 11]), too_large, "create");
     assert_err(b.update("k", vec![b'x'; 11], 1), too_large, "update");
@@ -992,7 +994,7 @@ fn max_bytes_is_full_and_deletes_are_accepted() {
     let full = |used: u64, adding: u64| {
         move |e: &Error| {
             matches!(e, Error::Full { used: u, adding: a, max: m } if *u == used && *a == adding && *m == max)
-                && e.code() == "FULL"
+                && error_code(e) == "FULL"
         }
     };
     assert_err(b.put("k4", v.clone()), full(3 * p, p), "4th put");

@@ -24,7 +24,7 @@ fn second_open_in_the_same_process_is_locked() {
             let Error::Locked(p) = e else { unreachable!() };
             assert_eq!(p, path);
             assert!(msg.contains(&path.display().to_string()), "{msg}");
-            assert_eq!(Error::Locked(p).code(), "BUSY");
+            assert_eq!(logkv_server::error_code(&Error::Locked(p)), "BUSY");
         }
         other => panic!("expected Locked, got {other:?}"),
     }
