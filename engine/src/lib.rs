@@ -37,6 +37,7 @@ mod config;
 mod entry;
 mod error;
 mod fsutil;
+pub mod io;
 pub mod fsync;
 pub mod index;
 mod key;
