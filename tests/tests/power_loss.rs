@@ -1,0 +1,528 @@
+//! Power-loss simulation: random workloads on a store whose files sit on a
+//! simulated page cache (`logkv::io::SimFs`), with the power cut at random
+//! points — in the middle of a write, between a write and its fsync, between a
+//! rename and the fsync of its directory, during compaction, bucket creation
+//! and drop. A cut loses, keeps or tears every unsynced write and may undo
+//! unsynced directory changes; faults make some fsyncs fail with EIO/ENOSPC.
+//!
+//! After every cut the store must open, and each bucket must hold exactly the
+//! state of a reference store (on the real file system, never cut) that has
+//! applied every write acknowledged as durable plus a prefix of the writes that
+//! were not: nothing acknowledged is lost, nothing is half there (batches are
+//! atomic), nothing is invented, no purge comes back, revisions never go back
+//! nor are reused for other data (the next writes get the same revisions as in
+//! the reference).
+//!
+//! Under `FsyncPolicy::Always` a write is durable when it returns; under
+//! `Never` only at `sync` (and clean close). Bucket creation and drop are
+//! durable when they return under every policy.
+//!
+//! `LOGKV_SIM_RUNS` sets how many workloads each test runs (each of
+//! `LOGKV_SIM_STEPS` steps, with many cuts); `LOGKV_SEED` replays one seed.
+//! The seed of each run is printed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use logkv::io::{SimFaults, SimFs, Storage};
+use logkv::{
+    BucketConfig, Clock, Entry, Error, FsyncPolicy, ManualClock, Op, Options, Store, WriteOp,
+};
+
+use common::{copy_store_dir, Rng, T0};
+
+const BUCKETS: &[&str] = &["default", "b1", "b2"];
+const KEYS: &[&str] = &["a", "a.b", "b", "c.d.e", "key-longer-than-twenty-two-bytes"];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn seeds(default_runs: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("LOGKV_SEED") {
+        return vec![s.parse().expect("LOGKV_SEED is a number")];
+    }
+    let runs = env_u64("LOGKV_SIM_RUNS", default_runs);
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    (0..runs).map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9))).collect()
+}
+
+fn config_of(name: &str) -> BucketConfig {
+    match name {
+        "b1" => BucketConfig {
+            history: 3,
+            ..Default::default()
+        },
+        "b2" => BucketConfig {
+            history: 2,
+            ttl: Some(Duration::from_millis(5_000)),
+            ..Default::default()
+        },
+        _ => BucketConfig::default(),
+    }
+}
+
+fn options(storage: Storage, clock: &ManualClock, fsync: FsyncPolicy) -> Options {
+    Options {
+        storage,
+        fsync,
+        background: false,
+        segment_size: 4096,
+        clock: Arc::new(clock.clone()),
+        ..Default::default()
+    }
+}
+
+/// A change to the store, replayable on the reference.
+#[derive(Debug, Clone)]
+enum Change {
+    Write {
+        bucket: &'static str,
+        ops: Vec<WriteOp>,
+    },
+    CreateBucket(&'static str),
+    DropBucket(&'static str),
+    Sweep(&'static str),
+    DeleteGlob(&'static str, &'static str),
+}
+
+impl Change {
+    fn bucket(&self) -> &'static str {
+        match self {
+            Change::Write { bucket, .. }
+            | Change::CreateBucket(bucket)
+            | Change::DropBucket(bucket)
+            | Change::Sweep(bucket)
+            | Change::DeleteGlob(bucket, _) => bucket,
+        }
+    }
+}
+
+/// What a change returned, comparable between the store and the reference.
+type Outcome = Result<String, String>;
+
+fn error_kind(e: &Error) -> String {
+    match e {
+        Error::Batch { index, source } => format!("batch {index}: {}", error_kind(source)),
+        Error::Io { .. } | Error::Poisoned { .. } => "io".into(),
+        other => format!("{other}"),
+    }
+}
+
+/// Whether an error means "the disk failed" (the outcome of the change is unknown).
+fn is_io(e: &Error) -> bool {
+    match e {
+        Error::Io { .. } | Error::Poisoned { .. } => true,
+        Error::Batch { source, .. } => is_io(source),
+        _ => false,
+    }
+}
+
+fn apply(store: &Store, change: &Change) -> Result<String, Error> {
+    match change {
+        Change::Write { bucket, ops } => {
+            let b = store.bucket(bucket)?;
+            let written = b.write(ops)?;
+            Ok(format!(
+                "{:?}",
+                written.iter().map(|w| w.revision).collect::<Vec<_>>()
+            ))
+        }
+        Change::CreateBucket(name) => store.create_bucket(name, config_of(name)).map(|_| "ok".into()),
+        Change::DropBucket(name) => store.drop_bucket(name).map(|()| "ok".into()),
+        Change::Sweep(name) => store.bucket(name)?.sweep_expired().map(|n| n.to_string()),
+        Change::DeleteGlob(name, glob) => store.bucket(name)?.delete_glob(glob).map(|n| n.to_string()),
+    }
+}
+
+/// Everything a bucket holds that a client can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BucketState {
+    config: BucketConfig,
+    last_revision: u64,
+    entries: Vec<(String, u64, Op, Vec<u8>, u64, u64)>,
+}
+
+fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
+    let b = store.bucket(name).ok()?;
+    let mut entries: Vec<_> = b
+        .history(">")
+        .expect("history")
+        .into_iter()
+        .map(|e: Entry| (e.key, e.revision, e.op, e.value.to_vec(), e.created_ms, e.expires_ms))
+        .collect();
+    entries.sort();
+    Some(BucketState {
+        config: b.config(),
+        last_revision: b.status().expect("status").last_revision,
+        entries,
+    })
+}
+
+fn state(store: &Store) -> BTreeMap<String, BucketState> {
+    store
+        .bucket_names()
+        .into_iter()
+        .filter_map(|n| bucket_state(store, &n).map(|s| (n, s)))
+        .collect()
+}
+
+/// The store under test, on the simulated page cache.
+struct Subject {
+    sim: SimFs,
+    clock: ManualClock,
+    fsync: FsyncPolicy,
+    store: Option<Store>,
+}
+
+impl Subject {
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("store is open")
+    }
+
+    fn open(&mut self) -> Store {
+        let opts = options(Storage::simulated(&self.sim), &self.clock, self.fsync);
+        match Store::open(self.sim.root().join("store"), opts) {
+            Ok(s) => s,
+            Err(e) => panic!("the store must open after a power cut: {e}"),
+        }
+    }
+}
+
+/// The reference: the same changes on the real file system, applied only once
+/// they are known durable in the subject.
+struct Reference {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    store: Option<Store>,
+}
+
+impl Reference {
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn open_at(path: &Path, clock: &ManualClock) -> Store {
+        Store::open(path, options(Storage::os(), clock, FsyncPolicy::Never)).expect("reference opens")
+    }
+
+    fn apply(&mut self, at_ms: u64, change: &Change) -> Outcome {
+        self.clock.set(at_ms);
+        let store = self.store.as_ref().expect("reference open");
+        apply(store, change).map_err(|e| error_kind(&e))
+    }
+}
+
+struct Run {
+    _root: tempfile::TempDir,
+    rng: Rng,
+    subject: Subject,
+    reference: Reference,
+    /// Changes the subject accepted (or may have made) that are not known durable yet,
+    /// with the clock at which they ran and what the subject said.
+    pending: Vec<(u64, Change, Option<Outcome>)>,
+    cuts: u64,
+    acked: u64,
+}
+
+impl Run {
+    fn new(seed: u64, fsync: FsyncPolicy) -> Run {
+        let mut rng = Rng::new(seed);
+        let root = tempfile::tempdir().expect("tempdir");
+        let sim = SimFs::new(root.path(), rng.next_u64()).expect("sim");
+        let clock = ManualClock::new(T0);
+        let mut subject = Subject {
+            sim,
+            clock: clock.clone(),
+            fsync,
+            store: None,
+        };
+        subject.store = Some(subject.open());
+        let ref_dir = tempfile::tempdir().expect("tempdir");
+        let ref_clock = ManualClock::new(T0);
+        let store = Reference::open_at(&ref_dir.path().join("store"), &ref_clock);
+        let reference = Reference {
+            dir: ref_dir,
+            clock: ref_clock,
+            store: Some(store),
+        };
+        Run {
+            _root: root,
+            rng,
+            subject,
+            reference,
+            pending: Vec::new(),
+            cuts: 0,
+            acked: 0,
+        }
+    }
+
+    fn random_change(&mut self) -> Change {
+        let names = self.subject.store().bucket_names();
+        let pick = |rng: &mut Rng, xs: &[&'static str]| xs[rng.below(xs.len() as u64) as usize];
+        let bucket = pick(&mut self.rng, BUCKETS);
+        let roll = self.rng.below(100);
+        if roll < 4 && bucket != "default" {
+            return if names.iter().any(|n| n == bucket) {
+                Change::DropBucket(bucket)
+            } else {
+                Change::CreateBucket(bucket)
+            };
+        }
+        if roll < 7 {
+            return Change::Sweep(bucket);
+        }
+        if roll < 9 {
+            return Change::DeleteGlob(bucket, pick(&mut self.rng, &["a*", "*", "c.*"]));
+        }
+        let n = if self.rng.below(4) == 0 { 2 + self.rng.below(3) } else { 1 };
+        let last = self
+            .subject
+            .store()
+            .bucket(bucket)
+            .ok()
+            .and_then(|b| b.status().ok())
+            .map_or(0, |s| s.last_revision);
+        let ops = (0..n)
+            .map(|_| {
+                let key = pick(&mut self.rng, KEYS);
+                let len = match self.rng.below(10) {
+                    0 => 1500 + self.rng.below(1500) as usize,
+                    1 => 0,
+                    _ => 1 + self.rng.below(40) as usize,
+                };
+                let value = self.rng.bytes(len);
+                let near = last.saturating_sub(self.rng.below(3));
+                match self.rng.below(12) {
+                    0 => WriteOp::create(key, value),
+                    1 => WriteOp::update(key, value, near),
+                    2 => WriteOp::cas(key, value, None),
+                    3 => WriteOp::delete(key),
+                    4 => WriteOp::delete_at(key, near),
+                    5 => WriteOp::purge(key),
+                    6 => WriteOp::revert(key, near),
+                    7 => WriteOp::put(key, value).with_ttl(Duration::from_millis(1 + self.rng.below(3000))),
+                    _ => WriteOp::put(key, value),
+                }
+            })
+            .collect();
+        Change::Write { bucket, ops }
+    }
+
+    /// Whether a change becomes durable when it returns.
+    fn durable_on_return(&self, change: &Change) -> bool {
+        self.subject.fsync == FsyncPolicy::Always
+            || matches!(change, Change::CreateBucket(_) | Change::DropBucket(_))
+    }
+
+    /// Applies the pending changes to the reference, checking that it says what the subject said.
+    fn settle(&mut self) {
+        for (at, change, said) in std::mem::take(&mut self.pending) {
+            let got = self.reference.apply(at, &change);
+            if let Some(said) = said {
+                assert_eq!(got, said, "the reference disagrees on {change:?}");
+            }
+            self.acked += 1;
+        }
+    }
+
+    fn step(&mut self) {
+        let now = self.subject.clock.now_ms();
+        match self.rng.below(100) {
+            0..=2 => self.subject.clock.advance(1 + self.rng.below(4000)),
+            3..=5 => {
+                if self.subject.store().sync().is_ok() {
+                    self.settle();
+                } else {
+                    self.cut();
+                }
+            }
+            6..=7 => {
+                let names = self.subject.store().bucket_names();
+                let name = &names[self.rng.below(names.len() as u64) as usize];
+                let compacted = self.subject.store().bucket(name).and_then(|b| b.compact());
+                if compacted.is_err() {
+                    self.cut();
+                }
+            }
+            8 => {
+                // A clean close (sync and snapshot), then reopen.
+                let store = self.subject.store.take().expect("open");
+                if store.close().is_err() {
+                    self.subject.store = None;
+                    self.cut();
+                    return;
+                }
+                self.settle();
+                self.subject.store = Some(self.subject.open());
+            }
+            9..=11 => {
+                self.subject.sim.crash_after(self.rng.below(30));
+            }
+            12 => {
+                self.subject.sim.crash_now();
+                self.cut();
+            }
+            _ => {
+                let change = self.random_change();
+                // Sweeps and glob deletes are not atomic: a cut inside one may keep any part of it,
+                // which the reference cannot replay. They run with the power on, and sync after.
+                let whole = matches!(change, Change::Sweep(_) | Change::DeleteGlob(..));
+                if whole && self.subject.sim.is_crashed() {
+                    self.cut();
+                    return;
+                }
+                if whole {
+                    self.subject.sim.crash_after(u64::MAX);
+                }
+                let result = apply(self.subject.store(), &change);
+                match result {
+                    Err(e) if is_io(&e) || self.subject.sim.is_crashed() => {
+                        self.pending.push((now, change, None));
+                        self.cut();
+                    }
+                    result => {
+                        let said = result.map_err(|e| error_kind(&e));
+                        self.pending.push((now, change.clone(), Some(said)));
+                        if whole && self.subject.store().sync().is_err() {
+                            self.cut();
+                            return;
+                        }
+                        if whole || self.durable_on_return(&change) {
+                            self.settle();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cuts the power, reopens the subject and checks it against the reference.
+    fn cut(&mut self) {
+        self.cuts += 1;
+        self.subject.sim.crash_now();
+        self.subject.store = None; // dropped with the power off: nothing more reaches the disk
+        self.subject.sim.restart().expect("restart");
+        let faults = SimFaults::default();
+        self.subject.sim.set_faults(faults);
+        let store = self.subject.open();
+        let recovered = state(&store);
+        self.subject.store = Some(store);
+        self.match_prefix(&recovered);
+        let sync_error_one_in = if self.rng.below(3) == 0 { 20 } else { 0 };
+        self.subject.sim.set_faults(SimFaults {
+            sync_error_one_in,
+            write_error_one_in: sync_error_one_in,
+        });
+    }
+
+    /// Finds, bucket by bucket, the prefix of the pending changes whose result
+    /// the subject holds, and moves the reference there.
+    fn match_prefix(&mut self, recovered: &BTreeMap<String, BucketState>) {
+        let now = self.subject.clock.now_ms();
+        let pending = std::mem::take(&mut self.pending);
+        let mut buckets: Vec<&str> = BUCKETS.to_vec();
+        buckets.sort_unstable();
+        let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
+        for bucket in buckets {
+            let mine: Vec<&(u64, Change, Option<Outcome>)> =
+                pending.iter().filter(|(_, c, _)| c.bucket() == bucket).collect();
+            let scratch = tempfile::tempdir().expect("tempdir");
+            let path = scratch.path().join("store");
+            self.reference.store = None;
+            copy_store_dir(&self.reference.path(), &path);
+            let clock = ManualClock::new(now);
+            let mut cand = Reference::open_at(&path, &clock);
+            let mut found = None;
+            for j in 0..=mine.len() {
+                if j > 0 {
+                    let (at, change, _) = mine[j - 1];
+                    clock.set(*at);
+                    let _ = apply(&cand, change);
+                    drop(cand);
+                    clock.set(now);
+                    cand = Reference::open_at(&path, &clock);
+                }
+                if bucket_state(&cand, bucket).as_ref() == recovered.get(bucket) {
+                    found = Some(j);
+                    break;
+                }
+            }
+            let Some(j) = found else {
+                self.reference.store = Some(Reference::open_at(&self.reference.path(), &self.reference.clock));
+                panic!(
+                    "bucket {bucket}: the recovered state is not the reference after any prefix of the {} unacknowledged changes\n\
+                     recovered: {:#?}\nreference (acknowledged only): {:#?}\npending: {:#?}",
+                    mine.len(),
+                    recovered.get(bucket),
+                    self.reference.store.as_ref().and_then(|s| bucket_state(s, bucket)),
+                    mine
+                );
+            };
+            chosen.insert(bucket, j);
+            drop(cand);
+            self.reference.store = Some(Reference::open_at(&self.reference.path(), &self.reference.clock));
+        }
+        // Move the reference to the chosen prefixes, in the original order.
+        let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
+        for (at, change, said) in pending {
+            let b = change.bucket();
+            let n = taken.entry(b).or_insert(0);
+            if *n < chosen.get(b).copied().unwrap_or(0) {
+                *n += 1;
+                let got = self.reference.apply(at, &change);
+                if let Some(said) = said {
+                    assert_eq!(got, said, "the reference disagrees on {change:?}");
+                }
+            }
+        }
+        self.reference.clock.set(now);
+        let reference = state(self.reference.store.as_ref().expect("open"));
+        assert_eq!(&reference, recovered, "the reference, moved to the matched prefixes, differs");
+    }
+}
+
+fn run(seed: u64, fsync: FsyncPolicy, steps: u64) -> (u64, u64) {
+    eprintln!("power_loss: seed {seed} ({fsync:?}, {steps} steps; replay with LOGKV_SEED={seed})");
+    let mut r = Run::new(seed, fsync);
+    for _ in 0..steps {
+        if r.subject.store.is_none() {
+            r.cut();
+        }
+        r.step();
+    }
+    r.subject.sim.crash_now();
+    r.cut();
+    (r.cuts, r.acked)
+}
+
+fn run_many(fsync: FsyncPolicy, default_runs: u64) {
+    let steps = env_u64("LOGKV_SIM_STEPS", 300);
+    let (mut cuts, mut acked) = (0, 0);
+    for seed in seeds(default_runs) {
+        let (c, a) = run(seed, fsync, steps);
+        cuts += c;
+        acked += a;
+    }
+    eprintln!("power_loss ({fsync:?}): {cuts} power cuts, {acked} changes acknowledged and checked");
+    assert!(cuts > 0 && acked > 0);
+}
+
+#[test]
+fn power_cuts_lose_nothing_acknowledged_under_always() {
+    run_many(FsyncPolicy::Always, 4);
+}
+
+#[test]
+fn power_cuts_keep_a_prefix_under_never() {
+    run_many(FsyncPolicy::Never, 4);
+}
