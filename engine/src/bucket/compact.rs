@@ -281,9 +281,10 @@ impl BucketCore {
         }
 
         // 2. Write the output and give it its final name.
-        let tmp = Segment::write_tmp(&self.dir, &header, &body)?;
+        let tmp = Segment::write_tmp(self.log.storage(), &self.dir, &header, &body)?;
         crash_point!(self, AfterTmpWritten);
         let out = Arc::new(Segment::install(
+            self.log.storage(),
             &self.dir,
             self.log.alloc_slot(),
             &tmp,
@@ -377,11 +378,11 @@ impl BucketCore {
             self.log.remove_segments(ids);
         }
         for (i, seg) in run.iter().enumerate() {
-            remove_if_exists(&seg.path)?;
+            remove_if_exists(self.log.storage(), &seg.path)?;
             if i == 0 {
                 crash_point!(self, AfterFirstDelete);
             }
         }
-        sync_dir(&self.dir)
+        sync_dir(self.log.storage(), &self.dir)
     }
 }

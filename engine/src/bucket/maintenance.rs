@@ -119,12 +119,12 @@ impl BucketCore {
                 // Compaction removed every record up to the published end:
                 // there is nothing a snapshot would spare recovery from reading.
                 drop(ix);
-                return snapshot::remove(&self.dir);
+                return snapshot::remove(self.log.storage(), &self.dir);
             }
             (snapshot::encode(&ix, last_rev, &segs)?, end)
         };
         self.log.wait_durable(end)?;
-        snapshot::save(&self.dir, &bytes)
+        snapshot::save(self.log.storage(), &self.dir, &bytes)
     }
 
     /// Drops from the index the oldest entries of each key that are past the

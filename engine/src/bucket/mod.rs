@@ -143,9 +143,9 @@ impl BucketCore {
     /// `remove` take its directory away (no write starts meanwhile), and ends
     /// its watches.
     pub(crate) fn drop_with(&self, remove: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        self.dropped.store(true, Ordering::Release);
         let _writer = self.writer.lock();
         remove(&self.dir)?;
+        self.dropped.store(true, Ordering::Release);
         self.hub.close();
         Ok(())
     }

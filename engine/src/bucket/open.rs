@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use super::{effective_expiry, BucketCore, CompactionStats, Writer};
 use crate::config::{BucketConfig, Options};
 use crate::error::Result;
+use crate::io::Storage;
 use crate::index::{Index, RecordRef};
 use crate::log::recovery::RecoveryReport;
 use crate::log::segment::Segment;
@@ -82,8 +83,10 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         segment_size: opts.segment_size,
         fsync: opts.fsync,
         repair: opts.repair,
+        storage: opts.storage.clone(),
     };
-    let mut snap = usable_snapshot(dir, name, opts.repair)?;
+    let storage = opts.storage.clone();
+    let mut snap = usable_snapshot(&storage, dir, name, opts.repair)?;
     let mut snap_rev = 0;
     let mut stale = false;
     let mut start = |segs: &[Arc<Segment>]| {
@@ -118,7 +121,7 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         },
     )?;
     if stale {
-        snapshot::remove(dir)?;
+        snapshot::remove(&storage, dir)?;
     }
     let mut index = index.into_inner();
     let sizes = opened
@@ -138,17 +141,22 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
 
 /// The index snapshot of the bucket in `dir`, if it has one that can be
 /// read; one that cannot is removed (and the whole log is scanned).
-fn usable_snapshot(dir: &Path, name: &str, repair: bool) -> Result<Option<Snapshot>> {
+fn usable_snapshot(
+    storage: &Storage,
+    dir: &Path,
+    name: &str,
+    repair: bool,
+) -> Result<Option<Snapshot>> {
     if repair {
         // Repair may cut the log below a snapshot's end: never trust one after it.
-        snapshot::remove(dir)?;
+        snapshot::remove(storage, dir)?;
         return Ok(None);
     }
     match snapshot::load(dir) {
         Ok(s) => Ok(s),
         Err(why) => {
             tracing::warn!(bucket = name, reason = %why, "index snapshot unusable; scanning the whole log");
-            snapshot::remove(dir)?;
+            snapshot::remove(storage, dir)?;
             Ok(None)
         }
     }

@@ -10,7 +10,6 @@ pub mod recovery;
 pub mod segment;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_zeros;
+use crate::io::Storage;
 use crate::fsync::FsyncPolicy;
 use group_commit::GroupCommit;
 pub use position::LogPos;
@@ -39,6 +38,8 @@ pub struct LogConfig {
     pub fsync: FsyncPolicy,
     /// Keep every valid record of a damaged log instead of failing to open.
     pub repair: bool,
+    /// Where the files live (the operating system, or a simulation in tests).
+    pub storage: Storage,
 }
 
 impl LogConfig {
@@ -148,7 +149,7 @@ impl Log {
         }
         let next_slot = AtomicU32::new(1);
         let alloc = || next_slot.fetch_add(1, Ordering::Relaxed);
-        let rec = recovery::recover(dir, cfg.repair, &alloc, start, apply)?;
+        let rec = recovery::recover(&cfg.storage, dir, cfg.repair, &alloc, start, apply)?;
         let mut segments = Table::default();
         rec.segments
             .iter()
@@ -157,6 +158,7 @@ impl Log {
             // Re-map the last segment at full capacity so appends can grow into it
             // (same slot: the index already points at it).
             let active = Arc::new(Segment::open(
+                    &cfg.storage,
                 &last.path,
                 last.slot,
                 Some(cfg.segment_size),
@@ -169,6 +171,7 @@ impl Log {
             let header =
                 SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
             let active = Arc::new(Segment::create(
+                    &cfg.storage,
                 dir,
                 alloc(),
                 header,
@@ -205,6 +208,11 @@ impl Log {
     /// The directory of this log.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the files live.
+    pub fn storage(&self) -> &Storage {
+        &self.cfg.storage
     }
 
     /// The fsync policy.
@@ -280,7 +288,7 @@ impl Log {
         }
         if app.dirty_tail > 0 {
             let to = (app.pos + app.dirty_tail).min(app.file_len);
-            write_zeros(app.active.file(), app.pos, to)
+            app.active.file().write_zeros(app.pos, to)
                 .map_err(|e| Error::io(&app.active.path, e))?;
             app.dirty_tail = 0;
         }
@@ -288,7 +296,7 @@ impl Log {
             let grow_to = (app.pos + len)
                 .max(app.file_len + self.cfg.prealloc_chunk())
                 .min(app.active.capacity());
-            if let Err(e) = write_zeros(app.active.file(), app.file_len, grow_to) {
+            if let Err(e) = app.active.file().write_zeros(app.file_len, grow_to) {
                 app.dirty_tail = grow_to - app.pos;
                 return Err(Error::io(&app.active.path, e));
             }
@@ -334,6 +342,7 @@ impl Log {
             )));
         }
         let seg = Arc::new(Segment::create(
+            &self.cfg.storage,
             &self.dir,
             self.alloc_slot(),
             header,

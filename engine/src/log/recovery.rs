@@ -23,6 +23,7 @@ use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
+use crate::io::Storage;
 
 /// A region recovery skipped or cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,7 @@ pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &Record<'_>) -> Resul
 /// Calls `apply(segment, offset, record)` for every record of every complete
 /// batch from the start point on, in log order.
 pub(crate) fn recover(
+    storage: &Storage,
     dir: &Path,
     repair: bool,
     next_slot: &dyn Fn() -> u32,
@@ -80,7 +82,7 @@ pub(crate) fn recover(
     apply: Apply<'_>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
-    let mut segments = open_segments(dir, repair, next_slot, &mut report)?;
+    let mut segments = open_segments(storage, dir, repair, next_slot, &mut report)?;
     let watermark = segments
         .iter()
         .map(|s| s.header.revision_watermark)
@@ -121,6 +123,7 @@ pub(crate) fn recover(
 
 /// Lists, cleans up and opens the segments of a directory, in log order.
 fn open_segments(
+    storage: &Storage,
     dir: &Path,
     repair: bool,
     next_slot: &dyn Fn() -> u32,
@@ -136,7 +139,7 @@ fn open_segments(
         if name.ends_with(&format!(".{SEGMENT_EXT}.tmp")) {
             let path = entry.path();
             tracing::info!(file = %path.display(), "removing unfinished segment");
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            storage.remove_file(&path).map_err(|e| Error::io(&path, e))?;
             report.removed_files.push(path);
             removed_any = true;
         } else if let Some(id) = SegmentId::parse(name) {
@@ -147,12 +150,12 @@ fn open_segments(
     let mut opened = Vec::with_capacity(ids.len());
     for id in ids {
         let path = dir.join(id.file_name());
-        match Segment::open(&path, next_slot(), None) {
+        match Segment::open(storage, &path, next_slot(), None) {
             Ok(seg) if seg.header.id == id => opened.push(seg),
             Ok(_) | Err(Error::Corrupt { .. }) if repair => {
                 let aside = path.with_extension("seg.corrupt");
                 tracing::warn!(file = %path.display(), "repair: segment header unreadable, moved aside");
-                std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+                storage.rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
                 report.skipped.push(Skipped {
                     path: path.clone(),
                     offset: 0,
@@ -180,7 +183,7 @@ fn open_segments(
     for seg in opened {
         if superseded.contains(&seg.id) {
             tracing::info!(file = %seg.path.display(), "removing segment superseded by compaction");
-            std::fs::remove_file(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
+            storage.remove_file(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
             report.removed_files.push(seg.path.clone());
             removed_any = true;
         } else {
@@ -188,7 +191,7 @@ fn open_segments(
         }
     }
     if removed_any {
-        sync_dir(dir)?;
+        sync_dir(storage, dir)?;
     }
     Ok(kept)
 }

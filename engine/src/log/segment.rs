@@ -12,15 +12,14 @@
 //! pre-writing zeros a chunk at a time: an `fdatasync` then finds the file size
 //! unchanged and has no inode to write.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, write_zeros};
+use crate::fsutil::sync_dir;
+use crate::io::{File, OpenMode, Storage};
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LOGKVSEG";
@@ -235,6 +234,7 @@ impl Segment {
     /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
     /// (header included), syncs it and renames it into place.
     pub fn create(
+        storage: &Storage,
         dir: &Path,
         slot: u32,
         header: SegmentHeader,
@@ -245,35 +245,29 @@ impl Segment {
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
         let head = header.encode();
         let io = |e| Error::io(&tmp_path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .map_err(io)?;
+        let file = storage.open(&tmp_path, OpenMode::Create).map_err(io)?;
         file.write_all_at(&head, 0).map_err(io)?;
         let prealloc = prealloc
             .max(head.len() as u64)
             .min(capacity.max(head.len() as u64));
-        write_zeros(&file, head.len() as u64, prealloc).map_err(io)?;
+        file.write_zeros(head.len() as u64, prealloc).map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp_path, &final_path).map_err(io)?;
-        sync_dir(dir)?;
+        storage.rename(&tmp_path, &final_path).map_err(io)?;
+        sync_dir(storage, dir)?;
         Self::map(slot, final_path, file, header, capacity)
     }
 
     /// Writes a complete segment (compaction output) under a temporary name.
     /// Returns the temporary path; [`Segment::install`] renames it into place.
-    pub fn write_tmp(dir: &Path, header: &SegmentHeader, body: &[u8]) -> Result<PathBuf> {
+    pub fn write_tmp(
+        storage: &Storage,
+        dir: &Path,
+        header: &SegmentHeader,
+        body: &[u8],
+    ) -> Result<PathBuf> {
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
         let io = |e| Error::io(&tmp_path, e);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .map_err(io)?;
+        let file = storage.open(&tmp_path, OpenMode::Create).map_err(io)?;
         let head = header.encode();
         file.write_all_at(&head, 0).map_err(io)?;
         file.write_all_at(body, head.len() as u64).map_err(io)?;
@@ -282,24 +276,33 @@ impl Segment {
     }
 
     /// Renames a file written by [`Segment::write_tmp`] into place and opens it.
-    pub fn install(dir: &Path, slot: u32, tmp_path: &Path, id: SegmentId) -> Result<Segment> {
+    pub fn install(
+        storage: &Storage,
+        dir: &Path,
+        slot: u32,
+        tmp_path: &Path,
+        id: SegmentId,
+    ) -> Result<Segment> {
         let final_path = dir.join(id.file_name());
-        std::fs::rename(tmp_path, &final_path).map_err(|e| Error::io(tmp_path, e))?;
-        sync_dir(dir)?;
-        let seg = Self::open(&final_path, slot, None)?;
+        storage
+            .rename(tmp_path, &final_path)
+            .map_err(|e| Error::io(tmp_path, e))?;
+        sync_dir(storage, dir)?;
+        let seg = Self::open(storage, &final_path, slot, None)?;
         seg.set_data_end(seg.capacity());
         Ok(seg)
     }
 
     /// Opens an existing segment read-write, mapping it at its file length.
-    pub fn open(path: &Path, slot: u32, capacity: Option<u64>) -> Result<Segment> {
+    pub fn open(
+        storage: &Storage,
+        path: &Path,
+        slot: u32,
+        capacity: Option<u64>,
+    ) -> Result<Segment> {
         let io = |e| Error::io(path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let file = storage.open(path, OpenMode::ReadWrite).map_err(io)?;
+        let len = file.len().map_err(io)?;
         let mut head = vec![0u8; usize::try_from(len).map_or(64 * 1024, |l| l.min(64 * 1024))];
         file.read_exact_at(&mut head, 0).map_err(io)?;
         let header = SegmentHeader::decode(&head).map_err(|why| Error::Corrupt {
@@ -330,7 +333,7 @@ impl Segment {
         // readers may look at and never truncates below it while mapped. Pages past
         // the end of the file are mapped but never read (reads stay below the
         // written length).
-        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(&file) }
+        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(file.std()) }
             .map_err(|e| Error::io(&path, e))?;
         let data_start = header.encoded_len() as u64;
         Ok(Segment {
@@ -382,11 +385,7 @@ impl Segment {
 
     /// Current length of the file on disk.
     pub fn file_len(&self) -> Result<u64> {
-        Ok(self
-            .file
-            .metadata()
-            .map_err(|e| Error::io(&self.path, e))?
-            .len())
+        self.file.len().map_err(|e| Error::io(&self.path, e))
     }
 
     /// Flushes written data to stable storage (fdatasync).
@@ -438,11 +437,11 @@ mod tests {
     fn create_then_open() {
         let dir = tempfile::tempdir().unwrap();
         let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
-        let seg = Segment::create(dir.path(), 1, h.clone(), 1 << 20, 4096).unwrap();
+        let seg = Segment::create(&Storage::os(), dir.path(), 1, h.clone(), 1 << 20, 4096).unwrap();
         assert_eq!(seg.file_len().unwrap(), 4096);
         assert_eq!(seg.capacity(), 1 << 20);
         drop(seg);
-        let seg = Segment::open(&dir.path().join(h.id.file_name()), 2, None).unwrap();
+        let seg = Segment::open(&Storage::os(), &dir.path().join(h.id.file_name()), 2, None).unwrap();
         assert_eq!(seg.header, h);
         assert_eq!(seg.data_start, h.encoded_len() as u64);
         assert!(!dir

@@ -85,6 +85,8 @@ impl BucketCore {
         }
         let invalid = self.validate(ops, mode)?;
         let mut w = self.writer.lock();
+        // Checked again under the lock: a drop takes the lock before it renames the directory.
+        self.check_open()?;
         let now = self.now();
         let Plan { writes, results } = self.plan(ops, invalid, w.next_rev, mode, now)?;
         if writes.is_empty() {
