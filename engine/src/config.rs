@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::io::Storage;
 use crate::fsync::FsyncPolicy;
+use crate::io::Storage;
 
 /// File holding a bucket's configuration, in the bucket's directory.
 pub const CONFIG_FILE: &str = "bucket.conf";

@@ -23,9 +23,7 @@ pub fn remove_if_exists(storage: &Storage, path: &Path) -> Result<()> {
 /// Creates `dir` and its missing parents, and makes each creation durable by
 /// syncing the directory that holds it.
 pub fn create_dir_all_durable(storage: &Storage, dir: &Path) -> Result<()> {
-    let created = storage
-        .create_dir_all(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let created = storage.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for made in &created {
         if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(storage, parent)?;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, write_atomic};
-use crate::io::Storage;
 use crate::index::{IKey, Index, RecordRef};
+use crate::io::Storage;
 use crate::log::segment::{Segment, SegmentId};
 
 /// File name of a bucket's snapshot.

@@ -92,7 +92,9 @@ impl Store {
             }
             if name.ends_with(DROPPED_SUFFIX) || name.ends_with(CREATING_SUFFIX) {
                 tracing::info!(path = %path.display(), "finishing the removal of a dropped bucket");
-                storage.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                storage
+                    .remove_dir_all(&path)
+                    .map_err(|e| Error::io(&path, e))?;
                 cleaned = true;
                 continue;
             }
@@ -102,7 +104,9 @@ impl Store {
             }
             if !path.join(CONFIG_FILE).exists() {
                 tracing::info!(path = %path.display(), "removing a bucket whose creation never finished");
-                storage.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                storage
+                    .remove_dir_all(&path)
+                    .map_err(|e| Error::io(&path, e))?;
                 cleaned = true;
                 continue;
             }
@@ -175,11 +179,15 @@ impl Store {
         // either no bucket or a whole one (open removes `*.creating` leftovers).
         let tmp = parent.join(format!("{name}{CREATING_SUFFIX}"));
         if tmp.exists() {
-            storage.remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            storage
+                .remove_dir_all(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?;
         }
         if dir.exists() {
             // Left by a creation that failed part-way in this process.
-            storage.remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            storage
+                .remove_dir_all(&dir)
+                .map_err(|e| Error::io(&dir, e))?;
         }
         storage.create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         config.save(storage, &tmp.join(CONFIG_FILE))?;
@@ -221,7 +229,9 @@ impl Store {
         // The drop is durable once the rename is: the bucket leaves the map only
         // then, so a failed drop leaves it whole and usable.
         core.drop_with(|dir| {
-            storage.rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
+            storage
+                .rename(dir, &doomed)
+                .map_err(|e| Error::io(dir, e))?;
             if let Err(e) = sync_dir(storage, &parent) {
                 // Not durable: put the bucket back under its name.
                 if let Err(back) = storage.rename(&doomed, dir) {

@@ -53,7 +53,9 @@ fn seeds(default_runs: u64) -> Vec<u64> {
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    (0..runs).map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9))).collect()
+    (0..runs)
+        .map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9)))
+        .collect()
 }
 
 fn config_of(name: &str) -> BucketConfig {
@@ -137,10 +139,14 @@ fn apply(store: &Store, change: &Change) -> Result<String, Error> {
                 written.iter().map(|w| w.revision).collect::<Vec<_>>()
             ))
         }
-        Change::CreateBucket(name) => store.create_bucket(name, config_of(name)).map(|_| "ok".into()),
+        Change::CreateBucket(name) => store
+            .create_bucket(name, config_of(name))
+            .map(|_| "ok".into()),
         Change::DropBucket(name) => store.drop_bucket(name).map(|()| "ok".into()),
         Change::Sweep(name) => store.bucket(name)?.sweep_expired().map(|n| n.to_string()),
-        Change::DeleteGlob(name, glob) => store.bucket(name)?.delete_glob(glob).map(|n| n.to_string()),
+        Change::DeleteGlob(name, glob) => {
+            store.bucket(name)?.delete_glob(glob).map(|n| n.to_string())
+        }
     }
 }
 
@@ -158,9 +164,18 @@ fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
         .history(">")
         .expect("history")
         .into_iter()
-        .map(|e: Entry| (e.key, e.revision, e.op, e.value.to_vec(), e.created_ms, e.expires_ms))
+        .map(|e: Entry| {
+            (
+                e.key,
+                e.revision,
+                e.op,
+                e.value.to_vec(),
+                e.created_ms,
+                e.expires_ms,
+            )
+        })
         .collect();
-    entries.sort();
+    entries.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     Some(BucketState {
         config: b.config(),
         last_revision: b.status().expect("status").last_revision,
@@ -189,9 +204,14 @@ impl Subject {
         self.store.as_ref().expect("store is open")
     }
 
-    fn open(&mut self) -> Store {
+    fn try_open(&self) -> logkv::Result<Store> {
         let opts = options(Storage::simulated(&self.sim), &self.clock, self.fsync);
-        match Store::open(self.sim.root().join("store"), opts) {
+        Store::open(self.sim.root().join("store"), opts)
+    }
+
+    /// Opens with the power on and no faults: this must always succeed.
+    fn open(&mut self) -> Store {
+        match self.try_open() {
             Ok(s) => s,
             Err(e) => panic!("the store must open after a power cut: {e}"),
         }
@@ -204,6 +224,8 @@ struct Reference {
     dir: tempfile::TempDir,
     clock: ManualClock,
     store: Option<Store>,
+    /// The clock when it was last opened (as the subject was).
+    opened_at: u64,
 }
 
 impl Reference {
@@ -212,7 +234,16 @@ impl Reference {
     }
 
     fn open_at(path: &Path, clock: &ManualClock) -> Store {
-        Store::open(path, options(Storage::os(), clock, FsyncPolicy::Never)).expect("reference opens")
+        Store::open(path, options(Storage::os(), clock, FsyncPolicy::Never))
+            .expect("reference opens")
+    }
+
+    /// Closes and opens the reference with the clock at `at` (opening ages entries out).
+    fn reopen(&mut self, at: u64) {
+        self.store = None;
+        self.clock.set(at);
+        self.store = Some(Reference::open_at(&self.path(), &self.clock));
+        self.opened_at = at;
     }
 
     fn apply(&mut self, at_ms: u64, change: &Change) -> Outcome {
@@ -254,6 +285,7 @@ impl Run {
             dir: ref_dir,
             clock: ref_clock,
             store: Some(store),
+            opened_at: T0,
         };
         Run {
             _root: root,
@@ -284,7 +316,11 @@ impl Run {
         if roll < 9 {
             return Change::DeleteGlob(bucket, pick(&mut self.rng, &["a*", "*", "c.*"]));
         }
-        let n = if self.rng.below(4) == 0 { 2 + self.rng.below(3) } else { 1 };
+        let n = if self.rng.below(4) == 0 {
+            2 + self.rng.below(3)
+        } else {
+            1
+        };
         let last = self
             .subject
             .store()
@@ -310,7 +346,8 @@ impl Run {
                     4 => WriteOp::delete_at(key, near),
                     5 => WriteOp::purge(key),
                     6 => WriteOp::revert(key, near),
-                    7 => WriteOp::put(key, value).with_ttl(Duration::from_millis(1 + self.rng.below(3000))),
+                    7 => WriteOp::put(key, value)
+                        .with_ttl(Duration::from_millis(1 + self.rng.below(3000))),
                     _ => WriteOp::put(key, value),
                 }
             })
@@ -326,7 +363,16 @@ impl Run {
 
     /// Applies the pending changes to the reference, checking that it says what the subject said.
     fn settle(&mut self) {
-        for (at, change, said) in std::mem::take(&mut self.pending) {
+        self.settle_where(|_| true);
+    }
+
+    /// The same for the pending changes `which` picks (bucket logs are durable each on its own).
+    fn settle_where(&mut self, which: impl Fn(&Change) -> bool) {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, c, _)| which(c));
+        self.pending = later;
+        for (at, change, said) in now {
             let got = self.reference.apply(at, &change);
             if let Some(said) = said {
                 assert_eq!(got, said, "the reference disagrees on {change:?}");
@@ -335,11 +381,18 @@ impl Run {
         }
     }
 
+    fn trace(&self, what: &str) {
+        if std::env::var_os("LOGKV_SIM_TRACE").is_some() {
+            eprintln!("step: {what} (sim {:?})", self.subject.sim.stats());
+        }
+    }
+
     fn step(&mut self) {
         let now = self.subject.clock.now_ms();
         match self.rng.below(100) {
             0..=2 => self.subject.clock.advance(1 + self.rng.below(4000)),
             3..=5 => {
+                self.trace("sync");
                 if self.subject.store().sync().is_ok() {
                     self.settle();
                 } else {
@@ -349,12 +402,15 @@ impl Run {
             6..=7 => {
                 let names = self.subject.store().bucket_names();
                 let name = &names[self.rng.below(names.len() as u64) as usize];
+                self.trace(&format!("compact {name}"));
                 let compacted = self.subject.store().bucket(name).and_then(|b| b.compact());
+                self.trace(&format!("compacted: {compacted:?}"));
                 if compacted.is_err() {
                     self.cut();
                 }
             }
             8 => {
+                self.trace("clean close");
                 // A clean close (sync and snapshot), then reopen.
                 let store = self.subject.store.take().expect("open");
                 if store.close().is_err() {
@@ -363,10 +419,20 @@ impl Run {
                     return;
                 }
                 self.settle();
-                self.subject.store = Some(self.subject.open());
+                // The power may go, or a fault strike, while the store opens.
+                match self.subject.try_open() {
+                    Ok(store) => {
+                        self.subject.store = Some(store);
+                        self.reference.reopen(now);
+                    }
+                    Err(e) if is_io(&e) => self.cut(),
+                    Err(e) => panic!("reopen after a clean close failed: {e}"),
+                }
             }
             9..=11 => {
-                self.subject.sim.crash_after(self.rng.below(30));
+                let n = self.rng.below(30);
+                self.trace(&format!("power cut after {n} more changes"));
+                self.subject.sim.crash_after(n);
             }
             12 => {
                 self.subject.sim.crash_now();
@@ -385,6 +451,7 @@ impl Run {
                     self.subject.sim.crash_after(u64::MAX);
                 }
                 let result = apply(self.subject.store(), &change);
+                self.trace(&format!("{change:?} -> {result:?}"));
                 match result {
                     Err(e) if is_io(&e) || self.subject.sim.is_crashed() => {
                         self.pending.push((now, change, None));
@@ -397,8 +464,11 @@ impl Run {
                             self.cut();
                             return;
                         }
-                        if whole || self.durable_on_return(&change) {
+                        if whole || self.subject.fsync == FsyncPolicy::Always {
                             self.settle();
+                        } else if self.durable_on_return(&change) {
+                            let bucket = change.bucket();
+                            self.settle_where(|c| c.bucket() == bucket);
                         }
                     }
                 }
@@ -408,6 +478,7 @@ impl Run {
 
     /// Cuts the power, reopens the subject and checks it against the reference.
     fn cut(&mut self) {
+        self.trace("CUT");
         self.cuts += 1;
         self.subject.sim.crash_now();
         self.subject.store = None; // dropped with the power off: nothing more reaches the disk
@@ -427,38 +498,37 @@ impl Run {
 
     /// Finds, bucket by bucket, the prefix of the pending changes whose result
     /// the subject holds, and moves the reference there.
+    ///
+    /// Each candidate is built as the subject was: the reference as of its last
+    /// open, the changes applied at the times they ran, then one open at the
+    /// time of the subject's recovery (opening ages entries out by the clock).
     fn match_prefix(&mut self, recovered: &BTreeMap<String, BucketState>) {
         let now = self.subject.clock.now_ms();
         let pending = std::mem::take(&mut self.pending);
-        let mut buckets: Vec<&str> = BUCKETS.to_vec();
-        buckets.sort_unstable();
+        self.reference.store = None;
         let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
-        for bucket in buckets {
-            let mine: Vec<&(u64, Change, Option<Outcome>)> =
-                pending.iter().filter(|(_, c, _)| c.bucket() == bucket).collect();
-            let scratch = tempfile::tempdir().expect("tempdir");
-            let path = scratch.path().join("store");
-            self.reference.store = None;
-            copy_store_dir(&self.reference.path(), &path);
-            let clock = ManualClock::new(now);
-            let mut cand = Reference::open_at(&path, &clock);
-            let mut found = None;
-            for j in 0..=mine.len() {
-                if j > 0 {
-                    let (at, change, _) = mine[j - 1];
+        for &bucket in BUCKETS {
+            let mine: Vec<&(u64, Change, Option<Outcome>)> = pending
+                .iter()
+                .filter(|(_, c, _)| c.bucket() == bucket)
+                .collect();
+            let found = (0..=mine.len()).find(|&j| {
+                let scratch = tempfile::tempdir().expect("tempdir");
+                let path = scratch.path().join("store");
+                copy_store_dir(&self.reference.path(), &path);
+                let clock = ManualClock::new(self.reference.opened_at);
+                let cand = Reference::open_at(&path, &clock);
+                for (at, change, _) in &mine[..j] {
                     clock.set(*at);
                     let _ = apply(&cand, change);
-                    drop(cand);
-                    clock.set(now);
-                    cand = Reference::open_at(&path, &clock);
                 }
-                if bucket_state(&cand, bucket).as_ref() == recovered.get(bucket) {
-                    found = Some(j);
-                    break;
-                }
-            }
+                drop(cand);
+                clock.set(now);
+                let cand = Reference::open_at(&path, &clock);
+                bucket_state(&cand, bucket).as_ref() == recovered.get(bucket)
+            });
             let Some(j) = found else {
-                self.reference.store = Some(Reference::open_at(&self.reference.path(), &self.reference.clock));
+                self.reference.reopen(self.reference.opened_at);
                 panic!(
                     "bucket {bucket}: the recovered state is not the reference after any prefix of the {} unacknowledged changes\n\
                      recovered: {:#?}\nreference (acknowledged only): {:#?}\npending: {:#?}",
@@ -469,10 +539,9 @@ impl Run {
                 );
             };
             chosen.insert(bucket, j);
-            drop(cand);
-            self.reference.store = Some(Reference::open_at(&self.reference.path(), &self.reference.clock));
         }
-        // Move the reference to the chosen prefixes, in the original order.
+        // Move the reference to the chosen prefixes, in the original order, then open it as the subject was.
+        self.reference.reopen(self.reference.opened_at);
         let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
         for (at, change, said) in pending {
             let b = change.bucket();
@@ -485,9 +554,12 @@ impl Run {
                 }
             }
         }
-        self.reference.clock.set(now);
+        self.reference.reopen(now);
         let reference = state(self.reference.store.as_ref().expect("open"));
-        assert_eq!(&reference, recovered, "the reference, moved to the matched prefixes, differs");
+        assert_eq!(
+            &reference, recovered,
+            "the reference, moved to the matched prefixes, differs"
+        );
     }
 }
 
@@ -513,7 +585,9 @@ fn run_many(fsync: FsyncPolicy, default_runs: u64) {
         cuts += c;
         acked += a;
     }
-    eprintln!("power_loss ({fsync:?}): {cuts} power cuts, {acked} changes acknowledged and checked");
+    eprintln!(
+        "power_loss ({fsync:?}): {cuts} power cuts, {acked} changes acknowledged and checked"
+    );
     assert!(cuts > 0 && acked > 0);
 }
 

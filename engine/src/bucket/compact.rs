@@ -47,8 +47,8 @@ struct Copied {
 
 /// The output segment of a pass, as it is being filled.
 struct Output {
-    /// Length of its header: records start there.
-    header_len: usize,
+    /// Where records start (after the header and the mark area).
+    data_start: u64,
     /// The checksum salt of its header.
     salt: u32,
     /// The records after the header.
@@ -62,7 +62,7 @@ impl Output {
     /// input) as a batch of its own: batches were applied long ago.
     fn add(&mut self, key: &[u8], revision: u64, from: (u32, u32), bytes: &[u8]) -> Result<()> {
         let start = self.body.len();
-        let to_offset = segment_offset(self.header_len + start)?;
+        let to_offset = segment_offset(self.data_start + start as u64)?;
         self.body.extend_from_slice(bytes);
         if let Some(copy) = self.body.get_mut(start..) {
             record::make_standalone(copy, self.salt);
@@ -80,7 +80,7 @@ impl Output {
 
 /// A byte offset in a segment as the index holds it (32 bits: a segment is
 /// at most 4 GiB, see `Log::rotate`).
-fn segment_offset(at: usize) -> Result<u32> {
+fn segment_offset(at: u64) -> Result<u32> {
     u32::try_from(at).map_err(|_| Error::Internal(format!("segment offset {at} over 32 bits")))
 }
 
@@ -259,7 +259,7 @@ impl BucketCore {
         );
         // 1. Copy what the index still points at.
         let mut output = Output {
-            header_len: header.encoded_len(),
+            data_start: header.data_start(),
             salt: header.salt,
             body: Vec::new(),
             copies: Vec::new(),
@@ -340,7 +340,7 @@ impl BucketCore {
                     Decoded::Invalid(why) => return Err(corrupt(at, why.to_string())),
                 };
                 let len = r.header.record_len();
-                let here = (seg.slot, segment_offset(at)?);
+                let here = (seg.slot, segment_offset(at as u64)?);
                 let retained = ix
                     .find(r.key, r.header.revision)
                     .is_some_and(|rev| (rev.slot, rev.offset) == here);

@@ -353,7 +353,11 @@ impl State {
         let Some((dir, name)) = self.parent_of(path)? else {
             return Ok(None);
         };
-        let node = self.dirs.get(&dir).and_then(|d| d.current.get(&name)).copied();
+        let node = self
+            .dirs
+            .get(&dir)
+            .and_then(|d| d.current.get(&name))
+            .copied();
         Ok(Some((dir, name, node)))
     }
 
@@ -806,7 +810,11 @@ impl Backend for SimFs {
             s.lookup(path)?.and_then(|x| x.2)
         };
         let Some(Node::Dir(id)) = node else {
-            return if path.is_dir() { Ok(()) } else { Err(io::Error::from(io::ErrorKind::NotFound)) };
+            return if path.is_dir() {
+                Ok(())
+            } else {
+                Err(io::Error::from(io::ErrorKind::NotFound))
+            };
         };
         let pending = s.dirs.get(&id).map_or(0, |d| d.pending.len());
         let keep = if failed {
@@ -877,7 +885,10 @@ mod tests {
             let got = fs::read(root.join("a")).unwrap();
             assert_eq!(got.len(), 16);
             let sevens = got.iter().take_while(|&&b| b == 7).count();
-            assert!(got[sevens..].iter().all(|&b| b == 0), "seed {seed}: {got:?}");
+            assert!(
+                got[sevens..].iter().all(|&b| b == 0),
+                "seed {seed}: {got:?}"
+            );
             seen.insert(sevens);
         }
         assert!(seen.contains(&0) && seen.contains(&16), "{seen:?}");
@@ -897,7 +908,11 @@ mod tests {
             sim.restart().unwrap();
             outcomes.insert(root.join("new").exists());
         }
-        assert_eq!(outcomes.len(), 2, "the entry should sometimes survive, sometimes not");
+        assert_eq!(
+            outcomes.len(),
+            2,
+            "the entry should sometimes survive, sometimes not"
+        );
     }
 
     #[test]
@@ -975,7 +990,10 @@ mod tests {
                 lost += 1;
             }
         }
-        assert!(lost > 0, "a failed sync should sometimes lose the data for good");
+        assert!(
+            lost > 0,
+            "a failed sync should sometimes lose the data for good"
+        );
     }
 
     #[test]

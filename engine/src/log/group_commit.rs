@@ -5,6 +5,12 @@
 //! progress becomes the leader: it fdatasyncs the active segment once for every
 //! byte written so far, and wakes all waiters that sync covered. Concurrent
 //! writers therefore share fsyncs, and 16 writers cost about as many fsyncs as 1.
+//!
+//! After each fsync the leader writes the durability mark of the active
+//! segment (see [`super::mark`]). Every sync of the log, the one that seals a
+//! segment included, goes through here, so a failed fsync always poisons the
+//! log: it is never retried, since Linux reports a writeback error once and a
+//! later fsync may succeed for pages that were dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,12 +73,13 @@ impl GroupCommit {
         s.written = s.written.max(pos);
     }
 
-    /// Records a rotation: everything before `sealed_end` was synced with the old
-    /// segment, and later syncs flush `active`.
-    pub(crate) fn rotated(&self, sealed_end: LogPos, active: Arc<Segment>) {
+    /// Records a rotation: the old segment was sealed durable (with
+    /// [`GroupCommit::wait_durable`]), and later syncs flush `active`, whose
+    /// records start at `start`.
+    pub(crate) fn rotated(&self, start: LogPos, active: Arc<Segment>) {
         let mut s = self.state.lock();
-        s.synced = s.synced.max(sealed_end);
-        s.written = s.written.max(sealed_end);
+        s.synced = s.synced.max(start);
+        s.written = s.written.max(start);
         s.active = active;
         self.done.notify_all();
     }
@@ -94,6 +101,9 @@ impl GroupCommit {
     /// Waits until everything below `pos` is durable, syncing as leader if needed.
     pub(crate) fn wait_durable(&self, pos: LogPos) -> Result<()> {
         let mut s = self.state.lock();
+        // A position past what was written (a ticket of a call that wrote
+        // nothing) needs nothing more than what was written.
+        let pos = pos.min(s.written);
         loop {
             if let Some(e) = s.poisoned() {
                 return Err(e);
@@ -109,7 +119,13 @@ impl GroupCommit {
             let target = s.written;
             let segment = Arc::clone(&s.active);
             drop(s);
-            let result = segment.sync_data();
+            let result = segment.sync_data().and_then(|()| {
+                if target.seq() == segment.id.seq {
+                    segment.write_mark(target.offset(), 0)
+                } else {
+                    Ok(())
+                }
+            });
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             s = self.state.lock();
             s.syncing = false;

@@ -4,6 +4,7 @@
 //! rules for reading it back after a crash are in [`recovery`].
 
 mod group_commit;
+pub mod mark;
 mod position;
 pub mod record;
 pub mod recovery;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::io::Storage;
 use crate::fsync::FsyncPolicy;
+use crate::io::Storage;
 use group_commit::GroupCommit;
 pub use position::LogPos;
 use recovery::RecoveryReport;
@@ -158,7 +159,7 @@ impl Log {
             // Re-map the last segment at full capacity so appends can grow into it
             // (same slot: the index already points at it).
             let active = Arc::new(Segment::open(
-                    &cfg.storage,
+                &cfg.storage,
                 &last.path,
                 last.slot,
                 Some(cfg.segment_size),
@@ -171,7 +172,7 @@ impl Log {
             let header =
                 SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
             let active = Arc::new(Segment::create(
-                    &cfg.storage,
+                &cfg.storage,
                 dir,
                 alloc(),
                 header,
@@ -288,7 +289,9 @@ impl Log {
         }
         if app.dirty_tail > 0 {
             let to = (app.pos + app.dirty_tail).min(app.file_len);
-            app.active.file().write_zeros(app.pos, to)
+            app.active
+                .file()
+                .write_zeros(app.pos, to)
                 .map_err(|e| Error::io(&app.active.path, e))?;
             app.dirty_tail = 0;
         }
@@ -318,12 +321,16 @@ impl Log {
         })
     }
 
-    /// Seals the active segment (synced, cut to its data) and starts a new one.
+    /// Seals the active segment (cut to its data, synced through group commit
+    /// so that a failure poisons the log) and starts a new one. A sealed
+    /// segment is durable whole before the next one exists.
     fn rotate(&self, app: &mut Appender, watermark: u64, need: u64) -> Result<()> {
         let old = Arc::clone(&app.active);
-        let io = |e| Error::io(&old.path, e);
-        old.file().set_len(app.pos).map_err(io)?;
-        old.file().sync_data().map_err(io)?;
+        old.file()
+            .set_len(app.pos)
+            .map_err(|e| Error::io(&old.path, e))?;
+        app.file_len = app.pos;
+        self.commit.wait_durable(LogPos::new(old.id.seq, app.pos))?;
         let header = SegmentHeader::new(
             SegmentId {
                 seq: old.id.seq + 1,
@@ -332,10 +339,7 @@ impl Log {
             watermark,
             Vec::new(),
         );
-        let capacity = self
-            .cfg
-            .segment_size
-            .max(header.encoded_len() as u64 + need);
+        let capacity = self.cfg.segment_size.max(header.data_start() + need);
         if capacity > u64::from(u32::MAX) {
             return Err(Error::BadArgument(format!(
                 "a batch of {need} bytes is too large for one segment"
@@ -351,7 +355,7 @@ impl Log {
         )?);
         self.segments.write().insert(Arc::clone(&seg));
         self.commit
-            .rotated(LogPos::new(old.id.seq, app.pos), Arc::clone(&seg));
+            .rotated(LogPos::new(seg.id.seq, seg.data_start), Arc::clone(&seg));
         tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
         app.file_len = seg.file_len()?;
         app.pos = seg.data_start;

@@ -45,8 +45,11 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Records applied.
     pub records: u64,
-    /// Bytes cut from the tail of the last segment (a write torn by a crash).
+    /// Bytes cut from the tail of the last segment (writes a crash left torn,
+    /// missing or out of order past the last sync).
     pub truncated_bytes: u64,
+    /// Whole records found past such a cut and dropped with it.
+    pub dropped_records: u64,
     /// Regions skipped in repair mode.
     pub skipped: Vec<Skipped>,
     /// Files removed (unfinished creations, superseded segments).
@@ -139,7 +142,9 @@ fn open_segments(
         if name.ends_with(&format!(".{SEGMENT_EXT}.tmp")) {
             let path = entry.path();
             tracing::info!(file = %path.display(), "removing unfinished segment");
-            storage.remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            storage
+                .remove_file(&path)
+                .map_err(|e| Error::io(&path, e))?;
             report.removed_files.push(path);
             removed_any = true;
         } else if let Some(id) = SegmentId::parse(name) {
@@ -155,7 +160,9 @@ fn open_segments(
             Ok(_) | Err(Error::Corrupt { .. }) if repair => {
                 let aside = path.with_extension("seg.corrupt");
                 tracing::warn!(file = %path.display(), "repair: segment header unreadable, moved aside");
-                storage.rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+                storage
+                    .rename(&path, &aside)
+                    .map_err(|e| Error::io(&path, e))?;
                 report.skipped.push(Skipped {
                     path: path.clone(),
                     offset: 0,
@@ -183,7 +190,9 @@ fn open_segments(
     for seg in opened {
         if superseded.contains(&seg.id) {
             tracing::info!(file = %seg.path.display(), "removing segment superseded by compaction");
-            storage.remove_file(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
+            storage
+                .remove_file(&seg.path)
+                .map_err(|e| Error::io(&seg.path, e))?;
             report.removed_files.push(seg.path.clone());
             removed_any = true;
         } else {
@@ -212,6 +221,11 @@ fn scan_segment(
     let mut batch_start = at;
     let mut pending: Vec<(usize, Record<'_>)> = Vec::new();
     let salt = seg.header.salt;
+    // In the last segment, what lies at or past the durability mark was never
+    // synced: a power cut may have lost, kept or torn it in any order.
+    let durable = seg
+        .mark()
+        .map_or(seg.data_start, |m| m.end.max(seg.data_start));
     loop {
         // `at` never passes the end of `buf`: records are decoded from inside it.
         let problem = match decode(buf.get(at..).unwrap_or_default(), salt) {
@@ -264,7 +278,7 @@ fn scan_segment(
         // Checksums are salted per segment, so bytes inside a damaged record's
         // value (even an encoded record) never pass as the next record.
         let next = find_next_valid(buf, at + 1, salt);
-        if is_last && next.is_none() {
+        if is_last && (batch_start as u64 >= durable || (repair && next.is_none())) {
             drop(pending);
             return cut_torn_tail(seg, buf, batch_start, &problem, report);
         }
@@ -314,19 +328,34 @@ fn cut_torn_tail(
         .rposition(|&b| b != 0)
         .map_or(batch_start, |p| p + 1);
     let dropped = nonzero_end.saturating_sub(batch_start) as u64;
+    // Whole records that survived past the cut: written after the last sync
+    // and kept by the power cut while something before them was not.
+    let mut records = 0u64;
+    let mut at = batch_start + 1;
+    while let Some(next) = find_next_valid(buf, at, seg.header.salt) {
+        records += 1;
+        at = match decode(buf.get(next..).unwrap_or_default(), seg.header.salt) {
+            Decoded::Record(r) => next + r.header.record_len(),
+            _ => next + 1,
+        };
+    }
     tracing::warn!(
         file = %seg.path.display(),
         offset = batch_start,
         bytes = dropped,
+        whole_records_after = records,
         reason = %problem,
-        "dropping a record torn at the tail of the log (a write cut short by a crash)"
+        "cutting the unsynced tail of the log (writes a crash or power loss cut short or left out of order)"
     );
     if cut > 0 {
         seg.file()
             .set_len(batch_start as u64)
             .map_err(|e| Error::io(&seg.path, e))?;
+        // The mark must not claim more than what is left.
+        seg.write_mark(batch_start as u64, 0)?;
         seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
     }
     report.truncated_bytes += dropped;
+    report.dropped_records += records;
     Ok(batch_start as u64)
 }

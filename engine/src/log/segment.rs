@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
+use super::mark::{Mark, MARK_AREA};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
 use crate::io::{File, OpenMode, Storage};
@@ -24,7 +25,7 @@ use crate::io::{File, OpenMode, Storage};
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LOGKVSEG";
 /// Segment header format version.
-pub const SEGMENT_VERSION: u16 = 1;
+pub const SEGMENT_VERSION: u16 = 2;
 /// Size of the fixed part of the segment header.
 const FIXED_HEADER: usize = 48;
 /// Extension of segment files.
@@ -93,6 +94,11 @@ impl SegmentHeader {
         (FIXED_HEADER + 16 * self.supersedes.len() + 4).div_ceil(8) * 8
     }
 
+    /// Offset of the first record: after the header and the durability mark's slots.
+    pub fn data_start(&self) -> u64 {
+        self.encoded_len() as u64 + MARK_AREA
+    }
+
     /// Encodes the header.
     #[allow(
         clippy::cast_possible_truncation,
@@ -120,6 +126,19 @@ impl SegmentHeader {
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
+    }
+
+    /// The whole length of a header, from its fixed part.
+    pub fn peek_len(fixed: &[u8]) -> std::result::Result<u64, &'static str> {
+        if fixed.len() < FIXED_HEADER {
+            return Err("file shorter than a segment header");
+        }
+        if fixed.get(..8) != Some(SEGMENT_MAGIC.as_slice()) {
+            return Err("bad segment magic");
+        }
+        le_bytes(fixed, 12)
+            .map(|b| u64::from(u32::from_le_bytes(b)))
+            .ok_or("file shorter than a segment header")
     }
 
     /// Decodes a header from the start of a file's bytes.
@@ -193,6 +212,15 @@ fn random_salt() -> u32 {
     h.finish() as u32
 }
 
+/// The newest mark in a segment file (read from the file, not the map: a
+/// damaged file may end before its mark area).
+fn read_mark(file: &File, header: &SegmentHeader) -> Option<Mark> {
+    let mut area = [0u8; MARK_AREA as usize];
+    file.read_exact_at(&mut area, header.encoded_len() as u64)
+        .ok()?;
+    Mark::latest(&area, header.salt)
+}
+
 /// A value alone on its cache line (no false sharing with its neighbours).
 #[repr(align(64))]
 struct CacheLine<T>(T);
@@ -220,6 +248,8 @@ pub struct Segment {
     end: CacheLine<AtomicU64>,
     file: File,
     map: Mmap,
+    /// Counter of the last durability mark written (see [`super::mark`]).
+    mark_counter: AtomicU64,
 }
 
 impl std::fmt::Debug for Segment {
@@ -247,9 +277,8 @@ impl Segment {
         let io = |e| Error::io(&tmp_path, e);
         let file = storage.open(&tmp_path, OpenMode::Create).map_err(io)?;
         file.write_all_at(&head, 0).map_err(io)?;
-        let prealloc = prealloc
-            .max(head.len() as u64)
-            .min(capacity.max(head.len() as u64));
+        let data_start = header.data_start();
+        let prealloc = prealloc.max(data_start).min(capacity.max(data_start));
         file.write_zeros(head.len() as u64, prealloc).map_err(io)?;
         file.sync_all().map_err(io)?;
         storage.rename(&tmp_path, &final_path).map_err(io)?;
@@ -270,7 +299,9 @@ impl Segment {
         let file = storage.open(&tmp_path, OpenMode::Create).map_err(io)?;
         let head = header.encode();
         file.write_all_at(&head, 0).map_err(io)?;
-        file.write_all_at(body, head.len() as u64).map_err(io)?;
+        file.write_zeros(head.len() as u64, header.data_start())
+            .map_err(io)?;
+        file.write_all_at(body, header.data_start()).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(tmp_path)
     }
@@ -303,13 +334,26 @@ impl Segment {
         let io = |e| Error::io(path, e);
         let file = storage.open(path, OpenMode::ReadWrite).map_err(io)?;
         let len = file.len().map_err(io)?;
-        let mut head = vec![0u8; usize::try_from(len).map_or(64 * 1024, |l| l.min(64 * 1024))];
-        file.read_exact_at(&mut head, 0).map_err(io)?;
-        let header = SegmentHeader::decode(&head).map_err(|why| Error::Corrupt {
+        let corrupt = |why: &str| Error::Corrupt {
             path: path.to_path_buf(),
             offset: 0,
             reason: why.to_string(),
-        })?;
+        };
+        // The fixed part first: it gives the header's whole length (a
+        // compaction output that supersedes thousands of segments has a long one).
+        let fixed = usize::try_from(len).map_or(FIXED_HEADER, |l| l.min(FIXED_HEADER));
+        let mut head = vec![0u8; fixed];
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        let header_len = SegmentHeader::peek_len(&head).map_err(corrupt)?;
+        if header_len > len {
+            return Err(corrupt("file shorter than its segment header"));
+        }
+        head.resize(
+            usize::try_from(header_len).map_err(|_| corrupt("header too long"))?,
+            0,
+        );
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        let header = SegmentHeader::decode(&head).map_err(corrupt)?;
         Self::map(
             slot,
             path.to_path_buf(),
@@ -335,7 +379,8 @@ impl Segment {
         // written length).
         let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(file.std()) }
             .map_err(|e| Error::io(&path, e))?;
-        let data_start = header.encoded_len() as u64;
+        let data_start = header.data_start();
+        let mark_counter = read_mark(&file, &header).map_or(0, |m| m.counter);
         Ok(Segment {
             id: header.id,
             slot,
@@ -345,6 +390,7 @@ impl Segment {
             path,
             file,
             map,
+            mark_counter: AtomicU64::new(mark_counter),
         })
     }
 
@@ -391,6 +437,26 @@ impl Segment {
     /// Flushes written data to stable storage (fdatasync).
     pub fn sync_data(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The newest durability mark of this segment, if it has one (see [`super::mark`]).
+    pub fn mark(&self) -> Option<Mark> {
+        read_mark(&self.file, &self.header)
+    }
+
+    /// Writes a durability mark: everything below `end` is durable (it
+    /// reaches the disk itself with the next fsync of this segment).
+    pub fn write_mark(&self, end: u64, flags: u32) -> Result<()> {
+        let counter = self.mark_counter.fetch_add(1, Ordering::AcqRel) + 1;
+        let mark = Mark {
+            counter,
+            end,
+            flags,
+        };
+        let at = Mark::slot_offset(self.header.encoded_len() as u64, counter);
+        self.file
+            .write_all_at(&mark.encode(self.header.salt), at)
+            .map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -441,9 +507,14 @@ mod tests {
         assert_eq!(seg.file_len().unwrap(), 4096);
         assert_eq!(seg.capacity(), 1 << 20);
         drop(seg);
-        let seg = Segment::open(&Storage::os(), &dir.path().join(h.id.file_name()), 2, None).unwrap();
+        let seg =
+            Segment::open(&Storage::os(), &dir.path().join(h.id.file_name()), 2, None).unwrap();
         assert_eq!(seg.header, h);
-        assert_eq!(seg.data_start, h.encoded_len() as u64);
+        assert_eq!(seg.data_start, h.encoded_len() as u64 + MARK_AREA);
+        assert_eq!(seg.mark(), None, "a new segment has no mark");
+        seg.write_mark(100, 0).unwrap();
+        seg.write_mark(200, 0).unwrap();
+        assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((2, 200)));
         assert!(!dir
             .path()
             .join(format!("{}.tmp", h.id.file_name()))
