@@ -175,6 +175,7 @@ impl BucketCore {
     /// is rewritten; otherwise only those past the dead-bytes threshold.
     pub(crate) fn compact(&self, force: bool) -> Result<CompactionReport> {
         self.check_open()?;
+        self.log.check()?;
         let _pass = self.compacting.lock();
         if force {
             let active_dead = {
@@ -249,13 +250,24 @@ impl BucketCore {
         let Some(first) = ids.first() else {
             return Ok(());
         };
+        // The output supersedes its inputs and whatever they superseded that is
+        // still on disk (a deletion that failed): otherwise, once an input is
+        // gone, such a file would be replayed as live after newer revisions.
+        let mut supersedes = ids.clone();
+        for seg in run {
+            for old in &seg.header.supersedes {
+                if !supersedes.contains(old) && self.dir.join(old.file_name()).exists() {
+                    supersedes.push(*old);
+                }
+            }
+        }
         let header = SegmentHeader::new(
             SegmentId {
                 seq: first.seq,
                 gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1,
             },
             self.last_rev.load(Ordering::Acquire),
-            ids.clone(),
+            supersedes,
         );
         // 1. Copy what the index still points at.
         let mut output = Output {
@@ -270,6 +282,13 @@ impl BucketCore {
         }
         report.segments_in += run.len();
         let Output { body, copies, .. } = output;
+        // A record was left out because the index has a newer write of its key.
+        // That write may not be durable yet (`interval`, `never`): if the pass
+        // replaced or deleted the inputs first, a power cut could lose both the
+        // old record and the new one. So the log must be durable up to
+        // everything the copy looked at before anything is installed or deleted;
+        // a log whose fsync failed refuses here, and the pass stops.
+        self.log.sync()?;
 
         if copies.is_empty() {
             // Nothing retained: the inputs can go as they are. Deleting them one

@@ -27,7 +27,7 @@ mod os;
 mod sim;
 
 #[cfg(any(test, feature = "failpoints"))]
-pub use sim::{SimFaults, SimFs, SimStats};
+pub use sim::{CutStyle, SimFaults, SimFs, SimStats};
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

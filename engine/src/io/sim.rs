@@ -45,6 +45,49 @@ pub struct SimFaults {
     pub write_error_one_in: u32,
 }
 
+/// What a power cut does with what was not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutStyle {
+    /// Each unsynced write lost, kept or torn, each directory's unsynced
+    /// changes kept up to a random point (or all lost, or all kept).
+    Random,
+    /// Every unsynced write and directory change lost.
+    LoseAll,
+    /// Every unsynced write and directory change kept (what `SIGKILL` leaves).
+    KeepAll,
+}
+
+/// Failures armed for calls of one kind, whatever the odds: after `skip`
+/// calls that succeed, `fail` calls fail.
+#[derive(Debug, Clone, Copy, Default)]
+struct Countdown {
+    skip: u32,
+    fail: u32,
+}
+
+impl Countdown {
+    /// Whether this call fails (and counts it).
+    fn due(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            false
+        } else if self.fail > 0 {
+            self.fail -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Failures armed per kind of call.
+#[derive(Debug, Clone, Copy, Default)]
+struct Armed {
+    syncs: Countdown,
+    removes: Countdown,
+    writes: Countdown,
+}
+
 /// What the simulation has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SimStats {
@@ -146,6 +189,7 @@ struct State {
     crashed: bool,
     crash_after: Option<u64>,
     faults: SimFaults,
+    armed: Armed,
     rng: u64,
     stats: SimStats,
 }
@@ -163,6 +207,7 @@ impl SimFs {
             crashed: false,
             crash_after: None,
             faults: SimFaults::default(),
+            armed: Armed::default(),
             rng: seed ^ 0x9E37_79B9_7F4A_7C15,
             stats: SimStats::default(),
         };
@@ -180,6 +225,22 @@ impl SimFs {
     /// Sets the faults to inject from now on.
     pub fn set_faults(&self, faults: SimFaults) {
         self.state.lock().faults = faults;
+    }
+
+    /// After `ok` more syncs (of files or directories) that succeed, makes
+    /// the next `fail` fail with `EIO`.
+    pub fn fail_syncs(&self, ok: u32, fail: u32) {
+        self.state.lock().armed.syncs = Countdown { skip: ok, fail };
+    }
+
+    /// After `ok` more file removals, makes the next `fail` fail with `EIO` (the file stays).
+    pub fn fail_removes(&self, ok: u32, fail: u32) {
+        self.state.lock().armed.removes = Countdown { skip: ok, fail };
+    }
+
+    /// After `ok` more writes, makes the next `fail` fail with `ENOSPC` (nothing written).
+    pub fn fail_writes(&self, ok: u32, fail: u32) {
+        self.state.lock().armed.writes = Countdown { skip: ok, fail };
     }
 
     /// Cuts the power after `ops` more changes: the next one fails, and so does every later one.
@@ -207,14 +268,20 @@ impl SimFs {
     /// contents become the durable state. Call it only once the store using
     /// this simulation has been dropped.
     pub fn restart(&self) -> io::Result<()> {
+        self.restart_with(CutStyle::Random)
+    }
+
+    /// [`SimFs::restart`], with the power cut doing what `style` says.
+    pub fn restart_with(&self, style: CutStyle) -> io::Result<()> {
         let mut s = self.state.lock();
         s.crashed = true;
-        s.power_cut()?;
+        s.power_cut(style)?;
         let root = s.root.clone();
         s.files.clear();
         s.dirs.clear();
         s.crashed = false;
         s.crash_after = None;
+        s.armed = Armed::default();
         s.root_dir = s.adopt_dir(&root)?;
         Ok(())
     }
@@ -249,6 +316,11 @@ impl State {
 
     fn one_in(&mut self, n: u32) -> bool {
         n != 0 && self.below(u64::from(n)) == 0
+    }
+
+    /// Whether an armed sync failure is due now (and uses it up).
+    fn take_armed_sync(&mut self) -> bool {
+        self.armed.syncs.due()
     }
 
     /// Counts a change; fails if the power is (or now goes) off.
@@ -563,11 +635,15 @@ impl State {
     }
 
     /// Rebuilds the real directory as the disk holds it after a power cut.
-    fn power_cut(&mut self) -> io::Result<()> {
+    fn power_cut(&mut self, style: CutStyle) -> io::Result<()> {
         self.stats.crashes += 1;
         let current = self.current_contents()?;
         // 0: every unsynced write lost; 1: all kept (what SIGKILL leaves); 2: each its own way.
-        let style = self.below(3);
+        let style = match style {
+            CutStyle::LoseAll => 0,
+            CutStyle::KeepAll => 1,
+            CutStyle::Random => self.below(3),
+        };
         // The durable directory tree after the cut: a prefix of each directory's pending changes.
         let dir_ids: Vec<u64> = self.dirs.keys().copied().collect();
         let mut after: HashMap<u64, BTreeMap<OsString, Node>> = HashMap::new();
@@ -670,9 +746,10 @@ impl Backend for SimFs {
     fn write_at(&self, file: &fs::File, id: u64, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut s = self.state.lock();
         s.change()?;
-        if s.faults.write_error_one_in != 0 {
+        let armed = s.armed.writes.due();
+        if armed || s.faults.write_error_one_in != 0 {
             let n = s.faults.write_error_one_in;
-            if s.one_in(n) {
+            if armed || s.one_in(n) {
                 s.stats.write_errors += 1;
                 return Err(io::Error::from_raw_os_error(ENOSPC));
             }
@@ -698,7 +775,7 @@ impl Backend for SimFs {
         let mut s = self.state.lock();
         s.change()?;
         let n = s.faults.sync_error_one_in;
-        if s.one_in(n) {
+        if s.take_armed_sync() || s.one_in(n) {
             s.stats.sync_errors += 1;
             s.fail_sync(file, id)?;
             let code = if s.below(2) == 0 { EIO } else { ENOSPC };
@@ -762,6 +839,9 @@ impl Backend for SimFs {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.change()?;
+        if s.armed.removes.due() {
+            return Err(eio());
+        }
         let found = s.lookup(path)?;
         if let Some((_, _, Some(node))) = &found {
             s.keep_orphans(*node, path)?;
@@ -803,7 +883,7 @@ impl Backend for SimFs {
         let mut s = self.state.lock();
         s.change()?;
         let n = s.faults.sync_error_one_in;
-        let failed = s.one_in(n);
+        let failed = s.take_armed_sync() || s.one_in(n);
         let node = if s.names(path).is_some_and(|n| n.is_empty()) {
             Some(Node::Dir(s.root_dir))
         } else {

@@ -368,6 +368,11 @@ impl Log {
         self.commit.wait_durable(pos)
     }
 
+    /// Fails if a sync of this log has failed (the log is poisoned).
+    pub fn check(&self) -> Result<()> {
+        self.commit.check()
+    }
+
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
         self.commit.sync_all()
