@@ -21,8 +21,6 @@
 //! `LOGKV_SIM_STEPS` steps, with many cuts); `LOGKV_SEED` replays one seed.
 //! The seed of each run is printed.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,7 +31,7 @@ use logkv::{
     BucketConfig, Clock, Entry, Error, FsyncPolicy, ManualClock, Op, Options, Store, WriteOp,
 };
 
-use common::{copy_store_dir, Rng, T0};
+use crate::common::{copy_store_dir, Rng, T0};
 
 const BUCKETS: &[&str] = &["default", "b1", "b2"];
 const KEYS: &[&str] = &["a", "a.b", "b", "c.d.e", "key-longer-than-twenty-two-bytes"];

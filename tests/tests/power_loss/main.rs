@@ -1,0 +1,11 @@
+//! Power-loss tests: the store's files sit on a simulated page cache
+//! (`logkv::io::SimFs`, feature `failpoints`), and the power is cut.
+//!
+//! - `harness`: random workloads cut at random points, checked against a reference store.
+//! - `regressions`: one test per durability defect the simulation found or a review
+//!   reported, each failing before its fix.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+mod regressions;
