@@ -196,6 +196,9 @@ impl BucketCore {
             }
         }
         let sealed = self.log.sealed_segments();
+        // Every record of a sealed segment is durable; those not visible yet
+        // must be in the index before the pass decides what is retained.
+        self.publish_durable();
         let runs: Vec<Vec<Arc<Segment>>> = {
             let ix = self.index.read();
             let mut runs: Vec<Vec<Arc<Segment>>> = Vec::new();

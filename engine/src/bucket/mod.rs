@@ -8,6 +8,7 @@
 //! | `open.rs` | opens a bucket directory: replays its log into a fresh index (from the index snapshot on, when one matches) |
 //! | `read.rs` | point reads: one key, one revision, its TTL |
 //! | `write/` | the write path: plan (checks against the index and the earlier writes of the call) → encode (records, one append) → apply (index, watch hub) |
+//! | `pending.rs` | under `FsyncPolicy::Always`, appended writes that become visible once durable |
 //! | `query.rs` | reads and deletes over many keys: keys, history, search, scan, delete by glob |
 //! | `maintenance.rs` | the TTL sweep, aging out, the index snapshot, counters and status |
 //! | `compact.rs` | compaction |
@@ -21,6 +22,7 @@ pub(crate) mod compact;
 pub(crate) mod handle;
 mod maintenance;
 mod open;
+mod pending;
 mod query;
 mod read;
 pub(crate) mod watch;
@@ -54,6 +56,8 @@ struct Writer {
     buf: Vec<u8>,
     /// Records the write in progress retired from the index (reused).
     removed: Vec<RecordRef>,
+    /// Writes in the log, not visible until durable (`FsyncPolicy::Always`).
+    pending: pending::Pending,
 }
 
 /// Compaction counters kept since open.
@@ -75,6 +79,8 @@ pub(crate) struct BucketCore {
     writer: Mutex<Writer>,
     clock: Arc<dyn Clock>,
     dropped: AtomicBool,
+    /// Writes become visible only once durable (`FsyncPolicy::Always`; see `pending.rs`).
+    visible_when_durable: bool,
     /// The last revision whose write is visible.
     last_rev: AtomicU64,
     compaction_stats: CompactionStats,
@@ -129,9 +135,11 @@ impl BucketCore {
         self.clock.now_ms()
     }
 
-    /// Makes every write acknowledged so far durable.
+    /// Makes every write acknowledged so far durable (and visible).
     pub(crate) fn sync(&self) -> Result<()> {
-        self.log.sync()
+        self.log.sync()?;
+        self.publish_durable();
+        Ok(())
     }
 
     /// Whether some write is not yet durable.

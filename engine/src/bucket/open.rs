@@ -9,6 +9,8 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::{effective_expiry, BucketCore, CompactionStats, Writer};
+use super::pending::Pending;
+use crate::fsync::FsyncPolicy;
 use crate::config::{BucketConfig, Options};
 use crate::error::Result;
 use crate::index::{Index, RecordRef};
@@ -52,7 +54,9 @@ impl BucketCore {
                 next_rev: last + 1,
                 buf: Vec::new(),
                 removed: Vec::new(),
+                pending: Pending::default(),
             }),
+            visible_when_durable: opts.fsync == FsyncPolicy::Always,
             clock: Arc::clone(&opts.clock),
             dropped: AtomicBool::new(false),
             last_rev: AtomicU64::new(last),

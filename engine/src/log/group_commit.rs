@@ -142,6 +142,11 @@ impl GroupCommit {
         }
     }
 
+    /// Everything below this position is durable.
+    pub(crate) fn durable_end(&self) -> LogPos {
+        self.state.lock().synced
+    }
+
     /// fdatasync calls made by leaders so far.
     pub(crate) fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)

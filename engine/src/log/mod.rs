@@ -368,6 +368,11 @@ impl Log {
         self.commit.wait_durable(pos)
     }
 
+    /// Everything below this position is durable.
+    pub fn durable_end(&self) -> LogPos {
+        self.commit.durable_end()
+    }
+
     /// Fails if a sync of this log has failed (the log is poisoned).
     pub fn check(&self) -> Result<()> {
         self.commit.check()

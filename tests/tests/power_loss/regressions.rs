@@ -341,3 +341,41 @@ fn first_segment(dir: &std::path::Path) -> PathBuf {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Item 6: under `FsyncPolicy::Always` a write was visible before it was
+/// durable: read, watched, then lost to a power cut, and its revision reused
+/// for other data. Now it is visible — to readers, watchers, status and other
+/// writers' preconditions — only once durable; the writer itself still counts
+/// revisions and checks preconditions past it.
+#[test]
+fn under_always_a_write_is_visible_only_once_durable() {
+    let t = Sim::new(6);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    let mut watch = b.watch(">", logkv::WatchOptions::default()).expect("watch");
+    assert_eq!(watch.try_next().expect("ready"), Some(logkv::WatchEvent::Ready));
+    let (written, ticket) = b.write_nowait(&[WriteOp::put("k", "v1")]).expect("write");
+    assert_eq!(written[0].revision, 1);
+    assert_eq!(b.get("k").expect("get"), None, "not durable yet: not visible");
+    assert_eq!(b.status().expect("status").last_revision, 0);
+    assert_eq!(watch.try_next().expect("watch"), None, "watchers do not see it yet");
+    // The writer sees it: the next revision follows it, and CREATE finds the key taken.
+    let (results, _) = b.write_each(&[WriteOp::create("k", "v2")]).expect("write_each");
+    assert!(matches!(results[0], Err(Error::Exists)), "{:?}", results[0]);
+    // A power cut now loses it: nobody saw revision 1, so reusing it is fine.
+    t.cut(store, CutStyle::LoseAll);
+    drop(watch);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    assert_eq!(b.get("k").expect("get"), None);
+    let mut watch = b.watch(">", logkv::WatchOptions::default()).expect("watch");
+    assert_eq!(watch.try_next().expect("ready"), Some(logkv::WatchEvent::Ready));
+    let (written, ticket2) = b.write_nowait(&[WriteOp::put("k", "v3")]).expect("write");
+    b.wait_durable(ticket2).expect("durable");
+    assert_eq!(b.get("k").expect("get").as_deref(), Some(&b"v3"[..]));
+    match watch.try_next().expect("watch") {
+        Some(logkv::WatchEvent::Entry(e)) => assert_eq!(e.revision, written[0].revision),
+        other => panic!("the durable write should be watched: {other:?}"),
+    }
+    let _ = ticket;
+}
