@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{effective_expiry, BucketCore, CompactionStats, Writer};
 use super::pending::Pending;
-use crate::fsync::FsyncPolicy;
+use super::{effective_expiry, BucketCore, CompactionStats, Writer};
 use crate::config::{BucketConfig, Options};
 use crate::error::Result;
+use crate::fsync::FsyncPolicy;
 use crate::index::{Index, RecordRef};
 use crate::io::Storage;
 use crate::log::recovery::RecoveryReport;

@@ -75,13 +75,10 @@ impl Pending {
             if at.op() == Op::Put {
                 self.put_bytes += at.len() as u64;
             }
-            let entry = self
-                .keys
-                .entry(key.clone())
-                .or_insert_with(|| PendingKey {
-                    retained: indexed(key),
-                    writes: 0,
-                });
+            let entry = self.keys.entry(key.clone()).or_insert_with(|| PendingKey {
+                retained: indexed(key),
+                writes: 0,
+            });
             entry.writes += 1;
             retain(&mut entry.retained, *at, history);
         }
@@ -150,13 +147,21 @@ mod tests {
         let indexed = |_: &[u8]| vec![rec(1, Op::Put)];
         p.push(batch(200, &[("k", rec(2, Op::Put))]), 2, indexed);
         p.push(batch(300, &[("k", rec(3, Op::Del))]), 2, indexed);
-        let revs: Vec<u64> = p.retained(b"k").unwrap().iter().map(|r| r.revision).collect();
+        let revs: Vec<u64> = p
+            .retained(b"k")
+            .unwrap()
+            .iter()
+            .map(|r| r.revision)
+            .collect();
         assert_eq!(revs, [2, 3], "history 2 keeps the last two");
         assert_eq!(p.put_bytes(), 40);
         assert!(p.take_durable(LogPos::new(1, 199)).is_empty());
         let first = p.take_durable(LogPos::new(1, 250));
         assert_eq!(first.len(), 1);
-        assert!(p.retained(b"k").is_some(), "one write of k is still pending");
+        assert!(
+            p.retained(b"k").is_some(),
+            "one write of k is still pending"
+        );
         assert_eq!(p.take_durable(LogPos::new(2, 0)).len(), 1);
         assert!(p.retained(b"k").is_none() && p.is_empty());
         assert_eq!(p.put_bytes(), 0);

@@ -7,5 +7,6 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod concurrent;
 mod harness;
 mod regressions;

@@ -353,14 +353,27 @@ fn under_always_a_write_is_visible_only_once_durable() {
     let store = t.open(FsyncPolicy::Always);
     let b = store.default_bucket().expect("default");
     let mut watch = b.watch(">", logkv::WatchOptions::default()).expect("watch");
-    assert_eq!(watch.try_next().expect("ready"), Some(logkv::WatchEvent::Ready));
+    assert_eq!(
+        watch.try_next().expect("ready"),
+        Some(logkv::WatchEvent::Ready)
+    );
     let (written, ticket) = b.write_nowait(&[WriteOp::put("k", "v1")]).expect("write");
     assert_eq!(written[0].revision, 1);
-    assert_eq!(b.get("k").expect("get"), None, "not durable yet: not visible");
+    assert_eq!(
+        b.get("k").expect("get"),
+        None,
+        "not durable yet: not visible"
+    );
     assert_eq!(b.status().expect("status").last_revision, 0);
-    assert_eq!(watch.try_next().expect("watch"), None, "watchers do not see it yet");
+    assert_eq!(
+        watch.try_next().expect("watch"),
+        None,
+        "watchers do not see it yet"
+    );
     // The writer sees it: the next revision follows it, and CREATE finds the key taken.
-    let (results, _) = b.write_each(&[WriteOp::create("k", "v2")]).expect("write_each");
+    let (results, _) = b
+        .write_each(&[WriteOp::create("k", "v2")])
+        .expect("write_each");
     assert!(matches!(results[0], Err(Error::Exists)), "{:?}", results[0]);
     // A power cut now loses it: nobody saw revision 1, so reusing it is fine.
     t.cut(store, CutStyle::LoseAll);
@@ -369,7 +382,10 @@ fn under_always_a_write_is_visible_only_once_durable() {
     let b = store.default_bucket().expect("default");
     assert_eq!(b.get("k").expect("get"), None);
     let mut watch = b.watch(">", logkv::WatchOptions::default()).expect("watch");
-    assert_eq!(watch.try_next().expect("ready"), Some(logkv::WatchEvent::Ready));
+    assert_eq!(
+        watch.try_next().expect("ready"),
+        Some(logkv::WatchEvent::Ready)
+    );
     let (written, ticket2) = b.write_nowait(&[WriteOp::put("k", "v3")]).expect("write");
     b.wait_durable(ticket2).expect("durable");
     assert_eq!(b.get("k").expect("get").as_deref(), Some(&b"v3"[..]));

@@ -51,7 +51,8 @@ impl BucketCore {
         };
         if self.visible_when_durable {
             let history = usize::from(self.config.history);
-            w.pending.push(batch, history, |key| self.index.read().revisions(key));
+            w.pending
+                .push(batch, history, |key| self.index.read().revisions(key));
         } else {
             self.make_visible(w, &[batch]);
         }
