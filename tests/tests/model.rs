@@ -642,7 +642,10 @@ enum Act {
     CompactCrash(usize, CrashPoint),
     /// `close` (sync) every handle, then open the directory again.
     Reopen,
-    /// Drop every handle without `sync` or `close`, then open the directory again.
+    /// Drop every handle without calling `close`, then open the directory
+    /// again. Dropping the last handle still syncs and writes the index
+    /// snapshot: this is a close by drop, not a crash (`Crash` is a crash, and
+    /// power cuts are tested in `tests/power_loss/`).
     DropReopen,
     /// Open a copy of the directory taken while the store is open: what a
     /// killed process leaves (no sync, no close, no index snapshot of now).
@@ -877,7 +880,7 @@ impl Sut {
         self.open()
     }
 
-    /// Every handle dropped, no sync, no close.
+    /// Every handle dropped without `close` (the drop syncs and snapshots).
     fn drop_reopen(&mut self) -> Result<(), TestCaseError> {
         self.buckets.clear();
         self.store = None;

@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod compaction_steps;
 mod concurrent;
 mod harness;
 mod regressions;
