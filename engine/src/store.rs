@@ -409,7 +409,7 @@ impl Drop for StoreInner {
         }
         for core in self.buckets.read().values() {
             // A clean close leaves a synced log and an index snapshot for a fast reopen.
-            if let Err(e) = core.sync().and_then(|()| core.write_snapshot()) {
+            if let Err(e) = core.close_clean() {
                 tracing::error!(bucket = %core.name(), error = %e, "sync or snapshot at close failed");
             }
         }

@@ -223,6 +223,15 @@ impl Bucket {
         self.core.status()
     }
 
+    /// Revision ranges (inclusive) skipped after unclean stops under the fsync
+    /// policies `interval` and `never`: revisions that may have been seen
+    /// before a crash took them back, and that are never given again. A watch
+    /// resumed with `from_revision` just past one of them reports
+    /// [`WatchEvent::Lost`](crate::WatchEvent::Lost).
+    pub fn lost_revisions(&self) -> Vec<(u64, u64)> {
+        self.core.lost_revisions()
+    }
+
     /// Writes DEL markers for expired values and drops aged entries now
     /// (the background thread does this every [`Options::sweep_interval`](crate::Options::sweep_interval)).
     pub fn sweep_expired(&self) -> Result<usize> {

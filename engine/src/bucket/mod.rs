@@ -9,6 +9,7 @@
 //! | `read.rs` | point reads: one key, one revision, its TTL |
 //! | `write/` | the write path: plan (checks against the index and the earlier writes of the call) → encode (records, one append) → apply (index, watch hub) |
 //! | `pending.rs` | under `FsyncPolicy::Always`, appended writes that become visible once durable |
+//! | `lost.rs` | under `interval`/`never`, revisions skipped after an unclean stop, so none seen is given again |
 //! | `query.rs` | reads and deletes over many keys: keys, history, search, scan, delete by glob |
 //! | `maintenance.rs` | the TTL sweep, aging out, the index snapshot, counters and status |
 //! | `compact.rs` | compaction |
@@ -20,6 +21,7 @@
 
 pub(crate) mod compact;
 pub(crate) mod handle;
+mod lost;
 mod maintenance;
 mod open;
 mod pending;
@@ -81,6 +83,8 @@ pub(crate) struct BucketCore {
     dropped: AtomicBool,
     /// Writes become visible only once durable (`FsyncPolicy::Always`; see `pending.rs`).
     visible_when_durable: bool,
+    /// Revisions skipped after unclean stops (see `lost.rs`).
+    lost: lost::LostRevisions,
     /// The last revision whose write is visible.
     last_rev: AtomicU64,
     compaction_stats: CompactionStats,
@@ -140,6 +144,19 @@ impl BucketCore {
         self.log.sync()?;
         self.publish_durable();
         Ok(())
+    }
+
+    /// A clean close: everything durable, an index snapshot, and a mark that
+    /// says the log was closed cleanly.
+    pub(crate) fn close_clean(&self) -> Result<()> {
+        self.sync()?;
+        self.write_snapshot()?;
+        self.log.close_clean()
+    }
+
+    /// Revision ranges skipped after unclean stops (see `lost.rs`).
+    pub(crate) fn lost_revisions(&self) -> Vec<(u64, u64)> {
+        self.lost.ranges().to_vec()
     }
 
     /// Whether some write is not yet durable.

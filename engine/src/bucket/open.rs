@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::lost::LostRevisions;
 use super::pending::Pending;
 use super::{effective_expiry, BucketCore, CompactionStats, Writer};
 use crate::config::{BucketConfig, Options};
@@ -43,6 +44,21 @@ impl BucketCore {
             last_revision: last,
         } = replay(dir, name, &config, opts)?;
         let end = opened.appender.end();
+        let mut lost = LostRevisions::load(dir)?;
+        let mut next_rev = last.max(lost.highest()) + 1;
+        if opened.unclean && opened.eager_before && opened.reserved_through >= next_rev {
+            // Writes were visible before they were durable, and the stop was
+            // unclean: revisions up to the reservation may have been seen and
+            // lost. They are never given again.
+            tracing::warn!(
+                bucket = name,
+                first = next_rev,
+                last = opened.reserved_through,
+                "unclean stop: revisions that may have been seen and then lost are skipped"
+            );
+            lost.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
+            next_rev = opened.reserved_through + 1;
+        }
         let core = BucketCore {
             name: Arc::from(name),
             config,
@@ -51,12 +67,13 @@ impl BucketCore {
             index: RwLock::new(index),
             writer: Mutex::new(Writer {
                 app: opened.appender,
-                next_rev: last + 1,
+                next_rev,
                 buf: Vec::new(),
                 removed: Vec::new(),
                 pending: Pending::default(),
             }),
             visible_when_durable: opts.fsync == FsyncPolicy::Always,
+            lost,
             clock: Arc::clone(&opts.clock),
             dropped: AtomicBool::new(false),
             last_rev: AtomicU64::new(last),

@@ -49,21 +49,30 @@ pub(crate) struct GroupCommit {
     state: Mutex<State>,
     done: Condvar,
     fsyncs: AtomicU64,
+    /// Flags of the durability marks written after each fsync.
+    mark_flags: u32,
 }
 
 impl GroupCommit {
-    /// A coordinator whose log is durable up to `pos` in `active`.
-    pub(crate) fn new(active: Arc<Segment>, pos: LogPos) -> GroupCommit {
+    /// A coordinator whose log is written up to `written` in `active` and
+    /// known durable up to `synced`; marks carry `mark_flags`.
+    pub(crate) fn new(
+        active: Arc<Segment>,
+        written: LogPos,
+        synced: LogPos,
+        mark_flags: u32,
+    ) -> GroupCommit {
         GroupCommit {
             state: Mutex::new(State {
-                written: pos,
-                synced: pos,
+                written,
+                synced: synced.min(written),
                 syncing: false,
                 active,
                 failed: None,
             }),
             done: Condvar::new(),
             fsyncs: AtomicU64::new(0),
+            mark_flags,
         }
     }
 
@@ -121,25 +130,64 @@ impl GroupCommit {
             drop(s);
             let result = segment.sync_data().and_then(|()| {
                 if target.seq() == segment.id.seq {
-                    segment.write_mark(target.offset(), 0)
+                    segment.write_mark(target.offset(), self.mark_flags)
                 } else {
                     Ok(())
                 }
             });
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            s = self.state.lock();
-            s.syncing = false;
-            match result {
-                Ok(()) => s.synced = s.synced.max(target),
-                Err(e) => {
-                    // After a failed fsync the kernel may have dropped dirty pages:
-                    // retrying could report success for lost data. Refuse from here on.
-                    tracing::error!(error = %e, "fsync failed; the log refuses writes until reopened");
-                    s.failed = Some(e.to_string());
-                }
+            s = self.finish_sync(result);
+            if s.failed.is_none() {
+                s.synced = s.synced.max(target);
             }
-            self.done.notify_all();
         }
+    }
+
+    /// Makes everything written durable, then writes a mark with `flags` at
+    /// the durable end and fsyncs it (a clean close's mark, or one clearing
+    /// it). The mark is written only over data already durable, so a power
+    /// cut during its fsync can never leave it claiming more than the disk has.
+    pub(crate) fn sync_with_mark(&self, flags: u32) -> Result<()> {
+        let written = self.state.lock().written;
+        self.wait_durable(written)?;
+        let mut s = self.state.lock();
+        while s.syncing {
+            self.done.wait(&mut s);
+        }
+        if let Some(e) = s.poisoned() {
+            return Err(e);
+        }
+        s.syncing = true;
+        let synced = s.synced;
+        let segment = Arc::clone(&s.active);
+        drop(s);
+        let result = if synced.seq() == segment.id.seq {
+            segment
+                .write_mark(synced.offset(), flags)
+                .and_then(|()| segment.sync_data())
+        } else {
+            Ok(())
+        };
+        let s = self.finish_sync(result);
+        match s.poisoned() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends a leader's sync: counts it, records a failure (the log is
+    /// poisoned: never retried), and wakes the waiters.
+    fn finish_sync(&self, result: Result<()>) -> parking_lot::MutexGuard<'_, State> {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.state.lock();
+        s.syncing = false;
+        if let Err(e) = result {
+            // After a failed fsync the kernel may have dropped dirty pages:
+            // retrying could report success for lost data. Refuse from here on.
+            tracing::error!(error = %e, "fsync failed; the log refuses writes until reopened");
+            s.failed = Some(e.to_string());
+        }
+        self.done.notify_all();
+        s
     }
 
     /// Everything below this position is durable.

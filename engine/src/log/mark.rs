@@ -20,7 +20,7 @@
 //! | 4 | 4 | `MARK` |
 //! | 8 | 8 | counter: raised by every mark written to this segment |
 //! | 16 | 8 | offset in the segment below which everything is durable |
-//! | 24 | 4 | flags: bit 0 the store was closed cleanly at this offset |
+//! | 24 | 4 | flags: bit 0 the log was closed cleanly at this offset; bit 1 its writes were visible before they were durable (`interval`, `never`) |
 //! | 28 | 4 | zero |
 
 /// Bytes between a segment's header and its first record.
@@ -29,6 +29,10 @@ const SLOT: usize = 32;
 const TAG: &[u8; 4] = b"MARK";
 /// Flag: the log was closed cleanly with its end at the mark.
 pub const FLAG_CLEAN: u32 = 1;
+/// Flag: the log's writes were visible before they were durable (fsync
+/// policy `interval` or `never`), so an unclean stop may take back revisions
+/// that were seen.
+pub const FLAG_EAGER: u32 = 2;
 
 /// A decoded mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +93,11 @@ impl Mark {
     /// Whether the log was closed cleanly at this mark.
     pub fn clean(&self) -> bool {
         self.flags & FLAG_CLEAN != 0
+    }
+
+    /// Whether writes were visible before they were durable when it was written.
+    pub fn eager(&self) -> bool {
+        self.flags & FLAG_EAGER != 0
     }
 }
 

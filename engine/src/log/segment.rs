@@ -27,7 +27,7 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"LOGKVSEG";
 /// Segment header format version.
 pub const SEGMENT_VERSION: u16 = 2;
 /// Size of the fixed part of the segment header.
-const FIXED_HEADER: usize = 48;
+const FIXED_HEADER: usize = 56;
 /// Extension of segment files.
 pub const SEGMENT_EXT: &str = "seg";
 
@@ -70,6 +70,12 @@ pub struct SegmentHeader {
     pub revision_watermark: u64,
     /// Segments whose retained records this file holds (compaction output).
     pub supersedes: Vec<SegmentId>,
+    /// No revision above this is given while this segment is the active one
+    /// (0 in a compaction output): after a crash that lost writes which were
+    /// visible before they were durable (`interval`, `never`), the revision
+    /// counter resumes above it, so that no revision a client may have seen is
+    /// given to other data.
+    pub reserved_through: u64,
     /// Random value mixed into every record checksum of this segment.
     pub salt: u32,
 }
@@ -85,7 +91,16 @@ impl SegmentHeader {
             id,
             revision_watermark,
             supersedes,
+            reserved_through: 0,
             salt: random_salt(),
+        }
+    }
+
+    /// A header for a new active segment, reserving revisions up to `reserved_through`.
+    pub fn active(id: SegmentId, revision_watermark: u64, reserved_through: u64) -> SegmentHeader {
+        SegmentHeader {
+            reserved_through,
+            ..SegmentHeader::new(id, revision_watermark, Vec::new())
         }
     }
 
@@ -117,6 +132,7 @@ impl SegmentHeader {
         b.extend_from_slice(&self.revision_watermark.to_le_bytes());
         b.extend_from_slice(&self.salt.to_le_bytes());
         b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&self.reserved_through.to_le_bytes());
         for s in &self.supersedes {
             b.extend_from_slice(&s.seq.to_le_bytes());
             b.extend_from_slice(&s.gen.to_le_bytes());
@@ -183,6 +199,7 @@ impl SegmentHeader {
             },
             revision_watermark: rd64(32)?,
             supersedes,
+            reserved_through: rd64(48)?,
             salt: rd32(40)?,
         })
     }
@@ -262,7 +279,8 @@ impl std::fmt::Debug for Segment {
 
 impl Segment {
     /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
-    /// (header included), syncs it and renames it into place.
+    /// (header included) and a first durability mark (nothing written yet,
+    /// with `mark_flags`), syncs it and renames it into place.
     pub fn create(
         storage: &Storage,
         dir: &Path,
@@ -270,6 +288,7 @@ impl Segment {
         header: SegmentHeader,
         capacity: u64,
         prealloc: u64,
+        mark_flags: u32,
     ) -> Result<Segment> {
         let final_path = dir.join(header.id.file_name());
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
@@ -280,6 +299,16 @@ impl Segment {
         let data_start = header.data_start();
         let prealloc = prealloc.max(data_start).min(capacity.max(data_start));
         file.write_zeros(head.len() as u64, prealloc).map_err(io)?;
+        let first = Mark {
+            counter: 1,
+            end: data_start,
+            flags: mark_flags,
+        };
+        file.write_all_at(
+            &first.encode(header.salt),
+            Mark::slot_offset(head.len() as u64, first.counter),
+        )
+        .map_err(io)?;
         file.sync_all().map_err(io)?;
         storage.rename(&tmp_path, &final_path).map_err(io)?;
         sync_dir(storage, dir)?;
@@ -503,7 +532,8 @@ mod tests {
     fn create_then_open() {
         let dir = tempfile::tempdir().unwrap();
         let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
-        let seg = Segment::create(&Storage::os(), dir.path(), 1, h.clone(), 1 << 20, 4096).unwrap();
+        let seg =
+            Segment::create(&Storage::os(), dir.path(), 1, h.clone(), 1 << 20, 4096, 0).unwrap();
         assert_eq!(seg.file_len().unwrap(), 4096);
         assert_eq!(seg.capacity(), 1 << 20);
         drop(seg);
@@ -511,10 +541,14 @@ mod tests {
             Segment::open(&Storage::os(), &dir.path().join(h.id.file_name()), 2, None).unwrap();
         assert_eq!(seg.header, h);
         assert_eq!(seg.data_start, h.encoded_len() as u64 + MARK_AREA);
-        assert_eq!(seg.mark(), None, "a new segment has no mark");
+        assert_eq!(
+            seg.mark().map(|m| (m.counter, m.end)),
+            Some((1, seg.data_start)),
+            "a new segment's mark: nothing written"
+        );
         seg.write_mark(100, 0).unwrap();
         seg.write_mark(200, 0).unwrap();
-        assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((2, 200)));
+        assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((3, 200)));
         assert!(!dir
             .path()
             .join(format!("{}.tmp", h.id.file_name()))

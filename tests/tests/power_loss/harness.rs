@@ -87,7 +87,7 @@ fn options(storage: Storage, clock: &ManualClock, fsync: FsyncPolicy) -> Options
 enum Change {
     Write {
         bucket: &'static str,
-        ops: Vec<WriteOp>,
+        ops: Vec<OpSpec>,
     },
     CreateBucket(&'static str),
     DropBucket(&'static str),
@@ -107,15 +107,96 @@ impl Change {
     }
 }
 
+/// One write of a change, with its revisions in dense numbering (see [`dense`]).
+#[derive(Debug, Clone)]
+struct OpSpec {
+    kind: Kind,
+    key: &'static str,
+    value: Vec<u8>,
+    ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Put,
+    Create,
+    Update(u64),
+    CasAbsent,
+    Delete,
+    DeleteAt(u64),
+    Purge,
+    Revert(u64),
+}
+
+impl OpSpec {
+    /// The write for a bucket that skipped `lost` (its own revision numbers).
+    fn write_op(&self, lost: &[(u64, u64)]) -> WriteOp {
+        let (key, value) = (self.key, self.value.clone());
+        let op = match self.kind {
+            Kind::Put => WriteOp::put(key, value),
+            Kind::Create => WriteOp::create(key, value),
+            Kind::Update(r) => WriteOp::update(key, value, sparse(lost, r)),
+            Kind::CasAbsent => WriteOp::cas(key, value, None),
+            Kind::Delete => WriteOp::delete(key),
+            Kind::DeleteAt(r) => WriteOp::delete_at(key, sparse(lost, r)),
+            Kind::Purge => WriteOp::purge(key),
+            Kind::Revert(r) => WriteOp::revert(key, sparse(lost, r)),
+        };
+        match self.ttl_ms {
+            Some(ms) => op.with_ttl(Duration::from_millis(ms)),
+            None => op,
+        }
+    }
+}
+
 /// What a change returned, comparable between the store and the reference.
 type Outcome = Result<String, String>;
 
-fn error_kind(e: &Error) -> String {
+/// An error as text, its revisions in dense numbering.
+fn error_kind(e: &Error, lost: &[(u64, u64)]) -> String {
     match e {
-        Error::Batch { index, source } => format!("batch {index}: {}", error_kind(source)),
+        Error::Batch { index, source } => format!("batch {index}: {}", error_kind(source, lost)),
         Error::Io { .. } | Error::Poisoned { .. } => "io".into(),
+        Error::WrongRevision { expected, latest } => format!(
+            "expected {}, latest {}",
+            dense(lost, *expected),
+            dense(lost, *latest)
+        ),
         other => format!("{other}"),
     }
+}
+
+/// A revision counter (a bucket's last revision, which may be a skipped one:
+/// the counter resumes above what it skipped) in dense numbering.
+fn dense_counter(lost: &[(u64, u64)], counter: u64) -> u64 {
+    counter
+        - lost
+            .iter()
+            .filter(|&&(a, _)| a <= counter)
+            .map(|&(a, b)| b.min(counter) - a + 1)
+            .sum::<u64>()
+}
+
+/// The inverse of [`dense`]: the bucket's own number for a dense revision.
+fn sparse(lost: &[(u64, u64)], dense_revision: u64) -> u64 {
+    let mut r = dense_revision;
+    if r == 0 {
+        return 0;
+    }
+    for &(a, b) in lost {
+        if r >= a {
+            r += b - a + 1;
+        }
+    }
+    r
+}
+
+/// The lost revision ranges of a bucket of `store` (none if it has no such bucket).
+fn lost_of(store: &Store, bucket: &str) -> Vec<(u64, u64)> {
+    store
+        .bucket(bucket)
+        .map(|b| b.lost_revisions())
+        .unwrap_or_default()
 }
 
 /// Whether an error means "the disk failed" (the outcome of the change is unknown).
@@ -127,14 +208,37 @@ fn is_io(e: &Error) -> bool {
     }
 }
 
+/// A revision in dense numbering: minus the revisions the bucket skipped below
+/// it after unclean stops (`Bucket::lost_revisions`), so that the subject,
+/// which skips them, and the reference, which never stops uncleanly, number
+/// the same writes alike. A revision inside a skipped range is a reuse: a
+/// revision that may have been seen, given to other data.
+fn dense(lost: &[(u64, u64)], revision: u64) -> u64 {
+    assert!(
+        !lost.iter().any(|&(a, b)| (a..=b).contains(&revision)),
+        "revision {revision} was skipped as lost ({lost:?}), and given again"
+    );
+    revision
+        - lost
+            .iter()
+            .filter(|&&(_, b)| b < revision)
+            .map(|&(a, b)| b - a + 1)
+            .sum::<u64>()
+}
+
 fn apply(store: &Store, change: &Change) -> Result<String, Error> {
     match change {
         Change::Write { bucket, ops } => {
             let b = store.bucket(bucket)?;
-            let written = b.write(ops)?;
+            let lost = b.lost_revisions();
+            let ops: Vec<WriteOp> = ops.iter().map(|o| o.write_op(&lost)).collect();
+            let written = b.write(&ops)?;
             Ok(format!(
                 "{:?}",
-                written.iter().map(|w| w.revision).collect::<Vec<_>>()
+                written
+                    .iter()
+                    .map(|w| dense(&lost, w.revision))
+                    .collect::<Vec<_>>()
             ))
         }
         Change::CreateBucket(name) => store
@@ -158,6 +262,7 @@ struct BucketState {
 
 fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
     let b = store.bucket(name).ok()?;
+    let lost = b.lost_revisions();
     let mut entries: Vec<_> = b
         .history(">")
         .expect("history")
@@ -165,7 +270,7 @@ fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
         .map(|e: Entry| {
             (
                 e.key,
-                e.revision,
+                dense(&lost, e.revision),
                 e.op,
                 e.value.to_vec(),
                 e.created_ms,
@@ -176,7 +281,7 @@ fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
     entries.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     Some(BucketState {
         config: b.config(),
-        last_revision: b.status().expect("status").last_revision,
+        last_revision: dense_counter(&lost, b.status().expect("status").last_revision),
         entries,
     })
 }
@@ -247,7 +352,7 @@ impl Reference {
     fn apply(&mut self, at_ms: u64, change: &Change) -> Outcome {
         self.clock.set(at_ms);
         let store = self.store.as_ref().expect("reference open");
-        apply(store, change).map_err(|e| error_kind(&e))
+        apply(store, change).map_err(|e| error_kind(&e, &lost_of(store, change.bucket())))
     }
 }
 
@@ -324,8 +429,13 @@ impl Run {
             .store()
             .bucket(bucket)
             .ok()
-            .and_then(|b| b.status().ok())
-            .map_or(0, |s| s.last_revision);
+            .and_then(|b| {
+                Some(dense_counter(
+                    &b.lost_revisions(),
+                    b.status().ok()?.last_revision,
+                ))
+            })
+            .unwrap_or(0);
         let ops = (0..n)
             .map(|_| {
                 let key = pick(&mut self.rng, KEYS);
@@ -336,17 +446,22 @@ impl Run {
                 };
                 let value = self.rng.bytes(len);
                 let near = last.saturating_sub(self.rng.below(3));
-                match self.rng.below(12) {
-                    0 => WriteOp::create(key, value),
-                    1 => WriteOp::update(key, value, near),
-                    2 => WriteOp::cas(key, value, None),
-                    3 => WriteOp::delete(key),
-                    4 => WriteOp::delete_at(key, near),
-                    5 => WriteOp::purge(key),
-                    6 => WriteOp::revert(key, near),
-                    7 => WriteOp::put(key, value)
-                        .with_ttl(Duration::from_millis(1 + self.rng.below(3000))),
-                    _ => WriteOp::put(key, value),
+                let (kind, ttl_ms) = match self.rng.below(12) {
+                    0 => (Kind::Create, None),
+                    1 => (Kind::Update(near), None),
+                    2 => (Kind::CasAbsent, None),
+                    3 => (Kind::Delete, None),
+                    4 => (Kind::DeleteAt(near), None),
+                    5 => (Kind::Purge, None),
+                    6 => (Kind::Revert(near), None),
+                    7 => (Kind::Put, Some(1 + self.rng.below(3000))),
+                    _ => (Kind::Put, None),
+                };
+                OpSpec {
+                    kind,
+                    key,
+                    value,
+                    ttl_ms,
                 }
             })
             .collect();
@@ -456,7 +571,8 @@ impl Run {
                         self.cut();
                     }
                     result => {
-                        let said = result.map_err(|e| error_kind(&e));
+                        let lost = lost_of(self.subject.store(), change.bucket());
+                        let said = result.map_err(|e| error_kind(&e, &lost));
                         self.pending.push((now, change.clone(), Some(said)));
                         if whole && self.subject.store().sync().is_err() {
                             self.cut();
