@@ -59,6 +59,9 @@ impl BucketCore {
             lost.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
             next_rev = opened.reserved_through + 1;
         }
+        // The counter stands past what it skipped: the bucket's last revision
+        // is the last one given out, whether its write survived or not.
+        let last = next_rev - 1;
         let core = BucketCore {
             name: Arc::from(name),
             config,
