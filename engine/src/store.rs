@@ -255,7 +255,7 @@ impl Store {
     /// A fresh name for a bucket directory being removed (`*.dropped`, removed at open).
     fn doomed_name(&self, name: &str) -> PathBuf {
         let parent = self.inner.dir.join(BUCKETS_DIR);
-        (0u32..)
+        (0..=u32::MAX)
             .map(|n| parent.join(format!("{name}.{n}{DROPPED_SUFFIX}")))
             .find(|p| !p.exists())
             .unwrap_or_else(|| parent.join(format!("{name}{DROPPED_SUFFIX}")))

@@ -43,6 +43,13 @@ impl Bucket {
         self.core.name()
     }
 
+    /// An id unique among the buckets this process has opened: a bucket
+    /// dropped and created again under the same name gets another one (its
+    /// log, its revisions and its durability tickets are new).
+    pub fn id(&self) -> u64 {
+        self.core.id()
+    }
+
     /// The bucket's configuration.
     pub fn config(&self) -> BucketConfig {
         self.core.config()

@@ -14,6 +14,7 @@
 //! The file holds one range a line, `first-last` (inclusive), written
 //! atomically.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -77,11 +78,11 @@ impl LostRevisions {
             }
         }
         self.ranges = merged;
-        let text: String = self
-            .ranges
-            .iter()
-            .map(|(a, b)| format!("{a}-{b}\n"))
-            .collect();
+        let mut text = String::new();
+        for (a, b) in &self.ranges {
+            // Writing to a String cannot fail.
+            let _ = writeln!(text, "{a}-{b}");
+        }
         write_atomic(storage, &dir.join(LOST_FILE), text.as_bytes())
     }
 

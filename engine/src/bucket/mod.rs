@@ -73,6 +73,8 @@ struct CompactionStats {
 
 /// A bucket's shared state.
 pub(crate) struct BucketCore {
+    /// Unique among the buckets this process opened (see [`handle::Bucket::id`]).
+    id: u64,
     name: Arc<str>,
     config: BucketConfig,
     dir: PathBuf,
@@ -101,6 +103,14 @@ pub(crate) struct BucketCore {
     crash_point: std::sync::atomic::AtomicU8,
 }
 
+/// Gives every bucket opened by this process its own id.
+static NEXT_BUCKET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new bucket id.
+fn new_bucket_id() -> u64 {
+    NEXT_BUCKET_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Effective expiry: the earlier of a per-key expiry and the bucket's max age.
 fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u64) -> u64 {
     match (key_expires, bucket_ttl_ms) {
@@ -111,6 +121,11 @@ fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u64) -> u64 {
 }
 
 impl BucketCore {
+    /// The bucket's id, unique among the buckets this process opened.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The bucket's name.
     pub(crate) fn name(&self) -> &str {
         &self.name

@@ -44,8 +44,8 @@ impl BucketCore {
             last_revision: last,
         } = replay(dir, name, &config, opts)?;
         let end = opened.appender.end();
-        let mut lost = LostRevisions::load(dir)?;
-        let mut next_rev = last.max(lost.highest()) + 1;
+        let mut skipped = LostRevisions::load(dir)?;
+        let mut next_rev = last.max(skipped.highest()) + 1;
         if opened.unclean && opened.eager_before && opened.reserved_through >= next_rev {
             // Writes were visible before they were durable, and the stop was
             // unclean: revisions up to the reservation may have been seen and
@@ -56,13 +56,14 @@ impl BucketCore {
                 last = opened.reserved_through,
                 "unclean stop: revisions that may have been seen and then lost are skipped"
             );
-            lost.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
+            skipped.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
             next_rev = opened.reserved_through + 1;
         }
         // The counter stands past what it skipped: the bucket's last revision
         // is the last one given out, whether its write survived or not.
         let last = next_rev - 1;
         let core = BucketCore {
+            id: super::new_bucket_id(),
             name: Arc::from(name),
             config,
             dir: dir.to_path_buf(),
@@ -76,7 +77,7 @@ impl BucketCore {
                 pending: Pending::default(),
             }),
             visible_when_durable: opts.fsync == FsyncPolicy::Always,
-            lost,
+            lost: skipped,
             clock: Arc::clone(&opts.clock),
             dropped: AtomicBool::new(false),
             last_rev: AtomicU64::new(last),

@@ -2,7 +2,7 @@
 //!
 //! With `Always`, a write becomes visible — to reads, scans, status, watches
 //! and other writers' preconditions — only once it is durable, as a committed
-//! transaction does in PostgreSQL after its WAL flush. Otherwise a reader could
+//! transaction does in `PostgreSQL` after its WAL flush. Otherwise a reader could
 //! see a write that a power cut then takes away, and its revision would come
 //! back with other data.
 //!

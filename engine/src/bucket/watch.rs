@@ -68,6 +68,10 @@ pub enum WatchEvent {
 /// Pull-based: [`Watch::try_next`] never blocks, [`Watch::recv`] and
 /// [`Watch::recv_timeout`] wait for writes. Also an [`Iterator`] of blocking
 /// receives. Dropping it unsubscribes.
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of one watch's progress, each read in one place"
+)]
 pub struct Watch {
     core: Arc<BucketCore>,
     /// This watch's own copy of the bucket name: entries clone it, and a

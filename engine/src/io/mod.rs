@@ -2,7 +2,7 @@
 //! directory goes through a [`Storage`].
 //!
 //! In production that is the operating system ([`Storage::os`]). In tests it can
-//! be a simulated page cache ([`SimFs`], feature `failpoints`) that remembers
+//! be a simulated page cache (`SimFs`, feature `failpoints`) that remembers
 //! what was written but not yet synced, so that a simulated power cut can lose,
 //! keep or tear those writes and undo unsynced directory changes — which a
 //! `SIGKILL` never does, since the kernel's page cache survives the process.
@@ -95,7 +95,7 @@ impl Storage {
     pub(crate) fn open(&self, path: &Path, mode: OpenMode) -> io::Result<File> {
         let (file, id) = self.backend.open(path, mode)?;
         Ok(File {
-            file,
+            inner: file,
             id,
             path: path.to_path_buf(),
             backend: Arc::clone(&self.backend),
@@ -158,7 +158,7 @@ impl Storage {
 
 /// An open file whose changes go through the storage seam.
 pub struct File {
-    file: fs::File,
+    inner: fs::File,
     id: u64,
     path: PathBuf,
     backend: Arc<dyn Backend>,
@@ -166,7 +166,9 @@ pub struct File {
 
 impl fmt::Debug for File {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("File").field("path", &self.path).finish()
+        f.debug_struct("File")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,37 +180,37 @@ impl File {
 
     /// The underlying file, for memory maps and reads (never for writes).
     pub(crate) fn std(&self) -> &fs::File {
-        &self.file
+        &self.inner
     }
 
     /// Writes all of `buf` at `offset` (`pwrite`).
     pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.backend.write_at(&self.file, self.id, buf, offset)
+        self.backend.write_at(&self.inner, self.id, buf, offset)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        self.inner.read_exact_at(buf, offset)
     }
 
     /// Sets the file's length (truncating or extending with zeros).
     pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
-        self.backend.set_len(&self.file, self.id, len)
+        self.backend.set_len(&self.inner, self.id, len)
     }
 
     /// `fdatasync`: the data (and the size) reach stable storage.
     pub(crate) fn sync_data(&self) -> io::Result<()> {
-        self.backend.sync(&self.file, self.id, true)
+        self.backend.sync(&self.inner, self.id, true)
     }
 
     /// `fsync`: data and metadata reach stable storage.
     pub(crate) fn sync_all(&self) -> io::Result<()> {
-        self.backend.sync(&self.file, self.id, false)
+        self.backend.sync(&self.inner, self.id, false)
     }
 
     /// The file's current length.
     pub(crate) fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        Ok(self.inner.metadata()?.len())
     }
 
     /// Writes zeros over `[from, to)`.
@@ -217,7 +219,7 @@ impl File {
         let mut at = from;
         while at < to {
             let n = usize::try_from(to - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
-            self.write_all_at(&ZEROS[..n], at)?;
+            self.write_all_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)?;
             at += n as u64;
         }
         Ok(())

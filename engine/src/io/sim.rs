@@ -21,6 +21,13 @@
 //! [`SimFs::crash_after`]) every change fails and nothing more reaches the
 //! files; once the store is dropped, [`SimFs::restart`] rebuilds the directory.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::indexing_slicing,
+    reason = "a test simulation over small files: offsets fit usize, and every slice is \
+              bounded by lengths computed a line before"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
@@ -297,7 +304,7 @@ impl State {
         self.next_id
     }
 
-    /// SplitMix64.
+    /// `SplitMix64`.
     fn rand(&mut self) -> u64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.rng;

@@ -25,6 +25,8 @@
 
 /// Bytes between a segment's header and its first record.
 pub const MARK_AREA: u64 = 64;
+/// [`MARK_AREA`] as a length in memory.
+pub const MARK_AREA_LEN: usize = 64;
 const SLOT: usize = 32;
 const TAG: &[u8; 4] = b"MARK";
 /// Flag: the log was closed cleanly with its end at the mark.
@@ -124,7 +126,7 @@ mod tests {
             end: 8192,
             flags: FLAG_CLEAN,
         };
-        let mut area = [0u8; MARK_AREA as usize];
+        let mut area = [0u8; MARK_AREA_LEN];
         assert_eq!(Mark::latest(&area, 1), None, "zeros are no mark");
         area[32..].copy_from_slice(&a.encode(1));
         area[..32].copy_from_slice(&b.encode(1));

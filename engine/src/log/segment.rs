@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::mark::{Mark, MARK_AREA};
+use super::mark::{self, Mark, MARK_AREA};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
 use crate::io::{File, OpenMode, Storage};
@@ -232,7 +232,7 @@ fn random_salt() -> u32 {
 /// The newest mark in a segment file (read from the file, not the map: a
 /// damaged file may end before its mark area).
 fn read_mark(file: &File, header: &SegmentHeader) -> Option<Mark> {
-    let mut area = [0u8; MARK_AREA as usize];
+    let mut area = [0u8; mark::MARK_AREA_LEN];
     file.read_exact_at(&mut area, header.encoded_len() as u64)
         .ok()?;
     Mark::latest(&area, header.salt)

@@ -32,6 +32,14 @@ pub fn roundtrip(s: &mut TcpStream, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads one RESP reply, byte-exact: nothing past it is consumed.
+pub fn read_one(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    read_reply(s, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Reads one RESP reply into `out`, byte-exact: nothing past it is consumed.
 fn read_reply(s: &mut TcpStream, out: &mut Vec<u8>) {
     let start = out.len();

@@ -54,7 +54,7 @@ fn round(store: &Store, log: &Arc<Mutex<Log>>, round: u64, seed: u64) {
             let bucket = store.default_bucket().expect("default");
             let log = Arc::clone(log);
             std::thread::spawn(move || {
-                let mut rng = Rng::new(seed ^ (t + 1) * 7919);
+                let mut rng = Rng::new(seed ^ ((t + 1) * 7919));
                 for n in 0.. {
                     let keys: Vec<String> = if rng.below(4) == 0 {
                         (0..2).map(|j| format!("r{round}.t{t}.n{n}.b{j}")).collect()

@@ -48,9 +48,7 @@ fn seeds(default_runs: u64) -> Vec<u64> {
         return vec![s.parse().expect("LOGKV_SEED is a number")];
     }
     let runs = env_u64("LOGKV_SIM_RUNS", default_runs);
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+    let base = crate::common::seed_from_env("LOGKV_SIM_SEED");
     (0..runs)
         .map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9)))
         .collect()
@@ -64,7 +62,7 @@ fn config_of(name: &str) -> BucketConfig {
         },
         "b2" => BucketConfig {
             history: 2,
-            ttl: Some(Duration::from_millis(5_000)),
+            ttl: Some(Duration::from_secs(5)),
             ..Default::default()
         },
         _ => BucketConfig::default(),

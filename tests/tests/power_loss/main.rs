@@ -5,6 +5,11 @@
 //! - `regressions`: one test per durability defect the simulation found or a review
 //!   reported, each failing before its fix.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test sizes and indexes drawn from small ranges"
+)]
+
 #[path = "../common/mod.rs"]
 mod common;
 mod compaction_steps;

@@ -12,7 +12,7 @@ use crate::common::T0;
 /// A store directory on a simulated page cache.
 struct Sim {
     _root: tempfile::TempDir,
-    sim: SimFs,
+    fs: SimFs,
     dir: PathBuf,
     clock: ManualClock,
 }
@@ -24,7 +24,7 @@ impl Sim {
         let dir = sim.root().join("store");
         Sim {
             _root: root,
-            sim,
+            fs: sim,
             dir,
             clock: ManualClock::new(T0),
         }
@@ -32,7 +32,7 @@ impl Sim {
 
     fn options(&self, fsync: FsyncPolicy) -> Options {
         Options {
-            storage: Storage::simulated(&self.sim),
+            storage: Storage::simulated(&self.fs),
             fsync,
             background: false,
             segment_size: 4096,
@@ -47,9 +47,9 @@ impl Sim {
 
     /// Cuts the power with `store` still open, then powers on as `style` says.
     fn cut(&self, store: Store, style: CutStyle) {
-        self.sim.crash_now();
+        self.fs.crash_now();
         drop(store);
-        self.sim.restart_with(style).expect("restart");
+        self.fs.restart_with(style).expect("restart");
     }
 }
 
@@ -78,7 +78,7 @@ fn compaction_never_deletes_what_unsynced_writes_superseded() {
         b.put("filler", vec![b'f'; 3950]).expect("put");
         assert!(b.stats().segments >= 2, "the log should have rotated");
         b.put("k", "v2").expect("put"); // not synced: policy never
-        t.sim.crash_after(step);
+        t.fs.crash_after(step);
         let _ = b.compact();
         drop(b);
         t.cut(store, CutStyle::LoseAll);
@@ -166,7 +166,7 @@ fn a_failed_seal_fsync_poisons_the_log() {
     let store = t.open(FsyncPolicy::Never);
     let b = store.default_bucket().expect("default");
     b.put("a", vec![b'a'; 3000]).expect("put");
-    t.sim.fail_syncs(0, 1);
+    t.fs.fail_syncs(0, 1);
     // Does not fit: the log seals the segment, and that fsync fails.
     let err = b
         .put("b", vec![b'b'; 3000])
@@ -235,7 +235,7 @@ fn waiting_on_a_ticket_of_nothing_after_a_rotation_returns() {
 #[test]
 fn a_new_store_directory_survives_a_power_cut() {
     let t = Sim::new(8);
-    let nested = t.sim.root().join("a/b/store");
+    let nested = t.fs.root().join("a/b/store");
     let opts = t.options(FsyncPolicy::Always);
     let store = Store::open(&nested, opts.clone()).expect("open");
     store
@@ -255,7 +255,7 @@ fn a_failed_bucket_creation_leaves_no_bucket() {
     let store = t.open(FsyncPolicy::Always);
     // The configuration's file and directory syncs and the rename's sync pass;
     // the first segment's sync fails, after the bucket was renamed into place.
-    t.sim.fail_syncs(3, 1);
+    t.fs.fail_syncs(3, 1);
     let err = store
         .create_bucket("fresh", BucketConfig::default())
         .expect_err("creation fails");
@@ -282,7 +282,7 @@ fn a_failed_drop_leaves_the_bucket_whole() {
         .expect("create");
     created.put("k", "v").expect("put");
     drop(created);
-    t.sim.fail_syncs(0, 1); // the sync of buckets/ after the rename
+    t.fs.fail_syncs(0, 1); // the sync of buckets/ after the rename
     store.drop_bucket("keep").expect_err("drop fails");
     assert!(store.bucket_names().contains(&"keep".to_string()));
     let b = store.bucket("keep").expect("still there");
@@ -312,7 +312,7 @@ fn an_input_whose_deletion_failed_is_never_replayed() {
     b.put("y", big(b'y')).expect("put"); // segment 3: y
     b.put("x", "s").expect("put"); //                x (segment 2's x is dead)
                                    // Pass 1: segments 1 and 2 into one output; deleting segment 2 fails.
-    t.sim.fail_removes(1, 1);
+    t.fs.fail_removes(1, 1);
     b.compact()
         .expect_err("the pass reports the failed deletion");
     b.put("k", "new").expect("put");

@@ -21,7 +21,7 @@ use plan::Plan;
 
 use crate::bucket::BucketCore;
 use crate::entry::{DurabilityTicket, WriteOp, Written};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
 
 /// How the writes of one call relate to each other.
@@ -47,6 +47,16 @@ impl BucketCore {
     /// Waits until the writes of `ticket` are durable, if the fsync policy is
     /// `Always`; they are visible when it returns.
     pub(crate) fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
+        if ticket == DurabilityTicket::default() {
+            return Ok(());
+        }
+        if ticket.bucket_id() != self.id {
+            return Err(Error::BadArgument(format!(
+                "a durability ticket of another bucket than {} (dropped and created again?)",
+                self.name
+            )));
+        }
+        self.check_open()?;
         if self.log.fsync_policy() == FsyncPolicy::Always {
             self.log.wait_durable(ticket.log_end())?;
             self.publish_durable();
@@ -97,12 +107,12 @@ impl BucketCore {
         let Plan { writes, results } =
             self.plan(ops, invalid, &w.pending, w.next_rev, mode, now)?;
         if writes.is_empty() {
-            return Ok((results, DurabilityTicket::new(w.app.end())));
+            return Ok((results, DurabilityTicket::new(self.id, w.app.end())));
         }
         let appended = self.append_records(&mut w, &writes, mode, now)?;
         self.apply_appended(&mut w, &writes, appended, now);
         drop(w);
         self.hub.wake();
-        Ok((results, DurabilityTicket::new(appended.end)))
+        Ok((results, DurabilityTicket::new(self.id, appended.end)))
     }
 }
