@@ -101,7 +101,7 @@ pub struct BinaryServer {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl BinaryServer {
@@ -113,6 +113,20 @@ impl BinaryServer {
             .args(extra)
             .spawn()
             .unwrap();
+        BinaryServer::watch(child, Some(dir))
+    }
+
+    /// Starts it over an existing directory (`--fsync always`) with `extra` flags.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> BinaryServer {
+        let child = binary(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .spawn()
+            .unwrap();
+        BinaryServer::watch(child, None)
+    }
+
+    fn watch(child: Child, dir: Option<TempDir>) -> BinaryServer {
         let mut server = BinaryServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
