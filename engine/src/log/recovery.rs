@@ -7,14 +7,21 @@
 //! 3. Segments are read in `(seq, gen)` order; records are applied batch by
 //!    batch, and a batch is applied only when its last record (no `BATCH_MORE`)
 //!    has been read, so a batch torn by a crash is never applied in part.
-//! 4. In the last segment, bytes that are not a valid record, with no valid
-//!    record anywhere after them, are a torn tail: the file is cut at the start
-//!    of the batch they belong to, with a warning saying how many bytes went.
-//! 5. Anything else that is not a valid record (a bad header, a bad checksum
-//!    followed by valid records, a torn batch in a sealed segment) is
-//!    corruption: open fails naming the file and offset, unless repair was
-//!    asked for, in which case every valid record is kept and each skipped
-//!    region is reported.
+//! 4. In the last segment, a batch that is not whole and valid at or past the
+//!    segment's durability mark (see [`super::mark`]) is an unsynced tail: a
+//!    power cut may lose, keep or tear what was written after the last fsync,
+//!    in any order, so valid records may follow a hole. The file is cut at the
+//!    start of that batch (the mark rewritten to the cut), with a warning saying
+//!    how many bytes and whole records went.
+//! 5. Anything else that is not a valid record (in a sealed segment, which was
+//!    durable whole before the next one was created, or below the last
+//!    segment's mark) is corruption: open fails naming the file and offset,
+//!    unless repair was asked for, in which case every valid record is kept and
+//!    each skipped region is reported.
+//!
+//! What happens after the records are read — making what was read durable
+//! after an unclean stop, and skipping revisions that may have been seen and
+//! lost — is in `Log::open` and `bucket/open.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
