@@ -103,8 +103,9 @@ fn readers_and_writers_run_during_compaction() {
             let b = b.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
+                // At least one whole pass, however the threads are scheduled.
                 let mut reads = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                loop {
                     for k in (t..300u32).step_by(2) {
                         let v = b
                             .get(&format!("k.{k}"))
@@ -112,6 +113,9 @@ fn readers_and_writers_run_during_compaction() {
                             .expect("key present throughout");
                         assert!(!v.is_empty());
                         reads += 1;
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
                     }
                 }
                 reads
