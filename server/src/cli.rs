@@ -50,6 +50,12 @@ pub struct Cli {
     #[arg(long, value_name = "POLICY", default_value = "always", value_parser = parse_fsync)]
     pub fsync: FsyncPolicy,
 
+    /// Open a damaged store by keeping every valid record: damage below what was durable
+    /// (which otherwise stops the server, naming the file and offset) is skipped and each
+    /// skipped region is logged. A torn tail past the last sync never needs this.
+    #[arg(long)]
+    pub repair: bool,
+
     /// Require clients to send `AUTH <password>` before anything else. Prefer the
     /// `LOGKV_PASSWORD` environment variable: command lines are visible to other users.
     #[arg(
@@ -115,6 +121,7 @@ impl Cli {
         let mut config = ServerConfig::new(self.data_dir);
         config.listen = self.listen;
         config.fsync = self.fsync;
+        config.repair = self.repair;
         config.password = self.password.filter(|p| !p.is_empty());
         config.max_connections = self.max_connections;
         config.limits = Limits {

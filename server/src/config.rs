@@ -16,6 +16,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// When writes become durable.
     pub fsync: FsyncPolicy,
+    /// Open a damaged store keeping every valid record (`--repair`).
+    pub repair: bool,
     /// The password clients must give with `AUTH`; `None` for none.
     pub password: Option<String>,
     /// Most simultaneous client connections; more are told so and closed.
@@ -44,6 +46,7 @@ impl ServerConfig {
             listen: "127.0.0.1:7379".into(),
             data_dir: data_dir.into(),
             fsync: FsyncPolicy::Always,
+            repair: false,
             password: None,
             max_connections: 10_000,
             limits: Limits::default(),

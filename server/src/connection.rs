@@ -169,6 +169,11 @@ impl Conn {
             }
             self.process().await?;
             if self.hangup {
+                // No reply goes back, but the writes that ran before the hang-up are
+                // made durable (and so visible), as if their replies had been sent.
+                if !self.session.durability.is_empty() {
+                    let _ = self.wait_durable().await;
+                }
                 return Ok(());
             }
             if self.account() {
@@ -220,6 +225,15 @@ impl Conn {
                     pos += n;
                     if req.is_empty() {
                         continue;
+                    }
+                    // A read that follows writes of this pipeline sees them: it waits
+                    // for their durability (under `always` a write is visible only once
+                    // durable), as their replies do.
+                    if command::reads_state(&self.session, &req.args) {
+                        self.session.apply_pending(&mut self.out);
+                        if !self.session.durability.is_empty() {
+                            self.wait_durable().await?;
+                        }
                     }
                     let start = self.out.len();
                     match command::execute(&mut self.session, &req.args, &mut self.out) {
@@ -341,6 +355,24 @@ impl Conn {
         }
     }
 
+    /// Waits until the writes whose replies are in the output are durable (the bucket's
+    /// syncer thread fsyncs for every connection waiting at once). If that fails, the
+    /// replies would claim writes that may not survive a crash: they are replaced by an
+    /// error, and the connection closes.
+    async fn wait_durable(&mut self) -> io::Result<()> {
+        let shared = Arc::clone(&self.session.shared);
+        if let Err(e) = self.session.durability.wait(&shared.syncers).await {
+            error!("durability wait failed, closing the connection: {e}");
+            self.out.clear();
+            Reply::err("ERR", format!("writes could not be made durable: {e}"))
+                .encode(self.session.version, &mut self.out);
+            let _ = self.stream.write_all(&self.out).await;
+            self.out.clear();
+            return Err(io::Error::other(e));
+        }
+        Ok(())
+    }
+
     /// Waits for the durability of the writes whose replies are in the output, then
     /// writes the output.
     async fn flush(&mut self) -> io::Result<()> {
@@ -349,17 +381,7 @@ impl Conn {
             return Err(io::Error::other("closed: over --max-client-memory"));
         }
         if !self.session.durability.is_empty() {
-            // The bucket's syncer thread fsyncs for every connection waiting at once.
-            let shared = Arc::clone(&self.session.shared);
-            if let Err(e) = self.session.durability.wait(&shared.syncers).await {
-                // The replies would claim writes that may not survive a crash.
-                error!("durability wait failed, closing the connection: {e}");
-                self.out.clear();
-                Reply::err("ERR", format!("writes could not be made durable: {e}"))
-                    .encode(self.session.version, &mut self.out);
-                let _ = self.stream.write_all(&self.out).await;
-                return Err(io::Error::other(e));
-            }
+            self.wait_durable().await?;
         }
         self.stream.write_all(&self.out).await?;
         self.out.clear();

@@ -45,8 +45,9 @@ impl PendingDurability {
         if !self.wait_for_fsync || ticket == DurabilityTicket::default() {
             return;
         }
-        let name = bucket.name();
-        match self.tickets.iter_mut().find(|(b, _)| b.name() == name) {
+        // By the bucket's identity: one dropped and created again under its name is another.
+        let id = bucket.id();
+        match self.tickets.iter_mut().find(|(b, _)| b.id() == id) {
             Some((_, t)) => *t = (*t).max(ticket),
             None => self.tickets.push((bucket.clone(), ticket)),
         }
@@ -99,7 +100,8 @@ struct Syncer {
 /// The syncers of every bucket, started on first use.
 #[derive(Default)]
 pub(crate) struct Syncers {
-    map: Mutex<HashMap<String, Arc<Syncer>>>,
+    /// By bucket id: a bucket dropped and created again under its name is another log.
+    map: Mutex<HashMap<u64, Arc<Syncer>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -126,12 +128,11 @@ impl Syncers {
 
     fn syncer(&self, bucket: &Bucket) -> Result<Arc<Syncer>, String> {
         let mut map = self.map.lock();
-        if let Some(s) = map.get(bucket.name()) {
-            // A bucket dropped and created again under the same name is another log.
-            if s.state.bucket.is_open() {
-                return Ok(Arc::clone(s));
-            }
+        if let Some(s) = map.get(&bucket.id()) {
+            return Ok(Arc::clone(s));
         }
+        // Syncers of dropped buckets end with their last handle.
+        map.retain(|_, s| s.state.bucket.is_open());
         let (kick, kicked) = bounded(1);
         let state = Arc::new(State {
             bucket: bucket.clone(),
@@ -145,7 +146,7 @@ impl Syncers {
             .map_err(|e| format!("cannot start a syncer thread: {e}"))?;
         self.threads.lock().push(handle);
         let syncer = Arc::new(Syncer { state, kick });
-        map.insert(bucket.name().to_string(), Arc::clone(&syncer));
+        map.insert(bucket.id(), Arc::clone(&syncer));
         Ok(syncer)
     }
 

@@ -120,6 +120,7 @@ impl Server {
         }
         let opts = Options {
             fsync: config.fsync,
+            repair: config.repair,
             ..Options::default()
         };
         let dir = config.data_dir.clone();
@@ -127,11 +128,16 @@ impl Server {
         let store = match opened {
             Ok(Ok(store)) => store,
             Ok(Err(source)) => {
-                let hint = if matches!(source, logkv::Error::Locked(_)) {
-                    " (is another logkv-server running on this directory? stop it or pick \
-                     another --data-dir)"
-                } else {
-                    ""
+                let hint = match source {
+                    logkv::Error::Locked(_) => {
+                        " (is another logkv-server running on this directory? stop it or pick \
+                         another --data-dir)"
+                    }
+                    logkv::Error::Corrupt { .. } => {
+                        " (start with --repair to keep every valid record and log what is \
+                         skipped)"
+                    }
+                    _ => "",
                 };
                 return Err(ServerError::Store {
                     dir: config.data_dir.clone(),
@@ -143,7 +149,22 @@ impl Server {
         };
         for (bucket, report) in store.recovery_reports() {
             if report.truncated_bytes > 0 {
-                warn!(bucket = %bucket, truncated_bytes = report.truncated_bytes, "recovery dropped a torn tail");
+                warn!(
+                    bucket = %bucket,
+                    truncated_bytes = report.truncated_bytes,
+                    whole_records_dropped = report.dropped_records,
+                    "recovery cut the unsynced tail of the log (a crash or power loss)"
+                );
+            }
+            for skipped in &report.skipped {
+                warn!(
+                    bucket = %bucket,
+                    file = %skipped.path.display(),
+                    offset = skipped.offset,
+                    bytes = skipped.bytes,
+                    reason = %skipped.reason,
+                    "repair skipped a damaged region"
+                );
             }
         }
         let addr = addrs[0];

@@ -96,18 +96,20 @@ impl BucketCore {
     /// never for the fsync or the file write.
     pub(crate) fn write_snapshot(&self) -> Result<()> {
         self.check_open()?;
+        self.publish_durable();
         let (bytes, end) = {
             let ix = self.index.read();
             let (end, last_rev) = self.hub.published();
-            let all = self.log.segments();
-            let active = all.last().map(|s| s.slot);
-            // Segments up to the one the published end is in; a newer, empty
-            // one (a rotation not yet written to) is left for recovery to scan.
-            let segs: Vec<(Arc<Segment>, u64)> = all
+            // Segments up to the one the published end is in, that one covered
+            // up to the end: what lies past it (a newer segment, or writes not
+            // visible yet) is left for recovery to scan.
+            let segs: Vec<(Arc<Segment>, u64)> = self
+                .log
+                .segments()
                 .into_iter()
                 .filter(|s| s.id.seq <= end.seq())
                 .map(|s| {
-                    let covered = if Some(s.slot) == active {
+                    let covered = if s.id.seq == end.seq() {
                         end.offset()
                     } else {
                         s.data_end()
@@ -119,12 +121,12 @@ impl BucketCore {
                 // Compaction removed every record up to the published end:
                 // there is nothing a snapshot would spare recovery from reading.
                 drop(ix);
-                return snapshot::remove(&self.dir);
+                return snapshot::remove(self.log.storage(), &self.dir);
             }
             (snapshot::encode(&ix, last_rev, &segs)?, end)
         };
         self.log.wait_durable(end)?;
-        snapshot::save(&self.dir, &bytes)
+        snapshot::save(self.log.storage(), &self.dir, &bytes)
     }
 
     /// Drops from the index the oldest entries of each key that are past the

@@ -107,6 +107,26 @@ fn noauth() -> Reply {
 }
 
 /// Executes one request on `s` and appends its reply to `out`.
+/// Whether the command reads the store's state (and so must see the writes the
+/// connection made before it): every verb but a write that joins the pipeline's batch,
+/// one that MULTI queues, and the verbs that touch no data.
+pub(crate) fn reads_state(s: &Session, args: &[Bytes]) -> bool {
+    let Some(spec) = args.first().and_then(|name| lookup(name)) else {
+        return false;
+    };
+    if s.multi.is_some() && !spec.flags.has(Flags::IN_MULTI) {
+        return false;
+    }
+    let watch_mode = !s.version.is_resp3() && s.watches.active();
+    if spec.flags.has(Flags::WRITE) && s.authed && !watch_mode {
+        return false;
+    }
+    !matches!(
+        spec.name,
+        "ping" | "quit" | "hello" | "auth" | "multi" | "discard" | "exec"
+    )
+}
+
 pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flow {
     let Some((name, rest)) = args.split_first() else {
         return Flow::Continue;

@@ -32,6 +32,14 @@ pub fn roundtrip(s: &mut TcpStream, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads one RESP reply, byte-exact: nothing past it is consumed.
+pub fn read_one(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    read_reply(s, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Reads one RESP reply into `out`, byte-exact: nothing past it is consumed.
 fn read_reply(s: &mut TcpStream, out: &mut Vec<u8>) {
     let start = out.len();
@@ -93,7 +101,7 @@ pub struct BinaryServer {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl BinaryServer {
@@ -105,6 +113,20 @@ impl BinaryServer {
             .args(extra)
             .spawn()
             .unwrap();
+        BinaryServer::watch(child, Some(dir))
+    }
+
+    /// Starts it over an existing directory (`--fsync always`) with `extra` flags.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> BinaryServer {
+        let child = binary(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .spawn()
+            .unwrap();
+        BinaryServer::watch(child, None)
+    }
+
+    fn watch(child: Child, dir: Option<TempDir>) -> BinaryServer {
         let mut server = BinaryServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
