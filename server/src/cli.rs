@@ -11,6 +11,7 @@ use logkv::FsyncPolicy;
 
 use crate::config::{parse_fsync, ServerConfig};
 use crate::protocol::Limits;
+use crate::tls::TlsFiles;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -20,6 +21,8 @@ Examples:
       Batch fsyncs once a second, like Redis `appendfsync everysec`.
   LOGKV_PASSWORD=s3cret logkv-server --listen 0.0.0.0:7379
       Accept clients from the network; they must send `AUTH s3cret` first.
+  logkv-server --tls-cert server.pem --tls-key server.key
+      Serve TLS (redis-cli --tls --cacert ca.pem -p 7379 PING).
 
 Talk to it with any Redis client or with a plain TCP tool:
   redis-cli -p 7379 PUT greeting hello
@@ -97,6 +100,20 @@ pub struct Cli {
     #[arg(long)]
     pub unprotected: bool,
 
+    /// Serve TLS on the listen address with this certificate chain (PEM, the server's own
+    /// certificate first). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by a CA in this file (PEM); clients without one
+    /// fail the handshake. Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Event-loop threads. Default: one less than the number of cores (at least one),
     /// leaving a core for fsyncs, compaction and the clients on the same machine.
     #[arg(long, value_name = "N")]
@@ -128,6 +145,14 @@ impl Cli {
             config.max_client_memory = budget;
         }
         config.unprotected = self.unprotected;
+        config.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_ca,
+            }),
+            _ => None,
+        };
         config
     }
 }
@@ -213,6 +238,34 @@ mod tests {
         assert_eq!(c.limits.max_bulk, 1 << 20);
         assert!(c.unprotected);
         assert_eq!(c.max_client_memory, 100 << 20);
+        assert!(c.tls.is_none());
         assert!(Cli::try_parse_from(["logkv-server", "--fsync", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_come_together() {
+        let c = Cli::parse_from([
+            "logkv-server",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .into_config();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+        for lonely in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--tls-ca", "ca.pem"],
+            &["--tls-ca", "ca.pem", "--tls-key", "k.pem"],
+        ] {
+            let args = std::iter::once("logkv-server").chain(lonely.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{lonely:?}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use logkv::FsyncPolicy;
 
 use crate::protocol::Limits;
+use crate::tls::TlsFiles;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub unprotected: bool,
     /// How long shutdown waits for connections to finish what they are doing.
     pub shutdown_grace: Duration,
+    /// Serve TLS on the listen address with these files; plain TCP when `None`.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServerConfig {
@@ -52,6 +55,7 @@ impl ServerConfig {
             max_client_memory: crate::client_memory::default_budget(),
             unprotected: false,
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }

@@ -18,6 +18,8 @@
 //! * `client_memory`: the budget for all connections' buffers (`--max-client-memory`).
 //! * `durability`: group commit; the only place that handles durability tickets.
 //! * `encode`: engine values (entries, write results, errors and their wire codes) as RESP.
+//! * [`tls`]: the certificates (`--tls-cert`, `--tls-key`, `--tls-ca`) and a connection's
+//!   transport, plain TCP or TLS.
 //! * `pump`: one thread per watched bucket that turns the engine's change tokens into
 //!   wake-ups of the connection tasks.
 //! * [`protocol`]: the wire format, pure: request parsing, reply encoding, HTTP detection.
@@ -39,6 +41,7 @@ pub mod server;
 mod session;
 mod shared;
 mod testing;
+pub mod tls;
 
 pub use config::{parse_fsync, ServerConfig};
 pub use server::{run, Server, ServerError};

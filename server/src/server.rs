@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::client_memory::ClientMemory;
@@ -20,6 +21,7 @@ use crate::connection;
 use crate::durability::Syncers;
 use crate::pump::Pumps;
 use crate::shared::{Shared, Stats};
+use crate::tls::{self, Transport};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The final sync at shutdown failed.
     #[error("final sync at shutdown failed: {0}")]
     Sync(#[source] logkv::Error),
@@ -73,6 +78,7 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Server {
@@ -118,6 +124,8 @@ impl Server {
                 addr: config.listen.clone(),
             });
         }
+        // Certificates before the store: a bad file is reported without touching the data.
+        let tls = config.tls.as_ref().map(tls::load).transpose()?;
         let opts = Options {
             fsync: config.fsync,
             ..Options::default()
@@ -164,6 +172,7 @@ impl Server {
             listener,
             local_addr,
             shared,
+            tls,
         })
     }
 
@@ -180,11 +189,14 @@ impl Server {
             listener,
             local_addr,
             shared,
+            tls,
         } = self;
         info!(
             data_dir = %shared.config.data_dir.display(),
             fsync = ?shared.config.fsync,
             auth = shared.config.password.is_some(),
+            tls = tls.is_some(),
+            client_certificates = shared.config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             "listening on {local_addr}"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -202,7 +214,7 @@ impl Server {
                     }
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => admit(&shared, &mut tasks, &stop_rx, stream, peer),
+                    Ok((stream, peer)) => admit(&shared, tls.as_ref(), &mut tasks, &stop_rx, stream, peer),
                     Err(e) => {
                         // Typically EMFILE/ENFILE: back off instead of spinning.
                         error!("accept failed: {e}");
@@ -269,6 +281,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Starts a connection task, or turns the client away when the server is full.
 fn admit(
     shared: &Arc<Shared>,
+    tls: Option<&TlsAcceptor>,
     tasks: &mut JoinSet<()>,
     stop: &watch::Receiver<bool>,
     mut stream: TcpStream,
@@ -289,10 +302,24 @@ fn admit(
     let stop = stop.clone();
     let id = shared.stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (buffers, task) = shared.client_memory.register(id, peer);
+    let tls = tls.cloned();
     let fut = async move {
         debug!(id, %peer, "connection opened");
         let shared = Arc::clone(&guard.0);
-        if let Err(e) = connection::serve(shared, stream, peer, id, buffers, stop).await {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(id, %peer, "connection error: {e}");
+            return;
+        }
+        let io = match Transport::accept(stream, tls.as_ref()).await {
+            Ok(io) => io,
+            Err(e) => {
+                // A plain-text client on the TLS port, a bad or missing client certificate,
+                // a handshake that never ends: the connection is closed.
+                warn!(id, %peer, "TLS handshake failed, connection closed: {e}");
+                return;
+            }
+        };
+        if let Err(e) = connection::serve(shared, io, peer, id, buffers, stop).await {
             debug!(id, %peer, "connection error: {e}");
         }
         debug!(id, %peer, "connection closed");

@@ -2,6 +2,8 @@
 //! binary with its log, a raw-socket round trip, INFO fields.
 #![allow(dead_code, reason = "each test binary uses a part of the helpers")]
 
+pub mod certs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -26,14 +28,20 @@ pub fn start_server(tweak: impl FnOnce(&mut ServerConfig)) -> (TestServer, Socke
 /// Sends `request` and reads exactly one reply (nested arrays included), as text.
 pub fn roundtrip(s: &mut TcpStream, request: &[u8]) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    roundtrip_on(s, request)
+}
+
+/// [`roundtrip`] over any stream (a TLS stream, say); its timeouts are the caller's.
+pub fn roundtrip_on(s: &mut (impl Read + Write), request: &[u8]) -> String {
     s.write_all(request).unwrap();
+    s.flush().unwrap();
     let mut out = Vec::new();
     read_reply(s, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads one RESP reply into `out`, byte-exact: nothing past it is consumed.
-fn read_reply(s: &mut TcpStream, out: &mut Vec<u8>) {
+fn read_reply(s: &mut impl Read, out: &mut Vec<u8>) {
     let start = out.len();
     let mut byte = [0u8; 1];
     while !out.ends_with(b"\n") || out.len() == start {
