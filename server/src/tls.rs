@@ -3,12 +3,12 @@
 //! [`load`] reads the PEM files once at startup and builds the acceptor; every problem
 //! with them is a [`TlsError`] naming the file, so the server refuses to start with a
 //! clear message instead of failing at the first handshake. The handshake itself runs in
-//! the connection's task ([`Transport::accept`]), bounded by [`HANDSHAKE_TIMEOUT`], so a
+//! the connection's task (`Transport::accept`), bounded by [`HANDSHAKE_TIMEOUT`], so a
 //! client that speaks plain text, or nothing, is closed and never holds the accept loop.
 //!
-//! A connection is then a [`Transport`]: the TCP stream itself, or the TLS stream over it.
-//! Reading goes through [`Transport::fill`] (cancel-safe, as the connection loop selects
-//! on it), writing through [`Transport::write_out`].
+//! A connection is then a `Transport`: the TCP stream itself, or the TLS stream over it.
+//! Reading goes through `Transport::fill` (cancel-safe, as the connection loop selects
+//! on it), writing through `Transport::write_out`.
 
 use std::io;
 use std::path::{Path, PathBuf};
