@@ -38,6 +38,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Serve TLS on the listen address with these files; plain TCP when `None`.
     pub tls: Option<TlsFiles>,
+    /// Where the HTTP gateway listens, `host:port`; no gateway when `None`.
+    pub http_listen: Option<String>,
+    /// Names besides the listen address that the gateway accepts in a `Host` header.
+    pub http_allowed_hosts: Vec<String>,
+    /// Origins the gateway sends CORS headers for; none when empty.
+    pub http_cors_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -56,6 +62,9 @@ impl ServerConfig {
             unprotected: false,
             shutdown_grace: Duration::from_secs(5),
             tls: None,
+            http_listen: None,
+            http_allowed_hosts: Vec::new(),
+            http_cors_origins: Vec::new(),
         }
     }
 }

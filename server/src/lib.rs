@@ -20,6 +20,7 @@
 //! * `encode`: engine values (entries, write results, errors and their wire codes) as RESP.
 //! * [`tls`]: the certificates (`--tls-cert`, `--tls-key`, `--tls-ca`) and a connection's
 //!   transport, plain TCP or TLS.
+//! * `http`: the HTTP gateway (`--http-listen`): routes, SSE watches, guard.
 //! * `pump`: one thread per watched bucket that turns the engine's change tokens into
 //!   wake-ups of the connection tasks.
 //! * [`protocol`]: the wire format, pure: request parsing, reply encoding, HTTP detection.
@@ -35,8 +36,10 @@ pub mod config;
 mod connection;
 mod durability;
 mod encode;
+mod http;
 pub mod protocol;
 mod pump;
+mod secret;
 pub mod server;
 mod session;
 mod shared;

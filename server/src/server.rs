@@ -38,7 +38,7 @@ pub enum ServerError {
         addr: String,
     },
     /// The listen address is not `host:port` or does not resolve.
-    #[error("invalid --listen address {addr:?}: {reason}")]
+    #[error("invalid listen address {addr:?}: {reason}")]
     BadAddress {
         /// The address asked for.
         addr: String,
@@ -79,6 +79,8 @@ pub struct Server {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
+    /// The HTTP gateway's listener and address, with `--http-listen`.
+    http: Option<(TcpListener, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -112,18 +114,47 @@ fn resolve(listen: &str) -> Result<Vec<SocketAddr>, ServerError> {
     Ok(addrs)
 }
 
+/// Resolves a listen address and applies protected mode: a non-loopback address needs a
+/// password or `--unprotected`. The same rule for the RESP port and the HTTP gateway.
+fn protected(config: &ServerConfig, listen: &str) -> Result<SocketAddr, ServerError> {
+    let addrs = resolve(listen)?;
+    if config.password.is_none()
+        && !config.unprotected
+        && !addrs.iter().all(|a| a.ip().is_loopback())
+    {
+        return Err(ServerError::Unprotected {
+            addr: listen.to_string(),
+        });
+    }
+    Ok(addrs[0])
+}
+
+fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
+/// Accepts on the gateway's listener; never completes without one.
+async fn accept_http(
+    http: Option<&(TcpListener, SocketAddr)>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match http {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Server {
-    /// Checks protected mode, opens the store and binds the listening socket.
+    /// Checks protected mode, opens the store and binds the listening sockets.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        let addrs = resolve(&config.listen)?;
-        if config.password.is_none()
-            && !config.unprotected
-            && !addrs.iter().all(|a| a.ip().is_loopback())
-        {
-            return Err(ServerError::Unprotected {
-                addr: config.listen.clone(),
-            });
-        }
+        let addr = protected(&config, &config.listen)?;
+        let http_addr = match &config.http_listen {
+            Some(listen) => Some(protected(&config, listen)?),
+            None => None,
+        };
         // Certificates before the store: a bad file is reported without touching the data.
         let tls = config.tls.as_ref().map(tls::load).transpose()?;
         let opts = Options {
@@ -154,11 +185,8 @@ impl Server {
                 warn!(bucket = %bucket, truncated_bytes = report.truncated_bytes, "recovery dropped a torn tail");
             }
         }
-        let addr = addrs[0];
-        let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let (listener, local_addr) = bind_listener(addr)?;
+        let http = http_addr.map(bind_listener).transpose()?;
         let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
         let shared = Arc::new(Shared {
             store,
@@ -173,12 +201,18 @@ impl Server {
             local_addr,
             shared,
             tls,
+            http,
         })
     }
 
     /// The address actually bound (with the port the OS picked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the HTTP gateway is bound to, with `--http-listen`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Accepts connections until `shutdown` completes; then stops accepting, lets the
@@ -190,6 +224,7 @@ impl Server {
             local_addr,
             shared,
             tls,
+            http,
         } = self;
         info!(
             data_dir = %shared.config.data_dir.display(),
@@ -200,6 +235,20 @@ impl Server {
             "listening on {local_addr}"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
+        let gateway = http.as_ref().map(|(_, addr)| {
+            info!(
+                allowed_hosts = ?shared.config.http_allowed_hosts,
+                cors_origins = ?shared.config.http_cors_origins,
+                "HTTP gateway listening on {addr}"
+            );
+            crate::http::router(&Arc::new(crate::http::Gateway {
+                shared: Arc::clone(&shared),
+                listen: shared.config.http_listen.clone().unwrap_or_default(),
+                allowed_hosts: shared.config.http_allowed_hosts.clone(),
+                cors_origins: shared.config.http_cors_origins.clone(),
+                stop: stop_rx.clone(),
+            }))
+        });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -215,11 +264,14 @@ impl Server {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => admit(&shared, tls.as_ref(), &mut tasks, &stop_rx, stream, peer),
-                    Err(e) => {
-                        // Typically EMFILE/ENFILE: back off instead of spinning.
-                        error!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(e) => accept_failed(&e).await,
+                },
+                accepted = accept_http(http.as_ref()) => match (accepted, &gateway) {
+                    (Ok((stream, peer)), Some(router)) => {
+                        admit_http(&shared, router, &mut tasks, &stop_rx, stream, peer);
                     }
+                    (Err(e), _) => accept_failed(&e).await,
+                    (Ok(_), None) => {}
                 },
             }
         }
@@ -229,6 +281,8 @@ impl Server {
             "shutting down: no longer accepting connections"
         );
         drop(listener);
+        drop(http);
+        drop(gateway);
         let _ = stop_tx.send(true);
         let grace = shared.config.shutdown_grace;
         let drained =
@@ -335,4 +389,46 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.stats.connections.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Counts an HTTP connection for as long as its task lives.
+struct HttpGuard(Arc<Shared>);
+
+impl Drop for HttpGuard {
+    fn drop(&mut self) {
+        self.0.stats.http_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_failed(e: &std::io::Error) {
+    // Typically EMFILE/ENFILE: back off instead of spinning.
+    error!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Starts an HTTP connection task, or closes the connection when the server is full
+/// (RESP and HTTP connections together count against --max-connections).
+fn admit_http(
+    shared: &Arc<Shared>,
+    router: &axum::Router,
+    tasks: &mut JoinSet<()>,
+    stop: &watch::Receiver<bool>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let stats = &shared.stats;
+    let open = stats.http_connections.fetch_add(1, Ordering::AcqRel)
+        + stats.connections.load(Ordering::Acquire);
+    let guard = HttpGuard(Arc::clone(shared));
+    if open >= shared.config.max_connections {
+        warn!(%peer, "HTTP connection refused: max number of clients reached");
+        return;
+    }
+    let id = stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (buffers, task) = shared.client_memory.register(id, peer);
+    let fut = crate::http::serve_connection(router.clone(), stream, peer, buffers, stop.clone());
+    task.set(tasks.spawn(async move {
+        fut.await;
+        drop(guard);
+    }));
 }

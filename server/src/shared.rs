@@ -16,11 +16,13 @@ use crate::pump::Pumps;
 #[derive(Debug)]
 pub(crate) struct Stats {
     pub started: Instant,
-    /// Open client connections.
+    /// Open client connections (RESP port).
     pub connections: AtomicUsize,
+    /// Open HTTP gateway connections.
+    pub http_connections: AtomicUsize,
     /// Requests executed since start.
     pub commands: AtomicU64,
-    /// Active watches over all connections.
+    /// Active watches over all connections (RESP watches and SSE streams).
     pub watchers: AtomicUsize,
     /// Source of connection ids.
     pub next_conn_id: AtomicU64,
@@ -43,6 +45,7 @@ impl Stats {
         Stats {
             started: Instant::now(),
             connections: AtomicUsize::new(0),
+            http_connections: AtomicUsize::new(0),
             commands: AtomicU64::new(0),
             watchers: AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),

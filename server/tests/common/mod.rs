@@ -127,10 +127,17 @@ impl BinaryServer {
                 log.lock().unwrap().push(line);
             }
         });
-        let line = server.wait_for_log("listening on ");
-        let rest = line.split("listening on ").nth(1).unwrap();
+        let line = server.wait_for_log(" listening on ");
+        let rest = line.split(" listening on ").nth(1).unwrap();
         server.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
         server
+    }
+
+    /// The HTTP gateway's address (started with `--http-listen 127.0.0.1:0`).
+    pub fn http_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("HTTP gateway listening on ");
+        let rest = line.split("HTTP gateway listening on ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
     }
 
     /// The process id.
