@@ -101,6 +101,8 @@ pub(crate) async fn serve(
         buffers,
     };
     let result = conn.run().await;
+    let shared = Arc::clone(&conn.session.shared);
+    conn.session.metrics.flush(&shared.metrics);
     let commands = conn.session.commands;
     conn.session
         .shared
@@ -177,11 +179,9 @@ impl Conn {
             // One shared-counter update per batch, not per request.
             let n = std::mem::take(&mut self.session.commands);
             if n > 0 {
-                self.session
-                    .shared
-                    .stats
-                    .commands
-                    .fetch_add(n, Ordering::Relaxed);
+                let shared = &self.session.shared;
+                shared.stats.commands.fetch_add(n, Ordering::Relaxed);
+                self.session.metrics.flush(&shared.metrics);
             }
         }
     }
@@ -218,6 +218,7 @@ impl Conn {
         let limits = self.session.shared.config.limits;
         let max_output = self.session.shared.config.max_output;
         let max_request = self.session.shared.config.max_request;
+        self.session.metrics.start();
         let mut pos = 0;
         loop {
             match parse_request(&self.rbuf[pos..], &limits) {
@@ -230,6 +231,7 @@ impl Conn {
                     match command::execute(&mut self.session, &req.args, &mut self.out) {
                         Flow::Continue => {}
                         Flow::Close => {
+                            self.session.finish_request();
                             self.closing = true;
                             break;
                         }
@@ -248,6 +250,7 @@ impl Conn {
                             reply.encode(self.session.version, &mut self.out);
                         }
                     }
+                    self.session.finish_request();
                     // Replies of queued writes applied first are not this command's.
                     let start = start.max(self.session.reply_start);
                     if self.out.len() - start > max_output {
@@ -356,7 +359,13 @@ impl Conn {
         if !self.session.durability.is_empty() {
             // The bucket's syncer thread fsyncs for every connection waiting at once.
             let shared = Arc::clone(&self.session.shared);
-            if let Err(e) = self.session.durability.wait(&shared.syncers).await {
+            let started = std::time::Instant::now();
+            let waited = self.session.durability.wait(&shared.syncers).await;
+            shared.metrics.durability_wait.record(started.elapsed());
+            if let Err(e) = waited {
+                if !shared.health.is_stopping() {
+                    shared.health.fail(format!("an fsync failed: {e}"));
+                }
                 // The replies would claim writes that may not survive a crash.
                 error!("durability wait failed, closing the connection: {e}");
                 self.out.clear();

@@ -16,6 +16,8 @@
 //! * `shared`: what every connection shares (store, configuration, counters, pumps,
 //!   syncers, the client-memory budget).
 //! * `client_memory`: the budget for all connections' buffers (`--max-client-memory`).
+//! * `metrics`: request counts and latency histograms (per-connection, flushed per batch).
+//! * `health`: serving, shutting down, or failed (a poisoned log), for `/healthz`.
 //! * `durability`: group commit; the only place that handles durability tickets.
 //! * `encode`: engine values (entries, write results, errors and their wire codes) as RESP.
 //! * [`tls`]: the certificates (`--tls-cert`, `--tls-key`, `--tls-ca`) and a connection's
@@ -36,7 +38,9 @@ pub mod config;
 mod connection;
 mod durability;
 mod encode;
+mod health;
 mod http;
+mod metrics;
 pub mod protocol;
 mod pump;
 mod secret;

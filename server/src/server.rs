@@ -195,6 +195,8 @@ impl Server {
             stats: Stats::new(),
             pumps: Pumps::new(),
             syncers: Syncers::default(),
+            metrics: crate::metrics::Metrics::new(),
+            health: crate::health::Health::default(),
         });
         Ok(Server {
             listener,
@@ -276,6 +278,7 @@ impl Server {
             }
         }
 
+        shared.health.stopping();
         info!(
             connections = shared.stats.connections.load(Ordering::Relaxed),
             "shutting down: no longer accepting connections"

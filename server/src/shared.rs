@@ -1,5 +1,6 @@
 //! The state every connection task shares: the store, the configuration, the counters
-//! INFO shows, the watch pumps, the durability syncers and the client-memory budget.
+//! INFO shows, the watch pumps, the durability syncers, the client-memory budget, the
+//! request metrics and the health.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use logkv::Store;
 use crate::client_memory::ClientMemory;
 use crate::config::ServerConfig;
 use crate::durability::Syncers;
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::pump::Pumps;
 
 /// Counters shown by `INFO`.
@@ -37,6 +40,10 @@ pub(crate) struct Shared {
     pub syncers: Syncers,
     /// What the connections hold in their buffers, against `--max-client-memory`.
     pub client_memory: Arc<ClientMemory>,
+    /// Request counts and latency histograms.
+    pub metrics: Metrics,
+    /// Serving, shutting down, or failed.
+    pub health: Health,
 }
 
 impl Stats {

@@ -17,9 +17,15 @@ mod watch;
 use bytes::Bytes;
 
 use self::args::{preview, wrong_args, Args};
-use self::table::{lookup, Flags};
+use self::table::{position, Flags, VERBS};
 use crate::protocol::Reply;
 use crate::session::{Session, Write};
+
+/// The names of the verbs, in the table's order (what request metrics are labelled with;
+/// a verb's index is what [`Session::verb`] holds, the count for an unknown verb).
+pub(crate) fn verb_names() -> impl Iterator<Item = &'static str> {
+    VERBS.iter().map(|spec| spec.name)
+}
 
 /// Work that may block (fsync, disk-wide scans): run on the blocking pool, then encode.
 pub(crate) type BlockingJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
@@ -112,7 +118,10 @@ pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flo
         return Flow::Continue;
     };
     s.commands += 1;
-    let spec = lookup(name);
+    let index = position(name);
+    let spec = index.and_then(|i| VERBS.get(i));
+    s.verb = index.unwrap_or(VERBS.len());
+    s.request_open = true;
     let watch_mode = !s.version.is_resp3() && s.watches.active();
     // Only a write that gets past the gates joins the queued writes; every other path
     // below replies at once, so the queue goes first.

@@ -5,13 +5,17 @@
 //! * `routes`: keys and entries, the multi-key reads.
 //! * `sse`: watches as Server-Sent Events.
 //! * `json`: entries and errors as JSON.
+//! * `observe`: `/healthz`, `/metrics` and the timing of every request; `collector`:
+//!   what `/metrics` shows.
 //!
 //! Connections are accepted by the server's accept loop (so they are counted, limited and
 //! drained at shutdown like RESP ones) and each is driven by hyper's HTTP/1 connection
 //! with the axum router as its service. Every engine call runs on the blocking pool.
 
+mod collector;
 mod guard;
 mod json;
+mod observe;
 mod routes;
 mod sse;
 
@@ -60,6 +64,15 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// A connection from `peer` that came in on `local`, with its budget handle.
+    pub fn new(peer: SocketAddr, local: SocketAddr, buffers: ClientBuffers) -> ConnInfo {
+        ConnInfo {
+            peer,
+            local,
+            buffers: Arc::new(Mutex::new(buffers)),
+        }
+    }
+
     /// Reports what the connection holds (a request body) against the client budget.
     pub fn hold(&self, bytes: usize) {
         self.buffers.lock().hold(bytes);
@@ -81,6 +94,12 @@ pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
         .route("/v1/buckets/{bucket}/search", get(routes::search))
         .route("/v1/buckets/{bucket}/scan", get(routes::scan))
         .route("/v1/buckets/{bucket}/watch", get(sse::watch))
+        .route("/healthz", get(observe::healthz))
+        .route("/metrics", get(observe::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(gw),
+            observe::timed,
+        ))
         .fallback(|| async { json::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
@@ -107,11 +126,7 @@ pub(crate) async fn serve_connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    let info = ConnInfo {
-        peer,
-        local,
-        buffers: Arc::new(Mutex::new(buffers)),
-    };
+    let info = ConnInfo::new(peer, local, buffers);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         let mut router = router.clone();

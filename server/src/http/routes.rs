@@ -65,8 +65,12 @@ impl Gateway {
         f: impl FnOnce(&logkv::Store) -> logkv::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         let shared = Arc::clone(&self.shared);
+        let keep = Arc::clone(&self.shared);
         match tokio::task::spawn_blocking(move || f(&shared.store)).await {
-            Ok(result) => result.map_err(ApiError::from),
+            Ok(result) => result.map_err(|e| {
+                keep.health.observe(&e);
+                ApiError::from(e)
+            }),
             Err(e) => Err(ApiError::internal(format!("the request failed: {e}"))),
         }
     }
