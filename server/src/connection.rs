@@ -101,8 +101,6 @@ pub(crate) async fn serve(
         buffers,
     };
     let result = conn.run().await;
-    let shared = Arc::clone(&conn.session.shared);
-    conn.session.metrics.flush(&shared.metrics);
     let commands = conn.session.commands;
     conn.session
         .shared
@@ -181,7 +179,6 @@ impl Conn {
             if n > 0 {
                 let shared = &self.session.shared;
                 shared.stats.commands.fetch_add(n, Ordering::Relaxed);
-                self.session.metrics.flush(&shared.metrics);
             }
         }
     }
@@ -231,7 +228,6 @@ impl Conn {
                     match command::execute(&mut self.session, &req.args, &mut self.out) {
                         Flow::Continue => {}
                         Flow::Close => {
-                            self.session.finish_request();
                             self.closing = true;
                             break;
                         }
@@ -250,7 +246,6 @@ impl Conn {
                             reply.encode(self.session.version, &mut self.out);
                         }
                     }
-                    self.session.finish_request();
                     // Replies of queued writes applied first are not this command's.
                     let start = start.max(self.session.reply_start);
                     if self.out.len() - start > max_output {
@@ -267,6 +262,7 @@ impl Conn {
                     }
                     if self.out.len() >= FLUSH_AT {
                         self.session.apply_pending(&mut self.out);
+                        self.end_batch();
                         self.flush().await?;
                     }
                 }
@@ -309,6 +305,7 @@ impl Conn {
         }
         // The pipeline's last writes, before anything is sent.
         self.session.apply_pending(&mut self.out);
+        self.end_batch();
         self.rbuf.advance(pos);
         if self.rbuf.is_empty() {
             // Nothing pending: give the buffer back, so that an idle connection holds no
@@ -317,6 +314,13 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// The replies of the requests executed so far are ready: their count and time go to
+    /// the server's metrics (once per batch, not per request).
+    fn end_batch(&mut self) {
+        let session = &mut self.session;
+        session.metrics.end(&session.shared.metrics);
     }
 
     /// Reports what the buffers hold (read but not executed, output not sent, MULTI

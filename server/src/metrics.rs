@@ -3,11 +3,11 @@
 //!
 //! The server-wide [`Metrics`] hold one [`Histogram`] per RESP verb and per HTTP route:
 //! fixed buckets of atomic counters and an atomic sum, each histogram on its own cache
-//! line. A RESP connection does not touch them per request: its [`LocalMetrics`] keeps the
-//! requests of the current batch (a few `(verb, bucket, count, sum)` slots, no allocation)
-//! and the connection flushes them once per batch, as it does its command counter. A
-//! request costs one clock read (the end of one request is the start of the next) and a
-//! short scan of the slots. HTTP requests, far heavier, record straight into the atomics.
+//! line. A RESP connection does not touch them per request: its [`LocalMetrics`] counts
+//! the requests of the current batch by verb (a few slots, no allocation) and adds them
+//! once, when the batch's replies are ready, with the batch's time. A request costs a
+//! short scan of the slots and no clock read. HTTP requests, far heavier, record straight
+//! into the atomics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -194,92 +194,72 @@ impl Metrics {
     }
 }
 
-/// Slots of a connection's batch before an early flush.
+/// Distinct verbs a connection counts in one batch before it records early.
 const SLOTS: usize = 8;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    verb: u16,
-    bucket: u8,
-    count: u32,
-    sum_ns: u64,
-}
-
-/// A RESP connection's requests not yet added to the server's [`Metrics`].
+/// A RESP connection's requests of the current batch, not yet added to the server's
+/// [`Metrics`].
+///
+/// A batch is what the connection executes from one read, up to writing the replies:
+/// every reply of a batch goes out at its end, so each request's latency, as its client
+/// sees it from the server, is the batch's time (for a client that does not pipeline, a
+/// batch is its one request). Counting a request is a scan of a few slots; the clock is
+/// read at the start and the end of the batch only.
 #[derive(Debug)]
 pub(crate) struct LocalMetrics {
-    slots: [Slot; SLOTS],
+    /// `(verb, requests)`.
+    slots: [(u16, u32); SLOTS],
     used: usize,
-    /// When the request now running started (the previous one's end).
-    mark: Instant,
+    started: Instant,
 }
 
 impl LocalMetrics {
     pub fn new() -> LocalMetrics {
         LocalMetrics {
-            slots: [Slot::default(); SLOTS],
+            slots: [(0, 0); SLOTS],
             used: 0,
-            mark: Instant::now(),
+            started: Instant::now(),
         }
     }
 
-    /// A batch of requests starts now.
+    /// A batch starts now.
     pub fn start(&mut self) {
-        self.mark = Instant::now();
+        self.used = 0;
+        self.started = Instant::now();
     }
 
-    /// The request of `verb` (an index into the verb table, its length for an unknown
-    /// verb) ends now; the next one starts.
-    pub fn finish(&mut self, verb: usize, shared: &Metrics) {
-        let now = Instant::now();
-        let ns = nanos(now.duration_since(self.mark));
-        self.mark = now;
-        self.add(verb, 1, ns, shared);
-    }
-
-    /// `n` requests of `verb` that ended together now (a batch of writes), started at the
-    /// last mark.
-    pub fn finish_together(&mut self, verbs: &[u16], shared: &Metrics) {
-        let now = Instant::now();
-        let ns = nanos(now.duration_since(self.mark));
-        self.mark = now;
-        for &verb in verbs {
-            self.add(usize::from(verb), 1, ns, shared);
-        }
-    }
-
-    fn add(&mut self, verb: usize, n: u32, ns: u64, shared: &Metrics) {
+    /// Counts a request of `verb` (an index into the verb table; its length for an unknown
+    /// verb) in the current batch.
+    pub fn count(&mut self, verb: usize, shared: &Metrics) {
         let verb = u16::try_from(verb).unwrap_or(u16::MAX);
-        let bucket = u8::try_from(bucket_of(ns)).unwrap_or(u8::MAX);
-        let used = &mut self.slots[..self.used];
-        if let Some(s) = used
-            .iter_mut()
-            .find(|s| s.verb == verb && s.bucket == bucket)
-        {
-            s.count += n;
-            s.sum_ns = s.sum_ns.saturating_add(ns);
+        if let Some(slot) = self.slots[..self.used].iter_mut().find(|s| s.0 == verb) {
+            slot.1 = slot.1.saturating_add(1);
             return;
         }
         if self.used == SLOTS {
-            self.flush(shared);
+            // A batch of many verbs: what came so far ends here.
+            self.end(shared);
         }
-        self.slots[self.used] = Slot {
-            verb,
-            bucket,
-            count: n,
-            sum_ns: ns,
-        };
+        self.slots[self.used] = (verb, 1);
         self.used += 1;
     }
 
-    /// Adds what this connection recorded to the server's metrics.
-    pub fn flush(&mut self, shared: &Metrics) {
-        for s in &self.slots[..self.used] {
-            if let Some(h) = shared.resp.get(usize::from(s.verb)) {
-                h.add(usize::from(s.bucket), u64::from(s.count), s.sum_ns);
+    /// The replies of the requests counted so far are ready: adds them to the server's
+    /// metrics with the time since the batch (or the last end) started.
+    pub fn end(&mut self, shared: &Metrics) {
+        if self.used == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let ns = nanos(now.duration_since(self.started));
+        let bucket = bucket_of(ns);
+        for &(verb, n) in &self.slots[..self.used] {
+            if let Some(h) = shared.resp.get(usize::from(verb)) {
+                h.add(bucket, u64::from(n), ns.saturating_mul(u64::from(n)));
             }
         }
         self.used = 0;
+        self.started = now;
     }
 }
 
@@ -305,28 +285,34 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_flushes_its_batch() {
+    fn a_connection_adds_its_batch_at_its_end() {
         let shared = Metrics::new();
         let mut local = LocalMetrics::new();
         local.start();
         for _ in 0..100 {
-            local.finish(0, &shared);
+            local.count(0, &shared);
         }
-        local.finish_together(&[1, 1, 2], &shared);
-        // Nothing reaches the shared histograms before the flush...
+        local.count(1, &shared);
+        local.count(1, &shared);
+        // Nothing reaches the shared histograms before the batch ends...
         assert_eq!(shared.resp[0].snapshot().count, 0);
-        local.flush(&shared);
+        local.end(&shared);
         assert_eq!(shared.resp[0].snapshot().count, 100);
         assert_eq!(shared.resp[1].snapshot().count, 2);
-        assert_eq!(shared.resp[2].snapshot().count, 1);
-        // ... except when more distinct slots are needed than there are.
+        let get = shared.resp[0].snapshot();
+        let bucket = get.buckets.iter().position(|&(_, n)| n > 0).unwrap();
+        assert_eq!(get.buckets[bucket].1, 100, "one batch, one bucket");
+        // ... except when a batch has more distinct verbs than there are slots.
+        local.start();
         for verb in 0..=SLOTS {
-            local.add(verb, 1, 0, &shared);
+            local.count(verb, &shared);
         }
         assert_eq!(shared.resp[0].snapshot().count, 101);
-        local.flush(&shared);
+        assert_eq!(shared.resp[SLOTS].snapshot().count, 0);
+        local.end(&shared);
+        assert_eq!(shared.resp[SLOTS].snapshot().count, 1);
         let total: u64 = shared.resp().map(|(_, h)| h.snapshot().count).sum();
-        assert_eq!(total, 100 + 3 + SLOTS as u64 + 1);
+        assert_eq!(total, 100 + 2 + SLOTS as u64 + 1);
         let names: Vec<&str> = shared.resp().map(|(n, _)| n).collect();
         assert_eq!(names.first(), Some(&"get"));
         assert_eq!(names.last(), Some(&UNKNOWN_VERB));

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{proc_status, roundtrip, skip, BinaryServer};
+use common::{have_curl, have_python_module, proc_status, roundtrip, BinaryServer};
 
 /// What curl got: status, headers (lower-case names), body.
 struct Answer {
@@ -35,17 +35,6 @@ impl Answer {
             .iter()
             .any(|(n, _)| n.starts_with("access-control-"))
     }
-}
-
-fn have_curl() -> bool {
-    let ok = Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip("curl is not installed (apt-get install curl)");
-    }
-    ok
 }
 
 /// `curl -i -X method [args] url` and its answer.
@@ -451,12 +440,7 @@ print("first", ids, "live", last, "resumed", rids, "ready", resumed[-1].get("eve
 
 #[test]
 fn sse_resumes_with_last_event_id_python_requests() {
-    let has = Command::new("python3")
-        .args(["-c", "import requests"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        skip("Python requests is not installed (python3 -m pip install requests)");
+    if !have_python_module("requests") {
         return;
     }
     let (_server, base) = gateway(&[]);

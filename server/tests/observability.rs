@@ -7,18 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::{roundtrip, skip, BinaryServer};
-
-fn have_curl() -> bool {
-    let ok = Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip("curl is not installed (apt-get install curl)");
-    }
-    ok
-}
+use common::{have_curl, roundtrip, BinaryServer};
 
 /// `curl -s` of `url` with `args`: the status and the body.
 fn curl(url: &str, args: &[&str]) -> (u16, String) {

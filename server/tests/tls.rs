@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::certs::Certs;
-use common::{roundtrip_on, skip, BinaryServer};
+use common::{have_python_module, roundtrip_on, skip, BinaryServer};
 use rustls::pki_types::ServerName;
 
 type TlsClient = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -216,12 +216,7 @@ fn python(args: &[String]) -> Option<(bool, String)> {
 
 #[test]
 fn python_redis_client_over_tls() {
-    let has_redis = Command::new("python3")
-        .args(["-c", "import redis"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_redis {
-        skip("the Python redis package is not installed (python3 -m pip install redis)");
+    if !have_python_module("redis") {
         return;
     }
     let certs = Certs::new();

@@ -22,7 +22,7 @@ use crate::protocol::Reply;
 use crate::session::{Session, Write};
 
 /// The names of the verbs, in the table's order (what request metrics are labelled with;
-/// a verb's index is what [`Session::verb`] holds, the count for an unknown verb).
+/// requests of an unknown verb are counted after them).
 pub(crate) fn verb_names() -> impl Iterator<Item = &'static str> {
     VERBS.iter().map(|spec| spec.name)
 }
@@ -120,8 +120,8 @@ pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flo
     s.commands += 1;
     let index = position(name);
     let spec = index.and_then(|i| VERBS.get(i));
-    s.verb = index.unwrap_or(VERBS.len());
-    s.request_open = true;
+    s.metrics
+        .count(index.unwrap_or(VERBS.len()), &s.shared.metrics);
     let watch_mode = !s.version.is_resp3() && s.watches.active();
     // Only a write that gets past the gates joins the queued writes; every other path
     // below replies at once, so the queue goes first.

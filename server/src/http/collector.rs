@@ -210,9 +210,9 @@ impl ServerCollector {
         let metrics = &self.0.metrics;
         let mut requests = e.encode_descriptor(
             "logkv_request_duration_seconds",
-            "Request latency by transport and verb (RESP: engine work, a batch of pipelined \
-             writes counted for each; HTTP: the whole request, a watch until its stream starts). \
-             Requests that never ran are left out.",
+            "Request latency by transport and verb (RESP: from reading a batch of requests to \
+             its replies being ready, for each request of the batch; HTTP: the whole request, \
+             a watch until its stream starts). Requests that never ran are left out.",
             None,
             MetricType::Histogram,
         )?;

@@ -53,14 +53,7 @@ pub(crate) struct Session {
     /// the engine together (`write_each`: one lock hold, one append); anything
     /// else that replies first applies them, so replies keep request order.
     pending: Vec<Write>,
-    /// The verbs of `pending`, for the request metrics.
-    pending_verbs: Vec<u16>,
-    /// The request now running: its verb (index into the verb table; its length for an
-    /// unknown verb), and whether it still has to be counted (a queued write is counted
-    /// when the batch it joined is applied).
-    pub verb: usize,
-    pub request_open: bool,
-    /// Request counts and latencies not yet added to the server's.
+    /// The batch's requests, by verb, not yet added to the server's metrics.
     pub metrics: LocalMetrics,
 }
 
@@ -82,9 +75,6 @@ impl Session {
             commands: 0,
             reply_start: 0,
             pending: Vec::new(),
-            pending_verbs: Vec::new(),
-            verb: 0,
-            request_open: false,
             metrics: LocalMetrics::new(),
         }
     }
@@ -123,16 +113,6 @@ impl Session {
     /// (visible before any later command runs, durable before the reply is sent).
     pub fn queue_write(&mut self, write: Write) {
         self.pending.push(write);
-        self.pending_verbs
-            .push(u16::try_from(self.verb).unwrap_or(u16::MAX));
-        self.request_open = false;
-    }
-
-    /// The request now running is done: counts it, unless it joined the queued writes.
-    pub fn finish_request(&mut self) {
-        if std::mem::take(&mut self.request_open) {
-            self.metrics.finish(self.verb, &self.shared.metrics);
-        }
     }
 
     /// Applies the queued writes in one engine call and encodes their replies.
@@ -166,8 +146,5 @@ impl Session {
         }
         writes.clear();
         self.pending = writes;
-        self.metrics
-            .finish_together(&self.pending_verbs, &self.shared.metrics);
-        self.pending_verbs.clear();
     }
 }

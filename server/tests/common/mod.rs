@@ -78,6 +78,33 @@ pub fn skip(why: &str) {
     println!("skipped: {why}");
 }
 
+/// Whether `curl` runs here; when not, skips the calling test (see [`skip`]).
+pub fn have_curl() -> bool {
+    let ok = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip("curl is not installed (apt-get install curl)");
+    }
+    ok
+}
+
+/// Whether `python3` can import `module` (a package of that name on the Python package index); when not, skips the
+/// calling test.
+pub fn have_python_module(module: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(&format!(
+            "the Python {module} package is not installed (python3 -m pip install {module})"
+        ));
+    }
+    ok
+}
+
 /// A `name:  value kB` line of /proc/<pid>/status, in KiB (a count for `Threads:`).
 pub fn proc_status(pid: u32, name: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
