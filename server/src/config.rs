@@ -6,6 +6,7 @@ use std::time::Duration;
 use logkv::FsyncPolicy;
 
 use crate::protocol::Limits;
+use crate::tls::TlsFiles;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -37,6 +38,14 @@ pub struct ServerConfig {
     pub unprotected: bool,
     /// How long shutdown waits for connections to finish what they are doing.
     pub shutdown_grace: Duration,
+    /// Serve TLS on the listen address with these files; plain TCP when `None`.
+    pub tls: Option<TlsFiles>,
+    /// Where the HTTP gateway listens, `host:port`; no gateway when `None`.
+    pub http_listen: Option<String>,
+    /// Names besides the listen address that the gateway accepts in a `Host` header.
+    pub http_allowed_hosts: Vec<String>,
+    /// Origins the gateway sends CORS headers for; none when empty.
+    pub http_cors_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -55,6 +64,10 @@ impl ServerConfig {
             max_client_memory: crate::client_memory::default_budget(),
             unprotected: false,
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
+            http_listen: None,
+            http_allowed_hosts: Vec::new(),
+            http_cors_origins: Vec::new(),
         }
     }
 }

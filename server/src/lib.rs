@@ -16,8 +16,13 @@
 //! * `shared`: what every connection shares (store, configuration, counters, pumps,
 //!   syncers, the client-memory budget).
 //! * `client_memory`: the budget for all connections' buffers (`--max-client-memory`).
+//! * `metrics`: request counts and latency histograms (per-connection, flushed per batch).
+//! * `health`: serving, shutting down, or failed (a poisoned log), for `/healthz`.
 //! * `durability`: group commit; the only place that handles durability tickets.
 //! * `encode`: engine values (entries, write results, errors and their wire codes) as RESP.
+//! * [`tls`]: the certificates (`--tls-cert`, `--tls-key`, `--tls-ca`) and a connection's
+//!   transport, plain TCP or TLS.
+//! * `http`: the HTTP gateway (`--http-listen`): routes, SSE watches, guard.
 //! * `pump`: one thread per watched bucket that turns the engine's change tokens into
 //!   wake-ups of the connection tasks.
 //! * [`protocol`]: the wire format, pure: request parsing, reply encoding, HTTP detection.
@@ -33,12 +38,17 @@ pub mod config;
 mod connection;
 mod durability;
 mod encode;
+mod health;
+mod http;
+mod metrics;
 pub mod protocol;
 mod pump;
+mod secret;
 pub mod server;
 mod session;
 mod shared;
 mod testing;
+pub mod tls;
 
 pub use config::{parse_fsync, ServerConfig};
 pub use encode::error_code;

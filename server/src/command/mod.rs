@@ -17,9 +17,15 @@ mod watch;
 use bytes::Bytes;
 
 use self::args::{preview, wrong_args, Args};
-use self::table::{lookup, Flags};
+use self::table::{position, Flags, VERBS};
 use crate::protocol::Reply;
 use crate::session::{Session, Write};
+
+/// The names of the verbs, in the table's order (what request metrics are labelled with;
+/// requests of an unknown verb are counted after them).
+pub(crate) fn verb_names() -> impl Iterator<Item = &'static str> {
+    VERBS.iter().map(|spec| spec.name)
+}
 
 /// Work that may block (fsync, disk-wide scans): run on the blocking pool, then encode.
 pub(crate) type BlockingJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
@@ -111,7 +117,11 @@ fn noauth() -> Reply {
 /// connection made before it): every verb but a write that joins the pipeline's batch,
 /// one that MULTI queues, and the verbs that touch no data.
 pub(crate) fn reads_state(s: &Session, args: &[Bytes]) -> bool {
-    let Some(spec) = args.first().and_then(|name| lookup(name)) else {
+    let Some(spec) = args
+        .first()
+        .and_then(|name| position(name))
+        .and_then(|i| VERBS.get(i))
+    else {
         return false;
     };
     if s.multi.is_some() && !spec.flags.has(Flags::IN_MULTI) {
@@ -132,7 +142,10 @@ pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flo
         return Flow::Continue;
     };
     s.commands += 1;
-    let spec = lookup(name);
+    let index = position(name);
+    let spec = index.and_then(|i| VERBS.get(i));
+    s.metrics
+        .count(index.unwrap_or(VERBS.len()), &s.shared.metrics);
     let watch_mode = !s.version.is_resp3() && s.watches.active();
     // Only a write that gets past the gates joins the queued writes; every other path
     // below replies at once, so the queue goes first.

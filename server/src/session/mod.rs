@@ -17,6 +17,7 @@ pub(crate) use watches::{Watches, MAX_WATCHES};
 
 use crate::durability::PendingDurability;
 use crate::encode::{self, engine_error, WriteShape};
+use crate::metrics::LocalMetrics;
 use crate::protocol::RespVersion;
 use crate::shared::Shared;
 
@@ -52,6 +53,8 @@ pub(crate) struct Session {
     /// the engine together (`write_each`: one lock hold, one append); anything
     /// else that replies first applies them, so replies keep request order.
     pending: Vec<Write>,
+    /// The batch's requests, by verb, not yet added to the server's metrics.
+    pub metrics: LocalMetrics,
 }
 
 impl Session {
@@ -72,6 +75,7 @@ impl Session {
             commands: 0,
             reply_start: 0,
             pending: Vec::new(),
+            metrics: LocalMetrics::new(),
         }
     }
 
@@ -125,11 +129,15 @@ impl Session {
                 for (write, result) in writes.iter().zip(results) {
                     match result {
                         Ok(w) => encode::written(out, version, &w, write.shape),
-                        Err(e) => engine_error(&e).encode(version, out),
+                        Err(e) => {
+                            self.shared.health.observe(&e);
+                            engine_error(&e).encode(version, out);
+                        }
                     }
                 }
             }
             Err(e) => {
+                self.shared.health.observe(&e);
                 let reply = engine_error(&e);
                 for _ in &writes {
                     reply.encode(version, out);
