@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
@@ -229,15 +229,7 @@ impl Conn {
                     if req.is_empty() {
                         continue;
                     }
-                    // A read that follows writes of this pipeline sees them: it waits
-                    // for their durability (under `always` a write is visible only once
-                    // durable), as their replies do.
-                    if command::reads_state(&self.session, &req.args) {
-                        self.session.apply_pending(&mut self.out);
-                        if !self.session.durability.is_empty() {
-                            self.wait_durable().await?;
-                        }
-                    }
+                    self.see_own_writes(&req.args).await?;
                     let start = self.out.len();
                     match command::execute(&mut self.session, &req.args, &mut self.out) {
                         Flow::Continue => {}
@@ -365,6 +357,19 @@ impl Conn {
                 },
             }
         }
+    }
+
+    /// A read that follows writes of this pipeline sees them: it waits for their
+    /// durability (under `always` a write is visible only once durable), as their
+    /// replies do.
+    async fn see_own_writes(&mut self, args: &[Bytes]) -> io::Result<()> {
+        if command::reads_state(&self.session, args) {
+            self.session.apply_pending(&mut self.out);
+            if !self.session.durability.is_empty() {
+                self.wait_durable().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the writes whose replies are in the output are durable (the bucket's

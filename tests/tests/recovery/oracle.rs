@@ -84,14 +84,14 @@ pub fn check_model(bucket: &Bucket, model: &Model, last_rev: u64, ctx: &str) {
     assert_eq!(bucket.keys(">").unwrap(), live_keys, "{ctx}: live keys");
     // After an unclean stop under `never` the counter may stand at the end of
     // the revisions it skipped (see `Bucket::lost_revisions`).
-    let last = bucket.status().unwrap().last_revision;
+    let counter = bucket.status().unwrap().last_revision;
     let skipped = bucket.lost_revisions();
     assert!(
-        last == last_rev
+        counter == last_rev
             || skipped
                 .last()
-                .is_some_and(|&(first, end)| end == last && first <= last_rev + 1),
-        "{ctx}: last revision {last}, expected {last_rev} (skipped {skipped:?})"
+                .is_some_and(|&(first, end)| end == counter && first <= last_rev + 1),
+        "{ctx}: last revision {counter}, expected {last_rev} (skipped {skipped:?})"
     );
 }
 

@@ -125,7 +125,7 @@ fn torn_setup(kind: LastWrite, snap: SnapState) -> TornSetup {
     match snap {
         SnapState::Absent => remove_snapshots(&pristine),
         SnapState::Older => {
-            assert_eq!(fs::read(snap_path(&pristine, "default")).unwrap(), old_snap)
+            assert_eq!(fs::read(snap_path(&pristine, "default")).unwrap(), old_snap);
         }
     }
 
