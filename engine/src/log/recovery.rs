@@ -26,6 +26,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::mark::FLAG_EAGER;
 use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
@@ -358,8 +359,12 @@ fn cut_torn_tail(
         seg.file()
             .set_len(batch_start as u64)
             .map_err(|e| Error::io(&seg.path, e))?;
-        // The mark must not claim more than what is left.
-        seg.write_mark(batch_start as u64, 0)?;
+        // The mark must not claim more than what is left. It keeps saying
+        // whether writes were visible before durable (unknown without a mark:
+        // assume they were), so that the revisions the cut took back are
+        // skipped.
+        let eager = seg.mark().map_or(FLAG_EAGER, |m| m.flags & FLAG_EAGER);
+        seg.write_mark(batch_start as u64, eager)?;
         seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
     }
     report.truncated_bytes += dropped;

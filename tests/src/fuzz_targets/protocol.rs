@@ -45,4 +45,3 @@ pub fn protocol(data: &[u8]) {
         }
     }
 }
-

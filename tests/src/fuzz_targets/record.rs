@@ -42,4 +42,3 @@ pub fn record(data: &[u8]) {
         assert!(matches!(decode(&data[at..], salt), Decoded::Record(_)));
     }
 }
-
