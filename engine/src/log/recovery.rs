@@ -17,7 +17,9 @@
 //!    durable whole before the next one was created, or below the last
 //!    segment's mark) is corruption: open fails naming the file and offset,
 //!    unless repair was asked for, in which case every valid record is kept and
-//!    each skipped region is reported.
+//!    each skipped region is reported. Revisions rise in log order, so a
+//!    record whose revision is not above the one before it (valid bytes in the
+//!    wrong place: a record copied over another) is not a valid record there.
 //!
 //! What happens after the records are read — making what was read durable
 //! after an unclean stop, and skipping revisions that may have been seen and
@@ -101,6 +103,9 @@ pub(crate) fn recover(
         .unwrap_or(0);
     let (first, offset) = start(&segments).unwrap_or((0, 0));
     let mut tail = 0;
+    // The revision of the last record applied: revisions rise in log order.
+    // (Not known before the first record scanned after a snapshot: 0.)
+    let mut last_revision = 0;
     let count = segments.len();
     for (i, seg) in segments.iter_mut().enumerate() {
         let is_last = i + 1 == count;
@@ -112,7 +117,12 @@ pub(crate) fn recover(
             } else {
                 seg.data_start
             };
-            tail = scan_segment(seg, from, is_last, repair, &mut report, apply)?;
+            let scan = Scan {
+                from,
+                is_last,
+                repair,
+            };
+            tail = scan_segment(seg, &scan, &mut last_revision, &mut report, apply)?;
             report.segments += 1;
             tracing::debug!(
                 dir = %dir.display(),
@@ -213,15 +223,30 @@ fn open_segments(
     Ok(kept)
 }
 
+/// How to scan one segment.
+struct Scan {
+    /// Where to start.
+    from: u64,
+    /// The last segment of the log (its tail may be torn).
+    is_last: bool,
+    /// Keep every valid record of a damaged segment instead of failing.
+    repair: bool,
+}
+
 /// Applies the complete batches of one segment; returns where valid data ends.
+/// `last_revision` is the revision of the last record applied, updated.
 fn scan_segment(
     seg: &mut Arc<Segment>,
-    from: u64,
-    is_last: bool,
-    repair: bool,
+    scan: &Scan,
+    last_revision: &mut u64,
     report: &mut RecoveryReport,
     apply: Apply<'_>,
 ) -> Result<u64> {
+    let &Scan {
+        from,
+        is_last,
+        repair,
+    } = scan;
     let file_len = seg.file_len()?;
     let segment = Arc::clone(seg);
     let buf = segment.range(0, file_len);
@@ -235,8 +260,15 @@ fn scan_segment(
         .mark()
         .map_or(seg.data_start, |m| m.end.max(seg.data_start));
     loop {
+        let previous = pending
+            .last()
+            .map_or(*last_revision, |(_, r)| r.header.revision);
         // `at` never passes the end of `buf`: records are decoded from inside it.
         let problem = match decode(buf.get(at..).unwrap_or_default(), salt) {
+            Decoded::Record(r) if r.header.revision <= previous => {
+                // Valid bytes in the wrong place (a record copied over another).
+                format!("revision {} after revision {previous}", r.header.revision)
+            }
             Decoded::Record(r) if r.header.batch_cont() == pending.is_empty() => {
                 if pending.is_empty() {
                     "a batch continues without its first record".to_string()
@@ -265,6 +297,7 @@ fn scan_segment(
                     for (off, rec) in pending.drain(..) {
                         apply(&segment, off as u64, &rec)?;
                         report.records += 1;
+                        *last_revision = rec.header.revision;
                     }
                     batch_start = at;
                 }
