@@ -20,6 +20,8 @@
 //!    each skipped region is reported. Revisions rise in log order, so a
 //!    record whose revision is not above the one before it (valid bytes in the
 //!    wrong place: a record copied over another) is not a valid record there.
+//!    Nor may a segment's data end (zeros, or the end of the file) below its
+//!    mark: records synced there were lost.
 //!
 //! What happens after the records are read — making what was read durable
 //! after an unclean stop, and skipping revisions that may have been seen and
@@ -254,8 +256,11 @@ fn scan_segment(
     let mut batch_start = at;
     let mut pending: Vec<(usize, Record<'_>)> = Vec::new();
     let salt = seg.header.salt;
-    // In the last segment, what lies at or past the durability mark was never
-    // synced: a power cut may have lost, kept or torn it in any order.
+    // Below the durability mark everything was synced: the data cannot end
+    // there. In the last segment, what lies at or past the mark may not have
+    // been synced: a power cut may have lost, kept or torn it in any order.
+    // (A sealed segment's mark is no more than its end: it was synced whole.
+    // Its length is no guide: the cut to its end may not have been synced.)
     let durable = seg
         .mark()
         .map_or(seg.data_start, |m| m.end.max(seg.data_start));
@@ -303,16 +308,10 @@ fn scan_segment(
                 }
                 continue;
             }
-            Decoded::End => {
-                let rest = buf.get(at..).unwrap_or_default();
-                match rest.iter().position(|&b| b != 0) {
-                    None if pending.is_empty() => return Ok(at as u64),
-                    None => "batch not finished".to_string(),
-                    Some(nz) => {
-                        format!("non-zero bytes after the end of data at offset {}", at + nz)
-                    }
-                }
-            }
+            Decoded::End => match end_problem(buf, at, durable, !pending.is_empty()) {
+                None => return Ok(at as u64),
+                Some(problem) => problem,
+            },
             Decoded::Invalid(why) => why.to_string(),
         };
         // `at` is not the start of a usable record (damaged, or a batch out of place).
@@ -354,6 +353,24 @@ fn scan_segment(
     }
 }
 
+/// What is wrong with the end of the data found at `at` of `buf`: `None`
+/// if the data may end there (nothing but zeros follow, no batch is open,
+/// and it is not below `durable`).
+fn end_problem(buf: &[u8], at: usize, durable: u64, batch_open: bool) -> Option<String> {
+    let rest = buf.get(at..).unwrap_or_default();
+    match rest.iter().position(|&b| b != 0) {
+        Some(nz) => Some(format!(
+            "non-zero bytes after the end of data at offset {}",
+            at + nz
+        )),
+        None if batch_open => Some("batch not finished".to_string()),
+        None if (at as u64) < durable => Some(format!(
+            "the data ends at {at}, below offset {durable}, up to which it was durable"
+        )),
+        None => None,
+    }
+}
+
 /// Cuts the last segment at `batch_start`, where a batch torn by a crash
 /// begins (`buf`: the segment's bytes); returns where valid data ends.
 fn cut_torn_tail(
@@ -389,15 +406,17 @@ fn cut_torn_tail(
         "cutting the unsynced tail of the log (writes a crash or power loss cut short or left out of order)"
     );
     if cut > 0 {
+        // The mark must not claim more than what is left: it is lowered and
+        // synced before the file is cut (data ending below a mark is
+        // corruption). It keeps saying whether writes were visible before
+        // durable (unknown without a mark: assume they were), so that the
+        // revisions the cut took back are skipped.
+        let eager = seg.mark().map_or(FLAG_EAGER, |m| m.flags & FLAG_EAGER);
+        seg.write_mark(batch_start as u64, eager)?;
+        seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
         seg.file()
             .set_len(batch_start as u64)
             .map_err(|e| Error::io(&seg.path, e))?;
-        // The mark must not claim more than what is left. It keeps saying
-        // whether writes were visible before durable (unknown without a mark:
-        // assume they were), so that the revisions the cut took back are
-        // skipped.
-        let eager = seg.mark().map_or(FLAG_EAGER, |m| m.flags & FLAG_EAGER);
-        seg.write_mark(batch_start as u64, eager)?;
         seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
     }
     report.truncated_bytes += dropped;

@@ -249,3 +249,58 @@ fn a_record_copied_over_a_later_one_below_the_durable_point_is_corruption() {
         );
     }
 }
+
+/// Durable records zeroed or cut off at the end of a segment (a write the disk lost, a
+/// file cut short): the data then seems to end early. Below what was durable — all of
+/// a sealed segment, the last one up to its durability mark — that is corruption like
+/// any other damage: open fails, and repair keeps everything else. Found by the
+/// `recovery` fuzz target: such records were dropped without a word.
+#[test]
+fn durable_records_missing_at_the_end_of_a_segment_are_corruption() {
+    let _gate = shared_gate();
+    let (_tmp, pristine, model) = filled_store(9, 120);
+    let segs = seg_files(&bucket_dir(&pristine, "default"));
+    assert!(segs.len() >= 2, "{} segments", segs.len());
+    for (which, seg_name) in [("sealed", &segs[0]), ("last", &segs[segs.len() - 1])] {
+        let seg_name = seg_name.file_name().unwrap().to_owned();
+        let rec = parse_segment(&bucket_dir(&pristine, "default").join(&seg_name))
+            .records
+            .pop()
+            .unwrap();
+        for cut_off in [false, true] {
+            let ctx = format!(
+                "the last record of the {which} segment {}",
+                if cut_off { "cut off" } else { "zeroed" }
+            );
+            let work = tempfile::tempdir().unwrap();
+            let dir = work.path().join("s");
+            copy_store_dir(&pristine, &dir);
+            remove_snapshots(&dir);
+            let seg = bucket_dir(&dir, "default").join(&seg_name);
+            let f = OpenOptions::new().write(true).open(&seg).unwrap();
+            if cut_off {
+                f.set_len(rec.offset).unwrap();
+            } else {
+                std::os::unix::fs::FileExt::write_all_at(
+                    &f,
+                    &vec![0; rec.len as usize],
+                    rec.offset,
+                )
+                .unwrap();
+            }
+            drop(f);
+
+            let (p, offset, msg) = expect_corrupt(Store::open(&dir, opts(SEG)), &ctx);
+            assert_eq!((p, offset), (seg.clone(), rec.offset), "{ctx}: {msg}");
+            let store = Store::open(&dir, repair_opts(SEG)).unwrap();
+            let mut expect = model.clone();
+            expect.remove(&rec.key);
+            check_model(
+                &store.default_bucket().unwrap(),
+                &expect,
+                model_last_rev(&model),
+                &ctx,
+            );
+        }
+    }
+}
