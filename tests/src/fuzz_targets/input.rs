@@ -33,6 +33,11 @@ impl<'a> Input<'a> {
         self.byte() % n
     }
 
+    /// The next two bytes, little-endian.
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
     /// The next `n` bytes, or fewer if the input ends first.
     pub fn take(&mut self, n: usize) -> &'a [u8] {
         let (head, rest) = self.data.split_at(n.min(self.data.len()));
