@@ -12,10 +12,24 @@ use super::layout::Located;
 /// What a bucket shows after recovery: every retained entry by revision,
 /// and the revisions whose records could not be read (only where the index
 /// came from a snapshot and the record under it was damaged).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default, PartialEq, Eq)]
 pub struct Seen {
     entries: BTreeMap<u64, (String, Op, Vec<u8>)>,
     unreadable: BTreeSet<u64>,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries: Vec<String> = self
+            .entries
+            .iter()
+            .map(|(rev, (key, op, value))| format!("{rev} {op:?} {key} ({} bytes)", value.len()))
+            .collect();
+        f.debug_struct("Seen")
+            .field("entries", &entries)
+            .field("unreadable", &self.unreadable)
+            .finish()
+    }
 }
 
 impl Seen {
@@ -66,13 +80,6 @@ impl Seen {
 
     fn present(&self, w: &Write) -> bool {
         self.entries.contains_key(&w.revision)
-    }
-
-    /// Whether a later PURGE of its key that recovery kept hides `w`.
-    fn hidden(&self, w: &Write) -> bool {
-        self.entries
-            .range(w.revision + 1..)
-            .any(|(_, (key, op, _))| *key == w.key && *op == Op::Purge)
     }
 
     /// The highest revision seen.
@@ -156,6 +163,17 @@ impl Expect<'_> {
             || self.damaged.first_change(seg).is_none_or(|c| end <= c)
     }
 
+    /// Whether a later PURGE of its key that recovery kept (readable or not)
+    /// hides `w`.
+    fn hidden(&self, seen: &Seen, w: &Write) -> bool {
+        self.writes.iter().any(|p| {
+            p.key == w.key
+                && p.op == Op::Purge
+                && p.revision > w.revision
+                && (seen.present(p) || seen.unreadable.contains(&p.revision))
+        })
+    }
+
     /// Whether `w` is present, hidden by a later purge, or unreadable because
     /// its record was damaged.
     fn accounted(&self, seen: &Seen, w: &Write) -> bool {
@@ -167,7 +185,7 @@ impl Expect<'_> {
             );
             return true;
         }
-        seen.present(w) || seen.hidden(w)
+        seen.present(w) || self.hidden(seen, w)
     }
 
     /// Nothing invented: every entry is a record the generator wrote.
