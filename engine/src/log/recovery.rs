@@ -18,8 +18,10 @@
 //!    segment's mark) is corruption: open fails naming the file and offset,
 //!    unless repair was asked for, in which case every valid record is kept and
 //!    each skipped region is reported. Revisions rise in log order, so a
-//!    record whose revision is not above the one before it (valid bytes in the
-//!    wrong place: a record copied over another) is not a valid record there.
+//!    record whose revision is not above the one before it (or, for the first
+//!    record read after an index snapshot, above the snapshot's last revision)
+//!    is valid bytes in the wrong place (a record copied over another), not a
+//!    valid record there.
 //!    Nor may a segment's data end (zeros, or the end of the file) below its
 //!    mark: records synced there were lost.
 //!
@@ -78,10 +80,22 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
-/// Where to start reading, once the segments are open: `(index of the first
-/// segment to scan, offset in it)`. Segments before it are taken as they are
-/// (an index snapshot already covers them). `None`: scan everything.
-pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<(usize, u64)>;
+/// Where to start reading, when an index snapshot already covers what lies
+/// before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    /// The index of the first segment to scan (those before it are taken as
+    /// they are).
+    pub segment: usize,
+    /// Where in it to start.
+    pub offset: u64,
+    /// The last revision the snapshot covers: every record read from the start
+    /// point on must be above it.
+    pub revision: u64,
+}
+
+/// Where to start reading, once the segments are open. `None`: scan everything.
+pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<Start>;
 
 /// Called with `(segment, offset, record)` for every record recovered.
 pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &Record<'_>) -> Result<()>;
@@ -103,11 +117,19 @@ pub(crate) fn recover(
         .map(|s| s.header.revision_watermark)
         .max()
         .unwrap_or(0);
-    let (first, offset) = start(&segments).unwrap_or((0, 0));
+    let Start {
+        segment: first,
+        offset,
+        revision,
+    } = start(&segments).unwrap_or(Start {
+        segment: 0,
+        offset: 0,
+        revision: 0,
+    });
     let mut tail = 0;
-    // The revision of the last record applied: revisions rise in log order.
-    // (Not known before the first record scanned after a snapshot: 0.)
-    let mut last_revision = 0;
+    // The revision of the last record applied (or covered by the snapshot
+    // recovery starts from): revisions rise in log order.
+    let mut last_revision = revision;
     let count = segments.len();
     for (i, seg) in segments.iter_mut().enumerate() {
         let is_last = i + 1 == count;

@@ -304,3 +304,68 @@ fn durable_records_missing_at_the_end_of_a_segment_are_corruption() {
         }
     }
 }
+
+/// The same copy just past the end an index snapshot covers, where recovery starts
+/// reading: the snapshot's last revision is the floor, so an old record copied there
+/// is not replayed over newer ones — cut as a torn tail past the durability mark,
+/// corruption below it. Found by the `recovery` fuzz target (the first record read
+/// after a snapshot was taken whatever its revision).
+#[test]
+fn a_record_copied_just_past_the_index_snapshot_is_not_replayed() {
+    let _gate = shared_gate();
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    let seg_of = |dir: &std::path::Path| seg_files(&bucket_dir(dir, "default")).pop().unwrap();
+    let mut model = crate::oracle::Model::new();
+    let store = Store::open(&pristine, opts(1 << 16)).unwrap();
+    let b = store.default_bucket().unwrap();
+    for (key, value) in [("k0", "old"), ("k1", "one"), ("k0", "new")] {
+        let rev = b.put(key, value).unwrap();
+        model.insert(key.to_string(), (rev, Op::Put, value.as_bytes().to_vec()));
+    }
+    drop(b);
+    drop(store); // A clean close: the snapshot covers every record.
+    let records = parse_segment(&seg_of(&pristine)).records;
+    let (old, end) = (records[0].clone(), records[2].offset + records[2].len);
+    let old_bytes = fs::read(seg_of(&pristine)).unwrap()
+        [old.offset as usize..(old.offset + old.len) as usize]
+        .to_vec();
+
+    // Past the durability mark (the clean close's, at the end): a torn tail, cut.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("s");
+    copy_store_dir(&pristine, &dir);
+    let f = OpenOptions::new().write(true).open(seg_of(&dir)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &old_bytes, end).unwrap();
+    drop(f);
+    let store = Store::open(&dir, opts(1 << 16)).unwrap();
+    assert_eq!(report(&store, "default").truncated_bytes, old.len);
+    check_model(
+        &store.default_bucket().unwrap(),
+        &model,
+        model_last_rev(&model),
+        "copied past the mark",
+    );
+    drop(store);
+
+    // Below the mark: a write of the same length after the snapshot, synced, then
+    // overwritten by the copy.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("s");
+    copy_store_dir(&pristine, &dir);
+    let store = Store::open(&dir, opts(1 << 16)).unwrap();
+    let b = store.default_bucket().unwrap();
+    b.put("k2", "two").unwrap();
+    b.sync().unwrap();
+    drop(b);
+    crate::fixtures::crash(store, &dir);
+    let seg = seg_of(&dir);
+    let after = parse_segment(&seg).records.pop().unwrap();
+    assert_eq!((after.offset, after.len), (end, old.len));
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &old_bytes, end).unwrap();
+    drop(f);
+    let (p, offset, msg) =
+        expect_corrupt(Store::open(&dir, opts(1 << 16)), "copied below the mark");
+    assert_eq!((p, offset), (seg, end), "{msg}");
+}
