@@ -12,6 +12,10 @@ use crate::error::Result;
 use crate::log::segment::Segment;
 use crate::snapshot;
 
+/// A log smaller than this gets no index snapshot: scanning it at open is
+/// cheaper than a file per bucket.
+const SNAPSHOT_MIN_LOG: u64 = 64 * 1024;
+
 impl BucketCore {
     /// Counters that cost nothing to read (no walk of the index): keys whose
     /// latest entry is a value (expired ones not yet swept included), values,
@@ -97,6 +101,17 @@ impl BucketCore {
     pub(crate) fn write_snapshot(&self) -> Result<()> {
         self.check_open()?;
         self.publish_durable();
+        let logged: u64 = self
+            .log
+            .segments()
+            .iter()
+            .map(|s| s.data_end().saturating_sub(s.data_start))
+            .sum();
+        if logged < SNAPSHOT_MIN_LOG {
+            // Reading so little log at open costs less than the snapshot's file
+            // (a block of disk per bucket: it adds up over thousands of buckets).
+            return snapshot::remove(self.log.storage(), &self.dir);
+        }
         let (bytes, end) = {
             let ix = self.index.read();
             let (end, last_rev) = self.hub.published();
