@@ -169,6 +169,11 @@ impl BucketCore {
         self.log.close_clean()
     }
 
+    /// How long this bucket's fsyncs took.
+    pub(crate) fn fsync_latencies(&self) -> crate::latency::Latencies {
+        self.log.fsync_latencies()
+    }
+
     /// Revision ranges skipped after unclean stops (see `lost.rs`).
     pub(crate) fn lost_revisions(&self) -> Vec<(u64, u64)> {
         self.lost.ranges().to_vec()
