@@ -56,32 +56,16 @@ fn emit_process(server: &Running, prefix: &str, buckets: usize, rep: &mut Report
             .with("fsync", Extra::Str(FSYNC.into()))
     };
     let n = buckets as u64;
-    if let Some(t) = sys::proc_status_field(pid, "Threads:") {
-        rep.emit(tag(row(
-            "logkv",
-            &format!("{prefix}.threads"),
-            t as f64,
-            "count",
-            n,
-        )));
-    }
-    if let Some(f) = sys::open_fds(pid) {
-        rep.emit(tag(row(
-            "logkv",
-            &format!("{prefix}.fds"),
-            f as f64,
-            "count",
-            n,
-        )));
-    }
-    if let Some(m) = sys::proc_status_field(pid, "VmRSS:") {
-        rep.emit(tag(row(
-            "logkv",
-            &format!("{prefix}.rss"),
-            m as f64,
-            "bytes",
-            n,
-        )));
+    let counts = [
+        ("threads", sys::proc_status_field(pid, "Threads:"), "count"),
+        ("fds", sys::open_fds(pid), "count"),
+        ("rss", sys::proc_status_field(pid, "VmRSS:"), "bytes"),
+    ];
+    for (what, value, unit) in counts {
+        if let Some(v) = value {
+            let w = format!("{prefix}.{what}");
+            rep.emit(tag(row("logkv", &w, v as f64, unit, n)));
+        }
     }
 }
 

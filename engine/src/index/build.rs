@@ -6,7 +6,7 @@
 //! revisions excepted). The only comparison is each key against the one
 //! before, to reject input out of order.
 
-use super::entries::Entries;
+use super::entries::{advise_huge_pages, Entries};
 use super::order::Order;
 use super::{Index, RecordRef};
 
@@ -22,12 +22,14 @@ pub struct SortedBuilder {
 impl SortedBuilder {
     /// A builder for about `keys` keys.
     pub fn with_capacity(keys: usize) -> SortedBuilder {
+        let hashes = Vec::with_capacity(keys);
+        advise_huge_pages(&hashes);
         SortedBuilder {
             ix: Index {
                 entries: Entries::with_capacity(keys),
                 ..Index::default()
             },
-            hashes: Vec::with_capacity(keys),
+            hashes,
             max_revisions: 0,
         }
     }

@@ -13,6 +13,7 @@ use std::hash::BuildHasher;
 
 use super::key::IKey;
 use super::record::RecordRef;
+use super::slot_of;
 
 /// A key and its latest revision (`rec.older` links the older ones).
 pub(super) struct Entry {
@@ -32,20 +33,13 @@ pub(super) struct Entries {
     hasher: DefaultHashBuilder,
 }
 
-/// The slot number of the slab's `len`-th element.
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "one slot per key: four billion keys would take hundreds of GiB of index first"
-)]
-fn slot_of(len: usize) -> u32 {
-    len as u32
-}
-
 impl Entries {
     /// Room for `n` entries.
     pub fn with_capacity(n: usize) -> Entries {
+        let slab = Vec::with_capacity(n);
+        advise_huge_pages(&slab);
         Entries {
-            slab: Vec::with_capacity(n),
+            slab,
             ..Entries::default()
         }
     }
@@ -99,7 +93,11 @@ impl Entries {
             *self.get_mut(s) = entry;
             s
         } else {
+            let capacity = self.slab.capacity();
             self.slab.push(entry);
+            if self.slab.capacity() != capacity {
+                advise_huge_pages(&self.slab);
+            }
             slot_of(self.slab.len() - 1)
         };
         let hash = self.hasher.hash_one(key);
@@ -184,4 +182,35 @@ impl Entries {
 )]
 fn rehash(hasher: &DefaultHashBuilder, slab: &[Entry], slot: u32) -> u64 {
     hasher.hash_one(slab[slot as usize].key.as_bytes())
+}
+
+/// Below this, a buffer is not worth a huge page.
+const HUGE_PAGE_FROM: usize = 4 << 20;
+
+/// Asks the kernel to back a vector's buffer (the entry slab, a load's
+/// hashes) with transparent huge pages
+/// (where THP is in `madvise` mode): a million entries fault in 28 pages
+/// instead of 14,000 (a third of an index load's time went to page faults),
+/// and random lookups miss the TLB far less. Only advice: nothing changes if
+/// the kernel declines.
+pub(super) fn advise_huge_pages<T>(v: &Vec<T>) {
+    let bytes = v.capacity() * std::mem::size_of::<T>();
+    if bytes < HUGE_PAGE_FROM {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = v.as_ptr() as usize;
+        let from = start.next_multiple_of(PAGE);
+        let to = (start + bytes) / PAGE * PAGE;
+        if to > from {
+            // SAFETY: [from, to) lies inside the vector's allocation (page-aligned
+            // inward); MADV_HUGEPAGE changes how the kernel backs it, never
+            // its contents, and the allocation outlives the call.
+            unsafe {
+                libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
 }

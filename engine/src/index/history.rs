@@ -3,6 +3,7 @@
 //! (0: no older revisions), so a bucket with history 1 pays nothing here.
 
 use super::record::RecordRef;
+use super::slot_of;
 
 /// Lists of older revisions, oldest first.
 #[derive(Default)]
@@ -10,15 +11,6 @@ pub(super) struct History {
     lists: Vec<Vec<RecordRef>>,
     /// Freed slots, reused first.
     free: Vec<u32>,
-}
-
-/// The 1-based slot of the `len`-th list.
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "one list per key with older revisions: four billion keys would take hundreds of GiB of index first"
-)]
-fn slot_of(len: usize) -> u32 {
-    len as u32
 }
 
 impl History {

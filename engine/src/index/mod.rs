@@ -380,6 +380,16 @@ impl Index {
     }
 }
 
+/// A `u32` slot number for the `len`-th element of a slab (entries, older
+/// revisions: one per key).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "one slot per key: four billion keys would take hundreds of GiB of index first"
+)]
+fn slot_of(len: usize) -> u32 {
+    len as u32
+}
+
 /// Byte counts per segment slot: a vector when the slots are small numbers
 /// (always after an open: slots are handed out from 0), else a map.
 enum SlotCounts {
