@@ -70,11 +70,12 @@ struct Block {
 }
 
 impl Block {
-    fn with_skip(skip: usize) -> Block {
+    /// An empty block with room for `capacity` slots.
+    fn new(skip: usize, capacity: usize) -> Block {
         Block {
             skip,
-            slots: Vec::with_capacity(BLOCK_MAX + 1),
-            hints: Vec::with_capacity(BLOCK_MAX + 1),
+            slots: Vec::with_capacity(capacity),
+            hints: Vec::with_capacity(capacity),
         }
     }
 
@@ -203,7 +204,9 @@ impl Order {
         let b = self.block_for(key);
         let Some(block) = self.blocks.get_mut(b) else {
             self.fences.push(IKey::new(key));
-            let mut first = Block::with_skip(0);
+            // A bucket's first block grows with it: ten thousand buckets of
+            // one key must not hold 3 KiB each here.
+            let mut first = Block::new(0, 0);
             first.insert(0, slot, key);
             self.blocks.push(first);
             return;
@@ -227,7 +230,7 @@ impl Order {
         let Some(block) = self.blocks.get_mut(b) else {
             return;
         };
-        let mut tail = Block::with_skip(block.skip);
+        let mut tail = Block::new(block.skip, BLOCK_MAX + 1);
         tail.slots.extend(block.slots.drain(BLOCK_MAX / 2..));
         tail.hints.extend(block.hints.drain(BLOCK_MAX / 2..));
         let Some(&first) = tail.slots.first() else {
@@ -282,7 +285,14 @@ impl Order {
         let mut start = 0u32;
         while start < n {
             let end = start.saturating_add(BUILD_FILL).min(n);
-            let mut block = Block::with_skip(0);
+            // Full blocks get room to grow; a small index's one block, no more than it holds.
+            let len = (end - start) as usize;
+            let room = if end - start == BUILD_FILL {
+                BLOCK_MAX + 1
+            } else {
+                len
+            };
+            let mut block = Block::new(0, room);
             block.slots.extend(start..end);
             order.fences.push(IKey::new(key_of(start)));
             order.blocks.push(block);
