@@ -11,6 +11,14 @@
 //! normal recovery rules. A missing, damaged or stale snapshot is removed with
 //! a log line and the whole log is scanned instead: never wrong data. Layout
 //! (little-endian) in `docs/FORMAT.md`.
+//!
+//! It is written whole each time, after every compaction pass too: the
+//! encoding (under the index read lock) walks every key in order, a block of
+//! the index at a time. Not done: an incremental snapshot
+//! (a base plus deltas of the keys a pass moved), which needs a format with
+//! more than one file and a recovery rule for a delta without its base; or
+//! writing it only at close and after a number of passes, which trades the
+//! cost for longer log scans after a crash.
 
 use std::collections::HashMap;
 use std::path::Path;
