@@ -165,6 +165,13 @@ impl Storage {
     }
 }
 
+/// Renames `from` to `to` on the operating system's file system, failing with
+/// `AlreadyExists` when `to` exists in any form instead of replacing it (for
+/// tools beside a store, e.g. one that receives a backup).
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    Storage::os().rename_noreplace(from, to)
+}
+
 /// An open file whose changes go through the storage seam.
 pub struct File {
     inner: fs::File,
