@@ -353,7 +353,9 @@ impl Conn {
         let mut buf = Vec::new();
         loop {
             if *self.stop.borrow() {
-                return Err(io::Error::other("shutting down in the middle of a backup stream"));
+                return Err(io::Error::other(
+                    "shutting down in the middle of a backup stream",
+                ));
             }
             let produced = tokio::task::spawn_blocking(move || {
                 let mut out = std::mem::take(&mut buf);

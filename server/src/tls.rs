@@ -82,7 +82,10 @@ fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -
 }
 
 /// Reads every certificate of a PEM file; at least one.
-pub(crate) fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     // Read first, so that a missing or unreadable file says so plainly.
     let pem = std::fs::read(path).map_err(|e| file_error(what, path, e))?;
     let certs = CertificateDer::pem_slice_iter(&pem)

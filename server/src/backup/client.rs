@@ -223,15 +223,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     std::fs::create_dir_all(&parent).map_err(write_error(&parent))?;
     let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
     std::fs::create_dir(&tmp).map_err(write_error(&tmp))?;
-    let result = receive_files(&mut r, &tmp, &header).await.and_then(|(files, bytes)| {
-        put_in_place(&tmp, &opts.to, &parent)?;
-        Ok(Received {
-            path: opts.to.clone(),
-            files,
-            bytes,
-            revisions: header.revisions.clone(),
-        })
-    });
+    let result = receive_files(&mut r, &tmp, &header)
+        .await
+        .and_then(|(files, bytes)| {
+            put_in_place(&tmp, &opts.to, &parent)?;
+            Ok(Received {
+                path: opts.to.clone(),
+                files,
+                bytes,
+                revisions: header.revisions.clone(),
+            })
+        });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -242,8 +244,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, args: &[&[u8]]) -> Result<(), BackupError> {
     let mut out = Vec::new();
     encode_request(args, &mut out);
-    w.write_all(&out).await.map_err(|e| protocol(format!("connection: {e}")))?;
-    w.flush().await.map_err(|e| protocol(format!("connection: {e}")))
+    w.write_all(&out)
+        .await
+        .map_err(|e| protocol(format!("connection: {e}")))?;
+    w.flush()
+        .await
+        .map_err(|e| protocol(format!("connection: {e}")))
 }
 
 /// The next frame, within [`READ_TIMEOUT`].
@@ -290,7 +296,9 @@ fn header(v: Value) -> Result<Header, BackupError> {
     }
     let version = uint(items.first(), "version")?;
     if i64::try_from(version).ok() != Some(STREAM_VERSION) {
-        return Err(protocol(format!("stream format version {version} (this receiver reads {STREAM_VERSION})")));
+        return Err(protocol(format!(
+            "stream format version {version} (this receiver reads {STREAM_VERSION})"
+        )));
     }
     let mut revisions = BTreeMap::new();
     let Some(Value::Array(pairs)) = items.get(3) else {
@@ -340,10 +348,19 @@ async fn receive_files<R: AsyncBufRead + Unpin + Send>(
                 };
                 let shown = String::from_utf8_lossy(raw).into_owned();
                 let rel = plain_relative_path(raw, MAX_DEPTH).ok_or_else(|| {
-                    protocol(format!("refusing the file path {shown:?}: not a plain relative path"))
+                    protocol(format!(
+                        "refusing the file path {shown:?}: not a plain relative path"
+                    ))
                 })?;
                 let path = root.join(&rel);
-                for dir in rel.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()).collect::<Vec<_>>().into_iter().rev() {
+                for dir in rel
+                    .ancestors()
+                    .skip(1)
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
                     let at = root.join(dir);
                     if !dirs.contains(&at) {
                         std::fs::create_dir(&at).map_err(write_error(&at))?;
@@ -393,7 +410,9 @@ async fn receive_files<R: AsyncBufRead + Unpin + Send>(
                 if got != want {
                     return Err(BackupError::Corrupt {
                         path: f.name,
-                        what: format!("checksum mismatch (crc32 {got:08x}, the server's {want:08x})"),
+                        what: format!(
+                            "checksum mismatch (crc32 {got:08x}, the server's {want:08x})"
+                        ),
                     });
                 }
                 f.file.sync_all().map_err(write_error(&f.path))?;
@@ -401,8 +420,13 @@ async fn receive_files<R: AsyncBufRead + Unpin + Send>(
                 bytes += f.size;
             }
             (b"end", None) => {
-                let (want_files, want_bytes) = (uint(items.first(), "file count")?, uint(items.get(1), "byte count")?);
-                if (files, bytes) != (want_files, want_bytes) || (files, bytes) != (header.files, header.bytes) {
+                let (want_files, want_bytes) = (
+                    uint(items.first(), "file count")?,
+                    uint(items.get(1), "byte count")?,
+                );
+                if (files, bytes) != (want_files, want_bytes)
+                    || (files, bytes) != (header.files, header.bytes)
+                {
                     return Err(protocol(format!(
                         "received {files} files and {bytes} bytes; the server announced {} and {}",
                         header.files, header.bytes

@@ -33,7 +33,8 @@ pub fn is_plain_name(name: &[u8]) -> bool {
 pub fn plain_relative_path(path: &[u8], depth: usize) -> Option<PathBuf> {
     let text = std::str::from_utf8(path).ok()?;
     let parts: Vec<&str> = text.split('/').collect();
-    if parts.is_empty() || parts.len() > depth || !parts.iter().all(|p| is_plain_name(p.as_bytes())) {
+    if parts.is_empty() || parts.len() > depth || !parts.iter().all(|p| is_plain_name(p.as_bytes()))
+    {
         return None;
     }
     let out: PathBuf = parts.iter().collect();
@@ -54,10 +55,28 @@ mod tests {
 
     #[test]
     fn plain_names() {
-        for ok in ["a", "nightly-2024.01.01", "A_b.c-d", "...", ".hidden", "x".repeat(255).as_str()] {
+        for ok in [
+            "a",
+            "nightly-2024.01.01",
+            "A_b.c-d",
+            "...",
+            ".hidden",
+            "x".repeat(255).as_str(),
+        ] {
             assert!(is_plain_name(ok.as_bytes()), "{ok}");
         }
-        for bad in ["", ".", "..", "a/b", "/abs", "a\\b", "a b", "é", "a\0", "x".repeat(256).as_str()] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/abs",
+            "a\\b",
+            "a b",
+            "é",
+            "a\0",
+            "x".repeat(256).as_str(),
+        ] {
             assert!(!is_plain_name(bad.as_bytes()), "{bad:?}");
         }
     }
@@ -79,7 +98,12 @@ mod tests {
             b"buckets/x/",
             b"\xff",
         ] {
-            assert_eq!(plain_relative_path(bad, 3), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                plain_relative_path(bad, 3),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -66,7 +66,12 @@ fn number(text: &[u8]) -> Result<i64, ReadError> {
     std::str::from_utf8(text)
         .ok()
         .and_then(|t| t.parse().ok())
-        .ok_or_else(|| protocol(format!("{:?} is not a number", String::from_utf8_lossy(text))))
+        .ok_or_else(|| {
+            protocol(format!(
+                "{:?} is not a number",
+                String::from_utf8_lossy(text)
+            ))
+        })
 }
 
 /// A length prefix: -1 (null) or 0..=max.
@@ -126,7 +131,10 @@ fn read_nested<R: AsyncBufRead + Unpin + Send>(
                 }
                 Ok(Value::Array(items))
             }
-            other => Err(protocol(format!("unexpected reply type {:?}", char::from(other)))),
+            other => Err(protocol(format!(
+                "unexpected reply type {:?}",
+                char::from(other)
+            ))),
         }
     })
 }
@@ -143,10 +151,19 @@ mod tests {
     #[tokio::test]
     async fn values_and_limits() {
         assert_eq!(parse(b"+OK\r\n").await.unwrap(), Value::Simple("OK".into()));
-        assert_eq!(parse(b"-ERR no\r\n").await.unwrap(), Value::Error("ERR no".into()));
         assert_eq!(
-            parse(b"*3\r\n$4\r\nfile\r\n$1\r\nx\r\n:7\r\n").await.unwrap(),
-            Value::Array(vec![Value::Bulk(b"file".to_vec()), Value::Bulk(b"x".to_vec()), Value::Int(7)])
+            parse(b"-ERR no\r\n").await.unwrap(),
+            Value::Error("ERR no".into())
+        );
+        assert_eq!(
+            parse(b"*3\r\n$4\r\nfile\r\n$1\r\nx\r\n:7\r\n")
+                .await
+                .unwrap(),
+            Value::Array(vec![
+                Value::Bulk(b"file".to_vec()),
+                Value::Bulk(b"x".to_vec()),
+                Value::Int(7)
+            ])
         );
         for bad in [
             &b"$5\r\nab\r\n"[..],
@@ -157,7 +174,11 @@ mod tests {
             b"+OK",
             b"$2\r\nabcd",
         ] {
-            assert!(parse(bad).await.is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse(bad).await.is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

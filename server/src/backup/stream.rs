@@ -118,7 +118,8 @@ impl BackupStream {
                             .encode(v, out);
                         At::Between(index + 1)
                     } else {
-                        let n = usize::try_from(file.len() - offset).map_or(CHUNK, |n| n.min(CHUNK));
+                        let n =
+                            usize::try_from(file.len() - offset).map_or(CHUNK, |n| n.min(CHUNK));
                         let mut chunk = vec![0; n];
                         file.read_at(offset, &mut chunk)?;
                         crc.update(&chunk);

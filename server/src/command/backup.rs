@@ -72,7 +72,10 @@ fn reply(cp: &Checkpoint) -> Reply {
     let int = |n: u64| Reply::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let path: PathBuf = cp.path.clone();
     Reply::Map(vec![
-        (word("path"), Reply::bulk(path.to_string_lossy().into_owned())),
+        (
+            word("path"),
+            Reply::bulk(path.to_string_lossy().into_owned()),
+        ),
         (word("buckets"), int(cp.buckets as u64)),
         (word("bytes"), int(cp.bytes)),
         (
