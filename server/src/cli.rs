@@ -146,7 +146,7 @@ pub struct Cli {
     pub http_cors_origins: Vec<String>,
 
     /// Enable `BACKUP <name>`, which writes a consistent copy of the data into
-    /// DIR/<name> (a data directory; created if missing). Without it `BACKUP <name>` is
+    /// `DIR/<name>` (a data directory; created if missing). Without it `BACKUP <name>` is
     /// refused. DIR must not be inside --data-dir; on the same file system, backups
     /// hard-link the data's sealed segments instead of copying them.
     #[arg(long, value_name = "DIR")]
@@ -183,7 +183,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
 
-    /// The server's password (prefer the LOGKV_PASSWORD environment variable).
+    /// The server's password (prefer the `LOGKV_PASSWORD` environment variable).
     #[arg(
         long,
         env = "LOGKV_PASSWORD",

@@ -239,20 +239,7 @@ impl Conn {
                             self.closing = true;
                             break;
                         }
-                        Flow::Blocking(job) => {
-                            let keep = Arc::clone(&self.session.shared);
-                            let reply = tokio::task::spawn_blocking(move || {
-                                let reply = job();
-                                drop(keep);
-                                reply
-                            })
-                            .await
-                            .unwrap_or_else(|e| {
-                                error!("a command panicked: {e}");
-                                Reply::err("ERR", "internal error")
-                            });
-                            reply.encode(self.session.version, &mut self.out);
-                        }
+                        Flow::Blocking(job) => self.blocking(job).await,
                         Flow::Stream(job) => {
                             self.session.apply_pending(&mut self.out);
                             self.flush().await?;
@@ -327,6 +314,22 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Runs a command's job on the blocking pool and encodes its reply.
+    async fn blocking(&mut self, job: command::BlockingJob) {
+        let keep = Arc::clone(&self.session.shared);
+        let reply = tokio::task::spawn_blocking(move || {
+            let reply = job();
+            drop(keep);
+            reply
+        })
+        .await
+        .unwrap_or_else(|e| {
+            error!("a command panicked: {e}");
+            Reply::err("ERR", "internal error")
+        });
+        reply.encode(self.session.version, &mut self.out);
     }
 
     /// Sends a reply of many frames (`BACKUP STREAM`): captured, then produced on the

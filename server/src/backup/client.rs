@@ -1,5 +1,5 @@
 //! `logkv-server backup --from HOST:PORT --to DIR`: receives a `BACKUP STREAM` (see
-//! [`super::stream`]) and writes it as a data directory on this machine.
+//! `backup::stream`) and writes it as a data directory on this machine.
 //!
 //! Every file path the server sends must be a relative path of plain names (at most
 //! `buckets/<bucket>/<file>`), so nothing is ever written outside `DIR`; every file is
@@ -330,114 +330,139 @@ struct Incoming {
     crc: crc32fast::Hasher,
 }
 
+/// The receiving side's state: the directories made, the file being received, the counts.
+struct Receiver<'a> {
+    root: &'a Path,
+    dirs: Vec<PathBuf>,
+    current: Option<Incoming>,
+    files: u64,
+    bytes: u64,
+}
+
+impl Receiver<'_> {
+    /// A `file` frame: creates the file (new) under the root, and its directories.
+    fn start_file(&mut self, items: &[Value]) -> Result<(), BackupError> {
+        let Some(Value::Bulk(raw)) = items.first() else {
+            return Err(protocol("a file frame without a path"));
+        };
+        let shown = String::from_utf8_lossy(raw).into_owned();
+        let rel = plain_relative_path(raw, MAX_DEPTH).ok_or_else(|| {
+            protocol(format!(
+                "refusing the file path {shown:?}: not a plain relative path"
+            ))
+        })?;
+        let parents: Vec<&Path> = rel
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect();
+        for dir in parents.into_iter().rev() {
+            let at = self.root.join(dir);
+            if !self.dirs.contains(&at) {
+                std::fs::create_dir(&at).map_err(write_error(&at))?;
+                self.dirs.push(at);
+            }
+        }
+        let path = self.root.join(&rel);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(write_error(&path))?;
+        self.current = Some(Incoming {
+            name: shown,
+            path,
+            file,
+            size: uint(items.get(1), "file size")?,
+            got: 0,
+            crc: crc32fast::Hasher::new(),
+        });
+        Ok(())
+    }
+
+    /// A `data` frame: the current file's next bytes.
+    fn data(f: &mut Incoming, items: &[Value]) -> Result<(), BackupError> {
+        let Some(Value::Bulk(chunk)) = items.first() else {
+            return Err(protocol("a data frame without bytes"));
+        };
+        f.got += chunk.len() as u64;
+        if f.got > f.size {
+            return Err(BackupError::Corrupt {
+                path: f.name.clone(),
+                what: format!("more than the {} bytes announced", f.size),
+            });
+        }
+        f.crc.update(chunk);
+        f.file.write_all(chunk).map_err(write_error(&f.path))
+    }
+
+    /// A `crc` frame: the current file is whole if its size and checksum match.
+    fn end_file(&mut self, f: Incoming, items: &[Value]) -> Result<(), BackupError> {
+        let want = uint(items.first(), "crc")?;
+        let got = u64::from(f.crc.finalize());
+        if f.got != f.size {
+            return Err(BackupError::Corrupt {
+                path: f.name,
+                what: format!("{} bytes received of {}", f.got, f.size),
+            });
+        }
+        if got != want {
+            return Err(BackupError::Corrupt {
+                path: f.name,
+                what: format!("checksum mismatch (crc32 {got:08x}, the server's {want:08x})"),
+            });
+        }
+        f.file.sync_all().map_err(write_error(&f.path))?;
+        self.files += 1;
+        self.bytes += f.size;
+        Ok(())
+    }
+
+    /// The `end` frame: the counts must match; then every directory is fsynced.
+    fn finish(&mut self, items: &[Value], header: &Header) -> Result<(u64, u64), BackupError> {
+        let want = (
+            uint(items.first(), "file count")?,
+            uint(items.get(1), "byte count")?,
+        );
+        let got = (self.files, self.bytes);
+        if got != want || got != (header.files, header.bytes) {
+            return Err(protocol(format!(
+                "received {} files and {} bytes; the server announced {} and {}",
+                got.0, got.1, header.files, header.bytes
+            )));
+        }
+        self.dirs
+            .sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in &self.dirs {
+            sync_dir(dir).map_err(write_error(dir))?;
+        }
+        Ok(got)
+    }
+}
+
 /// Receives every file into `root`; returns the files and bytes received.
 async fn receive_files<R: AsyncBufRead + Unpin + Send>(
     r: &mut R,
     root: &Path,
     header: &Header,
 ) -> Result<(u64, u64), BackupError> {
-    let mut dirs = vec![root.to_path_buf()];
-    let mut current: Option<Incoming> = None;
-    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut rx = Receiver {
+        root,
+        dirs: vec![root.to_path_buf()],
+        current: None,
+        files: 0,
+        bytes: 0,
+    };
     loop {
         let (name, items) = frame(next(r).await?)?;
-        match (name.as_slice(), current.as_mut()) {
-            (b"file", None) => {
-                let Some(Value::Bulk(raw)) = items.first() else {
-                    return Err(protocol("a file frame without a path"));
-                };
-                let shown = String::from_utf8_lossy(raw).into_owned();
-                let rel = plain_relative_path(raw, MAX_DEPTH).ok_or_else(|| {
-                    protocol(format!(
-                        "refusing the file path {shown:?}: not a plain relative path"
-                    ))
-                })?;
-                let path = root.join(&rel);
-                for dir in rel
-                    .ancestors()
-                    .skip(1)
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                {
-                    let at = root.join(dir);
-                    if !dirs.contains(&at) {
-                        std::fs::create_dir(&at).map_err(write_error(&at))?;
-                        dirs.push(at);
-                    }
-                }
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(write_error(&path))?;
-                current = Some(Incoming {
-                    name: shown,
-                    path,
-                    file,
-                    size: uint(items.get(1), "file size")?,
-                    got: 0,
-                    crc: crc32fast::Hasher::new(),
-                });
+        match (name.as_slice(), rx.current.take()) {
+            (b"file", None) => rx.start_file(&items)?,
+            (b"data", Some(mut f)) => {
+                Receiver::data(&mut f, &items)?;
+                rx.current = Some(f);
             }
-            (b"data", Some(f)) => {
-                let Some(Value::Bulk(chunk)) = items.first() else {
-                    return Err(protocol("a data frame without bytes"));
-                };
-                f.got += chunk.len() as u64;
-                if f.got > f.size {
-                    return Err(BackupError::Corrupt {
-                        path: f.name.clone(),
-                        what: format!("more than the {} bytes announced", f.size),
-                    });
-                }
-                f.crc.update(chunk);
-                f.file.write_all(chunk).map_err(write_error(&f.path))?;
-            }
-            (b"crc", Some(_)) => {
-                let Some(f) = current.take() else {
-                    return Err(protocol("a crc frame outside a file"));
-                };
-                let want = uint(items.first(), "crc")?;
-                let got = u64::from(f.crc.finalize());
-                if f.got != f.size {
-                    return Err(BackupError::Corrupt {
-                        path: f.name,
-                        what: format!("{} bytes received of {}", f.got, f.size),
-                    });
-                }
-                if got != want {
-                    return Err(BackupError::Corrupt {
-                        path: f.name,
-                        what: format!(
-                            "checksum mismatch (crc32 {got:08x}, the server's {want:08x})"
-                        ),
-                    });
-                }
-                f.file.sync_all().map_err(write_error(&f.path))?;
-                files += 1;
-                bytes += f.size;
-            }
-            (b"end", None) => {
-                let (want_files, want_bytes) = (
-                    uint(items.first(), "file count")?,
-                    uint(items.get(1), "byte count")?,
-                );
-                if (files, bytes) != (want_files, want_bytes)
-                    || (files, bytes) != (header.files, header.bytes)
-                {
-                    return Err(protocol(format!(
-                        "received {files} files and {bytes} bytes; the server announced {} and {}",
-                        header.files, header.bytes
-                    )));
-                }
-                dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-                for dir in &dirs {
-                    sync_dir(dir).map_err(write_error(dir))?;
-                }
-                return Ok((files, bytes));
-            }
+            (b"crc", Some(f)) => rx.end_file(f, &items)?,
+            (b"end", None) => return rx.finish(&items, header),
             (other, _) => {
                 return Err(protocol(format!(
                     "unexpected {:?} frame",

@@ -2,10 +2,10 @@
 //! same checkpoint streamed to the client as a sequence of frames), and the command that
 //! receives such a stream, `logkv-server backup --from HOST:PORT --to DIR`.
 //!
-//! * [`stream`]: the frames, as the server produces them (format in docs/PROTOCOL.md).
+//! * `stream`: the frames, as the server produces them (format in docs/PROTOCOL.md).
 //! * [`client`]: the receiving side: connects, authenticates, reads the frames, checks
 //!   every file's checksum and writes the copy under a temporary name, renamed into place.
-//! * [`resp`]: the small RESP reader the receiving side reads frames with.
+//! * `resp`: the small RESP reader the receiving side reads frames with.
 
 pub mod client;
 mod resp;

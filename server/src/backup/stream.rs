@@ -84,8 +84,8 @@ impl BackupStream {
                     .encode(v, out);
                     At::Between(0)
                 }
-                At::Between(index) => match files.get(index) {
-                    Some(file) => {
+                At::Between(index) => {
+                    if let Some(file) = files.get(index) {
                         let path = file.path().to_string_lossy().into_owned();
                         Reply::Array(vec![word("file"), Reply::bulk(path), int(file.len())])
                             .encode(v, out);
@@ -94,8 +94,7 @@ impl BackupStream {
                             offset: 0,
                             crc: crc32fast::Hasher::new(),
                         }
-                    }
-                    None => {
+                    } else {
                         Reply::Array(vec![
                             word("end"),
                             int(files.len() as u64),
@@ -104,7 +103,7 @@ impl BackupStream {
                         .encode(v, out);
                         At::Done
                     }
-                },
+                }
                 At::Inside {
                     index,
                     offset,
