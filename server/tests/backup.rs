@@ -275,6 +275,11 @@ fn backup_command(args: &[&str], password: Option<&str>) -> Output {
     c.output().unwrap()
 }
 
+/// `logkv-server backup --from FROM --to TO`, without a password.
+fn remote_backup(from: &str, to: &str) -> Output {
+    backup_command(&["--from", from, "--to", to], None)
+}
+
 /// The revisions `logkv-server backup` printed.
 fn printed_revisions(out: &Output) -> BTreeMap<String, u64> {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -300,30 +305,14 @@ fn remote_backup_under_writers_end_to_end() {
     std::thread::sleep(Duration::from_millis(300));
     let to = tempfile::tempdir().unwrap();
     let target = to.path().join("copy");
-    let out = backup_command(
-        &[
-            "--from",
-            &server.addr.to_string(),
-            "--to",
-            &target.display().to_string(),
-        ],
-        None,
-    );
+    let out = remote_backup(&server.addr.to_string(), &target.display().to_string());
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
     let revisions = printed_revisions(&out);
     // Into an existing directory: refused, nothing changed.
-    let again = backup_command(
-        &[
-            "--from",
-            &server.addr.to_string(),
-            "--to",
-            &target.display().to_string(),
-        ],
-        None,
-    );
+    let again = remote_backup(&server.addr.to_string(), &target.display().to_string());
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
     drop(server);
@@ -414,15 +403,7 @@ fn remote_backup_detects_a_corrupted_chunk() {
     let proxy = corrupting_proxy(server.addr);
     let to = tempfile::tempdir().unwrap();
     let target = to.path().join("copy");
-    let out = backup_command(
-        &[
-            "--from",
-            &proxy.to_string(),
-            "--to",
-            &target.display().to_string(),
-        ],
-        None,
-    );
+    let out = remote_backup(&proxy.to_string(), &target.display().to_string());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("checksum mismatch"), "{err}");
@@ -434,15 +415,7 @@ fn remote_backup_detects_a_corrupted_chunk() {
         "no partial copy left"
     );
     // Straight from the server it works.
-    let out = backup_command(
-        &[
-            "--from",
-            &server.addr.to_string(),
-            "--to",
-            &target.display().to_string(),
-        ],
-        None,
-    );
+    let out = remote_backup(&server.addr.to_string(), &target.display().to_string());
     assert_eq!(printed_revisions(&out)["default"], 200);
 }
 
