@@ -94,6 +94,11 @@ impl Appender {
     pub fn end(&self) -> LogPos {
         LogPos::new(self.active.id.seq, self.pos)
     }
+
+    /// The segment being appended to.
+    pub fn active(&self) -> &Arc<Segment> {
+        &self.active
+    }
 }
 
 /// Where an appended batch landed.
