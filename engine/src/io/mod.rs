@@ -46,6 +46,10 @@ pub enum OpenMode {
 pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<(fs::File, u64)>;
     fn write_at(&self, file: &fs::File, id: u64, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// The caller is about to write `len` bytes at `offset` through a shared
+    /// memory mapping of the file (no system call): a simulation records them
+    /// as unsynced, or refuses once the power is off.
+    fn note_mapped_write(&self, id: u64, offset: u64, len: u64) -> io::Result<()>;
     fn set_len(&self, file: &fs::File, id: u64, len: u64) -> io::Result<()>;
     fn sync(&self, file: &fs::File, id: u64, data_only: bool) -> io::Result<()>;
     fn create_dir(&self, path: &Path) -> io::Result<()>;
@@ -202,6 +206,12 @@ impl File {
     /// Writes all of `buf` at `offset` (`pwrite`).
     pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.backend.write_at(&self.inner, self.id, buf, offset)
+    }
+
+    /// Tells the storage layer that `len` bytes at `offset` are about to be
+    /// written through a shared mapping of this file; an error means they must not be.
+    pub(crate) fn note_mapped_write(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.backend.note_mapped_write(self.id, offset, len)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.

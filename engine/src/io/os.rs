@@ -25,6 +25,10 @@ impl Backend for Os {
         file.write_all_at(buf, offset)
     }
 
+    fn note_mapped_write(&self, _id: u64, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     fn set_len(&self, file: &fs::File, _id: u64, len: u64) -> io::Result<()> {
         file.set_len(len)
     }

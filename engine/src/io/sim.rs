@@ -774,6 +774,21 @@ impl Backend for SimFs {
         Ok(())
     }
 
+    fn note_mapped_write(&self, id: u64, offset: u64, len: u64) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.change()?;
+        let armed = s.armed.writes.due();
+        if armed || s.faults.write_error_one_in != 0 {
+            let n = s.faults.write_error_one_in;
+            if armed || s.one_in(n) {
+                s.stats.write_errors += 1;
+                return Err(io::Error::from_raw_os_error(ENOSPC));
+            }
+        }
+        s.mark_dirty(id, offset, offset + len);
+        Ok(())
+    }
+
     fn set_len(&self, file: &fs::File, id: u64, len: u64) -> io::Result<()> {
         let mut s = self.state.lock();
         s.change()?;

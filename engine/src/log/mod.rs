@@ -387,7 +387,7 @@ impl Log {
             }
             app.file_len = grow_to;
         }
-        if let Err(e) = app.active.file().write_all_at(batch, app.pos) {
+        if let Err(e) = app.active.write_at(batch, app.pos) {
             app.dirty_tail = len;
             return Err(Error::io(&app.active.path, e));
         }
