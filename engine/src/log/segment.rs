@@ -478,7 +478,9 @@ impl Segment {
             .filter(|&e| e <= self.map.len())
             .ok_or_else(|| std::io::Error::other("a write past the segment's mapping"))?;
         if offset < self.data_end() {
-            return Err(std::io::Error::other("a write below the segment's data end"));
+            return Err(std::io::Error::other(
+                "a write below the segment's data end",
+            ));
         }
         self.file.note_mapped_write(offset, bytes.len() as u64)?;
         // SAFETY: `start..end` lies inside the mapping (checked above). The
