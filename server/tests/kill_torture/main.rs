@@ -1,0 +1,221 @@
+//! SIGKILL torture of the real `logkv-server` under concurrent clients.
+//!
+//! Each cycle starts the binary on a fresh port over the same data directory, runs
+//! client threads (raw RESP over TCP: PUT with unique values, CREATE, UPDATE and CAS
+//! with preconditions, DEL, MULTI/EXEC batches, reads, the odd COMPACT, alone or
+//! pipelined, over two buckets, one of them with HISTORY 3), and kills the server with
+//! SIGKILL a random few to a few hundred milliseconds after the load starts. Every
+//! request's outcome is recorded: acknowledged with its revision, refused, or unknown
+//! (the connection died first). The next start must succeed, and what it serves is
+//! checked against the model (`model.rs`):
+//!
+//! - `--fsync always`: every acknowledged write, and every write a client read, is
+//!   there with its revision and value, or superseded by later writes of its key;
+//! - `--fsync interval=<ms>`: acknowledged writes may be lost (a tail of the log), but
+//!   never in part or out of order, and their revisions are never given to other data;
+//! - both: every stored value was sent by a client, in a request that was not refused;
+//!   batches are all or nothing, at consecutive revisions; no revision is held twice;
+//!   the first write after the restart gets a revision above every one given before.
+//!
+//! Cycles: `LOGKV_KILL_CYCLES` (default 10); seed: `LOGKV_KILL_SEED` (printed, the
+//! two modes derive theirs from it). The figures of the run are printed at the end
+//! (`--nocapture` to see them).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod load;
+mod model;
+mod resp;
+#[allow(
+    dead_code,
+    reason = "the tests crate's generator, of which this uses a part"
+)]
+#[path = "../../../tests/tests/common/rng.rs"]
+mod rng;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::BinaryServer;
+use load::{Entry, BUCKETS};
+use model::{Figures, Mode, Model};
+use resp::{Conn, Reply};
+use rng::Rng;
+
+/// Client threads per cycle.
+const CLIENTS: u64 = 4;
+
+#[test]
+fn acknowledged_writes_survive_sigkill_under_fsync_always() {
+    torture(Mode::Always);
+}
+
+#[test]
+fn revisions_are_never_reused_after_sigkill_under_fsync_interval() {
+    torture(Mode::Interval);
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+    })
+}
+
+fn torture(mode: Mode) {
+    let cycles = env_u64("LOGKV_KILL_CYCLES", 10);
+    let seed = rng::seed_from_env("LOGKV_KILL_SEED");
+    let mut rng = Rng::new(seed ^ if mode == Mode::Always { 0 } else { 0x0001_e7e4 });
+    println!("kill torture ({mode:?}): {cycles} cycles (LOGKV_KILL_CYCLES)");
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut model = Model::new(mode);
+
+    for cycle in 0..=cycles {
+        let fsync = match mode {
+            Mode::Always => "always".to_string(),
+            Mode::Interval => format!("interval={}", rng.range(5, 200)),
+        };
+        let mut server = restart(dir, &fsync, cycle, &mut model.figures);
+        let mut admin = Conn::connect(server.addr).unwrap();
+        if cycle == 0 {
+            for (name, history) in &BUCKETS[1..] {
+                let history = history.to_string();
+                let reply = admin.call(&["BUCKET", "CREATE", name, "HISTORY", &history]);
+                assert_eq!(reply.unwrap(), Reply::Status("OK".into()));
+            }
+        } else {
+            let found: Vec<Vec<Entry>> = (0..BUCKETS.len())
+                .map(|b| retained(&mut admin, b))
+                .collect();
+            model.check(&found);
+            probe(&mut admin, &mut model, cycle);
+        }
+        drop(admin);
+        if cycle == cycles {
+            break;
+        }
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|id| {
+                let (addr, seed) = (server.addr, rng.next_u64());
+                std::thread::spawn(move || load::run(addr, id, cycle, seed))
+            })
+            .collect();
+        let delay = if rng.below(2) == 0 {
+            rng.range(2, 40)
+        } else {
+            rng.range(40, 400)
+        };
+        std::thread::sleep(Duration::from_millis(delay));
+        let status = server.kill();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "cycle {cycle}: the server ended on its own ({status:?}) before the kill; its log:\n{}",
+            server.log_lines().join("\n")
+        );
+        let requests: Vec<load::Request> = clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a client thread panicked"))
+            .collect();
+        model.record(&requests);
+        model.figures.cycles += 1;
+    }
+    report(mode, &model.figures, started.elapsed());
+    let f = &model.figures;
+    assert!(
+        f.writes_acked > 0 && f.acked_checked > 0,
+        "the run acknowledged or checked nothing: {f:?}"
+    );
+    if mode == Mode::Always {
+        assert_eq!(f.lost_acked + f.lost_read + f.lost_found, 0, "{f:?}");
+    }
+}
+
+/// Starts the server over `dir` (it must start, whatever the kill left), and checks
+/// what its log says about the recovery.
+fn restart(dir: &Path, fsync: &str, cycle: u64, figures: &mut Figures) -> BinaryServer {
+    let server = BinaryServer::start_in(dir, &["--fsync", fsync]);
+    figures.restarts += 1;
+    let log = server.log_lines();
+    let count = |text: &str| log.iter().filter(|l| l.contains(text)).count() as u64;
+    figures.counter_skips += count("unclean stop: revisions that may have been seen");
+    figures.tails_cut += count("recovery cut the unsynced tail");
+    let bad: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains(" ERROR ") || l.contains("repair") || l.contains("unusable"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "cycle {cycle}: the restart logged {bad:#?}\nits log:\n{}",
+        log.join("\n")
+    );
+    server
+}
+
+/// Every retained entry of bucket `b` (`HISTORY >`).
+fn retained(conn: &mut Conn, b: usize) -> Vec<Entry> {
+    assert_eq!(
+        conn.call(&["USE", BUCKETS[b].0]).unwrap(),
+        Reply::Status("OK".into())
+    );
+    Entry::parse_all(&conn.call(&["HISTORY", ">"]).unwrap())
+}
+
+/// One write per bucket after the restart: its revision is above every revision given
+/// out before, lost ones included.
+fn probe(conn: &mut Conn, model: &mut Model, cycle: u64) {
+    for (b, (name, _)) in BUCKETS.iter().enumerate() {
+        assert_eq!(
+            conn.call(&["USE", name]).unwrap(),
+            Reply::Status("OK".into())
+        );
+        let value = format!("probe.{cycle}.{name}");
+        let reply = conn.call(&["PUT", "probe", &value]).unwrap();
+        let rev = reply
+            .int()
+            .and_then(|r| u64::try_from(r).ok())
+            .unwrap_or_else(|| panic!("PUT probe: {reply:?}"));
+        let highest = model.highest_given(b);
+        assert!(
+            rev > highest,
+            "cycle {cycle}: bucket {name}: the first write after the restart got revision \
+             {rev}, but {highest} was given out before"
+        );
+        model.acked_put(b, "probe", &value, rev);
+    }
+}
+
+fn report(mode: Mode, f: &Figures, took: Duration) {
+    println!(
+        "kill torture ({mode:?}) figures: {} cycles, {} restarts (all succeeded) in {:.1} s; \
+         writes: {} acknowledged, {} acknowledged checked after a restart, {} refused by \
+         preconditions ({:?}), {} of unknown outcome ({} of them found applied); entries read by \
+         clients {}, entries found after restarts {}; batches: {} acknowledged, {} aborted, \
+         {} unknown ({} found applied, whole); lost: {} acknowledged, {} read, {} found \
+         earlier; COMPACT passes {}; restarts that skipped revisions {}, that cut a torn tail {}",
+        f.cycles,
+        f.restarts,
+        took.as_secs_f64(),
+        f.writes_acked,
+        f.acked_checked,
+        f.writes_refused,
+        f.refusals,
+        f.writes_unknown,
+        f.unknown_found_applied,
+        f.entries_read,
+        f.entries_found,
+        f.batches_acked,
+        f.batches_aborted,
+        f.batches_unknown,
+        f.batches_unknown_applied,
+        f.lost_acked,
+        f.lost_read,
+        f.lost_found,
+        f.compactions,
+        f.counter_skips,
+        f.tails_cut,
+    );
+}
