@@ -428,8 +428,8 @@ impl Model {
                 );
                 assert!(
                     rev > newest,
-                    "bucket {name}: {key} revision {rev} ({:?}) is gone while the older \
-                     {held:?} stayed: not a lost tail",
+                    "bucket {name}: {key} revision {rev} ({:?}) is gone, yet the key holds \
+                     {held:?}: only the last writes of a key can be lost (a tail of the log)",
                     c.effect
                 );
                 match c.origin {
