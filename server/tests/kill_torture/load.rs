@@ -299,7 +299,13 @@ fn read_outcome(conn: &mut Conn, unit: &Unit, switch: bool) -> io::Result<Outcom
                             .collect(),
                     )
                 }
-                Reply::Error(e) if e.starts_with("ABORTED ") => {
+                // `-ABORTED <index> <code> <message>`: refused by a precondition.
+                Reply::Error(e)
+                    if e.starts_with("ABORTED ")
+                        && is_refusal(&Reply::Error(
+                            e.splitn(3, ' ').nth(2).unwrap_or("").into(),
+                        )) =>
+                {
                     let code = e.split(' ').nth(2).unwrap_or("");
                     Outcome::Refused(format!("ABORTED {code}"))
                 }

@@ -18,8 +18,9 @@
 //!   the first write after the restart gets a revision above every one given before.
 //!
 //! Cycles: `LOGKV_KILL_CYCLES` (default 10); seed: `LOGKV_KILL_SEED` (printed, the
-//! two modes derive theirs from it). The figures of the run are printed at the end
-//! (`--nocapture` to see them).
+//! two modes derive theirs from it). The seed replays every choice (requests, kill
+//! delays, sync intervals), not the threads' interleaving. The figures of the run are
+//! printed at the end (`--nocapture` to see them).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -127,6 +128,13 @@ fn torture(mode: Mode) {
             .collect();
         model.record(&requests);
         model.figures.cycles += 1;
+        if model.figures.cycles.is_multiple_of(100) {
+            println!(
+                "{mode:?}: {} cycles, {:.0} s",
+                model.figures.cycles,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     report(mode, &model.figures, started.elapsed());
     let f = &model.figures;

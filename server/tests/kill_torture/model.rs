@@ -10,6 +10,7 @@
 //! writes, lost ones included.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::load::{Effect, Entry, Outcome, Request, Unit, Write, BUCKETS};
 
@@ -21,6 +22,30 @@ pub enum Mode {
     /// `--fsync interval=<ms>`: the tail of the log past the last sync may be lost,
     /// but its revisions are never given to other data.
     Interval,
+}
+
+/// What the model keeps of a write: a DEL, or a value by its 64-bit digest (values run
+/// to KiB, and a long run sends a million of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kept {
+    Put(u64),
+    Del,
+}
+
+impl From<&Effect> for Kept {
+    fn from(effect: &Effect) -> Kept {
+        match effect {
+            Effect::Put(v) => Kept::Put(digest(v)),
+            Effect::Del => Kept::Del,
+        }
+    }
+}
+
+/// A value's digest (`SipHash` with fixed keys: the same in every run).
+fn digest(value: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 /// What is known of a PUT-like request (named by its unique value).
@@ -60,7 +85,7 @@ enum Origin {
 /// A write known to be committed.
 #[derive(Debug, Clone)]
 struct Committed {
-    effect: Effect,
+    effect: Kept,
     origin: Origin,
 }
 
@@ -69,7 +94,7 @@ struct Committed {
 struct BucketModel {
     history: usize,
     /// Every revision known to have been given out, and to what (lost ones included).
-    given: BTreeMap<u64, (String, Effect)>,
+    given: BTreeMap<u64, (String, Kept)>,
     /// Per key, the writes known to be committed that the next restart must keep
     /// (or show superseded).
     committed: BTreeMap<String, BTreeMap<u64, Committed>>,
@@ -79,7 +104,7 @@ struct BucketModel {
 #[derive(Debug)]
 struct Batch {
     bucket: usize,
-    writes: Vec<(String, Effect)>,
+    writes: Vec<(String, Kept)>,
     first: Option<u64>,
 }
 
@@ -116,9 +141,10 @@ pub struct Figures {
 pub struct Model {
     mode: Mode,
     buckets: Vec<BucketModel>,
-    puts: HashMap<String, Sent>,
+    /// PUT-like requests by the digest of their value.
+    puts: HashMap<u64, Sent>,
     /// This cycle's PUT-like requests of unknown outcome.
-    unknown_puts: Vec<String>,
+    unknown_puts: Vec<u64>,
     /// This cycle's DELs of unknown outcome, by bucket and key.
     unknown_dels: HashSet<(usize, String)>,
     /// This cycle's batches that were acknowledged or of unknown outcome.
@@ -169,7 +195,13 @@ impl Model {
             if let Outcome::Read(entries) = &r.outcome {
                 for e in entries {
                     self.identify(r.bucket, e, "a client read");
-                    self.commit(r.bucket, &e.key, e.revision, &e.effect, Origin::Read);
+                    self.commit(
+                        r.bucket,
+                        &e.key,
+                        e.revision,
+                        (&e.effect).into(),
+                        Origin::Read,
+                    );
                     self.figures.entries_read += 1;
                 }
             }
@@ -192,10 +224,10 @@ impl Model {
         for w in &writes {
             self.sent(b, w.key(), &w.effect());
         }
-        let batch = || -> Vec<(String, Effect)> {
+        let batch = || -> Vec<(String, Kept)> {
             writes
                 .iter()
-                .map(|w| (w.key().to_string(), w.effect()))
+                .map(|w| (w.key().to_string(), Kept::from(&w.effect())))
                 .collect()
         };
         let is_batch = matches!(r.unit, Unit::Batch(_));
@@ -222,8 +254,8 @@ impl Model {
             Outcome::Refused(code) => {
                 *self.figures.refusals.entry(code.clone()).or_default() += 1;
                 for w in &writes {
-                    if let Effect::Put(v) = w.effect() {
-                        self.put_mut(&v).status = Status::Refused;
+                    if let Kept::Put(v) = Kept::from(&w.effect()) {
+                        self.put_mut(v).status = Status::Refused;
                     }
                 }
                 self.figures.writes_refused += writes.len() as u64;
@@ -231,9 +263,9 @@ impl Model {
             }
             Outcome::Unknown => {
                 for w in &writes {
-                    match w.effect() {
-                        Effect::Put(v) => self.unknown_puts.push(v),
-                        Effect::Del => {
+                    match Kept::from(&w.effect()) {
+                        Kept::Put(v) => self.unknown_puts.push(v),
+                        Kept::Del => {
                             self.unknown_dels.insert((b, w.key().to_string()));
                         }
                     }
@@ -256,7 +288,7 @@ impl Model {
     fn sent(&mut self, bucket: usize, key: &str, effect: &Effect) {
         if let Effect::Put(v) = effect {
             let old = self.puts.insert(
-                v.clone(),
+                digest(v),
                 Sent {
                     bucket,
                     key: key.to_string(),
@@ -268,25 +300,26 @@ impl Model {
     }
 
     fn acked(&mut self, bucket: usize, key: &str, effect: &Effect, revision: u64) {
-        if let Effect::Put(v) = effect {
+        let kept = Kept::from(effect);
+        if let Kept::Put(v) = kept {
             self.put_mut(v).status = Status::Acked(revision);
         }
-        self.commit(bucket, key, revision, effect, Origin::Acked);
+        self.commit(bucket, key, revision, kept, Origin::Acked);
         self.figures.writes_acked += 1;
     }
 
-    fn put_mut(&mut self, value: &str) -> &mut Sent {
+    fn put_mut(&mut self, digest: u64) -> &mut Sent {
         self.puts
-            .get_mut(value)
-            .unwrap_or_else(|| panic!("no request sent the value {value:?}"))
+            .get_mut(&digest)
+            .unwrap_or_else(|| panic!("no request sent a value of digest {digest:x}"))
     }
 
     /// Notes that `revision` of `bucket` holds this write, which is committed: a
     /// revision is never given to two different writes.
-    fn commit(&mut self, bucket: usize, key: &str, revision: u64, effect: &Effect, origin: Origin) {
+    fn commit(&mut self, bucket: usize, key: &str, revision: u64, effect: Kept, origin: Origin) {
         let name = BUCKETS[bucket].0;
         let model = &mut self.buckets[bucket];
-        let what = (key.to_string(), effect.clone());
+        let what = (key.to_string(), effect);
         let held = model.given.entry(revision).or_insert_with(|| what.clone());
         assert_eq!(
             *held, what,
@@ -297,10 +330,7 @@ impl Model {
             .entry(key.to_string())
             .or_default()
             .entry(revision)
-            .or_insert_with(|| Committed {
-                effect: effect.clone(),
-                origin,
-            });
+            .or_insert_with(|| Committed { effect, origin });
         slot.origin = slot.origin.max(origin);
     }
 
@@ -311,7 +341,7 @@ impl Model {
         let name = BUCKETS[bucket].0;
         match &e.effect {
             Effect::Put(v) => {
-                let sent = self.puts.get_mut(v).unwrap_or_else(|| {
+                let sent = self.puts.get_mut(&digest(v)).unwrap_or_else(|| {
                     panic!("{seen_by}: bucket {name}: {e:?} holds a value no client sent")
                 });
                 assert!(
@@ -351,7 +381,7 @@ impl Model {
     /// Checks what the restarted server holds (`found[b]`: every retained entry of
     /// bucket `b`), then makes it the committed state the next restart starts from.
     pub fn check(&mut self, found: &[Vec<Entry>]) {
-        let mut held: Vec<BTreeMap<String, BTreeMap<u64, Effect>>> = Vec::new();
+        let mut held: Vec<BTreeMap<String, BTreeMap<u64, Kept>>> = Vec::new();
         for (b, entries) in found.iter().enumerate() {
             held.push(self.check_bucket(b, entries));
         }
@@ -359,7 +389,7 @@ impl Model {
         // Unknown writes not seen by now were not applied, or were superseded: either
         // way they never show up again.
         for v in std::mem::take(&mut self.unknown_puts) {
-            let sent = self.put_mut(&v);
+            let sent = self.put_mut(v);
             if sent.status == Status::Unknown {
                 sent.status = Status::Absent;
             }
@@ -373,10 +403,10 @@ impl Model {
         &mut self,
         b: usize,
         entries: &[Entry],
-    ) -> BTreeMap<String, BTreeMap<u64, Effect>> {
+    ) -> BTreeMap<String, BTreeMap<u64, Kept>> {
         let name = BUCKETS[b].0;
         let history = self.buckets[b].history;
-        let mut by_key: BTreeMap<String, BTreeMap<u64, Effect>> = BTreeMap::new();
+        let mut by_key: BTreeMap<String, BTreeMap<u64, Kept>> = BTreeMap::new();
         let mut revisions = HashSet::new();
         for e in entries {
             assert!(
@@ -388,7 +418,7 @@ impl Model {
             by_key
                 .entry(e.key.clone())
                 .or_default()
-                .insert(e.revision, e.effect.clone());
+                .insert(e.revision, Kept::from(&e.effect));
         }
         self.figures.entries_found += entries.len() as u64;
         for (key, revs) in &by_key {
@@ -399,7 +429,7 @@ impl Model {
             );
         }
         let empty = BTreeMap::new();
-        let mut lost: Vec<(u64, String, Effect)> = Vec::new();
+        let mut lost: Vec<(u64, String, Kept)> = Vec::new();
         for (key, committed) in &self.buckets[b].committed {
             let held = by_key.get(key).unwrap_or(&empty);
             let oldest = held.keys().next().copied().unwrap_or(0);
@@ -437,7 +467,7 @@ impl Model {
                     Origin::Read => self.figures.lost_read += 1,
                     Origin::Found => self.figures.lost_found += 1,
                 }
-                lost.push((rev, key.clone(), c.effect.clone()));
+                lost.push((rev, key.clone(), c.effect));
             }
         }
         if let Some(first_lost) = lost.iter().map(|l| l.0).min() {
@@ -450,12 +480,12 @@ impl Model {
         }
         for (_, _, effect) in &lost {
             // A lost write never comes back (its revision stays given: see `commit`).
-            if let Effect::Put(v) = effect {
-                self.put_mut(v).status = Status::Absent;
+            if let Kept::Put(v) = effect {
+                self.put_mut(*v).status = Status::Absent;
             }
         }
         for e in entries {
-            self.commit(b, &e.key, e.revision, &e.effect, Origin::Found);
+            self.commit(b, &e.key, e.revision, (&e.effect).into(), Origin::Found);
         }
         self.buckets[b].committed = by_key
             .iter()
@@ -464,7 +494,7 @@ impl Model {
                     .iter()
                     .map(|(&r, effect)| {
                         let c = Committed {
-                            effect: effect.clone(),
+                            effect: *effect,
                             origin: Origin::Found,
                         };
                         (r, c)
@@ -479,7 +509,7 @@ impl Model {
     /// Batches are all or nothing: once one write of a batch is seen, each of the others
     /// is there at its revision or superseded; under `interval` a batch may also be
     /// lost whole.
-    fn check_batches(&mut self, held: &[BTreeMap<String, BTreeMap<u64, Effect>>]) {
+    fn check_batches(&mut self, held: &[BTreeMap<String, BTreeMap<u64, Kept>>]) {
         for batch in std::mem::take(&mut self.batches) {
             let name = BUCKETS[batch.bucket].0;
             let seen: Vec<u64> = batch
@@ -487,11 +517,11 @@ impl Model {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, (_, effect))| match effect {
-                    Effect::Put(v) => match self.puts[v].status {
+                    Kept::Put(v) => match self.puts[v].status {
                         Status::Applied(r) | Status::Acked(r) => Some(r - i as u64),
                         _ => None,
                     },
-                    Effect::Del => None,
+                    Kept::Del => None,
                 })
                 .collect();
             let Some(first) = batch.first.or_else(|| seen.first().copied()) else {
