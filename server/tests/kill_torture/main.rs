@@ -4,7 +4,8 @@
 //! client threads (raw RESP over TCP: PUT with unique values, CREATE, UPDATE and CAS
 //! with preconditions, DEL, MULTI/EXEC batches, reads, the odd COMPACT, alone or
 //! pipelined, over two buckets, one of them with HISTORY 3), and kills the server with
-//! SIGKILL a random few to a few hundred milliseconds after the load starts. Every
+//! SIGKILL a random few to a few hundred milliseconds after the load starts (and one
+//! start in eight is also killed while it opens the store and recovers). Every
 //! request's outcome is recorded: acknowledged with its revision, refused, or unknown
 //! (the connection died first). The next start must succeed, and what it serves is
 //! checked against the model (`model.rs`):
@@ -79,6 +80,11 @@ fn torture(mode: Mode) {
             Mode::Always => "always".to_string(),
             Mode::Interval => format!("interval={}", rng.range(5, 200)),
         };
+        if cycle > 0 && rng.below(8) == 0 {
+            let delay = Duration::from_millis(rng.range(0, 30));
+            kill_while_starting(dir, &fsync, delay, cycle);
+            model.figures.starts_killed += 1;
+        }
         let mut server = restart(dir, &fsync, cycle, &mut model.figures);
         let mut admin = Conn::connect(server.addr).unwrap();
         if cycle == 0 {
@@ -168,6 +174,25 @@ fn restart(dir: &Path, fsync: &str, cycle: u64, figures: &mut Figures) -> Binary
     server
 }
 
+/// Starts the server over `dir` and kills it `delay` after the spawn, while it opens
+/// the store and recovers (or just after); it must not have failed on its own.
+fn kill_while_starting(dir: &Path, fsync: &str, delay: Duration, cycle: u64) {
+    let mut child = common::binary(dir)
+        .args(["--listen", "127.0.0.1:0", "--fsync", fsync])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "cycle {cycle}: the start killed after {delay:?} had ended on its own ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every retained entry of bucket `b` (`HISTORY >`).
 fn retained(conn: &mut Conn, b: usize) -> Vec<Entry> {
     assert_eq!(
@@ -240,7 +265,7 @@ fn report(mode: Mode, f: &Figures, took: Duration) {
          preconditions ({:?}), {} of unknown outcome ({} of them found applied); entries read by \
          clients {}, entries found after restarts {}; batches: {} acknowledged, {} aborted, \
          {} unknown ({} found applied, whole); lost: {} acknowledged, {} read, {} found \
-         earlier; COMPACT passes {}; restarts that skipped revisions {}, that cut a torn tail {}",
+         earlier; COMPACT passes {}; starts killed while recovering {}; restarts that skipped revisions {}, that cut a torn tail {}",
         f.cycles,
         f.restarts,
         took.as_secs_f64(),
@@ -260,6 +285,7 @@ fn report(mode: Mode, f: &Figures, took: Duration) {
         f.lost_read,
         f.lost_found,
         f.compactions,
+        f.starts_killed,
         f.counter_skips,
         f.tails_cut,
     );

@@ -131,6 +131,8 @@ pub struct Figures {
     pub batches_unknown_applied: u64,
     pub compactions: u64,
     pub entries_found: u64,
+    /// Starts killed while they opened the store (before the one that served).
+    pub starts_killed: u64,
     /// Restarts whose log says the revision counter skipped (unclean stop under interval).
     pub counter_skips: u64,
     /// Restarts whose log says recovery cut a torn tail.
