@@ -135,8 +135,10 @@ fn torture(mode: Mode) {
         model.record(&requests);
         model.figures.cycles += 1;
         if model.figures.cycles.is_multiple_of(100) {
+            let (files, bytes, allocated) = disk_usage(dir);
             println!(
-                "{mode:?}: {} cycles, {:.0} s",
+                "{mode:?}: {} cycles, {:.0} s; data directory: {files} files, {bytes} bytes \
+                 ({allocated} allocated)",
                 model.figures.cycles,
                 started.elapsed().as_secs_f64()
             );
@@ -191,6 +193,26 @@ fn kill_while_starting(dir: &Path, fsync: &str, delay: Duration, cycle: u64) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Files under `dir`, their bytes, and the bytes the file system allocated for them.
+fn disk_usage(dir: &Path) -> (u64, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut usage = (0, 0, 0);
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (f, b, a) = disk_usage(&entry.path());
+            usage = (usage.0 + f, usage.1 + b, usage.2 + a);
+        } else {
+            usage = (
+                usage.0 + 1,
+                usage.1 + meta.len(),
+                usage.2 + meta.blocks() * 512,
+            );
+        }
+    }
+    usage
 }
 
 /// Every retained entry of bucket `b` (`HISTORY >`).
