@@ -32,6 +32,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::indexing_slicing))]
 
 mod bucket;
+mod checkpoint;
 pub mod clock;
 mod config;
 mod entry;
@@ -41,6 +42,7 @@ pub mod fsync;
 pub mod index;
 pub mod io;
 mod key;
+mod latency;
 mod lock;
 pub mod log;
 mod snapshot;
@@ -53,6 +55,7 @@ pub use bucket::compact::CompactionReport;
 pub use bucket::compact::CrashPoint;
 pub use bucket::handle::Bucket;
 pub use bucket::watch::{Watch, WatchEvent, WatchOptions};
+pub use checkpoint::{Checkpoint, CheckpointFile, CheckpointSource};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BucketConfig, Options};
 pub use entry::{
@@ -61,6 +64,7 @@ pub use entry::{
 pub use error::{Error, Result};
 pub use fsync::FsyncPolicy;
 pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
+pub use latency::Latencies;
 pub use log::recovery::{RecoveryReport, Skipped};
 pub use store::{Store, DEFAULT_BUCKET};
 

@@ -45,6 +45,8 @@ const READ_MAX: usize = 64 * 1024;
 const OUT_KEEP: usize = 4 * 1024;
 /// Output size that triggers a write in the middle of a pipeline.
 const FLUSH_AT: usize = 64 * 1024;
+/// Bytes of backup stream frames produced per step on the blocking pool.
+const STREAM_BATCH: usize = 1024 * 1024;
 /// Watch events are pulled only while the pending output is below this.
 const WATCH_HIGH_WATER: usize = 1024 * 1024;
 
@@ -237,19 +239,11 @@ impl Conn {
                             self.closing = true;
                             break;
                         }
-                        Flow::Blocking(job) => {
-                            let keep = Arc::clone(&self.session.shared);
-                            let reply = tokio::task::spawn_blocking(move || {
-                                let reply = job();
-                                drop(keep);
-                                reply
-                            })
-                            .await
-                            .unwrap_or_else(|e| {
-                                error!("a command panicked: {e}");
-                                Reply::err("ERR", "internal error")
-                            });
-                            reply.encode(self.session.version, &mut self.out);
+                        Flow::Blocking(job) => self.blocking(job).await,
+                        Flow::Stream(job) => {
+                            self.session.apply_pending(&mut self.out);
+                            self.flush().await?;
+                            self.stream(job).await?;
                         }
                     }
                     // Replies of queued writes applied first are not this command's.
@@ -320,6 +314,78 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Runs a command's job on the blocking pool and encodes its reply.
+    async fn blocking(&mut self, job: command::BlockingJob) {
+        let keep = Arc::clone(&self.session.shared);
+        let reply = tokio::task::spawn_blocking(move || {
+            let reply = job();
+            drop(keep);
+            reply
+        })
+        .await
+        .unwrap_or_else(|e| {
+            error!("a command panicked: {e}");
+            Reply::err("ERR", "internal error")
+        });
+        reply.encode(self.session.version, &mut self.out);
+    }
+
+    /// Sends a reply of many frames (`BACKUP STREAM`): captured, then produced on the
+    /// blocking pool a batch of [`STREAM_BATCH`] bytes at a time, each batch written before
+    /// the next is read from disk, so the client's pace sets the server's. An error while
+    /// producing ends the stream with an error frame; shutdown ends it (and the connection)
+    /// between two batches.
+    async fn stream(&mut self, job: command::StreamJob) -> io::Result<()> {
+        let keep = Arc::clone(&self.session.shared);
+        let started = tokio::task::spawn_blocking(move || {
+            let stream = job();
+            drop(keep);
+            stream
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("a backup stream panicked: {e}")))?;
+        let mut stream = match started {
+            Ok(stream) => stream,
+            Err(e) => {
+                crate::encode::engine_error(&e).encode(self.session.version, &mut self.out);
+                return Ok(());
+            }
+        };
+        let mut buf = Vec::new();
+        loop {
+            if *self.stop.borrow() {
+                return Err(io::Error::other(
+                    "shutting down in the middle of a backup stream",
+                ));
+            }
+            let produced = tokio::task::spawn_blocking(move || {
+                let mut out = std::mem::take(&mut buf);
+                out.clear();
+                let done = stream.fill(&mut out, STREAM_BATCH);
+                (stream, out, done)
+            })
+            .await
+            .map_err(|e| io::Error::other(format!("a backup stream panicked: {e}")))?;
+            let done;
+            (stream, buf, done) = produced;
+            match done {
+                Ok(finished) => {
+                    self.io.write_out(&buf).await?;
+                    if finished {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    error!("backup stream failed: {e}");
+                    buf.clear();
+                    Reply::err("ERR", format!("backup stream failed: {e}"))
+                        .encode(self.session.version, &mut buf);
+                    return self.io.write_out(&buf).await;
+                }
+            }
+        }
     }
 
     /// The replies of the requests executed so far are ready: their count and time go to

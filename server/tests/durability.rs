@@ -108,3 +108,31 @@ fn corruption_stops_the_server_and_repair_starts_it() {
     assert_eq!(roundtrip(&mut c, b"GET second\r\n"), "$4\r\nkept\r\n");
     assert_eq!(roundtrip(&mut c, b"GET first\r\n"), "$-1\r\n");
 }
+
+/// Durability waits are served by a fixed pool of syncer threads: writing under
+/// `--fsync always` to hundreds of buckets does not start a thread per bucket.
+#[test]
+fn writes_to_many_buckets_share_a_fixed_pool_of_sync_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::BinaryServer::start_in(dir.path(), &[]);
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    let threads = || common::proc_status(server.pid(), "Threads:");
+    let before = threads();
+    for i in 0..300 {
+        let name = format!("b{i}");
+        assert_eq!(
+            roundtrip(&mut c, format!("BUCKET CREATE {name}\r\n").as_bytes()),
+            "+OK\r\n"
+        );
+        assert_eq!(
+            roundtrip(&mut c, format!("USE {name}\r\n").as_bytes()),
+            "+OK\r\n"
+        );
+        assert_eq!(roundtrip(&mut c, b"PUT k v\r\n"), ":1\r\n");
+    }
+    let after = threads();
+    assert!(
+        after <= before + 16,
+        "{before} threads before, {after} after writing to 300 buckets"
+    );
+}

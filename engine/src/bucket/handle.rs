@@ -230,6 +230,11 @@ impl Bucket {
         self.core.status()
     }
 
+    /// How long this bucket's fsyncs took since the store was opened.
+    pub fn fsync_latencies(&self) -> crate::Latencies {
+        self.core.fsync_latencies()
+    }
+
     /// Revision ranges (inclusive) skipped after unclean stops under the fsync
     /// policies `interval` and `never`: revisions that may have been seen
     /// before a crash took them back, and that are never given again. A watch
@@ -272,6 +277,12 @@ impl Bucket {
     /// what is retained. Writers and readers go on meanwhile.
     pub fn compact(&self) -> Result<CompactionReport> {
         self.core.compact(true)
+    }
+
+    /// The bucket's shared state, for the crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn core(&self) -> &Arc<BucketCore> {
+        &self.core
     }
 
     /// Test hook (feature `failpoints`): make the next compaction passes stop

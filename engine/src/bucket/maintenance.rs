@@ -97,6 +97,17 @@ impl BucketCore {
     pub(crate) fn write_snapshot(&self) -> Result<()> {
         self.check_open()?;
         self.publish_durable();
+        let logged: u64 = self
+            .log
+            .segments()
+            .iter()
+            .map(|s| s.data_end().saturating_sub(s.data_start))
+            .sum();
+        if logged < self.snapshot_min_bytes {
+            // Reading so little log at open costs less than the snapshot's file
+            // (a block of disk per bucket: it adds up over thousands of buckets).
+            return snapshot::remove(self.log.storage(), &self.dir);
+        }
         let (bytes, end) = {
             let ix = self.index.read();
             let (end, last_rev) = self.hub.published();

@@ -13,12 +13,14 @@
 //! | `query.rs` | reads and deletes over many keys: keys, history, search, scan, delete by glob |
 //! | `maintenance.rs` | the TTL sweep, aging out, the index snapshot, counters and status |
 //! | `compact.rs` | compaction |
+//! | `checkpoint.rs` | the files of a copy of the bucket as of one revision, for a checkpoint |
 //! | `watch.rs` | watches: cursors reading the log |
 //! | `handle.rs` | [`Bucket`](handle::Bucket), the public handle |
 //!
 //! The fields of [`BucketCore`] are private to this module and its files; the
 //! rest of the crate (the store) calls methods.
 
+mod checkpoint;
 pub(crate) mod compact;
 pub(crate) mod handle;
 mod lost;
@@ -95,6 +97,8 @@ pub(crate) struct BucketCore {
     compacting: Mutex<()>,
     /// Compact a sealed segment once this share of its bytes is dead.
     compact_dead_ratio: f64,
+    /// A log smaller than this gets no index snapshot (`Options::snapshot_min_bytes`).
+    snapshot_min_bytes: u64,
     /// The store's segment size: a compaction output grows no larger.
     segment_size: u64,
     /// A test hook: the compaction step at which to stop as if crashed
@@ -167,6 +171,11 @@ impl BucketCore {
         self.sync()?;
         self.write_snapshot()?;
         self.log.close_clean()
+    }
+
+    /// How long this bucket's fsyncs took.
+    pub(crate) fn fsync_latencies(&self) -> crate::latency::Latencies {
+        self.log.fsync_latencies()
     }
 
     /// Revision ranges skipped after unclean stops (see `lost.rs`).

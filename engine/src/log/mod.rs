@@ -49,9 +49,22 @@ pub struct LogConfig {
     pub storage: Storage,
 }
 
+/// The smallest pre-write: a new bucket's first segment, and the first growth
+/// of a segment that has seen little data. Pre-writing follows the write rate
+/// (see [`LogConfig::growth`]), so an idle bucket costs a few KiB of disk.
+const MIN_PREALLOC: u64 = 4096;
+
 impl LogConfig {
+    /// The largest pre-write step: 1/16 of the segment size, 4 KiB to 1 MiB.
     fn prealloc_chunk(&self) -> u64 {
-        (self.segment_size / 16).clamp(4096, 1 << 20)
+        (self.segment_size / 16).clamp(MIN_PREALLOC, 1 << 20)
+    }
+
+    /// How far to pre-write a segment of `file_len` bytes that needs room:
+    /// as much again as it holds (it doubles while it is written to), from
+    /// [`MIN_PREALLOC`] up to the largest step.
+    fn growth(&self, file_len: u64) -> u64 {
+        file_len.clamp(MIN_PREALLOC, self.prealloc_chunk())
     }
 }
 
@@ -80,6 +93,11 @@ impl Appender {
     /// The current end of the log.
     pub fn end(&self) -> LogPos {
         LogPos::new(self.active.id.seq, self.pos)
+    }
+
+    /// The segment being appended to.
+    pub fn active(&self) -> &Arc<Segment> {
+        &self.active
     }
 }
 
@@ -207,7 +225,7 @@ impl Log {
                 alloc(),
                 header,
                 cfg.segment_size,
-                cfg.prealloc_chunk(),
+                MIN_PREALLOC,
                 eager_flag(cfg.fsync),
             )?);
             segments.insert(Arc::clone(&active));
@@ -361,7 +379,7 @@ impl Log {
         }
         if app.pos + len > app.file_len {
             let grow_to = (app.pos + len)
-                .max(app.file_len + self.cfg.prealloc_chunk())
+                .max(app.file_len + self.cfg.growth(app.file_len))
                 .min(app.active.capacity());
             if let Err(e) = app.active.file().write_zeros(app.file_len, grow_to) {
                 app.dirty_tail = grow_to - app.pos;
@@ -369,7 +387,7 @@ impl Log {
             }
             app.file_len = grow_to;
         }
-        if let Err(e) = app.active.file().write_all_at(batch, app.pos) {
+        if let Err(e) = app.active.write_at(batch, app.pos) {
             app.dirty_tail = len;
             return Err(Error::io(&app.active.path, e));
         }
@@ -476,6 +494,11 @@ impl Log {
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
         self.commit.sync_all()
+    }
+
+    /// How long this log's fsyncs took since open.
+    pub fn fsync_latencies(&self) -> crate::latency::Latencies {
+        self.commit.latencies()
     }
 
     /// fdatasync calls for this log since open.

@@ -7,6 +7,7 @@
 
 mod admin;
 mod args;
+mod backup;
 mod bucket;
 mod kv;
 mod query;
@@ -30,6 +31,10 @@ pub(crate) fn verb_names() -> impl Iterator<Item = &'static str> {
 /// Work that may block (fsync, disk-wide scans): run on the blocking pool, then encode.
 pub(crate) type BlockingJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
 
+/// Captures what a streaming reply sends (off the event loop: it may wait for an fsync).
+pub(crate) type StreamJob =
+    Box<dyn FnOnce() -> Result<crate::backup::stream::BackupStream, logkv::Error> + Send + 'static>;
+
 /// What the connection does after a command.
 pub(crate) enum Flow {
     /// The reply is in the output buffer; go on.
@@ -38,6 +43,9 @@ pub(crate) enum Flow {
     Blocking(BlockingJob),
     /// The reply is in the output buffer; send it and close the connection.
     Close,
+    /// A reply of many frames (`BACKUP STREAM`): send what is in the output buffer, then
+    /// the frames, produced off the event loop a batch at a time as the client reads them.
+    Stream(StreamJob),
 }
 
 /// One parsed request.
@@ -51,6 +59,7 @@ pub(crate) enum Command<'a> {
     Compact,
     Info,
     Config(admin::ConfigGet<'a>),
+    Backup(backup::Backup),
     Bucket(bucket::BucketCmd),
     Use(bucket::Use<'a>),
     Status(bucket::Status<'a>),
@@ -84,6 +93,7 @@ impl Command<'_> {
             Command::Compact => Ok(admin::compact(s)),
             Command::Info => Ok(admin::info(s)),
             Command::Config(c) => Ok(c.apply(s, out)),
+            Command::Backup(c) => c.apply(s),
             Command::Bucket(c) => Ok(c.apply(s, out)),
             Command::Use(c) => c.apply(s, out),
             Command::Status(c) => c.apply(s),
