@@ -199,11 +199,17 @@ impl Damaged<'_> {
     /// Whether some damage lies where the data was durable: anywhere in a
     /// sealed segment (it was synced whole), below the last one's mark (the
     /// mark's own slots aside: a torn slot is what a power cut leaves of an
-    /// unsynced mark). Recovery may then refuse to open.
+    /// unsynced mark). Recovery may then refuse to open. So may a last segment
+    /// cut short of where its data starts: it was created whole (header, mark
+    /// slots and all) and synced before it was put in place, so no power cut
+    /// leaves it shorter than that.
     pub fn below_durable(&self) -> bool {
         (0..self.now.len()).any(|i| {
             if !self.is_last(i) {
                 return self.first_change(i).is_some();
+            }
+            if self.now[i].len() < self.original[i].data_start() {
+                return true;
             }
             let (end, mark) = (self.durable_end(i), self.mark_area(i));
             self.changes(i)
