@@ -20,8 +20,20 @@ pub fn copy_store_dir(from: &Path, to: &Path) -> io::Result<()> {
         if entry.file_type()?.is_dir() {
             copy_store_dir(&src, &dst)?;
         } else {
-            std::fs::copy(&src, &dst)?;
+            copy_file(&src, &dst)?;
         }
     }
     Ok(())
+}
+
+/// `std::fs::copy`, again when a signal interrupts it (its `copy_file_range`
+/// returns `EINTR` rather than restarting: libFuzzer's timeout timer
+/// interrupted a copy in a long run).
+fn copy_file(src: &Path, dst: &Path) -> io::Result<u64> {
+    loop {
+        match std::fs::copy(src, dst) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
 }
