@@ -21,7 +21,8 @@
 //!    record whose revision is not above the one before it (or, for the first
 //!    record read after an index snapshot, above the snapshot's last revision)
 //!    is valid bytes in the wrong place (a record copied over another), not a
-//!    valid record there.
+//!    valid record there; so is a record that continues a batch without the
+//!    next revision (a batch's records have consecutive revisions).
 //!    Nor may a segment's data end (zeros, or the end of the file) below its
 //!    mark: records synced there were lost.
 //!
@@ -315,6 +316,14 @@ fn scan_segment(
                 } else {
                     "a batch is not finished".to_string()
                 }
+            }
+            Decoded::Record(r) if !pending.is_empty() && r.header.revision != previous + 1 => {
+                // A batch's records have consecutive revisions: this one was
+                // copied here from another batch.
+                format!(
+                    "revision {} continues a batch at revision {previous}",
+                    r.header.revision
+                )
             }
             Decoded::Record(r) => {
                 let len = r.header.record_len();
