@@ -246,7 +246,7 @@ impl Subject {
 pub fn ops(data: &[u8]) {
     let mut input = Input::new(data);
     let history = 1 + input.below(4);
-    let Ok(tmp) = tempfile::tempdir() else { return };
+    let tmp = crate::scratch::scratch_dir().expect("a scratch directory");
     let dir = tmp.path().join("s");
     let store = Store::open(&dir, opts(SEGMENT)).expect("a new store opens");
     store

@@ -59,7 +59,7 @@ pub fn recovery(data: &[u8]) {
     let keep_snapshot = flags & 2 != 0;
     let count = usize::from(flags >> 2 & 3);
     let plan: [Damage; DAMAGES] = std::array::from_fn(|_| Damage::read(&mut input));
-    let Ok(tmp) = tempfile::tempdir() else { return };
+    let tmp = crate::scratch::scratch_dir().expect("a scratch directory");
     let built = generate::build(tmp.path(), clean, &mut input);
     let original = read_segments(&built.bucket_dir()).expect("the segments read back");
     let at = locate(&built, &original);
