@@ -150,7 +150,12 @@ fn a_record_copied_into_another_batch_does_not_complete_it() {
             "repair applied {key} of the damaged batch; report {r:?}"
         );
     }
-    check_model(&b, &model, model_last_rev(&model), &format!("repair: {r:?}"));
+    check_model(
+        &b,
+        &model,
+        model_last_rev(&model),
+        &format!("repair: {r:?}"),
+    );
 }
 
 /// After a repair open cut a damaged record off the end of the log, the

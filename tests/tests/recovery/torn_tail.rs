@@ -11,7 +11,9 @@ use logkv::{Op, Store, WriteOp};
 use crate::common::{copy_store_dir, opts, repair_opts, Rng};
 use crate::fixtures::{crash, nonzero_value, store_with_embedded_record};
 use crate::oracle::{assert_clean, check_model, model_last_rev, report, Model};
-use crate::segments::{bucket_dir, parse_segment, remove_snapshots, seg_files, snap_path, SEG};
+use crate::segments::{
+    bucket_dir, last_seg_name, parse_segment, remove_snapshots, seg_files, snap_path, SEG,
+};
 use crate::shared_gate;
 
 /// A store as a crash right after its last write (one record or a batch)
@@ -293,12 +295,7 @@ fn torn_record_holding_an_encoded_record_is_cut_not_replayed() {
     let _gate = shared_gate();
     let tmp = tempfile::tempdir().unwrap();
     let (pristine, model, rec, embedded_end) = store_with_embedded_record(tmp.path(), false);
-    let seg_name = seg_files(&bucket_dir(&pristine, "default"))
-        .pop()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_owned();
+    let seg_name = last_seg_name(&pristine, "default");
     let last_rev = model_last_rev(&model);
     for cut in [embedded_end, embedded_end + 1, rec.offset + rec.len - 1] {
         for damage in [Damage::SetLen, Damage::Zeros] {
