@@ -690,7 +690,10 @@ impl Run {
                 drop(cand);
                 clock.set(now);
                 let cand = Reference::open_at(&path, &clock);
-                (bucket_state(&cand, bucket).as_ref() == recovered.get(bucket), writes)
+                (
+                    bucket_state(&cand, bucket).as_ref() == recovered.get(bucket),
+                    writes,
+                )
             };
             let mut found = None;
             for j in 0..=mine.len() {
