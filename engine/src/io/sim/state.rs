@@ -436,7 +436,9 @@ impl State {
             CutStyle::Random => self.below(3),
         };
         // The durable directory tree after the cut: a prefix of each directory's pending changes.
-        let dir_ids: Vec<u64> = self.dirs.keys().copied().collect();
+        // In id order, so that a seed replays the same cut (a HashMap's order differs per process).
+        let mut dir_ids: Vec<u64> = self.dirs.keys().copied().collect();
+        dir_ids.sort_unstable();
         let mut after: HashMap<u64, BTreeMap<OsString, Node>> = HashMap::new();
         for id in dir_ids {
             let (mut entries, pending) = match self.dirs.get(&id) {
