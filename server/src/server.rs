@@ -247,7 +247,7 @@ impl Server {
             stats: Stats::new(),
             pumps: Pumps::new(),
             syncers: Syncers::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
             health: crate::health::Health::default(),
         });
         Ok(Server {

@@ -174,7 +174,7 @@ mod tests {
             stats: Stats::new(),
             pumps: crate::pump::Pumps::new(),
             syncers: crate::durability::Syncers::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
             health: crate::health::Health::default(),
         });
         let (_stop_tx, stop) = watch::channel(false);
