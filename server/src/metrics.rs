@@ -290,7 +290,12 @@ mod tests {
 
     #[test]
     fn a_connection_adds_its_batch_at_its_end() {
-        let shared = Metrics::new(["GET", "PUT"]);
+        // More verbs than a connection's slots.
+        let verbs = [
+            "get", "put", "del", "cas", "keys", "scan", "watch", "multi", "exec", "ping",
+        ];
+        assert!(verbs.len() > SLOTS);
+        let shared = Metrics::new(verbs);
         let mut local = LocalMetrics::new();
         local.start();
         for _ in 0..100 {
