@@ -80,10 +80,21 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }))
 }
 
-/// A whole response framed by `Content-Length` at the start of `buf`: `Ok(Some((status,
-/// body, bytes used)))`, `Ok(None)` while it is incomplete; any other framing is an error
-/// (a GET of one entry is always sent with a length).
-pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, &[u8], usize)>, String> {
+/// A whole response read from the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// The status code.
+    pub status: u16,
+    /// The body.
+    pub body: &'a [u8],
+    /// Bytes of the response, head and body.
+    pub len: usize,
+}
+
+/// A whole response framed by `Content-Length` at the start of `buf`; `Ok(None)` while it
+/// is incomplete; any other framing is an error (a GET of one entry is always sent with a
+/// length).
+pub fn parse_response(buf: &[u8]) -> Result<Option<Response<'_>>, String> {
     let Some(head) = parse_head(buf)? else {
         return Ok(None);
     };
@@ -94,7 +105,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, &[u8], usize)>, String>
         ));
     };
     let end = head.len + n;
-    Ok((buf.len() >= end).then(|| (head.status, &buf[head.len..end], end)))
+    Ok((buf.len() >= end).then(|| Response {
+        status: head.status,
+        body: &buf[head.len..end],
+        len: end,
+    }))
 }
 
 /// Where a chunked body's decoder is.
@@ -210,24 +225,21 @@ impl SseReader {
     /// Feeds bytes read from the connection; complete events are appended to `events`.
     /// A status other than 200 is an error.
     pub fn feed(&mut self, bytes: &[u8], events: &mut Vec<SseEvent>) -> Result<(), String> {
-        let head = match self.head {
-            Some(h) => h,
-            None => {
-                self.raw.extend_from_slice(bytes);
-                let Some(h) = parse_head(&self.raw)? else {
-                    return Ok(());
-                };
-                if h.status != 200 {
-                    let body = String::from_utf8_lossy(&self.raw[h.len..]);
-                    return Err(format!("the watch was answered {}: {body}", h.status));
-                }
-                self.head = Some(h);
-                let body = self.raw.split_off(h.len);
-                self.raw = Vec::new();
-                return self.body(h, &body, events);
-            }
+        if let Some(head) = self.head {
+            return self.body(head, bytes, events);
+        }
+        self.raw.extend_from_slice(bytes);
+        let Some(h) = parse_head(&self.raw)? else {
+            return Ok(());
         };
-        self.body(head, bytes, events)
+        if h.status != 200 {
+            let body = String::from_utf8_lossy(&self.raw[h.len..]);
+            return Err(format!("the watch was answered {}: {body}", h.status));
+        }
+        self.head = Some(h);
+        let body = self.raw.split_off(h.len);
+        self.raw = Vec::new();
+        self.body(h, &body, events)
     }
 
     /// Whether the response body has ended (the server ended the stream).
@@ -295,10 +307,14 @@ mod tests {
         for cut in 0..r.len() - 8 {
             assert_eq!(parse_response(&r[..cut]).unwrap(), None, "cut at {cut}");
         }
-        let (status, body, used) = parse_response(r).unwrap().unwrap();
-        assert_eq!((status, body, used), (200, &b"hello"[..], r.len() - 8));
+        let got = parse_response(r).unwrap().unwrap();
+        assert_eq!(
+            (got.status, got.body, got.len),
+            (200, &b"hello"[..], r.len() - 8)
+        );
         let nf = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(parse_response(nf).unwrap(), Some((404, &b""[..], nf.len())));
+        let got = parse_response(nf).unwrap().unwrap();
+        assert_eq!((got.status, got.body, got.len), (404, &b""[..], nf.len()));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());

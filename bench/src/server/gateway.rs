@@ -42,6 +42,8 @@ use crate::stores::BoxError;
 
 /// Seed of the GET key sequence (the same for every round and port).
 const SEED: u64 = 42;
+/// How an entry of the preloaded bucket starts as JSON.
+const ENTRY_START: &[u8] = b"{\"bucket\":\"default\",\"key\":";
 /// Longest the harness waits for a reply or for the next event.
 const STALL: Duration = Duration::from_secs(10);
 
@@ -86,7 +88,7 @@ pub fn gateway(cfg: &Config, bin: &Path, base: &Path, rep: &mut Reporter) -> Res
             .with("keyspace", Extra::count(cfg.keyspace))
             .with("rounds", Extra::count(2))
     };
-    let [http_rate, resp_rate] = rates.map(|r| median(r));
+    let [http_rate, resp_rate] = rates.map(median);
     rep.emit(tag(row("logkv", "gateway.GET", http_rate, "ops/s", cfg.n)));
     rep.emit(tag(row(
         "logkv",
@@ -152,7 +154,7 @@ fn fan_out(
             .with("writes", Extra::count(writes))
             .with("rounds", Extra::count(2))
     };
-    let [sse_rate, resp_rate] = rates.map(|r| median(r));
+    let [sse_rate, resp_rate] = rates.map(median);
     rep.emit(tag(row("logkv", "gateway.SSE", sse_rate, "ops/s", n)));
     rep.emit(tag(row(
         "logkv",
@@ -194,7 +196,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     match v.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
     }
 }
 
@@ -223,14 +225,11 @@ impl Getter {
         match self.port {
             Port::Http => match http::parse_response(buf)? {
                 None => Ok(None),
-                Some((200, body, used))
-                    if body.starts_with(b"{\"bucket\":\"default\",\"key\":") =>
-                {
-                    Ok(Some(used))
-                }
-                Some((status, body, _)) => Err(format!(
-                    "GET answered {status}: {}",
-                    String::from_utf8_lossy(body)
+                Some(r) if r.status == 200 && r.body.starts_with(ENTRY_START) => Ok(Some(r.len)),
+                Some(r) => Err(format!(
+                    "GET answered {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(r.body)
                 )),
             },
             Port::Resp => match resp::parse(buf)? {
@@ -269,7 +268,7 @@ fn get_round(
     let mut rng = Rng::new(SEED);
     let mut kb = [0u8; KEY_LEN];
     let mut out = Vec::new();
-    let mut send = |c: &mut Conn| -> Result<(), BoxError> {
+    let mut request = |c: &mut Conn| -> Result<(), BoxError> {
         out.clear();
         getter.encode(keys::key(rng.below(keyspace), &mut kb), &mut out);
         // One small request on a connection with nothing else in flight: the socket's send
@@ -281,7 +280,7 @@ fn get_round(
     let mut sent = 0;
     for c in &mut conns {
         if sent < requests {
-            send(c)?;
+            request(c)?;
             sent += 1;
         }
         c.stream.set_nonblocking(true)?;
@@ -329,7 +328,7 @@ fn get_round(
                 c.buf.drain(..used);
                 done += 1;
                 if sent < requests {
-                    send(c)?;
+                    request(c)?;
                     sent += 1;
                 }
             }
@@ -429,7 +428,7 @@ fn fan_round<E: Events>(
     result?;
     let start = start.ok_or("the round did not start")?;
     let measured: HashSet<u64> = acks.iter().map(|(id, _)| *id).collect();
-    let last = arrivals
+    let end = arrivals
         .iter()
         .flat_map(|a| &a.events)
         .filter(|(id, _)| measured.contains(id))
@@ -438,7 +437,7 @@ fn fan_round<E: Events>(
         .ok_or("no event arrived")?;
     add_latencies(&acks, &arrivals, lat);
     #[allow(clippy::cast_precision_loss, reason = "an event count, far below 2^52")]
-    Ok((watchers * writes) as f64 / last.duration_since(start).as_secs_f64())
+    Ok((watchers * writes) as f64 / end.duration_since(start).as_secs_f64())
 }
 
 /// Waits until `count` reaches `target`; an error if it stops growing for [`STALL`].
@@ -503,7 +502,7 @@ mod tests {
         let mut out = Vec::new();
         g(Port::Http).encode("key:000000000001", &mut out);
         assert!(out.starts_with(b"GET /v1/buckets/default/keys/key:000000000001 HTTP/1.1\r\n"));
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 27\r\n\r\n{\"bucket\":\"default\",\"key\":";
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 26\r\n\r\n{\"bucket\":\"default\",\"key\":";
         assert_eq!(g(Port::Http).reply(ok).unwrap(), Some(ok.len()));
         assert_eq!(g(Port::Http).reply(&ok[..20]).unwrap(), None);
         assert!(g(Port::Http)
