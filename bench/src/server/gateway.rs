@@ -116,6 +116,8 @@ fn fan_out(
 ) -> Result<(), BoxError> {
     let (watchers, writes) = (cfg.watchers, cfg.s5_writes);
     eprintln!("gateway: {watchers} watchers, one writer doing {writes} PUTs, rounds A B B A");
+    // The watchers need the bucket before the writer connects.
+    use_bucket(&mut Client::connect(&server.addr())?)?;
     let mut rates = [Vec::new(), Vec::new()];
     let mut lat = [Latencies::default(), Latencies::default()];
     for port in [Port::Http, Port::Resp, Port::Resp, Port::Http] {
