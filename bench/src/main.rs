@@ -27,7 +27,8 @@ struct Cli {
 enum Cmd {
     /// logkv against redb, fjall and sled (peers need `--features peers`).
     Embedded(EmbeddedArgs),
-    /// logkv-server against redis-server, loaded by redis-benchmark, plus S5, S6, S7.
+    /// logkv-server against redis-server, loaded by redis-benchmark, plus S5, S6, S7 and the
+    /// HTTP gateway against the RESP port.
     Server(ServerArgs),
     /// Runs one store's workloads in a fresh process (used by `embedded`).
     #[command(name = "__child", hide = true)]
@@ -95,7 +96,7 @@ struct ServerArgs {
     /// S7: buckets, one key each.
     #[arg(long, default_value_t = 10_000)]
     s7_buckets: usize,
-    /// Parts to run (default: all): compare, onekey, S5, S6, S7.
+    /// Parts to run (default: all): compare, onekey, S5, S6, S7, gateway.
     #[arg(long, value_delimiter = ',')]
     parts: Vec<String>,
     /// Directory for the servers' files (default: the system temporary directory).

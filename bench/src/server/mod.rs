@@ -7,10 +7,12 @@
 //! | `S5` | [`fanout`] | watch fan-out latency, with redis PUBLISH/SUBSCRIBE as the anchor |
 //! | `S6` | [`slow`] | a stalled and an active watcher under redis-benchmark SET load |
 //! | `S7` | [`buckets`] | many buckets: disk, threads, memory, files, restart |
+//! | `gateway` | [`gateway`] | the HTTP gateway's GET and SSE fan-out against the RESP port's |
 
 pub mod buckets;
 pub mod compare;
 pub mod fanout;
+pub mod gateway;
 pub mod process;
 pub mod slow;
 
@@ -69,7 +71,7 @@ impl Config {
 }
 
 /// The parts of the server suite.
-pub const PARTS: &[&str] = &["compare", "onekey", "S5", "S6", "S7"];
+pub const PARTS: &[&str] = &["compare", "onekey", "S5", "S6", "S7", "gateway"];
 
 fn row(store: &str, workload: &str, value: f64, unit: &str, n: u64) -> Row {
     Row::new("server", store, workload, value, unit, n)
@@ -168,6 +170,9 @@ pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
     if let (true, Some(bin)) = (cfg.wants("S7"), logkv) {
         eprintln!("S7: {} buckets with one key each", cfg.s7_buckets);
         check("S7", buckets::s7(bin, base.path(), cfg.s7_buckets, rep));
+    }
+    if let (true, Some(bin)) = (cfg.wants("gateway"), logkv) {
+        check("gateway", gateway::gateway(cfg, bin, base.path(), rep));
     }
     rep.print_table("server");
     crate::embedded::note_load();

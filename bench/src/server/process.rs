@@ -186,16 +186,18 @@ fn temp_dir(name: &str, base: &Path) -> Result<DataDir, BoxError> {
     ))
 }
 
-fn logkv_args(fsync: &str) -> impl Fn(u16, &Path) -> Vec<String> + '_ {
+fn logkv_args(fsync: &str, extra: Vec<String>) -> impl Fn(u16, &Path) -> Vec<String> + '_ {
     move |port, dir| {
-        vec![
+        let mut args = vec![
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             dir.display().to_string(),
             "--fsync".into(),
             fsync.to_string(),
-        ]
+        ];
+        args.extend(extra.iter().cloned());
+        args
     }
 }
 
@@ -205,11 +207,28 @@ pub fn start_logkv(bin: &Path, fsync: &str, base: &Path) -> Result<Running, BoxE
     start(
         "logkv-server",
         bin,
-        &logkv_args(fsync),
+        &logkv_args(fsync, Vec::new()),
         base,
         dir,
         Duration::from_secs(20),
     )
+}
+
+/// logkv-server with `--fsync fsync` and its HTTP gateway on a free loopback port
+/// (`--http-listen`), in a fresh directory under `base`; returns the gateway's port too.
+pub fn start_logkv_http(bin: &Path, fsync: &str, base: &Path) -> Result<(Running, u16), BoxError> {
+    let http = free_port()?;
+    let dir = temp_dir("logkv-server", base)?;
+    let listen = vec!["--http-listen".into(), format!("127.0.0.1:{http}")];
+    let server = start(
+        "logkv-server",
+        bin,
+        &logkv_args(fsync, listen),
+        base,
+        dir,
+        Duration::from_secs(20),
+    )?;
+    Ok((server, http))
 }
 
 /// logkv-server with `--fsync fsync` on the data in `dir` (kept when it stops).
@@ -223,7 +242,7 @@ pub fn start_logkv_in(
     start(
         "logkv-server",
         bin,
-        &logkv_args(fsync),
+        &logkv_args(fsync, Vec::new()),
         base,
         DataDir::Kept(dir.to_path_buf()),
         ready_within,
