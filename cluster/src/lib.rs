@@ -7,12 +7,14 @@
 //!
 //! - [`raftlog`]: the durable Raft log (segments of checksummed records, group commit).
 //! - [`command`]: the entry format.
+//! - [`sm`]: the state machine: entries applied to the store, snapshots.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod command;
 mod fsutil;
 pub mod raftlog;
+pub mod sm;
 pub mod types;
 
 pub use command::{Command, Op, Proposal, Response};
