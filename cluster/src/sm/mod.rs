@@ -83,6 +83,11 @@ impl StateMachine {
         })
     }
 
+    /// A new directory to receive a snapshot in.
+    pub fn scratch(&self) -> io::Result<SnapshotDir> {
+        self.shared.snapshots.scratch("incoming")
+    }
+
     /// How far the state goes.
     pub fn applied(&self) -> Applied {
         self.shared.applied.lock().clone()

@@ -65,6 +65,9 @@ pub struct StoreApplier {
     inner: Mutex<Inner>,
     /// Held by checkpoints and compaction so that no file disappears during a copy.
     files: Mutex<()>,
+    /// Buckets that may hold values with a TTL (every bucket at open, then those a write
+    /// with a TTL reached): what the leader proposes sweeps for.
+    ttl_buckets: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for StoreApplier {
@@ -148,7 +151,9 @@ impl StoreApplier {
             }
         };
         remove_other_generations(&dir, generation);
+        let ttl_buckets = Mutex::new(store.bucket_names().into_iter().collect());
         Ok(StoreApplier {
+            ttl_buckets,
             dir,
             options,
             clock,
@@ -166,6 +171,22 @@ impl StoreApplier {
     /// The cell holding the store this node serves.
     pub fn cell(&self) -> &StoreCell {
         &self.cell
+    }
+
+    /// The buckets a sweep may find something to expire or age out in: those with a max age
+    /// and those a write with a TTL reached since open (all of them at open).
+    pub fn sweep_candidates(&self) -> Vec<String> {
+        let store = self.cell.get();
+        let mut ttl = self.ttl_buckets.lock();
+        ttl.retain(|b| store.bucket(b).is_ok());
+        let mut out: Vec<String> = ttl.iter().cloned().collect();
+        for name in store.bucket_names() {
+            let has_max_age = store.bucket(&name).is_ok_and(|b| b.config().ttl.is_some());
+            if has_max_age && !ttl.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
     }
 
     /// Compacts the buckets whose dead bytes pass half of what they hold (the engine's
@@ -305,6 +326,11 @@ impl Applier for StoreApplier {
         let result = StoreApplier::apply_command(&store, command);
         self.clock.unpin();
         let name = command.bucket();
+        if let Command::Write { ops, .. } = command {
+            if ops.iter().any(|o| o.ttl_ms.is_some()) {
+                self.ttl_buckets.lock().insert(name.to_string());
+            }
+        }
         match store.bucket(name) {
             Ok(b) => {
                 inner
