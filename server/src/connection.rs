@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tracing::{error, warn};
 
 use crate::client_memory::ClientBuffers;
+use crate::cluster;
 use crate::command::{self, Flow};
 use crate::protocol::{parse_request, ParseError, Reply};
 use crate::session::Session;
@@ -81,7 +82,7 @@ pub(crate) async fn serve(
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let bucket = match shared.store.default_bucket() {
+    let bucket = match shared.store().default_bucket() {
         Ok(b) => b,
         Err(e) => {
             error!("the default bucket is missing: {e}");
@@ -210,6 +211,8 @@ impl Conn {
 
     /// Executes every complete request in the read buffer.
     async fn process(&mut self) -> io::Result<()> {
+        // New requests: a read among them needs a barrier taken after they arrived.
+        self.session.fenced = false;
         let limits = self.session.shared.config.limits;
         let max_output = self.session.shared.config.max_output;
         let max_request = self.session.shared.config.max_request;
@@ -222,8 +225,28 @@ impl Conn {
                         continue;
                     }
                     let start = self.out.len();
-                    match command::execute(&mut self.session, &req.args, &mut self.out) {
+                    if self.session.shared.cluster.is_some() {
+                        // Writes queued before a request that does not join them are
+                        // proposed first (its reads must see them), then its read barrier.
+                        if self.session.has_pending()
+                            && !command::joins_queue(&self.session, &req.args)
+                        {
+                            self.session.apply_pending(&mut self.out);
+                            cluster::writes::settle(&mut self.session, &mut self.out).await;
+                        }
+                        if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await
+                        {
+                            continue;
+                        }
+                    }
+                    let flow = command::execute(&mut self.session, &req.args, &mut self.out);
+                    cluster::writes::settle(&mut self.session, &mut self.out).await;
+                    match flow {
                         Flow::Continue => {}
+                        Flow::Await(job) => {
+                            let reply = job.await;
+                            self.out.extend_from_slice(&reply);
+                        }
                         Flow::Close => {
                             self.closing = true;
                             break;
@@ -259,6 +282,7 @@ impl Conn {
                     }
                     if self.out.len() >= FLUSH_AT {
                         self.session.apply_pending(&mut self.out);
+                        cluster::writes::settle(&mut self.session, &mut self.out).await;
                         self.flush().await?;
                     }
                 }
@@ -301,6 +325,7 @@ impl Conn {
         }
         // The pipeline's last writes, before anything is sent.
         self.session.apply_pending(&mut self.out);
+        cluster::writes::settle(&mut self.session, &mut self.out).await;
         self.rbuf.advance(pos);
         if self.rbuf.is_empty() {
             // Nothing pending: give the buffer back, so that an idle connection holds no

@@ -15,6 +15,8 @@
 //!   watches, the pipeline's pending writes). It knows nothing of `command`.
 //! * `shared`: what every connection shares (store, configuration, counters, pumps,
 //!   syncers, the client-memory budget).
+//! * `cluster`: the hooks of a cluster node (`--node-id`): writes proposed to the Raft group,
+//!   read barriers, the `CLUSTER` verbs.
 //! * `client_memory`: the budget for all connections' buffers (`--max-client-memory`).
 //! * `durability`: group commit; the only place that handles durability tickets.
 //! * `encode`: engine values (entries, write results, errors and their wire codes) as RESP.
@@ -28,6 +30,7 @@
 
 pub mod cli;
 mod client_memory;
+mod cluster;
 mod command;
 pub mod config;
 mod connection;
@@ -40,7 +43,7 @@ mod session;
 mod shared;
 mod testing;
 
-pub use config::{parse_fsync, ServerConfig};
+pub use config::{parse_fsync, ClusterConfig, ServerConfig};
 pub use encode::error_code;
 pub use server::{run, Server, ServerError};
 pub use testing::{spawn_test_server, spawn_test_server_with, TestServer};

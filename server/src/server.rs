@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logkv::{Options, Store};
+use logkv_cluster::{ClusterNode, StoreCell};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -66,6 +67,9 @@ pub enum ServerError {
     /// The final sync at shutdown failed.
     #[error("final sync at shutdown failed: {0}")]
     Sync(#[source] logkv::Error),
+    /// The cluster node could not start.
+    #[error("cannot start the cluster node: {0}")]
+    Cluster(String),
 }
 
 /// A server bound to its address with its store open, not yet accepting.
@@ -118,6 +122,18 @@ impl Server {
                 addr: config.listen.clone(),
             });
         }
+        if let Some(c) = &config.cluster {
+            let raft = resolve(&c.raft_listen)?;
+            if config.password.is_none()
+                && !config.unprotected
+                && !raft.iter().all(|a| a.ip().is_loopback())
+            {
+                return Err(ServerError::Unprotected {
+                    addr: c.raft_listen.clone(),
+                });
+            }
+            return Server::bind_cluster(config, addrs[0]).await;
+        }
         let opts = Options {
             fsync: config.fsync,
             ..Options::default()
@@ -147,24 +163,49 @@ impl Server {
             }
         }
         let addr = addrs[0];
-        let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let (listener, local_addr) = bind_listener(addr)?;
+        Ok(Server::assemble(
+            listener,
+            local_addr,
+            config,
+            StoreCell::new(store, 0),
+            None,
+        ))
+    }
+
+    /// A cluster node: the client listener first (its address is what the node advertises
+    /// by default), then the node, whose store the server serves.
+    async fn bind_cluster(config: ServerConfig, addr: SocketAddr) -> Result<Server, ServerError> {
+        let (listener, local_addr) = bind_listener(addr)?;
+        let node = crate::cluster::start(&config, local_addr).await?;
+        let stores = node.store().clone();
+        let server = Server::assemble(listener, local_addr, config, stores, Some(node));
+        crate::cluster::watch_store_changes(&server.shared);
+        Ok(server)
+    }
+
+    fn assemble(
+        listener: TcpListener,
+        local_addr: SocketAddr,
+        config: ServerConfig,
+        stores: StoreCell,
+        cluster: Option<ClusterNode>,
+    ) -> Server {
         let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
         let shared = Arc::new(Shared {
-            store,
+            stores,
+            cluster,
             config,
             client_memory,
             stats: Stats::new(),
             pumps: Pumps::new(),
             syncers: Syncers::default(),
         });
-        Ok(Server {
+        Server {
             listener,
             local_addr,
             shared,
-        })
+        }
     }
 
     /// The address actually bound (with the port the OS picked for port 0).
@@ -232,13 +273,16 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || pumps.shutdown()).await;
         let keep = Arc::clone(&shared);
         let _ = tokio::task::spawn_blocking(move || keep.syncers.shutdown()).await;
+        if let Some(node) = &shared.cluster {
+            node.shutdown().await;
+        }
         // Blocking jobs (fsync waits, DELGLOB...) hold a reference until they return.
         let deadline = Instant::now() + Duration::from_secs(30);
         while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let synced = tokio::task::spawn_blocking(move || {
-            let result = shared.store.sync();
+            let result = shared.store().sync();
             drop(shared);
             result
         })
@@ -252,6 +296,14 @@ impl Server {
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }
+}
+
+fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, local_addr))
 }
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use logkv::Store;
+use logkv_cluster::{ClusterNode, StoreCell};
 
 use crate::client_memory::ClientMemory;
 use crate::config::ServerConfig;
@@ -28,13 +29,29 @@ pub(crate) struct Stats {
 
 /// What every connection task shares.
 pub(crate) struct Shared {
-    pub store: Store,
+    /// The store served: fixed on a single node; on a cluster node, replaced when a
+    /// snapshot is installed (see [`Shared::store`]).
+    pub stores: StoreCell,
+    /// The cluster node, when the server is one.
+    pub cluster: Option<ClusterNode>,
     pub config: ServerConfig,
     pub stats: Stats,
     pub pumps: Pumps,
     pub syncers: Syncers,
     /// What the connections hold in their buffers, against `--max-client-memory`.
     pub client_memory: Arc<ClientMemory>,
+}
+
+impl Shared {
+    /// The store served now.
+    pub fn store(&self) -> Store {
+        self.stores.get()
+    }
+
+    /// The generation of the store served (raised when a cluster node installs a snapshot).
+    pub fn store_generation(&self) -> u64 {
+        self.stores.generation()
+    }
 }
 
 impl Stats {

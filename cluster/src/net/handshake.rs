@@ -148,6 +148,14 @@ async fn recv<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
     postcard::from_bytes(&payload).map_err(|e| HandshakeError::Protocol(e.to_string()))
 }
 
+/// The node id a dialer gives in its first frame (`Hello`), from that frame's payload: lets
+/// a test's TCP proxy tell which node a link comes from.
+pub fn dialer_of(hello_payload: &[u8]) -> Option<NodeId> {
+    postcard::from_bytes::<Hello>(hello_payload)
+        .ok()
+        .map(|h| h.node)
+}
+
 /// The dialer's side: returns the peer's id.
 pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,

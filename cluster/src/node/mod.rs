@@ -389,10 +389,6 @@ async fn announce(node: std::sync::Weak<NodeInner>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(n) = node.upgrade() else { return };
-        let me = Node {
-            raft_addr: n.cfg.raft_addr.clone(),
-            client_addr: n.cfg.client_addr.clone(),
-        };
         let recorded = {
             let m = n.raft.metrics();
             let m = m.borrow_watched();
@@ -401,17 +397,20 @@ async fn announce(node: std::sync::Weak<NodeInner>) {
                 .get_node(&n.cfg.id)
                 .cloned()
         };
-        match recorded {
-            None => continue,
-            Some(r) if r == me || me.client_addr.is_empty() => {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            Some(_) => {
-                let c = ClusterNode { inner: n };
-                if let Err(e) = c.set_node(c.id(), me).await {
-                    tracing::debug!("recording this node's addresses: {e}");
-                }
-            }
+        let Some(recorded) = recorded else { continue };
+        // The raft address stays what the others were given (it may be a proxy's).
+        let me = Node {
+            raft_addr: recorded.raft_addr.clone(),
+            client_addr: n.cfg.client_addr.clone(),
+        };
+        if recorded == me || me.client_addr.is_empty() {
+            drop(n);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        let c = ClusterNode { inner: n };
+        if let Err(e) = c.set_node(c.id(), me).await {
+            tracing::debug!("recording this node's addresses: {e}");
         }
     }
 }

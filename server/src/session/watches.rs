@@ -24,6 +24,9 @@ pub(crate) const MAX_WATCHES: usize = 1024;
 
 struct Slot {
     id: u64,
+    /// The store generation the watch reads (a cluster node that installs a snapshot
+    /// replaces its store: the watch then ends with `lost`).
+    generation: u64,
     watch: Watch,
     with_value: bool,
     pump: Arc<Pump>,
@@ -84,6 +87,7 @@ impl Watches {
         self.next_id += 1;
         self.list.push(Slot {
             id,
+            generation: self.shared.store_generation(),
             watch,
             with_value,
             pump,
@@ -119,10 +123,16 @@ impl Watches {
     pub fn pull(&mut self, version: RespVersion, out: &mut Vec<u8>, high_water: usize) -> bool {
         let n = self.list.len();
         let mut full = false;
+        let generation = self.shared.store_generation();
         for step in 0..n {
             let idx = (self.start + step) % n;
             let slot = &mut self.list[idx];
             if slot.ended {
+                continue;
+            }
+            if slot.generation != generation {
+                encode_lost(out, version, slot.id, 0);
+                slot.ended = true;
                 continue;
             }
             loop {
