@@ -35,7 +35,7 @@ pub enum Request {
 }
 
 /// What a follower asks the leader for on behalf of a client.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Forward {
     /// Propose this command (the leader stamps its time).
     Write(Command),

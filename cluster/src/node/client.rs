@@ -145,52 +145,28 @@ impl ClusterNode {
     pub(crate) async fn forward(&self, req: Forward) -> Result<Outcome, ClusterError> {
         let started = Instant::now();
         let wait = self.inner.cfg.leader_wait;
-        let mut req = Some(req);
         loop {
             let leader = self.leader();
             let outcome = match leader {
-                Some(l) if l == self.id() => {
-                    let Some(r) = req.take() else {
-                        return Err(ClusterError::Failed("request lost".into()));
-                    };
-                    self.serve_forward(r).await
-                }
+                Some(l) if l == self.id() => self.serve_forward(req.clone()).await,
                 Some(l) => {
-                    let Some(r) = req.take() else {
-                        return Err(ClusterError::Failed("request lost".into()));
-                    };
-                    let msg = Request::Forward(r);
+                    let msg = Request::Forward(req.clone());
                     let timeout = self.inner.cfg.write_timeout + self.inner.cfg.leader_wait;
                     match self.inner.net.call(l, &msg, timeout).await {
-                        Ok(Reply::Forward(o)) => {
-                            if let Request::Forward(r) = msg {
-                                req = Some(r);
-                            }
-                            o
-                        }
-                        Ok(Reply::Unavailable(why)) => {
-                            if let Request::Forward(r) = msg {
-                                req = Some(r);
-                            }
-                            Outcome::NoLeader(why)
-                        }
+                        Ok(Reply::Forward(o)) => o,
+                        Ok(Reply::Unavailable(why)) => Outcome::NoLeader(why),
                         Ok(other) => {
                             return Err(ClusterError::InDoubt(format!(
                                 "unexpected reply from the leader: {other:?}"
                             )))
                         }
-                        Err(CallError::NotSent(why)) => {
-                            if let Request::Forward(r) = msg {
-                                req = Some(r);
-                            }
-                            Outcome::NoLeader(why)
-                        }
+                        Err(CallError::NotSent(why)) => Outcome::NoLeader(why),
                         Err(e @ (CallError::Lost(_) | CallError::Timeout(_))) => {
-                            return Err(match msg {
-                                // A read or a lookup changes nothing: no doubt.
-                                Request::Forward(Forward::ReadIndex) => ClusterError::NoLeader(
-                                    format!("the leader did not answer: {e}"),
-                                ),
+                            return Err(match req {
+                                // A read changes nothing: no doubt.
+                                Forward::ReadIndex => ClusterError::NoLeader(format!(
+                                    "the leader did not answer: {e}"
+                                )),
                                 _ => ClusterError::InDoubt(format!(
                                     "the leader (node {l}) did not answer: {e}; check with ENTRY"
                                 )),
@@ -202,9 +178,6 @@ impl ClusterNode {
             };
             match outcome {
                 Outcome::NotLeader(_) | Outcome::NoLeader(_) if started.elapsed() < wait => {
-                    if req.is_none() {
-                        return Err(ClusterError::Failed("request lost".into()));
-                    }
                     self.wait_for_leader_change(leader, RETRY).await;
                 }
                 Outcome::NotLeader(_) | Outcome::NoLeader(_) => return Err(no_leader(wait)),

@@ -27,6 +27,9 @@ struct Slot {
     /// The store generation the watch reads (a cluster node that installs a snapshot
     /// replaces its store: the watch then ends with `lost`).
     generation: u64,
+    /// On a cluster node, the watch's `FROM` revision: a node behind the one the client
+    /// resumes from still applies the revisions before it, which the client has seen.
+    skip_below: u64,
     watch: Watch,
     with_value: bool,
     pump: Arc<Pump>,
@@ -76,6 +79,11 @@ impl Watches {
         // Subscribe before the watch takes its snapshot: a write in between still wakes us.
         let pump = self.shared.pumps.subscribe(bucket, &self.notify);
         let with_value = !opts.meta_only;
+        let skip_below = if self.shared.cluster.is_some() {
+            opts.from_revision.unwrap_or(0)
+        } else {
+            0
+        };
         let watch = match bucket.watch(pattern, opts) {
             Ok(w) => w,
             Err(e) => {
@@ -88,6 +96,7 @@ impl Watches {
         self.list.push(Slot {
             id,
             generation: self.shared.store_generation(),
+            skip_below,
             watch,
             with_value,
             pump,
@@ -142,6 +151,7 @@ impl Watches {
                 }
                 match slot.watch.try_next() {
                     Ok(None) => break,
+                    Ok(Some(WatchEvent::Entry(e))) if e.revision < slot.skip_below => {}
                     Ok(Some(ev)) => {
                         if encode_event(out, version, slot.id, slot.with_value, &ev) {
                             slot.ended = true;
