@@ -35,7 +35,7 @@ fn write(bucket: &str, ops: Vec<Op>) -> Command {
 #[test]
 fn commands_apply_at_the_entry_time() {
     let dir = tempfile::tempdir().unwrap();
-    let a = StoreApplier::open(dir.path(), logkv::Options::default()).unwrap();
+    let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
     assert_eq!(a.recovered(), Some(Applied::default()));
     let r = a
         .apply(log_id(1), 1_000, &write("default", vec![Op::put("k", "v")]))
@@ -90,26 +90,26 @@ fn commands_apply_at_the_entry_time() {
 fn a_store_ahead_of_its_record_is_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let a = StoreApplier::open(dir.path(), logkv::Options::default()).unwrap();
+        let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
         a.apply(log_id(1), 5, &write("default", vec![Op::put("k", "v")]))
             .unwrap();
         a.set_applied(&applied(1), false).unwrap();
     }
     {
-        let a = StoreApplier::open(dir.path(), logkv::Options::default()).unwrap();
+        let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
         assert_eq!(a.recovered(), Some(applied(1)), "record and store agree");
         // A write whose record is never written: as if the node crashed in between.
         a.apply(log_id(2), 6, &write("default", vec![Op::put("k", "w")]))
             .unwrap();
     }
-    let a = StoreApplier::open(dir.path(), logkv::Options::default()).unwrap();
+    let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
     assert_eq!(a.recovered(), None, "the store went past its record");
 }
 
 #[test]
 fn checkpoints_install_into_a_new_generation() {
     let dir = tempfile::tempdir().unwrap();
-    let a = StoreApplier::open(dir.path().join("a"), logkv::Options::default()).unwrap();
+    let a = StoreApplier::open(dir.path().join("a"), &logkv::Options::default()).unwrap();
     a.apply(log_id(1), 5, &write("default", vec![Op::put("k", "v")]))
         .unwrap();
     a.set_applied(&applied(1), false).unwrap();
@@ -119,7 +119,7 @@ fn checkpoints_install_into_a_new_generation() {
     a.apply(log_id(2), 6, &write("default", vec![Op::put("k", "later")]))
         .unwrap();
 
-    let b = StoreApplier::open(dir.path().join("b"), logkv::Options::default()).unwrap();
+    let b = StoreApplier::open(dir.path().join("b"), &logkv::Options::default()).unwrap();
     let old = b.cell().get().default_bucket().unwrap();
     let mut watch = old.watch(">", logkv::WatchOptions::default()).unwrap();
     let generation = b.cell().generation();
@@ -129,7 +129,7 @@ fn checkpoints_install_into_a_new_generation() {
     assert_eq!(got.as_deref(), Some(&b"v"[..]));
     drop(watch.try_next());
     drop(b);
-    let b = StoreApplier::open(dir.path().join("b"), logkv::Options::default()).unwrap();
+    let b = StoreApplier::open(dir.path().join("b"), &logkv::Options::default()).unwrap();
     assert_eq!(b.recovered(), Some(applied(1)));
     let got = b.cell().get().default_bucket().unwrap().get("k").unwrap();
     assert_eq!(got.as_deref(), Some(&b"v"[..]));

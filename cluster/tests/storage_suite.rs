@@ -27,7 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         )
         .expect("open log");
         let applier =
-            StoreApplier::open(dir.path().join("sm"), logkv::Options::default()).expect("open sm");
+            StoreApplier::open(dir.path().join("sm"), &logkv::Options::default()).expect("open sm");
         let snapshots = SnapshotStore::open(dir.path().join("snapshots")).expect("snapshots");
         let sm = StateMachine::open(Arc::new(applier), snapshots).expect("state machine");
         Ok((dir, log, sm))

@@ -112,7 +112,7 @@ pub struct Cli {
     #[arg(long, value_name = "ID=HOST:PORT,...", requires = "node_id", value_parser = parse_initial_cluster)]
     pub initial_cluster: Option<std::collections::BTreeMap<u64, String>>,
 
-    /// The client address the other nodes report for this one (CLUSTER INFO leader_addr).
+    /// The client address the other nodes report for this one (`CLUSTER INFO` `leader_addr`).
     /// Default: --listen.
     #[arg(long, value_name = "HOST:PORT", requires = "node_id")]
     pub advertise: Option<String>,

@@ -225,46 +225,16 @@ impl Conn {
                         continue;
                     }
                     let start = self.out.len();
-                    if self.session.shared.cluster.is_some() {
-                        // Writes queued before a request that does not join them are
-                        // proposed first (its reads must see them), then its read barrier.
-                        if self.session.has_pending()
-                            && !command::joins_queue(&self.session, &req.args)
-                        {
-                            self.session.apply_pending(&mut self.out);
-                            cluster::writes::settle(&mut self.session, &mut self.out).await;
-                        }
-                        if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await
-                        {
-                            continue;
-                        }
+                    if self.session.shared.cluster.is_some()
+                        && !self.before_cluster(&req.args).await
+                    {
+                        continue;
                     }
                     let flow = command::execute(&mut self.session, &req.args, &mut self.out);
                     cluster::writes::settle(&mut self.session, &mut self.out).await;
-                    match flow {
-                        Flow::Continue => {}
-                        Flow::Await(job) => {
-                            let reply = job.await;
-                            self.out.extend_from_slice(&reply);
-                        }
-                        Flow::Close => {
-                            self.closing = true;
-                            break;
-                        }
-                        Flow::Blocking(job) => {
-                            let keep = Arc::clone(&self.session.shared);
-                            let reply = tokio::task::spawn_blocking(move || {
-                                let reply = job();
-                                drop(keep);
-                                reply
-                            })
-                            .await
-                            .unwrap_or_else(|e| {
-                                error!("a command panicked: {e}");
-                                Reply::err("ERR", "internal error")
-                            });
-                            reply.encode(self.session.version, &mut self.out);
-                        }
+                    if !self.finish(flow).await {
+                        self.closing = true;
+                        break;
                     }
                     // Replies of queued writes applied first are not this command's.
                     let start = start.max(self.session.reply_start);
@@ -334,6 +304,45 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Completes what a command left to do: runs its blocking job or awaits its cluster job
+    /// and encodes the reply. `false`: the connection is to close after the output.
+    async fn finish(&mut self, flow: Flow) -> bool {
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => return false,
+            Flow::Await(job) => {
+                let reply = job.await;
+                self.out.extend_from_slice(&reply);
+            }
+            Flow::Blocking(job) => {
+                let keep = Arc::clone(&self.session.shared);
+                let reply = tokio::task::spawn_blocking(move || {
+                    let reply = job();
+                    drop(keep);
+                    reply
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    error!("a command panicked: {e}");
+                    Reply::err("ERR", "internal error")
+                });
+                reply.encode(self.session.version, &mut self.out);
+            }
+        }
+        true
+    }
+
+    /// On a cluster node, before a request: the writes queued before it are proposed first
+    /// if it does not join them (its reads must see them), then its read barrier. `false`:
+    /// the barrier failed and the request was answered with its error.
+    async fn before_cluster(&mut self, args: &[bytes::Bytes]) -> bool {
+        if self.session.has_pending() && !command::joins_queue(&self.session, args) {
+            self.session.apply_pending(&mut self.out);
+            cluster::writes::settle(&mut self.session, &mut self.out).await;
+        }
+        cluster::reads::fence(&mut self.session, args, &mut self.out).await
     }
 
     /// Reports what the buffers hold (read but not executed, output not sent, MULTI

@@ -13,9 +13,9 @@ use crate::types::{Node, NodeId, Vote, C};
 /// A request on a link.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// Raft AppendEntries (and heartbeats).
+    /// Raft `AppendEntries` (and heartbeats).
     Append(AppendEntriesRequest<C>),
-    /// Raft RequestVote.
+    /// Raft `RequestVote`.
     Vote(VoteRequest<C>),
     /// Raft pre-vote.
     PreVote(VoteRequest<C>),

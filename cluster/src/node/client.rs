@@ -154,13 +154,14 @@ impl ClusterNode {
                     let timeout = self.inner.cfg.write_timeout + self.inner.cfg.leader_wait;
                     match self.inner.net.call(l, &msg, timeout).await {
                         Ok(Reply::Forward(o)) => o,
-                        Ok(Reply::Unavailable(why)) => Outcome::NoLeader(why),
+                        Ok(Reply::Unavailable(why)) | Err(CallError::NotSent(why)) => {
+                            Outcome::NoLeader(why)
+                        }
                         Ok(other) => {
                             return Err(ClusterError::InDoubt(format!(
                                 "unexpected reply from the leader: {other:?}"
                             )))
                         }
-                        Err(CallError::NotSent(why)) => Outcome::NoLeader(why),
                         Err(e @ (CallError::Lost(_) | CallError::Timeout(_))) => {
                             return Err(match req {
                                 // A read changes nothing: no doubt.

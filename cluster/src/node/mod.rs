@@ -207,7 +207,7 @@ impl ClusterNode {
             let d = dir.clone();
             let opts = cfg.store.clone();
             tokio::task::spawn_blocking(move || {
-                let a = StoreApplier::open(d.join("sm"), opts)?;
+                let a = StoreApplier::open(d.join("sm"), &opts)?;
                 let s = SnapshotStore::open(d.join("snapshots"))?;
                 Ok::<_, io::Error>((a, s))
             })
@@ -448,9 +448,8 @@ async fn compactor(node: std::sync::Weak<NodeInner>) {
         let Some(n) = node.upgrade() else { return };
         let applier = Arc::clone(&n.applier);
         drop(n);
-        match tokio::task::spawn_blocking(move || applier.compact_if_needed()).await {
-            Ok(Err(e)) => tracing::warn!("compaction failed: {e}"),
-            Ok(Ok(_)) | Err(_) => {}
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || applier.compact_if_needed()).await {
+            tracing::warn!("compaction failed: {e}");
         }
     }
 }

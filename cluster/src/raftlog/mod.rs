@@ -232,7 +232,7 @@ impl LogStore {
         Ok(out)
     }
 
-    fn append_sync(&self, entries: Vec<Entry>) -> io::Result<Option<Arc<Segment>>> {
+    fn append_sync(&self, entries: &[Entry]) -> io::Result<Option<Arc<Segment>>> {
         if let Some(why) = self.shared.flusher.failure() {
             return Err(io::Error::other(why));
         }
@@ -243,7 +243,7 @@ impl LogStore {
         let mut pending: Vec<(u64, u32, LogId)> = Vec::new();
         let mut last = st.locs.back().map(|l| l.log_id).or(st.purged);
         let mut nonempty = !st.locs.is_empty();
-        for entry in &entries {
+        for entry in entries {
             let id = entry.log_id;
             if let Some(prev) = last {
                 if id.index != prev.index + 1 {
@@ -359,84 +359,8 @@ fn recover(dir: &Path, st: &mut State) -> io::Result<()> {
             Err(why) => return Err(invalid(format!("{}: {why}", path.display()))),
         }
         let seg = Arc::new(seg);
-        let mut offset = HEADER_LEN;
-        let mut expected = first;
-        let mut kept = 0usize;
-        let mut cut = false;
-        loop {
-            let rest = bytes.get(offset..).unwrap_or_default();
-            let framed = match record::frame(rest) {
-                // Zeros where the next record would start but bytes after them: a record
-                // torn by the page cache, whose first page never reached the disk.
-                Framed::End if rest.iter().any(|b| *b != 0) => {
-                    Framed::Bad("torn record after the end")
-                }
-                other => other,
-            };
-            match framed {
-                Framed::End => break,
-                Framed::Bad(why) => {
-                    if !is_last {
-                        return Err(invalid(format!(
-                            "corrupt Raft log {} at offset {offset}: {why}",
-                            path.display()
-                        )));
-                    }
-                    tracing::warn!(
-                        path = %path.display(),
-                        offset,
-                        dropped_bytes = bytes.len() - offset,
-                        "cutting a torn tail off the Raft log ({why})"
-                    );
-                    seg.truncate(offset as u64)?;
-                    cut = true;
-                    break;
-                }
-                Framed::Record(body, len) => {
-                    let id = record::body_log_id(body)?;
-                    if id.index != expected {
-                        return Err(invalid(format!(
-                            "corrupt Raft log {} at offset {offset}: entry {} where {expected} was due",
-                            path.display(),
-                            id.index
-                        )));
-                    }
-                    if let Some(p) = prev.filter(|p| id.leader_id < p.leader_id) {
-                        return Err(invalid(format!(
-                            "corrupt Raft log {} at offset {offset}: entry {id} after {p} (leader goes backwards)",
-                            path.display()
-                        )));
-                    }
-                    if purged_index.is_none_or(|p| id.index > p) {
-                        if st.locs.is_empty() {
-                            if let Some(p) = purged_index.filter(|p| id.index != p + 1) {
-                                return Err(invalid(format!(
-                                    "Raft log {}: the first entry kept is {} but the log is purged up to {p}",
-                                    path.display(),
-                                    id.index
-                                )));
-                            }
-                        } else if st.locs.back().map(|l| l.log_id.index + 1) != Some(id.index) {
-                            return Err(invalid(format!(
-                                "Raft log {}: entry {} does not follow the previous segment",
-                                path.display(),
-                                id.index
-                            )));
-                        }
-                        st.locs.push_back(Loc {
-                            seg: Arc::clone(&seg),
-                            offset: offset as u64,
-                            len: u32::try_from(len).map_err(io::Error::other)?,
-                            log_id: id,
-                        });
-                        kept += 1;
-                    }
-                    prev = Some(id);
-                    expected += 1;
-                    offset += len;
-                }
-            }
-        }
+        let Scanned { kept, end, cut } = scan(&seg, &bytes, is_last, purged_index, &mut prev, st)?;
+        let offset = end;
         if kept == 0 && !is_last {
             // Fully purged: finish the purge that was interrupted.
             std::fs::remove_file(&path)?;
@@ -458,6 +382,110 @@ fn recover(dir: &Path, st: &mut State) -> io::Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// What scanning a segment found.
+struct Scanned {
+    /// Entries indexed (past the purge point).
+    kept: usize,
+    /// End of the valid records.
+    end: usize,
+    /// Whether a torn tail was cut off.
+    cut: bool,
+}
+
+/// Scans the records of one segment into `st.locs`; `prev` is the last entry seen before it.
+fn scan(
+    seg: &Arc<Segment>,
+    bytes: &[u8],
+    is_last: bool,
+    purged_index: Option<u64>,
+    prev: &mut Option<LogId>,
+    st: &mut State,
+) -> io::Result<Scanned> {
+    let path = &seg.path;
+    let first = seg.first_index;
+    let mut offset = HEADER_LEN;
+    let mut expected = first;
+    let mut kept = 0usize;
+    let mut cut = false;
+    loop {
+        let rest = bytes.get(offset..).unwrap_or_default();
+        let framed = match record::frame(rest) {
+            // Zeros where the next record would start but bytes after them: a record
+            // torn by the page cache, whose first page never reached the disk.
+            Framed::End if rest.iter().any(|b| *b != 0) => Framed::Bad("torn record after the end"),
+            other => other,
+        };
+        match framed {
+            Framed::End => break,
+            Framed::Bad(why) => {
+                if !is_last {
+                    return Err(invalid(format!(
+                        "corrupt Raft log {} at offset {offset}: {why}",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(
+                    path = %path.display(),
+                    offset,
+                    dropped_bytes = bytes.len() - offset,
+                    "cutting a torn tail off the Raft log ({why})"
+                );
+                seg.truncate(offset as u64)?;
+                cut = true;
+                break;
+            }
+            Framed::Record(body, len) => {
+                let id = record::body_log_id(body)?;
+                if id.index != expected {
+                    return Err(invalid(format!(
+                        "corrupt Raft log {} at offset {offset}: entry {} where {expected} was due",
+                        path.display(),
+                        id.index
+                    )));
+                }
+                if let Some(p) = prev.filter(|p| id.leader_id < p.leader_id) {
+                    return Err(invalid(format!(
+                        "corrupt Raft log {} at offset {offset}: entry {id} after {p} (leader goes backwards)",
+                        path.display()
+                    )));
+                }
+                if purged_index.is_none_or(|p| id.index > p) {
+                    if st.locs.is_empty() {
+                        if let Some(p) = purged_index.filter(|p| id.index != p + 1) {
+                            return Err(invalid(format!(
+                                "Raft log {}: the first entry kept is {} but the log is purged up to {p}",
+                                path.display(),
+                                id.index
+                            )));
+                        }
+                    } else if st.locs.back().map(|l| l.log_id.index + 1) != Some(id.index) {
+                        return Err(invalid(format!(
+                            "Raft log {}: entry {} does not follow the previous segment",
+                            path.display(),
+                            id.index
+                        )));
+                    }
+                    st.locs.push_back(Loc {
+                        seg: Arc::clone(seg),
+                        offset: offset as u64,
+                        len: u32::try_from(len).map_err(io::Error::other)?,
+                        log_id: id,
+                    });
+                    kept += 1;
+                }
+                *prev = Some(id);
+                expected += 1;
+                offset += len;
+            }
+        }
+    }
+    Ok(Scanned {
+        kept,
+        end: offset,
+        cut,
+    })
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -525,7 +553,7 @@ impl RaftLogStorage<C> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        match self.append_sync(entries)? {
+        match self.append_sync(&entries)? {
             Some(seg) => self.shared.flusher.submit(callback, &seg),
             None => callback.io_completed(Ok(())),
         }

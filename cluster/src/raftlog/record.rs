@@ -119,7 +119,7 @@ pub fn frame(buf: &[u8]) -> Framed<'_> {
     if len == 0 && crc == 0 {
         return Framed::End;
     }
-    if len > MAX_BODY || len < BODY_FIXED {
+    if !(BODY_FIXED..=MAX_BODY).contains(&len) {
         return Framed::Bad("impossible record length");
     }
     let Some(body) = rest.get(..len) else {

@@ -70,7 +70,9 @@ async fn appends_survive_reopen_across_segments() {
                 .file_name()
                 .to_str()
                 .unwrap()
-                .ends_with(".log")
+                .rsplit('.')
+                .next()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("log"))
         })
         .count();
     assert!(segments > 1, "the log rotated ({segments} segments)");

@@ -60,25 +60,21 @@ impl StateMachine {
     /// state cannot be trusted after a crash, it is rebuilt from the latest snapshot (or
     /// from empty) here; openraft then re-applies the log after it.
     pub fn open(applier: Arc<dyn Applier>, snapshots: SnapshotStore) -> io::Result<StateMachine> {
-        let applied = match applier.recovered() {
-            Some(a) => a,
-            None => match snapshots.current()? {
-                Some((dir, info)) => {
-                    let a = info.applied();
-                    applier.install(Some(&dir.data()), &a)?;
-                    a
-                }
-                None => {
-                    applier.install(None, &Applied::default())?;
-                    Applied::default()
-                }
-            },
+        let state = if let Some(trusted) = applier.recovered() {
+            trusted
+        } else if let Some((dir, info)) = snapshots.current()? {
+            let from_snapshot = info.applied();
+            applier.install(Some(&dir.data()), &from_snapshot)?;
+            from_snapshot
+        } else {
+            applier.install(None, &Applied::default())?;
+            Applied::default()
         };
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 applier,
                 snapshots,
-                applied: Mutex::new(applied),
+                applied: Mutex::new(state),
             }),
         })
     }

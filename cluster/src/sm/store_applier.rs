@@ -104,7 +104,7 @@ impl StoreApplier {
     /// Opens the state machine's store in `dir` (the node's `sm/` directory). `options` are
     /// the engine options to open stores with; the clock, the fsync policy and the
     /// background thread are set here.
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> io::Result<StoreApplier> {
+    pub fn open(dir: impl AsRef<Path>, options: &Options) -> io::Result<StoreApplier> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let clock = Arc::new(ApplyClock::default());
@@ -112,7 +112,7 @@ impl StoreApplier {
             fsync: FsyncPolicy::Never,
             background: false,
             clock: Arc::clone(&clock) as Arc<dyn logkv::Clock>,
-            ..options
+            ..options.clone()
         };
         let current: Option<u64> = match read_checked(&dir.join(CURRENT_FILE))? {
             Some(b) => Some(postcard::from_bytes(&b).map_err(|e| invalid(e.to_string()))?),

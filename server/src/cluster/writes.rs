@@ -2,7 +2,7 @@
 //! leader), applied on every node, replied to with what applying gave on the leader.
 
 use logkv::Written;
-use logkv_cluster::command::{BucketSpec, Command, Response};
+use logkv_cluster::command::{BucketSpec, Command, Response, WrittenData};
 use logkv_cluster::{ClusterNode, Op};
 
 use super::error_reply;
@@ -50,7 +50,7 @@ async fn propose_writes(
             for (w, r) in writes.iter().zip(results) {
                 match r {
                     Ok(written) => {
-                        encode::written(&mut out, version, &written.to_engine(), w.shape)
+                        encode::written(&mut out, version, &written.to_engine(), w.shape);
                     }
                     Err(e) => engine_error(&e.to_engine()).encode(version, &mut out),
                 }
@@ -111,7 +111,7 @@ pub(crate) fn exec(s: &mut Session, ops: Vec<Op>, shapes: Vec<WriteShape>) -> Fl
                 ops,
             };
             let result: Result<Vec<Written>, logkv::Error> = match node.write(cmd).await {
-                Ok(Response::Atomic(Ok(w))) => Ok(w.iter().map(|w| w.to_engine()).collect()),
+                Ok(Response::Atomic(Ok(w))) => Ok(w.iter().map(WrittenData::to_engine).collect()),
                 Ok(Response::Atomic(Err(e)) | Response::Failed(e)) => Err(e.to_engine()),
                 Ok(other) => Err(logkv::Error::Internal(format!(
                     "unexpected outcome {other:?}"

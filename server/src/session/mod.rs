@@ -103,11 +103,13 @@ impl Session {
         &mut self,
         mut f: impl FnMut(&Bucket) -> logkv::Result<T>,
     ) -> logkv::Result<T> {
-        let generation = self.shared.store_generation();
-        if generation != self.generation {
-            // A cluster node installed a snapshot: the same bucket in the new store.
-            self.bucket = self.shared.store().bucket(self.bucket.name())?;
-            self.generation = generation;
+        if self.shared.cluster.is_some() {
+            let generation = self.shared.store_generation();
+            if generation != self.generation {
+                // The node installed a snapshot: the same bucket in the new store.
+                self.bucket = self.shared.store().bucket(self.bucket.name())?;
+                self.generation = generation;
+            }
         }
         match f(&self.bucket) {
             Err(logkv::Error::NoBucket(name)) => match self.shared.store().bucket(&name) {

@@ -42,26 +42,25 @@ pub struct Op {
     pub outcome: Outcome,
 }
 
-/// Applies `op` to `value`: the new value, or `None` if the outcome contradicts the model.
-fn step(value: &Option<String>, op: &Op) -> Option<Option<String>> {
+/// An outcome the register cannot produce from the value it is applied to.
+struct Contradiction;
+
+/// Applies `op` to `value`: the new value, or a contradiction with the model.
+fn step(value: Option<&String>, op: &Op) -> Result<Option<String>, Contradiction> {
+    let is = |old: &String| value == Some(old);
+    let ok = |cond: bool, v: Option<String>| if cond { Ok(v) } else { Err(Contradiction) };
     match (&op.kind, &op.outcome) {
-        (Kind::Put(v), Outcome::Ok | Outcome::Unknown) => Some(Some(v.clone())),
-        (Kind::Cas { new, old }, Outcome::Ok) => {
-            (value.as_deref() == Some(old.as_str())).then(|| Some(new.clone()))
-        }
-        (Kind::Cas { old, .. }, Outcome::Mismatch) => {
-            (value.as_deref() != Some(old.as_str())).then(|| value.clone())
-        }
-        (Kind::Cas { new, old }, Outcome::Unknown) => {
-            Some(if value.as_deref() == Some(old.as_str()) {
-                Some(new.clone())
-            } else {
-                value.clone()
-            })
-        }
-        (Kind::Get, Outcome::Value(v)) => (v == value).then(|| value.clone()),
-        (Kind::Get, Outcome::Unknown) => Some(value.clone()),
-        _ => None,
+        (Kind::Put(v), Outcome::Ok | Outcome::Unknown) => Ok(Some(v.clone())),
+        (Kind::Cas { new, old }, Outcome::Ok) => ok(is(old), Some(new.clone())),
+        (Kind::Cas { old, .. }, Outcome::Mismatch) => ok(!is(old), value.cloned()),
+        (Kind::Cas { new, old }, Outcome::Unknown) => Ok(if is(old) {
+            Some(new.clone())
+        } else {
+            value.cloned()
+        }),
+        (Kind::Get, Outcome::Value(v)) => ok(v.as_ref() == value, value.cloned()),
+        (Kind::Get, Outcome::Unknown) => Ok(value.cloned()),
+        _ => Err(Contradiction),
     }
 }
 
@@ -71,7 +70,7 @@ pub fn linearizable(ops: &[Op]) -> bool {
     let words = n.div_ceil(64);
     let mut done = vec![0u64; words];
     let mut seen: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
-    search(ops, &mut done, &None, &mut seen)
+    search(ops, &mut done, None, &mut seen)
 }
 
 fn is_done(done: &[u64], i: usize) -> bool {
@@ -85,7 +84,7 @@ fn flip(done: &mut [u64], i: usize) {
 fn search(
     ops: &[Op],
     done: &mut Vec<u64>,
-    value: &Option<String>,
+    value: Option<&String>,
     seen: &mut HashSet<(Vec<u64>, Option<String>)>,
 ) -> bool {
     // The earliest return among the completed operations not yet placed: whatever comes
@@ -100,16 +99,16 @@ fn search(
         // Every completed operation is placed; unknown ones may never have happened.
         return true;
     };
-    if !seen.insert((done.clone(), value.clone())) {
+    if !seen.insert((done.clone(), value.cloned())) {
         return false;
     }
     for (i, op) in ops.iter().enumerate() {
         if is_done(done, i) || op.call > horizon {
             continue;
         }
-        if let Some(next) = step(value, op) {
+        if let Ok(next) = step(value, op) {
             flip(done, i);
-            if search(ops, done, &next, seen) {
+            if search(ops, done, next.as_ref(), seen) {
                 return true;
             }
             flip(done, i);

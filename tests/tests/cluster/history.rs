@@ -40,7 +40,7 @@ fn run_client(
             }
             continue;
         };
-        let key = KEYS[rng.below(KEYS.len() as u64) as usize];
+        let key = KEYS[usize::try_from(rng.below(KEYS.len() as u64)).unwrap_or(0)];
         n += 1;
         let value = format!("{t}-{n}");
         let (kind, args): (Kind, Vec<String>) = match rng.below(3) {
@@ -193,7 +193,7 @@ fn histories_are_linearizable_across_kills_and_partitions() {
                 c_ref.spawn(leader);
             }
         }
-        std::thread::sleep(Duration::from_millis(1000));
+        std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Release);
         for h in clients {
             h.join().expect("client");

@@ -2,6 +2,7 @@
 //! for its raft port, and a client that survives their deaths.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -27,13 +28,6 @@ pub struct Proc {
     pub data: PathBuf,
     pub log: PathBuf,
     child: Mutex<Option<Child>>,
-}
-
-impl Proc {
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.lock().unwrap().as_ref().map(Child::id)
-    }
 }
 
 /// A cluster of node processes.
@@ -209,7 +203,7 @@ impl ProcCluster {
         for p in self.nodes.values() {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            s.push_str(&format!("--- node {} ---\n", p.id));
+            let _ = writeln!(s, "--- node {} ---", p.id);
             for l in tail.iter().rev() {
                 s.push_str(l);
                 s.push('\n');

@@ -94,7 +94,7 @@ fn read_first_frame(conn: &mut TcpStream) -> Option<(Vec<u8>, u64)> {
     let mut head = [0u8; 8];
     conn.read_exact(&mut head).ok()?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len > 1 << 16 || len < 9 {
+    if !(9..=1 << 16).contains(&len) {
         return None;
     }
     let mut body = vec![0u8; len];
