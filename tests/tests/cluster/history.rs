@@ -32,12 +32,7 @@ fn run_client(
     let mut last_seen: BTreeMap<&str, String> = BTreeMap::new();
     let now = || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     while !stop.load(Ordering::Acquire) {
-        let Some(client) = conn.as_mut() else {
-            target += 1;
-            conn = Client::connect(addrs[target % addrs.len()]).ok();
-            if conn.is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let Some(client) = Client::reconnect(&mut conn, &addrs, &mut target) else {
             continue;
         };
         let key = KEYS[usize::try_from(rng.below(KEYS.len() as u64)).unwrap_or(0)];

@@ -30,12 +30,7 @@ fn writer(c: &ProcCluster, t: usize, stop: &AtomicBool, out: &Mutex<Outcomes>) {
     let mut conn: Option<Client> = None;
     let mut target = t;
     while !stop.load(Ordering::Acquire) {
-        let Some(client) = conn.as_mut() else {
-            target += 1;
-            conn = Client::connect(addrs[target % addrs.len()]).ok();
-            if conn.is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let Some(client) = Client::reconnect(&mut conn, &addrs, &mut target) else {
             continue;
         };
         let key = format!("w{t}-{n}");

@@ -265,6 +265,23 @@ impl Client {
         }
     }
 
+    /// The open connection in `conn`, or a new one to the next of `addrs` (round robin from
+    /// `target`); `None` (after a pause) when that node does not answer.
+    pub fn reconnect<'a>(
+        conn: &'a mut Option<Client>,
+        addrs: &[SocketAddr],
+        target: &mut usize,
+    ) -> Option<&'a mut Client> {
+        if conn.is_none() {
+            *target += 1;
+            *conn = Client::connect(addrs[*target % addrs.len()]).ok();
+            if conn.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        conn.as_mut()
+    }
+
     pub fn send(&mut self, args: &[&str]) -> io::Result<()> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let mut buf = Vec::new();
