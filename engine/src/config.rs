@@ -8,6 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::fsync::FsyncPolicy;
+use crate::io::Storage;
 
 /// File holding a bucket's configuration, in the bucket's directory.
 pub const CONFIG_FILE: &str = "bucket.conf";
@@ -30,6 +31,16 @@ pub struct Options {
     pub sweep_interval: Duration,
     /// Compact a sealed segment once this share of its bytes is dead. Default 0.5.
     pub compact_dead_ratio: f64,
+    /// Where the files live. Default: the operating system ([`Storage::os`]);
+    /// tests use a simulated page cache.
+    pub storage: Storage,
+    /// The store is a replica: what it holds is applied from a replication log
+    /// that outlives it (a cluster node's Raft log), which applies again, with
+    /// the same revisions, whatever an unclean stop took back. So after such a
+    /// stop the revision counters continue from the last revision recovered
+    /// instead of skipping the revisions that may have been seen (see
+    /// `Bucket::lost_revisions`). Default false.
+    pub replicated: bool,
 }
 
 impl Default for Options {
@@ -42,6 +53,8 @@ impl Default for Options {
             background: true,
             sweep_interval: Duration::from_secs(1),
             compact_dead_ratio: 0.5,
+            storage: Storage::os(),
+            replicated: false,
         }
     }
 }
@@ -93,7 +106,7 @@ impl BucketConfig {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    pub(crate) fn save(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save(&self, storage: &Storage, path: &Path) -> Result<()> {
         let text = format!(
             "# logkv bucket configuration\nversion=1\nhistory={}\nttl_ms={}\nmax_bytes={}\nmax_value={}\n",
             self.history,
@@ -101,7 +114,7 @@ impl BucketConfig {
             self.max_bytes,
             self.max_value_size
         );
-        write_atomic(path, text.as_bytes())
+        write_atomic(storage, path, text.as_bytes())
     }
 
     pub(crate) fn load(path: &Path) -> Result<BucketConfig> {

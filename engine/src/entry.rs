@@ -44,20 +44,31 @@ pub struct Written {
 ///
 /// Tickets of one bucket are ordered: waiting for the greatest of several
 /// covers them all. The default ticket stands for nothing written and needs
-/// no wait. A ticket means nothing to another bucket.
+/// no wait. A ticket belongs to the bucket that gave it (as opened: a bucket
+/// dropped and created again under the same name is another bucket, see
+/// [`crate::Bucket::id`]); another bucket refuses to wait for it.
 #[must_use = "a write is not durable until its ticket has been waited for"]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DurabilityTicket(LogPos);
+pub struct DurabilityTicket {
+    bucket: u64,
+    end: LogPos,
+}
 
 impl DurabilityTicket {
-    /// The ticket for writes that end at `end` in the log.
-    pub(crate) fn new(end: LogPos) -> DurabilityTicket {
-        DurabilityTicket(end)
+    /// The ticket of bucket `bucket` (its [`crate::Bucket::id`]) for writes
+    /// that end at `end` in its log.
+    pub(crate) fn new(bucket: u64, end: LogPos) -> DurabilityTicket {
+        DurabilityTicket { bucket, end }
+    }
+
+    /// The id of the bucket that gave the ticket (0 for the default ticket).
+    pub fn bucket_id(self) -> u64 {
+        self.bucket
     }
 
     /// The log position the writes end at.
     pub(crate) fn log_end(self) -> LogPos {
-        self.0
+        self.end
     }
 }
 

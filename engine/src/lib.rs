@@ -39,6 +39,7 @@ mod error;
 mod fsutil;
 pub mod fsync;
 pub mod index;
+pub mod io;
 mod key;
 mod lock;
 pub mod log;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::index::{IKey, Index, RecordRef};
+use crate::io::Storage;
 use crate::log::segment::{Segment, SegmentId};
 
 /// File name of a bucket's snapshot.
@@ -172,13 +173,13 @@ fn tail_crc(seg: &Segment, end: u64) -> u32 {
 }
 
 /// Writes the snapshot file atomically.
-pub(crate) fn save(dir: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(&dir.join(SNAPSHOT_FILE), bytes)
+pub(crate) fn save(storage: &Storage, dir: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(storage, &dir.join(SNAPSHOT_FILE), bytes)
 }
 
 /// Removes a snapshot that no longer matches the log.
-pub(crate) fn remove(dir: &Path) -> Result<()> {
-    remove_if_exists(&dir.join(SNAPSHOT_FILE))
+pub(crate) fn remove(storage: &Storage, dir: &Path) -> Result<()> {
+    remove_if_exists(storage, &dir.join(SNAPSHOT_FILE))
 }
 
 /// Reads and checks a snapshot; `Ok(None)` if there is none, `Err(reason)` if it is unusable.

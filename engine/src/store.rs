@@ -22,7 +22,7 @@ use crate::bucket::{BucketCore, KeepStoreOpen};
 use crate::config::{BucketConfig, Options, CONFIG_FILE};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::fsutil::sync_dir;
+use crate::fsutil::{create_dir_all_durable, sync_dir};
 use crate::fsync::FsyncPolicy;
 use crate::key::{validate_bucket_name, Glob};
 use crate::lock::DirLock;
@@ -32,6 +32,8 @@ use crate::log::recovery::RecoveryReport;
 pub const DEFAULT_BUCKET: &str = "default";
 const BUCKETS_DIR: &str = "buckets";
 const DROPPED_SUFFIX: &str = ".dropped";
+/// Suffix of a bucket directory being created (removed at open).
+const CREATING_SUFFIX: &str = ".creating";
 
 struct StoreInner {
     dir: PathBuf,
@@ -68,10 +70,11 @@ impl Store {
     /// [`Options::repair`] is set).
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let storage = opts.storage.clone();
+        create_dir_all_durable(&storage, &dir)?;
         let lock = DirLock::acquire(&dir)?;
         let buckets_dir = dir.join(BUCKETS_DIR);
-        std::fs::create_dir_all(&buckets_dir).map_err(|e| Error::io(&buckets_dir, e))?;
+        create_dir_all_durable(&storage, &buckets_dir)?;
         let mut buckets = BTreeMap::new();
         let mut recovery = Vec::new();
         let entries = std::fs::read_dir(&buckets_dir).map_err(|e| Error::io(&buckets_dir, e))?;
@@ -87,9 +90,11 @@ impl Store {
                 tracing::warn!(path = %path.display(), "ignoring a file that is not a bucket");
                 continue;
             }
-            if name.ends_with(DROPPED_SUFFIX) {
+            if name.ends_with(DROPPED_SUFFIX) || name.ends_with(CREATING_SUFFIX) {
                 tracing::info!(path = %path.display(), "finishing the removal of a dropped bucket");
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                storage
+                    .remove_dir_all(&path)
+                    .map_err(|e| Error::io(&path, e))?;
                 cleaned = true;
                 continue;
             }
@@ -99,7 +104,9 @@ impl Store {
             }
             if !path.join(CONFIG_FILE).exists() {
                 tracing::info!(path = %path.display(), "removing a bucket whose creation never finished");
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                storage
+                    .remove_dir_all(&path)
+                    .map_err(|e| Error::io(&path, e))?;
                 cleaned = true;
                 continue;
             }
@@ -118,7 +125,7 @@ impl Store {
             buckets.insert(name, Arc::new(core));
         }
         if cleaned {
-            sync_dir(&buckets_dir)?;
+            sync_dir(&storage, &buckets_dir)?;
         }
         let store = Store {
             inner: Arc::new(StoreInner {
@@ -164,17 +171,35 @@ impl Store {
         if self.inner.buckets.read().contains_key(name) {
             return Err(Error::BucketExists(name.to_string()));
         }
+        let storage = &self.inner.opts.storage;
         let parent = self.inner.dir.join(BUCKETS_DIR);
         let dir = parent.join(name);
+        // The bucket is built under a temporary name and renamed into place once
+        // its configuration is durable: a crash or an error at any point leaves
+        // either no bucket or a whole one (open removes `*.creating` leftovers).
+        let tmp = parent.join(format!("{name}{CREATING_SUFFIX}"));
+        if tmp.exists() {
+            storage
+                .remove_dir_all(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?;
+        }
         if dir.exists() {
             // Left by a creation that failed part-way in this process.
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            storage
+                .remove_dir_all(&dir)
+                .map_err(|e| Error::io(&dir, e))?;
         }
-        std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        config.save(&dir.join(CONFIG_FILE))?;
-        sync_dir(&parent)?;
-        let (core, _) = BucketCore::open(&dir, name, config, &self.inner.opts)?;
-        let core = Arc::new(core);
+        storage.create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        config.save(storage, &tmp.join(CONFIG_FILE))?;
+        storage.rename(&tmp, &dir).map_err(|e| Error::io(&tmp, e))?;
+        sync_dir(storage, &parent)?;
+        let core = match BucketCore::open(&dir, name, config, &self.inner.opts) {
+            Ok((core, _)) => Arc::new(core),
+            Err(e) => {
+                self.discard_bucket_dir(&dir, name);
+                return Err(e);
+            }
+        };
         self.inner
             .buckets
             .write()
@@ -194,17 +219,61 @@ impl Store {
         let core = self
             .inner
             .buckets
-            .write()
-            .remove(name)
+            .read()
+            .get(name)
+            .cloned()
             .ok_or_else(|| Error::NoBucket(name.to_string()))?;
+        let storage = &self.inner.opts.storage;
         let parent = self.inner.dir.join(BUCKETS_DIR);
-        let doomed = parent.join(format!("{name}{DROPPED_SUFFIX}"));
+        let doomed = self.doomed_name(name);
+        // The drop is durable once the rename is: the bucket leaves the map only
+        // then, so a failed drop leaves it whole and usable.
         core.drop_with(|dir| {
-            std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
-            sync_dir(&parent)?;
-            std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
-            sync_dir(&parent)
-        })
+            storage
+                .rename(dir, &doomed)
+                .map_err(|e| Error::io(dir, e))?;
+            if let Err(e) = sync_dir(storage, &parent) {
+                // Not durable: put the bucket back under its name.
+                if let Err(back) = storage.rename(&doomed, dir) {
+                    tracing::error!(bucket = name, error = %back, "could not undo a failed drop");
+                }
+                return Err(e);
+            }
+            Ok(())
+        })?;
+        self.inner.buckets.write().remove(name);
+        if let Err(e) = storage
+            .remove_dir_all(&doomed)
+            .map_err(|e| Error::io(&doomed, e))
+            .and_then(|()| sync_dir(storage, &parent))
+        {
+            tracing::warn!(bucket = name, error = %e, "dropped bucket's files not removed yet; the next open removes them");
+        }
+        Ok(())
+    }
+
+    /// A fresh name for a bucket directory being removed (`*.dropped`, removed at open).
+    fn doomed_name(&self, name: &str) -> PathBuf {
+        let parent = self.inner.dir.join(BUCKETS_DIR);
+        (0..=u32::MAX)
+            .map(|n| parent.join(format!("{name}.{n}{DROPPED_SUFFIX}")))
+            .find(|p| !p.exists())
+            .unwrap_or_else(|| parent.join(format!("{name}{DROPPED_SUFFIX}")))
+    }
+
+    /// Removes the directory of a bucket whose creation failed after it was
+    /// renamed into place (best effort; open removes leftovers too).
+    fn discard_bucket_dir(&self, dir: &Path, name: &str) {
+        let storage = &self.inner.opts.storage;
+        let doomed = self.doomed_name(name);
+        let removed = storage
+            .rename(dir, &doomed)
+            .and_then(|()| storage.remove_dir_all(&doomed))
+            .map_err(|e| Error::io(dir, e))
+            .and_then(|()| sync_dir(storage, &self.inner.dir.join(BUCKETS_DIR)));
+        if let Err(e) = removed {
+            tracing::warn!(bucket = name, error = %e, "could not remove a bucket whose creation failed");
+        }
     }
 
     /// Names of all buckets, sorted.
@@ -340,7 +409,7 @@ impl Drop for StoreInner {
         }
         for core in self.buckets.read().values() {
             // A clean close leaves a synced log and an index snapshot for a fast reopen.
-            if let Err(e) = core.write_snapshot() {
+            if let Err(e) = core.close_clean() {
                 tracing::error!(bucket = %core.name(), error = %e, "sync or snapshot at close failed");
             }
         }

@@ -22,9 +22,11 @@ fn snap_path(dir: &Path) -> PathBuf {
     dir.join("buckets/s/index.snap")
 }
 
+/// Enough writes that the log passes the size below which no snapshot is kept (64 KiB).
 fn write_some(b: &Bucket, round: u32) {
+    let pad = "p".repeat(400);
     for k in 0..150u32 {
-        b.put(&format!("k.{}", k % 60), format!("r{round}-{k}"))
+        b.put(&format!("k.{}", k % 60), format!("r{round}-{k}-{pad}"))
             .unwrap();
     }
     b.delete("k.3").unwrap();
@@ -151,4 +153,32 @@ fn damaged_or_stale_snapshots_fall_back_to_the_log() {
         );
         assert!(scanned > 0, "{what}: the log must have been scanned");
     }
+}
+
+/// What an idle bucket costs on disk follows its use: a few KiB of pre-written
+/// segment, and no index snapshot for a log that small (scanning it is cheaper).
+#[test]
+fn a_small_bucket_costs_a_few_kib_and_no_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let b = store.create_bucket("s", BucketConfig::default()).unwrap();
+    b.put("k", "v").unwrap();
+    drop(b);
+    store.close().unwrap();
+    assert!(!snap_path(dir.path()).exists(), "no snapshot of a tiny log");
+    let seg_bytes: u64 = std::fs::read_dir(dir.path().join("buckets/s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        seg_bytes <= 4096,
+        "{seg_bytes} bytes of segment for one key"
+    );
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(
+        store.bucket("s").unwrap().get("k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
 }

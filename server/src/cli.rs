@@ -11,6 +11,7 @@ use logkv::FsyncPolicy;
 
 use crate::config::{parse_fsync, parse_initial_cluster, ClusterConfig, ServerConfig};
 use crate::protocol::Limits;
+use crate::tls::TlsFiles;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -20,6 +21,11 @@ Examples:
       Batch fsyncs once a second, like Redis `appendfsync everysec`.
   LOGKV_PASSWORD=s3cret logkv-server --listen 0.0.0.0:7379
       Accept clients from the network; they must send `AUTH s3cret` first.
+  logkv-server --tls-cert server.pem --tls-key server.key
+      Serve TLS (redis-cli --tls --cacert ca.pem -p 7379 PING).
+  logkv-server --http-listen 127.0.0.1:7380
+      Also serve JSON, Server-Sent Events, /healthz and /metrics over HTTP:
+      curl -X PUT --data-binary hello localhost:7380/v1/buckets/default/keys/greeting
 
 Talk to it with any Redis client or with a plain TCP tool:
   redis-cli -p 7379 PUT greeting hello
@@ -49,6 +55,12 @@ pub struct Cli {
     /// (left to the OS; still synced at shutdown).
     #[arg(long, value_name = "POLICY", default_value = "always", value_parser = parse_fsync)]
     pub fsync: FsyncPolicy,
+
+    /// Open a damaged store by keeping every valid record: damage below what was durable
+    /// (which otherwise stops the server, naming the file and offset) is skipped and each
+    /// skipped region is logged. A torn tail past the last sync never needs this.
+    #[arg(long)]
+    pub repair: bool,
 
     /// Require clients to send `AUTH <password>` before anything else. Prefer the
     /// `LOGKV_PASSWORD` environment variable: command lines are visible to other users.
@@ -117,6 +129,35 @@ pub struct Cli {
     #[arg(long, value_name = "HOST:PORT", requires = "node_id")]
     pub advertise: Option<String>,
 
+    /// Serve TLS on the listen address with this certificate chain (PEM, the server's own
+    /// certificate first). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by a CA in this file (PEM); clients without one
+    /// fail the handshake. Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serve the HTTP gateway (JSON, Server-Sent Events, /healthz, /metrics) on this
+    /// address, host:port. Off by default. The same protection rules as --listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+
+    /// A host name the gateway accepts in the Host header besides its listen address
+    /// (requests naming any other host are refused: DNS rebinding). Repeatable.
+    #[arg(long = "http-allowed-host", value_name = "NAME")]
+    pub http_allowed_hosts: Vec<String>,
+
+    /// An origin (e.g. `https://dashboard.example`) allowed to call the gateway from a web
+    /// page: CORS headers are sent for it, and only for it. Repeatable; none by default.
+    #[arg(long = "http-cors-origin", value_name = "ORIGIN")]
+    pub http_cors_origins: Vec<String>,
+
     /// Event-loop threads. Default: one less than the number of cores (at least one),
     /// leaving a core for fsyncs, compaction and the clients on the same machine.
     #[arg(long, value_name = "N")]
@@ -135,6 +176,7 @@ impl Cli {
         let mut config = ServerConfig::new(self.data_dir);
         config.listen = self.listen;
         config.fsync = self.fsync;
+        config.repair = self.repair;
         config.password = self.password.filter(|p| !p.is_empty());
         config.max_connections = self.max_connections;
         config.limits = Limits {
@@ -156,6 +198,17 @@ impl Cli {
                 advertise: self.advertise,
             });
         }
+        config.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_ca,
+            }),
+            _ => None,
+        };
+        config.http_listen = self.http_listen;
+        config.http_allowed_hosts = self.http_allowed_hosts;
+        config.http_cors_origins = self.http_cors_origins;
         config
     }
 }
@@ -241,6 +294,8 @@ mod tests {
         assert_eq!(c.limits.max_bulk, 1 << 20);
         assert!(c.unprotected);
         assert_eq!(c.max_client_memory, 100 << 20);
+        assert!(c.tls.is_none());
+        assert!(c.http_listen.is_none() && c.http_cors_origins.is_empty());
         assert!(Cli::try_parse_from(["logkv-server", "--fsync", "bogus"]).is_err());
     }
 
@@ -270,5 +325,51 @@ mod tests {
         // --node-id needs --raft-listen, and the other flags need --node-id.
         assert!(Cli::try_parse_from(["logkv-server", "--node-id", "1"]).is_err());
         assert!(Cli::try_parse_from(["logkv-server", "--advertise", "h:1"]).is_err());
+    }
+
+    #[test]
+    fn http_flags_repeat() {
+        let c = Cli::parse_from([
+            "logkv-server",
+            "--http-listen",
+            "127.0.0.1:7380",
+            "--http-allowed-host",
+            "kv.local",
+            "--http-allowed-host",
+            "kv",
+            "--http-cors-origin",
+            "http://dash.local",
+        ])
+        .into_config();
+        assert_eq!(c.http_listen.as_deref(), Some("127.0.0.1:7380"));
+        assert_eq!(c.http_allowed_hosts, ["kv.local", "kv"]);
+        assert_eq!(c.http_cors_origins, ["http://dash.local"]);
+    }
+
+    #[test]
+    fn tls_flags_come_together() {
+        let c = Cli::parse_from([
+            "logkv-server",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .into_config();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+        for lonely in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--tls-ca", "ca.pem"],
+            &["--tls-ca", "ca.pem", "--tls-key", "k.pem"],
+        ] {
+            let args = std::iter::once("logkv-server").chain(lonely.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{lonely:?}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use logkv::FsyncPolicy;
 
 use crate::protocol::Limits;
+use crate::tls::TlsFiles;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -16,6 +17,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// When writes become durable.
     pub fsync: FsyncPolicy,
+    /// Open a damaged store keeping every valid record (`--repair`).
+    pub repair: bool,
     /// The password clients must give with `AUTH`; `None` for none.
     pub password: Option<String>,
     /// Most simultaneous client connections; more are told so and closed.
@@ -38,6 +41,14 @@ pub struct ServerConfig {
     /// Run as a node of a cluster (`--node-id` and the flags with it); `None`: a single
     /// node, as in version 1.
     pub cluster: Option<ClusterConfig>,
+    /// Serve TLS on the listen address with these files; plain TCP when `None`.
+    pub tls: Option<TlsFiles>,
+    /// Where the HTTP gateway listens, `host:port`; no gateway when `None`.
+    pub http_listen: Option<String>,
+    /// Names besides the listen address that the gateway accepts in a `Host` header.
+    pub http_allowed_hosts: Vec<String>,
+    /// Origins the gateway sends CORS headers for; none when empty.
+    pub http_cors_origins: Vec<String>,
 }
 
 /// The cluster flags.
@@ -89,6 +100,7 @@ impl ServerConfig {
             listen: "127.0.0.1:7379".into(),
             data_dir: data_dir.into(),
             fsync: FsyncPolicy::Always,
+            repair: false,
             password: None,
             max_connections: 10_000,
             limits: Limits::default(),
@@ -98,6 +110,10 @@ impl ServerConfig {
             unprotected: false,
             shutdown_grace: Duration::from_secs(5),
             cluster: None,
+            tls: None,
+            http_listen: None,
+            http_allowed_hosts: Vec::new(),
+            http_cors_origins: Vec::new(),
         }
     }
 }

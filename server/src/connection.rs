@@ -26,9 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
@@ -38,9 +36,10 @@ use crate::command::{self, Flow};
 use crate::protocol::{parse_request, ParseError, Reply};
 use crate::session::Session;
 use crate::shared::Shared;
+use crate::tls::Transport;
 
 /// First read size (and what it falls back to after small reads).
-const READ_MIN: usize = 4 * 1024;
+const READ_MIN: usize = crate::tls::STACK_READ;
 /// Largest single read when the client keeps the buffer full (long pipelines).
 const READ_MAX: usize = 64 * 1024;
 /// Output capacity kept between batches; a larger buffer is given back after a write.
@@ -55,7 +54,7 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 << 20;
 
 struct Conn {
-    stream: TcpStream,
+    io: Transport,
     session: Session,
     rbuf: BytesMut,
     out: Vec<u8>,
@@ -72,16 +71,16 @@ struct Conn {
     buffers: ClientBuffers,
 }
 
-/// Serves one connection until the client leaves, QUIT, a framing error, or shutdown.
+/// Serves one connection (TLS handshake done) until the client leaves, QUIT, a framing
+/// error, or shutdown.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    io: Transport,
     peer: SocketAddr,
     id: u64,
     buffers: ClientBuffers,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    stream.set_nodelay(true)?;
     let bucket = match shared.store().default_bucket() {
         Ok(b) => b,
         Err(e) => {
@@ -91,7 +90,7 @@ pub(crate) async fn serve(
     };
     let session = Session::new(shared, id, peer, bucket);
     let mut conn = Conn {
-        stream,
+        io,
         session,
         rbuf: BytesMut::new(),
         out: Vec::new(),
@@ -139,37 +138,43 @@ impl Conn {
                 return Ok(());
             }
             let watching = self.session.watches.active();
+            let was_empty = self.rbuf.is_empty();
+            let spare = if was_empty { 0 } else { self.reserve_read() };
+            let Conn {
+                io,
+                rbuf,
+                stop,
+                session,
+                ..
+            } = self;
             // Unbiased: a flood of watch events must not starve the client's requests, nor
-            // the other way round.
-            tokio::select! {
-                _ = self.stop.changed() => return Ok(()),
-                () = self.session.watches.notify.notified(), if watching => {
+            // the other way round. Every branch is cancel-safe.
+            let n = tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                () = session.watches.notify.notified(), if watching => {
                     self.pull = true;
                     continue;
                 }
-                ready = self.stream.readable() => ready?,
-            }
-            if self.rbuf.is_empty() {
-                // Read into the stack first: a wake-up without data (which happens) then
-                // costs no allocation, and an idle connection keeps no read buffer.
-                let mut first = [0u8; READ_MIN];
-                match self.stream.try_read(&mut first) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => {
-                        self.rbuf.extend_from_slice(&first[..n]);
-                        if n == READ_MIN {
-                            // Likely more: go on reading straight into the buffer.
-                            self.read_more()?;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            } else if !self.read_more()? {
+                read = io.fill(rbuf) => read?,
+            };
+            if n == 0 {
                 return Ok(());
+            }
+            if was_empty {
+                if n == READ_MIN {
+                    // Likely more: go on reading straight into the buffer.
+                    self.read_more()?;
+                }
+            } else {
+                self.adapt_read_size(n, spare);
             }
             self.process().await?;
             if self.hangup {
+                // No reply goes back, but the writes that ran before the hang-up are
+                // made durable (and so visible), as if their replies had been sent.
+                if !self.session.durability.is_empty() {
+                    let _ = self.wait_durable().await;
+                }
                 return Ok(());
             }
             if self.account() {
@@ -178,35 +183,37 @@ impl Conn {
             // One shared-counter update per batch, not per request.
             let n = std::mem::take(&mut self.session.commands);
             if n > 0 {
-                self.session
-                    .shared
-                    .stats
-                    .commands
-                    .fetch_add(n, Ordering::Relaxed);
+                let shared = &self.session.shared;
+                shared.stats.commands.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
 
-    /// Reads what is available into the read buffer, growing the read size while reads fill
-    /// it. Returns false at end of stream.
-    fn read_more(&mut self) -> io::Result<bool> {
+    /// Makes room for the next read into a non-empty buffer; returns the spare capacity.
+    fn reserve_read(&mut self) -> usize {
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size {
             self.rbuf.reserve(self.read_size);
         }
-        let spare = self.rbuf.capacity() - self.rbuf.len();
-        match self.stream.try_read_buf(&mut self.rbuf) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                if n == spare && self.read_size < READ_MAX {
-                    self.read_size *= 2;
-                } else if n < READ_MIN {
-                    self.read_size = READ_MIN;
-                }
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-            Err(e) => Err(e),
+        self.rbuf.capacity() - self.rbuf.len()
+    }
+
+    /// Grows the read size while reads fill the buffer; back to the minimum after a small one.
+    fn adapt_read_size(&mut self, n: usize, spare: usize) {
+        if n == spare && self.read_size < READ_MAX {
+            self.read_size *= 2;
+        } else if n < READ_MIN {
+            self.read_size = READ_MIN;
         }
+    }
+
+    /// Reads what is available now into the read buffer, without waiting, growing the read
+    /// size while reads fill it.
+    fn read_more(&mut self) -> io::Result<()> {
+        let spare = self.reserve_read();
+        if let Some(n) = self.io.try_fill(&mut self.rbuf)? {
+            self.adapt_read_size(n, spare);
+        }
+        Ok(())
     }
 
     /// Executes every complete request in the read buffer.
@@ -216,6 +223,7 @@ impl Conn {
         let limits = self.session.shared.config.limits;
         let max_output = self.session.shared.config.max_output;
         let max_request = self.session.shared.config.max_request;
+        self.session.metrics.start();
         let mut pos = 0;
         loop {
             match parse_request(&self.rbuf[pos..], &limits) {
@@ -224,10 +232,9 @@ impl Conn {
                     if req.is_empty() {
                         continue;
                     }
+                    self.see_own_writes(&req.args).await?;
                     let start = self.out.len();
-                    if self.session.shared.cluster.is_some()
-                        && !self.before_cluster(&req.args).await
-                    {
+                    if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await {
                         continue;
                     }
                     let flow = command::execute(&mut self.session, &req.args, &mut self.out);
@@ -253,6 +260,7 @@ impl Conn {
                     if self.out.len() >= FLUSH_AT {
                         self.session.apply_pending(&mut self.out);
                         cluster::writes::settle(&mut self.session, &mut self.out).await;
+                        self.end_batch();
                         self.flush().await?;
                     }
                 }
@@ -296,6 +304,7 @@ impl Conn {
         // The pipeline's last writes, before anything is sent.
         self.session.apply_pending(&mut self.out);
         cluster::writes::settle(&mut self.session, &mut self.out).await;
+        self.end_batch();
         self.rbuf.advance(pos);
         if self.rbuf.is_empty() {
             // Nothing pending: give the buffer back, so that an idle connection holds no
@@ -334,15 +343,11 @@ impl Conn {
         true
     }
 
-    /// On a cluster node, before a request: the writes queued before it are proposed first
-    /// if it does not join them (its reads must see them), then its read barrier. `false`:
-    /// the barrier failed and the request was answered with its error.
-    async fn before_cluster(&mut self, args: &[bytes::Bytes]) -> bool {
-        if self.session.has_pending() && !command::joins_queue(&self.session, args) {
-            self.session.apply_pending(&mut self.out);
-            cluster::writes::settle(&mut self.session, &mut self.out).await;
-        }
-        cluster::reads::fence(&mut self.session, args, &mut self.out).await
+    /// The replies of the requests executed so far are ready: their count and time go to
+    /// the server's metrics (once per batch, not per request).
+    fn end_batch(&mut self) {
+        let session = &mut self.session;
+        session.metrics.end(&session.shared.metrics);
     }
 
     /// Reports what the buffers hold (read but not executed, output not sent, MULTI
@@ -357,7 +362,7 @@ impl Conn {
     /// then discards what the client still sends for a moment, so that closing with unread
     /// input does not reset the connection before the client has read the last reply.
     async fn linger(&mut self) {
-        if self.stream.shutdown().await.is_err() {
+        if self.io.shutdown().await.is_err() {
             return;
         }
         let mut scratch = vec![0u8; 8192];
@@ -367,12 +372,51 @@ impl Conn {
         loop {
             tokio::select! {
                 () = &mut deadline => return,
-                r = self.stream.read(&mut scratch) => match r {
+                r = self.io.discard(&mut scratch) => match r {
                     Ok(n) if n > 0 && n < budget => budget -= n,
                     _ => return,
                 },
             }
         }
+    }
+
+    /// A read that follows writes of this pipeline sees them: it waits for their
+    /// durability (under `always` a write is visible only once durable), as their
+    /// replies do. On a cluster node the writes are proposed first and their replies
+    /// placed (the read's barrier, taken next, then covers them).
+    async fn see_own_writes(&mut self, args: &[Bytes]) -> io::Result<()> {
+        if command::reads_state(&self.session, args) {
+            self.session.apply_pending(&mut self.out);
+            cluster::writes::settle(&mut self.session, &mut self.out).await;
+            if !self.session.durability.is_empty() {
+                self.wait_durable().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the writes whose replies are in the output are durable (the bucket's
+    /// syncer thread fsyncs for every connection waiting at once). If that fails, the
+    /// replies would claim writes that may not survive a crash: they are replaced by an
+    /// error, and the connection closes.
+    async fn wait_durable(&mut self) -> io::Result<()> {
+        let shared = Arc::clone(&self.session.shared);
+        let started = std::time::Instant::now();
+        let waited = self.session.durability.wait(&shared.syncers).await;
+        shared.metrics.durability_wait.record(started.elapsed());
+        if let Err(e) = waited {
+            if !shared.health.is_stopping() {
+                shared.health.fail(format!("an fsync failed: {e}"));
+            }
+            error!("durability wait failed, closing the connection: {e}");
+            self.out.clear();
+            Reply::err("ERR", format!("writes could not be made durable: {e}"))
+                .encode(self.session.version, &mut self.out);
+            let _ = self.io.write_out(&self.out).await;
+            self.out.clear();
+            return Err(io::Error::other(e));
+        }
+        Ok(())
     }
 
     /// Waits for the durability of the writes whose replies are in the output, then
@@ -383,19 +427,9 @@ impl Conn {
             return Err(io::Error::other("closed: over --max-client-memory"));
         }
         if !self.session.durability.is_empty() {
-            // The bucket's syncer thread fsyncs for every connection waiting at once.
-            let shared = Arc::clone(&self.session.shared);
-            if let Err(e) = self.session.durability.wait(&shared.syncers).await {
-                // The replies would claim writes that may not survive a crash.
-                error!("durability wait failed, closing the connection: {e}");
-                self.out.clear();
-                Reply::err("ERR", format!("writes could not be made durable: {e}"))
-                    .encode(self.session.version, &mut self.out);
-                let _ = self.stream.write_all(&self.out).await;
-                return Err(io::Error::other(e));
-            }
+            self.wait_durable().await?;
         }
-        self.stream.write_all(&self.out).await?;
+        self.io.write_out(&self.out).await?;
         self.out.clear();
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();

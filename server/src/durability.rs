@@ -1,23 +1,26 @@
 //! Group commit across connections, the way Redis's event loop does it.
 //!
 //! With `--fsync always` a reply may go out only once the writes it reports
-//! are durable. Each bucket written to gets one syncer thread. A connection
-//! posts its durability ticket (the log position just past its writes), kicks
-//! the syncer, and awaits the syncer's broadcast of the durable position: no
-//! thread per waiting connection. The syncer takes the highest ticket posted
-//! and makes the log durable up to it with one group-commit fsync; writes that
-//! arrive meanwhile are covered by the next one. So one fsync serves every
-//! connection that wrote while the previous one ran.
+//! are durable. A connection posts its durability ticket (the log position just
+//! past its writes) to the bucket's sync state, queues the bucket for a small,
+//! fixed pool of syncer threads (unless it is queued already), and awaits the
+//! broadcast of the durable position: no thread per waiting connection, and no
+//! thread per bucket either (a store may have thousands). A syncer takes the
+//! highest ticket posted and makes the log durable up to it with one
+//! group-commit fsync; writes that arrive meanwhile are covered by the next one.
+//! So one fsync serves every connection that wrote while the previous one ran,
+//! and up to one fsync per pool thread runs at a time across buckets.
 //!
 //! A durability ticket comes from the engine's `write_each` / `write_nowait` and is used
 //! only in this file: a session notes it in its [`PendingDurability`], and the connection
 //! has that waited for before it sends the replies.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use logkv::{Bucket, DurabilityTicket, FsyncPolicy};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -45,8 +48,9 @@ impl PendingDurability {
         if !self.wait_for_fsync || ticket == DurabilityTicket::default() {
             return;
         }
-        let name = bucket.name();
-        match self.tickets.iter_mut().find(|(b, _)| b.name() == name) {
+        // By the bucket's identity: one dropped and created again under its name is another.
+        let id = bucket.id();
+        match self.tickets.iter_mut().find(|(b, _)| b.id() == id) {
             Some((_, t)) => *t = (*t).max(ticket),
             None => self.tickets.push((bucket.clone(), ticket)),
         }
@@ -72,7 +76,7 @@ impl PendingDurability {
     }
 }
 
-/// What the syncer of a bucket has made durable.
+/// What a bucket's syncs have made durable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Durable {
     /// Every ticket up to this is durable.
@@ -81,39 +85,49 @@ struct Durable {
     failed: Option<String>,
 }
 
-/// What a syncer thread and its waiters share.
+/// The sync state of one bucket, shared by its waiters and the pool.
 struct State {
     bucket: Bucket,
     /// The highest ticket a connection waits for.
     requested: Mutex<DurabilityTicket>,
+    /// The bucket is in the pool's queue (or being synced and will look again).
+    queued: AtomicBool,
     durable: watch::Sender<Durable>,
 }
 
-/// The syncer of one bucket: the thread ends when the last handle (and with
-/// it the kick sender) is gone.
-struct Syncer {
-    state: Arc<State>,
-    kick: Sender<()>,
+/// The pool's threads and their queue, started on first use.
+struct Pool {
+    queue: Sender<Arc<State>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-/// The syncers of every bucket, started on first use.
+/// Durability waits of every bucket, served by a fixed pool of syncer threads.
 #[derive(Default)]
 pub(crate) struct Syncers {
-    map: Mutex<HashMap<String, Arc<Syncer>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// By bucket id: a bucket dropped and created again under its name is another log.
+    map: Mutex<HashMap<u64, Arc<State>>>,
+    pool: Mutex<Option<Pool>>,
+}
+
+/// Syncer threads: enough that slow fsyncs of some buckets do not hold up the others.
+fn pool_size() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .clamp(4, 16)
 }
 
 impl Syncers {
     /// Waits until the writes of `bucket` up to `ticket` are durable.
     pub async fn wait(&self, bucket: &Bucket, ticket: DurabilityTicket) -> Result<(), String> {
-        let syncer = self.syncer(bucket)?;
-        let mut rx = syncer.state.durable.subscribe();
+        let state = self.state(bucket);
+        let mut rx = state.durable.subscribe();
         {
-            let mut requested = syncer.state.requested.lock();
+            let mut requested = state.requested.lock();
             *requested = (*requested).max(ticket);
         }
-        // A full channel already holds a kick the syncer has not taken yet.
-        let _ = syncer.kick.try_send(());
+        if !state.queued.swap(true, Ordering::AcqRel) {
+            self.enqueue(Arc::clone(&state))?;
+        }
         let done = rx
             .wait_for(|d| d.up_to >= ticket || d.failed.is_some())
             .await
@@ -124,60 +138,75 @@ impl Syncers {
         }
     }
 
-    fn syncer(&self, bucket: &Bucket) -> Result<Arc<Syncer>, String> {
+    fn state(&self, bucket: &Bucket) -> Arc<State> {
         let mut map = self.map.lock();
-        if let Some(s) = map.get(bucket.name()) {
-            // A bucket dropped and created again under the same name is another log.
-            if s.state.bucket.is_open() {
-                return Ok(Arc::clone(s));
-            }
+        if let Some(s) = map.get(&bucket.id()) {
+            return Arc::clone(s);
         }
-        let (kick, kicked) = bounded(1);
+        // The sync states of dropped buckets go (their waiters hold their own).
+        map.retain(|_, s| s.bucket.is_open());
         let state = Arc::new(State {
             bucket: bucket.clone(),
             requested: Mutex::new(DurabilityTicket::default()),
+            queued: AtomicBool::new(false),
             durable: watch::Sender::new(Durable::default()),
         });
-        let worker = Arc::clone(&state);
-        let handle = std::thread::Builder::new()
-            .name(format!("logkv-sync-{}", bucket.name()))
-            .spawn(move || run(&worker, &kicked))
-            .map_err(|e| format!("cannot start a syncer thread: {e}"))?;
-        self.threads.lock().push(handle);
-        let syncer = Arc::new(Syncer { state, kick });
-        map.insert(bucket.name().to_string(), Arc::clone(&syncer));
-        Ok(syncer)
+        map.insert(bucket.id(), Arc::clone(&state));
+        state
     }
 
-    /// Stops every syncer and waits for them (at shutdown, after the connections).
+    /// Queues a bucket for the pool, starting the pool on first use.
+    fn enqueue(&self, state: Arc<State>) -> Result<(), String> {
+        let mut pool = self.pool.lock();
+        if pool.is_none() {
+            let (queue, work) = unbounded();
+            let mut threads = Vec::new();
+            for i in 0..pool_size() {
+                let work: Receiver<Arc<State>> = work.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("logkv-sync-{i}"))
+                    .spawn(move || run(&work))
+                    .map_err(|e| format!("cannot start a syncer thread: {e}"))?;
+                threads.push(handle);
+            }
+            *pool = Some(Pool { queue, threads });
+        }
+        pool.as_ref()
+            .ok_or_else(|| "no syncer pool".to_string())?
+            .queue
+            .send(state)
+            .map_err(|_| "the syncer pool stopped (server shutting down)".to_string())
+    }
+
+    /// Stops the pool and waits for its threads (at shutdown, after the connections).
     pub fn shutdown(&self) {
         self.map.lock().clear();
-        for h in self.threads.lock().drain(..) {
-            let _ = h.join();
+        if let Some(pool) = self.pool.lock().take() {
+            drop(pool.queue);
+            for h in pool.threads {
+                let _ = h.join();
+            }
         }
     }
 }
 
-fn run(state: &State, kicked: &Receiver<()>) {
-    let mut done = DurabilityTicket::default();
-    while kicked.recv().is_ok() {
+/// A pool thread: syncs the buckets it is given until the queue closes.
+fn run(work: &Receiver<Arc<State>>) {
+    while let Ok(state) = work.recv() {
+        // Cleared before the ticket is read: a ticket posted from now on queues
+        // the bucket again, so none is left waiting.
+        state.queued.store(false, Ordering::Release);
         let target = *state.requested.lock();
-        if target <= done {
+        if target <= state.durable.borrow().up_to || state.durable.borrow().failed.is_some() {
             continue;
         }
         // One group-commit fsync covers everything written so far, including
         // writes whose connections have not posted their ticket yet.
         match state.bucket.wait_durable(target) {
-            Ok(()) => {
-                done = target;
-                state.durable.send_modify(|d| d.up_to = d.up_to.max(target));
-            }
-            Err(e) => {
-                state
-                    .durable
-                    .send_modify(|d| d.failed = Some(e.to_string()));
-                return;
-            }
+            Ok(()) => state.durable.send_modify(|d| d.up_to = d.up_to.max(target)),
+            Err(e) => state
+                .durable
+                .send_modify(|d| d.failed = Some(e.to_string())),
         }
     }
 }

@@ -18,8 +18,13 @@
 //! * `cluster`: the hooks of a cluster node (`--node-id`): writes proposed to the Raft group,
 //!   read barriers, the `CLUSTER` verbs.
 //! * `client_memory`: the budget for all connections' buffers (`--max-client-memory`).
+//! * `metrics`: request counts and latency histograms (per-connection, flushed per batch).
+//! * `health`: serving, shutting down, or failed (a poisoned log), for `/healthz`.
 //! * `durability`: group commit; the only place that handles durability tickets.
 //! * `encode`: engine values (entries, write results, errors and their wire codes) as RESP.
+//! * [`tls`]: the certificates (`--tls-cert`, `--tls-key`, `--tls-ca`) and a connection's
+//!   transport, plain TCP or TLS.
+//! * `http`: the HTTP gateway (`--http-listen`): routes, SSE watches, guard.
 //! * `pump`: one thread per watched bucket that turns the engine's change tokens into
 //!   wake-ups of the connection tasks.
 //! * [`protocol`]: the wire format, pure: request parsing, reply encoding, HTTP detection.
@@ -36,12 +41,17 @@ pub mod config;
 mod connection;
 mod durability;
 mod encode;
+mod health;
+mod http;
+mod metrics;
 pub mod protocol;
 mod pump;
+mod secret;
 pub mod server;
 mod session;
 mod shared;
 mod testing;
+pub mod tls;
 
 pub use config::{parse_fsync, ClusterConfig, ServerConfig};
 pub use encode::error_code;

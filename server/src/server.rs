@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logkv::{Options, Store};
-use logkv_cluster::{ClusterNode, StoreCell};
+use logkv_cluster::StoreCell;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::client_memory::ClientMemory;
@@ -21,6 +22,7 @@ use crate::connection;
 use crate::durability::Syncers;
 use crate::pump::Pumps;
 use crate::shared::{Shared, Stats};
+use crate::tls::{self, Transport};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +39,7 @@ pub enum ServerError {
         addr: String,
     },
     /// The listen address is not `host:port` or does not resolve.
-    #[error("invalid --listen address {addr:?}: {reason}")]
+    #[error("invalid listen address {addr:?}: {reason}")]
     BadAddress {
         /// The address asked for.
         addr: String,
@@ -64,6 +66,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The final sync at shutdown failed.
     #[error("final sync at shutdown failed: {0}")]
     Sync(#[source] logkv::Error),
@@ -77,6 +82,9 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    /// The HTTP gateway's listener and address, with `--http-listen`.
+    http: Option<(TcpListener, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -110,87 +118,69 @@ fn resolve(listen: &str) -> Result<Vec<SocketAddr>, ServerError> {
     Ok(addrs)
 }
 
+/// Resolves a listen address and applies protected mode: a non-loopback address needs a
+/// password or `--unprotected`. The same rule for the RESP port and the HTTP gateway.
+fn protected(config: &ServerConfig, listen: &str) -> Result<SocketAddr, ServerError> {
+    let addrs = resolve(listen)?;
+    if config.password.is_none()
+        && !config.unprotected
+        && !addrs.iter().all(|a| a.ip().is_loopback())
+    {
+        return Err(ServerError::Unprotected {
+            addr: listen.to_string(),
+        });
+    }
+    Ok(addrs[0])
+}
+
+fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
+/// Accepts on the gateway's listener; never completes without one.
+async fn accept_http(
+    http: Option<&(TcpListener, SocketAddr)>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match http {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Server {
-    /// Checks protected mode, opens the store and binds the listening socket.
+    /// Checks protected mode, opens the store (on a cluster node: starts the node, which
+    /// opens it) and binds the listening sockets.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        let addrs = resolve(&config.listen)?;
-        if config.password.is_none()
-            && !config.unprotected
-            && !addrs.iter().all(|a| a.ip().is_loopback())
-        {
-            return Err(ServerError::Unprotected {
-                addr: config.listen.clone(),
-            });
-        }
+        let addr = protected(&config, &config.listen)?;
+        let http_addr = match &config.http_listen {
+            Some(listen) => Some(protected(&config, listen)?),
+            None => None,
+        };
         if let Some(c) = &config.cluster {
-            let raft = resolve(&c.raft_listen)?;
-            if config.password.is_none()
-                && !config.unprotected
-                && !raft.iter().all(|a| a.ip().is_loopback())
-            {
-                return Err(ServerError::Unprotected {
-                    addr: c.raft_listen.clone(),
-                });
-            }
-            return Server::bind_cluster(config, addrs[0]).await;
-        }
-        let opts = Options {
-            fsync: config.fsync,
-            ..Options::default()
-        };
-        let dir = config.data_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, opts)).await;
-        let store = match opened {
-            Ok(Ok(store)) => store,
-            Ok(Err(source)) => {
-                let hint = if matches!(source, logkv::Error::Locked(_)) {
-                    " (is another logkv-server running on this directory? stop it or pick \
-                     another --data-dir)"
-                } else {
-                    ""
-                };
-                return Err(ServerError::Store {
-                    dir: config.data_dir.clone(),
-                    source,
-                    hint,
-                });
-            }
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        };
-        for (bucket, report) in store.recovery_reports() {
-            if report.truncated_bytes > 0 {
-                warn!(bucket = %bucket, truncated_bytes = report.truncated_bytes, "recovery dropped a torn tail");
+            protected(&config, &c.raft_listen)?;
+            if config.repair {
+                return Err(ServerError::Cluster(
+                    "--repair does not apply to a cluster node: a damaged node is rebuilt from \
+                     the others (see docs/CLUSTER.md)"
+                        .into(),
+                ));
             }
         }
-        let addr = addrs[0];
+        // Certificates before the store: a bad file is reported without touching the data.
+        let tls = config.tls.as_ref().map(tls::load).transpose()?;
         let (listener, local_addr) = bind_listener(addr)?;
-        Ok(Server::assemble(
-            listener,
-            local_addr,
-            config,
-            StoreCell::new(store, 0),
-            None,
-        ))
-    }
-
-    /// A cluster node: the client listener first (its address is what the node advertises
-    /// by default), then the node, whose store the server serves.
-    async fn bind_cluster(config: ServerConfig, addr: SocketAddr) -> Result<Server, ServerError> {
-        let (listener, local_addr) = bind_listener(addr)?;
-        let node = crate::cluster::start(&config, local_addr).await?;
-        let stores = node.store().clone();
-        let server = Server::assemble(listener, local_addr, config, stores, Some(node));
-        crate::cluster::watch_store_changes(&server.shared);
-        Ok(server)
-    }
-
-    fn assemble(
-        listener: TcpListener,
-        local_addr: SocketAddr,
-        config: ServerConfig,
-        stores: StoreCell,
-        cluster: Option<ClusterNode>,
-    ) -> Server {
+        let http = http_addr.map(bind_listener).transpose()?;
+        let (stores, cluster) = if config.cluster.is_some() {
+            // The client listener first: its address is what the node advertises by default.
+            let node = crate::cluster::start(&config, local_addr).await?;
+            (node.store().clone(), Some(node))
+        } else {
+            (StoreCell::new(open_store(&config).await?, 0), None)
+        };
         let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
         let shared = Arc::new(Shared {
             stores,
@@ -200,17 +190,29 @@ impl Server {
             stats: Stats::new(),
             pumps: Pumps::new(),
             syncers: Syncers::default(),
+            metrics: crate::metrics::Metrics::new(),
+            health: crate::health::Health::default(),
         });
-        Server {
+        if shared.cluster.is_some() {
+            crate::cluster::watch_store_changes(&shared);
+        }
+        Ok(Server {
             listener,
             local_addr,
             shared,
-        }
+            tls,
+            http,
+        })
     }
 
     /// The address actually bound (with the port the OS picked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the HTTP gateway is bound to, with `--http-listen`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Accepts connections until `shutdown` completes; then stops accepting, lets the
@@ -221,14 +223,32 @@ impl Server {
             listener,
             local_addr,
             shared,
+            tls,
+            http,
         } = self;
         info!(
             data_dir = %shared.config.data_dir.display(),
             fsync = ?shared.config.fsync,
             auth = shared.config.password.is_some(),
+            tls = tls.is_some(),
+            client_certificates = shared.config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             "listening on {local_addr}"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
+        let gateway = http.as_ref().map(|(_, addr)| {
+            info!(
+                allowed_hosts = ?shared.config.http_allowed_hosts,
+                cors_origins = ?shared.config.http_cors_origins,
+                "HTTP gateway listening on {addr}"
+            );
+            crate::http::router(&Arc::new(crate::http::Gateway {
+                shared: Arc::clone(&shared),
+                listen: shared.config.http_listen.clone().unwrap_or_default(),
+                allowed_hosts: shared.config.http_allowed_hosts.clone(),
+                cors_origins: shared.config.http_cors_origins.clone(),
+                stop: stop_rx.clone(),
+            }))
+        });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -243,21 +263,27 @@ impl Server {
                     }
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => admit(&shared, &mut tasks, &stop_rx, stream, peer),
-                    Err(e) => {
-                        // Typically EMFILE/ENFILE: back off instead of spinning.
-                        error!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok((stream, peer)) => admit(&shared, tls.as_ref(), &mut tasks, &stop_rx, stream, peer),
+                    Err(e) => accept_failed(&e).await,
+                },
+                accepted = accept_http(http.as_ref()) => match (accepted, &gateway) {
+                    (Ok((stream, peer)), Some(router)) => {
+                        admit_http(&shared, router, &mut tasks, &stop_rx, stream, peer);
                     }
+                    (Err(e), _) => accept_failed(&e).await,
+                    (Ok(_), None) => {}
                 },
             }
         }
 
+        shared.health.stopping();
         info!(
             connections = shared.stats.connections.load(Ordering::Relaxed),
             "shutting down: no longer accepting connections"
         );
         drop(listener);
+        drop(http);
+        drop(gateway);
         let _ = stop_tx.send(true);
         let grace = shared.config.shutdown_grace;
         let drained =
@@ -269,41 +295,93 @@ impl Server {
             );
             tasks.shutdown().await;
         }
-        let pumps = shared.pumps.clone();
-        let _ = tokio::task::spawn_blocking(move || pumps.shutdown()).await;
-        let keep = Arc::clone(&shared);
-        let _ = tokio::task::spawn_blocking(move || keep.syncers.shutdown()).await;
-        if let Some(node) = &shared.cluster {
-            node.shutdown().await;
-        }
-        // Blocking jobs (fsync waits, DELGLOB...) hold a reference until they return.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let synced = tokio::task::spawn_blocking(move || {
-            let result = shared.store().sync();
-            drop(shared);
-            result
-        })
-        .await;
-        match synced {
-            Ok(Ok(())) => {
-                info!("store synced and closed; bye");
-                Ok(())
-            }
-            Ok(Err(e)) => Err(ServerError::Sync(e)),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        }
+        close(shared).await
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
-    let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr, source })?;
-    Ok((listener, local_addr))
+/// After the connections: stops the watch pumps, the syncers and the cluster node, waits
+/// for the blocking jobs, then syncs the store and closes it.
+async fn close(shared: Arc<Shared>) -> Result<(), ServerError> {
+    let pumps = shared.pumps.clone();
+    let _ = tokio::task::spawn_blocking(move || pumps.shutdown()).await;
+    let keep = Arc::clone(&shared);
+    let _ = tokio::task::spawn_blocking(move || keep.syncers.shutdown()).await;
+    if let Some(node) = &shared.cluster {
+        node.shutdown().await;
+    }
+    // Blocking jobs (fsync waits, DELGLOB...) hold a reference until they return.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let synced = tokio::task::spawn_blocking(move || {
+        let result = shared.store().sync();
+        drop(shared);
+        result
+    })
+    .await;
+    match synced {
+        Ok(Ok(())) => {
+            info!("store synced and closed; bye");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(ServerError::Sync(e)),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Opens the single node's store, logging what recovery cut or repair skipped.
+async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
+    let opts = Options {
+        fsync: config.fsync,
+        repair: config.repair,
+        ..Options::default()
+    };
+    let dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, opts)).await;
+    let store = match opened {
+        Ok(Ok(store)) => store,
+        Ok(Err(source)) => {
+            let hint = match source {
+                logkv::Error::Locked(_) => {
+                    " (is another logkv-server running on this directory? stop it or pick \
+                     another --data-dir)"
+                }
+                logkv::Error::Corrupt { .. } => {
+                    " (start with --repair to keep every valid record and log what is \
+                     skipped)"
+                }
+                _ => "",
+            };
+            return Err(ServerError::Store {
+                dir: config.data_dir.clone(),
+                source,
+                hint,
+            });
+        }
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    for (bucket, report) in store.recovery_reports() {
+        if report.truncated_bytes > 0 {
+            warn!(
+                bucket = %bucket,
+                truncated_bytes = report.truncated_bytes,
+                whole_records_dropped = report.dropped_records,
+                "recovery cut the unsynced tail of the log (a crash or power loss)"
+            );
+        }
+        for skipped in &report.skipped {
+            warn!(
+                bucket = %bucket,
+                file = %skipped.path.display(),
+                offset = skipped.offset,
+                bytes = skipped.bytes,
+                reason = %skipped.reason,
+                "repair skipped a damaged region"
+            );
+        }
+    }
+    Ok(store)
 }
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -321,6 +399,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Starts a connection task, or turns the client away when the server is full.
 fn admit(
     shared: &Arc<Shared>,
+    tls: Option<&TlsAcceptor>,
     tasks: &mut JoinSet<()>,
     stop: &watch::Receiver<bool>,
     mut stream: TcpStream,
@@ -341,10 +420,24 @@ fn admit(
     let stop = stop.clone();
     let id = shared.stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (buffers, task) = shared.client_memory.register(id, peer);
+    let tls = tls.cloned();
     let fut = async move {
         debug!(id, %peer, "connection opened");
         let shared = Arc::clone(&guard.0);
-        if let Err(e) = connection::serve(shared, stream, peer, id, buffers, stop).await {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(id, %peer, "connection error: {e}");
+            return;
+        }
+        let io = match Transport::accept(stream, tls.as_ref()).await {
+            Ok(io) => io,
+            Err(e) => {
+                // A plain-text client on the TLS port, a bad or missing client certificate,
+                // a handshake that never ends: the connection is closed.
+                warn!(id, %peer, "TLS handshake failed, connection closed: {e}");
+                return;
+            }
+        };
+        if let Err(e) = connection::serve(shared, io, peer, id, buffers, stop).await {
             debug!(id, %peer, "connection error: {e}");
         }
         debug!(id, %peer, "connection closed");
@@ -360,4 +453,46 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.stats.connections.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Counts an HTTP connection for as long as its task lives.
+struct HttpGuard(Arc<Shared>);
+
+impl Drop for HttpGuard {
+    fn drop(&mut self) {
+        self.0.stats.http_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_failed(e: &std::io::Error) {
+    // Typically EMFILE/ENFILE: back off instead of spinning.
+    error!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Starts an HTTP connection task, or closes the connection when the server is full
+/// (RESP and HTTP connections together count against --max-connections).
+fn admit_http(
+    shared: &Arc<Shared>,
+    router: &axum::Router,
+    tasks: &mut JoinSet<()>,
+    stop: &watch::Receiver<bool>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let stats = &shared.stats;
+    let open = stats.http_connections.fetch_add(1, Ordering::AcqRel)
+        + stats.connections.load(Ordering::Acquire);
+    let guard = HttpGuard(Arc::clone(shared));
+    if open >= shared.config.max_connections {
+        warn!(%peer, "HTTP connection refused: max number of clients reached");
+        return;
+    }
+    let id = stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (buffers, task) = shared.client_memory.register(id, peer);
+    let fut = crate::http::serve_connection(router.clone(), stream, peer, buffers, stop.clone());
+    task.set(tasks.spawn(async move {
+        fut.await;
+        drop(guard);
+    }));
 }

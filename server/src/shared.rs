@@ -1,5 +1,6 @@
 //! The state every connection task shares: the store, the configuration, the counters
-//! INFO shows, the watch pumps, the durability syncers and the client-memory budget.
+//! INFO shows, the watch pumps, the durability syncers, the client-memory budget, the
+//! request metrics and the health.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
@@ -11,17 +12,21 @@ use logkv_cluster::{ClusterNode, StoreCell};
 use crate::client_memory::ClientMemory;
 use crate::config::ServerConfig;
 use crate::durability::Syncers;
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::pump::Pumps;
 
 /// Counters shown by `INFO`.
 #[derive(Debug)]
 pub(crate) struct Stats {
     pub started: Instant,
-    /// Open client connections.
+    /// Open client connections (RESP port).
     pub connections: AtomicUsize,
+    /// Open HTTP gateway connections.
+    pub http_connections: AtomicUsize,
     /// Requests executed since start.
     pub commands: AtomicU64,
-    /// Active watches over all connections.
+    /// Active watches over all connections (RESP watches and SSE streams).
     pub watchers: AtomicUsize,
     /// Source of connection ids.
     pub next_conn_id: AtomicU64,
@@ -40,6 +45,10 @@ pub(crate) struct Shared {
     pub syncers: Syncers,
     /// What the connections hold in their buffers, against `--max-client-memory`.
     pub client_memory: Arc<ClientMemory>,
+    /// Request counts and latency histograms.
+    pub metrics: Metrics,
+    /// Serving, shutting down, or failed.
+    pub health: Health,
 }
 
 impl Shared {
@@ -60,6 +69,7 @@ impl Stats {
         Stats {
             started: Instant::now(),
             connections: AtomicUsize::new(0),
+            http_connections: AtomicUsize::new(0),
             commands: AtomicU64::new(0),
             watchers: AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),

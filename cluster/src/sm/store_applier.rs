@@ -111,6 +111,7 @@ impl StoreApplier {
         let options = Options {
             fsync: FsyncPolicy::Never,
             background: false,
+            replicated: true,
             clock: Arc::clone(&clock) as Arc<dyn logkv::Clock>,
             ..options.clone()
         };

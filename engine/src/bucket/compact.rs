@@ -47,8 +47,8 @@ struct Copied {
 
 /// The output segment of a pass, as it is being filled.
 struct Output {
-    /// Length of its header: records start there.
-    header_len: usize,
+    /// Where records start (after the header and the mark area).
+    data_start: u64,
     /// The checksum salt of its header.
     salt: u32,
     /// The records after the header.
@@ -62,7 +62,7 @@ impl Output {
     /// input) as a batch of its own: batches were applied long ago.
     fn add(&mut self, key: &[u8], revision: u64, from: (u32, u32), bytes: &[u8]) -> Result<()> {
         let start = self.body.len();
-        let to_offset = segment_offset(self.header_len + start)?;
+        let to_offset = segment_offset(self.data_start + start as u64)?;
         self.body.extend_from_slice(bytes);
         if let Some(copy) = self.body.get_mut(start..) {
             record::make_standalone(copy, self.salt);
@@ -80,7 +80,7 @@ impl Output {
 
 /// A byte offset in a segment as the index holds it (32 bits: a segment is
 /// at most 4 GiB, see `Log::rotate`).
-fn segment_offset(at: usize) -> Result<u32> {
+fn segment_offset(at: u64) -> Result<u32> {
     u32::try_from(at).map_err(|_| Error::Internal(format!("segment offset {at} over 32 bits")))
 }
 
@@ -175,6 +175,7 @@ impl BucketCore {
     /// is rewritten; otherwise only those past the dead-bytes threshold.
     pub(crate) fn compact(&self, force: bool) -> Result<CompactionReport> {
         self.check_open()?;
+        self.log.check()?;
         let _pass = self.compacting.lock();
         if force {
             let active_dead = {
@@ -195,6 +196,9 @@ impl BucketCore {
             }
         }
         let sealed = self.log.sealed_segments();
+        // Every record of a sealed segment is durable; those not visible yet
+        // must be in the index before the pass decides what is retained.
+        self.publish_durable();
         let runs: Vec<Vec<Arc<Segment>>> = {
             let ix = self.index.read();
             let mut runs: Vec<Vec<Arc<Segment>>> = Vec::new();
@@ -249,17 +253,28 @@ impl BucketCore {
         let Some(first) = ids.first() else {
             return Ok(());
         };
+        // The output supersedes its inputs and whatever they superseded that is
+        // still on disk (a deletion that failed): otherwise, once an input is
+        // gone, such a file would be replayed as live after newer revisions.
+        let mut supersedes = ids.clone();
+        for seg in run {
+            for old in &seg.header.supersedes {
+                if !supersedes.contains(old) && self.dir.join(old.file_name()).exists() {
+                    supersedes.push(*old);
+                }
+            }
+        }
         let header = SegmentHeader::new(
             SegmentId {
                 seq: first.seq,
                 gen: ids.iter().map(|i| i.gen).max().unwrap_or(0) + 1,
             },
             self.last_rev.load(Ordering::Acquire),
-            ids.clone(),
+            supersedes,
         );
         // 1. Copy what the index still points at.
         let mut output = Output {
-            header_len: header.encoded_len(),
+            data_start: header.data_start(),
             salt: header.salt,
             body: Vec::new(),
             copies: Vec::new(),
@@ -270,6 +285,13 @@ impl BucketCore {
         }
         report.segments_in += run.len();
         let Output { body, copies, .. } = output;
+        // A record was left out because the index has a newer write of its key.
+        // That write may not be durable yet (`interval`, `never`): if the pass
+        // replaced or deleted the inputs first, a power cut could lose both the
+        // old record and the new one. So the log must be durable up to
+        // everything the copy looked at before anything is installed or deleted;
+        // a log whose fsync failed refuses here, and the pass stops.
+        self.log.sync()?;
 
         if copies.is_empty() {
             // Nothing retained: the inputs can go as they are. Deleting them one
@@ -281,9 +303,10 @@ impl BucketCore {
         }
 
         // 2. Write the output and give it its final name.
-        let tmp = Segment::write_tmp(&self.dir, &header, &body)?;
+        let tmp = Segment::write_tmp(self.log.storage(), &self.dir, &header, &body)?;
         crash_point!(self, AfterTmpWritten);
         let out = Arc::new(Segment::install(
+            self.log.storage(),
             &self.dir,
             self.log.alloc_slot(),
             &tmp,
@@ -339,7 +362,7 @@ impl BucketCore {
                     Decoded::Invalid(why) => return Err(corrupt(at, why.to_string())),
                 };
                 let len = r.header.record_len();
-                let here = (seg.slot, segment_offset(at)?);
+                let here = (seg.slot, segment_offset(at as u64)?);
                 let retained = ix
                     .find(r.key, r.header.revision)
                     .is_some_and(|rev| (rev.slot, rev.offset) == here);
@@ -377,11 +400,11 @@ impl BucketCore {
             self.log.remove_segments(ids);
         }
         for (i, seg) in run.iter().enumerate() {
-            remove_if_exists(&seg.path)?;
+            remove_if_exists(self.log.storage(), &seg.path)?;
             if i == 0 {
                 crash_point!(self, AfterFirstDelete);
             }
         }
-        sync_dir(&self.dir)
+        sync_dir(self.log.storage(), &self.dir)
     }
 }

@@ -43,6 +43,13 @@ impl Bucket {
         self.core.name()
     }
 
+    /// An id unique among the buckets this process has opened: a bucket
+    /// dropped and created again under the same name gets another one (its
+    /// log, its revisions and its durability tickets are new).
+    pub fn id(&self) -> u64 {
+        self.core.id()
+    }
+
     /// The bucket's configuration.
     pub fn config(&self) -> BucketConfig {
         self.core.config()
@@ -221,6 +228,15 @@ impl Bucket {
     /// A description of the bucket.
     pub fn status(&self) -> Result<BucketStatus> {
         self.core.status()
+    }
+
+    /// Revision ranges (inclusive) skipped after unclean stops under the fsync
+    /// policies `interval` and `never`: revisions that may have been seen
+    /// before a crash took them back, and that are never given again. A watch
+    /// resumed with `from_revision` just past one of them reports
+    /// [`WatchEvent::Lost`](crate::WatchEvent::Lost).
+    pub fn lost_revisions(&self) -> Vec<(u64, u64)> {
+        self.core.lost_revisions()
     }
 
     /// Writes DEL markers for expired values and drops aged entries now

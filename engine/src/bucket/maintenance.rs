@@ -12,6 +12,10 @@ use crate::error::Result;
 use crate::log::segment::Segment;
 use crate::snapshot;
 
+/// A log smaller than this gets no index snapshot: scanning it at open is
+/// cheaper than a file per bucket.
+const SNAPSHOT_MIN_LOG: u64 = 64 * 1024;
+
 impl BucketCore {
     /// Counters that cost nothing to read (no walk of the index): keys whose
     /// latest entry is a value (expired ones not yet swept included), values,
@@ -96,18 +100,31 @@ impl BucketCore {
     /// never for the fsync or the file write.
     pub(crate) fn write_snapshot(&self) -> Result<()> {
         self.check_open()?;
+        self.publish_durable();
+        let logged: u64 = self
+            .log
+            .segments()
+            .iter()
+            .map(|s| s.data_end().saturating_sub(s.data_start))
+            .sum();
+        if logged < SNAPSHOT_MIN_LOG {
+            // Reading so little log at open costs less than the snapshot's file
+            // (a block of disk per bucket: it adds up over thousands of buckets).
+            return snapshot::remove(self.log.storage(), &self.dir);
+        }
         let (bytes, end) = {
             let ix = self.index.read();
             let (end, last_rev) = self.hub.published();
-            let all = self.log.segments();
-            let active = all.last().map(|s| s.slot);
-            // Segments up to the one the published end is in; a newer, empty
-            // one (a rotation not yet written to) is left for recovery to scan.
-            let segs: Vec<(Arc<Segment>, u64)> = all
+            // Segments up to the one the published end is in, that one covered
+            // up to the end: what lies past it (a newer segment, or writes not
+            // visible yet) is left for recovery to scan.
+            let segs: Vec<(Arc<Segment>, u64)> = self
+                .log
+                .segments()
                 .into_iter()
                 .filter(|s| s.id.seq <= end.seq())
                 .map(|s| {
-                    let covered = if Some(s.slot) == active {
+                    let covered = if s.id.seq == end.seq() {
                         end.offset()
                     } else {
                         s.data_end()
@@ -119,12 +136,12 @@ impl BucketCore {
                 // Compaction removed every record up to the published end:
                 // there is nothing a snapshot would spare recovery from reading.
                 drop(ix);
-                return snapshot::remove(&self.dir);
+                return snapshot::remove(self.log.storage(), &self.dir);
             }
             (snapshot::encode(&ix, last_rev, &segs)?, end)
         };
         self.log.wait_durable(end)?;
-        snapshot::save(&self.dir, &bytes)
+        snapshot::save(self.log.storage(), &self.dir, &bytes)
     }
 
     /// Drops from the index the oldest entries of each key that are past the

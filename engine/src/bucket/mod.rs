@@ -8,6 +8,8 @@
 //! | `open.rs` | opens a bucket directory: replays its log into a fresh index (from the index snapshot on, when one matches) |
 //! | `read.rs` | point reads: one key, one revision, its TTL |
 //! | `write/` | the write path: plan (checks against the index and the earlier writes of the call) → encode (records, one append) → apply (index, watch hub) |
+//! | `pending.rs` | under `FsyncPolicy::Always`, appended writes that become visible once durable |
+//! | `lost.rs` | under `interval`/`never`, revisions skipped after an unclean stop, so none seen is given again |
 //! | `query.rs` | reads and deletes over many keys: keys, history, search, scan, delete by glob |
 //! | `maintenance.rs` | the TTL sweep, aging out, the index snapshot, counters and status |
 //! | `compact.rs` | compaction |
@@ -19,8 +21,10 @@
 
 pub(crate) mod compact;
 pub(crate) mod handle;
+mod lost;
 mod maintenance;
 mod open;
+mod pending;
 mod query;
 mod read;
 pub(crate) mod watch;
@@ -54,6 +58,8 @@ struct Writer {
     buf: Vec<u8>,
     /// Records the write in progress retired from the index (reused).
     removed: Vec<RecordRef>,
+    /// Writes in the log, not visible until durable (`FsyncPolicy::Always`).
+    pending: pending::Pending,
 }
 
 /// Compaction counters kept since open.
@@ -67,6 +73,8 @@ struct CompactionStats {
 
 /// A bucket's shared state.
 pub(crate) struct BucketCore {
+    /// Unique among the buckets this process opened (see [`handle::Bucket::id`]).
+    id: u64,
     name: Arc<str>,
     config: BucketConfig,
     dir: PathBuf,
@@ -75,6 +83,10 @@ pub(crate) struct BucketCore {
     writer: Mutex<Writer>,
     clock: Arc<dyn Clock>,
     dropped: AtomicBool,
+    /// Writes become visible only once durable (`FsyncPolicy::Always`; see `pending.rs`).
+    visible_when_durable: bool,
+    /// Revisions skipped after unclean stops (see `lost.rs`).
+    lost: lost::LostRevisions,
     /// The last revision whose write is visible.
     last_rev: AtomicU64,
     compaction_stats: CompactionStats,
@@ -91,6 +103,14 @@ pub(crate) struct BucketCore {
     crash_point: std::sync::atomic::AtomicU8,
 }
 
+/// Gives every bucket opened by this process its own id.
+static NEXT_BUCKET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new bucket id.
+fn new_bucket_id() -> u64 {
+    NEXT_BUCKET_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Effective expiry: the earlier of a per-key expiry and the bucket's max age.
 fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u64) -> u64 {
     match (key_expires, bucket_ttl_ms) {
@@ -101,6 +121,11 @@ fn effective_expiry(key_expires: u64, created: u64, bucket_ttl_ms: u64) -> u64 {
 }
 
 impl BucketCore {
+    /// The bucket's id, unique among the buckets this process opened.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The bucket's name.
     pub(crate) fn name(&self) -> &str {
         &self.name
@@ -129,9 +154,24 @@ impl BucketCore {
         self.clock.now_ms()
     }
 
-    /// Makes every write acknowledged so far durable.
+    /// Makes every write acknowledged so far durable (and visible).
     pub(crate) fn sync(&self) -> Result<()> {
-        self.log.sync()
+        self.log.sync()?;
+        self.publish_durable();
+        Ok(())
+    }
+
+    /// A clean close: everything durable, an index snapshot, and a mark that
+    /// says the log was closed cleanly.
+    pub(crate) fn close_clean(&self) -> Result<()> {
+        self.sync()?;
+        self.write_snapshot()?;
+        self.log.close_clean()
+    }
+
+    /// Revision ranges skipped after unclean stops (see `lost.rs`).
+    pub(crate) fn lost_revisions(&self) -> Vec<(u64, u64)> {
+        self.lost.ranges().to_vec()
     }
 
     /// Whether some write is not yet durable.
@@ -143,9 +183,9 @@ impl BucketCore {
     /// `remove` take its directory away (no write starts meanwhile), and ends
     /// its watches.
     pub(crate) fn drop_with(&self, remove: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        self.dropped.store(true, Ordering::Release);
         let _writer = self.writer.lock();
         remove(&self.dir)?;
+        self.dropped.store(true, Ordering::Release);
         self.hub.close();
         Ok(())
     }

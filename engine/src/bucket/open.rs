@@ -8,10 +8,14 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::lost::LostRevisions;
+use super::pending::Pending;
 use super::{effective_expiry, BucketCore, CompactionStats, Writer};
 use crate::config::{BucketConfig, Options};
 use crate::error::Result;
+use crate::fsync::FsyncPolicy;
 use crate::index::{Index, RecordRef};
+use crate::io::Storage;
 use crate::log::recovery::RecoveryReport;
 use crate::log::segment::Segment;
 use crate::log::{Log, LogConfig, Opened};
@@ -40,7 +44,31 @@ impl BucketCore {
             last_revision: last,
         } = replay(dir, name, &config, opts)?;
         let end = opened.appender.end();
+        let mut skipped = LostRevisions::load(dir)?;
+        let mut next_rev = last.max(skipped.highest()) + 1;
+        if opened.unclean
+            && opened.eager_before
+            && !opts.replicated
+            && opened.reserved_through >= next_rev
+        {
+            // Writes were visible before they were durable, and the stop was
+            // unclean: revisions up to the reservation may have been seen and
+            // lost. They are never given again. (A replica's are applied again
+            // with the same revisions by its replication log.)
+            tracing::warn!(
+                bucket = name,
+                first = next_rev,
+                last = opened.reserved_through,
+                "unclean stop: revisions that may have been seen and then lost are skipped"
+            );
+            skipped.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
+            next_rev = opened.reserved_through + 1;
+        }
+        // The counter stands past what it skipped: the bucket's last revision
+        // is the last one given out, whether its write survived or not.
+        let last = next_rev - 1;
         let core = BucketCore {
+            id: super::new_bucket_id(),
             name: Arc::from(name),
             config,
             dir: dir.to_path_buf(),
@@ -48,10 +76,13 @@ impl BucketCore {
             index: RwLock::new(index),
             writer: Mutex::new(Writer {
                 app: opened.appender,
-                next_rev: last + 1,
+                next_rev,
                 buf: Vec::new(),
                 removed: Vec::new(),
+                pending: Pending::default(),
             }),
+            visible_when_durable: opts.fsync == FsyncPolicy::Always,
+            lost: skipped,
             clock: Arc::clone(&opts.clock),
             dropped: AtomicBool::new(false),
             last_rev: AtomicU64::new(last),
@@ -82,8 +113,10 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         segment_size: opts.segment_size,
         fsync: opts.fsync,
         repair: opts.repair,
+        storage: opts.storage.clone(),
     };
-    let mut snap = usable_snapshot(dir, name, opts.repair)?;
+    let storage = opts.storage.clone();
+    let mut snap = usable_snapshot(&storage, dir, name, opts.repair)?;
     let mut snap_rev = 0;
     let mut stale = false;
     let mut start = |segs: &[Arc<Segment>]| {
@@ -118,7 +151,7 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         },
     )?;
     if stale {
-        snapshot::remove(dir)?;
+        snapshot::remove(&storage, dir)?;
     }
     let mut index = index.into_inner();
     let sizes = opened
@@ -138,17 +171,22 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
 
 /// The index snapshot of the bucket in `dir`, if it has one that can be
 /// read; one that cannot is removed (and the whole log is scanned).
-fn usable_snapshot(dir: &Path, name: &str, repair: bool) -> Result<Option<Snapshot>> {
+fn usable_snapshot(
+    storage: &Storage,
+    dir: &Path,
+    name: &str,
+    repair: bool,
+) -> Result<Option<Snapshot>> {
     if repair {
         // Repair may cut the log below a snapshot's end: never trust one after it.
-        snapshot::remove(dir)?;
+        snapshot::remove(storage, dir)?;
         return Ok(None);
     }
     match snapshot::load(dir) {
         Ok(s) => Ok(s),
         Err(why) => {
             tracing::warn!(bucket = name, reason = %why, "index snapshot unusable; scanning the whole log");
-            snapshot::remove(dir)?;
+            snapshot::remove(storage, dir)?;
             Ok(None)
         }
     }

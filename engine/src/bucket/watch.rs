@@ -68,6 +68,10 @@ pub enum WatchEvent {
 /// Pull-based: [`Watch::try_next`] never blocks, [`Watch::recv`] and
 /// [`Watch::recv_timeout`] wait for writes. Also an [`Iterator`] of blocking
 /// receives. Dropping it unsubscribes.
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of one watch's progress, each read in one place"
+)]
 pub struct Watch {
     core: Arc<BucketCore>,
     /// This watch's own copy of the bucket name: entries clone it, and a
@@ -86,6 +90,9 @@ pub struct Watch {
     /// The last revision read from the log (matching or not).
     last_seen: u64,
     ended: bool,
+    /// Resumed (`FROM`) just past a revision that an unclean stop took back:
+    /// the client's history is not the bucket's, so the watch reports `lost`.
+    resumed_in_lost: bool,
 }
 
 impl std::fmt::Debug for Watch {
@@ -143,6 +150,9 @@ impl Watch {
             (picked, end, revision, segments)
         };
         let tail = core.log.segment_by_seq(end.seq());
+        let resumed_in_lost = opts
+            .from_revision
+            .is_some_and(|from| from > 1 && core.lost.contains(from - 1));
         Ok(Watch {
             bucket: Arc::from(&*core.name),
             counted: opts.from_revision.is_none(),
@@ -157,6 +167,7 @@ impl Watch {
             tail,
             last_seen: revision,
             ended: false,
+            resumed_in_lost,
         })
     }
 
@@ -170,6 +181,9 @@ impl Watch {
     pub fn try_next(&mut self) -> Result<Option<WatchEvent>> {
         if self.ended {
             return Err(Error::Closed);
+        }
+        if self.resumed_in_lost {
+            return Ok(Some(self.lost()));
         }
         if let Some((key, rev)) = self.initial.pop_front() {
             let mut e = self
@@ -300,7 +314,9 @@ impl Watch {
             }
         };
         let h = rec.header;
-        if h.revision != self.last_seen + 1 {
+        let skipped_lost = h.revision > self.last_seen + 1
+            && self.core.lost.covers_gap(self.last_seen, h.revision);
+        if h.revision != self.last_seen + 1 && !skipped_lost {
             if h.revision <= self.last_seen {
                 // Already seen (a compacted copy of records read before).
                 self.offset += h.record_len() as u64;

@@ -4,29 +4,35 @@
 //! rules for reading it back after a crash are in [`recovery`].
 
 mod group_commit;
+pub mod mark;
 mod position;
 pub mod record;
 pub mod recovery;
 pub mod segment;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_zeros;
 use crate::fsync::FsyncPolicy;
+use crate::io::Storage;
 use group_commit::GroupCommit;
+use mark::{FLAG_CLEAN, FLAG_EAGER};
 pub use position::LogPos;
 use recovery::RecoveryReport;
 use segment::{Segment, SegmentHeader, SegmentId};
 
 /// Largest segment size accepted (record offsets are 32-bit).
 pub const MAX_SEGMENT_SIZE: u64 = 2 << 30;
+/// Revisions an active segment reserves beyond the bucket's last one when it
+/// is created (see [`SegmentHeader::reserved_through`]); a write that would
+/// pass the reservation rotates the log.
+pub const REVISION_RESERVE: u64 = 1 << 24;
+
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_SIZE: u64 = 4096;
 
@@ -39,11 +45,26 @@ pub struct LogConfig {
     pub fsync: FsyncPolicy,
     /// Keep every valid record of a damaged log instead of failing to open.
     pub repair: bool,
+    /// Where the files live (the operating system, or a simulation in tests).
+    pub storage: Storage,
 }
 
+/// The smallest pre-write: a new bucket's first segment, and the first growth
+/// of a segment that has seen little data. Pre-writing follows the write rate
+/// (see [`LogConfig::growth`]), so an idle bucket costs a few KiB of disk.
+const MIN_PREALLOC: u64 = 4096;
+
 impl LogConfig {
+    /// The largest pre-write step: 1/16 of the segment size, 4 KiB to 1 MiB.
     fn prealloc_chunk(&self) -> u64 {
-        (self.segment_size / 16).clamp(4096, 1 << 20)
+        (self.segment_size / 16).clamp(MIN_PREALLOC, 1 << 20)
+    }
+
+    /// How far to pre-write a segment of `file_len` bytes that needs room:
+    /// as much again as it holds (it doubles while it is written to), from
+    /// [`MIN_PREALLOC`] up to the largest step.
+    fn growth(&self, file_len: u64) -> u64 {
+        file_len.clamp(MIN_PREALLOC, self.prealloc_chunk())
     }
 }
 
@@ -111,6 +132,15 @@ impl Table {
     }
 }
 
+/// The durability marks' flag for writes visible before durable, under `policy`.
+fn eager_flag(policy: FsyncPolicy) -> u32 {
+    if policy == FsyncPolicy::Always {
+        0
+    } else {
+        FLAG_EAGER
+    }
+}
+
 /// One bucket's log.
 pub struct Log {
     dir: PathBuf,
@@ -118,6 +148,9 @@ pub struct Log {
     segments: RwLock<Table>,
     next_slot: AtomicU32,
     commit: GroupCommit,
+    /// The durability mark on disk says the log was closed cleanly (cleared,
+    /// with an fsync, before the first write that is visible before durable).
+    clean_mark: AtomicBool,
 }
 
 /// Result of opening a log.
@@ -130,6 +163,15 @@ pub struct Opened {
     pub watermark: u64,
     /// What recovery found.
     pub report: RecoveryReport,
+    /// The log was not closed cleanly (a crash, a kill, a power cut): what
+    /// recovery read has been made durable before anything is served.
+    pub unclean: bool,
+    /// The writes before that unclean stop may have been visible before they
+    /// were durable (policy `interval` or `never`, or unknown).
+    pub eager_before: bool,
+    /// No revision above this was given out by the process that wrote the log
+    /// (the reservation of its active segment).
+    pub reserved_through: u64,
 }
 
 impl Log {
@@ -148,7 +190,7 @@ impl Log {
         }
         let next_slot = AtomicU32::new(1);
         let alloc = || next_slot.fetch_add(1, Ordering::Relaxed);
-        let rec = recovery::recover(dir, cfg.repair, &alloc, start, apply)?;
+        let rec = recovery::recover(&cfg.storage, dir, cfg.repair, &alloc, start, apply)?;
         let mut segments = Table::default();
         rec.segments
             .iter()
@@ -157,6 +199,7 @@ impl Log {
             // Re-map the last segment at full capacity so appends can grow into it
             // (same slot: the index already points at it).
             let active = Arc::new(Segment::open(
+                &cfg.storage,
                 &last.path,
                 last.slot,
                 Some(cfg.segment_size),
@@ -166,14 +209,19 @@ impl Log {
             segments.insert(Arc::clone(&active));
             (active, pos)
         } else {
-            let header =
-                SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, rec.watermark, Vec::new());
+            let header = SegmentHeader::active(
+                SegmentId { seq: 1, gen: 0 },
+                rec.watermark,
+                rec.watermark + REVISION_RESERVE,
+            );
             let active = Arc::new(Segment::create(
+                &cfg.storage,
                 dir,
                 alloc(),
                 header,
                 cfg.segment_size,
-                cfg.prealloc_chunk(),
+                MIN_PREALLOC,
+                eager_flag(cfg.fsync),
             )?);
             segments.insert(Arc::clone(&active));
             let pos = active.data_start;
@@ -181,13 +229,34 @@ impl Log {
         };
         let file_len = active.file_len()?;
         let end = LogPos::new(active.id.seq, pos);
+        let fresh = rec.segments.is_empty();
+        let mark = active.mark();
+        let clean = fresh || mark.is_some_and(|m| m.clean() && m.end == pos);
+        // What is known durable: all of a sealed segment, the active one up to its mark.
+        let durable = LogPos::new(
+            active.id.seq,
+            if clean {
+                pos
+            } else {
+                mark.map_or(active.data_start, |m| m.end.min(pos))
+            },
+        );
+        let eager_flag = eager_flag(cfg.fsync);
         let log = Log {
             dir: dir.to_path_buf(),
-            commit: GroupCommit::new(Arc::clone(&active), end),
+            commit: GroupCommit::new(Arc::clone(&active), end, durable, eager_flag),
             segments: RwLock::new(segments),
             next_slot: AtomicU32::new(next_slot.load(Ordering::Relaxed)),
+            clean_mark: AtomicBool::new(mark.is_some_and(|m| m.clean())),
             cfg,
         };
+        if !clean {
+            // A process crash leaves written but unsynced bytes in the page
+            // cache, and recovery read them: make them durable before they are
+            // served, or a power cut now could take back what readers saw.
+            log.commit.sync_with_mark(eager_flag)?;
+        }
+        let reserved_through = active.header.reserved_through;
         let appender = Appender {
             active,
             pos,
@@ -199,12 +268,20 @@ impl Log {
             appender,
             watermark: rec.watermark,
             report: rec.report,
+            unclean: !clean,
+            eager_before: mark.is_none_or(|m| m.eager()),
+            reserved_through,
         })
     }
 
     /// The directory of this log.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the files live.
+    pub fn storage(&self) -> &Storage {
+        &self.cfg.storage
     }
 
     /// The fsync policy.
@@ -257,14 +334,23 @@ impl Log {
         self.segments.read().order.len()
     }
 
-    /// Makes room for a batch of `len` bytes, rotating to a new segment if the
-    /// active one cannot hold it, and returns the salt its records must be
-    /// encoded with. `watermark` is the bucket's last revision, written into the
-    /// header of a new segment.
-    pub fn reserve(&self, app: &mut Appender, len: u64, watermark: u64) -> Result<u32> {
+    /// Makes room for a batch of `len` bytes whose last revision is
+    /// `last_revision`, rotating to a new segment if the active one cannot hold
+    /// it or has not reserved that revision, and returns the salt its records
+    /// must be encoded with. `watermark` is the bucket's last revision before
+    /// the batch, written into the header of a new segment.
+    pub fn reserve(
+        &self,
+        app: &mut Appender,
+        len: u64,
+        watermark: u64,
+        last_revision: u64,
+    ) -> Result<u32> {
         self.commit.check()?;
-        if app.pos + len > app.active.capacity() {
-            self.rotate(app, watermark, len)?;
+        if app.pos + len > app.active.capacity()
+            || last_revision > app.active.header.reserved_through
+        {
+            self.rotate(app, watermark, len, last_revision)?;
         }
         Ok(app.active.header.salt)
     }
@@ -280,15 +366,17 @@ impl Log {
         }
         if app.dirty_tail > 0 {
             let to = (app.pos + app.dirty_tail).min(app.file_len);
-            write_zeros(app.active.file(), app.pos, to)
+            app.active
+                .file()
+                .write_zeros(app.pos, to)
                 .map_err(|e| Error::io(&app.active.path, e))?;
             app.dirty_tail = 0;
         }
         if app.pos + len > app.file_len {
             let grow_to = (app.pos + len)
-                .max(app.file_len + self.cfg.prealloc_chunk())
+                .max(app.file_len + self.cfg.growth(app.file_len))
                 .min(app.active.capacity());
-            if let Err(e) = write_zeros(app.active.file(), app.file_len, grow_to) {
+            if let Err(e) = app.active.file().write_zeros(app.file_len, grow_to) {
                 app.dirty_tail = grow_to - app.pos;
                 return Err(Error::io(&app.active.path, e));
             }
@@ -310,39 +398,48 @@ impl Log {
         })
     }
 
-    /// Seals the active segment (synced, cut to its data) and starts a new one.
-    fn rotate(&self, app: &mut Appender, watermark: u64, need: u64) -> Result<()> {
+    /// Seals the active segment (cut to its data, synced through group commit
+    /// so that a failure poisons the log) and starts a new one. A sealed
+    /// segment is durable whole before the next one exists.
+    fn rotate(
+        &self,
+        app: &mut Appender,
+        watermark: u64,
+        need: u64,
+        last_revision: u64,
+    ) -> Result<()> {
         let old = Arc::clone(&app.active);
-        let io = |e| Error::io(&old.path, e);
-        old.file().set_len(app.pos).map_err(io)?;
-        old.file().sync_data().map_err(io)?;
-        let header = SegmentHeader::new(
+        old.file()
+            .set_len(app.pos)
+            .map_err(|e| Error::io(&old.path, e))?;
+        app.file_len = app.pos;
+        self.commit.wait_durable(LogPos::new(old.id.seq, app.pos))?;
+        let header = SegmentHeader::active(
             SegmentId {
                 seq: old.id.seq + 1,
                 gen: 0,
             },
             watermark,
-            Vec::new(),
+            watermark.max(last_revision) + REVISION_RESERVE,
         );
-        let capacity = self
-            .cfg
-            .segment_size
-            .max(header.encoded_len() as u64 + need);
+        let capacity = self.cfg.segment_size.max(header.data_start() + need);
         if capacity > u64::from(u32::MAX) {
             return Err(Error::BadArgument(format!(
                 "a batch of {need} bytes is too large for one segment"
             )));
         }
         let seg = Arc::new(Segment::create(
+            &self.cfg.storage,
             &self.dir,
             self.alloc_slot(),
             header,
             capacity,
             self.cfg.prealloc_chunk(),
+            self.eager_flag(),
         )?);
         self.segments.write().insert(Arc::clone(&seg));
         self.commit
-            .rotated(LogPos::new(old.id.seq, app.pos), Arc::clone(&seg));
+            .rotated(LogPos::new(seg.id.seq, seg.data_start), Arc::clone(&seg));
         tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
         app.file_len = seg.file_len()?;
         app.pos = seg.data_start;
@@ -353,6 +450,40 @@ impl Log {
     /// Waits until everything below `pos` is durable (group commit).
     pub fn wait_durable(&self, pos: LogPos) -> Result<()> {
         self.commit.wait_durable(pos)
+    }
+
+    /// Everything below this position is durable.
+    pub fn durable_end(&self) -> LogPos {
+        self.commit.durable_end()
+    }
+
+    /// Makes everything durable and marks the log closed cleanly (two fsyncs).
+    pub fn close_clean(&self) -> Result<()> {
+        let flags = FLAG_CLEAN | self.eager_flag();
+        self.commit.sync_with_mark(flags)?;
+        self.clean_mark.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Before the first write that is visible before it is durable: clears a
+    /// clean mark on disk (with an fsync), so that a crash before the next
+    /// sync is seen as unclean and the revisions it may take back are never
+    /// given again. Nothing to do under `Always`, or once done.
+    pub fn clear_clean_mark(&self) -> Result<()> {
+        if self.eager_flag() != 0 && self.clean_mark.load(Ordering::Acquire) {
+            self.commit.sync_with_mark(self.eager_flag())?;
+            self.clean_mark.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn eager_flag(&self) -> u32 {
+        eager_flag(self.cfg.fsync)
+    }
+
+    /// Fails if a sync of this log has failed (the log is poisoned).
+    pub fn check(&self) -> Result<()> {
+        self.commit.check()
     }
 
     /// Makes everything appended so far durable.
@@ -392,7 +523,7 @@ impl Log {
     /// Seals the active segment now (if it holds any record) so compaction can take it.
     pub fn seal_active(&self, app: &mut Appender, watermark: u64) -> Result<()> {
         if app.pos > app.active.data_start {
-            self.rotate(app, watermark, 0)?;
+            self.rotate(app, watermark, 0, watermark)?;
         }
         Ok(())
     }

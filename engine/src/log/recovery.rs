@@ -7,14 +7,21 @@
 //! 3. Segments are read in `(seq, gen)` order; records are applied batch by
 //!    batch, and a batch is applied only when its last record (no `BATCH_MORE`)
 //!    has been read, so a batch torn by a crash is never applied in part.
-//! 4. In the last segment, bytes that are not a valid record, with no valid
-//!    record anywhere after them, are a torn tail: the file is cut at the start
-//!    of the batch they belong to, with a warning saying how many bytes went.
-//! 5. Anything else that is not a valid record (a bad header, a bad checksum
-//!    followed by valid records, a torn batch in a sealed segment) is
-//!    corruption: open fails naming the file and offset, unless repair was
-//!    asked for, in which case every valid record is kept and each skipped
-//!    region is reported.
+//! 4. In the last segment, a batch that is not whole and valid at or past the
+//!    segment's durability mark (see [`super::mark`]) is an unsynced tail: a
+//!    power cut may lose, keep or tear what was written after the last fsync,
+//!    in any order, so valid records may follow a hole. The file is cut at the
+//!    start of that batch (the mark rewritten to the cut), with a warning saying
+//!    how many bytes and whole records went.
+//! 5. Anything else that is not a valid record (in a sealed segment, which was
+//!    durable whole before the next one was created, or below the last
+//!    segment's mark) is corruption: open fails naming the file and offset,
+//!    unless repair was asked for, in which case every valid record is kept and
+//!    each skipped region is reported.
+//!
+//! What happens after the records are read — making what was read durable
+//! after an unclean stop, and skipping revisions that may have been seen and
+//! lost — is in `Log::open` and `bucket/open.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
+use crate::io::Storage;
 
 /// A region recovery skipped or cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +52,11 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Records applied.
     pub records: u64,
-    /// Bytes cut from the tail of the last segment (a write torn by a crash).
+    /// Bytes cut from the tail of the last segment (writes a crash left torn,
+    /// missing or out of order past the last sync).
     pub truncated_bytes: u64,
+    /// Whole records found past such a cut and dropped with it.
+    pub dropped_records: u64,
     /// Regions skipped in repair mode.
     pub skipped: Vec<Skipped>,
     /// Files removed (unfinished creations, superseded segments).
@@ -73,6 +84,7 @@ pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &Record<'_>) -> Resul
 /// Calls `apply(segment, offset, record)` for every record of every complete
 /// batch from the start point on, in log order.
 pub(crate) fn recover(
+    storage: &Storage,
     dir: &Path,
     repair: bool,
     next_slot: &dyn Fn() -> u32,
@@ -80,7 +92,7 @@ pub(crate) fn recover(
     apply: Apply<'_>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
-    let mut segments = open_segments(dir, repair, next_slot, &mut report)?;
+    let mut segments = open_segments(storage, dir, repair, next_slot, &mut report)?;
     let watermark = segments
         .iter()
         .map(|s| s.header.revision_watermark)
@@ -121,6 +133,7 @@ pub(crate) fn recover(
 
 /// Lists, cleans up and opens the segments of a directory, in log order.
 fn open_segments(
+    storage: &Storage,
     dir: &Path,
     repair: bool,
     next_slot: &dyn Fn() -> u32,
@@ -136,7 +149,9 @@ fn open_segments(
         if name.ends_with(&format!(".{SEGMENT_EXT}.tmp")) {
             let path = entry.path();
             tracing::info!(file = %path.display(), "removing unfinished segment");
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            storage
+                .remove_file(&path)
+                .map_err(|e| Error::io(&path, e))?;
             report.removed_files.push(path);
             removed_any = true;
         } else if let Some(id) = SegmentId::parse(name) {
@@ -147,12 +162,14 @@ fn open_segments(
     let mut opened = Vec::with_capacity(ids.len());
     for id in ids {
         let path = dir.join(id.file_name());
-        match Segment::open(&path, next_slot(), None) {
+        match Segment::open(storage, &path, next_slot(), None) {
             Ok(seg) if seg.header.id == id => opened.push(seg),
             Ok(_) | Err(Error::Corrupt { .. }) if repair => {
                 let aside = path.with_extension("seg.corrupt");
                 tracing::warn!(file = %path.display(), "repair: segment header unreadable, moved aside");
-                std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+                storage
+                    .rename(&path, &aside)
+                    .map_err(|e| Error::io(&path, e))?;
                 report.skipped.push(Skipped {
                     path: path.clone(),
                     offset: 0,
@@ -180,7 +197,9 @@ fn open_segments(
     for seg in opened {
         if superseded.contains(&seg.id) {
             tracing::info!(file = %seg.path.display(), "removing segment superseded by compaction");
-            std::fs::remove_file(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
+            storage
+                .remove_file(&seg.path)
+                .map_err(|e| Error::io(&seg.path, e))?;
             report.removed_files.push(seg.path.clone());
             removed_any = true;
         } else {
@@ -188,7 +207,7 @@ fn open_segments(
         }
     }
     if removed_any {
-        sync_dir(dir)?;
+        sync_dir(storage, dir)?;
     }
     Ok(kept)
 }
@@ -209,6 +228,11 @@ fn scan_segment(
     let mut batch_start = at;
     let mut pending: Vec<(usize, Record<'_>)> = Vec::new();
     let salt = seg.header.salt;
+    // In the last segment, what lies at or past the durability mark was never
+    // synced: a power cut may have lost, kept or torn it in any order.
+    let durable = seg
+        .mark()
+        .map_or(seg.data_start, |m| m.end.max(seg.data_start));
     loop {
         // `at` never passes the end of `buf`: records are decoded from inside it.
         let problem = match decode(buf.get(at..).unwrap_or_default(), salt) {
@@ -261,7 +285,7 @@ fn scan_segment(
         // Checksums are salted per segment, so bytes inside a damaged record's
         // value (even an encoded record) never pass as the next record.
         let next = find_next_valid(buf, at + 1, salt);
-        if is_last && next.is_none() {
+        if is_last && (batch_start as u64 >= durable || (repair && next.is_none())) {
             drop(pending);
             return cut_torn_tail(seg, buf, batch_start, &problem, report);
         }
@@ -311,19 +335,34 @@ fn cut_torn_tail(
         .rposition(|&b| b != 0)
         .map_or(batch_start, |p| p + 1);
     let dropped = nonzero_end.saturating_sub(batch_start) as u64;
+    // Whole records that survived past the cut: written after the last sync
+    // and kept by the power cut while something before them was not.
+    let mut records = 0u64;
+    let mut at = batch_start + 1;
+    while let Some(next) = find_next_valid(buf, at, seg.header.salt) {
+        records += 1;
+        at = match decode(buf.get(next..).unwrap_or_default(), seg.header.salt) {
+            Decoded::Record(r) => next + r.header.record_len(),
+            _ => next + 1,
+        };
+    }
     tracing::warn!(
         file = %seg.path.display(),
         offset = batch_start,
         bytes = dropped,
+        whole_records_after = records,
         reason = %problem,
-        "dropping a record torn at the tail of the log (a write cut short by a crash)"
+        "cutting the unsynced tail of the log (writes a crash or power loss cut short or left out of order)"
     );
     if cut > 0 {
         seg.file()
             .set_len(batch_start as u64)
             .map_err(|e| Error::io(&seg.path, e))?;
+        // The mark must not claim more than what is left.
+        seg.write_mark(batch_start as u64, 0)?;
         seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
     }
     report.truncated_bytes += dropped;
+    report.dropped_records += records;
     Ok(batch_start as u64)
 }

@@ -12,22 +12,22 @@
 //! pre-writing zeros a chunk at a time: an `fdatasync` then finds the file size
 //! unchanged and has no inode to write.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
+use super::mark::{self, Mark, MARK_AREA};
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, write_zeros};
+use crate::fsutil::sync_dir;
+use crate::io::{File, OpenMode, Storage};
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LOGKVSEG";
 /// Segment header format version.
-pub const SEGMENT_VERSION: u16 = 1;
+pub const SEGMENT_VERSION: u16 = 2;
 /// Size of the fixed part of the segment header.
-const FIXED_HEADER: usize = 48;
+const FIXED_HEADER: usize = 56;
 /// Extension of segment files.
 pub const SEGMENT_EXT: &str = "seg";
 
@@ -70,6 +70,12 @@ pub struct SegmentHeader {
     pub revision_watermark: u64,
     /// Segments whose retained records this file holds (compaction output).
     pub supersedes: Vec<SegmentId>,
+    /// No revision above this is given while this segment is the active one
+    /// (0 in a compaction output): after a crash that lost writes which were
+    /// visible before they were durable (`interval`, `never`), the revision
+    /// counter resumes above it, so that no revision a client may have seen is
+    /// given to other data.
+    pub reserved_through: u64,
     /// Random value mixed into every record checksum of this segment.
     pub salt: u32,
 }
@@ -85,13 +91,27 @@ impl SegmentHeader {
             id,
             revision_watermark,
             supersedes,
+            reserved_through: 0,
             salt: random_salt(),
+        }
+    }
+
+    /// A header for a new active segment, reserving revisions up to `reserved_through`.
+    pub fn active(id: SegmentId, revision_watermark: u64, reserved_through: u64) -> SegmentHeader {
+        SegmentHeader {
+            reserved_through,
+            ..SegmentHeader::new(id, revision_watermark, Vec::new())
         }
     }
 
     /// Encoded length, a multiple of 8.
     pub fn encoded_len(&self) -> usize {
         (FIXED_HEADER + 16 * self.supersedes.len() + 4).div_ceil(8) * 8
+    }
+
+    /// Offset of the first record: after the header and the durability mark's slots.
+    pub fn data_start(&self) -> u64 {
+        self.encoded_len() as u64 + MARK_AREA
     }
 
     /// Encodes the header.
@@ -112,6 +132,7 @@ impl SegmentHeader {
         b.extend_from_slice(&self.revision_watermark.to_le_bytes());
         b.extend_from_slice(&self.salt.to_le_bytes());
         b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&self.reserved_through.to_le_bytes());
         for s in &self.supersedes {
             b.extend_from_slice(&s.seq.to_le_bytes());
             b.extend_from_slice(&s.gen.to_le_bytes());
@@ -121,6 +142,19 @@ impl SegmentHeader {
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
+    }
+
+    /// The whole length of a header, from its fixed part.
+    pub fn peek_len(fixed: &[u8]) -> std::result::Result<u64, &'static str> {
+        if fixed.len() < FIXED_HEADER {
+            return Err("file shorter than a segment header");
+        }
+        if fixed.get(..8) != Some(SEGMENT_MAGIC.as_slice()) {
+            return Err("bad segment magic");
+        }
+        le_bytes(fixed, 12)
+            .map(|b| u64::from(u32::from_le_bytes(b)))
+            .ok_or("file shorter than a segment header")
     }
 
     /// Decodes a header from the start of a file's bytes.
@@ -165,6 +199,7 @@ impl SegmentHeader {
             },
             revision_watermark: rd64(32)?,
             supersedes,
+            reserved_through: rd64(48)?,
             salt: rd32(40)?,
         })
     }
@@ -194,6 +229,15 @@ fn random_salt() -> u32 {
     h.finish() as u32
 }
 
+/// The newest mark in a segment file (read from the file, not the map: a
+/// damaged file may end before its mark area).
+fn read_mark(file: &File, header: &SegmentHeader) -> Option<Mark> {
+    let mut area = [0u8; mark::MARK_AREA_LEN];
+    file.read_exact_at(&mut area, header.encoded_len() as u64)
+        .ok()?;
+    Mark::latest(&area, header.salt)
+}
+
 /// A value alone on its cache line (no false sharing with its neighbours).
 #[repr(align(64))]
 struct CacheLine<T>(T);
@@ -221,6 +265,8 @@ pub struct Segment {
     end: CacheLine<AtomicU64>,
     file: File,
     map: Mmap,
+    /// Counter of the last durability mark written (see [`super::mark`]).
+    mark_counter: AtomicU64,
 }
 
 impl std::fmt::Debug for Segment {
@@ -233,80 +279,110 @@ impl std::fmt::Debug for Segment {
 
 impl Segment {
     /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
-    /// (header included), syncs it and renames it into place.
+    /// (header included) and a first durability mark (nothing written yet,
+    /// with `mark_flags`), syncs it and renames it into place.
     pub fn create(
+        storage: &Storage,
         dir: &Path,
         slot: u32,
         header: SegmentHeader,
         capacity: u64,
         prealloc: u64,
+        mark_flags: u32,
     ) -> Result<Segment> {
         let final_path = dir.join(header.id.file_name());
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
         let head = header.encode();
         let io = |e| Error::io(&tmp_path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .map_err(io)?;
+        let file = storage.open(&tmp_path, OpenMode::Create).map_err(io)?;
         file.write_all_at(&head, 0).map_err(io)?;
-        let prealloc = prealloc
-            .max(head.len() as u64)
-            .min(capacity.max(head.len() as u64));
-        write_zeros(&file, head.len() as u64, prealloc).map_err(io)?;
+        let data_start = header.data_start();
+        let prealloc = prealloc.max(data_start).min(capacity.max(data_start));
+        file.write_zeros(head.len() as u64, prealloc).map_err(io)?;
+        let first = Mark {
+            counter: 1,
+            end: data_start,
+            flags: mark_flags,
+        };
+        file.write_all_at(
+            &first.encode(header.salt),
+            Mark::slot_offset(head.len() as u64, first.counter),
+        )
+        .map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp_path, &final_path).map_err(io)?;
-        sync_dir(dir)?;
+        storage.rename(&tmp_path, &final_path).map_err(io)?;
+        sync_dir(storage, dir)?;
         Self::map(slot, final_path, file, header, capacity)
     }
 
     /// Writes a complete segment (compaction output) under a temporary name.
     /// Returns the temporary path; [`Segment::install`] renames it into place.
-    pub fn write_tmp(dir: &Path, header: &SegmentHeader, body: &[u8]) -> Result<PathBuf> {
+    pub fn write_tmp(
+        storage: &Storage,
+        dir: &Path,
+        header: &SegmentHeader,
+        body: &[u8],
+    ) -> Result<PathBuf> {
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
         let io = |e| Error::io(&tmp_path, e);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .map_err(io)?;
+        let file = storage.open(&tmp_path, OpenMode::Create).map_err(io)?;
         let head = header.encode();
         file.write_all_at(&head, 0).map_err(io)?;
-        file.write_all_at(body, head.len() as u64).map_err(io)?;
+        file.write_zeros(head.len() as u64, header.data_start())
+            .map_err(io)?;
+        file.write_all_at(body, header.data_start()).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(tmp_path)
     }
 
     /// Renames a file written by [`Segment::write_tmp`] into place and opens it.
-    pub fn install(dir: &Path, slot: u32, tmp_path: &Path, id: SegmentId) -> Result<Segment> {
+    pub fn install(
+        storage: &Storage,
+        dir: &Path,
+        slot: u32,
+        tmp_path: &Path,
+        id: SegmentId,
+    ) -> Result<Segment> {
         let final_path = dir.join(id.file_name());
-        std::fs::rename(tmp_path, &final_path).map_err(|e| Error::io(tmp_path, e))?;
-        sync_dir(dir)?;
-        let seg = Self::open(&final_path, slot, None)?;
+        storage
+            .rename(tmp_path, &final_path)
+            .map_err(|e| Error::io(tmp_path, e))?;
+        sync_dir(storage, dir)?;
+        let seg = Self::open(storage, &final_path, slot, None)?;
         seg.set_data_end(seg.capacity());
         Ok(seg)
     }
 
     /// Opens an existing segment read-write, mapping it at its file length.
-    pub fn open(path: &Path, slot: u32, capacity: Option<u64>) -> Result<Segment> {
+    pub fn open(
+        storage: &Storage,
+        path: &Path,
+        slot: u32,
+        capacity: Option<u64>,
+    ) -> Result<Segment> {
         let io = |e| Error::io(path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let mut head = vec![0u8; usize::try_from(len).map_or(64 * 1024, |l| l.min(64 * 1024))];
-        file.read_exact_at(&mut head, 0).map_err(io)?;
-        let header = SegmentHeader::decode(&head).map_err(|why| Error::Corrupt {
+        let file = storage.open(path, OpenMode::ReadWrite).map_err(io)?;
+        let len = file.len().map_err(io)?;
+        let corrupt = |why: &str| Error::Corrupt {
             path: path.to_path_buf(),
             offset: 0,
             reason: why.to_string(),
-        })?;
+        };
+        // The fixed part first: it gives the header's whole length (a
+        // compaction output that supersedes thousands of segments has a long one).
+        let fixed = usize::try_from(len).map_or(FIXED_HEADER, |l| l.min(FIXED_HEADER));
+        let mut head = vec![0u8; fixed];
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        let header_len = SegmentHeader::peek_len(&head).map_err(corrupt)?;
+        if header_len > len {
+            return Err(corrupt("file shorter than its segment header"));
+        }
+        head.resize(
+            usize::try_from(header_len).map_err(|_| corrupt("header too long"))?,
+            0,
+        );
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        let header = SegmentHeader::decode(&head).map_err(corrupt)?;
         Self::map(
             slot,
             path.to_path_buf(),
@@ -330,9 +406,10 @@ impl Segment {
         // readers may look at and never truncates below it while mapped. Pages past
         // the end of the file are mapped but never read (reads stay below the
         // written length).
-        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(&file) }
+        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(file.std()) }
             .map_err(|e| Error::io(&path, e))?;
-        let data_start = header.encoded_len() as u64;
+        let data_start = header.data_start();
+        let mark_counter = read_mark(&file, &header).map_or(0, |m| m.counter);
         Ok(Segment {
             id: header.id,
             slot,
@@ -342,6 +419,7 @@ impl Segment {
             path,
             file,
             map,
+            mark_counter: AtomicU64::new(mark_counter),
         })
     }
 
@@ -382,16 +460,32 @@ impl Segment {
 
     /// Current length of the file on disk.
     pub fn file_len(&self) -> Result<u64> {
-        Ok(self
-            .file
-            .metadata()
-            .map_err(|e| Error::io(&self.path, e))?
-            .len())
+        self.file.len().map_err(|e| Error::io(&self.path, e))
     }
 
     /// Flushes written data to stable storage (fdatasync).
     pub fn sync_data(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The newest durability mark of this segment, if it has one (see [`super::mark`]).
+    pub fn mark(&self) -> Option<Mark> {
+        read_mark(&self.file, &self.header)
+    }
+
+    /// Writes a durability mark: everything below `end` is durable (it
+    /// reaches the disk itself with the next fsync of this segment).
+    pub fn write_mark(&self, end: u64, flags: u32) -> Result<()> {
+        let counter = self.mark_counter.fetch_add(1, Ordering::AcqRel) + 1;
+        let mark = Mark {
+            counter,
+            end,
+            flags,
+        };
+        let at = Mark::slot_offset(self.header.encoded_len() as u64, counter);
+        self.file
+            .write_all_at(&mark.encode(self.header.salt), at)
+            .map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -438,13 +532,23 @@ mod tests {
     fn create_then_open() {
         let dir = tempfile::tempdir().unwrap();
         let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
-        let seg = Segment::create(dir.path(), 1, h.clone(), 1 << 20, 4096).unwrap();
+        let seg =
+            Segment::create(&Storage::os(), dir.path(), 1, h.clone(), 1 << 20, 4096, 0).unwrap();
         assert_eq!(seg.file_len().unwrap(), 4096);
         assert_eq!(seg.capacity(), 1 << 20);
         drop(seg);
-        let seg = Segment::open(&dir.path().join(h.id.file_name()), 2, None).unwrap();
+        let seg =
+            Segment::open(&Storage::os(), &dir.path().join(h.id.file_name()), 2, None).unwrap();
         assert_eq!(seg.header, h);
-        assert_eq!(seg.data_start, h.encoded_len() as u64);
+        assert_eq!(seg.data_start, h.encoded_len() as u64 + MARK_AREA);
+        assert_eq!(
+            seg.mark().map(|m| (m.counter, m.end)),
+            Some((1, seg.data_start)),
+            "a new segment's mark: nothing written"
+        );
+        seg.write_mark(100, 0).unwrap();
+        seg.write_mark(200, 0).unwrap();
+        assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((3, 200)));
         assert!(!dir
             .path()
             .join(format!("{}.tmp", h.id.file_name()))

@@ -3,7 +3,7 @@
 
 use logkv::Written;
 use logkv_cluster::command::{BucketSpec, Command, Response, WrittenData};
-use logkv_cluster::{ClusterNode, Op};
+use logkv_cluster::{ClusterError, ClusterNode, Op};
 
 use super::error_reply;
 use crate::command::{exec_result, AwaitJob, Flow};
@@ -76,6 +76,33 @@ async fn propose_writes(
         }
     }
     out
+}
+
+/// One write proposed on its own (the HTTP gateway's PUT and DELETE): the engine's result,
+/// or why the cluster could not apply it.
+pub(crate) async fn write_one(
+    node: &ClusterNode,
+    bucket: String,
+    op: Op,
+) -> Result<logkv::Result<Written>, ClusterError> {
+    let cmd = Command::Write {
+        bucket,
+        atomic: false,
+        ops: vec![op],
+    };
+    Ok(match node.write(cmd).await? {
+        Response::Each(results) => match results.into_iter().next() {
+            Some(Ok(w)) => Ok(w.to_engine()),
+            Some(Err(e)) => Err(e.to_engine()),
+            None => Err(logkv::Error::Internal(
+                "the write returned no result".into(),
+            )),
+        },
+        Response::Failed(e) => Err(e.to_engine()),
+        other => Err(logkv::Error::Internal(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    })
 }
 
 fn node(s: &Session) -> Option<ClusterNode> {

@@ -18,10 +18,16 @@ use bytes::Bytes;
 
 pub(crate) use self::args::{is as is_word, preview, Args as ArgCursor};
 use self::args::{wrong_args, Args};
-use self::table::{lookup, Flags};
+use self::table::{lookup, position, Flags, VERBS};
 pub(crate) use self::txn::exec_result;
 use crate::protocol::Reply;
 use crate::session::{Session, Write};
+
+/// The names of the verbs, in the table's order (what request metrics are labelled with;
+/// requests of an unknown verb are counted after them).
+pub(crate) fn verb_names() -> impl Iterator<Item = &'static str> {
+    VERBS.iter().map(|spec| spec.name)
+}
 
 /// Work that may block (fsync, disk-wide scans): run on the blocking pool, then encode.
 pub(crate) type BlockingJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
@@ -144,13 +150,40 @@ pub(crate) fn reads(args: &[Bytes]) -> bool {
         .is_some_and(|v| v.flags.has(Flags::READ))
 }
 
+/// Whether the command reads the store's state (and so must see the writes the
+/// connection made before it): every verb but a write that joins the pipeline's batch,
+/// one that MULTI queues, and the verbs that touch no data.
+pub(crate) fn reads_state(s: &Session, args: &[Bytes]) -> bool {
+    let Some(spec) = args
+        .first()
+        .and_then(|name| position(name))
+        .and_then(|i| VERBS.get(i))
+    else {
+        return false;
+    };
+    if s.multi.is_some() && !spec.flags.has(Flags::IN_MULTI) {
+        return false;
+    }
+    let watch_mode = !s.version.is_resp3() && s.watches.active();
+    if spec.flags.has(Flags::WRITE) && s.authed && !watch_mode {
+        return false;
+    }
+    !matches!(
+        spec.name,
+        "ping" | "quit" | "hello" | "auth" | "multi" | "discard" | "exec"
+    )
+}
+
 /// Executes one request on `s` and appends its reply to `out`.
 pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flow {
     let Some((name, rest)) = args.split_first() else {
         return Flow::Continue;
     };
     s.commands += 1;
-    let spec = lookup(name);
+    let index = position(name);
+    let spec = index.and_then(|i| VERBS.get(i));
+    s.metrics
+        .count(index.unwrap_or(VERBS.len()), &s.shared.metrics);
     let watch_mode = !s.version.is_resp3() && s.watches.active();
     if !joins_queue(s, args) {
         s.apply_pending(out);

@@ -117,11 +117,16 @@ pub(crate) static VERBS: [Spec; 36] = [
     verb("readwrite", 1, 1,  Flags::NONE,      |_| Ok(Command::ReadOnly(false))),
 ];
 
-/// Finds a verb, case-insensitively, without allocating.
-pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
+/// Finds a verb, case-insensitively, without allocating: its index in [`VERBS`].
+pub(crate) fn position(name: &[u8]) -> Option<usize> {
     VERBS
         .iter()
-        .find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+        .position(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Finds a verb, case-insensitively, without allocating.
+pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    position(name).and_then(|i| VERBS.get(i))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub(crate) use watches::{Watches, MAX_WATCHES};
 
 use crate::durability::PendingDurability;
 use crate::encode::{self, engine_error, WriteShape};
+use crate::metrics::LocalMetrics;
 use crate::protocol::RespVersion;
 use crate::shared::Shared;
 
@@ -64,6 +65,8 @@ pub(crate) struct Session {
     pub fenced: bool,
     /// The store generation `bucket` belongs to.
     generation: u64,
+    /// The batch's requests, by verb, not yet added to the server's metrics.
+    pub metrics: LocalMetrics,
 }
 
 impl Session {
@@ -89,6 +92,7 @@ impl Session {
             commands: 0,
             reply_start: 0,
             pending: Vec::new(),
+            metrics: LocalMetrics::new(),
         }
     }
 
@@ -136,11 +140,6 @@ impl Session {
         self.pending.push(write);
     }
 
-    /// Whether writes are queued.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Applies the queued writes in one engine call and encodes their replies. On a cluster
     /// node they are set aside to be proposed (`crate::cluster::writes::settle`), their
     /// replies to be inserted here.
@@ -162,11 +161,15 @@ impl Session {
                 for (write, result) in writes.iter().zip(results) {
                     match result {
                         Ok(w) => encode::written(out, version, &w, write.shape),
-                        Err(e) => engine_error(&e).encode(version, out),
+                        Err(e) => {
+                            self.shared.health.observe(&e);
+                            engine_error(&e).encode(version, out);
+                        }
                     }
                 }
             }
             Err(e) => {
+                self.shared.health.observe(&e);
                 let reply = engine_error(&e);
                 for _ in &writes {
                     reply.encode(version, out);

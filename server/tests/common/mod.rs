@@ -2,6 +2,8 @@
 //! binary with its log, a raw-socket round trip, INFO fields.
 #![allow(dead_code, reason = "each test binary uses a part of the helpers")]
 
+pub mod certs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -26,14 +28,28 @@ pub fn start_server(tweak: impl FnOnce(&mut ServerConfig)) -> (TestServer, Socke
 /// Sends `request` and reads exactly one reply (nested arrays included), as text.
 pub fn roundtrip(s: &mut TcpStream, request: &[u8]) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    roundtrip_on(s, request)
+}
+
+/// [`roundtrip`] over any stream (a TLS stream, say); its timeouts are the caller's.
+pub fn roundtrip_on(s: &mut (impl Read + Write), request: &[u8]) -> String {
     s.write_all(request).unwrap();
+    s.flush().unwrap();
+    let mut out = Vec::new();
+    read_reply(s, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one RESP reply, byte-exact: nothing past it is consumed.
+pub fn read_one(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = Vec::new();
     read_reply(s, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads one RESP reply into `out`, byte-exact: nothing past it is consumed.
-fn read_reply(s: &mut TcpStream, out: &mut Vec<u8>) {
+fn read_reply(s: &mut impl Read, out: &mut Vec<u8>) {
     let start = out.len();
     let mut byte = [0u8; 1];
     while !out.ends_with(b"\n") || out.len() == start {
@@ -70,6 +86,33 @@ pub fn skip(why: &str) {
     println!("skipped: {why}");
 }
 
+/// Whether `curl` runs here; when not, skips the calling test (see [`skip`]).
+pub fn have_curl() -> bool {
+    let ok = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip("curl is not installed (apt-get install curl)");
+    }
+    ok
+}
+
+/// Whether `python3` can import `module` (a package of that name on the Python package index); when not, skips the
+/// calling test.
+pub fn have_python_module(module: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(&format!(
+            "the Python {module} package is not installed (python3 -m pip install {module})"
+        ));
+    }
+    ok
+}
+
 /// A `name:  value kB` line of /proc/<pid>/status, in KiB (a count for `Threads:`).
 pub fn proc_status(pid: u32, name: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -93,7 +136,7 @@ pub struct BinaryServer {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl BinaryServer {
@@ -105,6 +148,20 @@ impl BinaryServer {
             .args(extra)
             .spawn()
             .unwrap();
+        BinaryServer::watch(child, Some(dir))
+    }
+
+    /// Starts it over an existing directory (`--fsync always`) with `extra` flags.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> BinaryServer {
+        let child = binary(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .spawn()
+            .unwrap();
+        BinaryServer::watch(child, None)
+    }
+
+    fn watch(child: Child, dir: Option<TempDir>) -> BinaryServer {
         let mut server = BinaryServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -119,10 +176,17 @@ impl BinaryServer {
                 log.lock().unwrap().push(line);
             }
         });
-        let line = server.wait_for_log("listening on ");
-        let rest = line.split("listening on ").nth(1).unwrap();
+        let line = server.wait_for_log(" listening on ");
+        let rest = line.split(" listening on ").nth(1).unwrap();
         server.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
         server
+    }
+
+    /// The HTTP gateway's address (started with `--http-listen 127.0.0.1:0`).
+    pub fn http_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("HTTP gateway listening on ");
+        let rest = line.split("HTTP gateway listening on ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
     }
 
     /// The process id.

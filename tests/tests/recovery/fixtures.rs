@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use logkv::log::record::{encode, Op as RecOp, HEADER_LEN};
 use logkv::{Op, Store};
 
-use crate::common::{opts, Rng};
+use crate::common::{copy_store_dir, opts, Rng};
 use crate::oracle::{model_last_rev, Model};
 use crate::segments::{bucket_dir, parse_segment, remove_snapshots, seg_files, Rec, SEG};
 
@@ -14,6 +14,17 @@ pub fn nonzero_value(rng: &mut Rng, len: usize) -> Vec<u8> {
     (0..len)
         .map(|_| b'!' + (rng.next_u64() % 90) as u8)
         .collect()
+}
+
+/// Leaves the directory of `store` as a killed process leaves it: written but
+/// not synced, no index snapshot of now, no clean-close mark (a copy taken while
+/// the store is open replaces the directory once the store is dropped).
+pub fn crash(store: Store, path: &Path) {
+    let copy = path.with_extension("crashed");
+    copy_store_dir(path, &copy);
+    drop(store);
+    std::fs::remove_dir_all(path).unwrap();
+    std::fs::rename(&copy, path).unwrap();
 }
 
 /// A closed store with some records; returns (tempdir, store dir, model).
@@ -38,7 +49,8 @@ pub fn filled_store(seed: u64, n: usize) -> (tempfile::TempDir, PathBuf, Model) 
 
 /// A store whose last record ("blob") carries, inside its value, the bytes of
 /// a complete valid record (as a stored backup of a logkv log would); no
-/// snapshot (the state a crash leaves). Returns the directory, the model
+/// snapshot (the state a crash leaves). With `more_after`, records follow the
+/// blob and the log was synced: the blob lies below the durable point. Returns the directory, the model
 /// without the blob, the blob record, and where the embedded record ends.
 pub fn store_with_embedded_record(tmp: &Path, more_after: bool) -> (PathBuf, Model, Rec, u64) {
     let path = tmp.join("pristine");
@@ -79,7 +91,11 @@ pub fn store_with_embedded_record(tmp: &Path, more_after: bool) -> (PathBuf, Mod
         }
     }
     drop(b);
-    drop(store);
+    if more_after {
+        // The blob is then below what was synced: damage to it is corruption, not a torn tail.
+        store.sync().unwrap();
+    }
+    crash(store, &path);
     remove_snapshots(&path);
     let seg = seg_files(&bucket_dir(&path, "default")).pop().unwrap();
     let rec = parse_segment(&seg)

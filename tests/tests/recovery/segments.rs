@@ -62,7 +62,7 @@ pub struct Parsed {
 pub fn parse_segment(path: &Path) -> Parsed {
     let buf = fs::read(path).unwrap();
     let header = SegmentHeader::decode(&buf).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let data_start = header.encoded_len() as u64;
+    let data_start = header.data_start();
     let mut at = data_start as usize;
     let mut records = Vec::new();
     loop {

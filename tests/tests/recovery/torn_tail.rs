@@ -9,7 +9,7 @@ use logkv::log::record::HEADER_LEN;
 use logkv::{Op, Store, WriteOp};
 
 use crate::common::{copy_store_dir, opts, repair_opts, Rng};
-use crate::fixtures::{nonzero_value, store_with_embedded_record};
+use crate::fixtures::{crash, nonzero_value, store_with_embedded_record};
 use crate::oracle::{assert_clean, check_model, model_last_rev, report, Model};
 use crate::segments::{bucket_dir, parse_segment, remove_snapshots, seg_files, snap_path, SEG};
 use crate::shared_gate;
@@ -120,11 +120,13 @@ fn torn_setup(kind: LastWrite, snap: SnapState) -> TornSetup {
         }
     };
     drop(b);
-    // The drop writes a snapshot covering the last write; a crash would not have.
-    drop(store);
+    // A crash: no snapshot covering the last write, no clean-close mark.
+    crash(store, &pristine);
     match snap {
         SnapState::Absent => remove_snapshots(&pristine),
-        SnapState::Older => fs::write(snap_path(&pristine, "default"), old_snap).unwrap(),
+        SnapState::Older => {
+            assert_eq!(fs::read(snap_path(&pristine, "default")).unwrap(), old_snap);
+        }
     }
 
     let last = seg_files(&bdir).pop().unwrap();

@@ -1,18 +1,23 @@
-//! Step 3 of a write: apply. Under the index write lock the appended records
-//! enter the index (retention, dead-byte accounting) and the new log end is
-//! published to the watch hub: from that moment readers and watchers see the
-//! writes.
+//! Step 3 of a write: apply. The appended records enter the index (retention,
+//! dead-byte accounting) and the new log end is published to the watch hub:
+//! from that moment readers and watchers see the writes.
+//!
+//! Under `FsyncPolicy::Always` that happens only once the log is durable past
+//! them (see `bucket/pending.rs`): until then they wait in the writer's
+//! pending list, and whoever next finds the log durable — a writer waiting
+//! for its ticket, a sync, the next write — applies them, in log order.
 
 use std::sync::atomic::Ordering;
 
 use super::plan::PlannedWrite;
+use crate::bucket::pending::PendingBatch;
 use crate::bucket::{effective_expiry, BucketCore, Writer};
 use crate::index::RecordRef;
-use crate::log::Appended;
+use crate::log::{Appended, LogPos};
 
 impl BucketCore {
-    /// Applies `writes`, appended (created at `now`) where `appended` says,
-    /// to the index, and publishes them.
+    /// Makes `writes`, appended (created at `now`) where `appended` says,
+    /// visible now, or once durable under `FsyncPolicy::Always`.
     pub(super) fn apply_appended(
         &self,
         w: &mut Writer,
@@ -20,31 +25,89 @@ impl BucketCore {
         appended: Appended,
         now: u64,
     ) {
-        let Writer {
-            removed, next_rev, ..
-        } = w;
-        let history = usize::from(self.config.history);
         let ttl = self.config.ttl_ms();
-        let mut ix = self.index.write();
         let mut offset = appended.offset;
-        for write in writes {
-            let len = write.encoded_len();
-            let expires = effective_expiry(write.key_expires_ms, now, ttl);
-            let at = RecordRef::new(
-                write.revision,
-                expires,
-                appended.slot,
-                offset,
-                len,
-                write.op,
-            );
-            ix.apply(write.key.as_bytes(), at, history, removed);
-            offset += len as u64;
+        let records: Vec<(Box<[u8]>, RecordRef)> = writes
+            .iter()
+            .map(|write| {
+                let len = write.encoded_len();
+                let expires = effective_expiry(write.key_expires_ms, now, ttl);
+                let at = RecordRef::new(
+                    write.revision,
+                    expires,
+                    appended.slot,
+                    offset,
+                    len,
+                    write.op,
+                );
+                offset += len as u64;
+                (write.key.as_bytes().into(), at)
+            })
+            .collect();
+        w.next_rev += writes.len() as u64;
+        let batch = PendingBatch {
+            end: appended.end,
+            records,
+        };
+        if self.visible_when_durable {
+            let history = usize::from(self.config.history);
+            w.pending
+                .push(batch, history, |key| self.index.read().revisions(key));
+        } else {
+            self.make_visible(w, &[batch]);
+        }
+    }
+
+    /// Makes the pending writes that are durable now visible (nothing to do
+    /// unless the fsync policy is `Always`). The caller holds the writer lock.
+    pub(super) fn publish_durable_locked(&self, w: &mut Writer) -> bool {
+        if w.pending.is_empty() {
+            return false;
+        }
+        let durable: LogPos = self.log.durable_end();
+        let batches = w.pending.take_durable(durable);
+        if batches.is_empty() {
+            return false;
+        }
+        self.make_visible(w, &batches);
+        true
+    }
+
+    /// Applies appended batches to the index, in log order, and publishes
+    /// the end of the last to the watchers.
+    fn make_visible(&self, w: &mut Writer, batches: &[PendingBatch]) {
+        let Some(last_batch) = batches.last() else {
+            return;
+        };
+        let history = usize::from(self.config.history);
+        let removed = &mut w.removed;
+        let mut ix = self.index.write();
+        let mut last = self.last_rev.load(Ordering::Acquire);
+        for batch in batches {
+            for (key, at) in &batch.records {
+                ix.apply(key, *at, history, removed);
+                last = last.max(at.revision);
+            }
         }
         removed.clear();
-        *next_rev += writes.len() as u64;
-        let last = *next_rev - 1;
         self.last_rev.store(last, Ordering::Release);
-        self.hub.publish(appended.end, last);
+        self.hub.publish(last_batch.end, last);
+    }
+}
+
+impl BucketCore {
+    /// Makes the pending writes that are durable now visible, and tells the
+    /// watchers. Called after a durability wait, a sync, and before work that
+    /// must see every durable write in the index (compaction, a snapshot).
+    pub(crate) fn publish_durable(&self) {
+        if !self.visible_when_durable {
+            return;
+        }
+        let mut w = self.writer.lock();
+        let published = self.publish_durable_locked(&mut w);
+        drop(w);
+        if published {
+            self.hub.wake();
+        }
     }
 }

@@ -26,7 +26,12 @@ impl BucketCore {
         buf.clear();
         let total: usize = writes.iter().map(PlannedWrite::encoded_len).sum();
         // A new segment's header records the last revision given out before these.
-        let salt = self.log.reserve(app, total as u64, *next_rev - 1)?;
+        // The first write that is visible before it is durable clears a clean mark.
+        self.log.clear_clean_mark()?;
+        let last_revision = *next_rev + writes.len() as u64 - 1;
+        let salt = self
+            .log
+            .reserve(app, total as u64, *next_rev - 1, last_revision)?;
         for (j, write) in writes.iter().enumerate() {
             record::encode(
                 buf,

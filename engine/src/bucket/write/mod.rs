@@ -21,7 +21,7 @@ use plan::Plan;
 
 use crate::bucket::BucketCore;
 use crate::entry::{DurabilityTicket, WriteOp, Written};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
 
 /// How the writes of one call relate to each other.
@@ -44,16 +44,30 @@ impl BucketCore {
         Ok(written)
     }
 
-    /// Waits until the writes of `ticket` are durable, if the fsync policy is `Always`.
+    /// Waits until the writes of `ticket` are durable, if the fsync policy is
+    /// `Always`; they are visible when it returns.
     pub(crate) fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
+        if ticket == DurabilityTicket::default() {
+            return Ok(());
+        }
+        if ticket.bucket_id() != self.id {
+            return Err(Error::BadArgument(format!(
+                "a durability ticket of another bucket than {} (dropped and created again?)",
+                self.name
+            )));
+        }
+        self.check_open()?;
         if self.log.fsync_policy() == FsyncPolicy::Always {
             self.log.wait_durable(ticket.log_end())?;
+            self.publish_durable();
         }
         Ok(())
     }
 
-    /// Applies writes atomically and makes them visible without waiting for
-    /// durability; returns the ticket to pass to [`BucketCore::wait_durable`].
+    /// Applies writes atomically without waiting for durability; returns the
+    /// ticket to pass to [`BucketCore::wait_durable`]. Under `FsyncPolicy::Always`
+    /// the writes become visible once durable (see `bucket/pending.rs`);
+    /// otherwise at once.
     pub(crate) fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, DurabilityTicket)> {
         let (results, ticket) = self.write_with(ops, WriteMode::Batch)?;
         // In batch mode every result is Ok (the first failure returned above).
@@ -85,15 +99,20 @@ impl BucketCore {
         }
         let invalid = self.validate(ops, mode)?;
         let mut w = self.writer.lock();
+        // Checked again under the lock: a drop takes the lock before it renames the directory.
+        self.check_open()?;
+        // Durable writes nobody has published yet (their writers did not wait) become visible.
+        self.publish_durable_locked(&mut w);
         let now = self.now();
-        let Plan { writes, results } = self.plan(ops, invalid, w.next_rev, mode, now)?;
+        let Plan { writes, results } =
+            self.plan(ops, invalid, &w.pending, w.next_rev, mode, now)?;
         if writes.is_empty() {
-            return Ok((results, DurabilityTicket::new(w.app.end())));
+            return Ok((results, DurabilityTicket::new(self.id, w.app.end())));
         }
         let appended = self.append_records(&mut w, &writes, mode, now)?;
         self.apply_appended(&mut w, &writes, appended, now);
         drop(w);
         self.hub.wake();
-        Ok((results, DurabilityTicket::new(appended.end)))
+        Ok((results, DurabilityTicket::new(self.id, appended.end)))
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::WriteMode;
+use crate::bucket::pending::Pending;
 use crate::bucket::{effective_expiry, BucketCore};
 use crate::entry::{Entry, Kind, Op, WriteOp, Written};
 use crate::error::{Error, Result};
@@ -95,10 +96,9 @@ impl<'a> Overlay<'a> {
     }
 
     /// Adds a planned write of `key` to what the next writes of the call see.
-    fn add(&mut self, core: &BucketCore, key: &'a str, written: KeyState) {
+    fn add(&mut self, core: &BucketCore, pending: &Pending, key: &'a str, written: KeyState) {
         let list = self.keys.entry(key).or_insert_with(|| {
-            let ix = core.index.read();
-            ix.revisions(key.as_bytes())
+            core.retained_for_writer(pending, key)
                 .into_iter()
                 .map(KeyState::Stored)
                 .collect()
@@ -123,10 +123,10 @@ struct Room {
 }
 
 impl Room {
-    fn of(core: &BucketCore) -> Room {
+    fn of(core: &BucketCore, pending: &Pending) -> Room {
         let max = core.config.max_bytes;
         let used = if max > 0 {
-            core.index.read().bytes()
+            core.index.read().bytes() + pending.put_bytes()
         } else {
             0
         };
@@ -221,6 +221,7 @@ impl BucketCore {
         &self,
         ops: &'a [WriteOp],
         invalid: Vec<Option<Error>>,
+        pending: &Pending,
         first_revision: u64,
         mode: WriteMode,
         now: u64,
@@ -230,7 +231,7 @@ impl BucketCore {
             keys: HashMap::new(),
             history: usize::from(self.config.history),
         };
-        let mut room = Room::of(self);
+        let mut room = Room::of(self, pending);
         let mut plan = Plan {
             writes: Vec::with_capacity(ops.len()),
             results: Vec::with_capacity(ops.len()),
@@ -251,13 +252,11 @@ impl BucketCore {
                 Some(list) => list.last().cloned(),
                 None if blind => None,
                 None => self
-                    .index
-                    .read()
-                    .latest(op.key.as_bytes())
+                    .latest_for_writer(pending, &op.key)
                     .map(KeyState::Stored),
             };
             let checked = self
-                .check_precondition(op, cur.as_ref(), retained, now)
+                .check_precondition(op, cur.as_ref(), retained, pending, now)
                 .and_then(|value| {
                     let rop = op.record_op();
                     let len = record_len(&op.key, &value);
@@ -291,7 +290,7 @@ impl BucketCore {
                     created_ms: now,
                     value: value.clone(),
                 };
-                overlay.add(self, &op.key, planned);
+                overlay.add(self, pending, &op.key, planned);
             }
             plan.writes.push(PlannedWrite {
                 key: &op.key,
@@ -313,6 +312,7 @@ impl BucketCore {
         op: &WriteOp,
         cur: Option<&KeyState>,
         retained: Option<&[KeyState]>,
+        pending: &Pending,
         now: u64,
     ) -> Result<Bytes> {
         let live = cur.is_some_and(|c| c.live(now));
@@ -353,15 +353,39 @@ impl BucketCore {
                         Some(c) if c.live(now) => Some(self.current_entry(&op.key, c)?.value),
                         _ => None,
                     },
-                    None => match self.get_revision(&op.key, *revision)? {
-                        Some(e) if e.op == Op::Put => Some(e.value),
-                        _ => None,
+                    None => match pending.retained(op.key.as_bytes()) {
+                        Some(list) => match list.iter().find(|r| r.revision == *revision) {
+                            Some(r) if r.live(now) => {
+                                Some(self.current_entry(&op.key, &KeyState::Stored(*r))?.value)
+                            }
+                            _ => None,
+                        },
+                        None => match self.get_revision(&op.key, *revision)? {
+                            Some(e) if e.op == Op::Put => Some(e.value),
+                            _ => None,
+                        },
                     },
                 };
                 return found.ok_or(Error::NotFound);
             }
         }
         Ok(op.value.clone())
+    }
+
+    /// A key's latest entry as the writer sees it: pending writes first, then the index.
+    fn latest_for_writer(&self, pending: &Pending, key: &str) -> Option<RecordRef> {
+        match pending.retained(key.as_bytes()) {
+            Some(list) => list.last().copied(),
+            None => self.index.read().latest(key.as_bytes()),
+        }
+    }
+
+    /// A key's retained entries as the writer sees them, oldest first.
+    fn retained_for_writer(&self, pending: &Pending, key: &str) -> Vec<RecordRef> {
+        match pending.retained(key.as_bytes()) {
+            Some(list) => list.to_vec(),
+            None => self.index.read().revisions(key.as_bytes()),
+        }
     }
 
     /// The entry a key's state stands for.

@@ -1,0 +1,178 @@
+//! Writes that are in the log but not visible yet, under `FsyncPolicy::Always`.
+//!
+//! With `Always`, a write becomes visible — to reads, scans, status, watches
+//! and other writers' preconditions — only once it is durable, as a committed
+//! transaction does in `PostgreSQL` after its WAL flush. Otherwise a reader could
+//! see a write that a power cut then takes away, and its revision would come
+//! back with other data.
+//!
+//! So a write appended to the log waits here until the log is durable past
+//! it, and is then applied to the index (in log order) and published to the
+//! watchers. Meanwhile the writer keeps seeing it: revisions keep counting up
+//! from it, and the preconditions of later writes (CREATE, UPDATE, CAS,
+//! REVERT…) are checked against the key as the pending writes leave it.
+//!
+//! Under `Interval` and `Never` nothing waits here: a write is visible when it
+//! returns (and a power cut may take back the last ones).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::entry::Op;
+use crate::index::RecordRef;
+use crate::log::LogPos;
+
+/// One appended call's records, not yet visible.
+pub(super) struct PendingBatch {
+    /// The log position just past its records.
+    pub(super) end: LogPos,
+    /// Its records, in log order.
+    pub(super) records: Vec<(Box<[u8]>, RecordRef)>,
+}
+
+/// A key that pending writes touched.
+struct PendingKey {
+    /// Its retained entries as the index and the pending writes leave them, latest last.
+    retained: Vec<RecordRef>,
+    /// Pending records of the key not applied yet.
+    writes: usize,
+}
+
+/// The pending writes of one bucket (under its writer lock).
+#[derive(Default)]
+pub(super) struct Pending {
+    batches: VecDeque<PendingBatch>,
+    keys: HashMap<Box<[u8]>, PendingKey>,
+    /// Bytes of the pending PUT records (for the bucket's max bytes).
+    put_bytes: u64,
+}
+
+impl Pending {
+    /// Whether nothing is pending.
+    pub(super) fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The retained entries of `key` as pending writes leave them; `None`
+    /// when no pending write touched it (the index is the truth).
+    pub(super) fn retained(&self, key: &[u8]) -> Option<&[RecordRef]> {
+        self.keys.get(key).map(|k| k.retained.as_slice())
+    }
+
+    /// Bytes the pending PUT records add.
+    pub(super) fn put_bytes(&self) -> u64 {
+        self.put_bytes
+    }
+
+    /// Adds an appended call. `indexed` gives a key's retained entries in
+    /// the index, for a key no pending write touched yet.
+    pub(super) fn push(
+        &mut self,
+        batch: PendingBatch,
+        history: usize,
+        indexed: impl Fn(&[u8]) -> Vec<RecordRef>,
+    ) {
+        for (key, at) in &batch.records {
+            if at.op() == Op::Put {
+                self.put_bytes += at.len() as u64;
+            }
+            let entry = self.keys.entry(key.clone()).or_insert_with(|| PendingKey {
+                retained: indexed(key),
+                writes: 0,
+            });
+            entry.writes += 1;
+            retain(&mut entry.retained, *at, history);
+        }
+        self.batches.push_back(batch);
+    }
+
+    /// Takes the batches that are durable (end at or below `durable`), oldest
+    /// first, for the caller to apply to the index.
+    pub(super) fn take_durable(&mut self, durable: LogPos) -> Vec<PendingBatch> {
+        let mut out = Vec::new();
+        while self.batches.front().is_some_and(|b| b.end <= durable) {
+            let Some(batch) = self.batches.pop_front() else {
+                break;
+            };
+            for (key, at) in &batch.records {
+                if at.op() == Op::Put {
+                    self.put_bytes = self.put_bytes.saturating_sub(at.len() as u64);
+                }
+                if let Some(k) = self.keys.get_mut(key) {
+                    k.writes -= 1;
+                    if k.writes == 0 {
+                        // The index now holds what this entry held.
+                        self.keys.remove(key);
+                    }
+                }
+            }
+            out.push(batch);
+        }
+        out
+    }
+}
+
+/// Adds `new` to a key's retained entries with the index's retention rule:
+/// a PURGE, or a history of one, keeps only the new entry; otherwise the last
+/// `history` entries are kept.
+pub(super) fn retain(list: &mut Vec<RecordRef>, new: RecordRef, history: usize) {
+    if new.op() == Op::Purge || history <= 1 {
+        list.clear();
+    }
+    list.push(new);
+    let excess = list.len().saturating_sub(history.max(1));
+    list.drain(..excess);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(revision: u64, op: Op) -> RecordRef {
+        RecordRef::new(revision, 0, 1, revision * 100, 40, op)
+    }
+
+    fn batch(end: u64, recs: &[(&str, RecordRef)]) -> PendingBatch {
+        PendingBatch {
+            end: LogPos::new(1, end),
+            records: recs
+                .iter()
+                .map(|(k, r)| (k.as_bytes().into(), *r))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn pending_writes_shape_what_later_writes_see_until_durable() {
+        let mut p = Pending::default();
+        let indexed = |_: &[u8]| vec![rec(1, Op::Put)];
+        p.push(batch(200, &[("k", rec(2, Op::Put))]), 2, indexed);
+        p.push(batch(300, &[("k", rec(3, Op::Del))]), 2, indexed);
+        let revs: Vec<u64> = p
+            .retained(b"k")
+            .unwrap()
+            .iter()
+            .map(|r| r.revision)
+            .collect();
+        assert_eq!(revs, [2, 3], "history 2 keeps the last two");
+        assert_eq!(p.put_bytes(), 40);
+        assert!(p.take_durable(LogPos::new(1, 199)).is_empty());
+        let first = p.take_durable(LogPos::new(1, 250));
+        assert_eq!(first.len(), 1);
+        assert!(
+            p.retained(b"k").is_some(),
+            "one write of k is still pending"
+        );
+        assert_eq!(p.take_durable(LogPos::new(2, 0)).len(), 1);
+        assert!(p.retained(b"k").is_none() && p.is_empty());
+        assert_eq!(p.put_bytes(), 0);
+    }
+
+    #[test]
+    fn a_purge_keeps_only_itself() {
+        let mut list = vec![rec(1, Op::Put), rec(2, Op::Put)];
+        retain(&mut list, rec(3, Op::Purge), 5);
+        assert_eq!(list.len(), 1);
+        retain(&mut list, rec(4, Op::Put), 5);
+        assert_eq!(list.len(), 2);
+    }
+}

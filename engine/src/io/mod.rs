@@ -1,0 +1,227 @@
+//! The storage seam: every call the engine makes that changes a file or a
+//! directory goes through a [`Storage`].
+//!
+//! In production that is the operating system ([`Storage::os`]). In tests it can
+//! be a simulated page cache (`SimFs`, feature `failpoints`) that remembers
+//! what was written but not yet synced, so that a simulated power cut can lose,
+//! keep or tear those writes and undo unsynced directory changes — which a
+//! `SIGKILL` never does, since the kernel's page cache survives the process.
+//!
+//! Reads are not routed through the seam: the engine reads segments through
+//! memory maps and small files with `std::fs`, and both see what the process
+//! wrote, synced or not, exactly as they would on a real kernel.
+//!
+//! What the seam covers: creating and opening files, `pwrite`, `set_len`,
+//! `fdatasync`/`fsync`, creating, renaming and removing files and directories,
+//! hard links, and fsyncs of directories.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod os;
+#[cfg(any(test, feature = "failpoints"))]
+mod sim;
+
+#[cfg(any(test, feature = "failpoints"))]
+pub use sim::{CutStyle, SimFaults, SimFs, SimStats};
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// An existing file, for reading and writing.
+    ReadWrite,
+    /// A new file for reading and writing; an existing one of the same name is truncated.
+    Create,
+}
+
+/// The operations a storage backend provides (see the module documentation).
+///
+/// File operations take the `std` file and the backend's own number for it
+/// (given by [`Backend::open`]), so that a simulation can tell files apart
+/// across renames.
+pub(crate) trait Backend: Send + Sync + fmt::Debug {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<(fs::File, u64)>;
+    fn write_at(&self, file: &fs::File, id: u64, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn set_len(&self, file: &fs::File, id: u64, len: u64) -> io::Result<()>;
+    fn sync(&self, file: &fs::File, id: u64, data_only: bool) -> io::Result<()>;
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// Where a store keeps its files: the operating system, or (in tests) a
+/// simulated page cache over a real directory.
+#[derive(Clone)]
+pub struct Storage {
+    backend: Arc<dyn Backend>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.backend.fmt(f)
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage::os()
+    }
+}
+
+impl Storage {
+    /// The operating system's file system.
+    pub fn os() -> Storage {
+        Storage {
+            backend: Arc::new(os::Os),
+        }
+    }
+
+    /// A simulated page cache (see [`SimFs`]).
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn simulated(sim: &SimFs) -> Storage {
+        Storage {
+            backend: Arc::new(sim.clone()),
+        }
+    }
+
+    /// Opens a file.
+    pub(crate) fn open(&self, path: &Path, mode: OpenMode) -> io::Result<File> {
+        let (file, id) = self.backend.open(path, mode)?;
+        Ok(File {
+            inner: file,
+            id,
+            path: path.to_path_buf(),
+            backend: Arc::clone(&self.backend),
+        })
+    }
+
+    /// Creates a directory (its parent must exist).
+    pub(crate) fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.backend.create_dir(path)
+    }
+
+    /// Creates a directory and every missing parent. Returns the directories
+    /// it created, outermost first, so that the caller can sync their parents.
+    pub(crate) fn create_dir_all(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut missing = Vec::new();
+        let mut at = Some(path);
+        while let Some(p) = at {
+            if p.as_os_str().is_empty() || p.is_dir() {
+                break;
+            }
+            missing.push(p.to_path_buf());
+            at = p.parent();
+        }
+        missing.reverse();
+        for dir in &missing {
+            match self.backend.create_dir(dir) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                other => other?,
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Renames a file or a directory (replacing a file at `to`).
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.backend.rename(from, to)
+    }
+
+    /// Removes a file.
+    pub(crate) fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.backend.remove_file(path)
+    }
+
+    /// Removes a directory and everything in it.
+    pub(crate) fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.backend.remove_dir_all(path)
+    }
+
+    /// Makes `to` a second name of the file `from`.
+    #[allow(dead_code, reason = "used by online backup")]
+    pub(crate) fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.backend.hard_link(from, to)
+    }
+
+    /// Fsyncs a directory: creations, renames and removals in it become durable.
+    pub(crate) fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.backend.sync_dir(path)
+    }
+}
+
+/// An open file whose changes go through the storage seam.
+pub struct File {
+    inner: fs::File,
+    id: u64,
+    path: PathBuf,
+    backend: Arc<dyn Backend>,
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl File {
+    /// The path the file was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying file, for memory maps and reads (never for writes).
+    pub(crate) fn std(&self) -> &fs::File {
+        &self.inner
+    }
+
+    /// Writes all of `buf` at `offset` (`pwrite`).
+    pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.backend.write_at(&self.inner, self.id, buf, offset)
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+
+    /// Sets the file's length (truncating or extending with zeros).
+    pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
+        self.backend.set_len(&self.inner, self.id, len)
+    }
+
+    /// `fdatasync`: the data (and the size) reach stable storage.
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        self.backend.sync(&self.inner, self.id, true)
+    }
+
+    /// `fsync`: data and metadata reach stable storage.
+    pub(crate) fn sync_all(&self) -> io::Result<()> {
+        self.backend.sync(&self.inner, self.id, false)
+    }
+
+    /// The file's current length.
+    pub(crate) fn len(&self) -> io::Result<u64> {
+        Ok(self.inner.metadata()?.len())
+    }
+
+    /// Writes zeros over `[from, to)`.
+    pub(crate) fn write_zeros(&self, from: u64, to: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = from;
+        while at < to {
+            let n = usize::try_from(to - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
+            self.write_all_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}

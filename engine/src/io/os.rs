@@ -1,0 +1,63 @@
+//! The operating system backend: each call is the `std` call of the same name.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::{Backend, OpenMode};
+
+/// The operating system's file system.
+#[derive(Debug)]
+pub(super) struct Os;
+
+impl Backend for Os {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<(fs::File, u64)> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if mode == OpenMode::Create {
+            o.create(true).truncate(true);
+        }
+        Ok((o.open(path)?, 0))
+    }
+
+    fn write_at(&self, file: &fs::File, _id: u64, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn set_len(&self, file: &fs::File, _id: u64, len: u64) -> io::Result<()> {
+        file.set_len(len)
+    }
+
+    fn sync(&self, file: &fs::File, _id: u64, data_only: bool) -> io::Result<()> {
+        if data_only {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        }
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir_all(path)
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::hard_link(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        fs::File::open(path)?.sync_all()
+    }
+}

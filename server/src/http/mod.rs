@@ -1,0 +1,150 @@
+//! The HTTP gateway (`--http-listen`): JSON over HTTP/1.1 for programs that cannot speak
+//! RESP (a web page storing its layout), on the server's own tokio runtime.
+//!
+//! * `guard`: what every request passes first (Host, Origin/CORS, password).
+//! * `routes`: keys and entries, the multi-key reads.
+//! * `sse`: watches as Server-Sent Events.
+//! * `json`: entries and errors as JSON.
+//! * `observe`: `/healthz`, `/metrics` and the timing of every request; `collector`:
+//!   what `/metrics` shows.
+//!
+//! Connections are accepted by the server's accept loop (so they are counted, limited and
+//! drained at shutdown like RESP ones) and each is driven by hyper's HTTP/1 connection
+//! with the axum router as its service. Every engine call runs on the blocking pool.
+
+mod collector;
+mod guard;
+mod json;
+mod observe;
+mod routes;
+mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tower_service::Service;
+use tracing::debug;
+
+use crate::client_memory::ClientBuffers;
+use crate::shared::Shared;
+
+/// How long a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the gateway's routes share.
+pub(crate) struct Gateway {
+    pub shared: Arc<Shared>,
+    /// `--http-listen` as written (a valid `Host`).
+    pub listen: String,
+    /// `--http-allowed-host` names.
+    pub allowed_hosts: Vec<String>,
+    /// `--http-cors-origin` origins.
+    pub cors_origins: Vec<String>,
+    /// Becomes true at shutdown: watches end, connections close once idle.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// One HTTP connection, as its requests see it.
+#[derive(Clone)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The address the connection came in on (what a valid `Host` names).
+    pub local: SocketAddr,
+    buffers: Arc<Mutex<ClientBuffers>>,
+}
+
+impl ConnInfo {
+    /// A connection from `peer` that came in on `local`, with its budget handle.
+    pub fn new(peer: SocketAddr, local: SocketAddr, buffers: ClientBuffers) -> ConnInfo {
+        ConnInfo {
+            peer,
+            local,
+            buffers: Arc::new(Mutex::new(buffers)),
+        }
+    }
+
+    /// Reports what the connection holds (a request body) against the client budget.
+    pub fn hold(&self, bytes: usize) {
+        self.buffers.lock().hold(bytes);
+    }
+}
+
+/// The gateway's routes behind its guard.
+pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
+    let max_body = gw.shared.config.limits.max_bulk;
+    let key = "/v1/buckets/{bucket}/keys/{*key}";
+    Router::new()
+        .route(
+            key,
+            get(routes::get_key)
+                .put(routes::put_key)
+                .delete(routes::delete_key),
+        )
+        .route("/v1/buckets/{bucket}/keys", get(routes::list_keys))
+        .route("/v1/buckets/{bucket}/search", get(routes::search))
+        .route("/v1/buckets/{bucket}/scan", get(routes::scan))
+        .route("/v1/buckets/{bucket}/watch", get(sse::watch))
+        .route("/healthz", get(observe::healthz))
+        .route("/metrics", get(observe::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(gw),
+            observe::timed,
+        ))
+        .fallback(|| async { json::ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(gw),
+            guard::check,
+        ))
+        .with_state(Arc::clone(gw))
+}
+
+/// Serves one HTTP connection until the client leaves or, at shutdown, once its current
+/// request is answered (watch streams end at shutdown).
+pub(crate) async fn serve_connection(
+    router: Router,
+    stream: TcpStream,
+    peer: SocketAddr,
+    buffers: ClientBuffers,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            debug!(%peer, "HTTP connection error: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let info = ConnInfo::new(peer, local, buffers);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        let mut router = router.clone();
+        async move { router.call(req).await }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, "HTTP connection error: {e}");
+    }
+}

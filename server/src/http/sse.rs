@@ -1,0 +1,190 @@
+//! `GET /v1/buckets/{bucket}/watch`: a watch as Server-Sent Events.
+//!
+//! Every entry is an SSE message whose `id:` is its revision and whose `data:` is the
+//! entry as JSON. `event: ready` marks the end of the initial data; `event: lost` (data
+//! `{"first_retained": n}`) ends the stream when what the watch needed was compacted away.
+//! A browser's `EventSource` reconnects by itself after a disconnect and sends the last
+//! id it saw as `Last-Event-ID`: the watch then resumes `FROM` that revision + 1, so
+//! nothing is missed and nothing comes twice.
+//!
+//! The watch is the engine's cursor into the log, pulled only when hyper asks the body for
+//! more, which it does only while the client's socket takes it: a slow client is fed at
+//! its own pace and costs the server its cursor, not a queue of events.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use logkv::{Entry, Error, Watch, WatchEvent, WatchOptions};
+use tokio::sync::{watch, Notify};
+use tracing::warn;
+
+use super::json::{ApiError, EntryJson};
+use super::routes::Params;
+use super::Gateway;
+use crate::pump::Pump;
+use crate::shared::Shared;
+
+/// The request header a reconnecting `EventSource` sends.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// `GET /v1/buckets/{bucket}/watch[?pattern=P][&history][&from=N][&metaonly][&nodeletes]
+/// [&updatesonly]`
+pub(crate) async fn watch(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(bucket): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let known = [
+        "pattern",
+        "history",
+        "from",
+        "metaonly",
+        "nodeletes",
+        "updatesonly",
+    ];
+    let mut params = Params::new(query, &known)?;
+    let pattern = params.text("pattern").unwrap_or_else(|| ">".into());
+    let mut opts = WatchOptions {
+        include_history: params.flag("history"),
+        meta_only: params.flag("metaonly"),
+        ignore_deletes: params.flag("nodeletes"),
+        updates_only: params.flag("updatesonly"),
+        from_revision: params.uint("from")?,
+    };
+    if let Some(last) = headers.get(LAST_EVENT_ID) {
+        // A reconnection: resume after the last event the client has.
+        let last: u64 = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ApiError::bad_arg("Last-Event-ID is not a revision"))?;
+        opts.from_revision = Some(last.saturating_add(1));
+    }
+    let with_value = !opts.meta_only;
+    // On a cluster node: the generation of the store watched (a snapshot install replaces
+    // it and ends the stream with `lost`), and the revisions below `from` that a node behind
+    // the one the client resumes from still applies, which the client has seen.
+    let generation = gw.shared.store_generation();
+    let skip_below = if gw.shared.cluster.is_some() {
+        opts.from_revision.unwrap_or(0)
+    } else {
+        0
+    };
+    let handle = gw.run(move |store| store.bucket(&bucket)).await?;
+    // Subscribe before the watch takes its snapshot: a write in between still wakes us.
+    let notify = Arc::new(Notify::new());
+    let pump = gw.shared.pumps.subscribe(&handle, &notify);
+    let started = gw.run(move |_| handle.watch(&pattern, opts)).await;
+    let watch = match started {
+        Ok(w) => w,
+        Err(e) => {
+            pump.unsubscribe(&notify);
+            return Err(e);
+        }
+    };
+    gw.shared.stats.watchers.fetch_add(1, Ordering::Relaxed);
+    let feed = Feed {
+        watch,
+        with_value,
+        generation,
+        skip_below,
+        notify,
+        pump,
+        stop: gw.stop.clone(),
+        shared: Arc::clone(&gw.shared),
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let event = feed.next().await?;
+        Some((Ok::<Event, Infallible>(event), feed))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// One SSE client's watch.
+struct Feed {
+    watch: Watch,
+    with_value: bool,
+    /// The store generation the watch reads.
+    generation: u64,
+    /// Entries below this revision are skipped (see `watch`).
+    skip_below: u64,
+    notify: Arc<Notify>,
+    pump: Arc<Pump>,
+    stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    ended: bool,
+}
+
+impl Feed {
+    /// The next event, waiting for a write when there is none; `None` ends the stream
+    /// (after `lost`, or at shutdown).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.ended || *self.stop.borrow() {
+                return None;
+            }
+            if self.shared.store_generation() != self.generation {
+                self.ended = true;
+                return Some(lost_event(0));
+            }
+            match self.watch.try_next() {
+                Ok(Some(WatchEvent::Entry(e))) if e.revision < self.skip_below => {}
+                Ok(Some(WatchEvent::Entry(e))) => return Some(entry_event(&e, self.with_value)),
+                Ok(Some(WatchEvent::Ready)) => {
+                    return Some(Event::default().event("ready").data("{}"))
+                }
+                Ok(Some(WatchEvent::Lost { first_retained })) => {
+                    self.ended = true;
+                    return Some(lost_event(first_retained));
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        () = self.notify.notified() => {}
+                        changed = self.stop.changed() => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The bucket was dropped (or its log failed): the watch ends, as on RESP.
+                    if !matches!(e, Error::Closed) {
+                        warn!("watch failed: {e}");
+                    }
+                    self.ended = true;
+                    return Some(lost_event(0));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.pump.unsubscribe(&self.notify);
+        self.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn entry_event(e: &Entry, with_value: bool) -> Event {
+    let data = serde_json::to_string(&EntryJson::new(e, with_value))
+        .unwrap_or_else(|err| format!("{{\"error\":\"ERR\",\"message\":\"{err}\"}}"));
+    Event::default().id(e.revision.to_string()).data(data)
+}
+
+fn lost_event(first_retained: u64) -> Event {
+    Event::default()
+        .event("lost")
+        .data(format!("{{\"first_retained\":{first_retained}}}"))
+}

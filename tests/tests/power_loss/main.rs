@@ -1,0 +1,18 @@
+//! Power-loss tests: the store's files sit on a simulated page cache
+//! (`logkv::io::SimFs`, feature `failpoints`), and the power is cut.
+//!
+//! - `harness`: random workloads cut at random points, checked against a reference store.
+//! - `regressions`: one test per durability defect the simulation found or a review
+//!   reported, each failing before its fix.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test sizes and indexes drawn from small ranges"
+)]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod compaction_steps;
+mod concurrent;
+mod harness;
+mod regressions;

@@ -1,0 +1,470 @@
+//! One test per durability defect: each failed before its fix.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use logkv::io::{CutStyle, SimFs, Storage};
+use logkv::{BucketConfig, Error, FsyncPolicy, ManualClock, Options, Store, WriteOp};
+
+use crate::common::T0;
+
+/// A store directory on a simulated page cache.
+struct Sim {
+    _root: tempfile::TempDir,
+    fs: SimFs,
+    dir: PathBuf,
+    clock: ManualClock,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let root = tempfile::tempdir().expect("tempdir");
+        let sim = SimFs::new(root.path(), seed).expect("sim");
+        let dir = sim.root().join("store");
+        Sim {
+            _root: root,
+            fs: sim,
+            dir,
+            clock: ManualClock::new(T0),
+        }
+    }
+
+    fn options(&self, fsync: FsyncPolicy) -> Options {
+        Options {
+            storage: Storage::simulated(&self.fs),
+            fsync,
+            background: false,
+            segment_size: 4096,
+            clock: Arc::new(self.clock.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn open(&self, fsync: FsyncPolicy) -> Store {
+        Store::open(&self.dir, self.options(fsync)).expect("open")
+    }
+
+    /// Cuts the power with `store` still open, then powers on as `style` says.
+    fn cut(&self, store: Store, style: CutStyle) {
+        self.fs.crash_now();
+        drop(store);
+        self.fs.restart_with(style).expect("restart");
+    }
+}
+
+fn value(store: &Store, key: &str) -> Option<Vec<u8>> {
+    store
+        .default_bucket()
+        .expect("default")
+        .get(key)
+        .expect("get")
+        .map(|v| v.to_vec())
+}
+
+/// Issue 10, item 1: `k=v1` alone in a sealed segment, `k=v2` appended but not
+/// synced, and a compaction pass deletes the sealed segment (`v1` is dead in
+/// the index). A power cut then loses `v2`: `k` must still have a value. The
+/// cut is tried at every step of the pass.
+#[test]
+fn compaction_never_deletes_what_unsynced_writes_superseded() {
+    for step in 0..40 {
+        let t = Sim::new(step);
+        let store = t.open(FsyncPolicy::Never);
+        let b = store.default_bucket().expect("default");
+        b.put("k", "v1").expect("put");
+        // A value too large for what is left of the segment: the log rotates,
+        // sealing (and syncing) the segment that holds v1.
+        b.put("filler", vec![b'f'; 3950]).expect("put");
+        assert!(b.stats().segments >= 2, "the log should have rotated");
+        b.put("k", "v2").expect("put"); // not synced: policy never
+        t.fs.crash_after(step);
+        let _ = b.compact();
+        drop(b);
+        t.cut(store, CutStyle::LoseAll);
+        let store = t.open(FsyncPolicy::Never);
+        let got = value(&store, "k");
+        assert!(
+            got.as_deref() == Some(b"v1") || got.as_deref() == Some(b"v2"),
+            "power cut after {step} changes of the pass: k lost its value: {got:?}"
+        );
+    }
+}
+
+/// Item 2: out-of-order writeback leaves a record past the last sync zeroed
+/// with a later one intact. The store must open, cutting the unsynced tail.
+#[test]
+fn a_hole_past_the_last_sync_is_cut_and_the_store_opens() {
+    let t = Sim::new(2);
+    let store = t.open(FsyncPolicy::Never);
+    let b = store.default_bucket().expect("default");
+    b.put("a", "durable").expect("put");
+    store.sync().expect("sync");
+    store.sync().expect("sync"); // the mark written by the first sync is on disk now
+    b.put("b", "lost").expect("put");
+    b.put("c", "kept").expect("put");
+    t.cut(store, CutStyle::KeepAll);
+    // Zero the record of "b", as a writeback that wrote c's page but not b's leaves it.
+    let seg = first_segment(&t.dir.join("buckets/default"));
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let at = find(&bytes, b"blost").expect("b's record") - 32;
+    bytes[at..at + 32 + 5].fill(0);
+    std::fs::write(&seg, &bytes).expect("write");
+    let store = t.open(FsyncPolicy::Never);
+    assert_eq!(value(&store, "a").as_deref(), Some(&b"durable"[..]));
+    assert_eq!(value(&store, "b"), None);
+    assert_eq!(
+        value(&store, "c"),
+        None,
+        "a record after the cut is dropped with it"
+    );
+    let report = &store.recovery_reports()[0].1;
+    assert!(
+        report.truncated_bytes > 0 && report.dropped_records == 1,
+        "{report:?}"
+    );
+}
+
+/// Item 2, the other side: damage below the last durable point is corruption,
+/// reported with the file and offset; repair keeps every valid record.
+#[test]
+fn damage_below_the_last_sync_is_corruption() {
+    let t = Sim::new(3);
+    let store = t.open(FsyncPolicy::Never);
+    let b = store.default_bucket().expect("default");
+    b.put("a", "first").expect("put");
+    b.put("b", "second").expect("put");
+    store.sync().expect("sync");
+    store.sync().expect("sync");
+    t.cut(store, CutStyle::KeepAll);
+    let seg = first_segment(&t.dir.join("buckets/default"));
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let at = find(&bytes, b"afirst").expect("a's record");
+    bytes[at] ^= 0xFF;
+    std::fs::write(&seg, &bytes).expect("write");
+    match Store::open(&t.dir, t.options(FsyncPolicy::Never)) {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, seg),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    let repaired = Store::open(
+        &t.dir,
+        Options {
+            repair: true,
+            ..t.options(FsyncPolicy::Never)
+        },
+    )
+    .expect("repair opens");
+    assert_eq!(value(&repaired, "b").as_deref(), Some(&b"second"[..]));
+}
+
+/// Item 3: the fsync that seals a segment fails. Linux reports a writeback
+/// error once; a later fsync may succeed for pages that were dropped, so the
+/// log must refuse every later write rather than retry.
+#[test]
+fn a_failed_seal_fsync_poisons_the_log() {
+    let t = Sim::new(4);
+    let store = t.open(FsyncPolicy::Never);
+    let b = store.default_bucket().expect("default");
+    b.put("a", vec![b'a'; 3000]).expect("put");
+    t.fs.fail_syncs(0, 1);
+    // Does not fit: the log seals the segment, and that fsync fails.
+    let err = b
+        .put("b", vec![b'b'; 3000])
+        .expect_err("the seal's fsync fails");
+    assert!(
+        matches!(err, Error::Io { .. } | Error::Poisoned { .. }),
+        "{err:?}"
+    );
+    let again = b.put("c", "x").expect_err("a poisoned log refuses writes");
+    assert!(matches!(again, Error::Poisoned { .. }), "{again:?}");
+    assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
+}
+
+/// Item 5: a segment header over 64 KiB (a compaction output that supersedes
+/// more than 4,092 segments) must be readable.
+#[test]
+fn a_segment_header_over_64_kib_opens() {
+    use logkv::log::segment::{Segment, SegmentHeader, SegmentId};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let supersedes = (0..5000).map(|seq| SegmentId { seq, gen: 0 }).collect();
+    let header = SegmentHeader::new(SegmentId { seq: 1, gen: 1 }, 0, supersedes);
+    assert!(header.encoded_len() > 64 * 1024);
+    let storage = Storage::os();
+    let tmp = Segment::write_tmp(&storage, dir.path(), &header, &[]).expect("write");
+    let seg = Segment::install(&storage, dir.path(), 1, &tmp, header.id).expect("install");
+    drop(seg);
+    let path = dir.path().join(header.id.file_name());
+    let seg = Segment::open(&storage, &path, 2, None).expect("open");
+    assert_eq!(seg.header, header);
+}
+
+/// Item 7: waiting on the ticket of a call that wrote nothing, after the log
+/// rotated, returned only... never: it spun, fsyncing, forever.
+#[test]
+fn waiting_on_a_ticket_of_nothing_after_a_rotation_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(
+        dir.path(),
+        Options {
+            background: false,
+            segment_size: 4096,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let b = store.default_bucket().expect("default");
+    b.put("k", "1").expect("put");
+    b.put("k", "2").expect("put"); // the active segment now holds a dead record
+    b.compact().expect("compact"); // seals the active segment: a rotation without a write
+    let (results, ticket) = b
+        .write_each(&[WriteOp::create("k", "x")])
+        .expect("write_each");
+    assert!(matches!(results[0], Err(Error::Exists)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || tx.send(b.wait_durable(ticket)));
+    let done = rx.recv_timeout(Duration::from_secs(60));
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "wait_durable did not return: {done:?}"
+    );
+    waiter.join().expect("waiter").expect("sent");
+}
+
+/// Item 8: the store's directories were never synced into their parents after
+/// being created, so a power cut could take the whole store with it.
+#[test]
+fn a_new_store_directory_survives_a_power_cut() {
+    let t = Sim::new(8);
+    let nested = t.fs.root().join("a/b/store");
+    let opts = t.options(FsyncPolicy::Always);
+    let store = Store::open(&nested, opts.clone()).expect("open");
+    store
+        .default_bucket()
+        .expect("default")
+        .put("k", "v")
+        .expect("put");
+    t.cut(store, CutStyle::LoseAll);
+    let store = Store::open(&nested, opts).expect("reopen");
+    assert_eq!(value(&store, "k").as_deref(), Some(&b"v"[..]));
+}
+
+/// Item 9: a bucket whose creation failed must not exist, now or after a restart.
+#[test]
+fn a_failed_bucket_creation_leaves_no_bucket() {
+    let t = Sim::new(9);
+    let store = t.open(FsyncPolicy::Always);
+    // The configuration's file and directory syncs and the rename's sync pass;
+    // the first segment's sync fails, after the bucket was renamed into place.
+    t.fs.fail_syncs(3, 1);
+    let err = store
+        .create_bucket("fresh", BucketConfig::default())
+        .expect_err("creation fails");
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(!store.bucket_names().contains(&"fresh".to_string()));
+    drop(store);
+    let store = t.open(FsyncPolicy::Always);
+    assert!(
+        !store.bucket_names().contains(&"fresh".to_string()),
+        "a failed creation came back after a restart"
+    );
+    store
+        .create_bucket("fresh", BucketConfig::default())
+        .expect("a second try works");
+}
+
+/// Item 9: a drop that fails leaves the bucket whole and usable.
+#[test]
+fn a_failed_drop_leaves_the_bucket_whole() {
+    let t = Sim::new(10);
+    let store = t.open(FsyncPolicy::Always);
+    let created = store
+        .create_bucket("keep", BucketConfig::default())
+        .expect("create");
+    created.put("k", "v").expect("put");
+    drop(created);
+    t.fs.fail_syncs(0, 1); // the sync of buckets/ after the rename
+    store.drop_bucket("keep").expect_err("drop fails");
+    assert!(store.bucket_names().contains(&"keep".to_string()));
+    let b = store.bucket("keep").expect("still there");
+    assert_eq!(b.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+    b.put("k2", "v2").expect("still writable");
+    drop(b);
+    drop(store);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.bucket("keep").expect("after a restart");
+    assert_eq!(b.get("k2").expect("get").as_deref(), Some(&b"v2"[..]));
+}
+
+/// Item 10: a compaction input whose deletion failed outlived the output that
+/// superseded it once that output was compacted in turn; it has a higher
+/// sequence number than the new output, so it was replayed after newer
+/// revisions and an old value came back.
+#[test]
+fn an_input_whose_deletion_failed_is_never_replayed() {
+    let t = Sim::new(11);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    let big = |c: u8| vec![c; 3000];
+    b.put("a", big(b'a')).expect("put"); // segment 1: a
+    b.put("k", "old").expect("put"); //            k
+    b.put("x", big(b'x')).expect("put"); // segment 2: x
+    b.put("a", "s").expect("put"); //                a (segment 1's a is dead)
+    b.put("y", big(b'y')).expect("put"); // segment 3: y
+    b.put("x", "s").expect("put"); //                x (segment 2's x is dead)
+                                   // Pass 1: segments 1 and 2 into one output; deleting segment 2 fails.
+    t.fs.fail_removes(1, 1);
+    b.compact()
+        .expect_err("the pass reports the failed deletion");
+    b.put("k", "new").expect("put");
+    b.put("y", "s").expect("put"); // the active segment has a dead record: pass 2 seals it
+                                   // Pass 2: the output of pass 1 and segment 3 into a new output with the first's place.
+    b.compact().expect("compact");
+    drop(b);
+    store.close().expect("close");
+    let store = t.open(FsyncPolicy::Always);
+    for key in ["a", "x", "y"] {
+        assert_eq!(value(&store, key).as_deref(), Some(&b"s"[..]), "{key}");
+    }
+    assert_eq!(value(&store, "k").as_deref(), Some(&b"new"[..]));
+}
+
+fn first_segment(dir: &std::path::Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs.remove(0)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Item 6: under `FsyncPolicy::Always` a write was visible before it was
+/// durable: read, watched, then lost to a power cut, and its revision reused
+/// for other data. Now it is visible — to readers, watchers, status and other
+/// writers' preconditions — only once durable; the writer itself still counts
+/// revisions and checks preconditions past it.
+#[test]
+fn under_always_a_write_is_visible_only_once_durable() {
+    let t = Sim::new(6);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    let mut watch = b.watch(">", logkv::WatchOptions::default()).expect("watch");
+    assert_eq!(
+        watch.try_next().expect("ready"),
+        Some(logkv::WatchEvent::Ready)
+    );
+    let (written, ticket) = b.write_nowait(&[WriteOp::put("k", "v1")]).expect("write");
+    assert_eq!(written[0].revision, 1);
+    assert_eq!(
+        b.get("k").expect("get"),
+        None,
+        "not durable yet: not visible"
+    );
+    assert_eq!(b.status().expect("status").last_revision, 0);
+    assert_eq!(
+        watch.try_next().expect("watch"),
+        None,
+        "watchers do not see it yet"
+    );
+    // The writer sees it: the next revision follows it, and CREATE finds the key taken.
+    let (results, _) = b
+        .write_each(&[WriteOp::create("k", "v2")])
+        .expect("write_each");
+    assert!(matches!(results[0], Err(Error::Exists)), "{:?}", results[0]);
+    // A power cut now loses it: nobody saw revision 1, so reusing it is fine.
+    t.cut(store, CutStyle::LoseAll);
+    drop(watch);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    assert_eq!(b.get("k").expect("get"), None);
+    let mut watch = b.watch(">", logkv::WatchOptions::default()).expect("watch");
+    assert_eq!(
+        watch.try_next().expect("ready"),
+        Some(logkv::WatchEvent::Ready)
+    );
+    let (written, ticket2) = b.write_nowait(&[WriteOp::put("k", "v3")]).expect("write");
+    b.wait_durable(ticket2).expect("durable");
+    assert_eq!(b.get("k").expect("get").as_deref(), Some(&b"v3"[..]));
+    match watch.try_next().expect("watch") {
+        Some(logkv::WatchEvent::Entry(e)) => assert_eq!(e.revision, written[0].revision),
+        other => panic!("the durable write should be watched: {other:?}"),
+    }
+    let _ = ticket;
+}
+
+/// Item 6, under `never` (and `interval`): writes are visible before they are
+/// durable, so a power cut can take back revisions a watcher saw. They must
+/// never be given to other data, and a watch resumed with `FROM` just past one
+/// of them gets `lost` instead of a different history.
+#[test]
+fn under_never_revisions_seen_then_lost_are_never_given_again() {
+    use logkv::{WatchEvent, WatchOptions};
+    let t = Sim::new(12);
+    let store = t.open(FsyncPolicy::Never);
+    let b = store.default_bucket().expect("default");
+    assert_eq!(b.put("a", "durable").expect("put"), 1);
+    store.sync().expect("sync");
+    assert_eq!(b.put("b", "seen").expect("put"), 2);
+    let mut watch = b.watch(">", WatchOptions::default()).expect("watch");
+    let mut seen = Vec::new();
+    while let Some(ev) = watch.try_next().expect("watch") {
+        if let WatchEvent::Entry(e) = ev {
+            seen.push(e.revision);
+        }
+    }
+    assert_eq!(seen, [1, 2], "the watcher saw revision 2");
+    drop(watch);
+    t.cut(store, CutStyle::LoseAll);
+    let store = t.open(FsyncPolicy::Never);
+    let b = store.default_bucket().expect("default");
+    assert_eq!(b.get("b").expect("get"), None, "revision 2 was lost");
+    let lost = b.lost_revisions();
+    assert!(
+        lost.first().is_some_and(|&(first, _)| first == 2),
+        "{lost:?}"
+    );
+    let next = b.put("c", "other").expect("put");
+    assert!(
+        next > lost[0].1,
+        "revision {next} reuses a lost one: {lost:?}"
+    );
+    // A client that saw revision 2 resumes from 3: its history is not the bucket's.
+    let opts = |from| WatchOptions {
+        from_revision: Some(from),
+        ..Default::default()
+    };
+    let mut resumed = b.watch(">", opts(3)).expect("watch");
+    assert!(matches!(
+        resumed.try_next().expect("lost"),
+        Some(WatchEvent::Lost { .. })
+    ));
+    // A client that saw only revision 1 resumes from 2 and misses nothing.
+    let mut resumed = b.watch(">", opts(2)).expect("watch");
+    let mut events = Vec::new();
+    while let Some(ev) = resumed.try_next().expect("watch") {
+        events.push(ev);
+    }
+    assert!(
+        matches!(events.as_slice(), [WatchEvent::Entry(e), WatchEvent::Ready] if e.revision == next),
+        "{events:?}"
+    );
+    // A watch reading live across the skipped revisions does not report them as lost.
+    let mut live = b
+        .watch(
+            ">",
+            WatchOptions {
+                updates_only: true,
+                ..Default::default()
+            },
+        )
+        .expect("watch");
+    assert_eq!(live.try_next().expect("ready"), Some(WatchEvent::Ready));
+    let after = b.put("d", "x").expect("put");
+    assert!(
+        matches!(live.try_next().expect("live"), Some(WatchEvent::Entry(e)) if e.revision == after)
+    );
+}
