@@ -27,7 +27,7 @@ struct Cli {
 enum Cmd {
     /// logkv against redb, fjall and sled (peers need `--features peers`).
     Embedded(EmbeddedArgs),
-    /// logkv-server against redis-server, loaded by redis-benchmark, plus S5/S6.
+    /// logkv-server against redis-server, loaded by redis-benchmark, plus S5, S6, S7.
     Server(ServerArgs),
     /// Runs one store's workloads in a fresh process (used by `embedded`).
     #[command(name = "__child", hide = true)]
@@ -62,6 +62,12 @@ struct ServerArgs {
     /// Requests per redis-benchmark run at `always` durability.
     #[arg(long, default_value_t = 50_000)]
     n_durable: u64,
+    /// Keys preloaded into both servers and drawn from at random (`redis-benchmark -r`).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keyspace: u64,
+    /// Bytes of each value (the preload's and redis-benchmark's `-d`).
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
     /// Rounds of the redis-benchmark comparison; rows report the median round.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
@@ -80,13 +86,16 @@ struct ServerArgs {
     /// S5: watcher connections.
     #[arg(long, default_value_t = 1000)]
     watchers: usize,
-    /// S5: measured writes.
+    /// S5: measured writes per round (2 rounds per server).
     #[arg(long, default_value_t = 500)]
     s5_writes: usize,
-    /// S6: writes per run.
-    #[arg(long, default_value_t = 50_000)]
-    s6_writes: usize,
-    /// Parts to run (default: all): compare, S5, S6.
+    /// S6: requests per redis-benchmark run.
+    #[arg(long, default_value_t = 500_000)]
+    s6_requests: u64,
+    /// S7: buckets, one key each.
+    #[arg(long, default_value_t = 10_000)]
+    s7_buckets: usize,
+    /// Parts to run (default: all): compare, onekey, S5, S6, S7.
     #[arg(long, value_delimiter = ',')]
     parts: Vec<String>,
     /// Directory for the servers' files (default: the system temporary directory).
@@ -200,13 +209,16 @@ fn run_server(a: ServerArgs) -> bool {
     let cfg = server::Config {
         n: a.n,
         n_durable: a.n_durable,
+        keyspace: a.keyspace,
+        value_size: a.value_size,
         server_bin: a.server_bin,
         redis_server: a.redis_server,
         redis_benchmark: a.redis_benchmark,
         clients: a.clients,
         watchers: a.watchers,
         s5_writes: a.s5_writes,
-        s6_writes: a.s6_writes,
+        s6_requests: a.s6_requests,
+        s7_buckets: a.s7_buckets,
         parts,
         dir: a.dir,
         bench_timeout: Duration::from_secs(a.bench_timeout),

@@ -1,9 +1,119 @@
-//! Parsing `redis-benchmark --csv` output.
+//! Running `redis-benchmark` and parsing its `--csv` output.
 //!
 //! Redis 7 prints a header and latency columns:
 //! `"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"`
 //! then one line per test (`"SET","86956.52","0.310",...`). Redis 6 and older print only
 //! `"SET","86956.52"` lines. Both are read.
+//!
+//! With `-r N` redis-benchmark replaces `__rand_int__` in its keys (`key:__rand_int__`) by a
+//! random number below N, written with 12 digits: the keys are `key:000000000000` to
+//! `key:{N-1:012}`, the same as the harness's [`crate::keys::key`]. Without `-r` every
+//! request goes to the one key `key:__rand_int__`.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::stores::BoxError;
+
+/// What one redis-benchmark run sends.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// `-t`: the tests, e.g. `set,get`.
+    pub tests: &'static str,
+    /// `-c`: connections.
+    pub clients: u32,
+    /// `-n`: requests per test.
+    pub requests: u64,
+    /// `-P`: requests pipelined per connection.
+    pub pipeline: u32,
+    /// `-r`: random keys below this; `None`: the one key `key:__rand_int__`.
+    pub keyspace: Option<u64>,
+    /// `-d`: bytes of each SET's value.
+    pub value_size: usize,
+    /// A command of its own instead of `-t` (its `__rand_int__` replaced as in keys).
+    pub command: Vec<String>,
+}
+
+impl Load {
+    /// The command-line arguments (without host and port).
+    pub fn args(&self) -> Vec<String> {
+        let mut a = if self.command.is_empty() {
+            vec!["-t".to_string(), self.tests.to_string()]
+        } else {
+            Vec::new()
+        };
+        a.extend([
+            "-c".into(),
+            self.clients.to_string(),
+            "-n".into(),
+            self.requests.to_string(),
+            "-P".into(),
+            self.pipeline.to_string(),
+            "-d".into(),
+            self.value_size.to_string(),
+        ]);
+        if let Some(r) = self.keyspace {
+            a.push("-r".into());
+            a.push(r.to_string());
+        }
+        a.push("--csv".into());
+        a.extend(self.command.iter().cloned());
+        a
+    }
+}
+
+/// Runs redis-benchmark against 127.0.0.1:`port` and parses its CSV; kills it after `timeout`.
+pub fn run(
+    program: &Path,
+    port: u16,
+    load: &Load,
+    timeout: Duration,
+) -> Result<Vec<BenchResult>, BoxError> {
+    let mut child = Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(load.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Drain both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().ok_or("no stdout")?;
+    let mut se = child.stderr.take().ok_or("no stderr")?;
+    let ho = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let he = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("redis-benchmark took longer than {timeout:?}: killed").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = ho.join().unwrap_or_default();
+    let stderr = he.join().unwrap_or_default();
+    let results = parse_csv(&stdout);
+    if !status.success() || results.is_empty() {
+        return Err(format!(
+            "redis-benchmark failed ({status}); stdout: {stdout:?}; stderr: {stderr:?}"
+        )
+        .into());
+    }
+    Ok(results)
+}
 
 /// One test's result.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +215,33 @@ mod tests {
         assert_eq!(r[0].rps, 1234.5);
         assert_eq!(r[0].p50_ms, None);
         assert_eq!(r[1].test, "GET");
+    }
+
+    #[test]
+    fn load_args_name_the_keyspace_only_when_asked() {
+        let mut load = Load {
+            tests: "set,get",
+            clients: 50,
+            requests: 1000,
+            pipeline: 16,
+            keyspace: Some(1_000_000),
+            value_size: 256,
+            command: Vec::new(),
+        };
+        assert_eq!(
+            load.args().join(" "),
+            "-t set,get -c 50 -n 1000 -P 16 -d 256 -r 1000000 --csv"
+        );
+        load.keyspace = None;
+        assert_eq!(
+            load.args().join(" "),
+            "-t set,get -c 50 -n 1000 -P 16 -d 256 --csv"
+        );
+        load.command = vec!["SET".into(), "a.__rand_int__".into(), "v".into()];
+        assert_eq!(
+            load.args().join(" "),
+            "-c 50 -n 1000 -P 16 -d 256 --csv SET a.__rand_int__ v"
+        );
     }
 
     #[test]

@@ -19,6 +19,25 @@ pub fn parse_status_kb(text: &str, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// A field of another process's /proc status file: a `kB` field in bytes (`VmRSS:`), or a
+/// plain number (`Threads:`).
+pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let mut words = line[field.len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    Some(if words.next() == Some("kB") {
+        n * 1024
+    } else {
+        n
+    })
+}
+
+/// Open file descriptors of a process (entries of /proc/pid/fd).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
 /// Bytes allocated on disk under `dir` (`st_blocks` × 512, like `du`): preallocated but
 /// unwritten space of sparse files does not count, written space does.
 pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
@@ -82,6 +101,15 @@ mod tests {
         assert_eq!(parse_status_kb(status, "RssAnon:"), Some(1234 * 1024));
         assert_eq!(parse_status_kb(status, "VmSwap:"), None);
         assert!(rss_anon().unwrap() > 0);
+    }
+
+    #[test]
+    fn reads_another_process_status() {
+        let me = std::process::id();
+        assert!(proc_status_field(me, "Threads:").unwrap() >= 1);
+        assert!(proc_status_field(me, "VmRSS:").unwrap() > 4096);
+        assert!(proc_status_field(me, "NoSuchField:").is_none());
+        assert!(open_fds(me).unwrap() >= 3);
     }
 
     #[test]

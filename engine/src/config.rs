@@ -31,6 +31,10 @@ pub struct Options {
     pub sweep_interval: Duration,
     /// Compact a sealed segment once this share of its bytes is dead. Default 0.5.
     pub compact_dead_ratio: f64,
+    /// A bucket whose log holds fewer bytes than this gets no index snapshot:
+    /// scanning so little at open costs less than a file per bucket (it adds up
+    /// over thousands of buckets). Default 64 KiB; 0 snapshots every log.
+    pub snapshot_min_bytes: u64,
     /// Where the files live. Default: the operating system ([`Storage::os`]);
     /// tests use a simulated page cache.
     pub storage: Storage,
@@ -53,6 +57,7 @@ impl Default for Options {
             background: true,
             sweep_interval: Duration::from_secs(1),
             compact_dead_ratio: 0.5,
+            snapshot_min_bytes: 64 * 1024,
             storage: Storage::os(),
             replicated: false,
         }

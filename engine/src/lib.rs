@@ -41,6 +41,7 @@ pub mod fsync;
 pub mod index;
 pub mod io;
 mod key;
+mod latency;
 mod lock;
 pub mod log;
 mod snapshot;
@@ -61,6 +62,7 @@ pub use entry::{
 pub use error::{Error, Result};
 pub use fsync::FsyncPolicy;
 pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
+pub use latency::Latencies;
 pub use log::recovery::{RecoveryReport, Skipped};
 pub use store::{Store, DEFAULT_BUCKET};
 

@@ -11,6 +11,14 @@
 //! normal recovery rules. A missing, damaged or stale snapshot is removed with
 //! a log line and the whole log is scanned instead: never wrong data. Layout
 //! (little-endian) in `docs/FORMAT.md`.
+//!
+//! It is written whole each time, after every compaction pass too: the
+//! encoding (under the index read lock) walks every key in order, a block of
+//! the index at a time. Not done: an incremental snapshot
+//! (a base plus deltas of the keys a pass moved), which needs a format with
+//! more than one file and a recovery rule for a delta without its base; or
+//! writing it only at close and after a number of passes, which trades the
+//! cost for longer log scans after a crash.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,7 +26,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, write_atomic};
-use crate::index::{IKey, Index, RecordRef};
+use crate::index::{Index, RecordRef, SortedBuilder};
 use crate::io::Storage;
 use crate::log::segment::{Segment, SegmentId};
 
@@ -41,8 +49,10 @@ pub(crate) struct Snapshot {
     segments: Vec<SegRef>,
     /// [`tail_crc`] of the last segment at its covered end.
     tail_crc: u32,
-    /// Keys in order, each with its revisions oldest first (`slot` = index into `segments`).
-    entries: Vec<(IKey, Vec<RecordRef>)>,
+    /// The index it holds, with positions in `segments` for segment slots.
+    index: Index,
+    /// Most revisions any key holds.
+    max_revisions: usize,
 }
 
 struct Reader<'a> {
@@ -64,15 +74,20 @@ impl<'a> Reader<'a> {
         Ok(u8::from_le_bytes(self.array()?))
     }
     fn varint(&mut self) -> std::result::Result<u64, &'static str> {
+        let rest = self.buf.get(self.at..).unwrap_or_default();
         let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f) << shift;
+        for (i, &b) in rest.iter().take(10).enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
+                self.at += i + 1;
                 return Ok(v);
             }
         }
-        Err("varint too long")
+        Err(if rest.len() < 10 {
+            "truncated"
+        } else {
+            "varint too long"
+        })
     }
     fn u32(&mut self) -> std::result::Result<u32, &'static str> {
         Ok(u32::from_le_bytes(self.array()?))
@@ -131,16 +146,19 @@ pub(crate) fn encode(
     }
     out.extend_from_slice(&tail_crc(last, *last_end).to_le_bytes());
     out.extend_from_slice(&(index.key_count() as u64).to_le_bytes());
-    let mut prev: &[u8] = &[];
+    let mut prev: Vec<u8> = Vec::new();
     let mut revs = Vec::new();
-    for (key, latest) in index.range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded) {
+    // Revisions mostly sit in the segment of the one before: skip the lookup then.
+    let mut last_seg = (u32::MAX, u32::MAX);
+    index.try_for_each_sorted(|key, latest| {
         // Keys are sorted: store the length shared with the previous key and the rest.
         let k = key.as_bytes();
-        let shared = k.iter().zip(prev).take_while(|(a, b)| a == b).count();
+        let shared = k.iter().zip(&prev).take_while(|(a, b)| a == b).count();
         put_varint(&mut out, shared as u64);
         put_varint(&mut out, (k.len() - shared) as u64);
         out.extend_from_slice(k.get(shared..).unwrap_or_default());
-        prev = k;
+        prev.clear();
+        prev.extend_from_slice(k);
         revs.clear();
         index.for_each_rev(latest, |r| revs.push(*r));
         let n = u8::try_from(revs.len())
@@ -149,14 +167,18 @@ pub(crate) fn encode(
         for r in &revs {
             put_varint(&mut out, r.revision);
             put_varint(&mut out, r.expires_ms);
-            put_varint(
-                &mut out,
-                u64::from(slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX)),
-            );
+            if r.slot != last_seg.0 {
+                last_seg = (
+                    r.slot,
+                    slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX),
+                );
+            }
+            put_varint(&mut out, u64::from(last_seg.1));
             put_varint(&mut out, u64::from(r.offset));
             put_varint(&mut out, (r.len() as u64) << 2 | r.op() as u64);
         }
-    }
+        Ok(())
+    })?;
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -185,11 +207,18 @@ pub(crate) fn remove(storage: &Storage, dir: &Path) -> Result<()> {
 /// Reads and checks a snapshot; `Ok(None)` if there is none, `Err(reason)` if it is unusable.
 pub(crate) fn load(dir: &Path) -> std::result::Result<Option<Snapshot>, String> {
     let path = dir.join(SNAPSHOT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
+    // Mapped, not read: no copy of tens of MiB into fresh (zeroed) memory.
+    // SAFETY: the file belongs to this store, which holds the directory lock,
+    // so no other logkv process writes it, and this process replaces it only
+    // by renaming a new file over it (the mapping keeps the old one); it is
+    // only read, under a checksum, while mapped.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| format!("cannot map {}: {e}", path.display()))?;
     decode(&bytes)
         .map(Some)
         .map_err(|why| format!("{}: {why}", path.display()))
@@ -222,18 +251,30 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
     }
     let tail_crc = r.u32()?;
     let nkeys = usize::try_from(r.u64()?).map_err(|_| "too many keys")?;
-    let mut entries = Vec::with_capacity(nkeys.min(body.len() / 8));
+    let mut builder = SortedBuilder::with_capacity(nkeys.min(body.len() / 8));
     let mut key: Vec<u8> = Vec::new();
+    let mut revs = Vec::new();
     for _ in 0..nkeys {
         let shared = r.count()?;
         let rest = r.count()?;
         if shared > key.len() || shared + rest > crate::key::MAX_KEY_LEN {
             return Err("bad key lengths");
         }
+        let rest = r.take(rest)?;
+        // Keys must ascend. The writer shares as much as it can, so the first
+        // byte after the shared part decides (a full comparison otherwise).
+        let ascends = match (key.get(shared), rest.first()) {
+            (Some(old), Some(new)) if old != new => new > old,
+            (None, Some(_)) => true,
+            _ => rest > key.get(shared..).unwrap_or_default(),
+        };
+        if !ascends && !builder.is_empty() {
+            return Err("keys out of order");
+        }
         key.truncate(shared);
-        key.extend_from_slice(r.take(rest)?);
+        key.extend_from_slice(rest);
         let n = usize::from(r.u8()?);
-        let mut revs = Vec::with_capacity(n);
+        revs.clear();
         for _ in 0..n {
             let revision = r.varint()?;
             let expires = r.varint()?;
@@ -254,11 +295,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
                 op,
             ));
         }
-        let key = IKey::new(&key);
-        if revs.is_empty() {
-            return Err("key without revisions");
-        }
-        entries.push((key, revs));
+        builder.push_ascending(&key, &revs)?;
     }
     if r.at != body.len() {
         return Err("trailing bytes");
@@ -267,7 +304,8 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         last_revision,
         segments,
         tail_crc,
-        entries,
+        max_revisions: builder.max_revisions(),
+        index: builder.finish(),
     })
 }
 
@@ -309,21 +347,17 @@ impl Snapshot {
                 "the log before the snapshot's end has changed since it was written".into(),
             );
         }
-        let slots: Vec<u32> = segments.iter().take(n).map(|s| s.slot).collect();
-        let mut entries = self.entries;
-        let mut prev: Option<&IKey> = None;
-        for (key, revs) in &mut entries {
-            if revs.len() > history || prev.is_some_and(|p| p >= &*key) {
-                return Err("the snapshot's keys are out of order or hold more history than the bucket keeps".into());
-            }
-            for rev in revs.iter_mut() {
-                rev.slot = *slots
-                    .get(rev.slot as usize)
-                    .ok_or("the snapshot names a segment it does not list")?;
-            }
-            prev = Some(key);
+        if self.max_revisions > history {
+            return Err("the snapshot holds more history than the bucket keeps".into());
         }
-        *index = Index::from_sorted(entries);
+        let slots: Vec<u32> = segments.iter().take(n).map(|s| s.slot).collect();
+        let mut built = self.index;
+        // Slots are handed out in log order at open: usually the positions already.
+        let same = slots.iter().zip(0u32..).all(|(slot, pos)| *slot == pos);
+        if !same && !built.remap_segments(|pos| slots.get(pos as usize).copied()) {
+            return Err("the snapshot names a segment it does not list".into());
+        }
+        *index = built;
         Ok((n - 1, last_end))
     }
 }

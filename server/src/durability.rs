@@ -107,6 +107,42 @@ pub(crate) struct Syncers {
     /// By bucket id: a bucket dropped and created again under its name is another log.
     map: Mutex<HashMap<u64, Arc<State>>>,
     pool: Mutex<Option<Pool>>,
+    /// How many connections each group-commit round served.
+    groups: Arc<GroupSizes>,
+}
+
+/// Upper bounds of the group-size buckets (a last bucket holds the rest).
+pub(crate) const GROUP_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/// How many waiting connections each fsync round served: the group commit at work.
+#[derive(Default)]
+pub(crate) struct GroupSizes {
+    counts: [std::sync::atomic::AtomicU64; GROUP_BOUNDS.len() + 1],
+    sum: std::sync::atomic::AtomicU64,
+}
+
+impl GroupSizes {
+    fn record(&self, waiters: u64) {
+        let bucket = GROUP_BOUNDS.partition_point(|&b| b < waiters);
+        if let Some(c) = self.counts.get(bucket) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum.fetch_add(waiters, Ordering::Relaxed);
+    }
+
+    /// (upper bound, rounds) per bucket, not cumulative, and the sum of the sizes.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, u64) {
+        let buckets = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bound = GROUP_BOUNDS.get(i).map_or(f64::MAX, |&b| b as f64);
+                (bound, c.load(Ordering::Relaxed))
+            })
+            .collect();
+        (buckets, self.sum.load(Ordering::Relaxed))
+    }
 }
 
 /// Syncer threads: enough that slow fsyncs of some buckets do not hold up the others.
@@ -163,9 +199,10 @@ impl Syncers {
             let mut threads = Vec::new();
             for i in 0..pool_size() {
                 let work: Receiver<Arc<State>> = work.clone();
+                let groups = Arc::clone(&self.groups);
                 let handle = std::thread::Builder::new()
                     .name(format!("logkv-sync-{i}"))
-                    .spawn(move || run(&work))
+                    .spawn(move || run(&work, &groups))
                     .map_err(|e| format!("cannot start a syncer thread: {e}"))?;
                 threads.push(handle);
             }
@@ -176,6 +213,11 @@ impl Syncers {
             .queue
             .send(state)
             .map_err(|_| "the syncer pool stopped (server shutting down)".to_string())
+    }
+
+    /// How many connections each fsync round served.
+    pub fn group_sizes(&self) -> &GroupSizes {
+        &self.groups
     }
 
     /// Stops the pool and waits for its threads (at shutdown, after the connections).
@@ -191,7 +233,7 @@ impl Syncers {
 }
 
 /// A pool thread: syncs the buckets it is given until the queue closes.
-fn run(work: &Receiver<Arc<State>>) {
+fn run(work: &Receiver<Arc<State>>, groups: &GroupSizes) {
     while let Ok(state) = work.recv() {
         // Cleared before the ticket is read: a ticket posted from now on queues
         // the bucket again, so none is left waiting.
@@ -201,7 +243,9 @@ fn run(work: &Receiver<Arc<State>>) {
             continue;
         }
         // One group-commit fsync covers everything written so far, including
-        // writes whose connections have not posted their ticket yet.
+        // writes whose connections have not posted their ticket yet; every
+        // connection waiting now (a subscriber each) is served by it.
+        groups.record(state.durable.receiver_count() as u64);
         match state.bucket.wait_durable(target) {
             Ok(()) => state.durable.send_modify(|d| d.up_to = d.up_to.max(target)),
             Err(e) => state

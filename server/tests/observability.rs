@@ -127,6 +127,10 @@ fn check_after_traffic(after: &str) {
     assert_eq!(count(after, inf), 120);
     assert!(count(after, "logkv_commands_total") >= 50 + 120 + 4);
     assert!(count(after, r#"logkv_fsyncs_total{bucket="default"}"#) >= 1);
+    assert!(
+        count(after, "logkv_fsync_seconds_count") >= 1,
+        "SYNC's fsync was timed"
+    );
     assert_eq!(
         count(after, r#"logkv_compactions_total{bucket="default"}"#),
         1
@@ -142,6 +146,45 @@ fn check_after_traffic(after: &str) {
     assert_eq!(count(after, r#"logkv_connections{transport="http"}"#), 1);
     assert_eq!(count(after, "logkv_evicted_clients_total"), 1);
     assert_eq!(count(after, "logkv_healthy"), 1);
+}
+
+/// Under `--fsync always` each group-commit round records how many waiting
+/// connections it served, and each fsync how long it took.
+#[test]
+fn group_commit_rounds_and_fsync_latency_are_measured() {
+    if !have_curl() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinaryServer::start_in(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                for i in 0..25 {
+                    assert!(roundtrip(&mut c, format!("PUT t{t}.{i} v\r\n").as_bytes())
+                        .starts_with(':'));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let (status, after) = curl(&format!("http://{}/metrics", server.http_addr()), &[]);
+    assert_eq!(status, 200);
+    let rounds = count(&after, "logkv_group_commit_connections_count");
+    let connections = value(&after, "logkv_group_commit_connections_sum")
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(rounds >= 1, "{after}");
+    assert!(
+        connections >= rounds as f64,
+        "every round served at least one connection"
+    );
+    // A round finds its writes durable already when another round's fsync covered them.
+    assert!(count(&after, "logkv_fsync_seconds_count") >= 1);
 }
 
 #[test]

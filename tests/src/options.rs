@@ -9,12 +9,14 @@ use logkv::{FsyncPolicy, ManualClock, Options};
 pub const T0: u64 = 1_700_000_000_000;
 
 /// No background thread, no fsync (a killed process leaves the page cache behind, so
-/// tests that copy or kill need none), segments of `segment_size` bytes.
+/// tests that copy or kill need none), segments of `segment_size` bytes, and an index
+/// snapshot at every clean close however small the log (tests of snapshots use small ones).
 pub fn opts(segment_size: u64) -> Options {
     Options {
         background: false,
         fsync: FsyncPolicy::Never,
         segment_size,
+        snapshot_min_bytes: 0,
         ..Default::default()
     }
 }

@@ -230,6 +230,11 @@ impl Bucket {
         self.core.status()
     }
 
+    /// How long this bucket's fsyncs took since the store was opened.
+    pub fn fsync_latencies(&self) -> crate::Latencies {
+        self.core.fsync_latencies()
+    }
+
     /// Revision ranges (inclusive) skipped after unclean stops under the fsync
     /// policies `interval` and `never`: revisions that may have been seen
     /// before a crash took them back, and that are never given again. A watch

@@ -12,10 +12,6 @@ use crate::error::Result;
 use crate::log::segment::Segment;
 use crate::snapshot;
 
-/// A log smaller than this gets no index snapshot: scanning it at open is
-/// cheaper than a file per bucket.
-const SNAPSHOT_MIN_LOG: u64 = 64 * 1024;
-
 impl BucketCore {
     /// Counters that cost nothing to read (no walk of the index): keys whose
     /// latest entry is a value (expired ones not yet swept included), values,
@@ -107,7 +103,7 @@ impl BucketCore {
             .iter()
             .map(|s| s.data_end().saturating_sub(s.data_start))
             .sum();
-        if logged < SNAPSHOT_MIN_LOG {
+        if logged < self.snapshot_min_bytes {
             // Reading so little log at open costs less than the snapshot's file
             // (a block of disk per bucket: it adds up over thousands of buckets).
             return snapshot::remove(self.log.storage(), &self.dir);

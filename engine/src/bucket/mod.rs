@@ -95,6 +95,8 @@ pub(crate) struct BucketCore {
     compacting: Mutex<()>,
     /// Compact a sealed segment once this share of its bytes is dead.
     compact_dead_ratio: f64,
+    /// A log smaller than this gets no index snapshot (`Options::snapshot_min_bytes`).
+    snapshot_min_bytes: u64,
     /// The store's segment size: a compaction output grows no larger.
     segment_size: u64,
     /// A test hook: the compaction step at which to stop as if crashed
@@ -167,6 +169,11 @@ impl BucketCore {
         self.sync()?;
         self.write_snapshot()?;
         self.log.close_clean()
+    }
+
+    /// How long this bucket's fsyncs took.
+    pub(crate) fn fsync_latencies(&self) -> crate::latency::Latencies {
+        self.log.fsync_latencies()
     }
 
     /// Revision ranges skipped after unclean stops (see `lost.rs`).

@@ -90,6 +90,7 @@ impl BucketCore {
             hub: WatchHub::new(end, last),
             compacting: Mutex::new(()),
             compact_dead_ratio: opts.compact_dead_ratio,
+            snapshot_min_bytes: opts.snapshot_min_bytes,
             segment_size: opts.segment_size,
             #[cfg(any(test, feature = "failpoints"))]
             crash_point: std::sync::atomic::AtomicU8::new(0),

@@ -80,6 +80,8 @@ pub(crate) struct GroupCommit<F = Segment> {
     fsyncs: AtomicU64,
     /// Flags of the durability marks written after each fsync.
     mark_flags: u32,
+    /// How long each fsync took.
+    latency: crate::latency::LatencyHistogram,
 }
 
 impl<F: Flush> GroupCommit<F> {
@@ -102,6 +104,7 @@ impl<F: Flush> GroupCommit<F> {
             done: Condvar::new(),
             fsyncs: AtomicU64::new(0),
             mark_flags,
+            latency: crate::latency::LatencyHistogram::default(),
         }
     }
 
@@ -157,6 +160,7 @@ impl<F: Flush> GroupCommit<F> {
             let target = s.written;
             let segment = Arc::clone(&s.active);
             drop(s);
+            let started = std::time::Instant::now();
             let result = segment.sync_data().and_then(|()| {
                 if target.seq() == segment.seq() {
                     segment.write_mark(target.offset(), self.mark_flags)
@@ -164,6 +168,7 @@ impl<F: Flush> GroupCommit<F> {
                     Ok(())
                 }
             });
+            self.latency.record(started.elapsed());
             s = self.finish_sync(result);
             if s.failed.is_none() {
                 s.synced = s.synced.max(target);
@@ -235,6 +240,11 @@ impl<F: Flush> GroupCommit<F> {
     /// Everything below this position is durable.
     pub(crate) fn durable_end(&self) -> LogPos {
         self.lock().synced
+    }
+
+    /// How long the fsyncs took.
+    pub(crate) fn latencies(&self) -> crate::latency::Latencies {
+        self.latency.snapshot()
     }
 
     /// fdatasync calls made by leaders so far.

@@ -491,6 +491,11 @@ impl Log {
         self.commit.sync_all()
     }
 
+    /// How long this log's fsyncs took since open.
+    pub fn fsync_latencies(&self) -> crate::latency::Latencies {
+        self.commit.latencies()
+    }
+
     /// fdatasync calls for this log since open.
     pub fn fsyncs(&self) -> u64 {
         self.commit.fsyncs()

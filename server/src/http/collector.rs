@@ -303,6 +303,50 @@ impl Collector for ServerCollector {
         for family in &BUCKET_FAMILIES {
             per_bucket(&mut e, &stats, family)?;
         }
+        let mut fsync = logkv::Latencies::default();
+        for name in store.bucket_names() {
+            if let Ok(b) = store.bucket(&name) {
+                fsync.merge(&b.fsync_latencies());
+            }
+        }
+        if fsync.count() > 0 {
+            let buckets: Vec<(f64, u64)> = fsync
+                .bounds_us
+                .iter()
+                .zip(&fsync.counts)
+                .map(|(&b, &n)| {
+                    let bound = if b == u64::MAX {
+                        f64::MAX
+                    } else {
+                        b as f64 / 1e6
+                    };
+                    (bound, n)
+                })
+                .collect();
+            e.encode_descriptor(
+                "logkv_fsync_seconds",
+                "How long each fsync of a bucket log took (group-commit leaders, rotations).",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                fsync.sum_us as f64 / 1e6,
+                fsync.count(),
+                &buckets,
+                None,
+            )?;
+        }
+        let (groups, group_sum) = shared.syncers.group_sizes().snapshot();
+        let rounds: u64 = groups.iter().map(|(_, n)| n).sum();
+        if rounds > 0 {
+            e.encode_descriptor(
+                "logkv_group_commit_connections",
+                "How many waiting connections each group-commit fsync round served (--fsync always).",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(group_sum as f64, rounds, &groups, None)?;
+        }
         let healthy = u64::from(shared.health.status().is_ok());
         gauge(
             &mut e,

@@ -4,7 +4,7 @@
 //! with FROM on another node when its node dies) must agree with the others.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,7 @@ fn run_watcher(
     c: &ProcCluster,
     first: usize,
     stop: &AtomicBool,
+    started_count: &AtomicUsize,
 ) -> (Vec<(i64, String, String)>, bool) {
     let addrs: Vec<_> = c.nodes.values().map(|p| p.client).collect();
     let mut events = Vec::new();
@@ -124,6 +125,9 @@ fn run_watcher(
         if !matches!(cl.cmd(&["WATCH", ">", "FROM", &from]), Ok(Frame::Int(_))) {
             target += 1;
             continue;
+        }
+        if !started {
+            started_count.fetch_add(1, Ordering::AcqRel);
         }
         started = true;
         loop {
@@ -162,16 +166,25 @@ fn histories_are_linearizable_across_kills_and_partitions() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let watches = std::thread::scope(|s| {
         let c_ref = &c;
+        // The watchers first: a watch that started after a key was written again would
+        // begin at the retained revisions only (FROM gives what is still retained), and
+        // the streams could not be compared as prefixes.
+        let watching = Arc::new(AtomicUsize::new(0));
+        let watchers: Vec<_> = (0..3)
+            .map(|w| {
+                let (stop, watching) = (Arc::clone(&stop), Arc::clone(&watching));
+                s.spawn(move || run_watcher(c_ref, w, &stop, &watching))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while watching.load(Ordering::Acquire) < 3 {
+            assert!(Instant::now() < deadline, "the watches did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let clients: Vec<_> = (0..6)
             .map(|t| {
                 let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
                 s.spawn(move || run_client(c_ref, t, start, &stop, &log))
-            })
-            .collect();
-        let watchers: Vec<_> = (0..3)
-            .map(|w| {
-                let stop = Arc::clone(&stop);
-                s.spawn(move || run_watcher(c_ref, w, &stop))
             })
             .collect();
         for round in 0..rounds {

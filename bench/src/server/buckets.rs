@@ -1,0 +1,104 @@
+//! S7, many buckets: B buckets (default 10,000) holding one key each, in one logkv-server
+//! with `--fsync always` (its default). What they cost, read from the outside:
+//! - `S7.create`: seconds to create the buckets and write their key (pipelined 100 buckets
+//!   at a time: `BUCKET CREATE`, `USE`, `SET`);
+//! - `S7.disk`: bytes allocated under the data directory (like `du`);
+//! - `S7.threads`, `S7.fds`: the server's threads (/proc/pid/status) and open files
+//!   (/proc/pid/fd), unit `count`; `S7.rss`: its resident memory (`VmRSS`);
+//! - `S7.restart`: seconds from starting the server again on the same directory to the
+//!   answer of the first GET (of the last bucket's key), and `S7.restart.threads`,
+//!   `.fds`, `.rss` right after it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::process::{start_logkv_in, Running};
+use super::{expect_ok, row};
+use crate::report::{Extra, Reporter, Row};
+use crate::resp::{Client, Value};
+use crate::stores::BoxError;
+use crate::sys;
+
+const FSYNC: &str = "always";
+/// Buckets per pipelined batch.
+const BATCH: usize = 100;
+const VALUE: [u8; 100] = [b'v'; 100];
+
+fn name(i: usize) -> String {
+    format!("b{i:05}")
+}
+
+/// Creates `buckets` buckets with one key each.
+fn create(server: &Running, buckets: usize) -> Result<(), BoxError> {
+    let mut c = Client::connect(&server.addr())?;
+    let mut i = 0;
+    while i < buckets {
+        let end = (i + BATCH).min(buckets);
+        for b in i..end {
+            let n = name(b);
+            c.queue(&[b"BUCKET", b"CREATE", n.as_bytes()]);
+            c.queue(&[b"USE", n.as_bytes()]);
+            c.queue(&[b"SET", b"k", &VALUE]);
+        }
+        c.flush()?;
+        for _ in 0..(end - i) * 3 {
+            expect_ok(c.read()?, "BUCKET CREATE / USE / SET")?;
+        }
+        i = end;
+    }
+    Ok(())
+}
+
+fn emit_process(server: &Running, prefix: &str, buckets: usize, rep: &mut Reporter) {
+    let pid = server.pid();
+    let tag = |r: Row| {
+        r.with("buckets", Extra::count(buckets))
+            .with("fsync", Extra::Str(FSYNC.into()))
+    };
+    let n = buckets as u64;
+    let counts = [
+        ("threads", sys::proc_status_field(pid, "Threads:"), "count"),
+        ("fds", sys::open_fds(pid), "count"),
+        ("rss", sys::proc_status_field(pid, "VmRSS:"), "bytes"),
+    ];
+    for (what, value, unit) in counts {
+        if let Some(v) = value {
+            let w = format!("{prefix}.{what}");
+            rep.emit(tag(row("logkv", &w, v as f64, unit, n)));
+        }
+    }
+}
+
+/// S7 with logkv-server `bin`; files under `base`.
+pub fn s7(bin: &Path, base: &Path, buckets: usize, rep: &mut Reporter) -> Result<(), BoxError> {
+    let data = tempfile::Builder::new().prefix("s7-").tempdir_in(base)?;
+    let tag = |r: Row| {
+        r.with("buckets", Extra::count(buckets))
+            .with("fsync", Extra::Str(FSYNC.into()))
+    };
+    let n = buckets as u64;
+    let server = start_logkv_in(bin, FSYNC, base, data.path(), Duration::from_secs(20))?;
+    let t = Instant::now();
+    create(&server, buckets).map_err(|e| format!("{e}\n{}", server.log_tail()))?;
+    let took = t.elapsed().as_secs_f64();
+    eprintln!("    S7: {buckets} buckets created in {took:.1} s");
+    rep.emit(tag(row("logkv", "S7.create", took, "s", n)));
+    emit_process(&server, "S7", buckets, rep);
+    let disk = sys::disk_usage(data.path())?;
+    rep.emit(tag(row("logkv", "S7.disk", disk as f64, "bytes", n)));
+    server.stop();
+
+    let server = start_logkv_in(bin, FSYNC, base, data.path(), Duration::from_secs(600))?;
+    let last = name(buckets.saturating_sub(1));
+    let mut c = Client::connect(&server.addr())?;
+    expect_ok(c.call(&[b"USE", last.as_bytes()])?, "USE")?;
+    let got = c.call(&[b"GET", b"k"])?;
+    let restart = server.spawned.elapsed().as_secs_f64();
+    if got != Value::Bulk(VALUE.to_vec()) {
+        return Err(format!("GET after the restart replied {got:?}").into());
+    }
+    eprintln!("    S7: first GET answered {restart:.2} s after the restart");
+    rep.emit(tag(row("logkv", "S7.restart", restart, "s", n)));
+    emit_process(&server, "S7.restart", buckets, rep);
+    Ok(())
+}

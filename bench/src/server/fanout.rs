@@ -1,0 +1,329 @@
+//! S5, watch fan-out: W subscriber connections, one writer; the time from a write's reply to
+//! the event's arrival at the subscribers.
+//!
+//! logkv: W connections each `WATCH >` on bucket `s5`, the writer PUTs `fan.out` (100-byte
+//! values) one at a time. The anchor, measured by the same code in the same run: redis-server
+//! with W connections `SUBSCRIBE s5` and the writer `PUBLISH`ing 100-byte messages one at a
+//! time. Rounds go A B B A (logkv, redis, redis, logkv); the latencies of both rounds of a
+//! server are pooled. Rows: `S5.p50` / `S5.p99` (to the *last* subscriber), `S5.each.p50` /
+//! `.p99` (per write and subscriber), the same as `S5.redis.*` for redis, and `logkv/redis`
+//! ratios of the two p50s and p99s.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{expect_ok, percentile, row};
+use crate::report::{Extra, Reporter, Row};
+use crate::resp::{watch_frame, Client, Inbox, Value, WatchFrame};
+use crate::stores::BoxError;
+
+const WARMUP: usize = 5;
+const VALUE: [u8; 100] = [b'v'; 100];
+/// Digits of the sequence number at the start of a redis message.
+const SEQ_DIGITS: usize = 20;
+
+/// Which server, and so which verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `WATCH >` and `PUT`.
+    Logkv,
+    /// `SUBSCRIBE` and `PUBLISH`.
+    Redis,
+}
+
+impl Side {
+    /// Opens one subscriber connection, ready to receive.
+    fn subscriber(self, addr: &str) -> Result<Client, BoxError> {
+        let mut c = Client::connect(addr)?;
+        match self {
+            Side::Logkv => {
+                expect_ok(c.call(&[b"USE", b"s5"])?, "USE")?;
+                let id = expect_ok(c.call(&[b"WATCH", b">"])?, "WATCH")?;
+                if id.as_int().is_none() {
+                    return Err(format!("WATCH replied {id:?}").into());
+                }
+                loop {
+                    if let Some(WatchFrame::Ready(_)) = watch_frame(&c.read()?) {
+                        return Ok(c);
+                    }
+                }
+            }
+            Side::Redis => {
+                let v = expect_ok(c.call(&[b"SUBSCRIBE", b"s5"])?, "SUBSCRIBE")?;
+                match v {
+                    Value::Array(items) if items.first().is_some_and(|x| x.is_str("subscribe")) => {
+                        Ok(c)
+                    }
+                    v => Err(format!("SUBSCRIBE replied {v:?}").into()),
+                }
+            }
+        }
+    }
+
+    /// The id of the write a pushed frame carries; `None` for frames that carry none.
+    fn event_id(self, v: &Value) -> Result<Option<u64>, String> {
+        match self {
+            Side::Logkv => match watch_frame(v) {
+                Some(WatchFrame::Entry { revision, .. }) => Ok(Some(revision)),
+                Some(WatchFrame::Ready(_)) => Ok(None),
+                Some(WatchFrame::Lost(_)) => Err("a watch was lost".into()),
+                None => Err(format!("unexpected frame on a watcher: {v:?}")),
+            },
+            Side::Redis => match v {
+                Value::Array(items) if items.len() == 3 && items[0].is_str("message") => {
+                    match &items[2] {
+                        Value::Bulk(b) => std::str::from_utf8(b.get(..SEQ_DIGITS).unwrap_or(b))
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .map(Some)
+                            .ok_or_else(|| "a message without a sequence number".into()),
+                        other => Err(format!("unexpected message payload {other:?}")),
+                    }
+                }
+                other => Err(format!("unexpected frame on a subscriber: {other:?}")),
+            },
+        }
+    }
+
+    /// Sends write `seq` and waits for its reply; returns the id its events carry.
+    fn write(self, w: &mut Client, seq: u64, subscribers: usize) -> Result<u64, BoxError> {
+        match self {
+            Side::Logkv => {
+                let r = expect_ok(w.call(&[b"PUT", b"fan.out", &VALUE])?, "PUT")?
+                    .as_int()
+                    .ok_or("PUT did not reply a revision")?;
+                Ok(u64::try_from(r).map_err(|_| format!("PUT replied revision {r}"))?)
+            }
+            Side::Redis => {
+                let mut msg = format!("{seq:0SEQ_DIGITS$}").into_bytes();
+                msg.resize(VALUE.len(), b'v');
+                let got = expect_ok(w.call(&[b"PUBLISH", b"s5", &msg])?, "PUBLISH")?.as_int();
+                if got.and_then(|g| usize::try_from(g).ok()) != Some(subscribers) {
+                    return Err(format!("PUBLISH reached {got:?} of {subscribers}").into());
+                }
+                Ok(seq)
+            }
+        }
+    }
+}
+
+/// Latencies of one server's rounds, ms.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// Per write: to the last subscriber.
+    pub last: Vec<f64>,
+    /// Per (write, subscriber).
+    pub each: Vec<f64>,
+}
+
+/// Per receiver thread: which write's event arrived when.
+struct Arrivals {
+    events: Vec<(u64, Instant)>,
+}
+
+fn receive(
+    side: Side,
+    conns: Vec<(TcpStream, Inbox)>,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+) -> Result<Arrivals, String> {
+    let mut conns = conns;
+    for (s, _) in &conns {
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    }
+    let mut fds: Vec<libc::pollfd> = conns
+        .iter()
+        .map(|(s, _)| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let nfds = libc::nfds_t::try_from(fds.len()).map_err(|e| e.to_string())?;
+    let mut out = Arrivals { events: Vec::new() };
+    let mut chunk = vec![0u8; 64 << 10];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: fds is a valid array of nfds pollfd structs for the whole call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, 20) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("poll: {e}"));
+        }
+        if r == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        for (pfd, (sock, inbox)) in fds.iter_mut().zip(conns.iter_mut()) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            pfd.revents = 0;
+            loop {
+                match sock.read(&mut chunk) {
+                    Ok(0) => return Err("a subscriber connection was closed by the server".into()),
+                    Ok(n) => inbox.extend(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("subscriber read: {e}")),
+                }
+            }
+            while let Some(v) = inbox.next_value().map_err(|e| e.to_string())? {
+                if let Some(id) = side.event_id(&v)? {
+                    out.events.push((id, now));
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One round on one server: `subscribers` connections, `writes` measured writes (after a
+/// few unmeasured ones); the latencies are added to `lat`.
+pub fn round(
+    side: Side,
+    addr: &str,
+    subscribers: usize,
+    writes: usize,
+    lat: &mut Latencies,
+) -> Result<(), BoxError> {
+    let mut w = Client::connect(addr)?;
+    if side == Side::Logkv {
+        let created = w.call(&[b"BUCKET", b"CREATE", b"s5"])?;
+        if !matches!(&created, Value::Error(e) if e.starts_with("EXISTS")) {
+            expect_ok(created, "BUCKET CREATE")?;
+        }
+        expect_ok(w.call(&[b"USE", b"s5"])?, "USE")?;
+    }
+    let t = Instant::now();
+    let mut conns = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        let c = side
+            .subscriber(addr)
+            .map_err(|e| format!("subscriber {i}: {e}"))?;
+        conns.push(c.into_parts());
+    }
+    eprintln!(
+        "    {side:?}: {subscribers} subscribers connected in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let total = WARMUP + writes;
+    let mut acks: Vec<(u64, Instant)> = Vec::with_capacity(total);
+    let mut incomplete = None;
+    let arrivals = std::thread::scope(|sc| -> Result<Vec<Arrivals>, BoxError> {
+        let per = subscribers.div_ceil(2).max(1);
+        let mut handles = Vec::new();
+        while !conns.is_empty() {
+            let group: Vec<_> = conns.drain(..per.min(conns.len())).collect();
+            let (stop, count) = (&stop, &count);
+            handles.push(sc.spawn(move || receive(side, group, stop, count)));
+        }
+        let mut result = Ok(());
+        for i in 0..total {
+            let before = count.load(Ordering::Relaxed);
+            let id = match side.write(&mut w, i as u64 + 1, subscribers) {
+                Ok(id) => id,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let ack = Instant::now();
+            acks.push((id, ack));
+            let deadline = ack + Duration::from_secs(10);
+            while count.load(Ordering::Relaxed) < before + subscribers as u64 {
+                if Instant::now() > deadline {
+                    incomplete = Some(i);
+                    break;
+                }
+                // Sleeping here costs no accuracy (arrival times are taken by the
+                // receivers) and leaves the 2 cores to the server and the receivers.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if incomplete.is_some() {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for h in handles {
+            all.push(h.join().map_err(|_| "receiver panicked")??);
+        }
+        result.map(|()| all)
+    })?;
+    if let Some(i) = incomplete {
+        return Err(format!(
+            "write {i}: only {} events of {} arrived within 10 s",
+            count.load(Ordering::Relaxed),
+            (i + 1) * subscribers
+        )
+        .into());
+    }
+    // The write's reply can come after some events: the reply, not the event, is late then
+    // (the latency counts as 0).
+    let ack_of: HashMap<u64, Instant> = acks.iter().skip(WARMUP).copied().collect();
+    let mut slowest: HashMap<u64, f64> = HashMap::new();
+    for a in &arrivals {
+        for (id, at) in &a.events {
+            if let Some(ack) = ack_of.get(id) {
+                let ms = at.saturating_duration_since(*ack).as_secs_f64() * 1e3;
+                lat.each.push(ms);
+                let m = slowest.entry(*id).or_insert(0.0);
+                *m = m.max(ms);
+            }
+        }
+    }
+    lat.last.extend(slowest.into_values());
+    Ok(())
+}
+
+/// Emits the rows of one server's pooled rounds.
+pub fn emit(
+    side: Side,
+    lat: &mut Latencies,
+    subscribers: usize,
+    rounds: usize,
+    rep: &mut Reporter,
+) -> (f64, f64) {
+    lat.last.sort_by(f64::total_cmp);
+    lat.each.sort_by(f64::total_cmp);
+    let (store, prefix) = match side {
+        Side::Logkv => ("logkv", "S5"),
+        Side::Redis => ("redis", "S5.redis"),
+    };
+    let tag = |r: Row| {
+        r.with("watchers", Extra::count(subscribers))
+            .with("rounds", Extra::count(rounds))
+    };
+    let (p50, p99) = (percentile(&lat.last, 50.0), percentile(&lat.last, 99.0));
+    let n = lat.last.len() as u64;
+    let ne = lat.each.len() as u64;
+    rep.emit(tag(row(store, &format!("{prefix}.p50"), p50, "ms", n)));
+    rep.emit(tag(row(store, &format!("{prefix}.p99"), p99, "ms", n)));
+    let e50 = percentile(&lat.each, 50.0);
+    let e99 = percentile(&lat.each, 99.0);
+    rep.emit(tag(row(
+        store,
+        &format!("{prefix}.each.p50"),
+        e50,
+        "ms",
+        ne,
+    )));
+    rep.emit(tag(row(
+        store,
+        &format!("{prefix}.each.p99"),
+        e99,
+        "ms",
+        ne,
+    )));
+    (p50, p99)
+}

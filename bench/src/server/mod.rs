@@ -1,0 +1,265 @@
+//! The server suite: logkv-server against redis-server on loopback (docs/BENCHMARKS.md).
+//!
+//! | part | module | what |
+//! |---|---|---|
+//! | `compare` | [`compare`] | redis-benchmark SET/GET, `-P 1` and `-P 16`, `-c 50`, over a preloaded keyspace of `--keyspace` random keys, at both durability pairs |
+//! | `onekey` | [`compare`] | the same without `-r` (one key): rows `*.onekey` |
+//! | `S5` | [`fanout`] | watch fan-out latency, with redis PUBLISH/SUBSCRIBE as the anchor |
+//! | `S6` | [`slow`] | a stalled and an active watcher under redis-benchmark SET load |
+//! | `S7` | [`buckets`] | many buckets: disk, threads, memory, files, restart |
+
+pub mod buckets;
+pub mod compare;
+pub mod fanout;
+pub mod process;
+pub mod slow;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use self::fanout::{Latencies, Side};
+use self::process::{default_server_bin, start_logkv, start_redis, which};
+use crate::report::{Reporter, Row};
+use crate::resp::Value;
+use crate::stores::BoxError;
+use crate::sys;
+
+/// Options of one server run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Requests per redis-benchmark run at interval/everysec durability.
+    pub n: u64,
+    /// Requests per redis-benchmark run at `always` durability.
+    pub n_durable: u64,
+    /// Keys preloaded and drawn from (`-r`).
+    pub keyspace: u64,
+    /// Bytes of each value (preload and `-d`).
+    pub value_size: usize,
+    /// The logkv-server binary (default: next to this binary, i.e. target/release).
+    pub server_bin: Option<PathBuf>,
+    /// The redis-server program.
+    pub redis_server: String,
+    /// The redis-benchmark program.
+    pub redis_benchmark: String,
+    /// redis-benchmark clients (`-c`).
+    pub clients: u32,
+    /// S5 watchers (and redis subscribers).
+    pub watchers: usize,
+    /// S5 measured writes per round.
+    pub s5_writes: usize,
+    /// S6 requests per redis-benchmark run.
+    pub s6_requests: u64,
+    /// S7 buckets.
+    pub s7_buckets: usize,
+    /// Which parts to run (from [`PARTS`]).
+    pub parts: Vec<String>,
+    /// Where the servers' directories go.
+    pub dir: Option<PathBuf>,
+    /// Longest a single redis-benchmark run may take.
+    pub bench_timeout: Duration,
+    /// Rounds of the redis-benchmark comparison (rows report the median round).
+    pub rounds: usize,
+}
+
+impl Config {
+    /// Whether part `p` is to run.
+    pub fn wants(&self, p: &str) -> bool {
+        self.parts.iter().any(|x| x.eq_ignore_ascii_case(p))
+    }
+}
+
+/// The parts of the server suite.
+pub const PARTS: &[&str] = &["compare", "onekey", "S5", "S6", "S7"];
+
+fn row(store: &str, workload: &str, value: f64, unit: &str, n: u64) -> Row {
+    Row::new("server", store, workload, value, unit, n)
+}
+
+/// The programs the suite runs; `None` where one is missing (said on stderr).
+struct Programs {
+    logkv: Option<PathBuf>,
+    redis: Option<PathBuf>,
+    bench: Option<PathBuf>,
+}
+
+fn find_programs(cfg: &Config) -> Programs {
+    let logkv = match cfg.server_bin.clone().or_else(default_server_bin) {
+        Some(p) if p.is_file() => Some(p),
+        p => {
+            eprintln!(
+                "logkv-server not found{}: skipping every logkv row and ratio \
+                 (build it with `cargo build --release -p logkv-server`, or pass --server-bin)",
+                p.map(|p| format!(" at {}", p.display()))
+                    .unwrap_or_default()
+            );
+            None
+        }
+    };
+    let redis = which(&cfg.redis_server);
+    if redis.is_none() {
+        eprintln!(
+            "{} not found: skipping the redis rows and the logkv/redis ratios \
+             (Debian: apt-get install redis-server)",
+            cfg.redis_server
+        );
+    }
+    let bench = which(&cfg.redis_benchmark);
+    if bench.is_none() {
+        eprintln!(
+            "{} not found: skipping every redis-benchmark row (compare, onekey, S6) \
+             (Debian: apt-get install redis-tools)",
+            cfg.redis_benchmark
+        );
+    }
+    Programs {
+        logkv,
+        redis,
+        bench,
+    }
+}
+
+/// Runs the server suite; rows go to `rep`. Returns false if something failed.
+pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
+    sys::raise_nofile_limit();
+    crate::embedded::note_load();
+    let base = match &cfg.dir {
+        Some(d) => tempfile::Builder::new()
+            .prefix("logkv-bench-server-")
+            .tempdir_in(d),
+        None => tempfile::Builder::new()
+            .prefix("logkv-bench-server-")
+            .tempdir(),
+    };
+    let base = match base {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot create a temporary directory: {e}");
+            return false;
+        }
+    };
+    let progs = find_programs(cfg);
+    let mut ok = true;
+    let mut check = |what: &str, r: Result<(), BoxError>| {
+        if let Err(e) = r {
+            eprintln!("error: {what}: {e}");
+            ok = false;
+        }
+    };
+    let (logkv, redis) = (progs.logkv.as_deref(), progs.redis.as_deref());
+    if let Some(bench) = &progs.bench {
+        if (cfg.wants("compare") || cfg.wants("onekey")) && (logkv.is_some() || redis.is_some()) {
+            let r = compare::compare(cfg, bench, logkv, redis, base.path(), rep);
+            check("server comparison", r);
+        }
+    }
+    if cfg.wants("S5") {
+        check("S5", s5(cfg, logkv, redis, base.path(), rep));
+    }
+    if let (true, Some(bin), Some(bench)) = (cfg.wants("S6"), logkv, &progs.bench) {
+        let r = start_logkv(bin, "never", base.path()).and_then(|server| {
+            eprintln!(
+                "S6: redis-benchmark SET -c {} -P 16, {} requests per run, --fsync never",
+                cfg.clients, cfg.s6_requests
+            );
+            slow::s6(cfg, bench, &server.addr(), server.port, rep)
+        });
+        check("S6", r);
+    }
+    if let (true, Some(bin)) = (cfg.wants("S7"), logkv) {
+        eprintln!("S7: {} buckets with one key each", cfg.s7_buckets);
+        check("S7", buckets::s7(bin, base.path(), cfg.s7_buckets, rep));
+    }
+    rep.print_table("server");
+    crate::embedded::note_load();
+    ok
+}
+
+/// S5 on both servers, rounds A B B A.
+fn s5(
+    cfg: &Config,
+    logkv: Option<&Path>,
+    redis: Option<&Path>,
+    base: &Path,
+    rep: &mut Reporter,
+) -> Result<(), BoxError> {
+    let logkv = logkv
+        .map(|b| start_logkv(b, "interval=1000", base))
+        .transpose()?;
+    let redis = redis
+        .map(|b| start_redis(b, "everysec", base))
+        .transpose()?;
+    eprintln!(
+        "S5: {} subscribers, {} writes per round, rounds A B B A",
+        cfg.watchers, cfg.s5_writes
+    );
+    let mut lat = [Latencies::default(), Latencies::default()];
+    let mut rounds = [0, 0];
+    for side in [Side::Logkv, Side::Redis, Side::Redis, Side::Logkv] {
+        let (server, i) = match side {
+            Side::Logkv => (&logkv, 0),
+            Side::Redis => (&redis, 1),
+        };
+        if let Some(server) = server {
+            fanout::round(
+                side,
+                &server.addr(),
+                cfg.watchers,
+                cfg.s5_writes,
+                &mut lat[i],
+            )
+            .map_err(|e| format!("{side:?}: {e}\n{}", server.log_tail()))?;
+            rounds[i] += 1;
+        }
+    }
+    let [l, r] = &mut lat;
+    let logkv_p =
+        (rounds[0] > 0).then(|| fanout::emit(Side::Logkv, l, cfg.watchers, rounds[0], rep));
+    let redis_p =
+        (rounds[1] > 0).then(|| fanout::emit(Side::Redis, r, cfg.watchers, rounds[1], rep));
+    if let (Some((l50, l99)), Some((r50, r99))) = (logkv_p, redis_p) {
+        let n = l.last.len() as u64;
+        rep.emit(row("logkv/redis", "S5.p50", l50 / r50, "ratio", n));
+        rep.emit(row("logkv/redis", "S5.p99", l99 / r99, "ratio", n));
+    }
+    Ok(())
+}
+
+/// p-th percentile (0–100) of sorted values, nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "p is 0..=100, so the rank lies within 0..=len"
+    )]
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub(crate) fn expect_ok(v: Value, what: &str) -> Result<Value, BoxError> {
+    match v {
+        Value::Error(e) => Err(format!("{what}: -{e}").into()),
+        v => Ok(v),
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::float_cmp,
+    reason = "nearest-rank percentiles return elements of the input: exact"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}

@@ -1,0 +1,275 @@
+//! The server processes the suite starts: logkv-server and redis-server on loopback, each in
+//! its own directory, stopped (SIGTERM, then SIGKILL after 15 s) when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::resp::Client;
+use crate::stores::BoxError;
+use crate::sys;
+
+/// Where a server keeps its files.
+enum DataDir {
+    /// A fresh temporary directory, removed when the server is dropped.
+    Temp(tempfile::TempDir),
+    /// A directory the caller owns (a restart on the same data).
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Kept(p) => p,
+        }
+    }
+}
+
+/// A server process; stopped on drop.
+pub struct Running {
+    /// `logkv-server` or `redis-server`.
+    pub name: &'static str,
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    log: PathBuf,
+    dir: DataDir,
+    /// When the process was spawned.
+    pub spawned: Instant,
+}
+
+impl Running {
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The last lines of its log (for error messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after 15 s) and waits for it; the data
+    /// directory stays if the caller owns it.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            sys::terminate(self.child.id());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!(
+                "    {} did not stop on SIGTERM within 15 s: killing it",
+                self.name
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// logkv-server next to this binary, else in the release directory beside it (so a debug
+/// build of the harness still finds `target/release/logkv-server`).
+pub fn default_server_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let here = dir.join("logkv-server");
+    let release = dir.parent()?.join("release").join("logkv-server");
+    Some(if here.is_file() || !release.is_file() {
+        here
+    } else {
+        release
+    })
+}
+
+/// Finds a program on PATH (or takes a path as given).
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Starts `program` with `args(port, dir)` and waits until it answers PING (at most
+/// `ready_within`).
+fn start(
+    name: &'static str,
+    program: &Path,
+    args: &dyn Fn(u16, &Path) -> Vec<String>,
+    base: &Path,
+    dir: DataDir,
+    ready_within: Duration,
+) -> Result<Running, BoxError> {
+    let port = free_port()?;
+    let log = base.join(format!("{name}-{port}.log"));
+    let logf = std::fs::File::create(&log)?;
+    let spawned = Instant::now();
+    let child = Command::new(program)
+        .args(args(port, dir.path()))
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let mut r = Running {
+        name,
+        child,
+        port,
+        log,
+        dir,
+        spawned,
+    };
+    let deadline = spawned + ready_within;
+    loop {
+        if let Ok(Some(status)) = r.child.try_wait() {
+            return Err(format!("{name} exited at start ({status}):\n{}", r.log_tail()).into());
+        }
+        if let Ok(mut c) = Client::connect(&r.addr()) {
+            if let Ok(v) = c.call(&[b"PING"]) {
+                if v.is_str("PONG") {
+                    return Ok(r);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{name} did not answer PING in {ready_within:?}:\n{}",
+                r.log_tail()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn temp_dir(name: &str, base: &Path) -> Result<DataDir, BoxError> {
+    Ok(DataDir::Temp(
+        tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(base)?,
+    ))
+}
+
+fn logkv_args(fsync: &str) -> impl Fn(u16, &Path) -> Vec<String> + '_ {
+    move |port, dir| {
+        vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--fsync".into(),
+            fsync.to_string(),
+        ]
+    }
+}
+
+/// logkv-server with `--fsync fsync` in a fresh directory under `base`.
+pub fn start_logkv(bin: &Path, fsync: &str, base: &Path) -> Result<Running, BoxError> {
+    let dir = temp_dir("logkv-server", base)?;
+    start(
+        "logkv-server",
+        bin,
+        &logkv_args(fsync),
+        base,
+        dir,
+        Duration::from_secs(20),
+    )
+}
+
+/// logkv-server with `--fsync fsync` on the data in `dir` (kept when it stops).
+pub fn start_logkv_in(
+    bin: &Path,
+    fsync: &str,
+    base: &Path,
+    dir: &Path,
+    ready_within: Duration,
+) -> Result<Running, BoxError> {
+    start(
+        "logkv-server",
+        bin,
+        &logkv_args(fsync),
+        base,
+        DataDir::Kept(dir.to_path_buf()),
+        ready_within,
+    )
+}
+
+/// redis-server with `appendonly yes`, `appendfsync appendfsync` and no RDB snapshots, in a
+/// fresh directory under `base`.
+pub fn start_redis(bin: &Path, appendfsync: &str, base: &Path) -> Result<Running, BoxError> {
+    let dir = temp_dir("redis-server", base)?;
+    let args = move |port: u16, dir: &Path| {
+        vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            appendfsync.to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            String::new(),
+            "--daemonize".into(),
+            "no".into(),
+        ]
+    };
+    start(
+        "redis-server",
+        bin,
+        &args,
+        base,
+        dir,
+        Duration::from_secs(20),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_finds_programs() {
+        assert!(which("sh").is_some());
+        assert!(which("no-such-program-here").is_none());
+        assert!(which("/no/such/path").is_none());
+    }
+}

@@ -1,0 +1,208 @@
+//! S6, slow consumer: what one watcher costs the writers.
+//!
+//! The load: `redis-benchmark -c 50 -P 16 SET s6.<run>.__rand_int__ <256 bytes>` with
+//! `-r 2000000000`, so keys are (all but) unique and nothing is overwritten or compacted,
+//! against logkv-server with `--fsync never`. Each variant is measured against the same load
+//! with no watcher, in pairs ordered A B B A A B B A (A: no watcher, B: with it):
+//! - `stalled`: one connection `WATCH > UPDATESONLY` that never reads its socket;
+//! - `active`: one connection `WATCH > UPDATESONLY` read and parsed by a thread of the harness.
+//!
+//! Rows: `S6.none`, `S6.slow`, `S6.active` (ops/s, the median run), and `S6` and
+//! `S6.active.ratio`: the median over the pairs of (with / without).
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{expect_ok, row, Config};
+use crate::redisbench::{self, Load};
+use crate::report::{Extra, Reporter, Row};
+use crate::resp::{watch_frame, Client, WatchFrame};
+use crate::stores::BoxError;
+use crate::watchbench::median;
+
+/// Pairs (with / without) per variant.
+const PAIRS: usize = 4;
+const DEPTH: u32 = 16;
+/// `-r`: random keys drawn from two billion, so a run of a million repeats almost none.
+const KEYSPACE: u64 = 2_000_000_000;
+
+/// A watcher under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Stalled,
+    Active,
+}
+
+fn watcher(addr: &str) -> Result<Client, BoxError> {
+    let mut c = Client::connect(addr)?;
+    expect_ok(c.call(&[b"WATCH", b">", b"UPDATESONLY"])?, "WATCH")?;
+    Ok(c)
+}
+
+/// Reads and parses every frame on `c` until `stop`; counts the entries.
+fn drain(mut c: Client, stop: &AtomicBool, events: &AtomicU64) -> Result<(), String> {
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| e.to_string())?;
+    while !stop.load(Ordering::Relaxed) {
+        match c.read() {
+            Ok(v) => {
+                if let Some(WatchFrame::Entry { .. }) = watch_frame(&v) {
+                    events.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("active watcher: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// One redis-benchmark run of the S6 load; returns its ops/s.
+fn load_run(cfg: &Config, bench: &Path, port: u16, run: usize) -> Result<f64, BoxError> {
+    let load = Load {
+        tests: "set",
+        clients: cfg.clients,
+        requests: cfg.s6_requests,
+        pipeline: DEPTH,
+        keyspace: Some(KEYSPACE),
+        value_size: cfg.value_size,
+        command: vec![
+            "SET".into(),
+            format!("s6.{run}.__rand_int__"),
+            "x".repeat(cfg.value_size),
+        ],
+    };
+    let r = redisbench::run(bench, port, &load, cfg.bench_timeout)?;
+    Ok(r.first().ok_or("redis-benchmark printed no result")?.rps)
+}
+
+/// S6 against the logkv-server at `addr` (started with `--fsync never`).
+pub fn s6(
+    cfg: &Config,
+    bench: &Path,
+    addr: &str,
+    port: u16,
+    rep: &mut Reporter,
+) -> Result<(), BoxError> {
+    let mut run = 0;
+    for variant in [Variant::Stalled, Variant::Active] {
+        let (mut none, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..PAIRS {
+            // A B B A: the pairs alternate which run goes first.
+            let order = if pair % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            let mut got = [0.0; 2];
+            for watched in order {
+                run += 1;
+                let r = if watched {
+                    measured_with(cfg, bench, addr, port, run, variant)?
+                } else {
+                    load_run(cfg, bench, port, run)?
+                };
+                eprintln!(
+                    "    S6 {variant:?} pair {}: {} {r:.0} ops/s",
+                    pair + 1,
+                    if watched {
+                        "with the watcher"
+                    } else {
+                        "no watcher"
+                    }
+                );
+                got[usize::from(watched)] = r;
+            }
+            none.push(got[0]);
+            with.push(got[1]);
+            ratios.push(got[1] / got[0]);
+        }
+        let n = cfg.s6_requests;
+        let tag = |r: Row| {
+            r.with("pipeline", Extra::count(DEPTH))
+                .with("clients", Extra::count(cfg.clients))
+                .with("rounds", Extra::count(PAIRS))
+                .with("fsync", Extra::Str("never".into()))
+        };
+        let (name, ratio_name) = match variant {
+            Variant::Stalled => ("S6.slow", "S6"),
+            Variant::Active => ("S6.active", "S6.active.ratio"),
+        };
+        if variant == Variant::Stalled {
+            rep.emit(tag(row("logkv", "S6.none", median(&mut none), "ops/s", n)));
+        }
+        rep.emit(tag(row("logkv", name, median(&mut with), "ops/s", n)));
+        rep.emit(tag(row(
+            "logkv",
+            ratio_name,
+            middle(&mut ratios),
+            "ratio",
+            n,
+        )));
+    }
+    Ok(())
+}
+
+/// One run with the watcher of `variant` in place.
+fn measured_with(
+    cfg: &Config,
+    bench: &Path,
+    addr: &str,
+    port: u16,
+    run: usize,
+    variant: Variant,
+) -> Result<f64, BoxError> {
+    let w = watcher(addr)?;
+    match variant {
+        Variant::Stalled => {
+            let r = load_run(cfg, bench, port, run);
+            drop(w);
+            r
+        }
+        Variant::Active => {
+            let stop = AtomicBool::new(false);
+            let events = AtomicU64::new(0);
+            std::thread::scope(|sc| {
+                let reader = sc.spawn(|| drain(w, &stop, &events));
+                let r = load_run(cfg, bench, port, run);
+                stop.store(true, Ordering::Relaxed);
+                let read = reader.join().map_err(|_| "active watcher panicked")?;
+                read?;
+                r
+            })
+        }
+    }
+}
+
+/// The median; the mean of the middle two for an even count.
+pub fn middle(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        f64::midpoint(v[m - 1], v[m])
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp, reason = "halves of small integers are exact")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn middle_of_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(
+            middle(&mut [0.64, 0.94, 0.67, 0.77]),
+            f64::midpoint(0.67, 0.77)
+        );
+        assert_eq!(middle(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert!(middle(&mut []).is_nan());
+    }
+}

@@ -1,0 +1,216 @@
+//! The index's entries: one per key (the key and its latest revision) in a
+//! slab addressed by `u32` slots, and a hash table of slots for point
+//! lookups.
+//!
+//! The table (hashbrown's `HashTable<u32>`) holds slots only, 4 bytes and a
+//! control byte each, and compares a probe's key through the slab: a lookup
+//! costs a hash, a probe of the control bytes and one slab entry, where a
+//! tree costs a key comparison per level. The hash is foldhash with a
+//! per-process random seed (keys come from clients).
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
+
+use super::key::IKey;
+use super::record::RecordRef;
+use super::slot_of;
+
+/// A key and its latest revision (`rec.older` links the older ones).
+pub(super) struct Entry {
+    /// The key.
+    pub key: IKey,
+    /// Its latest revision; revision 0 marks a free slot.
+    pub rec: RecordRef,
+}
+
+/// Entries by slot, and by key through the hash table.
+#[derive(Default)]
+pub(super) struct Entries {
+    slab: Vec<Entry>,
+    /// Slots of removed entries, reused first.
+    free: Vec<u32>,
+    table: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl Entries {
+    /// Room for `n` entries.
+    pub fn with_capacity(n: usize) -> Entries {
+        let slab = Vec::with_capacity(n);
+        advise_huge_pages(&slab);
+        Entries {
+            slab,
+            ..Entries::default()
+        }
+    }
+
+    /// The entry in `slot`.
+    #[inline]
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slots come from this slab (insert, find, the order, the table) and stay valid while an entry holds them"
+    )]
+    pub fn get(&self, slot: u32) -> &Entry {
+        &self.slab[slot as usize]
+    }
+
+    /// The entry in `slot`, to change (never its key).
+    #[inline]
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slots come from this slab (insert, find, the order, the table) and stay valid while an entry holds them"
+    )]
+    pub fn get_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.slab[slot as usize]
+    }
+
+    /// The key in `slot`.
+    #[inline]
+    pub fn key(&self, slot: u32) -> &[u8] {
+        self.get(slot).key.as_bytes()
+    }
+
+    /// The hash of `key` in the table.
+    #[inline]
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The slot of `key`'s entry.
+    #[inline]
+    pub fn find(&self, key: &[u8]) -> Option<u32> {
+        let hash = self.hash(key);
+        self.table.find(hash, |&s| self.key(s) == key).copied()
+    }
+
+    /// Adds an entry for `key`, which has none; returns its slot.
+    pub fn insert(&mut self, key: &[u8], rec: RecordRef) -> u32 {
+        let entry = Entry {
+            key: IKey::new(key),
+            rec,
+        };
+        let slot = if let Some(s) = self.free.pop() {
+            *self.get_mut(s) = entry;
+            s
+        } else {
+            let capacity = self.slab.capacity();
+            self.slab.push(entry);
+            if self.slab.capacity() != capacity {
+                advise_huge_pages(&self.slab);
+            }
+            slot_of(self.slab.len() - 1)
+        };
+        let hash = self.hasher.hash_one(key);
+        let Entries {
+            slab,
+            table,
+            hasher,
+            ..
+        } = self;
+        table.insert_unique(hash, slot, |&s| rehash(hasher, slab, s));
+        slot
+    }
+
+    /// Removes the entry in `slot`; its slot may be reused.
+    pub fn remove(&mut self, slot: u32) {
+        let key = std::mem::replace(&mut self.get_mut(slot).key, IKey::new(b""));
+        let hash = self.hasher.hash_one(key.as_bytes());
+        if let Ok(found) = self.table.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
+        self.get_mut(slot).rec.revision = 0;
+        self.free.push(slot);
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Every entry, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.slab.iter().filter(|e| e.rec.revision != 0)
+    }
+
+    /// Every entry, to change (never their keys), in slot order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> + '_ {
+        self.slab.iter_mut().filter(|e| e.rec.revision != 0)
+    }
+
+    /// Appends an entry without indexing it by key: bulk building calls
+    /// [`Entries::index_all`] once at the end.
+    pub fn push_unindexed(&mut self, key: &[u8], rec: RecordRef) -> u32 {
+        self.slab.push(Entry {
+            key: IKey::new(key),
+            rec,
+        });
+        slot_of(self.slab.len() - 1)
+    }
+
+    /// The last entry appended.
+    pub fn last(&self) -> Option<&Entry> {
+        self.slab.last()
+    }
+
+    /// Number of slots (entries and free ones).
+    pub fn slots(&self) -> u32 {
+        slot_of(self.slab.len())
+    }
+
+    /// Builds the hash table of a slab filled by [`Entries::push_unindexed`]
+    /// with distinct keys; `hashes[i]` is [`Entries::hash`] of slot `i`'s key
+    /// (computed while the key was at hand).
+    pub fn index_all(&mut self, hashes: &[u64]) {
+        let Entries {
+            slab,
+            table,
+            hasher,
+            ..
+        } = self;
+        table.clear();
+        table.reserve(slab.len(), |&s| rehash(hasher, slab, s));
+        for (i, &hash) in hashes.iter().enumerate().take(slab.len()) {
+            table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
+        }
+    }
+}
+
+/// The hash of the key in `slot`, for the table's growth.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "the table holds only slots of this slab"
+)]
+fn rehash(hasher: &DefaultHashBuilder, slab: &[Entry], slot: u32) -> u64 {
+    hasher.hash_one(slab[slot as usize].key.as_bytes())
+}
+
+/// Below this, a buffer is not worth a huge page.
+const HUGE_PAGE_FROM: usize = 4 << 20;
+
+/// Asks the kernel to back a vector's buffer (the entry slab, a load's
+/// hashes) with transparent huge pages
+/// (where THP is in `madvise` mode): a million entries fault in 28 pages
+/// instead of 14,000 (a third of an index load's time went to page faults),
+/// and random lookups miss the TLB far less. Only advice: nothing changes if
+/// the kernel declines.
+pub(super) fn advise_huge_pages<T>(v: &Vec<T>) {
+    let bytes = v.capacity() * std::mem::size_of::<T>();
+    if bytes < HUGE_PAGE_FROM {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = v.as_ptr() as usize;
+        let from = start.next_multiple_of(PAGE);
+        let to = (start + bytes) / PAGE * PAGE;
+        if to > from {
+            // SAFETY: [from, to) lies inside the vector's allocation (page-aligned
+            // inward); MADV_HUGEPAGE changes how the kernel backs it, never
+            // its contents, and the allocation outlives the call.
+            unsafe {
+                libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The in-memory index of one bucket: key → its retained revisions and where
+//! they are in the log. Values stay on disk.
+//!
+//! | file | what |
+//! |---|---|
+//! | `entries.rs` | one entry per key (key + latest revision) in a slab of `u32` slots, and a hash table of slots: O(1) point lookups |
+//! | `order.rs` | the same slots in key order (sorted blocks): ranges, prefixes |
+//! | `history.rs` | older revisions (history > 1), in a side slab |
+//! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
+//! | `build.rs` | building from keys in order (the snapshot's load), no comparisons, bulk hashing |
+//!
+//! Memory is a design constraint (at most 110 bytes per key for a million
+//! 16-byte keys): an entry is 56 bytes (a 24-byte [`IKey`], keys of up to 22
+//! bytes inline, and a 32-byte [`RecordRef`]); the hash table and the order
+//! each hold a 4-byte slot per key (the table a control byte more, and room).
+//!
+//! Retention is applied here and only here, by [`Index::apply`], both when a
+//! write happens and when recovery replays the log, so the two always agree.
+
+mod build;
+mod entries;
+mod history;
+mod key;
+mod order;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::ops::Bound;
+
+pub use self::build::SortedBuilder;
+use self::entries::Entries;
+use self::history::History;
+pub use self::key::IKey;
+use self::order::{Order, Pos};
+pub use self::record::RecordRef;
+use crate::log::record::Op;
+
+/// The index of one bucket.
+#[derive(Default)]
+pub struct Index {
+    entries: Entries,
+    order: Order,
+    history: History,
+    /// Revisions retained, history included.
+    values: u64,
+    /// Bytes of the records retained.
+    bytes: u64,
+    /// Dead bytes per segment slot: records no longer retained (compaction's food).
+    dead: HashMap<u32, u64>,
+    /// Retained revisions that have an expiry (the sweeper skips buckets with none).
+    expiring: u64,
+    /// Keys whose latest revision is a PUT.
+    put_keys: u64,
+}
+
+impl Index {
+    /// The latest revision of `key`.
+    #[inline]
+    pub fn latest(&self, key: &[u8]) -> Option<RecordRef> {
+        let slot = self.entries.find(key)?;
+        Some(self.entries.get(slot).rec.bare())
+    }
+
+    /// Every retained revision of `key`, oldest first.
+    pub fn revisions(&self, key: &[u8]) -> Vec<RecordRef> {
+        let Some(slot) = self.entries.find(key) else {
+            return Vec::new();
+        };
+        let latest = &self.entries.get(slot).rec;
+        let mut out = match latest.older {
+            0 => Vec::with_capacity(1),
+            older => self.history.get(older).clone(),
+        };
+        out.push(latest.bare());
+        out
+    }
+
+    /// Calls `f` with every retained revision of `latest`'s key, oldest first.
+    pub fn for_each_rev(&self, latest: &RecordRef, mut f: impl FnMut(&RecordRef)) {
+        if latest.older != 0 {
+            self.history.get(latest.older).iter().for_each(&mut f);
+        }
+        f(&latest.bare());
+    }
+
+    /// The retained revision `revision` of `key`.
+    pub fn find(&self, key: &[u8], revision: u64) -> Option<RecordRef> {
+        let latest = &self.entries.get(self.entries.find(key)?).rec;
+        if latest.revision == revision {
+            return Some(latest.bare());
+        }
+        if latest.older == 0 {
+            return None;
+        }
+        self.history
+            .get(latest.older)
+            .iter()
+            .find(|r| r.revision == revision)
+            .copied()
+    }
+
+    /// Keys and latest revisions in `[from, to)` order (nothing if `from` is
+    /// past `to`).
+    pub fn range<'a>(
+        &'a self,
+        from: Bound<&'a [u8]>,
+        to: Bound<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a IKey, &'a RecordRef)> + 'a {
+        let key_of = |s| self.entries.key(s);
+        let start = match from {
+            Bound::Included(k) => self.order.seek(k, true, key_of),
+            Bound::Excluded(k) => self.order.seek(k, false, key_of),
+            Bound::Unbounded => Pos::START,
+        };
+        self.order
+            .iter_from(start)
+            .map(|s| {
+                let e = self.entries.get(s);
+                (&e.key, &e.rec)
+            })
+            .take_while(move |(k, _)| match to {
+                Bound::Included(t) => k.as_bytes() <= t,
+                Bound::Excluded(t) => k.as_bytes() < t,
+                Bound::Unbounded => true,
+            })
+    }
+
+    /// Calls `f` with every key and latest revision, in key order, stopping
+    /// at its first error. For whole walks (the snapshot): entries are loaded
+    /// a block at a time, their cache misses overlapping, where
+    /// [`Index::range`] meets them one after the other.
+    pub fn try_for_each_sorted<E>(
+        &self,
+        mut f: impl FnMut(&IKey, &RecordRef) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for block in self.order.blocks() {
+            // Independent loads: the CPU has many of them in flight at once.
+            let touched = block
+                .iter()
+                .fold(0u64, |acc, &s| acc ^ self.entries.get(s).rec.revision);
+            std::hint::black_box(touched);
+            for &s in block {
+                let e = self.entries.get(s);
+                f(&e.key, &e.rec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys starting with `prefix`, in order.
+    pub fn prefixed<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a IKey, &'a RecordRef)> + 'a {
+        self.range(Bound::Included(prefix), Bound::Unbounded)
+            .take_while(move |(k, _)| k.as_bytes().starts_with(prefix))
+    }
+
+    /// Number of keys with at least one retained revision.
+    pub fn key_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Revisions retained, history included.
+    pub fn values(&self) -> u64 {
+        self.values
+    }
+
+    /// Bytes of retained records.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Dead bytes per segment.
+    pub fn dead_bytes(&self) -> &HashMap<u32, u64> {
+        &self.dead
+    }
+
+    /// Forgets the dead-byte count of a segment that no longer exists.
+    pub fn forget_segment(&mut self, slot: u32) {
+        self.dead.remove(&slot);
+    }
+
+    /// Adds dead bytes to a segment's count.
+    pub fn add_dead(&mut self, slot: u32, bytes: u64) {
+        *self.dead.entry(slot).or_default() += bytes;
+    }
+
+    /// Keys whose latest revision is a PUT (expired or not).
+    pub fn put_keys(&self) -> u64 {
+        self.put_keys
+    }
+
+    /// Retained revisions that have an expiry.
+    pub fn expiring(&self) -> u64 {
+        self.expiring
+    }
+
+    /// Counts a revision entering the index.
+    fn retain(&mut self, rev: &RecordRef) {
+        self.values += 1;
+        self.expiring += u64::from(rev.expires_ms != 0);
+        self.bytes += rev.len() as u64;
+    }
+
+    fn retire(&mut self, rev: RecordRef, removed: &mut Vec<RecordRef>) {
+        self.values -= 1;
+        self.expiring -= u64::from(rev.expires_ms != 0);
+        self.bytes -= rev.len() as u64;
+        *self.dead.entry(rev.slot).or_default() += rev.len() as u64;
+        removed.push(rev.bare());
+    }
+
+    /// Applies a new revision of `key` with retention: a PURGE drops every
+    /// earlier revision; otherwise the key keeps its last `history` revisions.
+    /// Revisions that leave the index are appended to `removed`.
+    pub fn apply(
+        &mut self,
+        key: &[u8],
+        new: RecordRef,
+        history: usize,
+        removed: &mut Vec<RecordRef>,
+    ) {
+        let new = new.bare();
+        self.retain(&new);
+        let is_put = u64::from(new.op() == Op::Put);
+        let Some(slot) = self.entries.find(key) else {
+            let slot = self.entries.insert(key, new);
+            let entries = &self.entries;
+            self.order.insert(key, slot, |s| entries.key(s));
+            self.put_keys += is_put;
+            return;
+        };
+        let old = self.entries.get(slot).rec;
+        self.put_keys = self.put_keys + is_put - u64::from(old.op() == Op::Put);
+        if new.op() == Op::Purge || history <= 1 {
+            self.entries.get_mut(slot).rec = new;
+            self.retire(old.bare(), removed);
+            if old.older != 0 {
+                for r in self.history.free(old.older) {
+                    self.retire(r, removed);
+                }
+            }
+            return;
+        }
+        let mut older = match old.older {
+            0 => Vec::new(),
+            s => std::mem::take(self.history.get_mut(s)),
+        };
+        older.push(old.bare());
+        let excess = (older.len() + 1).saturating_sub(history);
+        for r in older.drain(..excess) {
+            self.retire(r, removed);
+        }
+        let mut latest = new;
+        latest.older = match old.older {
+            0 => self.history.alloc(older),
+            s => {
+                *self.history.get_mut(s) = older;
+                s
+            }
+        };
+        self.entries.get_mut(slot).rec = latest;
+    }
+
+    /// Removes the oldest revisions of `key` for which `drop` says yes, stopping
+    /// at the first it keeps; removes the key if none is left.
+    pub fn drop_oldest_while(
+        &mut self,
+        key: &[u8],
+        mut drop: impl FnMut(&RecordRef) -> bool,
+        removed: &mut Vec<RecordRef>,
+    ) {
+        let Some(slot) = self.entries.find(key) else {
+            return;
+        };
+        let latest = self.entries.get(slot).rec;
+        let mut older = match latest.older {
+            0 => Vec::new(),
+            s => self.history.free(s),
+        };
+        let n = older.iter().take_while(|r| drop(r)).count();
+        let all_older_gone = n == older.len();
+        for r in older.drain(..n) {
+            self.retire(r, removed);
+        }
+        if all_older_gone && drop(&latest.bare()) {
+            let entries = &self.entries;
+            self.order.remove(key, |s| entries.key(s));
+            self.entries.remove(slot);
+            self.put_keys -= u64::from(latest.op() == Op::Put);
+            self.retire(latest.bare(), removed);
+            return;
+        }
+        let mut keep = latest.bare();
+        if !older.is_empty() {
+            keep.older = self.history.alloc(older);
+        }
+        self.entries.get_mut(slot).rec = keep;
+    }
+
+    /// Moves revision `revision` of `key` from `(slot, offset)` `from` to `to`
+    /// (after compaction copied it). Returns false if the index no longer holds
+    /// it there (it was retired meanwhile). One hash probe, no search.
+    pub fn relocate(
+        &mut self,
+        key: &[u8],
+        revision: u64,
+        from: (u32, u32),
+        to: (u32, u32),
+    ) -> bool {
+        let Some(slot) = self.entries.find(key) else {
+            return false;
+        };
+        let fix = |r: &mut RecordRef| {
+            if r.revision == revision && (r.slot, r.offset) == from {
+                (r.slot, r.offset) = to;
+                true
+            } else {
+                false
+            }
+        };
+        let latest = &mut self.entries.get_mut(slot).rec;
+        if fix(latest) {
+            return true;
+        }
+        match latest.older {
+            0 => false,
+            s => self.history.get_mut(s).iter_mut().any(fix),
+        }
+    }
+
+    /// Builds an index from keys in ascending order, each with its revisions
+    /// oldest first (already retained).
+    pub fn from_sorted(entries: impl IntoIterator<Item = (IKey, Vec<RecordRef>)>) -> Index {
+        let entries = entries.into_iter();
+        let mut b = SortedBuilder::with_capacity(entries.size_hint().0);
+        for (key, revs) in entries {
+            // Out-of-order or empty input is the caller's bug; skip it rather than panic.
+            let _ = b.push(key.as_bytes(), &revs);
+        }
+        b.finish()
+    }
+
+    /// Sets each segment's dead bytes to its size less what is retained in it.
+    pub fn recompute_dead(&mut self, sizes: &HashMap<u32, u64>) {
+        let mut live = SlotCounts::for_slots(sizes.keys().copied());
+        for r in self.all_revs() {
+            live.add(r.slot, r.len() as u64);
+        }
+        self.dead = sizes
+            .iter()
+            .map(|(slot, size)| (*slot, size.saturating_sub(live.get(*slot))))
+            .filter(|(_, d)| *d > 0)
+            .collect();
+    }
+
+    /// Every retained revision, in no particular order.
+    pub fn all_revs(&self) -> impl Iterator<Item = RecordRef> + '_ {
+        self.entries
+            .iter()
+            .map(|e| e.rec.bare())
+            .chain(self.history.iter().copied())
+    }
+
+    /// Rewrites every revision's segment slot through `map`; false (and the
+    /// index half rewritten) if `map` knows a slot not.
+    pub(crate) fn remap_segments(&mut self, map: impl Fn(u32) -> Option<u32>) -> bool {
+        let mut ok = true;
+        let entries = self.entries.iter_mut().map(|e| &mut e.rec);
+        for r in entries.chain(self.history.iter_mut()) {
+            match map(r.slot) {
+                Some(s) => r.slot = s,
+                None => ok = false,
+            }
+        }
+        ok
+    }
+}
+
+/// A `u32` slot number for the `len`-th element of a slab (entries, older
+/// revisions: one per key).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "one slot per key: four billion keys would take hundreds of GiB of index first"
+)]
+fn slot_of(len: usize) -> u32 {
+    len as u32
+}
+
+/// Byte counts per segment slot: a vector when the slots are small numbers
+/// (always after an open: slots are handed out from 0), else a map.
+enum SlotCounts {
+    Dense(Vec<u64>),
+    Sparse(HashMap<u32, u64>),
+}
+
+impl SlotCounts {
+    fn for_slots(slots: impl Iterator<Item = u32>) -> SlotCounts {
+        match slots.max() {
+            Some(max) if max < 1 << 16 => SlotCounts::Dense(vec![0; max as usize + 1]),
+            _ => SlotCounts::Sparse(HashMap::new()),
+        }
+    }
+
+    fn add(&mut self, slot: u32, n: u64) {
+        match self {
+            SlotCounts::Dense(v) => {
+                // A slot of no listed segment is never asked for.
+                if let Some(c) = v.get_mut(slot as usize) {
+                    *c += n;
+                }
+            }
+            SlotCounts::Sparse(m) => *m.entry(slot).or_default() += n,
+        }
+    }
+
+    fn get(&self, slot: u32) -> u64 {
+        match self {
+            SlotCounts::Dense(v) => v.get(slot as usize).copied().unwrap_or(0),
+            SlotCounts::Sparse(m) => m.get(&slot).copied().unwrap_or(0),
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The index's unit tests, and a property test against a naive model.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn rev(revision: u64, op: Op) -> RecordRef {
+    RecordRef::new(revision, 0, 1, revision * 100, 50, op)
+}
+
+#[test]
+fn sizes_stay_small() {
+    assert_eq!(std::mem::size_of::<IKey>(), 24);
+    assert_eq!(std::mem::size_of::<RecordRef>(), 32);
+}
+
+#[test]
+fn inline_and_heap_keys_order_as_bytes() {
+    let keys = [
+        "b",
+        "a",
+        &"z".repeat(40),
+        "aa",
+        &"a".repeat(23),
+        &"a".repeat(22),
+    ];
+    let mut ik: Vec<IKey> = keys.iter().map(|k| IKey::new(k.as_bytes())).collect();
+    ik.sort();
+    let mut sorted: Vec<&str> = keys.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(ik.iter().map(IKey::as_str).collect::<Vec<_>>(), sorted);
+}
+
+#[test]
+fn history_one_replaces() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    ix.apply(b"k", rev(1, Op::Put), 1, &mut removed);
+    ix.apply(b"k", rev(2, Op::Put), 1, &mut removed);
+    assert_eq!(removed, vec![rev(1, Op::Put)]);
+    assert_eq!(ix.revisions(b"k"), vec![rev(2, Op::Put)]);
+    assert_eq!(ix.values(), 1);
+    assert_eq!(ix.bytes(), 50);
+    assert_eq!(ix.dead_bytes()[&1], 50);
+}
+
+#[test]
+fn history_keeps_last_n_and_purge_drops_all() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    for r in 1..=5 {
+        ix.apply(b"k", rev(r, Op::Put), 3, &mut removed);
+    }
+    assert_eq!(
+        ix.revisions(b"k")
+            .iter()
+            .map(|r| r.revision)
+            .collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(removed.len(), 2);
+    ix.apply(b"k", rev(6, Op::Del), 3, &mut removed);
+    assert_eq!(
+        ix.revisions(b"k")
+            .iter()
+            .map(|r| r.revision)
+            .collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
+    assert_eq!(ix.find(b"k", 4).map(|r| r.op()), Some(Op::Put));
+    assert_eq!(ix.find(b"k", 3), None);
+    assert_eq!(ix.put_keys(), 0, "latest is a DEL");
+    ix.apply(b"k", rev(7, Op::Purge), 3, &mut removed);
+    assert_eq!(ix.revisions(b"k"), vec![rev(7, Op::Purge)]);
+    assert_eq!(ix.values(), 1);
+    assert_eq!(removed.len(), 6);
+    // The slab slot was freed and is reused.
+    ix.apply(b"k", rev(8, Op::Put), 3, &mut removed);
+    ix.apply(b"j", rev(9, Op::Put), 3, &mut removed);
+    ix.apply(b"j", rev(10, Op::Put), 3, &mut removed);
+    assert_eq!(ix.history.slots(), 2);
+    assert_eq!(ix.put_keys(), 2);
+    ix.drop_oldest_while(b"j", |_| true, &mut removed);
+    assert_eq!(ix.put_keys(), 1);
+}
+
+#[test]
+fn drop_oldest_while_removes_prefix_and_key() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    for r in 1..=4 {
+        ix.apply(b"k", rev(r, Op::Put), 4, &mut removed);
+    }
+    ix.drop_oldest_while(b"k", |r| r.revision <= 2, &mut removed);
+    assert_eq!(
+        ix.revisions(b"k")
+            .iter()
+            .map(|r| r.revision)
+            .collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    ix.drop_oldest_while(b"k", |_| true, &mut removed);
+    assert!(ix.latest(b"k").is_none());
+    assert_eq!(ix.values(), 0);
+    assert_eq!(ix.bytes(), 0);
+}
+
+#[test]
+fn relocate_moves_only_named_records() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    ix.apply(b"a", rev(1, Op::Put), 2, &mut removed);
+    ix.apply(b"a", rev(2, Op::Put), 2, &mut removed);
+    assert!(ix.relocate(b"a", 1, (1, 100), (7, 8)));
+    assert!(!ix.relocate(b"a", 1, (1, 100), (9, 9)), "already moved");
+    assert!(!ix.relocate(b"b", 1, (1, 100), (9, 9)));
+    let revs = ix.revisions(b"a");
+    assert_eq!((revs[0].slot, revs[0].offset), (7, 8));
+    assert_eq!((revs[1].slot, revs[1].offset), (1, 200));
+}
+
+#[test]
+fn ranges_prefixes_and_bounds() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    for (i, k) in ["b", "a.2", "a.1", "ab", "a", &"l".repeat(40)]
+        .iter()
+        .enumerate()
+    {
+        ix.apply(k.as_bytes(), rev(i as u64 + 1, Op::Put), 1, &mut removed);
+    }
+    let keys = |it: &mut dyn Iterator<Item = (&IKey, &RecordRef)>| {
+        it.map(|(k, _)| k.as_str().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(&mut ix.prefixed(b"a.")),
+        vec!["a.1".to_string(), "a.2".to_string()]
+    );
+    assert_eq!(
+        keys(&mut ix.range(Bound::Excluded(b"a"), Bound::Excluded(b"b"))),
+        vec!["a.1", "a.2", "ab"]
+    );
+    assert_eq!(
+        keys(&mut ix.range(Bound::Included(b"b"), Bound::Unbounded)),
+        vec!["b".to_string(), "l".repeat(40)]
+    );
+    assert!(keys(&mut ix.range(Bound::Included(b"z"), Bound::Included(b"a"))).is_empty());
+    assert_eq!(ix.key_count(), 6);
+}
+
+#[test]
+fn sorted_builder_rejects_disorder_and_empty_keys() {
+    let mut b = SortedBuilder::with_capacity(2);
+    assert_eq!(b.push(b"b", &[rev(1, Op::Put)]), Ok(()));
+    assert_eq!(b.push(b"a", &[rev(2, Op::Put)]), Err("keys out of order"));
+    assert_eq!(b.push(b"b", &[rev(2, Op::Put)]), Err("keys out of order"));
+    assert_eq!(b.push(b"c", &[]), Err("key without revisions"));
+    assert_eq!(b.push(b"c", &[rev(3, Op::Put), rev(4, Op::Del)]), Ok(()));
+    assert_eq!(b.max_revisions(), 2);
+    let ix = b.finish();
+    assert_eq!(ix.key_count(), 2);
+    assert_eq!(ix.values(), 3);
+    assert_eq!(ix.put_keys(), 1);
+    assert_eq!(ix.revisions(b"c").len(), 2);
+    assert_eq!(ix.latest(b"b"), Some(rev(1, Op::Put)));
+}
+
+#[test]
+fn remap_segments_rewrites_every_revision() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    ix.apply(b"k", rev(1, Op::Put), 2, &mut removed);
+    ix.apply(b"k", rev(2, Op::Put), 2, &mut removed);
+    assert!(ix.remap_segments(|s| Some(s + 10)));
+    assert!(ix.revisions(b"k").iter().all(|r| r.slot == 11));
+    assert!(!ix.remap_segments(|_| None));
+}
+
+/// The naive model: each key's retained revisions, oldest first, in a `BTreeMap`.
+#[derive(Default)]
+struct Model {
+    keys: BTreeMap<Vec<u8>, Vec<RecordRef>>,
+    dead: HashMap<u32, u64>,
+}
+
+impl Model {
+    fn retire(&mut self, r: RecordRef, removed: &mut Vec<RecordRef>) {
+        *self.dead.entry(r.slot).or_default() += r.len() as u64;
+        removed.push(r);
+    }
+
+    fn apply(&mut self, key: &[u8], new: RecordRef, history: usize, removed: &mut Vec<RecordRef>) {
+        let mut revs = self.keys.remove(key).unwrap_or_default();
+        if new.op() == Op::Purge || history <= 1 {
+            for r in revs.drain(..) {
+                self.retire(r, removed);
+            }
+        }
+        revs.push(new);
+        let excess = revs.len().saturating_sub(history.max(1));
+        for r in revs.drain(..excess).collect::<Vec<_>>() {
+            self.retire(r, removed);
+        }
+        self.keys.insert(key.to_vec(), revs);
+    }
+
+    fn drop_oldest_while(&mut self, key: &[u8], below: u64, removed: &mut Vec<RecordRef>) {
+        let Some(mut revs) = self.keys.remove(key) else {
+            return;
+        };
+        let n = revs.iter().take_while(|r| r.revision <= below).count();
+        for r in revs.drain(..n).collect::<Vec<_>>() {
+            self.retire(r, removed);
+        }
+        if !revs.is_empty() {
+            self.keys.insert(key.to_vec(), revs);
+        }
+    }
+
+    fn relocate(&mut self, key: &[u8], revision: u64, from: (u32, u32), to: (u32, u32)) -> bool {
+        let Some(revs) = self.keys.get_mut(key) else {
+            return false;
+        };
+        match revs
+            .iter_mut()
+            .find(|r| r.revision == revision && (r.slot, r.offset) == from)
+        {
+            Some(r) => {
+                (r.slot, r.offset) = to;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Keys that share prefixes, cross the inline limit, and are many enough to split blocks.
+fn key_name(i: u16) -> Vec<u8> {
+    let stem = ["a", "a.b", "ab", "zz.long.key.beyond.the.inline.limit"][usize::from(i % 4)];
+    format!("{stem}.{:03}", i / 4).into_bytes()
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Apply {
+        key: u16,
+        op: u8,
+        history: usize,
+        seg: u32,
+        expires: bool,
+    },
+    Fill {
+        from: u16,
+        n: u16,
+    },
+    DropOldest {
+        key: u16,
+        keep_last: u64,
+    },
+    Relocate {
+        key: u16,
+        pick: usize,
+        to: u32,
+        bogus: bool,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0..700u16, 0..3u8, 1..4usize, 0..4u32, any::<bool>()).prop_map(
+            |(key, op, history, seg, expires)| Step::Apply { key, op, history, seg, expires }
+        ),
+        1 => (0..700u16, 1..400u16).prop_map(|(from, n)| Step::Fill { from, n }),
+        2 => (0..700u16, 0..40u64).prop_map(|(key, keep_last)| Step::DropOldest { key, keep_last }),
+        2 => (0..700u16, 0..4usize, 4..8u32, any::<bool>())
+            .prop_map(|(key, pick, to, bogus)| Step::Relocate { key, pick, to, bogus }),
+    ]
+}
+
+fn same_as_model(ix: &Index, m: &Model) -> Result<(), TestCaseError> {
+    let listed: Vec<(Vec<u8>, Vec<RecordRef>)> = ix
+        .range(Bound::Unbounded, Bound::Unbounded)
+        .map(|(k, latest)| {
+            let mut revs = Vec::new();
+            ix.for_each_rev(latest, |r| revs.push(*r));
+            (k.as_bytes().to_vec(), revs)
+        })
+        .collect();
+    let expected: Vec<(Vec<u8>, Vec<RecordRef>)> =
+        m.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    prop_assert_eq!(&listed, &expected);
+    prop_assert_eq!(ix.key_count(), m.keys.len());
+    let all: Vec<&RecordRef> = m.keys.values().flatten().collect();
+    prop_assert_eq!(ix.values(), all.len() as u64);
+    prop_assert_eq!(ix.bytes(), all.iter().map(|r| r.len() as u64).sum::<u64>());
+    prop_assert_eq!(
+        ix.expiring(),
+        all.iter().filter(|r| r.expires_ms != 0).count() as u64
+    );
+    let puts = m
+        .keys
+        .values()
+        .filter(|v| v.last().is_some_and(|r| r.op() == Op::Put));
+    prop_assert_eq!(ix.put_keys(), puts.count() as u64);
+    let dead: HashMap<u32, u64> = m
+        .dead
+        .iter()
+        .filter(|(_, d)| **d > 0)
+        .map(|(s, d)| (*s, *d))
+        .collect();
+    let ix_dead: HashMap<u32, u64> = ix
+        .dead_bytes()
+        .iter()
+        .filter(|(_, d)| **d > 0)
+        .map(|(s, d)| (*s, *d))
+        .collect();
+    prop_assert_eq!(ix_dead, dead);
+    let mut revs_ix: Vec<u64> = ix.all_revs().map(|r| r.revision).collect();
+    let mut revs_m: Vec<u64> = all.iter().map(|r| r.revision).collect();
+    revs_ix.sort_unstable();
+    revs_m.sort_unstable();
+    prop_assert_eq!(revs_ix, revs_m);
+    for i in (0..700u16).step_by(7) {
+        let k = key_name(i);
+        let want = m.keys.get(&k).cloned().unwrap_or_default();
+        prop_assert_eq!(ix.revisions(&k), want.clone());
+        prop_assert_eq!(ix.latest(&k), want.last().copied());
+        for r in &want {
+            prop_assert_eq!(ix.find(&k, r.revision), Some(*r));
+        }
+        prop_assert_eq!(ix.find(&k, 0), None);
+    }
+    for p in [
+        &b""[..],
+        b"a",
+        b"a.",
+        b"a.b",
+        b"ab.0",
+        b"zz",
+        b"zz.long.key.beyond.the.inline.limit.1",
+    ] {
+        let got: Vec<Vec<u8>> = ix.prefixed(p).map(|(k, _)| k.as_bytes().to_vec()).collect();
+        let want: Vec<Vec<u8>> = m
+            .keys
+            .keys()
+            .filter(|k| k.starts_with(p))
+            .cloned()
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+    for (lo, hi) in [(3u16, 400u16), (100, 101), (650, 20)] {
+        let (lo, hi) = (key_name(lo), key_name(hi));
+        for (from, to) in [
+            (
+                Bound::Included(lo.as_slice()),
+                Bound::Excluded(hi.as_slice()),
+            ),
+            (
+                Bound::Excluded(lo.as_slice()),
+                Bound::Included(hi.as_slice()),
+            ),
+        ] {
+            let got: Vec<Vec<u8>> = ix
+                .range(from, to)
+                .map(|(k, _)| k.as_bytes().to_vec())
+                .collect();
+            let want: Vec<Vec<u8>> = if lo <= hi {
+                m.keys
+                    .range::<[u8], _>((from, to))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            prop_assert_eq!(got, want);
+        }
+    }
+    Ok(())
+}
+
+// Cases: PROPTEST_CASES (default 256).
+proptest! {
+    /// Every operation, on the index and on the naive model, with the same results.
+    #[test]
+    fn index_matches_a_naive_model(steps in proptest::collection::vec(step(), 1..120)) {
+        let mut ix = Index::default();
+        let mut m = Model::default();
+        let mut next_rev = 1u64;
+        for s in steps {
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            match s {
+                Step::Apply { key, op, history, seg, expires } => {
+                    let op = [Op::Put, Op::Del, Op::Purge][usize::from(op)];
+                    let len = 10 + (next_rev % 50) as usize;
+                    let r = RecordRef::new(next_rev, if expires { 1000 + next_rev } else { 0 }, seg, next_rev * 8, len, op);
+                    next_rev += 1;
+                    ix.apply(&key_name(key), r, history, &mut got);
+                    m.apply(&key_name(key), r, history, &mut want);
+                }
+                Step::Fill { from, n } => {
+                    for i in from..from.saturating_add(n).min(700) {
+                        let r = RecordRef::new(next_rev, 0, 0, next_rev * 8, 20, Op::Put);
+                        next_rev += 1;
+                        ix.apply(&key_name(i), r, 2, &mut got);
+                        m.apply(&key_name(i), r, 2, &mut want);
+                    }
+                }
+                Step::DropOldest { key, keep_last } => {
+                    let below = next_rev.saturating_sub(keep_last);
+                    ix.drop_oldest_while(&key_name(key), |r| r.revision <= below, &mut got);
+                    m.drop_oldest_while(&key_name(key), below, &mut want);
+                }
+                Step::Relocate { key, pick, to, bogus } => {
+                    let k = key_name(key);
+                    let target = m.keys.get(&k).and_then(|v| v.get(pick % v.len()).copied());
+                    if let Some(r) = target {
+                        let from = if bogus { (r.slot, r.offset + 1) } else { (r.slot, r.offset) };
+                        let dest = (to, r.offset);
+                        prop_assert_eq!(ix.relocate(&k, r.revision, from, dest), m.relocate(&k, r.revision, from, dest));
+                    } else {
+                        prop_assert!(!ix.relocate(&k, 1, (0, 8), (to, 8)));
+                    }
+                }
+            }
+            // What left the index, in whatever order it says so.
+            got.sort_by_key(|r| r.revision);
+            want.sort_by_key(|r| r.revision);
+            prop_assert_eq!(got, want);
+        }
+        same_as_model(&ix, &m)?;
+        // Rebuilt from its keys in order, the index is the same.
+        let sorted: Vec<(IKey, Vec<RecordRef>)> =
+            m.keys.iter().map(|(k, v)| (IKey::new(k), v.clone())).collect();
+        let mut rebuilt = Index::from_sorted(sorted);
+        rebuilt.dead.clone_from(&ix.dead);
+        same_as_model(&rebuilt, &m)?;
+        // recompute_dead: size less what is retained, per segment.
+        let sizes: HashMap<u32, u64> = (0..8).map(|s| (s, 1 << 20)).collect();
+        ix.recompute_dead(&sizes);
+        for (slot, size) in &sizes {
+            let live: u64 = m.keys.values().flatten().filter(|r| r.slot == *slot).map(|r| r.len() as u64).sum();
+            prop_assert_eq!(ix.dead_bytes().get(slot).copied().unwrap_or(0), size - live);
+        }
+    }
+}
