@@ -111,15 +111,19 @@ impl BucketConfig {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    pub(crate) fn save(&self, storage: &Storage, path: &Path) -> Result<()> {
-        let text = format!(
+    /// The text of `bucket.conf`.
+    pub(crate) fn encode(&self) -> String {
+        format!(
             "# logkv bucket configuration\nversion=1\nhistory={}\nttl_ms={}\nmax_bytes={}\nmax_value={}\n",
             self.history,
             self.ttl_ms(),
             self.max_bytes,
             self.max_value_size
-        );
-        write_atomic(storage, path, text.as_bytes())
+        )
+    }
+
+    pub(crate) fn save(&self, storage: &Storage, path: &Path) -> Result<()> {
+        write_atomic(storage, path, self.encode().as_bytes())
     }
 
     pub(crate) fn load(path: &Path) -> Result<BucketConfig> {

@@ -97,6 +97,9 @@ pub enum Error {
         /// The segment being synced.
         path: PathBuf,
     },
+    /// A checkpoint's directory (or anything else by that name) exists already.
+    #[error("{} exists already", .0.display())]
+    PathExists(PathBuf),
     /// Invalid configuration or options.
     #[error("configuration error: {0}")]
     Config(String),

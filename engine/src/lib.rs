@@ -32,6 +32,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::indexing_slicing))]
 
 mod bucket;
+mod checkpoint;
 pub mod clock;
 mod config;
 mod entry;
@@ -54,6 +55,7 @@ pub use bucket::compact::CompactionReport;
 pub use bucket::compact::CrashPoint;
 pub use bucket::handle::Bucket;
 pub use bucket::watch::{Watch, WatchEvent, WatchOptions};
+pub use checkpoint::{Checkpoint, CheckpointFile, CheckpointSource};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BucketConfig, Options};
 pub use entry::{

@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::bucket::handle::Bucket;
 use crate::bucket::{BucketCore, KeepStoreOpen};
+use crate::checkpoint::{write_checkpoint, Checkpoint, CheckpointSource};
 use crate::config::{BucketConfig, Options, CONFIG_FILE};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
@@ -324,6 +325,40 @@ impl Store {
             core.sync()?;
         }
         Ok(())
+    }
+
+    /// Writes a consistent copy of every bucket, each as of one revision, into
+    /// the new directory `dir` (its parent is created if missing), while
+    /// readers and writers go on: each bucket's writer lock is held only to
+    /// read where its log ends. Sealed segments are hard-linked when `dir` is
+    /// on the store's file system and copied otherwise; the rest is copied.
+    /// Everything is written under a temporary name and renamed into place
+    /// once durable, never over anything (`dir` existing is
+    /// [`Error::PathExists`]). The result is a data directory that
+    /// [`Store::open`] opens to exactly the state of
+    /// [`Checkpoint::revisions`]. Bucket creation and removal may run
+    /// meanwhile: a bucket is in the copy as it was when it was captured.
+    pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<Checkpoint> {
+        let source = self.checkpoint_source()?;
+        write_checkpoint(&self.inner.opts.storage, &source, dir.as_ref())
+    }
+
+    /// Captures a checkpoint without writing it: the files that make the
+    /// same copy [`Store::checkpoint`] writes, to be read (e.g. streamed to
+    /// another machine) while the store goes on. What the source reads never
+    /// changes; it keeps the store open while it lives.
+    pub fn checkpoint_source(&self) -> Result<CheckpointSource> {
+        let mut files = Vec::new();
+        let mut revisions = BTreeMap::new();
+        for core in self.cores() {
+            let Some(capture) = core.capture()? else {
+                continue; // dropped since the list was taken
+            };
+            let dir = Path::new(BUCKETS_DIR).join(core.name());
+            files.extend(capture.files.into_iter().map(|f| f.under(&dir)));
+            revisions.insert(core.name().to_string(), capture.last_revision);
+        }
+        Ok(CheckpointSource::new(files, revisions, self.keep_open()))
     }
 
     /// Syncs and closes this handle. The directory lock is released when the

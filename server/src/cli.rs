@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use logkv::FsyncPolicy;
 
+use crate::backup::client::{BackupOptions, ClientTls};
 use crate::config::{parse_fsync, parse_initial_cluster, ClusterConfig, ServerConfig};
 use crate::protocol::Limits;
 use crate::tls::TlsFiles;
@@ -23,6 +24,11 @@ Examples:
       Accept clients from the network; they must send `AUTH s3cret` first.
   logkv-server --tls-cert server.pem --tls-key server.key
       Serve TLS (redis-cli --tls --cacert ca.pem -p 7379 PING).
+  logkv-server --backup-dir /var/backups/logkv
+      Enable `BACKUP <name>`: a consistent copy into /var/backups/logkv/<name>, served
+      as it was by logkv-server --data-dir /var/backups/logkv/<name>.
+  logkv-server backup --from db1:7379 --to ./db1-2024-05-01
+      Stream a consistent copy of a running server to this machine (checksummed).
   logkv-server --http-listen 127.0.0.1:7380
       Also serve JSON, Server-Sent Events, /healthz and /metrics over HTTP:
       curl -X PUT --data-binary hello localhost:7380/v1/buckets/default/keys/greeting
@@ -158,10 +164,86 @@ pub struct Cli {
     #[arg(long = "http-cors-origin", value_name = "ORIGIN")]
     pub http_cors_origins: Vec<String>,
 
+    /// Enable `BACKUP <name>`, which writes a consistent copy of the data into
+    /// `DIR/<name>` (a data directory; created if missing). Without it `BACKUP <name>` is
+    /// refused. DIR must not be inside --data-dir; on the same file system, backups
+    /// hard-link the data's sealed segments instead of copying them.
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// A tool instead of the server (e.g. `backup`).
+    #[command(subcommand)]
+    pub command: Option<Tool>,
+
     /// Event-loop threads. Default: one less than the number of cores (at least one),
     /// leaving a core for fsyncs, compaction and the clients on the same machine.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+/// Tools of the same binary.
+#[derive(Debug, Subcommand)]
+pub enum Tool {
+    /// Stream a consistent copy of a running server's data to this machine (`BACKUP
+    /// STREAM`), checking each file's CRC-32; DIR is then a data directory
+    /// (`logkv-server --data-dir DIR` serves it). DIR must not exist: the copy is written
+    /// under a temporary name beside it and renamed into place once complete.
+    Backup(BackupArgs),
+}
+
+/// The flags of `logkv-server backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The server to back up, as host:port.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7379")]
+    pub from: String,
+
+    /// The new directory to write the copy into.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+
+    /// The server's password (prefer the `LOGKV_PASSWORD` environment variable).
+    #[arg(
+        long,
+        env = "LOGKV_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<String>,
+
+    /// Connect with TLS, trusting the CA certificates in this file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for a server that requires one. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The name the server's certificate must carry (default: the host of --from).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl BackupArgs {
+    /// The options these flags describe.
+    pub fn into_options(self) -> BackupOptions {
+        let identity = self.tls_cert.zip(self.tls_key);
+        let server_name = self.tls_server_name;
+        BackupOptions {
+            from: self.from,
+            to: self.to,
+            password: self.password.filter(|p| !p.is_empty()),
+            tls: self.tls_ca.map(|ca| ClientTls {
+                ca,
+                identity,
+                server_name,
+            }),
+        }
+    }
 }
 
 /// The default number of event-loop threads: cores - 1, at least 1.
@@ -209,6 +291,7 @@ impl Cli {
         config.http_listen = self.http_listen;
         config.http_allowed_hosts = self.http_allowed_hosts;
         config.http_cors_origins = self.http_cors_origins;
+        config.backup_dir = self.backup_dir;
         config
     }
 }

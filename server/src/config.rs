@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub http_allowed_hosts: Vec<String>,
     /// Origins the gateway sends CORS headers for; none when empty.
     pub http_cors_origins: Vec<String>,
+    /// Where `BACKUP name` writes (`<backup-dir>/name`); `BACKUP name` is refused when `None`.
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// The cluster flags.
@@ -114,6 +116,7 @@ impl ServerConfig {
             http_listen: None,
             http_allowed_hosts: Vec::new(),
             http_cors_origins: Vec::new(),
+            backup_dir: None,
         }
     }
 }

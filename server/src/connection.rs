@@ -46,6 +46,8 @@ const READ_MAX: usize = 64 * 1024;
 const OUT_KEEP: usize = 4 * 1024;
 /// Output size that triggers a write in the middle of a pipeline.
 const FLUSH_AT: usize = 64 * 1024;
+/// Bytes of backup stream frames produced per step on the blocking pool.
+const STREAM_BATCH: usize = 1024 * 1024;
 /// Watch events are pulled only while the pending output is below this.
 const WATCH_HIGH_WATER: usize = 1024 * 1024;
 
@@ -239,7 +241,7 @@ impl Conn {
                     }
                     let flow = command::execute(&mut self.session, &req.args, &mut self.out);
                     cluster::writes::settle(&mut self.session, &mut self.out).await;
-                    if !self.finish(flow).await {
+                    if !self.finish(flow).await? {
                         self.closing = true;
                         break;
                     }
@@ -315,32 +317,98 @@ impl Conn {
         Ok(())
     }
 
-    /// Completes what a command left to do: runs its blocking job or awaits its cluster job
-    /// and encodes the reply. `false`: the connection is to close after the output.
-    async fn finish(&mut self, flow: Flow) -> bool {
+    /// Completes what a command left to do: runs its blocking job, awaits its cluster job
+    /// or sends its stream, and encodes the reply. `false`: the connection is to close after
+    /// the output.
+    async fn finish(&mut self, flow: Flow) -> io::Result<bool> {
         match flow {
             Flow::Continue => {}
-            Flow::Close => return false,
+            Flow::Close => return Ok(false),
             Flow::Await(job) => {
                 let reply = job.await;
                 self.out.extend_from_slice(&reply);
             }
-            Flow::Blocking(job) => {
-                let keep = Arc::clone(&self.session.shared);
-                let reply = tokio::task::spawn_blocking(move || {
-                    let reply = job();
-                    drop(keep);
-                    reply
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    error!("a command panicked: {e}");
-                    Reply::err("ERR", "internal error")
-                });
-                reply.encode(self.session.version, &mut self.out);
+            Flow::Blocking(job) => self.blocking(job).await,
+            Flow::Stream(job) => {
+                self.session.apply_pending(&mut self.out);
+                cluster::writes::settle(&mut self.session, &mut self.out).await;
+                self.flush().await?;
+                self.stream(job).await?;
             }
         }
-        true
+        Ok(true)
+    }
+
+    /// Runs a command's job on the blocking pool and encodes its reply.
+    async fn blocking(&mut self, job: command::BlockingJob) {
+        let keep = Arc::clone(&self.session.shared);
+        let reply = tokio::task::spawn_blocking(move || {
+            let reply = job();
+            drop(keep);
+            reply
+        })
+        .await
+        .unwrap_or_else(|e| {
+            error!("a command panicked: {e}");
+            Reply::err("ERR", "internal error")
+        });
+        reply.encode(self.session.version, &mut self.out);
+    }
+
+    /// Sends a reply of many frames (`BACKUP STREAM`): captured, then produced on the
+    /// blocking pool a batch of [`STREAM_BATCH`] bytes at a time, each batch written before
+    /// the next is read from disk, so the client's pace sets the server's. An error while
+    /// producing ends the stream with an error frame; shutdown ends it (and the connection)
+    /// between two batches.
+    async fn stream(&mut self, job: command::StreamJob) -> io::Result<()> {
+        let keep = Arc::clone(&self.session.shared);
+        let started = tokio::task::spawn_blocking(move || {
+            let stream = job();
+            drop(keep);
+            stream
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("a backup stream panicked: {e}")))?;
+        let mut stream = match started {
+            Ok(stream) => stream,
+            Err(e) => {
+                crate::encode::engine_error(&e).encode(self.session.version, &mut self.out);
+                return Ok(());
+            }
+        };
+        let mut buf = Vec::new();
+        loop {
+            if *self.stop.borrow() {
+                return Err(io::Error::other(
+                    "shutting down in the middle of a backup stream",
+                ));
+            }
+            let produced = tokio::task::spawn_blocking(move || {
+                let mut out = std::mem::take(&mut buf);
+                out.clear();
+                let done = stream.fill(&mut out, STREAM_BATCH);
+                (stream, out, done)
+            })
+            .await
+            .map_err(|e| io::Error::other(format!("a backup stream panicked: {e}")))?;
+            let done;
+            (stream, buf, done) = produced;
+            match done {
+                Ok(finished) => {
+                    self.io.write_out(&buf).await?;
+                    if finished {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    error!("backup stream failed: {e}");
+                    buf.clear();
+                    Reply::err("ERR", format!("backup stream failed: {e}"))
+                        .encode(self.session.version, &mut buf);
+                    return self.io.write_out(&buf).await;
+                }
+            }
+        }
     }
 
     /// The replies of the requests executed so far are ready: their count and time go to

@@ -131,7 +131,7 @@ pub(crate) fn written(out: &mut Vec<u8>, version: RespVersion, w: &Written, shap
 pub fn error_code(e: &Error) -> &'static str {
     match e {
         Error::NotFound => "NOTFOUND",
-        Error::Exists | Error::BucketExists(_) => "EXISTS",
+        Error::Exists | Error::BucketExists(_) | Error::PathExists(_) => "EXISTS",
         Error::WrongRevision { .. } => "WRONGREV",
         Error::Mismatch => "MISMATCH",
         Error::NoBucket(_) => "NOBUCKET",

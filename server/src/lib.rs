@@ -27,12 +27,15 @@
 //! * `http`: the HTTP gateway (`--http-listen`): routes, SSE watches, guard.
 //! * `pump`: one thread per watched bucket that turns the engine's change tokens into
 //!   wake-ups of the connection tasks.
+//! * [`backup`]: `BACKUP STREAM`'s frames, and the command that receives them
+//!   (`logkv-server backup`).
 //! * [`protocol`]: the wire format, pure: request parsing, reply encoding, HTTP detection.
 //!
 //! Tests start a server in-process with [`spawn_test_server`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod cli;
 mod client_memory;
 mod cluster;

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use logkv_server::cli::Cli;
+use logkv_server::cli::{BackupArgs, Cli, Tool};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(Tool::Backup(args)) = cli.command {
+        return backup(args);
+    }
     let threads = cli
         .threads
         .unwrap_or_else(logkv_server::cli::default_threads)
@@ -47,6 +50,43 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e}");
             eprintln!("logkv-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `logkv-server backup`: receives a backup stream into a new directory and says what it got.
+fn backup(args: BackupArgs) -> ExitCode {
+    let opts = args.into_options();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    match runtime.block_on(logkv_server::backup::client::receive(&opts)) {
+        Ok(got) => {
+            println!(
+                "backup of {} written to {}: {} buckets, {} files, {} bytes in {:.2} s",
+                opts.from,
+                got.path.display(),
+                got.revisions.len(),
+                got.files,
+                got.bytes,
+                started.elapsed().as_secs_f64()
+            );
+            for (bucket, revision) in &got.revisions {
+                println!("  {bucket}: revision {revision}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("logkv-server backup: {e}");
             ExitCode::FAILURE
         }
     }

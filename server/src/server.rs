@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,14 @@ pub enum ServerError {
         source: logkv::Error,
         /// Extra advice for the user.
         hint: &'static str,
+    },
+    /// The backup directory cannot be used.
+    #[error("unusable --backup-dir {}: {reason}", dir.display())]
+    BackupDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Binding the listening socket failed.
     #[error("cannot listen on {addr}: {source}")]
@@ -151,10 +159,30 @@ async fn accept_http(
     }
 }
 
+/// The backup directory, created if missing, as an absolute path; it must not lie inside
+/// the data directory (a backup under `buckets/` would pass for a bucket there).
+fn backup_dir(dir: &Path, data_dir: &Path) -> Result<PathBuf, ServerError> {
+    let fail = |reason: String| ServerError::BackupDir {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    let dir = dir.canonicalize().map_err(|e| fail(e.to_string()))?;
+    let data = data_dir.canonicalize().map_err(|e| fail(e.to_string()))?;
+    if dir.starts_with(&data) {
+        return Err(fail(format!(
+            "it is inside the data directory {}; put backups beside it (the same file \
+             system lets them share the data's files)",
+            data.display()
+        )));
+    }
+    Ok(dir)
+}
+
 impl Server {
     /// Checks protected mode, opens the store (on a cluster node: starts the node, which
     /// opens it) and binds the listening sockets.
-    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+    pub async fn bind(mut config: ServerConfig) -> Result<Server, ServerError> {
         let addr = protected(&config, &config.listen)?;
         let http_addr = match &config.http_listen {
             Some(listen) => Some(protected(&config, listen)?),
@@ -172,6 +200,9 @@ impl Server {
         }
         // Certificates before the store: a bad file is reported without touching the data.
         let tls = config.tls.as_ref().map(tls::load).transpose()?;
+        if let Some(dir) = &config.backup_dir {
+            config.backup_dir = Some(backup_dir(dir, &config.data_dir)?);
+        }
         let (listener, local_addr) = bind_listener(addr)?;
         let http = http_addr.map(bind_listener).transpose()?;
         let (stores, cluster) = if config.cluster.is_some() {

@@ -82,7 +82,10 @@ fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -
 }
 
 /// Reads every certificate of a PEM file; at least one.
-fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     // Read first, so that a missing or unreadable file says so plainly.
     let pem = std::fs::read(path).map_err(|e| file_error(what, path, e))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -98,7 +101,7 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let what = "private key";
     let pem = std::fs::read(path).map_err(|e| file_error(what, path, e))?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {

@@ -279,6 +279,12 @@ impl Bucket {
         self.core.compact(true)
     }
 
+    /// The bucket's shared state, for the crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn core(&self) -> &Arc<BucketCore> {
+        &self.core
+    }
+
     /// Test hook (feature `failpoints`): make the next compaction passes stop
     /// at `point` as if the process crashed there, failing with
     /// [`Error::InjectedCrash`] (the store should be dropped and reopened after).

@@ -78,12 +78,17 @@ impl LostRevisions {
             }
         }
         self.ranges = merged;
+        write_atomic(storage, &dir.join(LOST_FILE), self.encode().as_bytes())
+    }
+
+    /// The text of the file: one `first-last` line per range.
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         for (a, b) in &self.ranges {
             // Writing to a String cannot fail.
             let _ = writeln!(text, "{a}-{b}");
         }
-        write_atomic(storage, &dir.join(LOST_FILE), text.as_bytes())
+        text
     }
 
     /// The ranges, oldest first.

@@ -13,12 +13,14 @@
 //! | `query.rs` | reads and deletes over many keys: keys, history, search, scan, delete by glob |
 //! | `maintenance.rs` | the TTL sweep, aging out, the index snapshot, counters and status |
 //! | `compact.rs` | compaction |
+//! | `checkpoint.rs` | the files of a copy of the bucket as of one revision, for a checkpoint |
 //! | `watch.rs` | watches: cursors reading the log |
 //! | `handle.rs` | [`Bucket`](handle::Bucket), the public handle |
 //!
 //! The fields of [`BucketCore`] are private to this module and its files; the
 //! rest of the crate (the store) calls methods.
 
+mod checkpoint;
 pub(crate) mod compact;
 pub(crate) mod handle;
 mod lost;

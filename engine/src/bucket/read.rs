@@ -79,6 +79,28 @@ impl BucketCore {
         }
     }
 
+    /// Loads the record `at` of `key`, looked up in the index earlier and without
+    /// the index lock held since (a writer checking a precondition). A compaction
+    /// pass may have moved the record meanwhile and retired the segment it was in:
+    /// then it is read where the index has it now, found by its revision and pinned
+    /// under the index lock, as readers pin theirs.
+    pub(super) fn load_looked_up(&self, key: &str, at: &RecordRef) -> Result<Entry> {
+        // A segment still in the table stays readable once pinned, even if a pass
+        // retires it after this (slots are never reused).
+        if let Some(seg) = self.log.segment(at.slot) {
+            return self.load_from(Some(&seg), key, at);
+        }
+        let found = {
+            let ix = self.index.read();
+            ix.find(key.as_bytes(), at.revision)
+                .map(|now| (now, self.log.segment(now.slot)))
+        };
+        match found {
+            Some((now, seg)) => self.load_from(seg.as_ref(), key, &now),
+            None => self.load_from(None, key, at),
+        }
+    }
+
     /// Loads the record of `key` that `pick` chooses from the index.
     fn read_one(
         &self,

@@ -12,8 +12,8 @@
 //! wrote, synced or not, exactly as they would on a real kernel.
 //!
 //! What the seam covers: creating and opening files, `pwrite`, `set_len`,
-//! `fdatasync`/`fsync`, creating, renaming and removing files and directories,
-//! hard links, and fsyncs of directories.
+//! `fdatasync`/`fsync`, creating, renaming (replacing or not) and removing files
+//! and directories, hard links, and fsyncs of directories.
 
 use std::fmt;
 use std::fs;
@@ -46,6 +46,10 @@ pub enum OpenMode {
 pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<(fs::File, u64)>;
     fn write_at(&self, file: &fs::File, id: u64, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// The caller is about to write `len` bytes at `offset` through a shared
+    /// memory mapping of the file (no system call): a simulation records them
+    /// as unsynced, or refuses once the power is off.
+    fn note_mapped_write(&self, id: u64, offset: u64, len: u64) -> io::Result<()>;
     fn set_len(&self, file: &fs::File, id: u64, len: u64) -> io::Result<()>;
     fn sync(&self, file: &fs::File, id: u64, data_only: bool) -> io::Result<()>;
     fn create_dir(&self, path: &Path) -> io::Result<()>;
@@ -53,6 +57,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists (of any kind,
+    /// a symbolic link included) instead of replacing it.
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
 }
 
@@ -145,15 +152,28 @@ impl Storage {
     }
 
     /// Makes `to` a second name of the file `from`.
-    #[allow(dead_code, reason = "used by online backup")]
     pub(crate) fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.backend.hard_link(from, to)
+    }
+
+    /// Renames a file or a directory, failing with `AlreadyExists` when `to`
+    /// exists in any form (a file, a directory, an empty one included, or a
+    /// symbolic link) rather than replacing it.
+    pub(crate) fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.backend.rename_noreplace(from, to)
     }
 
     /// Fsyncs a directory: creations, renames and removals in it become durable.
     pub(crate) fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.backend.sync_dir(path)
     }
+}
+
+/// Renames `from` to `to` on the operating system's file system, failing with
+/// `AlreadyExists` when `to` exists in any form instead of replacing it (for
+/// tools beside a store, e.g. one that receives a backup).
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    Storage::os().rename_noreplace(from, to)
 }
 
 /// An open file whose changes go through the storage seam.
@@ -186,6 +206,12 @@ impl File {
     /// Writes all of `buf` at `offset` (`pwrite`).
     pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.backend.write_at(&self.inner, self.id, buf, offset)
+    }
+
+    /// Tells the storage layer that `len` bytes at `offset` are about to be
+    /// written through a shared mapping of this file; an error means they must not be.
+    pub(crate) fn note_mapped_write(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.backend.note_mapped_write(self.id, offset, len)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.

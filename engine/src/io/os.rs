@@ -25,6 +25,10 @@ impl Backend for Os {
         file.write_all_at(buf, offset)
     }
 
+    fn note_mapped_write(&self, _id: u64, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     fn set_len(&self, file: &fs::File, _id: u64, len: u64) -> io::Result<()> {
         file.set_len(len)
     }
@@ -55,6 +59,23 @@ impl Backend for Os {
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::hard_link(from, to)
+    }
+
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{renameat_with, RenameFlags, CWD};
+            match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+                Ok(()) => return Ok(()),
+                // A file system without RENAME_NOREPLACE: check, then rename (below).
+                Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if to.symlink_metadata().is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        fs::rename(from, to)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

@@ -42,6 +42,7 @@ use super::{Backend, OpenMode};
 
 const EIO: i32 = 5;
 const ENOSPC: i32 = 28;
+const EXDEV: i32 = 18;
 
 /// Faults to inject, each as "one in N" (0: never).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,6 +94,7 @@ struct Armed {
     syncs: Countdown,
     removes: Countdown,
     writes: Countdown,
+    links: Countdown,
 }
 
 /// What the simulation has done so far.
@@ -248,6 +250,12 @@ impl SimFs {
     /// After `ok` more writes, makes the next `fail` fail with `ENOSPC` (nothing written).
     pub fn fail_writes(&self, ok: u32, fail: u32) {
         self.state.lock().armed.writes = Countdown { skip: ok, fail };
+    }
+
+    /// After `ok` more hard links, makes the next `fail` fail with `EXDEV`, as
+    /// between two file systems (nothing linked).
+    pub fn fail_links(&self, ok: u32, fail: u32) {
+        self.state.lock().armed.links = Countdown { skip: ok, fail };
     }
 
     /// Cuts the power after `ops` more changes: the next one fails, and so does every later one.
@@ -766,6 +774,21 @@ impl Backend for SimFs {
         Ok(())
     }
 
+    fn note_mapped_write(&self, id: u64, offset: u64, len: u64) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.change()?;
+        let armed = s.armed.writes.due();
+        if armed || s.faults.write_error_one_in != 0 {
+            let n = s.faults.write_error_one_in;
+            if armed || s.one_in(n) {
+                s.stats.write_errors += 1;
+                return Err(io::Error::from_raw_os_error(ENOSPC));
+            }
+        }
+        s.mark_dirty(id, offset, offset + len);
+        Ok(())
+    }
+
     fn set_len(&self, file: &fs::File, id: u64, len: u64) -> io::Result<()> {
         let mut s = self.state.lock();
         s.change()?;
@@ -877,6 +900,9 @@ impl Backend for SimFs {
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.change()?;
+        if s.armed.links.due() {
+            return Err(io::Error::from_raw_os_error(EXDEV));
+        }
         let src = s.lookup(from)?;
         let dst = s.parent_of(to)?;
         fs::hard_link(from, to)?;
@@ -884,6 +910,13 @@ impl Backend for SimFs {
             s.link(dir, name, node, false);
         }
         Ok(())
+    }
+
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if to.symlink_metadata().is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        self.rename(from, to)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

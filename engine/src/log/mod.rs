@@ -94,6 +94,11 @@ impl Appender {
     pub fn end(&self) -> LogPos {
         LogPos::new(self.active.id.seq, self.pos)
     }
+
+    /// The segment being appended to.
+    pub fn active(&self) -> &Arc<Segment> {
+        &self.active
+    }
 }
 
 /// Where an appended batch landed.
@@ -382,7 +387,7 @@ impl Log {
             }
             app.file_len = grow_to;
         }
-        if let Err(e) = app.active.file().write_all_at(batch, app.pos) {
+        if let Err(e) = app.active.write_at(batch, app.pos) {
             app.dirty_tail = len;
             return Err(Error::io(&app.active.path, e));
         }

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{MmapOptions, MmapRaw};
 
 use super::mark::{self, Mark, MARK_AREA};
 use crate::error::{Error, Result};
@@ -264,7 +264,9 @@ pub struct Segment {
     /// Written on every append, so it gets a cache line of its own.
     end: CacheLine<AtomicU64>,
     file: File,
-    map: Mmap,
+    /// The file mapped read-write: readers make slices of what lies below
+    /// `end`, the writer copies records in above it (see [`Segment::write_at`]).
+    map: MmapRaw,
     /// Counter of the last durability mark written (see [`super::mark`]).
     mark_counter: AtomicU64,
 }
@@ -401,12 +403,9 @@ impl Segment {
     ) -> Result<Segment> {
         let map_len = usize::try_from(map_len)
             .map_err(|_| Error::Internal("segment too large to map".into()))?;
-        // SAFETY: the file is owned by this store, which holds the directory lock,
-        // so no other logkv process writes it; this process only appends past what
-        // readers may look at and never truncates below it while mapped. Pages past
-        // the end of the file are mapped but never read (reads stay below the
-        // written length).
-        let map = unsafe { MmapOptions::new().len(map_len.max(1)).map(file.std()) }
+        let map = MmapOptions::new()
+            .len(map_len.max(1))
+            .map_raw(file.std())
             .map_err(|e| Error::io(&path, e))?;
         let data_start = header.data_start();
         let mark_counter = read_mark(&file, &header).map_or(0, |m| m.counter);
@@ -438,19 +437,66 @@ impl Segment {
         self.map.len() as u64
     }
 
-    /// The bytes `[offset, offset+len)`. The caller guarantees they were written.
+    /// The bytes `[offset, offset+len)`, if they lie in the mapping. The caller
+    /// guarantees they were written (below the data end, or recovery's reading).
     pub fn bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
-        self.map.get(start..start.checked_add(len)?)
+        let end = start.checked_add(len)?;
+        (end <= self.map.len()).then(|| self.slice(start, end))
     }
 
-    /// All bytes from `offset` up to `end`.
+    /// All bytes from `offset` up to `end` (clamped to the mapping).
     pub fn range(&self, offset: u64, end: u64) -> &[u8] {
         let len = self.map.len();
         let end = usize::try_from(end).map_or(len, |e| e.min(len));
         let start = usize::try_from(offset).map_or(end, |o| o.min(end));
-        // start <= end <= len: never empty by failure.
-        self.map.get(start..end).unwrap_or_default()
+        self.slice(start, end)
+    }
+
+    /// The mapped bytes `[start, end)`, with `start <= end <= map.len()`.
+    fn slice(&self, start: usize, end: usize) -> &[u8] {
+        debug_assert!(start <= end && end <= self.map.len());
+        // SAFETY: `start..end` lies inside the mapping, which lives as long as
+        // `self`. The file is this store's alone (the directory lock): no other
+        // process writes it. In this process only the writer changes mapped
+        // bytes (`write_at`), and only past the data end; readers ask for bytes
+        // below it, which never change again, or (recovery) read before any
+        // writer exists. So no byte of this slice is written while it lives.
+        // Pages past the end of the file are mapped but never read.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), end - start) }
+    }
+
+    /// Writes `bytes` at `offset` through the mapping: no system call. The
+    /// range must lie past the data end (no reader looks there) and inside the
+    /// file's written length (pre-written zeros), and only the bucket's writer
+    /// calls this. The storage layer is told first, so that a simulated power
+    /// cut can refuse it and track it as unsynced.
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let end = start
+            .checked_add(bytes.len())
+            .filter(|&e| e <= self.map.len())
+            .ok_or_else(|| std::io::Error::other("a write past the segment's mapping"))?;
+        if offset < self.data_end() {
+            return Err(std::io::Error::other(
+                "a write below the segment's data end",
+            ));
+        }
+        self.file.note_mapped_write(offset, bytes.len() as u64)?;
+        // SAFETY: `start..end` lies inside the mapping (checked above). The
+        // caller is the bucket's only writer and the bytes lie past the data
+        // end, which no reader reads (readers stop at `data_end`, which moves
+        // past these bytes only after this copy, with release ordering); they
+        // lie inside the file (pre-written), so the store cannot fault. The
+        // source is a separate buffer: the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(start),
+                end - start,
+            );
+        }
+        Ok(())
     }
 
     /// The underlying file.

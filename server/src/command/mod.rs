@@ -7,6 +7,7 @@
 
 mod admin;
 mod args;
+mod backup;
 mod bucket;
 mod kv;
 mod query;
@@ -37,6 +38,10 @@ pub(crate) type BlockingJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
 pub(crate) type AwaitJob =
     std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + 'static>>;
 
+/// Captures what a streaming reply sends (off the event loop: it may wait for an fsync).
+pub(crate) type StreamJob =
+    Box<dyn FnOnce() -> Result<crate::backup::stream::BackupStream, logkv::Error> + Send + 'static>;
+
 /// What the connection does after a command.
 pub(crate) enum Flow {
     /// The reply is in the output buffer; go on.
@@ -47,6 +52,9 @@ pub(crate) enum Flow {
     Await(AwaitJob),
     /// The reply is in the output buffer; send it and close the connection.
     Close,
+    /// A reply of many frames (`BACKUP STREAM`): send what is in the output buffer, then
+    /// the frames, produced off the event loop a batch at a time as the client reads them.
+    Stream(StreamJob),
 }
 
 /// One parsed request.
@@ -60,6 +68,7 @@ pub(crate) enum Command<'a> {
     Compact,
     Info,
     Config(admin::ConfigGet<'a>),
+    Backup(backup::Backup),
     Bucket(bucket::BucketCmd),
     Use(bucket::Use<'a>),
     Status(bucket::Status<'a>),
@@ -96,6 +105,7 @@ impl Command<'_> {
             Command::Compact => Ok(admin::compact(s)),
             Command::Info => Ok(admin::info(s)),
             Command::Config(c) => Ok(c.apply(s, out)),
+            Command::Backup(c) => c.apply(s),
             Command::Bucket(c) => Ok(c.apply(s, out)),
             Command::Use(c) => c.apply(s, out),
             Command::Status(c) => c.apply(s),

@@ -2,7 +2,7 @@
 //! verb is one line here plus its parsed struct in the file of its family.
 
 use super::args::Args;
-use super::{admin, bucket, kv, query, watch, Command};
+use super::{admin, backup, bucket, kv, query, watch, Command};
 use crate::cluster::verbs::ClusterCmd;
 use crate::protocol::Reply;
 
@@ -77,7 +77,7 @@ const fn verb(name: &'static str, min: usize, max: usize, flags: Flags, parse: P
 
 /// Every verb of the protocol, the hot ones first.
 #[rustfmt::skip]
-pub(crate) static VERBS: [Spec; 36] = [
+pub(crate) static VERBS: [Spec; 37] = [
     //   name       min max  flags             parser
     verb("get",       2, 4,  Flags::READ,      |a| kv::Get::parse(a).map(Command::Get)),
     verb("set",       3, 6,  QUEUED_WRITE,     |a| kv::set(a).map(Command::Write)),
@@ -112,6 +112,7 @@ pub(crate) static VERBS: [Spec; 36] = [
     verb("compact",   1, 1,  Flags::NONE,      |_| Ok(Command::Compact)),
     verb("info",      1, 2,  Flags::NONE,      |_| Ok(Command::Info)),
     verb("config",    2, 64, Flags::NONE,      |a| admin::ConfigGet::parse(a).map(Command::Config)),
+    verb("backup",    2, 2,  Flags::NONE,      |a| backup::Backup::parse(a).map(Command::Backup)),
     verb("cluster",   2, 4,  Flags::NONE,      |a| ClusterCmd::parse(a).map(Command::Cluster)),
     verb("readonly",  1, 1,  Flags::NONE,      |_| Ok(Command::ReadOnly(true))),
     verb("readwrite", 1, 1,  Flags::NONE,      |_| Ok(Command::ReadOnly(false))),

@@ -194,6 +194,18 @@ impl BinaryServer {
         self.child.id()
     }
 
+    /// Kills it with SIGKILL and waits for it to end; returns how it ended (a process
+    /// that had already exited on its own says so).
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    /// Every line it has logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     /// The first log line containing `text`, waiting for it up to 20 seconds.
     pub fn wait_for_log(&self, text: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -96,6 +96,9 @@ fn run_client(
     }
 }
 
+/// What a watcher saw: (revision, key, op) per event, and whether it ever had to resume.
+type WatchResult = (Vec<(i64, String, String)>, bool);
+
 /// A watch of every key, resumed with FROM on the next node when its node dies. Returns
 /// the (revision, key, op) seen and whether it ever had to resume.
 fn run_watcher(
@@ -103,7 +106,7 @@ fn run_watcher(
     first: usize,
     stop: &AtomicBool,
     started_count: &AtomicUsize,
-) -> (Vec<(i64, String, String)>, bool) {
+) -> WatchResult {
     let addrs: Vec<_> = c.nodes.values().map(|p| p.client).collect();
     let mut events = Vec::new();
     let mut resumed = false;
@@ -243,10 +246,14 @@ fn histories_are_linearizable_across_kills_and_partitions() {
         "nodes hold different revisions"
     );
 
-    // Watch streams: increasing revisions, the same key and op for a revision everywhere;
-    // streams that never had to resume are prefixes of one another.
+    check_watch_streams(&watches);
+}
+
+/// Watch streams: increasing revisions, the same key and op for a revision everywhere;
+/// streams that never had to resume are prefixes of one another.
+fn check_watch_streams(watches: &[WatchResult]) {
     let mut by_rev: BTreeMap<i64, (String, String)> = BTreeMap::new();
-    for (events, _) in &watches {
+    for (events, _) in watches {
         let bad: Vec<_> = events.windows(2).filter(|w| w[0].0 >= w[1].0).collect();
         assert!(bad.is_empty(), "a watch went back or repeated: {bad:?}");
         for (r, k, op) in events {

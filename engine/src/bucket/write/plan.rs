@@ -391,10 +391,7 @@ impl BucketCore {
     /// The entry a key's state stands for.
     fn current_entry(&self, key: &str, state: &KeyState) -> Result<Entry> {
         match state {
-            KeyState::Stored(at) => {
-                let seg = self.log.segment(at.slot);
-                self.load_from(seg.as_ref(), key, at)
-            }
+            KeyState::Stored(at) => self.load_looked_up(key, at),
             KeyState::Planned {
                 revision,
                 op,
@@ -412,5 +409,42 @@ impl BucketCore {
                 expires_ms: *expires_ms,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyState;
+    use crate::{FsyncPolicy, Options, Store};
+
+    /// A writer checking a precondition (CAS, `SET ... GET`, REVERT) looks the key up in
+    /// the index, lets go of its lock, then reads the record. A compaction pass in
+    /// between moves the record and retires its segment: the read failed with "segment
+    /// slot N missing", a corruption error (`-ERR`, or `-ABORTED <i> ERR` from EXEC, to a
+    /// client). Found by the server's SIGKILL torture under concurrent clients.
+    #[test]
+    fn a_record_looked_up_before_a_compaction_pass_is_read_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background: false,
+            fsync: FsyncPolicy::Never,
+            segment_size: 4096,
+            ..Default::default()
+        };
+        let store = Store::open(dir.path(), opts).unwrap();
+        let b = store.default_bucket().unwrap();
+        b.put("k", "kept").unwrap();
+        for i in 0..100 {
+            b.put("filler", format!("{i}")).unwrap();
+        }
+        let core = b.core();
+        let at = core.index.read().latest(b"k").unwrap();
+        b.compact().unwrap();
+        assert!(
+            core.log.segment(at.slot).is_none(),
+            "the pass retired the segment the lookup found"
+        );
+        let e = core.current_entry("k", &KeyState::Stored(at)).unwrap();
+        assert_eq!((&e.value[..], e.revision), (&b"kept"[..], at.revision));
     }
 }
