@@ -1,9 +1,11 @@
 //! Small durable files: written whole and atomically (temp file, fsync, rename, fsync of the
-//! directory), read back with a checksum so a damaged one is told from a missing one.
+//! directory), read back with a checksum so a damaged one is told from a missing one; and
+//! [`SlotFile`], for a small record rewritten on every batch without a rename.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 /// Checksummed small-file layout: `crc32 (LE) | body`.
 const CRC_LEN: usize = 4;
@@ -61,6 +63,99 @@ pub fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(body.to_vec()))
 }
 
+/// A small record rewritten often (on every applied batch, on every commit): each write goes
+/// in place into one of two files, `<name>.0` and `<name>.1`, in turn, as `crc32 | seq | len |
+/// body` (the CRC covers the rest). A write torn by a power cut damages only the file it was
+/// writing; the other holds the previous record whole, so a reader gets either the old
+/// record or the new one, never a mix (as with [`write_atomic`]), without creating, renaming
+/// or removing a file per write.
+#[derive(Debug)]
+pub struct SlotFile {
+    files: [File; 2],
+    paths: [PathBuf; 2],
+    /// The sequence number of the newest record (0: none yet).
+    seq: u64,
+}
+
+/// `crc32 | seq u64 | len u32` before a slot's body.
+const SLOT_HEADER: usize = 4 + 8 + 4;
+
+impl SlotFile {
+    /// Opens (creating them if missing) the two files of `path`; returns the newest whole
+    /// record, if any.
+    pub fn open(path: &Path) -> io::Result<(SlotFile, Option<Vec<u8>>)> {
+        let dir = path.parent().ok_or_else(|| {
+            io::Error::other(format!("{} has no parent directory", path.display()))
+        })?;
+        let name = path.file_name().unwrap_or_default().to_os_string();
+        let paths = [0, 1].map(|i| {
+            let mut n = name.clone();
+            n.push(format!(".{i}"));
+            dir.join(n)
+        });
+        let mut created = false;
+        let mut open = |p: &Path| -> io::Result<File> {
+            created |= !p.exists();
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+        };
+        let files = [open(&paths[0])?, open(&paths[1])?];
+        if created {
+            sync_dir(dir)?;
+        }
+        let mut newest: Option<(u64, Vec<u8>)> = None;
+        for p in &paths {
+            if let Some((seq, body)) = read_slot(&fs::read(p)?) {
+                if newest.as_ref().is_none_or(|(s, _)| seq > *s) {
+                    newest = Some((seq, body));
+                }
+            }
+        }
+        let seq = newest.as_ref().map_or(0, |(s, _)| *s);
+        Ok((SlotFile { files, paths, seq }, newest.map(|(_, b)| b)))
+    }
+
+    /// Writes `body` as the newest record; with `durable`, it is on stable storage when this
+    /// returns.
+    pub fn write(&mut self, body: &[u8], durable: bool) -> io::Result<()> {
+        let seq = self.seq + 1;
+        let len =
+            u32::try_from(body.len()).map_err(|_| io::Error::other("a record of 4 GiB or more"))?;
+        let mut buf = Vec::with_capacity(SLOT_HEADER + body.len());
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&seq.to_le_bytes());
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(body);
+        let crc = crc32fast::hash(&buf[4..]);
+        buf[..4].copy_from_slice(&crc.to_le_bytes());
+        // Odd records in `.1`, even in `.0`: the file not written holds the previous one.
+        let i = usize::from(seq % 2 == 1);
+        let file = &self.files[i];
+        file.write_all_at(&buf, 0)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.paths[i].display())))?;
+        if durable {
+            file.sync_data()?;
+        }
+        self.seq = seq;
+        Ok(())
+    }
+}
+
+/// The record in one slot file, if whole: `(seq, body)`.
+fn read_slot(bytes: &[u8]) -> Option<(u64, Vec<u8>)> {
+    let header = bytes.get(..SLOT_HEADER)?;
+    let crc = u32::from_le_bytes(header[..4].try_into().ok()?);
+    let seq = u64::from_le_bytes(header[4..12].try_into().ok()?);
+    let len = usize::try_from(u32::from_le_bytes(header[12..16].try_into().ok()?)).ok()?;
+    let end = SLOT_HEADER.checked_add(len)?;
+    let record = bytes.get(4..end)?;
+    (crc32fast::hash(record) == crc && seq > 0).then(|| (seq, bytes[SLOT_HEADER..end].to_vec()))
+}
+
 /// An `InvalidData` I/O error.
 pub fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
@@ -116,6 +211,37 @@ fn copy_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_files_keep_the_newest_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rec");
+        let (mut f, got) = SlotFile::open(&p).unwrap();
+        assert!(got.is_none());
+        f.write(b"first, a longer record", true).unwrap();
+        f.write(b"second", false).unwrap();
+        drop(f);
+        let (mut f, got) = SlotFile::open(&p).unwrap();
+        assert_eq!(got.unwrap(), b"second");
+        // The next write goes to the slot that held "first": a shorter record over a longer
+        // one leaves its tail, which the length excludes.
+        f.write(b"third", false).unwrap();
+        drop(f);
+        let (_, got) = SlotFile::open(&p).unwrap();
+        assert_eq!(got.unwrap(), b"third");
+        // A torn (damaged) newest record: the previous one is read.
+        let newest = dir.path().join("rec.1");
+        let mut bytes = fs::read(&newest).unwrap();
+        bytes[SLOT_HEADER] ^= 1;
+        fs::write(&newest, &bytes).unwrap();
+        let (mut f, got) = SlotFile::open(&p).unwrap();
+        assert_eq!(got.unwrap(), b"second");
+        // Writing again goes on from the newest whole record.
+        f.write(b"fourth", false).unwrap();
+        drop(f);
+        let (_, got) = SlotFile::open(&p).unwrap();
+        assert_eq!(got.unwrap(), b"fourth");
+    }
 
     #[test]
     fn atomic_files_round_trip_and_detect_damage() {

@@ -16,7 +16,8 @@
 //! - **Purge** records the purge point durably first, then deletes the segments it covers.
 //! - **Vote** and **purge point** are small files written atomically and durably
 //!   (`fsutil::write_atomic`) before the call returns. The **committed** log id is written
-//!   atomically without an fsync: it is a hint that lets a restarted node re-apply its log
+//!   atomically without an fsync, in place (`fsutil::SlotFile`: no file created or renamed per
+//!   commit): it is a hint that lets a restarted node re-apply its log
 //!   before it hears from a leader; a stale one only delays that.
 //! - **Open** scans the segments: a torn or damaged tail of the last segment is cut (and
 //!   logged); damage anywhere else, an index out of sequence or a leader id going backwards
@@ -43,7 +44,7 @@ pub use flusher::FsyncMode;
 use record::{Framed, HEADER_LEN};
 use segment::Segment;
 
-use crate::fsutil::{invalid, read_checked, sync_dir, write_atomic};
+use crate::fsutil::{invalid, read_checked, sync_dir, write_atomic, SlotFile};
 use crate::types::{Entry, LogId, Vote, C};
 
 const VOTE_FILE: &str = "vote";
@@ -99,6 +100,8 @@ struct Shared {
     dir: PathBuf,
     opts: LogOptions,
     state: Mutex<State>,
+    /// Where the committed log id goes, rewritten on every commit.
+    committed_file: Mutex<SlotFile>,
     flusher: Flusher,
 }
 
@@ -140,12 +143,13 @@ impl LogStore {
         std::fs::create_dir_all(&dir)?;
         let vote: Option<Vote> = load(&dir.join(VOTE_FILE))?;
         // A damaged committed hint is only a hint: start without it.
-        let committed: Option<LogId> = load::<Option<LogId>>(&dir.join(COMMITTED_FILE))
-            .unwrap_or_else(|e| {
-                tracing::warn!("ignoring the committed log id: {e}");
-                None
-            })
-            .flatten();
+        let (committed_file, saved) = SlotFile::open(&dir.join(COMMITTED_FILE))?;
+        let committed: Option<LogId> = saved.and_then(|bytes| {
+            postcard::from_bytes::<Saved<Option<LogId>>>(&bytes)
+                .map_err(|e| tracing::warn!("ignoring the committed log id: {e}"))
+                .ok()
+                .and_then(|s| s.0)
+        });
         let purged: Option<LogId> = load(&dir.join(PURGED_FILE))?;
         let mut state = State {
             segs: Vec::new(),
@@ -164,6 +168,7 @@ impl LogStore {
                 dir,
                 opts,
                 state: Mutex::new(state),
+                committed_file: Mutex::new(committed_file),
                 flusher,
             }),
         })
@@ -538,7 +543,8 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        save(&self.shared.dir.join(COMMITTED_FILE), committed, false)?;
+        let bytes = postcard::to_stdvec(&Saved(committed)).map_err(io::Error::other)?;
+        self.shared.committed_file.lock().write(&bytes, false)?;
         self.shared.state.lock().committed = committed;
         Ok(())
     }

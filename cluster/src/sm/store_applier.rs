@@ -34,7 +34,7 @@ use super::applier::{Applied, Applier};
 use super::cell::StoreCell;
 use super::clock::ApplyClock;
 use crate::command::{Command, OpError, Response, WrittenData};
-use crate::fsutil::{copy_tree, invalid, read_checked, write_atomic};
+use crate::fsutil::{copy_tree, invalid, read_checked, write_atomic, SlotFile};
 use crate::types::LogId;
 
 const CURRENT_FILE: &str = "current";
@@ -51,6 +51,8 @@ struct AppliedRecord {
 struct Inner {
     generation: u64,
     applied: Applied,
+    /// Where the applied record goes, rewritten after every batch.
+    record: SlotFile,
     /// Each bucket's last revision after the last command applied.
     buckets: BTreeMap<String, u64>,
 }
@@ -119,22 +121,21 @@ impl StoreApplier {
             Some(b) => Some(postcard::from_bytes(&b).map_err(|e| invalid(e.to_string()))?),
             None => None,
         };
+        let (mut record_file, saved) = SlotFile::open(&dir.join(APPLIED_FILE))?;
         let (generation, store, recovered, buckets, applied) = match current {
             None => {
                 let store = Store::open(gen_dir(&dir, 1), options.clone()).map_err(engine)?;
                 let buckets = fingerprint(&store)?;
                 let applied = Applied::default();
-                write_record(&dir, 1, &applied, &buckets, true)?;
+                write_record(&mut record_file, 1, &applied, &buckets, true)?;
                 write_current(&dir, 1)?;
                 (1, store, Some(applied.clone()), buckets, applied)
             }
             Some(g) => {
                 let store = Store::open(gen_dir(&dir, g), options.clone()).map_err(engine)?;
                 let buckets = fingerprint(&store)?;
-                let record: Option<AppliedRecord> = match read_checked(&dir.join(APPLIED_FILE)) {
-                    Ok(Some(b)) => postcard::from_bytes(&b).ok(),
-                    Ok(None) | Err(_) => None,
-                };
+                let record: Option<AppliedRecord> =
+                    saved.and_then(|b| postcard::from_bytes(&b).ok());
                 match record {
                     Some(r) if r.generation == g && r.buckets == buckets => {
                         (g, store, Some(r.applied.clone()), buckets, r.applied)
@@ -163,6 +164,7 @@ impl StoreApplier {
             inner: Mutex::new(Inner {
                 generation,
                 applied,
+                record: record_file,
                 buckets,
             }),
             files: Mutex::new(()),
@@ -274,7 +276,7 @@ impl StoreApplier {
 }
 
 fn write_record(
-    dir: &Path,
+    file: &mut SlotFile,
     generation: u64,
     applied: &Applied,
     buckets: &BTreeMap<String, u64>,
@@ -286,7 +288,7 @@ fn write_record(
         buckets: buckets.clone(),
     };
     let bytes = postcard::to_stdvec(&record).map_err(io::Error::other)?;
-    write_atomic(&dir.join(APPLIED_FILE), &bytes, durable)
+    file.write(&bytes, durable)
 }
 
 fn write_current(dir: &Path, generation: u64) -> io::Result<()> {
@@ -351,8 +353,9 @@ impl Applier for StoreApplier {
     fn set_applied(&self, applied: &Applied, durable: bool) -> io::Result<()> {
         let mut inner = self.inner.lock();
         inner.applied = applied.clone();
+        let inner = &mut *inner;
         write_record(
-            &self.dir,
+            &mut inner.record,
             inner.generation,
             applied,
             &inner.buckets,
@@ -385,7 +388,7 @@ impl Applier for StoreApplier {
         }
         let store = Store::open(&target, self.options.clone()).map_err(engine)?;
         let buckets = fingerprint(&store)?;
-        write_record(&self.dir, generation, applied, &buckets, true)?;
+        write_record(&mut inner.record, generation, applied, &buckets, true)?;
         write_current(&self.dir, generation)?;
         let old = self.cell.replace(store, generation);
         inner.generation = generation;
