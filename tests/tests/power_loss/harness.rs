@@ -250,6 +250,51 @@ fn apply(store: &Store, change: &Change) -> Result<String, Error> {
     }
 }
 
+/// The deletes a multi-write change makes, in the order it makes them: DELGLOB and
+/// the TTL sweep write one DEL marker per key (each its own write, in key order), so
+/// a power cut can keep any prefix of them. `None` for a change written at once.
+fn victims(store: &Store, change: &Change, at_ms: u64) -> Option<Vec<(String, u64)>> {
+    let b = store.bucket(change.bucket()).ok()?;
+    match change {
+        Change::DeleteGlob(_, glob) => Some(
+            b.search(glob, usize::MAX)
+                .ok()?
+                .into_iter()
+                .map(|e| (e.key, e.revision))
+                .collect(),
+        ),
+        Change::Sweep(_) => {
+            let mut latest: BTreeMap<String, Entry> = BTreeMap::new();
+            for e in b.history(">").ok()? {
+                if latest.get(&e.key).is_none_or(|l| l.revision < e.revision) {
+                    latest.insert(e.key.clone(), e);
+                }
+            }
+            Some(
+                latest
+                    .into_values()
+                    .filter(|e| e.op == Op::Put && e.expires_ms != 0 && e.expires_ms <= at_ms)
+                    .map(|e| (e.key, e.revision))
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Makes the first `m` of a multi-write change's deletes (see [`victims`]).
+fn apply_partial(store: &Store, change: &Change, at_ms: u64, m: usize) {
+    let Some(victims) = victims(store, change, at_ms) else {
+        return;
+    };
+    let Ok(b) = store.bucket(change.bucket()) else {
+        return;
+    };
+    for (key, revision) in victims.into_iter().take(m) {
+        let _ = b.write(&[WriteOp::delete_at(&key, revision)]);
+    }
+}
+
 /// Everything a bucket holds that a client can see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BucketState {
@@ -618,13 +663,15 @@ impl Run {
         let now = self.subject.clock.now_ms();
         let pending = std::mem::take(&mut self.pending);
         self.reference.store = None;
-        let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut chosen: BTreeMap<&str, (usize, Option<usize>)> = BTreeMap::new();
         for &bucket in BUCKETS {
             let mine: Vec<&(u64, Change, Option<Outcome>)> = pending
                 .iter()
                 .filter(|(_, c, _)| c.bucket() == bucket)
                 .collect();
-            let found = (0..=mine.len()).find(|&j| {
+            // Candidates: the first j changes whole, then (for a change that writes key
+            // by key) the first m of the next change's writes.
+            let try_candidate = |j: usize, partial: Option<usize>| -> (bool, usize) {
                 let scratch = tempfile::tempdir().expect("tempdir");
                 let path = scratch.path().join("store");
                 copy_store_dir(&self.reference.path(), &path);
@@ -634,11 +681,32 @@ impl Run {
                     clock.set(*at);
                     let _ = apply(&cand, change);
                 }
+                let mut writes = 0;
+                if let (Some(m), Some((at, change, _))) = (partial, mine.get(j)) {
+                    clock.set(*at);
+                    writes = victims(&cand, change, *at).map_or(0, |v| v.len());
+                    apply_partial(&cand, change, *at, m);
+                }
                 drop(cand);
                 clock.set(now);
                 let cand = Reference::open_at(&path, &clock);
-                bucket_state(&cand, bucket).as_ref() == recovered.get(bucket)
-            });
+                (
+                    bucket_state(&cand, bucket).as_ref() == recovered.get(bucket),
+                    writes,
+                )
+            };
+            let mut found = None;
+            for j in 0..=mine.len() {
+                if try_candidate(j, None).0 {
+                    found = Some((j, None));
+                    break;
+                }
+                let (_, writes) = try_candidate(j, Some(0));
+                if let Some(m) = (1..writes).find(|&m| try_candidate(j, Some(m)).0) {
+                    found = Some((j, Some(m)));
+                    break;
+                }
+            }
             let Some(j) = found else {
                 self.reference.reopen(self.reference.opened_at);
                 panic!(
@@ -658,13 +726,20 @@ impl Run {
         for (at, change, said) in pending {
             let b = change.bucket();
             let n = taken.entry(b).or_insert(0);
-            if *n < chosen.get(b).copied().unwrap_or(0) {
-                *n += 1;
+            let (whole, partial) = chosen.get(b).copied().unwrap_or((0, None));
+            if *n < whole {
                 let got = self.reference.apply(at, &change);
                 if let Some(said) = said {
                     assert_eq!(got, said, "the reference disagrees on {change:?}");
                 }
+            } else if *n == whole {
+                if let Some(m) = partial {
+                    self.reference.clock.set(at);
+                    let store = self.reference.store.as_ref().expect("reference open");
+                    apply_partial(store, &change, at, m);
+                }
             }
+            *n += 1;
         }
         self.reference.reopen(now);
         let reference = state(self.reference.store.as_ref().expect("open"));
