@@ -200,9 +200,6 @@ impl Server {
         }
         // Certificates before the store: a bad file is reported without touching the data.
         let tls = config.tls.as_ref().map(tls::load).transpose()?;
-        if let Some(dir) = &config.backup_dir {
-            config.backup_dir = Some(backup_dir(dir, &config.data_dir)?);
-        }
         let (listener, local_addr) = bind_listener(addr)?;
         let http = http_addr.map(bind_listener).transpose()?;
         let (stores, cluster) = if config.cluster.is_some() {
@@ -212,6 +209,10 @@ impl Server {
         } else {
             (StoreCell::new(open_store(&config).await?, 0), None)
         };
+        // After the store: the data directory exists now, to be compared with.
+        if let Some(dir) = &config.backup_dir {
+            config.backup_dir = Some(backup_dir(dir, &config.data_dir)?);
+        }
         let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
         let shared = Arc::new(Shared {
             stores,
