@@ -63,6 +63,13 @@ impl Running {
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
+    /// Kills the process at once (SIGKILL, no shutdown) and waits for it; the data
+    /// directory stays if the caller owns it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the process (SIGTERM, then SIGKILL after 15 s) and waits for it; the data
     /// directory stays if the caller owns it.
     pub fn stop(mut self) {
@@ -95,7 +102,8 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -243,6 +251,27 @@ pub fn start_logkv_in(
         "logkv-server",
         bin,
         &logkv_args(fsync, Vec::new()),
+        base,
+        DataDir::Kept(dir.to_path_buf()),
+        ready_within,
+    )
+}
+
+/// logkv-server with `--fsync fsync` and the flags `extra` (e.g. a cluster node's) on the
+/// data in `dir` (kept when it stops).
+pub fn start_logkv_with(
+    bin: &Path,
+    fsync: &str,
+    extra: &[String],
+    base: &Path,
+    dir: &Path,
+    ready_within: Duration,
+) -> Result<Running, BoxError> {
+    let args = logkv_args(fsync, extra.to_vec());
+    start(
+        "logkv-server",
+        bin,
+        &args,
         base,
         DataDir::Kept(dir.to_path_buf()),
         ready_within,
