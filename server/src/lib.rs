@@ -51,6 +51,7 @@ pub mod protocol;
 mod pump;
 mod secret;
 pub mod server;
+mod server_error;
 mod session;
 mod shared;
 mod testing;
@@ -58,7 +59,8 @@ pub mod tls;
 
 pub use config::{parse_fsync, ClusterConfig, ServerConfig};
 pub use encode::error_code;
-pub use server::{run, Server, ServerError};
+pub use server::{run, Server};
+pub use server_error::ServerError;
 pub use testing::{spawn_test_server, spawn_test_server_with, TestServer};
 
 /// The server's version, as reported by `HELLO` and `INFO`.

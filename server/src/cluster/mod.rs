@@ -20,7 +20,7 @@ use logkv_cluster::{ClusterError, ClusterNode, NodeConfig};
 
 use crate::config::ServerConfig;
 use crate::protocol::Reply;
-use crate::server::ServerError;
+use crate::server_error::ServerError;
 use crate::shared::Shared;
 
 /// Starts the cluster node the configuration describes; `client_addr` is the address
