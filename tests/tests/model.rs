@@ -296,7 +296,10 @@ impl MBucket {
     /// The value a write stores if its precondition holds.
     fn check(&self, op: &COp, now: u64) -> Result<Vec<u8>, MErr> {
         let entries = self.keys.get(&op.key);
-        let latest = entries.and_then(|v| v.last());
+        // A marker past the bucket's max age is not retained, swept or not.
+        let latest = entries
+            .and_then(|v| v.last())
+            .filter(|e| e.op == Op::Put || !e.expired(now));
         let live = latest.is_some_and(|e| e.live(now));
         let latest_rev = latest.map_or(0, |e| e.rev);
         match &op.kind {
