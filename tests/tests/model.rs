@@ -421,14 +421,20 @@ impl MBucket {
         self.apply(e);
     }
 
-    /// Drops the oldest entries of every key that are past the bucket's max age.
+    /// Drops the oldest entries of every key that are past the bucket's max age;
+    /// a latest value stays until the sweep has written its marker.
     fn age_out(&mut self, now: u64) {
         let ttl = self.ttl_ms();
         if ttl == 0 {
             return;
         }
         self.keys.retain(|_, v| {
-            let n = v.iter().take_while(|e| e.created + ttl <= now).count();
+            let kept = usize::from(v.last().is_some_and(|e| e.op == Op::Put));
+            let n = v
+                .iter()
+                .take(v.len() - kept)
+                .take_while(|e| e.created + ttl <= now)
+                .count();
             v.drain(..n);
             !v.is_empty()
         });
