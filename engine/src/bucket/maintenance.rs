@@ -193,10 +193,8 @@ impl BucketCore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::{BucketConfig, Error, FsyncPolicy, ManualClock, Options, Store};
+    use crate::bucket::test_util::{aged_config, manual_options, writers_latest};
+    use crate::{ManualClock, Store};
 
     /// A value past the bucket's max age, not swept yet: the store that stayed up
     /// still held it (hidden from reads), so its writers saw it and the next sweep
@@ -207,31 +205,16 @@ mod tests {
     fn a_value_past_the_max_age_waits_for_its_marker_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(1_000_000);
-        let opts = || Options {
-            background: false,
-            fsync: FsyncPolicy::Never,
-            clock: Arc::new(clock.clone()),
-            ..Default::default()
-        };
-        let config = BucketConfig {
-            history: 2,
-            ttl: Some(Duration::from_secs(1)),
-            ..Default::default()
-        };
-        // What a writer sees of `k`: the error of a DEL REV at an impossible revision.
-        let latest = |store: &Store| match store.bucket("b").unwrap().delete_at("k", 999) {
-            Err(Error::WrongRevision { latest, .. }) => latest,
-            other => panic!("expected WRONGREV, got {other:?}"),
-        };
-        let store = Store::open(dir.path(), opts()).unwrap();
-        let b = store.create_bucket("b", config).unwrap();
+        let latest = |store: &Store| writers_latest(store, "k");
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
+        let b = store.create_bucket("b", aged_config(1_000)).unwrap();
         let value = b.put("k", "v").unwrap();
         clock.advance(2_000);
         assert_eq!(b.get("k").unwrap(), None, "aged: hidden from reads");
         let live = latest(&store);
         drop(b);
         store.close().unwrap();
-        let store = Store::open(dir.path(), opts()).unwrap();
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
         assert_eq!(
             (live, latest(&store)),
             (value, value),

@@ -425,11 +425,9 @@ impl BucketCore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
     use super::KeyState;
-    use crate::{BucketConfig, Error, FsyncPolicy, ManualClock, Options, Store};
+    use crate::bucket::test_util::{aged_config, manual_options, writers_latest};
+    use crate::{FsyncPolicy, ManualClock, Options, Store};
 
     /// A writer checking a precondition (CAS, `SET ... GET`, REVERT) looks the key up in
     /// the index, lets go of its lock, then reads the record. A compaction pass in
@@ -472,24 +470,9 @@ mod tests {
     fn a_marker_past_the_max_age_is_gone_for_writers_before_any_sweep() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(1_000_000);
-        let opts = || Options {
-            background: false,
-            fsync: FsyncPolicy::Never,
-            clock: Arc::new(clock.clone()),
-            ..Default::default()
-        };
-        let config = BucketConfig {
-            history: 2,
-            ttl: Some(Duration::from_secs(5)),
-            ..Default::default()
-        };
-        // What a writer sees of `k`: the error of an UPDATE at an impossible revision.
-        let latest = |store: &Store| match store.bucket("b").unwrap().update("k", "x", 999) {
-            Err(Error::WrongRevision { latest, .. }) => latest,
-            other => panic!("expected WRONGREV, got {other:?}"),
-        };
-        let store = Store::open(dir.path(), opts()).unwrap();
-        let b = store.create_bucket("b", config).unwrap();
+        let latest = |store: &Store| writers_latest(store, "k");
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
+        let b = store.create_bucket("b", aged_config(5_000)).unwrap();
         b.put("k", "v").unwrap();
         let marker = b.delete("k").unwrap();
         assert_eq!(
@@ -504,7 +487,7 @@ mod tests {
             .map_err(|e| e.to_string());
         drop(b);
         store.close().unwrap();
-        let store = Store::open(dir.path(), opts()).unwrap();
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
         assert_eq!(latest(&store), 0, "reopened (the marker left at open)");
         let reopened = store
             .bucket("b")
