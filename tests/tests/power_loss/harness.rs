@@ -253,7 +253,13 @@ fn apply(store: &Store, change: &Change) -> Result<String, Error> {
 /// The deletes a multi-write change makes, in the order it makes them: DELGLOB and
 /// the TTL sweep write one DEL marker per key (each its own write, in key order), so
 /// a power cut can keep any prefix of them. `None` for a change written at once.
-fn victims(store: &Store, change: &Change, at_ms: u64) -> Option<Vec<(String, u64)>> {
+/// `clock` is `store`'s, at `at_ms`.
+fn victims(
+    store: &Store,
+    clock: &ManualClock,
+    change: &Change,
+    at_ms: u64,
+) -> Option<Vec<(String, u64)>> {
     let b = store.bucket(change.bucket()).ok()?;
     match change {
         Change::DeleteGlob(_, glob) => Some(
@@ -264,8 +270,13 @@ fn victims(store: &Store, change: &Change, at_ms: u64) -> Option<Vec<(String, u6
                 .collect(),
         ),
         Change::Sweep(_) => {
+            // The sweep marks values that have expired, which reads hide: they are read
+            // with the clock at 0 (nothing has expired then; reads change nothing).
+            clock.set(0);
+            let retained = b.history(">");
+            clock.set(at_ms);
             let mut latest: BTreeMap<String, Entry> = BTreeMap::new();
-            for e in b.history(">").ok()? {
+            for e in retained.ok()? {
                 if latest.get(&e.key).is_none_or(|l| l.revision < e.revision) {
                     latest.insert(e.key.clone(), e);
                 }
@@ -283,8 +294,8 @@ fn victims(store: &Store, change: &Change, at_ms: u64) -> Option<Vec<(String, u6
 }
 
 /// Makes the first `m` of a multi-write change's deletes (see [`victims`]).
-fn apply_partial(store: &Store, change: &Change, at_ms: u64, m: usize) {
-    let Some(victims) = victims(store, change, at_ms) else {
+fn apply_partial(store: &Store, clock: &ManualClock, change: &Change, at_ms: u64, m: usize) {
+    let Some(victims) = victims(store, clock, change, at_ms) else {
         return;
     };
     let Ok(b) = store.bucket(change.bucket()) else {
@@ -301,6 +312,19 @@ struct BucketState {
     config: BucketConfig,
     last_revision: u64,
     entries: Vec<(String, u64, Op, Vec<u8>, u64, u64)>,
+    /// Each key's latest retained revision as writers see it (0 for none): what
+    /// UPDATE and DEL REV check, and WRONGREV reports. It can differ where the
+    /// entries do not (an expired value is hidden from reads, not from writers).
+    latest: Vec<(&'static str, u64)>,
+}
+
+/// The latest revision of `key` as a writer of `b` sees it, asked with a DEL REV
+/// that cannot match (its WRONGREV says it and writes nothing).
+fn writers_latest(b: &logkv::Bucket, key: &str) -> u64 {
+    match b.write(&[WriteOp::delete_at(key, u64::MAX)]) {
+        Err(Error::WrongRevision { latest, .. }) => latest,
+        other => panic!("a DEL REV that cannot match got {other:?}"),
+    }
 }
 
 fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
@@ -322,10 +346,15 @@ fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
         })
         .collect();
     entries.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let latest = KEYS
+        .iter()
+        .map(|&k| (k, dense(&lost, writers_latest(&b, k))))
+        .collect();
     Some(BucketState {
         config: b.config(),
         last_revision: dense_counter(&lost, b.status().expect("status").last_revision),
         entries,
+        latest,
     })
 }
 
@@ -684,8 +713,8 @@ impl Run {
                 let mut writes = 0;
                 if let (Some(m), Some((at, change, _))) = (partial, mine.get(j)) {
                     clock.set(*at);
-                    writes = victims(&cand, change, *at).map_or(0, |v| v.len());
-                    apply_partial(&cand, change, *at, m);
+                    writes = victims(&cand, &clock, change, *at).map_or(0, |v| v.len());
+                    apply_partial(&cand, &clock, change, *at, m);
                 }
                 drop(cand);
                 clock.set(now);
@@ -736,7 +765,7 @@ impl Run {
                 if let Some(m) = partial {
                     self.reference.clock.set(at);
                     let store = self.reference.store.as_ref().expect("reference open");
-                    apply_partial(store, &change, at, m);
+                    apply_partial(store, &self.reference.clock, &change, at, m);
                 }
             }
             *n += 1;
