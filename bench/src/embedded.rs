@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::keys::{self, check_value, ENTRY_LEN, KEY_LEN, VALUE_LEN};
-use crate::report::{Extra, Reporter, Row};
+use crate::keys::{self, check_value, DURABLE_OPS, ENTRY_LEN, KEY_LEN, VALUE_LEN};
+use crate::report::{out, Extra, Reporter, Row};
 use crate::stores::{self, BoxError, KvStore};
 use crate::sys;
 
@@ -34,8 +34,6 @@ pub const WORKLOADS: &[&str] = &[
 /// Workloads that run in one child per store, on the data W1 loads.
 const LOADED: &[&str] = &["W1", "W2", "W3", "W5", "W6"];
 
-/// Puts of W4 (each durable).
-pub const DURABLE_OPS: u32 = 2000;
 /// Threads of W4.t16.
 pub const DURABLE_THREADS: u32 = 16;
 
@@ -271,10 +269,6 @@ fn run_child(
 }
 
 /// Prints a row from a child: JSON on stdout for the parent.
-pub fn out(row: &Row) {
-    println!("{}", row.to_json());
-}
-
 fn row(store: &str, workload: &str, value: f64, unit: &str, n: u64) -> Row {
     Row::new("embedded", store, workload, value, unit, n)
 }

@@ -6,6 +6,8 @@ pub const KEY_LEN: usize = 16;
 pub const VALUE_LEN: usize = 100;
 /// Live bytes of one entry (key + value), the denominator of `W3.space`.
 pub const ENTRY_LEN: u64 = (KEY_LEN + VALUE_LEN) as u64;
+/// Puts of W4 (each durable), and the writes of `limit-fdatasync`.
+pub const DURABLE_OPS: u32 = 2000;
 
 /// `SplitMix64`: small, fast, and the same sequence on every machine.
 #[derive(Debug, Clone)]

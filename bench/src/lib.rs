@@ -10,6 +10,7 @@
 )]
 
 pub mod embedded;
+pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod redisbench;

@@ -16,9 +16,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::embedded::{out, DURABLE_OPS};
-use crate::keys::{self, check_value, KEY_LEN, VALUE_LEN};
-use crate::report::Row;
+use crate::keys::{self, check_value, DURABLE_OPS, KEY_LEN, VALUE_LEN};
+use crate::report::{out, Row};
 use crate::stores::BoxError;
 use crate::sys;
 

@@ -27,7 +27,8 @@ struct Cli {
 enum Cmd {
     /// logkv against redb, fjall and sled (peers need `--features peers`).
     Embedded(EmbeddedArgs),
-    /// logkv-server against redis-server, loaded by redis-benchmark, plus S5, S6, S7.
+    /// logkv-server against redis-server, loaded by redis-benchmark, plus S5, S6, S7, the
+    /// HTTP gateway against the RESP port, and C1.
     Server(ServerArgs),
     /// Runs one store's workloads in a fresh process (used by `embedded`).
     #[command(name = "__child", hide = true)]
@@ -95,7 +96,13 @@ struct ServerArgs {
     /// S7: buckets, one key each.
     #[arg(long, default_value_t = 10_000)]
     s7_buckets: usize,
-    /// Parts to run (default: all): compare, onekey, S5, S6, S7.
+    /// C1: SIGKILLs of the cluster's leader whose failover time is measured.
+    #[arg(long, default_value_t = 20)]
+    c1_kills: usize,
+    /// C1: writer threads loading the cluster while its leader is killed.
+    #[arg(long, default_value_t = 2)]
+    c1_writers: usize,
+    /// Parts to run (default: all): compare, onekey, S5, S6, S7, gateway, C1.
     #[arg(long, value_delimiter = ',')]
     parts: Vec<String>,
     /// Directory for the servers' files (default: the system temporary directory).
@@ -219,6 +226,8 @@ fn run_server(a: ServerArgs) -> bool {
         s5_writes: a.s5_writes,
         s6_requests: a.s6_requests,
         s7_buckets: a.s7_buckets,
+        c1_kills: a.c1_kills,
+        c1_writers: a.c1_writers,
         parts,
         dir: a.dir,
         bench_timeout: Duration::from_secs(a.bench_timeout),

@@ -6,6 +6,12 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+/// Prints one result row as a JSON line on stdout (what a child process of the
+/// embedded suite hands its parent).
+pub fn out(row: &Row) {
+    println!("{}", row.to_json());
+}
+
 /// An extra field of a row, after the standard ones.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Extra {

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use logkv::{Bucket, FsyncPolicy, Options, Store, Watch, WatchEvent, WatchOptions};
 
-use crate::embedded::out;
 use crate::keys::{self, KEY_LEN, VALUE_LEN};
-use crate::report::{Extra, Row};
+use crate::report::{out, Extra, Row};
 use crate::stores::BoxError;
 
 /// Watch counts of `watch-fanout`.

@@ -38,6 +38,13 @@ pub struct Options {
     /// Where the files live. Default: the operating system ([`Storage::os`]);
     /// tests use a simulated page cache.
     pub storage: Storage,
+    /// The store is a replica: what it holds is applied from a replication log
+    /// that outlives it (a cluster node's Raft log), which applies again, with
+    /// the same revisions, whatever an unclean stop took back. So after such a
+    /// stop the revision counters continue from the last revision recovered
+    /// instead of skipping the revisions that may have been seen (see
+    /// `Bucket::lost_revisions`). Default false.
+    pub replicated: bool,
 }
 
 impl Default for Options {
@@ -52,6 +59,7 @@ impl Default for Options {
             compact_dead_ratio: 0.5,
             snapshot_min_bytes: 64 * 1024,
             storage: Storage::os(),
+            replicated: false,
         }
     }
 }

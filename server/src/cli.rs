@@ -10,8 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use logkv::FsyncPolicy;
 
 use crate::backup::client::{BackupOptions, ClientTls};
-
-use crate::config::{parse_fsync, ServerConfig};
+use crate::config::{parse_fsync, parse_initial_cluster, ClusterConfig, ServerConfig};
 use crate::protocol::Limits;
 use crate::tls::TlsFiles;
 
@@ -115,6 +114,26 @@ pub struct Cli {
     /// the port can then read and change everything: use only on a trusted network.
     #[arg(long)]
     pub unprotected: bool,
+
+    /// Run as node N of a cluster (a positive integer, never reused for another node).
+    /// Needs --raft-listen; the data directory then holds the node's Raft log and store.
+    #[arg(long, value_name = "N", requires = "raft_listen")]
+    pub node_id: Option<u64>,
+
+    /// Where the other cluster nodes reach this one (host:port).
+    #[arg(long, value_name = "HOST:PORT", requires = "node_id")]
+    pub raft_listen: Option<String>,
+
+    /// The first members of the cluster, the same on every node: `1=host:port,2=...`
+    /// (their --raft-listen addresses). Left out on a node that waits to be added with
+    /// `CLUSTER ADD`.
+    #[arg(long, value_name = "ID=HOST:PORT,...", requires = "node_id", value_parser = parse_initial_cluster)]
+    pub initial_cluster: Option<std::collections::BTreeMap<u64, String>>,
+
+    /// The client address the other nodes report for this one (`CLUSTER INFO` `leader_addr`).
+    /// Default: --listen.
+    #[arg(long, value_name = "HOST:PORT", requires = "node_id")]
+    pub advertise: Option<String>,
 
     /// Serve TLS on the listen address with this certificate chain (PEM, the server's own
     /// certificate first). Needs --tls-key.
@@ -253,6 +272,14 @@ impl Cli {
             config.max_client_memory = budget;
         }
         config.unprotected = self.unprotected;
+        if let (Some(node_id), Some(raft_listen)) = (self.node_id, self.raft_listen) {
+            config.cluster = Some(ClusterConfig {
+                node_id,
+                raft_listen,
+                initial: self.initial_cluster.unwrap_or_default(),
+                advertise: self.advertise,
+            });
+        }
         config.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
@@ -353,6 +380,34 @@ mod tests {
         assert!(c.tls.is_none());
         assert!(c.http_listen.is_none() && c.http_cors_origins.is_empty());
         assert!(Cli::try_parse_from(["logkv-server", "--fsync", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn cluster_flags() {
+        assert!(Cli::parse_from(["logkv-server"])
+            .into_config()
+            .cluster
+            .is_none());
+        let c = Cli::parse_from([
+            "logkv-server",
+            "--node-id",
+            "2",
+            "--raft-listen",
+            "127.0.0.1:7480",
+            "--initial-cluster",
+            "1=127.0.0.1:7479,2=127.0.0.1:7480",
+            "--advertise",
+            "10.0.0.2:7379",
+        ])
+        .into_config();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node_id, 2);
+        assert_eq!(cluster.raft_listen, "127.0.0.1:7480");
+        assert_eq!(cluster.initial.len(), 2);
+        assert_eq!(cluster.advertise.as_deref(), Some("10.0.0.2:7379"));
+        // --node-id needs --raft-listen, and the other flags need --node-id.
+        assert!(Cli::try_parse_from(["logkv-server", "--node-id", "1"]).is_err());
+        assert!(Cli::try_parse_from(["logkv-server", "--advertise", "h:1"]).is_err());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub unprotected: bool,
     /// How long shutdown waits for connections to finish what they are doing.
     pub shutdown_grace: Duration,
+    /// Run as a node of a cluster (`--node-id` and the flags with it); `None`: a single
+    /// node, as in version 1.
+    pub cluster: Option<ClusterConfig>,
     /// Serve TLS on the listen address with these files; plain TCP when `None`.
     pub tls: Option<TlsFiles>,
     /// Where the HTTP gateway listens, `host:port`; no gateway when `None`.
@@ -48,6 +51,48 @@ pub struct ServerConfig {
     pub http_cors_origins: Vec<String>,
     /// Where `BACKUP name` writes (`<backup-dir>/name`); `BACKUP name` is refused when `None`.
     pub backup_dir: Option<PathBuf>,
+}
+
+/// The cluster flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `--node-id`.
+    pub node_id: u64,
+    /// `--raft-listen`: where the other nodes reach this one.
+    pub raft_listen: String,
+    /// `--initial-cluster`: id → raft address of the first members (empty: wait to be
+    /// added with `CLUSTER ADD`).
+    pub initial: std::collections::BTreeMap<u64, String>,
+    /// `--advertise`: the client address other nodes report for this one (default: the
+    /// listen address).
+    pub advertise: Option<String>,
+}
+
+/// Parses `--initial-cluster`: `1=host:port,2=host:port,...`.
+pub fn parse_initial_cluster(s: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("{part:?}: the node id must be a positive integer"))?;
+        let addr = addr.trim();
+        if !addr.contains(':') {
+            return Err(format!("{part:?}: expected id=host:port"));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("expected at least one id=host:port".into());
+    }
+    Ok(out)
 }
 
 impl ServerConfig {
@@ -66,6 +111,7 @@ impl ServerConfig {
             max_client_memory: crate::client_memory::default_budget(),
             unprotected: false,
             shutdown_grace: Duration::from_secs(5),
+            cluster: None,
             tls: None,
             http_listen: None,
             http_allowed_hosts: Vec::new(),
@@ -110,5 +156,15 @@ mod tests {
         assert!(parse_fsync("interval=0").is_err());
         assert!(parse_fsync("interval=x").is_err());
         assert!(parse_fsync("sometimes").is_err());
+    }
+
+    #[test]
+    fn initial_clusters() {
+        let m = parse_initial_cluster("1=127.0.0.1:7479, 2=127.0.0.1:7480,3=h:1").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&2], "127.0.0.1:7480");
+        for bad in ["", "1", "0=h:1", "x=h:1", "1=h", "1=h:1,1=h:2"] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tracing::{error, warn};
 
 use crate::client_memory::ClientBuffers;
+use crate::cluster;
 use crate::command::{self, Flow};
 use crate::protocol::{parse_request, ParseError, Reply};
 use crate::session::Session;
@@ -82,7 +83,7 @@ pub(crate) async fn serve(
     buffers: ClientBuffers,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let bucket = match shared.store.default_bucket() {
+    let bucket = match shared.store().default_bucket() {
         Ok(b) => b,
         Err(e) => {
             error!("the default bucket is missing: {e}");
@@ -219,6 +220,8 @@ impl Conn {
 
     /// Executes every complete request in the read buffer.
     async fn process(&mut self) -> io::Result<()> {
+        // New requests: a read among them needs a barrier taken after they arrived.
+        self.session.fenced = false;
         let limits = self.session.shared.config.limits;
         let max_output = self.session.shared.config.max_output;
         let max_request = self.session.shared.config.max_request;
@@ -233,18 +236,14 @@ impl Conn {
                     }
                     self.see_own_writes(&req.args).await?;
                     let start = self.out.len();
-                    match command::execute(&mut self.session, &req.args, &mut self.out) {
-                        Flow::Continue => {}
-                        Flow::Close => {
-                            self.closing = true;
-                            break;
-                        }
-                        Flow::Blocking(job) => self.blocking(job).await,
-                        Flow::Stream(job) => {
-                            self.session.apply_pending(&mut self.out);
-                            self.flush().await?;
-                            self.stream(job).await?;
-                        }
+                    if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await {
+                        continue;
+                    }
+                    let flow = command::execute(&mut self.session, &req.args, &mut self.out);
+                    cluster::writes::settle(&mut self.session, &mut self.out).await;
+                    if !self.finish(flow).await? {
+                        self.closing = true;
+                        break;
                     }
                     // Replies of queued writes applied first are not this command's.
                     let start = start.max(self.session.reply_start);
@@ -262,6 +261,7 @@ impl Conn {
                     }
                     if self.out.len() >= FLUSH_AT {
                         self.session.apply_pending(&mut self.out);
+                        cluster::writes::settle(&mut self.session, &mut self.out).await;
                         self.end_batch();
                         self.flush().await?;
                     }
@@ -305,6 +305,7 @@ impl Conn {
         }
         // The pipeline's last writes, before anything is sent.
         self.session.apply_pending(&mut self.out);
+        cluster::writes::settle(&mut self.session, &mut self.out).await;
         self.end_batch();
         self.rbuf.advance(pos);
         if self.rbuf.is_empty() {
@@ -314,6 +315,28 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Completes what a command left to do: runs its blocking job, awaits its cluster job
+    /// or sends its stream, and encodes the reply. `false`: the connection is to close after
+    /// the output.
+    async fn finish(&mut self, flow: Flow) -> io::Result<bool> {
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => return Ok(false),
+            Flow::Await(job) => {
+                let reply = job.await;
+                self.out.extend_from_slice(&reply);
+            }
+            Flow::Blocking(job) => self.blocking(job).await,
+            Flow::Stream(job) => {
+                self.session.apply_pending(&mut self.out);
+                cluster::writes::settle(&mut self.session, &mut self.out).await;
+                self.flush().await?;
+                self.stream(job).await?;
+            }
+        }
+        Ok(true)
     }
 
     /// Runs a command's job on the blocking pool and encodes its reply.
@@ -427,10 +450,12 @@ impl Conn {
 
     /// A read that follows writes of this pipeline sees them: it waits for their
     /// durability (under `always` a write is visible only once durable), as their
-    /// replies do.
+    /// replies do. On a cluster node the writes are proposed first and their replies
+    /// placed (the read's barrier, taken next, then covers them).
     async fn see_own_writes(&mut self, args: &[Bytes]) -> io::Result<()> {
         if command::reads_state(&self.session, args) {
             self.session.apply_pending(&mut self.out);
+            cluster::writes::settle(&mut self.session, &mut self.out).await;
             if !self.session.durability.is_empty() {
                 self.wait_durable().await?;
             }

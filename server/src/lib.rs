@@ -15,6 +15,8 @@
 //!   watches, the pipeline's pending writes). It knows nothing of `command`.
 //! * `shared`: what every connection shares (store, configuration, counters, pumps,
 //!   syncers, the client-memory budget).
+//! * `cluster`: the hooks of a cluster node (`--node-id`): writes proposed to the Raft group,
+//!   read barriers, the `CLUSTER` verbs.
 //! * `client_memory`: the budget for all connections' buffers (`--max-client-memory`).
 //! * `metrics`: request counts and latency histograms (per-connection, flushed per batch).
 //! * `health`: serving, shutting down, or failed (a poisoned log), for `/healthz`.
@@ -36,6 +38,7 @@
 pub mod backup;
 pub mod cli;
 mod client_memory;
+mod cluster;
 mod command;
 pub mod config;
 mod connection;
@@ -48,14 +51,16 @@ pub mod protocol;
 mod pump;
 mod secret;
 pub mod server;
+mod server_error;
 mod session;
 mod shared;
 mod testing;
 pub mod tls;
 
-pub use config::{parse_fsync, ServerConfig};
+pub use config::{parse_fsync, ClusterConfig, ServerConfig};
 pub use encode::error_code;
-pub use server::{run, Server, ServerError};
+pub use server::{run, Server};
+pub use server_error::ServerError;
 pub use testing::{spawn_test_server, spawn_test_server_with, TestServer};
 
 /// The server's version, as reported by `HELLO` and `INFO`.

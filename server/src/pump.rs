@@ -114,6 +114,15 @@ impl Pumps {
         pump
     }
 
+    /// Wakes every connection that watches anything (the store was replaced: their
+    /// watches end).
+    pub fn wake_everyone(&self) {
+        let pumps: Vec<Arc<Pump>> = self.inner.map.lock().values().cloned().collect();
+        for p in pumps {
+            p.wake_all();
+        }
+    }
+
     /// Stops every pump and waits for the threads (blocking).
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Release);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logkv::{Options, Store};
+use logkv_cluster::StoreCell;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -20,66 +21,9 @@ use crate::config::ServerConfig;
 use crate::connection;
 use crate::durability::Syncers;
 use crate::pump::Pumps;
+use crate::server_error::ServerError;
 use crate::shared::{Shared, Stats};
 use crate::tls::{self, Transport};
-
-/// Why the server could not start or stop cleanly.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// A non-loopback listen address without a password (protected mode).
-    #[error(
-        "refusing to listen on {addr} without a password: it is not a loopback address, so anyone \
-         who can reach it could read and change all data. Set a password with --password <secret> \
-         or the LOGKV_PASSWORD environment variable (clients then send AUTH <secret>), listen on \
-         127.0.0.1, or pass --unprotected if this network is trusted"
-    )]
-    Unprotected {
-        /// The address asked for.
-        addr: String,
-    },
-    /// The listen address is not `host:port` or does not resolve.
-    #[error("invalid listen address {addr:?}: {reason}")]
-    BadAddress {
-        /// The address asked for.
-        addr: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The data directory could not be opened.
-    #[error("cannot open the data directory {}: {source}{hint}", dir.display())]
-    Store {
-        /// The directory.
-        dir: PathBuf,
-        /// The engine's error.
-        #[source]
-        source: logkv::Error,
-        /// Extra advice for the user.
-        hint: &'static str,
-    },
-    /// The backup directory cannot be used.
-    #[error("unusable --backup-dir {}: {reason}", dir.display())]
-    BackupDir {
-        /// The directory.
-        dir: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Binding the listening socket failed.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TLS certificate, key or client CA could not be loaded.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// The final sync at shutdown failed.
-    #[error("final sync at shutdown failed: {0}")]
-    Sync(#[source] logkv::Error),
-}
 
 /// A server bound to its address with its store open, not yet accepting.
 pub struct Server {
@@ -176,80 +120,54 @@ fn backup_dir(dir: &Path, data_dir: &Path) -> Result<PathBuf, ServerError> {
 }
 
 impl Server {
-    /// Checks protected mode, opens the store and binds the listening sockets.
+    /// Checks protected mode, opens the store (on a cluster node: starts the node, which
+    /// opens it) and binds the listening sockets.
     pub async fn bind(mut config: ServerConfig) -> Result<Server, ServerError> {
         let addr = protected(&config, &config.listen)?;
         let http_addr = match &config.http_listen {
             Some(listen) => Some(protected(&config, listen)?),
             None => None,
         };
-        // Certificates before the store: a bad file is reported without touching the data.
-        let tls = config.tls.as_ref().map(tls::load).transpose()?;
-        let opts = Options {
-            fsync: config.fsync,
-            repair: config.repair,
-            ..Options::default()
-        };
-        let dir = config.data_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, opts)).await;
-        let store = match opened {
-            Ok(Ok(store)) => store,
-            Ok(Err(source)) => {
-                let hint = match source {
-                    logkv::Error::Locked(_) => {
-                        " (is another logkv-server running on this directory? stop it or pick \
-                         another --data-dir)"
-                    }
-                    logkv::Error::Corrupt { .. } => {
-                        " (start with --repair to keep every valid record and log what is \
-                         skipped)"
-                    }
-                    _ => "",
-                };
-                return Err(ServerError::Store {
-                    dir: config.data_dir.clone(),
-                    source,
-                    hint,
-                });
-            }
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        };
-        for (bucket, report) in store.recovery_reports() {
-            if report.truncated_bytes > 0 {
-                warn!(
-                    bucket = %bucket,
-                    truncated_bytes = report.truncated_bytes,
-                    whole_records_dropped = report.dropped_records,
-                    "recovery cut the unsynced tail of the log (a crash or power loss)"
-                );
-            }
-            for skipped in &report.skipped {
-                warn!(
-                    bucket = %bucket,
-                    file = %skipped.path.display(),
-                    offset = skipped.offset,
-                    bytes = skipped.bytes,
-                    reason = %skipped.reason,
-                    "repair skipped a damaged region"
-                );
+        if let Some(c) = &config.cluster {
+            protected(&config, &c.raft_listen)?;
+            if config.repair {
+                return Err(ServerError::Cluster(
+                    "--repair does not apply to a cluster node: a damaged node is rebuilt from \
+                     the others (see docs/CLUSTER.md)"
+                        .into(),
+                ));
             }
         }
+        // Certificates before the store: a bad file is reported without touching the data.
+        let tls = config.tls.as_ref().map(tls::load).transpose()?;
+        let (listener, local_addr) = bind_listener(addr)?;
+        let http = http_addr.map(bind_listener).transpose()?;
+        let (stores, cluster) = if config.cluster.is_some() {
+            // The client listener first: its address is what the node advertises by default.
+            let node = crate::cluster::start(&config, local_addr).await?;
+            (node.store().clone(), Some(node))
+        } else {
+            (StoreCell::new(open_store(&config).await?, 0), None)
+        };
+        // After the store: the data directory exists now, to be compared with.
         if let Some(dir) = &config.backup_dir {
             config.backup_dir = Some(backup_dir(dir, &config.data_dir)?);
         }
-        let (listener, local_addr) = bind_listener(addr)?;
-        let http = http_addr.map(bind_listener).transpose()?;
         let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
         let shared = Arc::new(Shared {
-            store,
+            stores,
+            cluster,
             config,
             client_memory,
             stats: Stats::new(),
             pumps: Pumps::new(),
             syncers: Syncers::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
             health: crate::health::Health::default(),
         });
+        if shared.cluster.is_some() {
+            crate::cluster::watch_store_changes(&shared);
+        }
         Ok(Server {
             listener,
             local_addr,
@@ -349,30 +267,93 @@ impl Server {
             );
             tasks.shutdown().await;
         }
-        let pumps = shared.pumps.clone();
-        let _ = tokio::task::spawn_blocking(move || pumps.shutdown()).await;
-        let keep = Arc::clone(&shared);
-        let _ = tokio::task::spawn_blocking(move || keep.syncers.shutdown()).await;
-        // Blocking jobs (fsync waits, DELGLOB...) hold a reference until they return.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        close(shared).await
+    }
+}
+
+/// After the connections: stops the watch pumps, the syncers and the cluster node, waits
+/// for the blocking jobs, then syncs the store and closes it.
+async fn close(shared: Arc<Shared>) -> Result<(), ServerError> {
+    let pumps = shared.pumps.clone();
+    let _ = tokio::task::spawn_blocking(move || pumps.shutdown()).await;
+    let keep = Arc::clone(&shared);
+    let _ = tokio::task::spawn_blocking(move || keep.syncers.shutdown()).await;
+    if let Some(node) = &shared.cluster {
+        node.shutdown().await;
+    }
+    // Blocking jobs (fsync waits, DELGLOB...) hold a reference until they return.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let synced = tokio::task::spawn_blocking(move || {
+        let result = shared.store().sync();
+        drop(shared);
+        result
+    })
+    .await;
+    match synced {
+        Ok(Ok(())) => {
+            info!("store synced and closed; bye");
+            Ok(())
         }
-        let synced = tokio::task::spawn_blocking(move || {
-            let result = shared.store.sync();
-            drop(shared);
-            result
-        })
-        .await;
-        match synced {
-            Ok(Ok(())) => {
-                info!("store synced and closed; bye");
-                Ok(())
-            }
-            Ok(Err(e)) => Err(ServerError::Sync(e)),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        Ok(Err(e)) => Err(ServerError::Sync(e)),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Opens the single node's store, logging what recovery cut or repair skipped.
+async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
+    let opts = Options {
+        fsync: config.fsync,
+        repair: config.repair,
+        ..Options::default()
+    };
+    let dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, opts)).await;
+    let store = match opened {
+        Ok(Ok(store)) => store,
+        Ok(Err(source)) => {
+            let hint = match source {
+                logkv::Error::Locked(_) => {
+                    " (is another logkv-server running on this directory? stop it or pick \
+                     another --data-dir)"
+                }
+                logkv::Error::Corrupt { .. } => {
+                    " (start with --repair to keep every valid record and log what is \
+                     skipped)"
+                }
+                _ => "",
+            };
+            return Err(ServerError::Store {
+                dir: config.data_dir.clone(),
+                source,
+                hint,
+            });
+        }
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    for (bucket, report) in store.recovery_reports() {
+        if report.truncated_bytes > 0 {
+            warn!(
+                bucket = %bucket,
+                truncated_bytes = report.truncated_bytes,
+                whole_records_dropped = report.dropped_records,
+                "recovery cut the unsynced tail of the log (a crash or power loss)"
+            );
+        }
+        for skipped in &report.skipped {
+            warn!(
+                bucket = %bucket,
+                file = %skipped.path.display(),
+                offset = skipped.offset,
+                bytes = skipped.bytes,
+                reason = %skipped.reason,
+                "repair skipped a damaged region"
+            );
         }
     }
+    Ok(store)
 }
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use logkv::Store;
+use logkv_cluster::{ClusterNode, StoreCell};
 
 use crate::client_memory::ClientMemory;
 use crate::config::ServerConfig;
@@ -33,7 +34,11 @@ pub(crate) struct Stats {
 
 /// What every connection task shares.
 pub(crate) struct Shared {
-    pub store: Store,
+    /// The store served: fixed on a single node; on a cluster node, replaced when a
+    /// snapshot is installed (see [`Shared::store`]).
+    pub stores: StoreCell,
+    /// The cluster node, when the server is one.
+    pub cluster: Option<ClusterNode>,
     pub config: ServerConfig,
     pub stats: Stats,
     pub pumps: Pumps,
@@ -44,6 +49,18 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// Serving, shutting down, or failed.
     pub health: Health,
+}
+
+impl Shared {
+    /// The store served now.
+    pub fn store(&self) -> Store {
+        self.stores.get()
+    }
+
+    /// The generation of the store served (raised when a cluster node installs a snapshot).
+    pub fn store_generation(&self) -> u64 {
+        self.stores.generation()
+    }
 }
 
 impl Stats {

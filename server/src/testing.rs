@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::config::ServerConfig;
-use crate::server::{Server, ServerError};
+use crate::server::Server;
+use crate::server_error::ServerError;
 
 /// A server running on its own thread and runtime; stopped by [`TestServer::stop`] or drop.
 #[derive(Debug)]

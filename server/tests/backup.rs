@@ -265,6 +265,24 @@ fn a_backup_dir_inside_the_data_dir_is_refused_at_startup() {
     assert!(err.contains("inside the data directory"), "{err}");
 }
 
+#[test]
+fn a_backup_dir_is_accepted_beside_a_data_dir_that_does_not_exist_yet() {
+    // The backup directory is checked against the data directory once the store has
+    // created it.
+    let base = tempfile::tempdir().unwrap();
+    let (data, backups) = (base.path().join("data"), base.path().join("backups"));
+    let (_server, addr, _dir) = common::start_server(|c| {
+        c.data_dir.clone_from(&data);
+        c.backup_dir = Some(backups.clone());
+    });
+    let mut con = connect(addr);
+    let _: () = cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let (_, revisions) = backup(&mut con, "first").unwrap();
+    assert_eq!(revisions["default"], 1);
+    assert!(backups.join("first").is_dir());
+    assert!(data.is_dir());
+}
+
 /// `logkv-server backup` with these flags.
 fn backup_command(args: &[&str], password: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_logkv-server"));

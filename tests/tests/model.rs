@@ -296,7 +296,10 @@ impl MBucket {
     /// The value a write stores if its precondition holds.
     fn check(&self, op: &COp, now: u64) -> Result<Vec<u8>, MErr> {
         let entries = self.keys.get(&op.key);
-        let latest = entries.and_then(|v| v.last());
+        // A marker past the bucket's max age is not retained, swept or not.
+        let latest = entries
+            .and_then(|v| v.last())
+            .filter(|e| e.op == Op::Put || !e.expired(now));
         let live = latest.is_some_and(|e| e.live(now));
         let latest_rev = latest.map_or(0, |e| e.rev);
         match &op.kind {
@@ -418,14 +421,20 @@ impl MBucket {
         self.apply(e);
     }
 
-    /// Drops the oldest entries of every key that are past the bucket's max age.
+    /// Drops the oldest entries of every key that are past the bucket's max age;
+    /// a latest value stays until the sweep has written its marker.
     fn age_out(&mut self, now: u64) {
         let ttl = self.ttl_ms();
         if ttl == 0 {
             return;
         }
         self.keys.retain(|_, v| {
-            let n = v.iter().take_while(|e| e.created + ttl <= now).count();
+            let kept = usize::from(v.last().is_some_and(|e| e.op == Op::Put));
+            let n = v
+                .iter()
+                .take(v.len() - kept)
+                .take_while(|e| e.created + ttl <= now)
+                .count();
             v.drain(..n);
             !v.is_empty()
         });

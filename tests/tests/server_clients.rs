@@ -1,7 +1,7 @@
 //! Real clients beyond the Rust `redis` crate: the Python `redis` package
-//! (`execute_command`, `pipeline(transaction=True)`, RESP3) and
-//! `redis-benchmark` running a custom logkv verb. A test whose tool is not installed
-//! skips, saying so (a failure under `LOGKV_NO_SKIP=1`; `.ci/run` installs both).
+//! (`execute_command`, `pipeline(transaction=True)`, RESP3), node-redis (`tests/node/`)
+//! and `redis-benchmark` running a custom logkv verb. A test whose tool is not installed
+//! skips, saying so (a failure under `LOGKV_NO_SKIP=1`; `.ci/run` installs all three).
 
 mod common;
 
@@ -60,6 +60,34 @@ print("python client ok")
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("python client ok"));
+}
+
+#[test]
+fn node_redis_client() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    if !dir.join("node_modules/redis").is_dir() {
+        return skip("node-redis is not installed (npm ci --prefix tests/node)");
+    }
+    let srv = Srv::start();
+    let out = Command::new("node")
+        .arg(dir.join("client.js"))
+        .arg(srv.addr.port().to_string())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => return skip(&format!("node cannot be run: {e}")),
+    };
+    assert!(
+        out.status.success(),
+        "node client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node client ok"));
+    // What the script wrote is in the store, seen through another client.
+    let mut c = srv.raw();
+    assert_eq!(c.cmd(&["GET", "k999"]).text(), "999");
+    assert_eq!(c.cmd(&["GET", "n.b"]).text(), "two");
 }
 
 #[test]

@@ -21,7 +21,10 @@ use crate::report::{Extra, Reporter, Row};
 use crate::resp::{watch_frame, Client, Inbox, Value, WatchFrame};
 use crate::stores::BoxError;
 
-const WARMUP: usize = 5;
+/// Unmeasured writes at the start of a round.
+pub(crate) const WARMUP: usize = 5;
+/// The bucket the watchers watch and the writer writes.
+pub(crate) const BUCKET: &str = "s5";
 const VALUE: [u8; 100] = [b'v'; 100];
 /// Digits of the sequence number at the start of a redis message.
 const SEQ_DIGITS: usize = 20;
@@ -37,11 +40,11 @@ pub enum Side {
 
 impl Side {
     /// Opens one subscriber connection, ready to receive.
-    fn subscriber(self, addr: &str) -> Result<Client, BoxError> {
+    pub(crate) fn subscriber(self, addr: &str) -> Result<Client, BoxError> {
         let mut c = Client::connect(addr)?;
         match self {
             Side::Logkv => {
-                expect_ok(c.call(&[b"USE", b"s5"])?, "USE")?;
+                expect_ok(c.call(&[b"USE", BUCKET.as_bytes()])?, "USE")?;
                 let id = expect_ok(c.call(&[b"WATCH", b">"])?, "WATCH")?;
                 if id.as_int().is_none() {
                     return Err(format!("WATCH replied {id:?}").into());
@@ -90,7 +93,12 @@ impl Side {
     }
 
     /// Sends write `seq` and waits for its reply; returns the id its events carry.
-    fn write(self, w: &mut Client, seq: u64, subscribers: usize) -> Result<u64, BoxError> {
+    pub(crate) fn write(
+        self,
+        w: &mut Client,
+        seq: u64,
+        subscribers: usize,
+    ) -> Result<u64, BoxError> {
         match self {
             Side::Logkv => {
                 let r = expect_ok(w.call(&[b"PUT", b"fan.out", &VALUE])?, "PUT")?
@@ -121,13 +129,44 @@ pub struct Latencies {
 }
 
 /// Per receiver thread: which write's event arrived when.
-struct Arrivals {
-    events: Vec<(u64, Instant)>,
+pub(crate) struct Arrivals {
+    pub(crate) events: Vec<(u64, Instant)>,
 }
 
-fn receive(
+/// What a subscriber connection's bytes say: the ids of the events in them.
+pub(crate) trait Events: Send {
+    /// Takes bytes read from the connection; appends the id of every whole event in them.
+    fn feed(&mut self, bytes: &[u8], ids: &mut Vec<u64>) -> Result<(), String>;
+}
+
+/// A RESP subscriber connection's decoder.
+pub(crate) struct RespEvents {
     side: Side,
-    conns: Vec<(TcpStream, Inbox)>,
+    inbox: Inbox,
+}
+
+impl RespEvents {
+    /// Splits a subscriber's [`Client`] into its socket and a decoder of what follows.
+    pub(crate) fn split(side: Side, c: Client) -> (TcpStream, RespEvents) {
+        let (stream, inbox) = c.into_parts();
+        (stream, RespEvents { side, inbox })
+    }
+}
+
+impl Events for RespEvents {
+    fn feed(&mut self, bytes: &[u8], ids: &mut Vec<u64>) -> Result<(), String> {
+        self.inbox.extend(bytes);
+        while let Some(v) = self.inbox.next_value().map_err(|e| e.to_string())? {
+            if let Some(id) = self.side.event_id(&v)? {
+                ids.push(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn receive<E: Events>(
+    conns: Vec<(TcpStream, E)>,
     stop: &AtomicBool,
     count: &AtomicU64,
 ) -> Result<Arrivals, String> {
@@ -146,6 +185,7 @@ fn receive(
     let nfds = libc::nfds_t::try_from(fds.len()).map_err(|e| e.to_string())?;
     let mut out = Arrivals { events: Vec::new() };
     let mut chunk = vec![0u8; 64 << 10];
+    let mut ids = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: fds is a valid array of nfds pollfd structs for the whole call.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, 20) };
@@ -160,7 +200,7 @@ fn receive(
             continue;
         }
         let now = Instant::now();
-        for (pfd, (sock, inbox)) in fds.iter_mut().zip(conns.iter_mut()) {
+        for (pfd, (sock, events)) in fds.iter_mut().zip(conns.iter_mut()) {
             if pfd.revents == 0 {
                 continue;
             }
@@ -168,21 +208,63 @@ fn receive(
             loop {
                 match sock.read(&mut chunk) {
                     Ok(0) => return Err("a subscriber connection was closed by the server".into()),
-                    Ok(n) => inbox.extend(&chunk[..n]),
+                    Ok(n) => events.feed(&chunk[..n], &mut ids)?,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(format!("subscriber read: {e}")),
                 }
             }
-            while let Some(v) = inbox.next_value().map_err(|e| e.to_string())? {
-                if let Some(id) = side.event_id(&v)? {
-                    out.events.push((id, now));
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            count.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            out.events.extend(ids.drain(..).map(|id| (id, now)));
         }
     }
     Ok(out)
+}
+
+/// Reads the subscriber connections `conns` on two threads (each a poll loop) while `drive`
+/// runs with the count of events they have received so far; then stops them and returns
+/// what `drive` returned and what they received.
+pub(crate) fn with_receivers<E: Events, R>(
+    mut conns: Vec<(TcpStream, E)>,
+    drive: impl FnOnce(&AtomicU64) -> R,
+) -> Result<(R, Vec<Arrivals>), BoxError> {
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        let per = conns.len().div_ceil(2).max(1);
+        let mut handles = Vec::new();
+        while !conns.is_empty() {
+            let group: Vec<_> = conns.drain(..per.min(conns.len())).collect();
+            let (stop, count) = (&stop, &count);
+            handles.push(sc.spawn(move || receive(group, stop, count)));
+        }
+        let result = drive(&count);
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for h in handles {
+            all.push(h.join().map_err(|_| "receiver panicked")??);
+        }
+        Ok((result, all))
+    })
+}
+
+/// Adds to `lat` the latency of every event of a write in `acks` (id, time of its reply):
+/// per (write, subscriber), and per write to its last subscriber. A reply can come after
+/// some events: the reply, not the event, is late then (the latency counts as 0).
+pub(crate) fn add_latencies(acks: &[(u64, Instant)], arrivals: &[Arrivals], lat: &mut Latencies) {
+    let ack_of: HashMap<u64, Instant> = acks.iter().copied().collect();
+    let mut slowest: HashMap<u64, f64> = HashMap::new();
+    for a in arrivals {
+        for (id, at) in &a.events {
+            if let Some(ack) = ack_of.get(id) {
+                let ms = at.saturating_duration_since(*ack).as_secs_f64() * 1e3;
+                lat.each.push(ms);
+                let m = slowest.entry(*id).or_insert(0.0);
+                *m = m.max(ms);
+            }
+        }
+    }
+    lat.last.extend(slowest.into_values());
 }
 
 /// One round on one server: `subscribers` connections, `writes` measured writes (after a
@@ -196,11 +278,7 @@ pub fn round(
 ) -> Result<(), BoxError> {
     let mut w = Client::connect(addr)?;
     if side == Side::Logkv {
-        let created = w.call(&[b"BUCKET", b"CREATE", b"s5"])?;
-        if !matches!(&created, Value::Error(e) if e.starts_with("EXISTS")) {
-            expect_ok(created, "BUCKET CREATE")?;
-        }
-        expect_ok(w.call(&[b"USE", b"s5"])?, "USE")?;
+        use_bucket(&mut w)?;
     }
     let t = Instant::now();
     let mut conns = Vec::with_capacity(subscribers);
@@ -208,81 +286,53 @@ pub fn round(
         let c = side
             .subscriber(addr)
             .map_err(|e| format!("subscriber {i}: {e}"))?;
-        conns.push(c.into_parts());
+        conns.push(RespEvents::split(side, c));
     }
     eprintln!(
         "    {side:?}: {subscribers} subscribers connected in {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let stop = AtomicBool::new(false);
-    let count = AtomicU64::new(0);
     let total = WARMUP + writes;
     let mut acks: Vec<(u64, Instant)> = Vec::with_capacity(total);
     let mut incomplete = None;
-    let arrivals = std::thread::scope(|sc| -> Result<Vec<Arrivals>, BoxError> {
-        let per = subscribers.div_ceil(2).max(1);
-        let mut handles = Vec::new();
-        while !conns.is_empty() {
-            let group: Vec<_> = conns.drain(..per.min(conns.len())).collect();
-            let (stop, count) = (&stop, &count);
-            handles.push(sc.spawn(move || receive(side, group, stop, count)));
-        }
-        let mut result = Ok(());
+    let (result, arrivals) = with_receivers(conns, |count| -> Result<(), BoxError> {
         for i in 0..total {
             let before = count.load(Ordering::Relaxed);
-            let id = match side.write(&mut w, i as u64 + 1, subscribers) {
-                Ok(id) => id,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
+            let id = side.write(&mut w, i as u64 + 1, subscribers)?;
             let ack = Instant::now();
             acks.push((id, ack));
             let deadline = ack + Duration::from_secs(10);
             while count.load(Ordering::Relaxed) < before + subscribers as u64 {
                 if Instant::now() > deadline {
-                    incomplete = Some(i);
-                    break;
+                    incomplete = Some((i, count.load(Ordering::Relaxed)));
+                    return Ok(());
                 }
                 // Sleeping here costs no accuracy (arrival times are taken by the
                 // receivers) and leaves the 2 cores to the server and the receivers.
                 std::thread::sleep(Duration::from_micros(200));
             }
-            if incomplete.is_some() {
-                break;
-            }
         }
-        stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for h in handles {
-            all.push(h.join().map_err(|_| "receiver panicked")??);
-        }
-        result.map(|()| all)
+        Ok(())
     })?;
-    if let Some(i) = incomplete {
+    result?;
+    if let Some((i, got)) = incomplete {
         return Err(format!(
-            "write {i}: only {} events of {} arrived within 10 s",
-            count.load(Ordering::Relaxed),
+            "write {i}: only {got} events of {} arrived within 10 s",
             (i + 1) * subscribers
         )
         .into());
     }
-    // The write's reply can come after some events: the reply, not the event, is late then
-    // (the latency counts as 0).
-    let ack_of: HashMap<u64, Instant> = acks.iter().skip(WARMUP).copied().collect();
-    let mut slowest: HashMap<u64, f64> = HashMap::new();
-    for a in &arrivals {
-        for (id, at) in &a.events {
-            if let Some(ack) = ack_of.get(id) {
-                let ms = at.saturating_duration_since(*ack).as_secs_f64() * 1e3;
-                lat.each.push(ms);
-                let m = slowest.entry(*id).or_insert(0.0);
-                *m = m.max(ms);
-            }
-        }
+    add_latencies(&acks[WARMUP.min(acks.len())..], &arrivals, lat);
+    Ok(())
+}
+
+/// Creates (if need be) and selects the bucket [`BUCKET`] on a writer's connection.
+pub(crate) fn use_bucket(w: &mut Client) -> Result<(), BoxError> {
+    let created = w.call(&[b"BUCKET", b"CREATE", BUCKET.as_bytes()])?;
+    if !matches!(&created, Value::Error(e) if e.starts_with("EXISTS")) {
+        expect_ok(created, "BUCKET CREATE")?;
     }
-    lat.last.extend(slowest.into_values());
+    expect_ok(w.call(&[b"USE", BUCKET.as_bytes()])?, "USE")?;
     Ok(())
 }
 

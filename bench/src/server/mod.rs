@@ -7,10 +7,14 @@
 //! | `S5` | [`fanout`] | watch fan-out latency, with redis PUBLISH/SUBSCRIBE as the anchor |
 //! | `S6` | [`slow`] | a stalled and an active watcher under redis-benchmark SET load |
 //! | `S7` | [`buckets`] | many buckets: disk, threads, memory, files, restart |
+//! | `gateway` | [`gateway`] | the HTTP gateway's GET and SSE fan-out against the RESP port's |
+//! | `C1` | [`cluster`] | a 3-node cluster against a single node: SET at the leader and a follower, failover time |
 
 pub mod buckets;
+pub mod cluster;
 pub mod compare;
 pub mod fanout;
+pub mod gateway;
 pub mod process;
 pub mod slow;
 
@@ -51,6 +55,10 @@ pub struct Config {
     pub s6_requests: u64,
     /// S7 buckets.
     pub s7_buckets: usize,
+    /// C1: SIGKILLs of the leader measured.
+    pub c1_kills: usize,
+    /// C1: writer threads loading the cluster while its leader is killed.
+    pub c1_writers: usize,
     /// Which parts to run (from [`PARTS`]).
     pub parts: Vec<String>,
     /// Where the servers' directories go.
@@ -69,7 +77,7 @@ impl Config {
 }
 
 /// The parts of the server suite.
-pub const PARTS: &[&str] = &["compare", "onekey", "S5", "S6", "S7"];
+pub const PARTS: &[&str] = &["compare", "onekey", "S5", "S6", "S7", "gateway", "C1"];
 
 fn row(store: &str, workload: &str, value: f64, unit: &str, n: u64) -> Row {
     Row::new("server", store, workload, value, unit, n)
@@ -168,6 +176,13 @@ pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
     if let (true, Some(bin)) = (cfg.wants("S7"), logkv) {
         eprintln!("S7: {} buckets with one key each", cfg.s7_buckets);
         check("S7", buckets::s7(bin, base.path(), cfg.s7_buckets, rep));
+    }
+    if let (true, Some(bin)) = (cfg.wants("gateway"), logkv) {
+        check("gateway", gateway::gateway(cfg, bin, base.path(), rep));
+    }
+    if let (true, Some(bin)) = (cfg.wants("C1"), logkv) {
+        let r = cluster::c1(cfg, progs.bench.as_deref(), bin, base.path(), rep);
+        check("C1", r);
     }
     rep.print_table("server");
     crate::embedded::note_load();

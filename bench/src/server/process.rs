@@ -63,6 +63,13 @@ impl Running {
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
+    /// Kills the process at once (SIGKILL, no shutdown) and waits for it; the data
+    /// directory stays if the caller owns it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the process (SIGTERM, then SIGKILL after 15 s) and waits for it; the data
     /// directory stays if the caller owns it.
     pub fn stop(mut self) {
@@ -95,7 +102,8 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -186,16 +194,18 @@ fn temp_dir(name: &str, base: &Path) -> Result<DataDir, BoxError> {
     ))
 }
 
-fn logkv_args(fsync: &str) -> impl Fn(u16, &Path) -> Vec<String> + '_ {
+fn logkv_args(fsync: &str, extra: Vec<String>) -> impl Fn(u16, &Path) -> Vec<String> + '_ {
     move |port, dir| {
-        vec![
+        let mut args = vec![
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             dir.display().to_string(),
             "--fsync".into(),
             fsync.to_string(),
-        ]
+        ];
+        args.extend(extra.iter().cloned());
+        args
     }
 }
 
@@ -205,11 +215,28 @@ pub fn start_logkv(bin: &Path, fsync: &str, base: &Path) -> Result<Running, BoxE
     start(
         "logkv-server",
         bin,
-        &logkv_args(fsync),
+        &logkv_args(fsync, Vec::new()),
         base,
         dir,
         Duration::from_secs(20),
     )
+}
+
+/// logkv-server with `--fsync fsync` and its HTTP gateway on a free loopback port
+/// (`--http-listen`), in a fresh directory under `base`; returns the gateway's port too.
+pub fn start_logkv_http(bin: &Path, fsync: &str, base: &Path) -> Result<(Running, u16), BoxError> {
+    let http = free_port()?;
+    let dir = temp_dir("logkv-server", base)?;
+    let listen = vec!["--http-listen".into(), format!("127.0.0.1:{http}")];
+    let server = start(
+        "logkv-server",
+        bin,
+        &logkv_args(fsync, listen),
+        base,
+        dir,
+        Duration::from_secs(20),
+    )?;
+    Ok((server, http))
 }
 
 /// logkv-server with `--fsync fsync` on the data in `dir` (kept when it stops).
@@ -223,7 +250,28 @@ pub fn start_logkv_in(
     start(
         "logkv-server",
         bin,
-        &logkv_args(fsync),
+        &logkv_args(fsync, Vec::new()),
+        base,
+        DataDir::Kept(dir.to_path_buf()),
+        ready_within,
+    )
+}
+
+/// logkv-server with `--fsync fsync` and the flags `extra` (e.g. a cluster node's) on the
+/// data in `dir` (kept when it stops).
+pub fn start_logkv_with(
+    bin: &Path,
+    fsync: &str,
+    extra: &[String],
+    base: &Path,
+    dir: &Path,
+    ready_within: Duration,
+) -> Result<Running, BoxError> {
+    let args = logkv_args(fsync, extra.to_vec());
+    start(
+        "logkv-server",
+        bin,
+        &args,
         base,
         DataDir::Kept(dir.to_path_buf()),
         ready_within,

@@ -143,6 +143,12 @@ impl BucketCore {
     /// Drops from the index the oldest entries of each key that are past the
     /// bucket's max age. Older entries are always older, so this only ever cuts
     /// a prefix of a key's history — the same cut recovery makes.
+    ///
+    /// A key's latest entry stays if it is a value: the sweep writes its DEL
+    /// marker first (watchers see the expiry), and the value leaves after it.
+    /// Dropping it at open instead would lose that marker across a restart, and
+    /// writers (UPDATE, DEL REV) would find the key gone after a restart but
+    /// not before.
     pub(super) fn age_out(&self, now: u64) -> Result<()> {
         let ttl = self.config.ttl_ms();
         if ttl == 0 {
@@ -151,8 +157,9 @@ impl BucketCore {
         self.walk_in_chunks(
             b"",
             |ix, k, latest, picked| {
+                let unmarked_value = (latest.op() == Op::Put).then_some(latest.revision);
                 ix.for_each_rev(latest, |r| {
-                    if r.expired(now) {
+                    if r.expired(now) && Some(r.revision) != unmarked_value {
                         picked.push((k.as_str().to_string(), *r, self.log.segment(r.slot)));
                     }
                 });
@@ -181,5 +188,51 @@ impl BucketCore {
                 Ok(())
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bucket::test_util::{aged_config, manual_options, writers_latest};
+    use crate::{ManualClock, Store};
+
+    /// A value past the bucket's max age, not swept yet: the store that stayed up
+    /// still held it (hidden from reads), so its writers saw it and the next sweep
+    /// wrote its DEL marker; an open dropped it, so the same store restarted said
+    /// `WRONGREV ... latest 0` to `DEL k REV <value>` and its sweep wrote no marker
+    /// (watchers never saw the expiry, and the revision counter went another way).
+    #[test]
+    fn a_value_past_the_max_age_waits_for_its_marker_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let latest = |store: &Store| writers_latest(store, "k");
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
+        let b = store.create_bucket("b", aged_config(1_000)).unwrap();
+        let value = b.put("k", "v").unwrap();
+        clock.advance(2_000);
+        assert_eq!(b.get("k").unwrap(), None, "aged: hidden from reads");
+        let live = latest(&store);
+        drop(b);
+        store.close().unwrap();
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
+        assert_eq!(
+            (live, latest(&store)),
+            (value, value),
+            "live, then reopened"
+        );
+        let b = store.bucket("b").unwrap();
+        assert_eq!(
+            b.sweep_expired().unwrap(),
+            1,
+            "the marker, after the restart"
+        );
+        let marker = latest(&store);
+        assert!(marker > value);
+        assert_eq!(b.entry_at("k", value).unwrap(), None);
+        assert_eq!(
+            b.status().unwrap().values,
+            1,
+            "the value left after its marker"
+        );
     }
 }

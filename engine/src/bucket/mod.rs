@@ -29,6 +29,8 @@ mod open;
 mod pending;
 mod query;
 mod read;
+#[cfg(test)]
+mod test_util;
 pub(crate) mod watch;
 mod write;
 

@@ -46,10 +46,15 @@ impl BucketCore {
         let end = opened.appender.end();
         let mut skipped = LostRevisions::load(dir)?;
         let mut next_rev = last.max(skipped.highest()) + 1;
-        if opened.unclean && opened.eager_before && opened.reserved_through >= next_rev {
+        if opened.unclean
+            && opened.eager_before
+            && !opts.replicated
+            && opened.reserved_through >= next_rev
+        {
             // Writes were visible before they were durable, and the stop was
             // unclean: revisions up to the reservation may have been seen and
-            // lost. They are never given again.
+            // lost. They are never given again. (A replica's are applied again
+            // with the same revisions by its replication log.)
             tracing::warn!(
                 bucket = name,
                 first = next_rev,

@@ -158,7 +158,7 @@ pub(crate) fn quit(s: &mut Session, out: &mut Vec<u8>) -> Flow {
 
 /// `SYNC`: everything acknowledged before it is on stable storage.
 pub(crate) fn sync(s: &mut Session) -> Flow {
-    let store = s.shared.store.clone();
+    let store = s.shared.store();
     Flow::Blocking(Box::new(move || match store.sync() {
         Ok(()) => Reply::ok(),
         Err(e) => engine_error(&e),
@@ -178,11 +178,12 @@ pub(crate) fn info(s: &mut Session) -> Flow {
     let shared = Arc::clone(&s.shared);
     Flow::Blocking(Box::new(move || {
         let (mut keys, mut bytes, mut segments, mut compactions, mut fsyncs) = (0, 0, 0, 0, 0);
-        let names = shared.store.bucket_names();
+        let store = shared.store();
+        let names = store.bucket_names();
         for name in &names {
             // A bucket dropped meanwhile is simply left out.
             // Counters only: INFO must not walk every key.
-            if let Ok(s) = shared.store.bucket(name).map(|b| b.stats()) {
+            if let Ok(s) = store.bucket(name).map(|b| b.stats()) {
                 keys += s.keys;
                 bytes += s.bytes;
                 segments += s.segments;
@@ -208,6 +209,9 @@ pub(crate) fn info(s: &mut Session) -> Flow {
             shared.client_memory.budget(),
             shared.client_memory.evicted(),
         );
+        if let Some(node) = &shared.cluster {
+            text.push_str(&crate::cluster::verbs::info_section(node));
+        }
         Reply::bulk(text)
     }))
 }

@@ -39,7 +39,7 @@ impl Backup {
     }
 
     pub fn apply(self, s: &mut Session) -> Result<Flow, Reply> {
-        let store = s.shared.store.clone();
+        let store = s.shared.store();
         match self {
             Backup::Local(name) => {
                 let Some(dir) = s.shared.config.backup_dir.clone() else {

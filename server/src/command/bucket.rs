@@ -45,7 +45,7 @@ impl BucketCmd {
     }
 
     pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Flow {
-        let store = s.shared.store.clone();
+        let store = s.shared.store();
         match self {
             BucketCmd::List => {
                 let names = store.bucket_names();
@@ -54,6 +54,12 @@ impl BucketCmd {
                     encode::bulk(out, n.as_bytes());
                 }
                 Flow::Continue
+            }
+            BucketCmd::Create { name, config } if s.shared.cluster.is_some() => {
+                crate::cluster::writes::create_bucket(s, name, config)
+            }
+            BucketCmd::Drop { name } if s.shared.cluster.is_some() => {
+                crate::cluster::writes::drop_bucket(s, name)
             }
             BucketCmd::Create { name, config } => {
                 Flow::Blocking(Box::new(move || match store.create_bucket(&name, config) {
@@ -109,7 +115,7 @@ impl<'a> Use<'a> {
     pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
         s.bucket = s
             .shared
-            .store
+            .store()
             .bucket(self.name)
             .map_err(|e| engine_error(&e))?;
         Reply::ok().encode(s.version, out);
@@ -133,7 +139,7 @@ impl<'a> Status<'a> {
 
     pub fn apply(self, s: &mut Session) -> Result<Flow, Reply> {
         let bucket = match self.name {
-            Some(name) => s.shared.store.bucket(name),
+            Some(name) => s.shared.store().bucket(name),
             None => s.live_bucket(),
         }
         .map_err(|e| engine_error(&e))?;

@@ -9,7 +9,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use logkv::{Op, Ttl as KeyTtl, WriteOp};
+use logkv::{Op, Ttl as KeyTtl};
+// The server's write op: the engine's `WriteOp` in the form a replicated command carries it
+// (same constructors); a single node turns it into the engine's at apply.
+use logkv_cluster::Op as WriteOp;
 
 use super::args::{is, uint, Args};
 use super::Flow;

@@ -17,8 +17,10 @@ mod watch;
 
 use bytes::Bytes;
 
-use self::args::{preview, wrong_args, Args};
-use self::table::{position, Flags, VERBS};
+pub(crate) use self::args::{is as is_word, preview, Args as ArgCursor};
+use self::args::{wrong_args, Args};
+use self::table::{lookup, position, Flags, VERBS};
+pub(crate) use self::txn::exec_result;
 use crate::protocol::Reply;
 use crate::session::{Session, Write};
 
@@ -31,6 +33,11 @@ pub(crate) fn verb_names() -> impl Iterator<Item = &'static str> {
 /// Work that may block (fsync, disk-wide scans): run on the blocking pool, then encode.
 pub(crate) type BlockingJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
 
+/// Work that waits on the cluster (a proposal, a membership change): awaited by the
+/// connection; gives the encoded reply.
+pub(crate) type AwaitJob =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + 'static>>;
+
 /// Captures what a streaming reply sends (off the event loop: it may wait for an fsync).
 pub(crate) type StreamJob =
     Box<dyn FnOnce() -> Result<crate::backup::stream::BackupStream, logkv::Error> + Send + 'static>;
@@ -41,6 +48,8 @@ pub(crate) enum Flow {
     Continue,
     /// Run this job off the event loop and encode the reply it returns.
     Blocking(BlockingJob),
+    /// Await this job and append the reply it gives.
+    Await(AwaitJob),
     /// The reply is in the output buffer; send it and close the connection.
     Close,
     /// A reply of many frames (`BACKUP STREAM`): send what is in the output buffer, then
@@ -79,6 +88,9 @@ pub(crate) enum Command<'a> {
     DelGlob(query::DelGlob),
     Watch(watch::Watch<'a>),
     Unwatch(watch::Unwatch),
+    Cluster(crate::cluster::verbs::ClusterCmd),
+    /// `READONLY` (true) / `READWRITE` (false).
+    ReadOnly(bool),
 }
 
 impl Command<'_> {
@@ -114,6 +126,12 @@ impl Command<'_> {
             Command::DelGlob(c) => c.apply(s),
             Command::Watch(c) => c.apply(s, out),
             Command::Unwatch(c) => Ok(c.apply(s, out)),
+            Command::Cluster(c) => c.apply(s, out),
+            Command::ReadOnly(on) => {
+                s.readonly = on;
+                Reply::ok().encode(s.version, out);
+                Ok(Flow::Continue)
+            }
         }
     }
 }
@@ -122,7 +140,26 @@ fn noauth() -> Reply {
     Reply::err("NOAUTH", "Authentication required.")
 }
 
-/// Executes one request on `s` and appends its reply to `out`.
+/// Whether the request `args` joins the pipeline's queued writes (a write that gets past
+/// the gates); every other request replies at once, so the queue is applied before it.
+pub(crate) fn joins_queue(s: &Session, args: &[Bytes]) -> bool {
+    let Some(name) = args.first() else {
+        return false;
+    };
+    let watch_mode = !s.version.is_resp3() && s.watches.active();
+    s.multi.is_none()
+        && s.authed
+        && !watch_mode
+        && lookup(name).is_some_and(|v| v.flags.has(Flags::WRITE) && v.fits(args.len()))
+}
+
+/// Whether the request `args` reads data (a cluster node fences it for linearizability).
+pub(crate) fn reads(args: &[Bytes]) -> bool {
+    args.first()
+        .and_then(|name| lookup(name))
+        .is_some_and(|v| v.flags.has(Flags::READ))
+}
+
 /// Whether the command reads the store's state (and so must see the writes the
 /// connection made before it): every verb but a write that joins the pipeline's batch,
 /// one that MULTI queues, and the verbs that touch no data.
@@ -147,6 +184,7 @@ pub(crate) fn reads_state(s: &Session, args: &[Bytes]) -> bool {
     )
 }
 
+/// Executes one request on `s` and appends its reply to `out`.
 pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flow {
     let Some((name, rest)) = args.split_first() else {
         return Flow::Continue;
@@ -157,13 +195,7 @@ pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flo
     s.metrics
         .count(index.unwrap_or(VERBS.len()), &s.shared.metrics);
     let watch_mode = !s.version.is_resp3() && s.watches.active();
-    // Only a write that gets past the gates joins the queued writes; every other path
-    // below replies at once, so the queue goes first.
-    let joins_queue = s.multi.is_none()
-        && s.authed
-        && !watch_mode
-        && spec.is_some_and(|v| v.flags.has(Flags::WRITE) && v.fits(args.len()));
-    if !joins_queue {
+    if !joins_queue(s, args) {
         s.apply_pending(out);
     }
     s.reply_start = out.len();

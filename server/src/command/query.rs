@@ -91,7 +91,7 @@ impl<'a> Search<'a> {
 
     pub fn apply(self, s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
         let found = match self.buckets {
-            Some(bg) => s.shared.store.search(self.glob, bg, self.max),
+            Some(bg) => s.shared.store().search(self.glob, bg, self.max),
             None => s.with_bucket(|b| b.search(self.glob, self.max)),
         }
         .map_err(|e| engine_error(&e))?;
@@ -152,6 +152,9 @@ impl DelGlob {
     }
 
     pub fn apply(self, s: &mut Session) -> Result<Flow, Reply> {
+        if s.shared.cluster.is_some() {
+            return Ok(crate::cluster::writes::delete_glob(s, self.glob));
+        }
         // Resolve a dropped-and-recreated current bucket now, cheaply.
         let bucket = s.live_bucket().map_err(|e| engine_error(&e))?;
         Ok(Flow::Blocking(Box::new(move || {

@@ -3,6 +3,7 @@
 
 use super::args::Args;
 use super::{admin, backup, bucket, kv, query, watch, Command};
+use crate::cluster::verbs::ClusterCmd;
 use crate::protocol::Reply;
 
 /// What a verb may do and where it may run, in the manner of Redis's command flags.
@@ -22,6 +23,8 @@ impl Flags {
     pub const WATCH_MODE: Flags = Flags(1 << 3);
     /// Runs inside MULTI instead of being queued or refused (EXEC, DISCARD, QUIT, MULTI).
     pub const IN_MULTI: Flags = Flags(1 << 4);
+    /// Reads data: on a cluster node a read barrier comes first (unless READONLY).
+    pub const READ: Flags = Flags(1 << 5);
 
     const fn with(self, other: Flags) -> Flags {
         Flags(self.0 | other.0)
@@ -74,12 +77,12 @@ const fn verb(name: &'static str, min: usize, max: usize, flags: Flags, parse: P
 
 /// Every verb of the protocol, the hot ones first.
 #[rustfmt::skip]
-pub(crate) static VERBS: [Spec; 34] = [
+pub(crate) static VERBS: [Spec; 37] = [
     //   name       min max  flags             parser
-    verb("get",       2, 4,  Flags::NONE,      |a| kv::Get::parse(a).map(Command::Get)),
+    verb("get",       2, 4,  Flags::READ,      |a| kv::Get::parse(a).map(Command::Get)),
     verb("set",       3, 6,  QUEUED_WRITE,     |a| kv::set(a).map(Command::Write)),
     verb("put",       3, 5,  QUEUED_WRITE,     |a| kv::put(a).map(Command::Write)),
-    verb("entry",     2, 4,  Flags::NONE,      |a| kv::GetEntry::parse(a).map(Command::Entry)),
+    verb("entry",     2, 4,  Flags::READ,      |a| kv::GetEntry::parse(a).map(Command::Entry)),
     verb("getdel",    2, 2,  Flags::WRITE,     |a| kv::getdel(a).map(Command::Write)),
     verb("create",    3, 5,  QUEUED_WRITE,     |a| kv::create(a).map(Command::Write)),
     verb("update",    4, 4,  QUEUED_WRITE,     |a| kv::update(a).map(Command::Write)),
@@ -87,20 +90,20 @@ pub(crate) static VERBS: [Spec; 34] = [
     verb("del",       2, 4,  QUEUED_WRITE,     |a| kv::del(a).map(Command::Write)),
     verb("purge",     2, 2,  QUEUED_WRITE,     |a| kv::purge(a).map(Command::Write)),
     verb("revert",    3, 3,  QUEUED_WRITE,     |a| kv::revert(a).map(Command::Write)),
-    verb("ttl",       2, 2,  Flags::NONE,      |a| kv::Ttl::parse(a).map(Command::Ttl)),
+    verb("ttl",       2, 2,  Flags::READ,      |a| kv::Ttl::parse(a).map(Command::Ttl)),
     verb("multi",     1, 1,  Flags::IN_MULTI,  |_| Ok(Command::Multi)),
     verb("exec",      1, 1,  Flags::IN_MULTI,  |_| Ok(Command::Exec)),
     verb("discard",   1, 1,  Flags::IN_MULTI,  |_| Ok(Command::Discard)),
-    verb("history",   2, 2,  Flags::NONE,      |a| query::History::parse(a).map(Command::History)),
-    verb("keys",      1, 2,  Flags::NONE,      |a| query::Keys::parse(a).map(Command::Keys)),
-    verb("search",    2, 6,  Flags::NONE,      |a| query::Search::parse(a).map(Command::Search)),
-    verb("scan",      1, 7,  Flags::NONE,      |a| query::Scan::parse(a).map(Command::Scan)),
+    verb("history",   2, 2,  Flags::READ,      |a| query::History::parse(a).map(Command::History)),
+    verb("keys",      1, 2,  Flags::READ,      |a| query::Keys::parse(a).map(Command::Keys)),
+    verb("search",    2, 6,  Flags::READ,      |a| query::Search::parse(a).map(Command::Search)),
+    verb("scan",      1, 7,  Flags::READ,      |a| query::Scan::parse(a).map(Command::Scan)),
     verb("delglob",   2, 2,  Flags::NONE,      |a| query::DelGlob::parse(a).map(Command::DelGlob)),
     verb("watch",     2, 9,  Flags::WATCH_MODE, |a| watch::Watch::parse(a).map(Command::Watch)),
     verb("unwatch",   1, 2,  Flags::WATCH_MODE, |a| watch::Unwatch::parse(a).map(Command::Unwatch)),
-    verb("bucket",    2, 12, Flags::NONE,      |a| bucket::BucketCmd::parse(a).map(Command::Bucket)),
-    verb("use",       2, 2,  Flags::NONE,      |a| bucket::Use::parse(a).map(Command::Use)),
-    verb("status",    1, 2,  Flags::NONE,      |a| bucket::Status::parse(a).map(Command::Status)),
+    verb("bucket",    2, 12, Flags::READ,      |a| bucket::BucketCmd::parse(a).map(Command::Bucket)),
+    verb("use",       2, 2,  Flags::READ,      |a| bucket::Use::parse(a).map(Command::Use)),
+    verb("status",    1, 2,  Flags::READ,      |a| bucket::Status::parse(a).map(Command::Status)),
     verb("ping",      1, 2,  NO_AUTH_WATCH,    |a| Ok(Command::Ping(admin::Ping::parse(a)))),
     verb("hello",     1, 7,  Flags::NO_AUTH,   |a| admin::Hello::parse(a).map(Command::Hello)),
     verb("auth",      2, 3,  Flags::NO_AUTH,   |a| admin::Auth::parse(a).map(Command::Auth)),
@@ -110,6 +113,9 @@ pub(crate) static VERBS: [Spec; 34] = [
     verb("info",      1, 2,  Flags::NONE,      |_| Ok(Command::Info)),
     verb("config",    2, 64, Flags::NONE,      |a| admin::ConfigGet::parse(a).map(Command::Config)),
     verb("backup",    2, 2,  Flags::NONE,      |a| backup::Backup::parse(a).map(Command::Backup)),
+    verb("cluster",   2, 4,  Flags::NONE,      |a| ClusterCmd::parse(a).map(Command::Cluster)),
+    verb("readonly",  1, 1,  Flags::NONE,      |_| Ok(Command::ReadOnly(true))),
+    verb("readwrite", 1, 1,  Flags::NONE,      |_| Ok(Command::ReadOnly(false))),
 ];
 
 /// Finds a verb, case-insensitively, without allocating: its index in [`VERBS`].
@@ -120,7 +126,6 @@ pub(crate) fn position(name: &[u8]) -> Option<usize> {
 }
 
 /// Finds a verb, case-insensitively, without allocating.
-#[cfg(test)]
 pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
     position(name).and_then(|i| VERBS.get(i))
 }

@@ -7,13 +7,14 @@
 //! nothing, consecutive revisions, durable together before the reply.
 
 use bytes::Bytes;
-use logkv::Error;
+use logkv::{Error, Written};
 
 use super::args::Args;
 use super::table::Parser;
 use super::{Command, Flow};
-use crate::encode::{self, engine_error, error_code};
+use crate::encode::{self, engine_error, error_code, WriteShape};
 use crate::protocol::Reply;
+use crate::protocol::RespVersion;
 use crate::session::{MultiQueue, Session};
 
 fn aborted(index: usize, code: &str, msg: impl std::fmt::Display) -> Reply {
@@ -97,14 +98,35 @@ pub(crate) fn exec(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
         encode::array(out, 0);
         return Ok(Flow::Continue);
     }
-    match s.with_bucket(|b| b.write_nowait(&ops)) {
-        Ok((written, ticket)) => {
+    if s.shared.cluster.is_some() {
+        return Ok(crate::cluster::writes::exec(s, ops, shapes));
+    }
+    let ops: Vec<logkv::WriteOp> = ops.iter().map(logkv_cluster::Op::to_write_op).collect();
+    let result = s
+        .with_bucket(|b| b.write_nowait(&ops))
+        .map(|(written, ticket)| {
             s.durability.note(&s.bucket, ticket);
+            written
+        });
+    exec_result(s.version, result, &shapes, out)?;
+    Ok(Flow::Continue)
+}
+
+/// Encodes what EXEC's batch gave: the array of the writes' replies, or `-ABORTED` naming
+/// the write that failed (nothing was applied).
+pub(crate) fn exec_result(
+    version: RespVersion,
+    result: Result<Vec<Written>, Error>,
+    shapes: &[WriteShape],
+    out: &mut Vec<u8>,
+) -> Result<(), Reply> {
+    match result {
+        Ok(written) => {
             encode::array(out, written.len());
             for (w, shape) in written.iter().zip(shapes) {
-                encode::written(out, s.version, w, shape);
+                encode::written(out, version, w, *shape);
             }
-            Ok(Flow::Continue)
+            Ok(())
         }
         Err(Error::Batch { index, source }) => Err(aborted(index, error_code(&source), source)),
         Err(e) if is_per_write(&e) => Err(aborted(0, error_code(&e), &e)),

@@ -239,23 +239,73 @@ impl ServerCollector {
     }
 }
 
+/// The roles a cluster node reports, each a series of `logkv_cluster_role`.
+const ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
+
+impl ServerCollector {
+    /// On a cluster node: its role (1 on the series of the current role, 0 on the others),
+    /// term, commit and applied indexes, the leader's id and the Raft log's fsyncs.
+    fn cluster(&self, e: &mut DescriptorEncoder<'_>) -> EncodeResult {
+        let Some(node) = &self.0.cluster else {
+            return Ok(());
+        };
+        let info = node.info();
+        let mut role = e.encode_descriptor(
+            "logkv_cluster_role",
+            "This node's Raft role: 1 on the current role's series.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for name in ROLES {
+            role.encode_family(&[("role", name)])?
+                .encode_gauge(&i64::from(info.role == name))?;
+        }
+        gauge(e, "logkv_cluster_term", "The current Raft term.", info.term)?;
+        gauge(
+            e,
+            "logkv_cluster_commit_index",
+            "The last Raft log index known committed.",
+            info.commit,
+        )?;
+        gauge(
+            e,
+            "logkv_cluster_applied_index",
+            "The last Raft log index applied to the store.",
+            info.applied,
+        )?;
+        gauge(
+            e,
+            "logkv_cluster_leader_id",
+            "The leader's node id, 0 when none is known.",
+            info.leader.unwrap_or(0),
+        )?;
+        counter(
+            e,
+            "logkv_cluster_log_fsyncs",
+            "fsyncs of the Raft log.",
+            node.log_fsyncs(),
+        )
+    }
+}
+
 impl Collector for ServerCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> EncodeResult {
         let shared = &self.0;
         self.server(&mut e)?;
         self.requests(&mut e)?;
-        let stats: Vec<(String, BucketStats)> = shared
-            .store
+        self.cluster(&mut e)?;
+        let store = shared.store();
+        let stats: Vec<(String, BucketStats)> = store
             .bucket_names()
             .into_iter()
-            .filter_map(|name| shared.store.bucket(&name).ok().map(|b| (name, b.stats())))
+            .filter_map(|name| store.bucket(&name).ok().map(|b| (name, b.stats())))
             .collect();
         for family in &BUCKET_FAMILIES {
             per_bucket(&mut e, &stats, family)?;
         }
         let mut fsync = logkv::Latencies::default();
-        for name in shared.store.bucket_names() {
-            if let Ok(b) = shared.store.bucket(&name) {
+        for name in store.bucket_names() {
+            if let Ok(b) = store.bucket(&name) {
                 fsync.merge(&b.fsync_latencies());
             }
         }

@@ -103,6 +103,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A cluster failure: `NOLEADER` (503: nothing was applied, retry), `INDOUBT` (504: the
+    /// write reached the leader but its outcome is unknown; read the key to check), or a
+    /// server-side failure.
+    pub fn cluster(e: &logkv_cluster::ClusterError) -> ApiError {
+        use logkv_cluster::ClusterError;
+        match e {
+            ClusterError::NoLeader(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NOLEADER", m.clone())
+            }
+            ClusterError::InDoubt(m) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "INDOUBT", m.clone())
+            }
+            ClusterError::Failed(m) => ApiError::internal(m.clone()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorJson {

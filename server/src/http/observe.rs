@@ -67,11 +67,24 @@ struct HealthJson {
 
 /// `GET /healthz`: 200 `{"status":"serving"}`; 503 with `stopping` or `failed` and the
 /// reason. Under `--fsync always` it also asks every bucket's log whether an fsync failed
-/// (a sync with nothing unsynced costs no fsync).
+/// (a sync with nothing unsynced costs no fsync); a cluster node asks its Raft node
+/// whether it stopped on a fatal error.
 pub(crate) async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.shared.config.fsync == FsyncPolicy::Always {
-        let shared = Arc::clone(&gw.shared);
-        let _ = tokio::task::spawn_blocking(move || probe(&shared)).await;
+    match &gw.shared.cluster {
+        // A cluster node's Raft log is its durability; a node stopped on a fatal error
+        // (a failed disk) serves nothing more.
+        Some(node) => {
+            if let Some(failure) = node.failure() {
+                gw.shared
+                    .health
+                    .fail(format!("the cluster node stopped: {failure}"));
+            }
+        }
+        None if gw.shared.config.fsync == FsyncPolicy::Always => {
+            let shared = Arc::clone(&gw.shared);
+            let _ = tokio::task::spawn_blocking(move || probe(&shared)).await;
+        }
+        None => {}
     }
     let (status, body) = match gw.shared.health.status() {
         Ok(()) => (
@@ -101,8 +114,9 @@ pub(crate) async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
 
 /// Syncs every bucket's log, noting a poisoned one.
 fn probe(shared: &Shared) {
-    for name in shared.store.bucket_names() {
-        if let Ok(bucket) = shared.store.bucket(&name) {
+    let store = shared.store();
+    for name in store.bucket_names() {
+        if let Ok(bucket) = store.bucket(&name) {
             if let Err(e) = bucket.sync() {
                 shared.health.observe(&e);
             }
@@ -168,13 +182,14 @@ mod tests {
         let config = ServerConfig::new(dir.path());
         let store = logkv::Store::open(dir.path(), logkv::Options::default()).unwrap();
         let shared = Arc::new(Shared {
-            store,
+            stores: logkv_cluster::StoreCell::new(store, 0),
+            cluster: None,
             client_memory: Arc::new(ClientMemory::new(config.max_client_memory)),
             config,
             stats: Stats::new(),
             pumps: crate::pump::Pumps::new(),
             syncers: crate::durability::Syncers::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
             health: crate::health::Health::default(),
         });
         let (_stop_tx, stop) = watch::channel(false);

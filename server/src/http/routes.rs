@@ -12,7 +12,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use logkv::{Op, WriteOp};
+use logkv::Op;
+// The server's write op (see `crate::command::kv`): a cluster node proposes it as it is.
+use logkv_cluster::Op as WriteOp;
 use serde::Serialize;
 
 use super::guard::REVISION_HEADER;
@@ -59,6 +61,20 @@ impl Params {
 }
 
 impl Gateway {
+    /// Runs the read `f` on the store on the blocking pool; on a cluster node once the
+    /// read barrier is passed, so that the read is linearizable.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&logkv::Store) -> logkv::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if let Some(node) = &self.shared.cluster {
+            node.read_barrier()
+                .await
+                .map_err(|e| ApiError::cluster(&e))?;
+        }
+        self.run(f).await
+    }
+
     /// Runs `f` on the store on the blocking pool.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
@@ -66,7 +82,7 @@ impl Gateway {
     ) -> Result<T, ApiError> {
         let shared = Arc::clone(&self.shared);
         let keep = Arc::clone(&self.shared);
-        match tokio::task::spawn_blocking(move || f(&shared.store)).await {
+        match tokio::task::spawn_blocking(move || f(&shared.store())).await {
             Ok(result) => result.map_err(|e| {
                 keep.health.observe(&e);
                 ApiError::from(e)
@@ -111,7 +127,7 @@ pub(crate) async fn get_key(
     let rev = params.uint("rev")?;
     let raw = params.flag("raw");
     let entry = gw
-        .run(move |store| {
+        .read(move |store| {
             let b = store.bucket(&bucket)?;
             match rev {
                 None => b.entry(&key),
@@ -194,7 +210,8 @@ pub(crate) async fn delete_key(
 }
 
 /// One write, durable before the answer (the engine's group commit shares fsyncs with
-/// every other writer); the body counts against the client-memory budget meanwhile.
+/// every other writer; on a cluster node, proposed and committed on a majority); the body
+/// counts against the client-memory budget meanwhile.
 async fn write(
     gw: &Gateway,
     conn: &ConnInfo,
@@ -203,15 +220,27 @@ async fn write(
     held: usize,
 ) -> Result<Response, ApiError> {
     conn.hold(held);
-    let written = gw
-        .run(move |store| store.bucket(&bucket)?.write(std::slice::from_ref(&op)))
-        .await;
+    let revision = if let Some(node) = &gw.shared.cluster {
+        crate::cluster::writes::write_one(node, bucket, op)
+            .await
+            .map_err(|e| ApiError::cluster(&e))
+            .and_then(|written| written.map(|w| w.revision).map_err(ApiError::from))
+    } else {
+        let op = op.to_write_op();
+        gw.run(move |store| store.bucket(&bucket)?.write(std::slice::from_ref(&op)))
+            .await
+            .and_then(|written| {
+                written
+                    .first()
+                    .map(|w| w.revision)
+                    .ok_or_else(|| ApiError::internal("the write returned no result"))
+            })
+    };
     conn.hold(0);
-    let revision = written?
-        .first()
-        .map(|w| w.revision)
-        .ok_or_else(|| ApiError::internal("the write returned no result"))?;
-    Ok(Json(Revision { revision }).into_response())
+    Ok(Json(Revision {
+        revision: revision?,
+    })
+    .into_response())
 }
 
 /// `GET /v1/buckets/{bucket}/keys[?pattern=P]`
@@ -223,7 +252,7 @@ pub(crate) async fn list_keys(
     let mut params = Params::new(query, &["pattern"])?;
     let pattern = params.text("pattern").unwrap_or_else(|| ">".into());
     let keys = gw
-        .run(move |store| store.bucket(&bucket)?.keys(&pattern))
+        .read(move |store| store.bucket(&bucket)?.keys(&pattern))
         .await?;
     Ok(Json(KeysJson { keys }).into_response())
 }
@@ -240,7 +269,7 @@ pub(crate) async fn search(
         .text("glob")
         .ok_or_else(|| ApiError::bad_arg("search needs ?glob="))?;
     let found = gw
-        .run(move |store| store.bucket(&bucket)?.search(&glob, limit))
+        .read(move |store| store.bucket(&bucket)?.search(&glob, limit))
         .await?;
     let body = EntriesJson {
         entries: entries(&found),
@@ -258,7 +287,7 @@ pub(crate) async fn scan(
     let limit = limit(&params)?.unwrap_or(DEFAULT_SCAN_LIMIT);
     let (from, to) = (params.text("from"), params.text("to"));
     let page = gw
-        .run(move |store| {
+        .read(move |store| {
             store
                 .bucket(&bucket)?
                 .scan(from.as_deref(), to.as_deref(), limit)

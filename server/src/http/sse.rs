@@ -68,6 +68,15 @@ pub(crate) async fn watch(
         opts.from_revision = Some(last.saturating_add(1));
     }
     let with_value = !opts.meta_only;
+    // On a cluster node: the generation of the store watched (a snapshot install replaces
+    // it and ends the stream with `lost`), and the revisions below `from` that a node behind
+    // the one the client resumes from still applies, which the client has seen.
+    let generation = gw.shared.store_generation();
+    let skip_below = if gw.shared.cluster.is_some() {
+        opts.from_revision.unwrap_or(0)
+    } else {
+        0
+    };
     let handle = gw.run(move |store| store.bucket(&bucket)).await?;
     // Subscribe before the watch takes its snapshot: a write in between still wakes us.
     let notify = Arc::new(Notify::new());
@@ -84,6 +93,8 @@ pub(crate) async fn watch(
     let feed = Feed {
         watch,
         with_value,
+        generation,
+        skip_below,
         notify,
         pump,
         stop: gw.stop.clone(),
@@ -103,6 +114,10 @@ pub(crate) async fn watch(
 struct Feed {
     watch: Watch,
     with_value: bool,
+    /// The store generation the watch reads.
+    generation: u64,
+    /// Entries below this revision are skipped (see `watch`).
+    skip_below: u64,
     notify: Arc<Notify>,
     pump: Arc<Pump>,
     stop: watch::Receiver<bool>,
@@ -118,7 +133,12 @@ impl Feed {
             if self.ended || *self.stop.borrow() {
                 return None;
             }
+            if self.shared.store_generation() != self.generation {
+                self.ended = true;
+                return Some(lost_event(0));
+            }
             match self.watch.try_next() {
+                Ok(Some(WatchEvent::Entry(e))) if e.revision < self.skip_below => {}
                 Ok(Some(WatchEvent::Entry(e))) => return Some(entry_event(&e, self.with_value)),
                 Ok(Some(WatchEvent::Ready)) => {
                     return Some(Event::default().event("ready").data("{}"))

@@ -10,7 +10,8 @@ mod watches;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use logkv::{Bucket, WriteOp};
+use logkv::Bucket;
+use logkv_cluster::Op;
 
 pub(crate) use multi::MultiQueue;
 pub(crate) use watches::{Watches, MAX_WATCHES};
@@ -25,7 +26,8 @@ use crate::shared::Shared;
 /// becomes, whether it runs at once, joins the pipeline's batch or waits in MULTI.
 #[derive(Debug)]
 pub(crate) struct Write {
-    pub op: WriteOp,
+    /// The engine's `WriteOp` in the form a replicated command carries it.
+    pub op: Op,
     pub shape: WriteShape,
 }
 
@@ -53,6 +55,16 @@ pub(crate) struct Session {
     /// the engine together (`write_each`: one lock hold, one append); anything
     /// else that replies first applies them, so replies keep request order.
     pending: Vec<Write>,
+    /// On a cluster node: batches of pipelined writes to propose, each with the position in
+    /// the output where its replies go (see `crate::cluster::writes`).
+    pub deferred: Vec<(Vec<Write>, usize)>,
+    /// On a cluster node: `READONLY` (local reads) is on.
+    pub readonly: bool,
+    /// On a cluster node: a read barrier was passed after the last request was received
+    /// and the last write settled, so reads now are linearizable without another.
+    pub fenced: bool,
+    /// The store generation `bucket` belongs to.
+    generation: u64,
     /// The batch's requests, by verb, not yet added to the server's metrics.
     pub metrics: LocalMetrics,
 }
@@ -62,7 +74,12 @@ impl Session {
         let authed = shared.config.password.is_none();
         let durability = PendingDurability::new(shared.config.fsync);
         let watches = Watches::new(Arc::clone(&shared));
+        let generation = shared.store_generation();
         Session {
+            deferred: Vec::new(),
+            readonly: false,
+            fenced: false,
+            generation,
             shared,
             id,
             peer,
@@ -90,8 +107,16 @@ impl Session {
         &mut self,
         mut f: impl FnMut(&Bucket) -> logkv::Result<T>,
     ) -> logkv::Result<T> {
+        if self.shared.cluster.is_some() {
+            let generation = self.shared.store_generation();
+            if generation != self.generation {
+                // The node installed a snapshot: the same bucket in the new store.
+                self.bucket = self.shared.store().bucket(self.bucket.name())?;
+                self.generation = generation;
+            }
+        }
         match f(&self.bucket) {
-            Err(logkv::Error::NoBucket(name)) => match self.shared.store.bucket(&name) {
+            Err(logkv::Error::NoBucket(name)) => match self.shared.store().bucket(&name) {
                 Ok(fresh) if name == self.bucket.name() => {
                     self.bucket = fresh;
                     f(&self.bucket)
@@ -115,13 +140,20 @@ impl Session {
         self.pending.push(write);
     }
 
-    /// Applies the queued writes in one engine call and encodes their replies.
+    /// Applies the queued writes in one engine call and encodes their replies. On a cluster
+    /// node they are set aside to be proposed (`crate::cluster::writes::settle`), their
+    /// replies to be inserted here.
     pub fn apply_pending(&mut self, out: &mut Vec<u8>) {
         if self.pending.is_empty() {
             return;
         }
+        if self.shared.cluster.is_some() {
+            let writes = std::mem::take(&mut self.pending);
+            self.deferred.push((writes, out.len()));
+            return;
+        }
         let mut writes = std::mem::take(&mut self.pending);
-        let ops: Vec<WriteOp> = writes.iter().map(|w| w.op.clone()).collect();
+        let ops: Vec<logkv::WriteOp> = writes.iter().map(|w| w.op.to_write_op()).collect();
         let version = self.version;
         match self.with_bucket(|b| b.write_each(&ops)) {
             Ok((results, ticket)) => {

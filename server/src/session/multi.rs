@@ -1,6 +1,6 @@
 //! The transaction a connection queues between MULTI and EXEC.
 
-use logkv::WriteOp;
+use logkv_cluster::Op as WriteOp;
 
 use crate::encode::WriteShape;
 use crate::protocol::Reply;

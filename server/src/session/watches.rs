@@ -24,6 +24,12 @@ pub(crate) const MAX_WATCHES: usize = 1024;
 
 struct Slot {
     id: u64,
+    /// The store generation the watch reads (a cluster node that installs a snapshot
+    /// replaces its store: the watch then ends with `lost`).
+    generation: u64,
+    /// On a cluster node, the watch's `FROM` revision: a node behind the one the client
+    /// resumes from still applies the revisions before it, which the client has seen.
+    skip_below: u64,
     watch: Watch,
     with_value: bool,
     pump: Arc<Pump>,
@@ -73,6 +79,11 @@ impl Watches {
         // Subscribe before the watch takes its snapshot: a write in between still wakes us.
         let pump = self.shared.pumps.subscribe(bucket, &self.notify);
         let with_value = !opts.meta_only;
+        let skip_below = if self.shared.cluster.is_some() {
+            opts.from_revision.unwrap_or(0)
+        } else {
+            0
+        };
         let watch = match bucket.watch(pattern, opts) {
             Ok(w) => w,
             Err(e) => {
@@ -84,6 +95,8 @@ impl Watches {
         self.next_id += 1;
         self.list.push(Slot {
             id,
+            generation: self.shared.store_generation(),
+            skip_below,
             watch,
             with_value,
             pump,
@@ -119,10 +132,16 @@ impl Watches {
     pub fn pull(&mut self, version: RespVersion, out: &mut Vec<u8>, high_water: usize) -> bool {
         let n = self.list.len();
         let mut full = false;
+        let generation = self.shared.store_generation();
         for step in 0..n {
             let idx = (self.start + step) % n;
             let slot = &mut self.list[idx];
             if slot.ended {
+                continue;
+            }
+            if slot.generation != generation {
+                encode_lost(out, version, slot.id, 0);
+                slot.ended = true;
                 continue;
             }
             loop {
@@ -132,6 +151,7 @@ impl Watches {
                 }
                 match slot.watch.try_next() {
                     Ok(None) => break,
+                    Ok(Some(WatchEvent::Entry(e))) if e.revision < slot.skip_below => {}
                     Ok(Some(ev)) => {
                         if encode_event(out, version, slot.id, slot.with_value, &ev) {
                             slot.ended = true;

@@ -250,12 +250,81 @@ fn apply(store: &Store, change: &Change) -> Result<String, Error> {
     }
 }
 
+/// The deletes a multi-write change makes, in the order it makes them: DELGLOB and
+/// the TTL sweep write one DEL marker per key (each its own write, in key order), so
+/// a power cut can keep any prefix of them. `None` for a change written at once.
+/// `clock` is `store`'s, at `at_ms`.
+fn victims(
+    store: &Store,
+    clock: &ManualClock,
+    change: &Change,
+    at_ms: u64,
+) -> Option<Vec<(String, u64)>> {
+    let b = store.bucket(change.bucket()).ok()?;
+    match change {
+        Change::DeleteGlob(_, glob) => Some(
+            b.search(glob, usize::MAX)
+                .ok()?
+                .into_iter()
+                .map(|e| (e.key, e.revision))
+                .collect(),
+        ),
+        Change::Sweep(_) => {
+            // The sweep marks values that have expired, which reads hide: they are read
+            // with the clock at 0 (nothing has expired then; reads change nothing).
+            clock.set(0);
+            let retained = b.history(">");
+            clock.set(at_ms);
+            let mut latest: BTreeMap<String, Entry> = BTreeMap::new();
+            for e in retained.ok()? {
+                if latest.get(&e.key).is_none_or(|l| l.revision < e.revision) {
+                    latest.insert(e.key.clone(), e);
+                }
+            }
+            Some(
+                latest
+                    .into_values()
+                    .filter(|e| e.op == Op::Put && e.expires_ms != 0 && e.expires_ms <= at_ms)
+                    .map(|e| (e.key, e.revision))
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Makes the first `m` of a multi-write change's deletes (see [`victims`]).
+fn apply_partial(store: &Store, clock: &ManualClock, change: &Change, at_ms: u64, m: usize) {
+    let Some(victims) = victims(store, clock, change, at_ms) else {
+        return;
+    };
+    let Ok(b) = store.bucket(change.bucket()) else {
+        return;
+    };
+    for (key, revision) in victims.into_iter().take(m) {
+        let _ = b.write(&[WriteOp::delete_at(&key, revision)]);
+    }
+}
+
 /// Everything a bucket holds that a client can see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BucketState {
     config: BucketConfig,
     last_revision: u64,
     entries: Vec<(String, u64, Op, Vec<u8>, u64, u64)>,
+    /// Each key's latest retained revision as writers see it (0 for none): what
+    /// UPDATE and DEL REV check, and WRONGREV reports. It can differ where the
+    /// entries do not (an expired value is hidden from reads, not from writers).
+    latest: Vec<(&'static str, u64)>,
+}
+
+/// The latest revision of `key` as a writer of `b` sees it, asked with a DEL REV
+/// that cannot match (its WRONGREV says it and writes nothing).
+fn writers_latest(b: &logkv::Bucket, key: &str) -> u64 {
+    match b.write(&[WriteOp::delete_at(key, u64::MAX)]) {
+        Err(Error::WrongRevision { latest, .. }) => latest,
+        other => panic!("a DEL REV that cannot match got {other:?}"),
+    }
 }
 
 fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
@@ -277,10 +346,15 @@ fn bucket_state(store: &Store, name: &str) -> Option<BucketState> {
         })
         .collect();
     entries.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let latest = KEYS
+        .iter()
+        .map(|&k| (k, dense(&lost, writers_latest(&b, k))))
+        .collect();
     Some(BucketState {
         config: b.config(),
         last_revision: dense_counter(&lost, b.status().expect("status").last_revision),
         entries,
+        latest,
     })
 }
 
@@ -618,13 +692,15 @@ impl Run {
         let now = self.subject.clock.now_ms();
         let pending = std::mem::take(&mut self.pending);
         self.reference.store = None;
-        let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut chosen: BTreeMap<&str, (usize, Option<usize>)> = BTreeMap::new();
         for &bucket in BUCKETS {
             let mine: Vec<&(u64, Change, Option<Outcome>)> = pending
                 .iter()
                 .filter(|(_, c, _)| c.bucket() == bucket)
                 .collect();
-            let found = (0..=mine.len()).find(|&j| {
+            // Candidates: the first j changes whole, then (for a change that writes key
+            // by key) the first m of the next change's writes.
+            let try_candidate = |j: usize, partial: Option<usize>| -> (bool, usize) {
                 let scratch = tempfile::tempdir().expect("tempdir");
                 let path = scratch.path().join("store");
                 copy_store_dir(&self.reference.path(), &path);
@@ -634,11 +710,32 @@ impl Run {
                     clock.set(*at);
                     let _ = apply(&cand, change);
                 }
+                let mut writes = 0;
+                if let (Some(m), Some((at, change, _))) = (partial, mine.get(j)) {
+                    clock.set(*at);
+                    writes = victims(&cand, &clock, change, *at).map_or(0, |v| v.len());
+                    apply_partial(&cand, &clock, change, *at, m);
+                }
                 drop(cand);
                 clock.set(now);
                 let cand = Reference::open_at(&path, &clock);
-                bucket_state(&cand, bucket).as_ref() == recovered.get(bucket)
-            });
+                (
+                    bucket_state(&cand, bucket).as_ref() == recovered.get(bucket),
+                    writes,
+                )
+            };
+            let mut found = None;
+            for j in 0..=mine.len() {
+                if try_candidate(j, None).0 {
+                    found = Some((j, None));
+                    break;
+                }
+                let (_, writes) = try_candidate(j, Some(0));
+                if let Some(m) = (1..writes).find(|&m| try_candidate(j, Some(m)).0) {
+                    found = Some((j, Some(m)));
+                    break;
+                }
+            }
             let Some(j) = found else {
                 self.reference.reopen(self.reference.opened_at);
                 panic!(
@@ -658,13 +755,20 @@ impl Run {
         for (at, change, said) in pending {
             let b = change.bucket();
             let n = taken.entry(b).or_insert(0);
-            if *n < chosen.get(b).copied().unwrap_or(0) {
-                *n += 1;
+            let (whole, partial) = chosen.get(b).copied().unwrap_or((0, None));
+            if *n < whole {
                 let got = self.reference.apply(at, &change);
                 if let Some(said) = said {
                     assert_eq!(got, said, "the reference disagrees on {change:?}");
                 }
+            } else if *n == whole {
+                if let Some(m) = partial {
+                    self.reference.clock.set(at);
+                    let store = self.reference.store.as_ref().expect("reference open");
+                    apply_partial(store, &self.reference.clock, &change, at, m);
+                }
             }
+            *n += 1;
         }
         self.reference.reopen(now);
         let reference = state(self.reference.store.as_ref().expect("open"));

@@ -158,6 +158,16 @@ impl Room {
     }
 }
 
+/// Whether `r` is a DEL or PURGE marker past the bucket's max age. A marker
+/// has no TTL of its own, so its expiry is its max age: once expired it is no
+/// longer retained, though it stays in the index until the next sweep or open
+/// drops it. A writer must not see it meanwhile, or a precondition's answer
+/// (UPDATE's "latest", whether `UPDATE k <marker>` undeletes) would depend on
+/// when the sweep last ran, and differ after a restart, which drops it at open.
+fn aged_marker(r: &RecordRef, now: u64) -> bool {
+    r.op() != Op::Put && r.expired(now)
+}
+
 /// The error of write `index` of a batch that fails: wrapped in
 /// [`Error::Batch`] when the call has more than one write.
 fn batch_error(writes: usize, index: usize, e: Error) -> Error {
@@ -253,6 +263,7 @@ impl BucketCore {
                 None if blind => None,
                 None => self
                     .latest_for_writer(pending, &op.key)
+                    .filter(|r| !aged_marker(r, now))
                     .map(KeyState::Stored),
             };
             let checked = self
@@ -415,7 +426,8 @@ impl BucketCore {
 #[cfg(test)]
 mod tests {
     use super::KeyState;
-    use crate::{FsyncPolicy, Options, Store};
+    use crate::bucket::test_util::{aged_config, manual_options, writers_latest};
+    use crate::{FsyncPolicy, ManualClock, Options, Store};
 
     /// A writer checking a precondition (CAS, `SET ... GET`, REVERT) looks the key up in
     /// the index, lets go of its lock, then reads the record. A compaction pass in
@@ -446,5 +458,47 @@ mod tests {
         );
         let e = core.current_entry("k", &KeyState::Stored(at)).unwrap();
         assert_eq!((&e.value[..], e.revision), (&b"kept"[..], at.revision));
+    }
+
+    /// A DEL marker past the bucket's max age is dropped from the index by the sweep,
+    /// and by an open: a store that stayed up and has not swept yet still held it, and
+    /// its writers saw it. `UPDATE k v <marker>` undid the delete there, while the same
+    /// store reopened said `WRONGREV expected <marker>, latest 0`. Found by the
+    /// power-loss harness (`never`): its reference, reopened at an earlier time than
+    /// the sweep the subject had run, disagreed with it on such an UPDATE.
+    #[test]
+    fn a_marker_past_the_max_age_is_gone_for_writers_before_any_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let latest = |store: &Store| writers_latest(store, "k");
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
+        let b = store.create_bucket("b", aged_config(5_000)).unwrap();
+        b.put("k", "v").unwrap();
+        let marker = b.delete("k").unwrap();
+        assert_eq!(
+            latest(&store),
+            marker,
+            "a marker within the max age is retained"
+        );
+        clock.advance(6_000);
+        assert_eq!(latest(&store), 0, "live, before any sweep");
+        let live = b
+            .update("k", "undeleted", marker)
+            .map_err(|e| e.to_string());
+        drop(b);
+        store.close().unwrap();
+        let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
+        assert_eq!(latest(&store), 0, "reopened (the marker left at open)");
+        let reopened = store
+            .bucket("b")
+            .unwrap()
+            .update("k", "undeleted", marker)
+            .map_err(|e| e.to_string());
+        assert_eq!(live, reopened);
+        assert_eq!(
+            live,
+            Err(format!("expected {marker}, latest 0")),
+            "nothing left to undelete"
+        );
     }
 }

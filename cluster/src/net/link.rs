@@ -1,0 +1,300 @@
+//! One link to a peer: a byte stream carrying every request and reply between two nodes in
+//! both directions, each tagged with the request id of the side that asked.
+//!
+//! A writer task drains a queue of encoded frames (writing what is queued in one go); a
+//! reader task routes replies to their callers, byte-stream chunks to their receivers, and
+//! runs each incoming request on its own task so that a slow one (a vote waiting on the
+//! disk) never holds up the others.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::frame::{self, Frame, Kind};
+use super::message::{Reply, Request};
+use super::Network;
+use crate::types::NodeId;
+
+/// Frames queued for the writer at most (then senders wait).
+const QUEUE: usize = 1024;
+/// Chunks of an incoming byte stream buffered at most.
+const CHUNKS: usize = 16;
+/// How long a link replaced by another stays open for what is in flight on it.
+const RETIRE_AFTER: Duration = Duration::from_secs(5);
+
+/// A piece of a request's byte stream.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes.
+    Data(Vec<u8>),
+    /// The end of the stream.
+    End,
+}
+
+/// Why a call got no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Nothing was sent (no link could be made, or it was down before the request left).
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// Sent, but the link failed before the reply came: the request may have been served.
+    #[error("no reply: {0}")]
+    Lost(String),
+    /// Sent, and no reply within the time allowed.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A link to one peer.
+pub struct Link {
+    /// The peer.
+    pub peer: NodeId,
+    /// Which side dialed it.
+    pub dialer: NodeId,
+    out: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
+    streams: Mutex<HashMap<u64, mpsc::Sender<Chunk>>>,
+    next_id: AtomicU64,
+    alive: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("peer", &self.peer)
+            .field("dialer", &self.dialer)
+            .field("alive", &self.is_alive())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// Starts the link's tasks on an authenticated stream.
+    pub fn start<S>(stream: S, peer: NodeId, dialer: NodeId, net: Weak<Network>) -> Arc<Link>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let link = Arc::new(Link {
+            peer,
+            dialer,
+            out: tx,
+            pending: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            alive: AtomicBool::new(true),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let writer = tokio::spawn(write_loop(w, rx, Arc::downgrade(&link)));
+        let reader = tokio::spawn(read_loop(
+            BufReader::with_capacity(1 << 16, r),
+            Arc::downgrade(&link),
+            net,
+        ));
+        link.tasks.lock().extend([writer, reader]);
+        link
+    }
+
+    /// Whether the link still works.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Closes the link: its calls in flight fail, its tasks stop.
+    pub fn close(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.pending.lock().clear();
+        self.streams.lock().clear();
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Closes the link after a grace period (it was replaced by another to the same peer).
+    pub fn retire(self: &Arc<Self>) {
+        let link = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRE_AFTER).await;
+            link.close();
+        });
+    }
+
+    /// Queues a frame.
+    pub async fn send(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<(), CallError> {
+        if !self.is_alive() {
+            return Err(CallError::NotSent("link closed".into()));
+        }
+        let mut buf = Vec::with_capacity(payload.len() + 17);
+        frame::encode(kind, id, payload, &mut buf)
+            .map_err(|e| CallError::NotSent(e.to_string()))?;
+        self.out
+            .send(buf)
+            .await
+            .map_err(|_| CallError::NotSent("link closed".into()))
+    }
+
+    /// A fresh request id with the receiver its reply will come to.
+    pub fn open_call(&self) -> (u64, oneshot::Receiver<Frame>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    /// Forgets a call that is given up.
+    pub fn cancel_call(&self, id: u64) {
+        self.pending.lock().remove(&id);
+    }
+
+    /// Sends `req` and waits for its reply for at most `timeout`.
+    pub async fn call(&self, req: &Request, timeout: Duration) -> Result<Reply, CallError> {
+        let payload = postcard::to_stdvec(req).map_err(|e| CallError::NotSent(e.to_string()))?;
+        let (id, rx) = self.open_call();
+        if let Err(e) = self.send(Kind::Request, id, &payload).await {
+            self.cancel_call(id);
+            return Err(e);
+        }
+        self.wait_reply(id, rx, timeout).await
+    }
+
+    /// Waits for the reply of call `id`.
+    pub async fn wait_reply(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Frame>,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(frame)) => postcard::from_bytes(&frame.payload)
+                .map_err(|e| CallError::Lost(format!("undecodable reply: {e}"))),
+            Ok(Err(_)) => Err(CallError::Lost("the link closed".into())),
+            Err(_) => {
+                self.cancel_call(id);
+                Err(CallError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    link: Weak<Link>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = w.write_all(&batch).await {
+            tracing::debug!("link write failed: {e}");
+            break;
+        }
+    }
+    if let Some(l) = link.upgrade() {
+        l.close();
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut r: R, link: Weak<Link>, net: Weak<Network>) {
+    let why = loop {
+        let frame = match frame::read(&mut r).await {
+            Ok(f) => f,
+            Err(e) => break e,
+        };
+        let Some(l) = link.upgrade() else {
+            return;
+        };
+        if let Err(e) = route(&l, &net, frame).await {
+            break e;
+        }
+    };
+    if let Some(l) = link.upgrade() {
+        if why.kind() != io::ErrorKind::UnexpectedEof {
+            tracing::debug!(peer = l.peer, "link closed: {why}");
+        }
+        l.close();
+        if let Some(n) = net.upgrade() {
+            n.forget(&l);
+        }
+    }
+}
+
+async fn route(link: &Arc<Link>, net: &Weak<Network>, frame: Frame) -> io::Result<()> {
+    match frame.kind {
+        Kind::Reply => {
+            let waiter = link.pending.lock().remove(&frame.id);
+            if let Some(tx) = waiter {
+                let _ = tx.send(frame);
+            }
+        }
+        Kind::Request => {
+            let req: Request = postcard::from_bytes(&frame.payload).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("undecodable request: {e}"),
+                )
+            })?;
+            let Some(net) = net.upgrade() else {
+                return Ok(());
+            };
+            let handler = net.handler();
+            let id = frame.id;
+            let peer = link.peer;
+            let reply_to = Arc::clone(link);
+            let work = match (handler, req) {
+                (None, _) => Box::pin(async { Reply::Unavailable("the node is starting".into()) })
+                    as futures_util::future::BoxFuture<'static, Reply>,
+                (Some(h), Request::Snapshot { vote, info }) => {
+                    let (tx, rx) = mpsc::channel(CHUNKS);
+                    link.streams.lock().insert(id, tx);
+                    h.snapshot(peer, vote, info, rx)
+                }
+                (Some(h), req) => h.handle(peer, req),
+            };
+            tokio::spawn(async move {
+                let reply = work.await;
+                match postcard::to_stdvec(&reply) {
+                    Ok(bytes) => {
+                        let _ = reply_to.send(Kind::Reply, id, &bytes).await;
+                    }
+                    Err(e) => tracing::error!("cannot encode a reply: {e}"),
+                }
+                reply_to.streams.lock().remove(&id);
+            });
+        }
+        Kind::Chunk | Kind::End => {
+            let tx = link.streams.lock().get(&frame.id).cloned();
+            if let Some(tx) = tx {
+                let chunk = if frame.kind == Kind::End {
+                    Chunk::End
+                } else {
+                    Chunk::Data(frame.payload)
+                };
+                // A receiver that gave up simply drops the rest.
+                let _ = tx.send(chunk).await;
+            }
+        }
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected {other:?} frame on an open link"),
+            ))
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! What a node answers its peers: Raft's messages, snapshots, forwarded requests.
+
+use std::io::Write;
+use std::sync::{Arc, Weak};
+
+use futures_util::future::BoxFuture;
+use openraft::storage::Snapshot;
+use tokio::sync::mpsc;
+
+use super::{ClusterNode, NodeInner};
+use crate::net::message::{Reply, Request};
+use crate::net::{Chunk, Handler};
+use crate::sm::snapshot::{check_relative, SnapshotDir, SnapshotInfo};
+use crate::types::{Node, NodeId, Raft, Vote};
+
+/// Serves a node's incoming requests.
+pub(crate) struct NodeHandler {
+    raft: Raft,
+    node: Weak<NodeInner>,
+}
+
+impl NodeHandler {
+    pub(crate) fn new(node: &ClusterNode) -> NodeHandler {
+        NodeHandler {
+            raft: node.inner.raft.clone(),
+            node: Arc::downgrade(&node.inner),
+        }
+    }
+}
+
+fn stopped() -> Reply {
+    Reply::Unavailable("the node is stopping".into())
+}
+
+impl Handler for NodeHandler {
+    fn handle(&self, _from: NodeId, req: Request) -> BoxFuture<'static, Reply> {
+        let raft = self.raft.clone();
+        let node = self.node.clone();
+        Box::pin(async move {
+            match req {
+                Request::Append(r) => {
+                    Reply::Append(raft.append_entries(r).await.map_err(|e| e.to_string()))
+                }
+                Request::Vote(r) => Reply::Vote(raft.vote(r).await.map_err(|e| e.to_string())),
+                Request::PreVote(r) => {
+                    Reply::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string()))
+                }
+                Request::TransferLeader(r) => Reply::TransferLeader(
+                    raft.handle_transfer_leader(r)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                Request::Snapshot { .. } => {
+                    Reply::Unavailable("a snapshot comes with its stream".into())
+                }
+                Request::Forward(f) => match node.upgrade() {
+                    Some(inner) => Reply::Forward(ClusterNode { inner }.serve_forward(f).await),
+                    None => stopped(),
+                },
+                Request::Describe => match node.upgrade() {
+                    Some(n) => Reply::Describe(Node {
+                        raft_addr: n.cfg.raft_addr.clone(),
+                        client_addr: n.cfg.client_addr.clone(),
+                    }),
+                    None => stopped(),
+                },
+            }
+        })
+    }
+
+    fn snapshot(
+        &self,
+        from: NodeId,
+        vote: Vote,
+        info: SnapshotInfo,
+        chunks: mpsc::Receiver<Chunk>,
+    ) -> BoxFuture<'static, Reply> {
+        let raft = self.raft.clone();
+        let node = self.node.clone();
+        Box::pin(async move {
+            let Some(n) = node.upgrade() else {
+                return stopped();
+            };
+            let dir = match n.sm.scratch() {
+                Ok(d) => d,
+                Err(e) => return Reply::Snapshot(Err(e.to_string())),
+            };
+            drop(n);
+            let received = receive(&dir, &info, chunks).await;
+            let result = match received {
+                Ok(()) => {
+                    let meta = info.meta.clone();
+                    raft.install_full_snapshot(
+                        vote,
+                        Snapshot {
+                            meta,
+                            snapshot: dir.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(from, "snapshot not installed: {e}");
+            }
+            // Adopted snapshots were moved away; whatever is left here is not needed.
+            if dir.path.exists() {
+                let _ = std::fs::remove_dir_all(&dir.path);
+            }
+            Reply::Snapshot(result)
+        })
+    }
+}
+
+/// Writes the snapshot's files from the stream into `dir` and checks them.
+async fn receive(
+    dir: &SnapshotDir,
+    info: &SnapshotInfo,
+    mut chunks: mpsc::Receiver<Chunk>,
+) -> Result<(), String> {
+    for f in &info.files {
+        check_relative(&f.path).map_err(|e| e.to_string())?;
+    }
+    let data = dir.data();
+    let mut files = info.files.iter();
+    let open = |f: &crate::sm::snapshot::FileInfo| -> Result<std::fs::File, String> {
+        let path = data.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    // The file being written and the bytes it still needs.
+    let mut current: Option<(std::fs::File, u64)> = None;
+    let mut next = |current: &mut Option<(std::fs::File, u64)>| -> Result<bool, String> {
+        for f in files.by_ref() {
+            let file = open(f)?;
+            if f.size > 0 {
+                *current = Some((file, f.size));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let mut more = next(&mut current)?;
+    loop {
+        match chunks.recv().await {
+            None => return Err("the snapshot stream was cut".into()),
+            Some(Chunk::End) => break,
+            Some(Chunk::Data(bytes)) => {
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let Some((file, left)) = current.as_mut() else {
+                        return Err("more snapshot bytes than its files hold".into());
+                    };
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(rest.len());
+                    file.write_all(&rest[..take]).map_err(|e| e.to_string())?;
+                    *left -= take as u64;
+                    rest = &rest[take..];
+                    if *left == 0 {
+                        if let Some((f, _)) = current.take() {
+                            f.sync_all().map_err(|e| e.to_string())?;
+                        }
+                        more = next(&mut current)?;
+                    }
+                }
+            }
+        }
+    }
+    if more || current.is_some() {
+        return Err("the snapshot stream ended early".into());
+    }
+    let (dir, info) = (dir.clone(), info.clone());
+    tokio::task::spawn_blocking(move || {
+        dir.verify(&info)?;
+        dir.write_info(&info)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,207 @@
+//! Tests of the Raft log: appends, reads, reopen, torn tails, truncation, purge, refusals.
+
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{EntryPayload, RaftLogReader};
+
+use super::*;
+use crate::command::{Command, Proposal};
+
+fn id(term: u64, index: u64) -> LogId {
+    LogId::new(
+        openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
+        index,
+    )
+}
+
+fn entry(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: id(term, index),
+        payload: EntryPayload::Normal(Proposal {
+            time_ms: index,
+            command: Command::Sweep {
+                bucket: format!("b{index}"),
+            },
+        }),
+    }
+}
+
+fn opts() -> LogOptions {
+    LogOptions {
+        fsync: FsyncMode::Always,
+        segment_size: 4096,
+    }
+}
+
+async fn append(log: &mut LogStore, entries: Vec<Entry>) -> io::Result<()> {
+    use openraft::async_runtime::Oneshot;
+    let (tx, rx) = openraft_rt_tokio::TokioOneshot::channel();
+    log.append(entries, IOFlushed::signal(tx)).await?;
+    rx.await.map_err(io::Error::other)?
+}
+
+async fn indexes(log: &mut LogStore) -> Vec<(u64, u64)> {
+    log.try_get_log_entries(0..)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+        .collect()
+}
+
+#[tokio::test]
+async fn appends_survive_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    for i in 1..=200 {
+        append(&mut log, vec![entry(1, i)]).await.unwrap();
+    }
+    let read = log.try_get_log_entries(5..=7).await.unwrap();
+    assert_eq!(read, vec![entry(1, 5), entry(1, 6), entry(1, 7)]);
+    assert!(log.fsyncs() > 0);
+    log.save_vote(&Vote::new(3, 2)).await.unwrap();
+    log.save_committed(Some(id(1, 150))).await.unwrap();
+    log.close().unwrap();
+    drop(log);
+    let segments = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .rsplit('.')
+                .next()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("log"))
+        })
+        .count();
+    assert!(segments > 1, "the log rotated ({segments} segments)");
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.try_get_log_entries(1..201).await.unwrap().len(), 200);
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(id(1, 150)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(id(1, 200)));
+    assert_eq!(state.last_purged_log_id, None);
+}
+
+#[tokio::test]
+async fn a_gap_or_a_leader_going_backwards_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    append(&mut log, vec![entry(2, 1), entry(2, 2)])
+        .await
+        .unwrap();
+    let err = append(&mut log, vec![entry(2, 4)]).await.unwrap_err();
+    assert!(err.to_string().contains("non-contiguous"), "{err}");
+    let err = append(&mut log, vec![entry(1, 3)]).await.unwrap_err();
+    assert!(err.to_string().contains("backwards"), "{err}");
+    append(&mut log, vec![entry(3, 3)]).await.unwrap();
+    assert_eq!(indexes(&mut log).await, [(2, 1), (2, 2), (3, 3)]);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    append(&mut log, (1..=5).map(|i| entry(1, i)).collect())
+        .await
+        .unwrap();
+    log.close().unwrap();
+    drop(log);
+    let path = dir.path().join(segment::file_name(1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Damage the last record's body: as if its last page never reached the disk.
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap();
+    bytes[end] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    assert_eq!(indexes(&mut log).await, [(1, 1), (1, 2), (1, 3), (1, 4)]);
+    // The log goes on from the cut.
+    append(&mut log, vec![entry(2, 5)]).await.unwrap();
+    log.close().unwrap();
+    drop(log);
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        indexes(&mut log).await,
+        [(1, 1), (1, 2), (1, 3), (1, 4), (2, 5)]
+    );
+}
+
+#[tokio::test]
+async fn damage_before_the_last_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    for i in 1..=300 {
+        append(&mut log, vec![entry(1, i)]).await.unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    let path = dir.path().join(segment::file_name(1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEADER_LEN + 20] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = LogStore::open(dir.path(), opts()).unwrap_err();
+    assert!(err.to_string().contains("corrupt Raft log"), "{err}");
+    assert!(err.to_string().contains(&segment::file_name(1)), "{err}");
+}
+
+#[tokio::test]
+async fn truncated_entries_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    append(&mut log, (1..=60).map(|i| entry(1, i)).collect())
+        .await
+        .unwrap();
+    log.truncate_after(Some(id(1, 10))).await.unwrap();
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(id(1, 10))
+    );
+    // A shorter replacement: the old records after it must not reappear at reopen.
+    append(&mut log, vec![entry(2, 11)]).await.unwrap();
+    log.close().unwrap();
+    drop(log);
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    let got = indexes(&mut log).await;
+    assert_eq!(got.len(), 11);
+    assert_eq!(got.last(), Some(&(2, 11)));
+    log.truncate_after(None).await.unwrap();
+    assert!(indexes(&mut log).await.is_empty());
+}
+
+#[tokio::test]
+async fn purge_keeps_the_rest_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    for i in 1..=150 {
+        append(&mut log, vec![entry(1, i)]).await.unwrap();
+    }
+    log.purge(id(1, 120)).await.unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(1, 120)));
+    assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 30);
+    log.close().unwrap();
+    drop(log);
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 30);
+    assert_eq!(
+        log.try_get_log_entries(121..122).await.unwrap(),
+        vec![entry(1, 121)]
+    );
+    // Purging past the end (a snapshot installed ahead of the log) empties it; appends go
+    // on after the purge point.
+    log.purge(id(2, 500)).await.unwrap();
+    assert!(indexes(&mut log).await.is_empty());
+    let err = append(&mut log, vec![entry(2, 400)]).await.unwrap_err();
+    assert!(err.to_string().contains("non-contiguous"), "{err}");
+    append(&mut log, vec![entry(2, 501)]).await.unwrap();
+    log.close().unwrap();
+    drop(log);
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    assert_eq!(indexes(&mut log).await, [(2, 501)]);
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_purged_log_id,
+        Some(id(2, 500))
+    );
+}

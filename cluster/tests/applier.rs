@@ -1,0 +1,136 @@
+//! The interim applier on `logkv::Store`: commands at the leader's time, the applied record
+//! and its fingerprint check after a crash, checkpoints and installs.
+
+use logkv_cluster::command::{BucketSpec, Command, Op, OpError, Response};
+use logkv_cluster::sm::store_applier::StoreApplier;
+use logkv_cluster::sm::{Applied, Applier};
+use logkv_cluster::types::LogId;
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(
+        openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        },
+        index,
+    )
+}
+
+fn applied(index: u64) -> Applied {
+    Applied {
+        log_id: Some(log_id(index)),
+        time_ms: 1_000,
+        ..Applied::default()
+    }
+}
+
+fn write(bucket: &str, ops: Vec<Op>) -> Command {
+    Command::Write {
+        bucket: bucket.into(),
+        atomic: false,
+        ops,
+    }
+}
+
+#[test]
+fn commands_apply_at_the_entry_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
+    assert_eq!(a.recovered(), Some(Applied::default()));
+    let r = a
+        .apply(log_id(1), 1_000, &write("default", vec![Op::put("k", "v")]))
+        .unwrap();
+    let Response::Each(results) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(results[0].as_ref().unwrap().revision, 1);
+    let e = a.cell().get().default_bucket().unwrap().entry("k").unwrap();
+    assert_eq!(e.unwrap().created_ms, 1_000, "created at the leader's time");
+    // Preconditions are outcomes, not failures.
+    let r = a
+        .apply(
+            log_id(2),
+            1_001,
+            &write("default", vec![Op::create("k", "w")]),
+        )
+        .unwrap();
+    assert_eq!(r, Response::Each(vec![Err(OpError::Exists)]));
+    let r = a
+        .apply(log_id(3), 1_002, &write("nope", vec![Op::put("k", "w")]))
+        .unwrap();
+    assert_eq!(r, Response::Failed(OpError::NoBucket("nope".into())));
+    let spec = BucketSpec {
+        history: 2,
+        ttl_ms: 0,
+        max_bytes: 0,
+        max_value_size: 0,
+    };
+    let create = Command::CreateBucket {
+        bucket: "b".into(),
+        config: spec,
+    };
+    assert_eq!(a.apply(log_id(4), 1_003, &create).unwrap(), Response::Done);
+    assert_eq!(
+        a.apply(log_id(5), 1_003, &create).unwrap(),
+        Response::Failed(OpError::BucketExists("b".into()))
+    );
+    let atomic = Command::Write {
+        bucket: "b".into(),
+        atomic: true,
+        ops: vec![Op::put("x", "1"), Op::update("x", "2", 9)],
+    };
+    let r = a.apply(log_id(6), 1_004, &atomic).unwrap();
+    assert!(
+        matches!(r, Response::Atomic(Err(OpError::Batch { index: 1, .. }))),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_store_ahead_of_its_record_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
+        a.apply(log_id(1), 5, &write("default", vec![Op::put("k", "v")]))
+            .unwrap();
+        a.set_applied(&applied(1), false).unwrap();
+    }
+    {
+        let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
+        assert_eq!(a.recovered(), Some(applied(1)), "record and store agree");
+        // A write whose record is never written: as if the node crashed in between.
+        a.apply(log_id(2), 6, &write("default", vec![Op::put("k", "w")]))
+            .unwrap();
+    }
+    let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
+    assert_eq!(a.recovered(), None, "the store went past its record");
+}
+
+#[test]
+fn checkpoints_install_into_a_new_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = StoreApplier::open(dir.path().join("a"), &logkv::Options::default()).unwrap();
+    a.apply(log_id(1), 5, &write("default", vec![Op::put("k", "v")]))
+        .unwrap();
+    a.set_applied(&applied(1), false).unwrap();
+    let cp = dir.path().join("cp");
+    assert_eq!(a.checkpoint(&cp).unwrap(), applied(1));
+    // Writes after the checkpoint are not in it.
+    a.apply(log_id(2), 6, &write("default", vec![Op::put("k", "later")]))
+        .unwrap();
+
+    let b = StoreApplier::open(dir.path().join("b"), &logkv::Options::default()).unwrap();
+    let old = b.cell().get().default_bucket().unwrap();
+    let mut watch = old.watch(">", logkv::WatchOptions::default()).unwrap();
+    let generation = b.cell().generation();
+    b.install(Some(&cp), &applied(1)).unwrap();
+    assert_eq!(b.cell().generation(), generation + 1);
+    let got = b.cell().get().default_bucket().unwrap().get("k").unwrap();
+    assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    drop(watch.try_next());
+    drop(b);
+    let b = StoreApplier::open(dir.path().join("b"), &logkv::Options::default()).unwrap();
+    assert_eq!(b.recovered(), Some(applied(1)));
+    let got = b.cell().get().default_bucket().unwrap().get("k").unwrap();
+    assert_eq!(got.as_deref(), Some(&b"v"[..]));
+}

@@ -1,0 +1,218 @@
+//! In-process clusters on the controllable in-memory network: elections, failover,
+//! forwarding, a partition that heals, a lagging node caught up by a snapshot, membership
+//! changes, leader transfer, replicated TTL sweeps.
+
+mod support;
+
+use std::time::Duration;
+
+use logkv_cluster::command::{Command, Op, Response};
+use logkv_cluster::ClusterError;
+use support::{contents, put, revision, write_retrying, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_write_everywhere_and_fail_over() {
+    let mut c = TestCluster::start(3, 100_000).await;
+    let leader = c.leader().await;
+    let follower = c.follower(leader);
+
+    // A write sent to a follower is forwarded; the revision is the same on every node.
+    let r1 = revision(&write_retrying(c.node(follower), put("a", "1")).await);
+    let r2 = revision(&write_retrying(c.node(leader), put("b", "2")).await);
+    assert_eq!((r1, r2), (1, 2));
+    // A linearizable read on the follower sees both.
+    c.node(follower).read_barrier().await.unwrap();
+    let on_follower = contents(c.node(follower));
+    assert_eq!(on_follower.len(), 2);
+    c.converge().await;
+    for n in c.nodes.values() {
+        assert_eq!(contents(n), on_follower, "node {}", n.id());
+    }
+
+    // The leader stops; a new one is elected and takes writes; nothing acknowledged is lost.
+    c.stop(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let r3 = revision(&write_retrying(c.node(new_leader), put("c", "3")).await);
+    assert_eq!(r3, 3);
+    // The old leader comes back as a follower and catches up.
+    c.restart(leader).await;
+    c.converge().await;
+    let expected = contents(c.node(new_leader));
+    assert_eq!(expected.len(), 3);
+    for n in c.nodes.values() {
+        assert_eq!(contents(n), expected, "node {}", n.id());
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_refuses_and_catches_up_after_healing() {
+    let c = TestCluster::start(3, 100_000).await;
+    let leader = c.leader().await;
+    write_retrying(c.node(leader), put("before", "x")).await;
+    let others: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != leader).collect();
+    c.net.partition(&[leader], &others);
+
+    // The majority elects a new leader and goes on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let new_leader = loop {
+        let l = c.node(others[0]).leader();
+        if l.is_some_and(|l| l != leader) && l == c.node(others[1]).leader() {
+            break l.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    write_retrying(c.node(new_leader), put("during", "y")).await;
+
+    // The cut-off leader cannot commit: its client gets NOLEADER (its lease ran out) or
+    // INDOUBT (it appended before noticing), never success.
+    match c.node(leader).write(put("lost", "z")).await {
+        Err(ClusterError::NoLeader(_) | ClusterError::InDoubt(_)) => {}
+        other => panic!("a write on the cut-off side must not succeed: {other:?}"),
+    }
+    assert!(
+        c.node(leader).read_barrier().await.is_err(),
+        "no linearizable read either"
+    );
+
+    c.net.heal();
+    write_retrying(c.node(new_leader), put("after", "w")).await;
+    c.converge().await;
+    let expected = contents(c.node(new_leader));
+    let keys: Vec<&str> = expected.iter().map(|e| e.0.as_str()).collect();
+    assert!(keys.contains(&"before") && keys.contains(&"during") && keys.contains(&"after"));
+    // "lost" was in doubt: if it was applied, it is everywhere; revisions agree either way.
+    for n in c.nodes.values() {
+        assert_eq!(contents(n), expected, "node {}", n.id());
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_is_caught_up_by_a_snapshot() {
+    let mut c = TestCluster::start(3, 20).await;
+    let leader = c.leader().await;
+    let lagging = c.follower(leader);
+    c.stop(lagging).await;
+    for i in 0..120 {
+        write_retrying(c.node(leader), put(&format!("k{i}"), &i.to_string())).await;
+    }
+    // The leader snapshotted and purged the entries the lagging node misses.
+    let m = c
+        .node(leader)
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 20), "purged")
+        .await
+        .expect("leader purged its log");
+    assert!(m.snapshot.is_some());
+    let node = c.restart(lagging).await;
+    let generation = node.store().generation();
+    c.converge().await;
+    assert!(
+        node.store().generation() > generation,
+        "the lagging node installed a snapshot (its store was replaced)"
+    );
+    assert_eq!(contents(&node), contents(c.node(leader)));
+    assert_eq!(contents(&node).len(), 120);
+    // It goes on with the log after the snapshot.
+    write_retrying(c.node(leader), put("next", "1")).await;
+    c.converge().await;
+    assert_eq!(contents(&node), contents(c.node(leader)));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_and_leadership_moves() {
+    let mut c = TestCluster::start(3, 100_000).await;
+    let leader = c.leader().await;
+    write_retrying(c.node(leader), put("a", "1")).await;
+    // Node 4 starts empty, without initial members, and is added through a follower.
+    c.start_node(4, std::collections::BTreeMap::new()).await;
+    let follower = c.follower(leader);
+    c.node(follower)
+        .add(4, &support::addr(4), false)
+        .await
+        .unwrap();
+    let voters: Vec<u64> = c.node(leader).membership().voter_ids().collect();
+    assert_eq!(voters, [1, 2, 3, 4]);
+    c.converge().await;
+    assert_eq!(contents(c.node(4)), contents(c.node(leader)));
+    let info = c.node(4).info();
+    assert_eq!(info.members.len(), 4);
+
+    // Leadership handed to node 4.
+    c.node(follower).transfer_leader(4).await.unwrap();
+    assert_eq!(c.leader().await, 4);
+    write_retrying(c.node(1), put("b", "2")).await;
+
+    // A voter removed; the cluster goes on with three.
+    let gone = if leader == 4 { 1 } else { leader };
+    c.node(4).remove(gone).await.unwrap();
+    let voters: Vec<u64> = c.node(4).membership().voter_ids().collect();
+    assert!(!voters.contains(&gone) && voters.len() == 3, "{voters:?}");
+    c.stop(gone).await;
+    write_retrying(c.node(4), put("c", "3")).await;
+    assert!(matches!(
+        c.node(4).remove(99).await,
+        Err(ClusterError::Failed(_))
+    ));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiries_are_proposed_by_the_leader_with_the_same_revision_everywhere() {
+    let c = TestCluster::start(3, 100_000).await;
+    let leader = c.leader().await;
+    for (id, n) in &c.nodes {
+        c.net.delay(*id, leader, Duration::from_millis(2));
+        let _ = n;
+    }
+    let cmd = Command::Write {
+        bucket: "default".into(),
+        atomic: false,
+        ops: vec![Op::put("t", "v").with_ttl(Duration::from_millis(100))],
+    };
+    let r = write_retrying(c.node(c.follower(leader)), cmd).await;
+    assert_eq!(revision(&r), 1);
+    // The leader's sweep writes the DEL marker (revision 2) and every node applies it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        c.converge().await;
+        let all: Vec<_> = c.nodes.values().map(contents).collect();
+        if all.iter().all(|h| h.iter().any(|e| e.1 == 2)) {
+            assert!(all.windows(2).all(|w| w[0] == w[1]), "{all:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no expiry marker: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bucket-level commands are replicated too.
+    let create = Command::CreateBucket {
+        bucket: "b".into(),
+        config: logkv_cluster::command::BucketSpec {
+            history: 1,
+            ttl_ms: 0,
+            max_bytes: 0,
+            max_value_size: 0,
+        },
+    };
+    assert_eq!(
+        write_retrying(c.node(leader), create.clone()).await,
+        Response::Done
+    );
+    assert!(matches!(
+        write_retrying(c.node(leader), create).await,
+        Response::Failed(_)
+    ));
+    c.converge().await;
+    for n in c.nodes.values() {
+        assert!(n.store().get().bucket("b").is_ok());
+    }
+    c.shutdown().await;
+}
