@@ -9,12 +9,16 @@ use logkv_tests::fuzz_targets;
 
 use common::Rng;
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+/// The saved inputs of `target` in `fuzz/<kind>/` (`corpus`: what the fuzzer
+/// keeps for coverage; `regressions`: inputs that once failed, kept apart so
+/// that minimizing the corpus never drops them).
+fn saved(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
+        .join("../fuzz")
+        .join(kind)
         .join(target);
     let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()))
+        .unwrap_or_else(|e| panic!("{kind} {} missing: {e}", dir.display()))
         .map(|e| {
             let p = e.unwrap().path();
             let bytes = std::fs::read(&p).unwrap();
@@ -22,7 +26,7 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         })
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "empty corpus for {target}");
+    assert!(!files.is_empty(), "no {kind} saved for {target}");
     files
 }
 
@@ -38,7 +42,7 @@ fn random_inputs(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
 }
 
 fn replay(target: &str, run: fn(&[u8]), randoms: usize, max_len: usize) {
-    let mut inputs = corpus(target);
+    let mut inputs = saved("corpus", target);
     for (i, r) in random_inputs(
         0x9E37_79B9_7F4A_7C15 ^ target.len() as u64,
         randoms,
@@ -49,6 +53,11 @@ fn replay(target: &str, run: fn(&[u8]), randoms: usize, max_len: usize) {
     {
         inputs.push((PathBuf::from(format!("random-{i}")), r));
     }
+    run_each(target, run, inputs);
+}
+
+/// Runs `target`'s body on every input; fails naming the first it fails on.
+fn run_each(target: &str, run: fn(&[u8]), inputs: Vec<(PathBuf, Vec<u8>)>) {
     for (path, bytes) in inputs {
         let result = std::panic::catch_unwind(|| run(&bytes));
         assert!(
@@ -72,6 +81,17 @@ fn record_corpus() {
 #[test]
 fn recovery_corpus() {
     replay("recovery", fuzz_targets::recovery, 40, 400);
+}
+
+/// Inputs on which the `recovery` target once failed (each fixed in the engine;
+/// see the regression tests in `tests/tests/recovery/`).
+#[test]
+fn recovery_regressions() {
+    run_each(
+        "recovery",
+        fuzz_targets::recovery,
+        saved("regressions", "recovery"),
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::fsync::FsyncPolicy;
 use crate::index::{Index, RecordRef};
 use crate::io::Storage;
-use crate::log::recovery::RecoveryReport;
+use crate::log::recovery::{RecoveryReport, Start};
 use crate::log::segment::Segment;
 use crate::log::{Log, LogConfig, Opened};
 use crate::snapshot::{self, Snapshot};
@@ -125,9 +125,13 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         let last = s.last_revision;
         let applied = s.apply(segs, history, &mut index.borrow_mut());
         match applied {
-            Ok(at) => {
+            Ok((segment, offset)) => {
                 snap_rev = last;
-                Some(at)
+                Some(Start {
+                    segment,
+                    offset,
+                    revision: last,
+                })
             }
             Err(why) => {
                 tracing::warn!(bucket = name, reason = %why, "index snapshot is stale; scanning the whole log");

@@ -17,7 +17,14 @@
 //!    durable whole before the next one was created, or below the last
 //!    segment's mark) is corruption: open fails naming the file and offset,
 //!    unless repair was asked for, in which case every valid record is kept and
-//!    each skipped region is reported.
+//!    each skipped region is reported. Revisions rise in log order, so a
+//!    record whose revision is not above the one before it (or, for the first
+//!    record read after an index snapshot, above the snapshot's last revision)
+//!    is valid bytes in the wrong place (a record copied over another), not a
+//!    valid record there; so is a record that continues a batch without the
+//!    next revision (a batch's records have consecutive revisions).
+//!    Nor may a segment's data end (zeros, or the end of the file) below its
+//!    mark: records synced there were lost.
 //!
 //! What happens after the records are read — making what was read durable
 //! after an unclean stop, and skipping revisions that may have been seen and
@@ -26,6 +33,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::mark::FLAG_EAGER;
 use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
@@ -73,10 +81,22 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
-/// Where to start reading, once the segments are open: `(index of the first
-/// segment to scan, offset in it)`. Segments before it are taken as they are
-/// (an index snapshot already covers them). `None`: scan everything.
-pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<(usize, u64)>;
+/// Where to start reading, when an index snapshot already covers what lies
+/// before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    /// The index of the first segment to scan (those before it are taken as
+    /// they are).
+    pub segment: usize,
+    /// Where in it to start.
+    pub offset: u64,
+    /// The last revision the snapshot covers: every record read from the start
+    /// point on must be above it.
+    pub revision: u64,
+}
+
+/// Where to start reading, once the segments are open. `None`: scan everything.
+pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<Start>;
 
 /// Called with `(segment, offset, record)` for every record recovered.
 pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &Record<'_>) -> Result<()>;
@@ -98,8 +118,19 @@ pub(crate) fn recover(
         .map(|s| s.header.revision_watermark)
         .max()
         .unwrap_or(0);
-    let (first, offset) = start(&segments).unwrap_or((0, 0));
+    let Start {
+        segment: first,
+        offset,
+        revision,
+    } = start(&segments).unwrap_or(Start {
+        segment: 0,
+        offset: 0,
+        revision: 0,
+    });
     let mut tail = 0;
+    // The revision of the last record applied (or covered by the snapshot
+    // recovery starts from): revisions rise in log order.
+    let mut last_revision = revision;
     let count = segments.len();
     for (i, seg) in segments.iter_mut().enumerate() {
         let is_last = i + 1 == count;
@@ -111,7 +142,12 @@ pub(crate) fn recover(
             } else {
                 seg.data_start
             };
-            tail = scan_segment(seg, from, is_last, repair, &mut report, apply)?;
+            let scan = Scan {
+                from,
+                is_last,
+                repair,
+            };
+            tail = scan_segment(seg, &scan, &mut last_revision, &mut report, apply)?;
             report.segments += 1;
             tracing::debug!(
                 dir = %dir.display(),
@@ -212,15 +248,30 @@ fn open_segments(
     Ok(kept)
 }
 
+/// How to scan one segment.
+struct Scan {
+    /// Where to start.
+    from: u64,
+    /// The last segment of the log (its tail may be torn).
+    is_last: bool,
+    /// Keep every valid record of a damaged segment instead of failing.
+    repair: bool,
+}
+
 /// Applies the complete batches of one segment; returns where valid data ends.
+/// `last_revision` is the revision of the last record applied, updated.
 fn scan_segment(
     seg: &mut Arc<Segment>,
-    from: u64,
-    is_last: bool,
-    repair: bool,
+    scan: &Scan,
+    last_revision: &mut u64,
     report: &mut RecoveryReport,
     apply: Apply<'_>,
 ) -> Result<u64> {
+    let &Scan {
+        from,
+        is_last,
+        repair,
+    } = scan;
     let file_len = seg.file_len()?;
     let segment = Arc::clone(seg);
     let buf = segment.range(0, file_len);
@@ -228,14 +279,24 @@ fn scan_segment(
     let mut batch_start = at;
     let mut pending: Vec<(usize, Record<'_>)> = Vec::new();
     let salt = seg.header.salt;
-    // In the last segment, what lies at or past the durability mark was never
-    // synced: a power cut may have lost, kept or torn it in any order.
+    // Below the durability mark everything was synced: the data cannot end
+    // there. In the last segment, what lies at or past the mark may not have
+    // been synced: a power cut may have lost, kept or torn it in any order.
+    // (A sealed segment's mark is no more than its end: it was synced whole.
+    // Its length is no guide: the cut to its end may not have been synced.)
     let durable = seg
         .mark()
         .map_or(seg.data_start, |m| m.end.max(seg.data_start));
     loop {
+        let previous = pending
+            .last()
+            .map_or(*last_revision, |(_, r)| r.header.revision);
         // `at` never passes the end of `buf`: records are decoded from inside it.
         let problem = match decode(buf.get(at..).unwrap_or_default(), salt) {
+            Decoded::Record(r) if r.header.revision <= previous => {
+                // Valid bytes in the wrong place (a record copied over another).
+                format!("revision {} after revision {previous}", r.header.revision)
+            }
             Decoded::Record(r) if r.header.batch_cont() == pending.is_empty() => {
                 if pending.is_empty() {
                     "a batch continues without its first record".to_string()
@@ -256,6 +317,14 @@ fn scan_segment(
                     "a batch is not finished".to_string()
                 }
             }
+            Decoded::Record(r) if !pending.is_empty() && r.header.revision != previous + 1 => {
+                // A batch's records have consecutive revisions: this one was
+                // copied here from another batch.
+                format!(
+                    "revision {} continues a batch at revision {previous}",
+                    r.header.revision
+                )
+            }
             Decoded::Record(r) => {
                 let len = r.header.record_len();
                 pending.push((at, r));
@@ -264,21 +333,16 @@ fn scan_segment(
                     for (off, rec) in pending.drain(..) {
                         apply(&segment, off as u64, &rec)?;
                         report.records += 1;
+                        *last_revision = rec.header.revision;
                     }
                     batch_start = at;
                 }
                 continue;
             }
-            Decoded::End => {
-                let rest = buf.get(at..).unwrap_or_default();
-                match rest.iter().position(|&b| b != 0) {
-                    None if pending.is_empty() => return Ok(at as u64),
-                    None => "batch not finished".to_string(),
-                    Some(nz) => {
-                        format!("non-zero bytes after the end of data at offset {}", at + nz)
-                    }
-                }
-            }
+            Decoded::End => match end_problem(buf, at, durable, !pending.is_empty()) {
+                None => return Ok(at as u64),
+                Some(problem) => problem,
+            },
             Decoded::Invalid(why) => why.to_string(),
         };
         // `at` is not the start of a usable record (damaged, or a batch out of place).
@@ -320,6 +384,24 @@ fn scan_segment(
     }
 }
 
+/// What is wrong with the end of the data found at `at` of `buf`: `None`
+/// if the data may end there (nothing but zeros follow, no batch is open,
+/// and it is not below `durable`).
+fn end_problem(buf: &[u8], at: usize, durable: u64, batch_open: bool) -> Option<String> {
+    let rest = buf.get(at..).unwrap_or_default();
+    match rest.iter().position(|&b| b != 0) {
+        Some(nz) => Some(format!(
+            "non-zero bytes after the end of data at offset {}",
+            at + nz
+        )),
+        None if batch_open => Some("batch not finished".to_string()),
+        None if (at as u64) < durable => Some(format!(
+            "the data ends at {at}, below offset {durable}, up to which it was durable"
+        )),
+        None => None,
+    }
+}
+
 /// Cuts the last segment at `batch_start`, where a batch torn by a crash
 /// begins (`buf`: the segment's bytes); returns where valid data ends.
 fn cut_torn_tail(
@@ -355,11 +437,17 @@ fn cut_torn_tail(
         "cutting the unsynced tail of the log (writes a crash or power loss cut short or left out of order)"
     );
     if cut > 0 {
+        // The mark must not claim more than what is left: it is lowered and
+        // synced before the file is cut (data ending below a mark is
+        // corruption). It keeps saying whether writes were visible before
+        // durable (unknown without a mark: assume they were), so that the
+        // revisions the cut took back are skipped.
+        let eager = seg.mark().map_or(FLAG_EAGER, |m| m.flags & FLAG_EAGER);
+        seg.write_mark(batch_start as u64, eager)?;
+        seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
         seg.file()
             .set_len(batch_start as u64)
             .map_err(|e| Error::io(&seg.path, e))?;
-        // The mark must not claim more than what is left.
-        seg.write_mark(batch_start as u64, 0)?;
         seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
     }
     report.truncated_bytes += dropped;

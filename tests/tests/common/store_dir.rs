@@ -2,24 +2,9 @@
 
 use std::path::Path;
 
-/// Copies a store directory as it is on disk right now, without the lock file: what a
-/// process that was killed at this instant leaves behind (the page cache survives a
-/// process crash, so every acknowledged `write` is in it). On a closed store it is a
-/// plain copy (the next open creates the lock file again).
+/// [`logkv_tests::store_dir::copy_store_dir`] (what a process killed at this instant
+/// leaves behind), failing the test if the copy fails.
 pub fn copy_store_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "LOCK" {
-            continue;
-        }
-        let src = entry.path();
-        let dst = to.join(&name);
-        if entry.file_type().unwrap().is_dir() {
-            copy_store_dir(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
+    logkv_tests::store_dir::copy_store_dir(from, to)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
 }

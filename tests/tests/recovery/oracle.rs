@@ -40,6 +40,13 @@ pub fn model_last_rev(model: &Model) -> u64 {
     model.values().map(|(r, _, _)| *r).max().unwrap_or(0)
 }
 
+/// [`check_model`] of `model` without `lost` (a key recovery rightly dropped).
+pub fn check_model_without(bucket: &Bucket, model: &Model, lost: &str, last_rev: u64, ctx: &str) {
+    let mut expect = model.clone();
+    expect.remove(lost);
+    check_model(bucket, &expect, last_rev, ctx);
+}
+
 /// Checks a history-1 bucket against a model: the same keys, each with exactly the
 /// modelled revision, op and value, nothing else, and the expected last revision.
 pub fn check_model(bucket: &Bucket, model: &Model, last_rev: u64, ctx: &str) {

@@ -99,6 +99,65 @@ fn repair_never_applies_part_of_a_damaged_batch() {
     }
 }
 
+/// A record of one batch copied over a record of another (same length, valid
+/// checksum, a higher revision, the flags of a batch's last record) must not
+/// complete the batch it lands in: a batch's records have consecutive
+/// revisions. Without repair, open fails there; repair drops that batch whole
+/// and keeps the rest. Found by the `recovery` fuzz target (repair applied the
+/// first record of a batch without its second).
+#[test]
+fn a_record_copied_into_another_batch_does_not_complete_it() {
+    let _gate = shared_gate();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("s");
+    let mut model = Model::new();
+    {
+        let store = Store::open(&path, opts(1 << 16)).unwrap();
+        let b = store.default_bucket().unwrap();
+        let r = b.put("before", "v").unwrap();
+        model.insert("before".into(), (r, Op::Put, b"v".to_vec()));
+        b.write(&[WriteOp::put("a.0", "x0"), WriteOp::put("a.1", "x1")])
+            .unwrap();
+        let batch = [("b.0", "y0"), ("b.1", "y1"), ("b.2", "y2")];
+        let ops: Vec<WriteOp> = batch.iter().map(|(k, v)| WriteOp::put(*k, *v)).collect();
+        for ((k, v), w) in batch.iter().zip(b.write(&ops).unwrap()) {
+            model.insert(k.to_string(), (w.revision, Op::Put, v.as_bytes().to_vec()));
+        }
+        let r = b.put("after", "w").unwrap();
+        model.insert("after".into(), (r, Op::Put, b"w".to_vec()));
+    }
+    remove_snapshots(&path);
+    let seg = seg_files(&bucket_dir(&path, "default")).pop().unwrap();
+    let records = parse_segment(&seg).records;
+    let find = |key: &str| records.iter().find(|r| r.key == key).unwrap().clone();
+    let (a1, b2) = (find("a.1"), find("b.2"));
+    assert_eq!(a1.len, b2.len, "the copy must fit exactly");
+    let bytes = std::fs::read(&seg).unwrap();
+    let copy = bytes[b2.offset as usize..(b2.offset + b2.len) as usize].to_vec();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &copy, a1.offset).unwrap();
+    drop(f);
+
+    let (p, offset, msg) = expect_corrupt(Store::open(&path, opts(1 << 16)), "b.2 over a.1");
+    assert_eq!((p, offset), (seg.clone(), a1.offset), "{msg}");
+
+    let store = Store::open(&path, repair_opts(1 << 16)).unwrap();
+    let b = store.default_bucket().unwrap();
+    let r = report(&store, "default");
+    for key in ["a.0", "a.1"] {
+        assert!(
+            b.get(key).unwrap().is_none(),
+            "repair applied {key} of the damaged batch; report {r:?}"
+        );
+    }
+    check_model(
+        &b,
+        &model,
+        model_last_rev(&model),
+        &format!("repair: {r:?}"),
+    );
+}
+
 /// After a repair open cut a damaged record off the end of the log, the
 /// writes of that session land where the damaged record was. If the process
 /// then crashes, the next (normal) open must still find every write the

@@ -41,6 +41,17 @@ pub fn seg_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The file name of the last segment of `bucket` in the store at `store` (to
+/// find it again in copies of the store).
+pub fn last_seg_name(store: &Path, bucket: &str) -> std::ffi::OsString {
+    seg_files(&bucket_dir(store, bucket))
+        .pop()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_owned()
+}
+
 /// One record as found in a segment file.
 #[derive(Debug, Clone)]
 pub struct Rec {
