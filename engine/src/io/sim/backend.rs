@@ -166,29 +166,13 @@ impl Backend for SimFs {
         if s.armed.removes.due() {
             return Err(eio());
         }
-        let found = s.lookup(path)?;
-        if let Some((_, _, Some(node))) = &found {
-            s.keep_orphans(*node, path)?;
-        }
-        fs::remove_file(path)?;
-        if let Some((dir, name, Some(_))) = found {
-            s.unlink(dir, &name);
-        }
-        Ok(())
+        s.remove(path, |p| fs::remove_file(p))
     }
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.change()?;
-        let found = s.lookup(path)?;
-        if let Some((_, _, Some(node))) = &found {
-            s.keep_orphans(*node, path)?;
-        }
-        fs::remove_dir_all(path)?;
-        if let Some((dir, name, Some(_))) = found {
-            s.unlink(dir, &name);
-        }
-        Ok(())
+        s.remove(path, |p| fs::remove_dir_all(p))
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -75,6 +75,24 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Removes `path` (a file or a directory tree) with `remove`, keeping the unsynced
+    /// contents of what loses its last name and recording the unlink in its directory.
+    pub(super) fn remove(
+        &mut self,
+        path: &Path,
+        remove: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let found = self.lookup(path)?;
+        if let Some((_, _, Some(node))) = &found {
+            self.keep_orphans(*node, path)?;
+        }
+        remove(path)?;
+        if let Some((dir, name, Some(_))) = found {
+            self.unlink(dir, &name);
+        }
+        Ok(())
+    }
+
     pub(super) fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
