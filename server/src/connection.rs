@@ -240,7 +240,7 @@ impl Conn {
                         continue;
                     }
                     let flow = command::execute(&mut self.session, &req.args, &mut self.out);
-                    cluster::writes::settle(&mut self.session, &mut self.out).await;
+                    command::proposals::settle(&mut self.session, &mut self.out).await;
                     if !self.finish(flow).await? {
                         self.closing = true;
                         break;
@@ -261,7 +261,7 @@ impl Conn {
                     }
                     if self.out.len() >= FLUSH_AT {
                         self.session.apply_pending(&mut self.out);
-                        cluster::writes::settle(&mut self.session, &mut self.out).await;
+                        command::proposals::settle(&mut self.session, &mut self.out).await;
                         self.end_batch();
                         self.flush().await?;
                     }
@@ -305,7 +305,7 @@ impl Conn {
         }
         // The pipeline's last writes, before anything is sent.
         self.session.apply_pending(&mut self.out);
-        cluster::writes::settle(&mut self.session, &mut self.out).await;
+        command::proposals::settle(&mut self.session, &mut self.out).await;
         self.end_batch();
         self.rbuf.advance(pos);
         if self.rbuf.is_empty() {
@@ -331,7 +331,7 @@ impl Conn {
             Flow::Blocking(job) => self.blocking(job).await,
             Flow::Stream(job) => {
                 self.session.apply_pending(&mut self.out);
-                cluster::writes::settle(&mut self.session, &mut self.out).await;
+                command::proposals::settle(&mut self.session, &mut self.out).await;
                 self.flush().await?;
                 self.stream(job).await?;
             }
@@ -455,7 +455,7 @@ impl Conn {
     async fn see_own_writes(&mut self, args: &[Bytes]) -> io::Result<()> {
         if command::reads_state(&self.session, args) {
             self.session.apply_pending(&mut self.out);
-            cluster::writes::settle(&mut self.session, &mut self.out).await;
+            command::proposals::settle(&mut self.session, &mut self.out).await;
             if !self.session.durability.is_empty() {
                 self.wait_durable().await?;
             }

@@ -1,17 +1,17 @@
 //! The server as a cluster node (`--node-id` and the flags with it): starting the node, and
 //! the hooks the connection and the commands call when the server is one.
 //!
-//! - [`writes`]: pipelined writes, EXEC, BUCKET CREATE/DROP and DELGLOB become proposals
-//!   (forwarded to the leader from a follower); their replies come back in request order.
 //! - [`reads`]: the read barrier before a read (unless `READONLY`).
-//! - [`verbs`]: `CLUSTER INFO|ADD|REMOVE|LEADER` and INFO's `# Cluster` section.
+//!
+//! The verbs that act on the node live with the other verbs: `command::proposals` (pipelined
+//! writes, EXEC, BUCKET CREATE/DROP and DELGLOB become proposals, forwarded to the leader from
+//! a follower, their replies back in request order) and `command::cluster` (`CLUSTER
+//! INFO|ADD|REMOVE|LEADER` and INFO's `# Cluster` section).
 //!
 //! A server without the cluster flags never enters this module but for `CLUSTER`
 //! (`-ERR not a cluster`).
 
 pub(crate) mod reads;
-pub(crate) mod verbs;
-pub(crate) mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

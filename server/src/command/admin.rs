@@ -210,7 +210,7 @@ pub(crate) fn info(s: &mut Session) -> Flow {
             shared.client_memory.evicted(),
         );
         if let Some(node) = &shared.cluster {
-            text.push_str(&crate::cluster::verbs::info_section(node));
+            text.push_str(&crate::command::cluster::info_section(node));
         }
         Reply::bulk(text)
     }))

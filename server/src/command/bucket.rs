@@ -56,10 +56,10 @@ impl BucketCmd {
                 Flow::Continue
             }
             BucketCmd::Create { name, config } if s.shared.cluster.is_some() => {
-                crate::cluster::writes::create_bucket(s, name, config)
+                crate::command::proposals::create_bucket(s, name, config)
             }
             BucketCmd::Drop { name } if s.shared.cluster.is_some() => {
-                crate::cluster::writes::drop_bucket(s, name)
+                crate::command::proposals::drop_bucket(s, name)
             }
             BucketCmd::Create { name, config } => {
                 Flow::Blocking(Box::new(move || match store.create_bucket(&name, config) {

@@ -9,7 +9,9 @@ mod admin;
 mod args;
 mod backup;
 mod bucket;
+mod cluster;
 mod kv;
+pub(crate) mod proposals;
 mod query;
 mod table;
 mod txn;
@@ -20,7 +22,7 @@ use bytes::Bytes;
 pub(crate) use self::args::{is as is_word, preview, Args as ArgCursor};
 use self::args::{wrong_args, Args};
 use self::table::{lookup, position, Flags, VERBS};
-pub(crate) use self::txn::exec_result;
+use self::txn::exec_result;
 use crate::protocol::Reply;
 use crate::session::{Session, Write};
 
@@ -88,7 +90,7 @@ pub(crate) enum Command<'a> {
     DelGlob(query::DelGlob),
     Watch(watch::Watch<'a>),
     Unwatch(watch::Unwatch),
-    Cluster(crate::cluster::verbs::ClusterCmd),
+    Cluster(crate::command::cluster::ClusterCmd),
     /// `READONLY` (true) / `READWRITE` (false).
     ReadOnly(bool),
 }

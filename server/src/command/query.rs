@@ -153,7 +153,7 @@ impl DelGlob {
 
     pub fn apply(self, s: &mut Session) -> Result<Flow, Reply> {
         if s.shared.cluster.is_some() {
-            return Ok(crate::cluster::writes::delete_glob(s, self.glob));
+            return Ok(crate::command::proposals::delete_glob(s, self.glob));
         }
         // Resolve a dropped-and-recreated current bucket now, cheaply.
         let bucket = s.live_bucket().map_err(|e| engine_error(&e))?;

@@ -3,7 +3,7 @@
 
 use super::args::Args;
 use super::{admin, backup, bucket, kv, query, watch, Command};
-use crate::cluster::verbs::ClusterCmd;
+use crate::command::cluster::ClusterCmd;
 use crate::protocol::Reply;
 
 /// What a verb may do and where it may run, in the manner of Redis's command flags.

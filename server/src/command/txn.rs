@@ -99,7 +99,7 @@ pub(crate) fn exec(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
         return Ok(Flow::Continue);
     }
     if s.shared.cluster.is_some() {
-        return Ok(crate::cluster::writes::exec(s, ops, shapes));
+        return Ok(crate::command::proposals::exec(s, ops, shapes));
     }
     let ops: Vec<logkv::WriteOp> = ops.iter().map(logkv_cluster::Op::to_write_op).collect();
     let result = s

@@ -221,7 +221,7 @@ async fn write(
 ) -> Result<Response, ApiError> {
     conn.hold(held);
     let revision = if let Some(node) = &gw.shared.cluster {
-        crate::cluster::writes::write_one(node, bucket, op)
+        crate::command::proposals::write_one(node, bucket, op)
             .await
             .map_err(|e| ApiError::cluster(&e))
             .and_then(|written| written.map(|w| w.revision).map_err(ApiError::from))

@@ -56,7 +56,7 @@ pub(crate) struct Session {
     /// else that replies first applies them, so replies keep request order.
     pending: Vec<Write>,
     /// On a cluster node: batches of pipelined writes to propose, each with the position in
-    /// the output where its replies go (see `crate::cluster::writes`).
+    /// the output where its replies go (see `crate::command::proposals`).
     pub deferred: Vec<(Vec<Write>, usize)>,
     /// On a cluster node: `READONLY` (local reads) is on.
     pub readonly: bool,
@@ -141,7 +141,7 @@ impl Session {
     }
 
     /// Applies the queued writes in one engine call and encodes their replies. On a cluster
-    /// node they are set aside to be proposed (`crate::cluster::writes::settle`), their
+    /// node they are set aside to be proposed (`crate::command::proposals::settle`), their
     /// replies to be inserted here.
     pub fn apply_pending(&mut self, out: &mut Vec<u8>) {
         if self.pending.is_empty() {

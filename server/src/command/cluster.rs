@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use logkv_cluster::{ClusterInfo, ClusterNode};
 
-use super::error_reply;
-use crate::command::{is_word, preview, ArgCursor, Flow};
+use super::{is_word, preview, ArgCursor, Flow};
+use crate::cluster::error_reply;
 use crate::protocol::Reply;
 use crate::session::Session;
 

@@ -5,8 +5,8 @@ use logkv::Written;
 use logkv_cluster::command::{BucketSpec, Command, Response, WrittenData};
 use logkv_cluster::{ClusterError, ClusterNode, Op};
 
-use super::error_reply;
-use crate::command::{exec_result, AwaitJob, Flow};
+use super::{exec_result, AwaitJob, Flow};
+use crate::cluster::error_reply;
 use crate::encode::{self, engine_error, WriteShape};
 use crate::protocol::{Reply, RespVersion};
 use crate::session::{Session, Write};
