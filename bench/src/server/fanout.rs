@@ -165,6 +165,67 @@ impl Events for RespEvents {
     }
 }
 
+/// An epoll instance over a receiver's connections (poll(2) over hundreds of sockets costs
+/// the client a scan of all of them per wake-up, which the servers then wait for).
+struct Epoll(libc::c_int);
+
+impl Epoll {
+    fn new(socks: impl Iterator<Item = libc::c_int>) -> Result<Epoll, String> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!(
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ep = Epoll(fd);
+        for (i, sock) in socks.enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+            if unsafe { libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, sock, &raw mut ev) } < 0 {
+                return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(ep)
+    }
+
+    /// Waits up to `timeout_ms` for ready connections; their indexes go into `ready`.
+    fn wait(
+        &self,
+        events: &mut [libc::epoll_event],
+        timeout_ms: i32,
+        ready: &mut Vec<usize>,
+    ) -> Result<(), String> {
+        let max = libc::c_int::try_from(events.len()).map_err(|e| e.to_string())?;
+        // SAFETY: `events` is a valid, writable array of `max` epoll_event structs.
+        let r = unsafe { libc::epoll_wait(self.0, events.as_mut_ptr(), max, timeout_ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(format!("epoll_wait: {e}"));
+        }
+        let n = usize::try_from(r).map_err(|e| e.to_string())?;
+        ready.extend(events.iter().take(n).map(|ev| {
+            let data = ev.u64;
+            usize::try_from(data).unwrap_or(usize::MAX)
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
 fn receive<E: Events>(
     conns: Vec<(TcpStream, E)>,
     stop: &AtomicBool,
@@ -174,37 +235,20 @@ fn receive<E: Events>(
     for (s, _) in &conns {
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
     }
-    let mut fds: Vec<libc::pollfd> = conns
-        .iter()
-        .map(|(s, _)| libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let nfds = libc::nfds_t::try_from(fds.len()).map_err(|e| e.to_string())?;
+    let epoll = Epoll::new(conns.iter().map(|(s, _)| s.as_raw_fd()))?;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut ready = Vec::new();
     let mut out = Arrivals { events: Vec::new() };
     let mut chunk = vec![0u8; 64 << 10];
     let mut ids = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: fds is a valid array of nfds pollfd structs for the whole call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, 20) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("poll: {e}"));
-        }
-        if r == 0 {
-            continue;
-        }
+        ready.clear();
+        epoll.wait(&mut events, 20, &mut ready)?;
         let now = Instant::now();
-        for (pfd, (sock, events)) in fds.iter_mut().zip(conns.iter_mut()) {
-            if pfd.revents == 0 {
-                continue;
-            }
-            pfd.revents = 0;
+        for &i in &ready {
+            let Some((sock, events)) = conns.get_mut(i) else {
+                return Err(format!("epoll reported an unknown connection {i}"));
+            };
             loop {
                 match sock.read(&mut chunk) {
                     Ok(0) => return Err("a subscriber connection was closed by the server".into()),
@@ -221,8 +265,8 @@ fn receive<E: Events>(
     Ok(out)
 }
 
-/// Reads the subscriber connections `conns` on two threads (each a poll loop) while `drive`
-/// runs with the count of events they have received so far; then stops them and returns
+/// Reads the subscriber connections `conns` on two threads while `drive`
+/// runs with the count of events they have received so far (each an epoll loop); then stops them and returns
 /// what `drive` returned and what they received.
 pub(crate) fn with_receivers<E: Events, R>(
     mut conns: Vec<(TcpStream, E)>,
