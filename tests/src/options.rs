@@ -17,6 +17,9 @@ pub fn opts(segment_size: u64) -> Options {
         fsync: FsyncPolicy::Never,
         segment_size,
         snapshot_min_bytes: 0,
+        // A mark after every fsync: the recovery checks hold the mark to
+        // covering every write a sync returned after.
+        durability_mark_interval: std::time::Duration::ZERO,
         ..Default::default()
     }
 }

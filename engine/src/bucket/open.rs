@@ -115,6 +115,7 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         fsync: opts.fsync,
         repair: opts.repair,
         storage: opts.storage.clone(),
+        mark_every: opts.durability_mark_interval,
     };
     let storage = opts.storage.clone();
     let mut snap = usable_snapshot(&storage, dir, name, opts.repair)?;

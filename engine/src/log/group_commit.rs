@@ -6,14 +6,20 @@
 //! byte written so far, and wakes all waiters that sync covered. Concurrent
 //! writers therefore share fsyncs, and 16 writers cost about as many fsyncs as 1.
 //!
-//! After each fsync the leader writes the durability mark of the active
-//! segment (see [`super::mark`]). Every sync of the log, the one that seals a
+//! After an fsync the leader writes the durability mark of the active
+//! segment (see [`super::mark`]), at most once every [`LogConfig::mark_every`](super::LogConfig) (50 ms by default): the mark
+//! lives in the segment's first page, so writing it after every fsync would
+//! make every later fsync flush two pages instead of one. A mark that lags is
+//! still a lower bound of what is durable, which is all recovery relies on;
+//! only damage to records synced within that time after the last mark is
+//! then cut as a torn tail rather than refused as corruption. Every sync of the log, the one that seals a
 //! segment included, goes through here, so a failed fsync always poisons the
 //! log: it is never retried, since Linux reports a writeback error once and a
 //! later fsync may succeed for pages that were dropped.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::position::LogPos;
 use super::segment::Segment;
@@ -61,6 +67,8 @@ struct State<F> {
     active: Arc<F>,
     /// The reason a sync failed; once set, the log accepts no more writes.
     failed: Option<String>,
+    /// When the last mark after an fsync was written (`None`: not yet).
+    last_mark: Option<Instant>,
 }
 
 impl<F: Flush> State<F> {
@@ -80,18 +88,22 @@ pub(crate) struct GroupCommit<F = Segment> {
     fsyncs: AtomicU64,
     /// Flags of the durability marks written after each fsync.
     mark_flags: u32,
+    /// The shortest time between two marks written after fsyncs.
+    mark_every: Duration,
     /// How long each fsync took.
     latency: crate::latency::LatencyHistogram,
 }
 
 impl<F: Flush> GroupCommit<F> {
     /// A coordinator whose log is written up to `written` in `active` and
-    /// known durable up to `synced`; marks carry `mark_flags`.
+    /// known durable up to `synced`; marks carry `mark_flags` and are written
+    /// after an fsync at most once every `mark_every`.
     pub(crate) fn new(
         active: Arc<F>,
         written: LogPos,
         synced: LogPos,
         mark_flags: u32,
+        mark_every: Duration,
     ) -> GroupCommit<F> {
         GroupCommit {
             state: Mutex::new(State {
@@ -100,10 +112,12 @@ impl<F: Flush> GroupCommit<F> {
                 syncing: false,
                 active,
                 failed: None,
+                last_mark: None,
             }),
             done: Condvar::new(),
             fsyncs: AtomicU64::new(0),
             mark_flags,
+            mark_every,
             latency: crate::latency::LatencyHistogram::default(),
         }
     }
@@ -159,10 +173,14 @@ impl<F: Flush> GroupCommit<F> {
             s.syncing = true;
             let target = s.written;
             let segment = Arc::clone(&s.active);
+            let started = Instant::now();
+            let mark_due = s
+                .last_mark
+                .is_none_or(|at| started.duration_since(at) >= self.mark_every);
             drop(s);
-            let started = std::time::Instant::now();
+            let marked = mark_due && target.seq() == segment.seq();
             let result = segment.sync_data().and_then(|()| {
-                if target.seq() == segment.seq() {
+                if marked {
                     segment.write_mark(target.offset(), self.mark_flags)
                 } else {
                     Ok(())
@@ -170,6 +188,9 @@ impl<F: Flush> GroupCommit<F> {
             });
             self.latency.record(started.elapsed());
             s = self.finish_sync(result);
+            if marked {
+                s.last_mark = Some(started);
+            }
             if s.failed.is_none() {
                 s.synced = s.synced.max(target);
             }
@@ -259,6 +280,59 @@ impl<F: Flush> GroupCommit<F> {
     }
 }
 
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+
+    /// A segment that records the marks written to it.
+    #[derive(Default)]
+    struct Marks(StdMutex<Vec<u64>>);
+
+    impl Flush for Marks {
+        fn seq(&self) -> u64 {
+            1
+        }
+        fn path(&self) -> &Path {
+            Path::new("marks")
+        }
+        fn sync_data(&self) -> Result<()> {
+            Ok(())
+        }
+        fn write_mark(&self, end: u64, _flags: u32) -> Result<()> {
+            self.0.lock().unwrap().push(end);
+            Ok(())
+        }
+    }
+
+    /// Three syncs in a row; the marks they wrote.
+    fn marks_of_three_syncs(mark_every: Duration) -> Vec<u64> {
+        let disk = Arc::new(Marks::default());
+        let start = LogPos::new(1, 0);
+        let gc = GroupCommit::new(Arc::clone(&disk), start, start, 0, mark_every);
+        for end in [10, 20, 30] {
+            gc.note_written(LogPos::new(1, end));
+            gc.wait_durable(LogPos::new(1, end)).unwrap();
+            assert_eq!(gc.durable_end(), LogPos::new(1, end));
+        }
+        let marks = disk.0.lock().unwrap().clone();
+        marks
+    }
+
+    #[test]
+    fn a_mark_follows_every_fsync_when_asked() {
+        assert_eq!(marks_of_three_syncs(Duration::ZERO), vec![10, 20, 30]);
+    }
+
+    #[test]
+    fn marks_are_spaced_and_stay_a_lower_bound() {
+        // The first fsync marks; the next two come within the interval and
+        // leave the mark behind what is durable (a lower bound, never more).
+        assert_eq!(marks_of_three_syncs(Duration::from_secs(3600)), vec![10]);
+    }
+}
+
 /// Model checks of group commit (`RUSTFLAGS="--cfg loom"`): whatever the
 /// interleaving, a waiter returns only once an fsync that started after its
 /// bytes were written has finished, and a failed fsync fails every waiter it
@@ -312,6 +386,7 @@ mod loom_tests {
             start,
             start,
             0,
+            std::time::Duration::ZERO,
         ));
         (disk, gc)
     }

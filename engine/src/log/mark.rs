@@ -1,8 +1,9 @@
 //! The durability mark: how recovery tells a torn tail from corruption.
 //!
 //! Between a segment's header and its first record lie two 32-byte slots
-//! ([`MARK_AREA`] bytes). After each fsync that makes the active segment
-//! durable up to an offset, the group-commit leader writes that offset into
+//! ([`MARK_AREA`] bytes). After an fsync that makes the active segment
+//! durable up to an offset (at most one every 50 ms, so that most fsyncs
+//! flush only the page being appended to), the group-commit leader writes that offset into
 //! the next slot (the slots alternate, so a write torn by a power cut leaves
 //! the other one whole). The mark itself reaches the disk with the next
 //! fsync, so after a crash the newest valid mark is a *lower bound* of what

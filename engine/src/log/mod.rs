@@ -45,6 +45,9 @@ pub struct LogConfig {
     pub fsync: FsyncPolicy,
     /// Keep every valid record of a damaged log instead of failing to open.
     pub repair: bool,
+    /// The shortest time between two durability marks written after fsyncs
+    /// (see [`mark`]); [`Options::durability_mark_interval`](crate::Options).
+    pub mark_every: std::time::Duration,
     /// Where the files live (the operating system, or a simulation in tests).
     pub storage: Storage,
 }
@@ -249,7 +252,13 @@ impl Log {
         let eager_flag = eager_flag(cfg.fsync);
         let log = Log {
             dir: dir.to_path_buf(),
-            commit: GroupCommit::new(Arc::clone(&active), end, durable, eager_flag),
+            commit: GroupCommit::new(
+                Arc::clone(&active),
+                end,
+                durable,
+                eager_flag,
+                cfg.mark_every,
+            ),
             segments: RwLock::new(segments),
             next_slot: AtomicU32::new(next_slot.load(Ordering::Relaxed)),
             clean_mark: AtomicBool::new(mark.is_some_and(|m| m.clean())),
