@@ -142,14 +142,14 @@ impl<F: Flush> GroupCommit<F> {
     /// Waits until everything below `pos` is durable, syncing as leader if needed.
     pub(crate) fn wait_durable(&self, pos: LogPos) -> Result<()> {
         let mut s = self.lock();
-        // A position past what was written (a ticket of a call that wrote
-        // nothing) needs nothing more than what was written.
-        let pos = pos.min(s.written);
         loop {
             if let Some(e) = s.poisoned() {
                 return Err(e);
             }
-            if s.synced >= pos {
+            // A position past what was written (a ticket of a call that wrote
+            // nothing, or of bytes a truncation removed after making them
+            // durable) needs nothing more than what was written.
+            if s.synced >= pos.min(s.written) {
                 return Ok(());
             }
             if s.syncing {
@@ -206,6 +206,37 @@ impl<F: Flush> GroupCommit<F> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Cuts the log back to `at`, in `active`: makes everything written
+    /// durable, then runs `cut` (which changes the files) while no sync runs
+    /// and none can start, and from then on the log is written and durable
+    /// exactly up to `at`. A failure of `cut` poisons the log, as a failed
+    /// sync does: the files may be half cut.
+    pub(crate) fn truncate(
+        &self,
+        at: LogPos,
+        active: Arc<F>,
+        cut: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        self.sync_all()?;
+        let mut s = self.lock();
+        while s.syncing {
+            s = self.wait(s);
+        }
+        if let Some(e) = s.poisoned() {
+            return Err(e);
+        }
+        s.syncing = true;
+        drop(s);
+        let mut s = self.finish_sync(cut());
+        if let Some(e) = s.poisoned() {
+            return Err(e);
+        }
+        s.written = at;
+        s.synced = at;
+        s.active = active;
+        Ok(())
     }
 
     /// Ends a leader's sync: counts it, records a failure (the log is
