@@ -4,9 +4,11 @@
 //!
 //! Each run appends entries (term 1), truncates back to a random index (the cut itself
 //! sometimes hit by the power cut), appends replacements (term 2), some acknowledged and
-//! some not, and cuts the power. After the restart the log must hold every acknowledged
-//! entry, no truncated entry once the truncate returned, a prefix of what was not
-//! acknowledged, and no gap; the vote must be the one saved; and the log must go on.
+//! some not, sometimes purges a prefix (the purge sometimes hit by the power cut), and cuts
+//! the power. After the restart the log must hold every acknowledged entry past the purge
+//! point, no truncated entry once the truncate returned, a prefix of what was not
+//! acknowledged, and no gap (the first entry follows the purge point); the vote must be the
+//! one saved; and the log must go on.
 //!
 //! `LOGKV_SIM_RUNS` sets the number of runs (default 40); the seed of a failure is printed.
 
@@ -134,12 +136,43 @@ async fn run(seed: u64) {
         .expect("append");
         may = (from..from + unacked).map(|i| (i, 2)).collect();
     }
+    // A purge of acknowledged entries, the power sometimes going during it.
+    let mut purged = None;
+    if !cut_inside && rng.below(3) == 0 {
+        let upto = id(1, rng.below(keep + 1));
+        let cut_purge = rng.below(2) == 0;
+        if cut_purge {
+            sim.crash_after(rng.below(8));
+        }
+        let done = log.purge(upto).await.is_ok();
+        purged = (done || cut_purge).then_some((upto, done));
+    }
     sim.crash_now();
     drop(log);
     sim.restart().expect("restart");
 
     let mut log = LogStore::open(&dir, options(&storage)).expect("reopen after the power cut");
+    let state = log.get_log_state().await.expect("log state");
+    match purged {
+        Some((upto, true)) => assert_eq!(state.last_purged_log_id, Some(upto), "seed {seed}"),
+        Some((upto, false)) => assert!(
+            state.last_purged_log_id.is_none_or(|p| p == upto),
+            "seed {seed}: {state:?}"
+        ),
+        None => assert_eq!(state.last_purged_log_id, None, "seed {seed}"),
+    }
+    if let Some(p) = state.last_purged_log_id {
+        must.retain(|(i, _)| *i > p.index);
+        may.retain(|(i, _)| *i > p.index);
+    }
     let got = contents(&mut log).await;
+    if let (Some(p), Some(first)) = (state.last_purged_log_id, got.first()) {
+        assert_eq!(
+            first.0,
+            p.index + 1,
+            "seed {seed}: a gap after the purge point"
+        );
+    }
     assert!(
         got.len() >= must.len() && got[..must.len()] == must[..],
         "seed {seed}: an acknowledged entry is missing or changed (kept {keep}, truncated {truncated}): {got:?}"
@@ -156,7 +189,10 @@ async fn run(seed: u64) {
         "seed {seed}"
     );
     // The log goes on from where it is.
-    let next = got.last().map_or(0, |(i, _)| i + 1);
+    let next = got.last().map_or_else(
+        || state.last_purged_log_id.map_or(0, |p| p.index + 1),
+        |(i, _)| i + 1,
+    );
     append_acked(&mut log, vec![entry(3, next)])
         .await
         .expect("append after the restart");
