@@ -228,7 +228,11 @@ impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering what a crash left.
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> io::Result<LogStore> {
         let dir = dir.as_ref().to_path_buf();
-        let storage = opts.storage.clone();
+        let LogOptions {
+            fsync,
+            segment_size,
+            storage,
+        } = opts;
         logkv::fsutil::create_dir_all_durable(&storage, &dir).map_err(to_io)?;
         let vote: Option<Vote> = load(&dir.join(VOTE_FILE))?;
         // A damaged committed hint is only a hint: start without it.
@@ -246,8 +250,8 @@ impl LogStore {
             locs: VecDeque::new(),
         };
         let cfg = LogConfig {
-            segment_size: opts.segment_size,
-            fsync: opts.fsync.into(),
+            segment_size,
+            fsync: fsync.into(),
             repair: false,
             storage: storage.clone(),
         };
@@ -281,7 +285,7 @@ impl LogStore {
         };
         // Finish a purge a crash interrupted.
         drop_purged_segments(&log, &mut state)?;
-        let acks = Acks::start(Arc::clone(&log), opts.fsync)?;
+        let acks = Acks::start(Arc::clone(&log), fsync)?;
         Ok(LogStore {
             shared: Arc::new(Shared {
                 dir,
