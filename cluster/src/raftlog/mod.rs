@@ -382,13 +382,7 @@ impl LogStore {
             let rev = codec::revision(id.index);
             let len = record::encoded_len(8, value.len()) as u64;
             if !buf.is_empty() && !st.app.has_room(buf.len() as u64 + len, rev) {
-                end = Some(write_out(
-                    log,
-                    &mut st.app,
-                    &mut st.locs,
-                    &buf,
-                    &mut pending,
-                )?);
+                end = Some(write_out(log, st, &buf, &mut pending)?);
                 buf.clear();
             }
             if buf.is_empty() {
@@ -413,13 +407,7 @@ impl LogStore {
             );
         }
         if !buf.is_empty() {
-            end = Some(write_out(
-                log,
-                &mut st.app,
-                &mut st.locs,
-                &buf,
-                &mut pending,
-            )?);
+            end = Some(write_out(log, st, &buf, &mut pending)?);
         }
         st.buf = buf;
         st.value = value;
@@ -456,14 +444,13 @@ fn check_contiguous(st: &State, entries: &[Entry]) -> io::Result<()> {
 /// position just past it.
 fn write_out(
     log: &Log,
-    app: &mut Appender,
-    locs: &mut VecDeque<Loc>,
+    st: &mut State,
     buf: &[u8],
     pending: &mut Vec<(u64, u32, LogId)>,
 ) -> io::Result<LogPos> {
-    let appended = log.append(app, buf).map_err(to_io)?;
+    let appended = log.append(&mut st.app, buf).map_err(to_io)?;
     for (at, len, log_id) in pending.drain(..) {
-        locs.push_back(Loc {
+        st.locs.push_back(Loc {
             slot: appended.slot,
             offset: appended.offset + at,
             len,

@@ -181,16 +181,7 @@ impl<F: Flush> GroupCommit<F> {
     /// it). The mark is written only over data already durable, so a power
     /// cut during its fsync can never leave it claiming more than the disk has.
     pub(crate) fn sync_with_mark(&self, flags: u32) -> Result<()> {
-        let written = self.lock().written;
-        self.wait_durable(written)?;
-        let mut s = self.lock();
-        while s.syncing {
-            s = self.wait(s);
-        }
-        if let Some(e) = s.poisoned() {
-            return Err(e);
-        }
-        s.syncing = true;
+        let mut s = self.sync_all_then_hold()?;
         let synced = s.synced;
         let segment = Arc::clone(&s.active);
         drop(s);
@@ -219,6 +210,20 @@ impl<F: Flush> GroupCommit<F> {
         active: Arc<F>,
         cut: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
+        drop(self.sync_all_then_hold()?);
+        let mut s = self.finish_sync(cut());
+        if let Some(e) = s.poisoned() {
+            return Err(e);
+        }
+        s.written = at;
+        s.synced = at;
+        s.active = active;
+        Ok(())
+    }
+
+    /// Makes everything written durable, then takes the leader's place (no
+    /// other sync runs or starts until [`GroupCommit::finish_sync`]).
+    fn sync_all_then_hold(&self) -> Result<MutexGuard<'_, State<F>>> {
         self.sync_all()?;
         let mut s = self.lock();
         while s.syncing {
@@ -228,15 +233,7 @@ impl<F: Flush> GroupCommit<F> {
             return Err(e);
         }
         s.syncing = true;
-        drop(s);
-        let mut s = self.finish_sync(cut());
-        if let Some(e) = s.poisoned() {
-            return Err(e);
-        }
-        s.written = at;
-        s.synced = at;
-        s.active = active;
-        Ok(())
+        Ok(s)
     }
 
     /// Ends a leader's sync: counts it, records a failure (the log is

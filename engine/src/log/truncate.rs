@@ -145,6 +145,13 @@ mod tests {
         Ok((opened, revisions))
     }
 
+    /// Opens a new log in `dir`.
+    fn open_empty(dir: &Path, storage: &Storage) -> (Log, Appender) {
+        let (opened, revisions) = open(dir, storage).unwrap();
+        assert!(revisions.is_empty());
+        (opened.log, opened.appender)
+    }
+
     /// Appends one record of revision `rev` (100 bytes of value); returns where it starts.
     fn put(log: &Log, app: &mut Appender, rev: u64) -> Result<LogPos> {
         let value = [rev as u8; 100];
@@ -171,12 +178,7 @@ mod tests {
     fn truncate_across_segments_then_append_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::os();
-        let (
-            Opened {
-                log, mut appender, ..
-            },
-            _,
-        ) = open(dir.path(), &storage).unwrap();
+        let (log, mut appender) = open_empty(dir.path(), &storage);
         let starts: Vec<LogPos> = (1..=120)
             .map(|rev| put(&log, &mut appender, rev).unwrap())
             .collect();
@@ -226,12 +228,7 @@ mod tests {
     fn deleted_segments_leave_the_rest_and_the_active_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::os();
-        let (
-            Opened {
-                log, mut appender, ..
-            },
-            _,
-        ) = open(dir.path(), &storage).unwrap();
+        let (log, mut appender) = open_empty(dir.path(), &storage);
         for rev in 1..=100 {
             put(&log, &mut appender, rev).unwrap();
         }
@@ -259,12 +256,7 @@ mod tests {
             let sim = SimFs::new(root.path(), seed).unwrap();
             let storage = Storage::simulated(&sim);
             let dir = sim.root();
-            let (
-                Opened {
-                    log, mut appender, ..
-                },
-                _,
-            ) = open(&dir, &storage).unwrap();
+            let (log, mut appender) = open_empty(&dir, &storage);
             let starts: Vec<LogPos> = (1..=90)
                 .map(|rev| put(&log, &mut appender, rev).unwrap())
                 .collect();
@@ -303,12 +295,7 @@ mod tests {
     fn records_past_a_cut_read_as_zeros() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::os();
-        let (
-            Opened {
-                log, mut appender, ..
-            },
-            _,
-        ) = open(dir.path(), &storage).unwrap();
+        let (log, mut appender) = open_empty(dir.path(), &storage);
         let a = put(&log, &mut appender, 1).unwrap();
         let b = put(&log, &mut appender, 2).unwrap();
         log.truncate(&mut appender, b).unwrap();
