@@ -181,7 +181,7 @@ impl<F: Flush> GroupCommit<F> {
     /// it). The mark is written only over data already durable, so a power
     /// cut during its fsync can never leave it claiming more than the disk has.
     pub(crate) fn sync_with_mark(&self, flags: u32) -> Result<()> {
-        let mut s = self.sync_all_then_hold()?;
+        let s = self.sync_all_then_hold()?;
         let synced = s.synced;
         let segment = Arc::clone(&s.active);
         drop(s);
