@@ -29,6 +29,7 @@
 
 pub mod ack;
 pub mod codec;
+mod replay;
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -38,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use logkv::io::Storage;
-use logkv::log::record::{self, Decoded, Op, Record};
+use logkv::log::record::{self, Decoded, Op};
 use logkv::log::segment::{Segment, SegmentId};
 use logkv::log::{Appender, Log, LogConfig, LogPos, Opened};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -48,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use ack::Acks;
 pub use ack::FsyncMode;
+use replay::Replay;
 
 use crate::fsutil::{checked, invalid, read_checked, SlotFile};
 use crate::types::{Entry, LogId, Vote, C};
@@ -160,67 +162,6 @@ fn to_io(e: logkv::Error) -> io::Error {
             format!("Raft log {}: {source}", path.display()),
         ),
         other => io::Error::other(format!("Raft log: {other}")),
-    }
-}
-
-/// What recovery checks of each record, and the entries it keeps.
-struct Replay {
-    purged_index: Option<u64>,
-    /// The last entry read (kept or not).
-    prev: Option<LogId>,
-    locs: VecDeque<Loc>,
-}
-
-impl Replay {
-    /// Takes in the record at `offset` of `seg`; a record out of place is corruption there.
-    fn record(&mut self, seg: &Segment, offset: u64, rec: &Record<'_>) -> logkv::Result<()> {
-        let corrupt = |reason: String| logkv::Error::Corrupt {
-            path: seg.path.clone(),
-            offset,
-            reason,
-        };
-        let id = codec::stored_log_id(rec.value).map_err(|e| corrupt(e.to_string()))?;
-        if rec.header.op != Op::Put
-            || rec.key != codec::key(id.index)
-            || rec.header.revision != codec::revision(id.index)
-        {
-            return Err(corrupt(format!(
-                "the record of entry {id} has another key or revision"
-            )));
-        }
-        if let Some(p) = self.prev.filter(|p| id.leader_id < p.leader_id) {
-            return Err(corrupt(format!(
-                "entry {id} after {p} (leader goes backwards)"
-            )));
-        }
-        self.prev = Some(id);
-        if self.purged_index.is_some_and(|p| id.index <= p) {
-            return Ok(());
-        }
-        match (self.locs.back(), self.purged_index) {
-            (Some(last), _) if last.log_id.index + 1 != id.index => {
-                return Err(corrupt(format!(
-                    "entry {} where {} was due",
-                    id.index,
-                    last.log_id.index + 1
-                )))
-            }
-            (None, Some(p)) if id.index != p + 1 => {
-                return Err(corrupt(format!(
-                    "the first entry kept is {} but the log is purged up to {p}",
-                    id.index
-                )))
-            }
-            _ => {}
-        }
-        self.locs.push_back(Loc {
-            slot: seg.slot,
-            offset,
-            len: u32::try_from(rec.header.record_len())
-                .map_err(|_| corrupt("a record of 4 GiB or more".into()))?,
-            log_id: id,
-        });
-        Ok(())
     }
 }
 
