@@ -15,12 +15,12 @@
 use std::io;
 
 use logkv::io::{SimFs, Storage};
-use logkv_cluster::command::{Command, Proposal};
 use logkv_cluster::raftlog::{FsyncMode, LogOptions, LogStore};
-use logkv_cluster::types::{Entry, LogId, Vote};
+use logkv_cluster::testing::{log_id as id, sample_entry as entry};
+use logkv_cluster::types::{Entry, Vote};
 use openraft::async_runtime::Oneshot;
 use openraft::storage::{IOFlushed, RaftLogStorage};
-use openraft::{EntryPayload, RaftLogReader};
+use openraft::RaftLogReader;
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -31,28 +31,6 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
-fn id(term: u64, index: u64) -> LogId {
-    LogId::new(
-        openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
-        index,
-    )
-}
-
-fn entry(term: u64, index: u64) -> Entry {
-    Entry {
-        log_id: id(term, index),
-        payload: EntryPayload::Normal(Proposal {
-            time_ms: index,
-            command: Command::Sweep {
-                bucket: format!(
-                    "bucket-{term}-{index}-{}",
-                    "x".repeat((index % 40) as usize)
-                ),
-            },
-        }),
     }
 }
 

@@ -3,29 +3,10 @@
 use logkv::log::mark::{Mark, MARK_AREA_LEN};
 use logkv::log::segment::SegmentHeader;
 use openraft::storage::{IOFlushed, RaftLogStorage};
-use openraft::{EntryPayload, RaftLogReader};
+use openraft::RaftLogReader;
 
 use super::*;
-use crate::command::{Command, Proposal};
-
-fn id(term: u64, index: u64) -> LogId {
-    LogId::new(
-        openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
-        index,
-    )
-}
-
-fn entry(term: u64, index: u64) -> Entry {
-    Entry {
-        log_id: id(term, index),
-        payload: EntryPayload::Normal(Proposal {
-            time_ms: index,
-            command: Command::Sweep {
-                bucket: format!("b{index}"),
-            },
-        }),
-    }
-}
+use crate::testing::{log_id as id, sample_entry as entry};
 
 fn opts() -> LogOptions {
     LogOptions {
