@@ -30,11 +30,7 @@ pub fn write_atomic(path: &Path, body: &[u8], durable: bool) -> io::Result<()> {
         .create(true)
         .truncate(true)
         .open(&tmp)?;
-    let crc = crc32fast::hash(body);
-    let mut buf = Vec::with_capacity(CRC_LEN + body.len());
-    buf.extend_from_slice(&crc.to_le_bytes());
-    buf.extend_from_slice(body);
-    f.write_all(&buf)?;
+    f.write_all(&checked(body))?;
     if durable {
         f.sync_data()?;
     }
@@ -46,7 +42,15 @@ pub fn write_atomic(path: &Path, body: &[u8], durable: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a file written by [`write_atomic`]: `Ok(None)` if it does not exist, an
+/// The contents of a file [`write_atomic`] writes for `body`: `crc32 (LE) | body`.
+pub fn checked(body: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(CRC_LEN + body.len());
+    buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    buf.extend_from_slice(body);
+    buf
+}
+
+/// Reads a file written by [`write_atomic`] (or with [`checked`] contents): `Ok(None)` if it does not exist, an
 /// `InvalidData` error if its checksum does not match.
 pub fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let bytes = match fs::read(path) {

@@ -1,6 +1,7 @@
 //! An in-memory network for in-process clusters in tests: nodes dial each other by address
 //! through a router that can cut, refuse (partitions) and delay links. The nodes run their
-//! real link code (handshake, frames) over in-memory byte streams.
+//! real link code (handshake, frames) over in-memory byte streams. Also sample Raft log
+//! entries for the log's tests ([`log_id`], [`sample_entry`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -168,5 +169,27 @@ where
         if w.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+/// The log id of the entry at `index` written by node 1 in `term`.
+pub fn log_id(term: u64, index: u64) -> crate::types::LogId {
+    crate::types::LogId::new(
+        openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
+        index,
+    )
+}
+
+/// A normal entry at `index` in `term`, its size varying with the index (0 to 39 bytes more).
+pub fn sample_entry(term: u64, index: u64) -> crate::types::Entry {
+    let pad = "x".repeat(usize::try_from(index % 40).unwrap_or(0));
+    crate::types::Entry {
+        log_id: log_id(term, index),
+        payload: openraft::EntryPayload::Normal(crate::command::Proposal {
+            time_ms: index,
+            command: crate::command::Command::Sweep {
+                bucket: format!("bucket-{term}-{index}-{pad}"),
+            },
+        }),
     }
 }

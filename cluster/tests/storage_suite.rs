@@ -23,6 +23,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             LogOptions {
                 fsync: FsyncMode::Always,
                 segment_size: 1 << 16,
+                ..LogOptions::default()
             },
         )
         .expect("open log");

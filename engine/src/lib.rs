@@ -37,7 +37,7 @@ pub mod clock;
 mod config;
 mod entry;
 mod error;
-mod fsutil;
+pub mod fsutil;
 pub mod fsync;
 pub mod index;
 pub mod io;

@@ -200,6 +200,7 @@ impl ClusterNode {
             LogOptions {
                 fsync: cfg.fsync,
                 segment_size: cfg.segment_size,
+                ..LogOptions::default()
             },
         )
         .map_err(io_err)?;

@@ -1,31 +1,35 @@
-//! The Raft log: a durable, checksummed, segmented log of openraft entries in the node's
-//! `raft/` directory, with the vote, the committed log id and the purge point beside it.
+//! The Raft log: openraft's entries in the engine's segment log (`logkv::log::Log`) in the
+//! node's `raft/` directory, with the vote, the committed log id and the purge point beside
+//! it. It is not a second storage engine: records, segments, recovery and group commit are
+//! the engine's.
 //!
-//! - **Append** writes the entries' records with one `pwrite` at the end of the active
-//!   segment (pre-filled with zeros ahead of the writer, so fdatasync does not update the
-//!   inode), returns at once (the entries are readable), and hands the `IOFlushed`
-//!   callback to the [`flusher`] thread, which fdatasyncs and only then acknowledges: with
-//!   `--fsync always` an entry is durable before openraft counts it. Appends that arrive
-//!   during one fdatasync share the next (group commit).
+//! - **Append** encodes each entry as one engine record ([`codec`]: key and revision from its
+//!   index, the entry as the value), copies them into the active segment (a shared mapping:
+//!   no system call; zeros are pre-written ahead of the writer so fdatasync does not update
+//!   the inode), returns at once (the entries are readable), and hands the `IOFlushed`
+//!   callback to the [`ack`] thread, which waits on the engine's group commit and only then
+//!   acknowledges: with `--fsync always` an entry is durable before openraft counts it.
+//!   Appends that arrive during one fdatasync share the next.
 //! - **No hole, ever**: an append whose first index is not the last index + 1 (or the purge
 //!   point + 1) is refused with an I/O error, which stops the node (openraft checks this only
 //!   in debug builds, see openraft#1795).
-//! - **Truncate** cuts the segment file at the first removed record and makes the cut
-//!   durable before returning (later segments are deleted), so stale records can never
-//!   reappear after a crash behind new ones.
-//! - **Purge** records the purge point durably first, then deletes the segments it covers.
-//! - **Vote** and **purge point** are small files written atomically and durably
-//!   (`fsutil::write_atomic`) before the call returns. The **committed** log id is written
+//! - **Truncate** is `Log::truncate` at the first removed record: later segments deleted,
+//!   the bytes zeroed and the durability mark moved back, durable before it returns, so
+//!   stale records can never reappear after a crash behind new ones.
+//! - **Purge** records the purge point durably first, then deletes the sealed segments that
+//!   hold no entry past it.
+//! - **Vote** and **purge point** are small files written atomically and durably (through
+//!   the log's `Storage`) before the call returns. The **committed** log id is written
 //!   atomically without an fsync, in place (`fsutil::SlotFile`: no file created or renamed per
 //!   commit): it is a hint that lets a restarted node re-apply its log
 //!   before it hears from a leader; a stale one only delays that.
-//! - **Open** scans the segments: a torn or damaged tail of the last segment is cut (and
-//!   logged); damage anywhere else, an index out of sequence or a leader id going backwards
-//!   is corruption and the log refuses to open, naming the file and offset.
+//! - **Open** is the engine's recovery: a torn tail of the last segment past its durability
+//!   mark is cut (and logged); damage anywhere else, an index out of sequence or a leader id
+//!   going backwards is corruption and the log refuses to open, naming the file and offset.
 
-pub mod flusher;
-pub mod record;
-pub mod segment;
+pub mod ack;
+pub mod codec;
+mod replay;
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -34,32 +38,35 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use logkv::io::Storage;
+use logkv::log::record::{self, Decoded, Op};
+use logkv::log::segment::{Segment, SegmentId};
+use logkv::log::{Appender, Log, LogConfig, LogPos, Opened};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use flusher::Flusher;
-pub use flusher::FsyncMode;
-use record::{Framed, HEADER_LEN};
-use segment::Segment;
+use ack::Acks;
+pub use ack::FsyncMode;
+use replay::Replay;
 
-use crate::fsutil::{invalid, read_checked, sync_dir, write_atomic, SlotFile};
+use crate::fsutil::{checked, invalid, read_checked, SlotFile};
 use crate::types::{Entry, LogId, Vote, C};
 
 const VOTE_FILE: &str = "vote";
 const COMMITTED_FILE: &str = "committed";
 const PURGED_FILE: &str = "purged";
-/// Zeros written ahead of the writer at a time.
-const ZERO_CHUNK: u64 = 1 << 20;
 
 /// How the Raft log is kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LogOptions {
     /// When appends are acknowledged.
     pub fsync: FsyncMode,
     /// Size at which a segment is sealed and a new one started.
     pub segment_size: u64,
+    /// Where the files live (the operating system; a simulated page cache in tests).
+    pub storage: Storage,
 }
 
 impl Default for LogOptions {
@@ -67,42 +74,44 @@ impl Default for LogOptions {
         LogOptions {
             fsync: FsyncMode::Always,
             segment_size: 64 << 20,
+            storage: Storage::os(),
         }
     }
 }
 
 /// Where an entry is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Loc {
-    seg: Arc<Segment>,
+    /// The engine's slot of its segment.
+    slot: u32,
+    /// Offset of its record in the segment.
     offset: u64,
+    /// Length of its record.
     len: u32,
     log_id: LogId,
 }
 
 struct State {
-    /// Segments, oldest first; the last one is written to.
-    segs: Vec<Arc<Segment>>,
-    /// End of the records in the last segment.
-    end: u64,
-    /// Bytes of the last segment known to be zero-filled or written.
-    zeroed_to: u64,
+    /// The writer's end of the engine log.
+    app: Appender,
     /// Every entry the log holds, in index order, without a gap.
     locs: VecDeque<Loc>,
     purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
-    /// A buffer reused for encoding.
+    /// Buffers reused for encoding: records, one entry.
     buf: Vec<u8>,
+    value: Vec<u8>,
 }
 
 struct Shared {
     dir: PathBuf,
-    opts: LogOptions,
+    storage: Storage,
+    log: Arc<Log>,
     state: Mutex<State>,
     /// Where the committed log id goes, rewritten on every commit.
     committed_file: Mutex<SlotFile>,
-    flusher: Flusher,
+    acks: Acks,
 }
 
 /// The Raft log store. Clones share the same log (a clone is also its reader).
@@ -131,16 +140,41 @@ fn load<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     }
 }
 
-fn save<T: Serialize>(path: &Path, value: T, durable: bool) -> io::Result<()> {
+/// Writes `value` to `path` atomically and durably.
+fn save<T: Serialize>(storage: &Storage, path: &Path, value: T) -> io::Result<()> {
     let bytes = postcard::to_stdvec(&Saved(value)).map_err(io::Error::other)?;
-    write_atomic(path, &bytes, durable)
+    logkv::fsutil::write_atomic(storage, path, &checked(&bytes)).map_err(to_io)
+}
+
+/// An engine error as an I/O error; corruption names the file and offset.
+fn to_io(e: logkv::Error) -> io::Error {
+    match e {
+        logkv::Error::Corrupt {
+            path,
+            offset,
+            reason,
+        } => invalid(format!(
+            "corrupt Raft log {} at offset {offset}: {reason}",
+            path.display()
+        )),
+        logkv::Error::Io { path, source } => io::Error::new(
+            source.kind(),
+            format!("Raft log {}: {source}", path.display()),
+        ),
+        other => io::Error::other(format!("Raft log: {other}")),
+    }
 }
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering what a crash left.
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> io::Result<LogStore> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        let LogOptions {
+            fsync,
+            segment_size,
+            storage,
+        } = opts;
+        logkv::fsutil::create_dir_all_durable(&storage, &dir).map_err(to_io)?;
         let vote: Option<Vote> = load(&dir.join(VOTE_FILE))?;
         // A damaged committed hint is only a hint: start without it.
         let (committed_file, saved) = SlotFile::open(&dir.join(COMMITTED_FILE))?;
@@ -151,32 +185,63 @@ impl LogStore {
                 .and_then(|s| s.0)
         });
         let purged: Option<LogId> = load(&dir.join(PURGED_FILE))?;
-        let mut state = State {
-            segs: Vec::new(),
-            end: 0,
-            zeroed_to: 0,
+        let mut replay = Replay {
+            purged_index: purged.map(|p| p.index),
+            prev: None,
             locs: VecDeque::new(),
+        };
+        let cfg = LogConfig {
+            segment_size,
+            fsync: fsync.into(),
+            repair: false,
+            storage: storage.clone(),
+        };
+        let Opened {
+            log,
+            appender,
+            report,
+            ..
+        } = Log::open(&dir, cfg, &mut |_| None, &mut |seg, offset, rec| {
+            replay.record(seg, offset, rec)
+        })
+        .map_err(to_io)?;
+        if report.truncated_bytes > 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                bytes = report.truncated_bytes,
+                "cut a torn tail off the Raft log"
+            );
+        }
+        // Before the first write that is acknowledged before it is durable.
+        log.clear_clean_mark().map_err(to_io)?;
+        let log = Arc::new(log);
+        let mut state = State {
+            app: appender,
+            locs: replay.locs,
             purged,
             vote,
             committed,
             buf: Vec::new(),
+            value: Vec::new(),
         };
-        recover(&dir, &mut state)?;
-        let flusher = Flusher::start(opts.fsync)?;
+        // Finish a purge a crash interrupted.
+        drop_purged_segments(&log, &mut state)?;
+        let acks = Acks::start(Arc::clone(&log), fsync)?;
         Ok(LogStore {
             shared: Arc::new(Shared {
                 dir,
-                opts,
+                storage,
+                log,
                 state: Mutex::new(state),
                 committed_file: Mutex::new(committed_file),
-                flusher,
+                acks,
             }),
         })
     }
 
     /// fdatasync calls made by the group commit so far.
     pub fn fsyncs(&self) -> u64 {
-        self.shared.flusher.syncs()
+        self.shared.log.fsyncs()
     }
 
     /// The directory of the log.
@@ -184,11 +249,11 @@ impl LogStore {
         &self.shared.dir
     }
 
-    /// Syncs what is written and stops the flusher (at shutdown).
+    /// Acknowledges what is queued, makes everything durable and marks the log closed
+    /// cleanly (at shutdown).
     pub fn close(&self) -> io::Result<()> {
-        let r = self.shared.flusher.sync_now();
-        self.shared.flusher.stop();
-        r
+        self.shared.acks.stop();
+        self.shared.log.close_clean().map_err(to_io)
     }
 
     /// Reads the entries with index in `[start, end)` that the log holds.
@@ -206,291 +271,154 @@ impl LogStore {
         let lo = usize::try_from(from - first).map_err(io::Error::other)?;
         let hi = usize::try_from(to - first).map_err(io::Error::other)?;
         let mut out = Vec::with_capacity(hi - lo);
-        let mut i = lo;
-        while i < hi {
-            // One read for the run of entries that sit together in one segment.
-            let head = &st.locs[i];
-            let mut j = i + 1;
-            let mut span_end = head.offset + u64::from(head.len);
-            while j < hi && Arc::ptr_eq(&st.locs[j].seg, &head.seg) && st.locs[j].offset == span_end
-            {
-                span_end += u64::from(st.locs[j].len);
-                j += 1;
+        let mut seg: Option<Arc<Segment>> = None;
+        for loc in st.locs.range(lo..hi) {
+            if seg.as_ref().is_none_or(|s| s.slot != loc.slot) {
+                seg = self.shared.log.segment(loc.slot);
             }
-            let len = usize::try_from(span_end - head.offset).map_err(io::Error::other)?;
-            let bytes = head.seg.read_at(head.offset, len)?;
-            let mut at = 0usize;
-            for loc in st.locs.range(i..j) {
-                let Framed::Record(body, n) = record::frame(&bytes[at..]) else {
-                    return Err(invalid(format!(
-                        "{}: the record of entry {} at offset {} is damaged",
-                        loc.seg.path.display(),
-                        loc.log_id.index,
-                        loc.offset
-                    )));
-                };
-                out.push(record::decode_entry(body)?);
-                at += n;
-            }
-            i = j;
+            let Some(s) = &seg else {
+                return Err(io::Error::other(format!(
+                    "entry {} is in a segment the log no longer has",
+                    loc.log_id
+                )));
+            };
+            let bytes = s.bytes(loc.offset, loc.len as usize).unwrap_or_default();
+            let Decoded::Record(rec) = record::decode(bytes, s.header.salt) else {
+                return Err(invalid(format!(
+                    "{}: the record of entry {} at offset {} is damaged",
+                    s.path.display(),
+                    loc.log_id.index,
+                    loc.offset
+                )));
+            };
+            out.push(codec::decode_entry(rec.value)?);
         }
         Ok(out)
     }
 
-    fn append_sync(&self, entries: &[Entry]) -> io::Result<Option<Arc<Segment>>> {
-        if let Some(why) = self.shared.flusher.failure() {
-            return Err(io::Error::other(why));
-        }
+    /// Writes the records of `entries`; returns the log position just past them.
+    fn append_sync(&self, entries: &[Entry]) -> io::Result<Option<LogPos>> {
+        let log = &self.shared.log;
+        log.check().map_err(to_io)?;
         let mut guard = self.shared.state.lock();
         let st = &mut *guard;
+        check_contiguous(st, entries)?;
         let mut buf = std::mem::take(&mut st.buf);
+        let mut value = std::mem::take(&mut st.value);
         buf.clear();
+        // Records in `buf`: offset in it, length, log id.
         let mut pending: Vec<(u64, u32, LogId)> = Vec::new();
-        let mut last = st.locs.back().map(|l| l.log_id).or(st.purged);
-        let mut nonempty = !st.locs.is_empty();
+        let mut salt = 0;
+        let mut end = None;
         for entry in entries {
             let id = entry.log_id;
-            if let Some(prev) = last {
-                if id.index != prev.index + 1 {
-                    return Err(io::Error::other(format!(
-                        "refusing a non-contiguous append: entry {id} after {prev}"
-                    )));
-                }
-                if id.leader_id < prev.leader_id && nonempty {
-                    return Err(io::Error::other(format!(
-                        "refusing an append whose leader goes backwards: {id} after {prev}"
-                    )));
-                }
+            value.clear();
+            codec::encode_entry(entry, &mut value)?;
+            if value.len() > record::MAX_VALUE_LEN {
+                return Err(io::Error::other(format!(
+                    "log entry {id} of {} bytes is too large",
+                    value.len()
+                )));
             }
-            let holds_none = st.end == Segment::data_start() && buf.is_empty();
-            let full = st.end + buf.len() as u64 >= self.shared.opts.segment_size && !holds_none;
-            // An empty last segment named for another index (left by a crash) is replaced.
-            let misnamed = holds_none && st.segs.last().is_some_and(|s| s.first_index != id.index);
-            if st.segs.is_empty() || full || misnamed {
-                write_out(st, &buf, &mut pending)?;
+            let rev = codec::revision(id.index);
+            let len = record::encoded_len(8, value.len()) as u64;
+            if !buf.is_empty() && !st.app.has_room(buf.len() as u64 + len, rev) {
+                end = Some(write_out(log, st, &buf, &mut pending)?);
                 buf.clear();
-                if misnamed {
-                    if let Some(s) = st.segs.pop() {
-                        std::fs::remove_file(&s.path)?;
-                    }
-                } else if let Some(sealed) = st.segs.last() {
-                    // The sealed segment is complete on disk before the next one exists, so
-                    // after a crash only the last segment can have a torn tail.
-                    sealed.sync()?;
-                }
-                let seg = Arc::new(Segment::create(&self.shared.dir, id.index)?);
-                st.segs.push(seg);
-                st.end = Segment::data_start();
-                st.zeroed_to = HEADER_LEN as u64;
             }
-            let offset = st.end + buf.len() as u64;
-            let n = record::encode_entry(entry, &mut buf)?;
-            pending.push((offset, u32::try_from(n).map_err(io::Error::other)?, id));
-            last = Some(id);
-            nonempty = true;
+            if buf.is_empty() {
+                // A new segment may start here: records carry its salt.
+                salt = log.reserve(&mut st.app, len, rev - 1, rev).map_err(to_io)?;
+            }
+            pending.push((
+                buf.len() as u64,
+                u32::try_from(len).map_err(io::Error::other)?,
+                id,
+            ));
+            record::encode(
+                &mut buf,
+                salt,
+                Op::Put,
+                0,
+                rev,
+                0,
+                0,
+                &codec::key(id.index),
+                &value,
+            );
         }
-        write_out(st, &buf, &mut pending)?;
+        if !buf.is_empty() {
+            end = Some(write_out(log, st, &buf, &mut pending)?);
+        }
         st.buf = buf;
-        Ok(st.segs.last().cloned())
+        st.value = value;
+        Ok(end)
     }
 }
 
-/// Writes `buf` at the end of the last segment and indexes the `pending` entries in it.
-fn write_out(st: &mut State, buf: &[u8], pending: &mut Vec<(u64, u32, LogId)>) -> io::Result<()> {
-    if buf.is_empty() {
-        return Ok(());
+/// Refuses entries that do not follow the log (or each other) without a hole, or whose leader
+/// goes backwards.
+fn check_contiguous(st: &State, entries: &[Entry]) -> io::Result<()> {
+    let mut last = st.locs.back().map(|l| l.log_id).or(st.purged);
+    let mut nonempty = !st.locs.is_empty();
+    for entry in entries {
+        let id = entry.log_id;
+        if let Some(prev) = last {
+            if id.index != prev.index + 1 {
+                return Err(io::Error::other(format!(
+                    "refusing a non-contiguous append: entry {id} after {prev}"
+                )));
+            }
+            if id.leader_id < prev.leader_id && nonempty {
+                return Err(io::Error::other(format!(
+                    "refusing an append whose leader goes backwards: {id} after {prev}"
+                )));
+            }
+        }
+        last = Some(id);
+        nonempty = true;
     }
-    let seg = st
-        .segs
-        .last()
-        .cloned()
-        .ok_or_else(|| io::Error::other("no segment to write to"))?;
-    let end = st.end + buf.len() as u64;
-    if end > st.zeroed_to {
-        let upto = end.max(st.zeroed_to + ZERO_CHUNK);
-        let zeros = vec![0u8; usize::try_from(upto - st.zeroed_to).map_err(io::Error::other)?];
-        seg.write_at(&zeros, st.zeroed_to)?;
-        st.zeroed_to = upto;
-    }
-    seg.write_at(buf, st.end)?;
-    st.end = end;
-    for (offset, len, log_id) in pending.drain(..) {
+    Ok(())
+}
+
+/// Appends `buf` to the log and indexes the `pending` entries in it; returns the log
+/// position just past it.
+fn write_out(
+    log: &Log,
+    st: &mut State,
+    buf: &[u8],
+    pending: &mut Vec<(u64, u32, LogId)>,
+) -> io::Result<LogPos> {
+    let appended = log.append(&mut st.app, buf).map_err(to_io)?;
+    for (at, len, log_id) in pending.drain(..) {
         st.locs.push_back(Loc {
-            seg: Arc::clone(&seg),
-            offset,
+            slot: appended.slot,
+            offset: appended.offset + at,
             len,
             log_id,
         });
     }
-    Ok(())
+    Ok(appended.end)
 }
 
-/// Rebuilds the state from the segment files.
-fn recover(dir: &Path, st: &mut State) -> io::Result<()> {
-    let mut found: Vec<(u64, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if let Some(first) = entry.file_name().to_str().and_then(segment::parse_name) {
-            found.push((first, entry.path()));
-        }
-    }
-    found.sort();
-    let purged_index = st.purged.map(|p| p.index);
-    let count = found.len();
-    let mut prev: Option<LogId> = None;
-    let mut removed_any = false;
-    for (n, (first, path)) in found.into_iter().enumerate() {
-        let is_last = n + 1 == count;
-        let seg = Segment::open(&path, first)?;
-        let bytes = seg.read_all()?;
-        let header = record::decode_header(&bytes);
-        let unfinished = is_last
-            && header.is_err()
-            && (bytes.len() < HEADER_LEN || bytes.iter().all(|b| *b == 0));
-        if unfinished {
-            tracing::warn!(path = %path.display(), "removing a segment whose creation never finished");
-            std::fs::remove_file(&path)?;
-            removed_any = true;
-            continue;
-        }
-        match header {
-            Ok(h) if h == first => {}
-            Ok(h) => {
-                return Err(invalid(format!(
-                    "{}: header names first index {h}, not the one in the file name",
-                    path.display()
-                )))
-            }
-            Err(why) => return Err(invalid(format!("{}: {why}", path.display()))),
-        }
-        let seg = Arc::new(seg);
-        let Scanned { kept, end, cut } = scan(&seg, &bytes, is_last, purged_index, &mut prev, st)?;
-        let offset = end;
-        if kept == 0 && !is_last {
-            // Fully purged: finish the purge that was interrupted.
-            std::fs::remove_file(&path)?;
-            removed_any = true;
-            continue;
-        }
-        st.end = offset as u64;
-        st.zeroed_to = if cut { offset } else { bytes.len().max(offset) } as u64;
-        st.segs.push(seg);
-    }
-    if removed_any {
-        sync_dir(dir)?;
-    }
-    // A last segment that holds only purged entries: start afresh at the next append.
-    if st.locs.is_empty() && st.purged.is_some() && !st.segs.is_empty() {
-        for s in st.segs.drain(..) {
-            std::fs::remove_file(&s.path)?;
-        }
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// What scanning a segment found.
-struct Scanned {
-    /// Entries indexed (past the purge point).
-    kept: usize,
-    /// End of the valid records.
-    end: usize,
-    /// Whether a torn tail was cut off.
-    cut: bool,
-}
-
-/// Scans the records of one segment into `st.locs`; `prev` is the last entry seen before it.
-fn scan(
-    seg: &Arc<Segment>,
-    bytes: &[u8],
-    is_last: bool,
-    purged_index: Option<u64>,
-    prev: &mut Option<LogId>,
-    st: &mut State,
-) -> io::Result<Scanned> {
-    let path = &seg.path;
-    let first = seg.first_index;
-    let mut offset = HEADER_LEN;
-    let mut expected = first;
-    let mut kept = 0usize;
-    let mut cut = false;
-    loop {
-        let rest = bytes.get(offset..).unwrap_or_default();
-        let framed = match record::frame(rest) {
-            // Zeros where the next record would start but bytes after them: a record
-            // torn by the page cache, whose first page never reached the disk.
-            Framed::End if rest.iter().any(|b| *b != 0) => Framed::Bad("torn record after the end"),
-            other => other,
-        };
-        match framed {
-            Framed::End => break,
-            Framed::Bad(why) => {
-                if !is_last {
-                    return Err(invalid(format!(
-                        "corrupt Raft log {} at offset {offset}: {why}",
-                        path.display()
-                    )));
-                }
-                tracing::warn!(
-                    path = %path.display(),
-                    offset,
-                    dropped_bytes = bytes.len() - offset,
-                    "cutting a torn tail off the Raft log ({why})"
-                );
-                seg.truncate(offset as u64)?;
-                cut = true;
-                break;
-            }
-            Framed::Record(body, len) => {
-                let id = record::body_log_id(body)?;
-                if id.index != expected {
-                    return Err(invalid(format!(
-                        "corrupt Raft log {} at offset {offset}: entry {} where {expected} was due",
-                        path.display(),
-                        id.index
-                    )));
-                }
-                if let Some(p) = prev.filter(|p| id.leader_id < p.leader_id) {
-                    return Err(invalid(format!(
-                        "corrupt Raft log {} at offset {offset}: entry {id} after {p} (leader goes backwards)",
-                        path.display()
-                    )));
-                }
-                if purged_index.is_none_or(|p| id.index > p) {
-                    if st.locs.is_empty() {
-                        if let Some(p) = purged_index.filter(|p| id.index != p + 1) {
-                            return Err(invalid(format!(
-                                "Raft log {}: the first entry kept is {} but the log is purged up to {p}",
-                                path.display(),
-                                id.index
-                            )));
-                        }
-                    } else if st.locs.back().map(|l| l.log_id.index + 1) != Some(id.index) {
-                        return Err(invalid(format!(
-                            "Raft log {}: entry {} does not follow the previous segment",
-                            path.display(),
-                            id.index
-                        )));
-                    }
-                    st.locs.push_back(Loc {
-                        seg: Arc::clone(seg),
-                        offset: offset as u64,
-                        len: u32::try_from(len).map_err(io::Error::other)?,
-                        log_id: id,
-                    });
-                    kept += 1;
-                }
-                *prev = Some(id);
-                expected += 1;
-                offset += len;
-            }
-        }
-    }
-    Ok(Scanned {
-        kept,
-        end: offset,
-        cut,
-    })
+/// Deletes the sealed segments before the one holding the first entry kept (all of them if
+/// the log holds none): every entry in them is purged.
+fn drop_purged_segments(log: &Log, st: &mut State) -> io::Result<()> {
+    let first_kept = match st.locs.front() {
+        Some(loc) => Some(
+            log.segment(loc.slot)
+                .map(|s| s.id.seq)
+                .ok_or_else(|| io::Error::other("the first entry's segment is gone"))?,
+        ),
+        None => None,
+    };
+    let doomed: Vec<SegmentId> = log
+        .sealed_segments()
+        .iter()
+        .map(|s| s.id)
+        .filter(|id| first_kept.is_none_or(|k| id.seq < k))
+        .collect();
+    log.delete_segments(&st.app, &doomed).map_err(to_io)
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -537,7 +465,7 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        save(&self.shared.dir.join(VOTE_FILE), vote, true)?;
+        save(&self.shared.storage, &self.shared.dir.join(VOTE_FILE), vote)?;
         self.shared.state.lock().vote = Some(*vote);
         Ok(())
     }
@@ -560,7 +488,7 @@ impl RaftLogStorage<C> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         match self.append_sync(&entries)? {
-            Some(seg) => self.shared.flusher.submit(callback, &seg),
+            Some(end) => self.shared.acks.submit(callback, end),
             None => callback.io_completed(Ok(())),
         }
         Ok(())
@@ -574,29 +502,26 @@ impl RaftLogStorage<C> for LogStore {
             return Ok(());
         };
         let pos = usize::try_from(cut.saturating_sub(first)).map_err(io::Error::other)?;
-        let Some(loc) = st.locs.get(pos).cloned() else {
+        let Some(loc) = st.locs.get(pos).copied() else {
             return Ok(());
         };
-        // Later segments go first, then the cut in the segment of the first removed entry.
-        let mut removed = false;
-        while st.segs.last().is_some_and(|s| !Arc::ptr_eq(s, &loc.seg)) {
-            if let Some(s) = st.segs.pop() {
-                std::fs::remove_file(&s.path)?;
-                removed = true;
-            }
-        }
-        if removed {
-            sync_dir(&self.shared.dir)?;
-        }
-        loc.seg.truncate(loc.offset)?;
-        st.end = loc.offset;
-        st.zeroed_to = loc.offset;
+        let log = &self.shared.log;
+        let seq = log
+            .segment(loc.slot)
+            .map(|s| s.id.seq)
+            .ok_or_else(|| io::Error::other("the segment of the cut is gone"))?;
+        log.truncate(&mut st.app, LogPos::new(seq, loc.offset))
+            .map_err(to_io)?;
         st.locs.truncate(pos);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        save(&self.shared.dir.join(PURGED_FILE), log_id, true)?;
+        save(
+            &self.shared.storage,
+            &self.shared.dir.join(PURGED_FILE),
+            log_id,
+        )?;
         let mut guard = self.shared.state.lock();
         let st = &mut *guard;
         st.purged = Some(log_id);
@@ -607,25 +532,7 @@ impl RaftLogStorage<C> for LogStore {
         {
             st.locs.pop_front();
         }
-        // Delete the segments every entry of which is purged; the last one only if the log
-        // is now empty (the next append starts a new segment at its own index).
-        let mut removed = false;
-        loop {
-            let covered = match st.segs.get(1) {
-                Some(next) => next.first_index <= log_id.index + 1,
-                None => st.locs.is_empty(),
-            };
-            if !covered || st.segs.is_empty() {
-                break;
-            }
-            let s = st.segs.remove(0);
-            std::fs::remove_file(&s.path)?;
-            removed = true;
-        }
-        if removed {
-            sync_dir(&self.shared.dir)?;
-        }
-        Ok(())
+        drop_purged_segments(&self.shared.log, st)
     }
 }
 

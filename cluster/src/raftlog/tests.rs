@@ -1,35 +1,36 @@
 //! Tests of the Raft log: appends, reads, reopen, torn tails, truncation, purge, refusals.
 
+use logkv::log::mark::{Mark, MARK_AREA_LEN};
+use logkv::log::segment::SegmentHeader;
 use openraft::storage::{IOFlushed, RaftLogStorage};
-use openraft::{EntryPayload, RaftLogReader};
+use openraft::RaftLogReader;
 
 use super::*;
-use crate::command::{Command, Proposal};
-
-fn id(term: u64, index: u64) -> LogId {
-    LogId::new(
-        openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
-        index,
-    )
-}
-
-fn entry(term: u64, index: u64) -> Entry {
-    Entry {
-        log_id: id(term, index),
-        payload: EntryPayload::Normal(Proposal {
-            time_ms: index,
-            command: Command::Sweep {
-                bucket: format!("b{index}"),
-            },
-        }),
-    }
-}
+use crate::testing::{log_id as id, sample_entry as entry};
 
 fn opts() -> LogOptions {
     LogOptions {
         fsync: FsyncMode::Always,
         segment_size: 4096,
+        ..LogOptions::default()
     }
+}
+
+/// The file of the log's first segment.
+fn first_segment(dir: &Path) -> PathBuf {
+    dir.join(SegmentId { seq: 1, gen: 0 }.file_name())
+}
+
+/// A segment file's header and the offsets of its records.
+fn records(bytes: &[u8]) -> (SegmentHeader, Vec<usize>) {
+    let header = SegmentHeader::decode(bytes).unwrap();
+    let mut at = usize::try_from(header.data_start()).unwrap();
+    let mut offsets = Vec::new();
+    while let Decoded::Record(r) = record::decode(&bytes[at..], header.salt) {
+        offsets.push(at);
+        at += r.header.record_len();
+    }
+    (header, offsets)
 }
 
 async fn append(log: &mut LogStore, entries: Vec<Entry>) -> io::Result<()> {
@@ -72,7 +73,7 @@ async fn appends_survive_reopen_across_segments() {
                 .unwrap()
                 .rsplit('.')
                 .next()
-                .is_some_and(|ext| ext.eq_ignore_ascii_case("log"))
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("seg"))
         })
         .count();
     assert!(segments > 1, "the log rotated ({segments} segments)");
@@ -109,11 +110,26 @@ async fn a_torn_tail_is_cut_at_open() {
         .unwrap();
     log.close().unwrap();
     drop(log);
-    let path = dir.path().join(segment::file_name(1));
+    let path = first_segment(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
-    // Damage the last record's body: as if its last page never reached the disk.
-    let end = bytes.iter().rposition(|b| *b != 0).unwrap();
-    bytes[end] ^= 0xff;
+    // Damage the last record's body: as if its last page never reached the disk, nor the
+    // durability mark of the fdatasync that covered it (the mark is moved back to the record).
+    let (header, offsets) = records(&bytes);
+    let last = *offsets.last().unwrap();
+    let end = last + record::parse_header(&bytes[last..]).unwrap().record_len();
+    bytes[end - 1] ^= 0xff;
+    let area = header.encoded_len();
+    let counter = Mark::latest(&bytes[area..area + MARK_AREA_LEN], header.salt)
+        .unwrap()
+        .counter
+        + 1;
+    let earlier = Mark {
+        counter,
+        end: last as u64,
+        flags: 0,
+    };
+    let slot = usize::try_from(Mark::slot_offset(area as u64, counter)).unwrap();
+    bytes[slot..slot + 32].copy_from_slice(&earlier.encode(header.salt));
     std::fs::write(&path, &bytes).unwrap();
     let mut log = LogStore::open(dir.path(), opts()).unwrap();
     assert_eq!(indexes(&mut log).await, [(1, 1), (1, 2), (1, 3), (1, 4)]);
@@ -137,13 +153,15 @@ async fn damage_before_the_last_segment_refuses_to_open() {
     }
     log.close().unwrap();
     drop(log);
-    let path = dir.path().join(segment::file_name(1));
+    let path = first_segment(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[HEADER_LEN + 20] ^= 0xff;
+    let (_, offsets) = records(&bytes);
+    bytes[offsets[0] + 20] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let err = LogStore::open(dir.path(), opts()).unwrap_err();
     assert!(err.to_string().contains("corrupt Raft log"), "{err}");
-    assert!(err.to_string().contains(&segment::file_name(1)), "{err}");
+    let name = SegmentId { seq: 1, gen: 0 }.file_name();
+    assert!(err.to_string().contains(&name), "{err}");
 }
 
 #[tokio::test]

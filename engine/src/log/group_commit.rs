@@ -156,14 +156,14 @@ impl<F: Flush> GroupCommit<F> {
     /// Waits until everything below `pos` is durable, syncing as leader if needed.
     pub(crate) fn wait_durable(&self, pos: LogPos) -> Result<()> {
         let mut s = self.lock();
-        // A position past what was written (a ticket of a call that wrote
-        // nothing) needs nothing more than what was written.
-        let pos = pos.min(s.written);
         loop {
             if let Some(e) = s.poisoned() {
                 return Err(e);
             }
-            if s.synced >= pos {
+            // A position past what was written (a ticket of a call that wrote
+            // nothing, or of bytes a truncation removed after making them
+            // durable) needs nothing more than what was written.
+            if s.synced >= pos.min(s.written) {
                 return Ok(());
             }
             if s.syncing {
@@ -202,16 +202,7 @@ impl<F: Flush> GroupCommit<F> {
     /// it). The mark is written only over data already durable, so a power
     /// cut during its fsync can never leave it claiming more than the disk has.
     pub(crate) fn sync_with_mark(&self, flags: u32) -> Result<()> {
-        let written = self.lock().written;
-        self.wait_durable(written)?;
-        let mut s = self.lock();
-        while s.syncing {
-            s = self.wait(s);
-        }
-        if let Some(e) = s.poisoned() {
-            return Err(e);
-        }
-        s.syncing = true;
+        let s = self.sync_all_then_hold()?;
         let synced = s.synced;
         let segment = Arc::clone(&s.active);
         drop(s);
@@ -227,6 +218,43 @@ impl<F: Flush> GroupCommit<F> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Cuts the log back to `at`, in `active`: makes everything written
+    /// durable, then runs `cut` (which changes the files) while no sync runs
+    /// and none can start, and from then on the log is written and durable
+    /// exactly up to `at`. A failure of `cut` poisons the log, as a failed
+    /// sync does: the files may be half cut.
+    pub(crate) fn truncate(
+        &self,
+        at: LogPos,
+        active: Arc<F>,
+        cut: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        drop(self.sync_all_then_hold()?);
+        let mut s = self.finish_sync(cut());
+        if let Some(e) = s.poisoned() {
+            return Err(e);
+        }
+        s.written = at;
+        s.synced = at;
+        s.active = active;
+        Ok(())
+    }
+
+    /// Makes everything written durable, then takes the leader's place (no
+    /// other sync runs or starts until [`GroupCommit::finish_sync`]).
+    fn sync_all_then_hold(&self) -> Result<MutexGuard<'_, State<F>>> {
+        self.sync_all()?;
+        let mut s = self.lock();
+        while s.syncing {
+            s = self.wait(s);
+        }
+        if let Some(e) = s.poisoned() {
+            return Err(e);
+        }
+        s.syncing = true;
+        Ok(s)
     }
 
     /// Ends a leader's sync: counts it, records a failure (the log is

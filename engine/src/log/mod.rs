@@ -2,6 +2,14 @@
 //!
 //! The on-disk format is in [`record`] (records) and [`segment`] (files); the
 //! rules for reading it back after a crash are in [`recovery`].
+//!
+//! A [`Log`] is not tied to a bucket: any durable, append-only sequence of
+//! records can use it (the cluster crate keeps its Raft log in one). Such a
+//! user gives its records rising revisions (recovery refuses a revision that
+//! does not rise), passes `|_| None` as the start of [`Log::open`] and ignores
+//! the revision watermark and reservation it returns: a reservation only
+//! decides when [`Log::reserve`] rotates early. [`Log::truncate`] cuts the log
+//! back, and [`Log::delete_segments`] removes sealed segments from its start.
 
 mod group_commit;
 pub mod mark;
@@ -9,6 +17,7 @@ mod position;
 pub mod record;
 pub mod recovery;
 pub mod segment;
+mod truncate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -101,6 +110,13 @@ impl Appender {
     /// The segment being appended to.
     pub fn active(&self) -> &Arc<Segment> {
         &self.active
+    }
+
+    /// Whether the active segment takes a batch of `len` bytes whose last
+    /// revision is `last_revision` (else [`Log::reserve`] rotates).
+    pub fn has_room(&self, len: u64, last_revision: u64) -> bool {
+        self.pos + len <= self.active.capacity()
+            && last_revision <= self.active.header.reserved_through
     }
 }
 
@@ -361,9 +377,7 @@ impl Log {
         last_revision: u64,
     ) -> Result<u32> {
         self.commit.check()?;
-        if app.pos + len > app.active.capacity()
-            || last_revision > app.active.header.reserved_through
-        {
+        if !app.has_room(len, last_revision) {
             self.rotate(app, watermark, len, last_revision)?;
         }
         Ok(app.active.header.salt)
@@ -529,6 +543,24 @@ impl Log {
     pub fn remove_segments(&self, ids: &[SegmentId]) -> Vec<Arc<Segment>> {
         let mut t = self.segments.write();
         ids.iter().filter_map(|id| t.remove(*id)).collect()
+    }
+
+    /// Deletes sealed segments (from the start of a log that no longer needs
+    /// them), in the order given: out of the table, their files removed, then
+    /// the directory synced. The active segment is refused.
+    pub fn delete_segments(&self, app: &Appender, ids: &[SegmentId]) -> Result<()> {
+        if ids.contains(&app.active.id) {
+            return Err(Error::BadArgument(
+                "the active segment cannot be deleted".into(),
+            ));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for seg in self.remove_segments(ids) {
+            crate::fsutil::remove_if_exists(&self.cfg.storage, &seg.path)?;
+        }
+        crate::fsutil::sync_dir(&self.cfg.storage, &self.dir)
     }
 
     /// The sealed segments (every live one but the active), in log order.

@@ -461,7 +461,10 @@ impl Segment {
         // process writes it. In this process only the writer changes mapped
         // bytes (`write_at`), and only past the data end; readers ask for bytes
         // below it, which never change again, or (recovery) read before any
-        // writer exists. So no byte of this slice is written while it lives.
+        // writer exists. (`Log::truncate` zeroes bytes that were below it, but
+        // moves the data end back first, and its caller guarantees that no
+        // reader still holds them.) So no byte of this slice is written while
+        // it lives.
         // Pages past the end of the file are mapped but never read.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), end - start) }
     }
