@@ -68,7 +68,7 @@ impl Default for Options {
             snapshot_min_bytes: 64 * 1024,
             storage: Storage::os(),
             replicated: false,
-            durability_mark_interval: Duration::from_millis(50),
+            durability_mark_interval: crate::log::DEFAULT_MARK_EVERY,
         }
     }
 }

@@ -165,6 +165,26 @@ fn to_io(e: logkv::Error) -> io::Error {
     }
 }
 
+/// Refuses a Raft log written by an earlier build (segments named
+/// `<first index>.log`): opening it as empty would forget its entries and vote.
+fn refuse_old_format(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid(format!(
+                    "{}: a Raft log segment of an earlier, unsupported format; \
+                     this node's Raft log must be rebuilt (remove the node, clear its \
+                     data directory and add it again)",
+                    dir.join(&*name).display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering what a crash left.
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> io::Result<LogStore> {
@@ -175,6 +195,7 @@ impl LogStore {
             storage,
         } = opts;
         logkv::fsutil::create_dir_all_durable(&storage, &dir).map_err(to_io)?;
+        refuse_old_format(&dir)?;
         let vote: Option<Vote> = load(&dir.join(VOTE_FILE))?;
         // A damaged committed hint is only a hint: start without it.
         let (committed_file, saved) = SlotFile::open(&dir.join(COMMITTED_FILE))?;
@@ -195,6 +216,7 @@ impl LogStore {
             fsync: fsync.into(),
             repair: false,
             storage: storage.clone(),
+            mark_every: logkv::log::DEFAULT_MARK_EVERY,
         };
         let Opened {
             log,

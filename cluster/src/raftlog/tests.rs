@@ -223,3 +223,15 @@ async fn purge_keeps_the_rest_and_survives_reopen() {
         Some(id(2, 500))
     );
 }
+
+#[test]
+fn a_log_of_the_earlier_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("00000000000000000001.log"), b"old").unwrap();
+    let err = LogStore::open(dir.path(), opts()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(
+        err.to_string().contains("earlier, unsupported format"),
+        "{err}"
+    );
+}

@@ -42,6 +42,10 @@ pub const MAX_SEGMENT_SIZE: u64 = 2 << 30;
 /// pass the reservation rotates the log.
 pub const REVISION_RESERVE: u64 = 1 << 24;
 
+/// The default shortest time between two durability marks written after
+/// fsyncs ([`LogConfig::mark_every`]).
+pub const DEFAULT_MARK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_SIZE: u64 = 4096;
 

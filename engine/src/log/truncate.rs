@@ -127,6 +127,7 @@ mod tests {
             fsync: FsyncPolicy::Always,
             repair: false,
             storage,
+            mark_every: super::super::DEFAULT_MARK_EVERY,
         }
     }
 
