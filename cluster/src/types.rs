@@ -38,9 +38,6 @@ openraft::declare_raft_types!(
 /// Short name of the type configuration inside the crate.
 pub(crate) type C = TypeConfig;
 
-/// The Raft handle of a node.
-pub type Raft = openraft::Raft<TypeConfig, crate::sm::StateMachine>;
-
 /// A log id (leader id + index).
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 /// A vote.

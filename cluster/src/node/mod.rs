@@ -26,7 +26,11 @@ use crate::raftlog::{FsyncMode, LogOptions, LogStore};
 use crate::sm::snapshot::SnapshotStore;
 use crate::sm::store_applier::StoreApplier;
 use crate::sm::{StateMachine, StoreCell};
-use crate::types::{Node, NodeId, Raft};
+use crate::types::{Node, NodeId, TypeConfig};
+
+/// The Raft handle of a node (its type names the state machine, so it lives here, above
+/// both the types and the state machine).
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// Raft timing, in ms.
 #[derive(Debug, Clone, Copy)]

@@ -7,11 +7,12 @@ use futures_util::future::BoxFuture;
 use openraft::storage::Snapshot;
 use tokio::sync::mpsc;
 
+use super::Raft;
 use super::{ClusterNode, NodeInner};
 use crate::net::message::{Reply, Request};
 use crate::net::{Chunk, Handler};
 use crate::sm::snapshot::{check_relative, SnapshotDir, SnapshotInfo};
-use crate::types::{Node, NodeId, Raft, Vote};
+use crate::types::{Node, NodeId, Vote};
 
 /// Serves a node's incoming requests.
 pub(crate) struct NodeHandler {
