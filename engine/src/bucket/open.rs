@@ -28,6 +28,8 @@ struct Replayed {
     index: Index,
     /// The last revision the bucket gave out.
     last_revision: u64,
+    /// The replication tag of the last tag record (or of the index snapshot).
+    tag: Option<Arc<[u8]>>,
 }
 
 impl BucketCore {
@@ -42,6 +44,7 @@ impl BucketCore {
             opened,
             index,
             last_revision: last,
+            tag,
         } = replay(dir, name, &config, opts)?;
         let end = opened.appender.end();
         let mut skipped = LostRevisions::load(dir)?;
@@ -74,6 +77,7 @@ impl BucketCore {
             dir: dir.to_path_buf(),
             log: opened.log,
             index: RwLock::new(index),
+            replica_tag: Mutex::new(tag),
             writer: Mutex::new(Writer {
                 app: opened.appender,
                 next_rev,
@@ -120,13 +124,17 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
     let mut snap = usable_snapshot(&storage, dir, name, opts.repair)?;
     let mut snap_rev = 0;
     let mut stale = false;
+    // The newest replication tag: the snapshot's, then each tag record read after it.
+    let tag: RefCell<Option<Arc<[u8]>>> = RefCell::new(None);
     let mut start = |segs: &[Arc<Segment>]| {
-        let s = snap.take()?;
+        let mut s = snap.take()?;
         let last = s.last_revision;
+        let snap_tag = s.tag.take();
         let applied = s.apply(segs, history, &mut index.borrow_mut());
         match applied {
             Ok((segment, offset)) => {
                 snap_rev = last;
+                *tag.borrow_mut() = snap_tag.map(Arc::from);
                 Some(Start {
                     segment,
                     offset,
@@ -147,6 +155,10 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         &mut start,
         &mut |seg: &Arc<Segment>, offset, rec| {
             let h = &rec.header;
+            if h.is_tag() {
+                *tag.borrow_mut() = Some(Arc::from(rec.key));
+                return Ok(());
+            }
             let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
             let at = RecordRef::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
             index.borrow_mut().apply(rec.key, at, history, &mut removed);
@@ -171,6 +183,7 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         opened,
         index,
         last_revision,
+        tag: tag.into_inner(),
     })
 }
 

@@ -22,7 +22,9 @@
 //!    record read after an index snapshot, above the snapshot's last revision)
 //!    is valid bytes in the wrong place (a record copied over another), not a
 //!    valid record there; so is a record that continues a batch without the
-//!    next revision (a batch's records have consecutive revisions).
+//!    next revision (a batch's records have consecutive revisions). A tag
+//!    record (the replication tag ending a replicated batch) is outside these
+//!    revision rules: its revision only says where the bucket stood.
 //!    Nor may a segment's data end (zeros, or the end of the file) below its
 //!    mark: records synced there were lost.
 //!
@@ -293,7 +295,7 @@ fn scan_segment(
             .map_or(*last_revision, |(_, r)| r.header.revision);
         // `at` never passes the end of `buf`: records are decoded from inside it.
         let problem = match decode(buf.get(at..).unwrap_or_default(), salt) {
-            Decoded::Record(r) if r.header.revision <= previous => {
+            Decoded::Record(r) if r.header.revision <= previous && !r.header.is_tag() => {
                 // Valid bytes in the wrong place (a record copied over another).
                 format!("revision {} after revision {previous}", r.header.revision)
             }
@@ -317,7 +319,11 @@ fn scan_segment(
                     "a batch is not finished".to_string()
                 }
             }
-            Decoded::Record(r) if !pending.is_empty() && r.header.revision != previous + 1 => {
+            Decoded::Record(r)
+                if !pending.is_empty()
+                    && !r.header.is_tag()
+                    && r.header.revision != previous + 1 =>
+            {
                 // A batch's records have consecutive revisions: this one was
                 // copied here from another batch.
                 format!(
@@ -332,8 +338,10 @@ fn scan_segment(
                 if !r.header.batch_more() {
                     for (off, rec) in pending.drain(..) {
                         apply(&segment, off as u64, &rec)?;
-                        report.records += 1;
-                        *last_revision = rec.header.revision;
+                        if !rec.header.is_tag() {
+                            report.records += 1;
+                            *last_revision = rec.header.revision;
+                        }
                     }
                     batch_start = at;
                 }
