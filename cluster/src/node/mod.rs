@@ -441,15 +441,23 @@ async fn sweeper(node: std::sync::Weak<NodeInner>) {
     }
 }
 
-/// Compacts the store's buckets now and then (the engine's background thread is off).
+/// Compacts the store's buckets now and then (the engine's background thread is off), and
+/// moves the durable point up to what is applied (a restart re-applies only what follows).
 async fn compactor(node: std::sync::Weak<NodeInner>) {
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let Some(n) = node.upgrade() else { return };
         let applier = Arc::clone(&n.applier);
         drop(n);
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || applier.compact_if_needed()).await {
-            tracing::warn!("compaction failed: {e}");
+        let done = tokio::task::spawn_blocking(move || {
+            if let Err(e) = applier.compact_if_needed() {
+                tracing::warn!("compaction failed: {e}");
+            }
+            applier.persist()
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::error!("the durable point could not be moved: {e}");
         }
     }
 }

@@ -159,9 +159,10 @@ impl StoreApplier {
         let (generation, applied) = match record {
             Some(r) => (r.generation, r.applied),
             None => {
-                // A new node: an empty first generation.
+                // A new node: an empty first generation (the record is written before
+                // anything goes into it, so whatever is there is from another life).
                 let fresh = gen_dir(&dir, 1);
-                if fresh.exists() {
+                if fresh.exists() && std::fs::read_dir(&fresh)?.next().is_some() {
                     std::fs::remove_dir_all(&fresh)?;
                 }
                 write_record(&mut record_file, 1, &Applied::default())?;
