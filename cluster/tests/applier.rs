@@ -1,5 +1,5 @@
 //! The applier on `logkv::Store`: commands at the leader's time, the durable point and the
-//! resume after a crash (tests/power_cut.rs cuts the power), checkpoints and installs.
+//! resume after a crash (`tests/power_cut.rs` cuts the power), checkpoints and installs.
 
 use logkv_cluster::command::{BucketSpec, Command, Op, OpError, Response};
 use logkv_cluster::sm::store_applier::StoreApplier;

@@ -49,8 +49,16 @@ fn entries() -> Vec<Command> {
     for i in 0..40u64 {
         let key = format!("k{}", i % 5);
         out.push(match i % 8 {
-            0 => write("b", true, vec![Op::put(&key, vec![b'x'; 300]), Op::put("a", "1")]),
-            1 => write("b", false, vec![Op::create(&key, "c"), Op::update("a", "u", i)]),
+            0 => write(
+                "b",
+                true,
+                vec![Op::put(&key, vec![b'x'; 300]), Op::put("a", "1")],
+            ),
+            1 => write(
+                "b",
+                false,
+                vec![Op::create(&key, "c"), Op::update("a", "u", i)],
+            ),
             2 => write(
                 "default",
                 false,

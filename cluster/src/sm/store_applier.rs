@@ -156,18 +156,17 @@ impl StoreApplier {
             })?),
             None => None,
         };
-        let (generation, applied) = match record {
-            Some(r) => (r.generation, r.applied),
-            None => {
-                // A new node: an empty first generation (the record is written before
-                // anything goes into it, so whatever is there is from another life).
-                let fresh = gen_dir(&dir, 1);
-                if fresh.exists() && std::fs::read_dir(&fresh)?.next().is_some() {
-                    std::fs::remove_dir_all(&fresh)?;
-                }
-                write_record(&mut record_file, 1, &Applied::default())?;
-                (1, Applied::default())
+        let (generation, applied) = if let Some(r) = record {
+            (r.generation, r.applied)
+        } else {
+            // A new node: an empty first generation (the record is written before
+            // anything goes into it, so whatever is there is from another life).
+            let fresh = gen_dir(&dir, 1);
+            if fresh.exists() && std::fs::read_dir(&fresh)?.next().is_some() {
+                std::fs::remove_dir_all(&fresh)?;
             }
+            write_record(&mut record_file, 1, &Applied::default())?;
+            (1, Applied::default())
         };
         let store = Store::open(gen_dir(&dir, generation), options.clone()).map_err(engine)?;
         let resume = resume_points(&store)?;
@@ -247,7 +246,12 @@ impl StoreApplier {
         inner.save()
     }
 
-    fn apply_command(store: &Store, log_id: LogId, now_ms: u64, command: &Command) -> io::Result<Response> {
+    fn apply_command(
+        store: &Store,
+        log_id: LogId,
+        now_ms: u64,
+        command: &Command,
+    ) -> io::Result<Response> {
         let tag = tag_of(log_id);
         let bucket = |name: &str| store.bucket(name);
         Ok(match command {
@@ -284,7 +288,9 @@ impl StoreApplier {
                     (Ok(results), true) => {
                         let mut out = Vec::with_capacity(results.len());
                         for r in results {
-                            out.push(WrittenData::from_engine(&r.map_err(|e| io::Error::other(format!("apply failed: {e}")))?));
+                            out.push(WrittenData::from_engine(
+                                &r.map_err(|e| io::Error::other(format!("apply failed: {e}")))?,
+                            ));
                         }
                         Response::Atomic(Ok(out))
                     }
@@ -356,7 +362,11 @@ impl Applier for StoreApplier {
     fn apply(&self, log_id: LogId, now_ms: u64, command: &Command) -> io::Result<Response> {
         let inner = self.inner.lock();
         let name = command.bucket();
-        if inner.resume.get(name).is_some_and(|&done| log_id.index <= done) {
+        if inner
+            .resume
+            .get(name)
+            .is_some_and(|&done| log_id.index <= done)
+        {
             // Applied before a crash and still there (its tag survived): nobody waits for
             // its reply (a reply goes to the process that proposed it).
             return Ok(Response::Done);

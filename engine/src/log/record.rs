@@ -122,6 +122,12 @@ impl RecordHeader {
     pub fn is_tag(&self) -> bool {
         self.flags & FLAG_TAG != 0
     }
+
+    /// Whether this record may continue a batch whose last record has revision
+    /// `previous`: the next revision, or a tag record (outside the revision rules).
+    pub fn continues(&self, previous: u64) -> bool {
+        self.is_tag() || self.revision == previous + 1
+    }
 }
 
 /// A record borrowed from a segment (or any buffer).
@@ -285,11 +291,12 @@ pub fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
     };
     let kind = h[5];
     let tag = kind & FLAG_TAG != 0;
+    let op_bits = kind & 3;
     let op = if tag {
         // A tag record has no op (bits 0) and no value.
-        (kind & 3 == 0).then_some(Op::Put)
+        (op_bits == 0).then_some(Op::Put)
     } else {
-        Op::from_u8(kind & 3)
+        Op::from_u8(op_bits)
     }
     .ok_or(Invalid::BadHeader)?;
     let flags = kind & (FLAGS | FLAG_TAG);

@@ -60,7 +60,7 @@ pub struct Skipped {
 pub struct RecoveryReport {
     /// Segments read.
     pub segments: usize,
-    /// Records applied.
+    /// Records applied (tag records included).
     pub records: u64,
     /// Bytes cut from the tail of the last segment (writes a crash left torn,
     /// missing or out of order past the last sync).
@@ -319,11 +319,7 @@ fn scan_segment(
                     "a batch is not finished".to_string()
                 }
             }
-            Decoded::Record(r)
-                if !pending.is_empty()
-                    && !r.header.is_tag()
-                    && r.header.revision != previous + 1 =>
-            {
+            Decoded::Record(r) if !pending.is_empty() && !r.header.continues(previous) => {
                 // A batch's records have consecutive revisions: this one was
                 // copied here from another batch.
                 format!(
@@ -338,10 +334,9 @@ fn scan_segment(
                 if !r.header.batch_more() {
                     for (off, rec) in pending.drain(..) {
                         apply(&segment, off as u64, &rec)?;
-                        if !rec.header.is_tag() {
-                            report.records += 1;
-                            *last_revision = rec.header.revision;
-                        }
+                        report.records += 1;
+                        // A tag record's revision may lie below (see the module doc).
+                        *last_revision = (*last_revision).max(rec.header.revision);
                     }
                     batch_start = at;
                 }

@@ -200,11 +200,11 @@ fn run(seed: u64) {
     if rng.below(2) == 0 {
         // Cut in the middle of what follows: a step, a sync, a compaction.
         fs.crash_after(rng.below(12));
-        for i in applied..steps.len() {
-            if apply(&store, &steps, i).is_err() {
+        while applied < steps.len() {
+            if apply(&store, &steps, applied).is_err() {
                 break;
             }
-            applied = i + 1;
+            applied += 1;
             if rng.below(4) == 0 && store.bucket("b").and_then(|b| b.compact()).is_err() {
                 break;
             }
