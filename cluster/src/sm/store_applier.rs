@@ -6,9 +6,9 @@
 //!   tag in the same batch as its records ([`tag_of`]). No write waits for an fsync: the
 //!   Raft log made the entry durable. The store is opened `replicated` (after an unclean
 //!   stop revisions continue from the last record recovered, so re-applied entries get the
-//!   same revisions as on the other nodes), with `FsyncPolicy::Never` and without the
-//!   engine's background thread (a follower must never sweep TTLs on its own; the leader
-//!   proposes sweeps; the node compacts and syncs on its own tick).
+//!   same revisions as on the other nodes), with `FsyncPolicy::Never`; the engine's
+//!   background thread compacts, and a replicated store's never sweeps TTLs (a follower
+//!   must never expire entries on its own: the leader proposes sweeps).
 //! - The **durable point** `D`, in the applied record (`sm/applied.0` / `.1`, written
 //!   durably): every bucket's state through entry `D` is on disk. It is written only right
 //!   after `Store::sync` with apply paused: at a membership change, at each snapshot, and on
@@ -137,14 +137,14 @@ fn resume_points(store: &Store) -> io::Result<BTreeMap<String, u64>> {
 impl StoreApplier {
     /// Opens the state machine's store in `dir` (the node's `sm/` directory). `options` are
     /// the engine options to open stores with; the clock, the fsync policy, replication
-    /// and the background thread are set here.
+    /// and the background thread (compaction only) are set here.
     pub fn open(dir: impl AsRef<Path>, options: &Options) -> io::Result<StoreApplier> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let clock = Arc::new(ApplyClock::default());
         let options = Options {
             fsync: FsyncPolicy::Never,
-            background: false,
+            background: true,
             replicated: true,
             clock: Arc::clone(&clock) as Arc<dyn logkv::Clock>,
             ..options.clone()
@@ -215,23 +215,6 @@ impl StoreApplier {
             }
         }
         out
-    }
-
-    /// Compacts the buckets whose dead bytes pass half of what they hold (the engine's
-    /// background thread does this when it runs; here it is off, see the module doc).
-    pub fn compact_if_needed(&self) -> io::Result<usize> {
-        let store = self.cell.get();
-        let mut passes = 0;
-        for name in store.bucket_names() {
-            let Ok(b) = store.bucket(&name) else { continue };
-            let s = b.stats();
-            let total = s.bytes + s.dead_bytes;
-            if s.segments > 1 && total > 0 && s.dead_bytes * 2 > total {
-                b.compact().map_err(engine)?;
-                passes += 1;
-            }
-        }
-        Ok(passes)
     }
 
     /// Makes everything applied durable and moves the durable point to it (apply waits
