@@ -293,7 +293,7 @@ pub fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
     let tag = kind & FLAG_TAG != 0;
     let op_bits = kind & 3;
     let op = if tag {
-        // A tag record has no op (bits 0) and no value.
+        // A tag record has no op (bits 0), no value and no expiry.
         (op_bits == 0).then_some(Op::Put)
     } else {
         Op::from_u8(op_bits)
@@ -307,7 +307,7 @@ pub fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
         || kind & !(3 | FLAGS | FLAG_TAG) != 0
         || key_len == 0
         || usize::from(key_len) > max_key
-        || (tag && value_len != 0)
+        || (tag && (value_len != 0 || h[26..32] != [0; 6]))
         || usize::try_from(value_len).map_or(true, |v| v > MAX_VALUE_LEN)
     {
         return Err(Invalid::BadHeader);
