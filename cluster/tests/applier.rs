@@ -1,20 +1,12 @@
 //! The applier on `logkv::Store`: commands at the leader's time, the durable point and the
 //! resume after a crash (`tests/power_cut.rs` cuts the power), checkpoints and installs.
 
+mod support;
+
 use logkv_cluster::command::{BucketSpec, Command, Op, OpError, Response};
 use logkv_cluster::sm::store_applier::StoreApplier;
 use logkv_cluster::sm::{Applied, Applier};
-use logkv_cluster::types::LogId;
-
-fn log_id(index: u64) -> LogId {
-    LogId::new(
-        openraft::impls::leader_id_adv::LeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
+use support::log_id;
 
 fn applied(index: u64) -> Applied {
     Applied {

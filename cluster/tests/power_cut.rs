@@ -6,25 +6,17 @@
 //! never stopped: same contents, same revisions, same outcomes for the entries it really
 //! applied again.
 
+mod support;
+
 use std::time::Duration;
 
 use logkv::io::{CutStyle, SimFs, Storage};
 use logkv_cluster::command::{BucketSpec, Command, Op, Response};
 use logkv_cluster::sm::store_applier::StoreApplier;
 use logkv_cluster::sm::{Applied, Applier};
-use logkv_cluster::types::LogId;
+use support::log_id;
 
 const T0: u64 = 1_700_000_000_000;
-
-fn log_id(index: u64) -> LogId {
-    LogId::new(
-        openraft::impls::leader_id_adv::LeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
 
 fn write(bucket: &str, atomic: bool, ops: Vec<Op>) -> Command {
     Command::Write {

@@ -3,7 +3,8 @@
 
 use crate::bucket::test_util::manual_options;
 use crate::{
-    ApplyMode, BucketConfig, Error, ManualClock, Options, Store, WatchEvent, WatchOptions, WriteOp,
+    ApplyMode, Bucket, BucketConfig, Error, ManualClock, Options, Store, WatchEvent, WatchOptions,
+    WriteOp,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -31,14 +32,20 @@ fn contents(store: &Store) -> Vec<(String, Vec<u8>, u64)> {
         .collect()
 }
 
-#[test]
-fn the_tag_survives_a_clean_reopen_a_crash_compaction_and_a_lost_snapshot() {
+/// A replicated store in a new directory, with bucket `b` created at tag 1.
+fn created() -> (tempfile::TempDir, ManualClock, Store, Bucket) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
     let b = store
         .create_bucket_at("b", BucketConfig::default(), T0, &tag(1))
         .unwrap();
+    (dir, clock, store, b)
+}
+
+#[test]
+fn the_tag_survives_a_clean_reopen_a_crash_compaction_and_a_lost_snapshot() {
+    let (dir, clock, store, b) = created();
     assert_eq!(b.replica_tag(), Some(tag(1).to_vec()), "creation's tag");
     // The same key over and over: old segments hold nothing but dead records.
     for i in 2..60u64 {
@@ -139,12 +146,7 @@ fn independent_writes_are_one_batch_and_a_call_that_writes_nothing_logs_nothing(
 
 #[test]
 fn the_apply_time_is_the_one_given_and_watches_never_see_tags() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let b = store
-        .create_bucket_at("b", BucketConfig::default(), T0, &tag(1))
-        .unwrap();
+    let (_dir, _clock, _store, b) = created();
     // Reads the log as it is written, tag records included.
     let mut watch = b
         .watch(

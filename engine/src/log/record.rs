@@ -191,14 +191,7 @@ pub fn checksum(salt: u32, body: &[u8]) -> u32 {
 /// The caller guarantees `key.len()` is `1..=MAX_KEY_LEN` and `value.len() <= MAX_VALUE_LEN`.
 /// Times past [`MAX_TIME_MS`] are stored as `MAX_TIME_MS`.
 #[allow(clippy::too_many_arguments)]
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "the key and value lengths fit their fields by the caller's guarantee (checked in debug builds)"
-)]
-#[allow(
-    clippy::indexing_slicing,
-    reason = "`out[start..]` is the record just appended: at least HEADER_LEN bytes"
-)]
+#[inline]
 pub fn encode(
     out: &mut Vec<u8>,
     salt: u32,
@@ -212,33 +205,16 @@ pub fn encode(
 ) {
     debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
     debug_assert!(value.len() <= MAX_VALUE_LEN);
-    let start = out.len();
-    out.reserve(encoded_len(key.len(), value.len()));
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&[RECORD_VERSION, op as u8 | (flags & FLAGS)]);
-    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.extend_from_slice(&revision.to_le_bytes());
-    out.extend_from_slice(&created_ms.min(MAX_TIME_MS).to_le_bytes()[..6]);
-    out.extend_from_slice(&expires_ms.min(MAX_TIME_MS).to_le_bytes()[..6]);
-    out.extend_from_slice(key);
-    out.extend_from_slice(value);
-    let crc = checksum(salt, &out[start + 4..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    let kind = op as u8 | (flags & FLAGS);
+    encode_kind(
+        out, salt, kind, revision, created_ms, expires_ms, key, value,
+    );
 }
 
 /// Appends one tag record carrying `tag` to `out` (`flags`: the batch flags;
 /// `revision`: the bucket's last revision; `created_ms`: the batch's time).
 ///
 /// The caller guarantees `tag.len()` is `1..=MAX_TAG_LEN`.
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "the tag length fits its field by the caller's guarantee (checked in debug builds)"
-)]
-#[allow(
-    clippy::indexing_slicing,
-    reason = "`out[start..]` is the record just appended: at least HEADER_LEN bytes"
-)]
 pub fn encode_tag(
     out: &mut Vec<u8>,
     salt: u32,
@@ -248,16 +224,42 @@ pub fn encode_tag(
     tag: &[u8],
 ) {
     debug_assert!(!tag.is_empty() && tag.len() <= MAX_TAG_LEN);
+    let kind = FLAG_TAG | (flags & FLAGS);
+    encode_kind(out, salt, kind, revision, created_ms, 0, tag, &[]);
+}
+
+/// Appends one record with this kind byte to `out`.
+#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the key and value lengths fit their fields by the callers' guarantee (checked in debug builds)"
+)]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "`out[start..]` is the record just appended: at least HEADER_LEN bytes"
+)]
+#[inline]
+fn encode_kind(
+    out: &mut Vec<u8>,
+    salt: u32,
+    kind: u8,
+    revision: u64,
+    created_ms: u64,
+    expires_ms: u64,
+    key: &[u8],
+    value: &[u8],
+) {
     let start = out.len();
-    out.reserve(encoded_len(tag.len(), 0));
+    out.reserve(encoded_len(key.len(), value.len()));
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&[RECORD_VERSION, FLAG_TAG | (flags & FLAGS)]);
-    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&[RECORD_VERSION, kind]);
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
     out.extend_from_slice(&revision.to_le_bytes());
     out.extend_from_slice(&created_ms.min(MAX_TIME_MS).to_le_bytes()[..6]);
-    out.extend_from_slice(&[0; 6]);
-    out.extend_from_slice(tag);
+    out.extend_from_slice(&expires_ms.min(MAX_TIME_MS).to_le_bytes()[..6]);
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
     let crc = checksum(salt, &out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
