@@ -41,7 +41,7 @@ use super::applier::{Applied, Applier};
 use super::cell::StoreCell;
 use super::clock::ApplyClock;
 use crate::command::{Command, OpError, Response, WrittenData};
-use crate::fsutil::{copy_tree, invalid, SlotFile};
+use crate::fsutil::{copy_tree, invalid, sync_dir, SlotFile};
 use crate::types::LogId;
 
 const APPLIED_FILE: &str = "applied";
@@ -409,6 +409,7 @@ impl Applier for StoreApplier {
         }
         let store = Store::open(&target, self.options.clone()).map_err(engine)?;
         store.sync().map_err(engine)?;
+        sync_dir(&self.dir)?;
         // The commit point: from here on a restart opens the new generation.
         write_record(&mut inner.record, generation, applied)?;
         let old = self.cell.replace(store, generation);

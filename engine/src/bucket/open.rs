@@ -100,8 +100,13 @@ impl BucketCore {
             crash_point: std::sync::atomic::AtomicU8::new(0),
         };
         // Entries past the bucket's max age leave the index now, as they would have
-        // had the store stayed open (the same rule the sweeper applies).
-        core.age_out(core.now())?;
+        // had the store stayed open (the same rule the sweeper applies). Not in a
+        // replica: its ages out happen at the sweeps its replication log applies, at
+        // the leader's time, never at this node's clock (which would age out more than
+        // the other nodes did, for good); the next sweep applied does it.
+        if !opts.replicated {
+            core.age_out(core.now())?;
+        }
         Ok((core, opened.report))
     }
 }

@@ -197,3 +197,38 @@ fn the_apply_time_is_the_one_given_and_watches_never_see_tags() {
         .collect();
     assert_eq!(seen, want);
 }
+
+#[test]
+fn a_replica_ages_out_at_its_sweeps_never_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let config = BucketConfig {
+        history: 2,
+        ttl: Some(std::time::Duration::from_millis(1_000)),
+        ..Default::default()
+    };
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let b = store.create_bucket_at("b", config, T0, &tag(1)).unwrap();
+    let put = |v: &str, at: u64, t: u64| {
+        b.apply_replicated(
+            &[WriteOp::put("k", v.to_string())],
+            ApplyMode::Each,
+            at,
+            &tag(t),
+        )
+        .unwrap();
+    };
+    put("old", T0, 2);
+    put("new", T0 + 900, 3);
+    drop(b);
+    store.close().unwrap();
+    // The node's clock is far ahead of the leader's: opening must not age out by it.
+    clock.advance(10_000);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let b = store.bucket("b").unwrap();
+    assert_eq!(b.stats().values, 2, "nothing aged out at open");
+    // The leader's sweep at T0 + 1_500 ages out the first value (the latest,
+    // created at T0 + 900, stays).
+    assert_eq!(b.sweep_replicated(T0 + 1_500, &tag(4)).unwrap(), 0);
+    assert_eq!(b.stats().values, 1);
+}
