@@ -139,3 +139,30 @@ fn checkpoints_install_into_a_new_generation() {
     let got = b.cell().get().default_bucket().unwrap().get("k").unwrap();
     assert_eq!(got.as_deref(), Some(&b"v"[..]));
 }
+
+#[test]
+fn a_checkpoint_taken_inside_a_batch_is_installed_without_applying_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = StoreApplier::open(dir.path().join("a"), &logkv::Options::default()).unwrap();
+    a.apply(log_id(1), 5, &write("default", vec![Op::put("k", "1")]))
+        .unwrap();
+    a.set_applied(&applied(1), false).unwrap();
+    // Entries 2 and 3 are applied, their batch not finished: the checkpoint says 1.
+    for i in 2..=3 {
+        a.apply(log_id(i), 5, &write("default", vec![Op::put("k", "more")]))
+            .unwrap();
+    }
+    let cp = dir.path().join("cp");
+    assert_eq!(a.checkpoint(&cp).unwrap(), applied(1));
+
+    let b = StoreApplier::open(dir.path().join("b"), &logkv::Options::default()).unwrap();
+    b.install(Some(&cp), &applied(1)).unwrap();
+    // openraft applies 2 and 3 after the snapshot: the store already holds them.
+    for i in 2..=3 {
+        b.apply(log_id(i), 5, &write("default", vec![Op::put("k", "more")]))
+            .unwrap();
+    }
+    let stats = |x: &StoreApplier| x.cell().get().default_bucket().unwrap().stats();
+    assert_eq!(stats(&b).last_revision, 3);
+    assert_eq!(stats(&b).last_revision, stats(&a).last_revision);
+}

@@ -412,11 +412,13 @@ impl Applier for StoreApplier {
         sync_dir(&self.dir)?;
         // The commit point: from here on a restart opens the new generation.
         write_record(&mut inner.record, generation, applied)?;
+        // A snapshot may hold entries past its last log id (one built while a batch of
+        // entries was being applied): those its buckets' tags cover are skipped.
+        let resume = resume_points(&store)?;
         let old = self.cell.replace(store, generation);
         inner.generation = generation;
         inner.applied = applied.clone();
-        // Entries after the snapshot are all past what it holds.
-        inner.resume.clear();
+        inner.resume = resume;
         drop(inner);
         // End the old store's watchers (a dropped bucket's watch ends); its files go with it.
         for name in old.bucket_names() {
