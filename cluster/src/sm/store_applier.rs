@@ -168,7 +168,15 @@ impl StoreApplier {
             write_record(&mut record_file, 1, &Applied::default())?;
             (1, Applied::default())
         };
-        let store = Store::open(gen_dir(&dir, generation), options.clone()).map_err(engine)?;
+        let current = gen_dir(&dir, generation);
+        if generation > 1 && !current.exists() {
+            // An install makes its generation durable before the record names it.
+            return Err(invalid(format!(
+                "{}: the applied record names a store that is missing",
+                current.display()
+            )));
+        }
+        let store = Store::open(&current, options.clone()).map_err(engine)?;
         let resume = resume_points(&store)?;
         if !resume.is_empty() {
             tracing::info!(

@@ -268,9 +268,10 @@ impl Bucket {
     /// ([`Bucket::replica_tag`]) and the caller applies the later ones again.
     ///
     /// [`ApplyMode::Atomic`] is [`Bucket::write`] (all `Ok`, or the call
-    /// fails), [`ApplyMode::Each`] is [`Bucket::write_each`]. The writes are
-    /// visible at once and never waited on for durability (the replication log
-    /// made them durable); [`Bucket::sync`] or [`crate::Store::sync`] makes
+    /// fails), [`ApplyMode::Each`] is [`Bucket::write_each`]. The call never
+    /// waits for durability (the replication log made the batch durable): the
+    /// writes are visible at once (under `FsyncPolicy::Always`, once the log is
+    /// durable, as any write); [`Bucket::sync`] or [`crate::Store::sync`] makes
     /// them and their tags durable. A call that writes nothing (every write
     /// failed) logs nothing, its tag neither: applying it again changes nothing.
     /// Open the store with [`Options::replicated`](crate::Options::replicated)
