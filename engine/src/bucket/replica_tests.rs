@@ -204,7 +204,7 @@ fn a_replica_ages_out_at_its_sweeps_never_at_open() {
     let clock = ManualClock::new(T0);
     let config = BucketConfig {
         history: 2,
-        ttl: Some(std::time::Duration::from_millis(1_000)),
+        ttl: Some(std::time::Duration::from_secs(1)),
         ..Default::default()
     };
     let store = Store::open(dir.path(), options(&clock)).unwrap();
