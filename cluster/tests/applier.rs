@@ -1,20 +1,12 @@
-//! The interim applier on `logkv::Store`: commands at the leader's time, the applied record
-//! and its fingerprint check after a crash, checkpoints and installs.
+//! The applier on `logkv::Store`: commands at the leader's time, the durable point and the
+//! resume after a crash (`tests/power_cut.rs` cuts the power), checkpoints and installs.
+
+mod support;
 
 use logkv_cluster::command::{BucketSpec, Command, Op, OpError, Response};
 use logkv_cluster::sm::store_applier::StoreApplier;
 use logkv_cluster::sm::{Applied, Applier};
-use logkv_cluster::types::LogId;
-
-fn log_id(index: u64) -> LogId {
-    LogId::new(
-        openraft::impls::leader_id_adv::LeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
+use support::log_id;
 
 fn applied(index: u64) -> Applied {
     Applied {
@@ -87,23 +79,36 @@ fn commands_apply_at_the_entry_time() {
 }
 
 #[test]
-fn a_store_ahead_of_its_record_is_not_trusted() {
+fn a_restart_resumes_from_the_durable_point_and_skips_what_buckets_hold() {
     let dir = tempfile::tempdir().unwrap();
     {
         let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
         a.apply(log_id(1), 5, &write("default", vec![Op::put("k", "v")]))
             .unwrap();
         a.set_applied(&applied(1), false).unwrap();
-    }
-    {
-        let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
-        assert_eq!(a.recovered(), Some(applied(1)), "record and store agree");
-        // A write whose record is never written: as if the node crashed in between.
+        a.persist().unwrap();
+        // Past the durable point: applied and in the bucket's log (a process crash keeps
+        // it in the page cache), its entry not recorded durable.
         a.apply(log_id(2), 6, &write("default", vec![Op::put("k", "w")]))
             .unwrap();
+        a.set_applied(&applied(2), false).unwrap();
     }
     let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
-    assert_eq!(a.recovered(), None, "the store went past its record");
+    assert_eq!(a.recovered(), Some(applied(1)), "the durable point");
+    // openraft applies entry 2 again: the bucket's tag says it is there already.
+    a.apply(log_id(2), 6, &write("default", vec![Op::put("k", "w")]))
+        .unwrap();
+    let b = a.cell().get().default_bucket().unwrap();
+    assert_eq!(b.stats().last_revision, 2, "not applied twice");
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"w"[..]));
+    // The next entry goes on as on every other node.
+    let r = a
+        .apply(log_id(3), 7, &write("default", vec![Op::put("k", "x")]))
+        .unwrap();
+    let Response::Each(results) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(results[0].as_ref().unwrap().revision, 3);
 }
 
 #[test]
@@ -133,4 +138,31 @@ fn checkpoints_install_into_a_new_generation() {
     assert_eq!(b.recovered(), Some(applied(1)));
     let got = b.cell().get().default_bucket().unwrap().get("k").unwrap();
     assert_eq!(got.as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn a_checkpoint_taken_inside_a_batch_is_installed_without_applying_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = StoreApplier::open(dir.path().join("a"), &logkv::Options::default()).unwrap();
+    a.apply(log_id(1), 5, &write("default", vec![Op::put("k", "1")]))
+        .unwrap();
+    a.set_applied(&applied(1), false).unwrap();
+    // Entries 2 and 3 are applied, their batch not finished: the checkpoint says 1.
+    for i in 2..=3 {
+        a.apply(log_id(i), 5, &write("default", vec![Op::put("k", "more")]))
+            .unwrap();
+    }
+    let cp = dir.path().join("cp");
+    assert_eq!(a.checkpoint(&cp).unwrap(), applied(1));
+
+    let b = StoreApplier::open(dir.path().join("b"), &logkv::Options::default()).unwrap();
+    b.install(Some(&cp), &applied(1)).unwrap();
+    // openraft applies 2 and 3 after the snapshot: the store already holds them.
+    for i in 2..=3 {
+        b.apply(log_id(i), 5, &write("default", vec![Op::put("k", "more")]))
+            .unwrap();
+    }
+    let stats = |x: &StoreApplier| x.cell().get().default_bucket().unwrap().stats();
+    assert_eq!(stats(&b).last_revision, 3);
+    assert_eq!(stats(&b).last_revision, stats(&a).last_revision);
 }

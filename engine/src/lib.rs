@@ -53,7 +53,7 @@ mod watch_hub;
 pub use bucket::compact::CompactionReport;
 #[cfg(any(test, feature = "failpoints"))]
 pub use bucket::compact::CrashPoint;
-pub use bucket::handle::Bucket;
+pub use bucket::handle::{ApplyMode, Bucket};
 pub use bucket::watch::{Watch, WatchEvent, WatchOptions};
 pub use checkpoint::{Checkpoint, CheckpointFile, CheckpointSource};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -34,6 +34,8 @@ use crate::log::segment::{Segment, SegmentId};
 pub const SNAPSHOT_FILE: &str = "index.snap";
 const MAGIC: &[u8; 8] = b"LOGKVIDX";
 const VERSION: u32 = 1;
+/// The version of a snapshot that also holds a replication tag (after the keys).
+const VERSION_TAGGED: u32 = 2;
 
 /// A segment as the snapshot saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,9 @@ struct SegRef {
 /// A decoded snapshot.
 pub(crate) struct Snapshot {
     pub last_revision: u64,
+    /// The replication tag of the last tag record before its end, if any
+    /// (version 2): recovery does not read the records the snapshot covers.
+    pub tag: Option<Box<[u8]>>,
     segments: Vec<SegRef>,
     /// [`tail_crc`] of the last segment at its covered end.
     tail_crc: u32,
@@ -115,11 +120,13 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Serialises `index` with the log state it corresponds to.
-/// `segments`: every live segment in log order with its covered end.
+/// `segments`: every live segment in log order with its covered end; `tag`:
+/// the replication tag as of that end (written as version 2; none: version 1).
 pub(crate) fn encode(
     index: &Index,
     last_revision: u64,
     segments: &[(Arc<Segment>, u64)],
+    tag: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
     let Some((last, last_end)) = segments.last() else {
         return Err(Error::Internal(
@@ -135,7 +142,12 @@ pub(crate) fn encode(
         .collect();
     let mut out = Vec::with_capacity(64 + index.key_count() * 56);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    let version = if tag.is_some() {
+        VERSION_TAGGED
+    } else {
+        VERSION
+    };
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&last_revision.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
@@ -179,6 +191,12 @@ pub(crate) fn encode(
         }
         Ok(())
     })?;
+    if let Some(tag) = tag {
+        let len = u8::try_from(tag.len())
+            .map_err(|_| Error::Internal(format!("a replication tag of {} bytes", tag.len())))?;
+        out.push(len);
+        out.extend_from_slice(tag);
+    }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -233,7 +251,8 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
     if r.take(8)? != MAGIC {
         return Err("bad magic");
     }
-    if r.u32()? != VERSION {
+    let version = r.u32()?;
+    if version != VERSION && version != VERSION_TAGGED {
         return Err("unsupported version");
     }
     r.u32()?;
@@ -297,11 +316,18 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         }
         builder.push_ascending(&key, &revs)?;
     }
+    let tag = if version == VERSION_TAGGED {
+        let len = usize::from(r.u8()?);
+        Some(Box::from(r.take(len)?))
+    } else {
+        None
+    };
     if r.at != body.len() {
         return Err("trailing bytes");
     }
     Ok(Snapshot {
         last_revision,
+        tag,
         segments,
         tail_crc,
         max_revisions: builder.max_revisions(),

@@ -208,6 +208,34 @@ impl Store {
         Ok(Bucket::new(core, self.keep_open()))
     }
 
+    /// Creates a bucket as a replicated step (see [`Bucket::apply_replicated`]):
+    /// its log starts with `tag`, recorded durably, so that the step is known
+    /// applied after a crash ([`Store::replica_tags`]).
+    pub fn create_bucket_at(
+        &self,
+        name: &str,
+        config: BucketConfig,
+        now_ms: u64,
+        tag: &[u8],
+    ) -> Result<Bucket> {
+        let bucket = self.create_bucket(name, config)?;
+        bucket.record_replica_tag(now_ms, tag)?;
+        Ok(bucket)
+    }
+
+    /// Each bucket's replication tag (see [`Bucket::apply_replicated`]): the
+    /// tag of the last replicated batch applied to it, `None` for a bucket
+    /// without one. Right after [`Store::open`] these are the tags of what
+    /// survived; after [`Store::sync`] they are durable.
+    pub fn replica_tags(&self) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+        self.inner
+            .buckets
+            .read()
+            .iter()
+            .map(|(name, core)| (name.clone(), core.replica_tag()))
+            .collect()
+    }
+
     /// Drops a bucket and removes its data from disk. The `default` bucket cannot be dropped.
     pub fn drop_bucket(&self, name: &str) -> Result<()> {
         validate_bucket_name(name)?;
@@ -408,14 +436,15 @@ impl Store {
                             tracing::error!(bucket = %core.name(), error = %e, "background fsync failed");
                         }
                     }
-                    if sweep {
-                        if let Err(e) = core.sweep_expired() {
+                    // A replica's expiries are applied from its replication log.
+                    if sweep && !store.inner.opts.replicated {
+                        if let Err(e) = core.sweep_expired(None) {
                             tracing::warn!(bucket = %core.name(), error = %e, "TTL sweep failed");
                         }
-                        if core.needs_compaction() {
-                            if let Err(e) = core.compact(false) {
-                                tracing::warn!(bucket = %core.name(), error = %e, "background compaction failed");
-                            }
+                    }
+                    if sweep && core.needs_compaction() {
+                        if let Err(e) = core.compact(false) {
+                            tracing::warn!(bucket = %core.name(), error = %e, "background compaction failed");
                         }
                     }
                 }

@@ -315,7 +315,7 @@ impl ClusterNode {
         tasks.push(tokio::spawn(address_book(Arc::downgrade(&self.inner))));
         tasks.push(tokio::spawn(announce(Arc::downgrade(&self.inner))));
         tasks.push(tokio::spawn(sweeper(Arc::downgrade(&self.inner))));
-        tasks.push(tokio::spawn(compactor(Arc::downgrade(&self.inner))));
+        tasks.push(tokio::spawn(durable_point(Arc::downgrade(&self.inner))));
     }
 
     /// This node's id.
@@ -446,15 +446,17 @@ async fn sweeper(node: std::sync::Weak<NodeInner>) {
     }
 }
 
-/// Compacts the store's buckets now and then (the engine's background thread is off).
-async fn compactor(node: std::sync::Weak<NodeInner>) {
+/// Moves the durable point up to what is applied now and then: the store synced, a restart
+/// re-applies only what follows (the engine's background thread compacts the buckets).
+async fn durable_point(node: std::sync::Weak<NodeInner>) {
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let Some(n) = node.upgrade() else { return };
         let applier = Arc::clone(&n.applier);
         drop(n);
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || applier.compact_if_needed()).await {
-            tracing::warn!("compaction failed: {e}");
+        let done = tokio::task::spawn_blocking(move || applier.persist()).await;
+        if let Ok(Err(e)) = done {
+            tracing::error!("the durable point could not be moved: {e}");
         }
     }
 }

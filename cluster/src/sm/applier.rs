@@ -1,9 +1,9 @@
 //! What the state machine needs from the store: the seam between Raft and the engine.
 //!
-//! [`Applier`] is written against what the engine will offer for replication (applying a
-//! replicated batch at the leader's time with its Raft log id recorded atomically per
-//! bucket, and `Store::checkpoint`). Until then [`super::store_applier::StoreApplier`]
-//! implements it on today's public API.
+//! [`Applier`] is what the state machine needs; [`super::store_applier::StoreApplier`]
+//! implements it on the engine's replication API (a replicated batch applied at the
+//! leader's time with its Raft log id recorded atomically per bucket, and
+//! `Store::checkpoint`).
 
 use std::io;
 use std::path::Path;
@@ -29,8 +29,9 @@ pub struct Applied {
 ///
 /// Calls come one at a time, in log order, from the state machine.
 pub trait Applier: Send + Sync + 'static {
-    /// What the state is known to be the result of, as found at open; `None` if the state
-    /// cannot be trusted (the caller then installs the latest snapshot or the empty state).
+    /// The point the state resumes from, as found at open: openraft applies the entries
+    /// after it again (the applier skips what it still holds); `None` if the state cannot
+    /// be trusted (the caller then installs the latest snapshot or the empty state).
     fn recovered(&self) -> Option<Applied>;
 
     /// Applies the command of entry `log_id` at time `now_ms`. A deterministic outcome (a
@@ -39,12 +40,14 @@ pub trait Applier: Send + Sync + 'static {
     fn apply(&self, log_id: LogId, now_ms: u64, command: &Command) -> io::Result<Response>;
 
     /// Records that the state is the result of `applied` (after a batch of entries, blank and
-    /// membership entries included). `durable`: it must survive a power cut (a membership
-    /// change).
+    /// membership entries included). `durable`: the state and this point must survive a
+    /// power cut now (a membership change); otherwise the applier makes them durable when
+    /// it sees fit, and a restart resumes from the last durable point.
     fn set_applied(&self, applied: &Applied, durable: bool) -> io::Result<()>;
 
     /// Writes a consistent, durable copy of the state into the new directory `dir`; returns
-    /// what that state is the result of (as last recorded by [`Applier::set_applied`]).
+    /// what that state is the result of (as last recorded by [`Applier::set_applied`]),
+    /// which is durable too from then on (openraft purges the Raft log up to it).
     fn checkpoint(&self, dir: &Path) -> io::Result<Applied>;
 
     /// Replaces the state by the copy in `dir` (`None`: the empty state), which is the result

@@ -4,8 +4,10 @@
 //! Entries are applied in log order, in batches on a blocking thread (the engine's calls are
 //! synchronous). Each command is applied at its entry's leader time, never earlier than the
 //! previous entry's (a new leader's clock may be behind), so every node applies at the same
-//! times. After each batch the applier records how far the state goes (durably when the
-//! batch changed the membership).
+//! times. After each batch the applier is told how far the state goes; it makes that its
+//! durable point at once when the batch changed the membership, and otherwise now and then
+//! (see [`store_applier`]). A restart resumes from the durable point: openraft applies the
+//! later entries again, and the applier skips what its buckets still hold.
 
 pub mod applier;
 pub mod cell;
@@ -56,9 +58,9 @@ fn joined<T>(r: Result<io::Result<T>, tokio::task::JoinError>) -> io::Result<T> 
 }
 
 impl StateMachine {
-    /// The state machine over `applier`, with its snapshots in `snapshots`. If the applier's
-    /// state cannot be trusted after a crash, it is rebuilt from the latest snapshot (or
-    /// from empty) here; openraft then re-applies the log after it.
+    /// The state machine over `applier`, with its snapshots in `snapshots`. An applier
+    /// whose state cannot be trusted after a crash (none of this crate's) is rebuilt from
+    /// the latest snapshot (or from empty) here; openraft then re-applies the log after it.
     pub fn open(applier: Arc<dyn Applier>, snapshots: SnapshotStore) -> io::Result<StateMachine> {
         let state = if let Some(trusted) = applier.recovered() {
             trusted

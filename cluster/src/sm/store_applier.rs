@@ -1,32 +1,39 @@
-//! [`Applier`] on today's public engine API. **Interim**: what the engine's replication API
-//! replaces (see docs/CLUSTER.md, "What the engine will provide").
+//! [`Applier`] on `logkv::Store` through the engine's replication API.
 //!
-//! - Commands become `Store::create_bucket` / `drop_bucket` and `Bucket::write_each` /
-//!   `write_nowait` / `delete_glob_nowait` / `sweep_expired`, with the store's clock pinned
-//!   to the entry's leader time. The store is opened without an fsync policy of its own
-//!   (`FsyncPolicy::Never`: the Raft log is what makes a write durable) and without its
-//!   background thread (a follower must never sweep TTLs on its own; the leader proposes
-//!   sweeps).
-//! - After each batch of entries an **applied record** is written (atomically; durably for
-//!   bucket creation and removal and membership changes): the last applied log id, the
-//!   membership, the last time, and a fingerprint of the store — each bucket's last
-//!   revision. At open the store is trusted only if its buckets and their last revisions
-//!   are exactly those of the record (bucket logs are prefixes, so equal last revisions mean
-//!   equal contents). Otherwise (a crash between a bucket write and the record, or a power
-//!   cut that kept one and not the other) the state is rebuilt from the latest snapshot and
-//!   the Raft log. The engine API will record the log id in each bucket's own batch instead.
-//! - A checkpoint is a copy of the store directory taken with apply paused after
-//!   `Store::sync` (the engine's `Store::checkpoint` will hard-link sealed segments).
+//! - Commands become `Store::create_bucket_at` / `drop_bucket` and
+//!   `Bucket::apply_replicated` / `delete_glob_replicated` / `sweep_replicated`, at the
+//!   entry's leader time, each recording the entry's log id as the bucket's replication
+//!   tag in the same batch as its records ([`tag_of`]). No write waits for an fsync: the
+//!   Raft log made the entry durable. The store is opened `replicated` (after an unclean
+//!   stop revisions continue from the last record recovered, so re-applied entries get the
+//!   same revisions as on the other nodes), with `FsyncPolicy::Never`; the engine's
+//!   background thread compacts, and a replicated store's never sweeps TTLs (a follower
+//!   must never expire entries on its own: the leader proposes sweeps).
+//! - The **durable point** `D`, in the applied record (`sm/applied.0` / `.1`, written
+//!   durably): every bucket's state through entry `D` is on disk. It is written only right
+//!   after `Store::sync` with apply paused: at a membership change, at each snapshot, and on
+//!   the node's maintenance tick ([`StoreApplier::persist`]). With it: the membership, the
+//!   last leader time, and the store generation.
+//! - **At start** the node resumes from `D`: openraft applies again the entries after it.
+//!   An entry for bucket `B` whose index is at most `B`'s recovered tag survived the crash
+//!   and is skipped; every later one is applied again, on exactly the state it first met
+//!   (a bucket's log is the batches up to its last tag, and an entry that wrote nothing
+//!   changed nothing). Bucket creation is tagged durably, a drop is durable when it
+//!   returns. Raft log entries are purged only up to a snapshot, and a snapshot is taken
+//!   after `Store::sync` and moves `D` to its last entry: the purged entries' state is durable.
+//! - A checkpoint is `Store::checkpoint` (sealed segments and index snapshots hard-linked,
+//!   the active tails copied) taken with apply paused after `Store::sync`.
 //! - Installing a state creates the next **generation** directory (`gen-<n>`), opens a store
 //!   there and swaps it into the [`StoreCell`] the server reads; the old store's buckets are
-//!   dropped so that its watchers end (`lost`) and its directory is removed.
+//!   dropped so that its watchers end (`lost`) and its directory is removed. The applied
+//!   record names the generation: writing it is the install's commit point.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use logkv::{FsyncPolicy, Options, Store};
+use logkv::{ApplyMode, FsyncPolicy, Options, Store};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -34,39 +41,46 @@ use super::applier::{Applied, Applier};
 use super::cell::StoreCell;
 use super::clock::ApplyClock;
 use crate::command::{Command, OpError, Response, WrittenData};
-use crate::fsutil::{copy_tree, invalid, read_checked, write_atomic, SlotFile};
+use crate::fsutil::{copy_tree, invalid, sync_dir, SlotFile};
 use crate::types::LogId;
 
-const CURRENT_FILE: &str = "current";
 const APPLIED_FILE: &str = "applied";
 const LOCK_FILE: &str = "LOCK";
 
+/// The applied record: the durable point and the generation it is in.
 #[derive(Debug, Serialize, Deserialize)]
 struct AppliedRecord {
     generation: u64,
+    /// The durable point: everything it names is on disk.
     applied: Applied,
-    buckets: BTreeMap<String, u64>,
 }
 
 struct Inner {
     generation: u64,
+    /// How far apply went (in memory; on disk only as of the last durable point).
     applied: Applied,
-    /// Where the applied record goes, rewritten after every batch.
+    /// Where the applied record goes.
     record: SlotFile,
-    /// Each bucket's last revision after the last command applied.
-    buckets: BTreeMap<String, u64>,
+    /// Per bucket, the index of the last entry found applied at open (its replication
+    /// tag): entries up to it survived and are skipped when applied again.
+    resume: BTreeMap<String, u64>,
 }
 
-/// The interim [`Applier`] on `logkv::Store`.
+impl Inner {
+    /// Writes the applied record: the durable point is `applied` (the caller made it so).
+    fn save(&mut self) -> io::Result<()> {
+        write_record(&mut self.record, self.generation, &self.applied)
+    }
+}
+
+/// The [`Applier`] on `logkv::Store`.
 pub struct StoreApplier {
     dir: PathBuf,
     options: Options,
     clock: Arc<ApplyClock>,
     cell: StoreCell,
-    recovered: Option<Applied>,
+    recovered: Applied,
     inner: Mutex<Inner>,
-    /// Held by checkpoints and compaction so that no file disappears during a copy.
-    files: Mutex<()>,
     /// Buckets that may hold values with a TTL (every bucket at open, then those a write
     /// with a TTL reached): what the leader proposes sweeps for.
     ttl_buckets: Mutex<std::collections::BTreeSet<String>>,
@@ -93,65 +107,85 @@ fn gen_dir(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("gen-{generation}"))
 }
 
-fn fingerprint(store: &Store) -> io::Result<BTreeMap<String, u64>> {
+/// The replication tag of an entry: its index (big-endian, first), term and leader node.
+pub fn tag_of(log_id: LogId) -> [u8; 24] {
+    let mut tag = [0u8; 24];
+    tag[..8].copy_from_slice(&log_id.index.to_be_bytes());
+    tag[8..16].copy_from_slice(&log_id.leader_id.term.to_be_bytes());
+    tag[16..].copy_from_slice(&log_id.leader_id.node_id.to_be_bytes());
+    tag
+}
+
+/// The entry index a replication tag names.
+fn tag_index(tag: &[u8]) -> io::Result<u64> {
+    tag.first_chunk::<8>()
+        .map(|b| u64::from_be_bytes(*b))
+        .ok_or_else(|| invalid(format!("a replication tag of {} bytes", tag.len())))
+}
+
+/// Each bucket's recovered tag, as the index of its entry.
+fn resume_points(store: &Store) -> io::Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
-    for name in store.bucket_names() {
-        let b = store.bucket(&name).map_err(engine)?;
-        out.insert(name, b.stats().last_revision);
+    for (name, tag) in store.replica_tags() {
+        if let Some(tag) = tag {
+            out.insert(name, tag_index(&tag)?);
+        }
     }
     Ok(out)
 }
 
 impl StoreApplier {
     /// Opens the state machine's store in `dir` (the node's `sm/` directory). `options` are
-    /// the engine options to open stores with; the clock, the fsync policy and the
-    /// background thread are set here.
+    /// the engine options to open stores with; the clock, the fsync policy, replication
+    /// and the background thread (compaction only) are set here.
     pub fn open(dir: impl AsRef<Path>, options: &Options) -> io::Result<StoreApplier> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let clock = Arc::new(ApplyClock::default());
         let options = Options {
             fsync: FsyncPolicy::Never,
-            background: false,
+            background: true,
             replicated: true,
             clock: Arc::clone(&clock) as Arc<dyn logkv::Clock>,
             ..options.clone()
         };
-        let current: Option<u64> = match read_checked(&dir.join(CURRENT_FILE))? {
-            Some(b) => Some(postcard::from_bytes(&b).map_err(|e| invalid(e.to_string()))?),
+        let (mut record_file, saved) = SlotFile::open(&dir.join(APPLIED_FILE))?;
+        let record: Option<AppliedRecord> = match saved {
+            Some(b) => Some(postcard::from_bytes(&b).map_err(|e| {
+                invalid(format!("{}: unreadable applied record: {e}", dir.display()))
+            })?),
             None => None,
         };
-        let (mut record_file, saved) = SlotFile::open(&dir.join(APPLIED_FILE))?;
-        let (generation, store, recovered, buckets, applied) = match current {
-            None => {
-                let store = Store::open(gen_dir(&dir, 1), options.clone()).map_err(engine)?;
-                let buckets = fingerprint(&store)?;
-                let applied = Applied::default();
-                write_record(&mut record_file, 1, &applied, &buckets, true)?;
-                write_current(&dir, 1)?;
-                (1, store, Some(applied.clone()), buckets, applied)
+        let (generation, applied) = if let Some(r) = record {
+            (r.generation, r.applied)
+        } else {
+            // A new node: an empty first generation (the record is written before
+            // anything goes into it, so whatever is there is from another life).
+            let fresh = gen_dir(&dir, 1);
+            if fresh.exists() && std::fs::read_dir(&fresh)?.next().is_some() {
+                std::fs::remove_dir_all(&fresh)?;
             }
-            Some(g) => {
-                let store = Store::open(gen_dir(&dir, g), options.clone()).map_err(engine)?;
-                let buckets = fingerprint(&store)?;
-                let record: Option<AppliedRecord> =
-                    saved.and_then(|b| postcard::from_bytes(&b).ok());
-                match record {
-                    Some(r) if r.generation == g && r.buckets == buckets => {
-                        (g, store, Some(r.applied.clone()), buckets, r.applied)
-                    }
-                    _ => {
-                        tracing::warn!(
-                            generation = g,
-                            "the store does not match its applied record (a crash between a \
-                             write and its record): it is rebuilt from the latest snapshot and \
-                             the Raft log"
-                        );
-                        (g, store, None, buckets, Applied::default())
-                    }
-                }
-            }
+            write_record(&mut record_file, 1, &Applied::default())?;
+            (1, Applied::default())
         };
+        let current = gen_dir(&dir, generation);
+        if generation > 1 && !current.exists() {
+            // An install makes its generation durable before the record names it.
+            return Err(invalid(format!(
+                "{}: the applied record names a store that is missing",
+                current.display()
+            )));
+        }
+        let store = Store::open(&current, options.clone()).map_err(engine)?;
+        let resume = resume_points(&store)?;
+        if !resume.is_empty() {
+            tracing::info!(
+                generation,
+                durable = ?applied.log_id,
+                buckets = ?resume,
+                "resuming from the durable point; entries a bucket already holds are skipped"
+            );
+        }
         remove_other_generations(&dir, generation);
         let ttl_buckets = Mutex::new(store.bucket_names().into_iter().collect());
         Ok(StoreApplier {
@@ -160,14 +194,13 @@ impl StoreApplier {
             options,
             clock,
             cell: StoreCell::new(store, generation),
-            recovered,
+            recovered: applied.clone(),
             inner: Mutex::new(Inner {
                 generation,
                 applied,
                 record: record_file,
-                buckets,
+                resume,
             }),
-            files: Mutex::new(()),
         })
     }
 
@@ -192,29 +225,29 @@ impl StoreApplier {
         out
     }
 
-    /// Compacts the buckets whose dead bytes pass half of what they hold (the engine's
-    /// background thread does this when it runs; here it is off, see the module doc).
-    pub fn compact_if_needed(&self) -> io::Result<usize> {
-        let _files = self.files.lock();
-        let store = self.cell.get();
-        let mut passes = 0;
-        for name in store.bucket_names() {
-            let Ok(b) = store.bucket(&name) else { continue };
-            let s = b.stats();
-            let total = s.bytes + s.dead_bytes;
-            if s.segments > 1 && total > 0 && s.dead_bytes * 2 > total {
-                b.compact().map_err(engine)?;
-                passes += 1;
-            }
-        }
-        Ok(passes)
+    /// Makes everything applied durable and moves the durable point to it (apply waits
+    /// meanwhile): a restart then applies again only what came after.
+    pub fn persist(&self) -> io::Result<()> {
+        let mut inner = self.inner.lock();
+        self.persist_locked(&mut inner)
     }
 
-    fn apply_command(store: &Store, command: &Command) -> io::Result<Response> {
+    fn persist_locked(&self, inner: &mut Inner) -> io::Result<()> {
+        self.cell.get().sync().map_err(engine)?;
+        inner.save()
+    }
+
+    fn apply_command(
+        store: &Store,
+        log_id: LogId,
+        now_ms: u64,
+        command: &Command,
+    ) -> io::Result<Response> {
+        let tag = tag_of(log_id);
         let bucket = |name: &str| store.bucket(name);
         Ok(match command {
             Command::CreateBucket { bucket, config } => {
-                match store.create_bucket(bucket, (*config).into()) {
+                match store.create_bucket_at(bucket, (*config).into(), now_ms, &tag) {
                     Ok(_) => Response::Done,
                     Err(e) => Response::Failed(outcome(&e)?),
                 }
@@ -237,63 +270,58 @@ impl StoreApplier {
                 };
                 let ops: Vec<logkv::WriteOp> =
                     ops.iter().map(crate::command::Op::to_write_op).collect();
-                if *atomic {
-                    match b.write_nowait(&ops) {
-                        Ok((written, _)) => Response::Atomic(Ok(written
-                            .iter()
-                            .map(WrittenData::from_engine)
-                            .collect())),
-                        Err(e) => Response::Atomic(Err(outcome(&e)?)),
-                    }
+                let mode = if *atomic {
+                    ApplyMode::Atomic
                 } else {
-                    match b.write_each(&ops) {
-                        Ok((results, _)) => {
-                            let mut out = Vec::with_capacity(results.len());
-                            for r in results {
-                                out.push(match r {
-                                    Ok(w) => Ok(WrittenData::from_engine(&w)),
-                                    Err(e) => Err(outcome(&e)?),
-                                });
-                            }
-                            Response::Each(out)
+                    ApplyMode::Each
+                };
+                match (b.apply_replicated(&ops, mode, now_ms, &tag), atomic) {
+                    (Ok(results), true) => {
+                        let mut out = Vec::with_capacity(results.len());
+                        for r in results {
+                            out.push(WrittenData::from_engine(
+                                &r.map_err(|e| io::Error::other(format!("apply failed: {e}")))?,
+                            ));
                         }
-                        Err(e) => Response::Failed(outcome(&e)?),
+                        Response::Atomic(Ok(out))
                     }
+                    (Err(e), true) => Response::Atomic(Err(outcome(&e)?)),
+                    (Ok(results), false) => {
+                        let mut out = Vec::with_capacity(results.len());
+                        for r in results {
+                            out.push(match r {
+                                Ok(w) => Ok(WrittenData::from_engine(&w)),
+                                Err(e) => Err(outcome(&e)?),
+                            });
+                        }
+                        Response::Each(out)
+                    }
+                    (Err(e), false) => Response::Failed(outcome(&e)?),
                 }
             }
             Command::DeleteGlob { bucket: name, glob } => {
-                match bucket(name).and_then(|b| b.delete_glob_nowait(glob)) {
-                    Ok((n, _)) => Response::Count(n as u64),
+                match bucket(name).and_then(|b| b.delete_glob_replicated(glob, now_ms, &tag)) {
+                    Ok(n) => Response::Count(n as u64),
                     Err(e) => Response::Failed(outcome(&e)?),
                 }
             }
-            Command::Sweep { bucket: name } => match bucket(name).and_then(|b| b.sweep_expired()) {
-                Ok(n) => Response::Count(n as u64),
-                Err(e) => Response::Failed(outcome(&e)?),
-            },
+            Command::Sweep { bucket: name } => {
+                match bucket(name).and_then(|b| b.sweep_replicated(now_ms, &tag)) {
+                    Ok(n) => Response::Count(n as u64),
+                    Err(e) => Response::Failed(outcome(&e)?),
+                }
+            }
         })
     }
 }
 
-fn write_record(
-    file: &mut SlotFile,
-    generation: u64,
-    applied: &Applied,
-    buckets: &BTreeMap<String, u64>,
-    durable: bool,
-) -> io::Result<()> {
+fn write_record(file: &mut SlotFile, generation: u64, applied: &Applied) -> io::Result<()> {
     let record = AppliedRecord {
         generation,
         applied: applied.clone(),
-        buckets: buckets.clone(),
     };
     let bytes = postcard::to_stdvec(&record).map_err(io::Error::other)?;
-    file.write(&bytes, durable)
-}
-
-fn write_current(dir: &Path, generation: u64) -> io::Result<()> {
-    let bytes = postcard::to_stdvec(&generation).map_err(io::Error::other)?;
-    write_atomic(&dir.join(CURRENT_FILE), &bytes, true)
+    file.write(&bytes, true)
 }
 
 fn remove_other_generations(dir: &Path, keep: u64) {
@@ -319,29 +347,29 @@ fn remove_other_generations(dir: &Path, keep: u64) {
 
 impl Applier for StoreApplier {
     fn recovered(&self) -> Option<Applied> {
-        self.recovered.clone()
+        Some(self.recovered.clone())
     }
 
     fn apply(&self, log_id: LogId, now_ms: u64, command: &Command) -> io::Result<Response> {
-        let mut inner = self.inner.lock();
+        let inner = self.inner.lock();
+        let name = command.bucket();
+        if inner
+            .resume
+            .get(name)
+            .is_some_and(|&done| log_id.index <= done)
+        {
+            // Applied before a crash and still there (its tag survived): nobody waits for
+            // its reply (a reply goes to the process that proposed it).
+            return Ok(Response::Done);
+        }
         let store = self.cell.get();
         self.clock.pin(now_ms);
-        let result = StoreApplier::apply_command(&store, command);
+        let result = StoreApplier::apply_command(&store, log_id, now_ms, command);
         self.clock.unpin();
-        let name = command.bucket();
+        drop(inner);
         if let Command::Write { ops, .. } = command {
             if ops.iter().any(|o| o.ttl_ms.is_some()) {
                 self.ttl_buckets.lock().insert(name.to_string());
-            }
-        }
-        match store.bucket(name) {
-            Ok(b) => {
-                inner
-                    .buckets
-                    .insert(name.to_string(), b.stats().last_revision);
-            }
-            Err(_) => {
-                inner.buckets.remove(name);
             }
         }
         if let Err(e) = &result {
@@ -353,27 +381,28 @@ impl Applier for StoreApplier {
     fn set_applied(&self, applied: &Applied, durable: bool) -> io::Result<()> {
         let mut inner = self.inner.lock();
         inner.applied = applied.clone();
-        let inner = &mut *inner;
-        write_record(
-            &mut inner.record,
-            inner.generation,
-            applied,
-            &inner.buckets,
-            durable,
-        )
+        if durable {
+            self.persist_locked(&mut inner)?;
+        }
+        Ok(())
     }
 
     fn checkpoint(&self, dir: &Path) -> io::Result<Applied> {
-        let _files = self.files.lock();
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
         let store = self.cell.get();
         store.sync().map_err(engine)?;
-        copy_tree(store.dir(), dir, &[LOCK_FILE])?;
+        // `Store::checkpoint` makes the directory itself (never over anything).
+        if dir.exists() {
+            std::fs::remove_dir(dir)?;
+        }
+        store.checkpoint(dir).map_err(engine)?;
+        // Everything applied is durable now: the durable point moves here, at or past
+        // the snapshot (so the Raft log purged up to it is never needed again).
+        inner.save()?;
         Ok(inner.applied.clone())
     }
 
     fn install(&self, from: Option<&Path>, applied: &Applied) -> io::Result<()> {
-        let _files = self.files.lock();
         let mut inner = self.inner.lock();
         let generation = inner.generation + 1;
         let target = gen_dir(&self.dir, generation);
@@ -387,13 +416,17 @@ impl Applier for StoreApplier {
             None => std::fs::create_dir_all(&target)?,
         }
         let store = Store::open(&target, self.options.clone()).map_err(engine)?;
-        let buckets = fingerprint(&store)?;
-        write_record(&mut inner.record, generation, applied, &buckets, true)?;
-        write_current(&self.dir, generation)?;
+        store.sync().map_err(engine)?;
+        sync_dir(&self.dir)?;
+        // The commit point: from here on a restart opens the new generation.
+        write_record(&mut inner.record, generation, applied)?;
+        // A snapshot may hold entries past its last log id (one built while a batch of
+        // entries was being applied): those its buckets' tags cover are skipped.
+        let resume = resume_points(&store)?;
         let old = self.cell.replace(store, generation);
         inner.generation = generation;
         inner.applied = applied.clone();
-        inner.buckets = buckets;
+        inner.resume = resume;
         drop(inner);
         // End the old store's watchers (a dropped bucket's watch ends); its files go with it.
         for name in old.bucket_names() {

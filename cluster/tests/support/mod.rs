@@ -18,6 +18,17 @@ pub struct TestCluster {
     pub snapshot_every: u64,
 }
 
+/// The id of entry `index` of term 1, led by node 1.
+pub fn log_id(index: u64) -> logkv_cluster::types::LogId {
+    logkv_cluster::types::LogId::new(
+        openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        },
+        index,
+    )
+}
+
 pub fn addr(id: NodeId) -> String {
     format!("mem-{id}")
 }

@@ -55,6 +55,8 @@ struct Output {
     body: Vec<u8>,
     /// Each copied record, in order.
     copies: Vec<Copied>,
+    /// The last tag record of the inputs (see [`Output::keep_newest_tag`]).
+    last_tag: Option<Vec<u8>>,
 }
 
 impl Output {
@@ -75,6 +77,29 @@ impl Output {
             len: bytes.len() as u64,
         });
         Ok(())
+    }
+}
+
+impl Output {
+    /// Ends the output with the last tag record of its inputs if that is the
+    /// bucket's newest replication tag (`newest`): the newest tag must outlive
+    /// the pass, an older one is superseded by a later tag record. Returns
+    /// the bytes added. Tag records are outside the rising-revision rule, so
+    /// it may follow records with higher revisions.
+    fn keep_newest_tag(&mut self, newest: Option<&[u8]>) -> u64 {
+        let Some(bytes) = self.last_tag.take() else {
+            return 0;
+        };
+        let tag = bytes.get(record::HEADER_LEN..).unwrap_or_default();
+        if newest != Some(tag) {
+            return 0;
+        }
+        let start = self.body.len();
+        self.body.extend_from_slice(&bytes);
+        if let Some(copy) = self.body.get_mut(start..) {
+            record::make_standalone(copy, self.salt);
+        }
+        bytes.len() as u64
     }
 }
 
@@ -278,11 +303,14 @@ impl BucketCore {
             salt: header.salt,
             body: Vec::new(),
             copies: Vec::new(),
+            last_tag: None,
         };
         for seg in run {
             report.bytes_before += seg.file_len()?;
             self.copy_retained(seg, &mut output, report)?;
         }
+        let newest = self.replica_tag.lock().clone();
+        let tag_bytes = output.keep_newest_tag(newest.as_deref());
         report.segments_in += run.len();
         let Output { body, copies, .. } = output;
         // A record was left out because the index has a newer write of its key.
@@ -293,7 +321,7 @@ impl BucketCore {
         // a log whose fsync failed refuses here, and the pass stops.
         self.log.sync()?;
 
-        if copies.is_empty() {
+        if body.is_empty() {
             // Nothing retained: the inputs can go as they are. Deleting them one
             // by one is safe: every record in them is dead.
             crash_point!(self, AfterTmpWritten);
@@ -328,7 +356,7 @@ impl BucketCore {
             }
         }
         crash_point!(self, AfterRelocate);
-        self.retire_inputs(run, &ids, Some(&out), body.len() as u64 - moved)
+        self.retire_inputs(run, &ids, Some(&out), body.len() as u64 - moved - tag_bytes)
     }
 
     /// Copies the records of `seg` that the index still points at into
@@ -362,6 +390,11 @@ impl BucketCore {
                     Decoded::Invalid(why) => return Err(corrupt(at, why.to_string())),
                 };
                 let len = r.header.record_len();
+                if r.header.is_tag() {
+                    output.last_tag = Some(rest.get(..len).unwrap_or_default().to_vec());
+                    at += len;
+                    continue;
+                }
                 let here = (seg.slot, segment_offset(at as u64)?);
                 let retained = ix
                     .find(r.key, r.header.revision)

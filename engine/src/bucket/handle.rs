@@ -9,6 +9,7 @@ use super::compact::CompactionReport;
 #[cfg(any(test, feature = "failpoints"))]
 use super::compact::CrashPoint;
 use super::watch::{Watch, WatchOptions};
+use super::write::{Replica, WriteMode};
 use super::{BucketCore, KeepStoreOpen};
 use crate::config::BucketConfig;
 use crate::entry::{
@@ -16,6 +17,15 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::key::Glob;
+
+/// How the writes of a replicated apply relate (see [`Bucket::apply_replicated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// One atomic batch, as [`Bucket::write`].
+    Atomic,
+    /// Independent writes, each succeeding or failing alone, as [`Bucket::write_each`].
+    Each,
+}
 
 /// A handle on one bucket. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
@@ -87,7 +97,7 @@ impl Bucket {
     /// Like [`Bucket::delete_glob`] without waiting for durability: returns the
     /// count and a ticket for [`Bucket::wait_durable`].
     pub fn delete_glob_nowait(&self, glob: &str) -> Result<(usize, DurabilityTicket)> {
-        self.core.delete_glob_nowait(&Glob::new(glob)?)
+        self.core.delete_glob_nowait(&Glob::new(glob)?, None)
     }
 
     /// The latest entry of `key`, if it is a live value.
@@ -247,7 +257,72 @@ impl Bucket {
     /// Writes DEL markers for expired values and drops aged entries now
     /// (the background thread does this every [`Options::sweep_interval`](crate::Options::sweep_interval)).
     pub fn sweep_expired(&self) -> Result<usize> {
-        self.core.sweep_expired()
+        self.core.sweep_expired(None)
+    }
+
+    /// Applies a batch that a replication log (a cluster node's Raft log)
+    /// committed, at its time `now_ms`, and records the opaque replication
+    /// `tag` (1 to 255 bytes, e.g. the entry's log id) atomically with it: the
+    /// records and a tag record are one batch in the log, so after a crash
+    /// the bucket holds exactly the batches up to the last tag that survived
+    /// ([`Bucket::replica_tag`]) and the caller applies the later ones again.
+    ///
+    /// [`ApplyMode::Atomic`] is [`Bucket::write`] (all `Ok`, or the call
+    /// fails), [`ApplyMode::Each`] is [`Bucket::write_each`]. The call never
+    /// waits for durability (the replication log made the batch durable): the
+    /// writes are visible at once (under `FsyncPolicy::Always`, once the log is
+    /// durable, as any write); [`Bucket::sync`] or [`crate::Store::sync`] makes
+    /// them and their tags durable. A call that writes nothing (every write
+    /// failed) logs nothing, its tag neither: applying it again changes nothing.
+    /// Open the store with [`Options::replicated`](crate::Options::replicated)
+    /// so that revisions lost to an unclean stop are given again to the same
+    /// writes, and keep every write of the bucket on this path.
+    pub fn apply_replicated(
+        &self,
+        ops: &[WriteOp],
+        mode: ApplyMode,
+        now_ms: u64,
+        tag: &[u8],
+    ) -> Result<Vec<Result<Written>>> {
+        let mode = match mode {
+            ApplyMode::Atomic => WriteMode::Batch,
+            ApplyMode::Each => WriteMode::Each,
+        };
+        self.core
+            .apply_replicated(ops, mode, Replica { now_ms, tag })
+    }
+
+    /// [`Bucket::delete_glob`] as a replicated apply (see
+    /// [`Bucket::apply_replicated`]): at `now_ms`, its markers one batch with `tag`.
+    pub fn delete_glob_replicated(&self, glob: &str, now_ms: u64, tag: &[u8]) -> Result<usize> {
+        let replica = Replica { now_ms, tag };
+        replica.check()?;
+        Ok(self
+            .core
+            .delete_glob_nowait(&Glob::new(glob)?, Some(replica))?
+            .0)
+    }
+
+    /// [`Bucket::sweep_expired`] as a replicated apply (see
+    /// [`Bucket::apply_replicated`]): expiries and age-outs as of `now_ms`,
+    /// its markers one batch with `tag`.
+    pub fn sweep_replicated(&self, now_ms: u64, tag: &[u8]) -> Result<usize> {
+        let replica = Replica { now_ms, tag };
+        replica.check()?;
+        self.core.sweep_expired(Some(replica))
+    }
+
+    /// Records `tag` alone, durably (a tag record and an fsync): for a
+    /// replicated step that changed the bucket without writing to it, such as
+    /// its creation ([`crate::Store::create_bucket_at`]).
+    pub fn record_replica_tag(&self, now_ms: u64, tag: &[u8]) -> Result<()> {
+        self.core.record_replica_tag(Replica { now_ms, tag })
+    }
+
+    /// The tag of the last replicated batch applied (see
+    /// [`Bucket::apply_replicated`]); after an open, the last one the log kept.
+    pub fn replica_tag(&self) -> Option<Vec<u8>> {
+        self.core.replica_tag()
     }
 
     /// Starts a watch on keys matching a subject pattern (see [`WatchOptions`]).

@@ -6,6 +6,8 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::query::Deleter;
+use super::write::Replica;
 use super::BucketCore;
 use crate::entry::{BucketStats, BucketStatus, Op, WriteOp};
 use crate::error::Result;
@@ -64,11 +66,12 @@ impl BucketCore {
 
     /// Writes DEL markers for live values whose TTL has passed (so watchers see
     /// the expiry), and drops entries past the bucket's max age from the index.
-    /// Returns the number of markers written.
-    pub(crate) fn sweep_expired(&self) -> Result<usize> {
+    /// Returns the number of markers written. A replicated sweep runs at the
+    /// time it is given and writes its markers as one batch with its tag.
+    pub(crate) fn sweep_expired(&self, replica: Option<Replica<'_>>) -> Result<usize> {
         self.check_open()?;
-        let now = self.now();
-        let mut markers = 0;
+        let now = replica.map_or_else(|| self.now(), |r| r.now_ms);
+        let mut deleter = Deleter::new(replica);
         if self.index.read().expiring() > 0 {
             self.walk_in_chunks(
                 b"",
@@ -78,12 +81,13 @@ impl BucketCore {
                     }
                 },
                 |ops| {
-                    let (n, ticket) = self.delete_unchanged(&ops)?;
-                    markers += n;
+                    let ticket = deleter.chunk(self, ops)?;
                     self.wait_durable(ticket)
                 },
             )?;
         }
+        let (markers, ticket) = deleter.finish(self)?;
+        self.wait_durable(ticket)?;
         self.age_out(now)?;
         Ok(markers)
     }
@@ -134,7 +138,8 @@ impl BucketCore {
                 drop(ix);
                 return snapshot::remove(self.log.storage(), &self.dir);
             }
-            (snapshot::encode(&ix, last_rev, &segs)?, end)
+            let tag = self.replica_tag.lock().clone();
+            (snapshot::encode(&ix, last_rev, &segs, tag.as_deref())?, end)
         };
         self.log.wait_durable(end)?;
         snapshot::save(self.log.storage(), &self.dir, &bytes)

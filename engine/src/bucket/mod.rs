@@ -30,6 +30,8 @@ mod pending;
 mod query;
 mod read;
 #[cfg(test)]
+mod replica_tests;
+#[cfg(test)]
 mod test_util;
 pub(crate) mod watch;
 mod write;
@@ -84,6 +86,10 @@ pub(crate) struct BucketCore {
     dir: PathBuf,
     log: Log,
     index: RwLock<Index>,
+    /// The replication tag of the last visible batch that carried one (see
+    /// `Bucket::apply_replicated`); changed under the index write lock, so an
+    /// index snapshot records the tag that goes with it.
+    replica_tag: Mutex<Option<Arc<[u8]>>>,
     writer: Mutex<Writer>,
     clock: Arc<dyn Clock>,
     dropped: AtomicBool,

@@ -28,6 +28,8 @@ struct Replayed {
     index: Index,
     /// The last revision the bucket gave out.
     last_revision: u64,
+    /// The replication tag of the last tag record (or of the index snapshot).
+    tag: Option<Arc<[u8]>>,
 }
 
 impl BucketCore {
@@ -42,6 +44,7 @@ impl BucketCore {
             opened,
             index,
             last_revision: last,
+            tag,
         } = replay(dir, name, &config, opts)?;
         let end = opened.appender.end();
         let mut skipped = LostRevisions::load(dir)?;
@@ -74,6 +77,7 @@ impl BucketCore {
             dir: dir.to_path_buf(),
             log: opened.log,
             index: RwLock::new(index),
+            replica_tag: Mutex::new(tag),
             writer: Mutex::new(Writer {
                 app: opened.appender,
                 next_rev,
@@ -96,8 +100,13 @@ impl BucketCore {
             crash_point: std::sync::atomic::AtomicU8::new(0),
         };
         // Entries past the bucket's max age leave the index now, as they would have
-        // had the store stayed open (the same rule the sweeper applies).
-        core.age_out(core.now())?;
+        // had the store stayed open (the same rule the sweeper applies). Not in a
+        // replica: its ages out happen at the sweeps its replication log applies, at
+        // the leader's time, never at this node's clock (which would age out more than
+        // the other nodes did, for good); the next sweep applied does it.
+        if !opts.replicated {
+            core.age_out(core.now())?;
+        }
         Ok((core, opened.report))
     }
 }
@@ -121,13 +130,17 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
     let mut snap = usable_snapshot(&storage, dir, name, opts.repair)?;
     let mut snap_rev = 0;
     let mut stale = false;
+    // The newest replication tag: the snapshot's, then each tag record read after it.
+    let tag: RefCell<Option<Arc<[u8]>>> = RefCell::new(None);
     let mut start = |segs: &[Arc<Segment>]| {
-        let s = snap.take()?;
+        let mut s = snap.take()?;
         let last = s.last_revision;
+        let snap_tag = s.tag.take();
         let applied = s.apply(segs, history, &mut index.borrow_mut());
         match applied {
             Ok((segment, offset)) => {
                 snap_rev = last;
+                *tag.borrow_mut() = snap_tag.map(Arc::from);
                 Some(Start {
                     segment,
                     offset,
@@ -148,6 +161,10 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         &mut start,
         &mut |seg: &Arc<Segment>, offset, rec| {
             let h = &rec.header;
+            if h.is_tag() {
+                *tag.borrow_mut() = Some(Arc::from(rec.key));
+                return Ok(());
+            }
             let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
             let at = RecordRef::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
             index.borrow_mut().apply(rec.key, at, history, &mut removed);
@@ -172,6 +189,7 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         opened,
         index,
         last_revision,
+        tag: tag.into_inner(),
     })
 }
 

@@ -27,6 +27,8 @@ pub(super) struct PendingBatch {
     pub(super) end: LogPos,
     /// Its records, in log order.
     pub(super) records: Vec<(Box<[u8]>, RecordRef)>,
+    /// The replication tag that ends it, if it is a replicated apply.
+    pub(super) tag: Option<std::sync::Arc<[u8]>>,
 }
 
 /// A key that pending writes touched.
@@ -138,6 +140,7 @@ mod tests {
                 .iter()
                 .map(|(k, r)| (k.as_bytes().into(), *r))
                 .collect(),
+            tag: None,
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::ops::Bound;
 
+use super::write::{Replica, WriteMode};
 use super::BucketCore;
 use crate::entry::{DurabilityTicket, Entry, Page, WriteOp};
 use crate::error::{Error, Result};
@@ -87,26 +88,28 @@ impl BucketCore {
     }
 
     /// Deletes (DEL markers) every live key matching a glob without waiting
-    /// for durability; returns how many, and the ticket to wait for.
-    pub(crate) fn delete_glob_nowait(&self, glob: &Glob) -> Result<(usize, DurabilityTicket)> {
+    /// for durability; returns how many, and the ticket to wait for. A
+    /// replicated delete runs at the time it is given and writes its markers
+    /// as one batch with its tag.
+    pub(crate) fn delete_glob_nowait(
+        &self,
+        glob: &Glob,
+        replica: Option<Replica<'_>>,
+    ) -> Result<(usize, DurabilityTicket)> {
         self.check_open()?;
-        let (mut deleted, mut ticket) = (0, DurabilityTicket::default());
+        let now = replica.map_or_else(|| self.now(), |r| r.now_ms);
+        let mut deleter = Deleter::new(replica);
         let prefix = glob.literal_prefix();
         self.walk_in_chunks(
             prefix.as_bytes(),
             |_, k, r, picked| {
-                if self.live(r) && glob.matches(k.as_str()) {
+                if r.live(now) && glob.matches(k.as_str()) {
                     picked.push(WriteOp::delete_at(k.as_str(), r.revision));
                 }
             },
-            |ops| {
-                let (n, t) = self.delete_unchanged(&ops)?;
-                deleted += n;
-                ticket = ticket.max(t);
-                Ok(())
-            },
+            |ops| deleter.chunk(self, ops).map(drop),
         )?;
-        Ok((deleted, ticket))
+        deleter.finish(self)
     }
 
     /// Walks the keys starting with `prefix` in order, [`WALK_CHUNK`] keys per
@@ -149,8 +152,12 @@ impl BucketCore {
 
     /// Writes DEL markers for keys still at the revisions given (a key written
     /// meanwhile is left alone); returns how many and the durability ticket.
-    pub(super) fn delete_unchanged(&self, ops: &[WriteOp]) -> Result<(usize, DurabilityTicket)> {
-        let (results, ticket) = self.write_each(ops)?;
+    pub(super) fn delete_unchanged(
+        &self,
+        ops: &[WriteOp],
+        replica: Option<Replica<'_>>,
+    ) -> Result<(usize, DurabilityTicket)> {
+        let (results, ticket) = self.write_with(ops, WriteMode::Each, replica)?;
         let mut deleted = 0;
         for r in results {
             match r {
@@ -164,7 +171,7 @@ impl BucketCore {
 
     /// Deletes (DEL markers) every live key matching a glob; returns how many.
     pub(crate) fn delete_glob(&self, glob: &Glob) -> Result<usize> {
-        let (deleted, ticket) = self.delete_glob_nowait(glob)?;
+        let (deleted, ticket) = self.delete_glob_nowait(glob, None)?;
         self.wait_durable(ticket)?;
         Ok(deleted)
     }
@@ -196,5 +203,55 @@ impl BucketCore {
             picked
         })?;
         Ok(Page { next, entries })
+    }
+}
+
+/// Writes the DEL markers a walk picks (see [`BucketCore::delete_unchanged`]):
+/// chunk by chunk, or, for a replicated apply, all of them as one batch at the
+/// end (a replicated step is one batch with its tag, or nothing).
+pub(super) struct Deleter<'a> {
+    replica: Option<Replica<'a>>,
+    /// The picks of a replicated apply, written at the end.
+    collected: Vec<WriteOp>,
+    deleted: usize,
+    ticket: DurabilityTicket,
+}
+
+impl<'a> Deleter<'a> {
+    pub(super) fn new(replica: Option<Replica<'a>>) -> Deleter<'a> {
+        Deleter {
+            replica,
+            collected: Vec::new(),
+            deleted: 0,
+            ticket: DurabilityTicket::default(),
+        }
+    }
+
+    /// Deletes a chunk of picks (or keeps them for the end); returns the
+    /// chunk's durability ticket.
+    pub(super) fn chunk(
+        &mut self,
+        core: &BucketCore,
+        ops: Vec<WriteOp>,
+    ) -> Result<DurabilityTicket> {
+        if self.replica.is_some() {
+            self.collected.extend(ops);
+            return Ok(DurabilityTicket::default());
+        }
+        let (n, t) = core.delete_unchanged(&ops, None)?;
+        self.deleted += n;
+        self.ticket = self.ticket.max(t);
+        Ok(t)
+    }
+
+    /// Writes what was kept for the end; returns how many keys were deleted
+    /// and the ticket to wait for.
+    pub(super) fn finish(mut self, core: &BucketCore) -> Result<(usize, DurabilityTicket)> {
+        if self.replica.is_some() {
+            let (n, t) = core.delete_unchanged(&self.collected, self.replica)?;
+            self.deleted += n;
+            self.ticket = self.ticket.max(t);
+        }
+        Ok((self.deleted, self.ticket))
     }
 }

@@ -314,6 +314,11 @@ impl Watch {
             }
         };
         let h = rec.header;
+        if h.is_tag() {
+            // A replication tag, not an entry.
+            self.offset += h.record_len() as u64;
+            return Step::Skip;
+        }
         let skipped_lost = h.revision > self.last_seen + 1
             && self.core.lost.covers_gap(self.last_seen, h.revision);
         if h.revision != self.last_seen + 1 && !skipped_lost {

@@ -7,7 +7,7 @@
 //! |-------:|-----:|--------------------------------------------------------------|
 //! | 0      | 4    | crc32 (IEEE, crc32fast) of the segment's salt (4 bytes) then bytes 4..end of the record |
 //! | 4      | 1    | record format version, 1                                     |
-//! | 5      | 1    | kind: bits 0-1 op (1 PUT, 2 DEL, 3 PURGE), bit 2 `BATCH_MORE`, bit 3 `BATCH_CONT`, other bits 0 |
+//! | 5      | 1    | kind: bits 0-1 op (1 PUT, 2 DEL, 3 PURGE; 0 in a tag record), bit 2 `BATCH_MORE`, bit 3 `BATCH_CONT`, bit 4 `TAG`, other bits 0 |
 //! | 6      | 2    | key length (1..=1024)                                        |
 //! | 8      | 4    | value length                                                 |
 //! | 12     | 8    | revision                                                     |
@@ -18,6 +18,13 @@
 //!
 //! An all-zero header marks the end of the written part of a segment
 //! (segments are pre-written with zeros).
+//!
+//! A **tag record** (kind bit 4, op bits 0) is not an entry: its key bytes are
+//! an opaque replication tag (1..=[`MAX_TAG_LEN`] bytes; the cluster's Raft log
+//! id), its value is empty, its revision is the bucket's last revision when it
+//! was written (informative: tag records are outside the rising-revision rule)
+//! and its created time the batch's. It ends the atomic batch a replicated
+//! apply wrote, so the tag is in the log exactly when the batch is.
 //!
 //! The checksum starts with the segment's random salt (from its header), so
 //! bytes that merely look like a record — a record stored inside a value, a
@@ -34,6 +41,10 @@ pub const FLAG_BATCH_MORE: u8 = 4;
 /// Flag (in the kind byte): this record continues a batch (it is not its first).
 pub const FLAG_BATCH_CONT: u8 = 8;
 const FLAGS: u8 = FLAG_BATCH_MORE | FLAG_BATCH_CONT;
+/// Flag (in the kind byte): a tag record (op bits 0), not an entry.
+pub const FLAG_TAG: u8 = 16;
+/// Longest replication tag a tag record holds.
+pub const MAX_TAG_LEN: usize = 255;
 /// Longest key the format accepts.
 pub const MAX_KEY_LEN: usize = 1024;
 /// Longest value the format accepts (the engine's own limit is lower or equal).
@@ -74,9 +85,10 @@ impl Op {
 /// The decoded fixed fields of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// PUT, DEL or PURGE.
+    /// PUT, DEL or PURGE (for a tag record, see [`RecordHeader::is_tag`],
+    /// `Op::Put`, meaning nothing).
     pub op: Op,
-    /// Flag bits (`FLAG_BATCH_MORE`), as in the kind byte.
+    /// Flag bits (`FLAG_BATCH_MORE`, `FLAG_TAG` …), as in the kind byte.
     pub flags: u8,
     /// Key length.
     pub key_len: u16,
@@ -104,6 +116,17 @@ impl RecordHeader {
     /// Whether this record continues a batch begun by an earlier record.
     pub fn batch_cont(&self) -> bool {
         self.flags & FLAG_BATCH_CONT != 0
+    }
+
+    /// Whether this is a tag record (its key is a replication tag; not an entry).
+    pub fn is_tag(&self) -> bool {
+        self.flags & FLAG_TAG != 0
+    }
+
+    /// Whether this record may continue a batch whose last record has revision
+    /// `previous`: the next revision, or a tag record (outside the revision rules).
+    pub fn continues(&self, previous: u64) -> bool {
+        self.is_tag() || self.revision == previous + 1
     }
 }
 
@@ -168,14 +191,7 @@ pub fn checksum(salt: u32, body: &[u8]) -> u32 {
 /// The caller guarantees `key.len()` is `1..=MAX_KEY_LEN` and `value.len() <= MAX_VALUE_LEN`.
 /// Times past [`MAX_TIME_MS`] are stored as `MAX_TIME_MS`.
 #[allow(clippy::too_many_arguments)]
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "the key and value lengths fit their fields by the caller's guarantee (checked in debug builds)"
-)]
-#[allow(
-    clippy::indexing_slicing,
-    reason = "`out[start..]` is the record just appended: at least HEADER_LEN bytes"
-)]
+#[inline]
 pub fn encode(
     out: &mut Vec<u8>,
     salt: u32,
@@ -189,10 +205,54 @@ pub fn encode(
 ) {
     debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
     debug_assert!(value.len() <= MAX_VALUE_LEN);
+    let kind = op as u8 | (flags & FLAGS);
+    encode_kind(
+        out, salt, kind, revision, created_ms, expires_ms, key, value,
+    );
+}
+
+/// Appends one tag record carrying `tag` to `out` (`flags`: the batch flags;
+/// `revision`: the bucket's last revision; `created_ms`: the batch's time).
+///
+/// The caller guarantees `tag.len()` is `1..=MAX_TAG_LEN`.
+pub fn encode_tag(
+    out: &mut Vec<u8>,
+    salt: u32,
+    flags: u8,
+    revision: u64,
+    created_ms: u64,
+    tag: &[u8],
+) {
+    debug_assert!(!tag.is_empty() && tag.len() <= MAX_TAG_LEN);
+    let kind = FLAG_TAG | (flags & FLAGS);
+    encode_kind(out, salt, kind, revision, created_ms, 0, tag, &[]);
+}
+
+/// Appends one record with this kind byte to `out`.
+#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the key and value lengths fit their fields by the callers' guarantee (checked in debug builds)"
+)]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "`out[start..]` is the record just appended: at least HEADER_LEN bytes"
+)]
+#[inline]
+fn encode_kind(
+    out: &mut Vec<u8>,
+    salt: u32,
+    kind: u8,
+    revision: u64,
+    created_ms: u64,
+    expires_ms: u64,
+    key: &[u8],
+    value: &[u8],
+) {
     let start = out.len();
     out.reserve(encoded_len(key.len(), value.len()));
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&[RECORD_VERSION, op as u8 | (flags & FLAGS)]);
+    out.extend_from_slice(&[RECORD_VERSION, kind]);
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(&(value.len() as u32).to_le_bytes());
     out.extend_from_slice(&revision.to_le_bytes());
@@ -232,14 +292,24 @@ pub fn parse_header(buf: &[u8]) -> Result<RecordHeader, Invalid> {
         return Err(Invalid::Truncated);
     };
     let kind = h[5];
-    let op = Op::from_u8(kind & 3).ok_or(Invalid::BadHeader)?;
-    let flags = kind & FLAGS;
+    let tag = kind & FLAG_TAG != 0;
+    let op_bits = kind & 3;
+    let op = if tag {
+        // A tag record has no op (bits 0), no value and no expiry.
+        (op_bits == 0).then_some(Op::Put)
+    } else {
+        Op::from_u8(op_bits)
+    }
+    .ok_or(Invalid::BadHeader)?;
+    let flags = kind & (FLAGS | FLAG_TAG);
     let key_len = u16::from_le_bytes([h[6], h[7]]);
     let value_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    let max_key = if tag { MAX_TAG_LEN } else { MAX_KEY_LEN };
     if h[4] != RECORD_VERSION
-        || kind & !(3 | FLAGS) != 0
+        || kind & !(3 | FLAGS | FLAG_TAG) != 0
         || key_len == 0
-        || usize::from(key_len) > MAX_KEY_LEN
+        || usize::from(key_len) > max_key
+        || (tag && (value_len != 0 || h[26..32] != [0; 6]))
         || usize::try_from(value_len).map_or(true, |v| v > MAX_VALUE_LEN)
     {
         return Err(Invalid::BadHeader);
@@ -297,7 +367,7 @@ pub fn find_next_valid(buf: &[u8], from: usize, salt: u32) -> Option<usize> {
         // Cheap filter on the version and op bytes before the checksum.
         if let &[_, _, _, _, version, kind, ..] = rest {
             if version == RECORD_VERSION
-                && Op::from_u8(kind & 3).is_some()
+                && (Op::from_u8(kind & 3).is_some() || kind & FLAG_TAG != 0)
                 && matches!(decode(rest, salt), Decoded::Record(_))
             {
                 return Some(at);
@@ -361,6 +431,44 @@ mod tests {
         make_standalone(&mut buf, SALT);
         assert!(
             matches!(decode(&buf, SALT), Decoded::Record(r) if !r.header.batch_more() && !r.header.batch_cont())
+        );
+    }
+
+    #[test]
+    fn tag_records_round_trip_and_are_found_after_garbage() {
+        let mut buf = vec![0xAB; 5];
+        encode_tag(
+            &mut buf,
+            SALT,
+            FLAG_BATCH_CONT,
+            9,
+            1_700_000_000_000,
+            b"\x01tag",
+        );
+        match decode(&buf[5..], SALT) {
+            Decoded::Record(r) => {
+                assert!(r.header.is_tag() && r.header.batch_cont() && !r.header.batch_more());
+                assert_eq!(
+                    (r.header.revision, r.header.created_ms),
+                    (9, 1_700_000_000_000)
+                );
+                assert_eq!((r.key, r.value), (&b"\x01tag"[..], &b""[..]));
+            }
+            other => panic!("expected a tag record, got {other:?}"),
+        }
+        assert_eq!(find_next_valid(&buf, 0, SALT), Some(5));
+        // An entry's op bits with the tag flag, or a value, are not a tag record.
+        let mut bad = buf[5..].to_vec();
+        bad[5] |= 1;
+        assert!(matches!(parse_header(&bad), Err(Invalid::BadHeader)));
+        let mut bad = buf[5..].to_vec();
+        bad[8] = 1;
+        assert!(matches!(parse_header(&bad), Err(Invalid::BadHeader)));
+        // make_standalone keeps the tag flag.
+        let mut copy = buf[5..].to_vec();
+        make_standalone(&mut copy, SALT);
+        assert!(
+            matches!(decode(&copy, SALT), Decoded::Record(r) if r.header.is_tag() && !r.header.batch_cont())
         );
     }
 

@@ -22,7 +22,9 @@
 //!    record read after an index snapshot, above the snapshot's last revision)
 //!    is valid bytes in the wrong place (a record copied over another), not a
 //!    valid record there; so is a record that continues a batch without the
-//!    next revision (a batch's records have consecutive revisions).
+//!    next revision (a batch's records have consecutive revisions). A tag
+//!    record (the replication tag ending a replicated batch) is outside these
+//!    revision rules: its revision only says where the bucket stood.
 //!    Nor may a segment's data end (zeros, or the end of the file) below its
 //!    mark: records synced there were lost.
 //!
@@ -58,7 +60,7 @@ pub struct Skipped {
 pub struct RecoveryReport {
     /// Segments read.
     pub segments: usize,
-    /// Records applied.
+    /// Records applied (tag records included).
     pub records: u64,
     /// Bytes cut from the tail of the last segment (writes a crash left torn,
     /// missing or out of order past the last sync).
@@ -293,7 +295,7 @@ fn scan_segment(
             .map_or(*last_revision, |(_, r)| r.header.revision);
         // `at` never passes the end of `buf`: records are decoded from inside it.
         let problem = match decode(buf.get(at..).unwrap_or_default(), salt) {
-            Decoded::Record(r) if r.header.revision <= previous => {
+            Decoded::Record(r) if r.header.revision <= previous && !r.header.is_tag() => {
                 // Valid bytes in the wrong place (a record copied over another).
                 format!("revision {} after revision {previous}", r.header.revision)
             }
@@ -317,7 +319,7 @@ fn scan_segment(
                     "a batch is not finished".to_string()
                 }
             }
-            Decoded::Record(r) if !pending.is_empty() && r.header.revision != previous + 1 => {
+            Decoded::Record(r) if !pending.is_empty() && !r.header.continues(previous) => {
                 // A batch's records have consecutive revisions: this one was
                 // copied here from another batch.
                 format!(
@@ -333,7 +335,8 @@ fn scan_segment(
                     for (off, rec) in pending.drain(..) {
                         apply(&segment, off as u64, &rec)?;
                         report.records += 1;
-                        *last_revision = rec.header.revision;
+                        // A tag record's revision may lie below (see the module doc).
+                        *last_revision = (*last_revision).max(rec.header.revision);
                     }
                     batch_start = at;
                 }

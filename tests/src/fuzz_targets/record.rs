@@ -9,8 +9,8 @@ use super::input::Input;
 
 /// Record framing, both ways. The first four input bytes are a segment's salt.
 ///
-/// Decoding the rest of the input: a decoded record re-encodes to the same
-/// bytes; under another salt, or with any one bit flipped, it never decodes;
+/// Decoding the rest of the input: a decoded record (an entry or a tag
+/// record) re-encodes to the same bytes; under another salt, or with any one bit flipped, it never decodes;
 /// `find_next_valid` finds the first offset where a record decodes.
 ///
 /// Encoding a record built from the input (fields and a bit to flip taken
@@ -33,17 +33,21 @@ fn decoded_bytes(data: &[u8], salt: u32) {
     if let Decoded::Record(r) = decode(data, salt) {
         let h = r.header;
         let mut again = Vec::new();
-        record::encode(
-            &mut again,
-            salt,
-            h.op,
-            h.flags,
-            h.revision,
-            h.created_ms,
-            h.expires_ms,
-            r.key,
-            r.value,
-        );
+        if h.is_tag() {
+            record::encode_tag(&mut again, salt, h.flags, h.revision, h.created_ms, r.key);
+        } else {
+            record::encode(
+                &mut again,
+                salt,
+                h.op,
+                h.flags,
+                h.revision,
+                h.created_ms,
+                h.expires_ms,
+                r.key,
+                r.value,
+            );
+        }
         assert_eq!(&again[..], &data[..h.record_len()]);
         assert!(!matches!(
             decode(&again, salt ^ 0x8000_0001),

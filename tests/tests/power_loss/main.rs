@@ -16,3 +16,4 @@ mod compaction_steps;
 mod concurrent;
 mod harness;
 mod regressions;
+mod replicated;

@@ -8,6 +8,7 @@
 //! for its ticket, a sync, the next write — applies them, in log order.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::plan::PlannedWrite;
 use crate::bucket::pending::PendingBatch;
@@ -17,13 +18,15 @@ use crate::log::{Appended, LogPos};
 
 impl BucketCore {
     /// Makes `writes`, appended (created at `now`) where `appended` says,
-    /// visible now, or once durable under `FsyncPolicy::Always`.
+    /// visible now, or once durable under `FsyncPolicy::Always`; with the
+    /// replication `tag` that ended them, if any.
     pub(super) fn apply_appended(
         &self,
         w: &mut Writer,
         writes: &[PlannedWrite<'_>],
         appended: Appended,
         now: u64,
+        tag: Option<Arc<[u8]>>,
     ) {
         let ttl = self.config.ttl_ms();
         let mut offset = appended.offset;
@@ -48,6 +51,7 @@ impl BucketCore {
         let batch = PendingBatch {
             end: appended.end,
             records,
+            tag,
         };
         if self.visible_when_durable {
             let history = usize::from(self.config.history);
@@ -83,11 +87,18 @@ impl BucketCore {
         let removed = &mut w.removed;
         let mut ix = self.index.write();
         let mut last = self.last_rev.load(Ordering::Acquire);
+        let mut tag = None;
         for batch in batches {
             for (key, at) in &batch.records {
                 ix.apply(key, *at, history, removed);
                 last = last.max(at.revision);
             }
+            tag = batch.tag.as_ref().or(tag);
+        }
+        if let Some(tag) = tag {
+            // Under the index write lock: a snapshot encoded under the read
+            // lock records the tag that goes with its index.
+            *self.replica_tag.lock() = Some(Arc::clone(tag));
         }
         removed.clear();
         self.last_rev.store(last, Ordering::Release);

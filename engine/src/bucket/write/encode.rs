@@ -12,19 +12,26 @@ use crate::log::Appended;
 
 impl BucketCore {
     /// Encodes `writes` (created at `now`) and appends them to the log with
-    /// one write; returns where they landed.
+    /// one write; returns where they landed. With a replication `tag`, every
+    /// record is one atomic batch that a tag record ends.
     pub(super) fn append_records(
         &self,
         w: &mut Writer,
         writes: &[PlannedWrite<'_>],
         mode: WriteMode,
         now: u64,
+        tag: Option<&[u8]>,
     ) -> Result<Appended> {
         let Writer {
             app, buf, next_rev, ..
         } = w;
         buf.clear();
-        let total: usize = writes.iter().map(PlannedWrite::encoded_len).sum();
+        let tag_len = tag.map_or(0, |t| record::encoded_len(t.len(), 0));
+        let total: usize = writes.iter().map(PlannedWrite::encoded_len).sum::<usize>() + tag_len;
+        let (mode, count) = match tag {
+            Some(_) => (WriteMode::Batch, writes.len() + 1),
+            None => (mode, writes.len()),
+        };
         // A new segment's header records the last revision given out before these.
         // The first write that is visible before it is durable clears a clean mark.
         self.log.clear_clean_mark()?;
@@ -37,13 +44,17 @@ impl BucketCore {
                 buf,
                 salt,
                 write.op,
-                batch_flags(mode, j, writes.len()),
+                batch_flags(mode, j, count),
                 write.revision,
                 now,
                 write.key_expires_ms,
                 write.key.as_bytes(),
                 &write.value,
             );
+        }
+        if let Some(tag) = tag {
+            let flags = batch_flags(mode, writes.len(), count);
+            record::encode_tag(buf, salt, flags, last_revision, now, tag);
         }
         self.log.append(app, buf)
     }

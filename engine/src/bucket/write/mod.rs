@@ -12,10 +12,18 @@
 //! The writer lock is then released and the change listeners are poked. The
 //! caller waits for durability afterwards, outside every lock, with the
 //! [`DurabilityTicket`] it got (group commit, in the log).
+//!
+//! A **replicated** apply ([`Replica`]) goes the same way at the time it is
+//! given, logs all its records as one atomic batch (independent writes too)
+//! and ends it with a tag record carrying its replication tag: after a crash
+//! the bucket is the batches up to the last tag that survived, and the
+//! replication log applies the rest again.
 
 mod apply;
 mod encode;
 mod plan;
+
+use std::sync::Arc;
 
 use plan::Plan;
 
@@ -23,10 +31,34 @@ use crate::bucket::BucketCore;
 use crate::entry::{DurabilityTicket, WriteOp, Written};
 use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
+use crate::log::record::MAX_TAG_LEN;
+
+/// A replicated apply: the time it happens at and the tag recorded with it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replica<'a> {
+    /// The time of the apply (the leader's, ms since the epoch), for every
+    /// precondition, expiry and creation time.
+    pub(crate) now_ms: u64,
+    /// The opaque replication tag (1..=255 bytes).
+    pub(crate) tag: &'a [u8],
+}
+
+impl Replica<'_> {
+    /// Fails unless the tag is 1..=255 bytes.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.tag.is_empty() || self.tag.len() > MAX_TAG_LEN {
+            return Err(Error::BadArgument(format!(
+                "a replication tag is 1 to {MAX_TAG_LEN} bytes, not {}",
+                self.tag.len()
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// How the writes of one call relate to each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriteMode {
+pub(crate) enum WriteMode {
     /// An atomic batch: all or none, logged as one batch; the first failure
     /// is the error of the call (wrapped in [`crate::Error::Batch`] for more
     /// than one write).
@@ -69,7 +101,7 @@ impl BucketCore {
     /// the writes become visible once durable (see `bucket/pending.rs`);
     /// otherwise at once.
     pub(crate) fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, DurabilityTicket)> {
-        let (results, ticket) = self.write_with(ops, WriteMode::Batch)?;
+        let (results, ticket) = self.write_with(ops, WriteMode::Batch, None)?;
         // In batch mode every result is Ok (the first failure returned above).
         let written = results.into_iter().collect::<Result<Vec<_>>>()?;
         Ok((written, ticket))
@@ -84,14 +116,61 @@ impl BucketCore {
         &self,
         ops: &[WriteOp],
     ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
-        self.write_with(ops, WriteMode::Each)
+        self.write_with(ops, WriteMode::Each, None)
     }
 
-    /// The write path: validate, then plan → encode → apply under the writer lock.
-    fn write_with(
+    /// A replicated apply of `ops` (see [`Replica`]): visible at once, with
+    /// no wait for durability; returns each write's result (in
+    /// [`WriteMode::Batch`], all `Ok`, or the call fails). A call that writes
+    /// nothing logs nothing, not even its tag.
+    pub(crate) fn apply_replicated(
         &self,
         ops: &[WriteOp],
         mode: WriteMode,
+        replica: Replica<'_>,
+    ) -> Result<Vec<Result<Written>>> {
+        replica.check()?;
+        Ok(self.write_with(ops, mode, Some(replica))?.0)
+    }
+
+    /// Logs a tag record alone (a replicated step that wrote nothing but
+    /// must be known applied, such as the bucket's creation), and makes it
+    /// durable.
+    pub(crate) fn record_replica_tag(&self, replica: Replica<'_>) -> Result<()> {
+        replica.check()?;
+        self.check_open()?;
+        let mut w = self.writer.lock();
+        self.check_open()?;
+        self.publish_durable_locked(&mut w);
+        let appended = self.append_records(
+            &mut w,
+            &[],
+            WriteMode::Batch,
+            replica.now_ms,
+            Some(replica.tag),
+        )?;
+        self.apply_appended(
+            &mut w,
+            &[],
+            appended,
+            replica.now_ms,
+            Some(Arc::from(replica.tag)),
+        );
+        drop(w);
+        self.sync()
+    }
+
+    /// The replication tag of the last visible batch that carried one.
+    pub(crate) fn replica_tag(&self) -> Option<Vec<u8>> {
+        self.replica_tag.lock().as_deref().map(<[u8]>::to_vec)
+    }
+
+    /// The write path: validate, then plan → encode → apply under the writer lock.
+    pub(crate) fn write_with(
+        &self,
+        ops: &[WriteOp],
+        mode: WriteMode,
+        replica: Option<Replica<'_>>,
     ) -> Result<(Vec<Result<Written>>, DurabilityTicket)> {
         self.check_open()?;
         if ops.is_empty() {
@@ -103,14 +182,15 @@ impl BucketCore {
         self.check_open()?;
         // Durable writes nobody has published yet (their writers did not wait) become visible.
         self.publish_durable_locked(&mut w);
-        let now = self.now();
+        let now = replica.map_or_else(|| self.now(), |r| r.now_ms);
         let Plan { writes, results } =
             self.plan(ops, invalid, &w.pending, w.next_rev, mode, now)?;
         if writes.is_empty() {
             return Ok((results, DurabilityTicket::new(self.id, w.app.end())));
         }
-        let appended = self.append_records(&mut w, &writes, mode, now)?;
-        self.apply_appended(&mut w, &writes, appended, now);
+        let tag = replica.map(|r| r.tag);
+        let appended = self.append_records(&mut w, &writes, mode, now, tag)?;
+        self.apply_appended(&mut w, &writes, appended, now, tag.map(Arc::from));
         drop(w);
         self.hub.wake();
         Ok((results, DurabilityTicket::new(self.id, appended.end)))
