@@ -447,6 +447,11 @@ impl Store {
                             tracing::warn!(bucket = %core.name(), error = %e, "background compaction failed");
                         }
                     }
+                    if sweep {
+                        if let Err(e) = core.refresh_stale_snapshot() {
+                            tracing::warn!(bucket = %core.name(), error = %e, "index snapshot failed");
+                        }
+                    }
                 }
             }
         });

@@ -266,8 +266,10 @@ impl BucketCore {
             self.compaction_stats
                 .reclaimed
                 .fetch_add(report.reclaimed(), Ordering::Relaxed);
-            // The old snapshot names segments that are gone; replace it.
-            self.write_snapshot()?;
+            // The old snapshot names segments that are gone (open would find it
+            // stale and scan the whole log): replace it, at most every
+            // SNAPSHOT_REFRESH (the background thread writes a deferred one).
+            self.snapshot_after_compaction()?;
         }
         Ok(report)
     }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::query::Deleter;
 use super::write::Replica;
@@ -13,6 +14,19 @@ use crate::entry::{BucketStats, BucketStatus, Op, WriteOp};
 use crate::error::Result;
 use crate::log::segment::Segment;
 use crate::snapshot;
+
+/// The shortest time between two index snapshots written because of
+/// compaction.
+pub(crate) const SNAPSHOT_REFRESH: Duration = Duration::from_secs(30);
+
+/// When the index snapshot was last written, and whether it is stale.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotState {
+    /// When this process last wrote it (`None`: not yet).
+    written: Option<Instant>,
+    /// A compaction pass retired segments it names, and it was not written again.
+    stale: bool,
+}
 
 impl BucketCore {
     /// Counters that cost nothing to read (no walk of the index): keys whose
@@ -92,6 +106,45 @@ impl BucketCore {
         Ok(markers)
     }
 
+    /// After a compaction pass: writes the index snapshot again unless one
+    /// was written less than [`SNAPSHOT_REFRESH`] ago, in which case it is
+    /// left stale (a crash now costs a scan of the whole log at open, never
+    /// wrong data) and written later by [`BucketCore::refresh_stale_snapshot`].
+    /// Under a steady overwrite load a pass can come every few seconds, and a
+    /// snapshot of a million keys each time would take the writers' core.
+    pub(crate) fn snapshot_after_compaction(&self) -> Result<()> {
+        let recent = {
+            let mut state = self.snapshot_state.lock();
+            let recent = state
+                .written
+                .is_some_and(|at| at.elapsed() < SNAPSHOT_REFRESH);
+            state.stale |= recent;
+            recent
+        };
+        if recent {
+            Ok(())
+        } else {
+            self.write_snapshot()
+        }
+    }
+
+    /// Writes the index snapshot if compaction left it stale and the last one
+    /// is [`SNAPSHOT_REFRESH`] old (the background thread calls this).
+    pub(crate) fn refresh_stale_snapshot(&self) -> Result<()> {
+        let due = {
+            let state = self.snapshot_state.lock();
+            state.stale
+                && state
+                    .written
+                    .is_none_or(|at| at.elapsed() >= SNAPSHOT_REFRESH)
+        };
+        if due {
+            self.write_snapshot()
+        } else {
+            Ok(())
+        }
+    }
+
     /// Writes an index snapshot of the bucket as it is now. The index is
     /// encoded under its read lock together with the published log end (the
     /// writer publishes under the write lock, so the two agree); the log is
@@ -99,6 +152,16 @@ impl BucketCore {
     /// names records a crash could lose. Writers wait only for the encoding,
     /// never for the fsync or the file write.
     pub(crate) fn write_snapshot(&self) -> Result<()> {
+        self.save_snapshot()?;
+        *self.snapshot_state.lock() = SnapshotState {
+            written: Some(Instant::now()),
+            stale: false,
+        };
+        Ok(())
+    }
+
+    /// [`BucketCore::write_snapshot`] without the bookkeeping.
+    fn save_snapshot(&self) -> Result<()> {
         self.check_open()?;
         self.publish_durable();
         let logged: u64 = self

@@ -107,6 +107,9 @@ pub(crate) struct BucketCore {
     compact_dead_ratio: f64,
     /// A log smaller than this gets no index snapshot (`Options::snapshot_min_bytes`).
     snapshot_min_bytes: u64,
+    /// When the index snapshot was last written, and whether a compaction
+    /// pass has made it stale since (see `maintenance.rs`).
+    snapshot_state: Mutex<maintenance::SnapshotState>,
     /// The store's segment size: a compaction output grows no larger.
     segment_size: u64,
     /// A test hook: the compaction step at which to stop as if crashed

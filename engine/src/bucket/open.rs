@@ -95,6 +95,7 @@ impl BucketCore {
             compacting: Mutex::new(()),
             compact_dead_ratio: opts.compact_dead_ratio,
             snapshot_min_bytes: opts.snapshot_min_bytes,
+            snapshot_state: Mutex::new(super::maintenance::SnapshotState::default()),
             segment_size: opts.segment_size,
             #[cfg(any(test, feature = "failpoints"))]
             crash_point: std::sync::atomic::AtomicU8::new(0),
