@@ -182,3 +182,64 @@ fn a_small_bucket_costs_a_few_kib_and_no_snapshot() {
         Some(&b"v"[..])
     );
 }
+
+#[test]
+fn compaction_passes_in_a_row_rewrite_the_snapshot_once_and_a_crash_then_scans() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let store = Store::open(&live, opts()).unwrap();
+    let b = store
+        .create_bucket(
+            "s",
+            BucketConfig {
+                history: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // More live bytes than the size below which no snapshot is kept (64 KiB).
+    let overwrite_all = |round: u32| {
+        let pad = "p".repeat(500);
+        for k in 0..200u32 {
+            b.put(&format!("k.{k}"), format!("r{round}-{k}-{pad}"))
+                .unwrap();
+        }
+    };
+    overwrite_all(0);
+    overwrite_all(1);
+    assert!(
+        b.compact().unwrap().segments_in > 0,
+        "the first pass rewrote segments"
+    );
+    let after_first = std::fs::read(snap_path(&live)).expect("the first pass writes a snapshot");
+    overwrite_all(2);
+    overwrite_all(3);
+    let second = b.compact().unwrap();
+    assert!(second.segments_in > 0, "the second pass rewrote segments");
+    assert_eq!(
+        std::fs::read(snap_path(&live)).unwrap(),
+        after_first,
+        "a pass within 30 s of the last snapshot leaves it as it was (stale)"
+    );
+    // A crash now: copy the directory as it is (the store is still open).
+    let expected = state(&b);
+    let crashed = dir.path().join("crashed");
+    copy_dir(&live, &crashed);
+    let (got, scanned) = reopen(&crashed);
+    // An unclean stop under `never` skips the revisions that may have been
+    // seen, so only the entries are the same.
+    assert_eq!(
+        got.0, expected.0,
+        "the stale snapshot is not used: the log is"
+    );
+    assert!(scanned > 0, "the whole log is scanned");
+    // A clean close writes a fresh one.
+    drop(b);
+    drop(store);
+    let (got, scanned) = reopen(&live);
+    assert_eq!(got, expected);
+    assert_eq!(
+        scanned, 0,
+        "the snapshot written at close covers everything"
+    );
+}
