@@ -37,7 +37,7 @@ use std::sync::Arc;
 use crate::bucket::KeepStoreOpen;
 use crate::error::{Error, Result};
 use crate::fsutil::{create_dir_all_durable, sync_dir};
-use crate::io::{OpenMode, Storage};
+use crate::io::{File, OpenMode, Storage};
 use crate::log::mark::MARK_AREA_LEN;
 use crate::log::segment::Segment;
 
@@ -60,14 +60,36 @@ pub struct Checkpoint {
     pub revisions: BTreeMap<String, u64>,
 }
 
+/// A segment as a checkpoint reads it: its file, held open from the
+/// capture on (segments open their files only as needed, and compaction may
+/// remove the name meanwhile).
+pub(crate) struct PinnedSegment {
+    seg: Arc<Segment>,
+    file: Arc<File>,
+}
+
+impl PinnedSegment {
+    /// Opens the segment's file (or takes it from the store's open files).
+    pub(crate) fn new(seg: Arc<Segment>) -> Result<PinnedSegment> {
+        let file = seg.file()?;
+        Ok(PinnedSegment { seg, file })
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(&self.seg.path, e))
+    }
+}
+
 /// Where a file of a checkpoint reads its bytes from.
 pub(crate) enum Content {
     /// A sealed segment: the whole file, which never changes again.
-    Sealed(Arc<Segment>),
+    Sealed(PinnedSegment),
     /// The active segment up to the file's length, with `mark` in place of
     /// its durability mark area.
     Active {
-        seg: Arc<Segment>,
+        seg: PinnedSegment,
         mark: [u8; MARK_AREA_LEN],
     },
     /// A small file made in memory (`bucket.conf`, `lost.revs`).
@@ -148,11 +170,11 @@ impl CheckpointFile {
                 ))
             })?;
         match &self.content {
-            Content::Sealed(seg) => read_file(seg, offset, buf),
+            Content::Sealed(seg) => seg.read(offset, buf),
             Content::Active { seg, mark } => {
                 // The bytes of the file, but the mark area's from `mark`.
-                read_file(seg, offset, buf)?;
-                let area = seg.header.encoded_len() as u64;
+                seg.read(offset, buf)?;
+                let area = seg.seg.header.encoded_len() as u64;
                 let area_end = area + MARK_AREA_LEN as u64;
                 let from = offset.max(area);
                 let to = end.min(area_end);
@@ -184,17 +206,11 @@ impl CheckpointFile {
     /// handle (to check that the name still leads to the same file).
     fn link_source(&self) -> Option<(&Path, &std::fs::File)> {
         match &self.content {
-            Content::Sealed(seg) => Some((&seg.path, seg.file().std())),
+            Content::Sealed(seg) => Some((&seg.seg.path, seg.file.std())),
             Content::Opened { file, source } => Some((source, file)),
             Content::Active { .. } | Content::Bytes(_) => None,
         }
     }
-}
-
-fn read_file(seg: &Segment, offset: u64, buf: &mut [u8]) -> Result<()> {
-    seg.file()
-        .read_exact_at(buf, offset)
-        .map_err(|e| Error::io(&seg.path, e))
 }
 
 fn to_usize(n: u64) -> Result<usize> {
