@@ -62,23 +62,56 @@ pub struct Checkpoint {
 
 /// A segment as a checkpoint reads it: its file, held open from the
 /// capture on (segments open their files only as needed, and compaction may
-/// remove the name meanwhile).
+/// remove the name meanwhile); or, when compaction removed the name before the
+/// capture could open it, the segment's map, which still holds its records.
 pub(crate) struct PinnedSegment {
     seg: Arc<Segment>,
-    file: Arc<File>,
+    file: Option<Arc<File>>,
 }
 
 impl PinnedSegment {
-    /// Opens the segment's file (or takes it from the store's open files).
-    pub(crate) fn new(seg: Arc<Segment>) -> Result<PinnedSegment> {
-        let file = seg.file()?;
-        Ok(PinnedSegment { seg, file })
+    /// Opens the segment's file (or takes it from the store's open files);
+    /// returns it with the file's length (the map's records when it is gone).
+    pub(crate) fn new(seg: Arc<Segment>) -> Result<(PinnedSegment, u64)> {
+        match seg.file() {
+            Ok(file) => {
+                let len = file.len().map_err(|e| Error::io(&seg.path, e))?;
+                Ok((
+                    PinnedSegment {
+                        seg,
+                        file: Some(file),
+                    },
+                    len,
+                ))
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                // Compacted away since the capture listed it: a sealed
+                // segment's file ends with its records, all of them in the map.
+                let len = seg.data_end();
+                Ok((PinnedSegment { seg, file: None }, len))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io(&self.seg.path, e))
+        let path = &self.seg.path;
+        match &self.file {
+            Some(file) => file
+                .read_exact_at(buf, offset)
+                .map_err(|e| Error::io(path, e)),
+            None => {
+                let end = offset.checked_add(buf.len() as u64);
+                let bytes = end
+                    .filter(|&e| e <= self.seg.data_end())
+                    .and_then(|_| self.seg.bytes(offset, buf.len()))
+                    .ok_or_else(|| {
+                        Error::Internal(format!("a read past the records of {}", path.display()))
+                    })?;
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -206,7 +239,7 @@ impl CheckpointFile {
     /// handle (to check that the name still leads to the same file).
     fn link_source(&self) -> Option<(&Path, &std::fs::File)> {
         match &self.content {
-            Content::Sealed(seg) => Some((&seg.seg.path, seg.file.std())),
+            Content::Sealed(seg) => seg.file.as_ref().map(|f| (seg.seg.path.as_path(), f.std())),
             Content::Opened { file, source } => Some((source, file)),
             Content::Active { .. } | Content::Bytes(_) => None,
         }

@@ -73,12 +73,9 @@ impl BucketCore {
                     active.path.display()
                 )));
             }
-            let len = seg.file_len()?;
-            files.push(CheckpointFile::sized(
-                PathBuf::from(seg.id.file_name()),
-                len,
-                Content::Sealed(PinnedSegment::new(seg)?),
-            ));
+            let name = PathBuf::from(seg.id.file_name());
+            let (seg, len) = PinnedSegment::new(seg)?;
+            files.push(CheckpointFile::sized(name, len, Content::Sealed(seg)));
         }
         let mut mark = [0u8; MARK_AREA_LEN];
         let clean = Mark {
@@ -96,7 +93,7 @@ impl BucketCore {
             PathBuf::from(active.id.file_name()),
             end,
             Content::Active {
-                seg: PinnedSegment::new(active)?,
+                seg: PinnedSegment::new(active)?.0,
                 mark,
             },
         ));
