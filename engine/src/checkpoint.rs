@@ -96,22 +96,20 @@ impl PinnedSegment {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let path = &self.seg.path;
-        match &self.file {
-            Some(file) => file
+        if let Some(file) = &self.file {
+            return file
                 .read_exact_at(buf, offset)
-                .map_err(|e| Error::io(path, e)),
-            None => {
-                let end = offset.checked_add(buf.len() as u64);
-                let bytes = end
-                    .filter(|&e| e <= self.seg.data_end())
-                    .and_then(|_| self.seg.bytes(offset, buf.len()))
-                    .ok_or_else(|| {
-                        Error::Internal(format!("a read past the records of {}", path.display()))
-                    })?;
-                buf.copy_from_slice(bytes);
-                Ok(())
-            }
+                .map_err(|e| Error::io(path, e));
         }
+        let end = offset.checked_add(buf.len() as u64);
+        let bytes = end
+            .filter(|&e| e <= self.seg.data_end())
+            .and_then(|_| self.seg.bytes(offset, buf.len()))
+            .ok_or_else(|| {
+                Error::Internal(format!("a read past the records of {}", path.display()))
+            })?;
+        buf.copy_from_slice(bytes);
+        Ok(())
     }
 }
 
