@@ -391,7 +391,9 @@ impl Keys<'_> {
                 revs.push(RecordRef::new(
                     revision,
                     expires,
-                    seg,
+                    // The slot recovery gives the segment at position `seg`
+                    // when it opens the log (from 1, in log order): no remap then.
+                    seg + 1,
                     u64::from(offset),
                     len,
                     op,
@@ -449,9 +451,17 @@ impl Snapshot {
         }
         let slots: Vec<u32> = segments.iter().take(n).map(|s| s.slot).collect();
         let mut built = self.index;
-        // Slots are handed out in log order at open: usually the positions already.
-        let same = slots.iter().zip(0u32..).all(|(slot, pos)| *slot == pos);
-        if !same && !built.remap_segments(|pos| slots.get(pos as usize).copied()) {
+        // The index names the segment at position `pos` as slot `pos + 1`,
+        // the slots handed out in log order at open: usually already right.
+        let same = slots
+            .iter()
+            .zip(1u32..)
+            .all(|(slot, expected)| *slot == expected);
+        let slot_of = |s: u32| {
+            s.checked_sub(1)
+                .and_then(|pos| slots.get(pos as usize).copied())
+        };
+        if !same && !built.remap_segments(slot_of) {
             return Err("the snapshot names a segment it does not list".into());
         }
         *index = built;
@@ -502,9 +512,12 @@ mod tests {
         assert_eq!(ix.values(), values as u64);
     }
 
-    fn segment(dir: &Path) -> Arc<Segment> {
+    /// The first segment of a log, in slot `slot`, with a record's worth of bytes.
+    fn segment(dir: &Path, slot: u32) -> Arc<Segment> {
         let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
-        Arc::new(Segment::create(&Storage::os(), dir, 0, h, 1 << 20, 4096, 0).unwrap())
+        let seg = Segment::create(&Storage::os(), dir, slot, h, 1 << 20, 4096, 0).unwrap();
+        seg.set_data_end(seg.data_start + 100);
+        Arc::new(seg)
     }
 
     /// Sets the checksum of a snapshot whose body was changed.
@@ -517,10 +530,11 @@ mod tests {
     #[test]
     fn a_large_index_decodes_in_two_parts_to_the_same_index() {
         let dir = tempfile::tempdir().unwrap();
-        let seg = segment(dir.path());
+        let seg = segment(dir.path(), 1);
         let n = u32::try_from(PARALLEL_FROM).unwrap() + 1_001;
-        let (ix, model) = index(n, 0);
-        let bytes = encode(&ix, 99, &[(Arc::clone(&seg), seg.data_start)]).unwrap();
+        let (ix, model) = index(n, 1);
+        let end = seg.data_start + 100;
+        let bytes = encode(&ix, 99, &[(Arc::clone(&seg), end)]).unwrap();
         let snap = decode(&bytes).unwrap();
         assert_eq!(snap.last_revision, 99);
         assert_eq!(snap.max_revisions, 3);
@@ -564,8 +578,8 @@ mod tests {
     #[test]
     fn a_version_1_snapshot_still_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let seg = segment(dir.path());
-        let (ix, model) = index(500, 0);
+        let seg = segment(dir.path(), 1);
+        let (ix, model) = index(500, 1);
         let v2 = encode(&ix, 7, &[(Arc::clone(&seg), seg.data_start)]).unwrap();
         // Version 1: no split fields after the key count.
         let fields = 8 + 4 + 4 + 8 + 4 + 20 + 4 + 8;
@@ -579,5 +593,39 @@ mod tests {
         v3[8..12].copy_from_slice(&3u32.to_le_bytes());
         reseal(&mut v3);
         assert_eq!(decode(&v3).err(), Some("unsupported version"));
+    }
+
+    #[test]
+    fn applying_gives_revisions_the_slots_of_the_opened_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = segment(dir.path(), 1);
+        let (ix, model) = index(300, 1);
+        let end = seg.data_start + 100;
+        let bytes = encode(&ix, 9, &[(Arc::clone(&seg), end)]).unwrap();
+        for slot in [1, 7] {
+            // The same file opened in slot 1 (as recovery does) or in another.
+            let opened = Arc::new(Segment::open(&Storage::os(), &seg.path, slot, None).unwrap());
+            let mut applied = Index::default();
+            let at = decode(&bytes)
+                .unwrap()
+                .apply(&[opened], 3, &mut applied)
+                .unwrap();
+            assert_eq!(at, (0, end));
+            let moved: Vec<_> = model
+                .iter()
+                .map(|(k, revs)| {
+                    let revs = revs
+                        .iter()
+                        .map(|r| {
+                            let mut r = *r;
+                            r.slot = slot;
+                            r
+                        })
+                        .collect();
+                    (k.clone(), revs)
+                })
+                .collect();
+            same(&applied, &moved);
+        }
     }
 }
