@@ -464,3 +464,42 @@ fn copy(storage: &Storage, file: &CheckpointFile, to: &Path, buf: &mut Vec<u8>) 
     }
     out.sync_all().map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::segment::{SegmentHeader, SegmentId};
+
+    #[test]
+    fn a_segment_removed_before_the_capture_opened_it_is_read_from_its_map() {
+        let dir = tempfile::tempdir().unwrap();
+        // One open file at most: the next segment's pushes this one's out.
+        let storage = Storage::os().with_open_file_limit(1);
+        let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
+        let seg = Segment::create(&storage, dir.path(), 1, h, 1 << 16, 8192, 0).unwrap();
+        let body = b"records of a sealed segment";
+        seg.write_at(body, seg.data_start).unwrap();
+        let end = seg.data_start + body.len() as u64;
+        seg.set_data_end(end);
+        seg.file().unwrap().set_len(end).unwrap();
+        let seg = Arc::new(seg);
+        let whole = std::fs::read(&seg.path).unwrap();
+
+        // Compaction removes the name, and no descriptor is open any more.
+        storage.remove_file(&seg.path).unwrap();
+        let h = SegmentHeader::new(SegmentId { seq: 2, gen: 0 }, 0, vec![]);
+        let _next = Segment::create(&storage, dir.path(), 2, h, 1 << 16, 8192, 0).unwrap();
+        assert!(seg.file().is_err(), "the name is gone");
+        let (pinned, len) = PinnedSegment::new(Arc::clone(&seg)).unwrap();
+        assert!(pinned.file.is_none(), "the file is gone: read from the map");
+        assert_eq!(len, end);
+        let mut buf = vec![0u8; whole.len()];
+        pinned.read(0, &mut buf).unwrap();
+        assert_eq!(buf, whole);
+        let mut past = [0u8; 2];
+        assert!(
+            pinned.read(end - 1, &mut past).is_err(),
+            "nothing past the records"
+        );
+    }
+}
