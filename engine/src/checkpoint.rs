@@ -37,7 +37,7 @@ use std::sync::Arc;
 use crate::bucket::KeepStoreOpen;
 use crate::error::{Error, Result};
 use crate::fsutil::{create_dir_all_durable, sync_dir};
-use crate::io::{OpenMode, Storage};
+use crate::io::{File, OpenMode, Storage};
 use crate::log::mark::MARK_AREA_LEN;
 use crate::log::segment::Segment;
 
@@ -60,14 +60,67 @@ pub struct Checkpoint {
     pub revisions: BTreeMap<String, u64>,
 }
 
+/// A segment as a checkpoint reads it: its file, held open from the
+/// capture on (segments open their files only as needed, and compaction may
+/// remove the name meanwhile); or, when compaction removed the name before the
+/// capture could open it, the segment's map, which still holds its records.
+pub(crate) struct PinnedSegment {
+    seg: Arc<Segment>,
+    file: Option<Arc<File>>,
+}
+
+impl PinnedSegment {
+    /// Opens the segment's file (or takes it from the store's open files);
+    /// returns it with the file's length (the map's records when it is gone).
+    pub(crate) fn new(seg: Arc<Segment>) -> Result<(PinnedSegment, u64)> {
+        match seg.file() {
+            Ok(file) => {
+                let len = file.len().map_err(|e| Error::io(&seg.path, e))?;
+                Ok((
+                    PinnedSegment {
+                        seg,
+                        file: Some(file),
+                    },
+                    len,
+                ))
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                // Compacted away since the capture listed it: a sealed
+                // segment's file ends with its records, all of them in the map.
+                let len = seg.data_end();
+                Ok((PinnedSegment { seg, file: None }, len))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let path = &self.seg.path;
+        if let Some(file) = &self.file {
+            return file
+                .read_exact_at(buf, offset)
+                .map_err(|e| Error::io(path, e));
+        }
+        let end = offset.checked_add(buf.len() as u64);
+        let bytes = end
+            .filter(|&e| e <= self.seg.data_end())
+            .and_then(|_| self.seg.bytes(offset, buf.len()))
+            .ok_or_else(|| {
+                Error::Internal(format!("a read past the records of {}", path.display()))
+            })?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Where a file of a checkpoint reads its bytes from.
 pub(crate) enum Content {
     /// A sealed segment: the whole file, which never changes again.
-    Sealed(Arc<Segment>),
+    Sealed(PinnedSegment),
     /// The active segment up to the file's length, with `mark` in place of
     /// its durability mark area.
     Active {
-        seg: Arc<Segment>,
+        seg: PinnedSegment,
         mark: [u8; MARK_AREA_LEN],
     },
     /// A small file made in memory (`bucket.conf`, `lost.revs`).
@@ -148,11 +201,11 @@ impl CheckpointFile {
                 ))
             })?;
         match &self.content {
-            Content::Sealed(seg) => read_file(seg, offset, buf),
+            Content::Sealed(seg) => seg.read(offset, buf),
             Content::Active { seg, mark } => {
                 // The bytes of the file, but the mark area's from `mark`.
-                read_file(seg, offset, buf)?;
-                let area = seg.header.encoded_len() as u64;
+                seg.read(offset, buf)?;
+                let area = seg.seg.header.encoded_len() as u64;
                 let area_end = area + MARK_AREA_LEN as u64;
                 let from = offset.max(area);
                 let to = end.min(area_end);
@@ -184,17 +237,11 @@ impl CheckpointFile {
     /// handle (to check that the name still leads to the same file).
     fn link_source(&self) -> Option<(&Path, &std::fs::File)> {
         match &self.content {
-            Content::Sealed(seg) => Some((&seg.path, seg.file().std())),
+            Content::Sealed(seg) => seg.file.as_ref().map(|f| (seg.seg.path.as_path(), f.std())),
             Content::Opened { file, source } => Some((source, file)),
             Content::Active { .. } | Content::Bytes(_) => None,
         }
     }
-}
-
-fn read_file(seg: &Segment, offset: u64, buf: &mut [u8]) -> Result<()> {
-    seg.file()
-        .read_exact_at(buf, offset)
-        .map_err(|e| Error::io(&seg.path, e))
 }
 
 fn to_usize(n: u64) -> Result<usize> {
@@ -416,4 +463,43 @@ fn copy(storage: &Storage, file: &CheckpointFile, to: &Path, buf: &mut Vec<u8>) 
         at += n as u64;
     }
     out.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::segment::{SegmentHeader, SegmentId};
+
+    #[test]
+    fn a_segment_removed_before_the_capture_opened_it_is_read_from_its_map() {
+        let dir = tempfile::tempdir().unwrap();
+        // One open file at most: the next segment's pushes this one's out.
+        let storage = Storage::os().with_open_file_limit(1);
+        let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
+        let seg = Segment::create(&storage, dir.path(), 1, h, 1 << 16, 8192, 0).unwrap();
+        let body = b"records of a sealed segment";
+        seg.write_at(body, seg.data_start).unwrap();
+        let end = seg.data_start + body.len() as u64;
+        seg.set_data_end(end);
+        seg.file().unwrap().set_len(end).unwrap();
+        let seg = Arc::new(seg);
+        let whole = std::fs::read(&seg.path).unwrap();
+
+        // Compaction removes the name, and no descriptor is open any more.
+        storage.remove_file(&seg.path).unwrap();
+        let h = SegmentHeader::new(SegmentId { seq: 2, gen: 0 }, 0, vec![]);
+        let _next = Segment::create(&storage, dir.path(), 2, h, 1 << 16, 8192, 0).unwrap();
+        assert!(seg.file().is_err(), "the name is gone");
+        let (pinned, len) = PinnedSegment::new(Arc::clone(&seg)).unwrap();
+        assert!(pinned.file.is_none(), "the file is gone: read from the map");
+        assert_eq!(len, end);
+        let mut buf = vec![0u8; whole.len()];
+        pinned.read(0, &mut buf).unwrap();
+        assert_eq!(buf, whole);
+        let mut past = [0u8; 2];
+        assert!(
+            pinned.read(end - 1, &mut past).is_err(),
+            "nothing past the records"
+        );
+    }
 }

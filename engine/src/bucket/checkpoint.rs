@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use super::lost::LOST_FILE;
 use super::BucketCore;
-use crate::checkpoint::{CheckpointFile, Content};
+use crate::checkpoint::{CheckpointFile, Content, PinnedSegment};
 use crate::config::CONFIG_FILE;
 use crate::error::{Error, Result};
 use crate::log::mark::{Mark, FLAG_CLEAN, MARK_AREA_LEN};
@@ -73,12 +73,9 @@ impl BucketCore {
                     active.path.display()
                 )));
             }
-            let len = seg.file_len()?;
-            files.push(CheckpointFile::sized(
-                PathBuf::from(seg.id.file_name()),
-                len,
-                Content::Sealed(seg),
-            ));
+            let name = PathBuf::from(seg.id.file_name());
+            let (seg, len) = PinnedSegment::new(seg)?;
+            files.push(CheckpointFile::sized(name, len, Content::Sealed(seg)));
         }
         let mut mark = [0u8; MARK_AREA_LEN];
         let clean = Mark {
@@ -95,7 +92,10 @@ impl BucketCore {
         files.push(CheckpointFile::sized(
             PathBuf::from(active.id.file_name()),
             end,
-            Content::Active { seg: active, mark },
+            Content::Active {
+                seg: PinnedSegment::new(active)?.0,
+                mark,
+            },
         ));
         let snap = self.dir.join(SNAPSHOT_FILE);
         match std::fs::File::open(&snap) {

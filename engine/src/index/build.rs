@@ -5,18 +5,126 @@
 //! built once at the end, sized for every key; no allocation per key (older
 //! revisions excepted). The only comparison is each key against the one
 //! before, to reject input out of order.
+//!
+//! A large build can be filled by two threads at once
+//! ([`SortedBuilder::fill_in_two`]): each writes its own part of the slab
+//! (allocated once at its final size) and of the keys' hashes, with its own
+//! counters and older revisions, merged when both are done; then one thread
+//! builds the hash table while the other builds the key order.
 
-use super::entries::{advise_huge_pages, Entries};
+use std::mem::MaybeUninit;
+
+use hashbrown::DefaultHashBuilder;
+use std::hash::BuildHasher;
+
+use super::entries::{advise_huge_pages, Entries, Entry};
+use super::history::History;
+use super::key::IKey;
 use super::order::Order;
-use super::{Index, RecordRef};
+use super::{slot_of, Index, RecordRef};
+use crate::log::record::Op;
+
+/// What pushing keys adds up, per part.
+#[derive(Default)]
+struct Tally {
+    values: u64,
+    expiring: u64,
+    bytes: u64,
+    put_keys: u64,
+    max_revisions: usize,
+}
+
+impl Tally {
+    /// Counts `revs` (a key's revisions, oldest first) and makes the key's
+    /// entry: the latest, linked to the older ones stored in `history`.
+    fn entry(
+        &mut self,
+        history: &mut History,
+        key: &[u8],
+        revs: &[RecordRef],
+    ) -> Result<Entry, &'static str> {
+        let Some((latest, older)) = revs.split_last() else {
+            return Err("key without revisions");
+        };
+        for r in revs {
+            self.values += 1;
+            self.expiring += u64::from(r.expires_ms != 0);
+            self.bytes += r.len() as u64;
+        }
+        let mut latest = latest.bare();
+        self.put_keys += u64::from(latest.op() == Op::Put);
+        if !older.is_empty() {
+            latest.older = history.alloc(older.iter().map(|r| r.bare()).collect());
+        }
+        self.max_revisions = self.max_revisions.max(revs.len());
+        Ok(Entry {
+            key: IKey::new(key),
+            rec: latest,
+        })
+    }
+
+    fn add(&mut self, other: &Tally) {
+        self.values += other.values;
+        self.expiring += other.expiring;
+        self.bytes += other.bytes;
+        self.put_keys += other.put_keys;
+        self.max_revisions = self.max_revisions.max(other.max_revisions);
+    }
+}
 
 /// Builds an [`Index`] from keys pushed in strictly ascending order.
 pub struct SortedBuilder {
     ix: Index,
     /// The hash of each key pushed, by slot.
     hashes: Vec<u64>,
-    /// Most revisions any key has.
-    max_revisions: usize,
+    tally: Tally,
+}
+
+/// One part of a build filled by one thread ([`SortedBuilder::fill_in_two`]):
+/// the slab's and the hashes' slots from where it starts, to fill in order.
+pub struct SortedPart<'a> {
+    entries: &'a mut [MaybeUninit<Entry>],
+    hashes: &'a mut [MaybeUninit<u64>],
+    filled: usize,
+    hasher: &'a DefaultHashBuilder,
+    history: History,
+    tally: Tally,
+}
+
+impl SortedPart<'_> {
+    /// Adds `key` with its retained revisions, oldest first; the caller has
+    /// checked that it is above the part's previous key. Fails if `revs` is
+    /// empty or the part is full.
+    pub fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
+        let (Some(entry), Some(hash)) = (
+            self.entries.get_mut(self.filled),
+            self.hashes.get_mut(self.filled),
+        ) else {
+            return Err("more keys than the snapshot said");
+        };
+        entry.write(self.tally.entry(&mut self.history, key, revs)?);
+        hash.write(self.hasher.hash_one(key));
+        self.filled += 1;
+        Ok(())
+    }
+
+    /// Whether nothing was pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+}
+
+impl Drop for SortedPart<'_> {
+    fn drop(&mut self) {
+        // A part left unfinished (an error) drops what it wrote; a finished
+        // one's entries belong to the slab (`filled` is set to 0 first).
+        for e in self.entries.iter_mut().take(self.filled) {
+            // SAFETY: the first `filled` entries were written by `push_ascending`
+            // and are not part of the slab's length (the build failed), so
+            // each is dropped exactly once, here.
+            unsafe { e.assume_init_drop() };
+        }
+    }
 }
 
 impl SortedBuilder {
@@ -30,7 +138,7 @@ impl SortedBuilder {
                 ..Index::default()
             },
             hashes,
-            max_revisions: 0,
+            tally: Tally::default(),
         }
     }
 
@@ -52,21 +160,98 @@ impl SortedBuilder {
     /// above the previous one (an index built from keys out of order finds
     /// wrong answers in its ranges). Fails if `revs` is empty.
     pub fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
-        let Some((latest, older)) = revs.split_last() else {
-            return Err("key without revisions");
+        let entry = self.tally.entry(&mut self.ix.history, key, revs)?;
+        self.ix.entries.push_unindexed(entry);
+        self.hashes.push(self.ix.entries.hash(key));
+        Ok(())
+    }
+
+    /// Fills the builder (empty so far) with `first + second` keys in two
+    /// parts at once: `fill(0, part)` pushes the first `first` keys on this
+    /// thread, `fill(1, part)` the `second` after them on another. Fails if
+    /// either fails or pushes fewer keys than said, or if the second part's
+    /// first key is not above the first part's last.
+    pub fn fill_in_two<F>(
+        &mut self,
+        first: usize,
+        second: usize,
+        fill: F,
+    ) -> Result<(), &'static str>
+    where
+        F: Fn(usize, &mut SortedPart<'_>) -> Result<(), &'static str> + Sync,
+    {
+        if !self.hashes.is_empty() || self.ix.entries.slots() != 0 {
+            return Err("a parallel fill of a builder already in use");
+        }
+        let total = first.checked_add(second).ok_or("too many keys")?;
+        let (entries_room, hasher) = self.ix.entries.spare(total);
+        self.hashes.reserve(total);
+        let hashes_room = self.hashes.spare_capacity_mut();
+        let hashes_room = hashes_room.get_mut(..total).unwrap_or_default();
+        if entries_room.len() != total || hashes_room.len() != total {
+            return Err("no room for the snapshot's keys");
+        }
+        let (e0, e1) = entries_room.split_at_mut(first);
+        let (h0, h1) = hashes_room.split_at_mut(first);
+        let part = |entries, hashes| SortedPart {
+            entries,
+            hashes,
+            filled: 0,
+            hasher,
+            history: History::default(),
+            tally: Tally::default(),
         };
-        let ix = &mut self.ix;
-        for r in revs {
-            ix.retain(r);
+        let (mut p0, mut p1) = (part(e0, h0), part(e1, h1));
+        let fill = &fill;
+        let (r0, r1) = if two_cores() {
+            std::thread::scope(|s| {
+                let other = s.spawn(|| fill(1, &mut p1));
+                let r0 = fill(0, &mut p0);
+                (r0, other.join().unwrap_or(Err("a build thread panicked")))
+            })
+        } else {
+            (fill(0, &mut p0), fill(1, &mut p1))
+        };
+        r0?;
+        r1?;
+        if p0.filled != first || p1.filled != second {
+            return Err("fewer keys than the snapshot said");
         }
-        let mut latest = latest.bare();
-        ix.put_keys += u64::from(latest.op() == crate::log::record::Op::Put);
-        if !older.is_empty() {
-            latest.older = ix.history.alloc(older.iter().map(|r| r.bare()).collect());
+        let (t0, t1) = (std::mem::take(&mut p0.tally), std::mem::take(&mut p1.tally));
+        let (h0, h1) = (
+            std::mem::take(&mut p0.history),
+            std::mem::take(&mut p1.history),
+        );
+        // The entries now belong to the slab, not to the parts.
+        p0.filled = 0;
+        p1.filled = 0;
+        drop((p0, p1));
+        // SAFETY: both parts wrote exactly their `first` and `second` slots
+        // (checked above), the first `total` of the slab's spare capacity,
+        // and no longer own them (`filled` is 0).
+        unsafe { self.ix.entries.assume_pushed(total) };
+        // SAFETY: likewise, the parts wrote the first `total` hashes.
+        unsafe { self.hashes.set_len(total) };
+        // The second part's older revisions come after the first's.
+        let shift = h0.len_slots();
+        self.ix.history = h0;
+        if h1.len_slots() > 0 {
+            self.ix.history.append(h1);
+            for slot in slot_of(first)..slot_of(total) {
+                let rec = &mut self.ix.entries.get_mut(slot).rec;
+                if rec.older != 0 {
+                    rec.older += shift;
+                }
+            }
         }
-        ix.entries.push_unindexed(key, latest);
-        self.hashes.push(ix.entries.hash(key));
-        self.max_revisions = self.max_revisions.max(revs.len());
+        self.tally.add(&t0);
+        self.tally.add(&t1);
+        if first > 0 && second > 0 {
+            let entries = &self.ix.entries;
+            if entries.key(slot_of(first - 1)) >= entries.key(slot_of(first)) {
+                return Err("keys out of order");
+            }
+        }
         Ok(())
     }
 
@@ -77,15 +262,30 @@ impl SortedBuilder {
 
     /// Most revisions any key pushed so far has.
     pub fn max_revisions(&self) -> usize {
-        self.max_revisions
+        self.tally.max_revisions
     }
 
-    /// The index.
+    /// The index. A large one has its hash table and its key order built
+    /// at once, on two threads.
     pub fn finish(mut self) -> Index {
         let ix = &mut self.ix;
-        ix.entries.index_all(&self.hashes);
-        let entries = &ix.entries;
-        ix.order = Order::consecutive(entries.slots(), |s| entries.key(s));
+        ix.values = self.tally.values;
+        ix.expiring = self.tally.expiring;
+        ix.bytes = self.tally.bytes;
+        ix.put_keys = self.tally.put_keys;
+        let slots = ix.entries.slots();
+        let parallel = self.hashes.len() >= PARALLEL_FROM && two_cores();
+        ix.order = ix.entries.index_all_beside(&self.hashes, parallel, |keys| {
+            Order::consecutive(slots, move |s| keys.key(s))
+        });
         self.ix
     }
+}
+
+/// Keys from which a build is worth a second thread (its start costs tens of microseconds).
+pub const PARALLEL_FROM: usize = 1 << 16;
+
+/// Whether the process may run on two cores at least.
+fn two_cores() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }

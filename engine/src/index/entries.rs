@@ -10,6 +10,7 @@
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
+use std::mem::MaybeUninit;
 
 use super::key::IKey;
 use super::record::RecordRef;
@@ -138,13 +139,34 @@ impl Entries {
     }
 
     /// Appends an entry without indexing it by key: bulk building calls
-    /// [`Entries::index_all`] once at the end.
-    pub fn push_unindexed(&mut self, key: &[u8], rec: RecordRef) -> u32 {
-        self.slab.push(Entry {
-            key: IKey::new(key),
-            rec,
-        });
+    /// [`Entries::index_all_beside`] once at the end.
+    pub fn push_unindexed(&mut self, entry: Entry) -> u32 {
+        self.slab.push(entry);
         slot_of(self.slab.len() - 1)
+    }
+
+    /// Room for `n` entries past the last, to be written in place (then
+    /// [`Entries::assume_pushed`]), and the hasher of their keys.
+    pub fn spare(&mut self, n: usize) -> (&mut [MaybeUninit<Entry>], &DefaultHashBuilder) {
+        let capacity = self.slab.capacity();
+        self.slab.reserve(n);
+        if self.slab.capacity() != capacity {
+            advise_huge_pages(&self.slab);
+        }
+        let room = self.slab.spare_capacity_mut();
+        let len = room.len().min(n);
+        (room.get_mut(..len).unwrap_or_default(), &self.hasher)
+    }
+
+    /// Counts the first `n` entries of [`Entries::spare`] as pushed.
+    ///
+    /// # Safety
+    /// They must all have been written, and nothing else may own them.
+    pub unsafe fn assume_pushed(&mut self, n: usize) {
+        debug_assert!(self.slab.len() + n <= self.slab.capacity());
+        // SAFETY: the caller guarantees the `n` entries past the length are
+        // initialised and owned by no one else; they lie within the capacity.
+        unsafe { self.slab.set_len(self.slab.len() + n) };
     }
 
     /// The last entry appended.
@@ -159,19 +181,54 @@ impl Entries {
 
     /// Builds the hash table of a slab filled by [`Entries::push_unindexed`]
     /// with distinct keys; `hashes[i]` is [`Entries::hash`] of slot `i`'s key
-    /// (computed while the key was at hand).
-    pub fn index_all(&mut self, hashes: &[u64]) {
+    /// (computed while the key was at hand). Meanwhile `beside` runs with the
+    /// keys by slot, on another thread if `parallel`; returns what it returns.
+    pub fn index_all_beside<R: Send>(
+        &mut self,
+        hashes: &[u64],
+        parallel: bool,
+        beside: impl FnOnce(Keys<'_>) -> R + Send,
+    ) -> R {
         let Entries {
             slab,
             table,
             hasher,
             ..
         } = self;
-        table.clear();
-        table.reserve(slab.len(), |&s| rehash(hasher, slab, s));
-        for (i, &hash) in hashes.iter().enumerate().take(slab.len()) {
-            table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
+        let slab: &[Entry] = slab;
+        let index_all = |table: &mut HashTable<u32>| {
+            table.clear();
+            table.reserve(slab.len(), |&s| rehash(hasher, slab, s));
+            for (i, &hash) in hashes.iter().enumerate().take(slab.len()) {
+                table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
+            }
+        };
+        if parallel {
+            std::thread::scope(|s| {
+                let other = s.spawn(|| beside(Keys(slab)));
+                index_all(table);
+                other.join()
+            })
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        } else {
+            index_all(table);
+            beside(Keys(slab))
         }
+    }
+}
+
+/// The keys of a slab by slot, to read while its hash table is built.
+#[derive(Clone, Copy)]
+pub(super) struct Keys<'a>(&'a [Entry]);
+
+impl<'a> Keys<'a> {
+    /// The key in `slot`.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "slots come from this slab, as in `Entries::get`"
+    )]
+    pub fn key(self, slot: u32) -> &'a [u8] {
+        self.0[slot as usize].key.as_bytes()
     }
 }
 

@@ -48,6 +48,18 @@ impl History {
         std::mem::take(self.get_mut(slot))
     }
 
+    /// Number of slots, used and free.
+    pub fn len_slots(&self) -> u32 {
+        slot_of(self.lists.len())
+    }
+
+    /// Takes in `other`'s lists after these: its slot `s` becomes `s + self.len_slots()`.
+    pub fn append(&mut self, other: History) {
+        let shift = self.len_slots();
+        self.lists.extend(other.lists);
+        self.free.extend(other.free.into_iter().map(|s| s + shift));
+    }
+
     /// Every older revision, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &RecordRef> + '_ {
         self.lists.iter().flatten()

@@ -29,7 +29,7 @@ mod tests;
 use std::collections::HashMap;
 use std::ops::Bound;
 
-pub use self::build::SortedBuilder;
+pub use self::build::{SortedBuilder, SortedPart, PARALLEL_FROM};
 use self::entries::Entries;
 use self::history::History;
 pub use self::key::IKey;

@@ -22,10 +22,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod open_files;
 mod os;
 #[cfg(any(test, feature = "failpoints"))]
 mod sim;
 
+pub use open_files::{FileRef, DEFAULT_OPEN_FILES};
 #[cfg(any(test, feature = "failpoints"))]
 pub use sim::{CutStyle, SimFaults, SimFs, SimStats};
 
@@ -65,9 +67,14 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
 
 /// Where a store keeps its files: the operating system, or (in tests) a
 /// simulated page cache over a real directory.
+///
+/// It also keeps the files opened as needed (segments, see [`FileRef`]): at
+/// most [`DEFAULT_OPEN_FILES`] (or [`Storage::with_open_file_limit`]) open
+/// at once, shared by every clone of it, so by every bucket of a store.
 #[derive(Clone)]
 pub struct Storage {
     backend: Arc<dyn Backend>,
+    open_files: Arc<open_files::OpenFiles>,
 }
 
 impl fmt::Debug for Storage {
@@ -85,17 +92,35 @@ impl Default for Storage {
 impl Storage {
     /// The operating system's file system.
     pub fn os() -> Storage {
+        Storage::over(Arc::new(os::Os))
+    }
+
+    fn over(backend: Arc<dyn Backend>) -> Storage {
         Storage {
-            backend: Arc::new(os::Os),
+            backend,
+            open_files: Arc::new(open_files::OpenFiles::new(DEFAULT_OPEN_FILES)),
         }
+    }
+
+    /// The same storage, keeping at most `limit` files open (at least one)
+    /// for this value and its clones.
+    #[must_use]
+    pub fn with_open_file_limit(self, limit: usize) -> Storage {
+        Storage {
+            open_files: Arc::new(open_files::OpenFiles::new(limit)),
+            ..self
+        }
+    }
+
+    /// Number of files kept open for reuse now (see [`FileRef`]).
+    pub fn open_file_count(&self) -> usize {
+        self.open_files.len()
     }
 
     /// A simulated page cache (see [`SimFs`]).
     #[cfg(any(test, feature = "failpoints"))]
     pub fn simulated(sim: &SimFs) -> Storage {
-        Storage {
-            backend: Arc::new(sim.clone()),
-        }
+        Storage::over(Arc::new(sim.clone()))
     }
 
     /// Opens a file.
@@ -206,12 +231,6 @@ impl File {
     /// Writes all of `buf` at `offset` (`pwrite`).
     pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.backend.write_at(&self.inner, self.id, buf, offset)
-    }
-
-    /// Tells the storage layer that `len` bytes at `offset` are about to be
-    /// written through a shared mapping of this file; an error means they must not be.
-    pub(crate) fn note_mapped_write(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.backend.note_mapped_write(self.id, offset, len)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.

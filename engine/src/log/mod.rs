@@ -399,7 +399,7 @@ impl Log {
         if app.dirty_tail > 0 {
             let to = (app.pos + app.dirty_tail).min(app.file_len);
             app.active
-                .file()
+                .file()?
                 .write_zeros(app.pos, to)
                 .map_err(|e| Error::io(&app.active.path, e))?;
             app.dirty_tail = 0;
@@ -408,9 +408,13 @@ impl Log {
             let grow_to = (app.pos + len)
                 .max(app.file_len + self.cfg.growth(app.file_len))
                 .min(app.active.capacity());
-            if let Err(e) = app.active.file().write_zeros(app.file_len, grow_to) {
+            let grown = app.active.file().and_then(|f| {
+                f.write_zeros(app.file_len, grow_to)
+                    .map_err(|e| Error::io(&app.active.path, e))
+            });
+            if let Err(e) = grown {
                 app.dirty_tail = grow_to - app.pos;
-                return Err(Error::io(&app.active.path, e));
+                return Err(e);
             }
             app.file_len = grow_to;
         }
@@ -441,7 +445,7 @@ impl Log {
         last_revision: u64,
     ) -> Result<()> {
         let old = Arc::clone(&app.active);
-        old.file()
+        old.file()?
             .set_len(app.pos)
             .map_err(|e| Error::io(&old.path, e))?;
         app.file_len = app.pos;

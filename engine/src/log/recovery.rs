@@ -447,11 +447,11 @@ fn cut_torn_tail(
         // revisions the cut took back are skipped.
         let eager = seg.mark().map_or(FLAG_EAGER, |m| m.flags & FLAG_EAGER);
         seg.write_mark(batch_start as u64, eager)?;
-        seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
-        seg.file()
-            .set_len(batch_start as u64)
-            .map_err(|e| Error::io(&seg.path, e))?;
-        seg.file().sync_all().map_err(|e| Error::io(&seg.path, e))?;
+        let file = seg.file()?;
+        let io = |e| Error::io(&seg.path, e);
+        file.sync_all().map_err(io)?;
+        file.set_len(batch_start as u64).map_err(io)?;
+        file.sync_all().map_err(io)?;
     }
     report.truncated_bytes += dropped;
     report.dropped_records += records;

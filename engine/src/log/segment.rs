@@ -14,13 +14,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
 
 use super::mark::{self, Mark, MARK_AREA};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
-use crate::io::{File, OpenMode, Storage};
+use crate::io::{File, FileRef, OpenMode, Storage};
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LOGKVSEG";
@@ -242,11 +244,20 @@ fn read_mark(file: &File, header: &SegmentHeader) -> Option<Mark> {
 #[repr(align(64))]
 struct CacheLine<T>(T);
 
-/// An open segment: its file and a read-only map of it.
+/// The newest durability mark of a segment, and the counter of the last one written.
+#[derive(Clone, Copy)]
+struct Marks {
+    latest: Option<Mark>,
+    counter: u64,
+}
+
+/// An open segment: a map of its file, and the file opened as needed.
 ///
 /// The map may be longer than the file (the active segment is mapped at its
 /// full capacity and grows into it); only offsets below what has been written
-/// are ever read.
+/// are ever read. Reads go through the map; the file is opened (through the
+/// store's cache of open files, see [`FileRef`]) only to write around the map
+/// and to sync, so an idle segment holds no file descriptor.
 pub struct Segment {
     /// The segment's identity.
     pub id: SegmentId,
@@ -263,12 +274,14 @@ pub struct Segment {
     /// Offset just past the last complete record: readers (watches) never go past it.
     /// Written on every append, so it gets a cache line of its own.
     end: CacheLine<AtomicU64>,
-    file: File,
+    file: FileRef,
     /// The file mapped read-write: readers make slices of what lies below
     /// `end`, the writer copies records in above it (see [`Segment::write_at`]).
     map: MmapRaw,
-    /// Counter of the last durability mark written (see [`super::mark`]).
-    mark_counter: AtomicU64,
+    /// The durability marks (see [`super::mark`]): read from the file at
+    /// open, then kept as this process writes them (no one else writes the
+    /// file: the directory lock).
+    marks: Mutex<Marks>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -314,7 +327,8 @@ impl Segment {
         file.sync_all().map_err(io)?;
         storage.rename(&tmp_path, &final_path).map_err(io)?;
         sync_dir(storage, dir)?;
-        Self::map(slot, final_path, file, header, capacity)
+        // A new segment is about to be written: its file stays open.
+        Self::map(storage, slot, final_path, file, header, capacity, true)
     }
 
     /// Writes a complete segment (compaction output) under a temporary name.
@@ -386,20 +400,26 @@ impl Segment {
         file.read_exact_at(&mut head, 0).map_err(io)?;
         let header = SegmentHeader::decode(&head).map_err(corrupt)?;
         Self::map(
+            storage,
             slot,
             path.to_path_buf(),
             file,
             header,
             len.max(capacity.unwrap_or(0)),
+            false,
         )
     }
 
+    /// Maps `file` (at `path`) and reads its durability mark; the file is
+    /// then closed, or kept among the open files if `keep_open`.
     fn map(
+        storage: &Storage,
         slot: u32,
         path: PathBuf,
         file: File,
         header: SegmentHeader,
         map_len: u64,
+        keep_open: bool,
     ) -> Result<Segment> {
         let map_len = usize::try_from(map_len)
             .map_err(|_| Error::Internal("segment too large to map".into()))?;
@@ -408,17 +428,21 @@ impl Segment {
             .map_raw(file.std())
             .map_err(|e| Error::io(&path, e))?;
         let data_start = header.data_start();
-        let mark_counter = read_mark(&file, &header).map_or(0, |m| m.counter);
+        let latest = read_mark(&file, &header);
+        let marks = Marks {
+            latest,
+            counter: latest.map_or(0, |m| m.counter),
+        };
         Ok(Segment {
             id: header.id,
             slot,
             data_start,
             end: CacheLine(AtomicU64::new(data_start)),
             header,
+            file: FileRef::new(storage, &path, file, keep_open),
             path,
-            file,
             map,
-            mark_counter: AtomicU64::new(mark_counter),
+            marks: Mutex::new(marks),
         })
     }
 
@@ -502,39 +526,47 @@ impl Segment {
         Ok(())
     }
 
-    /// The underlying file.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The file, open (from the store's open files, or opened again by name).
+    /// Whoever holds it keeps it open, evicted from the cache or not.
+    pub fn file(&self) -> Result<Arc<File>> {
+        self.file.open().map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Current length of the file on disk.
+    /// Current length of the file on disk (by name: no descriptor needed).
     pub fn file_len(&self) -> Result<u64> {
-        self.file.len().map_err(|e| Error::io(&self.path, e))
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Flushes written data to stable storage (fdatasync).
     pub fn sync_data(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+        self.file()?
+            .sync_data()
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// The newest durability mark of this segment, if it has one (see [`super::mark`]).
     pub fn mark(&self) -> Option<Mark> {
-        read_mark(&self.file, &self.header)
+        self.marks.lock().latest
     }
 
     /// Writes a durability mark: everything below `end` is durable (it
     /// reaches the disk itself with the next fsync of this segment).
     pub fn write_mark(&self, end: u64, flags: u32) -> Result<()> {
-        let counter = self.mark_counter.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut marks = self.marks.lock();
+        marks.counter += 1;
         let mark = Mark {
-            counter,
+            counter: marks.counter,
             end,
             flags,
         };
-        let at = Mark::slot_offset(self.header.encoded_len() as u64, counter);
-        self.file
+        let at = Mark::slot_offset(self.header.encoded_len() as u64, mark.counter);
+        self.file()?
             .write_all_at(&mark.encode(self.header.salt), at)
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        marks.latest = Some(mark);
+        Ok(())
     }
 }
 
@@ -598,6 +630,14 @@ mod tests {
         seg.write_mark(100, 0).unwrap();
         seg.write_mark(200, 0).unwrap();
         assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((3, 200)));
+        drop(seg);
+        let seg =
+            Segment::open(&Storage::os(), &dir.path().join(h.id.file_name()), 3, None).unwrap();
+        assert_eq!(
+            seg.mark().map(|m| (m.counter, m.end)),
+            Some((3, 200)),
+            "the marks reached the file"
+        );
         assert!(!dir
             .path()
             .join(format!("{}.tmp", h.id.file_name()))

@@ -85,7 +85,7 @@ impl Log {
             }
             file_len = active.file_len()?;
             active
-                .file()
+                .file()?
                 .write_zeros(at.offset(), file_len)
                 .map_err(|e| Error::io(&active.path, e))?;
             active.sync_data()
