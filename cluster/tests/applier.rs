@@ -166,3 +166,107 @@ fn a_checkpoint_taken_inside_a_batch_is_installed_without_applying_twice() {
     assert_eq!(stats(&b).last_revision, 3);
     assert_eq!(stats(&b).last_revision, stats(&a).last_revision);
 }
+
+/// A sweep's age-out writes no record, yet every node must hold the same entries: a node
+/// restarted after a sweep redoes its age-out from the sweep time in its buckets' tags
+/// (else the aged entries come back from its log, and a `MAXBYTES` precondition could
+/// decide differently than on the nodes that did not restart).
+#[test]
+fn a_restart_keeps_what_sweeps_aged_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // Entry times a day ahead of the clock that reads use: nothing looks expired to a
+    // read, only the sweeps (at the entries' times) age anything out.
+    let t0 = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        + 86_400_000;
+    let create = Command::CreateBucket {
+        bucket: "aged".into(),
+        config: BucketSpec {
+            history: 5,
+            ttl_ms: 1_000,
+            max_bytes: 0,
+            max_value_size: 0,
+        },
+    };
+    let state = |a: &StoreApplier| {
+        let b = a.cell().get().bucket("aged").unwrap();
+        let history: Vec<(String, u64)> = b
+            .history(">")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.revision))
+            .collect();
+        (history, b.stats().bytes)
+    };
+    let before = {
+        let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
+        a.apply(log_id(1), t0, &create).unwrap();
+        // Two old revisions of `k`, then a newer one; `j` written once, late.
+        a.apply(log_id(2), t0, &write("aged", vec![Op::put("k", "old-1")]))
+            .unwrap();
+        a.apply(
+            log_id(3),
+            t0 + 100,
+            &write("aged", vec![Op::put("k", "old-2")]),
+        )
+        .unwrap();
+        a.apply(
+            log_id(4),
+            t0 + 900,
+            &write("aged", vec![Op::put("k", "new")]),
+        )
+        .unwrap();
+        a.apply(log_id(5), t0 + 950, &write("aged", vec![Op::put("j", "x")]))
+            .unwrap();
+        // At t0 + 1,500 the two old revisions are past the max age; the latest values are not.
+        a.apply(
+            log_id(6),
+            t0 + 1_500,
+            &Command::Sweep {
+                bucket: "aged".into(),
+            },
+        )
+        .unwrap();
+        a.set_applied(&applied(6), false).unwrap();
+        a.persist().unwrap();
+        let s = state(&a);
+        assert_eq!(
+            s.0.iter()
+                .map(|(k, r)| (k.as_str(), *r))
+                .collect::<Vec<_>>(),
+            vec![("k", 3), ("j", 4)],
+            "the sweep aged out revisions 1 and 2"
+        );
+        s
+    };
+    // A crash: the process ends without a clean close of the store (its log is in the
+    // page cache), and the node opens again.
+    let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
+    assert_eq!(
+        state(&a),
+        before,
+        "the aged-out revisions stay out after a restart"
+    );
+    // The sweeps to come carry the same time on: a write after the restart keeps it.
+    a.apply(
+        log_id(7),
+        t0 + 1_600,
+        &write("aged", vec![Op::put("k", "newer")]),
+    )
+    .unwrap();
+    drop(a);
+    let a = StoreApplier::open(dir.path(), &logkv::Options::default()).unwrap();
+    let (history, _) = state(&a);
+    assert_eq!(
+        history
+            .iter()
+            .map(|(k, r)| (k.as_str(), *r))
+            .collect::<Vec<_>>(),
+        vec![("k", 3), ("j", 4), ("k", 5)]
+    );
+}

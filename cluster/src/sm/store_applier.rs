@@ -28,7 +28,7 @@
 //!   dropped so that its watchers end (`lost`) and its directory is removed. The applied
 //!   record names the generation: writing it is the install's commit point.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +64,10 @@ struct Inner {
     /// Per bucket, the index of the last entry found applied at open (its replication
     /// tag): entries up to it survived and are skipped when applied again.
     resume: BTreeMap<String, u64>,
+    /// Per bucket, the leader time of the last sweep applied to it (0: none), carried in
+    /// every tag: a sweep's age-out writes no record, so a restarted node redoes it at
+    /// open from the newest tag (see [`tag_of`]).
+    last_sweep: HashMap<String, u64>,
 }
 
 impl Inner {
@@ -107,13 +111,23 @@ fn gen_dir(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("gen-{generation}"))
 }
 
-/// The replication tag of an entry: its index (big-endian, first), term and leader node.
-pub fn tag_of(log_id: LogId) -> [u8; 24] {
-    let mut tag = [0u8; 24];
+/// The replication tag of an entry for one bucket: its index (big-endian, first), term
+/// and leader node, then the leader time of the last sweep applied to the bucket up to
+/// and including this entry (0 for none).
+pub fn tag_of(log_id: LogId, last_sweep_ms: u64) -> [u8; 32] {
+    let mut tag = [0u8; 32];
     tag[..8].copy_from_slice(&log_id.index.to_be_bytes());
     tag[8..16].copy_from_slice(&log_id.leader_id.term.to_be_bytes());
-    tag[16..].copy_from_slice(&log_id.leader_id.node_id.to_be_bytes());
+    tag[16..24].copy_from_slice(&log_id.leader_id.node_id.to_be_bytes());
+    tag[24..].copy_from_slice(&last_sweep_ms.to_be_bytes());
     tag
+}
+
+/// The last sweep time a replication tag carries (0 in a tag without one).
+fn tag_sweep_ms(tag: &[u8]) -> u64 {
+    tag.get(24..32)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 /// The entry index a replication tag names.
@@ -121,6 +135,23 @@ fn tag_index(tag: &[u8]) -> io::Result<u64> {
     tag.first_chunk::<8>()
         .map(|b| u64::from_be_bytes(*b))
         .ok_or_else(|| invalid(format!("a replication tag of {} bytes", tag.len())))
+}
+
+/// Each bucket's last sweep, from its recovered tag: the age-outs of the sweeps its
+/// state went through are redone (they are in no record), and the map to go on with.
+fn redo_age_outs(store: &Store) -> io::Result<HashMap<String, u64>> {
+    let mut out = HashMap::new();
+    for (name, tag) in store.replica_tags() {
+        let sweep = tag.as_deref().map_or(0, tag_sweep_ms);
+        if sweep > 0 {
+            store
+                .bucket(&name)
+                .and_then(|b| b.age_out_replicated(sweep))
+                .map_err(engine)?;
+            out.insert(name, sweep);
+        }
+    }
+    Ok(out)
 }
 
 /// Each bucket's recovered tag, as the index of its entry.
@@ -178,6 +209,7 @@ impl StoreApplier {
         }
         let store = Store::open(&current, options.clone()).map_err(engine)?;
         let resume = resume_points(&store)?;
+        let last_sweep = redo_age_outs(&store)?;
         if !resume.is_empty() {
             tracing::info!(
                 generation,
@@ -200,6 +232,7 @@ impl StoreApplier {
                 applied,
                 record: record_file,
                 resume,
+                last_sweep,
             }),
         })
     }
@@ -242,8 +275,19 @@ impl StoreApplier {
         log_id: LogId,
         now_ms: u64,
         command: &Command,
+        last_sweep: &mut HashMap<String, u64>,
     ) -> io::Result<Response> {
-        let tag = tag_of(log_id);
+        let name = command.bucket();
+        match command {
+            Command::Sweep { .. } => {
+                last_sweep.insert(name.to_string(), now_ms);
+            }
+            Command::CreateBucket { .. } | Command::DropBucket { .. } => {
+                last_sweep.remove(name);
+            }
+            _ => {}
+        }
+        let tag = tag_of(log_id, last_sweep.get(name).copied().unwrap_or(0));
         let bucket = |name: &str| store.bucket(name);
         Ok(match command {
             Command::CreateBucket { bucket, config } => {
@@ -351,7 +395,7 @@ impl Applier for StoreApplier {
     }
 
     fn apply(&self, log_id: LogId, now_ms: u64, command: &Command) -> io::Result<Response> {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
         let name = command.bucket();
         if inner
             .resume
@@ -364,7 +408,8 @@ impl Applier for StoreApplier {
         }
         let store = self.cell.get();
         self.clock.pin(now_ms);
-        let result = StoreApplier::apply_command(&store, log_id, now_ms, command);
+        let result =
+            StoreApplier::apply_command(&store, log_id, now_ms, command, &mut inner.last_sweep);
         self.clock.unpin();
         drop(inner);
         if let Command::Write { ops, .. } = command {
@@ -423,10 +468,12 @@ impl Applier for StoreApplier {
         // A snapshot may hold entries past its last log id (one built while a batch of
         // entries was being applied): those its buckets' tags cover are skipped.
         let resume = resume_points(&store)?;
+        let last_sweep = redo_age_outs(&store)?;
         let old = self.cell.replace(store, generation);
         inner.generation = generation;
         inner.applied = applied.clone();
         inner.resume = resume;
+        inner.last_sweep = last_sweep;
         drop(inner);
         // End the old store's watchers (a dropped bucket's watch ends); its files go with it.
         for name in old.bucket_names() {

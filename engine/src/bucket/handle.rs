@@ -312,6 +312,16 @@ impl Bucket {
         self.core.sweep_expired(Some(replica))
     }
 
+    /// Drops from the index the entries past the bucket's max age at `now_ms`,
+    /// as the replicated sweep applied at that time did (a sweep's age-out
+    /// writes no record: a replica calls this at open with the time of the
+    /// last sweep its recovered state went through, which it keeps in its
+    /// tags). Age-out only ever cuts the oldest entries of a key's history, so
+    /// doing it after the rest of the replay leaves what doing it in place did.
+    pub fn age_out_replicated(&self, now_ms: u64) -> Result<()> {
+        self.core.age_out(now_ms)
+    }
+
     /// Records `tag` alone, durably (a tag record and an fsync): for a
     /// replicated step that changed the bucket without writing to it, such as
     /// its creation ([`crate::Store::create_bucket_at`]).

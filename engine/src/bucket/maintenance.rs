@@ -102,6 +102,15 @@ impl BucketCore {
         }
         let (markers, ticket) = deleter.finish(self)?;
         self.wait_durable(ticket)?;
+        if let Some(replica) = replica {
+            if markers == 0 && self.config.ttl_ms() > 0 {
+                // The age-out below changes the index without a record; the tag
+                // (which names this sweep) goes in the log all the same, so that
+                // after a restart the replica knows which sweeps its state went
+                // through (see `Bucket::age_out_replicated`).
+                self.append_replica_tag(replica)?;
+            }
+        }
         self.age_out(now)?;
         Ok(markers)
     }

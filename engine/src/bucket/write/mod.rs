@@ -137,6 +137,13 @@ impl BucketCore {
     /// must be known applied, such as the bucket's creation), and makes it
     /// durable.
     pub(crate) fn record_replica_tag(&self, replica: Replica<'_>) -> Result<()> {
+        self.append_replica_tag(replica)?;
+        self.sync()
+    }
+
+    /// Appends a tag record carrying `replica`'s tag alone, without waiting
+    /// for it to be durable (the replication log it comes from is).
+    pub(crate) fn append_replica_tag(&self, replica: Replica<'_>) -> Result<()> {
         replica.check()?;
         self.check_open()?;
         let mut w = self.writer.lock();
@@ -156,8 +163,7 @@ impl BucketCore {
             replica.now_ms,
             Some(Arc::from(replica.tag)),
         );
-        drop(w);
-        self.sync()
+        Ok(())
     }
 
     /// The replication tag of the last visible batch that carried one.
