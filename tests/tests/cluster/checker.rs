@@ -68,9 +68,21 @@ fn step(value: Option<&String>, op: &Op) -> Result<Option<String>, Contradiction
 pub fn linearizable(ops: &[Op]) -> bool {
     let n = ops.len();
     let words = n.div_ceil(64);
-    let mut done = vec![0u64; words];
-    let mut seen: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
-    search(ops, &mut done, None, &mut seen)
+    // The search recurses once per operation it places: the long run's histories (several
+    // thousand operations on a key) need a deeper stack than a test thread has.
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("linearizability".into())
+            .stack_size(1 << 30)
+            .spawn_scoped(scope, || {
+                let mut done = vec![0u64; words];
+                let mut seen: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
+                search(ops, &mut done, None, &mut seen)
+            })
+            .expect("a thread for the search")
+            .join()
+            .expect("the search finished")
+    })
 }
 
 fn is_done(done: &[u64], i: usize) -> bool {
