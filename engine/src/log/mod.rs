@@ -418,7 +418,12 @@ impl Log {
             }
             app.file_len = grow_to;
         }
-        if let Err(e) = app.active.write_at(batch, app.pos) {
+        let written = if self.cfg.fsync == FsyncPolicy::Always {
+            app.active.write_through_file(batch, app.pos)
+        } else {
+            app.active.write_at(batch, app.pos)
+        };
+        if let Err(e) = written {
             app.dirty_tail = len;
             return Err(Error::io(&app.active.path, e));
         }

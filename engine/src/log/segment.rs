@@ -483,7 +483,7 @@ impl Segment {
         // SAFETY: `start..end` lies inside the mapping, which lives as long as
         // `self`. The file is this store's alone (the directory lock): no other
         // process writes it. In this process only the writer changes mapped
-        // bytes (`write_at`), and only past the data end; readers ask for bytes
+        // bytes (`write_at`, `write_through_file`), and only past the data end; readers ask for bytes
         // below it, which never change again, or (recovery) read before any
         // writer exists. (`Log::truncate` zeroes bytes that were below it, but
         // moves the data end back first, and its caller guarantees that no
@@ -524,6 +524,28 @@ impl Segment {
             );
         }
         Ok(())
+    }
+
+    /// Writes `bytes` at `offset` with a system call (`pwrite`) instead of
+    /// through the mapping, under the same rules as [`Segment::write_at`].
+    /// Under `FsyncPolicy::Always` every append is followed by an fdatasync,
+    /// which write-protects the mapped page it cleans: the next copy into the
+    /// mapping then takes a page fault and the file system's page-mkwrite path,
+    /// which costs more than the system call.
+    pub fn write_through_file(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        let inside = offset
+            .checked_add(bytes.len() as u64)
+            .is_some_and(|end| end <= self.map.len() as u64);
+        if !inside {
+            return Err(std::io::Error::other("a write past the segment's mapping"));
+        }
+        if offset < self.data_end() {
+            return Err(std::io::Error::other(
+                "a write below the segment's data end",
+            ));
+        }
+        let file = self.file().map_err(std::io::Error::other)?;
+        file.write_all_at(bytes, offset)
     }
 
     /// The file, open (from the store's open files, or opened again by name).
