@@ -499,16 +499,7 @@ impl Segment {
     /// calls this. The storage layer is told first, so that a simulated power
     /// cut can refuse it and track it as unsynced.
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        let end = start
-            .checked_add(bytes.len())
-            .filter(|&e| e <= self.map.len())
-            .ok_or_else(|| std::io::Error::other("a write past the segment's mapping"))?;
-        if offset < self.data_end() {
-            return Err(std::io::Error::other(
-                "a write below the segment's data end",
-            ));
-        }
+        let (start, end) = self.append_range(offset, bytes.len())?;
         self.file.note_mapped_write(offset, bytes.len() as u64)?;
         // SAFETY: `start..end` lies inside the mapping (checked above). The
         // caller is the bucket's only writer and the bytes lie past the data
@@ -533,19 +524,24 @@ impl Segment {
     /// mapping then takes a page fault and the file system's page-mkwrite path,
     /// which costs more than the system call.
     pub fn write_through_file(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        let inside = offset
-            .checked_add(bytes.len() as u64)
-            .is_some_and(|end| end <= self.map.len() as u64);
-        if !inside {
-            return Err(std::io::Error::other("a write past the segment's mapping"));
-        }
+        self.append_range(offset, bytes.len())?;
+        self.file.open()?.write_all_at(bytes, offset)
+    }
+
+    /// Checks that an append of `len` bytes at `offset` lies inside the
+    /// mapping and past the data end; returns it as a range of the mapping.
+    fn append_range(&self, offset: u64, len: usize) -> std::io::Result<(usize, usize)> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= self.map.len())
+            .ok_or_else(|| std::io::Error::other("a write past the segment's mapping"))?;
         if offset < self.data_end() {
             return Err(std::io::Error::other(
                 "a write below the segment's data end",
             ));
         }
-        let file = self.file().map_err(std::io::Error::other)?;
-        file.write_all_at(bytes, offset)
+        Ok((start, end))
     }
 
     /// The file, open (from the store's open files, or opened again by name).
