@@ -6,13 +6,16 @@
 //! revision and creation time. A pass over a run of consecutive sealed
 //! segments:
 //!
-//! 1. scans them, checking each record against the index in short read-lock
-//!    holds, and copies the retained ones into a buffer;
+//! 1. scans them, checking each record against the index, and copies the
+//!    retained ones into a buffer. The check is a lookup of the record's key
+//!    in short read-lock holds; for a run that is large next to the index, a
+//!    list of the retained revisions in the run, made by one scan of the
+//!    index's entries in chunks, walked beside the records (no lookup);
 //! 2. writes the buffer as a new segment (`seq` of the first input, next
 //!    generation) whose header lists the inputs it supersedes: temp file,
 //!    fsync, rename, fsync of the directory;
 //! 3. adds it to the segment table beside the inputs and moves index entries
-//!    to it in chunks (readers holding old locations still read valid bytes:
+//!    to it in chunks, each by its entry slot (no lookup) (readers holding old locations still read valid bytes:
 //!    the inputs stay mapped while anyone holds them);
 //! 4. removes the inputs from the table and deletes their files.
 //!
@@ -28,17 +31,15 @@ use std::sync::Arc;
 use super::BucketCore;
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, sync_dir};
+use crate::index::Placed;
 use crate::log::record::{self, decode, Decoded};
 use crate::log::segment::{Segment, SegmentHeader, SegmentId};
 
 /// A retained record copied into the output, to be relocated in the index.
 struct Copied {
-    /// Its key.
-    key: Vec<u8>,
-    /// Its revision.
-    revision: u64,
-    /// Where it was: segment slot and offset.
-    from: (u32, u32),
+    /// Its revision, where it was (segment slot and offset), and its key's
+    /// entry in the index.
+    placed: Placed,
     /// Its offset in the output segment.
     to_offset: u32,
     /// Its length.
@@ -62,7 +63,7 @@ struct Output {
 impl Output {
     /// Copies the record `bytes` (of `key` at `revision`, at `from` in its
     /// input) as a batch of its own: batches were applied long ago.
-    fn add(&mut self, key: &[u8], revision: u64, from: (u32, u32), bytes: &[u8]) -> Result<()> {
+    fn add(&mut self, placed: Placed, bytes: &[u8]) -> Result<()> {
         let start = self.body.len();
         let to_offset = segment_offset(self.data_start + start as u64)?;
         self.body.extend_from_slice(bytes);
@@ -70,9 +71,7 @@ impl Output {
             record::make_standalone(copy, self.salt);
         }
         self.copies.push(Copied {
-            key: key.to_vec(),
-            revision,
-            from,
+            placed,
             to_offset,
             len: bytes.len() as u64,
         });
@@ -112,6 +111,66 @@ fn segment_offset(at: u64) -> Result<u32> {
 /// How many records or relocations one lock hold covers.
 const CHUNK: usize = 4096;
 
+/// How many index entries one lock hold of the liveness scan covers.
+const SCAN_CHUNK: u32 = 1 << 16;
+
+/// A pass scans the whole index for what is retained in its run (instead of
+/// a hash lookup per record) when the run holds at least this many bytes per
+/// index entry. A scan reads each entry once, in order (a few ns each); a
+/// lookup is a cache miss or more per record: from a run of a sixteenth of
+/// the index's size in records up, the scan is the cheaper, and it never
+/// costs more than reading the run itself.
+const SCAN_BYTES_PER_ENTRY: u64 = 16;
+
+/// How a pass tells whether a record is retained.
+enum Liveness {
+    /// A lookup of its key in the index.
+    Lookup,
+    /// A list of every retained revision in the run, by segment slot and
+    /// offset, from one scan of the index.
+    Listed(Vec<Placed>),
+}
+
+impl Liveness {
+    /// The listed revisions in segment `slot`, to walk in offset order
+    /// (nothing for [`Liveness::Lookup`]).
+    fn in_segment(&self, slot: u32) -> Listed<'_> {
+        let list: &[Placed] = match self {
+            Liveness::Lookup => &[],
+            Liveness::Listed(all) => {
+                let lo = all.partition_point(|p| p.slot < slot);
+                let hi = all.partition_point(|p| p.slot <= slot);
+                all.get(lo..hi).unwrap_or_default()
+            }
+        };
+        Listed { list, next: 0 }
+    }
+}
+
+/// A cursor over one segment's listed revisions, met in offset order.
+struct Listed<'a> {
+    list: &'a [Placed],
+    next: usize,
+}
+
+impl Listed<'_> {
+    /// The listed revision at `at`, if any; records are asked for in offset
+    /// order, so the cursor only moves forward.
+    fn take(&mut self, at: (u32, u32)) -> Option<Placed> {
+        while let Some(p) = self.list.get(self.next) {
+            if p.at() >= at {
+                break;
+            }
+            self.next += 1;
+        }
+        let p = self.list.get(self.next).filter(|p| p.at() == at).copied();
+        if p.is_some() {
+            self.next += 1;
+        }
+        p
+    }
+}
+
 /// Stops a compaction pass at `$point` as if the process had crashed there,
 /// when a test asked for it (feature `failpoints`); nothing otherwise.
 macro_rules! crash_point {
@@ -136,6 +195,9 @@ pub struct CompactionReport {
     pub bytes_before: u64,
     /// Bytes of the outputs' files.
     pub bytes_after: u64,
+    /// Runs of segments whose retained records were found by one scan of
+    /// the index (the others looked each record's key up).
+    pub runs_listed: usize,
 }
 
 impl CompactionReport {
@@ -307,9 +369,11 @@ impl BucketCore {
             copies: Vec::new(),
             last_tag: None,
         };
+        let liveness = self.liveness(run);
+        report.runs_listed += usize::from(matches!(liveness, Liveness::Listed(_)));
         for seg in run {
             report.bytes_before += seg.file_len()?;
-            self.copy_retained(seg, &mut output, report)?;
+            self.copy_retained(seg, &liveness, &mut output, report)?;
         }
         let newest = self.replica_tag.lock().clone();
         let tag_bytes = output.keep_newest_tag(newest.as_deref());
@@ -352,7 +416,8 @@ impl BucketCore {
         for chunk in copies.chunks(CHUNK) {
             let mut ix = self.index.write();
             for c in chunk {
-                if ix.relocate(&c.key, c.revision, c.from, (out.slot, c.to_offset)) {
+                let p = c.placed;
+                if ix.relocate_at(p.entry, p.revision, p.at(), (out.slot, c.to_offset)) {
                     moved += c.len;
                 }
             }
@@ -361,11 +426,39 @@ impl BucketCore {
         self.retire_inputs(run, &ids, Some(&out), body.len() as u64 - moved - tag_bytes)
     }
 
+    /// How the pass will tell retained records from dead ones: a list from one
+    /// scan of the index when the run is large next to the index, else a
+    /// lookup per record.
+    fn liveness(&self, run: &[Arc<Segment>]) -> Liveness {
+        let run_bytes: u64 = run
+            .iter()
+            .map(|s| s.data_end().saturating_sub(s.data_start))
+            .sum();
+        let entries = self.index.read().entry_slots();
+        if u64::from(entries) * SCAN_BYTES_PER_ENTRY > run_bytes {
+            return Liveness::Lookup;
+        }
+        let slots: Vec<u32> = run.iter().map(|s| s.slot).collect();
+        let mut placed = Vec::new();
+        let mut from = 0u32;
+        while from < entries {
+            let to = from.saturating_add(SCAN_CHUNK).min(entries);
+            self.index
+                .read()
+                .placed_in(from..to, |slot| slots.contains(&slot), &mut placed);
+            from = to;
+        }
+        placed.sort_unstable();
+        Liveness::Listed(placed)
+    }
+
     /// Copies the records of `seg` that the index still points at into
-    /// `output`, checking them against the index in short read-lock holds.
+    /// `output`, checking them against `liveness` (a lookup in short
+    /// read-lock holds, or the list).
     fn copy_retained(
         &self,
         seg: &Segment,
+        liveness: &Liveness,
         output: &mut Output,
         report: &mut CompactionReport,
     ) -> Result<()> {
@@ -377,8 +470,9 @@ impl BucketCore {
         };
         let mut at = usize::try_from(seg.data_start)
             .map_err(|_| corrupt(0, "header longer than memory".into()))?;
+        let mut listed = liveness.in_segment(seg.slot);
         while at < data.len() {
-            let ix = self.index.read();
+            let ix = matches!(liveness, Liveness::Lookup).then(|| self.index.read());
             for _ in 0..CHUNK {
                 let Some(rest) = data.get(at..).filter(|rest| !rest.is_empty()) else {
                     break;
@@ -398,13 +492,16 @@ impl BucketCore {
                     continue;
                 }
                 let here = (seg.slot, segment_offset(at as u64)?);
-                let retained = ix
-                    .find(r.key, r.header.revision)
-                    .is_some_and(|rev| (rev.slot, rev.offset) == here);
-                if retained {
+                let placed = match &ix {
+                    Some(ix) => ix.find_placed(r.key, r.header.revision),
+                    None => listed.take(here),
+                };
+                if let Some(placed) =
+                    placed.filter(|p| p.at() == here && p.revision == r.header.revision)
+                {
                     // `decode` found the whole record in `rest`.
                     let bytes = rest.get(..len).unwrap_or_default();
-                    output.add(r.key, r.header.revision, here, bytes)?;
+                    output.add(placed, bytes)?;
                     report.records_kept += 1;
                 } else {
                     report.records_dropped += 1;

@@ -65,6 +65,28 @@ impl Entries {
         &mut self.slab[slot as usize]
     }
 
+    /// The entry in `slot`, to change (never its key); `None` past the slab.
+    pub fn get_checked_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slab.get_mut(slot as usize)
+    }
+
+    /// The entries in slots `slots` (those past the slab left out), free ones
+    /// left out, with their slots.
+    pub fn in_slots(
+        &self,
+        slots: std::ops::Range<u32>,
+    ) -> impl Iterator<Item = (u32, &Entry)> + '_ {
+        let end = (slots.end as usize).min(self.slab.len());
+        let start = (slots.start as usize).min(end);
+        self.slab
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .zip(slots.start..)
+            .filter(|(e, _)| e.rec.revision != 0)
+            .map(|(e, slot)| (slot, e))
+    }
+
     /// The key in `slot`.
     #[inline]
     pub fn key(&self, slot: u32) -> &[u8] {

@@ -7,6 +7,7 @@
 //! | `order.rs` | the same slots in key order (sorted blocks): ranges, prefixes |
 //! | `history.rs` | older revisions (history > 1), in a side slab |
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
+//! | `placed.rs` | what compaction asks: retained revisions by segment, moving them by entry slot |
 //! | `build.rs` | building from keys in order (the snapshot's load), no comparisons, bulk hashing |
 //!
 //! Memory is a design constraint (at most 110 bytes per key for a million
@@ -22,6 +23,7 @@ mod entries;
 mod history;
 mod key;
 mod order;
+mod placed;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -34,6 +36,7 @@ use self::entries::Entries;
 use self::history::History;
 pub use self::key::IKey;
 use self::order::{Order, Pos};
+pub use self::placed::Placed;
 pub use self::record::RecordRef;
 use crate::log::record::Op;
 
@@ -299,37 +302,6 @@ impl Index {
             keep.older = self.history.alloc(older);
         }
         self.entries.get_mut(slot).rec = keep;
-    }
-
-    /// Moves revision `revision` of `key` from `(slot, offset)` `from` to `to`
-    /// (after compaction copied it). Returns false if the index no longer holds
-    /// it there (it was retired meanwhile). One hash probe, no search.
-    pub fn relocate(
-        &mut self,
-        key: &[u8],
-        revision: u64,
-        from: (u32, u32),
-        to: (u32, u32),
-    ) -> bool {
-        let Some(slot) = self.entries.find(key) else {
-            return false;
-        };
-        let fix = |r: &mut RecordRef| {
-            if r.revision == revision && (r.slot, r.offset) == from {
-                (r.slot, r.offset) = to;
-                true
-            } else {
-                false
-            }
-        };
-        let latest = &mut self.entries.get_mut(slot).rec;
-        if fix(latest) {
-            return true;
-        }
-        match latest.older {
-            0 => false,
-            s => self.history.get_mut(s).iter_mut().any(fix),
-        }
     }
 
     /// Builds an index from keys in ascending order, each with its revisions

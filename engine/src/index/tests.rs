@@ -105,15 +105,91 @@ fn drop_oldest_while_removes_prefix_and_key() {
     assert_eq!(ix.bytes(), 0);
 }
 
+/// Moves a revision named by key, as compaction's lookup path does.
+fn relocate(ix: &mut Index, key: &[u8], revision: u64, from: (u32, u32), to: (u32, u32)) -> bool {
+    match ix.find_placed(key, revision) {
+        Some(p) => ix.relocate_at(p.entry, revision, from, to),
+        None => false,
+    }
+}
+
+#[test]
+fn placed_lists_what_lies_in_the_run_and_moves_by_entry() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    let at = |r: u64, slot: u32, offset: u64| RecordRef::new(r, 0, slot, offset, 20, Op::Put);
+    ix.apply(b"a", at(1, 1, 100), 2, &mut removed);
+    ix.apply(b"a", at(2, 2, 100), 2, &mut removed);
+    ix.apply(b"b", at(3, 1, 200), 2, &mut removed);
+    ix.apply(b"c", at(4, 3, 100), 2, &mut removed);
+    let mut placed = vec![];
+    ix.placed_in(0..ix.entry_slots(), |s| s == 1 || s == 2, &mut placed);
+    placed.sort();
+    let a = ix.find_placed(b"a", 1).unwrap().entry;
+    let b = ix.find_placed(b"b", 3).unwrap().entry;
+    assert_eq!(
+        placed,
+        vec![
+            Placed {
+                slot: 1,
+                offset: 100,
+                revision: 1,
+                entry: a
+            },
+            Placed {
+                slot: 1,
+                offset: 200,
+                revision: 3,
+                entry: b
+            },
+            Placed {
+                slot: 2,
+                offset: 100,
+                revision: 2,
+                entry: a
+            },
+        ]
+    );
+    // In chunks, the same.
+    let mut chunked = vec![];
+    for from in 0..ix.entry_slots() {
+        ix.placed_in(from..from + 1, |s| s == 1 || s == 2, &mut chunked);
+    }
+    chunked.sort();
+    assert_eq!(chunked, placed);
+    assert!(ix.relocate_at(a, 1, (1, 100), (9, 8)), "history");
+    assert!(ix.relocate_at(a, 2, (2, 100), (9, 48)), "latest");
+    assert!(!ix.relocate_at(a, 2, (2, 100), (9, 88)), "already moved");
+    assert!(
+        !ix.relocate_at(u32::MAX, 2, (2, 100), (9, 88)),
+        "no such entry"
+    );
+    let revs = ix.revisions(b"a");
+    assert_eq!(
+        revs.iter().map(|r| (r.slot, r.offset)).collect::<Vec<_>>(),
+        vec![(9, 8), (9, 48)]
+    );
+    // b's entry freed, then reused by another key: nothing of b's is moved.
+    ix.drop_oldest_while(b"b", |_| true, &mut removed);
+    assert!(!ix.relocate_at(b, 3, (1, 200), (9, 128)), "freed");
+    ix.apply(b"d", at(5, 4, 100), 2, &mut removed);
+    assert_eq!(ix.find_placed(b"d", 5).unwrap().entry, b, "slot reused");
+    assert!(!ix.relocate_at(b, 3, (1, 200), (9, 128)), "reused by d");
+    assert_eq!(ix.latest(b"d").map(|r| (r.slot, r.offset)), Some((4, 100)));
+}
+
 #[test]
 fn relocate_moves_only_named_records() {
     let mut ix = Index::default();
     let mut removed = vec![];
     ix.apply(b"a", rev(1, Op::Put), 2, &mut removed);
     ix.apply(b"a", rev(2, Op::Put), 2, &mut removed);
-    assert!(ix.relocate(b"a", 1, (1, 100), (7, 8)));
-    assert!(!ix.relocate(b"a", 1, (1, 100), (9, 9)), "already moved");
-    assert!(!ix.relocate(b"b", 1, (1, 100), (9, 9)));
+    assert!(relocate(&mut ix, b"a", 1, (1, 100), (7, 8)));
+    assert!(
+        !relocate(&mut ix, b"a", 1, (1, 100), (9, 9)),
+        "already moved"
+    );
+    assert!(!relocate(&mut ix, b"b", 1, (1, 100), (9, 9)));
     let revs = ix.revisions(b"a");
     assert_eq!((revs[0].slot, revs[0].offset), (7, 8));
     assert_eq!((revs[1].slot, revs[1].offset), (1, 200));
@@ -416,9 +492,9 @@ proptest! {
                     if let Some(r) = target {
                         let from = if bogus { (r.slot, r.offset + 1) } else { (r.slot, r.offset) };
                         let dest = (to, r.offset);
-                        prop_assert_eq!(ix.relocate(&k, r.revision, from, dest), m.relocate(&k, r.revision, from, dest));
+                        prop_assert_eq!(relocate(&mut ix, &k, r.revision, from, dest), m.relocate(&k, r.revision, from, dest));
                     } else {
-                        prop_assert!(!ix.relocate(&k, 1, (0, 8), (to, 8)));
+                        prop_assert!(!relocate(&mut ix, &k, 1, (0, 8), (to, 8)));
                     }
                 }
             }
