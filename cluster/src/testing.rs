@@ -185,11 +185,11 @@ pub fn sample_entry(term: u64, index: u64) -> crate::types::Entry {
     let pad = "x".repeat(usize::try_from(index % 40).unwrap_or(0));
     crate::types::Entry {
         log_id: log_id(term, index),
-        payload: openraft::EntryPayload::Normal(crate::command::Proposal {
-            time_ms: index,
-            command: crate::command::Command::Sweep {
+        payload: openraft::EntryPayload::Normal(crate::command::Proposal::new(
+            index,
+            crate::command::Command::Sweep {
                 bucket: format!("bucket-{term}-{index}-{pad}"),
             },
-        }),
+        )),
     }
 }

@@ -25,7 +25,7 @@ use crate::types::NodeId;
 /// The wire version: raised on any change of the messages, including openraft's (whose
 /// types travel in them, serialized by position). Nodes of different versions refuse each
 /// other at the handshake.
-pub const WIRE_VERSION: u32 = 1_0010_0037;
+pub const WIRE_VERSION: u32 = 2_0010_0037;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Hello {

@@ -230,10 +230,7 @@ impl ClusterNode {
         let raft = &self.inner.raft;
         let started = Instant::now();
         loop {
-            let proposal = Proposal {
-                time_ms: logkv::SystemClock.now_ms(),
-                command: command.clone(),
-            };
+            let proposal = Proposal::new(logkv::SystemClock.now_ms(), command.clone());
             let written =
                 tokio::time::timeout(self.inner.cfg.write_timeout, raft.client_write(proposal))
                     .await;

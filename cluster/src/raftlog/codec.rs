@@ -111,10 +111,7 @@ mod tests {
     fn entries_round_trip() {
         let normal = Entry {
             log_id: id(3, 2, 17),
-            payload: EntryPayload::Normal(Proposal {
-                time_ms: 5,
-                command: Command::Sweep { bucket: "b".into() },
-            }),
+            payload: EntryPayload::Normal(Proposal::new(5, Command::Sweep { bucket: "b".into() })),
         };
         let blank = Entry {
             log_id: id(1, 1, 0),

@@ -29,6 +29,7 @@
 
 pub mod ack;
 pub mod codec;
+mod recent;
 mod replay;
 
 use std::collections::VecDeque;
@@ -49,6 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use ack::Acks;
 pub use ack::FsyncMode;
+use recent::Recent;
 use replay::Replay;
 
 use crate::fsutil::{checked, invalid, read_checked, SlotFile};
@@ -96,6 +98,8 @@ struct State {
     app: Appender,
     /// Every entry the log holds, in index order, without a gap.
     locs: VecDeque<Loc>,
+    /// The newest entries appended, in memory: a suffix of `locs`.
+    recent: Recent,
     purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
@@ -240,6 +244,7 @@ impl LogStore {
         let mut state = State {
             app: appender,
             locs: replay.locs,
+            recent: Recent::default(),
             purged,
             vote,
             committed,
@@ -293,8 +298,11 @@ impl LogStore {
         let lo = usize::try_from(from - first).map_err(io::Error::other)?;
         let hi = usize::try_from(to - first).map_err(io::Error::other)?;
         let mut out = Vec::with_capacity(hi - lo);
+        // The newest are in memory (what replication and apply read, right after the append).
+        let cached_from = st.locs.len() - st.recent.len();
+        let split = cached_from.clamp(lo, hi);
         let mut seg: Option<Arc<Segment>> = None;
-        for loc in st.locs.range(lo..hi) {
+        for loc in st.locs.range(lo..split) {
             if seg.as_ref().is_none_or(|s| s.slot != loc.slot) {
                 seg = self.shared.log.segment(loc.slot);
             }
@@ -315,6 +323,9 @@ impl LogStore {
             };
             out.push(codec::decode_entry(rec.value)?);
         }
+        if hi > split {
+            out.extend(st.recent.range(split - cached_from..hi - cached_from));
+        }
         Ok(out)
     }
 
@@ -332,7 +343,9 @@ impl LogStore {
         let mut pending: Vec<(u64, u32, LogId)> = Vec::new();
         let mut salt = 0;
         let mut end = None;
-        for entry in entries {
+        // The entries of `buf` start at `entries[chunk]`.
+        let mut chunk = 0;
+        for (i, entry) in entries.iter().enumerate() {
             let id = entry.log_id;
             value.clear();
             codec::encode_entry(entry, &mut value)?;
@@ -346,6 +359,8 @@ impl LogStore {
             let len = record::encoded_len(8, value.len()) as u64;
             if !buf.is_empty() && !st.app.has_room(buf.len() as u64 + len, rev) {
                 end = Some(write_out(log, st, &buf, &mut pending)?);
+                st.recent.push(entries.get(chunk..i).unwrap_or_default());
+                chunk = i;
                 buf.clear();
             }
             if buf.is_empty() {
@@ -371,6 +386,7 @@ impl LogStore {
         }
         if !buf.is_empty() {
             end = Some(write_out(log, st, &buf, &mut pending)?);
+            st.recent.push(entries.get(chunk..).unwrap_or_default());
         }
         st.buf = buf;
         st.value = value;
@@ -535,6 +551,7 @@ impl RaftLogStorage<C> for LogStore {
         log.truncate(&mut st.app, LogPos::new(seq, loc.offset))
             .map_err(to_io)?;
         st.locs.truncate(pos);
+        st.recent.keep_below(cut);
         Ok(())
     }
 
@@ -554,6 +571,7 @@ impl RaftLogStorage<C> for LogStore {
         {
             st.locs.pop_front();
         }
+        st.recent.drop_through(log_id.index);
         drop_purged_segments(&self.shared.log, st)
     }
 }

@@ -235,3 +235,50 @@ fn a_log_of_the_earlier_format_is_refused() {
         "{err}"
     );
 }
+
+/// Reads span the entries kept in memory and those read back from the segments, and
+/// truncation and purge keep the two in step: every read equals what a reopened log (nothing
+/// in memory) reads.
+#[tokio::test]
+async fn reads_across_the_in_memory_entries_match_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 1 << 20,
+        ..opts()
+    };
+    let mut log = LogStore::open(dir.path(), opts.clone()).unwrap();
+    let n = 9_000u64;
+    for start in (1..=n).step_by(100) {
+        append(
+            &mut log,
+            (start..start + 100).map(|i| entry(1, i)).collect(),
+        )
+        .await
+        .unwrap();
+    }
+    let want: Vec<Entry> = (1..=n).map(|i| entry(1, i)).collect();
+    assert_eq!(log.try_get_log_entries(1..).await.unwrap(), want);
+    assert_eq!(
+        log.try_get_log_entries(700..900).await.unwrap(),
+        want[699..899].to_vec(),
+        "across the boundary"
+    );
+    log.truncate_after(Some(id(1, 8_500))).await.unwrap();
+    append(&mut log, (8_501..=8_600).map(|i| entry(2, i)).collect())
+        .await
+        .unwrap();
+    log.purge(id(1, 4_000)).await.unwrap();
+    let want: Vec<Entry> = (4_001..=8_500)
+        .map(|i| entry(1, i))
+        .chain((8_501..=8_600).map(|i| entry(2, i)))
+        .collect();
+    assert_eq!(log.try_get_log_entries(0..).await.unwrap(), want);
+    assert_eq!(
+        log.try_get_log_entries(8_400..8_550).await.unwrap(),
+        want[4_399..4_549].to_vec()
+    );
+    log.close().unwrap();
+    drop(log);
+    let mut log = LogStore::open(dir.path(), opts).unwrap();
+    assert_eq!(log.try_get_log_entries(0..).await.unwrap(), want);
+}

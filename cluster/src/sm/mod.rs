@@ -101,10 +101,10 @@ impl StateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(p) => {
-                    applied.time_ms = applied.time_ms.max(p.time_ms);
+                    applied.time_ms = applied.time_ms.max(p.time_ms());
                     self.shared
                         .applier
-                        .apply(log_id, applied.time_ms, &p.command)?
+                        .apply(log_id, applied.time_ms, p.command())?
                 }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(log_id), m);

@@ -16,24 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// Version byte in front of every serialized [`Proposal`].
-pub const COMMAND_FORMAT: u8 = 1;
-
-/// A log entry's application payload: a command and the leader's clock when it was proposed
-/// (the time every node applies it at: `created`, TTL expiries, age-outs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
-    /// The leader's wall clock, ms since the Unix epoch.
-    pub time_ms: u64,
-    /// What to do.
-    pub command: Command,
-}
-
-impl fmt::Display for Proposal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} @{}", self.command, self.time_ms)
-    }
-}
+mod proposal;
+pub use proposal::{decode_proposal, encode_proposal, FormatError, Proposal, COMMAND_FORMAT};
 
 /// A store-level command. Each one concerns a single bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -520,46 +504,15 @@ impl OpError {
     }
 }
 
-/// A stored or received command that cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum FormatError {
-    /// Empty input.
-    #[error("empty command")]
-    Empty,
-    /// A version this build does not know.
-    #[error("command format {0} is not supported (this build reads {COMMAND_FORMAT})")]
-    Version(u8),
-    /// The bytes do not decode.
-    #[error("undecodable command: {0}")]
-    Decode(#[from] postcard::Error),
-}
-
-/// Serializes a proposal: the format version, then postcard.
-pub fn encode_proposal(p: &Proposal, out: &mut Vec<u8>) -> Result<(), FormatError> {
-    out.push(COMMAND_FORMAT);
-    let body = postcard::to_stdvec(p)?;
-    out.extend_from_slice(&body);
-    Ok(())
-}
-
-/// Reads a proposal written by [`encode_proposal`].
-pub fn decode_proposal(bytes: &[u8]) -> Result<Proposal, FormatError> {
-    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
-    if version != COMMAND_FORMAT {
-        return Err(FormatError::Version(version));
-    }
-    Ok(postcard::from_bytes(body)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn proposals_round_trip() {
-        let p = Proposal {
-            time_ms: 1_700_000_000_000,
-            command: Command::Write {
+        let p = Proposal::new(
+            1_700_000_000_000,
+            Command::Write {
                 bucket: "b".into(),
                 atomic: true,
                 ops: vec![
@@ -568,7 +521,7 @@ mod tests {
                     Op::delete_at("k", 3),
                 ],
             },
-        };
+        );
         let mut buf = Vec::new();
         encode_proposal(&p, &mut buf).unwrap();
         assert_eq!(buf[0], COMMAND_FORMAT);
@@ -580,6 +533,29 @@ mod tests {
         ));
         assert!(matches!(decode_proposal(&[]), Err(FormatError::Empty)));
         assert!(decode_proposal(&[COMMAND_FORMAT, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn proposals_travel_as_their_stored_bytes() {
+        let p = Proposal::new(7, Command::Sweep { bucket: "b".into() });
+        let wire = postcard::to_stdvec(&p).unwrap();
+        let mut stored = Vec::new();
+        encode_proposal(&p, &mut stored).unwrap();
+        // A byte string (its length, one byte here, then the stored form).
+        assert_eq!(wire.len(), stored.len() + 1);
+        assert!(wire.ends_with(&stored));
+        let back: Proposal = postcard::from_bytes(&wire).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.encoded().unwrap(), &stored[..]);
+        // Clones share one proposal, encoded once.
+        let clone = p.clone();
+        assert!(std::ptr::eq(clone.encoded().unwrap(), p.encoded().unwrap()));
+        let mut bad = wire.clone();
+        bad[1] = 9;
+        assert!(
+            postcard::from_bytes::<Proposal>(&bad).is_err(),
+            "unknown format"
+        );
     }
 
     #[test]

@@ -1,0 +1,158 @@
+//! [`Proposal`]: what one log entry carries, shared and encoded once.
+//!
+//! A proposal is immutable once made. It is held behind an `Arc`, so the Raft log's cache of
+//! recent entries and each follower's replication stream share one copy, and it keeps its
+//! encoded form (a version byte, then postcard) from the first time it is needed: the Raft
+//! log stores those bytes and the nodes send each other the same bytes, so an entry is
+//! serialized once on the leader and decoded once on each follower.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::Command;
+
+/// Version byte in front of every serialized [`Proposal`].
+pub const COMMAND_FORMAT: u8 = 1;
+
+/// A log entry's application payload: a command and the leader's clock when it was proposed
+/// (the time every node applies it at: `created`, TTL expiries, age-outs). Cloning shares it.
+#[derive(Clone)]
+pub struct Proposal(Arc<Inner>);
+
+struct Inner {
+    time_ms: u64,
+    command: Command,
+    /// [`encode_proposal`]'s bytes, made on first use (or kept from decoding).
+    encoded: OnceLock<Vec<u8>>,
+}
+
+/// The fields in their serialized order (postcard writes a struct as its fields in order).
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    time_ms: u64,
+    command: &'a Command,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    time_ms: u64,
+    command: Command,
+}
+
+impl Proposal {
+    /// `command`, proposed at `time_ms` (the leader's wall clock, ms since the Unix epoch).
+    pub fn new(time_ms: u64, command: Command) -> Proposal {
+        Proposal(Arc::new(Inner {
+            time_ms,
+            command,
+            encoded: OnceLock::new(),
+        }))
+    }
+
+    /// The leader's wall clock when it was proposed, ms since the Unix epoch.
+    pub fn time_ms(&self) -> u64 {
+        self.0.time_ms
+    }
+
+    /// What to do.
+    pub fn command(&self) -> &Command {
+        &self.0.command
+    }
+
+    /// The serialized form: [`COMMAND_FORMAT`], then postcard. Made once.
+    pub fn encoded(&self) -> Result<&[u8], FormatError> {
+        if let Some(bytes) = self.0.encoded.get() {
+            return Ok(bytes);
+        }
+        let mut out = vec![COMMAND_FORMAT];
+        let body = BodyRef {
+            time_ms: self.0.time_ms,
+            command: &self.0.command,
+        };
+        out = postcard::to_extend(&body, out)?;
+        Ok(self.0.encoded.get_or_init(|| out))
+    }
+}
+
+impl PartialEq for Proposal {
+    fn eq(&self, other: &Proposal) -> bool {
+        self.0.time_ms == other.0.time_ms && self.0.command == other.0.command
+    }
+}
+
+impl Eq for Proposal {}
+
+impl fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proposal")
+            .field("time_ms", &self.0.time_ms)
+            .field("command", &self.0.command)
+            .finish()
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} @{}", self.0.command, self.0.time_ms)
+    }
+}
+
+/// On the wire a proposal is one byte string: its [`Proposal::encoded`] form.
+impl Serialize for Proposal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.encoded().map_err(serde::ser::Error::custom)?)
+    }
+}
+
+impl<'de> Deserialize<'de> for Proposal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Proposal, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Proposal;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an encoded proposal")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Proposal, E> {
+                decode_proposal(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
+}
+
+/// A stored or received command that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// Empty input.
+    #[error("empty command")]
+    Empty,
+    /// A version this build does not know.
+    #[error("command format {0} is not supported (this build reads {COMMAND_FORMAT})")]
+    Version(u8),
+    /// The bytes do not decode.
+    #[error("undecodable command: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Appends a proposal's serialized form (the format version, then postcard) to `out`.
+pub fn encode_proposal(p: &Proposal, out: &mut Vec<u8>) -> Result<(), FormatError> {
+    out.extend_from_slice(p.encoded()?);
+    Ok(())
+}
+
+/// Reads a proposal written by [`encode_proposal`]; it keeps a copy of `bytes` as its
+/// encoded form.
+pub fn decode_proposal(bytes: &[u8]) -> Result<Proposal, FormatError> {
+    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
+    if version != COMMAND_FORMAT {
+        return Err(FormatError::Version(version));
+    }
+    let Body { time_ms, command } = postcard::from_bytes(body)?;
+    Ok(Proposal(Arc::new(Inner {
+        time_ms,
+        command,
+        encoded: OnceLock::from(bytes.to_vec()),
+    })))
+}
