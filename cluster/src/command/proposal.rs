@@ -23,7 +23,7 @@ pub struct Proposal(Arc<Inner>);
 
 struct Inner {
     time_ms: u64,
-    command: Command,
+    command: Arc<Command>,
     /// [`encode_proposal`]'s bytes, made on first use (or kept from decoding).
     encoded: OnceLock<Vec<u8>>,
 }
@@ -44,6 +44,11 @@ struct Body {
 impl Proposal {
     /// `command`, proposed at `time_ms` (the leader's wall clock, ms since the Unix epoch).
     pub fn new(time_ms: u64, command: Command) -> Proposal {
+        Proposal::shared(time_ms, Arc::new(command))
+    }
+
+    /// [`Proposal::new`] with a command shared with its caller (who may propose it again).
+    pub fn shared(time_ms: u64, command: Arc<Command>) -> Proposal {
         Proposal(Arc::new(Inner {
             time_ms,
             command,
@@ -69,7 +74,7 @@ impl Proposal {
         let mut out = vec![COMMAND_FORMAT];
         let body = BodyRef {
             time_ms: self.0.time_ms,
-            command: &self.0.command,
+            command: self.command(),
         };
         out = postcard::to_extend(&body, out)?;
         Ok(self.0.encoded.get_or_init(|| out))
@@ -152,7 +157,7 @@ pub fn decode_proposal(bytes: &[u8]) -> Result<Proposal, FormatError> {
     let Body { time_ms, command } = postcard::from_bytes(body)?;
     Ok(Proposal(Arc::new(Inner {
         time_ms,
-        command,
+        command: Arc::new(command),
         encoded: OnceLock::from(bytes.to_vec()),
     })))
 }

@@ -1,5 +1,7 @@
 //! What nodes ask each other, and what they answer (postcard inside [`super::frame`]s).
 
+use std::sync::Arc;
+
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -37,8 +39,9 @@ pub enum Request {
 /// What a follower asks the leader for on behalf of a client.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Forward {
-    /// Propose this command (the leader stamps its time).
-    Write(Command),
+    /// Propose this command (the leader stamps its time). Shared: the node that forwards it
+    /// keeps it for a retry without copying it.
+    Write(Arc<Command>),
     /// A read index: the log index a linearizable read must wait for.
     ReadIndex,
     /// Add a node (as a learner, then a voter unless `learner`).

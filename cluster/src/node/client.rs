@@ -3,6 +3,7 @@
 //! be told: done, refused before anything happened (`NOLEADER`), or unknown (`INDOUBT`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logkv::Clock;
@@ -80,7 +81,7 @@ impl ClusterNode {
     /// Proposes `command` and returns its response once applied (on the leader), forwarding
     /// it to the leader from a follower.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
-        match self.forward(Forward::Write(command)).await? {
+        match self.forward(Forward::Write(Arc::new(command))).await? {
             Outcome::Applied { response, .. } => Ok(response),
             other => Err(other.into()),
         }
@@ -220,17 +221,17 @@ impl ClusterNode {
         &self,
         command: Command,
     ) -> Result<Response, ClusterError> {
-        match self.propose_local(command).await {
+        match self.propose_local(Arc::new(command)).await {
             Outcome::Applied { response, .. } => Ok(response),
             other => Err(other.into()),
         }
     }
 
-    async fn propose_local(&self, command: Command) -> Outcome {
+    async fn propose_local(&self, command: Arc<Command>) -> Outcome {
         let raft = &self.inner.raft;
         let started = Instant::now();
         loop {
-            let proposal = Proposal::new(logkv::SystemClock.now_ms(), command.clone());
+            let proposal = Proposal::shared(logkv::SystemClock.now_ms(), Arc::clone(&command));
             let written =
                 tokio::time::timeout(self.inner.cfg.write_timeout, raft.client_write(proposal))
                     .await;

@@ -24,7 +24,7 @@ pub(crate) async fn settle(s: &mut Session, out: &mut Vec<u8>) {
     let version = s.version;
     let mut inserted = 0;
     for (writes, at) in std::mem::take(&mut s.deferred) {
-        let replies = propose_writes(&node, &bucket, &writes, version).await;
+        let replies = propose_writes(&node, &bucket, writes, version).await;
         let at = at + inserted;
         out.splice(at..at, replies.iter().copied());
         inserted += replies.len();
@@ -35,10 +35,11 @@ pub(crate) async fn settle(s: &mut Session, out: &mut Vec<u8>) {
 async fn propose_writes(
     node: &ClusterNode,
     bucket: &str,
-    writes: &[Write],
+    writes: Vec<Write>,
     version: RespVersion,
 ) -> Vec<u8> {
-    let ops: Vec<Op> = writes.iter().map(|w| w.op.clone()).collect();
+    let (ops, shapes): (Vec<Op>, Vec<WriteShape>) =
+        writes.into_iter().map(|w| (w.op, w.shape)).unzip();
     let cmd = Command::Write {
         bucket: bucket.to_string(),
         atomic: false,
@@ -47,10 +48,10 @@ async fn propose_writes(
     let mut out = Vec::new();
     match node.write(cmd).await {
         Ok(Response::Each(results)) => {
-            for (w, r) in writes.iter().zip(results) {
+            for (shape, r) in shapes.iter().zip(results) {
                 match r {
                     Ok(written) => {
-                        encode::written(&mut out, version, &written.to_engine(), w.shape);
+                        encode::written(&mut out, version, &written.to_engine(), *shape);
                     }
                     Err(e) => engine_error(&e.to_engine()).encode(version, &mut out),
                 }
@@ -58,19 +59,19 @@ async fn propose_writes(
         }
         Ok(Response::Failed(e)) => {
             let reply = engine_error(&e.to_engine());
-            for _ in writes {
+            for _ in &shapes {
                 reply.encode(version, &mut out);
             }
         }
         Ok(other) => {
             let reply = Reply::err("ERR", format!("unexpected outcome {other:?}"));
-            for _ in writes {
+            for _ in &shapes {
                 reply.encode(version, &mut out);
             }
         }
         Err(e) => {
             let reply = error_reply(&e);
-            for _ in writes {
+            for _ in &shapes {
                 reply.encode(version, &mut out);
             }
         }

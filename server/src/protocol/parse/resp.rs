@@ -12,12 +12,11 @@ pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usiz
     let Some((end, count)) = scan_resp(buf, limits, |_| {})? else {
         return Ok(None);
     };
-    // Second pass over the now complete frame: copy the arguments out.
-    let frame = &buf[..end];
+    // Second pass over the now complete frame: copy it out once; the arguments are slices of
+    // the copy (one allocation per request, and clones of an argument share it).
+    let frame = Bytes::copy_from_slice(&buf[..end]);
     let mut args = Vec::with_capacity(count);
-    scan_resp(frame, limits, |r| {
-        args.push(Bytes::copy_from_slice(&frame[r]));
-    })?;
+    scan_resp(&frame, limits, |r| args.push(frame.slice(r)))?;
     Ok(Some((
         Request {
             args,
