@@ -27,9 +27,9 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// A bucket with history 2, overwrites, deletes and purges over many segments.
-fn populate(store: &Store) -> Bucket {
-    let b = store
+/// An empty bucket `c` keeping two revisions per key.
+fn history_2(store: &Store) -> Bucket {
+    store
         .create_bucket(
             "c",
             BucketConfig {
@@ -37,7 +37,12 @@ fn populate(store: &Store) -> Bucket {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+}
+
+/// A bucket with history 2, overwrites, deletes and purges over many segments.
+fn populate(store: &Store) -> Bucket {
+    let b = history_2(store);
     for round in 0..6u32 {
         for k in 0..200u32 {
             b.put(
@@ -151,15 +156,7 @@ fn lookup_and_index_scan_passes_keep_the_same_state() {
     for (keys, rounds, hot) in [(3000u32, 1u32, 40u32), (60, 40, 60)] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), opts()).unwrap();
-        let b = store
-            .create_bucket(
-                "c",
-                BucketConfig {
-                    history: 2,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let b = history_2(&store);
         for k in 0..keys {
             b.put(&format!("k.{k}"), format!("first-{k}")).unwrap();
         }
