@@ -32,7 +32,14 @@ struct Tally {
     bytes: u64,
     put_keys: u64,
     max_revisions: usize,
+    /// Bytes retained per segment slot (by slot: a snapshot's are `1..=`
+    /// its segments), so that opening need not walk the index again for
+    /// them; `None` once a slot too large for a vector came by.
+    live: Option<Vec<u64>>,
 }
+
+/// Slots from which [`Tally::live`] gives up (a snapshot's are small numbers).
+const LIVE_SLOTS: usize = 1 << 16;
 
 impl Tally {
     /// Counts `revs` (a key's revisions, oldest first) and makes the key's
@@ -50,6 +57,7 @@ impl Tally {
             self.values += 1;
             self.expiring += u64::from(r.expires_ms != 0);
             self.bytes += r.len() as u64;
+            self.add_live(r.slot as usize, r.len() as u64);
         }
         let mut latest = latest.bare();
         self.put_keys += u64::from(latest.op() == Op::Put);
@@ -63,12 +71,43 @@ impl Tally {
         })
     }
 
+    fn add_live(&mut self, slot: usize, bytes: u64) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        if slot >= live.len() {
+            if slot >= LIVE_SLOTS {
+                self.live = None;
+                return;
+            }
+            live.resize(slot + 1, 0);
+        }
+        if let Some(n) = live.get_mut(slot) {
+            *n += bytes;
+        }
+    }
+
     fn add(&mut self, other: &Tally) {
         self.values += other.values;
         self.expiring += other.expiring;
         self.bytes += other.bytes;
         self.put_keys += other.put_keys;
         self.max_revisions = self.max_revisions.max(other.max_revisions);
+        match &other.live {
+            Some(live) => {
+                for (slot, &bytes) in live.iter().enumerate() {
+                    self.add_live(slot, bytes);
+                }
+            }
+            None => self.live = None,
+        }
+    }
+
+    fn new() -> Tally {
+        Tally {
+            live: Some(Vec::new()),
+            ..Tally::default()
+        }
     }
 }
 
@@ -138,7 +177,7 @@ impl SortedBuilder {
                 ..Index::default()
             },
             hashes,
-            tally: Tally::default(),
+            tally: Tally::new(),
         }
     }
 
@@ -199,7 +238,7 @@ impl SortedBuilder {
             filled: 0,
             hasher,
             history: History::default(),
-            tally: Tally::default(),
+            tally: Tally::new(),
         };
         let (mut p0, mut p1) = (part(e0, h0), part(e1, h1));
         let fill = &fill;
@@ -258,6 +297,12 @@ impl SortedBuilder {
     /// Whether nothing was pushed yet.
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
+    }
+
+    /// Bytes of the revisions pushed so far, by segment slot (`None` if a
+    /// slot was too large to count them in a vector).
+    pub fn live_bytes_by_slot(&self) -> Option<&[u64]> {
+        self.tally.live.as_deref()
     }
 
     /// Most revisions any key pushed so far has.

@@ -12,6 +12,12 @@
 //! a log line and the whole log is scanned instead: never wrong data. Layout
 //! (little-endian) in `docs/FORMAT.md`.
 //!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the file: header, checksum, the two parts decoded at once, matching the log at open |
+//! | `fields.rs` | the keys of version 3 (written now): fixed-width fields, their widths chosen per snapshot |
+//! | `varint.rs` | the keys of versions 1 and 2 (varints), still read |
+//!
 //! It is written whole each time, after every compaction pass too: the
 //! encoding (under the index read lock) walks every key in order, a block of
 //! the index at a time. Not done: an incremental snapshot
@@ -20,10 +26,17 @@
 //! writing it only at close and after a number of passes, which trades the
 //! cost for longer log scans after a crash.
 
+mod fields;
+#[cfg(test)]
+mod tests;
+mod varint;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use self::fields::{FixedKeys, Widths};
+use self::varint::VarintKeys;
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::index::{Index, RecordRef, SortedBuilder, SortedPart, PARALLEL_FROM};
@@ -33,10 +46,10 @@ use crate::log::segment::{Segment, SegmentId};
 /// File name of a bucket's snapshot.
 pub const SNAPSHOT_FILE: &str = "index.snap";
 const MAGIC: &[u8; 8] = b"LOGKVIDX";
-/// Version 2 splits the keys in two parts that decode at once and holds the
-/// bucket's replication tag (see `docs/FORMAT.md`); version 1 (one part, no
-/// tag) still loads.
-const VERSION: u32 = 2;
+/// Version 3 stores each key's fields at fixed widths chosen per snapshot
+/// (see `docs/FORMAT.md`). Versions 1 (one part, no tag) and 2 (two parts, the
+/// replication tag; varints) still load.
+const VERSION: u32 = 3;
 
 /// A segment as the snapshot saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +72,20 @@ pub(crate) struct Snapshot {
     index: Index,
     /// Most revisions any key holds.
     max_revisions: usize,
+    /// Bytes of the revisions it holds, by the slot `index` names each
+    /// segment with (counted while decoding).
+    live: Option<Vec<u64>>,
 }
 
+/// A snapshot applied: where recovery resumes, and what it retains.
+pub(crate) struct Applied {
+    /// Position in the log of the segment to scan from, and the offset in it.
+    pub resume: (usize, u64),
+    /// Bytes of the snapshot's revisions in each opened segment, by slot.
+    pub live: Option<HashMap<u32, u64>>,
+}
+
+/// Reads the header's fields in order.
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
@@ -79,45 +104,12 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> std::result::Result<u8, &'static str> {
         Ok(u8::from_le_bytes(self.array()?))
     }
-    fn varint(&mut self) -> std::result::Result<u64, &'static str> {
-        let rest = self.buf.get(self.at..).unwrap_or_default();
-        let mut v = 0u64;
-        for (i, &b) in rest.iter().take(10).enumerate() {
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                self.at += i + 1;
-                return Ok(v);
-            }
-        }
-        Err(if rest.len() < 10 {
-            "truncated"
-        } else {
-            "varint too long"
-        })
-    }
     fn u32(&mut self) -> std::result::Result<u32, &'static str> {
         Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> std::result::Result<u64, &'static str> {
         Ok(u64::from_le_bytes(self.array()?))
     }
-    /// A varint that counts something held in memory.
-    fn count(&mut self) -> std::result::Result<usize, &'static str> {
-        usize::try_from(self.varint()?).map_err(|_| "count out of range")
-    }
-}
-
-/// Appends `v` as a LEB128 varint.
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "each byte takes the low 7 bits, masked"
-)]
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v & 0x7f) as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// Serialises `index` with the log state it corresponds to.
@@ -141,7 +133,11 @@ pub(crate) fn encode(
         .zip(0..count)
         .map(|((s, _), pos)| (s.slot, pos))
         .collect();
-    let mut out = Vec::with_capacity(64 + index.key_count() * 56);
+    // A revision in a segment the list does not hold gets an index past the
+    // list: the snapshot is refused at load (and the log scanned).
+    let segment_of = |slot: u32| slot_to_pos.get(&slot).copied().unwrap_or(count);
+    let widths = Widths::for_index(index, segment_of);
+    let mut out = Vec::with_capacity(64 + index.key_count() * 24);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -170,11 +166,18 @@ pub(crate) fn encode(
         .map_err(|_| Error::Internal(format!("a replication tag of {} bytes", tag.len())))?;
     out.push(tag_len);
     out.extend_from_slice(tag);
+    widths.write(&mut out);
     let mut prev: Vec<u8> = Vec::new();
     let mut revs = Vec::new();
     let mut written = 0usize;
     // Revisions mostly sit in the segment of the one before: skip the lookup then.
-    let mut last_seg = (u32::MAX, u32::MAX);
+    let last_seg = std::cell::Cell::new((u32::MAX, u32::MAX));
+    let segment_of = |slot: u32| {
+        if slot != last_seg.get().0 {
+            last_seg.set((slot, segment_of(slot)));
+        }
+        last_seg.get().1
+    };
     index.try_for_each_sorted(|key, latest| {
         if written == split {
             // The second part's first key shares nothing: it decodes on its own.
@@ -188,29 +191,13 @@ pub(crate) fn encode(
         // Keys are sorted: store the length shared with the previous key and the rest.
         let k = key.as_bytes();
         let shared = k.iter().zip(&prev).take_while(|(a, b)| a == b).count();
-        put_varint(&mut out, shared as u64);
-        put_varint(&mut out, (k.len() - shared) as u64);
-        out.extend_from_slice(k.get(shared..).unwrap_or_default());
-        prev.clear();
-        prev.extend_from_slice(k);
         revs.clear();
         index.for_each_rev(latest, |r| revs.push(*r));
-        let n = u8::try_from(revs.len())
-            .map_err(|_| Error::Internal(format!("{} revisions of one key", revs.len())))?;
-        out.push(n);
-        for r in &revs {
-            put_varint(&mut out, r.revision);
-            put_varint(&mut out, r.expires_ms);
-            if r.slot != last_seg.0 {
-                last_seg = (
-                    r.slot,
-                    slot_to_pos.get(&r.slot).copied().unwrap_or(u32::MAX),
-                );
-            }
-            put_varint(&mut out, u64::from(last_seg.1));
-            put_varint(&mut out, u64::from(r.offset));
-            put_varint(&mut out, (r.len() as u64) << 2 | r.op() as u64);
-        }
+        widths
+            .put_key(&mut out, k, shared, &revs, segment_of)
+            .map_err(|why| Error::Internal(why.into()))?;
+        prev.clear();
+        prev.extend_from_slice(k);
         Ok(())
     })?;
     let crc = crc32fast::hash(&out);
@@ -268,7 +255,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         return Err("bad magic");
     }
     let version = r.u32()?;
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err("unsupported version");
     }
     r.u32()?;
@@ -299,15 +286,25 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         let len = usize::from(r.u8()?);
         (len > 0).then(|| r.take(len).map(Box::from)).transpose()?
     };
-    // A key takes 8 bytes at least (lengths, count, one revision).
-    if nkeys > body.len() / 8 {
+    let keys = if version == 3 {
+        Keys::Fixed(FixedKeys {
+            bytes,
+            widths: Widths::read(r.array()?)?,
+            segments: segments.len(),
+        })
+    } else {
+        Keys::Varint(VarintKeys {
+            body,
+            segments: segments.len(),
+        })
+    };
+    // A key takes 8 bytes at least in versions 1 and 2 (lengths, count, one
+    // revision), 3 in version 3 (its fields can be 0 bytes wide).
+    let smallest_key = if version == 3 { 3 } else { 8 };
+    if nkeys > body.len() / smallest_key {
         return Err("more keys than bytes for them");
     }
     let mut builder = SortedBuilder::with_capacity(nkeys);
-    let keys = Keys {
-        body,
-        segments: segments.len(),
-    };
     if split == nkeys || split == 0 || version == 1 {
         keys.decode(r.at, body.len(), nkeys, &mut builder)?;
     } else if split > nkeys || split_at <= r.at || split_at > body.len() {
@@ -319,14 +316,40 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
             _ => keys.decode(split_at, body.len(), nkeys - split, sink),
         })?;
     }
+    let max_revisions = builder.max_revisions();
+    let live = builder.live_bytes_by_slot().map(<[u64]>::to_vec);
+    let index = builder.finish();
     Ok(Snapshot {
         last_revision,
         tag,
         segments,
         tail_crc,
-        max_revisions: builder.max_revisions(),
-        index: builder.finish(),
+        index,
+        max_revisions,
+        live,
     })
+}
+
+/// The keys of a snapshot, in the encoding of its version.
+enum Keys<'a> {
+    Varint(VarintKeys<'a>),
+    Fixed(FixedKeys<'a>),
+}
+
+impl Keys<'_> {
+    /// Decodes `count` keys from the file's bytes `from..to` (exactly) into `sink`.
+    fn decode(
+        &self,
+        from: usize,
+        to: usize,
+        count: usize,
+        sink: &mut impl Sink,
+    ) -> std::result::Result<(), &'static str> {
+        match self {
+            Keys::Varint(k) => k.decode(from, to, count, sink),
+            Keys::Fixed(k) => k.decode(from, to, count, sink),
+        }
+    }
 }
 
 /// Where decoded keys go: a builder, or one part of it.
@@ -353,89 +376,15 @@ impl Sink for SortedPart<'_> {
     }
 }
 
-/// The keys of a snapshot's body.
-struct Keys<'a> {
-    body: &'a [u8],
-    /// Number of segments the snapshot lists.
-    segments: usize,
-}
-
-impl Keys<'_> {
-    /// Decodes `count` keys from `body[from..to]` (exactly) into `sink`.
-    fn decode(
-        &self,
-        from: usize,
-        to: usize,
-        count: usize,
-        sink: &mut impl Sink,
-    ) -> std::result::Result<(), &'static str> {
-        let mut r = Reader {
-            buf: self.body.get(..to).ok_or("truncated")?,
-            at: from,
-        };
-        let mut key: Vec<u8> = Vec::new();
-        let mut revs = Vec::new();
-        for _ in 0..count {
-            let shared = r.count()?;
-            let rest = r.count()?;
-            if shared > key.len() || shared + rest > crate::key::MAX_KEY_LEN {
-                return Err("bad key lengths");
-            }
-            let rest = r.take(rest)?;
-            // Keys must ascend. The writer shares as much as it can, so the first
-            // byte after the shared part decides (a full comparison otherwise).
-            let ascends = match (key.get(shared), rest.first()) {
-                (Some(old), Some(new)) if old != new => new > old,
-                (None, Some(_)) => true,
-                _ => rest > key.get(shared..).unwrap_or_default(),
-            };
-            if !ascends && !sink.is_empty() {
-                return Err("keys out of order");
-            }
-            key.truncate(shared);
-            key.extend_from_slice(rest);
-            let n = usize::from(r.u8()?);
-            revs.clear();
-            for _ in 0..n {
-                let revision = r.varint()?;
-                let expires = r.varint()?;
-                let seg = u32::try_from(r.varint()?).map_err(|_| "bad segment")?;
-                let offset = u32::try_from(r.varint()?).map_err(|_| "bad offset")?;
-                let len_op = r.varint()?;
-                let op = crate::log::record::Op::from_u8((len_op & 3) as u8).ok_or("bad op")?;
-                let len = usize::try_from(len_op >> 2).map_err(|_| "bad length")?;
-                if seg as usize >= self.segments || len >= 1 << 30 {
-                    return Err("revision out of range");
-                }
-                revs.push(RecordRef::new(
-                    revision,
-                    expires,
-                    // The slot recovery gives the segment at position `seg`
-                    // when it opens the log (from 1, in log order): no remap then.
-                    seg + 1,
-                    u64::from(offset),
-                    len,
-                    op,
-                ));
-            }
-            sink.push_ascending(&key, &revs)?;
-        }
-        if r.at != to {
-            return Err("trailing bytes");
-        }
-        Ok(())
-    }
-}
-
 impl Snapshot {
-    /// If the snapshot matches the opened segments, fills `index` and returns
+    /// If the snapshot matches the opened segments, fills `index` and says
     /// where to resume scanning; otherwise says why not.
     pub fn apply(
         self,
         segments: &[Arc<Segment>],
         history: usize,
         index: &mut Index,
-    ) -> std::result::Result<(usize, u64), String> {
+    ) -> std::result::Result<Applied, String> {
         let n = self.segments.len();
         if n == 0 || segments.len() < n {
             return Err("the snapshot names segments that are gone".into());
@@ -484,172 +433,15 @@ impl Snapshot {
             return Err("the snapshot names a segment it does not list".into());
         }
         *index = built;
-        Ok((n - 1, last_end))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::log::record::Op;
-    use crate::log::segment::SegmentHeader;
-
-    /// An index of `n` keys (every third with three revisions, the rest
-    /// with one) in segment slot `slot`, and the same in a sorted list.
-    fn index(n: u32, slot: u32) -> (Index, Vec<(String, Vec<RecordRef>)>) {
-        let mut ix = Index::default();
-        let mut model = std::collections::BTreeMap::new();
-        let mut removed = Vec::new();
-        let mut revision = 0;
-        for i in 0..n {
-            // Written out of order, so the index sorts them.
-            let key = format!("key:{:08}", (u64::from(i) * 7_919) % u64::from(n));
-            let versions = if i % 3 == 0 { 3 } else { 1 };
-            for _ in 0..versions {
-                revision += 1;
-                let op = if revision % 11 == 0 { Op::Del } else { Op::Put };
-                let r = RecordRef::new(revision, revision % 5, slot, revision * 8, 40, op);
-                ix.apply(key.as_bytes(), r, 3, &mut removed);
-                model.entry(key.clone()).or_insert_with(Vec::new).push(r);
-            }
-        }
-        (ix, model.into_iter().collect())
-    }
-
-    fn same(ix: &Index, model: &[(String, Vec<RecordRef>)]) {
-        assert_eq!(ix.key_count(), model.len());
-        let mut at = model.iter();
-        ix.try_for_each_sorted(|key, _| {
-            let (k, revs) = at.next().unwrap();
-            assert_eq!(key.as_str(), k);
-            assert_eq!(&ix.revisions(k.as_bytes()), revs, "{k}");
-            assert_eq!(ix.latest(k.as_bytes()), revs.last().copied());
-            Ok::<(), ()>(())
+        let live = self.live.map(|by_slot| {
+            (0u32..)
+                .zip(by_slot)
+                .filter_map(|(s, bytes)| Some((slot_of(s)?, bytes)))
+                .collect()
+        });
+        Ok(Applied {
+            resume: (n - 1, last_end),
+            live,
         })
-        .unwrap();
-        let values: usize = model.iter().map(|(_, r)| r.len()).sum();
-        assert_eq!(ix.values(), values as u64);
-    }
-
-    /// The first segment of a log, in slot `slot`, with a record's worth of bytes.
-    fn segment(dir: &Path, slot: u32) -> Arc<Segment> {
-        let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
-        let seg = Segment::create(&Storage::os(), dir, slot, h, 1 << 20, 4096, 0).unwrap();
-        seg.set_data_end(seg.data_start + 100);
-        Arc::new(seg)
-    }
-
-    /// Sets the checksum of a snapshot whose body was changed.
-    fn reseal(bytes: &mut Vec<u8>) {
-        bytes.truncate(bytes.len() - 4);
-        let crc = crc32fast::hash(bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-    }
-
-    #[test]
-    fn a_large_index_decodes_in_two_parts_to_the_same_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let seg = segment(dir.path(), 1);
-        let n = u32::try_from(PARALLEL_FROM).unwrap() + 1_001;
-        let (ix, model) = index(n, 1);
-        let end = seg.data_start + 100;
-        let bytes = encode(&ix, 99, &[(Arc::clone(&seg), end)], Some(b"tag-1")).unwrap();
-        let snap = decode(&bytes).unwrap();
-        assert_eq!(snap.last_revision, 99);
-        assert_eq!(
-            snap.tag.as_deref(),
-            Some(&b"tag-1"[..]),
-            "the tag comes back"
-        );
-        assert_eq!(snap.max_revisions, 3);
-        same(&snap.index, &model);
-        // Found through the hash table, in order through the blocks.
-        let mid = &model[model.len() / 2].0;
-        let from = snap
-            .index
-            .range(
-                std::ops::Bound::Included(mid.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )
-            .next()
-            .map(|(k, _)| k.as_str().to_string());
-        assert_eq!(from.as_deref(), Some(mid.as_str()));
-
-        // Damage the split: the keys of the second part out of order with the first.
-        let split_at = {
-            let mut r = Reader {
-                buf: &bytes,
-                at: 8 + 4 + 4 + 8 + 4 + 20 + 4 + 8,
-            };
-            assert_eq!(r.u64().unwrap(), u64::from(n) / 2);
-            usize::try_from(r.u64().unwrap()).unwrap()
-        };
-        let mut bad = bytes.clone();
-        // The second part's first key, `key:000xxxxx`: make it sort first.
-        let key_at = split_at + 2;
-        assert_eq!(&bad[key_at..key_at + 4], b"key:");
-        bad[key_at] = b'a';
-        reseal(&mut bad);
-        assert_eq!(decode(&bad).err(), Some("keys out of order"));
-        // A split offset that does not fall on a key.
-        let mut bad = bytes.clone();
-        let field = 8 + 4 + 4 + 8 + 4 + 20 + 4 + 8 + 8;
-        bad[field..field + 8].copy_from_slice(&(split_at as u64 + 1).to_le_bytes());
-        reseal(&mut bad);
-        assert!(decode(&bad).is_err());
-    }
-
-    #[test]
-    fn a_version_1_snapshot_still_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        let seg = segment(dir.path(), 1);
-        let (ix, model) = index(500, 1);
-        let v2 = encode(&ix, 7, &[(Arc::clone(&seg), seg.data_start)], None).unwrap();
-        // Version 1: no split fields and no tag length after the key count.
-        let fields = 8 + 4 + 4 + 8 + 4 + 20 + 4 + 8;
-        let mut v1 = v2[..fields].to_vec();
-        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        v1.extend_from_slice(&v2[fields + 16 + 1..]);
-        reseal(&mut v1);
-        let snap = decode(&v1).unwrap();
-        same(&snap.index, &model);
-        let mut v3 = v2.clone();
-        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
-        reseal(&mut v3);
-        assert_eq!(decode(&v3).err(), Some("unsupported version"));
-    }
-
-    #[test]
-    fn applying_gives_revisions_the_slots_of_the_opened_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let seg = segment(dir.path(), 1);
-        let (ix, model) = index(300, 1);
-        let end = seg.data_start + 100;
-        let bytes = encode(&ix, 9, &[(Arc::clone(&seg), end)], None).unwrap();
-        for slot in [1, 7] {
-            // The same file opened in slot 1 (as recovery does) or in another.
-            let opened = Arc::new(Segment::open(&Storage::os(), &seg.path, slot, None).unwrap());
-            let mut applied = Index::default();
-            let at = decode(&bytes)
-                .unwrap()
-                .apply(&[opened], 3, &mut applied)
-                .unwrap();
-            assert_eq!(at, (0, end));
-            let moved: Vec<_> = model
-                .iter()
-                .map(|(k, revs)| {
-                    let revs = revs
-                        .iter()
-                        .map(|r| {
-                            let mut r = *r;
-                            r.slot = slot;
-                            r
-                        })
-                        .collect();
-                    (k.clone(), revs)
-                })
-                .collect();
-            same(&applied, &moved);
-        }
     }
 }
