@@ -17,10 +17,11 @@ use std::mem::MaybeUninit;
 use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
-use super::entries::{advise_huge_pages, Entries, Entry};
+use super::entries::{Entries, Entry};
 use super::history::History;
 use super::key::IKey;
 use super::order::Order;
+use super::pages::populate_for_writing;
 use super::{slot_of, Index, RecordRef};
 use crate::log::record::Op;
 
@@ -151,6 +152,12 @@ impl SortedPart<'_> {
     pub fn is_empty(&self) -> bool {
         self.filled == 0
     }
+
+    /// Faults in the part's slots at once, on the thread that fills them.
+    fn populate(&mut self) {
+        populate_for_writing(self.entries);
+        populate_for_writing(self.hashes);
+    }
 }
 
 impl Drop for SortedPart<'_> {
@@ -170,7 +177,6 @@ impl SortedBuilder {
     /// A builder for about `keys` keys.
     pub fn with_capacity(keys: usize) -> SortedBuilder {
         let hashes = Vec::with_capacity(keys);
-        advise_huge_pages(&hashes);
         SortedBuilder {
             ix: Index {
                 entries: Entries::with_capacity(keys),
@@ -244,11 +250,17 @@ impl SortedBuilder {
         let fill = &fill;
         let (r0, r1) = if two_cores() {
             std::thread::scope(|s| {
-                let other = s.spawn(|| fill(1, &mut p1));
+                let other = s.spawn(|| {
+                    p1.populate();
+                    fill(1, &mut p1)
+                });
+                p0.populate();
                 let r0 = fill(0, &mut p0);
                 (r0, other.join().unwrap_or(Err("a build thread panicked")))
             })
         } else {
+            p0.populate();
+            p1.populate();
             (fill(0, &mut p0), fill(1, &mut p1))
         };
         r0?;
@@ -318,6 +330,7 @@ impl SortedBuilder {
         ix.expiring = self.tally.expiring;
         ix.bytes = self.tally.bytes;
         ix.put_keys = self.tally.put_keys;
+        ix.entries.advise_huge_pages();
         let slots = ix.entries.slots();
         let parallel = self.hashes.len() >= PARALLEL_FROM && two_cores();
         ix.order = ix.entries.index_all_beside(&self.hashes, parallel, |keys| {

@@ -8,6 +8,7 @@
 //! | `history.rs` | older revisions (history > 1), in a side slab |
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
 //! | `build.rs` | building from keys in order (the snapshot's load), no comparisons, bulk hashing |
+//! | `pages.rs` | how the kernel backs the large buffers: huge pages, bulk faulting |
 //!
 //! Memory is a design constraint (at most 110 bytes per key for a million
 //! 16-byte keys): an entry is 56 bytes (a 24-byte [`IKey`], keys of up to 22
@@ -22,6 +23,7 @@ mod entries;
 mod history;
 mod key;
 mod order;
+mod pages;
 mod record;
 #[cfg(test)]
 mod tests;
