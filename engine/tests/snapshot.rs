@@ -15,6 +15,19 @@ fn opts() -> Options {
     }
 }
 
+/// Creates bucket `s`, keeping `history` revisions per key.
+fn create(store: &Store, history: u8) -> Bucket {
+    store
+        .create_bucket(
+            "s",
+            BucketConfig {
+                history,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+}
+
 fn state(b: &Bucket) -> (Vec<Entry>, u64) {
     (b.history(">").unwrap(), b.status().unwrap().last_revision)
 }
@@ -34,15 +47,20 @@ fn write_some(b: &Bucket, round: u32) {
     b.purge("k.4").unwrap();
 }
 
-/// Opens the store, reads the bucket state and how many records recovery scanned.
-fn reopen(dir: &Path) -> ((Vec<Entry>, u64), u64) {
-    let store = Store::open(dir, opts()).unwrap();
-    let scanned = store
+/// How many records the recovery of bucket `s` scanned when `store` opened.
+fn scanned(store: &Store) -> u64 {
+    store
         .recovery_reports()
         .iter()
         .find(|(n, _)| n == "s")
         .map(|(_, r)| r.records)
-        .unwrap();
+        .unwrap()
+}
+
+/// Opens the store, reads the bucket state and how many records recovery scanned.
+fn reopen(dir: &Path) -> ((Vec<Entry>, u64), u64) {
+    let store = Store::open(dir, opts()).unwrap();
+    let scanned = scanned(&store);
     let b = store.bucket("s").unwrap();
     (state(&b), scanned)
 }
@@ -65,15 +83,7 @@ fn clean_close_writes_a_snapshot_that_reopen_uses() {
     let dir = tempfile::tempdir().unwrap();
     let expected = {
         let store = Store::open(dir.path(), opts()).unwrap();
-        let b = store
-            .create_bucket(
-                "s",
-                BucketConfig {
-                    history: 3,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let b = create(&store, 3);
         write_some(&b, 0);
         state(&b)
     };
@@ -101,15 +111,7 @@ fn damaged_or_stale_snapshots_fall_back_to_the_log() {
     let base = tempfile::tempdir().unwrap();
     let (older_snap, expected) = {
         let store = Store::open(base.path(), opts()).unwrap();
-        let b = store
-            .create_bucket(
-                "s",
-                BucketConfig {
-                    history: 2,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let b = create(&store, 2);
         write_some(&b, 0);
         drop(b);
         drop(store); // snapshot of the older state
@@ -189,15 +191,7 @@ fn compaction_passes_in_a_row_rewrite_the_snapshot_once_and_a_crash_then_scans()
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
     let store = Store::open(&live, opts()).unwrap();
-    let b = store
-        .create_bucket(
-            "s",
-            BucketConfig {
-                history: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let b = create(&store, 1);
     // More live bytes than the size below which no snapshot is kept (64 KiB).
     let overwrite_all = |round: u32| {
         let pad = "p".repeat(500);
@@ -313,27 +307,14 @@ fn a_version_2_snapshot_still_opens_with_the_same_contents() {
     let expected = {
         let fresh = tempfile::tempdir().unwrap();
         let store = Store::open(fresh.path(), fixture_opts(&clock)).unwrap();
-        let b = store
-            .create_bucket(
-                "s",
-                BucketConfig {
-                    history: 3,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let b = create(&store, 3);
         fixture_writes(&b, &clock);
         state(&b)
     };
     assert!(expected.0.len() > 200, "{} entries", expected.0.len());
     for round in ["version 2", "rewritten at close"] {
         let store = Store::open(dir.path(), fixture_opts(&clock)).unwrap();
-        let scanned = store
-            .recovery_reports()
-            .iter()
-            .find(|(n, _)| n == "s")
-            .map(|(_, r)| r.records)
-            .unwrap();
+        let scanned = scanned(&store);
         let b = store.bucket("s").unwrap();
         assert_eq!(state(&b), expected, "{round}");
         assert_eq!(scanned, 0, "{round}: the snapshot was used");
@@ -362,12 +343,7 @@ fn dead_bytes(dir: &Path, scan: bool) -> (u64, u64) {
         std::fs::remove_file(snap_path(copy.path())).unwrap();
     }
     let store = Store::open(copy.path(), opts()).unwrap();
-    let scanned = store
-        .recovery_reports()
-        .iter()
-        .find(|(n, _)| n == "s")
-        .map(|(_, r)| r.records)
-        .unwrap();
+    let scanned = scanned(&store);
     let dead = store.bucket("s").unwrap().status().unwrap().dead_bytes;
     (dead, scanned)
 }
@@ -380,15 +356,7 @@ fn dead_bytes_after_a_snapshot_open_are_those_a_full_scan_counts() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path(), opts()).unwrap();
-        let b = store
-            .create_bucket(
-                "s",
-                BucketConfig {
-                    history: 2,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let b = create(&store, 2);
         for round in 0..3 {
             write_some(&b, round);
         }

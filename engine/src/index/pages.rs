@@ -23,34 +23,58 @@
 
 use std::mem::MaybeUninit;
 
-/// Below this, a buffer is not worth a huge page.
-const HUGE_PAGE_FROM: usize = 4 << 20;
+/// Below this, a buffer is left as it comes: the advice is not worth a call.
+const ADVISE_FROM: usize = 4 << 20;
 
-/// The pages of `bytes` bytes from `ptr` inward: `(start, len)`, if any.
-#[cfg(target_os = "linux")]
-fn whole_pages(ptr: *const u8, bytes: usize) -> Option<(usize, usize)> {
-    const PAGE: usize = 4096;
-    let start = ptr as usize;
-    let from = start.next_multiple_of(PAGE);
-    let to = (start + bytes) / PAGE * PAGE;
-    (to > from).then(|| (from, to - from))
+/// What to ask of the kernel for a buffer.
+#[derive(Clone, Copy)]
+enum Advice {
+    /// Back it with transparent huge pages.
+    HugePages,
+    /// Map all its pages in now, for writing.
+    PopulateWrite,
+}
+
+/// Gives `advice` for the whole pages of the `bytes` bytes from `ptr` (a
+/// buffer of at least [`ADVISE_FROM`] bytes; smaller ones are left alone).
+///
+/// # Safety
+/// The bytes must belong to one live allocation, which the caller may write
+/// for [`Advice::PopulateWrite`].
+unsafe fn advise(ptr: *const u8, bytes: usize, advice: Advice) {
+    if bytes < ADVISE_FROM {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = ptr as usize;
+        let from = start.next_multiple_of(PAGE);
+        let to = (start + bytes) / PAGE * PAGE;
+        let advice = match advice {
+            Advice::HugePages => libc::MADV_HUGEPAGE,
+            Advice::PopulateWrite => libc::MADV_POPULATE_WRITE,
+        };
+        if to > from {
+            // SAFETY: [from, to) lies inside the allocation (page-aligned
+            // inward), which the caller may write and which outlives the
+            // call; neither advice changes its contents (huge pages change
+            // how the kernel backs it; populating maps in the pages a first
+            // write would, zeroed, and leaves mapped ones as they are).
+            unsafe {
+                libc::madvise(from as *mut libc::c_void, to - from, advice);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, advice);
 }
 
 /// Asks the kernel to back a vector's buffer with transparent huge pages.
 pub(super) fn advise_huge_pages<T>(v: &Vec<T>) {
     let bytes = v.capacity() * std::mem::size_of::<T>();
-    if bytes < HUGE_PAGE_FROM {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    if let Some((from, len)) = whole_pages(v.as_ptr().cast(), bytes) {
-        // SAFETY: the range lies inside the vector's allocation (page-aligned
-        // inward); MADV_HUGEPAGE changes how the kernel backs it, never its
-        // contents, and the allocation outlives the call.
-        unsafe {
-            libc::madvise(from as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-    }
+    // SAFETY: the vector's buffer, which `v` owns.
+    unsafe { advise(v.as_ptr().cast(), bytes, Advice::HugePages) };
 }
 
 /// Faults in `room`, memory about to be written whole, in one call
@@ -58,17 +82,12 @@ pub(super) fn advise_huge_pages<T>(v: &Vec<T>) {
 /// third less of the kernel's time for a snapshot load's small pages.
 /// Kernels without it refuse the advice, and the writes fault the pages in.
 pub(super) fn populate_for_writing<T>(room: &mut [MaybeUninit<T>]) {
-    let bytes = std::mem::size_of_val(room);
-    if bytes < HUGE_PAGE_FROM {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    if let Some((from, len)) = whole_pages(room.as_ptr().cast(), bytes) {
-        // SAFETY: the range lies inside `room`, which the caller holds
-        // mutably; populating for writing maps pages in (zeroed, as a first
-        // write would) and never changes memory already there.
-        unsafe {
-            libc::madvise(from as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE);
-        }
-    }
+    // SAFETY: `room`, which the caller holds mutably.
+    unsafe {
+        advise(
+            room.as_ptr().cast(),
+            std::mem::size_of_val(room),
+            Advice::PopulateWrite,
+        );
+    };
 }

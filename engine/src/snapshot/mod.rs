@@ -112,6 +112,60 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The fields of a snapshot before its keys (and, in version 3, their widths).
+struct Header<'a> {
+    version: u32,
+    last_revision: u64,
+    /// Every live segment in log order with its covered end.
+    segments: &'a [(Arc<Segment>, u64)],
+    nkeys: usize,
+    /// The replication tag as of the end (empty for none).
+    tag: &'a [u8],
+}
+
+impl Header<'_> {
+    /// Appends the header to `out`; returns the number of keys in the first
+    /// part, and where the offset of the second is to be patched in.
+    fn write(&self, out: &mut Vec<u8>) -> Result<(usize, usize)> {
+        let Some((last, last_end)) = self.segments.last() else {
+            return Err(Error::Internal(
+                "a snapshot needs at least one segment".into(),
+            ));
+        };
+        let count = u32::try_from(self.segments.len()).map_err(|_| {
+            Error::Internal(format!("{} segments in a snapshot", self.segments.len()))
+        })?;
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.last_revision.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        for (s, end) in self.segments {
+            out.extend_from_slice(&s.id.seq.to_le_bytes());
+            out.extend_from_slice(&s.id.gen.to_le_bytes());
+            out.extend_from_slice(&end.to_le_bytes());
+        }
+        out.extend_from_slice(&tail_crc(last, *last_end).to_le_bytes());
+        out.extend_from_slice(&(self.nkeys as u64).to_le_bytes());
+        // The second part starts at key `split`, at a byte offset patched in later.
+        let split = if self.nkeys >= PARALLEL_FROM {
+            self.nkeys / 2
+        } else {
+            self.nkeys
+        };
+        out.extend_from_slice(&(split as u64).to_le_bytes());
+        let split_offset_at = out.len();
+        out.extend_from_slice(&0u64.to_le_bytes());
+        // The replication tag: its length (0: none), then its bytes.
+        let tag_len = u8::try_from(self.tag.len()).map_err(|_| {
+            Error::Internal(format!("a replication tag of {} bytes", self.tag.len()))
+        })?;
+        out.push(tag_len);
+        out.extend_from_slice(self.tag);
+        Ok((split, split_offset_at))
+    }
+}
+
 /// Serialises `index` with the log state it corresponds to.
 /// `segments`: every live segment in log order with its covered end; `tag`:
 /// the replication tag as of that end.
@@ -121,13 +175,8 @@ pub(crate) fn encode(
     segments: &[(Arc<Segment>, u64)],
     tag: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
-    let Some((last, last_end)) = segments.last() else {
-        return Err(Error::Internal(
-            "a snapshot needs at least one segment".into(),
-        ));
-    };
-    let count = u32::try_from(segments.len())
-        .map_err(|_| Error::Internal(format!("{} segments in a snapshot", segments.len())))?;
+    // Positions fit a u32: the header refuses more segments.
+    let count = u32::try_from(segments.len()).unwrap_or(u32::MAX);
     let slot_to_pos: HashMap<u32, u32> = segments
         .iter()
         .zip(0..count)
@@ -136,36 +185,17 @@ pub(crate) fn encode(
     // A revision in a segment the list does not hold gets an index past the
     // list: the snapshot is refused at load (and the log scanned).
     let segment_of = |slot: u32| slot_to_pos.get(&slot).copied().unwrap_or(count);
-    let widths = Widths::for_index(index, segment_of);
-    let mut out = Vec::with_capacity(64 + index.key_count() * 24);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&last_revision.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    for (s, end) in segments {
-        out.extend_from_slice(&s.id.seq.to_le_bytes());
-        out.extend_from_slice(&s.id.gen.to_le_bytes());
-        out.extend_from_slice(&end.to_le_bytes());
-    }
-    out.extend_from_slice(&tail_crc(last, *last_end).to_le_bytes());
     let nkeys = index.key_count();
-    out.extend_from_slice(&(nkeys as u64).to_le_bytes());
-    // The second part starts at key `split`, at a byte offset patched in below.
-    let split = if nkeys >= PARALLEL_FROM {
-        nkeys / 2
-    } else {
-        nkeys
+    let mut out = Vec::with_capacity(64 + nkeys * 24);
+    let header = Header {
+        version: VERSION,
+        last_revision,
+        segments,
+        nkeys,
+        tag: tag.unwrap_or_default(),
     };
-    out.extend_from_slice(&(split as u64).to_le_bytes());
-    let split_offset_at = out.len();
-    out.extend_from_slice(&0u64.to_le_bytes());
-    // The replication tag: its length (0: none), then its bytes.
-    let tag = tag.unwrap_or_default();
-    let tag_len = u8::try_from(tag.len())
-        .map_err(|_| Error::Internal(format!("a replication tag of {} bytes", tag.len())))?;
-    out.push(tag_len);
-    out.extend_from_slice(tag);
+    let (split, split_offset_at) = header.write(&mut out)?;
+    let widths = Widths::for_index(index, segment_of);
     widths.write(&mut out);
     let mut prev: Vec<u8> = Vec::new();
     let mut revs = Vec::new();

@@ -72,37 +72,20 @@ fn encode_v2(
     segments: &[(Arc<Segment>, u64)],
     tag: Option<&[u8]>,
 ) -> Vec<u8> {
-    let (last, last_end) = segments.last().unwrap();
     let slot_to_pos: HashMap<u32, u32> = segments
         .iter()
         .zip(0..)
         .map(|((s, _), pos)| (s.slot, pos))
         .collect();
     let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&2u32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&last_revision.to_le_bytes());
-    out.extend_from_slice(&u32::try_from(segments.len()).unwrap().to_le_bytes());
-    for (s, end) in segments {
-        out.extend_from_slice(&s.id.seq.to_le_bytes());
-        out.extend_from_slice(&s.id.gen.to_le_bytes());
-        out.extend_from_slice(&end.to_le_bytes());
-    }
-    out.extend_from_slice(&tail_crc(last, *last_end).to_le_bytes());
-    let nkeys = index.key_count();
-    out.extend_from_slice(&(nkeys as u64).to_le_bytes());
-    let split = if nkeys >= PARALLEL_FROM {
-        nkeys / 2
-    } else {
-        nkeys
+    let header = Header {
+        version: 2,
+        last_revision,
+        segments,
+        nkeys: index.key_count(),
+        tag: tag.unwrap_or_default(),
     };
-    out.extend_from_slice(&(split as u64).to_le_bytes());
-    let split_offset_at = out.len();
-    out.extend_from_slice(&0u64.to_le_bytes());
-    let tag = tag.unwrap_or_default();
-    out.push(u8::try_from(tag.len()).unwrap());
-    out.extend_from_slice(tag);
+    let (split, split_offset_at) = header.write(&mut out).unwrap();
     let mut prev: Vec<u8> = Vec::new();
     let mut written = 0usize;
     index
