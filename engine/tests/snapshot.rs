@@ -2,8 +2,9 @@
 //! to scanning the log and gives exactly the same state.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use logkv::{Bucket, BucketConfig, Entry, FsyncPolicy, Options, Store};
+use logkv::{Bucket, BucketConfig, Entry, FsyncPolicy, ManualClock, Options, Store};
 
 fn opts() -> Options {
     Options {
@@ -12,6 +13,19 @@ fn opts() -> Options {
         segment_size: 8 * 1024,
         ..Default::default()
     }
+}
+
+/// Creates bucket `s`, keeping `history` revisions per key.
+fn create(store: &Store, history: u8) -> Bucket {
+    store
+        .create_bucket(
+            "s",
+            BucketConfig {
+                history,
+                ..Default::default()
+            },
+        )
+        .unwrap()
 }
 
 fn state(b: &Bucket) -> (Vec<Entry>, u64) {
@@ -33,15 +47,20 @@ fn write_some(b: &Bucket, round: u32) {
     b.purge("k.4").unwrap();
 }
 
-/// Opens the store, reads the bucket state and how many records recovery scanned.
-fn reopen(dir: &Path) -> ((Vec<Entry>, u64), u64) {
-    let store = Store::open(dir, opts()).unwrap();
-    let scanned = store
+/// How many records the recovery of bucket `s` scanned when `store` opened.
+fn scanned(store: &Store) -> u64 {
+    store
         .recovery_reports()
         .iter()
         .find(|(n, _)| n == "s")
         .map(|(_, r)| r.records)
-        .unwrap();
+        .unwrap()
+}
+
+/// Opens the store, reads the bucket state and how many records recovery scanned.
+fn reopen(dir: &Path) -> ((Vec<Entry>, u64), u64) {
+    let store = Store::open(dir, opts()).unwrap();
+    let scanned = scanned(&store);
     let b = store.bucket("s").unwrap();
     (state(&b), scanned)
 }
@@ -64,15 +83,7 @@ fn clean_close_writes_a_snapshot_that_reopen_uses() {
     let dir = tempfile::tempdir().unwrap();
     let expected = {
         let store = Store::open(dir.path(), opts()).unwrap();
-        let b = store
-            .create_bucket(
-                "s",
-                BucketConfig {
-                    history: 3,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let b = create(&store, 3);
         write_some(&b, 0);
         state(&b)
     };
@@ -100,15 +111,7 @@ fn damaged_or_stale_snapshots_fall_back_to_the_log() {
     let base = tempfile::tempdir().unwrap();
     let (older_snap, expected) = {
         let store = Store::open(base.path(), opts()).unwrap();
-        let b = store
-            .create_bucket(
-                "s",
-                BucketConfig {
-                    history: 2,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let b = create(&store, 2);
         write_some(&b, 0);
         drop(b);
         drop(store); // snapshot of the older state
@@ -188,15 +191,7 @@ fn compaction_passes_in_a_row_rewrite_the_snapshot_once_and_a_crash_then_scans()
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
     let store = Store::open(&live, opts()).unwrap();
-    let b = store
-        .create_bucket(
-            "s",
-            BucketConfig {
-                history: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let b = create(&store, 1);
     // More live bytes than the size below which no snapshot is kept (64 KiB).
     let overwrite_all = |round: u32| {
         let pad = "p".repeat(500);
@@ -242,4 +237,148 @@ fn compaction_passes_in_a_row_rewrite_the_snapshot_once_and_a_crash_then_scans()
         scanned, 0,
         "the snapshot written at close covers everything"
     );
+}
+
+/// The clock of the version-2 fixture's writes.
+const FIXTURE_MS: u64 = 1_700_000_000_000;
+
+fn fixture_opts(clock: &ManualClock) -> Options {
+    Options {
+        clock: Arc::new(clock.clone()),
+        snapshot_min_bytes: 0,
+        ..opts()
+    }
+}
+
+/// The writes of `tests/data/snapshot-v2`: keys inline and on the heap,
+/// history, markers, expiries, over several segments. (That directory is
+/// what a store opened with [`fixture_opts`] at [`FIXTURE_MS`] held once a
+/// bucket `s` with history 3 had taken these writes and the store was
+/// closed, made by the code of the commit before snapshot version 3.)
+fn fixture_writes(b: &Bucket, clock: &ManualClock) {
+    for i in 0..120u32 {
+        b.put(
+            &format!("user.{i:04}.name"),
+            format!("name-{i}-{}", "n".repeat((i % 7) as usize)),
+        )
+        .unwrap();
+        clock.advance(3);
+    }
+    for i in 0..40u32 {
+        b.put(
+            &format!("a.much.longer.key.than.fits.inline.{i:03}"),
+            "v".repeat(100 + i as usize),
+        )
+        .unwrap();
+    }
+    for i in (0..120u32).step_by(3) {
+        b.put(&format!("user.{i:04}.name"), format!("renamed-{i}"))
+            .unwrap();
+        clock.advance(1);
+    }
+    for i in (0..120u32).step_by(10) {
+        b.delete(&format!("user.{i:04}.name")).unwrap();
+    }
+    b.purge("user.0005.name").unwrap();
+    for i in 0..10u32 {
+        b.put_with_ttl(
+            &format!("session.{i}"),
+            "s",
+            std::time::Duration::from_secs(3_600 * u64::from(i + 1)),
+        )
+        .unwrap();
+    }
+}
+
+/// A snapshot in version 2 (written by the code before version 3: this
+/// store directory is what `fixture_writes` and a clean close made then)
+/// still opens: used, not scanned around, with the same contents as the same
+/// writes give now; the close after it writes the current version, which
+/// opens the same.
+#[test]
+fn a_version_2_snapshot_still_opens_with_the_same_contents() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/snapshot-v2");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture, dir.path());
+    let old = std::fs::read(snap_path(dir.path())).unwrap();
+    assert_eq!(&old[8..12], &2u32.to_le_bytes(), "the fixture is version 2");
+
+    let clock = ManualClock::new(FIXTURE_MS);
+    let expected = {
+        let fresh = tempfile::tempdir().unwrap();
+        let store = Store::open(fresh.path(), fixture_opts(&clock)).unwrap();
+        let b = create(&store, 3);
+        fixture_writes(&b, &clock);
+        state(&b)
+    };
+    assert!(expected.0.len() > 200, "{} entries", expected.0.len());
+    for round in ["version 2", "rewritten at close"] {
+        let store = Store::open(dir.path(), fixture_opts(&clock)).unwrap();
+        let scanned = scanned(&store);
+        let b = store.bucket("s").unwrap();
+        assert_eq!(state(&b), expected, "{round}");
+        assert_eq!(scanned, 0, "{round}: the snapshot was used");
+        assert_eq!(
+            b.get("session.3").unwrap().as_deref(),
+            Some(&b"s"[..]),
+            "{round}"
+        );
+        drop(b);
+        store.close().unwrap();
+    }
+    let new = std::fs::read(snap_path(dir.path())).unwrap();
+    assert_eq!(
+        &new[8..12],
+        &3u32.to_le_bytes(),
+        "the close wrote the current version"
+    );
+}
+
+/// Opens a copy of `dir` (without its snapshot if `scan`): the bucket's dead
+/// bytes and the records recovery scanned.
+fn dead_bytes(dir: &Path, scan: bool) -> (u64, u64) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir, copy.path());
+    if scan {
+        std::fs::remove_file(snap_path(copy.path())).unwrap();
+    }
+    let store = Store::open(copy.path(), opts()).unwrap();
+    let scanned = scanned(&store);
+    let dead = store.bucket("s").unwrap().status().unwrap().dead_bytes;
+    (dead, scanned)
+}
+
+/// Opening from a snapshot counts the dead bytes of each segment from what
+/// the snapshot holds (no second walk of the index): the same as a scan of
+/// the whole log gives, with and without records after the snapshot.
+#[test]
+fn dead_bytes_after_a_snapshot_open_are_those_a_full_scan_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let b = create(&store, 2);
+        for round in 0..3 {
+            write_some(&b, round);
+        }
+    }
+    let (from_snapshot, scanned) = dead_bytes(dir.path(), false);
+    assert_eq!(scanned, 0, "the snapshot was used");
+    let (from_scan, scanned) = dead_bytes(dir.path(), true);
+    assert!(scanned > 0);
+    assert!(from_scan > 0, "overwrites left dead records");
+    assert_eq!(from_snapshot, from_scan);
+
+    // Records after the snapshot: put the snapshot of before them back.
+    let old_snap = std::fs::read(snap_path(dir.path())).unwrap();
+    {
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let b = store.bucket("s").unwrap();
+        write_some(&b, 3);
+    }
+    std::fs::write(snap_path(dir.path()), &old_snap).unwrap();
+    let (from_snapshot, scanned) = dead_bytes(dir.path(), false);
+    assert!(scanned > 0, "the records after the snapshot were read");
+    let (from_scan, _) = dead_bytes(dir.path(), true);
+    assert!(from_scan > 0);
+    assert_eq!(from_snapshot, from_scan);
 }

@@ -130,6 +130,9 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
     let storage = opts.storage.clone();
     let mut snap = usable_snapshot(&storage, dir, name, opts.repair)?;
     let mut snap_rev = 0;
+    // What the snapshot retains per segment, and the records applied after it.
+    let mut snap_live = None;
+    let mut replayed = 0u64;
     let mut stale = false;
     // The newest replication tag: the snapshot's, then each tag record read after it.
     let tag: RefCell<Option<Arc<[u8]>>> = RefCell::new(None);
@@ -139,7 +142,9 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         let snap_tag = s.tag.take();
         let applied = s.apply(segs, history, &mut index.borrow_mut());
         match applied {
-            Ok((segment, offset)) => {
+            Ok(applied) => {
+                let (segment, offset) = applied.resume;
+                snap_live = applied.live;
                 snap_rev = last;
                 *tag.borrow_mut() = snap_tag.map(Arc::from);
                 Some(Start {
@@ -170,6 +175,7 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
             let at = RecordRef::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
             index.borrow_mut().apply(rec.key, at, history, &mut removed);
             removed.clear();
+            replayed += 1;
             max_rev = max_rev.max(h.revision);
             Ok(())
         },
@@ -184,7 +190,13 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         .iter()
         .map(|s| (s.slot, s.data_end().saturating_sub(s.data_start)))
         .collect();
-    index.recompute_dead(&sizes);
+    match snap_live {
+        // Nothing changed the index after the snapshot: its counts hold.
+        Some(live) if replayed == 0 => {
+            index.set_dead_from_live(&sizes, |slot| live.get(&slot).copied().unwrap_or(0));
+        }
+        _ => index.recompute_dead(&sizes),
+    }
     let last_revision = max_rev.max(opened.watermark).max(snap_rev);
     Ok(Replayed {
         opened,

@@ -17,10 +17,11 @@ use std::mem::MaybeUninit;
 use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
-use super::entries::{advise_huge_pages, Entries, Entry};
+use super::entries::{Entries, Entry};
 use super::history::History;
 use super::key::IKey;
 use super::order::Order;
+use super::pages::populate_for_writing;
 use super::{slot_of, Index, RecordRef};
 use crate::log::record::Op;
 
@@ -32,7 +33,14 @@ struct Tally {
     bytes: u64,
     put_keys: u64,
     max_revisions: usize,
+    /// Bytes retained per segment slot (by slot: a snapshot's are `1..=`
+    /// its segments), so that opening need not walk the index again for
+    /// them; `None` once a slot too large for a vector came by.
+    live: Option<Vec<u64>>,
 }
+
+/// Slots from which [`Tally::live`] gives up (a snapshot's are small numbers).
+const LIVE_SLOTS: usize = 1 << 16;
 
 impl Tally {
     /// Counts `revs` (a key's revisions, oldest first) and makes the key's
@@ -50,6 +58,7 @@ impl Tally {
             self.values += 1;
             self.expiring += u64::from(r.expires_ms != 0);
             self.bytes += r.len() as u64;
+            self.add_live(r.slot as usize, r.len() as u64);
         }
         let mut latest = latest.bare();
         self.put_keys += u64::from(latest.op() == Op::Put);
@@ -63,12 +72,43 @@ impl Tally {
         })
     }
 
+    fn add_live(&mut self, slot: usize, bytes: u64) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        if slot >= live.len() {
+            if slot >= LIVE_SLOTS {
+                self.live = None;
+                return;
+            }
+            live.resize(slot + 1, 0);
+        }
+        if let Some(n) = live.get_mut(slot) {
+            *n += bytes;
+        }
+    }
+
     fn add(&mut self, other: &Tally) {
         self.values += other.values;
         self.expiring += other.expiring;
         self.bytes += other.bytes;
         self.put_keys += other.put_keys;
         self.max_revisions = self.max_revisions.max(other.max_revisions);
+        match &other.live {
+            Some(live) => {
+                for (slot, &bytes) in live.iter().enumerate() {
+                    self.add_live(slot, bytes);
+                }
+            }
+            None => self.live = None,
+        }
+    }
+
+    fn new() -> Tally {
+        Tally {
+            live: Some(Vec::new()),
+            ..Tally::default()
+        }
     }
 }
 
@@ -112,6 +152,12 @@ impl SortedPart<'_> {
     pub fn is_empty(&self) -> bool {
         self.filled == 0
     }
+
+    /// Faults in the part's slots at once, on the thread that fills them.
+    fn populate(&mut self) {
+        populate_for_writing(self.entries);
+        populate_for_writing(self.hashes);
+    }
 }
 
 impl Drop for SortedPart<'_> {
@@ -131,14 +177,13 @@ impl SortedBuilder {
     /// A builder for about `keys` keys.
     pub fn with_capacity(keys: usize) -> SortedBuilder {
         let hashes = Vec::with_capacity(keys);
-        advise_huge_pages(&hashes);
         SortedBuilder {
             ix: Index {
                 entries: Entries::with_capacity(keys),
                 ..Index::default()
             },
             hashes,
-            tally: Tally::default(),
+            tally: Tally::new(),
         }
     }
 
@@ -199,17 +244,23 @@ impl SortedBuilder {
             filled: 0,
             hasher,
             history: History::default(),
-            tally: Tally::default(),
+            tally: Tally::new(),
         };
         let (mut p0, mut p1) = (part(e0, h0), part(e1, h1));
         let fill = &fill;
         let (r0, r1) = if two_cores() {
             std::thread::scope(|s| {
-                let other = s.spawn(|| fill(1, &mut p1));
+                let other = s.spawn(|| {
+                    p1.populate();
+                    fill(1, &mut p1)
+                });
+                p0.populate();
                 let r0 = fill(0, &mut p0);
                 (r0, other.join().unwrap_or(Err("a build thread panicked")))
             })
         } else {
+            p0.populate();
+            p1.populate();
             (fill(0, &mut p0), fill(1, &mut p1))
         };
         r0?;
@@ -260,6 +311,12 @@ impl SortedBuilder {
         self.hashes.is_empty()
     }
 
+    /// Bytes of the revisions pushed so far, by segment slot (`None` if a
+    /// slot was too large to count them in a vector).
+    pub fn live_bytes_by_slot(&self) -> Option<&[u64]> {
+        self.tally.live.as_deref()
+    }
+
     /// Most revisions any key pushed so far has.
     pub fn max_revisions(&self) -> usize {
         self.tally.max_revisions
@@ -273,6 +330,7 @@ impl SortedBuilder {
         ix.expiring = self.tally.expiring;
         ix.bytes = self.tally.bytes;
         ix.put_keys = self.tally.put_keys;
+        ix.entries.advise_huge_pages();
         let slots = ix.entries.slots();
         let parallel = self.hashes.len() >= PARALLEL_FROM && two_cores();
         ix.order = ix.entries.index_all_beside(&self.hashes, parallel, |keys| {

@@ -13,6 +13,7 @@ use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
 
 use super::key::IKey;
+use super::pages::advise_huge_pages;
 use super::record::RecordRef;
 use super::slot_of;
 
@@ -35,14 +36,21 @@ pub(super) struct Entries {
 }
 
 impl Entries {
-    /// Room for `n` entries.
+    /// Room for `n` entries, to fill at once (a snapshot's load): backed by
+    /// small pages, see [`Entries::advise_huge_pages`].
     pub fn with_capacity(n: usize) -> Entries {
-        let slab = Vec::with_capacity(n);
-        advise_huge_pages(&slab);
         Entries {
-            slab,
+            slab: Vec::with_capacity(n),
             ..Entries::default()
         }
+    }
+
+    /// Advises huge pages for the slab once it is filled: the kernel's
+    /// background collapse turns its small pages into huge ones later, for
+    /// lookups, without the page faults of a load waiting on huge pages (see
+    /// `pages.rs`).
+    pub fn advise_huge_pages(&self) {
+        advise_huge_pages(&self.slab);
     }
 
     /// The entry in `slot`.
@@ -168,13 +176,10 @@ impl Entries {
     }
 
     /// Room for `n` entries past the last, to be written in place (then
-    /// [`Entries::assume_pushed`]), and the hasher of their keys.
+    /// [`Entries::assume_pushed`]), and the hasher of their keys. Small pages,
+    /// as [`Entries::with_capacity`].
     pub fn spare(&mut self, n: usize) -> (&mut [MaybeUninit<Entry>], &DefaultHashBuilder) {
-        let capacity = self.slab.capacity();
         self.slab.reserve(n);
-        if self.slab.capacity() != capacity {
-            advise_huge_pages(&self.slab);
-        }
         let room = self.slab.spare_capacity_mut();
         let len = room.len().min(n);
         (room.get_mut(..len).unwrap_or_default(), &self.hasher)
@@ -261,35 +266,4 @@ impl<'a> Keys<'a> {
 )]
 fn rehash(hasher: &DefaultHashBuilder, slab: &[Entry], slot: u32) -> u64 {
     hasher.hash_one(slab[slot as usize].key.as_bytes())
-}
-
-/// Below this, a buffer is not worth a huge page.
-const HUGE_PAGE_FROM: usize = 4 << 20;
-
-/// Asks the kernel to back a vector's buffer (the entry slab, a load's
-/// hashes) with transparent huge pages
-/// (where THP is in `madvise` mode): a million entries fault in 28 pages
-/// instead of 14,000 (a third of an index load's time went to page faults),
-/// and random lookups miss the TLB far less. Only advice: nothing changes if
-/// the kernel declines.
-pub(super) fn advise_huge_pages<T>(v: &Vec<T>) {
-    let bytes = v.capacity() * std::mem::size_of::<T>();
-    if bytes < HUGE_PAGE_FROM {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let start = v.as_ptr() as usize;
-        let from = start.next_multiple_of(PAGE);
-        let to = (start + bytes) / PAGE * PAGE;
-        if to > from {
-            // SAFETY: [from, to) lies inside the vector's allocation (page-aligned
-            // inward); MADV_HUGEPAGE changes how the kernel backs it, never
-            // its contents, and the allocation outlives the call.
-            unsafe {
-                libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
 }

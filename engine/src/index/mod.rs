@@ -9,6 +9,7 @@
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
 //! | `placed.rs` | what compaction asks: retained revisions by segment, moving them by entry slot |
 //! | `build.rs` | building from keys in order (the snapshot's load), no comparisons, bulk hashing |
+//! | `pages.rs` | how the kernel backs the large buffers: huge pages, bulk faulting |
 //!
 //! Memory is a design constraint (at most 110 bytes per key for a million
 //! 16-byte keys): an entry is 56 bytes (a 24-byte [`IKey`], keys of up to 22
@@ -23,6 +24,7 @@ mod entries;
 mod history;
 mod key;
 mod order;
+mod pages;
 mod placed;
 mod record;
 #[cfg(test)]
@@ -34,6 +36,7 @@ use std::ops::Bound;
 pub use self::build::{SortedBuilder, SortedPart, PARALLEL_FROM};
 use self::entries::Entries;
 use self::history::History;
+pub(crate) use self::key::copy_bytes;
 pub use self::key::IKey;
 use self::order::{Order, Pos};
 pub use self::placed::Placed;
@@ -150,6 +153,12 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// Every key and its latest revision, in no particular order (the
+    /// entries as they lie in memory: faster than an ordered walk).
+    pub fn entries_unordered(&self) -> impl Iterator<Item = (&IKey, &RecordRef)> + '_ {
+        self.entries.iter().map(|e| (&e.key, &e.rec))
     }
 
     /// Keys starting with `prefix`, in order.
@@ -322,9 +331,16 @@ impl Index {
         for r in self.all_revs() {
             live.add(r.slot, r.len() as u64);
         }
+        self.set_dead_from_live(sizes, |slot| live.get(slot));
+    }
+
+    /// [`Index::recompute_dead`] from what is retained per segment, known
+    /// already (`live(slot)`: the bytes of the revisions the index holds in
+    /// it), without walking the index.
+    pub fn set_dead_from_live(&mut self, sizes: &HashMap<u32, u64>, live: impl Fn(u32) -> u64) {
         self.dead = sizes
             .iter()
-            .map(|(slot, size)| (*slot, size.saturating_sub(live.get(*slot))))
+            .map(|(slot, size)| (*slot, size.saturating_sub(live(*slot))))
             .filter(|(_, d)| *d > 0)
             .collect();
     }

@@ -29,9 +29,14 @@ const BUILD_FILL: u32 = 192;
 /// 8 bytes of `key` from `skip` on, big-endian, zero-padded: if
 /// `hint(a) < hint(b)` then `a < b` for keys sharing their first `skip` bytes
 /// (a shorter key is a prefix, so smaller; equal hints decide nothing).
+#[inline]
 fn hint(key: &[u8], skip: usize) -> u64 {
+    let rest = key.get(skip..).unwrap_or_default();
+    if let Some(b) = rest.first_chunk::<8>() {
+        return u64::from_be_bytes(*b);
+    }
     let mut b = [0u8; 8];
-    for (d, s) in b.iter_mut().zip(key.get(skip..).unwrap_or_default()) {
+    for (d, s) in b.iter_mut().zip(rest) {
         *d = *s;
     }
     u64::from_be_bytes(b)
@@ -218,6 +223,13 @@ impl Order {
             Some(&last) if last < h => block.len(),
             _ => block.position(key, true, key_of),
         };
+        if block.len() >= BUILD_FILL as usize && block.len() == block.slots.capacity() {
+            // A full block built from sorted input has no room: make room
+            // for all it can hold before a split, at once (not double it).
+            let room = (BLOCK_MAX + 1).saturating_sub(block.len());
+            block.slots.reserve_exact(room);
+            block.hints.reserve_exact(room);
+        }
         block.slots.insert(at, slot);
         block.hints.insert(at, h);
         if block.len() > BLOCK_MAX {
@@ -285,14 +297,9 @@ impl Order {
         let mut start = 0u32;
         while start < n {
             let end = start.saturating_add(BUILD_FILL).min(n);
-            // Full blocks get room to grow; a small index's one block, no more than it holds.
-            let len = (end - start) as usize;
-            let room = if end - start == BUILD_FILL {
-                BLOCK_MAX + 1
-            } else {
-                len
-            };
-            let mut block = Block::new(0, room);
+            // No room to grow yet (a quarter of the order's memory, faulted
+            // in at open): the first insert into a block makes it.
+            let mut block = Block::new(0, (end - start) as usize);
             block.slots.extend(start..end);
             order.fences.push(IKey::new(key_of(start)));
             order.blocks.push(block);

@@ -1,0 +1,477 @@
+//! Index snapshots: the whole index of a bucket in one checksummed file
+//! (`index.snap`), so that reopening does not read every record.
+//!
+//! Written at clean close and after compaction: the index is encoded under
+//! its read lock with the published log end, and the log is made durable up
+//! to that end before the file is saved, so the end it records is durable.
+//!
+//! On open it is used only if its segment list matches the segment files
+//! exactly (same ids; every sealed one the same length; a checksum of the log
+//! bytes just before its end); the log after its end is then scanned with the
+//! normal recovery rules. A missing, damaged or stale snapshot is removed with
+//! a log line and the whole log is scanned instead: never wrong data. Layout
+//! (little-endian) in `docs/FORMAT.md`.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the file: header, checksum, the two parts decoded at once, matching the log at open |
+//! | `fields.rs` | the keys of version 3 (written now): fixed-width fields, their widths chosen per snapshot |
+//! | `varint.rs` | the keys of versions 1 and 2 (varints), still read |
+//!
+//! It is written whole each time, after every compaction pass too: the
+//! encoding (under the index read lock) walks every key in order, a block of
+//! the index at a time. Not done: an incremental snapshot
+//! (a base plus deltas of the keys a pass moved), which needs a format with
+//! more than one file and a recovery rule for a delta without its base; or
+//! writing it only at close and after a number of passes, which trades the
+//! cost for longer log scans after a crash.
+
+mod fields;
+#[cfg(test)]
+mod tests;
+mod varint;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use self::fields::{FixedKeys, Widths};
+use self::varint::VarintKeys;
+use crate::error::{Error, Result};
+use crate::fsutil::{remove_if_exists, write_atomic};
+use crate::index::{Index, RecordRef, SortedBuilder, SortedPart, PARALLEL_FROM};
+use crate::io::Storage;
+use crate::log::segment::{Segment, SegmentId};
+
+/// File name of a bucket's snapshot.
+pub const SNAPSHOT_FILE: &str = "index.snap";
+const MAGIC: &[u8; 8] = b"LOGKVIDX";
+/// Version 3 stores each key's fields at fixed widths chosen per snapshot
+/// (see `docs/FORMAT.md`). Versions 1 (one part, no tag) and 2 (two parts, the
+/// replication tag; varints) still load.
+const VERSION: u32 = 3;
+
+/// A segment as the snapshot saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegRef {
+    id: SegmentId,
+    /// Offset just past its last record covered by the snapshot.
+    end: u64,
+}
+
+/// A decoded snapshot.
+pub(crate) struct Snapshot {
+    pub last_revision: u64,
+    /// The replication tag of the last tag record before its end, if any:
+    /// recovery does not read the records the snapshot covers.
+    pub tag: Option<Box<[u8]>>,
+    segments: Vec<SegRef>,
+    /// [`tail_crc`] of the last segment at its covered end.
+    tail_crc: u32,
+    /// The index it holds, with positions in `segments` for segment slots.
+    index: Index,
+    /// Most revisions any key holds.
+    max_revisions: usize,
+    /// Bytes of the revisions it holds, by the slot `index` names each
+    /// segment with (counted while decoding).
+    live: Option<Vec<u64>>,
+}
+
+/// A snapshot applied: where recovery resumes, and what it retains.
+pub(crate) struct Applied {
+    /// Position in the log of the segment to scan from, and the offset in it.
+    pub resume: (usize, u64),
+    /// Bytes of the snapshot's revisions in each opened segment, by slot.
+    pub live: Option<HashMap<u32, u64>>,
+}
+
+/// Reads the header's fields in order.
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], &'static str> {
+        let end = self.at.checked_add(n).ok_or("truncated")?;
+        let s = self.buf.get(self.at..end).ok_or("truncated")?;
+        self.at = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], &'static str> {
+        self.take(N)?.try_into().map_err(|_| "truncated")
+    }
+    fn u8(&mut self) -> std::result::Result<u8, &'static str> {
+        Ok(u8::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> std::result::Result<u32, &'static str> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> std::result::Result<u64, &'static str> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+}
+
+/// The fields of a snapshot before its keys (and, in version 3, their widths).
+struct Header<'a> {
+    version: u32,
+    last_revision: u64,
+    /// Every live segment in log order with its covered end.
+    segments: &'a [(Arc<Segment>, u64)],
+    nkeys: usize,
+    /// The replication tag as of the end (empty for none).
+    tag: &'a [u8],
+}
+
+impl Header<'_> {
+    /// Appends the header to `out`; returns the number of keys in the first
+    /// part, and where the offset of the second is to be patched in.
+    fn write(&self, out: &mut Vec<u8>) -> Result<(usize, usize)> {
+        let Some((last, last_end)) = self.segments.last() else {
+            return Err(Error::Internal(
+                "a snapshot needs at least one segment".into(),
+            ));
+        };
+        let count = u32::try_from(self.segments.len()).map_err(|_| {
+            Error::Internal(format!("{} segments in a snapshot", self.segments.len()))
+        })?;
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.last_revision.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        for (s, end) in self.segments {
+            out.extend_from_slice(&s.id.seq.to_le_bytes());
+            out.extend_from_slice(&s.id.gen.to_le_bytes());
+            out.extend_from_slice(&end.to_le_bytes());
+        }
+        out.extend_from_slice(&tail_crc(last, *last_end).to_le_bytes());
+        out.extend_from_slice(&(self.nkeys as u64).to_le_bytes());
+        // The second part starts at key `split`, at a byte offset patched in later.
+        let split = if self.nkeys >= PARALLEL_FROM {
+            self.nkeys / 2
+        } else {
+            self.nkeys
+        };
+        out.extend_from_slice(&(split as u64).to_le_bytes());
+        let split_offset_at = out.len();
+        out.extend_from_slice(&0u64.to_le_bytes());
+        // The replication tag: its length (0: none), then its bytes.
+        let tag_len = u8::try_from(self.tag.len()).map_err(|_| {
+            Error::Internal(format!("a replication tag of {} bytes", self.tag.len()))
+        })?;
+        out.push(tag_len);
+        out.extend_from_slice(self.tag);
+        Ok((split, split_offset_at))
+    }
+}
+
+/// Serialises `index` with the log state it corresponds to.
+/// `segments`: every live segment in log order with its covered end; `tag`:
+/// the replication tag as of that end.
+pub(crate) fn encode(
+    index: &Index,
+    last_revision: u64,
+    segments: &[(Arc<Segment>, u64)],
+    tag: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    // Positions fit a u32: the header refuses more segments.
+    let count = u32::try_from(segments.len()).unwrap_or(u32::MAX);
+    let slot_to_pos: HashMap<u32, u32> = segments
+        .iter()
+        .zip(0..count)
+        .map(|((s, _), pos)| (s.slot, pos))
+        .collect();
+    // A revision in a segment the list does not hold gets an index past the
+    // list: the snapshot is refused at load (and the log scanned).
+    let segment_of = |slot: u32| slot_to_pos.get(&slot).copied().unwrap_or(count);
+    let nkeys = index.key_count();
+    let mut out = Vec::with_capacity(64 + nkeys * 24);
+    let header = Header {
+        version: VERSION,
+        last_revision,
+        segments,
+        nkeys,
+        tag: tag.unwrap_or_default(),
+    };
+    let (split, split_offset_at) = header.write(&mut out)?;
+    let widths = Widths::for_index(index, segment_of);
+    widths.write(&mut out);
+    let mut prev: Vec<u8> = Vec::new();
+    let mut revs = Vec::new();
+    let mut written = 0usize;
+    // Revisions mostly sit in the segment of the one before: skip the lookup then.
+    let last_seg = std::cell::Cell::new((u32::MAX, u32::MAX));
+    let segment_of = |slot: u32| {
+        if slot != last_seg.get().0 {
+            last_seg.set((slot, segment_of(slot)));
+        }
+        last_seg.get().1
+    };
+    index.try_for_each_sorted(|key, latest| {
+        if written == split {
+            // The second part's first key shares nothing: it decodes on its own.
+            prev.clear();
+            let at = out.len() as u64;
+            if let Some(field) = out.get_mut(split_offset_at..split_offset_at + 8) {
+                field.copy_from_slice(&at.to_le_bytes());
+            }
+        }
+        written += 1;
+        // Keys are sorted: store the length shared with the previous key and the rest.
+        let k = key.as_bytes();
+        let shared = k.iter().zip(&prev).take_while(|(a, b)| a == b).count();
+        revs.clear();
+        index.for_each_rev(latest, |r| revs.push(*r));
+        widths
+            .put_key(&mut out, k, shared, &revs, segment_of)
+            .map_err(|why| Error::Internal(why.into()))?;
+        prev.clear();
+        prev.extend_from_slice(k);
+        Ok(())
+    })?;
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Bytes of log just before the snapshot's end that it keeps a checksum of.
+const TAIL_CHECK: u64 = 64;
+
+/// Checksum of the last bytes (up to [`TAIL_CHECK`]) before `end` in `seg`:
+/// if the log was cut below the end and written again, they differ.
+fn tail_crc(seg: &Segment, end: u64) -> u32 {
+    let from = end.saturating_sub(TAIL_CHECK).max(seg.data_start);
+    crc32fast::hash(seg.range(from, end))
+}
+
+/// Writes the snapshot file atomically.
+pub(crate) fn save(storage: &Storage, dir: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(storage, &dir.join(SNAPSHOT_FILE), bytes)
+}
+
+/// Removes a snapshot that no longer matches the log.
+pub(crate) fn remove(storage: &Storage, dir: &Path) -> Result<()> {
+    remove_if_exists(storage, &dir.join(SNAPSHOT_FILE))
+}
+
+/// Reads and checks a snapshot; `Ok(None)` if there is none, `Err(reason)` if it is unusable.
+pub(crate) fn load(dir: &Path) -> std::result::Result<Option<Snapshot>, String> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    // Mapped, not read: no copy of tens of MiB into fresh (zeroed) memory.
+    // SAFETY: the file belongs to this store, which holds the directory lock,
+    // so no other logkv process writes it, and this process replaces it only
+    // by renaming a new file over it (the mapping keeps the old one); it is
+    // only read, under a checksum, while mapped.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| format!("cannot map {}: {e}", path.display()))?;
+    decode(&bytes)
+        .map(Some)
+        .map_err(|why| format!("{}: {why}", path.display()))
+}
+
+fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
+    let (body, crc) = bytes.split_last_chunk::<4>().ok_or("truncated")?;
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+        return Err("checksum mismatch");
+    }
+    let mut r = Reader { buf: body, at: 0 };
+    if r.take(8)? != MAGIC {
+        return Err("bad magic");
+    }
+    let version = r.u32()?;
+    if !(1..=VERSION).contains(&version) {
+        return Err("unsupported version");
+    }
+    r.u32()?;
+    let last_revision = r.u64()?;
+    let nseg = r.u32()? as usize;
+    let mut segments = Vec::with_capacity(nseg.min(1 << 16));
+    for _ in 0..nseg {
+        let seq = r.u64()?;
+        let gen = r.u32()?;
+        let end = r.u64()?;
+        segments.push(SegRef {
+            id: SegmentId { seq, gen },
+            end,
+        });
+    }
+    let tail_crc = r.u32()?;
+    let nkeys = usize::try_from(r.u64()?).map_err(|_| "too many keys")?;
+    let (split, split_at) = if version == 1 {
+        (nkeys, body.len())
+    } else {
+        let split = usize::try_from(r.u64()?).map_err(|_| "bad split")?;
+        let at = usize::try_from(r.u64()?).map_err(|_| "bad split")?;
+        (split, at)
+    };
+    let tag = if version == 1 {
+        None
+    } else {
+        let len = usize::from(r.u8()?);
+        (len > 0).then(|| r.take(len).map(Box::from)).transpose()?
+    };
+    let keys = if version == 3 {
+        Keys::Fixed(FixedKeys {
+            bytes,
+            widths: Widths::read(r.array()?)?,
+            segments: segments.len(),
+        })
+    } else {
+        Keys::Varint(VarintKeys {
+            body,
+            segments: segments.len(),
+        })
+    };
+    // A key takes 8 bytes at least in versions 1 and 2 (lengths, count, one
+    // revision), 3 in version 3 (its fields can be 0 bytes wide).
+    let smallest_key = if version == 3 { 3 } else { 8 };
+    if nkeys > body.len() / smallest_key {
+        return Err("more keys than bytes for them");
+    }
+    let mut builder = SortedBuilder::with_capacity(nkeys);
+    if split == nkeys || split == 0 || version == 1 {
+        keys.decode(r.at, body.len(), nkeys, &mut builder)?;
+    } else if split > nkeys || split_at <= r.at || split_at > body.len() {
+        return Err("bad split");
+    } else {
+        let from = r.at;
+        builder.fill_in_two(split, nkeys - split, |part, sink| match part {
+            0 => keys.decode(from, split_at, split, sink),
+            _ => keys.decode(split_at, body.len(), nkeys - split, sink),
+        })?;
+    }
+    let max_revisions = builder.max_revisions();
+    let live = builder.live_bytes_by_slot().map(<[u64]>::to_vec);
+    let index = builder.finish();
+    Ok(Snapshot {
+        last_revision,
+        tag,
+        segments,
+        tail_crc,
+        index,
+        max_revisions,
+        live,
+    })
+}
+
+/// The keys of a snapshot, in the encoding of its version.
+enum Keys<'a> {
+    Varint(VarintKeys<'a>),
+    Fixed(FixedKeys<'a>),
+}
+
+impl Keys<'_> {
+    /// Decodes `count` keys from the file's bytes `from..to` (exactly) into `sink`.
+    fn decode(
+        &self,
+        from: usize,
+        to: usize,
+        count: usize,
+        sink: &mut impl Sink,
+    ) -> std::result::Result<(), &'static str> {
+        match self {
+            Keys::Varint(k) => k.decode(from, to, count, sink),
+            Keys::Fixed(k) => k.decode(from, to, count, sink),
+        }
+    }
+}
+
+/// Where decoded keys go: a builder, or one part of it.
+trait Sink {
+    fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str>;
+    fn is_empty(&self) -> bool;
+}
+
+impl Sink for SortedBuilder {
+    fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
+        SortedBuilder::push_ascending(self, key, revs)
+    }
+    fn is_empty(&self) -> bool {
+        SortedBuilder::is_empty(self)
+    }
+}
+
+impl Sink for SortedPart<'_> {
+    fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
+        SortedPart::push_ascending(self, key, revs)
+    }
+    fn is_empty(&self) -> bool {
+        SortedPart::is_empty(self)
+    }
+}
+
+impl Snapshot {
+    /// If the snapshot matches the opened segments, fills `index` and says
+    /// where to resume scanning; otherwise says why not.
+    pub fn apply(
+        self,
+        segments: &[Arc<Segment>],
+        history: usize,
+        index: &mut Index,
+    ) -> std::result::Result<Applied, String> {
+        let n = self.segments.len();
+        if n == 0 || segments.len() < n {
+            return Err("the snapshot names segments that are gone".into());
+        }
+        for (i, (snap, seg)) in self.segments.iter().zip(segments).enumerate() {
+            if snap.id != seg.id {
+                return Err(format!(
+                    "segment {:?} expected, {:?} found",
+                    snap.id, seg.id
+                ));
+            }
+            let len = seg.file_len().map_err(|e| e.to_string())?;
+            let sealed = i + 1 < n;
+            if (sealed && len != snap.end) || len < snap.end {
+                return Err(format!(
+                    "segment {:?} is {len} bytes, the snapshot expected {}",
+                    seg.id, snap.end
+                ));
+            }
+        }
+        let (Some(last), Some(last_seg)) = (self.segments.last(), segments.get(n - 1)) else {
+            return Err("the snapshot names segments that are gone".into());
+        };
+        let last_end = last.end;
+        if tail_crc(last_seg, last_end) != self.tail_crc {
+            return Err(
+                "the log before the snapshot's end has changed since it was written".into(),
+            );
+        }
+        if self.max_revisions > history {
+            return Err("the snapshot holds more history than the bucket keeps".into());
+        }
+        let slots: Vec<u32> = segments.iter().take(n).map(|s| s.slot).collect();
+        let mut built = self.index;
+        // The index names the segment at position `pos` as slot `pos + 1`,
+        // the slots handed out in log order at open: usually already right.
+        let same = slots
+            .iter()
+            .zip(1u32..)
+            .all(|(slot, expected)| *slot == expected);
+        let slot_of = |s: u32| {
+            s.checked_sub(1)
+                .and_then(|pos| slots.get(pos as usize).copied())
+        };
+        if !same && !built.remap_segments(slot_of) {
+            return Err("the snapshot names a segment it does not list".into());
+        }
+        *index = built;
+        let live = self.live.map(|by_slot| {
+            (0u32..)
+                .zip(by_slot)
+                .filter_map(|(s, bytes)| Some((slot_of(s)?, bytes)))
+                .collect()
+        });
+        Ok(Applied {
+            resume: (n - 1, last_end),
+            live,
+        })
+    }
+}
