@@ -3,8 +3,13 @@
 //! Writers append under the bucket's writer lock, release it, and then wait
 //! here until their bytes are durable. The first waiter that finds no sync in
 //! progress becomes the leader: it fdatasyncs the active segment once for every
-//! byte written so far, and wakes all waiters that sync covered. Concurrent
-//! writers therefore share fsyncs, and 16 writers cost about as many fsyncs as 1.
+//! byte written so far. The others queue and park, each on its own
+//! (`waiters.rs`). When the sync ends, its leader wakes the waiters it covered
+//! and, if some were not covered (they wrote while it ran), hands the leader's
+//! place to the first of them, which syncs at once for all of them and for
+//! whatever was written by then. Concurrent writers therefore share fsyncs,
+//! and 16 writers cost about as many fsyncs as 1; nobody waits on a timer, so
+//! a lone writer pays nothing for the sharing.
 //!
 //! After an fsync the leader writes the durability mark of the active
 //! segment (see [`super::mark`]), at most once every [`LogConfig::mark_every`](super::LogConfig) (50 ms by default): the mark
@@ -15,7 +20,8 @@
 //! then cut as a torn tail rather than refused as corruption. Every sync of the log, the one that seals a
 //! segment included, goes through here, so a failed fsync always poisons the
 //! log: it is never retried, since Linux reports a writeback error once and a
-//! later fsync may succeed for pages that were dropped.
+//! later fsync may succeed for pages that were dropped. Every waiter, and
+//! every later caller, gets the error.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use super::position::LogPos;
 use super::segment::Segment;
+use super::waiters::{Signal, Waiters, Wakes};
 use crate::error::{Error, Result};
-use crate::sync::{AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 /// What group commit flushes: the active segment (a stand-in in the loom models).
 pub(crate) trait Flush: Send + Sync {
@@ -61,7 +68,8 @@ struct State<F> {
     written: LogPos,
     /// Everything below this position is on stable storage.
     synced: LogPos,
-    /// A leader is inside fdatasync.
+    /// The leader's place is taken: a leader is inside fdatasync, or was
+    /// handed the place and is about to sync, or holds it to change the files.
     syncing: bool,
     /// The segment the next sync must flush.
     active: Arc<F>,
@@ -69,6 +77,8 @@ struct State<F> {
     failed: Option<String>,
     /// When the last mark after an fsync was written (`None`: not yet).
     last_mark: Option<Instant>,
+    /// The threads parked until their bytes are durable or the place is theirs.
+    waiters: Waiters,
 }
 
 impl<F: Flush> State<F> {
@@ -79,12 +89,39 @@ impl<F: Flush> State<F> {
             path: self.active.path().to_path_buf(),
         })
     }
+
+    /// Whether everything below `pos` is durable (a position past what was
+    /// written — a ticket of a call that wrote nothing, or of bytes a
+    /// truncation removed after making them durable — needs nothing more than
+    /// what was written).
+    fn covers(&self, pos: LogPos) -> bool {
+        self.synced >= pos.min(self.written)
+    }
+
+    /// Signals the waiters that are durable now (every one, failed, if the
+    /// log is poisoned); if the leader's place is free, or being given up
+    /// (`give_up`), hands it to the first waiter left, or frees it. Returns
+    /// whom to unpark once the lock is released.
+    fn wake(&mut self, give_up: bool) -> Wakes {
+        let free = give_up || !self.syncing;
+        if self.failed.is_some() {
+            if free {
+                self.syncing = false;
+            }
+            return self.waiters.fail_all();
+        }
+        let (synced, written) = (self.synced, self.written);
+        let (wakes, handed) = self.waiters.release(|pos| synced >= pos.min(written), free);
+        if free {
+            self.syncing = handed;
+        }
+        wakes
+    }
 }
 
 /// Group-commit coordinator for one log.
 pub(crate) struct GroupCommit<F = Segment> {
     state: Mutex<State<F>>,
-    done: Condvar,
     fsyncs: AtomicU64,
     /// Flags of the durability marks written after each fsync.
     mark_flags: u32,
@@ -113,8 +150,8 @@ impl<F: Flush> GroupCommit<F> {
                 active,
                 failed: None,
                 last_mark: None,
+                waiters: Waiters::default(),
             }),
-            done: Condvar::new(),
             fsyncs: AtomicU64::new(0),
             mark_flags,
             mark_every,
@@ -136,7 +173,9 @@ impl<F: Flush> GroupCommit<F> {
         s.synced = s.synced.max(start);
         s.written = s.written.max(start);
         s.active = active;
-        self.done.notify_all();
+        let wakes = s.wake(false);
+        drop(s);
+        wakes.unpark();
     }
 
     /// Fails if an earlier sync failed.
@@ -156,45 +195,68 @@ impl<F: Flush> GroupCommit<F> {
     /// Waits until everything below `pos` is durable, syncing as leader if needed.
     pub(crate) fn wait_durable(&self, pos: LogPos) -> Result<()> {
         let mut s = self.lock();
+        // Whether the leader's place was handed to this thread.
+        let mut leading = false;
         loop {
-            if let Some(e) = s.poisoned() {
-                return Err(e);
+            let outcome = match s.poisoned() {
+                Some(e) => Some(Err(e)),
+                None if s.covers(pos) => Some(Ok(())),
+                None => None,
+            };
+            if let Some(outcome) = outcome {
+                if leading {
+                    // Poisoned or covered meanwhile (by a rotation): pass the place on.
+                    let wakes = s.wake(true);
+                    drop(s);
+                    wakes.unpark();
+                }
+                return outcome;
             }
-            // A position past what was written (a ticket of a call that wrote
-            // nothing, or of bytes a truncation removed after making them
-            // durable) needs nothing more than what was written.
-            if s.synced >= pos.min(s.written) {
-                return Ok(());
-            }
-            if s.syncing {
-                s = self.wait(s);
+            if leading || !s.syncing {
+                s = self.lead(s);
+                leading = false;
                 continue;
             }
-            s.syncing = true;
-            let target = s.written;
-            let segment = Arc::clone(&s.active);
-            let started = Instant::now();
-            let mark_due = s
-                .last_mark
-                .is_none_or(|at| started.duration_since(at) >= self.mark_every);
+            let waiter = s.waiters.push(Some(pos));
             drop(s);
-            let marked = mark_due && target.seq() == segment.seq();
-            let result = segment.sync_data().and_then(|()| {
-                if marked {
-                    segment.write_mark(target.offset(), self.mark_flags)
-                } else {
-                    Ok(())
-                }
-            });
-            self.latency.record(started.elapsed());
-            s = self.finish_sync(result);
+            match waiter.park() {
+                Signal::Durable => return Ok(()),
+                Signal::Failed => {}
+                Signal::Lead => leading = true,
+            }
+            s = self.lock();
+        }
+    }
+
+    /// Syncs everything written so far as the leader, then wakes the waiters
+    /// it covered and hands the leader's place on; returns the lock again.
+    fn lead<'a>(&'a self, mut s: MutexGuard<'a, State<F>>) -> MutexGuard<'a, State<F>> {
+        s.syncing = true;
+        let target = s.written;
+        let segment = Arc::clone(&s.active);
+        let started = Instant::now();
+        let mark_due = s
+            .last_mark
+            .is_none_or(|at| started.duration_since(at) >= self.mark_every);
+        drop(s);
+        let marked = mark_due && target.seq() == segment.seq();
+        let result = segment.sync_data().and_then(|()| {
+            if marked {
+                segment.write_mark(target.offset(), self.mark_flags)
+            } else {
+                Ok(())
+            }
+        });
+        self.latency.record(started.elapsed());
+        let (s, wakes) = self.finish_sync(result, |s| {
             if marked {
                 s.last_mark = Some(started);
             }
-            if s.failed.is_none() {
-                s.synced = s.synced.max(target);
-            }
-        }
+            s.synced = s.synced.max(target);
+        });
+        drop(s);
+        wakes.unpark();
+        self.lock()
     }
 
     /// Makes everything written durable, then writes a mark with `flags` at
@@ -213,11 +275,7 @@ impl<F: Flush> GroupCommit<F> {
         } else {
             Ok(())
         };
-        let s = self.finish_sync(result);
-        match s.poisoned() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.end_hold(result, |_| {})
     }
 
     /// Cuts the log back to `at`, in `active`: makes everything written
@@ -232,23 +290,35 @@ impl<F: Flush> GroupCommit<F> {
         cut: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         drop(self.sync_all_then_hold()?);
-        let mut s = self.finish_sync(cut());
-        if let Some(e) = s.poisoned() {
-            return Err(e);
-        }
-        s.written = at;
-        s.synced = at;
-        s.active = active;
-        Ok(())
+        self.end_hold(cut(), |s| {
+            s.written = at;
+            s.synced = at;
+            s.active = active;
+        })
     }
 
     /// Makes everything written durable, then takes the leader's place (no
-    /// other sync runs or starts until [`GroupCommit::finish_sync`]).
+    /// other sync runs or starts until [`GroupCommit::end_hold`]).
     fn sync_all_then_hold(&self) -> Result<MutexGuard<'_, State<F>>> {
         self.sync_all()?;
         let mut s = self.lock();
-        while s.syncing {
-            s = self.wait(s);
+        if s.failed.is_none() && s.syncing {
+            let waiter = s.waiters.push(None);
+            drop(s);
+            let signal = waiter.park();
+            s = self.lock();
+            if signal == Signal::Lead {
+                // The place is ours: `syncing` was left set for us.
+                return match s.poisoned() {
+                    None => Ok(s),
+                    Some(e) => {
+                        let wakes = s.wake(true);
+                        drop(s);
+                        wakes.unpark();
+                        Err(e)
+                    }
+                };
+            }
         }
         if let Some(e) = s.poisoned() {
             return Err(e);
@@ -257,32 +327,48 @@ impl<F: Flush> GroupCommit<F> {
         Ok(s)
     }
 
-    /// Ends a leader's sync: counts it, records a failure (the log is
-    /// poisoned: never retried), and wakes the waiters.
-    fn finish_sync(&self, result: Result<()>) -> MutexGuard<'_, State<F>> {
+    /// Gives up the place [`GroupCommit::sync_all_then_hold`] took, after
+    /// work that ended with `result` (and, if it succeeded, `update`); the
+    /// log's error if it is poisoned.
+    fn end_hold(&self, result: Result<()>, update: impl FnOnce(&mut State<F>)) -> Result<()> {
+        let (s, wakes) = self.finish_sync(result, update);
+        let poisoned = s.poisoned();
+        drop(s);
+        wakes.unpark();
+        match poisoned {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the leader's hold: counts the sync, records a failure (the log is
+    /// poisoned: never retried) or else applies `update`, signals the waiters
+    /// and hands the place on. Returns the lock and the waiters to unpark
+    /// once it is released.
+    fn finish_sync(
+        &self,
+        result: Result<()>,
+        update: impl FnOnce(&mut State<F>),
+    ) -> (MutexGuard<'_, State<F>>, Wakes) {
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         let mut s = self.lock();
-        s.syncing = false;
-        if let Err(e) = result {
+        match result {
             // After a failed fsync the kernel may have dropped dirty pages:
             // retrying could report success for lost data. Refuse from here on.
-            tracing::error!(error = %e, "fsync failed; the log refuses writes until reopened");
-            s.failed = Some(e.to_string());
+            Err(e) => {
+                tracing::error!(error = %e, "fsync failed; the log refuses writes until reopened");
+                s.failed = Some(e.to_string());
+            }
+            Ok(()) => update(&mut s),
         }
-        self.done.notify_all();
-        s
+        let wakes = s.wake(true);
+        (s, wakes)
     }
 
     fn lock(&self) -> MutexGuard<'_, State<F>> {
         // A panic while holding the lock leaves consistent positions behind.
         self.state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn wait<'a>(&self, guard: MutexGuard<'a, State<F>>) -> MutexGuard<'a, State<F>> {
-        self.done
-            .wait(guard)
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -478,6 +564,81 @@ mod loom_tests {
             });
             gc.sync_with_mark(0).expect("mark synced");
             t.join().expect("writer");
+            assert!(gc.check().is_ok());
+        });
+    }
+
+    /// A model with three threads, its preemptions bounded so that it ends
+    /// in minutes (every interleaving with up to three preemptions).
+    fn model_of_three(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
+    #[test]
+    fn loom_three_writers_share_syncs_hand_off_and_relay() {
+        // Two waiters can be covered by one sync (one of them relays the
+        // other's wake-up), or one can be handed the leader's place.
+        model_of_three(|| {
+            let (disk, gc) = setup(false);
+            let writers: Vec<_> = [20, 30]
+                .into_iter()
+                .map(|end| {
+                    let (d, g) = (std::sync::Arc::clone(&disk), Arc::clone(&gc));
+                    loom::thread::spawn(move || {
+                        write(&d, &g, end).expect("durable");
+                        assert!(d.durable.load(Ordering::SeqCst) >= end);
+                    })
+                })
+                .collect();
+            write(&disk, &gc, 10).expect("durable");
+            assert!(disk.durable.load(Ordering::SeqCst) >= 10);
+            for w in writers {
+                w.join().expect("writer");
+            }
+            assert!(gc.fsyncs() <= 3);
+        });
+    }
+
+    #[test]
+    fn loom_a_failed_fsync_fails_every_queued_waiter() {
+        model_of_three(|| {
+            let (disk, gc) = setup(true);
+            let writers: Vec<_> = [20, 30]
+                .into_iter()
+                .map(|end| {
+                    let (d, g) = (std::sync::Arc::clone(&disk), Arc::clone(&gc));
+                    loom::thread::spawn(move || write(&d, &g, end).is_err())
+                })
+                .collect();
+            // The first fsync fails and no later one runs: nobody is durable.
+            assert!(write(&disk, &gc, 10).is_err());
+            for w in writers {
+                assert!(w.join().expect("writer"), "a waiter returned durable");
+            }
+            assert_eq!(disk.durable.load(Ordering::SeqCst), 0);
+        });
+    }
+
+    #[test]
+    fn loom_a_mark_sync_waits_for_the_place_among_writers() {
+        model_of_three(|| {
+            let (disk, gc) = setup(false);
+            let writers: Vec<_> = [10, 20]
+                .into_iter()
+                .map(|end| {
+                    let (d, g) = (std::sync::Arc::clone(&disk), Arc::clone(&gc));
+                    loom::thread::spawn(move || {
+                        write(&d, &g, end).expect("durable");
+                        assert!(d.durable.load(Ordering::SeqCst) >= end);
+                    })
+                })
+                .collect();
+            gc.sync_with_mark(0).expect("mark synced");
+            for w in writers {
+                w.join().expect("writer");
+            }
             assert!(gc.check().is_ok());
         });
     }

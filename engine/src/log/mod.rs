@@ -18,6 +18,7 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 mod truncate;
+mod waiters;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -121,4 +121,14 @@ impl BucketCore {
             self.hub.wake();
         }
     }
+
+    /// Makes the pending writes that are durable now visible, unless every
+    /// write below `end` already is: the writers that group commit woke
+    /// together do not queue on the writer lock one after the other when the
+    /// first of them published them all.
+    pub(crate) fn publish_durable_through(&self, end: LogPos) {
+        if self.hub.published().0 < end {
+            self.publish_durable();
+        }
+    }
 }

@@ -91,7 +91,7 @@ impl BucketCore {
         self.check_open()?;
         if self.log.fsync_policy() == FsyncPolicy::Always {
             self.log.wait_durable(ticket.log_end())?;
-            self.publish_durable();
+            self.publish_durable_through(ticket.log_end());
         }
         Ok(())
     }
