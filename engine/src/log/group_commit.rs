@@ -770,26 +770,38 @@ mod loom_tests {
         builder.check(f);
     }
 
+    /// A writer thread for each of `ends`; each returns whether its write
+    /// returned durable, having checked that it then is.
+    fn spawn_writers(
+        disk: &std::sync::Arc<Disk>,
+        gc: &Arc<GroupCommit<Disk>>,
+        ends: [u64; 2],
+    ) -> Vec<loom::thread::JoinHandle<bool>> {
+        ends.into_iter()
+            .map(|end| {
+                let (d, g) = (std::sync::Arc::clone(disk), Arc::clone(gc));
+                loom::thread::spawn(move || {
+                    let durable = write(&d, &g, end).is_ok();
+                    if durable {
+                        assert!(d.durable.load(Ordering::SeqCst) >= end);
+                    }
+                    durable
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn loom_three_writers_share_syncs_and_hand_off() {
         // Two waiters can be covered by one sync (woken together), or wait
         // for the next generation, whose sync one of them is offered.
         model_of_three(|| {
             let (disk, gc) = setup(false);
-            let writers: Vec<_> = [20, 30]
-                .into_iter()
-                .map(|end| {
-                    let (d, g) = (std::sync::Arc::clone(&disk), Arc::clone(&gc));
-                    loom::thread::spawn(move || {
-                        write(&d, &g, end).expect("durable");
-                        assert!(d.durable.load(Ordering::SeqCst) >= end);
-                    })
-                })
-                .collect();
+            let writers = spawn_writers(&disk, &gc, [20, 30]);
             write(&disk, &gc, 10).expect("durable");
             assert!(disk.durable.load(Ordering::SeqCst) >= 10);
             for w in writers {
-                w.join().expect("writer");
+                assert!(w.join().expect("writer"), "a writer failed");
             }
             assert!(gc.fsyncs() <= 3);
         });
@@ -799,17 +811,11 @@ mod loom_tests {
     fn loom_a_failed_fsync_fails_every_queued_waiter() {
         model_of_three(|| {
             let (disk, gc) = setup(true);
-            let writers: Vec<_> = [20, 30]
-                .into_iter()
-                .map(|end| {
-                    let (d, g) = (std::sync::Arc::clone(&disk), Arc::clone(&gc));
-                    loom::thread::spawn(move || write(&d, &g, end).is_err())
-                })
-                .collect();
+            let writers = spawn_writers(&disk, &gc, [20, 30]);
             // The first fsync fails and no later one runs: nobody is durable.
             assert!(write(&disk, &gc, 10).is_err());
             for w in writers {
-                assert!(w.join().expect("writer"), "a waiter returned durable");
+                assert!(!w.join().expect("writer"), "a waiter returned durable");
             }
             assert_eq!(disk.durable.load(Ordering::SeqCst), 0);
         });
@@ -819,19 +825,10 @@ mod loom_tests {
     fn loom_a_mark_sync_waits_for_the_place_among_writers() {
         model_of_three(|| {
             let (disk, gc) = setup(false);
-            let writers: Vec<_> = [10, 20]
-                .into_iter()
-                .map(|end| {
-                    let (d, g) = (std::sync::Arc::clone(&disk), Arc::clone(&gc));
-                    loom::thread::spawn(move || {
-                        write(&d, &g, end).expect("durable");
-                        assert!(d.durable.load(Ordering::SeqCst) >= end);
-                    })
-                })
-                .collect();
+            let writers = spawn_writers(&disk, &gc, [10, 20]);
             gc.sync_with_mark(0).expect("mark synced");
             for w in writers {
-                w.join().expect("writer");
+                assert!(w.join().expect("writer"), "a writer failed");
             }
             assert!(gc.check().is_ok());
         });
