@@ -18,7 +18,6 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 mod truncate;
-mod waiters;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
