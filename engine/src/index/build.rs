@@ -313,7 +313,7 @@ impl SortedBuilder {
 
     /// Bytes of the revisions pushed so far, by segment slot (`None` if a
     /// slot was too large to count them in a vector).
-    pub fn live_bytes_by_slot(&self) -> Option<&[u64]> {
+    pub(crate) fn live_bytes_by_slot(&self) -> Option<&[u64]> {
         self.tally.live.as_deref()
     }
 

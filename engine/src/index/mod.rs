@@ -154,7 +154,7 @@ impl Index {
 
     /// Every key and its latest revision, in no particular order (the
     /// entries as they lie in memory: faster than an ordered walk).
-    pub fn entries_unordered(&self) -> impl Iterator<Item = (&IKey, &RecordRef)> + '_ {
+    pub(crate) fn entries_unordered(&self) -> impl Iterator<Item = (&IKey, &RecordRef)> + '_ {
         self.entries.iter().map(|e| (&e.key, &e.rec))
     }
 
@@ -365,7 +365,11 @@ impl Index {
     /// [`Index::recompute_dead`] from what is retained per segment, known
     /// already (`live(slot)`: the bytes of the revisions the index holds in
     /// it), without walking the index.
-    pub fn set_dead_from_live(&mut self, sizes: &HashMap<u32, u64>, live: impl Fn(u32) -> u64) {
+    pub(crate) fn set_dead_from_live(
+        &mut self,
+        sizes: &HashMap<u32, u64>,
+        live: impl Fn(u32) -> u64,
+    ) {
         self.dead = sizes
             .iter()
             .map(|(slot, size)| (*slot, size.saturating_sub(live(*slot))))
