@@ -1,16 +1,17 @@
 //! Building an index from keys in ascending order (a snapshot's load).
 //!
-//! Entries are appended to the slab in key order, so the order is the slots
-//! `0..n` cut into blocks with no key comparison at all; the hash table is
-//! built once at the end, sized for every key; no allocation per key (older
-//! revisions excepted). The only comparison is each key against the one
-//! before, to reject input out of order.
+//! Entries are appended to the slab in key order, so the key order is the
+//! slots `0..n` cut into blocks with no key comparison at all, built when
+//! first needed (see `Index::order`); the hash table is built once at the
+//! end, sized for every key; no allocation per key (older revisions
+//! excepted). The only comparison is each key against the one before, to
+//! reject input out of order.
 //!
 //! A large build can be filled by two threads at once
 //! ([`SortedBuilder::fill_in_two`]): each writes its own part of the slab
 //! (allocated once at its final size) and of the keys' hashes, with its own
-//! counters and older revisions, merged when both are done; then one thread
-//! builds the hash table while the other builds the key order.
+//! counters and older revisions, merged when both are done; then the hash
+//! table is built from the hashes.
 
 use std::mem::MaybeUninit;
 
@@ -20,7 +21,6 @@ use std::hash::BuildHasher;
 use super::entries::{Entries, Entry};
 use super::history::History;
 use super::key::IKey;
-use super::order::Order;
 use super::pages::populate_for_writing;
 use super::{slot_of, Index, RecordRef};
 use crate::log::record::Op;
@@ -313,7 +313,7 @@ impl SortedBuilder {
 
     /// Bytes of the revisions pushed so far, by segment slot (`None` if a
     /// slot was too large to count them in a vector).
-    pub fn live_bytes_by_slot(&self) -> Option<&[u64]> {
+    pub(crate) fn live_bytes_by_slot(&self) -> Option<&[u64]> {
         self.tally.live.as_deref()
     }
 
@@ -322,8 +322,8 @@ impl SortedBuilder {
         self.tally.max_revisions
     }
 
-    /// The index. A large one has its hash table and its key order built
-    /// at once, on two threads.
+    /// The index, with its hash table; its key order is built on first use
+    /// (the slab holds the keys in order: see `Index::order`).
     pub fn finish(mut self) -> Index {
         let ix = &mut self.ix;
         ix.values = self.tally.values;
@@ -331,11 +331,7 @@ impl SortedBuilder {
         ix.bytes = self.tally.bytes;
         ix.put_keys = self.tally.put_keys;
         ix.entries.advise_huge_pages();
-        let slots = ix.entries.slots();
-        let parallel = self.hashes.len() >= PARALLEL_FROM && two_cores();
-        ix.order = ix.entries.index_all_beside(&self.hashes, parallel, |keys| {
-            Order::consecutive(slots, move |s| keys.key(s))
-        });
+        ix.entries.index_all(&self.hashes);
         self.ix
     }
 }

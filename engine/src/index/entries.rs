@@ -208,14 +208,8 @@ impl Entries {
 
     /// Builds the hash table of a slab filled by [`Entries::push_unindexed`]
     /// with distinct keys; `hashes[i]` is [`Entries::hash`] of slot `i`'s key
-    /// (computed while the key was at hand). Meanwhile `beside` runs with the
-    /// keys by slot, on another thread if `parallel`; returns what it returns.
-    pub fn index_all_beside<R: Send>(
-        &mut self,
-        hashes: &[u64],
-        parallel: bool,
-        beside: impl FnOnce(Keys<'_>) -> R + Send,
-    ) -> R {
+    /// (computed while the key was at hand).
+    pub fn index_all(&mut self, hashes: &[u64]) {
         let Entries {
             slab,
             table,
@@ -223,39 +217,11 @@ impl Entries {
             ..
         } = self;
         let slab: &[Entry] = slab;
-        let index_all = |table: &mut HashTable<u32>| {
-            table.clear();
-            table.reserve(slab.len(), |&s| rehash(hasher, slab, s));
-            for (i, &hash) in hashes.iter().enumerate().take(slab.len()) {
-                table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
-            }
-        };
-        if parallel {
-            std::thread::scope(|s| {
-                let other = s.spawn(|| beside(Keys(slab)));
-                index_all(table);
-                other.join()
-            })
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        } else {
-            index_all(table);
-            beside(Keys(slab))
+        table.clear();
+        table.reserve(slab.len(), |&s| rehash(hasher, slab, s));
+        for (i, &hash) in hashes.iter().enumerate().take(slab.len()) {
+            table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
         }
-    }
-}
-
-/// The keys of a slab by slot, to read while its hash table is built.
-#[derive(Clone, Copy)]
-pub(super) struct Keys<'a>(&'a [Entry]);
-
-impl<'a> Keys<'a> {
-    /// The key in `slot`.
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "slots come from this slab, as in `Entries::get`"
-    )]
-    pub fn key(self, slot: u32) -> &'a [u8] {
-        self.0[slot as usize].key.as_bytes()
     }
 }
 

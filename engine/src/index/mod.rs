@@ -8,7 +8,7 @@
 //! | `history.rs` | older revisions (history > 1), in a side slab |
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
 //! | `placed.rs` | what compaction asks: retained revisions by segment, moving them by entry slot |
-//! | `build.rs` | building from keys in order (the snapshot's load), no comparisons, bulk hashing |
+//! | `build.rs` | building from keys in order (the snapshot's load), no comparisons, bulk hashing; the key order then waits for its first use |
 //! | `pages.rs` | how the kernel backs the large buffers: huge pages, bulk faulting |
 //!
 //! Memory is a design constraint (at most 110 bytes per key for a million
@@ -32,6 +32,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::OnceLock;
 
 pub use self::build::{SortedBuilder, SortedPart, PARALLEL_FROM};
 use self::entries::Entries;
@@ -47,7 +48,13 @@ use crate::log::record::Op;
 #[derive(Default)]
 pub struct Index {
     entries: Entries,
-    order: Order,
+    /// The entries' slots in key order. Built on first use (a range, a walk,
+    /// a key added or removed) when absent: until then the slab's slots
+    /// `0..n` hold the keys in ascending order with none free, as an empty
+    /// index and a bulk build (a snapshot's load) leave them, and every
+    /// change to the set of keys builds it first. A reopen then does not
+    /// spend a tenth of its CPU on an order a point lookup never reads.
+    order: OnceLock<Order>,
     history: History,
     /// Revisions retained, history included.
     values: u64,
@@ -115,12 +122,13 @@ impl Index {
         to: Bound<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a IKey, &'a RecordRef)> + 'a {
         let key_of = |s| self.entries.key(s);
+        let order = self.order();
         let start = match from {
-            Bound::Included(k) => self.order.seek(k, true, key_of),
-            Bound::Excluded(k) => self.order.seek(k, false, key_of),
+            Bound::Included(k) => order.seek(k, true, key_of),
+            Bound::Excluded(k) => order.seek(k, false, key_of),
             Bound::Unbounded => Pos::START,
         };
-        self.order
+        order
             .iter_from(start)
             .map(|s| {
                 let e = self.entries.get(s);
@@ -141,7 +149,7 @@ impl Index {
         &self,
         mut f: impl FnMut(&IKey, &RecordRef) -> Result<(), E>,
     ) -> Result<(), E> {
-        for block in self.order.blocks() {
+        for block in self.order().blocks() {
             // Independent loads: the CPU has many of them in flight at once.
             let touched = block
                 .iter()
@@ -155,9 +163,23 @@ impl Index {
         Ok(())
     }
 
+    /// The key order, built now if it is not yet.
+    fn order(&self) -> &Order {
+        self.order.get_or_init(|| {
+            let entries = &self.entries;
+            Order::consecutive(entries.slots(), |s| entries.key(s))
+        })
+    }
+
+    /// Builds the key order if it is not yet: before the set of keys
+    /// changes, while the slab still holds them in order.
+    fn build_order(&mut self) {
+        self.order();
+    }
+
     /// Every key and its latest revision, in no particular order (the
     /// entries as they lie in memory: faster than an ordered walk).
-    pub fn entries_unordered(&self) -> impl Iterator<Item = (&IKey, &RecordRef)> + '_ {
+    pub(crate) fn entries_unordered(&self) -> impl Iterator<Item = (&IKey, &RecordRef)> + '_ {
         self.entries.iter().map(|e| (&e.key, &e.rec))
     }
 
@@ -239,9 +261,12 @@ impl Index {
         self.retain(&new);
         let is_put = u64::from(new.op() == Op::Put);
         let Some(slot) = self.entries.find(key) else {
+            self.build_order();
             let slot = self.entries.insert(key, new);
-            let entries = &self.entries;
-            self.order.insert(key, slot, |s| entries.key(s));
+            let Index { entries, order, .. } = self;
+            if let Some(order) = order.get_mut() {
+                order.insert(key, slot, |s| entries.key(s));
+            }
             self.put_keys += is_put;
             return;
         };
@@ -299,8 +324,11 @@ impl Index {
             self.retire(r, removed);
         }
         if all_older_gone && drop(&latest.bare()) {
-            let entries = &self.entries;
-            self.order.remove(key, |s| entries.key(s));
+            self.build_order();
+            let Index { entries, order, .. } = self;
+            if let Some(order) = order.get_mut() {
+                order.remove(key, |s| entries.key(s));
+            }
             self.entries.remove(slot);
             self.put_keys -= u64::from(latest.op() == Op::Put);
             self.retire(latest.bare(), removed);
@@ -337,7 +365,11 @@ impl Index {
     /// [`Index::recompute_dead`] from what is retained per segment, known
     /// already (`live(slot)`: the bytes of the revisions the index holds in
     /// it), without walking the index.
-    pub fn set_dead_from_live(&mut self, sizes: &HashMap<u32, u64>, live: impl Fn(u32) -> u64) {
+    pub(crate) fn set_dead_from_live(
+        &mut self,
+        sizes: &HashMap<u32, u64>,
+        live: impl Fn(u32) -> u64,
+    ) {
         self.dead = sizes
             .iter()
             .map(|(slot, size)| (*slot, size.saturating_sub(live(*slot))))

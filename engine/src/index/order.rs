@@ -297,8 +297,8 @@ impl Order {
         let mut start = 0u32;
         while start < n {
             let end = start.saturating_add(BUILD_FILL).min(n);
-            // No room to grow yet (a quarter of the order's memory, faulted
-            // in at open): the first insert into a block makes it.
+            // No room to grow yet (it would be a quarter of the order's
+            // memory): the first insert into a block makes it.
             let mut block = Block::new(0, (end - start) as usize);
             block.slots.extend(start..end);
             order.fences.push(IKey::new(key_of(start)));

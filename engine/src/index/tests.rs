@@ -224,6 +224,60 @@ fn ranges_prefixes_and_bounds() {
     assert_eq!(ix.key_count(), 6);
 }
 
+/// A bulk build (a snapshot's load) leaves the key order to its first use:
+/// lookups and overwrites never build it; a range, a key added or a key
+/// removed does, from the keys as they were, and gets everything in order.
+#[test]
+fn a_bulk_built_index_builds_its_order_when_first_needed() {
+    let keys: Vec<String> = (0..300u64).map(|i| format!("k.{:04}", i * 2)).collect();
+    let build = || {
+        Index::from_sorted(
+            (1..)
+                .zip(&keys)
+                .map(|(i, k)| (IKey::new(k.as_bytes()), vec![rev(i, Op::Put)])),
+        )
+    };
+    let listed = |ix: &Index| -> Vec<String> {
+        ix.range(Bound::Unbounded, Bound::Unbounded)
+            .map(|(k, _)| k.as_str().to_string())
+            .collect()
+    };
+    let mut removed = Vec::new();
+
+    let mut ix = build();
+    assert!(ix.order.get().is_none());
+    assert_eq!(ix.latest(b"k.0010"), Some(rev(6, Op::Put)));
+    ix.apply(b"k.0010", rev(1_000, Op::Put), 1, &mut removed);
+    assert!(
+        ix.order.get().is_none(),
+        "a lookup and an overwrite build no order"
+    );
+    assert_eq!(listed(&ix), keys);
+    assert!(ix.order.get().is_some(), "a range built it");
+
+    // A key added first: in its place.
+    let mut ix = build();
+    ix.apply(b"k.0011", rev(1_000, Op::Put), 1, &mut removed);
+    let mut with_it = keys.clone();
+    with_it.push("k.0011".to_string());
+    with_it.sort();
+    assert_eq!(listed(&ix), with_it);
+
+    // A key removed first, then one added in its freed slot.
+    let mut ix = build();
+    ix.drop_oldest_while(b"k.0010", |_| true, &mut removed);
+    let without: Vec<String> = keys.iter().filter(|k| *k != "k.0010").cloned().collect();
+    assert_eq!(listed(&ix), without);
+    ix.apply(b"a.first", rev(1_001, Op::Put), 1, &mut removed);
+    assert_eq!(listed(&ix).first().map(String::as_str), Some("a.first"));
+    assert_eq!(listed(&ix).len(), keys.len());
+    let from = ix
+        .range(Bound::Included(b"k.0009"), Bound::Unbounded)
+        .next()
+        .map(|(k, _)| k.as_str().to_string());
+    assert_eq!(from.as_deref(), Some("k.0012"));
+}
+
 #[test]
 fn sorted_builder_rejects_disorder_and_empty_keys() {
     let mut b = SortedBuilder::with_capacity(2);
