@@ -244,7 +244,7 @@ fn throughput(
                 let load = Load {
                     tests: "set",
                     clients: cfg.clients,
-                    requests: cfg.n_durable,
+                    requests: cfg.c1_requests,
                     pipeline: p,
                     keyspace: Some(cfg.keyspace),
                     value_size: cfg.value_size,
@@ -270,14 +270,14 @@ fn throughput(
                             .with("keyspace", Extra::count(cfg.keyspace))
                             .with("value_size", Extra::count(cfg.value_size))
                     };
-                    runs.push(tag(row("logkv", &w, r.rps, "ops/s", cfg.n_durable)));
+                    runs.push(tag(row("logkv", &w, r.rps, "ops/s", cfg.c1_requests)));
                     if let Some(x) = r.p50_ms {
                         runs.push(tag(row(
                             "logkv",
                             &format!("{w}.p50"),
                             x,
                             "ms",
-                            cfg.n_durable,
+                            cfg.c1_requests,
                         )));
                     }
                     if let Some(x) = r.p99_ms {
@@ -286,7 +286,7 @@ fn throughput(
                             &format!("{w}.p99"),
                             x,
                             "ms",
-                            cfg.n_durable,
+                            cfg.c1_requests,
                         )));
                     }
                 }

@@ -55,6 +55,8 @@ pub struct Config {
     pub s6_requests: u64,
     /// S7 buckets.
     pub s7_buckets: usize,
+    /// C1: requests per run against each of the single node, the leader and a follower.
+    pub c1_requests: u64,
     /// C1: SIGKILLs of the leader measured.
     pub c1_kills: usize,
     /// C1: writer threads loading the cluster while its leader is killed.
