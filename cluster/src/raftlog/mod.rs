@@ -299,7 +299,7 @@ impl LogStore {
         let hi = usize::try_from(to - first).map_err(io::Error::other)?;
         let mut out = Vec::with_capacity(hi - lo);
         // The newest are in memory (what replication and apply read, right after the append).
-        let cached_from = st.locs.len() - st.recent.len();
+        let cached_from = st.locs.len().saturating_sub(st.recent.len());
         let split = cached_from.clamp(lo, hi);
         let mut seg: Option<Arc<Segment>> = None;
         for loc in st.locs.range(lo..split) {

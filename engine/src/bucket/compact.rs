@@ -15,8 +15,9 @@
 //!    generation) whose header lists the inputs it supersedes: temp file,
 //!    fsync, rename, fsync of the directory;
 //! 3. adds it to the segment table beside the inputs and moves index entries
-//!    to it in chunks, each by its entry slot (no lookup) (readers holding old locations still read valid bytes:
-//!    the inputs stay mapped while anyone holds them);
+//!    to it in chunks, each by its entry slot, not by a lookup (readers holding
+//!    old locations still read valid bytes: the inputs stay mapped while
+//!    anyone holds them);
 //! 4. removes the inputs from the table and deletes their files.
 //!
 //! A crash at any point leaves either the inputs (the output never got its
@@ -61,8 +62,8 @@ struct Output {
 }
 
 impl Output {
-    /// Copies the record `bytes` (of `key` at `revision`, at `from` in its
-    /// input) as a batch of its own: batches were applied long ago.
+    /// Copies the record `bytes` (the revision `placed` names, at its place in
+    /// an input) as a batch of its own: batches were applied long ago.
     fn add(&mut self, placed: Placed, bytes: &[u8]) -> Result<()> {
         let start = self.body.len();
         let to_offset = segment_offset(self.data_start + start as u64)?;

@@ -100,9 +100,15 @@ impl Index {
 
     /// The retained revision `revision` of `key`.
     pub fn find(&self, key: &[u8], revision: u64) -> Option<RecordRef> {
-        let latest = &self.entries.get(self.entries.find(key)?).rec;
+        self.find_in_entry(key, revision).map(|(_, r)| r)
+    }
+
+    /// [`Index::find`], with the slot of the key's entry.
+    fn find_in_entry(&self, key: &[u8], revision: u64) -> Option<(u32, RecordRef)> {
+        let entry = self.entries.find(key)?;
+        let latest = &self.entries.get(entry).rec;
         if latest.revision == revision {
-            return Some(latest.bare());
+            return Some((entry, latest.bare()));
         }
         if latest.older == 0 {
             return None;
@@ -111,7 +117,7 @@ impl Index {
             .get(latest.older)
             .iter()
             .find(|r| r.revision == revision)
-            .copied()
+            .map(|r| (entry, *r))
     }
 
     /// Keys and latest revisions in `[from, to)` order (nothing if `from` is

@@ -67,18 +67,7 @@ impl Index {
     /// Where the retained revision `revision` of `key` is, with its key's
     /// entry; `None` when it is not retained.
     pub fn find_placed(&self, key: &[u8], revision: u64) -> Option<Placed> {
-        let entry = self.entries.find(key)?;
-        let latest = &self.entries.get(entry).rec;
-        let r = if latest.revision == revision {
-            latest
-        } else if latest.older == 0 {
-            return None;
-        } else {
-            self.history
-                .get(latest.older)
-                .iter()
-                .find(|r| r.revision == revision)?
-        };
+        let (entry, r) = self.find_in_entry(key, revision)?;
         Some(Placed {
             slot: r.slot,
             offset: r.offset,
