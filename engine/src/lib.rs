@@ -67,6 +67,7 @@ pub use key::{validate_bucket_name, validate_key, Glob, Subject, MAX_KEY_LEN};
 pub use latency::Latencies;
 pub use log::recovery::{RecoveryReport, Skipped};
 pub use store::{Store, DEFAULT_BUCKET};
+pub use watch_hub::ChangeHook;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -3,15 +3,16 @@
 //! A write, once applied to the index and still under the index write lock,
 //! publishes the new log end and revision here: one uncontended mutex, two
 //! stores, and a condvar broadcast only if some watcher is blocked. After the
-//! index lock is released it pokes the few change listeners (e.g. one per
-//! bucket in the server). That is all the writer does: nothing per watcher,
+//! index lock is released it pokes the few change listeners (channels, or
+//! hooks such as the server's one per watched bucket). That is all the writer
+//! does: nothing per watcher,
 //! no queue to fill. Watchers read the published end and wait here for it to
 //! move; they read the log themselves (`bucket/watch.rs`).
 //!
 //! The hub knows nothing of buckets: the bucket depends on it, never the
 //! other way round. Its publish/wake handoff is model-checked with loom.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -29,7 +30,45 @@ pub(crate) struct WatchHub {
     /// Watchers blocked in `wait_past`; changes of `end` and `closed` happen under this lock.
     waiters: Mutex<usize>,
     changed: Condvar,
-    listeners: parking_lot::Mutex<Vec<Sender<()>>>,
+    listeners: parking_lot::Mutex<Vec<Listener>>,
+}
+
+/// Someone told of changes: a channel (dropped when its receiver is), or a hook (dropped
+/// when its [`ChangeHook`] is).
+enum Listener {
+    Channel(Sender<()>),
+    Hook(Weak<dyn Fn() + Send + Sync>),
+}
+
+impl Listener {
+    /// Tells of a change; false once the listener is gone.
+    fn poke(&self) -> bool {
+        match self {
+            Listener::Channel(tx) => {
+                !matches!(tx.try_send(()), Err(TrySendError::Disconnected(())))
+            }
+            Listener::Hook(hook) => match hook.upgrade() {
+                Some(f) => {
+                    f();
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+}
+
+/// A function called after writes to a bucket (see [`crate::Bucket::on_change`]); it stays
+/// registered while this value lives.
+#[must_use = "the hook is unregistered when this is dropped"]
+pub struct ChangeHook {
+    _hook: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for ChangeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeHook")
+    }
 }
 
 impl WatchHub {
@@ -62,7 +101,7 @@ impl WatchHub {
     pub(crate) fn wake(&self) {
         let mut listeners = self.listeners.lock();
         if !listeners.is_empty() {
-            listeners.retain(|tx| !matches!(tx.try_send(()), Err(TrySendError::Disconnected(()))));
+            listeners.retain(Listener::poke);
         }
     }
 
@@ -77,7 +116,14 @@ impl WatchHub {
         let _g = lock(&self.waiters);
         self.closed.store(true, Ordering::SeqCst);
         self.changed.notify_all();
-        self.listeners.lock().clear();
+        // Hooks hear of it once more (their owners then find the bucket gone); channels
+        // see their senders dropped.
+        let listeners = std::mem::take(&mut *self.listeners.lock());
+        for l in &listeners {
+            if let Listener::Hook(_) = l {
+                l.poke();
+            }
+        }
     }
 
     /// Whether the bucket was dropped.
@@ -111,8 +157,19 @@ impl WatchHub {
     /// that cannot block in [`crate::Watch::recv`].
     pub(crate) fn listen(&self) -> Receiver<()> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.listeners.lock().push(tx);
+        self.listeners.lock().push(Listener::Channel(tx));
         rx
+    }
+
+    /// Registers `hook`, called after writes (on the writing thread) and once when the
+    /// hub closes, until the returned [`ChangeHook`] is dropped.
+    pub(crate) fn hook(&self, hook: impl Fn() + Send + Sync + 'static) -> ChangeHook {
+        let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(hook);
+        let mut listeners = self.listeners.lock();
+        if !self.is_closed() {
+            listeners.push(Listener::Hook(Arc::downgrade(&hook)));
+        }
+        ChangeHook { _hook: hook }
     }
 }
 
@@ -120,6 +177,63 @@ impl WatchHub {
 /// panic cannot leave half-updated).
 fn lock<T>(m: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::WatchHub;
+    use crate::log::LogPos;
+
+    fn counting(hub: &WatchHub) -> (Arc<AtomicUsize>, super::ChangeHook) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let hook = hub.hook(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        (calls, hook)
+    }
+
+    #[test]
+    fn hooks_hear_every_wake_until_dropped_and_once_at_close() {
+        let hub = WatchHub::new(LogPos::new(1, 0), 0);
+        let (kept, kept_hook) = counting(&hub);
+        let (dropped, dropped_hook) = counting(&hub);
+        let rx = hub.listen();
+        hub.wake();
+        assert_eq!(kept.load(Ordering::SeqCst), 1);
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        assert!(rx.try_recv().is_ok(), "the channel listener got its token");
+        drop(dropped_hook);
+        hub.wake();
+        hub.wake();
+        assert_eq!(kept.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "a dropped hook is not called"
+        );
+        assert_eq!(hub.listeners.lock().len(), 2, "and is unregistered");
+        hub.close();
+        assert_eq!(kept.load(Ordering::SeqCst), 4, "told of the close once");
+        let _token_of_earlier_wakes = rx.try_recv();
+        assert!(rx.recv().is_err(), "the channel is disconnected at close");
+        hub.wake();
+        assert_eq!(kept.load(Ordering::SeqCst), 4, "nothing after the close");
+        drop(kept_hook);
+    }
+
+    #[test]
+    fn a_hook_registered_after_close_is_never_called() {
+        let hub = WatchHub::new(LogPos::new(1, 0), 0);
+        hub.close();
+        let (calls, _hook) = counting(&hub);
+        hub.wake();
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert!(hub.listeners.lock().is_empty());
+    }
 }
 
 /// Model checks of the writer → watcher handoff (`RUSTFLAGS="--cfg loom"`):

@@ -1,29 +1,25 @@
-//! Watch wake-ups: one pump thread per bucket that has watchers.
+//! Watch wake-ups: one pump task per bucket that has watchers.
 //!
-//! Engine watches are pull-based: [`logkv::Watch::try_next`] never blocks, and a bucket's
-//! [`logkv::Bucket::change_listener`] receives a (coalesced) token after writes. A pump
-//! blocks on that channel and, for every token, wakes the connection tasks subscribed to
-//! the bucket through their [`Notify`]. Each connection then pulls its own events at its
-//! own pace, so the writer's cost per write is one `try_send` per watched bucket, however
-//! many watchers there are, and a watcher that never reads holds nothing but its cursor.
+//! Engine watches are pull-based: [`logkv::Watch::try_next`] never blocks. A pump
+//! registers a hook with the bucket ([`logkv::Bucket::on_change`]) that the writer calls
+//! after its writes become visible; the hook only wakes the pump, a task on the server's
+//! runtime (no thread of its own), and the pump wakes the connections subscribed to the
+//! bucket through their [`Notify`]. Each connection then pulls its own events at its own
+//! pace, so the writer's cost per write is one wake-up per watched bucket, however many
+//! watchers there are, and a watcher that never reads holds nothing but its cursor. Writes
+//! that arrive while the pump runs are coalesced into its next round.
 //!
-//! A pump ends when its last subscriber leaves (checked every [`IDLE_CHECK`]), when the
-//! bucket is dropped (the channel disconnects), or at server shutdown.
+//! A pump ends when its last subscriber leaves, when the bucket is dropped (the hook is
+//! called once more and the pump finds the bucket gone), or at server shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use logkv::Bucket;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, error};
-
-/// How often an idle pump checks whether it still has subscribers or must stop.
-const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// The pumps of all watched buckets.
 #[derive(Clone, Default)]
@@ -36,7 +32,6 @@ struct Inner {
     /// Live pumps by bucket name.
     map: Mutex<HashMap<String, Arc<Pump>>>,
     stop: AtomicBool,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The pump of one bucket.
@@ -45,15 +40,37 @@ pub(crate) struct Pump {
     /// A handle on the bucket, to tell whether it was dropped.
     bucket: Bucket,
     subs: Mutex<Vec<Arc<Notify>>>,
+    /// Set (under the map lock) once the pump has left the map: it takes no subscriber more.
     dead: AtomicBool,
+    /// Woken by the bucket's writers (through the hook), by the last unsubscribe, and at
+    /// shutdown.
+    wake: Notify,
+    pumps: Weak<Inner>,
 }
 
 impl Pump {
-    /// Removes one subscription of `notify` (taken with [`Pumps::subscribe`]).
+    /// Removes one subscription of `notify` (taken with [`Pumps::subscribe`]); the last one
+    /// ends the pump.
     pub fn unsubscribe(&self, notify: &Arc<Notify>) {
+        // The map lock first, as in `subscribe`: a pump found alive there gets its
+        // subscriber before it can be ended here.
+        let inner = self.pumps.upgrade();
+        let mut map = inner.as_ref().map(|i| i.map.lock());
         let mut subs = self.subs.lock();
         if let Some(i) = subs.iter().position(|n| Arc::ptr_eq(n, notify)) {
             subs.swap_remove(i);
+        }
+        if subs.is_empty() && !self.dead.swap(true, Ordering::AcqRel) {
+            drop(subs);
+            if let Some(map) = map.as_mut() {
+                if map
+                    .get(&self.name)
+                    .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), self))
+                {
+                    map.remove(&self.name);
+                }
+            }
+            self.wake.notify_one();
         }
     }
 
@@ -66,8 +83,11 @@ impl Pump {
 
     /// Whether this pump still serves the live bucket of its name.
     fn alive(&self) -> bool {
-        !self.dead.load(Ordering::Acquire)
-            && !matches!(self.bucket.ttl("_"), Err(logkv::Error::NoBucket(_)))
+        !self.dead.load(Ordering::Acquire) && !self.bucket_dropped()
+    }
+
+    fn bucket_dropped(&self) -> bool {
+        matches!(self.bucket.ttl("_"), Err(logkv::Error::NoBucket(_)))
     }
 }
 
@@ -78,6 +98,7 @@ impl Pumps {
 
     /// Subscribes `notify` to writes on `bucket`, starting the bucket's pump if needed.
     /// Subscribe before pulling from a new watch, so that no write can go unnoticed.
+    /// Called from a task of the server's runtime (the pump is spawned on it).
     pub fn subscribe(&self, bucket: &Bucket, notify: &Arc<Notify>) -> Arc<Pump> {
         let mut map = self.inner.map.lock();
         if let Some(p) = map.get(bucket.name()) {
@@ -85,30 +106,33 @@ impl Pumps {
                 p.subs.lock().push(Arc::clone(notify));
                 return Arc::clone(p);
             }
+            // Dropped (and perhaps re-created since): that pump ends on its own.
+            p.dead.store(true, Ordering::Release);
+            p.wake.notify_one();
         }
         let pump = Arc::new(Pump {
             name: bucket.name().to_string(),
             bucket: bucket.clone(),
             subs: Mutex::new(vec![Arc::clone(notify)]),
             dead: AtomicBool::new(false),
+            wake: Notify::new(),
+            pumps: Arc::downgrade(&self.inner),
         });
         map.insert(pump.name.clone(), Arc::clone(&pump));
         drop(map);
-        let rx = bucket.change_listener();
-        let inner = Arc::clone(&self.inner);
-        let p = Arc::clone(&pump);
-        let spawned = std::thread::Builder::new()
-            .name(format!("logkv-pump-{}", pump.name))
-            .spawn(move || run(&inner, &p, &rx));
-        match spawned {
-            Ok(h) => {
-                let mut threads = self.inner.threads.lock();
-                threads.retain(|t| !t.is_finished());
-                threads.push(h);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let hook = {
+                    let p = Arc::clone(&pump);
+                    bucket.on_change(move || p.wake.notify_one())
+                };
+                let inner = Arc::clone(&self.inner);
+                let p = Arc::clone(&pump);
+                rt.spawn(async move { run(&inner, &p, hook).await });
             }
             Err(e) => {
                 // Watches still work, but only wake on other events; say so loudly.
-                error!(bucket = %pump.name, "could not start a watch pump thread: {e}");
+                error!(bucket = %pump.name, "could not start a watch pump: {e}");
             }
         }
         pump
@@ -123,47 +147,44 @@ impl Pumps {
         }
     }
 
-    /// Stops every pump and waits for the threads (blocking).
+    /// Stops every pump (their tasks end at their next wake-up, which this gives them).
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Release);
-        let threads = std::mem::take(&mut *self.inner.threads.lock());
-        for t in threads {
-            let _ = t.join();
+        let pumps = std::mem::take(&mut *self.inner.map.lock());
+        for p in pumps.values() {
+            p.dead.store(true, Ordering::Release);
+            p.wake.notify_one();
         }
-        self.inner.map.lock().clear();
     }
 }
 
-fn run(inner: &Inner, pump: &Arc<Pump>, rx: &Receiver<()>) {
+/// A pump's task: every wake-up from the bucket's hook wakes the subscribers, until the
+/// pump is ended. The hook is unregistered when the task returns, and the subscribers left
+/// are woken a last time.
+async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
     debug!(bucket = %pump.name, "watch pump started");
     loop {
-        if inner.stop.load(Ordering::Acquire) {
+        pump.wake.notified().await;
+        if inner.stop.load(Ordering::Acquire) || pump.dead.load(Ordering::Acquire) {
             break;
         }
-        match rx.recv_timeout(IDLE_CHECK) {
-            Ok(()) => pump.wake_all(),
-            Err(RecvTimeoutError::Timeout) => {
-                let mut map = inner.map.lock();
-                if pump.subs.lock().is_empty() {
-                    pump.dead.store(true, Ordering::Release);
-                    if map.get(&pump.name).is_some_and(|p| Arc::ptr_eq(p, pump)) {
-                        map.remove(&pump.name);
-                    }
-                    break;
-                }
+        if pump.bucket_dropped() {
+            // Its watches end; let their connections see it.
+            let mut map = inner.map.lock();
+            pump.dead.store(true, Ordering::Release);
+            if map
+                .get(&pump.name)
+                .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), pump))
+            {
+                map.remove(&pump.name);
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                // The bucket was dropped: its watches end; let their connections see it.
-                let mut map = inner.map.lock();
-                pump.dead.store(true, Ordering::Release);
-                if map.get(&pump.name).is_some_and(|p| Arc::ptr_eq(p, pump)) {
-                    map.remove(&pump.name);
-                }
-                drop(map);
-                pump.wake_all();
-                break;
-            }
+            break;
         }
+        pump.wake_all();
     }
+    drop(hook);
+    // Whoever still subscribes pulls once more and finds its watch ended (a dropped
+    // bucket) or its connection stopping.
+    pump.wake_all();
     debug!(bucket = %pump.name, "watch pump stopped");
 }

@@ -274,8 +274,7 @@ impl Server {
 /// After the connections: stops the watch pumps, the syncers and the cluster node, waits
 /// for the blocking jobs, then syncs the store and closes it.
 async fn close(shared: Arc<Shared>) -> Result<(), ServerError> {
-    let pumps = shared.pumps.clone();
-    let _ = tokio::task::spawn_blocking(move || pumps.shutdown()).await;
+    shared.pumps.shutdown();
     let keep = Arc::clone(&shared);
     let _ = tokio::task::spawn_blocking(move || keep.syncers.shutdown()).await;
     if let Some(node) = &shared.cluster {

@@ -219,6 +219,48 @@ fn dropping_the_bucket_ends_its_watches() {
 }
 
 #[test]
+fn a_bucket_dropped_and_created_again_wakes_its_new_watchers() {
+    let srv = Srv::start();
+    let mut c = srv.raw();
+    c.cmd(&["BUCKET", "CREATE", "again"]);
+    let mut w = srv.raw();
+    w.cmd(&["USE", "again"]);
+    assert_eq!(w.cmd(&["WATCH", ">"]), Frame::Int(1));
+    expect_ready(&mut w, 1);
+    assert_eq!(c.cmd(&["BUCKET", "DROP", "again"]), Frame::ok());
+    assert_eq!(event(&mut w, 1).items()[2], Frame::bulk("lost"));
+    // A new bucket of the same name: its watchers are woken by its writes, not the old one's.
+    c.cmd(&["BUCKET", "CREATE", "again"]);
+    c.cmd(&["USE", "again"]);
+    let mut w2 = srv.raw();
+    w2.cmd(&["USE", "again"]);
+    assert_eq!(w2.cmd(&["WATCH", ">"]), Frame::Int(1));
+    expect_ready(&mut w2, 1);
+    assert_eq!(c.cmd(&["PUT", "k", "v1"]), Frame::Int(1));
+    expect_entry(&mut w2, 1, "k", "PUT", 0);
+}
+
+#[test]
+fn watchers_leaving_and_coming_back_are_woken() {
+    let srv = Srv::start();
+    let mut c = srv.raw();
+    // The last watcher of the bucket leaves (its connection closes): a new one must still
+    // be woken by the next write, and the one after it too.
+    for round in 0..3 {
+        let mut w = srv.raw();
+        assert_eq!(w.cmd(&["WATCH", ">", "UPDATESONLY"]), Frame::Int(1));
+        expect_ready(&mut w, 1);
+        let key = format!("k{round}");
+        c.cmd(&["PUT", key.as_str(), "v"]);
+        expect_entry(&mut w, 1, &key, "PUT", 0);
+        if round == 1 {
+            // This time the watch ends by UNWATCH instead of a closed connection.
+            assert_eq!(w.cmd(&["UNWATCH"]), Frame::Int(0));
+        }
+    }
+}
+
+#[test]
 fn a_watcher_that_never_reads_does_not_block_writers() {
     let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
     let mut lazy = srv.raw();

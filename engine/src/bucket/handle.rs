@@ -17,6 +17,7 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::key::Glob;
+use crate::watch_hub::ChangeHook;
 
 /// How the writes of a replicated apply relate (see [`Bucket::apply_replicated`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,6 +351,18 @@ impl Bucket {
     /// instead of blocking. Costs the writer one `try_send` per listener.
     pub fn change_listener(&self) -> crossbeam_channel::Receiver<()> {
         self.core.change_listener()
+    }
+
+    /// Registers `hook`, called on the writing thread after every write to this bucket
+    /// becomes visible (calls may be coalesced: one call can stand for several writes),
+    /// and once more when the bucket is dropped. It stays registered until the returned
+    /// [`ChangeHook`] is dropped.
+    ///
+    /// The hook runs on the writer's path: it must be quick and must neither block nor
+    /// touch this bucket (waking a task or a thread is what it is for). An event loop
+    /// pulls the events itself with [`Watch::try_next`].
+    pub fn on_change(&self, hook: impl Fn() + Send + Sync + 'static) -> ChangeHook {
+        self.core.on_change(hook)
     }
 
     /// Makes every write to this bucket acknowledged so far durable.

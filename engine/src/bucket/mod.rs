@@ -156,6 +156,14 @@ impl BucketCore {
         self.hub.listen()
     }
 
+    /// Registers a function called after every write (see [`crate::Bucket::on_change`]).
+    pub(crate) fn on_change(
+        &self,
+        hook: impl Fn() + Send + Sync + 'static,
+    ) -> crate::watch_hub::ChangeHook {
+        self.hub.hook(hook)
+    }
+
     /// Fails with [`Error::NoBucket`] once the bucket has been dropped.
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.dropped.load(Ordering::Acquire) {
