@@ -17,6 +17,7 @@ pub mod redisbench;
 pub mod report;
 pub mod resp;
 pub mod server;
+pub mod skim;
 pub mod stores;
 pub mod sys;
 pub mod watchbench;

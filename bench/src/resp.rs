@@ -211,6 +211,12 @@ impl Inbox {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// The bytes not yet taken as values.
+    pub fn into_unread(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
+
     /// The next whole value, if there is one.
     pub fn next_value(&mut self) -> io::Result<Option<Value>> {
         match parse(&self.buf[self.start..]) {
