@@ -1,7 +1,7 @@
 //! sled 0.34: the default tree, `Mode::HighThroughput` (sled's documented fast mode), default
 //! 1 GiB cache and 500 ms background flush.
 //!
-//! Durable: insert, then `flush()`. sled 0.34's flush ends in sync_file_range, not
+//! Durable: insert, then `flush()`. sled 0.34's flush ends in `sync_file_range`, not
 //! fdatasync, so it does not make the write durable on every file system: its W4 rows are
 //! marked `"durable":false` and left out of durable comparisons. sled has no compaction call
 //! (it rewrites fragmented segments in the background), so `compact` only flushes.
