@@ -254,7 +254,14 @@ fn receive<E: Events>(
             loop {
                 match sock.read(&mut chunk) {
                     Ok(0) => return Err("a subscriber connection was closed by the server".into()),
-                    Ok(n) => events.feed(&chunk[..n], &mut ids)?,
+                    Ok(n) => {
+                        events.feed(&chunk[..n], &mut ids)?;
+                        if n < chunk.len() {
+                            // Drained (the epoll is level-triggered: more data later is
+                            // reported again), so no second read just to see EAGAIN.
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(format!("subscriber read: {e}")),
