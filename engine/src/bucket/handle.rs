@@ -68,7 +68,8 @@ impl Bucket {
 
     /// The value of `key`, if it has a live one.
     pub fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        Ok(self.core.get(key)?.map(|e| e.value))
+        // Only the value is copied out: no entry (key, bucket name) is built.
+        self.core.get_with(key, Bytes::copy_from_slice)
     }
 
     /// Calls `f` with the live value of `key` read in place (no copy);

@@ -15,7 +15,7 @@ use crate::entry::{Entry, Op, Ttl};
 use crate::error::{Error, Result};
 use crate::index::{Index, RecordRef};
 use crate::key::validate_key;
-use crate::log::record::{decode, Decoded};
+use crate::log::record::{decode, Decoded, Record};
 use crate::log::segment::Segment;
 
 impl BucketCore {
@@ -36,13 +36,14 @@ impl BucketCore {
         out
     }
 
-    /// Decodes the record `at` points to in `seg` into an entry of `key`.
-    pub(super) fn load_from(
+    /// The record `at` points to in `seg`, checked: its checksum, and that it is
+    /// revision `at.revision` of `key`.
+    fn record_at<'s>(
         &self,
-        seg: Option<&Arc<Segment>>,
+        seg: Option<&'s Arc<Segment>>,
         key: &str,
         at: &RecordRef,
-    ) -> Result<Entry> {
+    ) -> Result<Record<'s>> {
         let corrupt = |path: PathBuf, why: &str| Error::Corrupt {
             path,
             offset: u64::from(at.offset),
@@ -59,16 +60,7 @@ impl BucketCore {
             .ok_or_else(|| corrupt(seg.path.clone(), "record outside segment"))?;
         match decode(bytes, seg.header.salt) {
             Decoded::Record(r) if r.header.revision == at.revision && r.key == key.as_bytes() => {
-                Ok(Entry {
-                    bucket: Arc::clone(&self.name),
-                    key: key.to_string(),
-                    value: Bytes::copy_from_slice(r.value),
-                    revision: at.revision,
-                    created_ms: r.header.created_ms,
-                    op: r.header.op,
-                    delta: 0,
-                    expires_ms: at.expires_ms,
-                })
+                Ok(r)
             }
             Decoded::Record(_) => Err(corrupt(seg.path.clone(), "index points at another record")),
             Decoded::End => Err(corrupt(
@@ -77,6 +69,26 @@ impl BucketCore {
             )),
             Decoded::Invalid(why) => Err(corrupt(seg.path.clone(), &why.to_string())),
         }
+    }
+
+    /// Decodes the record `at` points to in `seg` into an entry of `key`.
+    pub(super) fn load_from(
+        &self,
+        seg: Option<&Arc<Segment>>,
+        key: &str,
+        at: &RecordRef,
+    ) -> Result<Entry> {
+        let r = self.record_at(seg, key, at)?;
+        Ok(Entry {
+            bucket: Arc::clone(&self.name),
+            key: key.to_string(),
+            value: Bytes::copy_from_slice(r.value),
+            revision: at.revision,
+            created_ms: r.header.created_ms,
+            op: r.header.op,
+            delta: 0,
+            expires_ms: at.expires_ms,
+        })
     }
 
     /// Loads the record `at` of `key`, looked up in the index earlier and without
@@ -144,22 +156,8 @@ impl BucketCore {
             validate_key(key)?;
             return Ok(None);
         };
-        let seg = seg.ok_or_else(|| Error::Corrupt {
-            path: self.dir.clone(),
-            offset: u64::from(at.offset),
-            reason: format!("segment slot {} missing", at.slot),
-        })?;
-        let bytes = seg.bytes(u64::from(at.offset), at.len()).unwrap_or(&[]);
-        match decode(bytes, seg.header.salt) {
-            Decoded::Record(r) if r.header.revision == at.revision && r.key == key.as_bytes() => {
-                Ok(Some(f(r.value)))
-            }
-            _ => Err(Error::Corrupt {
-                path: seg.path.clone(),
-                offset: u64::from(at.offset),
-                reason: "the index points at a record that does not check out".into(),
-            }),
-        }
+        let r = self.record_at(seg.as_ref(), key, &at)?;
+        Ok(Some(f(r.value)))
     }
 
     /// Retained revision `revision` of `key` (markers included), unless expired.
