@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use logkv_cluster::command::{Command, Op, Response};
+use logkv_cluster::command::{Command, Op, OpError, Response};
 use logkv_cluster::ClusterError;
 use support::{contents, put, revision, write_retrying, TestCluster};
 
@@ -213,6 +213,67 @@ async fn expiries_are_proposed_by_the_leader_with_the_same_revision_everywhere()
     c.converge().await;
     for n in c.nodes.values() {
         assert!(n.store().get().bucket("b").is_ok());
+    }
+    c.shutdown().await;
+}
+
+/// Pipelines of independent writes from many clients at once (the leader may group them into
+/// one entry): each gets its own results, in order, with revisions no other write got, and a
+/// pipeline to a missing bucket fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pipelines_each_get_their_own_results() {
+    let c = TestCluster::start(3, 100_000).await;
+    let leader = c.leader().await;
+    let follower = c.follower(leader);
+    write_retrying(c.node(leader), put("warm", "up")).await;
+    let clients = 40;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let node = c.node(if i % 2 == 0 { leader } else { follower }).clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("k{i}");
+            let bucket = if i == 7 { "missing" } else { "default" };
+            let cmd = Command::Write {
+                bucket: bucket.into(),
+                atomic: false,
+                ops: vec![
+                    Op::put(key.clone(), format!("v{i}")),
+                    Op::create(key.clone(), "again".to_string()),
+                    Op::put(key, format!("w{i}")),
+                ],
+            };
+            (i, write_retrying(&node, cmd).await)
+        }));
+    }
+    let mut revisions = Vec::new();
+    for t in tasks {
+        let (i, response) = t.await.unwrap();
+        if i == 7 {
+            assert!(
+                matches!(response, Response::Failed(OpError::NoBucket(_))),
+                "{response:?}"
+            );
+            continue;
+        }
+        let Response::Each(results) = response else {
+            panic!("client {i}: {response:?}");
+        };
+        assert_eq!(results.len(), 3, "client {i}: {results:?}");
+        let first = results[0].as_ref().expect("put").revision;
+        assert_eq!(results[1], Err(OpError::Exists), "client {i}");
+        let second = results[2].as_ref().expect("put").revision;
+        assert_eq!(second, first + 1, "client {i}: its writes are in order");
+        revisions.extend([first, second]);
+    }
+    revisions.sort_unstable();
+    let expected: Vec<u64> = (2..2 + 2 * (clients - 1)).collect();
+    assert_eq!(revisions, expected, "every revision given once");
+    c.converge().await;
+    let on_leader = contents(c.node(leader));
+    // One value per key (the default bucket keeps the latest): "warm" and 39 clients' keys.
+    assert_eq!(on_leader.len(), usize::try_from(clients).unwrap());
+    for n in c.nodes.values() {
+        assert_eq!(contents(n), on_leader, "node {}", n.id());
     }
     c.shutdown().await;
 }

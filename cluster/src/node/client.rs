@@ -200,7 +200,7 @@ impl ClusterNode {
     /// Serves a forwarded request on this node, which believes it leads.
     pub(crate) async fn serve_forward(&self, req: Forward) -> Outcome {
         match req {
-            Forward::Write(command) => self.propose_local(command).await,
+            Forward::Write(command) => self.propose_grouping(command).await,
             Forward::ReadIndex => self.read_index().await,
             Forward::Add {
                 id,
@@ -227,7 +227,7 @@ impl ClusterNode {
         }
     }
 
-    async fn propose_local(&self, command: Arc<Command>) -> Outcome {
+    pub(crate) async fn propose_local(&self, command: Arc<Command>) -> Outcome {
         let raft = &self.inner.raft;
         let started = Instant::now();
         loop {

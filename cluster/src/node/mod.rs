@@ -2,6 +2,7 @@
 //! what the server asks of it ([`client`]: writes, linearizable reads, membership).
 
 pub mod client;
+mod group;
 mod info;
 mod serve;
 
@@ -146,6 +147,7 @@ pub(crate) struct NodeInner {
     pub(crate) net: Arc<Network>,
     pub(crate) sm: StateMachine,
     pub(crate) applier: Arc<StoreApplier>,
+    group: group::Grouper,
     log: LogStore,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -248,6 +250,7 @@ impl ClusterNode {
                 net: Arc::clone(&net),
                 sm,
                 applier,
+                group: group::Grouper::default(),
                 log,
                 tasks: Mutex::new(Vec::new()),
             }),
