@@ -3,8 +3,10 @@
 //!
 //! The loop, for each batch of bytes read:
 //!
-//! 1. parse every complete request in the read buffer and execute them in order, each
-//!    encoding its reply straight into the output buffer; consecutive writes are queued
+//! 1. parse the complete requests in the read buffer a window at a time ([`PARSE_AHEAD`]),
+//!    hint the keys of the window's GETs to the engine (their lookups overlap: see
+//!    [`logkv::Bucket::prefetch`]) and execute them in order, each encoding its reply
+//!    straight into the output buffer; consecutive writes are queued
 //!    and applied together (`write_each`: one lock hold, one append) as soon as anything
 //!    else must reply, leaving a durability ticket per bucket;
 //! 2. before the output is written: if there are tickets, post them to the bucket's
