@@ -26,7 +26,7 @@ pub(crate) fn line(ptr: *const u8) {
 /// Asks for the cache lines of `value` (a small value: at most two lines).
 #[inline]
 pub(crate) fn value<T>(value: &T) {
-    let start: *const u8 = (value as *const T).cast();
+    let start: *const u8 = std::ptr::from_ref(value).cast();
     line(start);
     if let Some(last) = std::mem::size_of::<T>().checked_sub(1) {
         line(start.wrapping_add(last));

@@ -109,7 +109,7 @@ fn prefetch_changes_nothing_reads_return() {
     let b = store.default_bucket().unwrap();
     // Several segments (8 KiB each), inline and heap-held keys, a deleted one.
     let key = |i: usize| {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             format!("a.key.long.enough.to.live.on.the.heap.{i}")
         } else {
             format!("k{i}")
