@@ -45,6 +45,7 @@ mod key;
 mod latency;
 mod lock;
 pub mod log;
+mod prefetch;
 mod snapshot;
 mod store;
 mod sync;

@@ -103,6 +103,55 @@ fn get_with_reads_in_place_and_stats_count_without_walking() {
 }
 
 #[test]
+fn prefetch_changes_nothing_reads_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let b = store.default_bucket().unwrap();
+    // Several segments (8 KiB each), inline and heap-held keys, a deleted one.
+    let key = |i: usize| {
+        if i.is_multiple_of(3) {
+            format!("a.key.long.enough.to.live.on.the.heap.{i}")
+        } else {
+            format!("k{i}")
+        }
+    };
+    let mut live = std::collections::HashMap::new();
+    for i in 0..100 {
+        let value = format!("value-{i}-{}", "x".repeat(i * 3));
+        b.put(&key(i), value.clone()).unwrap();
+        live.insert(key(i), value.into_bytes());
+    }
+    b.delete(&key(7)).unwrap();
+    live.remove(&key(7));
+    // Rounds of every size around the 16 keys looked up at once, with missing and
+    // invalid keys among them.
+    for n in [0, 1, 15, 16, 17, 33, 120] {
+        let mut keys: Vec<String> = (0..n).map(|i| key((i * 7) % 110)).collect();
+        keys.extend(["nope".to_string(), "a..b".to_string(), String::new()]);
+        b.prefetch(&keys);
+        for k in &keys {
+            let got = b.get_with(k, <[u8]>::to_vec);
+            if logkv::validate_key(k).is_err() {
+                assert!(matches!(got, Err(Error::BadKey(_))), "{k}");
+            } else {
+                assert_eq!(got.unwrap().as_ref(), live.get(k), "{k}");
+            }
+        }
+    }
+    assert_eq!(live.len(), 99);
+    // Keys as bytes (not text), and a dropped bucket: a hint, never an error.
+    b.prefetch([&b"k1"[..], b"\xff\xfe"]);
+    assert_eq!(b.get("k1").unwrap().unwrap(), live["k1"]);
+    let other = store
+        .create_bucket("gone", BucketConfig::default())
+        .unwrap();
+    other.put("k", "v").unwrap();
+    store.drop_bucket("gone").unwrap();
+    other.prefetch(["k"]);
+    assert!(matches!(other.get("k"), Err(Error::NoBucket(_))));
+}
+
+#[test]
 fn delete_glob_waits_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), opts()).unwrap();

@@ -3,8 +3,10 @@
 //!
 //! The loop, for each batch of bytes read:
 //!
-//! 1. parse every complete request in the read buffer and execute them in order, each
-//!    encoding its reply straight into the output buffer; consecutive writes are queued
+//! 1. parse the complete requests in the read buffer a window at a time ([`PARSE_AHEAD`]),
+//!    hint the keys of the window's GETs to the engine (their lookups overlap: see
+//!    [`logkv::Bucket::prefetch`]) and execute them in order, each encoding its reply
+//!    straight into the output buffer; consecutive writes are queued
 //!    and applied together (`write_each`: one lock hold, one append) as soon as anything
 //!    else must reply, leaving a durability ticket per bucket;
 //! 2. before the output is written: if there are tickets, post them to the bucket's
@@ -33,7 +35,7 @@ use tracing::{error, warn};
 use crate::client_memory::ClientBuffers;
 use crate::cluster;
 use crate::command::{self, Flow};
-use crate::protocol::{parse_request, ParseError, Reply};
+use crate::protocol::{parse_request, ParseError, Reply, Request};
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::tls::Transport;
@@ -46,6 +48,11 @@ const READ_MAX: usize = 64 * 1024;
 const OUT_KEEP: usize = 4 * 1024;
 /// Output size that triggers a write in the middle of a pipeline.
 const FLUSH_AT: usize = 64 * 1024;
+/// Requests parsed ahead of execution at most (the GETs among them are looked up
+/// together: see [`logkv::Bucket::prefetch`]).
+const PARSE_AHEAD: usize = 32;
+/// Bytes of requests parsed ahead at most (their copies live at once).
+const PARSE_AHEAD_BYTES: usize = 64 * 1024;
 /// Bytes of backup stream frames produced per step on the blocking pool.
 const STREAM_BATCH: usize = 1024 * 1024;
 /// Watch events are pulled only while the pending output is below this.
@@ -218,55 +225,33 @@ impl Conn {
         Ok(())
     }
 
-    /// Executes every complete request in the read buffer.
+    /// Executes every complete request in the read buffer: parsed a window at a time
+    /// ([`PARSE_AHEAD`]), the keys the window's GETs will read hinted to the engine
+    /// (their cache misses then overlap instead of coming one after another), then
+    /// executed in order.
     async fn process(&mut self) -> io::Result<()> {
         // New requests: a read among them needs a barrier taken after they arrived.
         self.session.fenced = false;
-        let limits = self.session.shared.config.limits;
-        let max_output = self.session.shared.config.max_output;
         let max_request = self.session.shared.config.max_request;
         self.session.metrics.start();
         let mut pos = 0;
+        let mut window = Vec::new();
         loop {
-            match parse_request(&self.rbuf[pos..], &limits) {
-                Ok(Some((req, n))) => {
-                    pos += n;
-                    if req.is_empty() {
-                        continue;
-                    }
-                    self.see_own_writes(&req.args).await?;
-                    let start = self.out.len();
-                    if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await {
-                        continue;
-                    }
-                    let flow = command::execute(&mut self.session, &req.args, &mut self.out);
-                    command::proposals::settle(&mut self.session, &mut self.out).await;
-                    if !self.finish(flow).await? {
-                        self.closing = true;
-                        break;
-                    }
-                    // Replies of queued writes applied first are not this command's.
-                    let start = start.max(self.session.reply_start);
-                    if self.out.len() - start > max_output {
-                        let size = self.out.len() - start;
-                        self.out.truncate(start);
-                        Reply::err(
-                            "ERR",
-                            format!(
-                                "reply of {size} bytes exceeds the max-output limit of \
-                                 {max_output} bytes (narrow the request, e.g. with LIMIT)"
-                            ),
-                        )
-                        .encode(self.session.version, &mut self.out);
-                    }
-                    if self.out.len() >= FLUSH_AT {
-                        self.session.apply_pending(&mut self.out);
-                        command::proposals::settle(&mut self.session, &mut self.out).await;
-                        self.end_batch();
-                        self.flush().await?;
-                    }
+            let after = self.parse_ahead(pos, &mut window);
+            command::prefetch(&self.session, window.iter().map(|(req, _)| &req.args[..]));
+            for (req, n) in window.drain(..) {
+                pos += n;
+                if !req.is_empty() && !self.execute(&req).await? {
+                    self.closing = true;
+                    break;
                 }
-                Ok(None) => {
+            }
+            if self.closing {
+                break;
+            }
+            match after {
+                Ok(true) => {}
+                Ok(false) => {
                     let pending = self.rbuf.len() - pos;
                     if pending > max_request {
                         Reply::err(
@@ -315,6 +300,67 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Parses the complete requests from `pos` in the read buffer into `window`, each with
+    /// the bytes it took, up to [`PARSE_AHEAD`] of them or [`PARSE_AHEAD_BYTES`] (at least
+    /// one). Then says what follows them: `Ok(true)` more requests to parse, `Ok(false)`
+    /// an incomplete one (or nothing), `Err` a request that cannot be parsed. Parsing
+    /// depends on nothing a request changes, so requests can be parsed before those in
+    /// front of them run.
+    fn parse_ahead(
+        &self,
+        mut pos: usize,
+        window: &mut Vec<(Request, usize)>,
+    ) -> Result<bool, ParseError> {
+        let limits = self.session.shared.config.limits;
+        let mut bytes = 0;
+        while window.len() < PARSE_AHEAD && bytes < PARSE_AHEAD_BYTES {
+            let Some((req, n)) = parse_request(&self.rbuf[pos..], &limits)? else {
+                return Ok(false);
+            };
+            pos += n;
+            bytes += n;
+            window.push((req, n));
+        }
+        Ok(true)
+    }
+
+    /// Executes one request, its reply going to the output (which is flushed when it
+    /// passes [`FLUSH_AT`]). `false`: the connection is to close after the output.
+    async fn execute(&mut self, req: &Request) -> io::Result<bool> {
+        let max_output = self.session.shared.config.max_output;
+        self.see_own_writes(&req.args).await?;
+        let start = self.out.len();
+        if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await {
+            return Ok(true);
+        }
+        let flow = command::execute(&mut self.session, &req.args, &mut self.out);
+        command::proposals::settle(&mut self.session, &mut self.out).await;
+        if !self.finish(flow).await? {
+            return Ok(false);
+        }
+        // Replies of queued writes applied first are not this command's.
+        let start = start.max(self.session.reply_start);
+        if self.out.len() - start > max_output {
+            let size = self.out.len() - start;
+            self.out.truncate(start);
+            Reply::err(
+                "ERR",
+                format!(
+                    "reply of {size} bytes exceeds the max-output limit of \
+                     {max_output} bytes (narrow the request, e.g. with LIMIT)"
+                ),
+            )
+            .encode(self.session.version, &mut self.out);
+        }
+        if self.out.len() >= FLUSH_AT {
+            self.session.apply_pending(&mut self.out);
+            command::proposals::settle(&mut self.session, &mut self.out).await;
+            self.end_batch();
+            self.flush().await?;
+        }
+        Ok(true)
     }
 
     /// Completes what a command left to do: runs its blocking job, awaits its cluster job

@@ -18,6 +18,14 @@ use crate::key::validate_key;
 use crate::log::record::{decode, Decoded, Record};
 use crate::log::segment::Segment;
 
+/// Keys whose lookups [`BucketCore::prefetch`] has in flight at once.
+const PREFETCH_ROUND: usize = 16;
+
+/// Bytes of a record [`BucketCore::prefetch`] asks for: its header, key and
+/// the start of its value; the CPU's own prefetcher follows a longer value as
+/// it is read.
+const PREFETCH_RECORD_BYTES: usize = 512;
+
 impl BucketCore {
     /// The segments records in these slots are in, for reading them after
     /// the index lock is released.
@@ -158,6 +166,42 @@ impl BucketCore {
         };
         let r = self.record_at(seg.as_ref(), key, &at)?;
         Ok(Some(f(r.value)))
+    }
+
+    /// Starts loading into the CPU cache what reads of `keys` will touch: a
+    /// round of [`PREFETCH_ROUND`] keys at a time, first their index entries
+    /// (all the round's lookups in flight at once), then, once those have
+    /// arrived, the start of their records. Only a hint (see
+    /// [`crate::Bucket::prefetch`]).
+    pub(crate) fn prefetch<K: AsRef<[u8]>>(&self, keys: impl IntoIterator<Item = K>) {
+        if self.check_open().is_err() {
+            return;
+        }
+        let mut keys = keys.into_iter().fuse();
+        let ix = self.index.read();
+        loop {
+            let round: [Option<K>; PREFETCH_ROUND] = std::array::from_fn(|_| keys.next());
+            let mut hashes = [0u64; PREFETCH_ROUND];
+            for (key, hash) in round.iter().zip(&mut hashes) {
+                if let Some(key) = key {
+                    *hash = ix.prefetch_entry(key.as_ref());
+                }
+            }
+            let mut found = [None; PREFETCH_ROUND];
+            for ((key, hash), at) in round.iter().zip(&hashes).zip(&mut found) {
+                if let Some(key) = key {
+                    *at = ix.latest_hashed(key.as_ref(), *hash);
+                }
+            }
+            let records = found.iter().flatten();
+            self.log.prefetch_records(
+                records.map(|r| (r.slot, u64::from(r.offset), r.len())),
+                PREFETCH_RECORD_BYTES,
+            );
+            if round.last().is_none_or(Option::is_none) {
+                return;
+            }
+        }
     }
 
     /// Retained revision `revision` of `key` (markers included), unless expired.

@@ -16,6 +16,7 @@ use super::key::IKey;
 use super::pages::advise_huge_pages;
 use super::record::RecordRef;
 use super::slot_of;
+use crate::prefetch;
 
 /// A key and its latest revision (`rec.older` links the older ones).
 pub(super) struct Entry {
@@ -110,8 +111,31 @@ impl Entries {
     /// The slot of `key`'s entry.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<u32> {
-        let hash = self.hash(key);
+        self.find_hashed(key, self.hash(key))
+    }
+
+    /// The slot of `key`'s entry; `hash` is [`Entries::hash`] of `key`.
+    #[inline]
+    pub fn find_hashed(&self, key: &[u8], hash: u64) -> Option<u32> {
         self.table.find(hash, |&s| self.key(s) == key).copied()
+    }
+
+    /// Starts loading into the CPU cache the entry a lookup of `key` will
+    /// most likely compare (the first of the table whose hash tag matches,
+    /// found without comparing keys); returns the hash of `key` for
+    /// [`Entries::find_hashed`]. The table's own lines are loaded on the way.
+    #[inline]
+    pub fn prefetch(&self, key: &[u8]) -> u64 {
+        let hash = self.hash(key);
+        if let Some(entry) = self
+            .table
+            .iter_hash(hash)
+            .next()
+            .and_then(|&s| self.slab.get(s as usize))
+        {
+            prefetch::value(entry);
+        }
+        hash
     }
 
     /// Adds an entry for `key`, which has none; returns its slot.

@@ -76,6 +76,24 @@ impl Index {
         Some(self.entries.get(slot).rec.bare())
     }
 
+    /// The first step of reading `key` with its cache misses overlapping
+    /// those of other keys: starts loading its entry into the CPU cache and
+    /// returns the key's hash, for [`Index::latest_hashed`] once the entries
+    /// of the other keys are on their way too. Only a hint: the result of a
+    /// lookup never depends on it.
+    #[inline]
+    pub fn prefetch_entry(&self, key: &[u8]) -> u64 {
+        self.entries.prefetch(key)
+    }
+
+    /// [`Index::latest`], given the hash [`Index::prefetch_entry`] returned
+    /// for `key`.
+    #[inline]
+    pub fn latest_hashed(&self, key: &[u8], hash: u64) -> Option<RecordRef> {
+        let slot = self.entries.find_hashed(key, hash)?;
+        Some(self.entries.get(slot).rec.bare())
+    }
+
     /// Every retained revision of `key`, oldest first.
     pub fn revisions(&self, key: &[u8]) -> Vec<RecordRef> {
         let Some(slot) = self.entries.find(key) else {

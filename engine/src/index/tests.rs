@@ -455,6 +455,8 @@ fn same_as_model(ix: &Index, m: &Model) -> Result<(), TestCaseError> {
         let want = m.keys.get(&k).cloned().unwrap_or_default();
         prop_assert_eq!(ix.revisions(&k), want.clone());
         prop_assert_eq!(ix.latest(&k), want.last().copied());
+        let hash = ix.prefetch_entry(&k);
+        prop_assert_eq!(ix.latest_hashed(&k, hash), want.last().copied());
         for r in &want {
             prop_assert_eq!(ix.find(&k, r.revision), Some(*r));
         }

@@ -334,6 +334,22 @@ impl Log {
         self.segments.read().by_slot.get(&slot).cloned()
     }
 
+    /// Starts loading into the CPU cache the first `max` bytes of each record
+    /// of `records` (segment slot, offset, length) that lies in a live
+    /// segment: one hold of the segment table for them all. Only a hint.
+    pub fn prefetch_records(
+        &self,
+        records: impl IntoIterator<Item = (u32, u64, usize)>,
+        max: usize,
+    ) {
+        let t = self.segments.read();
+        for (slot, offset, len) in records {
+            if let Some(seg) = t.by_slot.get(&slot) {
+                seg.prefetch(offset, len, max);
+            }
+        }
+    }
+
     /// The live segment with this `seq` (the newest generation).
     pub fn segment_by_seq(&self, seq: u64) -> Option<Arc<Segment>> {
         let t = self.segments.read();

@@ -469,6 +469,16 @@ impl Segment {
         (end <= self.map.len()).then(|| self.slice(start, end))
     }
 
+    /// Starts loading into the CPU cache the first `max` of the `len` bytes
+    /// at `offset` (a record about to be read); nothing if they do not lie in
+    /// the mapping. Only a hint.
+    #[inline]
+    pub fn prefetch(&self, offset: u64, len: usize, max: usize) {
+        if let Some(bytes) = self.bytes(offset, len) {
+            crate::prefetch::bytes(bytes, max);
+        }
+    }
+
     /// All bytes from `offset` up to `end` (clamped to the mapping).
     pub fn range(&self, offset: u64, end: u64) -> &[u8] {
         let len = self.map.len();

@@ -186,6 +186,21 @@ pub(crate) fn reads_state(s: &Session, args: &[Bytes]) -> bool {
     )
 }
 
+/// Hints the engine about the keys the GETs among `requests` (the next requests of a
+/// pipeline, about to run) will read, when there are at least two: their lookups then
+/// overlap instead of waiting for memory one after another (see
+/// [`logkv::Bucket::prefetch`]). Only a hint: whatever runs between (a write, USE) makes
+/// it useless, never wrong.
+pub(crate) fn prefetch<'a>(s: &Session, requests: impl Iterator<Item = &'a [Bytes]> + Clone) {
+    let keys = requests.filter_map(|args| match args {
+        [verb, key] if args::is(verb, "get") => Some(key),
+        _ => None,
+    });
+    if s.authed && keys.clone().nth(1).is_some() {
+        s.bucket.prefetch(keys);
+    }
+}
+
 /// Executes one request on `s` and appends its reply to `out`.
 pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flow {
     let Some((name, rest)) = args.split_first() else {
