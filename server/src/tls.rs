@@ -20,7 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -248,12 +248,34 @@ impl Transport {
 }
 
 /// One non-blocking read of a plain connection: into the stack when `buf` is empty.
+///
+/// A read that returns less than it asked for has drained the socket: the stream's
+/// readiness is then cleared at once, which saves the next wait the read that would only
+/// have said `EAGAIN` (one system call per request at `-P 1`). The readiness cleared is the
+/// one observed before the read (`try_io`), so data that arrives after it marks the stream
+/// ready again and is not missed.
 fn try_read_tcp(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.is_empty() {
-        let mut first = [0u8; STACK_READ];
-        let n = stream.try_read(&mut first)?;
-        buf.extend_from_slice(&first[..n]);
-        return Ok(n);
+    let mut got = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        let (n, asked) = if buf.is_empty() {
+            let mut first = [0u8; STACK_READ];
+            let n = stream.try_read(&mut first)?;
+            buf.extend_from_slice(&first[..n]);
+            (n, STACK_READ)
+        } else {
+            let asked = buf.capacity() - buf.len();
+            (stream.try_read_buf(buf)?, asked)
+        };
+        got = n;
+        if n > 0 && n < asked {
+            // Drained: report "would block" so that try_io clears the readiness.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
-    stream.try_read_buf(buf)
 }
