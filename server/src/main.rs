@@ -10,11 +10,6 @@ use logkv_server::cli::{BackupArgs, Cli, Tool};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc rather than the system allocator: see the comment on the dependency in
-/// Cargo.toml (C1 figures in the commit that chose it).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
