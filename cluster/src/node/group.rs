@@ -27,7 +27,10 @@ use crate::command::{Command, Op, Response};
 use crate::net::message::Outcome;
 
 /// Groups proposed at once at most; writes arriving meanwhile wait for the next group.
-pub const IN_FLIGHT: usize = 2;
+/// Fewer makes bigger groups but a shallower replication pipeline: in C1 (50 clients) two
+/// cost a quarter of the leader's SET -P 16 rate against no grouping, eight about a tenth,
+/// while both gained about a tenth at -P 1.
+pub const IN_FLIGHT: usize = 8;
 /// Writes in one group at most.
 pub const MAX_GROUP_OPS: usize = 4096;
 /// Bytes of keys and values in one group at most (a pipeline larger than that goes alone).
