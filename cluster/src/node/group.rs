@@ -189,12 +189,21 @@ impl ClusterNode {
             return;
         }
         let mut counts = Vec::with_capacity(members.len());
+        let mut replies = Vec::with_capacity(members.len());
         let mut ops = Vec::new();
-        for w in &members {
-            if let Some((_, o)) = groupable(&w.command) {
-                counts.push(o.len());
-                ops.extend_from_slice(o);
-            }
+        for w in members {
+            // A pipeline's writes are moved into the group (copied only if the command is
+            // still shared, e.g. kept for a retry).
+            let own = match Arc::try_unwrap(w.command) {
+                Ok(Command::Write { ops, .. }) => ops,
+                Ok(_) => Vec::new(),
+                Err(shared) => groupable(&shared)
+                    .map(|(_, o)| o.to_vec())
+                    .unwrap_or_default(),
+            };
+            counts.push(own.len());
+            ops.extend(own);
+            replies.push(w.reply);
         }
         let total = ops.len();
         let merged = Command::Write {
@@ -203,8 +212,8 @@ impl ClusterNode {
             ops,
         };
         let outcome = self.propose_local(Arc::new(merged)).await;
-        for (w, outcome) in members.into_iter().zip(split(outcome, &counts, total)) {
-            let _ = w.reply.send(outcome);
+        for (reply, outcome) in replies.into_iter().zip(split(outcome, &counts, total)) {
+            let _ = reply.send(outcome);
         }
     }
 }
