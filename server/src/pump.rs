@@ -87,7 +87,7 @@ impl Pump {
     }
 
     fn bucket_dropped(&self) -> bool {
-        matches!(self.bucket.ttl("_"), Err(logkv::Error::NoBucket(_)))
+        !self.bucket.is_open()
     }
 }
 
