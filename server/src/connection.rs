@@ -62,6 +62,14 @@ const WATCH_HIGH_WATER: usize = 1024 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 << 20;
 
+/// What ended a connection's wait.
+enum Woke {
+    Stop,
+    /// A pump woke it: watch events wait.
+    Events,
+    Read(io::Result<usize>),
+}
+
 struct Conn {
     io: Transport,
     session: Session,
@@ -147,6 +155,15 @@ impl Conn {
                 return Ok(());
             }
             let watching = self.session.watches.active();
+            // Idle with every watch drained: the pumps may write events straight to the
+            // socket while this task sleeps (see `session/watches.rs`).
+            let parked = watching
+                && !self.pull
+                && self.out.is_empty()
+                && self
+                    .session
+                    .watches
+                    .park(self.session.version, || self.io.socket_copy());
             let was_empty = self.rbuf.is_empty();
             let spare = if was_empty { 0 } else { self.reserve_read() };
             let Conn {
@@ -158,13 +175,22 @@ impl Conn {
             } = self;
             // Unbiased: a flood of watch events must not starve the client's requests, nor
             // the other way round. Every branch is cancel-safe.
-            let n = tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                () = session.watches.notify.notified(), if watching => {
+            let woke = tokio::select! {
+                _ = stop.changed() => Woke::Stop,
+                () = session.watches.notified(), if watching => Woke::Events,
+                read = io.fill(rbuf) => Woke::Read(read),
+            };
+            if parked && self.session.watches.unpark(&mut self.out) {
+                // A pump left part of a delivery: written first, then pulled on from here.
+                self.pull = true;
+            }
+            let n = match woke {
+                Woke::Stop => return Ok(()),
+                Woke::Events => {
                     self.pull = true;
                     continue;
                 }
-                read = io.fill(rbuf) => read?,
+                Woke::Read(read) => read?,
             };
             if n == 0 {
                 return Ok(());

@@ -3,11 +3,19 @@
 //! Engine watches are pull-based: [`logkv::Watch::try_next`] never blocks. A pump
 //! registers a hook with the bucket ([`logkv::Bucket::on_change`]) that the writer calls
 //! after its writes become visible; the hook only wakes the pump, a task on the server's
-//! runtime (no thread of its own), and the pump wakes the connections subscribed to the
-//! bucket through their [`Notify`]. Each connection then pulls its own events at its own
-//! pace, so the writer's cost per write is one wake-up per watched bucket, however many
-//! watchers there are, and a watcher that never reads holds nothing but its cursor. Writes
-//! that arrive while the pump runs are coalesced into its next round.
+//! runtime (no thread of its own), and the pump calls each [`Subscriber`] of the bucket.
+//! A subscriber pulls its own events at its own pace, so the writer's cost per write is one
+//! wake-up per watched bucket, however many watchers there are, and a watcher that never
+//! reads holds nothing but its cursor. Writes that arrive while the pump runs are coalesced
+//! into its next round.
+//!
+//! A connection that is idle when the pump comes (nothing to write, nothing to run) is
+//! served by the pump itself: its events are pulled and written to its socket right there,
+//! one connection after another, without waking the connection's task
+//! (`session/watches.rs`). With a thousand watchers this is most of the difference: the
+//! sends go out back to back, as Redis sends its pub/sub messages, instead of one task
+//! wake-up, poll and re-arm apiece. Anyone else is woken and pulls (a busy connection, a
+//! TLS one, an HTTP event stream).
 //!
 //! A pump ends when its last subscriber leaves, when the bucket is dropped (the hook is
 //! called once more and the pump finds the bucket gone), or at server shutdown.
@@ -20,6 +28,37 @@ use logkv::Bucket;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, error};
+
+/// Subscribers served per turn of the pump before it lets other tasks run.
+const TURN: usize = 64;
+/// Scratch capacity a pump keeps between rounds.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// What a pump calls after writes to its bucket.
+pub(crate) trait Subscriber: Send + Sync {
+    /// New writes may be waiting: deliver them now if that can be done without waiting
+    /// (`scratch` is the pump's buffer to encode into), or wake whoever pulls them.
+    fn woken(&self, scratch: &mut Vec<u8>);
+    /// Wake whoever pulls (the bucket was dropped, the store replaced, the pump ends).
+    fn nudge(&self);
+}
+
+/// A plain wake-up: whoever awaits the [`Notify`] pulls.
+impl Subscriber for Notify {
+    fn woken(&self, _scratch: &mut Vec<u8>) {
+        // Stores a permit when the task is not waiting: no wake-up is lost.
+        self.notify_one();
+    }
+
+    fn nudge(&self) {
+        self.notify_one();
+    }
+}
+
+/// Whether `a` is the subscriber `b` (by address: the same object).
+fn same(a: &Arc<dyn Subscriber>, b: &dyn Subscriber) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), std::ptr::from_ref(b))
+}
 
 /// The pumps of all watched buckets.
 #[derive(Clone, Default)]
@@ -39,7 +78,7 @@ pub(crate) struct Pump {
     name: String,
     /// A handle on the bucket, to tell whether it was dropped.
     bucket: Bucket,
-    subs: Mutex<Vec<Arc<Notify>>>,
+    subs: Mutex<Vec<Arc<dyn Subscriber>>>,
     /// Set (under the map lock) once the pump has left the map: it takes no subscriber more.
     dead: AtomicBool,
     /// Woken by the bucket's writers (through the hook), by the last unsubscribe, and at
@@ -49,15 +88,15 @@ pub(crate) struct Pump {
 }
 
 impl Pump {
-    /// Removes one subscription of `notify` (taken with [`Pumps::subscribe`]); the last one
+    /// Removes one subscription of `sub` (taken with [`Pumps::subscribe`]); the last one
     /// ends the pump.
-    pub fn unsubscribe(&self, notify: &Arc<Notify>) {
+    pub fn unsubscribe(&self, sub: &dyn Subscriber) {
         // The map lock first, as in `subscribe`: a pump found alive there gets its
         // subscriber before it can be ended here.
         let inner = self.pumps.upgrade();
         let mut map = inner.as_ref().map(|i| i.map.lock());
         let mut subs = self.subs.lock();
-        if let Some(i) = subs.iter().position(|n| Arc::ptr_eq(n, notify)) {
+        if let Some(i) = subs.iter().position(|n| same(n, sub)) {
             subs.swap_remove(i);
         }
         if subs.is_empty() && !self.dead.swap(true, Ordering::AcqRel) {
@@ -74,10 +113,27 @@ impl Pump {
         }
     }
 
-    fn wake_all(&self) {
-        for n in self.subs.lock().iter() {
-            // Stores a permit when the task is not waiting: no wake-up is lost.
-            n.notify_one();
+    /// Wakes every subscriber, delivering nothing.
+    fn nudge_all(&self) {
+        for s in self.subs.lock().iter() {
+            s.nudge();
+        }
+    }
+
+    /// Calls every subscriber after writes, [`TURN`] at a time (other tasks run between).
+    /// `batch` and `scratch` are the pump's buffers, kept between rounds.
+    async fn deliver(&self, batch: &mut Vec<Arc<dyn Subscriber>>, scratch: &mut Vec<u8>) {
+        // A copy of the list: subscribers come and go (under this lock) while it is served.
+        batch.extend(self.subs.lock().iter().cloned());
+        for (i, s) in batch.iter().enumerate() {
+            if i > 0 && i % TURN == 0 {
+                tokio::task::yield_now().await;
+            }
+            s.woken(scratch);
+        }
+        batch.clear();
+        if scratch.capacity() > SCRATCH_KEEP {
+            *scratch = Vec::new();
         }
     }
 
@@ -96,14 +152,14 @@ impl Pumps {
         Pumps::default()
     }
 
-    /// Subscribes `notify` to writes on `bucket`, starting the bucket's pump if needed.
+    /// Subscribes `sub` to writes on `bucket`, starting the bucket's pump if needed.
     /// Subscribe before pulling from a new watch, so that no write can go unnoticed.
     /// Called from a task of the server's runtime (the pump is spawned on it).
-    pub fn subscribe(&self, bucket: &Bucket, notify: &Arc<Notify>) -> Arc<Pump> {
+    pub fn subscribe(&self, bucket: &Bucket, sub: Arc<dyn Subscriber>) -> Arc<Pump> {
         let mut map = self.inner.map.lock();
         if let Some(p) = map.get(bucket.name()) {
             if p.alive() {
-                p.subs.lock().push(Arc::clone(notify));
+                p.subs.lock().push(sub);
                 return Arc::clone(p);
             }
             // Dropped (and perhaps re-created since): that pump ends on its own.
@@ -113,7 +169,7 @@ impl Pumps {
         let pump = Arc::new(Pump {
             name: bucket.name().to_string(),
             bucket: bucket.clone(),
-            subs: Mutex::new(vec![Arc::clone(notify)]),
+            subs: Mutex::new(vec![sub]),
             dead: AtomicBool::new(false),
             wake: Notify::new(),
             pumps: Arc::downgrade(&self.inner),
@@ -143,7 +199,7 @@ impl Pumps {
     pub fn wake_everyone(&self) {
         let pumps: Vec<Arc<Pump>> = self.inner.map.lock().values().cloned().collect();
         for p in pumps {
-            p.wake_all();
+            p.nudge_all();
         }
     }
 
@@ -158,11 +214,13 @@ impl Pumps {
     }
 }
 
-/// A pump's task: every wake-up from the bucket's hook wakes the subscribers, until the
+/// A pump's task: every wake-up from the bucket's hook calls the subscribers, until the
 /// pump is ended. The hook is unregistered when the task returns, and the subscribers left
 /// are woken a last time.
 async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
     debug!(bucket = %pump.name, "watch pump started");
+    let mut batch = Vec::new();
+    let mut scratch = Vec::new();
     loop {
         pump.wake.notified().await;
         if inner.stop.load(Ordering::Acquire) || pump.dead.load(Ordering::Acquire) {
@@ -180,11 +238,11 @@ async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
             }
             break;
         }
-        pump.wake_all();
+        pump.deliver(&mut batch, &mut scratch).await;
     }
     drop(hook);
     // Whoever still subscribes pulls once more and finds its watch ended (a dropped
     // bucket) or its connection stopping.
-    pump.wake_all();
+    pump.nudge_all();
     debug!(bucket = %pump.name, "watch pump stopped");
 }

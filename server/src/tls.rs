@@ -11,6 +11,7 @@
 //! on it), writing through `Transport::write_out`.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,6 +228,23 @@ impl Transport {
                 stream.write_all(out).await?;
                 stream.flush().await
             }
+        }
+    }
+
+    /// A second handle on a plain connection's socket (a duplicated descriptor, still
+    /// non-blocking), through which watch events are written while the connection waits
+    /// (`session/watches.rs`). `None` with TLS (its records need the session's state), or
+    /// if the descriptor cannot be duplicated.
+    pub fn socket_copy(&self) -> Option<std::net::TcpStream> {
+        match self {
+            Transport::Tcp(stream) => match stream.as_fd().try_clone_to_owned() {
+                Ok(fd) => Some(std::net::TcpStream::from(fd)),
+                Err(e) => {
+                    tracing::warn!("cannot duplicate a connection's socket: {e}");
+                    None
+                }
+            },
+            Transport::Tls(_) => None,
         }
     }
 

@@ -309,3 +309,65 @@ fn an_expiry_is_seen_as_a_del() {
     assert_eq!(e.field("revision").int(), 2);
     assert_eq!(c.cmd(&["GET", "session.1"]), Frame::Null);
 }
+
+/// Events written to an idle connection by the watch pump and replies written by the
+/// connection itself share one socket: under concurrent writers, a watcher that also sends
+/// commands gets every reply in request order and every event exactly once, in revision
+/// order (the pump's deliveries and the connection's own writes never cross).
+#[test]
+fn pushed_events_and_replies_share_the_socket_without_loss_or_reorder() {
+    const WRITERS: usize = 3;
+    const PER_WRITER: usize = 600;
+    const PINGS: usize = 300;
+    let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
+    let mut w = srv.raw();
+    assert_eq!(w.cmd(&["HELLO", "3"]).field("proto").int(), 3);
+    assert_eq!(w.cmd(&["WATCH", ">", "UPDATESONLY"]), Frame::Int(1));
+    expect_ready(&mut w, 1);
+    let value = "x".repeat(300);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|t| {
+            let mut c = srv.raw();
+            let value = value.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_WRITER {
+                    let key = format!("w{t}.{i}");
+                    assert!(matches!(c.cmd(&["PUT", &key, &value]), Frame::Int(_)));
+                }
+            })
+        })
+        .collect();
+    let mut next_rev = 1;
+    let take_push = |f: &Frame, next_rev: &mut i64| {
+        assert_eq!(f.items()[1], Frame::Int(1), "{f:?}");
+        assert_eq!(f.items()[2].field("revision").int(), *next_rev, "{f:?}");
+        *next_rev += 1;
+    };
+    for p in 0..PINGS {
+        let msg = format!("ping-{p}");
+        w.send_cmd(&[b"PING", msg.as_bytes()]);
+        loop {
+            let f = w.read();
+            if matches!(f, Frame::Push(_)) {
+                take_push(&f, &mut next_rev);
+            } else {
+                assert_eq!(f, Frame::bulk(&msg), "replies in request order");
+                break;
+            }
+        }
+    }
+    for h in writers {
+        h.join().expect("writer");
+    }
+    let total = i64::try_from(WRITERS * PER_WRITER).expect("small");
+    while next_rev <= total {
+        let f = w.read();
+        assert!(matches!(f, Frame::Push(_)), "only events are left: {f:?}");
+        take_push(&f, &mut next_rev);
+    }
+    assert_eq!(
+        w.cmd(&["PING"]),
+        Frame::Simple("PONG".into()),
+        "nothing more"
+    );
+}

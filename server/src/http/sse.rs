@@ -27,7 +27,7 @@ use tracing::warn;
 use super::json::{ApiError, EntryJson};
 use super::routes::Params;
 use super::Gateway;
-use crate::pump::Pump;
+use crate::pump::{Pump, Subscriber};
 use crate::shared::Shared;
 
 /// The request header a reconnecting `EventSource` sends.
@@ -80,12 +80,15 @@ pub(crate) async fn watch(
     let handle = gw.run(move |store| store.bucket(&bucket)).await?;
     // Subscribe before the watch takes its snapshot: a write in between still wakes us.
     let notify = Arc::new(Notify::new());
-    let pump = gw.shared.pumps.subscribe(&handle, &notify);
+    let pump = gw
+        .shared
+        .pumps
+        .subscribe(&handle, Arc::clone(&notify) as Arc<dyn Subscriber>);
     let started = gw.run(move |_| handle.watch(&pattern, opts)).await;
     let watch = match started {
         Ok(w) => w,
         Err(e) => {
-            pump.unsubscribe(&notify);
+            pump.unsubscribe(&*notify);
             return Err(e);
         }
     };
@@ -172,7 +175,7 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.pump.unsubscribe(&self.notify);
+        self.pump.unsubscribe(&*self.notify);
         self.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }

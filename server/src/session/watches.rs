@@ -1,26 +1,47 @@
 //! A connection's watches and the delivery of their events.
 //!
 //! A connection's watches are engine [`Watch`]es: cursors into the bucket's log that are
-//! pulled with `try_next()` (never blocking). The connection subscribes its [`Notify`] to
-//! the bucket's pump ([`crate::pump`]) and, when woken, pulls events only while its
-//! pending output is below a high-water mark: a client that does not read stops being
-//! pulled for, so it never blocks writers nor grows the server's memory (the log is the
-//! buffer).
+//! pulled with `try_next()` (never blocking). The connection subscribes to the bucket's pump
+//! ([`crate::pump`]) and events are pulled only while the pending output is below a
+//! high-water mark: a client that does not read stops being pulled for, so it never blocks
+//! writers nor grows the server's memory (the log is the buffer).
+//!
+//! Who pulls depends on what the connection is doing when the pump comes:
+//! - **parked** (waiting for input with nothing to write, on plain TCP): the pump pulls
+//!   and writes the frames to the socket itself, without blocking (a copy of the socket
+//!   taken at the first park). The connection's task is not woken at all. If the socket
+//!   takes less than everything, or more events wait than one delivery takes, the rest is
+//!   stashed, the park ends and the connection is woken: it writes the stash first, then
+//!   pulls on by itself.
+//! - otherwise (busy, a TLS connection): the pump wakes the connection's task, which pulls
+//!   before its next wait.
+//!
+//! Every pull, by the pump or by the connection, goes through one lock and one set of
+//! cursors, and the connection ends the park (taking the stash) before it writes anything
+//! else, so the frames keep their order and none is sent twice.
 
-use std::sync::atomic::Ordering;
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use logkv::{Bucket, Error, Watch, WatchEvent, WatchOptions};
+use parking_lot::Mutex;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::encode;
 use crate::protocol::RespVersion;
-use crate::pump::Pump;
+use crate::pump::{Pump, Subscriber};
 use crate::shared::Shared;
 
 /// Most watches one connection may hold.
 pub(crate) const MAX_WATCHES: usize = 1024;
+
+/// Most bytes one delivery by the pump pulls for one connection (the rest is left to the
+/// connection itself).
+const DIRECT_MAX: usize = 64 * 1024;
 
 struct Slot {
     id: u64,
@@ -36,36 +57,67 @@ struct Slot {
     ended: bool,
 }
 
-/// A connection's watches.
+/// A connection's watches (its session holds this handle; the pumps hold the [`Outlet`]).
 pub(crate) struct Watches {
+    outlet: Arc<Outlet>,
+}
+
+/// What the pumps of the watched buckets hold of a connection: its cursors, how to wake it
+/// and, while it is parked, its socket.
+pub(crate) struct Outlet {
     shared: Arc<Shared>,
+    /// Wakes the connection's task.
+    notify: Notify,
+    /// The number of watches (read on every request, so kept outside the lock).
+    count: AtomicUsize,
+    state: Mutex<State>,
+}
+
+struct State {
     list: Vec<Slot>,
     next_id: u64,
-    /// Woken by the pumps of the watched buckets.
-    pub notify: Arc<Notify>,
     /// Where the next pull starts (round robin between watches).
     start: usize,
+    /// Set while the connection is parked: the RESP version to encode in.
+    parked: Option<RespVersion>,
+    /// A copy of the connection's socket (plain TCP), taken at the first park.
+    socket: Option<TcpStream>,
+    /// Bytes a delivery by the pump could not write; the connection writes them first.
+    stash: Vec<u8>,
 }
 
 impl Watches {
     pub fn new(shared: Arc<Shared>) -> Watches {
         Watches {
-            shared,
-            list: Vec::new(),
-            next_id: 1,
-            notify: Arc::new(Notify::new()),
-            start: 0,
+            outlet: Arc::new(Outlet {
+                shared,
+                notify: Notify::new(),
+                count: AtomicUsize::new(0),
+                state: Mutex::new(State {
+                    list: Vec::new(),
+                    next_id: 1,
+                    start: 0,
+                    parked: None,
+                    socket: None,
+                    stash: Vec::new(),
+                }),
+            }),
         }
     }
 
     /// Whether any watch is active.
     pub fn active(&self) -> bool {
-        !self.list.is_empty()
+        self.len() > 0
     }
 
     /// How many watches are active.
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.outlet.count.load(Ordering::Relaxed)
+    }
+
+    /// Completes when a pump wakes the connection.
+    pub fn notified(&self) -> Notified<'_> {
+        self.outlet.notify.notified()
     }
 
     /// Starts watching `pattern` on `bucket`; returns the new watch's id. Its events
@@ -76,10 +128,14 @@ impl Watches {
         pattern: &str,
         opts: WatchOptions,
     ) -> logkv::Result<u64> {
+        let outlet = &self.outlet;
+        let shared = &outlet.shared;
+        let mut st = outlet.state.lock();
         // Subscribe before the watch takes its snapshot: a write in between still wakes us.
-        let pump = self.shared.pumps.subscribe(bucket, &self.notify);
+        let me: Arc<dyn Subscriber> = Arc::clone(outlet) as Arc<dyn Subscriber>;
+        let pump = shared.pumps.subscribe(bucket, me);
         let with_value = !opts.meta_only;
-        let skip_below = if self.shared.cluster.is_some() {
+        let skip_below = if shared.cluster.is_some() {
             opts.from_revision.unwrap_or(0)
         } else {
             0
@@ -87,52 +143,102 @@ impl Watches {
         let watch = match bucket.watch(pattern, opts) {
             Ok(w) => w,
             Err(e) => {
-                pump.unsubscribe(&self.notify);
+                pump.unsubscribe(&**outlet);
                 return Err(e);
             }
         };
-        let id = self.next_id;
-        self.next_id += 1;
-        self.list.push(Slot {
+        let id = st.next_id;
+        st.next_id += 1;
+        st.list.push(Slot {
             id,
-            generation: self.shared.store_generation(),
+            generation: shared.store_generation(),
             skip_below,
             watch,
             with_value,
             pump,
             ended: false,
         });
-        self.shared.stats.watchers.fetch_add(1, Ordering::Relaxed);
-        self.notify.notify_one();
+        outlet.count.store(st.list.len(), Ordering::Relaxed);
+        shared.stats.watchers.fetch_add(1, Ordering::Relaxed);
+        outlet.notify.notify_one();
         Ok(id)
     }
 
     /// Ends the watch `id`, if there is one.
     pub fn remove_id(&mut self, id: u64) {
-        if let Some(i) = self.list.iter().position(|s| s.id == id) {
-            self.remove(i);
+        let mut st = self.outlet.state.lock();
+        if let Some(i) = st.list.iter().position(|s| s.id == id) {
+            st.remove(&self.outlet, i);
         }
     }
 
     /// Ends every watch.
     pub fn clear(&mut self) {
-        while let Some(last) = self.list.len().checked_sub(1) {
-            self.remove(last);
+        let mut st = self.outlet.state.lock();
+        while let Some(last) = st.list.len().checked_sub(1) {
+            st.remove(&self.outlet, last);
         }
-    }
-
-    fn remove(&mut self, idx: usize) {
-        let slot = self.list.remove(idx);
-        slot.pump.unsubscribe(&self.notify);
-        self.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Pulls events into `out` until every watch is drained or `out` reaches `high_water`.
     /// Returns true when it stopped at the high-water mark (more may be waiting).
     pub fn pull(&mut self, version: RespVersion, out: &mut Vec<u8>, high_water: usize) -> bool {
+        self.outlet
+            .state
+            .lock()
+            .pull(&self.outlet, version, out, high_water)
+    }
+
+    /// The connection is about to wait for input with nothing to write and every watch
+    /// drained: until [`Watches::unpark`], pumps may write its events to `socket` themselves.
+    /// `socket` makes the copy of the connection's socket (taken once; `None` for TLS).
+    /// Returns false when the connection cannot be parked (no socket): pumps then wake it.
+    pub fn park(&self, version: RespVersion, socket: impl FnOnce() -> Option<TcpStream>) -> bool {
+        let mut st = self.outlet.state.lock();
+        if st.socket.is_none() {
+            st.socket = socket();
+        }
+        if st.socket.is_none() {
+            return false;
+        }
+        st.parked = Some(version);
+        true
+    }
+
+    /// Ends the park: what a pump could not write is appended to `out` (empty while
+    /// parked), to be written before anything else. Returns true if there was some (the
+    /// connection should then pull on).
+    pub fn unpark(&self, out: &mut Vec<u8>) -> bool {
+        let mut st = self.outlet.state.lock();
+        st.parked = None;
+        if st.stash.is_empty() {
+            return false;
+        }
+        out.append(&mut st.stash);
+        st.stash = Vec::new();
+        true
+    }
+}
+
+impl State {
+    fn remove(&mut self, outlet: &Outlet, idx: usize) {
+        let slot = self.list.remove(idx);
+        slot.pump.unsubscribe(outlet);
+        outlet.count.store(self.list.len(), Ordering::Relaxed);
+        outlet.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// See [`Watches::pull`].
+    fn pull(
+        &mut self,
+        outlet: &Outlet,
+        version: RespVersion,
+        out: &mut Vec<u8>,
+        high_water: usize,
+    ) -> bool {
         let n = self.list.len();
         let mut full = false;
-        let generation = self.shared.store_generation();
+        let generation = outlet.shared.store_generation();
         for step in 0..n {
             let idx = (self.start + step) % n;
             let slot = &mut self.list[idx];
@@ -177,18 +283,75 @@ impl Watches {
         let mut i = 0;
         while i < self.list.len() {
             if self.list[i].ended {
-                self.remove(i);
+                self.remove(outlet, i);
             } else {
                 i += 1;
             }
         }
         full
     }
+
+    /// A pump's delivery to a parked connection: pulls into `scratch` and writes it to the
+    /// socket without waiting. Returns false when the connection must be woken (it is not
+    /// parked, or something is left for it to write or pull).
+    fn deliver(&mut self, outlet: &Outlet, scratch: &mut Vec<u8>) -> bool {
+        let Some(version) = self.parked else {
+            return false;
+        };
+        scratch.clear();
+        let more = self.pull(outlet, version, scratch, DIRECT_MAX);
+        let sent = match self.socket.as_mut() {
+            Some(socket) => write_some(socket, scratch),
+            None => 0,
+        };
+        if !more && sent == scratch.len() {
+            return true;
+        }
+        self.stash.extend_from_slice(&scratch[sent..]);
+        self.parked = None;
+        false
+    }
+}
+
+/// Writes what the socket takes now of `bytes` (a non-blocking socket); returns how much.
+/// An error leaves the rest to the connection, whose own write then reports it.
+fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> usize {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match socket.write(&bytes[sent..]) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+impl Subscriber for Outlet {
+    fn woken(&self, scratch: &mut Vec<u8>) {
+        // A connection busy with its state (pulling, parking, unparking) is woken instead:
+        // the pump never waits for a connection.
+        if let Some(mut st) = self.state.try_lock() {
+            if st.deliver(self, scratch) {
+                return;
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn nudge(&self) {
+        self.notify.notify_one();
+    }
 }
 
 impl Drop for Watches {
     fn drop(&mut self) {
         self.clear();
+        // No pump writes to this connection's socket any more.
+        let mut st = self.outlet.state.lock();
+        st.parked = None;
+        st.socket = None;
     }
 }
 
