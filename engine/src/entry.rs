@@ -169,6 +169,12 @@ impl WriteOp {
         &self.key
     }
 
+    /// Whether the write neither depends on nor returns its key's state: a PUT,
+    /// DEL or PURGE with no precondition, not returning the previous entry.
+    pub(crate) fn is_blind(&self) -> bool {
+        !self.return_previous && matches!(self.kind, Kind::Put | Kind::Delete(None) | Kind::Purge)
+    }
+
     pub(crate) fn record_op(&self) -> Op {
         match self.kind {
             Kind::Delete(_) => Op::Del,

@@ -17,7 +17,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 mod proposal;
-pub use proposal::{decode_proposal, encode_proposal, FormatError, Proposal, COMMAND_FORMAT};
+pub mod shared;
+pub use proposal::{
+    decode_proposal, decode_shared_proposal, encode_proposal, FormatError, Proposal, COMMAND_FORMAT,
+};
 
 /// A store-level command. Each one concerns a single bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +167,9 @@ pub struct Op {
     pub kind: OpKind,
     /// The key.
     pub key: String,
-    /// The value (empty for DEL, PURGE, REVERT).
+    /// The value (empty for DEL, PURGE, REVERT). Decoded from a shared buffer, a slice of
+    /// it ([`shared`]).
+    #[serde(deserialize_with = "shared::bytes")]
     pub value: Bytes,
     /// The value's time to live in ms.
     pub ttl_ms: Option<u64>,

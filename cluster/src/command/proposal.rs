@@ -9,9 +9,10 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::Command;
+use super::{shared, Command};
 
 /// Version byte in front of every serialized [`Proposal`].
 pub const COMMAND_FORMAT: u8 = 1;
@@ -24,8 +25,9 @@ pub struct Proposal(Arc<Inner>);
 struct Inner {
     time_ms: u64,
     command: Arc<Command>,
-    /// [`encode_proposal`]'s bytes, made on first use (or kept from decoding).
-    encoded: OnceLock<Vec<u8>>,
+    /// [`encode_proposal`]'s bytes, made on first use (or kept from decoding: a slice of
+    /// the buffer it came in, see [`decode_shared_proposal`]).
+    encoded: OnceLock<Bytes>,
 }
 
 /// The fields in their serialized order (postcard writes a struct as its fields in order).
@@ -77,7 +79,7 @@ impl Proposal {
             command: self.command(),
         };
         out = postcard::to_extend(&body, out)?;
-        Ok(self.0.encoded.get_or_init(|| out))
+        Ok(self.0.encoded.get_or_init(|| Bytes::from(out)))
     }
 }
 
@@ -114,13 +116,23 @@ impl Serialize for Proposal {
 impl<'de> Deserialize<'de> for Proposal {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Proposal, D::Error> {
         struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
+        impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = Proposal;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an encoded proposal")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Proposal, E> {
                 decode_proposal(v).map_err(E::custom)
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Proposal, E> {
+                match shared::share(v) {
+                    Some(bytes) => decode_shared_proposal(bytes),
+                    None => decode_proposal(v),
+                }
+                .map_err(E::custom)
             }
         }
         d.deserialize_bytes(Visitor)
@@ -150,14 +162,23 @@ pub fn encode_proposal(p: &Proposal, out: &mut Vec<u8>) -> Result<(), FormatErro
 /// Reads a proposal written by [`encode_proposal`]; it keeps a copy of `bytes` as its
 /// encoded form.
 pub fn decode_proposal(bytes: &[u8]) -> Result<Proposal, FormatError> {
-    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
+    decode_shared_proposal(Bytes::copy_from_slice(bytes))
+}
+
+/// [`decode_proposal`] without a copy: the proposal keeps `bytes` as its encoded form, and
+/// its writes' values are slices of it (or of the larger buffer being decoded, see
+/// [`shared::decode_within`]).
+pub fn decode_shared_proposal(bytes: Bytes) -> Result<Proposal, FormatError> {
+    let (&version, _) = bytes.split_first().ok_or(FormatError::Empty)?;
     if version != COMMAND_FORMAT {
         return Err(FormatError::Version(version));
     }
-    let Body { time_ms, command } = postcard::from_bytes(body)?;
+    let Body { time_ms, command } = shared::decode_within(&bytes, |b| {
+        postcard::from_bytes(b.get(1..).unwrap_or_default())
+    })?;
     Ok(Proposal(Arc::new(Inner {
         time_ms,
         command: Arc::new(command),
-        encoded: OnceLock::from(bytes.to_vec()),
+        encoded: OnceLock::from(bytes),
     })))
 }

@@ -63,23 +63,39 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// Appends the encoding of a frame to `out`.
+/// Appends the encoding of a frame to `out` (emptied on an error).
 pub fn encode(kind: Kind, id: u64, payload: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    let len = FIXED + payload.len();
+    *out = encode_with(kind, id, std::mem::take(out), |mut buf| {
+        buf.extend_from_slice(payload);
+        Ok(buf)
+    })?;
+    Ok(())
+}
+
+/// Appends to `out` a frame whose payload `payload` appends (a message serialized straight
+/// into the frame, not copied into it); returns `out`. On an error `out` is lost.
+pub fn encode_with(
+    kind: Kind,
+    id: u64,
+    mut out: Vec<u8>,
+    payload: impl FnOnce(Vec<u8>) -> io::Result<Vec<u8>>,
+) -> io::Result<Vec<u8>> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEAD]);
+    out.push(kind as u8);
+    out.extend_from_slice(&id.to_le_bytes());
+    let mut out = payload(out)?;
+    let len = out.len() - start - HEAD;
     if len > MAX_FRAME {
         return Err(io::Error::other(format!(
             "a frame of {len} bytes is over the limit of {MAX_FRAME}"
         )));
     }
-    let start = out.len();
-    out.extend_from_slice(&u32::try_from(len).map_err(io::Error::other)?.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
-    out.push(kind as u8);
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[start + HEAD..]);
+    out[start..start + 4]
+        .copy_from_slice(&u32::try_from(len).map_err(io::Error::other)?.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    Ok(out)
 }
 
 /// Reads one frame.
@@ -94,27 +110,32 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Frame> {
             format!("frame length {len} out of range"),
         ));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    if crc32fast::hash(&body) != crc {
+    // Kind and id, then the payload read straight into its own buffer.
+    let mut fixed = [0u8; FIXED];
+    r.read_exact(&mut fixed).await?;
+    let mut payload = vec![0u8; len - FIXED];
+    r.read_exact(&mut payload).await?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&fixed);
+    hasher.update(&payload);
+    if hasher.finalize() != crc {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "frame fails its checksum",
         ));
     }
-    let kind = Kind::from_u8(body[0]).ok_or_else(|| {
+    let kind = Kind::from_u8(fixed[0]).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("unknown frame kind {}", body[0]),
+            format!("unknown frame kind {}", fixed[0]),
         )
     })?;
     let mut id = [0u8; 8];
-    id.copy_from_slice(&body[1..FIXED]);
-    body.drain(..FIXED);
+    id.copy_from_slice(&fixed[1..]);
     Ok(Frame {
         kind,
         id: u64::from_le_bytes(id),
-        payload: body,
+        payload,
     })
 }
 

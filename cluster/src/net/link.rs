@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use super::frame::{self, Frame, Kind};
 use super::message::{Reply, Request};
 use super::Network;
+use crate::command::shared::decode_within;
 use crate::types::NodeId;
 
 /// Frames queued for the writer at most (then senders wait).
@@ -130,14 +131,19 @@ impl Link {
 
     /// Queues a frame.
     pub async fn send(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<(), CallError> {
-        if !self.is_alive() {
-            return Err(CallError::NotSent("link closed".into()));
-        }
         let mut buf = Vec::with_capacity(payload.len() + 17);
         frame::encode(kind, id, payload, &mut buf)
             .map_err(|e| CallError::NotSent(e.to_string()))?;
+        self.queue(buf).await
+    }
+
+    /// Queues an encoded frame.
+    async fn queue(&self, frame: Vec<u8>) -> Result<(), CallError> {
+        if !self.is_alive() {
+            return Err(CallError::NotSent("link closed".into()));
+        }
         self.out
-            .send(buf)
+            .send(frame)
             .await
             .map_err(|_| CallError::NotSent("link closed".into()))
     }
@@ -157,9 +163,16 @@ impl Link {
 
     /// Sends `req` and waits for its reply for at most `timeout`.
     pub async fn call(&self, req: &Request, timeout: Duration) -> Result<Reply, CallError> {
-        let payload = postcard::to_stdvec(req).map_err(|e| CallError::NotSent(e.to_string()))?;
         let (id, rx) = self.open_call();
-        if let Err(e) = self.send(Kind::Request, id, &payload).await {
+        // Serialized straight into its frame.
+        let frame = frame::encode_with(Kind::Request, id, Vec::new(), |buf| {
+            postcard::to_extend(req, buf).map_err(io::Error::other)
+        });
+        let sent = match frame {
+            Ok(f) => self.queue(f).await,
+            Err(e) => Err(CallError::NotSent(e.to_string())),
+        };
+        if let Err(e) = sent {
             self.cancel_call(id);
             return Err(e);
         }
@@ -190,10 +203,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Vec<u8>>,
     link: Weak<Link>,
 ) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
+    while let Some(mut batch) = rx.recv().await {
+        // What else is queued goes in the same write (a frame alone is written as it is).
         while batch.len() < (1 << 20) {
             match rx.try_recv() {
                 Ok(more) => batch.extend_from_slice(&more),
@@ -243,12 +254,15 @@ async fn route(link: &Arc<Link>, net: &Weak<Network>, frame: Frame) -> io::Resul
             }
         }
         Kind::Request => {
-            let req: Request = postcard::from_bytes(&frame.payload).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("undecodable request: {e}"),
-                )
-            })?;
+            // Decoded sharing the frame's buffer: proposals and values are slices of it.
+            let payload = bytes::Bytes::from(frame.payload);
+            let req: Request =
+                decode_within(&payload, |b| postcard::from_bytes(b)).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("undecodable request: {e}"),
+                    )
+                })?;
             let Some(net) = net.upgrade() else {
                 return Ok(());
             };

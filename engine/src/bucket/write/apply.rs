@@ -30,35 +30,33 @@ impl BucketCore {
     ) {
         let ttl = self.config.ttl_ms();
         let mut offset = appended.offset;
-        let records: Vec<(Box<[u8]>, RecordRef)> = writes
-            .iter()
-            .map(|write| {
-                let len = write.encoded_len();
-                let expires = effective_expiry(write.key_expires_ms, now, ttl);
-                let at = RecordRef::new(
-                    write.revision,
-                    expires,
-                    appended.slot,
-                    offset,
-                    len,
-                    write.op,
-                );
-                offset += len as u64;
-                (write.key.as_bytes().into(), at)
-            })
-            .collect();
+        let records = writes.iter().map(|write| {
+            let len = write.encoded_len();
+            let expires = effective_expiry(write.key_expires_ms, now, ttl);
+            let at = RecordRef::new(
+                write.revision,
+                expires,
+                appended.slot,
+                offset,
+                len,
+                write.op,
+            );
+            offset += len as u64;
+            (write.key.as_bytes(), at)
+        });
         w.next_rev += writes.len() as u64;
-        let batch = PendingBatch {
-            end: appended.end,
-            records,
-            tag,
-        };
         if self.visible_when_durable {
+            let batch = PendingBatch {
+                end: appended.end,
+                records: records.map(|(key, at)| (key.into(), at)).collect(),
+                tag,
+            };
             let history = usize::from(self.config.history);
             w.pending
                 .push(batch, history, |key| self.index.read().revisions(key));
         } else {
-            self.make_visible(w, &[batch]);
+            // Visible at once: straight into the index, no pending copy of the keys.
+            self.index_records(w, records, tag.as_ref(), appended.end);
         }
     }
 
@@ -83,17 +81,30 @@ impl BucketCore {
         let Some(last_batch) = batches.last() else {
             return;
         };
+        let records = batches
+            .iter()
+            .flat_map(|b| b.records.iter().map(|(key, at)| (&**key, *at)));
+        let tag = batches.iter().rev().find_map(|b| b.tag.as_ref());
+        self.index_records(w, records, tag, last_batch.end);
+    }
+
+    /// Applies appended records to the index, in log order, records the
+    /// replication tag of the last batch that had one, and publishes `end`
+    /// (the log position just past them) to the watchers.
+    fn index_records<'k>(
+        &self,
+        w: &mut Writer,
+        records: impl Iterator<Item = (&'k [u8], RecordRef)>,
+        tag: Option<&Arc<[u8]>>,
+        end: LogPos,
+    ) {
         let history = usize::from(self.config.history);
         let removed = &mut w.removed;
         let mut ix = self.index.write();
         let mut last = self.last_rev.load(Ordering::Acquire);
-        let mut tag = None;
-        for batch in batches {
-            for (key, at) in &batch.records {
-                ix.apply(key, *at, history, removed);
-                last = last.max(at.revision);
-            }
-            tag = batch.tag.as_ref().or(tag);
+        for (key, at) in records {
+            ix.apply(key, at, history, removed);
+            last = last.max(at.revision);
         }
         if let Some(tag) = tag {
             // Under the index write lock: a snapshot encoded under the read
@@ -102,7 +113,7 @@ impl BucketCore {
         }
         removed.clear();
         self.last_rev.store(last, Ordering::Release);
-        self.hub.publish(last_batch.end, last);
+        self.hub.publish(end, last);
     }
 }
 

@@ -236,7 +236,10 @@ impl BucketCore {
         mode: WriteMode,
         now: u64,
     ) -> Result<Plan<'a>> {
-        let several = ops.len() > 1;
+        // Later writes of the call see the earlier ones through the overlay, which only a
+        // write that looks at its key's state reads: without one (a pipeline of SETs) the
+        // overlay, and the index searches that fill it, are skipped.
+        let needs_overlay = ops.len() > 1 && ops.iter().any(|op| !op.is_blind());
         let mut overlay = Overlay {
             keys: HashMap::new(),
             history: usize::from(self.config.history),
@@ -254,13 +257,10 @@ impl BucketCore {
             let revision = first_revision + plan.writes.len() as u64;
             let retained = overlay.retained(&op.key);
             // A blind write (PUT, DEL, PURGE with no precondition, nothing to
-            // return) alone needs no look at the key: one index search, not two.
-            let blind = !several
-                && !op.return_previous
-                && matches!(op.kind, Kind::Put | Kind::Delete(None) | Kind::Purge);
+            // return) needs no look at the key: one index search, not two.
             let cur = match retained {
+                _ if op.is_blind() => None,
                 Some(list) => list.last().cloned(),
-                None if blind => None,
                 None => self
                     .latest_for_writer(pending, &op.key)
                     .filter(|r| !aged_marker(r, now))
@@ -293,7 +293,7 @@ impl BucketCore {
                 _ => 0,
             };
             room.take(rop, len);
-            if several {
+            if needs_overlay {
                 let planned = KeyState::Planned {
                     revision,
                     op: rop,
