@@ -371,3 +371,32 @@ fn pushed_events_and_replies_share_the_socket_without_loss_or_reorder() {
         "nothing more"
     );
 }
+
+/// A write watched by more connections than one share of a delivery (the pump then sends
+/// from several threads at once) reaches every watcher, once, in revision order.
+#[test]
+fn a_large_fan_out_reaches_every_watcher_in_order() {
+    const WATCHERS: usize = 600;
+    const WRITES: i64 = 20;
+    let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
+    let mut watchers: Vec<Raw> = (0..WATCHERS)
+        .map(|_| {
+            let mut w = srv.raw();
+            assert_eq!(w.cmd(&["WATCH", ">", "UPDATESONLY"]), Frame::Int(1));
+            expect_ready(&mut w, 1);
+            w
+        })
+        .collect();
+    let mut c = srv.raw();
+    for rev in 1..=WRITES {
+        let key = format!("fan.{rev}");
+        assert_eq!(c.cmd(&["PUT", &key, "v"]), Frame::Int(rev));
+    }
+    for w in &mut watchers {
+        for rev in 1..=WRITES {
+            let e = expect_entry(w, 1, &format!("fan.{rev}"), "PUT", 0);
+            assert_eq!(e.field("revision").int(), rev);
+        }
+        assert_eq!(w.cmd(&["PING"]), Frame::Simple("PONG".into()), "nothing more");
+    }
+}
