@@ -397,6 +397,10 @@ fn a_large_fan_out_reaches_every_watcher_in_order() {
             let e = expect_entry(w, 1, &format!("fan.{rev}"), "PUT", 0);
             assert_eq!(e.field("revision").int(), rev);
         }
-        assert_eq!(w.cmd(&["PING"]), Frame::Simple("PONG".into()), "nothing more");
+        assert_eq!(
+            w.cmd(&["PING"]),
+            Frame::Simple("PONG".into()),
+            "nothing more"
+        );
     }
 }
