@@ -117,17 +117,20 @@ fn backup(args: BackupArgs) -> ExitCode {
 
 /// Raises the soft limit on open files to what `max_connections` clients need
 /// (plus files of the store), as far as the hard limit allows, like Redis does;
-/// says how to raise the hard limit when it is too low.
+/// says how to raise the hard limit when it is too low. A connection that watches holds
+/// two descriptors (its socket and the copy the watch pump writes events to), so each
+/// connection counts twice. Without enough, a watcher is served without the copy (its
+/// task is woken for every event), and new connections may be refused.
 fn raise_open_file_limit(max_connections: usize) {
-    let wanted = max_connections as u64 + 256;
+    let wanted = max_connections as u64 * 2 + 256;
     match rlimit::increase_nofile_limit(wanted) {
         Ok(got) if got >= wanted => {}
         Ok(got) => tracing::warn!(
             limit = got,
             wanted,
-            "the open-file limit allows only about {} connections; raise it (ulimit -n {wanted}) \
-             or lower --max-connections",
-            got.saturating_sub(256)
+            "the open-file limit allows only about {} connections that watch; raise it \
+             (ulimit -n {wanted}) or lower --max-connections",
+            got.saturating_sub(256) / 2
         ),
         Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
     }
