@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::certs::Certs;
-use common::{have_python_module, roundtrip_on, skip, BinaryServer};
+use common::{have_python_module, read_reply, roundtrip_on, skip, BinaryServer};
 use rustls::pki_types::ServerName;
 
 type TlsClient = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -111,6 +111,53 @@ fn tls_clients_work_and_plain_clients_are_closed() {
     assert_eq!(
         roundtrip_on(&mut tls, b"GET k1999\r\n"),
         format!("$40\r\n{}\r\n", "v".repeat(40))
+    );
+}
+
+/// A watcher over TLS is woken by the pump and pulls its events itself (the pump writes
+/// only to plain sockets): every live event arrives, in revision order.
+#[test]
+fn watches_over_tls_get_every_event() {
+    let certs = Certs::new();
+    let server = start(&certs, false);
+    let mut watcher = tls_connect(server.addr, certs.client_config(None));
+    assert_eq!(
+        roundtrip_on(&mut watcher, b"WATCH > UPDATESONLY\r\n"),
+        ":1\r\n"
+    );
+    let mut ready = Vec::new();
+    read_reply(&mut watcher, &mut ready);
+    assert!(
+        ready.ends_with(b"$5\r\nready\r\n"),
+        "{}",
+        ready.escape_ascii()
+    );
+    let mut writer = tls_connect(server.addr, certs.client_config(None));
+    for rev in 1..=50 {
+        let put = format!("PUT tls.{rev} v{rev}\r\n");
+        assert_eq!(
+            roundtrip_on(&mut writer, put.as_bytes()),
+            format!(":{rev}\r\n")
+        );
+    }
+    for rev in 1..=50 {
+        let mut frame = Vec::new();
+        read_reply(&mut watcher, &mut frame);
+        let frame = String::from_utf8_lossy(&frame).into_owned();
+        let key = format!("tls.{rev}");
+        assert!(
+            frame.contains(&format!("$3\r\nkey\r\n${}\r\n{key}\r\n", key.len())),
+            "event {rev}: {frame}"
+        );
+        assert!(
+            frame.contains(&format!("$8\r\nrevision\r\n:{rev}\r\n")),
+            "{frame}"
+        );
+    }
+    assert_eq!(
+        roundtrip_on(&mut watcher, b"PING\r\n"),
+        "+PONG\r\n",
+        "nothing more"
     );
 }
 

@@ -49,7 +49,7 @@ pub fn read_one(s: &mut TcpStream) -> String {
 }
 
 /// Reads one RESP reply into `out`, byte-exact: nothing past it is consumed.
-fn read_reply(s: &mut impl Read, out: &mut Vec<u8>) {
+pub fn read_reply(s: &mut impl Read, out: &mut Vec<u8>) {
     let start = out.len();
     let mut byte = [0u8; 1];
     while !out.ends_with(b"\n") || out.len() == start {
