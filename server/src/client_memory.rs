@@ -65,8 +65,11 @@ impl ClientMemory {
         self.budget
     }
 
-    /// Bytes held by all connections, as last reported.
+    /// Bytes held by all connections, as last reported. Read under the lock that reports
+    /// and evictions take, so it is never caught between a report that went over the
+    /// budget and the evictions that report caused.
     pub fn total(&self) -> usize {
+        let _clients = self.clients.lock();
         self.total.load(Ordering::Relaxed)
     }
 
@@ -105,10 +108,10 @@ impl ClientMemory {
         }
     }
 
-    /// Closes the connections holding the most until the total is within the budget.
-    fn evict(&self) {
-        let clients = self.clients.lock();
-        if self.total() <= self.budget {
+    /// Closes the connections holding the most until the total is within the budget
+    /// (`clients` is the locked registry).
+    fn evict(&self, clients: &HashMap<u64, Arc<Slot>>) {
+        if self.total.load(Ordering::Relaxed) <= self.budget {
             return;
         }
         let mut by_size: Vec<(usize, &Arc<Slot>)> = clients
@@ -118,7 +121,7 @@ impl ClientMemory {
             .collect();
         by_size.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
         for (_, slot) in by_size {
-            if self.total() <= self.budget {
+            if self.total.load(Ordering::Relaxed) <= self.budget {
                 break;
             }
             let bytes = slot.bytes.load(Ordering::Acquire);
@@ -181,19 +184,24 @@ impl ClientBuffers {
             return;
         }
         self.reported = bytes;
+        // Under the registry's lock, as evictions: a connection evicted meanwhile counts
+        // for nothing (its bytes are not added back), and a reader of the total sees it
+        // before this report or after the evictions it causes.
+        let clients = self.memory.clients.lock();
         if self.evicted() {
             return;
         }
         let total = self.memory.set(&self.slot, bytes);
         if total > self.memory.budget {
-            self.memory.evict();
+            self.memory.evict(&clients);
         }
     }
 }
 
 impl Drop for ClientBuffers {
     fn drop(&mut self) {
-        self.memory.clients.lock().remove(&self.id);
+        let mut clients = self.memory.clients.lock();
+        clients.remove(&self.id);
         self.memory.set(&self.slot, 0);
     }
 }
