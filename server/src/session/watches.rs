@@ -82,6 +82,9 @@ struct State {
     parked: Option<RespVersion>,
     /// A copy of the connection's socket (plain TCP), taken at the first park.
     socket: Option<TcpStream>,
+    /// Whether the copy was asked for (once: a TLS connection has none, and a failed
+    /// attempt, already logged, is not repeated at every park).
+    socket_tried: bool,
     /// Bytes a delivery by the pump could not write; the connection writes them first.
     stash: Vec<u8>,
 }
@@ -99,6 +102,7 @@ impl Watches {
                     start: 0,
                     parked: None,
                     socket: None,
+                    socket_tried: false,
                     stash: Vec::new(),
                 }),
             }),
@@ -191,11 +195,12 @@ impl Watches {
 
     /// The connection is about to wait for input with nothing to write and every watch
     /// drained: until [`Watches::unpark`], pumps may write its events to `socket` themselves.
-    /// `socket` makes the copy of the connection's socket (taken once; `None` for TLS).
+    /// `socket` makes the copy of the connection's socket (asked for once; `None` for TLS).
     /// Returns false when the connection cannot be parked (no socket): pumps then wake it.
     pub fn park(&self, version: RespVersion, socket: impl FnOnce() -> Option<TcpStream>) -> bool {
         let mut st = self.outlet.state.lock();
-        if st.socket.is_none() {
+        if !st.socket_tried {
+            st.socket_tried = true;
             st.socket = socket();
         }
         if st.socket.is_none() {
