@@ -115,6 +115,14 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, String> {
     }
 }
 
+/// The integer of a RESP header or `:` line (without its type byte and CRLF).
+pub(crate) fn int_line(l: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(l)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad number {:?}", String::from_utf8_lossy(l)))
+}
+
 fn line<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let start = *pos;
     let rel = buf.get(start..)?.windows(2).position(|w| w == b"\r\n")?;
@@ -134,12 +142,7 @@ fn parse_at(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Value>, 
         return Ok(None);
     };
     let text = || String::from_utf8_lossy(l).into_owned();
-    let num = || -> Result<i64, String> {
-        std::str::from_utf8(l)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad number {:?}", String::from_utf8_lossy(l)))
-    };
+    let num = || int_line(l);
     Ok(Some(match kind {
         b'+' => Value::Simple(text()),
         b'-' => Value::Error(text()),

@@ -59,12 +59,7 @@ impl<'a> Cursor<'a> {
         let Some(line) = self.line() else {
             return Ok(None);
         };
-        let count = || -> Result<i64, String> {
-            std::str::from_utf8(line)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("bad length {:?}", String::from_utf8_lossy(line)))
-        };
+        let count = || crate::resp::int_line(line);
         Ok(Some(match kind {
             b'$' | b'=' | b'!' => match usize::try_from(count()?) {
                 Err(_) => Head::Line(b'_', b""),

@@ -199,16 +199,23 @@ fn inline_clients_see_resp2_frames() {
     assert_eq!(f.items()[2].field("value"), Frame::bulk("hello"));
 }
 
+/// Creates bucket `name`, watches all of it on a second connection (until `ready`), then
+/// drops the bucket; returns the (dropping, watching) connections.
+fn watch_then_drop(srv: &Srv, name: &str) -> (Raw, Raw) {
+    let mut c = srv.raw();
+    c.cmd(&["BUCKET", "CREATE", name]);
+    let mut w = srv.raw();
+    w.cmd(&["USE", name]);
+    assert_eq!(w.cmd(&["WATCH", ">"]), Frame::Int(1));
+    expect_ready(&mut w, 1);
+    assert_eq!(c.cmd(&["BUCKET", "DROP", name]), Frame::ok());
+    (c, w)
+}
+
 #[test]
 fn dropping_the_bucket_ends_its_watches() {
     let srv = Srv::start();
-    let mut c = srv.raw();
-    c.cmd(&["BUCKET", "CREATE", "tmp"]);
-    let mut w = srv.raw();
-    w.cmd(&["USE", "tmp"]);
-    assert_eq!(w.cmd(&["WATCH", ">"]), Frame::Int(1));
-    expect_ready(&mut w, 1);
-    assert_eq!(c.cmd(&["BUCKET", "DROP", "tmp"]), Frame::ok());
+    let (_c, mut w) = watch_then_drop(&srv, "tmp");
     let f = event(&mut w, 1);
     assert_eq!(f.items()[2], Frame::bulk("lost"));
     assert_eq!(f.items()[3], Frame::Int(0));
@@ -221,13 +228,7 @@ fn dropping_the_bucket_ends_its_watches() {
 #[test]
 fn a_bucket_dropped_and_created_again_wakes_its_new_watchers() {
     let srv = Srv::start();
-    let mut c = srv.raw();
-    c.cmd(&["BUCKET", "CREATE", "again"]);
-    let mut w = srv.raw();
-    w.cmd(&["USE", "again"]);
-    assert_eq!(w.cmd(&["WATCH", ">"]), Frame::Int(1));
-    expect_ready(&mut w, 1);
-    assert_eq!(c.cmd(&["BUCKET", "DROP", "again"]), Frame::ok());
+    let (mut c, mut w) = watch_then_drop(&srv, "again");
     assert_eq!(event(&mut w, 1).items()[2], Frame::bulk("lost"));
     // A new bucket of the same name: its watchers are woken by its writes, not the old one's.
     c.cmd(&["BUCKET", "CREATE", "again"]);
