@@ -78,7 +78,13 @@ impl Pending {
                 self.put_bytes += at.len() as u64;
             }
             let entry = self.keys.entry(key.clone()).or_insert_with(|| PendingKey {
-                retained: indexed(key),
+                // What the index holds is looked up only if the new entry keeps
+                // some of it (a lookup in a large index is a few cache misses).
+                retained: if keeps_only_itself(*at, history) {
+                    Vec::new()
+                } else {
+                    indexed(key)
+                },
                 writes: 0,
             });
             entry.writes += 1;
@@ -113,11 +119,17 @@ impl Pending {
     }
 }
 
+/// Whether `new` leaves its key with no other retained entry: a PURGE, or
+/// any write under a history of one.
+fn keeps_only_itself(new: RecordRef, history: usize) -> bool {
+    new.op() == Op::Purge || history <= 1
+}
+
 /// Adds `new` to a key's retained entries with the index's retention rule:
 /// a PURGE, or a history of one, keeps only the new entry; otherwise the last
 /// `history` entries are kept.
 pub(super) fn retain(list: &mut Vec<RecordRef>, new: RecordRef, history: usize) {
-    if new.op() == Op::Purge || history <= 1 {
+    if keeps_only_itself(new, history) {
         list.clear();
     }
     list.push(new);
@@ -168,6 +180,35 @@ mod tests {
         assert_eq!(p.take_durable(LogPos::new(2, 0)).len(), 1);
         assert!(p.retained(b"k").is_none() && p.is_empty());
         assert_eq!(p.put_bytes(), 0);
+    }
+
+    #[test]
+    fn the_index_is_consulted_only_for_entries_a_write_keeps() {
+        let mut p = Pending::default();
+        let lookups = std::cell::Cell::new(0);
+        let indexed = |_: &[u8]| {
+            lookups.set(lookups.get() + 1);
+            vec![rec(1, Op::Put)]
+        };
+        let revs = |p: &Pending, key: &str| -> Vec<u64> {
+            p.retained(key.as_bytes())
+                .unwrap()
+                .iter()
+                .map(|r| r.revision)
+                .collect()
+        };
+        p.push(batch(200, &[("a", rec(2, Op::Put))]), 1, indexed);
+        p.push(batch(300, &[("b", rec(3, Op::Purge))]), 5, indexed);
+        assert_eq!(
+            lookups.get(),
+            0,
+            "history 1 and a PURGE keep only the new entry"
+        );
+        assert_eq!(revs(&p, "a"), [2]);
+        assert_eq!(revs(&p, "b"), [3]);
+        p.push(batch(400, &[("c", rec(4, Op::Put))]), 5, indexed);
+        assert_eq!(lookups.get(), 1);
+        assert_eq!(revs(&p, "c"), [1, 4], "history 5 keeps the indexed entry");
     }
 
     #[test]

@@ -281,10 +281,25 @@ impl Index {
         history: usize,
         removed: &mut Vec<RecordRef>,
     ) {
+        let hash = self.entries.hash(key);
+        self.apply_hashed(key, hash, new, history, removed);
+    }
+
+    /// [`Index::apply`], given the hash [`Index::prefetch_entry`] returned for
+    /// `key` (a batch's entries are asked for ahead of their updates, so that
+    /// their cache misses overlap).
+    pub fn apply_hashed(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        new: RecordRef,
+        history: usize,
+        removed: &mut Vec<RecordRef>,
+    ) {
         let new = new.bare();
         self.retain(&new);
         let is_put = u64::from(new.op() == Op::Put);
-        let Some(slot) = self.entries.find(key) else {
+        let Some(slot) = self.entries.find_hashed(key, hash) else {
             self.build_order();
             let slot = self.entries.insert(key, new);
             let Index { entries, order, .. } = self;
