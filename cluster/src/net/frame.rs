@@ -113,8 +113,15 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Frame> {
     // Kind and id, then the payload read straight into its own buffer.
     let mut fixed = [0u8; FIXED];
     r.read_exact(&mut fixed).await?;
-    let mut payload = vec![0u8; len - FIXED];
-    r.read_exact(&mut payload).await?;
+    // Into the buffer's spare capacity: not zeroed first (a frame can be megabytes).
+    let want = len - FIXED;
+    let mut payload = Vec::with_capacity(want);
+    while payload.len() < want {
+        let rest = (want - payload.len()) as u64;
+        if (&mut *r).take(rest).read_buf(&mut payload).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&fixed);
     hasher.update(&payload);
@@ -165,5 +172,25 @@ mod tests {
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(read(&mut &huge[..]).await.is_err());
         assert!(encode(Kind::Chunk, 1, &vec![0u8; MAX_FRAME], &mut Vec::new()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_arriving_in_small_pieces_is_read_whole_and_a_cut_one_fails() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut buf = Vec::new();
+        encode(Kind::Request, 9, &payload, &mut buf).unwrap();
+        let (mut tx, mut rx) = tokio::io::duplex(100);
+        let sent = buf.clone();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&sent).await.unwrap();
+        });
+        let f = read(&mut rx).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!((f.kind, f.id), (Kind::Request, 9));
+        assert!(f.payload == payload, "the payload arrives intact");
+        let cut = &buf[..buf.len() - 1];
+        let err = read(&mut &cut[..]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -29,6 +29,10 @@ const QUEUE: usize = 1024;
 const CHUNKS: usize = 16;
 /// How long a link replaced by another stays open for what is in flight on it.
 const RETIRE_AFTER: Duration = Duration::from_secs(5);
+/// Written frame buffers a link keeps for its next frames, at most.
+const SPARE_BUFFERS: usize = 4;
+/// A buffer larger than this is freed, not kept.
+const SPARE_MAX: usize = 8 << 20;
 
 /// A piece of a request's byte stream.
 #[derive(Debug)]
@@ -65,6 +69,10 @@ pub struct Link {
     next_id: AtomicU64,
     alive: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Buffers of frames already written, emptied, for the next frames: an append of
+    /// thousands of writes is a frame of megabytes, and a fresh buffer for each (grown by
+    /// doubling) costs page faults and the kernel's zeroing of new pages every time.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -94,6 +102,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
             tasks: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
         });
         let writer = tokio::spawn(write_loop(w, rx, Arc::downgrade(&link)));
         let reader = tokio::spawn(read_loop(
@@ -129,9 +138,26 @@ impl Link {
         });
     }
 
+    /// An empty buffer for a frame: a spare one if there is one.
+    fn buffer(&self) -> Vec<u8> {
+        self.spare.lock().pop().unwrap_or_default()
+    }
+
+    /// Keeps `buf`, written, for a later frame (unless enough are kept or it is too large).
+    fn recycle(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > SPARE_MAX {
+            return;
+        }
+        buf.clear();
+        let mut spare = self.spare.lock();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    }
+
     /// Queues a frame.
     pub async fn send(&self, kind: Kind, id: u64, payload: &[u8]) -> Result<(), CallError> {
-        let mut buf = Vec::with_capacity(payload.len() + 17);
+        let mut buf = self.buffer();
         frame::encode(kind, id, payload, &mut buf)
             .map_err(|e| CallError::NotSent(e.to_string()))?;
         self.queue(buf).await
@@ -165,7 +191,7 @@ impl Link {
     pub async fn call(&self, req: &Request, timeout: Duration) -> Result<Reply, CallError> {
         let (id, rx) = self.open_call();
         // Serialized straight into its frame.
-        let frame = frame::encode_with(Kind::Request, id, Vec::new(), |buf| {
+        let frame = frame::encode_with(Kind::Request, id, self.buffer(), |buf| {
             postcard::to_extend(req, buf).map_err(io::Error::other)
         });
         let sent = match frame {
@@ -204,16 +230,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     link: Weak<Link>,
 ) {
     while let Some(mut batch) = rx.recv().await {
+        let owner = link.upgrade();
         // What else is queued goes in the same write (a frame alone is written as it is).
         while batch.len() < (1 << 20) {
             match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
+                Ok(more) => {
+                    batch.extend_from_slice(&more);
+                    if let Some(l) = &owner {
+                        l.recycle(more);
+                    }
+                }
                 Err(_) => break,
             }
         }
         if let Err(e) = w.write_all(&batch).await {
             tracing::debug!("link write failed: {e}");
             break;
+        }
+        if let Some(l) = &owner {
+            l.recycle(batch);
         }
     }
     if let Some(l) = link.upgrade() {
