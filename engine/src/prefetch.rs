@@ -49,3 +49,53 @@ pub(crate) fn bytes(bytes: &[u8], max: usize) {
         line(start.wrapping_add(len - 1));
     }
 }
+
+/// Independent lookups (keys, entries) in flight at once: a round's misses
+/// overlap, and its lines still fit the first-level cache.
+pub(crate) const ROUND: usize = 16;
+
+/// Calls `round` with `items` in order, [`ROUND`] at a time (the last round
+/// padded with `None`), so that the caller can start every lookup of a round
+/// before it uses any of them.
+pub(crate) fn in_rounds<T>(
+    items: impl Iterator<Item = T>,
+    mut round: impl FnMut([Option<T>; ROUND]),
+) {
+    let mut items = items.fuse();
+    loop {
+        let next: [Option<T>; ROUND] = std::array::from_fn(|_| items.next());
+        let last = next.last().is_none_or(Option::is_none);
+        if next.first().is_some_and(Option::is_some) {
+            round(next);
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(n: usize) -> Vec<Vec<Option<usize>>> {
+        let mut out = Vec::new();
+        in_rounds(0..n, |r| out.push(r.to_vec()));
+        out
+    }
+
+    #[test]
+    fn items_come_in_order_in_rounds_the_last_padded() {
+        assert!(rounds(0).is_empty(), "nothing, no round");
+        let r = rounds(ROUND * 2 + 3);
+        assert_eq!(r.len(), 3);
+        let items: Vec<usize> = r.iter().flatten().flatten().copied().collect();
+        assert_eq!(items, (0..ROUND * 2 + 3).collect::<Vec<_>>());
+        assert!(r[2][3..].iter().all(Option::is_none));
+        assert_eq!(
+            rounds(ROUND).len(),
+            1,
+            "a whole round, no empty one after it"
+        );
+    }
+}

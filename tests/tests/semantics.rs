@@ -579,6 +579,60 @@ fn revert_semantics() {
 // ---------------------------------------------------------------------------
 // Batches
 
+/// 40 puts: `k` at positions 0, 15, 16, 31 and 32 (the edges of the index's
+/// rounds of 16), a distinct filler key everywhere else.
+fn across_rounds(tag: &str) -> Vec<WriteOp> {
+    (0..40)
+        .map(|i| {
+            if [0, 15, 16, 31, 32].contains(&i) {
+                WriteOp::put("k", format!("{tag}{i}"))
+            } else {
+                WriteOp::put(format!("f{i}"), "x")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn writes_longer_than_an_index_round_keep_every_revision_in_order() {
+    // The index takes a call's records 16 at a time (every entry of a round
+    // asked for before any is updated): a key written on both sides of a
+    // round's edge keeps its last `history` revisions, in order.
+    let env = Env::new();
+    let b = env.bucket("b", history(3));
+    let w = b.write(&across_rounds("a")).unwrap();
+    let revs: Vec<u64> = b.history("k").unwrap().iter().map(|e| e.revision).collect();
+    assert_eq!(revs, [w[16].revision, w[31].revision, w[32].revision]);
+    assert_eq!(val(&b, "k").as_deref(), Some("a32"));
+    let s = b.stats();
+    assert_eq!(
+        (s.keys, s.values),
+        (36, 38),
+        "35 fillers and k's 3 revisions"
+    );
+
+    // Under `always`, calls wait (not visible) until an fsync covers them, and
+    // then enter the index together, their records in one sequence of rounds.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), common::durable_opts(1 << 20)).unwrap();
+    let b = store.create_bucket("b", history(3)).unwrap();
+    let mut revisions = Vec::new();
+    let mut ticket = None;
+    for chunk in across_rounds("b").chunks(7) {
+        let (results, t) = b.write_each(chunk).unwrap();
+        revisions.extend(results.into_iter().map(|r| r.unwrap().revision));
+        ticket = Some(t);
+    }
+    b.wait_durable(ticket.unwrap()).unwrap();
+    let revs: Vec<u64> = b.history("k").unwrap().iter().map(|e| e.revision).collect();
+    assert_eq!(revs, [revisions[16], revisions[31], revisions[32]]);
+    assert_eq!(val(&b, "k").as_deref(), Some("b32"));
+    let s = b.stats();
+    assert_eq!((s.keys, s.values), (36, 38));
+    drop(b);
+    store.close().unwrap();
+}
+
 #[test]
 fn batch_is_all_or_none_with_consecutive_revisions() {
     let env = Env::new();

@@ -347,3 +347,55 @@ async fn route(link: &Arc<Link>, net: &Weak<Network>, frame: Frame) -> io::Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (yielding) until the link keeps `n` written buffers.
+    async fn kept(link: &Link, n: usize) {
+        for _ in 0..10_000 {
+            if link.spare.lock().len() == n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the link kept {} buffers, not {n}", link.spare.lock().len());
+    }
+
+    #[tokio::test]
+    async fn a_reused_buffer_carries_only_its_new_frame() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let link = Link::start(ours, 2, 1, Weak::new());
+        let big = vec![0xAA; 100_000];
+        link.send(Kind::Reply, 1, &big).await.unwrap();
+        let f = frame::read(&mut theirs).await.unwrap();
+        assert!((f.kind, f.id) == (Kind::Reply, 1) && f.payload == big);
+        kept(&link, 1).await;
+        // The next frames go into that buffer: each arrives as itself, nothing left over.
+        link.send(Kind::Reply, 2, b"abc").await.unwrap();
+        let f = frame::read(&mut theirs).await.unwrap();
+        assert_eq!(
+            (f.kind, f.id, &f.payload[..]),
+            (Kind::Reply, 2, &b"abc"[..])
+        );
+        link.send(Kind::End, 3, b"").await.unwrap();
+        let f = frame::read(&mut theirs).await.unwrap();
+        assert_eq!((f.kind, f.id, f.payload.len()), (Kind::End, 3, 0));
+        // A buffer over the size kept is freed, not kept.
+        kept(&link, 1).await;
+        let huge = vec![0x55; SPARE_MAX + 1];
+        link.send(Kind::Chunk, 4, &huge).await.unwrap();
+        let f = frame::read(&mut theirs).await.unwrap();
+        assert!(f.payload == huge);
+        // Written after the large one was dealt with, then kept.
+        link.send(Kind::Reply, 5, b"z").await.unwrap();
+        assert_eq!(frame::read(&mut theirs).await.unwrap().id, 5);
+        kept(&link, 1).await;
+        assert!(
+            link.spare.lock().iter().all(|b| b.capacity() <= SPARE_MAX),
+            "the large buffer was freed"
+        );
+        link.close();
+    }
+}

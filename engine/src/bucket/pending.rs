@@ -209,6 +209,10 @@ mod tests {
         p.push(batch(400, &[("c", rec(4, Op::Put))]), 5, indexed);
         assert_eq!(lookups.get(), 1);
         assert_eq!(revs(&p, "c"), [1, 4], "history 5 keeps the indexed entry");
+        // A later pending write after a PURGE builds on the PURGE, not the index.
+        p.push(batch(500, &[("b", rec(5, Op::Put))]), 5, indexed);
+        assert_eq!(revs(&p, "b"), [3, 5]);
+        assert_eq!(lookups.get(), 1);
     }
 
     #[test]

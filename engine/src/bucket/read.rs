@@ -17,9 +17,7 @@ use crate::index::{Index, RecordRef};
 use crate::key::validate_key;
 use crate::log::record::{decode, Decoded, Record};
 use crate::log::segment::Segment;
-
-/// Keys whose lookups [`BucketCore::prefetch`] has in flight at once.
-const PREFETCH_ROUND: usize = 16;
+use crate::prefetch;
 
 /// Bytes of a record [`BucketCore::prefetch`] asks for: its header, key and
 /// the start of its value; the CPU's own prefetcher follows a longer value as
@@ -169,7 +167,7 @@ impl BucketCore {
     }
 
     /// Starts loading into the CPU cache what reads of `keys` will touch: a
-    /// round of [`PREFETCH_ROUND`] keys at a time, first their index entries
+    /// round of [`prefetch::ROUND`] keys at a time, first their index entries
     /// (all the round's lookups in flight at once), then, once those have
     /// arrived, the start of their records. Only a hint (see
     /// [`crate::Bucket::prefetch`]).
@@ -177,17 +175,15 @@ impl BucketCore {
         if self.check_open().is_err() {
             return;
         }
-        let mut keys = keys.into_iter().fuse();
         let ix = self.index.read();
-        loop {
-            let round: [Option<K>; PREFETCH_ROUND] = std::array::from_fn(|_| keys.next());
-            let mut hashes = [0u64; PREFETCH_ROUND];
+        prefetch::in_rounds(keys.into_iter(), |round| {
+            let mut hashes = [0u64; prefetch::ROUND];
             for (key, hash) in round.iter().zip(&mut hashes) {
                 if let Some(key) = key {
                     *hash = ix.prefetch_entry(key.as_ref());
                 }
             }
-            let mut found = [None; PREFETCH_ROUND];
+            let mut found = [None; prefetch::ROUND];
             for ((key, hash), at) in round.iter().zip(&hashes).zip(&mut found) {
                 if let Some(key) = key {
                     *at = ix.latest_hashed(key.as_ref(), *hash);
@@ -198,10 +194,7 @@ impl BucketCore {
                 records.map(|r| (r.slot, u64::from(r.offset), r.len())),
                 PREFETCH_RECORD_BYTES,
             );
-            if round.last().is_none_or(Option::is_none) {
-                return;
-            }
-        }
+        });
     }
 
     /// Retained revision `revision` of `key` (markers included), unless expired.

@@ -16,7 +16,8 @@
 //! bytes inline, and a 32-byte [`RecordRef`]); the hash table and the order
 //! each hold a 4-byte slot per key (the table a control byte more, and room).
 //!
-//! Retention is applied here and only here, by [`Index::apply`], both when a
+//! Retention is applied here and only here, by [`Index::apply`] (or
+//! [`Index::apply_hashed`], the same code given the key's hash), both when a
 //! write happens and when recovery replays the log, so the two always agree.
 
 mod build;

@@ -15,9 +15,7 @@ use crate::bucket::pending::PendingBatch;
 use crate::bucket::{effective_expiry, BucketCore, Writer};
 use crate::index::RecordRef;
 use crate::log::{Appended, LogPos};
-
-/// Records [`BucketCore::index_records`] looks up at once.
-const APPLY_ROUND: usize = 16;
+use crate::prefetch;
 
 impl BucketCore {
     /// Makes `writes`, appended (created at `now`) where `appended` says,
@@ -105,29 +103,23 @@ impl BucketCore {
         let removed = &mut w.removed;
         let mut ix = self.index.write();
         let mut last = self.last_rev.load(Ordering::Acquire);
-        let mut records = records.fuse();
-        loop {
-            // A round of keys at a time: every entry of the round is asked for
-            // first, so that their cache misses overlap (a million keys are far
-            // out of cache), then the round is applied in order.
-            let round: [Option<(&[u8], RecordRef)>; APPLY_ROUND] =
-                std::array::from_fn(|_| records.next());
-            let mut hashes = [0u64; APPLY_ROUND];
+        // A round of records at a time: every entry of the round is asked for
+        // first, so that their cache misses overlap (a million keys are far out
+        // of cache), then the round is applied in order.
+        prefetch::in_rounds(records, |round| {
+            let mut hashes = [0u64; prefetch::ROUND];
             for (record, hash) in round.iter().zip(&mut hashes) {
                 if let Some((key, _)) = record {
                     *hash = ix.prefetch_entry(key);
                 }
             }
-            for (record, hash) in round.iter().zip(hashes) {
-                if let Some((key, at)) = *record {
+            for (record, hash) in round.into_iter().zip(hashes) {
+                if let Some((key, at)) = record {
                     ix.apply_hashed(key, hash, at, history, removed);
                     last = last.max(at.revision);
                 }
             }
-            if round.last().is_none_or(Option::is_none) {
-                break;
-            }
-        }
+        });
         if let Some(tag) = tag {
             // Under the index write lock: a snapshot encoded under the read
             // lock records the tag that goes with its index.
