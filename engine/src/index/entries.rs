@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
 
 use super::key::IKey;
-use super::pages::advise_huge_pages;
+use super::pages::{advise_huge_pages, TableAlloc};
 use super::record::RecordRef;
 use super::slot_of;
 use crate::prefetch;
@@ -32,7 +32,8 @@ pub(super) struct Entries {
     slab: Vec<Entry>,
     /// Slots of removed entries, reused first.
     free: Vec<u32>,
-    table: HashTable<u32>,
+    /// Slots by key hash, in memory advised huge pages (see `pages.rs`).
+    table: HashTable<u32, TableAlloc>,
     hasher: DefaultHashBuilder,
 }
 
@@ -241,11 +242,16 @@ impl Entries {
             ..
         } = self;
         let slab: &[Entry] = slab;
+        // Filled with small pages, then advised for the kernel's background
+        // collapse, as the slab is (see `pages.rs`).
+        table.allocator().defer(true);
         table.clear();
         table.reserve(slab.len(), |&s| rehash(hasher, slab, s));
         for (i, &hash) in hashes.iter().enumerate().take(slab.len()) {
             table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
         }
+        table.allocator().defer(false);
+        table.allocator().advise_now();
     }
 }
 

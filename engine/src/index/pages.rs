@@ -20,6 +20,21 @@
 //! 0.110-0.142 s against 0.072-0.080 s in rotated runs. Where huge pages come
 //! zeroed quickly, the small pages cost about 10 ms more. Only advice:
 //! nothing changes if the kernel declines.
+//!
+//! The hash table follows the same rules through its allocator
+//! ([`TableAlloc`]): a table grown by inserts is advised as it is allocated;
+//! one built at once from a snapshot is advised once built. A point lookup
+//! reads a line of the table's control bytes and one of its slots, far apart
+//! in tens of megabytes: with small pages each is a TLB miss as well. Random
+//! gets over a million keys (W2) ran 8 to 15 % faster with every anonymous
+//! mapping on huge pages than with the slab alone advised.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use allocator_api2::alloc::{AllocError, Allocator, Global};
+use parking_lot::Mutex;
 
 use std::mem::MaybeUninit;
 
@@ -90,4 +105,129 @@ pub(super) fn populate_for_writing<T>(room: &mut [MaybeUninit<T>]) {
             Advice::PopulateWrite,
         );
     };
+}
+
+/// The index's hash table allocator: the global allocator, with the table's
+/// large allocations advised huge pages, at once or, during a bulk build,
+/// once the build is done ([`TableAlloc::defer`], [`TableAlloc::advise_now`]).
+#[derive(Debug, Default)]
+pub(super) struct TableAlloc {
+    /// Whether large allocations wait for [`TableAlloc::advise_now`].
+    deferred: AtomicBool,
+    /// The newest large allocation still live: its address and size.
+    large: Mutex<Option<(usize, usize)>>,
+}
+
+impl TableAlloc {
+    /// Makes large allocations wait for [`TableAlloc::advise_now`] (`true`),
+    /// or be advised as they are made (`false`, the default).
+    pub(super) fn defer(&self, deferred: bool) {
+        self.deferred.store(deferred, Ordering::Relaxed);
+    }
+
+    /// Advises huge pages for the newest large allocation, if it is live.
+    pub(super) fn advise_now(&self) {
+        let large = self.large.lock();
+        if let Some((addr, bytes)) = *large {
+            // SAFETY: a live allocation of `bytes` bytes (deallocation clears
+            // it, under the lock held here); huge pages change how the kernel
+            // backs it, not its contents.
+            unsafe { advise(addr as *const u8, bytes, Advice::HugePages) };
+        }
+    }
+}
+
+// SAFETY: every block comes from, and goes back to, the global allocator,
+// which meets the trait's contract; the advice changes how the kernel backs a
+// block, never its contents.
+unsafe impl Allocator for TableAlloc {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let block = Global.allocate(layout)?;
+        let bytes = block.len();
+        if bytes >= ADVISE_FROM {
+            let start: *const u8 = block.as_ptr().cast();
+            *self.large.lock() = Some((start as usize, bytes));
+            if !self.deferred.load(Ordering::Relaxed) {
+                // SAFETY: the block just allocated, `bytes` long.
+                unsafe { advise(start, bytes, Advice::HugePages) };
+            }
+        }
+        Ok(block)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() >= ADVISE_FROM {
+            let mut large = self.large.lock();
+            if large.is_some_and(|(addr, _)| addr == ptr.as_ptr() as usize) {
+                *large = None;
+            }
+        }
+        // SAFETY: the caller's contract: `ptr` is a block of `layout` that this
+        // allocator, and so the global one, allocated.
+        unsafe { Global.deallocate(ptr, layout) };
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Whether the mapping holding `addr` is advised huge pages (`hg` among its
+    /// `VmFlags` in /proc/self/smaps).
+    fn advised(addr: usize) -> bool {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((from, to)) = range.split_once('-') {
+                    if let (Ok(from), Ok(to)) = (
+                        usize::from_str_radix(from, 16),
+                        usize::from_str_radix(to, 16),
+                    ) {
+                        inside = (from..to).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if inside && line.starts_with("VmFlags:") {
+                return line.split_whitespace().any(|f| f == "hg");
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn large_tables_are_advised_huge_pages_at_once_or_when_built() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            assert!(
+                std::env::var("LOGKV_NO_SKIP").as_deref() != Ok("1"),
+                "this kernel has no transparent huge pages and LOGKV_NO_SKIP=1 forbids skipping"
+            );
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let layout = Layout::from_size_align(ADVISE_FROM * 2, 4096).unwrap();
+        let alloc = TableAlloc::default();
+        let block = alloc.allocate(layout).unwrap();
+        let inner = block.as_ptr().cast::<u8>() as usize + ADVISE_FROM;
+        assert!(advised(inner), "advised as it is allocated");
+        // SAFETY: allocated above with `layout`.
+        unsafe { alloc.deallocate(block.cast(), layout) };
+        assert!(alloc.large.lock().is_none(), "forgotten once freed");
+
+        alloc.defer(true);
+        let block = alloc.allocate(layout).unwrap();
+        let inner = block.as_ptr().cast::<u8>() as usize + ADVISE_FROM;
+        assert!(!advised(inner), "deferred during a build");
+        alloc.advise_now();
+        assert!(advised(inner), "advised once built");
+        // SAFETY: allocated above with `layout`.
+        unsafe { alloc.deallocate(block.cast(), layout) };
+
+        let small = Layout::from_size_align(4096, 8).unwrap();
+        let block = alloc.allocate(small).unwrap();
+        assert!(alloc.large.lock().is_none(), "small blocks are left alone");
+        // SAFETY: allocated above with `small`.
+        unsafe { alloc.deallocate(block.cast(), small) };
+    }
 }
