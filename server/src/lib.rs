@@ -61,7 +61,7 @@ pub use config::{parse_fsync, ClusterConfig, ServerConfig};
 pub use encode::error_code;
 pub use server::{run, Server};
 pub use server_error::ServerError;
-pub use testing::{spawn_test_server, spawn_test_server_with, TestServer};
+pub use testing::{free_loopback_addr, spawn_test_server, spawn_test_server_with, TestServer};
 
 /// The server's version, as reported by `HELLO` and `INFO`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::roundtrip;
@@ -16,10 +16,7 @@ use logkv_server::{spawn_test_server_with, ClusterConfig, ServerConfig, TestServ
 use tempfile::TempDir;
 
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    logkv_server::free_loopback_addr()
 }
 
 struct Node {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -15,9 +15,10 @@ use crate::common::server::Frame;
 
 pub const PASSWORD: &str = "cluster-test-pw";
 
+/// A node's address: below the ephemeral ports, so that while a killed node is down no
+/// connection of the test takes its port (see [`logkv_server::free_loopback_addr`]).
 fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    logkv_server::free_loopback_addr()
 }
 
 /// One node process.
