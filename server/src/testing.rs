@@ -118,50 +118,46 @@ pub fn spawn_test_server_with(
 /// Lowest port [`free_loopback_addr`] hands out.
 const TEST_PORTS_FROM: u16 = 10_000;
 
+/// The first port of the kernel's range of ephemeral ports (`/proc/sys/net/ipv4/
+/// ip_local_port_range`), at least 1,000 above [`TEST_PORTS_FROM`].
+fn ephemeral_from() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .max(TEST_PORTS_FROM + 1_000)
+}
+
 /// A loopback address for a test to listen on later: a port that was free when checked,
-/// that no other caller in this process got, and that lies below the kernel's range of
-/// ephemeral ports (`/proc/sys/net/ipv4/ip_local_port_range`). The kernel gives outgoing
-/// connections (and `bind` to port 0) ports from that range, so a port taken from it and
-/// bound later — a node restarted on its address after a kill — could meanwhile be taken by
-/// any connection the test makes; one below it cannot.
+/// below the kernel's range of ephemeral ports, and not handed out before in this process
+/// (a cursor walks the range once). The kernel gives outgoing connections (and `bind` to
+/// port 0) ports from that range, so a port taken from it and bound later — a node
+/// restarted on its address after a kill — could meanwhile be taken by any connection the
+/// test makes; one below it cannot.
 ///
 /// # Panics
 /// If no port is left below the ephemeral range (tests only).
 pub fn free_loopback_addr() -> SocketAddr {
-    use std::collections::HashSet;
     use std::net::{Ipv4Addr, TcpListener};
     use std::sync::Mutex;
 
-    static GIVEN: Mutex<Option<(u16, HashSet<u16>)>> = Mutex::new(None);
-    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768)
-        .max(TEST_PORTS_FROM + 1_000);
-    let span = u32::from(below - TEST_PORTS_FROM);
-    let mut given = GIVEN
+    /// Where this process's walk of the range starts, and the ports walked so far.
+    static WALK: Mutex<Option<(u32, u32)>> = Mutex::new(None);
+    let span = u32::from(ephemeral_from() - TEST_PORTS_FROM);
+    let mut walk = WALK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Test binaries run one after another: each starts at its own place in the range.
-    let offset = |n: u32| u16::try_from(n % span).unwrap_or(0);
-    let (next, taken) = given.get_or_insert_with(|| {
-        (
-            offset(std::process::id().wrapping_mul(7_919)),
-            HashSet::new(),
-        )
-    });
-    for _ in 0..span {
-        let port = TEST_PORTS_FROM + *next;
-        *next = offset(u32::from(*next) + 1);
-        if taken.contains(&port) {
-            continue;
-        }
+    let (start, walked) =
+        walk.get_or_insert_with(|| (std::process::id().wrapping_mul(7_919) % span, 0));
+    while *walked < span {
+        let port = TEST_PORTS_FROM + u16::try_from((*start + *walked) % span).unwrap_or(0);
+        *walked += 1;
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            taken.insert(port);
             return SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         }
     }
-    panic!("no free loopback port below {below}");
+    panic!("no free loopback port left below {}", ephemeral_from());
 }
 
 #[cfg(test)]
@@ -170,16 +166,13 @@ mod tests {
 
     #[test]
     fn test_ports_are_distinct_free_and_below_the_ephemeral_range() {
-        let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-            .unwrap_or(32_768);
+        let below = ephemeral_from();
         let addrs: Vec<SocketAddr> = (0..50).map(|_| free_loopback_addr()).collect();
         let ports: std::collections::HashSet<u16> = addrs.iter().map(SocketAddr::port).collect();
         assert_eq!(ports.len(), addrs.len(), "no port handed out twice");
         for a in &addrs {
             assert!(a.ip().is_loopback());
-            assert!((TEST_PORTS_FROM..below.max(TEST_PORTS_FROM + 1_000)).contains(&a.port()));
+            assert!((TEST_PORTS_FROM..below).contains(&a.port()));
             assert!(
                 std::net::TcpListener::bind(a).is_ok(),
                 "{a} can be listened on"

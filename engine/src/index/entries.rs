@@ -139,8 +139,9 @@ impl Entries {
         hash
     }
 
-    /// Adds an entry for `key`, which has none; returns its slot.
-    pub fn insert(&mut self, key: &[u8], rec: RecordRef) -> u32 {
+    /// Adds an entry for `key`, which has none; returns its slot. `hash` is
+    /// [`Entries::hash`] of `key` (the caller's lookup computed it).
+    pub fn insert(&mut self, key: &[u8], hash: u64, rec: RecordRef) -> u32 {
         let entry = Entry {
             key: IKey::new(key),
             rec,
@@ -156,7 +157,6 @@ impl Entries {
             }
             slot_of(self.slab.len() - 1)
         };
-        let hash = self.hasher.hash_one(key);
         let Entries {
             slab,
             table,

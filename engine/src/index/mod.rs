@@ -302,7 +302,7 @@ impl Index {
         let is_put = u64::from(new.op() == Op::Put);
         let Some(slot) = self.entries.find_hashed(key, hash) else {
             self.build_order();
-            let slot = self.entries.insert(key, new);
+            let slot = self.entries.insert(key, hash, new);
             let Index { entries, order, .. } = self;
             if let Some(order) = order.get_mut() {
                 order.insert(key, slot, |s| entries.key(s));
