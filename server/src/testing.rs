@@ -135,8 +135,10 @@ fn ephemeral_from() -> u16 {
 /// restarted on its address after a kill — could meanwhile be taken by any connection the
 /// test makes; one below it cannot.
 ///
+/// For tests and the benchmark harness, which start a few dozen servers at most.
+///
 /// # Panics
-/// If no port is left below the ephemeral range (tests only).
+/// If no port is left below the ephemeral range.
 pub fn free_loopback_addr() -> SocketAddr {
     use std::net::{Ipv4Addr, TcpListener};
     use std::sync::Mutex;

@@ -61,7 +61,7 @@ impl<'a> Cluster<'a> {
             std::fs::create_dir_all(&dir)?;
             nodes.push(Node {
                 id,
-                raft_port: free_port()?,
+                raft_port: free_port(),
                 dir,
                 process: None,
             });

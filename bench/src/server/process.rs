@@ -1,7 +1,6 @@
 //! The server processes the suite starts: logkv-server and redis-server on loopback, each in
 //! its own directory, stopped (SIGTERM, then SIGKILL after 15 s) when dropped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,9 +101,11 @@ impl Drop for Running {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A free TCP port on 127.0.0.1, below the kernel's range of ephemeral ports and not given
+/// before in this run: C1 restarts a killed node on its port, which a port from that range
+/// (`bind` to port 0) could have lost meanwhile to any outgoing connection.
+pub fn free_port() -> u16 {
+    logkv_server::free_loopback_addr().port()
 }
 
 /// logkv-server next to this binary, else in the release directory beside it (so a debug
@@ -144,7 +145,7 @@ fn start(
     dir: DataDir,
     ready_within: Duration,
 ) -> Result<Running, BoxError> {
-    let port = free_port()?;
+    let port = free_port();
     let log = base.join(format!("{name}-{port}.log"));
     let logf = std::fs::File::create(&log)?;
     let spawned = Instant::now();
@@ -225,7 +226,7 @@ pub fn start_logkv(bin: &Path, fsync: &str, base: &Path) -> Result<Running, BoxE
 /// logkv-server with `--fsync fsync` and its HTTP gateway on a free loopback port
 /// (`--http-listen`), in a fresh directory under `base`; returns the gateway's port too.
 pub fn start_logkv_http(bin: &Path, fsync: &str, base: &Path) -> Result<(Running, u16), BoxError> {
-    let http = free_port()?;
+    let http = free_port();
     let dir = temp_dir("logkv-server", base)?;
     let listen = vec!["--http-listen".into(), format!("127.0.0.1:{http}")];
     let server = start(
