@@ -107,7 +107,7 @@ struct ServerArgs {
     /// C1: writer threads loading the cluster while its leader is killed.
     #[arg(long, default_value_t = 2)]
     c1_writers: usize,
-    /// Parts to run (default: all): compare, onekey, S5, S6, S7, gateway, C1.
+    /// Parts to run (default: all): compare, onekey, verbs, S5, S6, S7, gateway, C1.
     #[arg(long, value_delimiter = ',')]
     parts: Vec<String>,
     /// Directory for the servers' files (default: the system temporary directory).

@@ -1,9 +1,10 @@
-//! Event frames read without building values.
+//! Event frames and replies read without building values.
 //!
 //! The fan-out receivers (S5, and the RESP side of the gateway rows) need only the id each
-//! pushed frame carries. On a 2-core machine whatever the client spends decoding is taken
-//! from the server it measures, so they skim: one pass over the bytes, no allocation, the
-//! same code for logkv's watch frames and redis's pub/sub messages.
+//! pushed frame carries, and the load of the `verbs` rows only the kind of each reply and
+//! its integer. On a 2-core machine whatever the client spends decoding is taken from the
+//! server it measures, so they skim: one pass over the bytes, no allocation, the same code
+//! for logkv and redis.
 
 /// Digits of the sequence number at the start of a redis message (see `server::fanout`).
 pub const SEQ_DIGITS: usize = 20;
@@ -122,6 +123,45 @@ fn number(s: &[u8]) -> Result<u64, String> {
         .ok()
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| format!("not a number: {:?}", String::from_utf8_lossy(s)))
+}
+
+/// What a reply is, skimmed: its outermost value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// A one-line value (`+`, `-`, `:`, `_`, `#`, `,`, `(`): its type byte and text.
+    Line(u8, &'a [u8]),
+    /// A bulk string.
+    Bulk(&'a [u8]),
+    /// An array, push or set of n elements, or a map of n / 2 pairs (skipped whole).
+    Aggregate(usize),
+}
+
+/// Reads one whole reply at the start of `buf`: `Ok(Some((reply, bytes used)))`, `Ok(None)`
+/// if `buf` holds only part of one, `Err` for bytes that are not RESP.
+pub fn reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, String> {
+    let mut c = Cursor { buf, pos: 0 };
+    let reply = match c.head()? {
+        None => return Ok(None),
+        Some(Head::Line(kind, text)) => Reply::Line(kind, text),
+        Some(Head::Bulk(s)) => Reply::Bulk(s),
+        Some(Head::Aggregate(n)) => {
+            for _ in 0..n {
+                if c.skip(1)?.is_none() {
+                    return Ok(None);
+                }
+            }
+            Reply::Aggregate(n)
+        }
+    };
+    Ok(Some((reply, c.pos)))
+}
+
+/// The integer of a `:n` reply.
+pub fn int_reply(r: Reply<'_>) -> Option<u64> {
+    match r {
+        Reply::Line(b':', n) => number(n).ok(),
+        _ => None,
+    }
 }
 
 /// Reads one pushed frame at the start of `buf`: `Ok(Some((frame, bytes used)))`,
@@ -244,6 +284,39 @@ $30\r\n00000000000000000123vvvvvvvvvv\r\n";
         let (first, used) = frame(&two).unwrap().unwrap();
         assert_eq!((first, used), (Frame::Entry(42), RESP2_ENTRY.len()));
         assert_eq!(frame(&two[used..]), Ok(Some((Frame::Ready, READY.len()))));
+    }
+
+    #[test]
+    fn replies_are_skimmed_whole() {
+        for (bytes, want) in [
+            (&b"+OK\r\n"[..], Reply::Line(b'+', b"OK")),
+            (b":42\r\n", Reply::Line(b':', b"42")),
+            (
+                b"-WRONGREV expected 1, latest 2\r\n",
+                Reply::Line(b'-', b"WRONGREV expected 1, latest 2"),
+            ),
+            (b"$3\r\nabc\r\n", Reply::Bulk(b"abc")),
+            (b"*1\r\n*2\r\n$1\r\na\r\n:1\r\n", Reply::Aggregate(1)),
+            (
+                b"%1\r\n$1\r\na\r\n%1\r\n$1\r\nb\r\n_\r\n",
+                Reply::Aggregate(2),
+            ),
+        ] {
+            assert_eq!(reply(bytes), Ok(Some((want, bytes.len()))));
+            for cut in 0..bytes.len() {
+                assert_eq!(reply(&bytes[..cut]), Ok(None), "cut at {cut}");
+            }
+        }
+        let two = b":7\r\n+OK\r\n";
+        let (first, used) = reply(two).unwrap().unwrap();
+        assert_eq!((int_reply(first), used), (Some(7), 4));
+        assert_eq!(int_reply(Reply::Line(b'+', b"7")), None);
+        assert!(reply(b"?1\r\n").is_err());
+        // The entry arrays of a RESP2 watch frame are skipped as one value.
+        assert_eq!(
+            reply(RESP2_ENTRY),
+            Ok(Some((Reply::Aggregate(3), RESP2_ENTRY.len())))
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::fanout::{
     add_latencies, use_bucket, with_receivers, Events, Latencies, RespEvents, Side, BUCKET, WARMUP,
 };
 use super::process::{start_logkv_http, Running};
-use super::{percentile, row, Config};
+use super::{median, percentile, row, Config};
 use crate::http::{self, SseEvent, SseReader};
 use crate::keys::{self, Rng, KEY_LEN};
 use crate::report::{Extra, Reporter, Row};
@@ -190,16 +190,6 @@ fn fan_out(
         }
     }
     Ok(())
-}
-
-/// The median of the rounds' values (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
-    }
 }
 
 /// A GET of one key on one port: the request, and the checks of its reply.
@@ -462,16 +452,8 @@ fn wait_for(count: &AtomicU64, target: u64) -> Result<(), BoxError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::float_cmp, reason = "exact halves and elements of the input")]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_of_rounds() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0]), 2.5);
-        assert!(median(Vec::new()).is_nan());
-    }
 
     #[test]
     fn sse_events_count_only_live_entries() {

@@ -7,6 +7,7 @@
 //! | `S5` | [`fanout`] | watch fan-out latency, with redis PUBLISH/SUBSCRIBE as the anchor |
 //! | `S6` | [`slow`] | a stalled and an active watcher under redis-benchmark SET load |
 //! | `S7` | [`buckets`] | many buckets: disk, threads, memory, files, restart |
+//! | `verbs` | [`verbs`] | PUT, UPDATE and HISTORY, with redis SET and GET from the same client as anchors |
 //! | `gateway` | [`gateway`] | the HTTP gateway's GET and SSE fan-out against the RESP port's |
 //! | `C1` | [`cluster`] | a 3-node cluster against a single node: SET at the leader and a follower, failover time |
 
@@ -17,6 +18,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod process;
 pub mod slow;
+pub mod verbs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,7 +81,9 @@ impl Config {
 }
 
 /// The parts of the server suite.
-pub const PARTS: &[&str] = &["compare", "onekey", "S5", "S6", "S7", "gateway", "C1"];
+pub const PARTS: &[&str] = &[
+    "compare", "onekey", "verbs", "S5", "S6", "S7", "gateway", "C1",
+];
 
 fn row(store: &str, workload: &str, value: f64, unit: &str, n: u64) -> Row {
     Row::new("server", store, workload, value, unit, n)
@@ -162,6 +166,9 @@ pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
             check("server comparison", r);
         }
     }
+    if let (true, Some(bin)) = (cfg.wants("verbs"), logkv) {
+        check("verbs", verbs::verbs(cfg, bin, redis, base.path(), rep));
+    }
     if cfg.wants("S5") {
         check("S5", s5(cfg, logkv, redis, base.path(), rep));
     }
@@ -241,6 +248,16 @@ fn s5(
     Ok(())
 }
 
+/// The median of `v` (the mean of the middle two of an even count; NaN for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
 /// p-th percentile (0–100) of sorted values, nearest rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -265,7 +282,7 @@ pub(crate) fn expect_ok(v: Value, what: &str) -> Result<Value, BoxError> {
 #[cfg(test)]
 #[allow(
     clippy::float_cmp,
-    reason = "nearest-rank percentiles return elements of the input: exact"
+    reason = "nearest-rank percentiles and medians return elements of the input, or exact halves"
 )]
 mod tests {
     use super::*;
@@ -278,5 +295,12 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn median_of_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
     }
 }
