@@ -1482,6 +1482,58 @@ fn keys_order_and_patterns() {
     assert_eq!(b.keys("zzz.>").unwrap(), Vec::<String>::new());
 }
 
+/// A pattern without wildcards names one key: HISTORY and KEYS look it up in the hash
+/// table rather than walking the key order. Their answers must be the walk's: markers in
+/// the history, expired entries out, neighbours sharing a prefix out, and the same after a
+/// reopen (when nothing has needed the key order yet).
+#[test]
+fn one_key_history_and_keys_answer_as_the_walk_does() {
+    let mut env = Env::new();
+    let b = env.bucket("b", history(4));
+    for k in ["a", "a.b", "ab", "a-b", "b"] {
+        b.put(k, "1").unwrap();
+    }
+    b.put("a", "2").unwrap();
+    b.delete("a").unwrap();
+    b.put_with_ttl("a", "3", Duration::from_millis(10)).unwrap();
+    b.put_with_ttl("b", "2", Duration::from_millis(10)).unwrap();
+    drop(b);
+    for round in 0..2 {
+        let b = env.store.bucket("b").unwrap();
+        let walked = |key: &str| -> Vec<logkv::Entry> {
+            let all = b.history(">").unwrap();
+            all.into_iter().filter(|e| e.key == key).collect()
+        };
+        for key in ["a", "a.b", "ab", "b", "missing"] {
+            assert_eq!(
+                b.history(key).unwrap(),
+                walked(key),
+                "HISTORY {key}, round {round}"
+            );
+        }
+        let ops: Vec<Op> = b.history("a").unwrap().iter().map(|e| e.op).collect();
+        if round == 0 {
+            assert_eq!(
+                ops,
+                [Op::Put, Op::Put, Op::Del, Op::Put],
+                "the marker is history"
+            );
+            assert_eq!(b.keys("a").unwrap(), ["a"]);
+            assert_eq!(b.keys("b").unwrap(), ["b"]);
+        } else {
+            // The TTL puts have expired: they leave the history and the live keys.
+            assert_eq!(ops, [Op::Put, Op::Put, Op::Del]);
+            assert_eq!(b.keys("a").unwrap(), Vec::<String>::new());
+            assert_eq!(b.keys("b").unwrap(), Vec::<String>::new());
+        }
+        assert_eq!(b.keys("a.b").unwrap(), ["a.b"]);
+        assert_eq!(b.keys("missing").unwrap(), Vec::<String>::new());
+        drop(b);
+        env.clock.advance(10);
+        env = env.reopen();
+    }
+}
+
 #[test]
 fn search_in_one_bucket_and_across_buckets() {
     let env = Env::new();

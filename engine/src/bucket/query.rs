@@ -42,6 +42,16 @@ impl BucketCore {
         let subject = Subject::new(pattern)?;
         let now = self.now();
         let ix = self.index.read();
+        if subject.is_literal() {
+            // One key: a point lookup, not a walk of the key order.
+            let key = subject.literal_prefix();
+            let live = ix.latest(key.as_bytes()).is_some_and(|r| r.live(now));
+            return Ok(if live {
+                vec![key.to_string()]
+            } else {
+                Vec::new()
+            });
+        }
         Ok(ix
             .prefixed(subject.literal_prefix().as_bytes())
             .filter(|(k, r)| r.live(now) && subject.matches(k.as_str()))
@@ -57,6 +67,16 @@ impl BucketCore {
         let now = self.now();
         let mut out = self.load_many(|ix| {
             let mut picked = Vec::new();
+            if subject.is_literal() {
+                // One key: a point lookup, not a walk of the key order.
+                let key = subject.literal_prefix();
+                for r in ix.revisions(key.as_bytes()) {
+                    if !r.expired(now) {
+                        picked.push((key.to_string(), r));
+                    }
+                }
+                return picked;
+            }
             for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
                 if subject.matches(k.as_str()) {
                     ix.for_each_rev(latest, |r| {
