@@ -3,7 +3,7 @@
 //! bytes) against the key's state as the index and the earlier writes of the
 //! same call leave it, and gets its revision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -181,6 +181,22 @@ fn batch_error(writes: usize, index: usize, e: Error) -> Error {
     }
 }
 
+/// The keys that more than one write of `ops` touches, if a write of `ops` looks at its
+/// key's state (else none: nothing reads what an earlier write left).
+fn keys_written_again(ops: &[WriteOp]) -> HashSet<&str> {
+    let mut again = HashSet::new();
+    if ops.len() < 2 || ops.iter().all(WriteOp::is_blind) {
+        return again;
+    }
+    let mut seen = HashSet::with_capacity(ops.len());
+    for op in ops {
+        if !seen.insert(op.key.as_str()) {
+            again.insert(op.key.as_str());
+        }
+    }
+    again
+}
+
 /// The record length of a key and a value, as the byte counts use it.
 fn record_len(key: &str, value: &[u8]) -> u64 {
     u64::try_from(record::encoded_len(key.len(), value.len())).unwrap_or(u64::MAX)
@@ -237,9 +253,11 @@ impl BucketCore {
         now: u64,
     ) -> Result<Plan<'a>> {
         // Later writes of the call see the earlier ones through the overlay, which only a
-        // write that looks at its key's state reads: without one (a pipeline of SETs) the
-        // overlay, and the index searches that fill it, are skipped.
-        let needs_overlay = ops.len() > 1 && ops.iter().any(|op| !op.is_blind());
+        // write that looks at its key's state reads, and only for a key an earlier write of
+        // the same call touched: the overlay, and the index searches that fill it, are kept
+        // for the keys written more than once (none in a pipeline of SETs, or of UPDATEs of
+        // distinct keys).
+        let repeated = keys_written_again(ops);
         let mut overlay = Overlay {
             keys: HashMap::new(),
             history: usize::from(self.config.history),
@@ -293,7 +311,7 @@ impl BucketCore {
                 _ => 0,
             };
             room.take(rop, len);
-            if needs_overlay {
+            if repeated.contains(op.key.as_str()) {
                 let planned = KeyState::Planned {
                     revision,
                     op: rop,
@@ -425,9 +443,38 @@ impl BucketCore {
 
 #[cfg(test)]
 mod tests {
-    use super::KeyState;
+    use super::{keys_written_again, KeyState};
     use crate::bucket::test_util::{aged_config, manual_options, writers_latest};
+    use crate::entry::WriteOp;
     use crate::{FsyncPolicy, ManualClock, Options, Store};
+
+    /// The overlay is kept only for keys a call writes twice, and only when some write of
+    /// the call reads its key's state.
+    #[test]
+    fn only_keys_written_again_by_a_reading_call_get_an_overlay() {
+        let keys = |ops: &[WriteOp]| {
+            let mut k: Vec<&str> = keys_written_again(ops).into_iter().collect();
+            k.sort_unstable();
+            k.join(",")
+        };
+        let puts = [WriteOp::put("a", "1"), WriteOp::put("a", "2")];
+        assert_eq!(keys(&puts), "", "blind writes read nothing");
+        let distinct = [
+            WriteOp::update("a", "1", 1),
+            WriteOp::update("b", "1", 2),
+            WriteOp::put("c", "1"),
+        ];
+        assert_eq!(keys(&distinct), "", "no key twice");
+        let again = [
+            WriteOp::put("a", "1"),
+            WriteOp::update("b", "1", 2),
+            WriteOp::update("a", "2", 9),
+            WriteOp::delete("b"),
+            WriteOp::put("c", "1"),
+        ];
+        assert_eq!(keys(&again), "a,b");
+        assert_eq!(keys(&[WriteOp::update("a", "1", 1)]), "", "one write");
+    }
 
     /// A writer checking a precondition (CAS, `SET ... GET`, REVERT) looks the key up in
     /// the index, lets go of its lock, then reads the record. A compaction pass in
