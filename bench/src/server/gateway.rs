@@ -23,7 +23,6 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use super::compare::preload;
 use super::fanout::{
     add_latencies, use_bucket, with_receivers, Events, Latencies, RespEvents, Side, BUCKET, WARMUP,
 };
+use super::load::{Load, Requests};
 use super::process::{start_logkv_http, Running};
 use super::{median, percentile, row, Config};
 use crate::http::{self, SseEvent, SseReader};
@@ -233,14 +233,9 @@ impl Getter {
     }
 }
 
-/// One client connection of a GET round.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
 /// `requests` GETs of random keys of `0..keyspace` on `clients` connections to `addr`, one
-/// in flight on each, all driven by this thread's poll loop; returns GETs per second.
+/// in flight on each, all driven by this thread's poll loop ([`Load`]); returns GETs per
+/// second.
 fn get_round(
     getter: &Getter,
     addr: &str,
@@ -248,89 +243,37 @@ fn get_round(
     requests: u64,
     keyspace: u64,
 ) -> Result<f64, BoxError> {
-    let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        conns.push(Conn {
-            stream,
-            buf: Vec::new(),
-        });
-    }
-    let mut rng = Rng::new(SEED);
-    let mut kb = [0u8; KEY_LEN];
-    let mut out = Vec::new();
-    let mut request = |c: &mut Conn| -> Result<(), BoxError> {
-        out.clear();
-        getter.encode(keys::key(rng.below(keyspace), &mut kb), &mut out);
-        // One small request on a connection with nothing else in flight: the socket's send
-        // buffer is empty, so a nonblocking write takes it whole.
-        c.stream.write_all(&out)?;
-        Ok(())
+    let load = Load {
+        clients,
+        pipeline: 1,
+        requests,
     };
-    let t = Instant::now();
-    let mut sent = 0;
-    for c in &mut conns {
-        if sent < requests {
-            request(c)?;
-            sent += 1;
-        }
-        c.stream.set_nonblocking(true)?;
+    let mut gets = Gets {
+        getter,
+        rng: Rng::new(SEED),
+        keyspace,
+    };
+    load.run(addr, &mut gets)
+}
+
+/// GETs of random keys, each reply checked.
+struct Gets<'a> {
+    getter: &'a Getter,
+    rng: Rng,
+    keyspace: u64,
+}
+
+impl Requests for Gets<'_> {
+    fn next(&mut self, out: &mut Vec<u8>) -> u64 {
+        let mut kb = [0u8; KEY_LEN];
+        let i = self.rng.below(self.keyspace);
+        self.getter.encode(keys::key(i, &mut kb), out);
+        i
     }
-    let mut fds: Vec<libc::pollfd> = conns
-        .iter()
-        .map(|c| libc::pollfd {
-            fd: c.stream.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let nfds = libc::nfds_t::try_from(fds.len())?;
-    let timeout = i32::try_from(STALL.as_millis())?;
-    let mut chunk = vec![0u8; 64 << 10];
-    let mut done = 0;
-    while done < requests {
-        // SAFETY: fds is a valid array of nfds pollfd structs for the whole call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("poll: {e}").into());
-        }
-        if r == 0 {
-            return Err(format!("no reply within {STALL:?} ({done} of {requests} done)").into());
-        }
-        for (pfd, c) in fds.iter_mut().zip(conns.iter_mut()) {
-            if pfd.revents == 0 {
-                continue;
-            }
-            pfd.revents = 0;
-            loop {
-                match c.stream.read(&mut chunk) {
-                    Ok(0) => return Err("the server closed a client connection".into()),
-                    Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            while let Some(used) = getter.reply(&c.buf)? {
-                c.buf.drain(..used);
-                done += 1;
-                if sent < requests {
-                    request(c)?;
-                    sent += 1;
-                }
-            }
-        }
+
+    fn reply(&mut self, buf: &[u8], _key: u64) -> Result<Option<usize>, String> {
+        self.getter.reply(buf)
     }
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "a request count, far below 2^52"
-    )]
-    Ok(requests as f64 / t.elapsed().as_secs_f64())
 }
 
 /// An SSE watch connection's decoder: the ids of the live events (those after `ready`).

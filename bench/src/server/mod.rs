@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod compare;
 pub mod fanout;
 pub mod gateway;
+pub mod load;
 pub mod process;
 pub mod slow;
 pub mod verbs;

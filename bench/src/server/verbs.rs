@@ -19,14 +19,10 @@
 //! `put|update|history.P1|P16.everysec` with store `logkv`, the same workload with store
 //! `redis` for the redis verb it is compared with (field `anchor`), and `logkv/redis`.
 
-use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use super::compare::preload;
+use super::load::{Load, Requests};
 use super::process::{start_logkv, start_redis, Running};
 use super::{expect_ok, median, row, Config};
 use crate::keys::{self, Rng, KEY_LEN};
@@ -36,8 +32,6 @@ use crate::skim::{self, Reply};
 use crate::stores::BoxError;
 
 const PIPELINES: [usize; 2] = [1, 16];
-/// Longest the client waits for a reply.
-const STALL: Duration = Duration::from_secs(10);
 /// Seed of the key sequences.
 const SEED: u64 = 0x5EED_0005;
 
@@ -216,17 +210,19 @@ pub fn verbs(
             };
             for &verb in verbs {
                 let load = Load {
-                    verb,
                     clients,
                     pipeline,
                     requests: cfg.n,
-                    value: &value,
                 };
-                let rate = load
-                    .run(&server.addr(), &mut keyspace[side], &mut rng)
-                    .map_err(|e| {
-                        format!("{} -P {pipeline}: {e}\n{}", verb.name(), server.log_tail())
-                    })?;
+                let mut reqs = VerbRequests {
+                    verb,
+                    value: &value,
+                    keyspace: &mut keyspace[side],
+                    rng: &mut rng,
+                };
+                let rate = load.run(&server.addr(), &mut reqs).map_err(|e| {
+                    format!("{} -P {pipeline}: {e}\n{}", verb.name(), server.log_tail())
+                })?;
                 eprintln!("    {} -P {pipeline}: {rate:.0} ops/s", verb.name());
                 rates.push((verb, rate));
             }
@@ -293,153 +289,33 @@ fn check_preloaded_revisions(server: &Running, keyspace: u64) -> Result<(), BoxE
     Ok(())
 }
 
-/// One run of one verb.
-struct Load<'a> {
+/// The requests of one verb on random keys, each checked with what the client knows of
+/// its key.
+struct VerbRequests<'a> {
     verb: Verb,
-    clients: usize,
-    pipeline: usize,
-    requests: u64,
     value: &'a [u8],
+    keyspace: &'a mut Keyspace,
+    rng: &'a mut Rng,
 }
 
-/// A client connection of a run.
-struct Conn {
-    stream: TcpStream,
-    /// Bytes read and not yet taken as replies.
-    inbox: Vec<u8>,
-    /// Requests encoded and not yet written.
-    outbox: Vec<u8>,
-    /// The keys of the requests in flight, oldest first.
-    keys: VecDeque<u64>,
-}
-
-impl Load<'_> {
-    /// Runs the load against `addr`; returns requests per second.
-    fn run(&self, addr: &str, keyspace: &mut Keyspace, rng: &mut Rng) -> Result<f64, BoxError> {
-        let mut conns = Vec::with_capacity(self.clients);
-        for _ in 0..self.clients {
-            let stream = TcpStream::connect(addr)?;
-            stream.set_nodelay(true)?;
-            stream.set_nonblocking(true)?;
-            conns.push(Conn {
-                stream,
-                inbox: Vec::new(),
-                outbox: Vec::new(),
-                keys: VecDeque::new(),
-            });
-        }
-        let t = Instant::now();
-        let mut sent = 0;
-        for c in &mut conns {
-            self.top_up(c, &mut sent, keyspace, rng);
-            write_some(c)?;
-        }
-        let mut fds: Vec<libc::pollfd> = conns
-            .iter()
-            .map(|c| libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events: 0,
-                revents: 0,
-            })
-            .collect();
-        let nfds = libc::nfds_t::try_from(fds.len())?;
-        let timeout = i32::try_from(STALL.as_millis())?;
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut done = 0;
-        while done < self.requests {
-            for (pfd, c) in fds.iter_mut().zip(&conns) {
-                pfd.events = libc::POLLIN;
-                if !c.outbox.is_empty() {
-                    pfd.events |= libc::POLLOUT;
-                }
-            }
-            // SAFETY: fds is a valid array of nfds pollfd structs for the whole call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(format!("poll: {e}").into());
-            }
-            if r == 0 {
-                return Err(format!(
-                    "no reply within {STALL:?} ({done} of {} done)",
-                    self.requests
-                )
-                .into());
-            }
-            for (pfd, c) in fds.iter_mut().zip(conns.iter_mut()) {
-                if pfd.revents == 0 {
-                    continue;
-                }
-                pfd.revents = 0;
-                read_all(c, &mut chunk)?;
-                let mut used = 0;
-                while let Some((reply, n)) = skim::reply(&c.inbox[used..])? {
-                    used += n;
-                    let key = c
-                        .keys
-                        .pop_front()
-                        .ok_or("a reply to no request in flight")?;
-                    let new = self
-                        .verb
-                        .check(reply, keyspace.rev(key), self.value.len())?;
-                    keyspace.done(key, new);
-                    done += 1;
-                }
-                c.inbox.drain(..used);
-                self.top_up(c, &mut sent, keyspace, rng);
-                write_some(c)?;
-            }
-        }
-        #[allow(
-            clippy::cast_precision_loss,
-            reason = "a request count, far below 2^52"
-        )]
-        Ok(self.requests as f64 / t.elapsed().as_secs_f64())
+impl Requests for VerbRequests<'_> {
+    fn next(&mut self, out: &mut Vec<u8>) -> u64 {
+        let key = self.keyspace.take(self.rng);
+        self.verb
+            .encode(key, self.keyspace.rev(key), self.value, out);
+        key
     }
 
-    /// Queues requests on `c` until it has its pipeline's worth in flight or the run has
-    /// sent all of them.
-    fn top_up(&self, c: &mut Conn, sent: &mut u64, keyspace: &mut Keyspace, rng: &mut Rng) {
-        while c.keys.len() < self.pipeline && *sent < self.requests {
-            let key = keyspace.take(rng);
-            self.verb
-                .encode(key, keyspace.rev(key), self.value, &mut c.outbox);
-            c.keys.push_back(key);
-            *sent += 1;
-        }
+    fn reply(&mut self, buf: &[u8], key: u64) -> Result<Option<usize>, String> {
+        let Some((reply, used)) = skim::reply(buf)? else {
+            return Ok(None);
+        };
+        let new = self
+            .verb
+            .check(reply, self.keyspace.rev(key), self.value.len())?;
+        self.keyspace.done(key, new);
+        Ok(Some(used))
     }
-}
-
-/// Reads what the socket holds now into the connection's inbox.
-fn read_all(c: &mut Conn, chunk: &mut [u8]) -> Result<(), BoxError> {
-    loop {
-        match c.stream.read(chunk) {
-            Ok(0) => return Err("the server closed a client connection".into()),
-            Ok(n) => c.inbox.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Writes what the socket takes now of the connection's outbox.
-fn write_some(c: &mut Conn) -> Result<(), BoxError> {
-    let mut written = 0;
-    while written < c.outbox.len() {
-        match c.stream.write(&c.outbox[written..]) {
-            Ok(0) => return Err("a client connection takes no more bytes".into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    c.outbox.drain(..written);
-    Ok(())
 }
 
 #[cfg(test)]
