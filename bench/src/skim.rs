@@ -41,15 +41,22 @@ struct Cursor<'a> {
 type Step<T> = Result<Option<T>, String>;
 
 impl<'a> Cursor<'a> {
-    fn line(&mut self) -> Option<&'a [u8]> {
-        let rest = self.buf.get(self.pos..)?;
-        let cr = rest.iter().position(|&b| b == b'\r')?;
-        if rest.get(cr + 1)? != &b'\n' {
-            // A CR inside a line is not RESP the servers send; treat it as damage.
-            return None;
+    fn line(&mut self) -> Step<&'a [u8]> {
+        let Some(rest) = self.buf.get(self.pos..) else {
+            return Ok(None);
+        };
+        let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
+            return Ok(None);
+        };
+        match rest.get(cr + 1) {
+            None => Ok(None),
+            Some(b'\n') => {
+                self.pos += cr + 2;
+                Ok(Some(&rest[..cr]))
+            }
+            // A CR inside a line is not RESP the servers send.
+            Some(_) => Err("a CR not followed by LF inside a line".into()),
         }
-        self.pos += cr + 2;
-        Some(&rest[..cr])
     }
 
     fn head(&mut self) -> Step<Head<'a>> {
@@ -57,7 +64,7 @@ impl<'a> Cursor<'a> {
             return Ok(None);
         };
         self.pos += 1;
-        let Some(line) = self.line() else {
+        let Some(line) = self.line()? else {
             return Ok(None);
         };
         let count = || crate::resp::int_line(line);
@@ -74,7 +81,12 @@ impl<'a> Cursor<'a> {
                         Some(_) => return Err("bulk string not ended by CRLF".into()),
                     }
                     self.pos += n + 2;
-                    Head::Bulk(s)
+                    if kind == b'!' {
+                        // A RESP3 blob error: an error, whatever its length.
+                        Head::Line(b'-', s)
+                    } else {
+                        Head::Bulk(s)
+                    }
                 }
             },
             b'*' | b'>' | b'~' => match usize::try_from(count()?) {
@@ -312,6 +324,15 @@ $30\r\n00000000000000000123vvvvvvvvvv\r\n";
         assert_eq!((int_reply(first), used), (Some(7), 4));
         assert_eq!(int_reply(Reply::Line(b'+', b"7")), None);
         assert!(reply(b"?1\r\n").is_err());
+        assert!(
+            reply(b"+O\rK\r\n").is_err(),
+            "a CR inside a line is damage, not a cut"
+        );
+        assert_eq!(
+            reply(b"!3\r\nERR\r\n"),
+            Ok(Some((Reply::Line(b'-', b"ERR"), 9))),
+            "a blob error is an error"
+        );
         // The entry arrays of a RESP2 watch frame are skipped as one value.
         assert_eq!(
             reply(RESP2_ENTRY),

@@ -688,6 +688,90 @@ fn r_code<T>(r: &logkv::Result<T>) -> &'static str {
     }
 }
 
+/// What a test compares of a write's result: the revision and the previous entry, or the
+/// error (the bucket's name left out: the twin buckets differ there).
+fn outcome(r: &logkv::Result<logkv::Written>) -> String {
+    match r {
+        Ok(w) => format!(
+            "ok {} {:?}",
+            w.revision,
+            w.previous
+                .as_ref()
+                .map(|e| (&e.key, &e.value, e.revision, e.op, e.created_ms))
+        ),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+/// `write_each` is its writes one after another. Calls of up to 8 writes of every kind on
+/// four keys, some keys coming back within a call (a later write sees what the earlier ones
+/// left, which the call keeps only for keys it writes twice) and others not, give each
+/// write the result it gets alone on a twin bucket, and leave the same history.
+#[test]
+fn a_call_of_writes_answers_as_its_writes_one_by_one() {
+    let env = Env::new();
+    let together = env.bucket("together", history(3));
+    let alone = env.bucket("alone", history(3));
+    let mut rng = Rng::new(11);
+    let pick = |rng: &mut Rng, of: &[&'static str]| {
+        of[usize::try_from(rng.below(of.len() as u64)).unwrap()]
+    };
+    for call in 0..400 {
+        let last = together.status().unwrap().last_revision;
+        assert_eq!(last, alone.status().unwrap().last_revision, "call {call}");
+        let n = 1 + rng.below(8);
+        let ops: Vec<WriteOp> = (0..n)
+            .map(|_| {
+                let k = pick(&mut rng, &["a", "b", "c", "d"]);
+                let v = pick(&mut rng, &["x", "y", "z"]);
+                // The key's revision now, one before it, 0, or one an earlier write of
+                // this call gets if every write before it succeeds.
+                let rev = match rng.below(4) {
+                    0 => 0,
+                    1 => last.saturating_sub(rng.below(3)),
+                    _ => last + 1 + rng.below(n),
+                };
+                match rng.below(10) {
+                    0 => WriteOp::put(k, v),
+                    1 => WriteOp::create(k, v),
+                    2 => WriteOp::update(k, v, rev),
+                    3 => WriteOp::cas(
+                        k,
+                        v,
+                        (rng.below(3) > 0).then(|| pick(&mut rng, &["x", "y"]).into()),
+                    ),
+                    4 => WriteOp::delete(k),
+                    5 => WriteOp::delete_at(k, rev),
+                    6 => WriteOp::purge(k),
+                    7 => WriteOp::revert(k, rev),
+                    8 => WriteOp::put(k, v).returning_previous(),
+                    _ => WriteOp::delete(k).returning_previous(),
+                }
+            })
+            .collect();
+        let (results, _) = together.write_each(&ops).unwrap();
+        for (i, (op, got)) in ops.iter().zip(&results).enumerate() {
+            let (one, _) = alone.write_each(std::slice::from_ref(op)).unwrap();
+            assert_eq!(
+                outcome(got),
+                outcome(&one[0]),
+                "call {call}, write {i}: {op:?}"
+            );
+        }
+        if call % 50 == 49 {
+            env.clock.advance(7);
+        }
+    }
+    let strip = |b: &Bucket| -> Vec<(String, u64, Op, Vec<u8>)> {
+        b.history(">")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.revision, e.op, e.value.to_vec()))
+            .collect()
+    };
+    assert_eq!(strip(&together), strip(&alone));
+}
+
 #[test]
 fn batch_preconditions_see_earlier_writes_of_the_batch() {
     let env = Env::new();

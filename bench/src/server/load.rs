@@ -46,6 +46,10 @@ struct Conn {
 
 impl Load {
     /// Runs the load against `addr`; returns requests per second.
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "a request count, far below 2^52"
+    )]
     pub(crate) fn run(&self, addr: &str, reqs: &mut impl Requests) -> Result<f64, BoxError> {
         let mut conns = Vec::with_capacity(self.clients);
         for _ in 0..self.clients {
@@ -115,7 +119,7 @@ impl Load {
                     c.tokens.pop_front();
                     done += 1;
                 }
-                if used == 0 && !c.inbox.is_empty() && c.tokens.is_empty() {
+                if c.tokens.is_empty() && used < c.inbox.len() {
                     return Err("bytes from the server with no request in flight".into());
                 }
                 c.inbox.drain(..used);
@@ -123,11 +127,15 @@ impl Load {
                 write_some(c)?;
             }
         }
-        #[allow(
-            clippy::cast_precision_loss,
-            reason = "a request count, far below 2^52"
-        )]
-        Ok(self.requests as f64 / t.elapsed().as_secs_f64())
+        let rate = self.requests as f64 / t.elapsed().as_secs_f64();
+        for c in &mut conns {
+            // Whatever arrived with the last replies, or just after them, answers nothing.
+            read_all(c, &mut chunk)?;
+            if !c.inbox.is_empty() {
+                return Err("bytes from the server with no request in flight".into());
+            }
+        }
+        Ok(rate)
     }
 
     /// Queues requests on `c` until it has its pipeline's worth in flight or the load has
@@ -198,37 +206,72 @@ mod tests {
         }
     }
 
-    /// Every request gets its own reply, in order, on every connection, with as many in
-    /// flight as asked (an echo server answers what it is sent).
-    #[test]
-    fn every_request_is_answered_in_order_across_connections() {
+    /// An echo server on loopback: each connection gets back what it sends, cut into
+    /// pieces of at most `piece` bytes (so that replies arrive split across reads), with
+    /// `extra` (a reply to nothing) after the answer to its first read.
+    fn echo_server(connections: usize, piece: usize, extra: &'static [u8]) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server = std::thread::spawn(move || {
-            let mut handlers = Vec::new();
-            for stream in listener.incoming().take(3) {
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(connections) {
                 let mut stream = stream.unwrap();
-                handlers.push(std::thread::spawn(move || {
+                stream.set_nodelay(true).unwrap();
+                std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
+                    let mut first = true;
                     loop {
                         match stream.read(&mut buf) {
                             Ok(0) | Err(_) => return,
-                            Ok(n) => stream.write_all(&buf[..n]).unwrap(),
+                            Ok(n) => {
+                                let mut answer = buf[..n].to_vec();
+                                if std::mem::take(&mut first) {
+                                    answer.extend_from_slice(extra);
+                                }
+                                for part in answer.chunks(piece) {
+                                    if stream.write_all(part).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
                         }
                     }
-                }));
+                });
             }
-            handlers
         });
+        addr
+    }
+
+    /// Every request gets its own reply, in order, on every connection, with as many in
+    /// flight as asked, replies split across reads included.
+    #[test]
+    fn every_request_is_answered_in_order_across_connections() {
+        let addr = echo_server(3, 3, b"");
         let load = Load {
             clients: 3,
             pipeline: 4,
             requests: 1000,
         };
         let mut echo = Echo { next: 0 };
-        let rate = load.run(&addr, &mut echo).unwrap();
-        assert!(rate > 0.0);
+        load.run(&addr, &mut echo).unwrap();
         assert_eq!(echo.next, 1000, "exactly the requests asked for were sent");
-        drop(server);
+    }
+
+    /// A reply to no request fails the load, though it comes with the replies to every
+    /// request of the load.
+    #[test]
+    fn a_reply_to_nothing_fails_the_load() {
+        for pipeline in [1, 4] {
+            let addr = echo_server(1, 4096, b"999999\n");
+            let load = Load {
+                clients: 1,
+                pipeline,
+                requests: pipeline as u64,
+            };
+            let err = load.run(&addr, &mut Echo { next: 0 }).unwrap_err();
+            assert!(
+                err.to_string().contains("no request in flight"),
+                "pipeline {pipeline}: {err}"
+            );
+        }
     }
 }

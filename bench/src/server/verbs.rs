@@ -179,6 +179,16 @@ pub fn verbs(
     base: &Path,
     rep: &mut Reporter,
 ) -> Result<(), BoxError> {
+    let clients = usize::try_from(cfg.clients)?;
+    let in_flight = clients * PIPELINES.iter().max().copied().unwrap_or(1);
+    if u64::try_from(in_flight)? > cfg.keyspace {
+        return Err(format!(
+            "verbs: {in_flight} requests in flight need as many distinct keys; \
+             the keyspace has {}",
+            cfg.keyspace
+        )
+        .into());
+    }
     let logkv = start_logkv(logkv, "interval=1000", base)?;
     let redis = redis
         .map(|b| start_redis(b, "everysec", base))
@@ -188,7 +198,6 @@ pub fn verbs(
             .map_err(|e| format!("{e}\n{}", server.log_tail()))?;
     }
     check_preloaded_revisions(&logkv, cfg.keyspace)?;
-    let clients = usize::try_from(cfg.clients)?;
     eprintln!(
         "verbs: PUT, UPDATE, HISTORY on logkv, SET and GET on redis, {} requests per run \
          from {clients} connections, rounds A B B A",

@@ -81,7 +81,8 @@ impl KeyState {
     }
 }
 
-/// For the keys that earlier writes of the call touched: their retained
+/// For the keys that the call writes more than once (see
+/// [`keys_written_again`]), once an earlier write touched them: their retained
 /// entries as the call has left them (the index's, then each write with the
 /// same retention rule as `Index::apply`), latest last.
 struct Overlay<'a> {
@@ -90,7 +91,8 @@ struct Overlay<'a> {
 }
 
 impl<'a> Overlay<'a> {
-    /// The retained entries of `key` if a write of the call touched it.
+    /// The retained entries of `key` if an earlier write of the call touched it
+    /// and the call writes it again.
     fn retained(&self, key: &str) -> Option<&[KeyState]> {
         self.keys.get(key).map(Vec::as_slice)
     }
