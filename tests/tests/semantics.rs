@@ -1566,6 +1566,44 @@ fn keys_order_and_patterns() {
     assert_eq!(b.keys("zzz.>").unwrap(), Vec::<String>::new());
 }
 
+/// Longer than the 22 bytes the index keeps inline: compared through the slab.
+const LONG_KEY: &str = "a.key-longer-than-inline-keys";
+
+/// A bucket's max age ends a key's entries, and a DEL marker with them, though they stay in
+/// the index until a sweep or an open: a HISTORY or KEYS of the one key leaves them out as
+/// the walk does.
+#[test]
+fn one_key_history_leaves_out_entries_past_the_max_age_as_the_walk_does() {
+    let env = Env::new();
+    let b = env.bucket(
+        "aged",
+        BucketConfig {
+            history: 4,
+            ttl: Some(Duration::from_millis(5)),
+            ..Default::default()
+        },
+    );
+    for k in ["m", LONG_KEY] {
+        b.put(k, "1").unwrap();
+        b.delete(k).unwrap();
+    }
+    let walked = |key: &str| -> Vec<logkv::Entry> {
+        let all = b.history(">").unwrap();
+        all.into_iter().filter(|e| e.key == key).collect()
+    };
+    for key in ["m", LONG_KEY] {
+        assert_eq!(b.history(key).unwrap(), walked(key));
+        let ops: Vec<Op> = b.history(key).unwrap().iter().map(|e| e.op).collect();
+        assert_eq!(ops, [Op::Put, Op::Del], "{key}: within the max age");
+    }
+    env.clock.advance(6);
+    for key in ["m", LONG_KEY] {
+        assert_eq!(b.history(key).unwrap(), walked(key));
+        assert_eq!(b.history(key).unwrap(), vec![], "{key}: past the max age");
+        assert_eq!(b.keys(key).unwrap(), Vec::<String>::new());
+    }
+}
+
 /// A pattern without wildcards names one key: HISTORY and KEYS look it up in the hash
 /// table rather than walking the key order. Their answers must be the walk's: markers in
 /// the history, expired entries out, neighbours sharing a prefix out, and the same after a
@@ -1574,9 +1612,10 @@ fn keys_order_and_patterns() {
 fn one_key_history_and_keys_answer_as_the_walk_does() {
     let mut env = Env::new();
     let b = env.bucket("b", history(4));
-    for k in ["a", "a.b", "ab", "a-b", "b"] {
+    for k in ["a", "a.b", "ab", "a-b", "b", LONG_KEY] {
         b.put(k, "1").unwrap();
     }
+    b.put(LONG_KEY, "2").unwrap();
     b.put("a", "2").unwrap();
     b.delete("a").unwrap();
     b.put_with_ttl("a", "3", Duration::from_millis(10)).unwrap();
@@ -1588,7 +1627,7 @@ fn one_key_history_and_keys_answer_as_the_walk_does() {
             let all = b.history(">").unwrap();
             all.into_iter().filter(|e| e.key == key).collect()
         };
-        for key in ["a", "a.b", "ab", "b", "missing"] {
+        for key in ["a", "a.b", "ab", "b", LONG_KEY, "missing"] {
             assert_eq!(
                 b.history(key).unwrap(),
                 walked(key),
@@ -1611,6 +1650,8 @@ fn one_key_history_and_keys_answer_as_the_walk_does() {
             assert_eq!(b.keys("b").unwrap(), Vec::<String>::new());
         }
         assert_eq!(b.keys("a.b").unwrap(), ["a.b"]);
+        assert_eq!(b.keys(LONG_KEY).unwrap(), [LONG_KEY]);
+        assert_eq!(b.history(LONG_KEY).unwrap().len(), 2);
         assert_eq!(b.keys("missing").unwrap(), Vec::<String>::new());
         drop(b);
         env.clock.advance(10);
