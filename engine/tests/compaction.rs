@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use logkv::io::{SimFs, Storage};
 use logkv::{Bucket, BucketConfig, Entry, FsyncPolicy, Options, Store};
 
 fn opts() -> Options {
@@ -189,4 +190,87 @@ fn lookup_and_index_scan_passes_keep_the_same_state() {
         let b = store.bucket("c").unwrap();
         assert_eq!(state(&b), before);
     }
+}
+
+/// A bucket `big` of 4 MiB segments whose first segments keep about half
+/// their records (every even key rewritten once), with a key per 600 bytes.
+fn half_dead_big_segments(store: &Store) -> Bucket {
+    let b = store.create_bucket("big", BucketConfig::default()).unwrap();
+    let value = |round: u32, k: u32| format!("{round}-{k}-{}", "v".repeat(580));
+    for k in 0..12_000u32 {
+        b.put(&format!("k.{k}"), value(0, k)).unwrap();
+    }
+    for k in (0..12_000u32).step_by(2) {
+        b.put(&format!("k.{k}"), value(1, k)).unwrap();
+    }
+    b
+}
+
+fn big_opts(storage: Option<Storage>) -> Options {
+    Options {
+        segment_size: 4 << 20,
+        storage: storage.unwrap_or_default(),
+        ..opts()
+    }
+}
+
+fn tmp_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect()
+}
+
+/// An output of several MiB is written to its file a piece at a time as
+/// records are copied: the copies land at the offsets the index is moved to,
+/// across the pieces, through a reopen.
+#[test]
+fn an_output_larger_than_the_copy_buffer_keeps_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), big_opts(None)).unwrap();
+    let b = half_dead_big_segments(&store);
+    let before = state(&b);
+    let report = b.compact().unwrap();
+    assert!(report.records_dropped > 0, "{report:?}");
+    assert!(
+        report.bytes_after > 3 << 20,
+        "an output spanning several pieces of 1 MiB: {report:?}"
+    );
+    assert_eq!(state(&b), before);
+    assert_eq!(
+        tmp_files(&dir.path().join("buckets/big")),
+        Vec::<String>::new()
+    );
+    drop((b, store));
+    let store = Store::open(dir.path(), big_opts(None)).unwrap();
+    let b = store.bucket("big").unwrap();
+    assert_eq!(state(&b), before);
+}
+
+/// A write of the output that fails (a full disk) fails the pass: nothing
+/// changes, the unfinished file is removed at once, and a later pass succeeds.
+#[test]
+fn a_pass_whose_output_cannot_be_written_changes_nothing_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimFs::new(dir.path(), 0).unwrap();
+    let store = Store::open(dir.path(), big_opts(Some(Storage::simulated(&sim)))).unwrap();
+    let b = half_dead_big_segments(&store);
+    let before = state(&b);
+    // The header fails, then the mark area's zeros, then the first piece of records.
+    for ok in [0, 1, 2] {
+        sim.fail_writes(ok, 1);
+        let err = b.compact().expect_err("the output's write fails");
+        assert!(err.to_string().contains(".tmp"), "{err}");
+        assert_eq!(state(&b), before);
+        assert_eq!(
+            tmp_files(&dir.path().join("buckets/big")),
+            Vec::<String>::new(),
+            "after a failure at write {ok}"
+        );
+    }
+    sim.fail_writes(0, 0);
+    let report = b.compact().unwrap();
+    assert!(report.records_dropped > 0, "{report:?}");
+    assert_eq!(state(&b), before);
 }

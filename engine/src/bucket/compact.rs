@@ -26,6 +26,7 @@
 //! resurrected: an input survives only while its output does not exist.
 //! Writers never wait on this I/O; they only meet the short index lock holds.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -33,8 +34,9 @@ use super::BucketCore;
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, sync_dir};
 use crate::index::Placed;
+use crate::io::Storage;
 use crate::log::record::{self, decode, Decoded};
-use crate::log::segment::{Segment, SegmentHeader, SegmentId};
+use crate::log::segment::{Segment, SegmentHeader, SegmentId, TmpSegment};
 
 /// A retained record copied into the output, to be relocated in the index.
 struct Copied {
@@ -47,13 +49,21 @@ struct Copied {
     len: u64,
 }
 
-/// The output segment of a pass, as it is being filled.
-struct Output {
-    /// Where records start (after the header and the mark area).
-    data_start: u64,
-    /// The checksum salt of its header.
-    salt: u32,
-    /// The records after the header.
+/// Records an output holds in memory at most before writing them to its file.
+const SPILL_BYTES: usize = 1 << 20;
+
+/// The output segment of a pass, as it is being filled. Its records go to a
+/// temporary file [`SPILL_BYTES`] at a time: a buffer as large as the segment
+/// would be fresh memory for every pass, which the kernel must zero.
+struct Output<'a> {
+    storage: &'a Storage,
+    dir: &'a Path,
+    header: &'a SegmentHeader,
+    /// The file, from the first records written.
+    file: Option<TmpSegment>,
+    /// Bytes of records in the file.
+    written: u64,
+    /// Records not yet in the file.
     body: Vec<u8>,
     /// Each copied record, in order.
     copies: Vec<Copied>,
@@ -61,26 +71,78 @@ struct Output {
     last_tag: Option<Vec<u8>>,
 }
 
-impl Output {
+impl<'a> Output<'a> {
+    fn new(storage: &'a Storage, dir: &'a Path, header: &'a SegmentHeader) -> Output<'a> {
+        Output {
+            storage,
+            dir,
+            header,
+            file: None,
+            written: 0,
+            body: Vec::new(),
+            copies: Vec::new(),
+            last_tag: None,
+        }
+    }
+
+    /// Bytes of records in the output.
+    fn len(&self) -> u64 {
+        self.written + self.body.len() as u64
+    }
+
     /// Copies the record `bytes` (the revision `placed` names, at its place in
     /// an input) as a batch of its own: batches were applied long ago.
     fn add(&mut self, placed: Placed, bytes: &[u8]) -> Result<()> {
-        let start = self.body.len();
-        let to_offset = segment_offset(self.data_start + start as u64)?;
-        self.body.extend_from_slice(bytes);
-        if let Some(copy) = self.body.get_mut(start..) {
-            record::make_standalone(copy, self.salt);
-        }
+        let to_offset = segment_offset(self.header.data_start() + self.len())?;
+        self.push_standalone(bytes);
         self.copies.push(Copied {
             placed,
             to_offset,
             len: bytes.len() as u64,
         });
+        if self.body.len() >= SPILL_BYTES {
+            self.spill()?;
+        }
         Ok(())
+    }
+
+    /// Appends a record rewritten as a batch of its own under the output's salt.
+    fn push_standalone(&mut self, bytes: &[u8]) {
+        let start = self.body.len();
+        self.body.extend_from_slice(bytes);
+        if let Some(copy) = self.body.get_mut(start..) {
+            record::make_standalone(copy, self.header.salt);
+        }
+    }
+
+    /// Writes the buffered records to the file (creating it first).
+    fn spill(&mut self) -> Result<()> {
+        if self.body.is_empty() {
+            return Ok(());
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self
+                .file
+                .insert(TmpSegment::create(self.storage, self.dir, self.header)?),
+        };
+        file.append(&self.body)?;
+        self.written += self.body.len() as u64;
+        self.body.clear();
+        Ok(())
+    }
+
+    /// Writes what is left and syncs the file; returns its temporary path.
+    fn finish(&mut self) -> Result<PathBuf> {
+        self.spill()?;
+        match self.file.take() {
+            Some(file) => file.finish(),
+            None => TmpSegment::create(self.storage, self.dir, self.header)?.finish(),
+        }
     }
 }
 
-impl Output {
+impl Output<'_> {
     /// Ends the output with the last tag record of its inputs if that is the
     /// bucket's newest replication tag (`newest`): the newest tag must outlive
     /// the pass, an older one is superseded by a later tag record. Returns
@@ -94,11 +156,7 @@ impl Output {
         if newest != Some(tag) {
             return 0;
         }
-        let start = self.body.len();
-        self.body.extend_from_slice(&bytes);
-        if let Some(copy) = self.body.get_mut(start..) {
-            record::make_standalone(copy, self.salt);
-        }
+        self.push_standalone(&bytes);
         bytes.len() as u64
     }
 }
@@ -363,13 +421,7 @@ impl BucketCore {
             supersedes,
         );
         // 1. Copy what the index still points at.
-        let mut output = Output {
-            data_start: header.data_start(),
-            salt: header.salt,
-            body: Vec::new(),
-            copies: Vec::new(),
-            last_tag: None,
-        };
+        let mut output = Output::new(self.log.storage(), &self.dir, &header);
         let liveness = self.liveness(run);
         report.runs_listed += usize::from(matches!(liveness, Liveness::Listed(_)));
         for seg in run {
@@ -379,7 +431,6 @@ impl BucketCore {
         let newest = self.replica_tag.lock().clone();
         let tag_bytes = output.keep_newest_tag(newest.as_deref());
         report.segments_in += run.len();
-        let Output { body, copies, .. } = output;
         // A record was left out because the index has a newer write of its key.
         // That write may not be durable yet (`interval`, `never`): if the pass
         // replaced or deleted the inputs first, a power cut could lose both the
@@ -388,7 +439,8 @@ impl BucketCore {
         // a log whose fsync failed refuses here, and the pass stops.
         self.log.sync()?;
 
-        if body.is_empty() {
+        let out_bytes = output.len();
+        if out_bytes == 0 {
             // Nothing retained: the inputs can go as they are. Deleting them one
             // by one is safe: every record in them is dead.
             crash_point!(self, AfterTmpWritten);
@@ -398,7 +450,7 @@ impl BucketCore {
         }
 
         // 2. Write the output and give it its final name.
-        let tmp = Segment::write_tmp(self.log.storage(), &self.dir, &header, &body)?;
+        let tmp = output.finish()?;
         crash_point!(self, AfterTmpWritten);
         let out = Arc::new(Segment::install(
             self.log.storage(),
@@ -414,7 +466,7 @@ impl BucketCore {
         // 3. Point the index at the copies.
         self.log.add_segment(Arc::clone(&out));
         let mut moved = 0u64;
-        for chunk in copies.chunks(CHUNK) {
+        for chunk in output.copies.chunks(CHUNK) {
             let mut ix = self.index.write();
             for c in chunk {
                 let p = c.placed;
@@ -424,7 +476,7 @@ impl BucketCore {
             }
         }
         crash_point!(self, AfterRelocate);
-        self.retire_inputs(run, &ids, Some(&out), body.len() as u64 - moved - tag_bytes)
+        self.retire_inputs(run, &ids, Some(&out), out_bytes - moved - tag_bytes)
     }
 
     /// How the pass will tell retained records from dead ones: a list from one

@@ -292,6 +292,72 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// A complete segment (compaction output) being written under a temporary
+/// name, its records appended a piece at a time so that the writer holds a
+/// bounded buffer, not the whole segment. [`TmpSegment::finish`] syncs it;
+/// [`Segment::install`] renames it into place. Dropped unfinished (the pass
+/// failed), it removes its file; if that fails too, or the process dies, the
+/// next open removes it (a `.tmp` file is never part of the log).
+pub struct TmpSegment {
+    storage: Storage,
+    path: PathBuf,
+    file: File,
+    /// Where the next record goes.
+    end: u64,
+    finished: bool,
+}
+
+impl TmpSegment {
+    /// Creates the file (truncating a leftover of a failed pass of the same
+    /// name) with `header` and a zeroed mark area.
+    pub fn create(storage: &Storage, dir: &Path, header: &SegmentHeader) -> Result<TmpSegment> {
+        let path = dir.join(format!("{}.tmp", header.id.file_name()));
+        let file = storage
+            .open(&path, OpenMode::Create)
+            .map_err(|e| Error::io(&path, e))?;
+        let tmp = TmpSegment {
+            storage: storage.clone(),
+            path,
+            file,
+            end: header.data_start(),
+            finished: false,
+        };
+        let head = header.encode();
+        tmp.file
+            .write_all_at(&head, 0)
+            .and_then(|()| tmp.file.write_zeros(head.len() as u64, tmp.end))
+            .map_err(|e| Error::io(&tmp.path, e))?;
+        Ok(tmp)
+    }
+
+    /// Appends records (bytes as they go on disk) after those already written.
+    pub fn append(&mut self, records: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(records, self.end)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.end += records.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs the file; returns its temporary path.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        self.finished = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for TmpSegment {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Err(e) = self.storage.remove_file(&self.path) {
+                tracing::warn!(file = %self.path.display(), error = %e,
+                    "could not remove an unfinished segment; the next open will");
+            }
+        }
+    }
+}
+
 impl Segment {
     /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
     /// (header included) and a first durability mark (nothing written yet,
@@ -331,27 +397,7 @@ impl Segment {
         Self::map(storage, slot, final_path, file, header, capacity, true)
     }
 
-    /// Writes a complete segment (compaction output) under a temporary name.
-    /// Returns the temporary path; [`Segment::install`] renames it into place.
-    pub fn write_tmp(
-        storage: &Storage,
-        dir: &Path,
-        header: &SegmentHeader,
-        body: &[u8],
-    ) -> Result<PathBuf> {
-        let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
-        let io = |e| Error::io(&tmp_path, e);
-        let file = storage.open(&tmp_path, OpenMode::Create).map_err(io)?;
-        let head = header.encode();
-        file.write_all_at(&head, 0).map_err(io)?;
-        file.write_zeros(head.len() as u64, header.data_start())
-            .map_err(io)?;
-        file.write_all_at(body, header.data_start()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(tmp_path)
-    }
-
-    /// Renames a file written by [`Segment::write_tmp`] into place and opens it.
+    /// Renames a file written by [`TmpSegment`] into place and opens it.
     pub fn install(
         storage: &Storage,
         dir: &Path,
