@@ -73,13 +73,31 @@ impl Proposal {
         if let Some(bytes) = self.0.encoded.get() {
             return Ok(bytes);
         }
-        let mut out = vec![COMMAND_FORMAT];
+        let mut out = Vec::with_capacity(encoded_size_hint(self.command()));
+        out.push(COMMAND_FORMAT);
         let body = BodyRef {
             time_ms: self.0.time_ms,
             command: self.command(),
         };
         out = postcard::to_extend(&body, out)?;
         Ok(self.0.encoded.get_or_init(|| Bytes::from(out)))
+    }
+}
+
+/// About the bytes a command encodes to, so that the buffer is allocated once, not doubled
+/// from empty through a group's megabyte: keys and values, and the varints around them.
+fn encoded_size_hint(command: &Command) -> usize {
+    /// The format byte, the time, the variant, and a short bucket name.
+    const FIXED: usize = 64;
+    /// An op's precondition, lengths, TTL and flag.
+    const PER_OP: usize = 24;
+    match command {
+        Command::Write { ops, .. } => ops
+            .iter()
+            .map(|o| o.key.len() + o.value.len() + PER_OP)
+            .sum::<usize>()
+            .saturating_add(FIXED),
+        _ => FIXED,
     }
 }
 

@@ -190,7 +190,7 @@ impl ClusterNode {
         }
         let mut counts = Vec::with_capacity(members.len());
         let mut replies = Vec::with_capacity(members.len());
-        let mut ops = Vec::new();
+        let mut ops = Vec::with_capacity(members.iter().map(|w| w.ops).sum());
         for w in members {
             // A pipeline's writes are moved into the group (copied only if the command is
             // still shared, e.g. kept for a retry).
