@@ -7,13 +7,15 @@
 //! segments:
 //!
 //! 1. scans them, checking each record against the index, and copies the
-//!    retained ones into a buffer. The check is a lookup of the record's key
-//!    in short read-lock holds; for a run that is large next to the index, a
-//!    list of the retained revisions in the run, made by one scan of the
-//!    index's entries in chunks, walked beside the records (no lookup);
-//! 2. writes the buffer as a new segment (`seq` of the first input, next
-//!    generation) whose header lists the inputs it supersedes: temp file,
-//!    fsync, rename, fsync of the directory;
+//!    retained ones into a new segment (`seq` of the first input, next
+//!    generation) whose header lists the inputs it supersedes, under a
+//!    temporary name, through a buffer of [`SPILL_BYTES`]. The check is a
+//!    lookup of the record's key in short read-lock holds; for a run that is
+//!    large next to the index, a list of the retained revisions in the run,
+//!    made by one scan of the index's entries in chunks, walked beside the
+//!    records (no lookup);
+//! 2. makes the log durable up to what the copy looked at, then fsyncs the
+//!    output, renames it into place and fsyncs the directory;
 //! 3. adds it to the segment table beside the inputs and moves index entries
 //!    to it in chunks, each by its entry slot, not by a lookup (readers holding
 //!    old locations still read valid bytes: the inputs stay mapped while
