@@ -184,13 +184,15 @@ fn a_failed_seal_fsync_poisons_the_log() {
 /// more than 4,092 segments) must be readable.
 #[test]
 fn a_segment_header_over_64_kib_opens() {
-    use logkv::log::segment::{Segment, SegmentHeader, SegmentId};
+    use logkv::log::segment::{Segment, SegmentHeader, SegmentId, TmpSegment};
     let dir = tempfile::tempdir().expect("tempdir");
     let supersedes = (0..5000).map(|seq| SegmentId { seq, gen: 0 }).collect();
     let header = SegmentHeader::new(SegmentId { seq: 1, gen: 1 }, 0, supersedes);
     assert!(header.encoded_len() > 64 * 1024);
     let storage = Storage::os();
-    let tmp = Segment::write_tmp(&storage, dir.path(), &header, &[]).expect("write");
+    let tmp = TmpSegment::create(&storage, dir.path(), &header)
+        .and_then(TmpSegment::finish)
+        .expect("write");
     let seg = Segment::install(&storage, dir.path(), 1, &tmp, header.id).expect("install");
     drop(seg);
     let path = dir.path().join(header.id.file_name());
