@@ -52,7 +52,14 @@ struct Copied {
 }
 
 /// Records an output holds in memory at most before writing them to its file.
-const SPILL_BYTES: usize = 1 << 20;
+/// Builds for tests (feature `failpoints`) write 4 KiB pieces, so that the
+/// small segments of the power-cut and crash tests have outputs written in
+/// several pieces, as a server's are.
+const SPILL_BYTES: usize = if cfg!(any(test, feature = "failpoints")) {
+    4 << 10
+} else {
+    1 << 20
+};
 
 /// The output segment of a pass, as it is being filled. Its records go to a
 /// temporary file [`SPILL_BYTES`] at a time: a buffer as large as the segment
