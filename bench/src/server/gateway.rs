@@ -33,7 +33,8 @@ use super::fanout::{
 };
 use super::load::{Load, Requests};
 use super::process::{start_logkv_http, Running};
-use super::{median, percentile, row, Config};
+use super::slow::middle;
+use super::{percentile, row, Config};
 use crate::http::{self, SseEvent, SseReader};
 use crate::keys::{self, Rng, KEY_LEN};
 use crate::report::{Extra, Reporter, Row};
@@ -88,7 +89,7 @@ pub fn gateway(cfg: &Config, bin: &Path, base: &Path, rep: &mut Reporter) -> Res
             .with("keyspace", Extra::count(cfg.keyspace))
             .with("rounds", Extra::count(2))
     };
-    let [http_rate, resp_rate] = rates.map(median);
+    let [http_rate, resp_rate] = rates.map(|mut v| middle(&mut v));
     rep.emit(tag(row("logkv", "gateway.GET", http_rate, "ops/s", cfg.n)));
     rep.emit(tag(row(
         "logkv",
@@ -156,7 +157,7 @@ fn fan_out(
             .with("writes", Extra::count(writes))
             .with("rounds", Extra::count(2))
     };
-    let [sse_rate, resp_rate] = rates.map(median);
+    let [sse_rate, resp_rate] = rates.map(|mut v| middle(&mut v));
     rep.emit(tag(row("logkv", "gateway.SSE", sse_rate, "ops/s", n)));
     rep.emit(tag(row(
         "logkv",

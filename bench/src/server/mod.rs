@@ -249,16 +249,6 @@ fn s5(
     Ok(())
 }
 
-/// The median of `v` (the mean of the middle two of an even count; NaN for none).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
-    }
-}
-
 /// p-th percentile (0–100) of sorted values, nearest rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -283,7 +273,7 @@ pub(crate) fn expect_ok(v: Value, what: &str) -> Result<Value, BoxError> {
 #[cfg(test)]
 #[allow(
     clippy::float_cmp,
-    reason = "nearest-rank percentiles and medians return elements of the input, or exact halves"
+    reason = "nearest-rank percentiles return elements of the input: exact"
 )]
 mod tests {
     use super::*;
@@ -296,12 +286,5 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert!(percentile(&[], 50.0).is_nan());
-    }
-
-    #[test]
-    fn median_of_rounds() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0]), 2.5);
-        assert!(median(Vec::new()).is_nan());
     }
 }

@@ -24,7 +24,8 @@ use std::path::Path;
 use super::compare::preload;
 use super::load::{Load, Requests};
 use super::process::{start_logkv, start_redis, Running};
-use super::{expect_ok, median, row, Config};
+use super::slow::middle;
+use super::{expect_ok, row, Config};
 use crate::keys::{self, Rng, KEY_LEN};
 use crate::report::{Extra, Reporter, Row};
 use crate::resp::{self, Client, Value};
@@ -237,8 +238,8 @@ pub fn verbs(
             }
         }
         let rate_of = |verb: Verb| {
-            let of: Vec<f64> = rates.iter().filter(|r| r.0 == verb).map(|r| r.1).collect();
-            (!of.is_empty()).then(|| median(of))
+            let mut of: Vec<f64> = rates.iter().filter(|r| r.0 == verb).map(|r| r.1).collect();
+            (!of.is_empty()).then(|| middle(&mut of))
         };
         for verb in [Verb::Put, Verb::Update, Verb::History] {
             let workload = format!("{}.P{pipeline}.everysec", verb.name().to_ascii_lowercase());
