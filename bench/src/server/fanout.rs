@@ -4,10 +4,11 @@
 //! logkv: W connections each `WATCH >` on bucket `s5`, the writer PUTs `fan.out` (100-byte
 //! values) one at a time. The anchor, measured by the same code in the same run: redis-server
 //! with W connections `SUBSCRIBE s5` and the writer `PUBLISH`ing 100-byte messages one at a
-//! time. Rounds go A B B A (logkv, redis, redis, logkv); the latencies of both rounds of a
+//! time. Rounds go logkv, redis, floor, floor, redis, logkv; the latencies of both rounds of a
 //! server are pooled. Rows: `S5.p50` / `S5.p99` (to the *last* subscriber), `S5.each.p50` /
-//! `.p99` (per write and subscriber), the same as `S5.redis.*` for redis, and `logkv/redis`
-//! ratios of the two p50s and p99s.
+//! `.p99` (per write and subscriber), the same as `S5.redis.*` for redis and `S5.floor.*`
+//! for the floor server ([`super::floor`], measured as redis is), and `logkv/redis` and
+//! `logkv/floor` ratios of the p50s and p99s.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -389,9 +390,10 @@ pub(crate) fn use_bucket(w: &mut Client) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Emits the rows of one server's pooled rounds.
+/// Emits the rows of one server's pooled rounds: `{prefix}.p50` and so on, as `store`'s.
 pub fn emit(
-    side: Side,
+    store: &str,
+    prefix: &str,
     lat: &mut Latencies,
     subscribers: usize,
     rounds: usize,
@@ -399,10 +401,6 @@ pub fn emit(
 ) -> (f64, f64) {
     lat.last.sort_by(f64::total_cmp);
     lat.each.sort_by(f64::total_cmp);
-    let (store, prefix) = match side {
-        Side::Logkv => ("logkv", "S5"),
-        Side::Redis => ("redis", "S5.redis"),
-    };
     let tag = |r: Row| {
         r.with("watchers", Extra::count(subscribers))
             .with("rounds", Extra::count(rounds))

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `compare` | [`compare`] | redis-benchmark SET/GET, `-P 1` and `-P 16`, `-c 50`, over a preloaded keyspace of `--keyspace` random keys, at both durability pairs |
 //! | `onekey` | [`compare`] | the same without `-r` (one key): rows `*.onekey` |
-//! | `S5` | [`fanout`] | watch fan-out latency, with redis PUBLISH/SUBSCRIBE as the anchor |
+//! | `S5` | [`fanout`], [`floor`] | watch fan-out latency, with redis PUBLISH/SUBSCRIBE as the anchor and a server that only sends as the floor |
 //! | `S6` | [`slow`] | a stalled and an active watcher under redis-benchmark SET load |
 //! | `S7` | [`buckets`] | many buckets: disk, threads, memory, files, restart |
 //! | `verbs` | [`verbs`] | PUT, UPDATE and HISTORY, with redis SET and GET from the same client as anchors |
@@ -15,6 +15,7 @@ pub mod buckets;
 pub mod cluster;
 pub mod compare;
 pub mod fanout;
+pub mod floor;
 pub mod gateway;
 pub mod load;
 pub mod process;
@@ -25,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::fanout::{Latencies, Side};
-use self::process::{default_server_bin, start_logkv, start_redis, which};
+use self::floor::Floor;
+use self::process::{default_server_bin, start_logkv, start_redis, which, Running};
 use crate::report::{Reporter, Row};
 use crate::resp::Value;
 use crate::stores::BoxError;
@@ -199,7 +201,7 @@ pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
     ok
 }
 
-/// S5 on both servers, rounds A B B A.
+/// S5 on both servers and on the floor server ([`floor`]), rounds A B C C B A.
 fn s5(
     cfg: &Config,
     logkv: Option<&Path>,
@@ -214,40 +216,74 @@ fn s5(
         .map(|b| start_redis(b, "everysec", base))
         .transpose()?;
     eprintln!(
-        "S5: {} subscribers, {} writes per round, rounds A B B A",
+        "S5: {} subscribers, {} writes per round, rounds logkv, redis, floor, floor, redis, logkv",
         cfg.watchers, cfg.s5_writes
     );
-    let mut lat = [Latencies::default(), Latencies::default()];
-    let mut rounds = [0, 0];
-    for side in [Side::Logkv, Side::Redis, Side::Redis, Side::Logkv] {
-        let (server, i) = match side {
-            Side::Logkv => (&logkv, 0),
-            Side::Redis => (&redis, 1),
+    let mut lat = [
+        Latencies::default(),
+        Latencies::default(),
+        Latencies::default(),
+    ];
+    let mut rounds = [0, 0, 0];
+    for i in [0, 1, 2, 2, 1, 0] {
+        // The floor server is started for its rounds only: its subscribers are its
+        // connections, and a round's subscribers disconnect at the round's end.
+        let floor = (i == 2).then(Floor::start).transpose()?;
+        let (side, addr, server) = match i {
+            0 => (
+                Side::Logkv,
+                logkv.as_ref().map(Running::addr),
+                logkv.as_ref(),
+            ),
+            1 => (
+                Side::Redis,
+                redis.as_ref().map(Running::addr),
+                redis.as_ref(),
+            ),
+            _ => (
+                Side::Redis,
+                floor.as_ref().map(|f| f.addr().to_string()),
+                None,
+            ),
         };
-        if let Some(server) = server {
-            fanout::round(
-                side,
-                &server.addr(),
-                cfg.watchers,
-                cfg.s5_writes,
+        let Some(addr) = addr else { continue };
+        fanout::round(side, &addr, cfg.watchers, cfg.s5_writes, &mut lat[i]).map_err(|e| {
+            let log = server.map(Running::log_tail).unwrap_or_default();
+            format!("{}: {e}\n{log}", S5_SERVERS[i].0)
+        })?;
+        rounds[i] += 1;
+    }
+    let mut p = [None, None, None];
+    for (i, (store, prefix)) in S5_SERVERS.iter().enumerate() {
+        if rounds[i] > 0 {
+            p[i] = Some(fanout::emit(
+                store,
+                prefix,
                 &mut lat[i],
-            )
-            .map_err(|e| format!("{side:?}: {e}\n{}", server.log_tail()))?;
-            rounds[i] += 1;
+                cfg.watchers,
+                rounds[i],
+                rep,
+            ));
         }
     }
-    let [l, r] = &mut lat;
-    let logkv_p =
-        (rounds[0] > 0).then(|| fanout::emit(Side::Logkv, l, cfg.watchers, rounds[0], rep));
-    let redis_p =
-        (rounds[1] > 0).then(|| fanout::emit(Side::Redis, r, cfg.watchers, rounds[1], rep));
-    if let (Some((l50, l99)), Some((r50, r99))) = (logkv_p, redis_p) {
-        let n = l.last.len() as u64;
+    let n = lat[0].last.len() as u64;
+    if let (Some((l50, l99)), Some((r50, r99))) = (p[0], p[1]) {
         rep.emit(row("logkv/redis", "S5.p50", l50 / r50, "ratio", n));
         rep.emit(row("logkv/redis", "S5.p99", l99 / r99, "ratio", n));
     }
+    if let (Some((l50, l99)), Some((f50, f99))) = (p[0], p[2]) {
+        rep.emit(row("logkv/floor", "S5.p50", l50 / f50, "ratio", n));
+        rep.emit(row("logkv/floor", "S5.p99", l99 / f99, "ratio", n));
+    }
     Ok(())
 }
+
+/// S5's servers in the order of its latency pools: (the rows' store, their prefix).
+const S5_SERVERS: [(&str, &str); 3] = [
+    ("logkv", "S5"),
+    ("redis", "S5.redis"),
+    ("floor", "S5.floor"),
+];
 
 /// p-th percentile (0–100) of sorted values, nearest rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

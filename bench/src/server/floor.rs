@@ -1,0 +1,316 @@
+//! S5's floor: what fanning one message out to W connections costs on this machine when the
+//! server does nothing else. It answers the two commands redis's side of S5 sends
+//! (`SUBSCRIBE s5`, `PUBLISH s5 <message>`), so [`super::fanout::round`] measures it with the
+//! same client code as logkv and redis-server.
+//!
+//! There is no storage, no event loop and no parsing beyond those two commands. A `PUBLISH`
+//! is answered at once (as redis-server writes the publisher's reply before the
+//! subscribers'); then the message, framed once, goes to every subscriber with one blocking
+//! `write` each, from as many threads as there are cores, each thread taking a contiguous
+//! share of the subscribers (logkv splits a large delivery the same way). What a real server
+//! adds on top of this is its own cost; this is the kernel's, the loopback's and the
+//! client's, the part no server on this machine can avoid.
+//!
+//! It runs as threads of the bench process, not as a process of its own: a connection is
+//! served by a short-lived thread until its first command says which kind it is.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use crate::stores::BoxError;
+
+/// Longest command argument accepted (the S5 message is 100 bytes).
+const MAX_ARG: usize = 1 << 20;
+
+/// The subscribers, and the helper threads that send shares of a message to them.
+struct Shared {
+    subs: RwLock<Vec<TcpStream>>,
+    stop: AtomicBool,
+}
+
+/// A running floor server on 127.0.0.1; stopped when dropped.
+pub struct Floor {
+    addr: String,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Floor {
+    /// Listens on a free port of 127.0.0.1.
+    pub fn start() -> Result<Floor, BoxError> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let shared = Arc::new(Shared {
+            subs: RwLock::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let s = Arc::clone(&shared);
+        let acceptor = std::thread::Builder::new()
+            .name("floor-accept".into())
+            .spawn(move || accept(&listener, &s))?;
+        Ok(Floor {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// `host:port` to connect to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Unblocks the acceptor, which then sees `stop`.
+        drop(TcpStream::connect(&self.addr));
+        if let Some(h) = self.acceptor.take() {
+            drop(h.join());
+        }
+        // Closing the subscribers' sockets ends their connections.
+        self.shared
+            .subs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
+    for conn in listener.incoming() {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(conn) = conn else { continue };
+        let s = Arc::clone(shared);
+        // A thread per connection until its first command; a subscriber's then ends.
+        if let Err(e) = std::thread::Builder::new()
+            .name("floor-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve(conn, &s) {
+                    if !s.stop.load(Ordering::Relaxed) {
+                        eprintln!("    floor: a connection failed: {e}");
+                    }
+                }
+            })
+        {
+            eprintln!("    floor: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Serves one connection: a `SUBSCRIBE` makes it a subscriber (kept, its thread ends); a
+/// `PUBLISH` makes it the writer, served here until it closes.
+fn serve(conn: TcpStream, shared: &Arc<Shared>) -> Result<(), BoxError> {
+    conn.set_nodelay(true)?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut writer = conn;
+    let mut helpers: Option<Helpers> = None;
+    loop {
+        let Some(cmd) = read_command(&mut reader)? else {
+            return Ok(());
+        };
+        let name = cmd.first().map(|c| c.to_ascii_uppercase());
+        match (name.as_deref(), cmd.get(1), cmd.get(2)) {
+            (Some(b"SUBSCRIBE"), Some(channel), None) => {
+                let mut reply = Vec::new();
+                reply.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n");
+                bulk(&mut reply, channel);
+                reply.extend_from_slice(b":1\r\n");
+                writer.write_all(&reply)?;
+                shared
+                    .subs
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(writer);
+                return Ok(());
+            }
+            (Some(b"PUBLISH"), Some(channel), Some(message)) => {
+                let subs = shared.subs.read().unwrap_or_else(PoisonError::into_inner);
+                writer.write_all(format!(":{}\r\n", subs.len()).as_bytes())?;
+                let mut frame = Vec::new();
+                frame.extend_from_slice(b"*3\r\n$7\r\nmessage\r\n");
+                bulk(&mut frame, channel);
+                bulk(&mut frame, message);
+                let helpers = match helpers.as_mut() {
+                    Some(h) => h,
+                    None => helpers.insert(Helpers::start(shared)?),
+                };
+                helpers.send(&subs, &Arc::from(frame))?;
+            }
+            _ => {
+                writer.write_all(b"-ERR the floor server takes SUBSCRIBE and PUBLISH only\r\n")?;
+            }
+        }
+    }
+}
+
+/// A message and the range of subscribers a helper sends it to.
+type Share = (Arc<[u8]>, usize, usize);
+
+/// Threads that send the later shares of a message while the writer's thread sends the
+/// first.
+struct Helpers {
+    jobs: Vec<mpsc::Sender<Share>>,
+    done: mpsc::Receiver<Result<(), String>>,
+}
+
+impl Helpers {
+    fn start(shared: &Arc<Shared>) -> Result<Helpers, BoxError> {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let (done_tx, done) = mpsc::channel();
+        let mut jobs = Vec::new();
+        for _ in 1..cores {
+            let (tx, rx) = mpsc::channel::<Share>();
+            let (shared, done_tx) = (Arc::clone(shared), done_tx.clone());
+            std::thread::Builder::new()
+                .name("floor-send".into())
+                .spawn(move || {
+                    for (frame, from, to) in rx {
+                        let subs = shared.subs.read().unwrap_or_else(PoisonError::into_inner);
+                        let r = send_all(&subs[from.min(subs.len())..to.min(subs.len())], &frame);
+                        if done_tx.send(r.map_err(|e| e.to_string())).is_err() {
+                            return;
+                        }
+                    }
+                })?;
+            jobs.push(tx);
+        }
+        Ok(Helpers { jobs, done })
+    }
+
+    /// Sends `frame` to every subscriber: the first share on this thread, the others on
+    /// the helpers; returns once all are sent.
+    fn send(&mut self, subs: &[TcpStream], frame: &Arc<[u8]>) -> Result<(), BoxError> {
+        let per = subs.len().div_ceil(self.jobs.len() + 1);
+        for (i, job) in self.jobs.iter().enumerate() {
+            job.send((Arc::clone(frame), per * (i + 1), per * (i + 2)))
+                .map_err(|_| "a floor sender thread ended")?;
+        }
+        send_all(&subs[..per.min(subs.len())], frame)?;
+        for _ in &self.jobs {
+            self.done
+                .recv()
+                .map_err(|_| "a floor sender thread ended")??;
+        }
+        Ok(())
+    }
+}
+
+fn send_all(subs: &[TcpStream], frame: &[u8]) -> io::Result<()> {
+    for mut s in subs {
+        s.write_all(frame)?;
+    }
+    Ok(())
+}
+
+fn bulk(out: &mut Vec<u8>, arg: &[u8]) {
+    out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+    out.extend_from_slice(arg);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads one RESP array of bulk strings; `None` at a clean end of the connection.
+fn read_command(r: &mut impl BufRead) -> Result<Option<Vec<Vec<u8>>>, BoxError> {
+    let Some(n) = read_header(r, b'*')? else {
+        return Ok(None);
+    };
+    let mut args = Vec::with_capacity(n.min(16));
+    for _ in 0..n {
+        let len = read_header(r, b'$')?.ok_or("the connection ended inside a command")?;
+        if len > MAX_ARG {
+            return Err(format!("an argument of {len} bytes").into());
+        }
+        let mut arg = vec![0; len + 2];
+        r.read_exact(&mut arg)?;
+        if !arg.ends_with(b"\r\n") {
+            return Err("an argument not followed by CRLF".into());
+        }
+        arg.truncate(len);
+        args.push(arg);
+    }
+    Ok(Some(args))
+}
+
+/// Reads a `<kind><number>\r\n` line; `None` at end of input before it.
+fn read_header(r: &mut impl BufRead, kind: u8) -> Result<Option<usize>, BoxError> {
+    let mut line = Vec::new();
+    if r.read_until(b'\n', &mut line)? == 0 {
+        return Ok(None);
+    }
+    let body = line
+        .strip_prefix(&[kind])
+        .and_then(|l| l.strip_suffix(b"\r\n"))
+        .ok_or_else(|| format!("expected a '{}' line, got {line:?}", char::from(kind)))?;
+    let n = std::str::from_utf8(body)?.parse::<usize>()?;
+    Ok(Some(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::{Client, Value};
+
+    #[test]
+    fn a_publish_reaches_every_subscriber_and_reports_their_count() {
+        let floor = Floor::start().expect("start");
+        let mut subs: Vec<Client> = (0..5)
+            .map(|_| {
+                let mut c = Client::connect(floor.addr()).expect("connect");
+                let v = c.call(&[b"SUBSCRIBE", b"s5"]).expect("subscribe");
+                assert!(
+                    matches!(&v, Value::Array(items) if items.first().is_some_and(|x| x.is_str("subscribe"))),
+                    "{v:?}"
+                );
+                c
+            })
+            .collect();
+        let mut w = Client::connect(floor.addr()).expect("connect");
+        // Subscribers are registered by their connection threads: wait for all five.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if floor.shared.subs.read().map_or(0, |s| s.len()) == 5 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "subscribers not registered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for round in 0..3u8 {
+            let msg = [b'0' + round; 100];
+            let v = w.call(&[b"PUBLISH", b"s5", &msg]).expect("publish");
+            assert_eq!(v.as_int(), Some(5), "{v:?}");
+            for s in &mut subs {
+                match s.read().expect("message") {
+                    Value::Array(items) => {
+                        assert_eq!(items.len(), 3);
+                        assert!(items[0].is_str("message"));
+                        assert!(items[1].is_str("s5"));
+                        assert_eq!(items[2], Value::Bulk(msg.to_vec()));
+                    }
+                    v => panic!("expected a message, got {v:?}"),
+                }
+            }
+        }
+        let v = w.call(&[b"GET", b"x"]).expect("reply");
+        assert!(matches!(v, Value::Error(_)), "{v:?}");
+    }
+
+    #[test]
+    fn a_malformed_command_ends_the_connection_with_an_error() {
+        let mut r = io::Cursor::new(b"*1\r\n$3\r\nabcd\r\n".to_vec());
+        assert!(read_command(&mut r).is_err());
+        let mut r = io::Cursor::new(b"PING\r\n".to_vec());
+        assert!(read_command(&mut r).is_err());
+        let mut r = io::Cursor::new(Vec::new());
+        assert!(read_command(&mut r).expect("end").is_none());
+    }
+}
