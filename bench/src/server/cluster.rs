@@ -7,6 +7,13 @@
 //! write to the leader), taking turns for `--rounds` rounds; rows are the median round, and
 //! `cluster/single` rows are the leader's and the follower's ops/s over the single node's.
 //!
+//! A reference in the same rounds, `three-singles`: two more single nodes, preloaded alike,
+//! and the same load sent to all three single nodes at once, one redis-benchmark each.
+//! Every member of a cluster stores every write, so three nodes on this machine's cores
+//! each doing a single node's work, with nothing replicated, is the machine's own bound on
+//! what the cluster can reach; its row is the mean of the three nodes' ops/s, and
+//! `three-singles/single` divides it by the single node's alone.
+//!
 //! Failover: while writers load a fresh cluster, its leader is killed (SIGKILL)
 //! `--c1-kills` times.
 //! Each time a probe writes to the surviving nodes until one acknowledges a write; the time
@@ -23,7 +30,7 @@ use super::compare::preload;
 use super::process::{free_port, start_logkv, start_logkv_with, Running};
 use super::{percentile, row, Config};
 use crate::embedded::medians;
-use crate::redisbench::{self, Load};
+use crate::redisbench::{self, BenchResult, Load};
 use crate::report::{Extra, Reporter, Row};
 use crate::resp::{Client, Value};
 use crate::stores::BoxError;
@@ -214,6 +221,10 @@ fn throughput(
     rep: &mut Reporter,
 ) -> Result<(), BoxError> {
     let single = start_logkv(bin, "always", base)?;
+    let others = [
+        start_logkv(bin, "always", base)?,
+        start_logkv(bin, "always", base)?,
+    ];
     let cluster = Cluster::start(bin, base, "c1-throughput")?;
     let leader = cluster.settle()?;
     eprintln!(
@@ -221,15 +232,19 @@ fn throughput(
         cluster.nodes[leader].id
     );
     preload(&single, cfg.keyspace, cfg.value_size)?;
+    for other in &others {
+        preload(other, cfg.keyspace, cfg.value_size)?;
+    }
     preload(cluster.running(leader)?, cfg.keyspace, cfg.value_size)
         .map_err(|e| format!("{e}\n{}", cluster.log_tails()))?;
     let mut runs = Vec::new();
     for round in 0..cfg.rounds {
         for (i, p) in PIPELINES.into_iter().enumerate() {
-            let mut order = ["single", "leader", "follower"];
-            order.rotate_left((round + i) % 3);
+            let mut order = ["single", "leader", "follower", "three-singles"];
+            let turns = (round + i) % order.len();
+            order.rotate_left(turns);
             for target in order {
-                let server = if target == "single" {
+                let server = if target == "single" || target == "three-singles" {
                     &single
                 } else {
                     // Caught up, so that the follower's run is not a catch-up.
@@ -256,8 +271,13 @@ fn throughput(
                     cfg.rounds,
                     load.args().join(" ")
                 );
-                let results = redisbench::run(bench, server.port, &load, cfg.bench_timeout)
-                    .map_err(|e| format!("{target}: {e}\n{}", cluster.log_tails()))?;
+                let results = if target == "three-singles" {
+                    let ports = [single.port, others[0].port, others[1].port];
+                    at_once(bench, ports, &load, cfg.bench_timeout)?
+                } else {
+                    redisbench::run(bench, server.port, &load, cfg.bench_timeout)
+                        .map_err(|e| format!("{target}: {e}\n{}", cluster.log_tails()))?
+                };
                 for r in results
                     .iter()
                     .filter(|r| r.test.eq_ignore_ascii_case("set"))
@@ -303,7 +323,50 @@ fn throughput(
     Ok(())
 }
 
-/// `cluster/single` rows: the leader's and the follower's SET ops/s over the single node's.
+/// The same load sent to the single nodes at `ports` at once, one redis-benchmark each:
+/// one result whose rate is the mean of theirs (`three-singles`; its latencies are left out).
+fn at_once(
+    bench: &Path,
+    ports: [u16; 3],
+    load: &Load,
+    timeout: Duration,
+) -> Result<Vec<BenchResult>, BoxError> {
+    let runs: Vec<Result<Vec<BenchResult>, String>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = ports
+            .iter()
+            .map(|&port| {
+                sc.spawn(move || {
+                    redisbench::run(bench, port, load, timeout)
+                        .map_err(|e| format!("three-singles, port {port}: {e}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a redis-benchmark thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut rates = Vec::new();
+    for run in runs {
+        let set = run?
+            .into_iter()
+            .find(|r| r.test.eq_ignore_ascii_case("set"))
+            .ok_or("three-singles: a redis-benchmark run reported no SET")?;
+        rates.push(set.rps);
+    }
+    Ok(vec![BenchResult {
+        test: "SET".into(),
+        rps: rates.iter().sum::<f64>() / rates.len() as f64,
+        p50_ms: None,
+        p99_ms: None,
+    }])
+}
+
+/// `cluster/single` rows: the leader's and the follower's SET ops/s over the single node's;
+/// `three-singles/single`: the reference's over the single node's.
 fn ratios(rows: &[Row]) -> Vec<Row> {
     let mut out = Vec::new();
     for p in PIPELINES {
@@ -316,11 +379,16 @@ fn ratios(rows: &[Row]) -> Vec<Row> {
         let Some(single) = ops("single") else {
             continue;
         };
-        for target in ["leader", "follower"] {
+        for target in ["leader", "follower", "three-singles"] {
             if let Some(v) = ops(target) {
                 let w = format!("C1.set.P{p}.{target}");
+                let store = if target == "three-singles" {
+                    "three-singles/single"
+                } else {
+                    "cluster/single"
+                };
                 out.push(
-                    Row::new("server", "cluster/single", &w, v / single, "ratio", 0)
+                    Row::new("server", store, &w, v / single, "ratio", 0)
                         .with("pipeline", Extra::count(p)),
                 );
             }
@@ -474,20 +542,24 @@ mod tests {
             r("C1.set.P16.single", 400.0),
             r("C1.set.P16.leader", 200.0),
             r("C1.set.P16.follower", 100.0),
+            r("C1.set.P16.three-singles", 150.0),
             r("C1.set.P1.leader", 50.0),
         ];
         let out = ratios(&rows);
         assert_eq!(
             out.len(),
-            2,
+            3,
             "no ratio without the single node's row: {out:?}"
         );
         assert_eq!(out[0].workload, "C1.set.P16.leader");
         assert_eq!(out[0].value, 0.5);
         assert_eq!(out[1].workload, "C1.set.P16.follower");
         assert_eq!(out[1].value, 0.25);
-        assert!(out
+        assert!(out[..2]
             .iter()
             .all(|r| r.store == "cluster/single" && r.unit == "ratio"));
+        assert_eq!(out[2].workload, "C1.set.P16.three-singles");
+        assert_eq!(out[2].store, "three-singles/single");
+        assert_eq!(out[2].value, 0.375);
     }
 }
