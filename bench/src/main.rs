@@ -33,6 +33,10 @@ enum Cmd {
     /// Runs one store's workloads in a fresh process (used by `embedded`).
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
+    /// Runs S5's floor server (used by `server`): prints its address, serves until stdin
+    /// closes.
+    #[command(name = "__floor", hide = true)]
+    Floor,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +145,13 @@ fn main() -> ExitCode {
             Ok(()) => true,
             Err(e) => {
                 eprintln!("error: {} {}: {e}", a.store, a.workloads.join(","));
+                false
+            }
+        },
+        Cmd::Floor => match server::floor::serve_until_stdin_closes() {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("error: floor server: {e}");
                 false
             }
         },

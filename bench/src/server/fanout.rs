@@ -6,7 +6,8 @@
 //! with W connections `SUBSCRIBE s5` and the writer `PUBLISH`ing 100-byte messages one at a
 //! time. Rounds go logkv, redis, floor, floor, redis, logkv; the latencies of both rounds of a
 //! server are pooled. Rows: `S5.p50` / `S5.p99` (to the *last* subscriber), `S5.each.p50` /
-//! `.p99` (per write and subscriber), the same as `S5.redis.*` for redis and `S5.floor.*`
+//! `.p99` (per write and subscriber), `S5.first.p50` (per write, to the first subscriber:
+//! how long the server takes to start sending), the same as `S5.redis.*` for redis and `S5.floor.*`
 //! for the floor server ([`super::floor`], measured as redis is), and `logkv/redis` and
 //! `logkv/floor` ratios of the p50s and p99s.
 
@@ -112,6 +113,8 @@ pub struct Latencies {
     pub last: Vec<f64>,
     /// Per (write, subscriber).
     pub each: Vec<f64>,
+    /// Per write: to the first subscriber (how long the server took to start sending).
+    pub first: Vec<f64>,
 }
 
 /// Per receiver thread: which write's event arrived when.
@@ -308,6 +311,7 @@ pub(crate) fn with_receivers<E: Events, R>(
 pub(crate) fn add_latencies(acks: &[(u64, Instant)], arrivals: &[Arrivals], lat: &mut Latencies) {
     let ack_of: HashMap<u64, Instant> = acks.iter().copied().collect();
     let mut slowest: HashMap<u64, f64> = HashMap::new();
+    let mut fastest: HashMap<u64, f64> = HashMap::new();
     for a in arrivals {
         for (id, at) in &a.events {
             if let Some(ack) = ack_of.get(id) {
@@ -315,10 +319,13 @@ pub(crate) fn add_latencies(acks: &[(u64, Instant)], arrivals: &[Arrivals], lat:
                 lat.each.push(ms);
                 let m = slowest.entry(*id).or_insert(0.0);
                 *m = m.max(ms);
+                let f = fastest.entry(*id).or_insert(f64::INFINITY);
+                *f = f.min(ms);
             }
         }
     }
     lat.last.extend(slowest.into_values());
+    lat.first.extend(fastest.into_values());
 }
 
 /// One round on one server: `subscribers` connections, `writes` measured writes (after a
@@ -401,6 +408,7 @@ pub fn emit(
 ) -> (f64, f64) {
     lat.last.sort_by(f64::total_cmp);
     lat.each.sort_by(f64::total_cmp);
+    lat.first.sort_by(f64::total_cmp);
     let tag = |r: Row| {
         r.with("watchers", Extra::count(subscribers))
             .with("rounds", Extra::count(rounds))
@@ -425,6 +433,14 @@ pub fn emit(
         e99,
         "ms",
         ne,
+    )));
+    let f50 = percentile(&lat.first, 50.0);
+    rep.emit(tag(row(
+        store,
+        &format!("{prefix}.first.p50"),
+        f50,
+        "ms",
+        n,
     )));
     (p50, p99)
 }

@@ -11,11 +11,14 @@
 //! adds on top of this is its own cost; this is the kernel's, the loopback's and the
 //! client's, the part no server on this machine can avoid.
 //!
-//! It runs as threads of the bench process, not as a process of its own: a connection is
-//! served by a short-lived thread until its first command says which kind it is.
+//! It runs as a process of its own ([`FloorProcess`]: the harness's binary started with the
+//! hidden subcommand `__floor`), as the servers do, so that its threads are scheduled
+//! against the client's as theirs are. A connection is served by a short-lived thread until
+//! its first command says which kind it is.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -79,6 +82,79 @@ impl Drop for Floor {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+}
+
+/// The body of `logkv-bench __floor`: starts a [`Floor`], prints its address on a line of
+/// its own, and serves until standard input closes.
+pub fn serve_until_stdin_closes() -> Result<(), BoxError> {
+    let floor = Floor::start()?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", floor.addr())?;
+    out.flush()?;
+    drop(out);
+    // Returns at end of input (the harness closed it, or ended).
+    io::copy(&mut io::stdin().lock(), &mut io::sink())?;
+    drop(floor);
+    Ok(())
+}
+
+/// A floor server in a process of its own; stopped when dropped.
+pub struct FloorProcess {
+    child: Child,
+    addr: String,
+}
+
+impl FloorProcess {
+    /// Starts `<this binary> __floor` and reads the address it listens on.
+    pub fn spawn() -> Result<FloorProcess, BoxError> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("__floor")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        let read = match child.stdout.take() {
+            Some(out) => BufReader::new(out)
+                .read_line(&mut line)
+                .map_err(BoxError::from),
+            None => Err("the floor server's output was not captured".into()),
+        };
+        let addr = line.trim().to_string();
+        if let Err(e) = read.and_then(|n| {
+            if n == 0 || addr.is_empty() {
+                Err("the floor server ended without printing its address".into())
+            } else {
+                Ok(())
+            }
+        }) {
+            drop(child.kill());
+            drop(child.wait());
+            return Err(e);
+        }
+        Ok(FloorProcess { child, addr })
+    }
+
+    /// `host:port` to connect to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl Drop for FloorProcess {
+    fn drop(&mut self) {
+        // Closing its input ends it; a kill if it does not.
+        drop(self.child.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(self.child.kill());
+        drop(self.child.wait());
     }
 }
 

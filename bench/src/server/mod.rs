@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::fanout::{Latencies, Side};
-use self::floor::Floor;
+use self::floor::FloorProcess;
 use self::process::{default_server_bin, start_logkv, start_redis, which, Running};
 use crate::report::{Reporter, Row};
 use crate::resp::Value;
@@ -228,7 +228,7 @@ fn s5(
     for i in [0, 1, 2, 2, 1, 0] {
         // The floor server is started for its rounds only: its subscribers are its
         // connections, and a round's subscribers disconnect at the round's end.
-        let floor = (i == 2).then(Floor::start).transpose()?;
+        let floor = (i == 2).then(FloorProcess::spawn).transpose()?;
         let (side, addr, server) = match i {
             0 => (
                 Side::Logkv,
