@@ -413,34 +413,18 @@ pub fn emit(
         r.with("watchers", Extra::count(subscribers))
             .with("rounds", Extra::count(rounds))
     };
+    let rows: [(&str, &[f64], f64); 5] = [
+        ("p50", &lat.last, 50.0),
+        ("p99", &lat.last, 99.0),
+        ("each.p50", &lat.each, 50.0),
+        ("each.p99", &lat.each, 99.0),
+        ("first.p50", &lat.first, 50.0),
+    ];
+    for (suffix, samples, p) in rows {
+        let w = format!("{prefix}.{suffix}");
+        let n = samples.len() as u64;
+        rep.emit(tag(row(store, &w, percentile(samples, p), "ms", n)));
+    }
     let (p50, p99) = (percentile(&lat.last, 50.0), percentile(&lat.last, 99.0));
-    let n = lat.last.len() as u64;
-    let ne = lat.each.len() as u64;
-    rep.emit(tag(row(store, &format!("{prefix}.p50"), p50, "ms", n)));
-    rep.emit(tag(row(store, &format!("{prefix}.p99"), p99, "ms", n)));
-    let e50 = percentile(&lat.each, 50.0);
-    let e99 = percentile(&lat.each, 99.0);
-    rep.emit(tag(row(
-        store,
-        &format!("{prefix}.each.p50"),
-        e50,
-        "ms",
-        ne,
-    )));
-    rep.emit(tag(row(
-        store,
-        &format!("{prefix}.each.p99"),
-        e99,
-        "ms",
-        ne,
-    )));
-    let f50 = percentile(&lat.first, 50.0);
-    rep.emit(tag(row(
-        store,
-        &format!("{prefix}.first.p50"),
-        f50,
-        "ms",
-        n,
-    )));
     (p50, p99)
 }
