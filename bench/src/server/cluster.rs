@@ -7,12 +7,15 @@
 //! write to the leader), taking turns for `--rounds` rounds; rows are the median round, and
 //! `cluster/single` rows are the leader's and the follower's ops/s over the single node's.
 //!
-//! A reference in the same rounds, `three-singles`: two more single nodes, preloaded alike,
-//! and the same load sent to all three single nodes at once, one redis-benchmark each.
-//! Every member of a cluster stores every write, so three nodes on this machine's cores
-//! each doing a single node's work, with nothing replicated, is the machine's own bound on
-//! what the cluster can reach; its row is the mean of the three nodes' ops/s, and
-//! `three-singles/single` divides it by the single node's alone.
+//! A reference in the same rounds, `three-singles`: three more single nodes, preloaded
+//! alike, and the same load sent to all three at once, one redis-benchmark each, after the
+//! single node's, the leader's and the follower's runs of the round. Every member of a
+//! cluster stores every write, so it shows what three nodes that each do a single node's
+//! work, with nothing replicated, reach on the machine's cores. It is not a strict bound:
+//! it runs three clients where the cluster has one, and a follower parses no client
+//! requests. Its row is each node's share of the writes over the time from the first
+//! run's start to the last one's end (so that no node's rate counts time it ran alone),
+//! and `three-singles/single` divides it by the single node's alone.
 //!
 //! Failover: while writers load a fresh cluster, its leader is killed (SIGKILL)
 //! `--c1-kills` times.
@@ -221,7 +224,8 @@ fn throughput(
     rep: &mut Reporter,
 ) -> Result<(), BoxError> {
     let single = start_logkv(bin, "always", base)?;
-    let others = [
+    let three = [
+        start_logkv(bin, "always", base)?,
         start_logkv(bin, "always", base)?,
         start_logkv(bin, "always", base)?,
     ];
@@ -232,18 +236,17 @@ fn throughput(
         cluster.nodes[leader].id
     );
     preload(&single, cfg.keyspace, cfg.value_size)?;
-    for other in &others {
-        preload(other, cfg.keyspace, cfg.value_size)?;
+    for node in &three {
+        preload(node, cfg.keyspace, cfg.value_size)?;
     }
     preload(cluster.running(leader)?, cfg.keyspace, cfg.value_size)
         .map_err(|e| format!("{e}\n{}", cluster.log_tails()))?;
     let mut runs = Vec::new();
     for round in 0..cfg.rounds {
         for (i, p) in PIPELINES.into_iter().enumerate() {
-            let mut order = ["single", "leader", "follower", "three-singles"];
-            let turns = (round + i) % order.len();
-            order.rotate_left(turns);
-            for target in order {
+            let mut order = ["single", "leader", "follower"];
+            order.rotate_left((round + i) % 3);
+            for target in order.into_iter().chain(["three-singles"]) {
                 let server = if target == "single" || target == "three-singles" {
                     &single
                 } else {
@@ -272,8 +275,7 @@ fn throughput(
                     load.args().join(" ")
                 );
                 let results = if target == "three-singles" {
-                    let ports = [single.port, others[0].port, others[1].port];
-                    at_once(bench, ports, &load, cfg.bench_timeout)?
+                    at_once(bench, &three, &load, cfg.bench_timeout)?
                 } else {
                     redisbench::run(bench, server.port, &load, cfg.bench_timeout)
                         .map_err(|e| format!("{target}: {e}\n{}", cluster.log_tails()))?
@@ -323,21 +325,25 @@ fn throughput(
     Ok(())
 }
 
-/// The same load sent to the single nodes at `ports` at once, one redis-benchmark each:
-/// one result whose rate is the mean of theirs (`three-singles`; its latencies are left out).
+/// The same load sent to the single nodes `nodes` at once, one redis-benchmark each: one
+/// result whose rate is each node's share of the writes over the time from the first run's
+/// start to the last one's end (`three-singles`; its latencies are left out).
 fn at_once(
     bench: &Path,
-    ports: [u16; 3],
+    nodes: &[Running; 3],
     load: &Load,
     timeout: Duration,
 ) -> Result<Vec<BenchResult>, BoxError> {
-    let runs: Vec<Result<Vec<BenchResult>, String>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = ports
+    type Timed = Result<(Instant, Instant, Vec<BenchResult>), String>;
+    let runs: Vec<Timed> = std::thread::scope(|sc| {
+        let handles: Vec<_> = nodes
             .iter()
-            .map(|&port| {
+            .map(|node| {
                 sc.spawn(move || {
-                    redisbench::run(bench, port, load, timeout)
-                        .map_err(|e| format!("three-singles, port {port}: {e}"))
+                    let start = Instant::now();
+                    redisbench::run(bench, node.port, load, timeout)
+                        .map(|r| (start, Instant::now(), r))
+                        .map_err(|e| format!("three-singles: {e}\n{}", node.log_tail()))
                 })
             })
             .collect();
@@ -349,17 +355,27 @@ fn at_once(
             })
             .collect()
     });
-    let mut rates = Vec::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     for run in runs {
-        let set = run?
-            .into_iter()
-            .find(|r| r.test.eq_ignore_ascii_case("set"))
-            .ok_or("three-singles: a redis-benchmark run reported no SET")?;
-        rates.push(set.rps);
+        let (start, end, results) = run?;
+        if !results.iter().any(|r| r.test.eq_ignore_ascii_case("set")) {
+            return Err("three-singles: a redis-benchmark run reported no SET".into());
+        }
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
     }
+    let span = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => return Err("three-singles: no run".into()),
+    };
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "request counts are far below 2^52"
+    )]
+    let per_node = load.requests as f64 / span;
     Ok(vec![BenchResult {
         test: "SET".into(),
-        rps: rates.iter().sum::<f64>() / rates.len() as f64,
+        rps: per_node,
         p50_ms: None,
         p99_ms: None,
     }])

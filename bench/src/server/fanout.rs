@@ -328,9 +328,10 @@ pub(crate) fn add_latencies(acks: &[(u64, Instant)], arrivals: &[Arrivals], lat:
     lat.first.extend(fastest.into_values());
 }
 
-/// One round on one server: `subscribers` connections, `writes` measured writes (after a
-/// few unmeasured ones); the latencies are added to `lat`.
+/// One round on one server (`name`, for the log): `subscribers` connections, `writes`
+/// measured writes (after a few unmeasured ones); the latencies are added to `lat`.
 pub fn round(
+    name: &str,
     side: Side,
     addr: &str,
     subscribers: usize,
@@ -350,7 +351,7 @@ pub fn round(
         conns.push(RespEvents::split(side, c));
     }
     eprintln!(
-        "    {side:?}: {subscribers} subscribers connected in {:.2} s",
+        "    {name}: {subscribers} subscribers connected in {:.2} s",
         t.elapsed().as_secs_f64()
     );
     let total = WARMUP + writes;

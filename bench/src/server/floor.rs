@@ -21,18 +21,33 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::stores::BoxError;
 
 /// Longest command argument accepted (the S5 message is 100 bytes).
 const MAX_ARG: usize = 1 << 20;
+/// Longest a write to a subscriber may block (one that stopped reading fails the delivery
+/// instead of hanging it).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The subscribers, and the helper threads that send shares of a message to them.
+/// The subscribers, in the order they subscribed.
+type Subs = Arc<Vec<Arc<TcpStream>>>;
+
+/// What the connection threads share.
 struct Shared {
-    subs: RwLock<Vec<TcpStream>>,
+    /// Replaced whole when a subscriber is added, so that a delivery sends to a snapshot
+    /// and holds no lock while it does.
+    subs: Mutex<Subs>,
     stop: AtomicBool,
+}
+
+impl Shared {
+    fn snapshot(&self) -> Subs {
+        Arc::clone(&self.subs.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// A running floor server on 127.0.0.1; stopped when dropped.
@@ -48,7 +63,7 @@ impl Floor {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?.to_string();
         let shared = Arc::new(Shared {
-            subs: RwLock::new(Vec::new()),
+            subs: Mutex::new(Arc::new(Vec::new())),
             stop: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
@@ -76,12 +91,13 @@ impl Drop for Floor {
         if let Some(h) = self.acceptor.take() {
             drop(h.join());
         }
-        // Closing the subscribers' sockets ends their connections.
-        self.shared
+        // Closing the subscribers' sockets (once no delivery holds them) ends their
+        // connections.
+        *self
+            .shared
             .subs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Vec::new());
     }
 }
 
@@ -163,7 +179,15 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
         if shared.stop.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(conn) = conn else { continue };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // Such as too many open files: say so, and do not spin on it.
+                eprintln!("    floor: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         let s = Arc::clone(shared);
         // A thread per connection until its first command; a subscriber's then ends.
         if let Err(e) = std::thread::Builder::new()
@@ -195,20 +219,25 @@ fn serve(conn: TcpStream, shared: &Arc<Shared>) -> Result<(), BoxError> {
         let name = cmd.first().map(|c| c.to_ascii_uppercase());
         match (name.as_deref(), cmd.get(1), cmd.get(2)) {
             (Some(b"SUBSCRIBE"), Some(channel), None) => {
+                // Registered before the reply, as redis does: a PUBLISH sent after the
+                // reply reaches this subscriber.
+                writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                {
+                    let mut subs = shared.subs.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut more = Vec::with_capacity(subs.len() + 1);
+                    more.extend(subs.iter().cloned());
+                    more.push(Arc::new(writer.try_clone()?));
+                    *subs = Arc::new(more);
+                }
                 let mut reply = Vec::new();
                 reply.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n");
                 bulk(&mut reply, channel);
                 reply.extend_from_slice(b":1\r\n");
                 writer.write_all(&reply)?;
-                shared
-                    .subs
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(writer);
                 return Ok(());
             }
             (Some(b"PUBLISH"), Some(channel), Some(message)) => {
-                let subs = shared.subs.read().unwrap_or_else(PoisonError::into_inner);
+                let subs = shared.snapshot();
                 writer.write_all(format!(":{}\r\n", subs.len()).as_bytes())?;
                 let mut frame = Vec::new();
                 frame.extend_from_slice(b"*3\r\n$7\r\nmessage\r\n");
@@ -216,7 +245,7 @@ fn serve(conn: TcpStream, shared: &Arc<Shared>) -> Result<(), BoxError> {
                 bulk(&mut frame, message);
                 let helpers = match helpers.as_mut() {
                     Some(h) => h,
-                    None => helpers.insert(Helpers::start(shared)?),
+                    None => helpers.insert(Helpers::start()?),
                 };
                 helpers.send(&subs, &Arc::from(frame))?;
             }
@@ -227,8 +256,8 @@ fn serve(conn: TcpStream, shared: &Arc<Shared>) -> Result<(), BoxError> {
     }
 }
 
-/// A message and the range of subscribers a helper sends it to.
-type Share = (Arc<[u8]>, usize, usize);
+/// A message, the subscribers, and the range of them a helper sends it to.
+type Share = (Arc<[u8]>, Subs, usize, usize);
 
 /// Threads that send the later shares of a message while the writer's thread sends the
 /// first.
@@ -238,18 +267,17 @@ struct Helpers {
 }
 
 impl Helpers {
-    fn start(shared: &Arc<Shared>) -> Result<Helpers, BoxError> {
+    fn start() -> Result<Helpers, BoxError> {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let (done_tx, done) = mpsc::channel();
         let mut jobs = Vec::new();
         for _ in 1..cores {
             let (tx, rx) = mpsc::channel::<Share>();
-            let (shared, done_tx) = (Arc::clone(shared), done_tx.clone());
+            let done_tx = done_tx.clone();
             std::thread::Builder::new()
                 .name("floor-send".into())
                 .spawn(move || {
-                    for (frame, from, to) in rx {
-                        let subs = shared.subs.read().unwrap_or_else(PoisonError::into_inner);
+                    for (frame, subs, from, to) in rx {
                         let r = send_all(&subs[from.min(subs.len())..to.min(subs.len())], &frame);
                         if done_tx.send(r.map_err(|e| e.to_string())).is_err() {
                             return;
@@ -263,11 +291,16 @@ impl Helpers {
 
     /// Sends `frame` to every subscriber: the first share on this thread, the others on
     /// the helpers; returns once all are sent.
-    fn send(&mut self, subs: &[TcpStream], frame: &Arc<[u8]>) -> Result<(), BoxError> {
+    fn send(&mut self, subs: &Subs, frame: &Arc<[u8]>) -> Result<(), BoxError> {
         let per = subs.len().div_ceil(self.jobs.len() + 1);
         for (i, job) in self.jobs.iter().enumerate() {
-            job.send((Arc::clone(frame), per * (i + 1), per * (i + 2)))
-                .map_err(|_| "a floor sender thread ended")?;
+            job.send((
+                Arc::clone(frame),
+                Arc::clone(subs),
+                per * (i + 1),
+                per * (i + 2),
+            ))
+            .map_err(|_| "a floor sender thread ended")?;
         }
         send_all(&subs[..per.min(subs.len())], frame)?;
         for _ in &self.jobs {
@@ -279,9 +312,9 @@ impl Helpers {
     }
 }
 
-fn send_all(subs: &[TcpStream], frame: &[u8]) -> io::Result<()> {
-    for mut s in subs {
-        s.write_all(frame)?;
+fn send_all(subs: &[Arc<TcpStream>], frame: &[u8]) -> io::Result<()> {
+    for s in subs {
+        (&**s).write_all(frame)?;
     }
     Ok(())
 }
@@ -347,19 +380,9 @@ mod tests {
                 c
             })
             .collect();
+        // Each subscriber is registered before its reply: a publish right after the
+        // replies reaches all five.
         let mut w = Client::connect(floor.addr()).expect("connect");
-        // Subscribers are registered by their connection threads: wait for all five.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            if floor.shared.subs.read().map_or(0, |s| s.len()) == 5 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "subscribers not registered"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         for round in 0..3u8 {
             let msg = [b'0' + round; 100];
             let v = w.call(&[b"PUBLISH", b"s5", &msg]).expect("publish");
@@ -381,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_command_ends_the_connection_with_an_error() {
+    fn a_malformed_command_is_an_error() {
         let mut r = io::Cursor::new(b"*1\r\n$3\r\nabcd\r\n".to_vec());
         assert!(read_command(&mut r).is_err());
         let mut r = io::Cursor::new(b"PING\r\n".to_vec());
