@@ -8,8 +8,8 @@
 //! subscribers'); then the message, framed once, goes to every subscriber with one blocking
 //! `write` each, from as many threads as there are cores, each thread taking a contiguous
 //! share of the subscribers (logkv splits a large delivery the same way). What a real server
-//! adds on top of this is its own cost; this is the kernel's, the loopback's and the
-//! client's, the part no server on this machine can avoid.
+//! adds on top of this is mostly its own cost; this is about the kernel's, the loopback's
+//! and the client's. It is one simple design, not a proven minimum.
 //!
 //! It runs as a process of its own ([`FloorProcess`]: the harness's binary started with the
 //! hidden subcommand `__floor`), as the servers do, so that its threads are scheduled
