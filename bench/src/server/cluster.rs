@@ -247,18 +247,7 @@ fn throughput(
             let mut order = ["single", "leader", "follower"];
             order.rotate_left((round + i) % 3);
             for target in order.into_iter().chain(["three-singles"]) {
-                let server = if target == "single" || target == "three-singles" {
-                    &single
-                } else {
-                    // Caught up, so that the follower's run is not a catch-up.
-                    let l = cluster.settle()?;
-                    let at = if target == "leader" {
-                        l
-                    } else {
-                        (l + 1) % cluster.nodes.len()
-                    };
-                    cluster.running(at)?
-                };
+                let server = target_server(target, &single, &cluster)?;
                 let load = Load {
                     tests: "set",
                     clients: cfg.clients,
@@ -274,11 +263,12 @@ fn throughput(
                     cfg.rounds,
                     load.args().join(" ")
                 );
-                let results = if target == "three-singles" {
-                    at_once(bench, &three, &load, cfg.bench_timeout)?
-                } else {
-                    redisbench::run(bench, server.port, &load, cfg.bench_timeout)
-                        .map_err(|e| format!("{target}: {e}\n{}", cluster.log_tails()))?
+                let results = match server {
+                    None => at_once(bench, &three, &load, cfg.bench_timeout)?,
+                    Some(server) => {
+                        redisbench::run(bench, server.port, &load, cfg.bench_timeout)
+                            .map_err(|e| format!("{target}: {e}\n{}", cluster.log_tails()))?
+                    }
                 };
                 for r in results
                     .iter()
@@ -323,6 +313,29 @@ fn throughput(
         rep.emit(r);
     }
     Ok(())
+}
+
+/// The server a C1 run loads: the single node, the cluster's leader or a follower (caught
+/// up first, so that the follower's run is not a catch-up); `None` for the reference, whose
+/// three nodes are loaded at once.
+fn target_server<'a>(
+    target: &str,
+    single: &'a Running,
+    cluster: &'a Cluster<'_>,
+) -> Result<Option<&'a Running>, BoxError> {
+    Ok(match target {
+        "three-singles" => None,
+        "single" => Some(single),
+        _ => {
+            let l = cluster.settle()?;
+            let at = if target == "leader" {
+                l
+            } else {
+                (l + 1) % cluster.nodes.len()
+            };
+            Some(cluster.running(at)?)
+        }
+    })
 }
 
 /// The same load sent to the single nodes `nodes` at once, one redis-benchmark each: one
