@@ -29,6 +29,61 @@ pub struct Entry {
     pub expires_ms: u64,
 }
 
+/// An [`Entry`] borrowed from where it lies (the log, or an entry), made
+/// without copying or allocating: what [`crate::Watch::try_next_ref`] hands
+/// out. [`EntryRef::to_entry`] makes an owned copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// The bucket it belongs to.
+    pub bucket: &'a str,
+    /// The key.
+    pub key: &'a str,
+    /// The value (empty for DEL and PURGE markers, and in meta-only watches).
+    pub value: &'a [u8],
+    /// The bucket revision of this write.
+    pub revision: u64,
+    /// When it was written, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// PUT, DEL or PURGE.
+    pub op: Op,
+    /// In a watch's initial data: initial entries still to come after this one; else 0.
+    pub delta: u64,
+    /// When it expires (per-key TTL or bucket max age), ms since the epoch; 0 for never.
+    pub expires_ms: u64,
+}
+
+impl EntryRef<'_> {
+    /// An owned copy (the bucket name, key and value are copied).
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            bucket: Arc::from(self.bucket),
+            key: self.key.to_string(),
+            value: Bytes::copy_from_slice(self.value),
+            revision: self.revision,
+            created_ms: self.created_ms,
+            op: self.op,
+            delta: self.delta,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
+impl Entry {
+    /// This entry, borrowed.
+    pub fn view(&self) -> EntryRef<'_> {
+        EntryRef {
+            bucket: &self.bucket,
+            key: &self.key,
+            value: &self.value,
+            revision: self.revision,
+            created_ms: self.created_ms,
+            op: self.op,
+            delta: self.delta,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
 /// The result of one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {

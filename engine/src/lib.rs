@@ -55,12 +55,12 @@ pub use bucket::compact::CompactionReport;
 #[cfg(any(test, feature = "failpoints"))]
 pub use bucket::compact::CrashPoint;
 pub use bucket::handle::{ApplyMode, Bucket};
-pub use bucket::watch::{Watch, WatchEvent, WatchOptions};
+pub use bucket::watch::{Watch, WatchEvent, WatchEventRef, WatchOptions};
 pub use checkpoint::{Checkpoint, CheckpointFile, CheckpointSource};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BucketConfig, Options};
 pub use entry::{
-    BucketStats, BucketStatus, DurabilityTicket, Entry, Op, Page, Ttl, WriteOp, Written,
+    BucketStats, BucketStatus, DurabilityTicket, Entry, EntryRef, Op, Page, Ttl, WriteOp, Written,
 };
 pub use error::{Error, Result};
 pub use fsync::FsyncPolicy;

@@ -481,3 +481,119 @@ fn exactly_once_with_concurrent_writers() {
         assert!(after.iter().all(|r| revs.contains(r)));
     }
 }
+
+/// Events until the watch has nothing more right now, or has ended, read
+/// borrowed and copied out.
+fn drain_ref(w: &mut Watch) -> Vec<WatchEvent> {
+    let mut out = Vec::new();
+    loop {
+        match w.try_next_ref() {
+            Ok(Some(ev)) => out.push(ev.to_event()),
+            Ok(None) | Err(Error::Closed) => return out,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// As [`drain`], but stops at the end of the watch instead of failing.
+fn drain_to_end(w: &mut Watch) -> Vec<WatchEvent> {
+    let mut out = Vec::new();
+    loop {
+        match w.try_next() {
+            Ok(Some(ev)) => out.push(ev),
+            Ok(None) | Err(Error::Closed) => return out,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn borrowed_events_are_the_owned_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let store = Store::open(
+        dir.path(),
+        Options {
+            clock: std::sync::Arc::new(clock.clone()),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let b = store
+        .create_bucket(
+            "w",
+            BucketConfig {
+                history: 2,
+                ttl: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for k in 0..20u32 {
+        b.put(&format!("a.{k}"), format!("first-{k}")).unwrap();
+    }
+    b.delete("a.3").unwrap();
+    let variants = [
+        WatchOptions::default(),
+        WatchOptions {
+            include_history: true,
+            ..Default::default()
+        },
+        WatchOptions {
+            meta_only: true,
+            ..Default::default()
+        },
+        WatchOptions {
+            from_revision: Some(5),
+            ignore_deletes: true,
+            ..Default::default()
+        },
+    ];
+    let mut pairs: Vec<(Watch, Watch)> = variants
+        .iter()
+        .map(|o| {
+            (
+                b.watch("a.>", o.clone()).unwrap(),
+                b.watch("a.>", o.clone()).unwrap(),
+            )
+        })
+        .collect();
+    let mut seen = vec![0usize; pairs.len()];
+    // Live writes across several segments (16 KiB each), with deletes and
+    // purges and one key outside the pattern, read in between.
+    for round in 0..6u32 {
+        for k in 0..40u32 {
+            b.put(&format!("a.{k}"), format!("{round}-{}", "v".repeat(200)))
+                .unwrap();
+        }
+        b.delete("a.1").unwrap();
+        b.purge("a.2").unwrap();
+        b.put("b.1", "outside").unwrap();
+        for (i, (owned, borrowed)) in pairs.iter_mut().enumerate() {
+            let a = drain(owned);
+            assert_eq!(a, drain_ref(borrowed), "variant {i}, round {round}");
+            seen[i] += a.len();
+        }
+    }
+    assert!(seen.iter().all(|&n| n > 6 * 40), "{seen:?}");
+    // Compaction removes records the watches have not read: both end alike.
+    for round in 0..10u32 {
+        for k in 0..40u32 {
+            b.put(
+                &format!("a.{k}"),
+                format!("late-{round}-{}", "w".repeat(200)),
+            )
+            .unwrap();
+        }
+    }
+    b.compact().unwrap();
+    for (i, (owned, borrowed)) in pairs.iter_mut().enumerate() {
+        let a = drain_to_end(owned);
+        assert!(
+            matches!(a.last(), Some(WatchEvent::Lost { .. })),
+            "variant {i}: {:?}",
+            a.last()
+        );
+        assert_eq!(a, drain_ref(borrowed), "variant {i} after compaction");
+    }
+}

@@ -6,7 +6,7 @@
 //! [`crate::protocol::encode`]. The engine knows no wire codes: [`error_code`] is where an
 //! engine error gets its protocol error code.
 
-use logkv::{Entry, Error, Written};
+use logkv::{Entry, EntryRef, Error, Written};
 
 use crate::protocol::reply::{push_int, push_len};
 use crate::protocol::{Reply, RespVersion};
@@ -68,6 +68,16 @@ pub(crate) fn opt_bulk(out: &mut Vec<u8>, version: RespVersion, v: Option<&[u8]>
 /// `bucket key value revision created op delta expires`; `value` is left out when
 /// `with_value` is false (METAONLY watches).
 pub(crate) fn entry(out: &mut Vec<u8>, version: RespVersion, e: &Entry, with_value: bool) {
+    entry_ref(out, version, &e.view(), with_value);
+}
+
+/// [`entry`] for a borrowed entry (a watch event read in place from the log).
+pub(crate) fn entry_ref(
+    out: &mut Vec<u8>,
+    version: RespVersion,
+    e: &EntryRef<'_>,
+    with_value: bool,
+) {
     map(out, version, if with_value { 8 } else { 7 });
     bulk(out, b"bucket");
     bulk(out, e.bucket.as_bytes());
@@ -75,7 +85,7 @@ pub(crate) fn entry(out: &mut Vec<u8>, version: RespVersion, e: &Entry, with_val
     bulk(out, e.key.as_bytes());
     if with_value {
         bulk(out, b"value");
-        bulk(out, &e.value);
+        bulk(out, e.value);
     }
     bulk(out, b"revision");
     uint(out, e.revision);

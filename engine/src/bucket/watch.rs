@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{effective_expiry, BucketCore, KeepStoreOpen};
-use crate::entry::{Entry, Op};
+use crate::entry::{Entry, EntryRef, Op};
 use crate::error::{Error, Result};
 use crate::index::RecordRef;
 use crate::key::Subject;
-use crate::log::record::{decode, Decoded};
+use crate::log::record::{decode, Decoded, RecordHeader, HEADER_LEN};
 use crate::log::segment::Segment;
 use crate::log::LogPos;
 
@@ -63,9 +63,35 @@ pub enum WatchEvent {
     },
 }
 
+/// One event of a watch, borrowed from the watch: what [`Watch::try_next_ref`]
+/// hands out, without copying the entry out of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEventRef<'a> {
+    /// An entry (initial data or a live write); see [`WatchEvent::Entry`].
+    Entry(EntryRef<'a>),
+    /// The initial data is complete; live entries follow.
+    Ready,
+    /// Entries the watch had not read yet were compacted away; the watch has ended.
+    Lost {
+        /// The lowest revision still in the log.
+        first_retained: u64,
+    },
+}
+
+impl WatchEventRef<'_> {
+    /// An owned copy.
+    pub fn to_event(&self) -> WatchEvent {
+        match *self {
+            WatchEventRef::Entry(e) => WatchEvent::Entry(e.to_entry()),
+            WatchEventRef::Ready => WatchEvent::Ready,
+            WatchEventRef::Lost { first_retained } => WatchEvent::Lost { first_retained },
+        }
+    }
+}
+
 /// A live change stream over the keys of one bucket matching a pattern.
 ///
-/// Pull-based: [`Watch::try_next`] never blocks, [`Watch::recv`] and
+/// Pull-based: [`Watch::try_next`] and [`Watch::try_next_ref`] never block, [`Watch::recv`] and
 /// [`Watch::recv_timeout`] wait for writes. Also an [`Iterator`] of blocking
 /// receives. Dropping it unsubscribes.
 #[allow(
@@ -82,6 +108,8 @@ pub struct Watch {
     opts: WatchOptions,
     initial: VecDeque<(String, RecordRef)>,
     initial_segments: HashMap<u32, Arc<Segment>>,
+    /// The initial entry [`Watch::try_next_ref`] handed out last (it lends it).
+    held: Option<Entry>,
     /// Whether initial entries carry a `delta` (they do, except after FROM).
     counted: bool,
     ready_pending: bool,
@@ -162,6 +190,7 @@ impl Watch {
             opts,
             initial: initial.into(),
             initial_segments: segments,
+            held: None,
             ready_pending: true,
             offset: end.offset(),
             tail,
@@ -179,6 +208,45 @@ impl Watch {
     /// The next event if one is available now; `Ok(None)` if not (yet).
     /// After the bucket is dropped, or after [`WatchEvent::Lost`], returns [`Error::Closed`].
     pub fn try_next(&mut self) -> Result<Option<WatchEvent>> {
+        Ok(match self.advance()? {
+            None => None,
+            Some(Next::Initial(e)) => Some(WatchEvent::Entry(e)),
+            Some(Next::Live(r)) => {
+                let e = self.live_entry(&r)?;
+                Some(WatchEvent::Entry(Entry {
+                    // The watch's own count, not one shared by every watch.
+                    bucket: Arc::clone(&self.bucket),
+                    key: e.key.to_string(),
+                    value: Bytes::copy_from_slice(e.value),
+                    revision: e.revision,
+                    created_ms: e.created_ms,
+                    op: e.op,
+                    delta: e.delta,
+                    expires_ms: e.expires_ms,
+                }))
+            }
+            Some(Next::Ready) => Some(WatchEvent::Ready),
+            Some(Next::Lost(first_retained)) => Some(WatchEvent::Lost { first_retained }),
+        })
+    }
+
+    /// As [`Watch::try_next`], but the event is borrowed from the watch until
+    /// its next call: a live entry's key and value are read in place from the
+    /// log, with no copy and no allocation. For a caller that encodes each
+    /// event and lets it go (a server sending it to a socket).
+    pub fn try_next_ref(&mut self) -> Result<Option<WatchEventRef<'_>>> {
+        Ok(match self.advance()? {
+            None => None,
+            Some(Next::Initial(e)) => Some(WatchEventRef::Entry(self.held.insert(e).view())),
+            Some(Next::Live(r)) => Some(WatchEventRef::Entry(self.live_entry(&r)?)),
+            Some(Next::Ready) => Some(WatchEventRef::Ready),
+            Some(Next::Lost(first_retained)) => Some(WatchEventRef::Lost { first_retained }),
+        })
+    }
+
+    /// Moves the watch on to its next event, if one is available now.
+    fn advance(&mut self) -> Result<Option<Next>> {
+        self.held = None;
         if self.ended {
             return Err(Error::Closed);
         }
@@ -195,17 +263,45 @@ impl Watch {
             if self.initial.is_empty() {
                 self.initial_segments.clear();
             }
-            return Ok(Some(WatchEvent::Entry(self.shape(e))));
+            return Ok(Some(Next::Initial(self.shape(e))));
         }
         if self.ready_pending {
             self.ready_pending = false;
-            return Ok(Some(WatchEvent::Ready));
+            return Ok(Some(Next::Ready));
         }
         if self.core.hub.is_closed() {
             self.ended = true;
             return Err(Error::Closed);
         }
         self.next_live()
+    }
+
+    /// The live entry `r` found by [`Watch::advance`], read in place from the
+    /// segment under the cursor (where it was found).
+    fn live_entry(&self, r: &LiveRecord) -> Result<EntryRef<'_>> {
+        let Some(seg) = self.tail.as_deref() else {
+            return Err(Error::Internal(
+                "a watch lost the segment of the record it had just read".into(),
+            ));
+        };
+        let h = &r.header;
+        let key_end = r.key_at + u64::from(h.key_len);
+        let key = std::str::from_utf8(seg.range(r.key_at, key_end)).unwrap_or("");
+        let value = if self.opts.meta_only {
+            &[][..]
+        } else {
+            seg.range(key_end, key_end + u64::from(h.value_len))
+        };
+        Ok(EntryRef {
+            bucket: &self.bucket,
+            key,
+            value,
+            revision: h.revision,
+            created_ms: h.created_ms,
+            op: h.op,
+            delta: 0,
+            expires_ms: r.expires_ms,
+        })
     }
 
     /// Blocks until the next event. [`Error::Closed`] once the watch has ended.
@@ -248,14 +344,13 @@ impl Watch {
     }
 
     /// Ends the watch: records it had not read were compacted away.
-    fn lost(&mut self) -> WatchEvent {
+    fn lost(&mut self) -> Next {
         self.ended = true;
-        let first_retained = self.core.first_retained_revision();
-        WatchEvent::Lost { first_retained }
+        Next::Lost(self.core.first_retained_revision())
     }
 
     /// Reads the log from the cursor up to the published end.
-    fn next_live(&mut self) -> Result<Option<WatchEvent>> {
+    fn next_live(&mut self) -> Result<Option<Next>> {
         loop {
             let (end, published_rev) = self.core.hub.published();
             // The segment is moved out and back rather than cloned: an `Arc`
@@ -335,23 +430,33 @@ impl Watch {
         if !self.subject.matches(key) || (self.opts.ignore_deletes && h.op != Op::Put) {
             return Step::Skip;
         }
-        let expires = effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
-        let entry = Entry {
-            bucket: Arc::clone(&self.bucket),
-            key: key.to_string(),
-            value: if self.opts.meta_only {
-                Bytes::new()
-            } else {
-                Bytes::copy_from_slice(rec.value)
-            },
-            revision: h.revision,
-            created_ms: h.created_ms,
-            op: h.op,
-            delta: 0,
-            expires_ms: expires,
-        };
-        Step::Done(Ok(Some(WatchEvent::Entry(entry))))
+        let expires_ms = effective_expiry(h.expires_ms, h.created_ms, self.core.config.ttl_ms());
+        Step::Done(Ok(Some(Next::Live(LiveRecord {
+            key_at: self.offset - h.record_len() as u64 + HEADER_LEN as u64,
+            header: h,
+            expires_ms,
+        }))))
     }
+}
+
+/// The next event of a watch, found by [`Watch::advance`] and not yet handed out.
+enum Next {
+    /// An initial entry (read from the index's record, owned).
+    Initial(Entry),
+    /// A live record, in the segment under the cursor.
+    Live(LiveRecord),
+    Ready,
+    /// The watch has ended: records it had not read were compacted away.
+    Lost(u64),
+}
+
+/// Where a live record found by a watch lies in the segment under its cursor.
+struct LiveRecord {
+    header: RecordHeader,
+    /// The segment offset of its key (its value follows).
+    key_at: u64,
+    /// Its expiry, with the bucket's max age applied.
+    expires_ms: u64,
 }
 
 /// What one read step of a watch found.
@@ -361,7 +466,7 @@ enum Step {
     /// A record that is not for this watch: go on.
     Skip,
     /// An answer for the caller.
-    Done(Result<Option<WatchEvent>>),
+    Done(Result<Option<Next>>),
 }
 
 impl Iterator for Watch {

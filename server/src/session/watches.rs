@@ -25,7 +25,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use logkv::{Bucket, Error, Watch, WatchEvent, WatchOptions};
+use logkv::{Bucket, Error, Watch, WatchEventRef, WatchOptions};
 use parking_lot::Mutex;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -260,9 +260,10 @@ impl State {
                     full = true;
                     break;
                 }
-                match slot.watch.try_next() {
+                // Borrowed: the entry is encoded straight from the log, not copied first.
+                match slot.watch.try_next_ref() {
                     Ok(None) => break,
-                    Ok(Some(WatchEvent::Entry(e))) if e.revision < slot.skip_below => {}
+                    Ok(Some(WatchEventRef::Entry(e))) if e.revision < slot.skip_below => {}
                     Ok(Some(ev)) => {
                         if encode_event(out, version, slot.id, slot.with_value, &ev) {
                             slot.ended = true;
@@ -374,24 +375,24 @@ fn encode_event(
     version: RespVersion,
     id: u64,
     with_value: bool,
-    ev: &WatchEvent,
+    ev: &WatchEventRef<'_>,
 ) -> bool {
     match ev {
-        WatchEvent::Entry(e) => {
+        WatchEventRef::Entry(e) => {
             encode::push(out, version, 3);
             encode::bulk(out, b"watch");
             encode::uint(out, id);
-            encode::entry(out, version, e, with_value);
+            encode::entry_ref(out, version, e, with_value);
             false
         }
-        WatchEvent::Ready => {
+        WatchEventRef::Ready => {
             encode::push(out, version, 3);
             encode::bulk(out, b"watch");
             encode::uint(out, id);
             encode::bulk(out, b"ready");
             false
         }
-        WatchEvent::Lost { first_retained } => {
+        WatchEventRef::Lost { first_retained } => {
             encode_lost(out, version, id, *first_retained);
             true
         }
@@ -410,11 +411,11 @@ mod tests {
             RespVersion::Resp3,
             7,
             true,
-            &WatchEvent::Ready
+            &WatchEventRef::Ready
         ));
         assert_eq!(out, b">3\r\n$5\r\nwatch\r\n:7\r\n$5\r\nready\r\n");
         out.clear();
-        let lost = WatchEvent::Lost { first_retained: 42 };
+        let lost = WatchEventRef::Lost { first_retained: 42 };
         assert!(
             encode_event(&mut out, RespVersion::Resp2, 7, true, &lost),
             "lost ends the watch"
