@@ -1,5 +1,6 @@
 //! The store a node serves, which a snapshot install replaces.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use logkv::Store;
@@ -13,6 +14,9 @@ use tokio::sync::watch;
 pub struct StoreCell {
     current: Arc<RwLock<Store>>,
     generation: Arc<watch::Sender<u64>>,
+    /// The generation again, for [`StoreCell::generation`]: read by every watch delivery,
+    /// on every core, where the channel's lock would bounce its cache line between them.
+    generation_now: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StoreCell {
@@ -29,6 +33,7 @@ impl StoreCell {
         StoreCell {
             current: Arc::new(RwLock::new(store)),
             generation: Arc::new(watch::Sender::new(generation)),
+            generation_now: Arc::new(AtomicU64::new(generation)),
         }
     }
 
@@ -39,7 +44,7 @@ impl StoreCell {
 
     /// The current generation.
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
+        self.generation_now.load(Ordering::Acquire)
     }
 
     /// A receiver that sees every change of generation.
@@ -50,6 +55,7 @@ impl StoreCell {
     /// Replaces the store; returns the one it replaced.
     pub fn replace(&self, store: Store, generation: u64) -> Store {
         let old = std::mem::replace(&mut *self.current.write(), store);
+        self.generation_now.store(generation, Ordering::Release);
         self.generation.send_replace(generation);
         old
     }
