@@ -39,17 +39,17 @@ fn summary(events: &[WatchEvent]) -> Vec<(String, u64, Op, u64)> {
 }
 
 fn setup(history: u8) -> (tempfile::TempDir, Store, Bucket) {
+    setup_with(BucketConfig {
+        history,
+        ..Default::default()
+    })
+}
+
+/// A store in a new directory with one bucket, "w", configured as `config`.
+fn setup_with(config: BucketConfig) -> (tempfile::TempDir, Store, Bucket) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), opts()).unwrap();
-    let b = store
-        .create_bucket(
-            "w",
-            BucketConfig {
-                history,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let b = store.create_bucket("w", config).unwrap();
     (dir, store, b)
 }
 
@@ -509,26 +509,12 @@ fn drain_to_end(w: &mut Watch) -> Vec<WatchEvent> {
 
 #[test]
 fn borrowed_events_are_the_owned_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(1_000_000);
-    let store = Store::open(
-        dir.path(),
-        Options {
-            clock: std::sync::Arc::new(clock.clone()),
-            ..opts()
-        },
-    )
-    .unwrap();
-    let b = store
-        .create_bucket(
-            "w",
-            BucketConfig {
-                history: 2,
-                ttl: Some(Duration::from_secs(60)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    // A bucket TTL, so that entries carry an expiry.
+    let (_d, _s, b) = setup_with(BucketConfig {
+        history: 2,
+        ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
     for k in 0..20u32 {
         b.put(&format!("a.{k}"), format!("first-{k}")).unwrap();
     }
