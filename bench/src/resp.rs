@@ -99,10 +99,15 @@ pub fn watch_frame(v: &Value) -> Option<WatchFrame> {
 pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
+        bulk(a, out);
     }
+}
+
+/// Appends one bulk string.
+pub fn bulk(b: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Parses one value from the start of `buf`: `Ok(Some((value, bytes used)))`, `Ok(None)` if
@@ -212,6 +217,11 @@ impl Inbox {
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether every byte added was taken as a value.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
     }
 
     /// The bytes not yet taken as values.

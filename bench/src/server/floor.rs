@@ -16,7 +16,7 @@
 //! against the client's as theirs are. A connection is served by a short-lived thread until
 //! its first command says which kind it is.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,10 +25,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::resp::{self, Inbox, Value};
 use crate::stores::BoxError;
-
-/// Longest command argument accepted (the S5 message is 100 bytes).
-const MAX_ARG: usize = 1 << 20;
 /// Longest a write to a subscriber may block (one that stopped reading fails the delivery
 /// instead of hanging it).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,11 +207,11 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
 /// `PUBLISH` makes it the writer, served here until it closes.
 fn serve(conn: TcpStream, shared: &Arc<Shared>) -> Result<(), BoxError> {
     conn.set_nodelay(true)?;
-    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut inbox = Inbox::default();
     let mut writer = conn;
     let mut helpers: Option<Helpers> = None;
     loop {
-        let Some(cmd) = read_command(&mut reader)? else {
+        let Some(cmd) = read_command(&mut &writer, &mut inbox)? else {
             return Ok(());
         };
         let name = cmd.first().map(|c| c.to_ascii_uppercase());
@@ -229,9 +227,9 @@ fn serve(conn: TcpStream, shared: &Arc<Shared>) -> Result<(), BoxError> {
                     more.push(Arc::new(writer.try_clone()?));
                     *subs = Arc::new(more);
                 }
-                let mut reply = Vec::new();
-                reply.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n");
-                bulk(&mut reply, channel);
+                let mut reply = b"*3\r\n".to_vec();
+                resp::bulk(b"subscribe", &mut reply);
+                resp::bulk(channel, &mut reply);
                 reply.extend_from_slice(b":1\r\n");
                 writer.write_all(&reply)?;
                 return Ok(());
@@ -240,9 +238,7 @@ fn serve(conn: TcpStream, shared: &Arc<Shared>) -> Result<(), BoxError> {
                 let subs = shared.snapshot();
                 writer.write_all(format!(":{}\r\n", subs.len()).as_bytes())?;
                 let mut frame = Vec::new();
-                frame.extend_from_slice(b"*3\r\n$7\r\nmessage\r\n");
-                bulk(&mut frame, channel);
-                bulk(&mut frame, message);
+                resp::encode(&[b"message", channel, message], &mut frame);
                 let helpers = match helpers.as_mut() {
                     Some(h) => h,
                     None => helpers.insert(Helpers::start()?),
@@ -319,46 +315,34 @@ fn send_all(subs: &[Arc<TcpStream>], frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn bulk(out: &mut Vec<u8>, arg: &[u8]) {
-    out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-    out.extend_from_slice(arg);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Reads one RESP array of bulk strings; `None` at a clean end of the connection.
-fn read_command(r: &mut impl BufRead) -> Result<Option<Vec<Vec<u8>>>, BoxError> {
-    let Some(n) = read_header(r, b'*')? else {
-        return Ok(None);
-    };
-    let mut args = Vec::with_capacity(n.min(16));
-    for _ in 0..n {
-        let len = read_header(r, b'$')?.ok_or("the connection ended inside a command")?;
-        if len > MAX_ARG {
-            return Err(format!("an argument of {len} bytes").into());
+/// Reads one command, a RESP array of bulk strings, from `conn` through `inbox`; `None`
+/// at a clean end of the connection.
+fn read_command(conn: &mut impl Read, inbox: &mut Inbox) -> Result<Option<Vec<Vec<u8>>>, BoxError> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match inbox.next_value()? {
+            Some(Value::Array(args)) => {
+                return args
+                    .into_iter()
+                    .map(|a| match a {
+                        Value::Bulk(b) => Ok(b),
+                        other => Err(format!("expected a bulk string, got {other:?}").into()),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Some)
+            }
+            Some(other) => return Err(format!("expected a command, got {other:?}").into()),
+            None => {}
         }
-        let mut arg = vec![0; len + 2];
-        r.read_exact(&mut arg)?;
-        if !arg.ends_with(b"\r\n") {
-            return Err("an argument not followed by CRLF".into());
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            if inbox.is_empty() {
+                return Ok(None);
+            }
+            return Err("the connection ended inside a command".into());
         }
-        arg.truncate(len);
-        args.push(arg);
+        inbox.extend(&chunk[..n]);
     }
-    Ok(Some(args))
-}
-
-/// Reads a `<kind><number>\r\n` line; `None` at end of input before it.
-fn read_header(r: &mut impl BufRead, kind: u8) -> Result<Option<usize>, BoxError> {
-    let mut line = Vec::new();
-    if r.read_until(b'\n', &mut line)? == 0 {
-        return Ok(None);
-    }
-    let body = line
-        .strip_prefix(&[kind])
-        .and_then(|l| l.strip_suffix(b"\r\n"))
-        .ok_or_else(|| format!("expected a '{}' line, got {line:?}", char::from(kind)))?;
-    let n = std::str::from_utf8(body)?.parse::<usize>()?;
-    Ok(Some(n))
 }
 
 #[cfg(test)]
@@ -405,11 +389,15 @@ mod tests {
 
     #[test]
     fn a_malformed_command_is_an_error() {
-        let mut r = io::Cursor::new(b"*1\r\n$3\r\nabcd\r\n".to_vec());
-        assert!(read_command(&mut r).is_err());
-        let mut r = io::Cursor::new(b"PING\r\n".to_vec());
-        assert!(read_command(&mut r).is_err());
-        let mut r = io::Cursor::new(Vec::new());
-        assert!(read_command(&mut r).expect("end").is_none());
+        let read = |bytes: &[u8]| read_command(&mut io::Cursor::new(bytes), &mut Inbox::default());
+        assert!(read(b"*1\r\n$3\r\nabcd\r\n").is_err());
+        assert!(read(b"PING\r\n").is_err());
+        assert!(read(b"*1\r\n$4\r\nPI").is_err(), "ended inside a command");
+        assert!(read(b"*1\r\n:1\r\n").is_err(), "not a bulk string");
+        assert!(read(b"").expect("end").is_none());
+        assert_eq!(
+            read(b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\ns5\r\n").expect("a command"),
+            Some(vec![b"SUBSCRIBE".to_vec(), b"s5".to_vec()])
+        );
     }
 }
