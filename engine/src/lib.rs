@@ -55,7 +55,7 @@ pub use bucket::compact::CompactionReport;
 #[cfg(any(test, feature = "failpoints"))]
 pub use bucket::compact::CrashPoint;
 pub use bucket::handle::{ApplyMode, Bucket};
-pub use bucket::watch::{Watch, WatchEvent, WatchEventRef, WatchOptions};
+pub use bucket::watch::{Watch, WatchEvent, WatchEventRef, WatchMark, WatchOptions, WatchStep};
 pub use checkpoint::{Checkpoint, CheckpointFile, CheckpointSource};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BucketConfig, Options};

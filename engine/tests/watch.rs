@@ -583,3 +583,123 @@ fn borrowed_events_are_the_owned_ones() {
         assert_eq!(a, drain_ref(borrowed), "variant {i} after compaction");
     }
 }
+
+#[test]
+fn a_step_one_watch_took_is_what_another_would_read() {
+    let (_d, store, b) = setup_with(BucketConfig {
+        history: 2,
+        ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
+    let other = store.create_bucket("o", BucketConfig::default()).unwrap();
+    for k in 0..10u32 {
+        b.put(&format!("a.{k}"), format!("first-{k}")).unwrap();
+    }
+    let variants = [
+        WatchOptions::default(),
+        WatchOptions {
+            meta_only: true,
+            ..Default::default()
+        },
+        WatchOptions {
+            ignore_deletes: true,
+            include_history: true,
+            ..Default::default()
+        },
+    ];
+    for (i, o) in variants.iter().enumerate() {
+        let watch = |pattern: &str| b.watch(pattern, o.clone()).unwrap();
+        // Two watches that take turns leading, and one that always reads for itself.
+        let (mut first, mut second, mut control) = (watch("a.>"), watch("a.>"), watch("a.>"));
+        assert_eq!(
+            first.mark(),
+            None,
+            "variant {i}: not live before its initial data"
+        );
+        let initial = drain(&mut control);
+        assert_eq!(drain(&mut first), initial);
+        assert_eq!(drain(&mut second), initial);
+        // Watches that read differently, or elsewhere, may not take the step.
+        let mut narrower = watch("a.1");
+        let mut other_opts = b
+            .watch(
+                "a.>",
+                WatchOptions {
+                    meta_only: !o.meta_only,
+                    ..o.clone()
+                },
+            )
+            .unwrap();
+        let mut elsewhere = other.watch(">", o.clone()).unwrap();
+        let mut behind = watch("a.>");
+        for w in [&mut narrower, &mut other_opts, &mut elsewhere, &mut behind] {
+            drain(w);
+        }
+        let mut narrower_control = watch("a.1");
+        drain(&mut narrower_control);
+        let mut behind_control = watch("a.>");
+        drain(&mut behind_control);
+        // Live writes across several segments (16 KiB each), with deletes, purges and a
+        // key outside the pattern.
+        for round in 0..8u32 {
+            for k in 0..30u32 {
+                b.put(&format!("a.{k}"), format!("{round}-{}", "v".repeat(200)))
+                    .unwrap();
+            }
+            b.delete("a.1").unwrap();
+            b.purge("a.2").unwrap();
+            b.put("b.1", "outside").unwrap();
+            let (leader, follower) = if round % 2 == 0 {
+                (&mut first, &mut second)
+            } else {
+                (&mut second, &mut first)
+            };
+            let from = leader.mark().expect("a live watch has a mark");
+            let events = drain(leader);
+            assert_eq!(events, drain(&mut control), "variant {i}, round {round}");
+            assert!(!events.is_empty());
+            let step = leader.step_since(from).expect("the leader moved");
+            assert_eq!(leader.step_since(leader.mark().unwrap()).map(|_| ()), None);
+            for w in [&mut narrower, &mut other_opts, &mut elsewhere] {
+                let at = w.mark();
+                assert!(!w.follow(&step), "variant {i}: {:?}", w.pattern());
+                assert_eq!(w.mark(), at, "a refused step leaves the watch where it was");
+            }
+            if round == 0 {
+                assert_eq!(behind.mark(), Some(from));
+            } else {
+                // It has read nothing since round 0: it stands behind the step.
+                assert!(
+                    !behind.follow(&step),
+                    "variant {i}: a watch behind the step"
+                );
+            }
+            assert!(follower.follow(&step), "variant {i}, round {round}");
+            assert_eq!(follower.mark(), leader.mark());
+            assert!(drain(follower).is_empty(), "the follower read them already");
+            assert_eq!(drain(&mut narrower), drain(&mut narrower_control));
+            drain(&mut other_opts);
+        }
+        assert_eq!(drain(&mut behind), drain(&mut behind_control));
+        ends_without_a_step(&b, &mut first);
+    }
+}
+
+/// Compaction removes records `w` has not read: it ends (`lost`) and takes no step.
+fn ends_without_a_step(b: &Bucket, w: &mut Watch) {
+    for round in 0..10u32 {
+        for k in 0..40u32 {
+            b.put(
+                &format!("a.{k}"),
+                format!("late-{round}-{}", "w".repeat(200)),
+            )
+            .unwrap();
+        }
+    }
+    b.compact().unwrap();
+    let from = w.mark().unwrap();
+    let events = drain_to_end(w);
+    assert!(matches!(events.last(), Some(WatchEvent::Lost { .. })));
+    assert_eq!(w.mark(), None);
+    assert!(w.step_since(from).is_none());
+}

@@ -29,6 +29,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, error};
 
+use crate::protocol::RespVersion;
+
 /// Subscribers served per turn of the pump before it lets other tasks run.
 const TURN: usize = 64;
 /// Subscribers per share of a large delivery: a round with more is split into shares that
@@ -38,18 +40,77 @@ const SHARE: usize = 256;
 /// Scratch capacity a pump keeps between rounds.
 const SCRATCH_KEEP: usize = 64 * 1024;
 
+/// What one sending thread keeps across the subscribers of one delivery.
+#[derive(Default)]
+pub(crate) struct SendBuf {
+    /// Where a subscriber's frames are encoded before they are written.
+    pub scratch: Vec<u8>,
+    /// The frames of the last few watches in this delivery that read new events (at most
+    /// [`SHARED_KINDS`]). A watch that stands where one of them stood and reads the same
+    /// way sends its bytes and takes the same step ([`logkv::Watch::follow`]) instead of
+    /// reading and encoding the same events again: a thousand watchers of one bucket cost
+    /// one encoding per kind of watcher, as a pub/sub message is framed once for all its
+    /// subscribers.
+    pub shared: Vec<SharedFrames>,
+    /// Which of `shared` the next new frames replace once it is full.
+    replace_next: usize,
+}
+
+/// How many watchers' frames one sending thread keeps for the others of a delivery: the
+/// kinds of watcher (pattern, options, RESP version, ...) it tells apart at once.
+pub(crate) const SHARED_KINDS: usize = 4;
+
+impl SendBuf {
+    /// Keeps `frames` for the next subscribers of this delivery, in place of the oldest
+    /// kept once [`SHARED_KINDS`] are.
+    pub fn keep(&mut self, frames: SharedFrames) {
+        if self.shared.len() < SHARED_KINDS {
+            self.shared.push(frames);
+        } else {
+            let i = self.replace_next % SHARED_KINDS;
+            self.replace_next = i + 1;
+            self.shared[i] = frames;
+        }
+    }
+
+    /// Ends a delivery: the shared frames hold a segment of the log, which compaction
+    /// may want to remove before the next one.
+    fn finish(&mut self) {
+        self.shared.clear();
+        self.replace_next = 0;
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
+        }
+    }
+}
+
+/// One watch's frames for one step through the log, and what else they depend on.
+pub(crate) struct SharedFrames {
+    pub step: logkv::WatchStep,
+    /// The watch id the frames carry.
+    pub id: u64,
+    pub version: RespVersion,
+    pub with_value: bool,
+    /// The store generation the watch reads (a cluster node's).
+    pub generation: u64,
+    /// Entries below this revision were left out (a cluster node's `FROM`).
+    pub skip_below: u64,
+    pub bytes: Vec<u8>,
+}
+
 /// What a pump calls after writes to its bucket.
 pub(crate) trait Subscriber: Send + Sync {
     /// New writes may be waiting: deliver them now if that can be done without waiting
-    /// (`scratch` is the pump's buffer to encode into), or wake whoever pulls them.
-    fn woken(&self, scratch: &mut Vec<u8>);
+    /// (`buf` is the sending thread's, kept across the subscribers of a delivery), or wake
+    /// whoever pulls them.
+    fn woken(&self, buf: &mut SendBuf);
     /// Wake whoever pulls (the bucket was dropped, the store replaced, the pump ends).
     fn nudge(&self);
 }
 
 /// A plain wake-up: whoever awaits the [`Notify`] pulls.
 impl Subscriber for Notify {
-    fn woken(&self, _scratch: &mut Vec<u8>) {
+    fn woken(&self, _buf: &mut SendBuf) {
         // Stores a permit when the task is not waiting: no wake-up is lost.
         self.notify_one();
     }
@@ -132,13 +193,13 @@ impl Pump {
     }
 
     /// Calls every subscriber after writes, [`TURN`] at a time (other tasks run between).
-    /// `batch` and `scratch` are the pump's buffers, kept between rounds.
+    /// `batch` and `buf` are the pump's buffers, kept between rounds.
     ///
     /// A round of more than [`SHARE`] subscribers is split: the sends of one event to a
     /// thousand sockets are a thousand system calls, each of which also runs the receiver's
     /// side of loopback TCP, so spreading them over the cores shortens the time to the last
     /// watcher. The other shares run on the blocking pool and the pump waits for them.
-    async fn deliver(&self, batch: &mut Vec<Arc<dyn Subscriber>>, scratch: &mut Vec<u8>) {
+    async fn deliver(&self, batch: &mut Vec<Arc<dyn Subscriber>>, buf: &mut SendBuf) {
         // A copy of the list: subscribers come and go (under this lock) while it is served.
         batch.extend(self.subs.lock().iter().cloned());
         let shares = (batch.len() / SHARE).clamp(1, cores());
@@ -147,9 +208,9 @@ impl Pump {
         while batch.len() > per {
             let share = batch.split_off((batch.len() - per).max(per));
             others.push(tokio::task::spawn_blocking(move || {
-                let mut scratch = Vec::new();
+                let mut buf = SendBuf::default();
                 for s in &share {
-                    s.woken(&mut scratch);
+                    s.woken(&mut buf);
                 }
             }));
         }
@@ -157,17 +218,15 @@ impl Pump {
             if i > 0 && i % TURN == 0 {
                 tokio::task::yield_now().await;
             }
-            s.woken(scratch);
+            s.woken(buf);
         }
+        buf.finish();
         for share in others {
             if let Err(e) = share.await {
                 error!(bucket = %self.name, "a share of a watch delivery failed: {e}");
             }
         }
         batch.clear();
-        if scratch.capacity() > SCRATCH_KEEP {
-            *scratch = Vec::new();
-        }
     }
 
     /// Whether this pump still serves the live bucket of its name.
@@ -253,7 +312,7 @@ impl Pumps {
 async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
     debug!(bucket = %pump.name, "watch pump started");
     let mut batch = Vec::new();
-    let mut scratch = Vec::new();
+    let mut buf = SendBuf::default();
     loop {
         pump.wake.notified().await;
         if inner.stop.load(Ordering::Acquire) || pump.dead.load(Ordering::Acquire) {
@@ -271,7 +330,7 @@ async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
             }
             break;
         }
-        pump.deliver(&mut batch, &mut scratch).await;
+        pump.deliver(&mut batch, &mut buf).await;
     }
     drop(hook);
     // Whoever still subscribes pulls once more and finds its watch ended (a dropped

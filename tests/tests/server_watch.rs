@@ -405,3 +405,120 @@ fn a_large_fan_out_reaches_every_watcher_in_order() {
         );
     }
 }
+
+/// Watchers that read the same writes differently (RESP2 or RESP3, with or without values,
+/// a narrower pattern, no deletes, a second watch on the connection) each get their own
+/// frames from one delivery. The pump encodes the events once for the watchers that read
+/// alike and sends those bytes to each of them: no watcher may be handed frames meant for
+/// another kind.
+/// `(watch id, pattern, options)` of each watch one connection starts.
+type WatchSpecs = &'static [(i64, &'static str, &'static [&'static str])];
+
+#[test]
+fn a_fan_out_to_watchers_of_every_kind_gives_each_its_own_frames() {
+    const WATCHERS: usize = 600;
+    const WRITES: usize = 30;
+    let key = |i: usize| {
+        if i.is_multiple_of(2) {
+            format!("fan.even.{i}")
+        } else {
+            format!("fan.odd.{i}")
+        }
+    };
+    // Write i has revision i + 1; every fifth deletes the key written two before it.
+    let writes: Vec<(String, &str)> = (0..WRITES)
+        .map(|i| {
+            if i % 5 == 4 {
+                (key(i - 2), "DEL")
+            } else {
+                (key(i), "PUT")
+            }
+        })
+        .collect();
+    let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
+    // (watch id, pattern, options) of each kind's watches, and whether it speaks RESP3.
+    let kinds: [(WatchSpecs, bool); 6] = [
+        (&[(1, ">", &[])], false),
+        (&[(1, ">", &[])], true),
+        (&[(1, ">", &["METAONLY"])], false),
+        (&[(1, "fan.odd.>", &[]), (2, ">", &[])], false),
+        (&[(1, "fan.odd.>", &[])], true),
+        (&[(1, ">", &["NODELETES"])], false),
+    ];
+    let mut watchers: Vec<(usize, Raw)> = (0..WATCHERS)
+        .map(|n| {
+            // Runs of one kind (watchers that read alike and share frames), then the
+            // kinds in turn (more kinds than a sending thread keeps frames for).
+            let kind = if n < WATCHERS / 2 { n / 10 } else { n } % kinds.len();
+            let (specs, resp3) = kinds[kind];
+            let mut w = srv.raw();
+            if resp3 {
+                assert_eq!(w.cmd(&["HELLO", "3"]).field("proto").int(), 3);
+            }
+            for (id, pattern, opts) in specs {
+                let mut args = vec!["WATCH", pattern, "UPDATESONLY"];
+                args.extend_from_slice(opts);
+                assert_eq!(w.cmd(&args), Frame::Int(*id));
+                expect_ready(&mut w, *id);
+            }
+            (kind, w)
+        })
+        .collect();
+    let mut c = srv.raw();
+    for (k, op) in &writes {
+        let reply = c.cmd(&[op, k.as_str(), "v"][..if *op == "PUT" { 3 } else { 2 }]);
+        assert!(!matches!(reply, Frame::Error(_)), "{op} {k}: {reply:?}");
+    }
+    // (key, op, revision) of what a watch on `pattern` with `opts` sees, in order.
+    let expected = |pattern: &str, opts: &[&str]| -> Vec<(String, String, i64)> {
+        writes
+            .iter()
+            .zip(1..)
+            .filter(|((k, op), _)| {
+                (pattern == ">" || k.starts_with("fan.odd."))
+                    && !(opts.contains(&"NODELETES") && *op == "DEL")
+            })
+            .map(|((k, op), rev)| (k.clone(), (*op).to_string(), rev))
+            .collect()
+    };
+    for (n, (kind, w)) in watchers.iter_mut().enumerate() {
+        let (specs, resp3) = kinds[*kind];
+        // A connection with two watches gets each one's frames in order, the two
+        // interleaved as deliveries fall: read them all, then pick each watch's.
+        let total: usize = specs
+            .iter()
+            .map(|(_, pattern, opts)| expected(pattern, opts).len())
+            .sum();
+        let frames: Vec<Frame> = (0..total).map(|_| w.read()).collect();
+        for (id, pattern, opts) in specs {
+            let meta_only = opts.contains(&"METAONLY");
+            let got: Vec<(String, String, i64)> = frames
+                .iter()
+                .filter(|f| f.items()[1] == Frame::Int(*id))
+                .map(|f| {
+                    assert_eq!(matches!(f, Frame::Push(_)), resp3, "watcher {n}: {f:?}");
+                    assert_eq!(f.items()[0], Frame::bulk("watch"), "{f:?}");
+                    let e = &f.items()[2];
+                    let fields = e.pairs();
+                    let has_value = fields.iter().any(|(name, _)| name == "value");
+                    assert_eq!(has_value, !meta_only, "watcher {n}, watch {id}: {f:?}");
+                    let op = e.field("op").text();
+                    if op == "PUT" && !meta_only {
+                        assert_eq!(e.field("value"), Frame::bulk("v"), "{f:?}");
+                    }
+                    (e.field("key").text(), op, e.field("revision").int())
+                })
+                .collect();
+            assert_eq!(
+                got,
+                expected(pattern, opts),
+                "watcher {n} (kind {kind}), watch {id}"
+            );
+        }
+        assert_eq!(
+            w.cmd(&["PING"]),
+            Frame::Simple("PONG".into()),
+            "watcher {n}: nothing more"
+        );
+    }
+}

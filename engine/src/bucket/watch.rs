@@ -439,6 +439,101 @@ impl Watch {
     }
 }
 
+/// Where a watch stands in its bucket's log once its initial data and `ready` are
+/// delivered: the segment and offset its next read starts at, and the last revision it
+/// has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchMark {
+    seq: u64,
+    gen: u32,
+    offset: u64,
+    last_seen: u64,
+}
+
+/// The live events one watch read between two of its marks. Another watch of the same
+/// bucket that stands at the first mark and reads the same way (the same pattern,
+/// `meta_only` and `ignore_deletes`) would read the very same events, so it may take the
+/// step instead ([`Watch::follow`]): a server that encoded the events once for the first
+/// watch sends the same bytes for the second without reading or encoding them again.
+#[derive(Clone)]
+pub struct WatchStep {
+    core: Arc<BucketCore>,
+    from: WatchMark,
+    to: WatchMark,
+    /// The segment `to` lies in.
+    tail: Arc<Segment>,
+    pattern: String,
+    meta_only: bool,
+    ignore_deletes: bool,
+}
+
+impl std::fmt::Debug for WatchStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStep")
+            .field("bucket", &&*self.core.name)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    /// Where this watch stands in the log; `None` until its initial data and `ready` are
+    /// delivered, and once it has ended.
+    pub fn mark(&self) -> Option<WatchMark> {
+        let tail = self.tail.as_deref()?;
+        let live =
+            !self.ended && !self.resumed_in_lost && !self.ready_pending && self.initial.is_empty();
+        live.then_some(WatchMark {
+            seq: tail.id.seq,
+            gen: tail.id.gen,
+            offset: self.offset,
+            last_seen: self.last_seen,
+        })
+    }
+
+    /// The step this watch took since it stood at `from` (taken with [`Watch::mark`]);
+    /// `None` if it no longer stands in the live log or has not moved.
+    pub fn step_since(&self, from: WatchMark) -> Option<WatchStep> {
+        let to = self.mark()?;
+        let tail = self.tail.as_ref()?;
+        (to != from).then(|| WatchStep {
+            core: Arc::clone(&self.core),
+            from,
+            to,
+            tail: Arc::clone(tail),
+            pattern: self.subject.as_str().to_string(),
+            meta_only: self.opts.meta_only,
+            ignore_deletes: self.opts.ignore_deletes,
+        })
+    }
+
+    /// Takes `step` (another watch's) as if this watch had read its events itself, when
+    /// this watch stands where the step starts and reads the same way; returns whether it
+    /// did. The caller delivers the step's events (as the other watch's encoded frames).
+    pub fn follow(&mut self, step: &WatchStep) -> bool {
+        let same_reader = Arc::ptr_eq(&self.core, &step.core)
+            && self.opts.meta_only == step.meta_only
+            && self.opts.ignore_deletes == step.ignore_deletes
+            && self.subject.as_str() == step.pattern;
+        if !same_reader || self.mark() != Some(step.from) {
+            return false;
+        }
+        let moved_segment = self
+            .tail
+            .as_ref()
+            .is_none_or(|t| !Arc::ptr_eq(t, &step.tail));
+        if moved_segment {
+            self.tail = Some(Arc::clone(&step.tail));
+        }
+        self.offset = step.to.offset;
+        self.last_seen = step.to.last_seen;
+        self.held = None;
+        true
+    }
+}
+
 /// The next event of a watch, found by [`Watch::advance`] and not yet handed out.
 enum Next {
     /// An initial entry (read from the index's record, owned).

@@ -33,7 +33,7 @@ use tracing::warn;
 
 use crate::encode;
 use crate::protocol::RespVersion;
-use crate::pump::{Pump, Subscriber};
+use crate::pump::{Pump, SendBuf, SharedFrames, Subscriber};
 use crate::shared::Shared;
 
 /// Most watches one connection may hold.
@@ -190,7 +190,7 @@ impl Watches {
         self.outlet
             .state
             .lock()
-            .pull(&self.outlet, version, out, high_water)
+            .pull(&self.outlet, version, out, high_water, None)
     }
 
     /// The connection is about to wait for input with nothing to write and every watch
@@ -233,13 +233,16 @@ impl State {
         outlet.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// See [`Watches::pull`].
+    /// See [`Watches::pull`]. With `shared` (a pump's delivery), a watch that stands
+    /// where the watch of the shared frames stood sends those frames instead of reading
+    /// its events, and a watch that reads new events leaves its frames there for the next.
     fn pull(
         &mut self,
         outlet: &Outlet,
         version: RespVersion,
         out: &mut Vec<u8>,
         high_water: usize,
+        mut shared: Option<&mut SendBuf>,
     ) -> bool {
         let n = self.list.len();
         let mut full = false;
@@ -255,6 +258,17 @@ impl State {
                 slot.ended = true;
                 continue;
             }
+            if let Some(buf) = shared.as_deref() {
+                let taken = buf.shared.iter().find(|f| {
+                    out.len() + f.bytes.len() <= high_water
+                        && f.fit(slot, version)
+                        && slot.watch.follow(&f.step)
+                });
+                if let Some(frames) = taken {
+                    out.extend_from_slice(&frames.bytes);
+                }
+            }
+            let (read_from, mark) = (out.len(), slot.watch.mark());
             loop {
                 if out.len() >= high_water {
                     full = true;
@@ -281,6 +295,21 @@ impl State {
                     }
                 }
             }
+            if let (Some(buf), Some(from)) = (shared.as_deref_mut(), mark) {
+                if out.len() > read_from && !slot.ended {
+                    if let Some(step) = slot.watch.step_since(from) {
+                        buf.keep(SharedFrames {
+                            step,
+                            id: slot.id,
+                            version,
+                            with_value: slot.with_value,
+                            generation: slot.generation,
+                            skip_below: slot.skip_below,
+                            bytes: out[read_from..].to_vec(),
+                        });
+                    }
+                }
+            }
             if full {
                 self.start = (idx + 1) % n;
                 break;
@@ -300,22 +329,25 @@ impl State {
     /// A pump's delivery to a parked connection: pulls into `scratch` and writes it to the
     /// socket without waiting. Returns false when the connection must be woken (it is not
     /// parked, or something is left for it to write or pull).
-    fn deliver(&mut self, outlet: &Outlet, scratch: &mut Vec<u8>) -> bool {
+    fn deliver(&mut self, outlet: &Outlet, buf: &mut SendBuf) -> bool {
         let Some(version) = self.parked else {
             return false;
         };
+        // Out of `buf` while `pull` reads and adds to the shared frames beside it.
+        let mut scratch = std::mem::take(&mut buf.scratch);
         scratch.clear();
-        let more = self.pull(outlet, version, scratch, DIRECT_MAX);
+        let more = self.pull(outlet, version, &mut scratch, DIRECT_MAX, Some(buf));
         let sent = match self.socket.as_mut() {
-            Some(socket) => write_some(socket, scratch),
+            Some(socket) => write_some(socket, &scratch),
             None => 0,
         };
-        if !more && sent == scratch.len() {
-            return true;
+        let done = !more && sent == scratch.len();
+        if !done {
+            self.stash.extend_from_slice(&scratch[sent..]);
+            self.parked = None;
         }
-        self.stash.extend_from_slice(&scratch[sent..]);
-        self.parked = None;
-        false
+        buf.scratch = scratch;
+        done
     }
 }
 
@@ -334,12 +366,23 @@ fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> usize {
     sent
 }
 
+impl SharedFrames {
+    /// Whether these frames are the ones `slot` would send, given the same events.
+    fn fit(&self, slot: &Slot, version: RespVersion) -> bool {
+        self.id == slot.id
+            && self.version == version
+            && self.with_value == slot.with_value
+            && self.generation == slot.generation
+            && self.skip_below == slot.skip_below
+    }
+}
+
 impl Subscriber for Outlet {
-    fn woken(&self, scratch: &mut Vec<u8>) {
+    fn woken(&self, buf: &mut SendBuf) {
         // A connection busy with its state (pulling, parking, unparking) is woken instead:
         // the pump never waits for a connection.
         if let Some(mut st) = self.state.try_lock() {
-            if st.deliver(self, scratch) {
+            if st.deliver(self, buf) {
                 return;
             }
         }
