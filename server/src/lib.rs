@@ -25,8 +25,9 @@
 //! * [`tls`]: the certificates (`--tls-cert`, `--tls-key`, `--tls-ca`) and a connection's
 //!   transport, plain TCP or TLS.
 //! * `http`: the HTTP gateway (`--http-listen`): routes, SSE watches, guard.
-//! * `pump`: one thread per watched bucket that turns the engine's change tokens into
-//!   wake-ups of the connection tasks.
+//! * `pump`: one task per watched bucket, woken by the engine's change hook, that writes
+//!   events to idle watching connections itself (one encoding per kind of watcher) and
+//!   wakes the others.
 //! * [`backup`]: `BACKUP STREAM`'s frames, and the command that receives them
 //!   (`logkv-server backup`).
 //! * [`protocol`]: the wire format, pure: request parsing, reply encoding, HTTP detection.

@@ -12,10 +12,11 @@
 //! A connection that is idle when the pump comes (nothing to write, nothing to run) is
 //! served by the pump itself: its events are pulled and written to its socket right there,
 //! one connection after another (a large round split into shares, one per core), without
-//! waking the connection's task (`session/watches.rs`). With a thousand watchers this is most of the difference: the
-//! sends go out back to back, as Redis sends its pub/sub messages, instead of one task
-//! wake-up, poll and re-arm apiece. Anyone else is woken and pulls (a busy connection, a
-//! TLS one, an HTTP event stream).
+//! waking the connection's task (`session/watches.rs`). With a thousand watchers this is
+//! most of the difference: the sends go out back to back, as Redis sends its pub/sub
+//! messages, instead of one task wake-up, poll and re-arm apiece. The watchers that read
+//! alike share one encoding of the events ([`SendBuf`]). Anyone else is woken and pulls
+//! (a busy connection, a TLS one, an HTTP event stream).
 //!
 //! A pump ends when its last subscriber leaves, when the bucket is dropped (the hook is
 //! called once more and the pump finds the bucket gone), or at server shutdown.
