@@ -55,7 +55,14 @@ pub(crate) struct SendBuf {
     pub shared: Vec<SharedFrames>,
     /// Which of `shared` the next new frames replace once it is full.
     replace_next: usize,
+    /// Frames kept, and taken by another watch, in this delivery.
+    kept: usize,
+    taken: usize,
 }
+
+/// Frames a sending thread keeps in one delivery before it stops when none was taken
+/// (every watcher reads differently: copying their frames would be work for nothing).
+const KEEP_UNTAKEN: usize = 16;
 
 /// How many watchers' frames one sending thread keeps for the others of a delivery: the
 /// kinds of watcher (pattern, options, RESP version, ...) it tells apart at once.
@@ -65,6 +72,7 @@ impl SendBuf {
     /// Keeps `frames` for the next subscribers of this delivery, in place of the oldest
     /// kept once [`SHARED_KINDS`] are.
     pub fn keep(&mut self, frames: SharedFrames) {
+        self.kept += 1;
         if self.shared.len() < SHARED_KINDS {
             self.shared.push(frames);
         } else {
@@ -74,11 +82,24 @@ impl SendBuf {
         }
     }
 
+    /// Whether frames are still worth keeping in this delivery: some kept frames were
+    /// taken, or too few were kept yet to tell.
+    pub fn keeping(&self) -> bool {
+        self.taken > 0 || self.kept < KEEP_UNTAKEN
+    }
+
+    /// Counts kept frames taken by another watch.
+    pub fn taken(&mut self) {
+        self.taken += 1;
+    }
+
     /// Ends a delivery: the shared frames hold a segment of the log, which compaction
     /// may want to remove before the next one.
     fn finish(&mut self) {
         self.shared.clear();
         self.replace_next = 0;
+        self.kept = 0;
+        self.taken = 0;
         if self.scratch.capacity() > SCRATCH_KEEP {
             self.scratch = Vec::new();
         }
@@ -338,4 +359,55 @@ async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
     // bucket) or its connection stopping.
     pump.nudge_all();
     debug!(bucket = %pump.name, "watch pump stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames of a watch of `bucket` that read one new write (`id` tells them apart).
+    fn frames(bucket: &Bucket, id: u64) -> SharedFrames {
+        let mut w = bucket
+            .watch(">", logkv::WatchOptions::default())
+            .expect("watch");
+        while w.try_next().expect("initial").is_some() {}
+        let from = w.mark().expect("live");
+        bucket.put("k", "v").expect("put");
+        while w.try_next().expect("live").is_some() {}
+        SharedFrames {
+            step: w.step_since(from).expect("moved"),
+            id,
+            version: RespVersion::Resp2,
+            with_value: true,
+            generation: 0,
+            skip_below: 0,
+            bytes: vec![u8::try_from(id).expect("small id")],
+        }
+    }
+
+    #[test]
+    fn a_send_buf_keeps_the_latest_kinds_and_stops_when_none_is_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = logkv::Store::open(dir.path(), logkv::Options::default()).expect("open");
+        let bucket = store
+            .create_bucket("b", logkv::BucketConfig::default())
+            .expect("bucket");
+        let mut buf = SendBuf::default();
+        for id in 0..6 {
+            assert!(buf.keeping(), "frame {id}");
+            buf.keep(frames(&bucket, id));
+        }
+        // The two oldest were replaced, in order.
+        let ids: Vec<u64> = buf.shared.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [4, 5, 2, 3]);
+        for id in 6..KEEP_UNTAKEN as u64 {
+            buf.keep(frames(&bucket, id));
+        }
+        assert!(!buf.keeping(), "{KEEP_UNTAKEN} kept and none taken");
+        buf.taken();
+        assert!(buf.keeping(), "one was taken: others may be");
+        buf.finish();
+        assert!(buf.shared.is_empty(), "a delivery's frames end with it");
+        assert!(buf.keeping());
+    }
 }

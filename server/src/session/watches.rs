@@ -258,7 +258,7 @@ impl State {
                 slot.ended = true;
                 continue;
             }
-            if let Some(buf) = shared.as_deref() {
+            if let Some(buf) = shared.as_deref_mut() {
                 let taken = buf.shared.iter().find(|f| {
                     out.len() + f.bytes.len() <= high_water
                         && f.fit(slot, version)
@@ -266,6 +266,7 @@ impl State {
                 });
                 if let Some(frames) = taken {
                     out.extend_from_slice(&frames.bytes);
+                    buf.taken();
                 }
             }
             let (read_from, mark) = (out.len(), slot.watch.mark());
@@ -296,7 +297,7 @@ impl State {
                 }
             }
             if let (Some(buf), Some(from)) = (shared.as_deref_mut(), mark) {
-                if out.len() > read_from && !slot.ended {
+                if out.len() > read_from && !slot.ended && buf.keeping() {
                     if let Some(step) = slot.watch.step_since(from) {
                         buf.keep(SharedFrames {
                             step,
