@@ -563,16 +563,7 @@ fn borrowed_events_are_the_owned_ones() {
     }
     assert!(seen.iter().all(|&n| n > 6 * 40), "{seen:?}");
     // Compaction removes records the watches have not read: both end alike.
-    for round in 0..10u32 {
-        for k in 0..40u32 {
-            b.put(
-                &format!("a.{k}"),
-                format!("late-{round}-{}", "w".repeat(200)),
-            )
-            .unwrap();
-        }
-    }
-    b.compact().unwrap();
+    overwrite_and_compact(&b);
     for (i, (owned, borrowed)) in pairs.iter_mut().enumerate() {
         let a = drain_to_end(owned);
         assert!(
@@ -699,20 +690,26 @@ fn a_step_one_watch_took_is_what_another_would_read() {
 /// Both buckets get the same writes and are compacted alike (they stay twins).
 fn ends_without_a_step(both: [&Bucket; 2], w: &mut Watch) {
     for x in both {
-        for round in 0..10u32 {
-            for k in 0..40u32 {
-                x.put(
-                    &format!("a.{k}"),
-                    format!("late-{round}-{}", "w".repeat(200)),
-                )
-                .unwrap();
-            }
-        }
-        x.compact().unwrap();
+        overwrite_and_compact(x);
     }
     let from = w.mark().unwrap();
     let events = drain_to_end(w);
     assert!(matches!(events.last(), Some(WatchEvent::Lost { .. })));
     assert_eq!(w.mark(), None);
     assert!(w.step_since(from).is_none());
+}
+
+/// Overwrites keys `a.0` to `a.39` ten times and compacts: the records a watch that read
+/// none of it would need next are gone.
+fn overwrite_and_compact(b: &Bucket) {
+    for round in 0..10u32 {
+        for k in 0..40u32 {
+            b.put(
+                &format!("a.{k}"),
+                format!("late-{round}-{}", "w".repeat(200)),
+            )
+            .unwrap();
+        }
+    }
+    b.compact().unwrap();
 }
