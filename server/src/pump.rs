@@ -66,7 +66,7 @@ const KEEP_UNTAKEN: usize = 16;
 
 /// How many watchers' frames one sending thread keeps for the others of a delivery: the
 /// kinds of watcher (pattern, options, RESP version, ...) it tells apart at once.
-pub(crate) const SHARED_KINDS: usize = 4;
+const SHARED_KINDS: usize = 4;
 
 impl SendBuf {
     /// Keeps `frames` for the next subscribers of this delivery, in place of the oldest
