@@ -46,18 +46,33 @@ const SCRATCH_KEEP: usize = 64 * 1024;
 pub(crate) struct SendBuf {
     /// Where a subscriber's frames are encoded before they are written.
     pub scratch: Vec<u8>,
-    /// The frames of the last few watches in this delivery that read new events (at most
-    /// [`SHARED_KINDS`]). A watch that stands where one of them stood and reads the same
-    /// way sends its bytes and takes the same step ([`logkv::Watch::follow`]) instead of
-    /// reading and encoding the same events again: a thousand watchers of one bucket cost
-    /// one encoding per kind of watcher, as a pub/sub message is framed once for all its
-    /// subscribers.
-    pub shared: Vec<SharedFrames>,
-    /// Which of `shared` the next new frames replace once it is full.
+    pub frames: FrameCache,
+}
+
+impl SendBuf {
+    /// Ends a delivery.
+    fn finish(&mut self) {
+        self.frames.clear();
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
+        }
+    }
+}
+
+/// The frames of the last few watches in a delivery that read new events (at most
+/// [`SHARED_KINDS`]). A watch that stands where one of them stood and reads the same way
+/// sends its bytes and takes the same step ([`logkv::Watch::follow`]) instead of reading
+/// and encoding the same events again: a thousand watchers of one bucket cost one
+/// encoding per kind of watcher, as a pub/sub message is framed once for all its
+/// subscribers.
+#[derive(Default)]
+pub(crate) struct FrameCache {
+    kept: Vec<SharedFrames>,
+    /// Which of `kept` the next new frames replace once it is full.
     replace_next: usize,
     /// Frames kept, and taken by another watch, in this delivery.
-    kept: usize,
-    taken: usize,
+    kept_count: usize,
+    taken_count: usize,
 }
 
 /// Frames a sending thread keeps in one delivery before it stops when none was taken
@@ -68,53 +83,48 @@ const KEEP_UNTAKEN: usize = 16;
 /// kinds of watcher (pattern, options, RESP version, ...) it tells apart at once.
 const SHARED_KINDS: usize = 4;
 
-impl SendBuf {
+impl FrameCache {
+    /// The first kept frames `take` accepts (and acts on), counted as taken.
+    pub fn take(&mut self, mut take: impl FnMut(&SharedFrames) -> bool) -> Option<&SharedFrames> {
+        let found = self.kept.iter().find(|f| take(f))?;
+        self.taken_count += 1;
+        Some(found)
+    }
+
     /// Keeps `frames` for the next subscribers of this delivery, in place of the oldest
     /// kept once [`SHARED_KINDS`] are.
     pub fn keep(&mut self, frames: SharedFrames) {
-        self.kept += 1;
-        if self.shared.len() < SHARED_KINDS {
-            self.shared.push(frames);
+        self.kept_count += 1;
+        if self.kept.len() < SHARED_KINDS {
+            self.kept.push(frames);
         } else {
             let i = self.replace_next % SHARED_KINDS;
             self.replace_next = i + 1;
-            self.shared[i] = frames;
+            self.kept[i] = frames;
         }
     }
 
     /// Whether frames are still worth keeping in this delivery: some kept frames were
     /// taken, or too few were kept yet to tell.
     pub fn keeping(&self) -> bool {
-        self.taken > 0 || self.kept < KEEP_UNTAKEN
+        self.taken_count > 0 || self.kept_count < KEEP_UNTAKEN
     }
 
-    /// Counts kept frames taken by another watch.
-    pub fn taken(&mut self) {
-        self.taken += 1;
-    }
-
-    /// Ends a delivery: the shared frames hold a segment of the log, which compaction
-    /// may want to remove before the next one.
-    fn finish(&mut self) {
-        self.shared.clear();
-        self.replace_next = 0;
-        self.kept = 0;
-        self.taken = 0;
-        if self.scratch.capacity() > SCRATCH_KEEP {
-            self.scratch = Vec::new();
-        }
+    /// Forgets every frame: they hold a segment of the log, which compaction may want to
+    /// remove before the next delivery.
+    fn clear(&mut self) {
+        *self = FrameCache::default();
     }
 }
 
-/// One watch's frames for one step through the log, and what else they depend on.
+/// One watch's frames for one step through the log, and what else they depend on (the
+/// step covers the bucket and how the watch reads, `METAONLY` included; a watch of a
+/// replaced store ends before it could take or leave frames).
 pub(crate) struct SharedFrames {
     pub step: logkv::WatchStep,
     /// The watch id the frames carry.
     pub id: u64,
     pub version: RespVersion,
-    pub with_value: bool,
-    /// The store generation the watch reads (a cluster node's).
-    pub generation: u64,
     /// Entries below this revision were left out (a cluster node's `FROM`).
     pub skip_below: u64,
     pub bytes: Vec<u8>,
@@ -378,8 +388,6 @@ mod tests {
             step: w.step_since(from).expect("moved"),
             id,
             version: RespVersion::Resp2,
-            with_value: true,
-            generation: 0,
             skip_below: 0,
             bytes: vec![u8::try_from(id).expect("small id")],
         }
@@ -393,21 +401,30 @@ mod tests {
             .create_bucket("b", logkv::BucketConfig::default())
             .expect("bucket");
         let mut buf = SendBuf::default();
+        let cache = &mut buf.frames;
         for id in 0..6 {
-            assert!(buf.keeping(), "frame {id}");
-            buf.keep(frames(&bucket, id));
+            assert!(cache.keeping(), "frame {id}");
+            cache.keep(frames(&bucket, id));
         }
         // The two oldest were replaced, in order.
-        let ids: Vec<u64> = buf.shared.iter().map(|f| f.id).collect();
+        let ids: Vec<u64> = cache.kept.iter().map(|f| f.id).collect();
         assert_eq!(ids, [4, 5, 2, 3]);
         for id in 6..KEEP_UNTAKEN as u64 {
-            buf.keep(frames(&bucket, id));
+            cache.keep(frames(&bucket, id));
         }
-        assert!(!buf.keeping(), "{KEEP_UNTAKEN} kept and none taken");
-        buf.taken();
-        assert!(buf.keeping(), "one was taken: others may be");
+        assert!(!cache.keeping(), "{KEEP_UNTAKEN} kept and none taken");
+        assert!(cache.take(|f| f.id == 99).is_none(), "none accepted");
+        assert!(
+            !cache.keeping(),
+            "a search that takes nothing counts for nothing"
+        );
+        assert_eq!(cache.take(|f| f.id == 13).map(|f| f.id), Some(13));
+        assert!(cache.keeping(), "one was taken: others may be");
         buf.finish();
-        assert!(buf.shared.is_empty(), "a delivery's frames end with it");
-        assert!(buf.keeping());
+        assert!(
+            buf.frames.kept.is_empty(),
+            "a delivery's frames end with it"
+        );
+        assert!(buf.frames.keeping());
     }
 }

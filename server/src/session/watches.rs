@@ -33,7 +33,7 @@ use tracing::warn;
 
 use crate::encode;
 use crate::protocol::RespVersion;
-use crate::pump::{Pump, SendBuf, SharedFrames, Subscriber};
+use crate::pump::{FrameCache, Pump, SendBuf, SharedFrames, Subscriber};
 use crate::shared::Shared;
 
 /// Most watches one connection may hold.
@@ -242,7 +242,7 @@ impl State {
         version: RespVersion,
         out: &mut Vec<u8>,
         high_water: usize,
-        mut shared: Option<&mut SendBuf>,
+        mut shared: Option<&mut FrameCache>,
     ) -> bool {
         let n = self.list.len();
         let mut full = false;
@@ -258,18 +258,19 @@ impl State {
                 slot.ended = true;
                 continue;
             }
-            if let Some(buf) = shared.as_deref_mut() {
-                let taken = buf.shared.iter().find(|f| {
+            let mut mark = None;
+            if let Some(cache) = shared.as_deref_mut() {
+                let taken = cache.take(|f| {
                     out.len() + f.bytes.len() <= high_water
                         && f.fit(slot, version)
                         && slot.watch.follow(&f.step)
                 });
                 if let Some(frames) = taken {
                     out.extend_from_slice(&frames.bytes);
-                    buf.taken();
                 }
+                mark = slot.watch.mark();
             }
-            let (read_from, mark) = (out.len(), slot.watch.mark());
+            let read_from = out.len();
             loop {
                 if out.len() >= high_water {
                     full = true;
@@ -296,15 +297,13 @@ impl State {
                     }
                 }
             }
-            if let (Some(buf), Some(from)) = (shared.as_deref_mut(), mark) {
-                if out.len() > read_from && !slot.ended && buf.keeping() {
+            if let (Some(cache), Some(from)) = (shared.as_deref_mut(), mark) {
+                if out.len() > read_from && !slot.ended && cache.keeping() {
                     if let Some(step) = slot.watch.step_since(from) {
-                        buf.keep(SharedFrames {
+                        cache.keep(SharedFrames {
                             step,
                             id: slot.id,
                             version,
-                            with_value: slot.with_value,
-                            generation: slot.generation,
                             skip_below: slot.skip_below,
                             bytes: out[read_from..].to_vec(),
                         });
@@ -334,21 +333,19 @@ impl State {
         let Some(version) = self.parked else {
             return false;
         };
-        // Out of `buf` while `pull` reads and adds to the shared frames beside it.
-        let mut scratch = std::mem::take(&mut buf.scratch);
+        let SendBuf { scratch, frames } = buf;
         scratch.clear();
-        let more = self.pull(outlet, version, &mut scratch, DIRECT_MAX, Some(buf));
+        let more = self.pull(outlet, version, scratch, DIRECT_MAX, Some(frames));
         let sent = match self.socket.as_mut() {
-            Some(socket) => write_some(socket, &scratch),
+            Some(socket) => write_some(socket, scratch),
             None => 0,
         };
-        let done = !more && sent == scratch.len();
-        if !done {
-            self.stash.extend_from_slice(&scratch[sent..]);
-            self.parked = None;
+        if !more && sent == scratch.len() {
+            return true;
         }
-        buf.scratch = scratch;
-        done
+        self.stash.extend_from_slice(&scratch[sent..]);
+        self.parked = None;
+        false
     }
 }
 
@@ -368,13 +365,10 @@ fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> usize {
 }
 
 impl SharedFrames {
-    /// Whether these frames are the ones `slot` would send, given the same events.
+    /// Whether these frames are the ones `slot` would send, given the same events
+    /// (whether values are sent follows `METAONLY`, which the step checks).
     fn fit(&self, slot: &Slot, version: RespVersion) -> bool {
-        self.id == slot.id
-            && self.version == version
-            && self.with_value == slot.with_value
-            && self.generation == slot.generation
-            && self.skip_below == slot.skip_below
+        self.id == slot.id && self.version == version && self.skip_below == slot.skip_below
     }
 }
 
