@@ -135,8 +135,19 @@ impl BucketConfig {
         write_atomic(storage, path, self.encode().as_bytes())
     }
 
-    pub(crate) fn load(path: &Path) -> Result<BucketConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    /// Reads `bucket.conf` at `path`; `None` if there is no such file (a
+    /// bucket whose creation never finished).
+    pub(crate) fn load(path: &Path) -> Result<Option<BucketConfig>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        Self::parse(path, &text).map(Some)
+    }
+
+    /// Parses the text of `bucket.conf` (read from `path`, named in errors).
+    fn parse(path: &Path, text: &str) -> Result<BucketConfig> {
         let bad = |why: String| Error::Config(format!("{}: {why}", path.display()));
         let mut c = BucketConfig::default();
         let mut version = None;

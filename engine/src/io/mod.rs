@@ -63,6 +63,12 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// a symbolic link included) instead of replacing it.
     fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Whether the order of calls decides what the backend does, so that calls
+    /// from several threads at once would make a run impossible to replay (a
+    /// simulation numbers files and draws faults in call order).
+    fn replays_call_order(&self) -> bool {
+        false
+    }
 }
 
 /// Where a store keeps its files: the operating system, or (in tests) a
@@ -121,6 +127,12 @@ impl Storage {
     #[cfg(any(test, feature = "failpoints"))]
     pub fn simulated(sim: &SimFs) -> Storage {
         Storage::over(Arc::new(sim.clone()))
+    }
+
+    /// Whether work on several files may run on several threads at once (the
+    /// operating system), or must keep one order so a run replays (a simulation).
+    pub(crate) fn allows_parallel_work(&self) -> bool {
+        !self.backend.replays_call_order()
     }
 
     /// Opens a file.

@@ -218,20 +218,21 @@ impl Log {
         }
         let next_slot = AtomicU32::new(1);
         let alloc = || next_slot.fetch_add(1, Ordering::Relaxed);
-        let rec = recovery::recover(&cfg.storage, dir, cfg.repair, &alloc, start, apply)?;
+        let rec = recovery::recover(
+            &cfg.storage,
+            dir,
+            cfg.repair,
+            cfg.segment_size,
+            &alloc,
+            start,
+            apply,
+        )?;
         let mut segments = Table::default();
         rec.segments
             .iter()
             .for_each(|s| segments.insert(Arc::clone(s)));
         let (active, pos) = if let Some(last) = rec.segments.last() {
-            // Re-map the last segment at full capacity so appends can grow into it
-            // (same slot: the index already points at it).
-            let active = Arc::new(Segment::open(
-                &cfg.storage,
-                &last.path,
-                last.slot,
-                Some(cfg.segment_size),
-            )?);
+            let active = full_capacity(last, &cfg)?;
             let pos = rec.tail.max(last.data_start);
             active.set_data_end(pos);
             segments.insert(Arc::clone(&active));
@@ -607,4 +608,16 @@ impl Log {
         }
         Ok(())
     }
+}
+
+/// The last segment of a recovered log, mapped at full capacity so that appends
+/// can grow into it. Recovery mapped it so, unless the segment it meant to (the
+/// newest file) was superseded or moved aside; then it is re-mapped here (same
+/// slot: the index already points at it).
+fn full_capacity(last: &Arc<Segment>, cfg: &LogConfig) -> Result<Arc<Segment>> {
+    if last.capacity() >= cfg.segment_size {
+        return Ok(Arc::clone(last));
+    }
+    let segment = Segment::open(&cfg.storage, &last.path, last.slot, Some(cfg.segment_size))?;
+    Ok(Arc::new(segment))
 }

@@ -104,17 +104,19 @@ pub(crate) type StartAt<'a> = &'a mut dyn FnMut(&[Arc<Segment>]) -> Option<Start
 pub type Apply<'a> = &'a mut dyn FnMut(&Arc<Segment>, u64, &Record<'_>) -> Result<()>;
 
 /// Calls `apply(segment, offset, record)` for every record of every complete
-/// batch from the start point on, in log order.
+/// batch from the start point on, in log order. The newest segment is mapped
+/// `capacity` bytes long, ready to be appended to.
 pub(crate) fn recover(
     storage: &Storage,
     dir: &Path,
     repair: bool,
+    capacity: u64,
     next_slot: &dyn Fn() -> u32,
     start: StartAt<'_>,
     apply: Apply<'_>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
-    let mut segments = open_segments(storage, dir, repair, next_slot, &mut report)?;
+    let mut segments = open_segments(storage, dir, repair, capacity, next_slot, &mut report)?;
     let watermark = segments
         .iter()
         .map(|s| s.header.revision_watermark)
@@ -169,11 +171,13 @@ pub(crate) fn recover(
     })
 }
 
-/// Lists, cleans up and opens the segments of a directory, in log order.
+/// Lists, cleans up and opens the segments of a directory, in log order; the
+/// newest is mapped `capacity` bytes long (the log's active segment).
 fn open_segments(
     storage: &Storage,
     dir: &Path,
     repair: bool,
+    capacity: u64,
     next_slot: &dyn Fn() -> u32,
     report: &mut RecoveryReport,
 ) -> Result<Vec<Arc<Segment>>> {
@@ -197,10 +201,12 @@ fn open_segments(
         }
     }
     ids.sort();
+    let newest = ids.last().copied();
     let mut opened = Vec::with_capacity(ids.len());
     for id in ids {
         let path = dir.join(id.file_name());
-        match Segment::open(storage, &path, next_slot(), None) {
+        let map_len = (Some(id) == newest).then_some(capacity);
+        match Segment::open(storage, &path, next_slot(), map_len) {
             Ok(seg) if seg.header.id == id => opened.push(seg),
             Ok(_) | Err(Error::Corrupt { .. }) if repair => {
                 let aside = path.with_extension("seg.corrupt");

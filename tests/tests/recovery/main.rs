@@ -27,6 +27,7 @@ mod segments;
 
 mod corruption;
 mod locks;
+mod many_buckets;
 mod permissions;
 mod repair;
 mod round_trip;

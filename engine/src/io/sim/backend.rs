@@ -234,4 +234,9 @@ impl Backend for SimFs {
         s.stats.syncs += 1;
         Ok(())
     }
+
+    fn replays_call_order(&self) -> bool {
+        // Files are numbered, faults drawn and crash countdowns counted in call order.
+        true
+    }
 }

@@ -29,6 +29,10 @@ use crate::key::{validate_bucket_name, Glob};
 use crate::lock::DirLock;
 use crate::log::recovery::RecoveryReport;
 
+mod open;
+
+use open::{open_buckets, OpenedBuckets};
+
 /// The bucket that always exists.
 pub const DEFAULT_BUCKET: &str = "default";
 const BUCKETS_DIR: &str = "buckets";
@@ -76,58 +80,7 @@ impl Store {
         let lock = DirLock::acquire(&dir)?;
         let buckets_dir = dir.join(BUCKETS_DIR);
         create_dir_all_durable(&storage, &buckets_dir)?;
-        let mut buckets = BTreeMap::new();
-        let mut recovery = Vec::new();
-        let entries = std::fs::read_dir(&buckets_dir).map_err(|e| Error::io(&buckets_dir, e))?;
-        let mut cleaned = false;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&buckets_dir, e))?;
-            let path = entry.path();
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                tracing::warn!(path = %path.display(), "ignoring a file with a non-UTF-8 name");
-                continue;
-            };
-            if !path.is_dir() {
-                tracing::warn!(path = %path.display(), "ignoring a file that is not a bucket");
-                continue;
-            }
-            if name.ends_with(DROPPED_SUFFIX) || name.ends_with(CREATING_SUFFIX) {
-                tracing::info!(path = %path.display(), "finishing the removal of a dropped bucket");
-                storage
-                    .remove_dir_all(&path)
-                    .map_err(|e| Error::io(&path, e))?;
-                cleaned = true;
-                continue;
-            }
-            if validate_bucket_name(&name).is_err() {
-                tracing::warn!(path = %path.display(), "ignoring a directory that is not a bucket");
-                continue;
-            }
-            if !path.join(CONFIG_FILE).exists() {
-                tracing::info!(path = %path.display(), "removing a bucket whose creation never finished");
-                storage
-                    .remove_dir_all(&path)
-                    .map_err(|e| Error::io(&path, e))?;
-                cleaned = true;
-                continue;
-            }
-            let config = BucketConfig::load(&path.join(CONFIG_FILE))?;
-            let started = Instant::now();
-            let (core, report) = BucketCore::open(&path, &name, config, &opts)?;
-            tracing::info!(
-                bucket = %name,
-                segments = report.segments,
-                records = report.records,
-                truncated_bytes = report.truncated_bytes,
-                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "bucket recovered"
-            );
-            recovery.push((name.clone(), report));
-            buckets.insert(name, Arc::new(core));
-        }
-        if cleaned {
-            sync_dir(&storage, &buckets_dir)?;
-        }
+        let OpenedBuckets { buckets, recovery } = open_buckets(&buckets_dir, &opts)?;
         let store = Store {
             inner: Arc::new(StoreInner {
                 dir,

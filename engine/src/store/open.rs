@@ -1,0 +1,271 @@
+//! Opening a store's buckets: the `buckets/` directory is listed, what unfinished
+//! creations and drops left behind is removed, and every bucket's log is replayed
+//! into its index (`bucket/open.rs`).
+//!
+//! Each bucket's recovery touches only its own directory, so a store of many
+//! buckets opens them on several threads; a store of few buckets, or one on a
+//! simulated file system (whose runs must replay in one call order), opens them
+//! on the calling thread. Either way the outcome is the same: buckets are
+//! listed in name order, and if some cannot be opened, the error reported is
+//! that of the first of them by name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{CREATING_SUFFIX, DROPPED_SUFFIX};
+use crate::bucket::BucketCore;
+use crate::config::{BucketConfig, Options, CONFIG_FILE};
+use crate::error::{Error, Result};
+use crate::fsutil::sync_dir;
+use crate::io::Storage;
+use crate::key::validate_bucket_name;
+use crate::log::recovery::RecoveryReport;
+
+/// Buckets each opening thread should have, at least, to be worth starting.
+const BUCKETS_PER_THREAD: usize = 64;
+/// Most threads opening buckets at once.
+const MAX_THREADS: usize = 8;
+
+/// The buckets of a store, opened.
+#[derive(Default)]
+pub(super) struct OpenedBuckets {
+    pub(super) buckets: BTreeMap<String, Arc<BucketCore>>,
+    /// What recovery found in each bucket, in name order.
+    pub(super) recovery: Vec<(String, RecoveryReport)>,
+}
+
+/// A bucket directory found by the listing.
+struct Found {
+    name: String,
+    path: PathBuf,
+}
+
+/// What became of one bucket directory.
+enum Outcome {
+    Opened(Arc<BucketCore>, RecoveryReport),
+    /// Its creation never finished (no configuration): removed.
+    Removed,
+}
+
+/// Opens every bucket under `buckets_dir`.
+pub(super) fn open_buckets(buckets_dir: &Path, opts: &Options) -> Result<OpenedBuckets> {
+    let started = Instant::now();
+    let storage = &opts.storage;
+    let (found, mut cleaned) = list(storage, buckets_dir)?;
+    let threads = threads_for(storage, found.len());
+    let results = on_threads(found.len(), threads, |i| {
+        found.get(i).map_or_else(
+            || Err(Error::Internal(format!("no bucket number {i}"))),
+            |f| open_one(f, opts),
+        )
+    });
+    let mut opened = OpenedBuckets::default();
+    let (mut segments, mut records) = (0, 0);
+    for (f, result) in found.into_iter().zip(results) {
+        // A bucket is skipped only after one before it failed (see `on_threads`).
+        let outcome = result.ok_or_else(|| Error::Internal("a bucket was not opened".into()))?;
+        match outcome? {
+            Outcome::Opened(core, report) => {
+                segments += report.segments;
+                records += report.records;
+                opened.recovery.push((f.name.clone(), report));
+                opened.buckets.insert(f.name, core);
+            }
+            Outcome::Removed => cleaned = true,
+        }
+    }
+    if cleaned {
+        sync_dir(storage, buckets_dir)?;
+    }
+    tracing::info!(
+        buckets = opened.buckets.len(),
+        segments,
+        records,
+        threads,
+        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "buckets opened"
+    );
+    Ok(opened)
+}
+
+/// The bucket directories under `buckets_dir`, in name order, after removing
+/// the leftovers of unfinished drops and creations; and whether anything was
+/// removed (the directory then needs a sync).
+fn list(storage: &Storage, buckets_dir: &Path) -> Result<(Vec<Found>, bool)> {
+    let entries = std::fs::read_dir(buckets_dir).map_err(|e| Error::io(buckets_dir, e))?;
+    let mut found = Vec::new();
+    let mut cleaned = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(buckets_dir, e))?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            tracing::warn!(path = %path.display(), "ignoring a file with a non-UTF-8 name");
+            continue;
+        };
+        // The listing's file type saves a `stat` per bucket; a symbolic link is
+        // followed, as a bucket directory may be one.
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => path.is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if !is_dir {
+            tracing::warn!(path = %path.display(), "ignoring a file that is not a bucket");
+            continue;
+        }
+        if name.ends_with(DROPPED_SUFFIX) || name.ends_with(CREATING_SUFFIX) {
+            tracing::info!(path = %path.display(), "finishing the removal of a dropped bucket");
+            storage
+                .remove_dir_all(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            cleaned = true;
+            continue;
+        }
+        if validate_bucket_name(&name).is_err() {
+            tracing::warn!(path = %path.display(), "ignoring a directory that is not a bucket");
+            continue;
+        }
+        found.push(Found { name, path });
+    }
+    found.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok((found, cleaned))
+}
+
+/// Opens one bucket directory (or removes it, if its creation never finished).
+fn open_one(f: &Found, opts: &Options) -> Result<Outcome> {
+    let Some(config) = BucketConfig::load(&f.path.join(CONFIG_FILE))? else {
+        tracing::info!(path = %f.path.display(), "removing a bucket whose creation never finished");
+        opts.storage
+            .remove_dir_all(&f.path)
+            .map_err(|e| Error::io(&f.path, e))?;
+        return Ok(Outcome::Removed);
+    };
+    let started = Instant::now();
+    let (core, report) = BucketCore::open(&f.path, &f.name, config, opts)?;
+    // One line per bucket only on request: a store may have tens of thousands.
+    // What recovery cut or skipped is reported by whoever reads the reports.
+    tracing::debug!(
+        bucket = %f.name,
+        segments = report.segments,
+        records = report.records,
+        truncated_bytes = report.truncated_bytes,
+        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "bucket recovered"
+    );
+    Ok(Outcome::Opened(Arc::new(core), report))
+}
+
+/// How many threads should open `buckets` buckets.
+fn threads_for(storage: &Storage, buckets: usize) -> usize {
+    if !storage.allows_parallel_work() {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores
+        .min(MAX_THREADS)
+        .min(buckets.div_ceil(BUCKETS_PER_THREAD))
+        .max(1)
+}
+
+/// Runs `work(i)` for every `i` in `0..n` on up to `threads` threads (the
+/// calling one included), taking the numbers in increasing order, and returns
+/// the results by number. After a failure no further number is taken, so a
+/// `None` (not run) always comes after an error: every number below a taken
+/// one was taken too, and a taken number is always run.
+fn on_threads<T: Send>(
+    n: usize,
+    threads: usize,
+    work: impl Fn(usize) -> Result<T> + Sync,
+) -> Vec<Option<Result<T>>> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let run = || {
+        let mut done = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            let result = work(i);
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            done.push((i, result));
+        }
+        done
+    };
+    let mut results: Vec<Option<Result<T>>> = std::iter::repeat_with(|| None).take(n).collect();
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("logkv-open".into())
+                    .spawn_scoped(s, run)
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "could not start a thread to open buckets");
+                    })
+                    .ok()
+            })
+            .collect();
+        let mut done = run();
+        for helper in helpers {
+            match helper.join() {
+                Ok(more) => done.extend(more),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        for (i, result) in done {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = Some(result);
+            }
+        }
+    });
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_threads_runs_every_number_once_in_its_place() {
+        for threads in [1, 2, 5] {
+            let got = on_threads(300, threads, |i| Ok(i * 2));
+            let want: Vec<usize> = (0..300).map(|i| i * 2).collect();
+            let got: Vec<usize> = got.into_iter().map(|r| r.unwrap().unwrap()).collect();
+            assert_eq!(got, want, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn on_threads_stops_after_a_failure_and_never_skips_below_it() {
+        for threads in [1, 2, 4] {
+            let got = on_threads(500, threads, |i| {
+                if i == 100 || i == 400 {
+                    Err(Error::Internal(format!("number {i}")))
+                } else {
+                    Ok(i)
+                }
+            });
+            let first_failure = got.iter().position(|r| matches!(r, Some(Err(_)))).unwrap();
+            assert_eq!(first_failure, 100, "{threads} threads");
+            assert!(
+                got[..100].iter().all(|r| matches!(r, Some(Ok(_)))),
+                "{threads} threads: every number below the first failure was run"
+            );
+            let first_skipped = got.iter().position(Option::is_none);
+            if threads == 1 {
+                assert_eq!(first_skipped, Some(101), "one thread stops at the failure");
+                assert!(got[101..].iter().all(Option::is_none));
+            } else {
+                assert!(
+                    first_skipped.is_none_or(|s| s > 100),
+                    "{threads} threads: no number below the failure is skipped"
+                );
+            }
+        }
+    }
+}
