@@ -1,6 +1,7 @@
 //! Power-loss tests: the store's files sit on a simulated page cache
 //! (`logkv::io::SimFs`, feature `failpoints`), and the power is cut.
 //!
+//! - `close`: a clean close with nothing new to mark writes nothing.
 //! - `harness`: random workloads cut at random points, checked against a reference store.
 //! - `regressions`: one test per durability defect the simulation found or a review
 //!   reported, each failing before its fix.
@@ -10,6 +11,7 @@
     reason = "test sizes and indexes drawn from small ranges"
 )]
 
+mod close;
 #[path = "../common/mod.rs"]
 mod common;
 mod compaction_steps;

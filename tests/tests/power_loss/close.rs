@@ -1,0 +1,159 @@
+//! A clean close that finds its mark already on disk writes nothing: a store opened
+//! clean and closed without a write makes no sync, and a power cut after that close
+//! loses nothing, skips no revision and finds the stop clean. A write, or another
+//! fsync policy (another mark), still gets its mark.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use logkv::io::{CutStyle, SimFs, Storage};
+use logkv::{BucketConfig, FsyncPolicy, ManualClock, Options, Store};
+
+use crate::common::T0;
+
+const BUCKETS: usize = 5;
+
+struct Sim {
+    _root: tempfile::TempDir,
+    fs: SimFs,
+    dir: PathBuf,
+    clock: ManualClock,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let root = tempfile::tempdir().expect("tempdir");
+        let fs = SimFs::new(root.path(), seed).expect("sim");
+        let dir = fs.root().join("store");
+        Sim {
+            _root: root,
+            fs,
+            dir,
+            clock: ManualClock::new(T0),
+        }
+    }
+
+    fn open(&self, fsync: FsyncPolicy) -> Store {
+        let opts = Options {
+            storage: Storage::simulated(&self.fs),
+            fsync,
+            background: false,
+            segment_size: 4096,
+            clock: Arc::new(self.clock.clone()),
+            ..Default::default()
+        };
+        Store::open(&self.dir, opts).expect("open")
+    }
+
+    /// Syncs made while `f` runs.
+    fn syncs_during(&self, f: impl FnOnce()) -> u64 {
+        let before = self.fs.stats().syncs;
+        f();
+        self.fs.stats().syncs - before
+    }
+
+    /// A power cut with no store open: whatever was not synced may go.
+    fn cut(&self, seed_style: u64) {
+        let style = if seed_style.is_multiple_of(2) {
+            CutStyle::LoseAll
+        } else {
+            CutStyle::Random
+        };
+        self.fs.crash_now();
+        self.fs.restart_with(style).expect("restart");
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("b{i}")
+}
+
+/// Every bucket's keys with their value and revision, and its lost revisions.
+type Seen = Vec<(String, Vec<(String, Vec<u8>, u64)>, Vec<(u64, u64)>)>;
+
+fn seen(store: &Store) -> Seen {
+    store
+        .bucket_names()
+        .into_iter()
+        .map(|n| {
+            let b = store.bucket(&n).expect("bucket");
+            let entries = b
+                .keys(">")
+                .expect("keys")
+                .into_iter()
+                .map(|k| {
+                    let e = b.entry(&k).expect("entry").expect("live");
+                    (k, e.value.to_vec(), e.revision)
+                })
+                .collect();
+            (n, entries, b.lost_revisions())
+        })
+        .collect()
+}
+
+#[test]
+fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_nothing() {
+    for (seed, fsync) in [
+        (1, FsyncPolicy::Always),
+        (2, FsyncPolicy::Interval(std::time::Duration::from_secs(1))),
+        (3, FsyncPolicy::Never),
+    ] {
+        let sim = Sim::new(seed);
+        let store = sim.open(fsync);
+        for i in 0..BUCKETS {
+            let b = store
+                .create_bucket(&name(i), BucketConfig::default())
+                .expect("create");
+            for k in 0..=i {
+                b.put(&format!("k{k}"), format!("v{i}.{k}")).expect("put");
+            }
+        }
+        drop(store);
+        let store = sim.open(fsync);
+        let want = seen(&store);
+        assert!(want.iter().all(|(_, _, lost)| lost.is_empty()), "{fsync:?}");
+        let syncs = sim.syncs_during(|| drop(store));
+        assert_eq!(
+            syncs, 0,
+            "{fsync:?}: a close with nothing new syncs nothing"
+        );
+
+        sim.cut(seed);
+        let store = sim.open(fsync);
+        assert_eq!(seen(&store), want, "{fsync:?}: after a power cut");
+        for (bucket, report) in store.recovery_reports() {
+            assert_eq!(report.truncated_bytes, 0, "{fsync:?}: {bucket}");
+        }
+
+        // One write: that bucket's close marks it again, the others' do not.
+        store
+            .bucket(&name(2))
+            .expect("bucket")
+            .put("new", "value")
+            .expect("put");
+        let want = seen(&store);
+        let syncs = sim.syncs_during(|| drop(store));
+        assert!(
+            syncs > 0,
+            "{fsync:?}: the written bucket is synced at close"
+        );
+        sim.cut(seed + 1);
+        let store = sim.open(fsync);
+        assert_eq!(seen(&store), want, "{fsync:?}: the write survives the cut");
+
+        // Another policy writes other marks (whether writes were visible before they
+        // were durable): every bucket is marked again.
+        let other = if fsync == FsyncPolicy::Always {
+            FsyncPolicy::Never
+        } else {
+            FsyncPolicy::Always
+        };
+        drop(store);
+        let store = sim.open(other);
+        let syncs = sim.syncs_during(|| drop(store));
+        assert!(
+            syncs >= BUCKETS as u64,
+            "{fsync:?} then {other:?}: {syncs} syncs"
+        );
+    }
+}
