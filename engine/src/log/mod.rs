@@ -486,13 +486,16 @@ impl Log {
                 "a batch of {need} bytes is too large for one segment"
             )));
         }
+        // Pre-written as the old segment would have grown next: the largest
+        // step for a segment that filled up, a few KiB for one that held little
+        // (a rotation for revisions, after an unclean stop).
         let seg = Arc::new(Segment::create(
             &self.cfg.storage,
             &self.dir,
             self.alloc_slot(),
             header,
             capacity,
-            self.cfg.prealloc_chunk(),
+            self.cfg.growth(app.pos),
             self.eager_flag(),
         )?);
         self.segments.write().insert(Arc::clone(&seg));
