@@ -4,7 +4,10 @@
 //!   at a time: `BUCKET CREATE`, `USE`, `SET`);
 //! - `S7.disk`: bytes allocated under the data directory (like `du`);
 //! - `S7.threads`, `S7.fds`: the server's threads (/proc/pid/status) and open files
-//!   (/proc/pid/fd), unit `count`; `S7.rss`: its resident memory (`VmRSS`);
+//!   (/proc/pid/fd), unit `count`; `S7.rss`: its resident memory (`VmRSS`), and
+//!   `S7.rss.anon` the part of it that is the process's own (`RssAnon`; the rest is
+//!   mapped pages of files, such as each bucket's newest segment, shared with the
+//!   page cache);
 //! - `S7.restart`: seconds from starting the server again on the same directory to the
 //!   answer of the first GET (of the last bucket's key), and `S7.restart.threads`,
 //!   `.fds`, `.rss` right after it.
@@ -60,6 +63,7 @@ fn emit_process(server: &Running, prefix: &str, buckets: usize, rep: &mut Report
         ("threads", sys::proc_status_field(pid, "Threads:"), "count"),
         ("fds", sys::open_fds(pid), "count"),
         ("rss", sys::proc_status_field(pid, "VmRSS:"), "bytes"),
+        ("rss.anon", sys::proc_status_field(pid, "RssAnon:"), "bytes"),
     ];
     for (what, value, unit) in counts {
         if let Some(v) = value {
