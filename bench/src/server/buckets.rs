@@ -6,8 +6,8 @@
 //! - `S7.threads`, `S7.fds`: the server's threads (/proc/pid/status) and open files
 //!   (/proc/pid/fd), unit `count`; `S7.rss`: its resident memory (`VmRSS`), and
 //!   `S7.rss.anon` the part of it that is the process's own (`RssAnon`; the rest is
-//!   mapped pages of files, such as each bucket's newest segment, shared with the
-//!   page cache);
+//!   mapped pages of files, such as the pages of each bucket's newest segment that
+//!   recovery read, shared with the page cache);
 //! - `S7.restart`: seconds from starting the server again on the same directory to the
 //!   answer of the first GET (of the last bucket's key), and `S7.restart.threads`,
 //!   `.fds`, `.rss` right after it.

@@ -415,7 +415,8 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Opens an existing segment read-write, mapping it at its file length.
+    /// Opens an existing segment read-write, mapping it at its file length or
+    /// at `capacity`, whichever is longer (the active segment's full size).
     pub fn open(
         storage: &Storage,
         path: &Path,

@@ -112,9 +112,8 @@ fn list(storage: &Storage, buckets_dir: &Path) -> Result<(Vec<Found>, bool)> {
         // The listing's file type saves a `stat` per bucket; a symbolic link is
         // followed, as a bucket directory may be one.
         let is_dir = match entry.file_type() {
-            Ok(t) if t.is_symlink() => path.is_dir(),
-            Ok(t) => t.is_dir(),
-            Err(e) => return Err(Error::io(&path, e)),
+            Ok(t) if !t.is_symlink() => t.is_dir(),
+            _ => path.is_dir(),
         };
         if !is_dir {
             tracing::warn!(path = %path.display(), "ignoring a file that is not a bucket");
@@ -183,6 +182,8 @@ fn on_threads<T: Send>(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let run = || {
+        // A panic in `work` stops the other threads too (it is resumed below).
+        let stop_on_panic = StopOnPanic(&failed);
         let mut done = Vec::new();
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -195,6 +196,7 @@ fn on_threads<T: Send>(
             }
             done.push((i, result));
         }
+        drop(stop_on_panic);
         done
     };
     let mut results: Vec<Option<Result<T>>> = std::iter::repeat_with(|| None).take(n).collect();
@@ -226,6 +228,17 @@ fn on_threads<T: Send>(
     results
 }
 
+/// Raises the flag it holds if dropped while its thread panics.
+struct StopOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +251,26 @@ mod tests {
             let got: Vec<usize> = got.into_iter().map(|r| r.unwrap().unwrap()).collect();
             assert_eq!(got, want, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn a_panic_on_one_thread_stops_the_others_and_reaches_the_caller() {
+        let ran = AtomicUsize::new(0);
+        let caught = std::panic::catch_unwind(|| {
+            on_threads(10_000, 4, |i| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                assert!(i != 10, "a panic opening bucket {i}");
+                // As a bucket's open would: long enough that the others cannot run
+                // everything while the panicking thread unwinds.
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                Ok(i)
+            })
+        });
+        assert!(caught.is_err(), "the panic reaches the caller");
+        let ran = ran.load(Ordering::Relaxed);
+        // The other threads take at most a few numbers each after the panic; without
+        // the stop they would run all 10,000.
+        assert!(ran < 10_000, "{ran} numbers run after a panic at the 11th");
     }
 
     #[test]

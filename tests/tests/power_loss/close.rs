@@ -52,6 +52,15 @@ impl Sim {
         self.fs.stats().syncs - before
     }
 
+    /// Opens the store, which must find it closed cleanly: an open after an unclean
+    /// stop syncs what it read before serving it, a clean one syncs nothing.
+    fn open_clean(&self, fsync: FsyncPolicy, ctx: &str) -> Store {
+        let mut store = None;
+        let syncs = self.syncs_during(|| store = Some(self.open(fsync)));
+        assert_eq!(syncs, 0, "{ctx}: the store was not closed cleanly");
+        store.expect("opened")
+    }
+
     /// A power cut with no store open: whatever was not synced may go.
     fn cut(&self, seed_style: u64) {
         let style = if seed_style.is_multiple_of(2) {
@@ -119,7 +128,7 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
         );
 
         sim.cut(seed);
-        let store = sim.open(fsync);
+        let store = sim.open_clean(fsync, &format!("{fsync:?}, a cut after an idle close"));
         assert_eq!(seen(&store), want, "{fsync:?}: after a power cut");
         for (bucket, report) in store.recovery_reports() {
             assert_eq!(report.truncated_bytes, 0, "{fsync:?}: {bucket}");
@@ -138,7 +147,7 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
             "{fsync:?}: the written bucket is synced at close"
         );
         sim.cut(seed + 1);
-        let store = sim.open(fsync);
+        let store = sim.open_clean(fsync, &format!("{fsync:?}, a cut after a write"));
         assert_eq!(seen(&store), want, "{fsync:?}: the write survives the cut");
 
         // Another policy writes other marks (whether writes were visible before they
@@ -155,5 +164,7 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
             syncs >= BUCKETS as u64,
             "{fsync:?} then {other:?}: {syncs} syncs"
         );
+        sim.cut(seed + 2);
+        drop(sim.open_clean(other, &format!("{fsync:?} then {other:?}, a cut")));
     }
 }
