@@ -30,7 +30,8 @@ const BUCKETS_PER_THREAD: usize = 64;
 /// waits on the disk as much as it computes (after an unclean stop it syncs
 /// what it read; a cold page cache reads). Measured on 2 cores, 10,000 one-key
 /// buckets after a kill under `interval`: 8.7-9.9 s with 2 threads, 4.9-5.5 s
-/// with 8, 3.6-3.7 s with 16 or 32; after a clean stop 0.29-0.44 s with 2 to 16.
+/// with 8, 3.6-3.7 s with 16 or 32 (under `always`: 2.4 s with 2, 0.94-0.98 s
+/// with 16); after a clean stop 0.29-0.44 s with 2 to 16.
 const MAX_THREADS: usize = 16;
 
 /// The buckets of a store, opened.
