@@ -3,74 +3,29 @@
 //! loses nothing, skips no revision and finds the stop clean. A write, or another
 //! fsync policy (another mark), still gets its mark.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use logkv::io::CutStyle;
+use logkv::{BucketConfig, FsyncPolicy, Store};
 
-use logkv::io::{CutStyle, SimFs, Storage};
-use logkv::{BucketConfig, FsyncPolicy, ManualClock, Options, Store};
-
-use crate::common::T0;
+use crate::sim::Sim;
 
 const BUCKETS: usize = 5;
 
-struct Sim {
-    _root: tempfile::TempDir,
-    fs: SimFs,
-    dir: PathBuf,
-    clock: ManualClock,
+/// Opens the store, which must find it closed cleanly: an open after an unclean stop
+/// syncs what it read before serving it, a clean one syncs nothing.
+fn open_clean(sim: &Sim, fsync: FsyncPolicy, ctx: &str) -> Store {
+    let mut store = None;
+    let syncs = sim.syncs_during(|| store = Some(sim.open(fsync)));
+    assert_eq!(syncs, 0, "{ctx}: the store was not closed cleanly");
+    store.expect("opened")
 }
 
-impl Sim {
-    fn new(seed: u64) -> Sim {
-        let root = tempfile::tempdir().expect("tempdir");
-        let fs = SimFs::new(root.path(), seed).expect("sim");
-        let dir = fs.root().join("store");
-        Sim {
-            _root: root,
-            fs,
-            dir,
-            clock: ManualClock::new(T0),
-        }
-    }
-
-    fn open(&self, fsync: FsyncPolicy) -> Store {
-        let opts = Options {
-            storage: Storage::simulated(&self.fs),
-            fsync,
-            background: false,
-            segment_size: 4096,
-            clock: Arc::new(self.clock.clone()),
-            ..Default::default()
-        };
-        Store::open(&self.dir, opts).expect("open")
-    }
-
-    /// Syncs made while `f` runs.
-    fn syncs_during(&self, f: impl FnOnce()) -> u64 {
-        let before = self.fs.stats().syncs;
-        f();
-        self.fs.stats().syncs - before
-    }
-
-    /// Opens the store, which must find it closed cleanly: an open after an unclean
-    /// stop syncs what it read before serving it, a clean one syncs nothing.
-    fn open_clean(&self, fsync: FsyncPolicy, ctx: &str) -> Store {
-        let mut store = None;
-        let syncs = self.syncs_during(|| store = Some(self.open(fsync)));
-        assert_eq!(syncs, 0, "{ctx}: the store was not closed cleanly");
-        store.expect("opened")
-    }
-
-    /// A power cut with no store open: whatever was not synced may go.
-    fn cut(&self, seed_style: u64) {
-        let style = if seed_style.is_multiple_of(2) {
-            CutStyle::LoseAll
-        } else {
-            CutStyle::Random
-        };
-        self.fs.crash_now();
-        self.fs.restart_with(style).expect("restart");
-    }
+/// A power cut with no store open: whatever was not synced may go.
+fn cut(sim: &Sim, seed: u64) {
+    sim.cut_idle(if seed.is_multiple_of(2) {
+        CutStyle::LoseAll
+    } else {
+        CutStyle::Random
+    });
 }
 
 fn name(i: usize) -> String {
@@ -127,8 +82,12 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
             "{fsync:?}: a close with nothing new syncs nothing"
         );
 
-        sim.cut(seed);
-        let store = sim.open_clean(fsync, &format!("{fsync:?}, a cut after an idle close"));
+        cut(&sim, seed);
+        let store = open_clean(
+            &sim,
+            fsync,
+            &format!("{fsync:?}, a cut after an idle close"),
+        );
         assert_eq!(seen(&store), want, "{fsync:?}: after a power cut");
         for (bucket, report) in store.recovery_reports() {
             assert_eq!(report.truncated_bytes, 0, "{fsync:?}: {bucket}");
@@ -146,8 +105,8 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
             syncs > 0,
             "{fsync:?}: the written bucket is synced at close"
         );
-        sim.cut(seed + 1);
-        let store = sim.open_clean(fsync, &format!("{fsync:?}, a cut after a write"));
+        cut(&sim, seed + 1);
+        let store = open_clean(&sim, fsync, &format!("{fsync:?}, a cut after a write"));
         assert_eq!(seen(&store), want, "{fsync:?}: the write survives the cut");
 
         // Another policy writes other marks (whether writes were visible before they
@@ -164,7 +123,11 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
             syncs >= BUCKETS as u64,
             "{fsync:?} then {other:?}: {syncs} syncs"
         );
-        sim.cut(seed + 2);
-        drop(sim.open_clean(other, &format!("{fsync:?} then {other:?}, a cut")));
+        cut(&sim, seed + 2);
+        drop(open_clean(
+            &sim,
+            other,
+            &format!("{fsync:?} then {other:?}, a cut"),
+        ));
     }
 }

@@ -5,6 +5,7 @@
 //! - `harness`: random workloads cut at random points, checked against a reference store.
 //! - `regressions`: one test per durability defect the simulation found or a review
 //!   reported, each failing before its fix.
+//! - `sim`: a store directory on the simulated page cache, for tests that cut by hand.
 
 #![allow(
     clippy::cast_possible_truncation,
@@ -19,3 +20,4 @@ mod concurrent;
 mod harness;
 mod regressions;
 mod replicated;
+mod sim;

@@ -1,57 +1,12 @@
 //! One test per durability defect: each failed before its fix.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use logkv::io::{CutStyle, SimFs, Storage};
-use logkv::{BucketConfig, Error, FsyncPolicy, ManualClock, Options, Store, WriteOp};
+use logkv::io::{CutStyle, Storage};
+use logkv::{BucketConfig, Error, FsyncPolicy, Options, Store, WriteOp};
 
-use crate::common::T0;
-
-/// A store directory on a simulated page cache.
-struct Sim {
-    _root: tempfile::TempDir,
-    fs: SimFs,
-    dir: PathBuf,
-    clock: ManualClock,
-}
-
-impl Sim {
-    fn new(seed: u64) -> Sim {
-        let root = tempfile::tempdir().expect("tempdir");
-        let sim = SimFs::new(root.path(), seed).expect("sim");
-        let dir = sim.root().join("store");
-        Sim {
-            _root: root,
-            fs: sim,
-            dir,
-            clock: ManualClock::new(T0),
-        }
-    }
-
-    fn options(&self, fsync: FsyncPolicy) -> Options {
-        Options {
-            storage: Storage::simulated(&self.fs),
-            fsync,
-            background: false,
-            segment_size: 4096,
-            clock: Arc::new(self.clock.clone()),
-            ..Default::default()
-        }
-    }
-
-    fn open(&self, fsync: FsyncPolicy) -> Store {
-        Store::open(&self.dir, self.options(fsync)).expect("open")
-    }
-
-    /// Cuts the power with `store` still open, then powers on as `style` says.
-    fn cut(&self, store: Store, style: CutStyle) {
-        self.fs.crash_now();
-        drop(store);
-        self.fs.restart_with(style).expect("restart");
-    }
-}
+use crate::sim::Sim;
 
 fn value(store: &Store, key: &str) -> Option<Vec<u8>> {
     store
