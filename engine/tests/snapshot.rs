@@ -238,6 +238,76 @@ fn a_small_bucket_stays_small_after_an_unclean_stop() {
     assert_eq!(b.get("k2").unwrap().as_deref(), Some(&b"v2"[..]));
 }
 
+/// The snapshot file's inode: every write of it makes a new file (written aside,
+/// then renamed into place), even with the same bytes.
+fn snapshot_inode(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(snap_path(dir)).unwrap().ino()
+}
+
+/// A clean close of a bucket opened from its snapshot, with nothing written since,
+/// leaves the snapshot file as it is; a write or a compaction pass since makes the
+/// close (or the pass) write it again. Every reopen reads only the snapshot.
+#[test]
+fn a_close_with_nothing_new_keeps_the_snapshot_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let b = create(&store, 1);
+    // 120 KiB live, written twice: a snapshot is kept, and compaction has work.
+    let pad = "p".repeat(400);
+    for round in 0..2 {
+        for k in 0..300u32 {
+            b.put(&format!("k.{k}"), format!("r{round}-{pad}")).unwrap();
+        }
+    }
+    let expected = state(&b);
+    drop(b);
+    drop(store);
+    let written = snapshot_inode(dir.path());
+
+    for round in 0..2 {
+        let (got, scanned) = reopen(dir.path());
+        assert_eq!(got, expected, "round {round}");
+        assert_eq!(scanned, 0, "round {round}: opened from the snapshot alone");
+        assert_eq!(
+            snapshot_inode(dir.path()),
+            written,
+            "round {round}: an idle open and close leaves the snapshot file"
+        );
+    }
+
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let b = store.bucket("s").unwrap();
+    b.put("k.new", "v").unwrap();
+    let expected = state(&b);
+    drop(b);
+    drop(store);
+    let after_write = snapshot_inode(dir.path());
+    assert_ne!(
+        after_write, written,
+        "a write since the open: written again"
+    );
+    let (got, scanned) = reopen(dir.path());
+    assert_eq!((got, scanned), (expected, 0), "after the write");
+
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let b = store.bucket("s").unwrap();
+    assert!(
+        b.compact().unwrap().segments_in > 0,
+        "the pass rewrote segments"
+    );
+    let expected = state(&b);
+    drop(b);
+    drop(store);
+    assert_ne!(
+        snapshot_inode(dir.path()),
+        after_write,
+        "a compaction pass since the open: written again"
+    );
+    let (got, scanned) = reopen(dir.path());
+    assert_eq!((got, scanned), (expected, 0), "after compaction");
+}
+
 #[test]
 fn compaction_passes_in_a_row_rewrite_the_snapshot_once_and_a_crash_then_scans() {
     let dir = tempfile::tempdir().unwrap();

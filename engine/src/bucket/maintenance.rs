@@ -12,7 +12,8 @@ use super::write::Replica;
 use super::BucketCore;
 use crate::entry::{BucketStats, BucketStatus, Op, WriteOp};
 use crate::error::Result;
-use crate::log::segment::Segment;
+use crate::log::segment::{Segment, SegmentId};
+use crate::log::LogPos;
 use crate::snapshot;
 
 /// The shortest time between two index snapshots written because of
@@ -26,6 +27,20 @@ pub(crate) struct SnapshotState {
     written: Option<Instant>,
     /// A compaction pass retired segments it names, and it was not written again.
     stale: bool,
+    /// What the snapshot file on disk covers, when this process knows it (it
+    /// wrote the file, or opened the bucket from it with nothing after it).
+    pub(super) on_disk: Option<Coverage>,
+}
+
+/// What an index snapshot covers: the published end of the log and the last
+/// revision, and each segment up to that end with how far it is covered. Two
+/// equal coverages describe the same index, but for entries aged out by time
+/// (which takes no record, and which every open does again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Coverage {
+    end: LogPos,
+    last_revision: u64,
+    segments: Vec<(SegmentId, u64)>,
 }
 
 impl BucketCore {
@@ -161,16 +176,75 @@ impl BucketCore {
     /// names records a crash could lose. Writers wait only for the encoding,
     /// never for the fsync or the file write.
     pub(crate) fn write_snapshot(&self) -> Result<()> {
-        self.save_snapshot()?;
+        let on_disk = self.save_snapshot()?;
         *self.snapshot_state.lock() = SnapshotState {
             written: Some(Instant::now()),
             stale: false,
+            on_disk,
         };
         Ok(())
     }
 
-    /// [`BucketCore::write_snapshot`] without the bookkeeping.
-    fn save_snapshot(&self) -> Result<()> {
+    /// Writes the index snapshot unless the one on disk covers the bucket as it
+    /// is (opened from it, or written, with nothing since): a clean close of an
+    /// idle bucket then writes nothing.
+    pub(crate) fn write_snapshot_if_changed(&self) -> Result<()> {
+        self.publish_durable();
+        let current = {
+            let state = self.snapshot_state.lock();
+            !state.stale && state.on_disk.as_ref() == Some(&self.coverage())
+        };
+        if current {
+            Ok(())
+        } else {
+            self.write_snapshot()
+        }
+    }
+
+    /// Notes that the snapshot on disk covers the bucket as it is now (it was
+    /// just opened from it, with no record after it).
+    pub(super) fn note_snapshot_current(&self) {
+        let coverage = self.coverage();
+        self.snapshot_state.lock().on_disk = Some(coverage);
+    }
+
+    /// What a snapshot written now would cover.
+    fn coverage(&self) -> Coverage {
+        let (end, last_revision) = self.hub.published();
+        let segments = self
+            .covered_segments(end)
+            .iter()
+            .map(|(s, covered)| (s.id, *covered))
+            .collect();
+        Coverage {
+            end,
+            last_revision,
+            segments,
+        }
+    }
+
+    /// Segments up to the one the published `end` is in, that one covered up
+    /// to the end: what lies past it (a newer segment, or writes not visible
+    /// yet) is left for recovery to scan.
+    fn covered_segments(&self, end: LogPos) -> Vec<(Arc<Segment>, u64)> {
+        self.log
+            .segments()
+            .into_iter()
+            .filter(|s| s.id.seq <= end.seq())
+            .map(|s| {
+                let covered = if s.id.seq == end.seq() {
+                    end.offset()
+                } else {
+                    s.data_end()
+                };
+                (s, covered)
+            })
+            .collect()
+    }
+
+    /// [`BucketCore::write_snapshot`] without the bookkeeping; what the file
+    /// written covers (`None`: no snapshot is kept for this bucket).
+    fn save_snapshot(&self) -> Result<Option<Coverage>> {
         self.check_open()?;
         self.publish_durable();
         let logged: u64 = self
@@ -182,39 +256,32 @@ impl BucketCore {
         if logged < self.snapshot_min_bytes {
             // Reading so little log at open costs less than the snapshot's file
             // (a block of disk per bucket: it adds up over thousands of buckets).
-            return snapshot::remove(self.log.storage(), &self.dir);
+            snapshot::remove(self.log.storage(), &self.dir)?;
+            return Ok(None);
         }
-        let (bytes, end) = {
+        let (bytes, coverage) = {
             let ix = self.index.read();
-            let (end, last_rev) = self.hub.published();
-            // Segments up to the one the published end is in, that one covered
-            // up to the end: what lies past it (a newer segment, or writes not
-            // visible yet) is left for recovery to scan.
-            let segs: Vec<(Arc<Segment>, u64)> = self
-                .log
-                .segments()
-                .into_iter()
-                .filter(|s| s.id.seq <= end.seq())
-                .map(|s| {
-                    let covered = if s.id.seq == end.seq() {
-                        end.offset()
-                    } else {
-                        s.data_end()
-                    };
-                    (s, covered)
-                })
-                .collect();
+            let (end, last_revision) = self.hub.published();
+            let segs = self.covered_segments(end);
             if segs.is_empty() {
                 // Compaction removed every record up to the published end:
                 // there is nothing a snapshot would spare recovery from reading.
                 drop(ix);
-                return snapshot::remove(self.log.storage(), &self.dir);
+                snapshot::remove(self.log.storage(), &self.dir)?;
+                return Ok(None);
             }
             let tag = self.replica_tag.lock().clone();
-            (snapshot::encode(&ix, last_rev, &segs, tag.as_deref())?, end)
+            let bytes = snapshot::encode(&ix, last_revision, &segs, tag.as_deref())?;
+            let coverage = Coverage {
+                end,
+                last_revision,
+                segments: segs.iter().map(|(s, covered)| (s.id, *covered)).collect(),
+            };
+            (bytes, coverage)
         };
-        self.log.wait_durable(end)?;
-        snapshot::save(self.log.storage(), &self.dir, &bytes)
+        self.log.wait_durable(coverage.end)?;
+        snapshot::save(self.log.storage(), &self.dir, &bytes)?;
+        Ok(Some(coverage))
     }
 
     /// Drops from the index the oldest entries of each key that are past the

@@ -185,10 +185,11 @@ impl BucketCore {
     }
 
     /// A clean close: everything durable, an index snapshot, and a mark that
-    /// says the log was closed cleanly.
+    /// says the log was closed cleanly (neither written again if the one on
+    /// disk already says so).
     pub(crate) fn close_clean(&self) -> Result<()> {
         self.sync()?;
-        self.write_snapshot()?;
+        self.write_snapshot_if_changed()?;
         self.log.close_clean()
     }
 

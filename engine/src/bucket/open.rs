@@ -30,6 +30,8 @@ struct Replayed {
     last_revision: u64,
     /// The replication tag of the last tag record (or of the index snapshot).
     tag: Option<Arc<[u8]>>,
+    /// The index came from the snapshot alone: no record lay after it.
+    snapshot_only: bool,
 }
 
 impl BucketCore {
@@ -45,7 +47,9 @@ impl BucketCore {
             index,
             last_revision: last,
             tag,
+            snapshot_only,
         } = replay(dir, name, &config, opts)?;
+        let unclean = opened.unclean;
         let end = opened.appender.end();
         let mut skipped = LostRevisions::load(dir)?;
         let mut next_rev = last.max(skipped.highest()) + 1;
@@ -100,6 +104,10 @@ impl BucketCore {
             #[cfg(any(test, feature = "failpoints"))]
             crash_point: std::sync::atomic::AtomicU8::new(0),
         };
+        if snapshot_only && !unclean {
+            // The snapshot file is what a clean close would write again.
+            core.note_snapshot_current();
+        }
         // Entries past the bucket's max age leave the index now, as they would have
         // had the store stayed open (the same rule the sweeper applies). Not in a
         // replica: its ages out happen at the sweeps its replication log applies, at
@@ -132,6 +140,9 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
     let mut snap_rev = 0;
     // What the snapshot retains per segment, and the records applied after it.
     let mut snap_live = None;
+    // A snapshot in the current format was used (an older one is written again
+    // at close whatever happens).
+    let mut snap_used = false;
     let mut replayed = 0u64;
     let mut stale = false;
     // The newest replication tag: the snapshot's, then each tag record read after it.
@@ -140,11 +151,13 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         let mut s = snap.take()?;
         let last = s.last_revision;
         let snap_tag = s.tag.take();
+        let current_format = s.current_format;
         let applied = s.apply(segs, history, &mut index.borrow_mut());
         match applied {
             Ok(applied) => {
                 let (segment, offset) = applied.resume;
                 snap_live = applied.live;
+                snap_used = current_format;
                 snap_rev = last;
                 *tag.borrow_mut() = snap_tag.map(Arc::from);
                 Some(Start {
@@ -198,11 +211,14 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         _ => index.recompute_dead(&sizes),
     }
     let last_revision = max_rev.max(opened.watermark).max(snap_rev);
+    // No record at all after the snapshot (a tag record counts: it moves the end).
+    let snapshot_only = snap_used && opened.report.records == 0;
     Ok(Replayed {
         opened,
         index,
         last_revision,
         tag: tag.into_inner(),
+        snapshot_only,
     })
 }
 

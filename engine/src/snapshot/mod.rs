@@ -61,6 +61,8 @@ struct SegRef {
 
 /// A decoded snapshot.
 pub(crate) struct Snapshot {
+    /// Written in the current format (an older one is written again at close).
+    pub current_format: bool,
     pub last_revision: u64,
     /// The replication tag of the last tag record before its end, if any:
     /// recovery does not read the records the snapshot covers.
@@ -350,6 +352,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
     let live = builder.live_bytes_by_slot().map(<[u64]>::to_vec);
     let index = builder.finish();
     Ok(Snapshot {
+        current_format: version == VERSION,
         last_revision,
         tag,
         segments,

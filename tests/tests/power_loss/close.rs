@@ -1,7 +1,7 @@
-//! A clean close that finds its mark already on disk writes nothing: a store opened
-//! clean and closed without a write makes no sync, and a power cut after that close
-//! loses nothing, skips no revision and finds the stop clean. A write, or another
-//! fsync policy (another mark), still gets its mark.
+//! A clean close that finds its mark and its index snapshot already on disk writes
+//! nothing: a store opened clean and closed without a write makes no sync, and a power
+//! cut after that close loses nothing, skips no revision and finds the stop clean. A
+//! write, or another fsync policy (another mark), still gets its mark.
 
 use logkv::io::CutStyle;
 use logkv::{BucketConfig, FsyncPolicy, Store};
@@ -68,8 +68,14 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
             let b = store
                 .create_bucket(&name(i), BucketConfig::default())
                 .expect("create");
-            for k in 0..=i {
-                b.put(&format!("k{k}"), format!("v{i}.{k}")).expect("put");
+            // The last bucket holds enough (120 KiB) to keep an index snapshot.
+            let (keys, len) = if i + 1 == BUCKETS {
+                (300, 400)
+            } else {
+                (i + 1, 4)
+            };
+            for k in 0..keys {
+                b.put(&format!("k{k}"), "v".repeat(len)).expect("put");
             }
         }
         drop(store);
