@@ -35,7 +35,8 @@ pub(crate) struct SnapshotState {
 /// What an index snapshot covers: the published end of the log and the last
 /// revision, and each segment up to that end with how far it is covered. Two
 /// equal coverages describe the same index, but for entries aged out by time
-/// (which takes no record, and which every open does again).
+/// (which takes no record, and which every open does again, by the clock of
+/// then; a replica's, by its replication log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Coverage {
     end: LogPos,
@@ -176,13 +177,25 @@ impl BucketCore {
     /// names records a crash could lose. Writers wait only for the encoding,
     /// never for the fsync or the file write.
     pub(crate) fn write_snapshot(&self) -> Result<()> {
-        let on_disk = self.save_snapshot()?;
-        *self.snapshot_state.lock() = SnapshotState {
-            written: Some(Instant::now()),
-            stale: false,
-            on_disk,
-        };
-        Ok(())
+        // One writer at a time (the background thread's refresh and a pass run
+        // by hand may meet): two would share the temporary file, and the state
+        // must describe the file that is left.
+        let mut state = self.snapshot_state.lock();
+        match self.save_snapshot() {
+            Ok(on_disk) => {
+                *state = SnapshotState {
+                    written: Some(Instant::now()),
+                    stale: false,
+                    on_disk,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                // The file may or may not have been replaced.
+                state.on_disk = None;
+                Err(e)
+            }
+        }
     }
 
     /// Writes the index snapshot unless the one on disk covers the bucket as it
@@ -202,10 +215,23 @@ impl BucketCore {
     }
 
     /// Notes that the snapshot on disk covers the bucket as it is now (it was
-    /// just opened from it, with no record after it).
+    /// just opened from it, with no record after it), unless the bucket is too
+    /// small to keep one (the next close removes it).
     pub(super) fn note_snapshot_current(&self) {
+        if self.logged_bytes() < self.snapshot_min_bytes {
+            return;
+        }
         let coverage = self.coverage();
         self.snapshot_state.lock().on_disk = Some(coverage);
+    }
+
+    /// Bytes of records in the log.
+    fn logged_bytes(&self) -> u64 {
+        self.log
+            .segments()
+            .iter()
+            .map(|s| s.data_end().saturating_sub(s.data_start))
+            .sum()
     }
 
     /// What a snapshot written now would cover.
@@ -247,13 +273,7 @@ impl BucketCore {
     fn save_snapshot(&self) -> Result<Option<Coverage>> {
         self.check_open()?;
         self.publish_durable();
-        let logged: u64 = self
-            .log
-            .segments()
-            .iter()
-            .map(|s| s.data_end().saturating_sub(s.data_start))
-            .sum();
-        if logged < self.snapshot_min_bytes {
+        if self.logged_bytes() < self.snapshot_min_bytes {
             // Reading so little log at open costs less than the snapshot's file
             // (a block of disk per bucket: it adds up over thousands of buckets).
             snapshot::remove(self.log.storage(), &self.dir)?;
