@@ -88,12 +88,9 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
         }
         drop(store);
         let big = name(BUCKETS - 1);
+        let snapshot = sim.dir.join("buckets").join(&big).join("index.snap");
         assert!(
-            sim.dir
-                .join("buckets")
-                .join(&big)
-                .join("index.snap")
-                .exists(),
+            snapshot.exists(),
             "{fsync:?}: {big} keeps an index snapshot"
         );
         let store = sim.open(fsync);
@@ -115,11 +112,7 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
         // undo a sealed segment's cut to its data end, which fdatasync need not
         // have made durable, and the snapshot then no longer matches the log.
         assert!(
-            sim.dir
-                .join("buckets")
-                .join(&big)
-                .join("index.snap")
-                .exists(),
+            snapshot.exists(),
             "{fsync:?}: {big}'s snapshot survives the cut"
         );
         let store = open_clean(
