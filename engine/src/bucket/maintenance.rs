@@ -44,6 +44,18 @@ pub(crate) struct Coverage {
     segments: Vec<(SegmentId, u64)>,
 }
 
+impl Coverage {
+    /// The coverage of a snapshot of `segs` (each with how far it is covered)
+    /// up to `end` and `last_revision`.
+    fn of(end: LogPos, last_revision: u64, segs: &[(Arc<Segment>, u64)]) -> Coverage {
+        Coverage {
+            end,
+            last_revision,
+            segments: segs.iter().map(|(s, covered)| (s.id, *covered)).collect(),
+        }
+    }
+}
+
 impl BucketCore {
     /// Counters that cost nothing to read (no walk of the index): keys whose
     /// latest entry is a value (expired ones not yet swept included), values,
@@ -237,16 +249,7 @@ impl BucketCore {
     /// What a snapshot written now would cover.
     fn coverage(&self) -> Coverage {
         let (end, last_revision) = self.hub.published();
-        let segments = self
-            .covered_segments(end)
-            .iter()
-            .map(|(s, covered)| (s.id, *covered))
-            .collect();
-        Coverage {
-            end,
-            last_revision,
-            segments,
-        }
+        Coverage::of(end, last_revision, &self.covered_segments(end))
     }
 
     /// Segments up to the one the published `end` is in, that one covered up
@@ -292,12 +295,7 @@ impl BucketCore {
             }
             let tag = self.replica_tag.lock().clone();
             let bytes = snapshot::encode(&ix, last_revision, &segs, tag.as_deref())?;
-            let coverage = Coverage {
-                end,
-                last_revision,
-                segments: segs.iter().map(|(s, covered)| (s.id, *covered)).collect(),
-            };
-            (bytes, coverage)
+            (bytes, Coverage::of(end, last_revision, &segs))
         };
         self.log.wait_durable(coverage.end)?;
         snapshot::save(self.log.storage(), &self.dir, &bytes)?;

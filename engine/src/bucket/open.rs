@@ -49,7 +49,6 @@ impl BucketCore {
             tag,
             snapshot_only,
         } = replay(dir, name, &config, opts)?;
-        let unclean = opened.unclean;
         let end = opened.appender.end();
         let mut skipped = LostRevisions::load(dir)?;
         let mut next_rev = last.max(skipped.highest()) + 1;
@@ -104,7 +103,7 @@ impl BucketCore {
             #[cfg(any(test, feature = "failpoints"))]
             crash_point: std::sync::atomic::AtomicU8::new(0),
         };
-        if snapshot_only && !unclean {
+        if snapshot_only && !opened.unclean {
             // The snapshot file is what a clean close would write again.
             core.note_snapshot_current();
         }

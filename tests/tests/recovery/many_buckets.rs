@@ -40,6 +40,26 @@ fn fill(store: &Store, i: usize, rng: &mut Rng) {
     }
 }
 
+/// A store at `path` with [`BUCKETS`] buckets, keeping 1 to 3 revisions per key, each
+/// given [`fill`].
+fn filled_store(path: &Path, rng: &mut Rng) -> Store {
+    let store = Store::open(path, opts(SEG)).unwrap();
+    for i in 0..BUCKETS {
+        let history = u8::try_from(1 + i % 3).unwrap();
+        store
+            .create_bucket(
+                &name(i),
+                BucketConfig {
+                    history,
+                    ..BucketConfig::default()
+                },
+            )
+            .unwrap();
+        fill(&store, i, rng);
+    }
+    store
+}
+
 /// Every bucket's state, by name.
 fn states(store: &Store) -> BTreeMap<String, State> {
     store
@@ -101,20 +121,7 @@ fn many_buckets_open_whole_in_name_order_after_a_clean_close_and_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("s");
     let mut rng = Rng::new(41);
-    let store = Store::open(&path, opts(SEG)).unwrap();
-    for i in 0..BUCKETS {
-        let history = u8::try_from(1 + i % 3).unwrap();
-        store
-            .create_bucket(
-                &name(i),
-                BucketConfig {
-                    history,
-                    ..BucketConfig::default()
-                },
-            )
-            .unwrap();
-        fill(&store, i, &mut rng);
-    }
+    let store = filled_store(&path, &mut rng);
     let want = states(&store);
     assert!(
         seg_files(&bucket_dir(&path, &name(0))).len() >= 3,
@@ -144,15 +151,7 @@ fn of_two_damaged_buckets_the_first_by_name_is_reported_every_time() {
     let _gate = shared_gate();
     let tmp = tempfile::tempdir().unwrap();
     let pristine = tmp.path().join("pristine");
-    let mut rng = Rng::new(43);
-    let store = Store::open(&pristine, opts(SEG)).unwrap();
-    for i in 0..BUCKETS {
-        store
-            .create_bucket(&name(i), BucketConfig::default())
-            .unwrap();
-        fill(&store, i, &mut rng);
-    }
-    drop(store);
+    drop(filled_store(&pristine, &mut Rng::new(43)));
     // A key byte of a record in the middle of a sealed segment: corruption, not a tail.
     let damage = |store: &Path, bucket: &str| {
         let seg = seg_files(&bucket_dir(store, bucket))[0].clone();
