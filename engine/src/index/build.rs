@@ -14,11 +14,12 @@
 //! table is built from the hashes.
 
 use std::mem::MaybeUninit;
+use std::sync::Barrier;
 
 use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
-use super::entries::{Entries, Entry};
+use super::entries::{two_cores, Entries, Entry};
 use super::history::History;
 use super::key::IKey;
 use super::pages::populate_for_writing;
@@ -249,11 +250,18 @@ impl SortedBuilder {
         let (mut p0, mut p1) = (part(e0, h0), part(e1, h1));
         let fill = &fill;
         let (r0, r1) = if two_cores() {
+            let started = Barrier::new(2);
             std::thread::scope(|s| {
                 let other = s.spawn(|| {
+                    started.wait();
                     p1.populate();
                     fill(1, &mut p1)
                 });
+                // Populating holds the process's memory map for reading
+                // throughout; a thread's start changes the map (its signal
+                // stack), so it would wait for the whole populate: the
+                // other thread populates at the same time only once started.
+                started.wait();
                 p0.populate();
                 let r0 = fill(0, &mut p0);
                 (r0, other.join().unwrap_or(Err("a build thread panicked")))
@@ -338,8 +346,3 @@ impl SortedBuilder {
 
 /// Keys from which a build is worth a second thread (its start costs tens of microseconds).
 pub const PARALLEL_FROM: usize = 1 << 16;
-
-/// Whether the process may run on two cores at least.
-fn two_cores() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
-}

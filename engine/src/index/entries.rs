@@ -7,10 +7,16 @@
 //! costs a hash, a probe of the control bytes and one slab entry, where a
 //! tree costs a key comparison per level. The hash is foldhash with a
 //! per-process random seed (keys come from clients).
+//!
+//! The table is two tables, each holding the keys whose hash has one value
+//! of bit [`SHARD_BIT`] (a bit hashbrown uses neither for a key's place nor
+//! for its control byte): a snapshot's load builds the two at once on two
+//! threads, and a table grown by inserts moves half the slots at a time.
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
+use std::sync::Barrier;
 
 use super::key::IKey;
 use super::pages::{advise_huge_pages, TableAlloc};
@@ -32,10 +38,31 @@ pub(super) struct Entries {
     slab: Vec<Entry>,
     /// Slots of removed entries, reused first.
     free: Vec<u32>,
-    /// Slots by key hash, in memory advised huge pages (see `pages.rs`).
-    table: HashTable<u32, TableAlloc>,
+    /// Slots by key hash, in memory advised huge pages (see `pages.rs`):
+    /// the table of a key is `tables[shard(hash)]`.
+    tables: [Table; SHARDS],
     hasher: DefaultHashBuilder,
 }
+
+type Table = HashTable<u32, TableAlloc>;
+
+/// Tables the slots are spread over.
+const SHARDS: usize = 2;
+
+/// The bit of a key's hash that picks its table: hashbrown places a key by
+/// the hash's low bits (as many as the table's size needs, far fewer than
+/// 32) and tags it with the top 7, so this bit is left to pick the table.
+const SHARD_BIT: u32 = 32;
+
+/// The table of a key whose hash is `hash`.
+#[inline]
+fn shard(hash: u64) -> usize {
+    (hash >> SHARD_BIT) as usize & (SHARDS - 1)
+}
+
+/// Keys from which [`Entries::index_all`] builds the tables on two threads
+/// (starting one costs tens of microseconds).
+const PARALLEL_FROM: usize = 1 << 16;
 
 impl Entries {
     /// Room for `n` entries, to fill at once (a snapshot's load): backed by
@@ -118,7 +145,19 @@ impl Entries {
     /// The slot of `key`'s entry; `hash` is [`Entries::hash`] of `key`.
     #[inline]
     pub fn find_hashed(&self, key: &[u8], hash: u64) -> Option<u32> {
-        self.table.find(hash, |&s| self.key(s) == key).copied()
+        self.table(hash)
+            .find(hash, |&s| self.key(s) == key)
+            .copied()
+    }
+
+    /// The table of a key whose hash is `hash`.
+    #[inline]
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "shard() masks to SHARDS - 1, the array's last index"
+    )]
+    fn table(&self, hash: u64) -> &Table {
+        &self.tables[shard(hash)]
     }
 
     /// Starts loading into the CPU cache the entry a lookup of `key` will
@@ -129,7 +168,7 @@ impl Entries {
     pub fn prefetch(&self, key: &[u8]) -> u64 {
         let hash = self.hash(key);
         if let Some(entry) = self
-            .table
+            .table(hash)
             .iter_hash(hash)
             .next()
             .and_then(|&s| self.slab.get(s as usize))
@@ -159,11 +198,13 @@ impl Entries {
         };
         let Entries {
             slab,
-            table,
+            tables,
             hasher,
             ..
         } = self;
-        table.insert_unique(hash, slot, |&s| rehash(hasher, slab, s));
+        if let Some(table) = tables.get_mut(shard(hash)) {
+            table.insert_unique(hash, slot, |&s| rehash(hasher, slab, s));
+        }
         slot
     }
 
@@ -171,8 +212,10 @@ impl Entries {
     pub fn remove(&mut self, slot: u32) {
         let key = std::mem::replace(&mut self.get_mut(slot).key, IKey::new(b""));
         let hash = self.hasher.hash_one(key.as_bytes());
-        if let Ok(found) = self.table.find_entry(hash, |&s| s == slot) {
-            found.remove();
+        if let Some(table) = self.tables.get_mut(shard(hash)) {
+            if let Ok(found) = table.find_entry(hash, |&s| s == slot) {
+                found.remove();
+            }
         }
         self.get_mut(slot).rec.revision = 0;
         self.free.push(slot);
@@ -180,7 +223,7 @@ impl Entries {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.tables.iter().map(HashTable::len).sum()
     }
 
     /// Every entry, in slot order.
@@ -194,7 +237,7 @@ impl Entries {
     }
 
     /// Appends an entry without indexing it by key: bulk building calls
-    /// [`Entries::index_all_beside`] once at the end.
+    /// [`Entries::index_all`] once at the end.
     pub fn push_unindexed(&mut self, entry: Entry) -> u32 {
         self.slab.push(entry);
         slot_of(self.slab.len() - 1)
@@ -231,28 +274,65 @@ impl Entries {
         slot_of(self.slab.len())
     }
 
-    /// Builds the hash table of a slab filled by [`Entries::push_unindexed`]
+    /// Builds the hash tables of a slab filled by [`Entries::push_unindexed`]
     /// with distinct keys; `hashes[i]` is [`Entries::hash`] of slot `i`'s key
-    /// (computed while the key was at hand).
+    /// (computed while the key was at hand). A large slab's two tables are
+    /// built at once, on two threads when the process may use two cores.
     pub fn index_all(&mut self, hashes: &[u64]) {
         let Entries {
             slab,
-            table,
+            tables,
             hasher,
             ..
         } = self;
         let slab: &[Entry] = slab;
-        // Filled with small pages, then advised for the kernel's background
-        // collapse, as the slab is (see `pages.rs`).
-        table.allocator().defer(true);
-        table.clear();
-        table.reserve(slab.len(), |&s| rehash(hasher, slab, s));
-        for (i, &hash) in hashes.iter().enumerate().take(slab.len()) {
+        let hashes = hashes.get(..slab.len()).unwrap_or(hashes);
+        let [t0, t1] = tables;
+        if hashes.len() >= PARALLEL_FROM && two_cores() {
+            let started = Barrier::new(2);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    started.wait();
+                    build_table(t1, 1, hashes, slab, hasher);
+                });
+                // Started before this thread faults in pages (see `build.rs`).
+                started.wait();
+                build_table(t0, 0, hashes, slab, hasher);
+            });
+        } else {
+            build_table(t0, 0, hashes, slab, hasher);
+            build_table(t1, 1, hashes, slab, hasher);
+        }
+    }
+}
+
+/// Fills `table`, number `which`, with the slots whose key hash in
+/// `by_slot` is its own (see [`Entries::index_all`]).
+fn build_table(
+    table: &mut Table,
+    which: usize,
+    by_slot: &[u64],
+    slab: &[Entry],
+    hasher: &DefaultHashBuilder,
+) {
+    let mine = by_slot.iter().filter(|&&h| shard(h) == which).count();
+    // Filled with small pages, then advised for the kernel's background
+    // collapse, as the slab is (see `pages.rs`).
+    table.allocator().defer(true);
+    table.clear();
+    table.reserve(mine, |&s| rehash(hasher, slab, s));
+    for (i, &hash) in by_slot.iter().enumerate() {
+        if shard(hash) == which {
             table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
         }
-        table.allocator().defer(false);
-        table.allocator().advise_now();
     }
+    table.allocator().defer(false);
+    table.allocator().advise_now();
+}
+
+/// Whether the process may run on two cores at least.
+pub(super) fn two_cores() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 
 /// The hash of the key in `slot`, for the table's growth.
@@ -262,4 +342,66 @@ impl Entries {
 )]
 fn rehash(hasher: &DefaultHashBuilder, slab: &[Entry], slot: u32) -> u64 {
     hasher.hash_one(slab[slot as usize].key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::record::Op;
+
+    fn rec(revision: u64) -> RecordRef {
+        RecordRef::new(revision, 0, 1, 0, 10, Op::Put)
+    }
+
+    fn key(i: usize) -> Vec<u8> {
+        format!("key-{i:08}").into_bytes()
+    }
+
+    /// A bulk build (on one thread below [`PARALLEL_FROM`] keys, on two from
+    /// it where the machine has two cores) spreads the keys over both tables
+    /// and finds every one; removals and inserts after it keep them found.
+    #[test]
+    fn both_tables_find_every_key_after_a_bulk_build_and_changes() {
+        for n in [1_000, PARALLEL_FROM + 7] {
+            let mut e = Entries::with_capacity(n);
+            let mut hashes = Vec::with_capacity(n);
+            for i in 0..n {
+                let k = key(i);
+                e.push_unindexed(Entry {
+                    key: IKey::new(&k),
+                    rec: rec(i as u64 + 1),
+                });
+                hashes.push(e.hash(&k));
+            }
+            e.index_all(&hashes);
+            assert_eq!(e.len(), n);
+            for t in &e.tables {
+                assert!(t.len() > n / 3, "{} of {n} keys in one table", t.len());
+            }
+            for i in 0..n {
+                assert_eq!(e.find(&key(i)), Some(slot_of(i)), "key {i}");
+            }
+            assert_eq!(e.find(b"absent"), None);
+
+            for i in (0..n).step_by(3) {
+                e.remove(slot_of(i));
+            }
+            for i in n..n + n / 2 {
+                let k = key(i);
+                let hash = e.hash(&k);
+                e.insert(&k, hash, rec(i as u64 + 1));
+            }
+            let kept = n - n.div_ceil(3);
+            assert_eq!(e.len(), kept + n / 2);
+            for i in 0..n + n / 2 {
+                let found = e.find(&key(i));
+                if i < n && i % 3 == 0 {
+                    assert_eq!(found, None, "key {i} was removed");
+                } else {
+                    let slot = found.unwrap_or_else(|| panic!("key {i} lost"));
+                    assert_eq!(e.key(slot), &key(i)[..]);
+                }
+            }
+        }
+    }
 }

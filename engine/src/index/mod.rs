@@ -3,7 +3,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `entries.rs` | one entry per key (key + latest revision) in a slab of `u32` slots, and a hash table of slots: O(1) point lookups |
+//! | `entries.rs` | one entry per key (key + latest revision) in a slab of `u32` slots, and a hash table of slots (two, by one bit of the hash, built at once on two threads): O(1) point lookups |
 //! | `order.rs` | the same slots in key order (sorted blocks): ranges, prefixes |
 //! | `history.rs` | older revisions (history > 1), in a side slab |
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
