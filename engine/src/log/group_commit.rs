@@ -368,6 +368,15 @@ impl<F: Flush> GroupCommit<F> {
         })
     }
 
+    /// Makes everything written durable, then runs `sync` (a sync of its own,
+    /// such as an fsync that also carries a file's new length) while no other
+    /// sync runs or can start. A failure of `sync` poisons the log, as a
+    /// failed fdatasync does.
+    pub(crate) fn sync_all_then(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
+        drop(self.sync_all_then_hold()?);
+        self.end_hold(sync(), |_| {})
+    }
+
     /// Makes everything written durable, then takes the leader's place (no
     /// other sync runs or starts until [`GroupCommit::end_hold`]).
     fn sync_all_then_hold(&self) -> Result<MutexGuard<'_, State<F>>> {

@@ -456,9 +456,10 @@ impl Log {
         })
     }
 
-    /// Seals the active segment (cut to its data, synced through group commit
-    /// so that a failure poisons the log) and starts a new one. A sealed
-    /// segment is durable whole before the next one exists.
+    /// Seals the active segment (cut to its data, then fsynced through group
+    /// commit so that a failure poisons the log) and starts a new one. A
+    /// sealed segment is durable whole, its length included, before the next
+    /// one exists.
     fn rotate(
         &self,
         app: &mut Appender,
@@ -471,7 +472,12 @@ impl Log {
             .set_len(app.pos)
             .map_err(|e| Error::io(&old.path, e))?;
         app.file_len = app.pos;
-        self.commit.wait_durable(LogPos::new(old.id.seq, app.pos))?;
+        // An fsync, not a wait for the data's fdatasync: data already durable
+        // (every write under `always`) get no sync at all, and an fdatasync
+        // need not carry a shorter length. A cut undone by a power cut loses
+        // nothing (zeros follow the data), but the index snapshot, which
+        // names each sealed segment's length, would no longer match.
+        self.commit.sync_all_then(|| old.sync_all())?;
         let header = SegmentHeader::active(
             SegmentId {
                 seq: old.id.seq + 1,

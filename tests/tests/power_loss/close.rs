@@ -108,9 +108,8 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
 
         cut(&sim, seed);
         // The snapshot the first close synced is still there (the idle close
-        // neither rewrote nor removed it). It may not serve the open: the cut may
-        // undo a sealed segment's cut to its data end, which fdatasync need not
-        // have made durable, and the snapshot then no longer matches the log.
+        // neither rewrote nor removed it), and still matches the log: each
+        // sealed segment's cut to its data end was fsynced when it was sealed.
         assert!(
             snapshot.exists(),
             "{fsync:?}: {big}'s snapshot survives the cut"
@@ -119,6 +118,10 @@ fn a_close_with_nothing_to_mark_syncs_nothing_and_a_power_cut_after_it_loses_not
             &sim,
             fsync,
             &format!("{fsync:?}, a cut after an idle close"),
+        );
+        assert!(
+            from_snapshot_alone(&store, &big),
+            "{fsync:?}: {big} opened from its snapshot after the cut"
         );
         assert_eq!(seen(&store), want, "{fsync:?}: after a power cut");
         for (bucket, report) in store.recovery_reports() {

@@ -115,24 +115,35 @@ fn damage_below_the_last_sync_is_corruption() {
 /// Item 3: the fsync that seals a segment fails. Linux reports a writeback
 /// error once; a later fsync may succeed for pages that were dropped, so the
 /// log must refuse every later write rather than retry.
+///
+/// Under `never` the seal's first sync is the data's; under `always` the data
+/// are durable already, and it is the fsync that carries the segment's cut.
 #[test]
 fn a_failed_seal_fsync_poisons_the_log() {
-    let t = Sim::new(4);
-    let store = t.open(FsyncPolicy::Never);
-    let b = store.default_bucket().expect("default");
-    b.put("a", vec![b'a'; 3000]).expect("put");
-    t.fs.fail_syncs(0, 1);
-    // Does not fit: the log seals the segment, and that fsync fails.
-    let err = b
-        .put("b", vec![b'b'; 3000])
-        .expect_err("the seal's fsync fails");
-    assert!(
-        matches!(err, Error::Io { .. } | Error::Poisoned { .. }),
-        "{err:?}"
-    );
-    let again = b.put("c", "x").expect_err("a poisoned log refuses writes");
-    assert!(matches!(again, Error::Poisoned { .. }), "{again:?}");
-    assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
+    for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
+        let t = Sim::new(4);
+        let store = t.open(fsync);
+        let b = store.default_bucket().expect("default");
+        b.put("a", vec![b'a'; 3000]).expect("put");
+        t.fs.fail_syncs(0, 1);
+        // Does not fit: the log seals the segment, and that fsync fails.
+        let err = b
+            .put("b", vec![b'b'; 3000])
+            .expect_err("the seal's fsync fails");
+        assert!(
+            matches!(err, Error::Io { .. } | Error::Poisoned { .. }),
+            "{fsync:?}: {err:?}"
+        );
+        let again = b.put("c", "x").expect_err("a poisoned log refuses writes");
+        assert!(
+            matches!(again, Error::Poisoned { .. }),
+            "{fsync:?}: {again:?}"
+        );
+        assert!(
+            matches!(store.sync(), Err(Error::Poisoned { .. })),
+            "{fsync:?}"
+        );
+    }
 }
 
 /// Item 5: a segment header over 64 KiB (a compaction output that supersedes
