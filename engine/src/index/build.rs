@@ -344,5 +344,6 @@ impl SortedBuilder {
     }
 }
 
-/// Keys from which a build is worth a second thread (its start costs tens of microseconds).
+/// Keys from which a build (the slab's fill, the hash tables) is worth a
+/// second thread (its start costs tens of microseconds).
 pub const PARALLEL_FROM: usize = 1 << 16;

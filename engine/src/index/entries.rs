@@ -16,8 +16,8 @@
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 use std::mem::MaybeUninit;
-use std::sync::Barrier;
 
+use super::build::PARALLEL_FROM;
 use super::key::IKey;
 use super::pages::{advise_huge_pages, TableAlloc};
 use super::record::RecordRef;
@@ -59,10 +59,6 @@ const SHARD_BIT: u32 = 32;
 fn shard(hash: u64) -> usize {
     (hash >> SHARD_BIT) as usize & (SHARDS - 1)
 }
-
-/// Keys from which [`Entries::index_all`] builds the tables on two threads
-/// (starting one costs tens of microseconds).
-const PARALLEL_FROM: usize = 1 << 16;
 
 impl Entries {
     /// Room for `n` entries, to fill at once (a snapshot's load): backed by
@@ -279,6 +275,11 @@ impl Entries {
     /// (computed while the key was at hand). A large slab's two tables are
     /// built at once, on two threads when the process may use two cores.
     pub fn index_all(&mut self, hashes: &[u64]) {
+        self.index_all_on(hashes, hashes.len() >= PARALLEL_FROM && two_cores());
+    }
+
+    /// [`Entries::index_all`], on two threads if `two_threads`.
+    fn index_all_on(&mut self, hashes: &[u64], two_threads: bool) {
         let Entries {
             slab,
             tables,
@@ -287,40 +288,38 @@ impl Entries {
         } = self;
         let slab: &[Entry] = slab;
         let hashes = hashes.get(..slab.len()).unwrap_or(hashes);
+        let second = hashes.iter().filter(|&&h| shard(h) == 1).count();
+        let build = |table: &mut Table, which: usize, keys: usize| {
+            build_table(table, which, keys, hashes, slab, hasher);
+        };
         let [t0, t1] = tables;
-        if hashes.len() >= PARALLEL_FROM && two_cores() {
-            let started = Barrier::new(2);
+        if two_threads {
             std::thread::scope(|s| {
-                s.spawn(|| {
-                    started.wait();
-                    build_table(t1, 1, hashes, slab, hasher);
-                });
-                // Started before this thread faults in pages (see `build.rs`).
-                started.wait();
-                build_table(t0, 0, hashes, slab, hasher);
+                s.spawn(|| build(t1, 1, second));
+                build(t0, 0, hashes.len() - second);
             });
         } else {
-            build_table(t0, 0, hashes, slab, hasher);
-            build_table(t1, 1, hashes, slab, hasher);
+            build(t0, 0, hashes.len() - second);
+            build(t1, 1, second);
         }
     }
 }
 
-/// Fills `table`, number `which`, with the slots whose key hash in
+/// Fills `table`, number `which`, with the `keys` slots whose key hash in
 /// `by_slot` is its own (see [`Entries::index_all`]).
 fn build_table(
     table: &mut Table,
     which: usize,
+    keys: usize,
     by_slot: &[u64],
     slab: &[Entry],
     hasher: &DefaultHashBuilder,
 ) {
-    let mine = by_slot.iter().filter(|&&h| shard(h) == which).count();
     // Filled with small pages, then advised for the kernel's background
     // collapse, as the slab is (see `pages.rs`).
     table.allocator().defer(true);
     table.clear();
-    table.reserve(mine, |&s| rehash(hasher, slab, s));
+    table.reserve(keys, |&s| rehash(hasher, slab, s));
     for (i, &hash) in by_slot.iter().enumerate() {
         if shard(hash) == which {
             table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
@@ -357,12 +356,13 @@ mod tests {
         format!("key-{i:08}").into_bytes()
     }
 
-    /// A bulk build (on one thread below [`PARALLEL_FROM`] keys, on two from
-    /// it where the machine has two cores) spreads the keys over both tables
-    /// and finds every one; removals and inserts after it keep them found.
+    /// A bulk build, on one thread or two, spreads the keys over both
+    /// tables and finds every one; removals, and inserts that make both
+    /// tables grow, keep them found.
     #[test]
     fn both_tables_find_every_key_after_a_bulk_build_and_changes() {
-        for n in [1_000, PARALLEL_FROM + 7] {
+        for (n, two_threads) in [(1_000, false), (1_000, true), (PARALLEL_FROM + 7, true)] {
+            let ctx = format!("{n} keys, two threads: {two_threads}");
             let mut e = Entries::with_capacity(n);
             let mut hashes = Vec::with_capacity(n);
             for i in 0..n {
@@ -373,33 +373,37 @@ mod tests {
                 });
                 hashes.push(e.hash(&k));
             }
-            e.index_all(&hashes);
-            assert_eq!(e.len(), n);
+            e.index_all_on(&hashes, two_threads);
+            assert_eq!(e.len(), n, "{ctx}");
             for t in &e.tables {
-                assert!(t.len() > n / 3, "{} of {n} keys in one table", t.len());
+                assert!(t.len() > n / 3, "{ctx}: {} keys in one table", t.len());
             }
             for i in 0..n {
-                assert_eq!(e.find(&key(i)), Some(slot_of(i)), "key {i}");
+                assert_eq!(e.find(&key(i)), Some(slot_of(i)), "{ctx}: key {i}");
             }
-            assert_eq!(e.find(b"absent"), None);
+            assert_eq!(e.find(b"absent"), None, "{ctx}");
 
             for i in (0..n).step_by(3) {
                 e.remove(slot_of(i));
             }
-            for i in n..n + n / 2 {
+            let capacity: Vec<usize> = e.tables.iter().map(HashTable::capacity).collect();
+            let added = 2 * n;
+            for i in n..n + added {
                 let k = key(i);
                 let hash = e.hash(&k);
                 e.insert(&k, hash, rec(i as u64 + 1));
             }
-            let kept = n - n.div_ceil(3);
-            assert_eq!(e.len(), kept + n / 2);
-            for i in 0..n + n / 2 {
+            for (t, before) in e.tables.iter().zip(capacity) {
+                assert!(t.capacity() > before, "{ctx}: a table grew");
+            }
+            assert_eq!(e.len(), n - n.div_ceil(3) + added, "{ctx}");
+            for i in 0..n + added {
                 let found = e.find(&key(i));
                 if i < n && i % 3 == 0 {
-                    assert_eq!(found, None, "key {i} was removed");
+                    assert_eq!(found, None, "{ctx}: key {i} was removed");
                 } else {
-                    let slot = found.unwrap_or_else(|| panic!("key {i} lost"));
-                    assert_eq!(e.key(slot), &key(i)[..]);
+                    let slot = found.unwrap_or_else(|| panic!("{ctx}: key {i} lost"));
+                    assert_eq!(e.key(slot), &key(i)[..], "{ctx}");
                 }
             }
         }

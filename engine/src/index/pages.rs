@@ -41,6 +41,11 @@ use std::mem::MaybeUninit;
 /// Below this, a buffer is left as it comes: the advice is not worth a call.
 const ADVISE_FROM: usize = 4 << 20;
 
+/// The same for one of an index's two hash tables (see `entries.rs`): each
+/// holds about half the keys, so a table is advised from the number of keys
+/// at which one table of them all would have been.
+const TABLE_ADVISE_FROM: usize = ADVISE_FROM / 2;
+
 /// What to ask of the kernel for a buffer.
 #[derive(Clone, Copy)]
 enum Advice {
@@ -51,13 +56,13 @@ enum Advice {
 }
 
 /// Gives `advice` for the whole pages of the `bytes` bytes from `ptr` (a
-/// buffer of at least [`ADVISE_FROM`] bytes; smaller ones are left alone).
+/// buffer of at least `from` bytes; smaller ones are left alone).
 ///
 /// # Safety
 /// The bytes must belong to one live allocation, which the caller may write
 /// for [`Advice::PopulateWrite`].
-unsafe fn advise(ptr: *const u8, bytes: usize, advice: Advice) {
-    if bytes < ADVISE_FROM {
+unsafe fn advise(ptr: *const u8, bytes: usize, advice: Advice, from: usize) {
+    if bytes < from {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -89,7 +94,7 @@ unsafe fn advise(ptr: *const u8, bytes: usize, advice: Advice) {
 pub(super) fn advise_huge_pages<T>(v: &Vec<T>) {
     let bytes = v.capacity() * std::mem::size_of::<T>();
     // SAFETY: the vector's buffer, which `v` owns.
-    unsafe { advise(v.as_ptr().cast(), bytes, Advice::HugePages) };
+    unsafe { advise(v.as_ptr().cast(), bytes, Advice::HugePages, ADVISE_FROM) };
 }
 
 /// Faults in `room`, memory about to be written whole, in one call
@@ -103,6 +108,7 @@ pub(super) fn populate_for_writing<T>(room: &mut [MaybeUninit<T>]) {
             room.as_ptr().cast(),
             std::mem::size_of_val(room),
             Advice::PopulateWrite,
+            ADVISE_FROM,
         );
     };
 }
@@ -132,7 +138,14 @@ impl TableAlloc {
             // SAFETY: a live allocation of `bytes` bytes (deallocation clears
             // it, under the lock held here); huge pages change how the kernel
             // backs it, not its contents.
-            unsafe { advise(addr as *const u8, bytes, Advice::HugePages) };
+            unsafe {
+                advise(
+                    addr as *const u8,
+                    bytes,
+                    Advice::HugePages,
+                    TABLE_ADVISE_FROM,
+                );
+            }
         }
     }
 }
@@ -144,19 +157,19 @@ unsafe impl Allocator for TableAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let block = Global.allocate(layout)?;
         let bytes = block.len();
-        if bytes >= ADVISE_FROM {
+        if bytes >= TABLE_ADVISE_FROM {
             let start: *const u8 = block.as_ptr().cast();
             *self.large.lock() = Some((start as usize, bytes));
             if !self.deferred.load(Ordering::Relaxed) {
                 // SAFETY: the block just allocated, `bytes` long.
-                unsafe { advise(start, bytes, Advice::HugePages) };
+                unsafe { advise(start, bytes, Advice::HugePages, TABLE_ADVISE_FROM) };
             }
         }
         Ok(block)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() >= ADVISE_FROM {
+        if layout.size() >= TABLE_ADVISE_FROM {
             let mut large = self.large.lock();
             if large.is_some_and(|(addr, _)| addr == ptr.as_ptr() as usize) {
                 *large = None;

@@ -218,7 +218,7 @@ impl<F: Flush> GroupCommit<F> {
     }
 
     /// Records a rotation: the old segment was sealed durable (with
-    /// [`GroupCommit::wait_durable`]), and later syncs flush `active`, whose
+    /// [`GroupCommit::sync_all_then`]), and later syncs flush `active`, whose
     /// records start at `start`.
     pub(crate) fn rotated(&self, start: LogPos, active: Arc<F>) {
         let mut s = self.lock();
@@ -517,7 +517,8 @@ impl<F: Flush> GroupCommit<F> {
         self.latency.snapshot()
     }
 
-    /// fdatasync calls made by leaders so far.
+    /// Syncs made so far: leaders' fdatasyncs, and the syncs run with the
+    /// leader's place held (marks, a sealed segment's fsync).
     pub(crate) fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
     }
@@ -635,6 +636,38 @@ mod tests {
             w.join().unwrap();
         }
         assert_eq!(gc.durable_end(), LogPos::new(1, 16 * 500 * 10));
+    }
+
+    /// A sync run with the leader's place held (a sealed segment's fsync)
+    /// runs once the data written are durable; its failure poisons the log.
+    #[test]
+    fn a_sync_with_the_place_held_follows_the_data_and_its_failure_poisons() {
+        let disk = Arc::new(SlowDisk::default());
+        let start = LogPos::new(1, 0);
+        let gc = GroupCommit::new(Arc::clone(&disk), start, start, 0, Duration::ZERO);
+        disk.cache.store(10, Ordering::SeqCst);
+        gc.note_written(LogPos::new(1, 10));
+        let mut ran = false;
+        gc.sync_all_then(|| {
+            ran = true;
+            assert_eq!(disk.durable.load(Ordering::SeqCst), 10, "data first");
+            Ok(())
+        })
+        .expect("synced");
+        assert!(ran);
+        assert_eq!(gc.durable_end(), LogPos::new(1, 10));
+        assert!(gc.check().is_ok());
+
+        let failed = gc.sync_all_then(|| {
+            Err(Error::io(
+                Path::new("seg"),
+                std::io::Error::other("injected"),
+            ))
+        });
+        assert!(failed.is_err());
+        assert!(gc.check().is_err(), "the log is poisoned");
+        assert!(gc.wait_durable(LogPos::new(1, 10)).is_err());
+        assert!(gc.sync_all_then(|| Ok(())).is_err());
     }
 
     #[test]

@@ -472,9 +472,11 @@ impl Log {
             .set_len(app.pos)
             .map_err(|e| Error::io(&old.path, e))?;
         app.file_len = app.pos;
-        // An fsync, not a wait for the data's fdatasync: data already durable
-        // (every write under `always`) get no sync at all, and an fdatasync
-        // need not carry a shorter length. A cut undone by a power cut loses
+        // A sync of its own, not only a wait for the data's: data already
+        // durable (as every write's under `always` often are) get no sync at
+        // all, and the cut would stay in the page cache. An fsync: Linux's
+        // fdatasync carries a new length too, but POSIX promises only what
+        // reading the data back needs. A cut undone by a power cut loses
         // nothing (zeros follow the data), but the index snapshot, which
         // names each sealed segment's length, would no longer match.
         self.commit.sync_all_then(|| old.sync_all())?;

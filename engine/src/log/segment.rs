@@ -622,8 +622,7 @@ impl Segment {
     }
 
     /// Flushes written data and the file's metadata to stable storage
-    /// (fsync): a length cut by `set_len` included, which an fdatasync need
-    /// not carry.
+    /// (fsync): a length cut by `set_len` included.
     pub fn sync_all(&self) -> Result<()> {
         self.file()?
             .sync_all()
