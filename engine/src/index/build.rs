@@ -249,28 +249,41 @@ impl SortedBuilder {
         };
         let (mut p0, mut p1) = (part(e0, h0), part(e1, h1));
         let fill = &fill;
+        let started = Barrier::new(2);
         let (r0, r1) = if two_cores() {
-            let started = Barrier::new(2);
             std::thread::scope(|s| {
-                let other = s.spawn(|| {
-                    started.wait();
-                    p1.populate();
-                    fill(1, &mut p1)
-                });
+                let other = std::thread::Builder::new()
+                    .name("logkv-index".into())
+                    .spawn_scoped(s, || {
+                        started.wait();
+                        p1.populate();
+                        fill(1, &mut p1)
+                    });
                 // Populating holds the process's memory map for reading
                 // throughout; a thread's start changes the map (its signal
                 // stack), so it would wait for the whole populate: the
                 // other thread populates at the same time only once started.
-                started.wait();
+                // (Nothing between the spawn and this wait may panic: the
+                // scope would wait for a thread that waits here.)
+                if other.is_ok() {
+                    started.wait();
+                }
                 p0.populate();
                 let r0 = fill(0, &mut p0);
-                (r0, other.join().unwrap_or(Err("a build thread panicked")))
+                let r1 = other
+                    .ok()
+                    .map(|h| h.join().unwrap_or(Err("a build thread panicked")));
+                (r0, r1)
             })
         } else {
             p0.populate();
-            p1.populate();
-            (fill(0, &mut p0), fill(1, &mut p1))
+            (fill(0, &mut p0), None)
         };
+        // One thread, or the second could not start.
+        let r1 = r1.unwrap_or_else(|| {
+            p1.populate();
+            fill(1, &mut p1)
+        });
         r0?;
         r1?;
         if p0.filled != first || p1.filled != second {

@@ -293,13 +293,20 @@ impl Entries {
             build_table(table, which, keys, hashes, slab, hasher);
         };
         let [t0, t1] = tables;
+        let first = hashes.len() - second;
         if two_threads {
-            std::thread::scope(|s| {
-                s.spawn(|| build(t1, 1, second));
-                build(t0, 0, hashes.len() - second);
+            let started = std::thread::scope(|s| {
+                let other = std::thread::Builder::new()
+                    .name("logkv-index".into())
+                    .spawn_scoped(s, || build(t1, 1, second));
+                build(t0, 0, first);
+                other.is_ok()
             });
+            if !started {
+                build(t1, 1, second);
+            }
         } else {
-            build(t0, 0, hashes.len() - second);
+            build(t0, 0, first);
             build(t1, 1, second);
         }
     }
