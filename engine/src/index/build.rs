@@ -258,6 +258,9 @@ impl SortedBuilder {
                         started.wait();
                         p1.populate();
                         fill(1, &mut p1)
+                    })
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "could not start a thread to load an index");
                     });
                 // Populating holds the process's memory map for reading
                 // throughout; a thread's start changes the map (its signal

@@ -51,7 +51,8 @@ const SHARDS: usize = 2;
 
 /// The bit of a key's hash that picks its table: hashbrown places a key by
 /// the hash's low bits (as many as the table's size needs, far fewer than
-/// 32) and tags it with the top 7, so this bit is left to pick the table.
+/// 32) and tags it with its top 7 (of its low 32 on 32-bit targets), so this
+/// bit is left to pick the table.
 const SHARD_BIT: u32 = 32;
 
 /// The table of a key whose hash is `hash`.
@@ -298,7 +299,10 @@ impl Entries {
             let started = std::thread::scope(|s| {
                 let other = std::thread::Builder::new()
                     .name("logkv-index".into())
-                    .spawn_scoped(s, || build(t1, 1, second));
+                    .spawn_scoped(s, || build(t1, 1, second))
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "could not start a thread to build an index");
+                    });
                 build(t0, 0, first);
                 other.is_ok()
             });
@@ -401,7 +405,7 @@ mod tests {
                 e.insert(&k, hash, rec(i as u64 + 1));
             }
             for (t, before) in e.tables.iter().zip(capacity) {
-                assert!(t.capacity() > before, "{ctx}: a table grew");
+                assert!(t.capacity() > before, "{ctx}: a table did not grow");
             }
             assert_eq!(e.len(), n - n.div_ceil(3) + added, "{ctx}");
             for i in 0..n + added {

@@ -237,6 +237,16 @@ mod tests {
         // SAFETY: allocated above with `layout`.
         unsafe { alloc.deallocate(block.cast(), layout) };
 
+        // A table holds half the keys: one of 3 MiB is advised (the slab
+        // would be from 4 MiB).
+        let half = Layout::from_size_align(3 << 20, 4096).unwrap();
+        let block = alloc.allocate(half).unwrap();
+        let inner = block.as_ptr().cast::<u8>() as usize + (1 << 20);
+        alloc.advise_now();
+        assert!(advised(inner), "a table of 3 MiB is advised");
+        // SAFETY: allocated above with `half`.
+        unsafe { alloc.deallocate(block.cast(), half) };
+
         let small = Layout::from_size_align(4096, 8).unwrap();
         let block = alloc.allocate(small).unwrap();
         assert!(alloc.large.lock().is_none(), "small blocks are left alone");

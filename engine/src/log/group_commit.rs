@@ -658,6 +658,9 @@ mod tests {
         assert_eq!(gc.durable_end(), LogPos::new(1, 10));
         assert!(gc.check().is_ok());
 
+        assert_eq!(gc.fsyncs(), 2, "the data's fdatasync and the held sync");
+
+        // Data durable already: no sync of them, but the held one still runs.
         let failed = gc.sync_all_then(|| {
             Err(Error::io(
                 Path::new("seg"),
@@ -665,9 +668,17 @@ mod tests {
             ))
         });
         assert!(failed.is_err());
+        assert_eq!(gc.fsyncs(), 3);
         assert!(gc.check().is_err(), "the log is poisoned");
         assert!(gc.wait_durable(LogPos::new(1, 10)).is_err());
-        assert!(gc.sync_all_then(|| Ok(())).is_err());
+        let mut ran_after = false;
+        assert!(gc
+            .sync_all_then(|| {
+                ran_after = true;
+                Ok(())
+            })
+            .is_err());
+        assert!(!ran_after, "a poisoned log runs no sync");
     }
 
     #[test]

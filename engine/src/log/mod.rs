@@ -473,7 +473,7 @@ impl Log {
             .map_err(|e| Error::io(&old.path, e))?;
         app.file_len = app.pos;
         // A sync of its own, not only a wait for the data's: data already
-        // durable (as every write's under `always` often are) get no sync at
+        // durable (as under `always` they often are) get no sync at
         // all, and the cut would stay in the page cache. An fsync: Linux's
         // fdatasync carries a new length too, but POSIX promises only what
         // reading the data back needs. A cut undone by a power cut loses
