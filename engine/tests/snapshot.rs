@@ -181,12 +181,19 @@ fn a_small_bucket_costs_a_few_kib_and_no_snapshot() {
     );
 }
 
-/// The segment bytes of bucket `s` in the store at `dir`.
-fn segment_bytes(dir: &Path) -> u64 {
+/// The segment files of bucket `s` in the store at `dir`.
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir.join("buckets/s"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect()
+}
+
+/// The segment bytes of bucket `s` in the store at `dir`.
+fn segment_bytes(dir: &Path) -> u64 {
+    segment_files(dir)
+        .into_iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum()
 }
@@ -216,16 +223,7 @@ fn a_small_bucket_stays_small_after_an_unclean_stop() {
     b.put("k2", "v2").unwrap();
     drop(b);
     store.close().unwrap();
-    let segments = std::fs::read_dir(crashed.join("buckets/s"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "seg")
-        })
-        .count();
+    let segments = segment_files(&crashed).len();
     assert_eq!(
         segments, 2,
         "the write after the unclean stop started a segment"

@@ -121,7 +121,12 @@ fn list(storage: &Storage, buckets_dir: &Path) -> Result<(Vec<Found>, bool)> {
             continue;
         }
         if name.ends_with(DROPPED_SUFFIX) || name.ends_with(CREATING_SUFFIX) {
-            tracing::info!(path = %path.display(), "finishing the removal of a dropped bucket");
+            let what = if name.ends_with(DROPPED_SUFFIX) {
+                "finishing the removal of a dropped bucket"
+            } else {
+                "removing a bucket whose creation never finished"
+            };
+            tracing::info!(path = %path.display(), "{what}");
             storage
                 .remove_dir_all(&path)
                 .map_err(|e| Error::io(&path, e))?;
