@@ -1,7 +1,8 @@
 //! Small file-system helpers shared by the log, the bucket catalogue and the
 //! snapshot. Every change goes through the storage seam ([`crate::io`]).
 
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::io::{OpenMode, Storage};
@@ -34,6 +35,16 @@ pub fn create_dir_all_durable(storage: &Storage, dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `contents` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(storage: &Storage, path: &Path, contents: &[u8]) -> Result<()> {
+    let staged = write_beside(storage, path, contents, true)?;
+    staged.rename_into_place(storage)?;
+    sync_dir(storage, staged.dir())
+}
+
+/// Writes `contents` beside `path` under a temporary name, to replace it
+/// later with [`Staged::rename_into_place`]; the copy is fsynced only if
+/// `sync` (otherwise the caller makes it durable before the rename, e.g. with
+/// [`sync_file_systems`], and the rename durable after it).
+pub fn write_beside(storage: &Storage, path: &Path, contents: &[u8], sync: bool) -> Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path
         .file_name()
@@ -44,8 +55,53 @@ pub fn write_atomic(storage: &Storage, path: &Path, contents: &[u8]) -> Result<(
     let io = |e| Error::io(&tmp, e);
     let f = storage.open(&tmp, OpenMode::Create).map_err(io)?;
     f.write_all_at(contents, 0).map_err(io)?;
-    f.sync_all().map_err(io)?;
+    if sync {
+        f.sync_all().map_err(io)?;
+    }
     drop(f);
-    storage.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(storage, dir)
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+    })
+}
+
+/// A file's new contents written beside it (see [`write_beside`]).
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// The directory of the file.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Renames the new contents over the file (not synced: the directory's
+    /// sync, or the file system's, makes the rename durable).
+    pub fn rename_into_place(&self, storage: &Storage) -> Result<()> {
+        storage
+            .rename(&self.tmp, &self.path)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Makes durable everything written so far to the file systems holding
+/// `dirs` (each file system synced once, however many of `dirs` it holds):
+/// on a store of many buckets, one call in place of a sync per file.
+pub fn sync_file_systems<'a>(
+    storage: &Storage,
+    dirs: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for dir in dirs {
+        let device = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?.dev();
+        if seen.insert(device) {
+            storage
+                .sync_file_system(dir)
+                .map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    Ok(())
 }

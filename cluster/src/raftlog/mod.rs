@@ -221,6 +221,7 @@ impl LogStore {
             repair: false,
             storage: storage.clone(),
             mark_every: logkv::log::DEFAULT_MARK_EVERY,
+            after_unclean: logkv::log::AfterUnclean::OpenSyncs,
         };
         let Opened {
             log,

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_beside, Staged};
 use crate::io::Storage;
 
 /// The file of lost revision ranges in a bucket directory.
@@ -65,8 +65,35 @@ impl LostRevisions {
         first: u64,
         last: u64,
     ) -> Result<()> {
+        if self.merge(first, last) {
+            write_atomic(storage, &dir.join(LOST_FILE), self.encode().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Records that revisions `first..=last` were lost, in a copy of the file
+    /// written beside it and not synced: the caller makes the copy durable,
+    /// renames it into place ([`Staged::rename_into_place`]) and makes the
+    /// rename durable, before the bucket gives out a revision. `None`: nothing
+    /// to record.
+    pub(crate) fn add_staged(
+        &mut self,
+        storage: &Storage,
+        dir: &Path,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<Staged>> {
+        if !self.merge(first, last) {
+            return Ok(None);
+        }
+        let path = dir.join(LOST_FILE);
+        write_beside(storage, &path, self.encode().as_bytes(), false).map(Some)
+    }
+
+    /// Adds `first..=last` to the ranges, merging neighbours; false if empty.
+    fn merge(&mut self, first: u64, last: u64) -> bool {
         if first > last {
-            return Ok(());
+            return false;
         }
         self.ranges.push((first, last));
         self.ranges.sort_unstable();
@@ -78,7 +105,7 @@ impl LostRevisions {
             }
         }
         self.ranges = merged;
-        write_atomic(storage, &dir.join(LOST_FILE), self.encode().as_bytes())
+        true
     }
 
     /// The text of the file: one `first-last` line per range.

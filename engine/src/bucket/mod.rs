@@ -50,6 +50,8 @@ use crate::index::{Index, RecordRef};
 use crate::log::{Appender, Log};
 use crate::watch_hub::WatchHub;
 
+pub(crate) use open::Recovered;
+
 /// What a bucket handle or a watch holds to keep the store open (its
 /// directory lock, its background thread) for as long as it lives.
 pub(crate) type KeepStoreOpen = Arc<dyn Any + Send + Sync>;

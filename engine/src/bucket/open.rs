@@ -1,5 +1,8 @@
 //! Opening a bucket: its log replayed into a fresh index, from the index
-//! snapshot on when one matches the log.
+//! snapshot on when one matches the log. After an unclean stop, what recovery
+//! read is made durable before the bucket is served: by the open itself (a
+//! bucket opened alone), or by the store, which syncs the file system once for
+//! all its buckets ([`Recovered`]).
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -12,13 +15,14 @@ use super::lost::LostRevisions;
 use super::pending::Pending;
 use super::{effective_expiry, BucketCore, CompactionStats, Writer};
 use crate::config::{BucketConfig, Options};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fsutil::Staged;
 use crate::fsync::FsyncPolicy;
 use crate::index::{Index, RecordRef};
 use crate::io::Storage;
 use crate::log::recovery::{RecoveryReport, Start};
 use crate::log::segment::Segment;
-use crate::log::{Log, LogConfig, Opened};
+use crate::log::{AfterUnclean, Log, LogConfig, Opened};
 use crate::snapshot::{self, Snapshot};
 use crate::watch_hub::WatchHub;
 
@@ -34,24 +38,134 @@ struct Replayed {
     snapshot_only: bool,
 }
 
+/// A bucket read back from disk and not yet served. After an unclean stop,
+/// what recovery read (and the revisions it skipped) may wait for the store
+/// to sync the file system, once for all its buckets ([`AfterUnclean::CallerSyncs`]).
+pub(crate) struct Recovered {
+    core: BucketCore,
+    report: RecoveryReport,
+    /// Revisions skipped by this open (first, last), for the store's log line.
+    skipped: Option<(u64, u64)>,
+    awaiting: Awaiting,
+}
+
+/// What a recovered bucket waits for before it is served.
+enum Awaiting {
+    /// Nothing: its open made everything durable itself, or the stop was clean.
+    Nothing,
+    /// The file system's sync of what recovery read, and of `lost`, the new
+    /// list of lost revisions written beside the old one.
+    DataSync { lost: Option<Staged> },
+    /// The file system's sync of the mark and of the list's rename.
+    MarkSync,
+}
+
+impl Recovered {
+    /// Whether the store must sync the file system of this bucket's directory,
+    /// then call [`Recovered::data_synced`], then sync it again.
+    pub(crate) fn awaits_sync(&self) -> bool {
+        matches!(self.awaiting, Awaiting::DataSync { .. })
+    }
+
+    /// What recovery found.
+    pub(crate) fn report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The bucket's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.core.dir
+    }
+
+    /// Revisions this open skipped (see `lost.rs`), if any.
+    pub(crate) fn skipped(&self) -> Option<(u64, u64)> {
+        self.skipped
+    }
+
+    /// The store has synced the file system since this bucket was recovered:
+    /// writes the log's mark and puts the list of lost revisions in place,
+    /// both for the store's next sync of the file system.
+    pub(crate) fn data_synced(&mut self) -> Result<()> {
+        let Awaiting::DataSync { lost } = &self.awaiting else {
+            return Err(Error::Internal(format!(
+                "bucket {}: no sync awaited after recovery",
+                self.core.name
+            )));
+        };
+        self.core.log.synced_by_caller()?;
+        if let Some(staged) = lost {
+            staged.rename_into_place(self.core.log.storage())?;
+        }
+        self.awaiting = Awaiting::MarkSync;
+        Ok(())
+    }
+
+    /// The bucket, ready to serve: entries past its max age leave the index
+    /// now. The store calls this after its second sync of the file system
+    /// (for a bucket that awaited one).
+    pub(crate) fn finish(self, opts: &Options) -> Result<(BucketCore, RecoveryReport)> {
+        if let Awaiting::DataSync { .. } = self.awaiting {
+            return Err(Error::Internal(format!(
+                "bucket {} would be served before what recovery read is durable",
+                self.core.name
+            )));
+        }
+        let core = self.core;
+        // Entries past the bucket's max age leave the index now, as they would have
+        // had the store stayed open (the same rule the sweeper applies). Not in a
+        // replica: its ages out happen at the sweeps its replication log applies, at
+        // the leader's time, never at this node's clock (which would age out more than
+        // the other nodes did, for good); the next sweep applied does it.
+        if !opts.replicated {
+            core.age_out(core.now())?;
+        }
+        Ok((core, self.report))
+    }
+}
+
 impl BucketCore {
-    /// Opens a bucket directory, replaying its log into a fresh index.
+    /// Opens a bucket directory, replaying its log into a fresh index; after
+    /// an unclean stop it makes what it read durable itself.
     pub(crate) fn open(
         dir: &Path,
         name: &str,
         config: BucketConfig,
         opts: &Options,
     ) -> Result<(BucketCore, RecoveryReport)> {
+        let recovered = BucketCore::recover(dir, name, config, opts, AfterUnclean::OpenSyncs)?;
+        if let Some((first, last)) = recovered.skipped {
+            tracing::warn!(
+                bucket = name,
+                first,
+                last,
+                "unclean stop: revisions that may have been seen and then lost are skipped"
+            );
+        }
+        recovered.finish(opts)
+    }
+
+    /// Replays a bucket directory's log into a fresh index. Under
+    /// [`AfterUnclean::CallerSyncs`], what an unclean stop left is made
+    /// durable by the caller (see [`Recovered`]).
+    pub(crate) fn recover(
+        dir: &Path,
+        name: &str,
+        config: BucketConfig,
+        opts: &Options,
+        after_unclean: AfterUnclean,
+    ) -> Result<Recovered> {
         let Replayed {
             opened,
             index,
             last_revision: last,
             tag,
             snapshot_only,
-        } = replay(dir, name, &config, opts)?;
+        } = replay(dir, name, &config, opts, after_unclean)?;
         let end = opened.appender.end();
-        let mut skipped = LostRevisions::load(dir)?;
-        let mut next_rev = last.max(skipped.highest()) + 1;
+        let mut lost_list = LostRevisions::load(dir)?;
+        let mut next_rev = last.max(lost_list.highest()) + 1;
+        let mut skipped = None;
+        let mut staged = None;
         if opened.unclean
             && opened.eager_before
             && !opts.replicated
@@ -61,15 +175,26 @@ impl BucketCore {
             // unclean: revisions up to the reservation may have been seen and
             // lost. They are never given again. (A replica's are applied again
             // with the same revisions by its replication log.)
-            tracing::warn!(
+            tracing::debug!(
                 bucket = name,
                 first = next_rev,
                 last = opened.reserved_through,
                 "unclean stop: revisions that may have been seen and then lost are skipped"
             );
-            skipped.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
+            skipped = Some((next_rev, opened.reserved_through));
+            if opened.awaiting_sync {
+                staged =
+                    lost_list.add_staged(&opts.storage, dir, next_rev, opened.reserved_through)?;
+            } else {
+                lost_list.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
+            }
             next_rev = opened.reserved_through + 1;
         }
+        let awaiting = if opened.awaiting_sync {
+            Awaiting::DataSync { lost: staged }
+        } else {
+            Awaiting::Nothing
+        };
         // The counter stands past what it skipped: the bucket's last revision
         // is the last one given out, whether its write survived or not.
         let last = next_rev - 1;
@@ -89,7 +214,7 @@ impl BucketCore {
                 pending: Pending::default(),
             }),
             visible_when_durable: opts.fsync == FsyncPolicy::Always,
-            lost: skipped,
+            lost: lost_list,
             clock: Arc::clone(&opts.clock),
             dropped: AtomicBool::new(false),
             last_rev: AtomicU64::new(last),
@@ -107,21 +232,24 @@ impl BucketCore {
             // The snapshot file is what a clean close would write again.
             core.note_snapshot_current();
         }
-        // Entries past the bucket's max age leave the index now, as they would have
-        // had the store stayed open (the same rule the sweeper applies). Not in a
-        // replica: its ages out happen at the sweeps its replication log applies, at
-        // the leader's time, never at this node's clock (which would age out more than
-        // the other nodes did, for good); the next sweep applied does it.
-        if !opts.replicated {
-            core.age_out(core.now())?;
-        }
-        Ok((core, opened.report))
+        Ok(Recovered {
+            core,
+            report: opened.report,
+            skipped,
+            awaiting,
+        })
     }
 }
 
 /// Opens the log in `dir` and rebuilds the index from it: from the index
 /// snapshot when it matches the log, then every record after the snapshot.
-fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Result<Replayed> {
+fn replay(
+    dir: &Path,
+    name: &str,
+    config: &BucketConfig,
+    opts: &Options,
+    after_unclean: AfterUnclean,
+) -> Result<Replayed> {
     let index = RefCell::new(Index::default());
     let mut max_rev = 0;
     let mut removed = Vec::new();
@@ -133,6 +261,7 @@ fn replay(dir: &Path, name: &str, config: &BucketConfig, opts: &Options) -> Resu
         repair: opts.repair,
         storage: opts.storage.clone(),
         mark_every: opts.durability_mark_interval,
+        after_unclean,
     };
     let storage = opts.storage.clone();
     let mut snap = usable_snapshot(&storage, dir, name, opts.repair)?;

@@ -13,7 +13,8 @@
 //!
 //! What the seam covers: creating and opening files, `pwrite`, `set_len`,
 //! `fdatasync`/`fsync`, creating, renaming (replacing or not) and removing files
-//! and directories, hard links, and fsyncs of directories.
+//! and directories, hard links, fsyncs of directories, and `syncfs` of a whole
+//! file system.
 
 use std::fmt;
 use std::fs;
@@ -63,6 +64,12 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// a symbolic link included) instead of replacing it.
     fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Whether [`Backend::sync_file_system`] is available.
+    fn syncs_file_systems(&self) -> bool;
+    /// `syncfs`: every write to any file of the file system holding `path`,
+    /// and every change of its directories, made so far by any process,
+    /// reaches stable storage.
+    fn sync_file_system(&self, path: &Path) -> io::Result<()>;
     /// Whether the order of calls decides what the backend does, so that calls
     /// from several threads at once would make a run impossible to replay (a
     /// simulation numbers files and draws faults in call order).
@@ -203,6 +210,19 @@ impl Storage {
     /// Fsyncs a directory: creations, renames and removals in it become durable.
     pub(crate) fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.backend.sync_dir(path)
+    }
+
+    /// Whether [`Storage::sync_file_system`] is available (Linux's `syncfs`,
+    /// or a simulation).
+    pub(crate) fn syncs_file_systems(&self) -> bool {
+        self.backend.syncs_file_systems()
+    }
+
+    /// Makes durable everything written to the file system that holds `path`
+    /// (every file's data and every directory's changes, by this process or
+    /// one before it): one call instead of a sync per file.
+    pub(crate) fn sync_file_system(&self, path: &Path) -> io::Result<()> {
+        self.backend.sync_file_system(path)
     }
 }
 

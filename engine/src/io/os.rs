@@ -81,4 +81,23 @@ impl Backend for Os {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         fs::File::open(path)?.sync_all()
     }
+
+    fn syncs_file_systems(&self) -> bool {
+        cfg!(target_os = "linux")
+    }
+
+    fn sync_file_system(&self, path: &Path) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            // Since Linux 5.8 syncfs reports a writeback error of any file of
+            // the file system, as fsync does for its file.
+            let dir = fs::File::open(path)?;
+            Ok(rustix::fs::syncfs(&dir)?)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
+    }
 }

@@ -349,6 +349,22 @@ impl<F: Flush> GroupCommit<F> {
         self.end_hold(result, |_| {})
     }
 
+    /// Everything written was made durable by a sync outside group commit (a
+    /// sync of the whole file system while a store opens, when nothing else
+    /// uses the log): records it, and writes the active segment's mark for it
+    /// with `flags`, which the next such sync makes durable.
+    pub(crate) fn synced_elsewhere(&self, flags: u32) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(e) = s.poisoned() {
+            return Err(e);
+        }
+        s.synced = s.written;
+        if s.synced.seq() == s.active.seq() {
+            s.active.write_mark(s.synced.offset(), flags)?;
+        }
+        Ok(())
+    }
+
     /// Cuts the log back to `at`, in `active`: makes everything written
     /// durable, then runs `cut` (which changes the files) while no sync runs
     /// and none can start, and from then on the log is written and durable

@@ -63,6 +63,24 @@ pub struct LogConfig {
     pub mark_every: std::time::Duration,
     /// Where the files live (the operating system, or a simulation in tests).
     pub storage: Storage,
+    /// Who makes durable what recovery read after an unclean stop.
+    pub after_unclean: AfterUnclean,
+}
+
+/// Who makes durable, after an unclean stop, what recovery read (bytes a
+/// crashed process wrote and never synced, still in the page cache), before
+/// anything of the log is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterUnclean {
+    /// The open: it fdatasyncs the active segment, writes the mark that says
+    /// so, and fdatasyncs again.
+    #[default]
+    OpenSyncs,
+    /// The caller, for many logs at once (a store opening its buckets): it
+    /// syncs the file system ([`crate::fsutil::sync_file_systems`]), then
+    /// calls [`Log::synced_by_caller`], then syncs the file system again,
+    /// all before it serves the log ([`Opened::awaiting_sync`]).
+    CallerSyncs,
 }
 
 /// The smallest pre-write: a new bucket's first segment, and the first growth
@@ -192,7 +210,8 @@ pub struct Opened {
     /// What recovery found.
     pub report: RecoveryReport,
     /// The log was not closed cleanly (a crash, a kill, a power cut): what
-    /// recovery read has been made durable before anything is served.
+    /// recovery read is made durable before anything is served (by the open,
+    /// or by the caller: see `awaiting_sync`).
     pub unclean: bool,
     /// The writes before that unclean stop may have been visible before they
     /// were durable (policy `interval` or `never`, or unknown).
@@ -200,6 +219,9 @@ pub struct Opened {
     /// No revision above this was given out by the process that wrote the log
     /// (the reservation of its active segment).
     pub reserved_through: u64,
+    /// The stop was unclean and the caller makes what recovery read durable
+    /// ([`AfterUnclean::CallerSyncs`]): nothing of the log may be served before.
+    pub awaiting_sync: bool,
 }
 
 impl Log {
@@ -285,10 +307,11 @@ impl Log {
             clean_mark: AtomicBool::new(mark.is_some_and(|m| m.clean())),
             cfg,
         };
-        if !clean {
-            // A process crash leaves written but unsynced bytes in the page
-            // cache, and recovery read them: make them durable before they are
-            // served, or a power cut now could take back what readers saw.
+        // A process crash leaves written but unsynced bytes in the page
+        // cache, and recovery read them: they are made durable before they are
+        // served, or a power cut then could take back what readers saw.
+        let awaiting_sync = !clean && log.cfg.after_unclean == AfterUnclean::CallerSyncs;
+        if !clean && !awaiting_sync {
             log.commit.sync_with_mark(eager_flag)?;
         }
         let reserved_through = active.header.reserved_through;
@@ -306,7 +329,19 @@ impl Log {
             unclean: !clean,
             eager_before: mark.is_none_or(|m| m.eager()),
             reserved_through,
+            awaiting_sync,
         })
+    }
+
+    /// After an unclean stop under [`AfterUnclean::CallerSyncs`], once the
+    /// caller has synced the file system: what recovery read is durable.
+    /// Records it, and writes the active segment's mark that says so (with
+    /// this log's policy, as the open would have), which the caller's next
+    /// sync of the file system makes durable. The mark comes after the data
+    /// are durable: one that reached the disk before them would vouch for
+    /// bytes a power cut took back.
+    pub fn synced_by_caller(&self) -> Result<()> {
+        self.commit.synced_elsewhere(self.eager_flag())
     }
 
     /// The directory of this log.

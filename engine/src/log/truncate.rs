@@ -128,6 +128,7 @@ mod tests {
             repair: false,
             storage,
             mark_every: super::super::DEFAULT_MARK_EVERY,
+            after_unclean: super::super::AfterUnclean::OpenSyncs,
         }
     }
 

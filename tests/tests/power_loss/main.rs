@@ -21,3 +21,4 @@ mod harness;
 mod regressions;
 mod replicated;
 mod sim;
+mod unclean_open;

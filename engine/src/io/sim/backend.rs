@@ -235,6 +235,25 @@ impl Backend for SimFs {
         Ok(())
     }
 
+    fn syncs_file_systems(&self) -> bool {
+        true
+    }
+
+    fn sync_file_system(&self, _path: &Path) -> io::Result<()> {
+        // The simulation is one file system: everything in it.
+        let mut s = self.state.lock();
+        s.change()?;
+        let n = s.faults.sync_error_one_in;
+        let failed = s.take_armed_sync() || s.one_in(n);
+        s.sync_everything(failed)?;
+        if failed {
+            s.stats.sync_errors += 1;
+            return Err(eio());
+        }
+        s.stats.syncs += 1;
+        Ok(())
+    }
+
     fn replays_call_order(&self) -> bool {
         // Files are numbered, faults drawn and crash countdowns counted in call order.
         true

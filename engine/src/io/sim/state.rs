@@ -363,6 +363,69 @@ impl State {
         Ok(())
     }
 
+    /// A sync of the whole file system (`syncfs`): every file's unsynced
+    /// writes and every directory's changes become durable. If it `failed`,
+    /// each changed range (and each file's new length) reached the disk or
+    /// not, as after a failed fsync (the pages count as clean either way), and
+    /// each directory kept a prefix of its changes.
+    pub(super) fn sync_everything(&mut self, failed: bool) -> io::Result<()> {
+        let current = self.current_contents()?;
+        let mut ids: Vec<u64> = current.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let (Some(now), Some(ranges)) = (
+                current.get(&id),
+                self.files.get(&id).map(|f| f.dirty.clone()),
+            ) else {
+                continue;
+            };
+            let mut durable = self
+                .files
+                .get(&id)
+                .map(|f| f.durable.clone())
+                .unwrap_or_default();
+            if failed {
+                if self.below(2) == 0 {
+                    durable.resize(now.len(), 0);
+                }
+                for (from, to) in ranges {
+                    let (from, to) = (from as usize, (to as usize).min(now.len()));
+                    if from < to && self.below(2) == 0 {
+                        if durable.len() < to {
+                            durable.resize(to, 0);
+                        }
+                        durable[from..to].copy_from_slice(&now[from..to]);
+                    }
+                }
+            } else {
+                durable.clone_from(now);
+            }
+            if let Some(f) = self.files.get_mut(&id) {
+                f.durable = durable;
+                f.dirty.clear();
+                f.len_changed = false;
+            }
+        }
+        let mut dir_ids: Vec<u64> = self.dirs.keys().copied().collect();
+        dir_ids.sort_unstable();
+        for id in dir_ids {
+            let pending = self.dirs.get(&id).map_or(0, |d| d.pending.len());
+            let keep = if failed {
+                self.below(pending as u64 + 1) as usize
+            } else {
+                pending
+            };
+            if let Some(d) = self.dirs.get_mut(&id) {
+                let pending = std::mem::take(&mut d.pending);
+                for op in &pending[..keep] {
+                    op.apply(&mut d.durable);
+                }
+                d.pending = pending[keep..].to_vec();
+            }
+        }
+        Ok(())
+    }
+
     /// The contents of every file as the process sees them now, for files
     /// that have unsynced changes.
     pub(super) fn current_contents(&mut self) -> io::Result<HashMap<u64, Vec<u8>>> {
