@@ -8,9 +8,12 @@
 //!   `S7.rss.anon` the part of it that is the process's own (`RssAnon`; the rest is
 //!   mapped pages of files, such as the pages of each bucket's newest segment that
 //!   recovery read, shared with the page cache);
-//! - `S7.restart`: seconds from starting the server again on the same directory to the
-//!   answer of the first GET (of the last bucket's key), and `S7.restart.threads`,
-//!   `.fds`, `.rss` right after it.
+//! - `S7.restart`: seconds from starting the server again on the same directory (after
+//!   a clean stop) to the answer of the first GET (of the last bucket's key), and
+//!   `S7.restart.threads`, `.fds`, `.rss` right after it;
+//! - `S7.restart.kill`: the same after that server has written every bucket's key
+//!   again and is killed (SIGKILL): every bucket is then recovered from an unclean
+//!   stop, and what recovery read is made durable before anything is served.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,20 +34,23 @@ fn name(i: usize) -> String {
     format!("b{i:05}")
 }
 
-/// Creates `buckets` buckets with one key each.
-fn create(server: &Running, buckets: usize) -> Result<(), BoxError> {
+/// Creates `buckets` buckets with one key each (`create`), or writes that key again.
+fn write_each(server: &Running, buckets: usize, create: bool) -> Result<(), BoxError> {
     let mut c = Client::connect(&server.addr())?;
     let mut i = 0;
     while i < buckets {
         let end = (i + BATCH).min(buckets);
         for b in i..end {
             let n = name(b);
-            c.queue(&[b"BUCKET", b"CREATE", n.as_bytes()]);
+            if create {
+                c.queue(&[b"BUCKET", b"CREATE", n.as_bytes()]);
+            }
             c.queue(&[b"USE", n.as_bytes()]);
             c.queue(&[b"SET", b"k", &VALUE]);
         }
         c.flush()?;
-        for _ in 0..(end - i) * 3 {
+        let per_bucket = if create { 3 } else { 2 };
+        for _ in 0..(end - i) * per_bucket {
             expect_ok(c.read()?, "BUCKET CREATE / USE / SET")?;
         }
         i = end;
@@ -83,7 +89,7 @@ pub fn s7(bin: &Path, base: &Path, buckets: usize, rep: &mut Reporter) -> Result
     let n = buckets as u64;
     let server = start_logkv_in(bin, FSYNC, base, data.path(), Duration::from_secs(20))?;
     let t = Instant::now();
-    create(&server, buckets).map_err(|e| format!("{e}\n{}", server.log_tail()))?;
+    write_each(&server, buckets, true).map_err(|e| format!("{e}\n{}", server.log_tail()))?;
     let took = t.elapsed().as_secs_f64();
     eprintln!("    S7: {buckets} buckets created in {took:.1} s");
     rep.emit(tag(row("logkv", "S7.create", took, "s", n)));
@@ -92,17 +98,41 @@ pub fn s7(bin: &Path, base: &Path, buckets: usize, rep: &mut Reporter) -> Result
     rep.emit(tag(row("logkv", "S7.disk", disk as f64, "bytes", n)));
     server.stop();
 
-    let server = start_logkv_in(bin, FSYNC, base, data.path(), Duration::from_secs(600))?;
+    // After a clean stop; then after every bucket was written again and the server
+    // killed (SIGKILL): the open finds each bucket's durability mark behind its end, and
+    // makes what it read durable before it serves anything.
+    let server = first_get_after_restart(bin, base, data.path(), buckets, "S7.restart", rep)?;
+    emit_process(&server, "S7.restart", buckets, rep);
+    write_each(&server, buckets, false).map_err(|e| format!("{e}\n{}", server.log_tail()))?;
+    server.kill();
+    let server = first_get_after_restart(bin, base, data.path(), buckets, "S7.restart.kill", rep)?;
+    drop(server);
+    Ok(())
+}
+
+/// Starts the server again on `data` and emits, as `what`, the seconds from its start to
+/// the answer of the first GET (of the last bucket's key).
+fn first_get_after_restart(
+    bin: &Path,
+    base: &Path,
+    data: &Path,
+    buckets: usize,
+    what: &str,
+    rep: &mut Reporter,
+) -> Result<Running, BoxError> {
+    let server = start_logkv_in(bin, FSYNC, base, data, Duration::from_secs(600))?;
     let last = name(buckets.saturating_sub(1));
     let mut c = Client::connect(&server.addr())?;
     expect_ok(c.call(&[b"USE", last.as_bytes()])?, "USE")?;
     let got = c.call(&[b"GET", b"k"])?;
-    let restart = server.spawned.elapsed().as_secs_f64();
+    let took = server.spawned.elapsed().as_secs_f64();
     if got != Value::Bulk(VALUE.to_vec()) {
-        return Err(format!("GET after the restart replied {got:?}").into());
+        return Err(format!("GET after the restart ({what}) replied {got:?}").into());
     }
-    eprintln!("    S7: first GET answered {restart:.2} s after the restart");
-    rep.emit(tag(row("logkv", "S7.restart", restart, "s", n)));
-    emit_process(&server, "S7.restart", buckets, rep);
-    Ok(())
+    eprintln!("    {what}: first GET answered {took:.2} s after the start");
+    let row = row("logkv", what, took, "s", buckets as u64)
+        .with("buckets", Extra::count(buckets))
+        .with("fsync", Extra::Str(FSYNC.into()));
+    rep.emit(row);
+    Ok(server)
 }

@@ -8,6 +8,15 @@
 //! on the calling thread. Either way the outcome is the same: buckets are
 //! listed in name order, and if some cannot be opened, the error reported is
 //! that of the first of them by name.
+//!
+//! After an unclean stop (a crash, a kill, a power cut) what recovery read in
+//! a bucket may still be only in the page cache, and it must be durable before
+//! it is served. Rather than each bucket syncing its own files (two fdatasyncs,
+//! and two fsyncs more if it records skipped revisions), the store syncs the
+//! file system once for all of them, lets each write its durability mark and
+//! put its list of lost revisions in place, and syncs once more
+//! ([`make_recovery_durable`]); then it serves them. Where the file system
+//! cannot be synced whole (not Linux), each bucket syncs its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,11 +39,12 @@ use crate::log::AfterUnclean;
 /// Buckets each opening thread should have, at least, to be worth starting.
 const BUCKETS_PER_THREAD: usize = 64;
 /// Most threads opening buckets at once. More than the cores: a bucket's open
-/// waits on the disk as much as it computes (after an unclean stop it syncs
-/// what it read; a cold page cache reads). Measured on 2 cores, 10,000 one-key
-/// buckets after a kill under `interval`: 8.7-9.9 s with 2 threads, 4.9-5.5 s
-/// with 8, 3.6-3.7 s with 16 or 32 (under `always`: 2.4 s with 2, 0.94-0.98 s
-/// with 16); after a clean stop 0.29-0.44 s with 2 to 16.
+/// waits on the disk as much as it computes (a cold page cache reads; where
+/// the file system cannot be synced whole, each bucket syncs what it read
+/// after an unclean stop). Measured on 2 cores, 10,000 one-key buckets after
+/// a kill under `interval`, when each bucket synced its own: 8.7-9.9 s with 2
+/// threads, 4.9-5.5 s with 8, 3.6-3.7 s with 16 or 32; after a clean stop
+/// 0.29-0.44 s with 2 to 16.
 const MAX_THREADS: usize = 16;
 
 /// The buckets of a store, opened.
@@ -53,8 +63,14 @@ struct Found {
 
 /// What became of one bucket directory.
 enum Outcome {
-    /// Read back; not yet served.
-    Recovered(Box<Recovered>),
+    /// Opened, ready to serve; `skipped`: the revisions its open skipped.
+    Opened {
+        core: Arc<BucketCore>,
+        report: RecoveryReport,
+        skipped: Option<(u64, u64)>,
+    },
+    /// Read back after an unclean stop; waits for the store's syncs.
+    Awaiting(Box<Recovered>),
     /// Its creation never finished (no configuration): removed.
     Removed,
 }
@@ -78,22 +94,34 @@ pub(super) fn open_buckets(buckets_dir: &Path, opts: &Options) -> Result<OpenedB
             |f| open_one(f, opts, after_unclean),
         )
     });
-    let mut recovered = Vec::new();
+    let mut opened = OpenedBuckets::default();
+    let mut awaiting = Vec::new();
+    let mut skipped = Vec::new();
     for (f, result) in found.into_iter().zip(results) {
         // A bucket is skipped only after one before it failed (see `on_threads`).
         let outcome = result.ok_or_else(|| Error::Internal("a bucket was not opened".into()))?;
         match outcome? {
-            Outcome::Recovered(r) => recovered.push((f.name, *r)),
+            Outcome::Opened {
+                core,
+                report,
+                skipped: range,
+            } => {
+                skipped.extend(range.map(|r| (f.name.clone(), r)));
+                opened.add(f.name, core, report);
+            }
+            Outcome::Awaiting(r) => {
+                skipped.extend(r.skipped().map(|range| (f.name.clone(), range)));
+                awaiting.push((f.name, r));
+            }
             Outcome::Removed => cleaned = true,
         }
     }
     if cleaned {
         sync_dir(storage, buckets_dir)?;
     }
-    let unclean = make_recovery_durable(storage, &mut recovered, threads)?;
-    log_skipped_revisions(&recovered);
-    let names: Vec<String> = recovered.iter().map(|(name, _)| name.clone()).collect();
-    let slots: Vec<Mutex<Option<Recovered>>> = recovered
+    let unclean = make_recovery_durable(storage, &mut awaiting, threads)?;
+    let names: Vec<String> = awaiting.iter().map(|(name, _)| name.clone()).collect();
+    let slots: Vec<Mutex<Option<Box<Recovered>>>> = awaiting
         .into_iter()
         .map(|(_, r)| Mutex::new(Some(r)))
         .collect();
@@ -102,18 +130,17 @@ pub(super) fn open_buckets(buckets_dir: &Path, opts: &Options) -> Result<OpenedB
             .get(i)
             .and_then(|slot| slot.lock().take())
             .ok_or_else(|| Error::Internal(format!("no recovered bucket number {i}")))?;
-        r.finish(opts)
+        finish(*r, opts)
     });
-    let mut opened = OpenedBuckets::default();
-    let (mut segments, mut records) = (0, 0);
     for (name, result) in names.into_iter().zip(finished) {
         let (core, report) =
             result.ok_or_else(|| Error::Internal("a bucket was not finished".into()))??;
-        segments += report.segments;
-        records += report.records;
-        opened.recovery.push((name.clone(), report));
-        opened.buckets.insert(name, Arc::new(core));
+        opened.add(name, core, report);
     }
+    opened.recovery.sort_by(|a, b| a.0.cmp(&b.0));
+    log_skipped_revisions(&skipped);
+    let segments: usize = opened.recovery.iter().map(|(_, r)| r.segments).sum();
+    let records: u64 = opened.recovery.iter().map(|(_, r)| r.records).sum();
     tracing::info!(
         buckets = opened.buckets.len(),
         segments,
@@ -126,6 +153,20 @@ pub(super) fn open_buckets(buckets_dir: &Path, opts: &Options) -> Result<OpenedB
     Ok(opened)
 }
 
+impl OpenedBuckets {
+    fn add(&mut self, name: String, core: Arc<BucketCore>, report: RecoveryReport) {
+        self.recovery.push((name.clone(), report));
+        self.buckets.insert(name, core);
+    }
+}
+
+/// A recovered bucket, ready to serve (moved to the heap here: a bucket is
+/// large, and results are gathered by value).
+fn finish(r: Recovered, opts: &Options) -> Result<(Arc<BucketCore>, RecoveryReport)> {
+    r.finish(opts)
+        .map(|(core, report)| (Arc::new(core), report))
+}
+
 /// After an unclean stop, makes durable what recovery read in every bucket
 /// that left it to the store (see [`Recovered`]): syncs the file systems of
 /// their directories, writes each bucket's durability mark and puts its list
@@ -134,14 +175,10 @@ pub(super) fn open_buckets(buckets_dir: &Path, opts: &Options) -> Result<OpenedB
 /// of its own. Returns how many buckets awaited it.
 fn make_recovery_durable(
     storage: &Storage,
-    recovered: &mut [(String, Recovered)],
+    awaiting: &mut [(String, Box<Recovered>)],
     threads: usize,
 ) -> Result<usize> {
-    let awaiting: Vec<&mut Recovered> = recovered
-        .iter_mut()
-        .map(|(_, r)| r)
-        .filter(|r| r.awaits_sync())
-        .collect();
+    let awaiting: Vec<&mut Recovered> = awaiting.iter_mut().map(|(_, r)| &mut **r).collect();
     if awaiting.is_empty() {
         return Ok(0);
     }
@@ -165,15 +202,12 @@ fn make_recovery_durable(
 /// One line for every bucket whose revision counter skipped what an unclean
 /// stop may have taken back (each bucket's range is logged at debug level):
 /// a store of ten thousand buckets logs one line, not ten thousand.
-fn log_skipped_revisions(recovered: &[(String, Recovered)]) {
-    let mut skipping = recovered
-        .iter()
-        .filter_map(|(name, r)| r.skipped().map(|range| (name, range)));
-    let Some((name, (first, last))) = skipping.next() else {
+fn log_skipped_revisions(skipped: &[(String, (u64, u64))]) {
+    let Some((name, (first, last))) = skipped.first() else {
         return;
     };
     tracing::warn!(
-        buckets = 1 + skipping.count(),
+        buckets = skipped.len(),
         bucket = %name,
         first,
         last,
@@ -250,7 +284,16 @@ fn open_one(f: &Found, opts: &Options, after_unclean: AfterUnclean) -> Result<Ou
         ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "bucket recovered"
     );
-    Ok(Outcome::Recovered(Box::new(recovered)))
+    if recovered.awaits_sync() {
+        return Ok(Outcome::Awaiting(Box::new(recovered)));
+    }
+    let skipped = recovered.skipped();
+    let (core, report) = finish(recovered, opts)?;
+    Ok(Outcome::Opened {
+        core,
+        report,
+        skipped,
+    })
 }
 
 /// How many threads should open `buckets` buckets.
