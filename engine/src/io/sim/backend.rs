@@ -236,12 +236,15 @@ impl Backend for SimFs {
     }
 
     fn syncs_file_systems(&self) -> bool {
-        true
+        !self.state.lock().no_syncfs
     }
 
     fn sync_file_system(&self, _path: &Path) -> io::Result<()> {
         // The simulation is one file system: everything in it.
         let mut s = self.state.lock();
+        if s.no_syncfs {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
         s.change()?;
         let n = s.faults.sync_error_one_in;
         let failed = s.take_armed_sync() || s.one_in(n);

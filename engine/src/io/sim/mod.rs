@@ -158,6 +158,7 @@ impl SimFs {
             armed: Armed::default(),
             rng: seed ^ 0x9E37_79B9_7F4A_7C15,
             stats: SimStats::default(),
+            no_syncfs: false,
         };
         state.root_dir = state.adopt_dir(&root)?;
         Ok(SimFs {
@@ -195,6 +196,12 @@ impl SimFs {
     /// between two file systems (nothing linked).
     pub fn fail_links(&self, ok: u32, fail: u32) {
         self.state.lock().armed.links = Countdown { skip: ok, fail };
+    }
+
+    /// Makes the simulated file system one that cannot be synced whole (as on
+    /// a system without `syncfs`): every open then syncs each bucket's files.
+    pub fn without_syncfs(&self) {
+        self.state.lock().no_syncfs = true;
     }
 
     /// Cuts the power after `ops` more changes: the next one fails, and so does every later one.

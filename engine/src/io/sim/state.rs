@@ -72,6 +72,8 @@ pub(super) struct State {
     pub(super) armed: Armed,
     pub(super) rng: u64,
     pub(super) stats: SimStats,
+    /// The file system cannot be synced whole (as off Linux): `syncfs` is refused.
+    pub(super) no_syncfs: bool,
 }
 
 impl State {
