@@ -44,7 +44,12 @@ pub fn write_atomic(storage: &Storage, path: &Path, contents: &[u8]) -> Result<(
 /// later with [`Staged::rename_into_place`]; the copy is fsynced only if
 /// `sync` (otherwise the caller makes it durable before the rename, e.g. with
 /// [`sync_file_systems`], and the rename durable after it).
-pub fn write_beside(storage: &Storage, path: &Path, contents: &[u8], sync: bool) -> Result<Staged> {
+pub(crate) fn write_beside(
+    storage: &Storage,
+    path: &Path,
+    contents: &[u8],
+    sync: bool,
+) -> Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path
         .file_name()
@@ -67,20 +72,20 @@ pub fn write_beside(storage: &Storage, path: &Path, contents: &[u8], sync: bool)
 
 /// A file's new contents written beside it (see [`write_beside`]).
 #[derive(Debug)]
-pub struct Staged {
+pub(crate) struct Staged {
     tmp: PathBuf,
     path: PathBuf,
 }
 
 impl Staged {
     /// The directory of the file.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// Renames the new contents over the file (not synced: the directory's
     /// sync, or the file system's, makes the rename durable).
-    pub fn rename_into_place(&self, storage: &Storage) -> Result<()> {
+    pub(crate) fn rename_into_place(&self, storage: &Storage) -> Result<()> {
         storage
             .rename(&self.tmp, &self.path)
             .map_err(|e| Error::io(&self.path, e))
@@ -90,7 +95,7 @@ impl Staged {
 /// Makes durable everything written so far to the file systems holding
 /// `dirs` (each file system synced once, however many of `dirs` it holds):
 /// on a store of many buckets, one call in place of a sync per file.
-pub fn sync_file_systems<'a>(
+pub(crate) fn sync_file_systems<'a>(
     storage: &Storage,
     dirs: impl IntoIterator<Item = &'a Path>,
 ) -> Result<()> {
@@ -98,9 +103,10 @@ pub fn sync_file_systems<'a>(
     for dir in dirs {
         let device = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?.dev();
         if seen.insert(device) {
-            storage
-                .sync_file_system(dir)
-                .map_err(|e| Error::io(dir, e))?;
+            storage.sync_file_system(dir).map_err(|e| {
+                let why = format!("syncing the whole file system that holds it: {e}");
+                Error::io(dir, std::io::Error::new(e.kind(), why))
+            })?;
         }
     }
     Ok(())

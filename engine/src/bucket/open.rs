@@ -60,6 +60,16 @@ enum Awaiting {
     MarkSync,
 }
 
+impl Awaiting {
+    fn name(&self) -> &'static str {
+        match self {
+            Awaiting::Nothing => "nothing",
+            Awaiting::DataSync { .. } => "the sync of what recovery read",
+            Awaiting::MarkSync => "the sync of its mark",
+        }
+    }
+}
+
 impl Recovered {
     /// Whether the store must sync the file system of this bucket's directory,
     /// then call [`Recovered::data_synced`], then sync it again.
@@ -87,10 +97,7 @@ impl Recovered {
     /// both for the store's next sync of the file system.
     pub(crate) fn data_synced(&mut self) -> Result<()> {
         let Awaiting::DataSync { lost } = &self.awaiting else {
-            return Err(Error::Internal(format!(
-                "bucket {}: no sync awaited after recovery",
-                self.core.name
-            )));
+            return Err(self.out_of_turn("the data synced"));
         };
         self.core.log.synced_by_caller()?;
         if let Some(staged) = lost {
@@ -100,15 +107,30 @@ impl Recovered {
         Ok(())
     }
 
+    /// The store has synced the file system again since
+    /// [`Recovered::data_synced`]: the mark and the list are durable.
+    pub(crate) fn marks_synced(&mut self) -> Result<()> {
+        if !matches!(self.awaiting, Awaiting::MarkSync) {
+            return Err(self.out_of_turn("the mark synced"));
+        }
+        self.core.log.recovery_recorded();
+        self.awaiting = Awaiting::Nothing;
+        Ok(())
+    }
+
+    fn out_of_turn(&self, step: &str) -> Error {
+        Error::Internal(format!(
+            "bucket {}: told {step} while it awaited {}",
+            self.core.name,
+            self.awaiting.name()
+        ))
+    }
+
     /// The bucket, ready to serve: entries past its max age leave the index
-    /// now. The store calls this after its second sync of the file system
-    /// (for a bucket that awaited one).
+    /// now. Fails if the bucket still awaits a sync of the store's.
     pub(crate) fn finish(self, opts: &Options) -> Result<(BucketCore, RecoveryReport)> {
-        if let Awaiting::DataSync { .. } = self.awaiting {
-            return Err(Error::Internal(format!(
-                "bucket {} would be served before what recovery read is durable",
-                self.core.name
-            )));
+        if !matches!(self.awaiting, Awaiting::Nothing) {
+            return Err(self.out_of_turn("to serve"));
         }
         let core = self.core;
         // Entries past the bucket's max age leave the index now, as they would have
@@ -193,6 +215,8 @@ impl BucketCore {
         let awaiting = if opened.awaiting_sync {
             Awaiting::DataSync { lost: staged }
         } else {
+            // What this open skipped is durable in `lost.revs` (or nothing was).
+            opened.log.recovery_recorded();
             Awaiting::Nothing
         };
         // The counter stands past what it skipped: the bucket's last revision

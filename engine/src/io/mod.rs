@@ -64,8 +64,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// a symbolic link included) instead of replacing it.
     fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
-    /// Whether [`Backend::sync_file_system`] is available.
-    fn syncs_file_systems(&self) -> bool;
+    /// Whether [`Backend::sync_file_system`] makes durable everything in the
+    /// file system holding `path`, and reports a failure to.
+    fn can_sync_file_system(&self, path: &Path) -> bool;
     /// `syncfs`: every write to any file of the file system holding `path`,
     /// and every change of its directories, made so far by any process,
     /// reaches stable storage.
@@ -212,10 +213,12 @@ impl Storage {
         self.backend.sync_dir(path)
     }
 
-    /// Whether [`Storage::sync_file_system`] is available (Linux's `syncfs`,
-    /// or a simulation).
-    pub(crate) fn syncs_file_systems(&self) -> bool {
-        self.backend.syncs_file_systems()
+    /// Whether [`Storage::sync_file_system`] can stand for a sync of each file
+    /// under `path`: Linux's `syncfs` on a common local file system (ext4,
+    /// XFS, Btrfs, F2FS, tmpfs) of a kernel that reports its errors (5.8 on),
+    /// or a simulation.
+    pub(crate) fn can_sync_file_system(&self, path: &Path) -> bool {
+        self.backend.can_sync_file_system(path)
     }
 
     /// Makes durable everything written to the file system that holds `path`

@@ -82,15 +82,21 @@ impl Backend for Os {
         fs::File::open(path)?.sync_all()
     }
 
-    fn syncs_file_systems(&self) -> bool {
-        cfg!(target_os = "linux")
+    fn can_sync_file_system(&self, path: &Path) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            syncfs_reports_errors() && reliable_syncfs(path)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            false
+        }
     }
 
     fn sync_file_system(&self, path: &Path) -> io::Result<()> {
         #[cfg(target_os = "linux")]
         {
-            // Since Linux 5.8 syncfs reports a writeback error of any file of
-            // the file system, as fsync does for its file.
             let dir = fs::File::open(path)?;
             Ok(rustix::fs::syncfs(&dir)?)
         }
@@ -99,5 +105,82 @@ impl Backend for Os {
             let _ = path;
             Err(io::Error::from(io::ErrorKind::Unsupported))
         }
+    }
+}
+
+/// Whether this kernel's `syncfs` reports writeback errors: since Linux 5.8 it
+/// fails, as `fsync` does for its file, when any file of the file system
+/// failed to be written back; before, it said nothing.
+#[cfg(target_os = "linux")]
+fn syncfs_reports_errors() -> bool {
+    static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REPORTS.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .and_then(|release| kernel_at_least(&release, (5, 8)))
+            .unwrap_or(false)
+    })
+}
+
+/// Whether the kernel `release` (such as `6.1.0-18-amd64`) is at least
+/// `(major, minor)`; `None` if it cannot be read.
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> Option<bool> {
+    let mut parts = release.trim().split(['.', '-']);
+    let have_major: u32 = parts.next()?.parse().ok()?;
+    let have_minor: u32 = parts.next()?.parse().ok()?;
+    Some((have_major, have_minor) >= (major, minor))
+}
+
+/// Whether the file system holding `path` is one whose `syncfs` writes back
+/// and waits for every file, as an fsync of each would: the common local
+/// ones. Others (network and FUSE file systems, overlays) may not pass a
+/// whole-file-system sync on to where the data live, so each file is synced.
+#[cfg(target_os = "linux")]
+fn reliable_syncfs(path: &Path) -> bool {
+    const EXT2_3_4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    const TMPFS: i64 = 0x0102_1994;
+    let Ok(st) = rustix::fs::statfs(path) else {
+        return false;
+    };
+    // `f_type` is an i64 on most targets and a u32 on some.
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the field's type differs by target"
+    )]
+    let magic = i64::from(st.f_type) & 0xFFFF_FFFF;
+    [EXT2_3_4, XFS, BTRFS, F2FS, TMPFS].contains(&magic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_then_minor() {
+        assert_eq!(kernel_at_least("5.8.0", (5, 8)), Some(true));
+        assert_eq!(kernel_at_least("5.4.0-150-generic", (5, 8)), Some(false));
+        assert_eq!(kernel_at_least("4.19.0", (5, 8)), Some(false));
+        assert_eq!(kernel_at_least("6.1.0-18-amd64\n", (5, 8)), Some(true));
+        assert_eq!(kernel_at_least("5.10-rc1", (5, 8)), Some(true));
+        assert_eq!(kernel_at_least("garbage", (5, 8)), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_directory_on_the_local_disk_is_synced_whole_when_the_kernel_reports_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let os = Os;
+        let whole = os.can_sync_file_system(dir.path());
+        assert_eq!(
+            whole,
+            syncfs_reports_errors() && reliable_syncfs(dir.path())
+        );
+        if whole {
+            os.sync_file_system(dir.path()).expect("syncfs");
+        }
+        assert!(!os.can_sync_file_system(&dir.path().join("missing")));
     }
 }

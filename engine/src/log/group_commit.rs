@@ -95,6 +95,8 @@ struct State<F> {
     failed: Option<String>,
     /// When the last mark after an fsync was written (`None`: not yet).
     last_mark: Option<Instant>,
+    /// The flags of the marks written after fsyncs.
+    mark_flags: u32,
 }
 
 impl<F: Flush> State<F> {
@@ -142,7 +144,6 @@ pub(crate) struct GroupCommit<F = Segment> {
     holder_turn: Condvar,
     fsyncs: AtomicU64,
     /// Flags of the durability marks written after each fsync.
-    mark_flags: u32,
     /// The shortest time between two marks written after fsyncs.
     mark_every: Duration,
     /// How long each fsync took.
@@ -198,6 +199,7 @@ impl<F: Flush> GroupCommit<F> {
                 active,
                 failed: None,
                 last_mark: None,
+                mark_flags,
             }),
             done: AtomicU64::new(0),
             offer: AtomicU64::new(0),
@@ -205,10 +207,14 @@ impl<F: Flush> GroupCommit<F> {
             gates: ByParity([Gate::new(), Gate::new()]),
             holder_turn: Condvar::new(),
             fsyncs: AtomicU64::new(0),
-            mark_flags,
             mark_every,
             latency: crate::latency::LatencyHistogram::default(),
         }
+    }
+
+    /// The flags of the marks written after fsyncs from now on.
+    pub(crate) fn set_mark_flags(&self, flags: u32) {
+        self.lock().mark_flags = flags;
     }
 
     /// Records that bytes up to `pos` are written.
@@ -302,11 +308,12 @@ impl<F: Flush> GroupCommit<F> {
         let mark_due = s
             .last_mark
             .is_none_or(|at| started.duration_since(at) >= self.mark_every);
+        let mark_flags = s.mark_flags;
         drop(s);
         let marked = mark_due && target.seq() == segment.seq();
         let result = segment.sync_data().and_then(|()| {
             if marked {
-                segment.write_mark(target.offset(), self.mark_flags)
+                segment.write_mark(target.offset(), mark_flags)
             } else {
                 Ok(())
             }
@@ -352,15 +359,21 @@ impl<F: Flush> GroupCommit<F> {
     /// Everything written was made durable by a sync outside group commit (a
     /// sync of the whole file system while a store opens, when nothing else
     /// uses the log): records it, and writes the active segment's mark for it
-    /// with `flags`, which the next such sync makes durable.
+    /// with `flags`, which the next such sync makes durable. A failure to
+    /// write the mark poisons the log, as a failed mark after a sync does.
     pub(crate) fn synced_elsewhere(&self, flags: u32) -> Result<()> {
         let mut s = self.lock();
         if let Some(e) = s.poisoned() {
             return Err(e);
         }
+        debug_assert!(!s.syncing, "a sync runs while the log is being opened");
         s.synced = s.written;
         if s.synced.seq() == s.active.seq() {
-            s.active.write_mark(s.synced.offset(), flags)?;
+            if let Err(e) = s.active.write_mark(s.synced.offset(), flags) {
+                s.failed = Some(e.to_string());
+                self.poisoned.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
         }
         Ok(())
     }

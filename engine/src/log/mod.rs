@@ -197,6 +197,9 @@ pub struct Log {
     /// The durability mark on disk says the log was closed cleanly (cleared,
     /// with an fsync, before the first write that is visible before durable).
     clean_mark: AtomicBool,
+    /// After an unclean stop under [`AfterUnclean::CallerSyncs`], until
+    /// [`Log::synced_by_caller`]: the flags of the mark it writes.
+    awaiting_caller_sync: parking_lot::Mutex<Option<u32>>,
 }
 
 /// Result of opening a log.
@@ -293,26 +296,36 @@ impl Log {
             },
         );
         let eager_flag = eager_flag(cfg.fsync);
+        let eager_before = mark.is_none_or(|m| m.eager());
+        // After an unclean stop every mark keeps saying that writes were
+        // visible before durable if they were, whatever the policy now, until
+        // the revisions the open skips are recorded durably (`lost.revs`,
+        // written after the first mark; see `Log::recovery_recorded`): an open
+        // after another stop must find them from the mark and skip them again.
+        let recovery_flags = eager_flag | if eager_before { FLAG_EAGER } else { 0 };
         let log = Log {
             dir: dir.to_path_buf(),
             commit: GroupCommit::new(
                 Arc::clone(&active),
                 end,
                 durable,
-                eager_flag,
+                if clean { eager_flag } else { recovery_flags },
                 cfg.mark_every,
             ),
             segments: RwLock::new(segments),
             next_slot: AtomicU32::new(next_slot.load(Ordering::Relaxed)),
             clean_mark: AtomicBool::new(mark.is_some_and(|m| m.clean())),
+            awaiting_caller_sync: parking_lot::Mutex::new(None),
             cfg,
         };
         // A process crash leaves written but unsynced bytes in the page
         // cache, and recovery read them: they are made durable before they are
         // served, or a power cut then could take back what readers saw.
         let awaiting_sync = !clean && log.cfg.after_unclean == AfterUnclean::CallerSyncs;
-        if !clean && !awaiting_sync {
-            log.commit.sync_with_mark(eager_flag)?;
+        if awaiting_sync {
+            *log.awaiting_caller_sync.lock() = Some(recovery_flags);
+        } else if !clean {
+            log.commit.sync_with_mark(recovery_flags)?;
         }
         let reserved_through = active.header.reserved_through;
         let appender = Appender {
@@ -327,7 +340,7 @@ impl Log {
             watermark: rec.watermark,
             report: rec.report,
             unclean: !clean,
-            eager_before: mark.is_none_or(|m| m.eager()),
+            eager_before,
             reserved_through,
             awaiting_sync,
         })
@@ -336,12 +349,30 @@ impl Log {
     /// After an unclean stop under [`AfterUnclean::CallerSyncs`], once the
     /// caller has synced the file system: what recovery read is durable.
     /// Records it, and writes the active segment's mark that says so (with
-    /// this log's policy, as the open would have), which the caller's next
+    /// the flags the open would have used), which the caller's next
     /// sync of the file system makes durable. The mark comes after the data
     /// are durable: one that reached the disk before them would vouch for
     /// bytes a power cut took back.
+    ///
+    /// Fails (and changes nothing) on a log that does not await it: its open
+    /// found a clean stop, or synced what it read itself, or this was called
+    /// already.
     pub fn synced_by_caller(&self) -> Result<()> {
-        self.commit.synced_elsewhere(self.eager_flag())
+        let Some(flags) = self.awaiting_caller_sync.lock().take() else {
+            return Err(Error::Internal(format!(
+                "the log in {} awaits no sync by its opener",
+                self.dir.display()
+            )));
+        };
+        self.commit.synced_elsewhere(flags)
+    }
+
+    /// After an unclean stop, the revisions its open skipped are recorded
+    /// durably (or it skipped none): marks from now on carry this log's own
+    /// policy's flags. Until then they keep the flag saying that writes were
+    /// visible before durable, if they were before the stop.
+    pub fn recovery_recorded(&self) {
+        self.commit.set_mark_flags(self.eager_flag());
     }
 
     /// The directory of this log.

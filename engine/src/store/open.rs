@@ -16,7 +16,8 @@
 //! file system once for all of them, lets each write its durability mark and
 //! put its list of lost revisions in place, and syncs once more
 //! ([`make_recovery_durable`]); then it serves them. Where the file system
-//! cannot be synced whole (not Linux), each bucket syncs its own.
+//! cannot be trusted to be synced whole (see `Storage::can_sync_file_system`),
+//! each bucket syncs its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,17 +82,10 @@ pub(super) fn open_buckets(buckets_dir: &Path, opts: &Options) -> Result<OpenedB
     let storage = &opts.storage;
     let (found, mut cleaned) = list(storage, buckets_dir)?;
     let threads = threads_for(storage, found.len());
-    // After an unclean stop every bucket has bytes to make durable: one sync
-    // of the file system for them all costs what one bucket's fsync does.
-    let after_unclean = if storage.syncs_file_systems() {
-        AfterUnclean::CallerSyncs
-    } else {
-        AfterUnclean::OpenSyncs
-    };
     let results = on_threads(found.len(), threads, |i| {
         found.get(i).map_or_else(
             || Err(Error::Internal(format!("no bucket number {i}"))),
-            |f| open_one(f, opts, after_unclean),
+            |f| open_one(f, opts),
         )
     });
     let mut opened = OpenedBuckets::default();
@@ -196,6 +190,9 @@ fn make_recovery_durable(
         result.ok_or_else(|| Error::Internal("a bucket was not marked durable".into()))??;
     }
     sync_file_systems(storage, dirs.iter().map(PathBuf::as_path))?;
+    for slot in slots {
+        slot.into_inner().marks_synced()?;
+    }
     Ok(dirs.len())
 }
 
@@ -263,7 +260,7 @@ fn list(storage: &Storage, buckets_dir: &Path) -> Result<(Vec<Found>, bool)> {
 }
 
 /// Recovers one bucket directory (or removes it, if its creation never finished).
-fn open_one(f: &Found, opts: &Options, after_unclean: AfterUnclean) -> Result<Outcome> {
+fn open_one(f: &Found, opts: &Options) -> Result<Outcome> {
     let Some(config) = BucketConfig::load(&f.path.join(CONFIG_FILE))? else {
         tracing::info!(path = %f.path.display(), "removing a bucket whose creation never finished");
         opts.storage
@@ -272,6 +269,14 @@ fn open_one(f: &Found, opts: &Options, after_unclean: AfterUnclean) -> Result<Ou
         return Ok(Outcome::Removed);
     };
     let started = Instant::now();
+    // After an unclean stop every bucket has bytes to make durable: one sync of
+    // the file system for them all costs what one bucket's fsync does. (Asked
+    // per bucket: a bucket's directory may be a link to another file system.)
+    let after_unclean = if opts.storage.can_sync_file_system(&f.path) {
+        AfterUnclean::CallerSyncs
+    } else {
+        AfterUnclean::OpenSyncs
+    };
     let recovered = BucketCore::recover(&f.path, &f.name, config, opts, after_unclean)?;
     // One line per bucket only on request: a store may have tens of thousands.
     // What recovery cut or skipped is reported by whoever reads the reports.

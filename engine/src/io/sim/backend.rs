@@ -235,7 +235,7 @@ impl Backend for SimFs {
         Ok(())
     }
 
-    fn syncs_file_systems(&self) -> bool {
+    fn can_sync_file_system(&self, _path: &Path) -> bool {
         !self.state.lock().no_syncfs
     }
 
