@@ -214,19 +214,7 @@ impl Backend for SimFs {
                 Err(io::Error::from(io::ErrorKind::NotFound))
             };
         };
-        let pending = s.dirs.get(&id).map_or(0, |d| d.pending.len());
-        let keep = if failed {
-            s.below(pending as u64 + 1) as usize
-        } else {
-            pending
-        };
-        if let Some(d) = s.dirs.get_mut(&id) {
-            let pending = std::mem::take(&mut d.pending);
-            for op in &pending[..keep] {
-                op.apply(&mut d.durable);
-            }
-            d.pending = pending[keep..].to_vec();
-        }
+        s.sync_dir_changes(id, failed);
         if failed {
             s.stats.sync_errors += 1;
             return Err(eio());

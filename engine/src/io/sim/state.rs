@@ -411,21 +411,27 @@ impl State {
         let mut dir_ids: Vec<u64> = self.dirs.keys().copied().collect();
         dir_ids.sort_unstable();
         for id in dir_ids {
-            let pending = self.dirs.get(&id).map_or(0, |d| d.pending.len());
-            let keep = if failed {
-                self.below(pending as u64 + 1) as usize
-            } else {
-                pending
-            };
-            if let Some(d) = self.dirs.get_mut(&id) {
-                let pending = std::mem::take(&mut d.pending);
-                for op in &pending[..keep] {
-                    op.apply(&mut d.durable);
-                }
-                d.pending = pending[keep..].to_vec();
-            }
+            self.sync_dir_changes(id, failed);
         }
         Ok(())
+    }
+
+    /// A directory's sync: its changes become durable, or (if it `failed`)
+    /// a prefix of them, the rest staying pending.
+    pub(super) fn sync_dir_changes(&mut self, id: u64, failed: bool) {
+        let pending = self.dirs.get(&id).map_or(0, |d| d.pending.len());
+        let keep = if failed {
+            self.below(pending as u64 + 1) as usize
+        } else {
+            pending
+        };
+        if let Some(d) = self.dirs.get_mut(&id) {
+            let pending = std::mem::take(&mut d.pending);
+            for op in &pending[..keep] {
+                op.apply(&mut d.durable);
+            }
+            d.pending = pending[keep..].to_vec();
+        }
     }
 
     /// The contents of every file as the process sees them now, for files
