@@ -77,7 +77,7 @@ pub enum AfterUnclean {
     #[default]
     OpenSyncs,
     /// The caller, for many logs at once (a store opening its buckets): it
-    /// syncs the file system ([`crate::fsutil::sync_file_systems`]), then
+    /// syncs the file system (`syncfs`, once for all its buckets), then
     /// calls [`Log::synced_by_caller`], then syncs the file system again,
     /// all before it serves the log ([`Opened::awaiting_sync`]).
     CallerSyncs,
