@@ -18,8 +18,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fsutil::{write_atomic, write_beside, Staged};
-use crate::io::Storage;
+use crate::fsutil::{sync_dir, write_atomic, write_beside, Staged};
+use crate::io::{OpenMode, Storage};
 
 /// The file of lost revision ranges in a bucket directory.
 pub(crate) const LOST_FILE: &str = "lost.revs";
@@ -88,6 +88,21 @@ impl LostRevisions {
         }
         let path = dir.join(LOST_FILE);
         write_beside(storage, &path, self.encode().as_bytes(), false).map(Some)
+    }
+
+    /// Makes the bucket's file durable as it is, if it exists: after an
+    /// unclean stop it may have been read back from the page cache, renamed
+    /// into place by a process that died before syncing the rename.
+    pub(crate) fn sync_file(storage: &Storage, dir: &Path) -> Result<()> {
+        let path = dir.join(LOST_FILE);
+        let file = match storage.open(&path, OpenMode::ReadWrite) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        drop(file);
+        sync_dir(storage, dir)
     }
 
     /// Adds `first..=last` to the ranges, merging neighbours; false if empty.

@@ -215,6 +215,10 @@ impl BucketCore {
         let awaiting = if opened.awaiting_sync {
             Awaiting::DataSync { lost: staged }
         } else {
+            if opened.unclean && skipped.is_none() {
+                // The list this open read may be the page cache's only.
+                LostRevisions::sync_file(&opts.storage, dir)?;
+            }
             // What this open skipped is durable in `lost.revs` (or nothing was).
             opened.log.recovery_recorded();
             Awaiting::Nothing

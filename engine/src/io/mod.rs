@@ -215,7 +215,7 @@ impl Storage {
 
     /// Whether [`Storage::sync_file_system`] can stand for a sync of each file
     /// under `path`: Linux's `syncfs` on a common local file system (ext4,
-    /// XFS, Btrfs, F2FS, tmpfs) of a kernel that reports its errors (5.8 on),
+    /// XFS, Btrfs, F2FS, tmpfs) of a kernel that reports its errors (5.17 on),
     /// or a simulation.
     pub(crate) fn can_sync_file_system(&self, path: &Path) -> bool {
         self.backend.can_sync_file_system(path)

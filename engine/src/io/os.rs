@@ -108,22 +108,24 @@ impl Backend for Os {
     }
 }
 
-/// Whether this kernel's `syncfs` reports writeback errors: since Linux 5.8 it
-/// fails, as `fsync` does for its file, when any file of the file system
-/// failed to be written back; before, it said nothing.
+/// Whether this kernel's `syncfs` reports every failure to make the file
+/// system durable: since Linux 5.8 it reports a failed writeback of any file
+/// (before, nothing), and since 5.17 a failure of the file system's own sync
+/// (its journal's commit, the disk cache's flush), which 5.8 to 5.16 dropped.
 #[cfg(target_os = "linux")]
 fn syncfs_reports_errors() -> bool {
     static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REPORTS.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
-            .and_then(|release| kernel_at_least(&release, (5, 8)))
+            .and_then(|release| kernel_at_least(&release, (5, 17)))
             .unwrap_or(false)
     })
 }
 
 /// Whether the kernel `release` (such as `6.1.0-18-amd64`) is at least
 /// `(major, minor)`; `None` if it cannot be read.
+#[cfg(any(target_os = "linux", test))]
 fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> Option<bool> {
     let mut parts = release.trim().split(['.', '-']);
     let have_major: u32 = parts.next()?.parse().ok()?;
@@ -170,17 +172,25 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_directory_on_the_local_disk_is_synced_whole_when_the_kernel_reports_errors() {
+    fn only_local_file_systems_are_synced_whole() {
+        // procfs is no place for data; a missing directory cannot be asked.
+        assert!(!reliable_syncfs(Path::new("/proc")));
+        assert!(!Os.can_sync_file_system(Path::new("/proc")));
         let dir = tempfile::tempdir().expect("tempdir");
-        let os = Os;
-        let whole = os.can_sync_file_system(dir.path());
-        assert_eq!(
-            whole,
-            syncfs_reports_errors() && reliable_syncfs(dir.path())
-        );
-        if whole {
-            os.sync_file_system(dir.path()).expect("syncfs");
+        assert!(!Os.can_sync_file_system(&dir.path().join("missing")));
+        // A tmpfs, where the system has one there.
+        let shm = Path::new("/dev/shm");
+        let is_tmpfs = rustix::fs::statfs(shm).is_ok_and(|st| {
+            #[allow(
+                clippy::useless_conversion,
+                reason = "the field's type differs by target"
+            )]
+            let magic = i64::from(st.f_type);
+            magic == 0x0102_1994
+        });
+        assert_eq!(reliable_syncfs(shm), is_tmpfs);
+        if Os.can_sync_file_system(dir.path()) {
+            Os.sync_file_system(dir.path()).expect("syncfs");
         }
-        assert!(!os.can_sync_file_system(&dir.path().join("missing")));
     }
 }

@@ -10,6 +10,13 @@
 //! the revision watermark and reservation it returns: a reservation only
 //! decides when [`Log::reserve`] rotates early. [`Log::truncate`] cuts the log
 //! back, and [`Log::delete_segments`] removes sealed segments from its start.
+//!
+//! After an unclean stop (see [`Opened::unclean`]) a caller that records the
+//! revisions it skips (the bucket, in `lost.revs`) calls
+//! [`Log::recovery_recorded`] once they are durable; until then every mark
+//! written after a sync keeps saying writes were visible before durable if
+//! they were before the stop. A caller that skips nothing need not call it:
+//! its marks then keep that flag, which only makes a later open more careful.
 
 mod group_commit;
 pub mod mark;

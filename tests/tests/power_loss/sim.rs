@@ -52,6 +52,14 @@ impl Sim {
         self.fs.restart_with(style).expect("restart");
     }
 
+    /// Kills the process holding `store`: it writes nothing more, and what it
+    /// wrote without a sync stays unsynced in the page cache for the next.
+    pub fn kill(&self, store: Store) {
+        self.fs.crash_now();
+        drop(store);
+        self.fs.revive();
+    }
+
     /// Cuts the power with no store open, then powers on as `style` says.
     pub fn cut_idle(&self, style: CutStyle) {
         self.fs.crash_now();

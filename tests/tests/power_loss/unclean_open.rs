@@ -6,9 +6,10 @@
 //! syncs.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use logkv::io::CutStyle;
-use logkv::{BucketConfig, FsyncPolicy, Store};
+use logkv::{BucketConfig, FsyncPolicy, Options, Store};
 
 use crate::sim::Sim;
 
@@ -100,7 +101,7 @@ fn cut_at_every_step_of_an_unclean_open(
         let store = t.open(written);
         let highest = fill(&store, 3, 4);
         let before = contents(&store);
-        t.cut(store, CutStyle::KeepAll);
+        t.kill(store);
         let syncs_before = t.fs.stats().syncs;
         t.fs.crash_after(step);
         let opened = Store::open(&t.dir, t.options(policy));
@@ -226,23 +227,25 @@ fn a_failed_sync_fails_the_unclean_open() {
             SyncWhole::No
         };
         let policy = if seed % 8 < 4 { Never } else { Always };
-        // A kill, or a power cut that takes back the writes seen but not durable.
-        let stop = if seed % 16 < 8 {
-            CutStyle::KeepAll
-        } else {
-            CutStyle::LoseAll
-        };
+        // A kill (the unsynced writes stay in the page cache), or a power cut
+        // that takes back the writes seen but not durable.
+        let killed = seed % 16 < 8;
+        let stop = if killed { "kill" } else { "power cut" };
         let t = sim(100 + seed, whole);
         let store = t.open(Never);
         let highest = fill(&store, 2, 3);
         let before = contents(&store);
-        t.cut(store, stop);
+        if killed {
+            t.kill(store);
+        } else {
+            t.cut(store, CutStyle::LoseAll);
+        }
         // The open's first sync or its second.
         t.fs.fail_syncs(failing, 1);
         let failed = Store::open(&t.dir, t.options(policy));
         assert!(
             failed.is_err(),
-            "seed {seed} ({whole:?}, {policy:?}, {stop:?}): sync {failing} of the open failed, yet the store opened"
+            "seed {seed} ({whole:?}, {policy:?}, {stop}): sync {failing} of the open failed, yet the store opened"
         );
         t.cut_idle(CutStyle::LoseAll);
         let store = t.open(policy);
@@ -261,5 +264,52 @@ fn a_failed_sync_fails_the_unclean_open() {
             &highest,
             &format!("seed {seed}, after a failed sync"),
         );
+    }
+}
+
+/// Once the revisions an unclean open skipped are durable, the log's marks
+/// carry its own policy's flags again: a log written under `never`, cut, and
+/// opened under `always` skips once, and a kill after writes under `always`
+/// skips nothing more (the marks no longer say writes were seen before durable).
+#[test]
+fn marks_lose_the_eager_flag_once_the_skipped_revisions_are_durable() {
+    for whole in [SyncWhole::Yes, SyncWhole::No] {
+        let t = sim(7, whole);
+        let store = t.open(Never);
+        fill(&store, 2, 3);
+        t.cut(store, CutStyle::LoseAll);
+        // A mark after every fsync, so that each write leaves one.
+        let every_fsync = || Options {
+            durability_mark_interval: Duration::ZERO,
+            ..t.options(Always)
+        };
+        let store = Store::open(&t.dir, every_fsync()).expect("open");
+        let skipped: BTreeMap<&str, Vec<(u64, u64)>> = BUCKETS
+            .iter()
+            .map(|&name| (name, store.bucket(name).expect("bucket").lost_revisions()))
+            .collect();
+        for (name, ranges) in &skipped {
+            assert_eq!(
+                ranges.len(),
+                1,
+                "{whole:?}: {name} skipped once: {ranges:?}"
+            );
+        }
+        // Two durable writes each: the second's fsync makes durable the mark
+        // written after the first's.
+        for name in BUCKETS {
+            let b = store.bucket(name).expect("bucket");
+            b.put("x", "1").expect("put");
+            b.put("y", "2").expect("put");
+        }
+        t.kill(store);
+        let store = Store::open(&t.dir, every_fsync()).expect("open");
+        for (name, ranges) in &skipped {
+            assert_eq!(
+                &store.bucket(name).expect("bucket").lost_revisions(),
+                ranges,
+                "{whole:?}: {name} skipped again after a kill under always"
+            );
+        }
     }
 }

@@ -198,6 +198,18 @@ impl SimFs {
         self.state.lock().armed.links = Countdown { skip: ok, fail };
     }
 
+    /// Ends a power-off made with [`SimFs::crash_now`] without a power cut: what
+    /// was written and not synced stays in the simulated page cache, still
+    /// unsynced, and changes are accepted again. This is what a killed process
+    /// leaves for the next one (drop the store while the power is off, so that
+    /// it writes nothing more).
+    pub fn revive(&self) {
+        let mut s = self.state.lock();
+        s.crashed = false;
+        s.crash_after = None;
+        s.armed = Armed::default();
+    }
+
     /// Makes the simulated file system one that cannot be synced whole (as on
     /// a system without `syncfs`): every open then syncs each bucket's files.
     pub fn without_syncfs(&self) {
