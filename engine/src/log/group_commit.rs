@@ -347,9 +347,11 @@ impl<F: Flush> GroupCommit<F> {
         let segment = Arc::clone(&s.active);
         drop(s);
         let result = if synced.seq() == segment.seq() {
-            segment
-                .write_mark(synced.offset(), flags)
-                .and_then(|()| segment.sync_data())
+            self.timed(|| {
+                segment
+                    .write_mark(synced.offset(), flags)
+                    .and_then(|()| segment.sync_data())
+            })
         } else {
             Ok(())
         };
@@ -403,7 +405,17 @@ impl<F: Flush> GroupCommit<F> {
     /// failed fdatasync does.
     pub(crate) fn sync_all_then(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
         drop(self.sync_all_then_hold()?);
-        self.end_hold(sync(), |_| {})
+        let result = self.timed(sync);
+        self.end_hold(result, |_| {})
+    }
+
+    /// Runs a sync made with the leader's place held (a mark's, a sealed
+    /// segment's), recording how long it took with the leaders' fsyncs.
+    fn timed(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
+        let started = Instant::now();
+        let result = sync();
+        self.latency.record(started.elapsed());
+        result
     }
 
     /// Makes everything written durable, then takes the leader's place (no
@@ -688,6 +700,7 @@ mod tests {
         assert!(gc.check().is_ok());
 
         assert_eq!(gc.fsyncs(), 2, "the data's fdatasync and the held sync");
+        assert_eq!(gc.latencies().count(), 2, "both syncs timed");
 
         // Data durable already: no sync of them, but the held one still runs.
         let failed = gc.sync_all_then(|| {
@@ -698,6 +711,7 @@ mod tests {
         });
         assert!(failed.is_err());
         assert_eq!(gc.fsyncs(), 3);
+        assert_eq!(gc.latencies().count(), 3, "a failed sync is timed too");
         assert!(gc.check().is_err(), "the log is poisoned");
         assert!(gc.wait_durable(LogPos::new(1, 10)).is_err());
         let mut ran_after = false;
