@@ -143,17 +143,23 @@ fn reliable_syncfs(path: &Path) -> bool {
     const XFS: i64 = 0x5846_5342;
     const BTRFS: i64 = 0x9123_683E;
     const F2FS: i64 = 0xF2F5_2010;
-    const TMPFS: i64 = 0x0102_1994;
-    let Ok(st) = rustix::fs::statfs(path) else {
-        return false;
-    };
+    fs_magic(path).is_some_and(|magic| [EXT2_3_4, XFS, BTRFS, F2FS, TMPFS].contains(&magic))
+}
+
+/// tmpfs's magic number (`statfs`'s `f_type`).
+#[cfg(target_os = "linux")]
+const TMPFS: i64 = 0x0102_1994;
+
+/// The magic number of the file system holding `path` (`statfs`'s `f_type`).
+#[cfg(target_os = "linux")]
+fn fs_magic(path: &Path) -> Option<i64> {
+    let st = rustix::fs::statfs(path).ok()?;
     // `f_type` is an i64 on most targets and a u32 on some.
     #[allow(
         clippy::useless_conversion,
         reason = "the field's type differs by target"
     )]
-    let magic = i64::from(st.f_type) & 0xFFFF_FFFF;
-    [EXT2_3_4, XFS, BTRFS, F2FS, TMPFS].contains(&magic)
+    Some(i64::from(st.f_type) & 0xFFFF_FFFF)
 }
 
 #[cfg(test)]
@@ -180,14 +186,7 @@ mod tests {
         assert!(!Os.can_sync_file_system(&dir.path().join("missing")));
         // A tmpfs, where the system has one there.
         let shm = Path::new("/dev/shm");
-        let is_tmpfs = rustix::fs::statfs(shm).is_ok_and(|st| {
-            #[allow(
-                clippy::useless_conversion,
-                reason = "the field's type differs by target"
-            )]
-            let magic = i64::from(st.f_type);
-            magic == 0x0102_1994
-        });
+        let is_tmpfs = fs_magic(shm) == Some(TMPFS);
         assert_eq!(reliable_syncfs(shm), is_tmpfs);
         if Os.can_sync_file_system(dir.path()) {
             Os.sync_file_system(dir.path()).expect("syncfs");

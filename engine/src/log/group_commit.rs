@@ -143,7 +143,6 @@ pub(crate) struct GroupCommit<F = Segment> {
     /// Where holders wait for the place.
     holder_turn: Condvar,
     fsyncs: AtomicU64,
-    /// Flags of the durability marks written after each fsync.
     /// The shortest time between two marks written after fsyncs.
     mark_every: Duration,
     /// How long each fsync took.

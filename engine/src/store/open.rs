@@ -113,22 +113,11 @@ pub(super) fn open_buckets(buckets_dir: &Path, opts: &Options) -> Result<OpenedB
     if cleaned {
         sync_dir(storage, buckets_dir)?;
     }
-    let unclean = make_recovery_durable(storage, &mut awaiting, threads)?;
-    let names: Vec<String> = awaiting.iter().map(|(name, _)| name.clone()).collect();
-    let slots: Vec<Mutex<Option<Box<Recovered>>>> = awaiting
-        .into_iter()
-        .map(|(_, r)| Mutex::new(Some(r)))
-        .collect();
-    let finished = on_threads(slots.len(), threads, |i| {
-        let r = slots
-            .get(i)
-            .and_then(|slot| slot.lock().take())
-            .ok_or_else(|| Error::Internal(format!("no recovered bucket number {i}")))?;
-        finish(*r, opts)
-    });
-    for (name, result) in names.into_iter().zip(finished) {
-        let (core, report) =
-            result.ok_or_else(|| Error::Internal("a bucket was not finished".into()))??;
+    let unclean = awaiting.len();
+    let awaiting = make_recovery_durable(storage, awaiting, threads)?;
+    for (name, core, report) in each_owned(awaiting, threads, |(name, r)| {
+        finish(*r, opts).map(|(core, report)| (name, core, report))
+    })? {
         opened.add(name, core, report);
     }
     opened.recovery.sort_by(|a, b| a.0.cmp(&b.0));
@@ -166,34 +155,49 @@ fn finish(r: Recovered, opts: &Options) -> Result<(Arc<BucketCore>, RecoveryRepo
 /// their directories, writes each bucket's durability mark and puts its list
 /// of lost revisions in place, and syncs again. Two syncs in all, where each
 /// bucket would make two fdatasyncs and (if it skipped revisions) two fsyncs
-/// of its own. Returns how many buckets awaited it.
+/// of its own. Returns the buckets, ready to finish.
 fn make_recovery_durable(
     storage: &Storage,
-    awaiting: &mut [(String, Box<Recovered>)],
+    awaiting: Vec<(String, Box<Recovered>)>,
     threads: usize,
-) -> Result<usize> {
-    let awaiting: Vec<&mut Recovered> = awaiting.iter_mut().map(|(_, r)| &mut **r).collect();
+) -> Result<Vec<(String, Box<Recovered>)>> {
     if awaiting.is_empty() {
-        return Ok(0);
+        return Ok(awaiting);
     }
-    let dirs: Vec<PathBuf> = awaiting.iter().map(|r| r.dir().to_path_buf()).collect();
+    let dirs: Vec<PathBuf> = awaiting
+        .iter()
+        .map(|(_, r)| r.dir().to_path_buf())
+        .collect();
     sync_file_systems(storage, dirs.iter().map(PathBuf::as_path))?;
-    let slots: Vec<Mutex<&mut Recovered>> = awaiting.into_iter().map(Mutex::new).collect();
-    let results = on_threads(slots.len(), threads, |i| {
-        slots
+    let mut synced = each_owned(awaiting, threads, |(name, mut r)| {
+        r.data_synced().map(|()| (name, r))
+    })?;
+    sync_file_systems(storage, dirs.iter().map(PathBuf::as_path))?;
+    for (_, r) in &mut synced {
+        r.marks_synced()?;
+    }
+    Ok(synced)
+}
+
+/// Runs `work` on each of `items` (taking it) on up to `threads` threads, and
+/// returns the results in the items' order, or the first error in that order
+/// (see [`on_threads`]).
+fn each_owned<T: Send, U: Send>(
+    items: Vec<T>,
+    threads: usize,
+    work: impl Fn(T) -> Result<U> + Sync,
+) -> Result<Vec<U>> {
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    on_threads(slots.len(), threads, |i| {
+        let item = slots
             .get(i)
-            .ok_or_else(|| Error::Internal(format!("no recovered bucket number {i}")))?
-            .lock()
-            .data_synced()
-    });
-    for result in results {
-        result.ok_or_else(|| Error::Internal("a bucket was not marked durable".into()))??;
-    }
-    sync_file_systems(storage, dirs.iter().map(PathBuf::as_path))?;
-    for slot in slots {
-        slot.into_inner().marks_synced()?;
-    }
-    Ok(dirs.len())
+            .and_then(|slot| slot.lock().take())
+            .ok_or_else(|| Error::Internal(format!("no item number {i}")))?;
+        work(item)
+    })
+    .into_iter()
+    .map(|r| r.unwrap_or_else(|| Err(Error::Internal("an item was not run".into()))))
+    .collect()
 }
 
 /// One line for every bucket whose revision counter skipped what an unclean
