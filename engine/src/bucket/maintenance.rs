@@ -2,7 +2,6 @@
 //! snapshot, and the counters and status that describe it.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +80,7 @@ impl BucketCore {
         let ix = self.index.read();
         let mut keys = 0;
         let mut first = u64::MAX;
-        for (_, latest) in ix.range(Bound::Unbounded, Bound::Unbounded) {
+        for (_, latest) in ix.entries_unordered() {
             if latest.live(now) {
                 keys += 1;
             }

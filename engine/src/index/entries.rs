@@ -121,6 +121,15 @@ impl Entries {
             .map(|(e, slot)| (slot, e))
     }
 
+    /// Starts loading the entry in `slot` (its key, if inline) into the CPU
+    /// cache: only a hint, see [`crate::prefetch`].
+    #[inline]
+    pub fn ask(&self, slot: u32) {
+        if let Some(entry) = self.slab.get(slot as usize) {
+            prefetch::value(entry);
+        }
+    }
+
     /// The key in `slot`.
     #[inline]
     pub fn key(&self, slot: u32) -> &[u8] {

@@ -291,27 +291,87 @@ impl Order {
         Some(slot)
     }
 
-    /// The order of slots `0..n`, whose keys ascend.
-    pub(super) fn consecutive<'k>(n: u32, key_of: impl Fn(u32) -> &'k [u8] + Copy) -> Order {
+    /// The order of `slots`, each a different key, in any order: sorted
+    /// here unless they already ascend (as the slots of a bulk build do).
+    /// `ask(slot)` starts loading a slot's key into the CPU cache, ahead of
+    /// reading it (see [`crate::prefetch`]).
+    pub(super) fn of_slots<'k>(
+        mut slots: Vec<u32>,
+        key_of: impl Fn(u32) -> &'k [u8] + Copy,
+        ask: impl Fn(u32),
+    ) -> Order {
+        let ascend = slots
+            .windows(2)
+            .all(|w| matches!(w, &[a, b] if key_of(a) < key_of(b)));
+        if !ascend {
+            sort_slots(&mut slots, key_of);
+        }
+        Order::ascending(&slots, key_of, ask)
+    }
+
+    /// The order of `slots`, whose keys ascend.
+    fn ascending<'k>(
+        slots: &[u32],
+        key_of: impl Fn(u32) -> &'k [u8] + Copy,
+        ask: impl Fn(u32),
+    ) -> Order {
+        let fill = BUILD_FILL as usize;
         let mut order = Order::default();
-        let mut start = 0u32;
-        while start < n {
-            let end = start.saturating_add(BUILD_FILL).min(n);
+        for chunk in slots.chunks(fill) {
+            let Some(&first) = chunk.first() else {
+                continue;
+            };
             // No room to grow yet (it would be a quarter of the order's
             // memory): the first insert into a block makes it.
-            let mut block = Block::new(0, (end - start) as usize);
-            block.slots.extend(start..end);
-            order.fences.push(IKey::new(key_of(start)));
+            let mut block = Block::new(0, chunk.len());
+            block.slots.extend_from_slice(chunk);
+            order.fences.push(IKey::new(key_of(first)));
             order.blocks.push(block);
-            start = end;
         }
         for b in 0..order.blocks.len() {
             let skip = order.skip_of(b);
             if let Some(block) = order.blocks.get_mut(b) {
-                block.reskip(skip, key_of);
+                block.skip = skip;
+            }
+        }
+        // The hints, reading the keys in key order: slots scattered over
+        // the slab after a sort, so each key is asked for well ahead.
+        for (i, &s) in slots.iter().enumerate() {
+            if let Some(&later) = slots.get(i + AHEAD) {
+                ask(later);
+            }
+            if let Some(block) = order.blocks.get_mut(i / fill) {
+                block.hints.push(hint(key_of(s), block.skip));
             }
         }
         order
+    }
+}
+
+/// How many keys ahead [`Order::ascending`] asks for.
+const AHEAD: usize = 16;
+
+/// Sorts `slots` by their keys (each a different key). Compares the hints
+/// of the keys past the prefix they all share, read once per key in the
+/// slots' order (the slab's, so sequentially), and reads two keys again only
+/// when their hints are equal: far fewer cache misses than comparing keys.
+fn sort_slots<'k>(slots: &mut [u32], key_of: impl Fn(u32) -> &'k [u8] + Copy) {
+    let Some(&first) = slots.first() else {
+        return;
+    };
+    let first = key_of(first);
+    let skip = slots
+        .iter()
+        .fold(first.len(), |n, &s| n.min(common_prefix(first, key_of(s))));
+    let mut hinted: Vec<(u64, u32)> = slots.iter().map(|&s| (hint(key_of(s), skip), s)).collect();
+    hinted.sort_unstable_by_key(|&(h, _)| h);
+    for tied in hinted.chunk_by_mut(|a, b| a.0 == b.0) {
+        if tied.len() > 1 {
+            tied.sort_unstable_by(|a, b| key_of(a.1).cmp(key_of(b.1)));
+        }
+    }
+    for (to, (_, s)) in slots.iter_mut().zip(hinted) {
+        *to = s;
     }
 }
 
@@ -395,12 +455,59 @@ mod tests {
     }
 
     #[test]
+    fn slots_in_any_order_are_sorted_by_key() {
+        // Keys that share a prefix, tie in the 8 bytes past it, are prefixes
+        // of one another, or differ in their first byte.
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for i in 0..700u32 {
+            keys.push(format!("p/{:03}/long-shared-part/{}", i % 7, i * 31 % 701).into_bytes());
+            keys.push(format!("p/{i:03}").into_bytes());
+        }
+        keys.push(b"p".to_vec());
+        keys.push(b"a".to_vec());
+        keys.push(b"z/".to_vec());
+        keys.sort_unstable();
+        keys.dedup();
+        let key_of = |s: u32| keys[s as usize].as_slice();
+        let n = u32::try_from(keys.len()).expect("few keys");
+        // Slot s holds keys[s]; shuffled, then in descending order.
+        let shuffled: Vec<u32> = (0..n).map(|i| (i * 7919) % n).collect();
+        assert_eq!(
+            {
+                let mut u = shuffled.clone();
+                u.sort_unstable();
+                u
+            },
+            (0..n).collect::<Vec<_>>()
+        );
+        for slots in [shuffled, (0..n).rev().collect(), (0..n).collect()] {
+            let order = Order::of_slots(slots, key_of, |_| {});
+            assert_eq!(
+                order.iter_from(Pos::START).collect::<Vec<_>>(),
+                (0..n).collect::<Vec<_>>()
+            );
+            for s in (0..n).step_by(37) {
+                let p = order.seek(key_of(s), true, key_of);
+                assert_eq!(order.iter_from(p).next(), Some(s));
+            }
+        }
+        assert_eq!(
+            Order::of_slots(Vec::new(), key_of, |_| {})
+                .iter_from(Pos::START)
+                .count(),
+            0
+        );
+        let one = Order::of_slots(vec![5], key_of, |_| {});
+        assert_eq!(one.iter_from(Pos::START).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
     fn built_order_finds_every_key() {
         let keys: Vec<Vec<u8>> = (0..1000u32)
             .map(|i| format!("user.{i:05}.name").into_bytes())
             .collect();
         let key_of = |s: u32| keys[s as usize].as_slice();
-        let order = Order::consecutive(1000, key_of);
+        let order = Order::of_slots((0..1000).collect(), key_of, |_| {});
         for (i, k) in (0u32..).zip(&keys) {
             let p = order.seek(k, true, key_of);
             assert_eq!(order.iter_from(p).next(), Some(i));

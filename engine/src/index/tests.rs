@@ -225,8 +225,8 @@ fn ranges_prefixes_and_bounds() {
 }
 
 /// A bulk build (a snapshot's load) leaves the key order to its first use:
-/// lookups and overwrites never build it; a range, a key added or a key
-/// removed does, from the keys as they were, and gets everything in order.
+/// lookups, overwrites, keys added and keys removed never build it; a range
+/// does, from the keys as they are then, and gets everything in order.
 #[test]
 fn a_bulk_built_index_builds_its_order_when_first_needed() {
     let keys: Vec<String> = (0..300u64).map(|i| format!("k.{:04}", i * 2)).collect();
@@ -258,6 +258,7 @@ fn a_bulk_built_index_builds_its_order_when_first_needed() {
     // A key added first: in its place.
     let mut ix = build();
     ix.apply(b"k.0011", rev(1_000, Op::Put), 1, &mut removed);
+    assert!(ix.order.get().is_none(), "a key added builds no order");
     let mut with_it = keys.clone();
     with_it.push("k.0011".to_string());
     with_it.sort();
@@ -265,6 +266,15 @@ fn a_bulk_built_index_builds_its_order_when_first_needed() {
 
     // A key removed first, then one added in its freed slot.
     let mut ix = build();
+    ix.drop_oldest_while(b"k.0010", |_| true, &mut removed);
+    ix.apply(b"a.first", rev(1_001, Op::Put), 1, &mut removed);
+    assert!(ix.order.get().is_none(), "a key removed builds no order");
+    assert_eq!(listed(&ix).first().map(String::as_str), Some("a.first"));
+    assert_eq!(listed(&ix).len(), keys.len());
+
+    // A key removed after the order is built, then one added in its freed slot.
+    let mut ix = build();
+    assert_eq!(listed(&ix), keys);
     ix.drop_oldest_while(b"k.0010", |_| true, &mut removed);
     let without: Vec<String> = keys.iter().filter(|k| *k != "k.0010").cloned().collect();
     assert_eq!(listed(&ix), without);
@@ -393,6 +403,12 @@ enum Step {
         to: u32,
         bogus: bool,
     },
+    /// A range read: builds the key order the first time, which the steps
+    /// after it then keep up to date.
+    Scan {
+        from: u16,
+        n: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -404,6 +420,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..700u16, 0..40u64).prop_map(|(key, keep_last)| Step::DropOldest { key, keep_last }),
         2 => (0..700u16, 0..4usize, 4..8u32, any::<bool>())
             .prop_map(|(key, pick, to, bogus)| Step::Relocate { key, pick, to, bogus }),
+        1 => (0..700u16, 1..50usize).prop_map(|(from, n)| Step::Scan { from, n }),
     ]
 }
 
@@ -552,6 +569,21 @@ proptest! {
                     } else {
                         prop_assert!(!relocate(&mut ix, &k, 1, (0, 8), (to, 8)));
                     }
+                }
+                Step::Scan { from, n } => {
+                    let from = key_name(from);
+                    let got: Vec<(Vec<u8>, RecordRef)> = ix
+                        .range(Bound::Included(from.as_slice()), Bound::Unbounded)
+                        .take(n)
+                        .map(|(k, r)| (k.as_bytes().to_vec(), r.bare()))
+                        .collect();
+                    let want: Vec<(Vec<u8>, RecordRef)> = m
+                        .keys
+                        .range::<[u8], _>((Bound::Included(from.as_slice()), Bound::Unbounded))
+                        .take(n)
+                        .filter_map(|(k, v)| Some((k.clone(), *v.last()?)))
+                        .collect();
+                    prop_assert_eq!(got, want);
                 }
             }
             // What left the index, in whatever order it says so.
