@@ -185,8 +185,10 @@ impl BucketCore {
     /// encoded under its read lock together with the published log end (the
     /// writer publishes under the write lock, so the two agree); the log is
     /// made durable up to that end before the snapshot is saved, so it never
-    /// names records a crash could lose. Writers wait only for the encoding,
-    /// never for the fsync or the file write.
+    /// names records a crash could lose. Writers wait only for the encoding
+    /// (and, if nothing has needed the index's key order since the bucket
+    /// opened, for its build: the encoding walks it), never for the fsync or
+    /// the file write.
     pub(crate) fn write_snapshot(&self) -> Result<()> {
         // One writer at a time (the background thread's refresh and a pass run
         // by hand may meet): two would share the temporary file, and the state

@@ -1,9 +1,9 @@
 //! Building an index from keys in ascending order (a snapshot's load).
 //!
-//! Entries are appended to the slab in key order, so the key order is the
-//! slots `0..n` cut into blocks with no key comparison at all, built when
-//! first needed (see `Index::order`); the hash table is built once at the
-//! end, sized for every key; no allocation per key (older revisions
+//! Entries are appended to the slab in key order, so the key order, when
+//! first needed (see `Index::order`), finds the slots already ascending and
+//! only cuts them into blocks (see `sort.rs`); the hash table is built once
+//! at the end, sized for every key; no allocation per key (older revisions
 //! excepted). The only comparison is each key against the one before, to
 //! reject input out of order.
 //!

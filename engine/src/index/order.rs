@@ -20,6 +20,7 @@
 use std::cmp::Ordering;
 
 use super::key::IKey;
+use super::sort;
 
 /// Most slots a block holds; one more splits it in two.
 const BLOCK_MAX: usize = 256;
@@ -30,7 +31,7 @@ const BUILD_FILL: u32 = 192;
 /// `hint(a) < hint(b)` then `a < b` for keys sharing their first `skip` bytes
 /// (a shorter key is a prefix, so smaller; equal hints decide nothing).
 #[inline]
-fn hint(key: &[u8], skip: usize) -> u64 {
+pub(super) fn hint(key: &[u8], skip: usize) -> u64 {
     let rest = key.get(skip..).unwrap_or_default();
     if let Some(b) = rest.first_chunk::<8>() {
         return u64::from_be_bytes(*b);
@@ -62,7 +63,7 @@ fn below(hints: &[u64], h: u64) -> usize {
 }
 
 /// Length of the prefix `a` and `b` share.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+pub(super) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -291,22 +292,15 @@ impl Order {
         Some(slot)
     }
 
-    /// The order of `slots`, each a different key, in any order: sorted
-    /// here unless they already ascend (as the slots of a bulk build do).
-    /// `ask(slot)` starts loading a slot's key into the CPU cache, ahead of
-    /// reading it (see [`crate::prefetch`]).
+    /// The order of `slots`, each a different key, in any order (put in key
+    /// order by `sort.rs`). `ask(slot)` starts loading a slot's key into the
+    /// CPU cache, ahead of reading it (see [`crate::prefetch`]).
     pub(super) fn of_slots<'k>(
-        mut slots: Vec<u32>,
+        slots: &[u32],
         key_of: impl Fn(u32) -> &'k [u8] + Copy,
         ask: impl Fn(u32),
     ) -> Order {
-        let ascend = slots
-            .windows(2)
-            .all(|w| matches!(w, &[a, b] if key_of(a) < key_of(b)));
-        if !ascend {
-            sort_slots(&mut slots, key_of);
-        }
-        Order::ascending(&slots, key_of, ask)
+        Order::ascending(&sort::in_key_order(slots, key_of), key_of, ask)
     }
 
     /// The order of `slots`, whose keys ascend.
@@ -351,33 +345,49 @@ impl Order {
 /// How many keys ahead [`Order::ascending`] asks for.
 const AHEAD: usize = 16;
 
-/// Sorts `slots` by their keys (each a different key). Compares the hints
-/// of the keys past the prefix they all share, read once per key in the
-/// slots' order (the slab's, so sequentially), and reads two keys again only
-/// when their hints are equal: far fewer cache misses than comparing keys.
-fn sort_slots<'k>(slots: &mut [u32], key_of: impl Fn(u32) -> &'k [u8] + Copy) {
-    let Some(&first) = slots.first() else {
-        return;
-    };
-    let first = key_of(first);
-    let skip = slots
-        .iter()
-        .fold(first.len(), |n, &s| n.min(common_prefix(first, key_of(s))));
-    let mut hinted: Vec<(u64, u32)> = slots.iter().map(|&s| (hint(key_of(s), skip), s)).collect();
-    hinted.sort_unstable_by_key(|&(h, _)| h);
-    for tied in hinted.chunk_by_mut(|a, b| a.0 == b.0) {
-        if tied.len() > 1 {
-            tied.sort_unstable_by(|a, b| key_of(a.1).cmp(key_of(b.1)));
-        }
-    }
-    for (to, (_, s)) in slots.iter_mut().zip(hinted) {
-        *to = s;
-    }
-}
-
 impl Block {
     fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+}
+
+#[cfg(test)]
+impl Order {
+    /// What a search relies on: blocks and fences pair up; no block is empty
+    /// but a lone one; each block's keys ascend, lie between its fences, and
+    /// share the `skip` its hints start after, which is at most what its
+    /// fences share; every hint is its key's.
+    pub(super) fn check<'k>(&self, key_of: impl Fn(u32) -> &'k [u8]) -> Result<(), String> {
+        if self.fences.len() != self.blocks.len() {
+            return Err("fences and blocks differ in number".into());
+        }
+        let mut last: Option<&[u8]> = None;
+        for (b, block) in self.blocks.iter().enumerate() {
+            if block.is_empty() && self.blocks.len() > 1 {
+                return Err(format!("block {b} is empty"));
+            }
+            if block.slots.len() != block.hints.len() {
+                return Err(format!("block {b}: slots and hints differ in number"));
+            }
+            if block.skip > self.skip_of(b) {
+                return Err(format!("block {b} skips more than its fences share"));
+            }
+            let fence = self.fences.get(b).map(IKey::as_bytes);
+            for (&s, &h) in block.slots.iter().zip(&block.hints) {
+                let key = key_of(s);
+                if last.is_some_and(|l| l >= key) {
+                    return Err(format!("block {b}: keys out of order at slot {s}"));
+                }
+                if b > 0 && fence.is_some_and(|f| f > key) {
+                    return Err(format!("block {b}: slot {s} below its fence"));
+                }
+                if h != hint(key, block.skip) {
+                    return Err(format!("block {b}: slot {s} has a stale hint"));
+                }
+                last = Some(key);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -455,33 +465,23 @@ mod tests {
     }
 
     #[test]
-    fn slots_in_any_order_are_sorted_by_key() {
-        // Keys that share a prefix, tie in the 8 bytes past it, are prefixes
-        // of one another, or differ in their first byte.
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        for i in 0..700u32 {
-            keys.push(format!("p/{:03}/long-shared-part/{}", i % 7, i * 31 % 701).into_bytes());
-            keys.push(format!("p/{i:03}").into_bytes());
-        }
-        keys.push(b"p".to_vec());
-        keys.push(b"a".to_vec());
-        keys.push(b"z/".to_vec());
-        keys.sort_unstable();
-        keys.dedup();
-        let key_of = |s: u32| keys[s as usize].as_slice();
-        let n = u32::try_from(keys.len()).expect("few keys");
-        // Slot s holds keys[s]; shuffled, then in descending order.
+    fn an_order_built_from_slots_in_any_order_keeps_its_invariants() {
+        let keys: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| format!("tenant/acme/users/{i:06}").into_bytes())
+            .chain([b"config".to_vec(), b"tenant/acme/users/000100/x".to_vec()])
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        let key_of = |s: u32| sorted[s as usize].as_slice();
+        let n = u32::try_from(sorted.len()).expect("few keys");
         let shuffled: Vec<u32> = (0..n).map(|i| (i * 7919) % n).collect();
-        assert_eq!(
-            {
-                let mut u = shuffled.clone();
-                u.sort_unstable();
-                u
-            },
-            (0..n).collect::<Vec<_>>()
-        );
         for slots in [shuffled, (0..n).rev().collect(), (0..n).collect()] {
-            let order = Order::of_slots(slots, key_of, |_| {});
+            let mut order = Order::of_slots(&slots, key_of, |_| {});
+            assert_eq!(order.check(key_of), Ok(()));
+            assert!(
+                order.blocks.iter().any(|b| b.skip > 18),
+                "interior blocks skip what their fences share"
+            );
             assert_eq!(
                 order.iter_from(Pos::START).collect::<Vec<_>>(),
                 (0..n).collect::<Vec<_>>()
@@ -490,14 +490,21 @@ mod tests {
                 let p = order.seek(key_of(s), true, key_of);
                 assert_eq!(order.iter_from(p).next(), Some(s));
             }
+            // Kept up to date from then on.
+            for s in (0..n).step_by(3) {
+                assert_eq!(order.remove(key_of(s), key_of), Some(s));
+            }
+            assert_eq!(order.check(key_of), Ok(()));
+            for s in (0..n).step_by(3) {
+                order.insert(key_of(s), s, key_of);
+            }
+            assert_eq!(order.check(key_of), Ok(()));
+            assert_eq!(order.iter_from(Pos::START).count(), n as usize);
         }
-        assert_eq!(
-            Order::of_slots(Vec::new(), key_of, |_| {})
-                .iter_from(Pos::START)
-                .count(),
-            0
-        );
-        let one = Order::of_slots(vec![5], key_of, |_| {});
+        let empty = Order::of_slots(&[], key_of, |_| {});
+        assert_eq!(empty.iter_from(Pos::START).count(), 0);
+        let one = Order::of_slots(&[5], key_of, |_| {});
+        assert_eq!(one.check(key_of), Ok(()));
         assert_eq!(one.iter_from(Pos::START).collect::<Vec<_>>(), vec![5]);
     }
 
@@ -507,7 +514,7 @@ mod tests {
             .map(|i| format!("user.{i:05}.name").into_bytes())
             .collect();
         let key_of = |s: u32| keys[s as usize].as_slice();
-        let order = Order::of_slots((0..1000).collect(), key_of, |_| {});
+        let order = Order::of_slots(&(0..1000).collect::<Vec<_>>(), key_of, |_| {});
         for (i, k) in (0u32..).zip(&keys) {
             let p = order.seek(k, true, key_of);
             assert_eq!(order.iter_from(p).next(), Some(i));

@@ -424,6 +424,14 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The key order, if built, keeps what a search relies on.
+fn order_holds(ix: &Index) -> Result<(), TestCaseError> {
+    if let Some(order) = ix.order.get() {
+        prop_assert_eq!(order.check(|s| ix.entries.key(s)), Ok(()));
+    }
+    Ok(())
+}
+
 fn same_as_model(ix: &Index, m: &Model) -> Result<(), TestCaseError> {
     let listed: Vec<(Vec<u8>, Vec<RecordRef>)> = ix
         .range(Bound::Unbounded, Bound::Unbounded)
@@ -529,12 +537,25 @@ fn same_as_model(ix: &Index, m: &Model) -> Result<(), TestCaseError> {
 
 // Cases: PROPTEST_CASES (default 256).
 proptest! {
-    /// Every operation, on the index and on the naive model, with the same results.
+    /// Every operation, on the index and on the naive model, with the same
+    /// results; the index empty at first, or bulk built (as a snapshot's
+    /// load builds it) from `preload` keys.
     #[test]
-    fn index_matches_a_naive_model(steps in proptest::collection::vec(step(), 1..120)) {
-        let mut ix = Index::default();
+    fn index_matches_a_naive_model(
+        preload in 0..300u16,
+        steps in proptest::collection::vec(step(), 1..120),
+    ) {
         let mut m = Model::default();
         let mut next_rev = 1u64;
+        for i in 0..preload {
+            let r = RecordRef::new(next_rev, 0, 1, next_rev * 8, 20, Op::Put);
+            next_rev += 1;
+            m.apply(&key_name(i * 7 % 700), r, 2, &mut Vec::new());
+        }
+        let mut ix = Index::from_sorted(
+            m.keys.iter().map(|(k, v)| (IKey::new(k), v.clone())),
+        );
+        ix.dead.clone_from(&m.dead);
         for s in steps {
             let (mut got, mut want) = (Vec::new(), Vec::new());
             match s {
@@ -584,6 +605,8 @@ proptest! {
                         .filter_map(|(k, v)| Some((k.clone(), *v.last()?)))
                         .collect();
                     prop_assert_eq!(got, want);
+                    prop_assert!(ix.order.get().is_some());
+                    order_holds(&ix)?;
                 }
             }
             // What left the index, in whatever order it says so.
@@ -592,6 +615,7 @@ proptest! {
             prop_assert_eq!(got, want);
         }
         same_as_model(&ix, &m)?;
+        order_holds(&ix)?;
         // Rebuilt from its keys in order, the index is the same.
         let sorted: Vec<(IKey, Vec<RecordRef>)> =
             m.keys.iter().map(|(k, v)| (IKey::new(k), v.clone())).collect();
