@@ -46,6 +46,9 @@ pub use self::placed::Placed;
 pub use self::record::RecordRef;
 use crate::log::record::Op;
 
+/// How many entries ahead [`Index::try_for_each_sorted`] asks for.
+const WALK_AHEAD: usize = 16;
+
 /// The index of one bucket.
 #[derive(Default)]
 pub struct Index {
@@ -168,23 +171,22 @@ impl Index {
     }
 
     /// Calls `f` with every key and latest revision, in key order, stopping
-    /// at its first error. For whole walks (the snapshot): entries are loaded
-    /// a block at a time, their cache misses overlapping, where
-    /// [`Index::range`] meets them one after the other.
+    /// at its first error. For whole walks (the snapshot): each entry is
+    /// asked for [`WALK_AHEAD`] entries before it is read, so that their
+    /// cache misses overlap, where [`Index::range`] meets them one after the
+    /// other.
     pub fn try_for_each_sorted<E>(
         &self,
         mut f: impl FnMut(&IKey, &RecordRef) -> Result<(), E>,
     ) -> Result<(), E> {
-        for block in self.order().blocks() {
-            // Independent loads: the CPU has many of them in flight at once.
-            let touched = block
-                .iter()
-                .fold(0u64, |acc, &s| acc ^ self.entries.get(s).rec.revision);
-            std::hint::black_box(touched);
-            for &s in block {
-                let e = self.entries.get(s);
-                f(&e.key, &e.rec)?;
+        let order = self.order();
+        let mut ahead = order.iter_from(Pos::START).skip(WALK_AHEAD);
+        for s in order.iter_from(Pos::START) {
+            if let Some(later) = ahead.next() {
+                self.entries.ask(later);
             }
+            let e = self.entries.get(s);
+            f(&e.key, &e.rec)?;
         }
         Ok(())
     }

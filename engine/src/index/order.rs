@@ -195,11 +195,6 @@ impl Order {
             .copied()
     }
 
-    /// The blocks' slots, in order.
-    pub(super) fn blocks(&self) -> impl Iterator<Item = &[u32]> + '_ {
-        self.blocks.iter().map(|b| b.slots.as_slice())
-    }
-
     /// Adds `slot`, whose key is `key` and not yet in the order.
     pub(super) fn insert<'k>(
         &mut self,
