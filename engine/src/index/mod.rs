@@ -172,9 +172,8 @@ impl Index {
 
     /// Calls `f` with every key and latest revision, in key order, stopping
     /// at its first error. For whole walks (the snapshot): each entry is
-    /// asked for [`WALK_AHEAD`] entries before it is read, so that their
-    /// cache misses overlap, where [`Index::range`] meets them one after the
-    /// other.
+    /// asked for 16 entries before it is read, so that their cache misses
+    /// overlap, where [`Index::range`] meets them one after the other.
     pub fn try_for_each_sorted<E>(
         &self,
         mut f: impl FnMut(&IKey, &RecordRef) -> Result<(), E>,
