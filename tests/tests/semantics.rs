@@ -1027,6 +1027,35 @@ fn bucket_ttl_ages_history_one_by_one() {
     assert_eq!(b.update("k", "new", 0).unwrap(), last + 1);
 }
 
+/// The max-age sweep walks the index in pieces (4,096 entry slots at a
+/// time): every piece's aged entries leave, not only the first's.
+#[test]
+fn the_max_age_sweep_reaches_every_key() {
+    let env = Env::new();
+    let cfg = BucketConfig {
+        history: 3,
+        ttl: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let b = env.bucket("aged", cfg);
+    let n = 10_000;
+    for i in 0..n {
+        b.put(&format!("k.{i}"), "old").unwrap();
+    }
+    env.clock.advance(600);
+    for i in 0..n {
+        b.put(&format!("k.{i}"), "new").unwrap();
+    }
+    env.clock.advance(600);
+    // Every "old" is past the max age; every "new" is live, with 400 ms left.
+    assert_eq!(b.status().unwrap().values, 2 * n);
+    assert_eq!(b.sweep_expired().unwrap(), 0, "no value expired");
+    let st = b.status().unwrap();
+    assert_eq!((st.values, st.keys), (n, n), "every old revision left");
+    assert_eq!(b.history("k.9999").unwrap().len(), 1);
+    assert_eq!(val(&b, "k.0").as_deref(), Some("new"));
+}
+
 #[test]
 fn bucket_ttl_aging_survives_reopen() {
     let env = Env::new();

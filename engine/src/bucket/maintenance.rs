@@ -114,6 +114,7 @@ impl BucketCore {
         let now = replica.map_or_else(|| self.now(), |r| r.now_ms);
         let mut deleter = Deleter::new(replica);
         if self.index.read().expiring() > 0 {
+            // In key order: the markers get their revisions in that order.
             self.walk_in_chunks(
                 b"",
                 |_, k, r, picked| {
@@ -317,8 +318,7 @@ impl BucketCore {
         if ttl == 0 {
             return Ok(());
         }
-        self.walk_in_chunks(
-            b"",
+        self.walk_all_in_chunks(
             |ix, k, latest, picked| {
                 let unmarked_value = (latest.op() == Op::Put).then_some(latest.revision);
                 ix.for_each_rev(latest, |r| {

@@ -135,9 +135,9 @@ impl BucketCore {
     /// Walks the keys starting with `prefix` in order, [`WALK_CHUNK`] keys per
     /// index read-lock hold: `pick` sees each key and its latest revision under
     /// the lock, `act` gets each chunk's picks once the lock is released. Long
-    /// walks (DELGLOB, the TTL sweep) never hold the lock for long, but for
-    /// the first chunk of a bucket whose key order is not built yet: it
-    /// builds it (see `Index`).
+    /// walks (DELGLOB, the TTL sweep) never hold the lock for long, but for the first chunk
+    /// of a bucket whose key order is not built yet: it builds it (see
+    /// `Index`).
     pub(super) fn walk_in_chunks<T>(
         &self,
         prefix: &[u8],
@@ -169,6 +169,39 @@ impl BucketCore {
                 act(picked)?;
             }
             cursor = Some(last);
+        }
+    }
+
+    /// Walks every key in no particular order (the index's entry slots, in
+    /// memory order: no key order needed, and no cache miss per key),
+    /// [`WALK_CHUNK`] slots per index read-lock hold, as
+    /// [`BucketCore::walk_in_chunks`] does. For the max-age sweep, which
+    /// writes nothing and runs again: a key added during the walk into a slot
+    /// already passed is left to the next one.
+    pub(super) fn walk_all_in_chunks<T>(
+        &self,
+        mut pick: impl FnMut(&Index, &IKey, &RecordRef, &mut Vec<T>),
+        mut act: impl FnMut(Vec<T>) -> Result<()>,
+    ) -> Result<()> {
+        let chunk = u32::try_from(WALK_CHUNK).unwrap_or(u32::MAX);
+        let mut from = 0u32;
+        loop {
+            let (picked, end) = {
+                let ix = self.index.read();
+                let end = from.saturating_add(chunk).min(ix.slot_count());
+                if from >= end {
+                    return Ok(());
+                }
+                let mut picked = Vec::new();
+                for (k, r) in ix.in_slots(from..end) {
+                    pick(&ix, k, r, &mut picked);
+                }
+                (picked, end)
+            };
+            if !picked.is_empty() {
+                act(picked)?;
+            }
+            from = end;
         }
     }
 

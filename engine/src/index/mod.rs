@@ -208,6 +208,22 @@ impl Index {
         self.entries.iter().map(|e| (&e.key, &e.rec))
     }
 
+    /// Entry slots (in use and free): the end of [`Index::in_slots`]' range.
+    pub(crate) fn slot_count(&self) -> u32 {
+        self.entries.slots()
+    }
+
+    /// The keys and latest revisions in entry slots `slots`, in slot order
+    /// (no particular key order): a walk in pieces of the entries as they lie
+    /// in memory. A key keeps its slot while it exists; a slot freed may be
+    /// given to a new key.
+    pub(crate) fn in_slots(
+        &self,
+        slots: std::ops::Range<u32>,
+    ) -> impl Iterator<Item = (&IKey, &RecordRef)> + '_ {
+        self.entries.in_slots(slots).map(|(_, e)| (&e.key, &e.rec))
+    }
+
     /// Keys starting with `prefix`, in order.
     pub fn prefixed<'a>(
         &'a self,
