@@ -173,11 +173,13 @@ impl BucketCore {
     }
 
     /// Walks every key in no particular order (the index's entry slots, in
-    /// memory order: no key order needed, and no cache miss per key),
+    /// memory order: no key order needed, and entries read one after the
+    /// other rather than each a cache miss),
     /// [`WALK_CHUNK`] slots per index read-lock hold, as
     /// [`BucketCore::walk_in_chunks`] does. For the max-age sweep, which
-    /// writes nothing and runs again: a key added during the walk into a slot
-    /// already passed is left to the next one.
+    /// writes no records (it only drops index entries) and runs again: a key
+    /// added during the walk into a slot already passed is left to the next
+    /// one.
     pub(super) fn walk_all_in_chunks<T>(
         &self,
         mut pick: impl FnMut(&Index, &IKey, &RecordRef, &mut Vec<T>),

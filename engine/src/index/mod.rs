@@ -4,7 +4,8 @@
 //! | file | what |
 //! |---|---|
 //! | `entries.rs` | one entry per key (key + latest revision) in a slab of `u32` slots, and a hash table of slots (two, by one bit of the hash, built at once on two threads): O(1) point lookups |
-//! | `order.rs` | the same slots in key order (sorted blocks): ranges, prefixes; built on first use, by sorting when the slots are not in key order |
+//! | `order.rs` | the same slots in key order (sorted blocks): ranges, prefixes; built on first use |
+//! | `sort.rs` | the slots put in key order for that build: the run already in order kept, the rest sorted by key hints and merged in |
 //! | `history.rs` | older revisions (history > 1), in a side slab |
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
 //! | `placed.rs` | what compaction asks: retained revisions by segment, moving them by entry slot |

@@ -4,7 +4,8 @@
 //! of keys in random order.
 //!
 //! [`in_key_order`] keeps the run of slots that already ascend where they
-//! are, sorts the others and merges the two. A sort compares *hints* (the 8
+//! are (taking out the strays: keys put since in reused slots), sorts the
+//! others and merges the two. A sort compares *hints* (the 8
 //! bytes of each key past the prefix every key being sorted shares, read
 //! once per key) rather than keys, which would each cost a cache miss in the
 //! slab: keys whose hints are equal are sorted again the same way past the
@@ -25,32 +26,51 @@ pub(super) fn in_key_order<'k>(slots: &[u32], key_of: impl Fn(u32) -> &'k [u8] +
     merge(&kept, &rest, key_of)
 }
 
-/// Splits `slots` into a run whose keys ascend, in place, and the rest. A
-/// slot stays in the run when its key is above the last one kept and below
-/// the next slot's (unless that one is a stray below the run): a stray key
-/// (a slot reused after a bulk build) leaves the run without taking its
-/// neighbours with it.
+/// Splits `slots` into a run whose keys ascend, in place, and the rest. A key
+/// below the end of the run joins the rest if the key after it is above that
+/// end (a stray below the run); else the keys at the end of the run above it,
+/// if at most [`MAX_TAKEN_BACK`], were strays above the run: they move to the
+/// rest and it takes their place. So a stray, or a few in a row (slots
+/// reused after a bulk build), leave the run without the keys around them.
+/// Input that is mostly not a run (more strays than kept, past the first
+/// few) is all sorted instead: a load in random order costs little here.
 fn split_ascending<'k>(slots: &[u32], key_of: impl Fn(u32) -> &'k [u8]) -> (Vec<u32>, Vec<u32>) {
-    let mut kept = Vec::with_capacity(slots.len());
+    let mut kept: Vec<u32> = Vec::with_capacity(slots.len());
     let mut rest = Vec::new();
-    let mut last: Option<&[u8]> = None;
     for (i, &s) in slots.iter().enumerate() {
+        if rest.len() > GIVE_UP_AFTER && rest.len() * 2 > i {
+            return (Vec::new(), slots.to_vec());
+        }
         let key = key_of(s);
-        let above_last = last.is_none_or(|l| l < key);
-        // A next key at or below the last one kept is a stray itself.
-        let below_next = slots.get(i + 1).is_none_or(|&n| {
-            let next = key_of(n);
-            key < next || last.is_some_and(|l| next <= l)
-        });
-        if above_last && below_next {
+        let Some(top) = kept.last().map(|&t| key_of(t)).filter(|&t| t > key) else {
             kept.push(s);
-            last = Some(key);
-        } else {
+            continue;
+        };
+        if slots.get(i + 1).is_some_and(|&n| key_of(n) > top) {
             rest.push(s);
+            continue;
+        }
+        let above = kept
+            .iter()
+            .rev()
+            .take(MAX_TAKEN_BACK + 1)
+            .take_while(|&&k| key_of(k) > key)
+            .count();
+        if above > MAX_TAKEN_BACK {
+            rest.push(s);
+        } else {
+            rest.extend(kept.drain(kept.len().saturating_sub(above)..));
+            kept.push(s);
         }
     }
     (kept, rest)
 }
+
+/// Most keys at the end of the run [`split_ascending`] moves to the rest
+/// for one key below them.
+const MAX_TAKEN_BACK: usize = 8;
+/// Strays before [`split_ascending`] may judge its input not a run.
+const GIVE_UP_AFTER: usize = 64;
 
 /// Sorts `slots` by their keys (see the module's doc).
 fn sort<'k>(slots: &mut [u32], key_of: impl Fn(u32) -> &'k [u8] + Copy) {
@@ -228,17 +248,39 @@ mod tests {
 
     #[test]
     fn a_run_keeps_its_place_around_strays() {
-        let keys: Vec<Vec<u8>> = ["b", "c", "z", "d", "e", "a", "f"]
-            .iter()
-            .map(|k| k.as_bytes().to_vec())
+        // A run with strays in reused slots: one above it, one below it, two
+        // above it in a row, one above and one below in a row.
+        let mut keys: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| format!("k.{i:05}").into_bytes())
             .collect();
+        let strays: [(usize, &str); 6] = [
+            (100, "z.1"),
+            (300, "a.1"),
+            (500, "z.2"),
+            (501, "z.3"),
+            (900, "z.4"),
+            (901, "a.2"),
+        ];
+        for (at, k) in strays {
+            keys[at] = k.as_bytes().to_vec();
+        }
         let key_of = |s: u32| keys[s as usize].as_slice();
-        let (kept, rest) = split_ascending(&[0, 1, 2, 3, 4, 5, 6], key_of);
-        assert_eq!(kept, vec![0, 1, 3, 4, 6]);
-        assert_eq!(rest, vec![2, 5]);
+        let slots: Vec<u32> = (0..2000).collect();
+        let (kept, rest) = split_ascending(&slots, key_of);
+        let mut moved = rest.clone();
+        moved.sort_unstable();
         assert_eq!(
-            in_key_order(&[0, 1, 2, 3, 4, 5, 6], key_of),
-            vec![5, 0, 1, 3, 4, 6, 2]
+            moved,
+            vec![100, 300, 500, 501, 900, 901],
+            "only the strays leave"
         );
+        assert_eq!(kept.len(), 2000 - 6);
+        let mut want: Vec<u32> = slots.clone();
+        want.sort_by(|&a, &b| key_of(a).cmp(key_of(b)));
+        assert_eq!(in_key_order(&slots, key_of), want);
+        // Mostly strays: everything is sorted instead.
+        let shuffled: Vec<u32> = (0..2000).map(|i| (i * 7919) % 2000).collect();
+        let (kept, rest) = split_ascending(&shuffled, key_of);
+        assert!(kept.is_empty() && rest.len() == 2000);
     }
 }
