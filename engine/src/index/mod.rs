@@ -47,7 +47,7 @@ pub use self::placed::Placed;
 pub use self::record::RecordRef;
 use crate::log::record::Op;
 
-/// How many entries ahead [`Index::try_for_each_sorted`] asks for.
+/// How many entries ahead a walk in key order ([`Index::range`]) asks for.
 const WALK_AHEAD: usize = 16;
 
 /// The index of one bucket.
@@ -158,9 +158,15 @@ impl Index {
             Bound::Excluded(k) => order.seek(k, false, key_of),
             Bound::Unbounded => Pos::START,
         };
+        // Each entry asked for WALK_AHEAD entries before it is read: a long
+        // walk's cache misses overlap instead of coming one after another.
+        let mut ahead = order.iter_from(start).skip(WALK_AHEAD);
         order
             .iter_from(start)
-            .map(|s| {
+            .map(move |s| {
+                if let Some(later) = ahead.next() {
+                    self.entries.ask(later);
+                }
                 let e = self.entries.get(s);
                 (&e.key, &e.rec)
             })
@@ -172,23 +178,13 @@ impl Index {
     }
 
     /// Calls `f` with every key and latest revision, in key order, stopping
-    /// at its first error. For whole walks (the snapshot): each entry is
-    /// asked for 16 entries before it is read, so that their cache misses
-    /// overlap, where [`Index::range`] meets them one after the other.
+    /// at its first error (the snapshot's walk).
     pub fn try_for_each_sorted<E>(
         &self,
         mut f: impl FnMut(&IKey, &RecordRef) -> Result<(), E>,
     ) -> Result<(), E> {
-        let order = self.order();
-        let mut ahead = order.iter_from(Pos::START).skip(WALK_AHEAD);
-        for s in order.iter_from(Pos::START) {
-            if let Some(later) = ahead.next() {
-                self.entries.ask(later);
-            }
-            let e = self.entries.get(s);
-            f(&e.key, &e.rec)?;
-        }
-        Ok(())
+        self.range(Bound::Unbounded, Bound::Unbounded)
+            .try_for_each(|(k, r)| f(k, r))
     }
 
     /// The key order, built now if it is not yet.
