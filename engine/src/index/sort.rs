@@ -30,8 +30,9 @@ pub(super) fn in_key_order<'k>(slots: &[u32], key_of: impl Fn(u32) -> &'k [u8] +
 /// below the end of the run joins the rest if the key after it is above that
 /// end (a stray below the run); else the keys at the end of the run above it,
 /// if at most [`MAX_TAKEN_BACK`], were strays above the run: they move to the
-/// rest and it takes their place. So a stray, or a few in a row (slots
-/// reused after a bulk build), leave the run without the keys around them.
+/// rest and it takes their place. So a stray, or up to 32 in a row (slots
+/// reused after a bulk build), leave the run without the keys around them;
+/// more in a row take the rest of the run with them (all of it is sorted).
 /// Input that is mostly not a run (more strays than kept, past the first
 /// few) is all sorted instead: a load in random order costs little here.
 fn split_ascending<'k>(slots: &[u32], key_of: impl Fn(u32) -> &'k [u8]) -> (Vec<u32>, Vec<u32>) {
@@ -68,7 +69,7 @@ fn split_ascending<'k>(slots: &[u32], key_of: impl Fn(u32) -> &'k [u8]) -> (Vec<
 
 /// Most keys at the end of the run [`split_ascending`] moves to the rest
 /// for one key below them.
-const MAX_TAKEN_BACK: usize = 8;
+const MAX_TAKEN_BACK: usize = 32;
 /// Strays before [`split_ascending`] may judge its input not a run.
 const GIVE_UP_AFTER: usize = 64;
 
@@ -253,33 +254,43 @@ mod tests {
         let mut keys: Vec<Vec<u8>> = (0..2000u32)
             .map(|i| format!("k.{i:05}").into_bytes())
             .collect();
-        let strays: [(usize, &str); 6] = [
-            (100, "z.1"),
-            (300, "a.1"),
-            (500, "z.2"),
-            (501, "z.3"),
-            (900, "z.4"),
-            (901, "a.2"),
+        let mut strays: Vec<(usize, String)> = vec![
+            (100, "z.1".into()),
+            (300, "a.1".into()),
+            (500, "z.2".into()),
+            (501, "z.3".into()),
+            (900, "z.4".into()),
+            (901, "a.2".into()),
         ];
-        for (at, k) in strays {
-            keys[at] = k.as_bytes().to_vec();
+        // Twenty in a row, ascending: keys written in order into freed slots.
+        strays.extend((0..20).map(|i| (1200 + i, format!("y.{i:02}"))));
+        for (at, k) in &strays {
+            keys[*at] = k.as_bytes().to_vec();
         }
         let key_of = |s: u32| keys[s as usize].as_slice();
         let slots: Vec<u32> = (0..2000).collect();
         let (kept, rest) = split_ascending(&slots, key_of);
         let mut moved = rest.clone();
         moved.sort_unstable();
-        assert_eq!(
-            moved,
-            vec![100, 300, 500, 501, 900, 901],
-            "only the strays leave"
-        );
-        assert_eq!(kept.len(), 2000 - 6);
+        let mut want_moved: Vec<u32> = strays
+            .iter()
+            .map(|(at, _)| u32::try_from(*at).expect("small"))
+            .collect();
+        want_moved.sort_unstable();
+        assert_eq!(moved, want_moved, "only the strays leave");
+        assert_eq!(kept.len(), 2000 - strays.len());
         let mut want: Vec<u32> = slots.clone();
         want.sort_by(|&a, &b| key_of(a).cmp(key_of(b)));
         assert_eq!(in_key_order(&slots, key_of), want);
-        // Mostly strays: everything is sorted instead.
-        let shuffled: Vec<u32> = (0..2000).map(|i| (i * 7919) % 2000).collect();
+        // A random order: everything is sorted instead.
+        let mut shuffled: Vec<u32> = (0..2000).collect();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            shuffled.swap(i, usize::try_from(x % (i as u64 + 1)).expect("small"));
+        }
         let (kept, rest) = split_ascending(&shuffled, key_of);
         assert!(kept.is_empty() && rest.len() == 2000);
     }
