@@ -173,13 +173,8 @@ impl Entries {
     #[inline]
     pub fn prefetch(&self, key: &[u8]) -> u64 {
         let hash = self.hash(key);
-        if let Some(entry) = self
-            .table(hash)
-            .iter_hash(hash)
-            .next()
-            .and_then(|&s| self.slab.get(s as usize))
-        {
-            prefetch::value(entry);
+        if let Some(&slot) = self.table(hash).iter_hash(hash).next() {
+            self.ask(slot);
         }
         hash
     }

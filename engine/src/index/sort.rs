@@ -12,8 +12,6 @@
 //! longer prefix they share, and compared whole only when that prefix is no
 //! longer (keys equal but for trailing zero bytes).
 
-use std::cmp::Ordering;
-
 use super::order::{common_prefix, hint};
 
 /// `slots` (each a different key) in key order.
@@ -139,7 +137,7 @@ fn merge<'k>(a: &[u32], b: &[u32], key_of: impl Fn(u32) -> &'k [u8] + Copy) -> V
     }
     let (mut i, mut j) = (0, 0);
     while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
-        if key_of(x).cmp(key_of(y)) == Ordering::Less {
+        if key_of(x) < key_of(y) {
             out.push(x);
             i += 1;
         } else {
