@@ -347,6 +347,7 @@ impl BucketCore {
             if active_dead > 0 {
                 let mut w = self.writer.lock();
                 let watermark = w.next_rev - 1;
+                self.file_lost_revisions(&mut w)?;
                 self.log.seal_active(&mut w.app, watermark)?;
             }
         }

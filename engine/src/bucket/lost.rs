@@ -13,6 +13,14 @@
 //!
 //! The file holds one range a line, `first-last` (inclusive), written
 //! atomically.
+//!
+//! While a store opens its buckets after such a stop, the range a bucket skips
+//! is recorded instead in its active segment's durability mark (the count of
+//! revisions given up below the reservation: no file to create, thousands of
+//! buckets at once), and the next open reads it back from there. The bucket
+//! writes it here before its log leaves that segment: before its first write,
+//! which always starts a new segment (its revision is past the reservation),
+//! or before compaction seals the segment.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -69,6 +77,17 @@ impl LostRevisions {
             write_atomic(storage, &dir.join(LOST_FILE), self.encode().as_bytes())?;
         }
         Ok(())
+    }
+
+    /// Records that revisions `first..=last` were lost, in memory only: they
+    /// are durable elsewhere (a segment's mark) until [`LostRevisions::save`].
+    pub(crate) fn note(&mut self, first: u64, last: u64) {
+        self.merge(first, last);
+    }
+
+    /// Writes the file (atomically and durably) as the ranges stand.
+    pub(crate) fn save(&self, storage: &Storage, dir: &Path) -> Result<()> {
+        write_atomic(storage, &dir.join(LOST_FILE), self.encode().as_bytes())
     }
 
     /// Records that revisions `first..=last` were lost, in a copy of the file
@@ -161,6 +180,21 @@ impl LostRevisions {
             }
         }
         true
+    }
+}
+
+impl super::BucketCore {
+    /// Before the log leaves its active segment (a write, which always starts
+    /// a new one after a skip, or compaction sealing it): writes `lost.revs`
+    /// if the revisions the last open skipped are recorded only in that
+    /// segment's mark, then lets the log's marks drop them.
+    pub(super) fn file_lost_revisions(&self, w: &mut super::Writer) -> Result<()> {
+        if w.lost_unfiled {
+            self.lost.save(self.log.storage(), &self.dir)?;
+            self.log.skip_recorded();
+            w.lost_unfiled = false;
+        }
+        Ok(())
     }
 }
 

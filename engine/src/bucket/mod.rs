@@ -68,6 +68,10 @@ struct Writer {
     removed: Vec<RecordRef>,
     /// Writes in the log, not visible until durable (`FsyncPolicy::Always`).
     pending: pending::Pending,
+    /// The revisions the last open skipped are recorded in the active
+    /// segment's mark only: `lost.revs` is written before the log leaves it
+    /// ([`BucketCore::file_lost_revisions`]).
+    lost_unfiled: bool,
 }
 
 /// Compaction counters kept since open.

@@ -185,14 +185,17 @@ impl BucketCore {
         } = replay(dir, name, &config, opts, after_unclean)?;
         let end = opened.appender.end();
         let mut lost_list = LostRevisions::load(dir)?;
+        // An earlier open's skip, still recorded only in the active segment's mark.
+        let mut lost_unfiled = false;
+        if let Some((first, last)) = opened.skipped_in_mark {
+            lost_list.note(first, last);
+            lost_unfiled = true;
+        }
         let mut next_rev = last.max(lost_list.highest()) + 1;
         let mut skipped = None;
         let mut staged = None;
-        if opened.unclean
-            && opened.eager_before
-            && !opts.replicated
-            && opened.reserved_through >= next_rev
-        {
+        let reserved = opened.reserved_through;
+        if opened.unclean && opened.eager_before && !opts.replicated && reserved >= next_rev {
             // Writes were visible before they were durable, and the stop was
             // unclean: revisions up to the reservation may have been seen and
             // lost. They are never given again. (A replica's are applied again
@@ -200,17 +203,26 @@ impl BucketCore {
             tracing::debug!(
                 bucket = name,
                 first = next_rev,
-                last = opened.reserved_through,
+                last = reserved,
                 "unclean stop: revisions that may have been seen and then lost are skipped"
             );
-            skipped = Some((next_rev, opened.reserved_through));
-            if opened.awaiting_sync {
-                staged =
-                    lost_list.add_staged(&opts.storage, dir, next_rev, opened.reserved_through)?;
+            skipped = Some((next_rev, reserved));
+            // Recorded in the mark the store's sync makes durable, when the
+            // count fits (it always does: a segment reserves 2^24 revisions
+            // past its first batch); else in `lost.revs`, beside the old list.
+            let in_mark = u32::try_from(reserved - next_rev + 1)
+                .ok()
+                .filter(|_| opened.awaiting_sync);
+            if let Some(count) = in_mark {
+                opened.log.skip_in_mark(count)?;
+                lost_list.note(next_rev, reserved);
+                lost_unfiled = true;
+            } else if opened.awaiting_sync {
+                staged = lost_list.add_staged(&opts.storage, dir, next_rev, reserved)?;
             } else {
-                lost_list.add(&opts.storage, dir, next_rev, opened.reserved_through)?;
+                lost_list.add(&opts.storage, dir, next_rev, reserved)?;
             }
-            next_rev = opened.reserved_through + 1;
+            next_rev = reserved + 1;
         }
         let awaiting = if opened.awaiting_sync {
             Awaiting::DataSync { lost: staged }
@@ -240,6 +252,7 @@ impl BucketCore {
                 buf: Vec::new(),
                 removed: Vec::new(),
                 pending: Pending::default(),
+                lost_unfiled,
             }),
             visible_when_durable: opts.fsync == FsyncPolicy::Always,
             lost: lost_list,

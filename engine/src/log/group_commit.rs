@@ -47,7 +47,7 @@ pub(crate) trait Flush: Send + Sync {
     /// `fdatasync`.
     fn sync_data(&self) -> Result<()>;
     /// Writes the durability mark: everything below `end` is durable.
-    fn write_mark(&self, end: u64, flags: u32) -> Result<()>;
+    fn write_mark(&self, end: u64, flags: u64) -> Result<()>;
 }
 
 impl Flush for Segment {
@@ -63,7 +63,7 @@ impl Flush for Segment {
         Segment::sync_data(self)
     }
 
-    fn write_mark(&self, end: u64, flags: u32) -> Result<()> {
+    fn write_mark(&self, end: u64, flags: u64) -> Result<()> {
         Segment::write_mark(self, end, flags)
     }
 }
@@ -96,7 +96,7 @@ struct State<F> {
     /// When the last mark after an fsync was written (`None`: not yet).
     last_mark: Option<Instant>,
     /// The flags of the marks written after fsyncs.
-    mark_flags: u32,
+    mark_flags: u64,
 }
 
 impl<F: Flush> State<F> {
@@ -181,7 +181,7 @@ impl<F: Flush> GroupCommit<F> {
         active: Arc<F>,
         written: LogPos,
         synced: LogPos,
-        mark_flags: u32,
+        mark_flags: u64,
         mark_every: Duration,
     ) -> GroupCommit<F> {
         GroupCommit {
@@ -212,7 +212,7 @@ impl<F: Flush> GroupCommit<F> {
     }
 
     /// The flags of the marks written after fsyncs from now on.
-    pub(crate) fn set_mark_flags(&self, flags: u32) {
+    pub(crate) fn set_mark_flags(&self, flags: u64) {
         self.lock().mark_flags = flags;
     }
 
@@ -340,7 +340,7 @@ impl<F: Flush> GroupCommit<F> {
     /// the durable end and fsyncs it (a clean close's mark, or one clearing
     /// it). The mark is written only over data already durable, so a power
     /// cut during its fsync can never leave it claiming more than the disk has.
-    pub(crate) fn sync_with_mark(&self, flags: u32) -> Result<()> {
+    pub(crate) fn sync_with_mark(&self, flags: u64) -> Result<()> {
         let s = self.sync_all_then_hold()?;
         let synced = s.synced;
         let segment = Arc::clone(&s.active);
@@ -362,7 +362,7 @@ impl<F: Flush> GroupCommit<F> {
     /// uses the log): records it, and writes the active segment's mark for it
     /// with `flags`, which the next such sync makes durable. A failure to
     /// write the mark poisons the log, as a failed mark after a sync does.
-    pub(crate) fn synced_elsewhere(&self, flags: u32) -> Result<()> {
+    pub(crate) fn synced_elsewhere(&self, flags: u64) -> Result<()> {
         let mut s = self.lock();
         if let Some(e) = s.poisoned() {
             return Err(e);
@@ -590,7 +590,7 @@ mod tests {
         fn sync_data(&self) -> Result<()> {
             Ok(())
         }
-        fn write_mark(&self, end: u64, _flags: u32) -> Result<()> {
+        fn write_mark(&self, end: u64, _flags: u64) -> Result<()> {
             self.0.lock().unwrap().push(end);
             Ok(())
         }
@@ -631,7 +631,7 @@ mod tests {
             self.durable.fetch_max(cached, Ordering::SeqCst);
             Ok(())
         }
-        fn write_mark(&self, _end: u64, _flags: u32) -> Result<()> {
+        fn write_mark(&self, _end: u64, _flags: u64) -> Result<()> {
             Ok(())
         }
     }
@@ -771,7 +771,7 @@ mod loom_tests {
             self.durable.fetch_max(cached, Ordering::SeqCst);
             Ok(())
         }
-        fn write_mark(&self, _end: u64, _flags: u32) -> Result<()> {
+        fn write_mark(&self, _end: u64, _flags: u64) -> Result<()> {
             Ok(())
         }
     }

@@ -22,7 +22,10 @@
 //! | 8 | 8 | counter: raised by every mark written to this segment |
 //! | 16 | 8 | offset in the segment below which everything is durable |
 //! | 24 | 4 | flags: bit 0 the log was closed cleanly at this offset; bit 1 its writes were visible before they were durable (`interval`, `never`) |
-//! | 28 | 4 | zero |
+//! | 28 | 4 | revisions skipped: `n > 0` says an open after an unclean stop gave up the last `n` revisions this segment reserved, up to its `reserved through` (see the bucket's `lost.rs`); 0 for none |
+//!
+//! In memory the two fields are one `u64` of flags (little-endian at offset
+//! 24): the skipped count is its upper half ([`skipped_flags`], [`Mark::skipped`]).
 
 /// Bytes between a segment's header and its first record.
 pub const MARK_AREA: u64 = 64;
@@ -31,11 +34,19 @@ pub const MARK_AREA_LEN: usize = 64;
 const SLOT: usize = 32;
 const TAG: &[u8; 4] = b"MARK";
 /// Flag: the log was closed cleanly with its end at the mark.
-pub const FLAG_CLEAN: u32 = 1;
+pub const FLAG_CLEAN: u64 = 1;
 /// Flag: the log's writes were visible before they were durable (fsync
 /// policy `interval` or `never`), so an unclean stop may take back revisions
 /// that were seen.
-pub const FLAG_EAGER: u32 = 2;
+pub const FLAG_EAGER: u64 = 2;
+/// The upper half of a mark's flags: the count of revisions skipped.
+pub const SKIPPED_MASK: u64 = 0xffff_ffff << 32;
+
+/// The flags that say an open gave up the last `count` revisions the segment
+/// reserved (0: none).
+pub fn skipped_flags(count: u32) -> u64 {
+    u64::from(count) << 32
+}
 
 /// A decoded mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +55,8 @@ pub struct Mark {
     pub counter: u64,
     /// Everything in the segment below this offset was durable.
     pub end: u64,
-    /// [`FLAG_CLEAN`] or 0.
-    pub flags: u32,
+    /// [`FLAG_CLEAN`], [`FLAG_EAGER`] and [`skipped_flags`], or'ed.
+    pub flags: u64,
 }
 
 impl Mark {
@@ -55,7 +66,7 @@ impl Mark {
         b[4..8].copy_from_slice(TAG);
         b[8..16].copy_from_slice(&self.counter.to_le_bytes());
         b[16..24].copy_from_slice(&self.end.to_le_bytes());
-        b[24..28].copy_from_slice(&self.flags.to_le_bytes());
+        b[24..32].copy_from_slice(&self.flags.to_le_bytes());
         let crc = checksum(salt, &b[4..]);
         b[..4].copy_from_slice(&crc.to_le_bytes());
         b
@@ -77,7 +88,7 @@ impl Mark {
         Some(Mark {
             counter: u64_at(4)?,
             end: u64_at(12)?,
-            flags: u32::from_le_bytes(rest.get(20..24)?.try_into().ok()?),
+            flags: u64_at(20)?,
         })
     }
 
@@ -101,6 +112,12 @@ impl Mark {
     /// Whether writes were visible before they were durable when it was written.
     pub fn eager(&self) -> bool {
         self.flags & FLAG_EAGER != 0
+    }
+
+    /// How many revisions an open gave up at the end of the segment's
+    /// reservation (0: none).
+    pub fn skipped(&self) -> u32 {
+        u32::try_from(self.flags >> 32).unwrap_or(u32::MAX)
     }
 }
 
@@ -138,5 +155,26 @@ mod tests {
         assert_eq!(Mark::latest(&area, 2), None, "another segment's salt");
         assert_eq!(Mark::slot_offset(64, 7), 96);
         assert_eq!(Mark::slot_offset(64, 8), 64);
+    }
+
+    #[test]
+    fn the_skipped_count_is_the_slots_last_four_bytes() {
+        let m = Mark {
+            counter: 3,
+            end: 128,
+            flags: FLAG_EAGER | skipped_flags(0x0100_0002),
+        };
+        let bytes = m.encode(9);
+        assert_eq!(bytes[24..28], 2u32.to_le_bytes(), "the flags");
+        assert_eq!(bytes[28..32], 0x0100_0002u32.to_le_bytes(), "the count");
+        let back = Mark::decode(&bytes, 9).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.skipped(), 0x0100_0002);
+        assert!(back.eager() && !back.clean());
+        let plain = Mark {
+            flags: FLAG_CLEAN,
+            ..m
+        };
+        assert_eq!(Mark::decode(&plain.encode(9), 9).unwrap().skipped(), 0);
     }
 }

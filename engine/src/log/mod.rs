@@ -17,6 +17,14 @@
 //! written after a sync keeps saying writes were visible before durable if
 //! they were before the stop. A caller that skips nothing need not call it:
 //! its marks then keep that flag, which only makes a later open more careful.
+//!
+//! A caller may instead have the skip recorded in the active segment's mark
+//! ([`Log::skip_in_mark`]: the last `n` revisions of its reservation were
+//! given up), which costs no file of its own while a store opens thousands of
+//! buckets. Every mark of that segment then says so ([`Opened::skipped_in_mark`]
+//! gives the range back to the next open), and the log refuses to leave the
+//! segment until the caller has recorded the range elsewhere and called
+//! [`Log::skip_recorded`].
 
 mod group_commit;
 pub mod mark;
@@ -24,11 +32,13 @@ mod position;
 pub mod record;
 pub mod recovery;
 pub mod segment;
+#[cfg(test)]
+mod skip_tests;
 mod truncate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -37,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
 use crate::io::Storage;
 use group_commit::GroupCommit;
-use mark::{FLAG_CLEAN, FLAG_EAGER};
+use mark::{skipped_flags, FLAG_CLEAN, FLAG_EAGER, SKIPPED_MASK};
 pub use position::LogPos;
 use recovery::RecoveryReport;
 use segment::{Segment, SegmentHeader, SegmentId};
@@ -186,12 +196,53 @@ impl Table {
 }
 
 /// The durability marks' flag for writes visible before durable, under `policy`.
-fn eager_flag(policy: FsyncPolicy) -> u32 {
+fn eager_flag(policy: FsyncPolicy) -> u64 {
     if policy == FsyncPolicy::Always {
         0
     } else {
         FLAG_EAGER
     }
+}
+
+/// The first segment of a log that has none (a new one),
+/// reserving revisions past `watermark`.
+fn first_segment(dir: &Path, cfg: &LogConfig, slot: u32, watermark: u64) -> Result<Arc<Segment>> {
+    let header = SegmentHeader::active(
+        SegmentId { seq: 1, gen: 0 },
+        watermark,
+        watermark + REVISION_RESERVE,
+    );
+    Ok(Arc::new(Segment::create(
+        &cfg.storage,
+        dir,
+        slot,
+        header,
+        cfg.segment_size,
+        MIN_PREALLOC,
+        eager_flag(cfg.fsync),
+    )?))
+}
+
+/// The revisions an earlier open gave up, as `mark` (the newest of `active`)
+/// says: the last `n` of its reservation.
+fn skipped_in_mark(mark: Option<mark::Mark>, active: &Segment) -> Result<Option<(u64, u64)>> {
+    let reserved_through = active.header.reserved_through;
+    Ok(match mark.map_or(0, |m| m.skipped()) {
+        0 => None,
+        n => Some((
+            reserved_through
+                .checked_sub(u64::from(n) - 1)
+                .filter(|&first| first > 0)
+                .ok_or_else(|| Error::Corrupt {
+                    path: active.path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "its mark gives up {n} revisions, more than it reserved ({reserved_through})"
+                    ),
+                })?,
+            reserved_through,
+        )),
+    })
 }
 
 /// One bucket's log.
@@ -206,7 +257,11 @@ pub struct Log {
     clean_mark: AtomicBool,
     /// After an unclean stop under [`AfterUnclean::CallerSyncs`], until
     /// [`Log::synced_by_caller`]: the flags of the mark it writes.
-    awaiting_caller_sync: parking_lot::Mutex<Option<u32>>,
+    awaiting_caller_sync: parking_lot::Mutex<Option<u64>>,
+    /// The revisions given up at the end of the active segment's reservation,
+    /// as mark flags ([`skipped_flags`]; 0: none), kept in every mark of that
+    /// segment until [`Log::skip_recorded`].
+    skipped: AtomicU64,
 }
 
 /// Result of opening a log.
@@ -229,6 +284,10 @@ pub struct Opened {
     /// No revision above this was given out by the process that wrote the log
     /// (the reservation of its active segment).
     pub reserved_through: u64,
+    /// The revisions an earlier open gave up, as the active segment's newest
+    /// mark says ([`Log::skip_in_mark`]): `(first, last)`, `last` being
+    /// `reserved_through`.
+    pub skipped_in_mark: Option<(u64, u64)>,
     /// The stop was unclean and the caller makes what recovery read durable
     /// ([`AfterUnclean::CallerSyncs`]): nothing of the log may be served before.
     pub awaiting_sync: bool,
@@ -270,20 +329,7 @@ impl Log {
             segments.insert(Arc::clone(&active));
             (active, pos)
         } else {
-            let header = SegmentHeader::active(
-                SegmentId { seq: 1, gen: 0 },
-                rec.watermark,
-                rec.watermark + REVISION_RESERVE,
-            );
-            let active = Arc::new(Segment::create(
-                &cfg.storage,
-                dir,
-                alloc(),
-                header,
-                cfg.segment_size,
-                MIN_PREALLOC,
-                eager_flag(cfg.fsync),
-            )?);
+            let active = first_segment(dir, &cfg, alloc(), rec.watermark)?;
             segments.insert(Arc::clone(&active));
             let pos = active.data_start;
             (active, pos)
@@ -304,25 +350,36 @@ impl Log {
         );
         let eager_flag = eager_flag(cfg.fsync);
         let eager_before = mark.is_none_or(|m| m.eager());
+        let reserved_through = active.header.reserved_through;
+        // Revisions an earlier open gave up, recorded in this segment's marks
+        // (kept in every mark until `Log::skip_recorded`).
+        let skipped = mark.map_or(0, |m| m.flags & SKIPPED_MASK);
+        let skipped_in_mark = skipped_in_mark(mark, &active)?;
         // After an unclean stop every mark keeps saying that writes were
         // visible before durable if they were, whatever the policy now, until
-        // the revisions the open skips are recorded durably (`lost.revs`,
-        // written after the first mark; see `Log::recovery_recorded`): an open
-        // after another stop must find them from the mark and skip them again.
-        let recovery_flags = eager_flag | if eager_before { FLAG_EAGER } else { 0 };
+        // the revisions the open skips are recorded durably (in `lost.revs`,
+        // written after the first mark, see `Log::recovery_recorded`, or in
+        // the mark itself, see `Log::skip_in_mark`): an open after another
+        // stop must find them from the mark and skip them again.
+        let recovery_flags = eager_flag | skipped | if eager_before { FLAG_EAGER } else { 0 };
         let log = Log {
             dir: dir.to_path_buf(),
             commit: GroupCommit::new(
                 Arc::clone(&active),
                 end,
                 durable,
-                if clean { eager_flag } else { recovery_flags },
+                if clean {
+                    eager_flag | skipped
+                } else {
+                    recovery_flags
+                },
                 cfg.mark_every,
             ),
             segments: RwLock::new(segments),
             next_slot: AtomicU32::new(next_slot.load(Ordering::Relaxed)),
             clean_mark: AtomicBool::new(mark.is_some_and(|m| m.clean())),
             awaiting_caller_sync: parking_lot::Mutex::new(None),
+            skipped: AtomicU64::new(skipped),
             cfg,
         };
         // A process crash leaves written but unsynced bytes in the page
@@ -334,7 +391,6 @@ impl Log {
         } else if !clean {
             log.commit.sync_with_mark(recovery_flags)?;
         }
-        let reserved_through = active.header.reserved_through;
         let appender = Appender {
             active,
             pos,
@@ -349,6 +405,7 @@ impl Log {
             unclean: !clean,
             eager_before,
             reserved_through,
+            skipped_in_mark,
             awaiting_sync,
         })
     }
@@ -379,6 +436,37 @@ impl Log {
     /// policy's flags. Until then they keep the flag saying that writes were
     /// visible before durable, if they were before the stop.
     pub fn recovery_recorded(&self) {
+        self.commit.set_mark_flags(self.active_flags());
+    }
+
+    /// After an unclean stop under [`AfterUnclean::CallerSyncs`], before
+    /// [`Log::synced_by_caller`]: the mark that call writes (and every later
+    /// mark of the active segment) says that the last `count` revisions of the
+    /// active segment's reservation were given up. The caller's next sync of
+    /// the file system makes that durable with the mark. The log then refuses
+    /// to rotate until [`Log::skip_recorded`].
+    ///
+    /// Fails (and changes nothing) on a log that does not await its opener's
+    /// sync, or for a count of 0.
+    pub fn skip_in_mark(&self, count: u32) -> Result<()> {
+        let mut awaiting = self.awaiting_caller_sync.lock();
+        let (Some(flags), true) = (awaiting.as_mut(), count > 0) else {
+            return Err(Error::Internal(format!(
+                "the log in {} cannot record {count} skipped revisions in its mark",
+                self.dir.display()
+            )));
+        };
+        let skipped = skipped_flags(count);
+        *flags = (*flags & !SKIPPED_MASK) | skipped;
+        self.skipped.store(skipped, Ordering::Release);
+        Ok(())
+    }
+
+    /// The revisions the active segment's mark says were given up are
+    /// recorded durably elsewhere (the bucket's `lost.revs`): marks from now
+    /// on carry this log's own policy's flags only, and the log may rotate.
+    pub fn skip_recorded(&self) {
+        self.skipped.store(0, Ordering::Release);
         self.commit.set_mark_flags(self.eager_flag());
     }
 
@@ -540,6 +628,14 @@ impl Log {
         need: u64,
         last_revision: u64,
     ) -> Result<()> {
+        if self.skipped.load(Ordering::Acquire) != 0 {
+            // The active segment's mark is the only record of the revisions
+            // an open gave up: they must be recorded elsewhere first.
+            return Err(Error::Internal(format!(
+                "the log in {} would leave the segment whose mark records skipped revisions",
+                self.dir.display()
+            )));
+        }
         let old = Arc::clone(&app.active);
         old.file()?
             .set_len(app.pos)
@@ -604,7 +700,7 @@ impl Log {
     /// closed without a write in between costs no write and no fsync (a store
     /// of ten thousand idle buckets would spend seconds closing otherwise).
     pub fn close_clean(&self) -> Result<()> {
-        let flags = FLAG_CLEAN | self.eager_flag();
+        let flags = FLAG_CLEAN | self.active_flags();
         self.commit.check()?;
         if self.marked_clean_at_end(flags) {
             return Ok(());
@@ -619,7 +715,7 @@ impl Log {
     /// write is there already. (That mark is durable, or was read back from the
     /// page cache after a process died between writing it and its fsync; losing
     /// it to a power cut only makes the next open treat the stop as unclean.)
-    fn marked_clean_at_end(&self, flags: u32) -> bool {
+    fn marked_clean_at_end(&self, flags: u64) -> bool {
         if self.commit.dirty() {
             return false;
         }
@@ -637,14 +733,21 @@ impl Log {
     /// given again. Nothing to do under `Always`, or once done.
     pub fn clear_clean_mark(&self) -> Result<()> {
         if self.eager_flag() != 0 && self.clean_mark.load(Ordering::Acquire) {
-            self.commit.sync_with_mark(self.eager_flag())?;
+            self.commit.sync_with_mark(self.active_flags())?;
             self.clean_mark.store(false, Ordering::Release);
         }
         Ok(())
     }
 
-    fn eager_flag(&self) -> u32 {
+    fn eager_flag(&self) -> u64 {
         eager_flag(self.cfg.fsync)
+    }
+
+    /// The flags of this log's marks once recovery is recorded: its policy's,
+    /// and the revisions given up at the end of the active segment's
+    /// reservation until they are recorded elsewhere.
+    fn active_flags(&self) -> u64 {
+        self.eager_flag() | self.skipped.load(Ordering::Acquire)
     }
 
     /// Fails if a sync of this log has failed (the log is poisoned).

@@ -35,7 +35,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::mark::FLAG_EAGER;
+use super::mark::{FLAG_EAGER, SKIPPED_MASK};
 use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
@@ -450,9 +450,12 @@ fn cut_torn_tail(
         // synced before the file is cut (data ending below a mark is
         // corruption). It keeps saying whether writes were visible before
         // durable (unknown without a mark: assume they were), so that the
-        // revisions the cut took back are skipped.
-        let eager = seg.mark().map_or(FLAG_EAGER, |m| m.flags & FLAG_EAGER);
-        seg.write_mark(batch_start as u64, eager)?;
+        // revisions the cut took back are skipped, and which revisions an
+        // earlier open gave up.
+        let kept = seg
+            .mark()
+            .map_or(FLAG_EAGER, |m| m.flags & (FLAG_EAGER | SKIPPED_MASK));
+        seg.write_mark(batch_start as u64, kept)?;
         let file = seg.file()?;
         let io = |e| Error::io(&seg.path, e);
         file.sync_all().map_err(io)?;

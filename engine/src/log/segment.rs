@@ -369,7 +369,7 @@ impl Segment {
         header: SegmentHeader,
         capacity: u64,
         prealloc: u64,
-        mark_flags: u32,
+        mark_flags: u64,
     ) -> Result<Segment> {
         let final_path = dir.join(header.id.file_name());
         let tmp_path = dir.join(format!("{}.tmp", header.id.file_name()));
@@ -636,7 +636,7 @@ impl Segment {
 
     /// Writes a durability mark: everything below `end` is durable (it
     /// reaches the disk itself with the next fsync of this segment).
-    pub fn write_mark(&self, end: u64, flags: u32) -> Result<()> {
+    pub fn write_mark(&self, end: u64, flags: u64) -> Result<()> {
         let mut marks = self.marks.lock();
         marks.counter += 1;
         let mark = Mark {

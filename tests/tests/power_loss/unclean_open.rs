@@ -313,3 +313,171 @@ fn marks_lose_the_eager_flag_once_the_skipped_revisions_are_durable() {
         }
     }
 }
+
+/// Each bucket's lost ranges.
+fn lost_of(store: &Store) -> BTreeMap<&'static str, Vec<(u64, u64)>> {
+    BUCKETS
+        .iter()
+        .map(|&name| (name, store.bucket(name).expect("bucket").lost_revisions()))
+        .collect()
+}
+
+/// Every range of `before` lies inside a range of `now`, bucket by bucket.
+fn assert_still_lost(
+    before: &BTreeMap<&'static str, Vec<(u64, u64)>>,
+    now: &BTreeMap<&'static str, Vec<(u64, u64)>>,
+    what: &str,
+) {
+    for (name, ranges) in before {
+        for &(a, b) in ranges {
+            assert!(
+                now[name].iter().any(|&(x, y)| x <= a && b <= y),
+                "{what}: {name} no longer counts {a}-{b} as lost: {:?}",
+                now[name]
+            );
+        }
+    }
+}
+
+/// The file of a bucket's lost revisions.
+fn lost_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    dir.join("buckets").join(name).join("lost.revs")
+}
+
+/// A store's unclean open records what each bucket skips in the mark of its
+/// active segment, and creates no file for it. The range comes back from
+/// that mark through reopens without a write (a clean close, a change of
+/// policy, a kill, a power cut) and in a checkpoint; the first write, which
+/// starts a new segment, writes `lost.revs` before it.
+#[test]
+fn the_skipped_revisions_live_in_the_mark_until_the_first_write() {
+    let t = sim(11, SyncWhole::Yes);
+    let store = t.open(Never);
+    let mut highest = fill(&store, 2, 3);
+    t.kill(store);
+    let store = t.open(Never);
+    let skipped = lost_of(&store);
+    for (name, ranges) in &skipped {
+        assert_eq!(ranges.len(), 1, "{name} skipped once: {ranges:?}");
+        let seen = highest[*name];
+        assert!(
+            ranges[0].0 <= seen + 1 && ranges[0].1 > seen,
+            "{name}: {ranges:?} after {seen}"
+        );
+        assert!(
+            !lost_file(&t.dir, name).exists(),
+            "{name}: the open wrote no list"
+        );
+    }
+    let copy = t.fs.root().join("copy");
+    store.checkpoint(&copy).expect("checkpoint");
+    store.close().expect("close");
+    let checkpoint = Store::open(&copy, t.options(Never)).expect("open the checkpoint");
+    assert_eq!(lost_of(&checkpoint), skipped, "in the checkpoint");
+    checkpoint.close().expect("close the checkpoint");
+    let store = t.open(Always);
+    assert_eq!(
+        lost_of(&store),
+        skipped,
+        "after a clean close, under always"
+    );
+    t.kill(store);
+    let store = t.open(Never);
+    assert_eq!(lost_of(&store), skipped, "after a kill");
+    t.cut(store, CutStyle::LoseAll);
+    let store = t.open(Never);
+    assert_eq!(lost_of(&store), skipped, "after a power cut");
+    for name in BUCKETS {
+        assert!(
+            !lost_file(&t.dir, name).exists(),
+            "{name}: no write, no list"
+        );
+        let rev = store
+            .bucket(name)
+            .expect("bucket")
+            .put("first", "x")
+            .expect("put");
+        assert!(rev > skipped[name][0].1, "{name}: {rev} was skipped");
+        highest.insert(name.to_string(), rev);
+        assert!(
+            lost_file(&t.dir, name).exists(),
+            "{name}: the first write wrote the list"
+        );
+    }
+    t.cut(store, CutStyle::LoseAll);
+    let store = t.open(Never);
+    assert_still_lost(
+        &skipped,
+        &lost_of(&store),
+        "after the first writes and a cut",
+    );
+    assert_no_revision_reused(&store, &highest, "after the first writes and a cut");
+}
+
+/// A power cut at every step of the first write after a skip recorded in the
+/// mark (it writes `lost.revs`, then starts a new segment): the skipped
+/// revisions stay lost and none is given again.
+#[test]
+fn a_power_cut_at_every_step_of_the_first_write_after_a_skip() {
+    let mut completed = false;
+    for step in 0..80 {
+        let t = sim(300 + step, SyncWhole::Yes);
+        let store = t.open(Never);
+        let mut highest = fill(&store, 2, 3);
+        t.kill(store);
+        let store = t.open(Never);
+        let skipped = lost_of(&store);
+        t.fs.crash_after(step);
+        let wrote = store.bucket("alpha").expect("bucket").put("first", "x");
+        let interrupted = t.fs.is_crashed();
+        match wrote {
+            Ok(rev) => {
+                assert!(rev > skipped["alpha"][0].1, "{rev} was skipped");
+                highest.insert("alpha".to_string(), rev);
+            }
+            Err(e) => assert!(interrupted, "the write failed on its own: {e}"),
+        }
+        t.cut(store, CutStyle::Random);
+        let store = t.open(Never);
+        assert_still_lost(&skipped, &lost_of(&store), &format!("cut after {step}"));
+        assert_no_revision_reused(&store, &highest, &format!("cut after {step}"));
+        if !interrupted {
+            completed = true;
+            break;
+        }
+    }
+    assert!(completed, "no write ran to its end");
+}
+
+/// Compaction that seals the active segment (it holds a dead record) after a
+/// skip recorded in that segment's mark writes `lost.revs` first.
+#[test]
+fn compaction_records_a_skip_before_it_seals_the_segment() {
+    let t = sim(21, SyncWhole::Yes);
+    let store = t.open(Never);
+    let mut highest = fill(&store, 2, 3);
+    for name in BUCKETS {
+        let rev = store
+            .bucket(name)
+            .expect("bucket")
+            .put("r0", "again")
+            .expect("put");
+        highest.insert(name.to_string(), rev);
+    }
+    t.kill(store);
+    let store = t.open(Never);
+    let skipped = lost_of(&store);
+    for name in BUCKETS {
+        let report = store
+            .bucket(name)
+            .expect("bucket")
+            .compact()
+            .expect("compact");
+        assert!(report.segments_in > 0, "{name}: {report:?}");
+        assert!(lost_file(&t.dir, name).exists(), "{name}: the list");
+    }
+    t.cut(store, CutStyle::LoseAll);
+    let store = t.open(Never);
+    assert_still_lost(&skipped, &lost_of(&store), "after compaction and a cut");
+    assert_no_revision_reused(&store, &highest, "after compaction and a cut");
+}

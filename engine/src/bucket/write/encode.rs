@@ -22,6 +22,9 @@ impl BucketCore {
         now: u64,
         tag: Option<&[u8]>,
     ) -> Result<Appended> {
+        // Revisions the last open skipped reach `lost.revs` before the log can
+        // leave the segment whose mark holds them.
+        self.file_lost_revisions(w)?;
         let Writer {
             app, buf, next_rev, ..
         } = w;
