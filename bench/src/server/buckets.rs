@@ -13,7 +13,10 @@
 //!   `S7.restart.threads`, `.fds`, `.rss` right after it;
 //! - `S7.restart.kill`: the same after that server has written every bucket's key
 //!   again and is killed (SIGKILL): every bucket is then recovered from an unclean
-//!   stop, and what recovery read is made durable before anything is served.
+//!   stop, and what recovery read is made durable before anything is served;
+//! - `S7.restart.kill.interval`: the same with the server at `--fsync interval=1000`,
+//!   where the open after the kill also skips in every bucket the revisions that may
+//!   have been seen and lost.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,6 +29,8 @@ use crate::stores::BoxError;
 use crate::sys;
 
 const FSYNC: &str = "always";
+/// The policy of the last restart after a kill.
+const INTERVAL: &str = "interval=1000";
 /// Buckets per pipelined batch.
 const BATCH: usize = 100;
 const VALUE: [u8; 100] = [b'v'; 100];
@@ -101,26 +106,37 @@ pub fn s7(bin: &Path, base: &Path, buckets: usize, rep: &mut Reporter) -> Result
     // After a clean stop; then after every bucket was written again and the server
     // killed (SIGKILL): the open finds each bucket's durability mark behind its end, and
     // makes what it read durable before it serves anything.
-    let server = first_get_after_restart(bin, base, data.path(), buckets, "S7.restart", rep)?;
+    let restart = |fsync: &str, what: &str, rep: &mut Reporter| {
+        first_get_after_restart(bin, fsync, base, data.path(), buckets, what, rep)
+    };
+    let server = restart(FSYNC, "S7.restart", rep)?;
     emit_process(&server, "S7.restart", buckets, rep);
     write_each(&server, buckets, false).map_err(|e| format!("{e}\n{}", server.log_tail()))?;
     server.kill();
-    let server = first_get_after_restart(bin, base, data.path(), buckets, "S7.restart.kill", rep)?;
-    drop(server);
+    let server = restart(FSYNC, "S7.restart.kill", rep)?;
+    server.stop();
+    // The same under `interval`, where writes are visible before they are durable: the
+    // open after the kill also skips, in every bucket, the revisions that may have been
+    // seen and lost.
+    let server = start_logkv_in(bin, INTERVAL, base, data.path(), Duration::from_secs(600))?;
+    write_each(&server, buckets, false).map_err(|e| format!("{e}\n{}", server.log_tail()))?;
+    server.kill();
+    drop(restart(INTERVAL, "S7.restart.kill.interval", rep)?);
     Ok(())
 }
 
-/// Starts the server again on `data` and emits, as `what`, the seconds from its start to
-/// the answer of the first GET (of the last bucket's key).
+/// Starts the server again on `data` under `fsync` and emits, as `what`, the seconds
+/// from its start to the answer of the first GET (of the last bucket's key).
 fn first_get_after_restart(
     bin: &Path,
+    fsync: &str,
     base: &Path,
     data: &Path,
     buckets: usize,
     what: &str,
     rep: &mut Reporter,
 ) -> Result<Running, BoxError> {
-    let server = start_logkv_in(bin, FSYNC, base, data, Duration::from_secs(600))?;
+    let server = start_logkv_in(bin, fsync, base, data, Duration::from_secs(600))?;
     let last = name(buckets.saturating_sub(1));
     let mut c = Client::connect(&server.addr())?;
     expect_ok(c.call(&[b"USE", last.as_bytes()])?, "USE")?;
@@ -132,7 +148,7 @@ fn first_get_after_restart(
     eprintln!("    {what}: first GET answered {took:.2} s after the start");
     let row = row("logkv", what, took, "s", buckets as u64)
         .with("buckets", Extra::count(buckets))
-        .with("fsync", Extra::Str(FSYNC.into()));
+        .with("fsync", Extra::Str(fsync.into()));
     rep.emit(row);
     Ok(server)
 }
