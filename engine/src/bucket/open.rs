@@ -54,7 +54,9 @@ enum Awaiting {
     /// Nothing: its open made everything durable itself, or the stop was clean.
     Nothing,
     /// The file system's sync of what recovery read, and of `lost`, the new
-    /// list of lost revisions written beside the old one.
+    /// list of lost revisions written beside the old one (only when the
+    /// skipped range is too long for the mark's count, which the reservation
+    /// rules out: it is normally recorded in the mark).
     DataSync { lost: Option<Staged> },
     /// The file system's sync of the mark and of the list's rename.
     MarkSync,

@@ -12,9 +12,10 @@
 //! After an unclean stop (a crash, a kill, a power cut) what recovery read in
 //! a bucket may still be only in the page cache, and it must be durable before
 //! it is served. Rather than each bucket syncing its own files (two fdatasyncs,
-//! and two fsyncs more if it records skipped revisions), the store syncs the
-//! file system once for all of them, lets each write its durability mark and
-//! put its list of lost revisions in place, and syncs once more
+//! and two fsyncs more if it records skipped revisions in `lost.revs`), the
+//! store syncs the file system once for all of them, lets each write its
+//! durability mark (which records the revisions it skipped, if any), and
+//! syncs once more
 //! ([`make_recovery_durable`]); then it serves them. Where the file system
 //! cannot be trusted to be synced whole (see `Storage::can_sync_file_system`),
 //! each bucket syncs its own.
@@ -152,10 +153,10 @@ fn finish(r: Recovered, opts: &Options) -> Result<(Arc<BucketCore>, RecoveryRepo
 
 /// After an unclean stop, makes durable what recovery read in every bucket
 /// that left it to the store (see [`Recovered`]): syncs the file systems of
-/// their directories, writes each bucket's durability mark and puts its list
-/// of lost revisions in place, and syncs again. Two syncs in all, where each
-/// bucket would make two fdatasyncs and (if it skipped revisions) two fsyncs
-/// of its own. Returns the buckets, ready to finish.
+/// their directories, writes each bucket's durability mark (which records the
+/// revisions it skipped), and syncs again. Two syncs in all, where each bucket
+/// would make two fdatasyncs and (if it skipped revisions) create, sync and
+/// rename a `lost.revs`. Returns the buckets, ready to finish.
 fn make_recovery_durable(
     storage: &Storage,
     awaiting: Vec<(String, Box<Recovered>)>,
