@@ -1,7 +1,8 @@
 //! Real clients beyond the Rust `redis` crate: the Python `redis` package
 //! (`execute_command`, `pipeline(transaction=True)`, RESP3), node-redis (`tests/node/`)
-//! and `redis-benchmark` running a custom logkv verb. A test whose tool is not installed
-//! skips, saying so (a failure under `LOGKV_NO_SKIP=1`; `.ci/run` installs all three).
+//! `redis-benchmark` running a custom logkv verb, and `redis-cli --pipe` (mass insertion).
+//! A test whose tool is not installed skips, saying so (a failure under `LOGKV_NO_SKIP=1`;
+//! `.ci/run` installs them all).
 
 mod common;
 
@@ -130,4 +131,45 @@ fn redis_benchmark_with_a_logkv_verb() {
     );
     let keys = c.cmd(&["KEYS", ">"]);
     assert!(!keys.items().is_empty() && keys.items().len() <= 100);
+}
+
+/// `redis-cli --pipe`, Redis's mass insertion: it sends a file of RESP requests, then an
+/// `ECHO` of 20 random bytes, and counts replies until the echo comes back.
+#[test]
+fn redis_cli_pipe_mass_insertion() {
+    if !command_succeeds("redis-cli", &["--version"]) {
+        return skip("redis-cli is not installed (apt-get install redis-tools)");
+    }
+    let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
+    let mut input = Vec::new();
+    for i in 0..1000 {
+        let (k, v) = (format!("pipe:{i}"), format!("value-{i}"));
+        input.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
+                k.len(),
+                v.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &srv.addr.port().to_string(), "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("errors: 0, replies: 1000"), "{text}");
+    let mut c = srv.raw();
+    assert_eq!(c.cmd(&["GET", "pipe:999"]).text(), "value-999");
+    assert_eq!(c.cmd(&["ECHO", "hi there"]).text(), "hi there");
 }

@@ -1,4 +1,4 @@
-//! Connection and server verbs: PING HELLO AUTH QUIT SYNC COMPACT INFO CONFIG.
+//! Connection and server verbs: PING ECHO HELLO AUTH QUIT SYNC COMPACT INFO CONFIG.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -49,7 +49,8 @@ fn check_password(s: &mut Session, given: &[u8]) -> Result<(), Reply> {
     }
 }
 
-/// `PING [msg]`
+/// `PING [msg]`, and `ECHO msg` (the same reply: `redis-cli --pipe` ends its input
+/// with an ECHO and waits for the message to come back).
 pub(crate) struct Ping<'a> {
     msg: Option<&'a Bytes>,
 }

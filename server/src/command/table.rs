@@ -77,7 +77,7 @@ const fn verb(name: &'static str, min: usize, max: usize, flags: Flags, parse: P
 
 /// Every verb of the protocol, the hot ones first.
 #[rustfmt::skip]
-pub(crate) static VERBS: [Spec; 37] = [
+pub(crate) static VERBS: [Spec; 38] = [
     //   name       min max  flags             parser
     verb("get",       2, 4,  Flags::READ,      |a| kv::Get::parse(a).map(Command::Get)),
     verb("set",       3, 6,  QUEUED_WRITE,     |a| kv::set(a).map(Command::Write)),
@@ -105,6 +105,7 @@ pub(crate) static VERBS: [Spec; 37] = [
     verb("use",       2, 2,  Flags::READ,      |a| bucket::Use::parse(a).map(Command::Use)),
     verb("status",    1, 2,  Flags::READ,      |a| bucket::Status::parse(a).map(Command::Status)),
     verb("ping",      1, 2,  NO_AUTH_WATCH,    |a| Ok(Command::Ping(admin::Ping::parse(a)))),
+    verb("echo",      2, 2,  Flags::NONE,      |a| Ok(Command::Ping(admin::Ping::parse(a)))),
     verb("hello",     1, 7,  Flags::NO_AUTH,   |a| admin::Hello::parse(a).map(Command::Hello)),
     verb("auth",      2, 3,  Flags::NO_AUTH,   |a| admin::Auth::parse(a).map(Command::Auth)),
     verb("quit",      1, 1,  ANYWHERE,         |_| Ok(Command::Quit)),
