@@ -18,9 +18,9 @@
 //! is recorded instead in its active segment's durability mark (the count of
 //! revisions given up below the reservation: no file to create, thousands of
 //! buckets at once), and the next open reads it back from there. The bucket
-//! writes it here before its log leaves that segment: before its first write,
-//! which always starts a new segment (its revision is past the reservation),
-//! or before compaction seals the segment.
+//! writes it here before its log can leave that segment: before its first
+//! write of any kind (one with a revision starts a new segment, its revision
+//! being past the reservation), and before compaction seals the segment.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -184,8 +184,9 @@ impl LostRevisions {
 }
 
 impl super::BucketCore {
-    /// Before the log leaves its active segment (a write, which always starts
-    /// a new one after a skip, or compaction sealing it): writes `lost.revs`
+    /// Before the log can leave its active segment (any write: one with a
+    /// revision starts a new segment after a skip; compaction sealing it):
+    /// writes `lost.revs`
     /// if the revisions the last open skipped are recorded only in that
     /// segment's mark, then lets the log's marks drop them.
     pub(super) fn file_lost_revisions(&self, w: &mut super::Writer) -> Result<()> {

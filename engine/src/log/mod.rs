@@ -628,14 +628,7 @@ impl Log {
         need: u64,
         last_revision: u64,
     ) -> Result<()> {
-        if self.skipped.load(Ordering::Acquire) != 0 {
-            // The active segment's mark is the only record of the revisions
-            // an open gave up: they must be recorded elsewhere first.
-            return Err(Error::Internal(format!(
-                "the log in {} would leave the segment whose mark records skipped revisions",
-                self.dir.display()
-            )));
-        }
+        self.refuse_while_skip_unrecorded("rotate")?;
         let old = Arc::clone(&app.active);
         old.file()?
             .set_len(app.pos)
@@ -741,6 +734,19 @@ impl Log {
 
     fn eager_flag(&self) -> u64 {
         eager_flag(self.cfg.fsync)
+    }
+
+    /// Fails while the active segment's mark is the only record of revisions
+    /// an open gave up ([`Log::skip_in_mark`]): leaving that segment
+    /// (`rotate`) or rewriting its mark (`truncate`) would lose them.
+    fn refuse_while_skip_unrecorded(&self, what: &str) -> Result<()> {
+        if self.skipped.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        Err(Error::Internal(format!(
+            "the log in {} cannot {what}: its active segment's mark is the only record of revisions an open skipped",
+            self.dir.display()
+        )))
     }
 
     /// The flags of this log's marks once recovery is recorded: its policy's,

@@ -96,6 +96,9 @@ fn the_log_leaves_the_segment_only_once_the_skip_is_recorded_elsewhere() {
     let next = reserved_through + 1;
     let refused = put(&log, &mut appender, next);
     assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
+    let end = appender.end();
+    let cut = log.truncate(&mut appender, end);
+    assert!(matches!(cut, Err(Error::Internal(_))), "{cut:?}");
     log.skip_recorded();
     put(&log, &mut appender, next).unwrap();
     let mark = appender.active().mark().unwrap();

@@ -36,6 +36,7 @@ impl Log {
     /// may be half cut until it is reopened.
     pub fn truncate(&self, app: &mut Appender, at: LogPos) -> Result<()> {
         self.commit.check()?;
+        self.refuse_while_skip_unrecorded("truncate")?;
         let end = app.end();
         if at == end {
             return Ok(());

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use logkv::io::CutStyle;
-use logkv::{BucketConfig, FsyncPolicy, Options, Store};
+use logkv::{BucketConfig, FsyncPolicy, Options, Store, WatchEvent, WatchOptions};
 
 use crate::sim::Sim;
 
@@ -345,10 +345,12 @@ fn lost_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 }
 
 /// A store's unclean open records what each bucket skips in the mark of its
-/// active segment, and creates no file for it. The range comes back from
-/// that mark through reopens without a write (a clean close, a change of
-/// policy, a kill, a power cut) and in a checkpoint; the first write, which
-/// starts a new segment, writes `lost.revs` before it.
+/// active segment, and creates no file for it. The range comes back from that
+/// mark through reopens without a write: unclean ones (a second kill, a power
+/// cut, an open that syncs bucket by bucket and writes the mark again), a clean
+/// close, a change of policy, and a checkpoint; a watch resumed inside it
+/// reports `lost`. The first write, which starts a new segment, writes
+/// `lost.revs` before it.
 #[test]
 fn the_skipped_revisions_live_in_the_mark_until_the_first_write() {
     let t = sim(11, SyncWhole::Yes);
@@ -369,6 +371,24 @@ fn the_skipped_revisions_live_in_the_mark_until_the_first_write() {
             "{name}: the open wrote no list"
         );
     }
+    // Unclean reopens: each finds the count in the newest mark (and writes it again).
+    t.kill(store);
+    let store = t.open(Never);
+    assert_eq!(lost_of(&store), skipped, "after a second kill");
+    t.cut(store, CutStyle::LoseAll);
+    let store = t.open(Always);
+    assert_eq!(lost_of(&store), skipped, "after a power cut, under always");
+    t.kill(store);
+    t.fs.without_syncfs();
+    let store = t.open(Never);
+    assert_eq!(lost_of(&store), skipped, "after an open bucket by bucket");
+    t.cut(store, CutStyle::LoseAll);
+    let store = t.open(Never);
+    assert_eq!(
+        lost_of(&store),
+        skipped,
+        "after the mark it wrote and a cut"
+    );
     let copy = t.fs.root().join("copy");
     store.checkpoint(&copy).expect("checkpoint");
     store.close().expect("close");
@@ -381,12 +401,20 @@ fn the_skipped_revisions_live_in_the_mark_until_the_first_write() {
         skipped,
         "after a clean close, under always"
     );
-    t.kill(store);
-    let store = t.open(Never);
-    assert_eq!(lost_of(&store), skipped, "after a kill");
-    t.cut(store, CutStyle::LoseAll);
-    let store = t.open(Never);
-    assert_eq!(lost_of(&store), skipped, "after a power cut");
+    let alpha = store.bucket("alpha").expect("bucket");
+    let inside = skipped["alpha"][0].0 + 1;
+    let from = WatchOptions {
+        from_revision: Some(inside),
+        ..Default::default()
+    };
+    let mut resumed = alpha.watch(">", from).expect("watch");
+    assert!(
+        matches!(
+            resumed.try_next().expect("watch"),
+            Some(WatchEvent::Lost { .. })
+        ),
+        "a watch resumed at {inside}, inside the skipped range"
+    );
     for name in BUCKETS {
         assert!(
             !lost_file(&t.dir, name).exists(),
