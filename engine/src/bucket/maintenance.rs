@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::query::Deleter;
+use super::query::{Deleter, WALK_CHUNK};
 use super::write::Replica;
 use super::BucketCore;
 use crate::entry::{BucketStats, BucketStatus, Op, WriteOp};
@@ -18,6 +18,11 @@ use crate::snapshot;
 /// The shortest time between two index snapshots written because of
 /// compaction.
 pub(crate) const SNAPSHOT_REFRESH: Duration = Duration::from_secs(30);
+
+/// Most expired values the TTL sweep of a bucket whose key order is not built
+/// sorts itself (see [`BucketCore::sweep_without_order`]); past it, the sweep
+/// builds the order and walks it.
+const SWEEP_SORTED_MAX: usize = 1 << 16;
 
 /// When the index snapshot was last written, and whether it is stale.
 #[derive(Debug, Default)]
@@ -113,7 +118,7 @@ impl BucketCore {
         self.check_open()?;
         let now = replica.map_or_else(|| self.now(), |r| r.now_ms);
         let mut deleter = Deleter::new(replica);
-        if self.index.read().expiring() > 0 {
+        if self.index.read().expiring() > 0 && !self.sweep_without_order(now, &mut deleter)? {
             // In key order: the markers get their revisions in that order.
             self.walk_in_chunks(
                 b"",
@@ -141,6 +146,49 @@ impl BucketCore {
         }
         self.age_out(now)?;
         Ok(markers)
+    }
+
+    /// The TTL sweep's markers, when the bucket's key order is not built
+    /// (the order costs memory, and upkeep for every key added once built, and
+    /// nothing else may need it): the expired values are found by walking the
+    /// index's slots, then sorted, so that their markers get their revisions in
+    /// key order, as from the walk in key order, and are written
+    /// [`WALK_CHUNK`] at a time. False, having written nothing, when the order
+    /// is built, or when more than [`SWEEP_SORTED_MAX`] values expired: the
+    /// walk in key order is then the cheaper way.
+    fn sweep_without_order(&self, now: u64, deleter: &mut Deleter<'_>) -> Result<bool> {
+        if self.index.read().key_order_built() {
+            return Ok(false);
+        }
+        let mut expired: Vec<(String, u64)> = Vec::new();
+        let mut too_many = false;
+        self.walk_all_in_chunks(
+            |_, k, r, picked| {
+                if r.op() == Op::Put && r.expired(now) {
+                    picked.push((k.as_str().to_string(), r.revision));
+                }
+            },
+            |picked| {
+                if !too_many {
+                    expired.extend(picked);
+                    too_many = expired.len() > SWEEP_SORTED_MAX;
+                }
+                Ok(())
+            },
+        )?;
+        if too_many {
+            return Ok(false);
+        }
+        expired.sort_unstable();
+        for chunk in expired.chunks(WALK_CHUNK) {
+            let ops = chunk
+                .iter()
+                .map(|(k, rev)| WriteOp::delete_at(k.as_str(), *rev))
+                .collect();
+            let ticket = deleter.chunk(self, ops)?;
+            self.wait_durable(ticket)?;
+        }
+        Ok(true)
     }
 
     /// After a compaction pass: writes the index snapshot again unless one
@@ -397,5 +445,57 @@ mod tests {
             1,
             "the value left after its marker"
         );
+    }
+
+    /// The TTL sweep's markers get their revisions in key order, whether the
+    /// bucket's key order is built or not; when it is not, the sweep does not
+    /// build it for a few expired values, and does for more than it sorts
+    /// itself ([`super::SWEEP_SORTED_MAX`]).
+    #[test]
+    fn the_ttl_sweep_marks_in_key_order_and_builds_the_order_only_for_many() {
+        use std::time::Duration;
+
+        use super::SWEEP_SORTED_MAX;
+        use crate::BucketConfig;
+
+        let few = 3_000u64;
+        // Nine in ten expire: more than the sweep sorts itself.
+        let many = u64::try_from(SWEEP_SORTED_MAX).unwrap() * 10 / 9 + 100;
+        for (keys, build_first, built_after) in
+            [(few, false, false), (few, true, true), (many, false, true)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = ManualClock::new(1_000_000);
+            let store = Store::open(dir.path(), manual_options(&clock)).unwrap();
+            let b = store.create_bucket("b", BucketConfig::default()).unwrap();
+            // Put in an order far from key order; all but every tenth key expire.
+            let mut expiring = Vec::new();
+            for i in 0..keys {
+                let k = format!("k{:06}", (i * 7919) % keys);
+                if i % 10 == 0 {
+                    b.put(&k, "kept").unwrap();
+                } else {
+                    b.put_with_ttl(&k, "v", Duration::from_millis(10)).unwrap();
+                    expiring.push(k);
+                }
+            }
+            if build_first {
+                b.keys(">").unwrap();
+            }
+            assert_eq!(b.core().index.read().key_order_built(), build_first);
+            clock.advance(20);
+            assert_eq!(b.sweep_expired().unwrap(), expiring.len());
+            assert_eq!(
+                b.core().index.read().key_order_built(),
+                built_after,
+                "{keys} keys, the order built before: {build_first}"
+            );
+            expiring.sort();
+            let revisions: Vec<u64> = expiring.iter().map(|k| writers_latest(&store, k)).collect();
+            assert!(
+                revisions.windows(2).all(|w| w[0] + 1 == w[1]),
+                "{keys} keys: the markers' revisions follow key order"
+            );
+        }
     }
 }

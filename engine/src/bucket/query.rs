@@ -15,7 +15,7 @@ use crate::index::{IKey, Index, RecordRef};
 use crate::key::{Glob, Subject};
 
 /// How many keys a long walk looks at per index lock hold.
-const WALK_CHUNK: usize = 4096;
+pub(super) const WALK_CHUNK: usize = 4096;
 
 impl BucketCore {
     /// Loads the records `collect` picks (key and index reference) under one

@@ -187,6 +187,11 @@ impl Index {
             .try_for_each(|(k, r)| f(k, r))
     }
 
+    /// Whether the key order is built (a walk in key order then builds nothing).
+    pub fn key_order_built(&self) -> bool {
+        self.order.get().is_some()
+    }
+
     /// The key order, built now if it is not yet.
     fn order(&self) -> &Order {
         self.order.get_or_init(|| {
