@@ -219,7 +219,11 @@ mod tests {
             eprintln!("skipped: this kernel has no transparent huge pages");
             return;
         }
-        let layout = Layout::from_size_align(ADVISE_FROM * 2, 4096).unwrap();
+        // 64 MiB: above glibc's largest mmap threshold (32 MiB), so each block is
+        // a fresh mapping. A smaller one freed raises the threshold, and the next
+        // came from a heap that other tests' tables had advised: the check that a
+        // deferred block is not advised then failed now and then.
+        let layout = Layout::from_size_align(ADVISE_FROM * 16, 4096).unwrap();
         let alloc = TableAlloc::default();
         let block = alloc.allocate(layout).unwrap();
         let inner = block.as_ptr().cast::<u8>() as usize + ADVISE_FROM;
