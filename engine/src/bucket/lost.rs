@@ -186,9 +186,8 @@ impl LostRevisions {
 impl super::BucketCore {
     /// Before the log can leave its active segment (any write: one with a
     /// revision starts a new segment after a skip; compaction sealing it):
-    /// writes `lost.revs`
-    /// if the revisions the last open skipped are recorded only in that
-    /// segment's mark, then lets the log's marks drop them.
+    /// writes `lost.revs` if the revisions the last open skipped are recorded
+    /// only in that segment's mark, then lets the log's marks drop them.
     pub(super) fn file_lost_revisions(&self, w: &mut super::Writer) -> Result<()> {
         if w.lost_unfiled {
             self.lost.save(self.log.storage(), &self.dir)?;

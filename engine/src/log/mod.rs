@@ -432,9 +432,11 @@ impl Log {
     }
 
     /// After an unclean stop, the revisions its open skipped are recorded
-    /// durably (or it skipped none): marks from now on carry this log's own
-    /// policy's flags. Until then they keep the flag saying that writes were
-    /// visible before durable, if they were before the stop.
+    /// durably (in `lost.revs`, or in the active segment's mark: see
+    /// [`Log::skip_in_mark`]), or it skipped none: marks from now on carry
+    /// this log's own policy's flags, and the count of skipped revisions while
+    /// that mark is their only record. Until then they keep the flag saying
+    /// that writes were visible before durable, if they were before the stop.
     pub fn recovery_recorded(&self) {
         self.commit.set_mark_flags(self.active_flags());
     }
