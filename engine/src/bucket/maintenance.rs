@@ -1,6 +1,7 @@
 //! Upkeep of a bucket: the TTL sweep, aging entries out, the index
 //! snapshot, and the counters and status that describe it.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -161,34 +162,39 @@ impl BucketCore {
             return Ok(false);
         }
         let mut expired: Vec<(String, u64)> = Vec::new();
-        let mut too_many = false;
+        // Past the cap, the rest of the walk only looks (nothing more is copied).
+        let too_many = Cell::new(false);
         self.walk_all_in_chunks(
             |_, k, r, picked| {
-                if r.op() == Op::Put && r.expired(now) {
+                if !too_many.get() && r.op() == Op::Put && r.expired(now) {
                     picked.push((k.as_str().to_string(), r.revision));
                 }
             },
             |picked| {
-                if !too_many {
+                if !too_many.get() {
                     expired.extend(picked);
-                    too_many = expired.len() > SWEEP_SORTED_MAX;
+                    too_many.set(expired.len() > SWEEP_SORTED_MAX);
                 }
                 Ok(())
             },
         )?;
-        if too_many {
+        if too_many.get() {
             return Ok(false);
         }
         expired.sort_unstable();
-        for chunk in expired.chunks(WALK_CHUNK) {
-            let ops = chunk
-                .iter()
-                .map(|(k, rev)| WriteOp::delete_at(k.as_str(), *rev))
+        let mut sorted = expired.into_iter();
+        loop {
+            let ops: Vec<WriteOp> = sorted
+                .by_ref()
+                .take(WALK_CHUNK)
+                .map(|(k, rev)| WriteOp::delete_at(k, rev))
                 .collect();
+            if ops.is_empty() {
+                return Ok(true);
+            }
             let ticket = deleter.chunk(self, ops)?;
             self.wait_durable(ticket)?;
         }
-        Ok(true)
     }
 
     /// After a compaction pass: writes the index snapshot again unless one

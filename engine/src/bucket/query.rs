@@ -177,9 +177,10 @@ impl BucketCore {
     /// other rather than each a cache miss),
     /// [`WALK_CHUNK`] slots per index read-lock hold, as
     /// [`BucketCore::walk_in_chunks`] does. For the max-age sweep, which
-    /// writes no records (it only drops index entries) and runs again: a key
-    /// added during the walk into a slot already passed is left to the next
-    /// one.
+    /// writes no records (it only drops index entries), and for the TTL sweep
+    /// of a bucket whose key order is not built, which sorts what it picks;
+    /// both run again: a key added during the walk into a slot already passed
+    /// is left to the next one.
     pub(super) fn walk_all_in_chunks<T>(
         &self,
         mut pick: impl FnMut(&Index, &IKey, &RecordRef, &mut Vec<T>),

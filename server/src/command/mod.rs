@@ -182,7 +182,7 @@ pub(crate) fn reads_state(s: &Session, args: &[Bytes]) -> bool {
     }
     !matches!(
         spec.name,
-        "ping" | "quit" | "hello" | "auth" | "multi" | "discard" | "exec"
+        "ping" | "echo" | "quit" | "hello" | "auth" | "multi" | "discard" | "exec"
     )
 }
 
