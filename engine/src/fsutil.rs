@@ -2,7 +2,7 @@
 //! snapshot. Every change goes through the storage seam ([`crate::io`]).
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::io::{OpenMode, Storage};
@@ -33,23 +33,9 @@ pub fn create_dir_all_durable(storage: &Storage, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Replaces `path` with `contents` atomically: temp file, fsync, rename, fsync of the directory.
+/// Replaces `path` with `contents` atomically: temp file (`<name>.tmp` beside
+/// it), fsync, rename, fsync of the directory.
 pub fn write_atomic(storage: &Storage, path: &Path, contents: &[u8]) -> Result<()> {
-    let staged = write_beside(storage, path, contents, true)?;
-    staged.rename_into_place(storage)?;
-    sync_dir(storage, staged.dir())
-}
-
-/// Writes `contents` beside `path` under a temporary name, to replace it
-/// later with [`Staged::rename_into_place`]; the copy is fsynced only if
-/// `sync` (otherwise the caller makes it durable before the rename, e.g. with
-/// [`sync_file_systems`], and the rename durable after it).
-pub(crate) fn write_beside(
-    storage: &Storage,
-    path: &Path,
-    contents: &[u8],
-    sync: bool,
-) -> Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path
         .file_name()
@@ -60,36 +46,10 @@ pub(crate) fn write_beside(
     let io = |e| Error::io(&tmp, e);
     let f = storage.open(&tmp, OpenMode::Create).map_err(io)?;
     f.write_all_at(contents, 0).map_err(io)?;
-    if sync {
-        f.sync_all().map_err(io)?;
-    }
+    f.sync_all().map_err(io)?;
     drop(f);
-    Ok(Staged {
-        tmp,
-        path: path.to_path_buf(),
-    })
-}
-
-/// A file's new contents written beside it (see [`write_beside`]).
-#[derive(Debug)]
-pub(crate) struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
-}
-
-impl Staged {
-    /// The directory of the file.
-    pub(crate) fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
-
-    /// Renames the new contents over the file (not synced: the directory's
-    /// sync, or the file system's, makes the rename durable).
-    pub(crate) fn rename_into_place(&self, storage: &Storage) -> Result<()> {
-        storage
-            .rename(&self.tmp, &self.path)
-            .map_err(|e| Error::io(&self.path, e))
-    }
+    storage.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_dir(storage, dir)
 }
 
 /// Makes durable everything written so far to the file systems holding

@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, write_atomic, write_beside, Staged};
+use crate::fsutil::{sync_dir, write_atomic};
 use crate::io::{OpenMode, Storage};
 
 /// The file of lost revision ranges in a bucket directory.
@@ -88,25 +88,6 @@ impl LostRevisions {
     /// Writes the file (atomically and durably) as the ranges stand.
     pub(crate) fn save(&self, storage: &Storage, dir: &Path) -> Result<()> {
         write_atomic(storage, &dir.join(LOST_FILE), self.encode().as_bytes())
-    }
-
-    /// Records that revisions `first..=last` were lost, in a copy of the file
-    /// written beside it and not synced: the caller makes the copy durable,
-    /// renames it into place ([`Staged::rename_into_place`]) and makes the
-    /// rename durable, before the bucket gives out a revision. `None`: nothing
-    /// to record.
-    pub(crate) fn add_staged(
-        &mut self,
-        storage: &Storage,
-        dir: &Path,
-        first: u64,
-        last: u64,
-    ) -> Result<Option<Staged>> {
-        if !self.merge(first, last) {
-            return Ok(None);
-        }
-        let path = dir.join(LOST_FILE);
-        write_beside(storage, &path, self.encode().as_bytes(), false).map(Some)
     }
 
     /// Makes the bucket's file durable as it is, if it exists: after an

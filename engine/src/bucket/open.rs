@@ -16,7 +16,6 @@ use super::pending::Pending;
 use super::{effective_expiry, BucketCore, CompactionStats, Writer};
 use crate::config::{BucketConfig, Options};
 use crate::error::{Error, Result};
-use crate::fsutil::Staged;
 use crate::fsync::FsyncPolicy;
 use crate::index::{Index, RecordRef};
 use crate::io::Storage;
@@ -53,12 +52,9 @@ pub(crate) struct Recovered {
 enum Awaiting {
     /// Nothing: its open made everything durable itself, or the stop was clean.
     Nothing,
-    /// The file system's sync of what recovery read, and of `lost`, the new
-    /// list of lost revisions written beside the old one (only when the
-    /// skipped range is too long for the mark's count, which the reservation
-    /// rules out: it is normally recorded in the mark).
-    DataSync { lost: Option<Staged> },
-    /// The file system's sync of the mark and of the list's rename.
+    /// The file system's sync of what recovery read.
+    DataSync,
+    /// The file system's sync of the mark (which holds the revisions skipped).
     MarkSync,
 }
 
@@ -66,7 +62,7 @@ impl Awaiting {
     fn name(&self) -> &'static str {
         match self {
             Awaiting::Nothing => "nothing",
-            Awaiting::DataSync { .. } => "the sync of what recovery read",
+            Awaiting::DataSync => "the sync of what recovery read",
             Awaiting::MarkSync => "the sync of its mark",
         }
     }
@@ -76,7 +72,7 @@ impl Recovered {
     /// Whether the store must sync the file system of this bucket's directory,
     /// then call [`Recovered::data_synced`], then sync it again.
     pub(crate) fn awaits_sync(&self) -> bool {
-        matches!(self.awaiting, Awaiting::DataSync { .. })
+        matches!(self.awaiting, Awaiting::DataSync)
     }
 
     /// What recovery found.
@@ -95,22 +91,19 @@ impl Recovered {
     }
 
     /// The store has synced the file system since this bucket was recovered:
-    /// writes the log's mark and puts the list of lost revisions in place,
-    /// both for the store's next sync of the file system.
+    /// writes the log's mark (with the revisions skipped, if any) for the
+    /// store's next sync of the file system.
     pub(crate) fn data_synced(&mut self) -> Result<()> {
-        let Awaiting::DataSync { lost } = &self.awaiting else {
+        if !matches!(self.awaiting, Awaiting::DataSync) {
             return Err(self.out_of_turn("the data synced"));
-        };
-        self.core.log.synced_by_caller()?;
-        if let Some(staged) = lost {
-            staged.rename_into_place(self.core.log.storage())?;
         }
+        self.core.log.synced_by_caller()?;
         self.awaiting = Awaiting::MarkSync;
         Ok(())
     }
 
     /// The store has synced the file system again since
-    /// [`Recovered::data_synced`]: the mark and the list are durable.
+    /// [`Recovered::data_synced`]: the mark is durable.
     pub(crate) fn marks_synced(&mut self) -> Result<()> {
         if !matches!(self.awaiting, Awaiting::MarkSync) {
             return Err(self.out_of_turn("the mark synced"));
@@ -195,7 +188,6 @@ impl BucketCore {
         }
         let mut next_rev = last.max(lost_list.highest()) + 1;
         let mut skipped = None;
-        let mut staged = None;
         let reserved = opened.reserved_through;
         if opened.unclean && opened.eager_before && !opts.replicated && reserved >= next_rev {
             // Writes were visible before they were durable, and the stop was
@@ -210,8 +202,9 @@ impl BucketCore {
             );
             skipped = Some((next_rev, reserved));
             // Recorded in the mark the store's sync makes durable, when the
-            // count fits (it always does: a segment reserves 2^24 revisions
-            // past its first batch); else in `lost.revs`, beside the old list.
+            // store syncs and the count fits (it always does: a segment
+            // reserves 2^24 revisions past its first batch); else in
+            // `lost.revs`, durable now.
             let in_mark = u32::try_from(reserved - next_rev + 1)
                 .ok()
                 .filter(|_| opened.awaiting_sync);
@@ -219,15 +212,13 @@ impl BucketCore {
                 opened.log.skip_in_mark(count)?;
                 lost_list.note(next_rev, reserved);
                 lost_unfiled = true;
-            } else if opened.awaiting_sync {
-                staged = lost_list.add_staged(&opts.storage, dir, next_rev, reserved)?;
             } else {
                 lost_list.add(&opts.storage, dir, next_rev, reserved)?;
             }
             next_rev = reserved + 1;
         }
         let awaiting = if opened.awaiting_sync {
-            Awaiting::DataSync { lost: staged }
+            Awaiting::DataSync
         } else {
             if opened.unclean && skipped.is_none() {
                 // The list this open read may be the page cache's only.

@@ -135,9 +135,9 @@ impl BucketCore {
     /// Walks the keys starting with `prefix` in order, [`WALK_CHUNK`] keys per
     /// index read-lock hold: `pick` sees each key and its latest revision under
     /// the lock, `act` gets each chunk's picks once the lock is released. Long
-    /// walks (DELGLOB, the TTL sweep) never hold the lock for long, but for the first chunk
-    /// of a bucket whose key order is not built yet: it builds it (see
-    /// `Index`).
+    /// walks (DELGLOB, the TTL sweep of a mass expiry) never hold the lock for
+    /// long, but for the first chunk of a bucket whose key order is not built
+    /// yet: it builds it (see `Index`).
     pub(super) fn walk_in_chunks<T>(
         &self,
         prefix: &[u8],
