@@ -240,10 +240,10 @@ impl BucketCore {
     /// encoded under its read lock together with the published log end (the
     /// writer publishes under the write lock, so the two agree); the log is
     /// made durable up to that end before the snapshot is saved, so it never
-    /// names records a crash could lose. Writers wait only for the encoding
-    /// (and, if nothing has needed the index's key order since the bucket
-    /// opened, for its build: the encoding walks it), never for the fsync or
-    /// the file write.
+    /// names records a crash could lose. Writers wait only for the encoding,
+    /// never for the fsync or the file write, nor for the key order's build
+    /// (the encoding walks the order: if nothing has needed it since the
+    /// bucket opened, it is built first, off the lock).
     pub(crate) fn write_snapshot(&self) -> Result<()> {
         // One writer at a time (the background thread's refresh and a pass run
         // by hand may meet): two would share the temporary file, and the state
@@ -338,6 +338,8 @@ impl BucketCore {
             snapshot::remove(self.log.storage(), &self.dir)?;
             return Ok(None);
         }
+        // The encoding walks the keys in order: built first, off the lock.
+        self.ensure_key_order();
         let (bytes, coverage) = {
             let ix = self.index.read();
             let (end, last_revision) = self.hub.published();

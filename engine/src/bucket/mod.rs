@@ -109,6 +109,9 @@ pub(crate) struct BucketCore {
     hub: WatchHub,
     /// Serialises compaction passes.
     compacting: Mutex<()>,
+    /// Serialises builds of the index's key order (see
+    /// [`BucketCore::ensure_key_order`]).
+    building_order: Mutex<()>,
     /// Compact a sealed segment once this share of its bytes is dead.
     compact_dead_ratio: f64,
     /// A log smaller than this gets no index snapshot (`Options::snapshot_min_bytes`).

@@ -18,6 +18,26 @@ use crate::key::{Glob, Subject};
 pub(super) const WALK_CHUNK: usize = 4096;
 
 impl BucketCore {
+    /// Builds the index's key order if it is not built yet, holding the index
+    /// lock only to copy the keys (read) and to install the order (write), not
+    /// while it sorts them (see `index/order_build.rs`). Every read in key
+    /// order calls this before it takes the read lock: otherwise the first of
+    /// a large bucket would build the order under that lock, with writers
+    /// waiting.
+    pub(super) fn ensure_key_order(&self) {
+        if self.index.read().key_order_built() {
+            return;
+        }
+        // One build at a time: an ordered read meanwhile waits here for the
+        // order, without holding the index lock.
+        let _one = self.building_order.lock();
+        let Some(build) = self.index.read().begin_order_build() else {
+            return;
+        };
+        let sorted = build.sort();
+        self.index.write().install_order(sorted);
+    }
+
     /// Loads the records `collect` picks (key and index reference) under one
     /// index lock hold, reading them after the lock is released.
     fn load_many(
@@ -41,6 +61,9 @@ impl BucketCore {
         self.check_open()?;
         let subject = Subject::new(pattern)?;
         let now = self.now();
+        if !subject.is_literal() {
+            self.ensure_key_order();
+        }
         let ix = self.index.read();
         if subject.is_literal() {
             // One key: a point lookup, not a walk of the key order.
@@ -65,6 +88,9 @@ impl BucketCore {
         self.check_open()?;
         let subject = Subject::new(pattern)?;
         let now = self.now();
+        if !subject.is_literal() {
+            self.ensure_key_order();
+        }
         let mut out = self.load_many(|ix| {
             let mut picked = Vec::new();
             if subject.is_literal() {
@@ -98,6 +124,7 @@ impl BucketCore {
         let now = self.now();
         let limit = if limit == 0 { usize::MAX } else { limit };
         let prefix = glob.literal_prefix();
+        self.ensure_key_order();
         self.load_many(|ix| {
             ix.prefixed(prefix.as_bytes())
                 .filter(|(k, r)| r.live(now) && glob.matches(k.as_str()))
@@ -136,14 +163,15 @@ impl BucketCore {
     /// index read-lock hold: `pick` sees each key and its latest revision under
     /// the lock, `act` gets each chunk's picks once the lock is released. Long
     /// walks (DELGLOB, the TTL sweep of a mass expiry) never hold the lock for
-    /// long, but for the first chunk of a bucket whose key order is not built
-    /// yet: it builds it (see `Index`).
+    /// long; nor does the key order's build, if the walk needs it
+    /// ([`BucketCore::ensure_key_order`]).
     pub(super) fn walk_in_chunks<T>(
         &self,
         prefix: &[u8],
         mut pick: impl FnMut(&Index, &IKey, &RecordRef, &mut Vec<T>),
         mut act: impl FnMut(Vec<T>) -> Result<()>,
     ) -> Result<()> {
+        self.ensure_key_order();
         let mut cursor: Option<Vec<u8>> = None;
         loop {
             let (picked, last) = {
@@ -242,6 +270,7 @@ impl BucketCore {
         }
         let now = self.now();
         let mut next = None;
+        self.ensure_key_order();
         let entries = self.load_many(|ix| {
             let lo = from.map_or(Bound::Unbounded, |f| Bound::Included(f.as_bytes()));
             let hi = to.map_or(Bound::Unbounded, |t| Bound::Excluded(t.as_bytes()));

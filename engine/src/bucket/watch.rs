@@ -143,6 +143,9 @@ impl Watch {
         core.check_open()?;
         let subject = Subject::new(pattern)?;
         let now = core.now();
+        if !opts.updates_only || opts.from_revision.is_some() {
+            core.ensure_key_order();
+        }
         let (initial, end, revision, segments) = {
             let ix = core.index.read();
             let (end, revision) = core.hub.published();

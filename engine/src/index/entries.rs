@@ -136,6 +136,14 @@ impl Entries {
         self.get(slot).key.as_bytes()
     }
 
+    /// The key in `slot`, if the slot holds an entry.
+    pub fn live_key(&self, slot: u32) -> Option<&[u8]> {
+        self.slab
+            .get(slot as usize)
+            .filter(|e| e.rec.revision != 0)
+            .map(|e| e.key.as_bytes())
+    }
+
     /// The hash of `key` in the table.
     #[inline]
     pub fn hash(&self, key: &[u8]) -> u64 {

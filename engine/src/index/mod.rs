@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `entries.rs` | one entry per key (key + latest revision) in a slab of `u32` slots, and a hash table of slots (two, by one bit of the hash, built at once on two threads): O(1) point lookups |
 //! | `order.rs` | the same slots in key order (sorted blocks): ranges, prefixes; built on first use |
+//! | `order_build.rs` | building the order with the index lock held only to copy the keys and to install it |
 //! | `sort.rs` | the slots put in key order for that build: the run already in order kept, the rest sorted by key hints and merged in |
 //! | `history.rs` | older revisions (history > 1), in a side slab |
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
@@ -26,6 +27,7 @@ mod entries;
 mod history;
 mod key;
 mod order;
+mod order_build;
 mod pages;
 mod placed;
 mod record;
@@ -43,6 +45,7 @@ use self::history::History;
 pub(crate) use self::key::copy_bytes;
 pub use self::key::IKey;
 use self::order::{Order, Pos};
+pub use self::order_build::{OrderBuild, SortedOrder};
 pub use self::placed::Placed;
 pub use self::record::RecordRef;
 use crate::log::record::Op;
@@ -61,6 +64,9 @@ pub struct Index {
     /// lookup never reads, and a load of keys in random order sorts them
     /// once instead of searching a block for each (a fifth of its CPU).
     order: OnceLock<Order>,
+    /// The slots whose key changed since a build of the order outside the
+    /// lock began (`order_build.rs`); `None` when none is under way.
+    changes: parking_lot::Mutex<Option<order_build::Changes>>,
     history: History,
     /// Revisions retained, history included.
     values: u64,
@@ -320,6 +326,7 @@ impl Index {
         let is_put = u64::from(new.op() == Op::Put);
         let Some(slot) = self.entries.find_hashed(key, hash) else {
             let slot = self.entries.insert(key, hash, new);
+            self.note_key_changed(slot);
             let Index { entries, order, .. } = self;
             if let Some(order) = order.get_mut() {
                 order.insert(key, slot, |s| entries.key(s));
@@ -386,6 +393,7 @@ impl Index {
                 order.remove(key, |s| entries.key(s));
             }
             self.entries.remove(slot);
+            self.note_key_changed(slot);
             self.put_keys -= u64::from(latest.op() == Op::Put);
             self.retire(latest.bare(), removed);
             return;

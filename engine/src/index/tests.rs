@@ -409,6 +409,14 @@ enum Step {
         from: u16,
         n: usize,
     },
+    /// Begins a build of the key order off the lock (`order_build.rs`): the
+    /// steps until it is finished change the keys under it.
+    BeginOrderBuild,
+    /// Sorts and installs one of the builds begun (only the last one begun
+    /// takes, and only if no ordered read built the order meanwhile).
+    FinishOrderBuild {
+        pick: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -421,6 +429,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..700u16, 0..4usize, 4..8u32, any::<bool>())
             .prop_map(|(key, pick, to, bogus)| Step::Relocate { key, pick, to, bogus }),
         1 => (0..700u16, 1..50usize).prop_map(|(from, n)| Step::Scan { from, n }),
+        1 => Just(Step::BeginOrderBuild),
+        1 => (0..4usize).prop_map(|pick| Step::FinishOrderBuild { pick }),
     ]
 }
 
@@ -556,6 +566,7 @@ proptest! {
             m.keys.iter().map(|(k, v)| (IKey::new(k), v.clone())),
         );
         ix.dead.clone_from(&m.dead);
+        let mut builds: Vec<OrderBuild> = Vec::new();
         for s in steps {
             let (mut got, mut want) = (Vec::new(), Vec::new());
             match s {
@@ -608,11 +619,31 @@ proptest! {
                     prop_assert!(ix.order.get().is_some());
                     order_holds(&ix)?;
                 }
+                Step::BeginOrderBuild => builds.extend(ix.begin_order_build()),
+                Step::FinishOrderBuild { pick } => {
+                    if !builds.is_empty() {
+                        let at = pick % builds.len();
+                        let newest = at + 1 == builds.len();
+                        let built_before = ix.key_order_built();
+                        ix.install_order(builds.remove(at).sort());
+                        if newest && !built_before {
+                            prop_assert!(ix.key_order_built(), "the newest build installs");
+                        }
+                        if !newest {
+                            prop_assert_eq!(ix.key_order_built(), built_before, "a stale build installs nothing");
+                        }
+                        order_holds(&ix)?;
+                    }
+                }
             }
             // What left the index, in whatever order it says so.
             got.sort_by_key(|r| r.revision);
             want.sort_by_key(|r| r.revision);
             prop_assert_eq!(got, want);
+        }
+        for b in builds.drain(..).rev() {
+            ix.install_order(b.sort());
+            order_holds(&ix)?;
         }
         same_as_model(&ix, &m)?;
         order_holds(&ix)?;
