@@ -1919,6 +1919,57 @@ fn scan_paging_under_concurrent_writes() {
     assert!(stable_or_churned);
 }
 
+#[test]
+fn the_key_order_built_while_keys_are_added_lists_every_key() {
+    const N: u32 = 30_000;
+    let env = Env::new();
+    let b = env.bucket("order", history(1));
+    // Loaded out of key order, so that building the order sorts.
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        let ops: Vec<WriteOp> = chunk
+            .iter()
+            .map(|&i| WriteOp::put(format!("k.{:06}", i * 7919 % N), "v"))
+            .collect();
+        b.write(&ops).unwrap();
+    }
+    assert!(!b.key_order_built(), "point writes never build it");
+    let stop = AtomicBool::new(false);
+    let added = std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            // New keys, each landing among the old ones in key order, and
+            // deletes of old keys, while the order is built.
+            let mut n = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                b.put(&format!("k.{:06}.new", n * 13 % N), "n").unwrap();
+                b.delete(&format!("k.{n:06}")).unwrap();
+                n += 1;
+            }
+            n
+        });
+        // Let the writer start, then build (on this thread, as a server's
+        // blocking pool would).
+        while b.stats().last_revision < u64::from(N) + 10 {
+            std::thread::yield_now();
+        }
+        b.build_key_order();
+        stop.store(true, Ordering::Release);
+        writer.join().unwrap()
+    });
+    assert!(b.key_order_built());
+    let mut want = BTreeSet::new();
+    for i in added..N {
+        want.insert(format!("k.{i:06}"));
+    }
+    for n in 0..added {
+        want.insert(format!("k.{:06}.new", n * 13 % N));
+    }
+    let got = b.keys(">").unwrap();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    let page = b.scan(Some("k.000100"), None, 3).unwrap();
+    assert!(page.entries.windows(2).all(|w| w[0].key < w[1].key));
+}
+
 // ---------------------------------------------------------------------------
 // Concurrency
 

@@ -287,6 +287,16 @@ impl Order {
         Some(slot)
     }
 
+    /// Replaces every slot `s` in the order by `map(s)` (a slot that holds
+    /// the same key).
+    pub(super) fn map_slots(&mut self, map: impl Fn(u32) -> u32) {
+        for block in &mut self.blocks {
+            for s in &mut block.slots {
+                *s = map(*s);
+            }
+        }
+    }
+
     /// The order of `slots`, each a different key, in any order (put in key
     /// order by `sort.rs`). `ask(slot)` starts loading a slot's key into the
     /// CPU cache, ahead of reading it (see [`crate::prefetch`]).

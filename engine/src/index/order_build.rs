@@ -1,35 +1,44 @@
 //! Building the key order (`order.rs`) with the index lock held only to copy
-//! the keys and to install the result.
+//! keys and to install the result.
 //!
 //! Built inside an ordered read, the order holds the index's read lock for
 //! the whole build: about 0.12 s for a million keys loaded in random order,
 //! while every write waits (and, since a waiting writer goes first, every
-//! new reader too). A bucket builds it in three steps instead:
+//! new reader too). A bucket builds it in steps instead:
 //!
-//! 1. [`Index::begin_order_build`], under the read lock: copies the live
-//!    keys, in slot order, into one buffer (a walk of the slab in memory
-//!    order), and starts noting the slots whose key changes: a key added, a
-//!    key removed.
-//! 2. [`OrderBuild::sort`], without the lock: puts the copied keys in key
-//!    order and builds the order's blocks and hints from them.
-//! 3. [`Index::install_order`], under the write lock: takes out the slots
-//!    noted (found by their copied keys, which the order was built from),
-//!    puts back those live now (by the keys they hold now), and keeps the
-//!    order. Only the changes made during the sort are searched for.
+//! 1. [`Index::begin_order_build`] starts noting the slots whose key
+//!    changes (a key added, a key removed); [`OrderBuild::copy_keys`], under
+//!    the read lock a chunk of slots at a time, copies the live keys in slot
+//!    order (a walk of the slab in memory order). A slot that changes before
+//!    its chunk is copied is copied as it is then, and noted too: the
+//!    catch-up below takes it out and puts it back, the same key.
+//! 2. [`OrderBuild::sort`], without the lock: puts the copies in key order
+//!    and builds the order's blocks and hints from them.
+//! 3. Catching up, as often as it takes: [`Index::changes_since`], under the
+//!    read lock, takes the slots noted so far with the keys they hold now;
+//!    [`SortedOrder::catch_up`], without the lock, takes each out of the
+//!    order and puts it back with its key now. Each round has the changes of
+//!    a shorter time to apply than the one before.
+//! 4. [`Index::install_order`], under the write lock: applies the last few
+//!    changes the same way and keeps the order.
 //!
 //! A build began on an index that has since been replaced, or overtaken by
-//! another, is dropped at install: each build has its own ticket.
+//! another, is dropped: each build has its own ticket.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::key::IKey;
 use super::order::Order;
-use super::Index;
+use super::{slot_of, Index};
+use crate::prefetch;
 
 /// The next build's ticket (unique in the process, so a build never matches
 /// the changes noted for another, on any index).
 static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
 
-/// Slots whose key changed since the build `ticket` began.
+/// Slots whose key changed since the build `ticket` began (or since its last
+/// catch-up).
 pub(super) struct Changes {
     ticket: u64,
     slots: Vec<u32>,
@@ -38,55 +47,132 @@ pub(super) struct Changes {
 /// The live keys of an index, copied to build its key order without its lock.
 pub struct OrderBuild {
     ticket: u64,
+    /// The first slot not copied yet.
+    next: u32,
     /// The live slots when the copy was made, ascending.
     slots: Vec<u32>,
-    /// Where each slot's key is in `ends` (`u32::MAX`: no key then).
-    pos_of: Vec<u32>,
-    /// The keys, one after the other, in slot order.
-    keys: Vec<u8>,
-    /// The end of each key in `keys` (it starts at the end of the one before).
-    ends: Vec<usize>,
+    /// `keys[i]`: the key of `slots[i]` then.
+    keys: Vec<IKey>,
 }
 
-/// An order built from an [`OrderBuild`]'s keys, for [`Index::install_order`].
+/// The order built from an [`OrderBuild`]'s keys, to catch up with the
+/// changes made since and install ([`Index::install_order`]).
 pub struct SortedOrder {
     build: OrderBuild,
     order: Order,
+    /// The slots changed since the copy, with the key the order holds each
+    /// under now (`None`: not in the order).
+    since: HashMap<u32, Option<IKey>>,
+}
+
+/// The slots changed since a build began (or since its last catch-up), each
+/// with its key now (`None`: free now).
+pub struct OrderChanges {
+    changed: Vec<(u32, Option<IKey>)>,
+}
+
+impl OrderChanges {
+    /// How many slots changed.
+    pub fn len(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Whether none did.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty()
+    }
 }
 
 impl OrderBuild {
-    /// The key `slot` held when the copy was made (empty if none).
-    fn key(&self, slot: u32) -> &[u8] {
-        let Some(&pos) = self.pos_of.get(slot as usize) else {
-            return &[];
+    /// Copies the live keys of the next `max` slots of `ix`, the index the
+    /// build began on, held under its read lock; true once every slot is
+    /// copied.
+    pub fn copy_keys(&mut self, ix: &Index, max: u32) -> bool {
+        let end = ix.entries.slots();
+        let to = self.next.saturating_add(max).min(end);
+        for (slot, entry) in ix.entries.in_slots(self.next..to) {
+            self.slots.push(slot);
+            self.keys.push(entry.key.clone());
+        }
+        self.next = to;
+        to >= end
+    }
+
+    /// Builds the order of the copied keys (all of them: see
+    /// [`OrderBuild::copy_keys`]). Takes no lock: the slow part.
+    pub fn sort(self) -> SortedOrder {
+        let keys = &self.keys;
+        let key_of = |p: u32| keys.get(p as usize).map_or(&[][..], IKey::as_bytes);
+        let ask = |p: u32| {
+            if let Some(k) = keys.get(p as usize) {
+                prefetch::value(k);
+            }
         };
-        let pos = pos as usize;
-        let start = pos.checked_sub(1).and_then(|p| self.ends.get(p)).copied();
-        let end = self.ends.get(pos).copied();
-        match (start.unwrap_or(0), end) {
-            (start, Some(end)) => self.keys.get(start..end).unwrap_or_default(),
-            _ => &[],
+        // Sorted by position in the copy (one array: no slab to miss in),
+        // then each position turned into its slot.
+        let positions: Vec<u32> = (0..slot_of(keys.len())).collect();
+        let mut order = Order::of_slots(&positions, key_of, ask);
+        let slots = &self.slots;
+        order.map_slots(|p| slots.get(p as usize).copied().unwrap_or(u32::MAX));
+        SortedOrder {
+            build: self,
+            order,
+            since: HashMap::new(),
         }
     }
+}
 
-    /// Whether `slot` held a key when the copy was made.
-    fn had_key(&self, slot: u32) -> bool {
-        self.pos_of
-            .get(slot as usize)
-            .is_some_and(|&p| p != u32::MAX)
+impl SortedOrder {
+    /// Brings the order up to date with `changes`. Takes no lock.
+    pub fn catch_up(&mut self, changes: OrderChanges) {
+        let SortedOrder {
+            build,
+            order,
+            since,
+        } = self;
+        // Taken out first, by the keys the order holds them under: until
+        // every changed slot is out, a slot's key now may not be its key there.
+        for &(slot, _) in &changes.changed {
+            if let Some(key) = held_key(build, since, slot).map(IKey::new) {
+                order.remove(key.as_bytes(), |s| {
+                    held_key(build, since, s).unwrap_or_default()
+                });
+                since.insert(slot, None);
+            }
+        }
+        for (slot, now) in changes.changed {
+            if let Some(key) = now {
+                since.insert(slot, Some(key.clone()));
+                order.insert(key.as_bytes(), slot, |s| {
+                    held_key(build, since, s).unwrap_or_default()
+                });
+            }
+        }
     }
+}
 
-    /// Builds the order of the copied keys. Takes no lock: the slow part.
-    pub fn sort(self) -> SortedOrder {
-        let order = Order::of_slots(&self.slots, |s| self.key(s), |_| {});
-        SortedOrder { build: self, order }
+/// The key the order holds `slot` under: its key now if it changed since the
+/// copy (`since`), else its copied key; `None` if the order does not hold it.
+fn held_key<'a>(
+    build: &'a OrderBuild,
+    since: &'a HashMap<u32, Option<IKey>>,
+    slot: u32,
+) -> Option<&'a [u8]> {
+    match since.get(&slot) {
+        Some(now) => now.as_ref().map(IKey::as_bytes),
+        None => build
+            .slots
+            .binary_search(&slot)
+            .ok()
+            .and_then(|p| build.keys.get(p))
+            .map(IKey::as_bytes),
     }
 }
 
 impl Index {
-    /// Starts building the key order (see the module's doc): copies the live
-    /// keys and notes, from now on, the slots whose key changes. `None` when
-    /// the order is built already.
+    /// Starts building the key order (see the module's doc): notes, from now
+    /// on, the slots whose key changes; the keys are copied next
+    /// ([`OrderBuild::copy_keys`]). `None` when the order is built already.
     pub fn begin_order_build(&self) -> Option<OrderBuild> {
         if self.key_order_built() {
             return None;
@@ -97,55 +183,51 @@ impl Index {
             slots: Vec::new(),
         });
         let n = self.entries.len();
-        let slot_count = self.entries.slots();
-        let mut build = OrderBuild {
+        Some(OrderBuild {
             ticket,
+            next: 0,
             slots: Vec::with_capacity(n),
-            pos_of: vec![u32::MAX; slot_count as usize],
-            keys: Vec::new(),
-            ends: Vec::with_capacity(n),
-        };
-        for (slot, entry) in self.entries.in_slots(0..slot_count) {
-            if let Some(pos) = build.pos_of.get_mut(slot as usize) {
-                *pos = super::slot_of(build.slots.len());
-            }
-            build.slots.push(slot);
-            build.keys.extend_from_slice(entry.key.as_bytes());
-            build.ends.push(build.keys.len());
-        }
-        Some(build)
+            keys: Vec::with_capacity(n),
+        })
     }
 
-    /// Keeps the order `sorted`, brought up to date with the keys added and
-    /// removed since its build began. Does nothing if the order was built
-    /// meanwhile, or if another build began since (or the index is not the
-    /// one the build began on).
-    pub fn install_order(&mut self, sorted: SortedOrder) {
-        let SortedOrder { build, mut order } = sorted;
-        let Some(changes) = self.changes.get_mut().take_if(|c| c.ticket == build.ticket) else {
-            return;
-        };
+    /// The slots changed since `sorted`'s build began (or its last catch-up),
+    /// with their keys now; from now on only later changes are noted. `None`
+    /// if the build is moot: the order was built meanwhile, or another build
+    /// began (or the index is not the one the build began on).
+    pub fn changes_since(&self, sorted: &SortedOrder) -> Option<OrderChanges> {
         if self.key_order_built() {
-            return;
+            return None;
         }
-        let mut slots = changes.slots;
+        let mut slots = {
+            let mut noted = self.changes.lock();
+            let ours = noted.as_mut().filter(|c| c.ticket == sorted.build.ticket)?;
+            std::mem::take(&mut ours.slots)
+        };
         slots.sort_unstable();
         slots.dedup();
-        // Taken out first, by the keys the order was built from: until every
-        // changed slot is out, a slot's key in the order may not be its key now.
-        for &slot in &slots {
-            if build.had_key(slot) {
-                order.remove(build.key(slot), |s| build.key(s));
-            }
-        }
-        let entries = &self.entries;
-        for &slot in &slots {
-            if let Some(key) = entries.live_key(slot) {
-                order.insert(key, slot, |s| entries.key(s));
-            }
-        }
+        Some(OrderChanges {
+            changed: slots
+                .into_iter()
+                .map(|s| (s, self.entries.live_key(s).map(IKey::new)))
+                .collect(),
+        })
+    }
+
+    /// Keeps the order `sorted` holds (taken out of it), brought up to date
+    /// with the changes made since its last catch-up. Does nothing if the
+    /// order was built meanwhile, or if another build began since (or the
+    /// index is not the one the build began on). The copied keys stay in
+    /// `sorted`: freeing them (a million keys: milliseconds) is left to the
+    /// caller, once the lock is released.
+    pub fn install_order(&mut self, sorted: &mut SortedOrder) {
+        let Some(changes) = self.changes_since(sorted) else {
+            return;
+        };
+        *self.changes.get_mut() = None;
+        sorted.catch_up(changes);
         // Not built since (checked above, under the same lock).
-        let _ = self.order.set(order);
+        let _ = self.order.set(std::mem::take(&mut sorted.order));
     }
 
     /// Notes that the key in `slot` changed (added or removed), for a build
@@ -170,6 +252,7 @@ mod tests {
     use std::ops::Bound;
 
     use super::super::{Index, RecordRef};
+    use super::OrderBuild;
     use crate::log::record::Op;
 
     fn put(ix: &mut Index, key: &[u8], revision: u64) {
@@ -177,9 +260,16 @@ mod tests {
         ix.apply(key, r, 1, &mut Vec::new());
     }
 
+    /// A build begun and its keys copied.
+    fn copied(ix: &Index) -> OrderBuild {
+        let mut build = ix.begin_order_build().expect("not built yet");
+        while !build.copy_keys(ix, 64) {}
+        build
+    }
+
     fn key(i: u32) -> Vec<u8> {
         // Short keys (inline) and long ones (on the heap), loaded out of order.
-        let stem = if i % 3 == 0 {
+        let stem = if i.is_multiple_of(3) {
             "user.profile.long.enough.for.the.heap"
         } else {
             "k"
@@ -197,7 +287,12 @@ mod tests {
             model.insert(key(i));
             revision += 1;
         }
-        let build = ix.begin_order_build().expect("not built yet");
+        let mut build = ix.begin_order_build().expect("not built yet");
+        // Copied in chunks, a key removed between two (after its chunk).
+        assert!(!build.copy_keys(&ix, 1_000));
+        ix.drop_oldest_while(&key(2), |_| true, &mut Vec::new());
+        model.remove(&key(2));
+        while !build.copy_keys(&ix, 1_000) {}
         // While it sorts: keys removed (their slots then reused by new keys),
         // a key removed and put again, keys added past the copied slots.
         for i in (0..3_000).step_by(7) {
@@ -212,7 +307,23 @@ mod tests {
         ix.drop_oldest_while(&key(1), |_| true, &mut Vec::new());
         put(&mut ix, &key(1), revision);
         assert!(!ix.key_order_built(), "nothing built it meanwhile");
-        ix.install_order(build.sort());
+        let mut sorted = build.sort();
+        let changes = ix.changes_since(&sorted).expect("still the build");
+        // The slot of key 2 (reused by a new key), 429 more freed and reused,
+        // 170 new slots, and the slot of key 1: each changed slot once.
+        assert_eq!(changes.len(), 601);
+        sorted.catch_up(changes);
+        // Changes after a catch-up: the install applies them.
+        for i in (1..3_000).step_by(11) {
+            ix.drop_oldest_while(&key(i), |_| true, &mut Vec::new());
+            model.remove(&key(i));
+        }
+        for i in 4_000..4_100 {
+            put(&mut ix, &key(i), revision);
+            model.insert(key(i));
+            revision += 1;
+        }
+        ix.install_order(&mut sorted);
         assert!(ix.key_order_built());
         let order = ix.order.get().expect("installed");
         assert_eq!(order.check(|s| ix.entries.key(s)), Ok(()));
@@ -231,12 +342,12 @@ mod tests {
         for i in 0..100 {
             put(&mut ix, &key(i), u64::from(i) + 1);
         }
-        let first = ix.begin_order_build().expect("not built yet");
-        let second = ix.begin_order_build().expect("not built yet");
-        ix.install_order(first.sort());
+        let first = copied(&ix);
+        let second = copied(&ix);
+        ix.install_order(&mut first.sort());
         assert!(!ix.key_order_built(), "another build began after it");
         put(&mut ix, &key(500), 1_000);
-        ix.install_order(second.sort());
+        ix.install_order(&mut second.sort());
         assert!(ix.key_order_built());
         assert_eq!(ix.range(Bound::Unbounded, Bound::Unbounded).count(), 101);
 
@@ -246,11 +357,11 @@ mod tests {
         for i in 0..100 {
             put(&mut other, &key(i), u64::from(i) + 1);
         }
-        let build = other.begin_order_build().expect("not built yet");
+        let build = copied(&other);
         assert_eq!(other.range(Bound::Unbounded, Bound::Unbounded).count(), 100);
         put(&mut other, &key(600), 2_000);
         assert!(other.changes.get_mut().is_none());
-        other.install_order(build.sort());
+        other.install_order(&mut build.sort());
         assert_eq!(other.range(Bound::Unbounded, Bound::Unbounded).count(), 101);
         let order = other.order.get().expect("built");
         assert_eq!(order.check(|s| other.entries.key(s)), Ok(()));

@@ -412,8 +412,14 @@ enum Step {
     /// Begins a build of the key order off the lock (`order_build.rs`): the
     /// steps until it is finished change the keys under it.
     BeginOrderBuild,
-    /// Sorts and installs one of the builds begun (only the last one begun
-    /// takes, and only if no ordered read built the order meanwhile).
+    /// Takes one of the builds begun a step further: copies the keys of 64
+    /// more slots (sorting them once all are), or catches it up with the
+    /// changes made since.
+    CatchUpOrderBuild {
+        pick: usize,
+    },
+    /// Installs one of the builds begun (only the last one begun takes, and
+    /// only if no ordered read built the order meanwhile).
     FinishOrderBuild {
         pick: usize,
     },
@@ -430,11 +436,31 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(key, pick, to, bogus)| Step::Relocate { key, pick, to, bogus }),
         1 => (0..700u16, 1..50usize).prop_map(|(from, n)| Step::Scan { from, n }),
         1 => Just(Step::BeginOrderBuild),
+        1 => (0..4usize).prop_map(|pick| Step::CatchUpOrderBuild { pick }),
         1 => (0..4usize).prop_map(|pick| Step::FinishOrderBuild { pick }),
     ]
 }
 
 /// The key order, if built, keeps what a search relies on.
+/// A build of the key order off the lock, in the model test.
+enum Build {
+    Copying(OrderBuild),
+    Sorted(SortedOrder),
+}
+
+impl Build {
+    /// Copied to the end and sorted.
+    fn sorted(self, ix: &Index) -> SortedOrder {
+        match self {
+            Build::Copying(mut b) => {
+                while !b.copy_keys(ix, 64) {}
+                b.sort()
+            }
+            Build::Sorted(b) => b,
+        }
+    }
+}
+
 fn order_holds(ix: &Index) -> Result<(), TestCaseError> {
     if let Some(order) = ix.order.get() {
         prop_assert_eq!(order.check(|s| ix.entries.key(s)), Ok(()));
@@ -566,7 +592,7 @@ proptest! {
             m.keys.iter().map(|(k, v)| (IKey::new(k), v.clone())),
         );
         ix.dead.clone_from(&m.dead);
-        let mut builds: Vec<OrderBuild> = Vec::new();
+        let mut builds: Vec<Build> = Vec::new();
         for s in steps {
             let (mut got, mut want) = (Vec::new(), Vec::new());
             match s {
@@ -619,13 +645,33 @@ proptest! {
                     prop_assert!(ix.order.get().is_some());
                     order_holds(&ix)?;
                 }
-                Step::BeginOrderBuild => builds.extend(ix.begin_order_build()),
+                Step::BeginOrderBuild => builds.extend(ix.begin_order_build().map(Build::Copying)),
+                Step::CatchUpOrderBuild { pick } => {
+                    if !builds.is_empty() {
+                        let at = pick % builds.len();
+                        let newest = at + 1 == builds.len();
+                        let build = builds.remove(at);
+                        let build = match build {
+                            Build::Copying(mut b) => {
+                                if b.copy_keys(&ix, 64) { Build::Sorted(b.sort()) } else { Build::Copying(b) }
+                            }
+                            Build::Sorted(mut b) => {
+                                match ix.changes_since(&b) {
+                                    Some(changes) => b.catch_up(changes),
+                                    None => prop_assert!(!newest || ix.key_order_built(), "only a moot build has no changes"),
+                                }
+                                Build::Sorted(b)
+                            }
+                        };
+                        builds.insert(at, build);
+                    }
+                }
                 Step::FinishOrderBuild { pick } => {
                     if !builds.is_empty() {
                         let at = pick % builds.len();
                         let newest = at + 1 == builds.len();
                         let built_before = ix.key_order_built();
-                        ix.install_order(builds.remove(at).sort());
+                        ix.install_order(&mut builds.remove(at).sorted(&ix));
                         if newest && !built_before {
                             prop_assert!(ix.key_order_built(), "the newest build installs");
                         }
@@ -642,7 +688,7 @@ proptest! {
             prop_assert_eq!(got, want);
         }
         for b in builds.drain(..).rev() {
-            ix.install_order(b.sort());
+            ix.install_order(&mut b.sorted(&ix));
             order_holds(&ix)?;
         }
         same_as_model(&ix, &m)?;

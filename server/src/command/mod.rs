@@ -201,6 +201,8 @@ pub(crate) fn prefetch<'a>(s: &Session, requests: impl Iterator<Item = &'a [Byte
     }
 }
 
+pub(crate) use query::key_order_to_build;
+
 /// Executes one request on `s` and appends its reply to `out`.
 pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flow {
     let Some((name, rest)) = args.split_first() else {

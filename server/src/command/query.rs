@@ -1,10 +1,45 @@
 //! Multi-key reads: HISTORY KEYS SEARCH SCAN, and DELGLOB.
 
+use bytes::Bytes;
+use logkv::{Bucket, Subject};
+
 use super::args::{is, text, uint, Args};
 use super::Flow;
 use crate::encode::{self, engine_error};
 use crate::protocol::Reply;
 use crate::session::Session;
+
+/// The current bucket, if `args` is a read in key order there (KEYS or HISTORY
+/// of a pattern, SEARCH, SCAN, a WATCH that sends initial values) and the
+/// bucket's key order is not built yet: the connection builds it on the
+/// blocking pool first ([`logkv::Bucket::build_key_order`]). Built inline, the
+/// first such read of a large bucket would hold up every connection of its
+/// worker thread while it sorts the keys (about 0.15 s for a million). Only a
+/// hint: a request this says nothing of builds the order itself if it must.
+pub(crate) fn key_order_to_build(s: &Session, args: &[Bytes]) -> Option<Bucket> {
+    if !s.authed || s.multi.is_some() {
+        return None;
+    }
+    let (verb, rest) = args.split_first()?;
+    let pattern_walks = |p: Option<&Bytes>| {
+        let p = p.map_or(">", |p| std::str::from_utf8(p).unwrap_or(""));
+        Subject::new(p).is_ok_and(|subject| !subject.is_literal())
+    };
+    let walks = if is(verb, "KEYS") || is(verb, "HISTORY") {
+        pattern_walks(rest.first())
+    } else if is(verb, "SEARCH") {
+        // Across buckets (IN), each bucket builds its own.
+        !rest.iter().any(|w| is(w, "IN"))
+    } else if is(verb, "SCAN") {
+        true
+    } else if is(verb, "WATCH") {
+        // Initial values (a walk of the pattern's prefix) unless updates only.
+        rest.iter().any(|w| is(w, "FROM")) || !rest.iter().any(|w| is(w, "UPDATESONLY"))
+    } else {
+        false
+    };
+    (walks && !s.bucket.key_order_built()).then(|| s.bucket.clone())
+}
 
 /// SCAN's page size when no LIMIT is given.
 const DEFAULT_SCAN_LIMIT: usize = 100;
