@@ -370,10 +370,11 @@ impl Conn {
         if !self.finish(flow).await? {
             return Ok(false);
         }
-        // Replies of queued writes applied first are not this command's.
+        // Replies of queued writes applied first are not this command's. (A stream has
+        // flushed the output: what is left is past `start`, or nothing.)
         let start = start.max(self.session.reply_start);
-        if self.out.len() - start > max_output {
-            let size = self.out.len() - start;
+        let size = self.out.len().saturating_sub(start);
+        if size > max_output {
             self.out.truncate(start);
             Reply::err(
                 "ERR",

@@ -552,6 +552,19 @@ fn admin_verbs() {
     assert_eq!(hello.field("proto").int(), 2);
     assert!(matches!(hello, Frame::Array(_)), "RESP2: a flat array");
     assert!(c.cmd(&["HELLO", "4"]).is_error_code("ERR"));
+    for args in [
+        &["CLUSTER", "INFO"][..],
+        &["CLUSTER", "ADD", "2", "127.0.0.1:1"],
+        &["CLUSTER", "ADD", "2", "127.0.0.1:1", "LEARNER"],
+        &["CLUSTER", "REMOVE", "2"],
+        &["CLUSTER", "LEADER", "2"],
+    ] {
+        assert_eq!(
+            c.cmd(args),
+            Frame::Error("ERR not a cluster".into()),
+            "{args:?}"
+        );
+    }
     assert_eq!(c.cmd(&["QUIT"]), Frame::ok());
     assert!(c.closed());
 }
@@ -724,6 +737,29 @@ fn pipeline_of_ten_thousand_commands() {
     for i in 0..1_000 {
         assert_eq!(c.read(), Frame::bulk(&format!("value-{i}")));
     }
+}
+
+#[test]
+fn a_backup_stream_in_a_pipeline_is_followed_by_the_next_reply_alone() {
+    let srv = Srv::start();
+    let mut c = srv.raw();
+    assert_eq!(c.line("PUT a 1"), Frame::Int(1));
+    // A reply before it in the output (flushed ahead of the stream), then the stream,
+    // then the next request's reply and nothing else.
+    c.send(b"PING\r\nBACKUP STREAM\r\nPING after\r\n");
+    assert_eq!(c.read(), Frame::Simple("PONG".into()));
+    let mut frames = 0;
+    loop {
+        let f = c.read();
+        assert!(matches!(f, Frame::Array(_)), "a stream frame: {f:?}");
+        frames += 1;
+        if f.items().first() == Some(&Frame::bulk("end")) {
+            break;
+        }
+    }
+    assert!(frames >= 3, "header, files, end");
+    assert_eq!(c.read(), Frame::bulk("after"));
+    assert_eq!(c.line("PING"), Frame::Simple("PONG".into()));
 }
 
 #[test]

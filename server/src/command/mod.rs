@@ -243,7 +243,8 @@ pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flo
             "ERR",
             format!(
                 "'{}' is not allowed while this RESP2 connection has watches: only WATCH, \
-                 UNWATCH, PING and QUIT are (UNWATCH first, or switch to RESP3 with HELLO 3)",
+                 UNWATCH, PING and QUIT are (UNWATCH first; a connection switched to RESP3 \
+                 with HELLO 3 before its first WATCH takes every verb)",
                 spec.name
             ),
         )

@@ -114,7 +114,7 @@ pub(crate) static VERBS: [Spec; 38] = [
     verb("info",      1, 2,  Flags::NONE,      |_| Ok(Command::Info)),
     verb("config",    2, 64, Flags::NONE,      |a| admin::ConfigGet::parse(a).map(Command::Config)),
     verb("backup",    2, 2,  Flags::NONE,      |a| backup::Backup::parse(a).map(Command::Backup)),
-    verb("cluster",   2, 4,  Flags::NONE,      |a| ClusterCmd::parse(a).map(Command::Cluster)),
+    verb("cluster",   2, 5,  Flags::NONE,      |a| ClusterCmd::parse(a).map(Command::Cluster)),
     verb("readonly",  1, 1,  Flags::NONE,      |_| Ok(Command::ReadOnly(true))),
     verb("readwrite", 1, 1,  Flags::NONE,      |_| Ok(Command::ReadOnly(false))),
 ];
@@ -164,6 +164,26 @@ mod tests {
             .iter()
             .all(|s| !s.flags.has(Flags::QUEUED) || s.flags.has(Flags::WRITE)));
         assert!(lookup(b"getdel").unwrap().flags.has(Flags::WRITE));
+    }
+
+    #[test]
+    fn every_cluster_form_fits_the_table() {
+        for form in [
+            &["INFO"][..],
+            &["ADD", "4", "127.0.0.1:7400"],
+            &["ADD", "4", "127.0.0.1:7400", "LEARNER"],
+            &["REMOVE", "4"],
+            &["LEADER", "4"],
+        ] {
+            let spec = lookup(b"cluster").unwrap();
+            assert!(spec.fits(form.len() + 1), "{form:?}");
+            let words: Vec<bytes::Bytes> = form
+                .iter()
+                .map(|w| bytes::Bytes::from_static(w.as_bytes()))
+                .collect();
+            let mut args = Args::new(spec.name, &words);
+            assert!((spec.parse)(&mut args).is_ok(), "{form:?}");
+        }
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! A line is taken for HTTP when:
 //!
 //! * its first word is `POST` or starts with `Host:` (any case): neither is ever a verb; or
-//! * its first word is an HTTP method (any case) and its last word starts with `HTTP/`
-//!   (as in `GET /path?x=1 HTTP/1.1`), with at least one word in between. `GET` and `PUT`
-//!   are logkv verbs too: `GET key` and `PUT key value` stay commands; only the
+//! * its first word is an HTTP method (any case), its last word starts with `HTTP/` (as in
+//!   `GET /path?x=1 HTTP/1.1`), and the word after the method is a request target a
+//!   browser sends: a path (`/...`), `*`, an absolute URL (`http://...`, through a proxy),
+//!   or any word after `CONNECT`. `GET` and `PUT` are logkv verbs too: `GET key` and
+//!   `PUT key value` stay commands, `PUT key HTTP/1.1` too (a key is not a path); only the
 //!   `HTTP/<version>` token that ends every HTTP/1 request line (and the HTTP/2 preface
-//!   `PRI * HTTP/2.0`) makes them HTTP.
+//!   `PRI * HTTP/2.0`) after such a target makes them HTTP.
 //!
 //! RESP arrays are never checked: a browser cannot start a request with `*`, and a program
 //! that speaks RESP may store any bytes, `HTTP/1.1` included.
@@ -46,11 +48,17 @@ pub fn is_http_line(line: &[u8]) -> bool {
         return false;
     }
     // The request target, then the version as the last word.
-    let (Some(_target), Some(last)) = (words.next(), words.next_back()) else {
+    let (Some(target), Some(last)) = (words.next(), words.next_back()) else {
         return false;
     };
-    last.get(..5)
-        .is_some_and(|p| p.eq_ignore_ascii_case(b"HTTP/"))
+    let browser_target = target.starts_with(b"/")
+        || target == b"*"
+        || target.windows(3).any(|w| w == b"://")
+        || first.eq_ignore_ascii_case(b"CONNECT");
+    browser_target
+        && last
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"HTTP/"))
 }
 
 #[cfg(test)]
@@ -77,6 +85,7 @@ mod tests {
             b"host:127.0.0.1",
             b"HOST: x",
             b"  \tGET\t/a b HTTP/1.1",
+            b"GET http://127.0.0.1:7379/ HTTP/1.1",
         ] {
             assert!(is_http_line(line), "{}", line.escape_ascii());
         }
@@ -94,6 +103,9 @@ mod tests {
             b"PUT k v TTL 100",
             b"DEL k REV 3",
             b"SET a HTTP/1.1",
+            b"PUT mykey HTTP/1.1",
+            b"PUT mykey value HTTP/1.1",
+            b"get key HTTP/2",
             b"PING HTTP/1.1",
             b"HOST",
             b"Hos: x",
