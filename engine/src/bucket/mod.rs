@@ -195,11 +195,15 @@ impl BucketCore {
 
     /// A clean close: everything durable, an index snapshot, and a mark that
     /// says the log was closed cleanly (neither written again if the one on
-    /// disk already says so).
+    /// disk already says so). The snapshot only spares the next open a scan:
+    /// one that cannot be written (a full disk) is reported, after the mark,
+    /// which it must not cost (an unclean next open would give revisions up,
+    /// and a watch resumed in them would hear of a loss that never happened).
     pub(crate) fn close_clean(&self) -> Result<()> {
         self.sync()?;
-        self.write_snapshot_if_changed()?;
-        self.log.close_clean()
+        let snapshot = self.write_snapshot_if_changed();
+        self.log.close_clean()?;
+        snapshot
     }
 
     /// How long this bucket's fsyncs took.

@@ -670,11 +670,14 @@ impl Log {
             self.cfg.growth(app.pos),
             self.eager_flag(),
         )?);
+        // Asked before the new segment is published: once group commit syncs
+        // it, the old one must no longer be written.
+        let file_len = seg.file_len()?;
         self.segments.write().insert(Arc::clone(&seg));
         self.commit
             .rotated(LogPos::new(seg.id.seq, seg.data_start), Arc::clone(&seg));
         tracing::debug!(segment = %seg.path.display(), "rotated to a new segment");
-        app.file_len = seg.file_len()?;
+        app.file_len = file_len;
         app.pos = seg.data_start;
         app.active = seg;
         Ok(())

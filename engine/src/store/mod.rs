@@ -300,12 +300,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes every write acknowledged so far durable, in every bucket.
+    /// Makes every write acknowledged so far durable, in every bucket. A
+    /// bucket that fails does not keep the others from syncing: the first
+    /// error is returned once every bucket was tried.
     pub fn sync(&self) -> Result<()> {
+        let mut first_error = None;
         for core in self.cores() {
-            core.sync()?;
+            if let Err(e) = core.sync() {
+                tracing::error!(bucket = %core.name(), error = %e, "sync failed");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Writes a consistent copy of every bucket, each as of one revision, into

@@ -264,9 +264,35 @@ fn list(storage: &Storage, buckets_dir: &Path) -> Result<(Vec<Found>, bool)> {
     Ok((found, cleaned))
 }
 
+/// The first segment file (`*.seg`) in a bucket directory, if any.
+fn first_segment(dir: &Path) -> Result<Option<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.file_name().to_string_lossy().ends_with(".seg") {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
 /// Recovers one bucket directory (or removes it, if its creation never finished).
 fn open_one(f: &Found, opts: &Options) -> Result<Outcome> {
     let Some(config) = BucketConfig::load(&f.path.join(CONFIG_FILE))? else {
+        // No operation leaves a bucket directory with segments and no
+        // configuration (a creation writes it before the directory gets its
+        // name): that is damage, and the segments are data. Refused, never removed.
+        if let Some(segment) = first_segment(&f.path)? {
+            return Err(Error::Corrupt {
+                path: f.path.join(CONFIG_FILE),
+                offset: 0,
+                reason: format!(
+                    "missing, while the bucket directory holds segments ({}): restore \
+                     {CONFIG_FILE} (docs/FORMAT.md), or move the directory out of buckets/",
+                    segment.display()
+                ),
+            });
+        }
         tracing::info!(path = %f.path.display(), "removing a bucket whose creation never finished");
         opts.storage
             .remove_dir_all(&f.path)

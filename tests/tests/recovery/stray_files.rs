@@ -138,3 +138,41 @@ fn damaged_bucket_conf_is_a_clear_error() {
         other => panic!("expected a configuration error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_bucket_without_bucket_conf_but_with_segments_is_refused_not_removed() {
+    let _gate = shared_gate();
+    let (_tmp, path, _model) = filled_store(12, 5);
+    let dir = bucket_dir(&path, "default");
+    let conf = dir.join("bucket.conf");
+    let saved = fs::read(&conf).unwrap();
+    fs::remove_file(&conf).unwrap();
+    let segments = || {
+        fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg")
+            })
+            .count()
+    };
+    let before = segments();
+    assert!(before > 0);
+    match Store::open(&path, opts(SEG)) {
+        Err(Error::Corrupt {
+            path: p, reason, ..
+        }) => {
+            assert_eq!(p, conf);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        other => panic!("expected Corrupt naming bucket.conf, got {other:?}"),
+    }
+    assert_eq!(segments(), before, "the segments are left as they were");
+    // Put back, the bucket opens with its data.
+    fs::write(&conf, saved).unwrap();
+    let store = Store::open(&path, opts(SEG)).unwrap();
+    assert!(store.default_bucket().unwrap().stats().keys > 0);
+}
