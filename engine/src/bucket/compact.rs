@@ -313,6 +313,9 @@ impl BucketCore {
 impl BucketCore {
     /// Whether some sealed segment has passed the dead-bytes threshold.
     pub(crate) fn needs_compaction(&self) -> bool {
+        if self.compaction_halted.lock().is_some() {
+            return false;
+        }
         let sealed = self.log.sealed_segments();
         let ix = self.index.read();
         sealed
@@ -332,6 +335,12 @@ impl BucketCore {
         self.check_open()?;
         self.log.check()?;
         let _pass = self.compacting.lock();
+        if let Some(why) = self.compaction_halted.lock().clone() {
+            return Err(Error::Internal(format!(
+                "compaction of bucket {} is halted until the store is reopened: {why}",
+                self.name
+            )));
+        }
         if force {
             let active_dead = {
                 let w = self.writer.lock();
@@ -462,16 +471,29 @@ impl BucketCore {
         // 2. Write the output and give it its final name.
         let tmp = output.finish()?;
         crash_point!(self, AfterTmpWritten);
-        let out = Arc::new(Segment::install(
-            self.log.storage(),
-            &self.dir,
-            self.log.alloc_slot(),
-            &tmp,
-            header.id,
-        )?);
-        report.segments_out += 1;
-        report.bytes_after += out.file_len()?;
-        crash_point!(self, AfterInstall);
+        let out = match self.install_output(&tmp, header.id, report) {
+            Ok(out) => out,
+            Err(e) => {
+                let stray = self.dir.join(header.id.file_name());
+                if stray.exists() {
+                    // In place but not in the log: the next open settles it
+                    // (it supersedes its inputs, which it copies), but a later
+                    // pass here over another run would leave two outputs
+                    // holding the same records. No pass runs until a reopen.
+                    tracing::error!(
+                        bucket = %self.name,
+                        output = %stray.display(),
+                        error = %e,
+                        "a compaction output was put in place but not installed; compaction halts until the store is reopened"
+                    );
+                    *self.compaction_halted.lock() = Some(format!(
+                        "{} was put in place but not installed: {e}",
+                        stray.display()
+                    ));
+                }
+                return Err(e);
+            }
+        };
 
         // 3. Point the index at the copies.
         self.log.add_segment(Arc::clone(&out));
@@ -487,6 +509,26 @@ impl BucketCore {
         }
         crash_point!(self, AfterRelocate);
         self.retire_inputs(run, &ids, Some(&out), out_bytes - moved - tag_bytes)
+    }
+
+    /// Renames the pass's output into place and opens it.
+    fn install_output(
+        &self,
+        tmp: &Path,
+        id: SegmentId,
+        report: &mut CompactionReport,
+    ) -> Result<Arc<Segment>> {
+        let out = Arc::new(Segment::install(
+            self.log.storage(),
+            &self.dir,
+            self.log.alloc_slot(),
+            tmp,
+            id,
+        )?);
+        report.segments_out += 1;
+        report.bytes_after += out.capacity();
+        crash_point!(self, AfterInstall);
+        Ok(out)
     }
 
     /// How the pass will tell retained records from dead ones: a list from one

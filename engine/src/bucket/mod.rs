@@ -109,6 +109,9 @@ pub(crate) struct BucketCore {
     hub: WatchHub,
     /// Serialises compaction passes.
     compacting: Mutex<()>,
+    /// Why compaction stopped for the rest of this process: a pass's output
+    /// was put in place but not installed (see `compact.rs`).
+    compaction_halted: Mutex<Option<String>>,
     /// Serialises builds of the index's key order (see
     /// [`BucketCore::ensure_key_order`]).
     building_order: Mutex<()>,

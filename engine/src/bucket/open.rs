@@ -255,6 +255,7 @@ impl BucketCore {
             compaction_stats: CompactionStats::default(),
             hub: WatchHub::new(end, last),
             compacting: Mutex::new(()),
+            compaction_halted: Mutex::new(None),
             building_order: Mutex::new(()),
             compact_dead_ratio: opts.compact_dead_ratio,
             snapshot_min_bytes: opts.snapshot_min_bytes,
