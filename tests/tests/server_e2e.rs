@@ -613,6 +613,29 @@ fn hello_3_switches_to_maps_nulls_and_back() {
 }
 
 #[test]
+fn a_multi_queue_counts_what_each_write_holds_not_only_its_arguments() {
+    let srv = Srv::start_with(|c| c.max_request = 64 * 1024);
+    let mut c = srv.raw();
+    assert_eq!(c.cmd(&["MULTI"]), Frame::ok());
+    // `DEL k` is 4 bytes of arguments: 16,384 of them would fit 64 KiB. What the
+    // server holds for each queued write is counted too, so far fewer do.
+    let mut queued = 0;
+    loop {
+        let r = c.cmd(&["DEL", "k"]);
+        if let Frame::Error(e) = &r {
+            assert!(e.contains("MULTI queue exceeds"), "{e}");
+            break;
+        }
+        assert_eq!(r, Frame::Simple("QUEUED".into()));
+        queued += 1;
+        assert!(queued < 16_384, "the limit was never reached");
+    }
+    assert!(queued < 1_000, "{queued} writes queued in 64 KiB");
+    assert!(c.cmd(&["EXEC"]).is_error_code("ABORTED"));
+    assert_eq!(c.cmd(&["PING"]), Frame::Simple("PONG".into()));
+}
+
+#[test]
 fn multi_exec_and_aborted() {
     let srv = Srv::start();
     let mut c = srv.raw();

@@ -50,7 +50,7 @@ pub(super) fn queue(
         return;
     };
     let size: usize = request.iter().map(Bytes::len).sum();
-    let parsed = if m.bytes() + size > max {
+    let parsed = if m.bytes() + size + MultiQueue::PER_WRITE > max {
         Err(Reply::err(
             "ERR",
             format!("MULTI queue exceeds the max-request limit of {max} bytes"),

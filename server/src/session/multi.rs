@@ -21,13 +21,20 @@ pub(crate) struct MultiFailure {
 pub(crate) struct MultiQueue {
     ops: Vec<WriteOp>,
     shapes: Vec<WriteShape>,
-    /// Bytes of keys and values queued.
+    /// Bytes held (see [`MultiQueue::bytes`]).
     bytes: usize,
     failed: Option<MultiFailure>,
 }
 
 impl MultiQueue {
-    /// Bytes of keys and values queued.
+    /// What a queued write holds besides its arguments' bytes: the operation and its
+    /// reply shape, and the allocator's header of the key it owns (a queue of a million
+    /// `DEL k` holds far more than its four bytes of arguments each).
+    pub const PER_WRITE: usize =
+        std::mem::size_of::<WriteOp>() + std::mem::size_of::<WriteShape>() + 32;
+
+    /// Bytes the queue holds, as counted against the limits: the arguments' bytes and
+    /// [`MultiQueue::PER_WRITE`] for each write.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -35,7 +42,7 @@ impl MultiQueue {
     /// Queues a write (its operation and reply shape) that came as `size` bytes of
     /// arguments.
     pub fn push(&mut self, op: WriteOp, shape: WriteShape, size: usize) {
-        self.bytes += size;
+        self.bytes += size + Self::PER_WRITE;
         self.ops.push(op);
         self.shapes.push(shape);
     }
