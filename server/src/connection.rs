@@ -213,6 +213,7 @@ impl Conn {
                 return Ok(());
             }
             if self.account() {
+                self.settle_unsent_writes();
                 return Ok(());
             }
             // One shared-counter update per batch, not per request.
@@ -503,6 +504,26 @@ impl Conn {
         self.buffers.evicted()
     }
 
+    /// Has the writes whose replies will not be sent (the connection was evicted) made
+    /// durable, and so visible under `always`, as a hang-up does, by a task of their own
+    /// (this one is being cancelled). Left alone, they would stay invisible until another
+    /// write to their bucket is synced.
+    fn settle_unsent_writes(&mut self) {
+        if self.session.durability.is_empty() {
+            return;
+        }
+        let mut pending = self.session.durability.take();
+        let shared = Arc::clone(&self.session.shared);
+        tokio::spawn(async move {
+            if let Err(e) = pending.wait(&shared.syncers).await {
+                if !shared.health.is_stopping() {
+                    shared.health.fail(format!("an fsync failed: {e}"));
+                }
+                error!("writes of an evicted connection could not be made durable: {e}");
+            }
+        });
+    }
+
     /// Closes the connection after a server-side decision (QUIT, framing error): sends FIN,
     /// then discards what the client still sends for a moment, so that closing with unread
     /// input does not reset the connection before the client has read the last reply.
@@ -569,6 +590,7 @@ impl Conn {
     async fn flush(&mut self) -> io::Result<()> {
         if self.account() {
             // Evicted: its task is being cancelled; send nothing more.
+            self.settle_unsent_writes();
             return Err(io::Error::other("closed: over --max-client-memory"));
         }
         if !self.session.durability.is_empty() {

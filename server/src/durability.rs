@@ -56,6 +56,14 @@ impl PendingDurability {
         }
     }
 
+    /// Takes what is pending, leaving nothing (under the same policy).
+    pub fn take(&mut self) -> PendingDurability {
+        PendingDurability {
+            wait_for_fsync: self.wait_for_fsync,
+            tickets: std::mem::take(&mut self.tickets),
+        }
+    }
+
     /// Whether some reply waits for durability.
     pub fn is_empty(&self) -> bool {
         self.tickets.is_empty()

@@ -636,6 +636,49 @@ fn a_multi_queue_counts_what_each_write_holds_not_only_its_arguments() {
 }
 
 #[test]
+fn the_writes_of_an_evicted_connection_become_durable_and_visible() {
+    let mut srv = Srv::start_with(|c| c.max_client_memory = 64 * 1024);
+    // A pipeline of writes, then a request that stalls after 1 MiB of its 8 MiB value,
+    // in one go: past the budget, the connection is closed, possibly with the replies of
+    // its last batch of writes not sent (the writes ran; under `always` they wait for
+    // their fsync to be visible).
+    let mut stalled = std::net::TcpStream::connect(srv.addr).unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..20_000 {
+        bytes.extend_from_slice(format!("PUT p{i} x\r\n").as_bytes());
+    }
+    bytes.extend_from_slice(b"*3\r\n$3\r\nPUT\r\n$1\r\nk\r\n$8388608\r\n");
+    bytes.resize(bytes.len() + (1 << 20), b'v');
+    let _ = stalled.write_all(&bytes);
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stalled, &mut sink);
+    // No other write comes to sync the log: what the evicted connection wrote must be
+    // synced for its own sake. Then the keys served now are those a restart (whose
+    // clean close syncs everything) finds.
+    let mut c = srv.raw();
+    let keys = |c: &mut common::server::Raw| c.cmd(&["STATUS"]).field("keys").int();
+    let mut seen = keys(&mut c);
+    let mut stable_since = std::time::Instant::now();
+    while stable_since.elapsed() < std::time::Duration::from_secs(1) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = keys(&mut c);
+        if now != seen {
+            seen = now;
+            stable_since = std::time::Instant::now();
+        }
+    }
+    assert!(seen > 0, "some writes ran before the eviction");
+    drop(c);
+    srv.restart();
+    let mut c = srv.raw();
+    assert_eq!(
+        keys(&mut c),
+        seen,
+        "writes the server ran but never made visible"
+    );
+}
+
+#[test]
 fn multi_exec_and_aborted() {
     let srv = Srv::start();
     let mut c = srv.raw();
