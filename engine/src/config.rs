@@ -53,6 +53,12 @@ pub struct Options {
     /// instead of refused as corruption. Default 50 ms; zero marks after every
     /// fsync.
     pub durability_mark_interval: Duration,
+    /// Most bytes one read of many keys may return: the records (key, value and
+    /// header) of HISTORY, SEARCH and SCAN, the keys of KEYS. A larger result
+    /// is refused with [`crate::Error::ReadTooLarge`] once its keys are picked,
+    /// before any value is read. Default 0: no limit. The server sets its
+    /// `--max-output`, so that one request cannot make it hold more.
+    pub max_read_bytes: u64,
 }
 
 impl Default for Options {
@@ -69,6 +75,7 @@ impl Default for Options {
             storage: Storage::os(),
             replicated: false,
             durability_mark_interval: crate::log::DEFAULT_MARK_EVERY,
+            max_read_bytes: 0,
         }
     }
 }

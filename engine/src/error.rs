@@ -89,6 +89,14 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A read of many keys would return more than `Options::max_read_bytes`.
+    #[error("the result holds at least {bytes} bytes, over the read limit of {max} bytes (narrow the request, e.g. with LIMIT)")]
+    ReadTooLarge {
+        /// Bytes of the result counted when it was refused (a lower bound).
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A previous fsync failed; the log may have lost data and refuses writes until reopened.
     #[error("log {} failed an earlier fsync ({reason}); reopen the store", path.display())]
     Poisoned {

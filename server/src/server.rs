@@ -306,6 +306,8 @@ async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
     let opts = Options {
         fsync: config.fsync,
         repair: config.repair,
+        // No read of many keys builds a result the reply could not carry.
+        max_read_bytes: u64::try_from(config.max_output).unwrap_or(u64::MAX),
         ..Options::default()
     };
     let dir = config.data_dir.clone();

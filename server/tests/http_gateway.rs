@@ -225,6 +225,37 @@ fn binary_values_deletes_and_bad_requests_with_curl() {
     assert_eq!(second["entries"][0]["value"], "cy5j");
 }
 
+#[test]
+fn a_search_past_max_output_is_a_400_before_it_is_built() {
+    let (_server, base) = gateway(&["--max-output", "16KiB"]);
+    let value = "v".repeat(500);
+    for i in 0..100 {
+        let url = format!("{base}/v1/buckets/default/keys/k.{i:03}");
+        assert_eq!(curl("PUT", &url, &["-d", &value]).status, 200);
+    }
+    let refused = curl(
+        "GET",
+        &format!("{base}/v1/buckets/default/search?glob=*"),
+        &[],
+    );
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let body = json(&refused);
+    assert_eq!(body["error"], "ERR");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("read limit of 16384"),
+        "{body}"
+    );
+    let narrowed = json(&curl(
+        "GET",
+        &format!("{base}/v1/buckets/default/search?glob=*&limit=5"),
+        &[],
+    ));
+    assert_eq!(narrowed["entries"].as_array().unwrap().len(), 5);
+}
+
 /// A gateway with a password, an allowed host name and a CORS origin; its key URL.
 fn guarded() -> (BinaryServer, String) {
     let (server, base) = gateway(&[

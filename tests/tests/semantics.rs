@@ -1970,6 +1970,45 @@ fn the_key_order_built_while_keys_are_added_lists_every_key() {
     assert!(page.entries.windows(2).all(|w| w[0].key < w[1].key));
 }
 
+#[test]
+fn reads_of_many_keys_are_refused_past_the_read_limit_before_reading_values() {
+    let clock = ManualClock::new(T0);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = logkv::Options {
+        max_read_bytes: 20_000,
+        ..clock_opts(&clock)
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    let b = store.default_bucket().unwrap();
+    let other = store
+        .create_bucket("other", BucketConfig::default())
+        .unwrap();
+    // 100 values of 300 bytes: 30 KB of records in each bucket, 60 in both.
+    for i in 0..100 {
+        b.put(&format!("k.{i:03}"), "v".repeat(300)).unwrap();
+        other.put(&format!("k.{i:03}"), "v".repeat(300)).unwrap();
+    }
+    let too_large = |r: logkv::Result<Vec<logkv::Entry>>| match r {
+        Err(Error::ReadTooLarge { bytes, max }) => bytes > max && max == 20_000,
+        _ => false,
+    };
+    assert!(too_large(b.search("*", 0)));
+    assert!(too_large(b.history(">")));
+    assert!(b.scan(None, None, 1000).is_err());
+    // Narrowed, the same reads are served.
+    assert_eq!(b.search("*", 10).unwrap().len(), 10);
+    assert_eq!(b.history("k.001").unwrap().len(), 1);
+    assert_eq!(b.scan(None, None, 50).unwrap().entries.len(), 50);
+    // KEYS counts the keys alone: 500 bytes.
+    assert_eq!(b.keys(">").unwrap().len(), 100);
+    // A search over many buckets shares one limit: 50 records (about 17 KB) of each
+    // bucket fit alone, not those of both.
+    assert_eq!(store.search("k.0[0-4]*", "default", 0).unwrap().len(), 50);
+    assert_eq!(other.search("k.0[0-4]*", 0).unwrap().len(), 50);
+    assert!(too_large(store.search("k.0[0-4]*", "*", 0)));
+    assert_eq!(store.search("k.0[0-4]*", "*", 55).unwrap().len(), 55);
+}
+
 // ---------------------------------------------------------------------------
 // Concurrency
 

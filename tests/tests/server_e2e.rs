@@ -679,6 +679,31 @@ fn the_writes_of_an_evicted_connection_become_durable_and_visible() {
 }
 
 #[test]
+fn reads_of_many_keys_past_max_output_are_refused_before_they_are_built() {
+    let srv = Srv::start_with(|c| c.max_output = 16 * 1024);
+    let mut c = srv.raw();
+    let value = "v".repeat(500);
+    for i in 0..100 {
+        c.cmd(&["PUT", &format!("k.{i:03}"), &value]);
+    }
+    for args in [
+        &["SEARCH", "*"][..],
+        &["HISTORY", ">"],
+        &["SCAN", "LIMIT", "100"],
+    ] {
+        match c.cmd(args) {
+            Frame::Error(e) => assert!(
+                e.starts_with("ERR the result holds at least") && e.contains("read limit of 16384"),
+                "{args:?}: {e}"
+            ),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+    assert_eq!(c.cmd(&["SEARCH", "*", "LIMIT", "5"]).items().len(), 5);
+    assert_eq!(c.cmd(&["KEYS"]).items().len(), 100);
+}
+
+#[test]
 fn multi_exec_and_aborted() {
     let srv = Srv::start();
     let mut c = srv.raw();

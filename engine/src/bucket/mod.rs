@@ -27,7 +27,7 @@ mod lost;
 mod maintenance;
 mod open;
 mod pending;
-mod query;
+pub(crate) mod query;
 mod read;
 #[cfg(test)]
 mod replica_tests;
@@ -119,6 +119,8 @@ pub(crate) struct BucketCore {
     compact_dead_ratio: f64,
     /// A log smaller than this gets no index snapshot (`Options::snapshot_min_bytes`).
     snapshot_min_bytes: u64,
+    /// Most bytes one read of many keys may return (`Options::max_read_bytes`; 0: no limit).
+    max_read_bytes: u64,
     /// When the index snapshot was last written, and whether a compaction
     /// pass has made it stale since (see `maintenance.rs`).
     snapshot_state: Mutex<maintenance::SnapshotState>,

@@ -259,6 +259,7 @@ impl BucketCore {
             building_order: Mutex::new(()),
             compact_dead_ratio: opts.compact_dead_ratio,
             snapshot_min_bytes: opts.snapshot_min_bytes,
+            max_read_bytes: opts.max_read_bytes,
             snapshot_state: Mutex::new(super::maintenance::SnapshotState::default()),
             segment_size: opts.segment_size,
             #[cfg(any(test, feature = "failpoints"))]

@@ -14,6 +14,32 @@ use crate::error::{Error, Result};
 use crate::index::{IKey, Index, RecordRef};
 use crate::key::{Glob, Subject};
 
+/// What a read of many keys may still return (`Options::max_read_bytes`).
+pub(crate) struct ReadBudget {
+    /// 0: no limit.
+    max: u64,
+    used: u64,
+}
+
+impl ReadBudget {
+    /// A budget of `max` bytes (0: no limit).
+    pub(crate) fn new(max: u64) -> ReadBudget {
+        ReadBudget { max, used: 0 }
+    }
+
+    /// Counts `bytes` more of the result; refuses once it passes the limit.
+    pub(crate) fn take(&mut self, bytes: u64) -> Result<()> {
+        self.used = self.used.saturating_add(bytes);
+        if self.max != 0 && self.used > self.max {
+            return Err(Error::ReadTooLarge {
+                bytes: self.used,
+                max: self.max,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// How many keys a long walk looks at per index lock hold.
 pub(super) const WALK_CHUNK: usize = 4096;
 /// Slots whose keys a key order's build copies per index read lock hold
@@ -64,8 +90,10 @@ impl BucketCore {
 
     /// Loads the records `collect` picks (key and index reference) under one
     /// index lock hold, reading them after the lock is released.
+    /// A result that would pass `budget` is refused before any record is read.
     fn load_many(
         &self,
+        budget: &mut ReadBudget,
         collect: impl FnOnce(&Index) -> Vec<(String, RecordRef)>,
     ) -> Result<Vec<Entry>> {
         let (picked, segs) = {
@@ -74,6 +102,9 @@ impl BucketCore {
             let segs = self.segments_of(picked.iter().map(|(_, r)| r.slot));
             (picked, segs)
         };
+        for (_, r) in &picked {
+            budget.take(r.len() as u64)?;
+        }
         picked
             .iter()
             .map(|(k, r)| self.load_from(segs.get(&r.slot), k, r))
@@ -99,11 +130,15 @@ impl BucketCore {
                 Vec::new()
             });
         }
-        Ok(ix
-            .prefixed(subject.literal_prefix().as_bytes())
-            .filter(|(k, r)| r.live(now) && subject.matches(k.as_str()))
-            .map(|(k, _)| k.as_str().to_string())
-            .collect())
+        let mut budget = ReadBudget::new(self.max_read_bytes);
+        let mut keys = Vec::new();
+        for (k, r) in ix.prefixed(subject.literal_prefix().as_bytes()) {
+            if r.live(now) && subject.matches(k.as_str()) {
+                budget.take(k.as_bytes().len() as u64)?;
+                keys.push(k.as_str().to_string());
+            }
+        }
+        Ok(keys)
     }
 
     /// Retained entries (markers included, expired excluded) of keys matching a
@@ -115,7 +150,8 @@ impl BucketCore {
         if !subject.is_literal() {
             self.ensure_key_order();
         }
-        let mut out = self.load_many(|ix| {
+        let mut budget = ReadBudget::new(self.max_read_bytes);
+        let mut out = self.load_many(&mut budget, |ix| {
             let mut picked = Vec::new();
             if subject.is_literal() {
                 // One key: a point lookup, not a walk of the key order.
@@ -144,12 +180,23 @@ impl BucketCore {
 
     /// Latest live entries of keys matching a glob, in key order, at most `limit` (0: no limit).
     pub(crate) fn search(&self, glob: &Glob, limit: usize) -> Result<Vec<Entry>> {
+        self.search_within(glob, limit, &mut ReadBudget::new(self.max_read_bytes))
+    }
+
+    /// [`BucketCore::search`] within what `budget` leaves (a search over many
+    /// buckets shares one).
+    pub(crate) fn search_within(
+        &self,
+        glob: &Glob,
+        limit: usize,
+        budget: &mut ReadBudget,
+    ) -> Result<Vec<Entry>> {
         self.check_open()?;
         let now = self.now();
         let limit = if limit == 0 { usize::MAX } else { limit };
         let prefix = glob.literal_prefix();
         self.ensure_key_order();
-        self.load_many(|ix| {
+        self.load_many(budget, |ix| {
             ix.prefixed(prefix.as_bytes())
                 .filter(|(k, r)| r.live(now) && glob.matches(k.as_str()))
                 .take(limit)
@@ -295,7 +342,8 @@ impl BucketCore {
         let now = self.now();
         let mut next = None;
         self.ensure_key_order();
-        let entries = self.load_many(|ix| {
+        let mut budget = ReadBudget::new(self.max_read_bytes);
+        let entries = self.load_many(&mut budget, |ix| {
             let lo = from.map_or(Bound::Unbounded, |f| Bound::Included(f.as_bytes()));
             let hi = to.map_or(Bound::Unbounded, |t| Bound::Excluded(t.as_bytes()));
             if let (Some(f), Some(t)) = (from, to) {

@@ -18,6 +18,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::bucket::handle::Bucket;
+use crate::bucket::query::ReadBudget;
 use crate::bucket::{BucketCore, KeepStoreOpen};
 use crate::checkpoint::{write_checkpoint, Checkpoint, CheckpointSource};
 use crate::config::{BucketConfig, Options, CONFIG_FILE};
@@ -290,9 +291,10 @@ impl Store {
             .map(|(_, c)| Arc::clone(c))
             .collect();
         let mut out = Vec::new();
+        let mut budget = ReadBudget::new(self.inner.opts.max_read_bytes);
         for core in cores {
             let left = if limit == 0 { 0 } else { limit - out.len() };
-            out.extend(core.search(&glob, left)?);
+            out.extend(core.search_within(&glob, left, &mut budget)?);
             if limit > 0 && out.len() >= limit {
                 break;
             }
