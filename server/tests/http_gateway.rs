@@ -256,6 +256,38 @@ fn a_search_past_max_output_is_a_400_before_it_is_built() {
     assert_eq!(narrowed["entries"].as_array().unwrap().len(), 5);
 }
 
+#[test]
+fn every_error_is_json_also_the_routers_own() {
+    if !have_curl() {
+        return;
+    }
+    let (_server, base) = gateway(&["--max-bulk", "1KiB"]);
+    let key = format!("{base}/v1/buckets/default/keys/k");
+    let cases = [
+        // A body over the limit.
+        (
+            curl("PUT", &key, &["-d", &"x".repeat(2000)]),
+            413,
+            "TOOLARGE",
+        ),
+        // A method the route does not take.
+        (curl("POST", &key, &["-d", "x"]), 405, "BADARG"),
+        // A path segment that is not UTF-8.
+        (
+            curl("GET", &format!("{base}/v1/buckets/%FF/keys/k"), &[]),
+            400,
+            "BADARG",
+        ),
+    ];
+    for (answer, status, code) in cases {
+        assert_eq!(answer.status, status, "{}", answer.text());
+        let body = json(&answer);
+        assert_eq!(body["error"], code, "{body}");
+        assert!(!body["message"].as_str().unwrap().is_empty(), "{body}");
+    }
+    assert_eq!(curl("PUT", &key, &["-d", "small"]).status, 200);
+}
+
 /// A gateway with a password, an allowed host name and a CORS origin; its key URL.
 fn guarded() -> (BinaryServer, String) {
     let (server, base) = gateway(&[

@@ -135,6 +135,44 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Gives every error response the gateway's JSON shape (`{"error", "message"}`): axum's
+/// own rejections (a body over the limit, a path or a query that does not parse, a method
+/// a route does not take) come as plain text, or empty.
+pub(crate) async fn errors_as_json(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // Rejection texts are short; a longer one is cut.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string();
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "TOOLARGE",
+        StatusCode::NOT_FOUND => "NOTFOUND",
+        s if s.is_client_error() => "BADARG",
+        _ => "ERR",
+    };
+    let mut json = ApiError::new(status, code, message).into_response();
+    // What else the response said (an Allow header, say) stays.
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
+}
+
 impl From<logkv::Error> for ApiError {
     fn from(e: logkv::Error) -> ApiError {
         ApiError::engine(&e)

@@ -101,6 +101,7 @@ pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
             observe::timed,
         ))
         .fallback(|| async { json::ApiError::not_found("no such route") })
+        .layer(axum::middleware::map_response(json::errors_as_json))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(gw),
