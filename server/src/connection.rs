@@ -84,6 +84,10 @@ struct Conn {
     closing: bool,
     /// Close at once, sending nothing more (an HTTP request was recognised).
     hangup: bool,
+    /// The read buffer holds the start of an inline line with no newline in its first
+    /// this many bytes: parsing waits for one to come, so that a line sent a few bytes
+    /// at a time is scanned once, not once per read.
+    inline_scanned: Option<usize>,
     /// What the buffers hold, reported against the budget of all connections.
     buffers: ClientBuffers,
 }
@@ -116,6 +120,7 @@ pub(crate) async fn serve(
         pull: false,
         closing: false,
         hangup: false,
+        inline_scanned: None,
         buffers,
     };
     let result = conn.run().await;
@@ -257,6 +262,9 @@ impl Conn {
     /// (their cache misses then overlap instead of coming one after another), then
     /// executed in order.
     async fn process(&mut self) -> io::Result<()> {
+        if self.inline_line_incomplete() {
+            return Ok(());
+        }
         // New requests: a read among them needs a barrier taken after they arrived.
         self.session.fenced = false;
         let max_request = self.session.shared.config.max_request;
@@ -320,6 +328,13 @@ impl Conn {
         command::proposals::settle(&mut self.session, &mut self.out).await;
         self.end_batch();
         self.rbuf.advance(pos);
+        // What is left is one incomplete request (or nothing): an inline line has no
+        // newline in it yet.
+        self.inline_scanned = self
+            .rbuf
+            .first()
+            .is_some_and(|&b| b != b'*')
+            .then_some(self.rbuf.len());
         if self.rbuf.is_empty() {
             // Nothing pending: give the buffer back, so that an idle connection holds no
             // read buffer at all (one small allocation per batch is cheap next to the
@@ -327,6 +342,23 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Whether the read buffer still holds only the start of an inline line: no newline
+    /// came with the bytes read since it was last looked at, and the line is not yet past
+    /// the inline limit (which parsing reports). Each byte is looked at once.
+    fn inline_line_incomplete(&mut self) -> bool {
+        let Some(scanned) = self.inline_scanned else {
+            return false;
+        };
+        let max_inline = self.session.shared.config.limits.max_inline;
+        let fresh = self.rbuf.get(scanned..).unwrap_or_default();
+        if fresh.contains(&b'\n') || self.rbuf.len() > max_inline.saturating_add(2) {
+            self.inline_scanned = None;
+            return false;
+        }
+        self.inline_scanned = Some(self.rbuf.len());
+        true
     }
 
     /// Parses the complete requests from `pos` in the read buffer into `window`, each with

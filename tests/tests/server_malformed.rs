@@ -194,6 +194,42 @@ fn binary_garbage() {
 }
 
 #[test]
+fn inline_lines_sent_a_few_bytes_at_a_time() {
+    let srv = Srv::start_with(|c| c.limits.max_inline = 100);
+    let mut c = srv.raw();
+    // Each piece is read on its own (the client waits between them); only the last
+    // brings the newline.
+    let pieces: [&[u8]; 6] = [b"PU", b"T k", b"ey \"a b", b"\" ", b"\r", b"\n"];
+    for p in pieces {
+        c.send(p);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(c.read(), Frame::Int(1));
+    // A line then a RESP request in the same pieces; an empty line between.
+    for p in [
+        &b"GET"[..],
+        b" key\r\n\r",
+        b"\n*2\r\n$3\r\nGET",
+        b"\r\n$3\r\nkey\r\n",
+    ] {
+        c.send(p);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(c.read(), Frame::bulk("a b"));
+    assert_eq!(c.read(), Frame::bulk("a b"));
+    // A line that passes the limit a piece at a time is refused once it does.
+    for _ in 0..11 {
+        c.send(&[b'x'; 10]);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        c.read(),
+        Frame::Error("ERR Protocol error: inline request exceeds limit 100 bytes".into())
+    );
+    assert!(c.closed());
+}
+
+#[test]
 fn configured_limits_are_named_in_errors() {
     let srv = Srv::start_with(|c| {
         c.limits.max_inline = 100;
