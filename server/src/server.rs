@@ -379,7 +379,9 @@ fn admit(
     peer: SocketAddr,
 ) {
     let max = shared.config.max_connections;
-    let open = shared.stats.connections.fetch_add(1, Ordering::AcqRel);
+    // RESP and HTTP connections together count against --max-connections.
+    let open = shared.stats.connections.fetch_add(1, Ordering::AcqRel)
+        + shared.stats.http_connections.load(Ordering::Acquire);
     if open >= max {
         shared.stats.connections.fetch_sub(1, Ordering::AcqRel);
         warn!(%peer, max, "connection refused: max number of clients reached");

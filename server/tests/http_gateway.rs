@@ -288,6 +288,25 @@ fn every_error_is_json_also_the_routers_own() {
     assert_eq!(curl("PUT", &key, &["-d", "small"]).status, 200);
 }
 
+#[test]
+fn http_and_resp_connections_count_together_against_max_connections() {
+    let (server, _base) = gateway(&["--max-connections", "2"]);
+    // An HTTP connection kept open (a watch stream), then one RESP connection: full.
+    let _watch = raw_get(server.http_addr(), "/v1/buckets/default/watch?pattern=%3E");
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    first.write_all(b"PING\r\n").unwrap();
+    let mut reply = [0u8; 7];
+    first.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"+PONG\r\n");
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut refused = String::new();
+    let _ = second.read_to_string(&mut refused);
+    assert_eq!(refused, "-ERR max number of clients reached\r\n");
+}
+
 /// A gateway with a password, an allowed host name and a CORS origin; its key URL.
 fn guarded() -> (BinaryServer, String) {
     let (server, base) = gateway(&[
