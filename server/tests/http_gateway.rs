@@ -541,6 +541,49 @@ fn sse_resumes_with_last_event_id_python_requests() {
     );
 }
 
+#[test]
+fn a_stream_ended_by_lost_is_not_reconnected_to() {
+    let (server, _base) = gateway(&[]);
+    let mut resp = TcpStream::connect(server.addr).unwrap();
+    let mut send = |req: &[u8], want: &str| {
+        resp.write_all(req).unwrap();
+        let mut got = vec![0u8; want.len()];
+        resp.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    };
+    send(b"BUCKET CREATE tmp\r\n", "+OK\r\n");
+    let mut stream = raw_get(server.http_addr(), "/v1/buckets/tmp/watch");
+    let mut events = Vec::new();
+    let mut read_until = |stream: &mut BufReader<TcpStream>, want: &str| loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        let line = line.trim().to_string();
+        events.push(line.clone());
+        if line == want {
+            return;
+        }
+    };
+    read_until(&mut stream, "event: ready");
+    // Dropping the bucket ends the stream with `lost`, whose id is `lost`.
+    send(b"BUCKET DROP tmp\r\n", "+OK\r\n");
+    read_until(&mut stream, "event: lost");
+    read_until(&mut stream, "id: lost");
+    // What an EventSource sends when it reconnects after that: 204, which stops it.
+    let mut again = TcpStream::connect(server.http_addr()).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        again,
+        "GET /v1/buckets/tmp/watch HTTP/1.1\r\nHost: {}\r\nLast-Event-ID: lost\r\n\r\n",
+        server.http_addr()
+    )
+    .unwrap();
+    let mut status = String::new();
+    BufReader::new(again).read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 204"), "{status}");
+}
+
 /// Sends an HTTP/1.1 GET on a raw socket and returns the stream after the headers.
 fn raw_get(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -5,7 +5,9 @@
 //! `{"first_retained": n}`) ends the stream when what the watch needed was compacted away.
 //! A browser's `EventSource` reconnects by itself after a disconnect and sends the last
 //! id it saw as `Last-Event-ID`: the watch then resumes `FROM` that revision + 1, so
-//! nothing is missed and nothing comes twice.
+//! nothing is missed and nothing comes twice. `event: lost` carries the id `lost`: the
+//! reconnection after it is answered 204 No Content, which ends an `EventSource`'s
+//! reconnecting.
 //!
 //! The watch is the engine's cursor into the log, pulled only when hyper asks the body for
 //! more, which it does only while the client's socket takes it: a slow client is fed at
@@ -32,6 +34,11 @@ use crate::shared::Shared;
 
 /// The request header a reconnecting `EventSource` sends.
 const LAST_EVENT_ID: &str = "last-event-id";
+/// The id of `event: lost`: an `EventSource` reconnecting after it sends it back, and is
+/// answered 204, which stops its reconnecting (a stream that ended with `lost` cannot be
+/// resumed; the client starts a new watch). Without it, it reconnected every few seconds
+/// to be told `lost` again.
+const LOST_ID: &str = "lost";
 
 /// `GET /v1/buckets/{bucket}/watch[?pattern=P][&history][&from=N][&metaonly][&nodeletes]
 /// [&updatesonly]`
@@ -59,6 +66,9 @@ pub(crate) async fn watch(
         from_revision: params.uint("from")?,
     };
     if let Some(last) = headers.get(LAST_EVENT_ID) {
+        if last.as_bytes() == LOST_ID.as_bytes() {
+            return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+        }
         // A reconnection: resume after the last event the client has.
         let last: u64 = last
             .to_str()
@@ -189,5 +199,6 @@ fn entry_event(e: &Entry, with_value: bool) -> Event {
 fn lost_event(first_retained: u64) -> Event {
     Event::default()
         .event("lost")
+        .id(LOST_ID)
         .data(format!("{{\"first_retained\":{first_retained}}}"))
 }
