@@ -55,6 +55,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn note_mapped_write(&self, id: u64, offset: u64, len: u64) -> io::Result<()>;
     fn set_len(&self, file: &fs::File, id: u64, len: u64) -> io::Result<()>;
     fn sync(&self, file: &fs::File, id: u64, data_only: bool) -> io::Result<()>;
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)` over `[from, to)`: the page cache lets go
+    /// of the pages there that hold no unwritten change, so that they are read from
+    /// the disk again. After a failed writeback Linux keeps the failed pages cached
+    /// and counts them clean: read back, they would pass for data the disk has.
+    fn drop_cached(&self, file: &fs::File, id: u64, from: u64, to: u64) -> io::Result<()>;
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
@@ -286,6 +291,12 @@ impl File {
     /// `fsync`: data and metadata reach stable storage.
     pub(crate) fn sync_all(&self) -> io::Result<()> {
         self.backend.sync(&self.inner, self.id, false)
+    }
+
+    /// Has the page cache read `[from, to)` from the disk again where it holds no
+    /// unwritten change (see [`Backend::drop_cached`]).
+    pub(crate) fn drop_cached(&self, from: u64, to: u64) -> io::Result<()> {
+        self.backend.drop_cached(&self.inner, self.id, from, to)
     }
 
     /// The file's current length.

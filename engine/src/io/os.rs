@@ -2,6 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -38,6 +39,25 @@ impl Backend for Os {
             file.sync_data()
         } else {
             file.sync_all()
+        }
+    }
+
+    fn drop_cached(&self, file: &fs::File, _id: u64, from: u64, to: u64) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(to.saturating_sub(from)),
+        ) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: posix_fadvise takes a descriptor this file keeps open and two
+        // integers; it touches no memory of ours.
+        let ret = unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED)
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(ret))
         }
     }
 

@@ -35,7 +35,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::mark::{FLAG_EAGER, SKIPPED_MASK};
+use super::mark::{FLAG_CLEAN, FLAG_EAGER, SKIPPED_MASK};
 use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
@@ -151,6 +151,9 @@ pub(crate) fn recover(
                 is_last,
                 repair,
             };
+            if is_last {
+                reread_unclean_tail(seg)?;
+            }
             tail = scan_segment(seg, &scan, &mut last_revision, &mut report, apply)?;
             report.segments += 1;
             tracing::debug!(
@@ -254,6 +257,24 @@ fn open_segments(
         sync_dir(storage, dir)?;
     }
     Ok(kept)
+}
+
+/// The page size the range read again from the disk starts on (the page that
+/// holds the mark's end included).
+const PAGE: u64 = 4096;
+
+/// After an unclean stop, what lies past the last segment's mark was written
+/// but never synced, or its sync failed: it is read from the disk again where
+/// the page cache holds no unwritten change, so that pages a failed fsync left
+/// cached (Linux keeps them, counted clean) are not taken for data the disk
+/// has, and vouched for by the mark this open writes.
+fn reread_unclean_tail(seg: &Segment) -> Result<()> {
+    if seg.mark().is_some_and(|m| m.flags & FLAG_CLEAN != 0) {
+        return Ok(());
+    }
+    let mark_end = seg.mark().map_or(0, |m| m.end);
+    seg.reread_from_disk(mark_end & !(PAGE - 1), seg.file_len()?);
+    Ok(())
 }
 
 /// How to scan one segment.

@@ -614,6 +614,19 @@ impl Segment {
             .map_err(|e| Error::io(&self.path, e))
     }
 
+    /// Has the page cache read `[from, to)` of the file from the disk again
+    /// where it holds no unwritten change (`POSIX_FADV_DONTNEED`; see
+    /// `io::Backend::drop_cached`). Only a hint: a failure is logged.
+    pub fn reread_from_disk(&self, from: u64, to: u64) {
+        let dropped = self.file().and_then(|f| {
+            f.drop_cached(from, to)
+                .map_err(|e| Error::io(&self.path, e))
+        });
+        if let Err(e) = dropped {
+            tracing::warn!(file = %self.path.display(), error = %e, "could not drop cached pages");
+        }
+    }
+
     /// Flushes written data to stable storage (fdatasync).
     pub fn sync_data(&self) -> Result<()> {
         self.file()?

@@ -109,6 +109,12 @@ impl Backend for SimFs {
         s.make_durable(file, id)
     }
 
+    fn drop_cached(&self, file: &fs::File, id: u64, from: u64, to: u64) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.change()?;
+        s.drop_cached(file, id, from, to)
+    }
+
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.change()?;

@@ -56,6 +56,9 @@ pub(super) struct FileInode {
     pub(super) dirty: Vec<(u64, u64)>,
     /// The length may differ from the durable one.
     pub(super) len_changed: bool,
+    /// Byte ranges a failed sync did not write: the file (the page cache)
+    /// still shows them, counted clean, and the disk does not have them.
+    pub(super) failed: Vec<(u64, u64)>,
     /// The contents when the file lost its last name, if it had unsynced changes.
     pub(super) orphan: Option<Vec<u8>>,
 }
@@ -300,6 +303,7 @@ impl State {
         if let Some(f) = self.files.get_mut(&id) {
             if from < to {
                 f.dirty.push((from, to));
+                f.failed = subtract(std::mem::take(&mut f.failed), from, to);
             }
         }
     }
@@ -324,6 +328,42 @@ impl State {
         Ok(())
     }
 
+    /// `POSIX_FADV_DONTNEED` over `[from, to)`: what holds no unsynced change
+    /// is read from the disk again. Elsewhere the file shows what the disk
+    /// has already; the ranges a failed sync did not write (counted clean)
+    /// now show the durable bytes (zeros past the durable length).
+    pub(super) fn drop_cached(
+        &mut self,
+        file: &fs::File,
+        id: u64,
+        from: u64,
+        to: u64,
+    ) -> io::Result<()> {
+        let Some(f) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        let to = to.min(file.metadata()?.len());
+        let mut reread = Vec::new();
+        for &(a, b) in &f.failed {
+            let (x, y) = (a.max(from), b.min(to));
+            if x < y {
+                reread.push((x, y));
+            }
+        }
+        f.failed = subtract(std::mem::take(&mut f.failed), from, to);
+        let f = &*f;
+        for (a, b) in reread {
+            let mut bytes = vec![0u8; usize::try_from(b - a).map_err(|_| eio())?];
+            let start = usize::try_from(a).map_err(|_| eio())?;
+            if let Some(durable) = f.durable.get(start..) {
+                let n = durable.len().min(bytes.len());
+                bytes[..n].copy_from_slice(&durable[..n]);
+            }
+            file.write_all_at(&bytes, a)?;
+        }
+        Ok(())
+    }
+
     /// A failed sync: each changed range reached the disk or not, and the
     /// pages count as clean from now on either way.
     pub(super) fn fail_sync(&mut self, file: &fs::File, id: u64) -> io::Result<()> {
@@ -334,9 +374,12 @@ impl State {
         let len = file.metadata()?.len();
         let keep_len = self.below(2) == 0;
         let mut keep = Vec::new();
+        let mut lost = Vec::new();
         for r in ranges {
             if self.below(2) == 0 {
                 keep.push(r);
+            } else {
+                lost.push(r);
             }
         }
         let mut bufs = Vec::new();
@@ -361,6 +404,7 @@ impl State {
             }
             f.dirty.clear();
             f.len_changed = false;
+            f.failed.extend(lost);
         }
         Ok(())
     }
@@ -386,26 +430,39 @@ impl State {
                 .get(&id)
                 .map(|f| f.durable.clone())
                 .unwrap_or_default();
+            let mut lost = Vec::new();
             if failed {
                 if self.below(2) == 0 {
                     durable.resize(now.len(), 0);
                 }
                 for (from, to) in ranges {
-                    let (from, to) = (from as usize, (to as usize).min(now.len()));
-                    if from < to && self.below(2) == 0 {
-                        if durable.len() < to {
-                            durable.resize(to, 0);
+                    let (a, b) = (from as usize, (to as usize).min(now.len()));
+                    if a < b && self.below(2) == 0 {
+                        if durable.len() < b {
+                            durable.resize(b, 0);
                         }
-                        durable[from..to].copy_from_slice(&now[from..to]);
+                        durable[a..b].copy_from_slice(&now[a..b]);
+                    } else if a < b {
+                        lost.push((from, to));
                     }
                 }
             } else {
-                durable.clone_from(now);
+                // Everything the file shows, but what a failed sync did not write:
+                // those pages count as clean, and a sync writes only dirty ones.
+                let old = std::mem::replace(&mut durable, now.clone());
+                let failed = self.files.get(&id).map(|f| f.failed.clone());
+                for (from, to) in failed.unwrap_or_default() {
+                    let (a, b) = (from as usize, (to as usize).min(durable.len()));
+                    for (i, byte) in durable.iter_mut().enumerate().take(b).skip(a) {
+                        *byte = old.get(i).copied().unwrap_or(0);
+                    }
+                }
             }
             if let Some(f) = self.files.get_mut(&id) {
                 f.durable = durable;
                 f.dirty.clear();
                 f.len_changed = false;
+                f.failed.extend(lost);
             }
         }
         let mut dir_ids: Vec<u64> = self.dirs.keys().copied().collect();
@@ -579,4 +636,13 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// `ranges` less `[from, to)`.
+fn subtract(ranges: Vec<(u64, u64)>, from: u64, to: u64) -> Vec<(u64, u64)> {
+    ranges
+        .into_iter()
+        .flat_map(|(x, y)| [(x, y.min(from)), (x.max(to), y)])
+        .filter(|(x, y)| x < y)
+        .collect()
 }
