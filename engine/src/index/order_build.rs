@@ -267,6 +267,28 @@ mod tests {
         build
     }
 
+    /// Puts the keys of `ids` into `ix` and `model`, raising `revision`.
+    fn add(
+        ix: &mut Index,
+        model: &mut BTreeSet<Vec<u8>>,
+        ids: impl Iterator<Item = u32>,
+        revision: &mut u64,
+    ) {
+        for i in ids {
+            put(ix, &key(i), *revision);
+            model.insert(key(i));
+            *revision += 1;
+        }
+    }
+
+    /// Removes the keys of `ids` from `ix` and `model`.
+    fn remove(ix: &mut Index, model: &mut BTreeSet<Vec<u8>>, ids: impl Iterator<Item = u32>) {
+        for i in ids {
+            ix.drop_oldest_while(&key(i), |_| true, &mut Vec::new());
+            model.remove(&key(i));
+        }
+    }
+
     fn key(i: u32) -> Vec<u8> {
         // Short keys (inline) and long ones (on the heap), loaded out of order.
         let stem = if i.is_multiple_of(3) {
@@ -282,28 +304,16 @@ mod tests {
         let mut ix = Index::default();
         let mut model = BTreeSet::new();
         let mut revision = 1;
-        for i in 0..3_000 {
-            put(&mut ix, &key(i), revision);
-            model.insert(key(i));
-            revision += 1;
-        }
+        add(&mut ix, &mut model, 0..3_000, &mut revision);
         let mut build = ix.begin_order_build().expect("not built yet");
         // Copied in chunks, a key removed between two (after its chunk).
         assert!(!build.copy_keys(&ix, 1_000));
-        ix.drop_oldest_while(&key(2), |_| true, &mut Vec::new());
-        model.remove(&key(2));
+        remove(&mut ix, &mut model, [2].into_iter());
         while !build.copy_keys(&ix, 1_000) {}
         // While it sorts: keys removed (their slots then reused by new keys),
         // a key removed and put again, keys added past the copied slots.
-        for i in (0..3_000).step_by(7) {
-            ix.drop_oldest_while(&key(i), |_| true, &mut Vec::new());
-            model.remove(&key(i));
-        }
-        for i in 3_000..3_600 {
-            put(&mut ix, &key(i), revision);
-            model.insert(key(i));
-            revision += 1;
-        }
+        remove(&mut ix, &mut model, (0..3_000).step_by(7));
+        add(&mut ix, &mut model, 3_000..3_600, &mut revision);
         ix.drop_oldest_while(&key(1), |_| true, &mut Vec::new());
         put(&mut ix, &key(1), revision);
         assert!(!ix.key_order_built(), "nothing built it meanwhile");
@@ -314,15 +324,8 @@ mod tests {
         assert_eq!(changes.len(), 601);
         sorted.catch_up(changes);
         // Changes after a catch-up: the install applies them.
-        for i in (1..3_000).step_by(11) {
-            ix.drop_oldest_while(&key(i), |_| true, &mut Vec::new());
-            model.remove(&key(i));
-        }
-        for i in 4_000..4_100 {
-            put(&mut ix, &key(i), revision);
-            model.insert(key(i));
-            revision += 1;
-        }
+        remove(&mut ix, &mut model, (1..3_000).step_by(11));
+        add(&mut ix, &mut model, 4_000..4_100, &mut revision);
         ix.install_order(&mut sorted);
         assert!(ix.key_order_built());
         let order = ix.order.get().expect("installed");
