@@ -18,7 +18,10 @@
 //! the file's pages (those written through the map included), whatever
 //! descriptor it is called on, and Linux reports a write-back error to a
 //! descriptor opened after it happened as long as no one has seen it yet. A
-//! failed sync poisons the log whichever descriptor reported it.
+//! failed sync poisons the log whichever descriptor reported it, and so does a
+//! failure to open the file for a sync: when the process is out of
+//! descriptors (many client connections), an open first closes the kept files
+//! no one is using, so that it fails only when every descriptor is in use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -81,17 +84,49 @@ impl OpenFiles {
     }
 
     /// The open file of `key`, or `open()`'s (kept, evicting the least recently used).
+    /// When the process (or the system) is out of descriptors, the kept files
+    /// no one is using are closed, least recently used first, until the open
+    /// succeeds or none is left: a sync that needs its file opened again then
+    /// fails only if every descriptor is really in use (a failed open before a
+    /// sync fails the sync, and poisons the log).
     fn get_or_open(
         &self,
         key: u64,
-        open: impl FnOnce() -> io::Result<File>,
+        mut open: impl FnMut() -> io::Result<File>,
     ) -> io::Result<Arc<File>> {
         if let Some(file) = self.state.lock().touch(key) {
             return Ok(file);
         }
-        // Opened outside the lock: other buckets' syncs go on meanwhile.
-        let file = Arc::new(open()?);
-        Ok(self.keep(key, file))
+        loop {
+            // Opened outside the lock: other buckets' syncs go on meanwhile.
+            match open() {
+                Ok(file) => return Ok(self.keep(key, Arc::new(file))),
+                Err(e) if out_of_descriptors(&e) && self.close_one_idle() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Closes the least recently used kept file that no one else holds;
+    /// whether there was one.
+    fn close_one_idle(&self) -> bool {
+        let mut lru = self.state.lock();
+        let idle = lru.by_use.values().copied().find(|k| {
+            lru.files
+                .get(k)
+                .is_some_and(|(f, _)| Arc::strong_count(f) == 1)
+        });
+        let Some(key) = idle else {
+            return false;
+        };
+        let closed = lru.files.remove(&key);
+        if let Some((_, used)) = &closed {
+            lru.by_use.remove(used);
+        }
+        drop(lru);
+        // The descriptor is closed here, with the lock released.
+        drop(closed);
+        true
     }
 
     /// Keeps `file` as the open file of `key` (or returns the one another
@@ -184,6 +219,12 @@ impl Drop for FileRef {
     }
 }
 
+/// Whether `e` says no descriptor was left (`EMFILE`: the process's limit;
+/// `ENFILE`: the system's).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +265,47 @@ mod tests {
             "dropped references are forgotten"
         );
         drop(held);
+    }
+
+    #[test]
+    fn out_of_descriptors_the_idle_kept_files_are_closed_to_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::os().with_open_file_limit(8);
+        let files = &storage.open_files;
+        let open = |i: usize| storage.open(&dir.path().join(format!("f{i}")), OpenMode::Create);
+        for i in 0..3 {
+            files.get_or_open(i as u64 + 1, || open(i)).unwrap();
+        }
+        let busy = files.get_or_open(1, || open(0)).unwrap(); // in use: never closed
+        assert_eq!(files.len(), 3);
+        // The process is out of descriptors until two are closed.
+        let mut refusals = 2;
+        let opened = files.get_or_open(4, || {
+            if refusals > 0 {
+                refusals -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            open(3)
+        });
+        assert!(opened.is_ok(), "{opened:?}");
+        drop(opened);
+        let lru = files.state.lock();
+        assert!(lru.files.contains_key(&1), "the file in use stays kept");
+        assert!(lru.files.contains_key(&4));
+        assert_eq!(lru.files.len(), 2, "the two idle files were closed");
+        drop(lru);
+        // The file just opened is closed next; then nothing idle is left to
+        // close, and the error is the caller's.
+        let refused = files.get_or_open(5, || Err(io::Error::from_raw_os_error(libc::ENFILE)));
+        assert_eq!(
+            refused.err().and_then(|e| e.raw_os_error()),
+            Some(libc::ENFILE)
+        );
+        assert_eq!(files.len(), 1, "only the file in use is left");
+        // Another error closes nothing.
+        drop(busy);
+        let failed = files.get_or_open(6, || Err(io::Error::from_raw_os_error(libc::EIO)));
+        assert!(failed.is_err());
+        assert_eq!(files.len(), 1);
     }
 }

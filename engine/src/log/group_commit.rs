@@ -476,7 +476,7 @@ impl<F: Flush> GroupCommit<F> {
             // After a failed fsync the kernel may have dropped dirty pages:
             // retrying could report success for lost data. Refuse from here on.
             Err(e) => {
-                tracing::error!(error = %e, "fsync failed; the log refuses writes until reopened");
+                tracing::error!(error = %e, "sync failed (fsync, or opening the file for it); the log refuses writes until reopened");
                 s.failed = Some(e.to_string());
             }
             Ok(()) => update(&mut s),
