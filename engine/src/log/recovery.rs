@@ -35,7 +35,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::mark::{FLAG_CLEAN, FLAG_EAGER, SKIPPED_MASK};
+use super::mark::{FLAG_EAGER, SKIPPED_MASK};
 use super::record::{decode, find_next_valid, Decoded, Record};
 use super::segment::{Segment, SegmentId, SEGMENT_EXT};
 use crate::error::{Error, Result};
@@ -269,10 +269,11 @@ const PAGE: u64 = 4096;
 /// cached (Linux keeps them, counted clean) are not taken for data the disk
 /// has, and vouched for by the mark this open writes.
 fn reread_unclean_tail(seg: &Segment) -> Result<()> {
-    if seg.mark().is_some_and(|m| m.flags & FLAG_CLEAN != 0) {
+    let mark = seg.mark();
+    if mark.is_some_and(|m| m.clean()) {
         return Ok(());
     }
-    let mark_end = seg.mark().map_or(0, |m| m.end);
+    let mark_end = mark.map_or(0, |m| m.end);
     seg.reread_from_disk(mark_end & !(PAGE - 1), seg.file_len()?);
     Ok(())
 }

@@ -36,6 +36,7 @@ use crate::fsutil::{sync_dir, sync_file_systems};
 use crate::io::Storage;
 use crate::key::validate_bucket_name;
 use crate::log::recovery::RecoveryReport;
+use crate::log::segment::SegmentId;
 use crate::log::AfterUnclean;
 
 /// Buckets each opening thread should have, at least, to be worth starting.
@@ -264,12 +265,17 @@ fn list(storage: &Storage, buckets_dir: &Path) -> Result<(Vec<Found>, bool)> {
     Ok((found, cleaned))
 }
 
-/// The first segment file (`*.seg`) in a bucket directory, if any.
+/// The first segment file in a bucket directory, if any.
 fn first_segment(dir: &Path) -> Result<Option<PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if entry.file_name().to_string_lossy().ends_with(".seg") {
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(SegmentId::parse)
+            .is_some()
+        {
             return Ok(Some(entry.path()));
         }
     }
