@@ -119,6 +119,12 @@ impl ServerConfig {
             backup_dir: None,
         }
     }
+
+    /// The engine's limit on one read of many keys (`Options::max_read_bytes`):
+    /// `--max-output`, so that no such read builds a result its reply could not carry.
+    pub fn max_read_bytes(&self) -> u64 {
+        u64::try_from(self.max_output).unwrap_or(u64::MAX)
+    }
 }
 
 /// Parses an fsync policy: `always`, `never`, or `interval=<ms>`.

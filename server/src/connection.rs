@@ -390,9 +390,11 @@ impl Conn {
     async fn execute(&mut self, req: &Request) -> io::Result<bool> {
         let max_output = self.session.shared.config.max_output;
         self.see_own_writes(&req.args).await?;
-        if let Some(bucket) = command::key_order_to_build(&self.session, &req.args) {
+        if let Some(bucket) = command::key_order_to_build(&mut self.session, &req.args) {
             // Off the event loop: see `key_order_to_build`.
-            let _ = tokio::task::spawn_blocking(move || bucket.build_key_order()).await;
+            if let Err(e) = tokio::task::spawn_blocking(move || bucket.build_key_order()).await {
+                tracing::error!("building a bucket's key order failed: {e}");
+            }
         }
         let start = self.out.len();
         if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await {

@@ -306,8 +306,7 @@ async fn open_store(config: &ServerConfig) -> Result<Store, ServerError> {
     let opts = Options {
         fsync: config.fsync,
         repair: config.repair,
-        // No read of many keys builds a result the reply could not carry.
-        max_read_bytes: u64::try_from(config.max_output).unwrap_or(u64::MAX),
+        max_read_bytes: config.max_read_bytes(),
         ..Options::default()
     };
     let dir = config.data_dir.clone();

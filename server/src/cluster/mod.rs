@@ -40,7 +40,7 @@ pub(crate) async fn start(
     cfg.initial_members = c.initial.clone();
     cfg.password = config.password.clone();
     cfg.fsync = config.fsync.into();
-    cfg.store.max_read_bytes = u64::try_from(config.max_output).unwrap_or(u64::MAX);
+    cfg.store.max_read_bytes = config.max_read_bytes();
     ClusterNode::start_tcp(cfg)
         .await
         .map_err(|e| ServerError::Cluster(e.to_string()))

@@ -16,7 +16,7 @@ use crate::session::Session;
 /// first such read of a large bucket would hold up every connection of its
 /// worker thread while it sorts the keys (about 0.15 s for a million). Only a
 /// hint: a request this says nothing of builds the order itself if it must.
-pub(crate) fn key_order_to_build(s: &Session, args: &[Bytes]) -> Option<Bucket> {
+pub(crate) fn key_order_to_build(s: &mut Session, args: &[Bytes]) -> Option<Bucket> {
     if !s.authed || s.multi.is_some() {
         return None;
     }
@@ -38,7 +38,12 @@ pub(crate) fn key_order_to_build(s: &Session, args: &[Bytes]) -> Option<Bucket> 
     } else {
         false
     };
-    (walks && !s.bucket.key_order_built()).then(|| s.bucket.clone())
+    if !walks {
+        return None;
+    }
+    // The bucket the read will use (a cluster node's store may have been replaced).
+    let bucket = s.live_bucket().ok()?;
+    (!bucket.key_order_built()).then_some(bucket)
 }
 
 /// SCAN's page size when no LIMIT is given.

@@ -50,13 +50,13 @@ pub(super) fn queue(
         return;
     };
     let size: usize = request.iter().map(Bytes::len).sum();
-    let parsed = if m.bytes() + size + MultiQueue::PER_WRITE > max {
+    let parsed = if m.fits(size, max) {
+        parse(args)
+    } else {
         Err(Reply::err(
             "ERR",
             format!("MULTI queue exceeds the max-request limit of {max} bytes"),
         ))
-    } else {
-        parse(args)
     };
     match parsed {
         Ok(Command::Write(write)) => {

@@ -148,7 +148,7 @@ pub(crate) async fn errors_as_json(resp: Response) -> Response {
         return resp;
     }
     let (parts, body) = resp.into_parts();
-    // Rejection texts are short; a longer one is cut.
+    // Rejection texts are short; a longer one is replaced by the status's reason.
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let mut message = String::from_utf8_lossy(&text).trim().to_string();
     if message.is_empty() {
@@ -167,7 +167,7 @@ pub(crate) async fn errors_as_json(resp: Response) -> Response {
     // What else the response said (an Allow header, say) stays.
     for (name, value) in &parts.headers {
         if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
-            json.headers_mut().insert(name.clone(), value.clone());
+            json.headers_mut().append(name.clone(), value.clone());
         }
     }
     json

@@ -39,10 +39,21 @@ impl MultiQueue {
         self.bytes
     }
 
+    /// Whether one more write of `size` bytes of arguments keeps the queue within `max`
+    /// bytes, as counted against the limits.
+    pub fn fits(&self, size: usize, max: usize) -> bool {
+        self.bytes + Self::cost(size) <= max
+    }
+
+    /// What a write of `size` bytes of arguments counts in the queue.
+    fn cost(size: usize) -> usize {
+        size + Self::PER_WRITE
+    }
+
     /// Queues a write (its operation and reply shape) that came as `size` bytes of
     /// arguments.
     pub fn push(&mut self, op: WriteOp, shape: WriteShape, size: usize) {
-        self.bytes += size + Self::PER_WRITE;
+        self.bytes += Self::cost(size);
         self.ops.push(op);
         self.shapes.push(shape);
     }
