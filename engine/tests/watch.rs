@@ -88,6 +88,32 @@ fn initial_latest_values_then_ready_then_live() {
 }
 
 #[test]
+fn initial_bytes_are_what_the_undelivered_initial_entries_hold() {
+    let (_d, _s, b) = setup(1);
+    for i in 0..1000 {
+        b.put(&format!("k.{i:04}"), "v").unwrap();
+    }
+    let mut w = b.watch(">", WatchOptions::default()).unwrap();
+    let full = w.initial_bytes();
+    // Each of the 1,000 keys: its 6 bytes and an entry of a list, no value.
+    assert!((1000 * 30..1000 * 200).contains(&full), "{full}");
+    for _ in 0..500 {
+        w.try_next().unwrap().unwrap();
+    }
+    let half = w.initial_bytes();
+    assert!(half < full && half >= full - 500 * 6, "{half} of {full}");
+    drain(&mut w);
+    assert_eq!(w.initial_bytes(), 0);
+    // Updates only: no initial data.
+    let updates = WatchOptions {
+        updates_only: true,
+        ..Default::default()
+    };
+    let live = b.watch(">", updates).unwrap();
+    assert_eq!(live.initial_bytes(), 0);
+}
+
+#[test]
 fn options_alone_and_combined() {
     let (_d, _s, b) = setup(5);
     b.put("k", "1").unwrap(); // 1

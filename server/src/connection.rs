@@ -400,10 +400,17 @@ impl Conn {
         if !cluster::reads::fence(&mut self.session, &req.args, &mut self.out).await {
             return Ok(true);
         }
+        let watches = self.session.watches.len();
         let flow = command::execute(&mut self.session, &req.args, &mut self.out);
         command::proposals::settle(&mut self.session, &mut self.out).await;
         if !self.finish(flow).await? {
             return Ok(false);
+        }
+        // A new watch's initial data may be large: counted at once, not at the end of the
+        // batch (a pipeline of WATCHes must not list a large bucket many times over first).
+        if self.session.watches.len() > watches && self.account() {
+            self.settle_unsent_writes();
+            return Err(io::Error::other("closed: over --max-client-memory"));
         }
         // Replies of queued writes applied first are not this command's. (A stream has
         // flushed the output: what is left is past `start`, or nothing.)
@@ -531,9 +538,13 @@ impl Conn {
     }
 
     /// Reports what the buffers hold (read but not executed, output not sent, MULTI
-    /// queue) to the server-wide budget. Returns true when this connection was evicted.
+    /// queue, the watches' initial data not yet sent) to the server-wide budget. Returns
+    /// true when this connection was evicted.
     fn account(&mut self) -> bool {
-        let held = self.rbuf.capacity() + self.out.capacity() + self.session.multi_bytes();
+        let held = self.rbuf.capacity()
+            + self.out.capacity()
+            + self.session.multi_bytes()
+            + self.session.watches.initial_bytes();
         self.buffers.hold(held);
         self.buffers.evicted()
     }

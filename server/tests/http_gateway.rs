@@ -270,6 +270,16 @@ fn every_error_is_json_also_the_routers_own() {
             413,
             "TOOLARGE",
         ),
+        // The same without a Content-Length: refused once it has come past the limit.
+        (
+            curl(
+                "PUT",
+                &key,
+                &["-H", "Transfer-Encoding: chunked", "-d", &"x".repeat(2000)],
+            ),
+            413,
+            "TOOLARGE",
+        ),
         // A method the route does not take.
         (curl("POST", &key, &["-d", "x"]), 405, "BADARG"),
         // A path segment that is not UTF-8.

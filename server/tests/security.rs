@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -214,6 +214,119 @@ fn stalled_clients_are_evicted_past_the_client_memory_budget() {
     let mut late = TcpStream::connect(addr).unwrap();
     assert_eq!(roundtrip(&mut late, b"GET good\r\n"), "$1\r\n2\r\n");
     server.stop().unwrap();
+}
+
+/// A watch lists the keys of its initial data when it starts, some 60 bytes a key besides
+/// the key itself: that counts against the budget until it is sent. A client that asks
+/// for many watches of a large bucket and reads nothing is closed past the budget (each
+/// watch held its list outside the budget before, up to 1,024 of them per connection).
+#[test]
+fn watches_initial_data_counts_against_the_client_memory_budget() {
+    const KEYS: usize = 20_000;
+    const BUDGET: usize = 16 << 20;
+    let (server, addr, _dir) = start_server(|c| {
+        c.max_client_memory = BUDGET;
+        c.fsync = logkv::FsyncPolicy::Never;
+    });
+    let mut good = TcpStream::connect(addr).unwrap();
+    let prefix = "k".repeat(150);
+    let mut load = Vec::new();
+    for i in 0..KEYS {
+        write!(load, "PUT {prefix}{i} v\r\n").unwrap();
+    }
+    good.write_all(&load).unwrap();
+    let mut replies = BufReader::new(good.try_clone().unwrap());
+    let mut reply = Vec::new();
+    for _ in 0..KEYS {
+        common::read_reply(&mut replies, &mut reply);
+    }
+    // One watch of it (about 4 MB of keys and their places) is within the budget, and
+    // its initial data is all read.
+    let mut watcher = TcpStream::connect(addr).unwrap();
+    assert!(roundtrip(&mut watcher, b"HELLO 3\r\n").contains("logkv"));
+    assert_eq!(roundtrip(&mut watcher, b"WATCH >\r\n"), ":1\r\n");
+    let mut pushes = BufReader::new(watcher.try_clone().unwrap());
+    let mut events = Vec::new();
+    for _ in 0..=KEYS {
+        events.clear();
+        common::read_reply(&mut pushes, &mut events);
+    }
+    assert!(
+        String::from_utf8_lossy(&events).contains("ready"),
+        "{events:?}"
+    );
+    // Eight watches asked for at once and nothing read: over the budget.
+    let mut greedy = TcpStream::connect(addr).unwrap();
+    greedy.write_all(b"HELLO 3\r\n").unwrap();
+    greedy.write_all(&b"WATCH >\r\n".repeat(8)).unwrap();
+    assert!(closed_by_server(&mut greedy), "not closed");
+    let info = roundtrip(&mut good, b"INFO\r\n");
+    assert_eq!(info_field(&info, "evicted_clients"), 1, "{info}");
+    // The others go on.
+    assert_eq!(
+        roundtrip(&mut good, b"PUT after 1\r\n"),
+        format!(":{}\r\n", KEYS + 1)
+    );
+    let mut live = Vec::new();
+    common::read_reply(&mut pushes, &mut live);
+    assert!(String::from_utf8_lossy(&live).contains("after"), "{live:?}");
+    server.stop().unwrap();
+}
+
+/// Values uploaded over the HTTP gateway count against the budget while they arrive, as
+/// RESP input does: clients that send half of an 8 MiB body and stop are closed past the
+/// budget. (Read whole by an extractor, a body counted for nothing until it had all come.)
+#[test]
+fn stalled_http_uploads_are_evicted_past_the_client_memory_budget() {
+    const STALLED: usize = 6;
+    const SENT: usize = 4 << 20;
+    let server = BinaryServer::start(&[
+        "--http-listen",
+        "127.0.0.1:0",
+        "--max-client-memory",
+        "8MiB",
+    ]);
+    let http = server.http_addr();
+    let mut good = TcpStream::connect(server.addr).unwrap();
+    let stalled: Vec<TcpStream> = (0..STALLED)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(http).unwrap();
+                let mut request = format!(
+                    "PUT /v1/buckets/default/keys/big HTTP/1.1\r\nHost: {http}\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    8 << 20
+                )
+                .into_bytes();
+                request.resize(request.len() + SENT, b'v');
+                // An evicted client's write may fail: that is the point.
+                let _ = s.write_all(&request);
+                s
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    // 24 MiB sent against 8 MiB: at most two such uploads fit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut info = roundtrip(&mut good, b"INFO\r\n");
+    while info_field(&info, "evicted_clients") < (STALLED - 2) as u64 {
+        assert!(Instant::now() < deadline, "not evicted: {info}");
+        thread::sleep(Duration::from_millis(50));
+        info = roundtrip(&mut good, b"INFO\r\n");
+    }
+    let held = info_field(&info, "client_memory");
+    assert!(held <= 8 << 20, "{held} over the budget");
+    let closed = stalled
+        .into_iter()
+        .filter_map(|mut s| closed_by_server(&mut s).then_some(()))
+        .count();
+    let settled = info_field(&roundtrip(&mut good, b"INFO\r\n"), "evicted_clients");
+    assert_eq!(closed as u64, settled);
+    // Nothing half uploaded was written, and the server still answers.
+    assert_eq!(roundtrip(&mut good, b"GET big\r\n"), "$-1\r\n");
+    assert_eq!(roundtrip(&mut good, b"PUT after 1\r\n"), ":1\r\n");
 }
 
 /// A memory line of /proc/<pid>/status, in bytes.

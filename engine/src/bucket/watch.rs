@@ -107,6 +107,8 @@ pub struct Watch {
     subject: Subject,
     opts: WatchOptions,
     initial: VecDeque<(String, RecordRef)>,
+    /// The bytes of the keys still in `initial` (see [`Watch::initial_bytes`]).
+    initial_key_bytes: usize,
     initial_segments: HashMap<u32, Arc<Segment>>,
     /// The initial entry [`Watch::try_next_ref`] handed out last (it lends it).
     held: Option<Entry>,
@@ -191,6 +193,7 @@ impl Watch {
             _store: store,
             subject,
             opts,
+            initial_key_bytes: initial.iter().map(|(k, _)| k.capacity()).sum(),
             initial: initial.into(),
             initial_segments: segments,
             held: None,
@@ -206,6 +209,15 @@ impl Watch {
     /// The pattern watched.
     pub fn pattern(&self) -> &str {
         self.subject.as_str()
+    }
+
+    /// The memory the initial entries not yet delivered hold (their keys and where their
+    /// records are; the values are read as they are delivered): a watch of many keys
+    /// holds some 60 bytes a key until its initial data has been read. Nothing once it
+    /// has. For a server that counts what each client makes it hold.
+    pub fn initial_bytes(&self) -> usize {
+        self.initial.capacity() * std::mem::size_of::<(String, RecordRef)>()
+            + self.initial_key_bytes
     }
 
     /// The next event if one is available now; `Ok(None)` if not (yet).
@@ -257,6 +269,7 @@ impl Watch {
             return Ok(Some(self.lost()));
         }
         if let Some((key, rev)) = self.initial.pop_front() {
+            self.initial_key_bytes -= key.capacity();
             let mut e = self
                 .core
                 .load_from(self.initial_segments.get(&rev.slot), &key, &rev)?;
@@ -264,6 +277,8 @@ impl Watch {
                 e.delta = self.initial.len() as u64;
             }
             if self.initial.is_empty() {
+                // Its room goes too (a deque keeps what it grew to).
+                self.initial = VecDeque::new();
                 self.initial_segments.clear();
             }
             return Ok(Some(Next::Initial(self.shape(e))));

@@ -2,7 +2,8 @@
 //! RESP (a web page storing its layout), on the server's own tokio runtime.
 //!
 //! * `guard`: what every request passes first (Host, Origin/CORS, password).
-//! * `routes`: keys and entries, the multi-key reads.
+//! * `routes`: keys and entries, the multi-key reads; `body`: a value's upload, counted
+//!   against the client memory budget as it arrives.
 //! * `sse`: watches as Server-Sent Events.
 //! * `json`: entries and errors as JSON.
 //! * `observe`: `/healthz`, `/metrics` and the timing of every request; `collector`:
@@ -12,6 +13,7 @@
 //! drained at shutdown like RESP ones) and each is driven by hyper's HTTP/1 connection
 //! with the axum router as its service. Every engine call runs on the blocking pool.
 
+mod body;
 mod collector;
 mod guard;
 mod json;
@@ -23,7 +25,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use hyper::body::Incoming;
@@ -81,7 +82,6 @@ impl ConnInfo {
 
 /// The gateway's routes behind its guard.
 pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
-    let max_body = gw.shared.config.limits.max_bulk;
     let key = "/v1/buckets/{bucket}/keys/{*key}";
     Router::new()
         .route(
@@ -102,7 +102,6 @@ pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
         ))
         .fallback(|| async { json::ApiError::not_found("no such route") })
         .layer(axum::middleware::map_response(json::errors_as_json))
-        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(gw),
             guard::check,

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use logkv::Op;
@@ -158,15 +158,18 @@ pub(crate) async fn get_key(
 }
 
 /// `PUT /v1/buckets/{bucket}/keys/{key}[?ttl=ms][&rev=N | &create]` with the value as
-/// the body.
+/// the body (counted against the client memory budget while it arrives).
 pub(crate) async fn put_key(
     State(gw): State<Arc<Gateway>>,
     Extension(conn): Extension<ConnInfo>,
     Path((bucket, key)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let params = Params::new(query, &["ttl", "rev", "create"])?;
+    let max = gw.shared.config.limits.max_bulk;
+    let body = super::body::read_counted(&headers, body, &conn, max, key.len()).await?;
     let held = key.len() + body.len();
     let rev = params.uint("rev")?;
     let create = params.flag("create");

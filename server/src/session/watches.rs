@@ -119,6 +119,17 @@ impl Watches {
         self.outlet.count.load(Ordering::Relaxed)
     }
 
+    /// The memory the watches' initial data not yet sent holds (a watch of a large bucket
+    /// lists its keys at once: see [`Watch::initial_bytes`]); it counts against the client
+    /// memory budget with the connection's buffers.
+    pub fn initial_bytes(&self) -> usize {
+        if !self.active() {
+            return 0;
+        }
+        let st = self.outlet.state.lock();
+        st.list.iter().map(|slot| slot.watch.initial_bytes()).sum()
+    }
+
     /// Completes when a pump wakes the connection.
     pub fn notified(&self) -> Notified<'_> {
         self.outlet.notify.notified()
