@@ -224,9 +224,11 @@ fn stalled_clients_are_evicted_past_the_client_memory_budget() {
 fn watches_initial_data_counts_against_the_client_memory_budget() {
     const KEYS: usize = 20_000;
     const BUDGET: usize = 16 << 20;
+    let http = logkv_server::free_loopback_addr();
     let (server, addr, _dir) = start_server(|c| {
         c.max_client_memory = BUDGET;
         c.fsync = logkv::FsyncPolicy::Never;
+        c.http_listen = Some(http.to_string());
     });
     let mut good = TcpStream::connect(addr).unwrap();
     let prefix = "k".repeat(150);
@@ -262,6 +264,24 @@ fn watches_initial_data_counts_against_the_client_memory_budget() {
     assert!(closed_by_server(&mut greedy), "not closed");
     let info = roundtrip(&mut good, b"INFO\r\n");
     assert_eq!(info_field(&info, "evicted_clients"), 1, "{info}");
+    // The same over the gateway: six event streams of it (some 24 MB) not read, against
+    // 16 MiB: the two over the budget at least are closed.
+    let streams: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(http).unwrap();
+            let get = format!("GET /v1/buckets/default/watch HTTP/1.1\r\nHost: {http}\r\n\r\n");
+            s.write_all(get.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut info = roundtrip(&mut good, b"INFO\r\n");
+    while info_field(&info, "evicted_clients") < 3 {
+        assert!(Instant::now() < deadline, "not evicted: {info}");
+        thread::sleep(Duration::from_millis(50));
+        info = roundtrip(&mut good, b"INFO\r\n");
+    }
+    drop(streams);
     // The others go on.
     assert_eq!(
         roundtrip(&mut good, b"PUT after 1\r\n"),

@@ -22,13 +22,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use logkv::{Entry, Error, Watch, WatchEvent, WatchOptions};
 use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use super::json::{ApiError, EntryJson};
 use super::routes::Params;
-use super::Gateway;
+use super::{ConnInfo, Gateway};
 use crate::pump::{Pump, Subscriber};
 use crate::shared::Shared;
 
@@ -44,6 +45,7 @@ const LOST_ID: &str = "lost";
 /// [&updatesonly]`
 pub(crate) async fn watch(
     State(gw): State<Arc<Gateway>>,
+    Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     Path(bucket): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -105,6 +107,8 @@ pub(crate) async fn watch(
     gw.shared.stats.watchers.fetch_add(1, Ordering::Relaxed);
     let feed = Feed {
         watch,
+        conn,
+        counting: true,
         with_value,
         generation,
         skip_below,
@@ -126,6 +130,10 @@ pub(crate) async fn watch(
 /// One SSE client's watch.
 struct Feed {
     watch: Watch,
+    /// The connection, whose budget the watch's initial data counts against until sent.
+    conn: ConnInfo,
+    /// Whether initial data is left to count.
+    counting: bool,
     with_value: bool,
     /// The store generation the watch reads.
     generation: u64,
@@ -143,6 +151,11 @@ impl Feed {
     /// (after `lost`, or at shutdown).
     async fn next(&mut self) -> Option<Event> {
         loop {
+            if self.counting {
+                let held = self.watch.initial_bytes();
+                self.conn.hold(held);
+                self.counting = held > 0;
+            }
             if self.ended || *self.stop.borrow() {
                 return None;
             }
