@@ -97,6 +97,14 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// A watch's initial data would list more than `WatchOptions::max_initial_bytes`.
+    #[error("the watch's initial data lists at least {bytes} bytes of keys, over the limit of {max} bytes (narrow the pattern, or watch UPDATESONLY, or FROM a recent revision)")]
+    WatchTooLarge {
+        /// Bytes of the list counted when it was refused (a lower bound).
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A previous fsync failed; the log may have lost data and refuses writes until reopened.
     #[error("log {} failed an earlier fsync ({reason}); reopen the store", path.display())]
     Poisoned {

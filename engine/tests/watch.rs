@@ -114,6 +114,36 @@ fn initial_bytes_are_what_the_undelivered_initial_entries_hold() {
 }
 
 #[test]
+fn a_watch_whose_initial_list_passes_its_limit_is_refused() {
+    let (_d, _s, b) = setup(1);
+    for i in 0..100 {
+        b.put(&format!("k.{i:03}"), "v").unwrap();
+    }
+    let limited = |max: usize| WatchOptions {
+        max_initial_bytes: Some(max),
+        ..Default::default()
+    };
+    let whole = b
+        .watch(">", WatchOptions::default())
+        .unwrap()
+        .initial_bytes();
+    match b.watch(">", limited(1000)) {
+        Err(Error::WatchTooLarge { bytes, max: 1000 }) => assert!(bytes > 1000, "{bytes}"),
+        other => panic!("{other:?}"),
+    }
+    // Within the limit (the list's spare room is not counted against it), a narrower
+    // pattern, and updates only all start.
+    let mut w = b.watch(">", limited(whole)).unwrap();
+    assert_eq!(drain(&mut w).len(), 101);
+    assert!(b.watch("k.001", limited(1000)).is_ok());
+    let updates = WatchOptions {
+        updates_only: true,
+        ..limited(0)
+    };
+    assert!(b.watch(">", updates).is_ok());
+}
+
+#[test]
 fn options_alone_and_combined() {
     let (_d, _s, b) = setup(5);
     b.put("k", "1").unwrap(); // 1

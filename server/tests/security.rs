@@ -293,6 +293,53 @@ fn watches_initial_data_counts_against_the_client_memory_budget() {
     server.stop().unwrap();
 }
 
+/// A watch whose list of initial data alone would pass the whole budget is refused while
+/// the list is made, with an error that says how to narrow it (RESP) or a 400 (HTTP),
+/// instead of being made and then having its connection closed.
+#[test]
+fn a_watch_larger_than_the_budget_is_refused_before_it_is_listed() {
+    const KEYS: usize = 10_000;
+    let http = logkv_server::free_loopback_addr();
+    let (server, addr, _dir) = start_server(|c| {
+        c.max_client_memory = 1 << 20;
+        c.fsync = logkv::FsyncPolicy::Never;
+        c.http_listen = Some(http.to_string());
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    let prefix = "k".repeat(100);
+    let mut replies = BufReader::new(c.try_clone().unwrap());
+    // Loaded in pipelines under the 64 KiB that the budget counts in.
+    for chunk in 0..KEYS / 250 {
+        let mut load = Vec::new();
+        for i in chunk * 250..(chunk + 1) * 250 {
+            write!(load, "PUT {prefix}{i} v\r\n").unwrap();
+        }
+        c.write_all(&load).unwrap();
+        let mut reply = Vec::new();
+        for _ in 0..250 {
+            common::read_reply(&mut replies, &mut reply);
+        }
+    }
+    // 10,000 keys of some 105 bytes, and their places: over 1 MiB.
+    let refused = roundtrip(&mut c, b"WATCH >\r\n");
+    assert!(
+        refused.starts_with("-ERR the watch's initial data lists at least")
+            && refused.contains("UPDATESONLY"),
+        "{refused}"
+    );
+    // Updates only: started.
+    assert_eq!(roundtrip(&mut c, b"WATCH > UPDATESONLY\r\n"), ":1\r\n");
+    let mut s = TcpStream::connect(http).unwrap();
+    let get = format!("GET /v1/buckets/default/watch HTTP/1.1\r\nHost: {http}\r\n\r\n");
+    s.write_all(get.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400");
+    let info = roundtrip(&mut TcpStream::connect(addr).unwrap(), b"INFO\r\n");
+    assert_eq!(info_field(&info, "evicted_clients"), 0, "{info}");
+    server.stop().unwrap();
+}
+
 /// Values uploaded over the HTTP gateway count against the budget while they arrive, as
 /// RESP input does: clients that send half of an 8 MiB body and stop are closed past the
 /// budget. (Read whole by an extractor, a body counted for nothing until it had all come.)

@@ -47,6 +47,11 @@ pub struct WatchOptions {
     pub updates_only: bool,
     /// Resume: every retained matching entry with revision >= this, then live entries.
     pub from_revision: Option<u64>,
+    /// Most memory the list of the initial data may take ([`Watch::initial_bytes`]): a
+    /// watch whose list would be larger is refused with [`Error::WatchTooLarge`] while
+    /// the list is made, before it holds more. `None`: no limit. (A server sets its
+    /// client memory budget: a larger list would have its connection closed anyway.)
+    pub max_initial_bytes: Option<usize>,
 }
 
 /// One event of a watch.
@@ -152,6 +157,8 @@ impl Watch {
             let ix = core.index.read();
             let (end, revision) = core.hub.published();
             let mut picked: Vec<(String, RecordRef)> = Vec::new();
+            // What the list takes, as `initial_bytes` counts it (the list's spare room aside).
+            let mut listed = 0usize;
             let wanted =
                 |r: &RecordRef| !(r.expired(now) || opts.ignore_deletes && r.op() != Op::Put);
             if !opts.updates_only || opts.from_revision.is_some() {
@@ -159,6 +166,7 @@ impl Watch {
                     if !subject.matches(k.as_str()) {
                         continue;
                     }
+                    let before = picked.len();
                     match opts.from_revision {
                         Some(from) => ix.for_each_rev(latest, |r| {
                             if r.revision >= from && wanted(r) {
@@ -175,6 +183,17 @@ impl Watch {
                                 picked.push((k.as_str().to_string(), *latest));
                             }
                         }
+                    }
+                    let entry = k.as_str().len() + std::mem::size_of::<(String, RecordRef)>();
+                    listed = listed.saturating_add((picked.len() - before) * entry);
+                    match opts.max_initial_bytes {
+                        Some(max) if listed > max => {
+                            return Err(Error::WatchTooLarge {
+                                bytes: listed as u64,
+                                max: max as u64,
+                            })
+                        }
+                        _ => {}
                     }
                 }
             }

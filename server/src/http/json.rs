@@ -90,7 +90,7 @@ impl ApiError {
     /// preconditions are 409, a missing bucket 404, a bad key or argument 400.
     pub fn engine(e: &logkv::Error) -> ApiError {
         let code = error_code(e);
-        if let logkv::Error::ReadTooLarge { .. } = e {
+        if let logkv::Error::ReadTooLarge { .. } | logkv::Error::WatchTooLarge { .. } = e {
             // The request asks for too much: narrowed, it succeeds.
             return ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string());
         }

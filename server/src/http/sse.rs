@@ -66,6 +66,8 @@ pub(crate) async fn watch(
         ignore_deletes: params.flag("nodeletes"),
         updates_only: params.flag("updatesonly"),
         from_revision: params.uint("from")?,
+        // A list larger than the whole budget would have the connection closed once made.
+        max_initial_bytes: Some(gw.shared.client_memory.budget()),
     };
     if let Some(last) = headers.get(LAST_EVENT_ID) {
         if last.as_bytes() == LOST_ID.as_bytes() {

@@ -141,7 +141,7 @@ impl Watches {
         &mut self,
         bucket: &Bucket,
         pattern: &str,
-        opts: WatchOptions,
+        mut opts: WatchOptions,
     ) -> logkv::Result<u64> {
         let outlet = &self.outlet;
         let shared = &outlet.shared;
@@ -155,6 +155,9 @@ impl Watches {
         } else {
             0
         };
+        // A list of initial data larger than the whole budget would have the connection
+        // closed once made: refused while it is made instead.
+        opts.max_initial_bytes = Some(shared.client_memory.budget());
         let watch = match bucket.watch(pattern, opts) {
             Ok(w) => w,
             Err(e) => {
