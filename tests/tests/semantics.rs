@@ -473,6 +473,40 @@ fn create_semantics() {
     assert_eq!(val(&b, "t").as_deref(), Some("y"));
 }
 
+/// A TTL so long that its expiry passes what a record stores (2^48 - 1 ms, some 8,900
+/// years) expires at that time, as the record says: ENTRY, TTL and a watch agree, and a
+/// replay of the log finds the same (the index kept the unclamped time before).
+#[test]
+fn a_ttl_past_what_a_record_stores_is_the_same_through_every_read_and_a_reopen() {
+    const MAX_TIME_MS: u64 = (1 << 48) - 1;
+    let env = Env::new();
+    let b = env.bucket("t", BucketConfig::default());
+    let mut w = b
+        .watch(
+            ">",
+            logkv::WatchOptions {
+                updates_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    b.put_with_ttl("k", "v", Duration::from_millis(u64::MAX)).unwrap();
+    let e = b.entry("k").unwrap().unwrap();
+    assert_eq!(e.expires_ms, MAX_TIME_MS);
+    assert_eq!(b.ttl("k").unwrap(), Ttl::Remaining(MAX_TIME_MS - T0));
+    let live = std::iter::from_fn(|| w.try_next().unwrap())
+        .find_map(|ev| match ev {
+            logkv::WatchEvent::Entry(e) => Some(e),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(live.expires_ms, MAX_TIME_MS);
+    drop((w, b));
+    let env = env.crash();
+    let b = env.store.bucket("t").unwrap();
+    assert_eq!(b.entry("k").unwrap().unwrap().expires_ms, MAX_TIME_MS);
+}
+
 #[test]
 fn update_semantics() {
     let env = Env::new();

@@ -199,10 +199,21 @@ impl BucketCore {
 
     /// Retained revision `revision` of `key` (markers included), unless expired.
     pub(crate) fn get_revision(&self, key: &str, revision: u64) -> Result<Option<Entry>> {
+        self.get_revision_at(key, revision, self.now())
+    }
+
+    /// [`BucketCore::get_revision`] as of `now` (a write's planning time: on a replica,
+    /// the leader's, so that every node finds the same entry).
+    pub(crate) fn get_revision_at(
+        &self,
+        key: &str,
+        revision: u64,
+        now: u64,
+    ) -> Result<Option<Entry>> {
         self.check_open()?;
         let found = self.read_one(key, |ix| {
             ix.find(key.as_bytes(), revision)
-                .filter(|r| r.expires_ms == 0 || !r.expired(self.now()))
+                .filter(|r| r.expires_ms == 0 || !r.expired(now))
         })?;
         missing_key_checked(key, found)
     }

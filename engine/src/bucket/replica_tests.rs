@@ -198,6 +198,33 @@ fn the_apply_time_is_the_one_given_and_watches_never_see_tags() {
     assert_eq!(seen, want);
 }
 
+/// A replicated REVERT finds its target as of the apply time given (the leader's), not
+/// the node's clock: a node applying it late, or with its clock ahead, writes the same
+/// revision as the leader did (it refused it before, and its revisions fell behind).
+#[test]
+fn a_replicated_revert_finds_its_target_at_the_apply_time_given() {
+    let (_dir, clock, store, b) = created();
+    let config = BucketConfig {
+        history: 2,
+        ..Default::default()
+    };
+    let b2 = store.create_bucket_at("h", config, T0, &tag(2)).unwrap();
+    drop(b);
+    let ttl = std::time::Duration::from_millis(1_000);
+    let put = |op: WriteOp, at: u64, t: u64| {
+        let out = b2
+            .apply_replicated(&[op], ApplyMode::Each, at, &tag(t))
+            .unwrap();
+        out.into_iter().next().unwrap().unwrap().revision
+    };
+    assert_eq!(put(WriteOp::put("k", "a").with_ttl(ttl), T0, 3), 1);
+    assert_eq!(put(WriteOp::put("k", "b"), T0 + 100, 4), 2);
+    // The node's clock is past revision 1's expiry; the leader's was not.
+    clock.set(T0 + 5_000);
+    assert_eq!(put(WriteOp::revert("k", 1), T0 + 900, 5), 3);
+    assert_eq!(&b2.get("k").unwrap().unwrap()[..], b"a");
+}
+
 #[test]
 fn a_replica_ages_out_at_its_sweeps_never_at_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -307,9 +307,10 @@ impl BucketCore {
                 _ => None,
             };
             let key_expires_ms = match (rop, op.ttl) {
-                (Op::Put, Some(ttl)) => {
-                    now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-                }
+                // As the record stores it: the index, replies and replay agree.
+                (Op::Put, Some(ttl)) => now
+                    .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                    .min(record::MAX_TIME_MS),
                 _ => 0,
             };
             room.take(rop, len);
@@ -391,7 +392,7 @@ impl BucketCore {
                             }
                             _ => None,
                         },
-                        None => match self.get_revision(&op.key, *revision)? {
+                        None => match self.get_revision_at(&op.key, *revision, now)? {
                             Some(e) if e.op == Op::Put => Some(e.value),
                             _ => None,
                         },
