@@ -22,7 +22,9 @@
 //!   the log's `Storage`) before the call returns. The **committed** log id is written
 //!   atomically without an fsync, in place (`fsutil::SlotFile`: no file created or renamed per
 //!   commit): it is a hint that lets a restarted node re-apply its log
-//!   before it hears from a leader; a stale one only delays that.
+//!   before it hears from a leader; a stale one only delays that, and one past the log's
+//!   end (the entries it names were lost in a power cut) is cut back to the log's end at
+//!   open.
 //! - **Open** is the engine's recovery: a torn tail of the last segment past its durability
 //!   mark is cut (and logged); damage anywhere else, an index out of sequence or a leader id
 //!   going backwards is corruption and the log refuses to open, naming the file and offset.
@@ -239,6 +241,28 @@ impl LogStore {
                 "cut a torn tail off the Raft log"
             );
         }
+        // The hint is written without an fsync and openraft may commit entries it has
+        // submitted but not yet flushed: after a power cut the hint can name an index past
+        // the log's durable end. Every entry the log kept up to the hint was committed (a
+        // committed entry is never truncated), so the hint is cut back to the last of them;
+        // left ahead, the re-apply at start would ask for entries that are not there and the
+        // node could not start.
+        let last = replay.locs.back().map(|l| l.log_id).or(purged);
+        let committed = match (committed, last) {
+            (Some(c), Some(last)) if c.index > last.index => {
+                tracing::warn!(
+                    hint = c.index,
+                    last = last.index,
+                    "the committed hint is past the Raft log's end (lost in a crash): cut back"
+                );
+                Some(last)
+            }
+            (Some(c), None) => {
+                tracing::warn!(hint = c.index, "the committed hint names an empty Raft log");
+                None
+            }
+            (c, _) => c,
+        };
         // Before the first write that is acknowledged before it is durable.
         log.clear_clean_mark().map_err(to_io)?;
         let log = Arc::new(log);
