@@ -124,6 +124,48 @@ async fn a_lagging_node_is_caught_up_by_a_snapshot() {
     c.shutdown().await;
 }
 
+/// A follower behind by more large entries than one frame between nodes carries catches up
+/// from the log: the leader sends them in parts. (openraft asks for up to 300 entries at a
+/// time whatever their size; the whole request failed to encode, the leader retried it
+/// forever and the follower never caught up.) A write over one entry's limit is refused
+/// before anything is proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_more_than_one_frame_of_entries_catches_up() {
+    let mut c = TestCluster::start(3, 100_000).await;
+    let leader = c.leader().await;
+    let lagging = c.follower(leader);
+    c.stop(lagging).await;
+    let big = |i: usize| Command::Write {
+        bucket: "default".into(),
+        atomic: false,
+        ops: vec![Op::put(
+            format!("big{i}"),
+            vec![b"0123456789"[i % 10]; 1 << 20],
+        )],
+    };
+    // 80 entries of 1 MiB: more than one frame's 64 MiB.
+    for i in 0..80 {
+        write_retrying(c.node(leader), big(i)).await;
+    }
+    let node = c.restart(lagging).await;
+    c.converge().await;
+    assert_eq!(contents(&node), contents(c.node(leader)));
+    assert_eq!(contents(&node).len(), 80);
+
+    let huge = Command::Write {
+        bucket: "default".into(),
+        atomic: true,
+        ops: (0..70)
+            .map(|i| Op::put(format!("h{i}"), vec![b'h'; 1 << 20]))
+            .collect(),
+    };
+    match c.node(lagging).write(huge).await {
+        Err(ClusterError::TooLarge { bytes, max }) => assert!(bytes > max, "{bytes} {max}"),
+        other => panic!("{other:?}"),
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_added_and_removed_and_leadership_moves() {
     let mut c = TestCluster::start(3, 100_000).await;

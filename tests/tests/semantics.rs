@@ -490,7 +490,8 @@ fn a_ttl_past_what_a_record_stores_is_the_same_through_every_read_and_a_reopen()
             },
         )
         .unwrap();
-    b.put_with_ttl("k", "v", Duration::from_millis(u64::MAX)).unwrap();
+    b.put_with_ttl("k", "v", Duration::from_millis(u64::MAX))
+        .unwrap();
     let e = b.entry("k").unwrap().unwrap();
     assert_eq!(e.expires_ms, MAX_TIME_MS);
     assert_eq!(b.ttl("k").unwrap(), Ttl::Remaining(MAX_TIME_MS - T0));

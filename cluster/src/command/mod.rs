@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 
 mod proposal;
 pub mod shared;
+pub(crate) use proposal::encoded_size_hint;
 pub use proposal::{
-    decode_proposal, decode_shared_proposal, encode_proposal, FormatError, Proposal, COMMAND_FORMAT,
+    decode_proposal, decode_shared_proposal, encode_proposal, FormatError, Proposal,
+    COMMAND_FORMAT, MAX_PROPOSAL_BYTES,
 };
 
 /// A store-level command. Each one concerns a single bucket.
@@ -561,6 +563,48 @@ mod tests {
             postcard::from_bytes::<Proposal>(&bad).is_err(),
             "unknown format"
         );
+    }
+
+    /// The size a proposal is checked against is never less than what it encodes to, for
+    /// ops with every field at its widest.
+    #[test]
+    fn the_size_hint_bounds_the_encoding() {
+        let long = "b".repeat(200);
+        let ttl = Duration::from_millis(u64::MAX);
+        let ops = [
+            Op::update("k".repeat(1024), vec![7u8; 300], u64::MAX).with_ttl(ttl),
+            Op::cas("k", "v".repeat(1000), Some(Bytes::from(vec![1u8; 5000]))).returning_previous(),
+            Op::delete_at("k", u64::MAX).returning_previous(),
+            Op::revert("k".repeat(1024), u64::MAX),
+            Op::put("", ""),
+        ];
+        let commands = [
+            Command::Write {
+                bucket: long.clone(),
+                atomic: true,
+                ops: ops.iter().cloned().cycle().take(5_000).collect(),
+            },
+            Command::Write {
+                bucket: "b".into(),
+                atomic: false,
+                ops: vec![Op::put("", ""); 10_000],
+            },
+            Command::DeleteGlob {
+                bucket: long.clone(),
+                glob: "*".repeat(1024),
+            },
+            Command::CreateBucket {
+                bucket: long.clone(),
+                config: BucketSpec::from(logkv::BucketConfig::default()),
+            },
+            Command::Sweep { bucket: long },
+        ];
+        for command in commands {
+            let hint = encoded_size_hint(&command);
+            let p = Proposal::new(u64::MAX, command);
+            let len = p.encoded().unwrap().len();
+            assert!(hint >= len, "{p}: hint {hint} < {len}");
+        }
     }
 
     #[test]

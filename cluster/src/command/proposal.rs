@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{shared, Command};
+use super::{shared, Command, OpKind};
 
 /// Version byte in front of every serialized [`Proposal`].
 pub const COMMAND_FORMAT: u8 = 1;
@@ -84,20 +84,37 @@ impl Proposal {
     }
 }
 
+/// Most bytes one proposal may encode to (as [`encoded_size_hint`] counts them): one
+/// replicated entry must fit one frame between nodes with room for the request around it
+/// (a larger one could never be sent, and the leader would retry it forever while every
+/// later write waited behind it).
+pub const MAX_PROPOSAL_BYTES: usize = crate::net::frame::MAX_FRAME - (4 << 20);
+
 /// About the bytes a command encodes to, so that the buffer is allocated once, not doubled
 /// from empty through a group's megabyte: keys and values, and the varints around them.
-fn encoded_size_hint(command: &Command) -> usize {
-    /// The format byte, the time, the variant, and a short bucket name.
-    const FIXED: usize = 64;
-    /// An op's precondition, lengths, TTL and flag.
-    const PER_OP: usize = 24;
+/// Never less than the encoding takes, so it is also what [`MAX_PROPOSAL_BYTES`] is
+/// checked against.
+pub(crate) fn encoded_size_hint(command: &Command) -> usize {
+    /// The format byte, the time, the variant, the flag and the op count.
+    const FIXED: usize = 32;
+    /// At most: the variant and its revision or CAS value's length, the key's and the
+    /// value's lengths, the TTL and the flag (varints of up to 10 bytes each).
+    const PER_OP: usize = 1 + 10 + 10 + 10 + 11 + 1;
+    let named = |bucket: &str| bucket.len() + 10 + FIXED;
     match command {
-        Command::Write { ops, .. } => ops
+        Command::Write { bucket, ops, .. } => ops
             .iter()
-            .map(|o| o.key.len() + o.value.len() + PER_OP)
+            .map(|o| {
+                let expected = match &o.kind {
+                    OpKind::Cas(Some(v)) => v.len(),
+                    _ => 0,
+                };
+                o.key.len() + o.value.len() + expected + PER_OP
+            })
             .sum::<usize>()
-            .saturating_add(FIXED),
-        _ => FIXED,
+            .saturating_add(named(bucket)),
+        Command::DeleteGlob { bucket, glob } => named(bucket) + glob.len() + 10,
+        other => named(other.bucket()) + 64,
     }
 }
 

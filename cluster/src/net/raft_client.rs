@@ -11,17 +11,66 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use openraft::{EntryPayload, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 
 use super::frame::Kind;
 use super::message::{Reply, Request};
 use super::{CallError, Network};
 use crate::sm::snapshot::SnapshotDir;
 use crate::sm::Snap;
-use crate::types::{Node, NodeId, Vote, C};
+use crate::types::{Entry, LogId, Node, NodeId, Vote, C};
 
 /// Bytes per snapshot chunk.
 const CHUNK: usize = 256 << 10;
+
+/// Most bytes of entries one `AppendEntries` carries (one entry goes alone whatever its
+/// size, up to a proposal's limit). openraft sends up to 300 entries at a time whatever
+/// their size, with a heartbeat interval to answer: a follower catching up on large writes
+/// got requests that could not be sent in time, or at all (over a frame's limit), and
+/// never caught up. Small requests also keep heartbeats, which share the link, on time.
+const APPEND_BYTES: usize = 4 << 20;
+
+/// The rate an `AppendEntries` is given time for beyond openraft's timeout, in bytes per
+/// second: a large one takes longer to send, decode and write than a heartbeat interval.
+const APPEND_RATE: u64 = 20 << 20;
+
+/// What an entry takes in an `AppendEntries` frame, at most.
+fn wire_size(entry: &Entry) -> usize {
+    /// The log id, the payload's variant and its length.
+    const AROUND: usize = 64;
+    match &entry.payload {
+        EntryPayload::Normal(p) => p.encoded().map_or(0, <[u8]>::len) + AROUND,
+        // A membership names every node: small.
+        EntryPayload::Membership(_) | EntryPayload::Blank => 4096,
+    }
+}
+
+/// Cuts `entries` to the longest prefix within [`APPEND_BYTES`] (at least one entry, which
+/// a proposal's limit keeps within a frame). Returns the bytes kept, and the log id of the
+/// last entry kept when some were cut: what the peer then matches up to.
+fn fit_in_request(entries: &mut Vec<Entry>) -> (usize, Option<LogId>) {
+    let mut total = 0usize;
+    let mut keep = 0;
+    for e in entries.iter() {
+        let size = wire_size(e);
+        if keep > 0 && total.saturating_add(size) > APPEND_BYTES {
+            break;
+        }
+        total = total.saturating_add(size);
+        keep += 1;
+    }
+    if keep >= entries.len() {
+        return (total, None);
+    }
+    entries.truncate(keep);
+    (total, entries.last().map(|e| e.log_id))
+}
+
+/// openraft's timeout for an `AppendEntries` of `bytes`, plus their time at [`APPEND_RATE`].
+fn append_timeout(option: &RPCOption, bytes: usize) -> Duration {
+    let rate = Duration::from_millis(u64::try_from(bytes).unwrap_or(u64::MAX) * 1000 / APPEND_RATE);
+    option.hard_ttl() + rate
+}
 
 /// Makes a [`PeerClient`] per target, as openraft asks.
 #[derive(Debug, Clone)]
@@ -69,9 +118,9 @@ fn remote(msg: &str) -> RPCError<C> {
 }
 
 impl PeerClient {
-    async fn call(&self, req: Request, option: &RPCOption) -> Result<Reply, RPCError<C>> {
+    async fn call(&self, req: Request, timeout: Duration) -> Result<Reply, RPCError<C>> {
         self.net
-            .call(self.target, &req, option.hard_ttl())
+            .call(self.target, &req, timeout)
             .await
             .map_err(|e| rpc_error(&e))
     }
@@ -149,10 +198,17 @@ impl RaftNetworkV2<C> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        match self.call(Request::Append(rpc), &option).await? {
+        // Too much for one request (a follower catching up on large writes): the first part
+        // now, openraft sends the rest next.
+        let (bytes, sent_up_to) = fit_in_request(&mut rpc.entries);
+        let timeout = append_timeout(&option, bytes);
+        match self.call(Request::Append(rpc), timeout).await? {
+            Reply::Append(Ok(AppendEntriesResponse::Success)) if sent_up_to.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(sent_up_to))
+            }
             Reply::Append(Ok(r)) => Ok(r),
             Reply::Append(Err(msg)) => Err(remote(&msg)),
             other => Err(unexpected(&other)),
@@ -164,7 +220,7 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(Request::Vote(rpc), &option).await? {
+        match self.call(Request::Vote(rpc), option.hard_ttl()).await? {
             Reply::Vote(Ok(r)) => Ok(r),
             Reply::Vote(Err(msg)) => Err(remote(&msg)),
             other => Err(unexpected(&other)),
@@ -176,7 +232,7 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(Request::PreVote(rpc), &option).await? {
+        match self.call(Request::PreVote(rpc), option.hard_ttl()).await? {
             Reply::Vote(Ok(r)) => Ok(r),
             Reply::Vote(Err(msg)) => Err(remote(&msg)),
             other => Err(unexpected(&other)),
@@ -202,7 +258,10 @@ impl RaftNetworkV2<C> for PeerClient {
         req: TransferLeaderRequest<C>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
-        match self.call(Request::TransferLeader(req), &option).await? {
+        match self
+            .call(Request::TransferLeader(req), option.hard_ttl())
+            .await?
+        {
             Reply::TransferLeader(Ok(r)) => Ok(r),
             Reply::TransferLeader(Err(msg)) => Err(remote(&msg)),
             other => Err(unexpected(&other)),

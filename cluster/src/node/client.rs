@@ -12,7 +12,7 @@ use openraft::errors::{ChangeMembershipError, ClientWriteError, LinearizableRead
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 
 use super::ClusterNode;
-use crate::command::{Command, Proposal, Response};
+use crate::command::{encoded_size_hint, Command, Proposal, Response, MAX_PROPOSAL_BYTES};
 use crate::net::message::{Forward, Outcome, Reply, Request};
 use crate::net::CallError;
 use crate::types::{Node, NodeId};
@@ -32,6 +32,14 @@ pub enum ClusterError {
     /// Refused (an impossible membership change, an unknown node).
     #[error("{0}")]
     Failed(String),
+    /// A write too large for one replicated entry; nothing was applied. Split it.
+    #[error("a write of about {bytes} bytes is over the limit of {max} bytes for one replicated entry (split it into smaller writes or batches)")]
+    TooLarge {
+        /// About the bytes the write encodes to.
+        bytes: usize,
+        /// The limit ([`crate::command::MAX_PROPOSAL_BYTES`]).
+        max: usize,
+    },
 }
 
 impl From<Outcome> for ClusterError {
@@ -81,6 +89,13 @@ impl ClusterNode {
     /// Proposes `command` and returns its response once applied (on the leader), forwarding
     /// it to the leader from a follower.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
+        let bytes = encoded_size_hint(&command);
+        if bytes > MAX_PROPOSAL_BYTES {
+            return Err(ClusterError::TooLarge {
+                bytes,
+                max: MAX_PROPOSAL_BYTES,
+            });
+        }
         match self.forward(Forward::Write(Arc::new(command))).await? {
             Outcome::Applied { response, .. } => Ok(response),
             other => Err(other.into()),

@@ -210,7 +210,7 @@ fn a_replicated_revert_finds_its_target_at_the_apply_time_given() {
     };
     let b2 = store.create_bucket_at("h", config, T0, &tag(2)).unwrap();
     drop(b);
-    let ttl = std::time::Duration::from_millis(1_000);
+    let ttl = std::time::Duration::from_secs(1);
     let put = |op: WriteOp, at: u64, t: u64| {
         let out = b2
             .apply_replicated(&[op], ApplyMode::Each, at, &tag(t))

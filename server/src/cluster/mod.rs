@@ -60,11 +60,13 @@ pub(crate) fn watch_store_changes(shared: &Arc<Shared>) {
 }
 
 /// The reply for a cluster failure: `-NOLEADER` (nothing was applied; retry), `-INDOUBT`
-/// (the outcome is unknown; check with ENTRY) or `-ERR`.
+/// (the outcome is unknown; check with ENTRY), `-TOOLARGE` (a write over one replicated
+/// entry's limit; nothing was applied) or `-ERR`.
 pub(crate) fn error_reply(e: &ClusterError) -> Reply {
     match e {
         ClusterError::NoLeader(m) => Reply::err("NOLEADER", m.clone()),
         ClusterError::InDoubt(m) => Reply::err("INDOUBT", m.clone()),
+        ClusterError::TooLarge { .. } => Reply::err("TOOLARGE", e.to_string()),
         ClusterError::Failed(m) => Reply::err("ERR", m.clone()),
     }
 }

@@ -109,8 +109,9 @@ impl ApiError {
 
 impl ApiError {
     /// A cluster failure: `NOLEADER` (503: nothing was applied, retry), `INDOUBT` (504: the
-    /// write reached the leader but its outcome is unknown; read the key to check), or a
-    /// server-side failure.
+    /// write reached the leader but its outcome is unknown; read the key to check),
+    /// `TOOLARGE` (413: over one replicated entry's limit, nothing applied), or a server-side
+    /// failure.
     pub fn cluster(e: &logkv_cluster::ClusterError) -> ApiError {
         use logkv_cluster::ClusterError;
         match e {
@@ -119,6 +120,9 @@ impl ApiError {
             }
             ClusterError::InDoubt(m) => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "INDOUBT", m.clone())
+            }
+            ClusterError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "TOOLARGE", e.to_string())
             }
             ClusterError::Failed(m) => ApiError::internal(m.clone()),
         }
