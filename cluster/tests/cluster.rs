@@ -204,6 +204,30 @@ async fn members_are_added_and_removed_and_leadership_moves() {
     c.shutdown().await;
 }
 
+/// CLUSTER ADD of a node that is not running returns, saying the node stays a learner,
+/// once the catch-up wait is over (it waited forever); the cluster goes on, and the node
+/// can be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_that_is_not_running_fails_in_time_and_changes_only_the_learners() {
+    let c = TestCluster::start(3, 100_000).await;
+    let leader = c.leader().await;
+    let follower = c.follower(leader);
+    write_retrying(c.node(leader), put("a", "1")).await;
+    let started = tokio::time::Instant::now();
+    match c.node(follower).add(9, &support::addr(9), false).await {
+        Err(ClusterError::Failed(msg)) => assert!(msg.contains("stays a learner"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let m = c.node(leader).membership();
+    assert!(m.learner_ids().any(|id| id == 9));
+    assert!(!m.voter_ids().any(|id| id == 9));
+    write_retrying(c.node(leader), put("b", "2")).await;
+    c.node(leader).remove(9).await.unwrap();
+    assert!(c.node(leader).membership().get_node(&9).is_none());
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiries_are_proposed_by_the_leader_with_the_same_revision_everywhere() {
     let c = TestCluster::start(3, 100_000).await;

@@ -167,7 +167,12 @@ impl ClusterNode {
                 Some(l) if l == self.id() => self.serve_forward(req.clone()).await,
                 Some(l) => {
                     let msg = Request::Forward(req.clone());
-                    let timeout = self.inner.cfg.write_timeout + self.inner.cfg.leader_wait;
+                    let cfg = &self.inner.cfg;
+                    let mut timeout = cfg.write_timeout + cfg.leader_wait;
+                    if let Forward::Add { .. } = req {
+                        // Two membership changes and the wait for the node to catch up.
+                        timeout = 2 * timeout + cfg.catch_up_wait;
+                    }
                     match self.inner.net.call(l, &msg, timeout).await {
                         Ok(Reply::Forward(o)) => o,
                         Ok(Reply::Unavailable(why)) | Err(CallError::NotSent(why)) => {
@@ -333,8 +338,16 @@ impl ClusterNode {
         >,
     {
         let started = Instant::now();
+        let limit = self.inner.cfg.write_timeout;
         loop {
-            let busy = match op().await {
+            let Ok(result) = tokio::time::timeout(limit, op()).await else {
+                return Outcome::InDoubt(format!(
+                    "the membership change was not committed within {}ms (is a quorum of \
+                     the members up?): check CLUSTER STATUS",
+                    limit.as_millis()
+                ));
+            };
+            let busy = match result {
                 Ok(_) => return Outcome::Done,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     return Outcome::NotLeader(f.leader_id.filter(|l| *l != self.id()))
@@ -381,8 +394,9 @@ impl ClusterNode {
             },
         };
         let raft = &self.inner.raft;
+        let addr = node.raft_addr.clone();
         match self
-            .membership_outcome(|| raft.add_learner(id, node.clone(), true))
+            .membership_outcome(|| raft.add_learner(id, node.clone(), false))
             .await
         {
             Outcome::Done => {}
@@ -390,6 +404,29 @@ impl ClusterNode {
         }
         if learner {
             return Outcome::Done;
+        }
+        // A voter that has not caught up would slow every commit: it votes once replication
+        // to it has reached the leader's log as it is now (openraft's own wait for this has
+        // no limit: a node that is not running held CLUSTER ADD forever).
+        let target = raft.metrics().borrow_watched().last_log_index;
+        let wait = self.inner.cfg.catch_up_wait;
+        let caught_up = raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&id));
+                    matched.is_some_and(|l| l.map(|l| l.index) >= target)
+                },
+                "the new node caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Outcome::Failed(format!(
+                "node {id} was added as a learner but has not caught up within {}s (is it \
+                 running at {addr}?): it stays a learner; CLUSTER ADD it again once it is up, \
+                 or CLUSTER REMOVE it",
+                wait.as_secs()
+            ));
         }
         self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
             .await

@@ -86,6 +86,9 @@ pub struct NodeConfig {
     pub leader_wait: Duration,
     /// How often the leader proposes TTL sweeps.
     pub sweep_interval: Duration,
+    /// How long `CLUSTER ADD` waits for a new node to catch up as a learner before it makes
+    /// it a voter (past it the node stays a learner and the command fails, saying so).
+    pub catch_up_wait: Duration,
 }
 
 impl NodeConfig {
@@ -111,6 +114,7 @@ impl NodeConfig {
             write_timeout: Duration::from_secs(10),
             leader_wait: Duration::from_secs(3),
             sweep_interval: Duration::from_secs(1),
+            catch_up_wait: Duration::from_secs(60),
         }
     }
 }

@@ -64,6 +64,7 @@ impl TestCluster {
         cfg.leader_wait = Duration::from_secs(3);
         cfg.write_timeout = Duration::from_secs(5);
         cfg.sweep_interval = Duration::from_millis(200);
+        cfg.catch_up_wait = Duration::from_secs(2);
         cfg
     }
 
