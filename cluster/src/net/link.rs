@@ -41,6 +41,8 @@ pub enum Chunk {
     Data(Vec<u8>),
     /// The end of the stream.
     End,
+    /// The sender gave up (a file it could not read): why. An end frame with a payload.
+    Abort(String),
 }
 
 /// Why a call got no reply.
@@ -329,10 +331,10 @@ async fn route(link: &Arc<Link>, net: &Weak<Network>, frame: Frame) -> io::Resul
         Kind::Chunk | Kind::End => {
             let tx = link.streams.lock().get(&frame.id).cloned();
             if let Some(tx) = tx {
-                let chunk = if frame.kind == Kind::End {
-                    Chunk::End
-                } else {
-                    Chunk::Data(frame.payload)
+                let chunk = match frame.kind {
+                    Kind::End if frame.payload.is_empty() => Chunk::End,
+                    Kind::End => Chunk::Abort(String::from_utf8_lossy(&frame.payload).into_owned()),
+                    _ => Chunk::Data(frame.payload),
                 };
                 // A receiver that gave up simply drops the rest.
                 let _ = tx.send(chunk).await;

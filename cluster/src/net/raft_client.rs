@@ -170,6 +170,11 @@ impl PeerClient {
         }
         .await;
         if let Err(e) = sent {
+            // The receiver learns at once that nothing more comes (else it waits for the
+            // rest until its idle timeout), and drops what it has written.
+            let _ = link
+                .send(Kind::End, id, format!("the sender gave up: {e}").as_bytes())
+                .await;
             link.cancel_call(id);
             return Err(StreamingError::Network(NetworkError::new(&e)));
         }

@@ -14,6 +14,10 @@ use crate::net::{Chunk, Handler};
 use crate::sm::snapshot::{check_relative, SnapshotDir, SnapshotInfo};
 use crate::types::{Node, NodeId, Vote};
 
+/// How long a snapshot being received may go without a byte before it is given up (a
+/// sender that vanished without a word: its link may stay up for other traffic).
+const CHUNK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves a node's incoming requests.
 pub(crate) struct NodeHandler {
     raft: Raft,
@@ -131,7 +135,13 @@ async fn receive(
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
-        std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))
+        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if f.size == 0 {
+            // Written: nothing. Its creation is made durable here (its directory's, below).
+            file.sync_all()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(file)
     };
     // The file being written and the bytes it still needs.
     let mut current: Option<(std::fs::File, u64)> = None;
@@ -147,8 +157,15 @@ async fn receive(
     };
     let mut more = next(&mut current)?;
     loop {
-        match chunks.recv().await {
+        let Ok(chunk) = tokio::time::timeout(CHUNK_IDLE, chunks.recv()).await else {
+            return Err(format!(
+                "no snapshot bytes for {} s: the sender is gone",
+                CHUNK_IDLE.as_secs()
+            ));
+        };
+        match chunk {
             None => return Err("the snapshot stream was cut".into()),
+            Some(Chunk::Abort(why)) => return Err(why),
             Some(Chunk::End) => break,
             Some(Chunk::Data(bytes)) => {
                 let mut rest = &bytes[..];
@@ -176,9 +193,64 @@ async fn receive(
     let (dir, info) = (dir.clone(), info.clone());
     tokio::task::spawn_blocking(move || {
         dir.verify(&info)?;
+        // The files are synced as written; the directories holding them, before the info
+        // that makes the snapshot whole is written: after a power cut, a snapshot whose
+        // info is there has every file.
+        crate::sm::snapshot::sync_dirs(&dir.path)?;
         dir.write_info(&info)
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sm::snapshot::{manifest, SnapshotStore};
+    use crate::types::SnapshotMeta;
+
+    /// A snapshot of two files, one empty, in a store of its own: its info and bytes.
+    fn sample(dir: &std::path::Path) -> (SnapshotInfo, Vec<u8>) {
+        let snaps = SnapshotStore::open(dir).unwrap();
+        let s = snaps.scratch("tmp").unwrap();
+        std::fs::create_dir_all(s.data().join("b")).unwrap();
+        std::fs::write(s.data().join("b/f"), b"hello").unwrap();
+        std::fs::write(s.data().join("empty"), b"").unwrap();
+        let info = SnapshotInfo {
+            meta: SnapshotMeta::default(),
+            time_ms: 1,
+            files: manifest(&s.data()).unwrap(),
+        };
+        (info, b"hello".to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_received_whole_or_the_senders_reason_is_given() {
+        let from = tempfile::tempdir().unwrap();
+        let (info, bytes) = sample(from.path());
+        let to = tempfile::tempdir().unwrap();
+        let snaps = SnapshotStore::open(to.path()).unwrap();
+
+        // Whole: every file, the empty one too, and the info.
+        let dir = snaps.scratch("incoming").unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Chunk::Data(bytes[..2].to_vec())).await.unwrap();
+        tx.send(Chunk::Data(bytes[2..].to_vec())).await.unwrap();
+        tx.send(Chunk::End).await.unwrap();
+        receive(&dir, &info, rx).await.unwrap();
+        assert_eq!(dir.info().unwrap(), info);
+        assert!(dir.data().join("empty").exists());
+
+        // The sender gave up half way: its reason, at once.
+        let dir = snaps.scratch("incoming").unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Chunk::Data(bytes[..2].to_vec())).await.unwrap();
+        tx.send(Chunk::Abort("the sender gave up: gone".into()))
+            .await
+            .unwrap();
+        let err = receive(&dir, &info, rx).await.unwrap_err();
+        assert!(err.contains("gone"), "{err}");
+        assert!(dir.info().is_err(), "no info: not a snapshot");
+    }
 }

@@ -137,7 +137,7 @@ impl StateMachine {
             files: manifest(&scratch.data())?,
         };
         scratch.write_info(&info)?;
-        let dir = self.shared.snapshots.adopt(&scratch, &info)?;
+        let (dir, info) = self.shared.snapshots.adopt_built(&scratch, &info)?;
         Ok(Snapshot {
             meta: info.meta,
             snapshot: dir,

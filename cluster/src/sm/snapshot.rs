@@ -11,6 +11,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::Mutex;
+
 use serde::{Deserialize, Serialize};
 
 use super::applier::Applied;
@@ -132,6 +134,10 @@ pub fn check_relative(path: &str) -> io::Result<()> {
 pub struct SnapshotStore {
     dir: PathBuf,
     seq: AtomicU64,
+    /// One adoption at a time: openraft builds snapshots in a task of their own, while an
+    /// install may adopt one. Interleaved, `current` could end up naming a directory the
+    /// other adoption had removed (and the node could not start again).
+    adopting: Mutex<()>,
 }
 
 impl SnapshotStore {
@@ -142,6 +148,7 @@ impl SnapshotStore {
         let store = SnapshotStore {
             dir,
             seq: AtomicU64::new(0),
+            adopting: Mutex::new(()),
         };
         let current = store.current_name()?;
         for entry in fs::read_dir(&store.dir)?.flatten() {
@@ -187,8 +194,32 @@ impl SnapshotStore {
         Ok(SnapshotDir { path })
     }
 
-    /// Makes `dir` (complete, its info written) the snapshot in force, and removes the others.
+    /// Makes `dir` (complete, its info written) the snapshot in force, and removes the others:
+    /// an installed snapshot is the state from now on, whatever was in force.
     pub fn adopt(&self, dir: &SnapshotDir, info: &SnapshotInfo) -> io::Result<SnapshotDir> {
+        let _one = self.adopting.lock();
+        self.adopt_locked(dir, info)
+    }
+
+    /// [`SnapshotStore::adopt`] for a snapshot this node built, unless the one in force is as
+    /// new (installed, or built, while this one was being built): then `dir` is removed and
+    /// the one in force is returned, with its info (it stands for this state as well).
+    pub fn adopt_built(
+        &self,
+        dir: &SnapshotDir,
+        info: &SnapshotInfo,
+    ) -> io::Result<(SnapshotDir, SnapshotInfo)> {
+        let _one = self.adopting.lock();
+        if let Some((current, current_info)) = self.current()? {
+            if current_info.meta.last_log_id >= info.meta.last_log_id {
+                fs::remove_dir_all(&dir.path)?;
+                return Ok((current, current_info));
+            }
+        }
+        Ok((self.adopt_locked(dir, info)?, info.clone()))
+    }
+
+    fn adopt_locked(&self, dir: &SnapshotDir, info: &SnapshotInfo) -> io::Result<SnapshotDir> {
         let id = info.meta.last_log_id.map_or_else(
             || "empty".to_string(),
             |l| format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -210,6 +241,17 @@ impl SnapshotStore {
         }
         Ok(target)
     }
+}
+
+/// Syncs `root` and every directory under it (their entries: the files' names).
+pub fn sync_dirs(root: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_dirs(&entry.path())?;
+        }
+    }
+    sync_dir(root)
 }
 
 /// Lists the files of a checkpoint in `data` with their sizes and checksums.
@@ -299,5 +341,40 @@ mod tests {
         let snaps = SnapshotStore::open(dir.path()).unwrap();
         assert!(snaps.current().unwrap().is_some());
         assert!(!leftover.path.exists());
+    }
+
+    /// A snapshot built while a newer one was installed does not replace it (nor remove
+    /// it): the one in force is returned for it. One newer than what is in force is adopted.
+    #[test]
+    fn a_built_snapshot_older_than_the_one_in_force_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotStore::open(dir.path()).unwrap();
+        let at = |index: u64| {
+            let s = snaps.scratch("tmp").unwrap();
+            fs::write(s.data().join("f"), index.to_string()).unwrap();
+            let info = SnapshotInfo {
+                meta: SnapshotMeta {
+                    last_log_id: Some(crate::testing::log_id(1, index)),
+                    ..SnapshotMeta::default()
+                },
+                time_ms: index,
+                files: manifest(&s.data()).unwrap(),
+            };
+            s.write_info(&info).unwrap();
+            (s, info)
+        };
+        let (installed, installed_info) = at(20);
+        let in_force = snaps.adopt(&installed, &installed_info).unwrap();
+        let (built, built_info) = at(10);
+        let (got, got_info) = snaps.adopt_built(&built, &built_info).unwrap();
+        assert_eq!((&got, &got_info), (&in_force, &installed_info));
+        assert!(!built.path.exists(), "the older build is removed");
+        assert_eq!(snaps.current().unwrap().unwrap().0, in_force);
+        in_force.verify(&installed_info).unwrap();
+        let (newer, newer_info) = at(30);
+        let (got, got_info) = snaps.adopt_built(&newer, &newer_info).unwrap();
+        assert_eq!(got_info, newer_info);
+        assert_eq!(snaps.current().unwrap().unwrap().0, got);
+        assert!(!in_force.path.exists(), "the older one in force is removed");
     }
 }
