@@ -136,6 +136,19 @@ fn stalled_put(addr: SocketAddr, i: usize, sent: usize) -> TcpStream {
     s
 }
 
+/// Waits (30 s at most) until INFO on `good` counts `at_least` evicted clients; returns
+/// that INFO.
+fn wait_for_evictions(good: &mut TcpStream, at_least: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut info = roundtrip(good, b"INFO\r\n");
+    while info_field(&info, "evicted_clients") < at_least {
+        assert!(Instant::now() < deadline, "not evicted: {info}");
+        thread::sleep(Duration::from_millis(50));
+        info = roundtrip(good, b"INFO\r\n");
+    }
+    info
+}
+
 /// Whether the server closed `s` (end of stream or reset) within a few seconds.
 fn closed_by_server(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -170,12 +183,7 @@ fn stalled_clients_are_evicted_past_the_client_memory_budget() {
     // server reads what is left in the sockets meanwhile.
     let may_stay = BUDGET / SENT;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut info = roundtrip(&mut good, b"INFO\r\n");
-    while info_field(&info, "evicted_clients") < (STALLED - may_stay) as u64 {
-        assert!(Instant::now() < deadline, "not evicted: {info}");
-        thread::sleep(Duration::from_millis(50));
-        info = roundtrip(&mut good, b"INFO\r\n");
-    }
+    let info = wait_for_evictions(&mut good, (STALLED - may_stay) as u64);
     let held = info_field(&info, "client_memory");
     println!("client buffers held: {held} bytes; {info}");
     assert!(held <= BUDGET as u64, "{held} over the budget {BUDGET}");
@@ -274,13 +282,7 @@ fn watches_initial_data_counts_against_the_client_memory_budget() {
             s
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut info = roundtrip(&mut good, b"INFO\r\n");
-    while info_field(&info, "evicted_clients") < 3 {
-        assert!(Instant::now() < deadline, "not evicted: {info}");
-        thread::sleep(Duration::from_millis(50));
-        info = roundtrip(&mut good, b"INFO\r\n");
-    }
+    wait_for_evictions(&mut good, 3);
     drop(streams);
     // The others go on.
     assert_eq!(
@@ -376,13 +378,7 @@ fn stalled_http_uploads_are_evicted_past_the_client_memory_budget() {
         .map(|t| t.join().unwrap())
         .collect();
     // 24 MiB sent against 8 MiB: at most two such uploads fit.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut info = roundtrip(&mut good, b"INFO\r\n");
-    while info_field(&info, "evicted_clients") < (STALLED - 2) as u64 {
-        assert!(Instant::now() < deadline, "not evicted: {info}");
-        thread::sleep(Duration::from_millis(50));
-        info = roundtrip(&mut good, b"INFO\r\n");
-    }
+    let info = wait_for_evictions(&mut good, (STALLED - 2) as u64);
     let held = info_field(&info, "client_memory");
     assert!(held <= 8 << 20, "{held} over the budget");
     let closed = stalled
@@ -421,14 +417,8 @@ fn the_binary_stays_near_its_client_memory_budget() {
         .into_iter()
         .map(|t| t.join().unwrap())
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut info = roundtrip(&mut good, b"INFO\r\n");
     // 280 MB sent against a 32 MiB budget: at most four such clients can stay.
-    while info_field(&info, "evicted_clients") < 36 {
-        assert!(Instant::now() < deadline, "not evicted: {info}");
-        thread::sleep(Duration::from_millis(50));
-        info = roundtrip(&mut good, b"INFO\r\n");
-    }
+    let info = wait_for_evictions(&mut good, 36);
     let line = server.wait_for_log("closing the connection holding the most");
     assert!(
         line.contains("peer=127.0.0.1:") && line.contains("bytes="),
