@@ -84,10 +84,10 @@ impl Proposal {
     }
 }
 
-/// Most bytes one proposal may encode to (as [`encoded_size_hint`] counts them): one
-/// replicated entry must fit one frame between nodes with room for the request around it
-/// (a larger one could never be sent, and the leader would retry it forever while every
-/// later write waited behind it).
+/// Most bytes one proposal may encode to (counted as the encoder sizes its buffer: keys,
+/// values and their varints): one replicated entry must fit one frame between nodes with
+/// room for the request around it (a larger one could never be sent, and the leader would
+/// retry it forever while every later write waited behind it).
 pub const MAX_PROPOSAL_BYTES: usize = crate::net::frame::MAX_FRAME - (4 << 20);
 
 /// About the bytes a command encodes to, so that the buffer is allocated once, not doubled
