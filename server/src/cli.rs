@@ -5,6 +5,7 @@
 //! all without hand-written parsing code.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use logkv::FsyncPolicy;
@@ -164,6 +165,12 @@ pub struct Cli {
     #[arg(long = "http-cors-origin", value_name = "ORIGIN")]
     pub http_cors_origins: Vec<String>,
 
+    /// Seconds a gateway client has to send a request's headers, and may leave a request
+    /// body without a byte: past it the connection is closed (headers) or the request is
+    /// answered 408 (body).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub http_timeout: u64,
+
     /// Enable `BACKUP <name>`, which writes a consistent copy of the data into
     /// `DIR/<name>` (a data directory; created if missing). Without it `BACKUP <name>` is
     /// refused. DIR must not be inside --data-dir; on the same file system, backups
@@ -291,6 +298,7 @@ impl Cli {
         config.http_listen = self.http_listen;
         config.http_allowed_hosts = self.http_allowed_hosts;
         config.http_cors_origins = self.http_cors_origins;
+        config.http_timeout = Duration::from_secs(self.http_timeout);
         config.backup_dir = self.backup_dir;
         config
     }
@@ -427,6 +435,16 @@ mod tests {
         assert_eq!(c.http_listen.as_deref(), Some("127.0.0.1:7380"));
         assert_eq!(c.http_allowed_hosts, ["kv.local", "kv"]);
         assert_eq!(c.http_cors_origins, ["http://dash.local"]);
+        assert_eq!(c.http_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn http_timeout_is_whole_seconds_from_one() {
+        let parse = |v: &str| Cli::try_parse_from(["logkv-server", "--http-timeout", v]);
+        let c = parse("5").unwrap().into_config();
+        assert_eq!(c.http_timeout, Duration::from_secs(5));
+        assert!(parse("0").is_err());
+        assert!(parse("1.5").is_err());
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub http_allowed_hosts: Vec<String>,
     /// Origins the gateway sends CORS headers for; none when empty.
     pub http_cors_origins: Vec<String>,
+    /// How long a gateway client has to send a request's headers, and may leave a body
+    /// without a byte (`--http-timeout`).
+    pub http_timeout: Duration,
     /// Where `BACKUP name` writes (`<backup-dir>/name`); `BACKUP name` is refused when `None`.
     pub backup_dir: Option<PathBuf>,
 }
@@ -116,6 +119,7 @@ impl ServerConfig {
             http_listen: None,
             http_allowed_hosts: Vec::new(),
             http_cors_origins: Vec::new(),
+            http_timeout: Duration::from_secs(30),
             backup_dir: None,
         }
     }

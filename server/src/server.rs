@@ -464,7 +464,14 @@ fn admit_http(
     }
     let id = stats.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (buffers, task) = shared.client_memory.register(id, peer);
-    let fut = crate::http::serve_connection(router.clone(), stream, peer, buffers, stop.clone());
+    let fut = crate::http::serve_connection(
+        router.clone(),
+        stream,
+        peer,
+        buffers,
+        shared.config.http_timeout,
+        stop.clone(),
+    );
     task.set(tasks.spawn(async move {
         fut.await;
         drop(guard);

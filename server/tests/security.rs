@@ -392,6 +392,51 @@ fn stalled_http_uploads_are_evicted_past_the_client_memory_budget() {
     assert_eq!(roundtrip(&mut good, b"PUT after 1\r\n"), ":1\r\n");
 }
 
+/// A gateway upload that stops arriving is answered 408 after `--http-timeout` without a
+/// byte, nothing written, so it does not hold its connection forever; one that is slow but
+/// keeps coming (each pause shorter than the timeout, the whole longer) is written.
+#[test]
+fn an_http_body_that_stops_arriving_times_out_and_a_slow_one_does_not() {
+    let server = BinaryServer::start(&["--http-listen", "127.0.0.1:0", "--http-timeout", "1"]);
+    let http = server.http_addr();
+    let put = |key: &str| {
+        let mut s = TcpStream::connect(http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let head = format!(
+            "PUT /v1/buckets/default/keys/{key} HTTP/1.1\r\nHost: {http}\r\n\
+             Content-Length: 8\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s
+    };
+    let answer = |s: &mut TcpStream| {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).expect("no answer within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+
+    let mut stalled = put("stalled");
+    stalled.write_all(b"half").unwrap();
+    let reply = answer(&mut stalled);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        reply.contains("\"TIMEOUT\"") && reply.contains("after 4 bytes"),
+        "{reply}"
+    );
+
+    let mut slow = put("slow");
+    for pair in [b"sl", b"ow", b"ly", b"!!"] {
+        thread::sleep(Duration::from_millis(400));
+        slow.write_all(pair).unwrap();
+    }
+    let reply = answer(&mut slow);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let mut resp = TcpStream::connect(server.addr).unwrap();
+    assert_eq!(roundtrip(&mut resp, b"GET stalled\r\n"), "$-1\r\n");
+    assert_eq!(roundtrip(&mut resp, b"GET slow\r\n"), "$8\r\nslowly!!\r\n");
+}
+
 /// A memory line of /proc/<pid>/status, in bytes.
 fn proc_status_bytes(pid: u32, name: &str) -> u64 {
     common::proc_status(pid, name) * 1024

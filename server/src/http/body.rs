@@ -6,7 +6,11 @@
 //! it counted for nothing until it had all arrived, so `--max-connections` clients each
 //! sending most of an `--max-bulk` value (and then nothing) held that much times the number
 //! of connections, outside `--max-client-memory`. Counted as it grows, the connections
-//! holding the most are closed past the budget.
+//! holding the most are closed past the budget. A body that stops arriving for
+//! `--http-timeout` is answered 408, so a stalled upload does not hold its connection (and
+//! one of `--max-connections`) forever.
+
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_LENGTH;
@@ -19,12 +23,13 @@ use super::ConnInfo;
 
 /// Reads `body`, at most `max` bytes, reporting what it holds (plus `extra`: the key) to
 /// the connection's budget as it grows. A `Content-Length` over `max` is refused before
-/// any of the body is read.
+/// any of the body is read, and a body with no byte for `idle` is a 408.
 pub(crate) async fn read_counted(
     headers: &HeaderMap,
     body: Body,
     conn: &ConnInfo,
     max: usize,
+    idle: Duration,
     extra: usize,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
@@ -41,7 +46,11 @@ pub(crate) async fn read_counted(
     let mut first: Option<Bytes> = None;
     let mut joined = BytesMut::new();
     let mut received = 0usize;
-    while let Some(chunk) = chunks.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, chunks.next()).await else {
+            return Err(stalled(received, idle));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk
             .map_err(|e| ApiError::bad_arg(format!("the request body could not be read: {e}")))?;
         received += chunk.len();
@@ -60,6 +69,18 @@ pub(crate) async fn read_counted(
         conn.hold(extra + first.as_ref().map_or(joined.capacity(), Bytes::len));
     }
     Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+/// The answer to a body that stopped after `received` bytes and sent nothing for `idle`.
+fn stalled(received: usize, idle: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "TIMEOUT",
+        format!(
+            "the request body stopped after {received} bytes: nothing arrived for {} s (--http-timeout)",
+            idle.as_secs()
+        ),
+    )
 }
 
 /// The refusal of a body of (at least) `len` bytes.

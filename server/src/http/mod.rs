@@ -39,9 +39,6 @@ use tracing::debug;
 use crate::client_memory::ClientBuffers;
 use crate::shared::Shared;
 
-/// How long a client has to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What the gateway's routes share.
 pub(crate) struct Gateway {
     pub shared: Arc<Shared>,
@@ -116,6 +113,7 @@ pub(crate) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     buffers: ClientBuffers,
+    header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = match stream.local_addr() {
@@ -134,7 +132,7 @@ pub(crate) async fn serve_connection(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -169,7 +169,8 @@ pub(crate) async fn put_key(
 ) -> Result<Response, ApiError> {
     let params = Params::new(query, &["ttl", "rev", "create"])?;
     let max = gw.shared.config.limits.max_bulk;
-    let body = super::body::read_counted(&headers, body, &conn, max, key.len()).await?;
+    let idle = gw.shared.config.http_timeout;
+    let body = super::body::read_counted(&headers, body, &conn, max, idle, key.len()).await?;
     let held = key.len() + body.len();
     let rev = params.uint("rev")?;
     let create = params.flag("create");
