@@ -253,4 +253,24 @@ mod tests {
         assert!(err.contains("gone"), "{err}");
         assert!(dir.info().is_err(), "no info: not a snapshot");
     }
+
+    /// A sender that goes silent with its stream still open (its link kept up by other
+    /// traffic) is given up after `CHUNK_IDLE`, not waited for forever. Time is paused, so
+    /// the wait passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_whose_sender_goes_silent_is_given_up() {
+        let from = tempfile::tempdir().unwrap();
+        let (info, bytes) = sample(from.path());
+        let to = tempfile::tempdir().unwrap();
+        let snaps = SnapshotStore::open(to.path()).unwrap();
+        let dir = snaps.scratch("incoming").unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Chunk::Data(bytes[..2].to_vec())).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = receive(&dir, &info, rx).await.unwrap_err();
+        assert!(err.contains("the sender is gone"), "{err}");
+        assert_eq!(started.elapsed().as_secs(), CHUNK_IDLE.as_secs());
+        assert!(dir.info().is_err(), "no info: not a snapshot");
+        drop(tx);
+    }
 }
