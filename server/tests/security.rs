@@ -437,6 +437,50 @@ fn an_http_body_that_stops_arriving_times_out_and_a_slow_one_does_not() {
     assert_eq!(roundtrip(&mut resp, b"GET slow\r\n"), "$8\r\nslowly!!\r\n");
 }
 
+/// A PUT refused for its parameters holds none of its body against the budget, during or
+/// after the answer: the parameters are checked before the body is read, and a body read is
+/// released however its request ends. (It stayed counted, up to --max-bulk, for as long as
+/// a keep-alive connection lived.)
+#[test]
+fn a_refused_http_put_leaves_nothing_counted() {
+    const BODY: usize = 4 << 20;
+    let server = BinaryServer::start(&["--http-listen", "127.0.0.1:0"]);
+    let http = server.http_addr();
+    let mut refused = TcpStream::connect(http).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut request = format!(
+        "PUT /v1/buckets/default/keys/k?ttl=0 HTTP/1.1\r\nHost: {http}\r\n\
+         Content-Length: {BODY}\r\n\r\n"
+    )
+    .into_bytes();
+    request.resize(request.len() + BODY, b'v');
+    let mut writer = refused.try_clone().unwrap();
+    // The server may answer and close without reading the body: the rest may fail.
+    let sender = thread::spawn(move || {
+        let _ = writer.write_all(&request);
+        writer
+    });
+    let mut buf = vec![0u8; 4096];
+    let n = refused.read(&mut buf).expect("no answer within 20 s");
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        reply.starts_with("HTTP/1.1 400") && reply.contains("ttl"),
+        "{reply}"
+    );
+    let _writer = sender.join().unwrap();
+    // The connection may still be open: nothing of it is counted.
+    let mut resp = TcpStream::connect(server.addr).unwrap();
+    let info = roundtrip(&mut resp, b"INFO\r\n");
+    let held = info_field(&info, "client_memory");
+    assert!(
+        held < 1 << 20,
+        "{held} bytes still counted after the answer"
+    );
+    assert_eq!(roundtrip(&mut resp, b"GET k\r\n"), "$-1\r\n");
+}
+
 /// A memory line of /proc/<pid>/status, in bytes.
 fn proc_status_bytes(pid: u32, name: &str) -> u64 {
     common::proc_status(pid, name) * 1024

@@ -75,6 +75,22 @@ impl ConnInfo {
     pub fn hold(&self, bytes: usize) {
         self.buffers.lock().hold(bytes);
     }
+
+    /// A guard that reports nothing held when it is dropped: whatever way a request that
+    /// holds a body ends (an error before its write, a client gone), its bytes stop
+    /// counting with it.
+    pub fn released_at_end(&self) -> Released<'_> {
+        Released(self)
+    }
+}
+
+/// See [`ConnInfo::released_at_end`].
+pub(crate) struct Released<'a>(&'a ConnInfo);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        self.0.hold(0);
+    }
 }
 
 /// The gateway's routes behind its guard.

@@ -167,31 +167,36 @@ pub(crate) async fn put_key(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // The parameters are checked before the body is read: a request refused for them
+    // is refused without waiting for (and holding) its value.
     let params = Params::new(query, &["ttl", "rev", "create"])?;
-    let max = gw.shared.config.limits.max_bulk;
-    let idle = gw.shared.config.http_timeout;
-    let body = super::body::read_counted(&headers, body, &conn, max, idle, key.len()).await?;
-    let held = key.len() + body.len();
     let rev = params.uint("rev")?;
     let create = params.flag("create");
-    let mut op = match (rev, create) {
-        (Some(_), true) => {
-            return Err(ApiError::bad_arg(
-                "rev (UPDATE) and create (CREATE) exclude each other",
-            ))
-        }
-        (Some(rev), false) => WriteOp::update(key, body, rev),
-        (None, true) => WriteOp::create(key, body),
-        (None, false) => WriteOp::put(key, body),
-    };
-    match params.uint("ttl")? {
+    if rev.is_some() && create {
+        return Err(ApiError::bad_arg(
+            "rev (UPDATE) and create (CREATE) exclude each other",
+        ));
+    }
+    let ttl = match params.uint("ttl")? {
         Some(0) => {
             return Err(ApiError::bad_arg(
                 "ttl must be a positive number of milliseconds",
             ))
         }
-        Some(ms) => op = op.with_ttl(Duration::from_millis(ms)),
-        None => {}
+        ttl => ttl.map(Duration::from_millis),
+    };
+    let _released = conn.released_at_end();
+    let max = gw.shared.config.limits.max_bulk;
+    let idle = gw.shared.config.http_timeout;
+    let body = super::body::read_counted(&headers, body, &conn, max, idle, key.len()).await?;
+    let held = key.len() + body.len();
+    let mut op = match rev {
+        Some(rev) => WriteOp::update(key, body, rev),
+        None if create => WriteOp::create(key, body),
+        None => WriteOp::put(key, body),
+    };
+    if let Some(ttl) = ttl {
+        op = op.with_ttl(ttl);
     }
     write(&gw, &conn, bucket, op, held).await
 }
