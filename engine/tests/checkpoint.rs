@@ -459,3 +459,67 @@ fn a_checkpoint_source_reads_the_same_bytes_as_the_written_checkpoint() {
             .sum::<u64>()
     );
 }
+
+/// A bucket dropped and made again under the same name while checkpoints are taken: each
+/// copy holds one generation of it, whole, or none. The capture opens the segments' files
+/// while it holds the bucket's writer lock; opened by name after it, a file could have been
+/// the next generation's.
+#[test]
+fn a_bucket_dropped_and_made_again_during_checkpoints_is_copied_as_one_generation() {
+    const KEYS: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    // One open file at most: a capture opens nearly every segment by name.
+    let storage = Storage::os().with_open_file_limit(1);
+    let store = Store::open(dir.path().join("data"), small_segments(storage)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (store, stop) = (store.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut generation = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                generation += 1;
+                let b = store.create_bucket("gen", BucketConfig::default()).unwrap();
+                for k in 0..KEYS {
+                    b.put(
+                        &format!("k{k}"),
+                        format!("generation {generation} {}", "x".repeat(200)),
+                    )
+                    .unwrap();
+                }
+                store.drop_bucket("gen").unwrap();
+            }
+            generation
+        })
+    };
+    let mut seen = 0;
+    for i in 0..60 {
+        let cp = store.checkpoint(dir.path().join(format!("cp{i}"))).unwrap();
+        let copy = Store::open(&cp.path, Options::default()).unwrap();
+        let Some(&revision) = cp.revisions.get("gen") else {
+            assert!(copy.bucket("gen").is_err());
+            continue;
+        };
+        let (entries, last) = observe(&copy, "gen");
+        assert_eq!(last, revision);
+        assert_eq!(entries.len() as u64, revision, "{entries:?}");
+        let first = entries.first().map(|e| e.3[..14].to_vec());
+        for (key, rev, op, value) in &entries {
+            assert_eq!(*op, Op::Put, "{key}");
+            assert_eq!(key, &format!("k{}", rev - 1));
+            assert_eq!(
+                Some(value[..14].to_vec()),
+                first,
+                "two generations in one copy"
+            );
+        }
+        seen += 1;
+        drop(copy);
+        std::fs::remove_dir_all(&cp.path).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let generations = churn.join().unwrap();
+    assert!(
+        generations > 1 && seen > 0,
+        "{generations} generations, {seen} copies with one"
+    );
+}

@@ -2,7 +2,9 @@
 //! one revision, taken in a short hold of the writer lock.
 //!
 //! Under the writer lock the capture reads the segment table, the active
-//! segment, the end of what was appended to it and the revision counter; no
+//! segment, the end of what was appended to it and the revision counter, and
+//! opens the files it will read (by name they are this bucket's only while
+//! the lock keeps a drop away); no
 //! write is in progress then, so every record below that end is whole and
 //! every revision up to the counter is in it (or was compacted away, or lost
 //! to an unclean stop and listed in `lost.revs`). What the copy is made of:
@@ -43,14 +45,45 @@ impl BucketCore {
     /// The files of a copy of this bucket as of its current revision; `None`
     /// when the bucket has been dropped.
     pub(crate) fn capture(&self) -> Result<Option<BucketCapture>> {
-        let (segments, active, end, last_revision) = {
+        // The segments' files are opened under the lock, while the bucket's
+        // directory is surely its own: once the lock is let go, a drop and a
+        // new bucket of the same name could put other files under the same
+        // names (a segment's file is opened by name when the store's open
+        // files do not hold it). Opened, a file stays this bucket's.
+        let (sealed, active, end, last_revision, snapshot) = {
             let w = self.writer.lock();
             if self.check_open().is_err() {
                 return Ok(None);
             }
             let active = Arc::clone(w.app.active());
-            (self.log.segments(), active, w.app.pos(), w.next_rev - 1)
+            let mut sealed = Vec::new();
+            for seg in self.log.segments() {
+                if seg.slot == active.slot {
+                    continue;
+                }
+                if seg.id.seq >= active.id.seq {
+                    return Err(Error::Internal(format!(
+                        "segment {} is not older than the active segment {}",
+                        seg.path.display(),
+                        active.path.display()
+                    )));
+                }
+                let name = PathBuf::from(seg.id.file_name());
+                let (seg, len) = PinnedSegment::new(seg)?;
+                sealed.push(CheckpointFile::sized(name, len, Content::Sealed(seg)));
+            }
+            let name = PathBuf::from(active.id.file_name());
+            let pinned = PinnedSegment::new(Arc::clone(&active))?.0;
+            let snapshot = self.open_snapshot()?;
+            (
+                sealed,
+                (name, pinned, active),
+                w.app.pos(),
+                w.next_rev - 1,
+                snapshot,
+            )
         };
+        let (active_name, active_pinned, active) = active;
         if self.visible_when_durable {
             self.log.wait_durable(LogPos::new(active.id.seq, end))?;
             self.publish_durable();
@@ -65,18 +98,7 @@ impl BucketCore {
                 Content::Bytes(self.lost.encode().into_bytes()),
             ));
         }
-        for seg in segments.into_iter().filter(|s| s.slot != active.slot) {
-            if seg.id.seq >= active.id.seq {
-                return Err(Error::Internal(format!(
-                    "segment {} is not older than the active segment {}",
-                    seg.path.display(),
-                    active.path.display()
-                )));
-            }
-            let name = PathBuf::from(seg.id.file_name());
-            let (seg, len) = PinnedSegment::new(seg)?;
-            files.push(CheckpointFile::sized(name, len, Content::Sealed(seg)));
-        }
+        files.extend(sealed);
         let mut mark = [0u8; MARK_AREA_LEN];
         let clean = Mark {
             counter: 1,
@@ -90,30 +112,35 @@ impl BucketCore {
                 .for_each(|(to, from)| *to = from);
         }
         files.push(CheckpointFile::sized(
-            PathBuf::from(active.id.file_name()),
+            active_name,
             end,
             Content::Active {
-                seg: PinnedSegment::new(active)?.0,
+                seg: active_pinned,
                 mark,
             },
         ));
-        let snap = self.dir.join(SNAPSHOT_FILE);
-        match std::fs::File::open(&snap) {
-            Ok(file) => {
-                let len = file.metadata().map_err(|e| Error::io(&snap, e))?.len();
-                files.push(CheckpointFile::sized(
-                    PathBuf::from(SNAPSHOT_FILE),
-                    len,
-                    Content::Opened { file, source: snap },
-                ));
-            }
-            // None, or the bucket was dropped since: recovery scans the log.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&snap, e)),
-        }
+        files.extend(snapshot);
         Ok(Some(BucketCapture {
             last_revision,
             files,
         }))
+    }
+
+    /// The index snapshot, opened, if there is one.
+    fn open_snapshot(&self) -> Result<Option<CheckpointFile>> {
+        let snap = self.dir.join(SNAPSHOT_FILE);
+        match std::fs::File::open(&snap) {
+            Ok(file) => {
+                let len = file.metadata().map_err(|e| Error::io(&snap, e))?.len();
+                Ok(Some(CheckpointFile::sized(
+                    PathBuf::from(SNAPSHOT_FILE),
+                    len,
+                    Content::Opened { file, source: snap },
+                )))
+            }
+            // None: recovery scans the log.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&snap, e)),
+        }
     }
 }
