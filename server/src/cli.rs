@@ -178,6 +178,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
 
+    /// Seconds a `BACKUP STREAM` client may take to receive each 1 MiB of the stream: past
+    /// it the stream ends and the connection is closed, letting go of the files the stream
+    /// holds (a stalled reader would otherwise keep compacted segments on disk).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub backup_stream_timeout: u64,
+
     /// A tool instead of the server (e.g. `backup`).
     #[command(subcommand)]
     pub command: Option<Tool>,
@@ -299,6 +305,7 @@ impl Cli {
         config.http_allowed_hosts = self.http_allowed_hosts;
         config.http_cors_origins = self.http_cors_origins;
         config.http_timeout = Duration::from_secs(self.http_timeout);
+        config.backup_stream_timeout = Duration::from_secs(self.backup_stream_timeout);
         config.backup_dir = self.backup_dir;
         config
     }
@@ -436,15 +443,22 @@ mod tests {
         assert_eq!(c.http_allowed_hosts, ["kv.local", "kv"]);
         assert_eq!(c.http_cors_origins, ["http://dash.local"]);
         assert_eq!(c.http_timeout, Duration::from_secs(30));
+        assert_eq!(c.backup_stream_timeout, Duration::from_secs(60));
     }
 
     #[test]
-    fn http_timeout_is_whole_seconds_from_one() {
+    fn timeouts_are_whole_seconds_from_one() {
         let parse = |v: &str| Cli::try_parse_from(["logkv-server", "--http-timeout", v]);
         let c = parse("5").unwrap().into_config();
         assert_eq!(c.http_timeout, Duration::from_secs(5));
         assert!(parse("0").is_err());
         assert!(parse("1.5").is_err());
+        let c = Cli::try_parse_from(["logkv-server", "--backup-stream-timeout", "2"]).unwrap();
+        assert_eq!(
+            c.into_config().backup_stream_timeout,
+            Duration::from_secs(2)
+        );
+        assert!(Cli::try_parse_from(["logkv-server", "--backup-stream-timeout", "0"]).is_err());
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub http_timeout: Duration,
     /// Where `BACKUP name` writes (`<backup-dir>/name`); `BACKUP name` is refused when `None`.
     pub backup_dir: Option<PathBuf>,
+    /// How long a `BACKUP STREAM` client may take to receive each batch of the stream
+    /// (`--backup-stream-timeout`).
+    pub backup_stream_timeout: Duration,
 }
 
 /// The cluster flags.
@@ -120,6 +123,7 @@ impl ServerConfig {
             http_allowed_hosts: Vec::new(),
             http_cors_origins: Vec::new(),
             http_timeout: Duration::from_secs(30),
+            backup_stream_timeout: Duration::from_secs(60),
             backup_dir: None,
         }
     }

@@ -452,7 +452,12 @@ impl Conn {
                 self.session.apply_pending(&mut self.out);
                 command::proposals::settle(&mut self.session, &mut self.out).await;
                 self.flush().await?;
+                // The latency histograms count a stream until it begins: its transfer
+                // takes as long as the client takes, and the requests after it start
+                // their clock when it ends.
+                self.end_batch();
                 self.stream(job).await?;
+                self.session.metrics.start();
             }
         }
         Ok(true)
@@ -514,7 +519,7 @@ impl Conn {
             (stream, buf, done) = produced;
             match done {
                 Ok(finished) => {
-                    self.io.write_out(&buf).await?;
+                    self.send_stream_batch(&buf).await?;
                     if finished {
                         return Ok(());
                     }
@@ -528,6 +533,43 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Writes one batch of a stream, counted against the client-memory budget until it is
+    /// sent. A client that takes longer than `--backup-stream-timeout` to receive it, an
+    /// eviction or a shutdown ends the stream and the connection: the stream
+    /// holds the files it reads, which a stalled reader must not keep on disk forever.
+    async fn send_stream_batch(&mut self, batch: &[u8]) -> io::Result<()> {
+        // An eviction, now or while the batch waits, cancels this task.
+        self.buffers
+            .hold(self.rbuf.capacity() + self.out.capacity() + batch.len());
+        if self.buffers.evicted() {
+            return Err(io::Error::other("evicted in the middle of a backup stream"));
+        }
+        let limit = self.session.shared.config.backup_stream_timeout;
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(limit, self.io.write_out(batch)) => sent,
+            _ = self.stop.changed() => {
+                return Err(io::Error::other("shutting down in the middle of a backup stream"));
+            }
+        };
+        self.buffers
+            .hold(self.rbuf.capacity() + self.out.capacity());
+        let Ok(sent) = sent else {
+            warn!(
+                peer = %self.session.peer,
+                id = self.session.id,
+                "a backup stream's client took more than {} s to receive {} bytes; \
+                 stream ended, connection closed",
+                limit.as_secs(),
+                batch.len()
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a backup stream's client stopped receiving",
+            ));
+        };
+        sent
     }
 
     /// The replies of the requests executed so far are ready: their count and time go to

@@ -532,3 +532,101 @@ fn the_binary_stays_near_its_client_memory_budget() {
     );
     drop(stalled);
 }
+
+/// Reads from `s` until it is closed (end or reset) or a read waits `wait` in vain;
+/// returns what was read and whether it was closed.
+fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// A `BACKUP STREAM` whose client stops reading is ended after --backup-stream-timeout,
+/// its connection closed, so that the files it holds open are let go; one whose client
+/// reads, pausing for less than the timeout, gets all of it. (The stalled stream waited
+/// forever.) The RESP latency histogram counts a stream until it begins (it counted the
+/// whole transfer).
+#[test]
+fn a_backup_stream_whose_client_stops_reading_is_ended() {
+    const VALUE: usize = 256 << 10;
+    const KEYS: usize = 128; // 32 MiB: more than the sockets' buffers take
+    let server = BinaryServer::start(&[
+        "--backup-stream-timeout",
+        "3",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = server.addr;
+    let mut load = TcpStream::connect(addr).unwrap();
+    let value = "v".repeat(VALUE);
+    for i in 0..KEYS {
+        let put = format!("*3\r\n$3\r\nPUT\r\n$5\r\nk{i:04}\r\n${VALUE}\r\n{value}\r\n");
+        assert_eq!(
+            roundtrip(&mut load, put.as_bytes()),
+            format!(":{}\r\n", i + 1)
+        );
+    }
+    let end_frame = b"$3\r\nend\r\n";
+    let ends = |got: &[u8]| got.windows(end_frame.len()).any(|w| w == end_frame);
+
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(b"BACKUP STREAM\r\n").unwrap();
+    thread::sleep(Duration::from_secs(6));
+    let (got, closed) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    assert!(closed, "the stalled stream's connection is still open");
+    assert!(
+        !ends(&got) && got.len() < KEYS * VALUE,
+        "the stalled stream was sent whole ({} bytes)",
+        got.len()
+    );
+
+    let mut reader = TcpStream::connect(addr).unwrap();
+    reader.write_all(b"BACKUP STREAM\r\nPING\r\n").unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    // A pause shorter than the timeout, once the sockets' buffers are full.
+    thread::sleep(Duration::from_secs(2));
+    while !got.ends_with(b"+PONG\r\n") {
+        let n = reader.read(&mut buf).expect("the stream stopped");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        ends(&got) && got.len() > KEYS * VALUE,
+        "{} bytes",
+        got.len()
+    );
+    let info = roundtrip(&mut load, b"INFO\r\n");
+    assert!(info_field(&info, "client_memory") < 1 << 20, "{info}");
+
+    // The latency histogram counts each stream until it began, not its transfer (the
+    // whole one took over 2 s).
+    let mut http = TcpStream::connect(server.http_addr()).unwrap();
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.http_addr()
+    );
+    http.write_all(request.as_bytes()).unwrap();
+    let (metrics, _) = read_until_closed(&mut http, Duration::from_secs(10));
+    let metrics = String::from_utf8(metrics).unwrap();
+    let sum = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("logkv_request_duration_seconds_sum") && l.contains("verb=\"backup\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no backup latency in {metrics}"));
+    assert!(sum < 1.5, "BACKUP STREAM counted {sum} s");
+}
