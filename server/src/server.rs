@@ -106,7 +106,9 @@ fn backup_dir(dir: &Path, data_dir: &Path) -> Result<PathBuf, ServerError> {
         dir: dir.to_path_buf(),
         reason,
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    // Made durable: a backup is renamed into it, and only that rename is synced.
+    logkv::fsutil::create_dir_all_durable(&logkv::io::Storage::os(), dir)
+        .map_err(|e| fail(e.to_string()))?;
     let dir = dir.canonicalize().map_err(|e| fail(e.to_string()))?;
     let data = data_dir.canonicalize().map_err(|e| fail(e.to_string()))?;
     if dir.starts_with(&data) {

@@ -220,7 +220,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         .to_string_lossy()
         .into_owned();
     let header = header(next(&mut r).await?)?;
-    std::fs::create_dir_all(&parent).map_err(write_error(&parent))?;
+    // Made durable, as the rename into it will be: a backup reported written must not
+    // lose the directory it was written into.
+    logkv::fsutil::create_dir_all_durable(&logkv::io::Storage::os(), &parent)
+        .map_err(|e| write_error(&parent)(std::io::Error::other(e)))?;
     let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
     std::fs::create_dir(&tmp).map_err(write_error(&tmp))?;
     let result = receive_files(&mut r, &tmp, &header)
