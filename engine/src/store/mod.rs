@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{create_dir_all_durable, sync_dir};
 use crate::fsync::FsyncPolicy;
 use crate::key::{validate_bucket_name, Glob};
+use crate::latency::Latencies;
 use crate::lock::DirLock;
 use crate::log::recovery::RecoveryReport;
 
@@ -48,6 +49,9 @@ struct StoreInner {
     /// Serialises bucket creation and removal.
     catalog: Mutex<()>,
     recovery: Vec<(String, RecoveryReport)>,
+    /// The fsync latencies of the buckets dropped since the store opened, so that
+    /// [`Store::fsync_latencies`] never goes backwards.
+    dropped_fsyncs: Mutex<Latencies>,
     stop: Mutex<Option<Sender<()>>>,
     background: Mutex<Option<JoinHandle<()>>>,
     _lock: DirLock,
@@ -89,6 +93,7 @@ impl Store {
                 buckets: RwLock::new(buckets),
                 catalog: Mutex::new(()),
                 recovery,
+                dropped_fsyncs: Mutex::new(Latencies::default()),
                 stop: Mutex::new(None),
                 background: Mutex::new(None),
                 _lock: lock,
@@ -224,7 +229,15 @@ impl Store {
             }
             Ok(())
         })?;
-        self.inner.buckets.write().remove(name);
+        {
+            // Its fsyncs move to the dropped buckets' total in the same step.
+            let mut buckets = self.inner.buckets.write();
+            buckets.remove(name);
+            self.inner
+                .dropped_fsyncs
+                .lock()
+                .merge(&core.fsync_latencies());
+        }
         if let Err(e) = storage
             .remove_dir_all(&doomed)
             .map_err(|e| Error::io(&doomed, e))
@@ -257,6 +270,17 @@ impl Store {
         if let Err(e) = removed {
             tracing::warn!(bucket = name, error = %e, "could not remove a bucket whose creation failed");
         }
+    }
+
+    /// How long the fsyncs of every bucket's log took since the store opened, those of
+    /// buckets dropped since included: each bucket's count only grows.
+    pub fn fsync_latencies(&self) -> Latencies {
+        let buckets = self.inner.buckets.read();
+        let mut all = self.inner.dropped_fsyncs.lock().clone();
+        for core in buckets.values() {
+            all.merge(&core.fsync_latencies());
+        }
+        all
     }
 
     /// Names of all buckets, sorted.
@@ -443,5 +467,42 @@ impl Drop for StoreInner {
                 tracing::error!(bucket = %core.name(), error = %e, "sync or snapshot at close failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's fsync histogram keeps what a dropped bucket's log recorded: a metric
+    /// summed over buckets must not go backwards when one goes.
+    #[test]
+    fn fsync_latencies_keep_the_dropped_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background: false,
+            ..Options::default()
+        };
+        let store = Store::open(dir.path(), opts).unwrap();
+        let doomed = store
+            .create_bucket("doomed", BucketConfig::default())
+            .unwrap();
+        for i in 0..5 {
+            doomed.put(&format!("k{i}"), "v").unwrap();
+        }
+        store.default_bucket().unwrap().put("kept", "v").unwrap();
+        let before = store.fsync_latencies();
+        let mine = doomed.fsync_latencies().count();
+        assert!(mine >= 5 && before.count() > mine, "{before:?}, {mine}");
+        store.drop_bucket("doomed").unwrap();
+        let after = store.fsync_latencies();
+        assert_eq!(after, before);
+        // And again, with a new bucket of the same name.
+        let again = store
+            .create_bucket("doomed", BucketConfig::default())
+            .unwrap();
+        again.put("k", "v").unwrap();
+        store.drop_bucket("doomed").unwrap();
+        assert!(store.fsync_latencies().count() > after.count());
     }
 }

@@ -303,12 +303,7 @@ impl Collector for ServerCollector {
         for family in &BUCKET_FAMILIES {
             per_bucket(&mut e, &stats, family)?;
         }
-        let mut fsync = logkv::Latencies::default();
-        for name in store.bucket_names() {
-            if let Ok(b) = store.bucket(&name) {
-                fsync.merge(&b.fsync_latencies());
-            }
-        }
+        let fsync = store.fsync_latencies();
         if fsync.count() > 0 {
             let buckets: Vec<(f64, u64)> = fsync
                 .bounds_us
