@@ -81,6 +81,25 @@ fn protected(config: &ServerConfig, listen: &str) -> Result<SocketAddr, ServerEr
     Ok(addrs[0])
 }
 
+/// What to tell the operator when the gateway, plain HTTP, listens beyond loopback with a
+/// password set: the password crosses the network in clear text (and the data, which TLS
+/// on the RESP port says should not).
+fn plain_gateway_warning(config: &ServerConfig, addr: SocketAddr) -> Option<String> {
+    if addr.ip().is_loopback() || config.password.is_none() {
+        return None;
+    }
+    let tls = if config.tls.is_some() {
+        " (unlike the RESP port, which serves TLS)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "the HTTP gateway on {addr} is plain HTTP{tls}: the password in each request's \
+         Authorization header, and the data, cross the network unencrypted; keep \
+         --http-listen on loopback or put a TLS proxy in front of it"
+    ))
+}
+
 fn bind_listener(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
     let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
     let local = listener
@@ -130,6 +149,9 @@ impl Server {
             Some(listen) => Some(protected(&config, listen)?),
             None => None,
         };
+        if let Some(warning) = http_addr.and_then(|a| plain_gateway_warning(&config, a)) {
+            warn!("{warning}");
+        }
         if let Some(c) = &config.cluster {
             protected(&config, &c.raft_listen)?;
             if config.repair {
@@ -478,4 +500,31 @@ fn admit_http(
         fut.await;
         drop(guard);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_gateway_beyond_loopback_with_a_password_is_warned_about() {
+        let mut config = ServerConfig::new("data");
+        let lan: SocketAddr = "192.0.2.7:7380".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:7380".parse().unwrap();
+        // No password: protected mode already refuses a non-loopback address, unless
+        // --unprotected says the network is trusted.
+        assert_eq!(plain_gateway_warning(&config, lan), None);
+        config.password = Some("secret".into());
+        assert_eq!(plain_gateway_warning(&config, local), None);
+        let warning = plain_gateway_warning(&config, lan).unwrap();
+        assert!(warning.contains("192.0.2.7:7380") && warning.contains("unencrypted"));
+        assert!(!warning.contains("serves TLS"));
+        config.tls = Some(crate::tls::TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            client_ca: None,
+        });
+        let warning = plain_gateway_warning(&config, lan).unwrap();
+        assert!(warning.contains("which serves TLS"), "{warning}");
+    }
 }
