@@ -166,8 +166,8 @@ pub struct Cli {
     pub http_cors_origins: Vec<String>,
 
     /// Seconds a gateway client has to send a request's headers, and may leave a request
-    /// body without a byte: past it the connection is closed (headers) or the request is
-    /// answered 408 (body).
+    /// body, or its reply, without a byte: past it the connection is closed (headers,
+    /// reply) or the request is answered 408 (body).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub http_timeout: u64,
 

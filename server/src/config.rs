@@ -49,8 +49,8 @@ pub struct ServerConfig {
     pub http_allowed_hosts: Vec<String>,
     /// Origins the gateway sends CORS headers for; none when empty.
     pub http_cors_origins: Vec<String>,
-    /// How long a gateway client has to send a request's headers, and may leave a body
-    /// without a byte (`--http-timeout`).
+    /// How long a gateway client has to send a request's headers, and may leave a body or
+    /// a reply without a byte (`--http-timeout`).
     pub http_timeout: Duration,
     /// Where `BACKUP name` writes (`<backup-dir>/name`); `BACKUP name` is refused when `None`.
     pub backup_dir: Option<PathBuf>,

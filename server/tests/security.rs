@@ -630,3 +630,63 @@ fn a_backup_stream_whose_client_stops_reading_is_ended() {
         .unwrap_or_else(|| panic!("no backup latency in {metrics}"));
     assert!(sum < 1.5, "BACKUP STREAM counted {sum} s");
 }
+
+/// Gateway replies count against the budget until the socket takes them, and a client that
+/// takes nothing of its reply for --http-timeout is closed. (A reply, up to --max-output,
+/// was held outside the budget for as long as its client read nothing.)
+#[test]
+fn unread_http_replies_count_against_the_budget_and_time_out() {
+    const VALUE: usize = 1 << 20;
+    const KEYS: usize = 40; // a scan reply of over 40 MiB
+    const BUDGET: u64 = 64 << 20;
+    let server = BinaryServer::start(&[
+        "--http-listen",
+        "127.0.0.1:0",
+        "--http-timeout",
+        "3",
+        "--max-client-memory",
+        "64MiB",
+    ]);
+    let (addr, http) = (server.addr, server.http_addr());
+    let mut load = TcpStream::connect(addr).unwrap();
+    let value = "v".repeat(VALUE);
+    for i in 0..KEYS {
+        let put = format!("*3\r\n$3\r\nPUT\r\n$5\r\nk{i:04}\r\n${VALUE}\r\n{value}\r\n");
+        assert_eq!(
+            roundtrip(&mut load, put.as_bytes()),
+            format!(":{}\r\n", i + 1)
+        );
+    }
+    let scan = format!("GET /v1/buckets/default/scan?limit=1000 HTTP/1.1\r\nHost: {http}\r\n\r\n");
+    // Three clients ask and read nothing: over twice the budget between them.
+    let mut stalled: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(http).unwrap();
+            s.write_all(scan.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let info = wait_for_evictions(&mut load, 1);
+    assert!(info_field(&info, "client_memory") <= BUDGET, "{info}");
+    // The ones left are closed once they have taken nothing for 3 s.
+    for s in &mut stalled {
+        let (got, closed) = read_until_closed(s, Duration::from_secs(10));
+        assert!(closed, "a stalled reply's connection is still open");
+        assert!(got.len() < KEYS * VALUE, "{} bytes", got.len());
+    }
+    let info = roundtrip(&mut load, b"INFO\r\n");
+    assert!(info_field(&info, "client_memory") < 1 << 20, "{info}");
+
+    // A client that reads, pausing less than the timeout, gets its reply whole.
+    let mut reader = TcpStream::connect(http).unwrap();
+    reader
+        .write_all(
+            scan.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    let (got, closed) = read_until_closed(&mut reader, Duration::from_secs(20));
+    assert!(closed && got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() > KEYS * VALUE, "{} bytes", got.len());
+}

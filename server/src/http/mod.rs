@@ -5,6 +5,7 @@
 //! * `routes`: keys and entries, the multi-key reads; `body`: a value's upload, counted
 //!   against the client memory budget as it arrives.
 //! * `sse`: watches as Server-Sent Events.
+//! * `io`: the socket under hyper: replies counted until sent, a stalled one timed out.
 //! * `json`: entries and errors as JSON.
 //! * `observe`: `/healthz`, `/metrics` and the timing of every request; `collector`:
 //!   what `/metrics` shows.
@@ -16,6 +17,7 @@
 mod body;
 mod collector;
 mod guard;
+mod io;
 mod json;
 mod observe;
 mod routes;
@@ -25,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::HttpBody as _;
 use axum::routing::get;
 use axum::Router;
 use hyper::body::Incoming;
@@ -58,7 +61,23 @@ pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     /// The address the connection came in on (what a valid `Host` names).
     pub local: SocketAddr,
-    buffers: Arc<Mutex<ClientBuffers>>,
+    held: Arc<Mutex<Held>>,
+}
+
+/// What one connection holds, reported together against the client budget.
+struct Held {
+    buffers: ClientBuffers,
+    /// A request body (or a watch's initial data).
+    request: usize,
+    /// Replies handed to hyper and not yet written to the socket.
+    replies: usize,
+}
+
+impl Held {
+    fn report(&mut self) {
+        let total = self.request.saturating_add(self.replies);
+        self.buffers.hold(total);
+    }
 }
 
 impl ConnInfo {
@@ -67,13 +86,37 @@ impl ConnInfo {
         ConnInfo {
             peer,
             local,
-            buffers: Arc::new(Mutex::new(buffers)),
+            held: Arc::new(Mutex::new(Held {
+                buffers,
+                request: 0,
+                replies: 0,
+            })),
         }
     }
 
-    /// Reports what the connection holds (a request body) against the client budget.
+    /// Reports what the connection holds for its request (a body) against the client
+    /// budget.
     pub fn hold(&self, bytes: usize) {
-        self.buffers.lock().hold(bytes);
+        let mut held = self.held.lock();
+        held.request = bytes;
+        held.report();
+    }
+
+    /// A reply of `bytes` was made: it counts until the socket has taken as many bytes
+    /// (its headers make it count a little less than it holds, never more).
+    pub fn reply_queued(&self, bytes: usize) {
+        let mut held = self.held.lock();
+        held.replies = held.replies.saturating_add(bytes);
+        held.report();
+    }
+
+    /// The socket took `bytes`.
+    fn sent(&self, bytes: usize) {
+        let mut held = self.held.lock();
+        if held.replies > 0 {
+            held.replies = held.replies.saturating_sub(bytes);
+            held.report();
+        }
     }
 
     /// A guard that reports nothing held when it is dropped: whatever way a request that
@@ -119,7 +162,22 @@ pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
             Arc::clone(gw),
             guard::check,
         ))
+        .layer(axum::middleware::from_fn(count_reply))
         .with_state(Arc::clone(gw))
+}
+
+/// Counts every reply whose size is known (all but watch streams, which count what they
+/// hold themselves) against the client budget until it is sent.
+async fn count_reply(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let conn = req.extensions().get::<ConnInfo>().cloned();
+    let reply = next.run(req).await;
+    if let (Some(conn), Some(bytes)) = (conn, reply.body().size_hint().exact()) {
+        conn.reply_queued(usize::try_from(bytes).unwrap_or(usize::MAX));
+    }
+    reply
 }
 
 /// Serves one HTTP connection until the client leaves or, at shutdown, once its current
@@ -129,7 +187,7 @@ pub(crate) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     buffers: ClientBuffers,
-    header_timeout: Duration,
+    timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = match stream.local_addr() {
@@ -141,6 +199,7 @@ pub(crate) async fn serve_connection(
     };
     let _ = stream.set_nodelay(true);
     let info = ConnInfo::new(peer, local, buffers);
+    let io = io::CountedIo::new(stream, info.clone(), timeout);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         let mut router = router.clone();
@@ -148,8 +207,8 @@ pub(crate) async fn serve_connection(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service);
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
