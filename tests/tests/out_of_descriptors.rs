@@ -1,9 +1,10 @@
 //! A process out of file descriptors (a server with many client connections) keeps its
 //! logs writable: a sync whose segment file was closed by the store's open-file cache
 //! opens it again after closing the cached files no one is using, instead of failing the
-//! sync, which poisons the log until the store is reopened.
+//! sync, which poisons the log until the store is reopened. With every descriptor in
+//! use, the sync fails without poisoning the log: it ran no fsync.
 //!
-//! Its own test binary: it lowers the process's descriptor limit.
+//! Its own test binary: it lowers the process's descriptor limit (the tests take turns).
 
 use logkv::io::Storage;
 use logkv::{BucketConfig, FsyncPolicy, Options, Store};
@@ -26,8 +27,86 @@ fn set_descriptor_limit(lim: &libc::rlimit) {
     assert_eq!(ret, 0, "setrlimit");
 }
 
+/// The tests change the process's limit: one at a time.
+static LIMIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Lowers the limit to a few more than are open and opens files until none is left;
+/// returns them with the limit to restore.
+fn take_every_descriptor() -> (Vec<std::fs::File>, libc::rlimit) {
+    let saved = descriptor_limit();
+    let open_now = std::fs::read_dir("/proc/self/fd").expect("fds").count() as u64;
+    set_descriptor_limit(&libc::rlimit {
+        rlim_cur: (open_now + 16).min(saved.rlim_max),
+        rlim_max: saved.rlim_max,
+    });
+    let mut taken = Vec::new();
+    let exhausted = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => taken.push(f),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(exhausted.raw_os_error(), Some(libc::EMFILE), "{exhausted}");
+    (taken, saved)
+}
+
+#[test]
+fn a_sync_with_every_descriptor_in_use_fails_without_poisoning_the_log() {
+    let _turn = LIMIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        // Writes go through the map: only a sync needs the file.
+        fsync: FsyncPolicy::Never,
+        background: false,
+        storage: Storage::os().with_open_file_limit(1),
+        ..Options::default()
+    };
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    let c = store
+        .create_bucket("c", BucketConfig::default())
+        .expect("create c");
+    store
+        .default_bucket()
+        .expect("default")
+        .put("d", "1")
+        .expect("put");
+    store.sync().expect("sync");
+    // The capture holds every segment file open, the one file the cache keeps included:
+    // none is idle, and c's is not the one kept (the default bucket's was opened last).
+    let pinned = store.checkpoint_source().expect("capture");
+    c.put("k", "1")
+        .expect("a write through the map needs no descriptor");
+    let (taken, saved) = take_every_descriptor();
+    let refused = c.sync();
+    drop(taken);
+    set_descriptor_limit(&saved);
+    let refused = refused.expect_err("no descriptor to sync with");
+    assert!(
+        refused.to_string().contains("Too many open files"),
+        "{refused}"
+    );
+    drop(pinned);
+    c.put("k", "2").expect("the log was not poisoned");
+    c.sync().expect("the next sync runs");
+    drop(c);
+    store.close().expect("close");
+
+    let store = Store::open(dir.path(), opts).expect("reopen");
+    let c = store.bucket("c").expect("c");
+    assert_eq!(
+        c.get("k").expect("get").map(|v| v.to_vec()),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(c.status().expect("status").last_revision, 2);
+}
+
 #[test]
 fn a_sync_out_of_descriptors_closes_idle_files_instead_of_failing() {
+    let _turn = LIMIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = Options {
         fsync: FsyncPolicy::Always,
@@ -46,20 +125,7 @@ fn a_sync_out_of_descriptors_closes_idle_files_instead_of_failing() {
     b.put("k", "1").expect("put b: a's file is closed");
 
     // Every descriptor taken: the limit lowered, then filled.
-    let saved = descriptor_limit();
-    let open_now = std::fs::read_dir("/proc/self/fd").expect("fds").count() as u64;
-    set_descriptor_limit(&libc::rlimit {
-        rlim_cur: (open_now + 16).min(saved.rlim_max),
-        rlim_max: saved.rlim_max,
-    });
-    let mut taken = Vec::new();
-    let exhausted = loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => taken.push(f),
-            Err(e) => break e,
-        }
-    };
-    assert_eq!(exhausted.raw_os_error(), Some(libc::EMFILE), "{exhausted}");
+    let (taken, saved) = take_every_descriptor();
 
     // a's sync opens its file again: b's idle one is closed for it.
     let written = a.put("k", "2");

@@ -28,6 +28,15 @@
 //! log: it is never retried, since Linux reports a writeback error once and a
 //! later fsync may succeed for pages that were dropped. Every waiter, and
 //! every later caller, gets the error.
+//!
+//! One failure is not an fsync's: a leader that cannot open the segment's
+//! file to sync it (no descriptor left, `EMFILE`/`ENFILE`; the store's open
+//! files were all in use) ran no fsync, so no write-back error was reported
+//! and the page cache still holds every byte. That sync's waiters fail, with
+//! the error, and the log stays usable: the next waiter leads a sync of
+//! everything written, the failed writes included. A mark that cannot be
+//! written for the same reason after a successful fsync is skipped (a mark
+//! that lags is still a lower bound).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -93,6 +102,9 @@ struct State<F> {
     active: Arc<F>,
     /// The reason a sync failed; once set, the log accepts no more writes.
     failed: Option<String>,
+    /// The error code of the last sync that could not open its file (see
+    /// [`GroupCommit::not_run`]).
+    not_run_code: i32,
     /// When the last mark after an fsync was written (`None`: not yet).
     last_mark: Option<Instant>,
     /// The flags of the marks written after fsyncs.
@@ -138,6 +150,9 @@ pub(crate) struct GroupCommit<F = Segment> {
     offer: AtomicU64,
     /// A sync failed (the reason is in the state).
     poisoned: AtomicBool,
+    /// The last generation whose sync could not open its file (0: none): its
+    /// waiters fail unless a later sync covered them.
+    not_run: AtomicU64,
     /// Where the waiters of even and of odd generations sleep.
     gates: ByParity<Gate>,
     /// Where holders wait for the place.
@@ -197,12 +212,14 @@ impl<F: Flush> GroupCommit<F> {
                 for_holder: false,
                 active,
                 failed: None,
+                not_run_code: 0,
                 last_mark: None,
                 mark_flags,
             }),
             done: AtomicU64::new(0),
             offer: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
+            not_run: AtomicU64::new(0),
             gates: ByParity([Gate::new(), Gate::new()]),
             holder_turn: Condvar::new(),
             fsyncs: AtomicU64::new(0),
@@ -257,7 +274,7 @@ impl<F: Flush> GroupCommit<F> {
                 return Ok(());
             }
             if !s.syncing {
-                s = self.lead(s);
+                s = self.lead(s)?;
                 continue;
             }
             // The generation that covers `pos`: the running sync's, if it
@@ -277,6 +294,14 @@ impl<F: Flush> GroupCommit<F> {
                 if self.poisoned.load(Ordering::SeqCst) {
                     break self.lock();
                 }
+                if self.not_run.load(Ordering::SeqCst) >= generation {
+                    // Not covered by a later sync either (checked above).
+                    let s = self.lock();
+                    return Err(Error::io(
+                        s.active.path(),
+                        std::io::Error::from_raw_os_error(s.not_run_code),
+                    ));
+                }
                 if self.offer.load(Ordering::SeqCst) == generation {
                     let mut s = self.lock();
                     if s.offered == Some(generation) {
@@ -284,7 +309,7 @@ impl<F: Flush> GroupCommit<F> {
                         s.offered = None;
                         self.offer.store(0, Ordering::SeqCst);
                         *s.parked.of_mut(generation) -= 1;
-                        break self.lead(s);
+                        break self.lead(s)?;
                     }
                 }
                 gate.wait(ticket);
@@ -295,8 +320,9 @@ impl<F: Flush> GroupCommit<F> {
 
     /// Syncs everything written so far as the leader of a new generation
     /// (the place is free, or was offered to this thread), then wakes the
-    /// waiters it covered and hands the place on; returns the lock again.
-    fn lead<'a>(&'a self, mut s: MutexGuard<'a, State<F>>) -> MutexGuard<'a, State<F>> {
+    /// waiters it covered and hands the place on; returns the lock again, or
+    /// the error of a sync that could not open its file ([`GroupCommit::not_run`]).
+    fn lead<'a>(&'a self, mut s: MutexGuard<'a, State<F>>) -> Result<MutexGuard<'a, State<F>>> {
         s.syncing = true;
         s.started += 1;
         let generation = s.started;
@@ -309,14 +335,19 @@ impl<F: Flush> GroupCommit<F> {
             .is_none_or(|at| started.duration_since(at) >= self.mark_every);
         let mark_flags = s.mark_flags;
         drop(s);
-        let marked = mark_due && target.seq() == segment.seq();
-        let result = segment.sync_data().and_then(|()| {
-            if marked {
-                segment.write_mark(target.offset(), mark_flags)
-            } else {
-                Ok(())
-            }
-        });
+        let mut marked = mark_due && target.seq() == segment.seq();
+        let result = match segment.sync_data() {
+            Err(e) if no_descriptor(&e).is_some() => return Err(self.not_run(generation, e)),
+            Ok(()) if marked => match segment.write_mark(target.offset(), mark_flags) {
+                Err(e) if no_descriptor(&e).is_some() => {
+                    tracing::warn!(error = %e, "no descriptor to write a durability mark; it lags");
+                    marked = false;
+                    Ok(())
+                }
+                written => written,
+            },
+            synced => synced,
+        };
         self.latency.record(started.elapsed());
         let (mut s, mut wakes) = self.finish_sync(result, |s| {
             if marked {
@@ -333,7 +364,27 @@ impl<F: Flush> GroupCommit<F> {
         }
         drop(s);
         self.wake(wakes);
-        self.lock()
+        Ok(self.lock())
+    }
+
+    /// Ends the lead of `generation`, whose sync could not open its file
+    /// (`e`): no fsync ran, so nothing was lost and the log is not poisoned.
+    /// Its waiters fail with the error (unless a later sync covers them
+    /// first); the place is handed on as after a sync, so the next waiter
+    /// tries again. Returns the error, for the leader.
+    fn not_run(&self, generation: u64, e: Error) -> Error {
+        tracing::warn!(error = %e, "a sync could not open its file: its writes are not durable yet and their callers fail; the log stays usable");
+        let mut s = self.lock();
+        s.not_run_code = no_descriptor(&e).unwrap_or(libc::EMFILE);
+        self.not_run.store(generation, Ordering::SeqCst);
+        let mut wakes = self.hand_on(&mut s);
+        if std::mem::take(s.parked.of_mut(generation)) > 0 {
+            self.gates.of(generation).open();
+            wakes.done = Some(generation);
+        }
+        drop(s);
+        self.wake(wakes);
+        e
     }
 
     /// Makes everything written durable, then writes a mark with `flags` at
@@ -570,6 +621,17 @@ impl<F: Flush> GroupCommit<F> {
     }
 }
 
+/// The error code when `e` says no descriptor was left to open a file
+/// (`EMFILE`, `ENFILE`): an open failed, before any fsync or write ran.
+fn no_descriptor(e: &Error) -> Option<i32> {
+    match e {
+        Error::Io { source, .. } => source
+            .raw_os_error()
+            .filter(|&code| code == libc::EMFILE || code == libc::ENFILE),
+        _ => None,
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use std::sync::Mutex as StdMutex;
@@ -723,6 +785,79 @@ mod tests {
         assert!(!ran_after, "a poisoned log runs no sync");
     }
 
+    /// A disk whose next open (for a sync, or for a mark) finds no descriptor.
+    #[derive(Default)]
+    struct OutOfDescriptors {
+        refuse_sync: std::sync::atomic::AtomicBool,
+        refuse_mark: std::sync::atomic::AtomicBool,
+        syncs: std::sync::atomic::AtomicU64,
+        marks: StdMutex<Vec<u64>>,
+    }
+
+    fn emfile() -> Error {
+        Error::io(
+            Path::new("seg"),
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        )
+    }
+
+    impl Flush for OutOfDescriptors {
+        fn seq(&self) -> u64 {
+            1
+        }
+        fn path(&self) -> &Path {
+            Path::new("seg")
+        }
+        fn sync_data(&self) -> Result<()> {
+            if self.refuse_sync.swap(false, Ordering::SeqCst) {
+                return Err(emfile());
+            }
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn write_mark(&self, end: u64, _flags: u64) -> Result<()> {
+            if self.refuse_mark.swap(false, Ordering::SeqCst) {
+                return Err(emfile());
+            }
+            self.marks.lock().unwrap().push(end);
+            Ok(())
+        }
+    }
+
+    /// A sync that could not open its file ran no fsync: its caller fails, the
+    /// log is not poisoned, and the next wait syncs everything written (the
+    /// failed write included). A mark that cannot be opened is skipped. An
+    /// fsync's own failure still poisons.
+    #[test]
+    fn a_sync_without_a_descriptor_fails_its_waiters_but_not_the_log() {
+        let disk = Arc::new(OutOfDescriptors::default());
+        let start = LogPos::new(1, 0);
+        let gc = GroupCommit::new(Arc::clone(&disk), start, start, 0, Duration::ZERO);
+        gc.note_written(LogPos::new(1, 10));
+        disk.refuse_sync.store(true, Ordering::SeqCst);
+        let refused = gc.wait_durable(LogPos::new(1, 10)).unwrap_err();
+        assert!(
+            refused.to_string().contains("Too many open files"),
+            "{refused}"
+        );
+        assert_eq!(gc.durable_end(), start);
+        assert!(gc.check().is_ok(), "not poisoned");
+        gc.note_written(LogPos::new(1, 20));
+        gc.wait_durable(LogPos::new(1, 20))
+            .expect("the next sync runs");
+        assert_eq!(gc.durable_end(), LogPos::new(1, 20));
+        assert_eq!(disk.syncs.load(Ordering::SeqCst), 1);
+
+        disk.refuse_mark.store(true, Ordering::SeqCst);
+        gc.note_written(LogPos::new(1, 30));
+        gc.wait_durable(LogPos::new(1, 30))
+            .expect("synced, mark skipped");
+        gc.note_written(LogPos::new(1, 40));
+        gc.wait_durable(LogPos::new(1, 40)).unwrap();
+        assert_eq!(*disk.marks.lock().unwrap(), vec![20, 40]);
+        assert!(gc.check().is_ok());
+    }
+
     #[test]
     fn a_mark_follows_every_fsync_when_asked() {
         assert_eq!(marks_of_three_syncs(Duration::ZERO), vec![10, 20, 30]);
@@ -754,6 +889,8 @@ mod loom_tests {
         durable: AtomicU64,
         /// The next fsync fails.
         fail_next: AtomicBool,
+        /// The next sync finds no descriptor to open the file with.
+        no_descriptor_next: AtomicBool,
     }
 
     impl Flush for Disk {
@@ -766,6 +903,12 @@ mod loom_tests {
         fn sync_data(&self) -> Result<()> {
             if self.fail_next.swap(false, Ordering::SeqCst) {
                 return Err(Error::Internal("EIO".into()));
+            }
+            if self.no_descriptor_next.swap(false, Ordering::SeqCst) {
+                return Err(Error::io(
+                    Path::new("disk"),
+                    std::io::Error::from_raw_os_error(libc::EMFILE),
+                ));
             }
             let cached = self.cache.load(Ordering::SeqCst);
             self.durable.fetch_max(cached, Ordering::SeqCst);
@@ -782,6 +925,7 @@ mod loom_tests {
             cache: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             fail_next: AtomicBool::new(fail),
+            no_descriptor_next: AtomicBool::new(false),
         });
         let start = LogPos::new(1, 0);
         let gc = Arc::new(GroupCommit::new(
@@ -839,6 +983,34 @@ mod loom_tests {
             );
             assert!(gc.check().is_err(), "the log is poisoned");
             assert!(write(&disk, &gc, 30).is_err(), "a later wait fails too");
+        });
+    }
+
+    #[test]
+    fn loom_a_sync_without_a_descriptor_fails_only_its_waiters() {
+        loom::model(|| {
+            let (disk, gc) = setup(false);
+            disk.no_descriptor_next.store(true, Ordering::SeqCst);
+            let (d2, g2) = (std::sync::Arc::clone(&disk), Arc::clone(&gc));
+            let t = loom::thread::spawn(move || {
+                let r = write(&d2, &g2, 20);
+                if r.is_ok() {
+                    assert!(d2.durable.load(Ordering::SeqCst) >= 20);
+                }
+                r.is_ok()
+            });
+            let mine = write(&disk, &gc, 10);
+            if mine.is_ok() {
+                assert!(disk.durable.load(Ordering::SeqCst) >= 10);
+            }
+            let theirs = t.join().expect("writer");
+            assert!(
+                !(mine.is_ok() && theirs),
+                "the refused sync covered someone"
+            );
+            assert!(gc.check().is_ok(), "the log is not poisoned");
+            write(&disk, &gc, 30).expect("the log goes on");
+            assert!(disk.durable.load(Ordering::SeqCst) >= 30);
         });
     }
 
