@@ -26,8 +26,10 @@ pub fn remove_if_exists(storage: &Storage, path: &Path) -> Result<()> {
 pub fn create_dir_all_durable(storage: &Storage, dir: &Path) -> Result<()> {
     let created = storage.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for made in &created {
-        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(storage, parent)?;
+        // A relative path's first directory is held by the current one.
+        match made.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(storage, parent)?,
+            _ => sync_dir(storage, Path::new("."))?,
         }
     }
     Ok(())

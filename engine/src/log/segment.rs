@@ -649,11 +649,15 @@ impl Segment {
 
     /// Writes a durability mark: everything below `end` is durable (it
     /// reaches the disk itself with the next fsync of this segment).
+    ///
+    /// The counter moves on only once the mark is written: a mark that could
+    /// not be (no descriptor to open the file with) must not leave its slot
+    /// unused, or the next one would overwrite the newest mark on disk instead
+    /// of the older one.
     pub fn write_mark(&self, end: u64, flags: u64) -> Result<()> {
         let mut marks = self.marks.lock();
-        marks.counter += 1;
         let mark = Mark {
-            counter: marks.counter,
+            counter: marks.counter + 1,
             end,
             flags,
         };
@@ -661,6 +665,7 @@ impl Segment {
         self.file()?
             .write_all_at(&mark.encode(self.header.salt), at)
             .map_err(|e| Error::io(&self.path, e))?;
+        marks.counter = mark.counter;
         marks.latest = Some(mark);
         Ok(())
     }
@@ -738,5 +743,32 @@ mod tests {
             .path()
             .join(format!("{}.tmp", h.id.file_name()))
             .exists());
+    }
+
+    /// A mark that cannot be written (its file cannot be opened) leaves the
+    /// counter where it was: the next mark goes to the other slot than the
+    /// newest one on disk, and a reopen finds it.
+    #[test]
+    fn a_mark_not_written_uses_no_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        // One open file: creating the second segment closes the first's.
+        let storage = Storage::os().with_open_file_limit(1);
+        let h = SegmentHeader::new(SegmentId { seq: 1, gen: 0 }, 0, vec![]);
+        let seg = Segment::create(&storage, dir.path(), 1, h.clone(), 1 << 20, 4096, 0).unwrap();
+        let other = SegmentHeader::new(SegmentId { seq: 2, gen: 0 }, 0, vec![]);
+        let second = Segment::create(&storage, dir.path(), 2, other, 1 << 20, 4096, 0).unwrap();
+        seg.write_mark(100, 0).unwrap();
+        let held = second.file().unwrap(); // the first's is closed again
+        let path = dir.path().join(h.id.file_name());
+        let away = dir.path().join("away");
+        std::fs::rename(&path, &away).unwrap();
+        assert!(seg.write_mark(200, 0).is_err(), "the file is not there");
+        std::fs::rename(&away, &path).unwrap();
+        assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((2, 100)));
+        seg.write_mark(300, 0).unwrap();
+        assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((3, 300)));
+        drop((seg, held, second));
+        let seg = Segment::open(&Storage::os(), &path, 3, None).unwrap();
+        assert_eq!(seg.mark().map(|m| (m.counter, m.end)), Some((3, 300)));
     }
 }
