@@ -526,10 +526,12 @@ impl Conn {
                 }
                 Err(e) => {
                     error!("backup stream failed: {e}");
+                    // The files are let go before the error frame waits for the client.
+                    drop(stream);
                     buf.clear();
                     Reply::err("ERR", format!("backup stream failed: {e}"))
                         .encode(self.session.version, &mut buf);
-                    return self.io.write_out(&buf).await;
+                    return self.send_stream_batch(&buf).await;
                 }
             }
         }
@@ -541,8 +543,8 @@ impl Conn {
     /// holds the files it reads, which a stalled reader must not keep on disk forever.
     async fn send_stream_batch(&mut self, batch: &[u8]) -> io::Result<()> {
         // An eviction, now or while the batch waits, cancels this task.
-        self.buffers
-            .hold(self.rbuf.capacity() + self.out.capacity() + batch.len());
+        let held = self.held();
+        self.buffers.hold(held + batch.len());
         if self.buffers.evicted() {
             return Err(io::Error::other("evicted in the middle of a backup stream"));
         }
@@ -553,8 +555,8 @@ impl Conn {
                 return Err(io::Error::other("shutting down in the middle of a backup stream"));
             }
         };
-        self.buffers
-            .hold(self.rbuf.capacity() + self.out.capacity());
+        let held = self.held();
+        self.buffers.hold(held);
         let Ok(sent) = sent else {
             warn!(
                 peer = %self.session.peer,
@@ -583,12 +585,17 @@ impl Conn {
     /// queue, the watches' initial data not yet sent) to the server-wide budget. Returns
     /// true when this connection was evicted.
     fn account(&mut self) -> bool {
-        let held = self.rbuf.capacity()
-            + self.out.capacity()
-            + self.session.multi_bytes()
-            + self.session.watches.initial_bytes();
+        let held = self.held();
         self.buffers.hold(held);
         self.buffers.evicted()
+    }
+
+    /// What the buffers hold (see [`Conn::account`]).
+    fn held(&self) -> usize {
+        self.rbuf.capacity()
+            + self.out.capacity()
+            + self.session.multi_bytes()
+            + self.session.watches.initial_bytes()
     }
 
     /// Has the writes whose replies will not be sent (the connection was evicted) made

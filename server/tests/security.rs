@@ -533,6 +533,21 @@ fn the_binary_stays_near_its_client_memory_budget() {
     drop(stalled);
 }
 
+/// Writes `keys` values of `len` bytes (`k0000`, `k0001`, ...) into the default bucket of
+/// an empty server; returns the connection.
+fn put_values(addr: SocketAddr, keys: usize, len: usize) -> TcpStream {
+    let mut load = TcpStream::connect(addr).unwrap();
+    let value = "v".repeat(len);
+    for i in 0..keys {
+        let put = format!("*3\r\n$3\r\nPUT\r\n$5\r\nk{i:04}\r\n${len}\r\n{value}\r\n");
+        assert_eq!(
+            roundtrip(&mut load, put.as_bytes()),
+            format!(":{}\r\n", i + 1)
+        );
+    }
+    load
+}
+
 /// Reads from `s` until it is closed (end or reset) or a read waits `wait` in vain;
 /// returns what was read and whether it was closed.
 fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
@@ -565,15 +580,7 @@ fn a_backup_stream_whose_client_stops_reading_is_ended() {
         "127.0.0.1:0",
     ]);
     let addr = server.addr;
-    let mut load = TcpStream::connect(addr).unwrap();
-    let value = "v".repeat(VALUE);
-    for i in 0..KEYS {
-        let put = format!("*3\r\n$3\r\nPUT\r\n$5\r\nk{i:04}\r\n${VALUE}\r\n{value}\r\n");
-        assert_eq!(
-            roundtrip(&mut load, put.as_bytes()),
-            format!(":{}\r\n", i + 1)
-        );
-    }
+    let mut load = put_values(addr, KEYS, VALUE);
     let end_frame = b"$3\r\nend\r\n";
     let ends = |got: &[u8]| got.windows(end_frame.len()).any(|w| w == end_frame);
 
@@ -648,15 +655,7 @@ fn unread_http_replies_count_against_the_budget_and_time_out() {
         "64MiB",
     ]);
     let (addr, http) = (server.addr, server.http_addr());
-    let mut load = TcpStream::connect(addr).unwrap();
-    let value = "v".repeat(VALUE);
-    for i in 0..KEYS {
-        let put = format!("*3\r\n$3\r\nPUT\r\n$5\r\nk{i:04}\r\n${VALUE}\r\n{value}\r\n");
-        assert_eq!(
-            roundtrip(&mut load, put.as_bytes()),
-            format!(":{}\r\n", i + 1)
-        );
-    }
+    let mut load = put_values(addr, KEYS, VALUE);
     let scan = format!("GET /v1/buckets/default/scan?limit=1000 HTTP/1.1\r\nHost: {http}\r\n\r\n");
     // Three clients ask and read nothing: over twice the budget between them.
     let mut stalled: Vec<TcpStream> = (0..3)
@@ -676,6 +675,30 @@ fn unread_http_replies_count_against_the_budget_and_time_out() {
     }
     let info = roundtrip(&mut load, b"INFO\r\n");
     assert!(info_field(&info, "client_memory") < 1 << 20, "{info}");
+
+    // A reply to HEAD has no body to send: nothing stays counted for it while its
+    // connection lives on.
+    let mut head = TcpStream::connect(http).unwrap();
+    head.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    head.write_all(scan.replacen("GET", "HEAD", 1).as_bytes())
+        .unwrap();
+    let mut headers = Vec::new();
+    let mut byte = [0u8; 1];
+    while !headers.ends_with(b"\r\n\r\n") {
+        head.read_exact(&mut byte).unwrap();
+        headers.push(byte[0]);
+    }
+    assert!(
+        headers.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&headers)
+    );
+    let info = roundtrip(&mut load, b"INFO\r\n");
+    assert!(
+        info_field(&info, "client_memory") < 1 << 20,
+        "after HEAD: {info}"
+    );
 
     // A client that reads, pausing less than the timeout, gets its reply whole.
     let mut reader = TcpStream::connect(http).unwrap();

@@ -210,9 +210,18 @@ mod tests {
     use crate::sm::snapshot::{manifest, SnapshotStore};
     use crate::types::SnapshotMeta;
 
-    /// A snapshot of two files, one empty, in a store of its own: its info and bytes.
-    fn sample(dir: &std::path::Path) -> (SnapshotInfo, Vec<u8>) {
-        let snaps = SnapshotStore::open(dir).unwrap();
+    /// A snapshot of two files, one empty, in a store of its own: its info and bytes, and
+    /// a store to receive it in.
+    struct Sample {
+        info: SnapshotInfo,
+        bytes: Vec<u8>,
+        snaps: SnapshotStore,
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+    }
+
+    fn sample() -> Sample {
+        let from = tempfile::tempdir().unwrap();
+        let snaps = SnapshotStore::open(from.path()).unwrap();
         let s = snaps.scratch("tmp").unwrap();
         std::fs::create_dir_all(s.data().join("b")).unwrap();
         std::fs::write(s.data().join("b/f"), b"hello").unwrap();
@@ -222,34 +231,41 @@ mod tests {
             time_ms: 1,
             files: manifest(&s.data()).unwrap(),
         };
-        (info, b"hello".to_vec())
+        let to = tempfile::tempdir().unwrap();
+        Sample {
+            info,
+            bytes: b"hello".to_vec(),
+            snaps: SnapshotStore::open(to.path()).unwrap(),
+            _dirs: (from, to),
+        }
+    }
+
+    /// A transfer of the sample begun: where it goes, and its sender and receiver with the
+    /// first two bytes sent.
+    async fn begun(s: &Sample) -> (SnapshotDir, mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
+        let dir = s.snaps.scratch("incoming").unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Chunk::Data(s.bytes[..2].to_vec())).await.unwrap();
+        (dir, tx, rx)
     }
 
     #[tokio::test]
     async fn a_snapshot_is_received_whole_or_the_senders_reason_is_given() {
-        let from = tempfile::tempdir().unwrap();
-        let (info, bytes) = sample(from.path());
-        let to = tempfile::tempdir().unwrap();
-        let snaps = SnapshotStore::open(to.path()).unwrap();
-
+        let s = sample();
         // Whole: every file, the empty one too, and the info.
-        let dir = snaps.scratch("incoming").unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(Chunk::Data(bytes[..2].to_vec())).await.unwrap();
-        tx.send(Chunk::Data(bytes[2..].to_vec())).await.unwrap();
+        let (dir, tx, rx) = begun(&s).await;
+        tx.send(Chunk::Data(s.bytes[2..].to_vec())).await.unwrap();
         tx.send(Chunk::End).await.unwrap();
-        receive(&dir, &info, rx).await.unwrap();
-        assert_eq!(dir.info().unwrap(), info);
+        receive(&dir, &s.info, rx).await.unwrap();
+        assert_eq!(dir.info().unwrap(), s.info);
         assert!(dir.data().join("empty").exists());
 
         // The sender gave up half way: its reason, at once.
-        let dir = snaps.scratch("incoming").unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(Chunk::Data(bytes[..2].to_vec())).await.unwrap();
+        let (dir, tx, rx) = begun(&s).await;
         tx.send(Chunk::Abort("the sender gave up: gone".into()))
             .await
             .unwrap();
-        let err = receive(&dir, &info, rx).await.unwrap_err();
+        let err = receive(&dir, &s.info, rx).await.unwrap_err();
         assert!(err.contains("gone"), "{err}");
         assert!(dir.info().is_err(), "no info: not a snapshot");
     }
@@ -259,15 +275,10 @@ mod tests {
     /// the wait passes at once.
     #[tokio::test(start_paused = true)]
     async fn a_snapshot_whose_sender_goes_silent_is_given_up() {
-        let from = tempfile::tempdir().unwrap();
-        let (info, bytes) = sample(from.path());
-        let to = tempfile::tempdir().unwrap();
-        let snaps = SnapshotStore::open(to.path()).unwrap();
-        let dir = snaps.scratch("incoming").unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(Chunk::Data(bytes[..2].to_vec())).await.unwrap();
+        let s = sample();
+        let (dir, tx, rx) = begun(&s).await;
         let started = tokio::time::Instant::now();
-        let err = receive(&dir, &info, rx).await.unwrap_err();
+        let err = receive(&dir, &s.info, rx).await.unwrap_err();
         assert!(err.contains("the sender is gone"), "{err}");
         assert_eq!(started.elapsed().as_secs(), CHUNK_IDLE.as_secs());
         assert!(dir.info().is_err(), "no info: not a snapshot");

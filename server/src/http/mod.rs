@@ -167,12 +167,17 @@ pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
 }
 
 /// Counts every reply whose size is known (all but watch streams, which count what they
-/// hold themselves) against the client budget until it is sent.
+/// hold themselves) against the client budget until it is sent. A reply to HEAD sends
+/// no body (axum drops it past this layer): nothing to count.
 async fn count_reply(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let conn = req.extensions().get::<ConnInfo>().cloned();
+    let conn = req
+        .extensions()
+        .get::<ConnInfo>()
+        .filter(|_| req.method() != axum::http::Method::HEAD)
+        .cloned();
     let reply = next.run(req).await;
     if let (Some(conn), Some(bytes)) = (conn, reply.body().size_hint().exact()) {
         conn.reply_queued(usize::try_from(bytes).unwrap_or(usize::MAX));
