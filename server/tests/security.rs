@@ -432,6 +432,21 @@ fn an_http_body_that_stops_arriving_times_out_and_a_slow_one_does_not() {
     let reply = answer(&mut slow);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 
+    // Headers that stop arriving, and a kept-alive connection with no next request, are
+    // closed after the timeout (the 20 s read timeout would fail the test first).
+    let mut headers = TcpStream::connect(http).unwrap();
+    headers
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {http}\r\n").as_bytes())
+        .unwrap();
+    for s in [&mut headers, &mut slow] {
+        let (got, closed) = read_until_closed(s, Duration::from_secs(20));
+        assert!(
+            closed && got.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
     let mut resp = TcpStream::connect(server.addr).unwrap();
     assert_eq!(roundtrip(&mut resp, b"GET stalled\r\n"), "$-1\r\n");
     assert_eq!(roundtrip(&mut resp, b"GET slow\r\n"), "$8\r\nslowly!!\r\n");
