@@ -50,7 +50,7 @@ impl BucketCore {
         // new bucket of the same name could put other files under the same
         // names (a segment's file is opened by name when the store's open
         // files do not hold it). Opened, a file stays this bucket's.
-        let (sealed, active, end, last_revision, snapshot) = {
+        let (sealed, active, active_pinned, end, last_revision, snapshot) = {
             let w = self.writer.lock();
             if self.check_open().is_err() {
                 return Ok(None);
@@ -72,18 +72,11 @@ impl BucketCore {
                 let (seg, len) = PinnedSegment::new(seg)?;
                 sealed.push(CheckpointFile::sized(name, len, Content::Sealed(seg)));
             }
-            let name = PathBuf::from(active.id.file_name());
             let pinned = PinnedSegment::new(Arc::clone(&active))?.0;
             let snapshot = self.open_snapshot()?;
-            (
-                sealed,
-                (name, pinned, active),
-                w.app.pos(),
-                w.next_rev - 1,
-                snapshot,
-            )
+            let (end, last_revision) = (w.app.pos(), w.next_rev - 1);
+            (sealed, active, pinned, end, last_revision, snapshot)
         };
-        let (active_name, active_pinned, active) = active;
         if self.visible_when_durable {
             self.log.wait_durable(LogPos::new(active.id.seq, end))?;
             self.publish_durable();
@@ -112,7 +105,7 @@ impl BucketCore {
                 .for_each(|(to, from)| *to = from);
         }
         files.push(CheckpointFile::sized(
-            active_name,
+            PathBuf::from(active.id.file_name()),
             end,
             Content::Active {
                 seg: active_pinned,

@@ -28,6 +28,7 @@ mod os;
 #[cfg(any(test, feature = "failpoints"))]
 mod sim;
 
+pub(crate) use open_files::out_of_descriptors;
 pub use open_files::{FileRef, DEFAULT_OPEN_FILES};
 #[cfg(any(test, feature = "failpoints"))]
 pub use sim::{CutStyle, SimFaults, SimFs, SimStats};

@@ -629,9 +629,7 @@ impl<F: Flush> GroupCommit<F> {
 /// (`EMFILE`, `ENFILE`): an open failed, before any fsync or write ran.
 fn no_descriptor(e: &Error) -> Option<i32> {
     match e {
-        Error::Io { source, .. } => source
-            .raw_os_error()
-            .filter(|&code| code == libc::EMFILE || code == libc::ENFILE),
+        Error::Io { source, .. } if crate::io::out_of_descriptors(source) => source.raw_os_error(),
         _ => None,
     }
 }

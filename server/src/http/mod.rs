@@ -119,9 +119,9 @@ impl ConnInfo {
         }
     }
 
-    /// A guard that reports nothing held when it is dropped: whatever way a request that
-    /// holds a body ends (an error before its write, a client gone), its bytes stop
-    /// counting with it.
+    /// A guard that reports nothing held when it is dropped: however a request that holds
+    /// a body ends (its write done or failed, an error before it, the client gone), its
+    /// bytes stop counting with it.
     pub fn released_at_end(&self) -> Released<'_> {
         Released(self)
     }

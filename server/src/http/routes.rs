@@ -188,8 +188,8 @@ pub(crate) async fn put_key(
     let _released = conn.released_at_end();
     let max = gw.shared.config.limits.max_bulk;
     let idle = gw.shared.config.http_timeout;
+    // Counted as it was read, the body stays counted until the guard drops: after the write.
     let body = super::body::read_counted(&headers, body, &conn, max, idle, key.len()).await?;
-    let held = key.len() + body.len();
     let mut op = match rev {
         Some(rev) => WriteOp::update(key, body, rev),
         None if create => WriteOp::create(key, body),
@@ -198,13 +198,12 @@ pub(crate) async fn put_key(
     if let Some(ttl) = ttl {
         op = op.with_ttl(ttl);
     }
-    write(&gw, &conn, bucket, op, held).await
+    write(&gw, bucket, op).await
 }
 
 /// `DELETE /v1/buckets/{bucket}/keys/{key}[?purge | ?rev=N]`
 pub(crate) async fn delete_key(
     State(gw): State<Arc<Gateway>>,
-    Extension(conn): Extension<ConnInfo>,
     Path((bucket, key)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -215,20 +214,12 @@ pub(crate) async fn delete_key(
         (false, Some(rev)) => WriteOp::delete_at(key, rev),
         (false, None) => WriteOp::delete(key),
     };
-    write(&gw, &conn, bucket, op, 0).await
+    write(&gw, bucket, op).await
 }
 
 /// One write, durable before the answer (the engine's group commit shares fsyncs with
-/// every other writer; on a cluster node, proposed and committed on a majority); the body
-/// counts against the client-memory budget meanwhile.
-async fn write(
-    gw: &Gateway,
-    conn: &ConnInfo,
-    bucket: String,
-    op: WriteOp,
-    held: usize,
-) -> Result<Response, ApiError> {
-    conn.hold(held);
+/// every other writer; on a cluster node, proposed and committed on a majority).
+async fn write(gw: &Gateway, bucket: String, op: WriteOp) -> Result<Response, ApiError> {
     let revision = if let Some(node) = &gw.shared.cluster {
         crate::command::proposals::write_one(node, bucket, op)
             .await
@@ -245,7 +236,6 @@ async fn write(
                     .ok_or_else(|| ApiError::internal("the write returned no result"))
             })
     };
-    conn.hold(0);
     Ok(Json(Revision {
         revision: revision?,
     })
