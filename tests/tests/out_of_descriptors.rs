@@ -102,6 +102,114 @@ fn a_sync_with_every_descriptor_in_use_fails_without_poisoning_the_log() {
     assert_eq!(c.status().expect("status").last_revision, 2);
 }
 
+/// The first write after a clean open under a policy that makes writes visible before
+/// they are durable first clears the clean mark (a mark written and synced): with no
+/// descriptor to write it, that write fails and the log is not poisoned.
+#[test]
+fn clearing_the_clean_mark_with_every_descriptor_in_use_fails_without_poisoning_the_log() {
+    let _turn = LIMIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        fsync: FsyncPolicy::Never,
+        background: false,
+        storage: Storage::os().with_open_file_limit(1),
+        ..Options::default()
+    };
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    store
+        .create_bucket("c", BucketConfig::default())
+        .expect("create c")
+        .put("k", "1")
+        .expect("put");
+    store.close().expect("close: c's log is marked clean");
+
+    let store = Store::open(dir.path(), opts.clone()).expect("reopen");
+    let c = store.bucket("c").expect("c");
+    // The default bucket's file is the one the cache keeps, and the capture pins it.
+    store
+        .default_bucket()
+        .expect("default")
+        .put("d", "1")
+        .expect("put");
+    let pinned = store.checkpoint_source().expect("capture");
+    let (taken, saved) = take_every_descriptor();
+    let refused = c.put("k", "2");
+    drop(taken);
+    set_descriptor_limit(&saved);
+    let refused = refused.expect_err("no descriptor to clear the clean mark with");
+    assert!(
+        refused.to_string().contains("Too many open files"),
+        "{refused}"
+    );
+    drop(pinned);
+    c.put("k", "3").expect("the log was not poisoned");
+    drop(c);
+    store.close().expect("close");
+
+    let store = Store::open(dir.path(), opts).expect("reopen");
+    let c = store.bucket("c").expect("c");
+    assert_eq!(
+        c.get("k").expect("get").map(|v| v.to_vec()),
+        Some(b"3".to_vec())
+    );
+    assert_eq!(c.status().expect("status").last_revision, 2);
+}
+
+/// A write that fills the active segment seals it (a cut and an fsync) and starts the
+/// next: with no descriptor to open the old or the new file, that write fails before
+/// anything changed and the log is not poisoned.
+#[test]
+fn a_rotation_with_every_descriptor_in_use_fails_without_poisoning_the_log() {
+    let _turn = LIMIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        fsync: FsyncPolicy::Never,
+        background: false,
+        segment_size: 16 << 10,
+        storage: Storage::os().with_open_file_limit(1),
+        ..Options::default()
+    };
+    let value = vec![b'v'; 6 << 10];
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    let c = store
+        .create_bucket("c", BucketConfig::default())
+        .expect("create c");
+    c.put("k", value.clone()).expect("put");
+    c.put("k", value.clone()).expect("put");
+    store
+        .default_bucket()
+        .expect("default")
+        .put("d", "1")
+        .expect("put");
+    let pinned = store.checkpoint_source().expect("capture");
+    let (taken, saved) = take_every_descriptor();
+    let refused = c.put("k", value.clone());
+    drop(taken);
+    set_descriptor_limit(&saved);
+    let refused = refused.expect_err("the third value does not fit: the segment rotates");
+    assert!(
+        refused.to_string().contains("Too many open files"),
+        "{refused}"
+    );
+    drop(pinned);
+    c.put("k", "last").expect("the log was not poisoned");
+    c.sync().expect("sync");
+    drop(c);
+    store.close().expect("close");
+
+    let store = Store::open(dir.path(), opts).expect("reopen");
+    let c = store.bucket("c").expect("c");
+    assert_eq!(
+        c.get("k").expect("get").map(|v| v.to_vec()),
+        Some(b"last".to_vec())
+    );
+    assert_eq!(c.status().expect("status").last_revision, 3);
+}
+
 #[test]
 fn a_sync_out_of_descriptors_closes_idle_files_instead_of_failing() {
     let _turn = LIMIT

@@ -395,20 +395,22 @@ impl<F: Flush> GroupCommit<F> {
     /// the durable end and fsyncs it (a clean close's mark, or one clearing
     /// it). The mark is written only over data already durable, so a power
     /// cut during its fsync can never leave it claiming more than the disk has.
+    /// A mark whose file cannot be opened (no descriptor left) is not written:
+    /// the caller fails and the log is not poisoned.
     pub(crate) fn sync_with_mark(&self, flags: u64) -> Result<()> {
         let s = self.sync_all_then_hold()?;
         let synced = s.synced;
         let segment = Arc::clone(&s.active);
         drop(s);
-        let result = if synced.seq() == segment.seq() {
-            self.timed(|| {
-                segment
-                    .write_mark(synced.offset(), flags)
-                    .and_then(|()| segment.sync_data())
-            })
-        } else {
-            Ok(())
+        if synced.seq() != segment.seq() {
+            return self.end_hold(Ok(()), |_| {});
+        }
+        let started = Instant::now();
+        let result = match segment.write_mark(synced.offset(), flags) {
+            Err(e) if no_descriptor(&e).is_some() => return Err(self.end_hold_unopened(e)),
+            written => written.and_then(|()| segment.sync_data()),
         };
+        self.latency.record(started.elapsed());
         self.end_hold(result, |_| {})
     }
 
@@ -514,6 +516,19 @@ impl<F: Flush> GroupCommit<F> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Gives up the place [`GroupCommit::sync_all_then_hold`] took, when the
+    /// work held for could not open its file (`e`, no descriptor left):
+    /// nothing was written or synced, so the log is not poisoned and no sync
+    /// is counted. Returns `e`, for the caller.
+    fn end_hold_unopened(&self, e: Error) -> Error {
+        tracing::warn!(error = %e, "no descriptor to write a durability mark; the caller fails, the log stays usable");
+        let mut s = self.lock();
+        let wakes = self.hand_on(&mut s);
+        drop(s);
+        self.wake(wakes);
+        e
     }
 
     /// Ends the leader's hold: counts the sync, records a failure (the log is
@@ -858,6 +873,32 @@ mod tests {
         gc.wait_durable(LogPos::new(1, 40)).unwrap();
         assert_eq!(*disk.marks.lock().unwrap(), vec![20, 40]);
         assert!(gc.check().is_ok());
+    }
+
+    /// A mark written with the place held (a clean close's, or the one that
+    /// clears it before the first eager write) whose file cannot be opened:
+    /// its caller fails, nothing is written or counted, the log goes on.
+    #[test]
+    fn a_held_mark_without_a_descriptor_fails_its_caller_but_not_the_log() {
+        let disk = Arc::new(OutOfDescriptors::default());
+        let start = LogPos::new(1, 0);
+        let gc = GroupCommit::new(Arc::clone(&disk), start, start, 0, Duration::ZERO);
+        gc.note_written(LogPos::new(1, 10));
+        gc.wait_durable(LogPos::new(1, 10)).unwrap();
+        let fsyncs = gc.fsyncs();
+        disk.refuse_mark.store(true, Ordering::SeqCst);
+        let refused = gc.sync_with_mark(1).unwrap_err();
+        assert!(
+            refused.to_string().contains("Too many open files"),
+            "{refused}"
+        );
+        assert!(gc.check().is_ok(), "not poisoned");
+        assert_eq!(gc.fsyncs(), fsyncs, "no sync ran");
+        gc.note_written(LogPos::new(1, 20));
+        gc.wait_durable(LogPos::new(1, 20))
+            .expect("the place was handed on");
+        gc.sync_with_mark(1).expect("the next mark is written");
+        assert_eq!(*disk.marks.lock().unwrap(), vec![10, 20, 20]);
     }
 
     #[test]

@@ -632,7 +632,10 @@ impl Log {
     ) -> Result<()> {
         self.refuse_while_skip_unrecorded("rotate")?;
         let old = Arc::clone(&app.active);
-        old.file()?
+        // Held until the seal's fsync: opened once, so that the fsync cannot
+        // fail for want of a descriptor, which would poison the log.
+        let old_file = old.file()?;
+        old_file
             .set_len(app.pos)
             .map_err(|e| Error::io(&old.path, e))?;
         app.file_len = app.pos;
@@ -643,7 +646,9 @@ impl Log {
         // reading the data back needs. A cut undone by a power cut loses
         // nothing (zeros follow the data), but the index snapshot, which
         // names each sealed segment's length, would no longer match.
-        self.commit.sync_all_then(|| old.sync_all())?;
+        self.commit
+            .sync_all_then(|| old_file.sync_all().map_err(|e| Error::io(&old.path, e)))?;
+        drop(old_file);
         let header = SegmentHeader::active(
             SegmentId {
                 seq: old.id.seq + 1,

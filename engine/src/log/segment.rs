@@ -634,14 +634,6 @@ impl Segment {
             .map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Flushes written data and the file's metadata to stable storage
-    /// (fsync): a length cut by `set_len` included.
-    pub fn sync_all(&self) -> Result<()> {
-        self.file()?
-            .sync_all()
-            .map_err(|e| Error::io(&self.path, e))
-    }
-
     /// The newest durability mark of this segment, if it has one (see [`super::mark`]).
     pub fn mark(&self) -> Option<Mark> {
         self.marks.lock().latest
