@@ -212,7 +212,7 @@ fn first_segment(dir: &Path, cfg: &LogConfig, slot: u32, watermark: u64) -> Resu
         watermark,
         watermark + REVISION_RESERVE,
     );
-    Ok(Arc::new(Segment::create(
+    let segment = Segment::create(
         &cfg.storage,
         dir,
         slot,
@@ -220,7 +220,9 @@ fn first_segment(dir: &Path, cfg: &LogConfig, slot: u32, watermark: u64) -> Resu
         cfg.segment_size,
         MIN_PREALLOC,
         eager_flag(cfg.fsync),
-    )?))
+    )?;
+    crate::fsutil::sync_dir(&cfg.storage, dir)?;
+    Ok(Arc::new(segment))
 }
 
 /// The revisions an earlier open gave up, as `mark` (the newest of `active`)
@@ -675,6 +677,12 @@ impl Log {
             self.cfg.growth(app.pos),
             self.eager_flag(),
         )?);
+        // From its rename on, the new segment is where the log ends on disk:
+        // the old one must never be written again (a record torn there by a
+        // power cut would be corruption in a sealed segment, not a torn tail).
+        // So a directory sync that fails poisons the log, as a failed fsync does.
+        self.commit
+            .sync_all_then(|| crate::fsutil::sync_dir(&self.cfg.storage, &self.dir))?;
         // Asked before the new segment is published: once group commit syncs
         // it, the old one must no longer be written.
         let file_len = seg.file_len()?;

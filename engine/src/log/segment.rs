@@ -361,7 +361,10 @@ impl Drop for TmpSegment {
 impl Segment {
     /// Creates a new segment under a temporary name, pre-writes `prealloc` bytes
     /// (header included) and a first durability mark (nothing written yet,
-    /// with `mark_flags`), syncs it and renames it into place.
+    /// with `mark_flags`), syncs it, maps it and renames it into place. The
+    /// caller syncs `dir` before anything is written to it: the rename is the
+    /// last step, so a segment that exists by its name was created whole, and
+    /// a failure before it leaves only a `.tmp` file (removed by the next open).
     pub fn create(
         storage: &Storage,
         dir: &Path,
@@ -391,10 +394,18 @@ impl Segment {
         )
         .map_err(io)?;
         file.sync_all().map_err(io)?;
-        storage.rename(&tmp_path, &final_path).map_err(io)?;
-        sync_dir(storage, dir)?;
         // A new segment is about to be written: its file stays open.
-        Self::map(storage, slot, final_path, file, header, capacity, true)
+        let segment = Self::map(
+            storage,
+            slot,
+            final_path.clone(),
+            file,
+            header,
+            capacity,
+            true,
+        )?;
+        storage.rename(&tmp_path, &final_path).map_err(io)?;
+        Ok(segment)
     }
 
     /// Renames a file written by [`TmpSegment`] into place and opens it.
