@@ -67,6 +67,10 @@ pub enum CutStyle {
     LoseAll,
     /// Every unsynced write and directory change kept (what `SIGKILL` leaves).
     KeepAll,
+    /// Every unsynced write torn (a random part of each piece of up to 64
+    /// bytes kept, never all of it), every new file length and every directory
+    /// change kept: a record written and not synced never survives whole.
+    TearAll,
 }
 
 /// Failures armed for calls of one kind, whatever the odds: after `skip`

@@ -541,7 +541,8 @@ impl State {
         };
         let mut ranges = f.dirty.clone();
         let len_changed = f.len_changed || cur.len() != out.len();
-        if len_changed && self.below(2) == 0 {
+        // A tearing cut keeps every new length: the torn bytes lie inside the file.
+        if len_changed && (style == 3 || self.below(2) == 0) {
             out.resize(cur.len(), 0);
         }
         ranges.sort_unstable();
@@ -549,10 +550,14 @@ impl State {
             let to = (to as usize).min(cur.len()).min(out.len());
             let mut at = (from as usize).min(to);
             while at < to {
-                let piece = (1 + self.below(4096) as usize).min(to - at);
+                // Torn in pieces of up to 64 bytes when every write is torn (so
+                // that a small record is torn, not kept or lost whole), else 4 KiB.
+                let largest = if style == 3 { 64 } else { 4096 };
+                let piece = (1 + self.below(largest) as usize).min(to - at);
                 let keep = match style {
                     0 => 0,
                     1 => piece,
+                    3 => self.below(piece as u64) as usize,
                     _ => match self.below(3) {
                         0 => 0,
                         1 => piece,
@@ -575,11 +580,13 @@ impl State {
     pub(super) fn power_cut(&mut self, style: CutStyle) -> io::Result<()> {
         self.stats.crashes += 1;
         let current = self.current_contents()?;
-        // 0: every unsynced write lost; 1: all kept (what SIGKILL leaves); 2: each its own way.
+        // 0: every unsynced write lost; 1: all kept (what SIGKILL leaves); 2: each its own
+        // way; 3: every one torn, every directory change kept.
         let style = match style {
             CutStyle::LoseAll => 0,
             CutStyle::KeepAll => 1,
             CutStyle::Random => self.below(3),
+            CutStyle::TearAll => 3,
         };
         // The durable directory tree after the cut: a prefix of each directory's pending changes.
         // In id order, so that a seed replays the same cut (a HashMap's order differs per process).
@@ -593,7 +600,7 @@ impl State {
             };
             let keep = match style {
                 0 => 0,
-                1 => pending.len(),
+                1 | 3 => pending.len(),
                 _ => self.below(pending.len() as u64 + 1) as usize,
             };
             self.stats.undone_dir_ops += (pending.len() - keep) as u64;
