@@ -1,14 +1,15 @@
-//! A fixed workload (writes that rotate segments, syncs, compactions, a second bucket)
-//! run once for every sync, then for every write, that an injected fault can fail: the
-//! fault strikes there, the workload goes on for none, two or all of its remaining
-//! steps whatever fails in them, and the power is cut (one of the cuts tears every
-//! unsynced write). The random harness cuts the power at the first error; this goes on
+//! A fixed workload (writes that rotate segments, syncs, compactions, a bucket created
+//! and dropped, a clean close and reopen) run once for every sync, then for every
+//! write, that an injected fault can fail: the fault strikes there, the workload goes
+//! on for none, two or all of its remaining steps whatever fails in them, and the
+//! power is cut (two of the cuts tear every unsynced write). The random harness cuts the power at the first error; this goes on
 //! writing after it, where a log that took the wrong turn on a failure (a rotation that
 //! went back to the segment it had sealed) shows only at the next open.
 //!
 //! After every cut the store must open; every write acknowledged as durable (returned
-//! under `always`; followed by a sync that returned under `never`) is there with its
-//! value; and no revision a write returned, durable or not, is given again.
+//! under `always`; followed by a sync or a clean close that returned under `never`) is
+//! there with its value; a bucket whose drop returned is not; and no revision a write
+//! returned, durable or not, is given again.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,8 @@ struct Told {
     unsynced: Vec<((&'static str, String), Vec<u8>)>,
     /// The highest revision a write returned, per bucket.
     revisions: BTreeMap<&'static str, u64>,
+    /// Buckets whose drop returned.
+    dropped: Vec<&'static str>,
     /// Errors the workload saw.
     errors: usize,
 }
@@ -58,6 +61,19 @@ impl Told {
         }
     }
 
+    /// Drops `bucket`: its writes are no longer checked, and once the drop
+    /// returned, the bucket must never come back. A drop that failed leaves it
+    /// unknown (it may or may not be there after the cut).
+    fn drop_bucket(&mut self, store: &Store, bucket: &'static str) {
+        let dropped = store.drop_bucket(bucket);
+        self.durable.retain(|(b, _), _| *b != bucket);
+        self.unsynced.retain(|((b, _), _)| *b != bucket);
+        match dropped {
+            Ok(()) => self.dropped.push(bucket),
+            Err(_) => self.errors += 1,
+        }
+    }
+
     fn sync(&mut self, store: &Store) {
         match store.sync() {
             Ok(()) => self.durable.extend(self.unsynced.drain(..)),
@@ -68,44 +84,70 @@ impl Told {
 
 /// The workload: 28 writes of 100 B to 1.5 KiB (4 KiB segments: a rotation every few
 /// writes), a key overwritten each step (dead bytes for compaction), a sync every
-/// fourth step, a compaction every ninth, the second bucket written every fifth.
-fn workload(t: &Sim, store: &Store, fsync: FsyncPolicy, told: &mut Told, after: Option<u32>) {
+/// fourth step, a compaction every ninth, the second bucket written every fifth, a
+/// third bucket created at step 6, written, and dropped at step 16, and a clean close
+/// and reopen at step 21. Goes on for `after` steps once the fault struck (to the end
+/// if `None`); the store, unless a close or an open failed.
+fn workload(
+    t: &Sim,
+    mut store: Store,
+    fsync: FsyncPolicy,
+    told: &mut Told,
+    after: Option<u32>,
+) -> Option<Store> {
     let mut steps_left = after;
     for i in 0..28u32 {
         if struck(t) {
             match steps_left {
-                Some(0) => return,
+                Some(0) => return Some(store),
                 Some(n) => steps_left = Some(n - 1),
                 None => {}
             }
         }
         let size = 100 + (i as usize * 397) % 1400;
-        told.put(
-            store,
-            fsync,
-            "default",
-            format!("k{i}"),
-            vec![b'a' + (i % 26) as u8; size],
-        );
-        told.put(
-            store,
-            fsync,
-            "default",
-            "hot".into(),
-            i.to_le_bytes().to_vec(),
-        );
+        let value = vec![b'a' + (i % 26) as u8; size];
+        told.put(&store, fsync, "default", format!("k{i}"), value);
+        let hot = i.to_le_bytes().to_vec();
+        told.put(&store, fsync, "default", "hot".into(), hot);
         if i % 5 == 0 {
-            told.put(store, fsync, "b1", format!("k{i}"), vec![b'z'; 300]);
+            told.put(&store, fsync, "b1", format!("k{i}"), vec![b'z'; 300]);
+        }
+        match i {
+            6 => {
+                if store.create_bucket("b2", BucketConfig::default()).is_err() {
+                    told.errors += 1;
+                }
+            }
+            7..16 if i % 2 == 0 => {
+                told.put(&store, fsync, "b2", format!("k{i}"), vec![b'y'; 200]);
+            }
+            16 => told.drop_bucket(&store, "b2"),
+            _ => {}
         }
         if i % 4 == 3 {
-            told.sync(store);
+            told.sync(&store);
         }
         if i % 9 == 8 && store.bucket("default").and_then(|b| b.compact()).is_err() {
             told.errors += 1;
         }
+        if i == 21 {
+            if store.close().is_err() {
+                told.errors += 1;
+                return None;
+            }
+            told.durable.extend(told.unsynced.drain(..));
+            store = match Store::open(&t.dir, t.options(fsync)) {
+                Ok(store) => store,
+                Err(_) => {
+                    told.errors += 1;
+                    return None;
+                }
+            };
+        }
     }
     // Left unsynced under `never`: a cut may lose, keep or tear it.
-    told.put(store, fsync, "default", "tail".into(), vec![b't'; 200]);
+    told.put(&store, fsync, "default", "tail".into(), vec![b't'; 200]);
+    Some(store)
 }
 
 /// Whether the armed fault has struck.
@@ -131,9 +173,12 @@ fn run_one(
         .expect("create");
     arm(&t);
     let mut told = Told::default();
-    workload(&t, &store, fsync, &mut told, after);
+    let store = workload(&t, store, fsync, &mut told, after);
     let struck = struck(&t);
-    t.cut(store, style);
+    match store {
+        Some(store) => t.cut(store, style),
+        None => t.cut_idle(style),
+    }
     let case = format!(
         "{fsync:?}, {case}, {after:?} more steps, {style:?} (seed {seed}, {} errors)",
         told.errors
@@ -155,6 +200,12 @@ fn run_one(
                 got.map(|g| g.len())
             );
         }
+    }
+    for bucket in &told.dropped {
+        assert!(
+            !store.bucket_names().iter().any(|b| b == bucket),
+            "{case}: the dropped bucket {bucket} came back"
+        );
     }
     for bucket in BUCKETS {
         let next = store
