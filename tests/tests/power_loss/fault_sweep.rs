@@ -113,10 +113,8 @@ fn workload(
             told.put(&store, fsync, "b1", format!("k{i}"), vec![b'z'; 300]);
         }
         match i {
-            6 => {
-                if store.create_bucket("b2", BucketConfig::default()).is_err() {
-                    told.errors += 1;
-                }
+            6 if store.create_bucket("b2", BucketConfig::default()).is_err() => {
+                told.errors += 1;
             }
             7..16 if i % 2 == 0 => {
                 told.put(&store, fsync, "b2", format!("k{i}"), vec![b'y'; 200]);
@@ -136,13 +134,11 @@ fn workload(
                 return None;
             }
             told.durable.extend(told.unsynced.drain(..));
-            store = match Store::open(&t.dir, t.options(fsync)) {
-                Ok(store) => store,
-                Err(_) => {
-                    told.errors += 1;
-                    return None;
-                }
+            let Ok(reopened) = Store::open(&t.dir, t.options(fsync)) else {
+                told.errors += 1;
+                return None;
             };
+            store = reopened;
         }
     }
     // Left unsynced under `never`: a cut may lose, keep or tear it.
