@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use logkv::io::{SimFaults, SimFs, Storage};
+use logkv::io::{CutStyle, SimFaults, SimFs, Storage};
 use logkv::{
     BucketConfig, Clock, Entry, Error, FsyncPolicy, ManualClock, Op, Options, Store, WriteOp,
 };
@@ -668,7 +668,13 @@ impl Run {
         self.cuts += 1;
         self.subject.sim.crash_now();
         self.subject.store = None; // dropped with the power off: nothing more reaches the disk
-        self.subject.sim.restart().expect("restart");
+        // One cut in five tears every unsynced write (the worst case for a torn tail).
+        let style = if self.rng.below(5) == 0 {
+            CutStyle::TearAll
+        } else {
+            CutStyle::Random
+        };
+        self.subject.sim.restart_with(style).expect("restart");
         let faults = SimFaults::default();
         self.subject.sim.set_faults(faults);
         let store = self.subject.open();
