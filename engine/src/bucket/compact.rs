@@ -420,15 +420,19 @@ impl BucketCore {
         let Some(first) = ids.first() else {
             return Ok(());
         };
-        // The output supersedes its inputs and whatever they superseded that is
-        // still on disk (a deletion that failed): otherwise, once an input is
-        // gone, such a file would be replayed as live after newer revisions.
+        // The output supersedes its inputs, whatever they superseded that is
+        // still on disk (a deletion that failed), and the orphans of passes
+        // with nothing to keep: otherwise, once an input is gone, such a file
+        // would be replayed as live after newer revisions.
         let mut supersedes = ids.clone();
-        for seg in run {
-            for old in &seg.header.supersedes {
-                if !supersedes.contains(old) && self.dir.join(old.file_name()).exists() {
-                    supersedes.push(*old);
-                }
+        let orphans = self.orphans.lock().clone();
+        for old in run
+            .iter()
+            .flat_map(|seg| &seg.header.supersedes)
+            .chain(&orphans)
+        {
+            if !supersedes.contains(old) && self.dir.join(old.file_name()).exists() {
+                supersedes.push(*old);
             }
         }
         let header = SegmentHeader::new(
@@ -465,7 +469,15 @@ impl BucketCore {
             crash_point!(self, AfterTmpWritten);
             crash_point!(self, AfterInstall);
             crash_point!(self, AfterRelocate);
-            return self.retire_inputs(run, &ids, None, 0);
+            let retired = self.retire_inputs(run, &ids, None, 0);
+            // No output supersedes an input whose deletion failed, nor what
+            // the inputs superseded: later outputs will.
+            self.note_orphans(
+                run.iter()
+                    .flat_map(|seg| seg.header.supersedes.iter().copied())
+                    .chain(ids.iter().copied()),
+            );
+            return retired;
         }
 
         // 2. Write the output and give it its final name.
@@ -494,6 +506,10 @@ impl BucketCore {
                 return Err(e);
             }
         };
+        // In place and durable: it supersedes them now (and passes them on).
+        self.orphans
+            .lock()
+            .retain(|id| !header.supersedes.contains(id));
 
         // 3. Point the index at the copies.
         self.log.add_segment(Arc::clone(&out));
@@ -615,6 +631,18 @@ impl BucketCore {
             }
         }
         Ok(())
+    }
+
+    /// Records as orphans those of `ids` whose files are still on disk.
+    fn note_orphans(&self, ids: impl Iterator<Item = SegmentId>) {
+        let mut orphans = self.orphans.lock();
+        for id in ids {
+            if !orphans.contains(&id) && self.dir.join(id.file_name()).exists() {
+                tracing::warn!(bucket = %self.name, segment = %id.file_name(),
+                    "a compacted segment is still on disk; the next compaction output supersedes it");
+                orphans.push(id);
+            }
+        }
     }
 
     /// Takes compacted inputs out of the table and deletes their files.

@@ -47,6 +47,7 @@ use crate::clock::Clock;
 use crate::config::BucketConfig;
 use crate::error::{Error, Result};
 use crate::index::{Index, RecordRef};
+use crate::log::segment::SegmentId;
 use crate::log::{Appender, Log};
 use crate::watch_hub::WatchHub;
 
@@ -112,6 +113,11 @@ pub(crate) struct BucketCore {
     /// Why compaction stopped for the rest of this process: a pass's output
     /// was put in place but not installed (see `compact.rs`).
     compaction_halted: Mutex<Option<String>>,
+    /// Segment files out of the log's table but still on disk that no file
+    /// on disk supersedes any more: inputs of a pass with nothing to keep
+    /// whose deletion failed, and what such inputs superseded. Every later
+    /// compaction output supersedes them (see `compact.rs`).
+    orphans: Mutex<Vec<SegmentId>>,
     /// Serialises builds of the index's key order (see
     /// [`BucketCore::ensure_key_order`]).
     building_order: Mutex<()>,

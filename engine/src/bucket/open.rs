@@ -256,6 +256,7 @@ impl BucketCore {
             hub: WatchHub::new(end, last),
             compacting: Mutex::new(()),
             compaction_halted: Mutex::new(None),
+            orphans: Mutex::new(Vec::new()),
             building_order: Mutex::new(()),
             compact_dead_ratio: opts.compact_dead_ratio,
             snapshot_min_bytes: opts.snapshot_min_bytes,

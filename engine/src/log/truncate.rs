@@ -54,9 +54,8 @@ impl Log {
             .into_iter()
             .filter(|s| s.id.seq > at.seq())
             .collect();
-        target.set_data_end(at.offset());
         let active = if Arc::ptr_eq(&target, &app.active) {
-            target
+            Arc::clone(&target)
         } else {
             // A sealed segment is mapped at its length: map it again at full
             // capacity, in the same slot, so appends can grow into it.
@@ -69,6 +68,9 @@ impl Log {
             reopened.set_data_end(at.offset());
             reopened
         };
+        // Only once nothing can fail before the cut: a failed open above leaves
+        // the log as it was, and a later truncate inside this segment possible.
+        target.set_data_end(at.offset());
         let flags = self.eager_flag();
         let mut file_len = 0;
         self.commit.truncate(at, Arc::clone(&active), || {

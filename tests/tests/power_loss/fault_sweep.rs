@@ -1,6 +1,6 @@
 //! A fixed workload (writes that rotate segments, syncs, compactions, a bucket created
-//! and dropped, a clean close and reopen) run once for every sync, then for every
-//! write, that an injected fault can fail: the fault strikes there, the workload goes
+//! and dropped, a clean close and reopen) run once for every sync, every write and
+//! every file removal that an injected fault can fail: the fault strikes there, the workload goes
 //! on for none, two or all of its remaining steps whatever fails in them, and the
 //! power is cut (two of the cuts tear every unsynced write). The random harness cuts the power at the first error; this goes on
 //! writing after it, where a log that took the wrong turn on a failure (a rotation that
@@ -149,7 +149,7 @@ fn workload(
 /// Whether the armed fault has struck.
 fn struck(t: &Sim) -> bool {
     let stats = t.fs.stats();
-    stats.sync_errors + stats.write_errors > 0
+    stats.sync_errors + stats.write_errors + stats.remove_errors > 0
 }
 
 /// Runs the workload with one fault armed by `arm`, going on for `after` more steps once
@@ -238,7 +238,7 @@ fn sweep(fsync: FsyncPolicy, cuts: usize, what: &str, arm: impl Fn(&Sim, u32)) {
             struck |= run_one(fsync, seed, ending, &case, |t| arm(t, k));
         }
         if !struck {
-            assert!(k > 20, "{fsync:?}: the workload made only {k} {what}s");
+            assert!(k > 3, "{fsync:?}: the workload made only {k} {what}s");
             return;
         }
     }
@@ -248,6 +248,13 @@ fn sweep(fsync: FsyncPolicy, cuts: usize, what: &str, arm: impl Fn(&Sim, u32)) {
 fn a_failed_sync_anywhere_then_more_work_then_a_power_cut() {
     for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
         sweep(fsync, ENDINGS.len(), "sync", |t, k| t.fs.fail_syncs(k, 1));
+    }
+}
+
+#[test]
+fn a_failed_removal_anywhere_then_more_work_then_a_power_cut() {
+    for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
+        sweep(fsync, 4, "removal", |t, k| t.fs.fail_removes(k, 1));
     }
 }
 

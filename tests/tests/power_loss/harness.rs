@@ -668,7 +668,7 @@ impl Run {
         self.cuts += 1;
         self.subject.sim.crash_now();
         self.subject.store = None; // dropped with the power off: nothing more reaches the disk
-        // One cut in five tears every unsynced write (the worst case for a torn tail).
+                                   // One cut in five tears every unsynced write (the worst case for a torn tail).
         let style = if self.rng.below(5) == 0 {
             CutStyle::TearAll
         } else {

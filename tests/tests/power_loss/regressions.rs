@@ -612,3 +612,86 @@ fn a_failed_sync_at_any_step_of_a_rotation_loses_nothing_acknowledged() {
         }
     }
 }
+
+/// The files of a compacted bucket directory, sorted.
+fn segment_files(t: &Sim) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(t.dir.join("buckets/default"))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            std::path::Path::new(n)
+                .extension()
+                .is_some_and(|e| e == "seg")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A pass over segments with nothing left to keep writes no output: it deletes them.
+/// When a deletion failed, nothing on disk superseded the file left behind; a later
+/// pass merging its neighbours put a segment with newer revisions before it, and the
+/// store refused to open ("revision 4 after revision 6"). Found by review.
+#[test]
+fn an_all_dead_input_whose_deletion_failed_is_superseded_by_the_next_output() {
+    let t = Sim::new(12);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    let big = |c: u8| vec![c; 3000];
+    b.put("a", big(b'a')).expect("put");
+    b.put("a2", "live").expect("put"); // segment 1
+    b.put("b", big(b'b')).expect("put"); // segment 2
+    b.put("c", big(b'c')).expect("put"); // segment 3
+    b.put("d", big(b'd')).expect("put");
+    b.put("d2", "live").expect("put"); // segment 4
+    b.put("e", big(b'e')).expect("put"); // segment 5 (active)
+    b.put("b", "s").expect("put"); // segments 2 and 3 are all dead
+    b.put("c", "s").expect("put");
+    t.fs.fail_removes(1, 1);
+    b.compact().expect_err("deleting segment 3 fails");
+    b.put("a", "s").expect("put");
+    b.put("d", "s").expect("put");
+    b.compact().expect("segments 1 and 4 merge");
+    drop(b);
+    store.close().expect("close");
+    let files = segment_files(&t);
+    let store = Store::open(&t.dir, t.options(FsyncPolicy::Always))
+        .unwrap_or_else(|e| panic!("the store does not open ({files:?}): {e}"));
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(value(&store, key).as_deref(), Some(&b"s"[..]), "{key}");
+    }
+}
+
+/// The same when the file left behind was superseded by an output that a later pass,
+/// finding nothing in it to keep, deleted: nothing superseded the file any more.
+#[test]
+fn a_leftover_outlives_the_all_dead_output_that_superseded_it() {
+    let t = Sim::new(13);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    let big = |c: u8| vec![c; 3000];
+    for (key, live) in [("a", "a2"), ("b", "b2"), ("c", "c2"), ("d", "d2")] {
+        b.put(key, big(key.as_bytes()[0])).expect("put");
+        b.put(live, "live").expect("put"); // segments 1 to 4
+    }
+    b.put("e", big(b'e')).expect("put"); // segment 5 (active)
+    b.put("b", "s").expect("put");
+    b.put("c", "s").expect("put");
+    t.fs.fail_removes(1, 1);
+    b.compact()
+        .expect_err("segments 2 and 3 merge; deleting segment 3 fails");
+    b.put("b2", "s").expect("put");
+    b.put("c2", "s").expect("put");
+    b.compact().expect("the merged output is all dead: deleted");
+    b.put("a", "s").expect("put");
+    b.put("d", "s").expect("put");
+    b.compact().expect("segments 1 and 4 merge");
+    drop(b);
+    store.close().expect("close");
+    let files = segment_files(&t);
+    let store = Store::open(&t.dir, t.options(FsyncPolicy::Always))
+        .unwrap_or_else(|e| panic!("the store does not open ({files:?}): {e}"));
+    for key in ["a", "b", "c", "d", "b2", "c2"] {
+        assert_eq!(value(&store, key).as_deref(), Some(&b"s"[..]), "{key}");
+    }
+}

@@ -170,6 +170,7 @@ impl Backend for SimFs {
         let mut s = self.state.lock();
         s.change()?;
         if s.armed.removes.due() {
+            s.stats.remove_errors += 1;
             return Err(eio());
         }
         s.remove(path, |p| fs::remove_file(p))

@@ -116,6 +116,8 @@ pub struct SimStats {
     pub sync_errors: u64,
     /// Writes failed by injection.
     pub write_errors: u64,
+    /// File removals failed by injection.
+    pub remove_errors: u64,
     /// Power cuts simulated.
     pub crashes: u64,
     /// Unsynced byte ranges kept whole at a power cut.
