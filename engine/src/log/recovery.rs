@@ -11,8 +11,9 @@
 //!    segment's durability mark (see [`super::mark`]) is an unsynced tail: a
 //!    power cut may lose, keep or tear what was written after the last fsync,
 //!    in any order, so valid records may follow a hole. The file is cut at the
-//!    start of that batch (the mark rewritten to the cut), with a warning saying
-//!    how many bytes and whole records went.
+//!    start of that batch (the data below it synced, then the mark moved to
+//!    the cut and synced), with a warning saying how many bytes and whole
+//!    records went.
 //! 5. Anything else that is not a valid record (in a sealed segment, which was
 //!    durable whole before the next one was created, or below the last
 //!    segment's mark) is corruption: open fails naming the file and offset,
@@ -468,18 +469,21 @@ fn cut_torn_tail(
         "cutting the unsynced tail of the log (writes a crash or power loss cut short or left out of order)"
     );
     if cut > 0 {
-        // The mark must not claim more than what is left: it is lowered and
-        // synced before the file is cut (data ending below a mark is
-        // corruption). It keeps saying whether writes were visible before
-        // durable (unknown without a mark: assume they were), so that the
-        // revisions the cut took back are skipped, and which revisions an
-        // earlier open gave up.
+        // The mark is moved to the cut and synced before the file is cut:
+        // lowered, it must not claim more than what is left (data ending
+        // below a mark is corruption); raised (the cut lies past it, over
+        // records a killed process wrote and never synced), it may vouch only
+        // for data already durable, so those are synced first. It keeps saying
+        // whether writes were visible before durable (unknown without a mark:
+        // assume they were), so that the revisions the cut took back are
+        // skipped, and which revisions an earlier open gave up.
         let kept = seg
             .mark()
             .map_or(FLAG_EAGER, |m| m.flags & (FLAG_EAGER | SKIPPED_MASK));
-        seg.write_mark(batch_start as u64, kept)?;
         let file = seg.file()?;
         let io = |e| Error::io(&seg.path, e);
+        file.sync_data().map_err(io)?;
+        seg.write_mark(batch_start as u64, kept)?;
         file.sync_all().map_err(io)?;
         file.set_len(batch_start as u64).map_err(io)?;
         file.sync_all().map_err(io)?;
