@@ -332,9 +332,11 @@ impl BucketCore {
     /// (if it has dead records) and every sealed segment with any dead record
     /// is rewritten; otherwise only those past the dead-bytes threshold.
     pub(crate) fn compact(&self, force: bool) -> Result<CompactionReport> {
+        let _pass = self.compacting.lock();
+        // Under the pass's lock: a drop waits for it, and a pass after the drop
+        // must not write into a directory of the same name.
         self.check_open()?;
         self.log.check()?;
-        let _pass = self.compacting.lock();
         if let Some(why) = self.compaction_halted.lock().clone() {
             return Err(Error::Internal(format!(
                 "compaction of bucket {} is halted until the store is reopened: {why}",

@@ -249,6 +249,9 @@ impl BucketCore {
         // by hand may meet): two would share the temporary file, and the state
         // must describe the file that is left.
         let mut state = self.snapshot_state.lock();
+        // Under the lock a drop takes: once dropped, the directory's name may
+        // be another bucket's.
+        self.check_open()?;
         match self.save_snapshot() {
             Ok(on_disk) => {
                 *state = SnapshotState {

@@ -232,10 +232,14 @@ impl BucketCore {
         self.log.dirty()
     }
 
-    /// Marks the bucket dropped, waits for a write in progress to finish, has
-    /// `remove` take its directory away (no write starts meanwhile), and ends
-    /// its watches.
+    /// Marks the bucket dropped, waits for a write, a compaction pass or an
+    /// index snapshot in progress to finish, has `remove` take its directory
+    /// away (none of them starts meanwhile), and ends its watches. (A pass and
+    /// a snapshot write into the directory by its name, which a bucket
+    /// created under the same name takes next.)
     pub(crate) fn drop_with(&self, remove: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let _pass = self.compacting.lock();
+        let _snapshot = self.snapshot_state.lock();
         let _writer = self.writer.lock();
         remove(&self.dir)?;
         self.dropped.store(true, Ordering::Release);

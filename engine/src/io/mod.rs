@@ -30,6 +30,8 @@ mod sim;
 
 pub(crate) use open_files::out_of_descriptors;
 pub use open_files::{FileRef, DEFAULT_OPEN_FILES};
+#[cfg(test)]
+pub(crate) use os::Os;
 #[cfg(any(test, feature = "failpoints"))]
 pub use sim::{CutStyle, SimFaults, SimFs, SimStats};
 
@@ -115,7 +117,7 @@ impl Storage {
         Storage::over(Arc::new(os::Os))
     }
 
-    fn over(backend: Arc<dyn Backend>) -> Storage {
+    pub(crate) fn over(backend: Arc<dyn Backend>) -> Storage {
         Storage {
             backend,
             open_files: Arc::new(open_files::OpenFiles::new(DEFAULT_OPEN_FILES)),

@@ -10,7 +10,7 @@ use super::{Backend, OpenMode};
 
 /// The operating system's file system.
 #[derive(Debug)]
-pub(super) struct Os;
+pub(crate) struct Os;
 
 impl Backend for Os {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<(fs::File, u64)> {

@@ -31,6 +31,8 @@ use crate::latency::Latencies;
 use crate::lock::DirLock;
 use crate::log::recovery::RecoveryReport;
 
+#[cfg(test)]
+mod drop_race_tests;
 mod open;
 
 use open::{open_buckets, OpenedBuckets};
@@ -152,7 +154,10 @@ impl Store {
         storage.create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         config.save(storage, &tmp.join(CONFIG_FILE))?;
         storage.rename(&tmp, &dir).map_err(|e| Error::io(&tmp, e))?;
-        sync_dir(storage, &parent)?;
+        if let Err(e) = sync_dir(storage, &parent) {
+            self.discard_bucket_dir(&dir, name);
+            return Err(e);
+        }
         let core = match BucketCore::open(&dir, name, config, &self.inner.opts) {
             Ok((core, _)) => Arc::new(core),
             Err(e) => {
@@ -215,29 +220,38 @@ impl Store {
         let parent = self.inner.dir.join(BUCKETS_DIR);
         let doomed = self.doomed_name(name);
         // The drop is durable once the rename is: the bucket leaves the map only
-        // then, so a failed drop leaves it whole and usable.
-        core.drop_with(|dir| {
+        // then, so a failed drop leaves it whole and usable, once the rename
+        // back is durable too. If that fails, a restart may find the bucket
+        // dropped or not: it is dropped now (no write is acknowledged that a
+        // restart could lose with it), and the error says so.
+        let mut undo_failed = None;
+        let dropped = core.drop_with(|dir| {
             storage
                 .rename(dir, &doomed)
                 .map_err(|e| Error::io(dir, e))?;
             if let Err(e) = sync_dir(storage, &parent) {
-                // Not durable: put the bucket back under its name.
-                if let Err(back) = storage.rename(&doomed, dir) {
-                    tracing::error!(bucket = name, error = %back, "could not undo a failed drop");
-                }
+                // Not durable: put the bucket back under its name, durably.
+                let back = storage
+                    .rename(&doomed, dir)
+                    .map_err(|e| Error::io(&doomed, e))
+                    .and_then(|()| sync_dir(storage, &parent));
+                undo_failed = back.err();
                 return Err(e);
             }
             Ok(())
-        })?;
-        {
-            // Its fsyncs move to the dropped buckets' total in the same step.
-            let mut buckets = self.inner.buckets.write();
-            buckets.remove(name);
-            self.inner
-                .dropped_fsyncs
-                .lock()
-                .merge(&core.fsync_latencies());
+        });
+        if let Err(e) = dropped {
+            let Some(back) = undo_failed else {
+                return Err(e);
+            };
+            tracing::error!(bucket = name, error = %back, "could not undo a failed drop: the bucket is dropped; a restart may find it dropped or whole");
+            core.drop_with(|_| Ok(()))?;
+            self.forget_bucket(name, &core);
+            return Err(Error::Internal(format!(
+                "dropping bucket {name} failed ({e}) and could not be undone ({back}): it is dropped now, and a restart may find it dropped or whole"
+            )));
         }
+        self.forget_bucket(name, &core);
         if let Err(e) = storage
             .remove_dir_all(&doomed)
             .map_err(|e| Error::io(&doomed, e))
@@ -246,6 +260,17 @@ impl Store {
             tracing::warn!(bucket = name, error = %e, "dropped bucket's files not removed yet; the next open removes them");
         }
         Ok(())
+    }
+
+    /// Takes a dropped bucket out of the map; its fsyncs move to the dropped
+    /// buckets' total in the same step.
+    fn forget_bucket(&self, name: &str, core: &BucketCore) {
+        let mut buckets = self.inner.buckets.write();
+        buckets.remove(name);
+        self.inner
+            .dropped_fsyncs
+            .lock()
+            .merge(&core.fsync_latencies());
     }
 
     /// A fresh name for a bucket directory being removed (`*.dropped`, removed at open).
