@@ -249,9 +249,6 @@ impl BucketCore {
         // by hand may meet): two would share the temporary file, and the state
         // must describe the file that is left.
         let mut state = self.snapshot_state.lock();
-        // Under the lock a drop takes: once dropped, the directory's name may
-        // be another bucket's.
-        self.check_open()?;
         match self.save_snapshot() {
             Ok(on_disk) => {
                 *state = SnapshotState {
@@ -262,8 +259,10 @@ impl BucketCore {
                 Ok(())
             }
             Err(e) => {
-                // The file may or may not have been replaced.
+                // The file may or may not have been replaced; the background
+                // thread's refresh tries again.
                 state.on_disk = None;
+                state.stale = true;
                 Err(e)
             }
         }
@@ -333,6 +332,8 @@ impl BucketCore {
     /// [`BucketCore::write_snapshot`] without the bookkeeping; what the file
     /// written covers (`None`: no snapshot is kept for this bucket).
     fn save_snapshot(&self) -> Result<Option<Coverage>> {
+        // Under the state's lock, which a drop takes: once dropped, the
+        // directory's name may be another bucket's.
         self.check_open()?;
         self.publish_durable();
         if self.logged_bytes() < self.snapshot_min_bytes {
@@ -416,7 +417,35 @@ impl BucketCore {
 #[cfg(test)]
 mod tests {
     use crate::bucket::test_util::{aged_config, manual_options, writers_latest};
-    use crate::{ManualClock, Store};
+    use crate::io::{SimFs, Storage};
+    use crate::{ManualClock, Options, Store};
+
+    /// A snapshot that could not be written (after a compaction pass, which
+    /// reports the failure) is written by the background thread's next
+    /// refresh: it was left marked neither current nor stale, so no refresh
+    /// came before the close, and a crash meanwhile cost a scan of the log.
+    #[test]
+    fn a_snapshot_that_failed_is_written_by_the_next_refresh() {
+        let root = tempfile::tempdir().unwrap();
+        let sim = SimFs::new(root.path(), 1).unwrap();
+        let clock = ManualClock::new(1_000);
+        let opts = Options {
+            storage: Storage::simulated(&sim),
+            snapshot_min_bytes: 0,
+            ..manual_options(&clock)
+        };
+        let store = Store::open(&sim.root().join("s"), opts).unwrap();
+        let b = store.default_bucket().unwrap();
+        b.put("k", "v").unwrap();
+        store.sync().unwrap();
+        let core = b.core();
+        sim.fail_writes(0, 1); // the snapshot's file
+        core.write_snapshot().unwrap_err();
+        let snap = core.dir.join(crate::snapshot::SNAPSHOT_FILE);
+        assert!(!snap.exists());
+        core.refresh_stale_snapshot().unwrap();
+        assert!(snap.exists(), "the refresh wrote it");
+    }
 
     /// A value past the bucket's max age, not swept yet: the store that stayed up
     /// still held it (hidden from reads), so its writers saw it and the next sweep
