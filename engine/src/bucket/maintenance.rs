@@ -434,7 +434,7 @@ mod tests {
             snapshot_min_bytes: 0,
             ..manual_options(&clock)
         };
-        let store = Store::open(&sim.root().join("s"), opts).unwrap();
+        let store = Store::open(sim.root().join("s"), opts).unwrap();
         let b = store.default_bucket().unwrap();
         b.put("k", "v").unwrap();
         store.sync().unwrap();
