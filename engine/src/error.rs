@@ -113,6 +113,16 @@ pub enum Error {
         /// The segment being synced.
         path: PathBuf,
     },
+    /// A write is in the log, but the sync that was to make it durable failed
+    /// or could not run (no descriptor): it may be durable, and visible, after
+    /// the next sync or a restart, or never. Nothing else leaves a write's
+    /// outcome unknown; read the key to know.
+    #[error("the write's outcome is unknown: it is in the log but was not made durable ({source}); it may be there after the next sync or a restart")]
+    InDoubt {
+        /// Why it was not made durable.
+        #[source]
+        source: Box<Error>,
+    },
     /// A checkpoint's directory (or anything else by that name) exists already.
     #[error("{} exists already", .0.display())]
     PathExists(PathBuf),
@@ -140,6 +150,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error of a write whose sync failed (see [`Error::InDoubt`]).
+    pub fn in_doubt(source: Error) -> Error {
+        Error::InDoubt {
+            source: Box::new(source),
+        }
+    }
+
+    /// The error this one reports, seen through [`Error::InDoubt`] and
+    /// [`Error::Batch`]: what went wrong, not how it reached the caller.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::InDoubt { source } | Error::Batch { source, .. } => source.cause(),
+            other => other,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: &Path, source: std::io::Error) -> Error {
         Error::Io {

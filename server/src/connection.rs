@@ -610,7 +610,7 @@ impl Conn {
         let shared = Arc::clone(&self.session.shared);
         tokio::spawn(async move {
             if let Err(e) = pending.wait(&shared.syncers).await {
-                if !shared.health.is_stopping() {
+                if e.poisoned && !shared.health.is_stopping() {
                     shared.health.fail(format!("an fsync failed: {e}"));
                 }
                 error!("writes of an evicted connection could not be made durable: {e}");
@@ -657,20 +657,22 @@ impl Conn {
 
     /// Waits until the writes whose replies are in the output are durable (the bucket's
     /// syncer thread fsyncs for every connection waiting at once). If that fails, the
-    /// replies would claim writes that may not survive a crash: they are replaced by an
-    /// error, and the connection closes.
+    /// replies would claim writes that may not survive a crash: they are replaced by
+    /// `-INDOUBT` (the writes are in the log, and may be durable after a later sync or a
+    /// restart), and the connection closes. A failed fsync also makes the server
+    /// unhealthy; a sync that could not run (no descriptor) does not.
     async fn wait_durable(&mut self) -> io::Result<()> {
         let shared = Arc::clone(&self.session.shared);
         let started = std::time::Instant::now();
         let waited = self.session.durability.wait(&shared.syncers).await;
         shared.metrics.durability_wait.record(started.elapsed());
         if let Err(e) = waited {
-            if !shared.health.is_stopping() {
+            if e.poisoned && !shared.health.is_stopping() {
                 shared.health.fail(format!("an fsync failed: {e}"));
             }
             error!("durability wait failed, closing the connection: {e}");
             self.out.clear();
-            Reply::err("ERR", format!("writes could not be made durable: {e}"))
+            Reply::err("INDOUBT", format!("writes could not be made durable: {e}"))
                 .encode(self.session.version, &mut self.out);
             let _ = self.io.write_out(&self.out).await;
             self.out.clear();

@@ -71,7 +71,7 @@ impl PendingDurability {
 
     /// Waits until every noted write is durable (each bucket's syncer fsyncs for every
     /// connection waiting at once), then forgets them, also when it fails.
-    pub async fn wait(&mut self, syncers: &Syncers) -> Result<(), String> {
+    pub async fn wait(&mut self, syncers: &Syncers) -> Result<(), SyncFailure> {
         let mut result = Ok(());
         for (bucket, ticket) in &self.tickets {
             result = syncers.wait(bucket, *ticket).await;
@@ -84,13 +84,79 @@ impl PendingDurability {
     }
 }
 
+/// Why writes were not made durable. Their outcome is unknown: they are in the log, and
+/// may be durable after a later sync or a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyncFailure {
+    message: String,
+    /// The bucket's log refuses writes from now on (an fsync failed).
+    pub poisoned: bool,
+}
+
+impl SyncFailure {
+    fn of(e: &logkv::Error) -> SyncFailure {
+        SyncFailure {
+            message: e.to_string(),
+            poisoned: matches!(e.cause(), logkv::Error::Poisoned { .. }),
+        }
+    }
+
+    fn server(message: &str) -> SyncFailure {
+        SyncFailure {
+            message: message.to_string(),
+            poisoned: false,
+        }
+    }
+}
+
+impl std::error::Error for SyncFailure {}
+
+impl std::fmt::Display for SyncFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// What a bucket's syncs have made durable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Durable {
     /// Every ticket up to this is durable.
     up_to: DurabilityTicket,
-    /// The fsync that failed; every later wait fails with it.
-    failed: Option<String>,
+    /// The fsync that failed and poisoned the log; every later wait fails with it.
+    failed: Option<SyncFailure>,
+    /// The last sync that could not run (no descriptor), and the ticket it was for:
+    /// the waits up to that ticket fail with it, later ones go on (the next sync
+    /// covers those writes too).
+    refused: Option<(DurabilityTicket, SyncFailure)>,
+}
+
+impl Durable {
+    /// What a wait for `ticket` gets, once it has an answer.
+    fn outcome(&self, ticket: DurabilityTicket) -> Option<Result<(), SyncFailure>> {
+        if self.up_to >= ticket {
+            return Some(Ok(()));
+        }
+        let refused = self.refused.as_ref().filter(|(t, _)| *t >= ticket);
+        self.failed
+            .clone()
+            .or_else(|| refused.map(|(_, why)| why.clone()))
+            .map(Err)
+    }
+
+    /// Records what a sync up to `target` gave.
+    fn record(&mut self, target: DurabilityTicket, synced: &logkv::Result<()>) {
+        match synced {
+            Ok(()) => self.up_to = self.up_to.max(target),
+            Err(e) => {
+                let failure = SyncFailure::of(e);
+                if failure.poisoned {
+                    self.failed = Some(failure);
+                } else {
+                    self.refused = Some((target, failure));
+                }
+            }
+        }
+    }
 }
 
 /// The sync state of one bucket, shared by its waiters and the pool.
@@ -162,7 +228,7 @@ fn pool_size() -> usize {
 
 impl Syncers {
     /// Waits until the writes of `bucket` up to `ticket` are durable.
-    pub async fn wait(&self, bucket: &Bucket, ticket: DurabilityTicket) -> Result<(), String> {
+    pub async fn wait(&self, bucket: &Bucket, ticket: DurabilityTicket) -> Result<(), SyncFailure> {
         let state = self.state(bucket);
         let mut rx = state.durable.subscribe();
         {
@@ -173,13 +239,10 @@ impl Syncers {
             self.enqueue(Arc::clone(&state))?;
         }
         let done = rx
-            .wait_for(|d| d.up_to >= ticket || d.failed.is_some())
+            .wait_for(|d| d.outcome(ticket).is_some())
             .await
-            .map_err(|_| "the syncer stopped (server shutting down)".to_string())?;
-        match &done.failed {
-            Some(why) if done.up_to < ticket => Err(why.clone()),
-            _ => Ok(()),
-        }
+            .map_err(|_| SyncFailure::server("the syncer stopped (server shutting down)"))?;
+        done.outcome(ticket).unwrap_or(Ok(()))
     }
 
     fn state(&self, bucket: &Bucket) -> Arc<State> {
@@ -200,7 +263,7 @@ impl Syncers {
     }
 
     /// Queues a bucket for the pool, starting the pool on first use.
-    fn enqueue(&self, state: Arc<State>) -> Result<(), String> {
+    fn enqueue(&self, state: Arc<State>) -> Result<(), SyncFailure> {
         let mut pool = self.pool.lock();
         if pool.is_none() {
             let (queue, work) = unbounded();
@@ -211,16 +274,18 @@ impl Syncers {
                 let handle = std::thread::Builder::new()
                     .name(format!("logkv-sync-{i}"))
                     .spawn(move || run(&work, &groups))
-                    .map_err(|e| format!("cannot start a syncer thread: {e}"))?;
+                    .map_err(|e| {
+                        SyncFailure::server(&format!("cannot start a syncer thread: {e}"))
+                    })?;
                 threads.push(handle);
             }
             *pool = Some(Pool { queue, threads });
         }
         pool.as_ref()
-            .ok_or_else(|| "no syncer pool".to_string())?
+            .ok_or_else(|| SyncFailure::server("no syncer pool"))?
             .queue
             .send(state)
-            .map_err(|_| "the syncer pool stopped (server shutting down)".to_string())
+            .map_err(|_| SyncFailure::server("the syncer pool stopped (server shutting down)"))
     }
 
     /// How many connections each fsync round served.
@@ -254,11 +319,89 @@ fn run(work: &Receiver<Arc<State>>, groups: &GroupSizes) {
         // writes whose connections have not posted their ticket yet; every
         // connection waiting now (a subscriber each) is served by it.
         groups.record(state.durable.receiver_count() as u64);
-        match state.bucket.wait_durable(target) {
-            Ok(()) => state.durable.send_modify(|d| d.up_to = d.up_to.max(target)),
-            Err(e) => state
-                .durable
-                .send_modify(|d| d.failed = Some(e.to_string())),
+        let synced = sync_retrying(&state.bucket, target);
+        state.durable.send_modify(|d| d.record(target, &synced));
+    }
+}
+
+/// Makes `bucket`'s log durable up to `target`. A sync that could not run for want of a
+/// descriptor (a passing peak of connections) is tried again a few times, about a
+/// quarter of a second in all, before its waiters are told.
+fn sync_retrying(bucket: &Bucket, target: DurabilityTicket) -> logkv::Result<()> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match bucket.wait_durable(target) {
+            Err(e)
+                if pause < std::time::Duration::from_millis(256)
+                    && !matches!(e.cause(), logkv::Error::Poisoned { .. })
+                    && e.to_string().contains("Too many open files") =>
+            {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            done => return done,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use logkv::{Error, Options, Store, WriteOp};
+
+    use super::*;
+
+    /// Two tickets of one bucket, the second past the first.
+    fn two_tickets() -> (DurabilityTicket, DurabilityTicket) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background: false,
+            ..Options::default()
+        };
+        let store = Store::open(dir.path(), opts).unwrap();
+        let b = store.default_bucket().unwrap();
+        let (_, first) = b.write_each(&[WriteOp::put("k", "1")]).unwrap();
+        let (_, second) = b.write_each(&[WriteOp::put("k", "2")]).unwrap();
+        assert!(first < second);
+        (first, second)
+    }
+
+    fn no_descriptor() -> logkv::Error {
+        Error::in_doubt(Error::Io {
+            path: PathBuf::from("seg"),
+            source: std::io::Error::from_raw_os_error(24) // EMFILE,
+        })
+    }
+
+    fn poisoned() -> logkv::Error {
+        Error::in_doubt(Error::Poisoned {
+            reason: "EIO".into(),
+            path: PathBuf::from("seg"),
+        })
+    }
+
+    /// A sync that could not run fails the waits it was for, not the later ones (the
+    /// log goes on: before, one such failure failed every later wait of the bucket
+    /// until a restart); a failed fsync fails every later wait.
+    #[test]
+    fn a_sync_that_could_not_run_fails_only_its_own_waits() {
+        let (first, second) = two_tickets();
+        let mut d = Durable::default();
+        assert_eq!(d.outcome(first), None, "waits");
+
+        d.record(first, &Err(no_descriptor()));
+        let failed = d.outcome(first).expect("answered").unwrap_err();
+        assert!(!failed.poisoned);
+        assert!(failed.to_string().contains("Too many open files"), "{failed}");
+        assert_eq!(d.outcome(second), None, "a later write still waits");
+
+        d.record(second, &Ok(()));
+        assert_eq!(d.outcome(first), Some(Ok(())), "covered by the next sync");
+        assert_eq!(d.outcome(second), Some(Ok(())));
+
+        let mut d = Durable::default();
+        d.record(first, &Err(poisoned()));
+        assert!(d.outcome(second).expect("answered").unwrap_err().poisoned);
     }
 }

@@ -151,6 +151,7 @@ pub fn error_code(e: &Error) -> &'static str {
         Error::Full { .. } => "FULL",
         Error::Batch { source, .. } => error_code(source),
         Error::Locked(_) => "BUSY",
+        Error::InDoubt { .. } => "INDOUBT",
         // I/O, corruption, a poisoned log, configuration, lost watches, a closed store, and
         // whatever the engine adds later: a server-side failure.
         _ => "ERR",
@@ -173,7 +174,8 @@ mod tests {
 
     #[test]
     fn error_codes() {
-        let cases: [(Error, &str); 14] = [
+        let cases: [(Error, &str); 15] = [
+            (Error::in_doubt(Error::Closed), "INDOUBT"),
             (Error::NotFound, "NOTFOUND"),
             (Error::Exists, "EXISTS"),
             (Error::BucketExists("b".into()), "EXISTS"),

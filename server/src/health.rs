@@ -37,9 +37,10 @@ impl Health {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Notes an engine error: a poisoned log makes the server unhealthy.
+    /// Notes an engine error: a poisoned log makes the server unhealthy
+    /// (also when it left a write in doubt).
     pub fn observe(&self, e: &logkv::Error) {
-        if matches!(e, logkv::Error::Poisoned { .. }) {
+        if matches!(e.cause(), logkv::Error::Poisoned { .. }) {
             self.fail(e.to_string());
         }
     }
@@ -89,5 +90,11 @@ mod tests {
         h.observe(&poisoned);
         h.fail("later".into());
         assert_eq!(h.status(), Err(Unhealthy::Failed(poisoned.to_string())));
+
+        // A write left in doubt by the poisoning fsync.
+        let h = Health::default();
+        let in_doubt = logkv::Error::in_doubt(poisoned);
+        h.observe(&in_doubt);
+        assert_eq!(h.status(), Err(Unhealthy::Failed(in_doubt.to_string())));
     }
 }

@@ -396,7 +396,8 @@ impl<F: Flush> GroupCommit<F> {
     /// it). The mark is written only over data already durable, so a power
     /// cut during its fsync can never leave it claiming more than the disk has.
     /// A mark whose file cannot be opened (no descriptor left) is not written:
-    /// the caller fails and the log is not poisoned.
+    /// the caller fails and the log is not poisoned; the same when the mark is
+    /// written but its sync cannot open the file, unless the mark says clean.
     pub(crate) fn sync_with_mark(&self, flags: u64) -> Result<()> {
         let s = self.sync_all_then_hold()?;
         let synced = s.synced;
@@ -408,7 +409,18 @@ impl<F: Flush> GroupCommit<F> {
         let started = Instant::now();
         let result = match segment.write_mark(synced.offset(), flags) {
             Err(e) if no_descriptor(&e).is_some() => return Err(self.end_hold_unopened(e)),
-            written => written.and_then(|()| segment.sync_data()),
+            Err(e) => Err(e),
+            // The file went out of the cache between the mark and its sync, and
+            // could not be opened again. The mark written claims only durable
+            // data; one saying the log is clean must not stay unsynced while
+            // the log goes on (a crash would take what follows it for nothing),
+            // so only that one poisons.
+            Ok(()) => match segment.sync_data() {
+                Err(e) if no_descriptor(&e).is_some() && flags & super::mark::FLAG_CLEAN == 0 => {
+                    return Err(self.end_hold_unopened(e));
+                }
+                synced => synced,
+            },
         };
         self.latency.record(started.elapsed());
         self.end_hold(result, |_| {})
@@ -899,6 +911,15 @@ mod tests {
             .expect("the place was handed on");
         gc.sync_with_mark(1).expect("the next mark is written");
         assert_eq!(*disk.marks.lock().unwrap(), vec![10, 20, 20]);
+
+        // Written, then its sync finds no descriptor: the same for a mark that
+        // does not say clean; one that does (a clean close's) poisons.
+        disk.refuse_sync.store(true, Ordering::SeqCst);
+        gc.sync_with_mark(0).unwrap_err();
+        assert!(gc.check().is_ok(), "not poisoned");
+        disk.refuse_sync.store(true, Ordering::SeqCst);
+        gc.sync_with_mark(super::super::mark::FLAG_CLEAN).unwrap_err();
+        assert!(gc.check().is_err(), "an unsynced clean mark poisons");
     }
 
     #[test]

@@ -681,11 +681,15 @@ impl Log {
         // the old one must never be written again (a record torn there by a
         // power cut would be corruption in a sealed segment, not a torn tail).
         // So a directory sync that fails poisons the log, as a failed fsync does.
-        self.commit
-            .sync_all_then(|| crate::fsutil::sync_dir(&self.cfg.storage, &self.dir))?;
-        // Asked before the new segment is published: once group commit syncs
-        // it, the old one must no longer be written.
-        let file_len = seg.file_len()?;
+        // Its length is asked before the new segment is published (once group
+        // commit syncs it, the old one must no longer be written), and within
+        // the held sync: a failure to read it poisons too.
+        let mut file_len = 0;
+        self.commit.sync_all_then(|| {
+            crate::fsutil::sync_dir(&self.cfg.storage, &self.dir)?;
+            file_len = seg.file_len()?;
+            Ok(())
+        })?;
         self.segments.write().insert(Arc::clone(&seg));
         self.commit
             .rotated(LogPos::new(seg.id.seq, seg.data_start), Arc::clone(&seg));

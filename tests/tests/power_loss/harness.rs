@@ -154,7 +154,7 @@ type Outcome = Result<String, String>;
 fn error_kind(e: &Error, lost: &[(u64, u64)]) -> String {
     match e {
         Error::Batch { index, source } => format!("batch {index}: {}", error_kind(source, lost)),
-        Error::Io { .. } | Error::Poisoned { .. } => "io".into(),
+        Error::Io { .. } | Error::Poisoned { .. } | Error::InDoubt { .. } => "io".into(),
         Error::WrongRevision { expected, latest } => format!(
             "expected {}, latest {}",
             dense(lost, *expected),
@@ -200,7 +200,7 @@ fn lost_of(store: &Store, bucket: &str) -> Vec<(u64, u64)> {
 /// Whether an error means "the disk failed" (the outcome of the change is unknown).
 fn is_io(e: &Error) -> bool {
     match e {
-        Error::Io { .. } | Error::Poisoned { .. } => true,
+        Error::Io { .. } | Error::Poisoned { .. } | Error::InDoubt { .. } => true,
         Error::Batch { source, .. } => is_io(source),
         _ => false,
     }

@@ -847,3 +847,25 @@ fn a_creation_whose_directory_sync_fails_leaves_no_bucket() {
         "a failed creation came back after a restart"
     );
 }
+
+/// Under `always`, a write whose fsync fails is in the log, and a restart may find it
+/// there or not: its error says that its outcome is unknown (`InDoubt`, the server's
+/// `-INDOUBT`). A write the poisoned log refuses afterwards was never written: its
+/// error says what the log said. Found by review (the server answered `-ERR`, and
+/// PROTOCOL said no failure but a cluster's leaves a write's outcome unknown).
+#[test]
+fn under_always_a_write_whose_fsync_fails_is_in_doubt() {
+    let t = Sim::new(14);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    b.put("a", "1").expect("put");
+    t.fs.fail_syncs(0, 1);
+    let err = b.put("k", "v").expect_err("its fsync fails");
+    assert!(matches!(err, Error::InDoubt { .. }), "{err:?}");
+    assert!(
+        matches!(err.cause(), Error::Poisoned { .. } | Error::Io { .. }),
+        "{err:?}"
+    );
+    let refused = b.put("k2", "v").expect_err("the log is poisoned");
+    assert!(matches!(refused, Error::Poisoned { .. }), "{refused:?}");
+}

@@ -90,7 +90,10 @@ impl BucketCore {
         }
         self.check_open()?;
         if self.log.fsync_policy() == FsyncPolicy::Always {
-            self.log.wait_durable(ticket.log_end())?;
+            // The writes are in the log: a failed sync leaves them in doubt.
+            self.log
+                .wait_durable(ticket.log_end())
+                .map_err(Error::in_doubt)?;
             self.publish_durable_through(ticket.log_end());
         }
         Ok(())
