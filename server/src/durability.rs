@@ -370,7 +370,7 @@ mod tests {
     fn no_descriptor() -> logkv::Error {
         Error::in_doubt(Error::Io {
             path: PathBuf::from("seg"),
-            source: std::io::Error::from_raw_os_error(24) // EMFILE,
+            source: std::io::Error::from_raw_os_error(24), // EMFILE,
         })
     }
 
@@ -393,7 +393,10 @@ mod tests {
         d.record(first, &Err(no_descriptor()));
         let failed = d.outcome(first).expect("answered").unwrap_err();
         assert!(!failed.poisoned);
-        assert!(failed.to_string().contains("Too many open files"), "{failed}");
+        assert!(
+            failed.to_string().contains("Too many open files"),
+            "{failed}"
+        );
         assert_eq!(d.outcome(second), None, "a later write still waits");
 
         d.record(second, &Ok(()));

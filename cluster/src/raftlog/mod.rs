@@ -214,7 +214,6 @@ impl LogStore {
         let purged: Option<LogId> = load(&dir.join(PURGED_FILE))?;
         let mut replay = Replay {
             purged_index: purged.map(|p| p.index),
-            prev: None,
             locs: VecDeque::new(),
         };
         let cfg = LogConfig {

@@ -1,6 +1,6 @@
 //! Reading the Raft log back at open: the engine's recovery calls [`Replay::record`] for
 //! each record; the entries past the purge point must follow each other without a gap, the
-//! first of them right after the purge point, and leaders must not go backwards.
+//! first of them right after the purge point, and their leaders must not go backwards.
 
 use std::collections::VecDeque;
 
@@ -8,14 +8,11 @@ use logkv::log::record::{Op, Record};
 use logkv::log::segment::Segment;
 
 use super::{codec, Loc};
-use crate::types::LogId;
 
 /// What recovery checks of each record, and the entries it keeps.
 pub(super) struct Replay {
     /// The purge point's index: entries up to it are read but not kept.
     pub(super) purged_index: Option<u64>,
-    /// The last entry read (kept or not).
-    pub(super) prev: Option<LogId>,
     /// The entries kept, in order.
     pub(super) locs: VecDeque<Loc>,
 }
@@ -42,14 +39,22 @@ impl Replay {
                 "the record of entry {id} has another key or revision"
             )));
         }
-        if let Some(p) = self.prev.filter(|p| id.leader_id < p.leader_id) {
+        if self.purged_index.is_some_and(|p| id.index <= p) {
+            return Ok(());
+        }
+        // Among the entries kept only, as an append checks them: a purge past the log's
+        // end (a snapshot installed ahead of it) leaves the records it covers in place,
+        // and those may be of a higher leader than the entries after it (an uncommitted
+        // entry the snapshot's history replaced).
+        if let Some(p) = self
+            .locs
+            .back()
+            .map(|l| l.log_id)
+            .filter(|p| id.leader_id < p.leader_id)
+        {
             return Err(corrupt(format!(
                 "entry {id} after {p} (leader goes backwards)"
             )));
-        }
-        self.prev = Some(id);
-        if self.purged_index.is_some_and(|p| id.index <= p) {
-            return Ok(());
         }
         match (self.locs.back(), self.purged_index) {
             (Some(last), _) if last.log_id.index + 1 != id.index => {

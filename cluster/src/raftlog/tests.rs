@@ -303,3 +303,28 @@ async fn reads_across_the_in_memory_entries_match_the_segments() {
     let mut log = LogStore::open(dir.path(), opts).unwrap();
     assert_eq!(log.try_get_log_entries(0..).await.unwrap(), want);
 }
+
+/// A purge past the log's end leaves the records it covers in the active segment, and
+/// those may be of a higher leader than what follows: uncommitted entries of a term-5
+/// leader, then a snapshot of a history with term 4 up to index 500. The appends after
+/// it (term 4) were accepted, but the next open checked the leader order across the
+/// purged records too and refused the log. Found by review.
+#[tokio::test]
+async fn stale_records_of_a_higher_leader_below_a_purge_do_not_block_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), opts()).unwrap();
+    for i in 1..=3 {
+        append(&mut log, vec![entry(1, i)]).await.unwrap();
+    }
+    for i in 4..=5 {
+        append(&mut log, vec![entry(5, i)]).await.unwrap();
+    }
+    log.purge(id(4, 500)).await.unwrap();
+    append(&mut log, vec![entry(4, 501), entry(4, 502)])
+        .await
+        .unwrap();
+    log.close().unwrap();
+    drop(log);
+    let mut log = LogStore::open(dir.path(), opts()).expect("the log opens again");
+    assert_eq!(indexes(&mut log).await, vec![(4, 501), (4, 502)]);
+}

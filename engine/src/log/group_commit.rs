@@ -918,7 +918,8 @@ mod tests {
         gc.sync_with_mark(0).unwrap_err();
         assert!(gc.check().is_ok(), "not poisoned");
         disk.refuse_sync.store(true, Ordering::SeqCst);
-        gc.sync_with_mark(super::super::mark::FLAG_CLEAN).unwrap_err();
+        gc.sync_with_mark(super::super::mark::FLAG_CLEAN)
+            .unwrap_err();
         assert!(gc.check().is_err(), "an unsynced clean mark poisons");
     }
 
