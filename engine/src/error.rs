@@ -157,6 +157,29 @@ impl Error {
         }
     }
 
+    /// Whether this error is an answer about the data (a precondition, a bad key
+    /// or argument, a limit, a missing or existing bucket): the same on every
+    /// store that holds the same data. Any other (I/O, corruption, a poisoned
+    /// log, a closed store) is this store's own.
+    pub fn is_outcome(&self) -> bool {
+        match self {
+            Error::NotFound
+            | Error::Exists
+            | Error::WrongRevision { .. }
+            | Error::Mismatch
+            | Error::NoBucket(_)
+            | Error::BucketExists(_)
+            | Error::BadKey(_)
+            | Error::BadBucket(_)
+            | Error::BadArgument(_)
+            | Error::TooLarge { .. }
+            | Error::Full { .. }
+            | Error::Config(_) => true,
+            Error::Batch { source, .. } => source.is_outcome(),
+            _ => false,
+        }
+    }
+
     /// The error this one reports, seen through [`Error::InDoubt`] and
     /// [`Error::Batch`]: what went wrong, not how it reached the caller.
     pub fn cause(&self) -> &Error {

@@ -192,8 +192,25 @@ impl BucketCore {
         // Durable writes nobody has published yet (their writers did not wait) become visible.
         self.publish_durable_locked(&mut w);
         let now = replica.map_or_else(|| self.now(), |r| r.now_ms);
-        let Plan { writes, results } =
-            self.plan(ops, invalid, &w.pending, w.next_rev, mode, now)?;
+        let Plan {
+            writes,
+            mut results,
+        } = self.plan(ops, invalid, &w.pending, w.next_rev, mode, now)?;
+        // A replicated apply logs its tag, which says the entry is applied: a write
+        // that failed for a reason of this store's own (a record it could not read),
+        // not for an answer about the data that every replica gives alike, fails the
+        // whole call before anything is logged.
+        if replica.is_some() {
+            if let Some(i) = results
+                .iter()
+                .position(|r| r.as_ref().is_err_and(|e| !e.is_outcome()))
+            {
+                return Err(match results.swap_remove(i) {
+                    Err(e) => e,
+                    Ok(_) => Error::Internal("a failed write changed".into()),
+                });
+            }
+        }
         if writes.is_empty() {
             return Ok((results, DurabilityTicket::new(self.id, w.app.end())));
         }
