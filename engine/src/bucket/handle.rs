@@ -171,9 +171,19 @@ impl Bucket {
 
     /// Like [`Bucket::write`], but returns as soon as the writes are visible,
     /// with a ticket to pass to [`Bucket::wait_durable`]. A server uses this to
-    /// apply a whole pipeline of writes and then wait for one shared fsync.
+    /// apply a whole pipeline of writes and then wait for one shared fsync. A
+    /// refusal returns at once: under `always`, wait for
+    /// [`Bucket::end_ticket`] before telling anyone (it may rest on writes
+    /// not durable yet).
     pub fn write_nowait(&self, ops: &[WriteOp]) -> Result<(Vec<Written>, DurabilityTicket)> {
         self.core.write_nowait(ops)
+    }
+
+    /// The ticket of everything written to the bucket so far: what a reply
+    /// resting on its current state waits for under `always` (see
+    /// [`Bucket::write_nowait`]).
+    pub fn end_ticket(&self) -> DurabilityTicket {
+        self.core.end_ticket()
     }
 
     /// Waits until every write whose ticket is at most `ticket` is durable

@@ -108,6 +108,15 @@ pub(crate) fn exec(s: &mut Session, out: &mut Vec<u8>) -> Result<Flow, Reply> {
             s.durability.note(&s.bucket, ticket);
             written
         });
+    if result
+        .as_ref()
+        .is_err_and(|e| e.is_outcome() && !matches!(e.cause(), Error::NoBucket(_)))
+    {
+        // A refusal may rest on writes not durable yet (a revision a crash could give
+        // to other data): it goes out once they are, as a success would.
+        let ticket = s.bucket.end_ticket();
+        s.durability.note(&s.bucket, ticket);
+    }
     exec_result(s.version, result, &shapes, out)?;
     Ok(Flow::Continue)
 }

@@ -869,3 +869,37 @@ fn under_always_a_write_whose_fsync_fails_is_in_doubt() {
     let refused = b.put("k2", "v").expect_err("the log is poisoned");
     assert!(matches!(refused, Error::Poisoned { .. }), "{refused:?}");
 }
+
+/// Under `always`, a write is visible to other writers' preconditions only once
+/// durable; a refused batch told its caller of a revision written but not durable yet
+/// (`latest 2`) at once, and a power cut then gave revision 2 to other data. A refusal
+/// now returns once what it rests on is durable. Found by review.
+#[test]
+fn under_always_a_refusal_waits_for_what_it_rests_on() {
+    let t = Sim::new(15);
+    let store = t.open(FsyncPolicy::Always);
+    let b = store.default_bucket().expect("default");
+    assert_eq!(b.put("k", "a").expect("put"), 1);
+    // Written, not waited for: revision 2 is not durable yet.
+    let (_, _ticket) = b.write_nowait(&[WriteOp::put("k", "b")]).expect("append");
+    let mut refused = None;
+    let syncs = t.syncs_during(|| refused = Some(b.write(&[WriteOp::update("k", "c", 1)])));
+    assert!(
+        matches!(
+            refused,
+            Some(Err(Error::WrongRevision {
+                expected: 1,
+                latest: 2
+            }))
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        syncs > 0,
+        "the refusal named revision 2 before it was durable"
+    );
+    drop(b);
+    t.cut(store, CutStyle::LoseAll);
+    let store = t.open(FsyncPolicy::Always);
+    assert_eq!(value(&store, "k").as_deref(), Some(&b"b"[..]));
+}

@@ -70,10 +70,31 @@ pub(crate) enum WriteMode {
 
 impl BucketCore {
     /// Applies writes atomically: all or none, consecutive revisions, durable together.
+    /// A refusal (a precondition, a limit) is returned once what it may rest on is
+    /// durable, as a success would be: under `always` it may name a revision written
+    /// but not durable yet, which a crash could give to other data.
     pub(crate) fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
-        let (written, ticket) = self.write_nowait(ops)?;
-        self.wait_durable(ticket)?;
-        Ok(written)
+        match self.write_nowait(ops) {
+            Ok((written, ticket)) => {
+                self.wait_durable(ticket)?;
+                Ok(written)
+            }
+            Err(refused) if refused.is_outcome() => {
+                match self.wait_durable(self.end_ticket()) {
+                    Ok(()) => Err(refused),
+                    // Not written: not in doubt; the log's failure is the answer.
+                    Err(Error::InDoubt { source }) => Err(*source),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The ticket of everything written to the bucket so far: what a reply that
+    /// rests on its current state (a refusal) waits for under `always`.
+    pub(crate) fn end_ticket(&self) -> DurabilityTicket {
+        DurabilityTicket::new(self.id, self.writer.lock().app.end())
     }
 
     /// Waits until the writes of `ticket` are durable, if the fsync policy is
