@@ -606,8 +606,23 @@ impl Log {
             app.active.write_at(batch, app.pos)
         };
         if let Err(e) = written {
-            app.dirty_tail = len;
-            return Err(Error::io(&app.active.path, e));
+            // Part of the batch may be in the file (a short write): zeroed at once,
+            // so that no sync (a clean close's, another write's) makes whole records
+            // of a write reported failed durable for an open to apply. If even that
+            // fails, the next append zeroes them first, and this write is in doubt.
+            let e = Error::io(&app.active.path, e);
+            let to = (app.pos + len).min(app.file_len);
+            let zeroed = app.active.file().and_then(|f| {
+                f.write_zeros(app.pos, to)
+                    .map_err(|z| Error::io(&app.active.path, z))
+            });
+            return Err(match zeroed {
+                Ok(()) => e,
+                Err(_) => {
+                    app.dirty_tail = len;
+                    Error::in_doubt(e)
+                }
+            });
         }
         let offset = app.pos;
         app.pos += len;

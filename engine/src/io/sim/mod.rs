@@ -102,6 +102,7 @@ struct Armed {
     syncs: Countdown,
     removes: Countdown,
     writes: Countdown,
+    short_writes: Countdown,
     links: Countdown,
 }
 
@@ -186,6 +187,12 @@ impl SimFs {
     /// the next `fail` fail with `EIO`.
     pub fn fail_syncs(&self, ok: u32, fail: u32) {
         self.state.lock().armed.syncs = Countdown { skip: ok, fail };
+    }
+
+    /// After `ok` more writes through a system call (not a mapping), makes the next
+    /// `fail` write all but their last byte and then fail with `EIO`.
+    pub fn fail_writes_short(&self, ok: u32, fail: u32) {
+        self.state.lock().armed.short_writes = Countdown { skip: ok, fail };
     }
 
     /// After `ok` more file removals, makes the next `fail` fail with `EIO` (the file stays).
