@@ -616,13 +616,11 @@ impl Log {
                 f.write_zeros(app.pos, to)
                     .map_err(|z| Error::io(&app.active.path, z))
             });
-            return Err(match zeroed {
-                Ok(()) => e,
-                Err(_) => {
-                    app.dirty_tail = len;
-                    Error::in_doubt(e)
-                }
-            });
+            if zeroed.is_err() {
+                app.dirty_tail = len;
+                return Err(Error::in_doubt(e));
+            }
+            return Err(e);
         }
         let offset = app.pos;
         app.pos += len;
