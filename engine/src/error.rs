@@ -113,11 +113,15 @@ pub enum Error {
         /// The segment being synced.
         path: PathBuf,
     },
-    /// A write is in the log, but the sync that was to make it durable failed
-    /// or could not run (no descriptor): it may be durable, and visible, after
-    /// the next sync or a restart, or never. Nothing else leaves a write's
-    /// outcome unknown; read the key to know.
-    #[error("the write's outcome is unknown: it is in the log but was not made durable ({source}); it may be there after the next sync or a restart")]
+    /// The outcome is unknown: a write is in the log, but the sync that was to
+    /// make it durable failed or could not run (no descriptor), or its `pwrite`
+    /// failed part way; it may be durable, and visible, after the next sync or
+    /// a restart, or never (read the key to know). Or a bucket drop failed and
+    /// could not be undone durably: the bucket is dropped, and a restart may
+    /// find it dropped or whole. Nothing else leaves an outcome unknown.
+    #[error(
+        "outcome unknown ({source}): it may be found done after the next sync or a restart, or not"
+    )]
     InDoubt {
         /// Why it was not made durable.
         #[source]

@@ -124,27 +124,36 @@ struct Durable {
     up_to: DurabilityTicket,
     /// The fsync that failed and poisoned the log; every later wait fails with it.
     failed: Option<SyncFailure>,
-    /// The last sync that could not run (no descriptor), and the ticket it was for:
-    /// the waits up to that ticket fail with it, later ones go on (the next sync
-    /// covers those writes too).
-    refused: Option<(DurabilityTicket, SyncFailure)>,
+    /// Syncs that could not run (no descriptor): the highest ticket one was for, why,
+    /// and the round of the last one. A wait up to that ticket that began before that
+    /// round fails with it; later waits go on (their own sync round covers them).
+    refused: Option<(DurabilityTicket, SyncFailure, u64)>,
+    /// Sync rounds recorded so far.
+    round: u64,
 }
 
 impl Durable {
-    /// What a wait for `ticket` gets, once it has an answer.
-    fn outcome(&self, ticket: DurabilityTicket) -> Option<Result<(), SyncFailure>> {
+    /// What a wait for `ticket`, begun when `round` rounds were recorded, gets once it
+    /// has an answer.
+    fn outcome(&self, ticket: DurabilityTicket, round: u64) -> Option<Result<(), SyncFailure>> {
         if self.up_to >= ticket {
             return Some(Ok(()));
         }
-        let refused = self.refused.as_ref().filter(|(t, _)| *t >= ticket);
+        let refused = self
+            .refused
+            .as_ref()
+            .filter(|(t, _, r)| *t >= ticket && *r > round);
         self.failed
             .clone()
-            .or_else(|| refused.map(|(_, why)| why.clone()))
+            .or_else(|| refused.map(|(_, why, _)| why.clone()))
             .map(Err)
     }
 
-    /// Records what a sync up to `target` gave.
+    /// Records what a sync up to `target` gave. A refusal's ticket only rises: two
+    /// pool threads may sync one bucket at once, and the one for the lower ticket
+    /// may end last.
     fn record(&mut self, target: DurabilityTicket, synced: &logkv::Result<()>) {
+        self.round += 1;
         match synced {
             Ok(()) => self.up_to = self.up_to.max(target),
             Err(e) => {
@@ -152,7 +161,11 @@ impl Durable {
                 if failure.poisoned {
                     self.failed = Some(failure);
                 } else {
-                    self.refused = Some((target, failure));
+                    let highest = self
+                        .refused
+                        .as_ref()
+                        .map_or(target, |(t, ..)| target.max(*t));
+                    self.refused = Some((highest, failure, self.round));
                 }
             }
         }
@@ -231,6 +244,8 @@ impl Syncers {
     pub async fn wait(&self, bucket: &Bucket, ticket: DurabilityTicket) -> Result<(), SyncFailure> {
         let state = self.state(bucket);
         let mut rx = state.durable.subscribe();
+        // Rounds recorded before this wait began answer it only if they succeeded.
+        let began = rx.borrow().round;
         {
             let mut requested = state.requested.lock();
             *requested = (*requested).max(ticket);
@@ -239,10 +254,10 @@ impl Syncers {
             self.enqueue(Arc::clone(&state))?;
         }
         let done = rx
-            .wait_for(|d| d.outcome(ticket).is_some())
+            .wait_for(|d| d.outcome(ticket, began).is_some())
             .await
             .map_err(|_| SyncFailure::server("the syncer stopped (server shutting down)"))?;
-        done.outcome(ticket).unwrap_or(Ok(()))
+        done.outcome(ticket, began).unwrap_or(Ok(()))
     }
 
     fn state(&self, bucket: &Bucket) -> Arc<State> {
@@ -324,6 +339,14 @@ fn run(work: &Receiver<Arc<State>>, groups: &GroupSizes) {
     }
 }
 
+/// Whether `e` says no descriptor was left to open a file (`EMFILE`, `ENFILE`).
+fn no_descriptor(e: &logkv::Error) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(e.cause(), logkv::Error::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(ENFILE | EMFILE)))
+}
+
 /// Makes `bucket`'s log durable up to `target`. A sync that could not run for want of a
 /// descriptor (a passing peak of connections) is tried again a few times, about a
 /// quarter of a second in all, before its waiters are told.
@@ -331,11 +354,7 @@ fn sync_retrying(bucket: &Bucket, target: DurabilityTicket) -> logkv::Result<()>
     let mut pause = std::time::Duration::from_millis(1);
     loop {
         match bucket.wait_durable(target) {
-            Err(e)
-                if pause < std::time::Duration::from_millis(256)
-                    && !matches!(e.cause(), logkv::Error::Poisoned { .. })
-                    && e.to_string().contains("Too many open files") =>
-            {
+            Err(e) if pause < std::time::Duration::from_millis(256) && no_descriptor(&e) => {
                 std::thread::sleep(pause);
                 pause *= 2;
             }
@@ -367,7 +386,7 @@ mod tests {
         (first, second)
     }
 
-    fn no_descriptor() -> logkv::Error {
+    fn emfile() -> logkv::Error {
         Error::in_doubt(Error::Io {
             path: PathBuf::from("seg"),
             source: std::io::Error::from_raw_os_error(24), // EMFILE,
@@ -388,23 +407,42 @@ mod tests {
     fn a_sync_that_could_not_run_fails_only_its_own_waits() {
         let (first, second) = two_tickets();
         let mut d = Durable::default();
-        assert_eq!(d.outcome(first), None, "waits");
+        assert_eq!(d.outcome(first, 0), None, "waits");
 
-        d.record(first, &Err(no_descriptor()));
-        let failed = d.outcome(first).expect("answered").unwrap_err();
+        d.record(first, &Err(emfile()));
+        let failed = d.outcome(first, 0).expect("answered").unwrap_err();
         assert!(!failed.poisoned);
         assert!(
             failed.to_string().contains("Too many open files"),
             "{failed}"
         );
-        assert_eq!(d.outcome(second), None, "a later write still waits");
+        assert_eq!(d.outcome(second, 0), None, "a later write still waits");
+        assert_eq!(
+            d.outcome(first, d.round),
+            None,
+            "a wait begun after the refusal waits for its own round"
+        );
+
+        // Two rounds ending out of order: the refusal's ticket does not go back.
+        d.record(second, &Err(emfile()));
+        d.record(first, &Err(emfile()));
+        assert!(d.outcome(second, 1).expect("answered").is_err());
 
         d.record(second, &Ok(()));
-        assert_eq!(d.outcome(first), Some(Ok(())), "covered by the next sync");
-        assert_eq!(d.outcome(second), Some(Ok(())));
+        assert_eq!(
+            d.outcome(first, 0),
+            Some(Ok(())),
+            "covered by the next sync"
+        );
+        assert_eq!(d.outcome(second, 0), Some(Ok(())));
 
         let mut d = Durable::default();
         d.record(first, &Err(poisoned()));
-        assert!(d.outcome(second).expect("answered").unwrap_err().poisoned);
+        assert!(
+            d.outcome(second, 5)
+                .expect("answered")
+                .unwrap_err()
+                .poisoned
+        );
     }
 }

@@ -49,7 +49,7 @@ fn full_disk_fails_writes_cleanly_and_loses_nothing() {
         }
         assert!(acked.len() < 100_000, "the disk never filled");
     };
-    match &err {
+    match err.cause() {
         Error::Io { source, path } => {
             assert_eq!(
                 source.raw_os_error(),

@@ -164,7 +164,10 @@ impl Bucket {
     /// Applies writes as one atomic batch: all or none, consecutive revisions,
     /// durable together, visible at once. If one precondition fails nothing is
     /// written and the error is [`Error::Batch`] naming the write (a single
-    /// write returns its error unwrapped).
+    /// write returns its error unwrapped). Under `always` such a refusal is
+    /// returned once what it rests on is durable, and a write whose fsync
+    /// failed or could not run is [`Error::InDoubt`]: it is in the log, and a
+    /// restart may find it there or not.
     pub fn write(&self, ops: &[WriteOp]) -> Result<Vec<Written>> {
         self.core.write(ops)
     }
@@ -188,6 +191,7 @@ impl Bucket {
 
     /// Waits until every write whose ticket is at most `ticket` is durable
     /// (returns at once unless the fsync policy is [`FsyncPolicy::Always`](crate::FsyncPolicy::Always)).
+    /// A failed or refused sync is [`Error::InDoubt`] (see [`Bucket::write`]).
     pub fn wait_durable(&self, ticket: DurabilityTicket) -> Result<()> {
         self.core.wait_durable(ticket)
     }

@@ -108,7 +108,8 @@ pub(crate) struct BucketCore {
     last_rev: AtomicU64,
     compaction_stats: CompactionStats,
     hub: WatchHub,
-    /// Serialises compaction passes.
+    /// Serialises compaction passes. Lock order: `compacting`, then
+    /// `snapshot_state`, then `writer` (a drop takes all three).
     compacting: Mutex<()>,
     /// Why compaction stopped for the rest of this process: a pass's output
     /// was put in place but not installed (see `compact.rs`).

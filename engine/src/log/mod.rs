@@ -600,27 +600,24 @@ impl Log {
             }
             app.file_len = grow_to;
         }
-        let written = if self.cfg.fsync == FsyncPolicy::Always {
-            app.active.write_through_file(batch, app.pos)
-        } else {
-            app.active.write_at(batch, app.pos)
-        };
-        if let Err(e) = written {
-            // Part of the batch may be in the file (a short write): zeroed at once,
-            // so that no sync (a clean close's, another write's) makes whole records
-            // of a write reported failed durable for an open to apply. If even that
-            // fails, the next append zeroes them first, and this write is in doubt.
-            let e = Error::io(&app.active.path, e);
-            let to = (app.pos + len).min(app.file_len);
-            let zeroed = app.active.file().and_then(|f| {
-                f.write_zeros(app.pos, to)
-                    .map_err(|z| Error::io(&app.active.path, z))
-            });
-            if zeroed.is_err() {
-                app.dirty_tail = len;
-                return Err(Error::in_doubt(e));
+        if self.cfg.fsync == FsyncPolicy::Always {
+            // Opened first: an open that fails (no descriptor) has written nothing.
+            let file = app.active.file()?;
+            if let Err(e) = app.active.write_through_file(&file, batch, app.pos) {
+                // Part of the batch may be in the file (a short write): zeroed at
+                // once, so that no later sync (a clean close's) makes whole records
+                // of a failed write durable for an open to apply. Another thread's
+                // group-commit fsync may have run in between: the write is in doubt
+                // either way. If the zeroing fails, the next append zeroes first.
+                let to = (app.pos + len).min(app.file_len);
+                if file.write_zeros(app.pos, to).is_err() {
+                    app.dirty_tail = len;
+                }
+                return Err(Error::in_doubt(Error::io(&app.active.path, e)));
             }
-            return Err(e);
+        } else if let Err(e) = app.active.write_at(batch, app.pos) {
+            // A copy into the mapping is refused before anything is copied.
+            return Err(Error::io(&app.active.path, e));
         }
         let offset = app.pos;
         app.pos += len;

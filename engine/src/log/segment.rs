@@ -591,9 +591,15 @@ impl Segment {
     /// which write-protects the mapped page it cleans: the next copy into the
     /// mapping then takes a page fault and the file system's page-mkwrite path,
     /// which costs more than the system call.
-    pub fn write_through_file(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    /// `file` is this segment's, from [`Segment::file`].
+    pub fn write_through_file(
+        &self,
+        file: &File,
+        bytes: &[u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
         self.append_range(offset, bytes.len())?;
-        self.file.open()?.write_all_at(bytes, offset)
+        file.write_all_at(bytes, offset)
     }
 
     /// Checks that an append of `len` bytes at `offset` lies inside the

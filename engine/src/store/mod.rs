@@ -201,6 +201,10 @@ impl Store {
     }
 
     /// Drops a bucket and removes its data from disk. The `default` bucket cannot be dropped.
+    /// Waits for the bucket's compaction pass or index snapshot in progress. A drop that
+    /// fails leaves the bucket whole and usable, except [`Error::InDoubt`]: the failure
+    /// could not be undone durably, the bucket is dropped, and a restart may find it
+    /// dropped or whole.
     pub fn drop_bucket(&self, name: &str) -> Result<()> {
         validate_bucket_name(name)?;
         if name == DEFAULT_BUCKET {
@@ -224,8 +228,9 @@ impl Store {
         // back is durable too. If that fails, a restart may find the bucket
         // dropped or not: it is dropped now (no write is acknowledged that a
         // restart could lose with it), and the error says so.
-        let mut undo_failed = None;
-        let dropped = core.drop_with(|dir| {
+        // Decided under the same hold of the bucket's locks (no write between).
+        let mut in_doubt = None;
+        core.drop_with(|dir| {
             storage
                 .rename(dir, &doomed)
                 .map_err(|e| Error::io(dir, e))?;
@@ -235,23 +240,20 @@ impl Store {
                     .rename(&doomed, dir)
                     .map_err(|e| Error::io(&doomed, e))
                     .and_then(|()| sync_dir(storage, &parent));
-                undo_failed = back.err();
-                return Err(e);
+                let Err(back) = back else {
+                    return Err(e);
+                };
+                tracing::error!(bucket = name, error = %back, "could not undo a failed drop: the bucket is dropped; a restart may find it dropped or whole");
+                in_doubt = Some(Error::in_doubt(Error::Internal(format!(
+                    "dropping bucket {name} failed ({e}) and could not be undone ({back}): it is dropped now"
+                ))));
             }
             Ok(())
-        });
-        if let Err(e) = dropped {
-            let Some(back) = undo_failed else {
-                return Err(e);
-            };
-            tracing::error!(bucket = name, error = %back, "could not undo a failed drop: the bucket is dropped; a restart may find it dropped or whole");
-            core.drop_with(|_| Ok(()))?;
-            self.forget_bucket(name, &core);
-            return Err(Error::Internal(format!(
-                "dropping bucket {name} failed ({e}) and could not be undone ({back}): it is dropped now, and a restart may find it dropped or whole"
-            )));
-        }
+        })?;
         self.forget_bucket(name, &core);
+        if let Some(e) = in_doubt {
+            return Err(e);
+        }
         if let Err(e) = storage
             .remove_dir_all(&doomed)
             .map_err(|e| Error::io(&doomed, e))

@@ -667,8 +667,9 @@ impl Run {
         self.trace("CUT");
         self.cuts += 1;
         self.subject.sim.crash_now();
-        self.subject.store = None; // dropped with the power off: nothing more reaches the disk
-                                   // One cut in five tears every unsynced write (the worst case for a torn tail).
+        // Dropped with the power off: nothing more reaches the disk.
+        self.subject.store = None;
+        // One cut in five tears every unsynced write (the worst case for a torn tail).
         let style = if self.rng.below(5) == 0 {
             CutStyle::TearAll
         } else {
