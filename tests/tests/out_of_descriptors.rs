@@ -50,6 +50,31 @@ fn take_every_descriptor() -> (Vec<std::fs::File>, libc::rlimit) {
     (taken, saved)
 }
 
+/// Runs `f` with every descriptor taken; it must fail for want of one, without
+/// poisoning anything (checked by the caller's next write).
+fn refused_with_every_descriptor_taken<T: std::fmt::Debug>(f: impl FnOnce() -> logkv::Result<T>) {
+    let (taken, saved) = take_every_descriptor();
+    let refused = f();
+    drop(taken);
+    set_descriptor_limit(&saved);
+    let refused = refused.expect_err("no descriptor left");
+    assert!(
+        refused.to_string().contains("Too many open files"),
+        "{refused}"
+    );
+}
+
+/// Reopens the store and checks bucket `c`'s key `k` and last revision.
+fn assert_reopened(dir: &std::path::Path, opts: Options, value: &[u8], last_revision: u64) {
+    let store = Store::open(dir, opts).expect("reopen");
+    let c = store.bucket("c").expect("c");
+    assert_eq!(
+        c.get("k").expect("get").map(|v| v.to_vec()),
+        Some(value.to_vec())
+    );
+    assert_eq!(c.status().expect("status").last_revision, last_revision);
+}
+
 #[test]
 fn a_sync_with_every_descriptor_in_use_fails_without_poisoning_the_log() {
     let _turn = LIMIT
@@ -78,28 +103,15 @@ fn a_sync_with_every_descriptor_in_use_fails_without_poisoning_the_log() {
     let pinned = store.checkpoint_source().expect("capture");
     c.put("k", "1")
         .expect("a write through the map needs no descriptor");
-    let (taken, saved) = take_every_descriptor();
-    let refused = c.sync();
-    drop(taken);
-    set_descriptor_limit(&saved);
-    let refused = refused.expect_err("no descriptor to sync with");
-    assert!(
-        refused.to_string().contains("Too many open files"),
-        "{refused}"
-    );
+    // No descriptor to sync with.
+    refused_with_every_descriptor_taken(|| c.sync());
     drop(pinned);
     c.put("k", "2").expect("the log was not poisoned");
     c.sync().expect("the next sync runs");
     drop(c);
     store.close().expect("close");
 
-    let store = Store::open(dir.path(), opts).expect("reopen");
-    let c = store.bucket("c").expect("c");
-    assert_eq!(
-        c.get("k").expect("get").map(|v| v.to_vec()),
-        Some(b"2".to_vec())
-    );
-    assert_eq!(c.status().expect("status").last_revision, 2);
+    assert_reopened(dir.path(), opts, b"2", 2);
 }
 
 /// The first write after a clean open under a policy that makes writes visible before
@@ -134,27 +146,14 @@ fn clearing_the_clean_mark_with_every_descriptor_in_use_fails_without_poisoning_
         .put("d", "1")
         .expect("put");
     let pinned = store.checkpoint_source().expect("capture");
-    let (taken, saved) = take_every_descriptor();
-    let refused = c.put("k", "2");
-    drop(taken);
-    set_descriptor_limit(&saved);
-    let refused = refused.expect_err("no descriptor to clear the clean mark with");
-    assert!(
-        refused.to_string().contains("Too many open files"),
-        "{refused}"
-    );
+    // No descriptor to clear the clean mark with.
+    refused_with_every_descriptor_taken(|| c.put("k", "2"));
     drop(pinned);
     c.put("k", "3").expect("the log was not poisoned");
     drop(c);
     store.close().expect("close");
 
-    let store = Store::open(dir.path(), opts).expect("reopen");
-    let c = store.bucket("c").expect("c");
-    assert_eq!(
-        c.get("k").expect("get").map(|v| v.to_vec()),
-        Some(b"3".to_vec())
-    );
-    assert_eq!(c.status().expect("status").last_revision, 2);
+    assert_reopened(dir.path(), opts, b"3", 2);
 }
 
 /// A write that fills the active segment seals it (a cut and an fsync) and starts the
@@ -186,28 +185,15 @@ fn a_rotation_with_every_descriptor_in_use_fails_without_poisoning_the_log() {
         .put("d", "1")
         .expect("put");
     let pinned = store.checkpoint_source().expect("capture");
-    let (taken, saved) = take_every_descriptor();
-    let refused = c.put("k", value.clone());
-    drop(taken);
-    set_descriptor_limit(&saved);
-    let refused = refused.expect_err("the third value does not fit: the segment rotates");
-    assert!(
-        refused.to_string().contains("Too many open files"),
-        "{refused}"
-    );
+    // The third value does not fit: the segment rotates.
+    refused_with_every_descriptor_taken(|| c.put("k", value.clone()));
     drop(pinned);
     c.put("k", "last").expect("the log was not poisoned");
     c.sync().expect("sync");
     drop(c);
     store.close().expect("close");
 
-    let store = Store::open(dir.path(), opts).expect("reopen");
-    let c = store.bucket("c").expect("c");
-    assert_eq!(
-        c.get("k").expect("get").map(|v| v.to_vec()),
-        Some(b"last".to_vec())
-    );
-    assert_eq!(c.status().expect("status").last_revision, 3);
+    assert_reopened(dir.path(), opts, b"last", 3);
 }
 
 #[test]
