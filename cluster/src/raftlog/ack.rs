@@ -145,7 +145,9 @@ fn run(inner: &Inner, log: &Log, mode: FsyncMode) {
         }
         .map_err(|e| e.to_string());
         if let Err(why) = &result {
-            tracing::error!("the Raft log failed to sync: {why}; it refuses every later write");
+            // A failed fsync also poisons the log; a sync that could not open its
+            // file (no descriptor) does not, but openraft stops the node either way.
+            tracing::error!("the Raft log failed to sync: {why}; the entries waiting for it are not acknowledged");
         }
         for cb in callbacks {
             cb.io_completed(result.clone().map_err(std::io::Error::other));
