@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 /// Result alias for the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in the engine.
+/// Everything that can go wrong in the engine. New variants may be added:
+/// match with a catch-all arm ([`Error::cause`] and [`Error::is_outcome`]
+/// classify them).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An operating-system I/O error on a named file or directory.
     #[error("I/O error on {}: {source}", path.display())]
