@@ -34,6 +34,8 @@ mod replica_tests;
 #[cfg(test)]
 mod test_util;
 pub(crate) mod watch;
+#[cfg(test)]
+mod watch_tests;
 mod write;
 
 use std::any::Any;
@@ -102,6 +104,10 @@ pub(crate) struct BucketCore {
     dropped: AtomicBool,
     /// Writes become visible only once durable (`FsyncPolicy::Always`; see `pending.rs`).
     visible_when_durable: bool,
+    /// A replica's bucket (`Options::replicated`): its revisions come from the
+    /// replicated log, and a node behind the others has not given out yet
+    /// revisions a client may have seen elsewhere.
+    replicated: bool,
     /// Revisions skipped after unclean stops (see `lost.rs`).
     lost: lost::LostRevisions,
     /// The last revision whose write is visible.

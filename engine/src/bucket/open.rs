@@ -248,6 +248,7 @@ impl BucketCore {
                 lost_unfiled,
             }),
             visible_when_durable: opts.fsync == FsyncPolicy::Always,
+            replicated: opts.replicated,
             lost: lost_list,
             clock: Arc::clone(&opts.clock),
             dropped: AtomicBool::new(false),

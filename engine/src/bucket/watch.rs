@@ -202,9 +202,14 @@ impl Watch {
             (picked, end, revision, segments)
         };
         let tail = core.log.segment_by_seq(end.seq());
-        let resumed_in_lost = opts
-            .from_revision
-            .is_some_and(|from| from > 1 && core.lost.contains(from - 1));
+        // Resumed where this bucket has no history: in a range an unclean stop gave
+        // up, or past every revision it has given out (the client saw another
+        // history: a bucket dropped and created again under the name). A replica
+        // behind the others is exempt from the second: it gives them out later.
+        let next_rev = core.writer.lock().next_rev;
+        let resumed_in_lost = opts.from_revision.is_some_and(|from| {
+            from > 1 && core.lost.contains(from - 1) || (!core.replicated && from > next_rev)
+        });
         Ok(Watch {
             bucket: Arc::from(&*core.name),
             counted: opts.from_revision.is_none(),

@@ -170,9 +170,10 @@ impl BucketCore {
     pub(crate) fn append_replica_tag(&self, replica: Replica<'_>) -> Result<()> {
         replica.check()?;
         self.check_open()?;
+        let mut wake = WakeOnDrop::new(&self.hub);
         let mut w = self.writer.lock();
         self.check_open()?;
-        self.publish_durable_locked(&mut w);
+        wake.due |= self.publish_durable_locked(&mut w);
         let appended = self.append_records(
             &mut w,
             &[],
@@ -207,11 +208,14 @@ impl BucketCore {
             return Ok((Vec::new(), DurabilityTicket::default()));
         }
         let invalid = self.validate(ops, mode)?;
+        // Declared before the lock: it wakes the watchers once the lock is released.
+        let mut wake = WakeOnDrop::new(&self.hub);
         let mut w = self.writer.lock();
         // Checked again under the lock: a drop takes the lock before it renames the directory.
         self.check_open()?;
-        // Durable writes nobody has published yet (their writers did not wait) become visible.
-        self.publish_durable_locked(&mut w);
+        // Durable writes nobody has published yet (their writers did not wait) become
+        // visible, and the watchers hear of it however this call ends (a refusal too).
+        wake.due |= self.publish_durable_locked(&mut w);
         let now = replica.map_or_else(|| self.now(), |r| r.now_ms);
         let Plan {
             writes,
@@ -238,8 +242,29 @@ impl BucketCore {
         let tag = replica.map(|r| r.tag);
         let appended = self.append_records(&mut w, &writes, mode, now, tag)?;
         self.apply_appended(&mut w, &writes, appended, now, tag.map(Arc::from));
-        drop(w);
-        self.hub.wake();
+        wake.due = true;
         Ok((results, DurabilityTicket::new(self.id, appended.end)))
+    }
+}
+
+/// Wakes a bucket's watchers (and its change listeners) when dropped, if `due`: every
+/// way out of a call that made writes visible wakes them, after the writer lock (taken
+/// after this was made) is released.
+struct WakeOnDrop<'a> {
+    hub: &'a crate::watch_hub::WatchHub,
+    due: bool,
+}
+
+impl<'a> WakeOnDrop<'a> {
+    fn new(hub: &'a crate::watch_hub::WatchHub) -> WakeOnDrop<'a> {
+        WakeOnDrop { hub, due: false }
+    }
+}
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.due {
+            self.hub.wake();
+        }
     }
 }
