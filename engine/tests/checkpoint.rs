@@ -365,6 +365,54 @@ fn sealed_segments_are_hard_linked_and_the_two_stores_stay_apart() {
     );
 }
 
+/// A repair open of a checkpoint whose own last segment has an unreadable header moves
+/// that file aside; the sealed segment before it, a hard link shared with the source,
+/// became the last one and took the copy's writes in place, and the source then
+/// refused to open ("revision 185 after revision 185"). It gets a file of its own
+/// first. Found by review.
+#[test]
+fn a_repair_of_a_checkpoint_never_writes_into_a_file_it_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("data"), small_segments(Storage::os())).unwrap();
+    populate(&store);
+    let want = observe_all(&store);
+    let cp = store.checkpoint(dir.path().join("cp")).unwrap();
+    assert!(cp.linked_bytes > 0, "{cp:?}");
+    drop(store);
+    let (src, dst) = (dir.path().join("data/buckets/b"), cp.path.join("buckets/b"));
+    let names = segments(&dst);
+    let (active, sealed) = names.split_last().unwrap();
+    let shared = sealed.last().unwrap();
+    let before = std::fs::read(src.join(shared)).unwrap();
+    // The copy's own last segment: its header damaged.
+    let own = dst.join(active);
+    let mut bytes = std::fs::read(&own).unwrap();
+    bytes.iter_mut().take(16).for_each(|b| *b ^= 0xff);
+    std::fs::write(&own, bytes).unwrap();
+    let repair = Options {
+        repair: true,
+        ..small_segments(Storage::os())
+    };
+    let copy = Store::open(&cp.path, repair).unwrap();
+    let cb = copy.bucket("b").unwrap();
+    for i in 0..3u32 {
+        cb.put(&format!("z{i}"), "after repair").unwrap();
+    }
+    drop((cb, copy));
+    assert_ne!(
+        inode(&src.join(shared)),
+        inode(&dst.join(shared)),
+        "unlinked"
+    );
+    assert_eq!(
+        std::fs::read(src.join(shared)).unwrap(),
+        before,
+        "untouched"
+    );
+    let store = Store::open(dir.path().join("data"), small_segments(Storage::os())).unwrap();
+    assert_eq!(observe_all(&store), want, "the source opens as it was");
+}
+
 #[test]
 fn another_file_system_gets_copies() {
     let root = tempfile::tempdir().unwrap();

@@ -862,11 +862,15 @@ impl Log {
 /// The last segment of a recovered log, mapped at full capacity so that appends
 /// can grow into it. Recovery mapped it so, unless the segment it meant to (the
 /// newest file) was superseded or moved aside; then it is re-mapped here (same
-/// slot: the index already points at it).
+/// slot: the index already points at it). Such a segment was sealed, and may be
+/// a hard link a checkpoint shares with its source (see `checkpoint.rs`):
+/// neither may write into a shared file, so it gets a file of its own first.
 fn full_capacity(last: &Arc<Segment>, cfg: &LogConfig) -> Result<Arc<Segment>> {
     if last.capacity() >= cfg.segment_size {
         return Ok(Arc::clone(last));
     }
+    let bytes = std::fs::read(&last.path).map_err(|e| Error::io(&last.path, e))?;
+    crate::fsutil::write_atomic(&cfg.storage, &last.path, &bytes)?;
     let segment = Segment::open(&cfg.storage, &last.path, last.slot, Some(cfg.segment_size))?;
     Ok(Arc::new(segment))
 }
