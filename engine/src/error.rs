@@ -196,6 +196,13 @@ impl Error {
         }
     }
 
+    /// Whether this error (seen through [`Error::cause`]) says no descriptor
+    /// was left to open a file (`EMFILE`, `ENFILE`): the call that failed
+    /// wrote and synced nothing, and may succeed once descriptors are free.
+    pub fn is_out_of_descriptors(&self) -> bool {
+        matches!(self.cause(), Error::Io { source, .. } if crate::io::out_of_descriptors(source))
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: &Path, source: std::io::Error) -> Error {
         Error::Io {

@@ -339,14 +339,6 @@ fn run(work: &Receiver<Arc<State>>, groups: &GroupSizes) {
     }
 }
 
-/// Whether `e` says no descriptor was left to open a file (`EMFILE`, `ENFILE`).
-fn no_descriptor(e: &logkv::Error) -> bool {
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    matches!(e.cause(), logkv::Error::Io { source, .. }
-        if matches!(source.raw_os_error(), Some(ENFILE | EMFILE)))
-}
-
 /// Makes `bucket`'s log durable up to `target`. A sync that could not run for want of a
 /// descriptor (a passing peak of connections) is tried again a few times, about a
 /// quarter of a second in all, before its waiters are told.
@@ -354,7 +346,9 @@ fn sync_retrying(bucket: &Bucket, target: DurabilityTicket) -> logkv::Result<()>
     let mut pause = std::time::Duration::from_millis(1);
     loop {
         match bucket.wait_durable(target) {
-            Err(e) if pause < std::time::Duration::from_millis(256) && no_descriptor(&e) => {
+            Err(e)
+                if pause < std::time::Duration::from_millis(256) && e.is_out_of_descriptors() =>
+            {
                 std::thread::sleep(pause);
                 pause *= 2;
             }

@@ -226,14 +226,11 @@ impl BucketCore {
         // not for an answer about the data that every replica gives alike, fails the
         // whole call before anything is logged.
         if replica.is_some() {
-            if let Some(i) = results
+            let local = results
                 .iter()
-                .position(|r| r.as_ref().is_err_and(|e| !e.is_outcome()))
-            {
-                return Err(match results.swap_remove(i) {
-                    Err(e) => e,
-                    Ok(_) => Error::Internal("a failed write changed".into()),
-                });
+                .position(|r| r.as_ref().is_err_and(|e| !e.is_outcome()));
+            if let Some(Err(e)) = local.map(|i| results.swap_remove(i)) {
+                return Err(e);
             }
         }
         if writes.is_empty() {
