@@ -201,7 +201,9 @@ impl Watch {
             let segments = core.segments_of(picked.iter().map(|(_, r)| r.slot));
             (picked, end, revision, segments)
         };
-        let tail = core.log.segment_by_seq(end.seq());
+        #[cfg(test)]
+        tests::before_cursor();
+        let (tail, offset) = live_cursor(&core, end);
         // Resumed where this bucket has no history: in a range an unclean stop gave
         // up, or past every revision it has given out (the client saw another
         // history: a bucket dropped and created again under the name). A replica
@@ -222,7 +224,7 @@ impl Watch {
             initial_segments: segments,
             held: None,
             ready_pending: true,
-            offset: end.offset(),
+            offset,
             tail,
             last_seen: revision,
             ended: false,
@@ -614,6 +616,49 @@ impl Iterator for Watch {
         match self.recv() {
             Err(Error::Closed) => None,
             other => Some(other),
+        }
+    }
+}
+
+/// Where a watch that starts at the published end `end` reads from: the segment `end`
+/// lies in, and `end`'s offset in it. `end` was published for a segment the writer
+/// appended to; by the time it is looked up here, compaction may have replaced that
+/// segment by an output of the same `seq` whose records lie at other offsets (an
+/// output's `gen` is above every input's). A segment of `gen` 0 is one the writer made,
+/// so `end`'s offset is its own; in any other the watch reads from the segment's first
+/// record and skips what it has seen (revisions up to the published one). With no
+/// segment of that `seq` left, it starts at the log's first segment the same way.
+fn live_cursor(core: &BucketCore, end: LogPos) -> (Option<Arc<Segment>>, u64) {
+    match core.log.segment_by_seq(end.seq()) {
+        Some(seg) if seg.id.gen == 0 => (Some(seg), end.offset()),
+        Some(seg) => {
+            let start = seg.data_start;
+            (Some(seg), start)
+        }
+        None => (None, 0),
+    }
+}
+
+/// A hook the tests run between a watch's snapshot of the index and its lookup of
+/// the segment it reads from next, to make the log change in between.
+#[cfg(test)]
+pub(super) mod tests {
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnOnce()>;
+
+    thread_local! {
+        static BEFORE_CURSOR: RefCell<Option<Hook>> = RefCell::new(None);
+    }
+
+    /// Runs `f` in the next watch started on this thread, at that point.
+    pub(in crate::bucket) fn set_before_cursor(f: impl FnOnce() + 'static) {
+        BEFORE_CURSOR.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(super) fn before_cursor() {
+        if let Some(f) = BEFORE_CURSOR.with(|h| h.borrow_mut().take()) {
+            f();
         }
     }
 }
