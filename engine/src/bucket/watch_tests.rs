@@ -72,6 +72,7 @@ fn a_watch_resumed_past_every_revision_given_is_lost() {
 /// decode). From a review.
 #[test]
 fn a_watch_whose_segment_is_compacted_as_it_starts_misses_nothing() {
+    const VALUE: &[u8] = &[b'v'; 50];
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         segment_size: 4096,
@@ -79,7 +80,6 @@ fn a_watch_whose_segment_is_compacted_as_it_starts_misses_nothing() {
     };
     let store = Store::open(dir.path(), opts).unwrap();
     let b = store.default_bucket().unwrap();
-    const VALUE: &[u8] = &[b'v'; 50];
     for i in 0..20 {
         b.put(&format!("a{i:02}"), VALUE).unwrap();
     }
