@@ -289,6 +289,7 @@ impl Conn {
                 Ok(false) => {
                     let pending = self.rbuf.len() - pos;
                     if pending > max_request {
+                        self.answer_pending_writes().await;
                         Reply::err(
                             "ERR",
                             format!(
@@ -314,6 +315,7 @@ impl Conn {
                     break;
                 }
                 Err(e) => {
+                    self.answer_pending_writes().await;
                     Reply::err("ERR", e.to_string()).encode(self.session.version, &mut self.out);
                     let Some(n) = e.skip() else {
                         self.closing = true;
@@ -324,8 +326,7 @@ impl Conn {
             }
         }
         // The pipeline's last writes, before anything is sent.
-        self.session.apply_pending(&mut self.out);
-        command::proposals::settle(&mut self.session, &mut self.out).await;
+        self.answer_pending_writes().await;
         self.end_batch();
         self.rbuf.advance(pos);
         // What is left is one incomplete request (or nothing): an inline line has no
@@ -342,6 +343,15 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Applies the writes held back to be applied together (and settles the proposals in
+    /// flight), their replies going to the output: before anything is sent, and before a
+    /// reply that is not a command's (a request that cannot be parsed), which must come
+    /// after theirs.
+    async fn answer_pending_writes(&mut self) {
+        self.session.apply_pending(&mut self.out);
+        command::proposals::settle(&mut self.session, &mut self.out).await;
     }
 
     /// Whether the read buffer still holds only the start of an inline line: no newline
@@ -428,8 +438,7 @@ impl Conn {
             .encode(self.session.version, &mut self.out);
         }
         if self.out.len() >= FLUSH_AT {
-            self.session.apply_pending(&mut self.out);
-            command::proposals::settle(&mut self.session, &mut self.out).await;
+            self.answer_pending_writes().await;
             self.end_batch();
             self.flush().await?;
         }
@@ -449,8 +458,7 @@ impl Conn {
             }
             Flow::Blocking(job) => self.blocking(job).await,
             Flow::Stream(job) => {
-                self.session.apply_pending(&mut self.out);
-                command::proposals::settle(&mut self.session, &mut self.out).await;
+                self.answer_pending_writes().await;
                 self.flush().await?;
                 // The latency histograms count a stream until it begins: its transfer
                 // takes as long as the client takes, and the requests after it start
@@ -646,8 +654,7 @@ impl Conn {
     /// placed (the read's barrier, taken next, then covers them).
     async fn see_own_writes(&mut self, args: &[Bytes]) -> io::Result<()> {
         if command::reads_state(&self.session, args) {
-            self.session.apply_pending(&mut self.out);
-            command::proposals::settle(&mut self.session, &mut self.out).await;
+            self.answer_pending_writes().await;
             if !self.session.durability.is_empty() {
                 self.wait_durable().await?;
             }

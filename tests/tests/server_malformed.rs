@@ -298,3 +298,31 @@ fn configured_limits_are_named_in_errors() {
     assert_eq!(c.cmd(&["KEYS", "key001"]).items().len(), 1);
     pong(&mut bystander);
 }
+
+/// The error for a request that cannot be parsed comes after the replies of the writes
+/// pipelined before it: plain writes are held back to be applied together, and the error
+/// used to overtake their replies (a client matching replies by order pinned the error
+/// on the write). From a review.
+#[test]
+fn a_parse_error_is_answered_after_the_writes_before_it() {
+    let srv = Srv::start_with(|c| c.max_request = 2500);
+    // An inline syntax error: the connection goes on.
+    let mut c = srv.raw();
+    c.send(b"PUT a 1\r\nPUT b \"bad\r\nPING\r\n");
+    assert_eq!(c.read(), Frame::Int(1));
+    assert!(c.read().message().contains("unbalanced quotes"));
+    assert_eq!(c.read(), Frame::Simple("PONG".into()));
+    // A framing error: the connection closes after it.
+    let mut c = srv.raw();
+    c.send(b"PUT a 2\r\n*1\r\n:5\r\n");
+    assert_eq!(c.read(), Frame::Int(2));
+    assert!(c.read().message().contains("Protocol error"));
+    assert!(c.closed());
+    // A request past the max-request limit.
+    let mut c = srv.raw();
+    c.send(b"PUT a 3\r\n*3\r\n$3\r\nPUT\r\n$1\r\nk\r\n$3000\r\n");
+    c.send(&[b'v'; 2600]);
+    assert_eq!(c.read(), Frame::Int(3));
+    assert!(c.read().message().contains("max-request limit"));
+    assert!(c.closed());
+}
