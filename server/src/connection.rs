@@ -316,7 +316,12 @@ impl Conn {
                 }
                 Err(e) => {
                     self.answer_pending_writes().await;
-                    Reply::err("ERR", e.to_string()).encode(self.session.version, &mut self.out);
+                    let reply = Reply::err("ERR", e.to_string());
+                    // The line may have been meant as one of the batch's writes.
+                    if let Some(m) = &mut self.session.multi {
+                        m.fail(&reply);
+                    }
+                    reply.encode(self.session.version, &mut self.out);
                     let Some(n) = e.skip() else {
                         self.closing = true;
                         break;

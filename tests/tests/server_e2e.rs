@@ -766,6 +766,26 @@ fn multi_exec_and_aborted() {
         "{r:?}"
     );
     assert_eq!(c.cmd(&["GET", "e"]), Frame::Null);
+    // So do an unknown verb (a misspelt write) and an inline line that cannot be parsed:
+    // the batch is not applied without them.
+    assert_eq!(c.cmd(&["MULTI"]), Frame::ok());
+    c.cmd(&["PUT", "e", "1"]);
+    assert!(c.cmd(&["PUTT", "e2", "1"]).is_error_code("ERR"));
+    let r = c.cmd(&["EXEC"]);
+    assert!(
+        matches!(&r, Frame::Error(m) if m.starts_with("ABORTED 1 ERR unknown command 'PUTT'")),
+        "{r:?}"
+    );
+    assert_eq!(c.line("MULTI"), Frame::ok());
+    assert!(c.line("PUT e2 \"1").message().contains("unbalanced quotes"));
+    assert_eq!(c.line("PUT e3 1"), Frame::Simple("QUEUED".into()));
+    let r = c.line("EXEC");
+    assert!(
+        matches!(&r, Frame::Error(m) if m.starts_with("ABORTED 0 ERR syntax error")),
+        "{r:?}"
+    );
+    assert_eq!(c.cmd(&["GET", "e"]), Frame::Null);
+    assert_eq!(c.cmd(&["GET", "e3"]), Frame::Null);
     // A bad key is found at EXEC.
     assert_eq!(c.cmd(&["MULTI"]), Frame::ok());
     c.cmd(&["PUT", "ok.key", "1"]);

@@ -224,8 +224,12 @@ pub(crate) fn execute(s: &mut Session, args: &[Bytes], out: &mut Vec<u8>) -> Flo
         return Flow::Continue;
     }
     let Some(spec) = spec else {
-        let msg = format!("unknown command '{}'", preview(name));
-        Reply::err("ERR", msg).encode(version, out);
+        let reply = Reply::err("ERR", format!("unknown command '{}'", preview(name)));
+        // It may have been meant as one of the batch's writes (a misspelt one).
+        if let Some(m) = &mut s.multi {
+            m.fail(&reply);
+        }
+        reply.encode(version, out);
         return Flow::Continue;
     };
     if !spec.fits(args.len()) {
