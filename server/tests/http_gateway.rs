@@ -178,6 +178,12 @@ fn binary_values_deletes_and_bad_requests_with_curl() {
         "{}",
         typo.text()
     );
+    // A number is digits only: `+5000` (an escaped plus) is refused.
+    let signed = curl("PUT", &format!("{}?ttl=%2B5000", key("ttl")), &["-d", "x"]);
+    assert_eq!(
+        (signed.status, json(&signed)["error"].clone()),
+        (400, "BADARG".into())
+    );
     let ttl = curl("PUT", &format!("{}?ttl=60000", key("ttl")), &["-d", "x"]);
     assert_eq!(ttl.status, 200);
     assert!(

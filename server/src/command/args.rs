@@ -138,20 +138,26 @@ pub(crate) fn text<'a>(arg: &'a [u8], what: &str) -> Result<&'a str, Reply> {
     std::str::from_utf8(arg).map_err(|_| Reply::err("BADARG", format!("invalid {what}: not UTF-8")))
 }
 
+/// A non-negative decimal integer: ASCII digits only (no sign, no spaces), one that
+/// fits in 64 bits. (`str::parse` also takes a leading `+`.)
+pub(crate) fn decimal(arg: &[u8]) -> Option<u64> {
+    if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
 /// A non-negative integer argument.
 pub(crate) fn uint(arg: &[u8], what: &str) -> Result<u64, Reply> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| {
-            Reply::err(
-                "BADARG",
-                format!(
-                    "invalid {what} '{}': not a non-negative integer",
-                    preview(arg)
-                ),
-            )
-        })
+    decimal(arg).ok_or_else(|| {
+        Reply::err(
+            "BADARG",
+            format!(
+                "invalid {what} '{}': not a non-negative integer",
+                preview(arg)
+            ),
+        )
+    })
 }
 
 /// Case-insensitive keyword comparison.
@@ -174,6 +180,25 @@ mod tests {
         match r {
             Reply::Error { code, msg } => format!("{code} {msg}"),
             other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn numbers_are_ascii_digits_only() {
+        assert_eq!(decimal(b"5000"), Some(5000));
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b"+5000"[..],
+            b"-1",
+            b"",
+            b" 5",
+            b"5 ",
+            b"5e3",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(decimal(bad), None, "{}", bad.escape_ascii());
+            assert!(uint(bad, "ttl").is_err());
         }
     }
 

@@ -6,7 +6,7 @@
 //! session and the engine and encodes the reply straight into the output buffer.
 
 mod admin;
-mod args;
+pub(crate) mod args;
 mod backup;
 mod bucket;
 mod cluster;

@@ -53,9 +53,11 @@ impl Params {
     pub fn uint(&self, name: &str) -> Result<Option<u64>, ApiError> {
         match self.0.get(name).map(String::as_str) {
             None | Some("") => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| {
-                ApiError::bad_arg(format!("invalid {name} '{v}': not a non-negative integer"))
-            }),
+            Some(v) => crate::command::args::decimal(v.as_bytes())
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::bad_arg(format!("invalid {name} '{v}': not a non-negative integer"))
+                }),
         }
     }
 }
