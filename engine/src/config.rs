@@ -56,8 +56,10 @@ pub struct Options {
     /// Most bytes one read of many keys may return: the records (key, value and
     /// header) of HISTORY, SEARCH and SCAN, the keys of KEYS. A larger result
     /// is refused with [`crate::Error::ReadTooLarge`] once its keys are picked,
-    /// before any value is read. Default 0: no limit. The server sets its
-    /// `--max-output`, so that one request cannot make it hold more.
+    /// before any value is read. So is an atomic batch ([`crate::Bucket::write`]) whose
+    /// writes would return previous values that together pass it, before anything is
+    /// applied (not on a replica: see [`Options::replicated`]). Default 0: no limit.
+    /// The server sets its `--max-output`, so that one request cannot make it hold more.
     pub max_read_bytes: u64,
 }
 

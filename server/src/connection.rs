@@ -431,7 +431,15 @@ impl Conn {
         // flushed the output: what is left is past `start`, or nothing.)
         let start = start.max(self.session.reply_start);
         let size = self.out.len().saturating_sub(start);
-        if size > max_output {
+        // An EXEC that applied its writes (its reply is their array) is answered in full:
+        // an error in its place would report a failure for writes that were made. The
+        // engine refuses, before applying it, a batch whose previous values pass the limit.
+        let applied_batch = self.out.get(start) == Some(&b'*')
+            && req
+                .args
+                .first()
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"EXEC"));
+        if size > max_output && !applied_batch {
             self.out.truncate(start);
             Reply::err(
                 "ERR",

@@ -326,3 +326,33 @@ fn a_parse_error_is_answered_after_the_writes_before_it() {
     assert!(c.read().message().contains("max-request limit"));
     assert!(c.closed());
 }
+
+/// An EXEC whose previous values (`SET ... GET`) pass max-output is refused before it
+/// applies anything; one that applied its writes is answered in full. Its writes used to
+/// be applied and answered with `-ERR reply ... exceeds the max-output limit`, which a
+/// client would retry. From a review.
+#[test]
+fn an_exec_past_max_output_is_refused_before_it_applies() {
+    let srv = Srv::start_with(|c| c.max_output = 4096);
+    let mut c = srv.raw();
+    let big = "x".repeat(3000);
+    assert_eq!(c.cmd(&["PUT", "k1", &big]), Frame::Int(1));
+    assert_eq!(c.cmd(&["PUT", "k2", &big]), Frame::Int(2));
+    assert_eq!(c.cmd(&["MULTI"]), Frame::ok());
+    c.cmd(&["SET", "k1", "new", "GET"]);
+    c.cmd(&["SET", "k2", "new", "GET"]);
+    let r = c.cmd(&["EXEC"]);
+    assert!(
+        r.message()
+            .starts_with("ABORTED 1 ERR the result holds at least 6000 bytes"),
+        "{r:?}"
+    );
+    assert_eq!(c.cmd(&["GET", "k1"]), Frame::bulk(&big));
+    // Within the limit, but its reply (with the array's framing) is not: sent whole.
+    let under = "y".repeat(4090);
+    assert_eq!(c.cmd(&["PUT", "k3", &under]), Frame::Int(3));
+    assert_eq!(c.cmd(&["MULTI"]), Frame::ok());
+    c.cmd(&["SET", "k3", "new", "GET"]);
+    assert_eq!(c.cmd(&["EXEC"]), Frame::Array(vec![Frame::bulk(&under)]));
+    assert_eq!(c.cmd(&["GET", "k3"]), Frame::bulk("new"));
+}

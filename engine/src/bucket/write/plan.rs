@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::WriteMode;
 use crate::bucket::pending::Pending;
+use crate::bucket::query::ReadBudget;
 use crate::bucket::{effective_expiry, BucketCore};
 use crate::entry::{Entry, Kind, Op, WriteOp, Written};
 use crate::error::{Error, Result};
@@ -265,6 +266,15 @@ impl BucketCore {
             history: usize::from(self.config.history),
         };
         let mut room = Room::of(self, pending);
+        // A batch is one reply: the previous values it returns count together against the
+        // read limit, and a batch past it is refused before anything is applied. Not on a
+        // replica, where the limit is each node's own setting and every node must decide
+        // alike.
+        let mut returned = ReadBudget::new(if mode == WriteMode::Batch && !self.replicated {
+            self.max_read_bytes
+        } else {
+            0
+        });
         let mut plan = Plan {
             writes: Vec::with_capacity(ops.len()),
             results: Vec::with_capacity(ops.len()),
@@ -303,7 +313,13 @@ impl BucketCore {
                 }
             };
             let previous = match (&cur, op.return_previous) {
-                (Some(c), true) if c.live(now) => Some(self.current_entry(&op.key, c)?),
+                (Some(c), true) if c.live(now) => {
+                    let entry = self.current_entry(&op.key, c)?;
+                    if let Err(e) = returned.take(entry.value.len() as u64) {
+                        return Err(batch_error(ops.len(), i, e));
+                    }
+                    Some(entry)
+                }
                 _ => None,
             };
             let key_expires_ms = match (rop, op.ttl) {
