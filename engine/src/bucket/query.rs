@@ -40,6 +40,58 @@ impl ReadBudget {
     }
 }
 
+/// What a read of many keys picks under the index lock (each key and record),
+/// counted against its [`ReadBudget`] as it is picked: a result past the budget
+/// is refused at the first pick past it, without walking the rest of the index
+/// (or holding what it would pick) under the lock.
+struct Picks<'b> {
+    list: Vec<(String, RecordRef)>,
+    budget: &'b mut ReadBudget,
+    refused: Option<Error>,
+}
+
+impl<'b> Picks<'b> {
+    fn new(budget: &'b mut ReadBudget) -> Picks<'b> {
+        Picks {
+            list: Vec::new(),
+            budget,
+            refused: None,
+        }
+    }
+
+    /// Picks `key`'s record `r`; `false` once the result is past the budget (the
+    /// walk is to stop: nothing more is picked).
+    fn push(&mut self, key: &str, r: RecordRef) -> bool {
+        if self.refused.is_some() {
+            return false;
+        }
+        if let Err(e) = self.budget.take(r.len() as u64) {
+            self.refused = Some(e);
+            return false;
+        }
+        self.list.push((key.to_string(), r));
+        true
+    }
+
+    /// Whether the result is past the budget.
+    fn refused(&self) -> bool {
+        self.refused.is_some()
+    }
+
+    /// How many records are picked.
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The picks, or the refusal.
+    fn finish(self) -> Result<Vec<(String, RecordRef)>> {
+        match self.refused {
+            Some(e) => Err(e),
+            None => Ok(self.list),
+        }
+    }
+}
+
 /// How many keys a long walk looks at per index lock hold.
 pub(super) const WALK_CHUNK: usize = 4096;
 /// Slots whose keys a key order's build copies per index read lock hold
@@ -90,21 +142,21 @@ impl BucketCore {
 
     /// Loads the records `collect` picks (key and index reference) under one
     /// index lock hold, reading them after the lock is released.
-    /// A result that would pass `budget` is refused before any record is read.
+    /// A result that would pass `budget` is refused at the pick that passes it,
+    /// before any record is read.
     fn load_many(
         &self,
         budget: &mut ReadBudget,
-        collect: impl FnOnce(&Index) -> Vec<(String, RecordRef)>,
+        collect: impl FnOnce(&Index, &mut Picks<'_>),
     ) -> Result<Vec<Entry>> {
         let (picked, segs) = {
             let ix = self.index.read();
-            let picked = collect(&ix);
+            let mut picks = Picks::new(budget);
+            collect(&ix, &mut picks);
+            let picked = picks.finish()?;
             let segs = self.segments_of(picked.iter().map(|(_, r)| r.slot));
             (picked, segs)
         };
-        for (_, r) in &picked {
-            budget.take(r.len() as u64)?;
-        }
         picked
             .iter()
             .map(|(k, r)| self.load_from(segs.get(&r.slot), k, r))
@@ -151,28 +203,29 @@ impl BucketCore {
             self.ensure_key_order();
         }
         let mut budget = ReadBudget::new(self.max_read_bytes);
-        let mut out = self.load_many(&mut budget, |ix| {
-            let mut picked = Vec::new();
+        let mut out = self.load_many(&mut budget, |ix, picks| {
             if subject.is_literal() {
                 // One key: a point lookup, not a walk of the key order.
                 let key = subject.literal_prefix();
                 for r in ix.revisions(key.as_bytes()) {
-                    if !r.expired(now) {
-                        picked.push((key.to_string(), r));
+                    if !r.expired(now) && !picks.push(key, r) {
+                        return;
                     }
                 }
-                return picked;
+                return;
             }
             for (k, latest) in ix.prefixed(subject.literal_prefix().as_bytes()) {
                 if subject.matches(k.as_str()) {
                     ix.for_each_rev(latest, |r| {
                         if !r.expired(now) {
-                            picked.push((k.as_str().to_string(), *r));
+                            picks.push(k.as_str(), *r);
                         }
                     });
+                    if picks.refused() {
+                        return;
+                    }
                 }
             }
-            picked
         })?;
         out.sort_by_key(|e| e.revision);
         Ok(out)
@@ -196,12 +249,16 @@ impl BucketCore {
         let limit = if limit == 0 { usize::MAX } else { limit };
         let prefix = glob.literal_prefix();
         self.ensure_key_order();
-        self.load_many(budget, |ix| {
-            ix.prefixed(prefix.as_bytes())
+        self.load_many(budget, |ix, picks| {
+            let found = ix
+                .prefixed(prefix.as_bytes())
                 .filter(|(k, r)| r.live(now) && glob.matches(k.as_str()))
-                .take(limit)
-                .map(|(k, r)| (k.as_str().to_string(), *r))
-                .collect()
+                .take(limit);
+            for (k, r) in found {
+                if !picks.push(k.as_str(), *r) {
+                    return;
+                }
+            }
         })
     }
 
@@ -343,23 +400,23 @@ impl BucketCore {
         let mut next = None;
         self.ensure_key_order();
         let mut budget = ReadBudget::new(self.max_read_bytes);
-        let entries = self.load_many(&mut budget, |ix| {
+        let entries = self.load_many(&mut budget, |ix, picks| {
             let lo = from.map_or(Bound::Unbounded, |f| Bound::Included(f.as_bytes()));
             let hi = to.map_or(Bound::Unbounded, |t| Bound::Excluded(t.as_bytes()));
             if let (Some(f), Some(t)) = (from, to) {
                 if f >= t {
-                    return Vec::new();
+                    return;
                 }
             }
-            let mut picked = Vec::new();
             for (k, r) in ix.range(lo, hi).filter(|(_, r)| r.live(now)) {
-                if picked.len() == limit {
+                if picks.len() == limit {
                     next = Some(k.as_str().to_string());
                     break;
                 }
-                picked.push((k.as_str().to_string(), *r));
+                if !picks.push(k.as_str(), *r) {
+                    return;
+                }
             }
-            picked
         })?;
         Ok(Page { next, entries })
     }
@@ -412,5 +469,37 @@ impl<'a> Deleter<'a> {
             self.ticket = self.ticket.max(t);
         }
         Ok((self.deleted, self.ticket))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Picks, ReadBudget};
+    use crate::entry::Op;
+    use crate::error::Error;
+    use crate::index::RecordRef;
+
+    /// A walk learns at the first pick past the budget that it is to stop, and nothing
+    /// is picked after it: a HISTORY or SEARCH of millions of keys used to pick them all
+    /// under the index lock before the budget was looked at. From a review.
+    #[test]
+    fn picks_stop_at_the_first_past_the_budget() {
+        let mut budget = ReadBudget::new(250);
+        let mut picks = Picks::new(&mut budget);
+        let rec = |revision| RecordRef::new(revision, 0, 1, revision * 100, 100, Op::Put);
+        assert!(picks.push("a", rec(1)));
+        assert!(picks.push("b", rec(2)));
+        assert!(!picks.push("c", rec(3)), "300 bytes are past 250");
+        assert!(picks.refused());
+        assert!(!picks.push("d", rec(4)));
+        assert_eq!(picks.len(), 2);
+        match picks.finish() {
+            Err(Error::ReadTooLarge { bytes, max }) => assert_eq!((bytes, max), (300, 250)),
+            other => panic!("{other:?}"),
+        }
+        let mut unlimited = ReadBudget::new(0);
+        let mut picks = Picks::new(&mut unlimited);
+        assert!((1..=100).all(|r| picks.push("k", rec(r))));
+        assert_eq!(picks.finish().map(|l| l.len()).ok(), Some(100));
     }
 }
