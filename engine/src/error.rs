@@ -130,6 +130,18 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A delete of many keys ([`crate::Bucket::delete_glob`]) failed part way:
+    /// `done` keys were deleted before the failure, each as by
+    /// [`crate::Bucket::delete`] (the waiting call waited for them as for a success:
+    /// a failure of that wait is the source, [`Error::InDoubt`]).
+    #[error("{source}; {done} keys were deleted before it")]
+    PartlyDone {
+        /// The keys deleted before the failure.
+        done: usize,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// A checkpoint's directory (or anything else by that name) exists already.
     #[error("{} exists already", .0.display())]
     PathExists(PathBuf),
@@ -187,11 +199,14 @@ impl Error {
         }
     }
 
-    /// The error this one reports, seen through [`Error::InDoubt`] and
-    /// [`Error::Batch`]: what went wrong, not how it reached the caller.
+    /// The error this one reports, seen through [`Error::InDoubt`],
+    /// [`Error::Batch`] and [`Error::PartlyDone`]: what went wrong, not how it
+    /// reached the caller.
     pub fn cause(&self) -> &Error {
         match self {
-            Error::InDoubt { source } | Error::Batch { source, .. } => source.cause(),
+            Error::InDoubt { source }
+            | Error::Batch { source, .. }
+            | Error::PartlyDone { source, .. } => source.cause(),
             other => other,
         }
     }

@@ -149,7 +149,7 @@ pub fn error_code(e: &Error) -> &'static str {
         Error::BadBucket(_) | Error::BadArgument(_) => "BADARG",
         Error::TooLarge { .. } => "TOOLARGE",
         Error::Full { .. } => "FULL",
-        Error::Batch { source, .. } => error_code(source),
+        Error::Batch { source, .. } | Error::PartlyDone { source, .. } => error_code(source),
         Error::Locked(_) => "BUSY",
         Error::InDoubt { .. } => "INDOUBT",
         // I/O, corruption, a poisoned log, configuration, lost watches, a closed store, and
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn error_codes() {
-        let cases: [(Error, &str); 15] = [
+        let cases: [(Error, &str); 17] = [
             (Error::in_doubt(Error::Closed), "INDOUBT"),
             (Error::NotFound, "NOTFOUND"),
             (Error::Exists, "EXISTS"),
@@ -208,6 +208,24 @@ mod tests {
                     source: Box::new(Error::Mismatch),
                 },
                 "MISMATCH",
+            ),
+            (
+                Error::PartlyDone {
+                    done: 3,
+                    source: Box::new(Error::in_doubt(Error::Closed)),
+                },
+                "INDOUBT",
+            ),
+            (
+                Error::PartlyDone {
+                    done: 3,
+                    source: Box::new(Error::Full {
+                        used: 1,
+                        adding: 1,
+                        max: 1,
+                    }),
+                },
+                "FULL",
             ),
         ];
         for (e, code) in cases {

@@ -145,7 +145,9 @@ impl Bucket {
     }
 
     /// Like [`Bucket::delete_glob`] without waiting for durability: returns the
-    /// count and a ticket for [`Bucket::wait_durable`].
+    /// count and a ticket for [`Bucket::wait_durable`]. One that fails part way
+    /// returns [`Error::PartlyDone`]; its deletes are durable after the bucket's
+    /// next sync ([`Bucket::sync`]).
     pub fn delete_glob_nowait(&self, glob: &str) -> Result<(usize, DurabilityTicket)> {
         self.core.delete_glob_nowait(&Glob::new(glob)?, None)
     }
@@ -283,6 +285,9 @@ impl Bucket {
     }
 
     /// Deletes (as by [`Bucket::delete`]) every live key matching a glob; returns how many.
+    /// Not atomic: it deletes a chunk of keys at a time, and one that fails part way
+    /// returns [`Error::PartlyDone`] with the count deleted before the failure (having
+    /// waited for their durability as for a success).
     pub fn delete_glob(&self, glob: &str) -> Result<usize> {
         self.core.delete_glob(&Glob::new(glob)?)
     }

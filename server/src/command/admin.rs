@@ -160,9 +160,14 @@ pub(crate) fn quit(s: &mut Session, out: &mut Vec<u8>) -> Flow {
 /// `SYNC`: everything acknowledged before it is on stable storage.
 pub(crate) fn sync(s: &mut Session) -> Flow {
     let store = s.shared.store();
+    let shared = Arc::clone(&s.shared);
     Flow::Blocking(Box::new(move || match store.sync() {
         Ok(()) => Reply::ok(),
-        Err(e) => engine_error(&e),
+        Err(e) => {
+            // A failed fsync poisons the log: the server is unhealthy.
+            shared.health.observe(&e);
+            engine_error(&e)
+        }
     }))
 }
 

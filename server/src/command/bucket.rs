@@ -1,5 +1,7 @@
 //! Bucket verbs: BUCKET CREATE / DROP / LIST, USE, STATUS.
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,15 +64,23 @@ impl BucketCmd {
                 crate::command::proposals::drop_bucket(s, name)
             }
             BucketCmd::Create { name, config } => {
+                let shared = Arc::clone(&s.shared);
                 Flow::Blocking(Box::new(move || match store.create_bucket(&name, config) {
                     Ok(_) => Reply::ok(),
-                    Err(e) => engine_error(&e),
+                    Err(e) => {
+                        shared.health.observe(&e);
+                        engine_error(&e)
+                    }
                 }))
             }
             BucketCmd::Drop { name } => {
+                let shared = Arc::clone(&s.shared);
                 Flow::Blocking(Box::new(move || match store.drop_bucket(&name) {
                     Ok(()) => Reply::ok(),
-                    Err(e) => engine_error(&e),
+                    Err(e) => {
+                        shared.health.observe(&e);
+                        engine_error(&e)
+                    }
                 }))
             }
         }

@@ -1,5 +1,7 @@
 //! Multi-key reads: HISTORY KEYS SEARCH SCAN, and DELGLOB.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use logkv::{Bucket, Subject};
 
@@ -197,10 +199,15 @@ impl DelGlob {
         }
         // Resolve a dropped-and-recreated current bucket now, cheaply.
         let bucket = s.live_bucket().map_err(|e| engine_error(&e))?;
+        let shared = Arc::clone(&s.shared);
         Ok(Flow::Blocking(Box::new(move || {
             match bucket.delete_glob(&self.glob) {
                 Ok(n) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
-                Err(e) => engine_error(&e),
+                Err(e) => {
+                    // A failed fsync poisons the log: the server is unhealthy.
+                    shared.health.observe(&e);
+                    engine_error(&e)
+                }
             }
         })))
     }
