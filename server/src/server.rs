@@ -408,6 +408,11 @@ fn admit(
     if open >= max {
         shared.stats.connections.fetch_sub(1, Ordering::AcqRel);
         warn!(%peer, max, "connection refused: max number of clients reached");
+        if tls.is_some() {
+            // Plain text before the handshake would reach a TLS client as a handshake
+            // failure: the connection is closed without a word (dropped here).
+            return;
+        }
         tokio::spawn(async move {
             let reply = b"-ERR max number of clients reached\r\n";
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply)).await;

@@ -114,6 +114,28 @@ fn tls_clients_work_and_plain_clients_are_closed() {
     );
 }
 
+/// A TLS port that is full closes a new connection before the handshake, writing
+/// nothing: it wrote its plain-text refusal, which a TLS client takes for a broken
+/// handshake. From a review.
+#[test]
+fn a_full_tls_port_closes_without_plain_text() {
+    let certs = Certs::new();
+    let mut flags = certs.server_flags(false);
+    flags.extend(["--max-connections".to_string(), "1".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = BinaryServer::start(&flags);
+    let mut tls = tls_connect(server.addr, certs.client_config(None));
+    assert_eq!(roundtrip_on(&mut tls, b"PING\r\n"), "+PONG\r\n");
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let got = read_until_closed(&mut second);
+    assert!(got.is_empty(), "it wrote {}", got.escape_ascii());
+    server.wait_for_log("max number of clients reached");
+    assert_eq!(roundtrip_on(&mut tls, b"PING\r\n"), "+PONG\r\n");
+}
+
 /// A watcher over TLS is woken by the pump and pulls its events itself (the pump writes
 /// only to plain sockets): every live event arrives, in revision order.
 #[test]
