@@ -28,7 +28,9 @@ const SWEEP_SORTED_MAX: usize = 1 << 16;
 /// When the index snapshot was last written, and whether it is stale.
 #[derive(Debug, Default)]
 pub(crate) struct SnapshotState {
-    /// When this process last wrote it (`None`: not yet).
+    /// When this process last wrote it, or last tried to and failed (`None`:
+    /// not yet): a snapshot that cannot be written (a full disk) is encoded
+    /// again at most every [`SNAPSHOT_REFRESH`], not at every sweep.
     written: Option<Instant>,
     /// A compaction pass retired segments it names, and it was not written again.
     stale: bool,
@@ -260,9 +262,11 @@ impl BucketCore {
             }
             Err(e) => {
                 // The file may or may not have been replaced; the background
-                // thread's refresh tries again.
+                // thread's refresh tries again once it is due, and a close
+                // does (it is stale).
                 state.on_disk = None;
                 state.stale = true;
+                state.written = Some(Instant::now());
                 Err(e)
             }
         }
@@ -416,16 +420,21 @@ impl BucketCore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use super::SNAPSHOT_REFRESH;
     use crate::bucket::test_util::{aged_config, manual_options, writers_latest};
     use crate::io::{SimFs, Storage};
     use crate::{ManualClock, Options, Store};
 
     /// A snapshot that could not be written (after a compaction pass, which
-    /// reports the failure) is written by the background thread's next
-    /// refresh: it was left marked neither current nor stale, so no refresh
-    /// came before the close, and a crash meanwhile cost a scan of the log.
+    /// reports the failure) is written by the background thread's refresh
+    /// once it is due: it was left marked neither current nor stale, so no
+    /// refresh came before the close, and a crash meanwhile cost a scan of
+    /// the log. Not before it is due: a snapshot that cannot be written (a
+    /// full disk) was encoded again at every sweep, a second a time.
     #[test]
-    fn a_snapshot_that_failed_is_written_by_the_next_refresh() {
+    fn a_snapshot_that_failed_is_written_by_the_refresh_when_due() {
         let root = tempfile::tempdir().unwrap();
         let sim = SimFs::new(root.path(), 1).unwrap();
         let clock = ManualClock::new(1_000);
@@ -443,6 +452,13 @@ mod tests {
         core.write_snapshot().unwrap_err();
         let snap = core.dir.join(crate::snapshot::SNAPSHOT_FILE);
         assert!(!snap.exists());
+        sim.fail_writes(0, 1);
+        core.refresh_stale_snapshot().unwrap();
+        assert_eq!(sim.stats().write_errors, 1, "not tried again at once");
+        sim.revive();
+        // Time passes.
+        let long_ago = Instant::now().checked_sub(SNAPSHOT_REFRESH);
+        core.snapshot_state.lock().written = long_ago;
         core.refresh_stale_snapshot().unwrap();
         assert!(snap.exists(), "the refresh wrote it");
     }
