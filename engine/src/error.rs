@@ -76,7 +76,7 @@ pub enum Error {
     /// The write would take the bucket over its max bytes.
     #[error("bucket is full: {used} + {adding} bytes would exceed max bytes {max}")]
     Full {
-        /// Bytes the bucket holds now.
+        /// Bytes the bucket holds now, with the earlier writes of the same call.
         used: u64,
         /// Bytes the write would add.
         adding: u64,

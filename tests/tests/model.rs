@@ -309,21 +309,14 @@ impl MBucket {
                     return Err(MErr::Exists);
                 }
             }
-            CKind::Update(r) => {
+            // Revision 0 is the latest of a key with no retained entry, for both.
+            CKind::Update(r) | CKind::DeleteAt(r) => {
                 let ok = if *r == 0 {
                     latest.is_none()
                 } else {
                     latest.is_some() && *r == latest_rev
                 };
                 if !ok {
-                    return Err(MErr::WrongRev {
-                        expected: *r,
-                        latest: latest_rev,
-                    });
-                }
-            }
-            CKind::DeleteAt(r) => {
-                if !(latest.is_some() && *r == latest_rev) {
                     return Err(MErr::WrongRev {
                         expected: *r,
                         latest: latest_rev,

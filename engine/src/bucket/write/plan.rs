@@ -373,8 +373,10 @@ impl BucketCore {
                 }
             }
             Kind::Update(expected) | Kind::Delete(Some(expected)) => {
+                // Latest 0: the key has no retained entry (UPDATE creates it, DEL
+                // writes a marker as a plain DEL does).
                 let ok = match (expected, cur) {
-                    (0, None) => matches!(op.kind, Kind::Update(_)),
+                    (0, None) => true,
                     (0, Some(_)) | (_, None) => false,
                     (e, Some(_)) => *e == latest,
                 };
