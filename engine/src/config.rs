@@ -89,7 +89,10 @@ pub struct BucketConfig {
     pub history: u8,
     /// Maximum age of every entry; `None` for none.
     pub ttl: Option<Duration>,
-    /// Maximum bytes of retained records; 0 for unlimited.
+    /// Maximum bytes of retained records (every retained entry's record,
+    /// markers included); 0 for unlimited. A PUT that would leave the bucket
+    /// over it, counting what the PUT replaces as gone, fails with
+    /// [`crate::Error::Full`]; DEL and PURGE are always accepted.
     pub max_bytes: u64,
     /// Maximum value size in bytes; 0 for unlimited.
     pub max_value_size: u64,

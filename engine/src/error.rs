@@ -76,7 +76,9 @@ pub enum Error {
     /// The write would take the bucket over its max bytes.
     #[error("bucket is full: {used} + {adding} bytes would exceed max bytes {max}")]
     Full {
-        /// Bytes the bucket holds now, with the earlier writes of the same call.
+        /// Bytes the bucket would hold besides the write's record: what it holds
+        /// now, with the earlier writes of the same call, less what the write
+        /// replaces (the older entries of its key it drops from retention).
         used: u64,
         /// Bytes the write would add.
         adding: u64,

@@ -10,12 +10,12 @@
 //! Choices where the contract is silent, made as the engine makes them:
 //! a batch checks every write's key, value size and TTL before any
 //! precondition; then, write by write, the precondition and `Full`: a PUT
-//! record that would take the bytes retained before the batch (expired
-//! entries not yet swept included) plus the PUT records of the batch so far
-//! past max bytes fails with `Full { used: those bytes, adding: its own
-//! size }` at its index (records the batch would drop are not subtracted);
-//! an expired entry still retained is a key's "latest" for UPDATE and DEL
-//! with a revision.
+//! that would leave the bucket holding more than max bytes (every retained
+//! record counted, expired ones not yet swept and markers included, with the
+//! batch's earlier writes applied and the entries this one drops from
+//! retention gone) fails with `Full { used: what it holds besides the PUT's
+//! record, adding: the record's size }` at its index; an expired entry still
+//! retained is a key's "latest" for UPDATE and DEL with a revision.
 //!
 //! Every run draws a fresh seed and prints it; `LOGKV_SEED=<seed>` replays a run, and
 //! `PROPTEST_CASES` sets the number of cases (default 128; run thousands by hand:
@@ -363,8 +363,7 @@ impl MBucket {
             }
         }
         let mut scratch = self.clone();
-        let (used, max) = (self.bytes(), self.cfg.max_bytes);
-        let mut adding = 0;
+        let max = self.cfg.max_bytes;
         let mut revs = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let value = scratch.check(op, now).map_err(|e| (at(i), e))?;
@@ -381,17 +380,19 @@ impl MBucket {
                 created: now,
                 expires: effective_expiry(key_expires, now, self.ttl_ms()),
             };
-            if e.op == Op::Put {
+            if e.op == Op::Put && max > 0 {
                 let len = e.record_len();
-                if max > 0 && used + adding + len > max {
+                let mut after = scratch.clone();
+                after.apply(e.clone());
+                let held = after.bytes();
+                if held > max {
                     let full = MErr::Full {
-                        used: used + adding,
+                        used: held - len,
                         adding: len,
                         max,
                     };
                     return Err((at(i), full));
                 }
-                adding += len;
             }
             scratch.apply(e);
             scratch.last_rev = rev;

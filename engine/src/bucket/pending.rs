@@ -29,6 +29,9 @@ pub(super) struct PendingBatch {
     pub(super) records: Vec<(Box<[u8]>, RecordRef)>,
     /// The replication tag that ends it, if it is a replicated apply.
     pub(super) tag: Option<std::sync::Arc<[u8]>>,
+    /// What it changes the bytes the bucket holds by, once indexed (counted
+    /// only in a bucket with max bytes).
+    pub(super) bytes_net: i64,
 }
 
 /// A key that pending writes touched.
@@ -44,8 +47,9 @@ struct PendingKey {
 pub(super) struct Pending {
     batches: VecDeque<PendingBatch>,
     keys: HashMap<Box<[u8]>, PendingKey>,
-    /// Bytes of the pending PUT records (for the bucket's max bytes).
-    put_bytes: u64,
+    /// What the pending batches change the bytes the bucket holds by (for
+    /// the bucket's max bytes).
+    bytes_net: i64,
 }
 
 impl Pending {
@@ -60,9 +64,9 @@ impl Pending {
         self.keys.get(key).map(|k| k.retained.as_slice())
     }
 
-    /// Bytes the pending PUT records add.
-    pub(super) fn put_bytes(&self) -> u64 {
-        self.put_bytes
+    /// What the pending batches change the bytes the bucket holds by.
+    pub(super) fn bytes_net(&self) -> i64 {
+        self.bytes_net
     }
 
     /// Adds an appended call. `indexed` gives a key's retained entries in
@@ -73,10 +77,8 @@ impl Pending {
         history: usize,
         indexed: impl Fn(&[u8]) -> Vec<RecordRef>,
     ) {
+        self.bytes_net = self.bytes_net.saturating_add(batch.bytes_net);
         for (key, at) in &batch.records {
-            if at.op() == Op::Put {
-                self.put_bytes += at.len() as u64;
-            }
             let entry = self.keys.entry(key.clone()).or_insert_with(|| PendingKey {
                 // What the index holds is looked up only if the new entry keeps
                 // some of it (a lookup in a large index is a few cache misses).
@@ -101,10 +103,8 @@ impl Pending {
             let Some(batch) = self.batches.pop_front() else {
                 break;
             };
-            for (key, at) in &batch.records {
-                if at.op() == Op::Put {
-                    self.put_bytes = self.put_bytes.saturating_sub(at.len() as u64);
-                }
+            self.bytes_net = self.bytes_net.saturating_sub(batch.bytes_net);
+            for (key, _) in &batch.records {
                 if let Some(k) = self.keys.get_mut(key) {
                     k.writes -= 1;
                     if k.writes == 0 {
@@ -145,6 +145,8 @@ mod tests {
         RecordRef::new(revision, 0, 1, revision * 100, 40, op)
     }
 
+    /// A batch of `recs` whose net change of the bucket's bytes is their records'
+    /// lengths (as if they dropped nothing).
     fn batch(end: u64, recs: &[(&str, RecordRef)]) -> PendingBatch {
         PendingBatch {
             end: LogPos::new(1, end),
@@ -153,6 +155,7 @@ mod tests {
                 .map(|(k, r)| (k.as_bytes().into(), *r))
                 .collect(),
             tag: None,
+            bytes_net: recs.iter().map(|(_, r)| i64::try_from(r.len()).unwrap()).sum(),
         }
     }
 
@@ -169,7 +172,7 @@ mod tests {
             .map(|r| r.revision)
             .collect();
         assert_eq!(revs, [2, 3], "history 2 keeps the last two");
-        assert_eq!(p.put_bytes(), 40);
+        assert_eq!(p.bytes_net(), 80, "what the batches said they add");
         assert!(p.take_durable(LogPos::new(1, 199)).is_empty());
         let first = p.take_durable(LogPos::new(1, 250));
         assert_eq!(first.len(), 1);
@@ -179,7 +182,7 @@ mod tests {
         );
         assert_eq!(p.take_durable(LogPos::new(2, 0)).len(), 1);
         assert!(p.retained(b"k").is_none() && p.is_empty());
-        assert_eq!(p.put_bytes(), 0);
+        assert_eq!(p.bytes_net(), 0);
     }
 
     #[test]

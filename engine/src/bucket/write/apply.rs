@@ -20,7 +20,8 @@ use crate::prefetch;
 impl BucketCore {
     /// Makes `writes`, appended (created at `now`) where `appended` says,
     /// visible now, or once durable under `FsyncPolicy::Always`; with the
-    /// replication `tag` that ended them, if any.
+    /// replication `tag` that ended them, if any. `bytes_net`: what they change
+    /// the bytes the bucket holds by (see `Plan::bytes_net`).
     pub(super) fn apply_appended(
         &self,
         w: &mut Writer,
@@ -28,6 +29,7 @@ impl BucketCore {
         appended: Appended,
         now: u64,
         tag: Option<Arc<[u8]>>,
+        bytes_net: i64,
     ) {
         let ttl = self.config.ttl_ms();
         let mut offset = appended.offset;
@@ -51,6 +53,7 @@ impl BucketCore {
                 end: appended.end,
                 records: records.map(|(key, at)| (key.into(), at)).collect(),
                 tag,
+                bytes_net,
             };
             let history = usize::from(self.config.history);
             w.pending

@@ -187,6 +187,7 @@ impl BucketCore {
             appended,
             replica.now_ms,
             Some(Arc::from(replica.tag)),
+            0,
         );
         Ok(())
     }
@@ -220,6 +221,7 @@ impl BucketCore {
         let Plan {
             writes,
             mut results,
+            bytes_net,
         } = self.plan(ops, invalid, &w.pending, w.next_rev, mode, now)?;
         // A replicated apply logs its tag, which says the entry is applied: a write
         // that failed for a reason of this store's own (a record it could not read),
@@ -238,7 +240,14 @@ impl BucketCore {
         }
         let tag = replica.map(|r| r.tag);
         let appended = self.append_records(&mut w, &writes, mode, now, tag)?;
-        self.apply_appended(&mut w, &writes, appended, now, tag.map(Arc::from));
+        self.apply_appended(
+            &mut w,
+            &writes,
+            appended,
+            now,
+            tag.map(Arc::from),
+            bytes_net,
+        );
         wake.due = true;
         Ok((results, DurabilityTicket::new(self.id, appended.end)))
     }

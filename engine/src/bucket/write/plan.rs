@@ -46,6 +46,9 @@ pub(super) struct Plan<'a> {
     pub(super) writes: Vec<PlannedWrite<'a>>,
     /// Each write's result, in the order of the call.
     pub(super) results: Vec<Result<Written>>,
+    /// What the writes change the bytes the bucket holds by (their records, less
+    /// the older entries they drop): counted only in a bucket with max bytes.
+    pub(super) bytes_net: i64,
 }
 
 /// A key's state as a write sees it: as the index has it, or as an earlier
@@ -69,6 +72,14 @@ impl KeyState {
         match self {
             KeyState::Stored(r) => r.revision,
             KeyState::Planned { revision, .. } => *revision,
+        }
+    }
+
+    /// Bytes of its record, as the index counts them.
+    fn record_len(&self, key: &str) -> u64 {
+        match self {
+            KeyState::Stored(r) => r.len() as u64,
+            KeyState::Planned { value, .. } => record_len(key, value),
         }
     }
 
@@ -115,37 +126,45 @@ impl<'a> Overlay<'a> {
     }
 }
 
-/// The bucket's max bytes, as the writes of a call use it up.
+/// The bucket's max bytes, as the writes of a call use it up. What counts is
+/// what the bucket would hold after each write, as the index counts it: every
+/// retained record (markers too), less the older entries a write drops from
+/// retention (so a write that replaces a value needs room only for what it
+/// adds), with the earlier writes of the call and the pending ones applied.
 struct Room {
-    /// Bytes the bucket held before the call (0 when it has no limit).
+    /// Bytes the bucket holds with the call's writes so far (0 when it has no limit).
     used: u64,
-    /// Bytes the call's values add so far.
-    adding: u64,
     /// The limit; 0 for none.
     max: u64,
+    /// What the call's writes so far change `used` by.
+    net: i64,
 }
 
 impl Room {
     fn of(core: &BucketCore, pending: &Pending) -> Room {
         let max = core.config.max_bytes;
         let used = if max > 0 {
-            core.index.read().bytes() + pending.put_bytes()
+            let indexed = i64::try_from(core.index.read().bytes()).unwrap_or(i64::MAX);
+            u64::try_from(indexed.saturating_add(pending.bytes_net())).unwrap_or(0)
         } else {
             0
         };
-        Room {
-            used,
-            adding: 0,
-            max,
-        }
+        Room { used, max, net: 0 }
     }
 
-    /// Fails with [`Error::Full`] if a record of `len` bytes carrying `op`
-    /// would take the bucket over its max bytes (only values count).
-    fn check(&self, op: Op, len: u64) -> Result<()> {
-        if op == Op::Put && self.max > 0 && self.used + self.adding + len > self.max {
+    /// Whether the bucket has a limit (else nothing is counted).
+    fn limited(&self) -> bool {
+        self.max > 0
+    }
+
+    /// Fails with [`Error::Full`] if a PUT record of `len` bytes, which drops
+    /// `freed` bytes of its key's older entries, would leave the bucket over its
+    /// max bytes. DEL and PURGE are always accepted.
+    fn check(&self, op: Op, len: u64, freed: u64) -> Result<()> {
+        let rest = self.used.saturating_sub(freed);
+        if op == Op::Put && self.max > 0 && rest.saturating_add(len) > self.max {
             return Err(Error::Full {
-                used: self.used + self.adding,
+                used: rest,
                 adding: len,
                 max: self.max,
             });
@@ -153,10 +172,13 @@ impl Room {
         Ok(())
     }
 
-    /// Counts a planned record against the limit.
-    fn take(&mut self, op: Op, len: u64) {
-        if op == Op::Put {
-            self.adding += len;
+    /// Counts a planned record of `len` bytes that drops `freed` bytes.
+    fn take(&mut self, len: u64, freed: u64) {
+        if self.max > 0 {
+            self.used = self.used.saturating_sub(freed).saturating_add(len);
+            let delta =
+                i64::try_from(len).unwrap_or(i64::MAX) - i64::try_from(freed).unwrap_or(i64::MAX);
+            self.net = self.net.saturating_add(delta);
         }
     }
 }
@@ -278,6 +300,7 @@ impl BucketCore {
         let mut plan = Plan {
             writes: Vec::with_capacity(ops.len()),
             results: Vec::with_capacity(ops.len()),
+            bytes_net: 0,
         };
         for (i, (op, invalid)) in ops.iter().zip(invalid).enumerate() {
             if let Some(e) = invalid {
@@ -301,10 +324,15 @@ impl BucketCore {
                 .and_then(|value| {
                     let rop = op.record_op();
                     let len = record_len(&op.key, &value);
-                    room.check(rop, len)?;
-                    Ok((rop, value, len))
+                    let freed = if room.limited() {
+                        self.freed_by(&op.key, rop, retained, pending)
+                    } else {
+                        0
+                    };
+                    room.check(rop, len, freed)?;
+                    Ok((rop, value, len, freed))
                 });
-            let (rop, value, len) = match checked {
+            let (rop, value, len, freed) = match checked {
                 Ok(v) => v,
                 Err(e) if mode == WriteMode::Batch => return Err(batch_error(ops.len(), i, e)),
                 Err(e) => {
@@ -329,7 +357,7 @@ impl BucketCore {
                     .min(record::MAX_TIME_MS),
                 _ => 0,
             };
-            room.take(rop, len);
+            room.take(len, freed);
             if repeated.contains(op.key.as_str()) {
                 let planned = KeyState::Planned {
                     revision,
@@ -349,6 +377,7 @@ impl BucketCore {
             });
             plan.results.push(Ok(Written { revision, previous }));
         }
+        plan.bytes_net = room.net;
         Ok(plan)
     }
 
@@ -428,6 +457,28 @@ impl BucketCore {
             Some(list) => list.last().copied(),
             None => self.index.read().latest(key.as_bytes()),
         }
+    }
+
+    /// Bytes of `key`'s retained entries (as the call has left them, if it
+    /// wrote the key before: `retained`) that a new record carrying `op` drops,
+    /// by the index's retention rule: a PURGE, or a history of one, keeps only
+    /// the new entry; otherwise the last `history` are kept.
+    fn freed_by(&self, key: &str, op: Op, retained: Option<&[KeyState]>, pending: &Pending) -> u64 {
+        let lens: Vec<u64> = match retained {
+            Some(list) => list.iter().map(|s| s.record_len(key)).collect(),
+            None => self
+                .retained_for_writer(pending, key)
+                .iter()
+                .map(|r| r.len() as u64)
+                .collect(),
+        };
+        let history = usize::from(self.config.history);
+        let dropped = if op == Op::Purge || history <= 1 {
+            lens.len()
+        } else {
+            (lens.len() + 1).saturating_sub(history)
+        };
+        lens.iter().take(dropped).sum()
     }
 
     /// A key's retained entries as the writer sees them, oldest first.
