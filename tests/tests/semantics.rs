@@ -1331,6 +1331,28 @@ fn max_bytes_counts_what_a_write_replaces() {
         );
         b.sync().unwrap();
         assert_eq!(b.status().unwrap().bytes, p + rec("j", 0), "{fsync:?}");
+        // A key written twice by blind writes of one call: the second replaces what the
+        // first wrote, not the value before the call again (from a review of this fix).
+        let cfg = BucketConfig {
+            max_bytes: 2 * p,
+            history: 1,
+            ..Default::default()
+        };
+        let c = store.create_bucket("c", cfg).unwrap();
+        c.put("a", v.clone()).unwrap();
+        c.put("o", v.clone()).unwrap();
+        let (results, _) = c
+            .write_each(&[
+                WriteOp::put("a", "x"),
+                WriteOp::put("a", "x"),
+                WriteOp::put("j", v.clone()),
+            ])
+            .unwrap();
+        assert!(
+            matches!(&results[2], Err(Error::Full { used, .. })
+                if *used == rec("o", 600) + rec("a", 1)),
+            "{fsync:?}: {results:?}"
+        );
     }
 }
 

@@ -348,9 +348,21 @@ fn an_exec_past_max_output_is_refused_before_it_applies() {
         "{r:?}"
     );
     assert_eq!(c.cmd(&["GET", "k1"]), Frame::bulk(&big));
+    // One write alone is refused the same way (it answered -ERR, not -ABORTED).
+    let bigger = "z".repeat(5000);
+    assert_eq!(c.cmd(&["PUT", "k4", &bigger]), Frame::Int(3));
+    assert_eq!(c.cmd(&["MULTI"]), Frame::ok());
+    c.cmd(&["SET", "k4", "new", "GET"]);
+    let r = c.cmd(&["EXEC"]);
+    assert!(
+        r.message().starts_with("ABORTED 0 ERR the result holds"),
+        "{r:?}"
+    );
+    // Nothing applied: revision 3 is still k4's latest.
+    assert_eq!(c.cmd(&["UPDATE", "k4", "x", "3"]), Frame::Int(4));
     // Within the limit, but its reply (with the array's framing) is not: sent whole.
     let under = "y".repeat(4090);
-    assert_eq!(c.cmd(&["PUT", "k3", &under]), Frame::Int(3));
+    assert_eq!(c.cmd(&["PUT", "k3", &under]), Frame::Int(5));
     assert_eq!(c.cmd(&["MULTI"]), Frame::ok());
     c.cmd(&["SET", "k3", "new", "GET"]);
     assert_eq!(c.cmd(&["EXEC"]), Frame::Array(vec![Frame::bulk(&under)]));

@@ -155,7 +155,10 @@ mod tests {
                 .map(|(k, r)| (k.as_bytes().into(), *r))
                 .collect(),
             tag: None,
-            bytes_net: recs.iter().map(|(_, r)| i64::try_from(r.len()).unwrap()).sum(),
+            bytes_net: recs
+                .iter()
+                .map(|(_, r)| i64::try_from(r.len()).unwrap())
+                .sum(),
         }
     }
 

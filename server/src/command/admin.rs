@@ -14,9 +14,10 @@ use crate::encode::{self, engine_error};
 use crate::protocol::{Reply, RespVersion};
 use crate::secret::same_secret;
 use crate::session::Session;
+use crate::shared::Shared;
 
 /// COMPACT, in one place: a compaction pass over `bucket`, then `+OK`.
-fn compact_bucket(bucket: &Bucket) -> Reply {
+fn compact_bucket(shared: &Shared, bucket: &Bucket) -> Reply {
     match bucket.compact() {
         Ok(report) => {
             info!(
@@ -27,7 +28,11 @@ fn compact_bucket(bucket: &Bucket) -> Reply {
             );
             Reply::ok()
         }
-        Err(e) => engine_error(&e),
+        Err(e) => {
+            // A failed fsync poisons the log: the server is unhealthy.
+            shared.health.observe(&e);
+            engine_error(&e)
+        }
     }
 }
 
@@ -174,7 +179,10 @@ pub(crate) fn sync(s: &mut Session) -> Flow {
 /// `COMPACT`: a compaction pass over the current bucket.
 pub(crate) fn compact(s: &mut Session) -> Flow {
     match s.live_bucket() {
-        Ok(bucket) => Flow::Blocking(Box::new(move || compact_bucket(&bucket))),
+        Ok(bucket) => {
+            let shared = Arc::clone(&s.shared);
+            Flow::Blocking(Box::new(move || compact_bucket(&shared, &bucket)))
+        }
         Err(e) => Flow::Blocking(Box::new(move || engine_error(&e))),
     }
 }

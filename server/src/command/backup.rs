@@ -1,6 +1,7 @@
 //! `BACKUP name` and `BACKUP STREAM`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use logkv::Checkpoint;
@@ -49,13 +50,18 @@ impl Backup {
                          logkv-server backup --from HOST:PORT --to DIR, which streams it)",
                     ));
                 };
+                let shared = Arc::clone(&s.shared);
                 Ok(Flow::Blocking(Box::new(move || {
                     match store.checkpoint(dir.join(&name)) {
                         Ok(cp) => {
                             tracing::info!(path = %cp.path.display(), bytes = cp.bytes, linked = cp.linked_bytes, "backup written");
                             reply(&cp)
                         }
-                        Err(e) => engine_error(&e),
+                        Err(e) => {
+                            // Its wait for durability may find a poisoned log.
+                            shared.health.observe(&e);
+                            engine_error(&e)
+                        }
                     }
                 })))
             }

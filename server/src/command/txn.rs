@@ -33,6 +33,7 @@ fn is_per_write(e: &Error) -> bool {
             | Error::WrongRevision { .. }
             | Error::Mismatch
             | Error::NotFound
+            | Error::ReadTooLarge { .. }
     )
 }
 

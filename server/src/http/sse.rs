@@ -77,7 +77,7 @@ pub(crate) async fn watch(
         let last: u64 = last
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|v| crate::command::args::decimal(v.trim().as_bytes()))
             .ok_or_else(|| ApiError::bad_arg("Last-Event-ID is not a revision"))?;
         opts.from_revision = Some(last.saturating_add(1));
     }

@@ -207,10 +207,11 @@ fn batch_error(writes: usize, index: usize, e: Error) -> Error {
 }
 
 /// The keys that more than one write of `ops` touches, if a write of `ops` looks at its
-/// key's state (else none: nothing reads what an earlier write left).
-fn keys_written_again(ops: &[WriteOp]) -> HashSet<&str> {
+/// key's state, or if `counted` (the bucket has max bytes: each write counts what it
+/// drops from its key's entries); else none: nothing reads what an earlier write left.
+fn keys_written_again(ops: &[WriteOp], counted: bool) -> HashSet<&str> {
     let mut again = HashSet::new();
-    if ops.len() < 2 || ops.iter().all(WriteOp::is_blind) {
+    if ops.len() < 2 || !counted && ops.iter().all(WriteOp::is_blind) {
         return again;
     }
     let mut seen = HashSet::with_capacity(ops.len());
@@ -282,7 +283,7 @@ impl BucketCore {
         // the same call touched: the overlay, and the index searches that fill it, are kept
         // for the keys written more than once (none in a pipeline of SETs, or of UPDATEs of
         // distinct keys).
-        let repeated = keys_written_again(ops);
+        let repeated = keys_written_again(ops, self.config.max_bytes > 0);
         let mut overlay = Overlay {
             keys: HashMap::new(),
             history: usize::from(self.config.history),
@@ -521,16 +522,20 @@ mod tests {
     use crate::{FsyncPolicy, ManualClock, Options, Store};
 
     /// The overlay is kept only for keys a call writes twice, and only when some write of
-    /// the call reads its key's state.
+    /// the call reads its key's state, or the bucket counts its bytes.
     #[test]
     fn only_keys_written_again_by_a_reading_call_get_an_overlay() {
         let keys = |ops: &[WriteOp]| {
-            let mut k: Vec<&str> = keys_written_again(ops).into_iter().collect();
+            let mut k: Vec<&str> = keys_written_again(ops, false).into_iter().collect();
             k.sort_unstable();
             k.join(",")
         };
         let puts = [WriteOp::put("a", "1"), WriteOp::put("a", "2")];
         assert_eq!(keys(&puts), "", "blind writes read nothing");
+        assert!(
+            keys_written_again(&puts, true).contains("a"),
+            "a write in a bucket with max bytes counts what the earlier one left"
+        );
         let distinct = [
             WriteOp::update("a", "1", 1),
             WriteOp::update("b", "1", 2),
