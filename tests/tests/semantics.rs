@@ -1356,6 +1356,45 @@ fn max_bytes_counts_what_a_write_replaces() {
     }
 }
 
+/// Under `always`, a write still pending (appended, not yet durable) that pushes an
+/// aged entry out of its key's history has counted it as freed; the sweep's age-out
+/// dropped that entry from the index too, so the bucket's bytes were counted short
+/// and a PUT past max bytes was accepted (on a replica, an answer that depended on
+/// when the fsync ran). The age-out now waits for the pending writes. From a review.
+#[test]
+fn an_age_out_does_not_free_what_a_pending_write_frees() {
+    let clock = ManualClock::new(T0);
+    let opts = Options {
+        fsync: FsyncPolicy::Always,
+        ..clock_opts(&clock)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts).unwrap();
+    let v = vec![b'v'; 100];
+    let (p, j) = (rec("k", 100), rec("j", 100));
+    let cfg = BucketConfig {
+        history: 2,
+        ttl: Some(Duration::from_secs(1)),
+        max_bytes: 2 * p + j - 1,
+        ..Default::default()
+    };
+    let b = store.create_bucket("b", cfg).unwrap();
+    b.put("k", v.clone()).unwrap();
+    clock.advance(600);
+    b.put("k", v.clone()).unwrap();
+    clock.advance(500); // the first is past the max age, not swept yet
+    let (results, _) = b.write_each(&[WriteOp::put("k", v.clone())]).unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    assert_eq!(b.sweep_expired().unwrap(), 0);
+    let (results, _) = b.write_each(&[WriteOp::put("j", v.clone())]).unwrap();
+    assert!(
+        matches!(&results[0], Err(Error::Full { used, .. }) if *used == 2 * p),
+        "{results:?}"
+    );
+    b.sync().unwrap();
+    assert_eq!(b.status().unwrap().bytes, 2 * p);
+}
+
 #[test]
 fn max_bytes_space_returns_after_aging() {
     let env = Env::new();

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::MutexGuard;
+
 use super::query::{Deleter, WALK_CHUNK};
 use super::write::Replica;
-use super::BucketCore;
+use super::{BucketCore, Writer};
 use crate::entry::{BucketStats, BucketStatus, Op, WriteOp};
 use crate::error::Result;
 use crate::log::segment::{Segment, SegmentId};
@@ -368,6 +370,25 @@ impl BucketCore {
         Ok(Some(coverage))
     }
 
+    /// The writer lock, once every write appended is visible (synced and
+    /// published if need be). `None` if new writes keep coming (a local store
+    /// under load); a replica's one writer is the applier that asks, so there
+    /// it always comes.
+    fn writer_with_nothing_pending(&self) -> Result<Option<MutexGuard<'_, Writer>>> {
+        for attempt in 0.. {
+            let w = self.writer.lock();
+            if w.pending.is_empty() {
+                return Ok(Some(w));
+            }
+            drop(w);
+            if attempt >= 2 && !self.replicated {
+                return Ok(None);
+            }
+            self.sync()?;
+        }
+        Ok(None)
+    }
+
     /// Drops from the index the oldest entries of each key that are past the
     /// bucket's max age. Older entries are always older, so this only ever cuts
     /// a prefix of a key's history — the same cut recovery makes.
@@ -402,6 +423,13 @@ impl BucketCore {
                     }
                 }
                 if !aged.is_empty() {
+                    // Under the writer lock, with nothing pending: a pending write
+                    // that drops one of these entries from retention has counted it
+                    // as freed for the bucket's max bytes, and a write planned against
+                    // the index before the age-out would count it too.
+                    let Some(_w) = self.writer_with_nothing_pending()? else {
+                        return Ok(()); // writers keep coming: the next sweep does it
+                    };
                     let mut ix = self.index.write();
                     let mut removed = Vec::new();
                     for (k, revs) in &aged {
