@@ -118,7 +118,8 @@ impl Model {
         let (op, value) = match &p.kind {
             Kind::Create if live.is_some() => return Err(Refused::Exists),
             Kind::Put | Kind::Create => (Op::Put, p.value.clone()),
-            Kind::Update(e) => {
+            // Revision 0 is the latest of a key with no entry, for both.
+            Kind::Update(e) | Kind::DeleteAt(e) => {
                 let ok = if *e == 0 {
                     !has_entry
                 } else {
@@ -130,18 +131,13 @@ impl Model {
                         latest,
                     });
                 }
-                (Op::Put, p.value.clone())
+                if matches!(p.kind, Kind::Update(_)) {
+                    (Op::Put, p.value.clone())
+                } else {
+                    (Op::Del, Vec::new())
+                }
             }
             Kind::Delete => (Op::Del, Vec::new()),
-            Kind::DeleteAt(e) => {
-                if *e == 0 || !has_entry || *e != latest {
-                    return Err(Refused::WrongRevision {
-                        expected: *e,
-                        latest,
-                    });
-                }
-                (Op::Del, Vec::new())
-            }
             Kind::Purge => (Op::Purge, Vec::new()),
             Kind::Cas(expected) => {
                 if live != expected.as_deref() {
