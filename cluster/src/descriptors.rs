@@ -49,6 +49,12 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
         if let Some(engine) = err.downcast_ref::<logkv::Error>() {
             return engine.is_out_of_descriptors();
         }
+        if let Some(raft_log) = err.downcast_ref::<crate::raftlog::LogIoError>() {
+            return raft_log
+                .os_error()
+                .raw_os_error()
+                .is_some_and(is_shortage_code);
+        }
         if let Some(code) = err
             .downcast_ref::<io::Error>()
             .and_then(io::Error::raw_os_error)

@@ -156,14 +156,21 @@ fn save<T: Serialize>(storage: &Storage, path: &Path, value: T) -> io::Result<()
     logkv::fsutil::write_atomic(storage, path, &checked(&bytes)).map_err(to_io)
 }
 
-/// A failed call on a file of the Raft log. It keeps the operating system's error (and
-/// so its code: [`crate::descriptors::out_of_descriptors`] looks for it).
+/// A failed call on a file of the Raft log. It keeps the operating system's error, and so
+/// its code ([`crate::descriptors::out_of_descriptors`] looks for it), in its message
+/// rather than as its source (openraft prints the source again after the message).
 #[derive(Debug, thiserror::Error)]
-#[error("Raft log {}: {source}", path.display())]
-struct LogIoError {
+#[error("Raft log {}: {os}", path.display())]
+pub(crate) struct LogIoError {
     path: PathBuf,
-    #[source]
-    source: io::Error,
+    os: io::Error,
+}
+
+impl LogIoError {
+    /// The operating system's error.
+    pub(crate) fn os_error(&self) -> &io::Error {
+        &self.os
+    }
 }
 
 /// An engine error as an I/O error; corruption names the file and offset.
@@ -178,7 +185,7 @@ fn to_io(e: logkv::Error) -> io::Error {
             path.display()
         )),
         logkv::Error::Io { path, source } => {
-            io::Error::new(source.kind(), LogIoError { path, source })
+            io::Error::new(source.kind(), LogIoError { path, os: source })
         }
         other => io::Error::other(format!("Raft log: {other}")),
     }
