@@ -10,11 +10,13 @@
 //! - [`sm`]: the state machine: entries applied to the store, snapshots.
 //! - [`net`]: the node-to-node links.
 //! - [`node`]: a running node and what the server asks of it.
+//! - [`descriptors`]: storage calls that wait out a shortage of file descriptors.
 //! - [`testing`]: an in-memory network that cuts, partitions and delays links, for tests.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod command;
+pub mod descriptors;
 mod fsutil;
 pub mod net;
 pub mod node;

@@ -6,6 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use logkv_cluster::command::{Command, Op, OpError, Response};
 use logkv_cluster::ClusterError;
 use support::{contents, put, revision, write_retrying, TestCluster};
@@ -342,4 +344,60 @@ async fn concurrent_pipelines_each_get_their_own_results() {
         assert_eq!(contents(n), on_leader, "node {}", n.id());
     }
     c.shutdown().await;
+}
+
+/// A leader stopped by a storage error (its `snapshots/` directory replaced by a file, so
+/// the snapshot after 20 entries fails) still names itself the leader. A write sent to it,
+/// or forwarded to it by a follower, is refused as nothing applied (NOLEADER, "this node
+/// stopped"), not reported in doubt: before, `client_write` on the stopped Raft returned
+/// Fatal, answered INDOUBT, although nothing was proposed. Its `failed()` reports why; the
+/// others elect a leader and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_stopped_former_leader_are_refused_as_nothing_applied() {
+    let c = TestCluster::start(3, 20).await;
+    let leader = c.leader().await;
+    let follower = c.follower(leader);
+    let snapshots = c.data_dir(leader).join("snapshots");
+    std::fs::remove_dir_all(&snapshots).unwrap();
+    std::fs::write(&snapshots, b"not a directory").unwrap();
+    let stopped = c.node(leader).clone();
+    let why = tokio::spawn(async move { stopped.failed().await });
+    // Writes until the snapshot is due and fails (the last ones may be in doubt).
+    let mut i = 0;
+    while c.node(leader).failure().is_none() {
+        assert!(i < 200, "the leader did not stop");
+        let _ = c.node(leader).write(put(&format!("k{i}"), "v")).await;
+        i += 1;
+    }
+    let why = why.await.unwrap();
+    assert!(why.contains("Write Snapshot"), "{why}");
+    assert_eq!(
+        c.node(leader).leader(),
+        Some(leader),
+        "it still names itself"
+    );
+
+    match c.node(leader).write(put("late", "x")).await {
+        Err(ClusterError::NoLeader(m)) => {
+            assert!(
+                m.contains("this node stopped") && m.contains("nothing was applied"),
+                "{m}"
+            );
+        }
+        other => panic!("a write on the stopped node: {other:?}"),
+    }
+    match c.node(leader).read_barrier().await {
+        Err(ClusterError::NoLeader(m)) => assert!(m.contains("this node stopped"), "{m}"),
+        other => panic!("a read barrier on the stopped node: {other:?}"),
+    }
+    // A follower that still forwards to it is refused as nothing applied and retries,
+    // until the others have elected a leader that takes the write.
+    let r = write_retrying(c.node(follower), put("after", "y")).await;
+    assert!(revision(&r) > 0);
+    assert_ne!(c.node(follower).leader(), Some(leader));
+    // A node shut down has not failed: what a server waits on to exit never completes.
+    let other = c.node(follower).clone();
+    c.shutdown().await;
+    assert!(other.failure().is_some(), "shut down");
+    assert_eq!(other.failed().now_or_never(), None);
 }

@@ -247,10 +247,22 @@ impl Server {
         });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        // A cluster node whose Raft stopped on a storage error serves nothing more: the
+        // server shuts down as for a signal, and exits with the error (fail-stop).
+        let mut node_failed = Box::pin(crate::cluster::failed(shared.cluster.clone()));
+        let mut stopped_node = None;
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                why = &mut node_failed => {
+                    error!(
+                        "the cluster node stopped: {why}; shutting down (restart it, or \
+                         replace it from the others: see docs/CLUSTER.md)"
+                    );
+                    stopped_node = Some(why);
+                    break;
+                }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done {
                         if e.is_panic() {
@@ -272,6 +284,7 @@ impl Server {
             }
         }
 
+        drop(node_failed);
         shared.health.stopping();
         info!(
             connections = shared.stats.connections.load(Ordering::Relaxed),
@@ -291,7 +304,16 @@ impl Server {
             );
             tasks.shutdown().await;
         }
-        close(shared).await
+        let closed = close(shared).await;
+        match stopped_node {
+            Some(why) => {
+                if let Err(e) = closed {
+                    error!("{e}");
+                }
+                Err(crate::cluster::stopped_error(&why))
+            }
+            None => closed,
+        }
     }
 }
 

@@ -57,6 +57,15 @@ impl From<Outcome> for ClusterError {
     }
 }
 
+/// Why a node that stopped (on a storage error, or shut down) refuses a request: nothing
+/// was applied; a client goes to another node.
+pub(crate) fn stopped(why: &str) -> String {
+    format!(
+        "this node stopped: {why}; nothing was applied (send it to another node; this one \
+         must be restarted or replaced)"
+    )
+}
+
 fn no_leader(waited: Duration) -> ClusterError {
     ClusterError::NoLeader(format!(
         "no leader with a quorum within {}ms; nothing was applied, retry",
@@ -159,6 +168,11 @@ impl ClusterNode {
     /// Serves `req` here if this node leads, else sends it to the leader; retries while there
     /// is no leader (or the one found is not it any more) for up to `leader_wait`.
     pub(crate) async fn forward(&self, req: Forward) -> Result<Outcome, ClusterError> {
+        // A stopped leader still names itself the leader: its requests would fail in Raft,
+        // and a write so failed would be reported in doubt, though nothing was proposed.
+        if let Some(why) = self.failure() {
+            return Err(ClusterError::NoLeader(stopped(&why)));
+        }
         let started = Instant::now();
         let wait = self.inner.cfg.leader_wait;
         loop {
@@ -219,6 +233,9 @@ impl ClusterNode {
 
     /// Serves a forwarded request on this node, which believes it leads.
     pub(crate) async fn serve_forward(&self, req: Forward) -> Outcome {
+        if let Some(why) = self.failure() {
+            return Outcome::NoLeader(stopped(&why));
+        }
         match req {
             Forward::Write(command) => self.propose_grouping(command).await,
             Forward::ReadIndex => self.read_index().await,
@@ -251,6 +268,11 @@ impl ClusterNode {
         let raft = &self.inner.raft;
         let started = Instant::now();
         loop {
+            // Stopped before this attempt: nothing of it reached Raft. (A Fatal that comes
+            // back from an attempt made while the node ran leaves the write in doubt.)
+            if let Some(why) = self.failure() {
+                return Outcome::NoLeader(stopped(&why));
+            }
             let proposal = Proposal::shared(logkv::SystemClock.now_ms(), Arc::clone(&command));
             let written =
                 tokio::time::timeout(self.inner.cfg.write_timeout, raft.client_write(proposal))
@@ -286,7 +308,10 @@ impl ClusterNode {
                 }
                 Ok(Err(RaftError::APIError(other))) => return Outcome::Failed(other.to_string()),
                 Ok(Err(RaftError::Fatal(f))) => {
-                    return Outcome::InDoubt(format!("the node stopped: {f}"))
+                    return Outcome::InDoubt(format!(
+                        "the node stopped while the write was proposed: {f}; check with ENTRY \
+                         on another node"
+                    ))
                 }
             }
         }
@@ -295,6 +320,9 @@ impl ClusterNode {
     async fn read_index(&self) -> Outcome {
         let started = Instant::now();
         loop {
+            if let Some(why) = self.failure() {
+                return Outcome::NoLeader(stopped(&why));
+            }
             match self
                 .inner
                 .raft

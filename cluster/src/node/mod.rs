@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{InitializeError, RaftError};
+use openraft::errors::{Fatal, InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -350,11 +350,36 @@ impl ClusterNode {
         self.inner.log.fsyncs()
     }
 
-    /// Whether the node stopped on a fatal error (a failed disk): it serves nothing more.
+    /// Whether the node stopped on a fatal error (a failed disk), or was shut down: it
+    /// serves nothing more. Its proposals and reads are refused at once
+    /// ([`ClusterError::NoLeader`], nothing applied), and so are snapshots sent to it; a
+    /// server exits when this happens (see [`ClusterNode::failed`]).
     pub fn failure(&self) -> Option<String> {
         match &self.inner.raft.metrics().borrow_watched().running_state {
             Ok(()) => None,
             Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Completes once the node's Raft stops on an error (a storage failure, a panic), with
+    /// the reason; never if it runs on or is shut down ([`ClusterNode::shutdown`]).
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_watched().running_state {
+                if !matches!(e, Fatal::Stopped) {
+                    return e.to_string();
+                }
+            }
+            if rx.changed().await.is_err() {
+                // Raft is gone; its last word was read above.
+                if let Err(e) = &rx.borrow_watched().running_state {
+                    if !matches!(e, Fatal::Stopped) {
+                        return e.to_string();
+                    }
+                }
+                return std::future::pending().await;
+            }
         }
     }
 

@@ -86,6 +86,13 @@ impl Handler for NodeHandler {
             let Some(n) = node.upgrade() else {
                 return stopped();
             };
+            // A node whose Raft stopped could only fail the install, after the whole
+            // transfer: refused before a byte of it is read.
+            if let Some(why) = (ClusterNode { inner: n.clone() }).failure() {
+                return Reply::Snapshot(Err(format!(
+                    "refusing a snapshot: this node stopped: {why}"
+                )));
+            }
             let dir = match n.sm.scratch() {
                 Ok(d) => d,
                 Err(e) => return Reply::Snapshot(Err(e.to_string())),
@@ -268,6 +275,55 @@ mod tests {
         let err = receive(&dir, &s.info, rx).await.unwrap_err();
         assert!(err.contains("gone"), "{err}");
         assert!(dir.info().is_err(), "no info: not a snapshot");
+    }
+
+    /// A node whose Raft stopped on a storage error refuses a snapshot sent to it before
+    /// reading any of it. Before, it received the whole transfer, then failed the install.
+    /// (The node is stopped by a snapshot of its own that cannot be written: its
+    /// `snapshots/` directory is a file for a while.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_node_refuses_a_snapshot_before_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = crate::testing::MemNet::new();
+        let mut cfg = crate::node::NodeConfig::new(1, "mem-1", dir.path());
+        cfg.initial_members = std::collections::BTreeMap::from([(1, "mem-1".to_string())]);
+        cfg.snapshot_every = 5;
+        let node = ClusterNode::start(cfg, net.transport()).await.unwrap();
+        let snapshots = dir.path().join("snapshots");
+        std::fs::remove_dir_all(&snapshots).unwrap();
+        std::fs::write(&snapshots, b"not a directory").unwrap();
+        let mut i = 0;
+        while node.failure().is_none() {
+            assert!(i < 100, "the node did not stop");
+            let put = crate::command::Command::Write {
+                bucket: "default".into(),
+                atomic: false,
+                ops: vec![crate::command::Op::put(format!("k{i}"), "v".to_string())],
+            };
+            let _ = node.write(put).await;
+            i += 1;
+        }
+        // A directory to receive in again: only the stop refuses the snapshot now.
+        std::fs::remove_file(&snapshots).unwrap();
+        std::fs::create_dir(&snapshots).unwrap();
+
+        let s = sample();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Chunk::Data(s.bytes.clone())).await.unwrap();
+        tx.send(Chunk::End).await.unwrap();
+        let reply = NodeHandler::new(&node)
+            .snapshot(2, Vote::new(9, 2), s.info.clone(), rx)
+            .await;
+        match reply {
+            Reply::Snapshot(Err(e)) => {
+                assert!(
+                    e.starts_with("refusing a snapshot: this node stopped"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        node.shutdown().await;
     }
 
     /// A sender that goes silent with its stream still open (its link kept up by other

@@ -6,6 +6,11 @@
 //! position queued, then completes every callback that wait covered, in order. Appends that
 //! arrive during one fdatasync are covered by the next: concurrent proposals share fsyncs,
 //! and openraft never counts an entry before it is on stable storage.
+//!
+//! A wait that fails because the sync found no file descriptor (it ran no fsync, and the
+//! log is not poisoned) keeps its callbacks and waits again, for up to
+//! [`crate::descriptors::PATIENCE`]: openraft stops the node on an append that fails.
+//! Any other failure fails the callbacks at once.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,6 +20,7 @@ use logkv::log::{Log, LogPos};
 use openraft::storage::IOFlushed;
 use parking_lot::{Condvar, Mutex};
 
+use crate::descriptors::{Backoff, PATIENCE};
 use crate::types::C;
 
 /// When appends are acknowledged to openraft.
@@ -62,10 +68,32 @@ struct Inner {
     wake: Condvar,
 }
 
+/// What the acknowledging thread waits on: the engine's log (a stand-in in tests).
+pub(crate) trait Durability: Send + Sync + 'static {
+    /// Waits until everything below `pos` is durable.
+    fn wait_durable(&self, pos: LogPos) -> logkv::Result<()>;
+    /// Makes everything written durable.
+    fn sync(&self) -> logkv::Result<()>;
+    /// Fails if a sync has failed (the log is poisoned).
+    fn check(&self) -> logkv::Result<()>;
+}
+
+impl Durability for Log {
+    fn wait_durable(&self, pos: LogPos) -> logkv::Result<()> {
+        Log::wait_durable(self, pos)
+    }
+    fn sync(&self) -> logkv::Result<()> {
+        Log::sync(self)
+    }
+    fn check(&self) -> logkv::Result<()> {
+        Log::check(self)
+    }
+}
+
 /// The acknowledging thread and its queue.
 pub struct Acks {
     inner: Arc<Inner>,
-    log: Arc<Log>,
+    log: Arc<dyn Durability>,
     mode: FsyncMode,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -73,6 +101,10 @@ pub struct Acks {
 impl Acks {
     /// Starts the thread for `log`.
     pub fn start(log: Arc<Log>, mode: FsyncMode) -> std::io::Result<Acks> {
+        Acks::start_on(log, mode)
+    }
+
+    fn start_on(log: Arc<dyn Durability>, mode: FsyncMode) -> std::io::Result<Acks> {
         let inner = Arc::new(Inner {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -80,7 +112,7 @@ impl Acks {
         let (worker, worker_log) = (Arc::clone(&inner), Arc::clone(&log));
         let thread = std::thread::Builder::new()
             .name("logkv-raft-ack".into())
-            .spawn(move || run(&worker, &worker_log, mode))?;
+            .spawn(move || run(&worker, &*worker_log, mode))?;
         Ok(Acks {
             inner,
             log,
@@ -118,7 +150,7 @@ impl Drop for Acks {
     }
 }
 
-fn run(inner: &Inner, log: &Log, mode: FsyncMode) {
+fn run(inner: &Inner, log: &dyn Durability, mode: FsyncMode) {
     let period = match mode {
         FsyncMode::Interval(d) => Some(d),
         _ => None,
@@ -138,15 +170,29 @@ fn run(inner: &Inner, log: &Log, mode: FsyncMode) {
             }
             (std::mem::take(&mut q.callbacks), q.upto, q.stop)
         };
-        let result = match mode {
-            FsyncMode::Always => log.wait_durable(upto),
-            FsyncMode::Interval(_) => log.sync(),
-            FsyncMode::Never => Ok(()),
+        // A sync that could not open its file (no descriptor) ran no fsync and did not
+        // poison the log: the callbacks stay here and the thread waits again. Given up
+        // at shutdown, or once the patience is spent.
+        let mut backoff = Backoff::new(PATIENCE);
+        let result = loop {
+            let synced = match mode {
+                FsyncMode::Always => log.wait_durable(upto),
+                FsyncMode::Interval(_) => log.sync(),
+                FsyncMode::Never => Ok(()),
+            };
+            match synced {
+                Err(e) if e.is_out_of_descriptors() && !inner.queue.lock().stop => {
+                    match backoff.next(&"acknowledging Raft log appends", &e) {
+                        Some(pause) => std::thread::sleep(pause),
+                        None => break Err(e),
+                    }
+                }
+                done => break done,
+            }
         }
         .map_err(|e| e.to_string());
         if let Err(why) = &result {
-            // A failed fsync also poisons the log; a sync that could not open its
-            // file (no descriptor) does not, but openraft stops the node either way.
+            // A failed fsync also poisons the log; openraft stops the node.
             tracing::error!("the Raft log failed to sync: {why}; the entries waiting for it are not acknowledged");
         }
         for cb in callbacks {
@@ -155,5 +201,92 @@ fn run(inner: &Inner, log: &Log, mode: FsyncMode) {
         if stop {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use openraft::async_runtime::Oneshot;
+    use openraft_rt_tokio::TokioOneshot;
+
+    use super::*;
+
+    /// A log whose waits fail with the errors queued, then succeed.
+    #[derive(Default)]
+    struct Failing {
+        errors: parking_lot::Mutex<Vec<logkv::Error>>,
+        waits: std::sync::atomic::AtomicU32,
+    }
+
+    impl Failing {
+        fn with(errors: Vec<logkv::Error>) -> Arc<Failing> {
+            Arc::new(Failing {
+                errors: parking_lot::Mutex::new(errors),
+                ..Failing::default()
+            })
+        }
+    }
+
+    impl Durability for Failing {
+        fn wait_durable(&self, _pos: LogPos) -> logkv::Result<()> {
+            self.waits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.errors.lock().pop().map_or(Ok(()), Err)
+        }
+        fn sync(&self) -> logkv::Result<()> {
+            self.wait_durable(LogPos::default())
+        }
+        fn check(&self) -> logkv::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn io_error(code: i32) -> logkv::Error {
+        logkv::Error::Io {
+            path: PathBuf::from("00000001-0.seg"),
+            source: std::io::Error::from_raw_os_error(code),
+        }
+    }
+
+    /// What an append's callback is told by the thread waiting on `log`, and how many
+    /// waits that took.
+    async fn acknowledged(log: &Arc<Failing>) -> (Result<(), std::io::Error>, u32) {
+        let acks =
+            Acks::start_on(Arc::clone(log) as Arc<dyn Durability>, FsyncMode::Always).unwrap();
+        let (tx, rx) = TokioOneshot::channel();
+        acks.submit(IOFlushed::signal(tx), LogPos::new(1, 100));
+        let told = rx.await.unwrap();
+        // Before the stop, which syncs once more.
+        let waits = log.waits.load(std::sync::atomic::Ordering::SeqCst);
+        acks.stop();
+        (told, waits)
+    }
+
+    /// A sync that found no descriptor (the engine's wait fails with EMFILE, having run no
+    /// fsync) keeps the callbacks and waits again; before, they were failed at once and
+    /// openraft stopped the node for good.
+    #[tokio::test]
+    async fn a_sync_short_of_descriptors_is_waited_out_before_acknowledging() {
+        let log = Failing::with(vec![
+            io_error(libc::ENFILE),
+            logkv::Error::in_doubt(io_error(libc::EMFILE)),
+        ]);
+        let (told, waits) = acknowledged(&log).await;
+        told.expect("acknowledged once a descriptor was found");
+        assert_eq!(waits, 3);
+    }
+
+    /// Any other failure (a failed fsync) fails the waiting callbacks at once.
+    #[tokio::test]
+    async fn a_failed_sync_fails_the_callbacks_at_once() {
+        let log = Failing::with(vec![logkv::Error::Poisoned {
+            reason: "EIO".into(),
+            path: PathBuf::from("00000001-0.seg"),
+        }]);
+        let (told, waits) = acknowledged(&log).await;
+        let told = told.expect_err("not acknowledged");
+        assert!(told.to_string().contains("EIO"), "{told}");
+        assert_eq!(waits, 1);
     }
 }

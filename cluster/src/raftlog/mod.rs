@@ -25,6 +25,9 @@
 //!   before it hears from a leader; a stale one only delays that, and one past the log's
 //!   end (the entries it names were lost in a power cut) is cut back to the log's end at
 //!   open.
+//! - **No descriptor left** (`EMFILE`, `ENFILE`): saving the vote or the purge point, and
+//!   starting a segment, wait for one (up to [`crate::descriptors::PATIENCE`]) rather than
+//!   fail, which would stop the node for good; so does the [`ack`] thread's sync.
 //! - **Open** is the engine's recovery: a torn tail of the last segment past its durability
 //!   mark is cut (and logged); damage anywhere else, an index out of sequence or a leader id
 //!   going backwards is corruption and the log refuses to open, naming the file and offset.
@@ -55,6 +58,7 @@ pub use ack::FsyncMode;
 use recent::Recent;
 use replay::Replay;
 
+use crate::descriptors::{retry_async, retry_engine};
 use crate::fsutil::{checked, invalid, read_checked, SlotFile};
 use crate::types::{Entry, LogId, Vote, C};
 
@@ -152,6 +156,23 @@ fn save<T: Serialize>(storage: &Storage, path: &Path, value: T) -> io::Result<()
     logkv::fsutil::write_atomic(storage, path, &checked(&bytes)).map_err(to_io)
 }
 
+/// A failed call on a file of the Raft log. It keeps the operating system's error, and so
+/// its code ([`crate::descriptors::out_of_descriptors`] looks for it), in its message
+/// rather than as its source (openraft prints the source again after the message).
+#[derive(Debug, thiserror::Error)]
+#[error("Raft log {}: {os}", path.display())]
+pub(crate) struct LogIoError {
+    path: PathBuf,
+    os: io::Error,
+}
+
+impl LogIoError {
+    /// The operating system's error.
+    pub(crate) fn os_error(&self) -> &io::Error {
+        &self.os
+    }
+}
+
 /// An engine error as an I/O error; corruption names the file and offset.
 fn to_io(e: logkv::Error) -> io::Error {
     match e {
@@ -163,10 +184,9 @@ fn to_io(e: logkv::Error) -> io::Error {
             "corrupt Raft log {} at offset {offset}: {reason}",
             path.display()
         )),
-        logkv::Error::Io { path, source } => io::Error::new(
-            source.kind(),
-            format!("Raft log {}: {source}", path.display()),
-        ),
+        logkv::Error::Io { path, source } => {
+            io::Error::new(source.kind(), LogIoError { path, os: source })
+        }
         other => io::Error::other(format!("Raft log: {other}")),
     }
 }
@@ -388,8 +408,14 @@ impl LogStore {
                 buf.clear();
             }
             if buf.is_empty() {
-                // A new segment may start here: records carry its salt.
-                salt = log.reserve(&mut st.app, len, rev - 1, rev).map_err(to_io)?;
+                // A new segment may start here: records carry its salt. Starting one needs
+                // descriptors (its file, the directory); a rotation that found none changed
+                // nothing and is tried again (the thread waits: it holds the log).
+                let app = &mut st.app;
+                salt = retry_engine(&"starting a Raft log segment", || {
+                    log.reserve(app, len, rev - 1, rev)
+                })
+                .map_err(to_io)?;
             }
             pending.push((
                 buf.len() as u64,
@@ -527,7 +553,13 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        save(&self.shared.storage, &self.shared.dir.join(VOTE_FILE), vote)?;
+        // Saving the same vote again is harmless: a save that found no descriptor (for the
+        // temp file, or the directory's sync after the rename) waits for one.
+        let path = self.shared.dir.join(VOTE_FILE);
+        retry_async("saving the vote", || async {
+            save(&self.shared.storage, &path, vote)
+        })
+        .await?;
         self.shared.state.lock().vote = Some(*vote);
         Ok(())
     }
@@ -580,11 +612,12 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        save(
-            &self.shared.storage,
-            &self.shared.dir.join(PURGED_FILE),
-            log_id,
-        )?;
+        // As the vote: saved again until a descriptor is found (or the patience is spent).
+        let path = self.shared.dir.join(PURGED_FILE);
+        retry_async("saving the purge point", || async {
+            save(&self.shared.storage, &path, log_id)
+        })
+        .await?;
         let mut guard = self.shared.state.lock();
         let st = &mut *guard;
         st.purged = Some(log_id);

@@ -41,6 +41,7 @@ use super::applier::{Applied, Applier};
 use super::cell::StoreCell;
 use super::clock::ApplyClock;
 use crate::command::{Command, OpError, Response, WrittenData};
+use crate::descriptors::retry_engine;
 use crate::fsutil::{copy_tree, invalid, sync_dir, SlotFile};
 use crate::types::LogId;
 
@@ -100,6 +101,18 @@ impl std::fmt::Debug for StoreApplier {
 
 fn engine(e: logkv::Error) -> io::Error {
     io::Error::other(e)
+}
+
+/// Makes an engine call of the apply of entry `log_id`, again while it fails for want of
+/// a file descriptor (see `crate::descriptors`).
+fn retried<T>(log_id: LogId, call: impl FnMut() -> logkv::Result<T>) -> logkv::Result<T> {
+    struct Applying(LogId);
+    impl std::fmt::Display for Applying {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "applying entry {}", self.0)
+        }
+    }
+    retry_engine(&Applying(log_id), call)
 }
 
 /// An engine error at apply: a deterministic outcome, or a failure of this node.
@@ -266,7 +279,8 @@ impl StoreApplier {
     }
 
     fn persist_locked(&self, inner: &mut Inner) -> io::Result<()> {
-        self.cell.get().sync().map_err(engine)?;
+        let store = self.cell.get();
+        retry_engine(&"syncing the store", || store.sync()).map_err(engine)?;
         inner.save()
     }
 
@@ -289,14 +303,31 @@ impl StoreApplier {
         }
         let tag = tag_of(log_id, last_sweep.get(name).copied().unwrap_or(0));
         let bucket = |name: &str| store.bucket(name);
+        // Each engine call that fails for want of a descriptor wrote nothing and is made
+        // again (see `crate::descriptors`), so the entry is applied once, as everywhere.
         Ok(match command {
             Command::CreateBucket { bucket, config } => {
-                match store.create_bucket_at(bucket, (*config).into(), now_ms, &tag) {
-                    Ok(_) => Response::Done,
+                // `Store::create_bucket_at` in its two steps, each made again alone: a
+                // creation made again after its tag could not be recorded would find the
+                // bucket there and answer "exists" where every other node said done.
+                let created = retried(log_id, || store.create_bucket(bucket, (*config).into()));
+                match created {
+                    Ok(b) => {
+                        retried(log_id, || {
+                            if b.replica_tag().as_deref() == Some(&tag[..]) {
+                                // The tag is in the log; its sync found no descriptor.
+                                b.sync()
+                            } else {
+                                b.record_replica_tag(now_ms, &tag)
+                            }
+                        })
+                        .map_err(engine)?;
+                        Response::Done
+                    }
                     Err(e) => Response::Failed(outcome(&e)?),
                 }
             }
-            Command::DropBucket { bucket } => match store.drop_bucket(bucket) {
+            Command::DropBucket { bucket } => match retried(log_id, || store.drop_bucket(bucket)) {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Failed(outcome(&e)?),
             },
@@ -319,7 +350,8 @@ impl StoreApplier {
                 } else {
                     ApplyMode::Each
                 };
-                match (b.apply_replicated(&ops, mode, now_ms, &tag), atomic) {
+                let applied = retried(log_id, || b.apply_replicated(&ops, mode, now_ms, &tag));
+                match (applied, atomic) {
                     (Ok(results), true) => {
                         let mut out = Vec::with_capacity(results.len());
                         for r in results {
@@ -344,13 +376,17 @@ impl StoreApplier {
                 }
             }
             Command::DeleteGlob { bucket: name, glob } => {
-                match bucket(name).and_then(|b| b.delete_glob_replicated(glob, now_ms, &tag)) {
+                match retried(log_id, || {
+                    bucket(name).and_then(|b| b.delete_glob_replicated(glob, now_ms, &tag))
+                }) {
                     Ok(n) => Response::Count(n as u64),
                     Err(e) => Response::Failed(outcome(&e)?),
                 }
             }
             Command::Sweep { bucket: name } => {
-                match bucket(name).and_then(|b| b.sweep_replicated(now_ms, &tag)) {
+                match retried(log_id, || {
+                    bucket(name).and_then(|b| b.sweep_replicated(now_ms, &tag))
+                }) {
                     Ok(n) => Response::Count(n as u64),
                     Err(e) => Response::Failed(outcome(&e)?),
                 }

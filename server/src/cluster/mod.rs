@@ -59,6 +59,23 @@ pub(crate) fn watch_store_changes(shared: &Arc<Shared>) {
     });
 }
 
+/// Completes when `node`'s Raft stops on an error (a storage failure), with the reason;
+/// never without a node, or while it runs.
+pub(crate) async fn failed(node: Option<ClusterNode>) -> String {
+    match node {
+        Some(node) => node.failed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the server exits with after its node stopped on `why`.
+pub(crate) fn stopped_error(why: &str) -> ServerError {
+    ServerError::Cluster(format!(
+        "the node stopped after it started, on a storage error ({why}); the server shut \
+         down: restart it, or replace it from the others (see docs/CLUSTER.md)"
+    ))
+}
+
 /// The reply for a cluster failure: `-NOLEADER` (nothing was applied; retry), `-INDOUBT`
 /// (the outcome is unknown; check with ENTRY), `-TOOLARGE` (a write over one replicated
 /// entry's limit; nothing was applied) or `-ERR`.

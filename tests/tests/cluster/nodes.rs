@@ -119,6 +119,31 @@ impl ProcCluster {
         }
     }
 
+    /// Waits up to `within` for node `id`'s process to exit on its own; its exit status
+    /// (`None`: still running, or not started).
+    pub fn wait_exit(&self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let mut child = self.nodes[&id].child.lock().unwrap();
+                let exited = child.as_mut().map(Child::try_wait);
+                match exited {
+                    None => return None,
+                    Some(Ok(Some(status))) => {
+                        child.take();
+                        return Some(status);
+                    }
+                    Some(Ok(None)) => {}
+                    Some(Err(e)) => panic!("waiting for node {id}: {e}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn alive(&self) -> Vec<u64> {
         self.nodes
             .values()
