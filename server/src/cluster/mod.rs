@@ -70,10 +70,7 @@ pub(crate) async fn failed(node: Option<ClusterNode>) -> String {
 
 /// What the server exits with after its node stopped on `why`.
 pub(crate) fn stopped_error(why: &str) -> ServerError {
-    ServerError::Cluster(format!(
-        "the node stopped after it started, on a storage error ({why}); the server shut \
-         down: restart it, or replace it from the others (see docs/CLUSTER.md)"
-    ))
+    ServerError::NodeStopped(why.to_string())
 }
 
 /// The reply for a cluster failure: `-NOLEADER` (nothing was applied; retry), `-INDOUBT`
