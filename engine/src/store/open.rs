@@ -432,13 +432,34 @@ mod tests {
 
     #[test]
     fn a_panic_on_one_thread_stops_the_others_and_reaches_the_caller() {
+        /// Set when the panicking call's frame is unwound (the panic hook, which may
+        /// print a backtrace for a long time, has run by then).
+        struct SetOnDrop<'a>(&'a AtomicBool);
+        impl Drop for SetOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
         let ran = AtomicUsize::new(0);
+        let unwinding = AtomicBool::new(false);
         let caught = std::panic::catch_unwind(|| {
             on_threads(10_000, 4, |i| {
                 ran.fetch_add(1, Ordering::Relaxed);
-                assert!(i != 10, "a panic opening bucket {i}");
-                // As a bucket's open would: long enough that the others cannot run
-                // everything while the panicking thread unwinds.
+                if i == 10 {
+                    let _unwound = SetOnDrop(&unwinding);
+                    panic!("a panic opening bucket {i}");
+                }
+                if i > 10 {
+                    // The numbers after the panic wait for its unwinding: the others
+                    // must not run everything while the hook prints (as it did under
+                    // RUST_BACKTRACE=1, failing this test).
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    while !unwinding.load(Ordering::SeqCst) && std::time::Instant::now() < deadline
+                    {
+                        std::thread::yield_now();
+                    }
+                }
+                // As a bucket's open would take.
                 std::thread::sleep(std::time::Duration::from_micros(200));
                 Ok(i)
             })
