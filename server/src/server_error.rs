@@ -66,7 +66,8 @@ pub enum ServerError {
     /// The cluster node stopped on a storage error after it started; the server shut
     /// down (fail-stop).
     #[error(
-        "the cluster node stopped on a storage error ({0}); the server shut down: restart it,          or replace it from the others (see docs/CLUSTER.md)"
+        "the cluster node stopped on a storage error ({0}); the server shut down: restart it, \
+         or replace it from the others (see docs/CLUSTER.md)"
     )]
     NodeStopped(String),
 }

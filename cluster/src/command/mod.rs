@@ -515,6 +515,75 @@ impl OpError {
 mod tests {
     use super::*;
 
+    /// `OpError::from_engine` and the engine's `Error::is_outcome` say the same of every
+    /// engine error: an outcome is a reply on every node, anything else stops the node
+    /// (a replicated apply fails whole on it). They are two lists of variants; this keeps
+    /// them in step (a variant added to the engine needs a line here).
+    #[test]
+    fn outcomes_agree_with_the_engine() {
+        use logkv::Error as E;
+        let io = || E::io(std::path::Path::new("f"), std::io::Error::other("x"));
+        let cases = [
+            io(),
+            E::Locked("d".into()),
+            E::Corrupt {
+                path: "f".into(),
+                offset: 1,
+                reason: "r".into(),
+            },
+            E::NotFound,
+            E::Exists,
+            E::WrongRevision {
+                expected: 1,
+                latest: 2,
+            },
+            E::Mismatch,
+            E::NoBucket("b".into()),
+            E::BucketExists("b".into()),
+            E::BadKey("k".into()),
+            E::BadBucket("b".into()),
+            E::BadArgument("a".into()),
+            E::TooLarge { size: 2, max: 1 },
+            E::Full {
+                used: 1,
+                adding: 1,
+                max: 1,
+            },
+            E::Batch {
+                index: 1,
+                source: Box::new(E::Mismatch),
+            },
+            E::Batch {
+                index: 1,
+                source: Box::new(io()),
+            },
+            E::ReadTooLarge { bytes: 2, max: 1 },
+            E::WatchTooLarge { bytes: 2, max: 1 },
+            E::Poisoned {
+                reason: "r".into(),
+                path: "f".into(),
+            },
+            E::in_doubt(io()),
+            E::PartlyDone {
+                done: 1,
+                source: Box::new(io()),
+            },
+            E::PathExists("d".into()),
+            E::Config("c".into()),
+            E::Lost { first_retained: 1 },
+            E::Closed,
+            E::Internal("i".into()),
+            E::InjectedCrash("c".into()),
+        ];
+        for e in &cases {
+            let op = OpError::from_engine(e);
+            assert_eq!(op.is_some(), e.is_outcome(), "{e:?}");
+            if let Some(op) = op {
+                assert_eq!(op.to_engine().to_string(), e.to_string(), "round trip");
+            }
+        }
+    }
+
     #[test]
     fn proposals_round_trip() {
         let p = Proposal::new(

@@ -374,6 +374,10 @@ impl LogStore {
     }
 
     /// Writes the records of `entries`; returns the log position just past them.
+    /// A segment that cannot be started for want of descriptors before anything is
+    /// written fails the call, which changed nothing (the caller waits without holding
+    /// the log, off the thread, and calls again); once records are written, the thread
+    /// waits here, holding the log (see `descriptors.rs`).
     fn append_sync(&self, entries: &[Entry]) -> io::Result<Option<LogPos>> {
         let log = &self.shared.log;
         log.check().map_err(to_io)?;
@@ -410,11 +414,16 @@ impl LogStore {
             if buf.is_empty() {
                 // A new segment may start here: records carry its salt. Starting one needs
                 // descriptors (its file, the directory); a rotation that found none changed
-                // nothing and is tried again (the thread waits: it holds the log).
+                // nothing. Before anything is written the call fails (its caller waits and
+                // calls again); after, the thread waits here, holding the log.
                 let app = &mut st.app;
-                salt = retry_engine(&"starting a Raft log segment", || {
+                salt = if end.is_none() {
                     log.reserve(app, len, rev - 1, rev)
-                })
+                } else {
+                    retry_engine(&"starting a Raft log segment", || {
+                        log.reserve(app, len, rev - 1, rev)
+                    })
+                }
                 .map_err(to_io)?;
             }
             pending.push((
@@ -581,7 +590,14 @@ impl RaftLogStorage<C> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        match self.append_sync(&entries)? {
+        // Out of descriptors before anything was written: the task waits and tries again,
+        // neither the thread (a runtime worker) nor the log held meanwhile.
+        let this = &*self;
+        let end = retry_async("starting a Raft log segment", || {
+            std::future::ready(this.append_sync(&entries))
+        })
+        .await?;
+        match end {
             Some(end) => self.shared.acks.submit(callback, end),
             None => callback.io_completed(Ok(())),
         }
