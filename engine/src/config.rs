@@ -55,7 +55,7 @@ pub struct Options {
     pub durability_mark_interval: Duration,
     /// Most bytes one read of many keys may return: the records (key, value and
     /// header) of HISTORY, SEARCH and SCAN, the keys of KEYS. A larger result
-    /// is refused with [`crate::Error::ReadTooLarge`] once its keys are picked,
+    /// is refused with [`crate::Error::ReadTooLarge`] at the pick that passes it,
     /// before any value is read. So is an atomic batch ([`crate::Bucket::write`]) whose
     /// writes would return previous values that together pass it, before anything is
     /// applied (not on a replica: see [`Options::replicated`]). Default 0: no limit.
