@@ -13,7 +13,6 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -31,16 +30,11 @@ pub fn waits() -> u64 {
     WAITS.load(Ordering::Acquire)
 }
 
-/// Whether `code` is `EMFILE` or `ENFILE` (the engine decides, so the two agree).
-fn is_shortage_code(code: i32) -> bool {
-    logkv::Error::io(Path::new(""), io::Error::from_raw_os_error(code)).is_out_of_descriptors()
-}
-
 /// Whether `e` says no descriptor was left, looking through the errors it wraps (an
 /// engine error, or an I/O error carried with a message of ours).
 pub fn out_of_descriptors(e: &io::Error) -> bool {
-    if let Some(code) = e.raw_os_error() {
-        return is_shortage_code(code);
+    if e.raw_os_error().is_some() {
+        return logkv::io::out_of_descriptors(e);
     }
     let mut next: Option<&(dyn std::error::Error + 'static)> = e
         .get_ref()
@@ -50,16 +44,12 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
             return engine.is_out_of_descriptors();
         }
         if let Some(raft_log) = err.downcast_ref::<crate::raftlog::LogIoError>() {
-            return raft_log
-                .os_error()
-                .raw_os_error()
-                .is_some_and(is_shortage_code);
+            return logkv::io::out_of_descriptors(raft_log.os_error());
         }
-        if let Some(code) = err
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::raw_os_error)
-        {
-            return is_shortage_code(code);
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.raw_os_error().is_some() {
+                return logkv::io::out_of_descriptors(io);
+            }
         }
         next = err.source();
     }
@@ -98,8 +88,8 @@ impl Backoff {
         }
         if self.pause == FIRST_PAUSE {
             tracing::warn!(
-                "{what}: no file descriptor left ({error}); trying again for up to {} s",
-                self.patience.as_secs()
+                "{what}: no file descriptor left ({error}); trying again for up to {} ms",
+                self.patience.as_millis()
             );
         }
         WAITS.fetch_add(1, Ordering::AcqRel);
@@ -111,7 +101,7 @@ impl Backoff {
 
 /// Runs `call` until it succeeds, fails for another reason than `short` says, or the
 /// patience is spent, pausing the thread between tries (for blocking code).
-pub(crate) fn retry_blocking<T, E: Display>(
+pub fn retry_blocking<T, E: Display>(
     what: &dyn Display,
     patience: Duration,
     short: impl Fn(&E) -> bool,

@@ -343,18 +343,12 @@ fn run(work: &Receiver<Arc<State>>, groups: &GroupSizes) {
 /// descriptor (a passing peak of connections) is tried again a few times, about a
 /// quarter of a second in all, before its waiters are told.
 fn sync_retrying(bucket: &Bucket, target: DurabilityTicket) -> logkv::Result<()> {
-    let mut pause = std::time::Duration::from_millis(1);
-    loop {
-        match bucket.wait_durable(target) {
-            Err(e)
-                if pause < std::time::Duration::from_millis(256) && e.is_out_of_descriptors() =>
-            {
-                std::thread::sleep(pause);
-                pause *= 2;
-            }
-            done => return done,
-        }
-    }
+    logkv_cluster::descriptors::retry_blocking(
+        &"a durability wait",
+        std::time::Duration::from_millis(256),
+        logkv::Error::is_out_of_descriptors,
+        || bucket.wait_durable(target),
+    )
 }
 
 #[cfg(test)]

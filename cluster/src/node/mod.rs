@@ -365,21 +365,18 @@ impl ClusterNode {
     /// the reason; never if it runs on or is shut down ([`ClusterNode::shutdown`]).
     pub async fn failed(&self) -> String {
         let mut rx = self.inner.raft.metrics();
+        // Read once more after Raft is gone: its last word.
+        let mut gone = false;
         loop {
             if let Err(e) = &rx.borrow_watched().running_state {
                 if !matches!(e, Fatal::Stopped) {
                     return e.to_string();
                 }
             }
-            if rx.changed().await.is_err() {
-                // Raft is gone; its last word was read above.
-                if let Err(e) = &rx.borrow_watched().running_state {
-                    if !matches!(e, Fatal::Stopped) {
-                        return e.to_string();
-                    }
-                }
+            if gone {
                 return std::future::pending().await;
             }
+            gone = rx.changed().await.is_err();
         }
     }
 

@@ -20,7 +20,7 @@ use logkv::log::{Log, LogPos};
 use openraft::storage::IOFlushed;
 use parking_lot::{Condvar, Mutex};
 
-use crate::descriptors::{Backoff, PATIENCE};
+use crate::descriptors::{retry_blocking, PATIENCE};
 use crate::types::C;
 
 /// When appends are acknowledged to openraft.
@@ -173,24 +173,19 @@ fn run(inner: &Inner, log: &dyn Durability, mode: FsyncMode) {
         // A sync that could not open its file (no descriptor) ran no fsync and did not
         // poison the log: the callbacks stay here and the thread waits again. Given up
         // at shutdown, or once the patience is spent.
-        let mut backoff = Backoff::new(PATIENCE);
-        let result = loop {
-            let synced = match mode {
-                FsyncMode::Always => log.wait_durable(upto),
-                FsyncMode::Interval(_) => log.sync(),
-                FsyncMode::Never => Ok(()),
-            };
-            match synced {
-                Err(e) if e.is_out_of_descriptors() && !inner.queue.lock().stop => {
-                    match backoff.next(&"acknowledging Raft log appends", &e) {
-                        Some(pause) => std::thread::sleep(pause),
-                        None => break Err(e),
-                    }
-                }
-                done => break done,
-            }
-        }
-        .map_err(|e| e.to_string());
+        let short = |e: &logkv::Error| e.is_out_of_descriptors() && !inner.queue.lock().stop;
+        let result =
+            retry_blocking(
+                &"acknowledging Raft log appends",
+                PATIENCE,
+                short,
+                || match mode {
+                    FsyncMode::Always => log.wait_durable(upto),
+                    FsyncMode::Interval(_) => log.sync(),
+                    FsyncMode::Never => Ok(()),
+                },
+            )
+            .map_err(|e| e.to_string());
         if let Err(why) = &result {
             // A failed fsync also poisons the log; openraft stops the node.
             tracing::error!("the Raft log failed to sync: {why}; the entries waiting for it are not acknowledged");

@@ -274,11 +274,7 @@ impl BucketCore {
         let mut deleter = Deleter::new(replica);
         match self.delete_glob_with(glob, &mut deleter) {
             Ok(()) => deleter.finish(self),
-            Err(e) if deleter.deleted == 0 => Err(e),
-            Err(e) => Err(Error::PartlyDone {
-                done: deleter.deleted,
-                source: Box::new(e),
-            }),
+            Err(e) => Err(partly_done(deleter.deleted, e)),
         }
     }
 
@@ -404,11 +400,8 @@ impl BucketCore {
         match (walked, waited) {
             (Ok(()), Ok(())) => Ok(deleter.deleted),
             (Ok(()), Err(e)) => Err(e),
-            (Err(e), _) if deleter.deleted == 0 => Err(e),
-            (Err(e), waited) => Err(Error::PartlyDone {
-                done: deleter.deleted,
-                source: Box::new(waited.err().unwrap_or(e)),
-            }),
+            // A failed wait for the deletes made is the answer (they are in doubt).
+            (Err(e), waited) => Err(partly_done(deleter.deleted, waited.err().unwrap_or(e))),
         }
     }
 
@@ -441,6 +434,18 @@ impl BucketCore {
             }
         })?;
         Ok(Page { next, entries })
+    }
+}
+
+/// The error of a delete of many keys that failed with `e` after deleting `done`.
+fn partly_done(done: usize, e: Error) -> Error {
+    if done == 0 {
+        e
+    } else {
+        Error::PartlyDone {
+            done,
+            source: Box::new(e),
+        }
     }
 }
 

@@ -28,8 +28,7 @@ mod os;
 #[cfg(any(test, feature = "failpoints"))]
 mod sim;
 
-pub(crate) use open_files::out_of_descriptors;
-pub use open_files::{FileRef, DEFAULT_OPEN_FILES};
+pub use open_files::{out_of_descriptors, FileRef, DEFAULT_OPEN_FILES};
 #[cfg(test)]
 pub(crate) use os::Os;
 #[cfg(any(test, feature = "failpoints"))]

@@ -221,7 +221,7 @@ impl Drop for FileRef {
 
 /// Whether `e` says no descriptor was left (`EMFILE`: the process's limit;
 /// `ENFILE`: the system's).
-pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+pub fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 

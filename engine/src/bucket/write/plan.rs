@@ -134,10 +134,10 @@ impl<'a> Overlay<'a> {
 struct Room {
     /// Bytes the bucket holds with the call's writes so far (0 when it has no limit).
     used: u64,
+    /// `used` before the call's writes.
+    before: u64,
     /// The limit; 0 for none.
     max: u64,
-    /// What the call's writes so far change `used` by.
-    net: i64,
 }
 
 impl Room {
@@ -149,7 +149,17 @@ impl Room {
         } else {
             0
         };
-        Room { used, max, net: 0 }
+        Room {
+            used,
+            before: used,
+            max,
+        }
+    }
+
+    /// What the call's writes change the bytes the bucket holds by.
+    fn net(&self) -> i64 {
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        signed(self.used) - signed(self.before)
     }
 
     /// Whether the bucket has a limit (else nothing is counted).
@@ -176,9 +186,6 @@ impl Room {
     fn take(&mut self, len: u64, freed: u64) {
         if self.max > 0 {
             self.used = self.used.saturating_sub(freed).saturating_add(len);
-            let delta =
-                i64::try_from(len).unwrap_or(i64::MAX) - i64::try_from(freed).unwrap_or(i64::MAX);
-            self.net = self.net.saturating_add(delta);
         }
     }
 }
@@ -378,7 +385,7 @@ impl BucketCore {
             });
             plan.results.push(Ok(Written { revision, previous }));
         }
-        plan.bytes_net = room.net;
+        plan.bytes_net = room.net();
         Ok(plan)
     }
 
