@@ -5,10 +5,11 @@
 //! (`ENFILE`) had no descriptor left is not worth that: the engine's call wrote and synced
 //! nothing (`logkv::Error::is_out_of_descriptors`), and the shortage is usually a passing
 //! peak (client connections). So the node's storage calls that can meet one — saving the
-//! vote and the purge point, a Raft log append that starts a segment, the acknowledgement
-//! of appends, applying an entry — try again after a pause that doubles from 1 ms up to
-//! 100 ms, for up to [`PATIENCE`] in all, and only then fail as before. Every other error
-//! fails at once.
+//! vote and the purge point, a Raft log append that starts a segment, a truncation that
+//! reopens a sealed segment, the acknowledgement of appends, applying an entry, building,
+//! adopting and installing a snapshot (these start over from their first step) — try
+//! again after a pause that doubles from 1 ms up to 100 ms, for up to [`PATIENCE`] in
+//! all, and only then fail as before. Every other error fails at once.
 
 use std::fmt::Display;
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! A node whose process runs out of file descriptors for a moment keeps running: its
 //! storage calls that found none (saving the vote or the purge point, a Raft log append
-//! that starts a segment, applying an entry) wait for one and go on once descriptors are
+//! that starts a segment, a truncation, applying an entry, a snapshot's build, adoption
+//! and install) wait for one and go on once descriptors are
 //! free, instead of failing, which openraft turns into a stop for good. (The wait of the
 //! appends' acknowledgement is tested in `raftlog/ack.rs` on a stand-in log.)
 //!
@@ -12,7 +13,7 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use logkv::io::Storage;
@@ -20,13 +21,14 @@ use logkv::Options;
 use logkv_cluster::command::{BucketSpec, Command, Op, Response};
 use logkv_cluster::descriptors;
 use logkv_cluster::raftlog::{FsyncMode, LogOptions, LogStore};
+use logkv_cluster::sm::snapshot::SnapshotStore;
 use logkv_cluster::sm::store_applier::StoreApplier;
-use logkv_cluster::sm::Applier;
+use logkv_cluster::sm::{Applied, Applier, StateMachine};
 use logkv_cluster::testing::{log_id, sample_entry};
 use logkv_cluster::types::{Entry, Vote};
 use logkv_cluster::Proposal;
 use openraft::storage::{IOFlushed, RaftLogStorage};
-use openraft::{EntryPayload, RaftLogReader};
+use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 use support::{put, write_retrying, TestCluster};
 
 /// The tests change the process's descriptor limit: one at a time.
@@ -271,6 +273,108 @@ fn an_apply_that_must_reopen_a_segment_with_no_descriptor_left_waits_for_one() {
     let c = store.bucket("c").expect("c");
     assert_eq!(c.status().expect("status").last_revision, 3, "written once");
     assert_eq!(c.get("k").expect("get").map(|v| v.len()), Some(value.len()));
+}
+
+/// A cut of the Raft log inside a sealed segment (a new leader's entries replace the
+/// tail) opens that segment's file again: with no descriptor left the truncation waits for
+/// one, and the log ends at the cut, before and after a reopen.
+#[test]
+fn a_truncation_with_no_descriptor_left_waits_for_one() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let opts = || LogOptions {
+        segment_size: 4096,
+        ..LogOptions::default()
+    };
+    let mut log = LogStore::open(dir.path(), opts()).expect("open");
+    for i in 1..=100 {
+        rt.block_on(append(&mut log, vec![sample_entry(1, i)]))
+            .expect("append");
+    }
+    let (cut, waited) =
+        with_every_descriptor_taken(|| rt.block_on(log.truncate_after(Some(log_id(1, 10)))));
+    cut.expect("truncated once a descriptor was free");
+    assert!(waited, "the truncation waited for a descriptor");
+    rt.block_on(append(&mut log, vec![sample_entry(2, 11)]))
+        .expect("the log goes on after the cut");
+    let expected: Vec<Entry> = (1..=10)
+        .map(|i| sample_entry(1, i))
+        .chain([sample_entry(2, 11)])
+        .collect();
+    let entries = rt.block_on(log.try_get_log_entries(0..)).expect("entries");
+    assert_eq!(entries, expected);
+    log.close().expect("close");
+    drop(log);
+    let mut log = LogStore::open(dir.path(), opts()).expect("reopen");
+    let entries = rt.block_on(log.try_get_log_entries(0..)).expect("entries");
+    assert_eq!(entries, expected);
+}
+
+/// A snapshot built, then received and installed on another node, each with no descriptor
+/// left (the checkpoint's copy and the new store's open need several, making it the one in
+/// force a directory sync): each waits for descriptors, a build or an install starting
+/// over, and the node that installed it holds the state.
+#[test]
+fn a_snapshot_built_and_installed_with_no_descriptor_left_waits_for_them() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let opts = Options::default();
+    let source = Arc::new(StoreApplier::open(dir.path().join("a"), &opts).expect("open a"));
+    for i in 1..=20 {
+        source
+            .apply(log_id(1, i), 1_000, &put(&format!("k{i}"), "v"))
+            .expect("apply");
+    }
+    let applied = Applied {
+        log_id: Some(log_id(1, 20)),
+        time_ms: 1_000,
+        ..Applied::default()
+    };
+    source.set_applied(&applied, false).expect("set applied");
+    let snapshots = SnapshotStore::open(dir.path().join("a-snapshots")).expect("snapshots");
+    let mut sm = StateMachine::open(source, snapshots).expect("state machine");
+    let (built, waited) = with_every_descriptor_taken(|| rt.block_on(sm.build_snapshot()));
+    let built = built.expect("built once descriptors were free");
+    assert!(waited, "the build waited for descriptors");
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 20)));
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("a-snapshots"))
+        .expect("snapshot dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "failed attempts left {leftovers:?}");
+
+    // The receiving node makes a snapshot it was sent the one in force, then installs it.
+    let received = SnapshotStore::open(dir.path().join("b-snapshots")).expect("snapshots");
+    let incoming = received.scratch("incoming").expect("scratch");
+    let info = built.snapshot.info().expect("info");
+    incoming.write_info(&info).expect("info written");
+    let (adopted, waited) = with_every_descriptor_taken(|| received.adopt(&incoming, &info));
+    adopted.expect("adopted once a descriptor was free");
+    assert!(waited, "the adoption waited for a descriptor");
+    let (_, current) = received
+        .current()
+        .expect("current")
+        .expect("a snapshot in force");
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 20)));
+
+    let target = StoreApplier::open(dir.path().join("b"), &opts).expect("open b");
+    let data = built.snapshot.data();
+    let (installed, waited) = with_every_descriptor_taken(|| target.install(Some(&data), &applied));
+    installed.expect("installed once descriptors were free");
+    assert!(waited, "the install waited for descriptors");
+    let store = target.cell().get();
+    let default = store.bucket("default").expect("default");
+    for i in 1..=20 {
+        assert_eq!(
+            default.get(&format!("k{i}")).expect("get").as_deref(),
+            Some(&b"v"[..]),
+            "k{i}"
+        );
+    }
 }
 
 /// The reviewer's case, on three in-process nodes: every descriptor taken while the

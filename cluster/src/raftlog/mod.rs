@@ -373,6 +373,31 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Removes the entries after `last`. A failed reopen of a sealed segment (the cut is
+    /// inside it) changes nothing; the caller may call again.
+    fn truncate_sync(&self, last: Option<LogId>) -> io::Result<()> {
+        let mut guard = self.shared.state.lock();
+        let st = &mut *guard;
+        let cut = last.map_or(0, |l| l.index + 1);
+        let Some(first) = st.locs.front().map(|l| l.log_id.index) else {
+            return Ok(());
+        };
+        let pos = usize::try_from(cut.saturating_sub(first)).map_err(io::Error::other)?;
+        let Some(loc) = st.locs.get(pos).copied() else {
+            return Ok(());
+        };
+        let log = &self.shared.log;
+        let seq = log
+            .segment(loc.slot)
+            .map(|s| s.id.seq)
+            .ok_or_else(|| io::Error::other("the segment of the cut is gone"))?;
+        log.truncate(&mut st.app, LogPos::new(seq, loc.offset))
+            .map_err(to_io)?;
+        st.locs.truncate(pos);
+        st.recent.keep_below(cut);
+        Ok(())
+    }
+
     /// Writes the records of `entries`; returns the log position just past them.
     /// A segment that cannot be started for want of descriptors before anything is
     /// written fails the call, which changed nothing (the caller waits without holding
@@ -605,26 +630,14 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        let mut guard = self.shared.state.lock();
-        let st = &mut *guard;
-        let cut = last.map_or(0, |l| l.index + 1);
-        let Some(first) = st.locs.front().map(|l| l.log_id.index) else {
-            return Ok(());
-        };
-        let pos = usize::try_from(cut.saturating_sub(first)).map_err(io::Error::other)?;
-        let Some(loc) = st.locs.get(pos).copied() else {
-            return Ok(());
-        };
-        let log = &self.shared.log;
-        let seq = log
-            .segment(loc.slot)
-            .map(|s| s.id.seq)
-            .ok_or_else(|| io::Error::other("the segment of the cut is gone"))?;
-        log.truncate(&mut st.app, LogPos::new(seq, loc.offset))
-            .map_err(to_io)?;
-        st.locs.truncate(pos);
-        st.recent.keep_below(cut);
-        Ok(())
+        // A cut inside a sealed segment opens its file again: out of descriptors, that
+        // fails having changed nothing, and the task waits and tries again, the log's
+        // state not held meanwhile (as an append's).
+        let this = &*self;
+        retry_async("truncating the Raft log", || {
+            std::future::ready(this.truncate_sync(last))
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {

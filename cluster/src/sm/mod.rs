@@ -28,6 +28,7 @@ pub use cell::StoreCell;
 use snapshot::{manifest, SnapshotDir, SnapshotInfo, SnapshotStore};
 
 use crate::command::Response;
+use crate::descriptors;
 use crate::types::{LogId, SnapshotMeta, StoredMembership, C};
 
 /// Entries applied per blocking call at most.
@@ -125,8 +126,35 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Builds a snapshot of the state. A build that ran out of file descriptors (a copy
+    /// holds a few at once) is made again from the start once they are free, for up to
+    /// [`descriptors::PATIENCE`]: openraft stops the node on a failed build.
     fn build(&self) -> io::Result<Snap> {
-        let scratch = self.shared.snapshots.scratch("tmp")?;
+        // The directories of failed attempts, removed when descriptors allow (a removal
+        // reads the directory); a restart removes what is left (`SnapshotStore::open`).
+        let mut failed: Vec<SnapshotDir> = Vec::new();
+        let built = descriptors::retry_blocking(
+            &"building a snapshot",
+            descriptors::PATIENCE,
+            descriptors::out_of_descriptors,
+            || {
+                failed.retain(|d| std::fs::remove_dir_all(&d.path).is_err() && d.path.exists());
+                let scratch = self.shared.snapshots.scratch("tmp")?;
+                let built = self.build_in(&scratch);
+                if built.is_err() {
+                    // Gone already if the failure came after it was adopted.
+                    failed.push(scratch);
+                }
+                built
+            },
+        );
+        for d in failed {
+            let _ = std::fs::remove_dir_all(&d.path);
+        }
+        built
+    }
+
+    fn build_in(&self, scratch: &SnapshotDir) -> io::Result<Snap> {
         let applied = self.shared.applier.checkpoint(&scratch.data())?;
         let info = SnapshotInfo {
             meta: SnapshotMeta {
@@ -137,7 +165,7 @@ impl StateMachine {
             files: manifest(&scratch.data())?,
         };
         scratch.write_info(&info)?;
-        let (dir, info) = self.shared.snapshots.adopt_built(&scratch, &info)?;
+        let (dir, info) = self.shared.snapshots.adopt_built(scratch, &info)?;
         Ok(Snapshot {
             meta: info.meta,
             snapshot: dir,

@@ -41,7 +41,7 @@ use super::applier::{Applied, Applier};
 use super::cell::StoreCell;
 use super::clock::ApplyClock;
 use crate::command::{Command, OpError, Response, WrittenData};
-use crate::descriptors::retry_engine;
+use crate::descriptors::{self, retry_engine};
 use crate::fsutil::{copy_tree, invalid, sync_dir, SlotFile};
 use crate::types::LogId;
 
@@ -487,18 +487,29 @@ impl Applier for StoreApplier {
         let mut inner = self.inner.lock();
         let generation = inner.generation + 1;
         let target = gen_dir(&self.dir, generation);
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        match from {
-            Some(src) => {
-                copy_tree(src, &target, &[LOCK_FILE])?;
-            }
-            None => std::fs::create_dir_all(&target)?,
-        }
-        let store = Store::open(&target, self.options.clone()).map_err(engine)?;
-        store.sync().map_err(engine)?;
-        sync_dir(&self.dir)?;
+        // Until the commit point, each attempt starts over: one that ran out of file
+        // descriptors (a copy, or the store's open, holds several) is made again once
+        // they are free; openraft stops the node on a failed install.
+        let store = descriptors::retry_blocking(
+            &"installing a snapshot",
+            descriptors::PATIENCE,
+            descriptors::out_of_descriptors,
+            || {
+                if target.exists() {
+                    std::fs::remove_dir_all(&target)?;
+                }
+                match from {
+                    Some(src) => {
+                        copy_tree(src, &target, &[LOCK_FILE])?;
+                    }
+                    None => std::fs::create_dir_all(&target)?,
+                }
+                let store = Store::open(&target, self.options.clone()).map_err(engine)?;
+                store.sync().map_err(engine)?;
+                sync_dir(&self.dir)?;
+                Ok(store)
+            },
+        )?;
         // The commit point: from here on a restart opens the new generation.
         write_record(&mut inner.record, generation, applied)?;
         // A snapshot may hold entries past its last log id (one built while a batch of
