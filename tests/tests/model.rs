@@ -4,16 +4,17 @@
 //!
 //! The model is deliberately naive: per bucket a `BTreeMap` of key → retained
 //! entries (oldest first) and a revision counter. Retention mirrors what the
-//! engine's index physically holds (history window, PURGE, bucket max age
-//! applied by `sweep_expired` and at open), and expiry is applied at read time.
+//! engine's index physically holds (history window, PURGE, values expired by
+//! the time of a key's next entry, bucket max age applied by `sweep_expired`
+//! and at open), and expiry is applied at read time.
 //!
 //! Choices where the contract is silent, made as the engine makes them:
 //! a batch checks every write's key, value size and TTL before any
 //! precondition; then, write by write, the precondition and `Full`: a PUT
 //! that would leave the bucket holding more than max bytes (every retained
-//! record counted, expired ones not yet swept and markers included, with the
+//! record counted, expired ones still retained and markers included, with the
 //! batch's earlier writes applied and the entries this one drops from
-//! retention gone) fails with `Full { used: what it holds besides the PUT's
+//! retention — values expired by then among them — gone) fails with `Full { used: what it holds besides the PUT's
 //! record, adding: the record's size }` at its index; an expired entry still
 //! retained is a key's "latest" for UPDATE and DEL with a revision.
 //!
@@ -284,13 +285,15 @@ impl MBucket {
         self.keys.values().flatten().map(MEntry::record_len).sum()
     }
 
-    /// Appends an entry with the retention rules (history window, PURGE).
+    /// Appends an entry with the retention rules (PURGE; values expired when the
+    /// entry is made leave; history window).
     fn apply(&mut self, e: MEntry) {
         let history = self.cfg.history as usize;
         let v = self.keys.entry(e.key.clone()).or_default();
         if e.op == Op::Purge || history <= 1 {
             v.clear();
         }
+        v.retain(|old| !(old.op == Op::Put && old.expired(e.created)));
         v.push(e);
         let excess = v.len().saturating_sub(history);
         v.drain(..excess);

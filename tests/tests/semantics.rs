@@ -1034,8 +1034,8 @@ fn bucket_ttl_ages_history_one_by_one() {
     let st = b.status().unwrap();
     assert_eq!(
         st.values,
-        2 + 2 + 1,
-        "k: 2 left; short: its (hidden, not yet aged) value and its marker; long"
+        2 + 1 + 1,
+        "k: 2 left; short: its marker (the expired value left when it was written); long"
     );
     assert_eq!(b.entry_at("k", r[0]).unwrap(), None);
     env.clock.set(T0 + 1300);
@@ -1286,6 +1286,97 @@ fn max_bytes_counts_history() {
     assert!(b.put("k", "").is_ok());
 }
 
+/// A value whose TTL has passed leaves its key's retained entries when the key's next
+/// entry is written (the sweep's DEL marker, or any write), wherever it is in the key's
+/// history: with a history longer than one it stayed among them, unseen (HISTORY and
+/// `GET ... REV` skip it), took a history slot from an older visible entry, and counted
+/// against MAXBYTES until later writes pushed it out. The same after a reopen (the log
+/// replayed with each entry's creation time) and after a crash.
+#[test]
+fn an_expired_value_leaves_when_its_key_is_written_again() {
+    let env = Env::new();
+    let (r1, r0) = (rec("k", 1), rec("k", 0));
+    let cfg = BucketConfig {
+        history: 3,
+        max_bytes: 3 * r1,
+        ..Default::default()
+    };
+    let b = env.bucket("b", cfg);
+    b.put("k", "a").unwrap(); // 1: no TTL
+    b.put_with_ttl("k", "b", Duration::from_millis(100))
+        .unwrap(); // 2
+    env.clock.advance(100);
+    assert_eq!(val(&b, "k"), None);
+    assert_eq!(b.sweep_expired().unwrap(), 1); // 3: the marker
+    assert_eq!(revs(&b.history("k").unwrap()), [1, 3]);
+    let st = b.status().unwrap();
+    assert_eq!(
+        (st.values, st.bytes),
+        (2, r1 + r0),
+        "the expired value left"
+    );
+    // Room for another value: before, the unseen one made this FULL.
+    b.put("j", "c").unwrap(); // 4
+    assert_eq!(b.status().unwrap().bytes, 2 * r1 + r0);
+    // In the middle of a history: 2 expires between 3 and 4; at 4 it leaves, and 1
+    // keeps its slot (before, 1 was pushed out by an entry nobody could see).
+    let b2 = env.bucket("h", history(3));
+    b2.put("m", "p").unwrap(); // 1
+    b2.put_with_ttl("m", "e", Duration::from_millis(50))
+        .unwrap(); // 2
+    b2.put("m", "x").unwrap(); // 3
+    env.clock.advance(50);
+    b2.put("m", "y").unwrap(); // 4: 2 has expired and leaves; 1 stays
+    assert_eq!(revs(&b2.history("m").unwrap()), [1, 3, 4]);
+    assert_eq!(b2.status().unwrap().values, 3);
+    // The write that drops an expired value counts it as freed: it fits (no sweep ran).
+    let full = env.bucket(
+        "f",
+        BucketConfig {
+            history: 3,
+            max_bytes: 2 * r1,
+            ..Default::default()
+        },
+    );
+    full.put("k", "a").unwrap(); // 1
+    full.put_with_ttl("k", "b", Duration::from_millis(10))
+        .unwrap(); // 2
+    assert_err(
+        full.put("k", "c"),
+        |e| matches!(e, Error::Full { .. }),
+        "before 2 expires",
+    );
+    env.clock.advance(10);
+    assert_eq!(full.put("k", "c").unwrap(), 3, "2 has expired: it leaves");
+    assert_eq!(revs(&full.history("k").unwrap()), [1, 3]);
+    assert_eq!(full.status().unwrap().bytes, 2 * r1);
+    drop(full);
+    let expect = |env: &Env, when: &str| {
+        let b = env.store.bucket("b").unwrap();
+        assert_eq!(revs(&b.history("k").unwrap()), [1, 3], "{when}");
+        let st = b.status().unwrap();
+        assert_eq!((st.values, st.bytes), (3, 2 * r1 + r0), "{when}");
+        let h = env.store.bucket("h").unwrap();
+        assert_eq!(revs(&h.history("m").unwrap()), [1, 3, 4], "{when}");
+        assert_eq!(h.status().unwrap().values, 3, "{when}");
+    };
+    expect(&env, "before a reopen");
+    drop((b, b2));
+    let env = env.reopen();
+    expect(&env, "after a reopen");
+    let env = env.crash();
+    expect(&env, "after a crash");
+    // Without the index snapshots: the whole log replayed, each entry at its own time.
+    let Env { clock, dir, store } = env;
+    store.close().unwrap();
+    for bucket in ["b", "h"] {
+        let snap = dir.path().join("buckets").join(bucket).join("index.snap");
+        std::fs::remove_file(&snap).unwrap();
+    }
+    let store = Store::open(dir.path(), clock_opts(&clock)).unwrap();
+    expect(&Env { clock, dir, store }, "after a scan of the log");
+}
+
 /// MAXBYTES counts what the bucket would hold after the write: a value replaced (or a
 /// history entry it pushes out) makes room for it. A bucket over half full refused
 /// every update of its largest key, and a call (a RESP pipeline, an EXEC) did not
@@ -1414,12 +1505,17 @@ fn max_bytes_space_returns_after_aging() {
         "full",
     );
     env.clock.advance(100);
-    // Expired but not yet swept: still retained, still counted.
+    // Expired but not yet swept: still retained, still counted by another key's PUT...
     assert_err(
-        b.put("k", "1234"),
+        b.put("j", "1234"),
         |e| matches!(e, Error::Full { .. }),
         "not swept yet",
     );
+    // ...while a PUT of k drops them (values expired by the time of a key's next
+    // entry leave): it fits.
+    b.put("k", "1234").unwrap();
+    assert_eq!(b.status().unwrap().bytes, r);
+    env.clock.advance(100);
     assert_eq!(b.sweep_expired().unwrap(), 1);
     // Only the sweep's DEL marker is left.
     assert_eq!(b.status().unwrap().bytes, rec("k", 0));

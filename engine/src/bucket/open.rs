@@ -353,7 +353,9 @@ fn replay(
             }
             let expires = effective_expiry(h.expires_ms, h.created_ms, ttl);
             let at = RecordRef::new(h.revision, expires, seg.slot, offset, h.record_len(), h.op);
-            index.borrow_mut().apply(rec.key, at, history, &mut removed);
+            index
+                .borrow_mut()
+                .apply(rec.key, at, h.created_ms, history, &mut removed);
             removed.clear();
             replayed += 1;
             max_rev = max_rev.max(h.revision);

@@ -27,6 +27,9 @@ pub(super) struct PendingBatch {
     pub(super) end: LogPos,
     /// Its records, in log order.
     pub(super) records: Vec<(Box<[u8]>, RecordRef)>,
+    /// When its records were created (one time for a call's records): what
+    /// retention drops expired values by.
+    pub(super) created_ms: u64,
     /// The replication tag that ends it, if it is a replicated apply.
     pub(super) tag: Option<std::sync::Arc<[u8]>>,
     /// What it changes the bytes the bucket holds by, once indexed (counted
@@ -90,7 +93,7 @@ impl Pending {
                 writes: 0,
             });
             entry.writes += 1;
-            retain(&mut entry.retained, *at, history);
+            retain(&mut entry.retained, *at, batch.created_ms, history);
         }
         self.batches.push_back(batch);
     }
@@ -125,13 +128,15 @@ fn keeps_only_itself(new: RecordRef, history: usize) -> bool {
     new.op() == Op::Purge || history <= 1
 }
 
-/// Adds `new` to a key's retained entries with the index's retention rule:
-/// a PURGE, or a history of one, keeps only the new entry; otherwise the last
-/// `history` entries are kept.
-pub(super) fn retain(list: &mut Vec<RecordRef>, new: RecordRef, history: usize) {
+/// Adds `new`, created at `at_ms`, to a key's retained entries with the
+/// index's retention rule (`Index::apply`): a PURGE, or a history of one, keeps
+/// only the new entry; otherwise the values expired by `at_ms` leave and the
+/// last `history` entries are kept.
+pub(super) fn retain(list: &mut Vec<RecordRef>, new: RecordRef, at_ms: u64, history: usize) {
     if keeps_only_itself(new, history) {
         list.clear();
     }
+    list.retain(|r| !r.expired_value(at_ms));
     list.push(new);
     let excess = list.len().saturating_sub(history.max(1));
     list.drain(..excess);
@@ -154,6 +159,7 @@ mod tests {
                 .iter()
                 .map(|(k, r)| (k.as_bytes().into(), *r))
                 .collect(),
+            created_ms: 1_000,
             tag: None,
             bytes_net: recs
                 .iter()
@@ -224,9 +230,23 @@ mod tests {
     #[test]
     fn a_purge_keeps_only_itself() {
         let mut list = vec![rec(1, Op::Put), rec(2, Op::Put)];
-        retain(&mut list, rec(3, Op::Purge), 5);
+        retain(&mut list, rec(3, Op::Purge), 1_000, 5);
         assert_eq!(list.len(), 1);
-        retain(&mut list, rec(4, Op::Put), 5);
+        retain(&mut list, rec(4, Op::Put), 1_000, 5);
         assert_eq!(list.len(), 2);
+    }
+
+    /// The index's rule: the values expired by the new entry's time leave
+    /// first, wherever they are in the key's history, then the last `history`
+    /// are kept.
+    #[test]
+    fn values_expired_by_the_new_entry_leave() {
+        let expiring = |revision: u64, expires_ms: u64| {
+            RecordRef::new(revision, expires_ms, 1, revision * 100, 40, Op::Put)
+        };
+        let mut list = vec![rec(1, Op::Put), expiring(2, 900), expiring(3, 2_000)];
+        retain(&mut list, rec(4, Op::Del), 1_000, 3);
+        let revs: Vec<u64> = list.iter().map(|r| r.revision).collect();
+        assert_eq!(revs, [1, 3, 4], "2 expired at 900; 1 is not pushed out");
     }
 }

@@ -296,18 +296,24 @@ impl Index {
         removed.push(rev.bare());
     }
 
-    /// Applies a new revision of `key` with retention: a PURGE drops every
-    /// earlier revision; otherwise the key keeps its last `history` revisions.
-    /// Revisions that leave the index are appended to `removed`.
+    /// Applies a new revision of `key`, created at `at_ms`, with retention: a
+    /// PURGE drops every earlier revision; otherwise the values of the key that
+    /// have expired by `at_ms` leave (they are unseen already), and the key
+    /// keeps its last `history` revisions. Revisions that leave the index are
+    /// appended to `removed`.
+    ///
+    /// The rule depends only on the records, in log order: a replay of the
+    /// log, and a replica applying the same records, keep the same entries.
     pub fn apply(
         &mut self,
         key: &[u8],
         new: RecordRef,
+        at_ms: u64,
         history: usize,
         removed: &mut Vec<RecordRef>,
     ) {
         let hash = self.entries.hash(key);
-        self.apply_hashed(key, hash, new, history, removed);
+        self.apply_hashed(key, hash, new, at_ms, history, removed);
     }
 
     /// [`Index::apply`], given the hash [`Index::prefetch_entry`] returned for
@@ -318,6 +324,7 @@ impl Index {
         key: &[u8],
         hash: u64,
         new: RecordRef,
+        at_ms: u64,
         history: usize,
         removed: &mut Vec<RecordRef>,
     ) {
@@ -351,14 +358,27 @@ impl Index {
             s => std::mem::take(self.history.get_mut(s)),
         };
         older.push(old.bare());
+        if older.iter().any(|r| r.expired_value(at_ms)) {
+            let (expired, kept): (Vec<RecordRef>, Vec<RecordRef>) =
+                older.into_iter().partition(|r| r.expired_value(at_ms));
+            for r in expired {
+                self.retire(r, removed);
+            }
+            older = kept;
+        }
         let excess = (older.len() + 1).saturating_sub(history);
         for r in older.drain(..excess) {
             self.retire(r, removed);
         }
         let mut latest = new;
-        latest.older = match old.older {
-            0 => self.history.alloc(older),
-            s => {
+        latest.older = match (old.older, older.is_empty()) {
+            (0, true) => 0,
+            (0, false) => self.history.alloc(older),
+            (s, true) => {
+                self.history.free(s);
+                0
+            }
+            (s, false) => {
                 *self.history.get_mut(s) = older;
                 s
             }

@@ -257,7 +257,7 @@ mod tests {
 
     fn put(ix: &mut Index, key: &[u8], revision: u64) {
         let r = RecordRef::new(revision, 0, 1, revision * 64, 40, Op::Put);
-        ix.apply(key, r, 1, &mut Vec::new());
+        ix.apply(key, r, 0, 1, &mut Vec::new());
     }
 
     /// A build begun and its keys copied.

@@ -70,6 +70,13 @@ impl RecordRef {
         self.expires_ms != 0 && self.expires_ms <= now_ms
     }
 
+    /// Whether this is a value (a PUT) that has expired at `now_ms`: unseen,
+    /// and dropped from its key's retained entries when the key's next entry
+    /// is applied (see `Index::apply`).
+    pub fn expired_value(&self, now_ms: u64) -> bool {
+        self.op() == Op::Put && self.expired(now_ms)
+    }
+
     /// Whether this is a value (a PUT) visible at `now_ms`.
     pub fn live(&self, now_ms: u64) -> bool {
         self.op() == Op::Put && !self.expired(now_ms)

@@ -35,8 +35,8 @@ fn inline_and_heap_keys_order_as_bytes() {
 fn history_one_replaces() {
     let mut ix = Index::default();
     let mut removed = vec![];
-    ix.apply(b"k", rev(1, Op::Put), 1, &mut removed);
-    ix.apply(b"k", rev(2, Op::Put), 1, &mut removed);
+    ix.apply(b"k", rev(1, Op::Put), 0, 1, &mut removed);
+    ix.apply(b"k", rev(2, Op::Put), 0, 1, &mut removed);
     assert_eq!(removed, vec![rev(1, Op::Put)]);
     assert_eq!(ix.revisions(b"k"), vec![rev(2, Op::Put)]);
     assert_eq!(ix.values(), 1);
@@ -49,7 +49,7 @@ fn history_keeps_last_n_and_purge_drops_all() {
     let mut ix = Index::default();
     let mut removed = vec![];
     for r in 1..=5 {
-        ix.apply(b"k", rev(r, Op::Put), 3, &mut removed);
+        ix.apply(b"k", rev(r, Op::Put), 0, 3, &mut removed);
     }
     assert_eq!(
         ix.revisions(b"k")
@@ -59,7 +59,7 @@ fn history_keeps_last_n_and_purge_drops_all() {
         vec![3, 4, 5]
     );
     assert_eq!(removed.len(), 2);
-    ix.apply(b"k", rev(6, Op::Del), 3, &mut removed);
+    ix.apply(b"k", rev(6, Op::Del), 0, 3, &mut removed);
     assert_eq!(
         ix.revisions(b"k")
             .iter()
@@ -70,14 +70,14 @@ fn history_keeps_last_n_and_purge_drops_all() {
     assert_eq!(ix.find(b"k", 4).map(|r| r.op()), Some(Op::Put));
     assert_eq!(ix.find(b"k", 3), None);
     assert_eq!(ix.put_keys(), 0, "latest is a DEL");
-    ix.apply(b"k", rev(7, Op::Purge), 3, &mut removed);
+    ix.apply(b"k", rev(7, Op::Purge), 0, 3, &mut removed);
     assert_eq!(ix.revisions(b"k"), vec![rev(7, Op::Purge)]);
     assert_eq!(ix.values(), 1);
     assert_eq!(removed.len(), 6);
     // The slab slot was freed and is reused.
-    ix.apply(b"k", rev(8, Op::Put), 3, &mut removed);
-    ix.apply(b"j", rev(9, Op::Put), 3, &mut removed);
-    ix.apply(b"j", rev(10, Op::Put), 3, &mut removed);
+    ix.apply(b"k", rev(8, Op::Put), 0, 3, &mut removed);
+    ix.apply(b"j", rev(9, Op::Put), 0, 3, &mut removed);
+    ix.apply(b"j", rev(10, Op::Put), 0, 3, &mut removed);
     assert_eq!(ix.history.slots(), 2);
     assert_eq!(ix.put_keys(), 2);
     ix.drop_oldest_while(b"j", |_| true, &mut removed);
@@ -89,7 +89,7 @@ fn drop_oldest_while_removes_prefix_and_key() {
     let mut ix = Index::default();
     let mut removed = vec![];
     for r in 1..=4 {
-        ix.apply(b"k", rev(r, Op::Put), 4, &mut removed);
+        ix.apply(b"k", rev(r, Op::Put), 0, 4, &mut removed);
     }
     ix.drop_oldest_while(b"k", |r| r.revision <= 2, &mut removed);
     assert_eq!(
@@ -118,10 +118,10 @@ fn placed_lists_what_lies_in_the_run_and_moves_by_entry() {
     let mut ix = Index::default();
     let mut removed = vec![];
     let at = |r: u64, slot: u32, offset: u64| RecordRef::new(r, 0, slot, offset, 20, Op::Put);
-    ix.apply(b"a", at(1, 1, 100), 2, &mut removed);
-    ix.apply(b"a", at(2, 2, 100), 2, &mut removed);
-    ix.apply(b"b", at(3, 1, 200), 2, &mut removed);
-    ix.apply(b"c", at(4, 3, 100), 2, &mut removed);
+    ix.apply(b"a", at(1, 1, 100), 0, 2, &mut removed);
+    ix.apply(b"a", at(2, 2, 100), 0, 2, &mut removed);
+    ix.apply(b"b", at(3, 1, 200), 0, 2, &mut removed);
+    ix.apply(b"c", at(4, 3, 100), 0, 2, &mut removed);
     let mut placed = vec![];
     ix.placed_in(0..ix.entry_slots(), |s| s == 1 || s == 2, &mut placed);
     placed.sort();
@@ -172,7 +172,7 @@ fn placed_lists_what_lies_in_the_run_and_moves_by_entry() {
     // b's entry freed, then reused by another key: nothing of b's is moved.
     ix.drop_oldest_while(b"b", |_| true, &mut removed);
     assert!(!ix.relocate_at(b, 3, (1, 200), (9, 128)), "freed");
-    ix.apply(b"d", at(5, 4, 100), 2, &mut removed);
+    ix.apply(b"d", at(5, 4, 100), 0, 2, &mut removed);
     assert_eq!(ix.find_placed(b"d", 5).unwrap().entry, b, "slot reused");
     assert!(!ix.relocate_at(b, 3, (1, 200), (9, 128)), "reused by d");
     assert_eq!(ix.latest(b"d").map(|r| (r.slot, r.offset)), Some((4, 100)));
@@ -182,8 +182,8 @@ fn placed_lists_what_lies_in_the_run_and_moves_by_entry() {
 fn relocate_moves_only_named_records() {
     let mut ix = Index::default();
     let mut removed = vec![];
-    ix.apply(b"a", rev(1, Op::Put), 2, &mut removed);
-    ix.apply(b"a", rev(2, Op::Put), 2, &mut removed);
+    ix.apply(b"a", rev(1, Op::Put), 0, 2, &mut removed);
+    ix.apply(b"a", rev(2, Op::Put), 0, 2, &mut removed);
     assert!(relocate(&mut ix, b"a", 1, (1, 100), (7, 8)));
     assert!(
         !relocate(&mut ix, b"a", 1, (1, 100), (9, 9)),
@@ -203,7 +203,7 @@ fn ranges_prefixes_and_bounds() {
         .iter()
         .enumerate()
     {
-        ix.apply(k.as_bytes(), rev(i as u64 + 1, Op::Put), 1, &mut removed);
+        ix.apply(k.as_bytes(), rev(i as u64 + 1, Op::Put), 0, 1, &mut removed);
     }
     let keys = |it: &mut dyn Iterator<Item = (&IKey, &RecordRef)>| {
         it.map(|(k, _)| k.as_str().to_string()).collect::<Vec<_>>()
@@ -247,7 +247,7 @@ fn a_bulk_built_index_builds_its_order_when_first_needed() {
     let mut ix = build();
     assert!(ix.order.get().is_none());
     assert_eq!(ix.latest(b"k.0010"), Some(rev(6, Op::Put)));
-    ix.apply(b"k.0010", rev(1_000, Op::Put), 1, &mut removed);
+    ix.apply(b"k.0010", rev(1_000, Op::Put), 0, 1, &mut removed);
     assert!(
         ix.order.get().is_none(),
         "a lookup and an overwrite build no order"
@@ -257,7 +257,7 @@ fn a_bulk_built_index_builds_its_order_when_first_needed() {
 
     // A key added first: in its place.
     let mut ix = build();
-    ix.apply(b"k.0011", rev(1_000, Op::Put), 1, &mut removed);
+    ix.apply(b"k.0011", rev(1_000, Op::Put), 0, 1, &mut removed);
     assert!(ix.order.get().is_none(), "a key added builds no order");
     let mut with_it = keys.clone();
     with_it.push("k.0011".to_string());
@@ -267,7 +267,7 @@ fn a_bulk_built_index_builds_its_order_when_first_needed() {
     // A key removed first, then one added in its freed slot.
     let mut ix = build();
     ix.drop_oldest_while(b"k.0010", |_| true, &mut removed);
-    ix.apply(b"a.first", rev(1_001, Op::Put), 1, &mut removed);
+    ix.apply(b"a.first", rev(1_001, Op::Put), 0, 1, &mut removed);
     assert!(ix.order.get().is_none(), "a key removed builds no order");
     assert_eq!(listed(&ix).first().map(String::as_str), Some("a.first"));
     assert_eq!(listed(&ix).len(), keys.len());
@@ -278,7 +278,7 @@ fn a_bulk_built_index_builds_its_order_when_first_needed() {
     ix.drop_oldest_while(b"k.0010", |_| true, &mut removed);
     let without: Vec<String> = keys.iter().filter(|k| *k != "k.0010").cloned().collect();
     assert_eq!(listed(&ix), without);
-    ix.apply(b"a.first", rev(1_001, Op::Put), 1, &mut removed);
+    ix.apply(b"a.first", rev(1_001, Op::Put), 0, 1, &mut removed);
     assert_eq!(listed(&ix).first().map(String::as_str), Some("a.first"));
     assert_eq!(listed(&ix).len(), keys.len());
     let from = ix
@@ -309,8 +309,8 @@ fn sorted_builder_rejects_disorder_and_empty_keys() {
 fn remap_segments_rewrites_every_revision() {
     let mut ix = Index::default();
     let mut removed = vec![];
-    ix.apply(b"k", rev(1, Op::Put), 2, &mut removed);
-    ix.apply(b"k", rev(2, Op::Put), 2, &mut removed);
+    ix.apply(b"k", rev(1, Op::Put), 0, 2, &mut removed);
+    ix.apply(b"k", rev(2, Op::Put), 0, 2, &mut removed);
     assert!(ix.remap_segments(|s| Some(s + 10)));
     assert!(ix.revisions(b"k").iter().all(|r| r.slot == 11));
     assert!(!ix.remap_segments(|_| None));
@@ -329,13 +329,26 @@ impl Model {
         removed.push(r);
     }
 
-    fn apply(&mut self, key: &[u8], new: RecordRef, history: usize, removed: &mut Vec<RecordRef>) {
+    fn apply(
+        &mut self,
+        key: &[u8],
+        new: RecordRef,
+        at_ms: u64,
+        history: usize,
+        removed: &mut Vec<RecordRef>,
+    ) {
         let mut revs = self.keys.remove(key).unwrap_or_default();
         if new.op() == Op::Purge || history <= 1 {
             for r in revs.drain(..) {
                 self.retire(r, removed);
             }
         }
+        for r in revs.clone() {
+            if r.op() == Op::Put && r.expires_ms != 0 && r.expires_ms <= at_ms {
+                self.retire(r, removed);
+            }
+        }
+        revs.retain(|r| !(r.op() == Op::Put && r.expires_ms != 0 && r.expires_ms <= at_ms));
         revs.push(new);
         let excess = revs.len().saturating_sub(history.max(1));
         for r in revs.drain(..excess).collect::<Vec<_>>() {
@@ -388,6 +401,8 @@ enum Step {
         history: usize,
         seg: u32,
         expires: bool,
+        /// How far before its expiry the record is applied, for one that expires.
+        early: u64,
     },
     Fill {
         from: u16,
@@ -427,8 +442,8 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (0..700u16, 0..3u8, 1..4usize, 0..4u32, any::<bool>()).prop_map(
-            |(key, op, history, seg, expires)| Step::Apply { key, op, history, seg, expires }
+        6 => (0..700u16, 0..3u8, 1..4usize, 0..4u32, any::<bool>(), 0..30u64).prop_map(
+            |(key, op, history, seg, expires, early)| Step::Apply { key, op, history, seg, expires, early }
         ),
         1 => (0..700u16, 1..400u16).prop_map(|(from, n)| Step::Fill { from, n }),
         2 => (0..700u16, 0..40u64).prop_map(|(key, keep_last)| Step::DropOldest { key, keep_last }),
@@ -586,7 +601,7 @@ proptest! {
         for i in 0..preload {
             let r = RecordRef::new(next_rev, 0, 1, next_rev * 8, 20, Op::Put);
             next_rev += 1;
-            m.apply(&key_name(i * 7 % 700), r, 2, &mut Vec::new());
+            m.apply(&key_name(i * 7 % 700), r, 0, 2, &mut Vec::new());
         }
         let mut ix = Index::from_sorted(
             m.keys.iter().map(|(k, v)| (IKey::new(k), v.clone())),
@@ -596,20 +611,23 @@ proptest! {
         for s in steps {
             let (mut got, mut want) = (Vec::new(), Vec::new());
             match s {
-                Step::Apply { key, op, history, seg, expires } => {
+                Step::Apply { key, op, history, seg, expires, early } => {
                     let op = [Op::Put, Op::Del, Op::Purge][usize::from(op)];
                     let len = 10 + (next_rev % 50) as usize;
-                    let r = RecordRef::new(next_rev, if expires { 1000 + next_rev } else { 0 }, seg, next_rev * 8, len, op);
+                    // A record expiring 20 ms after it is made, applied at a time
+                    // that has let some earlier ones expire (and not others).
+                    let r = RecordRef::new(next_rev, if expires { 1020 + next_rev } else { 0 }, seg, next_rev * 8, len, op);
+                    let at_ms = 1000 + next_rev + 20 - early.min(20);
                     next_rev += 1;
-                    ix.apply(&key_name(key), r, history, &mut got);
-                    m.apply(&key_name(key), r, history, &mut want);
+                    ix.apply(&key_name(key), r, at_ms, history, &mut got);
+                    m.apply(&key_name(key), r, at_ms, history, &mut want);
                 }
                 Step::Fill { from, n } => {
                     for i in from..from.saturating_add(n).min(700) {
                         let r = RecordRef::new(next_rev, 0, 0, next_rev * 8, 20, Op::Put);
                         next_rev += 1;
-                        ix.apply(&key_name(i), r, 2, &mut got);
-                        m.apply(&key_name(i), r, 2, &mut want);
+                        ix.apply(&key_name(i), r, 1000 + next_rev, 2, &mut got);
+                        m.apply(&key_name(i), r, 1000 + next_rev, 2, &mut want);
                     }
                 }
                 Step::DropOldest { key, keep_last } => {

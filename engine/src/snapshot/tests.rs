@@ -19,7 +19,7 @@ fn index(n: u32, slot: u32) -> (Index, Vec<(String, Vec<RecordRef>)>) {
             revision += 1;
             let op = if revision % 11 == 0 { Op::Del } else { Op::Put };
             let r = RecordRef::new(revision, revision % 5, slot, revision * 8, 40, op);
-            ix.apply(key.as_bytes(), r, 3, &mut removed);
+            ix.apply(key.as_bytes(), r, 0, 3, &mut removed);
             model.entry(key.clone()).or_insert_with(Vec::new).push(r);
         }
     }
@@ -247,12 +247,12 @@ fn version_3_keeps_every_field_at_any_width() {
             (1 << 30) - 1 - usize::try_from(i).unwrap(),
             ops[(i % 3) as usize],
         );
-        ix.apply(key.as_bytes(), r, 1, &mut removed);
+        ix.apply(key.as_bytes(), r, 0, 1, &mut removed);
         model.insert(key, vec![r]);
     }
     let longest = "k".repeat(crate::key::MAX_KEY_LEN);
     let r = RecordRef::new(1, 0, 1, 0, 0, Op::Put);
-    ix.apply(longest.as_bytes(), r, 1, &mut removed);
+    ix.apply(longest.as_bytes(), r, 0, 1, &mut removed);
     model.insert(longest, vec![r]);
     let model: Vec<_> = model.into_iter().collect();
     let bytes = encode(&ix, 1 << 41, &segs, None).unwrap();

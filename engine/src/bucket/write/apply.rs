@@ -45,13 +45,14 @@ impl BucketCore {
                 write.op,
             );
             offset += len as u64;
-            (write.key.as_bytes(), at)
+            (write.key.as_bytes(), at, now)
         });
         w.next_rev += writes.len() as u64;
         if self.visible_when_durable {
             let batch = PendingBatch {
                 end: appended.end,
-                records: records.map(|(key, at)| (key.into(), at)).collect(),
+                records: records.map(|(key, at, _)| (key.into(), at)).collect(),
+                created_ms: now,
                 tag,
                 bytes_net,
             };
@@ -85,20 +86,23 @@ impl BucketCore {
         let Some(last_batch) = batches.last() else {
             return;
         };
-        let records = batches
-            .iter()
-            .flat_map(|b| b.records.iter().map(|(key, at)| (&**key, *at)));
+        let records = batches.iter().flat_map(|b| {
+            b.records
+                .iter()
+                .map(|(key, at)| (&**key, *at, b.created_ms))
+        });
         let tag = batches.iter().rev().find_map(|b| b.tag.as_ref());
         self.index_records(w, records, tag, last_batch.end);
     }
 
-    /// Applies appended records to the index, in log order, records the
-    /// replication tag of the last batch that had one, and publishes `end`
-    /// (the log position just past them) to the watchers.
+    /// Applies appended records (each with its key and creation time) to the
+    /// index, in log order, records the replication tag of the last batch that
+    /// had one, and publishes `end` (the log position just past them) to the
+    /// watchers.
     fn index_records<'k>(
         &self,
         w: &mut Writer,
-        records: impl Iterator<Item = (&'k [u8], RecordRef)>,
+        records: impl Iterator<Item = (&'k [u8], RecordRef, u64)>,
         tag: Option<&Arc<[u8]>>,
         end: LogPos,
     ) {
@@ -112,13 +116,13 @@ impl BucketCore {
         prefetch::in_rounds(records, |round| {
             let mut hashes = [0u64; prefetch::ROUND];
             for (record, hash) in round.iter().zip(&mut hashes) {
-                if let Some((key, _)) = record {
+                if let Some((key, _, _)) = record {
                     *hash = ix.prefetch_entry(key);
                 }
             }
             for (record, hash) in round.into_iter().zip(hashes) {
-                if let Some((key, at)) = record {
-                    ix.apply_hashed(key, hash, at, history, removed);
+                if let Some((key, at, created_ms)) = record {
+                    ix.apply_hashed(key, hash, at, created_ms, history, removed);
                     last = last.max(at.revision);
                 }
             }

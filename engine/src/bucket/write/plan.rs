@@ -83,6 +83,16 @@ impl KeyState {
         }
     }
 
+    /// Whether it is a value expired at `now` (see `RecordRef::expired_value`).
+    fn expired_value(&self, now: u64) -> bool {
+        match self {
+            KeyState::Stored(r) => r.expired_value(now),
+            KeyState::Planned { op, expires_ms, .. } => {
+                *op == Op::Put && *expires_ms != 0 && *expires_ms <= now
+            }
+        }
+    }
+
     fn live(&self, now: u64) -> bool {
         match self {
             KeyState::Stored(r) => r.live(now),
@@ -109,8 +119,16 @@ impl<'a> Overlay<'a> {
         self.keys.get(key).map(Vec::as_slice)
     }
 
-    /// Adds a planned write of `key` to what the next writes of the call see.
-    fn add(&mut self, core: &BucketCore, pending: &Pending, key: &'a str, written: KeyState) {
+    /// Adds a planned write of `key`, made at `now`, to what the next writes of
+    /// the call see.
+    fn add(
+        &mut self,
+        core: &BucketCore,
+        pending: &Pending,
+        key: &'a str,
+        written: KeyState,
+        now: u64,
+    ) {
         let list = self.keys.entry(key).or_insert_with(|| {
             core.retained_for_writer(pending, key)
                 .into_iter()
@@ -120,6 +138,7 @@ impl<'a> Overlay<'a> {
         if matches!(written, KeyState::Planned { op: Op::Purge, .. }) {
             list.clear();
         }
+        list.retain(|s| !s.expired_value(now));
         list.push(written);
         let excess = list.len().saturating_sub(self.history);
         list.drain(..excess);
@@ -333,7 +352,7 @@ impl BucketCore {
                     let rop = op.record_op();
                     let len = record_len(&op.key, &value);
                     let freed = if room.limited() {
-                        self.freed_by(&op.key, rop, retained, pending)
+                        self.freed_by(&op.key, rop, retained, pending, now)
                     } else {
                         0
                     };
@@ -374,7 +393,7 @@ impl BucketCore {
                     created_ms: now,
                     value: value.clone(),
                 };
-                overlay.add(self, pending, &op.key, planned);
+                overlay.add(self, pending, &op.key, planned, now);
             }
             plan.writes.push(PlannedWrite {
                 key: &op.key,
@@ -468,25 +487,38 @@ impl BucketCore {
     }
 
     /// Bytes of `key`'s retained entries (as the call has left them, if it
-    /// wrote the key before: `retained`) that a new record carrying `op` drops,
-    /// by the index's retention rule: a PURGE, or a history of one, keeps only
-    /// the new entry; otherwise the last `history` are kept.
-    fn freed_by(&self, key: &str, op: Op, retained: Option<&[KeyState]>, pending: &Pending) -> u64 {
-        let lens: Vec<u64> = match retained {
-            Some(list) => list.iter().map(|s| s.record_len(key)).collect(),
+    /// wrote the key before: `retained`) that a new record carrying `op`,
+    /// made at `now`, drops, by the index's retention rule: a PURGE, or a
+    /// history of one, keeps only the new entry; otherwise the values expired
+    /// by `now` leave and the last `history` are kept.
+    fn freed_by(
+        &self,
+        key: &str,
+        op: Op,
+        retained: Option<&[KeyState]>,
+        pending: &Pending,
+        now: u64,
+    ) -> u64 {
+        // Each entry's length, and whether it is a value expired by now.
+        let entries: Vec<(u64, bool)> = match retained {
+            Some(list) => list
+                .iter()
+                .map(|s| (s.record_len(key), s.expired_value(now)))
+                .collect(),
             None => self
                 .retained_for_writer(pending, key)
                 .iter()
-                .map(|r| r.len() as u64)
+                .map(|r| (r.len() as u64, r.expired_value(now)))
                 .collect(),
         };
         let history = usize::from(self.config.history);
-        let dropped = if op == Op::Purge || history <= 1 {
-            lens.len()
-        } else {
-            (lens.len() + 1).saturating_sub(history)
-        };
-        lens.iter().take(dropped).sum()
+        if op == Op::Purge || history <= 1 {
+            return entries.iter().map(|(len, _)| len).sum();
+        }
+        let expired: u64 = entries.iter().filter(|e| e.1).map(|e| e.0).sum();
+        let kept: Vec<u64> = entries.iter().filter(|e| !e.1).map(|e| e.0).collect();
+        let pushed_out = (kept.len() + 1).saturating_sub(history);
+        expired + kept.iter().take(pushed_out).sum::<u64>()
     }
 
     /// A key's retained entries as the writer sees them, oldest first.
