@@ -318,6 +318,16 @@ impl Pumps {
         pump
     }
 
+    /// How many subscribers the pump of `bucket` has (0 without a pump).
+    #[cfg(test)]
+    pub fn subscribers(&self, bucket: &str) -> usize {
+        self.inner
+            .map
+            .lock()
+            .get(bucket)
+            .map_or(0, |p| p.subs.lock().len())
+    }
+
     /// Wakes every connection that watches anything (the store was replaced: their
     /// watches end).
     pub fn wake_everyone(&self) {

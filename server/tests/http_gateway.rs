@@ -594,6 +594,77 @@ fn a_stream_ended_by_lost_is_not_reconnected_to() {
     assert!(status.starts_with("HTTP/1.1 204"), "{status}");
 }
 
+/// `ready` carries the id of the revision the live entries come after: an `updatesonly`
+/// stream that drops before any entry came resumes from it, and the write made while it
+/// was away comes. Before, `ready` had no id, the reconnection sent no `Last-Event-ID`,
+/// started a new watch and missed the write. From a review of the gateway.
+#[test]
+fn an_updatesonly_stream_resumes_from_the_id_of_ready() {
+    let (server, _base) = gateway(&[]);
+    let mut resp = TcpStream::connect(server.addr).unwrap();
+    let mut send = |req: &[u8], want: &str| {
+        resp.write_all(req).unwrap();
+        let mut got = vec![0u8; want.len()];
+        resp.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    };
+    send(b"PUT gap.old 1\r\n", ":1\r\n");
+    // One event's lines, up to its blank line.
+    let event = |stream: &mut BufReader<TcpStream>| -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).unwrap();
+            let line = line.trim().to_string();
+            if line.is_empty() && !lines.is_empty() {
+                return lines;
+            }
+            if !line.is_empty() && !line.starts_with(':') {
+                lines.push(line);
+            }
+        }
+    };
+    let mut stream = raw_get(
+        server.http_addr(),
+        "/v1/buckets/default/watch?pattern=gap.%3E&updatesonly",
+    );
+    let ready = event(&mut stream);
+    assert!(ready.contains(&"event: ready".to_string()), "{ready:?}");
+    let id = ready
+        .iter()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("ready has no id: {ready:?}"))
+        .to_string();
+    assert_eq!(id, "1");
+    drop(stream);
+    send(b"PUT gap.a 2\r\n", ":2\r\n");
+    // What an EventSource sends when it reconnects: the last id it saw.
+    let mut again = TcpStream::connect(server.http_addr()).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        again,
+        "GET /v1/buckets/default/watch?pattern=gap.%3E&updatesonly HTTP/1.1\r\nHost: {}\r\nLast-Event-ID: {id}\r\n\r\n",
+        server.http_addr()
+    )
+    .unwrap();
+    let mut again = BufReader::new(again);
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        again.read_line(&mut line).unwrap();
+    }
+    let first = event(&mut again);
+    assert!(first.contains(&"id: 2".to_string()), "{first:?}");
+    assert!(
+        first.iter().any(|l| l.contains("\"key\":\"gap.a\"")),
+        "{first:?}"
+    );
+    let ready = event(&mut again);
+    assert!(ready.contains(&"event: ready".to_string()), "{ready:?}");
+}
+
 /// Sends an HTTP/1.1 GET on a raw socket and returns the stream after the headers.
 fn raw_get(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -124,6 +124,8 @@ pub struct Watch {
     offset: u64,
     /// The last revision read from the log (matching or not).
     last_seen: u64,
+    /// The bucket's last visible revision when the watch started.
+    start_revision: u64,
     ended: bool,
     /// Resumed (`FROM`) just past a revision that an unclean stop took back:
     /// the client's history is not the bucket's, so the watch reports `lost`.
@@ -227,9 +229,18 @@ impl Watch {
             offset,
             tail,
             last_seen: revision,
+            start_revision: revision,
             ended: false,
             resumed_in_lost,
         })
+    }
+
+    /// The bucket's last visible revision when the watch started: the initial
+    /// data is as of it, and the live entries are the ones after it. A client
+    /// that has seen `ready` resumes with `FROM` this + 1 (the gateway gives it
+    /// as `ready`'s event id).
+    pub fn start_revision(&self) -> u64 {
+        self.start_revision
     }
 
     /// The pattern watched.

@@ -1,7 +1,8 @@
 //! `GET /v1/buckets/{bucket}/watch`: a watch as Server-Sent Events.
 //!
 //! Every entry is an SSE message whose `id:` is its revision and whose `data:` is the
-//! entry as JSON. `event: ready` marks the end of the initial data; `event: lost` (data
+//! entry as JSON. `event: ready` marks the end of the initial data (its id: the revision
+//! the live entries come after, which a reconnection resumes from); `event: lost` (data
 //! `{"first_retained": n}`) ends the stream when what the watch needed was compacted away.
 //! A browser's `EventSource` reconnects by itself after a disconnect and sends the last
 //! id it saw as `Last-Event-ID`: the watch then resumes `FROM` that revision + 1, so
@@ -93,19 +94,15 @@ pub(crate) async fn watch(
     };
     let handle = gw.run(move |store| store.bucket(&bucket)).await?;
     // Subscribe before the watch takes its snapshot: a write in between still wakes us.
+    // Held by a guard from here on: the watch fails, or the client hangs up while it is
+    // set up (hyper then drops this handler at its next await), and it unsubscribes.
     let notify = Arc::new(Notify::new());
     let pump = gw
         .shared
         .pumps
         .subscribe(&handle, Arc::clone(&notify) as Arc<dyn Subscriber>);
-    let started = gw.run(move |_| handle.watch(&pattern, opts)).await;
-    let watch = match started {
-        Ok(w) => w,
-        Err(e) => {
-            pump.unsubscribe(&*notify);
-            return Err(e);
-        }
-    };
+    let subscription = Subscription { pump, notify };
+    let watch = gw.run(move |_| handle.watch(&pattern, opts)).await?;
     gw.shared.stats.watchers.fetch_add(1, Ordering::Relaxed);
     let feed = Feed {
         watch,
@@ -114,8 +111,7 @@ pub(crate) async fn watch(
         with_value,
         generation,
         skip_below,
-        notify,
-        pump,
+        subscription,
         stop: gw.stop.clone(),
         shared: Arc::clone(&gw.shared),
         ended: false,
@@ -127,6 +123,18 @@ pub(crate) async fn watch(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A watch's subscription to its bucket's pump, ended when dropped.
+struct Subscription {
+    pump: Arc<Pump>,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.pump.unsubscribe(&*self.notify);
+    }
 }
 
 /// One SSE client's watch.
@@ -141,8 +149,7 @@ struct Feed {
     generation: u64,
     /// Entries below this revision are skipped (see `watch`).
     skip_below: u64,
-    notify: Arc<Notify>,
-    pump: Arc<Pump>,
+    subscription: Subscription,
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
     ended: bool,
@@ -169,7 +176,11 @@ impl Feed {
                 Ok(Some(WatchEvent::Entry(e))) if e.revision < self.skip_below => {}
                 Ok(Some(WatchEvent::Entry(e))) => return Some(entry_event(&e, self.with_value)),
                 Ok(Some(WatchEvent::Ready)) => {
-                    return Some(Event::default().event("ready").data("{}"))
+                    // With the id of the revision the live entries start after: a client
+                    // that reconnects before any entry came (an `updatesonly` watch)
+                    // resumes from there, not with a new watch that misses the gap.
+                    let id = self.watch.start_revision().to_string();
+                    return Some(Event::default().event("ready").id(id).data("{}"));
                 }
                 Ok(Some(WatchEvent::Lost { first_retained })) => {
                     self.ended = true;
@@ -177,7 +188,7 @@ impl Feed {
                 }
                 Ok(None) => {
                     tokio::select! {
-                        () = self.notify.notified() => {}
+                        () = self.subscription.notify.notified() => {}
                         changed = self.stop.changed() => {
                             if changed.is_err() {
                                 return None;
@@ -200,7 +211,6 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.pump.unsubscribe(&*self.notify);
         self.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -216,4 +226,88 @@ fn lost_event(first_retained: u64) -> Event {
         .event("lost")
         .id(LOST_ID)
         .data(format!("{{\"first_retained\":{first_retained}}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::client_memory::ClientMemory;
+    use crate::config::ServerConfig;
+    use crate::pump::Pumps;
+    use crate::shared::Stats;
+
+    /// A watch request whose client hangs up while the watch is set up (a long initial
+    /// scan): hyper drops the handler at its await, and the subscription it made goes with
+    /// it. Before, only a failed watch unsubscribed: the subscriber stayed in the bucket's
+    /// pump for good, woken by every write. From a review of the gateway.
+    #[test]
+    fn a_watch_request_dropped_while_it_is_set_up_leaves_no_subscriber() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = logkv::Store::open(dir.path(), logkv::Options::default()).expect("open");
+            let bucket = store.bucket(logkv::DEFAULT_BUCKET).expect("default");
+            // Enough history that the initial scan takes a while.
+            for chunk in 0..100 {
+                let ops: Vec<logkv::WriteOp> = (0..2_000)
+                    .map(|i| logkv::WriteOp::put(format!("k{chunk}.{i}"), "v"))
+                    .collect();
+                bucket.write(&ops).expect("write");
+            }
+            let config = ServerConfig::new(dir.path());
+            let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
+            let shared = Arc::new(Shared {
+                stores: logkv_cluster::StoreCell::new(store, 0),
+                cluster: None,
+                config,
+                stats: Stats::new(),
+                pumps: Pumps::new(),
+                syncers: crate::durability::Syncers::default(),
+                client_memory: Arc::clone(&client_memory),
+                metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
+                health: crate::health::Health::default(),
+            });
+            let (_stop_tx, stop) = watch::channel(false);
+            let gw = Arc::new(Gateway {
+                shared: Arc::clone(&shared),
+                listen: "127.0.0.1:0".into(),
+                allowed_hosts: Vec::new(),
+                cors_origins: Vec::new(),
+                stop,
+            });
+            let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+            let (buffers, _slot) = client_memory.register(1, addr);
+            let conn = ConnInfo::new(addr, addr, buffers);
+            let query = HashMap::from([("history".to_string(), String::new())]);
+            let mut request = Box::pin(watch(
+                State(Arc::clone(&gw)),
+                Extension(conn),
+                HeaderMap::new(),
+                Path(logkv::DEFAULT_BUCKET.to_string()),
+                Query(query),
+            ));
+            // Until the handler has subscribed and waits for the watch's set-up.
+            loop {
+                let polled = futures_util::poll!(request.as_mut());
+                assert!(
+                    matches!(polled, Poll::Pending),
+                    "the watch was set up before the request could be dropped"
+                );
+                if shared.pumps.subscribers(logkv::DEFAULT_BUCKET) == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            drop(request);
+            assert_eq!(shared.pumps.subscribers(logkv::DEFAULT_BUCKET), 0);
+        });
+    }
 }
