@@ -665,6 +665,33 @@ fn an_updatesonly_stream_resumes_from_the_id_of_ready() {
     assert!(ready.contains(&"event: ready".to_string()), "{ready:?}");
 }
 
+/// A request head that does not end is refused once it passes 16 KiB (431, the connection
+/// closed), instead of being buffered up to hyper's default of about 400 KiB on every
+/// connection, outside `--max-client-memory`. From a review of the gateway.
+#[test]
+fn a_request_head_past_16_kib_is_431() {
+    let (server, _base) = gateway(&[]);
+    let mut s = TcpStream::connect(server.http_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: {}\r\n",
+        server.http_addr()
+    )
+    .unwrap();
+    let line = format!("x-filler: {}\r\n", "f".repeat(1000));
+    // 64 KiB of headers and no blank line: the server answers before the end (the
+    // writes may fail once it has closed).
+    for _ in 0..64 {
+        if s.write_all(line.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let mut status = String::new();
+    BufReader::new(s).read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+}
+
 /// Sends an HTTP/1.1 GET on a raw socket and returns the stream after the headers.
 fn raw_get(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -185,6 +185,12 @@ async fn count_reply(
     reply
 }
 
+/// Bytes of a request's head (its line and headers) a connection buffers at most while
+/// they arrive: past it the request is answered 431 and the connection closed. hyper's
+/// default (about 400 KiB) let each of thousands of connections hold that much, unseen
+/// by `--max-client-memory`.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// Serves one HTTP connection until the client leaves or, at shutdown, once its current
 /// request is answered (watch streams end at shutdown).
 pub(crate) async fn serve_connection(
@@ -213,6 +219,7 @@ pub(crate) async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
+        .max_buf_size(MAX_REQUEST_HEAD)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
