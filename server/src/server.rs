@@ -495,6 +495,28 @@ async fn accept_failed(e: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// Answers an HTTP connection the server has no room for: 503 `BUSY` in the gateway's JSON
+/// shape (as a RESP client gets `-ERR max number of clients reached`), then the connection
+/// is closed once the client has sent its request (closing on unread bytes would reset the
+/// connection and could discard the answer before the client reads it). A second at most.
+async fn refuse_http(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    const BODY: &str = r#"{"error":"BUSY","message":"max number of clients reached"}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
+
 /// Starts an HTTP connection task, or closes the connection when the server is full
 /// (RESP and HTTP connections together count against --max-connections).
 fn admit_http(
@@ -511,6 +533,10 @@ fn admit_http(
     let guard = HttpGuard(Arc::clone(shared));
     if open >= shared.config.max_connections {
         warn!(%peer, "HTTP connection refused: max number of clients reached");
+        tokio::spawn(async move {
+            let _guard = guard;
+            refuse_http(stream).await;
+        });
         return;
     }
     let id = stats.next_conn_id.fetch_add(1, Ordering::Relaxed);

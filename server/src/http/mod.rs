@@ -162,8 +162,39 @@ pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
             Arc::clone(gw),
             guard::check,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(gw),
+            limit_reply,
+        ))
         .layer(axum::middleware::from_fn(count_reply))
         .with_state(Arc::clone(gw))
+}
+
+/// Replaces a data reply (a `/v1/` route's) larger than `--max-output` by 400 `ERR`, as a
+/// RESP reply past it is replaced by `-ERR`: the engine's read limit counts the records
+/// read, and the reply's JSON (base64 values, field names) is larger. Watch streams (no
+/// size known), the observability routes and HEAD (no body sent) are not limited.
+async fn limit_reply(
+    axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let data = req.uri().path().starts_with("/v1/") && req.method() != axum::http::Method::HEAD;
+    let reply = next.run(req).await;
+    let max = gw.shared.config.max_output;
+    match reply.body().size_hint().exact() {
+        Some(size) if data && size > u64::try_from(max).unwrap_or(u64::MAX) => json::ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "ERR",
+            format!(
+                "reply of {size} bytes exceeds the max-output limit of {max} bytes \
+                     (narrow the request, e.g. with limit)"
+            ),
+        )
+        .into_response(),
+        _ => reply,
+    }
 }
 
 /// Counts every reply whose size is known (all but watch streams, which count what they
