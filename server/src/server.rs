@@ -243,6 +243,7 @@ impl Server {
                 allowed_hosts: shared.config.http_allowed_hosts.clone(),
                 cors_origins: shared.config.http_cors_origins.clone(),
                 stop: stop_rx.clone(),
+                listings: tokio::sync::Semaphore::new(crate::http::Gateway::listing_permits()),
             }))
         });
         let mut tasks = JoinSet::new();

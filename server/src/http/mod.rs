@@ -53,6 +53,17 @@ pub(crate) struct Gateway {
     pub cors_origins: Vec<String>,
     /// Becomes true at shutdown: watches end, connections close once idle.
     pub stop: watch::Receiver<bool>,
+    /// Watch streams listing their initial data now, at most one per core: a list is
+    /// counted against the client budget once it is made, so this bounds what is held
+    /// uncounted, as the runtime's threads bound it for RESP watches.
+    pub listings: tokio::sync::Semaphore,
+}
+
+impl Gateway {
+    /// Permits for [`Gateway::listings`]: one per core.
+    pub fn listing_permits() -> usize {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    }
 }
 
 /// One HTTP connection, as its requests see it.

@@ -199,6 +199,7 @@ mod tests {
             allowed_hosts: Vec::new(),
             cors_origins: Vec::new(),
             stop,
+            listings: tokio::sync::Semaphore::new(Gateway::listing_permits()),
         });
         assert_eq!(
             healthz(&gw).await,

@@ -102,7 +102,17 @@ pub(crate) async fn watch(
         .pumps
         .subscribe(&handle, Arc::clone(&notify) as Arc<dyn Subscriber>);
     let subscription = Subscription { pump, notify };
+    // The list of initial data is counted against the budget as soon as it is made; only
+    // a few are made at once (the others wait here), so that many requests together
+    // cannot hold lists that nothing counts yet.
+    let listing = gw
+        .listings
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("the watch could not start: {e}")))?;
     let watch = gw.run(move |_| handle.watch(&pattern, opts)).await?;
+    conn.hold(watch.initial_bytes());
+    drop(listing);
     gw.shared.stats.watchers.fetch_add(1, Ordering::Relaxed);
     let feed = Feed {
         watch,
@@ -282,6 +292,7 @@ mod tests {
                 allowed_hosts: Vec::new(),
                 cors_origins: Vec::new(),
                 stop,
+                listings: tokio::sync::Semaphore::new(Gateway::listing_permits()),
             });
             let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
             let (buffers, _slot) = client_memory.register(1, addr);
