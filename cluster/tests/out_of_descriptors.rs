@@ -127,6 +127,24 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) -> std::io::Result<()> 
     rx.await.map_err(std::io::Error::other)?
 }
 
+/// Raft log options with segments of 4 KiB: a hundred entries take several.
+fn small_segments() -> LogOptions {
+    LogOptions {
+        segment_size: 4096,
+        ..LogOptions::default()
+    }
+}
+
+/// A Raft log in `dir` with small segments holding the entries 1 to 100 of term 1.
+fn log_of_100_entries(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> LogStore {
+    let mut log = LogStore::open(dir, small_segments()).expect("open");
+    for i in 1..=100 {
+        rt.block_on(append(&mut log, vec![sample_entry(1, i)]))
+            .expect("append");
+    }
+    log
+}
+
 /// The vote, saved while the process has no descriptor left (for the temp file, the
 /// directory's sync): the save waits for one; before, it failed ("when Write Vote: ...:
 /// Too many open files") and the node stopped for good.
@@ -152,15 +170,8 @@ fn a_purge_point_saved_with_no_descriptor_left_waits_for_one() {
     let _turn = turn();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
-    let opts = || LogOptions {
-        segment_size: 4096,
-        ..LogOptions::default()
-    };
-    let mut log = LogStore::open(dir.path(), opts()).expect("open");
-    for i in 1..=100 {
-        rt.block_on(append(&mut log, vec![sample_entry(1, i)]))
-            .expect("append");
-    }
+    let opts = small_segments;
+    let mut log = log_of_100_entries(dir.path(), &rt);
     let (purged, waited) = with_every_descriptor_taken(|| rt.block_on(log.purge(log_id(1, 60))));
     purged.expect("purged once a descriptor was free");
     assert!(waited, "the purge waited for a descriptor");
@@ -283,15 +294,8 @@ fn a_truncation_with_no_descriptor_left_waits_for_one() {
     let _turn = turn();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
-    let opts = || LogOptions {
-        segment_size: 4096,
-        ..LogOptions::default()
-    };
-    let mut log = LogStore::open(dir.path(), opts()).expect("open");
-    for i in 1..=100 {
-        rt.block_on(append(&mut log, vec![sample_entry(1, i)]))
-            .expect("append");
-    }
+    let opts = small_segments;
+    let mut log = log_of_100_entries(dir.path(), &rt);
     let (cut, waited) =
         with_every_descriptor_taken(|| rt.block_on(log.truncate_after(Some(log_id(1, 10)))));
     cut.expect("truncated once a descriptor was free");

@@ -600,12 +600,7 @@ fn sse_resumes_with_last_event_id_python_requests() {
 fn a_stream_ended_by_lost_is_not_reconnected_to() {
     let (server, _base) = gateway(&[]);
     let mut resp = TcpStream::connect(server.addr).unwrap();
-    let mut send = |req: &[u8], want: &str| {
-        resp.write_all(req).unwrap();
-        let mut got = vec![0u8; want.len()];
-        resp.read_exact(&mut got).unwrap();
-        assert_eq!(String::from_utf8_lossy(&got), want);
-    };
+    let mut send = |req: &[u8], want: &str| resp_exchange(&mut resp, req, want);
     send(b"BUCKET CREATE tmp\r\n", "+OK\r\n");
     let mut stream = raw_get(server.http_addr(), "/v1/buckets/tmp/watch");
     let mut events = Vec::new();
@@ -647,12 +642,7 @@ fn a_stream_ended_by_lost_is_not_reconnected_to() {
 fn an_updatesonly_stream_resumes_from_the_id_of_ready() {
     let (server, _base) = gateway(&[]);
     let mut resp = TcpStream::connect(server.addr).unwrap();
-    let mut send = |req: &[u8], want: &str| {
-        resp.write_all(req).unwrap();
-        let mut got = vec![0u8; want.len()];
-        resp.read_exact(&mut got).unwrap();
-        assert_eq!(String::from_utf8_lossy(&got), want);
-    };
+    let mut send = |req: &[u8], want: &str| resp_exchange(&mut resp, req, want);
     send(b"PUT gap.old 1\r\n", ":1\r\n");
     // One event's lines, up to its blank line.
     let event = |stream: &mut BufReader<TcpStream>| -> Vec<String> {
@@ -735,6 +725,14 @@ fn a_request_head_past_16_kib_is_431() {
     let mut status = String::new();
     BufReader::new(s).read_line(&mut status).unwrap();
     assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+}
+
+/// Sends `req` on a RESP connection and checks that the reply is `want`.
+fn resp_exchange(resp: &mut TcpStream, req: &[u8], want: &str) {
+    resp.write_all(req).unwrap();
+    let mut got = vec![0u8; want.len()];
+    resp.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), want);
 }
 
 /// Sends an HTTP/1.1 GET on a raw socket and returns the stream after the headers.

@@ -64,6 +64,39 @@ impl Gateway {
     pub fn listing_permits() -> usize {
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     }
+
+    /// A gateway over `store` (opened in `dir`) with the default settings, for unit tests,
+    /// with the sender of its stop signal.
+    #[cfg(test)]
+    pub fn for_tests(
+        dir: &std::path::Path,
+        store: logkv::Store,
+    ) -> (Arc<Gateway>, watch::Sender<bool>) {
+        let config = crate::config::ServerConfig::new(dir);
+        let shared = Arc::new(Shared {
+            stores: logkv_cluster::StoreCell::new(store, 0),
+            cluster: None,
+            client_memory: Arc::new(crate::client_memory::ClientMemory::new(
+                config.max_client_memory,
+            )),
+            config,
+            stats: crate::shared::Stats::new(),
+            pumps: crate::pump::Pumps::new(),
+            syncers: crate::durability::Syncers::default(),
+            metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
+            health: crate::health::Health::default(),
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let gw = Arc::new(Gateway {
+            shared,
+            listen: "127.0.0.1:1".into(),
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
+            stop,
+            listings: tokio::sync::Semaphore::new(Gateway::listing_permits()),
+        });
+        (gw, stop_tx)
+    }
 }
 
 /// One HTTP connection, as its requests see it.

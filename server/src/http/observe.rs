@@ -150,13 +150,10 @@ mod tests {
     use axum::body::Body;
     use axum::http::header::HOST;
     use axum::http::{Request, StatusCode};
-    use tokio::sync::watch;
     use tower_service::Service;
 
     use crate::client_memory::ClientMemory;
-    use crate::config::ServerConfig;
     use crate::http::{router, ConnInfo, Gateway};
-    use crate::shared::{Shared, Stats};
 
     async fn healthz(gw: &Arc<Gateway>) -> (StatusCode, String) {
         let local = SocketAddr::from(([127, 0, 0, 1], 1));
@@ -179,28 +176,9 @@ mod tests {
     #[tokio::test]
     async fn healthz_follows_the_health() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig::new(dir.path());
         let store = logkv::Store::open(dir.path(), logkv::Options::default()).unwrap();
-        let shared = Arc::new(Shared {
-            stores: logkv_cluster::StoreCell::new(store, 0),
-            cluster: None,
-            client_memory: Arc::new(ClientMemory::new(config.max_client_memory)),
-            config,
-            stats: Stats::new(),
-            pumps: crate::pump::Pumps::new(),
-            syncers: crate::durability::Syncers::default(),
-            metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
-            health: crate::health::Health::default(),
-        });
-        let (_stop_tx, stop) = watch::channel(false);
-        let gw = Arc::new(Gateway {
-            shared: Arc::clone(&shared),
-            listen: "127.0.0.1:1".into(),
-            allowed_hosts: Vec::new(),
-            cors_origins: Vec::new(),
-            stop,
-            listings: tokio::sync::Semaphore::new(Gateway::listing_permits()),
-        });
+        let (gw, _stop) = Gateway::for_tests(dir.path(), store);
+        let shared = Arc::clone(&gw.shared);
         assert_eq!(
             healthz(&gw).await,
             (StatusCode::OK, r#"{"status":"serving"}"#.into())

@@ -245,10 +245,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::client_memory::ClientMemory;
-    use crate::config::ServerConfig;
-    use crate::pump::Pumps;
-    use crate::shared::Stats;
 
     /// A watch request whose client hangs up while the watch is set up (a long initial
     /// scan): hyper drops the handler at its await, and the subscription it made goes with
@@ -272,28 +268,9 @@ mod tests {
                     .collect();
                 bucket.write(&ops).expect("write");
             }
-            let config = ServerConfig::new(dir.path());
-            let client_memory = Arc::new(ClientMemory::new(config.max_client_memory));
-            let shared = Arc::new(Shared {
-                stores: logkv_cluster::StoreCell::new(store, 0),
-                cluster: None,
-                config,
-                stats: Stats::new(),
-                pumps: Pumps::new(),
-                syncers: crate::durability::Syncers::default(),
-                client_memory: Arc::clone(&client_memory),
-                metrics: crate::metrics::Metrics::new(crate::command::verb_names()),
-                health: crate::health::Health::default(),
-            });
-            let (_stop_tx, stop) = watch::channel(false);
-            let gw = Arc::new(Gateway {
-                shared: Arc::clone(&shared),
-                listen: "127.0.0.1:0".into(),
-                allowed_hosts: Vec::new(),
-                cors_origins: Vec::new(),
-                stop,
-                listings: tokio::sync::Semaphore::new(Gateway::listing_permits()),
-            });
+            let (gw, _stop) = Gateway::for_tests(dir.path(), store);
+            let shared = Arc::clone(&gw.shared);
+            let client_memory = Arc::clone(&shared.client_memory);
             let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
             let (buffers, _slot) = client_memory.register(1, addr);
             let conn = ConnInfo::new(addr, addr, buffers);
