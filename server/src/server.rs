@@ -237,14 +237,10 @@ impl Server {
                 cors_origins = ?shared.config.http_cors_origins,
                 "HTTP gateway listening on {addr}"
             );
-            crate::http::router(&Arc::new(crate::http::Gateway {
-                shared: Arc::clone(&shared),
-                listen: shared.config.http_listen.clone().unwrap_or_default(),
-                allowed_hosts: shared.config.http_allowed_hosts.clone(),
-                cors_origins: shared.config.http_cors_origins.clone(),
-                stop: stop_rx.clone(),
-                listings: tokio::sync::Semaphore::new(crate::http::Gateway::listing_permits()),
-            }))
+            crate::http::router(&Arc::new(crate::http::Gateway::new(
+                Arc::clone(&shared),
+                stop_rx.clone(),
+            )))
         });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -534,10 +530,9 @@ fn admit_http(
     let guard = HttpGuard(Arc::clone(shared));
     if open >= shared.config.max_connections {
         warn!(%peer, "HTTP connection refused: max number of clients reached");
-        tokio::spawn(async move {
-            let _guard = guard;
-            refuse_http(stream).await;
-        });
+        // Not counted while it is answered, as a refused RESP connection.
+        drop(guard);
+        tokio::spawn(refuse_http(stream));
         return;
     }
     let id = stats.next_conn_id.fetch_add(1, Ordering::Relaxed);

@@ -262,14 +262,22 @@ fn a_search_past_max_output_is_a_400_before_it_is_built() {
 /// bytes here. From a review of the gateway.
 #[test]
 fn a_reply_past_max_output_is_a_400() {
-    let (_server, base) = gateway(&["--max-output", "16KiB"]);
+    let origin = "http://app.example";
+    let (_server, base) = gateway(&["--max-output", "16KiB", "--http-cors-origin", origin]);
     let big = "b".repeat(16_500);
     let url = format!("{base}/v1/buckets/default/keys/big");
     assert_eq!(curl("PUT", &url, &["-d", &big]).status, 200);
     for get in [url.clone(), format!("{url}?raw")] {
-        let refused = curl("GET", &get, &[]);
+        let refused = curl("GET", &get, &["-H", &format!("Origin: {origin}")]);
         let text = refused.text();
         assert_eq!(refused.status, 400, "{get}: {text:.200}");
+        // A cross-origin page can read the refusal (the CORS headers are there).
+        assert_eq!(
+            refused.header("access-control-allow-origin"),
+            Some(origin),
+            "{:?}",
+            refused.headers
+        );
         let body = json(&refused);
         assert_eq!(body["error"], "ERR");
         let message = body["message"].as_str().unwrap();
@@ -289,6 +297,62 @@ fn a_reply_past_max_output_is_a_400() {
     assert_eq!(curl("GET", &search, &[]).status, 400);
     let narrowed = json(&curl("GET", &format!("{search}&limit=5"), &[]));
     assert_eq!(narrowed["entries"].as_array().unwrap().len(), 5);
+}
+
+/// A write applied is answered in full whatever `--max-output` says (as on RESP): a client
+/// told 400 could write again. Reads past it are refused.
+#[test]
+fn an_applied_write_is_answered_past_max_output() {
+    let (_server, base) = gateway(&["--max-output", "13"]);
+    let url = format!("{base}/v1/buckets/default/keys/k");
+    let put = curl("PUT", &url, &["-d", "v"]);
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(json(&put)["revision"], 1);
+    assert_eq!(curl("GET", &url, &[]).status, 400);
+}
+
+/// HEAD on a watch lists its initial data (counted against the client budget) and sends
+/// no body: the stream is dropped unread, and its count goes with it. Before, the list
+/// stayed counted as long as the connection stayed open.
+#[test]
+fn a_head_of_a_watch_leaves_nothing_counted() {
+    let (server, _base) = gateway(&[]);
+    let mut resp = TcpStream::connect(server.addr).unwrap();
+    let mut pipeline = Vec::new();
+    for i in 0..20_000 {
+        pipeline.extend_from_slice(format!("PUT h.{i} v\r\n").as_bytes());
+    }
+    resp.write_all(&pipeline).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut lines = 0;
+    while lines < 20_000 {
+        let n = resp.read(&mut buf).unwrap();
+        lines += buf[..n].split(|&b| b == b'\n').count() - 1;
+    }
+    // A kept-alive connection: HEAD, its headers, and the connection stays open.
+    let mut http = TcpStream::connect(server.http_addr()).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        http,
+        "HEAD /v1/buckets/default/watch?history HTTP/1.1\r\nHost: {}\r\n\r\n",
+        server.http_addr()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(http);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    let held = common::info_field(&roundtrip(&mut resp, b"INFO\r\n"), "client_memory");
+    assert!(
+        held < 100_000,
+        "{held} bytes still counted after a HEAD of a watch"
+    );
 }
 
 #[test]

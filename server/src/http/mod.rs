@@ -56,13 +56,22 @@ pub(crate) struct Gateway {
     /// Watch streams listing their initial data now, at most one per core: a list is
     /// counted against the client budget once it is made, so this bounds what is held
     /// uncounted, as the runtime's threads bound it for RESP watches.
-    pub listings: tokio::sync::Semaphore,
+    pub listings: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
-    /// Permits for [`Gateway::listings`]: one per core.
-    pub fn listing_permits() -> usize {
-        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    /// The gateway of the server `shared`, as its configuration says, stopping when `stop`
+    /// becomes true.
+    pub fn new(shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Gateway {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Gateway {
+            listen: shared.config.http_listen.clone().unwrap_or_default(),
+            allowed_hosts: shared.config.http_allowed_hosts.clone(),
+            cors_origins: shared.config.http_cors_origins.clone(),
+            shared,
+            stop,
+            listings: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
     }
 
     /// A gateway over `store` (opened in `dir`) with the default settings, for unit tests,
@@ -87,15 +96,7 @@ impl Gateway {
             health: crate::health::Health::default(),
         });
         let (stop_tx, stop) = watch::channel(false);
-        let gw = Arc::new(Gateway {
-            shared,
-            listen: "127.0.0.1:1".into(),
-            allowed_hosts: Vec::new(),
-            cors_origins: Vec::new(),
-            stop,
-            listings: tokio::sync::Semaphore::new(Gateway::listing_permits()),
-        });
-        (gw, stop_tx)
+        (Arc::new(Gateway::new(shared, stop)), stop_tx)
     }
 }
 
@@ -202,29 +203,32 @@ pub(crate) fn router(gw: &Arc<Gateway>) -> Router {
         ))
         .fallback(|| async { json::ApiError::not_found("no such route") })
         .layer(axum::middleware::map_response(json::errors_as_json))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(gw),
-            guard::check,
-        ))
+        // Inside the guard: a refused reply gets the CORS headers a cross-origin page needs
+        // to read it.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(gw),
             limit_reply,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(gw),
+            guard::check,
         ))
         .layer(axum::middleware::from_fn(count_reply))
         .with_state(Arc::clone(gw))
 }
 
-/// Replaces a data reply (a `/v1/` route's) larger than `--max-output` by 400 `ERR`, as a
-/// RESP reply past it is replaced by `-ERR`: the engine's read limit counts the records
-/// read, and the reply's JSON (base64 values, field names) is larger. Watch streams (no
-/// size known), the observability routes and HEAD (no body sent) are not limited.
+/// Replaces a read's reply (a `GET` of a `/v1/` route) larger than `--max-output` by 400
+/// `ERR`, as a RESP reply past it is replaced by `-ERR`: the engine's read limit counts
+/// the records read, and the reply's JSON (base64 values, field names) is larger. Watch
+/// streams (no size known), the observability routes, HEAD (no body sent) and writes (an
+/// applied write is answered in full, as on RESP) are not limited.
 async fn limit_reply(
     axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let data = req.uri().path().starts_with("/v1/") && req.method() != axum::http::Method::HEAD;
+    let data = req.uri().path().starts_with("/v1/") && req.method() == axum::http::Method::GET;
     let reply = next.run(req).await;
     let max = gw.shared.config.max_output;
     match reply.body().size_hint().exact() {

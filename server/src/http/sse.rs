@@ -92,6 +92,11 @@ pub(crate) async fn watch(
     } else {
         0
     };
+    // The client has seen everything before `from`: `ready`'s id is never below that, also
+    // on a node that has applied less than the one the client resumes from.
+    let seen = opts.from_revision.unwrap_or(0).saturating_sub(1);
+    // A watch with nothing to list (live entries only) takes no listing permit.
+    let lists = !opts.updates_only || opts.from_revision.is_some();
     let handle = gw.run(move |store| store.bucket(&bucket)).await?;
     // Subscribe before the watch takes its snapshot: a write in between still wakes us.
     // Held by a guard from here on: the watch fails, or the client hangs up while it is
@@ -104,13 +109,20 @@ pub(crate) async fn watch(
     let subscription = Subscription { pump, notify };
     // The list of initial data is counted against the budget as soon as it is made; only
     // a few are made at once (the others wait here), so that many requests together
-    // cannot hold lists that nothing counts yet.
-    let listing = gw
-        .listings
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal(format!("the watch could not start: {e}")))?;
-    let watch = gw.run(move |_| handle.watch(&pattern, opts)).await?;
+    // cannot hold lists that nothing counts yet. The permit goes with the listing to its
+    // thread: a client that hangs up meanwhile frees it only once the list is dropped.
+    let listing = if lists {
+        let permit = Arc::clone(&gw.listings)
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::internal(format!("the watch could not start: {e}")))?;
+        Some(permit)
+    } else {
+        None
+    };
+    let (watch, listing) = gw
+        .run(move |_| handle.watch(&pattern, opts).map(|w| (w, listing)))
+        .await?;
     conn.hold(watch.initial_bytes());
     drop(listing);
     gw.shared.stats.watchers.fetch_add(1, Ordering::Relaxed);
@@ -121,6 +133,7 @@ pub(crate) async fn watch(
         with_value,
         generation,
         skip_below,
+        seen,
         subscription,
         stop: gw.stop.clone(),
         shared: Arc::clone(&gw.shared),
@@ -159,6 +172,8 @@ struct Feed {
     generation: u64,
     /// Entries below this revision are skipped (see `watch`).
     skip_below: u64,
+    /// The last revision the client has seen when it resumed (0 for none).
+    seen: u64,
     subscription: Subscription,
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -189,7 +204,7 @@ impl Feed {
                     // With the id of the revision the live entries start after: a client
                     // that reconnects before any entry came (an `updatesonly` watch)
                     // resumes from there, not with a new watch that misses the gap.
-                    let id = self.watch.start_revision().to_string();
+                    let id = self.watch.start_revision().max(self.seen).to_string();
                     return Some(Event::default().event("ready").id(id).data("{}"));
                 }
                 Ok(Some(WatchEvent::Lost { first_retained })) => {
@@ -221,6 +236,10 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        if self.counting {
+            // Never polled (a HEAD request's body is dropped unread): the list is gone.
+            self.conn.hold(0);
+        }
         self.shared.stats.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
