@@ -18,6 +18,10 @@
 //! alike share one encoding of the events ([`SendBuf`]). Anyone else is woken and pulls
 //! (a busy connection, a TLS one, an HTTP event stream).
 //!
+//! A pump serves one bucket, told apart by [`Bucket::id`], not by its name: a bucket dropped
+//! and created again, or the `default` bucket of a store that replaced another (a cluster
+//! node that installed a snapshot), gets a pump of its own, hooked to it.
+//!
 //! A pump ends when its last subscriber leaves, when the bucket is dropped (the hook is
 //! called once more and the pump finds the bucket gone), or at server shutdown.
 
@@ -172,14 +176,16 @@ pub(crate) struct Pumps {
 
 #[derive(Default)]
 struct Inner {
-    /// Live pumps by bucket name.
-    map: Mutex<HashMap<String, Arc<Pump>>>,
+    /// Live pumps by bucket id ([`Bucket::id`]).
+    map: Mutex<HashMap<u64, Arc<Pump>>>,
     stop: AtomicBool,
 }
 
 /// The pump of one bucket.
 pub(crate) struct Pump {
     name: String,
+    /// The bucket's [`Bucket::id`], its key in the map.
+    id: u64,
     /// A handle on the bucket, to tell whether it was dropped.
     bucket: Bucket,
     subs: Mutex<Vec<Arc<dyn Subscriber>>>,
@@ -207,10 +213,10 @@ impl Pump {
             drop(subs);
             if let Some(map) = map.as_mut() {
                 if map
-                    .get(&self.name)
+                    .get(&self.id)
                     .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), self))
                 {
-                    map.remove(&self.name);
+                    map.remove(&self.id);
                 }
             }
             self.wake.notify_one();
@@ -261,7 +267,7 @@ impl Pump {
         batch.clear();
     }
 
-    /// Whether this pump still serves the live bucket of its name.
+    /// Whether this pump still serves its bucket (it was not ended, the bucket not dropped).
     fn alive(&self) -> bool {
         !self.dead.load(Ordering::Acquire) && !self.bucket_dropped()
     }
@@ -276,29 +282,32 @@ impl Pumps {
         Pumps::default()
     }
 
-    /// Subscribes `sub` to writes on `bucket`, starting the bucket's pump if needed.
+    /// Subscribes `sub` to writes on `bucket`, starting the bucket's pump if needed (the
+    /// pump of that very bucket: another bucket of the same name, dropped since or in a
+    /// replaced store, has its own).
     /// Subscribe before pulling from a new watch, so that no write can go unnoticed.
     /// Called from a task of the server's runtime (the pump is spawned on it).
     pub fn subscribe(&self, bucket: &Bucket, sub: Arc<dyn Subscriber>) -> Arc<Pump> {
         let mut map = self.inner.map.lock();
-        if let Some(p) = map.get(bucket.name()) {
+        if let Some(p) = map.get(&bucket.id()) {
             if p.alive() {
                 p.subs.lock().push(sub);
                 return Arc::clone(p);
             }
-            // Dropped (and perhaps re-created since): that pump ends on its own.
+            // The bucket was dropped: that pump ends on its own.
             p.dead.store(true, Ordering::Release);
             p.wake.notify_one();
         }
         let pump = Arc::new(Pump {
             name: bucket.name().to_string(),
+            id: bucket.id(),
             bucket: bucket.clone(),
             subs: Mutex::new(vec![sub]),
             dead: AtomicBool::new(false),
             wake: Notify::new(),
             pumps: Arc::downgrade(&self.inner),
         });
-        map.insert(pump.name.clone(), Arc::clone(&pump));
+        map.insert(pump.id, Arc::clone(&pump));
         drop(map);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -318,14 +327,16 @@ impl Pumps {
         pump
     }
 
-    /// How many subscribers the pump of `bucket` has (0 without a pump).
+    /// How many subscribers the pumps of the buckets named `bucket` have (0 without a pump).
     #[cfg(test)]
     pub fn subscribers(&self, bucket: &str) -> usize {
         self.inner
             .map
             .lock()
-            .get(bucket)
-            .map_or(0, |p| p.subs.lock().len())
+            .values()
+            .filter(|p| p.name == bucket)
+            .map(|p| p.subs.lock().len())
+            .sum()
     }
 
     /// Wakes every connection that watches anything (the store was replaced: their
@@ -365,10 +376,10 @@ async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
             let mut map = inner.map.lock();
             pump.dead.store(true, Ordering::Release);
             if map
-                .get(&pump.name)
+                .get(&pump.id)
                 .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), pump))
             {
-                map.remove(&pump.name);
+                map.remove(&pump.id);
             }
             break;
         }
@@ -383,6 +394,8 @@ async fn run(inner: &Inner, pump: &Pump, hook: logkv::ChangeHook) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// Frames of a watch of `bucket` that read one new write (`id` tells them apart).
@@ -401,6 +414,53 @@ mod tests {
             skip_below: 0,
             bytes: vec![u8::try_from(id).expect("small id")],
         }
+    }
+
+    /// Two stores' `default` buckets (a cluster node's store and the one a snapshot install
+    /// put in its place) each get a pump of their own, woken by their own writes. Before,
+    /// a pump was found by the bucket's name: the second subscriber joined the first
+    /// store's pump, hooked to the first store's bucket, and a write to the second store
+    /// never woke it.
+    #[test]
+    fn buckets_of_one_name_in_two_stores_each_get_their_own_pump() {
+        let dirs = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let stores = dirs
+                .each_ref()
+                .map(|d| logkv::Store::open(d.path(), logkv::Options::default()).expect("open"));
+            let buckets = stores
+                .each_ref()
+                .map(|s| s.bucket(logkv::DEFAULT_BUCKET).expect("default"));
+            let pumps = Pumps::new();
+            let subs = [Arc::new(Notify::new()), Arc::new(Notify::new())];
+            let taken: Vec<Arc<Pump>> = buckets
+                .iter()
+                .zip(&subs)
+                .map(|(b, n)| pumps.subscribe(b, Arc::clone(n) as Arc<dyn Subscriber>))
+                .collect();
+            assert!(
+                !Arc::ptr_eq(&taken[0], &taken[1]),
+                "the second store's default bucket joined the first store's pump"
+            );
+            assert_eq!(pumps.subscribers(logkv::DEFAULT_BUCKET), 2);
+            for (i, (bucket, sub)) in buckets.iter().zip(&subs).enumerate() {
+                bucket.put("k", "v").expect("put");
+                tokio::time::timeout(Duration::from_secs(60), sub.notified())
+                    .await
+                    .unwrap_or_else(|_| panic!("a write to store {i} woke no subscriber"));
+            }
+            for (pump, sub) in taken.iter().zip(&subs) {
+                pump.unsubscribe(&**sub);
+            }
+            assert_eq!(pumps.subscribers(logkv::DEFAULT_BUCKET), 0);
+        });
     }
 
     #[test]
