@@ -136,7 +136,8 @@ pub(crate) async fn serve(
 impl Conn {
     async fn run(&mut self) -> io::Result<()> {
         loop {
-            if self.pull && self.session.watches.active() {
+            // Nothing follows the reply to QUIT (nor a framing error's).
+            if self.pull && !self.closing && self.session.watches.active() {
                 self.pull = self.session.watches.pull(
                     self.session.version,
                     &mut self.out,
@@ -151,10 +152,6 @@ impl Conn {
             if self.closing {
                 self.linger().await;
                 return Ok(());
-            }
-            if self.pull {
-                // Stopped at the high-water mark: the output is written, pull again.
-                continue;
             }
             if *self.stop.borrow() {
                 return Ok(());
@@ -171,6 +168,7 @@ impl Conn {
                     .park(self.session.version, || self.io.socket_copy());
             let was_empty = self.rbuf.is_empty();
             let spare = if was_empty { 0 } else { self.reserve_read() };
+            let backlog = self.pull;
             let Conn {
                 io,
                 rbuf,
@@ -178,12 +176,26 @@ impl Conn {
                 session,
                 ..
             } = self;
-            // Unbiased: a flood of watch events must not starve the client's requests, nor
-            // the other way round. Every branch is cancel-safe.
-            let woke = tokio::select! {
-                _ = stop.changed() => Woke::Stop,
-                () = session.watches.notified(), if watching => Woke::Events,
-                read = io.fill(rbuf) => Woke::Read(read),
+            // Every branch is cancel-safe.
+            let woke = if backlog {
+                // The last pull stopped at the high-water mark and its output is written:
+                // the input that came meanwhile (UNWATCH, PING, QUIT, ...) is read before the
+                // next pull, without waiting for more, so that requests are served between
+                // rounds of a backlog of events however fast events come.
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => Woke::Stop,
+                    read = io.fill(rbuf) => Woke::Read(read),
+                    () = std::future::ready(()) => Woke::Events,
+                }
+            } else {
+                // Unbiased: a flood of watch events must not starve the client's requests,
+                // nor the other way round.
+                tokio::select! {
+                    _ = stop.changed() => Woke::Stop,
+                    () = session.watches.notified(), if watching => Woke::Events,
+                    read = io.fill(rbuf) => Woke::Read(read),
+                }
             };
             if parked && self.session.watches.unpark(&mut self.out) {
                 // A pump left part of a delivery: written first, then pulled on from here.

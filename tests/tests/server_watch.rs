@@ -522,3 +522,103 @@ fn a_fan_out_to_watchers_of_every_kind_gives_each_its_own_frames() {
         );
     }
 }
+
+/// Caps the kernel's receive buffer of `stream` (on loopback it grows to many MiB), so
+/// that what the kernel holds on the way is small next to a backlog of events.
+fn small_receive_buffer(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let size: libc::c_int = 64 * 1024;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("small");
+    // SAFETY: an open socket's descriptor, and an int option given with its size.
+    let ret = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            len,
+        )
+    };
+    assert_eq!(ret, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+}
+
+/// A watcher whose watch has a backlog of many rounds of events (far past the output's
+/// high-water mark) and that sends UNWATCH gets the reply after about a round more, not
+/// after the whole backlog: the connection reads its input between rounds. Nothing comes
+/// after the reply; nor after QUIT's, sent the same way. Before, a pull that stopped at the high-water mark was followed by the
+/// next one without reading anything: the reply came after all 10,001 events.
+#[test]
+fn unwatch_is_answered_in_the_middle_of_a_backlog_of_events() {
+    use std::io::Read as _;
+
+    const WRITES: usize = 10_000;
+    let srv = Srv::start_with(|c| c.fsync = logkv::FsyncPolicy::Never);
+    // ~40 MB of history: about 40 rounds of the server's 1 MiB high-water mark.
+    let value = "v".repeat(4096);
+    let mut writer = srv.raw();
+    let mut batch = Vec::new();
+    for round in 0..10 {
+        batch.clear();
+        for i in 0..WRITES / 10 {
+            let key = format!("k.{round}.{i}");
+            logkv_server::protocol::encode_request(&["PUT", &key, &value], &mut batch);
+        }
+        writer.send(&batch);
+        for _ in 0..WRITES / 10 {
+            assert!(matches!(writer.read(), Frame::Int(_)));
+        }
+    }
+    let mut w = srv.raw();
+    small_receive_buffer(&w.stream);
+    assert_eq!(w.cmd(&["HELLO", "3"]).field("proto").int(), 3);
+    assert_eq!(w.cmd(&["WATCH", ">", "FROM", "1"]), Frame::Int(1));
+    let mut events = 0;
+    for _ in 0..10 {
+        let f = w.read();
+        assert!(matches!(f, Frame::Push(_)), "{f:?}");
+        events += 1;
+    }
+    w.send_cmd(&[b"UNWATCH"]);
+    loop {
+        match w.read() {
+            Frame::Push(_) => events += 1,
+            reply => {
+                assert_eq!(reply, Frame::Int(0), "UNWATCH's reply");
+                break;
+            }
+        }
+    }
+    // What was on the way: a round of the server's (about 256 events of 4 KiB), the
+    // kernel's buffers (up to about 4 MiB on the server's side) and what was read first.
+    assert!(
+        events < WRITES / 4,
+        "{events} of the {} events (every write, then ready) came before UNWATCH's reply",
+        WRITES + 1
+    );
+    assert_eq!(
+        w.cmd(&["PING"]),
+        Frame::Simple("PONG".into()),
+        "nothing after UNWATCH's reply"
+    );
+
+    // QUIT alike, and the connection closes right after its reply.
+    assert_eq!(w.cmd(&["WATCH", ">", "FROM", "1"]), Frame::Int(2));
+    let mut events = 0;
+    w.send_cmd(&[b"QUIT"]);
+    loop {
+        match w.read() {
+            Frame::Push(_) => events += 1,
+            reply => {
+                assert_eq!(reply, Frame::ok(), "QUIT's reply");
+                break;
+            }
+        }
+    }
+    assert!(
+        events < WRITES / 4,
+        "{events} events came before QUIT's reply"
+    );
+    let mut rest = Vec::new();
+    w.reader.read_to_end(&mut rest).expect("read to the end");
+    assert!(rest.is_empty(), "{} bytes after QUIT's reply", rest.len());
+}
