@@ -102,6 +102,9 @@ pub(crate) async fn serve(
     buffers: ClientBuffers,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    // Before the store: a store replaced in between (a cluster node installing a snapshot)
+    // then has the session look its bucket up again, not keep the replaced store's.
+    let generation = shared.store_generation();
     let bucket = match shared.store().default_bucket() {
         Ok(b) => b,
         Err(e) => {
@@ -109,7 +112,7 @@ pub(crate) async fn serve(
             return Ok(());
         }
     };
-    let session = Session::new(shared, id, peer, bucket);
+    let session = Session::new(shared, id, peer, bucket, generation);
     let mut conn = Conn {
         io,
         session,

@@ -45,10 +45,12 @@ impl<'a> Watch<'a> {
                 format!("too many watches on this connection (limit {MAX_WATCHES})"),
             ));
         }
+        // Before the bucket is looked up: see `Watches::add`.
+        let generation = s.shared.store_generation();
         let bucket = s.live_bucket().map_err(|e| engine_error(&e))?;
         let id = s
             .watches
-            .add(&bucket, self.pattern, self.opts)
+            .add(&bucket, generation, self.pattern, self.opts)
             .map_err(|e| engine_error(&e))?;
         encode::uint(out, id);
         Ok(Flow::Continue)

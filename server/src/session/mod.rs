@@ -63,18 +63,27 @@ pub(crate) struct Session {
     /// On a cluster node: a read barrier was passed after the last request was received
     /// and the last write settled, so reads now are linearizable without another.
     pub fenced: bool,
-    /// The store generation `bucket` belongs to.
+    /// The store generation `bucket` belongs to, or an older one (a generation read before
+    /// the bucket was looked up: the store is replaced before its generation is raised).
+    /// An older one only makes [`Session::with_bucket`] look the bucket up once more.
     generation: u64,
     /// The batch's requests, by verb, not yet added to the server's metrics.
     pub metrics: LocalMetrics,
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, id: u64, peer: SocketAddr, bucket: Bucket) -> Session {
+    /// A session on `bucket`, of the store of generation `generation` (read before the
+    /// bucket was looked up: see [`Session::with_bucket`]).
+    pub fn new(
+        shared: Arc<Shared>,
+        id: u64,
+        peer: SocketAddr,
+        bucket: Bucket,
+        generation: u64,
+    ) -> Session {
         let authed = shared.config.password.is_none();
         let durability = PendingDurability::new(shared.config.fsync);
         let watches = Watches::new(Arc::clone(&shared));
-        let generation = shared.store_generation();
         Session {
             deferred: Vec::new(),
             readonly: false,

@@ -137,9 +137,15 @@ impl Watches {
 
     /// Starts watching `pattern` on `bucket`; returns the new watch's id. Its events
     /// (initial data first) are pulled right after the reply.
+    ///
+    /// `generation` is the store generation read before `bucket` was looked up: a store
+    /// replaced since (a cluster node installing a snapshot, perhaps while the watch lists
+    /// its initial data) ends the watch with `lost` at its first pull. Read after, it could
+    /// be the new store's while the watch reads the old one, and the watch would never end.
     pub fn add(
         &mut self,
         bucket: &Bucket,
+        generation: u64,
         pattern: &str,
         mut opts: WatchOptions,
     ) -> logkv::Result<u64> {
@@ -165,11 +171,13 @@ impl Watches {
                 return Err(e);
             }
         };
+        #[cfg(test)]
+        tests::after_watch_created();
         let id = st.next_id;
         st.next_id += 1;
         st.list.push(Slot {
             id,
-            generation: shared.store_generation(),
+            generation,
             skip_below,
             watch,
             with_value,
@@ -453,7 +461,138 @@ fn encode_event(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
     use super::*;
+    use crate::session::Session;
+
+    /// How long a wake-up that must come is waited for.
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    thread_local! {
+        /// Run once by the next [`Watches::add`] on this thread, right after the engine's
+        /// watch is made (where a long initial listing takes its time).
+        static AFTER_WATCH_CREATED: RefCell<Option<Box<dyn FnOnce()>>> =
+            const { RefCell::new(None) };
+    }
+
+    pub(super) fn after_watch_created() {
+        let hook = AFTER_WATCH_CREATED.with(|h| h.borrow_mut().take());
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// The state of a server serving `store` (opened in `dir`) as generation 0, as a unit
+    /// test's gateway has it.
+    fn shared(dir: &std::path::Path, store: logkv::Store) -> Arc<Shared> {
+        let (gateway, _stop) = crate::http::Gateway::for_tests(dir, store);
+        Arc::clone(&gateway.shared)
+    }
+
+    /// A connection's session on the store served now, as a new connection makes it.
+    fn session(shared: &Arc<Shared>, id: u64) -> Session {
+        let generation = shared.store_generation();
+        let bucket = shared.store().default_bucket().expect("default");
+        let peer = "127.0.0.1:1".parse().expect("addr");
+        Session::new(Arc::clone(shared), id, peer, bucket, generation)
+    }
+
+    /// Runs one command; its reply.
+    fn run(s: &mut Session, args: &[&str]) -> Vec<u8> {
+        let args: Vec<Bytes> = args
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        let mut out = Vec::new();
+        let flow = crate::command::execute(s, &args, &mut out);
+        assert!(matches!(flow, crate::command::Flow::Continue));
+        out
+    }
+
+    /// Pulls every event waiting.
+    fn pull_all(s: &mut Session) -> Vec<u8> {
+        let mut out = Vec::new();
+        while s.watches.pull(RespVersion::Resp2, &mut out, usize::MAX) {}
+        out
+    }
+
+    /// The store is replaced (as a cluster node replaces it when it installs a snapshot)
+    /// while a WATCH is being set up: the watch, made on the replaced store, ends with
+    /// `lost` at its first pull. A new connection's watch of the new store's `default`
+    /// bucket, made while the old watch still subscribes to the old store's, gets the new
+    /// store's writes. Before, the WATCH recorded the generation read after the watch was
+    /// made, the new store's: the watch went on reading the replaced store and never ended.
+    #[test]
+    fn a_store_replaced_while_a_watch_is_set_up_ends_that_watch() {
+        let dirs = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let [old, new] = dirs
+                .each_ref()
+                .map(|d| logkv::Store::open(d.path(), logkv::Options::default()).expect("open"));
+            let shared = shared(dirs[0].path(), old);
+            let mut first = session(&shared, 1);
+            let cell = shared.stores.clone();
+            AFTER_WATCH_CREATED.with(|h| {
+                *h.borrow_mut() = Some(Box::new(move || {
+                    drop(cell.replace(new, 1));
+                }));
+            });
+            assert_eq!(run(&mut first, &["WATCH", ">"]), b":1\r\n");
+            assert_eq!(shared.store_generation(), 1, "the hook replaced the store");
+
+            let mut second = session(&shared, 2);
+            assert_eq!(run(&mut second, &["WATCH", ">"]), b":1\r\n");
+            // The wake-up a new watch gives its connection, taken before the write.
+            tokio::time::timeout(DEADLINE, second.watches.notified())
+                .await
+                .expect("a new watch wakes its connection");
+            let mut ready = Vec::new();
+            encode_event(
+                &mut ready,
+                RespVersion::Resp2,
+                1,
+                true,
+                &WatchEventRef::Ready,
+            );
+            assert_eq!(pull_all(&mut second), ready);
+            shared
+                .store()
+                .default_bucket()
+                .expect("default")
+                .put("k", "v")
+                .expect("put");
+            tokio::time::timeout(DEADLINE, second.watches.notified())
+                .await
+                .expect("a write to the new store woke its watcher");
+            let events = pull_all(&mut second);
+            assert!(
+                events.windows(7).any(|w| w == b"$1\r\nk\r\n")
+                    && events.windows(7).any(|w| w == b"$1\r\nv\r\n"),
+                "the write is delivered: {}",
+                String::from_utf8_lossy(&events)
+            );
+
+            let mut lost = Vec::new();
+            encode_lost(&mut lost, RespVersion::Resp2, 1, 0);
+            assert_eq!(
+                pull_all(&mut first),
+                lost,
+                "the watch of the replaced store ends at once"
+            );
+            assert!(!first.watches.active());
+        });
+    }
 
     #[test]
     fn frames() {
