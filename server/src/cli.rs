@@ -184,6 +184,13 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub backup_stream_timeout: u64,
 
+    /// Seconds a connection that watches may leave its pending output (events, replies)
+    /// without taking a byte: past it the connection is closed, ending its watches and
+    /// letting go of the log segments they held (a watcher that stopped reading would
+    /// otherwise keep compacted segments on disk).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub watch_send_timeout: u64,
+
     /// A tool instead of the server (e.g. `backup`).
     #[command(subcommand)]
     pub command: Option<Tool>,
@@ -306,6 +313,7 @@ impl Cli {
         config.http_cors_origins = self.http_cors_origins;
         config.http_timeout = Duration::from_secs(self.http_timeout);
         config.backup_stream_timeout = Duration::from_secs(self.backup_stream_timeout);
+        config.watch_send_timeout = Duration::from_secs(self.watch_send_timeout);
         config.backup_dir = self.backup_dir;
         config
     }
@@ -444,6 +452,7 @@ mod tests {
         assert_eq!(c.http_cors_origins, ["http://dash.local"]);
         assert_eq!(c.http_timeout, Duration::from_secs(30));
         assert_eq!(c.backup_stream_timeout, Duration::from_secs(60));
+        assert_eq!(c.watch_send_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -459,6 +468,9 @@ mod tests {
             Duration::from_secs(2)
         );
         assert!(Cli::try_parse_from(["logkv-server", "--backup-stream-timeout", "0"]).is_err());
+        let c = Cli::try_parse_from(["logkv-server", "--watch-send-timeout", "3"]).unwrap();
+        assert_eq!(c.into_config().watch_send_timeout, Duration::from_secs(3));
+        assert!(Cli::try_parse_from(["logkv-server", "--watch-send-timeout", "0"]).is_err());
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// How long a `BACKUP STREAM` client may take to receive each batch of the stream
     /// (`--backup-stream-timeout`).
     pub backup_stream_timeout: Duration,
+    /// How long a connection with watches may leave its pending output without a byte
+    /// taken before it is closed (`--watch-send-timeout`).
+    pub watch_send_timeout: Duration,
 }
 
 /// The cluster flags.
@@ -124,6 +127,7 @@ impl ServerConfig {
             http_cors_origins: Vec::new(),
             http_timeout: Duration::from_secs(30),
             backup_stream_timeout: Duration::from_secs(60),
+            watch_send_timeout: Duration::from_secs(60),
             backup_dir: None,
         }
     }

@@ -727,7 +727,24 @@ impl Conn {
         if !self.session.durability.is_empty() {
             self.wait_durable().await?;
         }
-        self.io.write_out(&self.out).await?;
+        if self.session.watches.active() {
+            // A watcher that stopped reading would hold its task, and the segments its
+            // watches read, for ever: closed once it takes nothing for the timeout.
+            let stall = self.session.shared.config.watch_send_timeout;
+            if let Err(e) = self.io.write_out_within(&self.out, stall).await {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    warn!(
+                        peer = %self.session.peer,
+                        id = self.session.id,
+                        "a watching client took no byte of its output for {} s; connection closed",
+                        stall.as_secs()
+                    );
+                }
+                return Err(e);
+            }
+        } else {
+            self.io.write_out(&self.out).await?;
+        }
         self.out.clear();
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();

@@ -231,6 +231,36 @@ impl Transport {
         }
     }
 
+    /// [`Transport::write_out`], failing with `TimedOut` when the client takes no byte
+    /// for `stall` (each byte taken starts the time again).
+    pub async fn write_out_within(&mut self, out: &[u8], stall: Duration) -> io::Result<()> {
+        let stalled = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took no byte for {} s", stall.as_secs()),
+            )
+        };
+        let mut sent = 0;
+        while sent < out.len() {
+            let rest = out.get(sent..).unwrap_or_default();
+            let wrote = match self {
+                Transport::Tcp(stream) => tokio::time::timeout(stall, stream.write(rest)).await,
+                Transport::Tls(stream) => tokio::time::timeout(stall, stream.write(rest)).await,
+            };
+            match wrote.map_err(|_| stalled())? {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) => return Err(e),
+            }
+        }
+        match self {
+            Transport::Tcp(_) => Ok(()),
+            Transport::Tls(stream) => tokio::time::timeout(stall, stream.flush())
+                .await
+                .map_err(|_| stalled())?,
+        }
+    }
+
     /// A second handle on a plain connection's socket (a duplicated descriptor, still
     /// non-blocking), through which watch events are written while the connection waits
     /// (`session/watches.rs`). `None` with TLS (its records need the session's state), or

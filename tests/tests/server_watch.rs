@@ -622,3 +622,49 @@ fn unwatch_is_answered_in_the_middle_of_a_backlog_of_events() {
     w.reader.read_to_end(&mut rest).expect("read to the end");
     assert!(rest.is_empty(), "{} bytes after QUIT's reply", rest.len());
 }
+
+/// A watcher that stops reading is closed once it has taken no byte for
+/// `--watch-send-timeout`, ending its watch (which held the log segments it reads).
+/// Before, its task waited on the socket for ever. The watcher here reads its first
+/// event, then nothing: INFO's `watchers` goes back to 0.
+#[test]
+fn a_watcher_that_stops_reading_is_closed_after_the_send_timeout() {
+    const WRITES: usize = 5_000;
+    let srv = Srv::start_with(|c| {
+        c.fsync = logkv::FsyncPolicy::Never;
+        c.watch_send_timeout = std::time::Duration::from_secs(1);
+    });
+    // ~20 MB of history, far more than the socket buffers hold.
+    let value = "v".repeat(4096);
+    let mut writer = srv.raw();
+    let mut batch = Vec::new();
+    for i in 0..WRITES {
+        logkv_server::protocol::encode_request(&["PUT", &format!("k.{i}"), &value], &mut batch);
+    }
+    writer.send(&batch);
+    for _ in 0..WRITES {
+        assert!(matches!(writer.read(), Frame::Int(_)));
+    }
+    let mut w = srv.raw();
+    small_receive_buffer(&w.stream);
+    assert_eq!(w.cmd(&["HELLO", "3"]).field("proto").int(), 3);
+    assert_eq!(w.cmd(&["WATCH", ">", "FROM", "1"]), Frame::Int(1));
+    assert!(matches!(w.read(), Frame::Push(_)));
+    let watchers = |c: &mut common::server::Raw| {
+        let info = c.cmd(&["INFO"]).text();
+        info.lines()
+            .find_map(|l| l.strip_prefix("watchers:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no watchers in {info}"))
+    };
+    assert_eq!(watchers(&mut writer), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while watchers(&mut writer) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled watcher is still there after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(w);
+}
