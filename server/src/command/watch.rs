@@ -45,9 +45,12 @@ impl<'a> Watch<'a> {
                 format!("too many watches on this connection (limit {MAX_WATCHES})"),
             ));
         }
-        // Before the bucket is looked up: see `Watches::add`.
-        let generation = s.shared.store_generation();
         let bucket = s.live_bucket().map_err(|e| engine_error(&e))?;
+        // The generation the bucket's store has, or an older one (see `Watches::add`):
+        // the session's, which the lookup just brought up to date, rather than one read
+        // before it, which an install in between would leave older than the bucket
+        // (a needless `lost` at the first pull).
+        let generation = s.generation();
         let id = s
             .watches
             .add(&bucket, generation, self.pattern, self.opts)

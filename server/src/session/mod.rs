@@ -72,6 +72,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The store generation the session's bucket belongs to, or an older one (see the
+    /// field).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// A session on `bucket`, of the store of generation `generation` (read before the
     /// bucket was looked up: see [`Session::with_bucket`]).
     pub fn new(
