@@ -423,18 +423,8 @@ mod tests {
     /// never woke it.
     #[test]
     fn buckets_of_one_name_in_two_stores_each_get_their_own_pump() {
-        let dirs = [
-            tempfile::tempdir().expect("tempdir"),
-            tempfile::tempdir().expect("tempdir"),
-        ];
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (_dirs, stores, rt) = crate::testing::two_stores();
         rt.block_on(async {
-            let stores = dirs
-                .each_ref()
-                .map(|d| logkv::Store::open(d.path(), logkv::Options::default()).expect("open"));
             let buckets = stores
                 .each_ref()
                 .map(|s| s.bucket(logkv::DEFAULT_BUCKET).expect("default"));

@@ -162,6 +162,28 @@ pub fn free_loopback_addr() -> SocketAddr {
     panic!("no free loopback port left below {}", ephemeral_from());
 }
 
+/// Two stores in fresh directories and a current-thread runtime to drive a unit test's
+/// async code (the directories must outlive the stores).
+#[cfg(test)]
+pub(crate) fn two_stores() -> (
+    [tempfile::TempDir; 2],
+    [logkv::Store; 2],
+    tokio::runtime::Runtime,
+) {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let stores = dirs
+        .each_ref()
+        .map(|d| logkv::Store::open(d.path(), logkv::Options::default()).expect("open"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (dirs, stores, rt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -528,18 +528,8 @@ mod tests {
     /// made, the new store's: the watch went on reading the replaced store and never ended.
     #[test]
     fn a_store_replaced_while_a_watch_is_set_up_ends_that_watch() {
-        let dirs = [
-            tempfile::tempdir().expect("tempdir"),
-            tempfile::tempdir().expect("tempdir"),
-        ];
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (dirs, [old, new], rt) = crate::testing::two_stores();
         rt.block_on(async {
-            let [old, new] = dirs
-                .each_ref()
-                .map(|d| logkv::Store::open(d.path(), logkv::Options::default()).expect("open"));
             let shared = shared(dirs[0].path(), old);
             let mut first = session(&shared, 1);
             let cell = shared.stores.clone();
