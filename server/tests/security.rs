@@ -682,7 +682,21 @@ fn unread_http_replies_count_against_the_budget_and_time_out() {
         .collect();
     let info = wait_for_evictions(&mut load, 1);
     assert!(info_field(&info, "client_memory") <= BUDGET, "{info}");
-    // The ones left are closed once they have taken nothing for 3 s.
+    // The ones left are closed once they have taken nothing for 3 s, letting go of their
+    // replies. Nothing is read until then: a client that reads is not stalled (reading
+    // right after the eviction, before the 3 s had passed, took the whole reply).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = roundtrip(&mut load, b"INFO\r\n");
+        if info_field(&info, "client_memory") < 1 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled replies are still held after 60 s: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for s in &mut stalled {
         let (got, closed) = read_until_closed(s, Duration::from_secs(10));
         assert!(closed, "a stalled reply's connection is still open");
