@@ -658,7 +658,19 @@ impl RaftLogStorage<C> for LogStore {
             st.locs.pop_front();
         }
         st.recent.drop_through(log_id.index);
-        drop_purged_segments(&self.shared.log, st)
+        match drop_purged_segments(&self.shared.log, st) {
+            // The files are unlinked and the purge point is durable: only the directory's
+            // sync found no descriptor. A power cut may bring the files back, which the
+            // open skips (entries up to the purge point) and the next purge deletes.
+            Err(e) if crate::descriptors::out_of_descriptors(&e) => {
+                tracing::warn!(
+                    "purge: the Raft log directory could not be synced after the purged \
+                     segments were removed ({e}); they may come back after a power cut"
+                );
+                Ok(())
+            }
+            done => done,
+        }
     }
 }
 
