@@ -58,11 +58,27 @@ impl Load {
             a.push("-r".into());
             a.push(r.to_string());
         }
+        // `-e`: an error reply is printed (redis-benchmark counts it as a request done
+        // either way); `run` refuses a result with any.
+        a.push("-e".into());
         a.push("--csv".into());
         a.extend(self.command.iter().cloned());
         a
     }
+
+    /// How many result lines the run must print: one per test of `-t`, or one for a
+    /// command of its own.
+    fn expected_results(&self) -> usize {
+        if self.command.is_empty() {
+            self.tests.split(',').filter(|t| !t.is_empty()).count()
+        } else {
+            1
+        }
+    }
 }
+
+/// The line redis-benchmark prints (with `-e`) for an error reply.
+const ERROR_REPLY: &str = "Error from server";
 
 /// Runs redis-benchmark against 127.0.0.1:`port` and parses its CSV; kills it after `timeout`.
 pub fn run(
@@ -106,11 +122,22 @@ pub fn run(
     let stdout = ho.join().unwrap_or_default();
     let stderr = he.join().unwrap_or_default();
     let results = parse_csv(&stdout);
-    if !status.success() || results.is_empty() {
+    if !status.success() || results.len() < load.expected_results() {
         return Err(format!(
-            "redis-benchmark failed ({status}); stdout: {stdout:?}; stderr: {stderr:?}"
+            "redis-benchmark failed ({status}, {} of {} results); stdout: {stdout:?}; \
+             stderr: {stderr:?}",
+            results.len(),
+            load.expected_results()
         )
         .into());
+    }
+    // Error replies are counted as requests done: a run with any measured nothing true.
+    if let Some(error) = stdout
+        .lines()
+        .chain(stderr.lines())
+        .find(|l| l.contains(ERROR_REPLY))
+    {
+        return Err(format!("redis-benchmark got error replies: {error}").into());
     }
     Ok(results)
 }
@@ -230,18 +257,59 @@ mod tests {
         };
         assert_eq!(
             load.args().join(" "),
-            "-t set,get -c 50 -n 1000 -P 16 -d 256 -r 1000000 --csv"
+            "-t set,get -c 50 -n 1000 -P 16 -d 256 -r 1000000 -e --csv"
         );
         load.keyspace = None;
         assert_eq!(
             load.args().join(" "),
-            "-t set,get -c 50 -n 1000 -P 16 -d 256 --csv"
+            "-t set,get -c 50 -n 1000 -P 16 -d 256 -e --csv"
         );
         load.command = vec!["SET".into(), "a.__rand_int__".into(), "v".into()];
         assert_eq!(
             load.args().join(" "),
-            "-c 50 -n 1000 -P 16 -d 256 --csv SET a.__rand_int__ v"
+            "-c 50 -n 1000 -P 16 -d 256 -e --csv SET a.__rand_int__ v"
         );
+    }
+
+    /// A run with an error reply, or without a result for every test, measured nothing
+    /// true: refused. (redis-benchmark counts an error reply as a request done.) A
+    /// stand-in program prints what redis-benchmark would.
+    #[test]
+    fn a_run_with_error_replies_or_missing_results_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let load = Load {
+            tests: "set,get",
+            clients: 1,
+            requests: 1,
+            pipeline: 1,
+            keyspace: None,
+            value_size: 3,
+            command: Vec::new(),
+        };
+        let fake = |name: &str, lines: &[&str]| {
+            let path = dir.path().join(name);
+            let mut script = String::from("#!/bin/sh\n");
+            for l in lines {
+                script.push_str("echo '");
+                script.push_str(l);
+                script.push_str("'\n");
+            }
+            std::fs::write(&path, script).expect("script");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            path
+        };
+        let limit = Duration::from_secs(30);
+        let header = r#""test","rps""#;
+        let (set, get) = (r#""SET","1000""#, r#""GET","2000""#);
+        let good = fake("good", &[header, set, get]);
+        assert_eq!(run(&good, 1, &load, limit).expect("good").len(), 2);
+        let errors = fake("errors", &[header, "Error from server: ERR boom", set, get]);
+        let refused = run(&errors, 1, &load, limit).expect_err("error replies");
+        assert!(refused.to_string().contains("error replies"), "{refused}");
+        let short = fake("short", &[header, set]);
+        let refused = run(&short, 1, &load, limit).expect_err("a missing result");
+        assert!(refused.to_string().contains("1 of 2 results"), "{refused}");
     }
 
     #[test]
