@@ -5,12 +5,13 @@
 //! against logkv-server with `--fsync never`. Each variant is measured against the same load
 //! with no watcher, in pairs ordered A B B A A B B A (A: no watcher, B: with it):
 //! - `stalled`: one connection `WATCH > UPDATESONLY` that never reads its socket;
-//! - `active`: one connection `WATCH > UPDATESONLY` read and parsed by a thread of the harness.
+//! - `active`: one connection `WATCH > UPDATESONLY` read by a thread of the harness, which
+//!   skims its frames as S5's receivers do (no value built).
 //!
 //! Rows: `S6.none`, `S6.slow`, `S6.active` (ops/s, the median run), and `S6` and
 //! `S6.active.ratio`: the median over the pairs of (with / without).
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use super::{expect_ok, row, Config};
 use crate::redisbench::{self, Load};
 use crate::report::{Extra, Reporter, Row};
-use crate::resp::{watch_frame, Client, WatchFrame};
+use crate::resp::Client;
+use crate::skim;
 use crate::stores::BoxError;
 
 /// Pairs (with / without) per variant.
@@ -40,18 +42,32 @@ fn watcher(addr: &str) -> Result<Client, BoxError> {
     Ok(c)
 }
 
-/// Reads and parses every frame on `c` until `stop`; counts the entries.
-fn drain(mut c: Client, stop: &AtomicBool, events: &AtomicU64) -> Result<(), String> {
-    c.stream
+/// Reads every frame on `c` until `stop`, skimmed as S5's receivers read them (building
+/// each event's value would take from the server's core on 2 cores what the harness
+/// spends); counts the entries. A `lost` fails the run.
+fn drain(c: Client, stop: &AtomicBool, events: &AtomicU64) -> Result<(), String> {
+    let (mut stream, inbox) = c.into_parts();
+    let mut buf = inbox.into_unread();
+    stream
         .set_read_timeout(Some(Duration::from_millis(50)))
         .map_err(|e| e.to_string())?;
+    let mut chunk = vec![0u8; 256 << 10];
     while !stop.load(Ordering::Relaxed) {
-        match c.read() {
-            Ok(v) => {
-                if let Some(WatchFrame::Entry { .. }) = watch_frame(&v) {
+        let mut used = 0;
+        while let Some((frame, n)) = skim::frame(buf.get(used..).unwrap_or_default())? {
+            used += n;
+            match frame {
+                skim::Frame::Entry(_) => {
                     events.fetch_add(1, Ordering::Relaxed);
                 }
+                skim::Frame::Lost => return Err("the active watcher's watch was lost".into()),
+                skim::Frame::Ready | skim::Frame::Message(_) => {}
             }
+        }
+        buf.drain(..used);
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err("the server closed the active watcher".into()),
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => return Err(format!("active watcher: {e}")),
         }
