@@ -129,17 +129,41 @@ fn keeps_only_itself(new: RecordRef, history: usize) -> bool {
 }
 
 /// Adds `new`, created at `at_ms`, to a key's retained entries with the
-/// index's retention rule (`Index::apply`): a PURGE, or a history of one, keeps
-/// only the new entry; otherwise the values expired by `at_ms` leave and the
-/// last `history` entries are kept.
+/// index's retention rule (see [`retention`]).
 pub(super) fn retain(list: &mut Vec<RecordRef>, new: RecordRef, at_ms: u64, history: usize) {
-    if keeps_only_itself(new, history) {
-        list.clear();
+    let only_new = keeps_only_itself(new, history);
+    retention(
+        list,
+        new,
+        only_new,
+        |r| r.expired_value(at_ms),
+        history,
+        drop,
+    );
+}
+
+/// The index's retention rule (`Index::apply`) on a key's retained entries,
+/// oldest first, for the writer's views of it (the pending writes', and the
+/// planner's for a call's writes and for max bytes): `new` joins them, alone
+/// when `only_new` (a PURGE, or a history of one); otherwise the entries
+/// `expired` says are expired values leave first, then only the last `history`
+/// are kept. Each entry that leaves is handed to `left`.
+pub(super) fn retention<T>(
+    list: &mut Vec<T>,
+    new: T,
+    only_new: bool,
+    expired: impl Fn(&T) -> bool,
+    history: usize,
+    mut left: impl FnMut(T),
+) {
+    if only_new {
+        list.drain(..).for_each(&mut left);
+    } else {
+        list.extract_if(.., |e| expired(e)).for_each(&mut left);
     }
-    list.retain(|r| !r.expired_value(at_ms));
     list.push(new);
     let excess = list.len().saturating_sub(history.max(1));
-    list.drain(..excess);
+    list.drain(..excess).for_each(&mut left);
 }
 
 #[cfg(test)]

@@ -358,14 +358,14 @@ impl Index {
             s => std::mem::take(self.history.get_mut(s)),
         };
         older.push(old.bare());
-        if older.iter().any(|r| r.expired_value(at_ms)) {
-            let (expired, kept): (Vec<RecordRef>, Vec<RecordRef>) =
-                older.into_iter().partition(|r| r.expired_value(at_ms));
-            for r in expired {
-                self.retire(r, removed);
+        // The values expired by the new entry's time leave first.
+        older.retain(|r| {
+            let expired = r.expired_value(at_ms);
+            if expired {
+                self.retire(*r, removed);
             }
-            older = kept;
-        }
+            !expired
+        });
         let excess = (older.len() + 1).saturating_sub(history);
         for r in older.drain(..excess) {
             self.retire(r, removed);

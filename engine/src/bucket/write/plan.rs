@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::WriteMode;
-use crate::bucket::pending::Pending;
+use crate::bucket::pending::{retention, Pending};
 use crate::bucket::query::ReadBudget;
 use crate::bucket::{effective_expiry, BucketCore};
 use crate::entry::{Entry, Kind, Op, WriteOp, Written};
@@ -135,13 +135,16 @@ impl<'a> Overlay<'a> {
                 .map(KeyState::Stored)
                 .collect()
         });
-        if matches!(written, KeyState::Planned { op: Op::Purge, .. }) {
-            list.clear();
-        }
-        list.retain(|s| !s.expired_value(now));
-        list.push(written);
-        let excess = list.len().saturating_sub(self.history);
-        list.drain(..excess);
+        let only_new =
+            self.history <= 1 || matches!(written, KeyState::Planned { op: Op::Purge, .. });
+        retention(
+            list,
+            written,
+            only_new,
+            |s| s.expired_value(now),
+            self.history,
+            drop,
+        );
     }
 }
 
@@ -500,7 +503,7 @@ impl BucketCore {
         now: u64,
     ) -> u64 {
         // Each entry's length, and whether it is a value expired by now.
-        let entries: Vec<(u64, bool)> = match retained {
+        let mut entries: Vec<(u64, bool)> = match retained {
             Some(list) => list
                 .iter()
                 .map(|s| (s.record_len(key), s.expired_value(now)))
@@ -512,13 +515,11 @@ impl BucketCore {
                 .collect(),
         };
         let history = usize::from(self.config.history);
-        if op == Op::Purge || history <= 1 {
-            return entries.iter().map(|(len, _)| len).sum();
-        }
-        let expired: u64 = entries.iter().filter(|e| e.1).map(|e| e.0).sum();
-        let kept: Vec<u64> = entries.iter().filter(|e| !e.1).map(|e| e.0).collect();
-        let pushed_out = (kept.len() + 1).saturating_sub(history);
-        expired + kept.iter().take(pushed_out).sum::<u64>()
+        let only_new = op == Op::Purge || history <= 1;
+        let mut freed = 0;
+        let left = |(len, _): (u64, bool)| freed += len;
+        retention(&mut entries, (0, false), only_new, |e| e.1, history, left);
+        freed
     }
 
     /// A key's retained entries as the writer sees them, oldest first.
