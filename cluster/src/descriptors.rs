@@ -128,6 +128,15 @@ pub(crate) fn retry_engine<T>(
     retry_blocking(what, PATIENCE, logkv::Error::is_out_of_descriptors, call)
 }
 
+/// [`retry_blocking`] for a call that fails with an I/O error (one of ours may carry an
+/// engine error: see [`out_of_descriptors`]).
+pub(crate) fn retry_io<T>(
+    what: &dyn Display,
+    call: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    retry_blocking(what, PATIENCE, out_of_descriptors, call)
+}
+
 /// [`retry_blocking`] for async code: the task sleeps between tries, the thread does not.
 pub(crate) async fn retry_async<T, F, Fut>(what: &str, mut call: F) -> io::Result<T>
 where

@@ -133,21 +133,16 @@ impl StateMachine {
         // The directories of failed attempts, removed when descriptors allow (a removal
         // reads the directory); a restart removes what is left (`SnapshotStore::open`).
         let mut failed: Vec<SnapshotDir> = Vec::new();
-        let built = descriptors::retry_blocking(
-            &"building a snapshot",
-            descriptors::PATIENCE,
-            descriptors::out_of_descriptors,
-            || {
-                failed.retain(|d| std::fs::remove_dir_all(&d.path).is_err() && d.path.exists());
-                let scratch = self.shared.snapshots.scratch("tmp")?;
-                let built = self.build_in(&scratch);
-                if built.is_err() {
-                    // Gone already if the failure came after it was adopted.
-                    failed.push(scratch);
-                }
-                built
-            },
-        );
+        let built = descriptors::retry_io(&"building a snapshot", || {
+            failed.retain(|d| std::fs::remove_dir_all(&d.path).is_err() && d.path.exists());
+            let scratch = self.shared.snapshots.scratch("tmp")?;
+            let built = self.build_in(&scratch);
+            if built.is_err() {
+                // Gone already if the failure came after it was adopted.
+                failed.push(scratch);
+            }
+            built
+        });
         for d in failed {
             let _ = std::fs::remove_dir_all(&d.path);
         }

@@ -235,22 +235,17 @@ impl SnapshotStore {
         // Each step again from the first, while descriptors are short: the rename is done
         // (a retry of the whole would not find `dir`), and openraft stops the node on a
         // failed build or install.
-        descriptors::retry_blocking(
-            &"making a snapshot the one in force",
-            descriptors::PATIENCE,
-            descriptors::out_of_descriptors,
-            || {
-                sync_dir(&self.dir)?;
-                write_atomic(&self.dir.join(CURRENT_FILE), name.as_bytes(), true)?;
-                for entry in fs::read_dir(&self.dir)?.flatten() {
-                    let n = entry.file_name().to_string_lossy().to_string();
-                    if n.starts_with("snap-") && n != name {
-                        fs::remove_dir_all(entry.path())?;
-                    }
+        descriptors::retry_io(&"making a snapshot the one in force", || {
+            sync_dir(&self.dir)?;
+            write_atomic(&self.dir.join(CURRENT_FILE), name.as_bytes(), true)?;
+            for entry in fs::read_dir(&self.dir)?.flatten() {
+                let n = entry.file_name().to_string_lossy().to_string();
+                if n.starts_with("snap-") && n != name {
+                    fs::remove_dir_all(entry.path())?;
                 }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        })?;
         Ok(target)
     }
 }

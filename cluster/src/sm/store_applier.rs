@@ -490,26 +490,21 @@ impl Applier for StoreApplier {
         // Until the commit point, each attempt starts over: one that ran out of file
         // descriptors (a copy, or the store's open, holds several) is made again once
         // they are free; openraft stops the node on a failed install.
-        let store = descriptors::retry_blocking(
-            &"installing a snapshot",
-            descriptors::PATIENCE,
-            descriptors::out_of_descriptors,
-            || {
-                if target.exists() {
-                    std::fs::remove_dir_all(&target)?;
+        let store = descriptors::retry_io(&"installing a snapshot", || {
+            if target.exists() {
+                std::fs::remove_dir_all(&target)?;
+            }
+            match from {
+                Some(src) => {
+                    copy_tree(src, &target, &[LOCK_FILE])?;
                 }
-                match from {
-                    Some(src) => {
-                        copy_tree(src, &target, &[LOCK_FILE])?;
-                    }
-                    None => std::fs::create_dir_all(&target)?,
-                }
-                let store = Store::open(&target, self.options.clone()).map_err(engine)?;
-                store.sync().map_err(engine)?;
-                sync_dir(&self.dir)?;
-                Ok(store)
-            },
-        )?;
+                None => std::fs::create_dir_all(&target)?,
+            }
+            let store = Store::open(&target, self.options.clone()).map_err(engine)?;
+            store.sync().map_err(engine)?;
+            sync_dir(&self.dir)?;
+            Ok(store)
+        })?;
         // The commit point: from here on a restart opens the new generation.
         write_record(&mut inner.record, generation, applied)?;
         // A snapshot may hold entries past its last log id (one built while a batch of
