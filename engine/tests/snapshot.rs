@@ -410,18 +410,30 @@ fn fixture_writes(b: &Bucket, clock: &ManualClock) {
     }
 }
 
-/// A snapshot in version 2 (written by the code before version 3: this
-/// store directory is what `fixture_writes` and a clean close made then)
-/// still opens: used, not scanned around, with the same contents as the same
-/// writes give now; the close after it writes the current version, which
-/// opens the same.
+/// Snapshots of older versions still open: used, not scanned around, with the
+/// same contents as the same writes give now; the close after it writes the
+/// current version, which opens the same. `tests/data/snapshot-v2` was made
+/// by the code before version 3 (`fixture_writes`, then a clean close);
+/// `snapshot-v3` is that directory opened and closed by the code before
+/// version 4 (keys ascending, fixed-width fields).
 #[test]
-fn a_version_2_snapshot_still_opens_with_the_same_contents() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/snapshot-v2");
+fn snapshots_of_versions_2_and_3_still_open_with_the_same_contents() {
+    for version in [2u32, 3] {
+        older_snapshot_opens(version);
+    }
+}
+
+fn older_snapshot_opens(version: u32) {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/snapshot-v{version}"));
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture, dir.path());
     let old = std::fs::read(snap_path(dir.path())).unwrap();
-    assert_eq!(&old[8..12], &2u32.to_le_bytes(), "the fixture is version 2");
+    assert_eq!(
+        &old[8..12],
+        &version.to_le_bytes(),
+        "the fixture is version {version}"
+    );
 
     let clock = ManualClock::new(FIXTURE_MS);
     let expected = {
@@ -432,12 +444,15 @@ fn a_version_2_snapshot_still_opens_with_the_same_contents() {
         state(&b)
     };
     assert!(expected.0.len() > 200, "{} entries", expected.0.len());
-    for round in ["version 2", "rewritten at close"] {
+    for round in ["the fixture's version", "rewritten at close"] {
         let store = Store::open(dir.path(), fixture_opts(&clock)).unwrap();
         let scanned = scanned(&store);
         let b = store.bucket("s").unwrap();
-        assert_eq!(state(&b), expected, "{round}");
-        assert_eq!(scanned, 0, "{round}: the snapshot was used");
+        assert_eq!(state(&b), expected, "version {version}: {round}");
+        assert_eq!(
+            scanned, 0,
+            "version {version}: {round}: the snapshot was used"
+        );
         assert_eq!(
             b.get("session.3").unwrap().as_deref(),
             Some(&b"s"[..]),
@@ -449,8 +464,8 @@ fn a_version_2_snapshot_still_opens_with_the_same_contents() {
     let new = std::fs::read(snap_path(dir.path())).unwrap();
     assert_eq!(
         &new[8..12],
-        &3u32.to_le_bytes(),
-        "the close wrote the current version"
+        &4u32.to_le_bytes(),
+        "the close after version {version} wrote the current version"
     );
 }
 

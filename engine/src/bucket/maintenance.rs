@@ -242,12 +242,12 @@ impl BucketCore {
 
     /// Writes an index snapshot of the bucket as it is now. The index is
     /// encoded under its read lock together with the published log end (the
-    /// writer publishes under the write lock, so the two agree); the log is
-    /// made durable up to that end before the snapshot is saved, so it never
+    /// writer publishes under the write lock, so the two agree), in the
+    /// order of its slab (no key order needed); the log is made durable up
+    /// to that end before the snapshot is renamed into place, so it never
     /// names records a crash could lose. Writers wait only for the encoding,
-    /// never for the fsync or the file write, nor for the key order's build
-    /// (the encoding walks the order: if nothing has needed it since the
-    /// bucket opened, it is built first, off the lock).
+    /// never for the fsync nor for the file's writes (made on a thread of
+    /// their own as the encoding goes: see `snapshot/stream.rs`).
     pub(crate) fn write_snapshot(&self) -> Result<()> {
         // One writer at a time (the background thread's refresh and a pass run
         // by hand may meet): two would share the temporary file, and the state
@@ -348,9 +348,7 @@ impl BucketCore {
             snapshot::remove(self.log.storage(), &self.dir)?;
             return Ok(None);
         }
-        // The encoding walks the keys in order: built first, off the lock.
-        self.ensure_key_order();
-        let (bytes, coverage) = {
+        let (unsaved, coverage) = {
             let ix = self.index.read();
             let (end, last_revision) = self.hub.published();
             let segs = self.covered_segments(end);
@@ -362,11 +360,19 @@ impl BucketCore {
                 return Ok(None);
             }
             let tag = self.replica_tag.lock().clone();
-            let bytes = snapshot::encode(&ix, last_revision, &segs, tag.as_deref())?;
-            (bytes, Coverage::of(end, last_revision, &segs))
+            let storage = self.log.storage();
+            let unsaved = snapshot::write(
+                storage,
+                &self.dir,
+                &ix,
+                last_revision,
+                &segs,
+                tag.as_deref(),
+            )?;
+            (unsaved, Coverage::of(end, last_revision, &segs))
         };
         self.log.wait_durable(coverage.end)?;
-        snapshot::save(self.log.storage(), &self.dir, &bytes)?;
+        unsaved.save()?;
         Ok(Some(coverage))
     }
 

@@ -1,14 +1,17 @@
-//! Building an index from keys in ascending order (a snapshot's load).
+//! Building an index from a snapshot's keys, at once (a snapshot's load).
 //!
-//! Entries are appended to the slab in key order, so the key order, when
-//! first needed (see `Index::order`), finds the slots already ascending and
-//! only cuts them into blocks (see `sort.rs`); the hash table is built once
-//! at the end, sized for every key; no allocation per key (older revisions
-//! excepted). The only comparison is each key against the one before, to
-//! reject input out of order.
+//! Entries are appended to the slab in the order they come; the hash table
+//! is built once at the end, sized for every key; no allocation per key
+//! (older revisions excepted). Keys come in one of two orders
+//! ([`KeyOrder`]): ascending (snapshots of versions 1 to 3), where the only
+//! comparison is each key against the one before (by the caller), and the
+//! key order, when first needed (see `Index::order`), finds the slots
+//! already ascending and only cuts them into blocks (see `sort.rs`); or any
+//! order (version 4: the slab order of the index that wrote it), where the
+//! table's build refuses a key that comes twice.
 //!
 //! A large build can be filled by two threads at once
-//! ([`SortedBuilder::fill_in_two`]): each writes its own part of the slab
+//! ([`BulkBuilder::fill_in_two`]): each writes its own part of the slab
 //! (allocated once at its final size) and of the keys' hashes, with its own
 //! counters and older revisions, merged when both are done; then the hash
 //! table is built from the hashes.
@@ -19,11 +22,11 @@ use std::sync::Barrier;
 use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
-use super::entries::{two_cores, Entries, Entry};
+use super::entries::{two_cores, Entries, Entry, Unique};
 use super::history::History;
 use super::key::IKey;
 use super::pages::populate_for_writing;
-use super::{slot_of, Index, RecordRef};
+use super::{slot_of, Index, RecordRef, Widest};
 use crate::log::record::Op;
 
 /// What pushing keys adds up, per part.
@@ -34,6 +37,8 @@ struct Tally {
     bytes: u64,
     put_keys: u64,
     max_revisions: usize,
+    /// Bounds of the fields pushed.
+    widest: Widest,
     /// Bytes retained per segment slot (by slot: a snapshot's are `1..=`
     /// its segments), so that opening need not walk the index again for
     /// them; `None` once a slot too large for a vector came by.
@@ -56,6 +61,7 @@ impl Tally {
             return Err("key without revisions");
         };
         for r in revs {
+            self.widest.widen(key.len(), r);
             self.values += 1;
             self.expiring += u64::from(r.expires_ms != 0);
             self.bytes += r.len() as u64;
@@ -95,6 +101,7 @@ impl Tally {
         self.bytes += other.bytes;
         self.put_keys += other.put_keys;
         self.max_revisions = self.max_revisions.max(other.max_revisions);
+        self.widest.add(&other.widest);
         match &other.live {
             Some(live) => {
                 for (slot, &bytes) in live.iter().enumerate() {
@@ -113,17 +120,28 @@ impl Tally {
     }
 }
 
-/// Builds an [`Index`] from keys pushed in strictly ascending order.
-pub struct SortedBuilder {
+/// The order a build's keys come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// Strictly ascending, as the caller checked (each key above the one
+    /// before it: no key can come twice).
+    Ascending,
+    /// Any order; a key that comes twice fails the build.
+    Any,
+}
+
+/// Builds an [`Index`] from keys pushed at once (see [`KeyOrder`]).
+pub struct BulkBuilder {
     ix: Index,
     /// The hash of each key pushed, by slot.
     hashes: Vec<u64>,
     tally: Tally,
+    order: KeyOrder,
 }
 
-/// One part of a build filled by one thread ([`SortedBuilder::fill_in_two`]):
+/// One part of a build filled by one thread ([`BulkBuilder::fill_in_two`]):
 /// the slab's and the hashes' slots from where it starts, to fill in order.
-pub struct SortedPart<'a> {
+pub struct BulkPart<'a> {
     entries: &'a mut [MaybeUninit<Entry>],
     hashes: &'a mut [MaybeUninit<u64>],
     filled: usize,
@@ -132,11 +150,11 @@ pub struct SortedPart<'a> {
     tally: Tally,
 }
 
-impl SortedPart<'_> {
-    /// Adds `key` with its retained revisions, oldest first; the caller has
-    /// checked that it is above the part's previous key. Fails if `revs` is
-    /// empty or the part is full.
-    pub fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
+impl BulkPart<'_> {
+    /// Adds `key` with its retained revisions, oldest first; in an ascending
+    /// build the caller has checked that it is above the part's previous
+    /// key. Fails if `revs` is empty or the part is full.
+    pub fn push_key(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
         let (Some(entry), Some(hash)) = (
             self.entries.get_mut(self.filled),
             self.hashes.get_mut(self.filled),
@@ -161,12 +179,12 @@ impl SortedPart<'_> {
     }
 }
 
-impl Drop for SortedPart<'_> {
+impl Drop for BulkPart<'_> {
     fn drop(&mut self) {
         // A part left unfinished (an error) drops what it wrote; a finished
         // one's entries belong to the slab (`filled` is set to 0 first).
         for e in self.entries.iter_mut().take(self.filled) {
-            // SAFETY: the first `filled` entries were written by `push_ascending`
+            // SAFETY: the first `filled` entries were written by `push_key`
             // and are not part of the slab's length (the build failed), so
             // each is dropped exactly once, here.
             unsafe { e.assume_init_drop() };
@@ -174,38 +192,42 @@ impl Drop for SortedPart<'_> {
     }
 }
 
-impl SortedBuilder {
-    /// A builder for about `keys` keys.
-    pub fn with_capacity(keys: usize) -> SortedBuilder {
+impl BulkBuilder {
+    /// A builder for about `keys` keys, coming in `order`.
+    pub fn with_capacity(keys: usize, order: KeyOrder) -> BulkBuilder {
         let hashes = Vec::with_capacity(keys);
-        SortedBuilder {
+        BulkBuilder {
             ix: Index {
                 entries: Entries::with_capacity(keys),
                 ..Index::default()
             },
             hashes,
             tally: Tally::new(),
+            order,
         }
     }
 
     /// Adds `key` with its retained revisions, oldest first. Fails, adding
-    /// nothing, if `key` is not above the previous key or `revs` is empty.
+    /// nothing, if the build is ascending and `key` is not above the
+    /// previous key, or if `revs` is empty.
     pub fn push(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
-        if self
-            .ix
-            .entries
-            .last()
-            .is_some_and(|prev| prev.key.as_bytes() >= key)
+        if self.order == KeyOrder::Ascending
+            && self
+                .ix
+                .entries
+                .last()
+                .is_some_and(|prev| prev.key.as_bytes() >= key)
         {
             return Err("keys out of order");
         }
-        self.push_ascending(key, revs)
+        self.push_key(key, revs)
     }
 
-    /// [`SortedBuilder::push`] for a caller that has checked that `key` is
-    /// above the previous one (an index built from keys out of order finds
-    /// wrong answers in its ranges). Fails if `revs` is empty.
-    pub fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
+    /// [`BulkBuilder::push`] for a caller that has checked, in an ascending
+    /// build, that `key` is above the previous one (an index built from keys
+    /// out of order finds wrong answers in its ranges). Fails if `revs` is
+    /// empty.
+    pub fn push_key(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
         let entry = self.tally.entry(&mut self.ix.history, key, revs)?;
         self.ix.entries.push_unindexed(entry);
         self.hashes.push(self.ix.entries.hash(key));
@@ -224,7 +246,7 @@ impl SortedBuilder {
         fill: F,
     ) -> Result<(), &'static str>
     where
-        F: Fn(usize, &mut SortedPart<'_>) -> Result<(), &'static str> + Sync,
+        F: Fn(usize, &mut BulkPart<'_>) -> Result<(), &'static str> + Sync,
     {
         if !self.hashes.is_empty() || self.ix.entries.slots() != 0 {
             return Err("a parallel fill of a builder already in use");
@@ -239,7 +261,7 @@ impl SortedBuilder {
         }
         let (e0, e1) = entries_room.split_at_mut(first);
         let (h0, h1) = hashes_room.split_at_mut(first);
-        let part = |entries, hashes| SortedPart {
+        let part = |entries, hashes| BulkPart {
             entries,
             hashes,
             filled: 0,
@@ -321,7 +343,7 @@ impl SortedBuilder {
         }
         self.tally.add(&t0);
         self.tally.add(&t1);
-        if first > 0 && second > 0 {
+        if first > 0 && second > 0 && self.order == KeyOrder::Ascending {
             let entries = &self.ix.entries;
             if entries.key(slot_of(first - 1)) >= entries.key(slot_of(first)) {
                 return Err("keys out of order");
@@ -347,16 +369,23 @@ impl SortedBuilder {
     }
 
     /// The index, with its hash table; its key order is built on first use
-    /// (the slab holds the keys in order: see `Index::order`).
-    pub fn finish(mut self) -> Index {
+    /// (after an ascending build the slab holds the keys in order: see
+    /// `Index::order`). Fails if a key came twice (a build in any order).
+    pub fn finish(mut self) -> Result<Index, &'static str> {
         let ix = &mut self.ix;
         ix.values = self.tally.values;
         ix.expiring = self.tally.expiring;
         ix.bytes = self.tally.bytes;
         ix.put_keys = self.tally.put_keys;
+        ix.widest = self.tally.widest;
         ix.entries.advise_huge_pages();
-        ix.entries.index_all(&self.hashes);
-        self.ix
+        let unique = match self.order {
+            // Each key is above the one before: none came twice.
+            KeyOrder::Ascending => Unique::Known,
+            KeyOrder::Any => Unique::Check,
+        };
+        ix.entries.index_all(&self.hashes, unique)?;
+        Ok(self.ix)
     }
 }
 

@@ -283,16 +283,23 @@ impl Entries {
         slot_of(self.slab.len())
     }
 
-    /// Builds the hash tables of a slab filled by [`Entries::push_unindexed`]
-    /// with distinct keys; `hashes[i]` is [`Entries::hash`] of slot `i`'s key
-    /// (computed while the key was at hand). A large slab's two tables are
-    /// built at once, on two threads when the process may use two cores.
-    pub fn index_all(&mut self, hashes: &[u64]) {
-        self.index_all_on(hashes, hashes.len() >= PARALLEL_FROM && two_cores());
+    /// Builds the hash tables of a slab filled by [`Entries::push_unindexed`];
+    /// `hashes[i]` is [`Entries::hash`] of slot `i`'s key (computed while the
+    /// key was at hand). A large slab's two tables are built at once, on two
+    /// threads when the process may use two cores. Fails if `unique` says to
+    /// check and a key is in two slots (the tables are then incomplete: the
+    /// entries are to be dropped).
+    pub fn index_all(&mut self, hashes: &[u64], unique: Unique) -> Result<(), &'static str> {
+        self.index_all_on(hashes, unique, hashes.len() >= PARALLEL_FROM && two_cores())
     }
 
     /// [`Entries::index_all`], on two threads if `two_threads`.
-    fn index_all_on(&mut self, hashes: &[u64], two_threads: bool) {
+    fn index_all_on(
+        &mut self,
+        hashes: &[u64],
+        unique: Unique,
+        two_threads: bool,
+    ) -> Result<(), &'static str> {
         let Entries {
             slab,
             tables,
@@ -303,33 +310,39 @@ impl Entries {
         let hashes = hashes.get(..slab.len()).unwrap_or(hashes);
         let second = hashes.iter().filter(|&&h| shard(h) == 1).count();
         let build = |table: &mut Table, which: usize, keys: usize| {
-            build_table(table, which, keys, hashes, slab, hasher);
+            build_table(table, which, keys, hashes, slab, hasher, unique)
         };
         let [t0, t1] = tables;
         let first = hashes.len() - second;
         if two_threads {
-            let started = std::thread::scope(|s| {
+            let (r0, r1) = std::thread::scope(|s| {
                 let other = std::thread::Builder::new()
                     .name("logkv-index".into())
                     .spawn_scoped(s, || build(t1, 1, second))
                     .map_err(|e| {
                         tracing::warn!(error = %e, "could not start a thread to build an index");
                     });
-                build(t0, 0, first);
-                other.is_ok()
+                let r0 = build(t0, 0, first);
+                let r1 = other
+                    .ok()
+                    .map(|h| h.join().unwrap_or(Err("an index thread panicked")));
+                (r0, r1)
             });
-            if !started {
-                build(t1, 1, second);
-            }
+            r0?;
+            r1.unwrap_or_else(|| build(t1, 1, second))
         } else {
-            build(t0, 0, first);
-            build(t1, 1, second);
+            build(t0, 0, first)?;
+            build(t1, 1, second)
         }
     }
 }
 
 /// Fills `table`, number `which`, with the `keys` slots whose key hash in
 /// `by_slot` is its own (see [`Entries::index_all`]).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "the slots compared are this slab's: `by_slot` is no longer than it"
+)]
 fn build_table(
     table: &mut Table,
     which: usize,
@@ -337,19 +350,52 @@ fn build_table(
     by_slot: &[u64],
     slab: &[Entry],
     hasher: &DefaultHashBuilder,
-) {
+    unique: Unique,
+) -> Result<(), &'static str> {
     // Filled with small pages, then advised for the kernel's background
     // collapse, as the slab is (see `pages.rs`).
     table.allocator().defer(true);
     table.clear();
     table.reserve(keys, |&s| rehash(hasher, slab, s));
+    let mut result = Ok(());
     for (i, &hash) in by_slot.iter().enumerate() {
-        if shard(hash) == which {
-            table.insert_unique(hash, slot_of(i), |&s| rehash(hasher, slab, s));
+        if shard(hash) != which {
+            continue;
+        }
+        let slot = slot_of(i);
+        match unique {
+            Unique::Known => {
+                table.insert_unique(hash, slot, |&s| rehash(hasher, slab, s));
+            }
+            Unique::Check => {
+                // One probe either way: a key met before is found where the
+                // new slot would go.
+                let key = slab[i].key.as_bytes();
+                let same = |&s: &u32| slab[s as usize].key.as_bytes() == key;
+                match table.entry(hash, same, |&s| rehash(hasher, slab, s)) {
+                    hashbrown::hash_table::Entry::Vacant(v) => {
+                        v.insert(slot);
+                    }
+                    hashbrown::hash_table::Entry::Occupied(_) => {
+                        result = Err("a key is in the snapshot twice");
+                        break;
+                    }
+                }
+            }
         }
     }
     table.allocator().defer(false);
     table.allocator().advise_now();
+    result
+}
+
+/// Whether [`Entries::index_all`] is to check that no key is in two slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unique {
+    /// The keys are known to be distinct (they came in ascending order).
+    Known,
+    /// They are to be checked (a slab filled in any order).
+    Check,
 }
 
 /// Whether the process may run on two cores at least.
@@ -396,7 +442,7 @@ mod tests {
                 });
                 hashes.push(e.hash(&k));
             }
-            e.index_all_on(&hashes, two_threads);
+            e.index_all_on(&hashes, Unique::Known, two_threads).unwrap();
             assert_eq!(e.len(), n, "{ctx}");
             for t in &e.tables {
                 assert!(t.len() > n / 3, "{ctx}: {} keys in one table", t.len());

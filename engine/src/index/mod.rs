@@ -10,8 +10,9 @@
 //! | `history.rs` | older revisions (history > 1), in a side slab |
 //! | `key.rs`, `record.rs` | [`IKey`] (short keys inline), [`RecordRef`] |
 //! | `placed.rs` | what compaction asks: retained revisions by segment, moving them by entry slot |
-//! | `build.rs` | building from keys in order (the snapshot's load), no comparisons, bulk hashing |
+//! | `build.rs` | building at once from a snapshot's keys (ascending, or in any order with a check for a key twice), bulk hashing |
 //! | `pages.rs` | how the kernel backs the large buffers: huge pages, bulk faulting |
+//! | `widest.rs` | [`Widest`]: bounds of the revisions' fields, kept as they come (a snapshot's field widths) |
 //!
 //! Memory is a design constraint (at most 110 bytes per key for a million
 //! 16-byte keys): an entry is 56 bytes (a 24-byte [`IKey`], keys of up to 22
@@ -34,12 +35,13 @@ mod record;
 mod sort;
 #[cfg(test)]
 mod tests;
+mod widest;
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::OnceLock;
 
-pub use self::build::{SortedBuilder, SortedPart, PARALLEL_FROM};
+pub use self::build::{BulkBuilder, BulkPart, KeyOrder, PARALLEL_FROM};
 use self::entries::Entries;
 use self::history::History;
 pub(crate) use self::key::copy_bytes;
@@ -48,6 +50,7 @@ use self::order::{Order, Pos};
 pub use self::order_build::{OrderBuild, SortedOrder};
 pub use self::placed::Placed;
 pub use self::record::RecordRef;
+pub use self::widest::Widest;
 use crate::log::record::Op;
 
 /// How many entries ahead a walk in key order ([`Index::range`]) asks for.
@@ -78,6 +81,8 @@ pub struct Index {
     expiring: u64,
     /// Keys whose latest revision is a PUT.
     put_keys: u64,
+    /// Bounds of every retained revision's fields (a snapshot's widths).
+    widest: Widest,
 }
 
 impl Index {
@@ -241,6 +246,11 @@ impl Index {
             .take_while(move |(k, _)| k.as_bytes().starts_with(prefix))
     }
 
+    /// Bounds of the fields of every retained revision (see [`Widest`]).
+    pub fn widest(&self) -> &Widest {
+        &self.widest
+    }
+
     /// Number of keys with at least one retained revision.
     pub fn key_count(&self) -> usize {
         self.entries.len()
@@ -282,7 +292,8 @@ impl Index {
     }
 
     /// Counts a revision entering the index.
-    fn retain(&mut self, rev: &RecordRef) {
+    fn retain(&mut self, key: &[u8], rev: &RecordRef) {
+        self.widest.widen(key.len(), rev);
         self.values += 1;
         self.expiring += u64::from(rev.expires_ms != 0);
         self.bytes += rev.len() as u64;
@@ -329,7 +340,7 @@ impl Index {
         removed: &mut Vec<RecordRef>,
     ) {
         let new = new.bare();
-        self.retain(&new);
+        self.retain(key, &new);
         let is_put = u64::from(new.op() == Op::Put);
         let Some(slot) = self.entries.find_hashed(key, hash) else {
             let slot = self.entries.insert(key, hash, new);
@@ -429,12 +440,13 @@ impl Index {
     /// oldest first (already retained).
     pub fn from_sorted(entries: impl IntoIterator<Item = (IKey, Vec<RecordRef>)>) -> Index {
         let entries = entries.into_iter();
-        let mut b = SortedBuilder::with_capacity(entries.size_hint().0);
+        let mut b = BulkBuilder::with_capacity(entries.size_hint().0, KeyOrder::Ascending);
         for (key, revs) in entries {
             // Out-of-order or empty input is the caller's bug; skip it rather than panic.
             let _ = b.push(key.as_bytes(), &revs);
         }
-        b.finish()
+        // An ascending build has no key twice: it does not fail.
+        b.finish().unwrap_or_default()
     }
 
     /// Sets each segment's dead bytes to its size less what is retained in it.

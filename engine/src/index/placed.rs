@@ -87,6 +87,7 @@ impl Index {
         from: (u32, u32),
         to: (u32, u32),
     ) -> bool {
+        self.widest.offset = self.widest.offset.max(to.1);
         let fix = |r: &mut super::RecordRef| {
             if r.revision == revision && (r.slot, r.offset) == from {
                 (r.slot, r.offset) = to;

@@ -289,20 +289,102 @@ fn a_bulk_built_index_builds_its_order_when_first_needed() {
 }
 
 #[test]
-fn sorted_builder_rejects_disorder_and_empty_keys() {
-    let mut b = SortedBuilder::with_capacity(2);
+fn ascending_builder_rejects_disorder_and_empty_keys() {
+    let mut b = BulkBuilder::with_capacity(2, KeyOrder::Ascending);
     assert_eq!(b.push(b"b", &[rev(1, Op::Put)]), Ok(()));
     assert_eq!(b.push(b"a", &[rev(2, Op::Put)]), Err("keys out of order"));
     assert_eq!(b.push(b"b", &[rev(2, Op::Put)]), Err("keys out of order"));
     assert_eq!(b.push(b"c", &[]), Err("key without revisions"));
     assert_eq!(b.push(b"c", &[rev(3, Op::Put), rev(4, Op::Del)]), Ok(()));
     assert_eq!(b.max_revisions(), 2);
-    let ix = b.finish();
+    let ix = b.finish().unwrap();
     assert_eq!(ix.key_count(), 2);
     assert_eq!(ix.values(), 3);
     assert_eq!(ix.put_keys(), 1);
     assert_eq!(ix.revisions(b"c").len(), 2);
     assert_eq!(ix.latest(b"b"), Some(rev(1, Op::Put)));
+}
+
+/// A build in any order takes keys as they come and finds each; a key that
+/// comes twice fails the build (at its end, where the table is built), on
+/// one thread and on two.
+#[test]
+fn any_order_builder_finds_every_key_and_refuses_a_key_twice() {
+    let key = |i: usize| format!("k{:07}", (i * 7919) % 100_003).into_bytes();
+    for n in [10, PARALLEL_FROM + 10] {
+        let mut b = BulkBuilder::with_capacity(n, KeyOrder::Any);
+        for i in 0..n {
+            b.push(&key(i), &[rev(i as u64 + 1, Op::Put)]).unwrap();
+        }
+        let ix = b.finish().unwrap();
+        assert_eq!(ix.key_count(), n);
+        for i in 0..n {
+            assert_eq!(
+                ix.latest(&key(i)),
+                Some(rev(i as u64 + 1, Op::Put)),
+                "{n} keys: key {i}"
+            );
+        }
+        let mut first: Vec<_> = ix
+            .range(Bound::Unbounded, Bound::Unbounded)
+            .map(|(k, _)| k.as_bytes().to_vec())
+            .collect();
+        assert_eq!(first.len(), n, "the key order built later holds every key");
+        assert!(
+            first.windows(2).all(|w| w[0] < w[1]),
+            "{n} keys: in key order"
+        );
+        first.clear();
+
+        let mut twice = BulkBuilder::with_capacity(n + 1, KeyOrder::Any);
+        for i in 0..n {
+            twice.push(&key(i), &[rev(i as u64 + 1, Op::Put)]).unwrap();
+        }
+        twice
+            .push(&key(n / 2), &[rev(n as u64 + 1, Op::Put)])
+            .unwrap();
+        assert_eq!(
+            twice.finish().err(),
+            Some("a key is in the snapshot twice"),
+            "{n} keys"
+        );
+    }
+}
+
+/// The bounds of the fields hold every revision the index was given, from
+/// writes, a bulk build and compaction's moves.
+#[test]
+fn widest_bounds_every_field() {
+    let mut ix = Index::default();
+    let mut removed = vec![];
+    let long = vec![b'x'; 300];
+    let r = RecordRef::new(7, 123_456_789, 1, 70_000, 5_000, Op::Put);
+    ix.apply(&long, r, 0, 1, &mut removed);
+    ix.apply(b"k", rev(9, Op::Del), 0, 1, &mut removed);
+    let w = *ix.widest();
+    assert_eq!(
+        (w.key_len, w.revision, w.expires_ms, w.offset, w.record_len),
+        (300, 9, 123_456_789, 70_000, 5_000)
+    );
+    // A revision that leaves keeps its bound.
+    ix.apply(&long, rev(10, Op::Purge), 0, 1, &mut removed);
+    assert_eq!(ix.widest().record_len, 5_000);
+    let entry = ix.find_placed(b"k", 9).unwrap().entry;
+    assert!(ix.relocate_at(entry, 9, (1, 900), (2, 900_000)));
+    assert_eq!(ix.widest().offset, 900_000);
+
+    let mut b = BulkBuilder::with_capacity(1, KeyOrder::Any);
+    b.push(&long, &[r]).unwrap();
+    assert_eq!(
+        *b.finish().unwrap().widest(),
+        Widest {
+            key_len: 300,
+            revision: 7,
+            expires_ms: 123_456_789,
+            offset: 70_000,
+            record_len: 5_000
+        }
+    );
 }
 
 #[test]

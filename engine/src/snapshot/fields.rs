@@ -1,7 +1,9 @@
-//! The keys of a version 3 snapshot: fixed-width little-endian fields, their
-//! widths chosen per snapshot (the fewest bytes that hold the largest value
-//! written), so that decoding a field is one 8-byte load and a mask, not a
-//! loop over varint bytes, and the file stays as small as version 2's.
+//! The keys of a version 3 or 4 snapshot: fixed-width little-endian fields,
+//! their widths chosen per snapshot (the fewest bytes that hold the bounds
+//! the index keeps of its fields, see [`Widest`]), so that decoding a field
+//! is one 8-byte load and a mask, not a loop over varint bytes, and encoding
+//! one an 8-byte store. Version 3 keys ascend; version 4 keys come in the
+//! order of the index's slab (no walk in key order to write them).
 //!
 //! Per key: bytes shared with the previous key and the length of the rest
 //! (`key` bytes each), the rest, a u8 count of revisions, then per revision
@@ -10,7 +12,7 @@
 //! 0 in every revision (no expiry anywhere, a single segment).
 
 use super::Sink;
-use crate::index::{copy_bytes, Index, RecordRef};
+use crate::index::{copy_bytes, RecordRef, Widest};
 use crate::key::MAX_KEY_LEN;
 use crate::log::record::Op;
 
@@ -83,46 +85,32 @@ fn load_near_end(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn put(out: &mut Vec<u8>, v: u64, width: usize) {
-    out.extend_from_slice(v.to_le_bytes().get(..width).unwrap_or_default());
+/// Appends the low `width` bytes of `v` (an 8-byte store, then the length
+/// cut back); fails if `v` does not fit them.
+#[inline]
+fn put(out: &mut Vec<u8>, v: u64, width: usize) -> Result<(), &'static str> {
+    if v > mask(width) {
+        return Err("a field wider than its width");
+    }
+    let at = out.len();
+    out.extend_from_slice(&v.to_le_bytes());
+    out.truncate(at + width);
+    Ok(())
 }
 
 impl Widths {
-    /// The widths for `index`, whose revisions' segments map to indexes
-    /// through `segment_of` (an index out of the snapshot's list for a
-    /// segment it does not list, which makes the snapshot unusable at load).
-    pub fn for_index(index: &Index, segment_of: impl Fn(u32) -> u32) -> Widths {
-        let mut max = Fields {
-            revision: 0,
-            expiry: 0,
-            segment: 0,
-            offset: 0,
-            len_op: 0,
-        };
-        let mut longest_key = 0;
-        let mut last_slot = (u32::MAX, 0);
-        let mut widen = |r: &RecordRef| {
-            if r.slot != last_slot.0 {
-                last_slot = (r.slot, segment_of(r.slot));
-            }
-            let f = Fields::of(r, last_slot.1);
-            max.revision = max.revision.max(f.revision);
-            max.expiry = max.expiry.max(f.expiry);
-            max.segment = max.segment.max(f.segment);
-            max.offset = max.offset.max(f.offset);
-            max.len_op = max.len_op.max(f.len_op);
-        };
-        for (key, latest) in index.entries_unordered() {
-            longest_key = longest_key.max(key.as_bytes().len());
-            index.for_each_rev(latest, &mut widen);
-        }
+    /// The widths for an index whose fields are bounded by `widest`, in a
+    /// snapshot listing `segments` segments (a revision in a segment the
+    /// list does not hold is stored with index `segments`, which makes the
+    /// snapshot unusable at load).
+    pub fn bounding(widest: &Widest, segments: u32) -> Widths {
         Widths {
-            key: if longest_key > 255 { 2 } else { 1 },
-            revision: bytes_for(max.revision),
-            expiry: bytes_for(max.expiry),
-            segment: bytes_for(max.segment),
-            offset: bytes_for(max.offset),
-            len_op: bytes_for(max.len_op),
+            key: if widest.key_len > 255 { 2 } else { 1 },
+            revision: bytes_for(widest.revision),
+            expiry: bytes_for(widest.expires_ms),
+            segment: bytes_for(u64::from(segments)),
+            offset: bytes_for(u64::from(widest.offset)),
+            len_op: bytes_for((widest.record_len as u64) << 2 | 3),
         }
     }
 
@@ -168,7 +156,8 @@ impl Widths {
     }
 
     /// Appends one key: `shared` bytes with the key before, then the rest of
-    /// `key` and its revisions (`segment_of` as in [`Widths::for_index`]).
+    /// `key` and its revisions (`segment_of` gives a revision's index in the
+    /// snapshot's list). Fails if a field does not fit its width.
     pub fn put_key(
         &self,
         out: &mut Vec<u8>,
@@ -178,23 +167,26 @@ impl Widths {
         segment_of: impl Fn(u32) -> u32,
     ) -> Result<(), &'static str> {
         let rest = key.get(shared..).unwrap_or_default();
-        put(out, shared as u64, self.key);
-        put(out, rest.len() as u64, self.key);
+        let count = u8::try_from(revs.len()).map_err(|_| "more than 255 revisions of one key")?;
+        // Room for the whole key at once (8 bytes of slack for the last store).
+        out.reserve(2 * self.key + rest.len() + 1 + revs.len() * self.revision_bytes() + 8);
+        put(out, shared as u64, self.key)?;
+        put(out, rest.len() as u64, self.key)?;
         out.extend_from_slice(rest);
-        out.push(u8::try_from(revs.len()).map_err(|_| "more than 255 revisions of one key")?);
+        out.push(count);
         for r in revs {
             let f = Fields::of(r, segment_of(r.slot));
-            put(out, f.revision, self.revision);
-            put(out, f.expiry, self.expiry);
-            put(out, f.segment, self.segment);
-            put(out, f.offset, self.offset);
-            put(out, f.len_op, self.len_op);
+            put(out, f.revision, self.revision)?;
+            put(out, f.expiry, self.expiry)?;
+            put(out, f.segment, self.segment)?;
+            put(out, f.offset, self.offset)?;
+            put(out, f.len_op, self.len_op)?;
         }
         Ok(())
     }
 }
 
-/// The keys of a version 3 snapshot.
+/// The keys of a version 3 or 4 snapshot.
 pub(super) struct FixedKeys<'a> {
     /// The whole file: fields are loaded 8 bytes at a time, past a part's end
     /// where they can (and masked).
@@ -202,6 +194,9 @@ pub(super) struct FixedKeys<'a> {
     pub widths: Widths,
     /// Number of segments the snapshot lists.
     pub segments: usize,
+    /// Whether the keys ascend (version 3), checked as they are decoded;
+    /// version 4's come in any order (the build checks for a key twice).
+    pub ascending: bool,
 }
 
 impl FixedKeys<'_> {
@@ -237,16 +232,18 @@ impl FixedKeys<'_> {
             }
             let rest = buf.get(at..at + rest_len).ok_or("truncated")?;
             at += rest_len;
-            // Keys must ascend: the first byte after the shared part decides
-            // (a full comparison otherwise), as in version 2.
-            let old = key.get(shared..key_len).unwrap_or_default();
-            let ascends = match (old.first(), rest.first()) {
-                (Some(o), Some(n)) if o != n => n > o,
-                (None, Some(_)) => true,
-                _ => rest > old,
-            };
-            if !ascends && !sink.is_empty() {
-                return Err("keys out of order");
+            if self.ascending && !sink.is_empty() {
+                // Keys must ascend: the first byte after the shared part
+                // decides (a full comparison otherwise), as in version 2.
+                let old = key.get(shared..key_len).unwrap_or_default();
+                let ascends = match (old.first(), rest.first()) {
+                    (Some(o), Some(n)) if o != n => n > o,
+                    (None, Some(_)) => true,
+                    _ => rest > old,
+                };
+                if !ascends {
+                    return Err("keys out of order");
+                }
             }
             key_len = shared + rest_len;
             copy_bytes(key.get_mut(shared..key_len).ok_or("bad key lengths")?, rest);
@@ -291,7 +288,7 @@ impl FixedKeys<'_> {
                     op,
                 ));
             }
-            sink.push_ascending(key.get(..key_len).unwrap_or_default(), &revs)?;
+            sink.push_key(key.get(..key_len).unwrap_or_default(), &revs)?;
         }
         if at != to {
             return Err("trailing bytes");
@@ -315,7 +312,7 @@ mod tests {
             let v = mask(w);
             assert_eq!(bytes_for(v), w);
             let mut buf = Vec::new();
-            put(&mut buf, v, w);
+            put(&mut buf, v, w).unwrap();
             assert_eq!(buf.len(), w);
             // Read back at the very end of a buffer (no 8 bytes to load) and inside one.
             assert_eq!(load(&buf, 0, w), v);

@@ -15,18 +15,24 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the file: header, checksum, the two parts decoded at once, matching the log at open |
-//! | `fields.rs` | the keys of version 3 (written now): fixed-width fields, their widths chosen per snapshot |
+//! | `fields.rs` | the keys of versions 3 and 4 (4 written now): fixed-width fields, their widths from the index's bounds |
+//! | `stream.rs` | writing the file while it is encoded, on a thread of its own |
 //! | `varint.rs` | the keys of versions 1 and 2 (varints), still read |
 //!
-//! It is written whole each time, after every compaction pass too: the
-//! encoding (under the index read lock) walks every key in order, a block of
-//! the index at a time. Not done: an incremental snapshot
-//! (a base plus deltas of the keys a pass moved), which needs a format with
-//! more than one file and a recovery rule for a delta without its base; or
-//! writing it only at close and after a number of passes, which trades the
-//! cost for longer log scans after a crash.
+//! It is written whole each time (at close, and after compaction passes at
+//! most every few seconds): the encoding (under the index read lock) walks
+//! the index's slab, the entries as they lie in memory, not the key order
+//! (which a bucket may never have built, and whose walk jumps about memory);
+//! its chunks are written to the file as they fill. The file's widths come
+//! from bounds the index keeps as revisions come ([`crate::index::Widest`]),
+//! so nothing walks the index before the encoding. Loading builds the slab
+//! in the file's order; the key order is built on first use. Not done: an
+//! incremental snapshot (a base plus deltas of the keys a pass moved), which
+//! needs a format with more than one file and a recovery rule for a delta
+//! without its base.
 
 mod fields;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod varint;
@@ -36,20 +42,23 @@ use std::path::Path;
 use std::sync::Arc;
 
 use self::fields::{FixedKeys, Widths};
+use self::stream::Stream;
 use self::varint::VarintKeys;
 use crate::error::{Error, Result};
-use crate::fsutil::{remove_if_exists, write_atomic};
-use crate::index::{Index, RecordRef, SortedBuilder, SortedPart, PARALLEL_FROM};
+use crate::fsutil::{remove_if_exists, sync_dir};
+use crate::index::{BulkBuilder, BulkPart, Index, KeyOrder, RecordRef, PARALLEL_FROM};
 use crate::io::Storage;
 use crate::log::segment::{Segment, SegmentId};
 
 /// File name of a bucket's snapshot.
 pub const SNAPSHOT_FILE: &str = "index.snap";
+/// The file a snapshot is written to before it is renamed into place.
+const SNAPSHOT_TMP: &str = "index.snap.tmp";
 const MAGIC: &[u8; 8] = b"LOGKVIDX";
 /// Version 3 stores each key's fields at fixed widths chosen per snapshot
 /// (see `docs/FORMAT.md`). Versions 1 (one part, no tag) and 2 (two parts, the
 /// replication tag; varints) still load.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 
 /// A segment as the snapshot saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,16 +177,102 @@ impl Header<'_> {
     }
 }
 
-/// Serialises `index` with the log state it corresponds to.
-/// `segments`: every live segment in log order with its covered end; `tag`:
-/// the replication tag as of that end.
-pub(crate) fn encode(
+/// What goes before a snapshot's keys (header and widths), and how the keys
+/// are to be encoded.
+struct Prelude {
+    bytes: Vec<u8>,
+    widths: Widths,
+    /// The key the second part starts at (`nkeys` for one part).
+    split: usize,
+    /// Where in `bytes` the second part's offset is to be patched in.
+    split_field_at: usize,
+}
+
+impl Prelude {
+    fn new(
+        index: &Index,
+        last_revision: u64,
+        segments: &[(Arc<Segment>, u64)],
+        tag: Option<&[u8]>,
+    ) -> Result<Prelude> {
+        let mut bytes = Vec::new();
+        let header = Header {
+            version: VERSION,
+            last_revision,
+            segments,
+            nkeys: index.key_count(),
+            tag: tag.unwrap_or_default(),
+        };
+        let (split, split_field_at) = header.write(&mut bytes)?;
+        // Positions fit a u32: the header refuses more segments.
+        let count = u32::try_from(segments.len()).unwrap_or(u32::MAX);
+        let widths = Widths::bounding(index.widest(), count);
+        widths.write(&mut bytes);
+        Ok(Prelude {
+            bytes,
+            widths,
+            split,
+            split_field_at,
+        })
+    }
+}
+
+/// Sets the file offset of the second part's first key, `at`, in `bytes`
+/// (the file from its start), at `field_at`.
+fn patch_split(bytes: &mut [u8], field_at: usize, at: u64) {
+    if let Some(field) = bytes.get_mut(field_at..field_at + 8) {
+        field.copy_from_slice(&at.to_le_bytes());
+    }
+}
+
+/// Where an encoding's keys go: a buffer, handed on between keys.
+trait KeysOut {
+    /// The buffer the keys are appended to.
+    fn buf(&mut self) -> &mut Vec<u8>;
+    /// Offset in the file of the next byte appended.
+    fn position(&self) -> u64;
+    /// Called after each key.
+    fn key_done(&mut self) -> Result<()>;
+}
+
+/// The whole file in memory (tests: the file [`write`] makes is the same).
+#[cfg(test)]
+struct InMemory(Vec<u8>);
+
+#[cfg(test)]
+impl KeysOut for InMemory {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+    fn position(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn key_done(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl KeysOut for Stream {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        Stream::buf(self)
+    }
+    fn position(&self) -> u64 {
+        Stream::position(self)
+    }
+    fn key_done(&mut self) -> Result<()> {
+        Stream::key_done(self)
+    }
+}
+
+/// Appends the keys of `index` in the order of its slab (version 4), each
+/// with its revisions; returns the file offset of the second part's first
+/// key (that of the end with one part).
+fn encode_keys(
     index: &Index,
-    last_revision: u64,
     segments: &[(Arc<Segment>, u64)],
-    tag: Option<&[u8]>,
-) -> Result<Vec<u8>> {
-    // Positions fit a u32: the header refuses more segments.
+    prelude: &Prelude,
+    out: &mut impl KeysOut,
+) -> Result<u64> {
     let count = u32::try_from(segments.len()).unwrap_or(u32::MAX);
     let slot_to_pos: HashMap<u32, u32> = segments
         .iter()
@@ -185,56 +280,118 @@ pub(crate) fn encode(
         .map(|((s, _), pos)| (s.slot, pos))
         .collect();
     // A revision in a segment the list does not hold gets an index past the
-    // list: the snapshot is refused at load (and the log scanned).
-    let segment_of = |slot: u32| slot_to_pos.get(&slot).copied().unwrap_or(count);
-    let nkeys = index.key_count();
-    let mut out = Vec::with_capacity(64 + nkeys * 24);
-    let header = Header {
-        version: VERSION,
-        last_revision,
-        segments,
-        nkeys,
-        tag: tag.unwrap_or_default(),
-    };
-    let (split, split_offset_at) = header.write(&mut out)?;
-    let widths = Widths::for_index(index, segment_of);
-    widths.write(&mut out);
-    let mut prev: Vec<u8> = Vec::new();
-    let mut revs = Vec::new();
-    let mut written = 0usize;
-    // Revisions mostly sit in the segment of the one before: skip the lookup then.
+    // list: the snapshot is refused at load (and the log scanned). Revisions
+    // mostly sit in the segment of the one before: skip the lookup then.
     let last_seg = std::cell::Cell::new((u32::MAX, u32::MAX));
     let segment_of = |slot: u32| {
         if slot != last_seg.get().0 {
-            last_seg.set((slot, segment_of(slot)));
+            last_seg.set((slot, slot_to_pos.get(&slot).copied().unwrap_or(count)));
         }
         last_seg.get().1
     };
-    index.try_for_each_sorted(|key, latest| {
-        if written == split {
+    let mut split_at = None;
+    let mut prev: &[u8] = &[];
+    let mut revs = Vec::new();
+    for (written, (key, latest)) in index.entries_unordered().enumerate() {
+        if written == prelude.split {
             // The second part's first key shares nothing: it decodes on its own.
-            prev.clear();
-            let at = out.len() as u64;
-            if let Some(field) = out.get_mut(split_offset_at..split_offset_at + 8) {
-                field.copy_from_slice(&at.to_le_bytes());
-            }
+            prev = &[];
+            split_at = Some(out.position());
         }
-        written += 1;
-        // Keys are sorted: store the length shared with the previous key and the rest.
+        // The length shared with the previous key is stored, then the rest.
         let k = key.as_bytes();
-        let shared = k.iter().zip(&prev).take_while(|(a, b)| a == b).count();
+        let shared = k.iter().zip(prev).take_while(|(a, b)| a == b).count();
         revs.clear();
         index.for_each_rev(latest, |r| revs.push(*r));
-        widths
-            .put_key(&mut out, k, shared, &revs, segment_of)
+        prelude
+            .widths
+            .put_key(out.buf(), k, shared, &revs, segment_of)
             .map_err(|why| Error::Internal(why.into()))?;
-        prev.clear();
-        prev.extend_from_slice(k);
-        Ok(())
-    })?;
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+        out.key_done()?;
+        prev = k;
+    }
+    Ok(split_at.unwrap_or_else(|| out.position()))
+}
+
+/// Serialises `index` with the log state it corresponds to, in memory (for
+/// tests: [`write`] makes the same bytes in the file). `segments`: every
+/// live segment in log order with its covered end; `tag`: the replication
+/// tag as of that end.
+#[cfg(test)]
+pub(crate) fn encode(
+    index: &Index,
+    last_revision: u64,
+    segments: &[(Arc<Segment>, u64)],
+    tag: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    let prelude = Prelude::new(index, last_revision, segments, tag)?;
+    let mut out = InMemory(prelude.bytes.clone());
+    let split_at = encode_keys(index, segments, &prelude, &mut out)?;
+    let mut bytes = out.0;
+    patch_split(&mut bytes, prelude.split_field_at, split_at);
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    Ok(bytes)
+}
+
+/// A snapshot written to its temporary file, not yet in place.
+pub(crate) struct Unsaved {
+    stream: Stream,
+    prelude: Prelude,
+    storage: Storage,
+    dir: std::path::PathBuf,
+}
+
+/// Serialises `index` with the log state it corresponds to into the bucket's
+/// temporary snapshot file in `dir`, written as it is encoded (see
+/// `stream.rs`): [`Unsaved::save`] puts it in place. `segments`: every live
+/// segment in log order with its covered end; `tag`: the replication tag as
+/// of that end.
+pub(crate) fn write(
+    storage: &Storage,
+    dir: &Path,
+    index: &Index,
+    last_revision: u64,
+    segments: &[(Arc<Segment>, u64)],
+    tag: Option<&[u8]>,
+) -> Result<Unsaved> {
+    let mut prelude = Prelude::new(index, last_revision, segments, tag)?;
+    let mut stream = Stream::create(storage, &dir.join(SNAPSHOT_TMP), prelude.bytes.len() as u64)?;
+    let split_at = encode_keys(index, segments, &prelude, &mut stream)?;
+    patch_split(&mut prelude.bytes, prelude.split_field_at, split_at);
+    Ok(Unsaved {
+        stream,
+        prelude,
+        storage: storage.clone(),
+        dir: dir.to_path_buf(),
+    })
+}
+
+impl Unsaved {
+    /// Waits for the body to be written, writes the header and the
+    /// checksum, makes the file durable and renames it into place (a
+    /// snapshot never names records a crash could lose: the caller made the
+    /// log durable up to its end first).
+    pub(crate) fn save(self) -> Result<()> {
+        let tmp = self.dir.join(SNAPSHOT_TMP);
+        let io = |e| Error::io(&tmp, e);
+        let (file, body) = self.stream.finish()?;
+        let header = &self.prelude.bytes;
+        file.write_all_at(header, 0).map_err(io)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(header);
+        crc.combine(&body.crc);
+        let end = header.len() as u64 + body.len;
+        file.write_all_at(&crc.finalize().to_le_bytes(), end)
+            .map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        let path = self.dir.join(SNAPSHOT_FILE);
+        self.storage
+            .rename(&tmp, &path)
+            .map_err(|e| Error::io(&path, e))?;
+        sync_dir(&self.storage, &self.dir)
+    }
 }
 
 /// Bytes of log just before the snapshot's end that it keeps a checksum of.
@@ -245,11 +402,6 @@ const TAIL_CHECK: u64 = 64;
 fn tail_crc(seg: &Segment, end: u64) -> u32 {
     let from = end.saturating_sub(TAIL_CHECK).max(seg.data_start);
     crc32fast::hash(seg.range(from, end))
-}
-
-/// Writes the snapshot file atomically.
-pub(crate) fn save(storage: &Storage, dir: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(storage, &dir.join(SNAPSHOT_FILE), bytes)
 }
 
 /// Removes a snapshot that no longer matches the log.
@@ -318,11 +470,12 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         let len = usize::from(r.u8()?);
         (len > 0).then(|| r.take(len).map(Box::from)).transpose()?
     };
-    let keys = if version == 3 {
+    let keys = if version >= 3 {
         Keys::Fixed(FixedKeys {
             bytes,
             widths: Widths::read(r.array()?)?,
             segments: segments.len(),
+            ascending: version == 3,
         })
     } else {
         Keys::Varint(VarintKeys {
@@ -331,12 +484,17 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
         })
     };
     // A key takes 8 bytes at least in versions 1 and 2 (lengths, count, one
-    // revision), 3 in version 3 (its fields can be 0 bytes wide).
-    let smallest_key = if version == 3 { 3 } else { 8 };
+    // revision), 3 in versions 3 and 4 (its fields can be 0 bytes wide).
+    let smallest_key = if version >= 3 { 3 } else { 8 };
     if nkeys > body.len() / smallest_key {
         return Err("more keys than bytes for them");
     }
-    let mut builder = SortedBuilder::with_capacity(nkeys);
+    let order = if version >= 4 {
+        KeyOrder::Any
+    } else {
+        KeyOrder::Ascending
+    };
+    let mut builder = BulkBuilder::with_capacity(nkeys, order);
     if split == nkeys || split == 0 || version == 1 {
         keys.decode(r.at, body.len(), nkeys, &mut builder)?;
     } else if split > nkeys || split_at <= r.at || split_at > body.len() {
@@ -350,7 +508,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Snapshot, &'static str> {
     }
     let max_revisions = builder.max_revisions();
     let live = builder.live_bytes_by_slot().map(<[u64]>::to_vec);
-    let index = builder.finish();
+    let index = builder.finish()?;
     Ok(Snapshot {
         current_format: version == VERSION,
         last_revision,
@@ -387,25 +545,26 @@ impl Keys<'_> {
 
 /// Where decoded keys go: a builder, or one part of it.
 trait Sink {
-    fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str>;
+    /// Adds a key (checked to ascend by the caller in an ascending build).
+    fn push_key(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str>;
     fn is_empty(&self) -> bool;
 }
 
-impl Sink for SortedBuilder {
-    fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
-        SortedBuilder::push_ascending(self, key, revs)
+impl Sink for BulkBuilder {
+    fn push_key(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
+        BulkBuilder::push_key(self, key, revs)
     }
     fn is_empty(&self) -> bool {
-        SortedBuilder::is_empty(self)
+        BulkBuilder::is_empty(self)
     }
 }
 
-impl Sink for SortedPart<'_> {
-    fn push_ascending(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
-        SortedPart::push_ascending(self, key, revs)
+impl Sink for BulkPart<'_> {
+    fn push_key(&mut self, key: &[u8], revs: &[RecordRef]) -> Result<(), &'static str> {
+        BulkPart::push_key(self, key, revs)
     }
     fn is_empty(&self) -> bool {
-        SortedPart::is_empty(self)
+        BulkPart::is_empty(self)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The snapshot file: versions, parts, damage, slots at apply.
 
 use super::*;
+use crate::index::IKey;
 use crate::log::record::Op;
 use crate::log::segment::SegmentHeader;
 
@@ -124,10 +125,36 @@ fn encode_v2(
 /// Bytes of the header before the split fields (one segment).
 const BEFORE_SPLIT: usize = 8 + 4 + 4 + 8 + 4 + 20 + 4 + 8;
 
+/// Where the keys of a version 3 or 4 snapshot of one segment start.
+fn keys_start(bytes: &[u8]) -> usize {
+    let tag_len = usize::from(bytes[BEFORE_SPLIT + 16]);
+    BEFORE_SPLIT + 16 + 1 + tag_len + 6
+}
+
+/// A version 3 snapshot of `model` (keys ascending, in the layout version 4
+/// keeps): an index built in key order writes its keys in that order.
+fn as_version_3(
+    model: &[(String, Vec<RecordRef>)],
+    last_revision: u64,
+    segments: &[(Arc<Segment>, u64)],
+    tag: Option<&[u8]>,
+) -> Vec<u8> {
+    let sorted = Index::from_sorted(
+        model
+            .iter()
+            .map(|(k, revs)| (IKey::new(k.as_bytes()), revs.clone())),
+    );
+    let mut bytes = encode(&sorted, last_revision, segments, tag).unwrap();
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    reseal(&mut bytes);
+    bytes
+}
+
 /// Checks a two-part snapshot of [`index`]`(n, _)` whose first key's length
 /// fields take `lengths` bytes: it decodes to `model`; damaged at the split,
 /// it is refused.
 fn decodes_in_two_parts(bytes: &[u8], n: u32, lengths: usize, model: &[(String, Vec<RecordRef>)]) {
+    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     let snap = decode(bytes).unwrap();
     assert_eq!(snap.last_revision, 99);
     assert_eq!(
@@ -149,7 +176,6 @@ fn decodes_in_two_parts(bytes: &[u8], n: u32, lengths: usize, model: &[(String, 
         .map(|(k, _)| k.as_str().to_string());
     assert_eq!(from.as_deref(), Some(mid.as_str()));
 
-    // Damage the split: the keys of the second part out of order with the first.
     let split_at = {
         let mut r = Reader {
             buf: bytes,
@@ -159,12 +185,24 @@ fn decodes_in_two_parts(bytes: &[u8], n: u32, lengths: usize, model: &[(String, 
         usize::try_from(r.u64().unwrap()).unwrap()
     };
     let mut bad = bytes.to_vec();
-    // The second part's first key, `key:000xxxxx`: make it sort first.
     let key_at = split_at + lengths;
     assert_eq!(&bad[key_at..key_at + 4], b"key:");
-    bad[key_at] = b'a';
-    reseal(&mut bad);
-    assert_eq!(decode(&bad).err(), Some("keys out of order"));
+    if version >= 4 {
+        // Keys in any order: the second part's first key made the same as
+        // the first part's (both stored whole).
+        let first_key_at = keys_start(bytes);
+        assert_eq!(&bytes[first_key_at..first_key_at + lengths], &[0, 12]);
+        let first = bytes[first_key_at + lengths..first_key_at + lengths + 12].to_vec();
+        bad[key_at..key_at + 12].copy_from_slice(&first);
+        reseal(&mut bad);
+        assert_eq!(decode(&bad).err(), Some("a key is in the snapshot twice"));
+    } else {
+        // Keys ascending: the second part's first key, `key:000xxxxx`, made
+        // to sort first.
+        bad[key_at] = b'a';
+        reseal(&mut bad);
+        assert_eq!(decode(&bad).err(), Some("keys out of order"));
+    }
     // A split offset that does not fall on a key.
     let mut bad = bytes.to_vec();
     let field = BEFORE_SPLIT + 8;
@@ -183,8 +221,15 @@ fn a_large_index_decodes_in_two_parts_to_the_same_index() {
     let segs = [(Arc::clone(&seg), end)];
     let bytes = encode(&ix, 99, &segs, Some(b"tag-1")).unwrap();
     assert_eq!(&bytes[8..12], &VERSION.to_le_bytes());
-    // Version 3: lengths of one byte each.
+    // Version 4: lengths of one byte each.
     decodes_in_two_parts(&bytes, n, 2, &model);
+    // Version 3: the same, keys ascending.
+    decodes_in_two_parts(
+        &as_version_3(&model, 99, &segs, Some(b"tag-1")),
+        n,
+        2,
+        &model,
+    );
     // Version 2: lengths of one varint byte each.
     decodes_in_two_parts(&encode_v2(&ix, 99, &segs, Some(b"tag-1")), n, 2, &model);
 }
@@ -205,7 +250,7 @@ fn versions_1_and_2_still_load() {
     reseal(&mut v1);
     let snap = decode(&v1).unwrap();
     same(&snap.index, &model);
-    for version in [0u32, 4] {
+    for version in [0u32, VERSION + 1] {
         let mut other = v2.clone();
         other[8..12].copy_from_slice(&version.to_le_bytes());
         reseal(&mut other);
@@ -222,7 +267,7 @@ fn segment_seq(dir: &Path, slot: u32, seq: u64) -> Arc<Segment> {
 }
 
 #[test]
-fn version_3_keeps_every_field_at_any_width() {
+fn version_4_keeps_every_field_at_any_width() {
     let dir = tempfile::tempdir().unwrap();
     let segs: Vec<_> = (1..=3)
         .map(|i| {
@@ -264,16 +309,17 @@ fn version_3_keeps_every_field_at_any_width() {
     same(&snap.index, &model);
     assert_eq!(snap.segments.len(), 3);
 
-    // Few keys, small numbers, one segment: narrow fields, none for the segment.
+    // Few keys, small numbers, one segment: narrow fields (the segment's
+    // holds 1, the index a segment missing from the list would get).
     let (small, small_model) = index(50, 1);
     let bytes = encode(&small, 7, &segs[..1], None).unwrap();
     let widths_at = BEFORE_SPLIT + 16 + 1;
-    assert_eq!(&bytes[widths_at..widths_at + 6], &[1, 1, 1, 0, 2, 1]);
+    assert_eq!(&bytes[widths_at..widths_at + 6], &[1, 1, 1, 1, 2, 1]);
     same(&decode(&bytes).unwrap().index, &small_model);
 }
 
 #[test]
-fn a_version_3_snapshot_cut_short_or_with_impossible_fields_is_refused() {
+fn a_snapshot_cut_short_or_with_impossible_fields_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let seg = segment(dir.path(), 1);
     let (ix, _) = index(200, 1);
@@ -375,4 +421,49 @@ fn applying_gives_revisions_the_slots_of_the_opened_segments() {
             .collect();
         same(&applied, &moved);
     }
+}
+
+/// The file [`write`] streams (on the caller's thread for a small snapshot,
+/// on a thread of its own once a chunk fills) holds the bytes [`encode`]
+/// makes, and is in place, the temporary file gone, after the save.
+#[test]
+fn the_streamed_file_holds_the_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment(dir.path(), 1);
+    let segs = [(Arc::clone(&seg), seg.data_start + 100)];
+    for n in [300, 300_000] {
+        let (ix, model) = index(n, 1);
+        let expected = encode(&ix, 9, &segs, Some(b"t")).unwrap();
+        if n > 1_000 {
+            assert!(
+                expected.len() > 3 * stream::CHUNK,
+                "{} bytes",
+                expected.len()
+            );
+        }
+        write(&Storage::os(), dir.path(), &ix, 9, &segs, Some(b"t"))
+            .unwrap()
+            .save()
+            .unwrap();
+        let written = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        assert!(
+            written == expected,
+            "{n} keys: the file differs from the encoding"
+        );
+        assert!(!dir.path().join(SNAPSHOT_TMP).exists());
+        same(&load(dir.path()).unwrap().unwrap().index, &model);
+    }
+}
+
+/// A value wider than its field is refused, never cut to the width (a
+/// snapshot would otherwise load with wrong places).
+#[test]
+fn a_field_wider_than_its_width_is_refused() {
+    let widths = Widths::bounding(&crate::index::Widest::default(), 1);
+    let r = RecordRef::new(300, 0, 1, 0, 0, Op::Put);
+    let mut out = Vec::new();
+    assert_eq!(
+        widths.put_key(&mut out, b"k", 0, &[r], |_| 0),
+        Err("a field wider than its width")
+    );
 }

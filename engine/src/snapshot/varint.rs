@@ -94,7 +94,7 @@ impl VarintKeys<'_> {
                     op,
                 ));
             }
-            sink.push_ascending(&key, &revs)?;
+            sink.push_key(&key, &revs)?;
         }
         if r.at != to {
             return Err("trailing bytes");

@@ -429,6 +429,7 @@ impl Store {
             .min(opts.sweep_interval)
             .max(Duration::from_millis(5));
         let sweep_every = opts.sweep_interval;
+        let replicated = opts.replicated;
         let handle = std::thread::Builder::new().name("logkv-background".into()).spawn(move || {
             let mut last_sweep = Instant::now();
             loop {
@@ -437,19 +438,25 @@ impl Store {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                let store = Store { inner };
+                // The tick holds the buckets, not the store: the last handle's
+                // drop then closes the store on its owner's thread, which waits
+                // for the tick to end. (Held through the tick, it would close
+                // here, after the owner's `close` had returned: a reopen right
+                // after it could find the old snapshot. Only this line's moment
+                // is left for that.)
+                let cores = Store { inner }.cores();
                 let sweep = last_sweep.elapsed() >= sweep_every;
                 if sweep {
                     last_sweep = Instant::now();
                 }
-                for core in store.cores() {
+                for core in cores {
                     if fsync_every.is_some() && core.has_unsynced_writes() {
                         if let Err(e) = core.sync() {
                             tracing::error!(bucket = %core.name(), error = %e, "background fsync failed");
                         }
                     }
                     // A replica's expiries are applied from its replication log.
-                    if sweep && !store.inner.opts.replicated {
+                    if sweep && !replicated {
                         if let Err(e) = core.sweep_expired(None) {
                             tracing::warn!(bucket = %core.name(), error = %e, "TTL sweep failed");
                         }
