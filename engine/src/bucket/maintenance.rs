@@ -348,6 +348,8 @@ impl BucketCore {
             snapshot::remove(self.log.storage(), &self.dir)?;
             return Ok(None);
         }
+        // Created before the lock: nothing under it waits for the file system.
+        let file = snapshot::SnapshotFile::create(self.log.storage(), &self.dir)?;
         let (unsaved, coverage) = {
             let ix = self.index.read();
             let (end, last_revision) = self.hub.published();
@@ -360,15 +362,7 @@ impl BucketCore {
                 return Ok(None);
             }
             let tag = self.replica_tag.lock().clone();
-            let storage = self.log.storage();
-            let unsaved = snapshot::write(
-                storage,
-                &self.dir,
-                &ix,
-                last_revision,
-                &segs,
-                tag.as_deref(),
-            )?;
+            let unsaved = snapshot::write(file, &ix, last_revision, &segs, tag.as_deref())?;
             (unsaved, Coverage::of(end, last_revision, &segs))
         };
         self.log.wait_durable(coverage.end)?;

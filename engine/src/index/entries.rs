@@ -325,7 +325,7 @@ impl Entries {
                 let r0 = build(t0, 0, first);
                 let r1 = other
                     .ok()
-                    .map(|h| h.join().unwrap_or(Err("an index thread panicked")));
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
                 (r0, r1)
             });
             r0?;

@@ -232,7 +232,7 @@ trait KeysOut {
     /// Offset in the file of the next byte appended.
     fn position(&self) -> u64;
     /// Called after each key.
-    fn key_done(&mut self) -> Result<()>;
+    fn key_done(&mut self);
 }
 
 /// The whole file in memory (tests: the file [`write`] makes is the same).
@@ -247,9 +247,7 @@ impl KeysOut for InMemory {
     fn position(&self) -> u64 {
         self.0.len() as u64
     }
-    fn key_done(&mut self) -> Result<()> {
-        Ok(())
-    }
+    fn key_done(&mut self) {}
 }
 
 impl KeysOut for Stream {
@@ -259,8 +257,8 @@ impl KeysOut for Stream {
     fn position(&self) -> u64 {
         Stream::position(self)
     }
-    fn key_done(&mut self) -> Result<()> {
-        Stream::key_done(self)
+    fn key_done(&mut self) {
+        Stream::key_done(self);
     }
 }
 
@@ -307,7 +305,7 @@ fn encode_keys(
             .widths
             .put_key(out.buf(), k, shared, &revs, segment_of)
             .map_err(|why| Error::Internal(why.into()))?;
-        out.key_done()?;
+        out.key_done();
         prev = k;
     }
     Ok(split_at.unwrap_or_else(|| out.position()))
@@ -342,29 +340,52 @@ pub(crate) struct Unsaved {
     dir: std::path::PathBuf,
 }
 
-/// Serialises `index` with the log state it corresponds to into the bucket's
-/// temporary snapshot file in `dir`, written as it is encoded (see
+/// Serialises `index` with the log state it corresponds to into `file`, the
+/// bucket's temporary snapshot file, written as it is encoded (see
 /// `stream.rs`): [`Unsaved::save`] puts it in place. `segments`: every live
 /// segment in log order with its covered end; `tag`: the replication tag as
 /// of that end.
 pub(crate) fn write(
-    storage: &Storage,
-    dir: &Path,
+    file: SnapshotFile,
     index: &Index,
     last_revision: u64,
     segments: &[(Arc<Segment>, u64)],
     tag: Option<&[u8]>,
 ) -> Result<Unsaved> {
+    let SnapshotFile {
+        mut stream,
+        storage,
+        dir,
+    } = file;
     let mut prelude = Prelude::new(index, last_revision, segments, tag)?;
-    let mut stream = Stream::create(storage, &dir.join(SNAPSHOT_TMP), prelude.bytes.len() as u64)?;
+    stream.begin(prelude.bytes.len() as u64);
     let split_at = encode_keys(index, segments, &prelude, &mut stream)?;
     patch_split(&mut prelude.bytes, prelude.split_field_at, split_at);
     Ok(Unsaved {
         stream,
         prelude,
-        storage: storage.clone(),
-        dir: dir.to_path_buf(),
+        storage,
+        dir,
     })
+}
+
+/// The temporary file of a bucket's next snapshot, created before the
+/// index lock is taken (see [`write`]).
+pub(crate) struct SnapshotFile {
+    stream: Stream,
+    storage: Storage,
+    dir: std::path::PathBuf,
+}
+
+impl SnapshotFile {
+    /// Creates the temporary snapshot file of the bucket in `dir`.
+    pub(crate) fn create(storage: &Storage, dir: &Path) -> Result<SnapshotFile> {
+        Ok(SnapshotFile {
+            stream: Stream::create(storage, &dir.join(SNAPSHOT_TMP))?,
+            storage: storage.clone(),
+            dir: dir.to_path_buf(),
+        })
+    }
 }
 
 impl Unsaved {

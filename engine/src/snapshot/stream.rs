@@ -6,9 +6,14 @@
 //! longer of the two instead of their sum. The channel is unbounded: the
 //! encoding never waits for the disk with the lock held (a slow disk costs
 //! memory, at most the snapshot's size, as an encoding kept whole in memory
-//! did). A snapshot that fits one chunk is written on the caller's thread,
-//! with no thread started (a store of thousands of small buckets closes
-//! without thousands of threads).
+//! did). A snapshot that fits one chunk is written by the caller once the
+//! encoding is over, with no thread started (a store of thousands of small
+//! buckets closes without thousands of threads); if the thread cannot start,
+//! the chunks wait in memory for that too. The file is created before the
+//! index lock is taken: nothing under the lock waits for the file system.
+//! A stream dropped unfinished stops its thread and waits for it, so no late
+//! write lands in the next attempt's file (which is a new file: the old one
+//! is removed first).
 //!
 //! The header goes in last, at the start of the file: it holds where the
 //! second part begins, known only once the first is encoded. Its checksum is
@@ -17,12 +22,14 @@
 //! into place.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::error::{Error, Result};
+use crate::fsutil::remove_if_exists;
 use crate::io::{File, OpenMode, Storage};
 
 /// Bytes the encoding gathers before handing them to the writing thread.
@@ -41,15 +48,17 @@ pub(super) struct Stream {
     sent: u64,
     /// The writing thread, once a chunk filled.
     writer: Option<Writer>,
-    /// Checksum of the chunks written on the caller's thread (all of a small
-    /// snapshot; those before the thread started, if it could not at first).
-    here: crc32fast::Hasher,
+    /// Full chunks kept for the caller to write at the end (no thread: it
+    /// could not start).
+    held: Vec<Vec<u8>>,
 }
 
 struct Writer {
     chunks: Sender<Vec<u8>>,
     /// Chunks written, to be filled again (no fresh memory per chunk).
     spare: Receiver<Vec<u8>>,
+    /// Set when the stream is dropped unfinished: the rest is not written.
+    abandoned: Arc<AtomicBool>,
     done: JoinHandle<std::io::Result<crc32fast::Hasher>>,
 }
 
@@ -60,21 +69,28 @@ pub(super) struct Body {
 }
 
 impl Stream {
-    /// Creates (or truncates) the file at `path`, for a body that starts at
-    /// `body_at`.
-    pub fn create(storage: &Storage, path: &Path, body_at: u64) -> Result<Stream> {
+    /// Creates the file at `path` anew (an old one, which a thread of an
+    /// earlier attempt may still hold, is removed first); the body's place
+    /// is set by [`Stream::begin`].
+    pub fn create(storage: &Storage, path: &Path) -> Result<Stream> {
+        remove_if_exists(storage, path)?;
         let file = storage
             .open(path, OpenMode::Create)
             .map_err(|e| Error::io(path, e))?;
         Ok(Stream {
             file: Arc::new(file),
             path: path.to_path_buf(),
-            body_at,
+            body_at: 0,
             chunk: Vec::with_capacity(CHUNK),
             sent: 0,
             writer: None,
-            here: crc32fast::Hasher::new(),
+            held: Vec::new(),
         })
+    }
+
+    /// Sets where the body starts: after a header of `header_len` bytes.
+    pub fn begin(&mut self, header_len: u64) {
+        self.body_at = header_len;
     }
 
     /// The chunk the encoding appends to.
@@ -89,57 +105,50 @@ impl Stream {
 
     /// Hands the chunk on if it is full (called between keys: a key never
     /// spans two chunks, which does not matter to the file).
-    pub fn key_done(&mut self) -> Result<()> {
+    pub fn key_done(&mut self) {
         if self.chunk.len() < CHUNK {
-            return Ok(());
+            return;
         }
         if self.sent == 0 {
             // The first chunk filled: the snapshot is large enough for a thread.
             self.writer = self.start_writer();
         }
-        let Some(w) = &self.writer else {
-            // No thread (it could not start): written here, the encoding waits.
-            return self.write_here();
+        let next = match &self.writer {
+            Some(w) => w.spare.try_recv().ok(),
+            None => None,
         };
-        let next = w
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        let full = std::mem::replace(&mut self.chunk, next);
+        let full = std::mem::replace(
+            &mut self.chunk,
+            next.unwrap_or_else(|| Vec::with_capacity(CHUNK)),
+        );
         self.sent += full.len() as u64;
-        // A thread stopped by an error drops the rest (`finish` reports the error).
-        let _ = w.chunks.send(full);
-        Ok(())
+        match &self.writer {
+            // A thread stopped by an error drops the rest (`finish` reports it).
+            Some(w) => drop(w.chunks.send(full)),
+            // No thread: kept for `finish` (the index lock is held now).
+            None => self.held.push(full),
+        }
     }
 
-    /// Writes the chunk at its place on this thread (no writing thread).
-    fn write_here(&mut self) -> Result<()> {
-        let at = self.body_at + self.sent;
-        self.file
-            .write_all_at(&self.chunk, at)
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.here.update(&self.chunk);
-        self.sent += self.chunk.len() as u64;
-        self.chunk.clear();
-        Ok(())
-    }
-
-    /// Starts the writing thread; `None` if it cannot start (the chunks are
-    /// then written on the caller's thread).
+    /// Starts the writing thread; `None` if it cannot start.
     fn start_writer(&self) -> Option<Writer> {
         let (chunks, to_write) = unbounded::<Vec<u8>>();
         let (give_back, spare) = unbounded::<Vec<u8>>();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&abandoned);
         let file = Arc::clone(&self.file);
-        let mut at = self.body_at + self.sent;
+        let mut at = self.body_at;
         let done = std::thread::Builder::new()
             .name("logkv-snapshot".into())
             .spawn(move || {
                 let mut crc = crc32fast::Hasher::new();
-                for chunk in to_write {
+                for mut chunk in to_write {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
                     file.write_all_at(&chunk, at)?;
                     crc.update(&chunk);
                     at += chunk.len() as u64;
-                    let mut chunk = chunk;
                     chunk.clear();
                     // The encoding may be over: a chunk nobody takes is dropped.
                     let _ = give_back.send(chunk);
@@ -151,21 +160,31 @@ impl Stream {
         Some(Writer {
             chunks,
             spare,
+            abandoned,
             done,
         })
     }
 
     /// Writes what is left and waits for every chunk to be written: the
-    /// body's length and checksum.
+    /// file, and the body's length and checksum. Called without the index
+    /// lock.
     pub fn finish(mut self) -> Result<(Arc<File>, Body)> {
-        let mut crc = match self.writer.take() {
+        let last = std::mem::take(&mut self.chunk);
+        let len = self.sent + last.len() as u64;
+        let crc = match self.writer.take() {
             None => {
-                self.write_here()?;
-                crc32fast::Hasher::new()
+                let mut crc = crc32fast::Hasher::new();
+                let mut at = self.body_at;
+                for chunk in std::mem::take(&mut self.held).iter().chain([&last]) {
+                    self.file
+                        .write_all_at(chunk, at)
+                        .map_err(|e| Error::io(&self.path, e))?;
+                    crc.update(chunk);
+                    at += chunk.len() as u64;
+                }
+                crc
             }
             Some(w) => {
-                let last = std::mem::take(&mut self.chunk);
-                self.sent += last.len() as u64;
                 let sent = w.chunks.send(last).is_ok();
                 drop(w.chunks);
                 let written = w
@@ -181,16 +200,19 @@ impl Stream {
                 written
             }
         };
-        // The chunks written here, if any, came first.
-        let mut all = self.here.clone();
-        all.combine(&crc);
-        crc = all;
-        Ok((
-            self.file,
-            Body {
-                len: self.sent,
-                crc,
-            },
-        ))
+        Ok((Arc::clone(&self.file), Body { len, crc }))
+    }
+}
+
+impl Drop for Stream {
+    /// A stream dropped unfinished (an error before its save): its thread
+    /// skips what is queued and is waited for, so that it writes nothing
+    /// after this.
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.abandoned.store(true, Ordering::Release);
+            drop(w.chunks);
+            let _ = w.done.join();
+        }
     }
 }

@@ -153,7 +153,13 @@ fn as_version_3(
 /// Checks a two-part snapshot of [`index`]`(n, _)` whose first key's length
 /// fields take `lengths` bytes: it decodes to `model`; damaged at the split,
 /// it is refused.
-fn decodes_in_two_parts(bytes: &[u8], n: u32, lengths: usize, model: &[(String, Vec<RecordRef>)]) {
+fn decodes_in_two_parts(
+    bytes: &[u8],
+    n: u32,
+    lengths: usize,
+    model: &[(String, Vec<RecordRef>)],
+    segs: &[(Arc<Segment>, u64)],
+) {
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     let snap = decode(bytes).unwrap();
     assert_eq!(snap.last_revision, 99);
@@ -184,6 +190,10 @@ fn decodes_in_two_parts(bytes: &[u8], n: u32, lengths: usize, model: &[(String, 
         assert_eq!(r.u64().unwrap(), u64::from(n) / 2);
         usize::try_from(r.u64().unwrap()).unwrap()
     };
+    // An index loaded in two parts keeps the bounds of both: it encodes
+    // again (a bound of the second part lost would refuse a field).
+    let again = encode(&snap.index, 99, segs, Some(b"tag-1"));
+    assert!(again.is_ok(), "{again:?}");
     let mut bad = bytes.to_vec();
     let key_at = split_at + lengths;
     assert_eq!(&bad[key_at..key_at + 4], b"key:");
@@ -222,16 +232,23 @@ fn a_large_index_decodes_in_two_parts_to_the_same_index() {
     let bytes = encode(&ix, 99, &segs, Some(b"tag-1")).unwrap();
     assert_eq!(&bytes[8..12], &VERSION.to_le_bytes());
     // Version 4: lengths of one byte each.
-    decodes_in_two_parts(&bytes, n, 2, &model);
+    decodes_in_two_parts(&bytes, n, 2, &model, &segs);
     // Version 3: the same, keys ascending.
     decodes_in_two_parts(
         &as_version_3(&model, 99, &segs, Some(b"tag-1")),
         n,
         2,
         &model,
+        &segs,
     );
     // Version 2: lengths of one varint byte each.
-    decodes_in_two_parts(&encode_v2(&ix, 99, &segs, Some(b"tag-1")), n, 2, &model);
+    decodes_in_two_parts(
+        &encode_v2(&ix, 99, &segs, Some(b"tag-1")),
+        n,
+        2,
+        &model,
+        &segs,
+    );
 }
 
 #[test]
@@ -441,7 +458,15 @@ fn the_streamed_file_holds_the_encoding() {
                 expected.len()
             );
         }
-        write(&Storage::os(), dir.path(), &ix, 9, &segs, Some(b"t"))
+        // An attempt dropped before its save (the log's fsync failed, say)
+        // leaves nothing in place, and its thread writes nothing after it.
+        let before = std::fs::read(dir.path().join(SNAPSHOT_FILE)).ok();
+        let file = SnapshotFile::create(&Storage::os(), dir.path()).unwrap();
+        drop(write(file, &ix, 9, &segs, Some(b"t")).unwrap());
+        let after = std::fs::read(dir.path().join(SNAPSHOT_FILE)).ok();
+        assert!(before == after, "{n} keys: the file in place changed");
+        let file = SnapshotFile::create(&Storage::os(), dir.path()).unwrap();
+        write(file, &ix, 9, &segs, Some(b"t"))
             .unwrap()
             .save()
             .unwrap();

@@ -445,6 +445,10 @@ impl Store {
                 // after it could find the old snapshot. Only this line's moment
                 // is left for that.)
                 let cores = Store { inner }.cores();
+                if weak.strong_count() == 0 {
+                    // The owner let go meanwhile: that drop closed the store here.
+                    return;
+                }
                 let sweep = last_sweep.elapsed() >= sweep_every;
                 if sweep {
                     last_sweep = Instant::now();
