@@ -358,6 +358,7 @@ impl BucketCore {
                 // Compaction removed every record up to the published end:
                 // there is nothing a snapshot would spare recovery from reading.
                 drop(ix);
+                drop(file);
                 snapshot::remove(self.log.storage(), &self.dir)?;
                 return Ok(None);
             }

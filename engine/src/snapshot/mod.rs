@@ -425,9 +425,11 @@ fn tail_crc(seg: &Segment, end: u64) -> u32 {
     crc32fast::hash(seg.range(from, end))
 }
 
-/// Removes a snapshot that no longer matches the log.
+/// Removes a snapshot that no longer matches the log (or that the bucket no
+/// longer keeps), and the temporary file of one if there is any.
 pub(crate) fn remove(storage: &Storage, dir: &Path) -> Result<()> {
-    remove_if_exists(storage, &dir.join(SNAPSHOT_FILE))
+    remove_if_exists(storage, &dir.join(SNAPSHOT_FILE))?;
+    remove_if_exists(storage, &dir.join(SNAPSHOT_TMP))
 }
 
 /// Reads and checks a snapshot; `Ok(None)` if there is none, `Err(reason)` if it is unusable.
