@@ -79,6 +79,69 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// CPU time (user and system) process `pid` has used, from `/proc/<pid>/stat`.
+pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu(&text, clock_ticks()?)
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line, at `ticks` per second.
+fn parse_stat_cpu(stat: &str, ticks: u64) -> Option<std::time::Duration> {
+    // The command name is in parentheses and may hold spaces: fields are
+    // counted after its closing one (state is field 3; utime 14, stime 15).
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let t = utime + stime;
+    Some(
+        std::time::Duration::from_secs(t / ticks)
+            + std::time::Duration::from_nanos((t % ticks) * 1_000_000_000 / ticks),
+    )
+}
+
+/// Clock ticks per second (the unit of `/proc/<pid>/stat`'s times).
+fn clock_ticks() -> Option<u64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0)
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct passed to it.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) } == 0;
+    if !ok {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// CPU time (user and system) of this process's children that have been
+/// waited for (a redis-benchmark run, once it has exited).
+pub fn children_cpu() -> std::time::Duration {
+    // SAFETY: getrusage writes the struct passed to it; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut ru) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        std::time::Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_usec).unwrap_or(0) * 1_000,
+        )
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Sends SIGTERM to a child process.
 pub fn terminate(pid: u32) {
     // A pid the kernel gave out always fits pid_t.
@@ -94,6 +157,18 @@ pub fn terminate(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_cpu_times_of_a_stat_line() {
+        // A name with a space and a parenthesis; utime 250, stime 50 ticks.
+        let stat = "1234 (logkv (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 8 0";
+        assert_eq!(
+            parse_stat_cpu(stat, 100),
+            Some(std::time::Duration::from_secs(3))
+        );
+        assert_eq!(parse_stat_cpu("1234 (x) S 1 2", 100), None);
+        assert!(process_cpu(std::process::id()).is_some());
+    }
 
     #[test]
     fn reads_kb_fields() {

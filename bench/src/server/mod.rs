@@ -181,7 +181,7 @@ pub fn run(cfg: &Config, rep: &mut Reporter) -> bool {
                 "S6: redis-benchmark SET -c {} -P 16, {} requests per run, --fsync never",
                 cfg.clients, cfg.s6_requests
             );
-            slow::s6(cfg, bench, &server.addr(), server.port, rep)
+            slow::s6(cfg, bench, &server.addr(), server.port, server.pid(), rep)
         });
         check("S6", r);
     }

@@ -10,6 +10,16 @@
 //!
 //! Rows: `S6.none`, `S6.slow`, `S6.active` (ops/s, the median run), and `S6` and
 //! `S6.active.ratio`: the median over the pairs of (with / without).
+//!
+//! What the active watcher's events cost in CPU, per write (each write is one event),
+//! medians over the pairs: `S6.active.server_cpu_per_event` (the server's CPU per write with
+//! the watcher less without it: encoding and sending the events, and waking for them),
+//! `S6.active.reader_cpu_per_event` (the harness's reading thread) and
+//! `S6.active.cpu_per_event` (the two). `S6.busy` is how many cores the server and
+//! redis-benchmark kept busy with no watcher. `S6.active.predicted` is the ratio the active
+//! runs would give if they lost exactly that CPU and nothing else: the CPU per write without
+//! the watcher over the CPU per write with it (server, redis-benchmark and reader), which
+//! holds on a machine whose cores the load keeps busy (`S6.busy` near their number).
 
 use std::io::{ErrorKind, Read as _};
 use std::path::Path;
@@ -20,8 +30,8 @@ use super::{expect_ok, row, Config};
 use crate::redisbench::{self, Load};
 use crate::report::{Extra, Reporter, Row};
 use crate::resp::Client;
-use crate::skim;
 use crate::stores::BoxError;
+use crate::{skim, sys};
 
 /// Pairs (with / without) per variant.
 const PAIRS: usize = 4;
@@ -45,7 +55,9 @@ fn watcher(addr: &str) -> Result<Client, BoxError> {
 /// Reads every frame on `c` until `stop`, skimmed as S5's receivers read them (building
 /// each event's value would take from the server's core on 2 cores what the harness
 /// spends); counts the entries. A `lost` fails the run.
-fn drain(c: Client, stop: &AtomicBool, events: &AtomicU64) -> Result<(), String> {
+/// Returns the CPU time the reading took.
+fn drain(c: Client, stop: &AtomicBool, events: &AtomicU64) -> Result<Duration, String> {
+    let started = sys::thread_cpu();
     let (mut stream, inbox) = c.into_parts();
     let mut buf = inbox.into_unread();
     stream
@@ -72,11 +84,49 @@ fn drain(c: Client, stop: &AtomicBool, events: &AtomicU64) -> Result<(), String>
             Err(e) => return Err(format!("active watcher: {e}")),
         }
     }
-    Ok(())
+    Ok(sys::thread_cpu().saturating_sub(started))
+}
+
+/// One run's rate and CPU: the server's, redis-benchmark's and the reading thread's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    server: Duration,
+    bench: Duration,
+    reader: Duration,
+}
+
+impl Run {
+    /// CPU seconds per write of everything measured.
+    fn cpu_per_write(&self, n: u64) -> f64 {
+        (self.server + self.bench + self.reader).as_secs_f64() / n.max(1) as f64
+    }
+
+    /// Cores busy on average: CPU over the run's wall-clock time.
+    fn busy(&self, n: u64) -> f64 {
+        self.cpu_per_write(n) * self.rps
+    }
+}
+
+/// One redis-benchmark run of the S6 load against the server `pid`: its ops/s, and the
+/// CPU the server and redis-benchmark used.
+fn load_run(cfg: &Config, bench: &Path, port: u16, pid: u32, run: usize) -> Result<Run, BoxError> {
+    let (server0, bench0) = (sys::process_cpu(pid), sys::children_cpu());
+    let rps = load_rps(cfg, bench, port, run)?;
+    let server = match (server0, sys::process_cpu(pid)) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => return Err("S6: cannot read the server's CPU time in /proc".into()),
+    };
+    Ok(Run {
+        rps,
+        server,
+        bench: sys::children_cpu().saturating_sub(bench0),
+        reader: Duration::ZERO,
+    })
 }
 
 /// One redis-benchmark run of the S6 load; returns its ops/s.
-fn load_run(cfg: &Config, bench: &Path, port: u16, run: usize) -> Result<f64, BoxError> {
+fn load_rps(cfg: &Config, bench: &Path, port: u16, run: usize) -> Result<f64, BoxError> {
     let load = Load {
         tests: "set",
         clients: cfg.clients,
@@ -94,17 +144,22 @@ fn load_run(cfg: &Config, bench: &Path, port: u16, run: usize) -> Result<f64, Bo
     Ok(r.first().ok_or("redis-benchmark printed no result")?.rps)
 }
 
-/// S6 against the logkv-server at `addr` (started with `--fsync never`).
+/// S6 against the logkv-server at `addr` (started with `--fsync never`), process `pid`.
 pub fn s6(
     cfg: &Config,
     bench: &Path,
     addr: &str,
     port: u16,
+    pid: u32,
     rep: &mut Reporter,
 ) -> Result<(), BoxError> {
     let mut run = 0;
+    let n = cfg.s6_requests;
     for variant in [Variant::Stalled, Variant::Active] {
         let (mut none, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        // Per pair: server CPU per event, reader CPU per event, predicted ratio, cores busy.
+        let (mut server_cpu, mut reader_cpu, mut predicted, mut busy) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for pair in 0..PAIRS {
             // A B B A: the pairs alternate which run goes first.
             let order = if pair % 2 == 0 {
@@ -112,30 +167,39 @@ pub fn s6(
             } else {
                 [true, false]
             };
-            let mut got = [0.0; 2];
+            let mut got = [Run::default(); 2];
             for watched in order {
                 run += 1;
                 let r = if watched {
-                    measured_with(cfg, bench, addr, port, run, variant)?
+                    measured_with(cfg, bench, addr, port, pid, run, variant)?
                 } else {
-                    load_run(cfg, bench, port, run)?
+                    load_run(cfg, bench, port, pid, run)?
                 };
                 eprintln!(
-                    "    S6 {variant:?} pair {}: {} {r:.0} ops/s",
+                    "    S6 {variant:?} pair {}: {} {:.0} ops/s (CPU s: server {:.2}, redis-benchmark {:.2}, reader {:.2})",
                     pair + 1,
                     if watched {
                         "with the watcher"
                     } else {
                         "no watcher"
-                    }
+                    },
+                    r.rps,
+                    r.server.as_secs_f64(),
+                    r.bench.as_secs_f64(),
+                    r.reader.as_secs_f64(),
                 );
                 got[usize::from(watched)] = r;
             }
-            none.push(got[0]);
-            with.push(got[1]);
-            ratios.push(got[1] / got[0]);
+            let [without, watched] = got;
+            none.push(without.rps);
+            with.push(watched.rps);
+            ratios.push(watched.rps / without.rps);
+            let per = |d: Duration| d.as_secs_f64() / n.max(1) as f64 * 1e6;
+            server_cpu.push(per(watched.server) - per(without.server));
+            reader_cpu.push(per(watched.reader));
+            predicted.push(without.cpu_per_write(n) / watched.cpu_per_write(n));
+            busy.push(without.busy(n));
         }
-        let n = cfg.s6_requests;
         let tag = |r: Row| {
             r.with("pipeline", Extra::count(DEPTH))
                 .with("clients", Extra::count(cfg.clients))
@@ -158,6 +222,22 @@ pub fn s6(
             "ratio",
             n,
         )));
+        if variant == Variant::Active {
+            let mut both: Vec<f64> = server_cpu
+                .iter()
+                .zip(&reader_cpu)
+                .map(|(a, b)| a + b)
+                .collect();
+            for (name, v, unit) in [
+                ("S6.active.server_cpu_per_event", &mut server_cpu, "us"),
+                ("S6.active.reader_cpu_per_event", &mut reader_cpu, "us"),
+                ("S6.active.cpu_per_event", &mut both, "us"),
+                ("S6.active.predicted", &mut predicted, "ratio"),
+                ("S6.busy", &mut busy, "cores"),
+            ] {
+                rep.emit(tag(row("logkv", name, middle(v), unit, n)));
+            }
+        }
     }
     Ok(())
 }
@@ -168,13 +248,14 @@ fn measured_with(
     bench: &Path,
     addr: &str,
     port: u16,
+    pid: u32,
     run: usize,
     variant: Variant,
-) -> Result<f64, BoxError> {
+) -> Result<Run, BoxError> {
     let w = watcher(addr)?;
     match variant {
         Variant::Stalled => {
-            let r = load_run(cfg, bench, port, run);
+            let r = load_run(cfg, bench, port, pid, run);
             drop(w);
             r
         }
@@ -183,11 +264,13 @@ fn measured_with(
             let events = AtomicU64::new(0);
             std::thread::scope(|sc| {
                 let reader = sc.spawn(|| drain(w, &stop, &events));
-                let r = load_run(cfg, bench, port, run);
+                let r = load_run(cfg, bench, port, pid, run);
                 stop.store(true, Ordering::Relaxed);
                 let read = reader.join().map_err(|_| "active watcher panicked")?;
-                read?;
-                r
+                let reader_cpu = read?;
+                let mut r = r?;
+                r.reader = reader_cpu;
+                Ok(r)
             })
         }
     }
