@@ -19,7 +19,9 @@
 //! redis-benchmark kept busy with no watcher. `S6.active.predicted` is the ratio the active
 //! runs would give if they lost exactly that CPU and nothing else: the CPU per write without
 //! the watcher over the CPU per write with it (server, redis-benchmark and reader), which
-//! holds on a machine whose cores the load keeps busy (`S6.busy` near their number).
+//! holds on a machine whose cores the load keeps busy (`S6.busy` near their number);
+//! `S6.active.predicted_server` the ratio if the server's own CPU per write were the bound
+//! (its CPU without the watcher over its CPU with it, for the same writes).
 
 use std::io::{ErrorKind, Read as _};
 use std::path::Path;
@@ -160,6 +162,8 @@ pub fn s6(
         // Per pair: server CPU per event, reader CPU per event, predicted ratio, cores busy.
         let (mut server_cpu, mut reader_cpu, mut predicted, mut busy) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Per pair: the ratio if the server's own CPU per write were the bound.
+        let mut server_bound = Vec::new();
         for pair in 0..PAIRS {
             // A B B A: the pairs alternate which run goes first.
             let order = if pair % 2 == 0 {
@@ -198,6 +202,7 @@ pub fn s6(
             server_cpu.push(per(watched.server) - per(without.server));
             reader_cpu.push(per(watched.reader));
             predicted.push(without.cpu_per_write(n) / watched.cpu_per_write(n));
+            server_bound.push(without.server.as_secs_f64() / watched.server.as_secs_f64());
             busy.push(without.busy(n));
         }
         let tag = |r: Row| {
@@ -233,6 +238,7 @@ pub fn s6(
                 ("S6.active.reader_cpu_per_event", &mut reader_cpu, "us"),
                 ("S6.active.cpu_per_event", &mut both, "us"),
                 ("S6.active.predicted", &mut predicted, "ratio"),
+                ("S6.active.predicted_server", &mut server_bound, "ratio"),
                 ("S6.busy", &mut busy, "cores"),
             ] {
                 rep.emit(tag(row("logkv", name, middle(v), unit, n)));
