@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,10 @@ const CREATING_SUFFIX: &str = ".creating";
 struct StoreInner {
     dir: PathBuf,
     opts: Options,
-    buckets: RwLock<BTreeMap<String, Arc<BucketCore>>>,
+    /// Shared with the background thread, which holds only this (never the
+    /// store: the last handle's drop then always closes the store on its
+    /// owner's thread, after the thread has stopped).
+    buckets: Arc<RwLock<BTreeMap<String, Arc<BucketCore>>>>,
     /// Serialises bucket creation and removal.
     catalog: Mutex<()>,
     recovery: Vec<(String, RecoveryReport)>,
@@ -92,7 +95,7 @@ impl Store {
             inner: Arc::new(StoreInner {
                 dir,
                 opts,
-                buckets: RwLock::new(buckets),
+                buckets: Arc::new(RwLock::new(buckets)),
                 catalog: Mutex::new(()),
                 recovery,
                 dropped_fsyncs: Mutex::new(Latencies::default()),
@@ -418,7 +421,7 @@ impl Store {
 
     fn start_background(&self) {
         let (tx, rx) = bounded::<()>(1);
-        let weak: Weak<StoreInner> = Arc::downgrade(&self.inner);
+        let buckets = Arc::clone(&self.inner.buckets);
         let opts = &self.inner.opts;
         let fsync_every = match opts.fsync {
             FsyncPolicy::Interval(d) => Some(d),
@@ -437,18 +440,7 @@ impl Store {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
-                let Some(inner) = weak.upgrade() else { return };
-                // The tick holds the buckets, not the store: the last handle's
-                // drop then closes the store on its owner's thread, which waits
-                // for the tick to end. (Held through the tick, it would close
-                // here, after the owner's `close` had returned: a reopen right
-                // after it could find the old snapshot. Only this line's moment
-                // is left for that.)
-                let cores = Store { inner }.cores();
-                if weak.strong_count() == 0 {
-                    // The owner let go meanwhile: that drop closed the store here.
-                    return;
-                }
+                let cores: Vec<Arc<BucketCore>> = buckets.read().values().cloned().collect();
                 let sweep = last_sweep.elapsed() >= sweep_every;
                 if sweep {
                     last_sweep = Instant::now();
