@@ -188,16 +188,6 @@ impl Index {
             })
     }
 
-    /// Calls `f` with every key and latest revision, in key order, stopping
-    /// at its first error (the snapshot's walk).
-    pub fn try_for_each_sorted<E>(
-        &self,
-        mut f: impl FnMut(&IKey, &RecordRef) -> Result<(), E>,
-    ) -> Result<(), E> {
-        self.range(Bound::Unbounded, Bound::Unbounded)
-            .try_for_each(|(k, r)| f(k, r))
-    }
-
     /// Whether the key order is built (a walk in key order then builds nothing).
     pub fn key_order_built(&self) -> bool {
         self.order.get().is_some()

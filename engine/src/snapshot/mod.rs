@@ -55,9 +55,10 @@ pub const SNAPSHOT_FILE: &str = "index.snap";
 /// The file a snapshot is written to before it is renamed into place.
 const SNAPSHOT_TMP: &str = "index.snap.tmp";
 const MAGIC: &[u8; 8] = b"LOGKVIDX";
-/// Version 3 stores each key's fields at fixed widths chosen per snapshot
-/// (see `docs/FORMAT.md`). Versions 1 (one part, no tag) and 2 (two parts, the
-/// replication tag; varints) still load.
+/// Version 4 stores the keys in the order of the index's slab, each key's
+/// fields at fixed widths chosen per snapshot (see `docs/FORMAT.md`).
+/// Versions 1 (one part, no tag), 2 (two parts, the replication tag;
+/// varints) and 3 (version 4's fields, keys ascending) still load.
 const VERSION: u32 = 4;
 
 /// A segment as the snapshot saw it.
@@ -334,10 +335,8 @@ pub(crate) fn encode(
 
 /// A snapshot written to its temporary file, not yet in place.
 pub(crate) struct Unsaved {
-    stream: Stream,
+    file: SnapshotFile,
     prelude: Prelude,
-    storage: Storage,
-    dir: std::path::PathBuf,
 }
 
 /// Serialises `index` with the log state it corresponds to into `file`, the
@@ -352,21 +351,12 @@ pub(crate) fn write(
     segments: &[(Arc<Segment>, u64)],
     tag: Option<&[u8]>,
 ) -> Result<Unsaved> {
-    let SnapshotFile {
-        mut stream,
-        storage,
-        dir,
-    } = file;
+    let mut file = file;
     let mut prelude = Prelude::new(index, last_revision, segments, tag)?;
-    stream.begin(prelude.bytes.len() as u64);
-    let split_at = encode_keys(index, segments, &prelude, &mut stream)?;
+    file.stream.begin(prelude.bytes.len() as u64);
+    let split_at = encode_keys(index, segments, &prelude, &mut file.stream)?;
     patch_split(&mut prelude.bytes, prelude.split_field_at, split_at);
-    Ok(Unsaved {
-        stream,
-        prelude,
-        storage,
-        dir,
-    })
+    Ok(Unsaved { file, prelude })
 }
 
 /// The temporary file of a bucket's next snapshot, created before the
@@ -394,9 +384,14 @@ impl Unsaved {
     /// snapshot never names records a crash could lose: the caller made the
     /// log durable up to its end first).
     pub(crate) fn save(self) -> Result<()> {
-        let tmp = self.dir.join(SNAPSHOT_TMP);
+        let SnapshotFile {
+            stream,
+            storage,
+            dir,
+        } = self.file;
+        let tmp = dir.join(SNAPSHOT_TMP);
         let io = |e| Error::io(&tmp, e);
-        let (file, body) = self.stream.finish()?;
+        let (file, body) = stream.finish()?;
         let header = &self.prelude.bytes;
         file.write_all_at(header, 0).map_err(io)?;
         let mut crc = crc32fast::Hasher::new();
@@ -407,11 +402,11 @@ impl Unsaved {
             .map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);
-        let path = self.dir.join(SNAPSHOT_FILE);
-        self.storage
+        let path = dir.join(SNAPSHOT_FILE);
+        storage
             .rename(&tmp, &path)
             .map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.storage, &self.dir)
+        sync_dir(&storage, &dir)
     }
 }
 

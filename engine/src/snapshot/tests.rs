@@ -4,6 +4,7 @@ use super::*;
 use crate::index::IKey;
 use crate::log::record::Op;
 use crate::log::segment::SegmentHeader;
+use std::ops::Bound;
 
 /// An index of `n` keys (every third with three revisions, the rest
 /// with one) in segment slot `slot`, and the same in a sorted list.
@@ -30,14 +31,12 @@ fn index(n: u32, slot: u32) -> (Index, Vec<(String, Vec<RecordRef>)>) {
 fn same(ix: &Index, model: &[(String, Vec<RecordRef>)]) {
     assert_eq!(ix.key_count(), model.len());
     let mut at = model.iter();
-    ix.try_for_each_sorted(|key, _| {
+    for (key, _) in ix.range(Bound::Unbounded, Bound::Unbounded) {
         let (k, revs) = at.next().unwrap();
         assert_eq!(key.as_str(), k);
         assert_eq!(&ix.revisions(k.as_bytes()), revs, "{k}");
         assert_eq!(ix.latest(k.as_bytes()), revs.last().copied());
-        Ok::<(), ()>(())
-    })
-    .unwrap();
+    }
     let values: usize = model.iter().map(|(_, r)| r.len()).sum();
     assert_eq!(ix.values(), values as u64);
 }
@@ -88,35 +87,30 @@ fn encode_v2(
     };
     let (split, split_offset_at) = header.write(&mut out).unwrap();
     let mut prev: Vec<u8> = Vec::new();
-    let mut written = 0usize;
-    index
-        .try_for_each_sorted(|key, latest| {
-            if written == split {
-                prev.clear();
-                let at = out.len() as u64;
-                out[split_offset_at..split_offset_at + 8].copy_from_slice(&at.to_le_bytes());
-            }
-            written += 1;
-            let k = key.as_bytes();
-            let shared = k.iter().zip(&prev).take_while(|(a, b)| a == b).count();
-            put_varint(&mut out, shared as u64);
-            put_varint(&mut out, (k.len() - shared) as u64);
-            out.extend_from_slice(&k[shared..]);
+    for (written, (key, latest)) in index.range(Bound::Unbounded, Bound::Unbounded).enumerate() {
+        if written == split {
             prev.clear();
-            prev.extend_from_slice(k);
-            let mut revs = Vec::new();
-            index.for_each_rev(latest, |r| revs.push(*r));
-            out.push(u8::try_from(revs.len()).unwrap());
-            for r in &revs {
-                put_varint(&mut out, r.revision);
-                put_varint(&mut out, r.expires_ms);
-                put_varint(&mut out, u64::from(slot_to_pos[&r.slot]));
-                put_varint(&mut out, u64::from(r.offset));
-                put_varint(&mut out, (r.len() as u64) << 2 | r.op() as u64);
-            }
-            Ok::<(), ()>(())
-        })
-        .unwrap();
+            let at = out.len() as u64;
+            out[split_offset_at..split_offset_at + 8].copy_from_slice(&at.to_le_bytes());
+        }
+        let k = key.as_bytes();
+        let shared = k.iter().zip(&prev).take_while(|(a, b)| a == b).count();
+        put_varint(&mut out, shared as u64);
+        put_varint(&mut out, (k.len() - shared) as u64);
+        out.extend_from_slice(&k[shared..]);
+        prev.clear();
+        prev.extend_from_slice(k);
+        let mut revs = Vec::new();
+        index.for_each_rev(latest, |r| revs.push(*r));
+        out.push(u8::try_from(revs.len()).unwrap());
+        for r in &revs {
+            put_varint(&mut out, r.revision);
+            put_varint(&mut out, r.expires_ms);
+            put_varint(&mut out, u64::from(slot_to_pos[&r.slot]));
+            put_varint(&mut out, u64::from(r.offset));
+            put_varint(&mut out, (r.len() as u64) << 2 | r.op() as u64);
+        }
+    }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
