@@ -326,7 +326,11 @@ impl BulkBuilder {
         // SAFETY: both parts wrote exactly their `first` and `second` slots
         // (checked above), the first `total` of the slab's spare capacity,
         // and no longer own them (`filled` is 0).
-        unsafe { self.ix.entries.assume_pushed(total) };
+        unsafe {
+            self.ix
+                .entries
+                .assume_pushed(total, t0.widest.key_len.max(t1.widest.key_len));
+        };
         // SAFETY: likewise, the parts wrote the first `total` hashes.
         unsafe { self.hashes.set_len(total) };
         // The second part's older revisions come after the first's.

@@ -2,7 +2,8 @@
 
 use std::borrow::Borrow;
 
-const INLINE: usize = 22;
+/// The longest key stored inline; longer ones are on the heap.
+pub(crate) const INLINE: usize = 22;
 
 /// A key, stored inline when it is at most 22 bytes.
 #[derive(Clone)]

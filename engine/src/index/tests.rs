@@ -387,6 +387,63 @@ fn widest_bounds_every_field() {
     );
 }
 
+/// A dropped index frees its slab without a walk only while no key in it is
+/// on the heap: each way a key enters the slab (an insert, a bulk push, each
+/// part of a two-part fill) notes a long one, or its memory would leak.
+#[test]
+fn every_way_into_the_slab_notes_a_key_on_the_heap() {
+    let long = vec![b'x'; key::INLINE + 1];
+    let short = vec![b'x'; key::INLINE];
+    let mut removed = vec![];
+
+    let mut ix = Index::default();
+    ix.apply(&short, rev(1, Op::Put), 0, 1, &mut removed);
+    assert!(
+        !ix.entries.may_hold_heap_keys(),
+        "an insert of an inline key"
+    );
+    ix.apply(&long, rev(2, Op::Put), 0, 1, &mut removed);
+    assert!(ix.entries.may_hold_heap_keys(), "an insert of a long key");
+
+    for k in [&short, &long] {
+        let mut b = BulkBuilder::with_capacity(1, KeyOrder::Any);
+        b.push(k, &[rev(1, Op::Put)]).unwrap();
+        let heap = b.finish().unwrap().entries.may_hold_heap_keys();
+        assert_eq!(
+            heap,
+            k.len() > key::INLINE,
+            "a bulk push of {} bytes",
+            k.len()
+        );
+    }
+
+    let key_of = |part: usize, i: usize, long_in: Option<usize>| {
+        let mut k = format!("p{part}-{i:06}").into_bytes();
+        if long_in == Some(part) && i == 3 {
+            k.resize(key::INLINE + 5, b'z');
+        }
+        k
+    };
+    for long_in in [None, Some(0), Some(1)] {
+        let n = 10;
+        let mut b = BulkBuilder::with_capacity(2 * n, KeyOrder::Any);
+        b.fill_in_two(n, n, |part, sink| {
+            for i in 0..n {
+                sink.push_key(&key_of(part, i, long_in), &[rev(i as u64 + 1, Op::Put)])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let ix = b.finish().unwrap();
+        assert_eq!(ix.key_count(), 2 * n);
+        assert_eq!(
+            ix.entries.may_hold_heap_keys(),
+            long_in.is_some(),
+            "a two-part fill, a long key in part {long_in:?}"
+        );
+    }
+}
+
 #[test]
 fn remap_segments_rewrites_every_revision() {
     let mut ix = Index::default();
