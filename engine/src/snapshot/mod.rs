@@ -136,9 +136,9 @@ struct Header<'a> {
 }
 
 impl Header<'_> {
-    /// Appends the header to `out`; returns the number of keys in the first
-    /// part, and where the offset of the second is to be patched in.
-    fn write(&self, out: &mut Vec<u8>) -> Result<(usize, usize)> {
+    /// Appends the header to `out`; returns where the second part's first
+    /// key and offset are to be patched in.
+    fn write(&self, out: &mut Vec<u8>) -> Result<usize> {
         let Some((last, last_end)) = self.segments.last() else {
             return Err(Error::Internal(
                 "a snapshot needs at least one segment".into(),
@@ -159,14 +159,10 @@ impl Header<'_> {
         }
         out.extend_from_slice(&tail_crc(last, *last_end).to_le_bytes());
         out.extend_from_slice(&(self.nkeys as u64).to_le_bytes());
-        // The second part starts at key `split`, at a byte offset patched in later.
-        let split = if self.nkeys >= PARALLEL_FROM {
-            self.nkeys / 2
-        } else {
-            self.nkeys
-        };
-        out.extend_from_slice(&(split as u64).to_le_bytes());
-        let split_offset_at = out.len();
+        // The second part's first key and its byte offset, patched in once
+        // the keys are encoded (see `encode_keys`).
+        let split_at = out.len();
+        out.extend_from_slice(&0u64.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());
         // The replication tag: its length (0: none), then its bytes.
         let tag_len = u8::try_from(self.tag.len()).map_err(|_| {
@@ -174,7 +170,7 @@ impl Header<'_> {
         })?;
         out.push(tag_len);
         out.extend_from_slice(self.tag);
-        Ok((split, split_offset_at))
+        Ok(split_at)
     }
 }
 
@@ -183,9 +179,8 @@ impl Header<'_> {
 struct Prelude {
     bytes: Vec<u8>,
     widths: Widths,
-    /// The key the second part starts at (`nkeys` for one part).
-    split: usize,
-    /// Where in `bytes` the second part's offset is to be patched in.
+    /// Where in `bytes` the second part's first key and offset are to be
+    /// patched in.
     split_field_at: usize,
 }
 
@@ -204,7 +199,7 @@ impl Prelude {
             nkeys: index.key_count(),
             tag: tag.unwrap_or_default(),
         };
-        let (split, split_field_at) = header.write(&mut bytes)?;
+        let split_field_at = header.write(&mut bytes)?;
         // Positions fit a u32: the header refuses more segments.
         let count = u32::try_from(segments.len()).unwrap_or(u32::MAX);
         let widths = Widths::bounding(index.widest(), count);
@@ -212,17 +207,25 @@ impl Prelude {
         Ok(Prelude {
             bytes,
             widths,
-            split,
             split_field_at,
         })
     }
 }
 
-/// Sets the file offset of the second part's first key, `at`, in `bytes`
-/// (the file from its start), at `field_at`.
-fn patch_split(bytes: &mut [u8], field_at: usize, at: u64) {
-    if let Some(field) = bytes.get_mut(field_at..field_at + 8) {
-        field.copy_from_slice(&at.to_le_bytes());
+/// Where the second part of an encoding starts: its first key's number
+/// (the key count for one part) and that key's offset in the file.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    key: u64,
+    at: u64,
+}
+
+/// Sets `split` in `bytes` (the file from its start) at `field_at`.
+fn patch_split(bytes: &mut [u8], field_at: usize, split: Split) {
+    if let Some(field) = bytes.get_mut(field_at..field_at + 16) {
+        let (key, at) = field.split_at_mut(8);
+        key.copy_from_slice(&split.key.to_le_bytes());
+        at.copy_from_slice(&split.at.to_le_bytes());
     }
 }
 
@@ -234,6 +237,34 @@ trait KeysOut {
     fn position(&self) -> u64;
     /// Called after each key.
     fn key_done(&mut self);
+    /// Appends bytes encoded elsewhere (whole keys).
+    fn append(&mut self, bytes: Vec<u8>) {
+        self.buf().extend_from_slice(&bytes);
+        self.key_done();
+    }
+}
+
+/// Keys encoded apart, in chunks, to append to the file once the keys
+/// before them are (the second part of a two-part encoding).
+#[derive(Default)]
+struct Chunks {
+    full: Vec<Vec<u8>>,
+    last: Vec<u8>,
+}
+
+impl KeysOut for Chunks {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.last
+    }
+    fn position(&self) -> u64 {
+        self.full.iter().map(|c| c.len() as u64).sum::<u64>() + self.last.len() as u64
+    }
+    fn key_done(&mut self) {
+        if self.last.len() >= stream::CHUNK {
+            let next = Vec::with_capacity(stream::CHUNK);
+            self.full.push(std::mem::replace(&mut self.last, next));
+        }
+    }
 }
 
 /// The whole file in memory (tests: the file [`write`] makes is the same).
@@ -261,42 +292,111 @@ impl KeysOut for Stream {
     fn key_done(&mut self) {
         Stream::key_done(self);
     }
+    fn append(&mut self, bytes: Vec<u8>) {
+        Stream::append(self, bytes);
+    }
 }
 
 /// Appends the keys of `index` in the order of its slab (version 4), each
-/// with its revisions; returns the file offset of the second part's first
-/// key (that of the end with one part).
+/// with its revisions, in two parts from [`PARALLEL_FROM`] keys (each half
+/// of the slab's slots a part; the second encoded on a thread of its own
+/// into memory while the first goes to `out`, then appended): where the
+/// second part starts.
 fn encode_keys(
     index: &Index,
     segments: &[(Arc<Segment>, u64)],
     prelude: &Prelude,
     out: &mut impl KeysOut,
+) -> Result<Split> {
+    let places = SegmentPlaces::new(segments);
+    let slots = index.slot_count();
+    if index.key_count() < PARALLEL_FROM {
+        let keys = encode_part(index, 0..slots, &places, prelude, out)?;
+        return Ok(Split {
+            key: keys,
+            at: out.position(),
+        });
+    }
+    let mid = slots / 2;
+    let mut second = Chunks::default();
+    let (first, rest) = std::thread::scope(|s| {
+        let other = std::thread::Builder::new()
+            .name("logkv-snapshot".into())
+            .spawn_scoped(s, || {
+                encode_part(index, mid..slots, &places, prelude, &mut second)
+            })
+            .map_err(|e| {
+                tracing::warn!(error = %e, "could not start a thread to encode an index snapshot");
+            });
+        let first = encode_part(index, 0..mid, &places, prelude, out);
+        let rest = other
+            .ok()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (first, rest)
+    });
+    let first = first?;
+    // The second part's first key shares nothing with the key before it:
+    // it decodes on its own.
+    let split = Split {
+        key: first,
+        at: out.position(),
+    };
+    match rest {
+        Some(rest) => {
+            rest?;
+            for chunk in second.full.into_iter().chain([second.last]) {
+                out.append(chunk);
+            }
+        }
+        // No thread: the second part on this one, after the first.
+        None => {
+            encode_part(index, mid..slots, &places, prelude, out)?;
+        }
+    }
+    Ok(split)
+}
+
+/// Where each live segment is in a snapshot's list, by segment slot.
+struct SegmentPlaces {
+    by_slot: HashMap<u32, u32>,
+    count: u32,
+}
+
+impl SegmentPlaces {
+    fn new(segments: &[(Arc<Segment>, u64)]) -> SegmentPlaces {
+        let count = u32::try_from(segments.len()).unwrap_or(u32::MAX);
+        let by_slot = segments
+            .iter()
+            .zip(0..count)
+            .map(|((s, _), pos)| (s.slot, pos))
+            .collect();
+        SegmentPlaces { by_slot, count }
+    }
+}
+
+/// Appends the keys in entry slots `slots`, the first stored whole; how many.
+fn encode_part(
+    index: &Index,
+    slots: std::ops::Range<u32>,
+    places: &SegmentPlaces,
+    prelude: &Prelude,
+    out: &mut impl KeysOut,
 ) -> Result<u64> {
-    let count = u32::try_from(segments.len()).unwrap_or(u32::MAX);
-    let slot_to_pos: HashMap<u32, u32> = segments
-        .iter()
-        .zip(0..count)
-        .map(|((s, _), pos)| (s.slot, pos))
-        .collect();
     // A revision in a segment the list does not hold gets an index past the
     // list: the snapshot is refused at load (and the log scanned). Revisions
     // mostly sit in the segment of the one before: skip the lookup then.
     let last_seg = std::cell::Cell::new((u32::MAX, u32::MAX));
     let segment_of = |slot: u32| {
         if slot != last_seg.get().0 {
-            last_seg.set((slot, slot_to_pos.get(&slot).copied().unwrap_or(count)));
+            let pos = places.by_slot.get(&slot).copied().unwrap_or(places.count);
+            last_seg.set((slot, pos));
         }
         last_seg.get().1
     };
-    let mut split_at = None;
+    let mut written = 0;
     let mut prev: &[u8] = &[];
     let mut revs = Vec::new();
-    for (written, (key, latest)) in index.entries_unordered().enumerate() {
-        if written == prelude.split {
-            // The second part's first key shares nothing: it decodes on its own.
-            prev = &[];
-            split_at = Some(out.position());
-        }
+    for (key, latest) in index.in_slots(slots) {
         // The length shared with the previous key is stored, then the rest.
         let k = key.as_bytes();
         let shared = k.iter().zip(prev).take_while(|(a, b)| a == b).count();
@@ -308,8 +408,9 @@ fn encode_keys(
             .map_err(|why| Error::Internal(why.into()))?;
         out.key_done();
         prev = k;
+        written += 1;
     }
-    Ok(split_at.unwrap_or_else(|| out.position()))
+    Ok(written)
 }
 
 /// Serialises `index` with the log state it corresponds to, in memory (for
@@ -325,9 +426,9 @@ pub(crate) fn encode(
 ) -> Result<Vec<u8>> {
     let prelude = Prelude::new(index, last_revision, segments, tag)?;
     let mut out = InMemory(prelude.bytes.clone());
-    let split_at = encode_keys(index, segments, &prelude, &mut out)?;
+    let split = encode_keys(index, segments, &prelude, &mut out)?;
     let mut bytes = out.0;
-    patch_split(&mut bytes, prelude.split_field_at, split_at);
+    patch_split(&mut bytes, prelude.split_field_at, split);
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     Ok(bytes)
@@ -354,8 +455,8 @@ pub(crate) fn write(
     let mut file = file;
     let mut prelude = Prelude::new(index, last_revision, segments, tag)?;
     file.stream.begin(prelude.bytes.len() as u64);
-    let split_at = encode_keys(index, segments, &prelude, &mut file.stream)?;
-    patch_split(&mut prelude.bytes, prelude.split_field_at, split_at);
+    let split = encode_keys(index, segments, &prelude, &mut file.stream)?;
+    patch_split(&mut prelude.bytes, prelude.split_field_at, split);
     Ok(Unsaved { file, prelude })
 }
 

@@ -13,7 +13,9 @@
 //! index lock is taken: nothing under the lock waits for the file system.
 //! A stream dropped unfinished stops its thread and waits for it, so no late
 //! write lands in the next attempt's file (which is a new file: the old one
-//! is removed first).
+//! is removed first). A large index's second part, encoded into memory on
+//! another thread at the same time as the first (see `encode_keys`), is
+//! appended whole once the first part is in ([`Stream::append`]).
 //!
 //! The header goes in last, at the start of the file: it holds where the
 //! second part begins, known only once the first is encoded. Its checksum is
@@ -109,7 +111,7 @@ impl Stream {
         if self.chunk.len() < CHUNK {
             return;
         }
-        if self.sent == 0 {
+        if self.sent == 0 && self.writer.is_none() {
             // The first chunk filled: the snapshot is large enough for a thread.
             self.writer = self.start_writer();
         }
@@ -121,6 +123,29 @@ impl Stream {
             &mut self.chunk,
             next.unwrap_or_else(|| Vec::with_capacity(CHUNK)),
         );
+        self.hand_on(full);
+    }
+
+    /// Appends `bytes`, encoded apart (whole keys), after what was
+    /// appended so far, without copying them into a chunk.
+    pub fn append(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.sent == 0 && self.writer.is_none() && self.chunk.len() + bytes.len() > CHUNK {
+            // As in `key_done`: large enough for a thread.
+            self.writer = self.start_writer();
+        }
+        if !self.chunk.is_empty() {
+            let before = std::mem::take(&mut self.chunk);
+            self.hand_on(before);
+        }
+        self.hand_on(bytes);
+    }
+
+    /// Hands a chunk, the next bytes of the body, to the writing thread, or
+    /// keeps it for [`Stream::finish`] if there is none.
+    fn hand_on(&mut self, full: Vec<u8>) {
         self.sent += full.len() as u64;
         match &self.writer {
             // A thread stopped by an error drops the rest (`finish` reports it).

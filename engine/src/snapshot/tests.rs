@@ -85,7 +85,16 @@ fn encode_v2(
         nkeys: index.key_count(),
         tag: tag.unwrap_or_default(),
     };
-    let (split, split_offset_at) = header.write(&mut out).unwrap();
+    let split_field_at = header.write(&mut out).unwrap();
+    // As the code of version 2 split: at half the keys, from PARALLEL_FROM.
+    let nkeys = index.key_count();
+    let split = if nkeys >= PARALLEL_FROM {
+        nkeys / 2
+    } else {
+        nkeys
+    };
+    out[split_field_at..split_field_at + 8].copy_from_slice(&(split as u64).to_le_bytes());
+    let split_offset_at = split_field_at + 8;
     let mut prev: Vec<u8> = Vec::new();
     for (written, (key, latest)) in index.range(Bound::Unbounded, Bound::Unbounded).enumerate() {
         if written == split {
@@ -485,4 +494,58 @@ fn a_field_wider_than_its_width_is_refused() {
         widths.put_key(&mut out, b"k", 0, &[r], |_| 0),
         Err("a field wider than its width")
     );
+}
+
+/// Which slots of `n` a case frees, given `n / 2`.
+type Freed = fn(u32, u32) -> bool;
+
+/// A large index is encoded in two parts, each half of the slab's slots:
+/// with slots freed in both halves, or every slot of the first half free
+/// (one part, then), the file says where the second part starts and
+/// decodes to the same index.
+#[test]
+fn an_index_with_free_slots_encodes_in_two_parts_by_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment(dir.path(), 1);
+    let segs = [(Arc::clone(&seg), seg.data_start + 100)];
+    let n = u32::try_from(PARALLEL_FROM).unwrap() * 2 + 10;
+    let key = |i: u32| format!("key:{:08}", (u64::from(i) * 7_919) % u64::from(n));
+    let half = n / 2;
+    let cases: [(&str, Freed); 2] = [
+        ("slots freed in both halves", |i, half| {
+            if i < half {
+                i % 5 == 0
+            } else {
+                i % 7 == 0
+            }
+        }),
+        ("the first half free", |i, half| i < half),
+    ];
+    for (case, freed) in cases {
+        // `index` puts the i-th key written in slot i.
+        let (mut ix, model) = index(n, 1);
+        let mut removed = Vec::new();
+        let mut gone = std::collections::HashSet::new();
+        for i in (0..n).filter(|&i| freed(i, half)) {
+            ix.drop_oldest_while(key(i).as_bytes(), |_| true, &mut removed);
+            gone.insert(key(i));
+        }
+        let model: Vec<_> = model
+            .into_iter()
+            .filter(|(k, _)| !gone.contains(k))
+            .collect();
+        assert_eq!(ix.slot_count(), n, "{case}");
+        let in_first = (0..half).filter(|&i| !freed(i, half)).count() as u64;
+        let bytes = encode(&ix, 99, &segs, None).unwrap();
+        let mut r = Reader {
+            buf: &bytes,
+            at: BEFORE_SPLIT,
+        };
+        assert_eq!(r.u64().unwrap(), in_first, "{case}: keys in the first part");
+        let at = usize::try_from(r.u64().unwrap()).unwrap();
+        // The second part's first key is stored whole.
+        assert_eq!(&bytes[at..at + 2], &[0, 12], "{case}");
+        let snap = decode(&bytes).unwrap();
+        same(&snap.index, &model);
+    }
 }
