@@ -6,6 +6,9 @@
 //! goes to the single node, to the cluster's leader and to a follower (which forwards each
 //! write to the leader), taking turns for `--rounds` rounds; rows are the median round, and
 //! `cluster/single` rows are the leader's and the follower's ops/s over the single node's.
+//! A run against the cluster counts only if the node that led it at its start still leads,
+//! in the same term, at its end (no election in between: its rate would mix a leader's work
+//! with an election's); otherwise it is made again, up to [`RUN_ATTEMPTS`] times.
 //!
 //! A reference in the same rounds, `three-singles`: three more single nodes, preloaded
 //! alike, and the same load sent to all three at once, one redis-benchmark each, after the
@@ -42,6 +45,8 @@ const NODES: u64 = 3;
 const PIPELINES: [u32; 2] = [1, 16];
 /// Longest the cluster may take to elect a leader or to catch a node up.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+/// Runs against the cluster made before the part fails because each saw an election.
+const RUN_ATTEMPTS: usize = 3;
 /// Longest a failover may take before the run is called failed.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(60);
 
@@ -189,6 +194,27 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// The settled leader's index and its Raft term.
+    fn leadership(&self) -> Result<(usize, i64), BoxError> {
+        let leader = self.settle()?;
+        let term = self
+            .field(leader, "term")
+            .ok_or("the leader did not say its term")?;
+        Ok((leader, term))
+    }
+
+    /// Whether node `leader` still leads in `term`: every node names it, and its term is
+    /// the same (no election since, even one it won again).
+    fn still_led_by(&self, leader: usize, term: i64) -> bool {
+        let id = self
+            .nodes
+            .get(leader)
+            .and_then(|n| i64::try_from(n.id).ok());
+        id.is_some()
+            && (0..self.nodes.len()).all(|i| self.field(i, "leader") == id)
+            && self.field(leader, "term") == Some(term)
+    }
+
     fn log_tails(&self) -> String {
         self.nodes
             .iter()
@@ -247,7 +273,6 @@ fn throughput(
             let mut order = ["single", "leader", "follower"];
             order.rotate_left((round + i) % 3);
             for target in order.into_iter().chain(["three-singles"]) {
-                let server = target_server(target, &single, &cluster)?;
                 let load = Load {
                     tests: "set",
                     clients: cfg.clients,
@@ -263,13 +288,8 @@ fn throughput(
                     cfg.rounds,
                     load.args().join(" ")
                 );
-                let results = match server {
-                    None => at_once(bench, &three, &load, cfg.bench_timeout)?,
-                    Some(server) => {
-                        redisbench::run(bench, server.port, &load, cfg.bench_timeout)
-                            .map_err(|e| format!("{target}: {e}\n{}", cluster.log_tails()))?
-                    }
-                };
+                let at = target_server(target, &single)?;
+                let results = run_target(cfg, bench, &load, target, at, &three, &cluster)?;
                 for r in results
                     .iter()
                     .filter(|r| r.test.eq_ignore_ascii_case("set"))
@@ -315,27 +335,98 @@ fn throughput(
     Ok(())
 }
 
-/// The server a C1 run loads: the single node, the cluster's leader or a follower (caught
-/// up first, so that the follower's run is not a catch-up); `None` for the reference, whose
-/// three nodes are loaded at once.
-fn target_server<'a>(
+/// One run of `load` against `at` (named `target` in the rows).
+fn run_target(
+    cfg: &Config,
+    bench: &Path,
+    load: &Load,
     target: &str,
-    single: &'a Running,
-    cluster: &'a Cluster<'_>,
-) -> Result<Option<&'a Running>, BoxError> {
-    Ok(match target {
-        "three-singles" => None,
-        "single" => Some(single),
-        _ => {
-            let l = cluster.settle()?;
-            let at = if target == "leader" {
-                l
-            } else {
-                (l + 1) % cluster.nodes.len()
-            };
-            Some(cluster.running(at)?)
+    at: Target<'_>,
+    three: &[Running; 3],
+    cluster: &Cluster<'_>,
+) -> Result<Vec<BenchResult>, BoxError> {
+    match at {
+        Target::ThreeSingles => at_once(bench, three, load, cfg.bench_timeout),
+        Target::Single(server) => redisbench::run(bench, server.port, load, cfg.bench_timeout),
+        Target::Cluster(member) => run_while_led(
+            || {
+                let (leader, term) = cluster.leadership()?;
+                let server = cluster.running(member.node(leader, cluster.nodes.len()))?;
+                let results = redisbench::run(bench, server.port, load, cfg.bench_timeout)
+                    .map_err(|e| format!("{target}: {e}\n{}", cluster.log_tails()))?;
+                Ok((results, cluster.still_led_by(leader, term)))
+            },
+            |attempt| {
+                eprintln!(
+                    "    an election during the run against the {target} \
+                     (attempt {attempt} of {RUN_ATTEMPTS}): made again"
+                );
+            },
+        ),
+    }
+}
+
+/// What a C1 run loads.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// The single node.
+    Single(&'a Running),
+    /// A node of the cluster, picked once it has settled (caught up, so that a follower's
+    /// run is not a catch-up).
+    Cluster(Member),
+    /// The reference, whose three nodes are loaded at once.
+    ThreeSingles,
+}
+
+/// A member of the cluster by its role.
+#[derive(Clone, Copy)]
+enum Member {
+    Leader,
+    Follower,
+}
+
+impl Member {
+    /// The index of this member among `nodes` nodes led by node `leader`.
+    fn node(self, leader: usize, nodes: usize) -> usize {
+        match self {
+            Member::Leader => leader,
+            Member::Follower => (leader + 1) % nodes,
         }
+    }
+}
+
+/// The target named `target` in the rows.
+fn target_server<'a>(target: &str, single: &'a Running) -> Result<Target<'a>, BoxError> {
+    Ok(match target {
+        "three-singles" => Target::ThreeSingles,
+        "single" => Target::Single(single),
+        "leader" => Target::Cluster(Member::Leader),
+        "follower" => Target::Cluster(Member::Follower),
+        other => return Err(format!("no C1 target {other}").into()),
     })
+}
+
+/// Makes a run against the cluster (`run`: its results, and whether the leader of its start
+/// still led at its end, in the same term) until one saw no election, at most
+/// [`RUN_ATTEMPTS`] times; `again` is told of each run made again.
+fn run_while_led<T>(
+    mut run: impl FnMut() -> Result<(T, bool), BoxError>,
+    mut again: impl FnMut(usize),
+) -> Result<T, BoxError> {
+    for attempt in 1..=RUN_ATTEMPTS {
+        let (results, led) = run()?;
+        if led {
+            return Ok(results);
+        }
+        if attempt < RUN_ATTEMPTS {
+            again(attempt);
+        }
+    }
+    Err(format!(
+        "C1: an election during each of {RUN_ATTEMPTS} runs against the cluster: its leader \
+         does not hold (see the nodes' logs)"
+    )
+    .into())
 }
 
 /// The same load sent to the single nodes `nodes` at once, one redis-benchmark each: one
@@ -563,6 +654,42 @@ fn failover(cfg: &Config, bin: &Path, base: &Path, rep: &mut Reporter) -> Result
 )]
 mod tests {
     use super::*;
+
+    /// A run that saw an election is made again; one that did not is kept; runs that
+    /// all saw one fail the part after `RUN_ATTEMPTS`.
+    #[test]
+    fn a_run_that_saw_an_election_is_made_again() {
+        let mut runs = 0;
+        let mut retold = Vec::new();
+        let got = run_while_led(
+            || {
+                runs += 1;
+                Ok((runs, runs == 2))
+            },
+            |a| retold.push(a),
+        )
+        .unwrap();
+        assert_eq!(
+            (got, retold),
+            (2, vec![1]),
+            "the second run, the first one made again"
+        );
+
+        let mut runs = 0;
+        let err = run_while_led(
+            || {
+                runs += 1;
+                Ok(((), false))
+            },
+            |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(runs, RUN_ATTEMPTS);
+        assert!(err.to_string().contains("election"), "{err}");
+
+        let err = run_while_led(|| Err::<((), bool), _>("down".into()), |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), "down", "an error is not retried");
+    }
 
     #[test]
     fn ratios_divide_by_the_single_node() {
