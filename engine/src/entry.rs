@@ -276,6 +276,8 @@ pub struct BucketStats {
     pub fsyncs: u64,
     /// Compaction passes since open.
     pub compactions: u64,
+    /// Whether a compaction pass is running now.
+    pub compacting: bool,
     /// Last revision written.
     pub last_revision: u64,
 }

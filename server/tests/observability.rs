@@ -135,6 +135,11 @@ fn check_after_traffic(after: &str) {
         count(after, r#"logkv_compactions_total{bucket="default"}"#),
         1
     );
+    assert_eq!(
+        value(after, r#"logkv_compacting{bucket="default"}"#).as_deref(),
+        Some("0"),
+        "the gauge is there, and the pass is over"
+    );
     assert!(count(after, r#"logkv_bucket_bytes{bucket="default"}"#) > 500);
     assert_eq!(count(after, r#"logkv_bucket_keys{bucket="default"}"#), 51);
     assert_eq!(

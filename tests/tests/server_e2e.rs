@@ -525,12 +525,14 @@ fn admin_verbs() {
         "bytes",
         "segments",
         "compactions",
+        "compacting",
         "fsyncs",
         "watchers",
     ] {
         assert!(fields.contains_key(f), "INFO lacks {f}: {info}");
     }
     assert_eq!(fields["keys"], "2");
+    assert_eq!(fields["compacting"], "0", "no compaction pass runs");
     assert_eq!(fields["watchers"], "0");
     assert_eq!(fields["connections"], "1");
     assert!(fields["fsyncs"].parse::<u64>().unwrap() >= 1);

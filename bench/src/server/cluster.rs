@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::compare::preload;
+use super::compare::{preload, quiet};
 use super::process::{free_port, start_logkv, start_logkv_with, Running};
 use super::{percentile, row, Config};
 use crate::embedded::medians;
@@ -346,10 +346,21 @@ fn run_target(
     cluster: &Cluster<'_>,
 ) -> Result<Vec<BenchResult>, BoxError> {
     match at {
-        Target::ThreeSingles => at_once(bench, three, load, cfg.bench_timeout),
-        Target::Single(server) => redisbench::run(bench, server.port, load, cfg.bench_timeout),
+        Target::ThreeSingles => {
+            for node in three {
+                quiet(node)?;
+            }
+            at_once(bench, three, load, cfg.bench_timeout)
+        }
+        Target::Single(server) => {
+            quiet(server)?;
+            redisbench::run(bench, server.port, load, cfg.bench_timeout)
+        }
         Target::Cluster(member) => run_while_led(
             || {
+                for i in 0..cluster.nodes.len() {
+                    quiet(cluster.running(i)?)?;
+                }
                 let (leader, term) = cluster.leadership()?;
                 let server = cluster.running(member.node(leader, cluster.nodes.len()))?;
                 let results = redisbench::run(bench, server.port, load, cfg.bench_timeout)

@@ -7,7 +7,9 @@
 //! two servers take turns (which goes first alternates) under
 //! `redis-benchmark -t set,get -c 50 -P p -r keyspace -d value-size` at `-P 1` and `-P 16`:
 //! SET overwrites a random key, GET hits. With the part `onekey`, the same without `-r`
-//! follows each run: every request to the one key `key:__rand_int__`.
+//! follows each run: every request to the one key `key:__rand_int__`. Before each run the
+//! server is left to finish its background work (logkv's compaction, redis's AOF rewrite:
+//! [`quiet`]), so that no turn shares the cores with what an earlier one left running.
 
 use std::path::Path;
 use std::time::Instant;
@@ -138,6 +140,7 @@ pub fn compare(
                             cfg.rounds,
                             load.args().join(" ")
                         );
+                        quiet(server)?;
                         let results = redisbench::run(bench, server.port, &load, cfg.bench_timeout)
                             .map_err(|e| format!("{store}: {e}\n{}", server.log_tail()))?;
                         for r in results {
@@ -177,6 +180,23 @@ pub fn compare(
         for r in ratios(&med) {
             rep.emit(r);
         }
+    }
+    Ok(())
+}
+
+/// Waits until `server` runs no background work (see [`Running::wait_quiet`]), saying so
+/// when that took a while: a turn does not share the cores with the compaction or AOF
+/// rewrite an earlier turn left running.
+pub fn quiet(server: &Running) -> Result<(), BoxError> {
+    let waited = server
+        .wait_quiet()
+        .map_err(|e| format!("{e}\n{}", server.log_tail()))?;
+    if waited > std::time::Duration::from_millis(100) {
+        eprintln!(
+            "    waited {:.1} s for {}'s background work to end",
+            waited.as_secs_f64(),
+            server.name
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::resp::Client;
+use crate::resp::{Client, Value};
 use crate::stores::BoxError;
 use crate::sys;
 
@@ -62,6 +62,34 @@ impl Running {
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
+    /// Waits until the server runs no background work that a measured run would share the
+    /// cores with: logkv no compaction pass (`INFO` `compacting:0`), redis no AOF rewrite
+    /// or RDB save, running or scheduled. Returns how long it waited; fails after
+    /// [`QUIET_WITHIN`].
+    pub fn wait_quiet(&self) -> Result<Duration, BoxError> {
+        let t = Instant::now();
+        let mut c = Client::connect(&self.addr())?;
+        loop {
+            let info = c.call(&[b"INFO"])?;
+            let text = match &info {
+                Value::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+                other => return Err(format!("{}: INFO gave {other:?}", self.name).into()),
+            };
+            if busy_fields(&text).is_empty() {
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > QUIET_WITHIN {
+                return Err(format!(
+                    "{} still busy after {QUIET_WITHIN:?}: {}",
+                    self.name,
+                    busy_fields(&text).join(", ")
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the process at once (SIGKILL, no shutdown) and waits for it; the data
     /// directory stays if the caller owns it.
     pub fn kill(mut self) {
@@ -99,6 +127,25 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stop_now();
     }
+}
+
+/// Longest [`Running::wait_quiet`] waits.
+pub const QUIET_WITHIN: Duration = Duration::from_secs(120);
+
+/// The `INFO` fields (`name:value` lines, of logkv or of redis) that say background work
+/// runs or is scheduled, with their values.
+fn busy_fields(info: &str) -> Vec<String> {
+    const BUSY: [&str; 4] = [
+        "compacting",
+        "aof_rewrite_in_progress",
+        "aof_rewrite_scheduled",
+        "rdb_bgsave_in_progress",
+    ];
+    info.lines()
+        .filter_map(|l| l.trim_end().split_once(':'))
+        .filter(|(k, v)| BUSY.contains(k) && *v != "0")
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect()
 }
 
 /// A free TCP port on 127.0.0.1, below the kernel's range of ephemeral ports and not given
@@ -320,5 +367,19 @@ mod tests {
         assert!(which("sh").is_some());
         assert!(which("no-such-program-here").is_none());
         assert!(which("/no/such/path").is_none());
+    }
+
+    /// Background work is read from logkv's and redis's `INFO` alike; idle fields and
+    /// others are not.
+    #[test]
+    fn busy_fields_name_running_background_work() {
+        let logkv = "# logkv\r\ncompactions:3\r\ncompacting:1\r\nfsyncs:9\r\n";
+        assert_eq!(busy_fields(logkv), vec!["compacting:1"]);
+        assert!(busy_fields(&logkv.replace("compacting:1", "compacting:0")).is_empty());
+        let redis = "# Persistence\r\nrdb_bgsave_in_progress:0\r\n\
+                     aof_rewrite_in_progress:1\r\naof_rewrite_scheduled:0\r\n\
+                     aof_rewrites:2\r\n";
+        assert_eq!(busy_fields(redis), vec!["aof_rewrite_in_progress:1"]);
+        assert!(busy_fields("aof_rewrites:7\r\nuptime_in_seconds:1\r\n").is_empty());
     }
 }

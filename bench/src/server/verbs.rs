@@ -21,7 +21,7 @@
 
 use std::path::Path;
 
-use super::compare::preload;
+use super::compare::{preload, quiet};
 use super::load::{Load, Requests};
 use super::process::{start_logkv, start_redis, Running};
 use super::slow::middle;
@@ -230,6 +230,7 @@ pub fn verbs(
                     keyspace: &mut keyspace[side],
                     rng: &mut rng,
                 };
+                quiet(server)?;
                 let rate = load.run(&server.addr(), &mut reqs).map_err(|e| {
                     format!("{} -P {pipeline}: {e}\n{}", verb.name(), server.log_tail())
                 })?;

@@ -68,7 +68,8 @@ impl Coverage {
 impl BucketCore {
     /// Counters that cost nothing to read (no walk of the index): keys whose
     /// latest entry is a value (expired ones not yet swept included), values,
-    /// bytes, segments, fsyncs, compactions, dead bytes.
+    /// bytes, segments, fsyncs, compactions, dead bytes, whether a compaction
+    /// pass runs.
     pub(crate) fn stats(&self) -> BucketStats {
         let ix = self.index.read();
         BucketStats {
@@ -79,6 +80,9 @@ impl BucketCore {
             segments: self.log.segment_count() as u64,
             fsyncs: self.log.fsyncs(),
             compactions: self.compaction_stats.passes.load(Ordering::Relaxed),
+            // A pass holds this lock throughout (so does a drop, which waits
+            // for the pass).
+            compacting: self.compacting.is_locked(),
             last_revision: self.last_rev.load(Ordering::Acquire),
         }
     }
@@ -582,5 +586,24 @@ mod tests {
                 "{keys} keys: the markers' revisions follow key order"
             );
         }
+    }
+
+    /// `stats().compacting` says whether a compaction pass holds the bucket's
+    /// pass lock (as every pass does throughout), and costs no walk.
+    #[test]
+    fn stats_say_whether_a_compaction_pass_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000);
+        let store = Store::open(root.path().join("s"), manual_options(&clock)).unwrap();
+        let b = store.default_bucket().unwrap();
+        b.put("k", "v").unwrap();
+        let core = b.core();
+        assert!(!core.stats().compacting, "no pass runs");
+        let pass = core.compacting.lock();
+        assert!(core.stats().compacting, "a pass holds the lock");
+        drop(pass);
+        assert!(!core.stats().compacting, "the pass is over");
+        b.compact().unwrap();
+        assert!(!core.stats().compacting, "after a whole pass");
     }
 }

@@ -192,6 +192,7 @@ pub(crate) fn info(s: &mut Session) -> Flow {
     let shared = Arc::clone(&s.shared);
     Flow::Blocking(Box::new(move || {
         let (mut keys, mut bytes, mut segments, mut compactions, mut fsyncs) = (0, 0, 0, 0, 0);
+        let mut compacting = 0;
         let store = shared.store();
         let names = store.bucket_names();
         for name in &names {
@@ -202,6 +203,7 @@ pub(crate) fn info(s: &mut Session) -> Flow {
                 bytes += s.bytes;
                 segments += s.segments;
                 compactions += s.compactions;
+                compacting += usize::from(s.compacting);
                 fsyncs += s.fsyncs;
             }
         }
@@ -211,7 +213,8 @@ pub(crate) fn info(s: &mut Session) -> Flow {
             text,
             "# logkv\r\nversion:{}\r\nuptime:{}\r\nconnections:{}\r\ncommands:{}\r\n\
              buckets:{}\r\nkeys:{keys}\r\nbytes:{bytes}\r\nsegments:{segments}\r\n\
-             compactions:{compactions}\r\nfsyncs:{fsyncs}\r\nwatchers:{}\r\n\
+             compactions:{compactions}\r\ncompacting:{compacting}\r\nfsyncs:{fsyncs}\r\n\
+             watchers:{}\r\n\
              client_memory:{}\r\nclient_memory_budget:{}\r\nevicted_clients:{}\r\n",
             crate::VERSION,
             st.started.elapsed().as_secs(),

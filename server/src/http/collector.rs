@@ -84,7 +84,7 @@ type BucketFamily = (
     fn(&BucketStats) -> u64,
 );
 
-const BUCKET_FAMILIES: [BucketFamily; 8] = [
+const BUCKET_FAMILIES: [BucketFamily; 9] = [
     (
         "logkv_fsyncs",
         "fdatasync calls on the bucket's log since start.",
@@ -96,6 +96,12 @@ const BUCKET_FAMILIES: [BucketFamily; 8] = [
         "Compaction passes over the bucket since start.",
         MetricType::Counter,
         |s| s.compactions,
+    ),
+    (
+        "logkv_compacting",
+        "1 while a compaction pass over the bucket runs, else 0.",
+        MetricType::Gauge,
+        |s| u64::from(s.compacting),
     ),
     (
         "logkv_bucket_bytes",
