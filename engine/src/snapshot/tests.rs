@@ -28,6 +28,22 @@ fn index(n: u32, slot: u32) -> (Index, Vec<(String, Vec<RecordRef>)>) {
     (ix, model.into_iter().collect())
 }
 
+/// An index of `n` short keys with one small revision each (about 13 bytes a
+/// key in a snapshot), in segment slot `slot`, and the same in a sorted list.
+fn small_index(n: u32, slot: u32) -> (Index, Vec<(String, Vec<RecordRef>)>) {
+    let mut ix = Index::default();
+    let mut model = Vec::new();
+    let mut removed = Vec::new();
+    for i in 0..n {
+        let key = format!("{:06}", (u64::from(i) * 7_919) % u64::from(n));
+        let r = RecordRef::new(u64::from(i) + 1, 0, slot, u64::from(i), 8, Op::Put);
+        ix.apply(key.as_bytes(), r, 0, 1, &mut removed);
+        model.push((key, vec![r]));
+    }
+    model.sort_by(|a, b| a.0.cmp(&b.0));
+    (ix, model)
+}
+
 fn same(ix: &Index, model: &[(String, Vec<RecordRef>)]) {
     assert_eq!(ix.key_count(), model.len());
     let mut at = model.iter();
@@ -451,10 +467,20 @@ fn the_streamed_file_holds_the_encoding() {
     let dir = tempfile::tempdir().unwrap();
     let seg = segment(dir.path(), 1);
     let segs = [(Arc::clone(&seg), seg.data_start + 100)];
-    for n in [300, 300_000] {
-        let (ix, model) = index(n, 1);
+    // One part in one chunk; two parts in less than a chunk (no thread: the
+    // second part appended to what the first left unsent); two parts in many.
+    let two_parts = u32::try_from(PARALLEL_FROM).unwrap() + 100;
+    for n in [300, two_parts, 300_000] {
+        let (ix, model) = if n == two_parts {
+            small_index(n, 1)
+        } else {
+            index(n, 1)
+        };
         let expected = encode(&ix, 9, &segs, Some(b"t")).unwrap();
-        if n > 1_000 {
+        if n == two_parts {
+            assert!(expected.len() < stream::CHUNK, "{} bytes", expected.len());
+        }
+        if n == 300_000 {
             assert!(
                 expected.len() > 3 * stream::CHUNK,
                 "{} bytes",
