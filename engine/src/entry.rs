@@ -259,8 +259,10 @@ pub struct Page {
     pub entries: Vec<Entry>,
 }
 
-/// Cheap counters of a bucket (see [`crate::Bucket::stats`]).
+/// Cheap counters of a bucket (see [`crate::Bucket::stats`]). More may come:
+/// built only by the engine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BucketStats {
     /// Keys whose latest entry is a value (expired values not yet swept included).
     pub keys: u64,

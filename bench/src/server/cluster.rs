@@ -204,7 +204,8 @@ impl<'a> Cluster<'a> {
     }
 
     /// Whether node `leader` still leads in `term`: every node names it, and its term is
-    /// the same (no election since, even one it won again).
+    /// the same (no election since, even one it won again). A node that does not answer
+    /// counts as a change.
     fn still_led_by(&self, leader: usize, term: i64) -> bool {
         let id = self
             .nodes
@@ -369,8 +370,8 @@ fn run_target(
             },
             |attempt| {
                 eprintln!(
-                    "    an election during the run against the {target} \
-                     (attempt {attempt} of {RUN_ATTEMPTS}): made again"
+                    "    an election during the run against the {target}, or a node that \
+                     did not answer (attempt {attempt} of {RUN_ATTEMPTS}): made again"
                 );
             },
         ),
@@ -434,8 +435,9 @@ fn run_while_led<T>(
         }
     }
     Err(format!(
-        "C1: an election during each of {RUN_ATTEMPTS} runs against the cluster: its leader \
-         does not hold (see the nodes' logs)"
+        "C1: an election during each of {RUN_ATTEMPTS} runs against the cluster, or a node \
+         that did not answer CLUSTER INFO after one: its leader does not hold (see the \
+         nodes' logs)"
     )
     .into())
 }

@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::process::{start_logkv, start_redis, Running};
+use super::process::{quiet_hold, start_logkv, start_redis, Running};
 use super::{expect_ok, row, Config};
 use crate::embedded::medians;
 use crate::keys::{self, KEY_LEN};
@@ -191,7 +191,7 @@ pub fn quiet(server: &Running) -> Result<(), BoxError> {
     let waited = server
         .wait_quiet()
         .map_err(|e| format!("{e}\n{}", server.log_tail()))?;
-    if waited > std::time::Duration::from_millis(100) {
+    if waited > quiet_hold(server.name) + std::time::Duration::from_millis(100) {
         eprintln!(
             "    waited {:.1} s for {}'s background work to end",
             waited.as_secs_f64(),

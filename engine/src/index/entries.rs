@@ -264,7 +264,7 @@ impl Entries {
     /// Appends an entry without indexing it by key: bulk building calls
     /// [`Entries::index_all`] once at the end.
     pub fn push_unindexed(&mut self, entry: Entry) -> u32 {
-        self.holds_key_of(entry.key.as_bytes().len());
+        self.heap_keys |= matches!(entry.key, IKey::Heap(_));
         self.slab.push(entry);
         slot_of(self.slab.len() - 1)
     }
@@ -356,6 +356,10 @@ impl Entries {
     }
 }
 
+// The walk the drop below skips would drop only keys: an entry must own
+// nothing else.
+const _: () = assert!(!std::mem::needs_drop::<RecordRef>());
+
 impl Drop for Entries {
     fn drop(&mut self) {
         if !self.heap_keys {
@@ -434,7 +438,7 @@ pub(super) enum Unique {
 }
 
 /// Whether the process may run on two cores at least.
-pub(super) fn two_cores() -> bool {
+pub(crate) fn two_cores() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 

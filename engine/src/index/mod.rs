@@ -42,6 +42,7 @@ use std::ops::Bound;
 use std::sync::OnceLock;
 
 pub use self::build::{BulkBuilder, BulkPart, KeyOrder, PARALLEL_FROM};
+pub(crate) use self::entries::two_cores;
 use self::entries::Entries;
 use self::history::History;
 pub(crate) use self::key::copy_bytes;

@@ -46,7 +46,7 @@ use self::stream::Stream;
 use self::varint::VarintKeys;
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_if_exists, sync_dir};
-use crate::index::{BulkBuilder, BulkPart, Index, KeyOrder, RecordRef, PARALLEL_FROM};
+use crate::index::{two_cores, BulkBuilder, BulkPart, Index, KeyOrder, RecordRef, PARALLEL_FROM};
 use crate::io::Storage;
 use crate::log::segment::{Segment, SegmentId};
 
@@ -299,9 +299,9 @@ impl KeysOut for Stream {
 
 /// Appends the keys of `index` in the order of its slab (version 4), each
 /// with its revisions, in two parts from [`PARALLEL_FROM`] keys (each half
-/// of the slab's slots a part; the second encoded on a thread of its own
-/// into memory while the first goes to `out`, then appended): where the
-/// second part starts.
+/// of the slab's slots a part; on two cores the second is encoded on a
+/// thread of its own into memory while the first goes to `out`, then
+/// appended; the file is the same either way): where the second part starts.
 fn encode_keys(
     index: &Index,
     segments: &[(Arc<Segment>, u64)],
@@ -320,14 +320,18 @@ fn encode_keys(
     let mid = slots / 2;
     let mut second = Chunks::default();
     let (first, rest) = std::thread::scope(|s| {
-        let other = std::thread::Builder::new()
-            .name("logkv-snapshot".into())
-            .spawn_scoped(s, || {
-                encode_part(index, mid..slots, &places, prelude, &mut second)
-            })
-            .map_err(|e| {
-                tracing::warn!(error = %e, "could not start a thread to encode an index snapshot");
-            });
+        let other = if two_cores() {
+            std::thread::Builder::new()
+                .name("logkv-snapshot".into())
+                .spawn_scoped(s, || {
+                    encode_part(index, mid..slots, &places, prelude, &mut second)
+                })
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "could not start a thread to encode an index snapshot");
+                })
+        } else {
+            Err(())
+        };
         let first = encode_part(index, 0..mid, &places, prelude, out);
         let rest = other
             .ok()
@@ -348,7 +352,7 @@ fn encode_keys(
                 out.append(chunk);
             }
         }
-        // No thread: the second part on this one, after the first.
+        // One core, or no thread: the second part on this one, after the first.
         None => {
             encode_part(index, mid..slots, &places, prelude, out)?;
         }

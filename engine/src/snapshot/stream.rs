@@ -132,7 +132,7 @@ impl Stream {
         if bytes.is_empty() {
             return;
         }
-        if self.sent == 0 && self.writer.is_none() && self.chunk.len() + bytes.len() > CHUNK {
+        if self.sent == 0 && self.writer.is_none() && self.chunk.len() + bytes.len() >= CHUNK {
             // As in `key_done`: large enough for a thread.
             self.writer = self.start_writer();
         }
