@@ -367,7 +367,15 @@ impl BucketCore {
                 return Ok(None);
             }
             let tag = self.replica_tag.lock().clone();
-            let unsaved = snapshot::write(file, &ix, last_revision, &segs, tag.as_deref())?;
+            let unsaved = match snapshot::write(file, &ix, last_revision, &segs, tag.as_deref()) {
+                Ok(unsaved) => unsaved,
+                Err(failed) => {
+                    // Its file's writing thread is waited for off the lock.
+                    drop(ix);
+                    drop(failed.file);
+                    return Err(failed.error);
+                }
+            };
             (unsaved, Coverage::of(end, last_revision, &segs))
         };
         self.log.wait_durable(coverage.end)?;

@@ -444,6 +444,14 @@ pub(crate) struct Unsaved {
     prelude: Prelude,
 }
 
+/// A snapshot whose encoding failed, with its file: the caller drops the
+/// file once it has released the index lock (the drop waits for the file's
+/// writing thread, which may be in the middle of a write).
+pub(crate) struct NotWritten {
+    pub error: Error,
+    pub file: SnapshotFile,
+}
+
 /// Serialises `index` with the log state it corresponds to into `file`, the
 /// bucket's temporary snapshot file, written as it is encoded (see
 /// `stream.rs`): [`Unsaved::save`] puts it in place. `segments`: every live
@@ -455,11 +463,17 @@ pub(crate) fn write(
     last_revision: u64,
     segments: &[(Arc<Segment>, u64)],
     tag: Option<&[u8]>,
-) -> Result<Unsaved> {
+) -> std::result::Result<Unsaved, Box<NotWritten>> {
     let mut file = file;
-    let mut prelude = Prelude::new(index, last_revision, segments, tag)?;
+    let mut prelude = match Prelude::new(index, last_revision, segments, tag) {
+        Ok(p) => p,
+        Err(error) => return Err(Box::new(NotWritten { error, file })),
+    };
     file.stream.begin(prelude.bytes.len() as u64);
-    let split = encode_keys(index, segments, &prelude, &mut file.stream)?;
+    let split = match encode_keys(index, segments, &prelude, &mut file.stream) {
+        Ok(split) => split,
+        Err(error) => return Err(Box::new(NotWritten { error, file })),
+    };
     patch_split(&mut prelude.bytes, prelude.split_field_at, split);
     Ok(Unsaved { file, prelude })
 }

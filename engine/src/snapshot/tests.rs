@@ -491,11 +491,12 @@ fn the_streamed_file_holds_the_encoding() {
         // leaves nothing in place, and its thread writes nothing after it.
         let before = std::fs::read(dir.path().join(SNAPSHOT_FILE)).ok();
         let file = SnapshotFile::create(&Storage::os(), dir.path()).unwrap();
-        drop(write(file, &ix, 9, &segs, Some(b"t")).unwrap());
+        drop(write(file, &ix, 9, &segs, Some(b"t")).ok().unwrap());
         let after = std::fs::read(dir.path().join(SNAPSHOT_FILE)).ok();
         assert!(before == after, "{n} keys: the file in place changed");
         let file = SnapshotFile::create(&Storage::os(), dir.path()).unwrap();
         write(file, &ix, 9, &segs, Some(b"t"))
+            .ok()
             .unwrap()
             .save()
             .unwrap();
@@ -574,4 +575,27 @@ fn an_index_with_free_slots_encodes_in_two_parts_by_slot() {
         let snap = decode(&bytes).unwrap();
         same(&snap.index, &model);
     }
+}
+
+/// A snapshot that cannot be written gives its file back with the error, for
+/// the caller to drop once it has released the index lock; the file in place
+/// is left as it was.
+#[test]
+fn a_snapshot_that_cannot_be_written_gives_its_file_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment(dir.path(), 1);
+    let segs = [(Arc::clone(&seg), seg.data_start + 100)];
+    let (ix, _) = index(300, 1);
+    let file = SnapshotFile::create(&Storage::os(), dir.path()).unwrap();
+    let too_long = [b't'; 300];
+    let Err(failed) = write(file, &ix, 9, &segs, Some(&too_long)) else {
+        panic!("a tag of 300 bytes was written");
+    };
+    assert!(
+        failed.error.to_string().contains("replication tag of 300 bytes"),
+        "{}",
+        failed.error
+    );
+    drop(failed.file);
+    assert!(!dir.path().join(SNAPSHOT_FILE).exists(), "nothing in place");
 }
