@@ -592,7 +592,10 @@ fn a_snapshot_that_cannot_be_written_gives_its_file_back() {
         panic!("a tag of 300 bytes was written");
     };
     assert!(
-        failed.error.to_string().contains("replication tag of 300 bytes"),
+        failed
+            .error
+            .to_string()
+            .contains("replication tag of 300 bytes"),
         "{}",
         failed.error
     );
