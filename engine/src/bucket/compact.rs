@@ -716,7 +716,9 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let piece: Vec<u8> = (0..size).map(|b| u8::try_from((b + i) % 251).unwrap()).collect();
+            let piece: Vec<u8> = (0..size)
+                .map(|b| u8::try_from((b + i) % 251).unwrap())
+                .collect();
             out.body.extend_from_slice(&piece);
             expected.extend_from_slice(&piece);
             out.spill(false).unwrap();
