@@ -137,13 +137,13 @@ impl<'a> Output<'a> {
     /// [`SPILL_BYTES`] in the file (all of them if `all`), creating the file
     /// first.
     fn spill(&mut self, all: bool) -> Result<()> {
-        let start = self.header.data_start() + self.written;
         let take = if all {
             self.body.len()
         } else {
+            let start = self.header.data_start() + self.written;
             let end = start + self.body.len() as u64;
             let aligned = end - end % SPILL_BYTES as u64;
-            usize::try_from(aligned.saturating_sub(start)).unwrap_or(0)
+            usize::try_from(aligned.saturating_sub(start)).map_or(0, |n| n.min(self.body.len()))
         };
         if take == 0 {
             return Ok(());
@@ -154,10 +154,9 @@ impl<'a> Output<'a> {
                 .file
                 .insert(TmpSegment::create(self.storage, self.dir, self.header)?),
         };
-        let (head, _) = self.body.split_at(take.min(self.body.len()));
-        file.append(head)?;
-        self.written += head.len() as u64;
-        self.body.drain(..take.min(self.body.len()));
+        file.append(self.body.get(..take).unwrap_or_default())?;
+        self.written += take as u64;
+        self.body.drain(..take);
         Ok(())
     }
 
