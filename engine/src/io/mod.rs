@@ -62,6 +62,15 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// the disk again. After a failed writeback Linux keeps the failed pages cached
     /// and counts them clean: read back, they would pass for data the disk has.
     fn drop_cached(&self, file: &fs::File, id: u64, from: u64, to: u64) -> io::Result<()>;
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` over `[from, to)`: starts
+    /// writing those bytes to the disk without waiting for them, so that a later
+    /// sync has less left to wait for. It makes nothing durable and promises
+    /// nothing; only a sync does. A simulated page cache has no writeback to
+    /// start: by default it does nothing.
+    fn start_writeback(&self, file: &fs::File, id: u64, from: u64, to: u64) -> io::Result<()> {
+        let _ = (file, id, from, to);
+        Ok(())
+    }
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
@@ -299,6 +308,12 @@ impl File {
     /// unwritten change (see [`Backend::drop_cached`]).
     pub(crate) fn drop_cached(&self, from: u64, to: u64) -> io::Result<()> {
         self.backend.drop_cached(&self.inner, self.id, from, to)
+    }
+
+    /// Starts writing `[from, to)` to the disk, without waiting (see
+    /// [`Backend::start_writeback`]): a hint that a sync follows.
+    pub(crate) fn start_writeback(&self, from: u64, to: u64) -> io::Result<()> {
+        self.backend.start_writeback(&self.inner, self.id, from, to)
     }
 
     /// The file's current length.
