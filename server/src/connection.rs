@@ -60,6 +60,11 @@ const STREAM_BATCH: usize = 1024 * 1024;
 /// Watch events are pulled only while the pending output is below this.
 const WATCH_HIGH_WATER: usize = 1024 * 1024;
 
+/// Watchers that a connection's writes may wake and it still gives way before writing
+/// its replies ([`Conn::let_others_read`]): the pump's sends to so few come before the
+/// replies and delay them by a few tens of microseconds at most.
+const FEW_WATCHERS: u64 = 8;
+
 /// How long, and for how many bytes, a closing connection discards the client's input.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 << 20;
@@ -90,6 +95,8 @@ struct Conn {
     /// this many bytes: parsing waits for one to come, so that a line sent a few bytes
     /// at a time is scanned once, not once per read.
     inline_scanned: Option<usize>,
+    /// The last requests made writes visible that woke more than [`FEW_WATCHERS`].
+    woke_watchers: bool,
     /// What the buffers hold, reported against the budget of all connections.
     buffers: ClientBuffers,
 }
@@ -126,6 +133,7 @@ pub(crate) async fn serve(
         closing: false,
         hangup: false,
         inline_scanned: None,
+        woke_watchers: false,
         buffers,
     };
     let result = conn.run().await;
@@ -226,7 +234,9 @@ impl Conn {
             } else {
                 self.adapt_read_size(n, spare);
             }
+            let woken = crate::pump::woken_here();
             self.process().await?;
+            self.woke_watchers = crate::pump::woken_here().wrapping_sub(woken) > FEW_WATCHERS;
             if self.hangup {
                 // No reply goes back, but the writes that ran before the hang-up are
                 // made durable (and so visible), as if their replies had been sent.
@@ -257,15 +267,20 @@ impl Conn {
     /// redis-benchmark together spent about 5 % less CPU per request, and at `-P 16`
     /// the rate rose by a tenth. Waits for durability gather more writers for each
     /// fsync too. A lone connection does not yield (it would only add a poll of the
-    /// readiness driver to each round trip).
+    /// readiness driver to each round trip), nor one whose writes just woke more than
+    /// [`FEW_WATCHERS`]: its acknowledgements would wait behind the delivery of their
+    /// events (with 1,000 watchers, 1.8 ms at the median instead of 0.05 to 0.11).
+    /// A watcher that has stopped reading costs the writers of its bucket nothing
+    /// here, as it costs them nothing elsewhere.
     async fn let_others_read(&self) {
-        if self
-            .session
-            .shared
-            .stats
-            .connections
-            .load(Ordering::Relaxed)
-            > 1
+        if !self.woke_watchers
+            && self
+                .session
+                .shared
+                .stats
+                .connections
+                .load(Ordering::Relaxed)
+                > 1
         {
             tokio::task::yield_now().await;
         }

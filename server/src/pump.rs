@@ -25,6 +25,7 @@
 //! A pump ends when its last subscriber leaves, when the bucket is dropped (the hook is
 //! called once more and the pump finds the bucket gone), or at server shutdown.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -35,6 +36,20 @@ use tokio::sync::Notify;
 use tracing::{debug, error};
 
 use crate::protocol::RespVersion;
+
+thread_local! {
+    /// Subscribers of the pumps that writers on this thread woke (see [`woken_here`]).
+    static WOKEN_HERE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many subscribers the pumps that writes made visible on this thread woke have
+/// had, added up over every wake-up so far: a connection that compares it before and
+/// after its requests knows how many watchers they woke (under `always` a write is
+/// made visible, and its pump woken, by whichever thread syncs it, so this counts only
+/// the writes visible at once).
+pub(crate) fn woken_here() -> u64 {
+    WOKEN_HERE.with(Cell::get)
+}
 
 /// Subscribers served per turn of the pump before it lets other tasks run.
 const TURN: usize = 64;
@@ -313,7 +328,11 @@ impl Pumps {
             Ok(rt) => {
                 let hook = {
                     let p = Arc::clone(&pump);
-                    bucket.on_change(move || p.wake.notify_one())
+                    bucket.on_change(move || {
+                        let subs = p.subs.lock().len() as u64;
+                        WOKEN_HERE.with(|n| n.set(n.get().wrapping_add(subs)));
+                        p.wake.notify_one();
+                    })
                 };
                 let inner = Arc::clone(&self.inner);
                 let p = Arc::clone(&pump);
@@ -414,6 +433,51 @@ mod tests {
             skip_below: 0,
             bytes: vec![u8::try_from(id).expect("small id")],
         }
+    }
+
+    /// A write made visible at once adds the subscribers of the pump it wakes to the
+    /// count of the thread that wrote it, and only to that thread's: a connection tells
+    /// from it how many watchers its requests woke.
+    #[test]
+    fn writes_count_the_watchers_they_wake_on_their_own_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = logkv::Options {
+            fsync: logkv::FsyncPolicy::Never,
+            ..logkv::Options::default()
+        };
+        let store = logkv::Store::open(dir.path(), opts).expect("open");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let bucket = store.bucket(logkv::DEFAULT_BUCKET).expect("default");
+            let before = woken_here();
+            bucket.put("k", "v").expect("put");
+            assert_eq!(woken_here(), before, "no pump: nothing woken");
+            let pumps = Pumps::new();
+            let subs: Vec<Arc<Notify>> = (0..3).map(|_| Arc::new(Notify::new())).collect();
+            let taken: Vec<Arc<Pump>> = subs
+                .iter()
+                .map(|n| pumps.subscribe(&bucket, Arc::clone(n) as Arc<dyn Subscriber>))
+                .collect();
+            let before = woken_here();
+            bucket.put("k", "w").expect("put");
+            assert_eq!(woken_here() - before, 3, "one write, three watchers");
+            let elsewhere = bucket.clone();
+            let there = std::thread::spawn(move || {
+                let before = woken_here();
+                elsewhere.put("k", "x").expect("put");
+                woken_here() - before
+            })
+            .join()
+            .expect("writer thread");
+            assert_eq!(there, 3, "counted on the writer's thread");
+            assert_eq!(woken_here() - before, 3, "and not on this one");
+            for (pump, sub) in taken.iter().zip(&subs) {
+                pump.unsubscribe(&**sub);
+            }
+        });
     }
 
     /// Two stores' `default` buckets (a cluster node's store and the one a snapshot install

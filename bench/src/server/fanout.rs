@@ -7,7 +7,10 @@
 //! time. Rounds go logkv, redis, floor, floor, redis, logkv; the latencies of both rounds of a
 //! server are pooled. Rows: `S5.p50` / `S5.p99` (to the *last* subscriber), `S5.each.p50` /
 //! `.p99` (per write and subscriber), `S5.first.p50` (per write, to the first subscriber:
-//! how long the server takes to start sending), the same as `S5.redis.*` for redis and `S5.floor.*`
+//! how long the server takes to start sending), `S5.sent.p50` / `.p99` (per write, from
+//! its sending to the last subscriber: a server that acknowledges a write late, after
+//! its events went out, looks faster from the acknowledgement but not from here),
+//! `S5.ack.p50` / `.p99` (the writer's round trip), the same as `S5.redis.*` for redis and `S5.floor.*`
 //! for the floor server ([`super::floor`], measured as redis is), and `logkv/redis` and
 //! `logkv/floor` ratios of the p50s and p99s.
 
@@ -115,6 +118,11 @@ pub struct Latencies {
     pub each: Vec<f64>,
     /// Per write: to the first subscriber (how long the server took to start sending).
     pub first: Vec<f64>,
+    /// Per write: from the moment it was sent to the last subscriber's event (the
+    /// writer's round trip included, so a server that acknowledges late gains nothing).
+    pub sent_last: Vec<f64>,
+    /// Per write: the writer's round trip, sent to acknowledged.
+    pub ack: Vec<f64>,
 }
 
 /// Per receiver thread: which write's event arrived when.
@@ -356,13 +364,16 @@ pub fn round(
     );
     let total = WARMUP + writes;
     let mut acks: Vec<(u64, Instant)> = Vec::with_capacity(total);
+    let mut sends: Vec<(u64, Instant)> = Vec::with_capacity(total);
     let mut incomplete = None;
     let (result, arrivals) = with_receivers(conns, |count| -> Result<(), BoxError> {
         for i in 0..total {
             let before = count.load(Ordering::Relaxed);
+            let sent = Instant::now();
             let id = side.write(&mut w, i as u64 + 1, subscribers)?;
             let ack = Instant::now();
             acks.push((id, ack));
+            sends.push((id, sent));
             let deadline = ack + Duration::from_secs(10);
             while count.load(Ordering::Relaxed) < before + subscribers as u64 {
                 if Instant::now() > deadline {
@@ -384,8 +395,38 @@ pub fn round(
         )
         .into());
     }
-    add_latencies(&acks[WARMUP.min(acks.len())..], &arrivals, lat);
+    let measured = WARMUP.min(acks.len());
+    add_latencies(&acks[measured..], &arrivals, lat);
+    add_from_sent(&sends[measured..], &acks[measured..], &arrivals, lat);
     Ok(())
+}
+
+/// Adds, per write, the time from its sending to its event at the last subscriber, and
+/// the writer's round trip.
+fn add_from_sent(
+    sends: &[(u64, Instant)],
+    acks: &[(u64, Instant)],
+    arrivals: &[Arrivals],
+    lat: &mut Latencies,
+) {
+    let sent_of: HashMap<u64, Instant> = sends.iter().copied().collect();
+    let mut latest: HashMap<u64, Instant> = HashMap::new();
+    for (id, at) in arrivals.iter().flat_map(|a| &a.events) {
+        if sent_of.contains_key(id) {
+            let l = latest.entry(*id).or_insert(*at);
+            *l = (*l).max(*at);
+        }
+    }
+    for (id, at) in latest {
+        if let Some(sent) = sent_of.get(&id) {
+            lat.sent_last
+                .push(at.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+        }
+    }
+    for ((_, sent), (_, ack)) in sends.iter().zip(acks) {
+        lat.ack
+            .push(ack.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+    }
 }
 
 /// Creates (if need be) and selects the bucket [`BUCKET`] on a writer's connection.
@@ -410,18 +451,25 @@ pub fn emit(
     lat.last.sort_by(f64::total_cmp);
     lat.each.sort_by(f64::total_cmp);
     lat.first.sort_by(f64::total_cmp);
+    lat.sent_last.sort_by(f64::total_cmp);
+    lat.ack.sort_by(f64::total_cmp);
     let tag = |r: Row| {
         r.with("watchers", Extra::count(subscribers))
             .with("rounds", Extra::count(rounds))
     };
-    let rows: [(&str, &[f64], f64); 5] = [
+    let rows: [(&str, &[f64], f64); 9] = [
         ("p50", &lat.last, 50.0),
         ("p99", &lat.last, 99.0),
         ("each.p50", &lat.each, 50.0),
         ("each.p99", &lat.each, 99.0),
         ("first.p50", &lat.first, 50.0),
+        ("sent.p50", &lat.sent_last, 50.0),
+        ("sent.p99", &lat.sent_last, 99.0),
+        ("ack.p50", &lat.ack, 50.0),
+        ("ack.p99", &lat.ack, 99.0),
     ];
-    for (suffix, samples, p) in rows {
+    // The gateway's rounds time no sending.
+    for (suffix, samples, p) in rows.into_iter().filter(|(_, s, _)| !s.is_empty()) {
         let w = format!("{prefix}.{suffix}");
         let n = samples.len() as u64;
         rep.emit(tag(row(store, &w, percentile(samples, p), "ms", n)));
