@@ -95,8 +95,8 @@ struct Conn {
     /// this many bytes: parsing waits for one to come, so that a line sent a few bytes
     /// at a time is scanned once, not once per read.
     inline_scanned: Option<usize>,
-    /// The last requests made writes visible that woke more than [`FEW_WATCHERS`].
-    woke_watchers: bool,
+    /// Watchers that the writes of the last requests woke (see [`FEW_WATCHERS`]).
+    watchers_woken: u64,
     /// What the buffers hold, reported against the budget of all connections.
     buffers: ClientBuffers,
 }
@@ -133,7 +133,7 @@ pub(crate) async fn serve(
         closing: false,
         hangup: false,
         inline_scanned: None,
-        woke_watchers: false,
+        watchers_woken: 0,
         buffers,
     };
     let result = conn.run().await;
@@ -236,7 +236,7 @@ impl Conn {
             }
             let woken = crate::pump::woken_here();
             self.process().await?;
-            self.woke_watchers = crate::pump::woken_here().wrapping_sub(woken) > FEW_WATCHERS;
+            self.watchers_woken = crate::pump::woken_here().wrapping_sub(woken);
             if self.hangup {
                 // No reply goes back, but the writes that ran before the hang-up are
                 // made durable (and so visible), as if their replies had been sent.
@@ -273,7 +273,7 @@ impl Conn {
     /// A watcher that has stopped reading costs the writers of its bucket nothing
     /// here, as it costs them nothing elsewhere.
     async fn let_others_read(&self) {
-        if !self.woke_watchers
+        if self.watchers_woken <= FEW_WATCHERS
             && self
                 .session
                 .shared

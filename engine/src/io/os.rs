@@ -44,12 +44,7 @@ impl Backend for Os {
 
     #[cfg(target_os = "linux")]
     fn start_writeback(&self, file: &fs::File, _id: u64, from: u64, to: u64) -> io::Result<()> {
-        let (Ok(offset), Ok(len)) = (
-            libc::off64_t::try_from(from),
-            libc::off64_t::try_from(to.saturating_sub(from)),
-        ) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
+        let (offset, len) = offset_and_len(from, to)?;
         // SAFETY: sync_file_range takes a descriptor this file keeps open and
         // three integers; it touches no memory of ours.
         let ret = unsafe {
@@ -63,12 +58,7 @@ impl Backend for Os {
     }
 
     fn drop_cached(&self, file: &fs::File, _id: u64, from: u64, to: u64) -> io::Result<()> {
-        let (Ok(offset), Ok(len)) = (
-            libc::off_t::try_from(from),
-            libc::off_t::try_from(to.saturating_sub(from)),
-        ) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
+        let (offset, len) = offset_and_len(from, to)?;
         // SAFETY: posix_fadvise takes a descriptor this file keeps open and two
         // integers; it touches no memory of ours.
         let ret = unsafe {
@@ -184,6 +174,18 @@ fn reliable_syncfs(path: &Path) -> bool {
     const BTRFS: i64 = 0x9123_683E;
     const F2FS: i64 = 0xF2F5_2010;
     fs_magic(path).is_some_and(|magic| [EXT2_3_4, XFS, BTRFS, F2FS, TMPFS].contains(&magic))
+}
+
+/// The offset and length of `[from, to)` as the system calls take them (an empty range
+/// if `to` is below `from`); `InvalidInput` past what they can name.
+fn offset_and_len(from: u64, to: u64) -> io::Result<(libc::off_t, libc::off_t)> {
+    match (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to.saturating_sub(from)),
+    ) {
+        (Ok(offset), Ok(len)) => Ok((offset, len)),
+        _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    }
 }
 
 /// tmpfs's magic number (`statfs`'s `f_type`).
