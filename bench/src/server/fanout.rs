@@ -364,7 +364,7 @@ pub fn round(
     );
     let total = WARMUP + writes;
     let mut acks: Vec<(u64, Instant)> = Vec::with_capacity(total);
-    let mut sends: Vec<(u64, Instant)> = Vec::with_capacity(total);
+    let mut sends: Vec<Instant> = Vec::with_capacity(total);
     let mut incomplete = None;
     let (result, arrivals) = with_receivers(conns, |count| -> Result<(), BoxError> {
         for i in 0..total {
@@ -373,7 +373,7 @@ pub fn round(
             let id = side.write(&mut w, i as u64 + 1, subscribers)?;
             let ack = Instant::now();
             acks.push((id, ack));
-            sends.push((id, sent));
+            sends.push(sent);
             let deadline = ack + Duration::from_secs(10);
             while count.load(Ordering::Relaxed) < before + subscribers as u64 {
                 if Instant::now() > deadline {
@@ -401,15 +401,20 @@ pub fn round(
     Ok(())
 }
 
-/// Adds, per write, the time from its sending to its event at the last subscriber, and
-/// the writer's round trip.
+/// Adds, per write, the time from its sending (`sends`, in the order of `acks`) to its
+/// event at the last subscriber, and the writer's round trip.
 fn add_from_sent(
-    sends: &[(u64, Instant)],
+    sends: &[Instant],
     acks: &[(u64, Instant)],
     arrivals: &[Arrivals],
     lat: &mut Latencies,
 ) {
-    let sent_of: HashMap<u64, Instant> = sends.iter().copied().collect();
+    let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
+    let sent_of: HashMap<u64, Instant> = acks
+        .iter()
+        .map(|(id, _)| *id)
+        .zip(sends.iter().copied())
+        .collect();
     let mut latest: HashMap<u64, Instant> = HashMap::new();
     for (id, at) in arrivals.iter().flat_map(|a| &a.events) {
         if sent_of.contains_key(id) {
@@ -418,14 +423,12 @@ fn add_from_sent(
         }
     }
     for (id, at) in latest {
-        if let Some(sent) = sent_of.get(&id) {
-            lat.sent_last
-                .push(at.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+        if let Some(&sent) = sent_of.get(&id) {
+            lat.sent_last.push(ms(sent, at));
         }
     }
-    for ((_, sent), (_, ack)) in sends.iter().zip(acks) {
-        lat.ack
-            .push(ack.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+    for (&sent, &(_, ack)) in sends.iter().zip(acks) {
+        lat.ack.push(ms(sent, ack));
     }
 }
 
