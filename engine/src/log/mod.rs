@@ -45,7 +45,7 @@ use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
-use crate::io::Storage;
+use crate::io::{Storage, ZERO_PIECE};
 use group_commit::GroupCommit;
 use mark::{skipped_flags, FLAG_CLEAN, FLAG_EAGER, SKIPPED_MASK};
 pub use position::LogPos;
@@ -106,9 +106,10 @@ pub enum AfterUnclean {
 const MIN_PREALLOC: u64 = 4096;
 
 impl LogConfig {
-    /// The largest pre-write step: 1/16 of the segment size, 4 KiB to 1 MiB.
+    /// The largest pre-write step: 1/16 of the segment size, 4 KiB to 2 MiB
+    /// ([`ZERO_PIECE`]).
     fn prealloc_chunk(&self) -> u64 {
-        (self.segment_size / 16).clamp(MIN_PREALLOC, 1 << 20)
+        (self.segment_size / 16).clamp(MIN_PREALLOC, ZERO_PIECE)
     }
 
     /// How far to pre-write a segment of `file_len` bytes that needs room:
@@ -116,6 +117,20 @@ impl LogConfig {
     /// [`MIN_PREALLOC`] up to the largest step.
     fn growth(&self, file_len: u64) -> u64 {
         file_len.clamp(MIN_PREALLOC, self.prealloc_chunk())
+    }
+
+    /// Where the pre-written zeros of a segment of `file_len` bytes that must
+    /// hold `need` bytes end: one step past `file_len`, or `need`, rounded up
+    /// to a multiple of [`ZERO_PIECE`] once past the first (each later step is
+    /// then whole aligned pieces, cached as huge folios), within `capacity`.
+    fn grow_to(&self, file_len: u64, need: u64, capacity: u64) -> u64 {
+        let end = need.max(file_len + self.growth(file_len));
+        let end = if end > ZERO_PIECE {
+            end.next_multiple_of(ZERO_PIECE)
+        } else {
+            end
+        };
+        end.min(capacity)
     }
 }
 
@@ -587,9 +602,9 @@ impl Log {
             app.dirty_tail = 0;
         }
         if app.pos + len > app.file_len {
-            let grow_to = (app.pos + len)
-                .max(app.file_len + self.cfg.growth(app.file_len))
-                .min(app.active.capacity());
+            let grow_to = self
+                .cfg
+                .grow_to(app.file_len, app.pos + len, app.active.capacity());
             let grown = app.active.file().and_then(|f| {
                 f.write_zeros(app.file_len, grow_to)
                     .map_err(|e| Error::io(&app.active.path, e))
@@ -873,4 +888,50 @@ fn full_capacity(last: &Arc<Segment>, cfg: &LogConfig) -> Result<Arc<Segment>> {
     crate::fsutil::write_atomic(&cfg.storage, &last.path, &bytes)?;
     let segment = Segment::open(&cfg.storage, &last.path, last.slot, Some(cfg.segment_size))?;
     Ok(Arc::new(segment))
+}
+
+#[cfg(test)]
+mod growth_tests {
+    use super::*;
+
+    fn cfg(segment_size: u64) -> LogConfig {
+        LogConfig {
+            segment_size,
+            fsync: FsyncPolicy::Never,
+            repair: false,
+            storage: Storage::os(),
+            mark_every: DEFAULT_MARK_EVERY,
+            after_unclean: AfterUnclean::OpenSyncs,
+        }
+    }
+
+    /// A busy segment doubles from 4 KiB to 2 MiB, then grows by whole 2 MiB
+    /// pieces that start and end on multiples of 2 MiB, even after a batch larger
+    /// than a step: every later pre-write is huge folios.
+    #[test]
+    fn pre_writes_double_then_grow_by_aligned_two_mib_pieces() {
+        let c = cfg(64 << 20);
+        let cap = c.segment_size;
+        let mut len = MIN_PREALLOC;
+        let mut ends = Vec::new();
+        while len < 8 << 20 {
+            len = c.grow_to(len, len + 1, cap);
+            ends.push(len);
+        }
+        assert_eq!(ends.first(), Some(&(8 << 10)), "4 KiB doubles");
+        assert!(ends.contains(&ZERO_PIECE), "{ends:?}");
+        for e in ends.iter().filter(|&&e| e > ZERO_PIECE) {
+            assert_eq!(e % ZERO_PIECE, 0, "{e} in {ends:?}");
+        }
+        // A batch past the next step: the end is rounded up to a whole piece.
+        assert_eq!(c.grow_to(4 << 20, (7 << 20) + 5, cap), 8 << 20);
+        // Never past the segment's capacity.
+        assert_eq!(c.grow_to(63 << 20, (63 << 20) + 1, cap), cap);
+        // Small segments keep small steps (1/16 of the size) and never round up.
+        let small = cfg(1 << 20);
+        assert_eq!(
+            small.grow_to(256 << 10, (256 << 10) + 1, 1 << 20),
+            320 << 10
+        );
+    }
 }
