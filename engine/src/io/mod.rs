@@ -34,15 +34,16 @@ pub(crate) use os::Os;
 #[cfg(any(test, feature = "failpoints"))]
 pub use sim::{CutStyle, SimFaults, SimFs, SimStats};
 
-/// The largest write of zeros, and the boundaries such writes stop at (2 MiB, a huge
-/// page). A file system with large folios (ext4 and XFS on recent Linux) caches a whole
-/// aligned piece written at once as one 2 MiB folio, which the kernel maps with one huge
-/// page where a segment is read through its mapping: random reads of a log pre-written
-/// this way miss the TLB far less, as they do in compaction's output (written in whole
-/// pieces of the same size, `bucket/compact.rs`). Nothing changes where the file
-/// system declines.
+/// The largest write of zeros (2 MiB, a huge page). A file system with large folios
+/// (ext4 and XFS on recent Linux) caches a whole aligned piece written at once as one
+/// 2 MiB folio, which the kernel maps with one huge page where a segment is read
+/// through its mapping: random reads of a log pre-written this way miss the TLB far
+/// less, as they do in compaction's output (written in whole pieces of the same size,
+/// `bucket/compact.rs`). Nothing changes where the file system declines.
 pub(crate) const ZERO_PIECE: u64 = ZERO_PIECE_BYTES as u64;
 const ZERO_PIECE_BYTES: usize = 2 << 20;
+/// The writes of zeros of [`File::write_zeros`].
+const SMALL_ZERO_PIECE: u64 = 64 << 10;
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,15 +332,22 @@ impl File {
         Ok(self.inner.metadata()?.len())
     }
 
-    /// Writes zeros over `[from, to)`, in writes that stop at every multiple of
-    /// [`ZERO_PIECE`] in the file: each whole aligned piece is one write.
+    /// Writes zeros over `[from, to)` in writes of at most 64 KiB.
     pub(crate) fn write_zeros(&self, from: u64, to: u64) -> io::Result<()> {
+        self.write_zeros_in(from, to, SMALL_ZERO_PIECE)
+    }
+
+    /// Writes zeros over `[from, to)` in writes that stop at every multiple of
+    /// `piece` in the file (at most [`ZERO_PIECE`]): each whole aligned piece is one
+    /// write.
+    pub(crate) fn write_zeros_in(&self, from: u64, to: u64, piece: u64) -> io::Result<()> {
         // Zero pages until the kernel reads them: no memory of its own.
         static ZEROS: OnceLock<Box<[u8]>> = OnceLock::new();
         let zeros = ZEROS.get_or_init(|| vec![0; ZERO_PIECE_BYTES].into_boxed_slice());
+        let piece = piece.clamp(1, ZERO_PIECE);
         let mut at = from;
         while at < to {
-            let n = (to - at).min(ZERO_PIECE - at % ZERO_PIECE);
+            let n = (to - at).min(piece - at % piece);
             let n = usize::try_from(n).map_or(zeros.len(), |n| n.min(zeros.len()));
             self.write_all_at(zeros.get(..n).unwrap_or(zeros), at)?;
             at += n as u64;
@@ -363,12 +371,15 @@ mod tests {
         file.write_all_at(&vec![0xAB; usize::try_from(len).expect("small")], 0)
             .expect("fill");
         let (from, to) = (ZERO_PIECE / 2 + 7, 2 * ZERO_PIECE + 3);
-        file.write_zeros(from, to).expect("zeros");
-        file.write_zeros(to, to).expect("an empty range");
+        file.write_zeros_in(from, to, ZERO_PIECE).expect("zeros");
+        file.write_zeros_in(to, to, ZERO_PIECE)
+            .expect("an empty range");
+        file.write_zeros_in(from - 5, from, 0)
+            .expect("a piece of 0 is 1 byte");
         let bytes = std::fs::read(&path).expect("read");
         assert_eq!(bytes.len() as u64, len, "no byte past the range");
         for (i, b) in bytes.iter().enumerate() {
-            let zero = (from..to).contains(&(i as u64));
+            let zero = (from - 5..to).contains(&(i as u64));
             assert_eq!(*b == 0, zero, "byte {i}");
         }
         // Past the end: the file grows, with zeros.

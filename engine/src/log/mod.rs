@@ -107,9 +107,28 @@ const MIN_PREALLOC: u64 = 4096;
 
 impl LogConfig {
     /// The largest pre-write step: 1/16 of the segment size, 4 KiB to 2 MiB
-    /// ([`ZERO_PIECE`]).
+    /// ([`ZERO_PIECE`]; 1 MiB under `always`, see [`LogConfig::zero_piece`]).
     fn prealloc_chunk(&self) -> u64 {
-        (self.segment_size / 16).clamp(MIN_PREALLOC, ZERO_PIECE)
+        let most = if self.fsync == FsyncPolicy::Always {
+            1 << 20
+        } else {
+            ZERO_PIECE
+        };
+        (self.segment_size / 16).clamp(MIN_PREALLOC, most)
+    }
+
+    /// The pieces zeros are pre-written in, aligned in the file: whole 2 MiB
+    /// pieces, cached as huge folios that reads map with huge pages; under
+    /// `always`, 64 KiB. There every write is followed by an fdatasync, and
+    /// with 2 MiB folios those cost the server half as much CPU again (SET -P 1,
+    /// 50 clients, a million keys on ext4: 23-26 µs per request against 15-17,
+    /// 42,000 writes/s against 59,000), for about as many bytes written.
+    fn zero_piece(&self) -> u64 {
+        if self.fsync == FsyncPolicy::Always {
+            64 << 10
+        } else {
+            ZERO_PIECE
+        }
     }
 
     /// How far to pre-write a segment of `file_len` bytes that needs room:
@@ -121,12 +140,13 @@ impl LogConfig {
 
     /// Where the pre-written zeros of a segment of `file_len` bytes that must
     /// hold `need` bytes end: one step past `file_len`, or `need`, rounded up
-    /// to a multiple of [`ZERO_PIECE`] once past the first (each later step is
-    /// then whole aligned pieces, cached as huge folios), within `capacity`.
+    /// to a multiple of [`LogConfig::zero_piece`] once past the first (each
+    /// later step is then whole aligned pieces), within `capacity`.
     fn grow_to(&self, file_len: u64, need: u64, capacity: u64) -> u64 {
+        let piece = self.zero_piece();
         let end = need.max(file_len + self.growth(file_len));
-        let end = if end > ZERO_PIECE {
-            end.next_multiple_of(ZERO_PIECE)
+        let end = if end > piece {
+            end.next_multiple_of(piece)
         } else {
             end
         };
@@ -605,8 +625,9 @@ impl Log {
             let grow_to = self
                 .cfg
                 .grow_to(app.file_len, app.pos + len, app.active.capacity());
+            let piece = self.cfg.zero_piece();
             let grown = app.active.file().and_then(|f| {
-                f.write_zeros(app.file_len, grow_to)
+                f.write_zeros_in(app.file_len, grow_to, piece)
                     .map_err(|e| Error::io(&app.active.path, e))
             });
             if let Err(e) = grown {
@@ -927,6 +948,17 @@ mod growth_tests {
         assert_eq!(c.grow_to(4 << 20, (7 << 20) + 5, cap), 8 << 20);
         // Never past the segment's capacity.
         assert_eq!(c.grow_to(63 << 20, (63 << 20) + 1, cap), cap);
+        // Under `always`, steps of at most 1 MiB in aligned 64 KiB pieces.
+        let always = LogConfig {
+            fsync: FsyncPolicy::Always,
+            ..cfg(64 << 20)
+        };
+        assert_eq!(always.zero_piece(), 64 << 10);
+        assert_eq!(always.grow_to(4 << 20, (4 << 20) + 1, cap), 5 << 20);
+        assert_eq!(
+            always.grow_to(4 << 20, (5 << 20) + 7, cap),
+            (5 << 20) + (64 << 10)
+        );
         // Small segments keep small steps (1/16 of the size) and never round up.
         let small = cfg(1 << 20);
         assert_eq!(
