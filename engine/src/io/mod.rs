@@ -21,7 +21,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 mod open_files;
 mod os;
@@ -33,17 +33,6 @@ pub use open_files::{out_of_descriptors, FileRef, DEFAULT_OPEN_FILES};
 pub(crate) use os::Os;
 #[cfg(any(test, feature = "failpoints"))]
 pub use sim::{CutStyle, SimFaults, SimFs, SimStats};
-
-/// The largest write of zeros (2 MiB, a huge page). A file system with large folios
-/// (ext4 and XFS on recent Linux) caches a whole aligned piece written at once as one
-/// 2 MiB folio, which the kernel maps with one huge page where a segment is read
-/// through its mapping: random reads of a log pre-written this way miss the TLB far
-/// less, as they do in compaction's output (written in whole pieces of the same size,
-/// `bucket/compact.rs`). Nothing changes where the file system declines.
-pub(crate) const ZERO_PIECE: u64 = ZERO_PIECE_BYTES as u64;
-const ZERO_PIECE_BYTES: usize = 2 << 20;
-/// The writes of zeros of [`File::write_zeros`].
-const SMALL_ZERO_PIECE: u64 = 64 << 10;
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,63 +321,15 @@ impl File {
         Ok(self.inner.metadata()?.len())
     }
 
-    /// Writes zeros over `[from, to)` in writes of at most 64 KiB.
+    /// Writes zeros over `[from, to)`.
     pub(crate) fn write_zeros(&self, from: u64, to: u64) -> io::Result<()> {
-        self.write_zeros_in(from, to, SMALL_ZERO_PIECE)
-    }
-
-    /// Writes zeros over `[from, to)` in writes that stop at every multiple of
-    /// `piece` in the file (at most [`ZERO_PIECE`]): each whole aligned piece is one
-    /// write.
-    pub(crate) fn write_zeros_in(&self, from: u64, to: u64, piece: u64) -> io::Result<()> {
-        // Zero pages until the kernel reads them: no memory of its own.
-        static ZEROS: OnceLock<Box<[u8]>> = OnceLock::new();
-        let zeros = ZEROS.get_or_init(|| vec![0; ZERO_PIECE_BYTES].into_boxed_slice());
-        let piece = piece.clamp(1, ZERO_PIECE);
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let mut at = from;
         while at < to {
-            let n = (to - at).min(piece - at % piece);
-            let n = usize::try_from(n).map_or(zeros.len(), |n| n.min(zeros.len()));
-            self.write_all_at(zeros.get(..n).unwrap_or(zeros), at)?;
+            let n = usize::try_from(to - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
+            self.write_all_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)?;
             at += n as u64;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Zeros written across several 2 MiB boundaries, from and to offsets on none,
-    /// cover exactly their range.
-    #[test]
-    fn zeros_cover_exactly_their_range_across_piece_boundaries() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f");
-        let file = Storage::os().open(&path, OpenMode::Create).expect("create");
-        let len = 3 * ZERO_PIECE + 100;
-        file.write_all_at(&vec![0xAB; usize::try_from(len).expect("small")], 0)
-            .expect("fill");
-        let (from, to) = (ZERO_PIECE / 2 + 7, 2 * ZERO_PIECE + 3);
-        file.write_zeros_in(from, to, ZERO_PIECE).expect("zeros");
-        file.write_zeros_in(to, to, ZERO_PIECE)
-            .expect("an empty range");
-        file.write_zeros_in(from - 5, from, 0)
-            .expect("a piece of 0 is 1 byte");
-        let bytes = std::fs::read(&path).expect("read");
-        assert_eq!(bytes.len() as u64, len, "no byte past the range");
-        for (i, b) in bytes.iter().enumerate() {
-            let zero = (from - 5..to).contains(&(i as u64));
-            assert_eq!(*b == 0, zero, "byte {i}");
-        }
-        // Past the end: the file grows, with zeros.
-        file.write_zeros(len, len + ZERO_PIECE + 1).expect("grow");
-        let bytes = std::fs::read(&path).expect("read");
-        assert_eq!(bytes.len() as u64, len + ZERO_PIECE + 1);
-        assert!(bytes
-            .iter()
-            .skip(usize::try_from(len).expect("small"))
-            .all(|&b| b == 0));
     }
 }

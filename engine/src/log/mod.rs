@@ -45,7 +45,7 @@ use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::fsync::FsyncPolicy;
-use crate::io::{Storage, ZERO_PIECE};
+use crate::io::Storage;
 use group_commit::GroupCommit;
 use mark::{skipped_flags, FLAG_CLEAN, FLAG_EAGER, SKIPPED_MASK};
 pub use position::LogPos;
@@ -106,31 +106,9 @@ pub enum AfterUnclean {
 const MIN_PREALLOC: u64 = 4096;
 
 impl LogConfig {
-    /// The largest pre-write step: 1/16 of the segment size, 4 KiB to 2 MiB
-    /// ([`ZERO_PIECE`]; 1 MiB under `always`, see [`LogConfig::zero_piece`]).
+    /// The largest pre-write step: 1/16 of the segment size, 4 KiB to 1 MiB.
     fn prealloc_chunk(&self) -> u64 {
-        let most = if self.fsync == FsyncPolicy::Always {
-            1 << 20
-        } else {
-            ZERO_PIECE
-        };
-        (self.segment_size / 16).clamp(MIN_PREALLOC, most)
-    }
-
-    /// The pieces zeros are pre-written in, aligned in the file: whole 2 MiB
-    /// pieces, cached as huge folios that reads map with huge pages; under
-    /// `always`, 64 KiB. There every write is a `pwrite`, and ext4's buffered
-    /// write walks every block of the folio it writes into (`ext4_block_write_begin`
-    /// and `block_commit_write`, 13 % of the server's samples with 2 MiB folios):
-    /// SET -P 1, 50 clients, a million keys, cost 23-26 µs of server CPU per
-    /// request against 15-17 (42,000 writes/s against 59,000). Writes through
-    /// the mapping (`interval`, `never`) do not take that path.
-    fn zero_piece(&self) -> u64 {
-        if self.fsync == FsyncPolicy::Always {
-            64 << 10
-        } else {
-            ZERO_PIECE
-        }
+        (self.segment_size / 16).clamp(MIN_PREALLOC, 1 << 20)
     }
 
     /// How far to pre-write a segment of `file_len` bytes that needs room:
@@ -138,21 +116,6 @@ impl LogConfig {
     /// [`MIN_PREALLOC`] up to the largest step.
     fn growth(&self, file_len: u64) -> u64 {
         file_len.clamp(MIN_PREALLOC, self.prealloc_chunk())
-    }
-
-    /// Where the pre-written zeros of a segment of `file_len` bytes that must
-    /// hold `need` bytes end: one step past `file_len`, or `need`, rounded up
-    /// to a multiple of [`LogConfig::zero_piece`] once past the first (each
-    /// later step is then whole aligned pieces), within `capacity`.
-    fn grow_to(&self, file_len: u64, need: u64, capacity: u64) -> u64 {
-        let piece = self.zero_piece();
-        let end = need.max(file_len + self.growth(file_len));
-        let end = if end > piece {
-            end.next_multiple_of(piece)
-        } else {
-            end
-        };
-        end.min(capacity)
     }
 }
 
@@ -624,12 +587,11 @@ impl Log {
             app.dirty_tail = 0;
         }
         if app.pos + len > app.file_len {
-            let grow_to = self
-                .cfg
-                .grow_to(app.file_len, app.pos + len, app.active.capacity());
-            let piece = self.cfg.zero_piece();
+            let grow_to = (app.pos + len)
+                .max(app.file_len + self.cfg.growth(app.file_len))
+                .min(app.active.capacity());
             let grown = app.active.file().and_then(|f| {
-                f.write_zeros_in(app.file_len, grow_to, piece)
+                f.write_zeros(app.file_len, grow_to)
                     .map_err(|e| Error::io(&app.active.path, e))
             });
             if let Err(e) = grown {
@@ -911,61 +873,4 @@ fn full_capacity(last: &Arc<Segment>, cfg: &LogConfig) -> Result<Arc<Segment>> {
     crate::fsutil::write_atomic(&cfg.storage, &last.path, &bytes)?;
     let segment = Segment::open(&cfg.storage, &last.path, last.slot, Some(cfg.segment_size))?;
     Ok(Arc::new(segment))
-}
-
-#[cfg(test)]
-mod growth_tests {
-    use super::*;
-
-    fn cfg(segment_size: u64) -> LogConfig {
-        LogConfig {
-            segment_size,
-            fsync: FsyncPolicy::Never,
-            repair: false,
-            storage: Storage::os(),
-            mark_every: DEFAULT_MARK_EVERY,
-            after_unclean: AfterUnclean::OpenSyncs,
-        }
-    }
-
-    /// A busy segment doubles from 4 KiB to 2 MiB, then grows by whole 2 MiB
-    /// pieces that start and end on multiples of 2 MiB, even after a batch larger
-    /// than a step: every later pre-write is huge folios.
-    #[test]
-    fn pre_writes_double_then_grow_by_aligned_two_mib_pieces() {
-        let c = cfg(64 << 20);
-        let cap = c.segment_size;
-        let mut len = MIN_PREALLOC;
-        let mut ends = Vec::new();
-        while len < 8 << 20 {
-            len = c.grow_to(len, len + 1, cap);
-            ends.push(len);
-        }
-        assert_eq!(ends.first(), Some(&(8 << 10)), "4 KiB doubles");
-        assert!(ends.contains(&ZERO_PIECE), "{ends:?}");
-        for e in ends.iter().filter(|&&e| e > ZERO_PIECE) {
-            assert_eq!(e % ZERO_PIECE, 0, "{e} in {ends:?}");
-        }
-        // A batch past the next step: the end is rounded up to a whole piece.
-        assert_eq!(c.grow_to(4 << 20, (7 << 20) + 5, cap), 8 << 20);
-        // Never past the segment's capacity.
-        assert_eq!(c.grow_to(63 << 20, (63 << 20) + 1, cap), cap);
-        // Under `always`, steps of at most 1 MiB in aligned 64 KiB pieces.
-        let always = LogConfig {
-            fsync: FsyncPolicy::Always,
-            ..cfg(64 << 20)
-        };
-        assert_eq!(always.zero_piece(), 64 << 10);
-        assert_eq!(always.grow_to(4 << 20, (4 << 20) + 1, cap), 5 << 20);
-        assert_eq!(
-            always.grow_to(4 << 20, (5 << 20) + 7, cap),
-            (5 << 20) + (64 << 10)
-        );
-        // Small segments keep small steps (1/16 of the size) and never round up.
-        let small = cfg(1 << 20);
-        assert_eq!(
-            small.grow_to(256 << 10, (256 << 10) + 1, 1 << 20),
-            320 << 10
-        );
-    }
 }
