@@ -261,9 +261,9 @@ impl Pump {
     /// Calls every subscriber after writes, [`TURN`] at a time (other tasks run between).
     /// `batch` and `buf` are the pump's buffers, kept between rounds.
     ///
-    /// A round of [`shares`] more than one is split: the sends of one event to a thousand
-    /// sockets are a thousand system calls, each of which also runs the receiver's side of
-    /// loopback TCP, so spreading them over the cores shortens the time to the last
+    /// A round of 256 subscribers or more is split ([`shares`]): the sends of one event to a
+    /// thousand sockets are a thousand system calls, each of which also runs the receiver's
+    /// side of loopback TCP, so spreading them over the cores shortens the time to the last
     /// watcher. The other shares run on the blocking pool and the pump waits for them.
     async fn deliver(&self, batch: &mut Vec<Arc<dyn Subscriber>>, buf: &mut SendBuf) {
         // A copy of the list: subscribers come and go (under this lock) while it is served.
