@@ -27,7 +27,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use logkv::Bucket;
@@ -217,6 +217,9 @@ pub(crate) struct Pump {
     /// A handle on the bucket, to tell whether it was dropped.
     bucket: Bucket,
     subs: Mutex<Vec<Arc<dyn Subscriber>>>,
+    /// How many `subs` holds, set under its lock: what the writers' hook counts
+    /// ([`woken_here`]) without taking the lock a delivery holds while it copies the list.
+    sub_count: AtomicU64,
     /// Set (under the map lock) once the pump has left the map: it takes no subscriber more.
     dead: AtomicBool,
     /// Woken by the bucket's writers (through the hook), by the last unsubscribe, and at
@@ -236,6 +239,7 @@ impl Pump {
         let mut subs = self.subs.lock();
         if let Some(i) = subs.iter().position(|n| same(n, sub)) {
             subs.swap_remove(i);
+            self.sub_count.store(subs.len() as u64, Ordering::Relaxed);
         }
         if subs.is_empty() && !self.dead.swap(true, Ordering::AcqRel) {
             drop(subs);
@@ -318,7 +322,10 @@ impl Pumps {
         let mut map = self.inner.map.lock();
         if let Some(p) = map.get(&bucket.id()) {
             if p.alive() {
-                p.subs.lock().push(sub);
+                let mut subs = p.subs.lock();
+                subs.push(sub);
+                p.sub_count.store(subs.len() as u64, Ordering::Relaxed);
+                drop(subs);
                 return Arc::clone(p);
             }
             // The bucket was dropped: that pump ends on its own.
@@ -330,6 +337,7 @@ impl Pumps {
             id: bucket.id(),
             bucket: bucket.clone(),
             subs: Mutex::new(vec![sub]),
+            sub_count: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             wake: Notify::new(),
             pumps: Arc::downgrade(&self.inner),
@@ -341,7 +349,7 @@ impl Pumps {
                 let hook = {
                     let p = Arc::clone(&pump);
                     bucket.on_change(move || {
-                        let subs = p.subs.lock().len() as u64;
+                        let subs = p.sub_count.load(Ordering::Relaxed);
                         WOKEN_HERE.with(|n| n.set(n.get().wrapping_add(subs)));
                         p.wake.notify_one();
                     })
@@ -486,7 +494,11 @@ mod tests {
             .expect("writer thread");
             assert_eq!(there, 3, "counted on the writer's thread");
             assert_eq!(woken_here() - before, 3, "and not on this one");
-            for (pump, sub) in taken.iter().zip(&subs) {
+            taken[0].unsubscribe(&*subs[0]);
+            let before = woken_here();
+            bucket.put("k", "y").expect("put");
+            assert_eq!(woken_here() - before, 2, "one watcher left");
+            for (pump, sub) in taken.iter().zip(&subs).skip(1) {
                 pump.unsubscribe(&**sub);
             }
         });
